@@ -1,0 +1,141 @@
+// Package visit holds the domain types that flow between perception, the
+// identity engine, the store and the MQTT sync: one card-insert visit and what
+// was decided about it. It has no dependencies beyond the standard library so
+// that every other package can share it without cgo.
+package visit
+
+import (
+	"fmt"
+	"time"
+)
+
+// MaskState says whether the customer's face was covered below the eyes.
+type MaskState uint8
+
+const (
+	MaskUnknown MaskState = iota
+	Unmasked
+	Masked
+)
+
+func (m MaskState) String() string {
+	switch m {
+	case Unmasked:
+		return "unmasked"
+	case Masked:
+		return "masked"
+	default:
+		return "unknown"
+	}
+}
+
+// MarshalText makes MaskState readable in JSON and YAML.
+func (m MaskState) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText parses "masked", "unmasked" or "unknown".
+func (m *MaskState) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "masked", "true", "1":
+		*m = Masked
+	case "unmasked", "false", "0":
+		*m = Unmasked
+	case "unknown", "":
+		*m = MaskUnknown
+	default:
+		return fmt.Errorf("mask state %q: want masked, unmasked or unknown", string(b))
+	}
+	return nil
+}
+
+// Outcome says what perception made of a visit's burst.
+type Outcome uint8
+
+const (
+	// FaceFound: a usable face was found and embedded.
+	FaceFound Outcome = iota
+	// NoFace: no face at all in any frame (covered camera, customer turned away).
+	NoFace
+	// LowQuality: a face was seen but never passed the quality gate.
+	LowQuality
+	// CameraError: the camera gave no frames.
+	CameraError
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case FaceFound:
+		return "face"
+	case NoFace:
+		return "noface"
+	case LowQuality:
+		return "lowquality"
+	case CameraError:
+		return "camera_error"
+	}
+	return fmt.Sprintf("outcome(%d)", uint8(o))
+}
+
+// Descriptor is what perception produces for one visit: a single
+// L2-normalised template aggregated over the burst's best frames.
+type Descriptor struct {
+	Outcome   Outcome
+	Embedding []float32 // nil unless Outcome == FaceFound
+	Model     string    // embedder name in the model manifest
+	Mask      MaskState
+	MaskScore float32 // probability the face is masked, in [0,1]
+	Quality   float32 // in [0,1]; higher is better
+	Frames    int     // frames grabbed
+	Used      int     // frames that contributed to the embedding
+}
+
+// Context is optional transaction context given by the ATM application.
+// CardHash is a salted hash computed by the ATM application; the agent never
+// sees a card number.
+type Context struct {
+	CardHash string `json:"card_hash,omitempty"`
+	TxnID    string `json:"txn_id,omitempty"`
+}
+
+// Visit is one card-insert event after perception.
+type Visit struct {
+	ID      string // random, unique per device
+	Seq     uint64 // monotonically increasing per device
+	Time    time.Time
+	Trigger string // "gpio", "socket", "replay", ...
+	Context Context
+	Descriptor
+	IdentityID string  // assigned identity, "" for faceless visits
+	Distance   float32 // distance to the identity's template at assignment
+}
+
+// Alert is one raised alert. ID is stable: the same rule, identity and window
+// always give the same ID, so re-evaluating never raises it twice.
+type Alert struct {
+	ID          string    `json:"id"`
+	Rule        string    `json:"rule"`
+	Kind        string    `json:"kind"` // "visits", "distinct_cards", "faceless"
+	IdentityID  string    `json:"identity_id,omitempty"`
+	Window      string    `json:"window"` // rule window as a duration, e.g. "24h0m0s"
+	WindowStart time.Time `json:"window_start"`
+	Count       int       `json:"count"`
+	Threshold   int       `json:"threshold"`
+	FirstSeen   time.Time `json:"first_seen"`
+	LastSeen    time.Time `json:"last_seen"`
+	Raised      time.Time `json:"raised"`
+}
+
+// OutboxMessage is one MQTT message waiting in the store's outbox. The agent
+// builds Payload (a JSON object); the store assigns Key and Seq inside the same
+// transaction as the state change that caused it; the publisher adds
+// "seq", "message_id" and "historical" to the JSON when it sends it.
+type OutboxMessage struct {
+	Key     uint64    // position in the outbox, assigned by the store
+	Seq     uint64    // per-device sequence number, assigned by the store
+	Kind    string    // "summary", "alert", "event"
+	Topic   string    // suffix below <prefix>/<site>/<device>/, e.g. "alert"
+	Created time.Time // when the state change happened
+	Payload []byte
+	// Coalesce, when set, lets a newer unsent message with the same key
+	// replace this one when the outbox is full (periodic summaries).
+	Coalesce string
+}
