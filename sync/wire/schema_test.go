@@ -1,0 +1,225 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/periocular/atm-agent/visit"
+)
+
+var update = flag.Bool("update", false, "rewrite schemas/examples from the sample payloads")
+
+// compileSchemas compiles every embedded schema with format assertions on.
+func compileSchemas(t testing.TB) map[string]*jsonschema.Schema {
+	t.Helper()
+	c := jsonschema.NewCompiler()
+	c.AssertFormat()
+	out := map[string]*jsonschema.Schema{}
+	for _, n := range SchemaNames {
+		b, err := Schema(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("%s: %v", n, err)
+		}
+		url := "mem://" + n + ".schema.json"
+		if err := c.AddResource(url, doc); err != nil {
+			t.Fatalf("%s: %v", n, err)
+		}
+		s, err := c.Compile(url)
+		if err != nil {
+			t.Fatalf("compile %s: %v", n, err)
+		}
+		out[n] = s
+	}
+	return out
+}
+
+func validate(t testing.TB, s *jsonschema.Schema, b []byte) error {
+	t.Helper()
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("unmarshal instance: %v", err)
+	}
+	return s.Validate(inst)
+}
+
+var t0 = time.Date(2025, 3, 14, 9, 26, 53, 0, time.UTC)
+
+// samples builds one real payload per schema through the same path the agent
+// and publisher use: struct -> json.Marshal -> Finalize.
+func samples(t testing.TB) map[string][]byte {
+	t.Helper()
+	env := NewEnvelope("lyon-07", "atm-0042", t0)
+	fin := func(v any, seq uint64, id string, hist bool) []byte {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := Finalize(b, seq, id, hist)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	st := Status{Envelope: env, State: StateOnline, AgentVersion: "0.3.1", Models: []string{"yunet-2023mar", "periocular-r50-v2"},
+		StartedAt: t0.Add(-time.Hour), UptimeS: 3600,
+		Cameras: []CameraHealth{{Name: "front", OK: true, LastFrame: t0.Add(-2 * time.Second)}, {Name: "side", OK: false, Error: "no frames for 30s", Reopens: 3}},
+		Outbox:  &OutboxStats{Depth: 12, DroppedSummaries: 4, DroppedAlerts: 0}}
+	st.Seq = 1041
+	st.MessageID = "st-7f3a9c"
+	sum := Summary{Envelope: env,
+		Identities: []IdentityCounts{{ID: "p-8c1f02d9", Visits: WindowCounts{3, 9, 14}, Masked: WindowCounts{1, 2, 2}, DistinctCards: WindowCounts{2, 5, 6},
+			FirstSeen: t0.Add(-6 * 24 * time.Hour), LastSeen: t0.Add(-5 * time.Minute)}},
+		IdentitiesOmitted: 0, Faceless: WindowCounts{0, 2, 5},
+		Totals: Totals{Visits: WindowCounts{7, 61, 402}, Identities: WindowCounts{5, 40, 210}, Masked: WindowCounts{1, 6, 33}}}
+	al := NewAlert(env, visit.Alert{ID: "a-visits24h-p-8c1f02d9-20250313", Rule: "many-visits-24h", Kind: "visits", IdentityID: "p-8c1f02d9",
+		Window: "24h0m0s", WindowStart: t0.Add(-24 * time.Hour), Count: 9, Threshold: 8, FirstSeen: t0.Add(-20 * time.Hour), LastSeen: t0, Raised: t0})
+	cmd := Command{Envelope: Envelope{SchemaVersion: 1, MessageID: "c-0001", Device: "atm-0042", Site: "lyon-07", TS: t0},
+		Command: CmdPurgeIdentity, Args: CommandArgs{ID: "p-8c1f02d9"}}
+	cb, _ := json.Marshal(cmd)
+	rep := Reply{Envelope: env, CorrelationID: "c-0001", Command: CmdPurgeIdentity, OK: true, Result: json.RawMessage(`{"visits_deleted":14}`)}
+	rep.Seq, rep.MessageID = 1041, "r-55e2"
+	sb, _ := json.Marshal(st)
+	rb, _ := json.Marshal(rep)
+	return map[string][]byte{
+		"status":  sb,
+		"summary": fin(sum, 1042, "atm-0042-1042-3b9aca00", false),
+		"alert":   fin(al, 1043, "atm-0042-1043-77aa01", true),
+		"command": cb,
+		"reply":   rb,
+	}
+}
+
+func TestRealPayloadsMatchSchemas(t *testing.T) {
+	schemas := compileSchemas(t)
+	for name, b := range samples(t) {
+		t.Run(name, func(t *testing.T) {
+			if err := validate(t, schemas[name], b); err != nil {
+				t.Fatalf("%s payload does not match its schema: %v\n%s", name, err, b)
+			}
+		})
+	}
+}
+
+// TestSchemasReject shows the schemas are not vacuous.
+func TestSchemasReject(t *testing.T) {
+	schemas := compileSchemas(t)
+	s := samples(t)
+	mutate := func(name string, f func(m map[string]any)) []byte {
+		var m map[string]any
+		if err := json.Unmarshal(s[name], &m); err != nil {
+			t.Fatal(err)
+		}
+		f(m)
+		b, _ := json.Marshal(m)
+		return b
+	}
+	tests := []struct {
+		name, schema string
+		b            []byte
+	}{
+		{"summary with embedding", "summary", mutate("summary", func(m map[string]any) {
+			m["identities"].([]any)[0].(map[string]any)["embedding"] = []float64{0.1, 0.2}
+		})},
+		{"summary without seq", "summary", mutate("summary", func(m map[string]any) { delete(m, "seq") })},
+		{"summary missing 7d", "summary", mutate("summary", func(m map[string]any) { delete(m["faceless"].(map[string]any), "7d") })},
+		{"alert with card hash", "alert", mutate("alert", func(m map[string]any) { m["card_hash"] = "abc" })},
+		{"alert bad time", "alert", mutate("alert", func(m map[string]any) { m["raised"] = "yesterday" })},
+		{"status bad state", "status", mutate("status", func(m map[string]any) { m["state"] = "sleeping" })},
+		{"status schema v2", "status", mutate("status", func(m map[string]any) { m["schema_version"] = 2 })},
+		{"status wildcard device", "status", mutate("status", func(m map[string]any) { m["device"] = "atm/+" })},
+		{"command ping with args", "command", mutate("command", func(m map[string]any) { m["command"] = "ping" })},
+		{"command purge without id", "command", mutate("command", func(m map[string]any) { delete(m, "args") })},
+		{"reply without ok", "reply", mutate("reply", func(m map[string]any) { delete(m, "ok") })},
+	}
+	for _, tc := range tests {
+		if err := validate(t, schemas[tc.schema], tc.b); err == nil {
+			t.Errorf("%s: schema accepted %s", tc.name, tc.b)
+		}
+	}
+}
+
+func TestExamples(t *testing.T) {
+	schemas := compileSchemas(t)
+	if *update {
+		for name, b := range samples(t) {
+			var buf bytes.Buffer
+			if err := json.Indent(&buf, b, "", "  "); err != nil {
+				t.Fatal(err)
+			}
+			buf.WriteByte('\n')
+			if err := os.WriteFile(filepath.Join("schemas", "examples", name+".json"), buf.Bytes(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	types := map[string]func() any{
+		"status": func() any { return new(Status) }, "summary": func() any { return new(Summary) },
+		"alert": func() any { return new(Alert) }, "command": func() any { return new(Command) }, "reply": func() any { return new(Reply) },
+	}
+	for _, name := range SchemaNames {
+		b, err := Schemas.ReadFile("schemas/examples/" + name + ".json")
+		if err != nil {
+			t.Fatalf("example %s missing (run go test -run TestExamples -update): %v", name, err)
+		}
+		if err := validate(t, schemas[name], b); err != nil {
+			t.Errorf("example %s: %v", name, err)
+		}
+		// Every example field must be known to the Go type as well.
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(types[name]()); err != nil {
+			t.Errorf("example %s does not decode strictly into the Go type: %v", name, err)
+		}
+	}
+	if _, err := DecodeCommand(mustRead(t, "schemas/examples/command.json")); err != nil {
+		t.Errorf("example command rejected by DecodeCommand: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	b, err := Schemas.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestDocsCopyIdentical keeps docs/schemas equal to the embedded schemas
+// (regenerate with `go generate ./sync/wire`).
+func TestDocsCopyIdentical(t *testing.T) {
+	entries, err := Schemas.ReadDir("schemas")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(embedded, doc string) {
+		want := mustRead(t, embedded)
+		got, err := os.ReadFile(doc)
+		if err != nil {
+			t.Errorf("%v (run go generate ./sync/wire)", err)
+			return
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs from %s (run go generate ./sync/wire)", doc, embedded)
+		}
+	}
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".schema.json") {
+			check("schemas/"+e.Name(), filepath.Join("..", "..", "docs", "schemas", e.Name()))
+		}
+	}
+	for _, n := range SchemaNames {
+		check("schemas/examples/"+n+".json", filepath.Join("..", "..", "docs", "schemas", "examples", n+".json"))
+	}
+}

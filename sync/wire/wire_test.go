@@ -1,0 +1,251 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+func TestFinalize(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		seq     uint64
+		id      string
+		hist    bool
+		want    map[string]any
+		wantErr bool
+	}{
+		{"sets fields", `{"a":1}`, 7, "m-7", true, map[string]any{"a": 1.0, "seq": 7.0, "message_id": "m-7", "historical": true}, false},
+		{"replaces stale fields", `{"seq":0,"message_id":"","historical":true,"x":"y"}`, 18446744073709551615, "m:1", false,
+			map[string]any{"seq": 18446744073709551615.0, "message_id": "m:1", "historical": false, "x": "y"}, false},
+		{"array", `[1]`, 1, "m", false, nil, true},
+		{"null", `null`, 1, "m", false, nil, true},
+		{"trailing", `{"a":1} x`, 1, "m", false, nil, true},
+		{"broken", `{"a":`, 1, "m", false, nil, true},
+		{"empty id", `{}`, 1, "", false, nil, true},
+		{"bad id", `{}`, 1, "a b", false, nil, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := Finalize([]byte(tc.in), tc.seq, tc.id, tc.hist)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("want error, got %s", out)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got map[string]any
+			if err := json.Unmarshal(out, &got); err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %v want %v", got, tc.want)
+			}
+			for k, v := range tc.want {
+				if got[k] != v {
+					t.Errorf("%s = %v, want %v", k, got[k], v)
+				}
+			}
+		})
+	}
+	// Large integers must survive untouched (no float64 round trip).
+	out, err := Finalize([]byte(`{"n":9007199254740993}`), 1, "m", false)
+	if err != nil || !bytes.Contains(out, []byte(`9007199254740993`)) {
+		t.Fatalf("number changed: %s %v", out, err)
+	}
+}
+
+func TestTopics(t *testing.T) {
+	tp, err := NewTopics("atm/eu", "lyon-07", "atm-0042")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for got, want := range map[string]string{
+		tp.Status(): "atm/eu/lyon-07/atm-0042/status", tp.Summary(): "atm/eu/lyon-07/atm-0042/summary",
+		tp.Alert(): "atm/eu/lyon-07/atm-0042/alert", tp.Command(): "atm/eu/lyon-07/atm-0042/cmd",
+		tp.Reply(): "atm/eu/lyon-07/atm-0042/reply",
+	} {
+		if got != want {
+			t.Errorf("got %q want %q", got, want)
+		}
+	}
+	if got, err := tp.For("alert"); err != nil || got != tp.Alert() {
+		t.Errorf("For(alert) = %q, %v", got, err)
+	}
+	for _, bad := range []string{"", "a/+", "#", "a//b", "a\x00"} {
+		if _, err := tp.For(bad); err == nil {
+			t.Errorf("For(%q) accepted", bad)
+		}
+	}
+	bad := []struct{ prefix, site, device string }{
+		{"", "s", "d"}, {"atm/", "s", "d"}, {"/atm", "s", "d"}, {"atm//x", "s", "d"}, {"atm/+", "s", "d"},
+		{"atm/#", "s", "d"}, {"$SYS", "s", "d"}, {"a\x00b", "s", "d"}, {strings.Repeat("a", 129), "s", "d"},
+		{"a/b/c/d/e/f/g/h/i", "s", "d"}, {"atm", "", "d"}, {"atm", "s/x", "d"}, {"atm", "s", "+"},
+		{"atm", "s", "#"}, {"atm", "s", strings.Repeat("d", 65)}, {"atm", "\xff", "d"}, {"atm", "s", "$d"},
+		{"atm", "s\n", "d"},
+	}
+	for _, b := range bad {
+		if _, err := NewTopics(b.prefix, b.site, b.device); !errors.Is(err, ErrTopic) {
+			t.Errorf("NewTopics(%q,%q,%q) = %v, want ErrTopic", b.prefix, b.site, b.device, err)
+		}
+	}
+}
+
+func TestParseTopic(t *testing.T) {
+	tests := []struct {
+		topic string
+		want  TopicParts
+		ok    bool
+	}{
+		{"atm/eu/s1/d1/status", TopicParts{"s1", "d1", "status"}, true},
+		{"atm/eu/s1/d1/alert", TopicParts{"s1", "d1", "alert"}, true},
+		{"atm/eu/s1/d1", TopicParts{}, false},
+		{"atm/eu/s1/d1/a/b", TopicParts{}, false},
+		{"atm/eux/s1/d1/status", TopicParts{}, false},
+		{"other/s1/d1/status", TopicParts{}, false},
+		{"atm/eu//d1/status", TopicParts{}, false},
+	}
+	for _, tc := range tests {
+		got, err := ParseTopic("atm/eu", tc.topic)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseTopic(%q) = %+v, %v", tc.topic, got, err)
+		}
+	}
+}
+
+func FuzzParseTopic(f *testing.F) {
+	for _, s := range []string{"atm/eu/s1/d1/status", "atm/eu/+/d/x", "atm/eu/s/d/", "atm/eu/\x00/d/k", "atm/eu/s/d/k/l", "atm/eu/\xff/d/k"} {
+		f.Add("atm/eu", s)
+	}
+	f.Add("", "")
+	f.Add("$SYS", "$SYS/a/b/c")
+	f.Fuzz(func(t *testing.T, prefix, topic string) {
+		p, err := ParseTopic(prefix, topic)
+		if err != nil {
+			return
+		}
+		// Whatever parses must rebuild to the same topic through the builder.
+		tp, err := NewTopics(prefix, p.Site, p.Device)
+		if err != nil {
+			t.Fatalf("parsed %q but NewTopics rejects its parts: %v", topic, err)
+		}
+		got, err := tp.For(p.Kind)
+		if err != nil || got != topic {
+			t.Fatalf("rebuilt %q, %v; want %q", got, err, topic)
+		}
+		if strings.ContainsAny(p.Site+p.Device+p.Kind, "+#/\x00") || !utf8.ValidString(topic) {
+			t.Fatalf("invalid level accepted: %+v", p)
+		}
+	})
+}
+
+func FuzzNewTopics(f *testing.F) {
+	f.Add("atm/eu", "lyon", "atm-1")
+	f.Add("atm/+", "s", "d")
+	f.Add("a//b", "s", "d")
+	f.Add("atm", "s\x00", "d")
+	f.Fuzz(func(t *testing.T, prefix, site, device string) {
+		tp, err := NewTopics(prefix, site, device)
+		if err != nil {
+			return
+		}
+		for _, topic := range []string{tp.Status(), tp.Summary(), tp.Alert(), tp.Command(), tp.Reply()} {
+			if strings.ContainsAny(topic, "+#\x00") || strings.Contains(topic, "//") || strings.HasPrefix(topic, "$") {
+				t.Fatalf("bad topic %q built", topic)
+			}
+			p, err := ParseTopic(prefix, topic)
+			if err != nil || p.Site != site || p.Device != device {
+				t.Fatalf("ParseTopic(%q) = %+v, %v", topic, p, err)
+			}
+		}
+	})
+}
+
+func TestDecodeCommand(t *testing.T) {
+	const head = `"schema_version":1,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z"`
+	tests := []struct {
+		name string
+		in   string
+		want CommandName
+		id   string
+	}{
+		{"ping", `{` + head + `,"command":"ping"}`, CmdPing, ""},
+		{"ping with seq and empty args", `{` + head + `,"seq":3,"historical":false,"command":"ping","args":{}}`, CmdPing, ""},
+		{"publish", `{` + head + `,"command":"publish_summary"}`, CmdPublishSummary, ""},
+		{"purge", `{` + head + `,"command":"purge_identity","args":{"id":"p-1"}}`, CmdPurgeIdentity, "p-1"},
+		{"unknown field", `{` + head + `,"command":"ping","x":1}`, "", ""},
+		{"unknown arg", `{` + head + `,"command":"purge_identity","args":{"id":"p-1","all":true}}`, "", ""},
+		{"purge no id", `{` + head + `,"command":"purge_identity"}`, "", ""},
+		{"purge bad id", `{` + head + `,"command":"purge_identity","args":{"id":"../x"}}`, "", ""},
+		{"ping with id", `{` + head + `,"command":"ping","args":{"id":"p-1"}}`, "", ""},
+		{"unknown command", `{` + head + `,"command":"reboot"}`, "", ""},
+		{"v2", `{"schema_version":2,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`, "", ""},
+		{"no message id", `{"schema_version":1,"device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`, "", ""},
+		{"no ts", `{"schema_version":1,"message_id":"c-1","device":"atm-1","site":"s1","command":"ping"}`, "", ""},
+		{"wildcard device", `{"schema_version":1,"message_id":"c-1","device":"+","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`, "", ""},
+		{"two objects", `{` + head + `,"command":"ping"}{}`, "", ""},
+		{"null", `null`, "", ""},
+		{"array", `[]`, "", ""},
+		{"too big", `{` + head + `,"command":"ping"` + strings.Repeat(" ", MaxCommandSize) + `}`, "", ""},
+		{"case", `{` + head + `,"Command":"ping"}`, CmdPing, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := DecodeCommand([]byte(tc.in))
+			if tc.want == "" {
+				if !errors.Is(err, ErrCommand) {
+					t.Fatalf("want ErrCommand, got %+v, %v", c, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Command != tc.want || c.Args.ID != tc.id || c.MessageID != "c-1" {
+				t.Fatalf("got %+v", c)
+			}
+		})
+	}
+}
+
+func FuzzDecodeCommand(f *testing.F) {
+	for _, s := range []string{
+		`{"schema_version":1,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`,
+		`{"schema_version":1,"message_id":"c-2","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"purge_identity","args":{"id":"p-1"}}`,
+		`{"schema_version":1,"message_id":"c-3","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"publish_summary","args":{}}`,
+		`{"schema_version":1,"command":"purge_identity","args":{"id":""}}`,
+		`null`, `[]`, `{}`, `{"args":null}`, `"x"`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	schemas := compileSchemas(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := DecodeCommand(b)
+		if err != nil {
+			return
+		}
+		// Anything the strict decoder accepts must satisfy the published
+		// schema, and survive a marshal/decode round trip unchanged.
+		out, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := validate(t, schemas["command"], out); err != nil {
+			t.Fatalf("accepted command violates schema: %v\n%s", err, out)
+		}
+		c2, err := DecodeCommand(out)
+		if err != nil {
+			t.Fatalf("re-decode: %v", err)
+		}
+		if c2.Command != c.Command || c2.Args != c.Args || c2.MessageID != c.MessageID || !c2.TS.Equal(c.TS) {
+			t.Fatalf("round trip changed %+v -> %+v", c, c2)
+		}
+	})
+}
