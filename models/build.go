@@ -1,0 +1,144 @@
+package models
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+)
+
+// ConvertFunc turns a locked package's files (extracted under pkgDir) into
+// the model file bytes described by md.
+type ConvertFunc func(pkgDir string, md *Model) ([]byte, error)
+
+var converters = map[string]ConvertFunc{}
+
+// RegisterConverter makes a converter available to manifest entries by name.
+func RegisterConverter(name string, f ConvertFunc) { converters[name] = f }
+
+// Converters lists the registered converter names.
+func Converters() []string {
+	var n []string
+	for k := range converters {
+		n = append(n, k)
+	}
+	sort.Strings(n)
+	return n
+}
+
+// BuildOptions controls Build.
+type BuildOptions struct {
+	SrcDir string // extracted package files (Fetch's SrcDir)
+	OutDir string // converted models and a copy of the manifest
+	// Update records the produced checksums in the manifest instead of
+	// requiring them to match (used when a converter changes on purpose).
+	Update bool
+	Only   []string // model names; empty means all
+	Log    func(format string, args ...any)
+}
+
+// Build converts every manifest model that has a Source from the locked
+// package files, checks that the result is byte-identical to the manifest's
+// sha256 (conversion is deterministic) and writes it to OutDir.
+func Build(ctx context.Context, man *Manifest, lock *Lock, o BuildOptions) error {
+	logf := o.Log
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
+		return fmt.Errorf("create models dir: %w", err)
+	}
+	for i := range man.Models {
+		md := &man.Models[i]
+		if md.Source == nil || (len(o.Only) > 0 && !slices.Contains(o.Only, md.Name)) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		pkg, err := lockedPackage(lock, md.Source)
+		if err != nil {
+			return fmt.Errorf("model %s: %w", md.Name, err)
+		}
+		conv, ok := converters[md.Source.Converter]
+		if !ok {
+			return fmt.Errorf("model %s: unknown converter %q (have %v)", md.Name, md.Source.Converter, Converters())
+		}
+		pkgDir := filepath.Join(o.SrcDir, pkg.Dir)
+		for _, f := range md.Source.Files {
+			lf := lockFile(pkg, f)
+			if err := CheckFile(filepath.Join(pkgDir, filepath.FromSlash(f)), lf.Size, lf.SHA256); err != nil {
+				return fmt.Errorf("model %s: source %w (run `atm-agent models fetch`)", md.Name, err)
+			}
+		}
+		b, err := conv(pkgDir, md)
+		if err != nil {
+			return fmt.Errorf("convert model %s: %w", md.Name, err)
+		}
+		sum := sha256.Sum256(b)
+		got := hex.EncodeToString(sum[:])
+		if o.Update {
+			md.SHA256, md.Size = got, int64(len(b))
+		} else if got != md.SHA256 || int64(len(b)) != md.Size {
+			return fmt.Errorf("convert model %s: produced sha256 %s (%d bytes), manifest says %s (%d bytes): the conversion is not reproducible; run with --update only if the converter changed on purpose",
+				md.Name, got, len(b), md.SHA256, md.Size)
+		}
+		out := Path(o.OutDir, md.File)
+		if err := writeAtomic(out, b); err != nil {
+			return fmt.Errorf("write model %s: %w", md.Name, err)
+		}
+		logf("%-28s %s  %8d bytes  <- %s@%s (%s)", md.Name, got[:16], len(b), pkg.Name, pkg.Version, md.Source.Converter)
+	}
+	return nil
+}
+
+func lockedPackage(lock *Lock, s *Source) (*LockPackage, error) {
+	for i := range lock.Packages {
+		p := &lock.Packages[i]
+		if p.Name == s.Package && p.Version == s.Version {
+			for _, f := range s.Files {
+				if lockFile(p, f) == nil {
+					return nil, fmt.Errorf("source file %s is not pinned in the lock file", f)
+				}
+			}
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("source package %s@%s is not in the lock file", s.Package, s.Version)
+}
+
+func lockFile(p *LockPackage, path string) *LockFile {
+	for i := range p.Files {
+		if p.Files[i].Path == path {
+			return &p.Files[i]
+		}
+	}
+	return nil
+}
+
+func writeAtomic(file string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(file), ".model-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), file)
+}

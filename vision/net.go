@@ -1,0 +1,179 @@
+// Package vision runs the face models through OpenCV DNN (gocv) and turns
+// camera frames into one visit descriptor. Every gocv.Mat is created and
+// closed inside this package: callers pass and receive plain Go values.
+package vision
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"gocv.io/x/gocv"
+
+	"github.com/periocular/atm-agent/models"
+)
+
+// Net is one loaded network with its manifest entry. A Net is not safe for
+// concurrent use; Forward serialises callers.
+type Net struct {
+	Model models.Model
+	mu    sync.Mutex
+	net   gocv.Net
+}
+
+// LoadNet verifies the model's files against the manifest (size, sha256) and
+// only then hands them to OpenCV. A missing, truncated or tampered file is an
+// error naming the file, never a crash.
+func LoadNet(dir string, md *models.Model) (*Net, error) {
+	if err := md.Check(dir); err != nil {
+		return nil, err
+	}
+	file := models.Path(dir, md.File)
+	var (
+		net gocv.Net
+		err error
+	)
+	switch md.Format {
+	case models.FormatONNX:
+		var b []byte
+		if b, err = os.ReadFile(file); err == nil {
+			net, err = gocv.ReadNetFromONNXBytes(b)
+		}
+	case models.FormatCaffe:
+		var proto, weights []byte
+		if proto, err = os.ReadFile(models.Path(dir, md.Config)); err == nil {
+			if weights, err = os.ReadFile(file); err == nil {
+				net, err = gocv.ReadNetFromCaffeBytes(proto, weights)
+			}
+		}
+	case models.FormatTorch:
+		net = gocv.ReadNetFromTorch(file)
+	default:
+		err = fmt.Errorf("format %q not supported", md.Format)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load model %s from %s: %w", md.Name, file, err)
+	}
+	if net.Empty() {
+		net.Close()
+		return nil, fmt.Errorf("load model %s from %s: OpenCV returned an empty network", md.Name, file)
+	}
+	net.SetPreferableBackend(gocv.NetBackendOpenCV)
+	net.SetPreferableTarget(gocv.NetTargetCPU)
+	return &Net{Model: *md, net: net}, nil
+}
+
+// Close releases the network.
+func (n *Net) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.net.Close()
+}
+
+// Tensor is a float32 network output copied out of OpenCV.
+type Tensor struct {
+	Shape []int
+	Data  []float32
+}
+
+// ErrInput marks an input blob of the wrong size.
+var ErrInput = errors.New("bad network input")
+
+// Forward runs the network on an NCHW float32 blob of shape
+// [1, channels, Input.Height, Input.Width] and returns the requested outputs
+// (all manifest outputs when names is empty, or the default output when the
+// manifest lists none).
+func (n *Net) Forward(blob []float32, channels int, names ...string) ([]Tensor, error) {
+	h, w := n.Model.Input.Height, n.Model.Input.Width
+	if len(blob) != channels*h*w {
+		return nil, fmt.Errorf("model %s: blob of %d values for %dx%dx%d: %w", n.Model.Name, len(blob), channels, h, w, ErrInput)
+	}
+	if len(names) == 0 {
+		for _, o := range n.Model.Outputs {
+			names = append(names, o.Name)
+		}
+	}
+	in, err := gocv.NewMatWithSizesFromBytes([]int{1, channels, h, w}, gocv.MatTypeCV32F, float32Bytes(blob))
+	if err != nil {
+		return nil, fmt.Errorf("model %s: input blob: %w", n.Model.Name, err)
+	}
+	defer in.Close()
+
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.net.SetInput(in, n.Model.Input.Name)
+	var outs []gocv.Mat
+	if len(names) == 0 {
+		outs = []gocv.Mat{n.net.Forward("")}
+	} else {
+		outs = n.net.ForwardLayers(names)
+	}
+	res := make([]Tensor, len(outs))
+	for i := range outs {
+		res[i], err = copyTensor(outs[i])
+		outs[i].Close()
+		if err != nil && i == len(outs)-1 {
+			return nil, fmt.Errorf("model %s: output %d: %w", n.Model.Name, i, err)
+		}
+	}
+	for i := range res {
+		if res[i].Data == nil {
+			return nil, fmt.Errorf("model %s: output %d is empty", n.Model.Name, i)
+		}
+	}
+	return res, nil
+}
+
+func copyTensor(m gocv.Mat) (Tensor, error) {
+	if m.Empty() {
+		return Tensor{}, errors.New("empty output")
+	}
+	if m.Type() != gocv.MatTypeCV32F {
+		return Tensor{}, fmt.Errorf("output type %v, want float32", m.Type())
+	}
+	d, err := m.DataPtrFloat32()
+	if err != nil {
+		return Tensor{}, err
+	}
+	return Tensor{Shape: append([]int(nil), m.Size()...), Data: append([]float32(nil), d...)}, nil
+}
+
+// Probe loads the model and runs one forward on a constant blob, checking
+// each output against the manifest's shape (dimensions listed as 0 or -1 are
+// free). Run it in a child process when the file may be bad: OpenCV aborts
+// the process on some malformed models.
+func Probe(dir string, md *models.Model) error {
+	n, err := LoadNet(dir, md)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	blob := make([]float32, 3*md.Input.Width*md.Input.Height)
+	outs, err := n.Forward(blob, 3)
+	if err != nil {
+		return err
+	}
+	for i, o := range md.Outputs {
+		if i >= len(outs) || len(o.Shape) == 0 {
+			continue
+		}
+		got := outs[i].Shape
+		if !shapeMatches(o.Shape, got) {
+			return fmt.Errorf("model %s: output %s has shape %v, manifest says %v", md.Name, o.Name, got, o.Shape)
+		}
+	}
+	return nil
+}
+
+func shapeMatches(want, got []int) bool {
+	if len(want) != len(got) {
+		return false
+	}
+	for i := range want {
+		if want[i] > 0 && want[i] != got[i] {
+			return false
+		}
+	}
+	return true
+}
