@@ -139,3 +139,11 @@ type OutboxMessage struct {
 	// replace this one when the outbox is full (periodic summaries).
 	Coalesce string
 }
+
+// Frame is one camera image as plain Go memory: interleaved 8-bit BGR,
+// stride 3*W. Frames cross package boundaries; OpenCV Mats never do.
+type Frame struct {
+	W, H int
+	BGR  []byte
+	Time time.Time
+}
