@@ -1,0 +1,66 @@
+package identity
+
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
+// Thresholds are cosine-distance thresholds per pair type. They belong to the
+// embedding model and come from the model manifest.
+type Thresholds struct {
+	UU float64 `yaml:"uu" json:"uu"` // both unmasked (or unknown)
+	MM float64 `yaml:"mm" json:"mm"` // both masked
+	MU float64 `yaml:"mu" json:"mu"` // mixed; 0 or NaN: never match across mask states
+}
+
+// Config tunes the engine. Thresholds have no defaults: they must be set from
+// the model manifest.
+type Config struct {
+	Thresholds Thresholds `yaml:"thresholds"`
+	// ConfirmVisits is how many mutually consistent visits confirm a pending
+	// identity (every member within threshold of at least one other).
+	ConfirmVisits int `yaml:"confirm_visits"`
+	// Exact disables the sketch prefilter: every pair is compared exactly.
+	// Quadratic; meant for evaluation on small sets.
+	Exact bool `yaml:"exact"`
+	// Workers bounds the goroutines used by consolidation and batch
+	// clustering; 0 means GOMAXPROCS.
+	Workers int `yaml:"workers"`
+}
+
+// DefaultConfig returns the defaults; the thresholds still have to be set.
+func DefaultConfig() Config {
+	return Config{ConfirmVisits: 2}
+}
+
+// Validate reports the first invalid setting.
+func (c Config) Validate() error {
+	if !(c.Thresholds.UU > 0 && c.Thresholds.UU <= 2) {
+		return fmt.Errorf("identity config: thresholds.uu %v: want a cosine distance in (0,2] from the model manifest", c.Thresholds.UU)
+	}
+	if !(c.Thresholds.MM > 0 && c.Thresholds.MM <= 2) {
+		return fmt.Errorf("identity config: thresholds.mm %v: want a cosine distance in (0,2] from the model manifest", c.Thresholds.MM)
+	}
+	if mu := c.Thresholds.MU; !math.IsNaN(mu) && (mu < 0 || mu > 2) {
+		return fmt.Errorf("identity config: thresholds.mu %v: want 0 (disabled) or a cosine distance in (0,2]", mu)
+	}
+	if c.ConfirmVisits < 1 {
+		return errors.New("identity config: confirm_visits must be >= 1")
+	}
+	if c.Workers < 0 {
+		return errors.New("identity config: workers must be >= 0")
+	}
+	return nil
+}
+
+// MUEnabled says whether masked and unmasked visits may ever match.
+func (t Thresholds) MUEnabled() bool { return t.MU > 0 && !math.IsNaN(t.MU) }
+
+func (t Thresholds) array() [3]float64 {
+	mu := t.MU
+	if !t.MUEnabled() {
+		mu = 0
+	}
+	return [3]float64{ptUU: t.UU, ptMM: t.MM, ptMU: mu}
+}

@@ -1,0 +1,228 @@
+package identity
+
+import (
+	"fmt"
+	"math"
+	"math/bits"
+	"math/rand/v2"
+
+	"github.com/periocular/atm-agent/visit"
+)
+
+// Pair types by mask state.
+const (
+	ptUU = 0
+	ptMM = 1
+	ptMU = 2
+)
+
+// maskClass folds MaskUnknown into unmasked: 1 for masked, 0 otherwise.
+func maskClass(m visit.MaskState) uint8 {
+	if m == visit.Masked {
+		return 1
+	}
+	return 0
+}
+
+func pairType(a, b uint8) int {
+	if a != b {
+		return ptMU
+	}
+	return int(a) // 0 = UU, 1 = MM
+}
+
+// dot is the inner product of two equal-length vectors, unrolled by 8 with
+// four accumulators (no SIMD in pure Go; this is ~3x a naive loop).
+func dot(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+8 <= len(a); i += 8 {
+		aa := a[i : i+8 : i+8]
+		bb := b[i : i+8 : i+8]
+		s0 += aa[0]*bb[0] + aa[4]*bb[4]
+		s1 += aa[1]*bb[1] + aa[5]*bb[5]
+		s2 += aa[2]*bb[2] + aa[6]*bb[6]
+		s3 += aa[3]*bb[3] + aa[7]*bb[7]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// normalized returns an L2-normalised copy of v.
+func normalized(v []float32) ([]float32, error) {
+	var s float64
+	for _, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return nil, fmt.Errorf("embedding has a non-finite value")
+		}
+		s += float64(x) * float64(x)
+	}
+	if s == 0 {
+		return nil, fmt.Errorf("embedding is all zeros")
+	}
+	inv := float32(1 / math.Sqrt(s))
+	out := make([]float32, len(v))
+	for i, x := range v {
+		out[i] = x * inv
+	}
+	return out, nil
+}
+
+// sketchBits is the length of the sign sketches used to prefilter candidates.
+const sketchBits = 512
+
+const sketchWords = sketchBits / 64
+
+// sketchZ is how many standard deviations above the threshold angle a pair's
+// sketch distance may be and still be compared exactly.
+const sketchZ = 4.5
+
+// sketcher computes sign sketches of a structured random rotation: per block,
+// three rounds of random sign flips followed by a Walsh-Hadamard transform.
+// The fraction of differing bits between two sketches estimates angle/pi.
+type sketcher struct {
+	dim, pad int
+	signs    [][]float32 // blocks*3 sign vectors of length pad
+}
+
+func newSketcher(dim int) *sketcher {
+	pad := 1
+	for pad < dim {
+		pad *= 2
+	}
+	blocks := (sketchBits + pad - 1) / pad
+	// Fixed seed: sketches must be identical across restarts and devices.
+	r := rand.New(rand.NewPCG(0x61746d2d6964, uint64(dim)))
+	s := &sketcher{dim: dim, pad: pad}
+	for k := 0; k < blocks*3; k++ {
+		v := make([]float32, pad)
+		for i := range v {
+			if r.Uint64()&1 == 1 {
+				v[i] = 1
+			} else {
+				v[i] = -1
+			}
+		}
+		s.signs = append(s.signs, v)
+	}
+	return s
+}
+
+// sketch writes the sketch of x into out (sketchWords long), using buf
+// (pad long) as scratch.
+func (s *sketcher) sketch(x []float32, out []uint64, buf []float32) {
+	clear(out)
+	bit := 0
+	for b := 0; bit < sketchBits; b++ {
+		clear(buf)
+		copy(buf, x)
+		for r := 0; r < 3; r++ {
+			sg := s.signs[b*3+r]
+			for i := range buf {
+				buf[i] *= sg[i]
+			}
+			fwht(buf)
+		}
+		for i := 0; i < len(buf) && bit < sketchBits; i++ {
+			if buf[i] >= 0 {
+				out[bit/64] |= 1 << (bit % 64)
+			}
+			bit++
+		}
+	}
+}
+
+// fwht is an unnormalised in-place fast Walsh-Hadamard transform.
+func fwht(a []float32) {
+	for h := 1; h < len(a); h *= 2 {
+		for i := 0; i < len(a); i += 2 * h {
+			x := a[i : i+h]
+			y := a[i+h : i+2*h]
+			for j := range x {
+				u, v := x[j], y[j]
+				x[j], y[j] = u+v, u-v
+			}
+		}
+	}
+}
+
+func hamming(a, b []uint64) int {
+	b = b[:sketchWords]
+	a = a[:sketchWords]
+	return bits.OnesCount64(a[0]^b[0]) + bits.OnesCount64(a[1]^b[1]) +
+		bits.OnesCount64(a[2]^b[2]) + bits.OnesCount64(a[3]^b[3]) +
+		bits.OnesCount64(a[4]^b[4]) + bits.OnesCount64(a[5]^b[5]) +
+		bits.OnesCount64(a[6]^b[6]) + bits.OnesCount64(a[7]^b[7])
+}
+
+// sketchCutoff is the largest sketch distance worth an exact comparison for a
+// cosine-distance threshold t; -1 when t disables matching.
+func sketchCutoff(t float64, exact bool) int {
+	if !(t > 0) {
+		return -1
+	}
+	if exact {
+		return sketchBits
+	}
+	c := 1 - t
+	c = max(-1, min(1, c))
+	p := math.Acos(c) / math.Pi
+	cut := p*sketchBits + sketchZ*math.Sqrt(sketchBits*p*(1-p)) + 1
+	return min(sketchBits, int(math.Ceil(cut)))
+}
+
+// space is a contiguous set of embeddings with their mask classes and sketches.
+type space struct {
+	dim   int
+	vec   []float32 // n*dim
+	cls   []uint8
+	sk    []uint64 // n*sketchWords
+	thr   [3]float64
+	inv   [3]float64 // 1/thr, 0 when disabled
+	cut   [3]int
+	muOn  bool
+	skr   *sketcher
+	buf   []float32
+	exact bool
+}
+
+func newSpace(dim int, th Thresholds, exact bool) *space {
+	s := &space{dim: dim, thr: th.array(), muOn: th.MUEnabled(), skr: newSketcher(dim), exact: exact}
+	s.buf = make([]float32, s.skr.pad)
+	for i, t := range s.thr {
+		s.cut[i] = sketchCutoff(t, exact)
+		if t > 0 {
+			s.inv[i] = 1 / t
+		}
+	}
+	return s
+}
+
+func (s *space) n() int             { return len(s.cls) }
+func (s *space) row(i int) []float32 { return s.vec[i*s.dim : (i+1)*s.dim : (i+1)*s.dim] }
+func (s *space) sketchOf(i int) []uint64 {
+	return s.sk[i*sketchWords : (i+1)*sketchWords : (i+1)*sketchWords]
+}
+
+// add appends an already normalised embedding.
+func (s *space) add(x []float32, cls uint8) {
+	s.vec = append(s.vec, x...)
+	s.cls = append(s.cls, cls)
+	var sk [sketchWords]uint64
+	s.skr.sketch(x, sk[:], s.buf)
+	s.sk = append(s.sk, sk[:]...)
+}
+
+// nd is the normalised distance between members i and j and their pair type;
+// ok is false when the pair type never matches.
+func (s *space) nd(i, j int) (float64, int, bool) {
+	pt := pairType(s.cls[i], s.cls[j])
+	if s.inv[pt] == 0 {
+		return 0, pt, false
+	}
+	d := 1 - float64(dot(s.row(i), s.row(j)))
+	return d * s.inv[pt], pt, true
+}
