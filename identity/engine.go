@@ -79,14 +79,14 @@ type Change struct {
 }
 
 type ident struct {
-	id        string
-	seq       uint64
-	created   time.Time
-	status    Status
-	members   []int32
-	first     time.Time
-	last      time.Time
-	masked    int
+	id         string
+	seq        uint64
+	created    time.Time
+	status     Status
+	members    []int32
+	first      time.Time
+	last       time.Time
+	masked     int
 	sumL, sumM float64 // sums of normalised intra-identity distances
 	nL, nM     int
 }

@@ -201,7 +201,7 @@ func newSpace(dim int, th Thresholds, exact bool) *space {
 	return s
 }
 
-func (s *space) n() int             { return len(s.cls) }
+func (s *space) n() int              { return len(s.cls) }
 func (s *space) row(i int) []float32 { return s.vec[i*s.dim : (i+1)*s.dim : (i+1)*s.dim] }
 func (s *space) sketchOf(i int) []uint64 {
 	return s.sk[i*sketchWords : (i+1)*sketchWords : (i+1)*sketchWords]
