@@ -1,0 +1,418 @@
+package store
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/periocular/atm-agent/visit"
+)
+
+// PurgeExpired removes what is older than the retention window (see Purge).
+func (s *Store) PurgeExpired(ctx context.Context) (int, error) {
+	return s.Purge(ctx, s.opts.Now().Add(-s.opts.Retention))
+}
+
+// Purge removes visits with Time before `before`, identities left without
+// visits, and alerts raised before `before`. It works in bounded
+// transactions so the agent keeps committing meanwhile; it returns the number
+// of visits removed.
+func (s *Store) Purge(ctx context.Context, before time.Time) (int, error) {
+	total := 0
+	end := timeKey(before)
+	for {
+		n := 0
+		err := s.update(ctx, "purge", func(tx *bolt.Tx) error {
+			n = 0
+			vb := tx.Bucket(bVisits)
+			var keys [][]byte
+			c := vb.Cursor()
+			for k, _ := c.First(); k != nil && bytes.Compare(k[:8], end) < 0 && len(keys) < defaultPurgeBatch; k, _ = c.Next() {
+				keys = append(keys, bytes.Clone(k))
+			}
+			touched := map[string]bool{}
+			for _, k := range keys {
+				id, err := s.deleteVisit(tx, k)
+				if err != nil {
+					return err
+				}
+				touched[id] = true
+				n++
+			}
+			return s.refreshOrDrop(tx, touched)
+		})
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n < defaultPurgeBatch {
+			break
+		}
+	}
+	err := s.update(ctx, "purge", func(tx *bolt.Tx) error {
+		// Identities without visits (whatever left them empty).
+		var empty [][]byte
+		iv := tx.Bucket(bIdentityVisits)
+		if err := tx.Bucket(bIdentities).ForEach(func(k, _ []byte) error {
+			if countPrefix(iv, identityIndexPrefix(string(k))) == 0 {
+				empty = append(empty, bytes.Clone(k))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range empty {
+			if err := tx.Bucket(bIdentities).Delete(k); err != nil {
+				return err
+			}
+		}
+		return deleteAlerts(tx, func(a visit.Alert) bool { return a.Raised.Before(before) })
+	})
+	return total, err
+}
+
+// deleteVisit removes one visit and its index entries, returning its identity.
+func (s *Store) deleteVisit(tx *bolt.Tx, k []byte) (string, error) {
+	vb := tx.Bucket(bVisits)
+	v, err := s.decodeVisit(k, vb.Get(k), false)
+	if err != nil {
+		return "", err
+	}
+	if err := vb.Delete(k); err != nil {
+		return "", err
+	}
+	if err := tx.Bucket(bVisitIDs).Delete([]byte(v.ID)); err != nil {
+		return "", err
+	}
+	if v.IdentityID != "" {
+		if err := tx.Bucket(bIdentityVisits).Delete(identityIndexKey(v.IdentityID, k)); err != nil {
+			return "", err
+		}
+	}
+	return v.IdentityID, nil
+}
+
+// refreshOrDrop recomputes derived identity fields and deletes identities
+// left without visits.
+func (s *Store) refreshOrDrop(tx *bolt.Tx, ids map[string]bool) error {
+	ib := tx.Bucket(bIdentities)
+	for id := range ids {
+		if id == "" || ib.Get([]byte(id)) == nil {
+			continue
+		}
+		if countPrefix(tx.Bucket(bIdentityVisits), identityIndexPrefix(id)) == 0 {
+			if err := ib.Delete([]byte(id)); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := s.refreshIdentity(tx, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func deleteAlerts(tx *bolt.Tx, match func(visit.Alert) bool) error {
+	ab := tx.Bucket(bAlerts)
+	var keys [][]byte
+	if err := ab.ForEach(func(k, v []byte) error {
+		var a visit.Alert
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("decode alert %q: %w", k, err)
+		}
+		if match(a) {
+			keys = append(keys, bytes.Clone(k))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := ab.Delete(k); err != nil {
+			return err
+		}
+	}
+	// alert_last entries pointing at deleted alerts go too.
+	lb := tx.Bucket(bAlertLast)
+	var lk [][]byte
+	if err := lb.ForEach(func(k, v []byte) error {
+		var l alertLast
+		if json.Unmarshal(v, &l) != nil || ab.Get([]byte(l.ID)) == nil {
+			lk = append(lk, bytes.Clone(k))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, k := range lk {
+		if err := lb.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PurgeIdentity removes an identity, all its visits and its alerts (a
+// privacy deletion request), in one transaction. Messages already in the
+// outbox are left as they are. It returns the number of visits removed, and
+// ErrNotFound when the identity does not exist.
+func (s *Store) PurgeIdentity(ctx context.Context, id string) (int, error) {
+	n := 0
+	err := s.update(ctx, "purge identity", func(tx *bolt.Tx) error {
+		n = 0
+		if tx.Bucket(bIdentities).Get([]byte(id)) == nil {
+			return fmt.Errorf("identity %q: %w", id, ErrNotFound)
+		}
+		p := identityIndexPrefix(id)
+		var keys [][]byte
+		c := tx.Bucket(bIdentityVisits).Cursor()
+		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+			keys = append(keys, bytes.Clone(k[len(p):]))
+		}
+		for _, k := range keys {
+			if _, err := s.deleteVisit(tx, k); err != nil {
+				return err
+			}
+			n++
+		}
+		if err := tx.Bucket(bIdentities).Delete([]byte(id)); err != nil {
+			return err
+		}
+		return deleteAlerts(tx, func(a visit.Alert) bool { return a.IdentityID == id })
+	})
+	return n, err
+}
+
+// Stats describes the database for `atm-agent db stats`.
+type Stats struct {
+	Path          string            `json:"path"`
+	FileSize      int64             `json:"file_size"`
+	SchemaVersion int               `json:"schema_version"`
+	DeviceID      string            `json:"device_id"`
+	Encrypted     bool              `json:"encrypted"`
+	Buckets       map[string]int    `json:"buckets"` // keys per bucket
+	OutboxDepth   int               `json:"outbox_depth"`
+	OutboxBytes   int64             `json:"outbox_bytes"`
+	Dropped       map[string]uint64 `json:"outbox_dropped"`
+	VisitSeq      uint64            `json:"visit_seq"`
+	OutboxSeq     uint64            `json:"outbox_seq"`
+	OldestVisit   time.Time         `json:"oldest_visit,omitzero"`
+	NewestVisit   time.Time         `json:"newest_visit,omitzero"`
+}
+
+// Stats gathers counts per bucket, file size, schema version, outbox depth
+// and the oldest and newest visit.
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	st := Stats{Path: s.path, Buckets: map[string]int{}}
+	err := s.view(ctx, "stats", func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bMeta)
+		st.SchemaVersion = int(getU64(meta, kSchema))
+		st.DeviceID = string(meta.Get(kDeviceID))
+		st.Encrypted = meta.Get(kKeyCheck) != nil
+		st.VisitSeq = getU64(meta, kVisitSeq)
+		st.OutboxSeq = getU64(meta, kOutboxSeq)
+		for _, name := range allBuckets {
+			st.Buckets[string(name)] = tx.Bucket(name).Stats().KeyN
+		}
+		c := tx.Bucket(bVisits).Cursor()
+		if k, _ := c.First(); k != nil {
+			st.OldestVisit = visitKeyTime(k)
+		}
+		if k, _ := c.Last(); k != nil {
+			st.NewestVisit = visitKeyTime(k)
+		}
+		st.FileSize = tx.Size()
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	st.OutboxDepth, st.OutboxBytes, st.Dropped = s.OutboxStats()
+	if fs := fileSize(s.path); fs > 0 {
+		st.FileSize = fs
+	}
+	return st, nil
+}
+
+// ExportOptions selects what Export writes.
+type ExportOptions struct {
+	// Embeddings includes visit embeddings (decrypted). Off by default: an
+	// export is usually for an audit, which needs no biometric templates.
+	Embeddings bool
+}
+
+type exportVisit struct {
+	Type       string          `json:"type"`
+	ID         string          `json:"id"`
+	Seq        uint64          `json:"seq"`
+	Time       time.Time       `json:"time"`
+	Trigger    string          `json:"trigger,omitempty"`
+	Context    visit.Context   `json:"context,omitzero"`
+	Outcome    string          `json:"outcome"`
+	Model      string          `json:"model,omitempty"`
+	Mask       visit.MaskState `json:"mask"`
+	MaskScore  float32         `json:"mask_score"`
+	Quality    float32         `json:"quality"`
+	Frames     int             `json:"frames"`
+	Used       int             `json:"used"`
+	IdentityID string          `json:"identity_id,omitempty"`
+	Distance   float32         `json:"distance"`
+	Embedding  []float32       `json:"embedding,omitempty"`
+}
+
+// Export writes the database as JSON lines, one object per line with a
+// "type" field: "meta" first, then every "identity", "visit" (oldest first)
+// and "alert". The outbox is not exported.
+func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) error {
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	err := s.view(ctx, "export", func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bMeta)
+		if err := enc.Encode(map[string]any{
+			"type": "meta", "schema_version": getU64(meta, kSchema),
+			"device_id": string(meta.Get(kDeviceID)), "exported": s.opts.Now().UTC(),
+			"embeddings": opts.Embeddings,
+		}); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bIdentities).ForEach(func(_, v []byte) error {
+			var id Identity
+			if err := json.Unmarshal(v, &id); err != nil {
+				return err
+			}
+			return enc.Encode(struct {
+				Type string `json:"type"`
+				Identity
+			}{"identity", id})
+		}); err != nil {
+			return err
+		}
+		n := 0
+		if err := tx.Bucket(bVisits).ForEach(func(k, v []byte) error {
+			if n++; n%1000 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			vis, err := s.decodeVisit(k, v, opts.Embeddings)
+			if err != nil {
+				return err
+			}
+			return enc.Encode(exportVisit{
+				Type: "visit", ID: vis.ID, Seq: vis.Seq, Time: vis.Time, Trigger: vis.Trigger,
+				Context: vis.Context, Outcome: vis.Outcome.String(), Model: vis.Model, Mask: vis.Mask,
+				MaskScore: vis.MaskScore, Quality: vis.Quality, Frames: vis.Frames, Used: vis.Used,
+				IdentityID: vis.IdentityID, Distance: vis.Distance, Embedding: vis.Embedding,
+			})
+		}); err != nil {
+			return err
+		}
+		return tx.Bucket(bAlerts).ForEach(func(_, v []byte) error {
+			var a visit.Alert
+			if err := json.Unmarshal(v, &a); err != nil {
+				return err
+			}
+			return enc.Encode(struct {
+				Type string `json:"type"`
+				visit.Alert
+			}{"alert", a})
+		})
+	})
+	if err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	return nil
+}
+
+// Compact rewrites the database into a fresh file without free pages
+// (bbolt.Compact) and renames it atomically to dst. With dst "" or the
+// store's own path the live database is replaced and reopened; the store
+// is unusable only if that reopen fails.
+func (s *Store) Compact(ctx context.Context, dst string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("compact: %w", err)
+	}
+	inPlace := dst == "" || sameFile(dst, s.path)
+	if dst == "" {
+		dst = s.path
+	}
+	tmp := dst + ".compact.tmp"
+	_ = os.Remove(tmp)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db == nil {
+		return fmt.Errorf("compact: %w", errClosed)
+	}
+	out, err := bolt.Open(tmp, defaultOpenFileMode, &bolt.Options{Timeout: s.opts.Timeout})
+	if err != nil {
+		return fmt.Errorf("compact: create %q: %w", tmp, err)
+	}
+	if err := bolt.Compact(out, s.db, defaultCompactTxMaxSize); err != nil {
+		out.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("compact %q: %w", s.path, err)
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("compact: sync %q: %w", tmp, err)
+	}
+	if err := out.Close(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("compact: close %q: %w", tmp, err)
+	}
+	if inPlace {
+		if err := s.db.Close(); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("compact: close %q: %w", s.path, err)
+		}
+		s.db = nil
+	}
+	renameErr := os.Rename(tmp, dst)
+	if renameErr == nil {
+		syncDir(filepath.Dir(dst))
+	} else {
+		os.Remove(tmp)
+	}
+	if inPlace {
+		db, err := s.openDB(s.path)
+		if err != nil {
+			return fmt.Errorf("compact: reopen: %w", errors.Join(renameErr, err))
+		}
+		s.db = db
+	}
+	if renameErr != nil {
+		return fmt.Errorf("compact: %w", renameErr)
+	}
+	return nil
+}
+
+func sameFile(a, b string) bool {
+	fa, err1 := os.Stat(a)
+	fb, err2 := os.Stat(b)
+	if err1 != nil || err2 != nil {
+		return filepath.Clean(a) == filepath.Clean(b)
+	}
+	return os.SameFile(fa, fb)
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+}

@@ -1,0 +1,281 @@
+package store
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/periocular/atm-agent/visit"
+)
+
+// Visit record encoding (value in the visits bucket):
+//
+//	byte 0      format version (1)
+//	byte 1      flags: bit 0 = embedding encrypted
+//	uvarint n   length of the JSON header
+//	n bytes     JSON header: every visit field except the embedding
+//	rest        embedding: float32 little-endian, 4 bytes per dimension;
+//	            when encrypted: 12-byte random nonce || AES-256-GCM ciphertext
+//	            of those bytes, with the visit key as additional data.
+//
+// Outbox record encoding (value in the outbox bucket):
+//
+//	uvarint n   length of the JSON header (seq, kind, topic, created, coalesce)
+//	n bytes     JSON header
+//	rest        payload bytes as given by the agent
+
+const (
+	visitFormat      = 1
+	flagEncrypted    = 1
+	keyCheckPlain    = "atm-agent store key check v1"
+	credentialPrefix = "credential:"
+)
+
+type visitHeader struct {
+	ID         string            `json:"id"`
+	Seq        uint64            `json:"seq"`
+	Time       time.Time         `json:"t"`
+	Trigger    string            `json:"trigger,omitempty"`
+	Context    visit.Context     `json:"ctx,omitzero"`
+	Outcome    visit.Outcome     `json:"outcome"`
+	Model      string            `json:"model,omitempty"`
+	Mask       visit.MaskState   `json:"mask"`
+	MaskScore  float32           `json:"mask_score"`
+	Quality    float32           `json:"quality"`
+	Frames     int               `json:"frames"`
+	Used       int               `json:"used"`
+	IdentityID string            `json:"identity,omitempty"`
+	Distance   float32           `json:"distance"`
+	Extra      map[string]string `json:"extra,omitempty"` // reserved for later schema versions
+}
+
+type aeadCipher = cipher.AEAD
+
+func newAEAD(key []byte) (cipher.AEAD, error) {
+	if len(key) != 32 {
+		return nil, fmt.Errorf("encryption key: want 32 bytes, got %d", len(key))
+	}
+	blk, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("encryption key: %w", err)
+	}
+	return cipher.NewGCM(blk)
+}
+
+func seal(a cipher.AEAD, plain, ad []byte) ([]byte, error) {
+	out := make([]byte, a.NonceSize(), a.NonceSize()+len(plain)+a.Overhead())
+	if _, err := rand.Read(out); err != nil {
+		return nil, fmt.Errorf("nonce: %w", err)
+	}
+	return a.Seal(out, out[:a.NonceSize()], plain, ad), nil
+}
+
+func open(a cipher.AEAD, sealed, ad []byte) ([]byte, error) {
+	if len(sealed) < a.NonceSize()+a.Overhead() {
+		return nil, errors.New("ciphertext too short")
+	}
+	return a.Open(nil, sealed[:a.NonceSize()], sealed[a.NonceSize():], ad)
+}
+
+func makeKeyCheck(a cipher.AEAD) ([]byte, error) {
+	return seal(a, []byte(keyCheckPlain), []byte("keycheck"))
+}
+
+func verifyKeyCheck(a cipher.AEAD, c []byte) error {
+	p, err := open(a, c, []byte("keycheck"))
+	if err != nil || string(p) != keyCheckPlain {
+		return ErrWrongKey
+	}
+	return nil
+}
+
+func (s *Store) encodeVisit(v *visit.Visit, key []byte) ([]byte, error) {
+	h := visitHeader{
+		ID: v.ID, Seq: v.Seq, Time: v.Time.UTC(), Trigger: v.Trigger, Context: v.Context,
+		Outcome: v.Outcome, Model: v.Model, Mask: v.Mask, MaskScore: v.MaskScore,
+		Quality: v.Quality, Frames: v.Frames, Used: v.Used, IdentityID: v.IdentityID,
+		Distance: v.Distance,
+	}
+	hj, err := json.Marshal(h)
+	if err != nil {
+		return nil, fmt.Errorf("encode visit %s: %w", v.ID, err)
+	}
+	emb := make([]byte, 4*len(v.Embedding))
+	for i, f := range v.Embedding {
+		binary.LittleEndian.PutUint32(emb[4*i:], math.Float32bits(f))
+	}
+	var flags byte
+	if s.aead != nil && len(emb) > 0 {
+		emb, err = seal(s.aead, emb, key)
+		if err != nil {
+			return nil, fmt.Errorf("encrypt visit %s: %w", v.ID, err)
+		}
+		flags |= flagEncrypted
+	}
+	out := make([]byte, 0, 2+binary.MaxVarintLen64+len(hj)+len(emb))
+	out = append(out, visitFormat, flags)
+	out = binary.AppendUvarint(out, uint64(len(hj)))
+	out = append(out, hj...)
+	return append(out, emb...), nil
+}
+
+// decodeVisit decodes a stored visit; the embedding is skipped (and not
+// decrypted) unless withEmbedding.
+func (s *Store) decodeVisit(key, val []byte, withEmbedding bool) (visit.Visit, error) {
+	var v visit.Visit
+	if len(val) < 3 || val[0] != visitFormat {
+		return v, fmt.Errorf("decode visit %x: unknown record format", key)
+	}
+	flags := val[1]
+	n, w := binary.Uvarint(val[2:])
+	if w <= 0 || uint64(len(val)-2-w) < n {
+		return v, fmt.Errorf("decode visit %x: truncated header", key)
+	}
+	hb := val[2+w : 2+w+int(n)]
+	var h visitHeader
+	if err := json.Unmarshal(hb, &h); err != nil {
+		return v, fmt.Errorf("decode visit %x: %w", key, err)
+	}
+	v = visit.Visit{
+		ID: h.ID, Seq: h.Seq, Time: h.Time.UTC(), Trigger: h.Trigger, Context: h.Context,
+		Descriptor: visit.Descriptor{
+			Outcome: h.Outcome, Model: h.Model, Mask: h.Mask, MaskScore: h.MaskScore,
+			Quality: h.Quality, Frames: h.Frames, Used: h.Used,
+		},
+		IdentityID: h.IdentityID, Distance: h.Distance,
+	}
+	emb := val[2+w+int(n):]
+	if !withEmbedding || len(emb) == 0 {
+		return v, nil
+	}
+	if flags&flagEncrypted != 0 {
+		if s.aead == nil {
+			return v, fmt.Errorf("decode visit %s: %w", h.ID, ErrKeyRequired)
+		}
+		p, err := open(s.aead, emb, key)
+		if err != nil {
+			return v, fmt.Errorf("decrypt visit %s embedding: %w", h.ID, err)
+		}
+		emb = p
+	}
+	if len(emb)%4 != 0 {
+		return v, fmt.Errorf("decode visit %s: embedding length %d not a multiple of 4", h.ID, len(emb))
+	}
+	v.Embedding = make([]float32, len(emb)/4)
+	for i := range v.Embedding {
+		v.Embedding[i] = math.Float32frombits(binary.LittleEndian.Uint32(emb[4*i:]))
+	}
+	return v, nil
+}
+
+// relabelRecord rewrites only the identity fields of a stored record, keeping
+// the (possibly encrypted) embedding bytes untouched. It returns the new
+// record and the previous identity.
+func (s *Store) relabelRecord(key, val []byte, identity string, distance *float32) ([]byte, string, error) {
+	v, err := s.decodeVisit(key, val, false)
+	if err != nil {
+		return nil, "", err
+	}
+	old := v.IdentityID
+	n, w := binary.Uvarint(val[2:])
+	emb := val[2+w+int(n):]
+	v.IdentityID = identity
+	if distance != nil {
+		v.Distance = *distance
+	}
+	h := visitHeader{
+		ID: v.ID, Seq: v.Seq, Time: v.Time, Trigger: v.Trigger, Context: v.Context,
+		Outcome: v.Outcome, Model: v.Model, Mask: v.Mask, MaskScore: v.MaskScore,
+		Quality: v.Quality, Frames: v.Frames, Used: v.Used, IdentityID: v.IdentityID,
+		Distance: v.Distance,
+	}
+	hj, err := json.Marshal(h)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]byte, 0, 2+binary.MaxVarintLen64+len(hj)+len(emb))
+	out = append(out, val[0], val[1])
+	out = binary.AppendUvarint(out, uint64(len(hj)))
+	out = append(out, hj...)
+	return append(out, emb...), old, nil
+}
+
+type outboxHeader struct {
+	Seq      uint64    `json:"seq"`
+	Kind     string    `json:"kind"`
+	Topic    string    `json:"topic"`
+	Created  time.Time `json:"created"`
+	Coalesce string    `json:"coalesce,omitempty"`
+}
+
+func encodeOutbox(m *visit.OutboxMessage) ([]byte, error) {
+	hj, err := json.Marshal(outboxHeader{Seq: m.Seq, Kind: m.Kind, Topic: m.Topic, Created: m.Created.UTC(), Coalesce: m.Coalesce})
+	if err != nil {
+		return nil, err
+	}
+	out := binary.AppendUvarint(make([]byte, 0, binary.MaxVarintLen64+len(hj)+len(m.Payload)), uint64(len(hj)))
+	out = append(out, hj...)
+	return append(out, m.Payload...), nil
+}
+
+func decodeOutbox(key, val []byte) (visit.OutboxMessage, error) {
+	var m visit.OutboxMessage
+	n, w := binary.Uvarint(val)
+	if w <= 0 || uint64(len(val)-w) < n {
+		return m, fmt.Errorf("decode outbox %x: truncated header", key)
+	}
+	var h outboxHeader
+	if err := json.Unmarshal(val[w:w+int(n)], &h); err != nil {
+		return m, fmt.Errorf("decode outbox %x: %w", key, err)
+	}
+	m = visit.OutboxMessage{
+		Key: binary.BigEndian.Uint64(key), Seq: h.Seq, Kind: h.Kind, Topic: h.Topic,
+		Created: h.Created, Coalesce: h.Coalesce,
+		Payload: bytes.Clone(val[w+int(n):]),
+	}
+	return m, nil
+}
+
+// LoadKey reads a 32-byte encryption key from a file holding either 32 raw
+// bytes or 64 hex characters (surrounding whitespace ignored). A path of the
+// form "credential:NAME" reads the systemd credential
+// $CREDENTIALS_DIRECTORY/NAME (LoadCredential= / SetCredentialEncrypted=).
+func LoadKey(path string) ([]byte, error) {
+	if name, ok := strings.CutPrefix(path, credentialPrefix); ok {
+		dir := os.Getenv("CREDENTIALS_DIRECTORY")
+		if dir == "" {
+			return nil, fmt.Errorf("load key %q: CREDENTIALS_DIRECTORY is not set (is the unit using LoadCredential=?)", path)
+		}
+		if name == "" || strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
+			return nil, fmt.Errorf("load key %q: invalid credential name", path)
+		}
+		path = filepath.Join(dir, name)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load key: %w", err)
+	}
+	defer clear(b)
+	if len(b) == 32 {
+		return bytes.Clone(b), nil
+	}
+	t := bytes.TrimSpace(b)
+	if len(t) == 64 {
+		k := make([]byte, 32)
+		if _, err := hex.Decode(k, t); err == nil {
+			return k, nil
+		}
+	}
+	return nil, fmt.Errorf("load key %q: want 32 raw bytes or 64 hex characters, got %d bytes", path, len(b))
+}

@@ -1,0 +1,435 @@
+// Package store keeps the agent's state in one bbolt file: visits (templates,
+// never images), identities, alerts, per-device counters and the bounded MQTT
+// outbox. Every state change caused by one visit is written in one bbolt
+// transaction (see CommitVisit), so a crash never leaves a visit without its
+// identity update or an alert without its outbox message.
+//
+// Layout (bucket: key -> value):
+//
+//	meta:               "schema", "device_id", "visit_seq", "outbox_seq",
+//	                    "outbox_key", "outbox_count", "outbox_bytes",
+//	                    "dropped/<kind>", "keycheck"
+//	visits:             be64(unix nanos) || be64(seq) -> encoded visit (codec.go)
+//	visit_ids:          visit id -> visits key
+//	identity_visits:    identity id || 0x00 || visits key -> empty
+//	identities:         identity id -> Identity JSON
+//	alerts:             alert id -> visit.Alert JSON
+//	alert_last:         rule || 0x00 || identity id -> alert id of the newest alert
+//	outbox:             be64(key) -> encoded OutboxMessage (codec.go)
+//	outbox_coalesce:    coalesce key -> be64(newest outbox key with that key)
+//	outbox_superseded:  be64(key) -> empty, for unsent messages replaced by a newer one
+//
+// Counters are plain big-endian uint64 values in meta (not bucket sequences)
+// so that they survive Compact unchanged.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Sentinel errors, compared with errors.Is.
+var (
+	ErrSchemaTooNew    = errors.New("database was written by a newer atm-agent (schema version too new)")
+	ErrKeyRequired     = errors.New("database embeddings are encrypted: an encryption key is required")
+	ErrWrongKey        = errors.New("encryption key does not match the one this database was created with")
+	ErrDuplicateVisit  = errors.New("visit id already stored")
+	ErrUnknownIdentity = errors.New("unknown identity")
+	ErrNotFound        = errors.New("not found")
+)
+
+var (
+	bMeta             = []byte("meta")
+	bVisits           = []byte("visits")
+	bVisitIDs         = []byte("visit_ids")
+	bIdentityVisits   = []byte("identity_visits")
+	bIdentities       = []byte("identities")
+	bAlerts           = []byte("alerts")
+	bAlertLast        = []byte("alert_last")
+	bOutbox           = []byte("outbox")
+	bOutboxCoalesce   = []byte("outbox_coalesce")
+	bOutboxSuperseded = []byte("outbox_superseded")
+
+	allBuckets = [][]byte{bMeta, bVisits, bVisitIDs, bIdentityVisits, bIdentities,
+		bAlerts, bAlertLast, bOutbox, bOutboxCoalesce, bOutboxSuperseded}
+)
+
+var (
+	kSchema      = []byte("schema")
+	kDeviceID    = []byte("device_id")
+	kVisitSeq    = []byte("visit_seq")
+	kOutboxSeq   = []byte("outbox_seq")
+	kOutboxKey   = []byte("outbox_key")
+	kOutboxCount = []byte("outbox_count")
+	kOutboxBytes = []byte("outbox_bytes")
+	kKeyCheck    = []byte("keycheck")
+	droppedPfx   = "dropped/"
+)
+
+// migrations[i] upgrades a database from schema version i to i+1. Version 0 is
+// an empty file. Append only; never edit a released step.
+var migrations = []func(tx *bolt.Tx) error{
+	// 0 -> 1: initial layout.
+	func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	},
+}
+
+// SchemaVersion is the schema this build writes.
+func SchemaVersion() int { return len(migrations) }
+
+// Defaults for Options fields left zero.
+const (
+	DefaultRetention           = 30 * 24 * time.Hour
+	DefaultOutboxMaxMessages   = 10000
+	DefaultOutboxMaxBytes      = 16 << 20
+	DefaultOutboxAlertCapMsgs  = 50000
+	DefaultOutboxAlertCapBytes = 64 << 20
+	DefaultLockTimeout         = 5 * time.Second
+	defaultPurgeBatch          = 1000
+	identityIndexSep           = 0x00
+	visitKeyLen                = 16
+	outboxKeyLen               = 8
+	maxIdentityIDLen           = 256
+	defaultCompactTxMaxSize    = 4 << 20
+	deviceIDBytes              = 8
+	defaultOpenFileMode        = 0o600
+)
+
+// Options configures Open. Zero values take the defaults above.
+type Options struct {
+	// Retention: visits older than this are removed by PurgeExpired, and
+	// Members only returns visits inside it.
+	Retention time.Duration
+
+	// Outbox bounds. When the outbox holds more than OutboxMaxMessages
+	// messages or OutboxMaxBytes payload bytes, unsent summaries and events
+	// are dropped (superseded ones first, then the oldest). Alerts are only
+	// dropped, oldest first, when the outbox exceeds the hard caps.
+	OutboxMaxMessages      int
+	OutboxMaxBytes         int64
+	OutboxAlertCapMessages int
+	OutboxAlertCapBytes    int64
+
+	// Key, when set (32 bytes), encrypts embeddings at rest with AES-256-GCM.
+	// A database that holds a key check value refuses to open without it.
+	Key []byte
+
+	// DeviceID is stored in meta and returned by DeviceID. When empty a
+	// random id is created at first open; when set it replaces the stored
+	// one (the configuration stays authoritative).
+	DeviceID string
+
+	// Timeout bounds the wait for the file lock (another process holding
+	// the database). Always > 0.
+	Timeout time.Duration
+
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() error {
+	if o.Retention == 0 {
+		o.Retention = DefaultRetention
+	}
+	if o.OutboxMaxMessages == 0 {
+		o.OutboxMaxMessages = DefaultOutboxMaxMessages
+	}
+	if o.OutboxMaxBytes == 0 {
+		o.OutboxMaxBytes = DefaultOutboxMaxBytes
+	}
+	if o.OutboxAlertCapMessages == 0 {
+		o.OutboxAlertCapMessages = max(DefaultOutboxAlertCapMsgs, o.OutboxMaxMessages)
+	}
+	if o.OutboxAlertCapBytes == 0 {
+		o.OutboxAlertCapBytes = max(DefaultOutboxAlertCapBytes, o.OutboxMaxBytes)
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultLockTimeout
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case o.Retention < 0:
+		return fmt.Errorf("retention %v: must be positive", o.Retention)
+	case o.OutboxMaxMessages < 0 || o.OutboxMaxBytes < 0:
+		return fmt.Errorf("outbox bounds must be positive")
+	case o.OutboxAlertCapMessages < o.OutboxMaxMessages:
+		return fmt.Errorf("outbox alert cap (%d messages) is below the outbox bound (%d messages)", o.OutboxAlertCapMessages, o.OutboxMaxMessages)
+	case o.OutboxAlertCapBytes < o.OutboxMaxBytes:
+		return fmt.Errorf("outbox alert cap (%d bytes) is below the outbox bound (%d bytes)", o.OutboxAlertCapBytes, o.OutboxMaxBytes)
+	case o.Key != nil && len(o.Key) != 32:
+		return fmt.Errorf("encryption key: want 32 bytes, got %d", len(o.Key))
+	}
+	return nil
+}
+
+// Store is the agent's database. Its methods are safe for concurrent use.
+type Store struct {
+	path string
+	opts Options
+	aead aeadCipher // nil without a key
+
+	mu       sync.RWMutex // write-locked only while Compact swaps the file
+	db       *bolt.DB
+	deviceID string
+
+	// testHook, when set, is called between the stages of a commit; an
+	// error aborts the transaction (atomicity tests).
+	testHook func(stage string) error
+}
+
+// Open opens (creating when absent, mode 0600) the database at path,
+// migrates it to the current schema and checks the encryption key.
+func Open(path string, opts Options) (*Store, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	s := &Store{path: path, opts: opts}
+	if opts.Key != nil {
+		a, err := newAEAD(opts.Key)
+		if err != nil {
+			return nil, fmt.Errorf("open store %q: %w", path, err)
+		}
+		s.aead = a
+	}
+	db, err := s.openDB(path)
+	if err != nil {
+		return nil, err
+	}
+	s.db = db
+	return s, nil
+}
+
+func (s *Store) openDB(path string) (*bolt.DB, error) {
+	db, err := bolt.Open(path, defaultOpenFileMode, &bolt.Options{Timeout: s.opts.Timeout})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open store %q: database is locked by another process (waited %v): %w", path, s.opts.Timeout, err)
+		}
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	if err := db.Update(s.initTx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	return db, nil
+}
+
+// initTx migrates, checks the key and records the device id.
+func (s *Store) initTx(tx *bolt.Tx) error {
+	ver := 0
+	if m := tx.Bucket(bMeta); m != nil {
+		ver = int(getU64(m, kSchema))
+	}
+	if ver > len(migrations) {
+		return fmt.Errorf("%w: file has version %d, this build supports up to %d", ErrSchemaTooNew, ver, len(migrations))
+	}
+	for v := ver; v < len(migrations); v++ {
+		if err := migrations[v](tx); err != nil {
+			return fmt.Errorf("migrate schema %d -> %d: %w", v, v+1, err)
+		}
+		if err := putU64(tx.Bucket(bMeta), kSchema, uint64(v+1)); err != nil {
+			return err
+		}
+		if v > 0 || ver > 0 {
+			s.opts.Logger.Info("store schema migrated", "from", v, "to", v+1)
+		}
+	}
+	meta := tx.Bucket(bMeta)
+
+	check := meta.Get(kKeyCheck)
+	switch {
+	case check != nil && s.aead == nil:
+		return ErrKeyRequired
+	case check != nil:
+		if err := verifyKeyCheck(s.aead, check); err != nil {
+			return err
+		}
+	case s.aead != nil:
+		c, err := makeKeyCheck(s.aead)
+		if err != nil {
+			return err
+		}
+		if err := meta.Put(kKeyCheck, c); err != nil {
+			return err
+		}
+	}
+
+	id := string(meta.Get(kDeviceID))
+	switch {
+	case s.opts.DeviceID != "" && s.opts.DeviceID != id:
+		if id != "" {
+			s.opts.Logger.Warn("store device id replaced by configuration", "old", id, "new", s.opts.DeviceID)
+		}
+		id = s.opts.DeviceID
+	case id == "":
+		var b [deviceIDBytes]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return fmt.Errorf("device id: %w", err)
+		}
+		id = hex.EncodeToString(b[:])
+	}
+	if err := meta.Put(kDeviceID, []byte(id)); err != nil {
+		return err
+	}
+	s.deviceID = id
+	return nil
+}
+
+// Close closes the database file.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db == nil {
+		return nil
+	}
+	err := s.db.Close()
+	s.db = nil
+	if err != nil {
+		return fmt.Errorf("close store %q: %w", s.path, err)
+	}
+	return nil
+}
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
+
+// DeviceID is the device id kept in meta.
+func (s *Store) DeviceID() string { return s.deviceID }
+
+// Retention is the configured retention window.
+func (s *Store) Retention() time.Duration { return s.opts.Retention }
+
+var errClosed = errors.New("store is closed")
+
+// view and update run fn under the read lock and check ctx first.
+func (s *Store) view(ctx context.Context, op string, fn func(tx *bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return fmt.Errorf("%s: %w", op, errClosed)
+	}
+	if err := s.db.View(fn); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}
+
+func (s *Store) update(ctx context.Context, op string, fn func(tx *bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return fmt.Errorf("%s: %w", op, errClosed)
+	}
+	if err := s.db.Update(fn); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}
+
+func (s *Store) hook(stage string) error {
+	if s.testHook != nil {
+		return s.testHook(stage)
+	}
+	return nil
+}
+
+// ---- small helpers ----
+
+func getU64(b *bolt.Bucket, k []byte) uint64 {
+	v := b.Get(k)
+	if len(v) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(v)
+}
+
+func putU64(b *bolt.Bucket, k []byte, v uint64) error {
+	var buf [8]byte
+	binary.BigEndian.PutUint64(buf[:], v)
+	return b.Put(k, buf[:])
+}
+
+func addU64(b *bolt.Bucket, k []byte, delta int64) error {
+	v := int64(getU64(b, k)) + delta
+	if v < 0 {
+		v = 0
+	}
+	return putU64(b, k, uint64(v))
+}
+
+func be64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+// visitKey orders visits chronologically, seq breaking ties.
+func visitKey(t time.Time, seq uint64) []byte {
+	k := make([]byte, visitKeyLen)
+	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
+	binary.BigEndian.PutUint64(k[8:], seq)
+	return k
+}
+
+// timeKey is the 8-byte time prefix of visit keys, clamped to the range
+// UnixNano can represent.
+func timeKey(t time.Time) []byte {
+	switch {
+	case t.Year() < 1970:
+		return make([]byte, 8)
+	case t.Year() > 2261:
+		return be64(1<<63 - 1)
+	}
+	return be64(uint64(t.UnixNano()))
+}
+
+func visitKeyTime(k []byte) time.Time {
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).UTC()
+}
+
+func identityIndexPrefix(id string) []byte {
+	p := make([]byte, 0, len(id)+1)
+	p = append(p, id...)
+	return append(p, identityIndexSep)
+}
+
+func identityIndexKey(id string, vk []byte) []byte {
+	return append(identityIndexPrefix(id), vk...)
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
