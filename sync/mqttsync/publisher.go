@@ -1,0 +1,454 @@
+package mqttsync
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/periocular/atm-agent/sync/wire"
+	"github.com/periocular/atm-agent/visit"
+)
+
+// Outbox is the store's outbox as the publisher uses it. OutboxPending
+// returns up to max unsent messages in key order; OutboxAck deletes them
+// once the broker has acknowledged them.
+type Outbox interface {
+	OutboxPending(ctx context.Context, max int) ([]visit.OutboxMessage, error)
+	OutboxAck(ctx context.Context, keys ...uint64) error
+}
+
+// CommandHandler executes remote commands other than ping. The result, if
+// not nil, is marshalled into the reply's "result" object.
+type CommandHandler interface {
+	HandleCommand(ctx context.Context, cmd wire.Command) (result any, err error)
+}
+
+// Deps are the publisher's collaborators.
+type Deps struct {
+	Outbox Outbox // required
+	// Status returns the agent's current health; the publisher fills the
+	// envelope, state, uptime and seq. Nil publishes a bare status.
+	Status   func() wire.Status
+	Commands CommandHandler // used when cfg.Commands.Enabled
+	Logger   *slog.Logger
+	Now      func() time.Time // injected clock; time.Now when nil
+}
+
+// Stats is a snapshot of the publisher's counters.
+type Stats struct {
+	Connected    bool
+	Connects     uint64 // successful (re)connections
+	Published    uint64 // outbox messages acknowledged by the broker
+	Historical   uint64 // of which sent with historical=true
+	Failed       uint64 // publishes that failed or timed out (retried later)
+	LastAckedSeq uint64
+	LastError    string // last connection or publish error
+}
+
+// ErrTimeout is returned when a token did not complete in time.
+var ErrTimeout = errors.New("mqtt: timed out waiting for broker")
+
+// Publisher drains the outbox to the broker and keeps the retained status.
+type Publisher struct {
+	cfg    Config
+	topics wire.Topics
+	d      Deps
+	log    *slog.Logger
+	now    func() time.Time
+	opts   *mqtt.ClientOptions
+	start  time.Time
+	notify chan struct{}
+
+	runCtx context.Context // set by Run before connecting
+
+	mu          sync.Mutex
+	client      mqtt.Client
+	connectedAt time.Time
+	lastErr     string
+	lastErrLog  time.Time
+	ran         bool
+
+	connects, published, historical, failed, lastSeq atomic.Uint64
+}
+
+// New validates cfg, loads the TLS material and password, and returns a
+// publisher ready to Run.
+func New(cfg Config, d Deps) (*Publisher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if d.Outbox == nil {
+		return nil, errors.New("mqttsync: Deps.Outbox is required")
+	}
+	if cfg.Commands.Enabled && d.Commands == nil {
+		return nil, errors.New("mqttsync: commands enabled but Deps.Commands is nil")
+	}
+	p := &Publisher{cfg: cfg, d: d, log: d.Logger, now: d.Now, notify: make(chan struct{}, 1)}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	p.topics, _ = cfg.Topics()
+	p.start = p.now()
+	opts, err := clientOptions(cfg, cfg.clientID())
+	if err != nil {
+		return nil, err
+	}
+	will, err := json.Marshal(p.status(wire.StateOffline))
+	if err != nil {
+		return nil, fmt.Errorf("mqttsync: build last will: %w", err)
+	}
+	opts.SetBinaryWill(p.topics.Status(), will, 1, true)
+	opts.SetOnConnectHandler(p.onConnect)
+	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		p.setErr(fmt.Errorf("connection lost: %w", err))
+	})
+	opts.SetConnectionNotificationHandler(func(_ mqtt.Client, n mqtt.ConnectionNotification) {
+		switch n := n.(type) {
+		case mqtt.ConnectionNotificationBrokerFailed:
+			p.setErr(fmt.Errorf("connect %s: %w", n.Broker, n.Reason))
+		case mqtt.ConnectionNotificationFailed:
+			p.setErr(fmt.Errorf("connect: %w", n.Reason))
+		}
+	})
+	p.opts = opts
+	return p, nil
+}
+
+// clientOptions builds paho options shared by the publisher, Probe and Watch.
+func clientOptions(cfg Config, clientID string) (*mqtt.ClientOptions, error) {
+	tc, err := cfg.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	pw, err := cfg.password()
+	if err != nil {
+		return nil, err
+	}
+	o := mqtt.NewClientOptions()
+	for _, b := range cfg.Brokers {
+		o.AddBroker(b)
+	}
+	o.SetClientID(clientID)
+	if tc != nil {
+		o.SetTLSConfig(tc)
+	}
+	if cfg.Username != "" {
+		o.SetUsername(cfg.Username)
+		o.SetPassword(pw)
+	}
+	o.SetKeepAlive(cfg.KeepAlive)
+	o.SetPingTimeout(min(cfg.KeepAlive, 10*time.Second))
+	o.SetConnectTimeout(cfg.ConnectTimeout)
+	o.SetWriteTimeout(cfg.PublishTimeout)
+	o.SetAutoReconnect(true)
+	o.SetMaxReconnectInterval(cfg.ReconnectBackoffMax)
+	o.SetConnectRetry(true)
+	o.SetConnectRetryInterval(min(cfg.ReconnectBackoffMax, 5*time.Second))
+	// The outbox is ours: nothing needs a broker-side session, and paho's
+	// in-memory store only covers what is in flight on one connection.
+	o.SetCleanSession(true)
+	o.SetOrderMatters(false)
+	o.SetStore(mqtt.NewMemoryStore())
+	return o, nil
+}
+
+// Notify wakes the drain loop, e.g. right after a commit that added outbox
+// messages. It never blocks.
+func (p *Publisher) Notify() {
+	select {
+	case p.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Stats returns the current counters.
+func (p *Publisher) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := Stats{Connects: p.connects.Load(), Published: p.published.Load(), Historical: p.historical.Load(),
+		Failed: p.failed.Load(), LastAckedSeq: p.lastSeq.Load(), LastError: p.lastErr}
+	s.Connected = p.client != nil && p.client.IsConnectionOpen()
+	return s
+}
+
+func (p *Publisher) setErr(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	msg := err.Error()
+	// Retrying connects fail every few seconds: log changes, and repeats
+	// once a minute.
+	if msg != p.lastErr || p.now().Sub(p.lastErrLog) > time.Minute {
+		p.log.Warn("mqtt", "err", msg)
+		p.lastErrLog = p.now()
+	}
+	p.lastErr = msg
+}
+
+// Run connects (retrying until ctx ends), drains the outbox until ctx is
+// cancelled, then publishes the retained "stopped" status and disconnects.
+// Cancellation is not an error. Run may be called once.
+func (p *Publisher) Run(ctx context.Context) error {
+	p.mu.Lock()
+	if p.ran {
+		p.mu.Unlock()
+		return errors.New("mqttsync: Run called twice")
+	}
+	p.ran = true
+	p.runCtx = ctx
+	p.client = mqtt.NewClient(p.opts)
+	p.mu.Unlock()
+
+	// With ConnectRetry the token completes only once connected; failures
+	// are reported through the notification handler.
+	p.client.Connect()
+	p.log.Info("mqtt publisher started", "brokers", p.cfg.Brokers, "status_topic", p.topics.Status())
+
+	tick := time.NewTicker(p.cfg.DrainInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			p.shutdown()
+			return nil
+		case <-p.notify:
+		case <-tick.C:
+		}
+		p.drain(ctx)
+	}
+}
+
+func (p *Publisher) shutdown() {
+	c := p.client
+	if c.IsConnectionOpen() {
+		st, err := json.Marshal(p.status(wire.StateStopped))
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), p.cfg.PublishTimeout)
+			err = waitToken(ctx, c.Publish(p.topics.Status(), 1, true, st), p.cfg.PublishTimeout)
+			cancel()
+		}
+		if err != nil {
+			p.log.Warn("mqtt: publish stopped status", "err", err)
+		}
+	}
+	c.Disconnect(250)
+	p.log.Info("mqtt publisher stopped", "published", p.published.Load())
+}
+
+func (p *Publisher) onConnect(c mqtt.Client) {
+	p.mu.Lock()
+	p.connectedAt = p.now()
+	ctx := p.runCtx
+	p.mu.Unlock()
+	p.connects.Add(1)
+	p.log.Info("mqtt connected", "connects", p.connects.Load())
+
+	st, err := json.Marshal(p.status(wire.StateOnline))
+	if err == nil {
+		err = waitToken(ctx, c.Publish(p.topics.Status(), 1, true, st), p.cfg.PublishTimeout)
+	}
+	if err != nil {
+		p.setErr(fmt.Errorf("publish online status: %w", err))
+	}
+	if p.cfg.Commands.Enabled {
+		tok := c.Subscribe(p.topics.Command(), 1, p.onCommand)
+		if err := waitToken(ctx, tok, p.cfg.PublishTimeout); err != nil {
+			p.setErr(fmt.Errorf("subscribe %s: %w", p.topics.Command(), err))
+		}
+	}
+	p.Notify()
+}
+
+// status builds a status message of the given state.
+func (p *Publisher) status(state wire.State) wire.Status {
+	var s wire.Status
+	if p.d.Status != nil && state != wire.StateOffline {
+		s = p.d.Status()
+	}
+	now := p.now()
+	s.Envelope = wire.NewEnvelope(p.cfg.Topic.Site, p.cfg.Topic.Device, now)
+	s.MessageID = randomID("st")
+	s.Seq = p.lastSeq.Load()
+	s.State = state
+	if s.StartedAt.IsZero() {
+		s.StartedAt = p.start.UTC()
+	}
+	if up := now.Sub(s.StartedAt); up > 0 {
+		s.UptimeS = int64(up / time.Second)
+	}
+	return s
+}
+
+// MessageID returns the stable message id of an outbox message: the same
+// for every redelivery of it, different for messages of a recreated store
+// that reuse a sequence number.
+func MessageID(device string, m visit.OutboxMessage) string {
+	h := sha256.New()
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], m.Seq)
+	binary.BigEndian.PutUint64(b[8:], uint64(m.Created.UnixNano()))
+	h.Write([]byte(device))
+	h.Write([]byte{0})
+	h.Write(b[:])
+	h.Write([]byte(m.Topic))
+	return fmt.Sprintf("%d-%s", m.Seq, hex.EncodeToString(h.Sum(nil)[:8]))
+}
+
+// drain publishes pending outbox messages until the outbox is empty, the
+// connection is down, or a publish fails.
+func (p *Publisher) drain(ctx context.Context) {
+	for ctx.Err() == nil && p.client.IsConnectionOpen() {
+		msgs, err := p.d.Outbox.OutboxPending(ctx, p.cfg.Batch)
+		if err != nil {
+			if ctx.Err() == nil {
+				p.setErr(fmt.Errorf("read outbox: %w", err))
+			}
+			return
+		}
+		if len(msgs) == 0 {
+			return
+		}
+		slices.SortFunc(msgs, func(a, b visit.OutboxMessage) int {
+			if a.Key < b.Key {
+				return -1
+			} else if a.Key > b.Key {
+				return 1
+			}
+			return 0
+		})
+		acked, complete := p.publishBatch(ctx, msgs)
+		if len(acked) > 0 {
+			// Ack even if ctx just ended: the broker has these.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.PublishTimeout)
+			err := p.d.Outbox.OutboxAck(actx, acked...)
+			cancel()
+			if err != nil {
+				p.setErr(fmt.Errorf("ack outbox: %w", err))
+				return
+			}
+		}
+		if !complete {
+			return
+		}
+	}
+}
+
+type inflight struct {
+	msg  visit.OutboxMessage
+	tok  mqtt.Token
+	hist bool
+}
+
+// publishBatch publishes msgs in key order with at most MaxInflight
+// outstanding, and returns the keys the broker acknowledged. complete is
+// false when any publish failed; later messages are then not sent.
+func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage) (acked []uint64, complete bool) {
+	p.mu.Lock()
+	connectedAt := p.connectedAt
+	p.mu.Unlock()
+	var q []inflight
+	complete = true
+	wait := func() {
+		f := q[0]
+		q = q[1:]
+		if err := waitToken(ctx, f.tok, p.cfg.PublishTimeout); err != nil {
+			if ctx.Err() == nil {
+				p.failed.Add(1)
+				p.setErr(fmt.Errorf("publish seq %d: %w", f.msg.Seq, err))
+			}
+			complete = false
+			return
+		}
+		acked = append(acked, f.msg.Key)
+		p.published.Add(1)
+		if f.hist {
+			p.historical.Add(1)
+		}
+		if f.msg.Seq > p.lastSeq.Load() {
+			p.lastSeq.Store(f.msg.Seq)
+		}
+	}
+	for _, m := range msgs {
+		if !complete || ctx.Err() != nil {
+			break
+		}
+		topic, err := p.topics.For(m.Topic)
+		if err != nil {
+			// A bad suffix can never be sent; fail loudly rather than
+			// block the outbox silently.
+			p.setErr(fmt.Errorf("outbox key %d: %w", m.Key, err))
+			complete = false
+			break
+		}
+		now := p.now()
+		hist := now.Sub(m.Created) > p.cfg.HistoricalAfter || m.Created.Before(connectedAt)
+		payload, err := wire.Finalize(m.Payload, m.Seq, MessageID(p.cfg.Topic.Device, m), hist)
+		if err != nil {
+			p.setErr(fmt.Errorf("outbox key %d: %w", m.Key, err))
+			complete = false
+			break
+		}
+		q = append(q, inflight{msg: m, tok: p.client.Publish(topic, 1, false, payload), hist: hist})
+		for len(q) >= p.cfg.MaxInflight {
+			wait()
+		}
+	}
+	for len(q) > 0 {
+		wait()
+	}
+	return acked, complete
+}
+
+// waitToken waits for a paho token, bounded by ctx and d.
+func waitToken(ctx context.Context, tok mqtt.Token, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-tok.Done():
+		return tok.Error()
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return ErrTimeout
+	}
+}
+
+func randomID(prefix string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return prefix + "-" + hex.EncodeToString(b[:])
+}
+
+// Probe connects once with cfg and disconnects: a clear error for a wrong
+// CA, certificate, password or address, for `atm-agent check`.
+func Probe(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	opts, err := clientOptions(cfg, cfg.clientID()+"-probe")
+	if err != nil {
+		return err
+	}
+	opts.SetConnectRetry(false)
+	opts.SetAutoReconnect(false)
+	c := mqtt.NewClient(opts)
+	if err := waitToken(ctx, c.Connect(), cfg.ConnectTimeout+time.Second); err != nil {
+		return fmt.Errorf("mqtt connect %v: %w", cfg.Brokers, err)
+	}
+	c.Disconnect(100)
+	return nil
+}
