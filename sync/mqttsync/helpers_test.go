@@ -337,7 +337,9 @@ func newMosquitto(t testing.TB, extra string) *mosquitto {
 	return m
 }
 
-func (m *mosquitto) url(scheme string) string { return fmt.Sprintf("%s://127.0.0.1:%d", scheme, m.port) }
+func (m *mosquitto) url(scheme string) string {
+	return fmt.Sprintf("%s://127.0.0.1:%d", scheme, m.port)
+}
 
 func (m *mosquitto) start() {
 	m.t.Helper()
