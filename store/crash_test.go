@@ -156,5 +156,5 @@ func checkAfterCrash(t *testing.T, path string, reported int) {
 	if total != len(all) {
 		t.Fatalf("identity counts sum to %d, %d visits", total, len(all))
 	}
-	t.Logf("reported %d, stored %d visits after kill -9", reported+1, len(all))
+	t.Logf("reported %d, stored %d visits after reopen", reported+1, len(all))
 }

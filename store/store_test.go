@@ -799,3 +799,29 @@ func BenchmarkCommitVisit(b *testing.B) {
 		})
 	}
 }
+
+func TestConfig(t *testing.T) {
+	c := DefaultConfig()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	kf := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(kf, []byte(strings.Repeat("0f", 32)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.KeyFile = kf
+	c.Outbox.MaxMessages = 7
+	o, err := c.Options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Key) != 32 || o.OutboxMaxMessages != 7 || o.Retention != DefaultRetention || o.Timeout != DefaultLockTimeout {
+		t.Errorf("options %+v", o)
+	}
+	c.Retention = 0
+	c.Outbox.AlertCapMessages = 1
+	err = c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "store.retention") || !strings.Contains(err.Error(), "alert caps") {
+		t.Errorf("validate: %v", err)
+	}
+}
