@@ -76,10 +76,14 @@ type Model struct {
 	// Thresholds are calibrated per pair type on labelled data
 	// (`atm-agent eval calibrate`); empty until calibrated.
 	Thresholds *Thresholds `yaml:"thresholds,omitempty"`
-	Source     *Source     `yaml:"source,omitempty"`
-	License    string      `yaml:"license"`
-	Provenance string      `yaml:"provenance"`
-	Notes      string      `yaml:"notes,omitempty"`
+	// MaskHead is a small linear classifier on this embedder's templates
+	// that says whether the face is masked (trained by the project,
+	// docs/accuracy.md).
+	MaskHead   *Head   `yaml:"mask_head,omitempty"`
+	Source     *Source `yaml:"source,omitempty"`
+	License    string  `yaml:"license"`
+	Provenance string  `yaml:"provenance"`
+	Notes      string  `yaml:"notes,omitempty"`
 }
 
 // Input says how to turn an image into the network's input blob:
@@ -99,7 +103,10 @@ type Input struct {
 
 // Output is one named network output.
 type Output struct {
-	Name  string `yaml:"name"`
+	Name string `yaml:"name"`
+	// From is the source graph's tensor this output is taken from
+	// (converters that rename outputs).
+	From  string `yaml:"from,omitempty"`
 	Shape []int  `yaml:"shape,flow,omitempty"`
 	Desc  string `yaml:"desc,omitempty"`
 }
@@ -124,6 +131,14 @@ type Thresholds struct {
 	MM      float64 `yaml:"mm"`
 	MU      float64 `yaml:"mu"`
 	Dataset string  `yaml:"dataset,omitempty"`
+}
+
+// Head is a small learned file (JSON) that works on a model's outputs.
+type Head struct {
+	File   string `yaml:"file"`
+	SHA256 string `yaml:"sha256"`
+	// Provenance: the command and data that produced it.
+	Provenance string `yaml:"provenance"`
 }
 
 // Source says how a model was produced from a locked package.

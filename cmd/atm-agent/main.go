@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"golang.org/x/term"
 )
 
 // version is set at link time (-ldflags "-X main.version=...").
@@ -131,3 +133,5 @@ func init() {
 		return nil
 	}}
 }
+
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }

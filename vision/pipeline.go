@@ -1,0 +1,404 @@
+package vision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"time"
+
+	"gocv.io/x/gocv"
+
+	"github.com/periocular/atm-agent/models"
+	"github.com/periocular/atm-agent/visit"
+)
+
+// Config tunes the perception pipeline. Thresholds that belong to a model
+// (detector score, embedding distances) come from the manifest; these are
+// the quality gates of the site.
+type Config struct {
+	// Threads for OpenCV (0: OpenCV's default).
+	Threads int `yaml:"threads"`
+	// MinScore is the detector score a face needs to count at all.
+	MinScore float64 `yaml:"min_score"`
+	// MinFacePx is the smallest face box side (pixels) that is used.
+	MinFacePx float64 `yaml:"min_face_px"`
+	// MinSharpness is the Laplacian variance below which a face is too blurred.
+	MinSharpness float64 `yaml:"min_sharpness"`
+	// MaxRoll (degrees) and MaxYaw (nose offset / eye distance).
+	MaxRoll float64 `yaml:"max_roll"`
+	MaxYaw  float64 `yaml:"max_yaw"`
+	// NewIdentityQuality is the visit quality needed to start a new
+	// identity; below it a visit may only match an existing one.
+	NewIdentityQuality float64 `yaml:"new_identity_quality"`
+	// BestFrames is how many of a burst's best frames are aggregated.
+	BestFrames int `yaml:"best_frames"`
+	// PadTight pads an image whose face fills it (a tight crop) with gray
+	// to this factor before a second detection pass (0 disables).
+	PadTight float64 `yaml:"pad_tight"`
+}
+
+// DefaultConfig returns the measured defaults (docs/accuracy.md).
+func DefaultConfig() Config {
+	return Config{
+		Threads:            2,
+		MinScore:           0.5,
+		MinFacePx:          40,
+		MinSharpness:       15,
+		MaxRoll:            30,
+		MaxYaw:             0.6,
+		NewIdentityQuality: 0.5,
+		BestFrames:         3,
+		PadTight:           2,
+	}
+}
+
+// Validate reports settings that cannot work.
+func (c Config) Validate() error {
+	var errs []error
+	if c.MinScore < 0 || c.MinScore >= 1 {
+		errs = append(errs, fmt.Errorf("min_score %v: must be in [0,1)", c.MinScore))
+	}
+	if c.BestFrames < 1 {
+		errs = append(errs, fmt.Errorf("best_frames %d: must be at least 1", c.BestFrames))
+	}
+	if c.PadTight != 0 && c.PadTight < 1 {
+		errs = append(errs, fmt.Errorf("pad_tight %v: 0 (off) or >= 1", c.PadTight))
+	}
+	return errors.Join(errs...)
+}
+
+// Face is what the pipeline found and measured in one image.
+type Face struct {
+	Det       Detection
+	Embedding []float32 // L2-normalised
+	Sharpness float64
+	Roll, Yaw float64
+	Quality   float64 // in [0,1]
+	Mask      visit.MaskState
+	MaskScore float64
+	Padded    bool // found only after padding a tight crop
+	// Thumb is a small JPEG of the face crop when requested (reports).
+	Thumb []byte
+}
+
+// Timings are per-stage durations of the last call, for metrics and evals.
+type Timings struct {
+	Detect, Embed time.Duration
+}
+
+// Pipeline turns frames into faces and a burst into one visit descriptor.
+// It is safe for concurrent use; the nets serialise internally.
+type Pipeline struct {
+	cfg      Config
+	det      Detector
+	emb      *Embedder
+	mask     *MaskClassifier
+	Embedder string // embedder model name
+}
+
+// New loads the manifest's pipeline models (or the named ones) from dir.
+func New(dir string, man *models.Manifest, detector, embedder string, cfg Config) (*Pipeline, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Threads > 0 {
+		SetNumThreads(cfg.Threads)
+	}
+	if detector == "" {
+		detector = man.Pipeline.Detector
+	}
+	if embedder == "" {
+		embedder = man.Pipeline.Embedder
+	}
+	dm, ok := man.Find(detector)
+	if !ok {
+		return nil, fmt.Errorf("detector %q is not in the model manifest", detector)
+	}
+	em, ok := man.Find(embedder)
+	if !ok {
+		return nil, fmt.Errorf("embedder %q is not in the model manifest", embedder)
+	}
+	det, err := NewDetector(dir, dm)
+	if err != nil {
+		return nil, err
+	}
+	emb, err := NewEmbedder(dir, em)
+	if err != nil {
+		det.Close()
+		return nil, err
+	}
+	p := &Pipeline{cfg: cfg, det: det, emb: emb, Embedder: em.Name}
+	if mc, err := LoadMaskClassifier(dir, man, em.Name); err == nil {
+		p.mask = mc
+	} else if !errors.Is(err, ErrNoMaskModel) {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// Close releases the networks.
+func (p *Pipeline) Close() error {
+	var errs []error
+	if p.det != nil {
+		errs = append(errs, p.det.Close())
+	}
+	if p.emb != nil {
+		errs = append(errs, p.emb.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Config returns the pipeline's settings.
+func (p *Pipeline) Config() Config { return p.cfg }
+
+// ErrNoFace says no usable face was found. It is an outcome, not a failure.
+var ErrNoFace = errors.New("no usable face")
+
+// detectCustomer finds the customer's face, padding a tight crop when the
+// first pass finds nothing.
+func (p *Pipeline) detectCustomer(img gocv.Mat) (Detection, bool, bool, error) {
+	dets, err := p.det.Detect(img)
+	if err != nil {
+		return Detection{}, false, false, err
+	}
+	dets = filterScore(dets, p.cfg.MinScore)
+	if d, ok := customer(dets, img.Cols(), img.Rows()); ok {
+		return d, true, false, nil
+	}
+	if p.cfg.PadTight < 1 {
+		return Detection{}, false, false, nil
+	}
+	// A face that fills the image has no context around it; detectors
+	// trained on scenes need some. Pad with constant gray (replicated
+	// borders create false faces) and look again.
+	w, h := img.Cols(), img.Rows()
+	px := int(float64(w) * (p.cfg.PadTight - 1) / 2)
+	py := int(float64(h) * (p.cfg.PadTight - 1) / 2)
+	padded := gocv.NewMat()
+	defer padded.Close()
+	gocv.CopyMakeBorder(img, &padded, py, py, px, px, gocv.BorderConstant, colorOf(128))
+	dets, err = p.det.Detect(padded)
+	if err != nil {
+		return Detection{}, false, false, err
+	}
+	dets = filterScore(dets, p.cfg.MinScore)
+	d, ok := customer(dets, padded.Cols(), padded.Rows())
+	if !ok {
+		return Detection{}, false, false, nil
+	}
+	shift := func(x, y float64) (float64, float64) { return x - float64(px), y - float64(py) }
+	d.X0, d.Y0 = shift(d.X0, d.Y0)
+	d.X1, d.Y1 = shift(d.X1, d.Y1)
+	for i := range d.Points {
+		d.Points[i][0], d.Points[i][1] = shift(d.Points[i][0], d.Points[i][1])
+	}
+	return d, true, true, nil
+}
+
+func filterScore(dets []Detection, min float64) []Detection {
+	out := dets[:0]
+	for _, d := range dets {
+		if d.Score >= min {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// FaceOptions select extra work for one image.
+type FaceOptions struct {
+	Thumb int // side of a JPEG thumbnail of the face crop; 0 for none
+}
+
+// FaceInMat runs detection, quality measures, embedding and mask state on
+// one BGR image. It returns ErrNoFace when nothing passes the score gate.
+func (p *Pipeline) faceInMat(img gocv.Mat, o FaceOptions, t *Timings) (Face, error) {
+	t0 := time.Now()
+	d, ok, padded, err := p.detectCustomer(img)
+	if t != nil {
+		t.Detect += time.Since(t0)
+	}
+	if err != nil {
+		return Face{}, err
+	}
+	if !ok {
+		return Face{}, ErrNoFace
+	}
+	f := Face{Det: d, Padded: padded}
+	t1 := time.Now()
+	emb, sharp, thumb, err := p.emb.Embed(img, d, o.Thumb)
+	if t != nil {
+		t.Embed += time.Since(t1)
+	}
+	if err != nil {
+		return Face{}, err
+	}
+	f.Embedding, f.Sharpness, f.Thumb = emb, sharp, thumb
+	f.Roll, f.Yaw, _ = pose(d)
+	f.Quality = p.quality(f)
+	f.Mask, f.MaskScore = visit.MaskUnknown, 0.5
+	if p.mask != nil {
+		f.MaskScore = p.mask.Score(emb)
+		f.Mask = p.mask.State(f.MaskScore)
+	}
+	return f, nil
+}
+
+// quality folds the gates into one number in [0,1]: each factor is 1 when
+// comfortably inside its gate and falls to 0 at the gate.
+func (p *Pipeline) quality(f Face) float64 {
+	c := p.cfg
+	side := math.Max(f.Det.W(), f.Det.H())
+	q := ramp(f.Det.Score, c.MinScore, c.MinScore+0.3)
+	q *= ramp(side, c.MinFacePx, 2*c.MinFacePx)
+	q *= ramp(f.Sharpness, c.MinSharpness, 4*c.MinSharpness)
+	if c.MaxRoll > 0 {
+		q *= ramp(c.MaxRoll-math.Abs(f.Roll), 0, c.MaxRoll/2)
+	}
+	if c.MaxYaw > 0 {
+		q *= ramp(c.MaxYaw-math.Abs(f.Yaw), 0, c.MaxYaw/2)
+	}
+	return q
+}
+
+func ramp(v, lo, hi float64) float64 {
+	switch {
+	case v <= lo:
+		return 0
+	case v >= hi:
+		return 1
+	}
+	return (v - lo) / (hi - lo)
+}
+
+// FaceInImage decodes an image file's bytes and finds the customer's face.
+func (p *Pipeline) FaceInImage(data []byte, o FaceOptions, t *Timings) (Face, error) {
+	img, err := gocv.IMDecode(data, gocv.IMReadColor)
+	if err != nil {
+		return Face{}, fmt.Errorf("decode image: %w", err)
+	}
+	defer img.Close()
+	if img.Empty() {
+		return Face{}, errors.New("decode image: not a readable image")
+	}
+	return p.faceInMat(img, o, t)
+}
+
+// FaceInFrame finds the customer's face in a camera frame.
+func (p *Pipeline) FaceInFrame(fr visit.Frame, o FaceOptions, t *Timings) (Face, error) {
+	img, err := frameMat(fr)
+	if err != nil {
+		return Face{}, err
+	}
+	defer img.Close()
+	return p.faceInMat(img, o, t)
+}
+
+func frameMat(fr visit.Frame) (gocv.Mat, error) {
+	if fr.W <= 0 || fr.H <= 0 || len(fr.BGR) != 3*fr.W*fr.H {
+		return gocv.Mat{}, fmt.Errorf("frame %dx%d with %d bytes: %w", fr.W, fr.H, len(fr.BGR), ErrInput)
+	}
+	return gocv.NewMatFromBytes(fr.H, fr.W, gocv.MatTypeCV8UC3, fr.BGR)
+}
+
+// Perceive turns a burst into one visit descriptor: the customer's face in
+// each frame, gated by quality; the best frames' embeddings averaged with
+// quality weights and L2-normalised; the mask state from their mean score.
+func (p *Pipeline) Perceive(ctx context.Context, frames []visit.Frame) (visit.Descriptor, error) {
+	desc := visit.Descriptor{Frames: len(frames), Model: p.Embedder, Outcome: visit.NoFace}
+	if len(frames) == 0 {
+		desc.Outcome = visit.CameraError
+		return desc, nil
+	}
+	var faces []Face
+	seen := false
+	for _, fr := range frames {
+		if err := ctx.Err(); err != nil {
+			return desc, err
+		}
+		f, err := p.FaceInFrame(fr, FaceOptions{}, nil)
+		if errors.Is(err, ErrNoFace) {
+			continue
+		}
+		if err != nil {
+			return desc, err
+		}
+		seen = true
+		if f.Quality > 0 {
+			faces = append(faces, f)
+		}
+	}
+	if len(faces) == 0 {
+		if seen {
+			desc.Outcome = visit.LowQuality
+		}
+		return desc, nil
+	}
+	return aggregate(desc, faces, p.cfg.BestFrames, p.mask), nil
+}
+
+func aggregate(desc visit.Descriptor, faces []Face, best int, mc *MaskClassifier) visit.Descriptor {
+	sort.SliceStable(faces, func(i, j int) bool { return faces[i].Quality > faces[j].Quality })
+	if len(faces) > best {
+		faces = faces[:best]
+	}
+	dim := len(faces[0].Embedding)
+	acc := make([]float64, dim)
+	var wsum, qsum, msum float64
+	for _, f := range faces {
+		w := f.Quality
+		for i, v := range f.Embedding {
+			acc[i] += w * float64(v)
+		}
+		wsum += w
+		qsum += f.Quality
+		msum += w * f.MaskScore
+	}
+	desc.Embedding = normalize(acc)
+	desc.Outcome = visit.FaceFound
+	desc.Used = len(faces)
+	desc.Quality = float32(qsum / float64(len(faces)))
+	desc.MaskScore = float32(msum / wsum)
+	desc.Mask = visit.MaskUnknown
+	if mc != nil {
+		desc.Mask = mc.State(float64(desc.MaskScore))
+	}
+	return desc
+}
+
+func normalize(v []float64) []float32 {
+	var n float64
+	for _, x := range v {
+		n += x * x
+	}
+	n = math.Sqrt(n)
+	out := make([]float32, len(v))
+	if n == 0 {
+		return out
+	}
+	for i, x := range v {
+		out[i] = float32(x / n)
+	}
+	return out
+}
+
+// FaceWithPaintedMask finds the face in img, paints a synthetic mask of the
+// given style on a copy and returns the face measured on the masked copy.
+func (p *Pipeline) FaceWithPaintedMask(img gocv.Mat, style int, t *Timings) (Face, error) {
+	d, ok, _, err := p.detectCustomer(img)
+	if err != nil {
+		return Face{}, err
+	}
+	if !ok {
+		return Face{}, ErrNoFace
+	}
+	masked := img.Clone()
+	defer masked.Close()
+	if err := PaintMask(&masked, d, style); err != nil {
+		return Face{}, err
+	}
+	return p.faceInMat(masked, FaceOptions{}, t)
+}
