@@ -127,7 +127,9 @@ type Options struct {
 	OutboxAlertCapBytes    int64
 
 	// Key, when set (32 bytes), encrypts embeddings at rest with AES-256-GCM.
-	// A database that holds a key check value refuses to open without it.
+	// A database that holds a key check value refuses to open without it
+	// (ErrKeyRequired) or with another key (ErrWrongKey). Setting a key on an
+	// existing plaintext database encrypts new records only (per-record flag).
 	Key []byte
 
 	// DeviceID is stored in meta and returned by DeviceID. When empty a
