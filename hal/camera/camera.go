@@ -1,0 +1,542 @@
+// Package camera grabs bursts of frames from a V4L2 device, a stream, a video
+// file or an image directory (replay) through gocv, behind a stall watchdog.
+//
+// Lifecycle: New validates the config; Run(ctx) owns the device and serves
+// Burst calls until ctx is cancelled. Run starts one device goroutine per
+// opened device ("session"): it opens the device, performs the reads Run asks
+// for one at a time, and closes the device when Run closes its request
+// channel. Run bounds every open and read with a timer; a read that outlives
+// ReadTimeout is a stall: the session is abandoned (its goroutine exits, and
+// closes the device, whenever the blocked OpenCV call returns) and a new one is
+// opened with exponential backoff. Failed reads do the same after
+// MaxReadFailures in a row. Run returns after its sessions have exited, or
+// after CloseTimeout if one is stuck in OpenCV (Health.Abandoned counts them).
+//
+// No gocv.Mat leaves this package: frames are copied into Frame.
+package camera
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Frame is one captured image: interleaved 8-bit BGR, stride 3*W.
+type Frame struct {
+	W, H int
+	BGR  []byte
+	Time time.Time
+}
+
+// Device is one opened capture source. A Device is used by a single
+// goroutine; Read and Grab may block (the caller guards them with a watchdog).
+type Device interface {
+	// Read returns the next frame.
+	Read() (Frame, error)
+	// Grab takes and discards one frame (flushes driver buffers).
+	Grab() error
+	Close() error
+}
+
+// OpenFunc opens a device for cfg. It may block; the caller bounds it with
+// Config.OpenTimeout. The default opens gocv backends (see OpenCV).
+type OpenFunc func(cfg Config) (Device, error)
+
+// Errors reported by Burst and Health.
+var (
+	ErrDown        = errors.New("camera down")
+	ErrStall       = errors.New("camera read stalled")
+	ErrEndOfStream = errors.New("end of replay stream")
+	ErrNotRunning  = errors.New("camera not running")
+)
+
+// State is the camera's health state.
+type State uint8
+
+const (
+	// StateDown: no usable device; a reopen is pending.
+	StateDown State = iota
+	// StateDegraded: the device is open but its last read failed.
+	StateDegraded
+	// StateOK: the device is open and its last read succeeded.
+	StateOK
+)
+
+func (s State) String() string {
+	switch s {
+	case StateOK:
+		return "ok"
+	case StateDegraded:
+		return "degraded"
+	default:
+		return "down"
+	}
+}
+
+// MarshalText makes State readable in JSON status payloads.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Health is a snapshot for metrics and status.
+type Health struct {
+	State               State     `json:"state"`
+	Kind                string    `json:"kind"`
+	ConsecutiveFailures int       `json:"consecutive_failures"` // failed opens and reads since the last good frame
+	Reopens             uint64    `json:"reopens"`              // open attempts after the first
+	Stalls              uint64    `json:"stalls"`               // reads or opens that outlived their timeout
+	Abandoned           int       `json:"abandoned"`            // device goroutines still stuck in OpenCV
+	Frames              uint64    `json:"frames"`               // frames delivered
+	LastFrame           time.Time `json:"last_frame,omitzero"`
+	LastError           string    `json:"last_error,omitempty"`
+	NextOpen            time.Time `json:"next_open,omitzero"` // when down: next reopen attempt
+}
+
+// Option customises a Camera.
+type Option func(*Camera)
+
+// WithOpener replaces the gocv backends (tests, simulations).
+func WithOpener(open OpenFunc) Option { return func(c *Camera) { c.open = open } }
+
+// Camera is a burst-capable camera. Create with New, drive with Run.
+type Camera struct {
+	cfg  Config
+	log  *slog.Logger
+	open OpenFunc
+
+	reqs    chan burstReq
+	running chan struct{} // closed when Run starts
+	stopped chan struct{} // closed when Run returns
+	runOnce sync.Once
+
+	mu sync.Mutex
+	h  Health
+
+	// Owned by the Run goroutine.
+	sess        *session
+	abandoned   []*session
+	sessFails   int
+	backoff     time.Duration
+	nextOpen    time.Time
+	lastAttempt time.Time
+	attempts    uint64
+	eos         bool
+}
+
+type burstReq struct {
+	ctx   context.Context
+	n     int
+	over  time.Duration
+	reply chan burstResp // buffered 1
+}
+
+type burstResp struct {
+	frames []Frame
+	err    error
+}
+
+// New returns a camera for cfg (zero fields take defaults). It does not open
+// the device; Run does.
+func New(cfg Config, log *slog.Logger, opts ...Option) (*Camera, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("camera config: %w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Camera{
+		cfg:     cfg,
+		log:     log,
+		open:    OpenCV,
+		reqs:    make(chan burstReq),
+		running: make(chan struct{}),
+		stopped: make(chan struct{}),
+		backoff: cfg.ReopenMin,
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	c.h.Kind = ResolveKind(cfg)
+	c.h.LastError = "not opened yet"
+	return c, nil
+}
+
+// Config returns the effective configuration (defaults applied).
+func (c *Camera) Config() Config { return c.cfg }
+
+// Health returns a snapshot of the camera's health. Safe for concurrent use.
+func (c *Camera) Health() Health {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.h
+}
+
+// Burst grabs n frames spread evenly over the duration over (frame i at
+// start+i*over/n), after flushing stale frames from devices and streams.
+// n <= 0 and over < 0 take the configured burst. It returns the frames it got
+// and, if fewer than n, the error that stopped it. Bounded by ctx.
+func (c *Camera) Burst(ctx context.Context, n int, over time.Duration) ([]Frame, error) {
+	if n <= 0 {
+		n = c.cfg.BurstFrames
+	}
+	if over < 0 {
+		over = c.cfg.BurstDuration
+	}
+	req := burstReq{ctx: ctx, n: n, over: over, reply: make(chan burstResp, 1)}
+	select {
+	case c.reqs <- req:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("camera burst: %w", ctx.Err())
+	case <-c.stopped:
+		return nil, fmt.Errorf("camera burst: %w", ErrNotRunning)
+	}
+	// Run watches req.ctx itself and answers promptly (every wait inside a
+	// burst also selects on it), so the frames taken so far are not lost.
+	r := <-req.reply
+	return r.frames, r.err
+}
+
+// Run opens the device and serves Burst calls until ctx is done; it then
+// closes the device and returns nil. It returns an error only if called twice.
+// The device is (re)opened with backoff whenever it is down, also between
+// bursts, so a camera that comes back is healthy before the next trigger.
+func (c *Camera) Run(ctx context.Context) error {
+	first := false
+	c.runOnce.Do(func() { first = true })
+	if !first {
+		return errors.New("camera: Run called twice")
+	}
+	close(c.running)
+	defer close(c.stopped)
+	defer c.shutdown()
+
+	c.tryOpen(ctx)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		c.prune()
+		var retry <-chan time.Time
+		if c.sess == nil && !c.eos {
+			timer.Reset(time.Until(c.nextOpen))
+			retry = timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-retry:
+			c.tryOpen(ctx)
+		case req := <-c.reqs:
+			frames, err := c.burst(ctx, req)
+			req.reply <- burstResp{frames, err}
+		}
+	}
+}
+
+// shutdown closes the current session and waits, up to CloseTimeout, for all
+// device goroutines to exit.
+func (c *Camera) shutdown() {
+	if c.sess != nil {
+		close(c.sess.ops)
+		c.abandoned = append(c.abandoned, c.sess)
+		c.sess = nil
+	}
+	deadline := time.NewTimer(c.cfg.CloseTimeout)
+	defer deadline.Stop()
+	for _, s := range c.abandoned {
+		select {
+		case <-s.done:
+		case <-deadline.C:
+			c.prune()
+			c.log.Warn("camera device goroutine still blocked in OpenCV at shutdown", "abandoned", len(c.abandoned))
+			return
+		}
+	}
+	c.prune()
+}
+
+// prune forgets abandoned sessions that have exited.
+func (c *Camera) prune() {
+	live := c.abandoned[:0]
+	for _, s := range c.abandoned {
+		select {
+		case <-s.done:
+		default:
+			live = append(live, s)
+		}
+	}
+	c.abandoned = live
+	c.mu.Lock()
+	c.h.Abandoned = len(live)
+	c.mu.Unlock()
+}
+
+// tryOpen starts a session and probes it with one read.
+func (c *Camera) tryOpen(ctx context.Context) {
+	now := time.Now()
+	c.lastAttempt = now
+	c.attempts++
+	if c.attempts > 1 {
+		c.update(func(h *Health) { h.Reopens++ })
+	}
+	s := startSession(c.open, c.cfg)
+	timer := time.NewTimer(c.cfg.OpenTimeout)
+	defer timer.Stop()
+	var err error
+	select {
+	case err = <-s.opened:
+	case <-timer.C:
+		err = fmt.Errorf("open camera %q: no answer within %s: %w", c.cfg.Source, c.cfg.OpenTimeout, ErrStall)
+		c.update(func(h *Health) { h.Stalls++ })
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		close(s.ops)
+		c.abandoned = append(c.abandoned, s)
+		if ctx.Err() == nil {
+			c.openFailed(err)
+		}
+		return
+	}
+	c.sess, c.sessFails = s, 0
+	// Probe: a device that opens but gives no frame is not up.
+	if _, err := c.read(ctx); err != nil {
+		if c.sess != nil && ctx.Err() == nil {
+			c.closeSession()
+			c.openFailed(err)
+		}
+		return
+	}
+	c.log.Info("camera open", "source", c.cfg.Source, "kind", ResolveKind(c.cfg), "attempt", c.attempts)
+}
+
+func (c *Camera) openFailed(err error) {
+	c.nextOpen = time.Now().Add(c.backoff)
+	c.log.Warn("camera unavailable", "source", c.cfg.Source, "err", err, "retry_in", c.backoff)
+	c.update(func(h *Health) {
+		h.State = StateDown
+		h.ConsecutiveFailures++
+		h.LastError = err.Error()
+		h.NextOpen = c.nextOpen
+	})
+	c.backoff = min(2*c.backoff, c.cfg.ReopenMax)
+}
+
+func (c *Camera) closeSession() {
+	close(c.sess.ops)
+	c.abandoned = append(c.abandoned, c.sess)
+	c.sess = nil
+}
+
+func (c *Camera) update(f func(*Health)) {
+	c.mu.Lock()
+	f(&c.h)
+	c.mu.Unlock()
+}
+
+// read performs one read on the current session under the watchdog and
+// accounts for the result.
+func (c *Camera) read(ctx context.Context) (Frame, error) {
+	f, err := c.do(ctx, opRead)
+	if err == nil {
+		c.sessFails = 0
+		c.backoff = c.cfg.ReopenMin
+		c.update(func(h *Health) {
+			h.State = StateOK
+			h.ConsecutiveFailures = 0
+			h.Frames++
+			h.LastFrame = f.Time
+			h.LastError = ""
+			h.NextOpen = time.Time{}
+		})
+		return f, nil
+	}
+	if ctx.Err() != nil {
+		return Frame{}, err
+	}
+	c.readFailed(err)
+	return Frame{}, err
+}
+
+// readFailed records a failed read and closes the session on a stall, at the
+// end of a non-looping replay, or after MaxReadFailures failures in a row.
+func (c *Camera) readFailed(err error) {
+	c.sessFails++
+	stall := errors.Is(err, ErrStall)
+	eos := errors.Is(err, ErrEndOfStream)
+	c.update(func(h *Health) {
+		h.ConsecutiveFailures++
+		h.LastError = err.Error()
+		h.State = StateDegraded
+		if stall {
+			h.Stalls++
+		}
+	})
+	if !stall && !eos && c.sessFails < c.cfg.MaxReadFailures {
+		return
+	}
+	if c.sess != nil {
+		c.closeSession()
+	}
+	if eos {
+		c.eos = true
+		c.update(func(h *Health) { h.State = StateDown })
+		c.log.Info("camera replay ended", "source", c.cfg.Source)
+		return
+	}
+	c.openFailed(err)
+}
+
+// do runs one operation on the session, bounded by ReadTimeout.
+func (c *Camera) do(ctx context.Context, kind opKind) (Frame, error) {
+	if c.sess == nil {
+		return Frame{}, ErrDown
+	}
+	o := op{kind: kind, reply: make(chan opResult, 1)}
+	timer := time.NewTimer(c.cfg.ReadTimeout)
+	defer timer.Stop()
+	select { // the session is idle between operations; the timer is a safety net
+	case c.sess.ops <- o:
+	case <-timer.C:
+		return Frame{}, fmt.Errorf("camera %q: %w (device goroutine busy)", c.cfg.Source, ErrStall)
+	case <-ctx.Done():
+		return Frame{}, ctx.Err()
+	}
+	select {
+	case r := <-o.reply:
+		return r.frame, r.err
+	case <-timer.C:
+		return Frame{}, fmt.Errorf("camera %q: no frame within %s: %w", c.cfg.Source, c.cfg.ReadTimeout, ErrStall)
+	case <-ctx.Done():
+		// Run is stopping: shutdown closes the session and waits for it.
+		return Frame{}, ctx.Err()
+	}
+}
+
+// burst serves one Burst request on the Run goroutine.
+func (c *Camera) burst(runCtx context.Context, req burstReq) ([]Frame, error) {
+	ctx, cancel := context.WithCancel(req.ctx)
+	defer cancel()
+	stop := context.AfterFunc(runCtx, cancel)
+	defer stop()
+
+	if c.eos {
+		return nil, fmt.Errorf("camera burst: %w", ErrEndOfStream)
+	}
+	if c.sess == nil && time.Since(c.lastAttempt) >= c.cfg.ReopenMin {
+		c.tryOpen(ctx) // a customer is waiting: do not sit out the whole backoff
+	}
+	if c.sess == nil {
+		return nil, fmt.Errorf("camera burst: %w: %s", ErrDown, c.Health().LastError)
+	}
+	kind := ResolveKind(c.cfg)
+	if kind == KindDevice || kind == KindStream {
+		for i := 0; i < c.cfg.FlushFrames && c.sess != nil; i++ {
+			if _, err := c.do(ctx, opGrab); err != nil {
+				if ctx.Err() != nil {
+					return nil, fmt.Errorf("camera burst: %w", ctx.Err())
+				}
+				c.readFailed(err)
+			}
+		}
+	}
+	frames := make([]Frame, 0, req.n)
+	start := time.Now()
+	var lastErr error
+	for i := 0; len(frames) < req.n && i < 2*req.n+c.cfg.MaxReadFailures; i++ {
+		if c.sess == nil {
+			return frames, fmt.Errorf("camera burst: %d of %d frames: %w", len(frames), req.n, lastErr)
+		}
+		if i > 0 {
+			at := start.Add(time.Duration(i) * req.over / time.Duration(req.n))
+			if err := sleepUntil(ctx, at); err != nil {
+				return frames, fmt.Errorf("camera burst: %d of %d frames: %w", len(frames), req.n, err)
+			}
+		}
+		f, err := c.read(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return frames, fmt.Errorf("camera burst: %d of %d frames: %w", len(frames), req.n, ctx.Err())
+			}
+			lastErr = err
+			continue
+		}
+		frames = append(frames, f)
+	}
+	if len(frames) < req.n {
+		return frames, fmt.Errorf("camera burst: %d of %d frames: %w", len(frames), req.n, lastErr)
+	}
+	return frames, nil
+}
+
+func sleepUntil(ctx context.Context, at time.Time) error {
+	d := time.Until(at)
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+type opKind uint8
+
+const (
+	opRead opKind = iota
+	opGrab
+)
+
+type op struct {
+	kind  opKind
+	reply chan opResult // buffered 1: the device goroutine never blocks on it
+}
+
+type opResult struct {
+	frame Frame
+	err   error
+}
+
+// session is one opened device and the goroutine that owns it. Run owns the
+// session: it sends operations on ops and closes ops to end it. The goroutine
+// exits, after closing the device, when ops is closed and the operation in
+// progress (which may be stuck in OpenCV) has returned; done is closed then.
+type session struct {
+	ops    chan op
+	opened chan error // buffered 1: result of the open
+	done   chan struct{}
+}
+
+func startSession(open OpenFunc, cfg Config) *session {
+	s := &session{ops: make(chan op), opened: make(chan error, 1), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		dev, err := open(cfg)
+		if err != nil {
+			s.opened <- err
+			return
+		}
+		s.opened <- nil
+		defer dev.Close()
+		for o := range s.ops {
+			var r opResult
+			switch o.kind {
+			case opRead:
+				r.frame, r.err = dev.Read()
+				if r.err == nil && r.frame.Time.IsZero() {
+					r.frame.Time = time.Now()
+				}
+			case opGrab:
+				r.err = dev.Grab()
+			}
+			o.reply <- r
+		}
+	}()
+	return s
+}

@@ -1,0 +1,188 @@
+package camera
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gocv.io/x/gocv"
+)
+
+// OpenCV opens cfg's source with gocv: V4L2 for devices (path or index, with
+// the driver buffer reduced to one frame where supported), OpenCV's default
+// backend for streams and files, and IMRead for image directories.
+func OpenCV(cfg Config) (Device, error) {
+	switch kind := ResolveKind(cfg); kind {
+	case KindImages:
+		return openImages(cfg)
+	case KindDevice, KindStream, KindFile:
+		return openCapture(cfg, kind)
+	default:
+		return nil, fmt.Errorf("open camera %q: unknown kind %q", cfg.Source, kind)
+	}
+}
+
+type captureDevice struct {
+	vc   *gocv.VideoCapture
+	mat  gocv.Mat // reused per read; closed in Close
+	conv gocv.Mat // colour conversion target; closed in Close
+	kind string
+	loop bool
+}
+
+func openCapture(cfg Config, kind string) (Device, error) {
+	var (
+		vc  *gocv.VideoCapture
+		err error
+	)
+	switch kind {
+	case KindDevice:
+		if idx, aerr := strconv.Atoi(cfg.Source); aerr == nil {
+			vc, err = gocv.VideoCaptureDeviceWithAPI(idx, gocv.VideoCaptureV4L2)
+		} else {
+			if _, serr := os.Stat(cfg.Source); serr != nil {
+				return nil, fmt.Errorf("open camera %q: %w", cfg.Source, serr)
+			}
+			vc, err = gocv.VideoCaptureFileWithAPI(cfg.Source, gocv.VideoCaptureV4L2)
+		}
+	case KindFile:
+		if _, serr := os.Stat(cfg.Source); serr != nil {
+			return nil, fmt.Errorf("open camera %q: %w", cfg.Source, serr)
+		}
+		vc, err = gocv.VideoCaptureFile(cfg.Source)
+	default:
+		vc, err = gocv.VideoCaptureFile(cfg.Source)
+	}
+	if err == nil && !vc.IsOpened() {
+		err = errors.New("not opened")
+	}
+	if err != nil {
+		if vc != nil {
+			vc.Close()
+		}
+		return nil, fmt.Errorf("open camera %q (%s): %w", cfg.Source, kind, err)
+	}
+	if kind == KindDevice || kind == KindStream {
+		if cfg.Width > 0 && cfg.Height > 0 {
+			vc.Set(gocv.VideoCaptureFrameWidth, float64(cfg.Width))
+			vc.Set(gocv.VideoCaptureFrameHeight, float64(cfg.Height))
+		}
+		if cfg.FPS > 0 {
+			vc.Set(gocv.VideoCaptureFPS, cfg.FPS)
+		}
+		// Keep at most one stale frame in the driver (V4L2 honours this).
+		vc.Set(gocv.VideoCaptureBufferSize, 1)
+	}
+	return &captureDevice{vc: vc, mat: gocv.NewMat(), conv: gocv.NewMat(), kind: kind, loop: cfg.Loop}, nil
+}
+
+func (d *captureDevice) Read() (Frame, error) {
+	ok := d.vc.Read(&d.mat)
+	if (!ok || d.mat.Empty()) && d.kind == KindFile {
+		if !d.loop {
+			return Frame{}, ErrEndOfStream
+		}
+		d.vc.Set(gocv.VideoCapturePosFrames, 0)
+		ok = d.vc.Read(&d.mat)
+	}
+	if !ok || d.mat.Empty() {
+		return Frame{}, errors.New("read frame: no frame from device")
+	}
+	return toFrame(d.mat, &d.conv)
+}
+
+func (d *captureDevice) Grab() error {
+	d.vc.Grab(1)
+	return nil
+}
+
+func (d *captureDevice) Close() error {
+	d.mat.Close()
+	d.conv.Close()
+	return d.vc.Close()
+}
+
+// toFrame copies m into a Frame, converting grey and BGRA to BGR via conv.
+func toFrame(m gocv.Mat, conv *gocv.Mat) (Frame, error) {
+	src := m
+	switch m.Type() {
+	case gocv.MatTypeCV8UC3:
+	case gocv.MatTypeCV8UC1:
+		gocv.CvtColor(m, conv, gocv.ColorGrayToBGR)
+		src = *conv
+	case gocv.MatTypeCV8UC4:
+		gocv.CvtColor(m, conv, gocv.ColorBGRAToBGR)
+		src = *conv
+	default:
+		return Frame{}, fmt.Errorf("read frame: unsupported pixel type %v", m.Type())
+	}
+	w, h := src.Cols(), src.Rows()
+	b := src.ToBytes() // a copy in Go memory
+	if len(b) != w*h*3 {
+		return Frame{}, fmt.Errorf("read frame: %d bytes for %dx%d BGR", len(b), w, h)
+	}
+	return Frame{W: w, H: h, BGR: b}, nil
+}
+
+type imageDevice struct {
+	files []string
+	next  int
+	loop  bool
+	conv  gocv.Mat
+}
+
+func openImages(cfg Config) (Device, error) {
+	ents, err := os.ReadDir(cfg.Source)
+	if err != nil {
+		return nil, fmt.Errorf("open image directory %q: %w", cfg.Source, err)
+	}
+	var files []string
+	for _, e := range ents {
+		switch strings.ToLower(filepath.Ext(e.Name())) {
+		case ".jpg", ".jpeg", ".png":
+			if !e.IsDir() {
+				files = append(files, filepath.Join(cfg.Source, e.Name()))
+			}
+		}
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("open image directory %q: no .jpg or .png files", cfg.Source)
+	}
+	sort.Strings(files)
+	return &imageDevice{files: files, loop: cfg.Loop, conv: gocv.NewMat()}, nil
+}
+
+func (d *imageDevice) advance() error {
+	if d.next >= len(d.files) {
+		if !d.loop {
+			return ErrEndOfStream
+		}
+		d.next = 0
+	}
+	d.next++
+	return nil
+}
+
+func (d *imageDevice) Read() (Frame, error) {
+	if err := d.advance(); err != nil {
+		return Frame{}, err
+	}
+	name := d.files[d.next-1]
+	m := gocv.IMRead(name, gocv.IMReadColor)
+	defer m.Close()
+	if m.Empty() {
+		return Frame{}, fmt.Errorf("read image %q: missing or not an image", name)
+	}
+	return toFrame(m, &d.conv)
+}
+
+func (d *imageDevice) Grab() error { return d.advance() }
+
+func (d *imageDevice) Close() error {
+	d.conv.Close()
+	return nil
+}
