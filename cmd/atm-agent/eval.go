@@ -6,17 +6,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/periocular/atm-agent/eval"
 	"github.com/periocular/atm-agent/eval/dataset"
+	"github.com/periocular/atm-agent/identity"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/vision"
 )
 
 func init() {
-	commands["eval"] = command{"measure perception and clustering on a labelled folder", subcommands("eval", map[string]command{
-		"verify": {"verification figures (ROC, TAR at FAR) per mask pair type", evalVerify},
-	})}
+	commands["eval"] = command{summary: "measure perception and clustering on a labelled folder"}
 }
 
 // pipelineFlags selects and loads the perception pipeline.
@@ -75,27 +75,10 @@ func evalVerify(ctx context.Context, env *cliEnv, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *dir == "" {
-		return fmt.Errorf("%w: --dataset is required", errUsage)
-	}
-	if *mask != "none" && *mask != "synthetic" {
-		return fmt.Errorf("%w: --mask %q: want none or synthetic", errUsage, *mask)
-	}
-	ds, err := dataset.Load(*dir)
+	run, ds, _, err := datasetRun(ctx, env, &pf, *dir, *mask, *cache)
 	if err != nil {
 		return err
 	}
-	p, _, key, err := pf.load()
-	if err != nil {
-		return err
-	}
-	defer p.Close()
-	run, err := eval.Embed(ctx, p, ds, eval.EmbedOptions{SyntheticMasks: *mask == "synthetic", CacheDir: *cache, CacheKey: key,
-		Progress: progressIfTerminal(env, "embedding "+ds.Name)})
-	if err != nil {
-		return err
-	}
-	run.Detector = pf.detector
 	rep := eval.Verify(run, ds.Name, *mask == "synthetic")
 	if *roc != "" {
 		if err := rep.WriteROC(*roc); err != nil {
@@ -117,4 +100,155 @@ func progressIfTerminal(env *cliEnv, label string) func(int, int) {
 		return eval.Progress(env.stderr, label)
 	}
 	return nil
+}
+
+func init() {
+	subs := commands["eval"]
+	inner := map[string]command{
+		"verify":    {"verification figures (ROC, TAR at FAR) per mask pair type", evalVerify},
+		"cluster":   {"clustering figures of several algorithms side by side", evalCluster},
+		"calibrate": {"measure a model on a labelled folder and write its thresholds to the manifest", evalCalibrate},
+	}
+	subs.run = subcommands("eval", inner)
+	commands["eval"] = subs
+}
+
+// datasetRun loads the dataset and runs (or reuses) the pipeline over it.
+func datasetRun(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, mask, cache string) (*eval.Run, *dataset.Dataset, *models.Manifest, error) {
+	if dir == "" {
+		return nil, nil, nil, fmt.Errorf("%w: --dataset is required", errUsage)
+	}
+	if mask != "none" && mask != "synthetic" {
+		return nil, nil, nil, fmt.Errorf("%w: --mask %q: want none or synthetic", errUsage, mask)
+	}
+	ds, err := dataset.Load(dir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	p, man, key, err := pf.load()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer p.Close()
+	run, err := eval.Embed(ctx, p, ds, eval.EmbedOptions{SyntheticMasks: mask == "synthetic", CacheDir: cache, CacheKey: key,
+		Progress: progressIfTerminal(env, "embedding "+ds.Name)})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	run.Detector = pf.detector
+	if run.Detector == "" {
+		run.Detector = man.Pipeline.Detector
+	}
+	return run, ds, man, nil
+}
+
+func evalCluster(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "eval cluster", "eval cluster --dataset DIR [--json] [--mask synthetic]")
+	var pf pipelineFlags
+	pf.register(fs)
+	dir := fs.String("dataset", "", "labelled folder (labels.csv: path,identity,masked)")
+	asJSON := fs.Bool("json", false, "print the JSON report instead of markdown")
+	mask := fs.String("mask", "none", "none, or synthetic: paint masks on half of each identity's unmasked images")
+	cache := fs.String("cache", filepath.Join("build", "evalcache"), "embedding cache dir (empty disables)")
+	algos := fs.String("algorithms", "", "comma-separated algorithms (default: all)")
+	eps := fs.Float64("eps", 0.5, "DBSCAN eps (euclidean), the original project's value")
+	minSamples := fs.Int("min-samples", 2, "DBSCAN min_samples, the original project's value")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	run, ds, man, err := datasetRun(ctx, env, &pf, *dir, *mask, *cache)
+	if err != nil {
+		return err
+	}
+	th, err := embedderThresholds(man, run.Embedder)
+	if err != nil {
+		return err
+	}
+	o := eval.ClusterOptions{Thresholds: th, Eps: *eps, MinSamples: *minSamples}
+	for _, a := range splitList(*algos) {
+		o.Algorithms = append(o.Algorithms, identity.Algorithm(a))
+	}
+	rep, err := eval.ClusterEval(ctx, run, ds.Name, o)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	rep.Markdown(env.stdout)
+	return nil
+}
+
+// embedderThresholds reads the calibrated thresholds of an embedder.
+func embedderThresholds(man *models.Manifest, embedder string) (identity.Thresholds, error) {
+	md, ok := man.Find(embedder)
+	if !ok || md.Thresholds == nil || md.Thresholds.UU <= 0 {
+		return identity.Thresholds{}, fmt.Errorf("embedder %s has no calibrated thresholds in the manifest: run `atm-agent eval calibrate --model %s --dataset DIR`", embedder, embedder)
+	}
+	t := md.Thresholds
+	return identity.Thresholds{UU: t.UU, MM: t.MM, MU: t.MU}, nil
+}
+
+func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "eval calibrate", "eval calibrate --dataset DIR --model NAME [--far 1e-3] [--mask synthetic]")
+	var pf pipelineFlags
+	pf.register(fs)
+	dir := fs.String("dataset", "", "labelled folder (labels.csv: path,identity,masked)")
+	model := fs.String("model", "", "embedder to calibrate (default: the manifest's pipeline embedder)")
+	far := fs.Float64("far", 1e-3, "target false accept rate per pair")
+	mask := fs.String("mask", "none", "none, or synthetic: paint masks on half of each identity's unmasked images")
+	cache := fs.String("cache", filepath.Join("build", "evalcache"), "embedding cache dir (empty disables)")
+	also := fs.String("manifest", "", "also write the thresholds into this manifest (e.g. models/manifest.yaml)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *far <= 0 || *far >= 1 {
+		return fmt.Errorf("%w: --far %v: want a rate in (0,1)", errUsage, *far)
+	}
+	pf.embedder = *model
+	run, ds, man, err := datasetRun(ctx, env, &pf, *dir, *mask, *cache)
+	if err != nil {
+		return err
+	}
+	th, tar := eval.Calibrate(run, *far)
+	if th.UU <= 0 {
+		return fmt.Errorf("dataset %s gave no unmasked impostor pairs: cannot calibrate", ds.Name)
+	}
+	md, _ := man.Find(run.Embedder)
+	md.Thresholds = &models.Thresholds{FAR: *far, UU: round4(th.UU), MM: round4(th.MM), MU: round4(th.MU),
+		Dataset: fmt.Sprintf("%s (%d images, mask %s)", ds.Name, len(run.Samples), *mask)}
+	if err := man.Save(filepath.Join(pf.dir, "manifest.yaml")); err != nil {
+		return err
+	}
+	if *also != "" {
+		other, err := models.LoadManifest(*also)
+		if err != nil {
+			return err
+		}
+		omd, ok := other.Find(run.Embedder)
+		if !ok {
+			return fmt.Errorf("%s has no model %s", *also, run.Embedder)
+		}
+		omd.Thresholds = md.Thresholds
+		if err := other.Save(*also); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(env.stdout, "%s at FAR %g on %s: uu %.4f (TAR %.3f)  mm %.4f (TAR %.3f)  mu %.4f (TAR %.3f)\n", run.Embedder, *far, ds.Name,
+		th.UU, tar["uu"], th.MM, tar["mm"], th.MU, tar["mu"])
+	return nil
+}
+
+func round4(v float64) float64 { return float64(int64(v*1e4+0.5)) / 1e4 }
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
