@@ -1,0 +1,7 @@
+//go:build !matprofile
+
+package vision
+
+const matProfiled = false
+
+func liveMats() int { return 0 }
