@@ -162,17 +162,14 @@ func (e *Engine) Assign(o Observation) (Assignment, error) {
 	var cand []int32
 	seen := map[int32]bool{}
 	n := sp.n()
-	for j := 0; j < n; j++ {
-		pt := pairType(sp.cls[j], cx)
-		c := sp.cut[pt]
-		if c < 0 || (c < sketchBits && hamming(sp.sk[j*sketchWords:], sk[:]) > c) {
-			continue
-		}
+	for _, j := range sp.candidates(&sk, cx, n, nil) {
 		if w := e.who[j]; !seen[w] {
 			seen[w] = true
 			cand = append(cand, w)
 		}
 	}
+	// Older identities first, so that ties go to the older one.
+	slices.SortFunc(cand, func(a, b int32) int { return cmp.Compare(a, b) })
 	// Exact linkage to every candidate; the smallest <= 1 wins, ties to the
 	// older identity.
 	best, bestKey, bestDist := int32(-1), math.Inf(1), 0.0

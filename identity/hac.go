@@ -32,6 +32,7 @@ func (s *space) edges(ctx context.Context, workers int) ([]edge, error) {
 		go func(w int) {
 			defer wg.Done()
 			var out []edge
+			var buf []int32
 			// Rows interleaved in chunks so that the triangular work is balanced.
 			const chunk = 64
 			for start := w * chunk; start < n; start += workers * chunk {
@@ -40,7 +41,7 @@ func (s *space) edges(ctx context.Context, workers int) ([]edge, error) {
 					return
 				}
 				for j := start; j < min(n, start+chunk); j++ {
-					out = s.rowEdges(j, out)
+					out, buf = s.rowEdges(j, out, buf)
 				}
 			}
 			parts[w] = out
@@ -66,25 +67,20 @@ func (s *space) edges(ctx context.Context, workers int) ([]edge, error) {
 }
 
 // rowEdges appends the matching pairs (i, j) for all i < j.
-func (s *space) rowEdges(j int, out []edge) []edge {
-	skj := s.sketchOf(j)
+func (s *space) rowEdges(j int, out []edge, buf []int32) ([]edge, []int32) {
+	var q [sketchWords]uint64
+	copy(q[:], s.sketchOf(j))
 	cj := s.cls[j]
 	rj := s.row(j)
-	for i := 0; i < j; i++ {
+	buf = s.candidates(&q, cj, j, buf[:0])
+	for _, i := range buf {
 		pt := pairType(s.cls[i], cj)
-		c := s.cut[pt]
-		if c < 0 {
-			continue
-		}
-		if c < sketchBits && hamming(s.sk[i*sketchWords:], skj) > c {
-			continue
-		}
-		d := (1 - float64(dot(s.row(i), rj))) * s.inv[pt]
+		d := (1 - float64(dot(s.row(int(i)), rj))) * s.inv[pt]
 		if d <= 1 {
-			out = append(out, edge{int32(i), int32(j), float32(d)})
+			out = append(out, edge{i, int32(j), float32(d)})
 		}
 	}
-	return out
+	return out, buf
 }
 
 // linkage selects how cluster distances are combined.

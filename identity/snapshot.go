@@ -71,9 +71,10 @@ func (e *Engine) Restore(s Snapshot) error {
 	}
 	sp := newSpace(e.dim, e.cfg.Thresholds, e.cfg.Exact)
 	n := len(s.Members)
-	sp.vec = make([]float32, 0, n*e.dim)
-	sp.cls = make([]uint8, 0, n)
-	sp.sk = make([]uint64, 0, n*sketchWords)
+	room := n + max(1024, n/8) // headroom so that the next visits do not copy the slab
+	sp.vec = make([]float32, 0, room*e.dim)
+	sp.cls = make([]uint8, 0, room)
+	sp.sk = make([]uint64, 0, room*sketchWords)
 	vid := make([]string, 0, n)
 	tm := make([]time.Time, 0, n)
 	mask := make([]visit.MaskState, 0, n)

@@ -158,6 +158,57 @@ func hamming(a, b []uint64) int {
 		bits.OnesCount64(a[6]^b[6]) + bits.OnesCount64(a[7]^b[7])
 }
 
+// scanSketch appends to out every i in [lo,hi) whose sketch differs from q
+// in at most cut bits. The query words live in registers; this loop is the
+// cost of candidate search.
+func scanSketch(sk []uint64, q *[sketchWords]uint64, lo, hi, cut int, out []int32) []int32 {
+	q0, q1, q2, q3, q4, q5, q6, q7 := q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
+	sk = sk[lo*sketchWords : hi*sketchWords]
+	for k := 0; k+sketchWords <= len(sk); k += sketchWords {
+		w := sk[k : k+sketchWords : k+sketchWords]
+		h := bits.OnesCount64(w[0]^q0) + bits.OnesCount64(w[1]^q1) +
+			bits.OnesCount64(w[2]^q2) + bits.OnesCount64(w[3]^q3) +
+			bits.OnesCount64(w[4]^q4) + bits.OnesCount64(w[5]^q5) +
+			bits.OnesCount64(w[6]^q6) + bits.OnesCount64(w[7]^q7)
+		if h <= cut {
+			out = append(out, int32(lo+k/sketchWords))
+		}
+	}
+	return out
+}
+
+// maxCut is the loosest sketch cutoff over the pair types a member of mask
+// class c can form.
+func (s *space) maxCut(c uint8) int {
+	if c == 1 {
+		return max(s.cut[ptMM], s.cut[ptMU])
+	}
+	return max(s.cut[ptUU], s.cut[ptMU])
+}
+
+// candidates returns the members in [0,hi) that pass the prefilter for a
+// query with sketch q and mask class c.
+func (s *space) candidates(q *[sketchWords]uint64, c uint8, hi int, out []int32) []int32 {
+	mc := s.maxCut(c)
+	if mc < 0 {
+		return out
+	}
+	start := len(out)
+	out = scanSketch(s.sk, q, 0, hi, mc, out)
+	// Drop those that fail their own pair type's cutoff.
+	k := start
+	for _, i := range out[start:] {
+		pt := pairType(s.cls[i], c)
+		ct := s.cut[pt]
+		if ct < 0 || ct < mc && hamming(s.sketchOf(int(i)), q[:]) > ct {
+			continue
+		}
+		out[k] = i
+		k++
+	}
+	return out[:k]
+}
+
 // sketchCutoff is the largest sketch distance worth an exact comparison for a
 // cosine-distance threshold t; -1 when t disables matching.
 func sketchCutoff(t float64, exact bool) int {
