@@ -1,0 +1,393 @@
+package trigger
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/periocular/atm-agent/visit"
+)
+
+// HTTPConfig configures the local trigger endpoint for the ATM application.
+// At least one of Socket and Listen must be set.
+type HTTPConfig struct {
+	// Socket is a Unix socket path. Access is controlled by its permissions
+	// (SocketMode, SocketGroup) and, if TokenFile is set, also by the token.
+	Socket      string `yaml:"socket"`
+	SocketMode  string `yaml:"socket_mode"`  // octal, default "0660"
+	SocketGroup string `yaml:"socket_group"` // group name or gid; "" keeps the process group
+	// Listen is a loopback TCP address ("127.0.0.1:8787", "[::1]:8787",
+	// "localhost:8787"). Non-loopback addresses are refused. Requires TokenFile.
+	Listen string `yaml:"listen"`
+	// TokenFile holds the bearer token (surrounding whitespace is ignored).
+	TokenFile string `yaml:"token_file"`
+	// MaxBodyBytes bounds a request body. Default 4096.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+}
+
+// DefaultHTTPConfig returns the defaults (no endpoint enabled).
+func DefaultHTTPConfig() HTTPConfig {
+	return HTTPConfig{SocketMode: "0660", MaxBodyBytes: 4096}
+}
+
+func (c HTTPConfig) withDefaults() HTTPConfig {
+	d := DefaultHTTPConfig()
+	if c.SocketMode == "" {
+		c.SocketMode = d.SocketMode
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = d.MaxBodyBytes
+	}
+	return c
+}
+
+// Validate reports configuration mistakes.
+func (c HTTPConfig) Validate() error {
+	var errs []error
+	if c.Socket == "" && c.Listen == "" {
+		errs = append(errs, errors.New("trigger.http: set socket and/or listen"))
+	}
+	if _, err := parseMode(c.SocketMode); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Listen != "" {
+		if err := checkLoopback(c.Listen); err != nil {
+			errs = append(errs, err)
+		}
+		if c.TokenFile == "" {
+			errs = append(errs, errors.New("trigger.http.listen needs token_file: TCP has no socket permissions to rely on"))
+		}
+	}
+	if c.MaxBodyBytes < 0 || c.MaxBodyBytes > 1<<20 {
+		errs = append(errs, fmt.Errorf("trigger.http.max_body_bytes %d: want 1..1048576", c.MaxBodyBytes))
+	}
+	return errors.Join(errs...)
+}
+
+func parseMode(s string) (os.FileMode, error) {
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("trigger.http.socket_mode %q: want octal permissions such as 0660", s)
+	}
+	if m&0o007 != 0 {
+		return 0, fmt.Errorf("trigger.http.socket_mode %q: must not grant access to others", s)
+	}
+	return os.FileMode(m), nil
+}
+
+// checkLoopback refuses listen addresses that are not loopback.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("trigger.http.listen %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("trigger.http.listen %q: only loopback addresses (127.0.0.1, ::1, localhost) are allowed", addr)
+	}
+	return nil
+}
+
+// HTTP is the local trigger endpoint:
+//
+//	POST /v1/visit   optional JSON {"card_hash": "...", "txn_id": "..."} -> 202 {"id", "time"}
+//	GET  /v1/health  -> 200 {"status": "ok", "accepted", "dropped"}
+//
+// A full output channel answers 503 (the visit was not started).
+type HTTP struct {
+	cfg   HTTPConfig
+	log   *slog.Logger
+	clock Clock
+	mode  os.FileMode
+	gid   int
+	token [sha256.Size]byte // sha256 of the token; zero if none
+	auth  bool
+	counters
+
+	mu   sync.Mutex
+	lns  []net.Listener
+	tcp  net.Addr
+	used bool
+}
+
+// HTTPOption customises the endpoint.
+type HTTPOption func(*HTTP)
+
+// WithHTTPClock sets the clock that stamps events.
+func WithHTTPClock(c Clock) HTTPOption { return func(h *HTTP) { h.clock = c } }
+
+// NewHTTP validates cfg, reads the token file and resolves the socket group.
+func NewHTTP(cfg HTTPConfig, log *slog.Logger, opts ...HTTPOption) (*HTTP, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	h := &HTTP{cfg: cfg, log: log, clock: RealClock, gid: -1}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	for _, o := range opts {
+		o(h)
+	}
+	h.mode, _ = parseMode(cfg.SocketMode)
+	if cfg.TokenFile != "" {
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("trigger.http: read token file: %w", err)
+		}
+		tok := bytes.TrimSpace(b)
+		if len(tok) < 16 {
+			return nil, fmt.Errorf("trigger.http: token in %s is shorter than 16 characters", cfg.TokenFile)
+		}
+		h.token, h.auth = sha256.Sum256(tok), true
+	}
+	if cfg.SocketGroup != "" {
+		gid, err := strconv.Atoi(cfg.SocketGroup)
+		if err != nil {
+			g, lerr := user.LookupGroup(cfg.SocketGroup)
+			if lerr != nil {
+				return nil, fmt.Errorf("trigger.http.socket_group: %w", lerr)
+			}
+			gid, _ = strconv.Atoi(g.Gid)
+		}
+		h.gid = gid
+	}
+	return h, nil
+}
+
+// Stats returns accepted and dropped event counts.
+func (h *HTTP) Stats() Stats { return h.stats() }
+
+// TCPAddr returns the bound TCP address after Listen, or nil.
+func (h *HTTP) TCPAddr() net.Addr {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.tcp
+}
+
+// Listen opens the socket and/or TCP listener so errors surface before Run;
+// Run calls it if it was not called.
+func (h *HTTP) Listen() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.lns != nil {
+		return nil
+	}
+	var lns []net.Listener
+	fail := func(err error) error {
+		for _, l := range lns {
+			l.Close()
+		}
+		return err
+	}
+	if p := h.cfg.Socket; p != "" {
+		if fi, err := os.Lstat(p); err == nil {
+			if fi.Mode()&os.ModeSocket == 0 {
+				return fail(fmt.Errorf("trigger socket %s: exists and is not a socket", p))
+			}
+			if err := os.Remove(p); err != nil { // stale socket from a previous run
+				return fail(fmt.Errorf("trigger socket %s: remove stale: %w", p, err))
+			}
+		}
+		l, err := net.Listen("unix", p)
+		if err != nil {
+			return fail(fmt.Errorf("trigger socket: %w", err))
+		}
+		lns = append(lns, l)
+		// With the usual umask the socket is not writable (so not
+		// connectable) by the group until this chmod.
+		if err := os.Chmod(p, h.mode); err != nil {
+			return fail(fmt.Errorf("trigger socket %s: chmod: %w", p, err))
+		}
+		if h.gid >= 0 {
+			if err := os.Chown(p, -1, h.gid); err != nil {
+				return fail(fmt.Errorf("trigger socket %s: chown to group %d: %w", p, h.gid, err))
+			}
+		}
+	}
+	if h.cfg.Listen != "" {
+		l, err := net.Listen("tcp", h.cfg.Listen)
+		if err != nil {
+			return fail(fmt.Errorf("trigger listen: %w", err))
+		}
+		lns = append(lns, l)
+		if a, ok := l.Addr().(*net.TCPAddr); !ok || !a.IP.IsLoopback() {
+			return fail(fmt.Errorf("trigger listen %q: bound to non-loopback %s", h.cfg.Listen, l.Addr()))
+		}
+		h.tcp = l.Addr()
+	}
+	h.lns = lns
+	return nil
+}
+
+// Run serves until ctx is done, then shuts the server down (2 s grace for
+// requests in flight) and returns nil after its serve goroutines end.
+func (h *HTTP) Run(ctx context.Context, out chan<- Event) error {
+	if err := h.Listen(); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	if h.used {
+		h.mu.Unlock()
+		return errors.New("trigger.http: Run called twice")
+	}
+	h.used = true
+	lns := h.lns
+	h.mu.Unlock()
+
+	srv := &http.Server{
+		Handler:           h.Handler(out),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, len(lns))
+	for _, l := range lns {
+		go func() { errc <- srv.Serve(l) }() // exits when srv shuts down
+	}
+	h.log.Info("trigger endpoint listening", "socket", h.cfg.Socket, "tcp", h.cfg.Listen)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		err = fmt.Errorf("trigger endpoint: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if serr := srv.Shutdown(sctx); serr != nil {
+		srv.Close()
+	}
+	for range len(lns) - boolInt(err != nil) {
+		<-errc
+	}
+	return err
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Handler returns the endpoint's handler, sending events on out.
+func (h *HTTP) Handler(out chan<- Event) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/visit", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			writeError(w, http.StatusMethodNotAllowed, "use POST")
+			return
+		}
+		ctx, err := DecodeVisitRequest(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
+		if err != nil {
+			status := http.StatusBadRequest
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				status = http.StatusRequestEntityTooLarge
+			}
+			writeError(w, status, err.Error())
+			return
+		}
+		ev := Event{ID: NewID(), Time: h.clock.Now(), Source: SourceSocket, Context: ctx}
+		if !h.offer(out, ev) {
+			h.log.Warn("socket trigger dropped: consumer busy", "dropped", h.dropped.Load())
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, "busy: visit not started")
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]any{"id": ev.ID, "time": ev.Time.UTC().Format(time.RFC3339Nano)})
+	})
+	mux.HandleFunc("/v1/health", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", http.MethodGet)
+			writeError(w, http.StatusMethodNotAllowed, "use GET")
+			return
+		}
+		s := h.stats()
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "accepted": s.Accepted, "dropped": s.Dropped})
+	})
+	return h.authenticate(mux)
+}
+
+func (h *HTTP) authenticate(next http.Handler) http.Handler {
+	if !h.auth {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
+		if !ok || subtle.ConstantTimeCompare(sum[:], h.token[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="atm-agent"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// DecodeVisitRequest decodes and validates a POST /v1/visit body: empty, or
+// one JSON object with optional card_hash and txn_id and nothing else.
+func DecodeVisitRequest(r io.Reader) (visit.Context, error) {
+	var req struct {
+		CardHash *string `json:"card_hash"`
+		TxnID    *string `json:"txn_id"`
+	}
+	body, err := io.ReadAll(r)
+	if err != nil {
+		return visit.Context{}, fmt.Errorf("read body: %w", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return visit.Context{}, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return visit.Context{}, fmt.Errorf("decode body: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return visit.Context{}, errors.New("decode body: want one JSON object")
+	}
+	var c visit.Context
+	if req.CardHash != nil {
+		c.CardHash = *req.CardHash
+	}
+	if req.TxnID != nil {
+		c.TxnID = *req.TxnID
+	}
+	if err := ValidateContext(c); err != nil {
+		return visit.Context{}, err
+	}
+	return c, nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}

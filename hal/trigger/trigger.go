@@ -1,0 +1,183 @@
+// Package trigger produces visit-start events: a card-insert GPIO line
+// (periph.io), a local HTTP endpoint for the ATM application (Unix socket
+// and/or loopback TCP), and a replay source for tests and the demo.
+//
+// Every source has Run(ctx, out chan<- Event) error: it sends events on out
+// until ctx is done, then returns nil once its goroutines have ended
+// (cancellation is not an error). The GPIO and HTTP sources never block on
+// out: when it is full the event is dropped and counted (Stats), so the
+// consumer decides how to queue or coalesce. The replay source blocks (with
+// ctx) so a simulation never loses a scheduled visit.
+package trigger
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/periocular/atm-agent/visit"
+)
+
+// Source names used in Event.Source.
+const (
+	SourceGPIO   = "gpio"
+	SourceSocket = "socket"
+	SourceReplay = "replay"
+)
+
+// Event is one trigger: a card was inserted or the ATM application asked
+// for a visit.
+type Event struct {
+	ID      string // random, 16 hex digits
+	Time    time.Time
+	Source  string
+	Context visit.Context
+}
+
+// Stats counts a source's events.
+type Stats struct {
+	Accepted uint64 `json:"accepted"`
+	Dropped  uint64 `json:"dropped"` // output channel full
+}
+
+type counters struct{ accepted, dropped atomic.Uint64 }
+
+func (c *counters) stats() Stats {
+	return Stats{Accepted: c.accepted.Load(), Dropped: c.dropped.Load()}
+}
+
+// offer sends ev without blocking; it reports whether out took it.
+func (c *counters) offer(out chan<- Event, ev Event) bool {
+	select {
+	case out <- ev:
+		c.accepted.Add(1)
+		return true
+	default:
+		c.dropped.Add(1)
+		return false
+	}
+}
+
+// NewID returns a random 16-hex-digit event id.
+func NewID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
+	return hex.EncodeToString(b[:])
+}
+
+// Context validation errors.
+var (
+	ErrLooksLikePAN = errors.New("looks like a card number (PAN): send a salted hash of it, never the number")
+	ErrBadCardHash  = errors.New("card_hash must be a hex or base64 hash of 32 to 128 characters")
+	ErrBadTxnID     = errors.New("txn_id must be 1 to 64 printable ASCII characters")
+)
+
+// ValidateContext checks transaction context from the ATM application.
+// card_hash must look like a hash (hex or base64, 32..128 characters); a
+// string of 12..19 digits (spaces and dashes ignored) is refused as a raw
+// card number. txn_id must be short printable ASCII and is refused if it is
+// 13..19 digits passing the Luhn check (a PAN in the wrong field).
+func ValidateContext(c visit.Context) error {
+	var errs []error
+	if c.CardHash != "" {
+		switch {
+		case looksLikePAN(c.CardHash, false):
+			errs = append(errs, fmt.Errorf("card_hash: %w", ErrLooksLikePAN))
+		case !isHashLike(c.CardHash):
+			errs = append(errs, fmt.Errorf("card_hash: %w", ErrBadCardHash))
+		}
+	}
+	if c.TxnID != "" {
+		switch {
+		case len(c.TxnID) > 64 || !printableASCII(c.TxnID):
+			errs = append(errs, fmt.Errorf("txn_id: %w", ErrBadTxnID))
+		case looksLikePAN(c.TxnID, true):
+			errs = append(errs, fmt.Errorf("txn_id: %w", ErrLooksLikePAN))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// looksLikePAN reports whether s is 12..19 digits once spaces and dashes are
+// removed (with luhn: 13..19 digits that pass the Luhn check).
+func looksLikePAN(s string, luhn bool) bool {
+	var digits []byte
+	for i := 0; i < len(s); i++ {
+		switch ch := s[i]; {
+		case ch >= '0' && ch <= '9':
+			digits = append(digits, ch)
+		case ch == ' ' || ch == '-':
+		default:
+			return false
+		}
+	}
+	if !luhn {
+		return len(digits) >= 12 && len(digits) <= 19
+	}
+	return len(digits) >= 13 && len(digits) <= 19 && luhnValid(digits)
+}
+
+func luhnValid(d []byte) bool {
+	sum := 0
+	for i := len(d) - 1; i >= 0; i-- {
+		n := int(d[i] - '0')
+		if (len(d)-1-i)%2 == 1 {
+			n *= 2
+			if n > 9 {
+				n -= 9
+			}
+		}
+		sum += n
+	}
+	return sum%10 == 0
+}
+
+// isHashLike accepts hex or base64 (standard or URL alphabet, optional
+// padding) of 32..128 characters.
+func isHashLike(s string) bool {
+	if len(s) < 32 || len(s) > 128 {
+		return false
+	}
+	body := strings.TrimRight(s, "=")
+	if len(s)-len(body) > 2 {
+		return false
+	}
+	for i := 0; i < len(body); i++ {
+		ch := body[i]
+		switch {
+		case ch >= '0' && ch <= '9', ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z':
+		case ch == '+' || ch == '/' || ch == '-' || ch == '_':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// Clock is the time source of the replay and GPIO sources.
+type Clock interface {
+	Now() time.Time
+	// After behaves like time.After.
+	After(d time.Duration) <-chan time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// RealClock is the wall clock.
+var RealClock Clock = realClock{}
