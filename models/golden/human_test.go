@@ -32,6 +32,7 @@ var humanModels = []humanModel{
 	{name: "blazeface-front", size: 128, face: "m11", outputs: []string{"Identity", "Identity_1", "Identity_2", "Identity_3"}, tol: 1e-4},
 	{name: "facemesh-detection-short", size: 128, face: "m11", outputs: []string{"Identity"}, tol: 1e-4},
 	{name: "faceres", size: 224, face: "unit", outputs: []string{"global_pooling/Mean", "gender_pred/Sigmoid", "age_pred/Softmax"}, tol: 1e-4, embed: "global_pooling/Mean"},
+	{name: "faceres-deep", size: 224, face: "unit", outputs: []string{"global_pooling/Mean", "gender_pred/Sigmoid", "age_pred/Softmax"}, tol: 1e-4, embed: "global_pooling/Mean"},
 	{name: "facemesh", size: 192, face: "unit", outputs: []string{"Identity", "Identity_1", "Identity_2"}, tol: 1e-4},
 	{name: "iris", size: 64, outputs: []string{"Identity"}, tol: 1e-4},
 }

@@ -26,6 +26,7 @@ const MODELS = [
   { name: 'blazeface-front', size: 128, face: 'm11', outputs: ['Identity', 'Identity_1', 'Identity_2', 'Identity_3'] },
   { name: 'facemesh-detection-short', size: 128, face: 'm11', outputs: ['Identity'] },
   { name: 'faceres', size: 224, face: 'unit', outputs: ['global_pooling/Mean', 'gender_pred/Sigmoid', 'age_pred/Softmax'] },
+  { name: 'faceres-deep', size: 224, face: 'unit', outputs: ['global_pooling/Mean', 'gender_pred/Sigmoid', 'age_pred/Softmax'] },
   { name: 'facemesh', size: 192, face: 'unit', outputs: ['Identity', 'Identity_1', 'Identity_2'] },
   { name: 'iris', size: 64, face: null, outputs: ['Identity'] },
 ];
