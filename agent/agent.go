@@ -1,0 +1,452 @@
+// Package agent is the visit pipeline of the ATM agent:
+//
+//	trigger -> camera burst -> perception -> one visit -> identity assignment
+//	-> alert rules -> ONE store commit (visit, identity upserts, alerts and
+//	their outbox messages) -> publisher notified
+//
+// plus the periodic work that must not interleave with visits: identity
+// consolidation (relabels committed in one transaction), summary messages
+// into the outbox, and the retention purge (also run at start).
+//
+// All of that runs on one worker goroutine, so the identity engine and the
+// store always agree: a consolidation can never move visits while a visit
+// assigned before it is still being committed.
+//
+// # Triggers
+//
+// Trigger never blocks. The rule for triggers that arrive while a visit runs
+// is a queue of depth one with coalescing:
+//
+//   - no visit running and nothing queued: the trigger starts a visit;
+//   - a visit running and nothing queued: the trigger is queued and its visit
+//     starts as soon as the running one is committed (its time is the
+//     trigger's time, its frames are grabbed when it starts);
+//   - a visit running and one already queued: the trigger is coalesced into
+//     the queued one (one card insert reported twice, e.g. by GPIO and by the
+//     ATM application; or bounces). The queued trigger keeps its time and
+//     source; empty fields of its transaction context are filled from the
+//     extra trigger. Coalesced triggers are counted (Stats.Coalesced).
+//
+// A trigger still queued when the agent stops is dropped and counted
+// (Stats.DroppedAtStop): its customer has left before frames could be taken.
+//
+// The package has no cgo, paho or bbolt import: it consumes small
+// interfaces (Camera, Perceiver, Store, Notifier, Clock, Observer) and the
+// pure-Go identity engine, alert rules and wire payloads.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/visit"
+)
+
+// Camera grabs one burst of frames for a visit. It returns the frames it got
+// and, if fewer than wanted, the error that stopped it; it is bounded by ctx.
+type Camera interface {
+	Burst(ctx context.Context) ([]visit.Frame, error)
+}
+
+// Perceiver turns a burst into one visit descriptor. "No face" is an
+// Outcome, not an error.
+type Perceiver interface {
+	Perceive(ctx context.Context, frames []visit.Frame) (visit.Descriptor, error)
+}
+
+// Store is the part of *store.Store the agent uses.
+type Store interface {
+	CommitVisit(ctx context.Context, c store.Commit) (store.CommitResult, error)
+	VisitsSince(ctx context.Context, identityID string, since time.Time) ([]visit.Visit, error)
+	LastAlert(ctx context.Context, rule, identityID string) (time.Time, bool, error)
+	Members(ctx context.Context) ([]store.Member, error)
+	Identities(ctx context.Context) ([]store.Identity, error)
+	PurgeExpired(ctx context.Context) (int, error)
+	PurgeIdentity(ctx context.Context, id string) (int, error)
+	Retention() time.Duration
+}
+
+// Notifier is told that the outbox has new messages (the MQTT publisher).
+// Notify must not block.
+type Notifier interface{ Notify() }
+
+// Clock is the agent's time source.
+type Clock interface{ Now() time.Time }
+
+type sysClock struct{}
+
+func (sysClock) Now() time.Time { return time.Now() }
+
+// Source is a trigger source: Run calls emit for every card insert until
+// ctx ends, and returns after its goroutines have ended.
+type Source interface {
+	Run(ctx context.Context, emit func(Event)) error
+}
+
+// Event is one trigger: a card insert.
+type Event struct {
+	// ID, when set, becomes the visit id: a trigger replayed after a crash
+	// is then stored once (the store refuses a duplicate visit id).
+	ID      string
+	Time    time.Time // zero: the agent's clock at Trigger
+	Source  string    // "gpio", "socket", "replay", ...
+	Context visit.Context
+}
+
+// Stages are the per-stage latencies of one visit.
+type Stages struct {
+	Queue, Burst, Perceive, Assign, Rules, Commit, Total time.Duration
+}
+
+// Observer receives what the agent does, for metrics. Methods are called
+// from the worker goroutine (Coalesced from Trigger's caller) and must not
+// block.
+type Observer interface {
+	Visit(v visit.Visit, s Stages, newAlerts int)
+	Coalesced()
+	CommitFailed(op string)
+	Consolidated(moved int, d time.Duration)
+	Purged(visits int)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Visit(visit.Visit, Stages, int)  {}
+func (nopObserver) Coalesced()                      {}
+func (nopObserver) CommitFailed(string)             {}
+func (nopObserver) Consolidated(int, time.Duration) {}
+func (nopObserver) Purged(int)                      {}
+
+// Deps are the agent's collaborators. Camera, Perceiver, Store, Identities
+// and Rules are required.
+type Deps struct {
+	Camera    Camera
+	Perceiver Perceiver
+	Store     Store
+	// Identities is an engine for the current embedder; Run restores it
+	// from Store.Members before the first visit.
+	Identities *identity.Engine
+	Rules      *rules.Engine
+	Publisher  Notifier // optional
+	Sources    []Source // started by Run after the worker
+	Clock      Clock    // optional; the system clock
+	Logger     *slog.Logger
+	Observer   Observer // optional
+	// Heartbeat is called by the work loop after every visit and at least
+	// every Config.HeartbeatInterval while idle (sd_notify WATCHDOG=1): a
+	// hung camera or store stops it.
+	Heartbeat func()
+	// Model is the current embedder's name: stored templates of another
+	// model are not restored into the engine.
+	Model string
+	// NewIdentityQuality: a face visit below this quality may join an
+	// existing identity but never starts one (vision.Config).
+	NewIdentityQuality float64
+	// Site and Device fill the payload envelopes.
+	Site, Device string
+}
+
+// Agent runs the visit pipeline. Create with New, drive with Run.
+type Agent struct {
+	cfg Config
+	d   Deps
+	log *slog.Logger
+	obs Observer
+	clk Clock
+	dim int // embedding dimension of the identity engine
+
+	mu      sync.Mutex
+	pending *Event
+	stats   Stats
+	wake    chan struct{} // cap 1: a trigger is pending
+	tasks   chan task
+
+	ran bool
+}
+
+// Stats are the agent's counters since New.
+type Stats struct {
+	Triggers      uint64 // triggers received
+	Coalesced     uint64 // triggers folded into a queued one
+	DroppedAtStop uint64 // queued triggers dropped at shutdown
+	Visits        map[visit.Outcome]uint64
+	Committed     uint64 // visits stored
+	Duplicates    uint64 // visits whose id was already stored (replays)
+	CommitErrors  uint64 // visits that could not be stored
+	Alerts        uint64 // new alerts stored
+	Summaries     uint64
+	Consolidated  uint64 // consolidation runs
+	Relabelled    uint64 // visits moved by consolidation
+	Purged        uint64 // visits removed by retention
+	LastVisit     time.Time
+	LastBeat      time.Time
+	Busy          bool // a visit is being processed
+}
+
+type task struct {
+	name string
+	fn   func(ctx context.Context) error
+	done chan error
+}
+
+// New checks deps and cfg (zero fields take defaults).
+func New(cfg Config, d Deps) (*Agent, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	switch {
+	case d.Camera == nil:
+		return nil, errors.New("agent: Deps.Camera is required")
+	case d.Perceiver == nil:
+		return nil, errors.New("agent: Deps.Perceiver is required")
+	case d.Store == nil:
+		return nil, errors.New("agent: Deps.Store is required")
+	case d.Identities == nil:
+		return nil, errors.New("agent: Deps.Identities is required")
+	case d.Rules == nil:
+		return nil, errors.New("agent: Deps.Rules is required")
+	}
+	a := &Agent{cfg: cfg, d: d, log: d.Logger, obs: d.Observer, clk: d.Clock,
+		wake: make(chan struct{}, 1), tasks: make(chan task)}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.obs == nil {
+		a.obs = nopObserver{}
+	}
+	if a.clk == nil {
+		a.clk = sysClock{}
+	}
+	a.stats.Visits = map[visit.Outcome]uint64{}
+	a.dim = d.Identities.Snapshot().Dim
+	return a, nil
+}
+
+// Trigger reports a card insert. It never blocks. It returns true when the
+// event will get a visit of its own, false when it was coalesced into the
+// queued one (see the package documentation).
+func (a *Agent) Trigger(ev Event) bool {
+	if ev.Time.IsZero() {
+		ev.Time = a.clk.Now()
+	}
+	a.mu.Lock()
+	a.stats.Triggers++
+	if a.pending != nil {
+		p := a.pending
+		if p.Context.CardHash == "" {
+			p.Context.CardHash = ev.Context.CardHash
+		}
+		if p.Context.TxnID == "" {
+			p.Context.TxnID = ev.Context.TxnID
+		}
+		a.stats.Coalesced++
+		a.mu.Unlock()
+		a.obs.Coalesced()
+		return false
+	}
+	a.pending = &ev
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// Stats returns a copy of the counters.
+func (a *Agent) Stats() Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.stats
+	s.Visits = make(map[visit.Outcome]uint64, len(a.stats.Visits))
+	for k, v := range a.stats.Visits {
+		s.Visits[k] = v
+	}
+	return s
+}
+
+func (a *Agent) count(f func(s *Stats)) {
+	a.mu.Lock()
+	f(&a.stats)
+	a.mu.Unlock()
+}
+
+// Run restores the identity engine from the store, purges expired data,
+// starts the worker, then the trigger sources (sinks before sources), and
+// serves until ctx ends. It stops the sources first, lets a visit in
+// progress finish (bounded by Config.StopGrace), and returns after every
+// goroutine it started has ended. Cancellation is not an error.
+func (a *Agent) Run(ctx context.Context) error {
+	a.mu.Lock()
+	if a.ran {
+		a.mu.Unlock()
+		return errors.New("agent: Run called twice")
+	}
+	a.ran = true
+	a.mu.Unlock()
+
+	if err := a.restore(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	a.purge(ctx)
+
+	// The worker's context outlives ctx by StopGrace so that a visit in
+	// progress at shutdown is still committed.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopWork := make(chan struct{})
+	workerDone := make(chan struct{})
+	go func() {
+		defer close(workerDone)
+		a.work(workCtx, stopWork)
+	}()
+
+	srcCtx, cancelSrc := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	errs := make(chan error, len(a.d.Sources))
+	for _, s := range a.d.Sources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Run(srcCtx, func(ev Event) { a.Trigger(ev) }); err != nil && srcCtx.Err() == nil {
+				errs <- err
+			}
+		}()
+	}
+	a.log.Info("agent started", "sources", len(a.d.Sources), "identities", len(a.d.Identities.Identities()))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errs:
+		runErr = fmt.Errorf("trigger source: %w", runErr)
+	}
+	cancelSrc()
+	wg.Wait()
+	close(stopWork)
+	grace := time.AfterFunc(a.cfg.StopGrace, cancelWork)
+	<-workerDone
+	grace.Stop()
+	a.mu.Lock()
+	if a.pending != nil {
+		a.pending = nil
+		a.stats.DroppedAtStop++
+		a.log.Warn("agent stopping: queued trigger dropped")
+	}
+	a.mu.Unlock()
+	a.log.Info("agent stopped")
+	return runErr
+}
+
+// work is the single worker: visits, periodic jobs and requested tasks.
+func (a *Agent) work(ctx context.Context, stop <-chan struct{}) {
+	beat := time.NewTicker(a.cfg.HeartbeatInterval)
+	defer beat.Stop()
+	summary := time.NewTicker(a.cfg.SummaryInterval)
+	defer summary.Stop()
+	consolidate := time.NewTicker(a.cfg.ConsolidateInterval)
+	defer consolidate.Stop()
+	purge := time.NewTicker(a.cfg.PurgeInterval)
+	defer purge.Stop()
+	a.heartbeat()
+	for {
+		// Visits first: a pending trigger is never starved by periodic work.
+		a.mu.Lock()
+		ev := a.pending
+		a.pending = nil
+		if ev != nil {
+			a.stats.Busy = true
+		}
+		a.mu.Unlock()
+		if ev != nil {
+			a.processVisit(ctx, *ev)
+			a.count(func(s *Stats) { s.Busy = false })
+			a.heartbeat()
+			continue
+		}
+		select {
+		case <-stop:
+			return
+		case <-a.wake:
+		case <-beat.C:
+			a.heartbeat()
+		case <-summary.C:
+			if err := a.publishSummary(ctx); err != nil {
+				a.log.Error("summary", "err", err)
+			}
+		case <-consolidate.C:
+			if err := a.consolidate(ctx); err != nil {
+				a.log.Error("consolidate identities", "err", err)
+			}
+		case <-purge.C:
+			a.purge(ctx)
+		case t := <-a.tasks:
+			t.done <- t.fn(ctx)
+		}
+	}
+}
+
+func (a *Agent) heartbeat() {
+	a.count(func(s *Stats) { s.LastBeat = a.clk.Now() })
+	if a.d.Heartbeat != nil {
+		a.d.Heartbeat()
+	}
+}
+
+// do runs fn on the worker and waits for it, bounded by ctx. It needs Run.
+func (a *Agent) do(ctx context.Context, name string, fn func(ctx context.Context) error) error {
+	t := task{name: name, fn: fn, done: make(chan error, 1)}
+	select {
+	case a.tasks <- t:
+	case <-ctx.Done():
+		return fmt.Errorf("%s: %w", name, ctx.Err())
+	}
+	select {
+	case err := <-t.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%s: %w", name, ctx.Err())
+	}
+}
+
+// Consolidate re-clusters the identities now and commits the relabels.
+func (a *Agent) Consolidate(ctx context.Context) error {
+	return a.do(ctx, "consolidate", a.consolidate)
+}
+
+// PublishSummary puts a summary message into the outbox now.
+func (a *Agent) PublishSummary(ctx context.Context) error {
+	return a.do(ctx, "publish summary", a.publishSummary)
+}
+
+// Purge applies the retention window now.
+func (a *Agent) Purge(ctx context.Context) error {
+	return a.do(ctx, "purge", func(ctx context.Context) error { a.purge(ctx); return nil })
+}
+
+// PurgeIdentity deletes an identity, its visits and alerts (a deletion
+// request) from the store and the engine. It returns the visits removed.
+func (a *Agent) PurgeIdentity(ctx context.Context, id string) (int, error) {
+	var n int
+	err := a.do(ctx, "purge identity", func(ctx context.Context) error {
+		var err error
+		n, err = a.d.Store.PurgeIdentity(ctx, id)
+		if err != nil {
+			return err
+		}
+		a.d.Identities.Remove(id)
+		return nil
+	})
+	return n, err
+}

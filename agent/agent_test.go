@@ -1,0 +1,563 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/sync/wire"
+	"github.com/periocular/atm-agent/visit"
+)
+
+const testDim = 8
+
+// scene is what the fake camera sees for one visit: who stands there.
+type scene struct {
+	angle   float64 // degrees in the plane of the first two axes; the person
+	noface  bool
+	quality float32
+	mask    visit.MaskState
+}
+
+// fakeCamera returns one tiny frame per burst whose first byte indexes the
+// scene; gate, when set, blocks Burst until a value is received.
+type fakeCamera struct {
+	mu     sync.Mutex
+	scenes []scene
+	next   int
+	gate   chan struct{}
+	calls  chan struct{} // receives on every Burst start, when set
+	fail   bool
+}
+
+func (c *fakeCamera) Burst(ctx context.Context) ([]visit.Frame, error) {
+	if c.calls != nil {
+		c.calls <- struct{}{}
+	}
+	if c.gate != nil {
+		select {
+		case <-c.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fail {
+		return nil, errors.New("camera down")
+	}
+	i := c.next % len(c.scenes)
+	c.next++
+	return []visit.Frame{{W: 1, H: 1, BGR: []byte{byte(i), 0, 0}, Time: time.Now()}}, nil
+}
+
+func (c *fakeCamera) push(s ...scene) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.scenes = s
+	c.next = 0
+}
+
+// fakePerceiver maps the scene index in the frame to a descriptor.
+type fakePerceiver struct{ cam *fakeCamera }
+
+func (p fakePerceiver) Perceive(ctx context.Context, frames []visit.Frame) (visit.Descriptor, error) {
+	p.cam.mu.Lock()
+	s := p.cam.scenes[int(frames[0].BGR[0])]
+	p.cam.mu.Unlock()
+	d := visit.Descriptor{Model: "test-emb", Frames: len(frames), Mask: s.mask}
+	if s.noface {
+		d.Outcome = visit.NoFace
+		return d, nil
+	}
+	d.Outcome, d.Used, d.Quality = visit.FaceFound, 1, s.quality
+	if d.Quality == 0 {
+		d.Quality = 0.9
+	}
+	d.Embedding = vec(s.angle)
+	return d, nil
+}
+
+func vec(deg float64) []float32 {
+	r := deg * math.Pi / 180
+	v := make([]float32, testDim)
+	v[0], v[1] = float32(math.Cos(r)), float32(math.Sin(r))
+	return v
+}
+
+type fakeNotifier struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (f *fakeNotifier) Notify() { f.mu.Lock(); f.n++; f.mu.Unlock() }
+
+type fixedClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fixedClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fixedClock) Add(d time.Duration) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+	return c.t
+}
+
+type harness struct {
+	t     *testing.T
+	path  string
+	st    *store.Store
+	cam   *fakeCamera
+	clk   *fixedClock
+	pub   *fakeNotifier
+	eng   *identity.Engine
+	ag    *Agent
+	stop  context.CancelFunc
+	done  chan error
+	rules []rules.Rule
+}
+
+func testRules() []rules.Rule {
+	return []rules.Rule{
+		{Name: "repeat", Kind: rules.KindVisits, Threshold: 3, Window: time.Hour, Cooldown: time.Hour},
+		{Name: "faceless", Kind: rules.KindFaceless, Threshold: 3, Window: time.Hour, Cooldown: time.Hour},
+		{Name: "cards", Kind: rules.KindDistinctCards, Threshold: 2, Window: 24 * time.Hour},
+	}
+}
+
+func openStore(t *testing.T, path string, clk *fixedClock, maxMsgs int) *store.Store {
+	t.Helper()
+	st, err := store.Open(path, store.Options{Now: clk.Now, DeviceID: "atm-1", OutboxMaxMessages: maxMsgs, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// newHarness starts an agent on a real bbolt file at path (a new file in
+// t.TempDir() when empty).
+func newHarness(t *testing.T, path string, clk *fixedClock, cfg Config) *harness {
+	t.Helper()
+	if path == "" {
+		path = filepath.Join(t.TempDir(), "agent.db")
+	}
+	if clk == nil {
+		clk = &fixedClock{t: time.Date(2025, 3, 1, 9, 0, 0, 0, time.UTC)}
+	}
+	h := &harness{t: t, path: path, clk: clk, cam: &fakeCamera{scenes: []scene{{angle: 0}}}, pub: &fakeNotifier{}, rules: testRules()}
+	h.st = openStore(t, path, clk, 0)
+	icfg := identity.DefaultConfig()
+	icfg.Thresholds = identity.Thresholds{UU: 0.3, MM: 0.3}
+	icfg.Exact = true
+	var err error
+	h.eng, err = identity.New(icfg, testDim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	re, err := rules.New(h.rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ag, err = New(cfg, Deps{Camera: h.cam, Perceiver: fakePerceiver{h.cam}, Store: h.st, Identities: h.eng,
+		Rules: re, Publisher: h.pub, Clock: clk, Model: "test-emb", NewIdentityQuality: 0.5, Site: "s1", Device: "atm-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.stop, h.done = cancel, make(chan error, 1)
+	go func() { h.done <- h.ag.Run(ctx) }()
+	t.Cleanup(h.close)
+	return h
+}
+
+func (h *harness) close() {
+	if h.stop == nil {
+		return
+	}
+	h.stop()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Errorf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		h.t.Fatal("Run did not return within 5s")
+	}
+	h.stop = nil
+	h.st.Close()
+}
+
+// visit triggers one visit of scene s at the clock's time plus d and waits
+// until it is committed.
+func (h *harness) visit(s scene, d time.Duration, ctxt visit.Context) {
+	h.t.Helper()
+	h.cam.push(s)
+	before := h.ag.Stats().Committed + h.ag.Stats().CommitErrors + h.ag.Stats().Duplicates
+	h.ag.Trigger(Event{Time: h.clk.Add(d), Source: "test", Context: ctxt})
+	h.waitProcessed(before + 1)
+}
+
+func (h *harness) waitProcessed(n uint64) {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := h.ag.Stats()
+		if s.Committed+s.CommitErrors+s.Duplicates >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("timed out waiting for %d visits (stats %+v)", n, s)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func (h *harness) outbox() []visit.OutboxMessage {
+	h.t.Helper()
+	ms, err := h.st.OutboxPending(context.Background(), 1000)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ms
+}
+
+func (h *harness) visits() []visit.Visit {
+	h.t.Helper()
+	vs, err := h.st.VisitsBetween(context.Background(), time.Unix(1, 0), time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return vs
+}
+
+func TestVisitsCommitIdentityAndAlertOnce(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	for i := 0; i < 4; i++ {
+		h.visit(scene{angle: float64(i)}, time.Minute, visit.Context{})
+	}
+	vs := h.visits()
+	if len(vs) != 4 {
+		t.Fatalf("stored %d visits, want 4", len(vs))
+	}
+	for i, v := range vs {
+		if v.IdentityID == "" || v.IdentityID != vs[0].IdentityID {
+			t.Fatalf("visit %d identity %q, want all %q", i, v.IdentityID, vs[0].IdentityID)
+		}
+		if v.Outcome != visit.FaceFound || v.Trigger != "test" || v.Seq != uint64(i+1) {
+			t.Fatalf("visit %d: %+v", i, v)
+		}
+	}
+	id, err := h.st.Identity(context.Background(), vs[0].IdentityID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.Count != 4 || id.Status != string(identity.Confirmed) || id.Model != "test-emb" {
+		t.Fatalf("identity %+v: want 4 visits, confirmed, model test-emb", id)
+	}
+	// Threshold 3 in 1 h: the third visit raises one alert; the fourth is
+	// in the same window and cooldown.
+	ob := h.outbox()
+	if len(ob) != 1 || ob[0].Kind != KindAlert || ob[0].Topic != "alert" {
+		t.Fatalf("outbox %+v: want exactly one alert", ob)
+	}
+	var a wire.Alert
+	if err := json.Unmarshal(ob[0].Payload, &a); err != nil {
+		t.Fatal(err)
+	}
+	if a.Rule != "repeat" || a.IdentityID != vs[0].IdentityID || a.Count != 3 || a.Threshold != 3 ||
+		a.Device != "atm-1" || a.Site != "s1" || a.SchemaVersion != wire.SchemaVersion ||
+		!a.LastSeen.Equal(vs[2].Time) || !a.FirstSeen.Equal(vs[0].Time) {
+		t.Fatalf("alert payload %+v", a)
+	}
+	if ok, _ := h.st.AlertExists(context.Background(), a.AlertID); !ok {
+		t.Fatal("alert published but not stored")
+	}
+	if s := h.ag.Stats(); s.Alerts != 1 || s.Visits[visit.FaceFound] != 4 {
+		t.Fatalf("stats %+v", s)
+	}
+	if h.pub.n == 0 {
+		t.Fatal("publisher never notified")
+	}
+}
+
+func TestLowQualityMayMatchButNotStart(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	h.visit(scene{angle: 0, quality: 0.2}, time.Minute, visit.Context{})  // nobody to match: unassigned
+	h.visit(scene{angle: 90, quality: 0.9}, time.Minute, visit.Context{}) // starts B
+	h.visit(scene{angle: 91, quality: 0.2}, time.Minute, visit.Context{}) // matches B
+	vs := h.visits()
+	if vs[0].IdentityID != "" || vs[0].Outcome != visit.FaceFound {
+		t.Fatalf("low-quality first visit: %+v, want stored without identity", vs[0])
+	}
+	if vs[1].IdentityID == "" || vs[2].IdentityID != vs[1].IdentityID {
+		t.Fatalf("low-quality visit did not join the existing identity: %q vs %q", vs[2].IdentityID, vs[1].IdentityID)
+	}
+	if n := len(h.eng.Identities()); n != 1 {
+		t.Fatalf("engine has %d identities, want 1", n)
+	}
+}
+
+func TestTriggersDuringVisitAreQueuedThenCoalesced(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	h.cam.gate = make(chan struct{})
+	h.cam.calls = make(chan struct{}, 10)
+	h.cam.push(scene{angle: 0}, scene{angle: 0})
+	t0 := h.clk.Add(time.Minute)
+	if !h.ag.Trigger(Event{Time: t0, Source: "gpio"}) {
+		t.Fatal("first trigger not accepted")
+	}
+	<-h.cam.calls // the first visit is inside Burst
+	results := []bool{
+		h.ag.Trigger(Event{Time: t0.Add(time.Second), Source: "gpio"}),
+		h.ag.Trigger(Event{Time: t0.Add(2 * time.Second), Source: "socket", Context: visit.Context{CardHash: "h1", TxnID: "t1"}}),
+		h.ag.Trigger(Event{Time: t0.Add(3 * time.Second), Source: "gpio"}),
+	}
+	if want := []bool{true, false, false}; results[0] != want[0] || results[1] != want[1] || results[2] != want[2] {
+		t.Fatalf("trigger results %v, want %v", results, want)
+	}
+	h.cam.gate <- struct{}{} // finish visit 1
+	<-h.cam.calls
+	h.cam.gate <- struct{}{} // finish visit 2
+	h.waitProcessed(2)
+	vs := h.visits()
+	if len(vs) != 2 {
+		t.Fatalf("stored %d visits, want 2", len(vs))
+	}
+	q := vs[1]
+	if !q.Time.Equal(t0.Add(time.Second)) || q.Trigger != "gpio" || q.Context.CardHash != "h1" || q.Context.TxnID != "t1" {
+		t.Fatalf("queued visit %+v: want the first queued trigger's time and source, context from the coalesced one", q)
+	}
+	if s := h.ag.Stats(); s.Coalesced != 2 || s.Triggers != 4 {
+		t.Fatalf("stats: coalesced %d triggers %d, want 2 and 4", s.Coalesced, s.Triggers)
+	}
+}
+
+func TestFacelessVisitsFeedFacelessRule(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	for i := 0; i < 3; i++ {
+		h.visit(scene{noface: true}, time.Minute, visit.Context{})
+	}
+	vs := h.visits()
+	if len(vs) != 3 {
+		t.Fatalf("stored %d visits", len(vs))
+	}
+	for _, v := range vs {
+		if v.Outcome != visit.NoFace || v.IdentityID != "" {
+			t.Fatalf("faceless visit stored as %+v", v)
+		}
+	}
+	ob := h.outbox()
+	if len(ob) != 1 {
+		t.Fatalf("outbox has %d messages, want 1 faceless alert", len(ob))
+	}
+	var a wire.Alert
+	json.Unmarshal(ob[0].Payload, &a)
+	if a.Kind != "faceless" || a.Count != 3 || a.IdentityID != "" {
+		t.Fatalf("alert %+v", a)
+	}
+	// A camera failure is stored too, but is not "faceless".
+	h.cam.fail = true
+	h.visit(scene{}, time.Minute, visit.Context{})
+	if vs := h.visits(); vs[3].Outcome != visit.CameraError {
+		t.Fatalf("camera failure stored as %v", vs[3].Outcome)
+	}
+}
+
+func TestDistinctCardsRule(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	h.visit(scene{angle: 0}, time.Minute, visit.Context{CardHash: "c1"})
+	h.visit(scene{angle: 1}, time.Minute, visit.Context{CardHash: "c2"})
+	ob := h.outbox()
+	if len(ob) != 1 {
+		t.Fatalf("outbox %d messages, want 1", len(ob))
+	}
+	var a wire.Alert
+	json.Unmarshal(ob[0].Payload, &a)
+	if a.Rule != "cards" || a.Count != 2 {
+		t.Fatalf("alert %+v", a)
+	}
+}
+
+func TestRestartRestoresIdentities(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.db")
+	clk := &fixedClock{t: time.Date(2025, 3, 1, 9, 0, 0, 0, time.UTC)}
+	h := newHarness(t, path, clk, Config{})
+	h.visit(scene{angle: 0}, time.Minute, visit.Context{})
+	h.visit(scene{angle: 2}, time.Minute, visit.Context{})
+	h.visit(scene{angle: 90}, time.Minute, visit.Context{})
+	first := h.visits()
+	h.close()
+
+	h2 := newHarness(t, path, clk, Config{})
+	if n := len(h2.eng.Identities()); n != 2 {
+		// Run restores before serving; wait for the first heartbeat.
+		time.Sleep(50 * time.Millisecond)
+		if n = len(h2.eng.Identities()); n != 2 {
+			t.Fatalf("restored %d identities, want 2", n)
+		}
+	}
+	h2.visit(scene{angle: 1}, time.Minute, visit.Context{})
+	h2.visit(scene{angle: 91}, time.Minute, visit.Context{})
+	vs := h2.visits()
+	if vs[3].IdentityID != first[0].IdentityID || vs[4].IdentityID != first[2].IdentityID {
+		t.Fatalf("after restart visits got %q and %q, want %q and %q", vs[3].IdentityID, vs[4].IdentityID,
+			first[0].IdentityID, first[2].IdentityID)
+	}
+	if id, _ := h2.st.Identity(context.Background(), first[0].IdentityID); id.Count != 3 || id.Status != "confirmed" {
+		t.Fatalf("identity after restart %+v", id)
+	}
+}
+
+func TestDuplicateEventIDStoredOnce(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	h.cam.push(scene{angle: 0})
+	h.ag.Trigger(Event{ID: "replay-0001", Time: h.clk.Add(time.Minute), Source: "replay"})
+	h.waitProcessed(1)
+	h.ag.Trigger(Event{ID: "replay-0001", Time: h.clk.Now(), Source: "replay"})
+	h.waitProcessed(2)
+	if n := len(h.visits()); n != 1 {
+		t.Fatalf("stored %d visits, want 1", n)
+	}
+	if s := h.ag.Stats(); s.Duplicates != 1 {
+		t.Fatalf("duplicates %d, want 1", s.Duplicates)
+	}
+	// The engine was resynchronised: it holds one visit, not two.
+	if n := h.eng.Len(); n != 1 {
+		t.Fatalf("engine holds %d visits, want 1", n)
+	}
+}
+
+func TestConsolidationRelabelsCommitted(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	// X at 0 deg, Y at 60 deg (too far to match X: 1-cos60 = 0.5 > 0.3).
+	// Three visits at 29 deg join X online; then, by average linkage, X and
+	// Y are one person: consolidation merges Y into X.
+	h.visit(scene{angle: 0}, time.Minute, visit.Context{})
+	h.visit(scene{angle: 60}, time.Minute, visit.Context{})
+	for i := 0; i < 3; i++ {
+		h.visit(scene{angle: 29 + 0.1*float64(i)}, time.Minute, visit.Context{})
+	}
+	before := h.visits()
+	x, y := before[0].IdentityID, before[1].IdentityID
+	if x == y {
+		t.Fatal("setup: X and Y matched online")
+	}
+	for _, v := range before[2:] {
+		if v.IdentityID != x {
+			t.Fatalf("setup: middle visit joined %q, want X %q", v.IdentityID, x)
+		}
+	}
+	if err := h.ag.Consolidate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	after := h.visits()
+	for i, v := range after {
+		if v.IdentityID != x {
+			t.Fatalf("visit %d in store has identity %q after consolidation, want %q", i, v.IdentityID, x)
+		}
+	}
+	if _, err := h.st.Identity(context.Background(), y); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("merged identity still stored: %v", err)
+	}
+	if id, _ := h.st.Identity(context.Background(), x); id.Count != 5 {
+		t.Fatalf("identity X count %d, want 5", id.Count)
+	}
+	if s := h.ag.Stats(); s.Relabelled != 1 {
+		t.Fatalf("relabelled %d, want 1", s.Relabelled)
+	}
+	// The engine and the store agree after a restart.
+	if got, _ := h.eng.IdentityOf(before[1].ID); got != x {
+		t.Fatalf("engine has %q for Y's visit", got)
+	}
+}
+
+func TestSummaryCoalescing(t *testing.T) {
+	dir := t.TempDir()
+	clk := &fixedClock{t: time.Date(2025, 3, 1, 9, 0, 0, 0, time.UTC)}
+	path := filepath.Join(dir, "agent.db")
+	st := openStore(t, path, clk, 2)
+	defer st.Close()
+	cam := &fakeCamera{scenes: []scene{{noface: true}}}
+	icfg := identity.DefaultConfig()
+	icfg.Thresholds = identity.Thresholds{UU: 0.3, MM: 0.3}
+	eng, _ := identity.New(icfg, testDim)
+	re, _ := rules.New([]rules.Rule{{Name: "faceless", Kind: rules.KindFaceless, Threshold: 1, Window: time.Hour}})
+	ag, err := New(Config{}, Deps{Camera: cam, Perceiver: fakePerceiver{cam}, Store: st, Identities: eng, Rules: re,
+		Clock: clk, Model: "test-emb", Site: "s1", Device: "atm-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ag.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	ag.Trigger(Event{Time: clk.Add(time.Minute), Source: "test"}) // one faceless alert
+	for ag.Stats().Committed < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < 4; i++ {
+		clk.Add(time.Minute)
+		if err := ag.PublishSummary(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, _ := st.OutboxPending(ctx, 100)
+	// Bound of 2 messages: the alert stays, superseded summaries go first,
+	// the newest summary stays.
+	if len(ms) != 2 || ms[0].Kind != KindAlert || ms[1].Kind != KindSummary {
+		t.Fatalf("outbox %+v: want the alert and the newest summary", ms)
+	}
+	var s wire.Summary
+	json.Unmarshal(ms[1].Payload, &s)
+	if !s.TS.Equal(clk.Now()) || s.Faceless.H1 != 1 || s.Totals.Visits.D7 != 1 {
+		t.Fatalf("kept summary %+v: want the newest with one faceless visit", s)
+	}
+	_, _, dropped := st.OutboxStats()
+	if dropped[KindSummary] != 3 || dropped[KindAlert] != 0 {
+		t.Fatalf("dropped %v: want 3 summaries, 0 alerts", dropped)
+	}
+}
+
+func wc(h1, h24, d7 int) wire.WindowCounts { return wire.WindowCounts{H1: h1, H24: h24, D7: d7} }
+
+func TestBuildSummary(t *testing.T) {
+	now := time.Date(2025, 3, 8, 12, 0, 0, 0, time.UTC)
+	v := func(id string, ago time.Duration, out visit.Outcome, mask visit.MaskState, card string) visit.Visit {
+		return visit.Visit{IdentityID: id, Time: now.Add(-ago), Descriptor: visit.Descriptor{Outcome: out, Mask: mask},
+			Context: visit.Context{CardHash: card}}
+	}
+	vs := []visit.Visit{
+		v("p-a", 6*24*time.Hour, visit.FaceFound, visit.Unmasked, "c1"),
+		v("p-a", 2*time.Hour, visit.FaceFound, visit.Masked, "c2"),
+		v("p-a", 10*time.Minute, visit.FaceFound, visit.Masked, "c2"),
+		v("p-b", 30*time.Minute, visit.FaceFound, visit.Unmasked, ""),
+		v("", 5*time.Minute, visit.NoFace, visit.MaskUnknown, ""),
+		v("", 8*24*time.Hour, visit.NoFace, visit.MaskUnknown, ""), // outside 7 d
+	}
+	s := BuildSummary(wire.NewEnvelope("s", "d", now), now, vs, 1)
+	if len(s.Identities) != 1 || s.IdentitiesOmitted != 1 {
+		t.Fatalf("cap: %d listed, %d omitted", len(s.Identities), s.IdentitiesOmitted)
+	}
+	a := s.Identities[0]
+	want := wire.IdentityCounts{ID: "p-a", Visits: wc(1, 2, 3), Masked: wc(1, 2, 2),
+		DistinctCards: wc(1, 1, 2), FirstSeen: now.Add(-6 * 24 * time.Hour), LastSeen: now.Add(-10 * time.Minute)}
+	if a != want {
+		t.Fatalf("identity counts\n got %+v\nwant %+v", a, want)
+	}
+	if s.Faceless != (wc(1, 1, 1)) || s.Totals.Visits != (wc(3, 4, 5)) ||
+		s.Totals.Identities != (wc(2, 2, 2)) || s.Totals.Masked != (wc(1, 2, 2)) {
+		t.Fatalf("totals %+v faceless %+v", s.Totals, s.Faceless)
+	}
+}

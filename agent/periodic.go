@@ -1,0 +1,262 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/sync/wire"
+	"github.com/periocular/atm-agent/visit"
+)
+
+func sortMetas(ms []identity.IdentityMeta) {
+	sort.Slice(ms, func(i, j int) bool {
+		if !ms[i].Created.Equal(ms[j].Created) {
+			return ms[i].Created.Before(ms[j].Created)
+		}
+		return ms[i].ID < ms[j].ID
+	})
+}
+
+// consolidate re-clusters the engine and commits the relabels, the updated
+// identities and the deletion of identities left empty in one transaction.
+// If the commit fails the engine is rebuilt from the store.
+func (a *Agent) consolidate(ctx context.Context) error {
+	t := time.Now()
+	changes, err := a.d.Identities.Consolidate(ctx)
+	if err != nil {
+		return err
+	}
+	a.count(func(s *Stats) { s.Consolidated++ })
+	if len(changes) == 0 {
+		a.obs.Consolidated(0, time.Since(t))
+		return nil
+	}
+	c := consolidationCommit(changes, a.d.Identities, a.d.Model)
+	res, err := a.d.Store.CommitVisit(ctx, c)
+	if err != nil && len(c.DeleteIdentities) > 0 {
+		// An identity the engine dropped may still own stored visits the
+		// engine does not hold (older than retention, another model):
+		// keep it; the retention purge removes it once it is empty.
+		a.log.Warn("consolidation: keeping identities that still own stored visits", "err", err)
+		c.DeleteIdentities = nil
+		res, err = a.d.Store.CommitVisit(ctx, c)
+	}
+	if err != nil {
+		a.obs.CommitFailed("consolidate")
+		a.resync(ctx)
+		return fmt.Errorf("commit consolidation: %w", err)
+	}
+	moved := len(c.Relabels) - len(res.MissingRelabels)
+	a.count(func(s *Stats) { s.Relabelled += uint64(moved) })
+	a.obs.Consolidated(moved, time.Since(t))
+	kinds := map[identity.ChangeKind]int{}
+	for _, ch := range changes {
+		kinds[ch.Kind]++
+	}
+	a.log.Info("identities consolidated", "moved_visits", moved, "merges", kinds[identity.Merge],
+		"splits", kinds[identity.Split], "relabels", kinds[identity.Relabel], "ms", time.Since(t).Milliseconds())
+	return nil
+}
+
+func consolidationCommit(changes []identity.Change, eng *identity.Engine, model string) store.Commit {
+	var c store.Commit
+	upsert := map[string]bool{}
+	gone := map[string]bool{}
+	for _, ch := range changes {
+		for _, vid := range ch.VisitIDs {
+			c.Relabels = append(c.Relabels, store.Relabel{VisitID: vid, IdentityID: ch.To})
+		}
+		for _, id := range []string{ch.From, ch.To} {
+			if id == "" {
+				continue
+			}
+			if _, ok := eng.Identity(id); ok {
+				upsert[id] = true
+			} else {
+				gone[id] = true
+			}
+		}
+	}
+	for _, id := range sortedKeys(upsert) {
+		v, _ := eng.Identity(id)
+		c.Identities = append(c.Identities, storeIdentity(v, model))
+	}
+	c.DeleteIdentities = sortedKeys(gone)
+	return c
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// purge applies the retention window to the store and the engine.
+func (a *Agent) purge(ctx context.Context) {
+	n, err := a.d.Store.PurgeExpired(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Error("retention purge", "err", err)
+		}
+		return
+	}
+	gone := a.d.Identities.Forget(a.clk.Now().Add(-a.d.Store.Retention()))
+	a.count(func(s *Stats) { s.Purged += uint64(n) })
+	a.obs.Purged(n)
+	if n > 0 || len(gone) > 0 {
+		a.log.Info("retention purge", "visits", n, "identities_forgotten", len(gone))
+	}
+}
+
+// Summary windows.
+var summaryWindows = [3]time.Duration{time.Hour, 24 * time.Hour, 7 * 24 * time.Hour}
+
+func add(w *wire.WindowCounts, age time.Duration) {
+	if age < summaryWindows[0] {
+		w.H1++
+	}
+	if age < summaryWindows[1] {
+		w.H24++
+	}
+	if age < summaryWindows[2] {
+		w.D7++
+	}
+}
+
+// BuildSummary computes the summary payload at now from the visits of the
+// last 7 days: counts per identity per window, faceless visits and totals.
+// It carries counts only: no embeddings, images or card data.
+func BuildSummary(env wire.Envelope, now time.Time, vs []visit.Visit, maxIdentities int) wire.Summary {
+	s := wire.Summary{Envelope: env, Identities: []wire.IdentityCounts{}}
+	type acc struct {
+		c     wire.IdentityCounts
+		cards [3]map[string]bool
+	}
+	per := map[string]*acc{}
+	seen := [3]map[string]bool{{}, {}, {}}
+	for _, v := range vs {
+		age := now.Sub(v.Time)
+		if age < 0 || age >= summaryWindows[2] {
+			continue
+		}
+		if v.Outcome == visit.NoFace || v.Outcome == visit.LowQuality {
+			add(&s.Faceless, age)
+		}
+		add(&s.Totals.Visits, age)
+		if v.Mask == visit.Masked {
+			add(&s.Totals.Masked, age)
+		}
+		if v.IdentityID == "" {
+			continue
+		}
+		x := per[v.IdentityID]
+		if x == nil {
+			x = &acc{c: wire.IdentityCounts{ID: v.IdentityID, FirstSeen: v.Time.UTC()}}
+			per[v.IdentityID] = x
+		}
+		add(&x.c.Visits, age)
+		if v.Mask == visit.Masked {
+			add(&x.c.Masked, age)
+		}
+		if v.Time.Before(x.c.FirstSeen) {
+			x.c.FirstSeen = v.Time.UTC()
+		}
+		if v.Time.After(x.c.LastSeen) {
+			x.c.LastSeen = v.Time.UTC()
+		}
+		for i, w := range summaryWindows {
+			if age >= w {
+				continue
+			}
+			if !seen[i][v.IdentityID] {
+				seen[i][v.IdentityID] = true
+				switch i {
+				case 0:
+					s.Totals.Identities.H1++
+				case 1:
+					s.Totals.Identities.H24++
+				case 2:
+					s.Totals.Identities.D7++
+				}
+			}
+			if h := v.Context.CardHash; h != "" {
+				if x.cards[i] == nil {
+					x.cards[i] = map[string]bool{}
+				}
+				x.cards[i][h] = true
+			}
+		}
+	}
+	for _, x := range per {
+		x.c.DistinctCards = wire.WindowCounts{H1: len(x.cards[0]), H24: len(x.cards[1]), D7: len(x.cards[2])}
+		s.Identities = append(s.Identities, x.c)
+	}
+	// Most active first: 24 h, then 7 d, then the most recent.
+	sort.Slice(s.Identities, func(i, j int) bool {
+		a, b := s.Identities[i], s.Identities[j]
+		switch {
+		case a.Visits.H24 != b.Visits.H24:
+			return a.Visits.H24 > b.Visits.H24
+		case a.Visits.D7 != b.Visits.D7:
+			return a.Visits.D7 > b.Visits.D7
+		case !a.LastSeen.Equal(b.LastSeen):
+			return a.LastSeen.After(b.LastSeen)
+		}
+		return strings.Compare(a.ID, b.ID) < 0
+	})
+	if len(s.Identities) > maxIdentities {
+		s.IdentitiesOmitted = len(s.Identities) - maxIdentities
+		s.Identities = s.Identities[:maxIdentities]
+	}
+	return s
+}
+
+// publishSummary enqueues a summary message. Summaries share a Coalesce key,
+// so an unsent one is dropped first when the outbox is full.
+func (a *Agent) publishSummary(ctx context.Context) error {
+	now := a.clk.Now()
+	vs, err := a.d.Store.VisitsSince(ctx, "", now.Add(-summaryWindows[2]))
+	if err != nil {
+		return fmt.Errorf("summary: %w", err)
+	}
+	s := BuildSummary(wire.NewEnvelope(a.d.Site, a.d.Device, now), now, vs, a.cfg.SummaryMaxIdentities)
+	b, err := json.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("summary: encode: %w", err)
+	}
+	msg := visit.OutboxMessage{Kind: KindSummary, Topic: TopicSummary, Created: now, Payload: b, Coalesce: CoalesceSummary}
+	if _, err := a.d.Store.CommitVisit(ctx, store.Commit{Outbox: []visit.OutboxMessage{msg}}); err != nil {
+		a.obs.CommitFailed("summary")
+		return fmt.Errorf("summary: %w", err)
+	}
+	a.count(func(s *Stats) { s.Summaries++ })
+	if a.d.Publisher != nil {
+		a.d.Publisher.Notify()
+	}
+	return nil
+}
+
+// HandleCommand serves the MQTT commands other than ping (it satisfies
+// mqttsync.CommandHandler).
+func (a *Agent) HandleCommand(ctx context.Context, cmd wire.Command) (any, error) {
+	switch cmd.Command {
+	case wire.CmdPublishSummary:
+		return map[string]any{"queued": true}, a.PublishSummary(ctx)
+	case wire.CmdPurgeIdentity:
+		n, err := a.PurgeIdentity(ctx, cmd.Args.ID)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"identity": cmd.Args.ID, "visits_removed": n}, nil
+	}
+	return nil, fmt.Errorf("unsupported command %q", cmd.Command)
+}
