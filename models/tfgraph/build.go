@@ -44,7 +44,7 @@ var handlers map[string]handler
 
 // constOnly ops are folded when all inputs are constant and rejected otherwise.
 var constOnly = map[string]bool{
-	"Shape": true, "StridedSlice": true, "Pack": true, "Cast": true, "Fill": true,
+	"Shape": true, "StridedSlice": true, "Pack": true, "Cast": true,
 }
 
 func key(in string) string {
