@@ -1,0 +1,315 @@
+package trigger
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/periocular/atm-agent/visit"
+)
+
+const goodHash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+func unixClient(path string) *http.Client {
+	return &http.Client{
+		Timeout: 2 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}},
+	}
+}
+
+// startHTTP listens, runs h and returns a stop func that checks Run's exit.
+func startHTTP(t *testing.T, h *HTTP, out chan Event) {
+	t.Helper()
+	if err := h.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx, out) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("HTTP Run did not return")
+		}
+	})
+}
+
+func post(t *testing.T, c *http.Client, url, token, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&m)
+	return resp.StatusCode, m
+}
+
+func TestUnixSocketEndpoint(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "trigger.sock")
+	h, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan Event, 1)
+	startHTTP(t, h, out)
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
+		t.Fatalf("socket mode %v, want socket 0660", fi.Mode())
+	}
+	c := unixClient(sock)
+
+	code, m := post(t, c, "http://atm/v1/visit", "", `{"card_hash":"`+goodHash+`","txn_id":"T-0001"}`)
+	if code != http.StatusAccepted || len(m["id"].(string)) != 16 {
+		t.Fatalf("POST: %d %v", code, m)
+	}
+	ev := <-out
+	want := visit.Context{CardHash: goodHash, TxnID: "T-0001"}
+	if ev.Source != SourceSocket || ev.Context != want || ev.ID != m["id"] {
+		t.Fatalf("event %+v", ev)
+	}
+
+	// Empty body: a visit without context.
+	if code, _ := post(t, c, "http://atm/v1/visit", "", ""); code != http.StatusAccepted {
+		t.Fatalf("empty POST: %d", code)
+	}
+	// Channel full (nobody read the last event): 503, counted as dropped.
+	if code, m := post(t, c, "http://atm/v1/visit", "", ""); code != http.StatusServiceUnavailable {
+		t.Fatalf("POST while busy: %d %v", code, m)
+	}
+	<-out
+	// A card number is refused with a clear message and never reaches out.
+	code, m = post(t, c, "http://atm/v1/visit", "", `{"card_hash":"4111 1111 1111 1111"}`)
+	if code != http.StatusBadRequest || !strings.Contains(m["error"].(string), "card number") {
+		t.Fatalf("PAN: %d %v", code, m)
+	}
+	if strings.Contains(m["error"].(string), "4111") {
+		t.Fatal("error echoes the card number")
+	}
+	// Oversized body.
+	big := `{"txn_id":"` + strings.Repeat("a", 5000) + `"}`
+	if code, _ := post(t, c, "http://atm/v1/visit", "", big); code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("big body: %d", code)
+	}
+	// Wrong method.
+	resp, err := c.Get("http://atm/v1/visit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("GET /v1/visit: %d", resp.StatusCode)
+	}
+	resp, err = c.Get("http://atm/v1/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hm map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&hm)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || hm["status"] != "ok" || hm["accepted"].(float64) != 2 || hm["dropped"].(float64) != 1 {
+		t.Fatalf("health: %d %v", resp.StatusCode, hm)
+	}
+	select {
+	case ev := <-out:
+		t.Fatalf("unexpected event %+v", ev)
+	default:
+	}
+}
+
+func TestLoopbackTCPWithToken(t *testing.T) {
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	token := "s3cret-token-0123456789"
+	if err := os.WriteFile(tokFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHTTP(HTTPConfig{Listen: "127.0.0.1:0", TokenFile: tokFile}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan Event, 4)
+	startHTTP(t, h, out)
+	url := "http://" + h.TCPAddr().String()
+	c := &http.Client{Timeout: 2 * time.Second}
+	for _, tc := range []struct {
+		token string
+		want  int
+	}{{"", 401}, {"wrong", 401}, {token + "x", 401}, {token, 202}} {
+		if code, _ := post(t, c, url+"/v1/visit", tc.token, ""); code != tc.want {
+			t.Errorf("token %q: %d, want %d", tc.token, code, tc.want)
+		}
+	}
+	resp, err := c.Get(url + "/v1/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Errorf("health without token: %d", resp.StatusCode)
+	}
+	if len(out) != 1 {
+		t.Errorf("%d events, want 1", len(out))
+	}
+}
+
+func TestHTTPConfigValidate(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "tok")
+	_ = os.WriteFile(tok, []byte("0123456789abcdef0123"), 0o600)
+	short := filepath.Join(dir, "short")
+	_ = os.WriteFile(short, []byte("abc"), 0o600)
+	tests := []struct {
+		name string
+		cfg  HTTPConfig
+		want string
+	}{
+		{"socket", HTTPConfig{Socket: filepath.Join(dir, "s")}, ""},
+		{"tcp v4", HTTPConfig{Listen: "127.0.0.1:8787", TokenFile: tok}, ""},
+		{"tcp v6", HTTPConfig{Listen: "[::1]:8787", TokenFile: tok}, ""},
+		{"tcp localhost", HTTPConfig{Listen: "localhost:8787", TokenFile: tok}, ""},
+		{"nothing", HTTPConfig{}, "set socket"},
+		{"all interfaces", HTTPConfig{Listen: ":8787", TokenFile: tok}, "only loopback"},
+		{"lan", HTTPConfig{Listen: "192.168.1.5:8787", TokenFile: tok}, "only loopback"},
+		{"wildcard", HTTPConfig{Listen: "0.0.0.0:8787", TokenFile: tok}, "only loopback"},
+		{"hostname", HTTPConfig{Listen: "atm.example:8787", TokenFile: tok}, "only loopback"},
+		{"tcp without token", HTTPConfig{Listen: "127.0.0.1:8787"}, "needs token_file"},
+		{"short token", HTTPConfig{Listen: "127.0.0.1:8787", TokenFile: short}, "shorter than 16"},
+		{"missing token", HTTPConfig{Listen: "127.0.0.1:8787", TokenFile: filepath.Join(dir, "none")}, "token file"},
+		{"world mode", HTTPConfig{Socket: "/x", SocketMode: "0666"}, "others"},
+		{"bad mode", HTTPConfig{Socket: "/x", SocketMode: "rw"}, "octal"},
+		{"unknown group", HTTPConfig{Socket: "/x", SocketGroup: "no-such-group-xyz"}, "socket_group"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewHTTP(tt.cfg, nil)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err %v, want containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestSocketRefusesToReplaceRegularFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "not-a-socket")
+	if err := os.WriteFile(p, []byte("keep me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHTTP(HTTPConfig{Socket: p}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Listen(); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("Listen: %v", err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "keep me" {
+		t.Fatal("regular file was replaced")
+	}
+}
+
+func TestDecodeVisitRequest(t *testing.T) {
+	b64 := "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="
+	tests := []struct {
+		name    string
+		body    string
+		want    visit.Context
+		wantErr error // nil: accepted; errAny: any error
+	}{
+		{"empty", "", visit.Context{}, nil},
+		{"blank", "  \n", visit.Context{}, nil},
+		{"empty object", "{}", visit.Context{}, nil},
+		{"hex hash", `{"card_hash":"` + goodHash + `"}`, visit.Context{CardHash: goodHash}, nil},
+		{"base64 hash", `{"card_hash":"` + b64 + `"}`, visit.Context{CardHash: b64}, nil},
+		{"txn only", `{"txn_id":"RRN 123456789012"}`, visit.Context{TxnID: "RRN 123456789012"}, nil},
+		{"12 digit rrn", `{"txn_id":"123456789012"}`, visit.Context{TxnID: "123456789012"}, nil},
+		{"pan as hash", `{"card_hash":"4111111111111111"}`, visit.Context{}, ErrLooksLikePAN},
+		{"pan with dashes", `{"card_hash":"4111-1111-1111-1111"}`, visit.Context{}, ErrLooksLikePAN},
+		{"12 digits", `{"card_hash":"123456789012"}`, visit.Context{}, ErrLooksLikePAN},
+		{"19 digits", `{"card_hash":"1234567890123456789"}`, visit.Context{}, ErrLooksLikePAN},
+		{"luhn pan as txn", `{"txn_id":"4111111111111111"}`, visit.Context{}, ErrLooksLikePAN},
+		{"short hash", `{"card_hash":"abcdef"}`, visit.Context{}, ErrBadCardHash},
+		{"not a hash", `{"card_hash":"this is not a hash at all, clearly!!"}`, visit.Context{}, ErrBadCardHash},
+		{"long txn", `{"txn_id":"` + strings.Repeat("x", 65) + `"}`, visit.Context{}, ErrBadTxnID},
+		{"control txn", `{"txn_id":"a\nb"}`, visit.Context{}, ErrBadTxnID},
+		{"unknown field", `{"pan":"4111111111111111"}`, visit.Context{}, errAny},
+		{"number hash", `{"card_hash":4111111111111111}`, visit.Context{}, errAny},
+		{"two objects", `{} {}`, visit.Context{}, errAny},
+		{"array", `[]`, visit.Context{}, errAny},
+		{"truncated", `{"card_hash":`, visit.Context{}, errAny},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := DecodeVisitRequest(strings.NewReader(tt.body))
+			switch {
+			case tt.wantErr == nil && err != nil:
+				t.Fatalf("unexpected error %v", err)
+			case tt.wantErr == errAny && err == nil, tt.wantErr != nil && tt.wantErr != errAny && !errors.Is(err, tt.wantErr):
+				t.Fatalf("err %v, want %v", err, tt.wantErr)
+			}
+			if got != tt.want {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+			if err != nil && strings.Contains(err.Error(), "4111") {
+				t.Fatalf("error echoes input: %v", err)
+			}
+		})
+	}
+}
+
+var errAny = errors.New("any error")
+
+func FuzzDecodeVisitRequest(f *testing.F) {
+	for _, s := range []string{"", "{}", `{"card_hash":"` + goodHash + `","txn_id":"T1"}`,
+		`{"card_hash":"4111111111111111"}`, `{"txn_id":"4111111111111111"}`, `[1]`, `{"a":1}`, "null"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		c, err := DecodeVisitRequest(bytes.NewReader(body))
+		if err != nil {
+			if c != (visit.Context{}) {
+				t.Fatalf("context %+v returned with error", c)
+			}
+			return
+		}
+		// Whatever is accepted passes validation and is never a PAN.
+		if verr := ValidateContext(c); verr != nil {
+			t.Fatalf("accepted invalid context: %v", verr)
+		}
+		if looksLikePAN(c.CardHash, false) {
+			t.Fatalf("accepted PAN-like card_hash")
+		}
+		if c.CardHash != "" && (len(c.CardHash) < 32 || len(c.CardHash) > 128) {
+			t.Fatalf("accepted card_hash of length %d", len(c.CardHash))
+		}
+	})
+}
