@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"gocv.io/x/gocv"
+	"gopkg.in/yaml.v3"
 )
 
 // startCamera runs c in the background; the returned stop cancels Run, waits
@@ -441,5 +442,23 @@ func TestResolveKind(t *testing.T) {
 		if got := ResolveKind(Config{Source: src}); got != want {
 			t.Errorf("ResolveKind(%q) = %q, want %q", src, got, want)
 		}
+	}
+}
+
+func TestConfigDecodesStrictYAML(t *testing.T) {
+	src := "source: /dev/video0\nwidth: 640\nheight: 480\nfps: 15\nburst_frames: 5\nburst_duration: 500ms\nflush_frames: 4\nread_timeout: 2s\nreopen_min: 500ms\nreopen_max: 30s\n"
+	var cfg Config
+	dec := yaml.NewDecoder(strings.NewReader(src))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.BurstDuration != 500*time.Millisecond || cfg.Width != 640 || cfg.ReopenMax != 30*time.Second {
+		t.Fatalf("decoded %+v", cfg)
+	}
+	dec = yaml.NewDecoder(strings.NewReader("source: x\nburst_frame: 5\n"))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("misspelt key: %v", err)
 	}
 }
