@@ -462,3 +462,28 @@ func TestConfigDecodesStrictYAML(t *testing.T) {
 		t.Fatalf("misspelt key: %v", err)
 	}
 }
+
+// BenchmarkBurst640x480 measures a 5-frame back-to-back burst from an image
+// directory (decode + copy to Frame), the camera's share of trigger latency.
+func BenchmarkBurst640x480(b *testing.B) {
+	dir := b.TempDir()
+	for i := 0; i < 5; i++ {
+		m := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(float64(40*i), 90, 200, 0), 480, 640, gocv.MatTypeCV8UC3)
+		gocv.IMWrite(filepath.Join(dir, fmt.Sprintf("f%d.jpg", i)), m)
+		m.Close()
+	}
+	c, err := New(Config{Source: dir, Loop: true}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if fr, err := c.Burst(context.Background(), 5, 0); err != nil || len(fr) != 5 {
+			b.Fatal(len(fr), err)
+		}
+	}
+}
