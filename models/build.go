@@ -38,7 +38,10 @@ type BuildOptions struct {
 	// requiring them to match (used when a converter changes on purpose).
 	Update bool
 	Only   []string // model names; empty means all
-	Log    func(format string, args ...any)
+	// HeadsDir holds the small learned heads (mask classifier, projection)
+	// that are copied next to the models.
+	HeadsDir string
+	Log      func(format string, args ...any)
 }
 
 // Build converts every manifest model that has a Source from the locked
@@ -54,6 +57,14 @@ func Build(ctx context.Context, man *Manifest, lock *Lock, o BuildOptions) error
 	}
 	for i := range man.Models {
 		md := &man.Models[i]
+		for _, h := range []*Head{md.MaskHead, md.Projection} {
+			if h == nil {
+				continue
+			}
+			if err := copyHead(o.HeadsDir, o.OutDir, h); err != nil {
+				return fmt.Errorf("model %s: %w", md.Name, err)
+			}
+		}
 		if md.Source == nil || (len(o.Only) > 0 && !slices.Contains(o.Only, md.Name)) {
 			continue
 		}
@@ -141,4 +152,17 @@ func writeAtomic(file string, b []byte) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), file)
+}
+
+// copyHead copies a learned head file into the models dir, checking it.
+func copyHead(src, dst string, h *Head) error {
+	from := Path(src, h.File)
+	if err := CheckFile(from, -1, h.SHA256); err != nil {
+		return fmt.Errorf("head: %w", err)
+	}
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(Path(dst, h.File), b)
 }

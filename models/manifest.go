@@ -79,7 +79,11 @@ type Model struct {
 	// MaskHead is a small linear classifier on this embedder's templates
 	// that says whether the face is masked (trained by the project,
 	// docs/accuracy.md).
-	MaskHead   *Head   `yaml:"mask_head,omitempty"`
+	MaskHead *Head `yaml:"mask_head,omitempty"`
+	// Projection is a learned linear map applied to this embedder's
+	// templates before matching (nuisance attribute projection that removes
+	// mask directions; docs/accuracy.md).
+	Projection *Head   `yaml:"projection,omitempty"`
 	Source     *Source `yaml:"source,omitempty"`
 	License    string  `yaml:"license"`
 	Provenance string  `yaml:"provenance"`

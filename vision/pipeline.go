@@ -34,6 +34,8 @@ type Config struct {
 	NewIdentityQuality float64 `yaml:"new_identity_quality"`
 	// BestFrames is how many of a burst's best frames are aggregated.
 	BestFrames int `yaml:"best_frames"`
+	// Raw skips the embedder's learned projection (used to train it).
+	Raw bool `yaml:"-"`
 	// PadTight pads an image whose face fills it (a tight crop) with gray
 	// to this factor before a second detection pass (0 disables).
 	PadTight float64 `yaml:"pad_tight"`
@@ -95,6 +97,7 @@ type Pipeline struct {
 	det      Detector
 	emb      *Embedder
 	mask     *MaskClassifier
+	proj     *ProjectionHead
 	Embedder string // embedder model name
 }
 
@@ -130,6 +133,12 @@ func New(dir string, man *models.Manifest, detector, embedder string, cfg Config
 		return nil, err
 	}
 	p := &Pipeline{cfg: cfg, det: det, emb: emb, Embedder: em.Name}
+	if !cfg.Raw {
+		if p.proj, err = loadProjection(dir, em); err != nil {
+			p.Close()
+			return nil, err
+		}
+	}
 	if mc, err := LoadMaskClassifier(dir, man, em.Name); err == nil {
 		p.mask = mc
 	} else if !errors.Is(err, ErrNoMaskModel) {
@@ -241,8 +250,13 @@ func (p *Pipeline) faceInMat(img gocv.Mat, o FaceOptions, t *Timings) (Face, err
 	f.Quality = p.quality(f)
 	f.Mask, f.MaskScore = visit.MaskUnknown, 0.5
 	if p.mask != nil {
+		// The mask head reads the raw template: the projection removes
+		// exactly the directions it relies on.
 		f.MaskScore = p.mask.Score(emb)
 		f.Mask = p.mask.State(f.MaskScore)
+	}
+	if p.proj != nil {
+		p.proj.Apply(f.Embedding)
 	}
 	return f, nil
 }

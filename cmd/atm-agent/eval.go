@@ -23,16 +23,25 @@ func init() {
 type pipelineFlags struct {
 	dir, detector, embedder string
 	threads                 int
+	crop                    string
+	cropScale               float64
+	flip, raw               bool
 }
 
 func (pf *pipelineFlags) register(fs interface {
 	StringVar(*string, string, string, string)
 	IntVar(*int, string, int, string)
+	Float64Var(*float64, string, float64, string)
+	BoolVar(*bool, string, bool, string)
 }) {
 	fs.StringVar(&pf.dir, "models-dir", defaultModelsDir(), "models dir holding manifest.yaml")
 	fs.StringVar(&pf.detector, "detector", "", "detector model (default: the manifest's pipeline)")
 	fs.StringVar(&pf.embedder, "embedder", "", "embedder model (default: the manifest's pipeline)")
 	fs.IntVar(&pf.threads, "threads", 2, "OpenCV threads")
+	fs.StringVar(&pf.crop, "crop", "", "override the embedder's crop policy: box, aligned or original (the original project's)")
+	fs.Float64Var(&pf.cropScale, "crop-scale", 0, "override the embedder's crop scale (box side / detector box side)")
+	fs.BoolVar(&pf.flip, "flip", false, "average each template with the mirrored face's")
+	fs.BoolVar(&pf.raw, "raw", false, "skip the embedder's learned projection")
 }
 
 func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, error) {
@@ -42,6 +51,25 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 	}
 	cfg := vision.DefaultConfig()
 	cfg.Threads = pf.threads
+	cfg.Raw = pf.raw
+	emb := pf.embedder
+	if emb == "" {
+		emb = man.Pipeline.Embedder
+	}
+	if md, ok := man.Find(emb); ok && md.Embedding != nil {
+		if pf.crop != "" {
+			md.Embedding.Crop = pf.crop
+		}
+		if pf.cropScale > 0 {
+			md.Embedding.CropScale = pf.cropScale
+		}
+		if pf.flip {
+			md.Embedding.Flip = true
+		}
+		if err := man.Validate(); err != nil {
+			return nil, nil, "", err
+		}
+	}
 	p, err := vision.New(pf.dir, man, pf.detector, pf.embedder, cfg)
 	if err != nil {
 		return nil, nil, "", err
@@ -51,12 +79,15 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 		det = man.Pipeline.Detector
 	}
 	// The cache key names everything that changes the embeddings.
-	key := fmt.Sprintf("%s|%+v", det, cfg)
+	key := fmt.Sprintf("%s|%+v|raw=%v", det, cfg, cfg.Raw)
 	for _, name := range []string{det, p.Embedder} {
 		if md, ok := man.Find(name); ok {
 			key += "|" + md.SHA256 + fmt.Sprintf("%+v", md.Embedding) + fmt.Sprintf("%+v", md.Input)
 			if md.MaskHead != nil {
 				key += md.MaskHead.SHA256
+			}
+			if md.Projection != nil && !cfg.Raw {
+				key += md.Projection.SHA256
 			}
 		}
 	}
@@ -105,9 +136,10 @@ func progressIfTerminal(env *cliEnv, label string) func(int, int) {
 func init() {
 	subs := commands["eval"]
 	inner := map[string]command{
-		"verify":    {"verification figures (ROC, TAR at FAR) per mask pair type", evalVerify},
-		"cluster":   {"clustering figures of several algorithms side by side", evalCluster},
-		"calibrate": {"measure a model on a labelled folder and write its thresholds to the manifest", evalCalibrate},
+		"verify":      {"verification figures (ROC, TAR at FAR) per mask pair type", evalVerify},
+		"cluster":     {"clustering figures of several algorithms side by side", evalCluster},
+		"calibrate":   {"measure a model on a labelled folder and write its thresholds to the manifest", evalCalibrate},
+		"train-heads": {"fit the embedder's mask classifier and mask-removing projection on labelled data", evalTrainHeads},
 	}
 	subs.run = subcommands("eval", inner)
 	commands["eval"] = subs

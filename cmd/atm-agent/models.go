@@ -94,7 +94,8 @@ func modelsBuild(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	err = models.Build(ctx, man, lock, models.BuildOptions{SrcDir: mf.src, OutDir: mf.dir, Update: *update, Only: fs.Args(),
-		Log: func(f string, a ...any) { fmt.Fprintf(env.stdout, f+"\n", a...) }})
+		HeadsDir: filepath.Join(filepath.Dir(mf.manifest), "heads"),
+		Log:      func(f string, a ...any) { fmt.Fprintf(env.stdout, f+"\n", a...) }})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/periocular/atm-agent/eval"
+	"github.com/periocular/atm-agent/models"
+)
+
+// evalTrainHeads fits the embedder's mask classifier and mask-removing
+// projection on labelled dev data and records them in the manifest.
+func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "eval train-heads", "eval train-heads --dataset DIR[:synthetic] ... [--nap-k 0,8,16] [--ship-k 16] [--manifest models/manifest.yaml]")
+	var pf pipelineFlags
+	pf.register(fs)
+	var sets multiFlag
+	fs.Var(&sets, "dataset", "labelled folder; DIR:synthetic paints masks on half of each identity's unmasked images (repeatable)")
+	napK := fs.String("nap-k", "0,4,8,16,32", "projection sizes to compare (identity-held-out)")
+	shipK := fs.Int("ship-k", 0, "projection size to write (0: none)")
+	manifest := fs.String("manifest", "", "manifest to record the heads in (e.g. models/manifest.yaml); heads are written to its heads/ folder")
+	cache := fs.String("cache", filepath.Join("build", "evalcache"), "embedding cache dir (empty disables)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if len(sets) == 0 {
+		return fmt.Errorf("%w: at least one --dataset", errUsage)
+	}
+	pf.raw = true
+	var ks []int
+	for _, s := range splitList(*napK) {
+		k, err := strconv.Atoi(s)
+		if err != nil || k < 0 {
+			return fmt.Errorf("%w: --nap-k %q", errUsage, s)
+		}
+		ks = append(ks, k)
+	}
+	var trainSets []eval.Set
+	var names []string
+	embedder := ""
+	for _, s := range sets {
+		dir, mode := s, "none"
+		if strings.HasSuffix(s, ":synthetic") {
+			dir, mode = strings.TrimSuffix(s, ":synthetic"), "synthetic"
+		}
+		run, ds, _, err := datasetRun(ctx, env, &pf, dir, mode, *cache)
+		if err != nil {
+			return err
+		}
+		name := ds.Name
+		if mode == "synthetic" {
+			name += "+synthetic"
+		}
+		embedder = run.Embedder
+		trainSets = append(trainSets, eval.Set{Name: name, Run: run})
+		names = append(names, name)
+	}
+	trained := fmt.Sprintf("atm-agent eval train-heads on %s (dev halves), embedder %s", strings.Join(names, ", "), embedder)
+	mc, proj, rep, err := eval.TrainHeads(trainSets, eval.HeadsOptions{NAPK: ks, ShipK: *shipK, Trained: trained, Embedder: embedder})
+	if err != nil {
+		return err
+	}
+	rep.Markdown(env.stdout)
+	if *manifest == "" {
+		return nil
+	}
+	man, err := models.LoadManifest(*manifest)
+	if err != nil {
+		return err
+	}
+	md, ok := man.Find(embedder)
+	if !ok {
+		return fmt.Errorf("%s has no model %s", *manifest, embedder)
+	}
+	headsDir := filepath.Join(filepath.Dir(*manifest), "heads")
+	md.MaskHead, err = writeHead(headsDir, embedder+"-mask.json", mc, trained)
+	if err != nil {
+		return err
+	}
+	md.Projection = nil
+	if proj != nil {
+		if md.Projection, err = writeHead(headsDir, fmt.Sprintf("%s-nap%d.json", embedder, *shipK), proj, trained); err != nil {
+			return err
+		}
+	}
+	if err := man.Save(*manifest); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "\nwrote heads to %s and recorded them in %s; run `atm-agent models build` to install them\n", headsDir, *manifest)
+	return nil
+}
+
+func writeHead(dir, name string, v any, provenance string) (*models.Head, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	file := filepath.Join(dir, name)
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		return nil, err
+	}
+	sum, err := models.FileSHA256(file)
+	if err != nil {
+		return nil, err
+	}
+	return &models.Head{File: name, SHA256: sum, Provenance: provenance}, nil
+}
+
+// multiFlag collects a repeatable string flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
