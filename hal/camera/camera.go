@@ -19,17 +19,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/periocular/atm-agent/visit"
 	"log/slog"
 	"sync"
 	"time"
 )
 
-// Frame is one captured image: interleaved 8-bit BGR, stride 3*W.
-type Frame struct {
-	W, H int
-	BGR  []byte
-	Time time.Time
-}
+// Frame is one captured image: interleaved 8-bit BGR, stride 3*W. It is
+// the shared visit.Frame, so bursts go to perception without a copy.
+type Frame = visit.Frame
 
 // Device is one opened capture source. A Device is used by a single
 // goroutine; Read and Grab may block (the caller guards them with a watchdog).
