@@ -1,0 +1,159 @@
+package batch
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// markerName is written first into every output folder; --force clears only
+// folders that carry it.
+const markerName = ".atm-agent-cluster"
+
+// ErrOutputNotEmpty is returned when OUT holds files and Force is off.
+var ErrOutputNotEmpty = errors.New("output folder is not empty")
+
+// ErrForeignFiles is returned when Force is on but OUT holds files that no
+// previous run wrote: they are never deleted.
+var ErrForeignFiles = errors.New("output folder holds files this job did not write")
+
+// ours matches the entries a run creates at the top of OUT.
+var ours = regexp.MustCompile(`^(person_\d{4,}|singletons|noface|thumbs|report\.json|report\.html|unreadable\.txt|\.atm-agent-cluster)$`)
+
+// prepareOut makes sure out exists and is empty. With force, a folder that a
+// previous run wrote (marker present, every top-level entry one of ours) is
+// cleared; anything else is refused with the offending names.
+func prepareOut(out string, force bool) error {
+	ents, err := os.ReadDir(out)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(out, 0o755); err != nil {
+			return fmt.Errorf("create output folder: %w", err)
+		}
+		return writeMarker(out)
+	}
+	if err != nil {
+		return fmt.Errorf("read output folder: %w", err)
+	}
+	if len(ents) == 0 {
+		return writeMarker(out)
+	}
+	if !force {
+		return fmt.Errorf("%s: %w (use --force to replace a previous run's output)", out, ErrOutputNotEmpty)
+	}
+	var foreign []string
+	marked := false
+	for _, e := range ents {
+		if e.Name() == markerName {
+			marked = true
+		}
+		if !ours.MatchString(e.Name()) {
+			foreign = append(foreign, e.Name())
+		}
+	}
+	if !marked {
+		return fmt.Errorf("%s: %w: no %s marker, not a previous run's output", out, ErrForeignFiles, markerName)
+	}
+	if len(foreign) > 0 {
+		sort.Strings(foreign)
+		if len(foreign) > 5 {
+			foreign = append(foreign[:5], "...")
+		}
+		return fmt.Errorf("%s: %w: %s", out, ErrForeignFiles, strings.Join(foreign, ", "))
+	}
+	for _, e := range ents {
+		if e.Name() == markerName {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(out, e.Name())); err != nil {
+			return fmt.Errorf("clear previous output: %w", err)
+		}
+	}
+	return nil
+}
+
+func writeMarker(out string) error {
+	err := os.WriteFile(filepath.Join(out, markerName), []byte("written by atm-agent cluster; --force clears this folder\n"), 0o644)
+	if err != nil {
+		return fmt.Errorf("write output marker: %w", err)
+	}
+	return nil
+}
+
+// flatName turns a relative input path into a file name: directories are
+// joined with "__" so that same-named files from different folders stay
+// apart and the origin stays readable.
+func flatName(rel string) string {
+	return strings.ReplaceAll(rel, "/", "__")
+}
+
+// namer hands out unique file names inside one folder, deterministically
+// (callers go in path order).
+type namer map[string]bool
+
+func (n namer) take(name string) string {
+	if !n[name] {
+		n[name] = true
+		return name
+	}
+	ext := filepath.Ext(name)
+	base := strings.TrimSuffix(name, ext)
+	for i := 2; ; i++ {
+		c := fmt.Sprintf("%s~%d%s", base, i, ext)
+		if !n[c] {
+			n[c] = true
+			return c
+		}
+	}
+}
+
+// place puts src at dst: a hard link when allowed and possible, else a copy.
+// Inputs are only read. It reports whether it linked.
+func place(src, dst string, link bool) (bool, error) {
+	if real, err := filepath.EvalSymlinks(src); err == nil {
+		src = real
+	}
+	if link {
+		if err := os.Link(src, dst); err == nil {
+			return true, nil
+		}
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return false, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return false, err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return false, err
+	}
+	return false, out.Close()
+}
+
+// inside says whether path p is dir or lies under it (both absolute, clean).
+func inside(p, dir string) bool {
+	if p == dir {
+		return true
+	}
+	r, err := filepath.Rel(dir, p)
+	return err == nil && r != ".." && !strings.HasPrefix(r, ".."+string(filepath.Separator))
+}
+
+func absClean(p string) (string, error) {
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	if r, err := filepath.EvalSymlinks(a); err == nil {
+		return r, nil
+	}
+	return filepath.Clean(a), nil
+}

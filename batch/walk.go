@@ -1,0 +1,131 @@
+package batch
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Extensions are the image types the job reads (compared case-insensitively).
+var Extensions = []string{".jpg", ".jpeg", ".png", ".bmp"}
+
+func isImage(name string) bool {
+	ext := strings.ToLower(filepath.Ext(name))
+	for _, e := range Extensions {
+		if ext == e {
+			return true
+		}
+	}
+	return false
+}
+
+// Problem is a file the job did not use, with the reason.
+type Problem struct {
+	Path   string `json:"path"`
+	Reason string `json:"reason"`
+}
+
+// Listing is what a walk of the input found, every list in path order.
+type Listing struct {
+	Images     []string  // slash-separated paths relative to the root
+	Skipped    []Problem // not an image by name, or not a regular file
+	Unreadable []Problem // could not be listed or opened
+}
+
+// Walk lists dir recursively in lexical order. Symbolic links to files are
+// followed; links to directories are not (no cycles). Paths under any of
+// exclude (absolute, cleaned) are left out, so that an output folder inside
+// the input is never read back. Only a root that cannot be read is an error.
+func Walk(dir string, exclude ...string) (*Listing, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsDir() {
+		return nil, &fs.PathError{Op: "walk", Path: dir, Err: errors.New("not a directory")}
+	}
+	l := &Listing{}
+	rel := func(p string) string {
+		r, err := filepath.Rel(dir, p)
+		if err != nil {
+			return filepath.ToSlash(p)
+		}
+		return filepath.ToSlash(r)
+	}
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == dir {
+				return err
+			}
+			l.Unreadable = append(l.Unreadable, Problem{rel(p), reason(err)})
+			if d != nil && d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			if p != dir && excluded(p, exclude) {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		r := rel(p)
+		mode := d.Type()
+		if mode&fs.ModeSymlink != 0 {
+			st, err := os.Stat(p)
+			switch {
+			case err != nil:
+				l.Unreadable = append(l.Unreadable, Problem{r, reason(err)})
+				return nil
+			case st.IsDir():
+				l.Skipped = append(l.Skipped, Problem{r, "symbolic link to a directory (not followed)"})
+				return nil
+			}
+			mode = st.Mode().Type()
+		}
+		switch {
+		case !mode.IsRegular():
+			l.Skipped = append(l.Skipped, Problem{r, "not a regular file"})
+		case !isImage(p):
+			l.Skipped = append(l.Skipped, Problem{r, "not an image (extension)"})
+		default:
+			l.Images = append(l.Images, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func excluded(p string, exclude []string) bool {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return false
+	}
+	for _, e := range exclude {
+		if abs == e {
+			return true
+		}
+	}
+	return false
+}
+
+// reason turns an error into a short, stable explanation (no absolute paths,
+// so reports do not depend on where the input was mounted).
+func reason(err error) string {
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		return "permission denied"
+	case errors.Is(err, fs.ErrNotExist):
+		return "file vanished or broken link"
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Op + ": " + pe.Err.Error()
+	}
+	return err.Error()
+}

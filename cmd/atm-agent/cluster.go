@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/periocular/atm-agent/batch"
+	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/models"
+	"github.com/periocular/atm-agent/vision"
+)
+
+func init() {
+	commands["cluster"] = command{"group the photos of a folder by person (batch job)", runCluster}
+}
+
+const clusterSynopsis = "cluster DIR -o OUT [--algorithm average|complete|online|dbscan] [--eps 0.5 --min-samples 2] [--singletons folder|own] [--force]"
+
+func runCluster(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "cluster", clusterSynopsis)
+	var pf pipelineFlags
+	pf.register(fs)
+	out := fs.String("o", "", "output folder (created; must be empty unless --force)")
+	algo := fs.String("algorithm", string(identity.DefaultAlgorithm), "average, complete, online or dbscan (the original project's baseline)")
+	eps := fs.Float64("eps", 0.5, "DBSCAN eps (euclidean on the templates), the original project's value")
+	minSamples := fs.Int("min-samples", 2, "DBSCAN min_samples (the point itself included), the original project's value")
+	singletons := fs.String("singletons", "folder", "people seen once: folder (all under singletons/) or own (a person folder each)")
+	force := fs.Bool("force", false, "replace a previous run's output in OUT (a folder with other files is refused)")
+	copyFiles := fs.Bool("copy", false, "always copy files (default: hard link when possible, else copy)")
+	thresholds := fs.String("thresholds", "", "UU,MM,MU cosine-distance thresholds (default: the manifest's calibrated ones)")
+	workers := fs.Int("workers", 2, "perception workers, each with its own pipeline")
+	thumb := fs.Int("thumb", 96, "contact-sheet thumbnail size in pixels (-1: none)")
+	// DIR may come before the flags (cluster DIR -o OUT): parse around it.
+	var pos []string
+	rest := args
+	for {
+		if err := parseFlags(fs, rest); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("%w: want exactly one input folder, got %d (usage: atm-agent %s)", errUsage, len(pos), clusterSynopsis)
+	}
+	if *out == "" {
+		return fmt.Errorf("%w: -o OUT is required", errUsage)
+	}
+	alg := identity.Algorithm(*algo)
+	if !validAlgorithm(alg) {
+		return fmt.Errorf("%w: --algorithm %q: want one of %v", errUsage, *algo, identity.Algorithms())
+	}
+	if *workers < 1 {
+		return fmt.Errorf("%w: --workers %d: want at least 1", errUsage, *workers)
+	}
+	var th *identity.Thresholds
+	if *thresholds != "" {
+		t, err := parseThresholds(*thresholds)
+		if err != nil {
+			return fmt.Errorf("%w: --thresholds: %v", errUsage, err)
+		}
+		th = &t
+	}
+
+	// One pipeline per worker: the nets serialise inside a pipeline, so
+	// two pipelines keep both cores busy (docs/cluster.md has the numbers).
+	var finders []batch.FaceFinder
+	defer func() {
+		for _, f := range finders {
+			f.(*vision.Pipeline).Close()
+		}
+	}()
+	var man *models.Manifest
+	for range *workers {
+		p, m, _, err := pf.load()
+		if err != nil {
+			return err
+		}
+		finders = append(finders, p)
+		man = m
+	}
+	det := pf.detector
+	if det == "" {
+		det = man.Pipeline.Detector
+	}
+	emb := finders[0].(*vision.Pipeline).Embedder
+	em, ok := man.Find(emb)
+	if !ok || em.Embedding == nil {
+		return fmt.Errorf("embedder %q is not in the model manifest", emb)
+	}
+	if th == nil {
+		t, err := embedderThresholds(man, emb)
+		if err != nil && alg != identity.DBSCAN {
+			return fmt.Errorf("%w (or pass --thresholds UU,MM,MU)", err)
+		}
+		if err == nil {
+			th = &t
+		}
+	}
+	cfg := identity.DefaultConfig()
+	if th != nil {
+		cfg.Thresholds = *th
+	}
+
+	meta := batch.Meta{Version: version, Input: pos[0], Detector: det, Embedder: emb, Crop: em.Embedding.Crop}
+	for _, name := range []string{det, emb} {
+		if md, ok := man.Find(name); ok {
+			meta.Models = append(meta.Models, batch.ModelInfo{Name: md.Name, SHA256: md.SHA256})
+		}
+	}
+	o := batch.Options{
+		Cluster:    identity.ClusterOptions{Algorithm: alg, Config: cfg, Eps: *eps, MinSamples: *minSamples},
+		Singletons: batch.Singletons(*singletons),
+		Force:      *force,
+		Copy:       *copyFiles,
+		Thumb:      *thumb,
+		Meta:       meta,
+		Log:        env.log,
+	}
+	if f, ok := env.stderr.(*os.File); ok && isTerminal(f) {
+		var bar *progressbar.ProgressBar
+		o.Progress = func(done, total int) {
+			if bar == nil {
+				bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(f), progressbar.OptionSetDescription("faces"),
+					progressbar.OptionShowCount(), progressbar.OptionSetPredictTime(true), progressbar.OptionClearOnFinish())
+			}
+			_ = bar.Set(done)
+		}
+	}
+	rep, err := batch.Run(ctx, pos[0], *out, finders, o)
+	if err != nil {
+		if errors.Is(err, batch.ErrOutputNotEmpty) || errors.Is(err, batch.ErrForeignFiles) {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		return err
+	}
+	total, embed := rep.Elapsed()
+	c := rep.Counts
+	fmt.Fprintf(env.stdout, "%d images: %d people (2+ images), %d single-image, %d without a usable face, %d unreadable, %d skipped; %s in %.1fs (perception %.1fs)\n",
+		c.Images, c.People, c.Singletons, c.NoFace, c.Unreadable, c.Skipped, *out, total.Seconds(), embed.Seconds())
+	return nil
+}
+
+func validAlgorithm(a identity.Algorithm) bool {
+	for _, b := range identity.Algorithms() {
+		if a == b {
+			return true
+		}
+	}
+	return false
+}
+
+func parseThresholds(s string) (identity.Thresholds, error) {
+	parts := strings.Split(s, ",")
+	if len(parts) != 3 {
+		return identity.Thresholds{}, fmt.Errorf("%q: want UU,MM,MU", s)
+	}
+	var v [3]float64
+	for i, p := range parts {
+		f, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil {
+			return identity.Thresholds{}, fmt.Errorf("%q: %v", p, err)
+		}
+		v[i] = f
+	}
+	t := identity.Thresholds{UU: v[0], MM: v[1], MU: v[2]}
+	c := identity.DefaultConfig()
+	c.Thresholds = t
+	if err := c.Validate(); err != nil {
+		return identity.Thresholds{}, err
+	}
+	return t, nil
+}
