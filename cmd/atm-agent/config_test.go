@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestDefaultConfigFileMatchesDefaults(t *testing.T) {
+	c, err := ParseConfig(defaultYAML)
+	if err != nil {
+		t.Fatalf("default config does not pass its own check: %v", err)
+	}
+	want := DefaultConfig()
+	want.fill()
+	if len(c.MQTT.Brokers) == 0 {
+		c.MQTT.Brokers = nil
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("default.yaml and DefaultConfig differ:\n file %+v\n code %+v", c, want)
+	}
+}
+
+func TestConfigCheckCommand(t *testing.T) {
+	dir := t.TempDir()
+	var out bytes.Buffer
+	env := &cliEnv{stdout: &out, stderr: &out}
+	if err := commands["config"].run(context.Background(), env, []string{"default"}); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "c.yaml")
+	os.WriteFile(p, out.Bytes(), 0o600)
+	out.Reset()
+	if err := commands["config"].run(context.Background(), env, []string{"check", p}); err != nil {
+		t.Fatalf("config check of the default config: %v", err)
+	}
+	if !strings.Contains(out.String(), "ok") {
+		t.Fatalf("output %q", out.String())
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	base := string(defaultYAML)
+	tests := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"misspelt key with line", strings.Replace(base, "  burst_frames: 5", "  burst_frame: 5", 1),
+			[]string{"line 21", "burst_frame"}},
+		{"unknown top-level key", base + "\nextra: 1\n", []string{"line", "extra"}},
+		{"bad duration", strings.Replace(base, "retention: 720h0m0s", "retention: 30 days", 1), []string{"line 9", "30 days"}},
+		{"no trigger", strings.Replace(base, "    enabled: true\n    socket:", "    enabled: false\n    socket:", 1),
+			[]string{"no trigger enabled"}},
+		{"metrics not loopback", strings.Replace(base, "listen: 127.0.0.1:9464", "listen: 0.0.0.0:9464", 1), []string{"loopback"}},
+		{"bad rule", strings.Replace(base, "threshold: 5", "threshold: 1", 1), []string{"same-face-repeat", "threshold"}},
+		{"mqtt enabled without broker", strings.Replace(base, "mqtt:\n  enabled: false", "mqtt:\n  enabled: true", 1), []string{"broker"}},
+		{"empty", "", []string{"empty"}},
+		{"two documents", base + "\n---\ndevice: {id: x}\n", []string{"more than one"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tt.yaml))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Fatalf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigOverridesAndFill(t *testing.T) {
+	c, err := ParseConfig([]byte("device: {id: atm-7, site: north}\nmqtt: {enabled: true, brokers: [tcp://127.0.0.1:1883]}\n" +
+		"alerts:\n  rules:\n    - {name: r1, kind: visits, threshold: 2, window: 10m}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MQTT.Topic.Device != "atm-7" || c.MQTT.Topic.Site != "north" {
+		t.Fatalf("mqtt topic not filled from device: %+v", c.MQTT.Topic)
+	}
+	if len(c.Alerts.Rules) != 1 || c.Alerts.Rules[0].Name != "r1" {
+		t.Fatalf("rules %+v: want the file's rule only", c.Alerts.Rules)
+	}
+	if c.Camera.BurstFrames != 5 || c.Store.Path == "" {
+		t.Fatal("defaults lost")
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add(defaultYAML)
+	f.Add([]byte("device: {id: a, site: b}\n"))
+	f.Add([]byte("camera:\n  burst_frames: -1\n"))
+	f.Add([]byte("alerts: {rules: []}\n"))
+	f.Add([]byte("&a [*a]"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseConfig(b)
+		if err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("ParseConfig accepted an invalid config: %v", err)
+		}
+	})
+}
