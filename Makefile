@@ -7,7 +7,8 @@ GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 BIN := build/atm-agent
 MODELS_DIR := build/models
 # Packages that must build and test without cgo (no OpenCV).
-PURE_PKGS = $(shell CGO_ENABLED=0 go list -e -f '{{if not .Incomplete}}{{.ImportPath}}{{end}}' ./... 2>/dev/null | grep -v -e /vision -e /cmd/ -e /hal/camera -e /models/golden)
+# (everything whose dependencies do not include gocv).
+PURE_PKGS = $(shell go list -f '{{.ImportPath}} {{join .Deps " "}}' ./... | grep -v gocv.io/x/gocv | cut -d' ' -f1 | grep -v /models/golden)
 
 .PHONY: all setup build models verify demo test test-pure test-vision lint clean
 
