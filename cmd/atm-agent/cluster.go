@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -34,7 +36,7 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 	force := fs.Bool("force", false, "replace a previous run's output in OUT (a folder with other files is refused)")
 	copyFiles := fs.Bool("copy", false, "always copy files (default: hard link when possible, else copy)")
 	thresholds := fs.String("thresholds", "", "UU,MM,MU cosine-distance thresholds (default: the manifest's calibrated ones)")
-	workers := fs.Int("workers", 2, "perception workers, each with its own pipeline")
+	workers := fs.Int("workers", runtime.NumCPU(), "perception workers, each with its own pipeline (--threads defaults to cores/workers)")
 	thumb := fs.Int("thumb", 96, "contact-sheet thumbnail size in pixels (-1: none)")
 	// DIR may come before the flags (cluster DIR -o OUT): parse around it.
 	var pos []string
@@ -61,6 +63,13 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	if *workers < 1 {
 		return fmt.Errorf("%w: --workers %d: want at least 1", errUsage, *workers)
+	}
+	threadsSet := false
+	fs.Visit(func(f *flag.Flag) { threadsSet = threadsSet || f.Name == "threads" })
+	if !threadsSet {
+		// Measured (docs/cluster.md): two single-threaded pipelines beat one
+		// pipeline with two OpenCV threads.
+		pf.threads = max(1, runtime.NumCPU() / *workers)
 	}
 	var th *identity.Thresholds
 	if *thresholds != "" {
