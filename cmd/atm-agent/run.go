@@ -1,0 +1,351 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/hal/camera"
+	"github.com/periocular/atm-agent/hal/trigger"
+	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/models"
+	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/sync/mqttsync"
+	"github.com/periocular/atm-agent/sync/wire"
+	"github.com/periocular/atm-agent/vision"
+	"github.com/periocular/atm-agent/visit"
+)
+
+// shutdownBudget bounds everything after SIGTERM (systemd's default stop
+// timeout is far longer; operators expect seconds).
+const shutdownBudget = 4500 * time.Millisecond
+
+func init() {
+	commands["run"] = command{"run the agent daemon", func(ctx context.Context, env *cliEnv, args []string) error {
+		fs := newFlags(env, "run", "run --config FILE")
+		path := fs.String("config", "/etc/atm-agent/config.yaml", "agent config file")
+		if err := parseFlags(fs, args); err != nil {
+			return err
+		}
+		cfg, err := LoadConfig(*path)
+		if err != nil {
+			return err
+		}
+		return runDaemon(ctx, cfg, env)
+	}}
+}
+
+func newLogger(cfg LogConfig, env *cliEnv) *slog.Logger {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(strings.ToUpper(cfg.Level)))
+	o := &slog.HandlerOptions{Level: lvl}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(env.stderr, o))
+	}
+	return slog.New(slog.NewTextHandler(env.stderr, o))
+}
+
+// cameraBurst adapts *camera.Camera to agent.Camera (configured burst).
+type cameraBurst struct{ c *camera.Camera }
+
+func (c cameraBurst) Burst(ctx context.Context) ([]visit.Frame, error) { return c.c.Burst(ctx, 0, -1) }
+
+// triggerSource adapts a hal/trigger source (which sends on a channel) to
+// agent.Source.
+type triggerSource struct {
+	run func(ctx context.Context, out chan<- trigger.Event) error
+}
+
+func (s triggerSource) Run(ctx context.Context, emit func(agent.Event)) error {
+	ch := make(chan trigger.Event, 8)
+	done := make(chan error, 1)
+	go func() { done <- s.run(ctx, ch) }()
+	for {
+		select {
+		case ev := <-ch:
+			emit(agent.Event{ID: ev.ID, Time: ev.Time, Source: ev.Source, Context: ev.Context})
+		case err := <-done:
+			for {
+				select {
+				case ev := <-ch:
+					emit(agent.Event{ID: ev.ID, Time: ev.Time, Source: ev.Source, Context: ev.Context})
+				default:
+					return err
+				}
+			}
+		}
+	}
+}
+
+// lazyNotifier lets the agent notify a publisher created after it.
+type lazyNotifier struct {
+	mu sync.Mutex
+	p  *mqttsync.Publisher
+}
+
+func (l *lazyNotifier) Notify() {
+	l.mu.Lock()
+	p := l.p
+	l.mu.Unlock()
+	if p != nil {
+		p.Notify()
+	}
+}
+
+// loadModels loads the manifest, the vision pipeline and the identity
+// engine configured from the embedder's thresholds.
+func loadModels(cfg Config) (*vision.Pipeline, *identity.Engine, *models.Model, error) {
+	man, err := models.LoadManifest(filepath.Join(cfg.Models.Dir, "manifest.yaml"))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("models: %w (run `make models` or set models.dir)", err)
+	}
+	name := cfg.Models.Embedder
+	if name == "" {
+		name = man.Pipeline.Embedder
+	}
+	em, ok := man.Find(name)
+	if !ok || em.Embedding == nil {
+		return nil, nil, nil, fmt.Errorf("models: embedder %q is not in the manifest", name)
+	}
+	icfg := identity.DefaultConfig()
+	icfg.ConfirmVisits, icfg.Workers = cfg.Identity.ConfirmVisits, cfg.Identity.Workers
+	switch {
+	case cfg.Identity.Thresholds != nil:
+		icfg.Thresholds = *cfg.Identity.Thresholds
+	case em.Thresholds != nil:
+		icfg.Thresholds = identity.Thresholds{UU: em.Thresholds.UU, MM: em.Thresholds.MM, MU: em.Thresholds.MU}
+	default:
+		return nil, nil, nil, fmt.Errorf("models: embedder %q has no calibrated thresholds in the manifest; set identity.thresholds", name)
+	}
+	eng, err := identity.New(icfg, em.Embedding.Dim)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	p, err := vision.New(cfg.Models.Dir, man, cfg.Models.Detector, name, cfg.Vision)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("load vision pipeline: %w", err)
+	}
+	return p, eng, em, nil
+}
+
+// runDaemon wires and runs everything until ctx ends. Start order: store,
+// publisher, vision, camera, agent (which starts its worker before the
+// trigger sources); stop order is the reverse.
+func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
+	log := newLogger(cfg.Log, env)
+	log.Info("atm-agent starting", "version", version, "device", cfg.Device.ID, "site", cfg.Device.Site)
+
+	sopts, err := cfg.Store.Options()
+	if err != nil {
+		return err
+	}
+	sopts.DeviceID, sopts.Logger = cfg.Device.ID, log.With("component", "store")
+	st, err := store.Open(cfg.Store.Path, sopts)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	pipe, eng, em, err := loadModels(cfg)
+	if err != nil {
+		return err
+	}
+	defer pipe.Close()
+
+	cam, err := camera.New(cfg.Camera, log.With("component", "camera"))
+	if err != nil {
+		return err
+	}
+
+	var sources []agent.Source
+	if g := cfg.Trigger.GPIO; g.Enabled {
+		s, err := trigger.NewGPIO(g.GPIOConfig, log.With("component", "gpio"))
+		if err != nil {
+			return err
+		}
+		sources = append(sources, triggerSource{s.Run})
+	}
+	if h := cfg.Trigger.HTTP; h.Enabled {
+		s, err := trigger.NewHTTP(h.HTTPConfig, log.With("component", "trigger-http"))
+		if err != nil {
+			return err
+		}
+		if err := s.Listen(); err != nil {
+			return err
+		}
+		sources = append(sources, triggerSource{s.Run})
+	}
+	if r := cfg.Trigger.Replay; r.Enabled {
+		s, err := trigger.NewReplay(r.ReplayConfig, log.With("component", "replay"))
+		if err != nil {
+			return err
+		}
+		sources = append(sources, triggerSource{s.Run})
+	}
+
+	re, err := rules.New(cfg.Alerts.Rules)
+	if err != nil {
+		return err
+	}
+	m := newMetrics()
+	notifier := &lazyNotifier{}
+	acfg := cfg.Agent
+	wd := watchdogInterval()
+	if wd > 0 && wd < acfg.HeartbeatInterval {
+		acfg.HeartbeatInterval = wd
+	}
+	var lastBeat sync.Mutex
+	var beatAt time.Time
+	ag, err := agent.New(acfg, agent.Deps{
+		Camera: cameraBurst{cam}, Perceiver: pipe, Store: st, Identities: eng, Rules: re,
+		Publisher: notifier, Sources: sources, Logger: log.With("component", "agent"), Observer: m,
+		Model: em.Name, NewIdentityQuality: pipe.Config().NewIdentityQuality,
+		Site: cfg.Device.Site, Device: cfg.Device.ID,
+		Heartbeat: func() {
+			lastBeat.Lock()
+			beatAt = time.Now()
+			lastBeat.Unlock()
+			if wd > 0 {
+				sdNotify("WATCHDOG=1")
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+
+	started := time.Now()
+	status := func() wire.Status {
+		h := cam.Health()
+		ch := wire.CameraHealth{Name: cfg.Camera.Source, OK: h.State == camera.StateOK, Error: h.LastError,
+			LastFrame: h.LastFrame, Reopens: int(h.Reopens)}
+		depth, _, dropped := st.OutboxStats()
+		return wire.Status{AgentVersion: version, Models: []string{em.Name}, StartedAt: started.UTC(),
+			Cameras: []wire.CameraHealth{ch}, Outbox: &wire.OutboxStats{Depth: depth,
+				DroppedSummaries: dropped[agent.KindSummary], DroppedAlerts: dropped[agent.KindAlert]}}
+	}
+
+	sinkCtx, cancelSinks := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSinks()
+	var sinks sync.WaitGroup
+	var pub *mqttsync.Publisher
+	if cfg.MQTT.Enabled {
+		var cmds mqttsync.CommandHandler
+		if cfg.MQTT.Commands.Enabled {
+			cmds = ag
+		}
+		pub, err = mqttsync.New(cfg.MQTT.Config, mqttsync.Deps{Outbox: st, Status: status, Commands: cmds,
+			Logger: log.With("component", "mqtt")})
+		if err != nil {
+			return err
+		}
+		notifier.mu.Lock()
+		notifier.p = pub
+		notifier.mu.Unlock()
+		sinks.Add(1)
+		go func() { defer sinks.Done(); pub.Run(sinkCtx) }()
+	}
+	sinks.Add(1)
+	go func() { defer sinks.Done(); cam.Run(sinkCtx) }()
+
+	m.counter("atm_agent_camera_reopens_total", "Camera reopen attempts.", func() float64 { return float64(cam.Health().Reopens) })
+	m.counter("atm_agent_camera_stalls_total", "Camera reads that stalled.", func() float64 { return float64(cam.Health().Stalls) })
+	m.gauge("atm_agent_camera_up", "1 when the camera's last read succeeded.", func() float64 {
+		if cam.Health().State == camera.StateOK {
+			return 1
+		}
+		return 0
+	})
+	m.gauge("atm_agent_outbox_depth", "Messages waiting in the outbox.", func() float64 { d, _, _ := st.OutboxStats(); return float64(d) })
+	m.counter("atm_agent_outbox_dropped_alerts_total", "Alerts dropped at the outbox hard cap.", func() float64 {
+		_, _, d := st.OutboxStats()
+		return float64(d[agent.KindAlert])
+	})
+	m.counter("atm_agent_outbox_dropped_summaries_total", "Summaries dropped (superseded or outbox full).", func() float64 {
+		_, _, d := st.OutboxStats()
+		return float64(d[agent.KindSummary])
+	})
+	m.counter("atm_agent_triggers_total", "Triggers received.", func() float64 { return float64(ag.Stats().Triggers) })
+	m.counter("atm_agent_triggers_dropped_total", "Queued triggers dropped at shutdown.", func() float64 { return float64(ag.Stats().DroppedAtStop) })
+	if pub != nil {
+		m.gauge("atm_agent_mqtt_connected", "1 while connected to the broker.", func() float64 {
+			if pub.Stats().Connected {
+				return 1
+			}
+			return 0
+		})
+		m.counter("atm_agent_mqtt_published_total", "Outbox messages acknowledged by the broker.", func() float64 { return float64(pub.Stats().Published) })
+	}
+	if cfg.Metrics.Listen != "" {
+		health := func() (any, bool) {
+			lastBeat.Lock()
+			b := beatAt
+			lastBeat.Unlock()
+			h := cam.Health()
+			stale := time.Since(b) > 3*acfg.HeartbeatInterval+acfg.VisitTimeout
+			ok := !stale && h.State != camera.StateDown
+			depth, _, _ := st.OutboxStats()
+			body := map[string]any{"ok": ok, "last_heartbeat": b.UTC(), "camera": h.State.String(),
+				"camera_error": h.LastError, "outbox_depth": depth, "visits": ag.Stats().Committed}
+			if pub != nil {
+				body["mqtt_connected"] = pub.Stats().Connected
+			}
+			return body, ok
+		}
+		stopMetrics, err := serveMetrics(cfg.Metrics.Listen, m, health, log)
+		if err != nil {
+			return fmt.Errorf("metrics: listen %s: %w", cfg.Metrics.Listen, err)
+		}
+		defer stopMetrics()
+	}
+
+	// Agent: restores identities, purges, starts worker then sources.
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- ag.Run(ctx) }()
+	sdNotify("READY=1")
+	log.Info("atm-agent ready")
+
+	var runErr error
+	select {
+	case runErr = <-agentDone:
+	case <-ctx.Done():
+		stopAt := time.Now()
+		sdNotify("STOPPING=1")
+		log.Info("atm-agent stopping")
+		select {
+		case runErr = <-agentDone:
+		case <-time.After(shutdownBudget):
+			log.Error("agent did not stop in time")
+		}
+		cancelSinks()
+		waitTimeout(&sinks, max(500*time.Millisecond, shutdownBudget-time.Since(stopAt)))
+		s := ag.Stats()
+		log.Info("atm-agent stopped", "visits", s.Committed, "coalesced", s.Coalesced, "ms", time.Since(stopAt).Milliseconds())
+		return runErr
+	}
+	sdNotify("STOPPING=1")
+	cancelSinks()
+	waitTimeout(&sinks, shutdownBudget)
+	if runErr == nil {
+		runErr = errors.New("agent stopped unexpectedly")
+	}
+	return runErr
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
