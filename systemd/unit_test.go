@@ -1,0 +1,52 @@
+// Package systemd holds the agent's unit file; this test verifies it.
+package systemd
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestUnitVerifies runs systemd-analyze verify on the unit and treats ANY
+// output as a failure (unknown keys only warn). The ExecStart binary must
+// exist for verify, so the test points it at an executable it has.
+func TestUnitVerifies(t *testing.T) {
+	tool, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed (Debian package systemd)")
+	}
+	unit, err := os.ReadFile("atm-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=atm-agent",
+		"NoNewPrivileges=yes", "ProtectSystem=strict", "DevicePolicy=closed", "DeviceAllow=char-video4linux",
+		"DeviceAllow=char-gpiochip", "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "User=atm-agent"} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("unit lacks %q", want)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(name string, body []byte) string {
+		p := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(p, body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := exec.Command(tool, "verify", p).CombinedOutput()
+		return strings.TrimSpace(string(out))
+	}
+	body := []byte(strings.ReplaceAll(string(unit), "/usr/bin/atm-agent", self))
+	if out := check("atm-agent.service", body); out != "" {
+		t.Fatalf("systemd-analyze verify printed:\n%s", out)
+	}
+	// The check itself must be able to fail.
+	bad := []byte(strings.Replace(string(body), "PrivateTmp=yes", "PrivateTmpp=yes", 1))
+	if out := check("atm-agent.service", bad); !strings.Contains(out, "PrivateTmpp") {
+		t.Fatalf("a misspelt key went unnoticed (output %q)", out)
+	}
+}
