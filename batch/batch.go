@@ -266,11 +266,8 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 			rep.Counts.NoFace++
 		default:
 			f := r.face
-			e.Mask = f.Mask.String()
-			e.MaskScore = round4(f.MaskScore)
-			e.Quality = round4(f.Quality)
-			e.DetScore = round4(f.Det.Score)
-			e.Box = &[4]float64{round1(f.Det.X0), round1(f.Det.Y0), round1(f.Det.X1), round1(f.Det.Y1)}
+			e.Face = &FaceInfo{Mask: f.Mask.String(), MaskScore: round4(f.MaskScore), Quality: round4(f.Quality), DetScore: round4(f.Det.Score),
+				Box: [4]float64{round1(f.Det.X0), round1(f.Det.Y0), round1(f.Det.X1), round1(f.Det.Y1)}}
 		}
 		rep.Images[i] = e
 	}
@@ -292,7 +289,7 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 				d = cosDist(res[i].face.Embedding, cen)
 			}
 			rep.Images[i].Folder = id.Folder
-			rep.Images[i].Distance = ptr(round4(d))
+			rep.Images[i].Face.Distance = round4(d)
 			sum += d
 			id.MaxDistance = math.Max(id.MaxDistance, round4(d))
 			switch res[i].face.Mask {
@@ -323,8 +320,6 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 func nonNil(p []Problem) []Problem {
 	return append([]Problem{}, p...)
 }
-
-func ptr[T any](v T) *T { return &v }
 
 func centroid(res []result, g []int) []float64 {
 	c := make([]float64, len(res[g[0]].face.Embedding))

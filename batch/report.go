@@ -91,14 +91,19 @@ type ImageEntry struct {
 	Folder string `json:"folder"`
 	File   string `json:"file,omitempty"` // name inside Folder
 	Note   string `json:"note,omitempty"`
-	// Face measures, when a usable face was found.
-	Distance  *float64    `json:"distance,omitempty"` // to the identity's centroid
-	Mask      string      `json:"mask,omitempty"`
-	MaskScore float64     `json:"mask_score,omitempty"`
-	Quality   float64     `json:"quality,omitempty"`
-	DetScore  float64     `json:"det_score,omitempty"`
-	Box       *[4]float64 `json:"box,omitempty"` // x0, y0, x1, y1 in image pixels
-	Thumb     string      `json:"thumb,omitempty"`
+	// Face is present when a usable face was found.
+	Face *FaceInfo `json:"face,omitempty"`
+}
+
+// FaceInfo is what was measured on an image's face.
+type FaceInfo struct {
+	Distance  float64    `json:"distance"` // to the identity's centroid, see DistanceDoc
+	Mask      string     `json:"mask"`     // masked, unmasked or unknown
+	MaskScore float64    `json:"mask_score"`
+	Quality   float64    `json:"quality"`
+	DetScore  float64    `json:"det_score"`
+	Box       [4]float64 `json:"box"` // x0, y0, x1, y1 in image pixels
+	Thumb     string     `json:"thumb,omitempty"`
 }
 
 // DistanceDoc explains ImageEntry.Distance.
@@ -147,7 +152,7 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 	if o.Thumb > 0 {
 		made := false
 		for i, r := range res {
-			if !r.found || len(r.face.Thumb) == 0 {
+			if !r.found || len(r.face.Thumb) == 0 || rep.Images[i].Face == nil {
 				continue
 			}
 			if !made {
@@ -160,7 +165,7 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 			if err := os.WriteFile(filepath.Join(out, "thumbs", name), r.face.Thumb, 0o644); err != nil {
 				return fmt.Errorf("write thumbnail: %w", err)
 			}
-			rep.Images[i].Thumb = path.Join("thumbs", name)
+			rep.Images[i].Face.Thumb = path.Join("thumbs", name)
 		}
 	}
 	js, err := json.MarshalIndent(rep, "", "  ")
@@ -234,12 +239,7 @@ func sheetData(r *Report) sheetView {
 // sheet is the offline contact sheet: no scripts, no external resources;
 // html/template escapes every name.
 var sheet = template.Must(template.New("sheet").Funcs(template.FuncMap{
-	"dist": func(d *float64) string {
-		if d == nil {
-			return ""
-		}
-		return fmt.Sprintf("%.3f", *d)
-	},
+	"dist": func(d float64) string { return fmt.Sprintf("%.3f", d) },
 }).Parse(`<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -265,7 +265,7 @@ table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;paddin
 {{range .Identities}}<section id="{{.Folder}}">
 <h2>{{.Folder}}: {{.Size}} image{{if ne .Size 1}}s{{end}}, {{.Masked}} masked, {{.Unmasked}} unmasked{{if ne .Folder "singletons"}}, mean distance {{printf "%.3f" .MeanDistance}}{{end}}</h2>
 <div class="grid">{{range .Faces}}
-<figure>{{if .Thumb}}<img src="{{.Thumb}}" alt="{{.Path}}" loading="lazy">{{end}}<figcaption><span class="b {{.Mask}}">{{.Mask}}</span> {{dist .Distance}}<br>{{.Path}}</figcaption></figure>{{end}}
+<figure>{{with .Face}}{{if .Thumb}}<img src="{{.Thumb}}" alt="" loading="lazy">{{end}}<figcaption><span class="b {{.Mask}}">{{.Mask}}</span> {{dist .Distance}}{{end}}<br>{{.Path}}</figcaption></figure>{{end}}
 </div>
 </section>
 {{end}}{{if .NoFace}}<section id="noface">
