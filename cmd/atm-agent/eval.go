@@ -26,6 +26,7 @@ type pipelineFlags struct {
 	crop                    string
 	cropScale               float64
 	flip, raw               bool
+	minScore, padTight      float64
 }
 
 func (pf *pipelineFlags) register(fs interface {
@@ -42,6 +43,8 @@ func (pf *pipelineFlags) register(fs interface {
 	fs.Float64Var(&pf.cropScale, "crop-scale", 0, "override the embedder's crop scale (box side / detector box side)")
 	fs.BoolVar(&pf.flip, "flip", false, "average each template with the mirrored face's")
 	fs.BoolVar(&pf.raw, "raw", false, "skip the embedder's learned projection")
+	fs.Float64Var(&pf.minScore, "min-score", -1, "override the detector score gate")
+	fs.Float64Var(&pf.padTight, "pad-tight", -1, "override the tight-crop padding factor (0 disables)")
 }
 
 func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, error) {
@@ -52,6 +55,12 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 	cfg := vision.DefaultConfig()
 	cfg.Threads = pf.threads
 	cfg.Raw = pf.raw
+	if pf.minScore >= 0 {
+		cfg.MinScore = pf.minScore
+	}
+	if pf.padTight >= 0 {
+		cfg.PadTight = pf.padTight
+	}
 	emb := pf.embedder
 	if emb == "" {
 		emb = man.Pipeline.Embedder
