@@ -89,6 +89,8 @@ type ident struct {
 	masked     int
 	sumL, sumM float64 // sums of normalised intra-identity distances
 	nL, nM     int
+	cnt        [2]int   // members per mask class
+	ent        [2]int32 // centroid entry per mask class, -1 if none
 }
 
 // Engine assigns visits to identities online and consolidates them. It is
@@ -108,6 +110,15 @@ type Engine struct {
 	byID  map[string]int32
 	vidx  map[string]int32 // visit id -> member index
 	seq   uint64
+	cen   [2]centroids // per mask class: identity sums for assignment
+	cbuf  []int32
+	// gen counts changes that renumber or move stored visits (consolidation,
+	// retention, removal, restore); a consolidation plan from an older
+	// generation no longer applies.
+	gen uint64
+	// planning counts consolidation plans in flight; while > 0 the slabs
+	// they read are never rewritten in place.
+	planning int
 }
 
 // Option configures an Engine.
@@ -158,18 +169,9 @@ func (e *Engine) Assign(o Observation) (Assignment, error) {
 	var sk [sketchWords]uint64
 	sp.skr.sketch(x, sk[:], sp.buf)
 
-	// Candidate identities: those with a member that may be within threshold.
-	var cand []int32
-	seen := map[int32]bool{}
+	// Candidate identities: those whose sums may be within threshold.
 	n := sp.n()
-	for _, j := range sp.candidates(&sk, cx, n, nil) {
-		if w := e.who[j]; !seen[w] {
-			seen[w] = true
-			cand = append(cand, w)
-		}
-	}
-	// Older identities first, so that ties go to the older one.
-	slices.SortFunc(cand, func(a, b int32) int { return cmp.Compare(a, b) })
+	cand := e.candidateIdents(x, cx, &sk, e.cbuf)
 	// Exact linkage to every candidate; the smallest <= 1 wins, ties to the
 	// older identity.
 	best, bestKey, bestDist := int32(-1), math.Inf(1), 0.0
@@ -223,6 +225,7 @@ func (e *Engine) Assign(o Observation) (Assignment, error) {
 		w := e.newIdent(o.Time)
 		e.who = append(e.who, w)
 		e.addMember(e.ids[w], i)
+		e.addMemberCentroid(w, i)
 		id := e.ids[w]
 		e.updateStatus(id)
 		return Assignment{IdentityID: id.id, New: true, Status: id.status, NowConfirmed: id.status == Confirmed}, nil
@@ -249,6 +252,7 @@ func (e *Engine) Assign(o Observation) (Assignment, error) {
 		}
 	}
 	e.addMember(id, i)
+	e.addMemberCentroid(best, i)
 	was := id.status
 	e.updateStatus(id)
 	return Assignment{IdentityID: id.id, Distance: float32(bestDist), Status: id.status,
@@ -267,7 +271,7 @@ func (e *Engine) newIdent(created time.Time) int32 {
 	}
 	e.seq++
 	w := int32(len(e.ids))
-	e.ids = append(e.ids, &ident{id: id, seq: e.seq, created: created, status: Pending})
+	e.ids = append(e.ids, &ident{id: id, seq: e.seq, created: created, status: Pending, ent: [2]int32{-1, -1}})
 	e.byID[id] = w
 	return w
 }
@@ -493,6 +497,7 @@ func (e *Engine) setIdents(ids []*ident) {
 			e.who[i] = int32(w)
 		}
 	}
+	e.rebuildCentroids()
 }
 
 // Consolidate re-clusters every stored visit with average linkage and maps
