@@ -45,7 +45,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Threads:            2,
-		MinScore:           0.5,
+		MinScore:           0.3,
 		MinFacePx:          40,
 		MinSharpness:       5,
 		MaxRoll:            45,

@@ -88,7 +88,9 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 		det = man.Pipeline.Detector
 	}
 	// The cache key names everything that changes the embeddings.
-	key := fmt.Sprintf("%s|%+v|raw=%v", det, cfg, cfg.Raw)
+	kc := cfg
+	kc.Raw = false // only matters through the projection's checksum below
+	key := fmt.Sprintf("%s|%+v", det, kc)
 	for _, name := range []string{det, p.Embedder} {
 		if md, ok := man.Find(name); ok {
 			key += "|" + md.SHA256 + fmt.Sprintf("%+v", md.Embedding) + fmt.Sprintf("%+v", md.Input)

@@ -74,7 +74,11 @@ func Load(dir string) (*Dataset, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dataset %s: labels.csv line %d: masked: %w", dir, line, err)
 		}
-		ds.Items = append(ds.Items, Item{Path: filepath.Join(dir, rel), Rel: rel, Identity: strings.TrimSpace(rec[ii]), Masked: masked})
+		path := filepath.Join(dir, rel)
+		if filepath.IsAbs(rel) {
+			path = rel // a subset list pointing into another dataset
+		}
+		ds.Items = append(ds.Items, Item{Path: path, Rel: rel, Identity: strings.TrimSpace(rec[ii]), Masked: masked})
 	}
 	if len(ds.Items) == 0 {
 		return nil, fmt.Errorf("dataset %s: labels.csv lists no images", dir)
