@@ -2,7 +2,6 @@ package identity
 
 import (
 	"cmp"
-	"context"
 	"fmt"
 	"math"
 	"slices"
@@ -435,6 +434,7 @@ func (e *Engine) Remove(identityID string) bool {
 func (e *Engine) compact(keep func(i int) bool) []string {
 	sp := e.sp
 	n := sp.n()
+	cow := e.planning > 0 // a consolidation plan reads the slabs: rewrite copies
 	remap := make([]int32, n)
 	k := 0
 	changed := map[int32]bool{}
@@ -446,6 +446,10 @@ func (e *Engine) compact(keep func(i int) bool) []string {
 		}
 		remap[i] = int32(k)
 		if k != i {
+			if cow {
+				sp.vec, sp.sk, sp.cls = slices.Clone(sp.vec), slices.Clone(sp.sk), slices.Clone(sp.cls)
+				cow = false
+			}
 			copy(sp.vec[k*sp.dim:(k+1)*sp.dim], sp.row(i))
 			copy(sp.sk[k*sketchWords:(k+1)*sketchWords], sp.sketchOf(i))
 			sp.cls[k], e.vid[k], e.tm[k], e.mask[k], e.who[k], e.lnk[k] = sp.cls[i], e.vid[i], e.tm[i], e.mask[i], e.who[i], e.lnk[i]
@@ -455,6 +459,7 @@ func (e *Engine) compact(keep func(i int) bool) []string {
 	if k == n {
 		return nil
 	}
+	e.gen++
 	sp.vec, sp.sk, sp.cls = sp.vec[:k*sp.dim], sp.sk[:k*sketchWords], sp.cls[:k]
 	e.vid, e.tm, e.mask, e.who, e.lnk = e.vid[:k], e.tm[:k], e.mask[:k], e.who[:k], e.lnk[:k]
 	e.vidx = make(map[string]int32, k)
@@ -500,28 +505,8 @@ func (e *Engine) setIdents(ids []*ident) {
 	e.rebuildCentroids()
 }
 
-// Consolidate re-clusters every stored visit with average linkage and maps
-// the clusters back to identity ids: a cluster keeps the id of the oldest
-// identity whose majority of visits it holds; a cluster holding no identity's
-// majority gets a new id. It returns the visits that changed identity.
-func (e *Engine) Consolidate(ctx context.Context) ([]Change, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.sp.n() == 0 {
-		return nil, nil
-	}
-	es, err := e.sp.edges(ctx, e.cfg.Workers)
-	if err != nil {
-		return nil, fmt.Errorf("consolidate: %w", err)
-	}
-	labels, err := e.sp.hac(ctx, es, linkAverage)
-	if err != nil {
-		return nil, fmt.Errorf("consolidate: %w", err)
-	}
-	return e.applyLabels(labels), nil
-}
-
 func (e *Engine) applyLabels(labels []int) []Change {
+	e.gen++
 	k := 0
 	for _, l := range labels {
 		k = max(k, l+1)

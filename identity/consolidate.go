@@ -1,0 +1,526 @@
+package identity
+
+import (
+	"cmp"
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"slices"
+	"sync"
+)
+
+// Consolidation runs in two levels:
+//
+//  1. Within each identity, average-linkage clustering over all its member
+//     pairs (exact, no prefilter) splits visits that do not belong together.
+//  2. Across identities, average-linkage clustering of those groups. For unit
+//     vectors the mean pair distance between groups A and B of one mask
+//     class is 1 - dot(SA, SB)/(nA nB) with S the sums, so the linkage (mean
+//     normalised distance over like pairs, else MU pairs, as online) is a few
+//     dot products of sums, exact up to float rounding. Candidate pairs come
+//     from sign sketches of the sums: a class part can be <= its threshold T
+//     only if cos(SA, SB) >= (1-T)/(rA rB) with r = |S|/n <= 1, so each
+//     group has its own (tighter than per-visit) cutoff. The linkage of a
+//     merged group to C is a weighted mean of its parts' linkages to C, so
+//     the candidates of a merge are the union of its parts' candidates. A
+//     missed candidate can only keep groups apart (a split), never merge.
+//
+// The quadratic part is over groups instead of visits, and groups of one
+// person are tighter than visits, so their sketches prune more impostors.
+
+// ErrStalePlan means the engine changed (retention, removal, restore or
+// another consolidation) after the plan was made: make a new plan.
+var ErrStalePlan = errors.New("identity: consolidation plan is stale")
+
+// Plan is a consolidation computed on a snapshot of the engine, to be applied
+// with ApplyPlan. Visits assigned after the snapshot are not re-clustered:
+// they follow the identity they were assigned to.
+type Plan struct {
+	gen    uint64
+	n      int
+	labels []int
+}
+
+// Visits is the number of visits the plan re-clustered.
+func (p *Plan) Visits() int { return len(p.labels) }
+
+// ConsolidatePlan re-clusters the stored visits without holding the engine
+// lock (only a short copy of the membership is taken under it), so Assign is
+// not blocked while it runs. Apply the result with ApplyPlan.
+func (e *Engine) ConsolidatePlan(ctx context.Context) (*Plan, error) {
+	e.mu.Lock()
+	sp, groups, gen := e.planView()
+	e.planning++
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		e.planning--
+		e.mu.Unlock()
+	}()
+	labels, err := sp.consolidate(ctx, groups, e.cfg.Workers)
+	if err != nil {
+		return nil, fmt.Errorf("consolidate: %w", err)
+	}
+	return &Plan{gen: gen, n: sp.n(), labels: labels}, nil
+}
+
+// planView copies what a plan reads; e.mu must be held. The embedding and
+// sketch slabs are shared: Assign only appends past the view, and compact
+// copies them while a plan is in flight.
+func (e *Engine) planView() (*space, [][]int32, uint64) {
+	sp := *e.sp
+	n := sp.n()
+	sp.vec = sp.vec[: n*sp.dim : n*sp.dim]
+	sp.sk = sp.sk[: n*sketchWords : n*sketchWords]
+	sp.cls = slices.Clone(sp.cls[:n])
+	sp.buf = make([]float32, sp.skr.pad)
+	groups := make([][]int32, len(e.ids))
+	for w, id := range e.ids {
+		groups[w] = slices.Clone(id.members)
+	}
+	return &sp, groups, e.gen
+}
+
+// ApplyPlan installs a plan's clusters and maps them to identity ids as
+// Consolidate does. It returns ErrStalePlan when the engine changed in a way
+// the plan cannot follow.
+func (e *Engine) ApplyPlan(p *Plan) ([]Change, error) {
+	if p == nil {
+		return nil, errors.New("apply consolidation plan: nil plan")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if p.gen != e.gen || p.n > e.sp.n() {
+		return nil, ErrStalePlan
+	}
+	if e.sp.n() == 0 {
+		return nil, nil
+	}
+	return e.applyLabels(e.extendLabels(p)), nil
+}
+
+// extendLabels gives visits assigned after the plan the cluster holding most
+// of their identity's planned visits (a new cluster for identities created
+// since).
+func (e *Engine) extendLabels(p *Plan) []int {
+	n := e.sp.n()
+	if n == p.n {
+		return p.labels
+	}
+	labels := make([]int, n)
+	copy(labels, p.labels)
+	next := 0
+	for _, l := range p.labels {
+		next = max(next, l+1)
+	}
+	follow := map[int32]int{}
+	for i := p.n; i < n; i++ {
+		w := e.who[i]
+		l, ok := follow[w]
+		if !ok {
+			cnt := map[int]int{}
+			l = -1
+			for _, j := range e.ids[w].members {
+				if int(j) < p.n {
+					c := p.labels[j]
+					cnt[c]++
+					if l < 0 || cnt[c] > cnt[l] || cnt[c] == cnt[l] && c < l {
+						l = c
+					}
+				}
+			}
+			if l < 0 {
+				l = next
+				next++
+			}
+			follow[w] = l
+		}
+		labels[i] = l
+	}
+	return labels
+}
+
+// Consolidate re-clusters every stored visit and maps the clusters back to
+// identity ids: a cluster keeps the id of the oldest identity whose majority
+// of visits it holds; a cluster holding no identity's majority gets a new id.
+// It returns the visits that changed identity. The clustering itself runs
+// without the engine lock (ConsolidatePlan, then ApplyPlan).
+func (e *Engine) Consolidate(ctx context.Context) ([]Change, error) {
+	for range 3 {
+		p, err := e.ConsolidatePlan(ctx)
+		if err != nil {
+			return nil, err
+		}
+		ch, err := e.ApplyPlan(p)
+		if !errors.Is(err, ErrStalePlan) {
+			return ch, err
+		}
+	}
+	// The engine kept changing under the plans: plan under the lock.
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sp, groups, gen := e.planView()
+	labels, err := sp.consolidate(ctx, groups, e.cfg.Workers)
+	if err != nil {
+		return nil, fmt.Errorf("consolidate: %w", err)
+	}
+	if sp.n() == 0 {
+		return nil, nil
+	}
+	return e.applyLabels(e.extendLabels(&Plan{gen: gen, n: sp.n(), labels: labels})), nil
+}
+
+// consolidate returns a label per member: level 1 within groups, level 2
+// across them.
+func (s *space) consolidate(ctx context.Context, groups [][]int32, workers int) ([]int, error) {
+	n := s.n()
+	if n == 0 {
+		return nil, nil
+	}
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	es, err := s.groupEdges(ctx, groups, workers)
+	if err != nil {
+		return nil, err
+	}
+	l1, err := s.hac(ctx, es, linkAverage)
+	if err != nil {
+		return nil, err
+	}
+	return s.sumHAC(ctx, l1, workers)
+}
+
+// groupEdges returns every matching pair within each group, sorted by (j, i).
+func (s *space) groupEdges(ctx context.Context, groups [][]int32, workers int) ([]edge, error) {
+	workers = max(1, min(workers, len(groups)/64+1))
+	parts := make([][]edge, workers)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var out []edge
+			for g := w; g < len(groups); g += workers {
+				if g%1024 == w && ctx.Err() != nil {
+					errs[w] = ctx.Err()
+					return
+				}
+				ms := groups[g]
+				for a := 0; a < len(ms); a++ {
+					for b := a + 1; b < len(ms); b++ {
+						i, j := min(ms[a], ms[b]), max(ms[a], ms[b])
+						if d, _, ok := s.nd(int(i), int(j)); ok && d <= 1 {
+							out = append(out, edge{i, j, float32(d)})
+						}
+					}
+				}
+			}
+			parts[w] = out
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var all []edge
+	for _, p := range parts {
+		all = append(all, p...)
+	}
+	slices.SortFunc(all, func(a, b edge) int {
+		if c := cmp.Compare(a.j, b.j); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.i, b.i)
+	})
+	return all, nil
+}
+
+// sgroup is a level-2 cluster: members, per-class counts and sums.
+type sgroup struct {
+	members []int32
+	cnt     [2]int
+	sum     [2][]float32 // nil when the class is empty; may alias a slab row
+	own     [2]bool      // sum was allocated here (may be added to in place)
+	ver     uint32
+	alive   bool
+	nbr     map[int32]struct{}
+}
+
+// sentry is one (group, class) for candidate search.
+type sentry struct {
+	g         int32
+	cut, cutX int16
+}
+
+// sumHAC runs level 2 on the clusters of l1 and returns final labels.
+func (s *space) sumHAC(ctx context.Context, l1 []int, workers int) ([]int, error) {
+	k := 0
+	for _, l := range l1 {
+		k = max(k, l+1)
+	}
+	gs := make([]sgroup, k)
+	for i, l := range l1 {
+		gs[l].members = append(gs[l].members, int32(i))
+	}
+	var ent [2][]sentry
+	var esk [2][]uint64
+	for g := range gs {
+		G := &gs[g]
+		G.alive = true
+		for _, i := range G.members {
+			c := s.cls[i]
+			G.cnt[c]++
+			switch {
+			case G.sum[c] == nil:
+				G.sum[c] = s.row(int(i))
+			case !G.own[c]:
+				G.sum[c] = slices.Clone(G.sum[c])
+				G.own[c] = true
+				fallthrough
+			default:
+				addTo(G.sum[c], s.row(int(i)))
+			}
+		}
+		for c := uint8(0); c < 2; c++ {
+			if G.cnt[c] == 0 {
+				continue
+			}
+			var sk [sketchWords]uint64
+			if G.cnt[c] == 1 {
+				copy(sk[:], s.sketchOf(int(G.members[slices.IndexFunc(G.members, func(i int32) bool { return s.cls[i] == c })])))
+			} else {
+				s.skr.sketch(G.sum[c], sk[:], s.buf)
+			}
+			norm := math.Sqrt(float64(dot(G.sum[c], G.sum[c])))
+			esk[c] = append(esk[c], sk[:]...)
+			ent[c] = append(ent[c], sentry{g: int32(g),
+				cut:  s.groupCut(s.thr[pairType(c, c)], G.cnt[c], norm),
+				cutX: s.groupCut(s.thr[ptMU], G.cnt[c], norm)})
+		}
+	}
+	pairs, err := s.groupPairs(ctx, gs, ent, esk, workers)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pairs {
+		for _, x := range [2][2]int32{{p[0], p[1]}, {p[1], p[0]}} {
+			if gs[x[0]].nbr == nil {
+				gs[x[0]].nbr = map[int32]struct{}{}
+			}
+			gs[x[0]].nbr[x[1]] = struct{}{}
+		}
+	}
+	h := &hheap{}
+	for _, p := range pairs {
+		if key, ok := s.sumLink(&gs[p[0]], &gs[p[1]]); ok {
+			*h = append(*h, hentry{key: key, a: p[0], b: p[1], verified: true})
+		}
+	}
+	heap.Init(h)
+	steps := 0
+	for h.Len() > 0 {
+		if steps++; steps%1024 == 0 && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		top := heap.Pop(h).(hentry)
+		ga, gb := &gs[top.a], &gs[top.b]
+		if !ga.alive || !gb.alive || ga.ver != top.va || gb.ver != top.vb {
+			continue
+		}
+		keep, gone := top.a, top.b
+		if len(gs[gone].members) > len(gs[keep].members) {
+			keep, gone = gone, keep
+		}
+		gk, gg := &gs[keep], &gs[gone]
+		for c := range 2 {
+			switch {
+			case gg.sum[c] == nil:
+			case gk.sum[c] == nil:
+				gk.sum[c], gk.own[c] = gg.sum[c], gg.own[c]
+			default:
+				if !gk.own[c] {
+					gk.sum[c], gk.own[c] = slices.Clone(gk.sum[c]), true
+				}
+				addTo(gk.sum[c], gg.sum[c])
+			}
+			gk.cnt[c] += gg.cnt[c]
+		}
+		gk.members = append(gk.members, gg.members...)
+		delete(gk.nbr, gone)
+		for x := range gg.nbr {
+			delete(gs[x].nbr, gone)
+			if x != keep {
+				gk.nbr[x] = struct{}{}
+				gs[x].nbr[keep] = struct{}{}
+			}
+		}
+		gk.ver++
+		*gg = sgroup{}
+		for x := range gk.nbr {
+			a, b := min(keep, x), max(keep, x)
+			if key, ok := s.sumLink(&gs[a], &gs[b]); ok {
+				heap.Push(h, hentry{key: key, a: a, b: b, va: gs[a].ver, vb: gs[b].ver, verified: true})
+			}
+		}
+	}
+	labels := make([]int, s.n())
+	for g := range gs {
+		for _, i := range gs[g].members {
+			labels[i] = g
+		}
+	}
+	return renumber(labels), nil
+}
+
+// groupCut is a group's sketch cutoff for threshold t: any partner group
+// must be within it. With 1-t <= 0 the bound depends on the partner: none.
+func (s *space) groupCut(t float64, n int, norm float64) int16 {
+	if !(t > 0) {
+		return -1
+	}
+	if 1-t-sumSlack <= 0 {
+		return sketchBits
+	}
+	return s.entryCut(t, n, norm)
+}
+
+// sumLink is the linkage between two groups from their sums: the mean
+// normalised distance over like pairs, else (MU enabled) over mixed pairs;
+// ok is false when the groups cannot merge.
+func (s *space) sumLink(a, b *sgroup) (float64, bool) {
+	nUU, nMM := a.cnt[0]*b.cnt[0], a.cnt[1]*b.cnt[1]
+	if nL := nUU + nMM; nL > 0 {
+		var num float64
+		if nUU > 0 {
+			num += s.inv[ptUU] * (float64(nUU) - float64(dot(a.sum[0], b.sum[0])))
+		}
+		if nMM > 0 {
+			num += s.inv[ptMM] * (float64(nMM) - float64(dot(a.sum[1], b.sum[1])))
+		}
+		key := num / float64(nL)
+		return key, key <= 1
+	}
+	if !s.muOn {
+		return 0, false
+	}
+	nM := a.cnt[0]*b.cnt[1] + a.cnt[1]*b.cnt[0]
+	if nM == 0 {
+		return 0, false
+	}
+	var d float64
+	if a.cnt[0] > 0 && b.cnt[1] > 0 {
+		d += float64(dot(a.sum[0], b.sum[1]))
+	}
+	if a.cnt[1] > 0 && b.cnt[0] > 0 {
+		d += float64(dot(a.sum[1], b.sum[0]))
+	}
+	key := s.inv[ptMU] * (float64(nM) - d) / float64(nM)
+	return key, key <= 1
+}
+
+// groupPairs returns the group pairs (a < b) with some class part possibly
+// within its threshold: sketch within both groups' cutoffs, then the part's
+// mean distance from the sums (with slack). Sorted, without duplicates.
+func (s *space) groupPairs(ctx context.Context, gs []sgroup, ent [2][]sentry, esk [2][]uint64, workers int) ([][2]int32, error) {
+	type job struct {
+		c, o uint8 // row class, column class
+		mu   bool
+	}
+	var jobs []job
+	jobs = append(jobs, job{0, 0, false}, job{1, 1, false})
+	if s.muOn {
+		jobs = append(jobs, job{0, 1, true})
+	}
+	var all [][2]int32
+	for _, jb := range jobs {
+		rows, cols := ent[jb.c], ent[jb.o]
+		t := s.thr[pairType(jb.c, jb.o)]
+		nw := max(1, min(workers, len(rows)/256+1))
+		parts := make([][][2]int32, nw)
+		errs := make([]error, nw)
+		var wg sync.WaitGroup
+		for w := range nw {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var out [][2]int32
+				var buf []int32
+				const chunk = 64
+				for start := w * chunk; start < len(rows); start += nw * chunk {
+					if ctx.Err() != nil {
+						errs[w] = ctx.Err()
+						return
+					}
+					for r := start; r < min(len(rows), start+chunk); r++ {
+						hi := r // same class: columns before the row
+						if jb.mu {
+							hi = len(cols)
+						}
+						re := rows[r]
+						qc := re.cut
+						if jb.mu {
+							qc = re.cutX
+						}
+						if qc < 0 {
+							continue
+						}
+						var q [sketchWords]uint64
+						copy(q[:], esk[jb.c][r*sketchWords:(r+1)*sketchWords])
+						buf = scanCutQ(esk[jb.o], cols[:hi], jb.mu, &q, qc, buf[:0])
+						ga := &gs[re.g]
+						for _, k := range buf {
+							ce := cols[k]
+							if ce.g == re.g {
+								continue
+							}
+							gb := &gs[ce.g]
+							nn := float64(ga.cnt[jb.c] * gb.cnt[jb.o])
+							if 1-float64(dot(ga.sum[jb.c], gb.sum[jb.o]))/nn <= t+sumSlack {
+								out = append(out, [2]int32{min(re.g, ce.g), max(re.g, ce.g)})
+							}
+						}
+					}
+				}
+				parts[w] = out
+			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return nil, err
+		}
+		for _, p := range parts {
+			all = append(all, p...)
+		}
+	}
+	slices.SortFunc(all, func(a, b [2]int32) int {
+		if c := cmp.Compare(a[0], b[0]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a[1], b[1])
+	})
+	return slices.Compact(all), nil
+}
+
+// scanCutQ appends the indices k of cols whose sketch is within both the
+// query cutoff qc and the column's own cutoff (cutX when mu).
+func scanCutQ(sk []uint64, cols []sentry, mu bool, q *[sketchWords]uint64, qc int16, out []int32) []int32 {
+	for k := range cols {
+		ct := cols[k].cut
+		if mu {
+			ct = cols[k].cutX
+		}
+		ct = min(ct, qc)
+		if ct < 0 {
+			continue
+		}
+		if hamming(sk[k*sketchWords:], q[:]) <= int(ct) {
+			out = append(out, int32(k))
+		}
+	}
+	return out
+}
