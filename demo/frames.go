@@ -62,11 +62,11 @@ func Render(face []byte, shot Shot, n int, seed uint64) []Frame {
 			cx, cy := cx0+r.IntN(13)-6, cy0+r.IntN(9)-4
 			paste(fr, face, side, cx-side/2, cy-side/2)
 		case ShotCovered:
-			gain = 0.08 + 0.05*r.Float64()
+			gain = 0.04 + 0.03*r.Float64()
 		}
 		noise := 3.0
 		if shot == ShotCovered {
-			noise = 6
+			noise = 1.5
 		}
 		for j := range fr {
 			v := float64(fr[j])*gain + noise*(r.Float64()-0.5)*2
@@ -100,7 +100,7 @@ func background(r *rand.Rand) []byte {
 	big := gocv.NewMat()
 	defer big.Close()
 	gocv.Resize(m, &big, image.Pt(FrameW, FrameH), 0, 0, gocv.InterpolationCubic)
-	gocv.GaussianBlur(big, &big, image.Pt(31, 31), 0, 0, gocv.BorderReflect)
+	gocv.GaussianBlur(big, &big, image.Pt(61, 61), 0, 0, gocv.BorderReflect)
 	return append([]byte(nil), big.ToBytes()...)
 }
 

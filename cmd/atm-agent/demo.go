@@ -1,0 +1,596 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/demo"
+	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/models"
+	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/sync/mqttsync"
+	"github.com/periocular/atm-agent/sync/wire"
+	"github.com/periocular/atm-agent/visit"
+)
+
+const demoBanner = "SIMULATED SCENARIO: no camera, no card reader, no real customers. Faces are cut from face-api's demo photos; masks are painted; times are compressed."
+
+func init() {
+	commands["demo"] = command{"replay a simulated ATM day through the real pipeline (no hardware)", func(ctx context.Context, env *cliEnv, args []string) error {
+		fs := newFlags(env, "demo", "demo [--models DIR] [--photos DIR] [--seed N] [--duration 40s] [--db FILE]")
+		o := demoOptions{}
+		fs.StringVar(&o.Models, "models", "", "model directory (default build/models, else /usr/lib/atm-agent/models)")
+		fs.StringVar(&o.Photos, "photos", "", "face-api demo photos (default build/src/face-api/demo)")
+		fs.Uint64Var(&o.Seed, "seed", 1, "scenario seed (same seed, same day)")
+		fs.DurationVar(&o.Duration, "duration", 40*time.Second, "wall time the simulated 12-hour day is compressed into")
+		fs.StringVar(&o.DB, "db", "", "keep the bbolt store in this file (default: a temporary file, removed)")
+		fs.StringVar(&o.Thresholds, "thresholds", "", "identity thresholds UU,MM,MU (default: the manifest's calibration)")
+		fs.BoolVar(&o.Verbose, "v", false, "show the agent's own log lines")
+		if err := parseFlags(fs, args); err != nil {
+			return err
+		}
+		return runDemo(ctx, env, &o)
+	}}
+}
+
+type demoOptions struct {
+	Models, Photos, DB string
+	Seed               uint64
+	Duration           time.Duration
+	Verbose            bool
+	Thresholds         string
+	thresholdsFrom     string
+}
+
+// provisionalThresholds are used when the manifest has no calibration for
+// the embedder yet (default.yaml shows the same values).
+var provisionalThresholds = identity.Thresholds{UU: 0.35, MM: 0.30, MU: 0}
+
+// demoThresholds returns the --thresholds override, the provisional values
+// when the manifest has none, or nil to use the manifest's.
+func demoThresholds(o *demoOptions) (*identity.Thresholds, error) {
+	if o.Thresholds != "" {
+		var t identity.Thresholds
+		if _, err := fmt.Sscanf(o.Thresholds, "%g,%g,%g", &t.UU, &t.MM, &t.MU); err != nil {
+			return nil, fmt.Errorf("%w: --thresholds %q: want UU,MM,MU", errUsage, o.Thresholds)
+		}
+		o.thresholdsFrom = "--thresholds"
+		return &t, nil
+	}
+	man, err := models.LoadManifest(filepath.Join(o.Models, "manifest.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("models: %w (run `make models` or pass --models)", err)
+	}
+	if em, ok := man.Find(man.Pipeline.Embedder); ok && em.Thresholds != nil {
+		return nil, nil
+	}
+	t := provisionalThresholds
+	o.thresholdsFrom = "provisional: the manifest has no calibration yet; run `atm-agent eval calibrate`"
+	return &t, nil
+}
+
+func firstDir(cands ...string) string {
+	for _, c := range cands {
+		if st, err := os.Stat(c); err == nil && st.IsDir() {
+			return c
+		}
+	}
+	return cands[0]
+}
+
+// demoRules are the default rules with a faceless threshold a short demo
+// reaches.
+func demoRules() []rules.Rule {
+	rs := rules.DefaultRules()
+	for i := range rs {
+		if rs[i].Kind == rules.KindFaceless {
+			rs[i].Threshold = 3
+		}
+	}
+	return rs
+}
+
+// demoRun is the state shared by the demo's camera, trigger source,
+// observer and MQTT subscriber.
+type demoRun struct {
+	out   io.Writer
+	outMu sync.Mutex
+	sc    demo.Scenario
+	faces []demo.Face
+	day0  time.Time // simulated start of the day
+
+	mu      sync.Mutex
+	current demo.Visit
+	done    chan string // visit ids, from the observer
+	idSeen  map[string]bool
+
+	// subscriber side
+	recvMu   sync.Mutex
+	received map[string]int // kind -> unique messages
+	msgIDs   map[string]bool
+	dups     int
+	seqs     map[uint64]bool
+	alertIDs map[string]bool
+}
+
+func (d *demoRun) printf(format string, a ...any) {
+	d.outMu.Lock()
+	defer d.outMu.Unlock()
+	fmt.Fprintf(d.out, format, a...)
+}
+
+func (d *demoRun) clock(t time.Time) string { return t.Local().Format("15:04") }
+
+// Burst implements agent.Camera: the frames of the visit being replayed.
+func (d *demoRun) Burst(ctx context.Context) ([]visit.Frame, error) {
+	d.mu.Lock()
+	v := d.current
+	d.mu.Unlock()
+	return d.sc.Frames(d.faces, v, 5), ctx.Err()
+}
+
+// Run implements agent.Source: the day's card inserts at compressed time,
+// each after the previous visit is stored (a real card insert never comes
+// while the previous customer is still at the machine).
+func (d *demoRun) run(speed float64) func(ctx context.Context, emit func(agent.Event)) error {
+	return func(ctx context.Context, emit func(agent.Event)) error {
+		start := time.Now()
+		for _, v := range d.sc.Visits {
+			wait := time.Until(start.Add(time.Duration(float64(v.Offset) / speed)))
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(max(wait, 0)):
+			}
+			d.mu.Lock()
+			d.current = v
+			d.mu.Unlock()
+			emit(agent.Event{ID: v.ID, Time: d.day0.Add(v.Offset), Source: "demo",
+				Context: visit.Context{CardHash: v.Card, TxnID: v.ID}})
+			timeout := time.After(30 * time.Second)
+		wait:
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-timeout:
+					d.printf("  (visit %s not stored within 30 s; going on)\n", v.ID)
+					break wait
+				case id := <-d.done:
+					if id == v.ID {
+						break wait
+					}
+				}
+			}
+		}
+		return nil
+	}
+}
+
+func (d *demoRun) truth(id string) (demo.Visit, bool) {
+	for _, v := range d.sc.Visits {
+		if v.ID == id {
+			return v, true
+		}
+	}
+	return demo.Visit{}, false
+}
+
+func (d *demoRun) who(v demo.Visit) string {
+	if v.Person < 0 {
+		return "(" + v.Shot.String() + ")"
+	}
+	s := d.sc.People[v.Person].Name
+	if v.Mask >= 0 {
+		s += " masked"
+	}
+	return s
+}
+
+// demoObserver prints one line per stored visit.
+type demoObserver struct{ d *demoRun }
+
+func (o demoObserver) Visit(v visit.Visit, s agent.Stages, newAlerts int) {
+	d := o.d
+	tv, _ := d.truth(v.ID)
+	card := ""
+	if v.Context.CardHash != "" {
+		card = " card " + v.Context.CardHash[:6]
+	}
+	res := v.Outcome.String()
+	if v.IdentityID != "" {
+		d.mu.Lock()
+		isNew := !d.idSeen[v.IdentityID]
+		d.idSeen[v.IdentityID] = true
+		d.mu.Unlock()
+		tag := ""
+		if isNew {
+			tag = " NEW"
+		}
+		res = fmt.Sprintf("identity %s%s  mask=%s q=%.2f", v.IdentityID, tag, v.Mask, v.Quality)
+	} else if v.Outcome == visit.FaceFound {
+		res = fmt.Sprintf("face, no identity (quality %.2f too low to start one)", v.Quality)
+	}
+	d.printf("[%s] visit %-14s truth %-14s%-12s -> %s  (%d ms)\n", d.clock(v.Time), v.ID, d.who(tv), card, res, s.Total.Milliseconds())
+	select {
+	case d.done <- v.ID:
+	default:
+	}
+}
+func (demoObserver) Coalesced()                      {}
+func (demoObserver) CommitFailed(string)             {}
+func (demoObserver) Consolidated(int, time.Duration) {}
+func (demoObserver) Purged(int)                      {}
+
+// startBroker runs an embedded MQTT broker on a free loopback port.
+func startBroker() (*mochi.Server, string, error) {
+	srv := mochi.New(&mochi.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+		return nil, "", err
+	}
+	tcp := listeners.NewTCP(listeners.Config{ID: "demo", Address: "127.0.0.1:0"})
+	if err := srv.AddListener(tcp); err != nil {
+		return nil, "", fmt.Errorf("embedded broker: %w", err)
+	}
+	go srv.Serve()
+	return srv, "tcp://" + tcp.Address(), nil
+}
+
+// subscribe connects a dashboard-like subscriber that counts and prints
+// what arrives.
+func (d *demoRun) subscribe(url, filter string) (paho.Client, error) {
+	opts := paho.NewClientOptions().AddBroker(url).SetClientID("demo-dashboard").
+		SetCleanSession(true).SetConnectTimeout(5 * time.Second).SetAutoReconnect(true)
+	c := paho.NewClient(opts)
+	if t := c.Connect(); !t.WaitTimeout(5*time.Second) || t.Error() != nil {
+		return nil, fmt.Errorf("demo subscriber: connect %s: %v", url, t.Error())
+	}
+	t := c.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
+		kind := m.Topic()[strings.LastIndexByte(m.Topic(), '/')+1:]
+		var env wire.Envelope
+		_ = json.Unmarshal(m.Payload(), &env)
+		d.recvMu.Lock()
+		if kind != wire.KindStatus && env.MessageID != "" {
+			if d.msgIDs[env.MessageID] {
+				d.dups++
+				d.recvMu.Unlock()
+				return
+			}
+			d.msgIDs[env.MessageID] = true
+			d.seqs[env.Seq] = true
+		}
+		d.received[kind]++
+		d.recvMu.Unlock()
+		if kind == wire.KindAlert {
+			var a wire.Alert
+			if json.Unmarshal(m.Payload(), &a) == nil {
+				d.recvMu.Lock()
+				d.alertIDs[a.AlertID] = true
+				d.recvMu.Unlock()
+				who := a.IdentityID
+				if who == "" {
+					who = "device-wide"
+				}
+				d.printf("  ALERT via MQTT  %-17s %-26s %d in %s (threshold %d), seq %d\n", a.Rule, who, a.Count, a.Window, a.Threshold, a.Seq)
+			}
+		}
+	})
+	if !t.WaitTimeout(5*time.Second) || t.Error() != nil {
+		c.Disconnect(100)
+		return nil, fmt.Errorf("demo subscriber: subscribe: %v", t.Error())
+	}
+	return c, nil
+}
+
+func runDemo(ctx context.Context, env *cliEnv, o *demoOptions) error {
+	t0 := time.Now()
+	if o.Models == "" {
+		o.Models = firstDir(filepath.Join("build", "models"), "/usr/lib/atm-agent/models")
+	}
+	if o.Photos == "" {
+		o.Photos = filepath.Join("build", "src", "face-api", "demo")
+	}
+	if o.Duration < time.Second {
+		return fmt.Errorf("%w: --duration %v: at least 1s", errUsage, o.Duration)
+	}
+	d := &demoRun{out: env.stdout, done: make(chan string, 4), idSeen: map[string]bool{},
+		received: map[string]int{}, msgIDs: map[string]bool{}, seqs: map[uint64]bool{}, alertIDs: map[string]bool{}}
+	d.printf("%s\n\n", demoBanner)
+
+	faces, err := demo.LoadFaces(o.Models, o.Photos)
+	if err != nil {
+		return err
+	}
+	d.faces = faces
+	scores := make([]float64, len(faces))
+	for i, f := range faces {
+		scores[i] = f.Score
+	}
+	d.sc = demo.Build(len(faces), o.Seed, scores...)
+	// The simulated day is the last full 08:00-20:00 before now, so every
+	// visit is in the past and inside the store's retention.
+	ref := time.Now().Add(-20*time.Hour - 30*time.Minute)
+	d.day0 = time.Date(ref.Year(), ref.Month(), ref.Day(), 8, 0, 0, 0, time.Local)
+	speed := float64(d.sc.Day) / float64(o.Duration)
+	d.printf("scenario: seed %d, %d faces found in %d photos, %d simulated customers, %d card inserts on %s 08:00-20:00, replayed in %v\n",
+		o.Seed, len(faces), len(demo.Photos), len(d.sc.People), len(d.sc.Visits), d.day0.Format("2006-01-02"), o.Duration)
+	for _, r := range demoRules() {
+		d.printf("rule %-17s %-15s >= %d within %v\n", r.Name, r.Kind, r.Threshold, r.Window)
+	}
+
+	cfg := DefaultConfig()
+	cfg.Device = DeviceConfig{ID: "demo-atm", Site: "demo-site"}
+	cfg.Models.Dir = o.Models
+	if th, err := demoThresholds(o); err != nil {
+		return err
+	} else if th != nil {
+		cfg.Identity.Thresholds = th
+		d.printf("identity thresholds uu %.2f mm %.2f mu %.2f (%s)\n", th.UU, th.MM, th.MU, o.thresholdsFrom)
+	}
+	dbPath := o.DB
+	if dbPath == "" {
+		tmp, err := os.MkdirTemp("", "atm-agent-demo-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dbPath = filepath.Join(tmp, "demo.db")
+	}
+	logLevel := slog.LevelWarn + 4 // silent unless -v
+	if o.Verbose {
+		logLevel = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: logLevel}))
+
+	sopts, err := cfg.Store.Options()
+	if err != nil {
+		return err
+	}
+	sopts.DeviceID, sopts.Logger = cfg.Device.ID, log
+	st, err := store.Open(dbPath, sopts)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	pipe, eng, em, err := loadModels(cfg)
+	if err != nil {
+		return err
+	}
+	defer pipe.Close()
+	re, err := rules.New(demoRules())
+	if err != nil {
+		return err
+	}
+
+	broker, url, err := startBroker()
+	if err != nil {
+		return err
+	}
+	defer broker.Close()
+	mcfg := mqttsync.DefaultConfig()
+	mcfg.Brokers = []string{url}
+	mcfg.Topic = mqttsync.TopicConfig{Prefix: "atm", Site: cfg.Device.Site, Device: cfg.Device.ID}
+	mcfg.DrainInterval = 200 * time.Millisecond
+	topics, _ := mcfg.Topics()
+	sub, err := d.subscribe(url, strings.TrimSuffix(topics.Status(), wire.KindStatus)+"#")
+	if err != nil {
+		return err
+	}
+	defer sub.Disconnect(200)
+	pub, err := mqttsync.New(mcfg, mqttsync.Deps{Outbox: st, Logger: log,
+		Status: func() wire.Status { return wire.Status{AgentVersion: version, Models: []string{em.Name}} }})
+	if err != nil {
+		return err
+	}
+	d.printf("store %s, embedded MQTT broker %s, subscriber on %s#\n\n", dbPath, url, strings.TrimSuffix(topics.Status(), wire.KindStatus))
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pubCtx, cancelPub := context.WithCancel(context.WithoutCancel(ctx))
+	pubDone := make(chan struct{})
+	go func() { defer close(pubDone); pub.Run(pubCtx) }()
+	defer func() { cancelPub(); <-pubDone }()
+
+	srcDone := make(chan struct{})
+	src := d.run(speed)
+	ag, err := agent.New(cfg.Agent, agent.Deps{
+		Camera: d, Perceiver: pipe, Store: st, Identities: eng, Rules: re, Publisher: pub,
+		Sources: []agent.Source{sourceFunc(func(ctx context.Context, emit func(agent.Event)) error {
+			defer close(srcDone)
+			return src(ctx, emit)
+		})},
+		Logger: log, Observer: demoObserver{d}, Model: em.Name, NewIdentityQuality: pipe.Config().NewIdentityQuality,
+		Site: cfg.Device.Site, Device: cfg.Device.ID,
+	})
+	if err != nil {
+		return err
+	}
+	agDone := make(chan error, 1)
+	go func() { agDone <- ag.Run(runCtx) }()
+
+	select {
+	case <-srcDone:
+	case err := <-agDone:
+		return fmt.Errorf("agent stopped: %v", err)
+	case <-ctx.Done():
+		cancel()
+		<-agDone
+		d.printf("\ninterrupted. %s\n", demoBanner)
+		return nil
+	}
+	// End of day: consolidate identities and publish a summary, as the
+	// agent does on its timers.
+	if err := ag.Consolidate(runCtx); err != nil {
+		d.printf("consolidation: %v\n", err)
+	}
+	if err := ag.PublishSummary(runCtx); err != nil {
+		d.printf("summary: %v\n", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		depth, _, _ := st.OutboxStats()
+		d.recvMu.Lock()
+		got := len(d.msgIDs)
+		d.recvMu.Unlock()
+		if depth == 0 && uint64(got) >= pub.Stats().Published {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	if err := <-agDone; err != nil {
+		return err
+	}
+	return d.report(ctx, st, ag, pub, time.Since(t0))
+}
+
+type sourceFunc func(ctx context.Context, emit func(agent.Event)) error
+
+func (f sourceFunc) Run(ctx context.Context, emit func(agent.Event)) error { return f(ctx, emit) }
+
+// report prints the ground truth against what the agent stored and sent.
+func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, pub *mqttsync.Publisher, took time.Duration) error {
+	vs, err := st.VisitsBetween(ctx, d.day0.Add(-time.Hour), time.Now().Add(time.Hour))
+	if err != nil {
+		return err
+	}
+	alerts, err := st.Alerts(ctx, d.day0.Add(-time.Hour))
+	if err != nil {
+		return err
+	}
+	alertsOf := map[string][]string{}
+	for _, a := range alerts {
+		alertsOf[a.IdentityID] = append(alertsOf[a.IdentityID], a.Rule)
+	}
+	type row struct {
+		truth, masked, stored int
+		ids                   map[string]int
+		noIdentity            int
+	}
+	rows := make([]row, len(d.sc.People))
+	for i := range rows {
+		rows[i].ids = map[string]int{}
+	}
+	personsOf := map[string]map[int]bool{}
+	for _, v := range d.sc.Visits {
+		if v.Person >= 0 {
+			rows[v.Person].truth++
+			if v.Mask >= 0 {
+				rows[v.Person].masked++
+			}
+		}
+	}
+	faceless := map[string]int{}
+	facelessTruth := 0
+	for _, v := range d.sc.Visits {
+		if v.Person < 0 {
+			facelessTruth++
+		}
+	}
+	for _, v := range vs {
+		tv, ok := d.truth(v.ID)
+		if !ok {
+			continue
+		}
+		if tv.Person < 0 {
+			faceless[v.Outcome.String()]++
+			continue
+		}
+		r := &rows[tv.Person]
+		r.stored++
+		if v.IdentityID == "" {
+			r.noIdentity++
+			continue
+		}
+		r.ids[v.IdentityID]++
+		if personsOf[v.IdentityID] == nil {
+			personsOf[v.IdentityID] = map[int]bool{}
+		}
+		personsOf[v.IdentityID][tv.Person] = true
+	}
+
+	d.printf("\n=== Summary of the SIMULATED day (ground truth vs. what the agent stored) ===\n")
+	tw := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "person\tsource photo\tpattern\tvisits\tmasked\tstored\tidentities (visits)\tno identity\talerts")
+	for i, p := range d.sc.People {
+		r := rows[i]
+		var ids []string
+		var al []string
+		for id, n := range r.ids {
+			ids = append(ids, fmt.Sprintf("%s (%d)", id, n))
+			al = append(al, alertsOf[id]...)
+		}
+		sort.Strings(ids)
+		sort.Strings(al)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\n", p.Name, d.faces[p.Face].Source, p.Role, r.truth, r.masked, r.stored,
+			strings.Join(ids, ", "), r.noIdentity, strings.Join(al, ", "))
+	}
+	var fl []string
+	for k, n := range faceless {
+		fl = append(fl, fmt.Sprintf("%s %d", k, n))
+	}
+	sort.Strings(fl)
+	fmt.Fprintf(tw, "(no face)\t-\tcovered camera / nobody in view\t%d\t-\t%s\t-\t-\t%s\n", facelessTruth, strings.Join(fl, ", "), strings.Join(alertsOf[""], ", "))
+	tw.Flush()
+
+	merged := 0
+	for _, ps := range personsOf {
+		if len(ps) > 1 {
+			merged++
+		}
+	}
+	split := 0
+	for _, r := range rows {
+		if len(r.ids) > 1 {
+			split++
+		}
+	}
+	s := ag.Stats()
+	d.recvMu.Lock()
+	var maxSeq uint64
+	for q := range d.seqs {
+		maxSeq = max(maxSeq, q)
+	}
+	gaps := 0
+	for q := uint64(1); q <= maxSeq; q++ {
+		if !d.seqs[q] {
+			gaps++
+		}
+	}
+	missingAlerts := 0
+	for _, a := range alerts {
+		if !d.alertIDs[a.ID] {
+			missingAlerts++
+		}
+	}
+	recv := fmt.Sprintf("alerts %d, summaries %d, status %d; duplicates %d; seq 1..%d with %d gaps",
+		d.received[wire.KindAlert], d.received[wire.KindSummary], d.received[wire.KindStatus], d.dups, maxSeq, gaps)
+	d.recvMu.Unlock()
+	d.printf("\nvisits stored %d of %d card inserts (face %d, noface %d, lowquality %d, camera_error %d); duplicates %d, lost %d\n",
+		len(vs), len(d.sc.Visits), s.Visits[visit.FaceFound], s.Visits[visit.NoFace], s.Visits[visit.LowQuality], s.Visits[visit.CameraError], s.Duplicates, s.CommitErrors)
+	d.printf("identities %d for %d simulated customers: %d shared by two or more people (false merges), %d people split over several ids\n",
+		len(personsOf), len(d.sc.People), merged, split)
+	d.printf("alerts stored %d, missing at the subscriber %d\n", len(alerts), missingAlerts)
+	d.printf("MQTT: published (PUBACKed) %d; received by the subscriber: %s\n", pub.Stats().Published, recv)
+	d.printf("took %v\n\n%s\n", took.Round(100*time.Millisecond), demoBanner)
+	return nil
+}
+
