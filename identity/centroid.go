@@ -23,17 +23,24 @@ import (
 // of sums and dot products when the sums preselect candidates.
 const sumSlack = 1e-3
 
-// centroids holds the entries of one mask class.
+// centroids holds the entries of one mask class: contiguous sketches and
+// cutoffs for the scan; the sums live on the identities.
 type centroids struct {
-	who  []int32   // identity index
-	sk   []uint64  // sketches of the sums, sketchWords per entry
-	cut  []int16   // like-with-like cutoff (class threshold), -1: never
-	cutX []int16   // cutoff against the other class (MU threshold), -1: never
-	sum  []float32 // sums, dim per entry
+	who  []int32  // identity index
+	sk   []uint64 // sketches of the sums, sketchWords per entry
+	cut  []int16  // like-with-like cutoff (class threshold), -1: never
+	cutX []int16  // cutoff against the other class (MU threshold), -1: never
 }
 
 func (c *centroids) reset() {
-	c.who, c.sk, c.cut, c.cutX, c.sum = c.who[:0], c.sk[:0], c.cut[:0], c.cutX[:0], c.sum[:0]
+	c.who, c.sk, c.cut, c.cutX = c.who[:0], c.sk[:0], c.cut[:0], c.cutX[:0]
+}
+
+// centroid is an identity's cached entry for one mask class.
+type centroid struct {
+	sum       []float32
+	sk        [sketchWords]uint64
+	cut, cutX int16
 }
 
 // cutoffCos is the largest sketch distance worth a look for a pair whose
@@ -63,28 +70,28 @@ func (s *space) entryCut(t float64, n int, norm float64) int16 {
 	return cutoffCos((1-t-sumSlack)*float64(n)/norm, s.exact)
 }
 
-// setEntry writes sum (n members of class cls) into slot k of table t,
-// computing its sketch and cutoffs.
-func (s *space) setEntry(t *centroids, k int, cls uint8, n int, sum []float32) {
-	copy(t.sum[k*s.dim:(k+1)*s.dim], sum)
-	var nn float64
-	for _, v := range sum {
-		nn += float64(v) * float64(v)
-	}
-	norm := math.Sqrt(nn)
-	s.skr.sketch(sum, t.sk[k*sketchWords:(k+1)*sketchWords], s.buf)
-	t.cut[k] = s.entryCut(s.thr[pairType(cls, cls)], n, norm)
-	t.cutX[k] = s.entryCut(s.thr[ptMU], n, norm)
+// refresh recomputes the sketch and cutoffs of an entry of class cls with n
+// members from its sum.
+func (s *space) refresh(ce *centroid, cls uint8, n int) {
+	norm := math.Sqrt(float64(dot(ce.sum, ce.sum)))
+	s.skr.sketch(ce.sum, ce.sk[:], s.buf)
+	ce.cut = s.entryCut(s.thr[pairType(cls, cls)], n, norm)
+	ce.cutX = s.entryCut(s.thr[ptMU], n, norm)
 }
 
-// appendEntry adds a slot for identity w and returns its index.
-func (t *centroids) appendEntry(w int32, dim int) int {
-	t.who = append(t.who, w)
-	t.sk = append(t.sk, make([]uint64, sketchWords)...)
-	t.cut = append(t.cut, -1)
-	t.cutX = append(t.cutX, -1)
-	t.sum = append(t.sum, make([]float32, dim)...)
-	return len(t.who) - 1
+// put writes entry ce of identity w into slot k (k == len: append).
+func (t *centroids) put(k int, w int32, ce *centroid) int {
+	if k == len(t.who) {
+		t.who = append(t.who, w)
+		t.sk = append(t.sk, ce.sk[:]...)
+		t.cut = append(t.cut, ce.cut)
+		t.cutX = append(t.cutX, ce.cutX)
+		return k
+	}
+	t.who[k] = w
+	copy(t.sk[k*sketchWords:(k+1)*sketchWords], ce.sk[:])
+	t.cut[k], t.cutX[k] = ce.cut, ce.cutX
+	return k
 }
 
 // scanCut appends every entry whose sketch differs from q in at most its own
@@ -105,51 +112,67 @@ func scanCut(sk []uint64, cuts []int16, q *[sketchWords]uint64, out []int32) []i
 	return out
 }
 
-// rebuildCentroids recomputes every identity's sums and entries (after
-// consolidation, retention or restore).
+// rebuildCentroids reinstalls every identity's entries, recomputing the
+// sums of identities marked dirty (after consolidation, retention or
+// restore).
 func (e *Engine) rebuildCentroids() {
 	sp := e.sp
 	for c := range e.cen {
 		e.cen[c].reset()
 	}
-	sum := make([]float32, e.dim)
 	for w, id := range e.ids {
-		id.cnt = [2]int{}
-		id.ent = [2]int32{-1, -1}
-		for c := uint8(0); c < 2; c++ {
-			clear(sum)
-			n := 0
-			for _, i := range id.members {
-				if sp.cls[i] == c {
-					addTo(sum, sp.row(int(i)))
-					n++
+		if id.dirty {
+			id.dirty = false
+			id.cnt = [2]int{}
+			for c := range id.cen {
+				if id.cen[c].sum != nil {
+					clear(id.cen[c].sum)
 				}
 			}
-			if n == 0 {
-				continue
+			for _, i := range id.members {
+				c := sp.cls[i]
+				if id.cen[c].sum == nil {
+					id.cen[c].sum = make([]float32, e.dim)
+				}
+				addTo(id.cen[c].sum, sp.row(int(i)))
+				id.cnt[c]++
 			}
-			t := &e.cen[c]
-			k := t.appendEntry(int32(w), e.dim)
-			sp.setEntry(t, k, c, n, sum)
-			id.cnt[c], id.ent[c] = n, int32(k)
+			for c := uint8(0); c < 2; c++ {
+				if id.cnt[c] == 0 {
+					id.cen[c].sum = nil
+					continue
+				}
+				sp.refresh(&id.cen[c], c, id.cnt[c])
+			}
+		}
+		for c := range id.cen {
+			id.ent[c] = -1
+			if id.cnt[c] > 0 {
+				id.ent[c] = int32(e.cen[c].put(len(e.cen[c].who), int32(w), &id.cen[c]))
+			}
 		}
 	}
 }
 
-// addMemberCentroid adds member i (already in id.members) to id's entry.
+// addMemberCentroid adds member i (already in id.members) to identity w's
+// entry.
 func (e *Engine) addMemberCentroid(w int32, i int32) {
 	sp := e.sp
 	id := e.ids[w]
 	c := sp.cls[i]
-	t := &e.cen[c]
-	if id.ent[c] < 0 {
-		id.ent[c] = int32(t.appendEntry(w, e.dim))
+	ce := &id.cen[c]
+	if ce.sum == nil {
+		ce.sum = make([]float32, e.dim)
 	}
-	k := int(id.ent[c])
+	addTo(ce.sum, sp.row(int(i)))
 	id.cnt[c]++
-	sum := t.sum[k*e.dim : (k+1)*e.dim]
-	addTo(sum, sp.row(int(i)))
-	sp.setEntry(t, k, c, id.cnt[c], sum)
+	sp.refresh(ce, c, id.cnt[c])
+	t := &e.cen[c]
+	k := len(t.who)
+	if id.ent[c] >= 0 {
+		k = int(id.ent[c])
+	}
+	id.ent[c] = int32(t.put(k, w, ce))
 }
 
 // candidateIdents returns the identities worth an exact comparison with x
@@ -163,8 +186,8 @@ func (e *Engine) candidateIdents(x []float32, cx uint8, q *[sketchWords]uint64, 
 	buf = scanCut(t.sk, t.cut, q, buf[:0])
 	for _, k := range buf {
 		w := t.who[k]
-		n := float64(e.ids[w].cnt[cx])
-		if 1-float64(dot(x, t.sum[int(k)*e.dim:int(k+1)*e.dim]))/n <= tl+sumSlack {
+		id := e.ids[w]
+		if 1-float64(dot(x, id.cen[cx].sum))/float64(id.cnt[cx]) <= tl+sumSlack {
 			out = append(out, w)
 		}
 	}
@@ -178,7 +201,7 @@ func (e *Engine) candidateIdents(x []float32, cx uint8, q *[sketchWords]uint64, 
 			if id.cnt[cx] > 0 {
 				continue
 			}
-			if 1-float64(dot(x, t.sum[int(k)*e.dim:int(k+1)*e.dim]))/float64(id.cnt[1-cx]) <= sp.thr[ptMU]+sumSlack {
+			if 1-float64(dot(x, id.cen[1-cx].sum))/float64(id.cnt[1-cx]) <= sp.thr[ptMU]+sumSlack {
 				out = append(out, w)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"runtime"
 	"slices"
 	"sync"
@@ -251,10 +252,11 @@ type sgroup struct {
 	nbr     map[int32]struct{}
 }
 
-// sentry is one (group, class) for candidate search.
-type sentry struct {
-	g         int32
-	cut, cutX int16
+// sentries are the (group, class) entries of one class for candidate search.
+type sentries struct {
+	g         []int32
+	cut, cutX []int16
+	sk        []uint64
 }
 
 // sumHAC runs level 2 on the clusters of l1 and returns final labels.
@@ -267,8 +269,7 @@ func (s *space) sumHAC(ctx context.Context, l1 []int, workers int) ([]int, error
 	for i, l := range l1 {
 		gs[l].members = append(gs[l].members, int32(i))
 	}
-	var ent [2][]sentry
-	var esk [2][]uint64
+	var ent [2]sentries
 	for g := range gs {
 		G := &gs[g]
 		G.alive = true
@@ -297,13 +298,14 @@ func (s *space) sumHAC(ctx context.Context, l1 []int, workers int) ([]int, error
 				s.skr.sketch(G.sum[c], sk[:], s.buf)
 			}
 			norm := math.Sqrt(float64(dot(G.sum[c], G.sum[c])))
-			esk[c] = append(esk[c], sk[:]...)
-			ent[c] = append(ent[c], sentry{g: int32(g),
-				cut:  s.groupCut(s.thr[pairType(c, c)], G.cnt[c], norm),
-				cutX: s.groupCut(s.thr[ptMU], G.cnt[c], norm)})
+			E := &ent[c]
+			E.sk = append(E.sk, sk[:]...)
+			E.g = append(E.g, int32(g))
+			E.cut = append(E.cut, s.groupCut(s.thr[pairType(c, c)], G.cnt[c], norm))
+			E.cutX = append(E.cutX, s.groupCut(s.thr[ptMU], G.cnt[c], norm))
 		}
 	}
-	pairs, err := s.groupPairs(ctx, gs, ent, esk, workers)
+	pairs, err := s.groupPairs(ctx, gs, &ent, workers)
 	if err != nil {
 		return nil, err
 	}
@@ -426,7 +428,7 @@ func (s *space) sumLink(a, b *sgroup) (float64, bool) {
 // groupPairs returns the group pairs (a < b) with some class part possibly
 // within its threshold: sketch within both groups' cutoffs, then the part's
 // mean distance from the sums (with slack). Sorted, without duplicates.
-func (s *space) groupPairs(ctx context.Context, gs []sgroup, ent [2][]sentry, esk [2][]uint64, workers int) ([][2]int32, error) {
+func (s *space) groupPairs(ctx context.Context, gs []sgroup, ent *[2]sentries, workers int) ([][2]int32, error) {
 	type job struct {
 		c, o uint8 // row class, column class
 		mu   bool
@@ -438,9 +440,14 @@ func (s *space) groupPairs(ctx context.Context, gs []sgroup, ent [2][]sentry, es
 	}
 	var all [][2]int32
 	for _, jb := range jobs {
-		rows, cols := ent[jb.c], ent[jb.o]
+		rows, cols := &ent[jb.c], &ent[jb.o]
+		rcut, ccut := rows.cut, cols.cut
+		if jb.mu {
+			rcut, ccut = rows.cutX, cols.cutX
+		}
 		t := s.thr[pairType(jb.c, jb.o)]
-		nw := max(1, min(workers, len(rows)/256+1))
+		nr := len(rows.g)
+		nw := max(1, min(workers, nr/256+1))
 		parts := make([][][2]int32, nw)
 		errs := make([]error, nw)
 		var wg sync.WaitGroup
@@ -451,37 +458,34 @@ func (s *space) groupPairs(ctx context.Context, gs []sgroup, ent [2][]sentry, es
 				var out [][2]int32
 				var buf []int32
 				const chunk = 64
-				for start := w * chunk; start < len(rows); start += nw * chunk {
+				for start := w * chunk; start < nr; start += nw * chunk {
 					if ctx.Err() != nil {
 						errs[w] = ctx.Err()
 						return
 					}
-					for r := start; r < min(len(rows), start+chunk); r++ {
+					for r := start; r < min(nr, start+chunk); r++ {
 						hi := r // same class: columns before the row
 						if jb.mu {
-							hi = len(cols)
+							hi = len(cols.g)
 						}
-						re := rows[r]
-						qc := re.cut
-						if jb.mu {
-							qc = re.cutX
-						}
+						qc := rcut[r]
 						if qc < 0 {
 							continue
 						}
 						var q [sketchWords]uint64
-						copy(q[:], esk[jb.c][r*sketchWords:(r+1)*sketchWords])
-						buf = scanCutQ(esk[jb.o], cols[:hi], jb.mu, &q, qc, buf[:0])
-						ga := &gs[re.g]
+						copy(q[:], rows.sk[r*sketchWords:(r+1)*sketchWords])
+						buf = scanCutQ(cols.sk, ccut[:hi], &q, qc, buf[:0])
+						ra := rows.g[r]
+						ga := &gs[ra]
 						for _, k := range buf {
-							ce := cols[k]
-							if ce.g == re.g {
+							cb := cols.g[k]
+							if cb == ra {
 								continue
 							}
-							gb := &gs[ce.g]
+							gb := &gs[cb]
 							nn := float64(ga.cnt[jb.c] * gb.cnt[jb.o])
 							if 1-float64(dot(ga.sum[jb.c], gb.sum[jb.o]))/nn <= t+sumSlack {
-								out = append(out, [2]int32{min(re.g, ce.g), max(re.g, ce.g)})
+								out = append(out, [2]int32{min(ra, cb), max(ra, cb)})
 							}
 						}
 					}
@@ -506,19 +510,19 @@ func (s *space) groupPairs(ctx context.Context, gs []sgroup, ent [2][]sentry, es
 	return slices.Compact(all), nil
 }
 
-// scanCutQ appends the indices k of cols whose sketch is within both the
-// query cutoff qc and the column's own cutoff (cutX when mu).
-func scanCutQ(sk []uint64, cols []sentry, mu bool, q *[sketchWords]uint64, qc int16, out []int32) []int32 {
-	for k := range cols {
-		ct := cols[k].cut
-		if mu {
-			ct = cols[k].cutX
-		}
+// scanCutQ appends the indices k < len(cuts) whose sketch is within both
+// the query cutoff qc and cuts[k].
+func scanCutQ(sk []uint64, cuts []int16, q *[sketchWords]uint64, qc int16, out []int32) []int32 {
+	q0, q1, q2, q3, q4, q5, q6, q7 := q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]
+	sk = sk[:len(cuts)*sketchWords]
+	for k, ct := range cuts {
 		ct = min(ct, qc)
-		if ct < 0 {
-			continue
-		}
-		if hamming(sk[k*sketchWords:], q[:]) <= int(ct) {
+		w := sk[k*sketchWords : k*sketchWords+sketchWords : k*sketchWords+sketchWords]
+		h := bits.OnesCount64(w[0]^q0) + bits.OnesCount64(w[1]^q1) +
+			bits.OnesCount64(w[2]^q2) + bits.OnesCount64(w[3]^q3) +
+			bits.OnesCount64(w[4]^q4) + bits.OnesCount64(w[5]^q5) +
+			bits.OnesCount64(w[6]^q6) + bits.OnesCount64(w[7]^q7)
+		if h <= int(ct) {
 			out = append(out, int32(k))
 		}
 	}

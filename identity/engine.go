@@ -88,8 +88,10 @@ type ident struct {
 	masked     int
 	sumL, sumM float64 // sums of normalised intra-identity distances
 	nL, nM     int
-	cnt        [2]int   // members per mask class
-	ent        [2]int32 // centroid entry per mask class, -1 if none
+	cnt        [2]int      // members per mask class
+	ent        [2]int32    // centroid table slot per mask class, -1 if none
+	cen        [2]centroid // per mask class: sum, sketch, cutoffs
+	dirty      bool        // members changed: cen must be recomputed
 }
 
 // Engine assigns visits to identities online and consolidates them. It is
@@ -313,6 +315,7 @@ func (e *Engine) updateStatus(id *ident) {
 // its members (after consolidation, retention or restore).
 func (e *Engine) recompute(id *ident, keepConfirmed bool) {
 	sp := e.sp
+	id.dirty = true
 	id.sumL, id.sumM, id.nL, id.nM = 0, 0, 0, 0
 	id.first, id.last, id.masked = time.Time{}, time.Time{}, 0
 	ms := id.members
@@ -542,6 +545,12 @@ func (e *Engine) applyLabels(labels []int) []Change {
 	}
 	old := slices.Clone(e.who)
 	oldIDs := e.ids
+	oldMembers := make([][]int32, len(oldIDs))
+	taken := make(map[string]bool, len(oldIDs))
+	for w, id := range oldIDs {
+		oldMembers[w] = id.members
+		taken[id.id] = true
+	}
 	var ids []*ident
 	newOf := make([]*ident, k)
 	for c, ms := range members {
@@ -557,9 +566,10 @@ func (e *Engine) applyLabels(labels []int) []Change {
 			}
 			e.seq++
 			nid := e.newID()
-			for e.idTaken(nid, oldIDs, ids) {
+			for taken[nid] {
 				nid = e.newID()
 			}
+			taken[nid] = true
 			id = &ident{id: nid, seq: e.seq, created: created, status: Pending}
 		}
 		id.members = ms
@@ -567,6 +577,9 @@ func (e *Engine) applyLabels(labels []int) []Change {
 		ids = append(ids, id)
 	}
 	for c, id := range newOf {
+		if w := keepID[c]; w >= 0 && slices.Equal(id.members, oldMembers[w]) {
+			continue // same visits: statistics and sums still hold
+		}
 		e.recompute(id, keepID[c] >= 0)
 	}
 	e.setIdents(ids)
@@ -609,15 +622,4 @@ func (e *Engine) applyLabels(labels []int) []Change {
 		out = append(out, *groups[kk])
 	}
 	return out
-}
-
-func (e *Engine) idTaken(id string, lists ...[]*ident) bool {
-	for _, l := range lists {
-		for _, x := range l {
-			if x.id == id {
-				return true
-			}
-		}
-	}
-	return false
 }
