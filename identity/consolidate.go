@@ -15,8 +15,9 @@ import (
 
 // Consolidation runs in two levels:
 //
-//  1. Within each identity, average-linkage clustering over all its member
-//     pairs (exact, no prefilter) splits visits that do not belong together.
+//  1. Within each identity, complete-linkage clustering over all its member
+//     pairs (exact, no prefilter) splits it into groups whose every pair
+//     matches: visits an online decision joined on weak evidence come apart.
 //  2. Across identities, average-linkage clustering of those groups. For unit
 //     vectors the mean pair distance between groups A and B of one mask
 //     class is 1 - dot(SA, SB)/(nA nB) with S the sums, so the linkage (mean
@@ -29,8 +30,12 @@ import (
 //     the candidates of a merge are the union of its parts' candidates. A
 //     missed candidate can only keep groups apart (a split), never merge.
 //
-// The quadratic part is over groups instead of visits, and groups of one
-// person are tighter than visits, so their sketches prune more impostors.
+// Level 2 re-joins the groups level 1 split too finely. On synthetic people
+// close to the threshold the result agrees with average linkage from single
+// visits (batch Cluster) on 93-100 % of pairs, with the same precision within
+// 0.005 (TestConsolidationCloseToBatchHAC). The quadratic part is over groups
+// instead of visits, and groups of one person are tighter than visits, so
+// their sketches prune more impostors.
 
 // ErrStalePlan means the engine changed (retention, removal, restore or
 // another consolidation) after the plan was made: make a new plan.
@@ -188,7 +193,7 @@ func (s *space) consolidate(ctx context.Context, groups [][]int32, workers int) 
 	if err != nil {
 		return nil, err
 	}
-	l1, err := s.hac(ctx, es, linkAverage)
+	l1, err := s.hac(ctx, es, linkComplete)
 	if err != nil {
 		return nil, err
 	}
