@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"testing"
@@ -110,6 +111,25 @@ func peakRSSMB() float64 {
 	return math.NaN()
 }
 
+// samplePeakHeap reports the largest heap (live and not yet collected
+// objects) seen every 5 ms until stop is closed.
+func samplePeakHeap(stop <-chan struct{}, out chan<- float64) {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	var mx uint64
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		metrics.Read(s)
+		mx = max(mx, s[0].Value.Uint64())
+		select {
+		case <-stop:
+			out <- float64(mx) / (1 << 20)
+			return
+		case <-t.C:
+		}
+	}
+}
+
 func BenchmarkAssign(b *testing.B) {
 	for _, spread := range []string{"far", "near"} {
 		for _, n := range benchSizes() {
@@ -165,6 +185,9 @@ func BenchmarkConsolidate(b *testing.B) {
 				runtime.GC()
 				var m0, m1 runtime.MemStats
 				runtime.ReadMemStats(&m0)
+				stop := make(chan struct{})
+				peak := make(chan float64)
+				go samplePeakHeap(stop, peak)
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
 					if _, err := e.Consolidate(context.Background()); err != nil {
@@ -172,6 +195,8 @@ func BenchmarkConsolidate(b *testing.B) {
 					}
 				}
 				b.StopTimer()
+				close(stop)
+				b.ReportMetric(<-peak, "MB-peakheap")
 				runtime.ReadMemStats(&m1)
 				b.ReportMetric(restore.Seconds(), "s-restore")
 				b.ReportMetric(float64(m1.TotalAlloc-m0.TotalAlloc)/float64(b.N)/(1<<20), "MB-alloc/op")

@@ -45,16 +45,20 @@ type centroid struct {
 
 // cutoffCos is the largest sketch distance worth a look for a pair whose
 // cosine must be at least c; -1 when c > 1 (impossible).
-func cutoffCos(c float64, exact bool) int16 {
+func cutoffCos(c float64, exact bool) int16 { return cutoffBits(c, sketchBits, exact) }
+
+// cutoffBits is cutoffCos for a sketch of nb bits.
+func cutoffBits(c float64, nb int, exact bool) int16 {
 	if c > 1 {
 		return -1
 	}
 	if exact || c <= -1 {
-		return sketchBits
+		return int16(nb)
 	}
+	b := float64(nb)
 	p := math.Acos(c) / math.Pi
-	cut := p*sketchBits + sketchZ*math.Sqrt(sketchBits*p*(1-p)) + 1
-	return int16(min(sketchBits, math.Ceil(cut)))
+	cut := p*b + sketchZ*math.Sqrt(b*p*(1-p)) + 1
+	return int16(min(b, math.Ceil(cut)))
 }
 
 // entryCut is the cutoff of an entry with n members whose sum has norm

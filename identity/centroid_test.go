@@ -88,3 +88,35 @@ func TestCentroidAssignMatchesMemberRule(t *testing.T) {
 		})
 	}
 }
+
+// fwht (with its fused first levels) against the Hadamard matrix definition.
+func TestFWHTDefinition(t *testing.T) {
+	g := newSynth(64, 0, 3)
+	for _, n := range []int{1, 2, 4, 8, 64} {
+		x := g.unit()[:n]
+		want := make([]float64, n)
+		for i := range want {
+			for j, v := range x {
+				sign := 1.0
+				if bitsOnes(i&j)%2 == 1 {
+					sign = -1
+				}
+				want[i] += sign * float64(v)
+			}
+		}
+		fwht(x)
+		for i := range x {
+			if math.Abs(float64(x[i])-want[i]) > 1e-5 {
+				t.Fatalf("n=%d: [%d] = %v, want %v", n, i, x[i], want[i])
+			}
+		}
+	}
+}
+
+func bitsOnes(v int) int {
+	n := 0
+	for ; v != 0; v &= v - 1 {
+		n++
+	}
+	return n
+}

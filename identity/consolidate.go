@@ -261,7 +261,21 @@ type sgroup struct {
 type sentries struct {
 	g         []int32
 	cut, cutX []int16
-	sk        []uint64
+	r         []float32 // |S|/n: tightness of the group in this class
+	sk, sk2   []uint64  // two independent sketches of the sums
+}
+
+// cutTabSize is the resolution of pairCuts over the cosine bound [0,1].
+const cutTabSize = 4096
+
+// pairCuts tabulates sketch cutoffs for nb bits by cosine bound c in [0,1],
+// the bound rounded down (so the cutoff is never tighter than the exact one).
+func pairCuts(nb int, exact bool) []int16 {
+	t := make([]int16, cutTabSize+1)
+	for k := range t {
+		t[k] = cutoffBits(float64(k)/cutTabSize, nb, exact)
+	}
+	return t
 }
 
 // sumHAC runs level 2 on the clusters of l1 and returns final labels.
@@ -296,19 +310,37 @@ func (s *space) sumHAC(ctx context.Context, l1 []int, workers int) ([]int, error
 			if G.cnt[c] == 0 {
 				continue
 			}
-			var sk [sketchWords]uint64
-			if G.cnt[c] == 1 {
-				copy(sk[:], s.sketchOf(int(G.members[slices.IndexFunc(G.members, func(i int32) bool { return s.cls[i] == c })])))
-			} else {
-				s.skr.sketch(G.sum[c], sk[:], s.buf)
-			}
 			norm := math.Sqrt(float64(dot(G.sum[c], G.sum[c])))
 			E := &ent[c]
-			E.sk = append(E.sk, sk[:]...)
 			E.g = append(E.g, int32(g))
 			E.cut = append(E.cut, s.groupCut(s.thr[pairType(c, c)], G.cnt[c], norm))
 			E.cutX = append(E.cutX, s.groupCut(s.thr[ptMU], G.cnt[c], norm))
+			E.r = append(E.r, float32(norm/float64(G.cnt[c])))
 		}
+	}
+	// Sketches of the sums, and a second independent one used to confirm
+	// pairs (1024 bits in all: half the relative noise of 512 for pairs
+	// close to the cutoff), on all workers.
+	skr2 := newSketcherSeed(s.dim, 0x61746d2d6965)
+	for c := range ent {
+		E := &ent[c]
+		m := len(E.g)
+		E.sk = make([]uint64, m*sketchWords)
+		E.sk2 = make([]uint64, m*sketchWords)
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]float32, s.skr.pad)
+				for k := w; k < m; k += workers {
+					sum := gs[E.g[k]].sum[c]
+					s.skr.sketch(sum, E.sk[k*sketchWords:(k+1)*sketchWords], buf)
+					skr2.sketch(sum, E.sk2[k*sketchWords:(k+1)*sketchWords], buf)
+				}
+			}()
+		}
+		wg.Wait()
 	}
 	pairs, err := s.groupPairs(ctx, gs, &ent, workers)
 	if err != nil {
@@ -443,6 +475,7 @@ func (s *space) groupPairs(ctx context.Context, gs []sgroup, ent *[2]sentries, w
 	if s.muOn {
 		jobs = append(jobs, job{0, 1, true})
 	}
+	tab, tab2 := pairCuts(sketchBits, s.exact), pairCuts(2*sketchBits, s.exact)
 	var all [][2]int32
 	for _, jb := range jobs {
 		rows, cols := &ent[jb.c], &ent[jb.o]
@@ -451,6 +484,7 @@ func (s *space) groupPairs(ctx context.Context, gs []sgroup, ent *[2]sentries, w
 			rcut, ccut = rows.cutX, cols.cutX
 		}
 		t := s.thr[pairType(jb.c, jb.o)]
+		base := float32(1 - t - sumSlack) // pair bound: cos >= base/(rA rB)
 		nr := len(rows.g)
 		nw := max(1, min(workers, nr/256+1))
 		parts := make([][][2]int32, nw)
@@ -480,6 +514,11 @@ func (s *space) groupPairs(ctx context.Context, gs []sgroup, ent *[2]sentries, w
 						var q [sketchWords]uint64
 						copy(q[:], rows.sk[r*sketchWords:(r+1)*sketchWords])
 						buf = scanCutQ(cols.sk, ccut[:hi], &q, qc, buf[:0])
+						if base > 0 {
+							var q2 [sketchWords]uint64
+							copy(q2[:], rows.sk2[r*sketchWords:(r+1)*sketchWords])
+							buf = pairFilter(cols, &q, &q2, base/rows.r[r], tab, tab2, buf)
+						}
 						ra := rows.g[r]
 						ga := &gs[ra]
 						for _, k := range buf {
@@ -529,6 +568,28 @@ func scanCutQ(sk []uint64, cuts []int16, q *[sketchWords]uint64, qc int16, out [
 			bits.OnesCount64(w[6]^q6) + bits.OnesCount64(w[7]^q7)
 		if h <= int(ct) {
 			out = append(out, int32(k))
+		}
+	}
+	return out
+}
+
+// pairFilter keeps the columns k whose sketches are within the cutoffs of
+// the pair bound cos >= bq/r[k] (bq = (1-T)/r of the query group): the first
+// sketch alone, then both together.
+func pairFilter(cols *sentries, q, q2 *[sketchWords]uint64, bq float32, tab, tab2 []int16, ks []int32) []int32 {
+	out := ks[:0]
+	for _, k := range ks {
+		c := bq / cols.r[k]
+		if c > 1 {
+			continue
+		}
+		t := int(c * cutTabSize)
+		h := hamming(cols.sk[int(k)*sketchWords:], q[:])
+		if h > int(tab[t]) {
+			continue
+		}
+		if h+hamming(cols.sk2[int(k)*sketchWords:], q2[:]) <= int(tab2[t]) {
+			out = append(out, k)
 		}
 	}
 	return out

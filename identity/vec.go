@@ -88,14 +88,18 @@ type sketcher struct {
 	signs    [][]float32 // blocks*3 sign vectors of length pad
 }
 
-func newSketcher(dim int) *sketcher {
+func newSketcher(dim int) *sketcher { return newSketcherSeed(dim, 0x61746d2d6964) }
+
+// newSketcherSeed is newSketcher with another fixed seed: an independent
+// sketch of the same vectors.
+func newSketcherSeed(dim int, seed uint64) *sketcher {
 	pad := 1
 	for pad < dim {
 		pad *= 2
 	}
 	blocks := (sketchBits + pad - 1) / pad
 	// Fixed seed: sketches must be identical across restarts and devices.
-	r := rand.New(rand.NewPCG(0x61746d2d6964, uint64(dim)))
+	r := rand.New(rand.NewPCG(seed, uint64(dim)))
 	s := &sketcher{dim: dim, pad: pad}
 	for k := 0; k < blocks*3; k++ {
 		v := make([]float32, pad)
@@ -135,12 +139,22 @@ func (s *sketcher) sketch(x []float32, out []uint64, buf []float32) {
 	}
 }
 
-// fwht is an unnormalised in-place fast Walsh-Hadamard transform.
+// fwht is an unnormalised in-place fast Walsh-Hadamard transform. The first
+// two butterfly levels are fused (same operations, same order).
 func fwht(a []float32) {
-	for h := 1; h < len(a); h *= 2 {
+	h := 1
+	if len(a) >= 4 {
+		for i := 0; i+4 <= len(a); i += 4 {
+			x := a[i : i+4 : i+4]
+			s0, d0, s1, d1 := x[0]+x[1], x[0]-x[1], x[2]+x[3], x[2]-x[3]
+			x[0], x[1], x[2], x[3] = s0+s1, d0+d1, s0-s1, d0-d1
+		}
+		h = 4
+	}
+	for ; h < len(a); h *= 2 {
 		for i := 0; i < len(a); i += 2 * h {
-			x := a[i : i+h]
-			y := a[i+h : i+2*h]
+			x := a[i : i+h : i+h]
+			y := a[i+h : i+2*h : i+2*h]
 			for j := range x {
 				u, v := x[j], y[j]
 				x[j], y[j] = u+v, u-v
