@@ -177,3 +177,32 @@ func TestConcurrentConsolidate(t *testing.T) {
 		t.Fatalf("identities hold %d visits, engine %d, want %d", n, e.Len(), len(ss)-10)
 	}
 }
+
+// The sketch prefilters of consolidation (group cutoffs, pair cutoffs, the
+// second sketch) must not change the result against exact comparisons.
+func TestConsolidationPrefilterMatchesExact(t *testing.T) {
+	ss, _ := nearPeople(44, 200, 0.6)
+	run := func(exact bool) []string {
+		cfg := DefaultConfig()
+		cfg.Thresholds = Thresholds{UU: 0.4, MM: 0.35, MU: 0.3}
+		cfg.Exact = exact
+		e := newTestEngine(t, cfg, 128)
+		for i, x := range ss {
+			mustAssign(t, e, fmt.Sprint(i), x.Time, x.Embedding, x.Mask)
+		}
+		if _, err := e.Consolidate(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		out := make([]string, len(ss))
+		for i := range ss {
+			out[i], _ = e.IdentityOf(fmt.Sprint(i))
+		}
+		return out
+	}
+	fast, exact := run(false), run(true)
+	for i := range fast {
+		if fast[i] != exact[i] {
+			t.Fatalf("visit %d: %s with the prefilter, %s exact", i, fast[i], exact[i])
+		}
+	}
+}
