@@ -188,6 +188,7 @@ type Stats struct {
 	LastVisit     time.Time
 	LastBeat      time.Time
 	Busy          bool // a visit is being processed
+	Queued        bool // a trigger waits for the running visit
 }
 
 type task struct {
@@ -266,6 +267,7 @@ func (a *Agent) Stats() Stats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := a.stats
+	s.Queued = a.pending != nil
 	s.Visits = make(map[visit.Outcome]uint64, len(a.stats.Visits))
 	for k, v := range a.stats.Visits {
 		s.Visits[k] = v

@@ -31,6 +31,12 @@ func newVisitID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// visitStore is the optional Store capability used to skip a trigger whose
+// visit id is already stored (*store.Store has it).
+type visitStore interface {
+	Visit(ctx context.Context, id string) (visit.Visit, error)
+}
+
 // processVisit runs one visit from burst to commit. Every trigger gives a
 // stored visit unless the store refuses it: a camera or perception failure
 // is recorded as Outcome CameraError, no face as NoFace/LowQuality.
@@ -43,6 +49,15 @@ func (a *Agent) processVisit(parent context.Context, ev Event) {
 	v := visit.Visit{ID: ev.ID, Time: ev.Time, Trigger: ev.Source, Context: ev.Context}
 	if v.ID == "" {
 		v.ID = newVisitID()
+	} else if vs, ok := a.d.Store.(visitStore); ok {
+		// A trigger replayed after a restart: skip it before the burst, so
+		// a replay catches up fast instead of re-perceiving stored visits
+		// (and coalescing the triggers that queue up meanwhile).
+		if _, err := vs.Visit(ctx, v.ID); err == nil {
+			a.count(func(s *Stats) { s.Duplicates++ })
+			a.log.Info("visit already stored; skipped", "visit", v.ID)
+			return
+		}
 	}
 
 	t := time.Now()

@@ -593,4 +593,3 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 	d.printf("took %v\n\n%s\n", took.Round(100*time.Millisecond), demoBanner)
 	return nil
 }
-

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -84,6 +86,64 @@ func (s triggerSource) Run(ctx context.Context, emit func(agent.Event)) error {
 	}
 }
 
+// stableReplayIDs numbers a replay's events with ids derived from the
+// schedule (its fingerprint and the event's index), so a replay restarted
+// after a crash gives the same visit ids and the store keeps each visit
+// once (trigger.Replay itself draws random ids). It also never outruns the
+// agent: while a trigger is already queued, the next event waits, so no
+// replayed event is coalesced away.
+func stableReplayIDs(r *trigger.Replay, cfg trigger.ReplayConfig, queued func() bool) func(ctx context.Context, out chan<- trigger.Event) error {
+	h := sha256.New()
+	fmt.Fprintf(h, "%v|%d|%s|", cfg.Interval, cfg.Count, cfg.Start)
+	for _, e := range r.Entries() {
+		fmt.Fprintf(h, "%d|%s|%s|%s\n", e.Offset, e.At.UTC().Format(time.RFC3339Nano), e.Context.CardHash, e.Context.TxnID)
+	}
+	fp := hex.EncodeToString(h.Sum(nil))[:12]
+	return func(ctx context.Context, out chan<- trigger.Event) error {
+		in := make(chan trigger.Event)
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx, in) }()
+		n := 0
+		for {
+			select {
+			case ev := <-in:
+				n++
+				ev.ID = fmt.Sprintf("replay-%s-%06d", fp, n)
+				for queued() {
+					select {
+					case <-time.After(10 * time.Millisecond):
+					case <-ctx.Done():
+						return <-done
+					}
+				}
+				select {
+				case out <- ev:
+				case <-ctx.Done():
+					return <-done
+				}
+			case err := <-done:
+				return err
+			}
+		}
+	}
+}
+
+// agentQueued reports whether the agent has a trigger queued; false until
+// the agent exists.
+type agentQueued struct {
+	mu sync.Mutex
+	a  *agent.Agent
+}
+
+func (q *agentQueued) set(a *agent.Agent) { q.mu.Lock(); q.a = a; q.mu.Unlock() }
+
+func (q *agentQueued) get() bool {
+	q.mu.Lock()
+	a := q.a
+	q.mu.Unlock()
+	return a != nil && a.Stats().Queued
+}
+
 // lazyNotifier lets the agent notify a publisher created after it.
 type lazyNotifier struct {
 	mu sync.Mutex
@@ -164,6 +224,7 @@ func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 		return err
 	}
 
+	queued := &agentQueued{}
 	var sources []agent.Source
 	if g := cfg.Trigger.GPIO; g.Enabled {
 		s, err := trigger.NewGPIO(g.GPIOConfig, log.With("component", "gpio"))
@@ -187,7 +248,7 @@ func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 		if err != nil {
 			return err
 		}
-		sources = append(sources, triggerSource{s.Run})
+		sources = append(sources, triggerSource{stableReplayIDs(s, r.ReplayConfig, queued.get)})
 	}
 
 	re, err := rules.New(cfg.Alerts.Rules)
@@ -220,6 +281,7 @@ func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 	if err != nil {
 		return err
 	}
+	queued.set(ag)
 
 	started := time.Now()
 	status := func() wire.Status {
