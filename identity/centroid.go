@@ -30,17 +30,23 @@ type centroids struct {
 	sk   []uint64 // sketches of the sums, sketchWords per entry
 	cut  []int16  // like-with-like cutoff (class threshold), -1: never
 	cutX []int16  // cutoff against the other class (MU threshold), -1: never
+	// Second sketches and the cutoffs of both together (1024 bits): checked
+	// only for entries that passed the first.
+	sk2         []uint64
+	cut2, cutX2 []int16
 }
 
 func (c *centroids) reset() {
 	c.who, c.sk, c.cut, c.cutX = c.who[:0], c.sk[:0], c.cut[:0], c.cutX[:0]
+	c.sk2, c.cut2, c.cutX2 = c.sk2[:0], c.cut2[:0], c.cutX2[:0]
 }
 
 // centroid is an identity's cached entry for one mask class.
 type centroid struct {
-	sum       []float32
-	sk        [sketchWords]uint64
-	cut, cutX int16
+	sum         []float32
+	sk, sk2     [sketchWords]uint64
+	cut, cutX   int16
+	cut2, cutX2 int16
 }
 
 // cutoffCos is the largest sketch distance worth a look for a pair whose
@@ -64,14 +70,18 @@ func cutoffBits(c float64, nb int, exact bool) int16 {
 // entryCut is the cutoff of an entry with n members whose sum has norm
 // norm, for threshold t (0: disabled).
 func (s *space) entryCut(t float64, n int, norm float64) int16 {
+	return s.entryCutBits(t, n, norm, sketchBits)
+}
+
+func (s *space) entryCutBits(t float64, n int, norm float64, nb int) int16 {
 	if !(t > 0) {
 		return -1
 	}
 	if norm <= 0 {
-		return sketchBits
+		return int16(nb)
 	}
 	// cos(x, S) >= (1-t)*n/|S|; for t < 1 the factor n/|S| >= 1 tightens it.
-	return cutoffCos((1-t-sumSlack)*float64(n)/norm, s.exact)
+	return cutoffBits((1-t-sumSlack)*float64(n)/norm, nb, s.exact)
 }
 
 // refresh recomputes the sketch and cutoffs of an entry of class cls with n
@@ -79,8 +89,11 @@ func (s *space) entryCut(t float64, n int, norm float64) int16 {
 func (s *space) refresh(ce *centroid, cls uint8, n int) {
 	norm := math.Sqrt(float64(dot(ce.sum, ce.sum)))
 	s.skr.sketch(ce.sum, ce.sk[:], s.buf)
+	s.skr2.sketch(ce.sum, ce.sk2[:], s.buf)
 	ce.cut = s.entryCut(s.thr[pairType(cls, cls)], n, norm)
 	ce.cutX = s.entryCut(s.thr[ptMU], n, norm)
+	ce.cut2 = s.entryCutBits(s.thr[pairType(cls, cls)], n, norm, 2*sketchBits)
+	ce.cutX2 = s.entryCutBits(s.thr[ptMU], n, norm, 2*sketchBits)
 }
 
 // put writes entry ce of identity w into slot k (k == len: append).
@@ -90,11 +103,16 @@ func (t *centroids) put(k int, w int32, ce *centroid) int {
 		t.sk = append(t.sk, ce.sk[:]...)
 		t.cut = append(t.cut, ce.cut)
 		t.cutX = append(t.cutX, ce.cutX)
+		t.sk2 = append(t.sk2, ce.sk2[:]...)
+		t.cut2 = append(t.cut2, ce.cut2)
+		t.cutX2 = append(t.cutX2, ce.cutX2)
 		return k
 	}
 	t.who[k] = w
 	copy(t.sk[k*sketchWords:(k+1)*sketchWords], ce.sk[:])
+	copy(t.sk2[k*sketchWords:(k+1)*sketchWords], ce.sk2[:])
 	t.cut[k], t.cutX[k] = ce.cut, ce.cutX
+	t.cut2[k], t.cutX2[k] = ce.cut2, ce.cutX2
 	return k
 }
 
@@ -184,11 +202,16 @@ func (e *Engine) addMemberCentroid(w int32, i int32) {
 func (e *Engine) candidateIdents(x []float32, cx uint8, q *[sketchWords]uint64, buf []int32) []int32 {
 	sp := e.sp
 	var out []int32
+	var q2 [sketchWords]uint64
+	sp.skr2.sketch(x, q2[:], sp.buf)
 	// Like with like.
 	t := &e.cen[cx]
 	tl := sp.thr[pairType(cx, cx)]
 	buf = scanCut(t.sk, t.cut, q, buf[:0])
 	for _, k := range buf {
+		if !t.pass2(k, q, &q2, t.cut2) {
+			continue
+		}
 		w := t.who[k]
 		id := e.ids[w]
 		if 1-float64(dot(x, id.cen[cx].sum))/float64(id.cnt[cx]) <= tl+sumSlack {
@@ -200,6 +223,9 @@ func (e *Engine) candidateIdents(x []float32, cx uint8, q *[sketchWords]uint64, 
 		t := &e.cen[1-cx]
 		buf = scanCut(t.sk, t.cutX, q, buf[:0])
 		for _, k := range buf {
+			if !t.pass2(k, q, &q2, t.cutX2) {
+				continue
+			}
 			w := t.who[k]
 			id := e.ids[w]
 			if id.cnt[cx] > 0 {
@@ -213,6 +239,12 @@ func (e *Engine) candidateIdents(x []float32, cx uint8, q *[sketchWords]uint64, 
 	e.cbuf = buf
 	slices.Sort(out)
 	return out
+}
+
+// pass2 checks entry k against both sketches together.
+func (t *centroids) pass2(k int32, q, q2 *[sketchWords]uint64, cut2 []int16) bool {
+	o := int(k) * sketchWords
+	return hamming(t.sk[o:], q[:])+hamming(t.sk2[o:], q2[:]) <= int(cut2[k])
 }
 
 func addTo(dst, src []float32) {

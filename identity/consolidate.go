@@ -321,7 +321,6 @@ func (s *space) sumHAC(ctx context.Context, l1 []int, workers int) ([]int, error
 	// Sketches of the sums, and a second independent one used to confirm
 	// pairs (1024 bits in all: half the relative noise of 512 for pairs
 	// close to the cutoff), on all workers.
-	skr2 := newSketcherSeed(s.dim, 0x61746d2d6965)
 	for c := range ent {
 		E := &ent[c]
 		m := len(E.g)
@@ -336,7 +335,7 @@ func (s *space) sumHAC(ctx context.Context, l1 []int, workers int) ([]int, error
 				for k := w; k < m; k += workers {
 					sum := gs[E.g[k]].sum[c]
 					s.skr.sketch(sum, E.sk[k*sketchWords:(k+1)*sketchWords], buf)
-					skr2.sketch(sum, E.sk2[k*sketchWords:(k+1)*sketchWords], buf)
+					s.skr2.sketch(sum, E.sk2[k*sketchWords:(k+1)*sketchWords], buf)
 				}
 			}()
 		}

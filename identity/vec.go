@@ -250,12 +250,14 @@ type space struct {
 	cut   [3]int
 	muOn  bool
 	skr   *sketcher
+	skr2  *sketcher // independent second sketch, for identity and group sums
 	buf   []float32
 	exact bool
 }
 
 func newSpace(dim int, th Thresholds, exact bool) *space {
-	s := &space{dim: dim, thr: th.array(), muOn: th.MUEnabled(), skr: newSketcher(dim), exact: exact}
+	s := &space{dim: dim, thr: th.array(), muOn: th.MUEnabled(), skr: newSketcher(dim),
+		skr2: newSketcherSeed(dim, 0x61746d2d6965), exact: exact}
 	s.buf = make([]float32, s.skr.pad)
 	for i, t := range s.thr {
 		s.cut[i] = sketchCutoff(t, exact)
