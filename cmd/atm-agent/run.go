@@ -195,12 +195,20 @@ func loadModels(cfg Config) (*vision.Pipeline, *identity.Engine, *models.Model, 
 	return p, eng, em, nil
 }
 
-// runDaemon wires and runs everything until ctx ends. Start order: store,
-// publisher, vision, camera, agent (which starts its worker before the
+// runDaemon wires and runs everything until ctx ends. Start order: models
+// (verified), store, publisher, camera, agent (which starts its worker before the
 // trigger sources); stop order is the reverse.
 func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 	log := newLogger(cfg.Log, env)
 	log.Info("atm-agent starting", "version", version, "device", cfg.Device.ID, "site", cfg.Device.Site)
+
+	// Models first: a missing or tampered model file stops the start
+	// before the store is opened (and written to).
+	pipe, eng, em, err := loadModels(cfg)
+	if err != nil {
+		return err
+	}
+	defer pipe.Close()
 
 	sopts, err := cfg.Store.Options()
 	if err != nil {
@@ -212,12 +220,6 @@ func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 		return err
 	}
 	defer st.Close()
-
-	pipe, eng, em, err := loadModels(cfg)
-	if err != nil {
-		return err
-	}
-	defer pipe.Close()
 
 	cam, err := camera.New(cfg.Camera, log.With("component", "camera"))
 	if err != nil {
