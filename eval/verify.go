@@ -91,8 +91,9 @@ type VerifyReport struct {
 	TimingsMS map[string]float64 `json:"timings_ms"`
 }
 
-// Pair types.
-var pairTypes = []string{"all", "uu", "mm", "mu"}
+// Pair types. "ms" (reported with synthetic masks only) pairs a real masked
+// face with a synthetically masked one: comparing like with like.
+var pairTypes = []string{"all", "uu", "mm", "mu", "ms"}
 
 // Verify computes verification figures over all pairs of found faces.
 func Verify(run *Run, datasetName string, synthetic bool) *VerifyReport {
@@ -249,6 +250,9 @@ func PairScores(s []Sample) pairScores {
 				for j := i + 1; j < n; j++ {
 					sim := dot(s[i].Embedding, s[j].Embedding)
 					pt := pairType(s[i], s[j])
+					if pt == "mm" && s[i].Synthetic != s[j].Synthetic {
+						pt = "ms"
+					}
 					if s[i].Identity == s[j].Identity {
 						p.genuine[pt] = append(p.genuine[pt], sim)
 						p.genuine["all"] = append(p.genuine["all"], sim)

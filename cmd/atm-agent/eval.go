@@ -158,6 +158,11 @@ func init() {
 
 // datasetRun loads the dataset and runs (or reuses) the pipeline over it.
 func datasetRun(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, mask, cache string) (*eval.Run, *dataset.Dataset, *models.Manifest, error) {
+	return datasetRunSubset(ctx, env, pf, dir, mask, cache, 0, 0)
+}
+
+// datasetRunSubset is datasetRun on a bounded subset (see dataset.Subset).
+func datasetRunSubset(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, mask, cache string, maxPer, maxSingles int) (*eval.Run, *dataset.Dataset, *models.Manifest, error) {
 	if dir == "" {
 		return nil, nil, nil, fmt.Errorf("%w: --dataset is required", errUsage)
 	}
@@ -167,6 +172,9 @@ func datasetRun(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, mask, 
 	ds, err := dataset.Load(dir)
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	if maxPer > 0 || maxSingles > 0 {
+		ds = ds.Subset(maxPer, maxSingles)
 	}
 	p, man, key, err := pf.load()
 	if err != nil {

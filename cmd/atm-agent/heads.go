@@ -25,6 +25,8 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 	shipK := fs.Int("ship-k", 0, "projection size to write (0: none)")
 	manifest := fs.String("manifest", "", "manifest to record the heads in (e.g. models/manifest.yaml); heads are written to its heads/ folder")
 	cache := fs.String("cache", filepath.Join("build", "evalcache"), "embedding cache dir (empty disables)")
+	maxPer := fs.Int("max-per-identity", 0, "in :synthetic datasets, use at most this many images per identity (0: all)")
+	maxSingles := fs.Int("max-singletons", 0, "in :synthetic datasets, use at most this many single-image identities (0: all)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -48,7 +50,11 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 		if strings.HasSuffix(s, ":synthetic") {
 			dir, mode = strings.TrimSuffix(s, ":synthetic"), "synthetic"
 		}
-		run, ds, _, err := datasetRun(ctx, env, &pf, dir, mode, *cache)
+		mp, ms := 0, 0
+		if mode == "synthetic" {
+			mp, ms = *maxPer, *maxSingles
+		}
+		run, ds, _, err := datasetRunSubset(ctx, env, &pf, dir, mode, *cache, mp, ms)
 		if err != nil {
 			return err
 		}
@@ -60,7 +66,7 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 		trainSets = append(trainSets, eval.Set{Name: name, Run: run})
 		names = append(names, name)
 	}
-	trained := fmt.Sprintf("atm-agent eval train-heads on %s (dev halves), embedder %s", strings.Join(names, ", "), embedder)
+	trained := fmt.Sprintf("atm-agent eval train-heads %s (dev halves), embedder %s", strings.Join(args, " "), embedder)
 	mc, proj, rep, err := eval.TrainHeads(trainSets, eval.HeadsOptions{NAPK: ks, ShipK: *shipK, Trained: trained, Embedder: embedder})
 	if err != nil {
 		return err

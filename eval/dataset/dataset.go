@@ -151,3 +151,37 @@ func fnv32(s string) uint32 {
 	}
 	return h
 }
+
+// Subset keeps, for identities with at least two images, the first maxPer
+// images in path order, and the first maxSingletons single-image identities
+// by name (impostors only). It makes training sets of a bounded size from a
+// large folder, reproducibly. Zero values keep everything of that kind.
+func (d *Dataset) Subset(maxPer, maxSingletons int) *Dataset {
+	by := map[string][]Item{}
+	for _, it := range d.Images() {
+		by[it.Identity] = append(by[it.Identity], it)
+	}
+	ids := make([]string, 0, len(by))
+	for id := range by {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	out := &Dataset{Dir: d.Dir, Name: d.Name}
+	singles := 0
+	for _, id := range ids {
+		items := by[id]
+		sort.Slice(items, func(a, b int) bool { return items[a].Rel < items[b].Rel })
+		if len(items) == 1 {
+			if maxSingletons == 0 || singles < maxSingletons {
+				out.Items = append(out.Items, items[0])
+				singles++
+			}
+			continue
+		}
+		if maxPer > 0 && len(items) > maxPer {
+			items = items[:maxPer]
+		}
+		out.Items = append(out.Items, items...)
+	}
+	return out
+}
