@@ -3,7 +3,9 @@ package identity
 import (
 	"math"
 	"math/bits"
+	"runtime"
 	"slices"
+	"sync"
 )
 
 // Online assignment compares a visit with identities, not with every stored
@@ -43,7 +45,7 @@ func (c *centroids) reset() {
 
 // centroid is an identity's cached entry for one mask class.
 type centroid struct {
-	sum         []float32
+	sum         []float32 // nil for fewer than two members (see sumOf)
 	sk, sk2     [sketchWords]uint64
 	cut, cutX   int16
 	cut2, cutX2 int16
@@ -86,10 +88,15 @@ func (s *space) entryCutBits(t float64, n int, norm float64, nb int) int16 {
 
 // refresh recomputes the sketch and cutoffs of an entry of class cls with n
 // members from its sum.
-func (s *space) refresh(ce *centroid, cls uint8, n int) {
-	norm := math.Sqrt(float64(dot(ce.sum, ce.sum)))
-	s.skr.sketch(ce.sum, ce.sk[:], s.buf)
-	s.skr2.sketch(ce.sum, ce.sk2[:], s.buf)
+func (s *space) refresh(ce *centroid, cls uint8, n int, sum []float32) {
+	s.refreshBuf(ce, cls, n, sum, s.buf)
+}
+
+// refreshBuf is refresh with its own scratch buffer (pad long).
+func (s *space) refreshBuf(ce *centroid, cls uint8, n int, sum, buf []float32) {
+	norm := math.Sqrt(float64(dot(sum, sum)))
+	s.skr.sketch(sum, ce.sk[:], buf)
+	s.skr2.sketch(sum, ce.sk2[:], buf)
 	ce.cut = s.entryCut(s.thr[pairType(cls, cls)], n, norm)
 	ce.cutX = s.entryCut(s.thr[ptMU], n, norm)
 	ce.cut2 = s.entryCutBits(s.thr[pairType(cls, cls)], n, norm, 2*sketchBits)
@@ -142,36 +149,67 @@ func (e *Engine) rebuildCentroids() {
 	for c := range e.cen {
 		e.cen[c].reset()
 	}
-	for w, id := range e.ids {
+	var dirty []*ident
+	for _, id := range e.ids {
 		if id.dirty {
-			id.dirty = false
-			id.cnt = [2]int{}
-			for c := range id.cen {
-				if id.cen[c].sum != nil {
-					clear(id.cen[c].sum)
-				}
-			}
-			for _, i := range id.members {
-				c := sp.cls[i]
-				if id.cen[c].sum == nil {
-					id.cen[c].sum = make([]float32, e.dim)
-				}
-				addTo(id.cen[c].sum, sp.row(int(i)))
-				id.cnt[c]++
-			}
-			for c := uint8(0); c < 2; c++ {
-				if id.cnt[c] == 0 {
-					id.cen[c].sum = nil
-					continue
-				}
-				sp.refresh(&id.cen[c], c, id.cnt[c])
-			}
+			dirty = append(dirty, id)
 		}
+	}
+	// Sums and sketches of changed identities on all workers (this runs
+	// under the engine lock).
+	workers := e.cfg.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	workers = max(1, min(workers, len(dirty)/64+1))
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]float32, sp.skr.pad)
+			for k := w; k < len(dirty); k += workers {
+				e.refreshIdent(dirty[k], buf)
+			}
+		}()
+	}
+	wg.Wait()
+	for w, id := range e.ids {
 		for c := range id.cen {
 			id.ent[c] = -1
 			if id.cnt[c] > 0 {
 				id.ent[c] = int32(e.cen[c].put(len(e.cen[c].who), int32(w), &id.cen[c]))
 			}
+		}
+	}
+}
+
+// refreshIdent recomputes an identity's counts, sums and sketches.
+func (e *Engine) refreshIdent(id *ident, buf []float32) {
+	sp := e.sp
+	id.dirty = false
+	id.cnt = [2]int{}
+	for _, i := range id.members {
+		id.cnt[sp.cls[i]]++
+	}
+	for c := uint8(0); c < 2; c++ {
+		ce := &id.cen[c]
+		if id.cnt[c] < 2 {
+			ce.sum = nil // none, or the single member's row
+		} else if ce.sum == nil {
+			ce.sum = make([]float32, e.dim)
+		} else {
+			clear(ce.sum)
+		}
+	}
+	for _, i := range id.members {
+		if sum := id.cen[sp.cls[i]].sum; sum != nil {
+			addTo(sum, sp.row(int(i)))
+		}
+	}
+	for c := uint8(0); c < 2; c++ {
+		if id.cnt[c] > 0 {
+			sp.refreshBuf(&id.cen[c], c, id.cnt[c], e.sumOf(id, c), buf)
 		}
 	}
 }
@@ -183,18 +221,41 @@ func (e *Engine) addMemberCentroid(w int32, i int32) {
 	id := e.ids[w]
 	c := sp.cls[i]
 	ce := &id.cen[c]
-	if ce.sum == nil {
-		ce.sum = make([]float32, e.dim)
-	}
-	addTo(ce.sum, sp.row(int(i)))
 	id.cnt[c]++
-	sp.refresh(ce, c, id.cnt[c])
+	switch id.cnt[c] {
+	case 1:
+		ce.sum = nil
+	case 2:
+		ce.sum = make([]float32, e.dim)
+		for _, j := range id.members {
+			if sp.cls[j] == c {
+				addTo(ce.sum, sp.row(int(j))) // the first member and i
+			}
+		}
+	default:
+		addTo(ce.sum, sp.row(int(i)))
+	}
+	sp.refresh(ce, c, id.cnt[c], e.sumOf(id, c))
 	t := &e.cen[c]
 	k := len(t.who)
 	if id.ent[c] >= 0 {
 		k = int(id.ent[c])
 	}
 	id.ent[c] = int32(t.put(k, w, ce))
+}
+
+// sumOf is the sum of id's members of class c: stored when there are two or
+// more, the member's own row when there is one (no copy of the slab).
+func (e *Engine) sumOf(id *ident, c uint8) []float32 {
+	if id.cen[c].sum != nil {
+		return id.cen[c].sum
+	}
+	for _, i := range id.members {
+		if e.sp.cls[i] == c {
+			return e.sp.row(int(i))
+		}
+	}
+	return nil
 }
 
 // candidateIdents returns the identities worth an exact comparison with x
@@ -214,7 +275,7 @@ func (e *Engine) candidateIdents(x []float32, cx uint8, q *[sketchWords]uint64, 
 		}
 		w := t.who[k]
 		id := e.ids[w]
-		if 1-float64(dot(x, id.cen[cx].sum))/float64(id.cnt[cx]) <= tl+sumSlack {
+		if 1-float64(dot(x, e.sumOf(id, cx)))/float64(id.cnt[cx]) <= tl+sumSlack {
 			out = append(out, w)
 		}
 	}
@@ -231,7 +292,7 @@ func (e *Engine) candidateIdents(x []float32, cx uint8, q *[sketchWords]uint64, 
 			if id.cnt[cx] > 0 {
 				continue
 			}
-			if 1-float64(dot(x, id.cen[1-cx].sum))/float64(id.cnt[1-cx]) <= sp.thr[ptMU]+sumSlack {
+			if 1-float64(dot(x, e.sumOf(id, 1-cx)))/float64(id.cnt[1-cx]) <= sp.thr[ptMU]+sumSlack {
 				out = append(out, w)
 			}
 		}

@@ -88,17 +88,16 @@ func (e *Engine) Restore(s Snapshot) error {
 		if len(m.Embedding) != e.dim {
 			return fmt.Errorf("restore identities: visit %q has %d dimensions, want %d", m.VisitID, len(m.Embedding), e.dim)
 		}
-		x, err := normalized(m.Embedding)
-		if err != nil {
-			return fmt.Errorf("restore identities: visit %q: %w", m.VisitID, err)
-		}
+
 		if m.VisitID != "" {
 			if _, dup := vidx[m.VisitID]; dup {
 				return fmt.Errorf("restore identities: duplicate visit %q", m.VisitID)
 			}
 			vidx[m.VisitID] = int32(i)
 		}
-		sp.add(x, maskClass(m.Mask))
+		if err := sp.addNormalized(m.Embedding, maskClass(m.Mask)); err != nil {
+			return fmt.Errorf("restore identities: visit %q: %w", m.VisitID, err)
+		}
 		vid = append(vid, m.VisitID)
 		tm = append(tm, m.Time)
 		mask = append(mask, m.Mask)

@@ -53,6 +53,11 @@ func dot(a, b []float32) float32 {
 
 // normalized returns an L2-normalised copy of v.
 func normalized(v []float32) ([]float32, error) {
+	return appendNormalized(nil, v)
+}
+
+// appendNormalized appends the L2-normalised v to dst.
+func appendNormalized(dst, v []float32) ([]float32, error) {
 	var s float64
 	for _, x := range v {
 		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
@@ -64,11 +69,10 @@ func normalized(v []float32) ([]float32, error) {
 		return nil, fmt.Errorf("embedding is all zeros")
 	}
 	inv := float32(1 / math.Sqrt(s))
-	out := make([]float32, len(v))
-	for i, x := range v {
-		out[i] = x * inv
+	for _, x := range v {
+		dst = append(dst, x*inv)
 	}
-	return out, nil
+	return dst, nil
 }
 
 // sketchBits is the length of the sign sketches used to prefilter candidates.
@@ -277,9 +281,25 @@ func (s *space) sketchOf(i int) []uint64 {
 // add appends an already normalised embedding.
 func (s *space) add(x []float32, cls uint8) {
 	s.vec = append(s.vec, x...)
+	s.addSketch(cls)
+}
+
+// addNormalized normalises v into the slab and appends it.
+func (s *space) addNormalized(v []float32, cls uint8) error {
+	vec, err := appendNormalized(s.vec, v)
+	if err != nil {
+		return err
+	}
+	s.vec = vec
+	s.addSketch(cls)
+	return nil
+}
+
+// addSketch completes the row just appended to vec.
+func (s *space) addSketch(cls uint8) {
 	s.cls = append(s.cls, cls)
 	var sk [sketchWords]uint64
-	s.skr.sketch(x, sk[:], s.buf)
+	s.skr.sketch(s.row(len(s.cls)-1), sk[:], s.buf)
 	s.sk = append(s.sk, sk[:]...)
 }
 
