@@ -252,6 +252,7 @@ func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
 	mask := fs.String("mask", "none", "none, or synthetic: paint masks on half of each identity's unmasked images")
 	cache := fs.String("cache", filepath.Join("build", "evalcache"), "embedding cache dir (empty disables)")
 	also := fs.String("manifest", "", "also write the thresholds into this manifest (e.g. models/manifest.yaml)")
+	types := fs.String("types", "uu,mm,mu", "pair types to write (the others keep their values): lets each type be calibrated on the data that has it")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -267,9 +268,38 @@ func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
 	if th.UU <= 0 {
 		return fmt.Errorf("dataset %s gave no unmasked impostor pairs: cannot calibrate", ds.Name)
 	}
+	write := splitList(*types)
+	for _, t := range write {
+		if t != "uu" && t != "mm" && t != "mu" {
+			return fmt.Errorf("%w: --types %q: want uu, mm, mu", errUsage, t)
+		}
+	}
+	note := fmt.Sprintf("%s: %s (%d images, mask %s)", strings.Join(write, "+"), ds.Name, len(run.Samples), *mask)
+	update := func(md *models.Model) {
+		old := models.Thresholds{}
+		if md.Thresholds != nil {
+			old = *md.Thresholds
+		}
+		t := old
+		t.FAR = *far
+		for _, w := range write {
+			switch w {
+			case "uu":
+				t.UU = round4(th.UU)
+			case "mm":
+				t.MM = round4(th.MM)
+			case "mu":
+				t.MU = round4(th.MU)
+			}
+		}
+		t.Dataset = note
+		if old.Dataset != "" && len(write) < 3 {
+			t.Dataset = old.Dataset + "; " + note
+		}
+		md.Thresholds = &t
+	}
 	md, _ := man.Find(run.Embedder)
-	md.Thresholds = &models.Thresholds{FAR: *far, UU: round4(th.UU), MM: round4(th.MM), MU: round4(th.MU),
-		Dataset: fmt.Sprintf("%s (%d images, mask %s)", ds.Name, len(run.Samples), *mask)}
+	update(md)
 	if err := man.Save(filepath.Join(pf.dir, "manifest.yaml")); err != nil {
 		return err
 	}
@@ -282,7 +312,7 @@ func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
 		if !ok {
 			return fmt.Errorf("%s has no model %s", *also, run.Embedder)
 		}
-		omd.Thresholds = md.Thresholds
+		update(omd)
 		if err := other.Save(*also); err != nil {
 			return err
 		}
