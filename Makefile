@@ -27,8 +27,10 @@ models: setup build
 verify: models
 	$(BIN) models verify --dir $(MODELS_DIR)
 
-# The main job on its built-in default input.
+# The main job on its built-in default input: a simulated ATM day through the
+# real pipeline, store and MQTT publisher (docs/demo.md).
 demo: verify
+	$(BIN) demo --models $(MODELS_DIR)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
