@@ -85,6 +85,9 @@ type VerifyReport struct {
 	MaskUnknown  Num `json:"mask_unknown"`
 	// Pairs by type: all, uu, mm, mu (a type with no pairs is omitted).
 	Pairs map[string]*PairStats `json:"pairs"`
+	// MURank1 is the share of masked faces (of identities that also have
+	// unmasked ones) whose nearest unmasked face is the same person.
+	MURank1 Num `json:"mu_rank1"`
 	// ThresholdAtFAR1e3 is the cosine distance at FAR 1e-3 over all pairs.
 	ThresholdAtFAR1e3 float64 `json:"threshold_at_far_1e-3"`
 	// TimingsMS are per-image medians in milliseconds.
@@ -136,6 +139,7 @@ func Verify(run *Run, datasetName string, synthetic bool) *VerifyReport {
 	rep.MaskAccuracy = rate(maskRight, len(found))
 	rep.MaskUnknown = rate(maskUnknown, len(found))
 
+	rep.MURank1 = muRank1(found)
 	scores := PairScores(found)
 	for _, pt := range pairTypes {
 		g, im := scores.genuine[pt], scores.impostor[pt]
@@ -158,6 +162,35 @@ func Verify(run *Run, datasetName string, synthetic bool) *VerifyReport {
 	rep.TimingsMS["embed"] = medianMS(run.Embed)
 	rep.TimingsMS["decode_io"] = medianMS(run.Decode)
 	return rep
+}
+
+func muRank1(found []Sample) Num {
+	hasU := map[string]bool{}
+	for _, s := range found {
+		if !s.Masked {
+			hasU[s.Identity] = true
+		}
+	}
+	right, total := 0, 0
+	for _, m := range found {
+		if !m.Masked || !hasU[m.Identity] {
+			continue
+		}
+		best, bestID := -2.0, ""
+		for _, u := range found {
+			if u.Masked {
+				continue
+			}
+			if d := dot(m.Embedding, u.Embedding); d > best {
+				best, bestID = d, u.Identity
+			}
+		}
+		total++
+		if bestID == m.Identity {
+			right++
+		}
+	}
+	return rate(right, total)
 }
 
 func simToDist(t float64) float64 {
@@ -292,9 +325,9 @@ func dot(a, b []float32) float64 {
 // Markdown writes the report as a table.
 func (r *VerifyReport) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "## %s — %s (detector %s)%s\n\n", r.Dataset, r.Embedder, r.Detector, map[bool]string{true: ", synthetic masks on half of each identity's unmasked images"}[r.Synthetic])
-	fmt.Fprintf(w, "%d identities, %d images (%d unreadable). Detection: masked %s (%d/%d), unmasked %s (%d/%d). Mask state accuracy %s (unknown %s).\n\n",
+	fmt.Fprintf(w, "%d identities, %d images (%d unreadable). Detection: masked %s (%d/%d), unmasked %s (%d/%d). Mask state accuracy %s (unknown %s). Masked faces whose nearest unmasked face is the same person: %s.\n\n",
 		r.Identities, r.Images, r.Unreadable, pct(r.Detection.Masked), r.Detection.MaskedFound, r.Detection.MaskedTotal,
-		pct(r.Detection.Unmasked), r.Detection.UnmaskedFound, r.Detection.UnmaskedTotal, pct(r.MaskAccuracy), pct(r.MaskUnknown))
+		pct(r.Detection.Unmasked), r.Detection.UnmaskedFound, r.Detection.UnmaskedTotal, pct(r.MaskAccuracy), pct(r.MaskUnknown), pct(r.MURank1))
 	fmt.Fprintln(w, "| pairs | genuine | impostor | AUC | TAR@FAR1e-2 | TAR@FAR1e-3 | identity-balanced TAR@1e-3 | distance at FAR1e-3 |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, pt := range pairTypes {
