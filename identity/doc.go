@@ -25,4 +25,13 @@
 // deviations of the threshold angle are compared exactly. The prefilter can
 // only miss matches (a split), never create one: every decision is taken on
 // exact distances.
+//
+// For unit vectors the mean cosine distance to a set is 1 - dot(x, S)/n with
+// S the set's sum, so online assignment scans one entry per identity and mask
+// class (sketch of S, then dot(x, S)) and checks the few surviving
+// identities member by member (centroid.go). Consolidation clusters each
+// identity's visits exactly (complete linkage), then merges those groups
+// across identities by average linkage computed from class sums
+// (consolidate.go). ConsolidatePlan runs without the engine lock; ApplyPlan
+// installs the result; Consolidate does both.
 package identity
