@@ -94,9 +94,13 @@ func (s *space) refresh(ce *centroid, cls uint8, n int, sum []float32) {
 
 // refreshBuf is refresh with its own scratch buffer (pad long).
 func (s *space) refreshBuf(ce *centroid, cls uint8, n int, sum, buf []float32) {
-	norm := math.Sqrt(float64(dot(sum, sum)))
 	s.skr.sketch(sum, ce.sk[:], buf)
 	s.skr2.sketch(sum, ce.sk2[:], buf)
+	s.setCuts(ce, cls, n, math.Sqrt(float64(dot(sum, sum))))
+}
+
+// setCuts sets an entry's cutoffs from its size and the norm of its sum.
+func (s *space) setCuts(ce *centroid, cls uint8, n int, norm float64) {
 	ce.cut = s.entryCut(s.thr[pairType(cls, cls)], n, norm)
 	ce.cutX = s.entryCut(s.thr[ptMU], n, norm)
 	ce.cut2 = s.entryCutBits(s.thr[pairType(cls, cls)], n, norm, 2*sketchBits)
@@ -216,7 +220,7 @@ func (e *Engine) refreshIdent(id *ident, buf []float32) {
 
 // addMemberCentroid adds member i (already in id.members) to identity w's
 // entry.
-func (e *Engine) addMemberCentroid(w int32, i int32) {
+func (e *Engine) addMemberCentroid(w int32, i int32, x []float32, sk *[sketchWords]uint64) {
 	sp := e.sp
 	id := e.ids[w]
 	c := sp.cls[i]
@@ -224,7 +228,15 @@ func (e *Engine) addMemberCentroid(w int32, i int32) {
 	id.cnt[c]++
 	switch id.cnt[c] {
 	case 1:
+		// The entry is x itself: reuse its sketches.
 		ce.sum = nil
+		ce.sk = *sk
+		if e.q2ok {
+			ce.sk2 = e.q2
+		} else {
+			sp.skr2.sketch(x, ce.sk2[:], sp.buf)
+		}
+		sp.setCuts(ce, c, 1, math.Sqrt(float64(dot(x, x))))
 	case 2:
 		ce.sum = make([]float32, e.dim)
 		for _, j := range id.members {
@@ -232,10 +244,11 @@ func (e *Engine) addMemberCentroid(w int32, i int32) {
 				addTo(ce.sum, sp.row(int(j))) // the first member and i
 			}
 		}
+		sp.refresh(ce, c, 2, ce.sum)
 	default:
 		addTo(ce.sum, sp.row(int(i)))
+		sp.refresh(ce, c, id.cnt[c], ce.sum)
 	}
-	sp.refresh(ce, c, id.cnt[c], e.sumOf(id, c))
 	t := &e.cen[c]
 	k := len(t.who)
 	if id.ent[c] >= 0 {
@@ -263,14 +276,22 @@ func (e *Engine) sumOf(id *ident, c uint8) []float32 {
 func (e *Engine) candidateIdents(x []float32, cx uint8, q *[sketchWords]uint64, buf []int32) []int32 {
 	sp := e.sp
 	var out []int32
-	var q2 [sketchWords]uint64
-	sp.skr2.sketch(x, q2[:], sp.buf)
+	// The second sketch of x only when some entry passes the first.
+	q2 := &e.q2
+	e.q2ok = false
+	get2 := func() *[sketchWords]uint64 {
+		if !e.q2ok {
+			sp.skr2.sketch(x, q2[:], sp.buf)
+			e.q2ok = true
+		}
+		return q2
+	}
 	// Like with like.
 	t := &e.cen[cx]
 	tl := sp.thr[pairType(cx, cx)]
 	buf = scanCut(t.sk, t.cut, q, buf[:0])
 	for _, k := range buf {
-		if !t.pass2(k, q, &q2, t.cut2) {
+		if !t.pass2(k, q, get2(), t.cut2) {
 			continue
 		}
 		w := t.who[k]
@@ -284,7 +305,7 @@ func (e *Engine) candidateIdents(x []float32, cx uint8, q *[sketchWords]uint64, 
 		t := &e.cen[1-cx]
 		buf = scanCut(t.sk, t.cutX, q, buf[:0])
 		for _, k := range buf {
-			if !t.pass2(k, q, &q2, t.cutX2) {
+			if !t.pass2(k, q, get2(), t.cutX2) {
 				continue
 			}
 			w := t.who[k]

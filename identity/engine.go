@@ -113,6 +113,8 @@ type Engine struct {
 	seq   uint64
 	cen   [2]centroids // per mask class: identity sums for assignment
 	cbuf  []int32
+	q2    [sketchWords]uint64 // second sketch of the visit being assigned
+	q2ok  bool
 	// gen counts changes that renumber or move stored visits (consolidation,
 	// retention, removal, restore); a consolidation plan from an older
 	// generation no longer applies.
@@ -226,7 +228,7 @@ func (e *Engine) Assign(o Observation) (Assignment, error) {
 		w := e.newIdent(o.Time)
 		e.who = append(e.who, w)
 		e.addMember(e.ids[w], i)
-		e.addMemberCentroid(w, i)
+		e.addMemberCentroid(w, i, x, &sk)
 		id := e.ids[w]
 		e.updateStatus(id)
 		return Assignment{IdentityID: id.id, New: true, Status: id.status, NowConfirmed: id.status == Confirmed}, nil
@@ -253,7 +255,7 @@ func (e *Engine) Assign(o Observation) (Assignment, error) {
 		}
 	}
 	e.addMember(id, i)
-	e.addMemberCentroid(best, i)
+	e.addMemberCentroid(best, i, x, &sk)
 	was := id.status
 	e.updateStatus(id)
 	return Assignment{IdentityID: id.id, Distance: float32(bestDist), Status: id.status,
