@@ -11,7 +11,7 @@ MODELS_DIR := build/models
 # Test-only packages (e2e, models/golden) need the built binary or OpenCV.
 PURE_PKGS = $(shell go list -f '{{if .GoFiles}}{{.ImportPath}} {{join .Deps " "}}{{end}}' ./... | grep -v gocv.io/x/gocv | cut -d' ' -f1)
 
-.PHONY: all setup build models verify demo test test-pure test-vision lint clean
+.PHONY: all setup build models verify demo test test-pure test-vision test-golden lint clean
 
 all: build
 
@@ -41,10 +41,16 @@ test-pure:
 	CGO_ENABLED=0 go test -count=1 $(PURE_PKGS)
 
 # Vision tests run with -tags matprofile and fail on a leaked Mat.
+TEST_ENV = ATM_MODELS_DIR=$(CURDIR)/$(MODELS_DIR) ATM_MODEL_SRC=$(CURDIR)/build/src
 test-vision:
-	ATM_MODELS_DIR=$(CURDIR)/$(MODELS_DIR) ATM_MODEL_SRC=$(CURDIR)/build/src go test -count=1 -tags matprofile ./...
+	$(TEST_ENV) go test -count=1 -tags matprofile $$(go list ./... | grep -v /models/golden)
 
-test: models lint test-pure test-vision verify
+# The conversion proof, verbose so the log shows every network's measured
+# max abs difference against TF.js (these tests never skip).
+test-golden:
+	set -o pipefail; $(TEST_ENV) go test -count=1 -tags matprofile -v ./models/golden/ | grep -E '^(--- |ok|FAIL|PASS)|max abs|diff'
+
+test: models lint test-pure test-golden test-vision verify
 
 clean:
 	rm -rf build/atm-agent build/models
