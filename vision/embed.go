@@ -84,9 +84,16 @@ func (e *Embedder) Embed(img gocv.Mat, d Detection, thumb int) ([]float32, float
 	}
 	defer crop.Close()
 	sharp := sharpness(crop)
+	emb, jpg, err := e.EmbedCrop(crop, thumb)
+	return emb, sharp, jpg, err
+}
+
+// EmbedCrop embeds a crop made by the model's crop policy (flip-averaged
+// when the manifest says so) and optionally returns a JPEG thumbnail.
+func (e *Embedder) EmbedCrop(crop gocv.Mat, thumb int) ([]float32, []byte, error) {
 	emb, err := e.embedCrop(crop)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, nil, err
 	}
 	if e.e.Flip {
 		flipped := gocv.NewMat()
@@ -94,7 +101,7 @@ func (e *Embedder) Embed(img gocv.Mat, d Detection, thumb int) ([]float32, float
 		gocv.Flip(crop, &flipped, 1)
 		f2, err := e.embedCrop(flipped)
 		if err != nil {
-			return nil, 0, nil, err
+			return nil, nil, err
 		}
 		for i := range emb {
 			emb[i] += f2[i]
@@ -112,7 +119,7 @@ func (e *Embedder) Embed(img gocv.Mat, d Detection, thumb int) ([]float32, float
 			buf.Close()
 		}
 	}
-	return emb, sharp, jpg, nil
+	return emb, jpg, nil
 }
 
 func (e *Embedder) embedCrop(crop gocv.Mat) ([]float32, error) {

@@ -158,3 +158,23 @@ func pose(d Detection) (roll, yaw float64, ok bool) {
 	yaw = (n[0] - mx) / dist
 	return roll, yaw, true
 }
+
+// contrast is the standard deviation of the grey levels inside the
+// detection box (clipped to the image); 0 when the box is empty.
+func contrast(img gocv.Mat, d Detection) float64 {
+	r := image.Rect(int(d.X0), int(d.Y0), int(d.X1), int(d.Y1)).Intersect(image.Rect(0, 0, img.Cols(), img.Rows()))
+	if r.Dx() < 2 || r.Dy() < 2 {
+		return 0
+	}
+	roi := img.Region(r)
+	defer roi.Close()
+	gray := gocv.NewMat()
+	defer gray.Close()
+	gocv.CvtColor(roi, &gray, gocv.ColorBGRToGray)
+	mean := gocv.NewMat()
+	defer mean.Close()
+	std := gocv.NewMat()
+	defer std.Close()
+	gocv.MeanStdDev(gray, &mean, &std)
+	return std.GetDoubleAt(0, 0)
+}

@@ -24,6 +24,9 @@ type Config struct {
 	MinScore float64 `yaml:"min_score"`
 	// MinFacePx is the smallest face box side (pixels) that is used.
 	MinFacePx float64 `yaml:"min_face_px"`
+	// MinContrast is the grey-level standard deviation inside the face box
+	// below which a detection is taken for a covered lens, not a face.
+	MinContrast float64 `yaml:"min_contrast"`
 	// MinSharpness is the Laplacian variance below which a face is too blurred.
 	MinSharpness float64 `yaml:"min_sharpness"`
 	// MaxRoll (degrees) and MaxYaw (nose offset / eye distance).
@@ -47,6 +50,7 @@ func DefaultConfig() Config {
 		Threads:            2,
 		MinScore:           0.3,
 		MinFacePx:          40,
+		MinContrast:        6,
 		MinSharpness:       5,
 		MaxRoll:            45,
 		MaxYaw:             0.6,
@@ -222,32 +226,55 @@ type FaceOptions struct {
 	Thumb int // side of a JPEG thumbnail of the face crop; 0 for none
 }
 
-// FaceInMat runs detection, quality measures, embedding and mask state on
-// one BGR image. It returns ErrNoFace when nothing passes the score gate.
-func (p *Pipeline) faceInMat(img gocv.Mat, o FaceOptions, t *Timings) (Face, error) {
+// measured is a detected face with its quality measures and its crop, not
+// yet embedded. The crop must be closed.
+type measured struct {
+	face Face
+	crop gocv.Mat
+}
+
+// measure detects the customer's face, cuts it by the embedder's crop
+// policy and measures its quality: everything but the embedding, so a
+// burst can embed only its best frames.
+func (p *Pipeline) measure(img gocv.Mat, t *Timings) (measured, error) {
 	t0 := time.Now()
 	d, ok, padded, err := p.detectCustomer(img)
 	if t != nil {
 		t.Detect += time.Since(t0)
 	}
 	if err != nil {
-		return Face{}, err
+		return measured{}, err
 	}
 	if !ok {
-		return Face{}, ErrNoFace
+		return measured{}, ErrNoFace
 	}
-	f := Face{Det: d, Padded: padded}
+	// A covered lens or a dark, uniform frame can still make a weak
+	// detection; a face has contrast, a lens cap does not.
+	if contrast(img, d) < p.cfg.MinContrast {
+		return measured{}, ErrNoFace
+	}
+	crop, err := p.emb.crop(img, d)
+	if err != nil {
+		return measured{}, err
+	}
+	f := Face{Det: d, Padded: padded, Sharpness: sharpness(crop)}
+	f.Roll, f.Yaw, _ = pose(d)
+	f.Quality = p.quality(f)
+	return measured{face: f, crop: crop}, nil
+}
+
+// embed completes a measured face: template, mask state, projection.
+func (p *Pipeline) embed(m *measured, thumb int, t *Timings) error {
 	t1 := time.Now()
-	emb, sharp, thumb, err := p.emb.Embed(img, d, o.Thumb)
+	emb, jpg, err := p.emb.EmbedCrop(m.crop, thumb)
 	if t != nil {
 		t.Embed += time.Since(t1)
 	}
 	if err != nil {
-		return Face{}, err
+		return err
 	}
-	f.Embedding, f.Sharpness, f.Thumb = emb, sharp, thumb
-	f.Roll, f.Yaw, _ = pose(d)
-	f.Quality = p.quality(f)
+	f := &m.face
+	f.Embedding, f.Thumb = emb, jpg
 	f.Mask, f.MaskScore = visit.MaskUnknown, 0.5
 	if p.mask != nil {
 		// The mask head reads the raw template: the projection removes
@@ -258,7 +285,21 @@ func (p *Pipeline) faceInMat(img gocv.Mat, o FaceOptions, t *Timings) (Face, err
 	if p.proj != nil {
 		p.proj.Apply(f.Embedding)
 	}
-	return f, nil
+	return nil
+}
+
+// faceInMat runs detection, quality measures, embedding and mask state on
+// one BGR image. It returns ErrNoFace when nothing passes the score gate.
+func (p *Pipeline) faceInMat(img gocv.Mat, o FaceOptions, t *Timings) (Face, error) {
+	m, err := p.measure(img, t)
+	if err != nil {
+		return Face{}, err
+	}
+	defer m.crop.Close()
+	if err := p.embed(&m, o.Thumb, t); err != nil {
+		return Face{}, err
+	}
+	return m.face, nil
 }
 
 // quality folds the gates into one number in [0,1]: each factor is 1 when
@@ -319,21 +360,32 @@ func frameMat(fr visit.Frame) (gocv.Mat, error) {
 }
 
 // Perceive turns a burst into one visit descriptor: the customer's face in
-// each frame, gated by quality; the best frames' embeddings averaged with
-// quality weights and L2-normalised; the mask state from their mean score.
+// each frame, measured and gated by quality; only the BestFrames best are
+// embedded, their templates averaged with quality weights and
+// L2-normalised; the mask state from their weighted mean score.
 func (p *Pipeline) Perceive(ctx context.Context, frames []visit.Frame) (visit.Descriptor, error) {
 	desc := visit.Descriptor{Frames: len(frames), Model: p.Embedder, Outcome: visit.NoFace}
 	if len(frames) == 0 {
 		desc.Outcome = visit.CameraError
 		return desc, nil
 	}
-	var faces []Face
+	var cands []measured
+	defer func() {
+		for _, c := range cands {
+			c.crop.Close()
+		}
+	}()
 	seen := false
 	for _, fr := range frames {
 		if err := ctx.Err(); err != nil {
 			return desc, err
 		}
-		f, err := p.FaceInFrame(fr, FaceOptions{}, nil)
+		img, err := frameMat(fr)
+		if err != nil {
+			return desc, err
+		}
+		m, err := p.measure(img, nil)
+		img.Close()
 		if errors.Is(err, ErrNoFace) {
 			continue
 		}
@@ -341,15 +393,26 @@ func (p *Pipeline) Perceive(ctx context.Context, frames []visit.Frame) (visit.De
 			return desc, err
 		}
 		seen = true
-		if f.Quality > 0 {
-			faces = append(faces, f)
+		if m.face.Quality > 0 {
+			cands = append(cands, m)
+		} else {
+			m.crop.Close()
 		}
 	}
-	if len(faces) == 0 {
+	if len(cands) == 0 {
 		if seen {
 			desc.Outcome = visit.LowQuality
 		}
 		return desc, nil
+	}
+	sort.SliceStable(cands, func(i, j int) bool { return cands[i].face.Quality > cands[j].face.Quality })
+	n := min(len(cands), p.cfg.BestFrames)
+	faces := make([]Face, 0, n)
+	for i := 0; i < n; i++ {
+		if err := p.embed(&cands[i], 0, nil); err != nil {
+			return desc, err
+		}
+		faces = append(faces, cands[i].face)
 	}
 	return aggregate(desc, faces, p.cfg.BestFrames, p.mask), nil
 }
