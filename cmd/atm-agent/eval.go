@@ -274,6 +274,12 @@ func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
 			return fmt.Errorf("%w: --types %q: want uu, mm, mu", errUsage, t)
 		}
 	}
+	got := map[string]float64{"uu": th.UU, "mm": th.MM, "mu": th.MU}
+	for _, w := range write {
+		if got[w] <= 0 {
+			return fmt.Errorf("dataset %s has no %s impostor pairs, so %s cannot be calibrated on it: give --types without it, or --mask synthetic to paint masks", ds.Name, strings.ToUpper(w), w)
+		}
+	}
 	note := fmt.Sprintf("%s: %s (%d images, mask %s)", strings.Join(write, "+"), ds.Name, len(run.Samples), *mask)
 	update := func(md *models.Model) {
 		old := models.Thresholds{}
