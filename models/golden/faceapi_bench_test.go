@@ -1,12 +1,15 @@
 package golden
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/periocular/atm-agent/models/faceapi"
+	"github.com/periocular/atm-agent/vision"
 )
 
+// faBench reports ms per forward at 1 and 2 OpenCV threads.
 func faBench(b *testing.B, convert func(string) ([]byte, error), size int, out string) {
 	model, err := convert(faPkgDir(b))
 	if err != nil {
@@ -15,13 +18,18 @@ func faBench(b *testing.B, convert func(string) ([]byte, error), size int, out s
 	net := faNet(b, model)
 	defer net.Close()
 	in := faRandomNCHW(1, size)
-	faForward(b, &net, size, in, out) // warm-up
-	b.ResetTimer()
-	start := time.Now()
-	for i := 0; i < b.N; i++ {
-		faForward(b, &net, size, in, out)
+	for _, threads := range []int{1, 2} {
+		b.Run(fmt.Sprintf("threads=%d", threads), func(b *testing.B) {
+			vision.SetNumThreads(threads)
+			faForward(b, &net, size, in, out) // warm-up
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				faForward(b, &net, size, in, out)
+			}
+			b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/forward")
+		})
 	}
-	b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/forward")
 }
 
 func BenchmarkFaceAPITinyFaceDetector416(b *testing.B) {
