@@ -378,10 +378,10 @@ func (r *VerifyReport) WriteROC(file string) error {
 		gocv.PutText(&img, fmt.Sprintf("%.1f", float64(t)/10), image.Pt(20, y(float64(t)/10)+4), gocv.FontHersheySimplex, 0.4, black, 1)
 	}
 	gocv.PutText(&img, "false accept rate", image.Pt(W/2-60, H-12), gocv.FontHersheySimplex, 0.5, black, 1)
-	gocv.PutText(&img, "TAR", image.Pt(8, T+10), gocv.FontHersheySimplex, 0.5, black, 1)
+	gocv.PutText(&img, "TAR", image.Pt(8, T-8), gocv.FontHersheySimplex, 0.5, black, 1)
 	gocv.PutText(&img, fmt.Sprintf("%s / %s", r.Dataset, r.Embedder), image.Pt(L, 20), gocv.FontHersheySimplex, 0.5, black, 1)
 	cols := map[string]color.RGBA{"all": {0, 0, 0, 255}, "uu": {30, 120, 220, 255}, "mm": {220, 120, 30, 255}, "mu": {200, 30, 30, 255}}
-	ly := T + 20
+	ly := H - B - 80 // legend at the lower right, where ROC curves never go
 	for _, pt := range pairTypes {
 		p := r.Pairs[pt]
 		if p == nil || len(p.roc) == 0 {
