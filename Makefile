@@ -54,3 +54,13 @@ test: models lint test-pure test-golden test-vision verify
 
 clean:
 	rm -rf build/atm-agent build/models
+
+# Debian package (nfpm v2.45.2 via go run; docs/packaging.md).
+.PHONY: deb test-deb
+deb: models
+	bash packaging/build-deb.sh
+
+# Installs the package on THIS machine (dpkg -i, upgrade, remove, purge) and
+# cleans up after itself; needs root. Not part of `make test`.
+test-deb: deb
+	bash packaging/test-deb.sh
