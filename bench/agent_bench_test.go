@@ -221,6 +221,9 @@ func BenchmarkVisitLatency(b *testing.B) {
 	b.ReportMetric(ms(pct(perceive, 0.5)), "ms-perceive-median")
 	b.ReportMetric(ms(pct(rest, 0.5)), "ms-identity+rules+commit-median")
 	b.ReportMetric(ms(pct(rest, 0.9)), "ms-identity+rules+commit-p90")
+	rss, hwm := memStatus(b) // models loaded and used: the daemon's baseline
+	b.ReportMetric(rss, "MB-VmRSS")
+	b.ReportMetric(hwm, "MB-VmHWM")
 }
 
 // people is a synthetic population for the fake perceiver: a unit centre
@@ -311,39 +314,46 @@ func (f *fakePerceiver) Perceive(ctx context.Context, frames []visit.Frame) (vis
 	return d, nil
 }
 
-// memStatus reads VmRSS and VmHWM (kB) from /proc/self/status.
+// memStatus reads VmRSS and VmHWM (MB) from /proc/self/status.
 func memStatus(b *testing.B) (rss, hwm float64) {
+	m := procStatus(b)
+	return m["VmRSS"], m["VmHWM"]
+}
+
+// procStatus returns the kB fields of /proc/self/status in MB.
+func procStatus(b *testing.B) map[string]float64 {
 	raw, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		b.Fatal(err)
 	}
+	m := map[string]float64{}
 	for _, l := range strings.Split(string(raw), "\n") {
 		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		v, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "VmRSS:":
-			rss = v / 1024
-		case "VmHWM:":
-			hwm = v / 1024
+		if len(f) == 3 && f[2] == "kB" {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			m[strings.TrimSuffix(f[0], ":")] = v / 1024
 		}
 	}
-	return rss, hwm
+	return m
 }
 
 // BenchmarkVisits10k drives 10,000 visits (28 days at one every 4 minutes,
 // all inside the 30-day retention) through the real agent, identity
 // engine, rules and store, with a fake perceiver of ~2,000 synthetic people
 // (1024-d, 30% masked, 3% faceless) and a tiny fake frame, consolidating
-// identities every 2,500 visits as the daemon's periodic job would. It
+// identities every 2,500 visits as the daemon's periodic job would
+// (ATM_BENCH_CONSOLIDATE_EVERY changes that; 0 never consolidates). It
 // reports the process's RSS, peak RSS and Go heap afterwards, and the store
 // file size. Run with -benchtime 1x; GOMEMLIMIT applies as usual.
 func BenchmarkVisits10k(b *testing.B) {
 	const visits, population, dim = 10000, 2000, 1024
 	icfg := identity.DefaultConfig()
 	icfg.Thresholds = identity.Thresholds{UU: 0.3069, MM: 0.2386, MU: 0.3289} // faceres, manifest
+	// ATM_BENCH_CONSOLIDATE_EVERY=0: never consolidate.
+	every := 2500
+	if s := os.Getenv("ATM_BENCH_CONSOLIDATE_EVERY"); s != "" {
+		every, _ = strconv.Atoi(s)
+	}
 	for i := 0; i < b.N; i++ {
 		eng, err := identity.New(icfg, dim)
 		if err != nil {
@@ -362,7 +372,7 @@ func BenchmarkVisits10k(b *testing.B) {
 			}
 			_, s := r.visit(b, ev)
 			commit = append(commit, s.Assign+s.Rules+s.Commit)
-			if (n+1)%2500 == 0 {
+			if every > 0 && (n+1)%every == 0 {
 				if err := r.ag.Consolidate(context.Background()); err != nil {
 					b.Fatal(err)
 				}
@@ -376,13 +386,15 @@ func BenchmarkVisits10k(b *testing.B) {
 		runtime.GC()
 		var ms0 runtime.MemStats
 		runtime.ReadMemStats(&ms0)
-		rss, hwm := memStatus(b)
+		ps := procStatus(b)
 		fi, err := os.Stat(r.path)
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.ReportMetric(rss, "MB-VmRSS")
-		b.ReportMetric(hwm, "MB-VmHWM")
+		b.ReportMetric(ps["VmRSS"], "MB-VmRSS")
+		b.ReportMetric(ps["VmHWM"], "MB-VmHWM")
+		b.ReportMetric(ps["RssAnon"], "MB-RssAnon")
+		b.ReportMetric(ps["RssFile"], "MB-RssFile(bbolt-mmap)")
 		b.ReportMetric(float64(ms0.HeapAlloc)/(1<<20), "MB-heap-live")
 		b.ReportMetric(float64(ms0.Sys)/(1<<20), "MB-go-sys")
 		b.ReportMetric(float64(fi.Size())/(1<<20), "MB-store")
