@@ -44,6 +44,9 @@ if [ -z "${DEB_DEPENDS:-}" ]; then
 fi
 export DEB_DEPENDS
 
+if [ -z "${DEB_OUT:-}" ]; then
+	rm -f build/atm-agent_*_"$DEB_ARCH".deb # keep only the newest in build/
+fi
 out=${DEB_OUT:-build/atm-agent_${DEB_VERSION}_${DEB_ARCH}.deb}
 rm -f "$out"
 $NFPM package --config packaging/nfpm.yaml --packager deb --target "$out" >&2

@@ -71,6 +71,7 @@ out=$(systemd-analyze verify /lib/systemd/system/atm-agent.service 2>&1) && [ -z
 	ok "systemd-analyze verify: no output" || bad "systemd-analyze verify: $out"
 check "config check as atm-agent" runuser -u atm-agent -- atm-agent config check /etc/atm-agent/config.yaml
 check "models verify" atm-agent models verify --dir /usr/lib/atm-agent/models
+echo "info installed files: $(dpkg -L atm-agent | while read -r f; do [ -f "$f" ] && [ ! -L "$f" ] && stat -c %s "$f"; done | awk '{s += $1} END {print s}') bytes"
 
 # Visit data and an operator's config edit that the upgrade must keep.
 head -c 4096 /dev/urandom >/var/lib/atm-agent/agent.db
