@@ -73,5 +73,5 @@ if [ "$STRACE_SECONDS" -gt 0 ] && command -v strace >/dev/null; then
 		echo "(strace could not attach here)"
 	fi
 fi
-echo "agent log lines while idle: $(wc -l <"$tmp/agent.log")"
-grep -c 'visit' "$tmp/agent.log" | sed 's/^/log lines mentioning a visit: /' || true
+echo "agent log (start-up and idle):"
+sed 's/^/  /' "$tmp/agent.log"
