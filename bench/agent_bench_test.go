@@ -340,26 +340,28 @@ func procStatus(b *testing.B) map[string]float64 {
 // BenchmarkVisits10k drives 10,000 visits (28 days at one every 4 minutes,
 // all inside the 30-day retention) through the real agent, identity
 // engine, rules and store, with a fake perceiver of ~2,000 synthetic people
-// (1024-d, 30% masked, 3% faceless) and a tiny fake frame, consolidating
-// identities every 2,500 visits as the daemon's periodic job would
+// (the shipped embedder's dimension, 1024; 30% masked, 3% faceless; visit
+// frequencies Zipf-like) and a tiny fake frame, consolidating identities
+// every 2,500 visits as the daemon's periodic job would
 // (ATM_BENCH_CONSOLIDATE_EVERY changes that; 0 never consolidates). It
 // reports the process's RSS, peak RSS and Go heap afterwards, and the store
 // file size. Run with -benchtime 1x; GOMEMLIMIT applies as usual.
 func BenchmarkVisits10k(b *testing.B) {
-	const visits, population, dim = 10000, 2000, 1024
-	icfg := identity.DefaultConfig()
-	icfg.Thresholds = identity.Thresholds{UU: 0.3069, MM: 0.2386, MU: 0.3289} // faceres, manifest
+	const visits, population = 10000, 2000
+	_, man := modelsDir(b) // the shipped embedder's dimension and thresholds
+	em, ok := man.Find(man.Pipeline.Embedder)
+	if !ok || em.Embedding == nil || em.Thresholds == nil {
+		b.Fatalf("embedder %q without dimension or thresholds", man.Pipeline.Embedder)
+	}
+	dim := em.Embedding.Dim
 	// ATM_BENCH_CONSOLIDATE_EVERY=0: never consolidate.
 	every := 2500
 	if s := os.Getenv("ATM_BENCH_CONSOLIDATE_EVERY"); s != "" {
 		every, _ = strconv.Atoi(s)
 	}
 	for i := 0; i < b.N; i++ {
-		eng, err := identity.New(icfg, dim)
-		if err != nil {
-			b.Fatal(err)
-		}
-		fp := &fakePerceiver{pp: newPeople(population, dim, uint64(i+1)), model: "faceres-224"}
+		eng := engineFor(b, em)
+		fp := &fakePerceiver{pp: newPeople(population, dim, uint64(i+1)), model: em.Name}
 		cam := burstCamera{[]visit.Frame{{W: 1, H: 1, BGR: []byte{0, 0, 0}}}}
 		r := newRig(b, cam, fp, eng, fp.model, 0.5)
 		start := time.Now().Add(-28 * 24 * time.Hour)
@@ -394,7 +396,8 @@ func BenchmarkVisits10k(b *testing.B) {
 		b.ReportMetric(ps["VmRSS"], "MB-VmRSS")
 		b.ReportMetric(ps["VmHWM"], "MB-VmHWM")
 		b.ReportMetric(ps["RssAnon"], "MB-RssAnon")
-		b.ReportMetric(ps["RssFile"], "MB-RssFile(bbolt-mmap)")
+		// RssFile: bbolt's mmap of the store, the binary and OpenCV's libraries.
+		b.ReportMetric(ps["RssFile"], "MB-RssFile")
 		b.ReportMetric(float64(ms0.HeapAlloc)/(1<<20), "MB-heap-live")
 		b.ReportMetric(float64(ms0.Sys)/(1<<20), "MB-go-sys")
 		b.ReportMetric(float64(fi.Size())/(1<<20), "MB-store")
