@@ -64,3 +64,9 @@ deb: models
 # cleans up after itself; needs root. Not part of `make test`.
 test-deb: deb
 	bash packaging/test-deb.sh
+
+# arm64 cross build against Debian's arm64 OpenCV in a sysroot under build/
+# (mmdebstrap, created once); run it with qemu-aarch64-static -L build/sysroot-arm64.
+.PHONY: build-arm64
+build-arm64:
+	bash packaging/build-arm64.sh

@@ -1,0 +1,44 @@
+#!/bin/bash
+# Cross-build build/atm-agent-arm64 against Debian 12's arm64 OpenCV in a
+# sysroot (libopencv-dev:arm64 cannot be co-installed with the amd64 one).
+# Needs: mmdebstrap gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
+# (qemu-user-static to run the result). Run from the repository root.
+#   SYSROOT  default build/sysroot-arm64 (~1.1 GB, created once, reused)
+set -euo pipefail
+SYSROOT=$(realpath -m "${SYSROOT:-build/sysroot-arm64}")
+VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
+OUT=${OUT:-build/atm-agent-arm64}
+ML=usr/lib/aarch64-linux-gnu
+
+for t in mmdebstrap aarch64-linux-gnu-gcc aarch64-linux-gnu-g++; do
+	command -v "$t" >/dev/null || {
+		echo "build-arm64: $t missing: apt-get install mmdebstrap gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static" >&2
+		exit 1
+	}
+done
+
+if [ ! -f "$SYSROOT/.complete" ]; then
+	rm -rf "$SYSROOT"
+	mmdebstrap --variant=extract --architectures=arm64 \
+		--include=libopencv-dev,libc6-dev,libstdc++-12-dev \
+		bookworm "$SYSROOT" \
+		"deb http://deb.debian.org/debian bookworm main" \
+		"deb http://deb.debian.org/debian bookworm-updates main" \
+		"deb http://deb.debian.org/debian-security bookworm-security main"
+	# The extract variant runs no maintainer scripts, so the
+	# update-alternatives links for BLAS/LAPACK are missing.
+	for l in blas/libblas.so.3 lapack/liblapack.so.3; do
+		[ -e "$SYSROOT/$ML/${l#*/}" ] || ln -sf "$l" "$SYSROOT/$ML/${l#*/}"
+	done
+	touch "$SYSROOT/.complete"
+fi
+
+export CGO_ENABLED=1 GOOS=linux GOARCH=arm64
+export CC=aarch64-linux-gnu-gcc CXX=aarch64-linux-gnu-g++
+export PKG_CONFIG_SYSROOT_DIR="$SYSROOT"
+export PKG_CONFIG_LIBDIR="$SYSROOT/$ML/pkgconfig:$SYSROOT/usr/share/pkgconfig"
+export CGO_CFLAGS="--sysroot=$SYSROOT"
+export CGO_CXXFLAGS="--sysroot=$SYSROOT"
+export CGO_LDFLAGS="--sysroot=$SYSROOT -Wl,-rpath-link,$SYSROOT/$ML -Wl,-rpath-link,$SYSROOT/lib/aarch64-linux-gnu -Wl,-rpath-link,$SYSROOT/$ML/blas -Wl,-rpath-link,$SYSROOT/$ML/lapack"
+go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$OUT" ./cmd/atm-agent
+echo "$OUT"
