@@ -70,3 +70,8 @@ test-deb: deb
 .PHONY: build-arm64
 build-arm64:
 	bash packaging/build-arm64.sh
+
+# arm64 .deb: the cross-built binary; Depends as for amd64 (packaging/build-deb.sh).
+.PHONY: deb-arm64
+deb-arm64: models build-arm64
+	DEB_ARCH=arm64 bash packaging/build-deb.sh

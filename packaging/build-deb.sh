@@ -2,15 +2,24 @@
 # Build the atm-agent .deb with nfpm from the binary (make build) and the
 # converted models (make models). Run from the repository root (make deb).
 #   DEB_VERSION  package version (default: from git, see below)
-#   DEB_ARCH     amd64 (default; the only one with dpkg-shlibdeps here)
-#   DEB_DEPENDS  runtime dependencies (default: dpkg-shlibdeps on the binary)
+#   DEB_ARCH     amd64 (default) or arm64 (binary from make build-arm64)
+#   DEB_DEPENDS  runtime dependencies (default: dpkg-shlibdeps on the amd64
+#                binary; for arm64 the same, after checking that the arm64
+#                binary needs no shared library the amd64 one does not)
 #   DEB_OUT      output file (default build/atm-agent_<version>_<arch>.deb)
 set -euo pipefail
 NFPM="go run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2"
-BIN=build/atm-agent
+BIN=build/atm-agent # native: prints the default config, dpkg-shlibdeps
 MODELS=build/models
+export DEB_ARCH=${DEB_ARCH:-amd64}
+case "$DEB_ARCH" in
+amd64) DEB_BIN=$BIN ;;
+arm64) DEB_BIN=build/atm-agent-arm64 ;;
+*) echo "build-deb: DEB_ARCH $DEB_ARCH unsupported" >&2; exit 1 ;;
+esac
+export DEB_BIN
 
-for f in "$BIN" "$MODELS/manifest.yaml"; do
+for f in "$BIN" "$DEB_BIN" "$MODELS/manifest.yaml"; do
 	[ -e "$f" ] || { echo "build-deb: $f missing (make build models)" >&2; exit 1; }
 done
 
@@ -25,19 +34,25 @@ if [ -z "${DEB_VERSION:-}" ]; then
 	git diff --quiet HEAD 2>/dev/null || DEB_VERSION+="+dirty"
 fi
 export DEB_VERSION
-export DEB_ARCH=${DEB_ARCH:-amd64}
 
 mkdir -p build/deb
 "$BIN" config default >build/deb/config.yaml
 "$BIN" config check build/deb/config.yaml >/dev/null
 
 if [ -z "${DEB_DEPENDS:-}" ]; then
-	[ "$DEB_ARCH" = amd64 ] || { echo "build-deb: set DEB_DEPENDS for $DEB_ARCH" >&2; exit 1; }
+	# There is no arm64 dpkg database to run dpkg-shlibdeps against; the
+	# package names are the same on every architecture, so the amd64 result
+	# holds if the arm64 binary needs no other library.
+	if [ "$DEB_ARCH" = arm64 ]; then
+		extra=$(comm -23 <(aarch64-linux-gnu-readelf -d "$DEB_BIN" | awk '/NEEDED/ {print $5}' | sort) \
+			<(readelf -d "$BIN" | awk '/NEEDED/ {print $5}' | sort))
+		[ -z "$extra" ] || { echo "build-deb: arm64 binary needs $extra beyond amd64; set DEB_DEPENDS" >&2; exit 1; }
+	fi
 	# dpkg-shlibdeps needs a debian/control naming the package.
 	tmp=$(mktemp -d)
 	trap 'rm -rf "$tmp"' EXIT
 	mkdir "$tmp/debian"
-	printf 'Source: atm-agent\n\nPackage: atm-agent\nArchitecture: %s\n' "$DEB_ARCH" >"$tmp/debian/control"
+	printf 'Source: atm-agent\n\nPackage: atm-agent\nArchitecture: amd64\n' >"$tmp/debian/control"
 	bin=$(realpath "$BIN")
 	DEB_DEPENDS=$(cd "$tmp" && dpkg-shlibdeps -O "$bin" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
 	[ -n "$DEB_DEPENDS" ] || { echo "build-deb: dpkg-shlibdeps found no dependencies" >&2; exit 1; }
