@@ -160,6 +160,10 @@ func probeChild(ctx context.Context, self, dir, name string) error {
 	if i := strings.LastIndex(msg, "\n"); i >= 0 {
 		msg = msg[i+1:]
 	}
+	if msg == "" {
+		// The child could not start or died silently: say so.
+		return fmt.Errorf("test forward in a child process failed: %w", err)
+	}
 	return errors.New(strings.TrimPrefix(msg, "atm-agent models: "))
 }
 
