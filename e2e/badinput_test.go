@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	manifest "github.com/periocular/atm-agent/models"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -109,7 +110,16 @@ func TestTamperedModel(t *testing.T) {
 	models := filepath.Join(dir, "models")
 	os.MkdirAll(models, 0o755)
 	ents, _ := os.ReadDir(src)
-	const victim = "blazeface-256.onnx"
+	// Damage the model the agent runs first: the manifest's detector.
+	man, err := manifest.LoadManifest(filepath.Join(src, "manifest.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	det, ok := man.Find(man.Pipeline.Detector)
+	if !ok {
+		t.Fatalf("manifest has no detector %q", man.Pipeline.Detector)
+	}
+	victim := det.File
 	for _, e := range ents {
 		from, to := filepath.Join(src, e.Name()), filepath.Join(models, e.Name())
 		switch e.Name() {

@@ -90,9 +90,10 @@ func (s triggerSource) Run(ctx context.Context, emit func(agent.Event)) error {
 // schedule (its fingerprint and the event's index), so a replay restarted
 // after a crash gives the same visit ids and the store keeps each visit
 // once (trigger.Replay itself draws random ids). It also never outruns the
-// agent: while a trigger is already queued, the next event waits, so no
-// replayed event is coalesced away.
-func stableReplayIDs(r *trigger.Replay, cfg trigger.ReplayConfig, queued func() bool) func(ctx context.Context, out chan<- trigger.Event) error {
+// agent: the next event waits until the agent has received the previous one
+// (events pass through a buffered channel first) and has no trigger queued,
+// so no replayed event is coalesced away.
+func stableReplayIDs(r *trigger.Replay, cfg trigger.ReplayConfig, q *agentQueued) func(ctx context.Context, out chan<- trigger.Event) error {
 	h := sha256.New()
 	fmt.Fprintf(h, "%v|%d|%s|", cfg.Interval, cfg.Count, cfg.Start)
 	for _, e := range r.Entries() {
@@ -104,12 +105,13 @@ func stableReplayIDs(r *trigger.Replay, cfg trigger.ReplayConfig, queued func() 
 		done := make(chan error, 1)
 		go func() { done <- r.Run(ctx, in) }()
 		n := 0
+		base := q.triggers()
 		for {
 			select {
 			case ev := <-in:
 				n++
 				ev.ID = fmt.Sprintf("replay-%s-%06d", fp, n)
-				for queued() {
+				for q.get() || !q.received(base, uint64(n-1)) {
 					select {
 					case <-time.After(10 * time.Millisecond):
 					case <-ctx.Done():
@@ -142,6 +144,26 @@ func (q *agentQueued) get() bool {
 	a := q.a
 	q.mu.Unlock()
 	return a != nil && a.Stats().Queued
+}
+
+// triggers is how many triggers the agent has received (0 before it exists).
+func (q *agentQueued) triggers() uint64 {
+	q.mu.Lock()
+	a := q.a
+	q.mu.Unlock()
+	if a == nil {
+		return 0
+	}
+	return a.Stats().Triggers
+}
+
+// received says whether the agent has received n triggers since base; true
+// while the agent does not exist yet (nothing to wait for).
+func (q *agentQueued) received(base, n uint64) bool {
+	q.mu.Lock()
+	a := q.a
+	q.mu.Unlock()
+	return a == nil || a.Stats().Triggers-base >= n
 }
 
 // lazyNotifier lets the agent notify a publisher created after it.
@@ -250,7 +272,7 @@ func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 		if err != nil {
 			return err
 		}
-		sources = append(sources, triggerSource{stableReplayIDs(s, r.ReplayConfig, queued.get)})
+		sources = append(sources, triggerSource{stableReplayIDs(s, r.ReplayConfig, queued)})
 	}
 
 	re, err := rules.New(cfg.Alerts.Rules)
