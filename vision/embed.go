@@ -75,19 +75,6 @@ func (e *Embedder) crop(img gocv.Mat, d Detection) (gocv.Mat, error) {
 	}
 }
 
-// Embed returns the face's template, the crop's sharpness and, when thumb > 0,
-// a JPEG thumbnail of the crop.
-func (e *Embedder) Embed(img gocv.Mat, d Detection, thumb int) ([]float32, float64, []byte, error) {
-	crop, err := e.crop(img, d)
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	defer crop.Close()
-	sharp := sharpness(crop)
-	emb, jpg, err := e.EmbedCrop(crop, thumb)
-	return emb, sharp, jpg, err
-}
-
 // EmbedCrop embeds a crop made by the model's crop policy (flip-averaged
 // when the manifest says so) and optionally returns a JPEG thumbnail.
 func (e *Embedder) EmbedCrop(crop gocv.Mat, thumb int) ([]float32, []byte, error) {
