@@ -233,17 +233,7 @@ func (s *space) groupEdges(ctx context.Context, groups [][]int32, workers int) (
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	var all []edge
-	for _, p := range parts {
-		all = append(all, p...)
-	}
-	slices.SortFunc(all, func(a, b edge) int {
-		if c := cmp.Compare(a.j, b.j); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.i, b.i)
-	})
-	return all, nil
+	return mergeEdges(parts), nil
 }
 
 // sgroup is a level-2 cluster: members, per-class counts and sums.

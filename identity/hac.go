@@ -53,6 +53,12 @@ func (s *space) edges(ctx context.Context, workers int) ([]edge, error) {
 			return nil, err
 		}
 	}
+	return mergeEdges(parts), nil
+}
+
+// mergeEdges joins per-worker edge lists into one, ordered by (j, i), so
+// the result does not depend on how the work was split.
+func mergeEdges(parts [][]edge) []edge {
 	var all []edge
 	for _, p := range parts {
 		all = append(all, p...)
@@ -63,7 +69,7 @@ func (s *space) edges(ctx context.Context, workers int) ([]edge, error) {
 		}
 		return cmp.Compare(a.i, b.i)
 	})
-	return all, nil
+	return all
 }
 
 // rowEdges appends the matching pairs (i, j) for all i < j.

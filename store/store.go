@@ -326,23 +326,17 @@ func (s *Store) Retention() time.Duration { return s.opts.Retention }
 
 var errClosed = errors.New("store is closed")
 
-// view and update run fn under the read lock and check ctx first.
+// view and update run fn in a read-only or read-write transaction, under
+// the store's read lock (Close takes the write lock), checking ctx first.
 func (s *Store) view(ctx context.Context, op string, fn func(tx *bolt.Tx) error) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.db == nil {
-		return fmt.Errorf("%s: %w", op, errClosed)
-	}
-	if err := s.db.View(fn); err != nil {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	return nil
+	return s.tx(ctx, op, false, fn)
 }
 
 func (s *Store) update(ctx context.Context, op string, fn func(tx *bolt.Tx) error) error {
+	return s.tx(ctx, op, true, fn)
+}
+
+func (s *Store) tx(ctx context.Context, op string, write bool, fn func(tx *bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
@@ -351,7 +345,11 @@ func (s *Store) update(ctx context.Context, op string, fn func(tx *bolt.Tx) erro
 	if s.db == nil {
 		return fmt.Errorf("%s: %w", op, errClosed)
 	}
-	if err := s.db.Update(fn); err != nil {
+	run := s.db.View
+	if write {
+		run = s.db.Update
+	}
+	if err := run(fn); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil

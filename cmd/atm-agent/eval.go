@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +28,35 @@ type pipelineFlags struct {
 	cropScale               float64
 	flip, raw               bool
 	minScore, padTight      float64
+	cache                   string // embedding cache dir
+}
+
+// datasetFlags select the labelled folder an eval command measures.
+type datasetFlags struct {
+	dir, mask string
+}
+
+func (d *datasetFlags) register(fs interface {
+	StringVar(*string, string, string, string)
+}) {
+	fs.StringVar(&d.dir, "dataset", "", "labelled folder (labels.csv: path,identity,masked)")
+	fs.StringVar(&d.mask, "mask", "none", "none, or synthetic: paint masks on half of each identity's unmasked images")
+}
+
+// registerCache adds --cache for the commands that embed whole datasets.
+func (pf *pipelineFlags) registerCache(fs interface {
+	StringVar(*string, string, string, string)
+}) {
+	fs.StringVar(&pf.cache, "cache", filepath.Join("build", "evalcache"), "embedding cache dir (empty disables)")
+}
+
+func (d *datasetFlags) synthetic() bool { return d.mask == "synthetic" }
+
+// writeJSON prints v indented: the eval commands' JSON contracts.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func (pf *pipelineFlags) register(fs interface {
@@ -109,28 +139,26 @@ func evalVerify(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlags(env, "eval verify", "eval verify --dataset DIR [--json] [--mask synthetic] [--roc FILE.png]")
 	var pf pipelineFlags
 	pf.register(fs)
-	dir := fs.String("dataset", "", "labelled folder (labels.csv: path,identity,masked)")
+	pf.registerCache(fs)
+	var df datasetFlags
+	df.register(fs)
 	asJSON := fs.Bool("json", false, "print the JSON report instead of markdown")
-	mask := fs.String("mask", "none", "none, or synthetic: paint masks on half of each identity's unmasked images")
 	roc := fs.String("roc", "", "write ROC curves to this PNG file")
-	cache := fs.String("cache", filepath.Join("build", "evalcache"), "embedding cache dir (empty disables)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	run, ds, _, err := datasetRun(ctx, env, &pf, *dir, *mask, *cache)
+	run, ds, _, err := datasetRun(ctx, env, &pf, df.dir, df.mask)
 	if err != nil {
 		return err
 	}
-	rep := eval.Verify(run, ds.Name, *mask == "synthetic")
+	rep := eval.Verify(run, ds.Name, df.synthetic())
 	if *roc != "" {
 		if err := rep.WriteROC(*roc); err != nil {
 			return err
 		}
 	}
 	if *asJSON {
-		enc := json.NewEncoder(env.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return writeJSON(env.stdout, rep)
 	}
 	rep.Markdown(env.stdout)
 	return nil
@@ -157,12 +185,12 @@ func init() {
 }
 
 // datasetRun loads the dataset and runs (or reuses) the pipeline over it.
-func datasetRun(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, mask, cache string) (*eval.Run, *dataset.Dataset, *models.Manifest, error) {
-	return datasetRunSubset(ctx, env, pf, dir, mask, cache, 0, 0)
+func datasetRun(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, mask string) (*eval.Run, *dataset.Dataset, *models.Manifest, error) {
+	return datasetRunSubset(ctx, env, pf, dir, mask, 0, 0)
 }
 
 // datasetRunSubset is datasetRun on a bounded subset (see dataset.Subset).
-func datasetRunSubset(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, mask, cache string, maxPer, maxSingles int) (*eval.Run, *dataset.Dataset, *models.Manifest, error) {
+func datasetRunSubset(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, mask string, maxPer, maxSingles int) (*eval.Run, *dataset.Dataset, *models.Manifest, error) {
 	if dir == "" {
 		return nil, nil, nil, fmt.Errorf("%w: --dataset is required", errUsage)
 	}
@@ -181,7 +209,7 @@ func datasetRunSubset(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, 
 		return nil, nil, nil, err
 	}
 	defer p.Close()
-	run, err := eval.Embed(ctx, p, ds, eval.EmbedOptions{SyntheticMasks: mask == "synthetic", CacheDir: cache, CacheKey: key,
+	run, err := eval.Embed(ctx, p, ds, eval.EmbedOptions{SyntheticMasks: mask == "synthetic", CacheDir: pf.cache, CacheKey: key,
 		Progress: progressIfTerminal(env, "embedding "+ds.Name)})
 	if err != nil {
 		return nil, nil, nil, err
@@ -197,17 +225,17 @@ func evalCluster(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlags(env, "eval cluster", "eval cluster --dataset DIR [--json] [--mask synthetic]")
 	var pf pipelineFlags
 	pf.register(fs)
-	dir := fs.String("dataset", "", "labelled folder (labels.csv: path,identity,masked)")
+	pf.registerCache(fs)
+	var df datasetFlags
+	df.register(fs)
 	asJSON := fs.Bool("json", false, "print the JSON report instead of markdown")
-	mask := fs.String("mask", "none", "none, or synthetic: paint masks on half of each identity's unmasked images")
-	cache := fs.String("cache", filepath.Join("build", "evalcache"), "embedding cache dir (empty disables)")
 	algos := fs.String("algorithms", "", "comma-separated algorithms (default: all)")
 	eps := fs.Float64("eps", 0.5, "DBSCAN eps (euclidean), the original project's value")
 	minSamples := fs.Int("min-samples", 2, "DBSCAN min_samples, the original project's value")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	run, ds, man, err := datasetRun(ctx, env, &pf, *dir, *mask, *cache)
+	run, ds, man, err := datasetRun(ctx, env, &pf, df.dir, df.mask)
 	if err != nil {
 		return err
 	}
@@ -224,9 +252,7 @@ func evalCluster(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(env.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return writeJSON(env.stdout, rep)
 	}
 	rep.Markdown(env.stdout)
 	return nil
@@ -246,11 +272,11 @@ func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlags(env, "eval calibrate", "eval calibrate --dataset DIR --model NAME [--far 1e-3] [--mask synthetic]")
 	var pf pipelineFlags
 	pf.register(fs)
-	dir := fs.String("dataset", "", "labelled folder (labels.csv: path,identity,masked)")
+	pf.registerCache(fs)
+	var df datasetFlags
+	df.register(fs)
 	model := fs.String("model", "", "embedder to calibrate (default: the manifest's pipeline embedder)")
 	far := fs.Float64("far", 1e-3, "target false accept rate per pair")
-	mask := fs.String("mask", "none", "none, or synthetic: paint masks on half of each identity's unmasked images")
-	cache := fs.String("cache", filepath.Join("build", "evalcache"), "embedding cache dir (empty disables)")
 	also := fs.String("manifest", "", "also write the thresholds into this manifest (e.g. models/manifest.yaml)")
 	types := fs.String("types", "uu,mm,mu", "pair types to write (the others keep their values): lets each type be calibrated on the data that has it")
 	if err := parseFlags(fs, args); err != nil {
@@ -260,7 +286,7 @@ func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("%w: --far %v: want a rate in (0,1)", errUsage, *far)
 	}
 	pf.embedder = *model
-	run, ds, man, err := datasetRun(ctx, env, &pf, *dir, *mask, *cache)
+	run, ds, man, err := datasetRun(ctx, env, &pf, df.dir, df.mask)
 	if err != nil {
 		return err
 	}
@@ -280,7 +306,7 @@ func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
 			return fmt.Errorf("dataset %s has no %s impostor pairs, so %s cannot be calibrated on it: give --types without it, or --mask synthetic to paint masks", ds.Name, strings.ToUpper(w), w)
 		}
 	}
-	note := fmt.Sprintf("%s: %s (%d images, mask %s)", strings.Join(write, "+"), ds.Name, len(run.Samples), *mask)
+	note := fmt.Sprintf("%s: %s (%d images, mask %s)", strings.Join(write, "+"), ds.Name, len(run.Samples), df.mask)
 	update := func(md *models.Model) {
 		old := models.Thresholds{}
 		if md.Thresholds != nil {

@@ -19,12 +19,12 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlags(env, "eval train-heads", "eval train-heads --dataset DIR[:synthetic] ... [--nap-k 0,8,16] [--ship-k 16] [--manifest models/manifest.yaml]")
 	var pf pipelineFlags
 	pf.register(fs)
+	pf.registerCache(fs)
 	var sets multiFlag
 	fs.Var(&sets, "dataset", "labelled folder; DIR:synthetic paints masks on half of each identity's unmasked images (repeatable)")
 	napK := fs.String("nap-k", "0,4,8,16,32", "projection sizes to compare (identity-held-out)")
 	shipK := fs.Int("ship-k", 0, "projection size to write (0: none)")
 	manifest := fs.String("manifest", "", "manifest to record the heads in (e.g. models/manifest.yaml); heads are written to its heads/ folder")
-	cache := fs.String("cache", filepath.Join("build", "evalcache"), "embedding cache dir (empty disables)")
 	maxPer := fs.Int("max-per-identity", 0, "in :synthetic datasets, use at most this many images per identity (0: all)")
 	maxSingles := fs.Int("max-singletons", 0, "in :synthetic datasets, use at most this many single-image identities (0: all)")
 	if err := parseFlags(fs, args); err != nil {
@@ -54,7 +54,7 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 		if mode == "synthetic" {
 			mp, ms = *maxPer, *maxSingles
 		}
-		run, ds, _, err := datasetRunSubset(ctx, env, &pf, dir, mode, *cache, mp, ms)
+		run, ds, _, err := datasetRunSubset(ctx, env, &pf, dir, mode, mp, ms)
 		if err != nil {
 			return err
 		}
