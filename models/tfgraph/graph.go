@@ -155,6 +155,7 @@ func Convert(modelJSONPath string, opts Options) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tfgraph: %s: %w", modelJSONPath, err)
 	}
+	g.FuseClamps()
 	return g.Marshal(opts.Opset), nil
 }
 
