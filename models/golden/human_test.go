@@ -21,7 +21,7 @@ import (
 type humanModel struct {
 	name    string
 	size    int
-	face    string // "m11": [-1,1]; "unit": [0,1]; "": no face input
+	face    string // "m11": [-1,1]; "unit": [0,1]; "byte": 0..255; "": no face input
 	outputs []string
 	tol     float64 // max abs diff allowed
 	embed   string  // output held to the embedding tolerance (1e-5)
@@ -35,6 +35,8 @@ var humanModels = []humanModel{
 	{name: "faceres-deep", size: 224, face: "unit", outputs: []string{"global_pooling/Mean", "gender_pred/Sigmoid", "age_pred/Softmax"}, tol: 1e-4, embed: "global_pooling/Mean"},
 	{name: "facemesh", size: 192, face: "unit", outputs: []string{"Identity", "Identity_1", "Identity_2"}, tol: 1e-4},
 	{name: "iris", size: 64, outputs: []string{"Identity"}, tol: 1e-4},
+	{name: "mobilefacenet", size: 112, face: "m11", outputs: []string{"embeddings", "MobileFaceNet/Logits/SpatialSqueeze"}, tol: 1e-5, embed: "embeddings"},
+	{name: "mobileface", size: 112, face: "byte", outputs: []string{"batchnorm0/add_1"}, tol: 1e-5, embed: "batchnorm0/add_1"},
 }
 
 const embedTol = 1e-5
@@ -114,7 +116,7 @@ func loadFace(t testing.TB) *faceImage {
 }
 
 // faceNHWC resamples the 256 face as human.mjs does (2x2 mean for half size,
-// centre crop otherwise) and scales it.
+// centre crop otherwise) and scales it ("m11", "unit"; "byte" keeps 0..255).
 func faceNHWC(f *faceImage, size int, mode string) []float32 {
 	n := f.Size
 	out := make([]float32, size*size*3)
@@ -129,9 +131,11 @@ func faceNHWC(f *faceImage, size int, mode string) []float32 {
 					off := (n - size) / 2
 					v = float64(f.rgb[((y+off)*n+x+off)*3+c])
 				}
-				if mode == "m11" {
+				switch mode {
+				case "m11":
 					v = v/127.5 - 1
-				} else {
+				case "byte":
+				default:
 					v = v / 255
 				}
 				out[(y*size+x)*3+c] = float32(v)
@@ -269,6 +273,15 @@ func TestHumanGolden(t *testing.T) {
 					if worst > 1 {
 						t.Errorf("%s input %s output %s: max abs diff %g > %g (= %g + %g*max|ref|)", m.name, in.Name, o, maxAbs, allowed, tol, humanRtol)
 					}
+					if o == m.embed && want.Stride == 1 {
+						// Cosine matching sees the unit vector: it must agree
+						// within embedTol absolutely, whatever the raw scale.
+						d := unitDiff(g, want.Values)
+						t.Logf("%s input %-6s %-20s L2-normalised: max abs diff %.3g", m.name, in.Name, o, d)
+						if d > embedTol {
+							t.Errorf("%s input %s output %s: L2-normalised max abs diff %g > %g", m.name, in.Name, o, d, embedTol)
+						}
+					}
 				}
 			}
 		})
@@ -276,6 +289,21 @@ func TestHumanGolden(t *testing.T) {
 	if n := humanLiveMats(); n > 0 {
 		t.Errorf("%d gocv Mats left open", n)
 	}
+}
+
+// unitDiff is the max abs difference of the two vectors scaled to unit length.
+func unitDiff(got []float32, want []float64) float64 {
+	var ng, nw float64
+	for i, w := range want {
+		ng += float64(got[i]) * float64(got[i])
+		nw += w * w
+	}
+	ng, nw = math.Sqrt(ng), math.Sqrt(nw)
+	d := 0.0
+	for i, w := range want {
+		d = math.Max(d, math.Abs(float64(got[i])/ng-w/nw))
+	}
+	return d
 }
 
 func prod(s []int) int {

@@ -224,6 +224,16 @@ func (b *builder) eval(k string) (*value, error) {
 	case "Placeholder":
 		v, err = b.placeholder(n)
 	default:
+		for _, f := range fusions {
+			fv, ok, ferr := f(b, n)
+			if ok {
+				v, err = fv, ferr
+				break
+			}
+		}
+		if v != nil || err != nil {
+			break
+		}
 		var in []*value
 		for _, s := range n.Input {
 			if strings.HasPrefix(s, "^") {

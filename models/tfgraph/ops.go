@@ -16,14 +16,15 @@ func init() {
 		"Add": binaryOp, "AddV2": binaryOp, "BiasAdd": binaryOp, "Sub": binaryOp,
 		"Mul": binaryOp, "RealDiv": binaryOp, "Maximum": binaryOp, "Minimum": binaryOp,
 		"Relu": unaryOp, "Relu6": unaryOp, "Sigmoid": unaryOp, "Tanh": unaryOp,
-		"Elu": unaryOp, "Exp": unaryOp, "LeakyRelu": unaryOp,
+		"Elu": unaryOp, "Exp": unaryOp, "LeakyRelu": unaryOp, "Abs": unaryOp,
+		"Square": squareOp, "Rsqrt": rsqrtOp,
 		"Prelu":   preluOp,
 		"Softmax": softmaxOp,
 		"MaxPool": poolOp, "AvgPool": poolOp,
 		"Pad": padOp, "PadV2": padOp,
 		"Reshape": reshapeOp, "Squeeze": reshapeOp, "ExpandDims": reshapeOp,
-		"ConcatV2":       concatOp,
-		"Mean":           meanOp,
+		"ConcatV2": concatOp,
+		"Mean":     meanOp, "Sum": meanOp,
 		"FusedBatchNorm": batchNormOp, "FusedBatchNormV3": batchNormOp,
 	}
 }
@@ -107,7 +108,7 @@ func (b *builder) activate(x string, a activation, v *value) (string, error) {
 		return b.g.Op("Relu", []string{x}), nil
 	case "Relu6":
 		return b.g.Op("Clip", []string{x}, onnx.Float32("min", 0), onnx.Float32("max", 6)), nil
-	case "Sigmoid", "Tanh", "Elu", "Exp":
+	case "Sigmoid", "Tanh", "Elu", "Exp", "Abs":
 		return b.g.Op(a.kind, []string{x}), nil
 	case "LeakyRelu":
 		return b.g.Op("LeakyRelu", []string{x}, onnx.Float32("alpha", float32(a.f))), nil
@@ -252,48 +253,9 @@ func convOp(b *builder, n *Node, in []*value) (*value, error) {
 		}
 	}
 	res := &value{shape: []int{in[0].shape[0], out[0], out[1], co}, nchw: true}
-	last := n.Name
 	if act.kind == "" {
-		// Fold per-channel Add/Sub/Mul that follow into weights and bias.
-		for {
-			y := b.soleConsumer(last)
-			if y == nil || len(y.Input) != 2 || nodeName(y.Input[0]) != last {
-				break
-			}
-			switch y.Op {
-			case "Add", "AddV2", "BiasAdd", "Sub", "Mul":
-			default:
-				y = nil
-			}
-			if y == nil {
-				break
-			}
-			cn := b.nodes[nodeName(y.Input[1])]
-			if cn == nil || cn.Op != "Const" {
-				break
-			}
-			cv, err := b.eval(key(y.Input[1]))
-			if err != nil {
-				return nil, err
-			}
-			s, ok := perChannel(cv, co)
-			if !ok {
-				break
-			}
-			switch y.Op {
-			case "Mul":
-				scale(s)
-			case "Sub":
-				for o := range bias {
-					bias[o] -= s[o]
-				}
-			default:
-				for o := range bias {
-					bias[o] += s[o]
-				}
-			}
-			b.vals[y.Name] = res
-			last = y.Name
+		if err := b.foldAffine(n.Name, res, co, scale, bias); err != nil {
+			return nil, err
 		}
 	}
 	wn := b.g.Init(n.Name+"/W", i64s(wshape), f32(w))
@@ -309,6 +271,52 @@ func convOp(b *builder, n *Node, in []*value) (*value, error) {
 	}
 	res.name = y
 	return res, nil
+}
+
+// foldAffine folds the per-channel Add/Sub/Mul by constants that follow node
+// name (each the sole consumer of the previous) into a layer's weights and
+// bias: scale multiplies weights and bias by one factor per output channel.
+// The folded nodes resolve to res.
+func (b *builder) foldAffine(name string, res *value, co int, scale func([]float64), bias []float64) error {
+	last := name
+	for {
+		y := b.soleConsumer(last)
+		if y == nil || len(y.Input) != 2 || nodeName(y.Input[0]) != last {
+			return nil
+		}
+		const ci = 1
+		switch y.Op {
+		case "Add", "AddV2", "BiasAdd", "Sub", "Mul":
+		default:
+			return nil
+		}
+		cn := b.nodes[nodeName(y.Input[ci])]
+		if cn == nil || cn.Op != "Const" {
+			return nil
+		}
+		cv, err := b.eval(key(y.Input[ci]))
+		if err != nil {
+			return err
+		}
+		s, ok := perChannel(cv, co)
+		if !ok {
+			return nil
+		}
+		switch y.Op {
+		case "Mul":
+			scale(s)
+		case "Sub":
+			for o := range bias {
+				bias[o] -= s[o]
+			}
+		default:
+			for o := range bias {
+				bias[o] += s[o]
+			}
+		}
+		b.vals[y.Name] = res
+		last = y.Name
+	}
 }
 
 func matMulOp(b *builder, n *Node, in []*value) (*value, error) {
@@ -351,6 +359,19 @@ func matMulOp(b *builder, n *Node, in []*value) (*value, error) {
 		}
 	}
 	res := &value{shape: []int{x.shape[0], m}}
+	if act.kind == "" {
+		scale := func(s []float64) {
+			for o := 0; o < m; o++ {
+				for i := 0; i < k; i++ {
+					wt[o*k+i] *= s[o]
+				}
+				bias[o] *= s[o]
+			}
+		}
+		if err := b.foldAffine(n.Name, res, m, scale, bias); err != nil {
+			return nil, err
+		}
+	}
 	wn := b.g.Init(n.Name+"/W", []int64{int64(m), int64(k)}, f32(wt))
 	bn := b.g.Init(n.Name+"/B", []int64{int64(m)}, f32(bias))
 	y := b.g.Op("Gemm", []string{x.name, wn, bn}, onnx.Int("transB", 1))
@@ -407,12 +428,45 @@ func binaryOp(b *builder, n *Node, in []*value) (*value, error) {
 			xs, ys = d.name, b.constFor(y, d)
 		}
 		return &value{shape: shape, nchw: d.nchw, name: b.g.Op(op, []string{xs, ys})}, nil
+	case len(x.shape) == 2 && len(y.shape) == 2 && !equalShape(x.shape, y.shape) && !x.nchw && !y.nchw:
+		// [N,C] op [N,1] (e.g. a vector times its inverse norm): OpenCV 4.6
+		// cannot broadcast two dynamic inputs, so the column is first
+		// repeated C times by a Gemm with ones.
+		xs, ys := x.name, y.name
+		switch {
+		case x.shape[1] == 1 && y.shape[1] > 1 && x.shape[0] == y.shape[0]:
+			xs = b.repeatColumn(x.name, y.shape[1])
+		case y.shape[1] == 1 && x.shape[1] > 1 && x.shape[0] == y.shape[0]:
+			ys = b.repeatColumn(y.name, x.shape[1])
+		default:
+			return nil, fmt.Errorf("dynamic broadcast of %v and %v not supported", x.shape, y.shape)
+		}
+		return &value{shape: shape, name: b.g.Op(op, []string{xs, ys})}, nil
 	default:
 		if x.nchw && y.nchw {
 			return &value{shape: shape, nchw: true, name: b.g.Op(op, []string{x.name, y.name})}, nil
 		}
 		return &value{shape: shape, name: b.g.Op(op, []string{b.nhwc(x), b.nhwc(y)})}, nil
 	}
+}
+
+// repeatColumn turns an [N,1] value into [N,c] (Gemm with a [c,1] of ones).
+func (b *builder) repeatColumn(x string, c int) string {
+	ones := b.g.Init("ones", []int64{int64(c), 1}, f32(repeat(1, c)))
+	zero := b.g.Init("zeros", []int64{int64(c)}, make([]float32, c))
+	return b.g.Op("Gemm", []string{x, ones, zero}, onnx.Int("transB", 1))
+}
+
+func equalShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func unaryOp(b *builder, n *Node, in []*value) (*value, error) {
@@ -426,6 +480,20 @@ func unaryOp(b *builder, n *Node, in []*value) (*value, error) {
 		return nil, err
 	}
 	return &value{shape: x.shape, nchw: x.nchw, name: y}, nil
+}
+
+// squareOp: x*x.
+func squareOp(b *builder, n *Node, in []*value) (*value, error) {
+	x := in[0]
+	return &value{shape: x.shape, nchw: x.nchw, name: b.g.Op("Mul", []string{x.name, x.name})}, nil
+}
+
+// rsqrtOp: 1/sqrt(x) as Pow(x, -0.5) with a constant exponent, which
+// OpenCV 4.6 imports as its Power layer (ONNX has no Rsqrt).
+func rsqrtOp(b *builder, n *Node, in []*value) (*value, error) {
+	x := in[0]
+	e := b.g.Init("rsqrt_exponent", nil, []float32{-0.5})
+	return &value{shape: x.shape, nchw: x.nchw, name: b.g.Op("Pow", []string{x.name, e})}, nil
 }
 
 func preluOp(b *builder, n *Node, in []*value) (*value, error) {
@@ -603,6 +671,8 @@ func concatOp(b *builder, n *Node, in []*value) (*value, error) {
 	return &value{shape: shape, nchw: allNCHW, name: b.g.Op("Concat", names, onnx.Int("axis", int64(oaxis)))}, nil
 }
 
+// meanOp converts Mean and Sum (ReduceMean, ReduceSum; axes as attribute,
+// opset 11).
 func meanOp(b *builder, n *Node, in []*value) (*value, error) {
 	x, ax := in[0], in[1]
 	if !ax.isConst() {
@@ -656,7 +726,11 @@ func meanOp(b *builder, n *Node, in []*value) (*value, error) {
 	if keep {
 		k = 1
 	}
-	return &value{shape: shape, nchw: nchw && keep, name: b.g.Op("ReduceMean", []string{name}, onnx.Ints("axes", axes...), onnx.Int("keepdims", k))}, nil
+	op := "ReduceMean"
+	if n.Op == "Sum" {
+		op = "ReduceSum"
+	}
+	return &value{shape: shape, nchw: nchw && keep, name: b.g.Op(op, []string{name}, onnx.Ints("axes", axes...), onnx.Int("keepdims", k))}, nil
 }
 
 func sortInt64(a []int64) {

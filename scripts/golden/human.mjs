@@ -4,6 +4,8 @@
 //
 //   node scripts/golden/human.mjs [SRC_DIR] [OUT_DIR]
 //   (defaults: build/src and testdata/golden, relative to the repository root)
+//   GOLDEN_MODELS=mobilefacenet,mobileface node scripts/golden/human.mjs
+//   (only the named models)
 //
 // Inputs per model: a seeded pseudo-random NHWC tensor (LCG, the same code as
 // in the Go tests) and, for image models, the real face of
@@ -29,6 +31,8 @@ const MODELS = [
   { name: 'faceres-deep', size: 224, face: 'unit', outputs: ['global_pooling/Mean', 'gender_pred/Sigmoid', 'age_pred/Softmax'] },
   { name: 'facemesh', size: 192, face: 'unit', outputs: ['Identity', 'Identity_1', 'Identity_2'] },
   { name: 'iris', size: 64, face: null, outputs: ['Identity'] },
+  { name: 'mobilefacenet', size: 112, face: 'm11', outputs: ['embeddings', 'MobileFaceNet/Logits/SpatialSqueeze'] },
+  { name: 'mobileface', size: 112, face: 'byte', outputs: ['batchnorm0/add_1'] },
 ];
 const SEED = 20240607;
 const MAX_VALUES = 3000; // per output and input
@@ -45,7 +49,8 @@ function lcgTensor(seed, n) {
 }
 
 // faceInput: the 256x256 face, resampled to size (box average by 2 for 128,
-// centre crop for 224 and 192), scaled to [-1,1] ("m11") or [0,1] ("unit").
+// centre crop for 224, 192 and 112), scaled to [-1,1] ("m11"), [0,1] ("unit")
+// or kept in 0..255 ("byte").
 function faceInput(face, size, mode) {
   const { rgb, n } = face;
   const out = new Float32Array(size * size * 3);
@@ -60,7 +65,7 @@ function faceInput(face, size, mode) {
           const off = (n - size) / 2;
           v = rgb[((y + off) * n + x + off) * 3 + c];
         }
-        out[(y * size + x) * 3 + c] = mode === 'm11' ? v / 127.5 - 1 : v / 255;
+        out[(y * size + x) * 3 + c] = mode === 'm11' ? v / 127.5 - 1 : (mode === 'byte' ? v : v / 255);
       }
     }
   }
@@ -92,7 +97,9 @@ async function main() {
   await tf.ready();
   const faceDoc = JSON.parse(fs.readFileSync(path.join(outDir, 'human_input_face.json'), 'utf8'));
   const face = { rgb: Uint8Array.from(Buffer.from(faceDoc.rgb, 'base64')), n: faceDoc.size };
+  const only = (process.env.GOLDEN_MODELS || '').split(',').filter((x) => x);
   for (const m of MODELS) {
+    if (only.length && !only.includes(m.name)) continue;
     const model = await tf.loadGraphModel(ioHandler(m.name));
     const shape = [1, m.size, m.size, 3];
     const inputs = [{ name: 'random', seed: SEED, data: lcgTensor(SEED, m.size * m.size * 3) }];
