@@ -51,6 +51,14 @@ type Pipeline struct {
 	Detector  string `yaml:"detector"`
 	Landmarks string `yaml:"landmarks,omitempty"`
 	Embedder  string `yaml:"embedder"`
+	// FastDetector, when set, runs first on every image. Its customer face
+	// is used when it scores at least FastMinScore and its box side is at
+	// least FastMinFace of the image's shorter side (a close-range face);
+	// otherwise Detector runs. A cheap close-range detector in front of a
+	// general one: docs/accuracy.md measures the cut.
+	FastDetector string  `yaml:"fast_detector,omitempty"`
+	FastMinScore float64 `yaml:"fast_min_score,omitempty"`
+	FastMinFace  float64 `yaml:"fast_min_face,omitempty"`
 }
 
 // Model is one network and everything needed to run it.
@@ -202,6 +210,7 @@ func (m *Manifest) Validate() error {
 	}
 	for _, ref := range []struct{ what, name, task string }{
 		{"detector", m.Pipeline.Detector, TaskDetector},
+		{"fast_detector", m.Pipeline.FastDetector, TaskDetector},
 		{"landmarks", m.Pipeline.Landmarks, TaskLandmarks},
 		{"embedder", m.Pipeline.Embedder, TaskEmbedder},
 	} {
@@ -213,6 +222,14 @@ func (m *Manifest) Validate() error {
 			errs = append(errs, fmt.Errorf("pipeline.%s: no model named %q", ref.what, ref.name))
 		} else if md.Task != ref.task {
 			errs = append(errs, fmt.Errorf("pipeline.%s: model %q is a %s", ref.what, ref.name, md.Task))
+		}
+	}
+	if p := m.Pipeline; p.FastDetector != "" {
+		if p.FastMinScore <= 0 || p.FastMinScore >= 1 {
+			errs = append(errs, fmt.Errorf("pipeline.fast_min_score %v: must be in (0,1) when fast_detector is set", p.FastMinScore))
+		}
+		if p.FastMinFace < 0 || p.FastMinFace >= 1 {
+			errs = append(errs, fmt.Errorf("pipeline.fast_min_face %v: must be in [0,1)", p.FastMinFace))
 		}
 	}
 	return errors.Join(errs...)

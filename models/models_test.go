@@ -79,6 +79,23 @@ func TestManifestValidation(t *testing.T) {
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "is a embedder") {
 		t.Errorf("pipeline detector pointing at an embedder: %v", err)
 	}
+	det := good
+	det.Name, det.Task, det.Decode, det.Embedding = "d", TaskDetector, "blazeface", nil
+	for name, tc := range map[string]struct {
+		p    Pipeline
+		want string
+	}{
+		"fast detector is an embedder": {Pipeline{Detector: "d", FastDetector: "e", FastMinScore: 0.5}, "pipeline.fast_detector"},
+		"fast detector unknown":        {Pipeline{Detector: "d", FastDetector: "x", FastMinScore: 0.5}, "no model named"},
+		"fast score missing":           {Pipeline{Detector: "d", FastDetector: "d"}, "fast_min_score"},
+		"fast face out of range":       {Pipeline{Detector: "d", FastDetector: "d", FastMinScore: 0.5, FastMinFace: 1.5}, "fast_min_face"},
+		"good cascade":                 {Pipeline{Detector: "d", FastDetector: "d", FastMinScore: 0.5, FastMinFace: 0.2}, ""},
+	} {
+		err := (&Manifest{Schema: 1, Models: []Model{good, det}, Pipeline: tc.p}).Validate()
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: got %v, want %q", name, err, tc.want)
+		}
+	}
 }
 
 func TestCheckFile(t *testing.T) {

@@ -92,17 +92,25 @@ type Face struct {
 // Timings are per-stage durations of the last call, for metrics and evals.
 type Timings struct {
 	Detect, Embed time.Duration
+	// Fast counts detection passes the fast detector decided; Full those
+	// that ran the main detector.
+	Fast, Full int
 }
 
 // Pipeline turns frames into faces and a burst into one visit descriptor.
 // It is safe for concurrent use; the nets serialise internally.
 type Pipeline struct {
-	cfg      Config
-	det      Detector
-	emb      *Embedder
-	mask     *MaskClassifier
-	proj     *ProjectionHead
-	Embedder string // embedder model name
+	cfg  Config
+	det  Detector
+	fast Detector // optional close-range detector run first
+	// fastScore and fastFace gate the fast detector's customer face.
+	fastScore, fastFace float64
+	emb                 *Embedder
+	mask                *MaskClassifier
+	proj                *ProjectionHead
+	Embedder            string // embedder model name
+	// Detector names the detection stage: one model, or "fast>main".
+	Detector string
 }
 
 // New loads the manifest's pipeline models (or the named ones) from dir.
@@ -113,8 +121,12 @@ func New(dir string, man *models.Manifest, detector, embedder string, cfg Config
 	if cfg.Threads > 0 {
 		SetNumThreads(cfg.Threads)
 	}
+	fastName := ""
 	if detector == "" {
+		// The manifest's choice, with its fast first stage if it has one;
+		// a detector named by the caller runs alone.
 		detector = man.Pipeline.Detector
+		fastName = man.Pipeline.FastDetector
 	}
 	if embedder == "" {
 		embedder = man.Pipeline.Embedder
@@ -136,7 +148,20 @@ func New(dir string, man *models.Manifest, detector, embedder string, cfg Config
 		det.Close()
 		return nil, err
 	}
-	p := &Pipeline{cfg: cfg, det: det, emb: emb, Embedder: em.Name}
+	p := &Pipeline{cfg: cfg, det: det, emb: emb, Embedder: em.Name, Detector: dm.Name}
+	if fastName != "" {
+		fm, ok := man.Find(fastName)
+		if !ok {
+			p.Close()
+			return nil, fmt.Errorf("fast detector %q is not in the model manifest", fastName)
+		}
+		if p.fast, err = NewDetector(dir, fm); err != nil {
+			p.Close()
+			return nil, err
+		}
+		p.fastScore, p.fastFace = man.Pipeline.FastMinScore, man.Pipeline.FastMinFace
+		p.Detector = fm.Name + ">" + dm.Name
+	}
 	if !cfg.Raw {
 		if p.proj, err = loadProjection(dir, em); err != nil {
 			p.Close()
@@ -158,6 +183,9 @@ func (p *Pipeline) Close() error {
 	if p.det != nil {
 		errs = append(errs, p.det.Close())
 	}
+	if p.fast != nil {
+		errs = append(errs, p.fast.Close())
+	}
 	if p.emb != nil {
 		errs = append(errs, p.emb.Close())
 	}
@@ -172,14 +200,10 @@ var ErrNoFace = errors.New("no usable face")
 
 // detectCustomer finds the customer's face, padding a tight crop when the
 // first pass finds nothing.
-func (p *Pipeline) detectCustomer(img gocv.Mat) (Detection, bool, bool, error) {
-	dets, err := p.det.Detect(img)
-	if err != nil {
-		return Detection{}, false, false, err
-	}
-	dets = filterScore(dets, p.cfg.MinScore)
-	if d, ok := customer(dets, img.Cols(), img.Rows()); ok {
-		return d, true, false, nil
+func (p *Pipeline) detectCustomer(img gocv.Mat, t *Timings) (Detection, bool, bool, error) {
+	d, ok, err := p.findCustomer(img, t)
+	if err != nil || ok {
+		return d, ok, false, err
 	}
 	if p.cfg.PadTight < 1 {
 		return Detection{}, false, false, nil
@@ -193,14 +217,9 @@ func (p *Pipeline) detectCustomer(img gocv.Mat) (Detection, bool, bool, error) {
 	padded := gocv.NewMat()
 	defer padded.Close()
 	gocv.CopyMakeBorder(img, &padded, py, py, px, px, gocv.BorderConstant, colorOf(128))
-	dets, err = p.det.Detect(padded)
-	if err != nil {
+	d, ok, err = p.findCustomer(padded, t)
+	if err != nil || !ok {
 		return Detection{}, false, false, err
-	}
-	dets = filterScore(dets, p.cfg.MinScore)
-	d, ok := customer(dets, padded.Cols(), padded.Rows())
-	if !ok {
-		return Detection{}, false, false, nil
 	}
 	shift := func(x, y float64) (float64, float64) { return x - float64(px), y - float64(py) }
 	d.X0, d.Y0 = shift(d.X0, d.Y0)
@@ -209,6 +228,33 @@ func (p *Pipeline) detectCustomer(img gocv.Mat) (Detection, bool, bool, error) {
 		d.Points[i][0], d.Points[i][1] = shift(d.Points[i][0], d.Points[i][1])
 	}
 	return d, true, true, nil
+}
+
+// findCustomer runs the detection stage on one image: the fast detector
+// when its customer face is confident and close, else the main detector.
+func (p *Pipeline) findCustomer(img gocv.Mat, t *Timings) (Detection, bool, error) {
+	if t == nil {
+		t = &Timings{}
+	}
+	if p.fast != nil {
+		dets, err := p.fast.Detect(img)
+		if err != nil {
+			return Detection{}, false, err
+		}
+		dets = filterScore(dets, max(p.fastScore, p.cfg.MinScore))
+		if d, ok := customer(dets, img.Cols(), img.Rows()); ok &&
+			math.Max(d.W(), d.H()) >= p.fastFace*float64(min(img.Cols(), img.Rows())) {
+			t.Fast++
+			return d, true, nil
+		}
+	}
+	t.Full++
+	dets, err := p.det.Detect(img)
+	if err != nil {
+		return Detection{}, false, err
+	}
+	d, ok := customer(filterScore(dets, p.cfg.MinScore), img.Cols(), img.Rows())
+	return d, ok, nil
 }
 
 func filterScore(dets []Detection, min float64) []Detection {
@@ -238,7 +284,7 @@ type measured struct {
 // burst can embed only its best frames.
 func (p *Pipeline) measure(img gocv.Mat, t *Timings) (measured, error) {
 	t0 := time.Now()
-	d, ok, padded, err := p.detectCustomer(img)
+	d, ok, padded, err := p.detectCustomer(img, t)
 	if t != nil {
 		t.Detect += time.Since(t0)
 	}
@@ -465,7 +511,7 @@ func normalize(v []float64) []float32 {
 // FaceWithPaintedMask finds the face in img, paints a synthetic mask of the
 // given style on a copy and returns the face measured on the masked copy.
 func (p *Pipeline) FaceWithPaintedMask(img gocv.Mat, style int, t *Timings) (Face, error) {
-	d, ok, _, err := p.detectCustomer(img)
+	d, ok, _, err := p.detectCustomer(img, t)
 	if err != nil {
 		return Face{}, err
 	}

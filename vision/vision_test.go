@@ -237,3 +237,66 @@ func TestNMS(t *testing.T) {
 		t.Fatalf("nms %+v", k)
 	}
 }
+
+// The manifest's detection stage is a cascade: the 128-input detector
+// decides a close, confident face; a wide scene with small faces goes to the
+// 256-input detector, which then picks the same customer as it does alone.
+func TestFastDetectorCascade(t *testing.T) {
+	checkMats(t)
+	_, man := modelsDir(t)
+	if man.Pipeline.FastDetector == "" {
+		t.Skip("the manifest's pipeline has no fast detector")
+	}
+	p := newTestPipeline(t, "", "")
+	single := newTestPipeline(t, man.Pipeline.Detector, "")
+	if want := man.Pipeline.FastDetector + ">" + man.Pipeline.Detector; p.Detector != want || single.Detector != man.Pipeline.Detector {
+		t.Fatalf("detector stages %q and %q, want %q and %q", p.Detector, single.Detector, want, man.Pipeline.Detector)
+	}
+
+	wide := sample(t, "sample1.jpg") // six people, small faces
+	var tw Timings
+	f, err := p.FaceInImage(wide, FaceOptions{}, &tw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tw.Full != 1 || tw.Fast != 0 {
+		t.Errorf("wide photo: fast %d, full %d passes; want the main detector to decide", tw.Fast, tw.Full)
+	}
+	g, err := single.FaceInImage(wide, FaceOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := iou(f.Det, g.Det); o < 0.99 {
+		t.Errorf("wide photo: cascade customer %+v differs from the main detector's %+v (IoU %.2f)", f.Det, g.Det, o)
+	}
+
+	// The same customer framed as an ATM camera sees him: the face fills
+	// about 40% of the frame.
+	img, _ := gocv.IMDecode(wide, gocv.IMReadColor)
+	defer img.Close()
+	side := 2.5 * math.Max(g.Det.W(), g.Det.H())
+	cx, cy := (g.Det.X0+g.Det.X1)/2, (g.Det.Y0+g.Det.Y1)/2
+	r := image.Rect(int(cx-side/2), int(cy-side/2), int(cx+side/2), int(cy+side/2)).Intersect(image.Rect(0, 0, img.Cols(), img.Rows()))
+	roi := img.Region(r)
+	close := roi.Clone()
+	roi.Close()
+	defer close.Close()
+	var tc Timings
+	h, err := p.faceInMat(close, FaceOptions{}, &tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc.Fast != 1 || tc.Full != 0 {
+		t.Errorf("close-up: fast %d, full %d passes; want the fast detector to decide", tc.Fast, tc.Full)
+	}
+	k, err := single.faceInMat(close, FaceOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := iou(h.Det, k.Det); o < 0.6 {
+		t.Errorf("close-up: the two detectors found different faces (IoU %.2f)", o)
+	}
+	if c := cosine(h.Embedding, k.Embedding); c < 0.9 {
+		t.Errorf("close-up: templates from the two detectors' boxes differ: cosine %.3f", c)
+	}
+}

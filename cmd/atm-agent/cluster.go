@@ -97,10 +97,7 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 		finders = append(finders, p)
 		man = m
 	}
-	det := pf.detector
-	if det == "" {
-		det = man.Pipeline.Detector
-	}
+	det := finders[0].(*vision.Pipeline).Detector
 	emb := finders[0].(*vision.Pipeline).Embedder
 	em, ok := man.Find(emb)
 	if !ok || em.Embedding == nil {
@@ -121,7 +118,7 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 	}
 
 	meta := batch.Meta{Version: version, Input: pos[0], Detector: det, Embedder: emb, Crop: em.Embedding.Crop}
-	for _, name := range []string{det, emb} {
+	for _, name := range append(strings.Split(det, ">"), emb) {
 		if md, ok := man.Find(name); ok {
 			meta.Models = append(meta.Models, batch.ModelInfo{Name: md.Name, SHA256: md.SHA256})
 		}

@@ -113,15 +113,15 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 	if err != nil {
 		return nil, nil, "", err
 	}
-	det := pf.detector
-	if det == "" {
-		det = man.Pipeline.Detector
-	}
 	// The cache key names everything that changes the embeddings.
 	kc := cfg
 	kc.Raw = false // only matters through the projection's checksum below
-	key := fmt.Sprintf("%s|%+v", det, kc)
-	for _, name := range []string{det, p.Embedder} {
+	key := fmt.Sprintf("%s|%+v", p.Detector, kc)
+	names := strings.Split(p.Detector, ">")
+	if len(names) > 1 {
+		key += fmt.Sprintf("|fast %v %v", man.Pipeline.FastMinScore, man.Pipeline.FastMinFace)
+	}
+	for _, name := range append(names, p.Embedder) {
 		if md, ok := man.Find(name); ok {
 			key += "|" + md.SHA256 + fmt.Sprintf("%+v", md.Embedding) + fmt.Sprintf("%+v", md.Input)
 			if md.MaskHead != nil {
@@ -214,10 +214,7 @@ func datasetRunSubset(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	run.Detector = pf.detector
-	if run.Detector == "" {
-		run.Detector = man.Pipeline.Detector
-	}
+	run.Detector = p.Detector
 	return run, ds, man, nil
 }
 
