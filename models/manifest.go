@@ -128,8 +128,10 @@ type Embedding struct {
 	Dim    int    `yaml:"dim"`
 	Metric string `yaml:"metric"` // cosine or euclidean
 	// Crop says what part of the face box the embedder sees:
-	// "aligned" (eye-aligned whole face), "box" (detector box scaled by
-	// CropScale), "original" (the original project's top-73% policy).
+	// "aligned" (eye-aligned whole face), "arcface" (similarity-aligned to
+	// the ArcFace 112 five-point template from the detector's eyes, nose and
+	// mouth, zoomed out by CropScale, default 1), "box" (detector box scaled
+	// by CropScale), "original" (the original project's top-73% policy).
 	Crop      string  `yaml:"crop"`
 	CropScale float64 `yaml:"crop_scale,omitempty"`
 	Flip      bool    `yaml:"flip,omitempty"` // average with the mirrored face
@@ -287,9 +289,9 @@ func (md *Model) validate() error {
 			return fmt.Errorf("embedding metric %q: want cosine or euclidean", e.Metric)
 		}
 		switch e.Crop {
-		case "aligned", "box", "original":
+		case "aligned", "arcface", "box", "original":
 		default:
-			return fmt.Errorf("embedding crop %q: want aligned, box or original", e.Crop)
+			return fmt.Errorf("embedding crop %q: want aligned, arcface, box or original", e.Crop)
 		}
 	}
 	if md.Decode == "" {

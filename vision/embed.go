@@ -54,6 +54,12 @@ func (e *Embedder) crop(img gocv.Mat, d Detection) (gocv.Mat, error) {
 			return cropAligned(img, d, 0.5-0.12/scale, 0.42/scale, size), nil
 		}
 		return cropSquare(img, d, scale, size), nil
+	case "arcface":
+		// ArcFace five-point template (eyes, nose, mouth from the detector).
+		if e.e.CropScale == 0 {
+			scale = 1
+		}
+		return cropArcFace(img, d, scale, size), nil
 	case "original":
 		// The original project's policy, kept as a baseline:
 		// image[startY:int(endY-(.27*endY)), startX:endX], which keeps 73%
