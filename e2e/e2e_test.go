@@ -196,8 +196,14 @@ func (s *syncBuf) String() string {
 
 func start(t *testing.T, args ...string) *agentProc {
 	t.Helper()
+	return startProg(t, agentBin, args...)
+}
+
+// startProg runs prog (the agent, or a wrapper that execs it) with args.
+func startProg(t *testing.T, prog string, args ...string) *agentProc {
+	t.Helper()
 	p := &agentProc{log: &syncBuf{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(agentBin, args...)
+	p.cmd = exec.Command(prog, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
