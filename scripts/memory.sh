@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Memory of the real daemon over real visits: `atm-agent run` with a replay
+# camera (face-api's demo photos, looped) and a replay trigger firing VISITS
+# card inserts back to back, MQTT off, a bbolt file on a temp dir. Samples
+# VmRSS / RssAnon / RssFile from /proc/<pid>/status every SAMPLE_SECONDS and
+# prints smaps_rollup at the end. Frames are the photos cut to 640x480 (the
+# default camera mode) by scripts/frames. Extra environment for the agent (GOMEMLIMIT, MALLOC_ARENA_MAX, ...)
+# goes in AGENT_ENV; BIN=path runs a prebuilt binary (e.g. the static one).
+#
+#   bash scripts/memory.sh                          # needs `make models`
+#   VISITS=300 AGENT_ENV="MALLOC_ARENA_MAX=2 GOMEMLIMIT=100MiB" bash scripts/memory.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$PATH:/usr/local/go/bin
+VISITS=${VISITS:-300}
+SAMPLE_SECONDS=${SAMPLE_SECONDS:-10}
+AGENT_ENV=${AGENT_ENV:-}
+MODELS=${ATM_MODELS_DIR:-$PWD/build/models}
+SRC=${ATM_MODEL_SRC:-$PWD/build/src}
+
+tmp=$(mktemp -d)
+pid=
+cleanup() {
+	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+		kill -TERM "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	fi
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+if [ -n "${BIN:-}" ]; then
+	cp "$BIN" "$tmp/atm-agent"
+else
+	go build -o "$tmp/atm-agent" ./cmd/atm-agent
+fi
+go run ./scripts/frames -size 640x480 -o "$tmp/frames" "$SRC"/face-api/demo/sample*.jpg
+cat >"$tmp/config.yaml" <<EOF
+device: {id: atm-mem, site: bench}
+models: {dir: $MODELS}
+camera: {source: $tmp/frames, kind: images, loop: true}
+trigger:
+  http: {enabled: false}
+  replay: {enabled: true, interval: 1ms, count: $VISITS}
+store: {path: $tmp/agent.db}
+log: {level: info}
+EOF
+"$tmp/atm-agent" config check "$tmp/config.yaml" >/dev/null
+
+env $AGENT_ENV "$tmp/atm-agent" run --config "$tmp/config.yaml" 2>"$tmp/agent.log" &
+pid=$!
+status() { awk '/^(VmRSS|VmHWM|RssAnon|RssFile|Threads):/{printf "%s %s ", $1, $2}' "/proc/$pid/status"; }
+visits() { grep -c 'msg=visit ' "$tmp/agent.log" || true; }
+start=$(date +%s)
+echo "env: ${AGENT_ENV:-(none)}; $VISITS visits"
+sleep 3
+echo "t=0s models loaded: $(status)"
+while kill -0 "$pid" 2>/dev/null; do
+	sleep "$SAMPLE_SECONDS"
+	kill -0 "$pid" 2>/dev/null || break
+	n=$(visits)
+	echo "t=$(( $(date +%s) - start ))s visits=$n $(status)"
+	if [ "$n" -ge "$VISITS" ]; then break; fi
+done
+echo "smaps_rollup:"; grep -E '^(Rss|Pss|Pss_Anon|Pss_File|Anonymous|Private_Dirty|Shared_Clean)' "/proc/$pid/smaps_rollup" | sed 's/^/  /' || true
