@@ -8,7 +8,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"image"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -22,10 +21,9 @@ import (
 	"testing"
 	"time"
 
-	"gocv.io/x/gocv"
-
 	"github.com/periocular/atm-agent/agent"
 	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/demo"
 	"github.com/periocular/atm-agent/identity"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
@@ -53,26 +51,21 @@ func modelsDir(b *testing.B) (string, *models.Manifest) {
 	return dir, man
 }
 
-// frame640 is face-api's sample1.jpg resized to a 640x480 camera frame (as
-// vision's BenchmarkPerceiveBurst).
-func frame640(b *testing.B) visit.Frame {
+// atmBurst is one simulated card insert as the demo renders it: the first
+// demo face (face-api's sample photos) pasted at an ATM camera's distance
+// (a 230-290 px face in a 640x480 frame) over a background, with per-frame
+// position and brightness jitter; five different frames.
+func atmBurst(b *testing.B) []visit.Frame {
 	src := os.Getenv("ATM_MODEL_SRC")
 	if src == "" {
 		src = repoPath("build", "src")
 	}
-	raw, err := os.ReadFile(filepath.Join(src, "face-api", "demo", "sample1.jpg"))
-	if err != nil {
-		b.Fatalf("demo photo (run `make models`): %v", err)
+	dir, _ := modelsDir(b)
+	faces, err := demo.LoadFaces(dir, filepath.Join(src, "face-api", "demo"))
+	if err != nil || len(faces) == 0 {
+		b.Fatalf("demo faces (run `make models`): %v", err)
 	}
-	m, err := gocv.IMDecode(raw, gocv.IMReadColor)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer m.Close()
-	r := gocv.NewMat()
-	defer r.Close()
-	gocv.Resize(m, &r, image.Pt(640, 480), 0, 0, gocv.InterpolationArea)
-	return visit.Frame{W: 640, H: 480, BGR: r.ToBytes()}
+	return demo.Render(faces[0].BGR, demo.ShotFace, 5, 1)
 }
 
 // burstCamera returns prepared frames immediately.
@@ -199,8 +192,7 @@ func BenchmarkVisitLatency(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer p.Close()
-	fr := frame640(b)
-	cam := burstCamera{[]visit.Frame{fr, fr, fr, fr, fr}}
+	cam := burstCamera{atmBurst(b)}
 	r := newRig(b, cam, p, engineFor(b, em), em.Name, p.Config().NewIdentityQuality)
 
 	r.visit(b, agent.Event{Source: "bench"}) // warm-up
