@@ -11,6 +11,7 @@ import (
 
 	"github.com/periocular/atm-agent/eval"
 	"github.com/periocular/atm-agent/models"
+	"github.com/periocular/atm-agent/vision"
 )
 
 // evalTrainHeads fits the embedder's mask classifier and mask-removing
@@ -23,7 +24,10 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 	var sets multiFlag
 	fs.Var(&sets, "dataset", "labelled folder; DIR:synthetic paints masks on half of each identity's unmasked images (repeatable)")
 	napK := fs.String("nap-k", "0,4,8,16,32", "projection sizes to compare (identity-held-out)")
-	shipK := fs.Int("ship-k", 0, "projection size to write (0: none)")
+	shipK := fs.Int("ship-k", 0, "NAP projection size to write (0: none; same as --ship napK)")
+	var methods multiFlag
+	fs.Var(&methods, "method", "projection to compare, identity-held-out: napK, wccn[:p=128,256][:a=0.01,0.1], lda[:p=256][:a=0.1][:k=64,128], napK+wccn..., napK+lda...; lists are grids searched on the training identities only (repeatable)")
+	ship := fs.String("ship", "", "projection to fit on all the data and write (a --method spec; overrides --ship-k)")
 	manifest := fs.String("manifest", "", "manifest to record the heads in (e.g. models/manifest.yaml); heads are written to its heads/ folder")
 	maxPer := fs.Int("max-per-identity", 0, "in :synthetic datasets, use at most this many images per identity (0: all)")
 	maxSingles := fs.Int("max-singletons", 0, "in :synthetic datasets, use at most this many single-image identities (0: all)")
@@ -41,6 +45,22 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 			return fmt.Errorf("%w: --nap-k %q", errUsage, s)
 		}
 		ks = append(ks, k)
+	}
+	var ms []eval.Method
+	for _, spec := range methods {
+		m, err := eval.ParseMethod(spec)
+		if err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		ms = append(ms, m)
+	}
+	var shipM *eval.Method
+	if *ship != "" {
+		m, err := eval.ParseMethod(*ship)
+		if err != nil {
+			return fmt.Errorf("%w: --ship: %v", errUsage, err)
+		}
+		shipM = &m
 	}
 	var trainSets []eval.Set
 	var names []string
@@ -67,7 +87,7 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 		names = append(names, name)
 	}
 	trained := fmt.Sprintf("atm-agent eval train-heads %s (dev halves), embedder %s", strings.Join(args, " "), embedder)
-	mc, proj, rep, err := eval.TrainHeads(trainSets, eval.HeadsOptions{NAPK: ks, ShipK: *shipK, Trained: trained, Embedder: embedder})
+	mc, proj, rep, err := eval.TrainHeads(trainSets, eval.HeadsOptions{Methods: ms, NAPK: ks, Ship: shipM, ShipK: *shipK, Trained: trained, Embedder: embedder})
 	if err != nil {
 		return err
 	}
@@ -89,10 +109,19 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	md.Projection = nil
-	if proj != nil {
-		if md.Projection, err = writeHead(headsDir, fmt.Sprintf("%s-nap%d.json", embedder, *shipK), proj, trained); err != nil {
+	switch p := proj.(type) {
+	case *vision.ProjectionHead:
+		if md.Projection, err = writeHead(headsDir, fmt.Sprintf("%s-nap%d.json", embedder, len(p.U)), p, trained); err != nil {
 			return err
 		}
+	case *eval.LinearHead:
+		// The agent's projection loader applies NAP heads only: write the
+		// file for inspection, keep it out of the manifest.
+		h, err := writeHead(headsDir, fmt.Sprintf("%s-linear%d.json", embedder, len(p.W)), p, trained)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "\nwrote the linear head %s (not recorded: the agent applies NAP heads only)\n", h.File)
 	}
 	if err := man.Save(*manifest); err != nil {
 		return err

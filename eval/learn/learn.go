@@ -119,6 +119,21 @@ func (p *Projection) Apply(x []float32) {
 	}
 }
 
+// Remove returns x - U U^T x without renormalising it.
+func (p *Projection) Remove(x []float32) []float32 {
+	y := append([]float32(nil), x...)
+	for _, u := range p.U {
+		var d float64
+		for i := range y {
+			d += float64(u[i]) * float64(y[i])
+		}
+		for i := range y {
+			y[i] -= float32(d) * u[i]
+		}
+	}
+	return y
+}
+
 // FitNAP returns the top k principal directions of the given difference
 // vectors (uncentred: the mean shift a mask causes is itself a nuisance
 // direction), by power iteration with deflation. Deterministic (seeded).
