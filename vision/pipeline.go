@@ -242,8 +242,12 @@ func (p *Pipeline) findCustomer(img gocv.Mat, t *Timings) (Detection, bool, erro
 			return Detection{}, false, err
 		}
 		dets = filterScore(dets, max(p.fastScore, p.cfg.MinScore))
+		// Close, confident and whole: a box that crosses the border is a
+		// tight crop or a partial face, where the 128 input places the box
+		// worse than the main detector does.
 		if d, ok := customer(dets, img.Cols(), img.Rows()); ok &&
-			math.Max(d.W(), d.H()) >= p.fastFace*float64(min(img.Cols(), img.Rows())) {
+			math.Max(d.W(), d.H()) >= p.fastFace*float64(min(img.Cols(), img.Rows())) &&
+			d.X0 >= 0 && d.Y0 >= 0 && d.X1 <= float64(img.Cols()) && d.Y1 <= float64(img.Rows()) {
 			t.Fast++
 			return d, true, nil
 		}
