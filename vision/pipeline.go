@@ -44,6 +44,11 @@ type Config struct {
 	PadTight float64 `yaml:"pad_tight"`
 }
 
+// Revision names the behaviour of the detection, crop and quality code.
+// Evaluation caches key on it: change it whenever a code change alters
+// which face is found or how it is cut.
+const Revision = "2026-11-27.cascade-inside"
+
 // DefaultConfig returns the measured defaults (docs/accuracy.md).
 func DefaultConfig() Config {
 	return Config{

@@ -116,7 +116,7 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 	// The cache key names everything that changes the embeddings.
 	kc := cfg
 	kc.Raw = false // only matters through the projection's checksum below
-	key := fmt.Sprintf("%s|%+v", p.Detector, kc)
+	key := fmt.Sprintf("%s|%s|%+v", vision.Revision, p.Detector, kc)
 	names := strings.Split(p.Detector, ">")
 	if len(names) > 1 {
 		key += fmt.Sprintf("|fast %v %v", man.Pipeline.FastMinScore, man.Pipeline.FastMinFace)
