@@ -3,8 +3,10 @@
 # camera (face-api's demo photos, looped) and a replay trigger firing VISITS
 # card inserts back to back, MQTT off, a bbolt file on a temp dir. Samples
 # VmRSS / RssAnon / RssFile from /proc/<pid>/status every SAMPLE_SECONDS and
-# prints smaps_rollup at the end. Frames are the photos cut to 640x480 (the
-# default camera mode) by scripts/frames. Extra environment for the agent (GOMEMLIMIT, MALLOC_ARENA_MAX, ...)
+# prints smaps_rollup at the end. Frames are the demo day's first 60 card
+# inserts as scripts/frames renders them (faces at ATM distance in 640x480
+# frames; covered and empty shots included), replayed in a loop;
+# FRAMES=photos replays face-api's group photos cut to 640x480 instead. Extra environment for the agent (GOMEMLIMIT, MALLOC_ARENA_MAX, ...)
 # goes in AGENT_ENV; BIN=path runs a prebuilt binary (e.g. the static one).
 #
 #   bash scripts/memory.sh                          # needs `make models`
@@ -34,7 +36,11 @@ if [ -n "${BIN:-}" ]; then
 else
 	go build -o "$tmp/atm-agent" ./cmd/atm-agent
 fi
-go run ./scripts/frames -size 640x480 -o "$tmp/frames" "$SRC"/face-api/demo/sample*.jpg
+if [ "${FRAMES:-demo}" = photos ]; then
+	go run ./scripts/frames -size 640x480 -o "$tmp/frames" "$SRC"/face-api/demo/sample*.jpg
+else
+	go run ./scripts/frames -demo 60 -models "$MODELS" -photos "$SRC/face-api/demo" -o "$tmp/frames"
+fi
 cat >"$tmp/config.yaml" <<EOF
 device: {id: atm-mem, site: bench}
 models: {dir: $MODELS}

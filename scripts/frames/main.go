@@ -1,8 +1,11 @@
-// Command frames cuts photos to camera frames for benchmarks: each image is
-// scaled to cover WxH and centre-cropped to it, as a camera at that mode
-// would frame the scene.
+// Command frames makes camera frames for benchmarks. With photos as
+// arguments, each is scaled to cover WxH and centre-cropped to it, as a
+// camera at that mode would frame the scene. With -demo N it renders the
+// bursts of the first N card inserts of the demo's simulated ATM day
+// (faces at ATM distance in 640x480 frames; package demo).
 //
 //	go run ./scripts/frames -size 640x480 -o DIR photo.jpg...
+//	go run ./scripts/frames -demo 40 -o DIR
 package main
 
 import (
@@ -13,12 +16,29 @@ import (
 	"path/filepath"
 
 	"gocv.io/x/gocv"
+
+	"github.com/periocular/atm-agent/demo"
 )
 
 func main() {
 	size := flag.String("size", "640x480", "frame size WxH")
 	out := flag.String("o", "", "output directory")
+	visits := flag.Int("demo", 0, "render the bursts of the demo day's first N visits instead")
+	burst := flag.Int("burst", 5, "frames per demo visit")
+	modelsDir := flag.String("models", "build/models", "models dir (demo faces are found with its detector)")
+	photos := flag.String("photos", "build/src/face-api/demo", "face-api demo photos")
 	flag.Parse()
+	if *visits > 0 && *out != "" {
+		faces, err := demo.LoadFaces(*modelsDir, *photos)
+		if err == nil {
+			err = demo.Build(len(faces), 1).WriteFrames(faces, *out, *burst, *visits)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	var w, h int
 	if _, err := fmt.Sscanf(*size, "%dx%d", &w, &h); err != nil || w <= 0 || h <= 0 || *out == "" {
 		fmt.Fprintln(os.Stderr, "usage: frames -size WxH -o DIR image...")
