@@ -150,6 +150,13 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, any, *Heads
 		o.Ship = &Method{Kind: "nap", NAPK: o.ShipK}
 	}
 
+	cache := &pcaCache{m: map[string]*learn.PCA{}}
+	for _, m := range append(slices.Clone(methods), ptrs(o.Ship)...) {
+		if len(m.P) > 0 {
+			cache.maxP = max(cache.maxP, slices.Max(m.P))
+		}
+	}
+
 	// Projections, held out by identity.
 	for _, m := range methods {
 		ev := MethodEvaluation{Method: m.String(), Sets: map[string]map[string]PairFig{}}
@@ -161,7 +168,7 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, any, *Heads
 					train = append(train, s)
 				}
 			}
-			h, err := m.fit(train, len(sets))
+			h, err := m.fit(train, len(sets), cache, fmt.Sprintf("fold %d", f))
 			if err != nil {
 				return nil, nil, nil, fmt.Errorf("%s, fold %d: %w", m, f, err)
 			}
@@ -197,7 +204,7 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, any, *Heads
 	mc.Unmasked = max(0.01, rep.MaskThreshold-0.15)
 	var ph any
 	if o.Ship != nil && !(o.Ship.Kind == "nap" && o.Ship.NAPK == 0) {
-		h, err := o.Ship.fit(all, len(sets))
+		h, err := o.Ship.fit(all, len(sets), cache, "all")
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("shipped %s: %w", o.Ship, err)
 		}
@@ -210,6 +217,13 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, any, *Heads
 		}
 	}
 	return mc, ph, rep, nil
+}
+
+func ptrs(m *Method) []Method {
+	if m == nil {
+		return nil
+	}
+	return []Method{*m}
 }
 
 // heldOutFigs pools the pairs formed within each held-out half (the two
@@ -482,6 +496,25 @@ type headFit struct {
 	desc  string
 }
 
+// pcaCache shares PCAs between methods fitted on the same training
+// identities with the same NAP (fitted up to the largest size any method
+// asks for).
+type pcaCache struct {
+	maxP int
+	m    map[string]*learn.PCA
+}
+
+func (c *pcaCache) get(key string, x [][]float32) (*learn.PCA, error) {
+	if p, ok := c.m[key]; ok {
+		return p, nil
+	}
+	p, err := learn.FitPCA(x, c.maxP)
+	if err == nil {
+		c.m[key] = p
+	}
+	return p, err
+}
+
 // prepared holds what every grid point shares for one training set.
 type prepared struct {
 	m   Method
@@ -492,7 +525,7 @@ type prepared struct {
 	byP map[int]*learn.WithinClass
 }
 
-func (m Method) prepare(train []tagged) (*prepared, error) {
+func (m Method) prepare(train []tagged, cache *pcaCache, key string) (*prepared, error) {
 	pr := &prepared{m: m, byP: map[int]*learn.WithinClass{}}
 	if m.NAPK > 0 {
 		s := make([]Sample, len(train))
@@ -515,7 +548,11 @@ func (m Method) prepare(train []tagged) (*prepared, error) {
 		pr.x, pr.ids = append(pr.x, x), append(pr.ids, t.Identity)
 	}
 	var err error
-	pr.pca, err = learn.FitPCA(pr.x, slices.Max(m.P))
+	if cache != nil {
+		pr.pca, err = cache.get(fmt.Sprintf("%s nap%d", key, m.NAPK), pr.x)
+	} else {
+		pr.pca, err = learn.FitPCA(pr.x, slices.Max(m.P))
+	}
 	return pr, err
 }
 
@@ -558,7 +595,7 @@ func (pr *prepared) head(c combo) (*headFit, error) {
 // fit fits the method on train; a grid is searched by an inner two-fold
 // identity split of train (salted hash, independent of the outer split),
 // scored by selectionScore.
-func (m Method) fit(train []tagged, nsets int) (*headFit, error) {
+func (m Method) fit(train []tagged, nsets int, cache *pcaCache, key string) (*headFit, error) {
 	grid := m.grid()
 	if len(grid) == 0 {
 		return nil, fmt.Errorf("empty grid")
@@ -576,7 +613,7 @@ func (m Method) fit(train []tagged, nsets int) (*headFit, error) {
 					in = append(in, t)
 				}
 			}
-			pr, err := m.prepare(in)
+			pr, err := m.prepare(in, cache, fmt.Sprintf("%s inner %d", key, g))
 			if err != nil {
 				return nil, err
 			}
@@ -605,7 +642,7 @@ func (m Method) fit(train []tagged, nsets int) (*headFit, error) {
 			}
 		}
 	}
-	pr, err := m.prepare(train)
+	pr, err := m.prepare(train, cache, key)
 	if err != nil {
 		return nil, err
 	}

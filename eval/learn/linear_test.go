@@ -258,3 +258,55 @@ func BenchmarkSymEig256(b *testing.B) {
 		SymEig(a, n)
 	}
 }
+
+// The subspace-iteration PCA agrees with the full solver on the top of a
+// spectrum that decays like real embeddings'.
+func TestTopEigMatchesFull(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	n, k := 120, 10
+	var x [][]float32
+	for s := 0; s < 400; s++ {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64() / (1 + float64(i)/3))
+		}
+		x = append(x, v)
+	}
+	fast, err := FitPCA(x, k) // 2k < n: subspace iteration
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := FitPCA(x, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := 0; r < k; r++ {
+		if math.Abs(fast.Vals[r]-full.Vals[r]) > 1e-6*full.Vals[0] {
+			t.Fatalf("eigenvalue %d: %g vs %g", r, fast.Vals[r], full.Vals[r])
+		}
+		var d float64
+		for i := range fast.Vecs[r] {
+			d += fast.Vecs[r][i] * full.Vecs[r][i]
+		}
+		if math.Abs(math.Abs(d)-1) > 1e-4 {
+			t.Fatalf("eigenvector %d: |cos| %g", r, math.Abs(d))
+		}
+	}
+}
+
+func BenchmarkFitPCA1024(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var x [][]float32
+	for s := 0; s < 1800; s++ {
+		v := make([]float32, 1024)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64() / (1 + float64(i)/20))
+		}
+		x = append(x, v)
+	}
+	for b.Loop() {
+		if _, err := FitPCA(x, 256); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
