@@ -95,6 +95,17 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 	if *manifest == "" {
 		return nil
 	}
+	headsDir := filepath.Join(filepath.Dir(*manifest), "heads")
+	if lh, ok := proj.(*eval.LinearHead); ok {
+		// The agent's projection loader applies NAP heads only: write the
+		// file, leave the manifest (and its heads) as they are.
+		h, err := writeHead(headsDir, fmt.Sprintf("%s-linear%d.json", embedder, len(lh.W)), lh, trained)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "\nwrote the linear head %s (sha256 %s); %s is unchanged: the agent applies NAP heads only\n", filepath.Join(headsDir, h.File), h.SHA256, *manifest)
+		return nil
+	}
 	man, err := models.LoadManifest(*manifest)
 	if err != nil {
 		return err
@@ -103,25 +114,15 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 	if !ok {
 		return fmt.Errorf("%s has no model %s", *manifest, embedder)
 	}
-	headsDir := filepath.Join(filepath.Dir(*manifest), "heads")
 	md.MaskHead, err = writeHead(headsDir, embedder+"-mask.json", mc, trained)
 	if err != nil {
 		return err
 	}
 	md.Projection = nil
-	switch p := proj.(type) {
-	case *vision.ProjectionHead:
+	if p, ok := proj.(*vision.ProjectionHead); ok {
 		if md.Projection, err = writeHead(headsDir, fmt.Sprintf("%s-nap%d.json", embedder, len(p.U)), p, trained); err != nil {
 			return err
 		}
-	case *eval.LinearHead:
-		// The agent's projection loader applies NAP heads only: write the
-		// file for inspection, keep it out of the manifest.
-		h, err := writeHead(headsDir, fmt.Sprintf("%s-linear%d.json", embedder, len(p.W)), p, trained)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(env.stdout, "\nwrote the linear head %s (not recorded: the agent applies NAP heads only)\n", h.File)
 	}
 	if err := man.Save(*manifest); err != nil {
 		return err
