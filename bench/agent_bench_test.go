@@ -157,7 +157,12 @@ func (r *rig) visit(b *testing.B, ev agent.Event) (time.Duration, agent.Stages) 
 func engineFor(b *testing.B, em *models.Model) *identity.Engine {
 	icfg := identity.DefaultConfig()
 	icfg.Thresholds = identity.Thresholds{UU: em.Thresholds.UU, MM: em.Thresholds.MM, MU: em.Thresholds.MU}
-	eng, err := identity.New(icfg, em.Embedding.Dim)
+	dir, _ := modelsDir(b)
+	dim, _, err := vision.TemplateShape(dir, em)
+	if err != nil {
+		b.Fatal(err)
+	}
+	eng, err := identity.New(icfg, dim)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -193,7 +198,7 @@ func BenchmarkVisitLatency(b *testing.B) {
 	}
 	defer p.Close()
 	cam := burstCamera{atmBurst(b)}
-	r := newRig(b, cam, p, engineFor(b, em), em.Name, p.Config().NewIdentityQuality)
+	r := newRig(b, cam, p, engineFor(b, em), p.TemplateModel, p.Config().NewIdentityQuality)
 
 	r.visit(b, agent.Event{Source: "bench"}) // warm-up
 	var total, perceive, rest []time.Duration
@@ -340,12 +345,15 @@ func procStatus(b *testing.B) map[string]float64 {
 // file size. Run with -benchtime 1x; GOMEMLIMIT applies as usual.
 func BenchmarkVisits10k(b *testing.B) {
 	const visits, population = 10000, 2000
-	_, man := modelsDir(b) // the shipped embedder's dimension and thresholds
+	dir, man := modelsDir(b) // the shipped template dimension and thresholds
 	em, ok := man.Find(man.Pipeline.Embedder)
 	if !ok || em.Embedding == nil || em.Thresholds == nil {
 		b.Fatalf("embedder %q without dimension or thresholds", man.Pipeline.Embedder)
 	}
-	dim := em.Embedding.Dim
+	dim, tmodel, err := vision.TemplateShape(dir, em)
+	if err != nil {
+		b.Fatal(err)
+	}
 	// ATM_BENCH_CONSOLIDATE_EVERY=0: never consolidate.
 	every := 2500
 	if s := os.Getenv("ATM_BENCH_CONSOLIDATE_EVERY"); s != "" {
@@ -353,7 +361,7 @@ func BenchmarkVisits10k(b *testing.B) {
 	}
 	for i := 0; i < b.N; i++ {
 		eng := engineFor(b, em)
-		fp := &fakePerceiver{pp: newPeople(population, dim, uint64(i+1)), model: em.Name}
+		fp := &fakePerceiver{pp: newPeople(population, dim, uint64(i+1)), model: tmodel}
 		cam := burstCamera{[]visit.Frame{{W: 1, H: 1, BGR: []byte{0, 0, 0}}}}
 		r := newRig(b, cam, fp, eng, fp.model, 0.5)
 		start := time.Now().Add(-28 * 24 * time.Hour)

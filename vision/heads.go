@@ -8,11 +8,16 @@ import (
 	"github.com/periocular/atm-agent/models"
 )
 
-// ProjectionHead is the JSON form of a learned projection: K orthonormal
-// directions removed from every template (x - U U^T x, renormalised).
+// ProjectionHead is the JSON form of a learned projection applied to every
+// raw template, the result renormalised. Either K orthonormal directions are
+// removed (nuisance-attribute projection: x - U U^T x), or a linear map is
+// applied (W (x - Mean), e.g. NAP composed with PCA and within-class
+// whitening; W may have fewer rows than x has values, so templates shrink).
 type ProjectionHead struct {
 	Embedder string      `json:"embedder"`
-	U        [][]float32 `json:"u"`
+	U        [][]float32 `json:"u,omitempty"`
+	Mean     []float32   `json:"mean,omitempty"`
+	W        [][]float32 `json:"w,omitempty"`
 	Trained  string      `json:"trained"`
 }
 
@@ -33,16 +38,61 @@ func loadProjection(dir string, md *models.Model) (*ProjectionHead, error) {
 	if err := json.Unmarshal(b, &p); err != nil {
 		return nil, fmt.Errorf("projection %s: %w", file, err)
 	}
-	for i, u := range p.U {
-		if md.Embedding != nil && len(u) != md.Embedding.Dim {
-			return nil, fmt.Errorf("projection %s: direction %d has %d values for a %d-d embedding", file, i, len(u), md.Embedding.Dim)
-		}
+	if err := p.check(md); err != nil {
+		return nil, fmt.Errorf("projection %s: %w", file, err)
 	}
 	return &p, nil
 }
 
-// Apply projects x in place and renormalises it.
-func (p *ProjectionHead) Apply(x []float32) {
+func (p *ProjectionHead) check(md *models.Model) error {
+	if (len(p.U) == 0) == (len(p.W) == 0) {
+		return fmt.Errorf("want either directions (u) or a linear map (w)")
+	}
+	in := -1
+	if md.Embedding != nil {
+		in = md.Embedding.Dim
+	}
+	for i, u := range p.U {
+		if in >= 0 && len(u) != in {
+			return fmt.Errorf("direction %d has %d values for a %d-d embedding", i, len(u), in)
+		}
+	}
+	for i, w := range p.W {
+		if in >= 0 && len(w) != in || len(w) != len(p.W[0]) {
+			return fmt.Errorf("row %d has %d values for a %d-d embedding", i, len(w), in)
+		}
+	}
+	if len(p.Mean) > 0 && len(p.W) > 0 && len(p.Mean) != len(p.W[0]) {
+		return fmt.Errorf("mean has %d values for a %d-d embedding", len(p.Mean), len(p.W[0]))
+	}
+	return nil
+}
+
+// OutDim is the template length after the projection (0: unchanged).
+func (p *ProjectionHead) OutDim() int { return len(p.W) }
+
+// Apply returns the projected, renormalised template: x itself, changed in
+// place, for directions; a new slice for a linear map.
+func (p *ProjectionHead) Apply(x []float32) []float32 {
+	if len(p.W) > 0 {
+		c := x
+		if len(p.Mean) > 0 {
+			c = make([]float32, len(x))
+			for i := range x {
+				c[i] = x[i] - p.Mean[i]
+			}
+		}
+		y := make([]float32, len(p.W))
+		for o, w := range p.W {
+			var d float32
+			for i := range c {
+				d += w[i] * c[i]
+			}
+			y[o] = d
+		}
+		l2normalize(y)
+		return y
+	}
 	for _, u := range p.U {
 		var d float32
 		for i := range x {
@@ -53,4 +103,23 @@ func (p *ProjectionHead) Apply(x []float32) {
 		}
 	}
 	l2normalize(x)
+	return x
+}
+
+// TemplateShape returns what the pipeline's templates for embedder md look
+// like without loading any network: their length after the projection head
+// and the model tag they carry (see Pipeline.TemplateModel).
+func TemplateShape(dir string, md *models.Model) (dim int, model string, err error) {
+	if md.Embedding == nil {
+		return 0, "", fmt.Errorf("model %s is not an embedder", md.Name)
+	}
+	dim, model = md.Embedding.Dim, md.Name
+	p, err := loadProjection(dir, md)
+	if err != nil || p == nil {
+		return dim, model, err
+	}
+	if d := p.OutDim(); d > 0 {
+		dim = d
+	}
+	return dim, md.Name + "+" + md.Projection.SHA256[:12], nil
 }

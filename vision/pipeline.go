@@ -114,6 +114,11 @@ type Pipeline struct {
 	mask                *MaskClassifier
 	proj                *ProjectionHead
 	Embedder            string // embedder model name
+	// TemplateModel names what a template is comparable with: the embedder,
+	// plus its projection head's checksum when one is applied.
+	TemplateModel string
+	// TemplateDim is the length of a template (after the projection).
+	TemplateDim int
 	// Detector names the detection stage: one model, or "fast>main".
 	Detector string
 }
@@ -167,10 +172,20 @@ func New(dir string, man *models.Manifest, detector, embedder string, cfg Config
 		p.fastScore, p.fastFace = man.Pipeline.FastMinScore, man.Pipeline.FastMinFace
 		p.Detector = fm.Name + ">" + dm.Name
 	}
+	p.TemplateModel = em.Name
+	if em.Embedding != nil {
+		p.TemplateDim = em.Embedding.Dim
+	}
 	if !cfg.Raw {
 		if p.proj, err = loadProjection(dir, em); err != nil {
 			p.Close()
 			return nil, err
+		}
+		if p.proj != nil {
+			if p.TemplateDim, p.TemplateModel, err = TemplateShape(dir, em); err != nil {
+				p.Close()
+				return nil, err
+			}
 		}
 	}
 	if mc, err := LoadMaskClassifier(dir, man, em.Name); err == nil {
@@ -338,7 +353,7 @@ func (p *Pipeline) embed(m *measured, thumb int, t *Timings) error {
 		f.Mask = p.mask.State(f.MaskScore)
 	}
 	if p.proj != nil {
-		p.proj.Apply(f.Embedding)
+		f.Embedding = p.proj.Apply(f.Embedding)
 	}
 	return nil
 }
@@ -419,7 +434,7 @@ func frameMat(fr visit.Frame) (gocv.Mat, error) {
 // embedded, their templates averaged with quality weights and
 // L2-normalised; the mask state from their weighted mean score.
 func (p *Pipeline) Perceive(ctx context.Context, frames []visit.Frame) (visit.Descriptor, error) {
-	desc := visit.Descriptor{Frames: len(frames), Model: p.Embedder, Outcome: visit.NoFace}
+	desc := visit.Descriptor{Frames: len(frames), Model: p.TemplateModel, Outcome: visit.NoFace}
 	if len(frames) == 0 {
 		desc.Outcome = visit.CameraError
 		return desc, nil

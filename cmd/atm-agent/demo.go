@@ -416,7 +416,7 @@ func runDemo(ctx context.Context, env *cliEnv, o *demoOptions) error {
 			defer close(srcDone)
 			return src(ctx, emit)
 		})},
-		Logger: log, Observer: demoObserver{d}, Model: em.Name, NewIdentityQuality: pipe.Config().NewIdentityQuality,
+		Logger: log, Observer: demoObserver{d}, Model: pipe.TemplateModel, NewIdentityQuality: pipe.Config().NewIdentityQuality,
 		Site: cfg.Device.Site, Device: cfg.Device.ID,
 	})
 	if err != nil {

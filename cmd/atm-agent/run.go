@@ -206,13 +206,16 @@ func loadModels(cfg Config) (*vision.Pipeline, *identity.Engine, *models.Model, 
 	default:
 		return nil, nil, nil, fmt.Errorf("models: embedder %q has no calibrated thresholds in the manifest; set identity.thresholds", name)
 	}
-	eng, err := identity.New(icfg, em.Embedding.Dim)
-	if err != nil {
-		return nil, nil, nil, err
-	}
 	p, err := vision.New(cfg.Models.Dir, man, cfg.Models.Detector, name, cfg.Vision)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("load vision pipeline: %w", err)
+	}
+	// Templates are the projection head's output, which may be shorter
+	// than the embedder's.
+	eng, err := identity.New(icfg, p.TemplateDim)
+	if err != nil {
+		p.Close()
+		return nil, nil, nil, err
 	}
 	return p, eng, em, nil
 }
@@ -291,7 +294,7 @@ func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 	ag, err := agent.New(acfg, agent.Deps{
 		Camera: cameraBurst{cam}, Perceiver: pipe, Store: st, Identities: eng, Rules: re,
 		Publisher: notifier, Sources: sources, Logger: log.With("component", "agent"), Observer: m,
-		Model: em.Name, NewIdentityQuality: pipe.Config().NewIdentityQuality,
+		Model: pipe.TemplateModel, NewIdentityQuality: pipe.Config().NewIdentityQuality,
 		Site: cfg.Device.Site, Device: cfg.Device.ID,
 		Heartbeat: func() {
 			lastBeat.Lock()
