@@ -96,16 +96,6 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 		return nil
 	}
 	headsDir := filepath.Join(filepath.Dir(*manifest), "heads")
-	if lh, ok := proj.(*eval.LinearHead); ok {
-		// The agent's projection loader applies NAP heads only: write the
-		// file, leave the manifest (and its heads) as they are.
-		h, err := writeHead(headsDir, fmt.Sprintf("%s-linear%d.json", embedder, len(lh.W)), lh, trained)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(env.stdout, "\nwrote the linear head %s (sha256 %s); %s is unchanged: the agent applies NAP heads only\n", filepath.Join(headsDir, h.File), h.SHA256, *manifest)
-		return nil
-	}
 	man, err := models.LoadManifest(*manifest)
 	if err != nil {
 		return err
@@ -119,10 +109,19 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	md.Projection = nil
-	if p, ok := proj.(*vision.ProjectionHead); ok {
+	switch p := proj.(type) {
+	case *vision.ProjectionHead:
 		if md.Projection, err = writeHead(headsDir, fmt.Sprintf("%s-nap%d.json", embedder, len(p.U)), p, trained); err != nil {
 			return err
 		}
+	case *eval.LinearHead:
+		// Same JSON as vision.ProjectionHead's linear form.
+		if md.Projection, err = writeHead(headsDir, fmt.Sprintf("%s-linear%d.json", embedder, len(p.W)), p, trained); err != nil {
+			return err
+		}
+	}
+	if md.Projection != nil && md.Thresholds != nil {
+		fmt.Fprintf(env.stdout, "\nthe projection changed: recalibrate %s's thresholds (`atm-agent eval calibrate`)\n", embedder)
 	}
 	if err := man.Save(*manifest); err != nil {
 		return err
