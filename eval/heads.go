@@ -98,8 +98,8 @@ type tagged struct {
 // validation (fit on one half of the identities, measure on the other, both
 // ways); hyper-parameter grids are searched inside each training half only.
 // The shipped heads are then fitted on everything. The projection returned
-// is a *vision.ProjectionHead (NAP) or a *LinearHead, or nil.
-func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, any, *HeadsReport, error) {
+// is nil or a *vision.ProjectionHead: NAP directions, or a linear map.
+func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, *vision.ProjectionHead, *HeadsReport, error) {
 	if o.Iters == 0 {
 		o.Iters = 300
 	}
@@ -202,7 +202,7 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, any, *Heads
 	// An unknown band around the balanced-accuracy cut.
 	mc.Masked = min(0.99, rep.MaskThreshold+0.15)
 	mc.Unmasked = max(0.01, rep.MaskThreshold-0.15)
-	var ph any
+	var ph *vision.ProjectionHead
 	if o.Ship != nil && !(o.Ship.Kind == "nap" && o.Ship.NAPK == 0) {
 		h, err := o.Ship.fit(all, len(sets), cache, "all")
 		if err != nil {
@@ -211,7 +211,7 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, any, *Heads
 		rep.Shipped = o.Ship.Kind + " " + h.desc
 		switch {
 		case h.lin != nil:
-			ph = &LinearHead{Embedder: o.Embedder, Mean: h.lin.Mean, W: h.lin.W, Trained: o.Trained}
+			ph = &vision.ProjectionHead{Embedder: o.Embedder, Mean: h.lin.Mean, W: h.lin.W, Trained: o.Trained}
 		case h.nap != nil:
 			ph = &vision.ProjectionHead{Embedder: o.Embedder, U: h.nap.U, Trained: o.Trained}
 		}
@@ -322,16 +322,6 @@ func (r *HeadsReport) Markdown(w io.Writer) {
 	if r.Shipped != "" {
 		fmt.Fprintf(w, "\nshipped projection (hyper-parameters chosen on all the data): %s\n", r.Shipped)
 	}
-}
-
-// LinearHead is the JSON form of a learned linear projection:
-// y = W (x - Mean), L2-normalised; W is out x in, so the template's
-// dimension becomes len(W).
-type LinearHead struct {
-	Embedder string      `json:"embedder"`
-	Mean     []float32   `json:"mean,omitempty"`
-	W        [][]float32 `json:"w"`
-	Trained  string      `json:"trained"`
 }
 
 // Method is one way to fit a projection on frozen templates:

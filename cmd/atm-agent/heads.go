@@ -11,7 +11,6 @@ import (
 
 	"github.com/periocular/atm-agent/eval"
 	"github.com/periocular/atm-agent/models"
-	"github.com/periocular/atm-agent/vision"
 )
 
 // evalTrainHeads fits the embedder's mask classifier and mask-removing
@@ -109,14 +108,12 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	md.Projection = nil
-	switch p := proj.(type) {
-	case *vision.ProjectionHead:
-		if md.Projection, err = writeHead(headsDir, fmt.Sprintf("%s-nap%d.json", embedder, len(p.U)), p, trained); err != nil {
-			return err
+	if proj != nil {
+		name := fmt.Sprintf("%s-nap%d.json", embedder, len(proj.U))
+		if len(proj.W) > 0 {
+			name = fmt.Sprintf("%s-linear%d.json", embedder, len(proj.W))
 		}
-	case *eval.LinearHead:
-		// Same JSON as vision.ProjectionHead's linear form.
-		if md.Projection, err = writeHead(headsDir, fmt.Sprintf("%s-linear%d.json", embedder, len(p.W)), p, trained); err != nil {
+		if md.Projection, err = writeHead(headsDir, name, proj, trained); err != nil {
 			return err
 		}
 	}
