@@ -75,3 +75,26 @@ build-arm64:
 .PHONY: deb-arm64
 deb-arm64: models build-arm64
 	DEB_ARCH=arm64 bash packaging/build-deb.sh
+
+# Fully static binaries: a minimal OpenCV built from Debian 12's source
+# package, cached in $(or $(ATM_CACHE_DIR),~/.cache/atm-agent) (first run
+# ~6-8 min on 2 cores per arch), then go build -extldflags -static
+# (packaging/build-static.sh; docs/packaging.md).
+.PHONY: static static-arm64 test-static-arm64 test-arm64
+static:
+	ARCH=amd64 bash packaging/build-static.sh
+
+static-arm64:
+	ARCH=arm64 bash packaging/build-static.sh
+
+# The static arm64 binary under qemu-aarch64-static must make the same
+# identity decisions as the static amd64 one (batch clustering and a
+# replayed visit run; packaging/compare-arch.sh). A few minutes; not in `make test`.
+test-static-arm64: models static static-arm64
+	bash packaging/compare-arch.sh
+
+# Pre-release: the project's tests cross-compiled for arm64 (vision, agent,
+# identity) under qemu with the arm64 sysroot, then the arm64
+# binary's end-to-end comparison (packaging/test-arm64.sh). ~15-30 min.
+test-arm64: models build
+	bash packaging/test-arm64.sh

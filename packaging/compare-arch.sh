@@ -98,6 +98,7 @@ store: {path: $d/agent.db}
 metrics: {listen: ""}
 mqtt: {enabled: false}
 log: {level: info, format: text}
+agent: {visit_timeout: 30m} # emulation is ~100x slower; decisions do not depend on time
 EOF
 	local -n cmd=cmd_$a
 	"${cmd[@]}" run --config "$d/config.yaml" >"$d/log" 2>&1 & # $! is the agent (or qemu)
@@ -108,7 +109,7 @@ EOF
 	t0=$(date +%s.%N)
 	for k in "${!seq[@]}"; do
 		curl -sf --unix-socket "$d/trigger.sock" -X POST -d "{\"txn_id\":\"t$k\"}" http://agent/v1/visit >/dev/null
-		for _ in $(seq 1200); do
+		for _ in $(seq 18000); do # 30 min
 			v=$(grep -c 'msg=visit ' "$d/log" || true)
 			[ "$v" -gt "$k" ] && break
 			sleep 0.1
