@@ -98,3 +98,11 @@ test-static-arm64: models static static-arm64
 # binary's end-to-end comparison (packaging/test-arm64.sh). ~15-30 min.
 test-arm64: models build
 	bash packaging/test-arm64.sh
+
+# .deb with the static binary: Depends only adduser (no OpenCV runtime).
+.PHONY: deb-static deb-static-arm64
+deb-static: models build static
+	DEB_BIN=build/atm-agent-static DEB_OUT=build/atm-agent-static_amd64.deb bash packaging/build-deb.sh
+
+deb-static-arm64: models build static-arm64
+	DEB_ARCH=arm64 DEB_BIN=build/atm-agent-static-arm64 DEB_OUT=build/atm-agent-static_arm64.deb bash packaging/build-deb.sh

@@ -3,6 +3,8 @@
 # converted models (make models). Run from the repository root (make deb).
 #   DEB_VERSION  package version (default: from git, see below)
 #   DEB_ARCH     amd64 (default) or arm64 (binary from make build-arm64)
+#   DEB_BIN      the binary to package (default build/atm-agent, or
+#                build/atm-agent-arm64); a static one gets no library Depends
 #   DEB_DEPENDS  runtime dependencies (default: dpkg-shlibdeps on the amd64
 #                binary; for arm64 the same, after checking that the arm64
 #                binary needs no shared library the amd64 one does not)
@@ -13,8 +15,8 @@ BIN=build/atm-agent # native: prints the default config, dpkg-shlibdeps
 MODELS=build/models
 export DEB_ARCH=${DEB_ARCH:-amd64}
 case "$DEB_ARCH" in
-amd64) DEB_BIN=$BIN ;;
-arm64) DEB_BIN=build/atm-agent-arm64 ;;
+amd64) DEB_BIN=${DEB_BIN:-$BIN} ;;
+arm64) DEB_BIN=${DEB_BIN:-build/atm-agent-arm64} ;;
 *) echo "build-deb: DEB_ARCH $DEB_ARCH unsupported" >&2; exit 1 ;;
 esac
 export DEB_BIN
@@ -39,6 +41,10 @@ mkdir -p build/deb
 "$BIN" config default >build/deb/config.yaml
 "$BIN" config check build/deb/config.yaml >/dev/null
 
+# A statically linked binary (make static / static-arm64) needs no library.
+if [ -z "${DEB_DEPENDS:-}" ] && file -b "$DEB_BIN" | grep -q 'statically linked'; then
+	DEB_DEPENDS=none
+fi
 if [ -z "${DEB_DEPENDS:-}" ]; then
 	# There is no arm64 dpkg database to run dpkg-shlibdeps against; the
 	# package names are the same on every architecture, so the amd64 result
@@ -57,6 +63,7 @@ if [ -z "${DEB_DEPENDS:-}" ]; then
 	DEB_DEPENDS=$(cd "$tmp" && dpkg-shlibdeps -O "$bin" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
 	[ -n "$DEB_DEPENDS" ] || { echo "build-deb: dpkg-shlibdeps found no dependencies" >&2; exit 1; }
 fi
+[ "$DEB_DEPENDS" = none ] && DEB_DEPENDS=
 export DEB_DEPENDS
 
 if [ -z "${DEB_OUT:-}" ]; then

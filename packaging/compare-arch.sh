@@ -45,8 +45,9 @@ run_arm64() { "${cmd_arm64[@]}" "$@"; }
 W=$(mktemp -d /tmp/atm-compare-arch.XXXXXX)
 apid=
 trap '[ -n "$apid" ] && kill "$apid" 2>/dev/null; rm -rf "$W"' EXIT
-log "native: $(file -b "$NATIVE" | cut -d, -f1-2,5)"
-log "arm64:  $(file -b "$ARM64" | cut -d, -f1-2,5) via ${qemu[*]}"
+kind() { file -b "$1" | grep -oE '^[^,]*, [^,]*|(statically|dynamically) linked' | paste -sd, -; }
+log "native: $(kind "$NATIVE")"
+log "arm64:  $(kind "$ARM64") via ${qemu[*]}"
 fail=0
 
 # --- 1. batch clustering
