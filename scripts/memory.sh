@@ -44,7 +44,7 @@ fi
 cat >"$tmp/config.yaml" <<EOF
 device: {id: atm-mem, site: bench}
 models: {dir: $MODELS}
-camera: {source: $tmp/frames, kind: images, loop: true}
+camera: {source: $tmp/frames, kind: images, loop: true, burst_duration: 1ms, flush_frames: 0}
 trigger:
   http: {enabled: false}
   replay: {enabled: true, interval: 1ms, count: $VISITS}
