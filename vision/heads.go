@@ -113,13 +113,25 @@ func TemplateShape(dir string, md *models.Model) (dim int, model string, err err
 	if md.Embedding == nil {
 		return 0, "", fmt.Errorf("model %s is not an embedder", md.Name)
 	}
-	dim, model = md.Embedding.Dim, md.Name
 	p, err := loadProjection(dir, md)
-	if err != nil || p == nil {
-		return dim, model, err
+	if err != nil {
+		return 0, "", err
+	}
+	dim, model = templateShape(md, p)
+	return dim, model, nil
+}
+
+// templateShape is TemplateShape for an embedder whose head p (nil for
+// none) is already loaded.
+func templateShape(md *models.Model, p *ProjectionHead) (dim int, model string) {
+	if md.Embedding != nil {
+		dim = md.Embedding.Dim
+	}
+	if p == nil {
+		return dim, md.Name
 	}
 	if d := p.OutDim(); d > 0 {
 		dim = d
 	}
-	return dim, md.Name + "+" + md.Projection.SHA256[:12], nil
+	return dim, md.Name + "+" + md.Projection.SHA256[:12]
 }

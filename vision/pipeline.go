@@ -119,8 +119,10 @@ type Pipeline struct {
 	TemplateModel string
 	// TemplateDim is the length of a template (after the projection).
 	TemplateDim int
-	// Detector names the detection stage: one model, or "fast>main".
-	Detector string
+	// Detectors are the detection stage's models in the order they run
+	// (the fast one first, if any); Detector joins them with ">".
+	Detectors []string
+	Detector  string
 }
 
 // New loads the manifest's pipeline models (or the named ones) from dir.
@@ -158,7 +160,7 @@ func New(dir string, man *models.Manifest, detector, embedder string, cfg Config
 		det.Close()
 		return nil, err
 	}
-	p := &Pipeline{cfg: cfg, det: det, emb: emb, Embedder: em.Name, Detector: dm.Name}
+	p := &Pipeline{cfg: cfg, det: det, emb: emb, Embedder: em.Name, Detectors: []string{dm.Name}, Detector: dm.Name}
 	if fastName != "" {
 		fm, ok := man.Find(fastName)
 		if !ok {
@@ -170,24 +172,16 @@ func New(dir string, man *models.Manifest, detector, embedder string, cfg Config
 			return nil, err
 		}
 		p.fastScore, p.fastFace = man.Pipeline.FastMinScore, man.Pipeline.FastMinFace
+		p.Detectors = []string{fm.Name, dm.Name}
 		p.Detector = fm.Name + ">" + dm.Name
-	}
-	p.TemplateModel = em.Name
-	if em.Embedding != nil {
-		p.TemplateDim = em.Embedding.Dim
 	}
 	if !cfg.Raw {
 		if p.proj, err = loadProjection(dir, em); err != nil {
 			p.Close()
 			return nil, err
 		}
-		if p.proj != nil {
-			if p.TemplateDim, p.TemplateModel, err = TemplateShape(dir, em); err != nil {
-				p.Close()
-				return nil, err
-			}
-		}
 	}
+	p.TemplateDim, p.TemplateModel = templateShape(em, p.proj)
 	if mc, err := LoadMaskClassifier(dir, man, em.Name); err == nil {
 		p.mask = mc
 	} else if !errors.Is(err, ErrNoMaskModel) {
