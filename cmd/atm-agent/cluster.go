@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -97,8 +98,8 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 		finders = append(finders, p)
 		man = m
 	}
-	det := finders[0].(*vision.Pipeline).Detector
-	emb := finders[0].(*vision.Pipeline).Embedder
+	first := finders[0].(*vision.Pipeline)
+	det, emb := first.Detector, first.Embedder
 	em, ok := man.Find(emb)
 	if !ok || em.Embedding == nil {
 		return fmt.Errorf("embedder %q is not in the model manifest", emb)
@@ -118,7 +119,7 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 	}
 
 	meta := batch.Meta{Version: version, Input: pos[0], Detector: det, Embedder: emb, Crop: em.Embedding.Crop}
-	for _, name := range append(strings.Split(det, ">"), emb) {
+	for _, name := range append(slices.Clone(first.Detectors), emb) {
 		if md, ok := man.Find(name); ok {
 			meta.Models = append(meta.Models, batch.ModelInfo{Name: md.Name, SHA256: md.SHA256})
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/periocular/atm-agent/eval"
@@ -117,11 +118,10 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 	kc := cfg
 	kc.Raw = false // only matters through the projection's checksum below
 	key := fmt.Sprintf("%s|%s|%+v", vision.Revision, p.Detector, kc)
-	names := strings.Split(p.Detector, ">")
-	if len(names) > 1 {
+	if len(p.Detectors) > 1 {
 		key += fmt.Sprintf("|fast %v %v", man.Pipeline.FastMinScore, man.Pipeline.FastMinFace)
 	}
-	for _, name := range append(names, p.Embedder) {
+	for _, name := range append(slices.Clone(p.Detectors), p.Embedder) {
 		if md, ok := man.Find(name); ok {
 			key += "|" + md.SHA256 + fmt.Sprintf("%+v", md.Embedding) + fmt.Sprintf("%+v", md.Input)
 			if md.MaskHead != nil {
