@@ -3,6 +3,7 @@ package tfgraph
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/periocular/atm-agent/models/onnx"
 )
@@ -428,7 +429,7 @@ func binaryOp(b *builder, n *Node, in []*value) (*value, error) {
 			xs, ys = d.name, b.constFor(y, d)
 		}
 		return &value{shape: shape, nchw: d.nchw, name: b.g.Op(op, []string{xs, ys})}, nil
-	case len(x.shape) == 2 && len(y.shape) == 2 && !equalShape(x.shape, y.shape) && !x.nchw && !y.nchw:
+	case len(x.shape) == 2 && len(y.shape) == 2 && !slices.Equal(x.shape, y.shape) && !x.nchw && !y.nchw:
 		// [N,C] op [N,1] (e.g. a vector times its inverse norm): OpenCV 4.6
 		// cannot broadcast two dynamic inputs, so the column is first
 		// repeated C times by a Gemm with ones.
@@ -455,18 +456,6 @@ func (b *builder) repeatColumn(x string, c int) string {
 	ones := b.g.Init("ones", []int64{int64(c), 1}, f32(repeat(1, c)))
 	zero := b.g.Init("zeros", []int64{int64(c)}, make([]float32, c))
 	return b.g.Op("Gemm", []string{x, ones, zero}, onnx.Int("transB", 1))
-}
-
-func equalShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func unaryOp(b *builder, n *Node, in []*value) (*value, error) {
