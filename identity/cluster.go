@@ -93,7 +93,7 @@ func Cluster(ctx context.Context, samples []Sample, opt ClusterOptions) ([]int, 
 		if opt.Algorithm == Complete {
 			link = linkComplete
 		}
-		labels, err := sp.hac(ctx, es, link)
+		labels, err := sp.hac(ctx, nil, es, link)
 		if err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}

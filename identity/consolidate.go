@@ -189,51 +189,91 @@ func (s *space) consolidate(ctx context.Context, groups [][]int32, workers int) 
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	es, err := s.groupEdges(ctx, groups, workers)
-	if err != nil {
-		return nil, err
-	}
-	l1, err := s.hac(ctx, es, linkComplete)
+	l1, err := s.splitGroups(ctx, groups, workers)
 	if err != nil {
 		return nil, err
 	}
 	return s.sumHAC(ctx, l1, workers)
 }
 
-// groupEdges returns every matching pair within each group, sorted by (j, i).
-func (s *space) groupEdges(ctx context.Context, groups [][]int32, workers int) ([]edge, error) {
-	workers = max(1, min(workers, len(groups)/64+1))
-	parts := make([][]edge, workers)
+// level1Chunk bounds the members level 1 compares at once. An identity with
+// more visits is split, in the order its visits came, into chunks of at most
+// this many, each clustered alone: the pairs held at once (and the memory of
+// consolidation) stay bounded however often one person comes back, and level
+// 2 re-joins the chunks' groups by average linkage.
+const level1Chunk = 256
+
+// chunks cuts each group into runs of at most level1Chunk members.
+func chunks(groups [][]int32) [][]int32 {
+	var out [][]int32
+	for _, ms := range groups {
+		k := (len(ms) + level1Chunk - 1) / level1Chunk
+		for c := range k {
+			// Even sizes: 300 members give 150+150, not 256+44.
+			lo, hi := c*len(ms)/k, (c+1)*len(ms)/k
+			out = append(out, ms[lo:hi])
+		}
+	}
+	return out
+}
+
+// splitGroups is level 1: complete linkage over every pair within each chunk
+// of each group (exact, no prefilter). It returns a label per member; a
+// member in no group is alone.
+func (s *space) splitGroups(ctx context.Context, groups [][]int32, workers int) ([]int, error) {
+	cs := chunks(groups)
+	local := make([][]int, len(cs))
+	workers = max(1, min(workers, len(cs)/16+1))
 	errs := make([]error, workers)
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var out []edge
-			for g := w; g < len(groups); g += workers {
-				if g%1024 == w && ctx.Err() != nil {
-					errs[w] = ctx.Err()
-					return
-				}
-				ms := groups[g]
-				for a := 0; a < len(ms); a++ {
-					for b := a + 1; b < len(ms); b++ {
-						i, j := min(ms[a], ms[b]), max(ms[a], ms[b])
-						if d, _, ok := s.nd(int(i), int(j)); ok && d <= 1 {
-							out = append(out, edge{i, j, float32(d)})
+			var es []edge
+			for c := w; c < len(cs); c += workers {
+				ms := cs[c]
+				es = es[:0]
+				for b := 1; b < len(ms); b++ {
+					for a := range b {
+						if d, _, ok := s.nd(int(ms[a]), int(ms[b])); ok && d <= 1 {
+							es = append(es, edge{int32(a), int32(b), float32(d)})
 						}
 					}
 				}
+				l, err := s.hac(ctx, ms, es, linkComplete)
+				if err != nil {
+					errs[w] = err
+					return
+				}
+				local[c] = l
 			}
-			parts[w] = out
 		}()
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	return mergeEdges(parts), nil
+	labels := make([]int, s.n())
+	for i := range labels {
+		labels[i] = -1
+	}
+	next := 0
+	for c, ms := range cs {
+		top := 0
+		for k, i := range ms {
+			labels[i] = next + local[c][k]
+			top = max(top, local[c][k]+1)
+		}
+		next += top
+	}
+	for i, l := range labels {
+		if l < 0 {
+			labels[i] = next
+			next++
+		}
+	}
+	return renumber(labels), nil
 }
 
 // sgroup is a level-2 cluster: members, per-class counts and sums.

@@ -32,6 +32,12 @@ func pairPR(labels, truth []int) (float64, float64) {
 // nearPeople makes people who share a common direction (impostors ~0.4-0.6
 // apart, threshold 0.4) with visits spread v, 20 % masked, in shuffled order.
 func nearPeople(seed uint64, people int, v float64) ([]Sample, []int) {
+	return nearPeopleVisits(seed, people, v, 0, 0)
+}
+
+// nearPeopleVisits is nearPeople where the first frequent people come many
+// times each.
+func nearPeopleVisits(seed uint64, people int, v float64, frequent, many int) ([]Sample, []int) {
 	const dim = 128
 	s := newSynth(dim, math.Sqrt(v/dim), seed)
 	common := s.unit()
@@ -44,7 +50,11 @@ func nearPeople(seed uint64, people int, v float64) ([]Sample, []int) {
 		}
 		c, _ = normalized(c)
 		s.centres = append(s.centres, c)
-		for k := 0; k < 1+s.r.IntN(9); k++ {
+		visits := 1 + s.r.IntN(9)
+		if p < frequent {
+			visits = many
+		}
+		for k := 0; k < visits; k++ {
 			m := visit.Unmasked
 			if s.r.IntN(5) == 0 {
 				m = visit.Masked
@@ -96,6 +106,67 @@ func TestConsolidationCloseToBatchHAC(t *testing.T) {
 				t.Fatalf("consolidated P=%.4f R=%.4f; online P=%.4f; batch P=%.4f R=%.4f", cp, cr, op, bp, br)
 			}
 		})
+	}
+}
+
+// People who come back hundreds of times make identities larger than the
+// chunks level 1 compares at once; level 2 must join their chunks again, and
+// a wrong online merge of two of them must still come apart.
+func TestConsolidationFrequentVisitors(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Thresholds = Thresholds{UU: 0.4, MM: 0.4, MU: 0}
+	ss, truth := nearPeopleVisits(43, 150, 0.3, 4, 768)
+	batch, err := Cluster(context.Background(), ss, ClusterOptions{Algorithm: Average, Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newTestEngine(t, cfg, 128)
+	for i, x := range ss {
+		mustAssign(t, e, fmt.Sprint(i), x.Time, x.Embedding, x.Mask)
+	}
+	labels := func() []int {
+		out := make([]int, len(ss))
+		for i := range ss {
+			out[i] = int(e.who[i])
+		}
+		return out
+	}
+	biggest := 0
+	for _, id := range e.ids {
+		biggest = max(biggest, len(id.members))
+	}
+	if biggest <= level1Chunk {
+		t.Fatalf("largest identity has %d visits: the test must exceed one chunk (%d)", biggest, level1Chunk)
+	}
+	op, _ := pairPR(labels(), truth)
+	if _, err := e.Consolidate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := labels()
+	cp, cr := pairPR(got, truth)
+	bp, br := pairPR(batch, truth)
+	t.Logf("%d visits, largest identity %d; online P=%.4f; consolidated P=%.4f R=%.4f; batch P=%.4f R=%.4f",
+		len(ss), biggest, op, cp, cr, bp, br)
+	if cp < op || cp < bp-0.005 || cr < br-0.01 {
+		t.Fatalf("consolidated P=%.4f R=%.4f; online P=%.4f; batch P=%.4f R=%.4f", cp, cr, op, bp, br)
+	}
+	// Each frequent visitor's largest identity is as large as batch average
+	// linkage makes it: the chunks were joined again.
+	largest := func(labels []int, p int) int {
+		count := map[int]int{}
+		top := 0
+		for i, l := range labels {
+			if truth[i] == p {
+				count[l]++
+				top = max(top, count[l])
+			}
+		}
+		return top
+	}
+	for p := range 4 {
+		if c, b := largest(got, p), largest(batch, p); float64(c) < 0.98*float64(b) {
+			t.Errorf("frequent visitor %d: largest identity holds %d visits, batch %d", p, c, b)
+		}
 	}
 }
 

@@ -171,12 +171,24 @@ func (h *hheap) Pop() any {
 // known pairs give a lower bound (unknown pairs are > 1); a pair is verified
 // with all its distances before it merges, so merges are exact. It returns a
 // label per member, numbered by first appearance.
-func (s *space) hac(ctx context.Context, es []edge, link linkage) ([]int, error) {
+//
+// With ids nil it clusters every member of s; otherwise only ids, and the
+// edges and the returned labels index ids.
+func (s *space) hac(ctx context.Context, ids []int32, es []edge, link linkage) ([]int, error) {
 	n := s.n()
+	if ids != nil {
+		n = len(ids)
+	}
+	at := func(i int32) int {
+		if ids == nil {
+			return int(i)
+		}
+		return int(ids[i])
+	}
 	cls := make([]hcl, n)
 	for i := range cls {
 		cls[i] = hcl{members: []int32{int32(i)}, alive: true}
-		if s.cls[i] == 1 {
+		if s.cls[at(int32(i))] == 1 {
 			cls[i].m = 1
 		} else {
 			cls[i].u = 1
@@ -184,7 +196,7 @@ func (s *space) hac(ctx context.Context, es []edge, link linkage) ([]int, error)
 	}
 	for _, e := range es {
 		p := &pst{}
-		p.addPair(pairType(s.cls[e.i], s.cls[e.j]), float64(e.nd))
+		p.addPair(pairType(s.cls[at(e.i)], s.cls[at(e.j)]), float64(e.nd))
 		a, b := &cls[e.i], &cls[e.j]
 		if a.nbr == nil {
 			a.nbr = map[int32]*pst{}
@@ -225,7 +237,7 @@ func (s *space) hac(ctx context.Context, es []edge, link linkage) ([]int, error)
 			p := &pst{}
 			for _, i := range ca.members {
 				for _, j := range cb.members {
-					if d, pt, ok := s.nd(int(i), int(j)); ok {
+					if d, pt, ok := s.nd(at(i), at(j)); ok {
 						p.addPair(pt, d)
 					} else {
 						p.addPair(pt, 2) // counted, never matching
