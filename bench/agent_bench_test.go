@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -388,6 +389,9 @@ func BenchmarkVisits10k(b *testing.B) {
 		runtime.GC()
 		var ms0 runtime.MemStats
 		runtime.ReadMemStats(&ms0)
+		if f := os.Getenv("ATM_BENCH_HEAPPROFILE"); f != "" {
+			writeHeapProfile(b, f) // what the live heap holds after 10,000 visits
+		}
 		ps := procStatus(b)
 		fi, err := os.Stat(r.path)
 		if err != nil {
@@ -407,5 +411,17 @@ func BenchmarkVisits10k(b *testing.B) {
 		b.ReportMetric(ms(pct(commit, 0.99)), "ms-identity+rules+commit-p99")
 		b.ReportMetric(elapsed.Seconds(), "s-run")
 		b.Logf("GOMEMLIMIT=%q (runtime limit %d MB)", os.Getenv("GOMEMLIMIT"), debug.SetMemoryLimit(-1)>>20)
+	}
+}
+
+// writeHeapProfile writes the heap profile (in-use and allocated) to path.
+func writeHeapProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
 	}
 }
