@@ -40,7 +40,7 @@ func repoPath(p ...string) string {
 	return filepath.Join(append([]string{".."}, p...)...)
 }
 
-func modelsDir(b *testing.B) (string, *models.Manifest) {
+func modelsDir(b testing.TB) (string, *models.Manifest) {
 	dir := os.Getenv("ATM_MODELS_DIR")
 	if dir == "" {
 		dir = repoPath("build", "models")
@@ -56,7 +56,7 @@ func modelsDir(b *testing.B) (string, *models.Manifest) {
 // demo face (face-api's sample photos) pasted at an ATM camera's distance
 // (a 230-290 px face in a 640x480 frame) over a background, with per-frame
 // position and brightness jitter; five different frames.
-func atmBurst(b *testing.B) []visit.Frame {
+func atmBurst(b testing.TB) []visit.Frame {
 	src := os.Getenv("ATM_MODEL_SRC")
 	if src == "" {
 		src = repoPath("build", "src")
@@ -193,6 +193,9 @@ func BenchmarkVisitLatency(b *testing.B) {
 	if s := os.Getenv("ATM_BENCH_THREADS"); s != "" {
 		vcfg.Threads, _ = strconv.Atoi(s)
 	}
+	// ATM_BENCH_NOTRACK=1: every frame of the burst runs the whole
+	// detection stage (no tracking from the previous frame).
+	vcfg.NoTrack = os.Getenv("ATM_BENCH_NOTRACK") == "1"
 	p, err := vision.New(dir, man, "", "", vcfg)
 	if err != nil {
 		b.Fatal(err)

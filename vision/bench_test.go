@@ -12,7 +12,7 @@ import (
 )
 
 // frame640 is face-api's sample1.jpg resized to a 640x480 camera frame.
-func frame640(b *testing.B) visit.Frame {
+func frame640(b testing.TB) visit.Frame {
 	m, err := gocv.IMDecode(sample(b, "sample1.jpg"), gocv.IMReadColor)
 	if err != nil {
 		b.Fatal(err)
@@ -27,7 +27,7 @@ func frame640(b *testing.B) visit.Frame {
 // closeFrame640 frames sample1.jpg's customer as an ATM camera sees him:
 // a 4:3 view whose height is 2.5 face boxes (the face fills 40% of it),
 // resized to 640x480.
-func closeFrame640(b *testing.B) visit.Frame {
+func closeFrame640(b testing.TB) visit.Frame {
 	dir, man := modelsDir(b)
 	p, err := New(dir, man, man.Pipeline.Detector, "", DefaultConfig())
 	if err != nil {
@@ -59,7 +59,7 @@ func closeFrame640(b *testing.B) visit.Frame {
 func BenchmarkPerceiveBurst(b *testing.B) {
 	scenes := []struct {
 		name  string
-		frame func(*testing.B) visit.Frame
+		frame func(testing.TB) visit.Frame
 	}{{"close", closeFrame640}, {"wide", frame640}}
 	for _, sc := range scenes {
 		for _, threads := range []int{1, 2} {

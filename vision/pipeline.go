@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"image"
 	"math"
 	"sort"
 	"time"
@@ -42,6 +43,9 @@ type Config struct {
 	// PadTight pads an image whose face fills it (a tight crop) with gray
 	// to this factor before a second detection pass (0 disables).
 	PadTight float64 `yaml:"pad_tight"`
+	// NoTrack turns off tracking within a burst: every frame then runs the
+	// whole detection stage (used to measure what tracking changes).
+	NoTrack bool `yaml:"-"`
 }
 
 // Revision names the behaviour of the detection, crop and quality code.
@@ -98,8 +102,9 @@ type Face struct {
 type Timings struct {
 	Detect, Embed time.Duration
 	// Fast counts detection passes the fast detector decided; Full those
-	// that ran the main detector.
-	Fast, Full int
+	// that ran the main detector; Tracked the burst frames whose face the
+	// fast detector found near the previous frame's.
+	Fast, Full, Tracked int
 }
 
 // Pipeline turns frames into faces and a burst into one visit descriptor.
@@ -297,15 +302,88 @@ type measured struct {
 	crop gocv.Mat
 }
 
+// trackSpan is the side of the square searched around the previous frame's
+// face, in face box sides; trackIoU the overlap the new box must keep.
+const (
+	trackSpan = 2.0
+	trackIoU  = 0.3
+)
+
+// track looks for the customer where the previous frame of the burst had
+// him: the fast detector on a square of trackSpan face sides around the
+// previous box, in which the face is large (the fast detector's strength
+// at any distance from the camera). The face must pass the fast stage's
+// gates within the square and overlap the previous box; otherwise ok is
+// false and the frame goes through the whole detection stage.
+func (p *Pipeline) track(img gocv.Mat, prev Detection, t *Timings) (Detection, bool, error) {
+	if p.fast == nil {
+		return Detection{}, false, nil
+	}
+	side := trackSpan * math.Max(prev.W(), prev.H())
+	cx, cy := (prev.X0+prev.X1)/2, (prev.Y0+prev.Y1)/2
+	r := image.Rect(int(cx-side/2), int(cy-side/2), int(cx+side/2), int(cy+side/2)).
+		Intersect(image.Rect(0, 0, img.Cols(), img.Rows()))
+	// A square smaller than the fast detector's input would be upscaled:
+	// its keypoints, and so the crop, come out coarser than the main
+	// detector's on the whole frame.
+	if in := inputSide(p.fast); r.Dx() < in || r.Dy() < in {
+		return Detection{}, false, nil
+	}
+	roi := img.Region(r)
+	defer roi.Close()
+	dets, err := p.fast.Detect(roi)
+	if err != nil {
+		return Detection{}, false, err
+	}
+	dets = filterScore(dets, max(p.fastScore, p.cfg.MinScore))
+	w, h := float64(r.Dx()), float64(r.Dy())
+	d, ok := customer(dets, r.Dx(), r.Dy())
+	if !ok || math.Max(d.W(), d.H()) < p.fastFace*math.Min(w, h) ||
+		d.X0 < 0 || d.Y0 < 0 || d.X1 > w || d.Y1 > h {
+		return Detection{}, false, nil
+	}
+	ox, oy := float64(r.Min.X), float64(r.Min.Y)
+	d.X0, d.Y0, d.X1, d.Y1 = d.X0+ox, d.Y0+oy, d.X1+ox, d.Y1+oy
+	for i := range d.Points {
+		d.Points[i][0] += ox
+		d.Points[i][1] += oy
+	}
+	if iou(d, prev) < trackIoU {
+		return Detection{}, false, nil
+	}
+	t.Tracked++
+	return d, true, nil
+}
+
+// inputSide is a detector network's smaller input side (0 if unknown).
+func inputSide(d Detector) int {
+	if nd, ok := d.(*netDetector); ok {
+		return min(nd.net.Model.Input.Width, nd.net.Model.Input.Height)
+	}
+	return 0
+}
+
 // measure detects the customer's face, cuts it by the embedder's crop
 // policy and measures its quality: everything but the embedding, so a
-// burst can embed only its best frames.
-func (p *Pipeline) measure(img gocv.Mat, t *Timings) (measured, error) {
-	t0 := time.Now()
-	d, ok, padded, err := p.detectCustomer(img, t)
-	if t != nil {
-		t.Detect += time.Since(t0)
+// burst can embed only its best frames. With prev (the customer's face in
+// the previous frame of a burst) the face is first tracked from there.
+func (p *Pipeline) measure(img gocv.Mat, prev *Detection, t *Timings) (measured, error) {
+	if t == nil {
+		t = &Timings{}
 	}
+	t0 := time.Now()
+	var (
+		d          Detection
+		ok, padded bool
+		err        error
+	)
+	if prev != nil && !p.cfg.NoTrack {
+		d, ok, err = p.track(img, *prev, t)
+	}
+	if err == nil && !ok {
+		d, ok, padded, err = p.detectCustomer(img, t)
+	}
+	t.Detect += time.Since(t0)
 	if err != nil {
 		return measured{}, err
 	}
@@ -355,7 +433,7 @@ func (p *Pipeline) embed(m *measured, thumb int, t *Timings) error {
 // faceInMat runs detection, quality measures, embedding and mask state on
 // one BGR image. It returns ErrNoFace when nothing passes the score gate.
 func (p *Pipeline) faceInMat(img gocv.Mat, o FaceOptions, t *Timings) (Face, error) {
-	m, err := p.measure(img, t)
+	m, err := p.measure(img, nil, t)
 	if err != nil {
 		return Face{}, err
 	}
@@ -426,8 +504,17 @@ func frameMat(fr visit.Frame) (gocv.Mat, error) {
 // Perceive turns a burst into one visit descriptor: the customer's face in
 // each frame, measured and gated by quality; only the BestFrames best are
 // embedded, their templates averaged with quality weights and
-// L2-normalised; the mask state from their weighted mean score.
+// L2-normalised; the mask state from their weighted mean score. After a
+// frame with a face, the next frame first tracks it (see track).
 func (p *Pipeline) Perceive(ctx context.Context, frames []visit.Frame) (visit.Descriptor, error) {
+	return p.PerceiveTimed(ctx, frames, nil)
+}
+
+// PerceiveTimed is Perceive adding its stage timings and counts to t.
+func (p *Pipeline) PerceiveTimed(ctx context.Context, frames []visit.Frame, t *Timings) (visit.Descriptor, error) {
+	if t == nil {
+		t = &Timings{}
+	}
 	desc := visit.Descriptor{Frames: len(frames), Model: p.TemplateModel, Outcome: visit.NoFace}
 	if len(frames) == 0 {
 		desc.Outcome = visit.CameraError
@@ -440,6 +527,7 @@ func (p *Pipeline) Perceive(ctx context.Context, frames []visit.Frame) (visit.De
 		}
 	}()
 	seen := false
+	var prev *Detection
 	for _, fr := range frames {
 		if err := ctx.Err(); err != nil {
 			return desc, err
@@ -448,15 +536,17 @@ func (p *Pipeline) Perceive(ctx context.Context, frames []visit.Frame) (visit.De
 		if err != nil {
 			return desc, err
 		}
-		m, err := p.measure(img, nil)
+		m, err := p.measure(img, prev, t)
 		img.Close()
 		if errors.Is(err, ErrNoFace) {
+			prev = nil
 			continue
 		}
 		if err != nil {
 			return desc, err
 		}
 		seen = true
+		prev = &m.face.Det
 		if m.face.Quality > 0 {
 			cands = append(cands, m)
 		} else {
@@ -473,7 +563,7 @@ func (p *Pipeline) Perceive(ctx context.Context, frames []visit.Frame) (visit.De
 	n := min(len(cands), p.cfg.BestFrames)
 	faces := make([]Face, 0, n)
 	for i := 0; i < n; i++ {
-		if err := p.embed(&cands[i], 0, nil); err != nil {
+		if err := p.embed(&cands[i], 0, t); err != nil {
 			return desc, err
 		}
 		faces = append(faces, cands[i].face)
