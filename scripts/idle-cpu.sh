@@ -8,29 +8,15 @@
 # the camera's frames: it should not).
 #
 #   bash scripts/idle-cpu.sh            # needs `make models`
+#   BIN=build/atm-agent-static bash scripts/idle-cpu.sh   # a prebuilt binary
 #   IDLE_SECONDS=60 SETTLE_SECONDS=15 STRACE_SECONDS=20 METRICS=127.0.0.1:0 bash scripts/idle-cpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH=$PATH:/usr/local/go/bin
 IDLE_SECONDS=${IDLE_SECONDS:-60}
 SETTLE_SECONDS=${SETTLE_SECONDS:-15}
 STRACE_SECONDS=${STRACE_SECONDS:-20}
 METRICS=${METRICS:-}   # e.g. 127.0.0.1:19464 to include the metrics server (unscraped)
-MODELS=${ATM_MODELS_DIR:-$PWD/build/models}
-SRC=${ATM_MODEL_SRC:-$PWD/build/src}
-
-tmp=$(mktemp -d)
-pid=
-cleanup() {
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-		kill -TERM "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	fi
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-go build -o "$tmp/atm-agent" ./cmd/atm-agent
+. scripts/daemon-lib.sh
 mkdir -p "$tmp/frames"
 cp "$SRC"/face-api/demo/sample1.jpg "$SRC"/face-api/demo/sample2.jpg "$tmp/frames/"
 cat >"$tmp/config.yaml" <<EOF

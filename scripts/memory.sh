@@ -13,29 +13,10 @@
 #   VISITS=300 AGENT_ENV="MALLOC_ARENA_MAX=2 GOMEMLIMIT=100MiB" bash scripts/memory.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH=$PATH:/usr/local/go/bin
 VISITS=${VISITS:-300}
 SAMPLE_SECONDS=${SAMPLE_SECONDS:-10}
 AGENT_ENV=${AGENT_ENV:-}
-MODELS=${ATM_MODELS_DIR:-$PWD/build/models}
-SRC=${ATM_MODEL_SRC:-$PWD/build/src}
-
-tmp=$(mktemp -d)
-pid=
-cleanup() {
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-		kill -TERM "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	fi
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-if [ -n "${BIN:-}" ]; then
-	cp "$BIN" "$tmp/atm-agent"
-else
-	go build -o "$tmp/atm-agent" ./cmd/atm-agent
-fi
+. scripts/daemon-lib.sh
 if [ "${FRAMES:-demo}" = photos ]; then
 	go run ./scripts/frames -size 640x480 -o "$tmp/frames" "$SRC"/face-api/demo/sample*.jpg
 else
