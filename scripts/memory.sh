@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 VISITS=${VISITS:-300}
 SAMPLE_SECONDS=${SAMPLE_SECONDS:-10}
 AGENT_ENV=${AGENT_ENV:-}
+METRICS_PORT=${METRICS_PORT:-19465}
 . scripts/daemon-lib.sh
 if [ "${FRAMES:-demo}" = photos ]; then
 	go run ./scripts/frames -size 640x480 -o "$tmp/frames" "$SRC"/face-api/demo/sample*.jpg
@@ -30,13 +31,19 @@ trigger:
   http: {enabled: false}
   replay: {enabled: true, interval: 1ms, count: $VISITS}
 store: {path: $tmp/agent.db}
+metrics: {listen: "127.0.0.1:$METRICS_PORT"}
 log: {level: info}
 EOF
 "$tmp/atm-agent" config check "$tmp/config.yaml" >/dev/null
 
 env $AGENT_ENV "$tmp/atm-agent" run --config "$tmp/config.yaml" 2>"$tmp/agent.log" &
 pid=$!
-status() { awk '/^(VmRSS|VmHWM|RssAnon|RssFile|Threads):/{printf "%s %s ", $1, $2}' "/proc/$pid/status"; }
+status() {
+	awk '/^(VmRSS|VmHWM|RssAnon|RssFile|Threads):/{printf "%s %s ", $1, $2}' "/proc/$pid/status"
+	# The Go side: live heap and what the runtime holds from the OS.
+	curl -s "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null |
+		awk '/^go_memstats_heap_alloc_bytes /{printf "GoHeap: %.1f MB ", $2/1048576} /^go_memstats_sys_bytes /{printf "GoSys: %.1f MB ", $2/1048576}'
+}
 visits() { grep -c 'msg=visit ' "$tmp/agent.log" || true; }
 start=$(date +%s)
 echo "env: ${AGENT_ENV:-(none)}; $VISITS visits"
