@@ -80,14 +80,18 @@ func (s *Store) Purge(ctx context.Context, before time.Time) (int, error) {
 	return total, err
 }
 
-// deleteVisit removes one visit and its index entries, returning its identity.
+// deleteVisit removes one visit, its template and its index entries,
+// returning its identity.
 func (s *Store) deleteVisit(tx *bolt.Tx, k []byte) (string, error) {
 	vb := tx.Bucket(bVisits)
-	v, err := s.decodeVisit(k, vb.Get(k), false)
+	v, err := s.decodeVisit(tx, k, vb.Get(k), false)
 	if err != nil {
 		return "", err
 	}
 	if err := vb.Delete(k); err != nil {
+		return "", err
+	}
+	if err := tx.Bucket(bTemplates).Delete(k); err != nil {
 		return "", err
 	}
 	if err := tx.Bucket(bVisitIDs).Delete([]byte(v.ID)); err != nil {
@@ -304,7 +308,7 @@ func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) err
 					return err
 				}
 			}
-			vis, err := s.decodeVisit(k, v, opts.Embeddings)
+			vis, err := s.decodeVisit(tx, k, v, opts.Embeddings)
 			if err != nil {
 				return err
 			}

@@ -16,18 +16,30 @@ import (
 	"strings"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/periocular/atm-agent/visit"
 )
 
 // Visit record encoding (value in the visits bucket):
 //
 //	byte 0      format version (1)
-//	byte 1      flags: bit 0 = embedding encrypted
+//	byte 1      flags: bit 0 = inline embedding encrypted,
+//	            bit 1 = template stored in the templates bucket (schema >= 2)
 //	uvarint n   length of the JSON header
 //	n bytes     JSON header: every visit field except the embedding
+//	rest        inline embedding, schema 1 records only (migration 1 -> 2
+//	            moves it to the templates bucket): same bytes as a template.
+//
+// Template encoding (value in the templates bucket, key = the visit's key):
+//
+//	byte 0      flags: bit 0 = encrypted
 //	rest        embedding: float32 little-endian, 4 bytes per dimension;
 //	            when encrypted: 12-byte random nonce || AES-256-GCM ciphertext
 //	            of those bytes, with the visit key as additional data.
+//
+// Templates live apart so that metadata scans (summaries, alert rules, stats)
+// read only the small visit records, not the pages holding templates.
 //
 // Outbox record encoding (value in the outbox bucket):
 //
@@ -37,7 +49,8 @@ import (
 
 const (
 	visitFormat      = 1
-	flagEncrypted    = 1
+	flagEncrypted    = 1 // visit record (inline embedding) and template
+	flagTemplate     = 2 // visit record: template in the templates bucket
 	keyCheckPlain    = "atm-agent store key check v1"
 	credentialPrefix = "credential:"
 )
@@ -100,7 +113,9 @@ func verifyKeyCheck(a cipher.AEAD, c []byte) error {
 	return nil
 }
 
-func (s *Store) encodeVisit(v *visit.Visit, key []byte) ([]byte, error) {
+// encodeVisit returns the visit record and, when the visit has an
+// embedding, its template (nil otherwise).
+func (s *Store) encodeVisit(v *visit.Visit, key []byte) (rec, tmpl []byte, err error) {
 	h := visitHeader{
 		ID: v.ID, Seq: v.Seq, Time: v.Time.UTC(), Trigger: v.Trigger, Context: v.Context,
 		Outcome: v.Outcome, Model: v.Model, Mask: v.Mask, MaskScore: v.MaskScore,
@@ -109,40 +124,49 @@ func (s *Store) encodeVisit(v *visit.Visit, key []byte) ([]byte, error) {
 	}
 	hj, err := json.Marshal(h)
 	if err != nil {
-		return nil, fmt.Errorf("encode visit %s: %w", v.ID, err)
-	}
-	emb := make([]byte, 4*len(v.Embedding))
-	for i, f := range v.Embedding {
-		binary.LittleEndian.PutUint32(emb[4*i:], math.Float32bits(f))
+		return nil, nil, fmt.Errorf("encode visit %s: %w", v.ID, err)
 	}
 	var flags byte
-	if s.aead != nil && len(emb) > 0 {
-		emb, err = seal(s.aead, emb, key)
-		if err != nil {
-			return nil, fmt.Errorf("encrypt visit %s: %w", v.ID, err)
+	if len(v.Embedding) > 0 {
+		emb := make([]byte, 4*len(v.Embedding))
+		for i, f := range v.Embedding {
+			binary.LittleEndian.PutUint32(emb[4*i:], math.Float32bits(f))
 		}
-		flags |= flagEncrypted
+		var tflags byte
+		if s.aead != nil {
+			emb, err = seal(s.aead, emb, key)
+			if err != nil {
+				return nil, nil, fmt.Errorf("encrypt visit %s: %w", v.ID, err)
+			}
+			tflags |= flagEncrypted
+		}
+		tmpl = append(append(make([]byte, 0, 1+len(emb)), tflags), emb...)
+		flags |= flagTemplate
 	}
-	out := make([]byte, 0, 2+binary.MaxVarintLen64+len(hj)+len(emb))
-	out = append(out, visitFormat, flags)
-	out = binary.AppendUvarint(out, uint64(len(hj)))
-	out = append(out, hj...)
-	return append(out, emb...), nil
+	return visitRecord(flags, hj, nil), tmpl, nil
 }
 
-// decodeVisit decodes a stored visit; the embedding is skipped (and not
-// decrypted) unless withEmbedding.
-func (s *Store) decodeVisit(key, val []byte, withEmbedding bool) (visit.Visit, error) {
-	var v visit.Visit
+// splitVisit returns a record's flags, JSON header and inline embedding
+// bytes (empty for records of schema >= 2).
+func splitVisit(key, val []byte) (flags byte, header, inline []byte, err error) {
 	if len(val) < 3 || val[0] != visitFormat {
-		return v, fmt.Errorf("decode visit %x: unknown record format", key)
+		return 0, nil, nil, fmt.Errorf("decode visit %x: unknown record format", key)
 	}
-	flags := val[1]
 	n, w := binary.Uvarint(val[2:])
 	if w <= 0 || uint64(len(val)-2-w) < n {
-		return v, fmt.Errorf("decode visit %x: truncated header", key)
+		return 0, nil, nil, fmt.Errorf("decode visit %x: truncated header", key)
 	}
-	hb := val[2+w : 2+w+int(n)]
+	return val[1], val[2+w : 2+w+int(n)], val[2+w+int(n):], nil
+}
+
+// decodeVisit decodes a stored visit; the embedding is skipped (its template
+// not read, nor decrypted) unless withEmbedding.
+func (s *Store) decodeVisit(tx *bolt.Tx, key, val []byte, withEmbedding bool) (visit.Visit, error) {
+	var v visit.Visit
+	flags, hb, inline, err := splitVisit(key, val)
+	if err != nil {
+		return v, err
+	}
 	var h visitHeader
 	if err := json.Unmarshal(hb, &h); err != nil {
 		return v, fmt.Errorf("decode visit %x: %w", key, err)
@@ -155,60 +179,85 @@ func (s *Store) decodeVisit(key, val []byte, withEmbedding bool) (visit.Visit, e
 		},
 		IdentityID: h.IdentityID, Distance: h.Distance,
 	}
-	emb := val[2+w+int(n):]
-	if !withEmbedding || len(emb) == 0 {
+	if !withEmbedding {
 		return v, nil
 	}
-	if flags&flagEncrypted != 0 {
-		if s.aead == nil {
-			return v, fmt.Errorf("decode visit %s: %w", h.ID, ErrKeyRequired)
+	emb, eflags := inline, flags
+	if flags&flagTemplate != 0 {
+		var t []byte
+		if tb := tx.Bucket(bTemplates); tb != nil {
+			t = tb.Get(key)
 		}
-		p, err := open(s.aead, emb, key)
-		if err != nil {
-			return v, fmt.Errorf("decrypt visit %s embedding: %w", h.ID, err)
+		if len(t) < 1 {
+			return v, fmt.Errorf("decode visit %s: template missing", h.ID)
 		}
-		emb = p
+		eflags, emb = t[0], t[1:]
 	}
-	if len(emb)%4 != 0 {
-		return v, fmt.Errorf("decode visit %s: embedding length %d not a multiple of 4", h.ID, len(emb))
+	if len(emb) == 0 {
+		return v, nil
 	}
-	v.Embedding = make([]float32, len(emb)/4)
-	for i := range v.Embedding {
-		v.Embedding[i] = math.Float32frombits(binary.LittleEndian.Uint32(emb[4*i:]))
+	v.Embedding, err = s.decodeEmbedding(key, eflags, emb)
+	if err != nil {
+		return v, fmt.Errorf("decode visit %s: %w", h.ID, err)
 	}
 	return v, nil
 }
 
+// decodeEmbedding decrypts (flags bit 0) and decodes embedding bytes.
+func (s *Store) decodeEmbedding(key []byte, flags byte, emb []byte) ([]float32, error) {
+	if flags&flagEncrypted != 0 {
+		if s.aead == nil {
+			return nil, ErrKeyRequired
+		}
+		p, err := open(s.aead, emb, key)
+		if err != nil {
+			return nil, fmt.Errorf("decrypt embedding: %w", err)
+		}
+		emb = p
+	}
+	if len(emb)%4 != 0 {
+		return nil, fmt.Errorf("embedding length %d not a multiple of 4", len(emb))
+	}
+	out := make([]float32, len(emb)/4)
+	for i := range out {
+		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(emb[4*i:]))
+	}
+	return out, nil
+}
+
 // relabelRecord rewrites only the identity fields of a stored record, keeping
-// the (possibly encrypted) embedding bytes untouched. It returns the new
-// record and the previous identity.
+// its flags and any inline embedding bytes untouched (the template, in its
+// own bucket, is not touched at all). It returns the new record and the
+// previous identity.
 func (s *Store) relabelRecord(key, val []byte, identity string, distance *float32) ([]byte, string, error) {
-	v, err := s.decodeVisit(key, val, false)
+	flags, hb, inline, err := splitVisit(key, val)
 	if err != nil {
 		return nil, "", err
 	}
-	old := v.IdentityID
-	n, w := binary.Uvarint(val[2:])
-	emb := val[2+w+int(n):]
-	v.IdentityID = identity
-	if distance != nil {
-		v.Distance = *distance
+	var h visitHeader
+	if err := json.Unmarshal(hb, &h); err != nil {
+		return nil, "", fmt.Errorf("decode visit %x: %w", key, err)
 	}
-	h := visitHeader{
-		ID: v.ID, Seq: v.Seq, Time: v.Time, Trigger: v.Trigger, Context: v.Context,
-		Outcome: v.Outcome, Model: v.Model, Mask: v.Mask, MaskScore: v.MaskScore,
-		Quality: v.Quality, Frames: v.Frames, Used: v.Used, IdentityID: v.IdentityID,
-		Distance: v.Distance,
+	h.Time = h.Time.UTC()
+	old := h.IdentityID
+	h.IdentityID = identity
+	if distance != nil {
+		h.Distance = *distance
 	}
 	hj, err := json.Marshal(h)
 	if err != nil {
 		return nil, "", err
 	}
-	out := make([]byte, 0, 2+binary.MaxVarintLen64+len(hj)+len(emb))
-	out = append(out, val[0], val[1])
-	out = binary.AppendUvarint(out, uint64(len(hj)))
-	out = append(out, hj...)
-	return append(out, emb...), old, nil
+	return visitRecord(flags, hj, inline), old, nil
+}
+
+// visitRecord assembles a visit record from its parts.
+func visitRecord(flags byte, header, inline []byte) []byte {
+	out := make([]byte, 0, 2+binary.MaxVarintLen64+len(header)+len(inline))
+	out = append(out, visitFormat, flags)
+	out = binary.AppendUvarint(out, uint64(len(header)))
+	out = append(out, header...)
+	return append(out, inline...)
 }
 
 type outboxHeader struct {

@@ -318,12 +318,17 @@ func (s *Store) putVisit(tx *bolt.Tx, v *visit.Visit) error {
 		}
 	}
 	k := visitKey(v.Time, v.Seq)
-	val, err := s.encodeVisit(v, k)
+	val, tmpl, err := s.encodeVisit(v, k)
 	if err != nil {
 		return err
 	}
 	if err := tx.Bucket(bVisits).Put(k, val); err != nil {
 		return fmt.Errorf("store visit %q: %w", v.ID, err)
+	}
+	if tmpl != nil {
+		if err := tx.Bucket(bTemplates).Put(k, tmpl); err != nil {
+			return fmt.Errorf("store visit %q template: %w", v.ID, err)
+		}
 	}
 	if err := ids.Put([]byte(v.ID), k); err != nil {
 		return fmt.Errorf("store visit %q: %w", v.ID, err)

@@ -34,7 +34,7 @@ func (s *Store) VisitsBetween(ctx context.Context, from, to time.Time) ([]visit.
 		end := timeKey(to)
 		c := tx.Bucket(bVisits).Cursor()
 		for k, v := c.Seek(timeKey(from)); k != nil && bytes.Compare(k[:8], end) < 0; k, v = c.Next() {
-			vis, err := s.decodeVisit(k, v, false)
+			vis, err := s.decodeVisit(tx, k, v, false)
 			if err != nil {
 				return err
 			}
@@ -56,7 +56,7 @@ func (s *Store) VisitsSince(ctx context.Context, identityID string, since time.T
 		if identityID == "" {
 			c := vb.Cursor()
 			for k, v := c.Seek(timeKey(since.Add(1))); k != nil; k, v = c.Next() {
-				vis, err := s.decodeVisit(k, v, false)
+				vis, err := s.decodeVisit(tx, k, v, false)
 				if err != nil {
 					return err
 				}
@@ -72,7 +72,7 @@ func (s *Store) VisitsSince(ctx context.Context, identityID string, since time.T
 			if val == nil {
 				return fmt.Errorf("identity index points to missing visit %x", vk)
 			}
-			vis, err := s.decodeVisit(vk, val, false)
+			vis, err := s.decodeVisit(tx, vk, val, false)
 			if err != nil {
 				return err
 			}
@@ -94,7 +94,7 @@ func (s *Store) IdentityVisits(ctx context.Context, identityID string) ([]visit.
 		c := tx.Bucket(bIdentityVisits).Cursor()
 		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
 			vk := k[len(p):]
-			vis, err := s.decodeVisit(vk, vb.Get(vk), true)
+			vis, err := s.decodeVisit(tx, vk, vb.Get(vk), true)
 			if err != nil {
 				return err
 			}
@@ -114,7 +114,7 @@ func (s *Store) Visit(ctx context.Context, id string) (visit.Visit, error) {
 			return fmt.Errorf("visit %q: %w", id, ErrNotFound)
 		}
 		var err error
-		out, err = s.decodeVisit(k, tx.Bucket(bVisits).Get(k), true)
+		out, err = s.decodeVisit(tx, k, tx.Bucket(bVisits).Get(k), true)
 		return err
 	})
 	return out, err
@@ -129,7 +129,7 @@ func (s *Store) Members(ctx context.Context) ([]Member, error) {
 		out = nil
 		c := tx.Bucket(bVisits).Cursor()
 		for k, v := c.Seek(timeKey(since)); k != nil; k, v = c.Next() {
-			vis, err := s.decodeVisit(k, v, true)
+			vis, err := s.decodeVisit(tx, k, v, true)
 			if err != nil {
 				return err
 			}

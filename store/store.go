@@ -9,7 +9,10 @@
 //	meta:               "schema", "device_id", "visit_seq", "outbox_seq",
 //	                    "outbox_key", "outbox_count", "outbox_bytes",
 //	                    "dropped/<kind>", "keycheck"
-//	visits:             be64(unix nanos) || be64(seq) -> encoded visit (codec.go)
+//	visits:             be64(unix nanos) || be64(seq) -> encoded visit without
+//	                    its embedding (codec.go)
+//	templates:          visits key -> flags || embedding (codec.go); only visits
+//	                    with an embedding have one (schema >= 2)
 //	visit_ids:          visit id -> visits key
 //	identity_visits:    identity id || 0x00 || visits key -> empty
 //	identities:         identity id -> Identity JSON
@@ -24,6 +27,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -51,6 +55,7 @@ var (
 var (
 	bMeta             = []byte("meta")
 	bVisits           = []byte("visits")
+	bTemplates        = []byte("templates")
 	bVisitIDs         = []byte("visit_ids")
 	bIdentityVisits   = []byte("identity_visits")
 	bIdentities       = []byte("identities")
@@ -61,7 +66,7 @@ var (
 	bOutboxSuperseded = []byte("outbox_superseded")
 
 	allBuckets = [][]byte{bMeta, bVisits, bVisitIDs, bIdentityVisits, bIdentities,
-		bAlerts, bAlertLast, bOutbox, bOutboxCoalesce, bOutboxSuperseded}
+		bAlerts, bAlertLast, bOutbox, bOutboxCoalesce, bOutboxSuperseded, bTemplates}
 )
 
 var (
@@ -77,7 +82,10 @@ var (
 )
 
 // migrations[i] upgrades a database from schema version i to i+1. Version 0 is
-// an empty file. Append only; never edit a released step.
+// an empty file. Append only; never edit a released step. A step that
+// returns errMigrateMore has committed part of its work: it runs again in a
+// new transaction, and the schema version advances only when it returns nil,
+// so each step must be correct when re-run on its own partial result.
 var migrations = []func(tx *bolt.Tx) error{
 	// 0 -> 1: initial layout.
 	func(tx *bolt.Tx) error {
@@ -88,6 +96,61 @@ var migrations = []func(tx *bolt.Tx) error{
 		}
 		return nil
 	},
+	// 1 -> 2: templates move out of the visit records into their own bucket.
+	migrateTemplates,
+}
+
+// errMigrateMore: the step made progress and must run again in a new
+// transaction.
+var errMigrateMore = errors.New("migration step continues in a new transaction")
+
+// migrateTemplatesBatch bounds the visit records one transaction of the
+// 1 -> 2 step rewrites (a few MB of dirty pages).
+var migrateTemplatesBatch = 2000
+
+// migrateTemplates moves inline embedding bytes, unchanged (still sealed
+// with the visit key when encrypted), into the templates bucket and rewrites
+// the visit records without them. Records already converted are skipped, so
+// a re-run after a crash or a partial batch continues where it stopped.
+func migrateTemplates(tx *bolt.Tx) error {
+	tb, err := tx.CreateBucketIfNotExists(bTemplates)
+	if err != nil {
+		return fmt.Errorf("create bucket %s: %w", bTemplates, err)
+	}
+	vb := tx.Bucket(bVisits)
+	type rec struct{ key, val []byte }
+	var todo []rec
+	more := false
+	c := vb.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		_, _, inline, err := splitVisit(k, v)
+		if err != nil {
+			return err
+		}
+		if len(inline) == 0 {
+			continue
+		}
+		if len(todo) == migrateTemplatesBatch {
+			more = true
+			break
+		}
+		todo = append(todo, rec{bytes.Clone(k), bytes.Clone(v)})
+	}
+	for _, r := range todo {
+		flags, hb, inline, _ := splitVisit(r.key, r.val)
+		t := append([]byte{flags & flagEncrypted}, inline...)
+		if err := tb.Put(r.key, t); err != nil {
+			return fmt.Errorf("store template %x: %w", r.key, err)
+		}
+		nf := flags&^flagEncrypted | flagTemplate
+		if err := vb.Put(r.key, visitRecord(nf, bytes.Clone(hb), nil)); err != nil {
+			return fmt.Errorf("rewrite visit %x: %w", r.key, err)
+		}
+	}
+	if more {
+		return errMigrateMore
+	}
+	return nil
 }
 
 // SchemaVersion is the schema this build writes.
@@ -232,28 +295,44 @@ func (s *Store) openDB(path string) (*bolt.DB, error) {
 		}
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
-	if err := db.Update(s.initTx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open store %q: %w", path, err)
+	for {
+		more := false
+		err := db.Update(func(tx *bolt.Tx) error {
+			var err error
+			more, err = s.initTx(tx)
+			return err
+		})
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open store %q: %w", path, err)
+		}
+		if !more {
+			return db, nil
+		}
 	}
-	return db, nil
 }
 
-// initTx migrates, checks the key and records the device id.
-func (s *Store) initTx(tx *bolt.Tx) error {
+// initTx migrates, checks the key and records the device id. more reports
+// a migration step that committed part of its work and must continue in
+// another transaction (the key is checked in every one).
+func (s *Store) initTx(tx *bolt.Tx) (more bool, err error) {
 	ver := 0
 	if m := tx.Bucket(bMeta); m != nil {
 		ver = int(getU64(m, kSchema))
 	}
 	if ver > len(migrations) {
-		return fmt.Errorf("%w: file has version %d, this build supports up to %d", ErrSchemaTooNew, ver, len(migrations))
+		return false, fmt.Errorf("%w: file has version %d, this build supports up to %d", ErrSchemaTooNew, ver, len(migrations))
 	}
 	for v := ver; v < len(migrations); v++ {
-		if err := migrations[v](tx); err != nil {
-			return fmt.Errorf("migrate schema %d -> %d: %w", v, v+1, err)
+		if err := migrations[v](tx); errors.Is(err, errMigrateMore) {
+			s.opts.Logger.Info("store schema migration continues", "from", v, "to", v+1)
+			more = true
+			break
+		} else if err != nil {
+			return false, fmt.Errorf("migrate schema %d -> %d: %w", v, v+1, err)
 		}
 		if err := putU64(tx.Bucket(bMeta), kSchema, uint64(v+1)); err != nil {
-			return err
+			return false, err
 		}
 		if v > 0 || ver > 0 {
 			s.opts.Logger.Info("store schema migrated", "from", v, "to", v+1)
@@ -264,18 +343,18 @@ func (s *Store) initTx(tx *bolt.Tx) error {
 	check := meta.Get(kKeyCheck)
 	switch {
 	case check != nil && s.aead == nil:
-		return ErrKeyRequired
+		return false, ErrKeyRequired
 	case check != nil:
 		if err := verifyKeyCheck(s.aead, check); err != nil {
-			return err
+			return false, err
 		}
 	case s.aead != nil:
 		c, err := makeKeyCheck(s.aead)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if err := meta.Put(kKeyCheck, c); err != nil {
-			return err
+			return false, err
 		}
 	}
 
@@ -289,15 +368,15 @@ func (s *Store) initTx(tx *bolt.Tx) error {
 	case id == "":
 		var b [deviceIDBytes]byte
 		if _, err := rand.Read(b[:]); err != nil {
-			return fmt.Errorf("device id: %w", err)
+			return false, fmt.Errorf("device id: %w", err)
 		}
 		id = hex.EncodeToString(b[:])
 	}
 	if err := meta.Put(kDeviceID, []byte(id)); err != nil {
-		return err
+		return false, err
 	}
 	s.deviceID = id
-	return nil
+	return more, nil
 }
 
 // Close closes the database file.
