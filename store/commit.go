@@ -322,7 +322,11 @@ func (s *Store) putVisit(tx *bolt.Tx, v *visit.Visit) error {
 	if err != nil {
 		return err
 	}
-	if err := tx.Bucket(bVisits).Put(k, val); err != nil {
+	vb := tx.Bucket(bVisits)
+	// Keys grow with time, so a split page is rarely written again: fill
+	// it (bbolt's default leaves split pages half empty).
+	vb.FillPercent = visitsFillPercent
+	if err := vb.Put(k, val); err != nil {
 		return fmt.Errorf("store visit %q: %w", v.ID, err)
 	}
 	if tmpl != nil {

@@ -118,6 +118,7 @@ func migrateTemplates(tx *bolt.Tx) error {
 		return fmt.Errorf("create bucket %s: %w", bTemplates, err)
 	}
 	vb := tx.Bucket(bVisits)
+	vb.FillPercent = visitsFillPercent
 	type rec struct{ key, val []byte }
 	var todo []rec
 	more := false
@@ -172,6 +173,7 @@ const (
 	defaultCompactTxMaxSize    = 4 << 20
 	deviceIDBytes              = 8
 	defaultOpenFileMode        = 0o600
+	visitsFillPercent          = 0.9
 )
 
 // Options configures Open. Zero values take the defaults above.

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -20,7 +22,7 @@ import (
 
 // oldEncodeVisit is the schema-1 visit record: header and embedding inline
 // (sealed with the visit key as additional data when a key is set).
-func oldEncodeVisit(t *testing.T, a aeadCipher, v *visit.Visit, key []byte) []byte {
+func oldEncodeVisit(t testing.TB, a aeadCipher, v *visit.Visit, key []byte) []byte {
 	t.Helper()
 	hj, err := json.Marshal(visitHeader{
 		ID: v.ID, Seq: v.Seq, Time: v.Time.UTC(), Trigger: v.Trigger, Context: v.Context,
@@ -54,7 +56,7 @@ var schema1Buckets = []string{"meta", "visits", "visit_ids", "identity_visits", 
 // writeSchema1 appends visits to a schema-1 file the way a schema-1 build
 // stored them (raw bbolt puts, old record encoding). key, when set, encrypts
 // the new records (and creates the key check on a file without one).
-func writeSchema1(t *testing.T, path string, key []byte, vs []*visit.Visit) {
+func writeSchema1(t testing.TB, path string, key []byte, vs []*visit.Visit) {
 	t.Helper()
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
@@ -129,7 +131,7 @@ func writeSchema1(t *testing.T, path string, key []byte, vs []*visit.Visit) {
 }
 
 // rawVisits returns, per visit key, the visit record and the template.
-func rawVisits(t *testing.T, db *bolt.DB) (recs, tmpls map[string][]byte) {
+func rawVisits(t testing.TB, db *bolt.DB) (recs, tmpls map[string][]byte) {
 	t.Helper()
 	recs, tmpls = map[string][]byte{}, map[string][]byte{}
 	err := db.View(func(tx *bolt.Tx) error {
@@ -415,4 +417,48 @@ func TestMetadataScansDoNotReadTemplates(t *testing.T) {
 	if _, err := s.Visit(ctx, "v1"); err == nil {
 		t.Error("Visit read an embedding without its template")
 	}
+}
+
+// BenchmarkMigrateTemplates times the 1 -> 2 migration of a schema-1 file
+// holding 10,000 encrypted 384-d visits.
+func BenchmarkMigrateTemplates(b *testing.B) {
+	const n = 10000
+	src := filepath.Join(b.TempDir(), "v1.db")
+	vs := make([]*visit.Visit, n)
+	for i := range vs {
+		vs[i] = faceVisit(fmt.Sprint("v", i), t0.Add(time.Duration(i)*time.Minute), fmt.Sprint("id", i%50))
+		vs[i].Seq = uint64(i + 1)
+		vs[i].Embedding = emb(float32(i), 384)
+	}
+	writeSchema1(b, src, key32(2), vs)
+	raw, err := os.ReadFile(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ms0, ms1 runtime.MemStats
+	var after int64
+	for b.Loop() {
+		b.StopTimer()
+		path := filepath.Join(b.TempDir(), "m.db")
+		if err := os.WriteFile(path, raw, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&ms0)
+		b.StartTimer()
+		s, err := Open(path, Options{Key: key32(2)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		runtime.ReadMemStats(&ms1)
+		if st, _ := s.Stats(context.Background()); st.Buckets["templates"] != n {
+			b.Fatalf("templates %d", st.Buckets["templates"])
+		}
+		s.Close()
+		after = fileSize(path)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/(1<<20), "alloc-MB")
+	b.Logf("file %d B before, %d B after migration", len(raw), after)
 }
