@@ -144,7 +144,7 @@ func migrateTemplates(tx *bolt.Tx) error {
 			return fmt.Errorf("store template %x: %w", r.key, err)
 		}
 		nf := flags&^flagEncrypted | flagTemplate
-		if err := vb.Put(r.key, visitRecord(nf, bytes.Clone(hb), nil)); err != nil {
+		if err := vb.Put(r.key, visitRecord(nf, hb, nil)); err != nil {
 			return fmt.Errorf("rewrite visit %x: %w", r.key, err)
 		}
 	}

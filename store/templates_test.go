@@ -233,6 +233,33 @@ func TestMigrateTemplatesFromSchema1(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
+			// Both record kinds decode meanwhile (inline and moved).
+			var a aeadCipher
+			if tc.key != nil {
+				a, _ = newAEAD(tc.key)
+			}
+			rs := &Store{aead: a}
+			if err := db.View(func(tx *bolt.Tx) error {
+				kinds := map[byte]int{}
+				for _, want := range all {
+					k := tx.Bucket(bVisitIDs).Get([]byte(want.ID))
+					val := tx.Bucket(bVisits).Get(k)
+					kinds[val[1]&flagTemplate]++
+					got, err := rs.decodeVisit(tx, k, val, true)
+					if err != nil {
+						return err
+					}
+					if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", *want) {
+						return fmt.Errorf("half-migrated visit %s:\n got %+v\nwant %+v", want.ID, got, *want)
+					}
+				}
+				if kinds[0] != 33 || kinds[flagTemplate] != 7 {
+					return fmt.Errorf("record kinds %v, want 7 moved", kinds)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
 			db.Close()
 			if v := schemaOf(t, path); v != 1 {
 				t.Fatalf("schema %d after a partial step, want 1", v)
