@@ -218,7 +218,7 @@ type Stats struct {
 // and the oldest and newest visit.
 func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	st := Stats{Path: s.path, Buckets: map[string]int{}}
-	err := s.view(ctx, "stats", func(tx *bolt.Tx) error {
+	err := s.scan(ctx, "stats", func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bMeta)
 		st.SchemaVersion = int(getU64(meta, kSchema))
 		st.DeviceID = string(meta.Get(kDeviceID))
@@ -280,7 +280,7 @@ type exportVisit struct {
 func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) error {
 	bw := bufio.NewWriter(w)
 	enc := json.NewEncoder(bw)
-	err := s.view(ctx, "export", func(tx *bolt.Tx) error {
+	err := s.scan(ctx, "export", func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bMeta)
 		if err := enc.Encode(map[string]any{
 			"type": "meta", "schema_version": getU64(meta, kSchema),

@@ -29,7 +29,7 @@ type Member struct {
 // embeddings.
 func (s *Store) VisitsBetween(ctx context.Context, from, to time.Time) ([]visit.Visit, error) {
 	var out []visit.Visit
-	err := s.view(ctx, "visits between", func(tx *bolt.Tx) error {
+	err := s.scan(ctx, "visits between", func(tx *bolt.Tx) error {
 		out = nil
 		end := timeKey(to)
 		c := tx.Bucket(bVisits).Cursor()
@@ -50,7 +50,11 @@ func (s *Store) VisitsBetween(ctx context.Context, from, to time.Time) ([]visit.
 // identityID is "". It satisfies the alert rules' history interface.
 func (s *Store) VisitsSince(ctx context.Context, identityID string, since time.Time) ([]visit.Visit, error) {
 	var out []visit.Visit
-	err := s.view(ctx, "visits since", func(tx *bolt.Tx) error {
+	read := s.view // one identity's visits: few pages
+	if identityID == "" {
+		read = s.scan
+	}
+	err := read(ctx, "visits since", func(tx *bolt.Tx) error {
 		out = nil
 		vb := tx.Bucket(bVisits)
 		if identityID == "" {
@@ -125,7 +129,7 @@ func (s *Store) Visit(ctx context.Context, id string) (visit.Visit, error) {
 func (s *Store) Members(ctx context.Context) ([]Member, error) {
 	since := s.opts.Now().Add(-s.opts.Retention)
 	var out []Member
-	err := s.view(ctx, "members", func(tx *bolt.Tx) error {
+	err := s.scan(ctx, "members", func(tx *bolt.Tx) error {
 		out = nil
 		c := tx.Bucket(bVisits).Cursor()
 		for k, v := c.Seek(timeKey(since)); k != nil; k, v = c.Next() {

@@ -413,6 +413,15 @@ func (s *Store) view(ctx context.Context, op string, fn func(tx *bolt.Tx) error)
 	return s.tx(ctx, op, false, fn)
 }
 
+// scan is view for reads over many records (every visit of a window, all
+// templates): the pages they mapped are released at the end (releaseMapped).
+func (s *Store) scan(ctx context.Context, op string, fn func(tx *bolt.Tx) error) error {
+	return s.tx(ctx, op, false, func(tx *bolt.Tx) error {
+		defer releaseMapped(s.db, tx)
+		return fn(tx)
+	})
+}
+
 func (s *Store) update(ctx context.Context, op string, fn func(tx *bolt.Tx) error) error {
 	return s.tx(ctx, op, true, fn)
 }
