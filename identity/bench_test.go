@@ -19,7 +19,9 @@ import (
 // people with 1-9 visits (mean 5), 20% of visits masked. Within a person the
 // cosine distance is ~0.25 (threshold 0.4). "far": people ~1.0 apart;
 // "near": people share a common direction and are ~0.7 apart, so more pairs
-// pass the sketch prefilter (closer to real face embeddings).
+// pass the sketch prefilter (closer to real face embeddings). "frequent":
+// "far" people with 700 visits each (identities far larger than
+// consolidation's level-1 chunks).
 const benchDim = 512
 
 type benchState struct {
@@ -51,6 +53,9 @@ func makeBenchState(n int, spread string, seed uint64) *benchState {
 		id := fmt.Sprintf("p-%07d", p)
 		st.snap.Identities = append(st.snap.Identities, IdentityMeta{ID: id, Seq: uint64(p + 1), Status: Confirmed, Created: at})
 		k := 1 + s.r.IntN(9)
+		if spread == "frequent" {
+			k = 700 // a few people who came back hundreds of times each
+		}
 		for j := 0; j < k && len(st.snap.Members) < n; j++ {
 			off := len(backing)
 			backing = append(backing, s.visitOf(p)...)
@@ -90,7 +95,7 @@ func benchSizes() []int {
 // prefilter and the run takes many minutes; set IDENTITY_BENCH_NEAR_LARGE=1 to
 // run it anyway.
 func skipSlow(b *testing.B, spread string, n int) {
-	if spread == "near" && n > 10000 && os.Getenv("IDENTITY_BENCH_NEAR_LARGE") == "" {
+	if spread != "far" && n > 10000 && os.Getenv("IDENTITY_BENCH_NEAR_LARGE") == "" {
 		b.Skip("near spread above 10k: set IDENTITY_BENCH_NEAR_LARGE=1")
 	}
 }
@@ -167,7 +172,7 @@ func BenchmarkAssign(b *testing.B) {
 }
 
 func BenchmarkConsolidate(b *testing.B) {
-	for _, spread := range []string{"far", "near"} {
+	for _, spread := range []string{"far", "near", "frequent"} {
 		for _, n := range benchSizes() {
 			b.Run(fmt.Sprintf("%s/n=%d", spread, n), func(b *testing.B) {
 				skipSlow(b, spread, n)
