@@ -3,14 +3,16 @@ package learn
 import (
 	"math"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 )
 
 // toyMasks builds identities whose unmasked templates are noisy copies of a
 // centre c, while a "mask" replaces the template by a nonlinear function of
 // c (tanh of a random mix) in another region of the space (flag
-// dimension): no linear map aligns masked with unmasked templates of the
-// same identity for cosine, a small MLP can.
+// dimension): the best linear head (WCCN) aligns masked with unmasked
+// templates of the same identity only in part, a small residual MLP on top
+// of it does better (held-out MU AUC about 0.85 -> 0.93).
 func toyMasks(rng *rand.Rand, mix [][]float64, ids, per int, offset int) (x [][]float32, labels []int, masked []bool) {
 	d := len(mix)
 	for id := 0; id < ids; id++ {
@@ -87,11 +89,22 @@ func TestFitMLPLearnsNonlinearMaskMap(t *testing.T) {
 	}
 	tx, tl, _ := toyMasks(rng, mix, 60, 6, 0)
 	hx, hl, hm := toyMasks(rng, mix, 30, 6, 1000)
-	// Base: the identity map (templates as they are).
-	base := &Linear{W: make([][]float32, d+1)}
-	for i := range base.W {
-		base.W[i] = make([]float32, d+1)
-		base.W[i][i] = 1
+	// Base: the best linear head of this package on this data, WCCN.
+	ids := make([]string, len(tl))
+	for i, l := range tl {
+		ids[i] = strconv.Itoa(l)
+	}
+	pca, err := FitPCA(tx, d+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wc, err := NewWithinClass(pca, tx, ids, d+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := wc.WCCN(d+1, 0.01)
+	if err != nil {
+		t.Fatal(err)
 	}
 	apply := func(f func([]float32) []float32) [][]float32 {
 		out := make([][]float32, len(hx))
@@ -115,8 +128,8 @@ func TestFitMLPLearnsNonlinearMaskMap(t *testing.T) {
 	}
 	after := muAUC(apply(m.Apply), hl, hm)
 	t.Logf("held-out MU AUC %.3f -> %.3f, loss %.3f -> %.3f", before, after, first, last)
-	if after < before+0.1 {
-		t.Errorf("held-out MU AUC %.3f -> %.3f: want +0.1", before, after)
+	if after < before+0.05 {
+		t.Errorf("held-out MU AUC %.3f -> %.3f: want +0.05 over the linear head", before, after)
 	}
 
 	// Early stopping keeps the best validated epoch.
