@@ -116,7 +116,8 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 	}
 	// The cache key names everything that changes the embeddings.
 	kc := cfg
-	kc.Raw = false // only matters through the projection's checksum below
+	kc.Raw = false     // only matters through the projection's checksum below
+	kc.NoTrack = false // bursts only: evaluations embed single images
 	key := fmt.Sprintf("%s|%s|%+v", vision.Revision, p.Detector, kc)
 	if len(p.Detectors) > 1 {
 		key += fmt.Sprintf("|fast %v %v", man.Pipeline.FastMinScore, man.Pipeline.FastMinFace)
