@@ -50,11 +50,9 @@ func (s *Store) VisitsBetween(ctx context.Context, from, to time.Time) ([]visit.
 // identityID is "". It satisfies the alert rules' history interface.
 func (s *Store) VisitsSince(ctx context.Context, identityID string, since time.Time) ([]visit.Visit, error) {
 	var out []visit.Visit
-	read := s.view // one identity's visits: few pages
-	if identityID == "" {
-		read = s.scan
-	}
-	err := read(ctx, "visits since", func(tx *bolt.Tx) error {
+	// One identity's visits are few records, but a frequent visitor's lie
+	// on pages all over the file, each mapping its neighbours: release too.
+	err := s.scan(ctx, "visits since", func(tx *bolt.Tx) error {
 		out = nil
 		vb := tx.Bucket(bVisits)
 		if identityID == "" {
@@ -91,7 +89,7 @@ func (s *Store) VisitsSince(ctx context.Context, identityID string, since time.T
 // with embeddings.
 func (s *Store) IdentityVisits(ctx context.Context, identityID string) ([]visit.Visit, error) {
 	var out []visit.Visit
-	err := s.view(ctx, "identity visits", func(tx *bolt.Tx) error {
+	err := s.scan(ctx, "identity visits", func(tx *bolt.Tx) error {
 		out = nil
 		vb := tx.Bucket(bVisits)
 		p := identityIndexPrefix(identityID)
