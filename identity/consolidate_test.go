@@ -72,6 +72,29 @@ func nearPeopleVisits(seed uint64, people int, v float64, frequent, many int) ([
 	return ss, tt
 }
 
+// onlineAgainstBatch clusters ss with batch average linkage and assigns
+// them one by one to a new engine; labels reads the engine's current
+// identity of each sample.
+func onlineAgainstBatch(t *testing.T, cfg Config, ss []Sample) (batch []int, e *Engine, labels func() []int) {
+	t.Helper()
+	batch, err := Cluster(context.Background(), ss, ClusterOptions{Algorithm: Average, Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e = newTestEngine(t, cfg, 128)
+	for i, x := range ss {
+		mustAssign(t, e, fmt.Sprint(i), x.Time, x.Embedding, x.Mask)
+	}
+	labels = func() []int {
+		out := make([]int, len(ss))
+		for i := range ss {
+			out[i] = int(e.who[i])
+		}
+		return out
+	}
+	return batch, e, labels
+}
+
 // The engine's two-level consolidation must repair online merges about as
 // well as average linkage from single visits, and never lose precision.
 func TestConsolidationCloseToBatchHAC(t *testing.T) {
@@ -80,21 +103,7 @@ func TestConsolidationCloseToBatchHAC(t *testing.T) {
 	for _, v := range []float64{0.45, 0.6} {
 		t.Run(fmt.Sprint("v=", v), func(t *testing.T) {
 			ss, truth := nearPeople(41, 300, v)
-			batch, err := Cluster(context.Background(), ss, ClusterOptions{Algorithm: Average, Config: cfg})
-			if err != nil {
-				t.Fatal(err)
-			}
-			e := newTestEngine(t, cfg, 128)
-			for i, x := range ss {
-				mustAssign(t, e, fmt.Sprint(i), x.Time, x.Embedding, x.Mask)
-			}
-			labels := func() []int {
-				out := make([]int, len(ss))
-				for i := range ss {
-					out[i] = int(e.who[i])
-				}
-				return out
-			}
+			batch, e, labels := onlineAgainstBatch(t, cfg, ss)
 			op, _ := pairPR(labels(), truth)
 			if _, err := e.Consolidate(context.Background()); err != nil {
 				t.Fatal(err)
@@ -116,21 +125,7 @@ func TestConsolidationFrequentVisitors(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Thresholds = Thresholds{UU: 0.4, MM: 0.4, MU: 0}
 	ss, truth := nearPeopleVisits(43, 150, 0.3, 4, 768)
-	batch, err := Cluster(context.Background(), ss, ClusterOptions{Algorithm: Average, Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := newTestEngine(t, cfg, 128)
-	for i, x := range ss {
-		mustAssign(t, e, fmt.Sprint(i), x.Time, x.Embedding, x.Mask)
-	}
-	labels := func() []int {
-		out := make([]int, len(ss))
-		for i := range ss {
-			out[i] = int(e.who[i])
-		}
-		return out
-	}
+	batch, e, labels := onlineAgainstBatch(t, cfg, ss)
 	biggest := 0
 	for _, id := range e.ids {
 		biggest = max(biggest, len(id.members))

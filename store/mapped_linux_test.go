@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -20,18 +19,7 @@ func TestScanReleasesMappedPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.db.NoSync = true // setup only
-	for i := range n {
-		err = s.db.Update(func(tx *bolt.Tx) error {
-			v := faceVisit(fmt.Sprint("v", i), t0.Add(time.Duration(i)*time.Minute), "")
-			v.Embedding = emb(float32(i), 384)
-			return s.putVisit(tx, v)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	s.db.NoSync = false
+	fillVisits(t, s, n, 0)
 	s.Close()
 	s, err = Open(path, Options{Now: func() time.Time { return t0.Add(n * time.Minute) }})
 	if err != nil {

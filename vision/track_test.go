@@ -55,12 +55,7 @@ func perceiveBoth(t testing.TB, p *Pipeline, burst []visit.Frame) (tr, full visi
 // on every frame, and the visit's template barely moves.
 func TestTrackInBurst(t *testing.T) {
 	checkMats(t)
-	dir, man := modelsDir(t)
-	p, err := New(dir, man, "", "", DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := newTestPipeline(t, "", "")
 	fr := closeFrame640(t)
 	burst := jittered(t, fr, 0)
 	tr, full, tt, ft := perceiveBoth(t, p, burst)
@@ -97,12 +92,7 @@ func jittered(t testing.TB, fr visit.Frame, seed int) []visit.Frame {
 // burst started with, so two bursts of one scene give one template.
 func TestTrackKeepsThePerson(t *testing.T) {
 	checkMats(t)
-	dir, man := modelsDir(t)
-	p, err := New(dir, man, "", "", DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := newTestPipeline(t, "", "")
 	fr := frame640(t)
 	first, err := p.FaceInFrame(fr, FaceOptions{}, nil)
 	if err != nil {
@@ -135,12 +125,7 @@ func TestTrackSeedClips(t *testing.T) {
 		t.Skip("seed clips: not in -short")
 	}
 	checkMats(t)
-	dir, man := modelsDir(t)
-	p, err := New(dir, man, "", "", DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := newTestPipeline(t, "", "")
 	clips := map[string][]string{}
 	for _, e := range ents {
 		n := e.Name()
