@@ -49,11 +49,16 @@ start=$(date +%s)
 echo "env: ${AGENT_ENV:-(none)}; $VISITS visits"
 sleep 3
 echo "t=0s models loaded: $(status)"
+last=-1
 while kill -0 "$pid" 2>/dev/null; do
 	sleep "$SAMPLE_SECONDS"
 	kill -0 "$pid" 2>/dev/null || break
 	n=$(visits)
 	echo "t=$(( $(date +%s) - start ))s visits=$n $(status)"
 	if [ "$n" -ge "$VISITS" ]; then break; fi
+	# A trigger that fires while a visit runs is coalesced (queue of one),
+	# so the replay may end a visit or two short of VISITS.
+	if [ "$n" -eq "$last" ]; then echo "replay finished at $n visits"; break; fi
+	last=$n
 done
 echo "smaps_rollup:"; grep -E '^(Rss|Pss|Pss_Anon|Pss_File|Anonymous|Private_Dirty|Shared_Clean)' "/proc/$pid/smaps_rollup" | sed 's/^/  /' || true
