@@ -362,26 +362,18 @@ func (a *Agent) work(ctx context.Context, stop <-chan struct{}) {
 	purge := time.NewTicker(a.cfg.PurgeInterval)
 	defer purge.Stop()
 	a.heartbeat()
-	for {
-		// Visits first: a pending trigger is never starved by periodic work.
-		a.mu.Lock()
-		ev := a.pending
-		a.pending = nil
-		if ev != nil {
-			a.stats.Busy = true
-		}
-		a.mu.Unlock()
-		if ev != nil {
-			a.processVisit(ctx, *ev)
-			a.count(func(s *Stats) { s.Busy = false })
-			a.heartbeat()
-			continue
+	periodic := func(ctx context.Context, wait bool) bool {
+		var stopC, wakeC <-chan struct{}
+		var tasks <-chan task
+		var beatC <-chan time.Time
+		if wait {
+			stopC, wakeC, tasks, beatC = stop, a.wake, a.tasks, beat.C
 		}
 		select {
-		case <-stop:
-			return
-		case <-a.wake:
-		case <-beat.C:
+		case <-stopC:
+			return false
+		case <-wakeC:
+		case <-beatC:
 			a.heartbeat()
 		case <-summary.C:
 			if err := a.publishSummary(ctx); err != nil {
@@ -393,8 +385,38 @@ func (a *Agent) work(ctx context.Context, stop <-chan struct{}) {
 			}
 		case <-purge.C:
 			a.purge(ctx)
-		case t := <-a.tasks:
+		case t := <-tasks:
 			t.done <- t.fn(ctx)
+		default:
+			if !wait {
+				return true
+			}
+		}
+		return true
+	}
+	for {
+		// Visits first: a pending trigger waits for no periodic job that is
+		// not yet due. A job that is due (its ticker fired) runs before the
+		// next visit even when triggers keep coming back to back, so a stuck
+		// card-insert line or a flood of requests cannot starve retention,
+		// consolidation or summaries; each delays at most one visit per
+		// interval.
+		a.mu.Lock()
+		ev := a.pending
+		a.pending = nil
+		if ev != nil {
+			a.stats.Busy = true
+		}
+		a.mu.Unlock()
+		if ev != nil {
+			a.processVisit(ctx, *ev)
+			a.count(func(s *Stats) { s.Busy = false })
+			a.heartbeat()
+			periodic(ctx, false)
+			continue
+		}
+		if !periodic(ctx, true) {
+			return
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,11 +37,16 @@ type fakeCamera struct {
 	gate   chan struct{}
 	calls  chan struct{} // receives on every Burst start, when set
 	fail   bool
+	// onBurst, when set, runs at every Burst start (before gate).
+	onBurst func()
 }
 
 func (c *fakeCamera) Burst(ctx context.Context) ([]visit.Frame, error) {
 	if c.calls != nil {
 		c.calls <- struct{}{}
+	}
+	if c.onBurst != nil {
+		c.onBurst()
 	}
 	if c.gate != nil {
 		select {
@@ -209,7 +215,12 @@ func (h *harness) visit(s scene, d time.Duration, ctxt visit.Context) {
 
 func (h *harness) waitProcessed(n uint64) {
 	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	h.waitProcessedWithin(n, 5*time.Second)
+}
+
+func (h *harness) waitProcessedWithin(n uint64, d time.Duration) {
+	h.t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		s := h.ag.Stats()
 		if s.Committed+s.CommitErrors+s.Duplicates >= n {
@@ -559,5 +570,35 @@ func TestBuildSummary(t *testing.T) {
 	if s.Faceless != (wc(1, 1, 1)) || s.Totals.Visits != (wc(3, 4, 5)) ||
 		s.Totals.Identities != (wc(2, 2, 2)) || s.Totals.Masked != (wc(1, 2, 2)) {
 		t.Fatalf("totals %+v faceless %+v", s.Totals, s.Faceless)
+	}
+}
+
+// With the next card insert always arriving while a visit runs, the worker
+// never finds the queue empty; periodic jobs that are due must still run
+// between visits (retention above all), not wait for a quiet moment.
+func TestPeriodicJobsRunUnderSteadyTriggers(t *testing.T) {
+	cfg := Config{SummaryInterval: time.Second, ConsolidateInterval: time.Second, PurgeInterval: time.Second}
+	h := newHarness(t, "", nil, cfg)
+	const visits = 250 // 10 ms each: 2.5 s
+	var n atomic.Int64
+	h.cam.onBurst = func() {
+		if n.Add(1) < visits {
+			h.ag.Trigger(Event{Source: "test"}) // queued behind the running visit
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	h.ag.Trigger(Event{Source: "test"})
+	h.waitProcessedWithin(visits, 30*time.Second)
+	st := h.ag.Stats()
+	t.Logf("%d visits in %v; summaries %d, consolidations %d, coalesced %d", st.Committed, time.Since(start), st.Summaries, st.Consolidated, st.Coalesced)
+	if st.Coalesced != 0 {
+		t.Fatalf("%d triggers coalesced: the stream is not one trigger per visit", st.Coalesced)
+	}
+	if time.Since(start) < 2*cfg.SummaryInterval {
+		t.Skipf("visits ran too fast (%v) for the jobs to fall due", time.Since(start))
+	}
+	if st.Summaries == 0 || st.Consolidated == 0 {
+		t.Errorf("summaries %d, consolidations %d under steady triggers: periodic jobs starved", st.Summaries, st.Consolidated)
 	}
 }
