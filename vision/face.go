@@ -32,6 +32,18 @@ type Detection struct {
 func (d Detection) W() float64 { return d.X1 - d.X0 }
 func (d Detection) H() float64 { return d.Y1 - d.Y0 }
 
+// shifted is d moved by (dx, dy): from a region's coordinates to the
+// image's, or back from a padded copy's.
+func (d Detection) shifted(dx, dy float64) Detection {
+	d.X0, d.Y0, d.X1, d.Y1 = d.X0+dx, d.Y0+dy, d.X1+dx, d.Y1+dy
+	pts := make([][2]float64, len(d.Points))
+	for i, q := range d.Points {
+		pts[i] = [2]float64{q[0] + dx, q[1] + dy}
+	}
+	d.Points = pts
+	return d
+}
+
 // HasEyes says whether the detection carries eye keypoints.
 func (d Detection) HasEyes() bool { return len(d.Points) > KpLeftEye }
 

@@ -240,13 +240,7 @@ func (p *Pipeline) detectCustomer(img gocv.Mat, t *Timings) (Detection, bool, bo
 	if err != nil || !ok {
 		return Detection{}, false, false, err
 	}
-	shift := func(x, y float64) (float64, float64) { return x - float64(px), y - float64(py) }
-	d.X0, d.Y0 = shift(d.X0, d.Y0)
-	d.X1, d.Y1 = shift(d.X1, d.Y1)
-	for i := range d.Points {
-		d.Points[i][0], d.Points[i][1] = shift(d.Points[i][0], d.Points[i][1])
-	}
-	return d, true, true, nil
+	return d.shifted(-float64(px), -float64(py)), true, true, nil
 }
 
 // findCustomer runs the detection stage on one image: the fast detector
@@ -256,17 +250,11 @@ func (p *Pipeline) findCustomer(img gocv.Mat, t *Timings) (Detection, bool, erro
 		t = &Timings{}
 	}
 	if p.fast != nil {
-		dets, err := p.fast.Detect(img)
+		d, ok, err := p.fastCustomer(img)
 		if err != nil {
 			return Detection{}, false, err
 		}
-		dets = filterScore(dets, max(p.fastScore, p.cfg.MinScore))
-		// Close, confident and whole: a box that crosses the border is a
-		// tight crop or a partial face, where the 128 input places the box
-		// worse than the main detector does.
-		if d, ok := customer(dets, img.Cols(), img.Rows()); ok &&
-			math.Max(d.W(), d.H()) >= p.fastFace*float64(min(img.Cols(), img.Rows())) &&
-			d.X0 >= 0 && d.Y0 >= 0 && d.X1 <= float64(img.Cols()) && d.Y1 <= float64(img.Rows()) {
+		if ok {
 			t.Fast++
 			return d, true, nil
 		}
@@ -277,6 +265,23 @@ func (p *Pipeline) findCustomer(img gocv.Mat, t *Timings) (Detection, bool, erro
 		return Detection{}, false, err
 	}
 	d, ok := customer(filterScore(dets, p.cfg.MinScore), img.Cols(), img.Rows())
+	return d, ok, nil
+}
+
+// fastCustomer runs the fast detector on img and keeps its customer face
+// only when it is close, confident and whole: a box that crosses the border
+// is a tight crop or a partial face, where the 128 input places the box
+// worse than the main detector does.
+func (p *Pipeline) fastCustomer(img gocv.Mat) (Detection, bool, error) {
+	dets, err := p.fast.Detect(img)
+	if err != nil {
+		return Detection{}, false, err
+	}
+	dets = filterScore(dets, max(p.fastScore, p.cfg.MinScore))
+	w, h := float64(img.Cols()), float64(img.Rows())
+	d, ok := customer(dets, img.Cols(), img.Rows())
+	ok = ok && math.Max(d.W(), d.H()) >= p.fastFace*math.Min(w, h) &&
+		d.X0 >= 0 && d.Y0 >= 0 && d.X1 <= w && d.Y1 <= h
 	return d, ok, nil
 }
 
@@ -331,23 +336,11 @@ func (p *Pipeline) track(img gocv.Mat, prev Detection, t *Timings) (Detection, b
 	}
 	roi := img.Region(r)
 	defer roi.Close()
-	dets, err := p.fast.Detect(roi)
-	if err != nil {
+	d, ok, err := p.fastCustomer(roi)
+	if err != nil || !ok {
 		return Detection{}, false, err
 	}
-	dets = filterScore(dets, max(p.fastScore, p.cfg.MinScore))
-	w, h := float64(r.Dx()), float64(r.Dy())
-	d, ok := customer(dets, r.Dx(), r.Dy())
-	if !ok || math.Max(d.W(), d.H()) < p.fastFace*math.Min(w, h) ||
-		d.X0 < 0 || d.Y0 < 0 || d.X1 > w || d.Y1 > h {
-		return Detection{}, false, nil
-	}
-	ox, oy := float64(r.Min.X), float64(r.Min.Y)
-	d.X0, d.Y0, d.X1, d.Y1 = d.X0+ox, d.Y0+oy, d.X1+ox, d.Y1+oy
-	for i := range d.Points {
-		d.Points[i][0] += ox
-		d.Points[i][1] += oy
-	}
+	d = d.shifted(float64(r.Min.X), float64(r.Min.Y))
 	if iou(d, prev) < trackIoU {
 		return Detection{}, false, nil
 	}
