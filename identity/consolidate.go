@@ -232,6 +232,10 @@ func (s *space) splitGroups(ctx context.Context, groups [][]int32, workers int) 
 			defer wg.Done()
 			var es []edge
 			for c := w; c < len(cs); c += workers {
+				if err := ctx.Err(); err != nil {
+					errs[w] = err // chunks are too small for hac's own checks
+					return
+				}
 				ms := cs[c]
 				es = es[:0]
 				for b := 1; b < len(ms); b++ {
