@@ -155,14 +155,11 @@ func (r *rig) visit(b *testing.B, ev agent.Event) (time.Duration, agent.Stages) 
 	return 0, agent.Stages{}
 }
 
-func engineFor(b *testing.B, em *models.Model) *identity.Engine {
+// engineFor is an identity engine with em's thresholds for templates of
+// length dim (the pipeline's TemplateDim, or vision.TemplateShape's).
+func engineFor(b *testing.B, em *models.Model, dim int) *identity.Engine {
 	icfg := identity.DefaultConfig()
 	icfg.Thresholds = identity.Thresholds{UU: em.Thresholds.UU, MM: em.Thresholds.MM, MU: em.Thresholds.MU}
-	dir, _ := modelsDir(b)
-	dim, _, err := vision.TemplateShape(dir, em)
-	if err != nil {
-		b.Fatal(err)
-	}
 	eng, err := identity.New(icfg, dim)
 	if err != nil {
 		b.Fatal(err)
@@ -202,7 +199,7 @@ func BenchmarkVisitLatency(b *testing.B) {
 	}
 	defer p.Close()
 	cam := burstCamera{atmBurst(b)}
-	r := newRig(b, cam, p, engineFor(b, em), p.TemplateModel, p.Config().NewIdentityQuality)
+	r := newRig(b, cam, p, engineFor(b, em, p.TemplateDim), p.TemplateModel, p.Config().NewIdentityQuality)
 
 	r.visit(b, agent.Event{Source: "bench"}) // warm-up
 	var total, perceive, rest []time.Duration
@@ -364,7 +361,7 @@ func BenchmarkVisits10k(b *testing.B) {
 		every, _ = strconv.Atoi(s)
 	}
 	for i := 0; i < b.N; i++ {
-		eng := engineFor(b, em)
+		eng := engineFor(b, em, dim)
 		fp := &fakePerceiver{pp: newPeople(population, dim, uint64(i+1)), model: tmodel}
 		cam := burstCamera{[]visit.Frame{{W: 1, H: 1, BGR: []byte{0, 0, 0}}}}
 		r := newRig(b, cam, fp, eng, fp.model, 0.5)
