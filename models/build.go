@@ -41,7 +41,11 @@ type BuildOptions struct {
 	// HeadsDir holds the small learned heads (mask classifier, projection)
 	// that are copied next to the models.
 	HeadsDir string
-	Log      func(format string, args ...any)
+	// Skipped is told about each model left out because its source is an
+	// optional URL package that could not be fetched (see Fetch). Such a
+	// model is an error only when the manifest's pipeline uses it.
+	Skipped func(name string, err error)
+	Log     func(format string, args ...any)
 }
 
 // Build converts every manifest model that has a Source from the locked
@@ -80,11 +84,19 @@ func Build(ctx context.Context, man *Manifest, lock *Lock, o BuildOptions) error
 			return fmt.Errorf("model %s: unknown converter %q (have %v)", md.Name, md.Source.Converter, Converters())
 		}
 		pkgDir := filepath.Join(o.SrcDir, pkg.Dir)
-		for _, f := range md.Source.Files {
-			lf := lockFile(pkg, f)
-			if err := CheckFile(filepath.Join(pkgDir, filepath.FromSlash(f)), lf.Size, lf.SHA256); err != nil {
+		if err := sourceReady(pkgDir, pkg, md.Source); err != nil {
+			if !pkg.IsURL() {
 				return fmt.Errorf("model %s: source %w (run `atm-agent models fetch`)", md.Name, err)
 			}
+			if man.Pipeline.Uses(md.Name) {
+				return fmt.Errorf("model %s: the manifest's pipeline uses it, but its source %s@%s could not be fetched: %w (run `atm-agent models fetch --mirror DIR` with a directory holding the file)",
+					md.Name, pkg.Name, pkg.Version, err)
+			}
+			logf("%-28s SKIPPED: source %s@%s not fetched (%v); optional, not in the pipeline", md.Name, pkg.Name, pkg.Version, err)
+			if o.Skipped != nil {
+				o.Skipped(md.Name, err)
+			}
+			continue
 		}
 		b, err := conv(pkgDir, md)
 		if err != nil {
@@ -103,6 +115,17 @@ func Build(ctx context.Context, man *Manifest, lock *Lock, o BuildOptions) error
 			return fmt.Errorf("write model %s: %w", md.Name, err)
 		}
 		logf("%-28s %s  %8d bytes  <- %s@%s (%s)", md.Name, got[:16], len(b), pkg.Name, pkg.Version, md.Source.Converter)
+	}
+	return nil
+}
+
+// sourceReady checks a model's source files against the lock.
+func sourceReady(pkgDir string, pkg *LockPackage, s *Source) error {
+	for _, f := range s.Files {
+		lf := lockFile(pkg, f)
+		if err := CheckFile(filepath.Join(pkgDir, filepath.FromSlash(f)), lf.Size, lf.SHA256); err != nil {
+			return err
+		}
 	}
 	return nil
 }

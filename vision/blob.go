@@ -64,6 +64,7 @@ func makeBlob(img gocv.Mat, in models.Input) ([]float32, Letterbox, error) {
 	case 3:
 		mean = [3]float64{in.Mean[0], in.Mean[1], in.Mean[2]}
 	}
+	scale := in.Scale.Channels()
 	rgb := in.Color == "RGB"
 	plane := w * h
 	for i := 0; i < plane; i++ {
@@ -72,9 +73,9 @@ func makeBlob(img gocv.Mat, in models.Input) ([]float32, Letterbox, error) {
 		if rgb {
 			c0, c2 = r, b
 		}
-		blob[i] = float32((c0 - mean[0]) * in.Scale)
-		blob[plane+i] = float32((g - mean[1]) * in.Scale)
-		blob[2*plane+i] = float32((c2 - mean[2]) * in.Scale)
+		blob[i] = float32((c0 - mean[0]) * scale[0])
+		blob[plane+i] = float32((g - mean[1]) * scale[1])
+		blob[2*plane+i] = float32((c2 - mean[2]) * scale[2])
 	}
 	return blob, lb, nil
 }

