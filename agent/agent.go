@@ -116,6 +116,13 @@ type Observer interface {
 	Purged(visits int)
 }
 
+// RuleErrorObserver is an optional Observer capability: RuleFailed is
+// called when the alert rules could not be evaluated for a visit (the visit
+// is still stored, but no alert it should raise is).
+type RuleErrorObserver interface {
+	RuleFailed()
+}
+
 type nopObserver struct{}
 
 func (nopObserver) Visit(visit.Visit, Stages, int)  {}
@@ -189,6 +196,14 @@ type Stats struct {
 	LastBeat      time.Time
 	Busy          bool // a visit is being processed
 	Queued        bool // a trigger waits for the running visit
+	// RuleErrors counts visits whose alert rules could not be evaluated.
+	RuleErrors uint64
+	// FailingCommits counts store commits (visits, summaries,
+	// consolidations) that failed in a row since the last one that
+	// succeeded; FailingRules the visits in a row whose rule evaluation
+	// failed. LastCommitError and LastRuleError are the latest errors.
+	FailingCommits, FailingRules   uint64
+	LastCommitError, LastRuleError string
 }
 
 type task struct {

@@ -154,6 +154,13 @@ func openStore(t *testing.T, path string, clk *fixedClock, maxMsgs int) *store.S
 // t.TempDir() when empty).
 func newHarness(t *testing.T, path string, clk *fixedClock, cfg Config) *harness {
 	t.Helper()
+	return newHarnessWith(t, path, clk, cfg, nil)
+}
+
+// newHarnessWith is newHarness with the agent's deps changed by tweak
+// before New (e.g. the store wrapped to inject failures, an observer).
+func newHarnessWith(t *testing.T, path string, clk *fixedClock, cfg Config, tweak func(d *Deps)) *harness {
+	t.Helper()
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "agent.db")
 	}
@@ -174,8 +181,12 @@ func newHarness(t *testing.T, path string, clk *fixedClock, cfg Config) *harness
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.ag, err = New(cfg, Deps{Camera: h.cam, Perceiver: fakePerceiver{h.cam}, Store: h.st, Identities: h.eng,
-		Rules: re, Publisher: h.pub, Clock: clk, Model: "test-emb", NewIdentityQuality: 0.5, Site: "s1", Device: "atm-1"})
+	d := Deps{Camera: h.cam, Perceiver: fakePerceiver{h.cam}, Store: h.st, Identities: h.eng,
+		Rules: re, Publisher: h.pub, Clock: clk, Model: "test-emb", NewIdentityQuality: 0.5, Site: "s1", Device: "atm-1"}
+	if tweak != nil {
+		tweak(&d)
+	}
+	h.ag, err = New(cfg, d)
 	if err != nil {
 		t.Fatal(err)
 	}

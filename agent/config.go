@@ -27,6 +27,11 @@ type Config struct {
 	// StopGrace: at shutdown, how long a visit in progress may take to
 	// finish before it is cancelled.
 	StopGrace time.Duration `yaml:"stop_grace"`
+	// DegradedAfter: health reports degraded (and /healthz answers 503)
+	// after this many store commits in a row failed, or this many visits
+	// in a row whose alert rules could not be evaluated; one success
+	// clears it.
+	DegradedAfter int `yaml:"degraded_after"`
 }
 
 // DefaultConfig returns the defaults.
@@ -40,6 +45,7 @@ func DefaultConfig() Config {
 		CommitRetries:        3,
 		HeartbeatInterval:    5 * time.Second,
 		StopGrace:            3 * time.Second,
+		DegradedAfter:        3,
 	}
 }
 
@@ -61,6 +67,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CommitRetries == 0 {
 		c.CommitRetries = d.CommitRetries
+	}
+	if c.DegradedAfter == 0 {
+		c.DegradedAfter = d.DegradedAfter
 	}
 	return c
 }
@@ -89,6 +98,9 @@ func (c Config) Validate() error {
 	}
 	if c.CommitRetries < 1 || c.CommitRetries > 100 {
 		errs = append(errs, fmt.Errorf("agent.commit_retries %d: want 1..100", c.CommitRetries))
+	}
+	if c.DegradedAfter < 1 || c.DegradedAfter > 1000 {
+		errs = append(errs, fmt.Errorf("agent.degraded_after %d: want 1..1000", c.DegradedAfter))
 	}
 	return errors.Join(errs...)
 }

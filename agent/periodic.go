@@ -48,10 +48,11 @@ func (a *Agent) consolidate(ctx context.Context) error {
 		res, err = a.d.Store.CommitVisit(ctx, c)
 	}
 	if err != nil {
-		a.obs.CommitFailed("consolidate")
+		a.commitResult("consolidate", err)
 		a.resync(ctx)
 		return fmt.Errorf("commit consolidation: %w", err)
 	}
+	a.commitResult("consolidate", nil)
 	moved := len(c.Relabels) - len(res.MissingRelabels)
 	a.count(func(s *Stats) { s.Relabelled += uint64(moved) })
 	a.obs.Consolidated(moved, time.Since(t))
@@ -235,9 +236,10 @@ func (a *Agent) publishSummary(ctx context.Context) error {
 	}
 	msg := visit.OutboxMessage{Kind: KindSummary, Topic: TopicSummary, Created: now, Payload: b, Coalesce: CoalesceSummary}
 	if _, err := a.d.Store.CommitVisit(ctx, store.Commit{Outbox: []visit.OutboxMessage{msg}}); err != nil {
-		a.obs.CommitFailed("summary")
+		a.commitResult("summary", err)
 		return fmt.Errorf("summary: %w", err)
 	}
+	a.commitResult("summary", nil)
 	a.count(func(s *Stats) { s.Summaries++ })
 	if a.d.Publisher != nil {
 		a.d.Publisher.Notify()

@@ -108,6 +108,7 @@ func (a *Agent) processVisit(parent context.Context, ev Event) {
 	now := a.clk.Now()
 	alerts, err := a.d.Rules.Evaluate(ctx, v.Time, v, a.d.Store)
 	st.Rules = time.Since(t)
+	a.ruleResult(err)
 	if err != nil {
 		a.log.Error("visit: alert rules", "visit", v.ID, "err", err)
 	}
@@ -135,14 +136,15 @@ func (a *Agent) processVisit(parent context.Context, ev Event) {
 		}
 		return
 	case err != nil:
+		a.commitResult("visit", err)
 		a.count(func(s *Stats) { s.CommitErrors++ })
-		a.obs.CommitFailed("visit")
 		a.log.Error("visit lost: could not store it", "visit", v.ID, "err", err)
 		if assigned {
 			a.resync(parent)
 		}
 		return
 	}
+	a.commitResult("visit", nil)
 	a.count(func(s *Stats) {
 		s.Visits[v.Outcome]++
 		s.Committed++

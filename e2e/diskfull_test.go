@@ -60,9 +60,20 @@ trigger:
 	if _, exited := p.wait(2 * time.Second); exited {
 		t.Fatalf("agent exited on a full disk:\n%s", p.log.String())
 	}
-	if _, code, err := healthz(port); err != nil || code == 0 {
-		t.Errorf("healthz with a full disk: %d %v", code, err)
+	// Health tells the truth: after agent.degraded_after (3) failed
+	// commits in a row /healthz answers 503 "degraded" and says why.
+	waitFor(t, 60*time.Second, "three visits lost", func() bool {
+		return strings.Count(p.log.String(), "visit lost: could not store it") >= 3
+	})
+	h, code, err := healthz(port)
+	if err != nil {
+		t.Fatalf("healthz with a full disk: %v", err)
 	}
+	reasons := fmt.Sprint(h["reasons"])
+	if code != 503 || h["status"] != "degraded" || h["ok"] != false || !strings.Contains(reasons, "commits failed") || !strings.Contains(reasons, "file too large") {
+		t.Errorf("healthz with a full disk: %d %v, want 503 degraded naming the failing commits", code, h)
+	}
+	t.Logf("full disk: healthz %d status=%v reasons=%s", code, h["status"], reasons)
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	if err, ok := p.wait(6 * time.Second); !ok {
 		t.Fatal("no exit within 6 s of SIGTERM on a full disk")

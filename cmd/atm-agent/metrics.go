@@ -29,6 +29,7 @@ type metrics struct {
 	moved     prometheus.Counter
 	consDur   prometheus.Histogram
 	purged    prometheus.Counter
+	ruleErr   prometheus.Counter
 }
 
 // extraMetrics registers gauges read from other parts at scrape time.
@@ -46,7 +47,8 @@ func newMetrics() *metrics {
 	m.moved = prometheus.NewCounter(prometheus.CounterOpts{Name: "atm_agent_consolidation_moved_visits_total", Help: "Visits relabelled by consolidation."})
 	m.consDur = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "atm_agent_consolidation_seconds", Help: "Duration of identity consolidation."})
 	m.purged = prometheus.NewCounter(prometheus.CounterOpts{Name: "atm_agent_purged_visits_total", Help: "Visits removed by the retention purge."})
-	m.reg.MustRegister(m.visits, m.faces, m.alerts, m.stages, m.coalesced, m.commitErr, m.moved, m.consDur, m.purged,
+	m.ruleErr = prometheus.NewCounter(prometheus.CounterOpts{Name: "atm_agent_rule_errors_total", Help: "Visits whose alert rules could not be evaluated (stored without their alerts)."})
+	m.reg.MustRegister(m.visits, m.faces, m.alerts, m.stages, m.coalesced, m.commitErr, m.moved, m.consDur, m.purged, m.ruleErr,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, f := range extraMetrics {
 		f(m.reg)
@@ -70,6 +72,7 @@ func (m *metrics) Visit(v visit.Visit, s agent.Stages, newAlerts int) {
 func (m *metrics) Coalesced()             { m.coalesced.Inc() }
 func (m *metrics) CommitFailed(op string) { m.commitErr.WithLabelValues(op).Inc() }
 func (m *metrics) Purged(n int)           { m.purged.Add(float64(n)) }
+func (m *metrics) RuleFailed()            { m.ruleErr.Inc() }
 func (m *metrics) Consolidated(n int, d time.Duration) {
 	m.moved.Add(float64(n))
 	m.consDur.Observe(d.Seconds())

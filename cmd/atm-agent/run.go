@@ -372,6 +372,12 @@ func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 		})
 		m.counter("atm_agent_mqtt_published_total", "Outbox messages acknowledged by the broker.", func() float64 { return float64(pub.Stats().Published) })
 	}
+	m.gauge("atm_agent_degraded", "1 while the agent reports degraded health (failing commits or alert rules).", func() float64 {
+		if ag.Health().Degraded {
+			return 1
+		}
+		return 0
+	})
 	if cfg.Metrics.Listen != "" {
 		health := func() (any, bool) {
 			lastBeat.Lock()
@@ -379,10 +385,26 @@ func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 			lastBeat.Unlock()
 			h := cam.Health()
 			stale := time.Since(b) > 3*acfg.HeartbeatInterval+acfg.VisitTimeout
-			ok := !stale && h.State != camera.StateDown
+			reasons := ag.Health().Reasons
+			if stale {
+				reasons = append(reasons, fmt.Sprintf("work loop: no heartbeat since %s", b.UTC().Format(time.RFC3339)))
+			}
+			if h.State == camera.StateDown {
+				reasons = append(reasons, "camera: down")
+			}
+			ok := len(reasons) == 0
+			status := "ok"
+			if !ok {
+				status = "degraded"
+			}
 			depth, _, _ := st.OutboxStats()
-			body := map[string]any{"ok": ok, "last_heartbeat": b.UTC(), "camera": h.State.String(),
-				"camera_error": h.LastError, "outbox_depth": depth, "visits": ag.Stats().Committed}
+			s := ag.Stats()
+			body := map[string]any{"ok": ok, "status": status, "reasons": reasons, "last_heartbeat": b.UTC(), "camera": h.State.String(),
+				"camera_error": h.LastError, "outbox_depth": depth, "visits": s.Committed,
+				"visits_lost": s.CommitErrors, "rule_errors": s.RuleErrors}
+			if reasons == nil {
+				body["reasons"] = []string{}
+			}
 			if pub != nil {
 				body["mqtt_connected"] = pub.Stats().Connected
 			}
