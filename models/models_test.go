@@ -10,6 +10,8 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -185,5 +187,44 @@ func TestFetchFromCacheWithoutNetwork(t *testing.T) {
 	err = Fetch(context.Background(), &Lock{Packages: []LockPackage{p2}}, o)
 	if !errors.Is(err, ErrIntegrity) {
 		t.Fatalf("want integrity error, got %v", err)
+	}
+}
+
+// Input scale is one number or one per channel, and survives a save.
+func TestPerChannelScale(t *testing.T) {
+	m, err := LoadManifest("manifest.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := m.Find("foamliu")
+	fp, _ := m.Find("faceplugin")
+	if f == nil || fp == nil {
+		t.Fatal("foamliu and faceplugin must be in the manifest")
+	}
+	if len(f.Input.Scale) != 3 || len(fp.Input.Scale) != 1 {
+		t.Fatalf("scales %v %v", f.Input.Scale, fp.Input.Scale)
+	}
+	// torchvision: (x/255 - 0.485)/0.229 for red.
+	if got, want := f.Input.Scale.Channels()[0]*(255*0.9-f.Input.Mean[0]), (0.9-0.485)/0.229; math.Abs(got-want) > 1e-9 {
+		t.Errorf("red channel: %v, want %v", got, want)
+	}
+	file := filepath.Join(t.TempDir(), "m.yaml")
+	if err := m.Save(file); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(file)
+	if !strings.Contains(string(b), "scale: 0.0078125\n") || !strings.Contains(string(b), "scale: [0.017124753831663668, 0.01750700280112045, 0.017429193899782137]") {
+		t.Errorf("saved scales:\n%s", b)
+	}
+	m2, err := LoadManifest(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2, _ := m2.Find("foamliu")
+	if fmt.Sprint(f2.Input.Scale) != fmt.Sprint(f.Input.Scale) {
+		t.Errorf("round trip %v -> %v", f.Input.Scale, f2.Input.Scale)
+	}
+	if _, err := ParseManifest([]byte("schema: 1\nmodels:\n  - name: x\n    input: {scale: {a: 1}}\n")); err == nil {
+		t.Error("a mapping as scale must be an error")
 	}
 }

@@ -114,3 +114,45 @@ func BenchmarkDetect640(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEmbed times each embedder in the built manifest on one face crop
+// at its input size (blob, forward, normalisation; no detection):
+//
+//	go test -tags matprofile -run '^$' -bench Embed -benchtime 50x ./vision/
+func BenchmarkEmbed(b *testing.B) {
+	defer SetNumThreads(0)
+	dir, man := modelsDir(b)
+	img, err := gocv.IMDecode(sample(b, "sample1.jpg"), gocv.IMReadColor)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer img.Close()
+	for _, md := range man.Models {
+		if md.Task != "embedder" {
+			continue
+		}
+		e, err := NewEmbedder(dir, &md)
+		if err != nil {
+			b.Fatal(err)
+		}
+		crop := gocv.NewMat()
+		gocv.Resize(img, &crop, image.Pt(md.Input.Width, md.Input.Height), 0, 0, gocv.InterpolationArea)
+		if _, _, err := e.EmbedCrop(crop, 0); err != nil { // warm-up
+			b.Fatal(err)
+		}
+		for _, threads := range []int{1, 2} {
+			b.Run(fmt.Sprintf("%s/threads=%d", md.Name, threads), func(b *testing.B) {
+				SetNumThreads(threads)
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if _, _, err := e.EmbedCrop(crop, 0); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/embed")
+			})
+		}
+		crop.Close()
+		e.Close()
+	}
+}

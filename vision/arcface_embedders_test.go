@@ -1,0 +1,90 @@
+package vision
+
+import (
+	"math"
+	"testing"
+
+	"gocv.io/x/gocv"
+
+	"github.com/periocular/atm-agent/models"
+)
+
+// Mean and scale per channel apply in the input's colour order: here the
+// torchvision form (x/255 - mean)/std the foamliu MobileFaceNet expects.
+func TestBlobPerChannelMeanAndScale(t *testing.T) {
+	checkMats(t)
+	img := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(10, 20, 30, 0), 2, 2, gocv.MatTypeCV8UC3) // B, G, R
+	defer img.Close()
+	for _, tc := range []struct {
+		color string
+		want  [3]float64 // first pixel of each plane
+	}{
+		{"RGB", [3]float64{(30 - 1) * 0.1, (20 - 2) * 0.2, (10 - 3) * 0.3}},
+		{"BGR", [3]float64{(10 - 1) * 0.1, (20 - 2) * 0.2, (30 - 3) * 0.3}},
+	} {
+		in := models.Input{Width: 2, Height: 2, Layout: "NCHW", Color: tc.color, Mean: []float64{1, 2, 3},
+			Scale: models.PerChannel{0.1, 0.2, 0.3}, Resize: "stretch"}
+		blob, _, err := makeBlob(img, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for c := 0; c < 3; c++ {
+			if got := float64(blob[c*4]); math.Abs(got-tc.want[c]) > 1e-5 {
+				t.Errorf("%s channel %d: %v, want %v", tc.color, c, got, tc.want[c])
+			}
+		}
+	}
+	// One scale for all channels is unchanged.
+	in := models.Input{Width: 2, Height: 2, Layout: "NCHW", Color: "RGB", Mean: []float64{127.5}, Scale: models.PerChannel{1 / 127.5}, Resize: "stretch"}
+	blob, _, _ := makeBlob(img, in)
+	if got, want := float64(blob[0]), (30-127.5)/127.5; math.Abs(got-want) > 1e-6 {
+		t.Errorf("scalar scale: %v, want %v", got, want)
+	}
+}
+
+// The two ArcFace-style MobileFaceNets run through the pipeline from their
+// manifest entries alone. foamliu comes from a URL source that a machine
+// without its mirror or network cannot fetch: then `models build` leaves it
+// out and this test skips it, saying so.
+func TestArcFaceEmbedders(t *testing.T) {
+	checkMats(t)
+	_, man := modelsDir(t)
+	for _, name := range []string{"faceplugin", "foamliu"} {
+		t.Run(name, func(t *testing.T) {
+			md, ok := man.Find(name)
+			if !ok {
+				t.Skipf("model %s is not in the built models dir: its source was not fetched (`make models` with the file in a --mirror directory, or network access, provisions it)", name)
+			}
+			p := newTestPipeline(t, "", name)
+			embed := func(jpg []byte) []float32 {
+				f, err := p.FaceInImage(jpg, FaceOptions{}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(f.Embedding) != md.Embedding.Dim {
+					t.Fatalf("template of %d values, want %d", len(f.Embedding), md.Embedding.Dim)
+				}
+				return f.Embedding
+			}
+			a := embed(sample(t, "sample1.jpg"))
+			m, _ := gocv.IMDecode(sample(t, "sample1.jpg"), gocv.IMReadColor)
+			flipped := gocv.NewMat()
+			gocv.Flip(m, &flipped, 1)
+			buf, err := gocv.IMEncode(gocv.JPEGFileExt, flipped)
+			m.Close()
+			flipped.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			mirrored := embed(buf.GetBytes())
+			buf.Close()
+			same := cosine(a, mirrored)
+			for _, other := range []string{"sample2.jpg", "sample3.jpg", "sample4.jpg"} {
+				if c := cosine(a, embed(sample(t, other))); c > same-0.2 {
+					t.Errorf("%s: another person at cosine %.3f, the same face mirrored at %.3f", other, c, same)
+				}
+			}
+			t.Logf("%s: same face mirrored cosine %.3f", name, same)
+		})
+	}
+}
