@@ -57,6 +57,13 @@ test-golden:
 
 test: models lint test-pure test-golden test-vision verify
 
+# The unit's system call filter (systemd/atm-agent.service, expanded with
+# systemd-analyze) applied to the built binaries: config check and a replayed
+# run must pass under it (e2e/seccomp_test.go; also part of test-vision).
+.PHONY: test-seccomp
+test-seccomp:
+	$(TEST_ENV) go test -count=1 -v -run 'Seccomp' ./e2e/
+
 clean:
 	rm -rf build/atm-agent build/models
 
