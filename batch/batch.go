@@ -9,15 +9,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
-	"os"
 	"path/filepath"
 	"sort"
 	"sync"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/internal/imagecheck"
 	"github.com/periocular/atm-agent/vision"
 	"github.com/periocular/atm-agent/visit"
 )
@@ -52,6 +55,15 @@ type Options struct {
 	Thumb int
 	// Meta is copied into the report (models, thresholds, version...).
 	Meta Meta
+	// Limits bound each input image (file size and pixels, checked from the
+	// header before anything is decoded; zero fields take imagecheck's
+	// defaults). An image over a limit is listed as unreadable with the reason.
+	Limits imagecheck.Limits
+	// PixelBudget bounds the pixels being decoded and processed at once over
+	// all workers (default: Limits.MaxPixels, i.e. one image of the largest
+	// size accepted, or many small ones). With Limits it bounds the memory of
+	// a run: docs/cluster.md has the figures.
+	PixelBudget int64
 	// Progress, when set, is called after each image with done and total.
 	Progress func(done, total int)
 	Log      *slog.Logger
@@ -76,6 +88,10 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	o.Limits = o.Limits.WithDefaults()
+	if o.PixelBudget <= 0 {
+		o.PixelBudget = o.Limits.MaxPixels
 	}
 	absIn, err := absClean(in)
 	if err != nil {
@@ -132,13 +148,14 @@ func embedAll(ctx context.Context, root string, images []string, finders []FaceF
 	jobs := make(chan int)
 	var done sync.Mutex
 	n := 0
+	budget := semaphore.NewWeighted(o.PixelBudget)
 	var wg sync.WaitGroup
 	for _, f := range finders {
 		wg.Add(1)
 		go func(f FaceFinder) {
 			defer wg.Done()
 			for i := range jobs {
-				res[i] = embedOne(f, filepath.Join(root, filepath.FromSlash(images[i])), o.Thumb)
+				res[i] = embedOne(ctx, f, filepath.Join(root, filepath.FromSlash(images[i])), o, budget)
 				if o.Progress != nil {
 					done.Lock()
 					n++
@@ -163,28 +180,33 @@ feed:
 	return res, err
 }
 
-func embedOne(f FaceFinder, path string, thumb int) (r result) {
-	data, err := os.ReadFile(path)
+// embedOne reads one image within o.Limits (size, then header: nothing is
+// decoded before both pass), waits for its pixels in budget, and finds the
+// face.
+func embedOne(ctx context.Context, f FaceFinder, path string, o Options, budget *semaphore.Weighted) (r result) {
+	data, info, err := imagecheck.ReadFile(path, o.Limits)
 	if err != nil {
-		return result{err: reason(err)}
+		return result{err: imageReason(err)}
 	}
-	if len(data) == 0 {
-		return result{err: "empty file"}
+	px := min(info.Pixels(), o.PixelBudget)
+	if err := budget.Acquire(ctx, px); err != nil {
+		return result{err: "not processed: " + err.Error()}
 	}
+	defer budget.Release(px)
 	defer func() {
 		// A Go-side panic on one odd file must not end the run.
 		if p := recover(); p != nil {
 			r = result{err: fmt.Sprintf("internal error: %v", p)}
 		}
 	}()
-	face, err := f.FaceInImage(data, vision.FaceOptions{Thumb: max(thumb, 0)}, nil)
+	face, err := f.FaceInImage(data, vision.FaceOptions{Thumb: max(o.Thumb, 0), Limits: o.Limits}, nil)
 	switch {
 	case errors.Is(err, vision.ErrNoFace):
 		return result{noface: "no usable face"}
 	case errors.Is(err, vision.ErrEmptyCrop):
 		return result{noface: "face crop is empty"}
 	case err != nil:
-		return result{err: "corrupt or unsupported image: " + err.Error()}
+		return result{err: imageReason(err)}
 	}
 	for _, v := range face.Embedding {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
@@ -192,6 +214,23 @@ func embedOne(f FaceFinder, path string, thumb int) (r result) {
 		}
 	}
 	return result{face: face, found: true}
+}
+
+// imageReason words why an image was not used: imagecheck's and the
+// decoder's messages say what was found and the limit; file system errors
+// go through reason.
+func imageReason(err error) string {
+	for _, e := range []error{imagecheck.ErrEmpty, imagecheck.ErrFileTooBig, imagecheck.ErrTooLarge,
+		imagecheck.ErrUnsupported, imagecheck.ErrCorrupt, imagecheck.ErrTruncated, vision.ErrDecode} {
+		if errors.Is(err, e) {
+			return err.Error()
+		}
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return reason(err)
+	}
+	return "corrupt or unsupported image: " + err.Error()
 }
 
 // build clusters the faces and lays out identities, largest first.

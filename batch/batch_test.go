@@ -16,20 +16,35 @@ import (
 	"golang.org/x/net/html"
 
 	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/internal/imagecheck/crafted"
 	"github.com/periocular/atm-agent/vision"
 	"github.com/periocular/atm-agent/visit"
 )
 
-// fakeFinder reads tiny text "images": "face P [masked]" gives person P's
-// template (plus a small per-file jitter), "noface" gives ErrNoFace,
-// anything else fails to decode, as a corrupt file does.
+// fakeFinder reads tiny text "images" (the text wrapped in a small PNG by
+// writeFiles, so that they pass the header check): "face P [masked]" gives
+// person P's template (plus a small per-file jitter), "noface" gives
+// ErrNoFace, anything else fails to decode, as a corrupt file does.
 type fakeFinder struct{ calls *atomic.Int64 }
+
+// fakeImage wraps a fake image's text in an 8x8 PNG (as its IDAT).
+func fakeImage(text string) []byte { return crafted.PNG(8, 8, []byte(text)) }
+
+// fakeText is the text inside fakeImage's PNG.
+func fakeText(data []byte) string {
+	i := bytes.Index(data, []byte("IDAT"))
+	if !bytes.HasPrefix(data, []byte("\x89PNG")) || i < 4 {
+		return string(data)
+	}
+	n := int(data[i-4])<<24 | int(data[i-3])<<16 | int(data[i-2])<<8 | int(data[i-1])
+	return string(data[i+4 : i+4+n])
+}
 
 func (f fakeFinder) FaceInImage(data []byte, o vision.FaceOptions, _ *vision.Timings) (vision.Face, error) {
 	if f.calls != nil {
 		f.calls.Add(1)
 	}
-	fields := strings.Fields(string(data))
+	fields := strings.Fields(fakeText(data))
 	switch {
 	case len(fields) >= 2 && fields[0] == "face":
 		var p, jitter int
@@ -42,7 +57,7 @@ func (f fakeFinder) FaceInImage(data []byte, o vision.FaceOptions, _ *vision.Tim
 		emb[(p+1)%8] = 0.1 * float32(jitter)
 		face := vision.Face{Embedding: emb, Quality: 0.9, Mask: visit.Unmasked, MaskScore: 0.1,
 			Det: vision.Detection{X0: 10, Y0: 20, X1: 110, Y1: 140, Score: 0.95}}
-		if strings.Contains(string(data), "masked") {
+		if strings.Contains(fakeText(data), "masked") {
 			face.Mask, face.MaskScore = visit.Masked, 0.9
 		}
 		if o.Thumb > 0 {
@@ -62,7 +77,11 @@ func writeFiles(t *testing.T, dir string, files map[string]string) {
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		b := []byte(body)
+		if strings.HasPrefix(body, "face ") || body == "noface" {
+			b = fakeImage(body)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -108,6 +127,24 @@ func fixture(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return in
+}
+
+// readUnreadable reads unreadable.json as path -> reason.
+func readUnreadable(t *testing.T, out string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(out, "unreadable.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps []Problem
+	if err := json.Unmarshal(b, &ps); err != nil {
+		t.Fatalf("unreadable.json: %v", err)
+	}
+	m := map[string]string{}
+	for _, p := range ps {
+		m[p.Path] = p.Reason
+	}
+	return m
 }
 
 func readReport(t *testing.T, out string) *Report {
@@ -161,16 +198,13 @@ func TestRunLayout(t *testing.T) {
 	}
 	// Copies are the inputs' bytes; inputs are untouched.
 	got, _ := os.ReadFile(filepath.Join(out, "person_0002", "p2-b.bmp"))
-	if string(got) != "face 2 masked 1" {
+	if fakeText(got) != "face 2 masked 1" {
 		t.Errorf("copied content %q", got)
 	}
-	un, err := os.ReadFile(filepath.Join(out, "unreadable.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range []string{"corrupt.jpg\tcorrupt or unsupported image", "empty.jpg\tempty file", "dangling.jpg\tfile vanished or broken link"} {
-		if !strings.Contains(string(un), s) {
-			t.Errorf("unreadable.txt lacks %q:\n%s", s, un)
+	un := readUnreadable(t, out)
+	for p, want := range map[string]string{"corrupt.jpg": "corrupt image header: jpeg", "empty.jpg": "empty file", "dangling.jpg": "file vanished or broken link"} {
+		if !strings.HasPrefix(un[p], want) {
+			t.Errorf("unreadable.json: %s: %q, want %q", p, un[p], want)
 		}
 	}
 	r := readReport(t, out)

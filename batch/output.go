@@ -23,7 +23,7 @@ var ErrOutputNotEmpty = errors.New("output folder is not empty")
 var ErrForeignFiles = errors.New("output folder holds files this job did not write")
 
 // ours matches the entries a run creates at the top of OUT.
-var ours = regexp.MustCompile(`^(person_\d{4,}|singletons|noface|thumbs|report\.json|report\.html|unreadable\.txt|\.atm-agent-cluster)$`)
+var ours = regexp.MustCompile(`^(person_\d{4,}|singletons|noface|thumbs|report\.json|report\.html|unreadable\.txt|unreadable\.json|\.atm-agent-cluster)$`)
 
 // prepareOut makes sure out exists and is empty. With force, a folder that a
 // previous run wrote (marker present, every top-level entry one of ours) is

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/periocular/atm-agent/identity"
@@ -176,12 +175,14 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 		return fmt.Errorf("write report.json: %w", err)
 	}
 	if len(rep.Unreadable) > 0 {
-		var b strings.Builder
-		for _, p := range rep.Unreadable {
-			fmt.Fprintf(&b, "%s\t%s\n", p.Path, p.Reason)
+		// JSON, not lines of path<TAB>reason: a file name may hold tabs
+		// and newlines.
+		b, err := json.MarshalIndent(rep.Unreadable, "", "  ")
+		if err != nil {
+			return fmt.Errorf("encode unreadable.json: %w", err)
 		}
-		if err := os.WriteFile(filepath.Join(out, "unreadable.txt"), []byte(b.String()), 0o644); err != nil {
-			return fmt.Errorf("write unreadable.txt: %w", err)
+		if err := os.WriteFile(filepath.Join(out, "unreadable.json"), append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write unreadable.json: %w", err)
 		}
 	}
 	var h bytes.Buffer

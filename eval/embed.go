@@ -15,9 +15,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"gocv.io/x/gocv"
-
 	"github.com/periocular/atm-agent/eval/dataset"
+	"github.com/periocular/atm-agent/internal/imagecheck"
 	"github.com/periocular/atm-agent/vision"
 	"github.com/periocular/atm-agent/visit"
 )
@@ -123,10 +122,9 @@ func Embed(ctx context.Context, p *vision.Pipeline, ds *dataset.Dataset, o Embed
 // faceWithSyntheticMask finds the face, paints a mask on it (style chosen by
 // index, so runs are reproducible) and measures the masked image.
 func faceWithSyntheticMask(p *vision.Pipeline, data []byte, i int, tm *vision.Timings) (vision.Face, error) {
-	img, err := gocv.IMDecode(data, gocv.IMReadColor)
-	if err != nil || img.Empty() {
-		img.Close()
-		return vision.Face{}, fmt.Errorf("decode image: not a readable image")
+	img, err := vision.DecodeImage(data, imagecheck.Limits{})
+	if err != nil {
+		return vision.Face{}, err
 	}
 	defer img.Close()
 	return p.FaceWithPaintedMask(img, i%vision.MaskStyles, tm)

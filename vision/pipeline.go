@@ -11,6 +11,7 @@ import (
 
 	"gocv.io/x/gocv"
 
+	"github.com/periocular/atm-agent/internal/imagecheck"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/visit"
 )
@@ -298,6 +299,8 @@ func filterScore(dets []Detection, min float64) []Detection {
 // FaceOptions select extra work for one image.
 type FaceOptions struct {
 	Thumb int // side of a JPEG thumbnail of the face crop; 0 for none
+	// Limits bound the image FaceInImage accepts (zero: imagecheck's defaults).
+	Limits imagecheck.Limits
 }
 
 // measured is a detected face with its quality measures and its crop, not
@@ -464,16 +467,15 @@ func ramp(v, lo, hi float64) float64 {
 	return (v - lo) / (hi - lo)
 }
 
-// FaceInImage decodes an image file's bytes and finds the customer's face.
+// FaceInImage decodes an image file's bytes (DecodeImage: header checked
+// against o.Limits first, OpenCV exceptions caught) and finds the
+// customer's face.
 func (p *Pipeline) FaceInImage(data []byte, o FaceOptions, t *Timings) (Face, error) {
-	img, err := gocv.IMDecode(data, gocv.IMReadColor)
+	img, err := DecodeImage(data, o.Limits)
 	if err != nil {
-		return Face{}, fmt.Errorf("decode image: %w", err)
+		return Face{}, err
 	}
 	defer img.Close()
-	if img.Empty() {
-		return Face{}, errors.New("decode image: not a readable image")
-	}
 	return p.faceInMat(img, o, t)
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/periocular/atm-agent/batch"
 	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/internal/imagecheck"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/vision"
 )
@@ -39,6 +40,8 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 	thresholds := fs.String("thresholds", "", "UU,MM,MU cosine-distance thresholds (default: the manifest's calibrated ones)")
 	workers := fs.Int("workers", runtime.NumCPU(), "perception workers, each with its own pipeline (--threads defaults to cores/workers)")
 	thumb := fs.Int("thumb", 96, "contact-sheet thumbnail size in pixels (-1: none)")
+	maxPixels := fs.Int64("max-pixels", imagecheck.DefaultMaxPixels, "largest image accepted, in pixels (width*height, read from the header before decoding); larger ones are listed as unreadable")
+	maxBytes := fs.Int64("max-bytes", imagecheck.DefaultMaxBytes, "largest image file accepted, in bytes (never read past it)")
 	// DIR may come before the flags (cluster DIR -o OUT): parse around it.
 	var pos []string
 	rest := args
@@ -61,6 +64,9 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 	alg := identity.Algorithm(*algo)
 	if !validAlgorithm(alg) {
 		return fmt.Errorf("%w: --algorithm %q: want one of %v", errUsage, *algo, identity.Algorithms())
+	}
+	if *maxPixels < 1 || *maxBytes < 1 {
+		return fmt.Errorf("%w: --max-pixels %d, --max-bytes %d: want at least 1", errUsage, *maxPixels, *maxBytes)
 	}
 	if *workers < 1 {
 		return fmt.Errorf("%w: --workers %d: want at least 1", errUsage, *workers)
@@ -130,6 +136,7 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 		Force:      *force,
 		Copy:       *copyFiles,
 		Thumb:      *thumb,
+		Limits:     imagecheck.Limits{MaxPixels: *maxPixels, MaxBytes: *maxBytes},
 		Meta:       meta,
 		Log:        env.log,
 	}

@@ -10,11 +10,15 @@ import (
 	"strings"
 
 	"gocv.io/x/gocv"
+
+	"github.com/periocular/atm-agent/internal/imagecheck"
+	"github.com/periocular/atm-agent/vision"
 )
 
 // OpenCV opens cfg's source with gocv: V4L2 for devices (path or index, with
 // the driver buffer reduced to one frame where supported), OpenCV's default
-// backend for streams and files, and IMRead for image directories.
+// backend for streams and files, and vision.DecodeImage for image
+// directories.
 func OpenCV(cfg Config) (Device, error) {
 	switch kind := ResolveKind(cfg); kind {
 	case KindImages:
@@ -172,11 +176,18 @@ func (d *imageDevice) Read() (Frame, error) {
 		return Frame{}, err
 	}
 	name := d.files[d.next-1]
-	m := gocv.IMRead(name, gocv.IMReadColor)
-	defer m.Close()
-	if m.Empty() {
-		return Frame{}, fmt.Errorf("read image %q: missing or not an image", name)
+	// The same guards as the batch job: size and header checked before any
+	// pixel is decoded, OpenCV exceptions caught (a hostile file in a replay
+	// folder costs one failed read, not the daemon).
+	data, _, err := imagecheck.ReadFile(name, imagecheck.Limits{})
+	if err != nil {
+		return Frame{}, fmt.Errorf("read image %q: %w", name, err)
 	}
+	m, err := vision.DecodeImage(data, imagecheck.Limits{})
+	if err != nil {
+		return Frame{}, fmt.Errorf("read image %q: %w", name, err)
+	}
+	defer m.Close()
 	return toFrame(m, &d.conv)
 }
 

@@ -1,0 +1,131 @@
+package imagecheck_test
+
+import (
+	"bytes"
+	"errors"
+	"image"
+	"image/png"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/periocular/atm-agent/internal/imagecheck"
+	"github.com/periocular/atm-agent/internal/imagecheck/crafted"
+)
+
+func smallPNG(t *testing.T) []byte {
+	var b bytes.Buffer
+	if err := png.Encode(&b, image.NewGray(image.Rect(0, 0, 64, 48))); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// bmp builds a BITMAPINFOHEADER BMP header claiming w x h (no pixels).
+func bmp(w, h int32) []byte {
+	b := make([]byte, 54)
+	b[0], b[1] = 'B', 'M'
+	le := func(off int, v uint32) {
+		b[off], b[off+1], b[off+2], b[off+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+	}
+	le(14, 40)
+	le(18, uint32(w))
+	le(22, uint32(h))
+	return b
+}
+
+func TestCheck(t *testing.T) {
+	jpg := crafted.JPEG(64, 48, 1)
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want error  // nil: accepted
+		msg  string // in the error
+	}{
+		{"small png", smallPNG(t), nil, ""},
+		{"small jpeg", jpg, nil, ""},
+		{"small bmp", bmp(640, -480), nil, ""},
+		{"empty", nil, imagecheck.ErrEmpty, "empty file"},
+		{"69-byte png claiming 65000x65000", crafted.HugeClaimPNG(), imagecheck.ErrTooLarge, "65000x65000 = 4225000000 pixels (limit 50000000)"},
+		{"png bomb 30000x30000", crafted.BombPNG(30000, 30000, 16), imagecheck.ErrTooLarge, "30000x30000"},
+		{"jpeg claiming 30000x30000", crafted.JPEGClaiming(30000, 30000), imagecheck.ErrTooLarge, "jpeg of 30000x30000"},
+		{"bmp claiming 60000x60000", bmp(60000, 60000), imagecheck.ErrTooLarge, "bmp of 60000x60000"},
+		{"bmp with absurd width", bmp(-2147483648, 1), imagecheck.ErrCorrupt, "bmp"},
+		{"png without IEND", crafted.Truncate(smallPNG(t), 0.8), imagecheck.ErrTruncated, "IEND"},
+		{"png header cut", smallPNG(t)[:20], imagecheck.ErrTruncated, "cut short"},
+		{"jpeg cut in its scan", crafted.Truncate(jpg, 0.7), imagecheck.ErrTruncated, "end-of-image"},
+		{"jpeg cut in its header", jpg[:30], imagecheck.ErrTruncated, ""},
+		{"random bytes", crafted.Random(4096, 1), imagecheck.ErrUnsupported, "JPEG, PNG, BMP or WebP expected"},
+		{"gif", []byte("GIF89a\x01\x00\x01\x00\x00\x00\x00;"), imagecheck.ErrUnsupported, ""},
+		{"tiff", []byte("II*\x00\x08\x00\x00\x00"), imagecheck.ErrUnsupported, ""},
+		{"png of zero width", crafted.PNG(0, 10, nil), imagecheck.ErrCorrupt, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := imagecheck.Check(tc.data, imagecheck.Limits{})
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("error %v; want %v with %q", err, tc.want, tc.msg)
+			}
+		})
+	}
+}
+
+func TestHugeClaimIsTiny(t *testing.T) {
+	if n := len(crafted.HugeClaimPNG()); n > 80 {
+		t.Fatalf("the huge-claim PNG is %d bytes; the point is that it is tiny", n)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	data := smallPNG(t) // 64x48 = 3072 pixels
+	if _, err := imagecheck.Check(data, imagecheck.Limits{MaxPixels: 3072}); err != nil {
+		t.Errorf("at the pixel limit: %v", err)
+	}
+	if _, err := imagecheck.Check(data, imagecheck.Limits{MaxPixels: 3071}); !errors.Is(err, imagecheck.ErrTooLarge) {
+		t.Errorf("over the pixel limit: %v", err)
+	}
+	if _, err := imagecheck.Check(data, imagecheck.Limits{MaxBytes: int64(len(data) - 1)}); !errors.Is(err, imagecheck.ErrFileTooBig) {
+		t.Errorf("over the byte limit: %v", err)
+	}
+}
+
+// ReadFile refuses a big file from its size, before reading: a sparse
+// 1 GiB file is refused at once and without allocating.
+func TestReadFileBig(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "big.jpg")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := crafted.WriteSparse(f, f.Truncate, crafted.JPEG(64, 48, 1), 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	allocs := testing.AllocsPerRun(1, func() {
+		_, _, err = imagecheck.ReadFile(p, imagecheck.Limits{})
+	})
+	if !errors.Is(err, imagecheck.ErrFileTooBig) || !strings.Contains(err.Error(), "1073741824 bytes (limit 67108864)") {
+		t.Fatalf("1 GiB file: %v", err)
+	}
+	if allocs > 20 {
+		t.Errorf("%v allocations refusing a big file", allocs)
+	}
+}
+
+func FuzzCheck(f *testing.F) {
+	f.Add(crafted.HugeClaimPNG())
+	f.Add(crafted.JPEG(16, 16, 1))
+	f.Add(bmp(10, 10))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		info, err := imagecheck.Check(data, imagecheck.Limits{})
+		if err == nil && (info.Pixels() > imagecheck.DefaultMaxPixels || info.Width <= 0 || info.Height <= 0) {
+			t.Fatalf("accepted %+v", info)
+		}
+	})
+}
