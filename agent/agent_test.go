@@ -613,3 +613,23 @@ func TestPeriodicJobsRunUnderSteadyTriggers(t *testing.T) {
 		t.Errorf("summaries %d, consolidations %d under steady triggers: periodic jobs starved", st.Summaries, st.Consolidated)
 	}
 }
+
+// A visit whose burst outlasts visit_timeout is still stored, as a
+// camera_error: the rules and the commit run on their own deadline (before,
+// the commit reused the expired context and the visit was lost).
+func TestVisitPastTimeoutIsStored(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.VisitTimeout = 150 * time.Millisecond
+	h := newHarness(t, "", nil, cfg)
+	h.cam.mu.Lock()
+	h.cam.gate = make(chan struct{}) // never opened: the burst hangs until the deadline
+	h.cam.mu.Unlock()
+	h.visit(scene{angle: 0}, time.Second, visit.Context{})
+	if s := h.ag.Stats(); s.Committed != 1 || s.CommitErrors != 0 {
+		t.Fatalf("stats %+v: want the visit committed", s)
+	}
+	vs := h.visits()
+	if len(vs) != 1 || vs[0].Outcome != visit.CameraError {
+		t.Fatalf("stored %+v; want one camera_error visit", vs)
+	}
+}

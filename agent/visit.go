@@ -37,6 +37,10 @@ type visitStore interface {
 	Visit(ctx context.Context, id string) (visit.Visit, error)
 }
 
+// finishTimeout bounds the alert rules and the commit of a visit, which run
+// after visit_timeout's context (burst and perception) on one of their own.
+const finishTimeout = 5 * time.Second
+
 // processVisit runs one visit from burst to commit. Every trigger gives a
 // stored visit unless the store refuses it: a camera or perception failure
 // is recorded as Outcome CameraError, no face as NoFace/LowQuality.
@@ -104,9 +108,21 @@ func (a *Agent) processVisit(parent context.Context, ev Event) {
 	}
 	st.Assign = time.Since(t)
 
+	if ctx.Err() != nil {
+		a.log.Warn("visit: over visit_timeout; storing what it has", "visit", v.ID,
+			"outcome", v.Outcome.String(), "timeout", a.cfg.VisitTimeout)
+	}
+	// Rules and the final save run on their own deadline: a visit that
+	// used up visit_timeout in the camera or perception is still stored
+	// (before, the expired context made the commit fail and the visit,
+	// even as a camera_error, was lost). Shutdown does not cancel it
+	// either; finishTimeout bounds it.
+	fin, cancelFin := context.WithTimeout(context.WithoutCancel(parent), finishTimeout)
+	defer cancelFin()
+
 	t = time.Now()
 	now := a.clk.Now()
-	alerts, err := a.d.Rules.Evaluate(ctx, v.Time, v, a.d.Store)
+	alerts, err := a.d.Rules.Evaluate(fin, v.Time, v, a.d.Store)
 	st.Rules = time.Since(t)
 	a.ruleResult(err)
 	if err != nil {
@@ -124,7 +140,7 @@ func (a *Agent) processVisit(parent context.Context, ev Event) {
 	commit.Visit = &v
 
 	t = time.Now()
-	res, err := a.commit(ctx, commit)
+	res, err := a.commit(fin, commit)
 	st.Commit = time.Since(t)
 	st.Total = a.clk.Now().Sub(start)
 	switch {
