@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -179,6 +180,30 @@ func (c *Config) fill() {
 	if c.MQTT.Topic.Device == "" {
 		c.MQTT.Topic.Device = c.Device.ID
 	}
+	if c.MQTT.Commands.SeenFile == "" && c.Store.Path != "" {
+		c.MQTT.Commands.SeenFile = filepath.Join(filepath.Dir(c.Store.Path), "commands-seen.json")
+	}
+}
+
+// Warnings lists settings that are valid but weaken security; `config
+// check` prints them and the daemon logs them at start.
+func (c Config) Warnings() []string {
+	if !c.MQTT.Enabled {
+		return nil
+	}
+	return c.MQTT.Config.Warnings()
+}
+
+// checkFiles reads the files the config names that the daemon would only
+// read at start (the MQTT command public keys), so `config check` finds a
+// missing or bad one.
+func (c Config) checkFiles() error {
+	if c.MQTT.Enabled && c.MQTT.Commands.Enabled {
+		if _, err := c.MQTT.Commands.LoadKeys(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Validate reports every problem, each naming its setting.
@@ -272,8 +297,15 @@ func init() {
 				fs.Usage()
 				return errUsage
 			}
-			if _, err := LoadConfig(fs.Arg(0)); err != nil {
+			cfg, err := LoadConfig(fs.Arg(0))
+			if err != nil {
 				return err
+			}
+			if err := cfg.checkFiles(); err != nil {
+				return fmt.Errorf("%s: %w", fs.Arg(0), err)
+			}
+			for _, w := range cfg.Warnings() {
+				fmt.Fprintf(env.stderr, "%s: warning: %s\n", fs.Arg(0), w)
 			}
 			fmt.Fprintf(env.stdout, "%s: ok\n", fs.Arg(0))
 			return nil

@@ -226,6 +226,9 @@ func loadModels(cfg Config) (*vision.Pipeline, *identity.Engine, *models.Model, 
 func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 	log := newLogger(cfg.Log, env)
 	log.Info("atm-agent starting", "version", version, "device", cfg.Device.ID, "site", cfg.Device.Site)
+	for _, w := range cfg.Warnings() {
+		log.Warn("config: " + w)
+	}
 
 	// Models first: a missing or tampered model file stops the start
 	// before the store is opened (and written to).
@@ -371,6 +374,16 @@ func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 			return 0
 		})
 		m.counter("atm_agent_mqtt_published_total", "Outbox messages acknowledged by the broker.", func() float64 { return float64(pub.Stats().Published) })
+		if cfg.MQTT.Commands.Enabled {
+			m.counter("atm_agent_mqtt_commands_accepted_total", "Signed, fresh, new commands that ran.", func() float64 { return float64(pub.Stats().CommandsAccepted) })
+			m.counter("atm_agent_mqtt_commands_rejected_total", "Commands refused (unsigned, bad signature, stale, replayed, oversize, ...; the log names the reason).", func() float64 {
+				var n uint64
+				for _, v := range pub.Stats().CommandsRejected {
+					n += v
+				}
+				return float64(n)
+			})
+		}
 	}
 	m.gauge("atm_agent_degraded", "1 while the agent reports degraded health (failing commits or alert rules).", func() float64 {
 		if ag.Health().Degraded {

@@ -2,47 +2,119 @@ package mqttsync
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
+// Reasons a command is refused (the "reason" of the rejection log line and
+// the keys of Stats.CommandsRejected).
+const (
+	rejTopic       = "topic"
+	rejRetained    = "retained"
+	rejOversize    = "oversize"
+	rejUnsigned    = "unsigned"
+	rejSignature   = "bad_signature"
+	rejInvalid     = "invalid"
+	rejWrongDevice = "wrong_device"
+	rejStale       = "stale"
+	rejReplayed    = "replayed"
+	rejUnavailable = "unavailable" // seen set full, locked or not writable
+)
+
+// commandGuard holds what authenticates commands.
+type commandGuard struct {
+	keys  []ed25519.PublicKey
+	names []string
+	seen  *seenSet
+}
+
+func newCommandGuard(cfg CommandsConfig, now time.Time, warn func(string, ...any)) (*commandGuard, error) {
+	keys, err := cfg.LoadKeys()
+	if err != nil {
+		return nil, err
+	}
+	g := &commandGuard{keys: keys}
+	for _, k := range cfg.PublicKeys {
+		g.names = append(g.names, k.Name)
+	}
+	if g.seen, err = openSeen(cfg.SeenFile, cfg.MaxClockSkew, cfg.MaxSeen, now, warn); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
 // onCommand handles one message on the command topic. It runs on a paho
 // goroutine (order does not matter) and is bounded by commands.timeout.
+//
+// Checks, in order, before anything runs: topic, not retained, size (before
+// any decoding), a signed envelope whose Ed25519 signature verifies with a
+// configured key, a valid command payload, this device and site, ts within
+// max_clock_skew, a message_id not accepted before (recorded durably before
+// the command runs). A message failing any check up to the signature gets
+// no reply (nothing is said to whoever may publish on the broker); a signed
+// one that fails later is answered ok:false, except a replay (its original
+// was answered).
 func (p *Publisher) onCommand(c mqtt.Client, m mqtt.Message) {
 	if m.Topic() != p.topics.Command() {
-		p.log.Warn("mqtt: command on unexpected topic ignored", "topic", m.Topic())
+		p.reject(rejTopic, fmt.Errorf("command on unexpected topic %q", m.Topic()))
 		return
 	}
 	if m.Retained() {
 		// A retained command would run again on every reconnect.
-		p.log.Warn("mqtt: retained command ignored")
+		p.reject(rejRetained, errors.New("retained command ignored"))
 		return
 	}
-	cmd, err := wire.DecodeCommand(m.Payload())
-	if err == nil && (cmd.Device != p.cfg.Topic.Device || cmd.Site != p.cfg.Topic.Site) {
-		err = fmt.Errorf("command for %s/%s sent to %s/%s", cmd.Site, cmd.Device, p.cfg.Topic.Site, p.cfg.Topic.Device)
+	b := m.Payload()
+	if len(b) > wire.MaxSignedCommandSize {
+		p.reject(rejOversize, fmt.Errorf("%d bytes, limit %d", len(b), wire.MaxSignedCommandSize))
+		return
 	}
+	payload, key, err := wire.OpenSignedCommand(b, p.guard.keys)
+	switch {
+	case errors.Is(err, wire.ErrBadSignature):
+		p.reject(rejSignature, err)
+		return
+	case errors.Is(err, wire.ErrOversize):
+		p.reject(rejOversize, err)
+		return
+	case err != nil:
+		p.reject(rejUnsigned, err)
+		return
+	}
+	keyName := p.guard.names[key]
+	cmd, err := wire.DecodeCommand(payload)
 	if err != nil {
-		// Answer only when the correlation id is usable.
-		var loose struct {
-			MessageID string           `json:"message_id"`
-			Command   wire.CommandName `json:"command"`
-		}
-		if json.Unmarshal(m.Payload(), &loose) != nil || wire.ValidateID(loose.MessageID, 128) != nil {
-			p.log.Warn("mqtt: invalid command dropped", "err", err)
-			return
-		}
-		if len(loose.Command) > 64 {
-			loose.Command = ""
-		}
-		p.reply(c, loose.MessageID, loose.Command, nil, err)
+		p.reject(rejInvalid, err, "key", keyName)
+		p.replyLoose(c, payload, err)
 		return
 	}
+	if cmd.Device != p.cfg.Topic.Device || cmd.Site != p.cfg.Topic.Site {
+		err := fmt.Errorf("command for %s/%s sent to %s/%s", cmd.Site, cmd.Device, p.cfg.Topic.Site, p.cfg.Topic.Device)
+		p.reject(rejWrongDevice, err, "key", keyName, "id", cmd.MessageID)
+		p.reply(c, cmd.MessageID, cmd.Command, nil, err)
+		return
+	}
+	if err := p.guard.seen.admit(cmd.MessageID, cmd.TS, p.now()); err != nil {
+		switch {
+		case errors.Is(err, errReplayed):
+			p.reject(rejReplayed, err, "key", keyName)
+			return
+		case errors.Is(err, errStale):
+			p.reject(rejStale, err, "key", keyName, "id", cmd.MessageID)
+		default:
+			p.reject(rejUnavailable, err, "key", keyName, "id", cmd.MessageID)
+		}
+		p.reply(c, cmd.MessageID, cmd.Command, nil, err)
+		return
+	}
+	p.cmdAccepted.Add(1)
 	p.mu.Lock()
 	parent := p.runCtx
 	p.mu.Unlock()
@@ -58,8 +130,54 @@ func (p *Publisher) onCommand(c mqtt.Client, m mqtt.Message) {
 			p.Notify()
 		}
 	}
-	p.log.Info("mqtt command", "command", cmd.Command, "id", cmd.MessageID, "ok", err == nil)
+	p.log.Info("mqtt command", "command", cmd.Command, "id", cmd.MessageID, "key", keyName, "ok", err == nil)
 	p.reply(c, cmd.MessageID, cmd.Command, result, err)
+}
+
+// replyLoose answers a signed payload that did not decode as a command,
+// when its correlation id is usable.
+func (p *Publisher) replyLoose(c mqtt.Client, payload []byte, err error) {
+	var loose struct {
+		MessageID string           `json:"message_id"`
+		Command   wire.CommandName `json:"command"`
+	}
+	if json.Unmarshal(payload, &loose) != nil || wire.ValidateID(loose.MessageID, 128) != nil {
+		return
+	}
+	if len(loose.Command) > 64 {
+		loose.Command = ""
+	}
+	p.reply(c, loose.MessageID, loose.Command, nil, err)
+}
+
+// reject counts a refused command and logs it: the first of each reason
+// at once, repeats of the same reason at most once a minute with the number
+// refused meanwhile, so a flood cannot flood the log.
+func (p *Publisher) reject(reason string, err error, args ...any) {
+	p.mu.Lock()
+	p.cmdRejected[reason]++
+	total := p.cmdRejected[reason]
+	last, logged := p.rejectLogged[reason]
+	now := p.now()
+	doLog := !logged || now.Sub(last.at) >= time.Minute
+	var suppressed uint64
+	if doLog {
+		suppressed = total - last.total - 1
+		if !logged {
+			suppressed = 0
+		}
+		p.rejectLogged[reason] = rejectLog{at: now, total: total}
+	}
+	p.mu.Unlock()
+	if doLog {
+		p.log.Warn("mqtt: command refused, not executed", append([]any{"reason", reason, "err", err.Error(),
+			"refused_since_last_log", suppressed}, args...)...)
+	}
+}
+
+type rejectLog struct {
+	at    time.Time
+	total uint64
 }
 
 func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, result any, cmdErr error) {

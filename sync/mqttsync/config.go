@@ -5,10 +5,12 @@ package mqttsync
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -68,12 +70,40 @@ type TLSConfig struct {
 	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
 }
 
-// CommandsConfig enables the command topic. Off by default.
+// CommandsConfig enables the command topic. Off by default. Commands must
+// be signed (Ed25519, see wire.SignCommand) by one of PublicKeys, carry a
+// ts within MaxClockSkew of the device clock and a message_id this device
+// has not accepted before (remembered in SeenFile across restarts).
 type CommandsConfig struct {
 	Enabled bool `yaml:"enabled"`
 	// Timeout bounds one command's handling.
 	Timeout time.Duration `yaml:"timeout"`
+	// PublicKeys may sign commands (at least one when enabled; several
+	// allow a rotation).
+	PublicKeys []CommandKey `yaml:"public_keys"`
+	// MaxClockSkew: a command whose ts is further than this from the
+	// device clock, either way, is refused.
+	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
+	// SeenFile keeps the message ids accepted within the skew window, so
+	// a replayed command is refused after a restart too. The agent's
+	// config defaults it to commands-seen.json next to the store.
+	SeenFile string `yaml:"seen_file"`
+	// MaxSeen bounds the remembered ids; while that many unexpired ids are
+	// held, new commands are refused.
+	MaxSeen int `yaml:"max_seen"`
 }
+
+// CommandKey is one Ed25519 public key allowed to sign commands: inline as
+// the base64 of its 32 bytes (Key) or in a file (File: PEM "PUBLIC KEY" or
+// the same base64), exactly one of the two. Name appears in the logs.
+type CommandKey struct {
+	Name string `yaml:"name"`
+	Key  string `yaml:"key"`
+	File string `yaml:"file"`
+}
+
+// maxCommandKeys bounds the keys tried for each command.
+const maxCommandKeys = 16
 
 // DefaultConfig returns the defaults; Topic and Brokers must still be set.
 func DefaultConfig() Config {
@@ -87,7 +117,7 @@ func DefaultConfig() Config {
 		HistoricalAfter:     30 * time.Second,
 		Batch:               64,
 		MaxInflight:         16,
-		Commands:            CommandsConfig{Timeout: 30 * time.Second},
+		Commands:            CommandsConfig{Timeout: 30 * time.Second, MaxClockSkew: 5 * time.Minute, MaxSeen: 1024},
 	}
 }
 
@@ -161,10 +191,113 @@ func (c Config) Validate() error {
 	if c.MaxInflight < 1 || c.MaxInflight > 1000 {
 		return fmt.Errorf("mqtt config: max_inflight %d out of 1..1000", c.MaxInflight)
 	}
-	if c.Commands.Enabled && c.Commands.Timeout <= 0 {
-		return errors.New("mqtt config: commands.timeout must be > 0")
+	if c.Commands.Enabled {
+		if err := c.Commands.validate(); err != nil {
+			return fmt.Errorf("mqtt config: commands: %w", err)
+		}
 	}
 	return nil
+}
+
+func (c CommandsConfig) validate() error {
+	if c.Timeout <= 0 {
+		return errors.New("timeout must be > 0")
+	}
+	if c.MaxClockSkew < 10*time.Second || c.MaxClockSkew > time.Hour {
+		return fmt.Errorf("max_clock_skew %v: want 10s..1h", c.MaxClockSkew)
+	}
+	if c.MaxSeen < 16 || c.MaxSeen > 100000 {
+		return fmt.Errorf("max_seen %d: want 16..100000", c.MaxSeen)
+	}
+	if c.SeenFile == "" {
+		return errors.New("seen_file is required (where accepted command ids are remembered across restarts)")
+	}
+	if len(c.PublicKeys) == 0 {
+		return errors.New("public_keys: at least one Ed25519 public key is required; commands are accepted only when signed (atm-agent command keygen)")
+	}
+	if len(c.PublicKeys) > maxCommandKeys {
+		return fmt.Errorf("public_keys: %d keys, at most %d", len(c.PublicKeys), maxCommandKeys)
+	}
+	names := map[string]bool{}
+	for i, k := range c.PublicKeys {
+		if k.Name == "" {
+			return fmt.Errorf("public_keys[%d]: name is required", i)
+		}
+		if names[k.Name] {
+			return fmt.Errorf("public_keys[%d]: duplicate name %q", i, k.Name)
+		}
+		names[k.Name] = true
+		if (k.Key == "") == (k.File == "") {
+			return fmt.Errorf("public_keys[%d] %q: give exactly one of key (base64) and file", i, k.Name)
+		}
+		if k.Key != "" {
+			if _, err := wire.ParsePublicKey([]byte(k.Key)); err != nil {
+				return fmt.Errorf("public_keys[%d] %q: key: %v (want the base64 of a 32-byte Ed25519 public key)", i, k.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// LoadKeys reads the command public keys (files included), in config
+// order. `config check` calls it so a missing or bad key file is found
+// before the daemon starts.
+func (c CommandsConfig) LoadKeys() ([]ed25519.PublicKey, error) {
+	var out []ed25519.PublicKey
+	for i, k := range c.PublicKeys {
+		b := []byte(k.Key)
+		if k.File != "" {
+			var err error
+			if b, err = os.ReadFile(k.File); err != nil {
+				return nil, fmt.Errorf("mqtt commands: public_keys[%d] %q: %w", i, k.Name, err)
+			}
+		}
+		pk, err := wire.ParsePublicKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt commands: public_keys[%d] %q: %v", i, k.Name, err)
+		}
+		out = append(out, pk)
+	}
+	return out, nil
+}
+
+// Warnings lists settings that are valid but weaken security: commands or
+// a password over plaintext to a host that is not loopback, and TLS with
+// certificate verification off.
+func (c Config) Warnings() []string {
+	var w []string
+	for _, b := range c.Brokers {
+		u, err := url.Parse(b)
+		if err != nil {
+			continue
+		}
+		switch u.Scheme {
+		case "tcp", "mqtt", "ws":
+		default:
+			continue
+		}
+		if isLoopback(u.Hostname()) {
+			continue
+		}
+		if c.Commands.Enabled {
+			w = append(w, fmt.Sprintf("mqtt: commands are enabled over plaintext %s: anyone on the network path can read them and see the device's replies (signatures still stop forged commands); use ssl:// or mqtts://", b))
+		}
+		if c.PasswordFile != "" {
+			w = append(w, fmt.Sprintf("mqtt: the broker password is sent in clear over %s: anyone on the network path can read it; use ssl:// or mqtts://", b))
+		}
+	}
+	if c.TLS.InsecureSkipVerify {
+		w = append(w, "mqtt: tls.insecure_skip_verify is true: the broker's certificate is not checked, so anyone on the network path can pose as the broker (and read the password, summaries and alerts); set tls.ca_file instead")
+	}
+	return w
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (c Config) clientID() string {

@@ -3,6 +3,8 @@ package mqttsync
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -386,3 +388,43 @@ func (m *mosquitto) stop() {
 }
 
 var _ = io.Discard
+
+// signer signs test commands like an integrator would.
+type signer struct {
+	priv ed25519.PrivateKey
+	pub  ed25519.PublicKey
+	dir  string
+}
+
+func newSigner(t testing.TB) *signer {
+	pub, priv, err := wire.GenerateCommandKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &signer{priv: priv, pub: pub, dir: t.TempDir()}
+}
+
+// enable turns commands on in cfg with this signer's key and a seen file
+// in a temp dir of its own.
+func (s *signer) enable(t testing.TB, cfg *Config) {
+	cfg.Commands.Enabled = true
+	cfg.Commands.SeenFile = filepath.Join(s.dir, "commands-seen.json")
+	cfg.Commands.PublicKeys = []CommandKey{{Name: "test", Key: base64.StdEncoding.EncodeToString(s.pub)}}
+}
+
+// payload builds a command payload for site s1.
+func (s *signer) payload(id, name, device, args string, ts time.Time) []byte {
+	p := fmt.Sprintf(`{"schema_version":2,"message_id":%q,"device":%q,"site":"s1","ts":%q,"command":%q`, id, device, ts.UTC().Format(time.RFC3339Nano), name)
+	if args != "" {
+		p += `,"args":` + args
+	}
+	return []byte(p + "}")
+}
+
+func (s *signer) sign(t testing.TB, payload []byte) []byte {
+	b, err := wire.SignCommand(s.priv, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -55,6 +56,11 @@ type Stats struct {
 	Failed       uint64 // publishes that failed or timed out (retried later)
 	LastAckedSeq uint64
 	LastError    string // last connection or publish error
+	// CommandsAccepted counts commands that passed every check and ran;
+	// CommandsRejected counts refused ones by reason (oversize, unsigned,
+	// bad_signature, invalid, wrong_device, stale, replayed, ...).
+	CommandsAccepted uint64
+	CommandsRejected map[string]uint64
 }
 
 // ErrTimeout is returned when a token did not complete in time.
@@ -81,6 +87,11 @@ type Publisher struct {
 	ran         bool
 
 	connects, published, historical, failed, lastSeq atomic.Uint64
+
+	guard        *commandGuard // nil unless commands are enabled
+	cmdAccepted  atomic.Uint64
+	cmdRejected  map[string]uint64 // by reason; under mu
+	rejectLogged map[string]rejectLog
 }
 
 // New validates cfg, loads the TLS material and password, and returns a
@@ -95,12 +106,20 @@ func New(cfg Config, d Deps) (*Publisher, error) {
 	if cfg.Commands.Enabled && d.Commands == nil {
 		return nil, errors.New("mqttsync: commands enabled but Deps.Commands is nil")
 	}
-	p := &Publisher{cfg: cfg, d: d, log: d.Logger, now: d.Now, notify: make(chan struct{}, 1)}
+	p := &Publisher{cfg: cfg, d: d, log: d.Logger, now: d.Now, notify: make(chan struct{}, 1),
+		cmdRejected: map[string]uint64{}, rejectLogged: map[string]rejectLog{}}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
 	if p.now == nil {
 		p.now = time.Now
+	}
+	if cfg.Commands.Enabled {
+		g, err := newCommandGuard(cfg.Commands, p.now(), p.log.Warn)
+		if err != nil {
+			return nil, err
+		}
+		p.guard = g
 	}
 	p.topics, _ = cfg.Topics()
 	p.start = p.now()
@@ -181,7 +200,8 @@ func (p *Publisher) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := Stats{Connects: p.connects.Load(), Published: p.published.Load(), Historical: p.historical.Load(),
-		Failed: p.failed.Load(), LastAckedSeq: p.lastSeq.Load(), LastError: p.lastErr}
+		Failed: p.failed.Load(), LastAckedSeq: p.lastSeq.Load(), LastError: p.lastErr,
+		CommandsAccepted: p.cmdAccepted.Load(), CommandsRejected: maps.Clone(p.cmdRejected)}
 	s.Connected = p.client != nil && p.client.IsConnectionOpen()
 	return s
 }

@@ -148,21 +148,24 @@ func (f *fakeCommands) HandleCommand(ctx context.Context, c wire.Command) (any, 
 	return nil, fmt.Errorf("unsupported %s", c.Command)
 }
 
+func (f *fakeCommands) snapshot() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.purged...)
+}
+
 func TestCommands(t *testing.T) {
 	broker := startMochi(t)
 	cfg := testConfig(broker)
-	cfg.Commands.Enabled = true
+	sg := newSigner(t)
+	sg.enable(t, &cfg)
 	h := &fakeCommands{}
 	p, _, _ := runPublisher(t, cfg, Deps{Outbox: &memOutbox{}, Commands: h})
 	col := newCollector(t, broker, "col", "atm/test/s1/atm-1/reply", false, nil)
 	waitFor(t, 5*time.Second, "connected", func() bool { return p.Stats().Connects > 0 })
 	time.Sleep(100 * time.Millisecond) // subscription in place
 	cmd := func(id, name, device, args string) string {
-		s := fmt.Sprintf(`{"schema_version":1,"message_id":%q,"device":%q,"site":"s1","ts":"2025-03-14T09:26:53Z","command":%q`, id, device, name)
-		if args != "" {
-			s += `,"args":` + args
-		}
-		return s + "}"
+		return string(sg.sign(t, sg.payload(id, name, device, args, time.Now())))
 	}
 	send := []struct{ topic, payload string }{
 		{"atm/test/s1/atm-1/cmd", cmd("c-1", "ping", "atm-1", "")},
@@ -189,6 +192,8 @@ func TestCommands(t *testing.T) {
 		}
 		got[r.CorrelationID] = r
 	}
+	// c-6 went to another device's topic (never received); "garbage" is
+	// unsigned: refused without a reply.
 	want := map[string]bool{"c-1": true, "c-2": true, "c-3": false, "c-4": false, "c-5": false, "c-7": true}
 	if len(got) != len(want) {
 		t.Errorf("got %d replies, want %d: %v", len(got), len(want), got)
@@ -206,16 +211,21 @@ func TestCommands(t *testing.T) {
 	if fmt.Sprint(h.purged) != "[p-7]" {
 		t.Errorf("purged %v, want [p-7]", h.purged)
 	}
+	st := p.Stats()
+	if st.CommandsAccepted != 4 || st.CommandsRejected[rejUnsigned] != 1 || st.CommandsRejected[rejWrongDevice] != 1 || st.CommandsRejected[rejInvalid] != 1 {
+		t.Errorf("accepted %d rejected %v", st.CommandsAccepted, st.CommandsRejected)
+	}
 }
 
 func TestCommandsOffByDefault(t *testing.T) {
 	broker := startMochi(t)
 	cfg := testConfig(broker)
 	h := &fakeCommands{}
+	sg := newSigner(t)
 	p, _, _ := runPublisher(t, cfg, Deps{Outbox: &memOutbox{}, Commands: h})
 	col := newCollector(t, broker, "col", "atm/test/s1/atm-1/reply", false, nil)
 	waitFor(t, 5*time.Second, "connected", func() bool { return p.Stats().Connects > 0 })
-	col.c.Publish("atm/test/s1/atm-1/cmd", 1, false, []byte(`{"schema_version":1,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"purge_identity","args":{"id":"p-1"}}`)).WaitTimeout(time.Second)
+	col.c.Publish("atm/test/s1/atm-1/cmd", 1, false, sg.sign(t, sg.payload("c-1", "purge_identity", "atm-1", `{"id":"p-1"}`, time.Now()))).WaitTimeout(time.Second)
 	time.Sleep(400 * time.Millisecond)
 	if n := len(col.snapshot()); n != 0 || len(h.purged) != 0 {
 		t.Fatalf("commands disabled but got %d replies, purged %v", n, h.purged)
@@ -231,7 +241,12 @@ username: atm-0042
 password_file: /etc/atm/mqtt.pw
 keep_alive: 45s
 publish_timeout: 5s
-commands: {enabled: true}
+commands:
+  enabled: true
+  seen_file: /var/lib/atm-agent/commands-seen.json
+  public_keys:
+    - {name: central-2026, key: "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="}
+    - {name: central-2027, file: /etc/atm-agent/command-2027.pub}
 `
 	c, err := ParseConfig([]byte(good))
 	if err != nil {
@@ -241,15 +256,20 @@ commands: {enabled: true}
 		t.Errorf("parsed %+v", c)
 	}
 	bad := map[string]string{
-		"unknown key":  "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nbrokr: x\n",
-		"no brokers":   "topic: {site: s, device: d}\n",
-		"bad scheme":   "brokers: [http://h]\ntopic: {site: s, device: d}\n",
-		"tls on tcp":   "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ntls: {ca_file: x}\n",
-		"wildcard":     "brokers: [tcp://h:1883]\ntopic: {site: s, device: '+'}\n",
-		"cert no key":  "brokers: [ssl://h:1883]\ntopic: {site: s, device: d}\ntls: {cert_file: x}\n",
-		"bad duration": "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nkeep_alive: soon\n",
-		"zero batch":   "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nbatch: 0\n",
-		"no device":    "brokers: [tcp://h:1883]\ntopic: {site: s}\n",
+		"unknown key":           "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nbrokr: x\n",
+		"no brokers":            "topic: {site: s, device: d}\n",
+		"bad scheme":            "brokers: [http://h]\ntopic: {site: s, device: d}\n",
+		"tls on tcp":            "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ntls: {ca_file: x}\n",
+		"wildcard":              "brokers: [tcp://h:1883]\ntopic: {site: s, device: '+'}\n",
+		"cert no key":           "brokers: [ssl://h:1883]\ntopic: {site: s, device: d}\ntls: {cert_file: x}\n",
+		"bad duration":          "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nkeep_alive: soon\n",
+		"zero batch":            "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nbatch: 0\n",
+		"no device":             "brokers: [tcp://h:1883]\ntopic: {site: s}\n",
+		"commands without keys": "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, seen_file: /x}\n",
+		"commands bad key":      "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, seen_file: /x, public_keys: [{name: a, key: aGVsbG8=}]}\n",
+		"commands key and file": "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, seen_file: /x, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\", file: /k}]}\n",
+		"commands no seen file": "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
+		"commands skew 0":       "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, max_clock_skew: 0s, seen_file: /x, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
 	}
 	for name, y := range bad {
 		if _, err := ParseConfig([]byte(y)); err == nil {
@@ -347,4 +367,45 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func TestConfigWarnings(t *testing.T) {
+	base := func(brokers ...string) Config {
+		c := DefaultConfig()
+		c.Brokers = brokers
+		return c
+	}
+	tests := []struct {
+		name string
+		cfg  func() Config
+		want []string // substrings, one per warning
+	}{
+		{"tls, nothing to say", func() Config {
+			c := base("ssl://broker:8883")
+			c.PasswordFile = "/p"
+			c.Commands.Enabled = true
+			return c
+		}, nil},
+		{"loopback tcp", func() Config {
+			c := base("tcp://127.0.0.1:1883", "tcp://localhost:1883", "tcp://[::1]:1883")
+			c.PasswordFile, c.Commands.Enabled = "/p", true
+			return c
+		}, nil},
+		{"plain tcp, nothing secret", func() Config { return base("tcp://broker:1883") }, nil},
+		{"commands over tcp", func() Config { c := base("tcp://broker:1883"); c.Commands.Enabled = true; return c }, []string{"commands are enabled over plaintext tcp://broker:1883"}},
+		{"password over ws", func() Config { c := base("ws://10.0.0.5:80"); c.PasswordFile = "/p"; return c }, []string{"password is sent in clear over ws://10.0.0.5:80"}},
+		{"insecure tls", func() Config { c := base("ssl://broker:8883"); c.TLS.InsecureSkipVerify = true; return c }, []string{"insecure_skip_verify"}},
+	}
+	for _, tc := range tests {
+		got := tc.cfg().Warnings()
+		if len(got) != len(tc.want) {
+			t.Errorf("%s: warnings %q, want %d", tc.name, got, len(tc.want))
+			continue
+		}
+		for i, w := range tc.want {
+			if !strings.Contains(got[i], w) {
+				t.Errorf("%s: warning %q lacks %q", tc.name, got[i], w)
+			}
+		}
+	}
 }

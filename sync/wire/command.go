@@ -28,8 +28,10 @@ type CommandArgs struct {
 	ID string `json:"id,omitempty"` // identity id for purge_identity
 }
 
-// Command is a request from the central side. MessageID is the correlation
-// id echoed in the reply; Device and Site must name this device.
+// Command is a request from the central side, schema_version 2, carried
+// signed (see SignCommand). MessageID is the correlation id echoed in the
+// reply and the replay-protection id; Device and Site must name this
+// device; TS must be within the configured skew of the device's clock.
 type Command struct {
 	Envelope
 	Command CommandName `json:"command"`
@@ -46,9 +48,10 @@ type Reply struct {
 	Result        json.RawMessage `json:"result,omitempty"`
 }
 
-// DecodeCommand strictly decodes a command: one JSON object, no unknown
-// fields, at most MaxCommandSize bytes, a known schema version and command,
-// valid ids, and the arguments the command needs (and no others).
+// DecodeCommand strictly decodes a command payload (the signed bytes, see
+// OpenSignedCommand): one JSON object, no unknown fields, at most
+// MaxCommandSize bytes, schema_version CommandSchemaVersion, a known
+// command, valid ids, and the arguments the command needs (and no others).
 func DecodeCommand(b []byte) (Command, error) {
 	var c Command
 	if len(b) > MaxCommandSize {
@@ -65,8 +68,8 @@ func DecodeCommand(b []byte) (Command, error) {
 	if bytes.TrimSpace(b)[0] != '{' {
 		return Command{}, fmt.Errorf("%w: not a JSON object", ErrCommand)
 	}
-	if c.SchemaVersion != SchemaVersion {
-		return Command{}, fmt.Errorf("%w: schema_version %d, want %d", ErrCommand, c.SchemaVersion, SchemaVersion)
+	if c.SchemaVersion != CommandSchemaVersion {
+		return Command{}, fmt.Errorf("%w: schema_version %d, want %d", ErrCommand, c.SchemaVersion, CommandSchemaVersion)
 	}
 	if err := ValidateID(c.MessageID, 128); err != nil {
 		return Command{}, fmt.Errorf("%w: message_id: %v", ErrCommand, err)

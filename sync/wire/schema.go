@@ -14,7 +14,7 @@ import (
 var Schemas embed.FS
 
 // SchemaNames lists the payloads that have a schema.
-var SchemaNames = []string{"status", "summary", "alert", "command", "reply"}
+var SchemaNames = []string{"status", "summary", "alert", "command", "signed_command", "reply"}
 
 // Schema returns the JSON Schema of one payload kind, e.g. "alert".
 func Schema(name string) ([]byte, error) {

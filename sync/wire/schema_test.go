@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/json"
 	"flag"
 	"os"
@@ -56,6 +57,16 @@ func validate(t testing.TB, s *jsonschema.Schema, b []byte) error {
 
 var t0 = time.Date(2025, 3, 14, 9, 26, 53, 0, time.UTC)
 
+// exampleKey is the key of the documented signed example: seed bytes
+// 0x00..0x1f. Never configure it on a device.
+func exampleKey() ed25519.PrivateKey {
+	seed := make([]byte, ed25519.SeedSize)
+	for i := range seed {
+		seed[i] = byte(i)
+	}
+	return ed25519.NewKeyFromSeed(seed)
+}
+
 // samples builds one real payload per schema through the same path the agent
 // and publisher use: struct -> json.Marshal -> Finalize.
 func samples(t testing.TB) map[string][]byte {
@@ -85,19 +96,24 @@ func samples(t testing.TB) map[string][]byte {
 		Totals: Totals{Visits: WindowCounts{7, 61, 402}, Identities: WindowCounts{5, 40, 210}, Masked: WindowCounts{1, 6, 33}}}
 	al := NewAlert(env, visit.Alert{ID: "a-visits24h-p-8c1f02d9-20250313", Rule: "many-visits-24h", Kind: "visits", IdentityID: "p-8c1f02d9",
 		Window: "24h0m0s", WindowStart: t0.Add(-24 * time.Hour), Count: 9, Threshold: 8, FirstSeen: t0.Add(-20 * time.Hour), LastSeen: t0, Raised: t0})
-	cmd := Command{Envelope: Envelope{SchemaVersion: 1, MessageID: "c-0001", Device: "atm-0042", Site: "lyon-07", TS: t0},
+	cmd := Command{Envelope: Envelope{SchemaVersion: CommandSchemaVersion, MessageID: "c-0001", Device: "atm-0042", Site: "lyon-07", TS: t0},
 		Command: CmdPurgeIdentity, Args: CommandArgs{ID: "p-8c1f02d9"}}
 	cb, _ := json.Marshal(cmd)
+	signed, err := SignCommand(exampleKey(), cb)
+	if err != nil {
+		t.Fatal(err)
+	}
 	rep := Reply{Envelope: env, CorrelationID: "c-0001", Command: CmdPurgeIdentity, OK: true, Result: json.RawMessage(`{"visits_deleted":14}`)}
 	rep.Seq, rep.MessageID = 1041, "r-55e2"
 	sb, _ := json.Marshal(st)
 	rb, _ := json.Marshal(rep)
 	return map[string][]byte{
-		"status":  sb,
-		"summary": fin(sum, 1042, "atm-0042-1042-3b9aca00", false),
-		"alert":   fin(al, 1043, "atm-0042-1043-77aa01", true),
-		"command": cb,
-		"reply":   rb,
+		"status":         sb,
+		"summary":        fin(sum, 1042, "atm-0042-1042-3b9aca00", false),
+		"alert":          fin(al, 1043, "atm-0042-1043-77aa01", true),
+		"command":        cb,
+		"signed_command": signed,
+		"reply":          rb,
 	}
 }
 
@@ -142,6 +158,11 @@ func TestSchemasReject(t *testing.T) {
 		{"command ping with args", "command", mutate("command", func(m map[string]any) { m["command"] = "ping" })},
 		{"command purge without id", "command", mutate("command", func(m map[string]any) { delete(m, "args") })},
 		{"reply without ok", "reply", mutate("reply", func(m map[string]any) { delete(m, "ok") })},
+		{"command v1", "command", mutate("command", func(m map[string]any) { m["schema_version"] = 1 })},
+		{"signed command without sig", "signed_command", mutate("signed_command", func(m map[string]any) { delete(m, "sig") })},
+		{"signed command short sig", "signed_command", mutate("signed_command", func(m map[string]any) { m["sig"] = "AAAA" })},
+		{"signed command with key id", "signed_command", mutate("signed_command", func(m map[string]any) { m["key_id"] = "k1" })},
+		{"unsigned command on the topic", "signed_command", s["command"]},
 	}
 	for _, tc := range tests {
 		if err := validate(t, schemas[tc.schema], tc.b); err == nil {
@@ -167,6 +188,7 @@ func TestExamples(t *testing.T) {
 	types := map[string]func() any{
 		"status": func() any { return new(Status) }, "summary": func() any { return new(Summary) },
 		"alert": func() any { return new(Alert) }, "command": func() any { return new(Command) }, "reply": func() any { return new(Reply) },
+		"signed_command": func() any { return new(SignedCommand) },
 	}
 	for _, name := range SchemaNames {
 		b, err := Schemas.ReadFile("schemas/examples/" + name + ".json")
@@ -185,6 +207,15 @@ func TestExamples(t *testing.T) {
 	}
 	if _, err := DecodeCommand(mustRead(t, "schemas/examples/command.json")); err != nil {
 		t.Errorf("example command rejected by DecodeCommand: %v", err)
+	}
+	// The signed example verifies with the published example key and
+	// carries a valid command.
+	payload, _, err := OpenSignedCommand(mustRead(t, "schemas/examples/signed_command.json"), []ed25519.PublicKey{exampleKey().Public().(ed25519.PublicKey)})
+	if err != nil {
+		t.Fatalf("example signed command: %v", err)
+	}
+	if _, err := DecodeCommand(payload); err != nil {
+		t.Errorf("example signed command's payload: %v", err)
 	}
 }
 

@@ -169,7 +169,7 @@ func FuzzNewTopics(f *testing.F) {
 }
 
 func TestDecodeCommand(t *testing.T) {
-	const head = `"schema_version":1,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z"`
+	const head = `"schema_version":2,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z"`
 	tests := []struct {
 		name string
 		in   string
@@ -186,10 +186,10 @@ func TestDecodeCommand(t *testing.T) {
 		{"purge bad id", `{` + head + `,"command":"purge_identity","args":{"id":"../x"}}`, "", ""},
 		{"ping with id", `{` + head + `,"command":"ping","args":{"id":"p-1"}}`, "", ""},
 		{"unknown command", `{` + head + `,"command":"reboot"}`, "", ""},
-		{"v2", `{"schema_version":2,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`, "", ""},
-		{"no message id", `{"schema_version":1,"device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`, "", ""},
-		{"no ts", `{"schema_version":1,"message_id":"c-1","device":"atm-1","site":"s1","command":"ping"}`, "", ""},
-		{"wildcard device", `{"schema_version":1,"message_id":"c-1","device":"+","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`, "", ""},
+		{"v1 (unsigned era)", `{"schema_version":1,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`, "", ""},
+		{"no message id", `{"schema_version":2,"device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`, "", ""},
+		{"no ts", `{"schema_version":2,"message_id":"c-1","device":"atm-1","site":"s1","command":"ping"}`, "", ""},
+		{"wildcard device", `{"schema_version":2,"message_id":"c-1","device":"+","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`, "", ""},
 		{"two objects", `{` + head + `,"command":"ping"}{}`, "", ""},
 		{"null", `null`, "", ""},
 		{"array", `[]`, "", ""},
@@ -217,10 +217,10 @@ func TestDecodeCommand(t *testing.T) {
 
 func FuzzDecodeCommand(f *testing.F) {
 	for _, s := range []string{
-		`{"schema_version":1,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`,
-		`{"schema_version":1,"message_id":"c-2","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"purge_identity","args":{"id":"p-1"}}`,
-		`{"schema_version":1,"message_id":"c-3","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"publish_summary","args":{}}`,
-		`{"schema_version":1,"command":"purge_identity","args":{"id":""}}`,
+		`{"schema_version":2,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`,
+		`{"schema_version":2,"message_id":"c-2","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"purge_identity","args":{"id":"p-1"}}`,
+		`{"schema_version":2,"message_id":"c-3","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"publish_summary","args":{}}`,
+		`{"schema_version":2,"command":"purge_identity","args":{"id":""}}`,
 		`null`, `[]`, `{}`, `{"args":null}`, `"x"`, ``,
 	} {
 		f.Add([]byte(s))

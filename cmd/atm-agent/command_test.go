@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+func runCLI(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var o, e bytes.Buffer
+	env := &cliEnv{stdout: &o, stderr: &e}
+	err = commands[args[0]].run(context.Background(), env, args[1:])
+	return o.String(), e.String(), err
+}
+
+// keygen, sign, and a config that names the key: the signed output
+// verifies with the key the config loads and decodes as the command.
+func TestCommandKeygenSignAndConfigCheck(t *testing.T) {
+	dir := t.TempDir()
+	prefix := filepath.Join(dir, "central-2026")
+	out, _, err := runCLI(t, "command", "keygen", "--out", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "public_keys: [{name: central-2026, key: ") {
+		t.Errorf("keygen output %q", out)
+	}
+	if st, err := os.Stat(prefix + ".key"); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("private key file: %v %v", st, err)
+	}
+	if _, _, err := runCLI(t, "command", "keygen", "--out", prefix); err == nil {
+		t.Fatal("keygen overwrote an existing key")
+	}
+
+	signed, _, err := runCLI(t, "command", "sign", "--key", prefix+".key", "--site", "north", "--device", "atm-7", "--identity", "p-42", "purge_identity")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runCLI(t, "command", "sign", "--key", prefix+".key", "--site", "north", "--device", "atm-7", "purge_identity"); err == nil {
+		t.Error("signed a purge_identity without an identity")
+	}
+	if _, _, err := runCLI(t, "command", "sign", "--key", prefix+".pub", "--site", "north", "--device", "atm-7", "ping"); err == nil {
+		t.Error("signed with a public key")
+	}
+
+	cfgFile := filepath.Join(dir, "agent.yaml")
+	yaml := "device: {id: atm-7, site: north}\nstore: {path: " + filepath.Join(dir, "agent.db") + "}\n" +
+		"mqtt:\n  enabled: true\n  brokers: [tcp://broker.example:1883]\n  username: atm-7\n  password_file: /etc/atm-agent/mqtt.pw\n" +
+		"  commands:\n    enabled: true\n    public_keys: [{name: central-2026, file: " + prefix + ".pub}]\n"
+	os.WriteFile(cfgFile, []byte(yaml), 0o600)
+	out, errOut, err := runCLI(t, "config", "check", cfgFile)
+	if err != nil {
+		t.Fatalf("config check: %v", err)
+	}
+	if !strings.Contains(out, "ok") || !strings.Contains(errOut, "warning: mqtt: commands are enabled over plaintext tcp://broker.example:1883") ||
+		!strings.Contains(errOut, "warning: mqtt: the broker password is sent in clear") {
+		t.Errorf("config check said %q / %q", out, errOut)
+	}
+	cfg, err := LoadConfig(cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MQTT.Commands.SeenFile != filepath.Join(dir, "commands-seen.json") {
+		t.Errorf("seen_file default %q", cfg.MQTT.Commands.SeenFile)
+	}
+	keys, err := cfg.MQTT.Commands.LoadKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _, err := wire.OpenSignedCommand([]byte(strings.TrimSpace(signed)), keys)
+	if err != nil {
+		t.Fatalf("signed output does not verify: %v\n%s", err, signed)
+	}
+	c, err := wire.DecodeCommand(payload)
+	if err != nil || c.Command != wire.CmdPurgeIdentity || c.Args.ID != "p-42" || c.Device != "atm-7" || c.Site != "north" || !strings.HasPrefix(c.MessageID, "c-") {
+		t.Fatalf("signed command %+v, %v", c, err)
+	}
+	var env map[string]any
+	json.Unmarshal([]byte(signed), &env)
+	if env["schema_version"] != float64(2) {
+		t.Errorf("envelope %v", env)
+	}
+
+	// A missing key file is found by config check, not at start.
+	os.WriteFile(cfgFile, []byte(strings.Replace(yaml, prefix+".pub", prefix+".nope", 1)), 0o600)
+	if _, _, err := runCLI(t, "config", "check", cfgFile); err == nil || !strings.Contains(err.Error(), "central-2026") {
+		t.Errorf("config check with a missing key file: %v", err)
+	}
+	// insecure_skip_verify is warned about.
+	os.WriteFile(cfgFile, []byte(strings.Replace(yaml, "tcp://broker.example:1883", "ssl://broker.example:8883", 1)+"  tls: {insecure_skip_verify: true}\n"), 0o600)
+	_, errOut, err = runCLI(t, "config", "check", cfgFile)
+	if err != nil || !strings.Contains(errOut, "insecure_skip_verify") || strings.Contains(errOut, "plaintext") {
+		t.Errorf("config check with insecure_skip_verify: %v %q", err, errOut)
+	}
+}
