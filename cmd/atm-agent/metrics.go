@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/internal/netguard"
 	"github.com/periocular/atm-agent/visit"
 )
 
@@ -86,6 +87,11 @@ func (m *metrics) counter(name, help string, f func() float64) {
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
 }
 
+// metricsMaxConns caps the metrics port's open connections (a scraper or
+// two and a health check are its clients), far below the unit's
+// LimitNOFILE=4096.
+const metricsMaxConns = 32
+
 // serveMetrics serves /metrics and /healthz on addr (loopback) until ctx
 // ends. health returns the /healthz body and whether the agent is healthy.
 func serveMetrics(addr string, m *metrics, health func() (any, bool), log *slog.Logger) (func(), error) {
@@ -103,11 +109,15 @@ func serveMetrics(addr string, m *metrics, health func() (any, bool), log *slog.
 		}
 		json.NewEncoder(w).Encode(body)
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	// Timeouts and a connection cap of its own (internal/netguard): a flood
+	// of idle or slow connections to this port can neither exhaust the
+	// unit's LimitNOFILE nor delay the trigger endpoint, and a scrape is
+	// still served during one.
+	srv := netguard.NewServer(mux, netguard.DefaultTimeouts, log.With("component", "metrics"))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(netguard.Limit(ln, metricsMaxConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server", "err", err)
 		}
 	}()

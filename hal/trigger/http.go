@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/periocular/atm-agent/internal/netguard"
 	"github.com/periocular/atm-agent/visit"
 )
 
@@ -104,6 +105,10 @@ func checkLoopback(addr string) error {
 	}
 	return nil
 }
+
+// MaxConns caps the open connections of each trigger listener (the unix
+// socket and the TCP port separately). The ATM application needs one or two.
+const MaxConns = 32
 
 // HTTP is the local trigger endpoint:
 //
@@ -252,18 +257,15 @@ func (h *HTTP) Run(ctx context.Context, out chan<- Event) error {
 	lns := h.lns
 	h.mu.Unlock()
 
-	srv := &http.Server{
-		Handler:           h.Handler(out),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      10 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    8 << 10,
-		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelWarn),
-	}
+	// Each listener has its own connection cap, so a flood of the TCP port
+	// cannot take the socket's slots (or the metrics port's), and a flood
+	// of idle or slowloris connections never queues a card insert: the
+	// oldest connection without a request in progress makes room
+	// (internal/netguard).
+	srv := netguard.NewServer(h.Handler(out), netguard.DefaultTimeouts, h.log)
 	errc := make(chan error, len(lns))
 	for _, l := range lns {
-		go func() { errc <- srv.Serve(l) }() // exits when srv shuts down
+		go func() { errc <- srv.Serve(netguard.Limit(l, MaxConns)) }() // exits when srv shuts down
 	}
 	h.log.Info("trigger endpoint listening", "socket", h.cfg.Socket, "tcp", h.cfg.Listen)
 	var err error
