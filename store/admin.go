@@ -212,12 +212,18 @@ type Stats struct {
 	OutboxSeq     uint64            `json:"outbox_seq"`
 	OldestVisit   time.Time         `json:"oldest_visit,omitzero"`
 	NewestVisit   time.Time         `json:"newest_visit,omitzero"`
+	// Templates counts the stored templates (visits with an embedding) per
+	// template model tag (the embedder, plus its projection head's checksum
+	// when one is applied; "" for visits stored before tags existed).
+	// Templates of a tag the agent does not run are kept until retention
+	// removes them but never restored into the identity engine.
+	Templates map[string]int `json:"templates"`
 }
 
 // Stats gathers counts per bucket, file size, schema version, outbox depth
 // and the oldest and newest visit.
 func (s *Store) Stats(ctx context.Context) (Stats, error) {
-	st := Stats{Path: s.path, Buckets: map[string]int{}}
+	st := Stats{Path: s.path, Buckets: map[string]int{}, Templates: map[string]int{}}
 	err := s.scan(ctx, "stats", func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bMeta)
 		st.SchemaVersion = int(getU64(meta, kSchema))
@@ -235,6 +241,9 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		if k, _ := c.Last(); k != nil {
 			st.NewestVisit = visitKeyTime(k)
 		}
+		if err := countTemplates(c, st.Templates); err != nil {
+			return err
+		}
 		st.FileSize = tx.Size()
 		return nil
 	})
@@ -246,6 +255,28 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		st.FileSize = fs
 	}
 	return st, nil
+}
+
+// countTemplates counts the visits that hold a template, per model tag,
+// from the record headers alone (no template is read or decrypted).
+func countTemplates(c *bolt.Cursor, out map[string]int) error {
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		flags, hb, inline, err := splitVisit(k, v)
+		if err != nil {
+			return err
+		}
+		if flags&flagTemplate == 0 && len(inline) == 0 {
+			continue
+		}
+		var h struct {
+			Model string `json:"model"`
+		}
+		if err := json.Unmarshal(hb, &h); err != nil {
+			return fmt.Errorf("decode visit %x: %w", k, err)
+		}
+		out[h.Model]++
+	}
+	return nil
 }
 
 // ExportOptions selects what Export writes.

@@ -12,6 +12,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -823,5 +824,32 @@ func TestConfig(t *testing.T) {
 	err = c.Validate()
 	if err == nil || !strings.Contains(err.Error(), "store.retention") || !strings.Contains(err.Error(), "alert caps") {
 		t.Errorf("validate: %v", err)
+	}
+}
+
+// Stats counts stored templates per model tag from the record headers, so an
+// operator sees how many belong to an embedder the agent no longer runs.
+func TestStatsTemplatesPerModel(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	ctx := context.Background()
+	now := time.Now()
+	for i, m := range []string{"faceres+abc", "faceres+abc", "foamliu", ""} {
+		v := &visit.Visit{Time: now.Add(time.Duration(i) * time.Second),
+			Descriptor: visit.Descriptor{Outcome: visit.FaceFound, Model: m, Embedding: emb(float32(i), 8)}}
+		if _, err := s.CommitVisit(ctx, Commit{Visit: v}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A visit without a face holds no template.
+	if _, err := s.CommitVisit(ctx, Commit{Visit: &visit.Visit{Time: now.Add(time.Minute),
+		Descriptor: visit.Descriptor{Outcome: visit.NoFace, Model: "foamliu"}}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]int{"faceres+abc": 2, "foamliu": 1, "": 1}; !reflect.DeepEqual(st.Templates, want) {
+		t.Errorf("templates %v, want %v", st.Templates, want)
 	}
 }

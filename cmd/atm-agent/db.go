@@ -4,15 +4,25 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"time"
 
+	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/vision"
 )
 
 // openDB opens the store named by --config (or --db) for an admin command.
 // The daemon holds the file lock: stop it first (the wait is bounded by
 // store.lock_timeout).
 func openDB(env *cliEnv, name string, args []string, extra func(fsAdd func(string, string, string) *string)) (*store.Store, []string, map[string]*string, error) {
+	st, rest, opts, _, err := openDBConfig(env, name, args, extra)
+	return st, rest, opts, err
+}
+
+// openDBConfig is openDB that also returns the agent config it read (nil
+// when only --db was given and the config could not be read).
+func openDBConfig(env *cliEnv, name string, args []string, extra func(fsAdd func(string, string, string) *string)) (*store.Store, []string, map[string]*string, *Config, error) {
 	fs := newFlags(env, "db "+name, "db "+name+" [--config FILE | --db PATH] ...")
 	cfgPath := fs.String("config", "/etc/atm-agent/config.yaml", "agent config file")
 	dbPath := fs.String("db", "", "database file (overrides the config's store.path)")
@@ -21,16 +31,18 @@ func openDB(env *cliEnv, name string, args []string, extra func(fsAdd func(strin
 		extra(func(n, v, u string) *string { p := fs.String(n, v, u); opts[n] = p; return p })
 	}
 	if err := parseFlags(fs, args); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	scfg := store.DefaultConfig()
+	var cfg *Config
 	if *dbPath == "" || *cfgPath != "/etc/atm-agent/config.yaml" {
 		c, err := LoadConfig(*cfgPath)
 		if err != nil && *dbPath == "" {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 		if err == nil {
 			scfg = c.Store
+			cfg = &c
 		}
 	}
 	if *dbPath != "" {
@@ -38,20 +50,24 @@ func openDB(env *cliEnv, name string, args []string, extra func(fsAdd func(strin
 	}
 	o, err := scfg.Options()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	o.Logger = env.log
 	st, err := store.Open(scfg.Path, o)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%w (is the agent running? stop it first)", err)
+		return nil, nil, nil, nil, fmt.Errorf("%w (is the agent running? stop it first)", err)
 	}
-	return st, fs.Args(), opts, nil
+	return st, fs.Args(), opts, cfg, nil
 }
 
 func init() {
 	commands["db"] = command{"inspect and maintain the agent database", subcommands("db", map[string]command{
-		"stats": {"print database statistics (JSON)", func(ctx context.Context, env *cliEnv, args []string) error {
-			st, _, _, err := openDB(env, "stats", args, nil)
+		"stats": {"print database statistics (JSON), with the stored templates of models the agent no longer runs", func(ctx context.Context, env *cliEnv, args []string) error {
+			var modelsDir, embedder *string
+			st, _, _, cfg, err := openDBConfig(env, "stats", args, func(add func(string, string, string) *string) {
+				modelsDir = add("models-dir", "", "models dir holding manifest.yaml (default: the config's models.dir)")
+				embedder = add("embedder", "", "the embedder the agent runs (default: the config's models.embedder, else the manifest's pipeline)")
+			})
 			if err != nil {
 				return err
 			}
@@ -60,9 +76,33 @@ func init() {
 			if err != nil {
 				return err
 			}
+			out := dbStats{Stats: s}
+			if cfg != nil {
+				if *modelsDir == "" {
+					*modelsDir = cfg.Models.Dir
+				}
+				if *embedder == "" {
+					*embedder = cfg.Models.Embedder
+				}
+			}
+			if *modelsDir == "" {
+				*modelsDir = defaultModelsDir()
+			}
+			tag, err := currentTemplateModel(*modelsDir, *embedder)
+			if err != nil {
+				out.TemplateModelError = err.Error()
+			} else {
+				n := 0
+				for m, c := range s.Templates {
+					if m != "" && m != tag {
+						n += c
+					}
+				}
+				out.TemplateModel, out.TemplatesNotLoaded = tag, &n
+			}
 			enc := json.NewEncoder(env.stdout)
 			enc.SetIndent("", "  ")
-			return enc.Encode(s)
+			return enc.Encode(out)
 		}},
 		"export": {"write the database as JSON lines (no templates unless --embeddings)", func(ctx context.Context, env *cliEnv, args []string) error {
 			var emb *string
@@ -122,4 +162,35 @@ func init() {
 			return nil
 		}},
 	})}
+}
+
+// dbStats is `db stats`'s report: the store's figures and how many stored
+// templates belong to a model the agent no longer runs (after an embedder
+// upgrade: they are never matched again and age out with retention).
+type dbStats struct {
+	store.Stats
+	// TemplateModel is the tag of the templates the agent makes now.
+	TemplateModel string `json:"template_model,omitempty"`
+	// TemplatesNotLoaded counts stored templates of any other tag.
+	TemplatesNotLoaded *int `json:"templates_not_loaded,omitempty"`
+	// TemplateModelError says why the current tag is unknown (no models).
+	TemplateModelError string `json:"template_model_error,omitempty"`
+}
+
+// currentTemplateModel is the template tag the agent's embedder gives
+// (vision.TemplateShape: no network is loaded).
+func currentTemplateModel(dir, embedder string) (string, error) {
+	man, err := models.LoadManifest(filepath.Join(dir, "manifest.yaml"))
+	if err != nil {
+		return "", err
+	}
+	if embedder == "" {
+		embedder = man.Pipeline.Embedder
+	}
+	md, ok := man.Find(embedder)
+	if !ok {
+		return "", fmt.Errorf("embedder %q is not in %s", embedder, filepath.Join(dir, "manifest.yaml"))
+	}
+	_, tag, err := vision.TemplateShape(dir, md)
+	return tag, err
 }

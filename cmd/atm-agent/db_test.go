@@ -64,3 +64,48 @@ func TestDBCommands(t *testing.T) {
 		t.Fatalf("after purge: %s", out)
 	}
 }
+
+// After an embedder upgrade, `db stats` says how many stored templates
+// belong to a model the agent no longer runs.
+func TestDBStatsTemplatesOfOtherModels(t *testing.T) {
+	dir := builtModels(t)
+	tag, err := currentTemplateModel(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "agent.db")
+	st, err := store.Open(path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for i, m := range []string{"old-embedder", "old-embedder", tag} {
+		_, err := st.CommitVisit(context.Background(), store.Commit{Visit: &visit.Visit{Time: now.Add(time.Duration(i) * time.Second),
+			Descriptor: visit.Descriptor{Outcome: visit.FaceFound, Model: m, Embedding: []float32{1, 0}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	var out bytes.Buffer
+	env := &cliEnv{stdout: &out, stderr: &out, log: slog.New(slog.DiscardHandler)}
+	if err := commands["db"].run(context.Background(), env, []string{"stats", "--db", path, "--models-dir", dir}); err != nil {
+		t.Fatal(err)
+	}
+	var s dbStats
+	if err := json.Unmarshal(out.Bytes(), &s); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if s.TemplateModel != tag || s.TemplatesNotLoaded == nil || *s.TemplatesNotLoaded != 2 || s.Templates["old-embedder"] != 2 || s.Templates[tag] != 1 {
+		t.Errorf("stats: %s", out.String())
+	}
+	// Without a models dir the counts are still there, with the reason the
+	// comparison is missing.
+	out.Reset()
+	if err := commands["db"].run(context.Background(), env, []string{"stats", "--db", path, "--models-dir", t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"template_model_error"`) || strings.Contains(out.String(), "templates_not_loaded") {
+		t.Errorf("stats without models: %s", out.String())
+	}
+}
