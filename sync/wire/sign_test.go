@@ -149,3 +149,31 @@ func TestOpenSSLInterop(t *testing.T) {
 		t.Fatal("OpenSSL and crypto/ed25519 signatures differ")
 	}
 }
+
+// FuzzOpenSignedCommand: no input panics, and whatever is accepted really
+// is signed by the key and within the size limits.
+func FuzzOpenSignedCommand(f *testing.F) {
+	priv := exampleKey()
+	pub := priv.Public().(ed25519.PublicKey)
+	good, _ := SignCommand(priv, []byte(`{"schema_version":2,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`))
+	for _, s := range [][]byte{good, []byte(`{"schema_version":2,"payload":"","sig":""}`), []byte(`{}`), []byte(`null`), nil} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, k, err := OpenSignedCommand(b, []ed25519.PublicKey{pub})
+		if err != nil {
+			return
+		}
+		if k != 0 || len(b) > MaxSignedCommandSize {
+			t.Fatalf("accepted key %d, %d bytes", k, len(b))
+		}
+		var env SignedCommand
+		if json.Unmarshal(b, &env) != nil {
+			t.Fatal("accepted a non-envelope")
+		}
+		sig, _ := base64.StdEncoding.DecodeString(env.Sig)
+		if !ed25519.Verify(pub, p, sig) {
+			t.Fatal("accepted a payload the signature does not cover")
+		}
+	})
+}
