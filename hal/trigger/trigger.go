@@ -11,6 +11,7 @@
 package trigger
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -69,9 +70,10 @@ func NewID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Context validation errors.
+// Context validation errors. None of them quotes the value.
 var (
 	ErrLooksLikePAN = errors.New("looks like a card number (PAN): send a salted hash of it, never the number")
+	ErrTrackData    = errors.New("looks like magnetic-stripe track data: send a salted hash of the card number, never card data")
 	ErrBadCardHash  = errors.New("card_hash must be a hex or base64 hash of 32 to 128 characters")
 	ErrBadTxnID     = errors.New("txn_id must be 1 to 64 printable ASCII characters")
 )
@@ -80,15 +82,21 @@ var (
 // card_hash must look like a hash (hex or base64, 32..128 characters); a
 // string of 12..19 digits (spaces and dashes ignored) is refused as a raw
 // card number. txn_id must be short printable ASCII and is refused if it is
-// 13..19 digits passing the Luhn check (a PAN in the wrong field).
+// 13..19 digits passing the Luhn check (a PAN in the wrong field). Both are
+// refused when cardData finds card data in them (track data, or a card
+// number padded or inside a longer string).
 func ValidateContext(c visit.Context) error {
 	var errs []error
 	if c.CardHash != "" {
 		switch {
 		case looksLikePAN(c.CardHash, false):
 			errs = append(errs, fmt.Errorf("card_hash: %w", ErrLooksLikePAN))
-		case !isHashLike(c.CardHash):
-			errs = append(errs, fmt.Errorf("card_hash: %w", ErrBadCardHash))
+		default:
+			if err := cardData(c.CardHash); err != nil {
+				errs = append(errs, fmt.Errorf("card_hash: %w", err))
+			} else if !isHashLike(c.CardHash) {
+				errs = append(errs, fmt.Errorf("card_hash: %w", ErrBadCardHash))
+			}
 		}
 	}
 	if c.TxnID != "" {
@@ -97,6 +105,10 @@ func ValidateContext(c visit.Context) error {
 			errs = append(errs, fmt.Errorf("txn_id: %w", ErrBadTxnID))
 		case looksLikePAN(c.TxnID, true):
 			errs = append(errs, fmt.Errorf("txn_id: %w", ErrLooksLikePAN))
+		default:
+			if err := cardData(c.TxnID); err != nil {
+				errs = append(errs, fmt.Errorf("txn_id: %w", err))
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -119,6 +131,104 @@ func looksLikePAN(s string, luhn bool) bool {
 		return len(digits) >= 12 && len(digits) <= 19
 	}
 	return len(digits) >= 13 && len(digits) <= 19 && luhnValid(digits)
+}
+
+// cardData finds card data inside a string, ignoring spaces and dashes:
+//   - track data: a '%B' or ';' start sentinel before a digit, a '^' field
+//     separator, or '=' between digits (track 2's PAN=YYMM...);
+//   - a card number: a run of 13 or more digits that is Luhn-valid (13..19
+//     digits), or longer and Luhn-valid in its first or last 13..19 digits (a
+//     PAN padded with zeros on either side), in a string that is at least 90%
+//     digits. That covers a bare or dashed PAN, a zero-padded one and track
+//     2 in its BCD form (PAN 'D' YYMM...).
+//
+// The 90% rule keeps real hashes: a random SHA-256 in hex holds such a run in
+// 0.57% of cases, with the rule in 3 in a million (MD5-sized hex: 9 in
+// 100,000; base64 never, it is 16% digits); see TestCardDataFalsePositives.
+// The error names the kind of data and its length, never the value.
+func cardData(s string) error {
+	for i := 0; i+1 < len(s); i++ {
+		next := s[i+1]
+		digitNext := next >= '0' && next <= '9'
+		switch {
+		case s[i] == '%' && (next == 'B' || next == 'b') && i+2 < len(s) && s[i+2] >= '0' && s[i+2] <= '9':
+			return fmt.Errorf("%w (a %%B start sentinel)", ErrTrackData)
+		case s[i] == ';' && digitNext:
+			return fmt.Errorf("%w (a ';' start sentinel)", ErrTrackData)
+		case s[i] == '=' && digitNext && i > 0 && s[i-1] >= '0' && s[i-1] <= '9':
+			return fmt.Errorf("%w (an '=' field separator between digits)", ErrTrackData)
+		}
+	}
+	if strings.Contains(s, "^") && digitRun(s) >= 12 {
+		return fmt.Errorf("%w (a '^' field separator)", ErrTrackData)
+	}
+	compact := strings.NewReplacer(" ", "", "-", "").Replace(s)
+	digits := 0
+	for i := 0; i < len(compact); i++ {
+		if compact[i] >= '0' && compact[i] <= '9' {
+			digits++
+		}
+	}
+	if digits*10 < 9*len(compact) {
+		return nil
+	}
+	for i := 0; i < len(compact); {
+		j := i
+		for j < len(compact) && compact[j] >= '0' && compact[j] <= '9' {
+			j++
+		}
+		if j == i {
+			i++
+			continue
+		}
+		if n := panIn([]byte(compact[i:j])); n > 0 {
+			if j < len(compact) && compact[j] == 'D' {
+				return fmt.Errorf("%w (a card number followed by a 'D' separator)", ErrTrackData)
+			}
+			return fmt.Errorf("%w (a Luhn-valid run of %d digits in %d characters)", ErrLooksLikePAN, n, len(s))
+		}
+		i = j
+	}
+	return nil
+}
+
+// panIn returns the length of a Luhn-valid 13..19-digit card number that is
+// the whole run, or its start or end once zeros on the other side (padding)
+// are set aside, or 0.
+func panIn(run []byte) int {
+	if len(run) < 13 {
+		return 0
+	}
+	if len(run) <= 19 && luhnValid(run) {
+		return len(run)
+	}
+	starts := [][]byte{run, bytes.TrimLeft(run, "0")}
+	ends := [][]byte{run, bytes.TrimRight(run, "0")}
+	for n := 19; n >= 13; n-- {
+		for k := range 2 {
+			if s := starts[k]; n <= len(s) && luhnValid(s[:n]) {
+				return n
+			}
+			if e := ends[k]; n <= len(e) && luhnValid(e[len(e)-n:]) {
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// digitRun is the longest run of digits in s.
+func digitRun(s string) int {
+	best, cur := 0, 0
+	for i := 0; i < len(s); i++ {
+		if s[i] >= '0' && s[i] <= '9' {
+			cur++
+			best = max(best, cur)
+		} else {
+			cur = 0
+		}
+	}
+	return best
 }
 
 func luhnValid(d []byte) bool {
