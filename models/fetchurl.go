@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path"
@@ -89,7 +90,13 @@ func urlIntoCache(ctx context.Context, p LockPackage, f LockFile, cached string,
 // locked size and keeping the file only when its sha256 and size match.
 func download(ctx context.Context, client *http.Client, f LockFile, file string) error {
 	if client == nil {
-		client = &http.Client{Timeout: urlFetchTimeout}
+		// A machine without network fails fast: bounded dial, TLS and
+		// header waits inside the overall limit.
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.DialContext = (&net.Dialer{Timeout: 15 * time.Second}).DialContext
+		tr.TLSHandshakeTimeout = 15 * time.Second
+		tr.ResponseHeaderTimeout = 30 * time.Second
+		client = &http.Client{Timeout: urlFetchTimeout, Transport: tr}
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL, nil)
 	if err != nil {
