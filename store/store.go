@@ -209,6 +209,13 @@ type Options struct {
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 
+	// NoCreate makes a missing file an error instead of a new store
+	// (operator commands). ReadOnly also opens without writing anything:
+	// no migration, no device id, and no key needed unless embeddings are
+	// read (a wrong key is still refused).
+	NoCreate bool
+	ReadOnly bool
+
 	Logger *slog.Logger
 }
 
@@ -262,6 +269,9 @@ type Store struct {
 	db       *bolt.DB
 	deviceID string
 
+	// plainTemplates counts unencrypted templates found by the open check.
+	plainTemplates int
+
 	// testHook, when set, is called between the stages of a commit; an
 	// error aborts the transaction (atomicity tests).
 	testHook func(stage string) error
@@ -269,6 +279,11 @@ type Store struct {
 
 // Open opens (creating when absent, mode 0600) the database at path,
 // migrates it to the current schema and checks the encryption key.
+//
+// An existing file is checked before bbolt maps it (CheckFile: meta pages,
+// size, every page and record, the indexes): a damaged file, an empty one
+// or one that is not a bbolt database gives a *DamagedError (ErrDamaged)
+// and is left untouched; only a missing file becomes a new store.
 func Open(path string, opts Options) (*Store, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)
@@ -281,6 +296,13 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		s.aead = a
 	}
+	exists, err := s.preOpen(path)
+	if err != nil {
+		return nil, err
+	}
+	if !exists && (opts.NoCreate || opts.ReadOnly) {
+		return nil, fmt.Errorf("open store %q: %w (this command never creates a store: check --db or store.path)", path, os.ErrNotExist)
+	}
 	db, err := s.openDB(path)
 	if err != nil {
 		return nil, err
@@ -290,19 +312,33 @@ func Open(path string, opts Options) (*Store, error) {
 }
 
 func (s *Store) openDB(path string) (*bolt.DB, error) {
-	db, err := bolt.Open(path, defaultOpenFileMode, &bolt.Options{Timeout: s.opts.Timeout})
+	var db *bolt.DB
+	err := safely(func() error {
+		var err error
+		db, err = bolt.Open(path, defaultOpenFileMode, &bolt.Options{Timeout: s.opts.Timeout, ReadOnly: s.opts.ReadOnly})
+		return err
+	})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("open store %q: database is locked by another process (waited %v): %w", path, s.opts.Timeout, err)
 		}
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
+	if s.opts.ReadOnly {
+		if err := safely(func() error { return db.View(s.initReadOnly) }); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open store %q: %w", path, err)
+		}
+		return db, nil
+	}
 	for {
 		more := false
-		err := db.Update(func(tx *bolt.Tx) error {
-			var err error
-			more, err = s.initTx(tx)
-			return err
+		err := safely(func() error {
+			return db.Update(func(tx *bolt.Tx) error {
+				var err error
+				more, err = s.initTx(tx)
+				return err
+			})
 		})
 		if err != nil {
 			db.Close()
@@ -381,6 +417,25 @@ func (s *Store) initTx(tx *bolt.Tx) (more bool, err error) {
 	return more, nil
 }
 
+// initReadOnly checks what initTx checks without writing: the schema is
+// not newer than this build, a given key is the right one.
+func (s *Store) initReadOnly(tx *bolt.Tx) error {
+	meta := tx.Bucket(bMeta)
+	if meta == nil {
+		return fmt.Errorf("%w: no meta bucket (the store was never initialised)", ErrDamaged)
+	}
+	if ver := int(getU64(meta, kSchema)); ver > len(migrations) {
+		return fmt.Errorf("%w: file has version %d, this build supports up to %d", ErrSchemaTooNew, ver, len(migrations))
+	}
+	if check := meta.Get(kKeyCheck); check != nil && s.aead != nil {
+		if err := verifyKeyCheck(s.aead, check); err != nil {
+			return err
+		}
+	}
+	s.deviceID = string(meta.Get(kDeviceID))
+	return nil
+}
+
 // Close closes the database file.
 func (s *Store) Close() error {
 	s.mu.Lock()
@@ -439,7 +494,9 @@ func (s *Store) tx(ctx context.Context, op string, write bool, fn func(tx *bolt.
 	if write {
 		run = s.db.Update
 	}
-	if err := run(fn); err != nil {
+	// A page damaged after the open check would make bbolt panic or
+	// fault: an error instead (Update rolls back on a panic).
+	if err := safely(func() error { return run(fn) }); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil
