@@ -167,10 +167,24 @@ func deleteAlerts(tx *bolt.Tx, match func(visit.Alert) bool) error {
 }
 
 // PurgeIdentity removes an identity, all its visits and its alerts (a
-// privacy deletion request), in one transaction. Messages already in the
-// outbox are left as they are. It returns the number of visits removed, and
+// privacy deletion request), in one transaction, then compacts the file in
+// place: bbolt copies pages on write, so the deleted templates would stay
+// readable in free pages until reused; the compacted file holds none of
+// them (the old file is replaced by rename). Messages already in the outbox
+// are left as they are. It returns the number of visits removed, and
 // ErrNotFound when the identity does not exist.
 func (s *Store) PurgeIdentity(ctx context.Context, id string) (int, error) {
+	n, err := s.purgeIdentity(ctx, id)
+	if err != nil || n == 0 {
+		return n, err
+	}
+	if err := s.Compact(ctx, ""); err != nil {
+		return n, fmt.Errorf("purge identity %q: deleted %d visits, but scrubbing the file failed (run atm-agent db compact): %w", id, n, err)
+	}
+	return n, nil
+}
+
+func (s *Store) purgeIdentity(ctx context.Context, id string) (int, error) {
 	n := 0
 	err := s.update(ctx, "purge identity", func(tx *bolt.Tx) error {
 		n = 0
@@ -199,19 +213,25 @@ func (s *Store) PurgeIdentity(ctx context.Context, id string) (int, error) {
 
 // Stats describes the database for `atm-agent db stats`.
 type Stats struct {
-	Path          string            `json:"path"`
-	FileSize      int64             `json:"file_size"`
-	SchemaVersion int               `json:"schema_version"`
-	DeviceID      string            `json:"device_id"`
-	Encrypted     bool              `json:"encrypted"`
-	Buckets       map[string]int    `json:"buckets"` // keys per bucket
-	OutboxDepth   int               `json:"outbox_depth"`
-	OutboxBytes   int64             `json:"outbox_bytes"`
-	Dropped       map[string]uint64 `json:"outbox_dropped"`
-	VisitSeq      uint64            `json:"visit_seq"`
-	OutboxSeq     uint64            `json:"outbox_seq"`
-	OldestVisit   time.Time         `json:"oldest_visit,omitzero"`
-	NewestVisit   time.Time         `json:"newest_visit,omitzero"`
+	Path          string `json:"path"`
+	FileSize      int64  `json:"file_size"`
+	SchemaVersion int    `json:"schema_version"`
+	DeviceID      string `json:"device_id"`
+	// Encrypted: a key is set and every template is encrypted.
+	// KeyCheck: the store has a key (new templates are encrypted);
+	// TemplatesEncrypted/Plain count what is actually stored.
+	Encrypted          bool              `json:"encrypted"`
+	KeyCheck           bool              `json:"key_check"`
+	TemplatesEncrypted int               `json:"templates_encrypted"`
+	TemplatesPlain     int               `json:"templates_plain"`
+	Buckets            map[string]int    `json:"buckets"` // keys per bucket
+	OutboxDepth        int               `json:"outbox_depth"`
+	OutboxBytes        int64             `json:"outbox_bytes"`
+	Dropped            map[string]uint64 `json:"outbox_dropped"`
+	VisitSeq           uint64            `json:"visit_seq"`
+	OutboxSeq          uint64            `json:"outbox_seq"`
+	OldestVisit        time.Time         `json:"oldest_visit,omitzero"`
+	NewestVisit        time.Time         `json:"newest_visit,omitzero"`
 	// Templates counts the stored templates (visits with an embedding) per
 	// template model tag (the embedder, plus its projection head's checksum
 	// when one is applied; "" for visits stored before tags existed).
@@ -228,7 +248,9 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		meta := tx.Bucket(bMeta)
 		st.SchemaVersion = int(getU64(meta, kSchema))
 		st.DeviceID = string(meta.Get(kDeviceID))
-		st.Encrypted = meta.Get(kKeyCheck) != nil
+		st.KeyCheck = meta.Get(kKeyCheck) != nil
+		st.TemplatesEncrypted, st.TemplatesPlain = countTemplateCrypt(tx)
+		st.Encrypted = st.KeyCheck && st.TemplatesPlain == 0
 		st.VisitSeq = getU64(meta, kVisitSeq)
 		st.OutboxSeq = getU64(meta, kOutboxSeq)
 		for _, name := range allBuckets {
@@ -392,6 +414,15 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 	if s.db == nil {
 		return fmt.Errorf("compact: %w", errClosed)
 	}
+	if s.opts.ReadOnly {
+		return fmt.Errorf("compact: store opened read-only")
+	}
+	// The new file takes the old one's owner, group and mode: an operator
+	// compacting as root must not leave a file the service cannot open.
+	was, err := os.Stat(s.path)
+	if err != nil {
+		return fmt.Errorf("compact: %w", err)
+	}
 	out, err := bolt.Open(tmp, defaultOpenFileMode, &bolt.Options{Timeout: s.opts.Timeout})
 	if err != nil {
 		return fmt.Errorf("compact: create %q: %w", tmp, err)
@@ -409,6 +440,10 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 	if err := out.Close(); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("compact: close %q: %w", tmp, err)
+	}
+	if err := keepOwner(tmp, was); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("compact: %w", err)
 	}
 	if inPlace {
 		if err := s.db.Close(); err != nil {
@@ -451,3 +486,72 @@ func syncDir(dir string) {
 		d.Close()
 	}
 }
+
+// countTemplateCrypt counts encrypted and plaintext templates (and inline
+// embeddings of schema-1 records).
+func countTemplateCrypt(tx *bolt.Tx) (enc, plain int) {
+	if tb := tx.Bucket(bTemplates); tb != nil {
+		_ = tb.ForEach(func(_, v []byte) error {
+			if len(v) > 0 && v[0]&flagEncrypted != 0 {
+				enc++
+			} else {
+				plain++
+			}
+			return nil
+		})
+	}
+	return enc, plain
+}
+
+// Encrypt seals every plaintext template with the store's key, in bounded
+// transactions, then compacts the file in place so that no plaintext copy
+// is left in free pages. It returns the number of templates encrypted. The
+// store must be opened with a key.
+func (s *Store) Encrypt(ctx context.Context) (int, error) {
+	if s.aead == nil {
+		return 0, fmt.Errorf("encrypt: %w", ErrKeyRequired)
+	}
+	total := 0
+	for {
+		n := 0
+		err := s.update(ctx, "encrypt", func(tx *bolt.Tx) error {
+			n = 0
+			tb := tx.Bucket(bTemplates)
+			type rec struct{ k, v []byte }
+			var todo []rec
+			c := tb.Cursor()
+			for k, v := c.First(); k != nil && len(todo) < defaultPurgeBatch; k, v = c.Next() {
+				if len(v) > 0 && v[0]&flagEncrypted == 0 {
+					todo = append(todo, rec{bytes.Clone(k), bytes.Clone(v[1:])})
+				}
+			}
+			for _, r := range todo {
+				sealed, err := seal(s.aead, r.v, r.k)
+				clear(r.v)
+				if err != nil {
+					return err
+				}
+				if err := tb.Put(r.k, append([]byte{flagEncrypted}, sealed...)); err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
+		})
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n < defaultPurgeBatch {
+			break
+		}
+	}
+	if err := s.Compact(ctx, ""); err != nil {
+		return total, fmt.Errorf("encrypt: %d templates encrypted, but compacting failed (plaintext copies remain in free pages; run atm-agent db compact): %w", total, err)
+	}
+	s.plainTemplates = 0
+	return total, nil
+}
+
+// PlainTemplates is the number of plaintext templates the open check found.
+func (s *Store) PlainTemplates() int { return s.plainTemplates }

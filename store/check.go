@@ -224,7 +224,7 @@ type records struct {
 	authOK                int
 	authFail              []string
 	encrypted             int // templates flagged encrypted
-	plain     int
+	plain                 int
 }
 
 type visitRec struct {
@@ -364,6 +364,7 @@ func (r *records) decode(bucket string, k, v []byte) string {
 				if err != nil {
 					// Judged in finish(): damage, or another key.
 					r.authFail = append(r.authFail, string(k))
+					r.templates[string(k)] = r.clone(v)
 					return ""
 				}
 				clear(p)

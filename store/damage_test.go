@@ -33,8 +33,8 @@ type corpus struct {
 	pageSize int
 	pgid     uint64
 	visits   map[string][]uint64 // visit key -> pages from the root to its leaf
-	recs     []corpusRec          // every record with its file offset
-	pageOf   map[uint64]string    // reachable page -> bucket
+	recs     []corpusRec         // every record with its file offset
+	pageOf   map[uint64]string   // reachable page -> bucket
 }
 
 type corpusRec struct {

@@ -349,7 +349,6 @@ func keepOwner(path string, was os.FileInfo) error {
 	return nil
 }
 
-
 // fileOwner returns the owner and group of a file.
 func fileOwner(fi os.FileInfo) (uid, gid int, ok bool) {
 	st, ok := fi.Sys().(*syscall.Stat_t)

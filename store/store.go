@@ -308,6 +308,10 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.db = db
+	if s.aead != nil && s.plainTemplates > 0 && !opts.ReadOnly {
+		opts.Logger.Warn("store holds templates in plaintext, written before the key was set; `atm-agent db encrypt` seals them",
+			"path", path, "plaintext_templates", s.plainTemplates)
+	}
 	return s, nil
 }
 

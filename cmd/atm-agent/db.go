@@ -3,68 +3,177 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/vision"
 )
 
-// openDB opens the store named by --config (or --db) for an admin command.
+// exitStoreDamaged is the exit code of `run` (and of `db check`) on a
+// damaged store. systemd/atm-agent.service lists it in
+// RestartPreventExitStatus=: restarting cannot repair a file, so systemd
+// stops retrying and the unit stays failed with the message in the journal.
+const exitStoreDamaged = 65
+
+// dbMode says how a db command opens the store.
+type dbMode int
+
+const (
+	dbRead  dbMode = iota // read-only: never creates, never writes
+	dbWrite               // read-write; the file must exist
+)
+
+// dbFlags are the flags every db command takes.
+type dbFlags struct {
+	config, db, keyFile *string
+}
+
+func addDBFlags(fs interface {
+	String(string, string, string) *string
+}) dbFlags {
+	return dbFlags{
+		config:  fs.String("config", "/etc/atm-agent/config.yaml", "agent config file"),
+		db:      fs.String("db", "", "database file (overrides the config's store.path)"),
+		keyFile: fs.String("key-file", "", "encryption key file (overrides store.key_file; for a credential:NAME key give the credential's source file, e.g. /etc/atm-agent/store.key)"),
+	}
+}
+
+// storeConfig resolves the store section from --config / --db.
+func (f dbFlags) storeConfig() (store.Config, error) {
+	scfg, _, err := f.configs()
+	return scfg, err
+}
+
+// configs also returns the agent config it read (nil when only --db was
+// given and the config could not be read).
+func (f dbFlags) configs() (store.Config, *Config, error) {
+	scfg := store.DefaultConfig()
+	var cfg *Config
+	if *f.db == "" || *f.config != "/etc/atm-agent/config.yaml" {
+		c, err := LoadConfig(*f.config)
+		if err != nil && *f.db == "" {
+			return scfg, nil, err
+		}
+		if err == nil {
+			scfg, cfg = c.Store, &c
+		}
+	}
+	if *f.db != "" {
+		scfg.Path = *f.db
+	}
+	return scfg, cfg, nil
+}
+
+// key loads the encryption key: --key-file, else store.key_file. A
+// credential:NAME key exists only inside the service (systemd sets
+// CREDENTIALS_DIRECTORY for the unit's processes alone); outside it the
+// command says how to give the key instead. need=false (commands that read
+// no template) goes on without a key.
+func (f dbFlags) key(scfg store.Config, need bool) ([]byte, error) {
+	if *f.keyFile != "" {
+		return store.LoadKey(*f.keyFile)
+	}
+	if scfg.KeyFile == "" {
+		return nil, nil
+	}
+	if strings.HasPrefix(scfg.KeyFile, "credential:") && os.Getenv("CREDENTIALS_DIRECTORY") == "" {
+		if !need {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("store.key_file is %q, a systemd credential only the service sees (CREDENTIALS_DIRECTORY is not set here): give this command the credential's source file, e.g. --key-file /etc/atm-agent/store.key (the unit's LoadCredential=)", scfg.KeyFile)
+	}
+	return store.LoadKey(scfg.KeyFile)
+}
+
+// options builds store options without loading store.key_file itself.
+func (f dbFlags) options(env *cliEnv, scfg store.Config, needKey bool) (store.Options, error) {
+	key, err := f.key(scfg, needKey)
+	if err != nil {
+		return store.Options{}, err
+	}
+	scfg.KeyFile = ""
+	o, err := scfg.Options()
+	if err != nil {
+		return o, err
+	}
+	o.Key, o.Logger = key, env.log
+	return o, nil
+}
+
+// openDB opens the store named by --config (or --db) for an admin command:
+// read-only commands never create or write; none creates a missing file.
 // The daemon holds the file lock: stop it first (the wait is bounded by
 // store.lock_timeout).
-func openDB(env *cliEnv, name string, args []string, extra func(fsAdd func(string, string, string) *string)) (*store.Store, []string, map[string]*string, error) {
-	st, rest, opts, _, err := openDBConfig(env, name, args, extra)
-	return st, rest, opts, err
+func openDB(env *cliEnv, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, error) {
+	st, _, err := openDBConfig(env, name, args, mode, needKey, extra)
+	return st, err
 }
 
 // openDBConfig is openDB that also returns the agent config it read (nil
 // when only --db was given and the config could not be read).
-func openDBConfig(env *cliEnv, name string, args []string, extra func(fsAdd func(string, string, string) *string)) (*store.Store, []string, map[string]*string, *Config, error) {
-	fs := newFlags(env, "db "+name, "db "+name+" [--config FILE | --db PATH] ...")
-	cfgPath := fs.String("config", "/etc/atm-agent/config.yaml", "agent config file")
-	dbPath := fs.String("db", "", "database file (overrides the config's store.path)")
-	opts := map[string]*string{}
+func openDBConfig(env *cliEnv, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, *Config, error) {
+	fs := newFlags(env, "db "+name, "db "+name+" [--config FILE | --db PATH] [--key-file FILE] ...")
+	f := addDBFlags(fs)
 	if extra != nil {
-		extra(func(n, v, u string) *string { p := fs.String(n, v, u); opts[n] = p; return p })
+		extra(fs.String)
 	}
 	if err := parseFlags(fs, args); err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, err
 	}
-	scfg := store.DefaultConfig()
-	var cfg *Config
-	if *dbPath == "" || *cfgPath != "/etc/atm-agent/config.yaml" {
-		c, err := LoadConfig(*cfgPath)
-		if err != nil && *dbPath == "" {
-			return nil, nil, nil, nil, err
-		}
-		if err == nil {
-			scfg = c.Store
-			cfg = &c
-		}
+	if fs.NArg() > 0 {
+		return nil, nil, fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
-	if *dbPath != "" {
-		scfg.Path = *dbPath
-	}
-	o, err := scfg.Options()
+	scfg, cfg, err := f.configs()
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, err
 	}
-	o.Logger = env.log
+	need := mode == dbWrite
+	if needKey != nil {
+		need = needKey()
+	}
+	o, err := f.options(env, scfg, need)
+	if err != nil {
+		return nil, nil, err
+	}
+	o.NoCreate, o.ReadOnly = true, mode == dbRead
 	st, err := store.Open(scfg.Path, o)
 	if err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("%w (is the agent running? stop it first)", err)
+		return nil, nil, storeOpenError(err)
 	}
-	return st, fs.Args(), opts, cfg, nil
+	return st, cfg, nil
+}
+
+// storeOpenError adds the hint that fits: a held lock means the agent is
+// running; a missing key can be given with --key-file.
+func storeOpenError(err error) error {
+	switch {
+	case errors.Is(err, bolt.ErrTimeout):
+		return fmt.Errorf("%w (is the agent running? stop it first)", err)
+	case errors.Is(err, store.ErrKeyRequired):
+		return fmt.Errorf("%w (give it with --key-file FILE)", err)
+	}
+	return err
+}
+
+func printJSON(env *cliEnv, v any) error {
+	enc := json.NewEncoder(env.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func init() {
 	commands["db"] = command{"inspect and maintain the agent database", subcommands("db", map[string]command{
-		"stats": {"print database statistics (JSON), with the stored templates of models the agent no longer runs", func(ctx context.Context, env *cliEnv, args []string) error {
+		"stats": {"print database statistics (JSON; read-only), with the stored templates of models the agent no longer runs", func(ctx context.Context, env *cliEnv, args []string) error {
 			var modelsDir, embedder *string
-			st, _, _, cfg, err := openDBConfig(env, "stats", args, func(add func(string, string, string) *string) {
+			st, cfg, err := openDBConfig(env, "stats", args, dbRead, nil, func(add func(string, string, string) *string) {
 				modelsDir = add("models-dir", "", "models dir holding manifest.yaml (default: the config's models.dir)")
 				embedder = add("embedder", "", "the embedder the agent runs (default: the config's models.embedder, else the manifest's pipeline)")
 			})
@@ -100,13 +209,11 @@ func init() {
 				}
 				out.TemplateModel, out.TemplatesNotLoaded = tag, &n
 			}
-			enc := json.NewEncoder(env.stdout)
-			enc.SetIndent("", "  ")
-			return enc.Encode(out)
+			return printJSON(env, out)
 		}},
-		"export": {"write the database as JSON lines (no templates unless --embeddings)", func(ctx context.Context, env *cliEnv, args []string) error {
+		"export": {"write the database as JSON lines (read-only; no templates unless --embeddings yes)", func(ctx context.Context, env *cliEnv, args []string) error {
 			var emb *string
-			st, _, _, err := openDB(env, "export", args, func(add func(string, string, string) *string) {
+			st, err := openDB(env, "export", args, dbRead, func() bool { return *emb == "yes" }, func(add func(string, string, string) *string) {
 				emb = add("embeddings", "no", "include embeddings (biometric templates): yes or no")
 			})
 			if err != nil {
@@ -118,9 +225,9 @@ func init() {
 			}
 			return st.Export(ctx, env.stdout, store.ExportOptions{Embeddings: *emb == "yes"})
 		}},
-		"purge": {"delete one identity, its visits and alerts (--identity ID), or expired data (--expired)", func(ctx context.Context, env *cliEnv, args []string) error {
+		"purge": {"delete one identity, its visits and alerts (--identity ID), or expired data (--expired yes); the file is compacted so nothing deleted stays in it", func(ctx context.Context, env *cliEnv, args []string) error {
 			var id, expired *string
-			st, _, _, err := openDB(env, "purge", args, func(add func(string, string, string) *string) {
+			st, err := openDB(env, "purge", args, dbWrite, nil, func(add func(string, string, string) *string) {
 				id = add("identity", "", "identity id to delete")
 				expired = add("expired", "no", "apply the retention window now: yes or no")
 			})
@@ -130,24 +237,27 @@ func init() {
 			defer st.Close()
 			switch {
 			case *id != "" && *expired == "no":
-				n, err := st.PurgeIdentity(ctx, *id)
+				n, err := st.PurgeIdentity(ctx, *id) // compacts
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(env.stdout, "identity %s deleted with %d visits\n", *id, n)
+				fmt.Fprintf(env.stdout, "identity %s deleted with %d visits; file compacted\n", *id, n)
 			case *id == "" && *expired == "yes":
 				n, err := st.PurgeExpired(ctx)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(env.stdout, "%d visits older than %v deleted\n", n, st.Retention())
+				if err := st.Compact(ctx, ""); err != nil {
+					return err
+				}
+				fmt.Fprintf(env.stdout, "%d visits older than %v deleted; file compacted\n", n, st.Retention())
 			default:
 				return fmt.Errorf("%w: give --identity ID or --expired yes", errUsage)
 			}
 			return nil
 		}},
-		"compact": {"rewrite the database without free pages", func(ctx context.Context, env *cliEnv, args []string) error {
-			st, _, _, err := openDB(env, "compact", args, nil)
+		"compact": {"rewrite the database without free pages (keeps the file's owner and mode)", func(ctx context.Context, env *cliEnv, args []string) error {
+			st, err := openDB(env, "compact", args, dbWrite, nil, nil)
 			if err != nil {
 				return err
 			}
@@ -161,7 +271,117 @@ func init() {
 			fmt.Fprintf(env.stdout, "compacted %s: %d -> %d bytes in %v\n", st.Path(), before.FileSize, after.FileSize, time.Since(t).Round(time.Millisecond))
 			return nil
 		}},
+		"encrypt": {"seal every plaintext template with the key, then compact (needs the key)", func(ctx context.Context, env *cliEnv, args []string) error {
+			st, err := openDB(env, "encrypt", args, dbWrite, nil, nil)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			n, err := st.Encrypt(ctx)
+			if err != nil {
+				return err
+			}
+			s, err := st.Stats(ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(env.stdout, "%d templates encrypted; %d encrypted, %d plaintext; file compacted\n", n, s.TemplatesEncrypted, s.TemplatesPlain)
+			return nil
+		}},
+		"check": {"check the file: pages, bbolt's consistency check, every record, the indexes (read-only; exit 65 when damaged)", func(ctx context.Context, env *cliEnv, args []string) error {
+			fs := newFlags(env, "db check", "db check [--config FILE | --db PATH] [--key-file FILE] [--json]")
+			f := addDBFlags(fs)
+			asJSON := fs.Bool("json", false, "print the report as JSON")
+			if err := parseFlags(fs, args); err != nil {
+				return err
+			}
+			scfg, err := f.storeConfig()
+			if err != nil {
+				return err
+			}
+			key, err := f.key(scfg, false)
+			if err != nil {
+				return err
+			}
+			rep, err := store.CheckFile(ctx, scfg.Path, store.CheckOptions{Key: key, BoltCheck: true, Timeout: scfg.LockTimeout})
+			if err != nil {
+				return storeOpenError(err)
+			}
+			if *asJSON {
+				if err := printJSON(env, rep); err != nil {
+					return err
+				}
+			} else {
+				printCheck(env, rep)
+			}
+			if !rep.OK() {
+				return &store.DamagedError{Path: rep.Path, Problems: rep.Problems, More: rep.More}
+			}
+			return nil
+		}},
+		"salvage": {"copy every readable record of a damaged database into a new file (-o); the damaged file is only read", func(ctx context.Context, env *cliEnv, args []string) error {
+			fs := newFlags(env, "db salvage", "db salvage [--config FILE | --db PATH] [--key-file FILE] [-o NEW]")
+			f := addDBFlags(fs)
+			out := fs.String("o", "", "the new database file (default: PATH.salvaged-<time>); must not exist")
+			if err := parseFlags(fs, args); err != nil {
+				return err
+			}
+			scfg, err := f.storeConfig()
+			if err != nil {
+				return err
+			}
+			o, err := f.options(env, scfg, true)
+			if err != nil {
+				return err
+			}
+			dst := *out
+			if dst == "" {
+				dst = scfg.Path + ".salvaged-" + time.Now().UTC().Format("20060102T150405Z")
+			}
+			rep, err := store.Salvage(ctx, scfg.Path, dst, o)
+			if err != nil {
+				return storeOpenError(err)
+			}
+			fmt.Fprintf(env.stdout, "salvaged %s into %s\n", rep.Source, rep.Dest)
+			fmt.Fprintf(env.stdout, "  visits kept %d, skipped %d; templates lost %d; identities recreated %d; unreadable pages %d\n",
+				rep.Kept["visits"], rep.Skipped["visits"], rep.TemplatesLost, rep.IdentitiesRecreated, rep.BadPages)
+			for _, b := range []string{"identities", "alerts", "outbox", "templates"} {
+				fmt.Fprintf(env.stdout, "  %-10s kept %d, skipped %d\n", b, rep.Kept[b], rep.Skipped[b])
+			}
+			for i, p := range rep.Problems {
+				if i == 20 {
+					fmt.Fprintf(env.stdout, "  ... %d more\n", len(rep.Problems)-20+rep.More)
+					break
+				}
+				fmt.Fprintf(env.stdout, "  skipped: %s\n", p)
+			}
+			fmt.Fprintf(env.stdout, "the damaged file is unchanged; to use the new one (agent stopped):\n  mv %s %s.damaged && mv %s %s\n", rep.Source, rep.Source, rep.Dest, rep.Source)
+			return nil
+		}},
 	})}
+}
+
+func printCheck(env *cliEnv, rep *store.CheckReport) {
+	fmt.Fprintf(env.stdout, "%s: %d bytes, %d pages of %d bytes, txid %d\n", rep.Path, rep.FileSize, rep.Pages, rep.PageSize, rep.TxID)
+	for _, b := range []string{"visits", "templates", "identities", "alerts", "outbox"} {
+		fmt.Fprintf(env.stdout, "  %-10s %d records\n", b, rep.Records[b])
+	}
+	if !rep.TemplatesVerified {
+		fmt.Fprintln(env.stdout, "  encrypted templates not authenticated (no key given: --key-file)")
+	}
+	for _, w := range rep.Warnings {
+		fmt.Fprintf(env.stdout, "warning: %s\n", w)
+	}
+	if rep.OK() {
+		fmt.Fprintf(env.stdout, "ok (bbolt check: %v)\n", rep.BoltCheck)
+		return
+	}
+	for _, p := range rep.Problems {
+		fmt.Fprintf(env.stdout, "damaged: %s\n", p)
+	}
+	if rep.More > 0 {
+		fmt.Fprintf(env.stdout, "damaged: ... %d more\n", rep.More)
+	}
 }
 
 // dbStats is `db stats`'s report: the store's figures and how many stored

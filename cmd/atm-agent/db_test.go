@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -108,4 +109,115 @@ func TestDBStatsTemplatesOfOtherModels(t *testing.T) {
 	if !strings.Contains(out.String(), `"template_model_error"`) || strings.Contains(out.String(), "templates_not_loaded") {
 		t.Errorf("stats without models: %s", out.String())
 	}
+}
+
+// Operator commands on a damaged, missing or credential-keyed store.
+func TestDBCommandsOperator(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.db")
+	keyFile := filepath.Join(dir, "store.key")
+	if err := os.WriteFile(keyFile, bytes.Repeat([]byte{5}, 32), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := store.LoadKey(keyFile)
+	st, err := store.Open(path, store.Options{Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		_, err := st.CommitVisit(context.Background(), store.Commit{
+			Identities: []store.Identity{{ID: "p-a", Status: "pending"}},
+			Visit: &visit.Visit{Time: time.Now().Add(time.Duration(i) * time.Second), IdentityID: "p-a",
+				Descriptor: visit.Descriptor{Outcome: visit.FaceFound, Embedding: []float32{1, 0}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte("store:\n  path: "+path+"\n  key_file: credential:store-key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	run := func(args ...string) (string, int) {
+		var out bytes.Buffer
+		code := runMain(context.Background(), append([]string{"db"}, args...), &out, &out)
+		return out.String(), code
+	}
+
+	// A typo'd path: an error, and no file made.
+	typo := filepath.Join(dir, "typo.db")
+	for _, c := range []string{"stats", "export", "compact", "check"} {
+		if out, code := run(c, "--db", typo); code == 0 {
+			t.Fatalf("%s on a missing file: exit 0: %s", c, out)
+		}
+		if _, err := os.Stat(typo); err == nil {
+			t.Fatalf("%s created %s", c, typo)
+		}
+	}
+	// The documented credential: key: reading commands work without it;
+	// those that need it say how to give it, and take --key-file.
+	if out, code := run("stats", "--config", cfg); code != 0 || !strings.Contains(out, `"key_check": true`) {
+		t.Fatalf("stats with a credential key outside the service: %d %s", code, out)
+	}
+	if out, code := run("compact", "--config", cfg); code == 0 || !strings.Contains(out, "--key-file") {
+		t.Fatalf("compact without the credential: %d %s", code, out)
+	}
+	if out, code := run("compact", "--config", cfg, "--key-file", keyFile); code != 0 {
+		t.Fatalf("compact --key-file: %d %s", code, out)
+	}
+	if out, code := run("check", "--config", cfg, "--key-file", keyFile); code != 0 || !strings.Contains(out, "ok") {
+		t.Fatalf("check: %d %s", code, out)
+	}
+
+	// Damage one byte of a template: check names it and exits 65; salvage
+	// keeps the 19 other visits with their templates.
+	b, _ := os.ReadFile(path)
+	rep, _ := store.CheckFile(context.Background(), path, store.CheckOptions{Key: key})
+	if !rep.OK() {
+		t.Fatal(rep.Problems)
+	}
+	damaged := filepath.Join(dir, "damaged.db")
+	os.WriteFile(damaged, damageTemplate(t, b), 0o600)
+	out, code := run("check", "--db", damaged, "--key-file", keyFile)
+	if code != exitStoreDamaged || !strings.Contains(out, "damaged: bucket templates") {
+		t.Fatalf("check of a damaged store: %d %s", code, out)
+	}
+	out, code = run("salvage", "--db", damaged, "--key-file", keyFile, "-o", filepath.Join(dir, "new.db"))
+	if code != 0 || !strings.Contains(out, "visits kept 20, skipped 0; templates lost 1") {
+		t.Fatalf("salvage: %d %s", code, out)
+	}
+	if out, code := run("check", "--db", filepath.Join(dir, "new.db"), "--key-file", keyFile); code != 0 {
+		t.Fatalf("check of the salvaged store: %d %s", code, out)
+	}
+}
+
+// damageTemplate flips a byte inside the last sealed template of the file.
+func damageTemplate(t *testing.T, b []byte) []byte {
+	t.Helper()
+	out := bytes.Clone(b)
+	// Templates are the only records holding 2 float32 sealed: 1 flag
+	// byte, 12 nonce, 8 ciphertext, 16 tag = 37 bytes after a 16-byte key.
+	// Find a leaf element of value size 37 and flip its last byte.
+	for off := 4096; off+16 <= len(out); off += 4096 {
+		if out[off+8] != 0x02 { // leaf page
+			continue
+		}
+		n := int(out[off+10]) | int(out[off+11])<<8
+		for e := range n {
+			el := off + 16 + 16*e
+			pos := int(le32(out[el+4:]))
+			ks, vs := int(le32(out[el+8:])), int(le32(out[el+12:]))
+			if ks == 16 && vs == 37 && out[el+pos+ks] == 1 {
+				out[el+pos+ks+vs-1] ^= 0xff
+				return out
+			}
+		}
+	}
+	t.Fatal("no template found")
+	return nil
+}
+
+func le32(b []byte) uint32 {
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
 }

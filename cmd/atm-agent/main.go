@@ -16,6 +16,8 @@ import (
 	"syscall"
 
 	"golang.org/x/term"
+
+	"github.com/periocular/atm-agent/store"
 )
 
 // version is set at link time (-ldflags "-X main.version=...").
@@ -68,6 +70,9 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "atm-agent %s: %v\n", args[0], err)
 		if errors.Is(err, errUsage) {
 			return 2
+		}
+		if errors.Is(err, store.ErrDamaged) {
+			return exitStoreDamaged
 		}
 		return 1
 	}
