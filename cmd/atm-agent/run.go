@@ -316,7 +316,7 @@ func runDaemon(ctx context.Context, cfg Config, env *cliEnv) error {
 	started := time.Now()
 	status := func() wire.Status {
 		h := cam.Health()
-		ch := wire.CameraHealth{Name: cfg.Camera.Source, OK: h.State == camera.StateOK, Error: h.LastError,
+		ch := wire.CameraHealth{Name: cam.Name(), OK: h.State == camera.StateOK, Error: h.LastError,
 			LastFrame: h.LastFrame, Reopens: int(h.Reopens)}
 		depth, _, dropped := st.OutboxStats()
 		return wire.Status{AgentVersion: version, Models: []string{em.Name}, StartedAt: started.UTC(),

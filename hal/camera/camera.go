@@ -19,10 +19,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/periocular/atm-agent/visit"
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/periocular/atm-agent/internal/redact"
+	"github.com/periocular/atm-agent/visit"
 )
 
 // Frame is one captured image: interleaved 8-bit BGR, stride 3*W. It is
@@ -193,7 +195,7 @@ func (c *Camera) Burst(ctx context.Context, n int, over time.Duration) ([]Frame,
 	// Run watches req.ctx itself and answers promptly (every wait inside a
 	// burst also selects on it), so the frames taken so far are not lost.
 	r := <-req.reply
-	return r.frames, r.err
+	return r.frames, redact.Error(r.err, c.cfg.Source)
 }
 
 // Run opens the device and serves Burst calls until ctx is done; it then
@@ -285,7 +287,7 @@ func (c *Camera) tryOpen(ctx context.Context) {
 	select {
 	case err = <-s.opened:
 	case <-timer.C:
-		err = fmt.Errorf("open camera %q: no answer within %s: %w", c.cfg.Source, c.cfg.OpenTimeout, ErrStall)
+		err = fmt.Errorf("open camera %q: no answer within %s: %w", c.name(), c.cfg.OpenTimeout, ErrStall)
 		c.update(func(h *Health) { h.Stalls++ })
 	case <-ctx.Done():
 		err = ctx.Err()
@@ -307,12 +309,20 @@ func (c *Camera) tryOpen(ctx context.Context) {
 		}
 		return
 	}
-	c.log.Info("camera open", "source", c.cfg.Source, "kind", ResolveKind(c.cfg), "attempt", c.attempts)
+	c.log.Info("camera open", "source", c.name(), "kind", ResolveKind(c.cfg), "attempt", c.attempts)
 }
 
+// name is the source as printed: credentials in a stream URL masked
+// (redact.URL), for every log line, error and health field.
+func (c *Camera) name() string { return redact.URL(c.cfg.Source) }
+
+// Name is the camera source with any URL credentials masked.
+func (c *Camera) Name() string { return c.name() }
+
 func (c *Camera) openFailed(err error) {
+	err = redact.Error(err, c.cfg.Source)
 	c.nextOpen = time.Now().Add(c.backoff)
-	c.log.Warn("camera unavailable", "source", c.cfg.Source, "err", err, "retry_in", c.backoff)
+	c.log.Warn("camera unavailable", "source", c.name(), "err", err, "retry_in", c.backoff)
 	c.update(func(h *Health) {
 		h.State = StateDown
 		h.ConsecutiveFailures++
@@ -361,6 +371,7 @@ func (c *Camera) read(ctx context.Context) (Frame, error) {
 // readFailed records a failed read and closes the session on a stall, at the
 // end of a non-looping replay, or after MaxReadFailures failures in a row.
 func (c *Camera) readFailed(err error) {
+	err = redact.Error(err, c.cfg.Source)
 	c.sessFails++
 	stall := errors.Is(err, ErrStall)
 	eos := errors.Is(err, ErrEndOfStream)
@@ -381,7 +392,7 @@ func (c *Camera) readFailed(err error) {
 	if eos {
 		c.eos = true
 		c.update(func(h *Health) { h.State = StateDown })
-		c.log.Info("camera replay ended", "source", c.cfg.Source)
+		c.log.Info("camera replay ended", "source", c.name())
 		return
 	}
 	c.openFailed(err)
@@ -398,7 +409,7 @@ func (c *Camera) do(ctx context.Context, kind opKind) (Frame, error) {
 	select { // the session is idle between operations; the timer is a safety net
 	case c.sess.ops <- o:
 	case <-timer.C:
-		return Frame{}, fmt.Errorf("camera %q: %w (device goroutine busy)", c.cfg.Source, ErrStall)
+		return Frame{}, fmt.Errorf("camera %q: %w (device goroutine busy)", c.name(), ErrStall)
 	case <-ctx.Done():
 		return Frame{}, ctx.Err()
 	}
@@ -406,7 +417,7 @@ func (c *Camera) do(ctx context.Context, kind opKind) (Frame, error) {
 	case r := <-o.reply:
 		return r.frame, r.err
 	case <-timer.C:
-		return Frame{}, fmt.Errorf("camera %q: no frame within %s: %w", c.cfg.Source, c.cfg.ReadTimeout, ErrStall)
+		return Frame{}, fmt.Errorf("camera %q: no frame within %s: %w", c.name(), c.cfg.ReadTimeout, ErrStall)
 	case <-ctx.Done():
 		// Run is stopping: shutdown closes the session and waits for it.
 		return Frame{}, ctx.Err()

@@ -12,6 +12,7 @@ import (
 	"gocv.io/x/gocv"
 
 	"github.com/periocular/atm-agent/internal/imagecheck"
+	"github.com/periocular/atm-agent/internal/redact"
 	"github.com/periocular/atm-agent/vision"
 )
 
@@ -26,7 +27,7 @@ func OpenCV(cfg Config) (Device, error) {
 	case KindDevice, KindStream, KindFile:
 		return openCapture(cfg, kind)
 	default:
-		return nil, fmt.Errorf("open camera %q: unknown kind %q", cfg.Source, kind)
+		return nil, fmt.Errorf("open camera %q: unknown kind %q", redact.URL(cfg.Source), kind)
 	}
 }
 
@@ -68,7 +69,7 @@ func openCapture(cfg Config, kind string) (Device, error) {
 		if vc != nil {
 			vc.Close()
 		}
-		return nil, fmt.Errorf("open camera %q (%s): %w", cfg.Source, kind, err)
+		return nil, redact.Error(fmt.Errorf("open camera %q (%s): %w", redact.URL(cfg.Source), kind, err), cfg.Source)
 	}
 	if kind == KindDevice || kind == KindStream {
 		if cfg.Width > 0 && cfg.Height > 0 {

@@ -18,6 +18,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/periocular/atm-agent/internal/redact"
 	"github.com/periocular/atm-agent/sync/wire"
 	"github.com/periocular/atm-agent/visit"
 )
@@ -83,7 +84,7 @@ type Publisher struct {
 	client      mqtt.Client
 	connectedAt time.Time
 	lastErr     string
-	lastErrLog  time.Time
+	errLogged   map[string]time.Time // message -> when it was last logged
 	ran         bool
 
 	connects, published, historical, failed, lastSeq atomic.Uint64
@@ -139,9 +140,13 @@ func New(cfg Config, d Deps) (*Publisher, error) {
 	opts.SetConnectionNotificationHandler(func(_ mqtt.Client, n mqtt.ConnectionNotification) {
 		switch n := n.(type) {
 		case mqtt.ConnectionNotificationBrokerFailed:
-			p.setErr(fmt.Errorf("connect %s: %w", n.Broker, n.Reason))
+			p.setErr(fmt.Errorf("connect %s: %w", redact.URL(n.Broker.String()), n.Reason))
 		case mqtt.ConnectionNotificationFailed:
-			p.setErr(fmt.Errorf("connect: %w", n.Reason))
+			// Follows a BrokerFailed for every broker, which was logged
+			// with the broker's name: record, do not log it again.
+			p.mu.Lock()
+			p.lastErr = redact.String(fmt.Sprintf("connect: %v", n.Reason), p.cfg.Brokers...)
+			p.mu.Unlock()
 		}
 	})
 	p.opts = opts
@@ -206,15 +211,31 @@ func (p *Publisher) Stats() Stats {
 	return s
 }
 
+// redactAll masks the credentials in broker URLs.
+func redactAll(urls []string) []string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = redact.URL(u)
+	}
+	return out
+}
+
 func (p *Publisher) setErr(err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	msg := err.Error()
-	// Retrying connects fail every few seconds: log changes, and repeats
-	// once a minute.
-	if msg != p.lastErr || p.now().Sub(p.lastErrLog) > time.Minute {
+	msg := redact.String(err.Error(), p.cfg.Brokers...)
+	// Retrying connects fail every few seconds, and each retry reports
+	// twice (the broker's failure, then the attempt's), so comparing with
+	// the previous message alone logged every retry twice. Each distinct
+	// message is logged once, then at most once a minute, until a
+	// connection succeeds (onConnect forgets them: the next failure is a
+	// change of state and logged again).
+	if p.errLogged == nil {
+		p.errLogged = map[string]time.Time{}
+	}
+	if at, ok := p.errLogged[msg]; !ok || p.now().Sub(at) > time.Minute {
 		p.log.Warn("mqtt", "err", msg)
-		p.lastErrLog = p.now()
+		p.errLogged[msg] = p.now()
 	}
 	p.lastErr = msg
 }
@@ -236,7 +257,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	// With ConnectRetry the token completes only once connected; failures
 	// are reported through the notification handler.
 	p.client.Connect()
-	p.log.Info("mqtt publisher started", "brokers", p.cfg.Brokers, "status_topic", p.topics.Status())
+	p.log.Info("mqtt publisher started", "brokers", redactAll(p.cfg.Brokers), "status_topic", p.topics.Status())
 
 	tick := time.NewTicker(p.cfg.DrainInterval)
 	defer tick.Stop()
@@ -272,6 +293,7 @@ func (p *Publisher) shutdown() {
 func (p *Publisher) onConnect(c mqtt.Client) {
 	p.mu.Lock()
 	p.connectedAt = p.now()
+	clear(p.errLogged)
 	ctx := p.runCtx
 	p.mu.Unlock()
 	p.connects.Add(1)
@@ -467,7 +489,7 @@ func Probe(ctx context.Context, cfg Config) error {
 	opts.SetAutoReconnect(false)
 	c := mqtt.NewClient(opts)
 	if err := waitToken(ctx, c.Connect(), cfg.ConnectTimeout+time.Second); err != nil {
-		return fmt.Errorf("mqtt connect %v: %w", cfg.Brokers, err)
+		return redact.Error(fmt.Errorf("mqtt connect %v: %w", redactAll(cfg.Brokers), err), cfg.Brokers...)
 	}
 	c.Disconnect(100)
 	return nil

@@ -13,6 +13,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/periocular/atm-agent/internal/redact"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -249,7 +250,7 @@ func Watch(ctx context.Context, cfg Config, filter WatchFilter, out io.Writer) e
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("watch: connect %v: %w", cfg.Brokers, err)
+		return redact.Error(fmt.Errorf("watch: connect %v: %w", redactAll(cfg.Brokers), err), cfg.Brokers...)
 	}
 	defer c.Disconnect(100)
 	t := time.NewTicker(filter.Refresh)
