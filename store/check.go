@@ -216,6 +216,7 @@ type records struct {
 	superseded map[uint64]bool
 
 	good, bad map[string]int // records per bucket
+	rejected  []string       // why records were rejected (salvage)
 	buckets   map[string]bool
 	// wrongKey: the key given is not this store's (the key check and
 	// every template refuse it). keyCheckBad: the key check refused it;

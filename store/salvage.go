@@ -79,7 +79,19 @@ func Salvage(ctx context.Context, src, dst string, opts Options) (*SalvageReport
 	}
 	defer bf.Close()
 	rep.Warnings = warns
-	recs := newRecords(true, aead)
+	recs, w := salvageWalk(bf, aead)
+	if len(recs.buckets) == 0 {
+		// The root page is unreadable: the previous transaction's tree
+		// (the other meta page) has its own root page, and bbolt does not
+		// reuse the pages of that tree before the next commit.
+		for _, m := range bf.metas {
+			if m.invalid == "" && m.page != bf.meta.page && bf.checkMetaBounds(m) == nil {
+				rep.Warnings = append(rep.Warnings, fmt.Sprintf("root page %d unreadable; read the previous transaction (meta page %d, txid %d): the last transaction is lost", bf.meta.root, m.page, m.txid))
+				bf.meta = m
+				recs, w = salvageWalk(bf, aead)
+			}
+		}
+	}
 	problem := func(format string, args ...any) {
 		if len(rep.Problems) >= maxProblems {
 			rep.More++
@@ -87,14 +99,9 @@ func Salvage(ctx context.Context, src, dst string, opts Options) (*SalvageReport
 		}
 		rep.Problems = append(rep.Problems, fmt.Sprintf(format, args...))
 	}
-	w := &treeWalk{bf: bf,
-		onBucket: func(b string) { recs.buckets[b] = true },
-		onRecord: func(b string, k, v []byte) {
-			if why := recs.add(b, k, v); why != "" {
-				problem("bucket %s: record %s skipped: %s", b, printableKey(k), why)
-			}
-		}}
-	w.walk()
+	for _, p := range recs.rejected {
+		problem("%s", p)
+	}
 	for _, p := range w.problems {
 		problem("%s", p)
 	}
@@ -356,4 +363,18 @@ func fileOwner(fi os.FileInfo) (uid, gid int, ok bool) {
 		return 0, 0, false
 	}
 	return int(st.Uid), int(st.Gid), true
+}
+
+// salvageWalk reads every record reachable from bf's meta page.
+func salvageWalk(bf *boltFile, aead cipher.AEAD) (*records, *treeWalk) {
+	recs := newRecords(true, aead)
+	w := &treeWalk{bf: bf,
+		onBucket: func(b string) { recs.buckets[b] = true },
+		onRecord: func(b string, k, v []byte) {
+			if why := recs.add(b, k, v); why != "" {
+				recs.rejected = append(recs.rejected, fmt.Sprintf("bucket %s: record %s skipped: %s", b, printableKey(k), why))
+			}
+		}}
+	w.walk()
+	return recs, w
 }
