@@ -78,19 +78,21 @@ func (c Config) withDefaults() Config {
 func (c Config) Validate() error {
 	var errs []error
 	for _, f := range []struct {
-		name string
-		v    time.Duration
-		min  time.Duration
+		name     string
+		v        time.Duration
+		min, max time.Duration
 	}{
-		{"summary_interval", c.SummaryInterval, time.Second},
-		{"consolidate_interval", c.ConsolidateInterval, time.Second},
-		{"purge_interval", c.PurgeInterval, time.Second},
-		{"visit_timeout", c.VisitTimeout, 100 * time.Millisecond},
-		{"heartbeat_interval", c.HeartbeatInterval, 10 * time.Millisecond},
-		{"stop_grace", c.StopGrace, 0},
+		{"summary_interval", c.SummaryInterval, time.Second, 24 * time.Hour},
+		{"consolidate_interval", c.ConsolidateInterval, time.Second, 7 * 24 * time.Hour},
+		{"purge_interval", c.PurgeInterval, time.Second, 7 * 24 * time.Hour},
+		{"visit_timeout", c.VisitTimeout, 100 * time.Millisecond, 5 * time.Minute},
+		{"heartbeat_interval", c.HeartbeatInterval, 10 * time.Millisecond, time.Hour},
+		{"stop_grace", c.StopGrace, 0, 5 * time.Minute},
 	} {
 		if f.v < f.min || f.v < 0 {
 			errs = append(errs, fmt.Errorf("agent.%s %v: must be at least %v (e.g. \"5m\")", f.name, f.v, f.min))
+		} else if f.v > f.max {
+			errs = append(errs, fmt.Errorf("agent.%s %v: must be at most %v", f.name, f.v, f.max))
 		}
 	}
 	if c.SummaryMaxIdentities < 1 || c.SummaryMaxIdentities > 10000 {

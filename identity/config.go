@@ -1,7 +1,6 @@
 package identity
 
 import (
-	"errors"
 	"fmt"
 	"math"
 )
@@ -34,6 +33,10 @@ func DefaultConfig() Config {
 	return Config{ConfirmVisits: 2}
 }
 
+// MaxWorkers bounds Config.Workers: each worker is a goroutine with its own
+// buffers, and 100,000,000 of them exhaust memory before any work is done.
+const MaxWorkers = 1024
+
 // Validate reports the first invalid setting.
 func (c Config) Validate() error {
 	if !(c.Thresholds.UU > 0 && c.Thresholds.UU <= 2) {
@@ -45,11 +48,11 @@ func (c Config) Validate() error {
 	if mu := c.Thresholds.MU; !math.IsNaN(mu) && (mu < 0 || mu > 2) {
 		return fmt.Errorf("identity config: thresholds.mu %v: want 0 (disabled) or a cosine distance in (0,2]", mu)
 	}
-	if c.ConfirmVisits < 1 {
-		return errors.New("identity config: confirm_visits must be >= 1")
+	if c.ConfirmVisits < 1 || c.ConfirmVisits > 1000 {
+		return fmt.Errorf("identity config: confirm_visits %d: want 1..1000", c.ConfirmVisits)
 	}
-	if c.Workers < 0 {
-		return errors.New("identity config: workers must be >= 0")
+	if c.Workers < 0 || c.Workers > MaxWorkers {
+		return fmt.Errorf("identity config: workers %d: want 0 (GOMAXPROCS) to %d", c.Workers, MaxWorkers)
 	}
 	return nil
 }

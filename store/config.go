@@ -45,6 +45,10 @@ func DefaultConfig() Config {
 	}
 }
 
+// MaxRetention bounds store.retention (time arithmetic with larger spans
+// overflows).
+const MaxRetention = 10 * 366 * 24 * time.Hour
+
 // Validate reports every invalid setting.
 func (c Config) Validate() error {
 	var errs []error
@@ -53,13 +57,18 @@ func (c Config) Validate() error {
 	}
 	if c.Retention <= 0 {
 		errs = append(errs, fmt.Errorf("store.retention must be positive, e.g. \"720h\" (got %v)", c.Retention))
+	} else if c.Retention > MaxRetention {
+		errs = append(errs, fmt.Errorf("store.retention %v: at most %v (10 years)", c.Retention, MaxRetention))
 	}
-	if c.LockTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("store.lock_timeout must be positive (got %v)", c.LockTimeout))
+	if c.LockTimeout <= 0 || c.LockTimeout > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("store.lock_timeout must be positive, at most 10m (got %v)", c.LockTimeout))
 	}
 	o := c.Outbox
 	if o.MaxMessages <= 0 || o.MaxBytes <= 0 {
 		errs = append(errs, fmt.Errorf("store.outbox.max_messages and max_bytes must be positive (got %d, %d)", o.MaxMessages, o.MaxBytes))
+	}
+	if o.AlertCapMessages > 100_000_000 || o.AlertCapBytes > 64<<30 {
+		errs = append(errs, fmt.Errorf("store.outbox caps (%d messages, %d bytes): at most 100000000 messages and 64 GiB", o.AlertCapMessages, o.AlertCapBytes))
 	}
 	if o.AlertCapMessages < o.MaxMessages || o.AlertCapBytes < o.MaxBytes {
 		errs = append(errs, fmt.Errorf("store.outbox alert caps (%d messages, %d bytes) must be at least max_messages/max_bytes (%d, %d)",

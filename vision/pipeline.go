@@ -73,14 +73,36 @@ func DefaultConfig() Config {
 // Validate reports settings that cannot work.
 func (c Config) Validate() error {
 	var errs []error
-	if c.MinScore < 0 || c.MinScore >= 1 {
+	// Every comparison is written so that NaN fails it (NaN < x and
+	// NaN > x are both false): !(lo <= v && v <= hi).
+	if !(c.MinScore >= 0 && c.MinScore < 1) {
 		errs = append(errs, fmt.Errorf("min_score %v: must be in [0,1)", c.MinScore))
 	}
-	if c.BestFrames < 1 {
-		errs = append(errs, fmt.Errorf("best_frames %d: must be at least 1", c.BestFrames))
+	for _, f := range []struct {
+		name    string
+		v       float64
+		lo, hi  float64
+		meaning string
+	}{
+		{"min_face_px", c.MinFacePx, 0, 4096, "pixels"},
+		{"min_contrast", c.MinContrast, 0, 255, "grey levels"},
+		{"min_sharpness", c.MinSharpness, 0, 1e6, "Laplacian variance"},
+		{"max_roll", c.MaxRoll, 0, 180, "degrees; 0 turns the gate off"},
+		{"max_yaw", c.MaxYaw, 0, 10, "nose offset / eye distance; 0 turns the gate off"},
+		{"new_identity_quality", c.NewIdentityQuality, 0, 1, "quality"},
+	} {
+		if !(f.v >= f.lo && f.v <= f.hi) {
+			errs = append(errs, fmt.Errorf("%s %v: want %g..%g (%s)", f.name, f.v, f.lo, f.hi, f.meaning))
+		}
 	}
-	if c.PadTight != 0 && c.PadTight < 1 {
-		errs = append(errs, fmt.Errorf("pad_tight %v: 0 (off) or >= 1", c.PadTight))
+	if c.BestFrames < 1 || c.BestFrames > 100 {
+		errs = append(errs, fmt.Errorf("best_frames %d: want 1..100", c.BestFrames))
+	}
+	if c.Threads < 0 || c.Threads > 256 {
+		errs = append(errs, fmt.Errorf("threads %d: want 0 (OpenCV's default) to 256", c.Threads))
+	}
+	if !(c.PadTight == 0 || (c.PadTight >= 1 && c.PadTight <= 4)) {
+		errs = append(errs, fmt.Errorf("pad_tight %v: 0 (off) or 1..4", c.PadTight))
 	}
 	return errors.Join(errs...)
 }

@@ -76,6 +76,13 @@ func DefaultRules() []Rule {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
+// Bounds of a rule's numbers: a threshold no window of visits can reach,
+// or a span whose arithmetic with times overflows, is a mistake.
+const (
+	MaxThreshold = 1_000_000
+	MaxSpan      = 366 * 24 * time.Hour
+)
+
 // Validate checks every rule and returns all problems at once, each naming
 // the rule and saying how to fix it.
 func Validate(rules []Rule) error {
@@ -112,14 +119,20 @@ func Validate(rules []Rule) error {
 		}
 		if r.Threshold < minThreshold {
 			bad("threshold must be at least %d (got %d)", minThreshold, r.Threshold)
+		} else if r.Threshold > MaxThreshold {
+			bad("threshold %d is above %d: it could never be reached", r.Threshold, MaxThreshold)
 		}
 		if r.Window <= 0 {
 			bad("window must be a positive duration such as \"1h\" or \"24h\" (got %v)", r.Window)
 		} else if r.Window < time.Second {
 			bad("window %v is too short; use at least 1s", r.Window)
+		} else if r.Window > MaxSpan {
+			bad("window %v is too long; use at most %v (a year)", r.Window, MaxSpan)
 		}
 		if r.Cooldown < 0 {
 			bad("cooldown must not be negative (got %v)", r.Cooldown)
+		} else if r.Cooldown > MaxSpan {
+			bad("cooldown %v is too long; use at most %v (a year)", r.Cooldown, MaxSpan)
 		}
 	}
 	return errors.Join(errs...)

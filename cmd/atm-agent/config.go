@@ -198,6 +198,16 @@ func (c Config) Warnings() []string {
 // read at start (the MQTT command public keys), so `config check` finds a
 // missing or bad one.
 func (c Config) checkFiles() error {
+	// The store key: missing, unreadable or short keys fail here rather
+	// than when the daemon opens the store. A systemd credential can only
+	// be read where CREDENTIALS_DIRECTORY is set (ExecStartPre is).
+	if k := c.Store.KeyFile; k != "" && (!strings.HasPrefix(k, "credential:") || os.Getenv("CREDENTIALS_DIRECTORY") != "") {
+		key, err := store.LoadKey(k)
+		clear(key)
+		if err != nil {
+			return fmt.Errorf("store.key_file: %w", err)
+		}
+	}
 	if c.MQTT.Enabled && c.MQTT.Commands.Enabled {
 		if _, err := c.MQTT.Commands.LoadKeys(); err != nil {
 			return err
@@ -227,11 +237,11 @@ func (c Config) Validate() error {
 	if c.Vision.Validate() != nil {
 		bad(fmt.Errorf("vision: %w", c.Vision.Validate()))
 	}
-	if c.Identity.ConfirmVisits < 1 {
-		bad(fmt.Errorf("identity.confirm_visits %d: must be at least 1", c.Identity.ConfirmVisits))
+	if c.Identity.ConfirmVisits < 1 || c.Identity.ConfirmVisits > 1000 {
+		bad(fmt.Errorf("identity.confirm_visits %d: want 1..1000", c.Identity.ConfirmVisits))
 	}
-	if c.Identity.Workers < 0 {
-		bad(errors.New("identity.workers must not be negative"))
+	if c.Identity.Workers < 0 || c.Identity.Workers > identity.MaxWorkers {
+		bad(fmt.Errorf("identity.workers %d: want 0 (all cores) to %d", c.Identity.Workers, identity.MaxWorkers))
 	}
 	if t := c.Identity.Thresholds; t != nil {
 		ic := identity.Config{Thresholds: *t, ConfirmVisits: 1}

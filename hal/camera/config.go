@@ -113,8 +113,11 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("camera.kind %q: want auto, device, stream, file or images", c.Kind))
 	}
-	if c.Width < 0 || c.Height < 0 || c.FPS < 0 {
-		errs = append(errs, errors.New("camera.width, height and fps must not be negative"))
+	if c.Width < 0 || c.Height < 0 || c.Width > 16384 || c.Height > 16384 {
+		errs = append(errs, fmt.Errorf("camera.width %d, height %d: want 0 (driver default) to 16384", c.Width, c.Height))
+	}
+	if !(c.FPS >= 0 && c.FPS <= 1000) {
+		errs = append(errs, fmt.Errorf("camera.fps %v: want 0 (driver default) to 1000", c.FPS))
 	}
 	if c.BurstFrames < 0 || c.BurstFrames > 100 {
 		errs = append(errs, fmt.Errorf("camera.burst_frames %d: want 1..100", c.BurstFrames))
@@ -122,16 +125,24 @@ func (c Config) Validate() error {
 	if c.FlushFrames < 0 || c.FlushFrames > 100 {
 		errs = append(errs, fmt.Errorf("camera.flush_frames %d: want 0..100", c.FlushFrames))
 	}
-	for name, d := range map[string]time.Duration{
-		"burst_duration": c.BurstDuration, "read_timeout": c.ReadTimeout, "open_timeout": c.OpenTimeout,
-		"reopen_min": c.ReopenMin, "reopen_max": c.ReopenMax, "close_timeout": c.CloseTimeout,
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+		max  time.Duration
+	}{
+		{"burst_duration", c.BurstDuration, 10 * time.Second},
+		{"read_timeout", c.ReadTimeout, 5 * time.Minute},
+		{"open_timeout", c.OpenTimeout, 10 * time.Minute},
+		{"reopen_min", c.ReopenMin, time.Hour},
+		{"reopen_max", c.ReopenMax, time.Hour},
+		{"close_timeout", c.CloseTimeout, time.Minute},
 	} {
-		if d < 0 {
-			errs = append(errs, fmt.Errorf("camera.%s %s must not be negative", name, d))
+		if f.d < 0 || f.d > f.max {
+			errs = append(errs, fmt.Errorf("camera.%s %s: want 0 (default) to %s", f.name, f.d, f.max))
 		}
 	}
-	if c.MaxReadFailures < 0 {
-		errs = append(errs, errors.New("camera.max_read_failures must not be negative"))
+	if c.MaxReadFailures < 0 || c.MaxReadFailures > 1000 {
+		errs = append(errs, fmt.Errorf("camera.max_read_failures %d: want 0 (default) to 1000", c.MaxReadFailures))
 	}
 	if c.ReopenMax != 0 && c.ReopenMin > c.ReopenMax {
 		errs = append(errs, fmt.Errorf("camera.reopen_min %s is above reopen_max %s", c.ReopenMin, c.ReopenMax))

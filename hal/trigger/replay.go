@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -37,8 +38,11 @@ func (c ReplayConfig) Validate() error {
 	if c.Interval < 0 || c.Count < 0 {
 		errs = append(errs, errors.New("trigger.replay: interval and count must not be negative"))
 	}
-	if c.Speed < 0 {
-		errs = append(errs, fmt.Errorf("trigger.replay.speed %g must not be negative", c.Speed))
+	if math.IsNaN(c.Speed) || c.Speed < 0 || c.Speed > 1e6 {
+		errs = append(errs, fmt.Errorf("trigger.replay.speed %g: want 0 (real time) up to 1e6", c.Speed))
+	}
+	if c.Interval > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("trigger.replay.interval %s: want at most 24h", c.Interval))
 	}
 	if c.Start != "" {
 		if _, err := time.Parse(time.RFC3339, c.Start); err != nil {

@@ -18,6 +18,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/periocular/atm-agent/internal/redact"
+
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -150,19 +152,19 @@ func (c Config) Validate() error {
 	for _, b := range c.Brokers {
 		u, err := url.Parse(b)
 		if err != nil {
-			return fmt.Errorf("mqtt config: broker %q: %w", b, err)
+			return fmt.Errorf("mqtt config: broker %q: %w", redact.URL(b), redact.Error(err, b))
 		}
 		switch u.Scheme {
 		case "ssl", "tls", "mqtts", "wss":
 		case "tcp", "mqtt", "ws":
 			if usesTLS {
-				return fmt.Errorf("mqtt config: broker %q is not a TLS URL but tls is configured (use ssl://)", b)
+				return fmt.Errorf("mqtt config: broker %q is not a TLS URL but tls is configured (use ssl://)", redact.URL(b))
 			}
 		default:
-			return fmt.Errorf("mqtt config: broker %q: unsupported scheme %q", b, u.Scheme)
+			return fmt.Errorf("mqtt config: broker %q: unsupported scheme %q", redact.URL(b), u.Scheme)
 		}
 		if u.Host == "" {
-			return fmt.Errorf("mqtt config: broker %q: missing host", b)
+			return fmt.Errorf("mqtt config: broker %q: missing host", redact.URL(b))
 		}
 	}
 	if _, err := c.Topics(); err != nil {
@@ -174,12 +176,17 @@ func (c Config) Validate() error {
 	if c.Username == "" && c.PasswordFile != "" {
 		return errors.New("mqtt config: password_file without username")
 	}
-	for name, d := range map[string]time.Duration{
-		"keep_alive": c.KeepAlive, "connect_timeout": c.ConnectTimeout, "reconnect_backoff_max": c.ReconnectBackoffMax,
-		"publish_timeout": c.PublishTimeout, "drain_interval": c.DrainInterval, "historical_after": c.HistoricalAfter,
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+		max  time.Duration
+	}{
+		{"keep_alive", c.KeepAlive, time.Hour}, {"connect_timeout", c.ConnectTimeout, 10 * time.Minute},
+		{"reconnect_backoff_max", c.ReconnectBackoffMax, time.Hour}, {"publish_timeout", c.PublishTimeout, 10 * time.Minute},
+		{"drain_interval", c.DrainInterval, time.Hour}, {"historical_after", c.HistoricalAfter, 7 * 24 * time.Hour},
 	} {
-		if d <= 0 {
-			return fmt.Errorf("mqtt config: %s must be > 0", name)
+		if f.d <= 0 || f.d > f.max {
+			return fmt.Errorf("mqtt config: %s %s: want more than 0, at most %s", f.name, f.d, f.max)
 		}
 	}
 	if c.KeepAlive < time.Second {
