@@ -39,6 +39,12 @@ export DEB_VERSION
 
 mkdir -p build/deb
 "$BIN" config default >build/deb/config.yaml
+# Templates are encrypted at rest in the package: postinst creates
+# /etc/atm-agent/store.key and the unit passes it as the credential store-key
+# (LoadCredential=). docs/security.md "Templates at rest".
+sed -i 's|^  key_file: "" .*$|  key_file: credential:store-key   # templates encrypted at rest (/etc/atm-agent/store.key via the unit'"'"'s LoadCredential=)|' build/deb/config.yaml
+grep -q '^  key_file: credential:store-key ' build/deb/config.yaml ||
+	{ echo "build-deb: could not set store.key_file in the packaged config" >&2; exit 1; }
 "$BIN" config check build/deb/config.yaml >/dev/null
 
 # A statically linked binary (make static / static-arm64) needs no library.

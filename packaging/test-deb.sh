@@ -70,6 +70,7 @@ check "Depends lists OpenCV dnn" sh -c "dpkg-query -W -f='\${Depends}' atm-agent
 out=$(systemd-analyze verify /lib/systemd/system/atm-agent.service 2>&1) && [ -z "$out" ] &&
 	ok "systemd-analyze verify: no output" || bad "systemd-analyze verify: $out"
 check "config check as atm-agent" runuser -u atm-agent -- atm-agent config check /etc/atm-agent/config.yaml
+check "templates encrypted at rest by default" grep -q '^  key_file: credential:store-key ' /etc/atm-agent/config.yaml
 check "models verify" atm-agent models verify --dir /usr/lib/atm-agent/models
 echo "info installed files: $(dpkg -L atm-agent | while read -r f; do [ -f "$f" ] && [ ! -L "$f" ] && stat -c %s "$f"; done | awk '{s += $1} END {print s}') bytes"
 
