@@ -93,6 +93,21 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// freePorts returns n distinct free loopback ports (freePort called twice
+// may return the same one: each is closed before the next is asked for).
+func freePorts(t *testing.T, n int) []int {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
 // mosquitto runs Debian's broker on a free loopback port.
 func mosquitto(t *testing.T) string {
 	const bin = "/usr/sbin/mosquitto"

@@ -37,7 +37,8 @@ func TestListenerFlood(t *testing.T) {
 	dir := t.TempDir()
 	frames := filepath.Join(dir, "frames")
 	writeFrames(t, frames, 4)
-	port, trig := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ports := freePorts(t, 2)
+	port, trig := ports[0], fmt.Sprintf("127.0.0.1:%d", ports[1])
 	sock, tokFile, token := filepath.Join(dir, "trigger.sock"), filepath.Join(dir, "token"), "flood-test-token-0123456789"
 	os.WriteFile(tokFile, []byte(token), 0o600)
 	cfg := baseConfig(modelsDir(t), filepath.Join(dir, "agent.db"), port) + fmt.Sprintf(`camera:

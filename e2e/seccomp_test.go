@@ -362,9 +362,10 @@ func newSeccompSetup(t *testing.T) *seccompSetup {
 	dir := t.TempDir()
 	frames := filepath.Join(dir, "frames")
 	writeFrames(t, frames, 4)
+	ports := freePorts(t, 2)
 	s := &seccompSetup{sock: filepath.Join(dir, "trigger.sock"), token: "seccomp-test-token-0123456789",
-		port: freePort(t), broker: mosquitto(t)}
-	s.tcp = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		port: ports[0], broker: mosquitto(t)}
+	s.tcp = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	tokFile, keyFile := filepath.Join(dir, "token"), filepath.Join(dir, "store.key")
 	key := make([]byte, 32)
 	rand.Read(key)
@@ -429,12 +430,14 @@ func notifySocket(t *testing.T) (string, func() []string) {
 	}
 }
 
-// runUnderFilter starts `bin run` under allow, drives every listener once
+// runUnderFilter starts `bin run` under allow with a setup of its own (a
+// fresh store: replayed visits already stored are skipped), drives every listener once
 // while four replayed visits go through, stops it with SIGTERM and returns
 // the exit error and the log. ok is false if the agent did not get as far
 // as its visits (it was killed earlier or timed out).
-func runUnderFilter(t *testing.T, s *seccompSetup, allow []string, bin string) (err error, log string, ok bool) {
+func runUnderFilter(t *testing.T, allow []string, bin string) (err error, log string, ok bool) {
 	t.Helper()
+	s := newSeccompSetup(t)
 	notify, notes := notifySocket(t)
 	p := &agentProc{log: &syncBuf{}, done: make(chan error, 1)}
 	p.cmd = seccompCmd(t, allow, bin, "run", "--config", s.cfg)
@@ -541,9 +544,9 @@ func TestSeccompUnitFilter(t *testing.T) {
 	if !f.allow["set_mempolicy"] {
 		t.Errorf("the unit's filter refuses set_mempolicy, which libnuma calls at load")
 	}
-	s := newSeccompSetup(t)
 	for name, bin := range shippedBinaries(t) {
 		t.Run(name, func(t *testing.T) {
+			s := newSeccompSetup(t)
 			out, err := configCheck(t, allow, bin, s.cfg)
 			if err != nil {
 				if killedBySIGSYS(err) {
@@ -554,12 +557,12 @@ func TestSeccompUnitFilter(t *testing.T) {
 				}
 				return
 			}
-			err, log, ok := runUnderFilter(t, s, allow, bin)
+			err, log, ok := runUnderFilter(t, allow, bin)
 			if err != nil || !ok {
 				msg := fmt.Sprintf("run under the unit's filter: exit %v, completed %v\n%s", err, ok, tail(log, 15))
 				if killedBySIGSYS(err) {
 					msg += fmt.Sprintf("\nrefused calls it needs: %v", missingCalls(t, allow, func(a []string) bool {
-						err, _, ok := runUnderFilter(t, s, a, bin)
+						err, _, ok := runUnderFilter(t, a, bin)
 						return err == nil && ok
 					}))
 				}
@@ -614,7 +617,7 @@ func TestSeccompHarnessCatchesRefusedCall(t *testing.T) {
 		if out, err := configCheck(t, allow, agentBin, s.cfg); err != nil {
 			t.Fatalf("config check without accept4: %v\n%s", err, out)
 		}
-		err, log, ok := runUnderFilter(t, s, allow, agentBin)
+		err, log, ok := runUnderFilter(t, allow, agentBin)
 		if ok || !killedBySIGSYS(err) {
 			t.Fatalf("run with accept4 refused: want death by SIGSYS once a listener serves, got exit %v, completed %v\n%s", err, ok, tail(log, 10))
 		}
