@@ -88,9 +88,9 @@ func (m *metrics) counter(name, help string, f func() float64) {
 }
 
 // metricsMaxConns caps the metrics port's open connections (a scraper or
-// two and a health check are its clients), far below the unit's
-// LimitNOFILE=4096.
-const metricsMaxConns = 32
+// two and a health check are its clients; the margin lets a scrape through
+// a flood), far below the unit's LimitNOFILE=4096.
+const metricsMaxConns = 64
 
 // serveMetrics serves /metrics and /healthz on addr (loopback) until ctx
 // ends. health returns the /healthz body and whether the agent is healthy.

@@ -8,8 +8,9 @@
 // flood until the attacker's connections time out one by one (minutes for
 // a few thousand). Listener instead accepts at once and, when it is at its
 // cap, closes the connection that has waited longest without a request in
-// progress (accepted but no request bytes yet, or idle between keep-alive
-// requests). A client that sends its request as soon as it connects (the
+// progress (accepted but no request read yet, or idle between keep-alive
+// requests), passing over one whose request bytes have arrived but are not
+// read yet (the server is about to serve it). A client that sends its request as soon as it connects (the
 // ATM application, a scraper) is therefore served however many idle
 // connections there are; only a connection whose request is being read or
 // answered is never closed, and those are bounded by the server's read and
@@ -25,8 +26,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -145,19 +148,48 @@ func (l *Listener) Accept() (net.Conn, error) {
 	}
 }
 
-// oldestWaiting returns the connection without a request in progress that
-// has waited longest, or nil. l.mu is held.
+// oldestWaiting returns the connection to close to make room: of those
+// without a request in progress, the one that has waited longest, passing
+// over any whose request bytes already sit unread in the kernel (its
+// request arrived, the server has not got to it yet: under load that is
+// a real client); if all have unread bytes, the oldest. nil if every
+// connection is serving a request. l.mu is held.
 func (l *Listener) oldestWaiting() *conn {
-	var old *conn
+	var cands []*conn
 	for c := range l.conns {
-		if c.busy.Load() {
-			continue
-		}
-		if old == nil || c.waitingSince().Before(old.waitingSince()) {
-			old = c
+		if !c.busy.Load() {
+			cands = append(cands, c)
 		}
 	}
-	return old
+	if len(cands) == 0 {
+		return nil
+	}
+	slices.SortFunc(cands, func(a, b *conn) int { return a.waitingSince().Compare(b.waitingSince()) })
+	for _, c := range cands {
+		if !c.unread() {
+			return c
+		}
+	}
+	return cands[0]
+}
+
+// unread reports whether bytes are waiting in the kernel's receive buffer
+// (a non-blocking MSG_PEEK of one byte).
+func (c *conn) unread() bool {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	rc.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, _ = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	})
+	return n > 0
 }
 
 func (l *Listener) remove(c *conn) {

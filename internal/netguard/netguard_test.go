@@ -232,3 +232,54 @@ func TestCloseUnblocksAccept(t *testing.T) {
 	}
 	a.Close()
 }
+
+// At the cap, a connection whose request has arrived but is not read yet
+// (a starved server) is passed over even when it is the oldest; the oldest
+// silent one is closed instead.
+func TestUnreadRequestNotEvicted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := Limit(ln, 3)
+	defer l.Close()
+	var clients []net.Conn
+	var accepted []net.Conn
+	for i := range 3 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if i == 0 {
+			io.WriteString(c, "POST /v1/visit HTTP/1.1\r\nHost: x\r\n\r\n") // the real client, oldest
+		}
+		clients = append(clients, c)
+		a, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		accepted = append(accepted, a)
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // the request bytes reach the server's socket
+	c4, _ := net.Dial("tcp", ln.Addr().String())
+	defer c4.Close()
+	if _, err := l.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	// The real client's connection is open (its server side still reads
+	// its bytes); the first silent one (clients[1]) was closed.
+	buf := make([]byte, 64)
+	accepted[0].SetReadDeadline(time.Now().Add(time.Second))
+	if n, err := accepted[0].Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "POST") {
+		t.Fatalf("the connection with an unread request was evicted: %d %v", n, err)
+	}
+	clients[1].SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := clients[1].Read(buf); err != io.EOF {
+		t.Errorf("the oldest silent connection was not closed: %v", err)
+	}
+	if st := l.Stats(); st.Evicted != 1 || st.Open != 3 {
+		t.Errorf("stats %+v, want 1 evicted, 3 open", st)
+	}
+}
