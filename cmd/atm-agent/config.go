@@ -250,6 +250,9 @@ func (c Config) Validate() error {
 	bad(c.Alerts.Validate())
 	bad(c.Store.Validate())
 	bad(c.Agent.Validate())
+	if b, v := c.Camera.BurstDuration, c.Agent.VisitTimeout; b > 0 && v > 0 && b >= v {
+		bad(fmt.Errorf("camera.burst_duration %s is not below agent.visit_timeout %s: every visit would time out in its burst", b, v))
+	}
 	n := 0
 	if c.Trigger.GPIO.Enabled {
 		n++

@@ -40,6 +40,7 @@ func TestConfigLimits(t *testing.T) {
 		{"rule threshold int64 max", rule("threshold", "5", "9223372036854775807"), "threshold 9223372036854775807"},
 		{"rule window 2562047h", strings.Replace(base, "window: 1h", "window: 2562047h", 1), "window"},
 		{"retention 2562047h", strings.Replace(base, "retention: 720h0m0s", "retention: 2562047h", 1), "store.retention"},
+		{"burst longer than the visit", strings.Replace(rule("burst_duration", "500ms", "5s"), "visit_timeout: 10s", "visit_timeout: 2s", 1), "burst_duration 5s is not below agent.visit_timeout 2s"},
 		{"visit_timeout 2562047h", strings.Replace(base, "visit_timeout: 10s", "visit_timeout: 2562047h", 1), "visit_timeout"},
 		{"outbox max_messages int64 max", strings.Replace(base, "alert_cap_messages: ", "alert_cap_messages: 9223372036854775807 #", 1), "store.outbox"},
 	} {
