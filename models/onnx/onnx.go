@@ -1,7 +1,8 @@
 // Package onnx writes ONNX model files without generated protobuf types: a
 // small graph builder serialised with protowire. It covers what the project's
 // TF.js converters need (float32 and int64 initializers, node attributes,
-// typed graph inputs and outputs) and nothing more.
+// typed graph inputs and outputs) and nothing more; ClipToAttributes
+// rewrites an existing file for OpenCV 4.6 at the wire level.
 //
 // Field numbers follow onnx/onnx.proto (IR version 7, opset 11 by default, the
 // newest opset Debian 12's OpenCV 4.6 accepts for the operators used here).
