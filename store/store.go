@@ -376,7 +376,7 @@ func (s *Store) initTx(tx *bolt.Tx) (more bool, err error) {
 		if err := putU64(tx.Bucket(bMeta), kSchema, uint64(v+1)); err != nil {
 			return false, err
 		}
-		if v > 0 || ver > 0 {
+		if ver > 0 { // a new store is created, not migrated
 			s.opts.Logger.Info("store schema migrated", "from", v, "to", v+1)
 		}
 	}
