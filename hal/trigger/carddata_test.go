@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -29,6 +30,10 @@ func TestCardDataRefused(t *testing.T) {
 		{"sha256 base64", visit.Context{CardHash: base64.StdEncoding.EncodeToString(sum[:])}, nil},
 		{"sha256 base64url", visit.Context{CardHash: base64.RawURLEncoding.EncodeToString(sum[:])}, nil},
 		{"txn id", visit.Context{TxnID: "T-2025-000123"}, nil},
+		// All digits but no card number: zeros pass Luhn and must not
+		// count (the e2e schedule's stand-in hashes are %064x of 1..4).
+		{"zero-padded small number", visit.Context{CardHash: fmt.Sprintf("%064x", 3)}, nil},
+		{"all zeros", visit.Context{CardHash: strings.Repeat("0", 64)}, nil},
 		{"rrn txn id", visit.Context{TxnID: "RRN 123456789012"}, nil},
 		{"track 2 BCD form, 37 chars", visit.Context{CardHash: "4111111111111111D25121011234567890123"}, ErrTrackData},
 		{"track 2 ascii", visit.Context{CardHash: ";4111111111111111=25121011234567890?"}, ErrTrackData},

@@ -199,17 +199,20 @@ func panIn(run []byte) int {
 	if len(run) < 13 {
 		return 0
 	}
-	if len(run) <= 19 && luhnValid(run) {
+	// A card number starts with its major industry identifier, 1..9; a
+	// candidate starting with 0 is padding (and zeros alone pass Luhn).
+	pan := func(d []byte) bool { return d[0] != '0' && luhnValid(d) }
+	if len(run) <= 19 && pan(run) {
 		return len(run)
 	}
 	starts := [][]byte{run, bytes.TrimLeft(run, "0")}
 	ends := [][]byte{run, bytes.TrimRight(run, "0")}
 	for n := 19; n >= 13; n-- {
 		for k := range 2 {
-			if s := starts[k]; n <= len(s) && luhnValid(s[:n]) {
+			if s := starts[k]; n <= len(s) && pan(s[:n]) {
 				return n
 			}
-			if e := ends[k]; n <= len(e) && luhnValid(e[len(e)-n:]) {
+			if e := ends[k]; n <= len(e) && pan(e[len(e)-n:]) {
 				return n
 			}
 		}
