@@ -601,13 +601,19 @@ func (w *treeWalk) unreached(free map[uint64]bool, freelistPages []uint64) []uin
 }
 
 // reachedFree lists pages both reached and free (bbolt would overwrite them).
-func (w *treeWalk) reachedFree(free map[uint64]bool) []uint64 {
-	var out []uint64
+func (w *treeWalk) reachedFree(free map[uint64]bool) []string {
+	var ids []uint64
 	for id := range w.reached {
 		if free[id] {
-			out = append(out, id)
+			ids = append(ids, id)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	// Name each page with the page that claims it: a damaged overflow
+	// count makes a page claim its free neighbours.
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = fmt.Sprintf("%d (held by %s)", id, w.reached[id])
+	}
 	return out
 }

@@ -646,7 +646,7 @@ func checkFile(path string, aead cipher.AEAD, keep bool) (*CheckReport, *records
 	return rep, recs
 }
 
-func trimList(ids []uint64) string {
+func trimList[T any](ids []T) string {
 	s := fmt.Sprint(ids[:min(len(ids), 10)])
 	if len(ids) > 10 {
 		s = s[:len(s)-1] + fmt.Sprintf(" ... %d in all]", len(ids))
