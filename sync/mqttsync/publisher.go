@@ -436,6 +436,13 @@ func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage
 			complete = false
 			break
 		}
+		// While paho reconnects it would keep a publish in its own
+		// store and resend that copy later, stamped live: the outbox is
+		// the store, so nothing is handed over without a connection.
+		if !p.client.IsConnectionOpen() {
+			complete = false
+			break
+		}
 		now := p.now()
 		hist := now.Sub(m.Created) > p.cfg.HistoricalAfter || m.Created.Before(connectedAt)
 		payload, err := wire.Finalize(m.Payload, m.Seq, MessageID(p.cfg.Topic.Device, m), hist)
