@@ -52,6 +52,8 @@ type Run struct {
 type EmbedOptions struct {
 	// SyntheticMasks paints masks on half of each identity's unmasked images.
 	SyntheticMasks bool
+	// Recrop re-cuts every face before perception (vision.Recrop).
+	Recrop vision.Recrop
 	// CacheDir, when set, keeps results keyed by models, settings and files.
 	CacheDir string
 	// CacheKey identifies the pipeline (model checksums and settings).
@@ -89,6 +91,8 @@ func Embed(ctx context.Context, p *vision.Pipeline, ds *dataset.Dataset, o Embed
 		if err == nil {
 			if synth[i] {
 				f, err = faceWithSyntheticMask(p, data, i, &tm)
+			} else if o.Recrop != vision.RecropNone {
+				f, err = p.FaceInRecrop(data, o.Recrop, &tm)
 			} else {
 				f, err = p.FaceInImage(data, vision.FaceOptions{}, &tm)
 			}
@@ -132,7 +136,7 @@ func faceWithSyntheticMask(p *vision.Pipeline, data []byte, i int, tm *vision.Ti
 
 func cacheKey(o EmbedOptions, items []dataset.Item, synth []bool) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "v3|%s|%v\n", o.CacheKey, o.SyntheticMasks)
+	fmt.Fprintf(h, "v3|%s|%v|%s\n", o.CacheKey, o.SyntheticMasks, o.Recrop)
 	for i, it := range items {
 		st, err := os.Stat(it.Path)
 		if err == nil {

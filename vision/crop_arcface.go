@@ -17,14 +17,21 @@ var arcface112 = [5][2]float64{
 // eyes (image-left first), and when present the nose tip and the mouth
 // centre (BlazeFace gives one mouth point; the template's is the mean of its
 // corners).
-func arcfacePoints(d Detection) (src, dst [][2]float64) {
+func arcfacePoints(d Detection, align string) (src, dst [][2]float64) {
+	if needsLandmarks(align) && len(d.Five) == 5 {
+		n := 5
+		if align == AlignLandmarkEyes {
+			n = 2
+		}
+		return d.Five[:n], slicesOf(arcface112[:n])
+	}
 	re, le := d.Points[KpRightEye], d.Points[KpLeftEye]
 	if re[0] > le[0] {
 		re, le = le, re
 	}
 	src = [][2]float64{re, le}
 	dst = [][2]float64{arcface112[0], arcface112[1]}
-	if len(d.Points) > KpMouth {
+	if len(d.Points) > KpMouth && align == AlignDetector {
 		t := arcface112
 		src = append(src, d.Points[KpNose], d.Points[KpMouth])
 		dst = append(dst, t[2], [2]float64{(t[3][0] + t[4][0]) / 2, (t[3][1] + t[4][1]) / 2})
@@ -63,11 +70,11 @@ func similarity(src, dst [][2]float64) (a, b, tx, ty float64, ok bool) {
 // cropArcFace warps the face onto the ArcFace 112 template scaled to size
 // and zoomed out by scale about the crop centre (1: the template itself).
 // Without usable keypoints it falls back to a square box crop.
-func cropArcFace(img gocv.Mat, d Detection, scale float64, size int) gocv.Mat {
+func cropArcFace(img gocv.Mat, d Detection, align string, scale float64, size int) gocv.Mat {
 	if !d.HasEyes() {
 		return cropSquare(img, d, 1.12, size)
 	}
-	src, dst := arcfacePoints(d)
+	src, dst := arcfacePoints(d, align)
 	c := float64(size) / 2
 	for i := range dst {
 		dst[i] = [2]float64{c + (dst[i][0]*float64(size)/112-c)/scale, c + (dst[i][1]*float64(size)/112-c)/scale}
@@ -78,3 +85,5 @@ func cropArcFace(img gocv.Mat, d Detection, scale float64, size int) gocv.Mat {
 	}
 	return warp(img, a, -b, tx, b, a, ty, size)
 }
+
+func slicesOf(pts [][2]float64) [][2]float64 { return append([][2]float64(nil), pts...) }

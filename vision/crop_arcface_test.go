@@ -27,7 +27,7 @@ func faceAt(k, deg, ox, oy float64) Detection {
 
 func TestSimilarityRecoversTransform(t *testing.T) {
 	d := faceAt(2.5, 20, 40, 30)
-	src, dst := arcfacePoints(d)
+	src, dst := arcfacePoints(d, AlignDetector)
 	if len(src) != 4 {
 		t.Fatalf("%d point pairs, want 4 (eyes, nose, mouth)", len(src))
 	}
@@ -47,7 +47,7 @@ func TestSimilarityRecoversTransform(t *testing.T) {
 	}
 	// Swapped eye order (another detector's convention) gives the same pairs.
 	d.Points[KpRightEye], d.Points[KpLeftEye] = d.Points[KpLeftEye], d.Points[KpRightEye]
-	src2, _ := arcfacePoints(d)
+	src2, _ := arcfacePoints(d, AlignDetector)
 	if src2[0] != src[0] || src2[1] != src[1] {
 		t.Error("eyes not ordered image-left first")
 	}
@@ -68,7 +68,7 @@ func TestCropArcFacePutsLandmarksOnTemplate(t *testing.T) {
 	for _, tc := range []struct {
 		scale float64
 	}{{1}, {1.25}} {
-		crop := cropArcFace(img, d, tc.scale, 112)
+		crop := cropArcFace(img, d, AlignDetector, tc.scale, 112)
 		if crop.Rows() != 112 || crop.Cols() != 112 {
 			t.Fatalf("crop %dx%d", crop.Cols(), crop.Rows())
 		}
@@ -88,7 +88,7 @@ func TestCropArcFacePutsLandmarksOnTemplate(t *testing.T) {
 		crop.Close()
 	}
 	// No keypoints: a box crop of the right size, no panic.
-	crop := cropArcFace(img, Detection{X0: 10, Y0: 10, X1: 110, Y1: 110}, 1, 112)
+	crop := cropArcFace(img, Detection{X0: 10, Y0: 10, X1: 110, Y1: 110}, AlignDetector, 1, 112)
 	if crop.Rows() != 112 {
 		t.Errorf("fallback crop %dx%d", crop.Cols(), crop.Rows())
 	}

@@ -26,6 +26,9 @@ type Detection struct {
 	// Points are keypoints (see Kp*) when the detector gives them; at
 	// least the two eyes when present.
 	Points [][2]float64
+	// Five, when set, are finer alignment points from a landmark net:
+	// the eye centres, the nose tip and the mouth corners, image-left first.
+	Five [][2]float64
 }
 
 // W and H are the box size.
@@ -41,6 +44,13 @@ func (d Detection) shifted(dx, dy float64) Detection {
 		pts[i] = [2]float64{q[0] + dx, q[1] + dy}
 	}
 	d.Points = pts
+	if d.Five != nil {
+		five := make([][2]float64, len(d.Five))
+		for i, q := range d.Five {
+			five[i] = [2]float64{q[0] + dx, q[1] + dy}
+		}
+		d.Five = five
+	}
 	return d
 }
 

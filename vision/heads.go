@@ -50,7 +50,7 @@ func (p *ProjectionHead) check(md *models.Model) error {
 	}
 	in := -1
 	if md.Embedding != nil {
-		in = md.Embedding.Dim
+		in = md.Embedding.TemplateDim()
 	}
 	for i, u := range p.U {
 		if in >= 0 && len(u) != in {
@@ -124,14 +124,18 @@ func TemplateShape(dir string, md *models.Model) (dim int, model string, err err
 // templateShape is TemplateShape for an embedder whose head p (nil for
 // none) is already loaded.
 func templateShape(md *models.Model, p *ProjectionHead) (dim int, model string) {
+	model = md.Name
 	if md.Embedding != nil {
-		dim = md.Embedding.Dim
+		dim = md.Embedding.TemplateDim()
+		if tag := md.Embedding.Tag(); tag != "" {
+			model += "+" + tag
+		}
 	}
 	if p == nil {
-		return dim, md.Name
+		return dim, model
 	}
 	if d := p.OutDim(); d > 0 {
 		dim = d
 	}
-	return dim, md.Name + "+" + md.Projection.SHA256[:12]
+	return dim, model + "+" + md.Projection.SHA256[:12]
 }

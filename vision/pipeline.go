@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image"
 	"math"
+	"os"
 	"sort"
 	"time"
 
@@ -139,6 +140,7 @@ type Pipeline struct {
 	// fastScore and fastFace gate the fast detector's customer face.
 	fastScore, fastFace float64
 	emb                 *Embedder
+	lm                  *landmarker // when the embedder's crop aligns by landmarks
 	mask                *MaskClassifier
 	proj                *ProjectionHead
 	Embedder            string // embedder model name
@@ -209,6 +211,17 @@ func New(dir string, man *models.Manifest, detector, embedder string, cfg Config
 			return nil, err
 		}
 	}
+	if em.Embedding != nil && needsLandmarks(em.Embedding.Align) {
+		lmm, ok := man.Find(man.Pipeline.Landmarks)
+		if !ok {
+			p.Close()
+			return nil, fmt.Errorf("embedder %s aligns by landmarks (align %q) but the manifest's pipeline.landmarks %q is not a model", em.Name, em.Embedding.Align, man.Pipeline.Landmarks)
+		}
+		if p.lm, err = newLandmarker(dir, lmm); err != nil {
+			p.Close()
+			return nil, err
+		}
+	}
 	p.TemplateDim, p.TemplateModel = templateShape(em, p.proj)
 	if mc, err := LoadMaskClassifier(dir, man, em.Name); err == nil {
 		p.mask = mc
@@ -230,6 +243,9 @@ func (p *Pipeline) Close() error {
 	}
 	if p.emb != nil {
 		errs = append(errs, p.emb.Close())
+	}
+	if p.lm != nil {
+		errs = append(errs, p.lm.Close())
 	}
 	return errors.Join(errs...)
 }
@@ -412,6 +428,22 @@ func (p *Pipeline) measure(img gocv.Mat, prev *Detection, t *Timings) (measured,
 	// detection; a face has contrast, a lens cap does not.
 	if contrast(img, d) < p.cfg.MinContrast {
 		return measured{}, ErrNoFace
+	}
+	if p.lm != nil {
+		t1 := time.Now()
+		// A tight crop (found only once padded) is the face: the
+		// detector's box on the padded copy is rough there, the image
+		// itself is a better box for the landmark net.
+		lmBox := d
+		if padded && os.Getenv("ATM_LM_IMAGEBOX") != "" {
+			lmBox = Detection{X0: 0, Y0: 0, X1: float64(img.Cols()), Y1: float64(img.Rows())}
+		}
+		five, err := p.lm.five(img, lmBox)
+		t.Detect += time.Since(t1)
+		if err != nil {
+			return measured{}, err
+		}
+		d.Five = five
 	}
 	crop, err := p.emb.crop(img, d)
 	if err != nil {

@@ -30,6 +30,9 @@ type pipelineFlags struct {
 	flip, raw               bool
 	minScore, padTight      float64
 	cache                   string // embedding cache dir
+	align                   string // arcface alignment points override
+	occlude, upper, upperW  float64
+	recrop                  string // re-cut faces before perception (diagnostics)
 }
 
 // datasetFlags select the labelled folder an eval command measures.
@@ -76,6 +79,11 @@ func (pf *pipelineFlags) register(fs interface {
 	fs.BoolVar(&pf.raw, "raw", false, "skip the embedder's learned projection")
 	fs.Float64Var(&pf.minScore, "min-score", -1, "override the detector score gate")
 	fs.Float64Var(&pf.padTight, "pad-tight", -1, "override the tight-crop padding factor (0 disables)")
+	fs.Float64Var(&pf.upper, "upper", 0, "append an upper-face template (crop painted gray from this fraction down) to the whole-face one")
+	fs.Float64Var(&pf.upperW, "upper-weight", 0, "weight of the upper-face template's cosine (default 0.5)")
+	fs.Float64Var(&pf.occlude, "occlude", 0, "paint the arcface crop gray from this fraction of its height down (0.6: under the nose)")
+	fs.StringVar(&pf.align, "align", "", "override the arcface crop's alignment points: detector, eyes, landmarks or landmarks-eyes")
+	fs.StringVar(&pf.recrop, "recrop", "", "re-cut each face before perception, as a tight-crop dataset is cut: tight (the detector box, 160x160) or tight-stretch (a taller box stretched to 160x160)")
 }
 
 func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, error) {
@@ -106,6 +114,15 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 		if pf.flip {
 			md.Embedding.Flip = true
 		}
+		if pf.upper > 0 {
+			md.Embedding.Upper, md.Embedding.UpperWeight = pf.upper, pf.upperW
+		}
+		if pf.occlude > 0 {
+			md.Embedding.Occlude = pf.occlude
+		}
+		if pf.align != "" {
+			md.Embedding.Align = strings.TrimPrefix(pf.align, "detector")
+		}
 		if err := man.Validate(); err != nil {
 			return nil, nil, "", err
 		}
@@ -127,6 +144,11 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 			key += "|" + md.SHA256 + fmt.Sprintf("%+v", md.Embedding) + fmt.Sprintf("%+v", md.Input)
 			if md.MaskHead != nil {
 				key += md.MaskHead.SHA256
+			}
+			if md.Embedding != nil && md.Embedding.Align != "" {
+				if lm, ok := man.Find(man.Pipeline.Landmarks); ok {
+					key += "|landmarks " + lm.SHA256
+				}
 			}
 			if md.Projection != nil && !cfg.Raw {
 				key += md.Projection.SHA256
@@ -179,6 +201,7 @@ func init() {
 		"verify":      {"verification figures (ROC, TAR at FAR) per mask pair type", evalVerify},
 		"cluster":     {"clustering figures of several algorithms side by side", evalCluster},
 		"calibrate":   {"measure a model on a labelled folder and write its thresholds to the manifest", evalCalibrate},
+		"crops":       {"a PNG contact sheet of what the embedder is fed, for checking crops by eye", evalCrops},
 		"train-heads": {"fit the embedder's mask classifier and mask-removing projection on labelled data", evalTrainHeads},
 	}
 	subs.run = subcommands("eval", inner)
@@ -205,12 +228,16 @@ func datasetRunSubset(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, 
 	if maxPer > 0 || maxSingles > 0 {
 		ds = ds.Subset(maxPer, maxSingles)
 	}
+	recrop, err := vision.ParseRecrop(pf.recrop)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
 	p, man, key, err := pf.load()
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	defer p.Close()
-	run, err := eval.Embed(ctx, p, ds, eval.EmbedOptions{SyntheticMasks: mask == "synthetic", CacheDir: pf.cache, CacheKey: key,
+	run, err := eval.Embed(ctx, p, ds, eval.EmbedOptions{SyntheticMasks: mask == "synthetic", Recrop: recrop, CacheDir: pf.cache, CacheKey: key,
 		Progress: progressIfTerminal(env, "embedding "+ds.Name)})
 	if err != nil {
 		return nil, nil, nil, err
@@ -362,4 +389,35 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+func evalCrops(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "eval crops", "eval crops --dataset DIR --out SHEET.png [--identities 8] [--per-identity 6] [--recrop tight]")
+	var pf pipelineFlags
+	pf.register(fs)
+	var df datasetFlags
+	df.register(fs)
+	out := fs.String("out", "", "PNG file to write")
+	ids := fs.Int("identities", 8, "identities (rows)")
+	per := fs.Int("per-identity", 6, "images per identity")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if df.dir == "" || *out == "" {
+		return fmt.Errorf("%w: --dataset and --out are required", errUsage)
+	}
+	recrop, err := vision.ParseRecrop(pf.recrop)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	ds, err := dataset.Load(df.dir)
+	if err != nil {
+		return err
+	}
+	p, _, _, err := pf.load()
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return eval.ContactSheet(ctx, p, ds, eval.SheetOptions{Recrop: recrop, Identities: *ids, PerIdentity: *per}, *out, env.stdout)
 }
