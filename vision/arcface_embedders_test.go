@@ -88,3 +88,65 @@ func TestArcFaceEmbedders(t *testing.T) {
 		})
 	}
 }
+
+// Landmark alignment (manifest embedding.align) puts the five points where
+// the detector's keypoints roughly are, and changes the crop: the eyes of the
+// 68-point net lie within a fifth of the box of BlazeFace's, and the template
+// of the same face stays close to the detector-aligned one without being it.
+func TestLandmarkAlignment(t *testing.T) {
+	checkMats(t)
+	dir, man := modelsDir(t)
+	if _, ok := man.Find("faceplugin"); !ok {
+		t.Skip("faceplugin is not in the built models dir")
+	}
+	if _, ok := man.Find("faceapi-landmarks68"); !ok {
+		t.Skip("faceapi-landmarks68 is not in the built models dir")
+	}
+	open := func(align string) *Pipeline {
+		m := *man
+		m.Models = append([]models.Model(nil), man.Models...)
+		m.Pipeline.Landmarks = "faceapi-landmarks68"
+		for i := range m.Models {
+			if m.Models[i].Name == "faceplugin" {
+				e := *m.Models[i].Embedding
+				e.Align = align
+				m.Models[i].Embedding = &e
+			}
+		}
+		p, err := New(dir, &m, "", "faceplugin", DefaultConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	det, lm := open(AlignDetector), open(AlignLandmarks)
+	if lm.lm == nil || det.lm != nil {
+		t.Fatal("only the landmark-aligned pipeline loads the landmark net")
+	}
+	for _, name := range []string{"sample1.jpg", "sample2.jpg", "sample3.jpg"} {
+		a, err := det.FaceInImage(sample(t, name), FaceOptions{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := lm.FaceInImage(sample(t, name), FaceOptions{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b.Det.Five) != 5 {
+			t.Fatalf("%s: %d alignment points, want 5", name, len(b.Det.Five))
+		}
+		side := a.Det.W()
+		for i, eye := range b.Det.Five[:2] {
+			ref := a.Det.Points[i] // KpRightEye is image-left, as Five[0]
+			if d := math.Hypot(eye[0]-ref[0], eye[1]-ref[1]); d > side/5 {
+				t.Errorf("%s: landmark eye %d at %.0f px from the detector's (box %.0f px)", name, i, d, side)
+			}
+		}
+		c := cosine(a.Embedding, b.Embedding)
+		if c < 0.6 || c > 0.9999 {
+			t.Errorf("%s: detector- and landmark-aligned templates at cosine %.4f, want close but distinct", name, c)
+		}
+		t.Logf("%s: cosine between alignments %.3f", name, c)
+	}
+}

@@ -1,12 +1,13 @@
 package vision
 
 import (
-	"errors"
 	"fmt"
 	"image"
 	"math"
 
 	"gocv.io/x/gocv"
+
+	"github.com/periocular/atm-agent/internal/imagecheck"
 )
 
 // Recrop names a way of re-cutting a whole-scene face image before it goes
@@ -65,7 +66,7 @@ func (p *Pipeline) recrop(img gocv.Mat, r Recrop, t *Timings) (gocv.Mat, error) 
 // FaceInRecrop decodes an image, re-cuts its face as r says (see Recrop)
 // and runs the pipeline on the re-cut image.
 func (p *Pipeline) FaceInRecrop(data []byte, r Recrop, t *Timings) (Face, error) {
-	img, err := decodeColor(data)
+	img, err := DecodeImage(data, imagecheck.Limits{})
 	if err != nil {
 		return Face{}, err
 	}
@@ -92,7 +93,7 @@ type CropView struct {
 // ViewCrop runs detection and the embedder's crop policy on an image (re-cut
 // as r says) and returns both as Go images.
 func (p *Pipeline) ViewCrop(data []byte, r Recrop) (CropView, error) {
-	img, err := decodeColor(data)
+	img, err := DecodeImage(data, imagecheck.Limits{})
 	if err != nil {
 		return CropView{}, err
 	}
@@ -120,16 +121,4 @@ func (p *Pipeline) ViewCrop(data []byte, r Recrop) (CropView, error) {
 		return CropView{}, err
 	}
 	return CropView{Input: inImg, Crop: cropImg, Face: m.face.Det}, nil
-}
-
-func decodeColor(data []byte) (gocv.Mat, error) {
-	img, err := gocv.IMDecode(data, gocv.IMReadColor)
-	if err != nil {
-		return gocv.Mat{}, fmt.Errorf("decode image: %w", err)
-	}
-	if img.Empty() {
-		img.Close()
-		return gocv.Mat{}, errors.New("decode image: not a readable image")
-	}
-	return img, nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"image"
 	"math"
-	"os"
 	"sort"
 	"time"
 
@@ -431,14 +430,7 @@ func (p *Pipeline) measure(img gocv.Mat, prev *Detection, t *Timings) (measured,
 	}
 	if p.lm != nil {
 		t1 := time.Now()
-		// A tight crop (found only once padded) is the face: the
-		// detector's box on the padded copy is rough there, the image
-		// itself is a better box for the landmark net.
-		lmBox := d
-		if padded && os.Getenv("ATM_LM_IMAGEBOX") != "" {
-			lmBox = Detection{X0: 0, Y0: 0, X1: float64(img.Cols()), Y1: float64(img.Rows())}
-		}
-		five, err := p.lm.five(img, lmBox)
+		five, err := p.lm.five(img, d)
 		t.Detect += time.Since(t1)
 		if err != nil {
 			return measured{}, err
