@@ -1,0 +1,585 @@
+// Package boltstore is the fleet service's embedded store: one bbolt file,
+// for a single instance. Use storage/pgstore for more than one.
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+)
+
+var (
+	bDevices  = []byte("devices")    // site\0device -> storage.Device JSON
+	bMessages = []byte("messages")   // site\0device\0message_id -> received unix ns (8 bytes)
+	bAlerts   = []byte("alerts")     // site\0device\0alert_id -> storage.Alert JSON
+	bSummary  = []byte("summaries")  // site\0device\0 seq(8) -> SummaryPoint JSON
+	bIdent    = []byte("identities") // site\0device\0identity\0 seq(8) -> IdentityPoint JSON
+	bAudit    = []byte("audit")      // id(8) -> AuditEntry JSON
+	bRejects  = []byte("rejects")    // id(8) -> Reject JSON
+	bMeta     = []byte("meta")
+	buckets   = [][]byte{bDevices, bMessages, bAlerts, bSummary, bIdent, bAudit, bRejects, bMeta}
+)
+
+// maxRejects bounds the kept rejected payloads (oldest dropped first).
+const maxRejects = 1000
+
+// Store is the bbolt implementation of storage.Store.
+type Store struct {
+	db *bolt.DB
+	storage.Hub
+}
+
+var _ storage.Store = (*Store)(nil)
+
+// Open opens or creates the store file. The file lock wait is bounded by
+// timeout (another process holding it gives an error, not a hang).
+func Open(path string, timeout time.Duration) (*Store, error) {
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("open fleet store %q: %w", path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	if err != nil {
+		return nil, fmt.Errorf("open fleet store %q: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range buckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bMeta).Put([]byte("schema"), []byte("1"))
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open fleet store %q: init: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+func dkey(site, device string) []byte { return []byte(site + "\x00" + device + "\x00") }
+
+func u64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+
+func getJSON(b *bolt.Bucket, k []byte, v any) (bool, error) {
+	raw := b.Get(k)
+	if raw == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return true, fmt.Errorf("decode %q: %w", k, err)
+	}
+	return true, nil
+}
+
+func putJSON(b *bolt.Bucket, k []byte, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put(k, raw)
+}
+
+func loadDevice(tx *bolt.Tx, site, device string) (storage.Device, error) {
+	var d storage.Device
+	if _, err := getJSON(tx.Bucket(bDevices), dkey(site, device), &d); err != nil {
+		return d, err
+	}
+	d.Site, d.Device = site, device
+	return d, nil
+}
+
+func (s *Store) update(ctx context.Context, op string, fn func(tx *bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if err := s.db.Update(fn); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}
+
+func (s *Store) view(ctx context.Context, op string, fn func(tx *bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if err := s.db.View(fn); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}
+
+// Apply implements storage.Store.
+func (s *Store) Apply(ctx context.Context, msgs []storage.Message) ([]bool, error) {
+	fresh := make([]bool, len(msgs))
+	err := s.update(ctx, "apply messages", func(tx *bolt.Tx) error {
+		devs := map[string]*storage.Device{}
+		for i, m := range msgs {
+			k := string(dkey(m.Site, m.Device))
+			d := devs[k]
+			if d == nil {
+				rec, err := loadDevice(tx, m.Site, m.Device)
+				if err != nil {
+					return err
+				}
+				d = &rec
+				devs[k] = d
+			}
+			mk := cat(dkey(m.Site, m.Device), []byte(m.MessageID))
+			if tx.Bucket(bMessages).Get(mk) != nil {
+				d.Duplicates++
+				continue
+			}
+			fresh[i] = true
+			if err := tx.Bucket(bMessages).Put(mk, u64(uint64(m.Received.UnixNano()))); err != nil {
+				return err
+			}
+			if d.Unique == 0 || m.Seq < d.FirstSeq {
+				d.FirstSeq = m.Seq
+			}
+			d.MaxSeq = max(d.MaxSeq, m.Seq)
+			d.Unique++
+			if m.Received.After(d.LastReceived) {
+				d.LastReceived = m.Received
+			}
+			switch {
+			case m.Summary != nil:
+				if d.Summary == nil || m.Seq > d.Summary.Seq {
+					d.Summary = m.Summary
+				}
+				p, ids := storage.PointsFromSummary(m.Summary)
+				if err := putJSON(tx.Bucket(bSummary), cat(dkey(m.Site, m.Device), u64(m.Seq)), p); err != nil {
+					return err
+				}
+				for id, ip := range ids {
+					if err := putJSON(tx.Bucket(bIdent), cat(dkey(m.Site, m.Device), []byte(id+"\x00"), u64(m.Seq)), ip); err != nil {
+						return err
+					}
+				}
+			case m.Alert != nil:
+				if err := applyAlert(tx, m); err != nil {
+					return err
+				}
+			}
+		}
+		for k, d := range devs {
+			if err := putJSON(tx.Bucket(bDevices), []byte(k), d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range storage.ChangesOf(msgs, fresh) {
+		s.Publish(c)
+	}
+	return fresh, nil
+}
+
+// MergeAlert folds one alert message into the stored alert (nil: new).
+func MergeAlert(old *storage.Alert, m storage.Message) storage.Alert {
+	a := m.Alert
+	if old == nil {
+		return storage.Alert{AlertKey: storage.AlertKey{Site: m.Site, Device: m.Device, AlertID: a.AlertID},
+			Rule: a.Rule, Kind: a.Kind, IdentityID: a.IdentityID, Window: a.Window, WindowStart: a.WindowStart.UTC(),
+			Count: a.Count, Threshold: a.Threshold, FirstSeen: a.FirstSeen.UTC(), LastSeen: a.LastSeen.UTC(),
+			Raised: a.Raised.UTC(), MessageID: m.MessageID, Seq: m.Seq, Historical: m.Historical,
+			Received: m.Received.UTC(), Raises: 1, State: storage.AlertOpen}
+	}
+	n := *old
+	n.Raises++
+	n.Count = max(n.Count, a.Count)
+	if a.LastSeen.After(n.LastSeen) {
+		n.LastSeen = a.LastSeen.UTC()
+	}
+	return n
+}
+
+func applyAlert(tx *bolt.Tx, m storage.Message) error {
+	b := tx.Bucket(bAlerts)
+	k := cat(dkey(m.Site, m.Device), []byte(m.Alert.AlertID))
+	var old storage.Alert
+	found, err := getJSON(b, k, &old)
+	if err != nil {
+		return err
+	}
+	var a storage.Alert
+	if found {
+		a = MergeAlert(&old, m)
+	} else {
+		a = MergeAlert(nil, m)
+	}
+	return putJSON(b, k, a)
+}
+
+// PutStatus implements storage.Store.
+func (s *Store) PutStatus(ctx context.Context, st storage.Status) error {
+	err := s.update(ctx, "put status", func(tx *bolt.Tx) error {
+		d, err := loadDevice(tx, st.Site, st.Device)
+		if err != nil {
+			return err
+		}
+		status := st.Status
+		d.Status, d.StatusReceived = &status, st.Received.UTC()
+		return putJSON(tx.Bucket(bDevices), dkey(st.Site, st.Device), d)
+	})
+	if err == nil {
+		s.Publish(storage.Change{Kind: "status", Site: st.Site, Device: st.Device})
+	}
+	return err
+}
+
+// PutReject implements storage.Store.
+func (s *Store) PutReject(ctx context.Context, r storage.Reject) error {
+	if len(r.Payload) > storage.MaxRejectPayload {
+		r.Payload = r.Payload[:storage.MaxRejectPayload]
+	}
+	return s.update(ctx, "put reject", func(tx *bolt.Tx) error {
+		b := tx.Bucket(bRejects)
+		id, _ := b.NextSequence()
+		if err := putJSON(b, u64(id), r); err != nil {
+			return err
+		}
+		for b.Stats().KeyN > maxRejects {
+			k, _ := b.Cursor().First()
+			if k == nil {
+				break
+			}
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		if r.Site == "" {
+			return nil
+		}
+		d, err := loadDevice(tx, r.Site, r.Device)
+		if err != nil {
+			return err
+		}
+		d.Rejected++
+		return putJSON(tx.Bucket(bDevices), dkey(r.Site, r.Device), d)
+	})
+}
+
+func openAlertCounts(tx *bolt.Tx) (map[string]int, error) {
+	out := map[string]int{}
+	err := tx.Bucket(bAlerts).ForEach(func(k, v []byte) error {
+		var a storage.Alert
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("decode alert %q: %w", k, err)
+		}
+		if a.State != storage.AlertResolved {
+			out[a.Site+"\x00"+a.Device]++
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Devices implements storage.Store, sorted by site then device.
+func (s *Store) Devices(ctx context.Context) ([]storage.Device, error) {
+	var out []storage.Device
+	err := s.view(ctx, "list devices", func(tx *bolt.Tx) error {
+		open, err := openAlertCounts(tx)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bDevices).ForEach(func(k, v []byte) error {
+			var d storage.Device
+			if err := json.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("decode device %q: %w", k, err)
+			}
+			d.OpenAlerts = open[d.Site+"\x00"+d.Device]
+			out = append(out, d)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Device implements storage.Store.
+func (s *Store) Device(ctx context.Context, site, device string) (storage.Device, error) {
+	var d storage.Device
+	err := s.view(ctx, "get device", func(tx *bolt.Tx) error {
+		found, err := getJSON(tx.Bucket(bDevices), dkey(site, device), &d)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fmt.Errorf("device %s/%s: %w", site, device, storage.ErrNotFound)
+		}
+		open, err := openAlertCounts(tx)
+		d.OpenAlerts = open[site+"\x00"+device]
+		return err
+	})
+	return d, err
+}
+
+// Alerts implements storage.Store: newest raised first.
+func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Alert, error) {
+	var out []storage.Alert
+	err := s.view(ctx, "list alerts", func(tx *bolt.Tx) error {
+		return tx.Bucket(bAlerts).ForEach(func(k, v []byte) error {
+			var a storage.Alert
+			if err := json.Unmarshal(v, &a); err != nil {
+				return fmt.Errorf("decode alert %q: %w", k, err)
+			}
+			if f.Match(a) {
+				out = append(out, a)
+			}
+			return nil
+		})
+	})
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].Raised.Equal(out[j].Raised) {
+			return out[i].Raised.After(out[j].Raised)
+		}
+		return out[i].AlertKey.String() < out[j].AlertKey.String()
+	})
+	limit := f.Limit
+	if limit <= 0 {
+		limit = storage.DefaultAlertLimit
+	}
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, err
+}
+
+// Alert implements storage.Store.
+func (s *Store) Alert(ctx context.Context, k storage.AlertKey) (storage.Alert, error) {
+	var a storage.Alert
+	err := s.view(ctx, "get alert", func(tx *bolt.Tx) error {
+		found, err := getJSON(tx.Bucket(bAlerts), cat(dkey(k.Site, k.Device), []byte(k.AlertID)), &a)
+		if err == nil && !found {
+			err = fmt.Errorf("alert %s: %w", k, storage.ErrNotFound)
+		}
+		return err
+	})
+	return a, err
+}
+
+// ApplyAction changes an alert's state; shared with the PostgreSQL store's
+// tests of the same rules.
+func ApplyAction(a storage.Alert, act storage.Action) (storage.Alert, error) {
+	if !storage.Allowed(act.Action, a.State) {
+		who := a.AckBy
+		if a.State == storage.AlertResolved {
+			who = a.ResolvedBy
+		}
+		return a, fmt.Errorf("%s alert %s: it is %s (by %s): %w", act.Action, a.AlertKey, a.State, who, storage.ErrState)
+	}
+	switch act.Action {
+	case storage.ActionAck:
+		a.State, a.AckBy, a.AckNote, a.AckAt = storage.AlertAcknowledged, act.User, act.Note, act.At.UTC()
+	case storage.ActionResolve:
+		a.State, a.ResolvedBy, a.ResolvedNote, a.ResolvedAt = storage.AlertResolved, act.User, act.Note, act.At.UTC()
+	}
+	return a, nil
+}
+
+// Act implements storage.Store.
+func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, error) {
+	if err := act.Validate(); err != nil {
+		return storage.Alert{}, err
+	}
+	var a storage.Alert
+	err := s.update(ctx, act.Action+" alert", func(tx *bolt.Tx) error {
+		k := cat(dkey(act.Key.Site, act.Key.Device), []byte(act.Key.AlertID))
+		found, err := getJSON(tx.Bucket(bAlerts), k, &a)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fmt.Errorf("alert %s: %w", act.Key, storage.ErrNotFound)
+		}
+		if a, err = ApplyAction(a, act); err != nil {
+			return err
+		}
+		if err := putJSON(tx.Bucket(bAlerts), k, a); err != nil {
+			return err
+		}
+		b := tx.Bucket(bAudit)
+		id, _ := b.NextSequence()
+		return putJSON(b, u64(id), storage.AuditEntry{ID: id, At: act.At.UTC(), User: act.User, Role: act.Role,
+			Action: act.Action, Key: act.Key, Note: act.Note, Remote: act.Remote})
+	})
+	if err != nil {
+		return storage.Alert{}, err
+	}
+	s.Publish(storage.Change{Kind: "action", Site: act.Key.Site, Device: act.Key.Device, Alert: act.Key.AlertID})
+	return a, nil
+}
+
+// Audit implements storage.Store: newest first.
+func (s *Store) Audit(ctx context.Context, limit int) ([]storage.AuditEntry, error) {
+	if limit <= 0 {
+		limit = 200
+	}
+	var out []storage.AuditEntry
+	err := s.view(ctx, "read audit log", func(tx *bolt.Tx) error {
+		c := tx.Bucket(bAudit).Cursor()
+		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
+			var e storage.AuditEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("decode audit %x: %w", k, err)
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Summaries implements storage.Store: oldest first by ts.
+func (s *Store) Summaries(ctx context.Context, site, device string, since time.Time) ([]storage.SummaryPoint, error) {
+	var out []storage.SummaryPoint
+	err := s.view(ctx, "read summaries", func(tx *bolt.Tx) error {
+		c := tx.Bucket(bSummary).Cursor()
+		p := dkey(site, device)
+		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+			var sp storage.SummaryPoint
+			if err := json.Unmarshal(v, &sp); err != nil {
+				return fmt.Errorf("decode summary %q: %w", k, err)
+			}
+			if !sp.TS.Before(since) {
+				out = append(out, sp)
+			}
+		}
+		return nil
+	})
+	sort.SliceStable(out, func(i, j int) bool { return out[i].TS.Before(out[j].TS) })
+	return out, err
+}
+
+// IdentityPoints implements storage.Store: oldest first by ts.
+func (s *Store) IdentityPoints(ctx context.Context, site, device, identity string, since time.Time) ([]storage.IdentityPoint, error) {
+	var out []storage.IdentityPoint
+	err := s.view(ctx, "read identity series", func(tx *bolt.Tx) error {
+		c := tx.Bucket(bIdent).Cursor()
+		p := cat(dkey(site, device), []byte(identity+"\x00"))
+		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+			var ip storage.IdentityPoint
+			if err := json.Unmarshal(v, &ip); err != nil {
+				return fmt.Errorf("decode identity point %q: %w", k, err)
+			}
+			if !ip.TS.Before(since) {
+				out = append(out, ip)
+			}
+		}
+		return nil
+	})
+	sort.SliceStable(out, func(i, j int) bool { return out[i].TS.Before(out[j].TS) })
+	return out, err
+}
+
+// Rejects implements storage.Store: newest first.
+func (s *Store) Rejects(ctx context.Context, limit int) ([]storage.Reject, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	var out []storage.Reject
+	err := s.view(ctx, "read rejects", func(tx *bolt.Tx) error {
+		c := tx.Bucket(bRejects).Cursor()
+		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
+			var r storage.Reject
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("decode reject %x: %w", k, err)
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Prune implements storage.Store.
+func (s *Store) Prune(ctx context.Context, now time.Time, r storage.Retention) (storage.PruneStats, error) {
+	var st storage.PruneStats
+	hist := now.Add(-r.History)
+	alerts := now.Add(-r.Alerts)
+	err := s.update(ctx, "prune", func(tx *bolt.Tx) error {
+		del := func(name []byte, n *int, old func(k, v []byte) (bool, error)) error {
+			b := tx.Bucket(name)
+			var keys [][]byte
+			err := b.ForEach(func(k, v []byte) error {
+				o, err := old(k, v)
+				if o {
+					keys = append(keys, bytes.Clone(k))
+				}
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			for _, k := range keys {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+			}
+			*n += len(keys)
+			return nil
+		}
+		tsOf := func(v []byte) (time.Time, error) {
+			var x struct{ TS, At, Received, ResolvedAt time.Time }
+			err := json.Unmarshal(v, &x)
+			return x.TS, err
+		}
+		steps := []struct {
+			b   []byte
+			n   *int
+			old func(k, v []byte) (bool, error)
+		}{
+			{bMessages, &st.Messages, func(k, v []byte) (bool, error) {
+				return len(v) == 8 && int64(binary.BigEndian.Uint64(v)) < hist.UnixNano(), nil
+			}},
+			{bSummary, &st.Summaries, func(k, v []byte) (bool, error) { t, err := tsOf(v); return t.Before(hist), err }},
+			{bIdent, &st.IdentityPoints, func(k, v []byte) (bool, error) { t, err := tsOf(v); return t.Before(hist), err }},
+			{bRejects, &st.Rejects, func(k, v []byte) (bool, error) {
+				var x storage.Reject
+				err := json.Unmarshal(v, &x)
+				return x.Received.Before(hist), err
+			}},
+			{bAlerts, &st.Alerts, func(k, v []byte) (bool, error) {
+				var a storage.Alert
+				err := json.Unmarshal(v, &a)
+				return a.State == storage.AlertResolved && a.ResolvedAt.Before(alerts), err
+			}},
+			{bAudit, &st.Audit, func(k, v []byte) (bool, error) {
+				var e storage.AuditEntry
+				err := json.Unmarshal(v, &e)
+				return e.At.Before(alerts), err
+			}},
+		}
+		for _, step := range steps {
+			if err := del(step.b, step.n, step.old); err != nil {
+				return fmt.Errorf("bucket %s: %w", step.b, err)
+			}
+		}
+		return nil
+	})
+	return st, err
+}

@@ -1,0 +1,388 @@
+// Package storage holds the fleet service's state: devices (last status and
+// summary, sequence accounting), alerts with their acknowledgements, the
+// summary history behind the charts, an audit log and rejected payloads.
+//
+// Store is implemented by the embedded default (boltstore: one instance, one
+// file) and by PostgreSQL (pgstore: several instances on one database). Both
+// pass the same conformance suite (storage/storetest).
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// Sentinel errors, compared with errors.Is.
+var (
+	ErrNotFound = errors.New("not found")
+	// ErrState: the alert is not in a state that allows the action (e.g.
+	// resolving an alert someone else resolved a moment ago).
+	ErrState = errors.New("alert state does not allow this action")
+)
+
+// Message is one validated summary or alert, as the ingest hands it over.
+type Message struct {
+	Site, Device string
+	Kind         string // wire.KindSummary or wire.KindAlert
+	MessageID    string
+	Seq          uint64
+	TS           time.Time
+	Historical   bool
+	Received     time.Time
+	Summary      *wire.Summary // Kind == summary
+	Alert        *wire.Alert   // Kind == alert
+}
+
+// Status is one device status as received (retained or live).
+type Status struct {
+	Site, Device string
+	Received     time.Time
+	Status       wire.Status
+}
+
+// Reject is a payload that failed validation. It is kept (bounded, with
+// retention) so nothing sent is silently lost.
+type Reject struct {
+	Received     time.Time
+	Topic        string
+	Site, Device string // empty when the topic itself was bad
+	Error        string
+	Payload      string // truncated to MaxRejectPayload bytes
+}
+
+// MaxRejectPayload bounds the bytes of a rejected payload that are kept.
+const MaxRejectPayload = 4096
+
+// Device is one ATM as the fleet sees it.
+type Device struct {
+	Site, Device string
+	// Status is the last status received (arrival order: the Last Will
+	// carries an older ts than the online status it replaces).
+	Status         *wire.Status
+	StatusReceived time.Time
+	// Summary is the summary with the highest seq received.
+	Summary *wire.Summary
+	// Sequence accounting over summaries and alerts: FirstSeq..MaxSeq is
+	// the range seen, Unique the distinct message ids in it.
+	FirstSeq, MaxSeq uint64
+	Unique           uint64
+	Duplicates       uint64
+	Rejected         uint64
+	LastReceived     time.Time
+	OpenAlerts       int // open + acknowledged, filled by Devices/Device
+}
+
+// State is the device's availability, "unknown" before any status.
+func (d Device) State() string {
+	if d.Status == nil {
+		return "unknown"
+	}
+	return string(d.Status.State)
+}
+
+// Gaps counts sequence numbers between FirstSeq and MaxSeq never received.
+func (d Device) Gaps() uint64 {
+	if d.MaxSeq == 0 || d.Unique == 0 {
+		return 0
+	}
+	span := d.MaxSeq - d.FirstSeq + 1
+	if d.Unique >= span {
+		return 0
+	}
+	return span - d.Unique
+}
+
+// Behind is how many sequence numbers the broker acknowledged (the status
+// seq) beyond the highest one received here.
+func (d Device) Behind() uint64 {
+	if d.Status == nil || d.Status.Seq <= d.MaxSeq {
+		return 0
+	}
+	return d.Status.Seq - d.MaxSeq
+}
+
+// CameraOK reports whether every camera in the last status is ok (true
+// when the status names none).
+func (d Device) CameraOK() bool {
+	if d.Status == nil {
+		return true
+	}
+	for _, c := range d.Status.Cameras {
+		if !c.OK {
+			return false
+		}
+	}
+	return true
+}
+
+// Backlog is the outbox depth in the last status (-1 when unknown).
+func (d Device) Backlog() int {
+	if d.Status == nil || d.Status.Outbox == nil {
+		return -1
+	}
+	return d.Status.Outbox.Depth
+}
+
+// AlertState is an alert's workflow state.
+type AlertState string
+
+const (
+	AlertOpen         AlertState = "open"
+	AlertAcknowledged AlertState = "acknowledged"
+	AlertResolved     AlertState = "resolved"
+)
+
+// AlertKey names one alert: alert ids are stable per rule, identity and
+// window on one device.
+type AlertKey struct {
+	Site, Device, AlertID string
+}
+
+func (k AlertKey) String() string { return k.Site + "/" + k.Device + "/" + k.AlertID }
+
+// Alert is one alert with its workflow.
+type Alert struct {
+	AlertKey
+	Rule, Kind, IdentityID, Window string
+	WindowStart                    time.Time
+	Count, Threshold               int
+	FirstSeen, LastSeen, Raised    time.Time
+	MessageID                      string // of the first message that raised it
+	Seq                            uint64
+	Historical                     bool
+	Received                       time.Time
+	Raises                         int // distinct messages carrying this alert id
+
+	State                    AlertState
+	AckBy, AckNote           string
+	AckAt                    time.Time
+	ResolvedBy, ResolvedNote string
+	ResolvedAt               time.Time
+}
+
+// AlertFilter selects alerts; zero fields match everything.
+type AlertFilter struct {
+	State            AlertState // "" for any; "active" is not a state: use Active
+	Active           bool       // open or acknowledged
+	Site, Device     string
+	Rule, IdentityID string
+	Since            time.Time // raised at or after
+	Limit            int       // 0: DefaultAlertLimit
+}
+
+// DefaultAlertLimit bounds an alert listing without a limit.
+const DefaultAlertLimit = 500
+
+// Match applies the filter to one alert (the embedded store filters in Go).
+func (f AlertFilter) Match(a Alert) bool {
+	switch {
+	case f.State != "" && a.State != f.State,
+		f.Active && a.State == AlertResolved,
+		f.Site != "" && a.Site != f.Site,
+		f.Device != "" && a.Device != f.Device,
+		f.Rule != "" && a.Rule != f.Rule,
+		f.IdentityID != "" && a.IdentityID != f.IdentityID,
+		!f.Since.IsZero() && a.Raised.Before(f.Since):
+		return false
+	}
+	return true
+}
+
+// Action is an acknowledgement or resolution by a user.
+type Action struct {
+	Key    AlertKey
+	Action string // ActionAck or ActionResolve
+	User   string
+	Role   string
+	Note   string
+	Remote string // client address, for the audit log
+	At     time.Time
+}
+
+const (
+	ActionAck     = "acknowledge"
+	ActionResolve = "resolve"
+)
+
+// Validate checks an action before it reaches a store.
+func (a Action) Validate() error {
+	switch a.Action {
+	case ActionAck, ActionResolve:
+	default:
+		return fmt.Errorf("action %q: want %q or %q", a.Action, ActionAck, ActionResolve)
+	}
+	if a.User == "" {
+		return errors.New("action: no user")
+	}
+	if len(a.Note) > 2000 {
+		return errors.New("action: note longer than 2000 bytes")
+	}
+	if a.At.IsZero() {
+		return errors.New("action: no time")
+	}
+	return nil
+}
+
+// Allowed reports whether action may be applied to an alert in state s.
+func Allowed(action string, s AlertState) bool {
+	switch action {
+	case ActionAck:
+		return s == AlertOpen
+	case ActionResolve:
+		return s == AlertOpen || s == AlertAcknowledged
+	}
+	return false
+}
+
+// AuditEntry is one recorded action.
+type AuditEntry struct {
+	ID     uint64
+	At     time.Time
+	User   string
+	Role   string
+	Action string
+	Key    AlertKey
+	Note   string
+	Remote string
+}
+
+// SummaryPoint is one summary's device-wide totals (the charts' series).
+type SummaryPoint struct {
+	Seq                                   uint64
+	TS                                    time.Time
+	Visits1h, Visits24h, Visits7d         int
+	Identities24h, Masked24h, Faceless24h int
+}
+
+// IdentityPoint is one identity's counts in one summary.
+type IdentityPoint struct {
+	Seq                           uint64
+	TS                            time.Time
+	Visits, Masked, DistinctCards wire.WindowCounts
+	FirstSeen, LastSeen           time.Time
+}
+
+// PointsFromSummary splits a summary into its stored series.
+func PointsFromSummary(s *wire.Summary) (SummaryPoint, map[string]IdentityPoint) {
+	p := SummaryPoint{Seq: s.Seq, TS: s.TS.UTC(), Visits1h: s.Totals.Visits.H1, Visits24h: s.Totals.Visits.H24,
+		Visits7d: s.Totals.Visits.D7, Identities24h: s.Totals.Identities.H24, Masked24h: s.Totals.Masked.H24,
+		Faceless24h: s.Faceless.H24}
+	ids := make(map[string]IdentityPoint, len(s.Identities))
+	for _, c := range s.Identities {
+		ids[c.ID] = IdentityPoint{Seq: s.Seq, TS: s.TS.UTC(), Visits: c.Visits, Masked: c.Masked,
+			DistinctCards: c.DistinctCards, FirstSeen: c.FirstSeen.UTC(), LastSeen: c.LastSeen.UTC()}
+	}
+	return p, ids
+}
+
+// PruneStats counts what Prune deleted.
+type PruneStats struct {
+	Messages, Summaries, IdentityPoints, Alerts, Rejects, Audit int
+}
+
+// Retention says how long each kind of record is kept.
+type Retention struct {
+	// History: dedup records, summary and identity series, rejects.
+	History time.Duration
+	// Alerts: resolved alerts (open ones are never pruned) and the audit log.
+	Alerts time.Duration
+}
+
+// Change tells the web layer what changed, so open pages can refresh.
+type Change struct {
+	Kind   string `json:"kind"` // "status", "summary", "alert", "action"
+	Site   string `json:"site"`
+	Device string `json:"device"`
+	Alert  string `json:"alert,omitempty"`
+}
+
+// Store is the fleet's persistence. Every method is safe for concurrent use
+// and bounded by ctx.
+type Store interface {
+	// Apply records validated summaries and alerts in one transaction and
+	// reports for each whether it was new (false: a duplicate message id).
+	Apply(ctx context.Context, msgs []Message) ([]bool, error)
+	PutStatus(ctx context.Context, s Status) error
+	PutReject(ctx context.Context, r Reject) error
+
+	Devices(ctx context.Context) ([]Device, error)
+	Device(ctx context.Context, site, device string) (Device, error)
+	Alerts(ctx context.Context, f AlertFilter) ([]Alert, error)
+	Alert(ctx context.Context, k AlertKey) (Alert, error)
+	// Act applies an acknowledgement or resolution and appends it to the
+	// audit log in the same transaction. ErrState when not allowed.
+	Act(ctx context.Context, a Action) (Alert, error)
+	Audit(ctx context.Context, limit int) ([]AuditEntry, error)
+	Summaries(ctx context.Context, site, device string, since time.Time) ([]SummaryPoint, error)
+	IdentityPoints(ctx context.Context, site, device, identity string, since time.Time) ([]IdentityPoint, error)
+	Rejects(ctx context.Context, limit int) ([]Reject, error)
+	Prune(ctx context.Context, now time.Time, r Retention) (PruneStats, error)
+
+	// Subscribe delivers changes committed by any instance sharing the
+	// store (best effort: a slow subscriber misses changes, never blocks
+	// writers). cancel releases it.
+	Subscribe() (ch <-chan Change, cancel func())
+	Close() error
+}
+
+// Hub fans changes out to subscribers; stores embed it.
+type Hub struct {
+	mu   sync.Mutex
+	subs map[chan Change]struct{}
+}
+
+// Subscribe registers a buffered subscriber.
+func (h *Hub) Subscribe() (<-chan Change, func()) {
+	ch := make(chan Change, 64)
+	h.mu.Lock()
+	if h.subs == nil {
+		h.subs = map[chan Change]struct{}{}
+	}
+	h.subs[ch] = struct{}{}
+	h.mu.Unlock()
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			h.mu.Lock()
+			delete(h.subs, ch)
+			h.mu.Unlock()
+		})
+	}
+}
+
+// Publish delivers c to every subscriber that has room.
+func (h *Hub) Publish(c Change) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for ch := range h.subs {
+		select {
+		case ch <- c:
+		default:
+		}
+	}
+}
+
+// ChangesOf returns the changes a batch of applied messages causes.
+func ChangesOf(msgs []Message, fresh []bool) []Change {
+	var out []Change
+	seen := map[Change]bool{}
+	for i, m := range msgs {
+		if i < len(fresh) && !fresh[i] {
+			continue
+		}
+		c := Change{Kind: m.Kind, Site: m.Site, Device: m.Device}
+		if m.Alert != nil {
+			c.Alert = m.Alert.AlertID
+		}
+		if !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	return out
+}

@@ -1,0 +1,333 @@
+// Package storetest is the conformance suite every storage.Store passes:
+// dedup, sequence accounting, alert workflow and audit, series, retention,
+// change notifications.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// T0 is the suite's clock origin.
+var T0 = time.Date(2026, 3, 14, 9, 0, 0, 0, time.UTC)
+
+// Summary builds a summary message of seq for one device.
+func Summary(site, device string, seq uint64, ts time.Time, visits1h int, ids ...string) storage.Message {
+	s := &wire.Summary{Envelope: wire.NewEnvelope(site, device, ts)}
+	s.Seq, s.MessageID = seq, fmt.Sprintf("%d-s%s", seq, device)
+	s.Totals.Visits = wire.WindowCounts{H1: visits1h, H24: visits1h * 5, D7: visits1h * 20}
+	for i, id := range ids {
+		s.Identities = append(s.Identities, wire.IdentityCounts{ID: id, Visits: wire.WindowCounts{H1: i + 1, H24: i + 2, D7: i + 3},
+			DistinctCards: wire.WindowCounts{H1: 1, H24: 2, D7: 3}, FirstSeen: ts.Add(-time.Hour), LastSeen: ts})
+	}
+	return storage.Message{Site: site, Device: device, Kind: wire.KindSummary, MessageID: s.MessageID, Seq: seq,
+		TS: ts, Received: ts.Add(time.Second), Summary: s}
+}
+
+// Alert builds an alert message of seq for one device.
+func Alert(site, device string, seq uint64, ts time.Time, alertID, identity string, count int) storage.Message {
+	a := &wire.Alert{Envelope: wire.NewEnvelope(site, device, ts), AlertID: alertID, Rule: "many-visits-24h", Kind: "visits",
+		IdentityID: identity, Window: "24h0m0s", WindowStart: ts.Add(-24 * time.Hour), Count: count, Threshold: 5,
+		FirstSeen: ts.Add(-time.Hour), LastSeen: ts, Raised: ts}
+	a.Seq, a.MessageID = seq, fmt.Sprintf("%d-a%s", seq, device)
+	return storage.Message{Site: site, Device: device, Kind: wire.KindAlert, MessageID: a.MessageID, Seq: seq,
+		TS: ts, Received: ts.Add(time.Second), Alert: a}
+}
+
+// Run runs the suite; open returns a new, empty store.
+func Run(t *testing.T, open func(t *testing.T) storage.Store) {
+	t.Run("DedupAndGaps", func(t *testing.T) { dedupAndGaps(t, open(t)) })
+	t.Run("AlertWorkflow", func(t *testing.T) { alertWorkflow(t, open(t)) })
+	t.Run("Series", func(t *testing.T) { series(t, open(t)) })
+	t.Run("StatusAndRejects", func(t *testing.T) { statusAndRejects(t, open(t)) })
+	t.Run("Retention", func(t *testing.T) { retention(t, open(t)) })
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func dedupAndGaps(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	changes, cancel := s.Subscribe()
+	defer cancel()
+	// seqs 1..10 with 4 and 7 missing, 5 delivered twice, in two batches.
+	var batch1, batch2 []storage.Message
+	for seq := uint64(1); seq <= 10; seq++ {
+		if seq == 4 || seq == 7 {
+			continue
+		}
+		m := Summary("lyon-07", "atm-1", seq, T0.Add(time.Duration(seq)*time.Minute), int(seq))
+		if seq%3 == 0 {
+			m = Alert("lyon-07", "atm-1", seq, T0.Add(time.Duration(seq)*time.Minute), fmt.Sprintf("a-%d", seq), "p-1", 6)
+		}
+		if seq <= 5 {
+			batch1 = append(batch1, m)
+		} else {
+			batch2 = append(batch2, m)
+		}
+	}
+	batch2 = append(batch2, batch1[3]) // seq 5 again
+	fresh, err := s.Apply(c, batch1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range fresh {
+		if !f {
+			t.Errorf("batch1[%d] reported duplicate", i)
+		}
+	}
+	fresh, err = s.Apply(c, batch2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh[len(fresh)-1] || !fresh[0] {
+		t.Errorf("batch2 fresh = %v, want the last (a redelivery) false", fresh)
+	}
+	d, err := s.Device(c, "lyon-07", "atm-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.FirstSeq != 1 || d.MaxSeq != 10 || d.Unique != 8 || d.Duplicates != 1 || d.Gaps() != 2 {
+		t.Errorf("device seq accounting: first=%d max=%d unique=%d dup=%d gaps=%d, want 1 10 8 1 2",
+			d.FirstSeq, d.MaxSeq, d.Unique, d.Duplicates, d.Gaps())
+	}
+	if d.Summary == nil || d.Summary.Seq != 10 {
+		t.Errorf("latest summary = %+v, want seq 10", d.Summary)
+	}
+	// A late message fills one hole; an older summary does not replace the latest.
+	if _, err := s.Apply(c, []storage.Message{Summary("lyon-07", "atm-1", 7, T0, 99)}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ = s.Device(c, "lyon-07", "atm-1")
+	if d.Gaps() != 1 || d.Summary.Seq != 10 {
+		t.Errorf("after late seq 7: gaps=%d latest=%d, want 1 and 10", d.Gaps(), d.Summary.Seq)
+	}
+	if d.OpenAlerts != 3 {
+		t.Errorf("open alerts = %d, want 3 (seqs 3, 6, 9)", d.OpenAlerts)
+	}
+	select {
+	case ch := <-changes:
+		if ch.Site != "lyon-07" || ch.Device != "atm-1" {
+			t.Errorf("change = %+v", ch)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no change notification within 5s")
+	}
+	devs, err := s.Devices(c)
+	if err != nil || len(devs) != 1 {
+		t.Fatalf("devices = %v, %v", devs, err)
+	}
+}
+
+func alertWorkflow(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	m := Alert("paris-01", "atm-9", 3, T0, "a-visits24h-p-2", "p-2", 6)
+	if _, err := s.Apply(c, []storage.Message{m}); err != nil {
+		t.Fatal(err)
+	}
+	// The same alert id raised again by a later message: one alert, count updated.
+	m2 := Alert("paris-01", "atm-9", 4, T0.Add(time.Minute), "a-visits24h-p-2", "p-2", 8)
+	if _, err := s.Apply(c, []storage.Message{m2, Alert("paris-01", "atm-9", 5, T0.Add(2*time.Minute), "a-other", "p-3", 5)}); err != nil {
+		t.Fatal(err)
+	}
+	k := storage.AlertKey{Site: "paris-01", Device: "atm-9", AlertID: "a-visits24h-p-2"}
+	a, err := s.Alert(c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Count != 8 || a.Raises != 2 || a.State != storage.AlertOpen || a.MessageID != m.MessageID || a.IdentityID != "p-2" {
+		t.Errorf("alert = %+v", a)
+	}
+	if _, err := s.Alert(c, storage.AlertKey{Site: "x", Device: "y", AlertID: "z"}); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("missing alert: err = %v, want ErrNotFound", err)
+	}
+	at := T0.Add(time.Hour)
+	a, err = s.Act(c, storage.Action{Key: k, Action: storage.ActionAck, User: "ana", Role: "analyst", Note: "calling branch", Remote: "127.0.0.1", At: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.State != storage.AlertAcknowledged || a.AckBy != "ana" || a.AckNote != "calling branch" || !a.AckAt.Equal(at) {
+		t.Errorf("after ack: %+v", a)
+	}
+	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionAck, User: "bob", At: at}); !errors.Is(err, storage.ErrState) {
+		t.Errorf("second ack: err = %v, want ErrState", err)
+	}
+	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "bob", Note: "known customer", At: at.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "bob", At: at}); !errors.Is(err, storage.ErrState) {
+		t.Errorf("second resolve: err = %v, want ErrState", err)
+	}
+	if _, err := s.Act(c, storage.Action{Key: k, Action: "delete", User: "bob", At: at}); err == nil {
+		t.Error("unknown action accepted")
+	}
+	// A redelivered raise does not reopen a resolved alert.
+	if _, err := s.Apply(c, []storage.Message{Alert("paris-01", "atm-9", 6, T0.Add(3*time.Minute), "a-visits24h-p-2", "p-2", 9)}); err != nil {
+		t.Fatal(err)
+	}
+	a, _ = s.Alert(c, k)
+	if a.State != storage.AlertResolved || a.ResolvedBy != "bob" || a.ResolvedNote != "known customer" || a.AckBy != "ana" {
+		t.Errorf("after resolve: %+v", a)
+	}
+	for _, tc := range []struct {
+		f    storage.AlertFilter
+		want int
+	}{
+		{storage.AlertFilter{}, 2},
+		{storage.AlertFilter{Active: true}, 1},
+		{storage.AlertFilter{State: storage.AlertResolved}, 1},
+		{storage.AlertFilter{IdentityID: "p-3"}, 1},
+		{storage.AlertFilter{Site: "lyon-07"}, 0},
+		{storage.AlertFilter{Since: T0.Add(90 * time.Second)}, 1},
+		{storage.AlertFilter{Limit: 1}, 1},
+	} {
+		got, err := s.Alerts(c, tc.f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != tc.want {
+			t.Errorf("Alerts(%+v) = %d alerts, want %d", tc.f, len(got), tc.want)
+		}
+	}
+	all, _ := s.Alerts(c, storage.AlertFilter{})
+	if len(all) == 2 && all[0].AlertID != "a-other" {
+		t.Errorf("alerts not newest first: %s, %s", all[0].AlertID, all[1].AlertID)
+	}
+	audit, err := s.Audit(c, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(audit) != 2 || audit[0].Action != storage.ActionResolve || audit[1].User != "ana" || audit[1].Note != "calling branch" ||
+		audit[1].Remote != "127.0.0.1" || audit[1].Key != k {
+		t.Errorf("audit = %+v", audit)
+	}
+}
+
+func series(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	var msgs []storage.Message
+	for i := 0; i < 6; i++ {
+		msgs = append(msgs, Summary("s", "d", uint64(i+1), T0.Add(time.Duration(i)*30*time.Minute), i, "p-a", "p-b"))
+	}
+	if _, err := s.Apply(c, msgs); err != nil {
+		t.Fatal(err)
+	}
+	pts, err := s.Summaries(c, "s", "d", T0.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pts) != 4 || pts[0].Visits1h != 2 || pts[3].Visits1h != 5 || pts[3].Visits24h != 25 {
+		t.Errorf("summary points = %+v", pts)
+	}
+	ip, err := s.IdentityPoints(c, "s", "d", "p-b", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ip) != 6 || ip[0].Visits.H24 != 3 || ip[0].DistinctCards.D7 != 3 {
+		t.Errorf("identity points = %+v", ip)
+	}
+	if ip, _ := s.IdentityPoints(c, "s", "d", "p-", time.Time{}); len(ip) != 0 {
+		t.Errorf("identity prefix p- matched %d points", len(ip))
+	}
+}
+
+func statusAndRejects(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	st := wire.Status{Envelope: wire.NewEnvelope("s", "d", T0), State: wire.StateOnline,
+		Cameras: []wire.CameraHealth{{Name: "front", OK: false, Error: "no frames"}}, Outbox: &wire.OutboxStats{Depth: 7}}
+	st.Seq = 12
+	if err := s.PutStatus(c, storage.Status{Site: "s", Device: "d", Received: T0, Status: st}); err != nil {
+		t.Fatal(err)
+	}
+	// The Last Will carries an older ts; arrival order wins.
+	will := wire.Status{Envelope: wire.NewEnvelope("s", "d", T0.Add(-time.Hour)), State: wire.StateOffline}
+	if err := s.PutStatus(c, storage.Status{Site: "s", Device: "d", Received: T0.Add(time.Minute), Status: will}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Device(c, "s", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.State() != "offline" || d.CameraOK() != true || d.Backlog() != -1 {
+		t.Errorf("after will: state=%s camOK=%v backlog=%d", d.State(), d.CameraOK(), d.Backlog())
+	}
+	if err := s.PutStatus(c, storage.Status{Site: "s", Device: "d", Received: T0.Add(2 * time.Minute), Status: st}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ = s.Device(c, "s", "d")
+	if d.State() != "online" || d.CameraOK() || d.Backlog() != 7 || d.Behind() != 12 {
+		t.Errorf("online: state=%s camOK=%v backlog=%d behind=%d", d.State(), d.CameraOK(), d.Backlog(), d.Behind())
+	}
+	big := make([]byte, 3*storage.MaxRejectPayload)
+	for i := range big {
+		big[i] = 'x'
+	}
+	if err := s.PutReject(c, storage.Reject{Received: T0, Topic: "atm/s/d/alert", Site: "s", Device: "d", Error: "bad", Payload: string(big)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutReject(c, storage.Reject{Received: T0, Topic: "atm/bad", Error: "topic"}); err != nil {
+		t.Fatal(err)
+	}
+	rj, err := s.Rejects(c, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rj) != 2 || rj[0].Error != "topic" || len(rj[1].Payload) != storage.MaxRejectPayload {
+		t.Errorf("rejects = %d, first %+v", len(rj), rj[0])
+	}
+	d, _ = s.Device(c, "s", "d")
+	if d.Rejected != 1 {
+		t.Errorf("device rejected = %d, want 1", d.Rejected)
+	}
+	if _, err := s.Device(c, "s", "nope"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("missing device: %v", err)
+	}
+}
+
+func retention(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	old := T0.Add(-40 * 24 * time.Hour)
+	msgs := []storage.Message{
+		Summary("s", "d", 1, old, 1, "p-a"),
+		Alert("s", "d", 2, old, "a-old-resolved", "p-a", 6),
+		Alert("s", "d", 3, old, "a-old-open", "p-a", 6),
+		Summary("s", "d", 4, T0, 1, "p-a"),
+	}
+	if _, err := s.Apply(c, msgs); err != nil {
+		t.Fatal(err)
+	}
+	k := storage.AlertKey{Site: "s", Device: "d", AlertID: "a-old-resolved"}
+	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "u", At: old.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutReject(c, storage.Reject{Received: old, Topic: "t", Error: "e"}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Prune(c, T0, storage.Retention{History: 30 * 24 * time.Hour, Alerts: 30 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := storage.PruneStats{Messages: 3, Summaries: 1, IdentityPoints: 1, Alerts: 1, Rejects: 1, Audit: 1}
+	if st != want {
+		t.Errorf("prune = %+v, want %+v", st, want)
+	}
+	if _, err := s.Alert(c, storage.AlertKey{Site: "s", Device: "d", AlertID: "a-old-open"}); err != nil {
+		t.Errorf("open alert pruned: %v", err)
+	}
+	d, _ := s.Device(c, "s", "d")
+	if d.MaxSeq != 4 || d.Summary == nil {
+		t.Errorf("device state lost by prune: %+v", d)
+	}
+	if st, _ := s.Prune(c, T0, storage.Retention{History: 30 * 24 * time.Hour, Alerts: 30 * 24 * time.Hour}); st != (storage.PruneStats{}) {
+		t.Errorf("second prune deleted %+v", st)
+	}
+}
