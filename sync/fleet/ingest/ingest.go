@@ -1,0 +1,539 @@
+// Package ingest subscribes to the agents' MQTT topics and records what they
+// publish in the fleet store: QoS 1 on a persistent session (messages sent
+// while the service is down are queued by the broker), payloads validated
+// against the agent's JSON Schemas (sync/wire), deduplicated by message id
+// and accounted per device by sequence number (gaps). A message is
+// acknowledged to the broker only after the store committed it, so a crash
+// loses nothing: the broker redelivers and the store drops the duplicate.
+//
+// Statuses are retained by the agents; a plain subscription to them rebuilds
+// every device's availability at once after a restart. Summaries and alerts
+// can be shared between instances with an MQTT shared subscription
+// ($share/<group>/...), one PostgreSQL store behind them.
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// Config configures the broker connection and subscriptions.
+type Config struct {
+	// Brokers: tcp://, ssl://, mqtts://, ws://, wss:// URLs, tried in order.
+	Brokers []string `yaml:"brokers"`
+	// Prefix is the agents' topic prefix (their mqtt.topic.prefix).
+	Prefix string `yaml:"prefix"`
+	// ClientID must be stable across restarts (the broker keeps the
+	// persistent session under it) and distinct per instance.
+	ClientID string `yaml:"client_id"`
+	// SharedGroup, when set, subscribes to summaries and alerts as
+	// $share/<group>/...: the broker hands each message to one instance of
+	// the group. Statuses are always subscribed plainly (retained).
+	SharedGroup string    `yaml:"shared_group"`
+	TLS         TLSConfig `yaml:"tls"`
+	Username    string    `yaml:"username"`
+	// PasswordFile holds the broker password (trailing newline ignored).
+	PasswordFile        string        `yaml:"password_file"`
+	KeepAlive           time.Duration `yaml:"keep_alive"`
+	ConnectTimeout      time.Duration `yaml:"connect_timeout"`
+	ReconnectBackoffMax time.Duration `yaml:"reconnect_backoff_max"`
+	// Batch messages are committed in one store transaction, waiting at
+	// most BatchWait for a batch to fill.
+	Batch     int           `yaml:"batch"`
+	BatchWait time.Duration `yaml:"batch_wait"`
+	// MaxPayload: larger payloads are rejected unread (bytes).
+	MaxPayload int `yaml:"max_payload"`
+}
+
+// TLSConfig is the broker TLS material (as the agent's mqtt.tls).
+type TLSConfig struct {
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// DefaultConfig returns the defaults; Brokers and ClientID must be set.
+func DefaultConfig() Config {
+	return Config{Prefix: "atm", KeepAlive: 30 * time.Second, ConnectTimeout: 10 * time.Second,
+		ReconnectBackoffMax: 30 * time.Second, Batch: 128, BatchWait: 20 * time.Millisecond, MaxPayload: 256 << 10}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if len(c.Brokers) == 0 {
+		return errors.New("ingest: no brokers")
+	}
+	if err := wire.ValidatePrefix(c.Prefix); err != nil {
+		return fmt.Errorf("ingest: prefix: %w", err)
+	}
+	if c.ClientID == "" {
+		return errors.New("ingest: client_id is required (stable per instance: the broker keeps the session under it)")
+	}
+	if c.SharedGroup != "" {
+		if err := wire.ValidateLevel("shared_group", c.SharedGroup); err != nil {
+			return fmt.Errorf("ingest: %w", err)
+		}
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		return errors.New("ingest: tls cert_file and key_file go together")
+	}
+	if c.Batch < 1 || c.BatchWait <= 0 || c.MaxPayload < 1024 {
+		return fmt.Errorf("ingest: batch (%d) >= 1, batch_wait (%v) > 0 and max_payload (%d) >= 1024 required", c.Batch, c.BatchWait, c.MaxPayload)
+	}
+	if c.KeepAlive < time.Second || c.ConnectTimeout <= 0 || c.ReconnectBackoffMax <= 0 {
+		return errors.New("ingest: keep_alive >= 1s, connect_timeout and reconnect_backoff_max > 0 required")
+	}
+	return nil
+}
+
+// Filters returns the subscriptions: topic filter -> QoS.
+func (c Config) Filters() map[string]byte {
+	data := func(kind string) string {
+		f := c.Prefix + "/+/+/" + kind
+		if c.SharedGroup != "" {
+			f = "$share/" + c.SharedGroup + "/" + f
+		}
+		return f
+	}
+	return map[string]byte{c.Prefix + "/+/+/" + wire.KindStatus: 1, data(wire.KindSummary): 1, data(wire.KindAlert): 1}
+}
+
+func (c Config) tlsConfig() (*tls.Config, error) {
+	t := c.TLS
+	if t == (TLSConfig{}) {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ingest tls: read ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ingest tls: ca_file %q holds no PEM certificate", t.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("ingest tls: load client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// Stats are the ingest counters since start.
+type Stats struct {
+	Connected  bool
+	Connects   uint64
+	Received   uint64 // every message handed over by the broker
+	Applied    uint64 // new summaries and alerts committed
+	Duplicates uint64 // summaries and alerts already stored (same message id)
+	Statuses   uint64
+	Rejected   uint64 // failed validation (kept in the store's rejects)
+	StoreErrs  uint64 // failed commits (retried; not acknowledged meanwhile)
+	LastError  string
+}
+
+// Ingester owns one broker connection and the store writes.
+type Ingester struct {
+	cfg     Config
+	store   storage.Store
+	log     *slog.Logger
+	now     func() time.Time
+	schemas map[string]*jsonschema.Schema
+	opts    *mqtt.ClientOptions
+	in      chan mqtt.Message
+	stop    chan struct{}
+
+	connected                                                   atomic.Bool
+	connects, received, applied, dups, statuses, rejected, serr atomic.Uint64
+	mu                                                          sync.Mutex
+	lastErr                                                     string
+}
+
+// New validates cfg, loads TLS material and compiles the schemas.
+func New(cfg Config, st storage.Store, log *slog.Logger) (*Ingester, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return nil, errors.New("ingest: nil store")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	schemas, err := CompileSchemas()
+	if err != nil {
+		return nil, err
+	}
+	tc, err := cfg.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	in := &Ingester{cfg: cfg, store: st, log: log, now: time.Now, schemas: schemas, in: make(chan mqtt.Message, 4*cfg.Batch),
+		stop: make(chan struct{})}
+	o := mqtt.NewClientOptions()
+	for _, b := range cfg.Brokers {
+		o.AddBroker(b)
+	}
+	o.SetClientID(cfg.ClientID)
+	if tc != nil {
+		o.SetTLSConfig(tc)
+	}
+	if cfg.Username != "" {
+		pw := ""
+		if cfg.PasswordFile != "" {
+			b, err := os.ReadFile(cfg.PasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("ingest: read password_file: %w", err)
+			}
+			pw = strings.TrimRight(string(b), "\r\n")
+		}
+		o.SetUsername(cfg.Username)
+		o.SetPassword(pw)
+	}
+	o.SetCleanSession(false) // the broker queues QoS 1 messages while we are away
+	o.SetResumeSubs(true)
+	o.SetAutoAckDisabled(true) // acknowledged after the store commit
+	o.SetOrderMatters(true)
+	o.SetKeepAlive(cfg.KeepAlive)
+	o.SetPingTimeout(min(cfg.KeepAlive, 10*time.Second))
+	o.SetConnectTimeout(cfg.ConnectTimeout)
+	o.SetAutoReconnect(true)
+	o.SetConnectRetry(true)
+	o.SetConnectRetryInterval(min(cfg.ReconnectBackoffMax, 2*time.Second))
+	o.SetMaxReconnectInterval(cfg.ReconnectBackoffMax)
+	// Queued messages can arrive before the subscribe call returns: the
+	// default handler takes them too.
+	o.SetDefaultPublishHandler(in.handle)
+	o.SetOnConnectHandler(in.onConnect)
+	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		in.connected.Store(false)
+		in.setErr(fmt.Errorf("connection lost: %w", err))
+	})
+	in.opts = o
+	return in, nil
+}
+
+// CompileSchemas compiles the agent's status, summary and alert schemas
+// (the versions this build's sync/wire publishes).
+func CompileSchemas() (map[string]*jsonschema.Schema, error) {
+	out := map[string]*jsonschema.Schema{}
+	for _, name := range []string{wire.KindStatus, wire.KindSummary, wire.KindAlert} {
+		b, err := wire.Schema(name)
+		if err != nil {
+			return nil, err
+		}
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+		if err != nil {
+			return nil, fmt.Errorf("schema %s: %w", name, err)
+		}
+		c := jsonschema.NewCompiler()
+		c.AssertFormat()
+		url := "mem://" + name + ".schema.json"
+		if err := c.AddResource(url, doc); err != nil {
+			return nil, fmt.Errorf("schema %s: %w", name, err)
+		}
+		s, err := c.Compile(url)
+		if err != nil {
+			return nil, fmt.Errorf("schema %s: %w", name, err)
+		}
+		out[name] = s
+	}
+	return out, nil
+}
+
+func (in *Ingester) handle(_ mqtt.Client, m mqtt.Message) {
+	in.received.Add(1)
+	// Bounded: when full, paho stops reading and the broker holds the rest.
+	select {
+	case in.in <- m:
+	case <-in.stop: // shutting down: left unacknowledged, redelivered later
+	}
+}
+
+func (in *Ingester) onConnect(c mqtt.Client) {
+	in.connects.Add(1)
+	tok := c.SubscribeMultiple(in.cfg.Filters(), nil)
+	go func() {
+		if !tok.WaitTimeout(in.cfg.ConnectTimeout) {
+			in.setErr(errors.New("subscribe: timed out"))
+			return
+		}
+		if err := tok.Error(); err != nil {
+			in.setErr(fmt.Errorf("subscribe: %w", err))
+			return
+		}
+		in.connected.Store(true)
+		in.log.Info("fleet ingest subscribed", "filters", in.cfg.Filters())
+	}()
+}
+
+func (in *Ingester) setErr(err error) {
+	in.mu.Lock()
+	changed := in.lastErr != err.Error()
+	in.lastErr = err.Error()
+	in.mu.Unlock()
+	if changed {
+		in.log.Warn("fleet ingest", "err", err)
+	}
+}
+
+// Stats returns the counters.
+func (in *Ingester) Stats() Stats {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return Stats{Connected: in.connected.Load(), Connects: in.connects.Load(), Received: in.received.Load(),
+		Applied: in.applied.Load(), Duplicates: in.dups.Load(), Statuses: in.statuses.Load(), Rejected: in.rejected.Load(),
+		StoreErrs: in.serr.Load(), LastError: in.lastErr}
+}
+
+// Run connects and ingests until ctx ends; it returns nil on cancellation
+// after the last batch was committed and acknowledged. Call it once.
+func (in *Ingester) Run(ctx context.Context) error {
+	c := mqtt.NewClient(in.opts)
+	tok := c.Connect() // retries in the background (ConnectRetry)
+	go func() {
+		tok.Wait()
+		if err := tok.Error(); err != nil {
+			in.setErr(fmt.Errorf("connect: %w", err))
+		}
+	}()
+	in.log.Info("fleet ingest started", "client_id", in.cfg.ClientID, "shared_group", in.cfg.SharedGroup)
+	err := in.loop(ctx)
+	in.connected.Store(false)
+	close(in.stop)
+	c.Disconnect(250)
+	return err
+}
+
+func (in *Ingester) loop(ctx context.Context) error {
+	batch := make([]mqtt.Message, 0, in.cfg.Batch)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-in.in:
+			batch = append(batch[:0], m)
+			timer.Reset(in.cfg.BatchWait)
+		fill:
+			for len(batch) < in.cfg.Batch {
+				select {
+				case m := <-in.in:
+					batch = append(batch, m)
+				case <-timer.C:
+					break fill
+				case <-ctx.Done():
+					break fill
+				}
+			}
+			timer.Stop()
+			if !in.commit(ctx, batch) {
+				return nil // cancelled while retrying: unacknowledged, the broker redelivers
+			}
+			for _, m := range batch {
+				m.Ack()
+			}
+		}
+	}
+}
+
+// commit writes one batch, retrying store failures with a capped backoff
+// until it succeeds or ctx ends (false).
+func (in *Ingester) commit(ctx context.Context, batch []mqtt.Message) bool {
+	now := in.now().UTC()
+	var msgs []storage.Message
+	var statuses []storage.Status
+	var rejects []storage.Reject
+	for _, m := range batch {
+		d, err := in.Decode(m.Topic(), m.Payload(), now)
+		switch {
+		case err != nil:
+			var r *RejectError
+			if errors.As(err, &r) {
+				rejects = append(rejects, r.Reject)
+			}
+		case d.status != nil:
+			statuses = append(statuses, *d.status)
+		case d.msg != nil:
+			msgs = append(msgs, *d.msg)
+		}
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		err := in.write(ctx, msgs, statuses, rejects)
+		if err == nil {
+			return true
+		}
+		in.serr.Add(1)
+		in.setErr(err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses []storage.Status, rejects []storage.Reject) error {
+	// Each write is bounded; a hung database is retried, not waited on forever.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if len(msgs) > 0 {
+		fresh, err := in.store.Apply(wctx, msgs)
+		if err != nil {
+			return err
+		}
+		for _, f := range fresh {
+			if f {
+				in.applied.Add(1)
+			} else {
+				in.dups.Add(1)
+			}
+		}
+		msgs = nil
+	}
+	for len(statuses) > 0 {
+		if err := in.store.PutStatus(wctx, statuses[0]); err != nil {
+			return err
+		}
+		in.statuses.Add(1)
+		statuses = statuses[1:]
+	}
+	for len(rejects) > 0 {
+		r := rejects[0]
+		if err := in.store.PutReject(wctx, r); err != nil {
+			return err
+		}
+		in.rejected.Add(1)
+		in.log.Warn("fleet ingest: payload rejected", "topic", r.Topic, "err", r.Error)
+		rejects = rejects[1:]
+	}
+	return nil
+}
+
+// RejectError is a payload that failed validation.
+type RejectError struct{ storage.Reject }
+
+func (e *RejectError) Error() string { return fmt.Sprintf("reject %s: %s", e.Topic, e.Reject.Error) }
+
+// decoded is one message ready for the store; both nil: ignore.
+type decoded struct {
+	status *storage.Status
+	msg    *storage.Message
+}
+
+// Decode validates one received message. Bad input gives a *RejectError
+// carrying what to keep; a deleted retained status (empty payload) and
+// kinds the fleet does not use (reply, cmd) give neither error nor data.
+func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded, error) {
+	reject := func(site, device, format string, a ...any) (decoded, error) {
+		p := payload
+		if len(p) > storage.MaxRejectPayload {
+			p = p[:storage.MaxRejectPayload]
+		}
+		return decoded{}, &RejectError{storage.Reject{Received: now, Topic: topic, Site: site, Device: device,
+			Error: fmt.Sprintf(format, a...), Payload: string(p)}}
+	}
+	tp, err := wire.ParseTopic(in.cfg.Prefix, topic)
+	if err != nil {
+		return reject("", "", "topic: %v", err)
+	}
+	schema := in.schemas[tp.Kind]
+	if schema == nil {
+		return decoded{}, nil
+	}
+	if len(payload) == 0 && tp.Kind == wire.KindStatus {
+		return decoded{}, nil // a retained status was cleared
+	}
+	if len(payload) > in.cfg.MaxPayload {
+		return reject(tp.Site, tp.Device, "payload of %d bytes exceeds max_payload %d", len(payload), in.cfg.MaxPayload)
+	}
+	var head struct {
+		SchemaVersion json.RawMessage `json:"schema_version"`
+	}
+	if err := json.Unmarshal(payload, &head); err != nil {
+		return reject(tp.Site, tp.Device, "not a JSON object: %v", err)
+	}
+	if string(head.SchemaVersion) != fmt.Sprint(wire.SchemaVersion) {
+		return reject(tp.Site, tp.Device, "schema_version %s not supported (this fleet service reads version %d)",
+			orNone(head.SchemaVersion), wire.SchemaVersion)
+	}
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(payload))
+	if err != nil {
+		return reject(tp.Site, tp.Device, "not JSON: %v", err)
+	}
+	if err := schema.Validate(inst); err != nil {
+		return reject(tp.Site, tp.Device, "%s violates %s.schema.json: %s", tp.Kind, tp.Kind, oneLine(err))
+	}
+	var env wire.Envelope
+	if err := json.Unmarshal(payload, &env); err != nil {
+		return reject(tp.Site, tp.Device, "envelope: %v", err)
+	}
+	if env.Site != tp.Site || env.Device != tp.Device {
+		return reject(tp.Site, tp.Device, "payload names %s/%s, topic %s/%s", env.Site, env.Device, tp.Site, tp.Device)
+	}
+	switch tp.Kind {
+	case wire.KindStatus:
+		var s wire.Status
+		if err := json.Unmarshal(payload, &s); err != nil {
+			return reject(tp.Site, tp.Device, "status: %v", err)
+		}
+		return decoded{status: &storage.Status{Site: tp.Site, Device: tp.Device, Received: now, Status: s}}, nil
+	case wire.KindSummary:
+		var s wire.Summary
+		if err := json.Unmarshal(payload, &s); err != nil {
+			return reject(tp.Site, tp.Device, "summary: %v", err)
+		}
+		return decoded{msg: &storage.Message{Site: tp.Site, Device: tp.Device, Kind: tp.Kind, MessageID: s.MessageID,
+			Seq: s.Seq, TS: s.TS, Historical: s.Historical, Received: now, Summary: &s}}, nil
+	default:
+		var a wire.Alert
+		if err := json.Unmarshal(payload, &a); err != nil {
+			return reject(tp.Site, tp.Device, "alert: %v", err)
+		}
+		return decoded{msg: &storage.Message{Site: tp.Site, Device: tp.Device, Kind: tp.Kind, MessageID: a.MessageID,
+			Seq: a.Seq, TS: a.TS, Historical: a.Historical, Received: now, Alert: &a}}, nil
+	}
+}
+
+func orNone(b json.RawMessage) string {
+	if len(b) == 0 {
+		return "(none)"
+	}
+	return string(b)
+}
+
+func oneLine(err error) string {
+	s := strings.Join(strings.Fields(err.Error()), " ")
+	if len(s) > 500 {
+		s = s[:500] + "..."
+	}
+	return s
+}
