@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/periocular/atm-agent/eval"
@@ -257,30 +258,71 @@ func evalCluster(ctx context.Context, env *cliEnv, args []string) error {
 	algos := fs.String("algorithms", "", "comma-separated algorithms (default: all)")
 	eps := fs.Float64("eps", 0.5, "DBSCAN eps (euclidean), the original project's value")
 	minSamples := fs.Int("min-samples", 2, "DBSCAN min_samples, the original project's value")
+	cuts := fs.String("thresholds", "", "space-separated cut sets to sweep instead of the manifest's thresholds, each UU,MM,MU cosine distances or one value for all three")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	sets, err := parseCutSets(*cuts)
+	if err != nil {
 		return err
 	}
 	run, ds, man, err := datasetRun(ctx, env, &pf, df.dir, df.mask)
 	if err != nil {
 		return err
 	}
-	th, err := embedderThresholds(man, run.Embedder)
-	if err != nil {
-		return err
+	if sets == nil {
+		th, err := embedderThresholds(man, run.Embedder)
+		if err != nil {
+			return err
+		}
+		sets = []identity.Thresholds{th}
 	}
-	o := eval.ClusterOptions{Thresholds: th, Eps: *eps, MinSamples: *minSamples}
-	for _, a := range splitList(*algos) {
-		o.Algorithms = append(o.Algorithms, identity.Algorithm(a))
+	for _, th := range sets {
+		o := eval.ClusterOptions{Thresholds: th, Eps: *eps, MinSamples: *minSamples}
+		for _, a := range splitList(*algos) {
+			o.Algorithms = append(o.Algorithms, identity.Algorithm(a))
+		}
+		rep, err := eval.ClusterEval(ctx, run, ds.Name, o)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			if err := writeJSON(env.stdout, rep); err != nil {
+				return err
+			}
+			continue
+		}
+		if len(sets) > 1 {
+			fmt.Fprintf(env.stdout, "\n### Cuts UU %.4g, MM %.4g, MU %.4g\n", th.UU, th.MM, th.MU)
+		}
+		rep.Markdown(env.stdout)
 	}
-	rep, err := eval.ClusterEval(ctx, run, ds.Name, o)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		return writeJSON(env.stdout, rep)
-	}
-	rep.Markdown(env.stdout)
 	return nil
+}
+
+// parseCutSets reads --thresholds: space-separated sets, each "UU,MM,MU"
+// or one value for all three pair types. Empty means none.
+func parseCutSets(s string) ([]identity.Thresholds, error) {
+	var sets []identity.Thresholds
+	for _, f := range strings.Fields(s) {
+		var v []float64
+		for _, x := range strings.Split(f, ",") {
+			c, err := strconv.ParseFloat(x, 64)
+			if err != nil || c <= 0 || c >= 2 {
+				return nil, fmt.Errorf("--thresholds %q: want cosine distances in (0, 2)", f)
+			}
+			v = append(v, c)
+		}
+		switch len(v) {
+		case 1:
+			sets = append(sets, identity.Thresholds{UU: v[0], MM: v[0], MU: v[0]})
+		case 3:
+			sets = append(sets, identity.Thresholds{UU: v[0], MM: v[1], MU: v[2]})
+		default:
+			return nil, fmt.Errorf("--thresholds %q: want UU,MM,MU or one value", f)
+		}
+	}
+	return sets, nil
 }
 
 // embedderThresholds reads the calibrated thresholds of an embedder.
