@@ -59,10 +59,10 @@ test: models lint test-pure test-golden test-vision verify
 
 # The unit's system call filter (systemd/atm-agent.service, expanded with
 # systemd-analyze) applied to the built binaries: config check and a replayed
-# run must pass under it (e2e/seccomp_test.go; also part of test-vision).
+# run must pass under it (internal/e2e/seccomp_test.go; also part of test-vision).
 .PHONY: test-seccomp
 test-seccomp:
-	$(TEST_ENV) go test -count=1 -v -run 'Seccomp' ./e2e/
+	$(TEST_ENV) go test -count=1 -v -run 'Seccomp' ./internal/e2e/
 
 clean:
 	rm -rf build/atm-agent build/models
@@ -70,51 +70,51 @@ clean:
 # Debian package (nfpm v2.45.2 via go run; docs/packaging.md).
 .PHONY: deb test-deb
 deb: models
-	bash packaging/build-deb.sh
+	bash scripts/packaging/build-deb.sh
 
 # Installs the package on THIS machine (dpkg -i, upgrade, remove, purge) and
 # cleans up after itself; needs root. Not part of `make test`.
 test-deb: deb
-	bash packaging/test-deb.sh
+	bash scripts/packaging/test-deb.sh
 
 # arm64 cross build against Debian's arm64 OpenCV in a sysroot under build/
 # (mmdebstrap, created once); run it with qemu-aarch64-static -L build/sysroot-arm64.
 .PHONY: build-arm64
 build-arm64:
-	bash packaging/build-arm64.sh
+	bash scripts/packaging/build-arm64.sh
 
-# arm64 .deb: the cross-built binary; Depends as for amd64 (packaging/build-deb.sh).
+# arm64 .deb: the cross-built binary; Depends as for amd64 (scripts/packaging/build-deb.sh).
 .PHONY: deb-arm64
 deb-arm64: models build-arm64
-	DEB_ARCH=arm64 bash packaging/build-deb.sh
+	DEB_ARCH=arm64 bash scripts/packaging/build-deb.sh
 
 # Fully static binaries: a minimal OpenCV built from Debian 12's source
 # package, cached in $(or $(ATM_CACHE_DIR),~/.cache/atm-agent) (first run
 # ~6-8 min on 2 cores per arch), then go build -extldflags -static
-# (packaging/build-static.sh; docs/packaging.md).
+# (scripts/packaging/build-static.sh; docs/packaging.md).
 .PHONY: static static-arm64 test-static-arm64 test-arm64
 static:
-	ARCH=amd64 bash packaging/build-static.sh
+	ARCH=amd64 bash scripts/packaging/build-static.sh
 
 static-arm64:
-	ARCH=arm64 bash packaging/build-static.sh
+	ARCH=arm64 bash scripts/packaging/build-static.sh
 
 # The static arm64 binary under qemu-aarch64-static must make the same
 # identity decisions as the static amd64 one (batch clustering and a
-# replayed visit run; packaging/compare-arch.sh). A few minutes; not in `make test`.
+# replayed visit run; scripts/packaging/compare-arch.sh). A few minutes; not in `make test`.
 test-static-arm64: models static static-arm64
-	bash packaging/compare-arch.sh
+	bash scripts/packaging/compare-arch.sh
 
 # Pre-release: the project's tests cross-compiled for arm64 (vision, agent,
 # identity) under qemu with the arm64 sysroot, then the arm64
-# binary's end-to-end comparison (packaging/test-arm64.sh). ~15-30 min.
+# binary's end-to-end comparison (scripts/packaging/test-arm64.sh). ~15-30 min.
 test-arm64: models build
-	bash packaging/test-arm64.sh
+	bash scripts/packaging/test-arm64.sh
 
 # .deb with the static binary: Depends only adduser (no OpenCV runtime).
 .PHONY: deb-static deb-static-arm64
 deb-static: models build static
-	DEB_BIN=build/atm-agent-static DEB_OUT=build/atm-agent-static_amd64.deb bash packaging/build-deb.sh
+	DEB_BIN=build/atm-agent-static DEB_OUT=build/atm-agent-static_amd64.deb bash scripts/packaging/build-deb.sh
 
 deb-static-arm64: models build static-arm64
-	DEB_ARCH=arm64 DEB_BIN=build/atm-agent-static-arm64 DEB_OUT=build/atm-agent-static_arm64.deb bash packaging/build-deb.sh
+	DEB_ARCH=arm64 DEB_BIN=build/atm-agent-static-arm64 DEB_OUT=build/atm-agent-static_arm64.deb bash scripts/packaging/build-deb.sh

@@ -43,10 +43,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/rules"
-	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/store"
-	"github.com/periocular/atm-agent/visit"
 )
 
 // Camera grabs one burst of frames for a visit. It returns the frames it got

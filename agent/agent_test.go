@@ -11,11 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/rules"
-	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/wire"
-	"github.com/periocular/atm-agent/visit"
 )
 
 const testDim = 8

@@ -85,7 +85,7 @@ func (c Config) Validate() error {
 		{"summary_interval", c.SummaryInterval, time.Second, 24 * time.Hour},
 		{"consolidate_interval", c.ConsolidateInterval, time.Second, 7 * 24 * time.Hour},
 		{"purge_interval", c.PurgeInterval, time.Second, 7 * 24 * time.Hour},
-		{"visit_timeout", c.VisitTimeout, 100 * time.Millisecond, time.Hour}, // 30m under qemu (packaging/compare-arch.sh)
+		{"visit_timeout", c.VisitTimeout, 100 * time.Millisecond, time.Hour}, // 30m under qemu (scripts/packaging/compare-arch.sh)
 		{"heartbeat_interval", c.HeartbeatInterval, 10 * time.Millisecond, time.Hour},
 		{"stop_grace", c.StopGrace, 0, 5 * time.Minute},
 	} {

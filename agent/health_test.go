@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/store"
-	"github.com/periocular/atm-agent/visit"
 )
 
 // faultyStore is the real bbolt store with switchable failures: commits

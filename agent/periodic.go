@@ -8,10 +8,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/agent/identity"
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/wire"
-	"github.com/periocular/atm-agent/visit"
 )
 
 func sortMetas(ms []identity.IdentityMeta) {

@@ -9,10 +9,10 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/agent/identity"
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/wire"
-	"github.com/periocular/atm-agent/visit"
 )
 
 // Outbox topics and kinds written by the agent.

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export ATM_MODELS_DIR=$PWD/build/models ATM_MODEL_SRC=$PWD/build/src
 uptime
 go test -run '^$' -bench 'FaceAPI|Human' -benchtime 30x ./models/golden/ | grep -E 'Benchmark|ok'
-go test -run '^$' -bench 'Detect640|PerceiveBurst' -benchtime 20x ./vision/ | grep -E 'Benchmark|ok'
+go test -run '^$' -bench 'Detect640|PerceiveBurst' -benchtime 20x ./agent/vision/ | grep -E 'Benchmark|ok'
 go test -run '^$' -bench 'CommitVisit' -benchtime 300x ./store/ | grep -E 'Benchmark|ok'
-go test -run '^$' -bench 'Assign' -benchtime 300x ./identity/ | grep -E 'Benchmark|ok'
+go test -run '^$' -bench 'Assign' -benchtime 300x ./agent/identity/ | grep -E 'Benchmark|ok'
 uptime

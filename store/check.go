@@ -17,7 +17,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 // ErrDamaged marks a database file that is damaged (errors.Is); the error

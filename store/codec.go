@@ -18,7 +18,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 // Visit record encoding (value in the visits bucket):

@@ -15,7 +15,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 const crashEnv = "ATM_STORE_CRASH_DB"

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 // The damaged-store corpus: a real store written through the API, then

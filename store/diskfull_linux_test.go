@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 const diskFullEnv = "ATM_STORE_DISKFULL_DB"

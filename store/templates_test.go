@@ -17,7 +17,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 // oldEncodeVisit is the schema-1 visit record: header and embedding inline

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 // MemHistory is an in-memory History for tests and tools. The zero value is

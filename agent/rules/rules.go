@@ -20,7 +20,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 // Kind selects what a rule counts.

@@ -13,8 +13,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/store"
-	"github.com/periocular/atm-agent/visit"
 )
 
 var t0 = time.Date(2025, 3, 3, 8, 0, 0, 0, time.UTC) // aligned to the hour

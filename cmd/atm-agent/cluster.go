@@ -13,11 +13,11 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
-	"github.com/periocular/atm-agent/batch"
-	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/agent/identity"
+	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/internal/imagecheck"
 	"github.com/periocular/atm-agent/models"
-	"github.com/periocular/atm-agent/vision"
+	"github.com/periocular/atm-agent/models/batch"
 )
 
 func init() {

@@ -15,14 +15,14 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/hal/trigger"
-	"github.com/periocular/atm-agent/identity"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/mqttsync"
 	"github.com/periocular/atm-agent/sync/wire"
-	"github.com/periocular/atm-agent/vision"
 )
 
 // Config is the agent's one YAML file. Each section is the owning package's

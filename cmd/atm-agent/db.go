@@ -12,9 +12,9 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
-	"github.com/periocular/atm-agent/vision"
 )
 
 // exitStoreDamaged is the exit code of `run` (and of `db check`) on a

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/store"
-	"github.com/periocular/atm-agent/visit"
 )
 
 func TestDBCommands(t *testing.T) {

@@ -20,14 +20,14 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/rules"
-	"github.com/periocular/atm-agent/demo"
-	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/hal/sim"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/mqttsync"
 	"github.com/periocular/atm-agent/sync/wire"
-	"github.com/periocular/atm-agent/visit"
 )
 
 const demoBanner = "SIMULATED SCENARIO: no camera, no card reader, no real customers. Faces are cut from face-api's demo photos; masks are painted; times are compressed."
@@ -112,12 +112,12 @@ func demoRules() []rules.Rule {
 type demoRun struct {
 	out   io.Writer
 	outMu sync.Mutex
-	sc    demo.Scenario
-	faces []demo.Face
+	sc    sim.Scenario
+	faces []sim.Face
 	day0  time.Time // simulated start of the day
 
 	mu      sync.Mutex
-	current demo.Visit
+	current sim.Visit
 	done    chan string // visit ids, from the observer
 	idSeen  map[string]bool
 
@@ -184,16 +184,16 @@ func (d *demoRun) run(speed float64) func(ctx context.Context, emit func(agent.E
 	}
 }
 
-func (d *demoRun) truth(id string) (demo.Visit, bool) {
+func (d *demoRun) truth(id string) (sim.Visit, bool) {
 	for _, v := range d.sc.Visits {
 		if v.ID == id {
 			return v, true
 		}
 	}
-	return demo.Visit{}, false
+	return sim.Visit{}, false
 }
 
-func (d *demoRun) who(v demo.Visit) string {
+func (d *demoRun) who(v sim.Visit) string {
 	if v.Person < 0 {
 		return "(" + v.Shot.String() + ")"
 	}
@@ -314,7 +314,7 @@ func runDemo(ctx context.Context, env *cliEnv, o *demoOptions) error {
 		received: map[string]int{}, msgIDs: map[string]bool{}, seqs: map[uint64]bool{}, alertIDs: map[string]bool{}}
 	d.printf("%s\n\n", demoBanner)
 
-	faces, err := demo.LoadFaces(o.Models, o.Photos)
+	faces, err := sim.LoadFaces(o.Models, o.Photos)
 	if err != nil {
 		return err
 	}
@@ -323,14 +323,14 @@ func runDemo(ctx context.Context, env *cliEnv, o *demoOptions) error {
 	for i, f := range faces {
 		scores[i] = f.Score
 	}
-	d.sc = demo.Build(len(faces), o.Seed, scores...)
+	d.sc = sim.Build(len(faces), o.Seed, scores...)
 	// The simulated day is the last full 08:00-20:00 before now, so every
 	// visit is in the past and inside the store's retention.
 	ref := time.Now().Add(-20*time.Hour - 30*time.Minute)
 	d.day0 = time.Date(ref.Year(), ref.Month(), ref.Day(), 8, 0, 0, 0, time.Local)
 	speed := float64(d.sc.Day) / float64(o.Duration)
 	d.printf("scenario: seed %d, %d faces found in %d photos, %d simulated customers, %d card inserts on %s 08:00-20:00, replayed in %v\n",
-		o.Seed, len(faces), len(demo.Photos), len(d.sc.People), len(d.sc.Visits), d.day0.Format("2006-01-02"), o.Duration)
+		o.Seed, len(faces), len(sim.Photos), len(d.sc.People), len(d.sc.Visits), d.day0.Format("2006-01-02"), o.Duration)
 	for _, r := range demoRules() {
 		d.printf("rule %-17s %-15s >= %d within %v\n", r.Name, r.Kind, r.Threshold, r.Window)
 	}

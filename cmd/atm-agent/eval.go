@@ -11,11 +11,11 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/periocular/atm-agent/eval"
-	"github.com/periocular/atm-agent/eval/dataset"
-	"github.com/periocular/atm-agent/identity"
+	"github.com/periocular/atm-agent/agent/identity"
+	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/models"
-	"github.com/periocular/atm-agent/vision"
+	"github.com/periocular/atm-agent/models/eval"
+	"github.com/periocular/atm-agent/models/eval/dataset"
 )
 
 func init() {

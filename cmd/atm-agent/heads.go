@@ -9,8 +9,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/periocular/atm-agent/eval"
 	"github.com/periocular/atm-agent/models"
+	"github.com/periocular/atm-agent/models/eval"
 )
 
 // evalTrainHeads fits the embedder's mask classifier and mask-removing

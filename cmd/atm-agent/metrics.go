@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/internal/netguard"
-	"github.com/periocular/atm-agent/visit"
 )
 
 // metrics implements agent.Observer on a private Prometheus registry.

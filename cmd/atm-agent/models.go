@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/models"
-	"github.com/periocular/atm-agent/vision"
 )
 
 // Default locations: a source checkout keeps generated files under build/;

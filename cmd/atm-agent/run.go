@@ -13,16 +13,16 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/hal/trigger"
-	"github.com/periocular/atm-agent/identity"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/mqttsync"
 	"github.com/periocular/atm-agent/sync/wire"
-	"github.com/periocular/atm-agent/vision"
-	"github.com/periocular/atm-agent/visit"
 )
 
 // shutdownBudget bounds everything after SIGTERM (systemd's default stop

@@ -23,8 +23,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/internal/redact"
-	"github.com/periocular/atm-agent/visit"
 )
 
 // Frame is one captured image: interleaved 8-bit BGR, stride 3*W. It is

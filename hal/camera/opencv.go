@@ -11,9 +11,9 @@ import (
 
 	"gocv.io/x/gocv"
 
+	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/internal/imagecheck"
 	"github.com/periocular/atm-agent/internal/redact"
-	"github.com/periocular/atm-agent/vision"
 )
 
 // OpenCV opens cfg's source with gocv: V4L2 for devices (path or index, with

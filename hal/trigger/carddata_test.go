@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 // Card data in card_hash or txn_id is refused with the kind of data named

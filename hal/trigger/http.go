@@ -19,8 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/internal/netguard"
-	"github.com/periocular/atm-agent/visit"
 )
 
 // HTTPConfig configures the local trigger endpoint for the ATM application.

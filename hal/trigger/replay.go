@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 // ReplayConfig configures the replay source: either a fixed Interval or a

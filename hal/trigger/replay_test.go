@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 // instantClock advances its time by each wait and fires at once, so a

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/models/faceapi"
-	"github.com/periocular/atm-agent/vision"
 )
 
 // faBench reports ms per forward at 1 and 2 OpenCV threads.

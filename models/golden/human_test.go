@@ -12,8 +12,8 @@ import (
 
 	"gocv.io/x/gocv"
 
+	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/models/tfgraph"
-	"github.com/periocular/atm-agent/vision"
 )
 
 // humanModel describes one human-models network checked against TF.js.

@@ -17,7 +17,7 @@ import (
 
 	"gocv.io/x/gocv"
 
-	"github.com/periocular/atm-agent/demo"
+	"github.com/periocular/atm-agent/hal/sim"
 )
 
 func main() {
@@ -29,9 +29,9 @@ func main() {
 	photos := flag.String("photos", "build/src/face-api/demo", "face-api demo photos")
 	flag.Parse()
 	if *visits > 0 && *out != "" {
-		faces, err := demo.LoadFaces(*modelsDir, *photos)
+		faces, err := sim.LoadFaces(*modelsDir, *photos)
 		if err == nil {
-			err = demo.Build(len(faces), 1).WriteFrames(faces, *out, *burst, *visits)
+			err = sim.Build(len(faces), 1).WriteFrames(faces, *out, *burst, *visits)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -26,8 +26,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/sync/wire"
-	"github.com/periocular/atm-agent/visit"
 )
 
 // memOutbox is an in-memory Outbox: keys and seqs assigned on Add, like the

@@ -27,8 +27,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/sync/wire"
-	"github.com/periocular/atm-agent/visit"
 )
 
 func skipShort(t *testing.T) {

@@ -18,9 +18,9 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/internal/redact"
 	"github.com/periocular/atm-agent/sync/wire"
-	"github.com/periocular/atm-agent/visit"
 )
 
 // Outbox is the store's outbox as the publisher uses it. OutboxPending

@@ -13,7 +13,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/periocular/atm-agent/visit"
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 // SchemaVersion is the major version of every payload defined here. Additive,

@@ -27,9 +27,9 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/sync/mqttsync"
 	"github.com/periocular/atm-agent/sync/wire"
-	"github.com/periocular/atm-agent/visit"
 )
 
 // FreePort returns a loopback port that was free a moment ago.

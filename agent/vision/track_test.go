@@ -1,0 +1,234 @@
+package vision
+
+import (
+	"context"
+	"image"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"gocv.io/x/gocv"
+
+	"github.com/periocular/atm-agent/agent/visit"
+)
+
+// shifted is fr moved by (dx, dy) pixels, borders replicated: a customer
+// who moves a little between the frames of a burst.
+func shifted(t testing.TB, fr visit.Frame, dx, dy float64) visit.Frame {
+	t.Helper()
+	img, err := frameMat(fr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	m := gocv.NewMatWithSize(2, 3, gocv.MatTypeCV64F)
+	defer m.Close()
+	m.SetDoubleAt(0, 0, 1)
+	m.SetDoubleAt(1, 1, 1)
+	m.SetDoubleAt(0, 2, dx)
+	m.SetDoubleAt(1, 2, dy)
+	out := gocv.NewMat()
+	defer out.Close()
+	gocv.WarpAffineWithParams(img, &out, m, image.Pt(fr.W, fr.H), gocv.InterpolationLinear, gocv.BorderReplicate, colorOf(0))
+	return visit.Frame{W: fr.W, H: fr.H, BGR: out.ToBytes()}
+}
+
+// perceiveBoth runs a burst with and without tracking.
+func perceiveBoth(t testing.TB, p *Pipeline, burst []visit.Frame) (tr, full visit.Descriptor, tt, ft Timings) {
+	t.Helper()
+	var err error
+	p.cfg.NoTrack = false
+	if tr, err = p.PerceiveTimed(context.Background(), burst, &tt); err != nil {
+		t.Fatal(err)
+	}
+	p.cfg.NoTrack = true
+	defer func() { p.cfg.NoTrack = false }()
+	if full, err = p.PerceiveTimed(context.Background(), burst, &ft); err != nil {
+		t.Fatal(err)
+	}
+	return
+}
+
+// Tracking within a burst finds the same face as the whole detection stage
+// on every frame, and the visit's template barely moves.
+func TestTrackInBurst(t *testing.T) {
+	checkMats(t)
+	p := newTestPipeline(t, "", "")
+	fr := closeFrame640(t)
+	burst := jittered(t, fr, 0)
+	tr, full, tt, ft := perceiveBoth(t, p, burst)
+	if tr.Outcome != visit.FaceFound || full.Outcome != visit.FaceFound {
+		t.Fatalf("outcomes %v (tracked) and %v", tr.Outcome, full.Outcome)
+	}
+	c := cosine(tr.Embedding, full.Embedding)
+	t.Logf("tracked %d of %d frames (fast %d, full %d; without: fast %d, full %d); detect %v vs %v; cosine %.4f",
+		tt.Tracked, len(burst), tt.Fast, tt.Full, ft.Fast, ft.Full, tt.Detect, ft.Detect, c)
+	if tt.Tracked != len(burst)-1 || ft.Tracked != 0 {
+		t.Errorf("tracked %d frames (want %d), %d with tracking off", tt.Tracked, len(burst)-1, ft.Tracked)
+	}
+	if c < 0.98 || tr.Mask != full.Mask {
+		t.Errorf("tracked template at cosine %.4f of the untracked one, mask %v vs %v", c, tr.Mask, full.Mask)
+	}
+}
+
+// jittered is a 5-frame burst of fr moved a few pixels each frame (seed
+// picks one of two jitter patterns).
+func jittered(t testing.TB, fr visit.Frame, seed int) []visit.Frame {
+	sh := [][5][2]float64{
+		{{0, 0}, {6, 3}, {12, -4}, {3, 8}, {-7, 2}},
+		{{1, 1}, {5, 4}, {10, -3}, {2, 7}, {-6, 1}},
+	}[seed]
+	out := make([]visit.Frame, len(sh))
+	for i, d := range sh {
+		out[i] = shifted(t, fr, d[0], d[1])
+	}
+	return out
+}
+
+// In a group photo the whole detection stage may pick a different,
+// similar face in a frame of the burst; tracking keeps to the person the
+// burst started with, so two bursts of one scene give one template.
+func TestTrackKeepsThePerson(t *testing.T) {
+	checkMats(t)
+	p := newTestPipeline(t, "", "")
+	fr := frame640(t)
+	first, err := p.FaceInFrame(fr, FaceOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tra, fulla, tt, _ := perceiveBoth(t, p, jittered(t, fr, 0))
+	trb, fullb, _, _ := perceiveBoth(t, p, jittered(t, fr, 1))
+	t.Logf("tracked %d frames; bursts agree at cosine %.4f tracked, %.4f untracked; tracked vs the first frame's face %.4f, %.4f",
+		tt.Tracked, cosine(tra.Embedding, trb.Embedding), cosine(fulla.Embedding, fullb.Embedding),
+		cosine(tra.Embedding, first.Embedding), cosine(trb.Embedding, first.Embedding))
+	if tt.Tracked == 0 {
+		t.Fatal("no frame tracked")
+	}
+	for _, d := range []visit.Descriptor{tra, trb} {
+		if c := cosine(d.Embedding, first.Embedding); c < 0.95 {
+			t.Errorf("tracked burst template at cosine %.4f of the first frame's face: another person", c)
+		}
+	}
+}
+
+// On real video (the seed clips, 6 frames a second): bursts of 5
+// consecutive frames, tracked and not.
+func TestTrackSeedClips(t *testing.T) {
+	root := repoPath("..", "shared", "datasets", "seed-clips", "frames")
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		t.Skipf("seed clips not available: %v", err)
+	}
+	if testing.Short() {
+		t.Skip("seed clips: not in -short")
+	}
+	checkMats(t)
+	p := newTestPipeline(t, "", "")
+	clips := map[string][]string{}
+	for _, e := range ents {
+		n := e.Name()
+		if i := strings.LastIndex(n, "_"); i > 0 && strings.HasSuffix(n, ".jpg") {
+			clips[n[:i]] = append(clips[n[:i]], n)
+		}
+	}
+	type burstDesc struct {
+		who      string
+		mask     bool
+		tr, full []float32
+	}
+	var all []burstDesc
+	var cos []float64
+	var tracked, frames int
+	var dT, dF float64
+	for clip, names := range clips {
+		sort.Strings(names)
+		for i := 0; i+5 <= len(names); i += 5 {
+			var burst []visit.Frame
+			for _, n := range names[i : i+5] {
+				burst = append(burst, loadFrame(t, filepath.Join(root, n)))
+			}
+			tr, full, tt, ft := perceiveBoth(t, p, burst)
+			if tr.Outcome != full.Outcome {
+				t.Errorf("%s burst %d: outcome %v tracked, %v not", clip, i/5, tr.Outcome, full.Outcome)
+				continue
+			}
+			tracked += tt.Tracked
+			frames += len(burst)
+			dT += tt.Detect.Seconds()
+			dF += ft.Detect.Seconds()
+			if tr.Outcome == visit.FaceFound {
+				cos = append(cos, cosine(tr.Embedding, full.Embedding))
+				all = append(all, burstDesc{who: strings.Split(clip, "_")[0], mask: strings.Contains(clip, "_masked"), tr: tr.Embedding, full: full.Embedding})
+				if d := float64(tr.MaskScore - full.MaskScore); d > 0.1 || d < -0.1 {
+					t.Errorf("%s burst %d: mask score %.3f tracked, %.3f not", clip, i/5, tr.MaskScore, full.MaskScore)
+				}
+			}
+		}
+	}
+	// Separation of identities between bursts: the farthest same-person
+	// pair against the nearest other-person pair, by pair type.
+	sep := map[string][2]float64{}
+	for _, mode := range []string{"tracked", "untracked"} {
+		for _, pt := range []string{"UU", "MM", "MU"} {
+			maxG, minI := -1.0, 3.0
+			for i := range all {
+				for j := i + 1; j < len(all); j++ {
+					a, b := all[i], all[j]
+					typ := map[int]string{0: "UU", 1: "MU", 2: "MM"}[btoi(a.mask)+btoi(b.mask)]
+					if typ != pt {
+						continue
+					}
+					x, y := a.tr, b.tr
+					if mode == "untracked" {
+						x, y = a.full, b.full
+					}
+					d := 1 - cosine(x, y)
+					if a.who == b.who {
+						maxG = max(maxG, d)
+					} else {
+						minI = min(minI, d)
+					}
+				}
+			}
+			t.Logf("%s %s: farthest genuine %.4f, nearest impostor %.4f", mode, pt, maxG, minI)
+			sep[mode+pt] = [2]float64{maxG, minI}
+		}
+	}
+	for _, pt := range []string{"UU", "MM", "MU"} {
+		tr, un := sep["tracked"+pt], sep["untracked"+pt]
+		if tr[0] > un[0]+0.02 || tr[1] < un[1]-0.05 {
+			t.Errorf("%s: tracking weakens the separation: genuine <= %.4f, impostors >= %.4f (untracked %.4f, %.4f)", pt, tr[0], tr[1], un[0], un[1])
+		}
+	}
+	sort.Float64s(cos)
+	if len(cos) == 0 {
+		t.Fatal("no bursts with a face")
+	}
+	t.Logf("%d bursts, %d of %d frames tracked; detection %.1f ms vs %.1f ms per burst; cosine tracked/untracked min %.4f median %.4f",
+		len(cos), tracked, frames, 1000*dT/float64(len(cos)), 1000*dF/float64(len(cos)), cos[0], cos[len(cos)/2])
+	if cos[0] < 0.9 {
+		t.Errorf("a tracked burst's template at cosine %.4f of the untracked one", cos[0])
+	}
+	if tracked < frames/2 {
+		t.Errorf("only %d of %d frames tracked", tracked, frames)
+	}
+}
+
+func loadFrame(t testing.TB, path string) visit.Frame {
+	t.Helper()
+	m := gocv.IMRead(path, gocv.IMReadColor)
+	defer m.Close()
+	if m.Empty() {
+		t.Fatalf("%s: not readable", path)
+	}
+	return visit.Frame{W: m.Cols(), H: m.Rows(), BGR: m.ToBytes()}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

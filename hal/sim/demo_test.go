@@ -1,0 +1,127 @@
+package sim
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+)
+
+func repoPath(p ...string) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(append([]string{filepath.Dir(file), "..", ".."}, p...)...)
+}
+
+func dirs(t testing.TB) (string, string) {
+	m, s := os.Getenv("ATM_MODELS_DIR"), os.Getenv("ATM_MODEL_SRC")
+	if m == "" {
+		m = repoPath("build", "models")
+	}
+	if s == "" {
+		s = repoPath("build", "src")
+	}
+	return m, filepath.Join(s, "face-api", "demo")
+}
+
+func TestLoadFaces(t *testing.T) {
+	m, s := dirs(t)
+	faces, err := LoadFaces(m, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range faces {
+		t.Logf("%s score %.2f masks %d", f.Source, f.Score, len(f.Masked))
+	}
+}
+
+func TestBuildDeterministic(t *testing.T) {
+	a, b := Build(22, 7), Build(22, 7)
+	if len(a.Visits) != len(b.Visits) {
+		t.Fatalf("visit counts differ: %d vs %d", len(a.Visits), len(b.Visits))
+	}
+	for i := range a.Visits {
+		if a.Visits[i] != b.Visits[i] {
+			t.Fatalf("visit %d differs: %+v vs %+v", i, a.Visits[i], b.Visits[i])
+		}
+	}
+	c := Build(22, 8)
+	if len(c.Visits) == len(a.Visits) && c.Visits[0] == a.Visits[0] {
+		t.Errorf("another seed gave the same day")
+	}
+	per := map[int]int{}
+	cards := map[string]bool{}
+	faceless := 0
+	for i, v := range a.Visits {
+		if i > 0 && v.Offset < a.Visits[i-1].Offset {
+			t.Fatalf("visits not in time order at %d", i)
+		}
+		if v.Offset < 0 || v.Offset > a.Day+time.Hour {
+			t.Errorf("visit %s at %v outside the day", v.ID, v.Offset)
+		}
+		if v.Person < 0 {
+			faceless++
+			continue
+		}
+		per[v.Person]++
+		if v.Person == 1 && v.Card != "" {
+			cards[v.Card] = true
+		}
+	}
+	if len(cards) < 3 {
+		t.Errorf("the many-cards customer used %d cards, want >= 3", len(cards))
+	}
+	if faceless < 4 {
+		t.Errorf("%d faceless visits, want >= 4", faceless)
+	}
+	if per[0] < 5 || per[2] < 5 {
+		t.Errorf("frequent customers: %v", per)
+	}
+	// Frequent person 0 has 5 visits inside one hour.
+	var t0 []time.Duration
+	for _, v := range a.Visits {
+		if v.Person == 0 {
+			t0 = append(t0, v.Offset)
+		}
+	}
+	if t0[4]-t0[0] > time.Hour {
+		t.Errorf("P01's first five visits span %v, want <= 1h", t0[4]-t0[0])
+	}
+}
+
+func TestRender(t *testing.T) {
+	m, s := dirs(t)
+	faces, err := LoadFaces(m, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(faces) < 10 {
+		t.Fatalf("%d faces in the demo photos, want >= 10", len(faces))
+	}
+	sc := Build(len(faces), 1)
+	v := sc.Visits[0]
+	a, b := sc.Frames(faces, v, 3), sc.Frames(faces, v, 3)
+	for i := range a {
+		if a[i].W != FrameW || a[i].H != FrameH || len(a[i].BGR) != 3*FrameW*FrameH {
+			t.Fatalf("frame %d: %dx%d %d bytes", i, a[i].W, a[i].H, len(a[i].BGR))
+		}
+		if string(a[i].BGR) != string(b[i].BGR) {
+			t.Fatalf("frame %d differs between renders of one seed", i)
+		}
+	}
+	if string(a[0].BGR) == string(a[1].BGR) {
+		t.Errorf("frames of a burst are identical: no jitter")
+	}
+	// A covered camera is dark; a face frame is not.
+	mean := func(f Frame) float64 {
+		var s float64
+		for _, x := range f.BGR {
+			s += float64(x)
+		}
+		return s / float64(len(f.BGR))
+	}
+	cov := Render(nil, ShotCovered, 1, 3)[0]
+	if mean(cov) > 30 || mean(a[0]) < 40 {
+		t.Errorf("covered mean %.0f, face mean %.0f", mean(cov), mean(a[0]))
+	}
+}

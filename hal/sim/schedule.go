@@ -1,0 +1,54 @@
+package sim
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"gocv.io/x/gocv"
+)
+
+// WriteSchedule writes the visits as a hal/trigger replay schedule
+// (offset, card_hash, txn_id = the visit id).
+func (s Scenario) WriteSchedule(w io.Writer) error {
+	for _, v := range s.Visits {
+		line := v.Offset.String()
+		if v.Card != "" {
+			line += " card_hash=" + v.Card
+		}
+		line += " txn_id=" + v.ID
+		if _, err := fmt.Fprintln(w, line); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WriteFrames renders the bursts of the first n visits (all when n <= 0)
+// as PNG files into dir, named in visit order, so a replay camera
+// (camera kind "images") shows frames bursts of perFrame frames each.
+func (s Scenario) WriteFrames(faces []Face, dir string, perVisit, n int) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	vs := s.Visits
+	if n > 0 && n < len(vs) {
+		vs = vs[:n]
+	}
+	for i, v := range vs {
+		for j, fr := range s.Frames(faces, v, perVisit) {
+			m, err := gocv.NewMatFromBytes(fr.H, fr.W, gocv.MatTypeCV8UC3, fr.BGR)
+			if err != nil {
+				return err
+			}
+			name := filepath.Join(dir, fmt.Sprintf("v%04d-f%02d.png", i+1, j+1))
+			ok := gocv.IMWrite(name, m)
+			m.Close()
+			if !ok {
+				return fmt.Errorf("write frame %s", name)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,396 @@
+// Package batch is the offline clustering job (`atm-agent cluster DIR -o OUT`):
+// it walks a folder of photos, finds and embeds the customer's face in each
+// (in parallel), groups the faces by person with an identity algorithm and
+// writes one folder per person plus report.json and an offline contact sheet
+// (report.html). Inputs are only read; bad files are reported, never fatal.
+package batch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/periocular/atm-agent/agent/identity"
+	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/imagecheck"
+)
+
+// FaceFinder finds the customer's face in an encoded image.
+// *vision.Pipeline implements it.
+type FaceFinder interface {
+	FaceInImage(data []byte, o vision.FaceOptions, t *vision.Timings) (vision.Face, error)
+}
+
+// Singletons says where people seen in one image only go.
+type Singletons string
+
+const (
+	// SingletonsFolder puts them all under singletons/ (the default).
+	SingletonsFolder Singletons = "folder"
+	// SingletonsOwn gives each its own person_NNNN/ after the larger ones.
+	SingletonsOwn Singletons = "own"
+)
+
+// Options tune a run.
+type Options struct {
+	// Cluster selects the algorithm and its thresholds.
+	Cluster identity.ClusterOptions
+	// Singletons: folder (default) or own.
+	Singletons Singletons
+	// Force replaces a previous run's output (never foreign files).
+	Force bool
+	// Copy always copies; by default files are hard-linked when possible.
+	Copy bool
+	// Thumb is the side of the contact-sheet thumbnails (default 96; < 0: none).
+	Thumb int
+	// Meta is copied into the report (models, thresholds, version...).
+	Meta Meta
+	// Limits bound each input image (file size and pixels, checked from the
+	// header before anything is decoded; zero fields take imagecheck's
+	// defaults). An image over a limit is listed as unreadable with the reason.
+	Limits imagecheck.Limits
+	// PixelBudget bounds the pixels being decoded and processed at once over
+	// all workers (default: Limits.MaxPixels, i.e. one image of the largest
+	// size accepted, or many small ones). With Limits it bounds the memory of
+	// a run: docs/cluster.md has the figures.
+	PixelBudget int64
+	// Progress, when set, is called after each image with done and total.
+	Progress func(done, total int)
+	Log      *slog.Logger
+}
+
+// Run clusters the images under in and writes the result into out. It needs
+// one FaceFinder per worker goroutine (each is used by one goroutine only);
+// images are spread over them. It returns the report it wrote.
+func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (*Report, error) {
+	if len(finders) == 0 {
+		return nil, errors.New("cluster: no face finder")
+	}
+	switch o.Singletons {
+	case "":
+		o.Singletons = SingletonsFolder
+	case SingletonsFolder, SingletonsOwn:
+	default:
+		return nil, fmt.Errorf("cluster: singletons %q: want folder or own", o.Singletons)
+	}
+	if o.Thumb == 0 {
+		o.Thumb = 96
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	o.Limits = o.Limits.WithDefaults()
+	if o.PixelBudget <= 0 {
+		o.PixelBudget = o.Limits.MaxPixels
+	}
+	absIn, err := absClean(in)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: input: %w", err)
+	}
+	absOut, err := absClean(out)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: output: %w", err)
+	}
+	if inside(absIn, absOut) {
+		return nil, fmt.Errorf("cluster: input %s is inside the output folder %s", in, out)
+	}
+	lst, err := Walk(absIn, absOut)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: read input: %w", err)
+	}
+	if err := prepareOut(out, o.Force); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	start := time.Now()
+	res, err := embedAll(ctx, absIn, lst.Images, finders, o)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	embedTime := time.Since(start)
+	rep, err := build(ctx, lst, res, o)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	if err := write(absIn, out, rep, res, o); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	rep.elapsed, rep.embedTime = time.Since(start), embedTime
+	o.Log.Info("cluster done", "images", len(lst.Images), "identities", rep.Counts.Identities,
+		"noface", rep.Counts.NoFace, "unreadable", rep.Counts.Unreadable, "elapsed", rep.elapsed.Round(time.Millisecond))
+	return rep, nil
+}
+
+// result is the perception outcome for one image.
+type result struct {
+	face   vision.Face
+	found  bool
+	noface string // why no usable face, when !found and err == ""
+	err    string // unreadable: why
+}
+
+// embedAll runs the finders over the images; each worker owns one finder.
+// Results land at the image's index, so the output does not depend on
+// which worker finished first.
+func embedAll(ctx context.Context, root string, images []string, finders []FaceFinder, o Options) ([]result, error) {
+	res := make([]result, len(images))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	jobs := make(chan int)
+	var done sync.Mutex
+	n := 0
+	budget := semaphore.NewWeighted(o.PixelBudget)
+	var wg sync.WaitGroup
+	for _, f := range finders {
+		wg.Add(1)
+		go func(f FaceFinder) {
+			defer wg.Done()
+			for i := range jobs {
+				res[i] = embedOne(ctx, f, filepath.Join(root, filepath.FromSlash(images[i])), o, budget)
+				if o.Progress != nil {
+					done.Lock()
+					n++
+					o.Progress(n, len(images))
+					done.Unlock()
+				}
+			}
+		}(f)
+	}
+	var err error
+feed:
+	for i := range images {
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+			err = ctx.Err()
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	return res, err
+}
+
+// embedOne reads one image within o.Limits (size, then header: nothing is
+// decoded before both pass), waits for its pixels in budget, and finds the
+// face.
+func embedOne(ctx context.Context, f FaceFinder, path string, o Options, budget *semaphore.Weighted) (r result) {
+	data, info, err := imagecheck.ReadFile(path, o.Limits)
+	if err != nil {
+		return result{err: imageReason(err)}
+	}
+	px := min(info.Pixels(), o.PixelBudget)
+	if err := budget.Acquire(ctx, px); err != nil {
+		return result{err: "not processed: " + err.Error()}
+	}
+	defer budget.Release(px)
+	defer func() {
+		// A Go-side panic on one odd file must not end the run.
+		if p := recover(); p != nil {
+			r = result{err: fmt.Sprintf("internal error: %v", p)}
+		}
+	}()
+	face, err := f.FaceInImage(data, vision.FaceOptions{Thumb: max(o.Thumb, 0), Limits: o.Limits}, nil)
+	switch {
+	case errors.Is(err, vision.ErrNoFace):
+		return result{noface: "no usable face"}
+	case errors.Is(err, vision.ErrEmptyCrop):
+		return result{noface: "face crop is empty"}
+	case err != nil:
+		return result{err: imageReason(err)}
+	}
+	for _, v := range face.Embedding {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return result{noface: "embedding is not finite"}
+		}
+	}
+	return result{face: face, found: true}
+}
+
+// imageReason words why an image was not used: imagecheck's and the
+// decoder's messages say what was found and the limit; file system errors
+// go through reason.
+func imageReason(err error) string {
+	for _, e := range []error{imagecheck.ErrEmpty, imagecheck.ErrFileTooBig, imagecheck.ErrTooLarge,
+		imagecheck.ErrUnsupported, imagecheck.ErrCorrupt, imagecheck.ErrTruncated, vision.ErrDecode} {
+		if errors.Is(err, e) {
+			return err.Error()
+		}
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return reason(err)
+	}
+	return "corrupt or unsupported image: " + err.Error()
+}
+
+// build clusters the faces and lays out identities, largest first.
+func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report, error) {
+	var idx []int // image index of each sample
+	var samples []identity.Sample
+	base := time.Unix(0, 0).UTC()
+	for i, r := range res {
+		if r.found {
+			idx = append(idx, i)
+			samples = append(samples, identity.Sample{Embedding: r.face.Embedding, Mask: r.face.Mask,
+				Time: base.Add(time.Duration(len(samples)) * time.Second)})
+		}
+	}
+	alg := o.Cluster.Algorithm
+	if alg == "" {
+		alg = identity.DefaultAlgorithm
+	}
+	labels, err := identity.Cluster(ctx, samples, o.Cluster)
+	if err != nil {
+		return nil, err
+	}
+	// Groups of image indexes; DBSCAN noise (-1) is one group per image.
+	byLabel := map[int][]int{}
+	var groups [][]int
+	for k, l := range labels {
+		if l < 0 {
+			groups = append(groups, []int{idx[k]})
+			continue
+		}
+		byLabel[l] = append(byLabel[l], idx[k])
+	}
+	for _, g := range byLabel {
+		groups = append(groups, g)
+	}
+	for _, g := range groups {
+		sort.Ints(g)
+	}
+	// Largest first; ties by the first image's path (indexes follow paths).
+	sort.Slice(groups, func(a, b int) bool {
+		if len(groups[a]) != len(groups[b]) {
+			return len(groups[a]) > len(groups[b])
+		}
+		return groups[a][0] < groups[b][0]
+	})
+	rep := &Report{Meta: o.Meta, Images: make([]ImageEntry, len(lst.Images)), Skipped: nonNil(lst.Skipped), Unreadable: nonNil(lst.Unreadable)}
+	rep.Meta.Algorithm = string(alg)
+	rep.Meta.Singletons = string(o.Singletons)
+	if alg == identity.DBSCAN {
+		eps, ms := o.Cluster.Eps, o.Cluster.MinSamples
+		if eps == 0 {
+			eps = 0.5
+		}
+		if ms == 0 {
+			ms = 2
+		}
+		rep.Meta.Eps, rep.Meta.MinSamples = eps, ms
+	} else {
+		th := o.Cluster.Config.Thresholds
+		rep.Meta.Thresholds = &th
+	}
+	for i, p := range lst.Images {
+		e := ImageEntry{Path: p}
+		r := res[i]
+		switch {
+		case r.err != "":
+			e.Folder = ""
+			rep.Unreadable = append(rep.Unreadable, Problem{p, r.err})
+		case !r.found:
+			e.Folder = "noface"
+			e.Note = r.noface
+			rep.Counts.NoFace++
+		default:
+			f := r.face
+			e.Face = &FaceInfo{Mask: f.Mask.String(), MaskScore: round4(f.MaskScore), Quality: round4(f.Quality), DetScore: round4(f.Det.Score),
+				Box: [4]float64{round1(f.Det.X0), round1(f.Det.Y0), round1(f.Det.X1), round1(f.Det.Y1)}}
+		}
+		rep.Images[i] = e
+	}
+	sort.SliceStable(rep.Unreadable, func(a, b int) bool { return rep.Unreadable[a].Path < rep.Unreadable[b].Path })
+	next := 1
+	for _, g := range groups {
+		id := Identity{Size: len(g)}
+		if len(g) == 1 && o.Singletons == SingletonsFolder {
+			id.Folder = "singletons"
+		} else {
+			id.Folder = fmt.Sprintf("person_%04d", next)
+			next++
+		}
+		cen := centroid(res, g)
+		var sum float64
+		for _, i := range g {
+			d := 0.0
+			if len(g) > 1 {
+				d = cosDist(res[i].face.Embedding, cen)
+			}
+			rep.Images[i].Folder = id.Folder
+			rep.Images[i].Face.Distance = round4(d)
+			sum += d
+			id.MaxDistance = math.Max(id.MaxDistance, round4(d))
+			switch res[i].face.Mask {
+			case visit.Masked:
+				id.Masked++
+			case visit.Unmasked:
+				id.Unmasked++
+			}
+			id.Images = append(id.Images, lst.Images[i])
+			id.idx = append(id.idx, i)
+		}
+		id.MeanDistance = round4(sum / float64(len(g)))
+		if len(g) == 1 {
+			rep.Counts.Singletons++
+		} else {
+			rep.Counts.People++
+		}
+		rep.Identities = append(rep.Identities, id)
+	}
+	rep.Counts.Images = len(lst.Images)
+	rep.Counts.Faces = len(samples)
+	rep.Counts.Identities = len(groups)
+	rep.Counts.Skipped = len(rep.Skipped)
+	rep.Counts.Unreadable = len(rep.Unreadable)
+	return rep, nil
+}
+
+func nonNil(p []Problem) []Problem {
+	return append([]Problem{}, p...)
+}
+
+func centroid(res []result, g []int) []float64 {
+	c := make([]float64, len(res[g[0]].face.Embedding))
+	for _, i := range g {
+		for k, v := range res[i].face.Embedding {
+			c[k] += float64(v)
+		}
+	}
+	var n float64
+	for _, v := range c {
+		n += v * v
+	}
+	if n = math.Sqrt(n); n > 0 {
+		for k := range c {
+			c[k] /= n
+		}
+	}
+	return c
+}
+
+// cosDist is the cosine distance of a template to a unit centroid.
+func cosDist(a []float32, c []float64) float64 {
+	var dot, na float64
+	for k, v := range a {
+		dot += float64(v) * c[k]
+		na += float64(v) * float64(v)
+	}
+	if na == 0 {
+		return 1
+	}
+	return 1 - dot/math.Sqrt(na)
+}
+
+func round4(v float64) float64 { return math.Round(v*1e4) / 1e4 }
+func round1(v float64) float64 { return math.Round(v*10) / 10 }

@@ -1,0 +1,286 @@
+package batch
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"os"
+	"path"
+	"path/filepath"
+	"time"
+
+	"github.com/periocular/atm-agent/agent/identity"
+)
+
+// SchemaVersion is the version of report.json's layout.
+const SchemaVersion = 1
+
+// Report is report.json. It holds no timestamps or durations, so that the
+// same inputs give a byte-identical file.
+type Report struct {
+	Schema     int          `json:"schema"`
+	Meta       Meta         `json:"run"`
+	Counts     Counts       `json:"counts"`
+	Identities []Identity   `json:"identities"`
+	Images     []ImageEntry `json:"images"`
+	Skipped    []Problem    `json:"skipped"`
+	Unreadable []Problem    `json:"unreadable"`
+
+	elapsed, embedTime time.Duration
+	linked, copied     int
+}
+
+// Elapsed is the wall time of the run and of its perception stage.
+func (r *Report) Elapsed() (total, embed time.Duration) { return r.elapsed, r.embedTime }
+
+// Placed says how many files were hard-linked and how many copied.
+func (r *Report) Placed() (linked, copied int) { return r.linked, r.copied }
+
+// Meta describes how the run was made.
+type Meta struct {
+	Version    string               `json:"version"`
+	Input      string               `json:"input"`
+	Detector   string               `json:"detector"`
+	Embedder   string               `json:"embedder"`
+	Crop       string               `json:"crop"`
+	Models     []ModelInfo          `json:"models"`
+	Algorithm  string               `json:"algorithm"`
+	Thresholds *identity.Thresholds `json:"thresholds,omitempty"`
+	Eps        float64              `json:"eps,omitempty"`
+	MinSamples int                  `json:"min_samples,omitempty"`
+	Singletons string               `json:"singletons"`
+	Distance   string               `json:"distance"`
+}
+
+// ModelInfo names a model file by checksum.
+type ModelInfo struct {
+	Name   string `json:"name"`
+	SHA256 string `json:"sha256"`
+}
+
+// Counts sum up a run. Identities = People (2+ images) + Singletons.
+type Counts struct {
+	Images     int `json:"images"`
+	Faces      int `json:"faces"`
+	NoFace     int `json:"noface"`
+	Unreadable int `json:"unreadable"`
+	Skipped    int `json:"skipped"`
+	Identities int `json:"identities"`
+	People     int `json:"people"`
+	Singletons int `json:"singletons"`
+}
+
+// Identity is one person found.
+type Identity struct {
+	Folder       string   `json:"folder"`
+	Size         int      `json:"size"`
+	Masked       int      `json:"masked"`
+	Unmasked     int      `json:"unmasked"`
+	MeanDistance float64  `json:"mean_distance"`
+	MaxDistance  float64  `json:"max_distance"`
+	Images       []string `json:"images"`
+	idx          []int
+}
+
+// ImageEntry is one input image. Folder is the identity folder, "noface",
+// or empty for an unreadable file.
+type ImageEntry struct {
+	Path   string `json:"path"`
+	Folder string `json:"folder"`
+	File   string `json:"file,omitempty"` // name inside Folder
+	Note   string `json:"note,omitempty"`
+	// Face is present when a usable face was found.
+	Face *FaceInfo `json:"face,omitempty"`
+}
+
+// FaceInfo is what was measured on an image's face.
+type FaceInfo struct {
+	Distance  float64    `json:"distance"` // to the identity's centroid, see DistanceDoc
+	Mask      string     `json:"mask"`     // masked, unmasked or unknown
+	MaskScore float64    `json:"mask_score"`
+	Quality   float64    `json:"quality"`
+	DetScore  float64    `json:"det_score"`
+	Box       [4]float64 `json:"box"` // x0, y0, x1, y1 in image pixels
+	Thumb     string     `json:"thumb,omitempty"`
+}
+
+// DistanceDoc explains ImageEntry.Distance.
+const DistanceDoc = "cosine distance to the L2-normalised mean of the identity's templates (0 for a single image)"
+
+// write lays out the folders and writes the reports.
+func write(root, out string, rep *Report, res []result, o Options) error {
+	rep.Schema = SchemaVersion
+	rep.Meta.Distance = DistanceDoc
+	names := map[string]namer{}
+	placeIn := func(i int, folder string) error {
+		dir := filepath.Join(out, folder)
+		if names[folder] == nil {
+			names[folder] = namer{}
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+		}
+		e := &rep.Images[i]
+		e.File = names[folder].take(flatName(e.Path))
+		linked, err := place(filepath.Join(root, filepath.FromSlash(e.Path)), filepath.Join(dir, e.File), !o.Copy)
+		if err != nil {
+			return fmt.Errorf("place %s: %w", e.Path, err)
+		}
+		if linked {
+			rep.linked++
+		} else {
+			rep.copied++
+		}
+		return nil
+	}
+	for _, id := range rep.Identities {
+		for _, i := range id.idx {
+			if err := placeIn(i, id.Folder); err != nil {
+				return err
+			}
+		}
+	}
+	for i := range rep.Images {
+		if rep.Images[i].Folder == "noface" {
+			if err := placeIn(i, "noface"); err != nil {
+				return err
+			}
+		}
+	}
+	if o.Thumb > 0 {
+		made := false
+		for i, r := range res {
+			if !r.found || len(r.face.Thumb) == 0 || rep.Images[i].Face == nil {
+				continue
+			}
+			if !made {
+				if err := os.MkdirAll(filepath.Join(out, "thumbs"), 0o755); err != nil {
+					return err
+				}
+				made = true
+			}
+			name := fmt.Sprintf("%06d.jpg", i+1)
+			if err := os.WriteFile(filepath.Join(out, "thumbs", name), r.face.Thumb, 0o644); err != nil {
+				return fmt.Errorf("write thumbnail: %w", err)
+			}
+			rep.Images[i].Face.Thumb = path.Join("thumbs", name)
+		}
+	}
+	js, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "report.json"), append(js, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write report.json: %w", err)
+	}
+	if len(rep.Unreadable) > 0 {
+		// JSON, not lines of path<TAB>reason: a file name may hold tabs
+		// and newlines.
+		b, err := json.MarshalIndent(rep.Unreadable, "", "  ")
+		if err != nil {
+			return fmt.Errorf("encode unreadable.json: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(out, "unreadable.json"), append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write unreadable.json: %w", err)
+		}
+	}
+	var h bytes.Buffer
+	if err := sheet.Execute(&h, sheetData(rep)); err != nil {
+		return fmt.Errorf("render report.html: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(out, "report.html"), h.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("write report.html: %w", err)
+	}
+	return nil
+}
+
+type sheetIdentity struct {
+	Identity
+	Faces []ImageEntry
+}
+
+type sheetView struct {
+	R          *Report
+	Identities []sheetIdentity
+	NoFace     []ImageEntry
+}
+
+func sheetData(r *Report) sheetView {
+	v := sheetView{R: r}
+	single := -1 // the one section for all of singletons/
+	for _, id := range r.Identities {
+		if id.Folder == "singletons" && single >= 0 {
+			si := &v.Identities[single]
+			si.Size += id.Size
+			si.Masked += id.Masked
+			si.Unmasked += id.Unmasked
+			for _, i := range id.idx {
+				si.Faces = append(si.Faces, r.Images[i])
+			}
+			continue
+		}
+		si := sheetIdentity{Identity: id}
+		for _, i := range id.idx {
+			si.Faces = append(si.Faces, r.Images[i])
+		}
+		if id.Folder == "singletons" {
+			single = len(v.Identities)
+		}
+		v.Identities = append(v.Identities, si)
+	}
+	for _, e := range r.Images {
+		if e.Folder == "noface" {
+			v.NoFace = append(v.NoFace, e)
+		}
+	}
+	return v
+}
+
+// sheet is the offline contact sheet: no scripts, no external resources;
+// html/template escapes every name.
+var sheet = template.Must(template.New("sheet").Funcs(template.FuncMap{
+	"dist": func(d float64) string { return fmt.Sprintf("%.3f", d) },
+}).Parse(`<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>atm-agent cluster report</title>
+<style>
+body{font-family:sans-serif;margin:1em;color:#222}
+section{margin:1.5em 0}
+h2{font-size:1.1em;margin:.3em 0}
+.grid{display:flex;flex-wrap:wrap;gap:6px}
+figure{margin:0;width:104px;font-size:11px;text-align:center}
+figure img{width:96px;height:96px;object-fit:cover;display:block;margin:auto;background:#ddd}
+figcaption{overflow-wrap:anywhere}
+.b{display:inline-block;padding:0 4px;border-radius:3px;color:#fff;font-size:10px}
+.masked{background:#b35806}.unmasked{background:#1b7837}.unknown{background:#777}
+table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
+</style>
+</head>
+<body>
+<h1>atm-agent cluster report</h1>
+<p>{{.R.Counts.Images}} images, {{.R.Counts.Faces}} faces, {{.R.Counts.People}} people with 2+ images, {{.R.Counts.Singletons}} single-image people, {{.R.Counts.NoFace}} without a usable face, {{.R.Counts.Unreadable}} unreadable, {{.R.Counts.Skipped}} skipped.</p>
+<p>Algorithm {{.R.Meta.Algorithm}}{{with .R.Meta.Thresholds}} (thresholds uu {{.UU}}, mm {{.MM}}, mu {{.MU}}){{end}}{{if .R.Meta.MinSamples}} (eps {{.R.Meta.Eps}}, min_samples {{.R.Meta.MinSamples}}){{end}}; detector {{.R.Meta.Detector}}, embedder {{.R.Meta.Embedder}}, crop {{.R.Meta.Crop}}; atm-agent {{.R.Meta.Version}}. Distance: {{.R.Meta.Distance}}.</p>
+{{range .Identities}}<section id="{{.Folder}}">
+<h2>{{.Folder}}: {{.Size}} image{{if ne .Size 1}}s{{end}}, {{.Masked}} masked, {{.Unmasked}} unmasked{{if ne .Folder "singletons"}}, mean distance {{printf "%.3f" .MeanDistance}}{{end}}</h2>
+<div class="grid">{{range .Faces}}
+<figure>{{with .Face}}{{if .Thumb}}<img src="{{.Thumb}}" alt="" loading="lazy">{{end}}<figcaption><span class="b {{.Mask}}">{{.Mask}}</span> {{dist .Distance}}{{end}}<br>{{.Path}}</figcaption></figure>{{end}}
+</div>
+</section>
+{{end}}{{if .NoFace}}<section id="noface">
+<h2>noface: {{len .NoFace}} image{{if ne (len .NoFace) 1}}s{{end}} without a usable face</h2>
+<table><tr><th>path</th><th>why</th></tr>{{range .NoFace}}<tr><td>{{.Path}}</td><td>{{.Note}}</td></tr>{{end}}</table>
+</section>
+{{end}}{{if .R.Unreadable}}<section id="unreadable">
+<h2>unreadable: {{len .R.Unreadable}}</h2>
+<table><tr><th>path</th><th>reason</th></tr>{{range .R.Unreadable}}<tr><td>{{.Path}}</td><td>{{.Reason}}</td></tr>{{end}}</table>
+</section>
+{{end}}{{if .R.Skipped}}<section id="skipped">
+<h2>skipped: {{len .R.Skipped}}</h2>
+<table><tr><th>path</th><th>reason</th></tr>{{range .R.Skipped}}<tr><td>{{.Path}}</td><td>{{.Reason}}</td></tr>{{end}}</table>
+</section>
+{{end}}</body>
+</html>
+`))

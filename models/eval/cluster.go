@@ -1,0 +1,114 @@
+package eval
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/periocular/atm-agent/agent/identity"
+	"github.com/periocular/atm-agent/models/eval/metrics"
+)
+
+// AlgorithmScores is one algorithm's clustering figures.
+type AlgorithmScores struct {
+	Name string `json:"name"`
+	metrics.ClusterScores
+}
+
+// ClusterReport is the JSON contract of `atm-agent eval cluster`.
+type ClusterReport struct {
+	Dataset    string              `json:"dataset"`
+	Embedder   string              `json:"embedder"`
+	Default    string              `json:"default"`
+	Thresholds identity.Thresholds `json:"thresholds"`
+	// Faceless images are not clustered; they are counted here.
+	Images     int               `json:"images"`
+	Clustered  int               `json:"clustered"`
+	Algorithms []AlgorithmScores `json:"algorithms"`
+}
+
+// ClusterOptions for ClusterEval.
+type ClusterOptions struct {
+	Thresholds identity.Thresholds
+	Algorithms []identity.Algorithm
+	Eps        float64 // DBSCAN
+	MinSamples int
+}
+
+// ClusterEval clusters the found faces with each algorithm and scores them
+// against the identity labels.
+func ClusterEval(ctx context.Context, run *Run, name string, o ClusterOptions) (*ClusterReport, error) {
+	rep := &ClusterReport{Dataset: name, Embedder: run.Embedder, Default: string(identity.DefaultAlgorithm), Thresholds: o.Thresholds, Images: len(run.Samples)}
+	var samples []identity.Sample
+	var truth []string
+	for _, s := range run.Samples {
+		if !s.Found {
+			continue
+		}
+		samples = append(samples, identity.Sample{Embedding: s.Embedding, Mask: s.Mask})
+		truth = append(truth, s.Identity)
+	}
+	rep.Clustered = len(samples)
+	if len(samples) == 0 {
+		return nil, fmt.Errorf("no faces found in %s", name)
+	}
+	algos := o.Algorithms
+	if len(algos) == 0 {
+		algos = identity.Algorithms()
+	}
+	cfg := identity.DefaultConfig()
+	cfg.Thresholds = o.Thresholds
+	for _, a := range algos {
+		labels, err := identity.Cluster(ctx, samples, identity.ClusterOptions{Algorithm: a, Config: cfg, Eps: o.Eps, MinSamples: o.MinSamples})
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", a, err)
+		}
+		sc, err := metrics.Clustering(truth, metrics.NoiseToSingletons(labels))
+		if err != nil {
+			return nil, err
+		}
+		rep.Algorithms = append(rep.Algorithms, AlgorithmScores{Name: string(a), ClusterScores: sc})
+	}
+	return rep, nil
+}
+
+// Markdown writes the report as a table.
+func (r *ClusterReport) Markdown(w io.Writer) {
+	fmt.Fprintf(w, "## %s — clustering with %s (thresholds uu %.4f, mm %.4f, mu %.4f)\n\n", r.Dataset, r.Embedder, r.Thresholds.UU, r.Thresholds.MM, r.Thresholds.MU)
+	fmt.Fprintf(w, "%d of %d images had a usable face.\n\n", r.Clustered, r.Images)
+	fmt.Fprintln(w, "| algorithm | identities found / true | pairwise P | pairwise R | pairwise F1 | BCubed P | BCubed R | BCubed F1 | NMI | count MAE |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+	for _, a := range r.Algorithms {
+		name := a.Name
+		if name == r.Default {
+			name += " (default)"
+		}
+		fmt.Fprintf(w, "| %s | %d / %d | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.2f |\n", name, a.IdentitiesFound, a.IdentitiesTrue,
+			a.Pairwise.Precision, a.Pairwise.Recall, a.Pairwise.F1, a.BCubed.Precision, a.BCubed.Recall, a.BCubed.F1, a.NMI, a.CountMAE)
+	}
+}
+
+// Calibrate returns, per pair type, the cosine distance at which the given
+// share of impostor pairs would be accepted (FAR), from all pairs of the
+// run's found faces. A pair type without impostor pairs gets 0 (disabled).
+func Calibrate(run *Run, far float64) (identity.Thresholds, map[string]float64) {
+	var found []Sample
+	for _, s := range run.Samples {
+		if s.Found {
+			found = append(found, s)
+		}
+	}
+	sc := PairScores(found)
+	th := map[string]float64{}
+	tar := map[string]float64{}
+	for _, pt := range []string{"uu", "mm", "mu"} {
+		im := sc.impostor[pt]
+		if len(im) == 0 {
+			continue
+		}
+		t, thr := metrics.TARAtFAR(sc.genuine[pt], im, far)
+		th[pt] = simToDist(thr)
+		tar[pt] = t
+	}
+	return identity.Thresholds{UU: th["uu"], MM: th["mm"], MU: th["mu"]}, tar
+}

@@ -1,0 +1,120 @@
+#!/bin/bash
+# Install test of the atm-agent .deb on THIS machine (root): install, files,
+# user, permissions, unit verify, config and models checks; upgrade to a
+# bumped version keeps visit data and the edited conffile; remove keeps config
+# and data; purge deletes them. Cleans up (purge, and the atm-agent user and
+# gpio group if this test created them).
+#   scripts/packaging/test-deb.sh [DEB]   (default: the newest build/atm-agent_*_amd64.deb)
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "test-deb: needs root (dpkg -i)" >&2; exit 1; }
+DEB=${1:-$(ls -t build/atm-agent_*_amd64.deb 2>/dev/null | head -1)}
+[ -f "$DEB" ] || { echo "test-deb: no .deb (make deb)" >&2; exit 1; }
+if dpkg-query -W -f='${Status}' atm-agent 2>/dev/null | grep -qv not-installed; then
+	echo "test-deb: atm-agent is already installed here; not touching it" >&2
+	exit 1
+fi
+for p in /etc/atm-agent /var/lib/atm-agent; do
+	[ ! -e "$p" ] || { echo "test-deb: $p exists; not touching it" >&2; exit 1; }
+done
+
+had_user=$(getent passwd atm-agent >/dev/null && echo y || echo n)
+had_gpio=$(getent group gpio >/dev/null && echo y || echo n)
+tmp=$(mktemp -d)
+cleanup() {
+	dpkg --purge atm-agent >/dev/null 2>&1 || true
+	if [ "$had_user" = n ] && getent passwd atm-agent >/dev/null; then deluser --quiet --system atm-agent >/dev/null 2>&1 || true; fi
+	if [ "$had_user" = n ] && getent group atm-agent >/dev/null; then delgroup --quiet --system atm-agent >/dev/null 2>&1 || true; fi
+	if [ "$had_gpio" = n ] && getent group gpio >/dev/null; then delgroup --quiet --system gpio >/dev/null 2>&1 || true; fi
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+fails=0
+ok() { echo "ok   $*"; }
+bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+check() { # check DESCRIPTION COMMAND...
+	local d=$1; shift
+	if "$@" >"$tmp/out" 2>&1; then ok "$d"; else bad "$d: $(head -c 400 "$tmp/out")"; fi
+}
+perm() { # perm PATH MODE OWNER:GROUP
+	local got; got=$(stat -c '%a %U:%G' "$1" 2>/dev/null || echo missing)
+	if [ "$got" = "$2 $3" ]; then ok "$1 $got"; else bad "$1: $got, want $2 $3"; fi
+}
+sum() { sha256sum "$1" | cut -d' ' -f1; }
+
+# A bumped copy of the same package for the upgrade step.
+ver=$(dpkg-deb -f "$DEB" Version)
+ver2="$ver+upgradetest"
+dpkg-deb -R "$DEB" "$tmp/pkg"
+sed -i "s/^Version: .*/Version: $ver2/" "$tmp/pkg/DEBIAN/control"
+dpkg-deb -Zgzip -z1 -b "$tmp/pkg" "$tmp/upgrade.deb" >/dev/null
+rm -rf "$tmp/pkg"
+
+echo "== install $ver"
+check "dpkg -i" dpkg -i "$DEB" </dev/null
+perm /usr/bin/atm-agent 755 root:root
+perm /usr/lib/atm-agent/models 755 root:root
+perm /usr/lib/atm-agent/models/manifest.yaml 644 root:root
+perm /lib/systemd/system/atm-agent.service 644 root:root
+perm /etc/atm-agent 750 root:atm-agent
+perm /etc/atm-agent/config.yaml 640 root:atm-agent
+perm /etc/atm-agent/store.key 600 root:root
+perm /var/lib/atm-agent 700 atm-agent:atm-agent
+check "store.key is 32 bytes" test "$(stat -c %s /etc/atm-agent/store.key)" = 32
+check "config.yaml is a conffile" sh -c "dpkg-query -W -f='\${Conffiles}' atm-agent | grep -q ' /etc/atm-agent/config.yaml '"
+IFS=: read -r _ _ uid _ _ home shell < <(getent passwd atm-agent)
+check "atm-agent is a system user ($uid, $home, $shell)" test "$uid" -lt 1000 -a "$home" = /var/lib/atm-agent -a "$shell" = /usr/sbin/nologin
+check "group atm-agent exists" getent group atm-agent
+check "group gpio exists (unit SupplementaryGroups)" getent group gpio
+check "Depends lists OpenCV dnn" sh -c "dpkg-query -W -f='\${Depends}' atm-agent | grep -q libopencv-dnn406"
+out=$(systemd-analyze verify /lib/systemd/system/atm-agent.service 2>&1) && [ -z "$out" ] &&
+	ok "systemd-analyze verify: no output" || bad "systemd-analyze verify: $out"
+check "config check as atm-agent" runuser -u atm-agent -- atm-agent config check /etc/atm-agent/config.yaml
+check "templates encrypted at rest by default" grep -q '^  key_file: credential:store-key ' /etc/atm-agent/config.yaml
+check "models verify" atm-agent models verify --dir /usr/lib/atm-agent/models
+echo "info installed files: $(dpkg -L atm-agent | while read -r f; do [ -f "$f" ] && [ ! -L "$f" ] && stat -c %s "$f"; done | awk '{s += $1} END {print s}') bytes"
+
+# Visit data and an operator's config edit that the upgrade must keep.
+head -c 4096 /dev/urandom >/var/lib/atm-agent/agent.db
+chown atm-agent:atm-agent /var/lib/atm-agent/agent.db
+chmod 0600 /var/lib/atm-agent/agent.db
+sed -i 's/^  id: atm-0001 /  id: atm-test /' /etc/atm-agent/config.yaml
+check "config edit" grep -q 'id: atm-test' /etc/atm-agent/config.yaml
+db=$(sum /var/lib/atm-agent/agent.db)
+key=$(sum /etc/atm-agent/store.key)
+
+echo "== upgrade to $ver2"
+check "dpkg -i (upgrade, no conffile prompt)" dpkg -i "$tmp/upgrade.deb" </dev/null
+check "installed version is $ver2" test "$(dpkg-query -W -f='${Version}' atm-agent)" = "$ver2"
+check "visit data kept" test "$(sum /var/lib/atm-agent/agent.db)" = "$db"
+check "config edit kept" grep -q 'id: atm-test' /etc/atm-agent/config.yaml
+check "store.key kept" test "$(sum /etc/atm-agent/store.key)" = "$key"
+perm /var/lib/atm-agent 700 atm-agent:atm-agent
+perm /var/lib/atm-agent/agent.db 600 atm-agent:atm-agent
+perm /etc/atm-agent/config.yaml 640 root:atm-agent
+check "config check after upgrade" runuser -u atm-agent -- atm-agent config check /etc/atm-agent/config.yaml
+check "reinstall same version (idempotent postinst)" dpkg -i "$tmp/upgrade.deb" </dev/null
+check "visit data kept after reinstall" test "$(sum /var/lib/atm-agent/agent.db)" = "$db"
+
+echo "== remove"
+check "dpkg --remove" dpkg --remove atm-agent </dev/null
+check "binary gone" test ! -e /usr/bin/atm-agent
+check "models gone" test ! -e /usr/lib/atm-agent
+check "unit gone" test ! -e /lib/systemd/system/atm-agent.service
+check "status config-files" test "$(dpkg-query -W -f='${db:Status-Status}' atm-agent)" = config-files
+check "config kept" grep -q 'id: atm-test' /etc/atm-agent/config.yaml
+check "store.key kept" test "$(sum /etc/atm-agent/store.key)" = "$key"
+check "visit data kept" test "$(sum /var/lib/atm-agent/agent.db)" = "$db"
+
+echo "== purge"
+dpkg --purge atm-agent </dev/null >"$tmp/purge" 2>&1 && ok "dpkg --purge" || bad "dpkg --purge: $(cat "$tmp/purge")"
+check "purge says it deletes the visit data" grep -q 'deleting the visit database' "$tmp/purge"
+check "/etc/atm-agent gone" test ! -e /etc/atm-agent
+check "/var/lib/atm-agent gone" test ! -e /var/lib/atm-agent
+check "package unknown to dpkg" sh -c "! dpkg-query -W atm-agent >/dev/null 2>&1 || dpkg-query -W -f='\${db:Status-Status}' atm-agent | grep -q not-installed"
+
+if [ "$fails" -gt 0 ]; then
+	echo "test-deb: $fails check(s) failed"
+	exit 1
+fi
+echo "test-deb: all checks passed"
