@@ -31,7 +31,7 @@
 // (Stats.DroppedAtStop): its customer has left before frames could be taken.
 //
 // The package has no cgo, paho or bbolt import: it consumes small
-// interfaces (Camera, Perceiver, Store, Notifier, Clock, Observer) and the
+// interfaces (Camera, Perceiver, Store, Clock, Observer) and the
 // pure-Go identity engine, alert rules and wire payloads.
 package agent
 
@@ -73,10 +73,6 @@ type Store interface {
 	Retention() time.Duration
 }
 
-// Notifier is told that the outbox has new messages (the MQTT publisher).
-// Notify must not block.
-type Notifier interface{ Notify() }
-
 // Clock is the agent's time source.
 type Clock interface{ Now() time.Time }
 
@@ -87,8 +83,15 @@ func (sysClock) Now() time.Time { return time.Now() }
 // Source is a trigger source: Run calls emit for every card insert until
 // ctx ends, and returns after its goroutines have ended.
 type Source interface {
-	Run(ctx context.Context, emit func(Event)) error
+	Run(ctx context.Context, emit Emit) error
 }
+
+// Emit hands one trigger to the agent; it never blocks. The channel it
+// returns is closed once no trigger is queued any more: the worker has
+// taken this one (or the one it was coalesced into), or the agent stopped.
+// A source whose events must never be coalesced (a replay) waits on it
+// before its next event; others ignore it.
+type Emit func(Event) <-chan struct{}
 
 // Event is one trigger: a card insert.
 type Event struct {
@@ -141,7 +144,6 @@ type Deps struct {
 	// from Store.Members before the first visit.
 	Identities *identity.Engine
 	Rules      *rules.Engine
-	Publisher  Notifier // optional
 	Sources    []Source // started by Run after the worker
 	Clock      Clock    // optional; the system clock
 	Logger     *slog.Logger
@@ -173,6 +175,7 @@ type Agent struct {
 	pending *Event
 	stats   Stats
 	wake    chan struct{} // cap 1: a trigger is pending
+	free    chan struct{} // closed while pending is nil; new when it is set
 	tasks   chan task
 
 	ran bool
@@ -231,7 +234,8 @@ func New(cfg Config, d Deps) (*Agent, error) {
 		return nil, errors.New("agent: Deps.Rules is required")
 	}
 	a := &Agent{cfg: cfg, d: d, log: d.Logger, obs: d.Observer, clk: d.Clock,
-		wake: make(chan struct{}, 1), tasks: make(chan task)}
+		wake: make(chan struct{}, 1), free: make(chan struct{}), tasks: make(chan task)}
+	close(a.free)
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -250,6 +254,13 @@ func New(cfg Config, d Deps) (*Agent, error) {
 // event will get a visit of its own, false when it was coalesced into the
 // queued one (see the package documentation).
 func (a *Agent) Trigger(ev Event) bool {
+	ok, _ := a.trigger(ev)
+	return ok
+}
+
+// trigger is Trigger that also returns the channel closed once no trigger
+// is queued (Emit).
+func (a *Agent) trigger(ev Event) (bool, <-chan struct{}) {
 	if ev.Time.IsZero() {
 		ev.Time = a.clk.Now()
 	}
@@ -264,17 +275,30 @@ func (a *Agent) Trigger(ev Event) bool {
 			p.Context.TxnID = ev.Context.TxnID
 		}
 		a.stats.Coalesced++
+		free := a.free
 		a.mu.Unlock()
 		a.obs.Coalesced()
-		return false
+		return false, free
 	}
 	a.pending = &ev
+	a.free = make(chan struct{})
+	free := a.free
 	a.mu.Unlock()
 	select {
 	case a.wake <- struct{}{}:
 	default:
 	}
-	return true
+	return true, free
+}
+
+// take removes the queued trigger, if any; a.mu must be held.
+func (a *Agent) take() *Event {
+	ev := a.pending
+	if ev != nil {
+		a.pending = nil
+		close(a.free)
+	}
+	return ev
 }
 
 // Stats returns a copy of the counters.
@@ -336,7 +360,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.Run(srcCtx, func(ev Event) { a.Trigger(ev) }); err != nil && srcCtx.Err() == nil {
+			emit := func(ev Event) <-chan struct{} { _, free := a.trigger(ev); return free }
+			if err := s.Run(srcCtx, emit); err != nil && srcCtx.Err() == nil {
 				errs <- err
 			}
 		}()
@@ -356,8 +381,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-workerDone
 	grace.Stop()
 	a.mu.Lock()
-	if a.pending != nil {
-		a.pending = nil
+	if a.take() != nil {
 		a.stats.DroppedAtStop++
 		a.log.Warn("agent stopping: queued trigger dropped")
 	}
@@ -417,8 +441,7 @@ func (a *Agent) work(ctx context.Context, stop <-chan struct{}) {
 		// consolidation or summaries; each delays at most one visit per
 		// interval.
 		a.mu.Lock()
-		ev := a.pending
-		a.pending = nil
+		ev := a.take()
 		if ev != nil {
 			a.stats.Busy = true
 		}

@@ -99,13 +99,6 @@ func vec(deg float64) []float32 {
 	return v
 }
 
-type fakeNotifier struct {
-	mu sync.Mutex
-	n  int
-}
-
-func (f *fakeNotifier) Notify() { f.mu.Lock(); f.n++; f.mu.Unlock() }
-
 type fixedClock struct {
 	mu sync.Mutex
 	t  time.Time
@@ -125,7 +118,6 @@ type harness struct {
 	st    *store.Store
 	cam   *fakeCamera
 	clk   *fixedClock
-	pub   *fakeNotifier
 	eng   *identity.Engine
 	ag    *Agent
 	stop  context.CancelFunc
@@ -167,7 +159,7 @@ func newHarnessWith(t *testing.T, path string, clk *fixedClock, cfg Config, twea
 	if clk == nil {
 		clk = &fixedClock{t: time.Date(2025, 3, 1, 9, 0, 0, 0, time.UTC)}
 	}
-	h := &harness{t: t, path: path, clk: clk, cam: &fakeCamera{scenes: []scene{{angle: 0}}}, pub: &fakeNotifier{}, rules: testRules()}
+	h := &harness{t: t, path: path, clk: clk, cam: &fakeCamera{scenes: []scene{{angle: 0}}}, rules: testRules()}
 	h.st = openStore(t, path, clk, 0)
 	icfg := identity.DefaultConfig()
 	icfg.Thresholds = identity.Thresholds{UU: 0.3, MM: 0.3}
@@ -182,7 +174,7 @@ func newHarnessWith(t *testing.T, path string, clk *fixedClock, cfg Config, twea
 		t.Fatal(err)
 	}
 	d := Deps{Camera: h.cam, Perceiver: fakePerceiver{h.cam}, Store: h.st, Identities: h.eng,
-		Rules: re, Publisher: h.pub, Clock: clk, Model: "test-emb", NewIdentityQuality: 0.5, Site: "s1", Device: "atm-1"}
+		Rules: re, Clock: clk, Model: "test-emb", NewIdentityQuality: 0.5, Site: "s1", Device: "atm-1"}
 	if tweak != nil {
 		tweak(&d)
 	}
@@ -307,8 +299,10 @@ func TestVisitsCommitIdentityAndAlertOnce(t *testing.T) {
 	if s := h.ag.Stats(); s.Alerts != 1 || s.Visits[visit.FaceFound] != 4 {
 		t.Fatalf("stats %+v", s)
 	}
-	if h.pub.n == 0 {
-		t.Fatal("publisher never notified")
+	select {
+	case <-h.st.OutboxReady():
+	default:
+		t.Fatal("the store never signalled the outbox write")
 	}
 }
 
@@ -631,5 +625,68 @@ func TestVisitPastTimeoutIsStored(t *testing.T) {
 	vs := h.visits()
 	if len(vs) != 1 || vs[0].Outcome != visit.CameraError {
 		t.Fatalf("stored %+v; want one camera_error visit", vs)
+	}
+}
+
+// sourceFunc adapts a function to Source.
+type sourceFunc func(ctx context.Context, emit Emit) error
+
+func (f sourceFunc) Run(ctx context.Context, emit Emit) error { return f(ctx, emit) }
+
+// The channel Emit returns closes when the worker has taken the trigger, not
+// before: a replay that waits on it never has an event coalesced.
+func TestEmitSignalsTaken(t *testing.T) {
+	emits := make(chan Event)
+	frees := make(chan (<-chan struct{}))
+	var cam *fakeCamera
+	h := newHarnessWith(t, "", nil, Config{}, func(d *Deps) {
+		cam = d.Camera.(*fakeCamera)
+		cam.gate = make(chan struct{})
+		cam.calls = make(chan struct{}, 10)
+		d.Sources = []Source{sourceFunc(func(ctx context.Context, emit Emit) error {
+			for {
+				select {
+				case ev := <-emits:
+					frees <- emit(ev)
+				case <-ctx.Done():
+					return nil
+				}
+			}
+		})}
+	})
+	cam.push(scene{angle: 0}, scene{angle: 0})
+	closed := func(c <-chan struct{}) bool {
+		select {
+		case <-c:
+			return true
+		default:
+			return false
+		}
+	}
+	t0 := h.clk.Add(time.Minute)
+	emits <- Event{Time: t0, Source: "replay"}
+	free1 := <-frees
+	<-cam.calls // the worker took visit 1 and is inside Burst
+	select {
+	case <-free1:
+	case <-time.After(5 * time.Second):
+		t.Fatal("first trigger taken but its channel is still open")
+	}
+	emits <- Event{Time: t0.Add(time.Second), Source: "replay"}
+	free2 := <-frees
+	time.Sleep(50 * time.Millisecond)
+	if closed(free2) {
+		t.Fatal("second trigger's channel closed while the worker is busy with the first")
+	}
+	cam.gate <- struct{}{} // finish visit 1; the worker takes visit 2
+	select {
+	case <-free2:
+	case <-time.After(5 * time.Second):
+		t.Fatal("second trigger taken but its channel is still open")
+	}
+	cam.gate <- struct{}{}
+	h.waitProcessed(2)
+	if s := h.ag.Stats(); s.Coalesced != 0 {
+		t.Fatalf("coalesced %d", s.Coalesced)
 	}
 }

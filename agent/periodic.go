@@ -241,9 +241,6 @@ func (a *Agent) publishSummary(ctx context.Context) error {
 	}
 	a.commitResult("summary", nil)
 	a.count(func(s *Stats) { s.Summaries++ })
-	if a.d.Publisher != nil {
-		a.d.Publisher.Notify()
-	}
 	return nil
 }
 

@@ -179,9 +179,6 @@ func (a *Agent) processVisit(parent context.Context, ev Event) {
 	a.log.Info("visit", "visit", v.ID, "seq", res.VisitSeq, "trigger", v.Trigger, "outcome", v.Outcome.String(),
 		"identity", v.IdentityID, "mask", v.Mask.String(), "quality", v.Quality, "frames", v.Frames,
 		"ms", st.Total.Milliseconds())
-	if len(res.Enqueued) > 0 && a.d.Publisher != nil {
-		a.d.Publisher.Notify()
-	}
 }
 
 // commit stores c, retrying transient failures with a short backoff.

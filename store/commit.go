@@ -211,6 +211,12 @@ func (s *Store) CommitVisit(ctx context.Context, c Commit) (CommitResult, error)
 	if err != nil {
 		return CommitResult{}, err
 	}
+	if len(res.Enqueued) > 0 {
+		select {
+		case s.outboxReady <- struct{}{}:
+		default:
+		}
+	}
 	return res, nil
 }
 

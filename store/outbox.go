@@ -181,6 +181,11 @@ func (s *Store) enforceBounds(tx *bolt.Tx) (map[string]uint64, error) {
 	return dropped, nil
 }
 
+// OutboxReady receives after a commit that added outbox messages (a
+// signal, not a count: several commits may give one receive). It is meant
+// for one reader, the outbox drain (mqttsync.Deps.Ready).
+func (s *Store) OutboxReady() <-chan struct{} { return s.outboxReady }
+
 // OutboxPending returns up to max unsent messages, oldest (lowest Key) first.
 func (s *Store) OutboxPending(ctx context.Context, max int) ([]visit.OutboxMessage, error) {
 	var out []visit.OutboxMessage

@@ -272,6 +272,10 @@ type Store struct {
 	// plainTemplates counts unencrypted templates found by the open check.
 	plainTemplates int
 
+	// outboxReady (cap 1) receives after a commit that added outbox
+	// messages (OutboxReady).
+	outboxReady chan struct{}
+
 	// testHook, when set, is called between the stages of a commit; an
 	// error aborts the transaction (atomicity tests).
 	testHook func(stage string) error
@@ -288,7 +292,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
-	s := &Store{path: path, opts: opts}
+	s := &Store{path: path, opts: opts, outboxReady: make(chan struct{}, 1)}
 	if opts.Key != nil {
 		a, err := newAEAD(opts.Key)
 		if err != nil {

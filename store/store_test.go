@@ -853,3 +853,39 @@ func TestStatsTemplatesPerModel(t *testing.T) {
 		t.Errorf("templates %v, want %v", st.Templates, want)
 	}
 }
+
+// A commit that enqueues outbox messages signals OutboxReady (the publisher
+// drains at once); a commit without messages does not.
+func TestOutboxReadySignal(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t, Options{})
+	ready := func() bool {
+		select {
+		case <-s.OutboxReady():
+			return true
+		default:
+			return false
+		}
+	}
+	if ready() {
+		t.Fatal("signalled before any commit")
+	}
+	if _, err := s.CommitVisit(ctx, Commit{Visit: &visit.Visit{ID: "v-no-msg", Time: t0, Descriptor: visit.Descriptor{Outcome: visit.NoFace}}}); err != nil {
+		t.Fatal(err)
+	}
+	if ready() {
+		t.Fatal("a commit without outbox messages signalled")
+	}
+	for i := range 3 {
+		if _, err := s.CommitVisit(ctx, Commit{Outbox: []visit.OutboxMessage{{Kind: "alert", Topic: "alert",
+			Created: t0, Payload: []byte(fmt.Sprintf(`{"n":%d}`, i))}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !ready() {
+		t.Fatal("outbox commits did not signal")
+	}
+	if ready() {
+		t.Fatal("three commits left more than one pending signal (the channel holds one)")
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -63,7 +64,7 @@ func TestCommandKeygenSignAndConfigCheck(t *testing.T) {
 		!strings.Contains(errOut, "warning: mqtt: the broker password is sent in clear") {
 		t.Errorf("config check said %q / %q", out, errOut)
 	}
-	cfg, err := LoadConfig(cfgFile)
+	cfg, err := daemon.LoadConfig(cfgFile)
 	if err != nil {
 		t.Fatal(err)
 	}

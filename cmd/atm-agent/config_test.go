@@ -5,25 +5,11 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
-)
 
-func TestDefaultConfigFileMatchesDefaults(t *testing.T) {
-	c, err := ParseConfig(defaultYAML)
-	if err != nil {
-		t.Fatalf("default config does not pass its own check: %v", err)
-	}
-	want := DefaultConfig()
-	want.fill()
-	if len(c.MQTT.Brokers) == 0 {
-		c.MQTT.Brokers = nil
-	}
-	if !reflect.DeepEqual(c, want) {
-		t.Fatalf("default.yaml and DefaultConfig differ:\n file %+v\n code %+v", c, want)
-	}
-}
+	"github.com/periocular/atm-agent/agent/daemon"
+)
 
 func TestConfigCheckCommand(t *testing.T) {
 	dir := t.TempDir()
@@ -44,7 +30,7 @@ func TestConfigCheckCommand(t *testing.T) {
 }
 
 func TestConfigErrors(t *testing.T) {
-	base := string(defaultYAML)
+	base := string(daemon.DefaultYAML())
 	tests := []struct {
 		name, yaml string
 		want       []string
@@ -63,7 +49,7 @@ func TestConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(tt.yaml))
+			_, err := daemon.ParseConfig([]byte(tt.yaml))
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -77,7 +63,7 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestConfigOverridesAndFill(t *testing.T) {
-	c, err := ParseConfig([]byte("device: {id: atm-7, site: north}\nmqtt: {enabled: true, brokers: [tcp://127.0.0.1:1883]}\n" +
+	c, err := daemon.ParseConfig([]byte("device: {id: atm-7, site: north}\nmqtt: {enabled: true, brokers: [tcp://127.0.0.1:1883]}\n" +
 		"alerts:\n  rules:\n    - {name: r1, kind: visits, threshold: 2, window: 10m}\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -94,13 +80,13 @@ func TestConfigOverridesAndFill(t *testing.T) {
 }
 
 func FuzzParseConfig(f *testing.F) {
-	f.Add(defaultYAML)
+	f.Add(daemon.DefaultYAML())
 	f.Add([]byte("device: {id: a, site: b}\n"))
 	f.Add([]byte("camera:\n  burst_frames: -1\n"))
 	f.Add([]byte("alerts: {rules: []}\n"))
 	f.Add([]byte("&a [*a]"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := ParseConfig(b)
+		c, err := daemon.ParseConfig(b)
 		if err != nil {
 			return
 		}

@@ -12,6 +12,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
@@ -54,11 +55,11 @@ func (f dbFlags) storeConfig() (store.Config, error) {
 
 // configs also returns the agent config it read (nil when only --db was
 // given and the config could not be read).
-func (f dbFlags) configs() (store.Config, *Config, error) {
+func (f dbFlags) configs() (store.Config, *daemon.Config, error) {
 	scfg := store.DefaultConfig()
-	var cfg *Config
+	var cfg *daemon.Config
 	if *f.db == "" || *f.config != "/etc/atm-agent/config.yaml" {
-		c, err := LoadConfig(*f.config)
+		c, err := daemon.LoadConfig(*f.config)
 		if err != nil && *f.db == "" {
 			return scfg, nil, err
 		}
@@ -119,7 +120,7 @@ func openDB(env *cliEnv, name string, args []string, mode dbMode, needKey func()
 
 // openDBConfig is openDB that also returns the agent config it read (nil
 // when only --db was given and the config could not be read).
-func openDBConfig(env *cliEnv, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, *Config, error) {
+func openDBConfig(env *cliEnv, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, *daemon.Config, error) {
 	fs := newFlags(env, "db "+name, "db "+name+" [--config FILE | --db PATH] [--key-file FILE] ...")
 	f := addDBFlags(fs)
 	if extra != nil {

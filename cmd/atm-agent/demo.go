@@ -20,6 +20,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/rules"
 	"github.com/periocular/atm-agent/agent/visit"
@@ -149,8 +150,8 @@ func (d *demoRun) Burst(ctx context.Context) ([]visit.Frame, error) {
 // Run implements agent.Source: the day's card inserts at compressed time,
 // each after the previous visit is stored (a real card insert never comes
 // while the previous customer is still at the machine).
-func (d *demoRun) run(speed float64) func(ctx context.Context, emit func(agent.Event)) error {
-	return func(ctx context.Context, emit func(agent.Event)) error {
+func (d *demoRun) run(speed float64) func(ctx context.Context, emit agent.Emit) error {
+	return func(ctx context.Context, emit agent.Emit) error {
 		start := time.Now()
 		for _, v := range d.sc.Visits {
 			wait := time.Until(start.Add(time.Duration(float64(v.Offset) / speed)))
@@ -335,8 +336,8 @@ func runDemo(ctx context.Context, env *cliEnv, o *demoOptions) error {
 		d.printf("rule %-17s %-15s >= %d within %v\n", r.Name, r.Kind, r.Threshold, r.Window)
 	}
 
-	cfg := DefaultConfig()
-	cfg.Device = DeviceConfig{ID: "demo-atm", Site: "demo-site"}
+	cfg := daemon.DefaultConfig()
+	cfg.Device = daemon.DeviceConfig{ID: "demo-atm", Site: "demo-site"}
 	cfg.Models.Dir = o.Models
 	if th, err := demoThresholds(o); err != nil {
 		return err
@@ -344,14 +345,14 @@ func runDemo(ctx context.Context, env *cliEnv, o *demoOptions) error {
 		cfg.Identity.Thresholds = th
 		d.printf("identity thresholds uu %.2f mm %.2f mu %.2f (%s)\n", th.UU, th.MM, th.MU, o.thresholdsFrom)
 	}
-	dbPath := o.DB
-	if dbPath == "" {
+	cfg.Store.Path = o.DB
+	if cfg.Store.Path == "" {
 		tmp, err := os.MkdirTemp("", "atm-agent-demo-")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(tmp)
-		dbPath = filepath.Join(tmp, "demo.db")
+		cfg.Store.Path = filepath.Join(tmp, "demo.db")
 	}
 	logLevel := slog.LevelWarn + 4 // silent unless -v
 	if o.Verbose {
@@ -359,79 +360,44 @@ func runDemo(ctx context.Context, env *cliEnv, o *demoOptions) error {
 	}
 	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: logLevel}))
 
-	sopts, err := cfg.Store.Options()
-	if err != nil {
-		return err
-	}
-	sopts.DeviceID, sopts.Logger = cfg.Device.ID, log
-	st, err := store.Open(dbPath, sopts)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	pipe, eng, em, err := loadModels(cfg)
-	if err != nil {
-		return err
-	}
-	defer pipe.Close()
-	re, err := rules.New(demoRules())
-	if err != nil {
-		return err
-	}
-
 	broker, url, err := startBroker()
 	if err != nil {
 		return err
 	}
 	defer broker.Close()
-	mcfg := mqttsync.DefaultConfig()
-	mcfg.Brokers = []string{url}
-	mcfg.Topic = mqttsync.TopicConfig{Prefix: "atm", Site: cfg.Device.Site, Device: cfg.Device.ID}
-	mcfg.DrainInterval = 200 * time.Millisecond
-	topics, _ := mcfg.Topics()
+	demoConfig(&cfg, url)
+	topics, _ := cfg.MQTT.Topics()
 	sub, err := d.subscribe(url, strings.TrimSuffix(topics.Status(), wire.KindStatus)+"#")
 	if err != nil {
 		return err
 	}
 	defer sub.Disconnect(200)
-	pub, err := mqttsync.New(mcfg, mqttsync.Deps{Outbox: st, Logger: log,
-		Status: func() wire.Status { return wire.Status{AgentVersion: version, Models: []string{em.Name}} }})
-	if err != nil {
-		return err
-	}
-	d.printf("store %s, embedded MQTT broker %s, subscriber on %s#\n\n", dbPath, url, strings.TrimSuffix(topics.Status(), wire.KindStatus))
-
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pubCtx, cancelPub := context.WithCancel(context.WithoutCancel(ctx))
-	pubDone := make(chan struct{})
-	go func() { defer close(pubDone); pub.Run(pubCtx) }()
-	defer func() { cancelPub(); <-pubDone }()
 
 	srcDone := make(chan struct{})
 	src := d.run(speed)
-	ag, err := agent.New(cfg.Agent, agent.Deps{
-		Camera: d, Perceiver: pipe, Store: st, Identities: eng, Rules: re, Publisher: pub,
-		Sources: []agent.Source{sourceFunc(func(ctx context.Context, emit func(agent.Event)) error {
+	dm, err := daemon.New(cfg, daemon.Options{Version: version, Logger: log, Camera: d, Observer: demoObserver{d},
+		Sources: []agent.Source{sourceFunc(func(ctx context.Context, emit agent.Emit) error {
 			defer close(srcDone)
 			return src(ctx, emit)
-		})},
-		Logger: log, Observer: demoObserver{d}, Model: pipe.TemplateModel, NewIdentityQuality: pipe.Config().NewIdentityQuality,
-		Site: cfg.Device.Site, Device: cfg.Device.ID,
-	})
+		})}})
 	if err != nil {
 		return err
 	}
-	agDone := make(chan error, 1)
-	go func() { agDone <- ag.Run(runCtx) }()
+	st, ag, pub := dm.Store(), dm.Agent(), dm.Publisher()
+	d.printf("store %s, embedded MQTT broker %s, subscriber on %s#\n\n", cfg.Store.Path, url, strings.TrimSuffix(topics.Status(), wire.KindStatus))
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runDone := make(chan error, 1)
+	go func() { runDone <- dm.Run(runCtx) }()
 
 	select {
 	case <-srcDone:
-	case err := <-agDone:
+	case err := <-runDone:
 		return fmt.Errorf("agent stopped: %v", err)
 	case <-ctx.Done():
 		cancel()
-		<-agDone
+		<-runDone
 		d.printf("\ninterrupted. %s\n", demoBanner)
 		return nil
 	}
@@ -455,16 +421,31 @@ func runDemo(ctx context.Context, env *cliEnv, o *demoOptions) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond)
+	// The report reads the store while the daemon still runs (Run closes
+	// it on return); every visit is stored by now.
+	reportErr := d.report(ctx, st, ag, pub, time.Since(t0))
 	cancel()
-	if err := <-agDone; err != nil {
+	if err := <-runDone; err != nil {
 		return err
 	}
-	return d.report(ctx, st, ag, pub, time.Since(t0))
+	return reportErr
 }
 
-type sourceFunc func(ctx context.Context, emit func(agent.Event)) error
+// demoConfig turns the default config into the demo's: no hardware trigger
+// or metrics port, the demo's rules, MQTT to the embedded broker.
+func demoConfig(cfg *daemon.Config, brokerURL string) {
+	cfg.Trigger = daemon.TriggerConfig{}
+	cfg.Metrics.Listen = ""
+	cfg.Alerts.Rules = demoRules()
+	cfg.MQTT.Enabled = true
+	cfg.MQTT.Brokers = []string{brokerURL}
+	cfg.MQTT.Topic = mqttsync.TopicConfig{Prefix: "atm", Site: cfg.Device.Site, Device: cfg.Device.ID}
+	cfg.MQTT.DrainInterval = 200 * time.Millisecond
+}
 
-func (f sourceFunc) Run(ctx context.Context, emit func(agent.Event)) error { return f(ctx, emit) }
+type sourceFunc func(ctx context.Context, emit agent.Emit) error
+
+func (f sourceFunc) Run(ctx context.Context, emit agent.Emit) error { return f(ctx, emit) }
 
 // report prints the ground truth against what the agent stored and sent.
 func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, pub *mqttsync.Publisher, took time.Duration) error {

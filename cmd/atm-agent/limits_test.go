@@ -7,12 +7,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/periocular/atm-agent/agent/daemon"
 )
 
 // Values that passed `config check` and then broke the agent (issue 13):
 // each is refused, naming its setting.
 func TestConfigLimits(t *testing.T) {
-	base := string(defaultYAML)
+	base := string(daemon.DefaultYAML())
 	replay := func(speed string) string {
 		return strings.Replace(base, "  replay:               # simulated triggers, for tests and demos\n    enabled: false\n    interval: 0s\n    count: 0\n    file: \"\"\n    speed: 1",
 			"  replay:\n    enabled: true\n    interval: 1s\n    count: 0\n    file: \"\"\n    speed: "+speed, 1)
@@ -48,7 +50,7 @@ func TestConfigLimits(t *testing.T) {
 			if tc.yaml == base {
 				t.Fatal("the replacement did not apply: default.yaml changed")
 			}
-			_, err := ParseConfig([]byte(tc.yaml))
+			_, err := daemon.ParseConfig([]byte(tc.yaml))
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -75,7 +77,7 @@ func TestConfigCheckKeyFile(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(dir, tc.name+".yaml")
-			os.WriteFile(p, bytes.Replace(defaultYAML, []byte(`  key_file: ""          # encrypt`), []byte(`  key_file: "`+tc.key+`" # encrypt`), 1), 0o600)
+			os.WriteFile(p, bytes.Replace(daemon.DefaultYAML(), []byte(`  key_file: ""          # encrypt`), []byte(`  key_file: "`+tc.key+`" # encrypt`), 1), 0o600)
 			var out bytes.Buffer
 			err := commands["config"].run(context.Background(), &cliEnv{stdout: &out, stderr: &out}, []string{"check", p})
 			switch {

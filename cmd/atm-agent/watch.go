@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/sync/mqttsync"
 )
 
@@ -33,7 +34,7 @@ func watchCmd(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	cfg := mqttsync.DefaultConfig()
 	if *cfgFile != "" {
-		ac, err := LoadConfig(*cfgFile)
+		ac, err := daemon.LoadConfig(*cfgFile)
 		if err != nil {
 			return err
 		}

@@ -82,10 +82,6 @@ func (c burstCamera) Burst(ctx context.Context) ([]visit.Frame, error) {
 	return out, nil
 }
 
-type nopNotifier struct{}
-
-func (nopNotifier) Notify() {}
-
 // done is an agent.Observer that reports every committed visit.
 type done struct {
 	ch chan agent.Stages
@@ -120,7 +116,7 @@ func newRig(b *testing.B, cam agent.Camera, p agent.Perceiver, eng *identity.Eng
 	r := &rig{st: st, path: path, obs: done{make(chan agent.Stages, 1)}, ended: make(chan error, 1)}
 	r.ag, err = agent.New(agent.DefaultConfig(), agent.Deps{
 		Camera: cam, Perceiver: p, Store: st, Identities: eng, Rules: re,
-		Publisher: nopNotifier{}, Observer: r.obs, Model: model, NewIdentityQuality: newIDQ,
+		Observer: r.obs, Model: model, NewIdentityQuality: newIDQ,
 		Site: "bench", Device: "bench-0001",
 	})
 	if err != nil {

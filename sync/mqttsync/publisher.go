@@ -44,8 +44,12 @@ type Deps struct {
 	// envelope, state, uptime and seq. Nil publishes a bare status.
 	Status   func() wire.Status
 	Commands CommandHandler // used when cfg.Commands.Enabled
-	Logger   *slog.Logger
-	Now      func() time.Time // injected clock; time.Now when nil
+	// Ready receives when the outbox has new messages (the store's
+	// OutboxReady); the drain then runs at once instead of at the next
+	// DrainInterval. Nil: the interval alone.
+	Ready  <-chan struct{}
+	Logger *slog.Logger
+	Now    func() time.Time // injected clock; time.Now when nil
 }
 
 // Stats is a snapshot of the publisher's counters.
@@ -267,6 +271,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			p.shutdown()
 			return nil
 		case <-p.notify:
+		case <-p.d.Ready:
 		case <-tick.C:
 		}
 		p.drain(ctx)

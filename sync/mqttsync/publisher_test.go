@@ -409,3 +409,23 @@ func TestConfigWarnings(t *testing.T) {
 		}
 	}
 }
+
+// Deps.Ready wakes the drain at once: with a one-minute DrainInterval a
+// message added after the first drain arrives only through the signal.
+func TestReadySignalDrains(t *testing.T) {
+	broker := startMochi(t)
+	col := newCollector(t, broker, "col", "atm/test/#", false, nil)
+	ob := &memOutbox{}
+	cfg := testConfig(broker)
+	cfg.DrainInterval = time.Minute
+	ready := make(chan struct{}, 1)
+	p, _, _ := runPublisher(t, cfg, Deps{Outbox: ob, Ready: ready})
+	waitFor(t, 5*time.Second, "connected", func() bool { return p.Stats().Connected })
+	ob.Add(wire.KindAlert, time.Now(), payload(t, wire.KindAlert, 1, time.Now()))
+	time.Sleep(300 * time.Millisecond)
+	if n := report(t, col.snapshot(), 1).Unique; n != 0 {
+		t.Fatalf("published %d before the signal (the drain interval is a minute)", n)
+	}
+	ready <- struct{}{}
+	waitFor(t, 2*time.Second, "alert after the ready signal", func() bool { return report(t, col.snapshot(), 1).Unique == 1 })
+}

@@ -1,6 +1,6 @@
 //go:build matprofile
 
-package main
+package daemon
 
 import (
 	"github.com/prometheus/client_golang/prometheus"

@@ -1,0 +1,303 @@
+package daemon
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/agent/identity"
+	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/hal/camera"
+	"github.com/periocular/atm-agent/hal/trigger"
+	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/sync/mqttsync"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// Config is the agent's one YAML file. Each section is the owning package's
+// Config, decoded strictly over its defaults.
+type Config struct {
+	Device   DeviceConfig   `yaml:"device"`
+	Models   ModelsConfig   `yaml:"models"`
+	Camera   camera.Config  `yaml:"camera"`
+	Trigger  TriggerConfig  `yaml:"trigger"`
+	Vision   vision.Config  `yaml:"vision"`
+	Identity IdentityConfig `yaml:"identity"`
+	Alerts   rules.Config   `yaml:"alerts"`
+	Store    store.Config   `yaml:"store"`
+	MQTT     MQTTConfig     `yaml:"mqtt"`
+	Agent    agent.Config   `yaml:"agent"`
+	Metrics  MetricsConfig  `yaml:"metrics"`
+	Log      LogConfig      `yaml:"log"`
+}
+
+// DeviceConfig names this ATM; it fills the MQTT topics and payloads.
+type DeviceConfig struct {
+	ID   string `yaml:"id"`
+	Site string `yaml:"site"`
+}
+
+// ModelsConfig locates the model files and picks the networks.
+type ModelsConfig struct {
+	Dir      string `yaml:"dir"`      // holds manifest.yaml
+	Detector string `yaml:"detector"` // "" = the manifest's pipeline choice
+	Embedder string `yaml:"embedder"`
+}
+
+// IdentityConfig tunes the identity engine. Thresholds come from the model
+// manifest unless overridden here.
+type IdentityConfig struct {
+	ConfirmVisits int                  `yaml:"confirm_visits"`
+	Workers       int                  `yaml:"workers"`
+	Thresholds    *identity.Thresholds `yaml:"thresholds,omitempty"`
+}
+
+// TriggerConfig enables the trigger sources.
+type TriggerConfig struct {
+	GPIO   GPIOSection   `yaml:"gpio"`
+	HTTP   HTTPSection   `yaml:"http"`
+	Replay ReplaySection `yaml:"replay"`
+}
+
+type GPIOSection struct {
+	Enabled            bool `yaml:"enabled"`
+	trigger.GPIOConfig `yaml:",inline"`
+}
+
+type HTTPSection struct {
+	Enabled            bool `yaml:"enabled"`
+	trigger.HTTPConfig `yaml:",inline"`
+}
+
+type ReplaySection struct {
+	Enabled              bool `yaml:"enabled"`
+	trigger.ReplayConfig `yaml:",inline"`
+}
+
+// MQTTConfig is mqttsync.Config plus an on/off switch; topic site and
+// device default to the device section.
+type MQTTConfig struct {
+	Enabled         bool `yaml:"enabled"`
+	mqttsync.Config `yaml:",inline"`
+}
+
+// MetricsConfig serves /metrics and /healthz; "" disables.
+type MetricsConfig struct {
+	Listen string `yaml:"listen"`
+}
+
+// LogConfig selects the log level and format.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// DefaultConfig returns the configuration `atm-agent config default` prints.
+func DefaultConfig() Config {
+	cam := camera.DefaultConfig()
+	cam.Source = "/dev/video0"
+	cam.Width, cam.Height = 640, 480
+	idc := identity.DefaultConfig()
+	httpc := trigger.DefaultHTTPConfig()
+	httpc.Socket = "/run/atm-agent/trigger.sock"
+	replay := trigger.ReplayConfig{Speed: 1}
+	return Config{
+		Device:   DeviceConfig{ID: "atm-0001", Site: "site-1"},
+		Models:   ModelsConfig{Dir: "/usr/lib/atm-agent/models"},
+		Camera:   cam,
+		Trigger:  TriggerConfig{GPIO: GPIOSection{GPIOConfig: trigger.DefaultGPIOConfig()}, HTTP: HTTPSection{Enabled: true, HTTPConfig: httpc}, Replay: ReplaySection{ReplayConfig: replay}},
+		Vision:   vision.DefaultConfig(),
+		Identity: IdentityConfig{ConfirmVisits: idc.ConfirmVisits},
+		Alerts:   rules.DefaultConfig(),
+		Store:    store.DefaultConfig(),
+		MQTT:     MQTTConfig{Config: mqttsync.DefaultConfig()},
+		Agent:    agent.DefaultConfig(),
+		Metrics:  MetricsConfig{Listen: "127.0.0.1:9464"},
+		Log:      LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// DefaultYAML returns the commented default config file (`atm-agent config
+// default`); it parses to DefaultConfig.
+func DefaultYAML() []byte { return bytes.Clone(defaultYAML) }
+
+// ParseConfig decodes YAML strictly over the defaults: an unknown or
+// misspelt key is an error naming its line. It then validates.
+func ParseConfig(b []byte) (Config, error) {
+	c := DefaultConfig()
+	// An empty sequence in the file replaces the default rules.
+	c.Alerts.Rules = nil
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return Config{}, errors.New("config is empty")
+		}
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return Config{}, errors.New("config: more than one YAML document")
+	}
+	if c.Alerts.Rules == nil {
+		c.Alerts = rules.DefaultConfig()
+	}
+	c.fill()
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// LoadConfig reads and parses a config file.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// fill derives settings that default to another section.
+func (c *Config) fill() {
+	if c.MQTT.Topic.Site == "" {
+		c.MQTT.Topic.Site = c.Device.Site
+	}
+	if c.MQTT.Topic.Device == "" {
+		c.MQTT.Topic.Device = c.Device.ID
+	}
+	if c.MQTT.Commands.SeenFile == "" && c.Store.Path != "" {
+		c.MQTT.Commands.SeenFile = filepath.Join(filepath.Dir(c.Store.Path), "commands-seen.json")
+	}
+}
+
+// Warnings lists settings that are valid but weaken security; `config
+// check` prints them and the daemon logs them at start.
+func (c Config) Warnings() []string {
+	if !c.MQTT.Enabled {
+		return nil
+	}
+	return c.MQTT.Config.Warnings()
+}
+
+// CheckFiles reads the files the config names that the daemon would only
+// read at start (the MQTT command public keys), so `config check` finds a
+// missing or bad one.
+func (c Config) CheckFiles() error {
+	// The store key: missing, unreadable or short keys fail here rather
+	// than when the daemon opens the store. A systemd credential can only
+	// be read where CREDENTIALS_DIRECTORY is set (ExecStartPre is).
+	if k := c.Store.KeyFile; k != "" && (!strings.HasPrefix(k, "credential:") || os.Getenv("CREDENTIALS_DIRECTORY") != "") {
+		key, err := store.LoadKey(k)
+		clear(key)
+		if err != nil {
+			return fmt.Errorf("store.key_file: %w", err)
+		}
+	}
+	if c.MQTT.Enabled && c.MQTT.Commands.Enabled {
+		if _, err := c.MQTT.Commands.LoadKeys(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate reports every problem, each naming its setting.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := wire.ValidateLevel("device", c.Device.ID); err != nil {
+		bad(fmt.Errorf("device.id: %v (letters, digits, '-', '_', '.')", err))
+	}
+	if err := wire.ValidateLevel("site", c.Device.Site); err != nil {
+		bad(fmt.Errorf("device.site: %v (letters, digits, '-', '_', '.')", err))
+	}
+	if c.Models.Dir == "" {
+		bad(errors.New("models.dir is required: the directory holding manifest.yaml"))
+	}
+	bad(c.Camera.Validate())
+	if c.Vision.Validate() != nil {
+		bad(fmt.Errorf("vision: %w", c.Vision.Validate()))
+	}
+	if c.Identity.ConfirmVisits < 1 || c.Identity.ConfirmVisits > 1000 {
+		bad(fmt.Errorf("identity.confirm_visits %d: want 1..1000", c.Identity.ConfirmVisits))
+	}
+	if c.Identity.Workers < 0 || c.Identity.Workers > identity.MaxWorkers {
+		bad(fmt.Errorf("identity.workers %d: want 0 (all cores) to %d", c.Identity.Workers, identity.MaxWorkers))
+	}
+	if t := c.Identity.Thresholds; t != nil {
+		ic := identity.Config{Thresholds: *t, ConfirmVisits: 1}
+		bad(ic.Validate())
+	}
+	bad(c.Alerts.Validate())
+	bad(c.Store.Validate())
+	bad(c.Agent.Validate())
+	if b, v := c.Camera.BurstDuration, c.Agent.VisitTimeout; b > 0 && v > 0 && b >= v {
+		bad(fmt.Errorf("camera.burst_duration %s is not below agent.visit_timeout %s: every visit would time out in its burst", b, v))
+	}
+	n := 0
+	if c.Trigger.GPIO.Enabled {
+		n++
+		bad(c.Trigger.GPIO.Validate())
+	}
+	if c.Trigger.HTTP.Enabled {
+		n++
+		bad(c.Trigger.HTTP.Validate())
+	}
+	if c.Trigger.Replay.Enabled {
+		n++
+		bad(c.Trigger.Replay.Validate())
+	}
+	if n == 0 {
+		bad(errors.New("trigger: no trigger enabled; enable gpio, http or replay (otherwise no visit ever starts)"))
+	}
+	if c.MQTT.Enabled {
+		bad(c.MQTT.Config.Validate())
+		if c.MQTT.Topic.Device != c.Device.ID || c.MQTT.Topic.Site != c.Device.Site {
+			bad(fmt.Errorf("mqtt.topic site/device (%s/%s) differ from device.site/id (%s/%s); leave them empty",
+				c.MQTT.Topic.Site, c.MQTT.Topic.Device, c.Device.Site, c.Device.ID))
+		}
+	}
+	if l := c.Metrics.Listen; l != "" {
+		host, _, err := net.SplitHostPort(l)
+		ip := net.ParseIP(host)
+		switch {
+		case err != nil:
+			bad(fmt.Errorf("metrics.listen %q: %v", l, err))
+		case host != "localhost" && (ip == nil || !ip.IsLoopback()):
+			bad(fmt.Errorf("metrics.listen %q: only loopback addresses are allowed (127.0.0.1, ::1, localhost)", l))
+		}
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad(fmt.Errorf("log.level %q: want debug, info, warn or error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad(fmt.Errorf("log.format %q: want text or json", c.Log.Format))
+	}
+	return errors.Join(errs...)
+}

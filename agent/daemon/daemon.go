@@ -1,0 +1,260 @@
+// Package daemon is the agent's composition root: it turns a Config into
+// running parts (models, store, camera, trigger sources, agent, MQTT
+// publisher, metrics and health endpoint, systemd notifications) and runs
+// them in order. `atm-agent run`, the demo and the end-to-end tests all go
+// through New and Run; the demo injects its simulated camera and card reader
+// through Options.
+//
+// Start order: models (verified), store, camera, agent (its worker before
+// its trigger sources), publisher; sinks (publisher, camera) run before the
+// agent's sources and stop after them.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/agent/identity"
+	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/hal/camera"
+	"github.com/periocular/atm-agent/models"
+	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/sync/mqttsync"
+)
+
+// ShutdownBudget bounds everything after the context ends (systemd's default
+// stop timeout is far longer; operators expect seconds).
+const ShutdownBudget = 4500 * time.Millisecond
+
+// Options are what a caller injects instead of what Config would build.
+type Options struct {
+	// Version is reported in the log and the MQTT status.
+	Version string
+	// Logger; nil: one from Config.Log writing to stderr.
+	Logger *slog.Logger
+	// Camera replaces the configured camera (the simulator); the status
+	// then lists no camera.
+	Camera agent.Camera
+	// Sources run besides the configured triggers.
+	Sources []agent.Source
+	// Observer receives what the agent does, besides the metrics.
+	Observer agent.Observer
+}
+
+// Daemon is the wired agent. Create with New, run with Run once.
+type Daemon struct {
+	cfg     Config
+	opts    Options
+	log     *slog.Logger
+	pipe    *vision.Pipeline
+	eng     *identity.Engine
+	em      *models.Model
+	st      *store.Store
+	cam     *camera.Camera // nil when Options.Camera is set
+	ag      *agent.Agent
+	pub     *mqttsync.Publisher // nil without MQTT
+	m       *metrics
+	beat    heartbeat
+	started time.Time
+	closeMu sync.Once
+}
+
+// NewLogger builds the logger Config.Log asks for, writing to w.
+func NewLogger(cfg LogConfig, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(strings.ToUpper(cfg.Level)))
+	o := &slog.HandlerOptions{Level: lvl}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, o))
+	}
+	return slog.New(slog.NewTextHandler(w, o))
+}
+
+// New loads and checks the models, opens the store and builds every part.
+// Models come first: a missing or tampered model file stops the start
+// before the store is opened (and written to). On error, what New opened is
+// closed again.
+func New(cfg Config, opts Options) (_ *Daemon, err error) {
+	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger, started: time.Now()}
+	if d.log == nil {
+		d.log = NewLogger(cfg.Log, os.Stderr)
+	}
+	d.log.Info("atm-agent starting", "version", opts.Version, "device", cfg.Device.ID, "site", cfg.Device.Site)
+	for _, w := range cfg.Warnings() {
+		d.log.Warn("config: " + w)
+	}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if d.pipe, d.eng, d.em, err = loadModels(cfg); err != nil {
+		return nil, err
+	}
+	if err := d.openStore(); err != nil {
+		return nil, err
+	}
+	if err := d.newAgent(); err != nil {
+		return nil, err
+	}
+	if cfg.MQTT.Enabled {
+		var cmds mqttsync.CommandHandler
+		if cfg.MQTT.Commands.Enabled {
+			cmds = d.ag
+		}
+		d.pub, err = mqttsync.New(cfg.MQTT.Config, mqttsync.Deps{Outbox: d.st, Ready: d.st.OutboxReady(),
+			Status: d.status, Commands: cmds, Logger: d.log.With("component", "mqtt")})
+		if err != nil {
+			return nil, err
+		}
+	}
+	d.registerMetrics()
+	return d, nil
+}
+
+func (d *Daemon) openStore() error {
+	sopts, err := d.cfg.Store.Options()
+	if err != nil {
+		return err
+	}
+	sopts.DeviceID, sopts.Logger = d.cfg.Device.ID, d.log.With("component", "store")
+	d.st, err = store.Open(d.cfg.Store.Path, sopts)
+	return err
+}
+
+// newAgent builds the camera, the trigger sources, the rules and the agent.
+func (d *Daemon) newAgent() error {
+	camera := d.opts.Camera
+	if camera == nil {
+		c, err := newCamera(d.cfg.Camera, d.log)
+		if err != nil {
+			return err
+		}
+		d.cam, camera = c, cameraBurst{c}
+	}
+	re, err := rules.New(d.cfg.Alerts.Rules)
+	if err != nil {
+		return err
+	}
+	sources, err := newSources(d.cfg.Trigger, d.log)
+	if err != nil {
+		return err
+	}
+	d.m = newMetrics()
+	acfg := d.cfg.Agent
+	d.beat.watchdog = watchdogInterval()
+	if wd := d.beat.watchdog; wd > 0 && wd < acfg.HeartbeatInterval {
+		acfg.HeartbeatInterval = wd
+	}
+	d.cfg.Agent = acfg
+	var obs agent.Observer = d.m
+	if d.opts.Observer != nil {
+		obs = observers{d.m, d.opts.Observer}
+	}
+	d.ag, err = agent.New(acfg, agent.Deps{
+		Camera: camera, Perceiver: d.pipe, Store: d.st, Identities: d.eng, Rules: re,
+		Sources: append(sources, d.opts.Sources...), Logger: d.log.With("component", "agent"), Observer: obs,
+		Model: d.pipe.TemplateModel, NewIdentityQuality: d.pipe.Config().NewIdentityQuality,
+		Site: d.cfg.Device.Site, Device: d.cfg.Device.ID, Heartbeat: d.beat.beat,
+	})
+	return err
+}
+
+// Agent, Store and Publisher (nil without MQTT) give callers such as the
+// demo the running parts.
+func (d *Daemon) Agent() *agent.Agent            { return d.ag }
+func (d *Daemon) Store() *store.Store            { return d.st }
+func (d *Daemon) Publisher() *mqttsync.Publisher { return d.pub }
+func (d *Daemon) Model() *models.Model           { return d.em }
+func (d *Daemon) Config() Config                 { return d.cfg }
+func (d *Daemon) Logger() *slog.Logger           { return d.log }
+
+// Close releases the models and the store. Run calls it on return; call
+// it only for a Daemon that is never run.
+func (d *Daemon) Close() {
+	d.closeMu.Do(func() {
+		if d.st != nil {
+			d.st.Close()
+		}
+		if d.pipe != nil {
+			d.pipe.Close()
+		}
+	})
+}
+
+// Run serves until ctx ends or the agent stops on an error, then stops
+// everything within ShutdownBudget and closes the store and models.
+// Cancellation is not an error.
+func (d *Daemon) Run(ctx context.Context) error {
+	defer d.Close()
+	log := d.log
+	sinkCtx, cancelSinks := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSinks()
+	var sinks sync.WaitGroup
+	if d.pub != nil {
+		sinks.Go(func() { d.pub.Run(sinkCtx) })
+	}
+	if d.cam != nil {
+		sinks.Go(func() { d.cam.Run(sinkCtx) })
+	}
+	if d.cfg.Metrics.Listen != "" {
+		stop, err := serveMetrics(d.cfg.Metrics.Listen, d.m, d.health, log)
+		if err != nil {
+			cancelSinks()
+			sinks.Wait()
+			return fmt.Errorf("metrics: listen %s: %w", d.cfg.Metrics.Listen, err)
+		}
+		defer stop()
+	}
+	// Agent: restores identities, purges, starts worker then sources.
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- d.ag.Run(ctx) }()
+	sdNotify("READY=1")
+	log.Info("atm-agent ready")
+
+	var runErr error
+	select {
+	case runErr = <-agentDone:
+		sdNotify("STOPPING=1")
+		cancelSinks()
+		waitTimeout(&sinks, ShutdownBudget)
+		if runErr == nil {
+			runErr = errors.New("agent stopped unexpectedly")
+		}
+		return runErr
+	case <-ctx.Done():
+	}
+	stopAt := time.Now()
+	sdNotify("STOPPING=1")
+	log.Info("atm-agent stopping")
+	select {
+	case runErr = <-agentDone:
+	case <-time.After(ShutdownBudget):
+		log.Error("agent did not stop in time")
+	}
+	cancelSinks()
+	waitTimeout(&sinks, max(500*time.Millisecond, ShutdownBudget-time.Since(stopAt)))
+	s := d.ag.Stats()
+	log.Info("atm-agent stopped", "visits", s.Committed, "coalesced", s.Coalesced, "ms", time.Since(stopAt).Milliseconds())
+	return runErr
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}

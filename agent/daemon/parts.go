@@ -1,0 +1,167 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/agent/identity"
+	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/hal/camera"
+	"github.com/periocular/atm-agent/hal/trigger"
+	"github.com/periocular/atm-agent/models"
+)
+
+// loadModels loads the manifest, the vision pipeline and the identity
+// engine configured from the embedder's thresholds.
+func loadModels(cfg Config) (*vision.Pipeline, *identity.Engine, *models.Model, error) {
+	man, err := models.LoadManifest(filepath.Join(cfg.Models.Dir, "manifest.yaml"))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("models: %w (run `make models` or set models.dir)", err)
+	}
+	name := cfg.Models.Embedder
+	if name == "" {
+		name = man.Pipeline.Embedder
+	}
+	em, ok := man.Find(name)
+	if !ok || em.Embedding == nil {
+		return nil, nil, nil, fmt.Errorf("models: embedder %q is not in the manifest", name)
+	}
+	icfg := identity.DefaultConfig()
+	icfg.ConfirmVisits, icfg.Workers = cfg.Identity.ConfirmVisits, cfg.Identity.Workers
+	switch {
+	case cfg.Identity.Thresholds != nil:
+		icfg.Thresholds = *cfg.Identity.Thresholds
+	case em.Thresholds != nil:
+		icfg.Thresholds = identity.Thresholds{UU: em.Thresholds.UU, MM: em.Thresholds.MM, MU: em.Thresholds.MU}
+	default:
+		return nil, nil, nil, fmt.Errorf("models: embedder %q has no calibrated thresholds in the manifest; set identity.thresholds", name)
+	}
+	p, err := vision.New(cfg.Models.Dir, man, cfg.Models.Detector, name, cfg.Vision)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("load vision pipeline: %w", err)
+	}
+	// Templates are the projection head's output, which may be shorter
+	// than the embedder's.
+	eng, err := identity.New(icfg, p.TemplateDim)
+	if err != nil {
+		p.Close()
+		return nil, nil, nil, err
+	}
+	return p, eng, em, nil
+}
+
+func newCamera(cfg camera.Config, log *slog.Logger) (*camera.Camera, error) {
+	return camera.New(cfg, log.With("component", "camera"))
+}
+
+// cameraBurst adapts *camera.Camera to agent.Camera (configured burst).
+type cameraBurst struct{ c *camera.Camera }
+
+func (c cameraBurst) Burst(ctx context.Context) ([]visit.Frame, error) { return c.c.Burst(ctx, 0, -1) }
+
+// newSources builds the enabled trigger sources (the HTTP one listening).
+func newSources(cfg TriggerConfig, log *slog.Logger) ([]agent.Source, error) {
+	var sources []agent.Source
+	if g := cfg.GPIO; g.Enabled {
+		s, err := trigger.NewGPIO(g.GPIOConfig, log.With("component", "gpio"))
+		if err != nil {
+			return nil, err
+		}
+		sources = append(sources, triggerSource{s.Run})
+	}
+	if h := cfg.HTTP; h.Enabled {
+		s, err := trigger.NewHTTP(h.HTTPConfig, log.With("component", "trigger-http"))
+		if err != nil {
+			return nil, err
+		}
+		if err := s.Listen(); err != nil {
+			return nil, err
+		}
+		sources = append(sources, triggerSource{s.Run})
+	}
+	if r := cfg.Replay; r.Enabled {
+		s, err := trigger.NewReplay(r.ReplayConfig, log.With("component", "replay"))
+		if err != nil {
+			return nil, err
+		}
+		sources = append(sources, newReplaySource(s, r.ReplayConfig))
+	}
+	return sources, nil
+}
+
+func agentEvent(ev trigger.Event) agent.Event {
+	return agent.Event{ID: ev.ID, Time: ev.Time, Source: ev.Source, Context: ev.Context}
+}
+
+// triggerSource adapts a hal/trigger source (which sends on a channel) to
+// agent.Source.
+type triggerSource struct {
+	run func(ctx context.Context, out chan<- trigger.Event) error
+}
+
+func (s triggerSource) Run(ctx context.Context, emit agent.Emit) error {
+	ch := make(chan trigger.Event, 8)
+	done := make(chan error, 1)
+	go func() { done <- s.run(ctx, ch) }()
+	for {
+		select {
+		case ev := <-ch:
+			emit(agentEvent(ev))
+		case err := <-done:
+			for {
+				select {
+				case ev := <-ch:
+					emit(agentEvent(ev))
+				default:
+					return err
+				}
+			}
+		}
+	}
+}
+
+// replaySource numbers a replay's events with ids derived from the
+// schedule (its fingerprint and the event's index), so a replay restarted
+// after a crash gives the same visit ids and the store keeps each visit
+// once (trigger.Replay itself draws random ids). It also never outruns the
+// agent: after each event it waits until the agent has taken it (the
+// channel Emit returns), so no replayed event is coalesced away.
+type replaySource struct {
+	r  *trigger.Replay
+	fp string
+}
+
+func newReplaySource(r *trigger.Replay, cfg trigger.ReplayConfig) replaySource {
+	h := sha256.New()
+	fmt.Fprintf(h, "%v|%d|%s|", cfg.Interval, cfg.Count, cfg.Start)
+	for _, e := range r.Entries() {
+		fmt.Fprintf(h, "%d|%s|%s|%s\n", e.Offset, e.At.UTC().Format(time.RFC3339Nano), e.Context.CardHash, e.Context.TxnID)
+	}
+	return replaySource{r: r, fp: hex.EncodeToString(h.Sum(nil))[:12]}
+}
+
+func (s replaySource) Run(ctx context.Context, emit agent.Emit) error {
+	in := make(chan trigger.Event)
+	done := make(chan error, 1)
+	go func() { done <- s.r.Run(ctx, in) }()
+	for n := 1; ; n++ {
+		select {
+		case ev := <-in:
+			ev.ID = fmt.Sprintf("replay-%s-%06d", s.fp, n)
+			select {
+			case <-emit(agentEvent(ev)):
+			case <-ctx.Done():
+				return <-done
+			}
+		case err := <-done:
+			return err
+		}
+	}
+}
