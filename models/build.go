@@ -86,10 +86,10 @@ func Build(ctx context.Context, man *Manifest, lock *Lock, o BuildOptions) error
 		pkgDir := filepath.Join(o.SrcDir, pkg.Dir)
 		if err := sourceReady(pkgDir, pkg, md.Source); err != nil {
 			if !pkg.IsURL() {
-				return fmt.Errorf("model %s: source %w (run `atm-agent models fetch`)", md.Name, err)
+				return fmt.Errorf("model %s: source %w (run `atm-tools models fetch`)", md.Name, err)
 			}
 			if man.Pipeline.Uses(md.Name) {
-				return fmt.Errorf("model %s: the manifest's pipeline uses it, but its source %s@%s could not be fetched: %w (run `atm-agent models fetch --mirror DIR` with a directory holding the file)",
+				return fmt.Errorf("model %s: the manifest's pipeline uses it, but its source %s@%s could not be fetched: %w (run `atm-tools models fetch --mirror DIR` with a directory holding the file)",
 					md.Name, pkg.Name, pkg.Version, err)
 			}
 			logf("%-28s SKIPPED: source %s@%s not fetched (%v); optional, not in the pipeline", md.Name, pkg.Name, pkg.Version, err)

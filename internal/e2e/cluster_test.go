@@ -12,11 +12,11 @@ import (
 	"github.com/periocular/atm-agent/internal/imagecheck/crafted"
 )
 
-// runCluster runs `atm-agent cluster in -o out args...` and returns its
+// runCluster runs `atm-tools cluster in -o out args...` and returns its
 // stdout+stderr and its peak resident set (rusage ru_maxrss) in bytes.
 func runCluster(t *testing.T, in, out string, args ...string) (string, int64) {
 	t.Helper()
-	cmd := exec.Command(agentBin, append([]string{"cluster", in, "-o", out, "--models-dir", modelsDir(t), "--workers", "2", "--thumb", "-1"}, args...)...)
+	cmd := exec.Command(toolsBin, append([]string{"cluster", in, "-o", out, "--models-dir", modelsDir(t), "--workers", "2", "--thumb", "-1"}, args...)...)
 	b, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("cluster: %v\n%s", err, b)

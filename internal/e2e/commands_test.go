@@ -19,7 +19,7 @@ import (
 
 // TestSignedPurgeCommand: the real binary with MQTT commands on, a real
 // store and Debian's mosquitto. An unsigned purge_identity and one signed
-// by another key (made with `atm-agent command keygen/sign`, as an
+// by another key (made with `atm-tools command keygen/sign`, as an
 // integrator would) purge nothing; the signed one removes exactly the
 // identity's visits; replaying it after a restart of the agent is refused.
 func TestSignedPurgeCommand(t *testing.T) {
@@ -31,9 +31,9 @@ func TestSignedPurgeCommand(t *testing.T) {
 	url := mosquitto(t)
 	cli := func(args ...string) string {
 		t.Helper()
-		out, err := exec.Command(agentBin, args...).Output()
+		out, err := exec.Command(toolsBin, args...).Output()
 		if err != nil {
-			t.Fatalf("atm-agent %v: %v", args, err)
+			t.Fatalf("atm-tools %v: %v", args, err)
 		}
 		return strings.TrimSpace(string(out))
 	}

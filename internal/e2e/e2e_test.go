@@ -32,7 +32,9 @@ import (
 	"github.com/periocular/atm-agent/store"
 )
 
-var agentBin string
+// agentBin is the daemon binary, toolsBin the offline tools (cluster,
+// command keygen/sign).
+var agentBin, toolsBin string
 
 func TestMain(m *testing.M) {
 	if spec := os.Getenv(seccompExecEnv); spec != "" {
@@ -47,14 +49,16 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	agentBin = filepath.Join(dir, "atm-agent")
-	cmd := exec.Command("go", "build", "-o", agentBin, "./cmd/atm-agent")
-	cmd.Dir = repoPath()
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build atm-agent:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	agentBin, toolsBin = filepath.Join(dir, "atm-agent"), filepath.Join(dir, "atm-tools")
+	for _, b := range []string{agentBin, toolsBin} {
+		cmd := exec.Command("go", "build", "-o", b, "./cmd/"+filepath.Base(b))
+		cmd.Dir = repoPath()
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build", filepath.Base(b)+":", err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

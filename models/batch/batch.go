@@ -1,4 +1,4 @@
-// Package batch is the offline clustering job (`atm-agent cluster DIR -o OUT`):
+// Package batch is the offline clustering job (`atm-tools cluster DIR -o OUT`):
 // it walks a folder of photos, finds and embeds the customer's face in each
 // (in parallel), groups the faces by person with an identity algorithm and
 // writes one folder per person plus report.json and an offline contact sheet

@@ -77,7 +77,7 @@ func prepareOut(out string, force bool) error {
 }
 
 func writeMarker(out string) error {
-	err := os.WriteFile(filepath.Join(out, markerName), []byte("written by atm-agent cluster; --force clears this folder\n"), 0o644)
+	err := os.WriteFile(filepath.Join(out, markerName), []byte("written by atm-tools cluster; --force clears this folder\n"), 0o644)
 	if err != nil {
 		return fmt.Errorf("write output marker: %w", err)
 	}

@@ -245,7 +245,7 @@ var sheet = template.Must(template.New("sheet").Funcs(template.FuncMap{
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<title>atm-agent cluster report</title>
+<title>atm-tools cluster report</title>
 <style>
 body{font-family:sans-serif;margin:1em;color:#222}
 section{margin:1.5em 0}
@@ -260,7 +260,7 @@ table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;paddin
 </style>
 </head>
 <body>
-<h1>atm-agent cluster report</h1>
+<h1>atm-tools cluster report</h1>
 <p>{{.R.Counts.Images}} images, {{.R.Counts.Faces}} faces, {{.R.Counts.People}} people with 2+ images, {{.R.Counts.Singletons}} single-image people, {{.R.Counts.NoFace}} without a usable face, {{.R.Counts.Unreadable}} unreadable, {{.R.Counts.Skipped}} skipped.</p>
 <p>Algorithm {{.R.Meta.Algorithm}}{{with .R.Meta.Thresholds}} (thresholds uu {{.UU}}, mm {{.MM}}, mu {{.MU}}){{end}}{{if .R.Meta.MinSamples}} (eps {{.R.Meta.Eps}}, min_samples {{.R.Meta.MinSamples}}){{end}}; detector {{.R.Meta.Detector}}, embedder {{.R.Meta.Embedder}}, crop {{.R.Meta.Crop}}; atm-agent {{.R.Meta.Version}}. Distance: {{.R.Meta.Distance}}.</p>
 {{range .Identities}}<section id="{{.Folder}}">

@@ -41,4 +41,6 @@ export CGO_CFLAGS="--sysroot=$SYSROOT"
 export CGO_CXXFLAGS="--sysroot=$SYSROOT"
 export CGO_LDFLAGS="--sysroot=$SYSROOT -Wl,-rpath-link,$SYSROOT/$ML -Wl,-rpath-link,$SYSROOT/lib/aarch64-linux-gnu -Wl,-rpath-link,$SYSROOT/$ML/blas -Wl,-rpath-link,$SYSROOT/$ML/lapack"
 go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$OUT" ./cmd/atm-agent
+# The offline tools (cluster, used by compare-arch.sh) beside it.
+go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
 echo "$OUT"

@@ -197,6 +197,10 @@ fi
 go build -tags netgo,osusergo -trimpath \
 	-ldflags "-s -w -X main.version=$VERSION -linkmode external -extldflags -static" \
 	-o "$OUT" ./cmd/atm-agent
+# The offline tools (cluster, used by compare-arch.sh) beside it.
+go build -tags netgo,osusergo -trimpath \
+	-ldflags "-s -w -X main.version=$VERSION -linkmode external -extldflags -static" \
+	-o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
 file "$OUT" | grep -q 'statically linked' || { file "$OUT" >&2; log "not statically linked"; exit 1; }
 log "$(file -b "$OUT" | cut -d, -f1-2), $(stat -c %s "$OUT") bytes, OpenCV $PREFIX"
 echo "$OUT"

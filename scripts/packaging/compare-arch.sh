@@ -10,7 +10,7 @@
 #   PHOTOS   default build/src/face-api/demo
 #   EXTRA    more folders for the cluster check (e.g. a labelled dataset)
 #
-# 1. `atm-agent cluster` of PHOTOS (and EXTRA): every image's folder
+# 1. `atm-tools cluster` of PHOTOS (and EXTRA): every image's folder
 #    (person_NNNN / singletons / noface) and mask state must match.
 #    Distances are compared only for the report (last float bits differ).
 # 2. A replayed visit run: `atm-agent run` with an image-directory camera
@@ -20,6 +20,9 @@
 set -euo pipefail
 NATIVE=${NATIVE:-build/atm-agent-static}
 ARM64=${ARM64:-build/atm-agent-static-arm64}
+# The cluster check runs the offline tools binary built beside each daemon.
+NATIVE_TOOLS=${NATIVE_TOOLS:-${NATIVE/atm-agent/atm-tools}}
+ARM64_TOOLS=${ARM64_TOOLS:-${ARM64/atm-agent/atm-tools}}
 QEMU_LD=${QEMU_LD:-}
 MODELS=$(realpath "${MODELS:-build/models}")
 PHOTOS=$(realpath "${PHOTOS:-build/src/face-api/demo}")
@@ -41,6 +44,8 @@ cmd_native=("$NATIVE")
 cmd_arm64=("${qemu[@]}" "$ARM64")
 run_native() { "${cmd_native[@]}" "$@"; }
 run_arm64() { "${cmd_arm64[@]}" "$@"; }
+tools_native() { "$(realpath "$NATIVE_TOOLS")" "$@"; }
+tools_arm64() { "${qemu[@]}" "$(realpath "$ARM64_TOOLS")" "$@"; }
 
 W=$(mktemp -d /tmp/atm-compare-arch.XXXXXX)
 apid=
@@ -56,7 +61,7 @@ for dir in "$PHOTOS" $EXTRA; do
 	i=$((i + 1))
 	for a in native arm64; do
 		t0=$(date +%s.%N)
-		"run_$a" cluster "$dir" -o "$W/cl$i-$a" --models-dir "$MODELS" --workers 1 --threads 1 \
+		"tools_$a" cluster "$dir" -o "$W/cl$i-$a" --models-dir "$MODELS" --workers 1 --threads 1 \
 			--thumb -1 --copy >"$W/cl$i-$a.log" 2>&1 || { cat "$W/cl$i-$a.log" >&2; exit 1; }
 		echo "$(date +%s.%N) - $t0" | bc >"$W/cl$i-$a.time"
 		jq -r '.images[] | [.path, .folder, (.face.mask // "-")] | @tsv' "$W/cl$i-$a/report.json" >"$W/cl$i-$a.tsv"

@@ -1,6 +1,6 @@
 // Package mqttsync publishes the agent's outbox, status and command replies
 // to an MQTT broker with paho.mqtt.golang, and renders a fleet's messages for
-// `atm-agent watch`.
+// `atm-tools watch`.
 package mqttsync
 
 import (
@@ -220,7 +220,7 @@ func (c CommandsConfig) validate() error {
 		return errors.New("seen_file is required (where accepted command ids are remembered across restarts)")
 	}
 	if len(c.PublicKeys) == 0 {
-		return errors.New("public_keys: at least one Ed25519 public key is required; commands are accepted only when signed (atm-agent command keygen)")
+		return errors.New("public_keys: at least one Ed25519 public key is required; commands are accepted only when signed (atm-tools command keygen)")
 	}
 	if len(c.PublicKeys) > maxCommandKeys {
 		return fmt.Errorf("public_keys: %d keys, at most %d", len(c.PublicKeys), maxCommandKeys)

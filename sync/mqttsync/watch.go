@@ -17,7 +17,7 @@ import (
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
-// WatchFilter narrows and shapes `atm-agent watch`.
+// WatchFilter narrows and shapes `atm-tools watch`.
 type WatchFilter struct {
 	Site, Device string        // "" means every site / device
 	Top          int           // identities shown per device (default 3)

@@ -126,7 +126,7 @@ func MarshalPublicKeyPEM(k ed25519.PublicKey) ([]byte, error) {
 }
 
 // ParsePublicKey reads an Ed25519 public key: PKIX PEM ("PUBLIC KEY", as
-// written by `atm-agent command keygen` or `openssl pkey -pubout`) or the
+// written by `atm-tools command keygen` or `openssl pkey -pubout`) or the
 // standard base64 of the 32 raw bytes (surrounding space ignored).
 func ParsePublicKey(b []byte) (ed25519.PublicKey, error) {
 	if blk, _ := pem.Decode(b); blk != nil {

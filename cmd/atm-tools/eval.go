@@ -11,15 +11,18 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/periocular/atm-agent/internal/cli/modelscmd"
+
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/internal/cli"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/models/eval"
 	"github.com/periocular/atm-agent/models/eval/dataset"
 )
 
 func init() {
-	commands["eval"] = command{summary: "measure perception and clustering on a labelled folder"}
+	commands["eval"] = cli.Command{Summary: "measure perception and clustering on a labelled folder"}
 }
 
 // pipelineFlags selects and loads the perception pipeline.
@@ -70,7 +73,7 @@ func (pf *pipelineFlags) register(fs interface {
 	Float64Var(*float64, string, float64, string)
 	BoolVar(*bool, string, bool, string)
 }) {
-	fs.StringVar(&pf.dir, "models-dir", defaultModelsDir(), "models dir holding manifest.yaml")
+	fs.StringVar(&pf.dir, "models-dir", modelscmd.DefaultDir(), "models dir holding manifest.yaml")
 	fs.StringVar(&pf.detector, "detector", "", "detector model (default: the manifest's pipeline)")
 	fs.StringVar(&pf.embedder, "embedder", "", "embedder model (default: the manifest's pipeline)")
 	fs.IntVar(&pf.threads, "threads", 2, "OpenCV threads")
@@ -159,8 +162,8 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 	return p, man, key, nil
 }
 
-func evalVerify(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlags(env, "eval verify", "eval verify --dataset DIR [--json] [--mask synthetic] [--roc FILE.png]")
+func evalVerify(ctx context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "eval verify", "eval verify --dataset DIR [--json] [--mask synthetic] [--roc FILE.png]")
 	var pf pipelineFlags
 	pf.register(fs)
 	pf.registerCache(fs)
@@ -168,7 +171,7 @@ func evalVerify(ctx context.Context, env *cliEnv, args []string) error {
 	df.register(fs)
 	asJSON := fs.Bool("json", false, "print the JSON report instead of markdown")
 	roc := fs.String("roc", "", "write ROC curves to this PNG file")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	run, ds, _, err := datasetRun(ctx, env, &pf, df.dir, df.mask)
@@ -182,45 +185,45 @@ func evalVerify(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 	if *asJSON {
-		return writeJSON(env.stdout, rep)
+		return writeJSON(env.Stdout, rep)
 	}
-	rep.Markdown(env.stdout)
+	rep.Markdown(env.Stdout)
 	return nil
 }
 
 // progressIfTerminal draws progress on stderr when it is a terminal.
-func progressIfTerminal(env *cliEnv, label string) func(int, int) {
-	if f, ok := env.stderr.(*os.File); ok && isTerminal(f) {
-		return eval.Progress(env.stderr, label)
+func progressIfTerminal(env *cli.Env, label string) func(int, int) {
+	if f, ok := env.Stderr.(*os.File); ok && isTerminal(f) {
+		return eval.Progress(env.Stderr, label)
 	}
 	return nil
 }
 
 func init() {
 	subs := commands["eval"]
-	inner := map[string]command{
-		"verify":      {"verification figures (ROC, TAR at FAR) per mask pair type", evalVerify},
-		"cluster":     {"clustering figures of several algorithms side by side", evalCluster},
-		"calibrate":   {"measure a model on a labelled folder and write its thresholds to the manifest", evalCalibrate},
-		"crops":       {"a PNG contact sheet of what the embedder is fed, for checking crops by eye", evalCrops},
-		"train-heads": {"fit the embedder's mask classifier and mask-removing projection on labelled data", evalTrainHeads},
+	inner := map[string]cli.Command{
+		"verify":      {Summary: "verification figures (ROC, TAR at FAR) per mask pair type", Run: evalVerify},
+		"cluster":     {Summary: "clustering figures of several algorithms side by side", Run: evalCluster},
+		"calibrate":   {Summary: "measure a model on a labelled folder and write its thresholds to the manifest", Run: evalCalibrate},
+		"crops":       {Summary: "a PNG contact sheet of what the embedder is fed, for checking crops by eye", Run: evalCrops},
+		"train-heads": {Summary: "fit the embedder's mask classifier and mask-removing projection on labelled data", Run: evalTrainHeads},
 	}
-	subs.run = subcommands("eval", inner)
+	subs.Run = cli.Subcommands("eval", inner)
 	commands["eval"] = subs
 }
 
 // datasetRun loads the dataset and runs (or reuses) the pipeline over it.
-func datasetRun(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, mask string) (*eval.Run, *dataset.Dataset, *models.Manifest, error) {
+func datasetRun(ctx context.Context, env *cli.Env, pf *pipelineFlags, dir, mask string) (*eval.Run, *dataset.Dataset, *models.Manifest, error) {
 	return datasetRunSubset(ctx, env, pf, dir, mask, 0, 0)
 }
 
 // datasetRunSubset is datasetRun on a bounded subset (see dataset.Subset).
-func datasetRunSubset(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, mask string, maxPer, maxSingles int) (*eval.Run, *dataset.Dataset, *models.Manifest, error) {
+func datasetRunSubset(ctx context.Context, env *cli.Env, pf *pipelineFlags, dir, mask string, maxPer, maxSingles int) (*eval.Run, *dataset.Dataset, *models.Manifest, error) {
 	if dir == "" {
-		return nil, nil, nil, fmt.Errorf("%w: --dataset is required", errUsage)
+		return nil, nil, nil, fmt.Errorf("%w: --dataset is required", cli.ErrUsage)
 	}
 	if mask != "none" && mask != "synthetic" {
-		return nil, nil, nil, fmt.Errorf("%w: --mask %q: want none or synthetic", errUsage, mask)
+		return nil, nil, nil, fmt.Errorf("%w: --mask %q: want none or synthetic", cli.ErrUsage, mask)
 	}
 	ds, err := dataset.Load(dir)
 	if err != nil {
@@ -231,7 +234,7 @@ func datasetRunSubset(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, 
 	}
 	recrop, err := vision.ParseRecrop(pf.recrop)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%w: %v", errUsage, err)
+		return nil, nil, nil, fmt.Errorf("%w: %v", cli.ErrUsage, err)
 	}
 	p, man, key, err := pf.load()
 	if err != nil {
@@ -247,8 +250,8 @@ func datasetRunSubset(ctx context.Context, env *cliEnv, pf *pipelineFlags, dir, 
 	return run, ds, man, nil
 }
 
-func evalCluster(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlags(env, "eval cluster", "eval cluster --dataset DIR [--json] [--mask synthetic]")
+func evalCluster(ctx context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "eval cluster", "eval cluster --dataset DIR [--json] [--mask synthetic]")
 	var pf pipelineFlags
 	pf.register(fs)
 	pf.registerCache(fs)
@@ -259,7 +262,7 @@ func evalCluster(ctx context.Context, env *cliEnv, args []string) error {
 	eps := fs.Float64("eps", 0.5, "DBSCAN eps (euclidean), the original project's value")
 	minSamples := fs.Int("min-samples", 2, "DBSCAN min_samples, the original project's value")
 	cuts := fs.String("thresholds", "", "space-separated cut sets to sweep instead of the manifest's thresholds, each UU,MM,MU cosine distances or one value for all three")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	sets, err := parseCutSets(*cuts)
@@ -287,15 +290,15 @@ func evalCluster(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 		if *asJSON {
-			if err := writeJSON(env.stdout, rep); err != nil {
+			if err := writeJSON(env.Stdout, rep); err != nil {
 				return err
 			}
 			continue
 		}
 		if len(sets) > 1 {
-			fmt.Fprintf(env.stdout, "\n### Cuts UU %.4g, MM %.4g, MU %.4g\n", th.UU, th.MM, th.MU)
+			fmt.Fprintf(env.Stdout, "\n### Cuts UU %.4g, MM %.4g, MU %.4g\n", th.UU, th.MM, th.MU)
 		}
-		rep.Markdown(env.stdout)
+		rep.Markdown(env.Stdout)
 	}
 	return nil
 }
@@ -335,8 +338,8 @@ func embedderThresholds(man *models.Manifest, embedder string) (identity.Thresho
 	return identity.Thresholds{UU: t.UU, MM: t.MM, MU: t.MU}, nil
 }
 
-func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlags(env, "eval calibrate", "eval calibrate --dataset DIR --model NAME [--far 1e-3] [--mask synthetic]")
+func evalCalibrate(ctx context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "eval calibrate", "eval calibrate --dataset DIR --model NAME [--far 1e-3] [--mask synthetic]")
 	var pf pipelineFlags
 	pf.register(fs)
 	pf.registerCache(fs)
@@ -346,11 +349,11 @@ func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
 	far := fs.Float64("far", 1e-3, "target false accept rate per pair")
 	also := fs.String("manifest", "", "also write the thresholds into this manifest (e.g. models/manifest.yaml)")
 	types := fs.String("types", "uu,mm,mu", "pair types to write (the others keep their values): lets each type be calibrated on the data that has it")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if *far <= 0 || *far >= 1 {
-		return fmt.Errorf("%w: --far %v: want a rate in (0,1)", errUsage, *far)
+		return fmt.Errorf("%w: --far %v: want a rate in (0,1)", cli.ErrUsage, *far)
 	}
 	pf.embedder = *model
 	run, ds, man, err := datasetRun(ctx, env, &pf, df.dir, df.mask)
@@ -364,7 +367,7 @@ func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
 	write := splitList(*types)
 	for _, t := range write {
 		if t != "uu" && t != "mm" && t != "mu" {
-			return fmt.Errorf("%w: --types %q: want uu, mm, mu", errUsage, t)
+			return fmt.Errorf("%w: --types %q: want uu, mm, mu", cli.ErrUsage, t)
 		}
 	}
 	got := map[string]float64{"uu": th.UU, "mm": th.MM, "mu": th.MU}
@@ -416,7 +419,7 @@ func evalCalibrate(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 	}
-	fmt.Fprintf(env.stdout, "%s at FAR %g on %s: uu %.4f (TAR %.3f)  mm %.4f (TAR %.3f)  mu %.4f (TAR %.3f)\n", run.Embedder, *far, ds.Name,
+	fmt.Fprintf(env.Stdout, "%s at FAR %g on %s: uu %.4f (TAR %.3f)  mm %.4f (TAR %.3f)  mu %.4f (TAR %.3f)\n", run.Embedder, *far, ds.Name,
 		th.UU, tar["uu"], th.MM, tar["mm"], th.MU, tar["mu"])
 	return nil
 }
@@ -433,8 +436,8 @@ func splitList(s string) []string {
 	return out
 }
 
-func evalCrops(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlags(env, "eval crops", "eval crops --dataset DIR --out SHEET.png [--identities 8] [--per-identity 6] [--recrop tight]")
+func evalCrops(ctx context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "eval crops", "eval crops --dataset DIR --out SHEET.png [--identities 8] [--per-identity 6] [--recrop tight]")
 	var pf pipelineFlags
 	pf.register(fs)
 	var df datasetFlags
@@ -442,15 +445,15 @@ func evalCrops(ctx context.Context, env *cliEnv, args []string) error {
 	out := fs.String("out", "", "PNG file to write")
 	ids := fs.Int("identities", 8, "identities (rows)")
 	per := fs.Int("per-identity", 6, "images per identity")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if df.dir == "" || *out == "" {
-		return fmt.Errorf("%w: --dataset and --out are required", errUsage)
+		return fmt.Errorf("%w: --dataset and --out are required", cli.ErrUsage)
 	}
 	recrop, err := vision.ParseRecrop(pf.recrop)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 	}
 	ds, err := dataset.Load(df.dir)
 	if err != nil {
@@ -461,5 +464,5 @@ func evalCrops(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer p.Close()
-	return eval.ContactSheet(ctx, p, ds, eval.SheetOptions{Recrop: recrop, Identities: *ids, PerIdentity: *per}, *out, env.stdout)
+	return eval.ContactSheet(ctx, p, ds, eval.SheetOptions{Recrop: recrop, Identities: *ids, PerIdentity: *per}, *out, env.Stdout)
 }

@@ -22,7 +22,7 @@ func TestClusterUsage(t *testing.T) {
 		{"bad workers", []string{"cluster", "a", "-o", "x", "--workers", "0"}, "--workers"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			code, _, stderr := cli(t, tc.args...)
+			code, _, stderr := runTool(t, tc.args...)
 			if code != 2 || !strings.Contains(stderr, tc.want) {
 				t.Fatalf("exit %d, stderr %q; want 2 and %q", code, stderr, tc.want)
 			}
@@ -48,7 +48,7 @@ func TestClusterCommand(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "out")
 	args := []string{"cluster", in, "-o", out, "--models-dir", models, "--thresholds", "0.3,0.3,0", "--thumb", "-1"}
-	code, stdout, stderr := cli(t, args...)
+	code, stdout, stderr := runTool(t, args...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -81,11 +81,11 @@ func TestClusterCommand(t *testing.T) {
 			t.Errorf("model without name or checksum in the run metadata: %+v", rep.Run.Models)
 		}
 	}
-	if code, _, stderr := cli(t, args...); code != 2 || !strings.Contains(stderr, "--force") {
+	if code, _, stderr := runTool(t, args...); code != 2 || !strings.Contains(stderr, "--force") {
 		t.Fatalf("rerun without --force: exit %d, %s", code, stderr)
 	}
 	args = append(args, "--force", "--algorithm", "dbscan", "--singletons", "own")
-	if code, _, stderr := cli(t, args...); code != 0 {
+	if code, _, stderr := runTool(t, args...); code != 0 {
 		t.Fatalf("rerun with --force: exit %d, %s", code, stderr)
 	}
 	b, _ = os.ReadFile(filepath.Join(out, "report.json"))

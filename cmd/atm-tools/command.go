@@ -11,28 +11,29 @@ import (
 	"strings"
 	"time"
 
+	"github.com/periocular/atm-agent/internal/cli"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
-// `atm-agent command keygen|sign`: the integrator's side of signed MQTT
+// `atm-tools command keygen|sign`: the integrator's side of signed MQTT
 // commands (docs/mqtt.md). Neither talks to a broker: sign prints the
 // message to publish on <prefix>/<site>/<device>/cmd.
 func init() {
-	commands["command"] = command{"make a command-signing key, or sign an MQTT command", subcommands("command", map[string]command{
-		"keygen": {"write a new Ed25519 command-signing key pair (PREFIX.key, PREFIX.pub)", runCommandKeygen},
-		"sign":   {"print a signed command to publish on the device's cmd topic", runCommandSign},
+	commands["command"] = cli.Command{Summary: "make a command-signing key, or sign an MQTT command", Run: cli.Subcommands("command", map[string]cli.Command{
+		"keygen": {Summary: "write a new Ed25519 command-signing key pair (PREFIX.key, PREFIX.pub)", Run: runCommandKeygen},
+		"sign":   {Summary: "print a signed command to publish on the device's cmd topic", Run: runCommandSign},
 	})}
 }
 
-func runCommandKeygen(_ context.Context, env *cliEnv, args []string) error {
-	fs := newFlags(env, "command keygen", "command keygen --out PREFIX")
+func runCommandKeygen(_ context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "command keygen", "command keygen --out PREFIX")
 	out := fs.String("out", "", "write PREFIX.key (private, PKCS#8 PEM, mode 0600) and PREFIX.pub (public, PEM)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if *out == "" || fs.NArg() != 0 {
 		fs.Usage()
-		return errUsage
+		return cli.ErrUsage
 	}
 	pub, priv, err := wire.GenerateCommandKey()
 	if err != nil {
@@ -68,7 +69,7 @@ func runCommandKeygen(_ context.Context, env *cliEnv, args []string) error {
 	if err := write(*out+".pub", pp, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "private key: %s.key (keep it on the signing side only)\npublic key:  %s.pub\nconfig:      mqtt.commands.public_keys: [{name: %s, key: %q}]\n",
+	fmt.Fprintf(env.Stdout, "private key: %s.key (keep it on the signing side only)\npublic key:  %s.pub\nconfig:      mqtt.commands.public_keys: [{name: %s, key: %q}]\n",
 		*out, *out, keyName(*out), base64.StdEncoding.EncodeToString(pub))
 	return nil
 }
@@ -81,20 +82,20 @@ func keyName(prefix string) string {
 	return s
 }
 
-func runCommandSign(_ context.Context, env *cliEnv, args []string) error {
-	fs := newFlags(env, "command sign", "command sign --key FILE --site SITE --device DEVICE [--id ID] [--identity ID] COMMAND")
+func runCommandSign(_ context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "command sign", "command sign --key FILE --site SITE --device DEVICE [--id ID] [--identity ID] COMMAND")
 	keyFile := fs.String("key", "", "private key (PKCS#8 PEM, from command keygen or openssl genpkey -algorithm ed25519)")
 	site := fs.String("site", "", "target site")
 	device := fs.String("device", "", "target device")
 	id := fs.String("id", "", "message id (default: random); unique per command, it is the reply's correlation_id")
 	ident := fs.String("identity", "", "identity id (purge_identity)")
 	ts := fs.String("ts", "", "timestamp, RFC 3339 (default: now); the device refuses one outside its max_clock_skew")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if *keyFile == "" || fs.NArg() != 1 {
 		fs.Usage()
-		return errUsage
+		return cli.ErrUsage
 	}
 	kb, err := os.ReadFile(*keyFile)
 	if err != nil {
@@ -127,7 +128,7 @@ func runCommandSign(_ context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(env.stdout, "%s\n", b)
+	_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
 	return err
 }
 

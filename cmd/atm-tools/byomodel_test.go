@@ -71,11 +71,11 @@ func TestBringYourOwnEmbedder(t *testing.T) {
 
 	// Without masked faces the masked thresholds cannot be measured: a
 	// clear refusal, nothing written.
-	code, _, errs := cli(t, "eval", "calibrate", "--models-dir", dir, "--model", "bank-embedder", "--dataset", data, "--far", "0.05", "--cache", "")
+	code, _, errs := runTool(t, "eval", "calibrate", "--models-dir", dir, "--model", "bank-embedder", "--dataset", data, "--far", "0.05", "--cache", "")
 	if code == 0 || !strings.Contains(errs, "no MM impostor pairs") {
 		t.Fatalf("calibrate on unmasked data only: exit %d, %s", code, errs)
 	}
-	code, out, errs := cli(t, "eval", "calibrate", "--models-dir", dir, "--model", "bank-embedder", "--dataset", data, "--mask", "synthetic", "--far", "0.05", "--cache", "")
+	code, out, errs := runTool(t, "eval", "calibrate", "--models-dir", dir, "--model", "bank-embedder", "--dataset", data, "--mask", "synthetic", "--far", "0.05", "--cache", "")
 	if code != 0 {
 		t.Fatalf("calibrate: exit %d\n%s%s", code, out, errs)
 	}
@@ -91,7 +91,7 @@ func TestBringYourOwnEmbedder(t *testing.T) {
 		t.Errorf("thresholds do not say where they come from: %q", bm.Thresholds.Dataset)
 	}
 	// The calibrated model now clusters through the same commands.
-	code, out, errs = cli(t, "eval", "cluster", "--models-dir", dir, "--dataset", data, "--algorithms", "average", "--json", "--cache", "")
+	code, out, errs = runTool(t, "eval", "cluster", "--models-dir", dir, "--dataset", data, "--algorithms", "average", "--json", "--cache", "")
 	if code != 0 || !strings.Contains(out, `"identities_true": 6`) {
 		t.Fatalf("cluster with the operator's model: exit %d\n%s%s", code, out, errs)
 	}

@@ -1,4 +1,4 @@
-package main
+package dbcmd
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/testenv"
 	"github.com/periocular/atm-agent/store"
 )
 
@@ -35,8 +37,8 @@ func TestDBCommands(t *testing.T) {
 
 	run := func(args ...string) (string, error) {
 		var out bytes.Buffer
-		env := &cliEnv{stdout: &out, stderr: &out, log: slog.New(slog.DiscardHandler)}
-		err := commands["db"].run(context.Background(), env, append(args, "--db", path))
+		env := &cli.Env{Prog: "atm-agent", Stdout: &out, Stderr: &out, Log: slog.New(slog.DiscardHandler)}
+		err := Command().Run(context.Background(), env, append(args, "--db", path))
 		return out.String(), err
 	}
 	out, err := run("stats")
@@ -69,7 +71,7 @@ func TestDBCommands(t *testing.T) {
 // After an embedder upgrade, `db stats` says how many stored templates
 // belong to a model the agent no longer runs.
 func TestDBStatsTemplatesOfOtherModels(t *testing.T) {
-	dir := builtModels(t)
+	dir := testenv.ModelsDir(t)
 	tag, err := currentTemplateModel(dir, "")
 	if err != nil {
 		t.Fatal(err)
@@ -89,8 +91,8 @@ func TestDBStatsTemplatesOfOtherModels(t *testing.T) {
 	}
 	st.Close()
 	var out bytes.Buffer
-	env := &cliEnv{stdout: &out, stderr: &out, log: slog.New(slog.DiscardHandler)}
-	if err := commands["db"].run(context.Background(), env, []string{"stats", "--db", path, "--models-dir", dir}); err != nil {
+	env := &cli.Env{Prog: "atm-agent", Stdout: &out, Stderr: &out, Log: slog.New(slog.DiscardHandler)}
+	if err := Command().Run(context.Background(), env, []string{"stats", "--db", path, "--models-dir", dir}); err != nil {
 		t.Fatal(err)
 	}
 	var s dbStats
@@ -103,7 +105,7 @@ func TestDBStatsTemplatesOfOtherModels(t *testing.T) {
 	// Without a models dir the counts are still there, with the reason the
 	// comparison is missing.
 	out.Reset()
-	if err := commands["db"].run(context.Background(), env, []string{"stats", "--db", path, "--models-dir", t.TempDir()}); err != nil {
+	if err := Command().Run(context.Background(), env, []string{"stats", "--db", path, "--models-dir", t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), `"template_model_error"`) || strings.Contains(out.String(), "templates_not_loaded") {
@@ -141,7 +143,7 @@ func TestDBCommandsOperator(t *testing.T) {
 	t.Setenv("CREDENTIALS_DIRECTORY", "")
 	run := func(args ...string) (string, int) {
 		var out bytes.Buffer
-		code := runMain(context.Background(), append([]string{"db"}, args...), &out, &out)
+		code := cli.Main(context.Background(), "atm-agent", map[string]cli.Command{"db": Command()}, append([]string{"db"}, args...), &out, &out)
 		return out.String(), code
 	}
 
@@ -180,7 +182,7 @@ func TestDBCommandsOperator(t *testing.T) {
 	damaged := filepath.Join(dir, "damaged.db")
 	os.WriteFile(damaged, damageTemplate(t, b), 0o600)
 	out, code := run("check", "--db", damaged, "--key-file", keyFile)
-	if code != exitStoreDamaged || !strings.Contains(out, "damaged: bucket templates") {
+	if code != cli.ExitStoreDamaged || !strings.Contains(out, "damaged: bucket templates") {
 		t.Fatalf("check of a damaged store: %d %s", code, out)
 	}
 	out, code = run("salvage", "--db", damaged, "--key-file", keyFile, "-o", filepath.Join(dir, "new.db"))

@@ -44,74 +44,6 @@ func copyModels(t *testing.T, src string, names ...string) (string, *models.Mani
 	return dst, man
 }
 
-func TestModelsVerify(t *testing.T) {
-	t.Setenv("ATM_AGENT_AS_CLI", "1")
-	src := builtModels(t)
-	dir, man := copyModels(t, src, "faceapi-tiny", "faceapi-landmarks68")
-
-	code, out, errs := cli(t, "models", "verify", "--dir", dir)
-	if code != 0 {
-		t.Fatalf("verify of intact models: exit %d\n%s%s", code, out, errs)
-	}
-	for _, md := range man.Models {
-		if !strings.Contains(out, md.Name) || !strings.Contains(out, "OK") {
-			t.Errorf("verify output lacks %s OK:\n%s", md.Name, out)
-		}
-	}
-
-	// One flipped byte: the file is named, the exit is non-zero, no crash.
-	tampered := filepath.Join(dir, man.Models[1].File)
-	b, _ := os.ReadFile(tampered)
-	b[len(b)/2] ^= 0x01
-	os.WriteFile(tampered, b, 0o644)
-	code, out, _ = cli(t, "models", "verify", "--dir", dir)
-	if code == 0 {
-		t.Fatalf("verify passed a tampered model:\n%s", out)
-	}
-	if !strings.Contains(out, tampered) || !strings.Contains(out, "sha256") {
-		t.Errorf("verify output does not name the tampered file and the check:\n%s", out)
-	}
-	if !strings.Contains(out, man.Models[0].Name+" ") || strings.Count(out, "OK") != 1 {
-		t.Errorf("the intact model should still pass:\n%s", out)
-	}
-
-	// Truncated file.
-	os.WriteFile(tampered, b[:100], 0o644)
-	_, out, _ = cli(t, "models", "verify", "--dir", dir)
-	if !strings.Contains(out, "truncated") {
-		t.Errorf("truncation not reported:\n%s", out)
-	}
-
-	// Missing file.
-	os.Remove(tampered)
-	_, out, _ = cli(t, "models", "verify", "--dir", dir)
-	if !strings.Contains(out, "missing") {
-		t.Errorf("missing file not reported:\n%s", out)
-	}
-}
-
-// A file whose checksum an operator recorded but that OpenCV cannot parse
-// must cost the child process, not the verifier.
-func TestModelsVerifySurvivesOpenCVAbort(t *testing.T) {
-	t.Setenv("ATM_AGENT_AS_CLI", "1")
-	src := builtModels(t)
-	dir, man := copyModels(t, src, "faceapi-tiny")
-	bad := filepath.Join(dir, man.Models[0].File)
-	junk := []byte("\x08\x07\x12\x04junk this is not an onnx graph \xff\xff\xff\xff")
-	os.WriteFile(bad, junk, 0o644)
-	sum, _ := models.FileSHA256(bad)
-	man.Models[0].SHA256, man.Models[0].Size = sum, int64(len(junk))
-	man.Save(filepath.Join(dir, "manifest.yaml"))
-
-	code, out, errs := cli(t, "models", "verify", "--dir", dir)
-	if code == 0 {
-		t.Fatalf("verify passed an unparseable model:\n%s", out)
-	}
-	if !strings.Contains(out, "FAIL") || !strings.Contains(out, man.Models[0].Name) {
-		t.Errorf("no failure line for the bad model:\n%s\n%s", out, errs)
-	}
-}
-
 // A machine that reaches only the package registries: a URL-sourced model
 // that cannot be fetched (no mirror, the URL refuses connections) is
 // reported and left out; the build and the verify of the rest succeed. A
@@ -172,7 +104,7 @@ func TestModelsBuildSkipsUnreachableURLModel(t *testing.T) {
 	dir := filepath.Join(work, "models")
 	args := []string{"models", "build", "--lock", filepath.Join(work, "lock.json"), "--manifest", manFile,
 		"--src", src, "--cache", filepath.Join(work, "cache"), "--dir", dir}
-	code, out, errs := cli(t, append(args, "--mirror", mirror)...)
+	code, out, errs := runTool(t, append(args, "--mirror", mirror)...)
 	if code != 0 {
 		t.Fatalf("build with an unreachable optional model: exit %d\n%s%s", code, out, errs)
 	}
@@ -194,14 +126,14 @@ func TestModelsBuildSkipsUnreachableURLModel(t *testing.T) {
 	if _, ok := built.Find("remote"); ok || len(built.Models) != 1 {
 		t.Errorf("the models dir's manifest should list only what was built: %d models", len(built.Models))
 	}
-	if code, out, errs := cli(t, "models", "verify", "--dir", dir); code != 0 || !strings.Contains(out, "faceplugin") {
+	if code, out, errs := runTool(t, "models", "verify", "--dir", dir); code != 0 || !strings.Contains(out, "faceplugin") {
 		t.Errorf("verify without the optional model: exit %d\n%s%s", code, out, errs)
 	}
 
 	// The pipeline uses it: fatal, naming the way out.
 	man.Pipeline.Embedder = "remote"
 	man.Save(manFile)
-	code, _, errs = cli(t, args...)
+	code, _, errs = runTool(t, args...)
 	if code == 0 || !strings.Contains(errs, "pipeline uses it") || !strings.Contains(errs, "--mirror") {
 		t.Errorf("a pipeline model that cannot be fetched: exit %d\n%s", code, errs)
 	}

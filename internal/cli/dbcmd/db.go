@@ -1,4 +1,6 @@
-package main
+// Package dbcmd is the `db` command group: inspect, check, salvage, purge,
+// compact and encrypt the agent's store (docs/operations.md).
+package dbcmd
 
 import (
 	"context"
@@ -14,15 +16,11 @@ import (
 
 	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/cli/modelscmd"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 )
-
-// exitStoreDamaged is the exit code of `run` (and of `db check`) on a
-// damaged store. systemd/atm-agent.service lists it in
-// RestartPreventExitStatus=: restarting cannot repair a file, so systemd
-// stops retrying and the unit stays failed with the message in the journal.
-const exitStoreDamaged = 65
 
 // dbMode says how a db command opens the store.
 type dbMode int
@@ -95,7 +93,7 @@ func (f dbFlags) key(scfg store.Config, need bool) ([]byte, error) {
 }
 
 // options builds store options without loading store.key_file itself.
-func (f dbFlags) options(env *cliEnv, scfg store.Config, needKey bool) (store.Options, error) {
+func (f dbFlags) options(env *cli.Env, scfg store.Config, needKey bool) (store.Options, error) {
 	key, err := f.key(scfg, needKey)
 	if err != nil {
 		return store.Options{}, err
@@ -105,7 +103,7 @@ func (f dbFlags) options(env *cliEnv, scfg store.Config, needKey bool) (store.Op
 	if err != nil {
 		return o, err
 	}
-	o.Key, o.Logger = key, env.log
+	o.Key, o.Logger = key, env.Log
 	return o, nil
 }
 
@@ -113,24 +111,24 @@ func (f dbFlags) options(env *cliEnv, scfg store.Config, needKey bool) (store.Op
 // read-only commands never create or write; none creates a missing file.
 // The daemon holds the file lock: stop it first (the wait is bounded by
 // store.lock_timeout).
-func openDB(env *cliEnv, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, error) {
+func openDB(env *cli.Env, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, error) {
 	st, _, err := openDBConfig(env, name, args, mode, needKey, extra)
 	return st, err
 }
 
 // openDBConfig is openDB that also returns the agent config it read (nil
 // when only --db was given and the config could not be read).
-func openDBConfig(env *cliEnv, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, *daemon.Config, error) {
-	fs := newFlags(env, "db "+name, "db "+name+" [--config FILE | --db PATH] [--key-file FILE] ...")
+func openDBConfig(env *cli.Env, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, *daemon.Config, error) {
+	fs := cli.NewFlags(env, "db "+name, "db "+name+" [--config FILE | --db PATH] [--key-file FILE] ...")
 	f := addDBFlags(fs)
 	if extra != nil {
 		extra(fs.String)
 	}
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return nil, nil, err
 	}
 	if fs.NArg() > 0 {
-		return nil, nil, fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+		return nil, nil, fmt.Errorf("%w: unexpected argument %q", cli.ErrUsage, fs.Arg(0))
 	}
 	scfg, cfg, err := f.configs()
 	if err != nil {
@@ -164,15 +162,16 @@ func storeOpenError(err error) error {
 	return err
 }
 
-func printJSON(env *cliEnv, v any) error {
-	enc := json.NewEncoder(env.stdout)
+func printJSON(env *cli.Env, v any) error {
+	enc := json.NewEncoder(env.Stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
 
-func init() {
-	commands["db"] = command{"inspect and maintain the agent database", subcommands("db", map[string]command{
-		"stats": {"print database statistics (JSON; read-only), with the stored templates of models the agent no longer runs", func(ctx context.Context, env *cliEnv, args []string) error {
+// Command is the db command group.
+func Command() cli.Command {
+	return cli.Command{Summary: "inspect and maintain the agent database", Run: cli.Subcommands("db", map[string]cli.Command{
+		"stats": {Summary: "print database statistics (JSON; read-only), with the stored templates of models the agent no longer runs", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			var modelsDir, embedder *string
 			st, cfg, err := openDBConfig(env, "stats", args, dbRead, nil, func(add func(string, string, string) *string) {
 				modelsDir = add("models-dir", "", "models dir holding manifest.yaml (default: the config's models.dir)")
@@ -196,7 +195,7 @@ func init() {
 				}
 			}
 			if *modelsDir == "" {
-				*modelsDir = defaultModelsDir()
+				*modelsDir = modelscmd.DefaultDir()
 			}
 			tag, err := currentTemplateModel(*modelsDir, *embedder)
 			if err != nil {
@@ -212,7 +211,7 @@ func init() {
 			}
 			return printJSON(env, out)
 		}},
-		"export": {"write the database as JSON lines (read-only; no templates unless --embeddings yes)", func(ctx context.Context, env *cliEnv, args []string) error {
+		"export": {Summary: "write the database as JSON lines (read-only; no templates unless --embeddings yes)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			var emb *string
 			st, err := openDB(env, "export", args, dbRead, func() bool { return *emb == "yes" }, func(add func(string, string, string) *string) {
 				emb = add("embeddings", "no", "include embeddings (biometric templates): yes or no")
@@ -222,11 +221,11 @@ func init() {
 			}
 			defer st.Close()
 			if *emb != "yes" && *emb != "no" {
-				return fmt.Errorf("%w: --embeddings wants yes or no", errUsage)
+				return fmt.Errorf("%w: --embeddings wants yes or no", cli.ErrUsage)
 			}
-			return st.Export(ctx, env.stdout, store.ExportOptions{Embeddings: *emb == "yes"})
+			return st.Export(ctx, env.Stdout, store.ExportOptions{Embeddings: *emb == "yes"})
 		}},
-		"purge": {"delete one identity, its visits and alerts (--identity ID), or expired data (--expired yes); the file is compacted so nothing deleted stays in it", func(ctx context.Context, env *cliEnv, args []string) error {
+		"purge": {Summary: "delete one identity, its visits and alerts (--identity ID), or expired data (--expired yes); the file is compacted so nothing deleted stays in it", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			var id, expired *string
 			st, err := openDB(env, "purge", args, dbWrite, nil, func(add func(string, string, string) *string) {
 				id = add("identity", "", "identity id to delete")
@@ -242,7 +241,7 @@ func init() {
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(env.stdout, "identity %s deleted with %d visits; file compacted\n", *id, n)
+				fmt.Fprintf(env.Stdout, "identity %s deleted with %d visits; file compacted\n", *id, n)
 			case *id == "" && *expired == "yes":
 				n, err := st.PurgeExpired(ctx)
 				if err != nil {
@@ -251,13 +250,13 @@ func init() {
 				if err := st.Compact(ctx, ""); err != nil {
 					return err
 				}
-				fmt.Fprintf(env.stdout, "%d visits older than %v deleted; file compacted\n", n, st.Retention())
+				fmt.Fprintf(env.Stdout, "%d visits older than %v deleted; file compacted\n", n, st.Retention())
 			default:
-				return fmt.Errorf("%w: give --identity ID or --expired yes", errUsage)
+				return fmt.Errorf("%w: give --identity ID or --expired yes", cli.ErrUsage)
 			}
 			return nil
 		}},
-		"compact": {"rewrite the database without free pages (keeps the file's owner and mode)", func(ctx context.Context, env *cliEnv, args []string) error {
+		"compact": {Summary: "rewrite the database without free pages (keeps the file's owner and mode)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			st, err := openDB(env, "compact", args, dbWrite, nil, nil)
 			if err != nil {
 				return err
@@ -269,10 +268,10 @@ func init() {
 				return err
 			}
 			after, _ := st.Stats(ctx)
-			fmt.Fprintf(env.stdout, "compacted %s: %d -> %d bytes in %v\n", st.Path(), before.FileSize, after.FileSize, time.Since(t).Round(time.Millisecond))
+			fmt.Fprintf(env.Stdout, "compacted %s: %d -> %d bytes in %v\n", st.Path(), before.FileSize, after.FileSize, time.Since(t).Round(time.Millisecond))
 			return nil
 		}},
-		"encrypt": {"seal every plaintext template with the key, then compact (needs the key)", func(ctx context.Context, env *cliEnv, args []string) error {
+		"encrypt": {Summary: "seal every plaintext template with the key, then compact (needs the key)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			st, err := openDB(env, "encrypt", args, dbWrite, nil, nil)
 			if err != nil {
 				return err
@@ -286,14 +285,14 @@ func init() {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(env.stdout, "%d templates encrypted; %d encrypted, %d plaintext; file compacted\n", n, s.TemplatesEncrypted, s.TemplatesPlain)
+			fmt.Fprintf(env.Stdout, "%d templates encrypted; %d encrypted, %d plaintext; file compacted\n", n, s.TemplatesEncrypted, s.TemplatesPlain)
 			return nil
 		}},
-		"check": {"check the file: pages, bbolt's consistency check, every record, the indexes (read-only; exit 65 when damaged)", func(ctx context.Context, env *cliEnv, args []string) error {
-			fs := newFlags(env, "db check", "db check [--config FILE | --db PATH] [--key-file FILE] [--json]")
+		"check": {Summary: "check the file: pages, bbolt's consistency check, every record, the indexes (read-only; exit 65 when damaged)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			fs := cli.NewFlags(env, "db check", "db check [--config FILE | --db PATH] [--key-file FILE] [--json]")
 			f := addDBFlags(fs)
 			asJSON := fs.Bool("json", false, "print the report as JSON")
-			if err := parseFlags(fs, args); err != nil {
+			if err := cli.ParseFlags(fs, args); err != nil {
 				return err
 			}
 			scfg, err := f.storeConfig()
@@ -320,11 +319,11 @@ func init() {
 			}
 			return nil
 		}},
-		"salvage": {"copy every readable record of a damaged database into a new file (-o); the damaged file is only read", func(ctx context.Context, env *cliEnv, args []string) error {
-			fs := newFlags(env, "db salvage", "db salvage [--config FILE | --db PATH] [--key-file FILE] [-o NEW]")
+		"salvage": {Summary: "copy every readable record of a damaged database into a new file (-o); the damaged file is only read", Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			fs := cli.NewFlags(env, "db salvage", "db salvage [--config FILE | --db PATH] [--key-file FILE] [-o NEW]")
 			f := addDBFlags(fs)
 			out := fs.String("o", "", "the new database file (default: PATH.salvaged-<time>); must not exist")
-			if err := parseFlags(fs, args); err != nil {
+			if err := cli.ParseFlags(fs, args); err != nil {
 				return err
 			}
 			scfg, err := f.storeConfig()
@@ -343,45 +342,45 @@ func init() {
 			if err != nil {
 				return storeOpenError(err)
 			}
-			fmt.Fprintf(env.stdout, "salvaged %s into %s\n", rep.Source, rep.Dest)
-			fmt.Fprintf(env.stdout, "  visits kept %d, skipped %d; templates lost %d; identities recreated %d; unreadable pages %d\n",
+			fmt.Fprintf(env.Stdout, "salvaged %s into %s\n", rep.Source, rep.Dest)
+			fmt.Fprintf(env.Stdout, "  visits kept %d, skipped %d; templates lost %d; identities recreated %d; unreadable pages %d\n",
 				rep.Kept["visits"], rep.Skipped["visits"], rep.TemplatesLost, rep.IdentitiesRecreated, rep.BadPages)
 			for _, b := range []string{"identities", "alerts", "outbox", "templates"} {
-				fmt.Fprintf(env.stdout, "  %-10s kept %d, skipped %d\n", b, rep.Kept[b], rep.Skipped[b])
+				fmt.Fprintf(env.Stdout, "  %-10s kept %d, skipped %d\n", b, rep.Kept[b], rep.Skipped[b])
 			}
 			for i, p := range rep.Problems {
 				if i == 20 {
-					fmt.Fprintf(env.stdout, "  ... %d more\n", len(rep.Problems)-20+rep.More)
+					fmt.Fprintf(env.Stdout, "  ... %d more\n", len(rep.Problems)-20+rep.More)
 					break
 				}
-				fmt.Fprintf(env.stdout, "  skipped: %s\n", p)
+				fmt.Fprintf(env.Stdout, "  skipped: %s\n", p)
 			}
-			fmt.Fprintf(env.stdout, "the damaged file is unchanged; to use the new one (agent stopped):\n  mv %s %s.damaged && mv %s %s\n", rep.Source, rep.Source, rep.Dest, rep.Source)
+			fmt.Fprintf(env.Stdout, "the damaged file is unchanged; to use the new one (agent stopped):\n  mv %s %s.damaged && mv %s %s\n", rep.Source, rep.Source, rep.Dest, rep.Source)
 			return nil
 		}},
 	})}
 }
 
-func printCheck(env *cliEnv, rep *store.CheckReport) {
-	fmt.Fprintf(env.stdout, "%s: %d bytes, %d pages of %d bytes, txid %d\n", rep.Path, rep.FileSize, rep.Pages, rep.PageSize, rep.TxID)
+func printCheck(env *cli.Env, rep *store.CheckReport) {
+	fmt.Fprintf(env.Stdout, "%s: %d bytes, %d pages of %d bytes, txid %d\n", rep.Path, rep.FileSize, rep.Pages, rep.PageSize, rep.TxID)
 	for _, b := range []string{"visits", "templates", "identities", "alerts", "outbox"} {
-		fmt.Fprintf(env.stdout, "  %-10s %d records\n", b, rep.Records[b])
+		fmt.Fprintf(env.Stdout, "  %-10s %d records\n", b, rep.Records[b])
 	}
 	if !rep.TemplatesVerified {
-		fmt.Fprintln(env.stdout, "  encrypted templates not authenticated (no key given: --key-file)")
+		fmt.Fprintln(env.Stdout, "  encrypted templates not authenticated (no key given: --key-file)")
 	}
 	for _, w := range rep.Warnings {
-		fmt.Fprintf(env.stdout, "warning: %s\n", w)
+		fmt.Fprintf(env.Stdout, "warning: %s\n", w)
 	}
 	if rep.OK() {
-		fmt.Fprintf(env.stdout, "ok (bbolt check: %v)\n", rep.BoltCheck)
+		fmt.Fprintf(env.Stdout, "ok (bbolt check: %v)\n", rep.BoltCheck)
 		return
 	}
 	for _, p := range rep.Problems {
-		fmt.Fprintf(env.stdout, "damaged: %s\n", p)
+		fmt.Fprintf(env.Stdout, "damaged: %s\n", p)
 	}
 	if rep.More > 0 {
-		fmt.Fprintf(env.stdout, "damaged: ... %d more\n", rep.More)
+		fmt.Fprintf(env.Stdout, "damaged: ... %d more\n", rep.More)
 	}
 }
 

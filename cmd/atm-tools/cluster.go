@@ -15,19 +15,20 @@ import (
 
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/internal/cli"
 	"github.com/periocular/atm-agent/internal/imagecheck"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/models/batch"
 )
 
 func init() {
-	commands["cluster"] = command{"group the photos of a folder by person (batch job)", runCluster}
+	commands["cluster"] = cli.Command{Summary: "group the photos of a folder by person (batch job)", Run: runCluster}
 }
 
 const clusterSynopsis = "cluster DIR -o OUT [--algorithm average|complete|online|dbscan] [--eps 0.5 --min-samples 2] [--singletons folder|own] [--force]"
 
-func runCluster(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlags(env, "cluster", clusterSynopsis)
+func runCluster(ctx context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "cluster", clusterSynopsis)
 	var pf pipelineFlags
 	pf.register(fs)
 	out := fs.String("o", "", "output folder (created; must be empty unless --force)")
@@ -46,7 +47,7 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 	var pos []string
 	rest := args
 	for {
-		if err := parseFlags(fs, rest); err != nil {
+		if err := cli.ParseFlags(fs, rest); err != nil {
 			return err
 		}
 		if fs.NArg() == 0 {
@@ -56,20 +57,20 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 		rest = fs.Args()[1:]
 	}
 	if len(pos) != 1 {
-		return fmt.Errorf("%w: want exactly one input folder, got %d (usage: atm-agent %s)", errUsage, len(pos), clusterSynopsis)
+		return fmt.Errorf("%w: want exactly one input folder, got %d (usage: atm-agent %s)", cli.ErrUsage, len(pos), clusterSynopsis)
 	}
 	if *out == "" {
-		return fmt.Errorf("%w: -o OUT is required", errUsage)
+		return fmt.Errorf("%w: -o OUT is required", cli.ErrUsage)
 	}
 	alg := identity.Algorithm(*algo)
 	if !validAlgorithm(alg) {
-		return fmt.Errorf("%w: --algorithm %q: want one of %v", errUsage, *algo, identity.Algorithms())
+		return fmt.Errorf("%w: --algorithm %q: want one of %v", cli.ErrUsage, *algo, identity.Algorithms())
 	}
 	if *maxPixels < 1 || *maxBytes < 1 {
-		return fmt.Errorf("%w: --max-pixels %d, --max-bytes %d: want at least 1", errUsage, *maxPixels, *maxBytes)
+		return fmt.Errorf("%w: --max-pixels %d, --max-bytes %d: want at least 1", cli.ErrUsage, *maxPixels, *maxBytes)
 	}
 	if *workers < 1 {
-		return fmt.Errorf("%w: --workers %d: want at least 1", errUsage, *workers)
+		return fmt.Errorf("%w: --workers %d: want at least 1", cli.ErrUsage, *workers)
 	}
 	threadsSet := false
 	fs.Visit(func(f *flag.Flag) { threadsSet = threadsSet || f.Name == "threads" })
@@ -82,7 +83,7 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 	if *thresholds != "" {
 		t, err := parseThresholds(*thresholds)
 		if err != nil {
-			return fmt.Errorf("%w: --thresholds: %v", errUsage, err)
+			return fmt.Errorf("%w: --thresholds: %v", cli.ErrUsage, err)
 		}
 		th = &t
 	}
@@ -138,9 +139,9 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 		Thumb:      *thumb,
 		Limits:     imagecheck.Limits{MaxPixels: *maxPixels, MaxBytes: *maxBytes},
 		Meta:       meta,
-		Log:        env.log,
+		Log:        env.Log,
 	}
-	if f, ok := env.stderr.(*os.File); ok && isTerminal(f) {
+	if f, ok := env.Stderr.(*os.File); ok && isTerminal(f) {
 		var bar *progressbar.ProgressBar
 		o.Progress = func(done, total int) {
 			if bar == nil {
@@ -153,13 +154,13 @@ func runCluster(ctx context.Context, env *cliEnv, args []string) error {
 	rep, err := batch.Run(ctx, pos[0], *out, finders, o)
 	if err != nil {
 		if errors.Is(err, batch.ErrOutputNotEmpty) || errors.Is(err, batch.ErrForeignFiles) {
-			return fmt.Errorf("%w: %v", errUsage, err)
+			return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 		}
 		return err
 	}
 	total, embed := rep.Elapsed()
 	c := rep.Counts
-	fmt.Fprintf(env.stdout, "%d images: %d people (2+ images), %d single-image, %d without a usable face, %d unreadable, %d skipped; %s in %.1fs (perception %.1fs)\n",
+	fmt.Fprintf(env.Stdout, "%d images: %d people (2+ images), %d single-image, %d without a usable face, %d unreadable, %d skipped; %s in %.1fs (perception %.1fs)\n",
 		c.Images, c.People, c.Singletons, c.NoFace, c.Unreadable, c.Skipped, *out, total.Seconds(), embed.Seconds())
 	return nil
 }

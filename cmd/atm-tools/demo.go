@@ -25,6 +25,7 @@ import (
 	"github.com/periocular/atm-agent/agent/rules"
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/hal/sim"
+	"github.com/periocular/atm-agent/internal/cli"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/mqttsync"
@@ -34,8 +35,8 @@ import (
 const demoBanner = "SIMULATED SCENARIO: no camera, no card reader, no real customers. Faces are cut from face-api's demo photos; masks are painted; times are compressed."
 
 func init() {
-	commands["demo"] = command{"replay a simulated ATM day through the real pipeline (no hardware)", func(ctx context.Context, env *cliEnv, args []string) error {
-		fs := newFlags(env, "demo", "demo [--models DIR] [--photos DIR] [--seed N] [--duration 40s] [--db FILE]")
+	commands["demo"] = cli.Command{Summary: "replay a simulated ATM day through the real pipeline (no hardware)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
+		fs := cli.NewFlags(env, "demo", "demo [--models DIR] [--photos DIR] [--seed N] [--duration 40s] [--db FILE]")
 		o := demoOptions{}
 		fs.StringVar(&o.Models, "models", "", "model directory (default build/models, else /usr/lib/atm-agent/models)")
 		fs.StringVar(&o.Photos, "photos", "", "face-api demo photos (default build/src/face-api/demo)")
@@ -44,7 +45,7 @@ func init() {
 		fs.StringVar(&o.DB, "db", "", "keep the bbolt store in this file (default: a temporary file, removed)")
 		fs.StringVar(&o.Thresholds, "thresholds", "", "identity thresholds UU,MM,MU (default: the manifest's calibration)")
 		fs.BoolVar(&o.Verbose, "v", false, "show the agent's own log lines")
-		if err := parseFlags(fs, args); err != nil {
+		if err := cli.ParseFlags(fs, args); err != nil {
 			return err
 		}
 		return runDemo(ctx, env, &o)
@@ -70,7 +71,7 @@ func demoThresholds(o *demoOptions) (*identity.Thresholds, error) {
 	if o.Thresholds != "" {
 		var t identity.Thresholds
 		if _, err := fmt.Sscanf(o.Thresholds, "%g,%g,%g", &t.UU, &t.MM, &t.MU); err != nil {
-			return nil, fmt.Errorf("%w: --thresholds %q: want UU,MM,MU", errUsage, o.Thresholds)
+			return nil, fmt.Errorf("%w: --thresholds %q: want UU,MM,MU", cli.ErrUsage, o.Thresholds)
 		}
 		o.thresholdsFrom = "--thresholds"
 		return &t, nil
@@ -83,7 +84,7 @@ func demoThresholds(o *demoOptions) (*identity.Thresholds, error) {
 		return nil, nil
 	}
 	t := provisionalThresholds
-	o.thresholdsFrom = "provisional: the manifest has no calibration yet; run `atm-agent eval calibrate`"
+	o.thresholdsFrom = "provisional: the manifest has no calibration yet; run `atm-tools eval calibrate`"
 	return &t, nil
 }
 
@@ -300,7 +301,7 @@ func (d *demoRun) subscribe(url, filter string) (paho.Client, error) {
 	return c, nil
 }
 
-func runDemo(ctx context.Context, env *cliEnv, o *demoOptions) error {
+func runDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	t0 := time.Now()
 	if o.Models == "" {
 		o.Models = firstDir(filepath.Join("build", "models"), "/usr/lib/atm-agent/models")
@@ -309,9 +310,9 @@ func runDemo(ctx context.Context, env *cliEnv, o *demoOptions) error {
 		o.Photos = filepath.Join("build", "src", "face-api", "demo")
 	}
 	if o.Duration < time.Second {
-		return fmt.Errorf("%w: --duration %v: at least 1s", errUsage, o.Duration)
+		return fmt.Errorf("%w: --duration %v: at least 1s", cli.ErrUsage, o.Duration)
 	}
-	d := &demoRun{out: env.stdout, done: make(chan string, 4), idSeen: map[string]bool{},
+	d := &demoRun{out: env.Stdout, done: make(chan string, 4), idSeen: map[string]bool{},
 		received: map[string]int{}, msgIDs: map[string]bool{}, seqs: map[uint64]bool{}, alertIDs: map[string]bool{}}
 	d.printf("%s\n\n", demoBanner)
 
@@ -358,7 +359,7 @@ func runDemo(ctx context.Context, env *cliEnv, o *demoOptions) error {
 	if o.Verbose {
 		logLevel = slog.LevelInfo
 	}
-	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: logLevel}))
+	log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: logLevel}))
 
 	broker, url, err := startBroker()
 	if err != nil {

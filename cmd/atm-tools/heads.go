@@ -9,14 +9,15 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/periocular/atm-agent/internal/cli"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/models/eval"
 )
 
 // evalTrainHeads fits the embedder's mask classifier and mask-removing
 // projection on labelled dev data and records them in the manifest.
-func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlags(env, "eval train-heads", "eval train-heads --dataset DIR[:synthetic] ... [--nap-k 0,8,16] [--ship-k 16] [--manifest models/manifest.yaml]")
+func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "eval train-heads", "eval train-heads --dataset DIR[:synthetic] ... [--nap-k 0,8,16] [--ship-k 16] [--manifest models/manifest.yaml]")
 	var pf pipelineFlags
 	pf.register(fs)
 	pf.registerCache(fs)
@@ -30,18 +31,18 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 	manifest := fs.String("manifest", "", "manifest to record the heads in (e.g. models/manifest.yaml); heads are written to its heads/ folder")
 	maxPer := fs.Int("max-per-identity", 0, "in :synthetic datasets, use at most this many images per identity (0: all)")
 	maxSingles := fs.Int("max-singletons", 0, "in :synthetic datasets, use at most this many single-image identities (0: all)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if len(sets) == 0 {
-		return fmt.Errorf("%w: at least one --dataset", errUsage)
+		return fmt.Errorf("%w: at least one --dataset", cli.ErrUsage)
 	}
 	pf.raw = true
 	var ks []int
 	for _, s := range splitList(*napK) {
 		k, err := strconv.Atoi(s)
 		if err != nil || k < 0 {
-			return fmt.Errorf("%w: --nap-k %q", errUsage, s)
+			return fmt.Errorf("%w: --nap-k %q", cli.ErrUsage, s)
 		}
 		ks = append(ks, k)
 	}
@@ -49,7 +50,7 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 	for _, spec := range methods {
 		m, err := eval.ParseMethod(spec)
 		if err != nil {
-			return fmt.Errorf("%w: %v", errUsage, err)
+			return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 		}
 		ms = append(ms, m)
 	}
@@ -57,7 +58,7 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 	if *ship != "" {
 		m, err := eval.ParseMethod(*ship)
 		if err != nil {
-			return fmt.Errorf("%w: --ship: %v", errUsage, err)
+			return fmt.Errorf("%w: --ship: %v", cli.ErrUsage, err)
 		}
 		shipM = &m
 	}
@@ -90,7 +91,7 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	rep.Markdown(env.stdout)
+	rep.Markdown(env.Stdout)
 	if *manifest == "" {
 		return nil
 	}
@@ -118,12 +119,12 @@ func evalTrainHeads(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 	if md.Projection != nil && md.Thresholds != nil {
-		fmt.Fprintf(env.stdout, "\nthe projection changed: recalibrate %s's thresholds (`atm-agent eval calibrate`)\n", embedder)
+		fmt.Fprintf(env.Stdout, "\nthe projection changed: recalibrate %s's thresholds (`atm-agent eval calibrate`)\n", embedder)
 	}
 	if err := man.Save(*manifest); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "\nwrote heads to %s and recorded them in %s; run `atm-agent models build` to install them\n", headsDir, *manifest)
+	fmt.Fprintf(env.Stdout, "\nwrote heads to %s and recorded them in %s; run `atm-agent models build` to install them\n", headsDir, *manifest)
 	return nil
 }
 

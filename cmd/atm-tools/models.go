@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/periocular/atm-agent/internal/cli/modelscmd"
+
+	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/models"
+)
+
+func defaultCacheDir() string {
+	if d := os.Getenv("ATM_CACHE_DIR"); d != "" {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "atm-agent", "npm")
+	}
+	return filepath.Join("build", "cache")
+}
+
+type modelFlags struct {
+	lock, manifest, src, dir, cache string
+	mirrors                         multiFlag
+}
+
+func (m *modelFlags) register(fs interface {
+	StringVar(*string, string, string, string)
+	Var(flag.Value, string, string)
+}) {
+	fs.StringVar(&m.lock, "lock", filepath.Join("models", "lock.json"), "lock file pinning the source packages")
+	fs.StringVar(&m.manifest, "manifest", filepath.Join("models", "manifest.yaml"), "model manifest")
+	fs.StringVar(&m.src, "src", filepath.Join("build", "src"), "where the locked package files are extracted")
+	fs.StringVar(&m.dir, "dir", modelscmd.DefaultDir(), "models dir (converted models and their manifest)")
+	fs.StringVar(&m.cache, "cache", defaultCacheDir(), "npm tarball and URL file cache")
+	fs.Var(&m.mirrors, "mirror", "directory searched by file name for URL-sourced model files before their URL, repeatable; a file is used only if its sha256 matches the lock")
+}
+
+func modelsFetch(ctx context.Context, env *cli.Env, args []string) error {
+	var mf modelFlags
+	fs := cli.NewFlags(env, "models fetch", "models fetch [flags]")
+	mf.register(fs)
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	return fetch(ctx, env, mf)
+}
+
+func fetch(ctx context.Context, env *cli.Env, mf modelFlags) error {
+	lock, err := models.LoadLock(mf.lock)
+	if err != nil {
+		return err
+	}
+	return models.Fetch(ctx, lock, models.FetchOptions{CacheDir: mf.cache, SrcDir: mf.src, Mirrors: mf.mirrors,
+		Log: func(f string, a ...any) { fmt.Fprintf(env.Stderr, "fetch: "+f+"\n", a...) }})
+}
+
+func modelsBuild(ctx context.Context, env *cli.Env, args []string) error {
+	var mf modelFlags
+	fs := cli.NewFlags(env, "models build", "models build [flags] [model ...]")
+	mf.register(fs)
+	update := fs.Bool("update", false, "record new checksums in the manifest instead of requiring a match")
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := fetch(ctx, env, mf); err != nil {
+		return err
+	}
+	lock, err := models.LoadLock(mf.lock)
+	if err != nil {
+		return err
+	}
+	man, err := models.LoadManifest(mf.manifest)
+	if err != nil {
+		return err
+	}
+	var skipped []string
+	err = models.Build(ctx, man, lock, models.BuildOptions{SrcDir: mf.src, OutDir: mf.dir, Update: *update, Only: fs.Args(),
+		HeadsDir: filepath.Join(filepath.Dir(mf.manifest), "heads"),
+		Skipped:  func(name string, _ error) { skipped = append(skipped, name) },
+		Log:      func(f string, a ...any) { fmt.Fprintf(env.Stdout, f+"\n", a...) }})
+	if err != nil {
+		return err
+	}
+	if *update {
+		if len(skipped) > 0 {
+			return fmt.Errorf("--update needs every model built; not fetched: %s", strings.Join(skipped, ", "))
+		}
+		if err := man.Save(mf.manifest); err != nil {
+			return err
+		}
+	}
+	if len(skipped) > 0 {
+		fmt.Fprintf(env.Stdout, "left out of %s (optional, their source could not be fetched): %s\n",
+			filepath.Join(mf.dir, "manifest.yaml"), strings.Join(skipped, ", "))
+	}
+	// The models dir's manifest lists only the models that are there.
+	return man.Without(skipped...).Save(filepath.Join(mf.dir, "manifest.yaml"))
+}

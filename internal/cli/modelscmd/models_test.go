@@ -1,0 +1,109 @@
+package modelscmd
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/periocular/atm-agent/models"
+)
+
+// copyModels copies a built models dir so a test can damage its files.
+func copyModels(t *testing.T, src string, names ...string) (string, *models.Manifest) {
+	t.Helper()
+	man, err := models.LoadManifest(filepath.Join(src, "manifest.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	var keep []models.Model
+	for _, n := range names {
+		md, ok := man.Find(n)
+		if !ok {
+			t.Fatalf("model %s not in manifest", n)
+		}
+		b, err := os.ReadFile(filepath.Join(src, md.File))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, md.File), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		keep = append(keep, *md)
+	}
+	man.Models = keep
+	man.Pipeline = models.Pipeline{}
+	if err := man.Save(filepath.Join(dst, "manifest.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	return dst, man
+}
+
+func TestModelsVerify(t *testing.T) {
+	t.Setenv("ATM_AGENT_AS_CLI", "1")
+	src := builtModels(t)
+	dir, man := copyModels(t, src, "faceapi-tiny", "faceapi-landmarks68")
+
+	code, out, errs := runCLI(t, "models", "verify", "--dir", dir)
+	if code != 0 {
+		t.Fatalf("verify of intact models: exit %d\n%s%s", code, out, errs)
+	}
+	for _, md := range man.Models {
+		if !strings.Contains(out, md.Name) || !strings.Contains(out, "OK") {
+			t.Errorf("verify output lacks %s OK:\n%s", md.Name, out)
+		}
+	}
+
+	// One flipped byte: the file is named, the exit is non-zero, no crash.
+	tampered := filepath.Join(dir, man.Models[1].File)
+	b, _ := os.ReadFile(tampered)
+	b[len(b)/2] ^= 0x01
+	os.WriteFile(tampered, b, 0o644)
+	code, out, _ = runCLI(t, "models", "verify", "--dir", dir)
+	if code == 0 {
+		t.Fatalf("verify passed a tampered model:\n%s", out)
+	}
+	if !strings.Contains(out, tampered) || !strings.Contains(out, "sha256") {
+		t.Errorf("verify output does not name the tampered file and the check:\n%s", out)
+	}
+	if !strings.Contains(out, man.Models[0].Name+" ") || strings.Count(out, "OK") != 1 {
+		t.Errorf("the intact model should still pass:\n%s", out)
+	}
+
+	// Truncated file.
+	os.WriteFile(tampered, b[:100], 0o644)
+	_, out, _ = runCLI(t, "models", "verify", "--dir", dir)
+	if !strings.Contains(out, "truncated") {
+		t.Errorf("truncation not reported:\n%s", out)
+	}
+
+	// Missing file.
+	os.Remove(tampered)
+	_, out, _ = runCLI(t, "models", "verify", "--dir", dir)
+	if !strings.Contains(out, "missing") {
+		t.Errorf("missing file not reported:\n%s", out)
+	}
+}
+
+// A file whose checksum an operator recorded but that OpenCV cannot parse
+// must cost the child process, not the verifier.
+func TestModelsVerifySurvivesOpenCVAbort(t *testing.T) {
+	t.Setenv("ATM_AGENT_AS_CLI", "1")
+	src := builtModels(t)
+	dir, man := copyModels(t, src, "faceapi-tiny")
+	bad := filepath.Join(dir, man.Models[0].File)
+	junk := []byte("\x08\x07\x12\x04junk this is not an onnx graph \xff\xff\xff\xff")
+	os.WriteFile(bad, junk, 0o644)
+	sum, _ := models.FileSHA256(bad)
+	man.Models[0].SHA256, man.Models[0].Size = sum, int64(len(junk))
+	man.Save(filepath.Join(dir, "manifest.yaml"))
+
+	code, out, errs := runCLI(t, "models", "verify", "--dir", dir)
+	if code == 0 {
+		t.Fatalf("verify passed an unparseable model:\n%s", out)
+	}
+	if !strings.Contains(out, "FAIL") || !strings.Contains(out, man.Models[0].Name) {
+		t.Errorf("no failure line for the bad model:\n%s\n%s", out, errs)
+	}
+}

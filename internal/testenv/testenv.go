@@ -1,0 +1,50 @@
+// Package testenv is what tests share about their environment: the
+// repository root, the built models dir and the extracted model sources.
+// A test that needs models which are not built is skipped with a message
+// saying how to build them (`make models`; CI always does, before the tests).
+package testenv
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// RepoRoot is the module root (found from this file's path, so it holds
+// wherever the test runs).
+func RepoRoot(t testing.TB) string {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("testenv: no caller information")
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Path joins parts under the repository root.
+func Path(t testing.TB, parts ...string) string {
+	return filepath.Join(append([]string{RepoRoot(t)}, parts...)...)
+}
+
+// ModelsDir is the built models dir ($ATM_MODELS_DIR, else build/models);
+// the test is skipped when it holds no manifest.yaml.
+func ModelsDir(t testing.TB) string {
+	t.Helper()
+	dir := os.Getenv("ATM_MODELS_DIR")
+	if dir == "" {
+		dir = Path(t, "build", "models")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "manifest.yaml")); err != nil {
+		t.Skipf("no built models in %s (run `make models`, or set ATM_MODELS_DIR): %v", dir, err)
+	}
+	return dir
+}
+
+// ModelSrc is where `models build` extracted the pinned packages
+// ($ATM_MODEL_SRC, else build/src).
+func ModelSrc(t testing.TB) string {
+	if d := os.Getenv("ATM_MODEL_SRC"); d != "" {
+		return d
+	}
+	return Path(t, "build", "src")
+}
