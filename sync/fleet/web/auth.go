@@ -1,0 +1,223 @@
+package web
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+	"gopkg.in/yaml.v3"
+)
+
+// Roles. An analyst reads everything and acknowledges or resolves alerts;
+// an admin can also open the settings page (audit log, rejected payloads,
+// ingest counters, pruning).
+const (
+	RoleAnalyst = "analyst"
+	RoleAdmin   = "admin"
+)
+
+// User is one account from the users file.
+type User struct {
+	Name         string `yaml:"name"`
+	Role         string `yaml:"role"`
+	PasswordHash string `yaml:"password_hash"` // bcrypt ($2a$/$2b$/$2y$)
+}
+
+// Users maps names to accounts.
+type Users map[string]User
+
+// LoadUsers reads a users file (YAML, strict):
+//
+//	users:
+//	  - {name: ana, role: analyst, password_hash: "$2a$12$..."}
+//
+// Hashes come from `atm-fleet passwd` (bcrypt).
+func LoadUsers(path string) (Users, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("users file: %w", err)
+	}
+	return ParseUsers(b)
+}
+
+// ParseUsers decodes and checks a users file.
+func ParseUsers(b []byte) (Users, error) {
+	var f struct {
+		Users []User `yaml:"users"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("users file: %w", err)
+	}
+	out := Users{}
+	for i, u := range f.Users {
+		switch {
+		case u.Name == "" || len(u.Name) > 64 || strings.ContainsAny(u.Name, "|\x00\r\n"):
+			return nil, fmt.Errorf("users file: user %d: name must be 1-64 bytes without '|' or control characters", i+1)
+		case u.Role != RoleAnalyst && u.Role != RoleAdmin:
+			return nil, fmt.Errorf("users file: user %q: role %q: want %q or %q", u.Name, u.Role, RoleAnalyst, RoleAdmin)
+		case out[u.Name].Name != "":
+			return nil, fmt.Errorf("users file: user %q listed twice", u.Name)
+		}
+		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
+			return nil, fmt.Errorf("users file: user %q: password_hash is not a bcrypt hash: %w", u.Name, err)
+		}
+		out[u.Name] = u
+	}
+	if len(out) == 0 {
+		return nil, errors.New("users file: no users")
+	}
+	return out, nil
+}
+
+// HashPassword returns the bcrypt hash to put in a users file.
+func HashPassword(pw string) (string, error) {
+	if len(pw) < 8 {
+		return "", errors.New("password shorter than 8 characters")
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), 12)
+	if err != nil {
+		return "", fmt.Errorf("hash password: %w", err)
+	}
+	return string(h), nil
+}
+
+// dummyHash keeps the time of a login with an unknown name close to that of
+// a wrong password.
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("not a password"), 10)
+
+// Check verifies a login.
+func (u Users) Check(name, pw string) (User, bool) {
+	user, ok := u[name]
+	if !ok {
+		_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(pw))
+		return User{}, false
+	}
+	if bcrypt.CompareHashAndPassword([]byte(user.PasswordHash), []byte(pw)) != nil {
+		return User{}, false
+	}
+	return user, true
+}
+
+// LoadSessionKey reads a key file (at least 32 bytes); an empty path gives a
+// random key, so sessions end with the process. Instances behind one load
+// balancer need the same key file.
+func LoadSessionKey(path string) ([]byte, error) {
+	if path == "" {
+		k := make([]byte, 32)
+		_, err := rand.Read(k)
+		return k, err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("session key: %w", err)
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) < 32 {
+		return nil, fmt.Errorf("session key %s: %d bytes, want at least 32 (e.g. head -c 48 /dev/urandom | base64 > %s)", path, len(b), path)
+	}
+	return b, nil
+}
+
+// session is what the signed cookie carries. The role is looked up in the
+// users file on every request, so removing a user ends their sessions.
+type session struct {
+	User    string `json:"u"`
+	Expires int64  `json:"e"`
+	Nonce   string `json:"n"`
+}
+
+const (
+	sessionCookie = "atm_fleet_session"
+	loginCookie   = "atm_fleet_login"
+)
+
+func (s *Server) mac(parts ...string) []byte {
+	m := hmac.New(sha256.New, s.key)
+	for _, p := range parts {
+		m.Write([]byte(p))
+		m.Write([]byte{0})
+	}
+	return m.Sum(nil)
+}
+
+func (s *Server) cookie(name, value string, maxAge int) *http.Cookie {
+	return &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: maxAge, HttpOnly: true,
+		Secure: s.secureCookies(), SameSite: http.SameSiteStrictMode}
+}
+
+func (s *Server) newSession(w http.ResponseWriter, user string) {
+	n := make([]byte, 16)
+	_, _ = rand.Read(n)
+	sess := session{User: user, Expires: s.now().Add(s.cfg.SessionTTL).Unix(), Nonce: base64.RawURLEncoding.EncodeToString(n)}
+	b, _ := json.Marshal(sess)
+	p := base64.RawURLEncoding.EncodeToString(b)
+	sig := base64.RawURLEncoding.EncodeToString(s.mac("session", p))
+	http.SetCookie(w, s.cookie(sessionCookie, p+"."+sig, int(s.cfg.SessionTTL/time.Second)))
+}
+
+// sessionOf returns the request's valid session and its user.
+func (s *Server) sessionOf(r *http.Request) (session, User, bool) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil {
+		return session{}, User{}, false
+	}
+	p, sig, ok := strings.Cut(c.Value, ".")
+	if !ok {
+		return session{}, User{}, false
+	}
+	want := s.mac("session", p)
+	got, err := base64.RawURLEncoding.DecodeString(sig)
+	if err != nil || !hmac.Equal(got, want) {
+		return session{}, User{}, false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(p)
+	if err != nil {
+		return session{}, User{}, false
+	}
+	var sess session
+	if json.Unmarshal(b, &sess) != nil || s.now().Unix() > sess.Expires {
+		return session{}, User{}, false
+	}
+	u, ok := s.users[sess.User]
+	return sess, u, ok
+}
+
+// csrfToken is bound to the session: HMAC(key, "csrf", nonce).
+func (s *Server) csrfToken(sess session) string {
+	return base64.RawURLEncoding.EncodeToString(s.mac("csrf", sess.Nonce))
+}
+
+func (s *Server) checkCSRF(r *http.Request, sess session) bool {
+	tok := r.Header.Get("X-CSRF-Token")
+	if tok == "" {
+		tok = r.PostFormValue("csrf")
+	}
+	want := s.csrfToken(sess)
+	return tok != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(want)) == 1
+}
+
+// sameOrigin refuses cross-site POSTs a browser labels with Origin (a second
+// line behind the token and SameSite=Strict).
+func sameOrigin(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	o = strings.TrimPrefix(strings.TrimPrefix(o, "https://"), "http://")
+	return o == r.Host
+}
+
+var randRead = rand.Read

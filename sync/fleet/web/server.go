@@ -1,0 +1,826 @@
+// Package web serves the fleet view: server-rendered pages (html/template),
+// a little vanilla JavaScript for live updates over server-sent events, and
+// a JSON API with the same data. Assets are embedded. Every page needs a
+// login (users file, bcrypt); every POST needs the session's CSRF token.
+package web
+
+import (
+	"context"
+	"crypto/tls"
+	"embed"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+//go:embed templates/*.html static/*
+var assets embed.FS
+
+// Config configures the HTTP side.
+type Config struct {
+	// Listen is host:port; loopback by default. Put a TLS reverse proxy
+	// in front, or set TLSCertFile/TLSKeyFile, before opening it wider.
+	Listen      string `yaml:"listen"`
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
+	// UsersFile lists the accounts (see LoadUsers). Required.
+	UsersFile string `yaml:"users_file"`
+	// SessionKeyFile signs session cookies; instances behind one load
+	// balancer share it. Empty: a random key per start.
+	SessionKeyFile string        `yaml:"session_key_file"`
+	SessionTTL     time.Duration `yaml:"session_ttl"`
+	// SecureCookies marks cookies Secure even without TLSCertFile (TLS
+	// terminated by a reverse proxy).
+	SecureCookies bool `yaml:"secure_cookies"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Listen: "127.0.0.1:8080", SessionTTL: 12 * time.Hour}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("web: listen %q: %w", c.Listen, err)
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return errors.New("web: tls_cert_file and tls_key_file go together")
+	}
+	if c.UsersFile == "" {
+		return errors.New("web: users_file is required")
+	}
+	if c.SessionTTL < time.Minute || c.SessionTTL > 30*24*time.Hour {
+		return fmt.Errorf("web: session_ttl %v: want 1m..720h", c.SessionTTL)
+	}
+	return nil
+}
+
+// Deps are the server's collaborators besides the store.
+type Deps struct {
+	Logger *slog.Logger
+	Now    func() time.Time
+	// IngestStats, when set, is shown on the admin page and /healthz.
+	IngestStats func() any
+	// Retention is applied by the admin page's "prune now".
+	Retention storage.Retention
+}
+
+// Server is the HTTP front end.
+type Server struct {
+	cfg   Config
+	store storage.Store
+	users Users
+	key   []byte
+	d     Deps
+	log   *slog.Logger
+	now   func() time.Time
+	pages map[string]*template.Template
+
+	sseStop chan struct{}
+	once    sync.Once
+}
+
+// New builds a server. users and key come from LoadUsers and LoadSessionKey.
+func New(cfg Config, st storage.Store, users Users, key []byte, d Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if len(users) == 0 {
+		return nil, errors.New("web: no users")
+	}
+	if len(key) < 32 {
+		return nil, errors.New("web: session key shorter than 32 bytes")
+	}
+	s := &Server{cfg: cfg, store: st, users: users, key: key, d: d, log: d.Logger, now: d.Now, sseStop: make(chan struct{})}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	pages, err := parsePages()
+	if err != nil {
+		return nil, err
+	}
+	s.pages = pages
+	return s, nil
+}
+
+func (s *Server) secureCookies() bool { return s.cfg.SecureCookies || s.cfg.TLSCertFile != "" }
+
+var funcs = template.FuncMap{
+	"ago": func(now, t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		d := now.Sub(t)
+		switch {
+		case d < 0:
+			return "in the future"
+		case d < time.Minute:
+			return fmt.Sprintf("%ds ago", int(d/time.Second))
+		case d < time.Hour:
+			return fmt.Sprintf("%dm ago", int(d/time.Minute))
+		case d < 48*time.Hour:
+			return fmt.Sprintf("%dh ago", int(d/time.Hour))
+		}
+		return fmt.Sprintf("%dd ago", int(d/(24*time.Hour)))
+	},
+	"ts": func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return t.UTC().Format("2006-01-02 15:04:05Z")
+	},
+	"path": url.PathEscape,
+	"query": func(kv ...string) template.URL {
+		v := url.Values{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if kv[i+1] != "" {
+				v.Set(kv[i], kv[i+1])
+			}
+		}
+		return template.URL("?" + v.Encode())
+	},
+}
+
+func parsePages() (map[string]*template.Template, error) {
+	base, err := template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/alertrows.html")
+	if err != nil {
+		return nil, fmt.Errorf("web: templates: %w", err)
+	}
+	names, err := fs.Glob(assets, "templates/*.html")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*template.Template{}
+	for _, n := range names {
+		name := strings.TrimSuffix(strings.TrimPrefix(n, "templates/"), ".html")
+		if name == "layout" || name == "alertrows" {
+			continue
+		}
+		t, err := template.Must(base.Clone()).ParseFS(assets, n)
+		if err != nil {
+			return nil, fmt.Errorf("web: template %s: %w", n, err)
+		}
+		out[name] = t
+	}
+	return out, nil
+}
+
+// Handler returns the routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	static, _ := fs.Sub(assets, "static")
+	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /login", s.loginPage)
+	mux.HandleFunc("POST /login", s.login)
+	mux.HandleFunc("POST /logout", s.auth(RoleAnalyst, s.logout))
+	mux.HandleFunc("GET /{$}", s.auth(RoleAnalyst, s.fleetPage))
+	mux.HandleFunc("GET /alerts", s.auth(RoleAnalyst, s.alertsPage))
+	mux.HandleFunc("GET /alerts.csv", s.auth(RoleAnalyst, s.alertsCSV))
+	mux.HandleFunc("POST /alerts/act", s.auth(RoleAnalyst, s.act))
+	mux.HandleFunc("GET /devices/{site}/{device}", s.auth(RoleAnalyst, s.devicePage))
+	mux.HandleFunc("GET /devices/{site}/{device}/identities/{id}", s.auth(RoleAnalyst, s.identityPage))
+	mux.HandleFunc("GET /events", s.auth(RoleAnalyst, s.events))
+	mux.HandleFunc("GET /admin", s.auth(RoleAdmin, s.adminPage))
+	mux.HandleFunc("POST /admin/prune", s.auth(RoleAdmin, s.prune))
+	mux.HandleFunc("GET /api/v1/session", s.auth(RoleAnalyst, s.apiSession))
+	mux.HandleFunc("GET /api/v1/devices", s.auth(RoleAnalyst, s.apiDevices))
+	mux.HandleFunc("GET /api/v1/devices/{site}/{device}", s.auth(RoleAnalyst, s.apiDevice))
+	mux.HandleFunc("GET /api/v1/alerts", s.auth(RoleAnalyst, s.apiAlerts))
+	mux.HandleFunc("POST /api/v1/alerts/act", s.auth(RoleAnalyst, s.act))
+	return securityHeaders(mux)
+}
+
+func securityHeaders(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'")
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("Referrer-Policy", "same-origin")
+		hd.Set("X-Frame-Options", "DENY")
+		h.ServeHTTP(w, r)
+	})
+}
+
+type ctxKey struct{}
+
+type principal struct {
+	User User
+	Sess session
+}
+
+// auth requires a session with role (admin includes analyst) and, for
+// POSTs, the session's CSRF token and a same-origin Origin header.
+func (s *Server) auth(role string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		sess, u, ok := s.sessionOf(r)
+		if !ok {
+			if r.Method == http.MethodGet && !strings.HasPrefix(r.URL.Path, "/api/") && r.URL.Path != "/events" {
+				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+				return
+			}
+			http.Error(w, "authentication required", http.StatusUnauthorized)
+			return
+		}
+		if role == RoleAdmin && u.Role != RoleAdmin {
+			http.Error(w, "forbidden: admin role required", http.StatusForbidden)
+			return
+		}
+		if r.Method == http.MethodPost {
+			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+			if !sameOrigin(r) || !s.checkCSRF(r, sess) {
+				s.log.Warn("fleet web: POST refused: missing or wrong CSRF token", "user", u.Name, "path", r.URL.Path, "remote", r.RemoteAddr)
+				http.Error(w, "forbidden: missing or invalid CSRF token", http.StatusForbidden)
+				return
+			}
+		}
+		h(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, principal{User: u, Sess: sess})))
+	}
+}
+
+func who(r *http.Request) principal {
+	p, _ := r.Context().Value(ctxKey{}).(principal)
+	return p
+}
+
+// base is what the layout needs.
+type base struct {
+	Title string
+	Nav   string
+	User  User
+	CSRF  string
+	Now   time.Time
+}
+
+func (s *Server) base(r *http.Request, title, nav string) base {
+	p := who(r)
+	return base{Title: title, Nav: nav, User: p.User, CSRF: s.csrfToken(p.Sess), Now: s.now().UTC()}
+}
+
+func (s *Server) render(w http.ResponseWriter, r *http.Request, page string, data any) {
+	t := s.pages[page]
+	var b strings.Builder
+	if err := t.ExecuteTemplate(&b, "layout.html", data); err != nil {
+		s.fail(w, r, fmt.Errorf("render %s: %w", page, err))
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write([]byte(b.String()))
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		http.Error(w, err.Error(), http.StatusNotFound)
+	case errors.Is(err, storage.ErrState):
+		http.Error(w, err.Error(), http.StatusConflict)
+	default:
+		s.log.Error("fleet web", "path", r.URL.Path, "err", err)
+		http.Error(w, "internal error (logged)", http.StatusInternalServerError)
+	}
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	out := map[string]any{"ok": true}
+	if s.d.IngestStats != nil {
+		out["ingest"] = s.d.IngestStats()
+	}
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+func safeNext(next string) string {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
+		return "/"
+	}
+	return next
+}
+
+func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
+	tok := make([]byte, 16)
+	_, _ = randRead(tok)
+	t := fmt.Sprintf("%x", tok)
+	http.SetCookie(w, s.cookie(loginCookie, t, 600))
+	s.render(w, r, "login", struct {
+		base
+		Next, Token, Error string
+	}{base: base{Title: "Sign in", Now: s.now()}, Next: safeNext(r.URL.Query().Get("next")), Token: t, Error: r.URL.Query().Get("error")})
+}
+
+func (s *Server) login(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+	c, err := r.Cookie(loginCookie)
+	if err != nil || !sameOrigin(r) || c.Value == "" || r.PostFormValue("csrf") != c.Value {
+		http.Error(w, "forbidden: missing or invalid CSRF token (reload the sign-in page)", http.StatusForbidden)
+		return
+	}
+	next := safeNext(r.PostFormValue("next"))
+	u, ok := s.users.Check(r.PostFormValue("user"), r.PostFormValue("password"))
+	if !ok {
+		s.log.Warn("fleet web: sign-in failed", "user", r.PostFormValue("user"), "remote", r.RemoteAddr)
+		http.Redirect(w, r, "/login?error=1&next="+url.QueryEscape(next), http.StatusSeeOther)
+		return
+	}
+	s.log.Info("fleet web: signed in", "user", u.Name, "role", u.Role, "remote", r.RemoteAddr)
+	http.SetCookie(w, s.cookie(loginCookie, "", -1))
+	s.newSession(w, u.Name)
+	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, s.cookie(sessionCookie, "", -1))
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+// deviceRow is one line of the fleet table.
+type deviceRow struct {
+	storage.Device
+	Visits24h int
+	LastSum   time.Time
+}
+
+func rows(devs []storage.Device) []deviceRow {
+	out := make([]deviceRow, len(devs))
+	for i, d := range devs {
+		out[i] = deviceRow{Device: d}
+		if d.Summary != nil {
+			out[i].Visits24h, out[i].LastSum = d.Summary.Totals.Visits.H24, d.Summary.TS
+		}
+	}
+	return out
+}
+
+var sorts = map[string]func(a, b deviceRow) int{
+	"site": func(a, b deviceRow) int {
+		return strings.Compare(a.Site+"/"+a.Device.Device, b.Site+"/"+b.Device.Device)
+	},
+	"state":   func(a, b deviceRow) int { return strings.Compare(a.State(), b.State()) },
+	"alerts":  func(a, b deviceRow) int { return b.OpenAlerts - a.OpenAlerts },
+	"backlog": func(a, b deviceRow) int { return b.Backlog() - a.Backlog() },
+	"visits":  func(a, b deviceRow) int { return b.Visits24h - a.Visits24h },
+	"gaps":    func(a, b deviceRow) int { return int(b.Gaps()) - int(a.Gaps()) },
+}
+
+func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) {
+	devs, err := s.store.Devices(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	site, sortBy := r.URL.Query().Get("site"), r.URL.Query().Get("sort")
+	var sites []string
+	all := rows(devs)
+	var shown []deviceRow
+	online, offline, open := 0, 0, 0
+	for _, d := range all {
+		if !slices.Contains(sites, d.Site) {
+			sites = append(sites, d.Site)
+		}
+		if site != "" && d.Site != site {
+			continue
+		}
+		shown = append(shown, d)
+		if d.State() == string(wire.StateOnline) {
+			online++
+		} else {
+			offline++
+		}
+		open += d.OpenAlerts
+	}
+	sort.Strings(sites)
+	if f := sorts[sortBy]; f != nil {
+		slices.SortStableFunc(shown, func(a, b deviceRow) int {
+			if c := f(a, b); c != 0 {
+				return c
+			}
+			return sorts["site"](a, b)
+		})
+	} else {
+		sortBy = "site"
+	}
+	s.render(w, r, "fleet", struct {
+		base
+		Devices                 []deviceRow
+		Sites                   []string
+		Site, Sort              string
+		Online, Offline, Alerts int
+	}{s.base(r, "Fleet", "fleet"), shown, sites, site, sortBy, online, offline, open})
+}
+
+func filterOf(q url.Values) (storage.AlertFilter, string) {
+	f := storage.AlertFilter{Site: q.Get("site"), Device: q.Get("device"), Rule: q.Get("rule"), IdentityID: q.Get("identity")}
+	state := q.Get("state")
+	switch state {
+	case "", "active":
+		state, f.Active = "active", true
+	case "all":
+	default:
+		f.State = storage.AlertState(state)
+	}
+	if h, err := strconv.Atoi(q.Get("hours")); err == nil && h > 0 {
+		f.Since = time.Now().Add(-time.Duration(h) * time.Hour)
+	}
+	if n, err := strconv.Atoi(q.Get("limit")); err == nil && n > 0 {
+		f.Limit = min(n, 10000)
+	}
+	return f, state
+}
+
+func (s *Server) alertsPage(w http.ResponseWriter, r *http.Request) {
+	f, state := filterOf(r.URL.Query())
+	alerts, err := s.store.Alerts(r.Context(), f)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.render(w, r, "alerts", struct {
+		base
+		Alerts []storage.Alert
+		F      storage.AlertFilter
+		State  string
+		States []string
+		Hours  string
+		Next   string
+	}{s.base(r, "Alerts", "alerts"), alerts, f, state, []string{"active", "open", "acknowledged", "resolved", "all"},
+		r.URL.Query().Get("hours"), r.URL.RequestURI()})
+}
+
+func (s *Server) alertsCSV(w http.ResponseWriter, r *http.Request) {
+	f, _ := filterOf(r.URL.Query())
+	if r.URL.Query().Get("state") == "" {
+		f.Active = false // the export defaults to every state
+	}
+	alerts, err := s.store.Alerts(r.Context(), f)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=atm-alerts-%s.csv", s.now().UTC().Format("20060102-150405")))
+	cw := csv.NewWriter(w)
+	_ = cw.Write([]string{"raised", "site", "device", "alert_id", "rule", "kind", "identity_id", "window", "count", "threshold",
+		"first_seen", "last_seen", "message_id", "seq", "historical", "state", "ack_by", "ack_at", "ack_note",
+		"resolved_by", "resolved_at", "resolved_note"})
+	tf := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339)
+	}
+	for _, a := range alerts {
+		_ = cw.Write([]string{tf(a.Raised), a.Site, a.Device, a.AlertID, a.Rule, a.Kind, a.IdentityID, a.Window,
+			strconv.Itoa(a.Count), strconv.Itoa(a.Threshold), tf(a.FirstSeen), tf(a.LastSeen), a.MessageID,
+			strconv.FormatUint(a.Seq, 10), strconv.FormatBool(a.Historical), string(a.State), a.AckBy, tf(a.AckAt),
+			csvSafe(a.AckNote), a.ResolvedBy, tf(a.ResolvedAt), csvSafe(a.ResolvedNote)})
+	}
+	cw.Flush()
+}
+
+// csvSafe defuses spreadsheet formulas in free text.
+func csvSafe(s string) string {
+	if s != "" && strings.ContainsRune("=+-@\t\r", rune(s[0])) {
+		return "'" + s
+	}
+	return s
+}
+
+// act acknowledges or resolves an alert (form or JSON API).
+func (s *Server) act(w http.ResponseWriter, r *http.Request) {
+	p := who(r)
+	var in struct {
+		Action, Site, Device, Alert, Note, Next string
+	}
+	api := strings.HasPrefix(r.URL.Path, "/api/")
+	if api {
+		if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
+			http.Error(w, "bad JSON: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+	} else {
+		in.Action, in.Site, in.Device, in.Alert = r.PostFormValue("action"), r.PostFormValue("site"), r.PostFormValue("device"), r.PostFormValue("alert")
+		in.Note, in.Next = strings.TrimSpace(r.PostFormValue("note")), r.PostFormValue("next")
+	}
+	act := storage.Action{Key: storage.AlertKey{Site: in.Site, Device: in.Device, AlertID: in.Alert}, Action: in.Action,
+		User: p.User.Name, Role: p.User.Role, Note: in.Note, Remote: r.RemoteAddr, At: s.now().UTC()}
+	if err := act.Validate(); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	a, err := s.store.Act(r.Context(), act)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("fleet web: alert "+act.Action, "alert", act.Key.String(), "user", act.User, "role", act.Role, "remote", act.Remote)
+	if api {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(a)
+		return
+	}
+	http.Redirect(w, r, safeNext(in.Next), http.StatusSeeOther)
+}
+
+func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
+	site, dev := r.PathValue("site"), r.PathValue("device")
+	d, err := s.store.Device(r.Context(), site, dev)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	now := s.now().UTC()
+	pts, err := s.store.Summaries(r.Context(), site, dev, now.Add(-48*time.Hour))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	alerts, err := s.store.Alerts(r.Context(), storage.AlertFilter{Site: site, Device: dev, Limit: 200})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var ids []wire.IdentityCounts
+	maskShare := ""
+	if d.Summary != nil {
+		ids = slices.Clone(d.Summary.Identities)
+		sort.SliceStable(ids, func(i, j int) bool { return ids[i].Visits.H24 > ids[j].Visits.H24 })
+		if v := d.Summary.Totals.Visits.H24; v > 0 {
+			maskShare = fmt.Sprintf("%.0f%%", 100*float64(d.Summary.Totals.Masked.H24)/float64(v))
+		}
+	}
+	s.render(w, r, "device", struct {
+		base
+		D         storage.Device
+		Chart     template.HTML
+		Hourly    []HourBar
+		IDs       []wire.IdentityCounts
+		MaskShare string
+		Alerts    []storage.Alert
+		Next      string
+	}{s.base(r, dev+" · "+site, "fleet"), d, VisitsPerHourSVG(HourlyVisits(pts, now, 48)), HourlyVisits(pts, now, 48), ids, maskShare,
+		alerts, r.URL.RequestURI()})
+}
+
+func (s *Server) identityPage(w http.ResponseWriter, r *http.Request) {
+	site, dev, id := r.PathValue("site"), r.PathValue("device"), r.PathValue("id")
+	if err := wire.ValidateID(id, 128); err != nil {
+		http.Error(w, "identity id: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if _, err := s.store.Device(r.Context(), site, dev); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	now := s.now().UTC()
+	pts, err := s.store.IdentityPoints(r.Context(), site, dev, id, now.Add(-8*24*time.Hour))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	alerts, err := s.store.Alerts(r.Context(), storage.AlertFilter{Site: site, Device: dev, IdentityID: id, Limit: 200})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var last *storage.IdentityPoint
+	if len(pts) > 0 {
+		last = &pts[len(pts)-1]
+	}
+	rev := slices.Clone(pts)
+	slices.Reverse(rev)
+	if len(rev) > 200 {
+		rev = rev[:200]
+	}
+	s.render(w, r, "identity", struct {
+		base
+		Site, Device, ID string
+		Last             *storage.IdentityPoint
+		Points           []storage.IdentityPoint
+		Chart            template.HTML
+		Alerts           []storage.Alert
+		Next             string
+	}{s.base(r, id+" · "+dev, "fleet"), site, dev, id, last, rev, IdentitySVG(pts), alerts, r.URL.RequestURI()})
+}
+
+// events streams store changes as server-sent events until the client
+// goes away or the server shuts down.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	ch, cancel := s.store.Subscribe()
+	defer cancel()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	fmt.Fprint(w, "retry: 2000\n: connected\n\n")
+	fl.Flush()
+	ping := time.NewTicker(15 * time.Second)
+	defer ping.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.sseStop:
+			return
+		case <-ping.C:
+			fmt.Fprint(w, ": ping\n\n")
+		case c := <-ch:
+			b, _ := json.Marshal(c)
+			fmt.Fprintf(w, "event: change\ndata: %s\n\n", b)
+		}
+		fl.Flush()
+	}
+}
+
+func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
+	audit, err := s.store.Audit(r.Context(), 200)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	rejects, err := s.store.Rejects(r.Context(), 50)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var stats string
+	if s.d.IngestStats != nil {
+		b, _ := json.MarshalIndent(s.d.IngestStats(), "", "  ")
+		stats = string(b)
+	}
+	var users []User
+	for _, u := range s.users {
+		users = append(users, User{Name: u.Name, Role: u.Role})
+	}
+	sort.Slice(users, func(i, j int) bool { return users[i].Name < users[j].Name })
+	s.render(w, r, "admin", struct {
+		base
+		Audit     []storage.AuditEntry
+		Rejects   []storage.Reject
+		Stats     string
+		Users     []User
+		Retention storage.Retention
+		Pruned    string
+	}{s.base(r, "Settings", "admin"), audit, rejects, stats, users, s.d.Retention, r.URL.Query().Get("pruned")})
+}
+
+func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
+	if s.d.Retention.History <= 0 || s.d.Retention.Alerts <= 0 {
+		http.Error(w, "retention not configured", http.StatusBadRequest)
+		return
+	}
+	st, err := s.store.Prune(r.Context(), s.now(), s.d.Retention)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("fleet web: pruned", "user", who(r).User.Name, "stats", fmt.Sprintf("%+v", st))
+	http.Redirect(w, r, "/admin?pruned="+url.QueryEscape(fmt.Sprintf("%+v", st)), http.StatusSeeOther)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// apiDevice is a device in the JSON API.
+type apiDevice struct {
+	Site         string        `json:"site"`
+	Device       string        `json:"device"`
+	State        string        `json:"state"`
+	CameraOK     bool          `json:"camera_ok"`
+	Backlog      int           `json:"backlog"`
+	OpenAlerts   int           `json:"open_alerts"`
+	MaxSeq       uint64        `json:"max_seq"`
+	Gaps         uint64        `json:"gaps"`
+	Duplicates   uint64        `json:"duplicates"`
+	Rejected     uint64        `json:"rejected"`
+	Behind       uint64        `json:"behind"`
+	LastReceived time.Time     `json:"last_received,omitzero"`
+	Status       *wire.Status  `json:"status"`
+	Summary      *wire.Summary `json:"summary"`
+}
+
+func toAPI(d storage.Device) apiDevice {
+	return apiDevice{Site: d.Site, Device: d.Device, State: d.State(), CameraOK: d.CameraOK(), Backlog: d.Backlog(),
+		OpenAlerts: d.OpenAlerts, MaxSeq: d.MaxSeq, Gaps: d.Gaps(), Duplicates: d.Duplicates, Rejected: d.Rejected,
+		Behind: d.Behind(), LastReceived: d.LastReceived, Status: d.Status, Summary: d.Summary}
+}
+
+func (s *Server) apiSession(w http.ResponseWriter, r *http.Request) {
+	p := who(r)
+	writeJSON(w, map[string]string{"user": p.User.Name, "role": p.User.Role, "csrf_token": s.csrfToken(p.Sess)})
+}
+
+func (s *Server) apiDevices(w http.ResponseWriter, r *http.Request) {
+	devs, err := s.store.Devices(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := []apiDevice{}
+	for _, d := range devs {
+		if site := r.URL.Query().Get("site"); site == "" || d.Site == site {
+			out = append(out, toAPI(d))
+		}
+	}
+	writeJSON(w, out)
+}
+
+func (s *Server) apiDevice(w http.ResponseWriter, r *http.Request) {
+	site, dev := r.PathValue("site"), r.PathValue("device")
+	d, err := s.store.Device(r.Context(), site, dev)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	now := s.now().UTC()
+	pts, err := s.store.Summaries(r.Context(), site, dev, now.Add(-48*time.Hour))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, struct {
+		apiDevice
+		Hourly []HourBar `json:"visits_per_hour"`
+	}{toAPI(d), HourlyVisits(pts, now, 48)})
+}
+
+func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
+	f, _ := filterOf(r.URL.Query())
+	alerts, err := s.store.Alerts(r.Context(), f)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if alerts == nil {
+		alerts = []storage.Alert{}
+	}
+	writeJSON(w, alerts)
+}
+
+// Run serves until ctx ends, then shuts down within 5 s (live streams are
+// closed first).
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("web: listen %s: %w", s.cfg.Listen, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve is Run on a given listener.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	srv.RegisterOnShutdown(func() { s.once.Do(func() { close(s.sseStop) }) })
+	if s.cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("web: tls: %w", err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}})
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	s.log.Info("fleet web listening", "addr", ln.Addr().String(), "tls", s.cfg.TLSCertFile != "")
+	select {
+	case err := <-errc:
+		return fmt.Errorf("web: serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("web: shutdown: %w", err)
+	}
+	<-errc
+	return nil
+}

@@ -1,0 +1,354 @@
+package web
+
+import (
+	"bufio"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
+	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
+)
+
+var (
+	hashOnce  sync.Once
+	usersYAML string
+)
+
+// testUsers: ana (analyst) and root (admin), password "correct horse".
+func testUsers(t testing.TB) Users {
+	hashOnce.Do(func() {
+		h, err := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
+		if err != nil {
+			panic(err)
+		}
+		usersYAML = fmt.Sprintf("users:\n  - {name: ana, role: analyst, password_hash: %q}\n  - {name: root, role: admin, password_hash: %q}\n", h, h)
+	})
+	u, err := ParseUsers([]byte(usersYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func newTestServer(t testing.TB, st storage.Store) (*Server, *httptest.Server) {
+	cfg := DefaultConfig()
+	cfg.UsersFile = "unused"
+	s, err := New(cfg, st, testUsers(t), []byte(strings.Repeat("k", 32)),
+		Deps{Retention: storage.Retention{History: 30 * 24 * time.Hour, Alerts: 90 * 24 * time.Hour},
+			IngestStats: func() any { return map[string]int{"applied": 1} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(func() {
+		s.once.Do(func() { close(s.sseStop) })
+		hs.Close()
+	})
+	return s, hs
+}
+
+type client struct {
+	*http.Client
+	base string
+	t    testing.TB
+}
+
+func newClient(t testing.TB, base string) *client {
+	jar, _ := cookiejar.New(nil)
+	return &client{Client: &http.Client{Jar: jar, Timeout: 10 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, base: base, t: t}
+}
+
+func (c *client) get(path string) (*http.Response, string) {
+	c.t.Helper()
+	r, err := c.Get(c.base + path)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return r, string(b)
+}
+
+func (c *client) post(path string, form url.Values, hdr ...string) (*http.Response, string) {
+	c.t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, c.base+path, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	r, err := c.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return r, string(b)
+}
+
+var hiddenRe = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// login signs in and returns the session's CSRF token.
+func (c *client) login(user, pw string) string {
+	c.t.Helper()
+	_, page := c.get("/login")
+	m := hiddenRe.FindStringSubmatch(page)
+	if m == nil {
+		c.t.Fatalf("no login token in %s", page)
+	}
+	r, _ := c.post("/login", url.Values{"csrf": {m[1]}, "user": {user}, "password": {pw}, "next": {"/alerts"}})
+	if r.StatusCode != http.StatusSeeOther {
+		c.t.Fatalf("login: %s", r.Status)
+	}
+	if loc := r.Header.Get("Location"); loc != "/alerts" {
+		return ""
+	}
+	_, body := c.get("/")
+	m = hiddenRe.FindStringSubmatch(body)
+	if m == nil {
+		c.t.Fatalf("no csrf token on the fleet page")
+	}
+	return m[1]
+}
+
+func seed(t testing.TB, st storage.Store) {
+	now := time.Now().UTC()
+	_, err := st.Apply(context.Background(), []storage.Message{
+		storetest.Summary("lyon-07", "atm-1", 1, now.Add(-3*time.Hour), 4, "p-1", "p-2"),
+		storetest.Summary("lyon-07", "atm-1", 2, now.Add(-time.Hour), 6, "p-1", "p-2"),
+		storetest.Alert("lyon-07", "atm-1", 4, now.Add(-30*time.Minute), "a-1", "p-1", 7),
+		storetest.Summary("paris-01", "atm-2", 1, now, 2, "p-9"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func openBolt(t testing.TB) *boltstore.Store {
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "fleet.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// Access control: sign-in, roles, CSRF on every POST, cross-origin refusal.
+func TestAccessControl(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	_, hs := newTestServer(t, st)
+	anon := newClient(t, hs.URL)
+	for path, want := range map[string]int{"/": 303, "/alerts": 303, "/api/v1/devices": 401, "/events": 401, "/alerts.csv": 303,
+		"/devices/lyon-07/atm-1": 303, "/admin": 303, "/healthz": 200, "/static/app.js": 200} {
+		if r, _ := anon.get(path); r.StatusCode != want {
+			t.Errorf("anonymous GET %s: %d, want %d", path, r.StatusCode, want)
+		}
+	}
+	if r, _ := anon.post("/alerts/act", url.Values{"action": {"acknowledge"}, "site": {"lyon-07"}, "device": {"atm-1"}, "alert": {"a-1"}}); r.StatusCode != 401 {
+		t.Errorf("anonymous POST: %d", r.StatusCode)
+	}
+	// Sign-in without the login form's token is refused.
+	if r, _ := anon.post("/login", url.Values{"user": {"ana"}, "password": {"correct horse"}}); r.StatusCode != 403 {
+		t.Errorf("login without token: %d", r.StatusCode)
+	}
+	if tok := anon.login("ana", "wrong"); tok != "" {
+		t.Error("wrong password signed in")
+	}
+	ana := newClient(t, hs.URL)
+	csrf := ana.login("ana", "correct horse")
+	if r, body := ana.get("/"); r.StatusCode != 200 || !strings.Contains(body, "atm-1") || !strings.Contains(body, "paris-01 / atm-2") {
+		t.Errorf("fleet page: %d", r.StatusCode)
+	}
+	if r, _ := ana.get("/admin"); r.StatusCode != 403 {
+		t.Errorf("analyst GET /admin: %d, want 403", r.StatusCode)
+	}
+	act := url.Values{"action": {"acknowledge"}, "site": {"lyon-07"}, "device": {"atm-1"}, "alert": {"a-1"}, "note": {"calling branch"}, "next": {"/alerts"}}
+	if r, _ := ana.post("/alerts/act", act); r.StatusCode != 403 {
+		t.Errorf("POST without CSRF token: %d, want 403", r.StatusCode)
+	}
+	act.Set("csrf", "forged")
+	if r, _ := ana.post("/alerts/act", act); r.StatusCode != 403 {
+		t.Errorf("POST with a forged token: %d, want 403", r.StatusCode)
+	}
+	act.Set("csrf", csrf)
+	if r, _ := ana.post("/alerts/act", act, "Origin", "http://evil.example"); r.StatusCode != 403 {
+		t.Errorf("cross-origin POST: %d, want 403", r.StatusCode)
+	}
+	a, _ := st.Alert(context.Background(), storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-1"})
+	if a.State != storage.AlertOpen {
+		t.Fatalf("a refused POST changed the alert: %+v", a)
+	}
+	if r, _ := ana.post("/alerts/act", act); r.StatusCode != 303 || r.Header.Get("Location") != "/alerts" {
+		t.Errorf("POST with token: %s %s", r.Status, r.Header.Get("Location"))
+	}
+	a, _ = st.Alert(context.Background(), storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-1"})
+	if a.State != storage.AlertAcknowledged || a.AckBy != "ana" || a.AckNote != "calling branch" {
+		t.Errorf("after ack: %+v", a)
+	}
+	if r, _ := ana.post("/alerts/act", act); r.StatusCode != 409 {
+		t.Errorf("second ack: %d, want 409", r.StatusCode)
+	}
+	// Another session's token does not work for this one.
+	root := newClient(t, hs.URL)
+	rootCSRF := root.login("root", "correct horse")
+	if rootCSRF == csrf {
+		t.Fatal("two sessions share a CSRF token")
+	}
+	act.Set("action", "resolve")
+	act.Set("csrf", rootCSRF)
+	if r, _ := ana.post("/alerts/act", act); r.StatusCode != 403 {
+		t.Errorf("POST with another session's token: %d", r.StatusCode)
+	}
+	if r, body := root.get("/admin"); r.StatusCode != 200 || !strings.Contains(body, "calling branch") {
+		t.Errorf("admin page (audit log): %d", r.StatusCode)
+	}
+	if r, _ := root.post("/admin/prune", url.Values{"csrf": {rootCSRF}}); r.StatusCode != 303 {
+		t.Errorf("prune: %d", r.StatusCode)
+	}
+	// Sign-out ends the session in this browser.
+	ana.post("/logout", url.Values{"csrf": {csrf}})
+	if r, _ := ana.get("/"); r.StatusCode != 303 {
+		t.Errorf("after logout: %d", r.StatusCode)
+	}
+	if r, _ := anon.get("/login?next=//evil.example/"); r.StatusCode != 200 {
+		t.Errorf("login page: %d", r.StatusCode)
+	}
+	if got := safeNext("//evil.example/x"); got != "/" {
+		t.Errorf("open redirect: %s", got)
+	}
+}
+
+// The pages and the API show the stored data; CSV export; SSE.
+func TestPagesAPIAndEvents(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	_, hs := newTestServer(t, st)
+	c := newClient(t, hs.URL)
+	csrf := c.login("ana", "correct horse")
+	_, body := c.get("/?site=paris-01")
+	if strings.Contains(body, "lyon-07 / atm-1") || !strings.Contains(body, "paris-01 / atm-2") {
+		t.Error("site filter")
+	}
+	_, body = c.get("/devices/lyon-07/atm-1")
+	for _, want := range []string{"<svg class=\"chart\"", "p-1", "many-visits-24h", "1 missing"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("device page lacks %q", want)
+		}
+	}
+	if !strings.Contains(body, "6 visits</title>") {
+		t.Error("device chart lacks the hour with 6 visits")
+	}
+	_, body = c.get("/devices/lyon-07/atm-1/identities/p-2")
+	if !strings.Contains(body, "Identity p-2") || !strings.Contains(body, "polyline") {
+		t.Error("identity page")
+	}
+	if r, _ := c.get("/devices/lyon-07/nope"); r.StatusCode != 404 {
+		t.Errorf("missing device: %d", r.StatusCode)
+	}
+	_, body = c.get("/alerts?identity=p-1")
+	if !strings.Contains(body, "a-1") || !strings.Contains(body, "4-aatm-1") {
+		t.Error("alerts page lacks the alert or its message id")
+	}
+	r, body := c.get("/alerts.csv?site=lyon-07")
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/csv") {
+		t.Errorf("csv content type %q", ct)
+	}
+	recs, err := csv.NewReader(strings.NewReader(body)).ReadAll()
+	if err != nil || len(recs) != 2 || recs[1][3] != "a-1" || recs[1][6] != "p-1" || recs[1][8] != "7" {
+		t.Errorf("csv = %v, %v", recs, err)
+	}
+	var devs []apiDevice
+	_, body = c.get("/api/v1/devices")
+	if err := json.Unmarshal([]byte(body), &devs); err != nil || len(devs) != 2 || devs[0].Gaps != 1 || devs[0].OpenAlerts != 1 {
+		t.Errorf("api devices = %+v, %v", devs, err)
+	}
+	// JSON API acknowledgement with the header token.
+	req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/alerts/act",
+		strings.NewReader(`{"action":"resolve","site":"lyon-07","device":"atm-1","alert":"a-1","note":"case 42"}`))
+	req.Header.Set("X-CSRF-Token", csrf)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("api act: %s", resp.Status)
+	}
+
+	// Server-sent events: a change in the store reaches an open stream.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, hs.URL+"/events", nil)
+	c.Timeout = 0
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", 5, time.Now(), "a-2", "p-2", 9)})
+	}()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "data: ") && strings.Contains(sc.Text(), `"alert":"a-2"`) {
+			return
+		}
+	}
+	t.Errorf("no change event for a-2: %v", sc.Err())
+}
+
+func TestUsersFile(t *testing.T) {
+	h, _ := bcrypt.GenerateFromPassword([]byte("x"), bcrypt.MinCost)
+	for name, y := range map[string]string{
+		"unknown key": fmt.Sprintf("users:\n  - {name: a, role: analyst, password_hash: %q, pw: x}\n", h),
+		"bad role":    fmt.Sprintf("users:\n  - {name: a, role: root, password_hash: %q}\n", h),
+		"plain text":  "users:\n  - {name: a, role: analyst, password_hash: hunter2}\n",
+		"duplicate":   fmt.Sprintf("users:\n  - {name: a, role: analyst, password_hash: %q}\n  - {name: a, role: admin, password_hash: %q}\n", h, h),
+		"empty":       "users: []\n",
+	} {
+		if _, err := ParseUsers([]byte(y)); err == nil {
+			t.Errorf("%s: accepted", name)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
+	}
+	if _, err := HashPassword("short"); err == nil {
+		t.Error("short password hashed")
+	}
+}
+
+func TestHourlyVisits(t *testing.T) {
+	now := time.Date(2026, 3, 14, 12, 30, 0, 0, time.UTC)
+	pts := []storage.SummaryPoint{
+		{TS: now.Add(-2*time.Hour - 20*time.Minute), Visits1h: 3}, // 10:10
+		{TS: now.Add(-1*time.Hour - 40*time.Minute), Visits1h: 5}, // 10:50: the last of 10h
+		{TS: now.Add(-10 * time.Minute), Visits1h: 2},             // 12:20
+		{TS: now.Add(-30 * time.Hour), Visits1h: 99},              // outside
+	}
+	bars := HourlyVisits(pts, now, 4) // 9h, 10h, 11h, 12h
+	want := []HourBar{{Hour: now.Add(-3*time.Hour - 30*time.Minute)}, {Hour: now.Add(-2*time.Hour - 30*time.Minute), Visits: 5, Known: true},
+		{Hour: now.Add(-time.Hour - 30*time.Minute)}, {Hour: now.Add(-30 * time.Minute), Visits: 2, Known: true}}
+	for i := range want {
+		if bars[i] != want[i] {
+			t.Errorf("bar %d = %+v, want %+v", i, bars[i], want[i])
+		}
+	}
+}
