@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto systemd postgresql)
+APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto systemd postgresql chromium)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

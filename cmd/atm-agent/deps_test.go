@@ -18,6 +18,9 @@ var forbidden = map[string]string{
 	"github.com/schollz/progressbar":               "progress bars (offline tools)",
 	"github.com/mitchellh/colorstring":             "progress bar colours (offline tools)",
 	"golang.org/x/term":                            "terminal handling (offline tools)",
+	"github.com/periocular/atm-agent/sync/fleet":   "the central fleet service (cmd/atm-fleet)",
+	"github.com/jackc/pgx":                         "PostgreSQL (the fleet service's store)",
+	"github.com/chromedp":                          "the fleet's browser tests",
 }
 
 // TestDaemonDeps fails when the daemon binary links a forbidden package

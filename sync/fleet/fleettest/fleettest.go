@@ -301,7 +301,7 @@ type Agent struct {
 // StartAgent connects a simulated agent to broker under prefix. It publishes
 // its retained online status at once; Stop publishes stopped, Kill leaves
 // the Last Will (offline) to the broker.
-func StartAgent(t testing.TB, broker, prefix, site, device string) *Agent {
+func StartAgent(t testing.TB, broker, prefix, site, device string, opts ...AgentOption) *Agent {
 	t.Helper()
 	cfg := mqttsync.DefaultConfig()
 	cfg.Brokers = []string{broker}
@@ -312,6 +312,9 @@ func StartAgent(t testing.TB, broker, prefix, site, device string) *Agent {
 	cfg.DrainInterval = 50 * time.Millisecond
 	cfg.KeepAlive = 2 * time.Second
 	a := &Agent{Site: site, Device: device, out: &memOutbox{}, done: make(chan error, 1), camOK: true}
+	for _, o := range opts {
+		o(a)
+	}
 	pub, err := mqttsync.New(cfg, mqttsync.Deps{Outbox: a.out, Status: a.status})
 	if err != nil {
 		t.Fatal(err)
@@ -339,12 +342,11 @@ func (a *Agent) status() wire.Status {
 		Outbox: &wire.OutboxStats{Depth: depth}}
 }
 
-// SetCamera changes the camera health reported by the next status.
-func (a *Agent) SetCamera(ok bool) {
-	a.mu.Lock()
-	a.camOK = ok
-	a.mu.Unlock()
-}
+// AgentOption changes a simulated agent before it connects.
+type AgentOption func(*Agent)
+
+// CameraFault makes the agent report its camera as failing in its status.
+func CameraFault(a *Agent) { a.camOK = false }
 
 // Enqueue adds an agent payload to the outbox (seq assigned here) and wakes
 // the publisher. It returns the seq.

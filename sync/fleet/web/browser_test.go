@@ -1,0 +1,230 @@
+package web
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/periocular/atm-agent/sync/fleet/fleettest"
+	"github.com/periocular/atm-agent/sync/fleet/ingest"
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
+)
+
+const browserPrefix = "atm/browser"
+
+// service is one run of the fleet service (store, ingest, web) on a fixed
+// address, restartable on the same store file.
+type service struct {
+	st     *boltstore.Store
+	in     *ingest.Ingester
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startService(t *testing.T, dbPath, broker, addr string) *service {
+	t.Helper()
+	st, err := boltstore.Open(dbPath, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	icfg := ingest.DefaultConfig()
+	icfg.Brokers, icfg.Prefix, icfg.ClientID = []string{broker}, browserPrefix, "fleet-browser"
+	icfg.ReconnectBackoffMax, icfg.ConnectTimeout, icfg.KeepAlive = 500*time.Millisecond, 2*time.Second, 2*time.Second
+	in, err := ingest.New(icfg, st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wcfg := DefaultConfig()
+	wcfg.Listen, wcfg.UsersFile = addr, "unused"
+	srv, err := New(wcfg, st, testUsers(t), []byte(strings.Repeat("s", 32)), Deps{IngestStats: func() any { return in.Stats() },
+		Retention: storage.Retention{History: time.Hour * 24, Alerts: time.Hour * 24}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	for i := 0; i < 50; i++ { // the previous run's socket may linger a moment
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &service{st: st, in: in, cancel: cancel, done: make(chan struct{})}
+	inDone := make(chan struct{})
+	go func() { defer close(inDone); in.Run(ctx) }()
+	go func() {
+		defer close(s.done)
+		defer func() { <-inDone }()
+		if err := srv.Serve(ctx, ln); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	fleettest.WaitFor(t, 10*time.Second, "ingest subscribed", func() bool { return in.Stats().Connected })
+	return s
+}
+
+func (s *service) stop(t *testing.T) {
+	s.cancel()
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("web server did not stop within 10s")
+	}
+	s.st.Close()
+}
+
+func chromium(t *testing.T) string {
+	for _, p := range []string{"/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("chromium"); err == nil {
+		return p
+	}
+	t.Skip("no Chromium (apt-get install chromium; make test does)")
+	return ""
+}
+
+// A real headless Chromium against the real service: sign-in, the fleet
+// page lists the ATMs, an alert raised by an agent appears on the open
+// alerts page without a reload (SSE), acknowledging it in the page persists
+// across a restart of the service. Screenshots of every page go to
+// $ATM_FLEET_SCREENSHOTS (docs/img/fleet when refreshing the docs) or a temp dir.
+func TestBrowserLiveAlertAndAck(t *testing.T) {
+	exe := chromium(t)
+	m := fleettest.StartMosquitto(t, "")
+	dir := t.TempDir()
+	shots := os.Getenv("ATM_FLEET_SCREENSHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	}
+	if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", fleettest.FreePort(t))
+	base := "http://" + addr
+	dbPath := filepath.Join(dir, "fleet.db")
+	svc := startService(t, dbPath, m.URL(), addr)
+
+	a1 := fleettest.StartAgent(t, m.URL(), browserPrefix, "lyon-07", "atm-0042")
+	a2 := fleettest.StartAgent(t, m.URL(), browserPrefix, "lyon-07", "atm-0043")
+	a3 := fleettest.StartAgent(t, m.URL(), browserPrefix, "paris-01", "atm-0100", fleettest.CameraFault)
+	a1.Summary(t, 4, "p-8c1f02d9", "p-11aa22bb")
+	a2.Summary(t, 2, "p-0b0b0b0b")
+	a3.Summary(t, 1)
+	fleettest.WaitFor(t, 10*time.Second, "3 summaries ingested", func() bool { return svc.in.Stats().Applied == 3 })
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
+		chromedp.Flag("disable-dev-shm-usage", true), chromedp.WindowSize(1280, 900))
+	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer acancel()
+	bctx, bcancel := chromedp.NewContext(actx)
+	defer bcancel()
+	// The first call starts the browser; it must not carry a timeout.
+	if err := chromedp.Do(bctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	shot := func(name string) chromedp.Action[chromedp.Void] {
+		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			b, err := chromedp.FullScreenshot(100)(ctx, tg)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(shots, name+".png"), b, 0o644)
+		})
+	}
+	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(bctx, 30*time.Second)
+		defer cancel()
+		if err := chromedp.Do(ctx, steps...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	get := func(a chromedp.Action[string]) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(bctx, 30*time.Second)
+		defer cancel()
+		v, err := chromedp.Run(ctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+
+	do("sign in and open the fleet page",
+		chromedp.Navigate(base+"/"),
+		chromedp.WaitVisible(css(`input[name=user]`)),
+		shot("login"),
+		chromedp.SendKeys(css(`input[name=user]`), "ana"),
+		chromedp.SendKeys(css(`input[name=password]`), "correct horse"),
+		chromedp.Click(css(`form.login button`)),
+		chromedp.WaitVisible(css(`#devices`)),
+		chromedp.WaitVisible(css(`#live-state.on`)), // the SSE stream is open
+		shot("fleet"),
+	)
+	fleetText := get(chromedp.Text(css(`#devices`)))
+	for _, want := range []string{"lyon-07 / atm-0042", "lyon-07 / atm-0043", "paris-01 / atm-0100", "online", "fault"} {
+		if !strings.Contains(fleetText, want) {
+			t.Errorf("fleet page lacks %q:\n%s", want, fleetText)
+		}
+	}
+
+	// The alerts page is open; an agent raises an alert; it appears without
+	// a reload (the marker set on the window survives).
+	do("open the alerts page", chromedp.Navigate(base+"/alerts"), chromedp.WaitVisible(css(`#live-state.on`)))
+	get(chromedp.Evaluate[string](`window.__noReload = "still here"`))
+	alertID := a1.Alert(t, "many-visits-24h", "p-8c1f02d9", 9)
+	sel := fmt.Sprintf(`tr.alert[data-alert=%q]`, alertID)
+	start := time.Now()
+	do("the alert appears live", chromedp.WaitVisible(css(sel)))
+	t.Logf("alert visible %v after the agent enqueued it", time.Since(start).Round(time.Millisecond))
+	if marker := get(chromedp.Evaluate[string](`String(window.__noReload)`)); marker != "still here" {
+		t.Fatalf("the page was reloaded (marker %q): the alert did not arrive live", marker)
+	}
+	do("screenshot", shot("alerts"))
+
+	// Acknowledge it in the page.
+	do("acknowledge",
+		chromedp.SendKeys(css(sel+` input[name=note]`), "called the branch"),
+		chromedp.Click(css(sel+` button[value=acknowledge]`)),
+		chromedp.WaitVisible(css(sel+`.acknowledged`)),
+	)
+	row := get(chromedp.Text(css(sel)))
+	if !strings.Contains(row, "ack ana") || !strings.Contains(row, "called the branch") {
+		t.Errorf("acknowledged row: %q", row)
+	}
+	do("device and identity pages",
+		chromedp.Navigate(base+"/devices/lyon-07/atm-0042"),
+		chromedp.WaitVisible(css(`svg.chart`)),
+		shot("device"),
+		chromedp.Navigate(base+"/devices/lyon-07/atm-0042/identities/p-8c1f02d9"),
+		chromedp.WaitVisible(css(`table.timeline`)),
+		shot("identity"),
+	)
+
+	// Restart the service on the same store file: the acknowledgement stays.
+	svc.stop(t)
+	svc = startService(t, dbPath, m.URL(), addr)
+	defer svc.stop(t)
+	do("after restart", chromedp.Navigate(base+"/alerts?state=all"), chromedp.WaitVisible(css(sel+`.acknowledged`)))
+	row = get(chromedp.Text(css(sel)))
+	if !strings.Contains(row, "ack ana") || !strings.Contains(row, "called the branch") {
+		t.Errorf("after restart the row reads %q", row)
+	}
+	t.Logf("screenshots in %s", shots)
+}
