@@ -8,6 +8,8 @@ BIN := build/atm-agent
 # The offline tools: model build, evaluation, demo, cluster, watch
 # (README, "Two binaries").
 TOOLS := build/atm-tools
+# The central fleet service (docs/fleet.md): pure Go, no OpenCV.
+FLEET := build/atm-fleet
 MODELS_DIR := build/models
 # Packages that must build and test without cgo (no OpenCV).
 # (everything whose dependencies do not include gocv).
@@ -24,6 +26,7 @@ setup:
 build:
 	go build $(GOFLAGS_BUILD) -o $(BIN) ./cmd/atm-agent
 	go build $(GOFLAGS_BUILD) -o $(TOOLS) ./cmd/atm-tools
+	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o $(FLEET) ./cmd/atm-fleet
 
 # Directories searched for URL-sourced model files (models/lock.json "kind":
 # "url") before their URL; a file is used only if its sha256 matches.

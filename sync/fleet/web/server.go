@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -203,6 +204,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /events", s.auth(RoleAnalyst, s.events))
 	mux.HandleFunc("GET /admin", s.auth(RoleAdmin, s.adminPage))
 	mux.HandleFunc("POST /admin/prune", s.auth(RoleAdmin, s.prune))
+	mux.HandleFunc("GET /admin/backup", s.auth(RoleAdmin, s.backup))
 	mux.HandleFunc("GET /api/v1/session", s.auth(RoleAnalyst, s.apiSession))
 	mux.HandleFunc("GET /api/v1/devices", s.auth(RoleAnalyst, s.apiDevices))
 	mux.HandleFunc("GET /api/v1/devices/{site}/{device}", s.auth(RoleAnalyst, s.apiDevice))
@@ -699,6 +701,28 @@ func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("fleet web: pruned", "user", who(r).User.Name, "stats", fmt.Sprintf("%+v", st))
 	http.Redirect(w, r, "/admin?pruned="+url.QueryEscape(fmt.Sprintf("%+v", st)), http.StatusSeeOther)
+}
+
+// backuper is a store that can copy itself while running (the embedded one;
+// PostgreSQL is backed up with pg_dump).
+type backuper interface {
+	Backup(ctx context.Context, w io.Writer) (int64, error)
+}
+
+func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.store.(backuper)
+	if !ok {
+		http.Error(w, "this store is backed up with its own tools (PostgreSQL: pg_dump)", http.StatusNotImplemented)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=atm-fleet-%s.db", s.now().UTC().Format("20060102-150405")))
+	n, err := b.Backup(r.Context(), w)
+	if err != nil {
+		s.log.Error("fleet web: backup failed", "err", err, "bytes", n)
+		return
+	}
+	s.log.Info("fleet web: backup", "user", who(r).User.Name, "bytes", n)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -219,6 +219,12 @@ func TestAccessControl(t *testing.T) {
 	if r, body := root.get("/admin"); r.StatusCode != 200 || !strings.Contains(body, "calling branch") {
 		t.Errorf("admin page (audit log): %d", r.StatusCode)
 	}
+	if r, body := root.get("/admin/backup"); r.StatusCode != 200 || !strings.HasPrefix(r.Header.Get("Content-Disposition"), "attachment") || len(body) < 4096 {
+		t.Errorf("backup: %d, %d bytes", r.StatusCode, len(body))
+	}
+	if r, _ := ana.get("/admin/backup"); r.StatusCode != 403 {
+		t.Errorf("analyst backup: %d", r.StatusCode)
+	}
 	if r, _ := root.post("/admin/prune", url.Values{"csrf": {rootCSRF}}); r.StatusCode != 303 {
 		t.Errorf("prune: %d", r.StatusCode)
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -582,4 +583,16 @@ func (s *Store) Prune(ctx context.Context, now time.Time, r storage.Retention) (
 		return nil
 	})
 	return st, err
+}
+
+// Backup writes a consistent copy of the store file to w while the service
+// runs (one read transaction; writers are not blocked).
+func (s *Store) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	var n int64
+	err := s.view(ctx, "backup", func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
 }

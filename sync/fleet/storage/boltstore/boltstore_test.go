@@ -2,6 +2,7 @@ package boltstore
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -54,5 +55,36 @@ func TestReopenKeepsAcks(t *testing.T) {
 	}
 	if fresh, _ := s.Apply(ctx, []storage.Message{m}); fresh[0] {
 		t.Error("redelivery after reopen counted as new")
+	}
+}
+
+// A backup taken while the store is open is a valid store with the same data.
+func TestBackup(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	s, err := Open(filepath.Join(dir, "fleet.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Apply(ctx, []storage.Message{storetest.Alert("s", "d", 1, storetest.T0, "a-1", "p-1", 6)}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(dir, "copy.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.Backup(ctx, f)
+	f.Close()
+	if err != nil || n == 0 {
+		t.Fatalf("backup: %d bytes, %v", n, err)
+	}
+	c, err := Open(filepath.Join(dir, "copy.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if a, err := c.Alert(ctx, storage.AlertKey{Site: "s", Device: "d", AlertID: "a-1"}); err != nil || a.Count != 6 {
+		t.Errorf("copy: %+v %v", a, err)
 	}
 }
