@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
@@ -95,14 +96,17 @@ func HashPassword(pw string) (string, error) {
 }
 
 // dummyHash keeps the time of a login with an unknown name close to that of
-// a wrong password.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("not a password"), 10)
+// a wrong password (the cost of HashPassword).
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("not a password"), 12)
+	return h
+})
 
 // Check verifies a login.
 func (u Users) Check(name, pw string) (User, bool) {
 	user, ok := u[name]
 	if !ok {
-		_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(pw))
+		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(pw))
 		return User{}, false
 	}
 	if bcrypt.CompareHashAndPassword([]byte(user.PasswordHash), []byte(pw)) != nil {
