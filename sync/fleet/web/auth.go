@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -162,7 +163,7 @@ func (s *Server) cookie(name, value string, maxAge int) *http.Cookie {
 		Secure: s.secureCookies(), SameSite: http.SameSiteStrictMode}
 }
 
-func (s *Server) newSession(w http.ResponseWriter, user string) {
+func (s *Server) newSession(w http.ResponseWriter, user string) session {
 	n := make([]byte, 16)
 	_, _ = rand.Read(n)
 	sess := session{User: user, Expires: s.now().Add(s.cfg.SessionTTL).Unix(), Nonce: base64.RawURLEncoding.EncodeToString(n)}
@@ -170,6 +171,31 @@ func (s *Server) newSession(w http.ResponseWriter, user string) {
 	p := base64.RawURLEncoding.EncodeToString(b)
 	sig := base64.RawURLEncoding.EncodeToString(s.mac("session", p))
 	http.SetCookie(w, s.cookie(sessionCookie, p+"."+sig, int(s.cfg.SessionTTL/time.Second)))
+	return sess
+}
+
+// proxyUser is the user named by a trusted reverse proxy's header.
+func (s *Server) proxyUser(r *http.Request) (User, bool) {
+	pa := s.cfg.ProxyAuth
+	name := r.Header.Get(pa.Header)
+	if pa.Header == "" || name == "" {
+		return User{}, false
+	}
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return User{}, false
+	}
+	for _, p := range pa.TrustedProxies {
+		if pfx, err := netip.ParsePrefix(p); err == nil && pfx.Contains(ap.Addr().Unmap()) {
+			u, ok := s.users[name]
+			if !ok {
+				s.log.Warn("fleet web: proxy names an unknown user", "user", name, "remote", r.RemoteAddr)
+			}
+			return u, ok
+		}
+	}
+	s.log.Warn("fleet web: auth header from an untrusted address ignored", "header", pa.Header, "remote", r.RemoteAddr)
+	return User{}, false
 }
 
 // sessionOf returns the request's valid session and its user.

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"sort"
@@ -49,6 +50,16 @@ type Config struct {
 	// SecureCookies marks cookies Secure even without TLSCertFile (TLS
 	// terminated by a reverse proxy).
 	SecureCookies bool `yaml:"secure_cookies"`
+	// ProxyAuth lets an authenticating reverse proxy sign users in.
+	ProxyAuth ProxyAuthConfig `yaml:"proxy_auth"`
+}
+
+// ProxyAuthConfig: a request from one of TrustedProxies carrying Header
+// names a user of the users file (who gets that file's role); anything else
+// still signs in with a password. Empty Header: off.
+type ProxyAuthConfig struct {
+	Header         string   `yaml:"header"`
+	TrustedProxies []string `yaml:"trusted_proxies"` // CIDRs, e.g. 127.0.0.1/32
 }
 
 // DefaultConfig returns the defaults.
@@ -66,6 +77,14 @@ func (c Config) Validate() error {
 	}
 	if c.UsersFile == "" {
 		return errors.New("web: users_file is required")
+	}
+	if c.ProxyAuth.Header != "" && len(c.ProxyAuth.TrustedProxies) == 0 {
+		return errors.New("web: proxy_auth.header needs proxy_auth.trusted_proxies")
+	}
+	for _, p := range c.ProxyAuth.TrustedProxies {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			return fmt.Errorf("web: proxy_auth.trusted_proxies: %w", err)
+		}
 	}
 	if c.SessionTTL < time.Minute || c.SessionTTL > 30*24*time.Hour {
 		return fmt.Errorf("web: session_ttl %v: want 1m..720h", c.SessionTTL)
@@ -236,6 +255,11 @@ type principal struct {
 func (s *Server) auth(role string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		sess, u, ok := s.sessionOf(r)
+		if !ok {
+			if pu, pok := s.proxyUser(r); pok {
+				sess, u, ok = s.newSession(w, pu.Name), pu, true
+			}
+		}
 		if !ok {
 			if r.Method == http.MethodGet && !strings.HasPrefix(r.URL.Path, "/api/") && r.URL.Path != "/events" {
 				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)

@@ -358,3 +358,50 @@ func TestHourlyVisits(t *testing.T) {
 		}
 	}
 }
+
+// A trusted reverse proxy's header signs a known user in with the users
+// file's role; the header from an untrusted address, or naming an unknown
+// user, does not.
+func TestProxyAuth(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	for _, tc := range []struct {
+		trusted, user string
+		want          int
+	}{
+		{"127.0.0.0/8", "ana", 200},
+		{"127.0.0.0/8", "mallory", 303},
+		{"10.0.0.0/8", "ana", 303},
+	} {
+		cfg := DefaultConfig()
+		cfg.UsersFile = "unused"
+		cfg.ProxyAuth = ProxyAuthConfig{Header: "X-Remote-User", TrustedProxies: []string{tc.trusted}}
+		s, err := New(cfg, st, testUsers(t), []byte(strings.Repeat("k", 32)), Deps{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs := httptest.NewServer(s.Handler())
+		c := newClient(t, hs.URL)
+		req, _ := http.NewRequest(http.MethodGet, hs.URL+"/", nil)
+		req.Header.Set("X-Remote-User", tc.user)
+		r, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		if r.StatusCode != tc.want {
+			t.Errorf("trusted %s, user %s: %d, want %d", tc.trusted, tc.user, r.StatusCode, tc.want)
+		}
+		if tc.want == 200 {
+			if r, _ := c.get("/admin"); r.StatusCode != 403 {
+				t.Errorf("proxy-signed analyst on /admin: %d", r.StatusCode)
+			}
+		}
+		hs.Close()
+	}
+	bad := DefaultConfig()
+	bad.UsersFile, bad.ProxyAuth.Header = "u", "X-Remote-User"
+	if bad.Validate() == nil {
+		t.Error("proxy_auth.header without trusted_proxies accepted")
+	}
+}
