@@ -15,15 +15,10 @@ import (
 // the model file bytes described by md.
 type ConvertFunc func(pkgDir string, md *Model) ([]byte, error)
 
-var converters = map[string]ConvertFunc{}
-
-// RegisterConverter makes a converter available to manifest entries by name.
-func RegisterConverter(name string, f ConvertFunc) { converters[name] = f }
-
-// Converters lists the registered converter names.
-func Converters() []string {
+// converterNames lists the converters' names.
+func converterNames(c map[string]ConvertFunc) []string {
 	var n []string
-	for k := range converters {
+	for k := range c {
 		n = append(n, k)
 	}
 	sort.Strings(n)
@@ -46,6 +41,9 @@ type BuildOptions struct {
 	// model is an error only when the manifest's pipeline uses it.
 	Skipped func(name string, err error)
 	Log     func(format string, args ...any)
+	// Converters by the name manifest entries use in source.converter
+	// (models/convert.Converters; build-time code the daemon never links).
+	Converters map[string]ConvertFunc
 }
 
 // Build converts every manifest model that has a Source from the locked
@@ -79,9 +77,9 @@ func Build(ctx context.Context, man *Manifest, lock *Lock, o BuildOptions) error
 		if err != nil {
 			return fmt.Errorf("model %s: %w", md.Name, err)
 		}
-		conv, ok := converters[md.Source.Converter]
+		conv, ok := o.Converters[md.Source.Converter]
 		if !ok {
-			return fmt.Errorf("model %s: unknown converter %q (have %v)", md.Name, md.Source.Converter, Converters())
+			return fmt.Errorf("model %s: unknown converter %q (have %v)", md.Name, md.Source.Converter, converterNames(o.Converters))
 		}
 		pkgDir := filepath.Join(o.SrcDir, pkg.Dir)
 		if err := sourceReady(pkgDir, pkg, md.Source); err != nil {

@@ -9,56 +9,55 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/periocular/atm-agent/agent"
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/internal/netguard"
+	"github.com/periocular/atm-agent/internal/promtext"
 )
 
-// metrics implements agent.Observer on a private Prometheus registry.
+// metrics implements agent.Observer on a private registry served in the
+// Prometheus text format (internal/promtext: the Prometheus client would
+// bring protobuf into the daemon).
 type metrics struct {
-	reg       *prometheus.Registry
-	visits    *prometheus.CounterVec
-	faces     prometheus.Counter
-	alerts    prometheus.Counter
-	stages    *prometheus.HistogramVec
-	coalesced prometheus.Counter
-	commitErr *prometheus.CounterVec
-	moved     prometheus.Counter
-	consDur   prometheus.Histogram
-	purged    prometheus.Counter
-	ruleErr   prometheus.Counter
+	reg       *promtext.Registry
+	visits    *promtext.CounterVec
+	faces     promtext.Counter
+	alerts    promtext.Counter
+	stages    *promtext.HistogramVec
+	coalesced promtext.Counter
+	commitErr *promtext.CounterVec
+	moved     promtext.Counter
+	consDur   promtext.Histogram
+	purged    promtext.Counter
+	ruleErr   promtext.Counter
 }
 
 // extraMetrics registers gauges read from other parts at scrape time.
-var extraMetrics []func(reg *prometheus.Registry)
+var extraMetrics []func(reg *promtext.Registry)
 
 func newMetrics() *metrics {
-	m := &metrics{reg: prometheus.NewRegistry()}
-	m.visits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atm_agent_visits_total", Help: "Visits stored, by perception outcome."}, []string{"outcome"})
-	m.faces = prometheus.NewCounter(prometheus.CounterOpts{Name: "atm_agent_faces_found_total", Help: "Visits with a usable face."})
-	m.alerts = prometheus.NewCounter(prometheus.CounterOpts{Name: "atm_agent_alerts_total", Help: "New alerts stored."})
-	m.stages = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "atm_agent_stage_seconds", Help: "Per-stage latency of a visit.",
-		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .15, .25, .5, 1, 2.5, 5, 10}}, []string{"stage"})
-	m.coalesced = prometheus.NewCounter(prometheus.CounterOpts{Name: "atm_agent_triggers_coalesced_total", Help: "Triggers folded into a queued visit."})
-	m.commitErr = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atm_agent_commit_failures_total", Help: "Store commits that failed, by operation."}, []string{"op"})
-	m.moved = prometheus.NewCounter(prometheus.CounterOpts{Name: "atm_agent_consolidation_moved_visits_total", Help: "Visits relabelled by consolidation."})
-	m.consDur = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "atm_agent_consolidation_seconds", Help: "Duration of identity consolidation."})
-	m.purged = prometheus.NewCounter(prometheus.CounterOpts{Name: "atm_agent_purged_visits_total", Help: "Visits removed by the retention purge."})
-	m.ruleErr = prometheus.NewCounter(prometheus.CounterOpts{Name: "atm_agent_rule_errors_total", Help: "Visits whose alert rules could not be evaluated (stored without their alerts)."})
-	m.reg.MustRegister(m.visits, m.faces, m.alerts, m.stages, m.coalesced, m.commitErr, m.moved, m.consDur, m.purged, m.ruleErr,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r := promtext.NewRegistry()
+	m := &metrics{reg: r}
+	m.visits = r.NewCounterVec("atm_agent_visits_total", "Visits stored, by perception outcome.", "outcome")
+	m.faces = r.NewCounter("atm_agent_faces_found_total", "Visits with a usable face.")
+	m.alerts = r.NewCounter("atm_agent_alerts_total", "New alerts stored.")
+	m.stages = r.NewHistogramVec("atm_agent_stage_seconds", "Per-stage latency of a visit.", "stage",
+		[]float64{.001, .0025, .005, .01, .025, .05, .1, .15, .25, .5, 1, 2.5, 5, 10})
+	m.coalesced = r.NewCounter("atm_agent_triggers_coalesced_total", "Triggers folded into a queued visit.")
+	m.commitErr = r.NewCounterVec("atm_agent_commit_failures_total", "Store commits that failed, by operation.", "op")
+	m.moved = r.NewCounter("atm_agent_consolidation_moved_visits_total", "Visits relabelled by consolidation.")
+	m.consDur = r.NewHistogram("atm_agent_consolidation_seconds", "Duration of identity consolidation.", nil)
+	m.purged = r.NewCounter("atm_agent_purged_visits_total", "Visits removed by the retention purge.")
+	m.ruleErr = r.NewCounter("atm_agent_rule_errors_total", "Visits whose alert rules could not be evaluated (stored without their alerts).")
+	r.RegisterRuntime()
 	for _, f := range extraMetrics {
-		f(m.reg)
+		f(r)
 	}
 	return m
 }
 
 func (m *metrics) Visit(v visit.Visit, s agent.Stages, newAlerts int) {
-	m.visits.WithLabelValues(v.Outcome.String()).Inc()
+	m.visits.Inc(v.Outcome.String())
 	if v.Outcome == visit.FaceFound {
 		m.faces.Inc()
 	}
@@ -67,11 +66,11 @@ func (m *metrics) Visit(v visit.Visit, s agent.Stages, newAlerts int) {
 		name string
 		d    time.Duration
 	}{{"queue", s.Queue}, {"burst", s.Burst}, {"perceive", s.Perceive}, {"assign", s.Assign}, {"rules", s.Rules}, {"commit", s.Commit}, {"total", s.Total}} {
-		m.stages.WithLabelValues(x.name).Observe(x.d.Seconds())
+		m.stages.Observe(x.name, x.d.Seconds())
 	}
 }
 func (m *metrics) Coalesced()             { m.coalesced.Inc() }
-func (m *metrics) CommitFailed(op string) { m.commitErr.WithLabelValues(op).Inc() }
+func (m *metrics) CommitFailed(op string) { m.commitErr.Inc(op) }
 func (m *metrics) Purged(n int)           { m.purged.Add(float64(n)) }
 func (m *metrics) RuleFailed()            { m.ruleErr.Inc() }
 func (m *metrics) Consolidated(n int, d time.Duration) {
@@ -79,13 +78,8 @@ func (m *metrics) Consolidated(n int, d time.Duration) {
 	m.consDur.Observe(d.Seconds())
 }
 
-func (m *metrics) gauge(name, help string, f func() float64) {
-	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
-}
-
-func (m *metrics) counter(name, help string, f func() float64) {
-	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
-}
+func (m *metrics) gauge(name, help string, f func() float64)   { m.reg.GaugeFunc(name, help, f) }
+func (m *metrics) counter(name, help string, f func() float64) { m.reg.CounterFunc(name, help, f) }
 
 // metricsMaxConns caps the metrics port's open connections (a scraper or
 // two and a health check are its clients; the margin lets a scrape through
@@ -100,7 +94,7 @@ func serveMetrics(addr string, m *metrics, health func() (any, bool), log *slog.
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	mux.Handle("/metrics", m.reg.Handler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		body, ok := health()
 		w.Header().Set("Content-Type", "application/json")

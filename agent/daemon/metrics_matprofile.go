@@ -3,14 +3,14 @@
 package daemon
 
 import (
-	"github.com/prometheus/client_golang/prometheus"
 	"gocv.io/x/gocv"
+
+	"github.com/periocular/atm-agent/internal/promtext"
 )
 
 func init() {
-	extraMetrics = append(extraMetrics, func(reg *prometheus.Registry) {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "atm_agent_live_mats",
-			Help: "OpenCV Mats currently allocated (matprofile builds only)."},
-			func() float64 { return float64(gocv.MatProfile.Count()) }))
+	extraMetrics = append(extraMetrics, func(reg *promtext.Registry) {
+		reg.GaugeFunc("atm_agent_live_mats", "OpenCV Mats currently allocated (matprofile builds only).",
+			func() float64 { return float64(gocv.MatProfile.Count()) })
 	})
 }

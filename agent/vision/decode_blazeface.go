@@ -3,8 +3,8 @@ package vision
 import (
 	"fmt"
 
+	"github.com/periocular/atm-agent/agent/vision/blazeface"
 	"github.com/periocular/atm-agent/models"
-	"github.com/periocular/atm-agent/models/blazeface"
 )
 
 func init() {

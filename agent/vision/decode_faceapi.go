@@ -1,8 +1,8 @@
 package vision
 
 import (
+	"github.com/periocular/atm-agent/agent/vision/facedecode"
 	"github.com/periocular/atm-agent/models"
-	"github.com/periocular/atm-agent/models/faceapi"
 )
 
 func init() {
@@ -13,7 +13,7 @@ func init() {
 // keypoints, so alignment and the synthetic mask painter fall back to the box.
 func decodeTinyYolo(outs []Tensor, md *models.Model) ([]Detection, error) {
 	// A low threshold here; the pipeline applies its own score gate.
-	ds, err := faceapi.DecodeTinyFaceDetector(outs[0].Data, outs[0].Shape, 0.1, faceapi.TinyIOUThreshold)
+	ds, err := facedecode.DecodeTinyFaceDetector(outs[0].Data, outs[0].Shape, 0.1, facedecode.TinyIOUThreshold)
 	if err != nil {
 		return nil, err
 	}

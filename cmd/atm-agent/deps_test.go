@@ -11,16 +11,23 @@ import (
 // security-reviewed box). A prefix matches the package and everything
 // beneath it.
 var forbidden = map[string]string{
-	"github.com/periocular/atm-agent/models/eval":  "the evaluation harness and head training",
-	"github.com/periocular/atm-agent/models/batch": "the offline clustering job",
-	"github.com/periocular/atm-agent/hal/sim":      "the simulated ATM day (demo)",
-	"github.com/mochi-mqtt/server":                 "the demo's embedded MQTT broker",
-	"github.com/schollz/progressbar":               "progress bars (offline tools)",
-	"github.com/mitchellh/colorstring":             "progress bar colours (offline tools)",
-	"golang.org/x/term":                            "terminal handling (offline tools)",
-	"github.com/periocular/atm-agent/sync/fleet":   "the central fleet service (cmd/atm-fleet)",
-	"github.com/jackc/pgx":                         "PostgreSQL (the fleet service's store)",
-	"github.com/chromedp":                          "the fleet's browser tests",
+	"github.com/periocular/atm-agent/models/eval":    "the evaluation harness and head training",
+	"github.com/periocular/atm-agent/models/convert": "the model converters (models build)",
+	"github.com/periocular/atm-agent/models/onnx":    "the ONNX writer (converters)",
+	"github.com/periocular/atm-agent/models/tfgraph": "the TF.js graph converter",
+	"github.com/periocular/atm-agent/models/tfjs":    "the TF.js weights reader (converters)",
+	"github.com/periocular/atm-agent/models/faceapi": "the face-api graph builders (converters)",
+	"google.golang.org/protobuf":                     "protobuf (ONNX writing, the Prometheus client)",
+	"github.com/prometheus/client_golang":            "the Prometheus client (protobuf); internal/promtext writes the text format",
+	"github.com/periocular/atm-agent/models/batch":   "the offline clustering job",
+	"github.com/periocular/atm-agent/hal/sim":        "the simulated ATM day (demo)",
+	"github.com/mochi-mqtt/server":                   "the demo's embedded MQTT broker",
+	"github.com/schollz/progressbar":                 "progress bars (offline tools)",
+	"github.com/mitchellh/colorstring":               "progress bar colours (offline tools)",
+	"golang.org/x/term":                              "terminal handling (offline tools)",
+	"github.com/periocular/atm-agent/sync/fleet":     "the central fleet service (cmd/atm-fleet)",
+	"github.com/jackc/pgx":                           "PostgreSQL (the fleet service's store)",
+	"github.com/chromedp":                            "the fleet's browser tests",
 }
 
 // TestDaemonDeps fails when the daemon binary links a forbidden package

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/periocular/atm-agent/models/convert"
+
 	"github.com/periocular/atm-agent/internal/cli/modelscmd"
 
 	"github.com/periocular/atm-agent/internal/cli"
@@ -81,9 +83,10 @@ func modelsBuild(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	var skipped []string
 	err = models.Build(ctx, man, lock, models.BuildOptions{SrcDir: mf.src, OutDir: mf.dir, Update: *update, Only: fs.Args(),
-		HeadsDir: filepath.Join(filepath.Dir(mf.manifest), "heads"),
-		Skipped:  func(name string, _ error) { skipped = append(skipped, name) },
-		Log:      func(f string, a ...any) { fmt.Fprintf(env.Stdout, f+"\n", a...) }})
+		HeadsDir:   filepath.Join(filepath.Dir(mf.manifest), "heads"),
+		Skipped:    func(name string, _ error) { skipped = append(skipped, name) },
+		Converters: convert.Converters(),
+		Log:        func(f string, a ...any) { fmt.Fprintf(env.Stdout, f+"\n", a...) }})
 	if err != nil {
 		return err
 	}

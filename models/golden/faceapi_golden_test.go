@@ -4,6 +4,8 @@ import (
 	"math"
 	"testing"
 
+	"github.com/periocular/atm-agent/agent/vision/facedecode"
+
 	"github.com/periocular/atm-agent/models/faceapi"
 )
 
@@ -20,7 +22,7 @@ type faDet struct {
 
 // faCompareDets compares Go-decoded detections (relative boxes scaled by
 // size) with face-api's, in order.
-func faCompareDets(t *testing.T, got []faceapi.Detection, want []faDet, size float64) {
+func faCompareDets(t *testing.T, got []facedecode.Detection, want []faDet, size float64) {
 	t.Helper()
 	if len(got) != len(want) {
 		t.Fatalf("%d detections, face-api has %d", len(got), len(want))
@@ -87,7 +89,7 @@ func TestFaceAPITinyFaceDetectorGolden(t *testing.T) {
 		if d > faTolDetector {
 			t.Errorf("tiny_face_detector %d: max abs diff %g > %g", c.Size, d, faTolDetector)
 		}
-		dets, err := faceapi.DecodeTinyFaceDetector(outs[0], shapes[0], c.ScoreThreshold, faceapi.TinyIOUThreshold)
+		dets, err := facedecode.DecodeTinyFaceDetector(outs[0], shapes[0], c.ScoreThreshold, facedecode.TinyIOUThreshold)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,11 +130,11 @@ func TestFaceAPISSDMobilenetV1Golden(t *testing.T) {
 		if !faSameShape(shapes[0], []int{1, n, 4}) || !faSameShape(shapes[1], []int{1, n, 3}) {
 			t.Fatalf("output shapes %v %v", shapes[0], shapes[1])
 		}
-		boxes, err := faceapi.SSDDecodeBoxes(outs[0], anchors)
+		boxes, err := facedecode.SSDDecodeBoxes(outs[0], anchors)
 		if err != nil {
 			t.Fatal(err)
 		}
-		scores, err := faceapi.SSDScores(outs[1])
+		scores, err := facedecode.SSDScores(outs[1])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,7 +144,7 @@ func TestFaceAPISSDMobilenetV1Golden(t *testing.T) {
 		if db > faTolDetector || ds > faTolDetector {
 			t.Errorf("ssd_mobilenetv1: max abs diff boxes %g, scores %g > %g", db, ds, faTolDetector)
 		}
-		dets, err := faceapi.DecodeSSD(outs[0], outs[1], anchors, c.MinConfidence, faceapi.SSDIOUThreshold, c.MaxResults)
+		dets, err := facedecode.DecodeSSD(outs[0], outs[1], anchors, c.MinConfidence, facedecode.SSDIOUThreshold, c.MaxResults)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -177,7 +179,7 @@ func TestFaceAPIFaceLandmark68Golden(t *testing.T) {
 			t.Fatalf("output shape %v", shapes[0])
 		}
 		d := faMaxAbs(t, outs[0], c.Landmarks)
-		pts, err := faceapi.Landmarks68(outs[0], c.Size, c.Size)
+		pts, err := facedecode.Landmarks68(outs[0], c.Size, c.Size)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,7 +8,7 @@ import (
 
 	"gocv.io/x/gocv"
 
-	"github.com/periocular/atm-agent/models/blazeface"
+	"github.com/periocular/atm-agent/agent/vision/blazeface"
 )
 
 // blazeDetectors are the BlazeFace-family networks decoded in Go.

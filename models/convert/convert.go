@@ -1,41 +1,48 @@
-package models
+// Package convert holds the project's model converters (TF.js -> ONNX,
+// ONNX rewrites), build-time code that `atm-tools models build` passes to
+// models.Build explicitly; the daemon links none of it.
+package convert
 
 import (
 	"fmt"
 	"os"
 	"path/filepath"
 
+	"github.com/periocular/atm-agent/models"
+
 	"github.com/periocular/atm-agent/models/faceapi"
 	"github.com/periocular/atm-agent/models/onnx"
 	"github.com/periocular/atm-agent/models/tfgraph"
 )
 
-// The project's converters, by the name manifest entries use in
-// source.converter. Adding a TF.js graph model needs only a manifest entry
-// with converter "tfgraph" (its first source file is the model.json).
-func init() {
+// Converters returns the project's converters by the name manifest
+// entries use in source.converter. Adding a TF.js graph model needs only a
+// manifest entry with converter "tfgraph" (its first source file is the
+// model.json).
+func Converters() map[string]models.ConvertFunc {
+	c := map[string]models.ConvertFunc{}
 	// An ONNX file OpenCV 4.6 reads as it is.
-	RegisterConverter("copy", func(dir string, md *Model) ([]byte, error) {
+	c["copy"] = func(dir string, md *models.Model) ([]byte, error) {
 		return readFirstSource(dir, md)
-	})
+	}
 	// An ONNX file whose opset-11 Clip nodes (min/max as inputs, e.g. a
 	// PyTorch ReLU6) OpenCV 4.6 refuses: rewritten to the attribute form,
 	// opset 10.
-	RegisterConverter("onnx-clip-opset10", func(dir string, md *Model) ([]byte, error) {
+	c["onnx-clip-opset10"] = func(dir string, md *models.Model) ([]byte, error) {
 		b, err := readFirstSource(dir, md)
 		if err != nil {
 			return nil, err
 		}
 		out, _, err := onnx.ClipToAttributes(b, 10)
 		return out, err
-	})
-	RegisterConverter("faceapi-tiny", func(dir string, md *Model) ([]byte, error) {
+	}
+	c["faceapi-tiny"] = func(dir string, md *models.Model) ([]byte, error) {
 		return faceapi.TinyFaceDetectorSize(dir, md.Input.Width)
-	})
-	RegisterConverter("faceapi-ssd", func(dir string, _ *Model) ([]byte, error) { return faceapi.SSDMobilenetV1(dir) })
-	RegisterConverter("faceapi-landmarks68", func(dir string, _ *Model) ([]byte, error) { return faceapi.FaceLandmark68(dir) })
-	RegisterConverter("faceapi-recognition", func(dir string, _ *Model) ([]byte, error) { return faceapi.FaceRecognition(dir) })
-	RegisterConverter("tfgraph", func(dir string, md *Model) ([]byte, error) {
+	}
+	c["faceapi-ssd"] = func(dir string, _ *models.Model) ([]byte, error) { return faceapi.SSDMobilenetV1(dir) }
+	c["faceapi-landmarks68"] = func(dir string, _ *models.Model) ([]byte, error) { return faceapi.FaceLandmark68(dir) }
+	c["faceapi-recognition"] = func(dir string, _ *models.Model) ([]byte, error) { return faceapi.FaceRecognition(dir) }
+	c["tfgraph"] = func(dir string, md *models.Model) ([]byte, error) {
 		if len(md.Source.Files) == 0 {
 			return nil, fmt.Errorf("converter tfgraph needs the model.json as first source file")
 		}
@@ -53,10 +60,11 @@ func init() {
 			}
 		}
 		return tfgraph.Convert(filepath.Join(dir, filepath.FromSlash(md.Source.Files[0])), opts)
-	})
+	}
+	return c
 }
 
-func readFirstSource(dir string, md *Model) ([]byte, error) {
+func readFirstSource(dir string, md *models.Model) ([]byte, error) {
 	if len(md.Source.Files) == 0 {
 		return nil, fmt.Errorf("converter %s needs the model file as first source file", md.Source.Converter)
 	}

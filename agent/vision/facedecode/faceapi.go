@@ -1,12 +1,13 @@
-package faceapi
+// Package facedecode holds the run-time decoders of face-api's networks
+// (tiny_face_detector and ssd_mobilenetv1 boxes, the 68 landmarks): pure Go
+// on the float tensors OpenCV returns, testable without cgo. The graph
+// builders that write these networks are build time (models/faceapi).
+package facedecode
 
 import (
 	"fmt"
 	"math"
-	"path/filepath"
 	"sort"
-
-	"github.com/periocular/atm-agent/models/tfjs"
 )
 
 // Box is an axis-aligned box; for detector outputs the unit is the side of
@@ -117,20 +118,6 @@ func iou(a, b Box) float64 {
 	h := math.Max(0, math.Min(a.Y2, b.Y2)-math.Max(a.Y1, b.Y1))
 	inter := w * h
 	return inter / (a.Area() + b.Area() - inter)
-}
-
-// SSDAnchors reads ssd_mobilenetv1's anchor boxes (Output/extra_dim, 5118 x
-// [ymin, xmin, ymax, xmax]) from the extracted package.
-func SSDAnchors(pkgDir string) ([]float32, error) {
-	w, err := tfjs.LoadWeightsManifest(filepath.Join(pkgDir, "model", "ssd_mobilenetv1_model-weights_manifest.json"))
-	if err != nil {
-		return nil, fmt.Errorf("faceapi: ssd anchors: %w", err)
-	}
-	t := w["Output/extra_dim"]
-	if t == nil || !sameShape(t.Shape, []int{1, SSDNumAnchors, 4}) {
-		return nil, fmt.Errorf("faceapi: ssd anchors: Output/extra_dim missing or not [1,%d,4]", SSDNumAnchors)
-	}
-	return t.Data, nil
 }
 
 // SSDDecodeBoxes applies face-api's box decoding (outputLayer) to the
@@ -254,7 +241,7 @@ func Landmarks68(out []float32, cropW, cropH int) ([]Point, error) {
 	if cropW <= 0 || cropH <= 0 {
 		return nil, fmt.Errorf("faceapi: landmarks: crop size %dx%d", cropW, cropH)
 	}
-	const in = FaceLandmark68Size
+	const in = 112 // face_landmark_68 input side (models/faceapi.FaceLandmark68Size)
 	w, h := float64(cropW), float64(cropH)
 	s := in / math.Max(w, h)
 	sw, sh := w*s, h*s
@@ -272,4 +259,12 @@ func Landmarks68(out []float32, cropW, cropH int) ([]Point, error) {
 		pts[i] = Point{x * w, y * h}
 	}
 	return pts, nil
+}
+
+func prod(s []int) int {
+	n := 1
+	for _, d := range s {
+		n *= d
+	}
+	return n
 }
