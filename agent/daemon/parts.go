@@ -14,6 +14,7 @@ import (
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/hal/camera"
+	"github.com/periocular/atm-agent/hal/camera/cvcam"
 	"github.com/periocular/atm-agent/hal/trigger"
 	"github.com/periocular/atm-agent/models"
 )
@@ -58,7 +59,7 @@ func loadModels(cfg Config) (*vision.Pipeline, *identity.Engine, *models.Model, 
 }
 
 func newCamera(cfg camera.Config, log *slog.Logger) (*camera.Camera, error) {
-	return camera.New(cfg, log.With("component", "camera"))
+	return camera.New(cfg, cvcam.Open, log.With("component", "camera"))
 }
 
 // cameraBurst adapts *camera.Camera to agent.Camera (configured burst).

@@ -12,6 +12,7 @@ import (
 	"gocv.io/x/gocv"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/testenv"
 )
 
 // shifted is fr moved by (dx, dy) pixels, borders replicated: a customer
@@ -116,7 +117,7 @@ func TestTrackKeepsThePerson(t *testing.T) {
 // On real video (the seed clips, 6 frames a second): bursts of 5
 // consecutive frames, tracked and not.
 func TestTrackSeedClips(t *testing.T) {
-	root := repoPath("..", "shared", "datasets", "seed-clips", "frames")
+	root := testenv.Path("..", "shared", "datasets", "seed-clips", "frames")
 	ents, err := os.ReadDir(root)
 	if err != nil {
 		t.Skipf("seed clips not available: %v", err)

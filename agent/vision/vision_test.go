@@ -6,27 +6,20 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 
 	"gocv.io/x/gocv"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/testenv"
+	"github.com/periocular/atm-agent/internal/testenv/mats"
 	"github.com/periocular/atm-agent/models"
 )
-
-func repoPath(parts ...string) string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(append([]string{filepath.Dir(file), "..", ".."}, parts...)...)
-}
 
 // modelsDir is the models dir built by `make models` (ATM_MODELS_DIR).
 func modelsDir(t testing.TB) (string, *models.Manifest) {
 	t.Helper()
-	dir := os.Getenv("ATM_MODELS_DIR")
-	if dir == "" {
-		dir = repoPath("build", "models")
-	}
+	dir := testenv.ModelsDir(t)
 	man, err := models.LoadManifest(filepath.Join(dir, "manifest.yaml"))
 	if err != nil {
 		t.Fatalf("built models needed (run `make models`): %v", err)
@@ -37,10 +30,7 @@ func modelsDir(t testing.TB) (string, *models.Manifest) {
 // sample reads one of face-api's demo photos (extracted by `make models`).
 func sample(t testing.TB, n string) []byte {
 	t.Helper()
-	src := os.Getenv("ATM_MODEL_SRC")
-	if src == "" {
-		src = repoPath("build", "src")
-	}
+	src := testenv.ModelSrc()
 	b, err := os.ReadFile(filepath.Join(src, "face-api", "demo", n))
 	if err != nil {
 		t.Fatalf("demo photo (run `make models`): %v", err)
@@ -51,7 +41,7 @@ func sample(t testing.TB, n string) []byte {
 func checkMats(t *testing.T) {
 	t.Helper()
 	t.Cleanup(func() {
-		if n := liveMats(); n != 0 {
+		if n := mats.Live(); n != 0 {
 			t.Errorf("%d gocv Mats leaked", n)
 		}
 	})

@@ -10,6 +10,7 @@ import (
 
 	"gocv.io/x/gocv"
 
+	"github.com/periocular/atm-agent/internal/testenv"
 	"github.com/periocular/atm-agent/models"
 )
 
@@ -20,7 +21,7 @@ import (
 // under a new name through the manifest only.
 func TestBringYourOwnEmbedder(t *testing.T) {
 	t.Setenv("ATM_AGENT_AS_CLI", "1")
-	src := builtModels(t)
+	src := testenv.ModelsDir(t)
 	dir, man := copyModels(t, src, "blazeface", "faceapi-recognition")
 	md, _ := man.Find("faceapi-recognition")
 	own := *md
@@ -37,10 +38,7 @@ func TestBringYourOwnEmbedder(t *testing.T) {
 	// A small labelled folder: each demo photo is one person, seen three
 	// times (as is, mirrored, and darker and smaller).
 	data := t.TempDir()
-	srcDir := os.Getenv("ATM_MODEL_SRC")
-	if srcDir == "" {
-		srcDir = filepath.Join(repoRoot(t), "build", "src")
-	}
+	srcDir := testenv.ModelSrc()
 	labels := "path,identity,masked\n"
 	for i := 1; i <= 6; i++ {
 		img := gocv.IMRead(filepath.Join(srcDir, "face-api", "demo", fmt.Sprintf("sample%d.jpg", i)), gocv.IMReadColor)

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/periocular/atm-agent/internal/testenv"
 )
 
 func TestClusterUsage(t *testing.T) {
@@ -31,9 +33,9 @@ func TestClusterUsage(t *testing.T) {
 }
 
 func TestClusterCommand(t *testing.T) {
-	models := builtModels(t)
+	models := testenv.ModelsDir(t)
 	in := t.TempDir()
-	photo, err := os.ReadFile(filepath.Join(repoRoot(t), "build", "src", "face-api", "demo", "sample1.jpg"))
+	photo, err := os.ReadFile(filepath.Join(testenv.Root(), "build", "src", "face-api", "demo", "sample1.jpg"))
 	if err != nil {
 		t.Fatalf("demo photo (run `make models`): %v", err)
 	}

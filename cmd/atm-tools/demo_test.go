@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/periocular/atm-agent/internal/testenv"
 )
 
 // TestDemo runs the whole simulated day in-process (about 25 s of CPU).
@@ -16,7 +18,7 @@ func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("demo replays ~46 visits through the real models")
 	}
-	root := repoRoot(t)
+	root := testenv.Root()
 	models := filepath.Join(root, "build", "models")
 	if _, err := os.Stat(filepath.Join(models, "manifest.yaml")); err != nil {
 		t.Skipf("built models needed (make models): %v", err)

@@ -11,11 +11,10 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/periocular/atm-agent/internal/cli/modelscmd"
-
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/cli/modelscmd"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/models/eval"
 	"github.com/periocular/atm-agent/models/eval/dataset"

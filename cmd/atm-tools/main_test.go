@@ -5,8 +5,6 @@ import (
 	"context"
 	"os"
 	"testing"
-
-	"github.com/periocular/atm-agent/internal/testenv"
 )
 
 // TestMain lets the test binary act as atm-agent when re-executed with
@@ -26,7 +24,3 @@ func runTool(t *testing.T, args ...string) (int, string, string) {
 	code := runMain(context.Background(), args, &out, &errb)
 	return code, out.String(), errb.String()
 }
-
-// repoRoot and builtModels: the shared test environment (internal/testenv).
-func repoRoot(t *testing.T) string    { return testenv.RepoRoot(t) }
-func builtModels(t *testing.T) string { t.Helper(); return testenv.ModelsDir(t) }

@@ -8,12 +8,10 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/periocular/atm-agent/models/convert"
-
-	"github.com/periocular/atm-agent/internal/cli/modelscmd"
-
 	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/cli/modelscmd"
 	"github.com/periocular/atm-agent/models"
+	"github.com/periocular/atm-agent/models/convert"
 )
 
 func defaultCacheDir() string {

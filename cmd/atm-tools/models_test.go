@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/periocular/atm-agent/internal/testenv"
 	"github.com/periocular/atm-agent/models"
 )
 
@@ -51,16 +52,13 @@ func copyModels(t *testing.T, src string, names ...string) (string, *models.Mani
 // pipeline uses the model is it fatal, with advice.
 func TestModelsBuildSkipsUnreachableURLModel(t *testing.T) {
 	t.Setenv("ATM_AGENT_AS_CLI", "1")
-	builtModels(t)
-	src := os.Getenv("ATM_MODEL_SRC")
-	if src == "" {
-		src = filepath.Join(repoRoot(t), "build", "src")
-	}
-	repoLock, err := models.LoadLock(filepath.Join(repoRoot(t), "models", "lock.json"))
+	testenv.ModelsDir(t)
+	src := testenv.ModelSrc()
+	repoLock, err := models.LoadLock(filepath.Join(testenv.Root(), "models", "lock.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	repoMan, err := models.LoadManifest(filepath.Join(repoRoot(t), "models", "manifest.yaml"))
+	repoMan, err := models.LoadManifest(filepath.Join(testenv.Root(), "models", "manifest.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

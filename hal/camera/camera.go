@@ -1,5 +1,7 @@
-// Package camera grabs bursts of frames from a V4L2 device, a stream, a video
-// file or an image directory (replay) through gocv, behind a stall watchdog.
+// Package camera grabs bursts of frames from a Device (a V4L2 device, a
+// stream, a video file or an image directory; the gocv driver is
+// hal/camera/cvcam) behind a stall watchdog. It is pure Go: the
+// supervisor builds and tests without cgo, with fake devices.
 //
 // Lifecycle: New validates the config; Run(ctx) owns the device and serves
 // Burst calls until ctx is cancelled. Run starts one device goroutine per
@@ -12,7 +14,7 @@
 // MaxReadFailures in a row. Run returns after its sessions have exited, or
 // after CloseTimeout if one is stuck in OpenCV (Health.Abandoned counts them).
 //
-// No gocv.Mat leaves this package: frames are copied into Frame.
+// No gocv.Mat leaves the driver: frames are copied into Frame.
 package camera
 
 import (
@@ -42,7 +44,7 @@ type Device interface {
 }
 
 // OpenFunc opens a device for cfg. It may block; the caller bounds it with
-// Config.OpenTimeout. The default opens gocv backends (see OpenCV).
+// Config.OpenTimeout. cvcam.Open opens the gocv backends.
 type OpenFunc func(cfg Config) (Device, error)
 
 // Errors reported by Burst and Health.
@@ -93,12 +95,6 @@ type Health struct {
 	NextOpen            time.Time `json:"next_open,omitzero"` // when down: next reopen attempt
 }
 
-// Option customises a Camera.
-type Option func(*Camera)
-
-// WithOpener replaces the gocv backends (tests, simulations).
-func WithOpener(open OpenFunc) Option { return func(c *Camera) { c.open = open } }
-
 // Camera is a burst-capable camera. Create with New, drive with Run.
 type Camera struct {
 	cfg  Config
@@ -136,12 +132,16 @@ type burstResp struct {
 	err    error
 }
 
-// New returns a camera for cfg (zero fields take defaults). It does not open
-// the device; Run does.
-func New(cfg Config, log *slog.Logger, opts ...Option) (*Camera, error) {
+// New returns a camera for cfg (zero fields take defaults) whose devices
+// open draws (cvcam.Open for real hardware, fakes in tests). It does not
+// open the device; Run does.
+func New(cfg Config, open OpenFunc, log *slog.Logger) (*Camera, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("camera config: %w", err)
+	}
+	if open == nil {
+		return nil, errors.New("camera: no device opener")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -149,14 +149,11 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Camera, error) {
 	c := &Camera{
 		cfg:     cfg,
 		log:     log,
-		open:    OpenCV,
+		open:    open,
 		reqs:    make(chan burstReq),
 		running: make(chan struct{}),
 		stopped: make(chan struct{}),
 		backoff: cfg.ReopenMin,
-	}
-	for _, o := range opts {
-		o(c)
 	}
 	c.h.Kind = ResolveKind(cfg)
 	c.h.LastError = "not opened yet"

@@ -3,23 +3,19 @@ package sim
 import (
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
-)
 
-func repoPath(p ...string) string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(append([]string{filepath.Dir(file), "..", ".."}, p...)...)
-}
+	"github.com/periocular/atm-agent/internal/testenv"
+)
 
 func dirs(t testing.TB) (string, string) {
 	m, s := os.Getenv("ATM_MODELS_DIR"), os.Getenv("ATM_MODEL_SRC")
 	if m == "" {
-		m = repoPath("build", "models")
+		m = testenv.Path("build", "models")
 	}
 	if s == "" {
-		s = repoPath("build", "src")
+		s = testenv.Path("build", "src")
 	}
 	return m, filepath.Join(s, "face-api", "demo")
 }

@@ -28,23 +28,13 @@ import (
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/hal/sim"
+	"github.com/periocular/atm-agent/internal/testenv"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 )
 
-func repoPath(p ...string) string {
-	_, err := os.Stat("../../go.mod")
-	if err != nil {
-		panic(err)
-	}
-	return filepath.Join(append([]string{"..", ".."}, p...)...)
-}
-
 func modelsDir(b testing.TB) (string, *models.Manifest) {
-	dir := os.Getenv("ATM_MODELS_DIR")
-	if dir == "" {
-		dir = repoPath("build", "models")
-	}
+	dir := testenv.ModelsDir(b)
 	man, err := models.LoadManifest(filepath.Join(dir, "manifest.yaml"))
 	if err != nil {
 		b.Fatalf("built models needed (run `make models`): %v", err)
@@ -57,10 +47,7 @@ func modelsDir(b testing.TB) (string, *models.Manifest) {
 // (a 230-290 px face in a 640x480 frame) over a background, with per-frame
 // position and brightness jitter; five different frames.
 func atmBurst(b testing.TB) []visit.Frame {
-	src := os.Getenv("ATM_MODEL_SRC")
-	if src == "" {
-		src = repoPath("build", "src")
-	}
+	src := testenv.ModelSrc()
 	dir, _ := modelsDir(b)
 	faces, err := sim.LoadFaces(dir, filepath.Join(src, "face-api", "demo"))
 	if err != nil || len(faces) == 0 {

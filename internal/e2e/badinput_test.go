@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	manifest "github.com/periocular/atm-agent/models"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	manifest "github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 )
 

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/periocular/atm-agent/internal/imagecheck/crafted"
+	"github.com/periocular/atm-agent/internal/testenv"
 )
 
 // runCluster runs `atm-tools cluster in -o out args...` and returns its
@@ -37,7 +38,7 @@ func TestClusterHostileImages(t *testing.T) {
 	const maxPixels = 16_000_000
 	good := t.TempDir()
 	for _, n := range []string{"sample1.jpg", "sample2.jpg"} {
-		b, err := os.ReadFile(repoPath("build", "src", "face-api", "demo", n))
+		b, err := os.ReadFile(testenv.Path("build", "src", "face-api", "demo", n))
 		if err != nil {
 			t.Fatalf("demo photo (make models): %v", err)
 		}

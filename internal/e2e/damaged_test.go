@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/testenv"
 	"github.com/periocular/atm-agent/store"
 )
 
@@ -26,7 +27,7 @@ import (
 // loop).
 func TestDamagedStoreRefused(t *testing.T) {
 	skipShort(t)
-	unit, err := os.ReadFile(repoPath("systemd", "atm-agent.service"))
+	unit, err := os.ReadFile(testenv.Path("systemd", "atm-agent.service"))
 	if err != nil {
 		t.Fatal(err)
 	}

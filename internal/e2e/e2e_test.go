@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/hal/sim"
+	"github.com/periocular/atm-agent/internal/testenv"
 	"github.com/periocular/atm-agent/store"
 )
 
@@ -52,7 +52,7 @@ func TestMain(m *testing.M) {
 	agentBin, toolsBin = filepath.Join(dir, "atm-agent"), filepath.Join(dir, "atm-tools")
 	for _, b := range []string{agentBin, toolsBin} {
 		cmd := exec.Command("go", "build", "-o", b, "./cmd/"+filepath.Base(b))
-		cmd.Dir = repoPath()
+		cmd.Dir = testenv.Path()
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "build", filepath.Base(b)+":", err)
@@ -65,11 +65,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func repoPath(p ...string) string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(append([]string{filepath.Dir(file), "..", ".."}, p...)...)
-}
-
 func skipShort(t *testing.T) {
 	t.Helper()
 	if testing.Short() {
@@ -78,10 +73,7 @@ func skipShort(t *testing.T) {
 }
 
 func modelsDir(t *testing.T) string {
-	d := os.Getenv("ATM_MODELS_DIR")
-	if d == "" {
-		d = repoPath("build", "models")
-	}
+	d := testenv.ModelsDir(t)
 	if _, err := os.Stat(filepath.Join(d, "manifest.yaml")); err != nil {
 		t.Fatalf("built models needed (make models): %v", err)
 	}
@@ -301,10 +293,7 @@ agent:
 // writeFrames renders a few simulated visits as PNG frames for the replay camera.
 func writeFrames(t *testing.T, dir string, visits int) {
 	t.Helper()
-	src := os.Getenv("ATM_MODEL_SRC")
-	if src == "" {
-		src = repoPath("build", "src")
-	}
+	src := testenv.ModelSrc()
 	faces, err := sim.LoadFaces(modelsDir(t), filepath.Join(src, "face-api", "demo"))
 	if err != nil {
 		t.Fatal(err)

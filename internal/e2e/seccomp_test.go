@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/internal/testenv"
+
 	seccomp "github.com/elastic/go-seccomp-bpf"
 	"github.com/elastic/go-seccomp-bpf/arch"
 )
@@ -232,7 +234,7 @@ func (f *unitFilter) names() []string {
 	return s
 }
 
-func unitPath() string { return repoPath("systemd", "atm-agent.service") }
+func unitPath() string { return testenv.Path("systemd", "atm-agent.service") }
 
 // unitFilterFrom reads the unit (with extra lines appended) and derives its filter.
 func unitFilterFrom(t *testing.T, extra string) *unitFilter {
@@ -257,7 +259,7 @@ func unitFilterFrom(t *testing.T, extra string) *unitFilter {
 // one if it has been built (make static).
 func shippedBinaries(t *testing.T) map[string]string {
 	bins := map[string]string{"dynamic": agentBin}
-	static := repoPath("build", "atm-agent-static")
+	static := testenv.Path("build", "atm-agent-static")
 	if _, err := os.Stat(static); err == nil {
 		bins["static"] = static
 	} else {

@@ -11,19 +11,16 @@ import (
 	"testing"
 )
 
-// RepoRoot is the module root (found from this file's path, so it holds
+// Root is the module root (found from this file's path, so it holds
 // wherever the test runs).
-func RepoRoot(t testing.TB) string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("testenv: no caller information")
-	}
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
 // Path joins parts under the repository root.
-func Path(t testing.TB, parts ...string) string {
-	return filepath.Join(append([]string{RepoRoot(t)}, parts...)...)
+func Path(parts ...string) string {
+	return filepath.Join(append([]string{Root()}, parts...)...)
 }
 
 // ModelsDir is the built models dir ($ATM_MODELS_DIR, else build/models);
@@ -32,7 +29,7 @@ func ModelsDir(t testing.TB) string {
 	t.Helper()
 	dir := os.Getenv("ATM_MODELS_DIR")
 	if dir == "" {
-		dir = Path(t, "build", "models")
+		dir = Path("build", "models")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "manifest.yaml")); err != nil {
 		t.Skipf("no built models in %s (run `make models`, or set ATM_MODELS_DIR): %v", dir, err)
@@ -42,9 +39,9 @@ func ModelsDir(t testing.TB) string {
 
 // ModelSrc is where `models build` extracted the pinned packages
 // ($ATM_MODEL_SRC, else build/src).
-func ModelSrc(t testing.TB) string {
+func ModelSrc() string {
 	if d := os.Getenv("ATM_MODEL_SRC"); d != "" {
 		return d
 	}
-	return Path(t, "build", "src")
+	return Path("build", "src")
 }

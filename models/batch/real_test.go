@@ -10,26 +10,19 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/internal/testenv"
+	"github.com/periocular/atm-agent/internal/testenv/mats"
 	"github.com/periocular/atm-agent/models"
 )
-
-func repoPath(parts ...string) string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(append([]string{filepath.Dir(file), "..", ".."}, parts...)...)
-}
 
 // pipelines loads n real pipelines from the built models (`make models`).
 func pipelines(t *testing.T, n int) []FaceFinder {
 	t.Helper()
-	dir := os.Getenv("ATM_MODELS_DIR")
-	if dir == "" {
-		dir = repoPath("build", "models")
-	}
+	dir := testenv.ModelsDir(t)
 	man, err := models.LoadManifest(filepath.Join(dir, "manifest.yaml"))
 	if err != nil {
 		t.Fatalf("built models needed (run `make models`): %v", err)
@@ -50,10 +43,7 @@ func pipelines(t *testing.T, n int) []FaceFinder {
 
 func demoPhoto(t *testing.T, n string) []byte {
 	t.Helper()
-	src := os.Getenv("ATM_MODEL_SRC")
-	if src == "" {
-		src = repoPath("build", "src")
-	}
+	src := testenv.ModelSrc()
 	b, err := os.ReadFile(filepath.Join(src, "face-api", "demo", n))
 	if err != nil {
 		t.Fatalf("demo photo (run `make models`): %v", err)
@@ -129,7 +119,7 @@ func realFixture(t *testing.T, finder FaceFinder) string {
 
 func TestRealPhotos(t *testing.T) {
 	fs := pipelines(t, 2)
-	before := liveMats()
+	before := mats.Live()
 	in := realFixture(t, fs[0])
 	o := testOptions()
 	o.Cluster.Config.Thresholds = identity.Thresholds{UU: 0.3, MM: 0.3, MU: 0}
@@ -188,8 +178,8 @@ func TestRealPhotos(t *testing.T) {
 	if !bytes.Equal(reps[0], reps[1]) {
 		t.Error("two runs over the same photos wrote different report.json files")
 	}
-	if matProfiled {
-		if n := liveMats() - before; n != 0 {
+	if mats.Profiled {
+		if n := mats.Live() - before; n != 0 {
 			t.Errorf("%d gocv Mats leaked", n)
 		}
 	}

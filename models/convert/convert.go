@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 
 	"github.com/periocular/atm-agent/models"
-
 	"github.com/periocular/atm-agent/models/faceapi"
 	"github.com/periocular/atm-agent/models/onnx"
 	"github.com/periocular/atm-agent/models/tfgraph"

@@ -10,7 +10,7 @@ import (
 // Every model of the repository's manifest that is built from a source
 // names a converter this package has.
 func TestManifestConvertersExist(t *testing.T) {
-	man, err := models.LoadManifest(testenv.Path(t, "models", "manifest.yaml"))
+	man, err := models.LoadManifest(testenv.Path("models", "manifest.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

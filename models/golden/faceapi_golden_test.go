@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/periocular/atm-agent/agent/vision/facedecode"
-
 	"github.com/periocular/atm-agent/models/faceapi"
 )
 

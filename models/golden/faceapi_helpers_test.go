@@ -9,6 +9,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/periocular/atm-agent/internal/testenv"
+	"github.com/periocular/atm-agent/internal/testenv/mats"
+
 	"gocv.io/x/gocv"
 )
 
@@ -16,10 +19,7 @@ import (
 // (default <repo>/build/src) + /face-api. Missing sources fail the test.
 func faPkgDir(tb testing.TB) string {
 	tb.Helper()
-	src := os.Getenv("ATM_MODEL_SRC")
-	if src == "" {
-		src = filepath.Join("..", "..", "build", "src")
-	}
+	src := testenv.ModelSrc()
 	dir := filepath.Join(src, "face-api")
 	if _, err := os.Stat(filepath.Join(dir, "model", "face_recognition_model-weights_manifest.json")); err != nil {
 		tb.Fatalf("face-api package not extracted at %s (%v): run `make models` first (or set ATM_MODEL_SRC)", dir, err)
@@ -131,7 +131,7 @@ func faForward(tb testing.TB, net *gocv.Net, size int, input []float32, outs ...
 
 func faCheckMats(tb testing.TB) {
 	tb.Helper()
-	if n := faMatCount(); n > 0 {
+	if n := mats.Live(); n > 0 {
 		tb.Errorf("%d gocv Mats left open", n)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"gocv.io/x/gocv"
 
 	"github.com/periocular/atm-agent/agent/vision/blazeface"
+	"github.com/periocular/atm-agent/internal/testenv/mats"
 )
 
 // blazeDetectors are the BlazeFace-family networks decoded in Go.
@@ -120,7 +121,7 @@ func TestHumanBlazeFaceRealFaces(t *testing.T) {
 			}
 		})
 	}
-	if n := humanLiveMats(); n > 0 {
+	if n := mats.Live(); n > 0 {
 		t.Errorf("%d gocv Mats left open", n)
 	}
 }

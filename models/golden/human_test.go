@@ -7,12 +7,13 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 
 	"gocv.io/x/gocv"
 
 	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/internal/testenv"
+	"github.com/periocular/atm-agent/internal/testenv/mats"
 	"github.com/periocular/atm-agent/models/tfgraph"
 )
 
@@ -62,20 +63,9 @@ type goldenDoc struct {
 	} `json:"inputs"`
 }
 
-func repoRoot(t testing.TB) string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot locate the test source")
-	}
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
 // humanModelsDir is the extracted human-models package; missing is a failure.
 func humanModelsDir(t testing.TB) string {
-	src := os.Getenv("ATM_MODEL_SRC")
-	if src == "" {
-		src = filepath.Join(repoRoot(t), "build", "src")
-	}
+	src := testenv.ModelSrc()
 	dir := filepath.Join(src, "human-models", "models")
 	if _, err := os.Stat(filepath.Join(dir, "blazeface.json")); err != nil {
 		t.Fatalf("human-models package not found in %s (%v): run `make models` (or set ATM_MODEL_SRC)", dir, err)
@@ -101,7 +91,7 @@ type faceImage struct {
 }
 
 func loadFace(t testing.TB) *faceImage {
-	b, err := os.ReadFile(filepath.Join(repoRoot(t), "testdata", "golden", "human_input_face.json"))
+	b, err := os.ReadFile(filepath.Join(testenv.Root(), "testdata", "golden", "human_input_face.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +205,7 @@ func TestHumanGolden(t *testing.T) {
 	for _, m := range humanModels {
 		t.Run(m.name, func(t *testing.T) {
 			var doc goldenDoc
-			b, err := os.ReadFile(filepath.Join(repoRoot(t), "testdata", "golden", "human_"+m.name+".json"))
+			b, err := os.ReadFile(filepath.Join(testenv.Root(), "testdata", "golden", "human_"+m.name+".json"))
 			if err != nil {
 				t.Fatalf("%v (regenerate with node scripts/golden/human.mjs)", err)
 			}
@@ -286,7 +276,7 @@ func TestHumanGolden(t *testing.T) {
 			}
 		})
 	}
-	if n := humanLiveMats(); n > 0 {
+	if n := mats.Live(); n > 0 {
 		t.Errorf("%d gocv Mats left open", n)
 	}
 }

@@ -19,7 +19,6 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/periocular/atm-agent/internal/redact"
-
 	"github.com/periocular/atm-agent/sync/wire"
 )
 

@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/periocular/atm-agent/internal/cli"
-	"github.com/periocular/atm-agent/internal/testenv"
 )
 
 // TestMain lets the test binary act as the CLI when re-executed with
@@ -32,5 +31,3 @@ func runCLI(t *testing.T, args ...string) (int, string, string) {
 	code := runMain(context.Background(), args, &out, &errb)
 	return code, out.String(), errb.String()
 }
-
-func builtModels(t *testing.T) string { t.Helper(); return testenv.ModelsDir(t) }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/periocular/atm-agent/internal/testenv"
 	"github.com/periocular/atm-agent/models"
 )
 
@@ -42,7 +43,7 @@ func copyModels(t *testing.T, src string, names ...string) (string, *models.Mani
 
 func TestModelsVerify(t *testing.T) {
 	t.Setenv("ATM_AGENT_AS_CLI", "1")
-	src := builtModels(t)
+	src := testenv.ModelsDir(t)
 	dir, man := copyModels(t, src, "faceapi-tiny", "faceapi-landmarks68")
 
 	code, out, errs := runCLI(t, "models", "verify", "--dir", dir)
@@ -90,7 +91,7 @@ func TestModelsVerify(t *testing.T) {
 // must cost the child process, not the verifier.
 func TestModelsVerifySurvivesOpenCVAbort(t *testing.T) {
 	t.Setenv("ATM_AGENT_AS_CLI", "1")
-	src := builtModels(t)
+	src := testenv.ModelsDir(t)
 	dir, man := copyModels(t, src, "faceapi-tiny")
 	bad := filepath.Join(dir, man.Models[0].File)
 	junk := []byte("\x08\x07\x12\x04junk this is not an onnx graph \xff\xff\xff\xff")

@@ -1,4 +1,8 @@
-package camera
+// Package cvcam is the camera's gocv driver: V4L2 devices, streams, video
+// files and image directories opened through OpenCV. The supervisor
+// (reopen, backoff, stall watchdog, bursts) is hal/camera, pure Go; the
+// daemon passes Open to it with camera.WithOpener.
+package cvcam
 
 import (
 	"errors"
@@ -12,19 +16,20 @@ import (
 	"gocv.io/x/gocv"
 
 	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/internal/imagecheck"
 	"github.com/periocular/atm-agent/internal/redact"
 )
 
-// OpenCV opens cfg's source with gocv: V4L2 for devices (path or index, with
+// Open opens cfg's source with gocv: V4L2 for devices (path or index, with
 // the driver buffer reduced to one frame where supported), OpenCV's default
 // backend for streams and files, and vision.DecodeImage for image
 // directories.
-func OpenCV(cfg Config) (Device, error) {
-	switch kind := ResolveKind(cfg); kind {
-	case KindImages:
+func Open(cfg camera.Config) (camera.Device, error) {
+	switch kind := camera.ResolveKind(cfg); kind {
+	case camera.KindImages:
 		return openImages(cfg)
-	case KindDevice, KindStream, KindFile:
+	case camera.KindDevice, camera.KindStream, camera.KindFile:
 		return openCapture(cfg, kind)
 	default:
 		return nil, fmt.Errorf("open camera %q: unknown kind %q", redact.URL(cfg.Source), kind)
@@ -39,13 +44,13 @@ type captureDevice struct {
 	loop bool
 }
 
-func openCapture(cfg Config, kind string) (Device, error) {
+func openCapture(cfg camera.Config, kind string) (camera.Device, error) {
 	var (
 		vc  *gocv.VideoCapture
 		err error
 	)
 	switch kind {
-	case KindDevice:
+	case camera.KindDevice:
 		if idx, aerr := strconv.Atoi(cfg.Source); aerr == nil {
 			vc, err = gocv.VideoCaptureDeviceWithAPI(idx, gocv.VideoCaptureV4L2)
 		} else {
@@ -54,7 +59,7 @@ func openCapture(cfg Config, kind string) (Device, error) {
 			}
 			vc, err = gocv.VideoCaptureFileWithAPI(cfg.Source, gocv.VideoCaptureV4L2)
 		}
-	case KindFile:
+	case camera.KindFile:
 		if _, serr := os.Stat(cfg.Source); serr != nil {
 			return nil, fmt.Errorf("open camera %q: %w", cfg.Source, serr)
 		}
@@ -71,7 +76,7 @@ func openCapture(cfg Config, kind string) (Device, error) {
 		}
 		return nil, redact.Error(fmt.Errorf("open camera %q (%s): %w", redact.URL(cfg.Source), kind, err), cfg.Source)
 	}
-	if kind == KindDevice || kind == KindStream {
+	if kind == camera.KindDevice || kind == camera.KindStream {
 		if cfg.Width > 0 && cfg.Height > 0 {
 			vc.Set(gocv.VideoCaptureFrameWidth, float64(cfg.Width))
 			vc.Set(gocv.VideoCaptureFrameHeight, float64(cfg.Height))
@@ -85,17 +90,17 @@ func openCapture(cfg Config, kind string) (Device, error) {
 	return &captureDevice{vc: vc, mat: gocv.NewMat(), conv: gocv.NewMat(), kind: kind, loop: cfg.Loop}, nil
 }
 
-func (d *captureDevice) Read() (Frame, error) {
+func (d *captureDevice) Read() (camera.Frame, error) {
 	ok := d.vc.Read(&d.mat)
-	if (!ok || d.mat.Empty()) && d.kind == KindFile {
+	if (!ok || d.mat.Empty()) && d.kind == camera.KindFile {
 		if !d.loop {
-			return Frame{}, ErrEndOfStream
+			return camera.Frame{}, camera.ErrEndOfStream
 		}
 		d.vc.Set(gocv.VideoCapturePosFrames, 0)
 		ok = d.vc.Read(&d.mat)
 	}
 	if !ok || d.mat.Empty() {
-		return Frame{}, errors.New("read frame: no frame from device")
+		return camera.Frame{}, errors.New("read frame: no frame from device")
 	}
 	return toFrame(d.mat, &d.conv)
 }
@@ -111,8 +116,8 @@ func (d *captureDevice) Close() error {
 	return d.vc.Close()
 }
 
-// toFrame copies m into a Frame, converting grey and BGRA to BGR via conv.
-func toFrame(m gocv.Mat, conv *gocv.Mat) (Frame, error) {
+// toFrame copies m into a camera.Frame, converting grey and BGRA to BGR via conv.
+func toFrame(m gocv.Mat, conv *gocv.Mat) (camera.Frame, error) {
 	src := m
 	switch m.Type() {
 	case gocv.MatTypeCV8UC3:
@@ -123,14 +128,14 @@ func toFrame(m gocv.Mat, conv *gocv.Mat) (Frame, error) {
 		gocv.CvtColor(m, conv, gocv.ColorBGRAToBGR)
 		src = *conv
 	default:
-		return Frame{}, fmt.Errorf("read frame: unsupported pixel type %v", m.Type())
+		return camera.Frame{}, fmt.Errorf("read frame: unsupported pixel type %v", m.Type())
 	}
 	w, h := src.Cols(), src.Rows()
 	b := src.ToBytes() // a copy in Go memory
 	if len(b) != w*h*3 {
-		return Frame{}, fmt.Errorf("read frame: %d bytes for %dx%d BGR", len(b), w, h)
+		return camera.Frame{}, fmt.Errorf("read frame: %d bytes for %dx%d BGR", len(b), w, h)
 	}
-	return Frame{W: w, H: h, BGR: b}, nil
+	return camera.Frame{W: w, H: h, BGR: b}, nil
 }
 
 type imageDevice struct {
@@ -140,7 +145,7 @@ type imageDevice struct {
 	conv  gocv.Mat
 }
 
-func openImages(cfg Config) (Device, error) {
+func openImages(cfg camera.Config) (camera.Device, error) {
 	ents, err := os.ReadDir(cfg.Source)
 	if err != nil {
 		return nil, fmt.Errorf("open image directory %q: %w", cfg.Source, err)
@@ -164,7 +169,7 @@ func openImages(cfg Config) (Device, error) {
 func (d *imageDevice) advance() error {
 	if d.next >= len(d.files) {
 		if !d.loop {
-			return ErrEndOfStream
+			return camera.ErrEndOfStream
 		}
 		d.next = 0
 	}
@@ -172,9 +177,9 @@ func (d *imageDevice) advance() error {
 	return nil
 }
 
-func (d *imageDevice) Read() (Frame, error) {
+func (d *imageDevice) Read() (camera.Frame, error) {
 	if err := d.advance(); err != nil {
-		return Frame{}, err
+		return camera.Frame{}, err
 	}
 	name := d.files[d.next-1]
 	// The same guards as the batch job: size and header checked before any
@@ -182,11 +187,11 @@ func (d *imageDevice) Read() (Frame, error) {
 	// folder costs one failed read, not the daemon).
 	data, _, err := imagecheck.ReadFile(name, imagecheck.Limits{})
 	if err != nil {
-		return Frame{}, fmt.Errorf("read image %q: %w", name, err)
+		return camera.Frame{}, fmt.Errorf("read image %q: %w", name, err)
 	}
 	m, err := vision.DecodeImage(data, imagecheck.Limits{})
 	if err != nil {
-		return Frame{}, fmt.Errorf("read image %q: %w", name, err)
+		return camera.Frame{}, fmt.Errorf("read image %q: %w", name, err)
 	}
 	defer m.Close()
 	return toFrame(m, &d.conv)

@@ -1,4 +1,4 @@
-package camera
+package cvcam
 
 import (
 	"errors"
@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	. "github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/internal/imagecheck"
 	"github.com/periocular/atm-agent/internal/imagecheck/crafted"
 )
@@ -28,7 +29,7 @@ func TestReplayHostileFrames(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	d, err := OpenCV(Config{Source: dir})
+	d, err := Open(Config{Source: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,0 @@
-//go:build !matprofile
-
-package vision
-
-const matProfiled = false
-
-func liveMats() int { return 0 }

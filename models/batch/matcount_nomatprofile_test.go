@@ -1,7 +1,0 @@
-//go:build !matprofile
-
-package batch
-
-const matProfiled = false
-
-func liveMats() int { return 0 }
