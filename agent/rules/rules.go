@@ -278,6 +278,8 @@ func (e *Engine) Evaluate(ctx context.Context, now time.Time, v visit.Visit, h H
 			Rule:        r.Name,
 			Kind:        string(r.Kind),
 			IdentityID:  sc.identity,
+			VisitID:     v.ID,
+			TxnID:       v.Context.TxnID,
 			Window:      r.Window.String(),
 			WindowStart: start,
 			Count:       count,

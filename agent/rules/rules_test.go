@@ -141,7 +141,7 @@ func simulate(t *testing.T, rs []rules.Rule, evs []ev) ([]string, []visit.Alert)
 	var all []visit.Alert
 	for i, x := range evs {
 		v := visit.Visit{ID: fmt.Sprint("v", i), Time: t0.Add(x.at), IdentityID: x.identity,
-			Context: visit.Context{CardHash: x.card}, Descriptor: visit.Descriptor{Outcome: x.outcome}}
+			Context: visit.Context{CardHash: x.card, TxnID: fmt.Sprint("T-", i)}, Descriptor: visit.Descriptor{Outcome: x.outcome}}
 		as, err := e.Evaluate(context.Background(), v.Time, v, h)
 		if err != nil {
 			t.Fatal(err)
@@ -227,7 +227,9 @@ func TestAlertFields(t *testing.T) {
 	}
 	a := as[0]
 	want := visit.Alert{
-		ID: rules.AlertID("v3", "A", t0), Rule: "v3", Kind: "visits", IdentityID: "A", Window: "1h0m0s",
+		ID: rules.AlertID("v3", "A", t0), Rule: "v3", Kind: "visits", IdentityID: "A",
+		VisitID: "v2", TxnID: "T-2", // the third visit raised it
+		Window:      "1h0m0s",
 		WindowStart: t0, Count: 3, Threshold: 3, FirstSeen: t0.Add(5 * time.Minute),
 		LastSeen: t0.Add(25 * time.Minute), Raised: t0.Add(25 * time.Minute),
 	}

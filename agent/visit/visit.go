@@ -115,7 +115,9 @@ type Alert struct {
 	Rule        string    `json:"rule"`
 	Kind        string    `json:"kind"` // "visits", "distinct_cards", "faceless"
 	IdentityID  string    `json:"identity_id,omitempty"`
-	Window      string    `json:"window"` // rule window as a duration, e.g. "24h0m0s"
+	VisitID     string    `json:"visit_id,omitempty"` // the visit whose evaluation raised it
+	TxnID       string    `json:"txn_id,omitempty"`   // that visit's transaction id, if the ATM gave one
+	Window      string    `json:"window"`             // rule window as a duration, e.g. "24h0m0s"
 	WindowStart time.Time `json:"window_start"`
 	Count       int       `json:"count"`
 	Threshold   int       `json:"threshold"`

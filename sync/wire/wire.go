@@ -123,10 +123,14 @@ type Summary struct {
 // Alert is one raised alert, published once (at least once on the wire).
 type Alert struct {
 	Envelope
-	AlertID     string    `json:"alert_id"`
-	Rule        string    `json:"rule"`
-	Kind        string    `json:"kind"`
-	IdentityID  string    `json:"identity_id,omitempty"`
+	AlertID    string `json:"alert_id"`
+	Rule       string `json:"rule"`
+	Kind       string `json:"kind"`
+	IdentityID string `json:"identity_id,omitempty"`
+	// VisitID and TxnID name the visit that raised the alert and its
+	// transaction (optional fields, added within schema version 1).
+	VisitID     string    `json:"visit_id,omitempty"`
+	TxnID       string    `json:"txn_id,omitempty"`
 	Window      string    `json:"window"`
 	WindowStart time.Time `json:"window_start"`
 	Count       int       `json:"count"`
@@ -144,6 +148,8 @@ func NewAlert(env Envelope, a visit.Alert) Alert {
 		Rule:        a.Rule,
 		Kind:        a.Kind,
 		IdentityID:  a.IdentityID,
+		VisitID:     a.VisitID,
+		TxnID:       a.TxnID,
 		Window:      a.Window,
 		WindowStart: a.WindowStart.UTC(),
 		Count:       a.Count,

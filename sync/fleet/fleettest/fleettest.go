@@ -393,7 +393,8 @@ func (a *Agent) Alert(t testing.TB, rule, identity string, count int) string {
 	id := fmt.Sprintf("a-%s-%s-%d", rule, identity, now.UnixNano())
 	al := wire.NewAlert(wire.NewEnvelope(a.Site, a.Device, now), visit.Alert{ID: id, Rule: rule, Kind: "visits",
 		IdentityID: identity, Window: "24h0m0s", WindowStart: now.Add(-24 * time.Hour), Count: count, Threshold: 5,
-		FirstSeen: now.Add(-time.Hour), LastSeen: now, Raised: now})
+		FirstSeen: now.Add(-time.Hour), LastSeen: now, Raised: now,
+		VisitID: fmt.Sprintf("%x", now.UnixNano()), TxnID: fmt.Sprintf("T-%d", now.UnixNano()%1000000)})
 	a.Enqueue(t, wire.KindAlert, al)
 	return id
 }

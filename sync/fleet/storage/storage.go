@@ -149,14 +149,17 @@ func (k AlertKey) String() string { return k.Site + "/" + k.Device + "/" + k.Ale
 type Alert struct {
 	AlertKey
 	Rule, Kind, IdentityID, Window string
-	WindowStart                    time.Time
-	Count, Threshold               int
-	FirstSeen, LastSeen, Raised    time.Time
-	MessageID                      string // of the first message that raised it
-	Seq                            uint64
-	Historical                     bool
-	Received                       time.Time
-	Raises                         int // distinct messages carrying this alert id
+	// VisitID and TxnID: the visit that first raised it and its
+	// transaction id, when the agent sent them.
+	VisitID, TxnID              string
+	WindowStart                 time.Time
+	Count, Threshold            int
+	FirstSeen, LastSeen, Raised time.Time
+	MessageID                   string // of the first message that raised it
+	Seq                         uint64
+	Historical                  bool
+	Received                    time.Time
+	Raises                      int // distinct messages carrying this alert id
 
 	State                    AlertState
 	AckBy, AckNote           string

@@ -205,8 +205,8 @@ func TestBrowserLiveAlertAndAck(t *testing.T) {
 		chromedp.WaitVisible(css(sel+`.acknowledged`)),
 	)
 	row := get(chromedp.Text(css(sel)))
-	if !strings.Contains(row, "ack ana") || !strings.Contains(row, "called the branch") {
-		t.Errorf("acknowledged row: %q", row)
+	if !strings.Contains(row, "ack ana") || !strings.Contains(row, "called the branch") || !strings.Contains(row, "txn T-") {
+		t.Errorf("acknowledged row (with the visit's transaction id): %q", row)
 	}
 	do("device and identity pages",
 		chromedp.Navigate(base+"/devices/lyon-07/atm-0042"),

@@ -525,7 +525,7 @@ func (s *Server) alertsCSV(w http.ResponseWriter, r *http.Request) {
 	cw := csv.NewWriter(w)
 	_ = cw.Write([]string{"raised", "site", "device", "alert_id", "rule", "kind", "identity_id", "window", "count", "threshold",
 		"first_seen", "last_seen", "message_id", "seq", "historical", "state", "ack_by", "ack_at", "ack_note",
-		"resolved_by", "resolved_at", "resolved_note"})
+		"resolved_by", "resolved_at", "resolved_note", "visit_id", "txn_id"})
 	tf := func(t time.Time) string {
 		if t.IsZero() {
 			return ""
@@ -536,7 +536,7 @@ func (s *Server) alertsCSV(w http.ResponseWriter, r *http.Request) {
 		_ = cw.Write([]string{tf(a.Raised), a.Site, a.Device, a.AlertID, a.Rule, a.Kind, a.IdentityID, a.Window,
 			strconv.Itoa(a.Count), strconv.Itoa(a.Threshold), tf(a.FirstSeen), tf(a.LastSeen), a.MessageID,
 			strconv.FormatUint(a.Seq, 10), strconv.FormatBool(a.Historical), string(a.State), a.AckBy, tf(a.AckAt),
-			csvSafe(a.AckNote), a.ResolvedBy, tf(a.ResolvedAt), csvSafe(a.ResolvedNote)})
+			csvSafe(a.AckNote), a.ResolvedBy, tf(a.ResolvedAt), csvSafe(a.ResolvedNote), a.VisitID, csvSafe(a.TxnID)})
 	}
 	cw.Flush()
 }

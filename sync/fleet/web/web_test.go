@@ -269,7 +269,7 @@ func TestPagesAPIAndEvents(t *testing.T) {
 		t.Errorf("missing device: %d", r.StatusCode)
 	}
 	_, body = c.get("/alerts?identity=p-1")
-	if !strings.Contains(body, "a-1") || !strings.Contains(body, "4-aatm-1") {
+	if !strings.Contains(body, "a-1") || !strings.Contains(body, "4-aatm-1") || !strings.Contains(body, "txn T 4") {
 		t.Error("alerts page lacks the alert or its message id")
 	}
 	r, body := c.get("/alerts.csv?site=lyon-07")
@@ -277,7 +277,7 @@ func TestPagesAPIAndEvents(t *testing.T) {
 		t.Errorf("csv content type %q", ct)
 	}
 	recs, err := csv.NewReader(strings.NewReader(body)).ReadAll()
-	if err != nil || len(recs) != 2 || recs[1][3] != "a-1" || recs[1][6] != "p-1" || recs[1][8] != "7" {
+	if err != nil || len(recs) != 2 || recs[1][3] != "a-1" || recs[1][6] != "p-1" || recs[1][8] != "7" || recs[1][22] != "v4" || recs[1][23] != "T 4" {
 		t.Errorf("csv = %v, %v", recs, err)
 	}
 	var devs []apiDevice

@@ -205,7 +205,8 @@ func MergeAlert(old *storage.Alert, m storage.Message) storage.Alert {
 	a := m.Alert
 	if old == nil {
 		return storage.Alert{AlertKey: storage.AlertKey{Site: m.Site, Device: m.Device, AlertID: a.AlertID},
-			Rule: a.Rule, Kind: a.Kind, IdentityID: a.IdentityID, Window: a.Window, WindowStart: a.WindowStart.UTC(),
+			Rule: a.Rule, Kind: a.Kind, IdentityID: a.IdentityID, VisitID: a.VisitID, TxnID: a.TxnID,
+			Window: a.Window, WindowStart: a.WindowStart.UTC(),
 			Count: a.Count, Threshold: a.Threshold, FirstSeen: a.FirstSeen.UTC(), LastSeen: a.LastSeen.UTC(),
 			Raised: a.Raised.UTC(), MessageID: m.MessageID, Seq: m.Seq, Historical: m.Historical,
 			Received: m.Received.UTC(), Raises: 1, State: storage.AlertOpen}

@@ -60,6 +60,8 @@ var schema = []string{
 		ack_by text NOT NULL DEFAULT '', ack_note text NOT NULL DEFAULT '', ack_at timestamptz,
 		resolved_by text NOT NULL DEFAULT '', resolved_note text NOT NULL DEFAULT '', resolved_at timestamptz,
 		PRIMARY KEY (site, device, alert_id))`,
+	`ALTER TABLE atm_fleet_alerts ADD COLUMN IF NOT EXISTS visit_id text NOT NULL DEFAULT ''`,
+	`ALTER TABLE atm_fleet_alerts ADD COLUMN IF NOT EXISTS txn_id text NOT NULL DEFAULT ''`,
 	`CREATE INDEX IF NOT EXISTS atm_fleet_alerts_raised ON atm_fleet_alerts (raised DESC)`,
 	`CREATE TABLE IF NOT EXISTS atm_fleet_summaries (
 		site text NOT NULL, device text NOT NULL, seq bigint NOT NULL, ts timestamptz NOT NULL,
@@ -142,7 +144,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 		}
 		for _, q := range schema {
 			if _, err := tx.Exec(ctx, q); err != nil {
-				return fmt.Errorf("migrate: %s: %w", strings.Fields(q)[5], err)
+				return fmt.Errorf("migrate: %.60s: %w", q, err)
 			}
 		}
 		var v string
@@ -357,12 +359,13 @@ func applyOne(ctx context.Context, tx pgx.Tx, m storage.Message) (bool, error) {
 	case m.Alert != nil:
 		a := m.Alert
 		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_alerts AS a (site, device, alert_id, rule, kind, identity_id, win,
-			window_start, count, threshold, first_seen, last_seen, raised, message_id, seq, historical, received, raises, state)
-			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,1,'open')
+			window_start, count, threshold, first_seen, last_seen, raised, message_id, seq, historical, received, raises, state, visit_id, txn_id)
+			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,1,'open',$18,$19)
 			ON CONFLICT (site, device, alert_id) DO UPDATE SET
 				raises = a.raises + 1, count = GREATEST(a.count, EXCLUDED.count), last_seen = GREATEST(a.last_seen, EXCLUDED.last_seen)`,
 			m.Site, m.Device, a.AlertID, a.Rule, a.Kind, a.IdentityID, a.Window, a.WindowStart.UTC(), a.Count, a.Threshold,
-			a.FirstSeen.UTC(), a.LastSeen.UTC(), a.Raised.UTC(), m.MessageID, seq, m.Historical, m.Received.UTC()); err != nil {
+			a.FirstSeen.UTC(), a.LastSeen.UTC(), a.Raised.UTC(), m.MessageID, seq, m.Historical, m.Received.UTC(),
+			a.VisitID, a.TxnID); err != nil {
 			return false, err
 		}
 	}
@@ -475,7 +478,8 @@ func (s *Store) Device(ctx context.Context, site, device string) (storage.Device
 }
 
 const alertCols = `site, device, alert_id, rule, kind, identity_id, win, window_start, count, threshold, first_seen, last_seen,
-	raised, message_id, seq, historical, received, raises, state, ack_by, ack_note, ack_at, resolved_by, resolved_note, resolved_at`
+	raised, message_id, seq, historical, received, raises, state, ack_by, ack_note, ack_at, resolved_by, resolved_note, resolved_at,
+	visit_id, txn_id`
 
 func scanAlert(row pgx.Row) (storage.Alert, error) {
 	var a storage.Alert
@@ -484,7 +488,7 @@ func scanAlert(row pgx.Row) (storage.Alert, error) {
 	var ackAt, resAt *time.Time
 	err := row.Scan(&a.Site, &a.Device, &a.AlertID, &a.Rule, &a.Kind, &a.IdentityID, &a.Window, &a.WindowStart, &a.Count,
 		&a.Threshold, &a.FirstSeen, &a.LastSeen, &a.Raised, &a.MessageID, &seq, &a.Historical, &a.Received, &a.Raises,
-		&state, &a.AckBy, &a.AckNote, &ackAt, &a.ResolvedBy, &a.ResolvedNote, &resAt)
+		&state, &a.AckBy, &a.AckNote, &ackAt, &a.ResolvedBy, &a.ResolvedNote, &resAt, &a.VisitID, &a.TxnID)
 	if err != nil {
 		return a, err
 	}

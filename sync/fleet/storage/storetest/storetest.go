@@ -34,7 +34,7 @@ func Summary(site, device string, seq uint64, ts time.Time, visits1h int, ids ..
 func Alert(site, device string, seq uint64, ts time.Time, alertID, identity string, count int) storage.Message {
 	a := &wire.Alert{Envelope: wire.NewEnvelope(site, device, ts), AlertID: alertID, Rule: "many-visits-24h", Kind: "visits",
 		IdentityID: identity, Window: "24h0m0s", WindowStart: ts.Add(-24 * time.Hour), Count: count, Threshold: 5,
-		FirstSeen: ts.Add(-time.Hour), LastSeen: ts, Raised: ts}
+		FirstSeen: ts.Add(-time.Hour), LastSeen: ts, Raised: ts, VisitID: fmt.Sprintf("v%d", seq), TxnID: fmt.Sprintf("T %d", seq)}
 	a.Seq, a.MessageID = seq, fmt.Sprintf("%d-a%s", seq, device)
 	return storage.Message{Site: site, Device: device, Kind: wire.KindAlert, MessageID: a.MessageID, Seq: seq,
 		TS: ts, Received: ts.Add(time.Second), Alert: a}
@@ -144,7 +144,8 @@ func alertWorkflow(t *testing.T, s storage.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Count != 8 || a.Raises != 2 || a.State != storage.AlertOpen || a.MessageID != m.MessageID || a.IdentityID != "p-2" {
+	if a.Count != 8 || a.Raises != 2 || a.State != storage.AlertOpen || a.MessageID != m.MessageID || a.IdentityID != "p-2" ||
+		a.VisitID != "v3" || a.TxnID != "T 3" {
 		t.Errorf("alert = %+v", a)
 	}
 	if _, err := s.Alert(c, storage.AlertKey{Site: "x", Device: "y", AlertID: "z"}); !errors.Is(err, storage.ErrNotFound) {
