@@ -30,6 +30,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/periocular/atm-agent/internal/redact"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -230,6 +231,13 @@ func New(cfg Config, st storage.Store, log *slog.Logger) (*Ingester, error) {
 	// default handler takes them too.
 	o.SetDefaultPublishHandler(in.handle)
 	o.SetOnConnectHandler(in.onConnect)
+	o.SetConnectionNotificationHandler(func(_ mqtt.Client, n mqtt.ConnectionNotification) {
+		// With ConnectRetry the connect token completes only once
+		// connected: failures (TLS, refused, auth) arrive here.
+		if f, ok := n.(mqtt.ConnectionNotificationBrokerFailed); ok {
+			in.setErr(fmt.Errorf("connect %s: %w", redact.URL(f.Broker.String()), f.Reason))
+		}
+	})
 	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		in.connected.Store(false)
 		in.setErr(fmt.Errorf("connection lost: %w", err))

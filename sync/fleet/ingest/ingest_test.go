@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -285,5 +286,56 @@ func TestConfigValidate(t *testing.T) {
 	f := ok.Filters()
 	if f["$share/fleet/atm/+/+/alert"] != 1 || f["atm/+/+/status"] != 1 || len(f) != 3 {
 		t.Errorf("filters = %v", f)
+	}
+}
+
+// The broker connection over mutual TLS: the right CA and client
+// certificate ingest; a wrong CA says why and ingests nothing.
+func TestIngestTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, caKey := fleettest.MakeCert(t, dir, "ca", nil, nil, true, x509.ExtKeyUsageAny)
+	fleettest.MakeCert(t, dir, "server", ca, caKey, false, x509.ExtKeyUsageServerAuth)
+	fleettest.MakeCert(t, dir, "client", ca, caKey, false, x509.ExtKeyUsageClientAuth)
+	fleettest.MakeCert(t, dir, "otherca", nil, nil, true, x509.ExtKeyUsageAny)
+	tlsPort := fleettest.FreePort(t)
+	m := fleettest.StartMosquitto(t, fmt.Sprintf("listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\nrequire_certificate true\n",
+		tlsPort, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")))
+	tlsURL := fmt.Sprintf("ssl://127.0.0.1:%d", tlsPort)
+	run := func(clientID string, tc TLSConfig) (*Ingester, *boltstore.Store, func()) {
+		st := openBolt(t, filepath.Join(dir, clientID+".db"))
+		cfg := DefaultConfig()
+		cfg.Brokers, cfg.Prefix, cfg.ClientID, cfg.TLS = []string{tlsURL}, prefix, clientID, tc
+		cfg.ReconnectBackoffMax, cfg.ConnectTimeout, cfg.KeepAlive = 500*time.Millisecond, 2*time.Second, 2*time.Second
+		in, err := New(cfg, st, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); in.Run(ctx) }()
+		return in, st, func() { cancel(); <-done; st.Close() }
+	}
+	good := TLSConfig{CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(dir, "client.pem"), KeyFile: filepath.Join(dir, "client.key")}
+	in, st, stop := run("fleet-tls", good)
+	defer stop()
+	bad := good
+	bad.CAFile = filepath.Join(dir, "otherca.pem")
+	inBad, _, stopBad := run("fleet-tls-wrong-ca", bad)
+	defer stopBad()
+	fleettest.WaitFor(t, 10*time.Second, "TLS subscription", func() bool { return in.Stats().Connected })
+	a := fleettest.StartAgent(t, m.URL(), prefix, "lyon-07", "atm-1") // the agent on the plain listener
+	a.Summary(t, 2, "p-1")
+	fleettest.WaitFor(t, 10*time.Second, "summary over TLS", func() bool { return device(t, st, "lyon-07", "atm-1").MaxSeq == 1 })
+	fleettest.WaitFor(t, 10*time.Second, "the wrong CA reported", func() bool {
+		return strings.Contains(inBad.Stats().LastError, "unknown authority")
+	})
+	if s := inBad.Stats(); s.Connected || s.Applied != 0 || s.Statuses != 0 {
+		t.Errorf("wrong CA: %+v", s)
+	}
+	t.Logf("wrong CA: %s", inBad.Stats().LastError)
+	if _, err := New(Config{Brokers: []string{tlsURL}, Prefix: "atm", ClientID: "x", Batch: 1, BatchWait: time.Millisecond, MaxPayload: 4096,
+		KeepAlive: time.Second, ConnectTimeout: time.Second, ReconnectBackoffMax: time.Second,
+		TLS: TLSConfig{CAFile: filepath.Join(dir, "missing.pem")}}, st, nil); err == nil || !strings.Contains(err.Error(), "ca_file") {
+		t.Errorf("missing CA file: %v", err)
 	}
 }
