@@ -1,6 +1,8 @@
 package vision
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -8,7 +10,7 @@ import (
 	"github.com/periocular/atm-agent/models"
 )
 
-// ProjectionHead is the JSON form of a learned projection applied to every
+// ProjectionHead is a learned projection applied to every
 // raw template, the result renormalised. Either K orthonormal directions are
 // removed (nuisance-attribute projection: x - U U^T x), or a linear map is
 // applied (W (x - Mean), e.g. NAP composed with PCA and within-class
@@ -34,14 +36,14 @@ func loadProjection(dir string, md *models.Model) (*ProjectionHead, error) {
 	if err != nil {
 		return nil, err
 	}
-	var p ProjectionHead
-	if err := json.Unmarshal(b, &p); err != nil {
+	p, err := DecodeProjection(b)
+	if err != nil {
 		return nil, fmt.Errorf("projection %s: %w", file, err)
 	}
 	if err := p.check(md); err != nil {
 		return nil, fmt.Errorf("projection %s: %w", file, err)
 	}
-	return &p, nil
+	return p, nil
 }
 
 func (p *ProjectionHead) check(md *models.Model) error {
@@ -137,5 +139,17 @@ func templateShape(md *models.Model, p *ProjectionHead) (dim int, model string) 
 	if d := p.OutDim(); d > 0 {
 		dim = d
 	}
-	return dim, model + "+" + md.Projection.SHA256[:12]
+	return dim, model + "+" + p.ContentSHA256()[:12]
+}
+
+// ContentSHA256 identifies the head by its values, not its file: the
+// sha256 of its JSON form, which is the checksum the JSON files had, so
+// templates tagged before heads were stored as float32 binary still match.
+func (p *ProjectionHead) ContentSHA256() string {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return "unencodable"
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }

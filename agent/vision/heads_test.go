@@ -1,9 +1,14 @@
 package vision
 
 import (
+	"bytes"
+	"encoding/json"
 	"math"
+	"os"
+	"reflect"
 	"testing"
 
+	"github.com/periocular/atm-agent/internal/testenv"
 	"github.com/periocular/atm-agent/models"
 )
 
@@ -42,5 +47,67 @@ func TestProjectionHeadLinear(t *testing.T) {
 	z := []float32{0.6, 0.8, 0, 0}
 	if got := n.Apply(z); len(got) != 4 || got[0] != 0 || math.Abs(float64(got[1]-1)) > 1e-6 || n.OutDim() != 0 {
 		t.Errorf("NAP Apply = %v", got)
+	}
+}
+
+// The binary form round-trips exactly; the JSON form still reads; damaged
+// files are refused with a reason.
+func TestProjectionHeadFile(t *testing.T) {
+	lin := &ProjectionHead{Embedder: "e", Trained: "t", Mean: []float32{0.5, -1e-7, 3, 0},
+		W: [][]float32{{1, 0, 0, 0}, {0, 2.5, 0, 1e30}}}
+	nap := &ProjectionHead{Embedder: "e", U: [][]float32{{0.6, 0.8, 0, 0}}}
+	for name, p := range map[string]*ProjectionHead{"linear": lin, "nap": nap} {
+		b, err := EncodeProjection(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeProjection(b)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !reflect.DeepEqual(got, p) {
+			t.Errorf("%s: round trip %+v, want %+v", name, got, p)
+		}
+		j, _ := json.Marshal(p)
+		if got, err := DecodeProjection(j); err != nil || !reflect.DeepEqual(got, p) {
+			t.Errorf("%s: JSON form %+v %v", name, got, err)
+		}
+		for what, bad := range map[string][]byte{
+			"truncated":  b[:len(b)-1],
+			"extra":      append(append([]byte{}, b...), 0),
+			"no magic":   b[1:],
+			"short":      b[:10],
+			"empty":      nil,
+			"huge count": bytes.Replace(b, []byte(`"mean":`), []byte(`"mean":9999999999,"x":`), 1),
+		} {
+			if _, err := DecodeProjection(bad); err == nil {
+				t.Errorf("%s: %s file accepted", name, what)
+			}
+		}
+	}
+	if _, err := EncodeProjection(&ProjectionHead{W: [][]float32{{1, 2}, {3}}}); err == nil {
+		t.Error("ragged W encoded")
+	}
+}
+
+// The template tag comes from the head's values: the shipped binary heads
+// give the checksums their JSON files had, so templates stored before the
+// switch to float32 files still match the running model.
+func TestHeadTagSurvivesBinaryForm(t *testing.T) {
+	for file, jsonSHA := range map[string]string{
+		"faceres-linear384.f32":    "0b29cec1f10bdb78baa978d271108485f71603ebe1ecc11dbe50c40c20b8f867",
+		"faceplugin-linear256.f32": "c6ec33b42940f1fac6161e23347465b34e2304714bd3e04352d3c9da80fa74dd",
+	} {
+		b, err := os.ReadFile(testenv.Path("models", "heads", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := DecodeProjection(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.ContentSHA256(); got != jsonSHA {
+			t.Errorf("%s: content sha256 %s, want the JSON file's %s", file, got, jsonSHA)
+		}
 	}
 }

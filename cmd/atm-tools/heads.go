@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/internal/cli"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/models/eval"
@@ -104,17 +105,25 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 	if !ok {
 		return fmt.Errorf("%s has no model %s", *manifest, embedder)
 	}
-	md.MaskHead, err = writeHead(headsDir, embedder+"-mask.json", mc, trained)
+	mb, err := json.Marshal(mc)
+	if err != nil {
+		return err
+	}
+	md.MaskHead, err = writeHead(headsDir, embedder+"-mask.json", mb, trained)
 	if err != nil {
 		return err
 	}
 	md.Projection = nil
 	if proj != nil {
-		name := fmt.Sprintf("%s-nap%d.json", embedder, len(proj.U))
+		name := fmt.Sprintf("%s-nap%d.f32", embedder, len(proj.U))
 		if len(proj.W) > 0 {
-			name = fmt.Sprintf("%s-linear%d.json", embedder, len(proj.W))
+			name = fmt.Sprintf("%s-linear%d.f32", embedder, len(proj.W))
 		}
-		if md.Projection, err = writeHead(headsDir, name, proj, trained); err != nil {
+		pb, err := vision.EncodeProjection(proj)
+		if err != nil {
+			return err
+		}
+		if md.Projection, err = writeHead(headsDir, name, pb, trained); err != nil {
 			return err
 		}
 	}
@@ -128,12 +137,8 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 	return nil
 }
 
-func writeHead(dir, name string, v any, provenance string) (*models.Head, error) {
+func writeHead(dir, name string, b []byte, provenance string) (*models.Head, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
 		return nil, err
 	}
 	file := filepath.Join(dir, name)

@@ -87,6 +87,9 @@ func TestModelsBuildSkipsUnreachableURLModel(t *testing.T) {
 	if !ok {
 		t.Fatal("faceplugin not in the repository manifest")
 	}
+	// The heads live beside the repository manifest, not this one: the
+	// test is about model sources.
+	fp.MaskHead, fp.Projection = nil, nil
 	remote := *fp
 	remote.Name, remote.File = "remote", "remote.onnx"
 	remote.Source = &models.Source{Package: "remote", Version: "c0ffee", Files: []string{"remote.onnx"}, Converter: "copy"}
