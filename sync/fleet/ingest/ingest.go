@@ -413,6 +413,13 @@ func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses 
 	// Each write is bounded; a hung database is retried, not waited on forever.
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	for len(statuses) > 0 {
+		if err := in.store.PutStatus(wctx, statuses[0]); err != nil {
+			return err
+		}
+		in.statuses.Add(1)
+		statuses = statuses[1:]
+	}
 	if len(msgs) > 0 {
 		fresh, err := in.store.Apply(wctx, msgs)
 		if err != nil {
@@ -426,13 +433,6 @@ func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses 
 			}
 		}
 		msgs = nil
-	}
-	for len(statuses) > 0 {
-		if err := in.store.PutStatus(wctx, statuses[0]); err != nil {
-			return err
-		}
-		in.statuses.Add(1)
-		statuses = statuses[1:]
 	}
 	for len(rejects) > 0 {
 		r := rejects[0]

@@ -87,7 +87,9 @@ func TestIngestMosquittoBolt(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		a2.Summary(t, i, "p-9")
 	}
-	fleettest.WaitFor(t, 10*time.Second, "7 messages applied", func() bool { return in.Stats().Applied == 7 })
+	fleettest.WaitFor(t, 10*time.Second, "7 messages applied and 2 statuses", func() bool {
+		return in.Stats().Applied == 7 && device(t, st, "lyon-07", "atm-1").State() == "online" && device(t, st, "paris-01", "atm-2").State() == "online"
+	})
 	d1 := device(t, st, "lyon-07", "atm-1")
 	if d1.State() != "online" || d1.MaxSeq != 3 || d1.Gaps() != 1 || d1.OpenAlerts != 1 || d1.Summary == nil {
 		t.Errorf("atm-1: state=%s max=%d gaps=%d open=%d", d1.State(), d1.MaxSeq, d1.Gaps(), d1.OpenAlerts)
