@@ -106,9 +106,6 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, *vision.Pro
 	if o.L2 == 0 {
 		o.L2 = 1e-3
 	}
-	if o.Ship != nil && o.Ship.Kind == "mlp" {
-		return nil, nil, nil, fmt.Errorf("ship %s: vision.ProjectionHead has no nonlinear form", o.Ship)
-	}
 	var all []tagged
 	for si, s := range sets {
 		for _, x := range s.Run.Samples {
@@ -155,9 +152,6 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, *vision.Pro
 
 	cache := &pcaCache{m: map[string]*learn.PCA{}}
 	for _, m := range append(slices.Clone(methods), ptrs(o.Ship)...) {
-		if m.Kind == "mlp" {
-			m = mlpBase
-		}
 		if len(m.P) > 0 {
 			cache.maxP = max(cache.maxP, slices.Max(m.P))
 		}
@@ -337,13 +331,6 @@ func (r *HeadsReport) Markdown(w io.Writer) {
 //	                          covariance shrunk towards the identity by a
 //	lda[:p=..][:a=..][:k=..]  WCCN, then the k most discriminant directions
 //	napK+wccn..., napK+lda... NAP first, then the above
-//	mlp[:h=..][:m=..][:e=..][:lr=..][:wd=..]
-//	                          nap4+wccn:p=384:a=0.7 plus a residual MLP
-//	                          (h hidden units, CosFace margin m, at most e
-//	                          epochs, Adam step lr, weight decay wd; see
-//	                          learn.FitMLP), epochs chosen by
-//	                          early stopping on an inner identity split;
-//	                          measured only, the agent has no such head
 //
 // Lists (p=128,256) are grids: the value is chosen on the training
 // identities only, by an inner two-fold identity split.
@@ -353,16 +340,7 @@ type Method struct {
 	P      []int
 	Shrink []float64
 	K      []int
-	// mlp
-	Hidden    int
-	Margin    float64
-	MaxEpochs int
-	LR, WD    float64
 }
-
-// mlpBase is the linear head the MLP's residual is added to: the shipped
-// projection.
-var mlpBase = Method{Kind: "wccn", NAPK: 4, P: []int{384}, Shrink: []float64{0.7}}
 
 // ParseMethod reads a method spec (see Method).
 func ParseMethod(spec string) (Method, error) {
@@ -386,31 +364,6 @@ func ParseMethod(spec string) (Method, error) {
 			m.Kind = "nap"
 			return m, nil
 		}
-	}
-	if head == "mlp" {
-		m = Method{Kind: "mlp", Hidden: 512, Margin: 0.25, MaxEpochs: 40, LR: 1e-3, WD: 0.05}
-		for _, opt := range parts[1:] {
-			key, v, _ := strings.Cut(opt, "=")
-			var err error
-			switch key {
-			case "h":
-				m.Hidden, err = strconv.Atoi(v)
-			case "e":
-				m.MaxEpochs, err = strconv.Atoi(v)
-			case "m":
-				m.Margin, err = strconv.ParseFloat(v, 64)
-			case "lr":
-				m.LR, err = strconv.ParseFloat(v, 64)
-			case "wd":
-				m.WD, err = strconv.ParseFloat(v, 64)
-			default:
-				return m, fmt.Errorf("method %q: unknown option %q", spec, opt)
-			}
-			if err != nil || m.Hidden <= 0 || m.MaxEpochs <= 0 || m.Margin < 0 || m.Margin >= 1 || m.LR <= 0 || m.WD < 0 {
-				return m, fmt.Errorf("method %q: option %q", spec, opt)
-			}
-		}
-		return m, nil
 	}
 	switch head {
 	case "wccn":
@@ -457,9 +410,6 @@ func ParseMethod(spec string) (Method, error) {
 }
 
 func (m Method) String() string {
-	if m.Kind == "mlp" {
-		return fmt.Sprintf("mlp:h=%d:m=%g:e=%d:lr=%g:wd=%g", m.Hidden, m.Margin, m.MaxEpochs, m.LR, m.WD)
-	}
 	if m.Kind == "nap" {
 		if m.NAPK == 0 {
 			return "raw"
@@ -533,7 +483,6 @@ type headFit struct {
 	apply func([]float32) []float32
 	nap   *learn.Projection // NAP alone
 	lin   *learn.Linear     // WCCN / LDA, NAP folded in
-	mlp   *learn.MLP
 	desc  string
 }
 
@@ -637,9 +586,6 @@ func (pr *prepared) head(c combo) (*headFit, error) {
 // identity split of train (salted hash, independent of the outer split),
 // scored by selectionScore.
 func (m Method) fit(train []tagged, nsets int, cache *pcaCache, key string) (*headFit, error) {
-	if m.Kind == "mlp" {
-		return m.fitMLP(train, nsets, cache, key)
-	}
 	grid := m.grid()
 	if len(grid) == 0 {
 		return nil, fmt.Errorf("empty grid")
