@@ -472,7 +472,7 @@ func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) {
 	}{s.base(r, "Fleet", "fleet"), shown, sites, site, sortBy, online, offline, open})
 }
 
-func filterOf(q url.Values) (storage.AlertFilter, string) {
+func filterOf(q url.Values, now time.Time) (storage.AlertFilter, string) {
 	f := storage.AlertFilter{Site: q.Get("site"), Device: q.Get("device"), Rule: q.Get("rule"), IdentityID: q.Get("identity")}
 	state := q.Get("state")
 	switch state {
@@ -483,7 +483,7 @@ func filterOf(q url.Values) (storage.AlertFilter, string) {
 		f.State = storage.AlertState(state)
 	}
 	if h, err := strconv.Atoi(q.Get("hours")); err == nil && h > 0 {
-		f.Since = time.Now().Add(-time.Duration(h) * time.Hour)
+		f.Since = now.Add(-time.Duration(h) * time.Hour)
 	}
 	if n, err := strconv.Atoi(q.Get("limit")); err == nil && n > 0 {
 		f.Limit = min(n, 10000)
@@ -492,7 +492,7 @@ func filterOf(q url.Values) (storage.AlertFilter, string) {
 }
 
 func (s *Server) alertsPage(w http.ResponseWriter, r *http.Request) {
-	f, state := filterOf(r.URL.Query())
+	f, state := filterOf(r.URL.Query(), s.now())
 	alerts, err := s.store.Alerts(r.Context(), f)
 	if err != nil {
 		s.fail(w, r, err)
@@ -511,7 +511,7 @@ func (s *Server) alertsPage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) alertsCSV(w http.ResponseWriter, r *http.Request) {
-	f, _ := filterOf(r.URL.Query())
+	f, _ := filterOf(r.URL.Query(), s.now())
 	if r.URL.Query().Get("state") == "" {
 		f.Active = false // the export defaults to every state
 	}
@@ -839,7 +839,7 @@ func (s *Server) apiDevice(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
-	f, _ := filterOf(r.URL.Query())
+	f, _ := filterOf(r.URL.Query(), s.now())
 	alerts, err := s.store.Alerts(r.Context(), f)
 	if err != nil {
 		s.fail(w, r, err)
