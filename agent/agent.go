@@ -64,6 +64,9 @@ type Perceiver interface {
 // Store is the part of *store.Store the agent uses.
 type Store interface {
 	CommitVisit(ctx context.Context, c store.Commit) (store.CommitResult, error)
+	// Visit finds a stored visit by id: a trigger whose id is stored (a
+	// replay after a restart) is skipped before its burst.
+	Visit(ctx context.Context, id string) (visit.Visit, error)
 	VisitsSince(ctx context.Context, identityID string, since time.Time) ([]visit.Visit, error)
 	LastAlert(ctx context.Context, rule, identityID string) (time.Time, bool, error)
 	Members(ctx context.Context) ([]store.Member, error)
@@ -91,17 +94,7 @@ type Source interface {
 // taken this one (or the one it was coalesced into), or the agent stopped.
 // A source whose events must never be coalesced (a replay) waits on it
 // before its next event; others ignore it.
-type Emit func(Event) <-chan struct{}
-
-// Event is one trigger: a card insert.
-type Event struct {
-	// ID, when set, becomes the visit id: a trigger replayed after a crash
-	// is then stored once (the store refuses a duplicate visit id).
-	ID      string
-	Time    time.Time // zero: the agent's clock at Trigger
-	Source  string    // "gpio", "socket", "replay", ...
-	Context visit.Context
-}
+type Emit func(visit.Trigger) <-chan struct{}
 
 // Stages are the per-stage latencies of one visit.
 type Stages struct {
@@ -172,7 +165,7 @@ type Agent struct {
 	dim int // embedding dimension of the identity engine
 
 	mu      sync.Mutex
-	pending *Event
+	pending *visit.Trigger
 	stats   Stats
 	wake    chan struct{} // cap 1: a trigger is pending
 	free    chan struct{} // closed while pending is nil; new when it is set
@@ -253,14 +246,14 @@ func New(cfg Config, d Deps) (*Agent, error) {
 // Trigger reports a card insert. It never blocks. It returns true when the
 // event will get a visit of its own, false when it was coalesced into the
 // queued one (see the package documentation).
-func (a *Agent) Trigger(ev Event) bool {
+func (a *Agent) Trigger(ev visit.Trigger) bool {
 	ok, _ := a.trigger(ev)
 	return ok
 }
 
 // trigger is Trigger that also returns the channel closed once no trigger
 // is queued (Emit).
-func (a *Agent) trigger(ev Event) (bool, <-chan struct{}) {
+func (a *Agent) trigger(ev visit.Trigger) (bool, <-chan struct{}) {
 	if ev.Time.IsZero() {
 		ev.Time = a.clk.Now()
 	}
@@ -292,7 +285,7 @@ func (a *Agent) trigger(ev Event) (bool, <-chan struct{}) {
 }
 
 // take removes the queued trigger, if any; a.mu must be held.
-func (a *Agent) take() *Event {
+func (a *Agent) take() *visit.Trigger {
 	ev := a.pending
 	if ev != nil {
 		a.pending = nil
@@ -360,7 +353,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			emit := func(ev Event) <-chan struct{} { _, free := a.trigger(ev); return free }
+			emit := func(ev visit.Trigger) <-chan struct{} { _, free := a.trigger(ev); return free }
 			if err := s.Run(srcCtx, emit); err != nil && srcCtx.Err() == nil {
 				errs <- err
 			}

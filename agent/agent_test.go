@@ -212,7 +212,7 @@ func (h *harness) visit(s scene, d time.Duration, ctxt visit.Context) {
 	h.t.Helper()
 	h.cam.push(s)
 	before := h.ag.Stats().Committed + h.ag.Stats().CommitErrors + h.ag.Stats().Duplicates
-	h.ag.Trigger(Event{Time: h.clk.Add(d), Source: "test", Context: ctxt})
+	h.ag.Trigger(visit.Trigger{Time: h.clk.Add(d), Source: "test", Context: ctxt})
 	h.waitProcessed(before + 1)
 }
 
@@ -329,14 +329,14 @@ func TestTriggersDuringVisitAreQueuedThenCoalesced(t *testing.T) {
 	h.cam.calls = make(chan struct{}, 10)
 	h.cam.push(scene{angle: 0}, scene{angle: 0})
 	t0 := h.clk.Add(time.Minute)
-	if !h.ag.Trigger(Event{Time: t0, Source: "gpio"}) {
+	if !h.ag.Trigger(visit.Trigger{Time: t0, Source: "gpio"}) {
 		t.Fatal("first trigger not accepted")
 	}
 	<-h.cam.calls // the first visit is inside Burst
 	results := []bool{
-		h.ag.Trigger(Event{Time: t0.Add(time.Second), Source: "gpio"}),
-		h.ag.Trigger(Event{Time: t0.Add(2 * time.Second), Source: "socket", Context: visit.Context{CardHash: "h1", TxnID: "t1"}}),
-		h.ag.Trigger(Event{Time: t0.Add(3 * time.Second), Source: "gpio"}),
+		h.ag.Trigger(visit.Trigger{Time: t0.Add(time.Second), Source: "gpio"}),
+		h.ag.Trigger(visit.Trigger{Time: t0.Add(2 * time.Second), Source: "socket", Context: visit.Context{CardHash: "h1", TxnID: "t1"}}),
+		h.ag.Trigger(visit.Trigger{Time: t0.Add(3 * time.Second), Source: "gpio"}),
 	}
 	if want := []bool{true, false, false}; results[0] != want[0] || results[1] != want[1] || results[2] != want[2] {
 		t.Fatalf("trigger results %v, want %v", results, want)
@@ -438,9 +438,9 @@ func TestRestartRestoresIdentities(t *testing.T) {
 func TestDuplicateEventIDStoredOnce(t *testing.T) {
 	h := newHarness(t, "", nil, Config{})
 	h.cam.push(scene{angle: 0})
-	h.ag.Trigger(Event{ID: "replay-0001", Time: h.clk.Add(time.Minute), Source: "replay"})
+	h.ag.Trigger(visit.Trigger{ID: "replay-0001", Time: h.clk.Add(time.Minute), Source: "replay"})
 	h.waitProcessed(1)
-	h.ag.Trigger(Event{ID: "replay-0001", Time: h.clk.Now(), Source: "replay"})
+	h.ag.Trigger(visit.Trigger{ID: "replay-0001", Time: h.clk.Now(), Source: "replay"})
 	h.waitProcessed(2)
 	if n := len(h.visits()); n != 1 {
 		t.Fatalf("stored %d visits, want 1", n)
@@ -519,7 +519,7 @@ func TestSummaryCoalescing(t *testing.T) {
 	go func() { done <- ag.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	ag.Trigger(Event{Time: clk.Add(time.Minute), Source: "test"}) // one faceless alert
+	ag.Trigger(visit.Trigger{Time: clk.Add(time.Minute), Source: "test"}) // one faceless alert
 	for ag.Stats().Committed < 1 {
 		time.Sleep(time.Millisecond)
 	}
@@ -588,12 +588,12 @@ func TestPeriodicJobsRunUnderSteadyTriggers(t *testing.T) {
 	var n atomic.Int64
 	h.cam.onBurst = func() {
 		if n.Add(1) < visits {
-			h.ag.Trigger(Event{Source: "test"}) // queued behind the running visit
+			h.ag.Trigger(visit.Trigger{Source: "test"}) // queued behind the running visit
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	start := time.Now()
-	h.ag.Trigger(Event{Source: "test"})
+	h.ag.Trigger(visit.Trigger{Source: "test"})
 	h.waitProcessedWithin(visits, 30*time.Second)
 	st := h.ag.Stats()
 	t.Logf("%d visits in %v; summaries %d, consolidations %d, coalesced %d", st.Committed, time.Since(start), st.Summaries, st.Consolidated, st.Coalesced)
@@ -636,7 +636,7 @@ func (f sourceFunc) Run(ctx context.Context, emit Emit) error { return f(ctx, em
 // The channel Emit returns closes when the worker has taken the trigger, not
 // before: a replay that waits on it never has an event coalesced.
 func TestEmitSignalsTaken(t *testing.T) {
-	emits := make(chan Event)
+	emits := make(chan visit.Trigger)
 	frees := make(chan (<-chan struct{}))
 	var cam *fakeCamera
 	h := newHarnessWith(t, "", nil, Config{}, func(d *Deps) {
@@ -664,7 +664,7 @@ func TestEmitSignalsTaken(t *testing.T) {
 		}
 	}
 	t0 := h.clk.Add(time.Minute)
-	emits <- Event{Time: t0, Source: "replay"}
+	emits <- visit.Trigger{Time: t0, Source: "replay"}
 	free1 := <-frees
 	<-cam.calls // the worker took visit 1 and is inside Burst
 	select {
@@ -672,7 +672,7 @@ func TestEmitSignalsTaken(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("first trigger taken but its channel is still open")
 	}
-	emits <- Event{Time: t0.Add(time.Second), Source: "replay"}
+	emits <- visit.Trigger{Time: t0.Add(time.Second), Source: "replay"}
 	free2 := <-frees
 	time.Sleep(50 * time.Millisecond)
 	if closed(free2) {

@@ -31,12 +31,6 @@ func newVisitID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// visitStore is the optional Store capability used to skip a trigger whose
-// visit id is already stored (*store.Store has it).
-type visitStore interface {
-	Visit(ctx context.Context, id string) (visit.Visit, error)
-}
-
 // finishTimeout bounds the alert rules and the commit of a visit, which run
 // after visit_timeout's context (burst and perception) on one of their own.
 const finishTimeout = 5 * time.Second
@@ -44,7 +38,7 @@ const finishTimeout = 5 * time.Second
 // processVisit runs one visit from burst to commit. Every trigger gives a
 // stored visit unless the store refuses it: a camera or perception failure
 // is recorded as Outcome CameraError, no face as NoFace/LowQuality.
-func (a *Agent) processVisit(parent context.Context, ev Event) {
+func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 	start := a.clk.Now()
 	st := Stages{Queue: max(0, start.Sub(ev.Time))}
 	ctx, cancel := context.WithTimeout(parent, a.cfg.VisitTimeout)
@@ -53,11 +47,11 @@ func (a *Agent) processVisit(parent context.Context, ev Event) {
 	v := visit.Visit{ID: ev.ID, Time: ev.Time, Trigger: ev.Source, Context: ev.Context}
 	if v.ID == "" {
 		v.ID = newVisitID()
-	} else if vs, ok := a.d.Store.(visitStore); ok {
+	} else {
 		// A trigger replayed after a restart: skip it before the burst, so
 		// a replay catches up fast instead of re-perceiving stored visits
 		// (and coalescing the triggers that queue up meanwhile).
-		if _, err := vs.Visit(ctx, v.ID); err == nil {
+		if _, err := a.d.Store.Visit(ctx, v.ID); err == nil {
 			a.count(func(s *Stats) { s.Duplicates++ })
 			a.log.Info("visit already stored; skipped", "visit", v.ID)
 			return

@@ -20,6 +20,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/periocular/atm-agent/agent/visit"
+
 	"gopkg.in/yaml.v3"
 )
 
@@ -244,11 +246,9 @@ func (e *Embedding) Tag() string {
 // Thresholds are cosine-distance cuts per pair type at a target FAR.
 // A zero value disables matching for that pair type.
 type Thresholds struct {
-	FAR     float64 `yaml:"far"`
-	UU      float64 `yaml:"uu"`
-	MM      float64 `yaml:"mm"`
-	MU      float64 `yaml:"mu"`
-	Dataset string  `yaml:"dataset,omitempty"`
+	FAR              float64          `yaml:"far"`
+	visit.Thresholds `yaml:",inline"` // the cuts the identity engine applies
+	Dataset          string           `yaml:"dataset,omitempty"`
 }
 
 // Head is a small learned file (JSON) that works on a model's outputs.

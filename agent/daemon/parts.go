@@ -40,7 +40,7 @@ func loadModels(cfg Config) (*vision.Pipeline, *identity.Engine, *models.Model, 
 	case cfg.Identity.Thresholds != nil:
 		icfg.Thresholds = *cfg.Identity.Thresholds
 	case em.Thresholds != nil:
-		icfg.Thresholds = identity.Thresholds{UU: em.Thresholds.UU, MM: em.Thresholds.MM, MU: em.Thresholds.MU}
+		icfg.Thresholds = em.Thresholds.Thresholds
 	default:
 		return nil, nil, nil, fmt.Errorf("models: embedder %q has no calibrated thresholds in the manifest; set identity.thresholds", name)
 	}
@@ -97,29 +97,25 @@ func newSources(cfg TriggerConfig, log *slog.Logger) ([]agent.Source, error) {
 	return sources, nil
 }
 
-func agentEvent(ev trigger.Event) agent.Event {
-	return agent.Event{ID: ev.ID, Time: ev.Time, Source: ev.Source, Context: ev.Context}
-}
-
 // triggerSource adapts a hal/trigger source (which sends on a channel) to
 // agent.Source.
 type triggerSource struct {
-	run func(ctx context.Context, out chan<- trigger.Event) error
+	run func(ctx context.Context, out chan<- visit.Trigger) error
 }
 
 func (s triggerSource) Run(ctx context.Context, emit agent.Emit) error {
-	ch := make(chan trigger.Event, 8)
+	ch := make(chan visit.Trigger, 8)
 	done := make(chan error, 1)
 	go func() { done <- s.run(ctx, ch) }()
 	for {
 		select {
 		case ev := <-ch:
-			emit(agentEvent(ev))
+			emit(ev)
 		case err := <-done:
 			for {
 				select {
 				case ev := <-ch:
-					emit(agentEvent(ev))
+					emit(ev)
 				default:
 					return err
 				}
@@ -149,7 +145,7 @@ func newReplaySource(r *trigger.Replay, cfg trigger.ReplayConfig) replaySource {
 }
 
 func (s replaySource) Run(ctx context.Context, emit agent.Emit) error {
-	in := make(chan trigger.Event)
+	in := make(chan visit.Trigger)
 	done := make(chan error, 1)
 	go func() { done <- s.r.Run(ctx, in) }()
 	for n := 1; ; n++ {
@@ -157,7 +153,7 @@ func (s replaySource) Run(ctx context.Context, emit agent.Emit) error {
 		case ev := <-in:
 			ev.ID = fmt.Sprintf("replay-%s-%06d", s.fp, n)
 			select {
-			case <-emit(agentEvent(ev)):
+			case <-emit(ev):
 			case <-ctx.Done():
 				return <-done
 			}

@@ -3,15 +3,13 @@ package identity
 import (
 	"fmt"
 	"math"
+
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
-// Thresholds are cosine-distance thresholds per pair type. They belong to the
-// embedding model and come from the model manifest.
-type Thresholds struct {
-	UU float64 `yaml:"uu" json:"uu"` // both unmasked (or unknown)
-	MM float64 `yaml:"mm" json:"mm"` // both masked
-	MU float64 `yaml:"mu" json:"mu"` // mixed; 0 or NaN: never match across mask states
-}
+// Thresholds are the engine's cuts: the same type the model manifest's
+// calibration carries (visit.Thresholds).
+type Thresholds = visit.Thresholds
 
 // Config tunes the engine. Thresholds have no defaults: they must be set from
 // the model manifest.
@@ -57,10 +55,7 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// MUEnabled says whether masked and unmasked visits may ever match.
-func (t Thresholds) MUEnabled() bool { return t.MU > 0 && !math.IsNaN(t.MU) }
-
-func (t Thresholds) array() [3]float64 {
+func thresholdArray(t Thresholds) [3]float64 {
 	mu := t.MU
 	if !t.MUEnabled() {
 		mu = 0

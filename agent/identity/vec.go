@@ -260,7 +260,7 @@ type space struct {
 }
 
 func newSpace(dim int, th Thresholds, exact bool) *space {
-	s := &space{dim: dim, thr: th.array(), muOn: th.MUEnabled(), skr: newSketcher(dim),
+	s := &space{dim: dim, thr: thresholdArray(th), muOn: th.MUEnabled(), skr: newSketcher(dim),
 		skr2: newSketcherSeed(dim, 0x61746d2d6965), exact: exact}
 	s.buf = make([]float32, s.skr.pad)
 	for i, t := range s.thr {

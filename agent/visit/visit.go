@@ -5,6 +5,7 @@
 package visit
 
 import (
+	"math"
 	"fmt"
 	"time"
 )
@@ -94,6 +95,30 @@ type Descriptor struct {
 type Context struct {
 	CardHash string `json:"card_hash,omitempty"`
 	TxnID    string `json:"txn_id,omitempty"`
+}
+
+// Thresholds are the cosine-distance cuts under which two templates are the
+// same person, by the mask states of the pair. The model manifest records
+// them per embedder (calibrated) and the identity engine applies them.
+type Thresholds struct {
+	UU float64 `yaml:"uu" json:"uu"` // both unmasked (or unknown)
+	MM float64 `yaml:"mm" json:"mm"` // both masked
+	MU float64 `yaml:"mu" json:"mu"` // mixed; 0 or NaN: never match across mask states
+}
+
+// MUEnabled says whether masked and unmasked visits may ever match.
+func (t Thresholds) MUEnabled() bool { return t.MU > 0 && !math.IsNaN(t.MU) }
+
+// Trigger is one card insert (or the ATM application asking for a visit)
+// as a trigger source reports it and the agent queues it.
+type Trigger struct {
+	// ID, when set, becomes the visit id: a trigger replayed after a crash
+	// is then stored once (the store refuses a duplicate visit id). The
+	// hardware sources draw a random one.
+	ID      string
+	Time    time.Time // zero: the agent's clock when it receives the trigger
+	Source  string    // "gpio", "socket", "replay", ...
+	Context Context
 }
 
 // Visit is one card-insert event after perception.

@@ -164,7 +164,7 @@ func (d *demoRun) run(speed float64) func(ctx context.Context, emit agent.Emit) 
 			d.mu.Lock()
 			d.current = v
 			d.mu.Unlock()
-			emit(agent.Event{ID: v.ID, Time: d.day0.Add(v.Offset), Source: "demo",
+			emit(visit.Trigger{ID: v.ID, Time: d.day0.Add(v.Offset), Source: "demo",
 				Context: visit.Context{CardHash: v.Card, TxnID: v.ID}})
 			timeout := time.After(30 * time.Second)
 		wait:

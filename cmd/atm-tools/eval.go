@@ -334,7 +334,7 @@ func embedderThresholds(man *models.Manifest, embedder string) (identity.Thresho
 		return identity.Thresholds{}, fmt.Errorf("embedder %s has no calibrated thresholds in the manifest: run `atm-agent eval calibrate --model %s --dataset DIR`", embedder, embedder)
 	}
 	t := md.Thresholds
-	return identity.Thresholds{UU: t.UU, MM: t.MM, MU: t.MU}, nil
+	return t.Thresholds, nil
 }
 
 func evalCalibrate(ctx context.Context, env *cli.Env, args []string) error {

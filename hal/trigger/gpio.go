@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/gpio/gpioreg"
 	"periph.io/x/host/v3"
@@ -106,7 +107,7 @@ func parsePull(s string) (gpio.Pull, error) {
 	return gpio.PullNoChange, fmt.Errorf("trigger.gpio.pull %q: want up, down, float or none", s)
 }
 
-// GPIO emits an Event on each debounced card-insert edge.
+// GPIO emits an visit.Trigger on each debounced card-insert edge.
 type GPIO struct {
 	cfg   GPIOConfig
 	log   *slog.Logger
@@ -172,7 +173,7 @@ func (g *GPIO) lookupPin() (gpio.PinIn, error) {
 
 // Run configures the pin and emits events until ctx is done. Each
 // WaitForEdge is bounded by WaitTimeout; events never block (see Stats).
-func (g *GPIO) Run(ctx context.Context, out chan<- Event) error {
+func (g *GPIO) Run(ctx context.Context, out chan<- visit.Trigger) error {
 	pin := g.pin
 	if pin == nil {
 		p, err := g.lookupPin()
@@ -224,7 +225,7 @@ func (g *GPIO) Run(ctx context.Context, out chan<- Event) error {
 		if want == gpio.RisingEdge && !level || want == gpio.FallingEdge && level {
 			continue
 		}
-		ev := Event{ID: NewID(), Time: g.clock.Now(), Source: SourceGPIO}
+		ev := visit.Trigger{ID: NewID(), Time: g.clock.Now(), Source: SourceGPIO}
 		if !g.offer(out, ev) {
 			g.log.Warn("gpio trigger dropped: consumer busy", "dropped", g.dropped.Load())
 		}

@@ -6,12 +6,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/gpio/gpiotest"
 )
 
 // runGPIO starts g and returns a stop func that cancels and waits for Run.
-func runGPIO(t *testing.T, g *GPIO, out chan Event) (stop func() time.Duration) {
+func runGPIO(t *testing.T, g *GPIO, out chan visit.Trigger) (stop func() time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -58,8 +59,8 @@ func waitArmed(t *testing.T, pin *gpiotest.Pin, pull gpio.Pull) {
 	}
 }
 
-func collect(out chan Event, wait time.Duration) []Event {
-	var evs []Event
+func collect(out chan visit.Trigger, wait time.Duration) []visit.Trigger {
+	var evs []visit.Trigger
 	deadline := time.After(wait)
 	for {
 		select {
@@ -96,7 +97,7 @@ func TestGPIOEdges(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			out := make(chan Event, 10)
+			out := make(chan visit.Trigger, 10)
 			runGPIO(t, g, out)
 			pull, _ := parsePull(cfg.Pull)
 			waitArmed(t, pin, pull)
@@ -123,7 +124,7 @@ func TestGPIODebounce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(chan Event, 10)
+	out := make(chan visit.Trigger, 10)
 	runGPIO(t, g, out)
 	waitArmed(t, pin, gpio.PullDown)
 	// A contact bounce: five transitions within a few ms, settling high.
@@ -146,7 +147,7 @@ func TestGPIONeverBlocksAndStopsPromptly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(chan Event, 1) // nobody reads it
+	out := make(chan visit.Trigger, 1) // nobody reads it
 	stop := runGPIO(t, g, out)
 	waitArmed(t, pin, gpio.PullDown)
 	for i := 0; i < 3; i++ {
@@ -197,7 +198,7 @@ func TestGPIOMissingPin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = g.Run(context.Background(), make(chan Event, 1))
+	err = g.Run(context.Background(), make(chan visit.Trigger, 1))
 	if err == nil {
 		t.Fatal("Run with a missing pin returned nil")
 	}

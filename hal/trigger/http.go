@@ -252,7 +252,7 @@ func (h *HTTP) Listen() error {
 
 // Run serves until ctx is done, then shuts the server down (2 s grace for
 // requests in flight) and returns nil after its serve goroutines end.
-func (h *HTTP) Run(ctx context.Context, out chan<- Event) error {
+func (h *HTTP) Run(ctx context.Context, out chan<- visit.Trigger) error {
 	if err := h.Listen(); err != nil {
 		return err
 	}
@@ -305,7 +305,7 @@ func boolInt(b bool) int {
 }
 
 // Handler returns the endpoint's handler, sending events on out.
-func (h *HTTP) Handler(out chan<- Event) http.Handler {
+func (h *HTTP) Handler(out chan<- visit.Trigger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/visit", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
@@ -323,7 +323,7 @@ func (h *HTTP) Handler(out chan<- Event) http.Handler {
 			writeError(w, status, err.Error())
 			return
 		}
-		ev := Event{ID: NewID(), Time: h.clock.Now(), Source: SourceSocket, Context: ctx}
+		ev := visit.Trigger{ID: NewID(), Time: h.clock.Now(), Source: SourceSocket, Context: ctx}
 		if !h.offer(out, ev) {
 			h.log.Warn("socket trigger dropped: consumer busy", "dropped", h.dropped.Load())
 			w.Header().Set("Retry-After", "1")

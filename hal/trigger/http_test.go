@@ -29,7 +29,7 @@ func unixClient(path string) *http.Client {
 }
 
 // startHTTP listens, runs h and returns a stop func that checks Run's exit.
-func startHTTP(t *testing.T, h *HTTP, out chan Event) {
+func startHTTP(t *testing.T, h *HTTP, out chan visit.Trigger) {
 	t.Helper()
 	if err := h.Listen(); err != nil {
 		t.Fatal(err)
@@ -72,7 +72,7 @@ func TestUnixSocketEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(chan Event, 1)
+	out := make(chan visit.Trigger, 1)
 	startHTTP(t, h, out)
 	fi, err := os.Stat(sock)
 	if err != nil {
@@ -152,7 +152,7 @@ func TestLoopbackTCPWithToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(chan Event, 4)
+	out := make(chan visit.Trigger, 4)
 	startHTTP(t, h, out)
 	url := "http://" + h.TCPAddr().String()
 	c := &http.Client{Timeout: 2 * time.Second}

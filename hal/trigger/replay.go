@@ -127,7 +127,7 @@ func ParseSchedule(r io.Reader) ([]Entry, error) {
 	return out, nil
 }
 
-// Replay emits scheduled events. Event.Time is simulated time (start plus
+// Replay emits scheduled events. Trigger.Time is simulated time (start plus
 // offset, or the schedule's absolute time), so a day replayed at high speed
 // still spreads over a day for counters and rules.
 type Replay struct {
@@ -188,7 +188,7 @@ func (r *Replay) Stats() Stats { return r.stats() }
 // Run emits the schedule, waiting (offset difference / speed) between
 // events and blocking on out (with ctx) so no event is lost. It returns nil
 // when the schedule is done or ctx is cancelled.
-func (r *Replay) Run(ctx context.Context, out chan<- Event) error {
+func (r *Replay) Run(ctx context.Context, out chan<- visit.Trigger) error {
 	start := r.clock.Now()
 	if r.cfg.Start != "" {
 		start, _ = time.Parse(time.RFC3339, r.cfg.Start)
@@ -207,7 +207,7 @@ func (r *Replay) Run(ctx context.Context, out chan<- Event) error {
 			at = start.Add(off)
 		}
 		select {
-		case out <- Event{ID: NewID(), Time: at, Source: SourceReplay, Context: c}:
+		case out <- visit.Trigger{ID: NewID(), Time: at, Source: SourceReplay, Context: c}:
 			r.accepted.Add(1)
 			return true
 		case <-ctx.Done():

@@ -36,12 +36,12 @@ func (c *instantClock) After(d time.Duration) <-chan time.Time {
 	return ch
 }
 
-func drain(t *testing.T, r *Replay, buf int) []Event {
+func drain(t *testing.T, r *Replay, buf int) []visit.Trigger {
 	t.Helper()
-	out := make(chan Event, buf)
+	out := make(chan visit.Trigger, buf)
 	done := make(chan error, 1)
 	go func() { done <- r.Run(context.Background(), out); close(out) }()
-	var evs []Event
+	var evs []visit.Trigger
 	for ev := range out {
 		evs = append(evs, ev)
 	}
@@ -141,7 +141,7 @@ func TestReplayStopsOnCancel(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	if err := r.Run(ctx, make(chan Event)); err != nil {
+	if err := r.Run(ctx, make(chan visit.Trigger)); err != nil {
 		t.Fatal(err)
 	}
 	if time.Since(start) > time.Second {

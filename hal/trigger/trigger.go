@@ -2,7 +2,7 @@
 // (periph.io), a local HTTP endpoint for the ATM application (Unix socket
 // and/or loopback TCP), and a replay source for tests and the demo.
 //
-// Every source has Run(ctx, out chan<- Event) error: it sends events on out
+// Every source has Run(ctx, out chan<- visit.Trigger) error: it sends events on out
 // until ctx is done, then returns nil once its goroutines have ended
 // (cancellation is not an error). The GPIO and HTTP sources never block on
 // out: when it is full the event is dropped and counted (Stats), so the
@@ -23,21 +23,12 @@ import (
 	"github.com/periocular/atm-agent/agent/visit"
 )
 
-// Source names used in Event.Source.
+// Source names used in visit.Trigger.Source.
 const (
 	SourceGPIO   = "gpio"
 	SourceSocket = "socket"
 	SourceReplay = "replay"
 )
-
-// Event is one trigger: a card was inserted or the ATM application asked
-// for a visit.
-type Event struct {
-	ID      string // random, 16 hex digits
-	Time    time.Time
-	Source  string
-	Context visit.Context
-}
 
 // Stats counts a source's events.
 type Stats struct {
@@ -52,7 +43,7 @@ func (c *counters) stats() Stats {
 }
 
 // offer sends ev without blocking; it reports whether out took it.
-func (c *counters) offer(out chan<- Event, ev Event) bool {
+func (c *counters) offer(out chan<- visit.Trigger, ev visit.Trigger) bool {
 	select {
 	case out <- ev:
 		c.accepted.Add(1)

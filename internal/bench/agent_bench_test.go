@@ -124,7 +124,7 @@ func newRig(b *testing.B, cam agent.Camera, p agent.Perceiver, eng *identity.Eng
 
 // visit triggers one visit and waits for its commit; it returns the wall
 // time from Trigger to the commit being reported, and the agent's stages.
-func (r *rig) visit(b *testing.B, ev agent.Event) (time.Duration, agent.Stages) {
+func (r *rig) visit(b *testing.B, ev visit.Trigger) (time.Duration, agent.Stages) {
 	t := time.Now()
 	if !r.ag.Trigger(ev) {
 		b.Fatal("trigger coalesced")
@@ -184,11 +184,11 @@ func BenchmarkVisitLatency(b *testing.B) {
 	cam := burstCamera{atmBurst(b)}
 	r := newRig(b, cam, p, engineFor(b, em, p.TemplateDim), p.TemplateModel, p.Config().NewIdentityQuality)
 
-	r.visit(b, agent.Event{Source: "bench"}) // warm-up
+	r.visit(b, visit.Trigger{Source: "bench"}) // warm-up
 	var total, perceive, rest []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		d, s := r.visit(b, agent.Event{Source: "bench"})
+		d, s := r.visit(b, visit.Trigger{Source: "bench"})
 		total = append(total, d)
 		perceive = append(perceive, s.Perceive)
 		rest = append(rest, s.Assign+s.Rules+s.Commit)
@@ -352,7 +352,7 @@ func BenchmarkVisits10k(b *testing.B) {
 		var commit []time.Duration
 		t0 := time.Now()
 		for n := 0; n < visits; n++ {
-			ev := agent.Event{ID: fmt.Sprintf("v%06d", n), Source: "bench", Time: start.Add(time.Duration(n) * 4 * time.Minute)}
+			ev := visit.Trigger{ID: fmt.Sprintf("v%06d", n), Source: "bench", Time: start.Add(time.Duration(n) * 4 * time.Minute)}
 			if n%7 == 0 {
 				ev.Context.CardHash = fmt.Sprintf("card-%d", n%97)
 			}
