@@ -46,7 +46,7 @@ import (
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/rules"
 	"github.com/periocular/atm-agent/agent/visit"
-	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 // Camera grabs one burst of frames for a visit. It returns the frames it got
@@ -63,14 +63,14 @@ type Perceiver interface {
 
 // Store is the part of *store.Store the agent uses.
 type Store interface {
-	CommitVisit(ctx context.Context, c store.Commit) (store.CommitResult, error)
+	CommitVisit(ctx context.Context, c record.Commit) (record.CommitResult, error)
 	// Visit finds a stored visit by id: a trigger whose id is stored (a
 	// replay after a restart) is skipped before its burst.
 	Visit(ctx context.Context, id string) (visit.Visit, error)
 	VisitsSince(ctx context.Context, identityID string, since time.Time) ([]visit.Visit, error)
 	LastAlert(ctx context.Context, rule, identityID string) (time.Time, bool, error)
-	Members(ctx context.Context) ([]store.Member, error)
-	Identities(ctx context.Context) ([]store.Identity, error)
+	Members(ctx context.Context) ([]record.Member, error)
+	Identities(ctx context.Context) ([]record.Identity, error)
 	PurgeExpired(ctx context.Context) (int, error)
 	PurgeIdentity(ctx context.Context, id string) (int, error)
 	Retention() time.Duration

@@ -11,6 +11,7 @@ import (
 
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 // faultyStore is the real bbolt store with switchable failures: commits
@@ -22,9 +23,9 @@ type faultyStore struct {
 
 var errDiskFull = errors.New("write agent.db: file too large")
 
-func (f *faultyStore) CommitVisit(ctx context.Context, c store.Commit) (store.CommitResult, error) {
+func (f *faultyStore) CommitVisit(ctx context.Context, c record.Commit) (record.CommitResult, error) {
 	if f.failCommit.Load() {
-		return store.CommitResult{}, errDiskFull
+		return record.CommitResult{}, errDiskFull
 	}
 	return f.Store.CommitVisit(ctx, c)
 }

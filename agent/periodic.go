@@ -10,7 +10,7 @@ import (
 
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/visit"
-	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/store/record"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -65,13 +65,13 @@ func (a *Agent) consolidate(ctx context.Context) error {
 	return nil
 }
 
-func consolidationCommit(changes []identity.Change, eng *identity.Engine, model string) store.Commit {
-	var c store.Commit
+func consolidationCommit(changes []identity.Change, eng *identity.Engine, model string) record.Commit {
+	var c record.Commit
 	upsert := map[string]bool{}
 	gone := map[string]bool{}
 	for _, ch := range changes {
 		for _, vid := range ch.VisitIDs {
-			c.Relabels = append(c.Relabels, store.Relabel{VisitID: vid, IdentityID: ch.To})
+			c.Relabels = append(c.Relabels, record.Relabel{VisitID: vid, IdentityID: ch.To})
 		}
 		for _, id := range []string{ch.From, ch.To} {
 			if id == "" {
@@ -235,7 +235,7 @@ func (a *Agent) publishSummary(ctx context.Context) error {
 		return fmt.Errorf("summary: encode: %w", err)
 	}
 	msg := visit.OutboxMessage{Kind: KindSummary, Topic: TopicSummary, Created: now, Payload: b, Coalesce: CoalesceSummary}
-	if _, err := a.d.Store.CommitVisit(ctx, store.Commit{Outbox: []visit.OutboxMessage{msg}}); err != nil {
+	if _, err := a.d.Store.CommitVisit(ctx, record.Commit{Outbox: []visit.OutboxMessage{msg}}); err != nil {
 		a.commitResult("summary", err)
 		return fmt.Errorf("summary: %w", err)
 	}

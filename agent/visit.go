@@ -11,7 +11,7 @@ import (
 
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/visit"
-	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/store/record"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -78,7 +78,7 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 		v.Descriptor = desc
 	}
 
-	var commit store.Commit
+	var commit record.Commit
 	t = time.Now()
 	assigned := false
 	if v.Outcome == visit.FaceFound && len(v.Embedding) > 0 {
@@ -129,7 +129,7 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 			a.log.Error("visit: alert payload", "rule", al.Rule, "err", err)
 			continue
 		}
-		commit.Alerts = append(commit.Alerts, store.NewAlert{Alert: al, Message: msg})
+		commit.Alerts = append(commit.Alerts, record.NewAlert{Alert: al, Message: msg})
 	}
 	commit.Visit = &v
 
@@ -138,7 +138,7 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 	st.Commit = time.Since(t)
 	st.Total = a.clk.Now().Sub(start)
 	switch {
-	case errors.Is(err, store.ErrDuplicateVisit):
+	case errors.Is(err, record.ErrDuplicateVisit):
 		a.count(func(s *Stats) { s.Duplicates++ })
 		a.log.Info("visit already stored; skipped", "visit", v.ID)
 		if assigned {
@@ -176,12 +176,12 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 }
 
 // commit stores c, retrying transient failures with a short backoff.
-func (a *Agent) commit(ctx context.Context, c store.Commit) (store.CommitResult, error) {
+func (a *Agent) commit(ctx context.Context, c record.Commit) (record.CommitResult, error) {
 	var err error
 	for i := 0; i < a.cfg.CommitRetries; i++ {
-		var res store.CommitResult
+		var res record.CommitResult
 		res, err = a.d.Store.CommitVisit(ctx, c)
-		if err == nil || errors.Is(err, store.ErrDuplicateVisit) || ctx.Err() != nil {
+		if err == nil || errors.Is(err, record.ErrDuplicateVisit) || ctx.Err() != nil {
 			return res, err
 		}
 		a.log.Warn("store commit failed; retrying", "attempt", i+1, "err", err)
@@ -191,7 +191,7 @@ func (a *Agent) commit(ctx context.Context, c store.Commit) (store.CommitResult,
 		case <-time.After(time.Duration(100*(i+1)) * time.Millisecond):
 		}
 	}
-	return store.CommitResult{}, err
+	return record.CommitResult{}, err
 }
 
 func (a *Agent) alertMessage(env wire.Envelope, al visit.Alert) (*visit.OutboxMessage, error) {
@@ -202,8 +202,8 @@ func (a *Agent) alertMessage(env wire.Envelope, al visit.Alert) (*visit.OutboxMe
 	return &visit.OutboxMessage{Kind: KindAlert, Topic: TopicAlert, Created: env.TS, Payload: b}, nil
 }
 
-func storeIdentity(id identity.Identity, model string) store.Identity {
-	return store.Identity{ID: id.ID, Status: string(id.Status), Confidence: float32(id.Confidence), Model: model}
+func storeIdentity(id identity.Identity, model string) record.Identity {
+	return record.Identity{ID: id.ID, Status: string(id.Status), Confidence: float32(id.Confidence), Model: model}
 }
 
 // resync rebuilds the identity engine from the store after a visit the
@@ -238,8 +238,8 @@ func (a *Agent) restore(ctx context.Context) error {
 
 // buildSnapshot turns stored identities and members into an engine
 // snapshot; identities are ordered by creation (older wins ties).
-func buildSnapshot(ids []store.Identity, ms []store.Member, model string, dim int) (identity.Snapshot, int) {
-	known := map[string]store.Identity{}
+func buildSnapshot(ids []record.Identity, ms []record.Member, model string, dim int) (identity.Snapshot, int) {
+	known := map[string]record.Identity{}
 	for _, id := range ids {
 		known[id.ID] = id
 	}

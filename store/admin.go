@@ -15,6 +15,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 // PurgeExpired removes what is older than the retention window (see Purge).
@@ -343,13 +344,13 @@ func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) err
 			return err
 		}
 		if err := tx.Bucket(bIdentities).ForEach(func(_, v []byte) error {
-			var id Identity
+			var id record.Identity
 			if err := json.Unmarshal(v, &id); err != nil {
 				return err
 			}
 			return enc.Encode(struct {
 				Type string `json:"type"`
-				Identity
+				record.Identity
 			}{"identity", id})
 		}); err != nil {
 			return err

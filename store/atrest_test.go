@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/periocular/atm-agent/store/record"
 )
 
 // templateBytes is how a plaintext template's embedding lies in the file.
@@ -40,7 +42,7 @@ func TestPurgeIdentityScrubsTheFile(t *testing.T) {
 	for i := range 40 {
 		v := faceVisit(fmt.Sprint("v", i), t0.Add(timeMinute(i)), fmt.Sprint("id", i%2))
 		v.Embedding = emb(float32(100+i), 128)
-		if _, err := s.CommitVisit(ctx, Commit{Visit: v, Identities: []Identity{{ID: v.IdentityID, Status: "pending"}}}); err != nil {
+		if _, err := s.CommitVisit(ctx, record.Commit{Visit: v, Identities: []record.Identity{{ID: v.IdentityID, Status: "pending"}}}); err != nil {
 			t.Fatal(err)
 		}
 		if i%2 == 0 {
@@ -79,7 +81,7 @@ func TestEncryptExistingStore(t *testing.T) {
 	for i := range 30 {
 		v := faceVisit(fmt.Sprint("v", i), t0.Add(timeMinute(i)), "id1")
 		v.Embedding = emb(float32(200+i), 128)
-		if _, err := s.CommitVisit(ctx, Commit{Visit: v, Identities: []Identity{{ID: "id1", Status: "pending"}}}); err != nil {
+		if _, err := s.CommitVisit(ctx, record.Commit{Visit: v, Identities: []record.Identity{{ID: "id1", Status: "pending"}}}); err != nil {
 			t.Fatal(err)
 		}
 		plain = append(plain, templateBytes(v.Embedding))
@@ -95,7 +97,7 @@ func TestEncryptExistingStore(t *testing.T) {
 		t.Fatalf("open check counted %d plaintext templates, want 30", s.PlainTemplates())
 	}
 	v := faceVisit("new", t0.Add(timeMinute(100)), "id1")
-	if _, err := s.CommitVisit(ctx, Commit{Visit: v, Identities: []Identity{{ID: "id1", Status: "pending"}}}); err != nil {
+	if _, err := s.CommitVisit(ctx, record.Commit{Visit: v, Identities: []record.Identity{{ID: "id1", Status: "pending"}}}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := s.Stats(ctx)

@@ -18,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 // ErrDamaged marks a database file that is damaged (errors.Is); the error
@@ -390,7 +391,7 @@ func (r *records) decode(bucket string, k, v []byte) string {
 		}
 		r.idxEntries[string(k)] = true
 	case string(bIdentities):
-		var id Identity
+		var id record.Identity
 		if err := decodeStrict(v, &id); err != nil {
 			return err.Error()
 		}

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/periocular/atm-agent/store/record"
 )
 
 // BenchmarkOpenCheck: Open of a 10,000-visit store (128-dim templates,
@@ -23,7 +25,7 @@ func BenchmarkOpenCheck(b *testing.B) {
 	for j := range 10000 {
 		v := faceVisit(fmt.Sprint("v", j), t0.Add(time.Duration(j)*time.Second), fmt.Sprint("id", j%500))
 		v.Embedding = emb(float32(j), 128)
-		if _, err := s.CommitVisit(ctx, Commit{Visit: v, Identities: []Identity{{ID: v.IdentityID, Status: "pending"}}}); err != nil {
+		if _, err := s.CommitVisit(ctx, record.Commit{Visit: v, Identities: []record.Identity{{ID: v.IdentityID, Status: "pending"}}}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -12,84 +12,13 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/store/record"
 )
-
-// Identity is one unknown person as the identity engine sees it. The engine
-// owns Status, Confidence, Model and Attrs; the store derives Count,
-// FirstSeen and LastSeen from the visits assigned to it, in the same
-// transaction, so they always agree with the visits bucket.
-type Identity struct {
-	ID         string            `json:"id"`
-	Status     string            `json:"status"` // e.g. "pending", "confirmed"
-	Confidence float32           `json:"confidence"`
-	Model      string            `json:"model,omitempty"`
-	Attrs      map[string]string `json:"attrs,omitempty"`
-	Created    time.Time         `json:"created"`
-	Updated    time.Time         `json:"updated"`
-	// Derived by the store.
-	Count     int       `json:"count"`
-	FirstSeen time.Time `json:"first_seen"`
-	LastSeen  time.Time `json:"last_seen"`
-}
-
-// Relabel moves one stored visit to another identity ("" unassigns it).
-type Relabel struct {
-	VisitID    string
-	IdentityID string
-	// Distance, when set, replaces the visit's stored distance.
-	Distance *float32
-}
-
-// NewAlert is an alert with the outbox message announcing it. If an alert
-// with the same ID is already stored, neither is written.
-type NewAlert struct {
-	Alert   visit.Alert
-	Message *visit.OutboxMessage // may be nil
-}
-
-// Commit is everything one state change writes, in one transaction, in this
-// order: identity upserts, the visit, relabels, identity deletions, alerts,
-// outbox messages, then the outbox bound policy. Every field is optional.
-type Commit struct {
-	// Visit is stored when non-nil. The store assigns ID (when empty) and Seq
-	// (when zero, from the per-device visit counter); Time must be set.
-	Visit *visit.Visit
-	// Identities are upserted before the visit is written, so a visit may
-	// reference an identity created in the same commit.
-	Identities []Identity
-	// Relabels apply consolidation results to older visits. Visits no longer
-	// stored (purged meanwhile) are skipped and reported.
-	Relabels []Relabel
-	// DeleteIdentities removes identities; one that still has visits after
-	// the relabels fails the commit.
-	DeleteIdentities []string
-	Alerts           []NewAlert
-	// Outbox messages to enqueue; Key and Seq are assigned here.
-	Outbox []visit.OutboxMessage
-}
-
-// CommitResult says what a commit wrote.
-type CommitResult struct {
-	VisitID  string
-	VisitSeq uint64
-	// NewAlerts are the IDs of alerts written; DuplicateAlerts were already
-	// stored and were skipped together with their messages.
-	NewAlerts       []string
-	DuplicateAlerts []string
-	// Enqueued are the messages written to the outbox, with Key and Seq
-	// (payloads omitted).
-	Enqueued []visit.OutboxMessage
-	// MissingRelabels are visit ids of relabels skipped because the visit is
-	// gone.
-	MissingRelabels []string
-	// Dropped counts messages the bound policy dropped in this commit, by kind.
-	Dropped map[string]uint64
-}
 
 // CommitVisit writes c in a single bbolt transaction: either all of it is
 // stored or, on any error, none of it.
-func (s *Store) CommitVisit(ctx context.Context, c Commit) (CommitResult, error) {
-	var res CommitResult
+func (s *Store) CommitVisit(ctx context.Context, c record.Commit) (record.CommitResult, error) {
+	var res record.CommitResult
 	var vcopy visit.Visit
 	if c.Visit != nil {
 		vcopy = *c.Visit
@@ -101,7 +30,7 @@ func (s *Store) CommitVisit(ctx context.Context, c Commit) (CommitResult, error)
 		}
 	}
 	err := s.update(ctx, "commit visit", func(tx *bolt.Tx) error {
-		res = CommitResult{} // a retried closure starts clean
+		res = record.CommitResult{} // a retried closure starts clean
 		now := s.opts.Now().UTC()
 		touched := map[string]bool{}
 
@@ -209,7 +138,7 @@ func (s *Store) CommitVisit(ctx context.Context, c Commit) (CommitResult, error)
 		return s.hook("bounds")
 	})
 	if err != nil {
-		return CommitResult{}, err
+		return record.CommitResult{}, err
 	}
 	if len(res.Enqueued) > 0 {
 		select {
@@ -238,13 +167,13 @@ func validIdentityID(id string) error {
 	return nil
 }
 
-func (s *Store) putIdentity(tx *bolt.Tx, id Identity, now time.Time) error {
+func (s *Store) putIdentity(tx *bolt.Tx, id record.Identity, now time.Time) error {
 	if err := validIdentityID(id.ID); err != nil {
 		return fmt.Errorf("upsert identity: %w", err)
 	}
 	b := tx.Bucket(bIdentities)
 	if old := b.Get([]byte(id.ID)); old != nil {
-		var prev Identity
+		var prev record.Identity
 		if err := json.Unmarshal(old, &prev); err == nil && !prev.Created.IsZero() {
 			id.Created = prev.Created
 		}
@@ -256,7 +185,7 @@ func (s *Store) putIdentity(tx *bolt.Tx, id Identity, now time.Time) error {
 	return writeIdentity(b, id)
 }
 
-func writeIdentity(b *bolt.Bucket, id Identity) error {
+func writeIdentity(b *bolt.Bucket, id record.Identity) error {
 	j, err := json.Marshal(id)
 	if err != nil {
 		return fmt.Errorf("encode identity %q: %w", id.ID, err)
@@ -276,7 +205,7 @@ func (s *Store) refreshIdentity(tx *bolt.Tx, id string) error {
 	if raw == nil {
 		return fmt.Errorf("identity %q: %w (upsert it in the same commit)", id, ErrUnknownIdentity)
 	}
-	var ident Identity
+	var ident record.Identity
 	if err := json.Unmarshal(raw, &ident); err != nil {
 		return fmt.Errorf("decode identity %q: %w", id, err)
 	}
@@ -352,7 +281,7 @@ func (s *Store) putVisit(tx *bolt.Tx, v *visit.Visit) error {
 }
 
 // relabel returns the previous identity and whether the visit exists.
-func (s *Store) relabel(tx *bolt.Tx, r Relabel) (string, bool, error) {
+func (s *Store) relabel(tx *bolt.Tx, r record.Relabel) (string, bool, error) {
 	k := tx.Bucket(bVisitIDs).Get([]byte(r.VisitID))
 	if k == nil {
 		return "", false, nil

@@ -16,6 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 const crashEnv = "ATM_STORE_CRASH_DB"
@@ -39,9 +40,9 @@ func TestCrashChild(t *testing.T) {
 	}
 	for i := int(st.VisitSeq); ; i++ { // resume after a previous kill
 		v := crashVisit(i)
-		_, err := s.CommitVisit(context.Background(), Commit{
+		_, err := s.CommitVisit(context.Background(), record.Commit{
 			Visit:      v,
-			Identities: []Identity{{ID: v.IdentityID, Status: "pending"}},
+			Identities: []record.Identity{{ID: v.IdentityID, Status: "pending"}},
 			Outbox:     []visit.OutboxMessage{{Kind: "event", Topic: "visit", Payload: []byte(v.ID)}},
 		})
 		if err != nil {

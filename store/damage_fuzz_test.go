@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/periocular/atm-agent/store/record"
 )
 
 var fuzzBase struct {
@@ -28,7 +30,7 @@ func fuzzStore(f *testing.F) []byte {
 		for i := range 30 {
 			v := faceVisit(fmt.Sprint("v", i), t0.Add(time.Duration(i)*time.Minute), fmt.Sprint("id", i%3))
 			v.Embedding = emb(float32(i), 64)
-			if _, err := s.CommitVisit(context.Background(), Commit{Visit: v, Identities: []Identity{{ID: v.IdentityID, Status: "pending"}}}); err != nil {
+			if _, err := s.CommitVisit(context.Background(), record.Commit{Visit: v, Identities: []record.Identity{{ID: v.IdentityID, Status: "pending"}}}); err != nil {
 				f.Fatal(err)
 			}
 		}

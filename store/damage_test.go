@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 // The damaged-store corpus: a real store written through the API, then
@@ -56,10 +57,10 @@ func buildCorpus(t *testing.T, key []byte) *corpus {
 	for i := range corpusVisits {
 		v := faceVisit(fmt.Sprint("v", i), t0.Add(time.Duration(i)*time.Minute), fmt.Sprint("id", i%9))
 		v.Embedding = emb(float32(i), 128)
-		c := Commit{Visit: v, Identities: []Identity{{ID: v.IdentityID, Status: "pending"}},
+		c := record.Commit{Visit: v, Identities: []record.Identity{{ID: v.IdentityID, Status: "pending"}},
 			Outbox: []visit.OutboxMessage{{Kind: "summary", Topic: "s", Coalesce: "sum", Payload: []byte(v.ID)}}}
 		if i%50 == 0 {
-			c.Alerts = []NewAlert{{Alert: visit.Alert{ID: fmt.Sprint("a", i), Rule: "r", IdentityID: v.IdentityID, Raised: v.Time},
+			c.Alerts = []record.NewAlert{{Alert: visit.Alert{ID: fmt.Sprint("a", i), Rule: "r", IdentityID: v.IdentityID, Raised: v.Time},
 				Message: &visit.OutboxMessage{Topic: "alert", Payload: []byte("x")}}}
 		}
 		if _, err := s.CommitVisit(ctx, c); err != nil {

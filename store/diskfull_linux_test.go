@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 const diskFullEnv = "ATM_STORE_DISKFULL_DB"
@@ -42,9 +43,9 @@ func TestDiskFullChild(t *testing.T) {
 	}
 	for i := 0; i < 100000; i++ {
 		v := crashVisit(i)
-		_, err := s.CommitVisit(context.Background(), Commit{
+		_, err := s.CommitVisit(context.Background(), record.Commit{
 			Visit:      v,
-			Identities: []Identity{{ID: v.IdentityID}},
+			Identities: []record.Identity{{ID: v.IdentityID}},
 			Outbox:     []visit.OutboxMessage{{Kind: "event", Topic: "visit", Payload: []byte(v.ID)}},
 		})
 		if err != nil {
@@ -104,7 +105,7 @@ func TestDiskFull(t *testing.T) {
 	if st.Buckets["visits"] != failed || st.VisitSeq != uint64(failed) || st.OutboxDepth != failed {
 		t.Errorf("after failure at commit %d: %d visits, seq %d, outbox %d", failed, st.Buckets["visits"], st.VisitSeq, st.OutboxDepth)
 	}
-	res, err := s.CommitVisit(context.Background(), Commit{Visit: crashVisit(failed), Identities: []Identity{{ID: crashVisit(failed).IdentityID}}})
+	res, err := s.CommitVisit(context.Background(), record.Commit{Visit: crashVisit(failed), Identities: []record.Identity{{ID: crashVisit(failed).IdentityID}}})
 	if err != nil || res.VisitSeq != uint64(failed+1) {
 		t.Errorf("commit after recovery: seq %d, %v", res.VisitSeq, err)
 	}

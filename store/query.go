@@ -11,19 +11,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/store/record"
 )
-
-// Member is one face visit as the identity engine needs it to rebuild its
-// clusters.
-type Member struct {
-	VisitID    string
-	Time       time.Time
-	Embedding  []float32
-	Model      string
-	Mask       visit.MaskState
-	Quality    float32
-	IdentityID string
-}
 
 // VisitsBetween returns visits with from <= Time < to, oldest first, without
 // embeddings.
@@ -124,9 +113,9 @@ func (s *Store) Visit(ctx context.Context, id string) (visit.Visit, error) {
 
 // Members returns the face visits (with an embedding) inside the retention
 // window, oldest first, for rebuilding the identity engine.
-func (s *Store) Members(ctx context.Context) ([]Member, error) {
+func (s *Store) Members(ctx context.Context) ([]record.Member, error) {
 	since := s.opts.Now().Add(-s.opts.Retention)
-	var out []Member
+	var out []record.Member
 	err := s.scan(ctx, "members", func(tx *bolt.Tx) error {
 		out = nil
 		c := tx.Bucket(bVisits).Cursor()
@@ -138,7 +127,7 @@ func (s *Store) Members(ctx context.Context) ([]Member, error) {
 			if vis.Outcome != visit.FaceFound || len(vis.Embedding) == 0 {
 				continue
 			}
-			out = append(out, Member{
+			out = append(out, record.Member{
 				VisitID: vis.ID, Time: vis.Time, Embedding: vis.Embedding, Model: vis.Model,
 				Mask: vis.Mask, Quality: vis.Quality, IdentityID: vis.IdentityID,
 			})
@@ -149,12 +138,12 @@ func (s *Store) Members(ctx context.Context) ([]Member, error) {
 }
 
 // Identities returns all identities ordered by id.
-func (s *Store) Identities(ctx context.Context) ([]Identity, error) {
-	var out []Identity
+func (s *Store) Identities(ctx context.Context) ([]record.Identity, error) {
+	var out []record.Identity
 	err := s.view(ctx, "list identities", func(tx *bolt.Tx) error {
 		out = nil
 		return tx.Bucket(bIdentities).ForEach(func(k, v []byte) error {
-			var id Identity
+			var id record.Identity
 			if err := json.Unmarshal(v, &id); err != nil {
 				return fmt.Errorf("decode identity %q: %w", k, err)
 			}
@@ -166,8 +155,8 @@ func (s *Store) Identities(ctx context.Context) ([]Identity, error) {
 }
 
 // Identity returns one identity; ErrNotFound when absent.
-func (s *Store) Identity(ctx context.Context, id string) (Identity, error) {
-	var out Identity
+func (s *Store) Identity(ctx context.Context, id string) (record.Identity, error) {
+	var out record.Identity
 	err := s.view(ctx, "get identity", func(tx *bolt.Tx) error {
 		v := tx.Bucket(bIdentities).Get([]byte(id))
 		if v == nil {

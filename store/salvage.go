@@ -12,6 +12,8 @@ import (
 	"sort"
 	"syscall"
 
+	"github.com/periocular/atm-agent/store/record"
+
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -236,7 +238,7 @@ func (s *Store) writeSalvaged(ctx context.Context, r *records, rep *SalvageRepor
 					continue
 				}
 				if ib.Get([]byte(v.identity)) == nil {
-					if err := writeIdentity(ib, Identity{ID: v.identity, Status: "pending", Created: now, Updated: now,
+					if err := writeIdentity(ib, record.Identity{ID: v.identity, Status: "pending", Created: now, Updated: now,
 						Attrs: map[string]string{"salvaged": "identity record was unreadable"}}); err != nil {
 						return err
 					}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/store/record"
+
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -117,7 +119,7 @@ func fillVisits(tb testing.TB, s *Store, n, people int) {
 			if people > 0 {
 				id = fmt.Sprint("id", i%people)
 				if i < people {
-					if err := s.putIdentity(tx, Identity{ID: id}, t0); err != nil {
+					if err := s.putIdentity(tx, record.Identity{ID: id}, t0); err != nil {
 						return err
 					}
 				}

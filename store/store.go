@@ -39,6 +39,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/periocular/atm-agent/store/record"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -47,7 +48,7 @@ var (
 	ErrSchemaTooNew    = errors.New("database was written by a newer atm-agent (schema version too new)")
 	ErrKeyRequired     = errors.New("database embeddings are encrypted: an encryption key is required")
 	ErrWrongKey        = errors.New("encryption key does not match the one this database was created with")
-	ErrDuplicateVisit  = errors.New("visit id already stored")
+	ErrDuplicateVisit  = record.ErrDuplicateVisit // a commit whose visit id is already stored
 	ErrUnknownIdentity = errors.New("unknown identity")
 	ErrNotFound        = errors.New("not found")
 )

@@ -21,6 +21,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 var t0 = time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)
@@ -58,11 +59,11 @@ func faceVisit(id string, at time.Time, identity string) *visit.Visit {
 	}
 }
 
-func commitFace(t testing.TB, s *Store, id string, at time.Time, identity string) CommitResult {
+func commitFace(t testing.TB, s *Store, id string, at time.Time, identity string) record.CommitResult {
 	t.Helper()
-	res, err := s.CommitVisit(context.Background(), Commit{
+	res, err := s.CommitVisit(context.Background(), record.Commit{
 		Visit:      faceVisit(id, at, identity),
-		Identities: []Identity{{ID: identity, Status: "pending", Confidence: 0.5}},
+		Identities: []record.Identity{{ID: identity, Status: "pending", Confidence: 0.5}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +126,7 @@ func TestCommitVisitRoundTrip(t *testing.T) {
 		t.Errorf("visit seqs %v, want 1 2 3", seqs)
 	}
 	// A faceless visit without identity, store-assigned id.
-	res, err := s.CommitVisit(ctx, Commit{Visit: &visit.Visit{Time: t0.Add(3 * time.Minute),
+	res, err := s.CommitVisit(ctx, record.Commit{Visit: &visit.Visit{Time: t0.Add(3 * time.Minute),
 		Descriptor: visit.Descriptor{Outcome: visit.NoFace}}})
 	if err != nil {
 		t.Fatal(err)
@@ -172,10 +173,10 @@ func TestCommitVisitRoundTrip(t *testing.T) {
 		t.Errorf("IdentityVisits = %d", len(iv))
 	}
 
-	if _, err := s.CommitVisit(ctx, Commit{Visit: faceVisit("v1", t0, "idA")}); !errors.Is(err, ErrDuplicateVisit) {
+	if _, err := s.CommitVisit(ctx, record.Commit{Visit: faceVisit("v1", t0, "idA")}); !errors.Is(err, ErrDuplicateVisit) {
 		t.Errorf("duplicate visit id: %v", err)
 	}
-	if _, err := s.CommitVisit(ctx, Commit{Visit: faceVisit("vx", t0, "nobody")}); !errors.Is(err, ErrUnknownIdentity) {
+	if _, err := s.CommitVisit(ctx, record.Commit{Visit: faceVisit("vx", t0, "nobody")}); !errors.Is(err, ErrUnknownIdentity) {
 		t.Errorf("visit with unknown identity: %v", err)
 	}
 }
@@ -205,7 +206,7 @@ func TestCommitIsAtomic(t *testing.T) {
 			ctx := context.Background()
 			s, _ := openTest(t, Options{OutboxMaxMessages: 1})
 			commitFace(t, s, "old", t0, "idB")
-			if _, err := s.CommitVisit(ctx, Commit{Outbox: []visit.OutboxMessage{{Kind: "summary", Topic: "summary", Payload: []byte(`{}`)}}}); err != nil {
+			if _, err := s.CommitVisit(ctx, record.Commit{Outbox: []visit.OutboxMessage{{Kind: "summary", Topic: "summary", Payload: []byte(`{}`)}}}); err != nil {
 				t.Fatal(err)
 			}
 			before := snapshot(t, s)
@@ -217,12 +218,12 @@ func TestCommitIsAtomic(t *testing.T) {
 				}
 				return nil
 			}
-			_, err := s.CommitVisit(ctx, Commit{
+			_, err := s.CommitVisit(ctx, record.Commit{
 				Visit:            faceVisit("new", t0.Add(time.Hour), "idA"),
-				Identities:       []Identity{{ID: "idA"}},
-				Relabels:         []Relabel{{VisitID: "old", IdentityID: "idA"}},
+				Identities:       []record.Identity{{ID: "idA"}},
+				Relabels:         []record.Relabel{{VisitID: "old", IdentityID: "idA"}},
 				DeleteIdentities: []string{"idB"},
-				Alerts:           []NewAlert{{Alert: visit.Alert{ID: "a1", Rule: "r"}, Message: &visit.OutboxMessage{Topic: "alert", Payload: []byte(`{}`)}}},
+				Alerts:           []record.NewAlert{{Alert: visit.Alert{ID: "a1", Rule: "r"}, Message: &visit.OutboxMessage{Topic: "alert", Payload: []byte(`{}`)}}},
 				Outbox:           []visit.OutboxMessage{{Kind: "summary", Topic: "summary", Payload: []byte(`{}`)}},
 			})
 			if !errors.Is(err, boom) {
@@ -233,10 +234,10 @@ func TestCommitIsAtomic(t *testing.T) {
 			}
 			s.testHook = nil
 			// The same commit succeeds afterwards; counters continue without gaps.
-			res, err := s.CommitVisit(ctx, Commit{
+			res, err := s.CommitVisit(ctx, record.Commit{
 				Visit:            faceVisit("new", t0.Add(time.Hour), "idA"),
-				Identities:       []Identity{{ID: "idA"}},
-				Relabels:         []Relabel{{VisitID: "old", IdentityID: "idA"}},
+				Identities:       []record.Identity{{ID: "idA"}},
+				Relabels:         []record.Relabel{{VisitID: "old", IdentityID: "idA"}},
 				DeleteIdentities: []string{"idB"},
 				Outbox:           []visit.OutboxMessage{{Kind: "event", Topic: "event", Payload: []byte(`{}`)}},
 			})
@@ -258,12 +259,12 @@ func TestConsolidationRelabelAndDelete(t *testing.T) {
 	commitFace(t, s, "v3", t0.Add(2*time.Minute), "B")
 
 	// Deleting B while it still has visits fails and changes nothing.
-	if _, err := s.CommitVisit(ctx, Commit{DeleteIdentities: []string{"B"}}); err == nil {
+	if _, err := s.CommitVisit(ctx, record.Commit{DeleteIdentities: []string{"B"}}); err == nil {
 		t.Fatal("delete of identity with visits succeeded")
 	}
 	d := float32(0.1)
-	res, err := s.CommitVisit(ctx, Commit{
-		Relabels:         []Relabel{{VisitID: "v2", IdentityID: "A", Distance: &d}, {VisitID: "v3", IdentityID: "A"}, {VisitID: "gone", IdentityID: "A"}},
+	res, err := s.CommitVisit(ctx, record.Commit{
+		Relabels:         []record.Relabel{{VisitID: "v2", IdentityID: "A", Distance: &d}, {VisitID: "v3", IdentityID: "A"}, {VisitID: "gone", IdentityID: "A"}},
 		DeleteIdentities: []string{"B"},
 	})
 	if err != nil {
@@ -289,8 +290,8 @@ func TestAlertsAreWrittenOnce(t *testing.T) {
 	ctx := context.Background()
 	s, _ := openTest(t, Options{})
 	a := visit.Alert{ID: "al-1", Rule: "r1", IdentityID: "A", Raised: t0}
-	mk := func() Commit {
-		return Commit{Alerts: []NewAlert{{Alert: a, Message: &visit.OutboxMessage{Topic: "alert", Payload: []byte(`{"id":"al-1"}`)}}}}
+	mk := func() record.Commit {
+		return record.Commit{Alerts: []record.NewAlert{{Alert: a, Message: &visit.OutboxMessage{Topic: "alert", Payload: []byte(`{"id":"al-1"}`)}}}}
 	}
 	r1, err := s.CommitVisit(ctx, mk())
 	if err != nil {
@@ -392,7 +393,7 @@ func TestOutboxBoundPolicy(t *testing.T) {
 			s, path := openTest(t, tt.opts)
 			var perCommit = map[string]uint64{}
 			for _, m := range tt.msgs {
-				res, err := s.CommitVisit(ctx, Commit{Outbox: []visit.OutboxMessage{m}})
+				res, err := s.CommitVisit(ctx, record.Commit{Outbox: []visit.OutboxMessage{m}})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -436,7 +437,7 @@ func TestOutboxPendingAck(t *testing.T) {
 	s, _ := openTest(t, Options{})
 	var keys []uint64
 	for i := range 5 {
-		res, err := s.CommitVisit(ctx, Commit{Outbox: []visit.OutboxMessage{{Kind: "summary", Topic: "summary",
+		res, err := s.CommitVisit(ctx, record.Commit{Outbox: []visit.OutboxMessage{{Kind: "summary", Topic: "summary",
 			Coalesce: "sum", Created: t0.Add(time.Duration(i) * time.Second), Payload: []byte(fmt.Sprintf(`{"n":%d}`, i))}}})
 		if err != nil {
 			t.Fatal(err)
@@ -485,7 +486,7 @@ func TestEncryption(t *testing.T) {
 	}
 	v := faceVisit("v1", t0, "A")
 	v.Embedding = []float32{0.123456, -0.654321, 0.5, 0.25}
-	if _, err := s.CommitVisit(ctx, Commit{Visit: v, Identities: []Identity{{ID: "A"}}}); err != nil {
+	if _, err := s.CommitVisit(ctx, record.Commit{Visit: v, Identities: []record.Identity{{ID: "A"}}}); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -612,7 +613,7 @@ func TestRetentionPurge(t *testing.T) {
 	commitFace(t, s, "old1", t0, "A")
 	commitFace(t, s, "old2", t0.Add(time.Hour), "B")
 	commitFace(t, s, "new1", t0.Add(30*time.Hour), "B")
-	if _, err := s.CommitVisit(ctx, Commit{Alerts: []NewAlert{
+	if _, err := s.CommitVisit(ctx, record.Commit{Alerts: []record.NewAlert{
 		{Alert: visit.Alert{ID: "x-old", Rule: "r", IdentityID: "A", Raised: t0}},
 		{Alert: visit.Alert{ID: "x-new", Rule: "r", IdentityID: "B", Raised: t0.Add(30 * time.Hour)}},
 	}}); err != nil {
@@ -651,7 +652,7 @@ func TestPurgeManyInBatches(t *testing.T) {
 	s, _ := openTest(t, Options{})
 	vs := make([]*visit.Visit, 0, 2500)
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if err := s.putIdentity(tx, Identity{ID: "A"}, t0); err != nil {
+		if err := s.putIdentity(tx, record.Identity{ID: "A"}, t0); err != nil {
 			return err
 		}
 		for i := range 2500 {
@@ -682,7 +683,7 @@ func TestPurgeIdentity(t *testing.T) {
 	commitFace(t, s, "v1", t0, "A")
 	commitFace(t, s, "v2", t0.Add(time.Minute), "B")
 	commitFace(t, s, "v3", t0.Add(2*time.Minute), "A")
-	if _, err := s.CommitVisit(ctx, Commit{Alerts: []NewAlert{{Alert: visit.Alert{ID: "al", Rule: "r", IdentityID: "A"}}}}); err != nil {
+	if _, err := s.CommitVisit(ctx, record.Commit{Alerts: []record.NewAlert{{Alert: visit.Alert{ID: "al", Rule: "r", IdentityID: "A"}}}}); err != nil {
 		t.Fatal(err)
 	}
 	n, err := s.PurgeIdentity(ctx, "A")
@@ -714,7 +715,7 @@ func TestExportAndCompact(t *testing.T) {
 	for i := range 50 {
 		commitFace(t, s, fmt.Sprint("v", i), t0.Add(time.Duration(i)*time.Minute), "A")
 	}
-	if _, err := s.CommitVisit(ctx, Commit{Alerts: []NewAlert{{Alert: visit.Alert{ID: "al", Rule: "r", IdentityID: "A", Raised: t0.Add(time.Hour)}}}}); err != nil {
+	if _, err := s.CommitVisit(ctx, record.Commit{Alerts: []record.NewAlert{{Alert: visit.Alert{ID: "al", Rule: "r", IdentityID: "A", Raised: t0.Add(time.Hour)}}}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Purge(ctx, t0.Add(40*time.Minute)); err != nil {
@@ -788,9 +789,9 @@ func BenchmarkCommitVisit(b *testing.B) {
 			for i := 0; b.Loop(); i++ {
 				v := faceVisit(fmt.Sprint("v", i), t0.Add(time.Duration(i)*time.Second), fmt.Sprint("id", i%50))
 				v.Embedding = e
-				_, err := s.CommitVisit(ctx, Commit{
+				_, err := s.CommitVisit(ctx, record.Commit{
 					Visit:      v,
-					Identities: []Identity{{ID: v.IdentityID, Status: "pending"}},
+					Identities: []record.Identity{{ID: v.IdentityID, Status: "pending"}},
 					Outbox:     []visit.OutboxMessage{{Kind: "event", Topic: "visit", Payload: make([]byte, 300)}},
 				})
 				if err != nil {
@@ -836,12 +837,12 @@ func TestStatsTemplatesPerModel(t *testing.T) {
 	for i, m := range []string{"faceres+abc", "faceres+abc", "foamliu", ""} {
 		v := &visit.Visit{Time: now.Add(time.Duration(i) * time.Second),
 			Descriptor: visit.Descriptor{Outcome: visit.FaceFound, Model: m, Embedding: emb(float32(i), 8)}}
-		if _, err := s.CommitVisit(ctx, Commit{Visit: v}); err != nil {
+		if _, err := s.CommitVisit(ctx, record.Commit{Visit: v}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A visit without a face holds no template.
-	if _, err := s.CommitVisit(ctx, Commit{Visit: &visit.Visit{Time: now.Add(time.Minute),
+	if _, err := s.CommitVisit(ctx, record.Commit{Visit: &visit.Visit{Time: now.Add(time.Minute),
 		Descriptor: visit.Descriptor{Outcome: visit.NoFace, Model: "foamliu"}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -870,14 +871,14 @@ func TestOutboxReadySignal(t *testing.T) {
 	if ready() {
 		t.Fatal("signalled before any commit")
 	}
-	if _, err := s.CommitVisit(ctx, Commit{Visit: &visit.Visit{ID: "v-no-msg", Time: t0, Descriptor: visit.Descriptor{Outcome: visit.NoFace}}}); err != nil {
+	if _, err := s.CommitVisit(ctx, record.Commit{Visit: &visit.Visit{ID: "v-no-msg", Time: t0, Descriptor: visit.Descriptor{Outcome: visit.NoFace}}}); err != nil {
 		t.Fatal(err)
 	}
 	if ready() {
 		t.Fatal("a commit without outbox messages signalled")
 	}
 	for i := range 3 {
-		if _, err := s.CommitVisit(ctx, Commit{Outbox: []visit.OutboxMessage{{Kind: "alert", Topic: "alert",
+		if _, err := s.CommitVisit(ctx, record.Commit{Outbox: []visit.OutboxMessage{{Kind: "alert", Topic: "alert",
 			Created: t0, Payload: []byte(fmt.Sprintf(`{"n":%d}`, i))}}}); err != nil {
 			t.Fatal(err)
 		}

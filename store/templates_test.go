@@ -18,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 // oldEncodeVisit is the schema-1 visit record: header and embedding inline
@@ -108,7 +109,7 @@ func writeSchema1(t testing.TB, path string, key []byte, vs []*visit.Visit) {
 			}
 			if v.IdentityID != "" {
 				if !touched[v.IdentityID] {
-					if err := s.putIdentity(tx, Identity{ID: v.IdentityID, Status: "pending"}, t0); err != nil {
+					if err := s.putIdentity(tx, record.Identity{ID: v.IdentityID, Status: "pending"}, t0); err != nil {
 						return err
 					}
 				}
@@ -366,7 +367,7 @@ func TestPurgeRemovesTemplates(t *testing.T) {
 	s, _ := openTest(t, Options{Key: key32(4), Now: clk.Now, Retention: time.Hour})
 	for i := range 30 {
 		commitFace(t, s, fmt.Sprint("f", i), t0.Add(time.Duration(i)*time.Minute), fmt.Sprint("id", i%3))
-		if _, err := s.CommitVisit(ctx, Commit{Visit: &visit.Visit{ID: fmt.Sprint("n", i),
+		if _, err := s.CommitVisit(ctx, record.Commit{Visit: &visit.Visit{ID: fmt.Sprint("n", i),
 			Time: t0.Add(time.Duration(i)*time.Minute + time.Second), Descriptor: visit.Descriptor{Outcome: visit.NoFace}}}); err != nil {
 			t.Fatal(err)
 		}
@@ -388,8 +389,8 @@ func TestPurgeRemovesTemplates(t *testing.T) {
 		t.Errorf("after purge identity: %d visits, %d templates, want 17 and 7", v, tm)
 	}
 	// Relabels rewrite the record only; the template stays readable.
-	if _, err := s.CommitVisit(ctx, Commit{Identities: []Identity{{ID: "idX"}},
-		Relabels: []Relabel{{VisitID: "f29", IdentityID: "idX"}}}); err != nil {
+	if _, err := s.CommitVisit(ctx, record.Commit{Identities: []record.Identity{{ID: "idX"}},
+		Relabels: []record.Relabel{{VisitID: "f29", IdentityID: "idX"}}}); err != nil {
 		t.Fatal(err)
 	}
 	if v, err := s.Visit(ctx, "f29"); err != nil || v.IdentityID != "idX" || !slices.Equal(v.Embedding, emb(0.5, 8)) {
@@ -403,7 +404,7 @@ func TestMetadataScansDoNotReadTemplates(t *testing.T) {
 	s, _ := openTest(t, Options{Key: key32(5)})
 	const n = 300
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if err := s.putIdentity(tx, Identity{ID: "A"}, t0); err != nil {
+		if err := s.putIdentity(tx, record.Identity{ID: "A"}, t0); err != nil {
 			return err
 		}
 		for i := range n {

@@ -15,6 +15,7 @@ import (
 	"github.com/periocular/atm-agent/agent/rules"
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 var t0 = time.Date(2025, 3, 3, 8, 0, 0, 0, time.UTC) // aligned to the hour
@@ -276,12 +277,12 @@ func TestWithStore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := store.Commit{Visit: &v}
+		c := record.Commit{Visit: &v}
 		if v.IdentityID != "" {
-			c.Identities = []store.Identity{{ID: v.IdentityID}}
+			c.Identities = []record.Identity{{ID: v.IdentityID}}
 		}
 		for _, a := range as {
-			c.Alerts = append(c.Alerts, store.NewAlert{Alert: a, Message: &visit.OutboxMessage{Topic: "alert", Payload: []byte(a.ID)}})
+			c.Alerts = append(c.Alerts, record.NewAlert{Alert: a, Message: &visit.OutboxMessage{Topic: "alert", Payload: []byte(a.ID)}})
 		}
 		res, err := s.CommitVisit(ctx, c)
 		if err != nil {

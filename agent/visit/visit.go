@@ -5,8 +5,8 @@
 package visit
 
 import (
-	"math"
 	"fmt"
+	"math"
 	"time"
 )
 

@@ -14,7 +14,7 @@ import (
 
 	"github.com/periocular/atm-agent/agent/visit"
 	manifest "github.com/periocular/atm-agent/models"
-	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 // replayCfg: four interval triggers, no broker.
@@ -141,7 +141,7 @@ func TestTamperedModel(t *testing.T) {
 	st := openStore(t, db)
 	v := visit.Visit{ID: "before-0001", Time: time.Now().Add(-time.Minute), Trigger: "test",
 		Descriptor: visit.Descriptor{Outcome: visit.NoFace}}
-	if _, err := st.CommitVisit(context.Background(), store.Commit{Visit: &v}); err != nil {
+	if _, err := st.CommitVisit(context.Background(), record.Commit{Visit: &v}); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()

@@ -16,6 +16,7 @@ import (
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/internal/testenv"
 	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 // The daemon on a damaged store: it refuses to start with exit 65 (which
@@ -44,8 +45,8 @@ func TestDamagedStoreRefused(t *testing.T) {
 	for i := range 60 {
 		e := make([]float32, 128)
 		e[i%128] = 1
-		if _, err := st.CommitVisit(context.Background(), store.Commit{
-			Identities: []store.Identity{{ID: fmt.Sprint("p-", i%5), Status: "pending"}},
+		if _, err := st.CommitVisit(context.Background(), record.Commit{
+			Identities: []record.Identity{{ID: fmt.Sprint("p-", i%5), Status: "pending"}},
 			Visit: &visit.Visit{Time: now.Add(time.Duration(i-100) * time.Second), IdentityID: fmt.Sprint("p-", i%5),
 				Descriptor: visit.Descriptor{Outcome: visit.FaceFound, Embedding: e}}}); err != nil {
 			t.Fatal(err)

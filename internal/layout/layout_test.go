@@ -51,6 +51,21 @@ func TestNoGocvInCore(t *testing.T) {
 	}
 }
 
+// The agent's core consumes small interfaces: no bbolt, no paho, no
+// gocv (agent/daemon wires the real parts).
+func TestAgentCoreDeps(t *testing.T) {
+	for _, p := range []string{"agent", "agent/identity", "agent/rules", "agent/visit"} {
+		for _, d := range goList(t, "-deps", "-f", "{{.ImportPath}}", module+p) {
+			bad := d == module+"store" || strings.HasPrefix(d, module+"sync/mqttsync") ||
+				strings.HasPrefix(d, "go.etcd.io/bbolt") || strings.HasPrefix(d, "github.com/eclipse/paho.mqtt.golang") ||
+				strings.HasPrefix(d, "gocv.io/")
+			if bad {
+				t.Errorf("%s links %s (store/record holds the types it needs)", p, d)
+			}
+		}
+	}
+}
+
 // The top level holds the card's folders (agent, hal, store, sync, models,
 // scripts, systemd) plus cmd, internal, docs, testdata and the module files.
 func TestTopLevel(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"github.com/periocular/atm-agent/internal/cli"
 	"github.com/periocular/atm-agent/internal/testenv"
 	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/store/record"
 )
 
 func TestDBCommands(t *testing.T) {
@@ -25,8 +26,8 @@ func TestDBCommands(t *testing.T) {
 	}
 	now := time.Now()
 	for i, id := range []string{"p-a", "p-a", "p-b"} {
-		_, err := st.CommitVisit(context.Background(), store.Commit{
-			Identities: []store.Identity{{ID: id, Status: "pending"}},
+		_, err := st.CommitVisit(context.Background(), record.Commit{
+			Identities: []record.Identity{{ID: id, Status: "pending"}},
 			Visit: &visit.Visit{Time: now.Add(time.Duration(i) * time.Second), IdentityID: id,
 				Descriptor: visit.Descriptor{Outcome: visit.FaceFound, Embedding: []float32{1, 0}}}})
 		if err != nil {
@@ -83,7 +84,7 @@ func TestDBStatsTemplatesOfOtherModels(t *testing.T) {
 	}
 	now := time.Now()
 	for i, m := range []string{"old-embedder", "old-embedder", tag} {
-		_, err := st.CommitVisit(context.Background(), store.Commit{Visit: &visit.Visit{Time: now.Add(time.Duration(i) * time.Second),
+		_, err := st.CommitVisit(context.Background(), record.Commit{Visit: &visit.Visit{Time: now.Add(time.Duration(i) * time.Second),
 			Descriptor: visit.Descriptor{Outcome: visit.FaceFound, Model: m, Embedding: []float32{1, 0}}}})
 		if err != nil {
 			t.Fatal(err)
@@ -127,8 +128,8 @@ func TestDBCommandsOperator(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 20 {
-		_, err := st.CommitVisit(context.Background(), store.Commit{
-			Identities: []store.Identity{{ID: "p-a", Status: "pending"}},
+		_, err := st.CommitVisit(context.Background(), record.Commit{
+			Identities: []record.Identity{{ID: "p-a", Status: "pending"}},
 			Visit: &visit.Visit{Time: time.Now().Add(time.Duration(i) * time.Second), IdentityID: "p-a",
 				Descriptor: visit.Descriptor{Outcome: visit.FaceFound, Embedding: []float32{1, 0}}}})
 		if err != nil {
