@@ -8,6 +8,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/agent"
+	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/rules"
 	"github.com/periocular/atm-agent/agent/vision"
@@ -159,30 +161,41 @@ func pct(d []time.Duration, p float64) time.Duration {
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 
 // BenchmarkVisitLatency is trigger -> committed visit for a 5-frame 640x480
-// burst through the real agent, vision pipeline (2 threads), identity
-// engine, rules and bbolt store; the camera returns prepared frames at once
-// and nothing is published. One visit per iteration; the first visit (a
-// warm-up) is not counted.
+// burst through the daemon's own wiring (agent/daemon: models, vision
+// pipeline with 2 threads, identity engine, default rules, bbolt store);
+// the injected camera returns prepared frames at once, no trigger source,
+// MQTT or metrics port is configured. One visit per iteration; the first
+// visit (a warm-up) is not counted.
 func BenchmarkVisitLatency(b *testing.B) {
-	dir, man := modelsDir(b)
-	em, ok := man.Find(man.Pipeline.Embedder)
-	if !ok || em.Embedding == nil || em.Thresholds == nil {
-		b.Fatalf("embedder %q without dimension or thresholds", man.Pipeline.Embedder)
-	}
-	vcfg := vision.DefaultConfig()
+	dir := testenv.ModelsDir(b)
+	cfg := daemon.DefaultConfig()
+	cfg.Models.Dir = dir
+	cfg.Store.Path = filepath.Join(b.TempDir(), "agent.db")
+	cfg.Trigger = daemon.TriggerConfig{}
+	cfg.Metrics.Listen = ""
+	cfg.Device = daemon.DeviceConfig{ID: "bench-0001", Site: "bench"}
 	if s := os.Getenv("ATM_BENCH_THREADS"); s != "" {
-		vcfg.Threads, _ = strconv.Atoi(s)
+		cfg.Vision.Threads, _ = strconv.Atoi(s)
 	}
 	// ATM_BENCH_NOTRACK=1: every frame of the burst runs the whole
 	// detection stage (no tracking from the previous frame).
-	vcfg.NoTrack = os.Getenv("ATM_BENCH_NOTRACK") == "1"
-	p, err := vision.New(dir, man, "", "", vcfg)
+	cfg.Vision.NoTrack = os.Getenv("ATM_BENCH_NOTRACK") == "1"
+	obs := done{make(chan agent.Stages, 1)}
+	d, err := daemon.New(cfg, daemon.Options{Version: "bench", Camera: burstCamera{atmBurst(b)}, Observer: obs,
+		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer p.Close()
-	cam := burstCamera{atmBurst(b)}
-	r := newRig(b, cam, p, engineFor(b, em, p.TemplateDim), p.TemplateModel, p.Config().NewIdentityQuality)
+	ctx, cancel := context.WithCancel(context.Background())
+	ended := make(chan error, 1)
+	go func() { ended <- d.Run(ctx) }()
+	b.Cleanup(func() {
+		cancel()
+		if err := <-ended; err != nil {
+			b.Error(err)
+		}
+	})
+	r := &rig{ag: d.Agent(), obs: obs}
 
 	r.visit(b, visit.Trigger{Source: "bench"}) // warm-up
 	var total, perceive, rest []time.Duration
