@@ -69,7 +69,7 @@ type Store interface {
 	Visit(ctx context.Context, id string) (visit.Visit, error)
 	VisitsSince(ctx context.Context, identityID string, since time.Time) ([]visit.Visit, error)
 	LastAlert(ctx context.Context, rule, identityID string) (time.Time, bool, error)
-	Members(ctx context.Context) ([]record.Member, error)
+	Members(ctx context.Context) ([]visit.Member, error)
 	Identities(ctx context.Context) ([]record.Identity, error)
 	PurgeExpired(ctx context.Context) (int, error)
 	PurgeIdentity(ctx context.Context, id string) (int, error)

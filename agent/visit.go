@@ -238,7 +238,7 @@ func (a *Agent) restore(ctx context.Context) error {
 
 // buildSnapshot turns stored identities and members into an engine
 // snapshot; identities are ordered by creation (older wins ties).
-func buildSnapshot(ids []record.Identity, ms []record.Member, model string, dim int) (identity.Snapshot, int) {
+func buildSnapshot(ids []record.Identity, ms []visit.Member, model string, dim int) (identity.Snapshot, int) {
 	known := map[string]record.Identity{}
 	for _, id := range ids {
 		known[id.ID] = id
@@ -255,8 +255,7 @@ func buildSnapshot(ids []record.Identity, ms []record.Member, model string, dim 
 			continue
 		}
 		used[m.IdentityID] = true
-		snap.Members = append(snap.Members, identity.Member{VisitID: m.VisitID, Time: m.Time,
-			Embedding: m.Embedding, Mask: m.Mask, IdentityID: m.IdentityID})
+		snap.Members = append(snap.Members, m)
 	}
 	var metas []identity.IdentityMeta
 	for id := range used {

@@ -113,9 +113,9 @@ func (s *Store) Visit(ctx context.Context, id string) (visit.Visit, error) {
 
 // Members returns the face visits (with an embedding) inside the retention
 // window, oldest first, for rebuilding the identity engine.
-func (s *Store) Members(ctx context.Context) ([]record.Member, error) {
+func (s *Store) Members(ctx context.Context) ([]visit.Member, error) {
 	since := s.opts.Now().Add(-s.opts.Retention)
-	var out []record.Member
+	var out []visit.Member
 	err := s.scan(ctx, "members", func(tx *bolt.Tx) error {
 		out = nil
 		c := tx.Bucket(bVisits).Cursor()
@@ -127,7 +127,7 @@ func (s *Store) Members(ctx context.Context) ([]record.Member, error) {
 			if vis.Outcome != visit.FaceFound || len(vis.Embedding) == 0 {
 				continue
 			}
-			out = append(out, record.Member{
+			out = append(out, visit.Member{
 				VisitID: vis.ID, Time: vis.Time, Embedding: vis.Embedding, Model: vis.Model,
 				Mask: vis.Mask, Quality: vis.Quality, IdentityID: vis.IdentityID,
 			})

@@ -63,7 +63,7 @@ func makeBenchState(n int, spread string, seed uint64) *benchState {
 			if s.r.IntN(5) == 0 {
 				m = visit.Masked
 			}
-			st.snap.Members = append(st.snap.Members, Member{VisitID: strconv.Itoa(len(st.snap.Members)), Time: at,
+			st.snap.Members = append(st.snap.Members, visit.Member{VisitID: strconv.Itoa(len(st.snap.Members)), Time: at,
 				Embedding: backing[off : off+benchDim : off+benchDim], Mask: m, IdentityID: id})
 			at = at.Add(time.Minute)
 		}

@@ -385,7 +385,7 @@ func TestRestoreGivesIdenticalDecisions(t *testing.T) {
 
 func TestRestoreRejectsInconsistentState(t *testing.T) {
 	e := newTestEngine(t, testConfig(), 4)
-	bad := Snapshot{Dim: 4, Members: []Member{{VisitID: "v", Embedding: []float32{1, 0, 0, 0}, IdentityID: "nope"}}}
+	bad := Snapshot{Dim: 4, Members: []visit.Member{{VisitID: "v", Embedding: []float32{1, 0, 0, 0}, IdentityID: "nope"}}}
 	if err := e.Restore(bad); err == nil {
 		t.Fatal("unknown identity accepted")
 	}

@@ -7,15 +7,6 @@ import (
 	"github.com/periocular/atm-agent/agent/visit"
 )
 
-// Member is one stored visit as the engine needs it back after a restart.
-type Member struct {
-	VisitID    string          `json:"visit_id"`
-	Time       time.Time       `json:"time"`
-	Embedding  []float32       `json:"embedding"`
-	Mask       visit.MaskState `json:"mask"`
-	IdentityID string          `json:"identity_id"`
-}
-
 // IdentityMeta is what the engine keeps about an identity besides its members.
 type IdentityMeta struct {
 	ID      string    `json:"id"`
@@ -30,7 +21,7 @@ type Snapshot struct {
 	Dim        int            `json:"dim"`
 	Seq        uint64         `json:"seq"` // last identity sequence number issued
 	Identities []IdentityMeta `json:"identities"`
-	Members    []Member       `json:"members"`
+	Members    []visit.Member `json:"members"`
 }
 
 // Snapshot copies the engine's state.
@@ -42,9 +33,9 @@ func (e *Engine) Snapshot() Snapshot {
 		s.Identities = append(s.Identities, IdentityMeta{ID: id.id, Seq: id.seq, Status: id.status, Created: id.created})
 	}
 	vec := append([]float32(nil), e.sp.vec...)
-	s.Members = make([]Member, len(e.vid))
+	s.Members = make([]visit.Member, len(e.vid))
 	for i := range e.vid {
-		s.Members[i] = Member{VisitID: e.vid[i], Time: e.tm[i], Embedding: vec[i*e.dim : (i+1)*e.dim : (i+1)*e.dim],
+		s.Members[i] = visit.Member{VisitID: e.vid[i], Time: e.tm[i], Embedding: vec[i*e.dim : (i+1)*e.dim : (i+1)*e.dim],
 			Mask: e.mask[i], IdentityID: e.ids[e.who[i]].id}
 	}
 	return s

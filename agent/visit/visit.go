@@ -109,6 +109,19 @@ type Thresholds struct {
 // MUEnabled says whether masked and unmasked visits may ever match.
 func (t Thresholds) MUEnabled() bool { return t.MU > 0 && !math.IsNaN(t.MU) }
 
+// Member is one stored face visit as the identity engine rebuilds its
+// clusters from it: the store reads them (store.Members), the engine takes
+// them in a snapshot.
+type Member struct {
+	VisitID    string    `json:"visit_id"`
+	Time       time.Time `json:"time"`
+	Embedding  []float32 `json:"embedding"`
+	Model      string    `json:"model,omitempty"` // the template's model tag
+	Mask       MaskState `json:"mask"`
+	Quality    float32   `json:"quality,omitempty"`
+	IdentityID string    `json:"identity_id"`
+}
+
 // Trigger is one card insert (or the ATM application asking for a visit)
 // as a trigger source reports it and the agent queues it.
 type Trigger struct {

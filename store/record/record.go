@@ -85,15 +85,3 @@ type CommitResult struct {
 	// Dropped counts messages the bound policy dropped in this commit, by kind.
 	Dropped map[string]uint64
 }
-
-// Member is one face visit as the identity engine needs it to rebuild its
-// clusters.
-type Member struct {
-	VisitID    string
-	Time       time.Time
-	Embedding  []float32
-	Model      string
-	Mask       visit.MaskState
-	Quality    float32
-	IdentityID string
-}
