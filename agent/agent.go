@@ -96,6 +96,20 @@ type Source interface {
 // before its next event; others ignore it.
 type Emit func(visit.Trigger) <-chan struct{}
 
+// Admit hands one trigger to the agent like Emit and says what became of
+// it: the id its visit will be stored under (its own, drawn here when the
+// trigger has none, or the queued visit's it was coalesced into). It never
+// blocks.
+type Admit = func(visit.Trigger) visit.Admission
+
+// AdmitSource is a Source whose clients are answered with the agent's
+// decision (the HTTP endpoint replies with the visit id and whether the
+// trigger was coalesced). Run calls RunAdmit instead of Run for it.
+type AdmitSource interface {
+	Source
+	RunAdmit(ctx context.Context, admit Admit) error
+}
+
 // Stages are the per-stage latencies of one visit.
 type Stages struct {
 	Queue, Burst, Perceive, Assign, Rules, Commit, Total time.Duration
@@ -247,13 +261,24 @@ func New(cfg Config, d Deps) (*Agent, error) {
 // event will get a visit of its own, false when it was coalesced into the
 // queued one (see the package documentation).
 func (a *Agent) Trigger(ev visit.Trigger) bool {
-	ok, _ := a.trigger(ev)
+	ok, _, _ := a.trigger(ev)
 	return ok
 }
 
-// trigger is Trigger that also returns the channel closed once no trigger
-// is queued (Emit).
-func (a *Agent) trigger(ev visit.Trigger) (bool, <-chan struct{}) {
+// admit is Admit: a trigger without an id gets one here, so the caller
+// learns the id its visit is stored under.
+func (a *Agent) admit(ev visit.Trigger) visit.Admission {
+	if ev.ID == "" {
+		ev.ID = newVisitID()
+	}
+	ok, id, _ := a.trigger(ev)
+	return visit.Admission{ID: id, Coalesced: !ok}
+}
+
+// trigger is Trigger that also returns the id of the queued trigger (ev's
+// own, or the one ev was coalesced into) and the channel closed once no
+// trigger is queued (Emit).
+func (a *Agent) trigger(ev visit.Trigger) (bool, string, <-chan struct{}) {
 	if ev.Time.IsZero() {
 		ev.Time = a.clk.Now()
 	}
@@ -261,6 +286,7 @@ func (a *Agent) trigger(ev visit.Trigger) (bool, <-chan struct{}) {
 	a.stats.Triggers++
 	if a.pending != nil {
 		p := a.pending
+		id := p.ID
 		if p.Context.CardHash == "" {
 			p.Context.CardHash = ev.Context.CardHash
 		}
@@ -271,7 +297,7 @@ func (a *Agent) trigger(ev visit.Trigger) (bool, <-chan struct{}) {
 		free := a.free
 		a.mu.Unlock()
 		a.obs.Coalesced()
-		return false, free
+		return false, id, free
 	}
 	a.pending = &ev
 	a.free = make(chan struct{})
@@ -281,7 +307,7 @@ func (a *Agent) trigger(ev visit.Trigger) (bool, <-chan struct{}) {
 	case a.wake <- struct{}{}:
 	default:
 	}
-	return true, free
+	return true, ev.ID, free
 }
 
 // take removes the queued trigger, if any; a.mu must be held.
@@ -353,8 +379,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			emit := func(ev visit.Trigger) <-chan struct{} { _, free := a.trigger(ev); return free }
-			if err := s.Run(srcCtx, emit); err != nil && srcCtx.Err() == nil {
+			var err error
+			if as, ok := s.(AdmitSource); ok {
+				err = as.RunAdmit(srcCtx, a.admit)
+			} else {
+				err = s.Run(srcCtx, func(ev visit.Trigger) <-chan struct{} { _, _, free := a.trigger(ev); return free })
+			}
+			if err != nil && srcCtx.Err() == nil {
 				errs <- err
 			}
 		}()

@@ -85,7 +85,7 @@ func newSources(cfg TriggerConfig, log *slog.Logger) ([]agent.Source, error) {
 		if err := s.Listen(); err != nil {
 			return nil, err
 		}
-		sources = append(sources, triggerSource{s.Run})
+		sources = append(sources, httpSource{s})
 	}
 	if r := cfg.Replay; r.Enabled {
 		s, err := trigger.NewReplay(r.ReplayConfig, log.With("component", "replay"))
@@ -122,6 +122,19 @@ func (s triggerSource) Run(ctx context.Context, emit agent.Emit) error {
 			}
 		}
 	}
+}
+
+// httpSource is the HTTP endpoint as an agent.AdmitSource: each request
+// is admitted by the agent synchronously, so the client is told the id its
+// visit is stored under and whether it was coalesced into a queued one.
+type httpSource struct{ h *trigger.HTTP }
+
+func (s httpSource) Run(ctx context.Context, emit agent.Emit) error {
+	return triggerSource{s.h.Run}.Run(ctx, emit)
+}
+
+func (s httpSource) RunAdmit(ctx context.Context, admit agent.Admit) error {
+	return s.h.RunAdmit(ctx, admit)
 }
 
 // replaySource numbers a replay's events with ids derived from the

@@ -134,6 +134,19 @@ type Trigger struct {
 	Context Context
 }
 
+// Admission is what the consumer of a trigger made of it, for a source that
+// answers a client (the HTTP endpoint).
+type Admission struct {
+	// ID is the id the visit will be stored under: the trigger's own, or
+	// that of the queued visit it was coalesced into.
+	ID string
+	// Coalesced: the trigger joined an already-queued visit (ID is that
+	// visit's) and starts no visit of its own.
+	Coalesced bool
+	// Refused: the consumer was busy and no visit was started.
+	Refused bool
+}
+
 // Visit is one card-insert event after perception.
 type Visit struct {
 	ID      string // random, unique per device

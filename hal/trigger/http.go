@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
@@ -38,11 +39,18 @@ type HTTPConfig struct {
 	TokenFile string `yaml:"token_file"`
 	// MaxBodyBytes bounds a request body. Default 4096.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// IdempotencyWindow is how long a txn_id is remembered: a repeat
+	// within it is answered with the first visit's id and starts nothing.
+	// Default 10m; 1s..24h.
+	IdempotencyWindow time.Duration `yaml:"idempotency_window"`
+	// IdempotencyMax bounds the remembered txn_ids (the oldest is
+	// forgotten first). Default 4096 (a few hundred kB at most).
+	IdempotencyMax int `yaml:"idempotency_max"`
 }
 
 // DefaultHTTPConfig returns the defaults (no endpoint enabled).
 func DefaultHTTPConfig() HTTPConfig {
-	return HTTPConfig{SocketMode: "0660", MaxBodyBytes: 4096}
+	return HTTPConfig{SocketMode: "0660", MaxBodyBytes: 4096, IdempotencyWindow: 10 * time.Minute, IdempotencyMax: 4096}
 }
 
 func (c HTTPConfig) withDefaults() HTTPConfig {
@@ -52,6 +60,12 @@ func (c HTTPConfig) withDefaults() HTTPConfig {
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = d.MaxBodyBytes
+	}
+	if c.IdempotencyWindow == 0 {
+		c.IdempotencyWindow = d.IdempotencyWindow
+	}
+	if c.IdempotencyMax == 0 {
+		c.IdempotencyMax = d.IdempotencyMax
 	}
 	return c
 }
@@ -75,6 +89,12 @@ func (c HTTPConfig) Validate() error {
 	}
 	if c.MaxBodyBytes < 0 || c.MaxBodyBytes > 1<<20 {
 		errs = append(errs, fmt.Errorf("trigger.http.max_body_bytes %d: want 1..1048576", c.MaxBodyBytes))
+	}
+	if c.IdempotencyWindow != 0 && (c.IdempotencyWindow < time.Second || c.IdempotencyWindow > 24*time.Hour) {
+		errs = append(errs, fmt.Errorf("trigger.http.idempotency_window %v: want 1s..24h", c.IdempotencyWindow))
+	}
+	if c.IdempotencyMax < 0 || c.IdempotencyMax > 1<<20 {
+		errs = append(errs, fmt.Errorf("trigger.http.idempotency_max %d: want 1..1048576", c.IdempotencyMax))
 	}
 	return errors.Join(errs...)
 }
@@ -118,12 +138,15 @@ const (
 	MaxTCPConns    = 256
 )
 
-// HTTP is the local trigger endpoint:
+// HTTP is the local trigger endpoint (docs/trigger-api.md,
+// docs/openapi/trigger.yaml):
 //
-//	POST /v1/visit   optional JSON {"card_hash": "...", "txn_id": "..."} -> 202 {"id", "time"}
-//	GET  /v1/health  -> 200 {"status": "ok", "accepted", "dropped"}
+//	POST /v1/visit   optional JSON {"card_hash": "...", "txn_id": "..."}
+//	                 -> 202 {"id", "time", "status": "accepted"|"coalesced"}
+//	                 -> 200 {"id", "time", "status": "duplicate"} (txn_id seen within the window)
+//	GET  /v1/health  -> 200 {"status": "ok", "accepted", "dropped", "duplicates", "coalesced"}
 //
-// A full output channel answers 503 (the visit was not started).
+// A busy consumer answers 503 (the visit was not started).
 type HTTP struct {
 	cfg   HTTPConfig
 	log   *slog.Logger
@@ -133,6 +156,9 @@ type HTTP struct {
 	token [sha256.Size]byte // sha256 of the token; zero if none
 	auth  bool
 	counters
+	txns       *txnCache
+	duplicates atomic.Uint64
+	coalesced  atomic.Uint64
 
 	mu   sync.Mutex
 	lns  []net.Listener
@@ -152,7 +178,7 @@ func NewHTTP(cfg HTTPConfig, log *slog.Logger, opts ...HTTPOption) (*HTTP, error
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	h := &HTTP{cfg: cfg, log: log, clock: RealClock, gid: -1}
+	h := &HTTP{cfg: cfg, log: log, clock: RealClock, gid: -1, txns: newTxnCache(cfg.IdempotencyWindow, cfg.IdempotencyMax)}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -250,9 +276,30 @@ func (h *HTTP) Listen() error {
 	return nil
 }
 
-// Run serves until ctx is done, then shuts the server down (2 s grace for
-// requests in flight) and returns nil after its serve goroutines end.
+// Run serves until ctx is done, sending events on out without blocking (a
+// full out answers 503); see RunAdmit.
 func (h *HTTP) Run(ctx context.Context, out chan<- visit.Trigger) error {
+	return h.RunAdmit(ctx, h.offerAdmit(out))
+}
+
+// offerAdmit admits a trigger by offering it to out: a new visit or, when
+// out is full, refused.
+func (h *HTTP) offerAdmit(out chan<- visit.Trigger) func(visit.Trigger) visit.Admission {
+	return func(ev visit.Trigger) visit.Admission {
+		select {
+		case out <- ev:
+			return visit.Admission{ID: ev.ID}
+		default:
+			return visit.Admission{ID: ev.ID, Refused: true}
+		}
+	}
+}
+
+// RunAdmit serves until ctx is done, handing every trigger to admit (which
+// must not block) and answering the client with its decision; then it
+// shuts the server down (2 s grace for requests in flight) and returns nil
+// after its serve goroutines end.
+func (h *HTTP) RunAdmit(ctx context.Context, admit func(visit.Trigger) visit.Admission) error {
 	if err := h.Listen(); err != nil {
 		return err
 	}
@@ -270,7 +317,7 @@ func (h *HTTP) Run(ctx context.Context, out chan<- visit.Trigger) error {
 	// of idle or slowloris connections never queues a card insert: the
 	// oldest connection without a request in progress makes room
 	// (internal/netguard).
-	srv := netguard.NewServer(h.Handler(out), netguard.DefaultTimeouts, h.log)
+	srv := netguard.NewServer(h.AdmitHandler(admit), netguard.DefaultTimeouts, h.log)
 	errc := make(chan error, len(lns))
 	for _, l := range lns {
 		max := MaxSocketConns
@@ -304,8 +351,28 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// Handler returns the endpoint's handler, sending events on out.
+// Handler returns the endpoint's handler, sending events on out without
+// blocking.
 func (h *HTTP) Handler(out chan<- visit.Trigger) http.Handler {
+	return h.AdmitHandler(h.offerAdmit(out))
+}
+
+// Visit statuses in a POST /v1/visit reply.
+const (
+	StatusAccepted  = "accepted"  // a visit of its own was started or queued
+	StatusCoalesced = "coalesced" // joined the already-queued visit whose id is returned
+	StatusDuplicate = "duplicate" // txn_id seen within the window: the first visit's id, nothing new
+)
+
+// VisitReply is the body of a successful POST /v1/visit.
+type VisitReply struct {
+	ID     string `json:"id"`
+	Time   string `json:"time"` // RFC 3339, UTC: when the trigger was received
+	Status string `json:"status"`
+}
+
+// AdmitHandler returns the endpoint's handler, handing triggers to admit.
+func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/visit", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
@@ -323,14 +390,40 @@ func (h *HTTP) Handler(out chan<- visit.Trigger) http.Handler {
 			writeError(w, status, err.Error())
 			return
 		}
-		ev := visit.Trigger{ID: NewID(), Time: h.clock.Now(), Source: SourceSocket, Context: ctx}
-		if !h.offer(out, ev) {
+		now := h.clock.Now()
+		ev := visit.Trigger{ID: NewID(), Time: now, Source: SourceSocket, Context: ctx}
+		// The cache lock is held across admit (which never blocks) so
+		// that two concurrent requests with one txn_id start one visit.
+		h.txns.mu.Lock()
+		if ctx.TxnID != "" {
+			if e, ok := h.txns.lookup(ctx.TxnID, now); ok {
+				h.txns.mu.Unlock()
+				h.duplicates.Add(1)
+				h.log.Info("socket trigger repeated: answered with the first visit", "visit", e.id)
+				writeJSON(w, http.StatusOK, VisitReply{ID: e.id, Time: e.seen.UTC().Format(time.RFC3339Nano), Status: StatusDuplicate})
+				return
+			}
+		}
+		adm := admit(ev)
+		if adm.Refused {
+			h.txns.mu.Unlock()
+			h.dropped.Add(1)
 			h.log.Warn("socket trigger dropped: consumer busy", "dropped", h.dropped.Load())
 			w.Header().Set("Retry-After", "1")
 			writeError(w, http.StatusServiceUnavailable, "busy: visit not started")
 			return
 		}
-		writeJSON(w, http.StatusAccepted, map[string]any{"id": ev.ID, "time": ev.Time.UTC().Format(time.RFC3339Nano)})
+		if ctx.TxnID != "" {
+			h.txns.add(ctx.TxnID, txnEntry{id: adm.ID, at: now, seen: now})
+		}
+		h.txns.mu.Unlock()
+		h.accepted.Add(1)
+		status := StatusAccepted
+		if adm.Coalesced {
+			status = StatusCoalesced
+			h.coalesced.Add(1)
+		}
+		writeJSON(w, http.StatusAccepted, VisitReply{ID: adm.ID, Time: now.UTC().Format(time.RFC3339Nano), Status: status})
 	})
 	mux.HandleFunc("/v1/health", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
@@ -339,7 +432,8 @@ func (h *HTTP) Handler(out chan<- visit.Trigger) http.Handler {
 			return
 		}
 		s := h.stats()
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "accepted": s.Accepted, "dropped": s.Dropped})
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "accepted": s.Accepted, "dropped": s.Dropped,
+			"duplicates": h.duplicates.Load(), "coalesced": h.coalesced.Load()})
 	})
 	return h.authenticate(mux)
 }

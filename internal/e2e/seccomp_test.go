@@ -527,9 +527,12 @@ func runUnderFilter(t *testing.T, allow []string, bin string) (err error, log st
 	return err, p.log.String(), visits() >= 6
 }
 
-// visitReq is a card-insert trigger for the HTTP endpoint at base.
+// visitReq is a card-insert trigger for the HTTP endpoint at base, with a
+// txn_id of its own (a repeated txn_id is answered as a duplicate and
+// starts no visit).
 func visitReq(base, token string) *http.Request {
-	req, _ := http.NewRequest("POST", base+"/v1/visit", strings.NewReader(`{"txn_id":"e2e"}`))
+	body := fmt.Sprintf(`{"txn_id":"e2e-%d"}`, time.Now().UnixNano())
+	req, _ := http.NewRequest("POST", base+"/v1/visit", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+token)
 	return req

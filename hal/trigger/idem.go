@@ -1,0 +1,73 @@
+package trigger
+
+import (
+	"sync"
+	"time"
+)
+
+// txnCache remembers, for a bounded time and number of entries, which visit
+// each txn_id was admitted as, so that a client retrying after a timeout
+// gets the first visit's id instead of a second visit.
+type txnCache struct {
+	window time.Duration
+	max    int
+
+	mu    sync.Mutex
+	m     map[string]txnEntry
+	order []txnKey // insertion order (oldest first), for expiry and eviction
+}
+
+type txnEntry struct {
+	id   string
+	at   time.Time // when the first trigger was admitted
+	seen time.Time // the visit's trigger time
+}
+
+type txnKey struct {
+	txn string
+	at  time.Time
+}
+
+func newTxnCache(window time.Duration, max int) *txnCache {
+	return &txnCache{window: window, max: max, m: make(map[string]txnEntry)}
+}
+
+// expire drops entries older than the window, then the oldest ones beyond
+// max; c.mu must be held.
+func (c *txnCache) expire(now time.Time) {
+	n := 0
+	for n < len(c.order) {
+		k := c.order[n]
+		if now.Sub(k.at) < c.window && len(c.order)-n <= c.max {
+			break
+		}
+		if e, ok := c.m[k.txn]; ok && e.at.Equal(k.at) {
+			delete(c.m, k.txn)
+		}
+		n++
+	}
+	if n > 0 {
+		c.order = append(c.order[:0], c.order[n:]...)
+	}
+}
+
+// lookup returns the entry for txn admitted within the window; c.mu must
+// be held.
+func (c *txnCache) lookup(txn string, now time.Time) (txnEntry, bool) {
+	c.expire(now)
+	e, ok := c.m[txn]
+	return e, ok
+}
+
+// add records txn as admitted at now as visit id; c.mu must be held.
+func (c *txnCache) add(txn string, e txnEntry) {
+	c.m[txn] = e
+	c.order = append(c.order, txnKey{txn, e.at})
+	c.expire(e.at)
+}
+
+func (c *txnCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
+}
