@@ -44,7 +44,7 @@ type HTTPConfig struct {
 	// Default 10m; 1s..24h.
 	IdempotencyWindow time.Duration `yaml:"idempotency_window"`
 	// IdempotencyMax bounds the remembered txn_ids (the oldest is
-	// forgotten first). Default 4096 (a few hundred kB at most).
+	// forgotten first). Default 4096 (under 1 MB).
 	IdempotencyMax int `yaml:"idempotency_max"`
 }
 

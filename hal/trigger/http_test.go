@@ -203,6 +203,9 @@ func TestHTTPConfigValidate(t *testing.T) {
 		{"world mode", HTTPConfig{Socket: "/x", SocketMode: "0666"}, "others"},
 		{"bad mode", HTTPConfig{Socket: "/x", SocketMode: "rw"}, "octal"},
 		{"unknown group", HTTPConfig{Socket: "/x", SocketGroup: "no-such-group-xyz"}, "socket_group"},
+		{"short window", HTTPConfig{Socket: "/x", IdempotencyWindow: time.Millisecond}, "idempotency_window"},
+		{"long window", HTTPConfig{Socket: "/x", IdempotencyWindow: 25 * time.Hour}, "idempotency_window"},
+		{"negative max", HTTPConfig{Socket: "/x", IdempotencyMax: -1}, "idempotency_max"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
