@@ -87,9 +87,14 @@ type Publisher struct {
 	mu          sync.Mutex
 	client      mqtt.Client
 	connectedAt time.Time
-	lastErr     string
-	errLogged   map[string]time.Time // message -> when it was last logged
-	ran         bool
+	// downSeen: the connection was seen closed and onConnect has not run
+	// since. paho reports the connection open before it runs onConnect, so
+	// without this a batch in that gap would stamp outage messages live
+	// against the previous connection's time.
+	downSeen  bool
+	lastErr   string
+	errLogged map[string]time.Time // message -> when it was last logged
+	ran       bool
 
 	connects, published, historical, failed, lastSeq atomic.Uint64
 
@@ -138,7 +143,12 @@ func New(cfg Config, d Deps) (*Publisher, error) {
 	}
 	opts.SetBinaryWill(p.topics.Status(), will, 1, true)
 	opts.SetOnConnectHandler(p.onConnect)
-	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+	opts.SetConnectionLostHandler(func(c mqtt.Client, err error) {
+		if !c.IsConnectionOpen() { // not already reconnected
+			p.mu.Lock()
+			p.downSeen = true
+			p.mu.Unlock()
+		}
 		p.setErr(fmt.Errorf("connection lost: %w", err))
 	})
 	opts.SetConnectionNotificationHandler(func(_ mqtt.Client, n mqtt.ConnectionNotification) {
@@ -298,6 +308,7 @@ func (p *Publisher) shutdown() {
 func (p *Publisher) onConnect(c mqtt.Client) {
 	p.mu.Lock()
 	p.connectedAt = p.now()
+	p.downSeen = false
 	clear(p.errLogged)
 	ctx := p.runCtx
 	p.mu.Unlock()
@@ -400,13 +411,24 @@ type inflight struct {
 	hist bool
 }
 
+// connectionReady says whether a publish may be handed to paho now: the
+// connection is open and onConnect has run since it was last seen closed
+// (it re-publishes the status and sets connectedAt, which decides what is
+// historical; onConnect's Notify starts the next batch).
+func (p *Publisher) connectionReady() (connectedAt time.Time, ok bool) {
+	open := p.client.IsConnectionOpen()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !open {
+		p.downSeen = true
+	}
+	return p.connectedAt, open && !p.downSeen
+}
+
 // publishBatch publishes msgs in key order with at most MaxInflight
 // outstanding, and returns the keys the broker acknowledged. complete is
 // false when any publish failed; later messages are then not sent.
 func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage) (acked []uint64, complete bool) {
-	p.mu.Lock()
-	connectedAt := p.connectedAt
-	p.mu.Unlock()
 	var q []inflight
 	complete = true
 	wait := func() {
@@ -444,7 +466,8 @@ func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage
 		// While paho reconnects it would keep a publish in its own
 		// store and resend that copy later, stamped live: the outbox is
 		// the store, so nothing is handed over without a connection.
-		if !p.client.IsConnectionOpen() {
+		connectedAt, ok := p.connectionReady()
+		if !ok {
 			complete = false
 			break
 		}
