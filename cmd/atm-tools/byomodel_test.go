@@ -22,7 +22,7 @@ import (
 func TestBringYourOwnEmbedder(t *testing.T) {
 	t.Setenv("ATM_AGENT_AS_CLI", "1")
 	src := testenv.ModelsDir(t)
-	dir, man := copyModels(t, src, "blazeface", "faceapi-recognition")
+	dir, man := testenv.CopyModels(t, src, "blazeface", "faceapi-recognition")
 	md, _ := man.Find("faceapi-recognition")
 	own := *md
 	own.Name, own.File, own.Source, own.Thresholds = "bank-embedder", "bank-embedder.onnx", nil, nil

@@ -14,37 +14,6 @@ import (
 	"github.com/periocular/atm-agent/models"
 )
 
-// copyModels copies a built models dir so a test can damage its files.
-func copyModels(t *testing.T, src string, names ...string) (string, *models.Manifest) {
-	t.Helper()
-	man, err := models.LoadManifest(filepath.Join(src, "manifest.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := t.TempDir()
-	var keep []models.Model
-	for _, n := range names {
-		md, ok := man.Find(n)
-		if !ok {
-			t.Fatalf("model %s not in manifest", n)
-		}
-		b, err := os.ReadFile(filepath.Join(src, md.File))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, md.File), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		keep = append(keep, *md)
-	}
-	man.Models = keep
-	man.Pipeline = models.Pipeline{}
-	if err := man.Save(filepath.Join(dst, "manifest.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	return dst, man
-}
-
 // A machine that reaches only the package registries: a URL-sourced model
 // that cannot be fetched (no mirror, the URL refuses connections) is
 // reported and left out; the build and the verify of the rest succeed. A

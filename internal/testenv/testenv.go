@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	"github.com/periocular/atm-agent/models"
 )
 
 // Root is the module root (found from this file's path, so it holds
@@ -44,4 +46,37 @@ func ModelSrc() string {
 		return d
 	}
 	return Path("build", "src")
+}
+
+// CopyModels copies the named models of a built models dir (and a manifest
+// listing only them, without a pipeline) to a temporary dir, so a test can
+// damage its files.
+func CopyModels(t *testing.T, src string, names ...string) (string, *models.Manifest) {
+	t.Helper()
+	man, err := models.LoadManifest(filepath.Join(src, "manifest.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	var keep []models.Model
+	for _, n := range names {
+		md, ok := man.Find(n)
+		if !ok {
+			t.Fatalf("model %s not in manifest", n)
+		}
+		b, err := os.ReadFile(filepath.Join(src, md.File))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, md.File), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		keep = append(keep, *md)
+	}
+	man.Models = keep
+	man.Pipeline = models.Pipeline{}
+	if err := man.Save(filepath.Join(dst, "manifest.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	return dst, man
 }

@@ -10,41 +10,10 @@ import (
 	"github.com/periocular/atm-agent/models"
 )
 
-// copyModels copies a built models dir so a test can damage its files.
-func copyModels(t *testing.T, src string, names ...string) (string, *models.Manifest) {
-	t.Helper()
-	man, err := models.LoadManifest(filepath.Join(src, "manifest.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := t.TempDir()
-	var keep []models.Model
-	for _, n := range names {
-		md, ok := man.Find(n)
-		if !ok {
-			t.Fatalf("model %s not in manifest", n)
-		}
-		b, err := os.ReadFile(filepath.Join(src, md.File))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, md.File), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		keep = append(keep, *md)
-	}
-	man.Models = keep
-	man.Pipeline = models.Pipeline{}
-	if err := man.Save(filepath.Join(dst, "manifest.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	return dst, man
-}
-
 func TestModelsVerify(t *testing.T) {
 	t.Setenv("ATM_AGENT_AS_CLI", "1")
 	src := testenv.ModelsDir(t)
-	dir, man := copyModels(t, src, "faceapi-tiny", "faceapi-landmarks68")
+	dir, man := testenv.CopyModels(t, src, "faceapi-tiny", "faceapi-landmarks68")
 
 	code, out, errs := runCLI(t, "models", "verify", "--dir", dir)
 	if code != 0 {
@@ -92,7 +61,7 @@ func TestModelsVerify(t *testing.T) {
 func TestModelsVerifySurvivesOpenCVAbort(t *testing.T) {
 	t.Setenv("ATM_AGENT_AS_CLI", "1")
 	src := testenv.ModelsDir(t)
-	dir, man := copyModels(t, src, "faceapi-tiny")
+	dir, man := testenv.CopyModels(t, src, "faceapi-tiny")
 	bad := filepath.Join(dir, man.Models[0].File)
 	junk := []byte("\x08\x07\x12\x04junk this is not an onnx graph \xff\xff\xff\xff")
 	os.WriteFile(bad, junk, 0o644)
