@@ -3,6 +3,7 @@ package vision
 import (
 	"context"
 	"image"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -115,7 +116,14 @@ func TestTrackKeepsThePerson(t *testing.T) {
 }
 
 // On real video (the seed clips, 6 frames a second): bursts of 5
-// consecutive frames, tracked and not.
+// consecutive frames, tracked and not. With landmark alignment the
+// landmark net reads the box the tracker or the detector drew, so the two
+// templates differ a little (seed clips: cosine min 0.888, median 0.991;
+// mask scores up to 0.14 apart, all in the uncertain band). What must hold
+// is what the identity engine sees: the genuine/impostor margin per pair
+// type, and no confident mask state flipped. A second landmark pass on a
+// box rebuilt from the first pass's points was tried and dropped: +28 ms a
+// burst, margins no better (min cosine 0.82-0.97 over refit sides 0.9-1.2).
 func TestTrackSeedClips(t *testing.T) {
 	root := testenv.Path("..", "shared", "datasets", "seed-clips", "frames")
 	ents, err := os.ReadDir(root)
@@ -142,7 +150,7 @@ func TestTrackSeedClips(t *testing.T) {
 	var all []burstDesc
 	var cos []float64
 	var tracked, frames int
-	var dT, dF float64
+	var dT, dF, maxMaskDiff float64
 	for clip, names := range clips {
 		sort.Strings(names)
 		for i := 0; i+5 <= len(names); i += 5 {
@@ -162,8 +170,9 @@ func TestTrackSeedClips(t *testing.T) {
 			if tr.Outcome == visit.FaceFound {
 				cos = append(cos, cosine(tr.Embedding, full.Embedding))
 				all = append(all, burstDesc{who: strings.Split(clip, "_")[0], mask: strings.Contains(clip, "_masked"), tr: tr.Embedding, full: full.Embedding})
-				if d := float64(tr.MaskScore - full.MaskScore); d > 0.1 || d < -0.1 {
-					t.Errorf("%s burst %d: mask score %.3f tracked, %.3f not", clip, i/5, tr.MaskScore, full.MaskScore)
+				maxMaskDiff = max(maxMaskDiff, math.Abs(float64(tr.MaskScore-full.MaskScore)))
+				if tr.Mask != full.Mask && tr.Mask != visit.MaskUnknown && full.Mask != visit.MaskUnknown {
+					t.Errorf("%s burst %d: mask %v tracked (score %.3f), %v not (%.3f)", clip, i/5, tr.Mask, tr.MaskScore, full.Mask, full.MaskScore)
 				}
 			}
 		}
@@ -199,18 +208,19 @@ func TestTrackSeedClips(t *testing.T) {
 	}
 	for _, pt := range []string{"UU", "MM", "MU"} {
 		tr, un := sep["tracked"+pt], sep["untracked"+pt]
-		if tr[0] > un[0]+0.02 || tr[1] < un[1]-0.05 {
-			t.Errorf("%s: tracking weakens the separation: genuine <= %.4f, impostors >= %.4f (untracked %.4f, %.4f)", pt, tr[0], tr[1], un[0], un[1])
+		if tr[1]-tr[0] < un[1]-un[0]-0.03 {
+			t.Errorf("%s: tracking weakens the separation: genuine <= %.4f, impostors >= %.4f, margin %.4f (untracked %.4f, %.4f, margin %.4f)",
+				pt, tr[0], tr[1], tr[1]-tr[0], un[0], un[1], un[1]-un[0])
 		}
 	}
 	sort.Float64s(cos)
 	if len(cos) == 0 {
 		t.Fatal("no bursts with a face")
 	}
-	t.Logf("%d bursts, %d of %d frames tracked; detection %.1f ms vs %.1f ms per burst; cosine tracked/untracked min %.4f median %.4f",
-		len(cos), tracked, frames, 1000*dT/float64(len(cos)), 1000*dF/float64(len(cos)), cos[0], cos[len(cos)/2])
-	if cos[0] < 0.9 {
-		t.Errorf("a tracked burst's template at cosine %.4f of the untracked one", cos[0])
+	t.Logf("%d bursts, %d of %d frames tracked; detection %.1f ms vs %.1f ms per burst; cosine tracked/untracked min %.4f median %.4f; mask score differs by up to %.3f",
+		len(cos), tracked, frames, 1000*dT/float64(len(cos)), 1000*dF/float64(len(cos)), cos[0], cos[len(cos)/2], maxMaskDiff)
+	if cos[0] < 0.85 || cos[len(cos)/2] < 0.98 {
+		t.Errorf("tracked bursts' templates at cosine min %.4f, median %.4f of the untracked ones", cos[0], cos[len(cos)/2])
 	}
 	if tracked < frames/2 {
 		t.Errorf("only %d of %d frames tracked", tracked, frames)
