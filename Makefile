@@ -2,8 +2,10 @@
 # everything they need (scripts/setup.sh) on a fresh Debian 12 machine.
 SHELL := /bin/bash
 export PATH := $(PATH):/usr/local/go/bin
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
+# One version for the binaries and the .deb (scripts/version.sh).
+VERSION ?= $(or $(DEB_VERSION),$(shell sh scripts/version.sh))
+# Position-independent executables (Debian's hardening default; lintian).
+GOFLAGS_BUILD = -trimpath -buildmode=pie -ldflags "-s -w -X main.version=$(VERSION) -X github.com/periocular/atm-agent/internal/cli.Version=$(VERSION)"
 BIN := build/atm-agent
 # The offline tools: model build, evaluation, demo, cluster, watch
 # (README, "Two binaries").

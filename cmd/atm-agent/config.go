@@ -9,10 +9,10 @@ import (
 )
 
 func configCommand() cli.Command {
-	return cli.Command{Summary: "check a config file or print the default one", Run: cli.Subcommands("config", map[string]cli.Command{
+	return cli.Command{Summary: "check a config file or print the default one", Subs: map[string]cli.Command{
 		"check":   {Summary: "validate a config file (strict: unknown keys are errors)", Run: configCheck},
 		"default": {Summary: "print the commented default config", Run: configDefault},
-	})}
+	}}
 }
 
 func configCheck(_ context.Context, env *cli.Env, args []string) error {

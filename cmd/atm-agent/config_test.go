@@ -16,13 +16,13 @@ func TestConfigCheckCommand(t *testing.T) {
 	dir := t.TempDir()
 	var out bytes.Buffer
 	env := &cli.Env{Prog: "atm-agent", Stdout: &out, Stderr: &out}
-	if err := configCommand().Run(context.Background(), env, []string{"default"}); err != nil {
+	if err := configCommand().Exec(context.Background(), env, []string{"default"}); err != nil {
 		t.Fatal(err)
 	}
 	p := filepath.Join(dir, "c.yaml")
 	os.WriteFile(p, out.Bytes(), 0o600)
 	out.Reset()
-	if err := configCommand().Run(context.Background(), env, []string{"check", p}); err != nil {
+	if err := configCommand().Exec(context.Background(), env, []string{"check", p}); err != nil {
 		t.Fatalf("config check of the default config: %v", err)
 	}
 	if !strings.Contains(out.String(), "ok") {

@@ -80,7 +80,7 @@ func TestConfigCheckKeyFile(t *testing.T) {
 			p := filepath.Join(dir, tc.name+".yaml")
 			os.WriteFile(p, bytes.Replace(daemon.DefaultYAML(), []byte(`  key_file: ""          # encrypt`), []byte(`  key_file: "`+tc.key+`" # encrypt`), 1), 0o600)
 			var out bytes.Buffer
-			err := configCommand().Run(context.Background(), &cli.Env{Prog: "atm-agent", Stdout: &out, Stderr: &out}, []string{"check", p})
+			err := configCommand().Exec(context.Background(), &cli.Env{Prog: "atm-agent", Stdout: &out, Stderr: &out}, []string{"check", p})
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("refused a good key: %v", err)

@@ -7,7 +7,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -18,18 +17,38 @@ import (
 	"github.com/periocular/atm-agent/internal/cli/modelscmd"
 )
 
-// version is set at link time (-ldflags "-X main.version=...").
-var version = "dev"
-
 // commands is the daemon binary's explicit command list.
 func commands() map[string]cli.Command {
 	return map[string]cli.Command{
-		"run":     runCommand(),
-		"config":  configCommand(),
-		"db":      dbcmd.Command(),
-		"models":  modelscmd.Command(nil),
-		"version": versionCommand(),
+		"run":    runCommand(),
+		"config": configCommand(),
+		"db":     dbcmd.Command(),
+		"models": modelscmd.Command(nil),
 	}
+}
+
+// app is the daemon binary as help, the man page and completion see it.
+func app() cli.App {
+	return cli.App{Name: "atm-agent", Summary: "ATM periocular visit counter: the daemon and its operator commands", Commands: commands()}
+}
+
+func init() {
+	cli.SetManExtra("atm-agent", cli.ManExtra{
+		Description: `atm-agent runs on an ATM controller. On each card insert it grabs a burst of camera frames, finds the customer's face (masked or not), groups the visit with earlier visits of the same unknown person, counts visits per person over time windows in a local database, raises alerts by rules and publishes them over MQTT from an outbox that survives network outages.
+
+The daemon is "atm-agent run", started by the systemd unit atm-agent.service. The other commands check its config, its models and its database. The offline tools (model conversion, evaluation, the demo) are atm-tools(1).`,
+		Files: [][2]string{
+			{"/etc/atm-agent/config.yaml", "the config (run, config check and db read it by default; atm-agent config default prints a commented one)"},
+			{"/etc/atm-agent/store.key", "the key that encrypts templates at rest (32 bytes, root 0600), passed to the unit as credential store-key"},
+			{"/usr/lib/atm-agent/models", "the face models and their manifest.yaml (the default models.dir)"},
+			{"/var/lib/atm-agent/agent.db", "the visit database (store.path)"},
+		},
+		Environment: [][2]string{
+			{"ATM_MODELS_DIR", "models directory used when neither a flag nor the config names one"},
+			{"ATM_AGENT_ROOT", "a prefix for the installed paths above (tests of an unpacked package)"},
+		},
+		SeeAlso: []string{"atm-tools(1)", "systemctl(1)"},
+	})
 }
 
 func main() {
@@ -39,12 +58,5 @@ func main() {
 }
 
 func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	return cli.Main(ctx, "atm-agent", commands(), args, stdout, stderr)
-}
-
-func versionCommand() cli.Command {
-	return cli.Command{Summary: "print the agent version", Run: func(_ context.Context, env *cli.Env, _ []string) error {
-		fmt.Fprintf(env.Stdout, "atm-agent %s\n", version)
-		return nil
-	}}
+	return cli.Run(ctx, app(), args, stdout, stderr)
 }

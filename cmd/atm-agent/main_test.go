@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"github.com/periocular/atm-agent/internal/cli/clitest"
 	"strings"
 	"testing"
 )
@@ -18,7 +19,7 @@ func runCLI(t *testing.T, args ...string) (int, string, string) {
 // The daemon binary offers what runs on the box and nothing else: the
 // offline tools are atm-tools' (deps_test.go checks the linked packages).
 func TestCommandList(t *testing.T) {
-	code, _, usage := runCLI(t, "help")
+	code, usage, _ := runCLI(t, "help")
 	if code != 0 {
 		t.Fatalf("help: exit %d", code)
 	}
@@ -39,3 +40,7 @@ func TestCommandList(t *testing.T) {
 		t.Errorf("models build: exit %d %s; want 2, unknown (atm-tools builds models)", code, errs)
 	}
 }
+
+// Every command and group: help on stdout with exit 0, usage errors exit 2,
+// --version, man page and completions (internal/cli/clitest).
+func TestCLIConventions(t *testing.T) { clitest.Check(t, app()) }

@@ -125,7 +125,7 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		cfg.Thresholds = *th
 	}
 
-	meta := batch.Meta{Version: version, Input: pos[0], Detector: det, Embedder: emb, Crop: em.Embedding.Crop}
+	meta := batch.Meta{Version: cli.Version, Input: pos[0], Detector: det, Embedder: emb, Crop: em.Embedding.Crop}
 	for _, name := range append(slices.Clone(first.Detectors), emb) {
 		if md, ok := man.Find(name); ok {
 			meta.Models = append(meta.Models, batch.ModelInfo{Name: md.Name, SHA256: md.SHA256})

@@ -19,10 +19,10 @@ import (
 // commands (docs/mqtt.md). Neither talks to a broker: sign prints the
 // message to publish on <prefix>/<site>/<device>/cmd.
 func init() {
-	commands["command"] = cli.Command{Summary: "make a command-signing key, or sign an MQTT command", Run: cli.Subcommands("command", map[string]cli.Command{
+	commands["command"] = cli.Command{Summary: "make a command-signing key, or sign an MQTT command", Subs: map[string]cli.Command{
 		"keygen": {Summary: "write a new Ed25519 command-signing key pair (PREFIX.key, PREFIX.pub)", Run: runCommandKeygen},
 		"sign":   {Summary: "print a signed command to publish on the device's cmd topic", Run: runCommandSign},
-	})}
+	}}
 }
 
 func runCommandKeygen(_ context.Context, env *cli.Env, args []string) error {

@@ -18,7 +18,7 @@ func runCLI(t *testing.T, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	var o, e bytes.Buffer
 	env := &cli.Env{Prog: "atm-agent", Stdout: &o, Stderr: &e}
-	err = commands[args[0]].Run(context.Background(), env, args[1:])
+	err = commands[args[0]].Exec(context.Background(), env, args[1:])
 	return o.String(), e.String(), err
 }
 

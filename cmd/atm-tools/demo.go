@@ -376,7 +376,7 @@ func runDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 
 	srcDone := make(chan struct{})
 	src := d.run(speed)
-	dm, err := daemon.New(cfg, daemon.Options{Version: version, Logger: log, Camera: d, Observer: demoObserver{d},
+	dm, err := daemon.New(cfg, daemon.Options{Version: cli.Version, Logger: log, Camera: d, Observer: demoObserver{d},
 		Sources: []agent.Source{sourceFunc(func(ctx context.Context, emit agent.Emit) error {
 			defer close(srcDone)
 			return src(ctx, emit)

@@ -207,7 +207,7 @@ func init() {
 		"crops":       {Summary: "a PNG contact sheet of what the embedder is fed, for checking crops by eye", Run: evalCrops},
 		"train-heads": {Summary: "fit the embedder's mask classifier and mask-removing projection on labelled data", Run: evalTrainHeads},
 	}
-	subs.Run = cli.Subcommands("eval", inner)
+	subs.Subs = inner
 	commands["eval"] = subs
 }
 

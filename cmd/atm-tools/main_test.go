@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"github.com/periocular/atm-agent/internal/cli/clitest"
 	"os"
 	"testing"
 )
@@ -24,3 +25,7 @@ func runTool(t *testing.T, args ...string) (int, string, string) {
 	code := runMain(context.Background(), args, &out, &errb)
 	return code, out.String(), errb.String()
 }
+
+// Every command and group: help on stdout with exit 0, usage errors exit 2,
+// --version, man page and completions (internal/cli/clitest).
+func TestCLIConventions(t *testing.T) { clitest.Check(t, app()) }

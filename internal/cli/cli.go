@@ -1,6 +1,10 @@
 // Package cli is the command-line frame both binaries share: a command
-// list, flag sets that report instead of exiting, subcommand groups and the
-// exit codes. Each binary's main passes its explicit list of commands.
+// tree, flag sets that report instead of exiting, help on stdout, the exit
+// codes, and the man page and shell completions generated from the same
+// tree (gen.go). Each binary's main passes its explicit list of commands.
+//
+// Exit codes (ExitOK, ExitFailure, ExitUsage, ExitStoreDamaged) are the
+// same for every command of every binary; docs/operations.md lists them.
 package cli
 
 import (
@@ -12,14 +16,31 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/periocular/atm-agent/store"
 )
 
-// Command is one subcommand: Run gets the arguments after its name.
+// Version is the version both binaries report (`--version`, `version`),
+// set at link time: -ldflags "-X github.com/periocular/atm-agent/internal/cli.Version=V".
+// `make build` and scripts/packaging/build-deb.sh take V from
+// scripts/version.sh, so the binaries and the .deb carry the same string.
+var Version = "dev"
+
+// Command is one command: a leaf has Run (it gets the arguments after its
+// name), a group has Subs.
 type Command struct {
 	Summary string
 	Run     func(ctx context.Context, env *Env, args []string) error
+	Subs    map[string]Command
+	// Hidden commands run but are left out of help, man page and
+	// completion (internal helpers such as `models probe`).
+	Hidden bool
+}
+
+// Group makes a command group.
+func Group(summary string, subs map[string]Command) Command {
+	return Command{Summary: summary, Subs: subs}
 }
 
 // Env carries what every subcommand needs, so tests can run commands
@@ -28,62 +49,207 @@ type Env struct {
 	Prog           string // the binary's name, for usage lines
 	Stdout, Stderr io.Writer
 	Log            *slog.Logger
+
+	path    []string // the command being run, e.g. ["db", "check"]
+	summary string
+	capture *leafInfo // set when describing a command, not running it
 }
+
+// Exit codes.
+const (
+	ExitOK      = 0
+	ExitFailure = 1
+	ExitUsage   = 2
+	// ExitStoreDamaged is the exit code of `run` (and of `db check`) on a
+	// damaged store: systemd's unit lists it in RestartPreventExitStatus=,
+	// so a damaged file is not reopened in a restart loop (EX_DATAERR).
+	ExitStoreDamaged = 65
+)
 
 // ErrUsage marks a command-line mistake (exit code 2).
 var ErrUsage = errors.New("usage")
 
-// ExitStoreDamaged is the exit code of `run` (and of `db check`) on a
-// damaged store: systemd's unit lists it in RestartPreventExitStatus=, so a
-// damaged file is not reopened in a restart loop (EX_DATAERR).
-const ExitStoreDamaged = 65
+// App is one binary: its name, one line on what it is, and its commands.
+type App struct {
+	Name     string
+	Summary  string
+	Commands map[string]Command
+}
+
+// builtins are the commands every binary has, generated from its tree.
+func (a App) withBuiltins() App {
+	cmds := make(map[string]Command, len(a.Commands)+2)
+	for n, c := range a.Commands {
+		cmds[n] = c
+	}
+	cmds["completion"] = Command{Summary: "print a shell completion script (bash, zsh or fish)", Run: func(_ context.Context, env *Env, args []string) error {
+		fs := NewFlags(env, "completion", "completion bash|zsh|fish")
+		if err := ParseFlags(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return fmt.Errorf("%w: want one shell: bash, zsh or fish", ErrUsage)
+		}
+		return writeCompletion(env.Stdout, a, fs.Arg(0))
+	}}
+	cmds["manpage"] = Command{Summary: "print the man page (roff; man -l - to read it)", Run: func(_ context.Context, env *Env, args []string) error {
+		fs := NewFlags(env, "manpage", "manpage")
+		if err := ParseFlags(fs, args); err != nil {
+			return err
+		}
+		return writeMan(env.Stdout, a)
+	}}
+	if _, ok := cmds["version"]; !ok {
+		cmds["version"] = Command{Summary: "print the version", Run: func(_ context.Context, env *Env, args []string) error {
+			fs := NewFlags(env, "version", "version")
+			if err := ParseFlags(fs, args); err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "%s %s\n", a.Name, Version)
+			return nil
+		}}
+	}
+	a.Commands = cmds
+	return a
+}
 
 // Main runs the command args[0] of cmds and returns the exit code.
 func Main(ctx context.Context, prog string, cmds map[string]Command, args []string, stdout, stderr io.Writer) int {
-	env := &Env{Prog: prog, Stdout: stdout, Stderr: stderr,
+	return Run(ctx, App{Name: prog, Commands: cmds}, args, stdout, stderr)
+}
+
+// Run runs app with args (without the program name) and returns the exit code.
+func Run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) int {
+	app = app.withBuiltins()
+	env := &Env{Prog: app.Name, Stdout: stdout, Stderr: stderr,
 		Log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		usage(stderr, prog, cmds)
-		if len(args) == 0 {
-			return 2
+	if len(args) > 0 && args[0] == "--version" {
+		fmt.Fprintf(stdout, "%s %s\n", app.Name, Version)
+		return ExitOK
+	}
+	err := dispatch(ctx, env, app, nil, app.Commands, args)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return ExitOK
+	case errors.Is(err, errUsageShown):
+		return ExitUsage
+	}
+	name := strings.TrimSpace(app.Name + " " + strings.Join(env.path, " "))
+	fmt.Fprintf(stderr, "%s: %v\n", name, err)
+	if errors.Is(err, ErrUsage) {
+		fmt.Fprintf(stderr, "run '%s --help' for usage\n", name)
+		return ExitUsage
+	}
+	if errors.Is(err, store.ErrDamaged) {
+		return ExitStoreDamaged
+	}
+	return ExitFailure
+}
+
+// errUsageShown: a usage error whose message is already printed.
+var errUsageShown = errors.New("usage shown")
+
+func isHelp(s string) bool { return s == "-h" || s == "--help" || s == "-help" || s == "help" }
+
+func dispatch(ctx context.Context, env *Env, app App, path []string, cmds map[string]Command, args []string) error {
+	if len(args) == 0 {
+		listUsage(env.Stderr, app, path, cmds)
+		return errUsageShown
+	}
+	if isHelp(args[0]) {
+		if args[0] == "help" && len(args) > 1 {
+			return helpFor(ctx, env, app, path, cmds, args[1:])
 		}
-		return 0
+		listUsage(env.Stdout, app, path, cmds)
+		return flag.ErrHelp
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "%s: unknown command %q\n\n", prog, args[0])
-		usage(stderr, prog, cmds)
-		return 2
+		env.path = path
+		what := "command"
+		if len(path) > 0 {
+			what = strings.Join(path, " ") + " command"
+		}
+		msg := fmt.Sprintf("unknown %s %q", what, args[0])
+		if s := Suggest(args[0], visibleNames(cmds)); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		}
+		return fmt.Errorf("%w: %s", ErrUsage, msg)
 	}
-	if err := cmd.Run(ctx, env, args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "%s %s: %v\n", prog, args[0], err)
-		if errors.Is(err, ErrUsage) {
-			return 2
-		}
-		if errors.Is(err, store.ErrDamaged) {
-			return ExitStoreDamaged
-		}
-		return 1
+	path = append(append([]string(nil), path...), args[0])
+	if cmd.Subs != nil {
+		return dispatch(ctx, env, app, path, cmd.Subs, args[1:])
 	}
-	return 0
+	env.path, env.summary = path, cmd.Summary
+	return cmd.Run(ctx, env, args[1:])
 }
 
-func usage(w io.Writer, prog string, cmds map[string]Command) {
-	fmt.Fprintf(w, "usage: %s <command> [flags]\n\ncommands:\n", prog)
+// helpFor prints the help of `help a b ...` on stdout.
+func helpFor(ctx context.Context, env *Env, app App, path []string, cmds map[string]Command, args []string) error {
+	for i, a := range args {
+		cmd, ok := cmds[a]
+		if !ok {
+			env.path = path
+			return fmt.Errorf("%w: no command %q", ErrUsage, strings.Join(append(append([]string(nil), path...), args[:i+1]...), " "))
+		}
+		path = append(append([]string(nil), path...), a)
+		if cmd.Subs != nil {
+			cmds = cmd.Subs
+			continue
+		}
+		env.path, env.summary = path, cmd.Summary
+		return cmd.Run(ctx, env, []string{"--help"})
+	}
+	listUsage(env.Stdout, app, path, cmds)
+	return flag.ErrHelp
+}
+
+func visibleNames(cmds map[string]Command) []string {
 	var names []string
-	for n := range cmds {
-		names = append(names, n)
+	for n, c := range cmds {
+		if !c.Hidden {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].Summary)
+	return names
+}
+
+func listUsage(w io.Writer, app App, path []string, cmds map[string]Command) {
+	name := strings.TrimSpace(app.Name + " " + strings.Join(path, " "))
+	fmt.Fprintf(w, "usage: %s <command> [flags]\n", name)
+	if len(path) == 0 && app.Summary != "" {
+		fmt.Fprintf(w, "\n%s\n", app.Summary)
+	}
+	fmt.Fprintf(w, "\ncommands:\n")
+	for _, n := range visibleNames(cmds) {
+		fmt.Fprintf(w, "  %-12s %s\n", n, cmds[n].Summary)
+	}
+	fmt.Fprintf(w, "\n'%s help <command>' or '%s <command> --help' for a command's flags.\n", name, name)
+	if len(path) == 0 {
+		fmt.Fprintf(w, "%s --version prints the version.\n", app.Name)
+		fmt.Fprintf(w, "\nexit status: %d ok, %d failure, %d usage error, %d damaged database.\n",
+			ExitOK, ExitFailure, ExitUsage, ExitStoreDamaged)
 	}
 }
 
-// NewFlags makes a flag set that reports errors instead of exiting.
+// leafInfo is what a leaf command's flag set says about it.
+type leafInfo struct {
+	synopsis string
+	fs       *flag.FlagSet
+}
+
+type flagEntry struct {
+	env      *Env
+	synopsis string
+}
+
+// flagEnvs maps a flag set from NewFlags to its command until ParseFlags.
+var flagEnvs sync.Map // *flag.FlagSet -> flagEntry
+
+// NewFlags makes a flag set that reports errors instead of exiting. Its
+// help (-h, --help) goes to stdout with exit code 0; a mistake is a usage
+// error (exit code 2).
 func NewFlags(env *Env, name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
@@ -91,35 +257,171 @@ func NewFlags(env *Env, name, synopsis string) *flag.FlagSet {
 		fmt.Fprintf(env.Stderr, "usage: %s %s\n", env.Prog, synopsis)
 		fs.PrintDefaults()
 	}
+	flagEnvs.Store(fs, flagEntry{env: env, synopsis: synopsis})
 	return fs
 }
 
-// ParseFlags parses and wraps failures as usage errors.
+// ParseFlags parses, prints help on stdout for -h/--help (returning
+// flag.ErrHelp) and wraps failures as usage errors.
 func ParseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+	v, ok := flagEnvs.LoadAndDelete(fs)
+	if !ok {
+		return fs.Parse(args)
+	}
+	e := v.(flagEntry)
+	if e.env.capture != nil {
+		e.env.capture.synopsis, e.env.capture.fs = e.synopsis, fs
+		return flag.ErrHelp
+	}
+	usage := fs.Usage
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.Usage = usage
+	fs.SetOutput(e.env.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		printHelp(e.env, e.synopsis, fs)
+		return err
+	}
+	if err != nil {
+		msg := err.Error()
+		if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+			name = strings.TrimLeft(name, "-")
+			msg = "unknown flag --" + name
+			var names []string
+			fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+			if s := Suggest(name, names); s != "" {
+				msg += fmt.Sprintf(" (did you mean --%s?)", s)
+			}
 		}
-		return fmt.Errorf("%w: %v", ErrUsage, err)
+		return fmt.Errorf("%w: %s", ErrUsage, msg)
 	}
 	return nil
 }
 
-// Subcommands dispatches "<prog> <group> <sub>".
-func Subcommands(group string, subs map[string]Command) func(context.Context, *Env, []string) error {
-	return func(ctx context.Context, env *Env, args []string) error {
-		if len(args) == 0 || subs[args[0]].Run == nil {
-			var names []string
-			for n, c := range subs {
-				names = append(names, fmt.Sprintf("  %s %-8s %s", group, n, c.Summary))
-			}
-			sort.Strings(names)
-			fmt.Fprintf(env.Stderr, "usage: %s %s <command>\n%s\n", env.Prog, group, strings.Join(names, "\n"))
-			if len(args) == 0 {
-				return ErrUsage
-			}
-			return fmt.Errorf("%w: unknown %s command %q", ErrUsage, group, args[0])
-		}
-		return subs[args[0]].Run(ctx, env, args[1:])
+func printHelp(env *Env, synopsis string, fs *flag.FlagSet) {
+	w := env.Stdout
+	fmt.Fprintf(w, "usage: %s %s\n", env.Prog, synopsis)
+	if env.summary != "" {
+		fmt.Fprintf(w, "\n%s\n", env.summary)
 	}
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n > 0 {
+		fmt.Fprintf(w, "\nflags:\n")
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(env.Stderr)
+	}
+}
+
+// Leaf is one runnable command of the tree as help, man page and
+// completion see it.
+type Leaf struct {
+	Path     []string
+	Summary  string
+	Synopsis string
+	Flags    []*flag.Flag
+}
+
+// Walk describes every visible leaf command of app, builtins included, in
+// name order: it runs each with --help into a capturing Env, so the flags
+// are the ones the command really parses. A leaf that does not parse its
+// flags with NewFlags/ParseFlags is an error.
+func Walk(ctx context.Context, app App) ([]Leaf, error) {
+	app = app.withBuiltins()
+	var out []Leaf
+	var walk func(path []string, cmds map[string]Command) error
+	walk = func(path []string, cmds map[string]Command) error {
+		for _, n := range visibleNames(cmds) {
+			c := cmds[n]
+			p := append(append([]string(nil), path...), n)
+			if c.Subs != nil {
+				if err := walk(p, c.Subs); err != nil {
+					return err
+				}
+				continue
+			}
+			info := &leafInfo{}
+			env := &Env{Prog: app.Name, Stdout: io.Discard, Stderr: io.Discard, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				path: p, summary: c.Summary, capture: info}
+			err := c.Run(ctx, env, []string{"--help"})
+			if !errors.Is(err, flag.ErrHelp) || info.fs == nil {
+				return fmt.Errorf("%s %s: --help does not reach the command's flag set (err %v)", app.Name, strings.Join(p, " "), err)
+			}
+			l := Leaf{Path: p, Summary: c.Summary, Synopsis: info.synopsis}
+			info.fs.VisitAll(func(f *flag.Flag) { l.Flags = append(l.Flags, f) })
+			out = append(out, l)
+		}
+		return nil
+	}
+	err := walk(nil, app.Commands)
+	return out, err
+}
+
+// Groups returns every visible group path of app (the top level is the
+// empty path) with its visible child names.
+func groups(app App) map[string][]string {
+	out := map[string][]string{}
+	var walk func(path []string, cmds map[string]Command)
+	walk = func(path []string, cmds map[string]Command) {
+		out[strings.Join(path, " ")] = visibleNames(cmds)
+		for _, n := range visibleNames(cmds) {
+			if c := cmds[n]; c.Subs != nil {
+				walk(append(append([]string(nil), path...), n), c.Subs)
+			}
+		}
+	}
+	walk(nil, app.Commands)
+	return out
+}
+
+// Suggest returns the candidate closest to s by edit distance when it is
+// close enough to be what was meant (distance at most 2, and less than
+// half of s), else "".
+func Suggest(s string, candidates []string) string {
+	best, bestD := "", 3
+	for _, c := range candidates {
+		d := editDistance(strings.ToLower(s), strings.ToLower(c))
+		if d < bestD && d*2 < len(s)+1 {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// editDistance is the optimal string alignment distance: insertions,
+// deletions, substitutions and transpositions of neighbours ("rnu" is one
+// step from "run").
+func editDistance(a, b string) int {
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(a)][len(b)]
+}
+
+// Exec runs c with args as Run would from the command line: a group
+// dispatches to its subcommand. For tests that call one command in-process.
+func (c Command) Exec(ctx context.Context, env *Env, args []string) error {
+	if c.Subs == nil {
+		return c.Run(ctx, env, args)
+	}
+	return dispatch(ctx, env, App{Name: env.Prog}, env.path, c.Subs, args)
 }

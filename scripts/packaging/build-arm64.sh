@@ -6,7 +6,7 @@
 #   SYSROOT  default build/sysroot-arm64 (~1.1 GB, created once, reused)
 set -euo pipefail
 SYSROOT=$(realpath -m "${SYSROOT:-build/sysroot-arm64}")
-VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
+VERSION=${VERSION:-$(sh scripts/version.sh)}
 OUT=${OUT:-build/atm-agent-arm64}
 ML=usr/lib/aarch64-linux-gnu
 
@@ -40,7 +40,7 @@ export PKG_CONFIG_LIBDIR="$SYSROOT/$ML/pkgconfig:$SYSROOT/usr/share/pkgconfig"
 export CGO_CFLAGS="--sysroot=$SYSROOT"
 export CGO_CXXFLAGS="--sysroot=$SYSROOT"
 export CGO_LDFLAGS="--sysroot=$SYSROOT -Wl,-rpath-link,$SYSROOT/$ML -Wl,-rpath-link,$SYSROOT/lib/aarch64-linux-gnu -Wl,-rpath-link,$SYSROOT/$ML/blas -Wl,-rpath-link,$SYSROOT/$ML/lapack"
-go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$OUT" ./cmd/atm-agent
+go build -trimpath -ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION" -o "$OUT" ./cmd/atm-agent
 # The offline tools (cluster, used by compare-arch.sh) beside it.
-go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
+go build -trimpath -ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION" -o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
 echo "$OUT"

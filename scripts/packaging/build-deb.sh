@@ -25,17 +25,13 @@ for f in "$BIN" "$DEB_BIN" "$MODELS/manifest.yaml"; do
 	[ -e "$f" ] || { echo "build-deb: $f missing (make build models)" >&2; exit 1; }
 done
 
-# Debian versions must start with a digit: a tag vX.Y.Z gives X.Y.Z, any
-# other commit 0.0.0~git<commit time>.<hash> (sorts before 0.0.0 and by time).
-if [ -z "${DEB_VERSION:-}" ]; then
-	if tag=$(git describe --tags --exact-match 2>/dev/null) && [[ $tag =~ ^v[0-9] ]]; then
-		DEB_VERSION=${tag#v}
-	else
-		DEB_VERSION="0.0.0~git$(git log -1 --format=%cd --date=format:%Y%m%d%H%M%S).$(git rev-parse --short HEAD)"
-	fi
-	git diff --quiet HEAD 2>/dev/null || DEB_VERSION+="+dirty"
-fi
+# scripts/version.sh, the same string `make build` links into the binaries.
+DEB_VERSION=${DEB_VERSION:-$(sh scripts/version.sh)}
 export DEB_VERSION
+# The package and the binaries it ships must say the same version.
+got=$("$BIN" --version)
+[ "$got" = "atm-agent $DEB_VERSION" ] ||
+	{ echo "build-deb: $BIN --version says '$got', the package would be $DEB_VERSION (make build VERSION=$DEB_VERSION)" >&2; exit 1; }
 
 mkdir -p build/deb
 "$BIN" config default >build/deb/config.yaml

@@ -23,7 +23,7 @@ set -euo pipefail
 ARCH=${ARCH:-amd64}
 CACHE=$(realpath -m "${ATM_CACHE_DIR:-$HOME/.cache/atm-agent}")
 JOBS=${JOBS:-2}
-VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
+VERSION=${VERSION:-$(sh scripts/version.sh)}
 case "$ARCH" in
 amd64) OUT=${OUT:-build/atm-agent-static} TRIPLET=x86_64-linux-gnu ;;
 arm64) OUT=${OUT:-build/atm-agent-static-arm64} TRIPLET=aarch64-linux-gnu ;;
@@ -195,11 +195,11 @@ else
 	export CC=gcc CXX=g++ CGO_CFLAGS= CGO_CXXFLAGS= CGO_LDFLAGS=
 fi
 go build -tags netgo,osusergo -trimpath \
-	-ldflags "-s -w -X main.version=$VERSION -linkmode external -extldflags -static" \
+	-ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION -linkmode external -extldflags -static" \
 	-o "$OUT" ./cmd/atm-agent
 # The offline tools (cluster, used by compare-arch.sh) beside it.
 go build -tags netgo,osusergo -trimpath \
-	-ldflags "-s -w -X main.version=$VERSION -linkmode external -extldflags -static" \
+	-ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION -linkmode external -extldflags -static" \
 	-o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
 file "$OUT" | grep -q 'statically linked' || { file "$OUT" >&2; log "not statically linked"; exit 1; }
 log "$(file -b "$OUT" | cut -d, -f1-2), $(stat -c %s "$OUT") bytes, OpenCV $PREFIX"

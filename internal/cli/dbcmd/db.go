@@ -170,7 +170,7 @@ func printJSON(env *cli.Env, v any) error {
 
 // Command is the db command group.
 func Command() cli.Command {
-	return cli.Command{Summary: "inspect and maintain the agent database", Run: cli.Subcommands("db", map[string]cli.Command{
+	return cli.Command{Summary: "inspect and maintain the agent database", Subs: map[string]cli.Command{
 		"stats": {Summary: "print database statistics (JSON; read-only), with the stored templates of models the agent no longer runs", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			var modelsDir, embedder *string
 			st, cfg, err := openDBConfig(env, "stats", args, dbRead, nil, func(add func(string, string, string) *string) {
@@ -358,7 +358,7 @@ func Command() cli.Command {
 			fmt.Fprintf(env.Stdout, "the damaged file is unchanged; to use the new one (agent stopped):\n  mv %s %s.damaged && mv %s %s\n", rep.Source, rep.Source, rep.Dest, rep.Source)
 			return nil
 		}},
-	})}
+	}}
 }
 
 func printCheck(env *cli.Env, rep *store.CheckReport) {

@@ -39,7 +39,7 @@ func TestDBCommands(t *testing.T) {
 	run := func(args ...string) (string, error) {
 		var out bytes.Buffer
 		env := &cli.Env{Prog: "atm-agent", Stdout: &out, Stderr: &out, Log: slog.New(slog.DiscardHandler)}
-		err := Command().Run(context.Background(), env, append(args, "--db", path))
+		err := Command().Exec(context.Background(), env, append(args, "--db", path))
 		return out.String(), err
 	}
 	out, err := run("stats")
@@ -93,7 +93,7 @@ func TestDBStatsTemplatesOfOtherModels(t *testing.T) {
 	st.Close()
 	var out bytes.Buffer
 	env := &cli.Env{Prog: "atm-agent", Stdout: &out, Stderr: &out, Log: slog.New(slog.DiscardHandler)}
-	if err := Command().Run(context.Background(), env, []string{"stats", "--db", path, "--models-dir", dir}); err != nil {
+	if err := Command().Exec(context.Background(), env, []string{"stats", "--db", path, "--models-dir", dir}); err != nil {
 		t.Fatal(err)
 	}
 	var s dbStats
@@ -106,7 +106,7 @@ func TestDBStatsTemplatesOfOtherModels(t *testing.T) {
 	// Without a models dir the counts are still there, with the reason the
 	// comparison is missing.
 	out.Reset()
-	if err := Command().Run(context.Background(), env, []string{"stats", "--db", path, "--models-dir", t.TempDir()}); err != nil {
+	if err := Command().Exec(context.Background(), env, []string{"stats", "--db", path, "--models-dir", t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), `"template_model_error"`) || strings.Contains(out.String(), "templates_not_loaded") {

@@ -31,14 +31,14 @@ func DefaultDir() string {
 func Command(extra map[string]cli.Command) cli.Command {
 	subs := map[string]cli.Command{
 		"verify": {Summary: "check every model: file, size, sha256 and a test forward", Run: modelsVerify},
-		"probe":  {Summary: "(internal) load one model and run a test forward", Run: modelsProbe},
+		"probe":  {Summary: "(internal) load one model and run a test forward", Run: modelsProbe, Hidden: true},
 	}
 	summary := "verify the face models"
 	for n, c := range extra {
 		subs[n] = c
 		summary = "fetch, convert and verify the face models"
 	}
-	return cli.Command{Summary: summary, Run: cli.Subcommands("models", subs)}
+	return cli.Command{Summary: summary, Subs: subs}
 }
 
 func modelsVerify(ctx context.Context, env *cli.Env, args []string) error {
@@ -98,7 +98,10 @@ func probeChild(ctx context.Context, self, dir, name string) error {
 		// The child could not start or died silently: say so.
 		return fmt.Errorf("test forward in a child process failed: %w", err)
 	}
-	return errors.New(strings.TrimPrefix(msg, "atm-agent models: "))
+	for _, prog := range []string{"atm-agent", "atm-tools"} {
+		msg = strings.TrimPrefix(msg, prog+" models probe: ")
+	}
+	return errors.New(msg)
 }
 
 func modelsProbe(_ context.Context, env *cli.Env, args []string) error {
