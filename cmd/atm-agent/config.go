@@ -6,6 +6,7 @@ import (
 
 	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/paths"
 )
 
 func configCommand() cli.Command {
@@ -16,25 +17,28 @@ func configCommand() cli.Command {
 }
 
 func configCheck(_ context.Context, env *cli.Env, args []string) error {
-	fs := cli.NewFlags(env, "config check", "config check FILE")
+	fs := cli.NewFlags(env, "config check", "config check [FILE]   (default "+paths.ConfigFile+", as run and db)")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return cli.ErrUsage
+	if fs.NArg() > 1 {
+		return fmt.Errorf("%w: want one config file, got %d arguments", cli.ErrUsage, fs.NArg())
 	}
-	cfg, err := daemon.LoadConfig(fs.Arg(0))
+	file := paths.Config()
+	if fs.NArg() == 1 {
+		file = fs.Arg(0)
+	}
+	cfg, err := daemon.LoadConfig(file)
 	if err != nil {
 		return err
 	}
 	if err := cfg.CheckFiles(); err != nil {
-		return fmt.Errorf("%s: %w", fs.Arg(0), err)
+		return fmt.Errorf("%s: %w", file, err)
 	}
 	for _, w := range cfg.Warnings() {
-		fmt.Fprintf(env.Stderr, "%s: warning: %s\n", fs.Arg(0), w)
+		fmt.Fprintf(env.Stderr, "%s: warning: %s\n", file, w)
 	}
-	fmt.Fprintf(env.Stdout, "%s: ok\n", fs.Arg(0))
+	fmt.Fprintf(env.Stdout, "%s: ok\n", file)
 	return nil
 }
 

@@ -96,3 +96,35 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// `config check` without a file checks the installed config, like run and
+// db (a fake install root; outside a checkout).
+func TestConfigCheckDefaultsToInstalled(t *testing.T) {
+	fake := t.TempDir()
+	t.Setenv("ATM_AGENT_ROOT", fake)
+	t.Chdir(t.TempDir())
+	code, _, errs := runCLI(t, "config", "check")
+	want := filepath.Join(fake, "etc/atm-agent/config.yaml")
+	if code != 1 || !strings.Contains(errs, want) {
+		t.Fatalf("no config installed: exit %d, %q; want 1 naming %s", code, errs, want)
+	}
+	if err := os.MkdirAll(filepath.Dir(want), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(want, daemon.DefaultYAML(), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCLI(t, "config", "check")
+	if code != 0 || out != want+": ok\n" {
+		t.Fatalf("exit %d, %q %q; want ok for %s", code, out, errs, want)
+	}
+	for _, h := range []string{"run", "db stats"} {
+		_, help, _ := runCLI(t, append(strings.Fields(h), "--help")...)
+		if !strings.Contains(help, want) {
+			t.Errorf("%s --help: the default config is not %s:\n%s", h, want, help)
+		}
+	}
+	if code, _, _ := runCLI(t, "config", "check", "a", "b"); code != 2 {
+		t.Errorf("two files: exit %d, want 2", code)
+	}
+}

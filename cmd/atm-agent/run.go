@@ -5,12 +5,13 @@ import (
 
 	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/paths"
 )
 
 func runCommand() cli.Command {
 	return cli.Command{Summary: "run the agent daemon", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 		fs := cli.NewFlags(env, "run", "run --config FILE")
-		path := fs.String("config", "/etc/atm-agent/config.yaml", "agent config file")
+		path := fs.String("config", paths.Config(), "agent config file")
 		if err := cli.ParseFlags(fs, args); err != nil {
 			return err
 		}

@@ -26,6 +26,7 @@ import (
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/hal/sim"
 	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/paths"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/mqttsync"
@@ -38,8 +39,8 @@ func init() {
 	commands["demo"] = cli.Command{Summary: "replay a simulated ATM day through the real pipeline (no hardware)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 		fs := cli.NewFlags(env, "demo", "demo [--models DIR] [--photos DIR] [--seed N] [--duration 40s] [--db FILE]")
 		o := demoOptions{}
-		fs.StringVar(&o.Models, "models", "", "model directory (default build/models, else /usr/lib/atm-agent/models)")
-		fs.StringVar(&o.Photos, "photos", "", "face-api demo photos (default build/src/face-api/demo)")
+		fs.StringVar(&o.Models, "models", "", "model directory (default: $ATM_MODELS_DIR, build/models in a source checkout, else /usr/lib/atm-agent/models)")
+		fs.StringVar(&o.Photos, "photos", "", "face-api demo photos (default: build/src/face-api/demo in a source checkout, else /usr/share/atm-tools/demo)")
 		fs.Uint64Var(&o.Seed, "seed", 1, "scenario seed (same seed, same day)")
 		fs.DurationVar(&o.Duration, "duration", 40*time.Second, "wall time the simulated 12-hour day is compressed into")
 		fs.StringVar(&o.DB, "db", "", "keep the bbolt store in this file (default: a temporary file, removed)")
@@ -86,15 +87,6 @@ func demoThresholds(o *demoOptions) (*identity.Thresholds, error) {
 	t := provisionalThresholds
 	o.thresholdsFrom = "provisional: the manifest has no calibration yet; run `atm-tools eval calibrate`"
 	return &t, nil
-}
-
-func firstDir(cands ...string) string {
-	for _, c := range cands {
-		if st, err := os.Stat(c); err == nil && st.IsDir() {
-			return c
-		}
-	}
-	return cands[0]
 }
 
 // demoRules are the default rules with a faceless threshold a short demo
@@ -304,10 +296,10 @@ func (d *demoRun) subscribe(url, filter string) (paho.Client, error) {
 func runDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	t0 := time.Now()
 	if o.Models == "" {
-		o.Models = firstDir(filepath.Join("build", "models"), "/usr/lib/atm-agent/models")
+		o.Models = paths.Models()
 	}
 	if o.Photos == "" {
-		o.Photos = filepath.Join("build", "src", "face-api", "demo")
+		o.Photos = paths.Photos()
 	}
 	if o.Duration < time.Second {
 		return fmt.Errorf("%w: --duration %v: at least 1s", cli.ErrUsage, o.Duration)

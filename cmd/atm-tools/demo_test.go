@@ -13,7 +13,10 @@ import (
 	"github.com/periocular/atm-agent/internal/testenv"
 )
 
-// TestDemo runs the whole simulated day in-process (about 25 s of CPU).
+// TestDemo runs the whole simulated day in-process (about 25 s of CPU), as
+// from the installed package: outside a checkout, with no --models or
+// --photos, it must find both at the installed paths (a fake install root
+// holding the built models and the demo photos).
 func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("demo replays ~46 visits through the real models")
@@ -23,9 +26,23 @@ func TestDemo(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(models, "manifest.yaml")); err != nil {
 		t.Skipf("built models needed (make models): %v", err)
 	}
+	fake := t.TempDir()
+	for link, target := range map[string]string{
+		"usr/lib/atm-agent/models":  models,
+		"usr/share/atm-tools/demo": filepath.Join(root, "build", "src", "face-api", "demo"),
+	} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(fake, link)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, filepath.Join(fake, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("ATM_AGENT_ROOT", fake)
+	t.Setenv("ATM_MODELS_DIR", "")
+	t.Chdir(t.TempDir())
 	var out, errb bytes.Buffer
-	code := runMain(context.Background(), []string{"demo", "--models", models,
-		"--photos", filepath.Join(root, "build", "src", "face-api", "demo"), "--duration", "2s", "--seed", "1"}, &out, &errb)
+	code := runMain(context.Background(), []string{"demo", "--duration", "2s", "--seed", "1"}, &out, &errb)
 	s := out.String()
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, s, errb.String())

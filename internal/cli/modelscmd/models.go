@@ -14,17 +14,14 @@ import (
 
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/paths"
 	"github.com/periocular/atm-agent/models"
 )
 
-// DefaultDir is the models dir: a source checkout keeps generated files
-// under build/; ATM_MODELS_DIR overrides it (the .deb sets it).
-func DefaultDir() string {
-	if d := os.Getenv("ATM_MODELS_DIR"); d != "" {
-		return d
-	}
-	return filepath.Join("build", "models")
-}
+// DefaultDir is the models dir: ATM_MODELS_DIR, else build/models in a
+// source checkout, else the installed /usr/lib/atm-agent/models
+// (internal/paths).
+func DefaultDir() string { return paths.Models() }
 
 // Command is the models group: verify and probe, plus extra (atm-tools
 // passes fetch and build).

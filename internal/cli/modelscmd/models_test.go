@@ -77,3 +77,30 @@ func TestModelsVerifySurvivesOpenCVAbort(t *testing.T) {
 		t.Errorf("no failure line for the bad model:\n%s\n%s", out, errs)
 	}
 }
+
+// Without --dir, outside a checkout, verify checks the installed models
+// (a fake install root), in the child probes too.
+func TestModelsVerifyInstalledDefault(t *testing.T) {
+	t.Setenv("ATM_AGENT_AS_CLI", "1")
+	src := testenv.ModelsDir(t)
+	dir, _ := testenv.CopyModels(t, src, "faceapi-tiny")
+	fake := t.TempDir()
+	inst := filepath.Join(fake, "usr", "lib", "atm-agent", "models")
+	if err := os.MkdirAll(filepath.Dir(inst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dir, inst); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ATM_AGENT_ROOT", fake)
+	t.Setenv("ATM_MODELS_DIR", "")
+	t.Chdir(t.TempDir())
+	code, out, errs := runCLI(t, "models", "verify")
+	if code != 0 || !strings.Contains(out, "faceapi-tiny") || !strings.Contains(out, "OK") {
+		t.Fatalf("verify of the installed models: exit %d\n%s%s", code, out, errs)
+	}
+	_, help, _ := runCLI(t, "models", "verify", "--help")
+	if !strings.Contains(help, inst) {
+		t.Errorf("--help does not show the installed default %s:\n%s", inst, help)
+	}
+}
