@@ -5,11 +5,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/schollz/progressbar/v3"
 
@@ -17,7 +21,6 @@ import (
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/internal/cli"
 	"github.com/periocular/atm-agent/internal/imagecheck"
-	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/models/batch"
 )
 
@@ -43,6 +46,9 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	thumb := fs.Int("thumb", 96, "contact-sheet thumbnail size in pixels (-1: none)")
 	maxPixels := fs.Int64("max-pixels", imagecheck.DefaultMaxPixels, "largest image accepted, in pixels (width*height, read from the header before decoding); larger ones are listed as unreadable")
 	maxBytes := fs.Int64("max-bytes", imagecheck.DefaultMaxBytes, "largest image file accepted, in bytes (never read past it)")
+	cacheDir := fs.String("cache", "", "embedding cache folder (default: $XDG_CACHE_HOME/atm-tools/cluster, i.e. ~/.cache/...)")
+	noCache := fs.Bool("no-cache", false, "neither read nor write the embedding cache")
+	cacheMax := fs.Int64("cache-max-bytes", batch.DefaultCacheMaxBytes, "bound on the cache's entries; the least recently used go first")
 	// DIR may come before the flags (cluster DIR -o OUT): parse around it.
 	var pos []string
 	rest := args
@@ -79,6 +85,9 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		// pipeline with two OpenCV threads.
 		pf.threads = max(1, runtime.NumCPU() / *workers)
 	}
+	if *cacheMax < 1 {
+		return fmt.Errorf("%w: --cache-max-bytes %d: want at least 1", cli.ErrUsage, *cacheMax)
+	}
 	var th *identity.Thresholds
 	if *thresholds != "" {
 		t, err := parseThresholds(*thresholds)
@@ -88,25 +97,11 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		th = &t
 	}
 
-	// One pipeline per worker: the nets serialise inside a pipeline, so
-	// two pipelines keep both cores busy (docs/cluster.md has the numbers).
-	var finders []batch.FaceFinder
-	defer func() {
-		for _, f := range finders {
-			f.(*vision.Pipeline).Close()
-		}
-	}()
-	var man *models.Manifest
-	for range *workers {
-		p, m, _, err := pf.load()
-		if err != nil {
-			return err
-		}
-		finders = append(finders, p)
-		man = m
+	pp, err := pf.prepare()
+	if err != nil {
+		return err
 	}
-	first := finders[0].(*vision.Pipeline)
-	det, emb := first.Detector, first.Embedder
+	man, det, emb := pp.man, strings.Join(pp.detectors, ">"), pp.embedderName
 	em, ok := man.Find(emb)
 	if !ok || em.Embedding == nil {
 		return fmt.Errorf("embedder %q is not in the model manifest", emb)
@@ -125,11 +120,46 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		cfg.Thresholds = *th
 	}
 
+	// One pipeline per worker: the nets serialise inside a pipeline, so
+	// two pipelines keep both cores busy (docs/cluster.md has the numbers).
+	// Each loads its nets at its first image that is not in the cache: a
+	// re-run from the cache loads none.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var finders []batch.FaceFinder
+	var lazies []*lazyPipeline
+	for range *workers {
+		l := &lazyPipeline{pp: pp, fail: cancel}
+		lazies = append(lazies, l)
+		finders = append(finders, l)
+	}
+	defer func() {
+		for _, l := range lazies {
+			l.close()
+		}
+	}()
+
 	meta := batch.Meta{Version: cli.Version, Input: pos[0], Detector: det, Embedder: emb, Crop: em.Embedding.Crop}
-	for _, name := range append(slices.Clone(first.Detectors), emb) {
+	for _, name := range append(slices.Clone(pp.detectors), emb) {
 		if md, ok := man.Find(name); ok {
 			meta.Models = append(meta.Models, batch.ModelInfo{Name: md.Name, SHA256: md.SHA256})
 		}
+	}
+	var cache *batch.Cache
+	if !*noCache {
+		dir := *cacheDir
+		if dir == "" {
+			d, err := os.UserCacheDir()
+			if err != nil {
+				return fmt.Errorf("embedding cache: %w (pass --cache DIR or --no-cache)", err)
+			}
+			dir = filepath.Join(d, "atm-tools", "cluster")
+		}
+		cache, err = batch.OpenCache(dir, pp.key, *cacheMax, env.Log)
+		if err != nil {
+			return err
+		}
+		defer cache.Close()
 	}
 	o := batch.Options{
 		Cluster:    identity.ClusterOptions{Algorithm: alg, Config: cfg, Eps: *eps, MinSamples: *minSamples},
@@ -140,18 +170,21 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		Limits:     imagecheck.Limits{MaxPixels: *maxPixels, MaxBytes: *maxBytes},
 		Meta:       meta,
 		Log:        env.Log,
+		Cache:      cache,
 	}
-	if f, ok := env.Stderr.(*os.File); ok && isTerminal(f) {
-		var bar *progressbar.ProgressBar
-		o.Progress = func(done, total int) {
-			if bar == nil {
-				bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(f), progressbar.OptionSetDescription("faces"),
-					progressbar.OptionShowCount(), progressbar.OptionSetPredictTime(true), progressbar.OptionClearOnFinish())
-			}
-			_ = bar.Set(done)
-		}
-	}
+	o.Progress = clusterProgress(env.Stderr, time.Now)
 	rep, err := batch.Run(ctx, pos[0], *out, finders, o)
+	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause // a pipeline failed to load
+	}
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		msg := fmt.Sprintf("interrupted: %s removed", *out)
+		if cache != nil {
+			hits, misses := cache.Stats()
+			msg += fmt.Sprintf("; %d images embedded so far are in the cache for the next run", hits+misses)
+		}
+		return errors.New(msg)
+	}
 	if err != nil {
 		if errors.Is(err, batch.ErrOutputNotEmpty) || errors.Is(err, batch.ErrForeignFiles) {
 			return fmt.Errorf("%w: %v", cli.ErrUsage, err)
@@ -160,8 +193,13 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	total, embed := rep.Elapsed()
 	c := rep.Counts
-	fmt.Fprintf(env.Stdout, "%d images: %d people (2+ images), %d single-image, %d without a usable face, %d unreadable, %d skipped; %s in %.1fs (perception %.1fs)\n",
-		c.Images, c.People, c.Singletons, c.NoFace, c.Unreadable, c.Skipped, *out, total.Seconds(), embed.Seconds())
+	cached := ""
+	if cache != nil {
+		hits, misses := cache.Stats()
+		cached = fmt.Sprintf(", %d from the cache, %d embedded", hits, misses)
+	}
+	fmt.Fprintf(env.Stdout, "%d images: %d people (2+ images), %d single-image, %d without a usable face, %d unreadable, %d skipped; %s in %.1fs (perception %.1fs%s)\n",
+		c.Images, c.People, c.Singletons, c.NoFace, c.Unreadable, c.Skipped, *out, total.Seconds(), embed.Seconds(), cached)
 	return nil
 }
 
@@ -194,4 +232,68 @@ func parseThresholds(s string) (identity.Thresholds, error) {
 		return identity.Thresholds{}, err
 	}
 	return t, nil
+}
+
+// lazyPipeline is one worker's pipeline, loaded at its first use. A load
+// failure cancels the run with the error as its cause.
+type lazyPipeline struct {
+	pp   *preparedPipeline
+	fail context.CancelCauseFunc
+	once sync.Once
+	p    *vision.Pipeline
+	err  error
+}
+
+func (l *lazyPipeline) FaceInImage(data []byte, o vision.FaceOptions, t *vision.Timings) (vision.Face, error) {
+	l.once.Do(func() {
+		l.p, l.err = l.pp.open()
+		if l.err != nil {
+			l.fail(l.err)
+		}
+	})
+	if l.err != nil {
+		return vision.Face{}, l.err
+	}
+	return l.p.FaceInImage(data, o, t)
+}
+
+func (l *lazyPipeline) close() {
+	if l.p != nil {
+		l.p.Close()
+	}
+}
+
+// clusterProgress reports the perception stage on w: a progress bar (images
+// done, rate, ETA) on a terminal, else a line at most every 10 s and at the
+// end, for logs and pipes.
+func clusterProgress(w io.Writer, now func() time.Time) func(done, total int) {
+	if f, ok := w.(*os.File); ok && isTerminal(f) {
+		var bar *progressbar.ProgressBar
+		return func(done, total int) {
+			if bar == nil {
+				bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(f), progressbar.OptionSetDescription("images"),
+					progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("img"),
+					progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(100*time.Millisecond),
+					progressbar.OptionClearOnFinish())
+			}
+			_ = bar.Set(done)
+		}
+	}
+	start := now()
+	var last time.Time
+	return func(done, total int) {
+		t := now()
+		if done != total && t.Sub(last) < 10*time.Second {
+			return
+		}
+		last = t
+		el := t.Sub(start)
+		rate := float64(done) / max(el.Seconds(), 1e-3)
+		eta := "0s"
+		if rate > 0 {
+			eta = time.Duration(float64(total-done) / rate * float64(time.Second)).Round(time.Second).String()
+		}
+		fmt.Fprintf(w, "cluster: %d/%d images (%d%%), %.1f img/s, %s elapsed, ETA %s\n",
+			done, total, 100*done/max(total, 1), rate, el.Round(time.Second), eta)
+	}
 }

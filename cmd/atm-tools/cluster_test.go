@@ -1,11 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/periocular/atm-agent/internal/testenv"
 )
@@ -93,5 +99,87 @@ func TestClusterCommand(t *testing.T) {
 	b, _ = os.ReadFile(filepath.Join(out, "report.json"))
 	if !strings.Contains(string(b), `"algorithm": "dbscan"`) {
 		t.Error("--force run did not replace report.json")
+	}
+}
+
+// SIGTERM in the middle of a run (a real child process, the real pipeline):
+// the command stops, says so, and leaves no partial OUT, so the same
+// command runs again without --force and takes what was embedded before
+// the signal from the cache. Without a terminal, progress comes as lines.
+func TestClusterSignal(t *testing.T) {
+	models := testenv.ModelsDir(t)
+	photo, err := os.ReadFile(filepath.Join(testenv.Root(), "build", "src", "face-api", "demo", "sample1.jpg"))
+	if err != nil {
+		t.Fatalf("demo photo (run `make models`): %v", err)
+	}
+	in := t.TempDir()
+	for i := range 120 {
+		// Distinct bytes (a trailer after the end of image): no two share a
+		// cache entry.
+		b := append(slices.Clone(photo), fmt.Sprintf("copy %d", i)...)
+		if err := os.WriteFile(filepath.Join(in, fmt.Sprintf("p%03d.jpg", i)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	args := []string{"cluster", in, "-o", out, "--models-dir", models, "--cache", t.TempDir(),
+		"--thresholds", "0.3,0.3,0.3", "--workers", "1", "--thumb", "-1"}
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "ATM_AGENT_AS_CLI=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Signal once the run has started writing OUT and embedding.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(out, ".atm-agent-cluster")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("run never started: %s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("no exit 30 s after SIGTERM: %s", stderr.String())
+	}
+	if err == nil || !strings.Contains(stderr.String(), "interrupted: "+out+" removed") {
+		t.Fatalf("after SIGTERM: %v\n%s", err, stderr.String())
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("partial OUT left behind: %v", err)
+	}
+	// The same command again, no --force: it completes, partly from the
+	// cache.
+	cmd = exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "ATM_AGENT_AS_CLI=1")
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("re-run: %v\n%s", err, se.String())
+	}
+	var hits int
+	if i := strings.Index(so.String(), "perception "); i < 0 {
+		t.Fatalf("summary %q", so.String())
+	} else {
+		fmt.Sscanf(so.String()[i:][strings.Index(so.String()[i:], ", ")+2:], "%d from the cache", &hits)
+	}
+	if hits == 0 || !strings.Contains(so.String(), "120 images: 1 people") {
+		t.Errorf("re-run summary %q: want 120 images in one person, some from the cache", so.String())
+	}
+	if !strings.Contains(se.String(), "cluster: 120/120 images (100%)") {
+		t.Errorf("no line progress on a pipe: %q", se.String())
 	}
 }

@@ -91,9 +91,40 @@ func (pf *pipelineFlags) register(fs interface {
 }
 
 func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, error) {
-	man, err := models.LoadManifest(filepath.Join(pf.dir, "manifest.yaml"))
+	pp, err := pf.prepare()
 	if err != nil {
 		return nil, nil, "", err
+	}
+	p, err := pp.open()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return p, pp.man, pp.key, nil
+}
+
+// preparedPipeline is a pipeline's manifest (with the flags' overrides
+// applied in memory), settings and cache key, before any net is loaded.
+type preparedPipeline struct {
+	dir                string
+	man                *models.Manifest
+	cfg                vision.Config
+	detector, embedder string   // as given (empty: the manifest's)
+	detectors          []string // the detection stage's models, fast first
+	embedderName       string
+	key                string
+}
+
+// open loads the nets.
+func (pp *preparedPipeline) open() (*vision.Pipeline, error) {
+	return vision.New(pp.dir, pp.man, pp.detector, pp.embedder, pp.cfg)
+}
+
+// prepare reads the manifest, applies the flags and names everything that
+// changes the templates (the cache key) without loading a net.
+func (pf *pipelineFlags) prepare() (*preparedPipeline, error) {
+	man, err := models.LoadManifest(filepath.Join(pf.dir, "manifest.yaml"))
+	if err != nil {
+		return nil, err
 	}
 	cfg := vision.DefaultConfig()
 	cfg.Threads = pf.threads
@@ -128,22 +159,39 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 			md.Embedding.Align = strings.TrimPrefix(pf.align, "detector")
 		}
 		if err := man.Validate(); err != nil {
-			return nil, nil, "", err
+			return nil, err
 		}
 	}
-	p, err := vision.New(pf.dir, man, pf.detector, pf.embedder, cfg)
-	if err != nil {
-		return nil, nil, "", err
+	// The detection stage as vision.New builds it: the manifest's detector
+	// with its fast first stage, or the named one alone.
+	detectors := []string{pf.detector}
+	if pf.detector == "" {
+		detectors = []string{man.Pipeline.Detector}
+		if man.Pipeline.FastDetector != "" {
+			detectors = []string{man.Pipeline.FastDetector, man.Pipeline.Detector}
+		}
+	}
+	md, ok := man.Find(emb)
+	if !ok {
+		return nil, fmt.Errorf("embedder %q is not in the model manifest", emb)
+	}
+	emb = md.Name
+	for i, d := range detectors {
+		md, ok := man.Find(d)
+		if !ok {
+			return nil, fmt.Errorf("detector %q is not in the model manifest", d)
+		}
+		detectors[i] = md.Name
 	}
 	// The cache key names everything that changes the embeddings.
 	kc := cfg
 	kc.Raw = false     // only matters through the projection's checksum below
 	kc.NoTrack = false // bursts only: evaluations embed single images
-	key := fmt.Sprintf("%s|%s|%+v", vision.Revision, p.Detector, kc)
-	if len(p.Detectors) > 1 {
+	key := fmt.Sprintf("%s|%s|%+v", vision.Revision, strings.Join(detectors, ">"), kc)
+	if len(detectors) > 1 {
 		key += fmt.Sprintf("|fast %v %v", man.Pipeline.FastMinScore, man.Pipeline.FastMinFace)
 	}
-	for _, name := range append(slices.Clone(p.Detectors), p.Embedder) {
+	for _, name := range append(slices.Clone(detectors), emb) {
 		if md, ok := man.Find(name); ok {
 			key += "|" + md.SHA256 + fmt.Sprintf("%+v", md.Embedding) + fmt.Sprintf("%+v", md.Input)
 			if md.MaskHead != nil {
@@ -159,7 +207,8 @@ func (pf *pipelineFlags) load() (*vision.Pipeline, *models.Manifest, string, err
 			}
 		}
 	}
-	return p, man, key, nil
+	return &preparedPipeline{dir: pf.dir, man: man, cfg: cfg, detector: pf.detector, embedder: pf.embedder,
+		detectors: detectors, embedderName: emb, key: key}, nil
 }
 
 func evalVerify(ctx context.Context, env *cli.Env, args []string) error {

@@ -47,9 +47,15 @@ func app() cli.App {
 }
 
 func main() {
+	os.Exit(mainWithSignals(os.Args[1:]))
+}
+
+// mainWithSignals runs a command whose context ends on SIGINT or SIGTERM:
+// long commands (cluster, eval) stop cleanly.
+func mainWithSignals(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(runMain(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	return runMain(ctx, args, os.Stdout, os.Stderr)
 }
 
 func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {

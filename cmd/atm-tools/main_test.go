@@ -13,13 +13,21 @@ import (
 // themselves (models verify) run the code under test.
 func TestMain(m *testing.M) {
 	if os.Getenv("ATM_AGENT_AS_CLI") == "1" {
-		os.Exit(runMain(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+		os.Exit(mainWithSignals(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	// The cluster tests must not fill the user's cache: a private one.
+	dir, err := os.MkdirTemp("", "atm-tools-test-cache-")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_CACHE_HOME", dir)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // cli runs a command in-process and returns its exit code and output.
-func runTool(t *testing.T, args ...string) (int, string, string) {
+func runTool(t testing.TB, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	code := runMain(context.Background(), args, &out, &errb)

@@ -17,7 +17,7 @@ import (
 // stdout+stderr and its peak resident set (rusage ru_maxrss) in bytes.
 func runCluster(t *testing.T, in, out string, args ...string) (string, int64) {
 	t.Helper()
-	cmd := exec.Command(toolsBin, append([]string{"cluster", in, "-o", out, "--models-dir", modelsDir(t), "--workers", "2", "--thumb", "-1"}, args...)...)
+	cmd := exec.Command(toolsBin, append([]string{"cluster", in, "-o", out, "--models-dir", modelsDir(t), "--workers", "2", "--thumb", "-1", "--no-cache"}, args...)...)
 	b, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("cluster: %v\n%s", err, b)

@@ -7,6 +7,7 @@ package batch
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -66,7 +67,10 @@ type Options struct {
 	PixelBudget int64
 	// Progress, when set, is called after each image with done and total.
 	Progress func(done, total int)
-	Log      *slog.Logger
+	// Cache, when set, keeps and reuses perception results by file content
+	// (see Cache); the caller opens and closes it.
+	Cache *Cache
+	Log   *slog.Logger
 }
 
 // Run clusters the images under in and writes the result into out. It needs
@@ -108,9 +112,21 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 	if err != nil {
 		return nil, fmt.Errorf("cluster: read input: %w", err)
 	}
-	if err := prepareOut(out, o.Force); err != nil {
+	created, err := prepareOut(out, o.Force)
+	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
+	// A run that does not finish (a signal, a write error) takes back what
+	// it wrote, so OUT is as before (or gone, when the run created it) and a
+	// re-run needs no --force; the images embedded so far stay in the cache.
+	ok := false
+	defer func() {
+		if !ok {
+			if cerr := removeOurs(out, created); cerr != nil {
+				o.Log.Warn("cluster: removing the partial output", "out", out, "err", cerr)
+			}
+		}
+	}()
 	start := time.Now()
 	res, err := embedAll(ctx, absIn, lst.Images, finders, o)
 	if err != nil {
@@ -121,9 +137,13 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
 	if err := write(absIn, out, rep, res, o); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
+	ok = true
 	rep.elapsed, rep.embedTime = time.Since(start), embedTime
 	o.Log.Info("cluster done", "images", len(lst.Images), "identities", rep.Counts.Identities,
 		"noface", rep.Counts.NoFace, "unreadable", rep.Counts.Unreadable, "elapsed", rep.elapsed.Round(time.Millisecond))
@@ -136,6 +156,32 @@ type result struct {
 	found  bool
 	noface string // why no usable face, when !found and err == ""
 	err    string // unreadable: why
+	decode bool   // err is the decoder's verdict on the bytes (cacheable)
+}
+
+// entry is what the cache keeps of r; not ok for outcomes that depend on
+// more than the file's bytes (limits, file system, cancellation).
+func (r result) entry() (entry, bool) {
+	switch {
+	case r.found:
+		return entry{kind: entryFace, faces: []vision.Face{r.face}}, true
+	case r.err == "" && r.noface != "":
+		return entry{kind: entryNoFace, reason: r.noface}, true
+	case r.decode:
+		return entry{kind: entryError, reason: r.err}, true
+	}
+	return entry{}, false
+}
+
+// result is the outcome a cached entry stands for.
+func (e entry) result() result {
+	switch {
+	case e.kind == entryFace && len(e.faces) > 0:
+		return result{face: e.faces[0], found: true}
+	case e.kind == entryNoFace:
+		return result{noface: e.reason}
+	}
+	return result{err: e.reason, decode: true}
 }
 
 // embedAll runs the finders over the images; each worker owns one finder.
@@ -188,6 +234,18 @@ func embedOne(ctx context.Context, f FaceFinder, path string, o Options, budget 
 	if err != nil {
 		return result{err: imageReason(err)}
 	}
+	var key []byte
+	if o.Cache != nil {
+		key = imageKey(sha256.Sum256(data), fmt.Sprintf("|thumb %d", max(o.Thumb, 0)))
+		if e, ok := o.Cache.get(key); ok {
+			return e.result()
+		}
+		defer func() {
+			if e, ok := r.entry(); ok {
+				o.Cache.put(key, e)
+			}
+		}()
+	}
 	px := min(info.Pixels(), o.PixelBudget)
 	if err := budget.Acquire(ctx, px); err != nil {
 		return result{err: "not processed: " + err.Error()}
@@ -205,6 +263,8 @@ func embedOne(ctx context.Context, f FaceFinder, path string, o Options, budget 
 		return result{noface: "no usable face"}
 	case errors.Is(err, vision.ErrEmptyCrop):
 		return result{noface: "face crop is empty"}
+	case errors.Is(err, vision.ErrDecode):
+		return result{err: imageReason(err), decode: true}
 	case err != nil:
 		return result{err: imageReason(err)}
 	}

@@ -27,23 +27,24 @@ var ours = regexp.MustCompile(`^(person_\d{4,}|singletons|noface|thumbs|report\.
 
 // prepareOut makes sure out exists and is empty. With force, a folder that a
 // previous run wrote (marker present, every top-level entry one of ours) is
-// cleared; anything else is refused with the offending names.
-func prepareOut(out string, force bool) error {
+// cleared; anything else is refused with the offending names. It says
+// whether it created out.
+func prepareOut(out string, force bool) (bool, error) {
 	ents, err := os.ReadDir(out)
 	if errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(out, 0o755); err != nil {
-			return fmt.Errorf("create output folder: %w", err)
+			return false, fmt.Errorf("create output folder: %w", err)
 		}
-		return writeMarker(out)
+		return true, writeMarker(out)
 	}
 	if err != nil {
-		return fmt.Errorf("read output folder: %w", err)
+		return false, fmt.Errorf("read output folder: %w", err)
 	}
 	if len(ents) == 0 {
-		return writeMarker(out)
+		return false, writeMarker(out)
 	}
 	if !force {
-		return fmt.Errorf("%s: %w (use --force to replace a previous run's output)", out, ErrOutputNotEmpty)
+		return false, fmt.Errorf("%s: %w (use --force to replace a previous run's output)", out, ErrOutputNotEmpty)
 	}
 	var foreign []string
 	marked := false
@@ -56,24 +57,44 @@ func prepareOut(out string, force bool) error {
 		}
 	}
 	if !marked {
-		return fmt.Errorf("%s: %w: no %s marker, not a previous run's output", out, ErrForeignFiles, markerName)
+		return false, fmt.Errorf("%s: %w: no %s marker, not a previous run's output", out, ErrForeignFiles, markerName)
 	}
 	if len(foreign) > 0 {
 		sort.Strings(foreign)
 		if len(foreign) > 5 {
 			foreign = append(foreign[:5], "...")
 		}
-		return fmt.Errorf("%s: %w: %s", out, ErrForeignFiles, strings.Join(foreign, ", "))
+		return false, fmt.Errorf("%s: %w: %s", out, ErrForeignFiles, strings.Join(foreign, ", "))
 	}
 	for _, e := range ents {
 		if e.Name() == markerName {
 			continue
 		}
 		if err := os.RemoveAll(filepath.Join(out, e.Name())); err != nil {
-			return fmt.Errorf("clear previous output: %w", err)
+			return false, fmt.Errorf("clear previous output: %w", err)
 		}
 	}
-	return nil
+	return false, nil
+}
+
+// removeOurs takes back an unfinished run's output: the entries a run
+// writes (never anything else) and the marker, then out itself when the run
+// created it and it is empty.
+func removeOurs(out string, created bool) error {
+	ents, err := os.ReadDir(out)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if ours.MatchString(e.Name()) {
+			errs = append(errs, os.RemoveAll(filepath.Join(out, e.Name())))
+		}
+	}
+	if created {
+		errs = append(errs, os.Remove(out))
+	}
+	return errors.Join(errs...)
 }
 
 func writeMarker(out string) error {
