@@ -6,7 +6,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -17,103 +16,16 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/term"
 	"gopkg.in/yaml.v3"
 
-	"github.com/periocular/atm-agent/sync/fleet/ingest"
-	"github.com/periocular/atm-agent/sync/fleet/storage"
-	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
-	"github.com/periocular/atm-agent/sync/fleet/storage/pgstore"
+	"github.com/periocular/atm-agent/sync/fleet/service"
 	"github.com/periocular/atm-agent/sync/fleet/web"
 )
 
 // version is set at link time (-ldflags "-X main.version=...").
 var version = "dev"
-
-// Config is the whole service configuration (YAML, strict).
-type Config struct {
-	LogLevel  string          `yaml:"log_level"`
-	Store     StoreConfig     `yaml:"store"`
-	Retention RetentionConfig `yaml:"retention"`
-	MQTT      ingest.Config   `yaml:"mqtt"`
-	Web       web.Config      `yaml:"web"`
-}
-
-// StoreConfig selects the store.
-type StoreConfig struct {
-	// Driver is "bolt" (embedded, one instance) or "postgres".
-	Driver string `yaml:"driver"`
-	// Path of the bbolt file.
-	Path string `yaml:"path"`
-	// DSN (postgres): a libpq URL or key=value string; DSNFile reads it
-	// from a file instead (keeps a password out of the config).
-	DSN     string `yaml:"dsn"`
-	DSNFile string `yaml:"dsn_file"`
-}
-
-// RetentionConfig says how long history is kept and how often it is pruned.
-type RetentionConfig struct {
-	History       time.Duration `yaml:"history"`
-	Alerts        time.Duration `yaml:"alerts"`
-	PruneInterval time.Duration `yaml:"prune_interval"`
-}
-
-// DefaultConfig returns the defaults.
-func DefaultConfig() Config {
-	host, _ := os.Hostname()
-	m := ingest.DefaultConfig()
-	m.Brokers = []string{"tcp://127.0.0.1:1883"}
-	m.ClientID = "atm-fleet-" + strings.ReplaceAll(host, ".", "-")
-	w := web.DefaultConfig()
-	w.UsersFile = "/etc/atm-fleet/users.yaml"
-	return Config{LogLevel: "info", Store: StoreConfig{Driver: "bolt", Path: "/var/lib/atm-fleet/fleet.db"},
-		Retention: RetentionConfig{History: 30 * 24 * time.Hour, Alerts: 365 * 24 * time.Hour, PruneInterval: time.Hour},
-		MQTT:      m, Web: w}
-}
-
-// ParseConfig decodes YAML strictly over the defaults and validates it.
-func ParseConfig(b []byte) (Config, error) {
-	c := DefaultConfig()
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("config: %w", err)
-	}
-	return c, c.Validate()
-}
-
-// Validate checks every section.
-func (c Config) Validate() error {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		return fmt.Errorf("config: log_level: %w", err)
-	}
-	switch c.Store.Driver {
-	case "bolt":
-		if c.Store.Path == "" {
-			return errors.New("config: store.path is required for driver bolt")
-		}
-	case "postgres":
-		if (c.Store.DSN == "") == (c.Store.DSNFile == "") {
-			return errors.New("config: driver postgres needs exactly one of store.dsn and store.dsn_file")
-		}
-	default:
-		return fmt.Errorf("config: store.driver %q: want bolt or postgres", c.Store.Driver)
-	}
-	if c.Retention.History < time.Hour || c.Retention.Alerts < time.Hour || c.Retention.PruneInterval < time.Minute {
-		return errors.New("config: retention.history and retention.alerts >= 1h, retention.prune_interval >= 1m")
-	}
-	if err := c.MQTT.Validate(); err != nil {
-		return fmt.Errorf("config: mqtt: %w", err)
-	}
-	if err := c.Web.Validate(); err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	return nil
-}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -161,28 +73,16 @@ func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	return 0
 }
 
-func loadConfig(path string) (Config, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return Config{}, fmt.Errorf("config: %w", err)
-	}
-	c, err := ParseConfig(b)
-	if err != nil {
-		return c, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
-}
-
 func cmdConfig(args []string, stdout io.Writer) error {
 	switch {
 	case len(args) == 2 && args[0] == "check":
-		if _, err := loadConfig(args[1]); err != nil {
+		if _, err := service.LoadConfig(args[1]); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", args[1])
 		return nil
 	case len(args) == 1 && args[0] == "default":
-		b, err := yaml.Marshal(DefaultConfig())
+		b, err := yaml.Marshal(service.DefaultConfig())
 		if err != nil {
 			return err
 		}
@@ -226,23 +126,6 @@ func cmdPasswd(stdin io.Reader, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func openStore(ctx context.Context, c StoreConfig, log *slog.Logger) (storage.Store, error) {
-	if c.Driver == "bolt" {
-		return boltstore.Open(c.Path, 5*time.Second)
-	}
-	dsn := c.DSN
-	if c.DSNFile != "" {
-		b, err := os.ReadFile(c.DSNFile)
-		if err != nil {
-			return nil, fmt.Errorf("store: dsn_file: %w", err)
-		}
-		dsn = strings.TrimSpace(string(b))
-	}
-	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	return pgstore.Open(octx, dsn, log)
-}
-
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -250,7 +133,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*path)
+	cfg, err := service.LoadConfig(*path)
 	if err != nil {
 		return err
 	}
@@ -260,59 +143,14 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	return Run(ctx, cfg, log)
 }
 
-// Run wires store, ingest, pruning and web, and runs them until ctx ends.
-// The store is opened first and closed last.
-func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
-	users, err := web.LoadUsers(cfg.Web.UsersFile)
+// Run builds the service (store opened first, closed last) and runs it
+// until ctx ends.
+func Run(ctx context.Context, cfg service.Config, log *slog.Logger) error {
+	svc, err := service.New(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	key, err := web.LoadSessionKey(cfg.Web.SessionKeyFile)
-	if err != nil {
-		return err
-	}
-	st, err := openStore(ctx, cfg.Store, log)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	in, err := ingest.New(cfg.MQTT, st, log)
-	if err != nil {
-		return err
-	}
-	ret := storage.Retention{History: cfg.Retention.History, Alerts: cfg.Retention.Alerts}
-	srv, err := web.New(cfg.Web, st, users, key, web.Deps{Logger: log, Retention: ret, IngestStats: func() any { return in.Stats() }})
-	if err != nil {
-		return err
-	}
-	log.Info("atm-fleet starting", "version", version, "store", cfg.Store.Driver, "listen", cfg.Web.Listen, "users", len(users))
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return in.Run(gctx) })
-	g.Go(func() error { return srv.Run(gctx) })
-	g.Go(func() error { prune(gctx, st, ret, cfg.Retention.PruneInterval, log); return nil })
-	err = g.Wait()
-	log.Info("atm-fleet stopped", "err", err)
-	return err
-}
-
-// prune applies retention at start and every interval until ctx ends.
-func prune(ctx context.Context, st storage.Store, r storage.Retention, every time.Duration, log *slog.Logger) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		n, err := st.Prune(pctx, time.Now(), r)
-		cancel()
-		switch {
-		case err != nil && ctx.Err() == nil:
-			log.Warn("atm-fleet: prune failed", "err", err)
-		case err == nil && n != (storage.PruneStats{}):
-			log.Info("atm-fleet: pruned", "stats", fmt.Sprintf("%+v", n))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	defer svc.Close()
+	log.Info("atm-fleet starting", "version", version)
+	return svc.Run(ctx)
 }

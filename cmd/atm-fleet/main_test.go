@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
+	"github.com/periocular/atm-agent/sync/fleet/service"
 )
 
 func TestConfig(t *testing.T) {
@@ -24,7 +25,7 @@ func TestConfig(t *testing.T) {
 	if code := runMain(context.Background(), []string{"config", "default"}, nil, &out, io.Discard); code != 0 {
 		t.Fatalf("config default: exit %d", code)
 	}
-	if _, err := ParseConfig(out.Bytes()); err != nil {
+	if _, err := service.ParseConfig(out.Bytes()); err != nil {
 		t.Fatalf("the default config does not parse: %v\n%s", err, out.String())
 	}
 	for name, y := range map[string]string{
@@ -36,7 +37,7 @@ func TestConfig(t *testing.T) {
 		"bad listen":      "web: {listen: 8080}\n",
 		"bad level":       "log_level: loud\n",
 	} {
-		if _, err := ParseConfig([]byte(y)); err == nil {
+		if _, err := service.ParseConfig([]byte(y)); err == nil {
 			t.Errorf("%s: accepted", name)
 		} else {
 			t.Logf("%s: %v", name, err)
@@ -76,7 +77,7 @@ web: {listen: "127.0.0.1:%d", users_file: %s}
 	if code := runMain(context.Background(), []string{"config", "check", cfgPath}, nil, io.Discard, os.Stderr); code != 0 {
 		t.Fatalf("config check: exit %d", code)
 	}
-	cfg, err := loadConfig(cfgPath)
+	cfg, err := service.LoadConfig(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,235 @@
+// Package service is the fleet service's composition root: its
+// configuration and the wiring of store, ingest, pruning and web server.
+// cmd/atm-fleet runs it from a config file; `atm-tools demo --fleet` runs
+// the same service over simulated ATMs. The ATM daemon links none of it.
+package service
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"gopkg.in/yaml.v3"
+
+	"github.com/periocular/atm-agent/sync/fleet/ingest"
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
+	"github.com/periocular/atm-agent/sync/fleet/storage/pgstore"
+	"github.com/periocular/atm-agent/sync/fleet/web"
+)
+
+// Config is the whole service configuration (YAML, strict).
+type Config struct {
+	LogLevel  string          `yaml:"log_level"`
+	Store     StoreConfig     `yaml:"store"`
+	Retention RetentionConfig `yaml:"retention"`
+	MQTT      ingest.Config   `yaml:"mqtt"`
+	Web       web.Config      `yaml:"web"`
+}
+
+// StoreConfig selects the store.
+type StoreConfig struct {
+	// Driver is "bolt" (embedded, one instance) or "postgres".
+	Driver string `yaml:"driver"`
+	// Path of the bbolt file.
+	Path string `yaml:"path"`
+	// DSN (postgres): a libpq URL or key=value string; DSNFile reads it
+	// from a file instead (keeps a password out of the config).
+	DSN     string `yaml:"dsn"`
+	DSNFile string `yaml:"dsn_file"`
+}
+
+// RetentionConfig says how long history is kept and how often it is pruned.
+type RetentionConfig struct {
+	History       time.Duration `yaml:"history"`
+	Alerts        time.Duration `yaml:"alerts"`
+	PruneInterval time.Duration `yaml:"prune_interval"`
+}
+
+// DefaultConfig returns the defaults of an installed service.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	m := ingest.DefaultConfig()
+	m.Brokers = []string{"tcp://127.0.0.1:1883"}
+	m.ClientID = "atm-fleet-" + strings.ReplaceAll(host, ".", "-")
+	w := web.DefaultConfig()
+	w.UsersFile = "/etc/atm-fleet/users.yaml"
+	return Config{LogLevel: "info", Store: StoreConfig{Driver: "bolt", Path: "/var/lib/atm-fleet/fleet.db"},
+		Retention: RetentionConfig{History: 30 * 24 * time.Hour, Alerts: 365 * 24 * time.Hour, PruneInterval: time.Hour},
+		MQTT:      m, Web: w}
+}
+
+// ParseConfig decodes YAML strictly over the defaults and validates it.
+func ParseConfig(b []byte) (Config, error) {
+	c := DefaultConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	return c, c.Validate()
+}
+
+// LoadConfig reads and parses a config file.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return c, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate checks every section.
+func (c Config) Validate() error {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("config: log_level: %w", err)
+	}
+	switch c.Store.Driver {
+	case "bolt":
+		if c.Store.Path == "" {
+			return errors.New("config: store.path is required for driver bolt")
+		}
+	case "postgres":
+		if (c.Store.DSN == "") == (c.Store.DSNFile == "") {
+			return errors.New("config: driver postgres needs exactly one of store.dsn and store.dsn_file")
+		}
+	default:
+		return fmt.Errorf("config: store.driver %q: want bolt or postgres", c.Store.Driver)
+	}
+	if c.Retention.History < time.Hour || c.Retention.Alerts < time.Hour || c.Retention.PruneInterval < time.Minute {
+		return errors.New("config: retention.history and retention.alerts >= 1h, retention.prune_interval >= 1m")
+	}
+	if err := c.MQTT.Validate(); err != nil {
+		return fmt.Errorf("config: mqtt: %w", err)
+	}
+	if err := c.Web.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return nil
+}
+
+// Service is one running fleet instance: its store, ingest and web server.
+type Service struct {
+	cfg   Config
+	log   *slog.Logger
+	store storage.Store
+	in    *ingest.Ingester
+	web   *web.Server
+	ret   storage.Retention
+}
+
+// New validates cfg, loads the users and session key, opens the store and
+// builds the ingest and the web server. Close releases the store.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Service, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	users, err := web.LoadUsers(cfg.Web.UsersFile)
+	if err != nil {
+		return nil, err
+	}
+	key, err := web.LoadSessionKey(cfg.Web.SessionKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{cfg: cfg, log: log, ret: storage.Retention{History: cfg.Retention.History, Alerts: cfg.Retention.Alerts}}
+	if s.store, err = openStore(ctx, cfg.Store, log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			s.store.Close()
+		}
+	}()
+	if s.in, err = ingest.New(cfg.MQTT, s.store, log); err != nil {
+		return nil, err
+	}
+	s.web, err = web.New(cfg.Web, s.store, users, key, web.Deps{Logger: log, Retention: s.ret, IngestStats: func() any { return s.in.Stats() }})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("atm-fleet ready", "store", cfg.Store.Driver, "listen", cfg.Web.Listen, "users", len(users))
+	return s, nil
+}
+
+func openStore(ctx context.Context, c StoreConfig, log *slog.Logger) (storage.Store, error) {
+	if c.Driver == "bolt" {
+		return boltstore.Open(c.Path, 5*time.Second)
+	}
+	dsn := c.DSN
+	if c.DSNFile != "" {
+		b, err := os.ReadFile(c.DSNFile)
+		if err != nil {
+			return nil, fmt.Errorf("store: dsn_file: %w", err)
+		}
+		dsn = strings.TrimSpace(string(b))
+	}
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return pgstore.Open(octx, dsn, log)
+}
+
+// Store is the service's store (read it while the service runs; Close
+// closes it).
+func (s *Service) Store() storage.Store { return s.store }
+
+// IngestStats are the ingest counters since start.
+func (s *Service) IngestStats() ingest.Stats { return s.in.Stats() }
+
+// Close closes the store; call it after Run has returned.
+func (s *Service) Close() error { return s.store.Close() }
+
+// Run ingests, prunes and serves on cfg.Web.Listen until ctx ends; it
+// returns after its goroutines have ended.
+func (s *Service) Run(ctx context.Context) error { return s.Serve(ctx, nil) }
+
+// Serve is Run with the web server on ln (nil: listen on cfg.Web.Listen).
+func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.in.Run(gctx) })
+	g.Go(func() error {
+		if ln == nil {
+			return s.web.Run(gctx)
+		}
+		return s.web.Serve(gctx, ln)
+	})
+	g.Go(func() error { prune(gctx, s.store, s.ret, s.cfg.Retention.PruneInterval, s.log); return nil })
+	err := g.Wait()
+	s.log.Info("atm-fleet stopped", "err", err)
+	return err
+}
+
+// prune applies retention at start and every interval until ctx ends.
+func prune(ctx context.Context, st storage.Store, r storage.Retention, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		n, err := st.Prune(pctx, time.Now(), r)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("atm-fleet: prune failed", "err", err)
+		case err == nil && n != (storage.PruneStats{}):
+			log.Info("atm-fleet: pruned", "stats", fmt.Sprintf("%+v", n))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
