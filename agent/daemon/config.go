@@ -140,13 +140,19 @@ func ParseConfig(b []byte) (Config, error) {
 	c := DefaultConfig()
 	// An empty sequence in the file replaces the default rules.
 	c.Alerts.Rules = nil
+	// The document as nodes: durations in days are rewritten in place
+	// (rewriteDays) and decode errors are told in keys (configError).
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err == nil {
+		b = rewriteDays(b, &doc)
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
 		if errors.Is(err, io.EOF) {
 			return Config{}, errors.New("config is empty")
 		}
-		return Config{}, fmt.Errorf("config: %w", err)
+		return Config{}, fmt.Errorf("config: %w", configError(err, &doc))
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
@@ -157,7 +163,7 @@ func ParseConfig(b []byte) (Config, error) {
 	}
 	c.fill()
 	if err := c.Validate(); err != nil {
-		return Config{}, err
+		return Config{}, shortDurations(err)
 	}
 	return c, nil
 }
@@ -237,9 +243,7 @@ func (c Config) Validate() error {
 		bad(errors.New("models.dir is required: the directory holding manifest.yaml"))
 	}
 	bad(c.Camera.Validate())
-	if c.Vision.Validate() != nil {
-		bad(fmt.Errorf("vision: %w", c.Vision.Validate()))
-	}
+	bad(c.Vision.Validate())
 	if c.Identity.ConfirmVisits < 1 || c.Identity.ConfirmVisits > 1000 {
 		bad(fmt.Errorf("identity.confirm_visits %d: want 1..1000", c.Identity.ConfirmVisits))
 	}

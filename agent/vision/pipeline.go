@@ -76,7 +76,7 @@ func (c Config) Validate() error {
 	// Every comparison is written so that NaN fails it (NaN < x and
 	// NaN > x are both false): !(lo <= v && v <= hi).
 	if !(c.MinScore >= 0 && c.MinScore < 1) {
-		errs = append(errs, fmt.Errorf("min_score %v: must be in [0,1)", c.MinScore))
+		errs = append(errs, fmt.Errorf("vision.min_score %v: must be in [0,1)", c.MinScore))
 	}
 	for _, f := range []struct {
 		name    string
@@ -92,17 +92,17 @@ func (c Config) Validate() error {
 		{"new_identity_quality", c.NewIdentityQuality, 0, 1, "quality"},
 	} {
 		if !(f.v >= f.lo && f.v <= f.hi) {
-			errs = append(errs, fmt.Errorf("%s %v: want %g..%g (%s)", f.name, f.v, f.lo, f.hi, f.meaning))
+			errs = append(errs, fmt.Errorf("vision.%s %v: want %g..%g (%s)", f.name, f.v, f.lo, f.hi, f.meaning))
 		}
 	}
 	if c.BestFrames < 1 || c.BestFrames > 100 {
-		errs = append(errs, fmt.Errorf("best_frames %d: want 1..100", c.BestFrames))
+		errs = append(errs, fmt.Errorf("vision.best_frames %d: want 1..100", c.BestFrames))
 	}
 	if c.Threads < 0 || c.Threads > 256 {
-		errs = append(errs, fmt.Errorf("threads %d: want 0 (OpenCV's default) to 256", c.Threads))
+		errs = append(errs, fmt.Errorf("vision.threads %d: want 0 (OpenCV's default) to 256", c.Threads))
 	}
 	if !(c.PadTight == 0 || (c.PadTight >= 1 && c.PadTight <= 4)) {
-		errs = append(errs, fmt.Errorf("pad_tight %v: 0 (off) or 1..4", c.PadTight))
+		errs = append(errs, fmt.Errorf("vision.pad_tight %v: 0 (off) or 1..4", c.PadTight))
 	}
 	return errors.Join(errs...)
 }

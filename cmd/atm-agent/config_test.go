@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -32,19 +34,38 @@ func TestConfigCheckCommand(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	base := string(daemon.DefaultYAML())
+	// lineOf is the line of base that starts with prefix (the tests edit
+	// the default file; its comments and order may change).
+	lineOf := func(prefix string) string {
+		for i, l := range strings.Split(base, "\n") {
+			if strings.HasPrefix(l, prefix) {
+				return fmt.Sprintf("line %d:", i+1)
+			}
+		}
+		t.Fatalf("default.yaml has no line %q", prefix)
+		return ""
+	}
+	// set replaces the value of the first key matching re (a regexp whose
+	// group 1 ends just before the value) with v.
+	set := func(re, v string) string {
+		out := regexp.MustCompile(re).ReplaceAllString(base, "${1}"+v)
+		if out == base {
+			t.Fatalf("%s: no match in default.yaml", re)
+		}
+		return out
+	}
 	tests := []struct {
 		name, yaml string
 		want       []string
 	}{
 		{"misspelt key with line", strings.Replace(base, "  burst_frames: 5", "  burst_frame: 5", 1),
-			[]string{"line 21", "burst_frame"}},
+			[]string{lineOf("  burst_frames:"), "camera.burst_frame: unknown key (did you mean camera.burst_frames?)"}},
 		{"unknown top-level key", base + "\nextra: 1\n", []string{"line", "extra"}},
-		{"bad duration", strings.Replace(base, "retention: 720h0m0s", "retention: 30 days", 1), []string{"line 9", "30 days"}},
-		{"no trigger", strings.Replace(base, "    enabled: true\n    socket:", "    enabled: false\n    socket:", 1),
-			[]string{"no trigger enabled"}},
+		{"bad duration", set(`(?m)^(  retention: )\S+`, "30 days"), []string{lineOf("  retention:"), "30 days", "store.retention"}},
+		{"no trigger", set(`(?m)^(  http:.*\n    enabled: )true`, "false"), []string{"no trigger enabled"}},
 		{"metrics not loopback", strings.Replace(base, "listen: 127.0.0.1:9464", "listen: 0.0.0.0:9464", 1), []string{"loopback"}},
 		{"bad rule", strings.Replace(base, "threshold: 5", "threshold: 1", 1), []string{"same-face-repeat", "threshold"}},
-		{"mqtt enabled without broker", strings.Replace(base, "mqtt:\n  enabled: false", "mqtt:\n  enabled: true", 1), []string{"broker"}},
+		{"mqtt enabled without broker", set(`(?m)^(mqtt:\n  enabled: )false`, "true"), []string{"broker"}},
 		{"empty", "", []string{"empty"}},
 		{"two documents", base + "\n---\ndevice: {id: x}\n", []string{"more than one"}},
 	}

@@ -17,8 +17,9 @@ import (
 func TestConfigLimits(t *testing.T) {
 	base := string(daemon.DefaultYAML())
 	replay := func(speed string) string {
-		return strings.Replace(base, "  replay:               # simulated triggers, for tests and demos\n    enabled: false\n    interval: 0s\n    count: 0\n    file: \"\"\n    speed: 1",
-			"  replay:\n    enabled: true\n    interval: 1s\n    count: 0\n    file: \"\"\n    speed: "+speed, 1)
+		i := strings.Index(base, "  replay:")
+		j := i + strings.Index(base[i:], "\n\n")
+		return base[:i] + "  replay:\n    enabled: true\n    interval: 1s\n    speed: " + speed + base[j:]
 	}
 	rule := func(field, from, to string) string {
 		return strings.Replace(base, field+": "+from, field+": "+to, 1)
@@ -42,7 +43,7 @@ func TestConfigLimits(t *testing.T) {
 		{"confirm_visits int64 max", rule("confirm_visits", "2", "9223372036854775807"), "confirm_visits"},
 		{"rule threshold int64 max", rule("threshold", "5", "9223372036854775807"), "threshold 9223372036854775807"},
 		{"rule window 2562047h", strings.Replace(base, "window: 1h", "window: 2562047h", 1), "window"},
-		{"retention 2562047h", strings.Replace(base, "retention: 720h0m0s", "retention: 2562047h", 1), "store.retention"},
+		{"retention 2562047h", strings.Replace(base, "retention: 30d", "retention: 2562047h", 1), "store.retention"},
 		{"burst longer than the visit", strings.Replace(rule("burst_duration", "500ms", "5s"), "visit_timeout: 10s", "visit_timeout: 2s", 1), "burst_duration 5s is not below agent.visit_timeout 2s"},
 		{"visit_timeout 2562047h", strings.Replace(base, "visit_timeout: 10s", "visit_timeout: 2562047h", 1), "visit_timeout"},
 		{"outbox max_messages int64 max", strings.Replace(base, "alert_cap_messages: ", "alert_cap_messages: 9223372036854775807 #", 1), "store.outbox"},

@@ -17,8 +17,8 @@ import (
 	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/internal/cli"
-	"github.com/periocular/atm-agent/internal/paths"
 	"github.com/periocular/atm-agent/internal/cli/modelscmd"
+	"github.com/periocular/atm-agent/internal/paths"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 )
