@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/periocular/atm-agent/internal/testenv"
+	atmmodels "github.com/periocular/atm-agent/models"
 )
 
 // TestDemo runs the whole simulated day in-process (about 25 s of CPU), as
@@ -26,17 +27,18 @@ func TestDemo(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(models, "manifest.yaml")); err != nil {
 		t.Skipf("built models needed (make models): %v", err)
 	}
+	// The installed layout: only the models the package ships (the
+	// pipeline's, as `atm-tools models ship` copies them) and the photos.
 	fake := t.TempDir()
-	for link, target := range map[string]string{
-		"usr/lib/atm-agent/models":  models,
-		"usr/share/atm-tools/demo": filepath.Join(root, "build", "src", "face-api", "demo"),
-	} {
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(fake, link)), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Symlink(target, filepath.Join(fake, link)); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := atmmodels.CopyPipeline(models, filepath.Join(fake, "usr/lib/atm-agent/models")); err != nil {
+		t.Fatal(err)
+	}
+	photos := filepath.Join(fake, "usr/share/atm-tools/demo")
+	if err := os.MkdirAll(filepath.Dir(photos), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(root, "build", "src", "face-api", "demo"), photos); err != nil {
+		t.Fatal(err)
 	}
 	t.Setenv("ATM_AGENT_ROOT", fake)
 	t.Setenv("ATM_MODELS_DIR", "")

