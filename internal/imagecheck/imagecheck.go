@@ -2,9 +2,11 @@
 // whether it is safe to hand to a decoder: OpenCV allocates the whole image
 // a header claims before it reads a single pixel, so a 69-byte PNG that
 // claims 65000x65000 (or an 88 KB JPEG claiming 30000x30000) would cost
-// gigabytes or abort the process. Only formats whose header Go parses are
-// accepted (JPEG, PNG, BMP, WebP); anything else is refused as unsupported,
-// so no other decoder OpenCV links is reachable from untrusted files.
+// gigabytes or abort the process. Only formats whose header is parsed here
+// are accepted: by default JPEG, PNG, BMP and WebP (the daemon's paths), so
+// no other decoder OpenCV links is reachable from its files; with
+// FormatsOpenCV (the offline tools: cluster, eval) also PxM, PFM, TIFF,
+// JPEG 2000, Sun raster and Radiance HDR, each sized from its header first.
 package imagecheck
 
 import (
@@ -30,6 +32,8 @@ type Limits struct {
 	// MaxBytes is the largest file accepted (default DefaultMaxBytes); the
 	// file is never read past it.
 	MaxBytes int64
+	// Formats selects the accepted headers (default FormatsCommon).
+	Formats Formats
 }
 
 const (
@@ -138,7 +142,14 @@ func Check(data []byte, l Limits) (Info, error) {
 	case len(data) >= 12 && string(data[:4]) == "RIFF" && string(data[8:12]) == "WEBP":
 		info, err = config("webp", data, webp.DecodeConfig)
 	default:
-		return Info{}, fmt.Errorf("%w (JPEG, PNG, BMP or WebP expected)", ErrUnsupported)
+		f := Sniff(data[:min(len(data), 32)])
+		if f == "" || l.Formats != FormatsOpenCV {
+			if l.Formats == FormatsOpenCV {
+				return Info{}, fmt.Errorf("%w (no image header OpenCV decodes: JPEG, PNG, BMP, WebP, PBM/PGM/PPM/PAM/PFM, TIFF, JPEG 2000, Sun raster or Radiance HDR expected)", ErrUnsupported)
+			}
+			return Info{}, fmt.Errorf("%w (JPEG, PNG, BMP or WebP expected)", ErrUnsupported)
+		}
+		info, err = otherConfig(f, data)
 	}
 	if err != nil {
 		return info, err

@@ -129,3 +129,48 @@ func FuzzCheck(f *testing.F) {
 		}
 	})
 }
+
+// The formats OpenCV decodes beyond the common four: accepted only with
+// FormatsOpenCV, and their headers checked against the pixel limit before
+// any decoder sees them.
+func TestCheckOpenCVFormats(t *testing.T) {
+	tiffHdr := func(w, h uint16) []byte {
+		b := []byte("II*\x00\x08\x00\x00\x00\x02\x00")
+		b = append(b, 0, 1, 3, 0, 1, 0, 0, 0, byte(w), byte(w>>8), 0, 0)
+		b = append(b, 1, 1, 3, 0, 1, 0, 0, 0, byte(h), byte(h>>8), 0, 0)
+		return append(b, 0, 0, 0, 0)
+	}
+	all := imagecheck.Limits{Formats: imagecheck.FormatsOpenCV}
+	for _, tc := range []struct {
+		name   string
+		data   []byte
+		w, h   int
+		want   error
+		common bool // also accepted by the default
+	}{
+		{"pgm", []byte("P5\n# comment\n640 480\n255\n\x00"), 640, 480, nil, false},
+		{"ppm claiming 60000x60000", []byte("P6 60000 60000 255\n"), 0, 0, imagecheck.ErrTooLarge, false},
+		{"pam", []byte("P7\nWIDTH 32\nHEIGHT 16\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n"), 32, 16, nil, false},
+		{"pfm", []byte("PF\n100 50\n-1.0\n"), 100, 50, nil, false},
+		{"tiff", tiffHdr(300, 200), 300, 200, nil, false},
+		{"tiff claiming 65000x65000", tiffHdr(65000, 65000), 0, 0, imagecheck.ErrTooLarge, false},
+		{"sun raster", append([]byte{0x59, 0xa6, 0x6a, 0x95, 0, 0, 0, 64, 0, 0, 0, 48}, make([]byte, 20)...), 64, 48, nil, false},
+		{"hdr", []byte("#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 480 +X 640\n"), 640, 480, nil, false},
+		{"j2k codestream", append([]byte{0xFF, 0x4F, 0xFF, 0x51, 0, 41, 0, 0, 0, 0, 1, 0, 0, 0, 0, 128}, make([]byte, 8)...), 256, 128, nil, false},
+		{"openexr", append([]byte{0x76, 0x2f, 0x31, 0x01}, make([]byte, 40)...), 0, 0, imagecheck.ErrUnsupported, false},
+		{"pnm cut", []byte("P6 640"), 0, 0, imagecheck.ErrTruncated, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			info, err := imagecheck.Check(tc.data, all)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err %v, want %v", err, tc.want)
+			}
+			if tc.want == nil && (info.Width != tc.w || info.Height != tc.h) {
+				t.Errorf("size %dx%d, want %dx%d", info.Width, info.Height, tc.w, tc.h)
+			}
+			if _, err := imagecheck.Check(tc.data, imagecheck.Limits{}); !errors.Is(err, imagecheck.ErrUnsupported) {
+				t.Errorf("default formats accepted it: %v", err)
+			}
+		})
+	}
+}

@@ -94,6 +94,9 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	o.Limits = o.Limits.WithDefaults()
+	// A folder of photos may hold any format OpenCV decodes (headers still
+	// checked against the limits first).
+	o.Limits.Formats = imagecheck.FormatsOpenCV
 	if o.PixelBudget <= 0 {
 		o.PixelBudget = o.Limits.MaxPixels
 	}

@@ -118,10 +118,10 @@ func fixture(t *testing.T) string {
 		"blank.png":       "noface",
 		"corrupt.jpg":     "\xff\xd8\xff garbage",
 		"empty.jpg":       "",
-		"notes.txt":       "face 1 0",
+		"notes.txt":       "notes on face 1",
 		"x/<b>&evil.jpg":  "face 1 4",
 		"deep/er/README":  "hello",
-		"deep/er/no.webp": "face 1 0",
+		"deep/er/no.gif":  "GIF89a face 1 0",
 	})
 	if err := os.Symlink(filepath.Join(in, "missing.jpg"), filepath.Join(in, "dangling.jpg")); err != nil {
 		t.Fatal(err)
@@ -209,7 +209,7 @@ func TestRunLayout(t *testing.T) {
 	}
 	r := readReport(t, out)
 	skipped := fmt.Sprint(r.Skipped)
-	for _, s := range []string{"notes.txt", "deep/er/README", "deep/er/no.webp"} {
+	for _, s := range []string{"notes.txt", "deep/er/README", "deep/er/no.gif"} {
 		if !strings.Contains(skipped, s) {
 			t.Errorf("skipped lacks %s: %s", s, skipped)
 		}

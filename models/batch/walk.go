@@ -2,14 +2,22 @@ package batch
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/periocular/atm-agent/internal/imagecheck"
 )
 
-// Extensions are the image types the job reads (compared case-insensitively).
-var Extensions = []string{".jpg", ".jpeg", ".png", ".bmp"}
+// Extensions name image files (compared case-insensitively): a file with
+// one of them is read even when its header is not an image's, so that a
+// damaged photo is listed as unreadable with the reason, not skipped. Any
+// other file is read when its header is an image format's (imagecheck.Sniff),
+// whatever its name: extension-less files included.
+var Extensions = []string{".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".webp", ".pbm", ".pgm", ".ppm", ".pnm",
+	".pam", ".pfm", ".tif", ".tiff", ".jp2", ".j2k", ".ras", ".sr", ".hdr", ".pic", ".exr"}
 
 func isImage(name string) bool {
 	ext := strings.ToLower(filepath.Ext(name))
@@ -88,10 +96,16 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 		switch {
 		case !mode.IsRegular():
 			l.Skipped = append(l.Skipped, Problem{r, "not a regular file"})
-		case !isImage(p):
-			l.Skipped = append(l.Skipped, Problem{r, "not an image (extension)"})
 		default:
-			l.Images = append(l.Images, r)
+			head, err := readHead(p)
+			switch {
+			case err != nil:
+				l.Unreadable = append(l.Unreadable, Problem{r, reason(err)})
+			case imagecheck.Sniff(head) != "" || isImage(p):
+				l.Images = append(l.Images, r)
+			default:
+				l.Skipped = append(l.Skipped, Problem{r, "not an image (no image header)"})
+			}
 		}
 		return nil
 	})
@@ -99,6 +113,21 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// readHead reads the first 32 bytes of a file (fewer when it is shorter).
+func readHead(p string) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, 32)
+	n, err := io.ReadFull(f, b)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return b[:n], nil
 }
 
 func excluded(p string, exclude []string) bool {

@@ -94,7 +94,7 @@ func Embed(ctx context.Context, p *vision.Pipeline, ds *dataset.Dataset, o Embed
 			} else if o.Recrop != vision.RecropNone {
 				f, err = p.FaceInRecrop(data, o.Recrop, &tm)
 			} else {
-				f, err = p.FaceInImage(data, vision.FaceOptions{}, &tm)
+				f, err = p.FaceInImage(data, vision.FaceOptions{Limits: imagecheck.Limits{Formats: imagecheck.FormatsOpenCV}}, &tm)
 			}
 		}
 		switch {
@@ -126,7 +126,7 @@ func Embed(ctx context.Context, p *vision.Pipeline, ds *dataset.Dataset, o Embed
 // faceWithSyntheticMask finds the face, paints a mask on it (style chosen by
 // index, so runs are reproducible) and measures the masked image.
 func faceWithSyntheticMask(p *vision.Pipeline, data []byte, i int, tm *vision.Timings) (vision.Face, error) {
-	img, err := vision.DecodeImage(data, imagecheck.Limits{})
+	img, err := vision.DecodeImage(data, imagecheck.Limits{Formats: imagecheck.FormatsOpenCV})
 	if err != nil {
 		return vision.Face{}, err
 	}

@@ -96,12 +96,17 @@ func parseBool(s string) (bool, error) {
 	return false, fmt.Errorf("%q is not a boolean", s)
 }
 
-// Images keeps the still images (labels.csv may also list videos).
+// videoExt are the video files labels.csv may list.
+var videoExt = map[string]bool{".mp4": true, ".m4v": true, ".mov": true, ".avi": true, ".mkv": true, ".webm": true,
+	".mpg": true, ".mpeg": true, ".wmv": true, ".flv": true, ".3gp": true, ".ts": true}
+
+// Images keeps the still images: everything but videos (by extension).
+// Their format is decided by content when they are read, so PGM, TIFF,
+// WebP or extension-less images are stills too.
 func (d *Dataset) Images() []Item {
 	var out []Item
 	for _, it := range d.Items {
-		switch strings.ToLower(filepath.Ext(it.Path)) {
-		case ".jpg", ".jpeg", ".png", ".bmp":
+		if !videoExt[strings.ToLower(filepath.Ext(it.Path))] {
 			out = append(out, it)
 		}
 	}
