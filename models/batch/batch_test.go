@@ -107,21 +107,21 @@ func fakes(n int) []FaceFinder {
 func fixture(t *testing.T) string {
 	in := t.TempDir()
 	writeFiles(t, in, map[string]string{
-		"a/p1.jpg":        "face 1 0",
-		"b/p1.jpg":        "face 1 1",
-		"b/c/p1-2.JPG":    "face 1 2",
-		"p1-3.png":        "face 1 3",
-		"p2-a.jpeg":       "face 2 0",
-		"p2-b.bmp":        "face 2 masked 1",
-		"z-p3.jpg":        "face 3 0",
-		"y-p4.jpg":        "face 5 0",
-		"blank.png":       "noface",
-		"corrupt.jpg":     "\xff\xd8\xff garbage",
-		"empty.jpg":       "",
-		"notes.txt":       "notes on face 1",
-		"x/<b>&evil.jpg":  "face 1 4",
-		"deep/er/README":  "hello",
-		"deep/er/no.gif":  "GIF89a face 1 0",
+		"a/p1.jpg":       "face 1 0",
+		"b/p1.jpg":       "face 1 1",
+		"b/c/p1-2.JPG":   "face 1 2",
+		"p1-3.png":       "face 1 3",
+		"p2-a.jpeg":      "face 2 0",
+		"p2-b.bmp":       "face 2 masked 1",
+		"z-p3.jpg":       "face 3 0",
+		"y-p4.jpg":       "face 5 0",
+		"blank.png":      "noface",
+		"corrupt.jpg":    "\xff\xd8\xff garbage",
+		"empty.jpg":      "",
+		"notes.txt":      "notes on face 1",
+		"x/<b>&evil.jpg": "face 1 4",
+		"deep/er/README": "hello",
+		"deep/er/no.gif": "GIF89a face 1 0",
 	})
 	if err := os.Symlink(filepath.Join(in, "missing.jpg"), filepath.Join(in, "dangling.jpg")); err != nil {
 		t.Fatal(err)
