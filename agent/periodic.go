@@ -137,6 +137,7 @@ func add(w *wire.WindowCounts, age time.Duration) {
 // last 7 days: counts per identity per window, faceless visits and totals.
 // It carries counts only: no embeddings, images or card data.
 func BuildSummary(env wire.Envelope, now time.Time, vs []visit.Visit, maxIdentities int) wire.Summary {
+	env.SchemaVersion = wire.SummarySchemaVersion
 	s := wire.Summary{Envelope: env, Identities: []wire.IdentityCounts{}}
 	type acc struct {
 		c     wire.IdentityCounts

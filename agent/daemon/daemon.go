@@ -26,6 +26,7 @@ import (
 	"github.com/periocular/atm-agent/agent/rules"
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/hal/camera"
+	"github.com/periocular/atm-agent/hal/camera/cvcam"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/mqttsync"
@@ -44,6 +45,10 @@ type Options struct {
 	// Camera replaces the configured camera (the simulator); the status
 	// then lists no camera.
 	Camera agent.Camera
+	// CameraOpen opens the configured camera's device under the real
+	// supervisor (reopen, backoff, stall watchdog) instead of cvcam.Open:
+	// tests give it a fake device. Ignored when Camera is set.
+	CameraOpen camera.OpenFunc
 	// Sources run besides the configured triggers.
 	Sources []agent.Source
 	// Observer receives what the agent does, besides the metrics.
@@ -133,13 +138,17 @@ func (d *Daemon) openStore() error {
 
 // newAgent builds the camera, the trigger sources, the rules and the agent.
 func (d *Daemon) newAgent() error {
-	camera := d.opts.Camera
-	if camera == nil {
-		c, err := newCamera(d.cfg.Camera, d.log)
+	cam := d.opts.Camera
+	if cam == nil {
+		open := d.opts.CameraOpen
+		if open == nil {
+			open = cvcam.Open
+		}
+		c, err := camera.New(d.cfg.Camera, open, d.log.With("component", "camera"))
 		if err != nil {
 			return err
 		}
-		d.cam, camera = c, cameraBurst{c}
+		d.cam, cam = c, cameraBurst{c}
 	}
 	re, err := rules.New(d.cfg.Alerts.Rules)
 	if err != nil {
@@ -161,7 +170,7 @@ func (d *Daemon) newAgent() error {
 		obs = observers{d.m, d.opts.Observer}
 	}
 	d.ag, err = agent.New(acfg, agent.Deps{
-		Camera: camera, Perceiver: d.pipe, Store: d.st, Identities: d.eng, Rules: re,
+		Camera: cam, Perceiver: d.pipe, Store: d.st, Identities: d.eng, Rules: re,
 		Sources: append(sources, d.opts.Sources...), Logger: d.log.With("component", "agent"), Observer: obs,
 		Model: d.pipe.TemplateModel, NewIdentityQuality: d.pipe.Config().NewIdentityQuality,
 		Site: d.cfg.Device.Site, Device: d.cfg.Device.ID, Heartbeat: d.beat.beat,

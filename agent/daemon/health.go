@@ -59,17 +59,24 @@ func (d *Daemon) status() wire.Status {
 	s := wire.Status{AgentVersion: d.opts.Version, Models: []string{d.em.Name}, StartedAt: d.started.UTC(),
 		Outbox: &wire.OutboxStats{Depth: depth,
 			DroppedSummaries: dropped[agent.KindSummary], DroppedAlerts: dropped[agent.KindAlert]}}
+	h, reasons := d.healthReasons()
 	if d.cam != nil {
-		h := d.cam.Health()
 		s.Cameras = []wire.CameraHealth{{Name: d.cam.Name(), OK: h.State == camera.StateOK, Error: h.LastError,
 			LastFrame: h.LastFrame, Reopens: int(h.Reopens)}}
 	}
+	s.Health, s.Reasons = wire.HealthOK, reasons
+	if len(reasons) > 0 {
+		s.Health = wire.HealthDegraded
+	}
+	n := d.eng.IdentityCount()
+	s.Identities = &n
 	return s
 }
 
-// health is the /healthz body and whether the agent is healthy: the work
-// loop beats, the camera is not down, commits and rules work.
-func (d *Daemon) health() (any, bool) {
+// healthReasons returns the camera's health and why the agent is not
+// healthy (none when it is): the work loop beats, the camera is not down,
+// commits and rules work.
+func (d *Daemon) healthReasons() (camera.Health, []string) {
 	b := d.beat.last()
 	acfg := d.cfg.Agent
 	stale := time.Since(b) > 3*acfg.HeartbeatInterval+acfg.VisitTimeout
@@ -84,6 +91,13 @@ func (d *Daemon) health() (any, bool) {
 	if h.State == camera.StateDown {
 		reasons = append(reasons, "camera: down")
 	}
+	return h, reasons
+}
+
+// health is the /healthz body and whether the agent is healthy.
+func (d *Daemon) health() (any, bool) {
+	b := d.beat.last()
+	h, reasons := d.healthReasons()
 	ok := len(reasons) == 0
 	status := "ok"
 	if !ok {

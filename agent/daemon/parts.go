@@ -14,7 +14,6 @@ import (
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/hal/camera"
-	"github.com/periocular/atm-agent/hal/camera/cvcam"
 	"github.com/periocular/atm-agent/hal/trigger"
 	"github.com/periocular/atm-agent/models"
 )
@@ -56,10 +55,6 @@ func loadModels(cfg Config) (*vision.Pipeline, *identity.Engine, *models.Model, 
 		return nil, nil, nil, err
 	}
 	return p, eng, em, nil
-}
-
-func newCamera(cfg camera.Config, log *slog.Logger) (*camera.Camera, error) {
-	return camera.New(cfg, cvcam.Open, log.With("component", "camera"))
 }
 
 // cameraBurst adapts *camera.Camera to agent.Camera (configured burst).

@@ -380,6 +380,13 @@ func (e *Engine) confidence(id *ident) float64 {
 	return margin * (1 - math.Pow(0.5, float64(n-1)))
 }
 
+// IdentityCount is the number of identities held (pending and confirmed).
+func (e *Engine) IdentityCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.ids)
+}
+
 // Identities returns all identities, oldest first.
 func (e *Engine) Identities() []Identity {
 	e.mu.Lock()

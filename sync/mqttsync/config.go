@@ -49,9 +49,13 @@ type Config struct {
 	HistoricalAfter time.Duration `yaml:"historical_after"`
 	// Batch is how many outbox messages are read at once; MaxInflight how
 	// many unacknowledged publishes may be outstanding.
-	Batch       int            `yaml:"batch"`
-	MaxInflight int            `yaml:"max_inflight"`
-	Commands    CommandsConfig `yaml:"commands"`
+	Batch       int `yaml:"batch"`
+	MaxInflight int `yaml:"max_inflight"`
+	// StatusInterval bounds the age of the retained status and state:
+	// they are republished when they change (checked every second) and at
+	// least this often.
+	StatusInterval time.Duration  `yaml:"status_interval"`
+	Commands       CommandsConfig `yaml:"commands"`
 }
 
 // TopicConfig names the device: topics are <prefix>/<site>/<device>/<kind>.
@@ -118,6 +122,7 @@ func DefaultConfig() Config {
 		HistoricalAfter:     30 * time.Second,
 		Batch:               64,
 		MaxInflight:         16,
+		StatusInterval:      time.Minute,
 		Commands:            CommandsConfig{Timeout: 30 * time.Second, MaxClockSkew: 5 * time.Minute, MaxSeen: 1024},
 	}
 }
@@ -183,6 +188,7 @@ func (c Config) Validate() error {
 		{"keep_alive", c.KeepAlive, time.Hour}, {"connect_timeout", c.ConnectTimeout, 10 * time.Minute},
 		{"reconnect_backoff_max", c.ReconnectBackoffMax, time.Hour}, {"publish_timeout", c.PublishTimeout, 10 * time.Minute},
 		{"drain_interval", c.DrainInterval, time.Hour}, {"historical_after", c.HistoricalAfter, 7 * 24 * time.Hour},
+		{"status_interval", c.StatusInterval, time.Hour},
 	} {
 		if f.d <= 0 || f.d > f.max {
 			return fmt.Errorf("mqtt config: %s %s: want more than 0, at most %s", f.name, f.d, f.max)

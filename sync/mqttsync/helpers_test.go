@@ -81,6 +81,7 @@ func payload(t testing.TB, kind string, i int, ts time.Time) []byte {
 			IdentityID: fmt.Sprintf("p-%04d", i%17), Window: "24h0m0s", WindowStart: ts.Add(-24 * time.Hour),
 			Count: 5 + i%3, Threshold: 5, FirstSeen: ts.Add(-time.Hour), LastSeen: ts, Raised: ts})
 	case wire.KindSummary:
+		env.SchemaVersion = wire.SummarySchemaVersion
 		v = wire.Summary{Envelope: env, Identities: []wire.IdentityCounts{{ID: "p-0001", Visits: wire.WindowCounts{H1: 1, H24: i, D7: i},
 			FirstSeen: ts.Add(-time.Hour), LastSeen: ts}}, Totals: wire.Totals{Visits: wire.WindowCounts{H1: 1, H24: i, D7: i}}}
 	default:

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"math/big"
 	"net"
 	"os"
@@ -23,6 +24,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -369,4 +371,108 @@ func makeCert(t *testing.T, dir, name string, parent *x509.Certificate, parentKe
 	}
 	cert, _ := x509.ParseCertificate(der)
 	return cert, key
+}
+
+// TestMosquittoRetainedState: a dashboard that subscribes late gets the
+// present at once from retained messages (status, state, the last
+// summary), and a change of health reaches a fresh subscriber within
+// StatusCheck although StatusInterval is an hour.
+func TestMosquittoRetainedState(t *testing.T) {
+	skipShort(t)
+	m := newMosquitto(t, "")
+	cfg := testConfig(m.url("tcp"))
+	cfg.StatusInterval = time.Hour
+	ob := &memOutbox{}
+	now := time.Now()
+	ob.Add(wire.KindSummary, now, payload(t, wire.KindSummary, 4, now))
+	ob.Add(wire.KindAlert, now, payload(t, wire.KindAlert, 2, now))
+	last := ob.Add(wire.KindSummary, now, payload(t, wire.KindSummary, 9, now))
+	var camErr atomic.Value
+	camErr.Store("")
+	p, _, _ := runPublisher(t, cfg, Deps{Outbox: ob, Status: func() wire.Status {
+		e := camErr.Load().(string)
+		s := wire.Status{AgentVersion: "test", Cameras: []wire.CameraHealth{{Name: "/dev/video0", OK: e == "", Error: e, LastFrame: time.Now()}},
+			Outbox: &wire.OutboxStats{Depth: ob.Len()}, Health: wire.HealthOK}
+		if e != "" {
+			s.Health, s.Reasons = wire.HealthDegraded, []string{"camera: down"}
+		}
+		return s
+	}})
+	waitFor(t, 5*time.Second, "outbox drained", func() bool { return ob.Len() == 0 })
+
+	schemas := map[string]*jsonschema.Schema{}
+	for _, k := range []string{"status", "state", "summary"} {
+		schemas[k] = compileSchema(t, k)
+	}
+	// fresh subscribes like a restarted dashboard and returns the retained
+	// message of each kind.
+	n := 0
+	fresh := func() map[string]recv {
+		n++
+		col := newCollector(t, m.url("tcp"), fmt.Sprintf("dash-%d", n), "atm/test/s1/atm-1/#", false, nil)
+		got := map[string]recv{}
+		waitFor(t, 3*time.Second, "retained status, state and summary", func() bool {
+			for _, r := range col.snapshot() {
+				if r.Retained {
+					got[r.Topic[strings.LastIndex(r.Topic, "/")+1:]] = r
+				}
+			}
+			return len(got) == 3
+		})
+		for k, r := range got {
+			validateAgainst(t, schemas[k], r.Payload)
+		}
+		col.c.Disconnect(50)
+		return got
+	}
+	got := fresh()
+	var sum wire.Summary
+	var st wire.DeviceState
+	if err := json.Unmarshal(got["summary"].Payload, &sum); err != nil || sum.Seq != last.Seq || sum.SchemaVersion != wire.SummarySchemaVersion {
+		t.Fatalf("retained summary seq %d v%d (want the last, seq %d, v2): %s", sum.Seq, sum.SchemaVersion, last.Seq, got["summary"].Payload)
+	}
+	if !strings.Contains(string(got["summary"].Payload), `"h24":9`) {
+		t.Errorf("summary lacks the dot-notation keys: %s", got["summary"].Payload)
+	}
+	if err := json.Unmarshal(got["state"].Payload, &st); err != nil || st.Summary == nil || st.Summary.Seq != last.Seq ||
+		st.Summary.Totals.Visits.H24 != 9 || st.LastAlert == nil || st.LastAlert.AlertID != "a-2" || st.State != wire.StateOnline {
+		t.Fatalf("state %s", got["state"].Payload)
+	}
+	t.Logf("state after connect: %s", got["state"].Payload)
+
+	// The camera fails: the next fresh subscriber sees it.
+	before := p.Stats().StatusPublished
+	failedAt := time.Now()
+	camErr.Store("read /dev/video0: device gone")
+	waitFor(t, StatusCheck+2*time.Second, "status republished", func() bool { return p.Stats().StatusPublished > before })
+	got = fresh()
+	for _, k := range []string{"status", "state"} {
+		var s wire.Status
+		if err := json.Unmarshal(got[k].Payload, &s); err != nil || s.Cameras[0].OK || s.Health != wire.HealthDegraded {
+			t.Fatalf("%s after the failure: %s", k, got[k].Payload)
+		}
+	}
+	t.Logf("camera failure retained after %s (StatusCheck %s, StatusInterval %s)", time.Since(failedAt).Round(time.Millisecond), StatusCheck, cfg.StatusInterval)
+	// Nothing changes: nothing is republished before the interval.
+	before = p.Stats().StatusPublished
+	time.Sleep(2500 * time.Millisecond)
+	if d := p.Stats().StatusPublished - before; d != 0 {
+		t.Errorf("%d statuses republished without a change", d)
+	}
+}
+
+// TestStatusInterval: an unchanged status is still republished every
+// StatusInterval, so its age tells a dashboard the agent is alive.
+func TestStatusInterval(t *testing.T) {
+	broker := startMochi(t)
+	cfg := testConfig(broker)
+	cfg.StatusInterval = 500 * time.Millisecond
+	col := newCollector(t, broker, "col", "atm/test/s1/atm-1/status", false, nil)
+	runPublisher(t, cfg, Deps{Outbox: &memOutbox{}, Status: func() wire.Status { return wire.Status{AgentVersion: "test"} }})
+	time.Sleep(2600 * time.Millisecond)
+	// One at connect, then one per check after the interval (checks run
+	// every min(StatusCheck, StatusInterval)).
+	if n := len(col.snapshot()); n < 4 || n > 7 {
+		t.Errorf("%d statuses in 2.6 s with status_interval 500ms, want 4..7", n)
+	}
 }

@@ -66,6 +66,9 @@ type Stats struct {
 	// bad_signature, invalid, wrong_device, stale, replayed, ...).
 	CommandsAccepted uint64
 	CommandsRejected map[string]uint64
+	// StatusPublished counts retained status messages published (on
+	// connect, on change, at StatusInterval, at shutdown).
+	StatusPublished uint64
 }
 
 // ErrTimeout is returned when a token did not complete in time.
@@ -97,6 +100,18 @@ type Publisher struct {
 	ran       bool
 
 	connects, published, historical, failed, lastSeq atomic.Uint64
+
+	// The retained status and state, serialised by statusMu: the
+	// fingerprint and time of the last one published, and what the state
+	// keeps of the last summary and alert sent (stateDirty: one was sent
+	// since the state was last published).
+	statusMu      sync.Mutex
+	lastFP        string
+	lastStatusAt  time.Time
+	lastSummary   *wire.StateSummary
+	lastAlert     *wire.StateAlert
+	stateDirty    bool
+	statusPublish atomic.Uint64
 
 	guard        *commandGuard // nil unless commands are enabled
 	cmdAccepted  atomic.Uint64
@@ -220,7 +235,8 @@ func (p *Publisher) Stats() Stats {
 	defer p.mu.Unlock()
 	s := Stats{Connects: p.connects.Load(), Published: p.published.Load(), Historical: p.historical.Load(),
 		Failed: p.failed.Load(), LastAckedSeq: p.lastSeq.Load(), LastError: p.lastErr,
-		CommandsAccepted: p.cmdAccepted.Load(), CommandsRejected: maps.Clone(p.cmdRejected)}
+		CommandsAccepted: p.cmdAccepted.Load(), CommandsRejected: maps.Clone(p.cmdRejected),
+		StatusPublished: p.statusPublish.Load()}
 	s.Connected = p.client != nil && p.client.IsConnectionOpen()
 	return s
 }
@@ -275,6 +291,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 
 	tick := time.NewTicker(p.cfg.DrainInterval)
 	defer tick.Stop()
+	statusTick := time.NewTicker(min(StatusCheck, p.cfg.StatusInterval))
+	defer statusTick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -283,23 +301,116 @@ func (p *Publisher) Run(ctx context.Context) error {
 		case <-p.notify:
 		case <-p.d.Ready:
 		case <-tick.C:
+		case <-statusTick.C:
 		}
 		p.drain(ctx)
+		if _, ok := p.connectionReady(); ok {
+			p.publishStatus(ctx, p.client, wire.StateOnline, false)
+		}
+	}
+}
+
+// StatusCheck is how often the publisher compares the agent's status with
+// the one last published (a change is republished at once).
+const StatusCheck = time.Second
+
+// statusFingerprint is what a status change means: everything but the
+// envelope, the uptime and the cameras' frame times; the outbox depth
+// counts by its order of magnitude (0, 1-9, 10-99, ...), so a backlog that
+// builds up or drains is a change and every single message is not.
+func statusFingerprint(s wire.Status) string {
+	s.Envelope, s.UptimeS = wire.Envelope{}, 0
+	s.Cameras = slices.Clone(s.Cameras)
+	for i := range s.Cameras {
+		s.Cameras[i].LastFrame = time.Time{}
+	}
+	if s.Outbox != nil {
+		o := *s.Outbox
+		mag := 0
+		for n := o.Depth; n > 0; n /= 10 {
+			mag++
+		}
+		o.Depth = mag
+		s.Outbox = &o
+	}
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// publishStatus publishes the retained status and state when the status
+// changed, a summary or alert was sent since, StatusInterval has passed,
+// or force is set; a failure is retried at the next check.
+func (p *Publisher) publishStatus(ctx context.Context, c mqtt.Client, state wire.State, force bool) {
+	st := p.status(state)
+	fp := statusFingerprint(st)
+	p.statusMu.Lock()
+	defer p.statusMu.Unlock()
+	now := p.now()
+	changed := force || fp != p.lastFP || now.Sub(p.lastStatusAt) >= p.cfg.StatusInterval
+	if !changed && !p.stateDirty {
+		return
+	}
+	var err error
+	if changed {
+		var sb []byte
+		if sb, err = json.Marshal(st); err == nil {
+			err = waitToken(ctx, c.Publish(p.topics.Status(), 1, true, sb), p.cfg.PublishTimeout)
+		}
+	}
+	if err == nil {
+		ds := wire.DeviceState{Status: st, Summary: p.lastSummary, LastAlert: p.lastAlert}
+		ds.SchemaVersion, ds.MessageID = wire.StateSchemaVersion, randomID("sd")
+		var b []byte
+		if b, err = json.Marshal(ds); err == nil {
+			err = waitToken(ctx, c.Publish(p.topics.State(), 1, true, b), p.cfg.PublishTimeout)
+		}
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			p.setErr(fmt.Errorf("publish %s status: %w", state, err))
+		}
+		return
+	}
+	if changed {
+		p.lastFP, p.lastStatusAt = fp, now
+		p.statusPublish.Add(1)
+	}
+	p.stateDirty = false
+}
+
+// sent records what the state keeps of a summary or alert the broker
+// acknowledged.
+func (p *Publisher) sent(m visit.OutboxMessage, payload []byte) {
+	switch m.Topic {
+	case wire.KindSummary:
+		var s wire.Summary
+		if json.Unmarshal(payload, &s) != nil {
+			return
+		}
+		p.statusMu.Lock()
+		p.lastSummary = &wire.StateSummary{TS: s.TS, Seq: s.Seq, Totals: s.Totals, Faceless: s.Faceless,
+			IdentitiesOmitted: s.IdentitiesOmitted, IdentitiesListed: len(s.Identities)}
+		p.stateDirty = true
+		p.statusMu.Unlock()
+	case wire.KindAlert:
+		var a wire.Alert
+		if json.Unmarshal(payload, &a) != nil {
+			return
+		}
+		p.statusMu.Lock()
+		p.lastAlert = &wire.StateAlert{AlertID: a.AlertID, Rule: a.Rule, Kind: a.Kind, IdentityID: a.IdentityID, VisitID: a.VisitID,
+			TxnID: a.TxnID, Window: a.Window, Count: a.Count, Threshold: a.Threshold, Raised: a.Raised, Seq: a.Seq}
+		p.stateDirty = true
+		p.statusMu.Unlock()
 	}
 }
 
 func (p *Publisher) shutdown() {
 	c := p.client
 	if c.IsConnectionOpen() {
-		st, err := json.Marshal(p.status(wire.StateStopped))
-		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), p.cfg.PublishTimeout)
-			err = waitToken(ctx, c.Publish(p.topics.Status(), 1, true, st), p.cfg.PublishTimeout)
-			cancel()
-		}
-		if err != nil {
-			p.log.Warn("mqtt: publish stopped status", "err", err)
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.PublishTimeout)
+		p.publishStatus(ctx, c, wire.StateStopped, true)
+		cancel()
 	}
 	c.Disconnect(250)
 	p.log.Info("mqtt publisher stopped", "published", p.published.Load())
@@ -315,13 +426,7 @@ func (p *Publisher) onConnect(c mqtt.Client) {
 	p.connects.Add(1)
 	p.log.Info("mqtt connected", "connects", p.connects.Load())
 
-	st, err := json.Marshal(p.status(wire.StateOnline))
-	if err == nil {
-		err = waitToken(ctx, c.Publish(p.topics.Status(), 1, true, st), p.cfg.PublishTimeout)
-	}
-	if err != nil {
-		p.setErr(fmt.Errorf("publish online status: %w", err))
-	}
+	p.publishStatus(ctx, c, wire.StateOnline, true)
 	if p.cfg.Commands.Enabled {
 		tok := c.Subscribe(p.topics.Command(), 1, p.onCommand)
 		if err := waitToken(ctx, tok, p.cfg.PublishTimeout); err != nil {
@@ -339,6 +444,7 @@ func (p *Publisher) status(state wire.State) wire.Status {
 	}
 	now := p.now()
 	s.Envelope = wire.NewEnvelope(p.cfg.Topic.Site, p.cfg.Topic.Device, now)
+	s.SchemaVersion = wire.StatusSchemaVersion
 	s.MessageID = randomID("st")
 	s.Seq = p.lastSeq.Load()
 	s.State = state
@@ -406,9 +512,10 @@ func (p *Publisher) drain(ctx context.Context) {
 }
 
 type inflight struct {
-	msg  visit.OutboxMessage
-	tok  mqtt.Token
-	hist bool
+	msg     visit.OutboxMessage
+	tok     mqtt.Token
+	hist    bool
+	payload []byte
 }
 
 // connectionReady says whether a publish may be handed to paho now: the
@@ -450,6 +557,7 @@ func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage
 		if f.msg.Seq > p.lastSeq.Load() {
 			p.lastSeq.Store(f.msg.Seq)
 		}
+		p.sent(f.msg, f.payload)
 	}
 	for _, m := range msgs {
 		if !complete || ctx.Err() != nil {
@@ -479,7 +587,10 @@ func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage
 			complete = false
 			break
 		}
-		q = append(q, inflight{msg: m, tok: p.client.Publish(topic, 1, false, payload), hist: hist})
+		// The last summary is retained: a dashboard that (re)subscribes
+		// gets the present at once. Key order makes the newest one last.
+		retain := m.Topic == wire.KindSummary
+		q = append(q, inflight{msg: m, tok: p.client.Publish(topic, 1, retain, payload), hist: hist, payload: payload})
 		for len(q) >= p.cfg.MaxInflight {
 			wait()
 		}

@@ -85,7 +85,11 @@ func (f *Fleet) Add(prefix, topic string, payload []byte) error {
 		return fmt.Errorf("%s from %s: %w", tp.Kind, key, err)
 	}
 	if d.ids[env.MessageID] {
-		d.Duplicates++
+		// A retained summary comes again on every resubscribe: a repeat,
+		// not a duplicate delivery.
+		if tp.Kind != wire.KindSummary {
+			d.Duplicates++
+		}
 		return nil
 	}
 	d.ids[env.MessageID] = true
@@ -146,6 +150,12 @@ func (f *Fleet) Render(w io.Writer, now time.Time, top, alerts int) {
 		state, seen, outbox := "?", "-", "-"
 		if d.Status.State != "" {
 			state = string(d.Status.State)
+			if d.Status.Health == wire.HealthDegraded && d.Status.State == wire.StateOnline {
+				state += " DEGRADED"
+				if len(d.Status.Reasons) > 0 {
+					state += " (" + d.Status.Reasons[0] + ")"
+				}
+			}
 			seen = now.Sub(d.Status.TS).Truncate(time.Second).String()
 			if o := d.Status.Outbox; o != nil {
 				outbox = fmt.Sprintf("%d (drop s%d/a%d)", o.Depth, o.DroppedSummaries, o.DroppedAlerts)

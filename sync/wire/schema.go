@@ -14,7 +14,8 @@ import (
 var Schemas embed.FS
 
 // SchemaNames lists the payloads that have a schema.
-var SchemaNames = []string{"status", "summary", "alert", "command", "signed_command", "reply"}
+// (the current version; status.v1 and summary.v1 are kept beside them).
+var SchemaNames = []string{"status", "state", "summary", "alert", "command", "signed_command", "reply", "status.v1", "summary.v1"}
 
 // Schema returns the JSON Schema of one payload kind, e.g. "alert".
 func Schema(name string) ([]byte, error) {

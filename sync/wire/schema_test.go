@@ -89,11 +89,15 @@ func samples(t testing.TB) map[string][]byte {
 		Outbox:  &OutboxStats{Depth: 12, DroppedSummaries: 4, DroppedAlerts: 0}}
 	st.Seq = 1041
 	st.MessageID = "st-7f3a9c"
+	st.SchemaVersion = StatusSchemaVersion
+	nIDs := 212
+	st.Health, st.Reasons, st.Identities = HealthDegraded, []string{"camera side: down"}, &nIDs
 	sum := Summary{Envelope: env,
 		Identities: []IdentityCounts{{ID: "p-8c1f02d9", Visits: WindowCounts{3, 9, 14}, Masked: WindowCounts{1, 2, 2}, DistinctCards: WindowCounts{2, 5, 6},
 			FirstSeen: t0.Add(-6 * 24 * time.Hour), LastSeen: t0.Add(-5 * time.Minute)}},
 		IdentitiesOmitted: 0, Faceless: WindowCounts{0, 2, 5},
 		Totals: Totals{Visits: WindowCounts{7, 61, 402}, Identities: WindowCounts{5, 40, 210}, Masked: WindowCounts{1, 6, 33}}}
+	sum.SchemaVersion = SummarySchemaVersion
 	al := NewAlert(env, visit.Alert{ID: "a-visits24h-p-8c1f02d9-20250313", Rule: "many-visits-24h", Kind: "visits", IdentityID: "p-8c1f02d9",
 		Window: "24h0m0s", WindowStart: t0.Add(-24 * time.Hour), Count: 9, Threshold: 8, FirstSeen: t0.Add(-20 * time.Hour), LastSeen: t0, Raised: t0})
 	cmd := Command{Envelope: Envelope{SchemaVersion: CommandSchemaVersion, MessageID: "c-0001", Device: "atm-0042", Site: "lyon-07", TS: t0},
@@ -106,9 +110,16 @@ func samples(t testing.TB) map[string][]byte {
 	rep := Reply{Envelope: env, CorrelationID: "c-0001", Command: CmdPurgeIdentity, OK: true, Result: json.RawMessage(`{"visits_deleted":14}`)}
 	rep.Seq, rep.MessageID = 1041, "r-55e2"
 	sb, _ := json.Marshal(st)
+	ds := DeviceState{Status: st,
+		Summary: &StateSummary{TS: t0.Add(-4 * time.Minute), Seq: 1042, Totals: sum.Totals, Faceless: sum.Faceless, IdentitiesListed: 1},
+		LastAlert: &StateAlert{AlertID: al.AlertID, Rule: al.Rule, Kind: al.Kind, IdentityID: al.IdentityID, VisitID: "v-20250314-0931",
+			TxnID: "T-88412", Window: al.Window, Count: al.Count, Threshold: al.Threshold, Raised: al.Raised, Seq: 1043}}
+	ds.SchemaVersion, ds.MessageID = StateSchemaVersion, "sd-7f3a9d"
+	db, _ := json.Marshal(ds)
 	rb, _ := json.Marshal(rep)
 	return map[string][]byte{
 		"status":         sb,
+		"state":          db,
 		"summary":        fin(sum, 1042, "atm-0042-1042-3b9aca00", false),
 		"alert":          fin(al, 1043, "atm-0042-1043-77aa01", true),
 		"command":        cb,
@@ -153,7 +164,11 @@ func TestSchemasReject(t *testing.T) {
 		{"alert with card hash", "alert", mutate("alert", func(m map[string]any) { m["card_hash"] = "abc" })},
 		{"alert bad time", "alert", mutate("alert", func(m map[string]any) { m["raised"] = "yesterday" })},
 		{"status bad state", "status", mutate("status", func(m map[string]any) { m["state"] = "sleeping" })},
-		{"status schema v2", "status", mutate("status", func(m map[string]any) { m["schema_version"] = 2 })},
+		{"status schema v3", "status", mutate("status", func(m map[string]any) { m["schema_version"] = 3 })},
+		{"status v2 to the v1 schema", "status.v1", s["status"]},
+		{"summary v2 to the v1 schema", "summary.v1", s["summary"]},
+		{"state with embedding", "state", mutate("state", func(m map[string]any) { m["summary"].(map[string]any)["embedding"] = []float64{0.1} })},
+		{"state bad health", "state", mutate("state", func(m map[string]any) { m["health"] = "fine" })},
 		{"status wildcard device", "status", mutate("status", func(m map[string]any) { m["device"] = "atm/+" })},
 		{"command ping with args", "command", mutate("command", func(m map[string]any) { m["command"] = "ping" })},
 		{"command purge without id", "command", mutate("command", func(m map[string]any) { delete(m, "args") })},
@@ -189,6 +204,8 @@ func TestExamples(t *testing.T) {
 		"status": func() any { return new(Status) }, "summary": func() any { return new(Summary) },
 		"alert": func() any { return new(Alert) }, "command": func() any { return new(Command) }, "reply": func() any { return new(Reply) },
 		"signed_command": func() any { return new(SignedCommand) },
+		"state":          func() any { return new(DeviceState) }, "status.v1": func() any { return new(Status) },
+		"summary.v1": func() any { return new(Summary) },
 	}
 	for _, name := range SchemaNames {
 		b, err := Schemas.ReadFile("schemas/examples/" + name + ".json")

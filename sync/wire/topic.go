@@ -10,6 +10,7 @@ import (
 // Topic kinds: the last level of every topic.
 const (
 	KindStatus  = "status"
+	KindState   = "state"
 	KindSummary = "summary"
 	KindAlert   = "alert"
 	KindCommand = "cmd"
@@ -51,6 +52,7 @@ func NewTopics(prefix, site, device string) (Topics, error) {
 
 func (t Topics) base() string    { return t.Prefix + "/" + t.Site + "/" + t.Device + "/" }
 func (t Topics) Status() string  { return t.base() + KindStatus }
+func (t Topics) State() string   { return t.base() + KindState }
 func (t Topics) Summary() string { return t.base() + KindSummary }
 func (t Topics) Alert() string   { return t.base() + KindAlert }
 func (t Topics) Command() string { return t.base() + KindCommand }

@@ -16,9 +16,32 @@ import (
 	"github.com/periocular/atm-agent/agent/visit"
 )
 
-// SchemaVersion is the major version of every payload defined here. Additive,
-// optional fields keep it; anything a v1 consumer could misread bumps it.
+// SchemaVersion is the major version of the payloads that have not changed
+// since the first contract (alert, reply) and the one NewEnvelope sets.
+// Additive, optional fields keep a version; anything a consumer validating
+// with the previous schema could reject or misread bumps it.
 const SchemaVersion = 1
+
+// Versions of the payloads that moved on. Status 2 adds health, reasons and
+// identities; summary 2 adds the h1/h24/d7 count keys beside 1h/24h/7d (both
+// rejected by the strict version 1 schemas, kept as *.v1.schema.json).
+const (
+	StatusSchemaVersion  = 2
+	SummarySchemaVersion = 2
+	StateSchemaVersion   = 1
+)
+
+// Versions lists the schema versions of one payload kind a reader of this
+// build accepts (the current one last).
+func Versions(kind string) []int {
+	switch kind {
+	case KindStatus, KindSummary:
+		return []int{1, 2}
+	case KindCommand:
+		return []int{CommandSchemaVersion}
+	}
+	return []int{1}
+}
 
 // Envelope is carried by every message. The agent fills SchemaVersion, Device,
 // Site and TS; the publisher fills Seq, MessageID and Historical (Finalize).
@@ -60,7 +83,18 @@ type Status struct {
 	UptimeS      int64          `json:"uptime_s"`
 	Cameras      []CameraHealth `json:"cameras,omitempty"`
 	Outbox       *OutboxStats   `json:"outbox,omitempty"`
+	// Health is "ok" or "degraded" (version 2); Reasons say why it is
+	// degraded; Identities counts the identities the agent holds.
+	Health     string   `json:"health,omitempty"`
+	Reasons    []string `json:"reasons,omitempty"`
+	Identities *int     `json:"identities,omitempty"`
 }
+
+// Health values of Status.Health.
+const (
+	HealthOK       = "ok"
+	HealthDegraded = "degraded"
+)
 
 // CameraHealth is one camera's state as seen by the agent.
 type CameraHealth struct {
@@ -83,11 +117,46 @@ type OutboxStats struct {
 	DroppedOther uint64 `json:"dropped_other,omitempty"`
 }
 
-// WindowCounts holds one count per summary window.
+// WindowCounts holds one count per summary window. It is written with both
+// key sets: "h1", "h24", "d7" (version 2: readable with dot notation, e.g.
+// value_json.totals.visits.h24) and "1h", "24h", "7d" (version 1 readers).
+// Reading accepts either; the h* keys win when both are present.
 type WindowCounts struct {
 	H1  int `json:"1h"`
 	H24 int `json:"24h"`
 	D7  int `json:"7d"`
+}
+
+type windowKeys struct {
+	H1   int  `json:"1h"`
+	H24  int  `json:"24h"`
+	D7   int  `json:"7d"`
+	NH1  *int `json:"h1,omitempty"`
+	NH24 *int `json:"h24,omitempty"`
+	ND7  *int `json:"d7,omitempty"`
+}
+
+// MarshalJSON writes both key sets.
+func (w WindowCounts) MarshalJSON() ([]byte, error) {
+	return json.Marshal(windowKeys{H1: w.H1, H24: w.H24, D7: w.D7, NH1: &w.H1, NH24: &w.H24, ND7: &w.D7})
+}
+
+// UnmarshalJSON reads either key set.
+func (w *WindowCounts) UnmarshalJSON(b []byte) error {
+	var k windowKeys
+	if err := json.Unmarshal(b, &k); err != nil {
+		return err
+	}
+	*w = WindowCounts{H1: k.H1, H24: k.H24, D7: k.D7}
+	for _, x := range []struct {
+		dst *int
+		src *int
+	}{{&w.H1, k.NH1}, {&w.H24, k.NH24}, {&w.D7, k.ND7}} {
+		if x.src != nil {
+			*x.dst = *x.src
+		}
+	}
+	return nil
 }
 
 // IdentityCounts is one identity's activity. ID is a random per-device
@@ -138,6 +207,41 @@ type Alert struct {
 	FirstSeen   time.Time `json:"first_seen"`
 	LastSeen    time.Time `json:"last_seen"`
 	Raised      time.Time `json:"raised"`
+}
+
+// DeviceState is the retained per-device state (topic "state"): the
+// status fields plus the last summary's totals and the last alert sent, so
+// a dashboard reads one device in one message. Its schema_version is
+// StateSchemaVersion.
+type DeviceState struct {
+	Status
+	Summary   *StateSummary `json:"summary,omitempty"`
+	LastAlert *StateAlert   `json:"last_alert,omitempty"`
+}
+
+// StateSummary is what the state keeps of the last summary sent.
+type StateSummary struct {
+	TS                time.Time    `json:"ts"`
+	Seq               uint64       `json:"seq"`
+	Totals            Totals       `json:"totals"`
+	Faceless          WindowCounts `json:"faceless"`
+	IdentitiesOmitted int          `json:"identities_omitted"`
+	IdentitiesListed  int          `json:"identities_listed"`
+}
+
+// StateAlert is what the state keeps of the last alert sent.
+type StateAlert struct {
+	AlertID    string    `json:"alert_id"`
+	Rule       string    `json:"rule"`
+	Kind       string    `json:"kind"`
+	IdentityID string    `json:"identity_id,omitempty"`
+	VisitID    string    `json:"visit_id,omitempty"`
+	TxnID      string    `json:"txn_id,omitempty"`
+	Window     string    `json:"window,omitempty"`
+	Count      int       `json:"count"`
+	Threshold  int       `json:"threshold"`
+	Raised     time.Time `json:"raised"`
+	Seq        uint64    `json:"seq"`
 }
 
 // NewAlert converts a raised alert into its payload.

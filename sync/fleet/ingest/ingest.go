@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -489,9 +490,9 @@ func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded
 	if err := json.Unmarshal(payload, &head); err != nil {
 		return reject(tp.Site, tp.Device, "not a JSON object: %v", err)
 	}
-	if string(head.SchemaVersion) != fmt.Sprint(wire.SchemaVersion) {
-		return reject(tp.Site, tp.Device, "schema_version %s not supported (this fleet service reads version %d)",
-			orNone(head.SchemaVersion), wire.SchemaVersion)
+	if vs := wire.Versions(tp.Kind); !slices.ContainsFunc(vs, func(v int) bool { return string(head.SchemaVersion) == fmt.Sprint(v) }) {
+		return reject(tp.Site, tp.Device, "schema_version %s not supported (this fleet service reads %s versions %v)",
+			orNone(head.SchemaVersion), tp.Kind, vs)
 	}
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(payload))
 	if err != nil {

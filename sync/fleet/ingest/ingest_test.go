@@ -175,7 +175,7 @@ func TestIngestRejects(t *testing.T) {
 	}{
 		{prefix + "/s1/d1/summary", []byte("{not json"), "not a JSON object"},
 		{prefix + "/s1/d1/summary", withField(good("s1", "d1", 1), "embedding", []float64{0.1, 0.2}), "violates summary.schema.json"},
-		{prefix + "/s1/d1/summary", withField(good("s1", "d1", 2), "schema_version", 2), "schema_version 2 not supported"},
+		{prefix + "/s1/d1/summary", withField(good("s1", "d1", 2), "schema_version", 3), "schema_version 3 not supported"},
 		{prefix + "/s1/d1/summary", withField(good("s1", "d1", 3), "message_id", nil), "violates summary.schema.json"},
 		{prefix + "/s1/d1/summary", withField(good("s1", "OTHER", 4), "x", nil), "payload names s1/OTHER"},
 		{prefix + "/$s1/d1/summary", withField(good("$s1", "d1", 5), "x", nil), "topic:"},

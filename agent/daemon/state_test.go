@@ -1,0 +1,166 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/hal/camera"
+	"github.com/periocular/atm-agent/internal/testenv"
+	"github.com/periocular/atm-agent/sync/fleet/fleettest"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// flakyDevice is camera hardware that can be unplugged: while broken,
+// reads and opens fail.
+type flakyDevice struct{ broken *atomic.Bool }
+
+var errUnplugged = errors.New("device unplugged")
+
+func (d flakyDevice) Read() (camera.Frame, error) {
+	if d.broken.Load() {
+		return camera.Frame{}, errUnplugged
+	}
+	return camera.Frame{W: 64, H: 48, BGR: make([]byte, 64*48*3), Time: time.Now()}, nil
+}
+func (d flakyDevice) Grab() error  { _, err := d.Read(); return err }
+func (d flakyDevice) Close() error { return nil }
+
+// retained subscribes like a dashboard that just started, returns the
+// retained message on topic (nil if none came within a second) and
+// disconnects.
+func retained(t *testing.T, broker, topic string) []byte {
+	t.Helper()
+	got := make(chan []byte, 1)
+	o := mqtt.NewClientOptions().AddBroker(broker).SetClientID("dash-" + time.Now().Format("150405.000000"))
+	c := mqtt.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("dashboard connect: %v", tok.Error())
+	}
+	defer c.Disconnect(50)
+	c.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) {
+		if m.Retained() {
+			select {
+			case got <- slices.Clone(m.Payload()):
+			default:
+			}
+		}
+	})
+	select {
+	case b := <-got:
+		return b
+	case <-time.After(time.Second):
+		return nil
+	}
+}
+
+// TestRetainedStatusFollowsCamera runs the daemon (real models, store,
+// camera supervisor over a fake device, MQTT to a real mosquitto): the
+// camera fails after start and a fresh subscriber sees the failure in the
+// retained status and state within the bound, then sees the recovery.
+func TestRetainedStatusFollowsCamera(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts mosquitto and loads the models")
+	}
+	models := testenv.ModelsDir(t)
+	m := fleettest.StartMosquitto(t, "")
+	cfg := DefaultConfig()
+	cfg.Models.Dir = models
+	cfg.Store.Path = filepath.Join(t.TempDir(), "agent.db")
+	cfg.Trigger = TriggerConfig{}
+	cfg.Metrics.Listen = ""
+	cfg.Device = DeviceConfig{ID: "atm-7", Site: "test"}
+	cfg.Camera.Source, cfg.Camera.Kind = "fake0", "device"
+	cfg.Camera.ReopenMin, cfg.Camera.ReopenMax = 100*time.Millisecond, 300*time.Millisecond
+	cfg.Camera.MaxReadFailures = 1
+	cfg.MQTT.Enabled = true
+	cfg.MQTT.Brokers = []string{m.URL()}
+	cfg.MQTT.StatusInterval = time.Minute // changes are not waited for
+	cfg.fill()
+	var broken atomic.Bool
+	d, err := New(cfg, Options{Version: "test", Logger: testLog(t),
+		CameraOpen: func(camera.Config) (camera.Device, error) {
+			if broken.Load() {
+				return nil, errUnplugged
+			}
+			return flakyDevice{&broken}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	topic := "atm/test/atm-7/"
+	status := func(kind string) wire.Status {
+		var s wire.Status
+		if b := retained(t, m.URL(), topic+kind); b != nil {
+			if err := json.Unmarshal(b, &s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return s
+	}
+	// waitStatus polls fresh subscriptions until cond holds for both
+	// retained topics, and returns how long that took.
+	waitStatus := func(what string, bound time.Duration, cond func(s wire.Status) bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for {
+			st, ds := status("status"), status("state")
+			if cond(st) && cond(ds) {
+				return time.Since(start)
+			}
+			if time.Since(start) > bound {
+				t.Fatalf("%s: not retained within %s:\nstatus %+v\nstate %+v", what, bound, st, ds)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	camOK := func(s wire.Status) bool {
+		return s.State == wire.StateOnline && len(s.Cameras) == 1 && s.Cameras[0].OK && s.Health == wire.HealthOK
+	}
+	// Up: the probe read after the first open makes the camera ok.
+	waitStatus("camera ok at start", 10*time.Second, camOK)
+
+	// The camera fails after start: a visit's burst finds it gone.
+	broken.Store(true)
+	failed := time.Now()
+	d.Agent().Trigger(visit.Trigger{Source: "test"})
+	bound := 3 * time.Second // the burst's read, StatusCheck (1 s), publish
+	waitStatus("camera failure", bound, func(s wire.Status) bool {
+		return len(s.Cameras) == 1 && !s.Cameras[0].OK && strings.Contains(s.Cameras[0].Error, "unplugged") &&
+			s.Health == wire.HealthDegraded && slices.Contains(s.Reasons, "camera: down")
+	})
+	t.Logf("camera failure seen by a fresh subscriber %s after the unplug (bound %s)", time.Since(failed).Round(time.Millisecond), bound)
+
+	// It comes back: the supervisor's reopen succeeds.
+	broken.Store(false)
+	back := time.Now()
+	waitStatus("camera recovery", bound, camOK)
+	t.Logf("recovery seen %s after the replug (bound %s)", time.Since(back).Round(time.Millisecond), bound)
+}
+
+func testLog(t *testing.T) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.DiscardHandler)
+}
