@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -40,7 +41,8 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	minSamples := fs.Int("min-samples", 2, "DBSCAN min_samples (the point itself included), the original project's value")
 	singletons := fs.String("singletons", "folder", "people seen once: folder (all under singletons/) or own (a person folder each)")
 	force := fs.Bool("force", false, "replace a previous run's output in OUT (a folder with other files is refused)")
-	copyFiles := fs.Bool("copy", false, "always copy files (default: hard link when possible, else copy)")
+	link := fs.Bool("link", false, "hard-link the input files into OUT when possible instead of copying (OUT then shares the inputs' inodes: unsafe for evidence)")
+	_ = fs.Bool("copy", true, "copy files into OUT (the default; kept for old scripts)")
 	thresholds := fs.String("thresholds", "", "UU,MM,MU cosine-distance thresholds (default: the manifest's calibrated ones)")
 	workers := fs.Int("workers", runtime.NumCPU(), "perception workers, each with its own pipeline (--threads defaults to cores/workers)")
 	thumb := fs.Int("thumb", 96, "contact-sheet thumbnail size in pixels (-1: none)")
@@ -119,6 +121,12 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	if th != nil {
 		cfg.Thresholds = *th
 	}
+	calibrated, calErr := embedderThresholds(man, emb)
+	epsSet := false
+	fs.Visit(func(f *flag.Flag) { epsSet = epsSet || f.Name == "eps" })
+	for _, w := range clusterWarnings(alg, *eps, epsSet, *thresholds != "", cfg.Thresholds, calibrated, calErr == nil, emb) {
+		fmt.Fprintf(env.Stderr, "warning: %s\n", w)
+	}
 
 	// One pipeline per worker: the nets serialise inside a pipeline, so
 	// two pipelines keep both cores busy (docs/cluster.md has the numbers).
@@ -165,7 +173,7 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		Cluster:    identity.ClusterOptions{Algorithm: alg, Config: cfg, Eps: *eps, MinSamples: *minSamples},
 		Singletons: batch.Singletons(*singletons),
 		Force:      *force,
-		Copy:       *copyFiles,
+		Link:       *link,
 		Thumb:      *thumb,
 		Limits:     imagecheck.Limits{MaxPixels: *maxPixels, MaxBytes: *maxBytes},
 		Meta:       meta,
@@ -296,4 +304,49 @@ func clusterProgress(w io.Writer, now func() time.Time) func(done, total int) {
 		fmt.Fprintf(w, "cluster: %d/%d images (%d%%), %.1f img/s, %s elapsed, ETA %s\n",
 			done, total, 100*done/max(total, 1), rate, el.Round(time.Second), eta)
 	}
+}
+
+// clusterWarnings says when the algorithm's parameters do not fit the
+// embedder's metric, with the calibrated value to use instead. DBSCAN's eps
+// is a euclidean distance on L2-normalised templates, where a cosine
+// distance c is sqrt(2c): the original project's eps 0.5 is cosine 0.125,
+// a quarter of a typical calibrated threshold, and leaves nearly every face
+// alone. Linkage thresholds far from the calibrated ones are flagged too.
+func clusterWarnings(alg identity.Algorithm, eps float64, epsSet, thSet bool, th, cal identity.Thresholds, haveCal bool, emb string) []string {
+	if !haveCal {
+		if alg == identity.DBSCAN {
+			return []string{fmt.Sprintf("embedder %s has no calibrated thresholds: --eps %g (euclidean) cannot be checked against its metric", emb, eps)}
+		}
+		return nil
+	}
+	var out []string
+	if alg == identity.DBSCAN {
+		want := math.Sqrt(2 * cal.UU)
+		if eps < 0.8*want || eps > 1.25*want {
+			how := "looser than"
+			effect := "people will merge"
+			if eps < want {
+				how, effect = "tighter than", "most faces will be left as singletons (DBSCAN noise)"
+			}
+			src := "the original project's default"
+			if epsSet {
+				src = "given"
+			}
+			out = append(out, fmt.Sprintf("--eps %g (%s) does not fit %s's templates: DBSCAN's eps is euclidean on L2-normalised templates, so it is cosine distance %.3f, far %s the calibrated threshold uu %.3f (eps %.2f); %s. Calibrated default: --eps %.2f",
+				eps, src, emb, eps*eps/2, how, cal.UU, want, effect, want))
+		}
+		return out
+	}
+	if thSet {
+		for _, p := range []struct {
+			name     string
+			got, cal float64
+		}{{"uu", th.UU, cal.UU}, {"mm", th.MM, cal.MM}, {"mu", th.MU, cal.MU}} {
+			if p.cal > 0 && (p.got < 0.5*p.cal || p.got > 1.5*p.cal) {
+				out = append(out, fmt.Sprintf("--thresholds %s %g is far from %s's calibrated %.3f (cosine distance). Calibrated default: --thresholds %g,%g,%g",
+					p.name, p.got, emb, p.cal, cal.UU, cal.MM, cal.MU))
+			}
+		}
+	}
+	return out
 }

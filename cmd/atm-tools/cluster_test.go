@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/internal/testenv"
 )
 
@@ -93,8 +94,14 @@ func TestClusterCommand(t *testing.T) {
 		t.Fatalf("rerun without --force: exit %d, %s", code, stderr)
 	}
 	args = append(args, "--force", "--algorithm", "dbscan", "--singletons", "own")
-	if code, _, stderr := runTool(t, args...); code != 0 {
+	code, _, stderr = runTool(t, args...)
+	if code != 0 {
 		t.Fatalf("rerun with --force: exit %d, %s", code, stderr)
+	}
+	// The original project's eps on cosine templates: warned, with the
+	// calibrated value.
+	if !strings.Contains(stderr, "warning: --eps 0.5 (the original project's default) does not fit") || !strings.Contains(stderr, "Calibrated default: --eps ") {
+		t.Errorf("no eps warning for dbscan: %s", stderr)
 	}
 	b, _ = os.ReadFile(filepath.Join(out, "report.json"))
 	if !strings.Contains(string(b), `"algorithm": "dbscan"`) {
@@ -181,5 +188,31 @@ func TestClusterSignal(t *testing.T) {
 	}
 	if !strings.Contains(se.String(), "cluster: 120/120 images (100%)") {
 		t.Errorf("no line progress on a pipe: %q", se.String())
+	}
+}
+
+func TestClusterWarnings(t *testing.T) {
+	cal := identity.Thresholds{UU: 0.52, MM: 0.40, MU: 0.50}
+	for _, tc := range []struct {
+		name  string
+		alg   identity.Algorithm
+		eps   float64
+		thSet bool
+		th    identity.Thresholds
+		want  string // "" for no warning
+	}{
+		{"dbscan original eps", identity.DBSCAN, 0.5, false, cal, "cosine distance 0.125, far tighter than the calibrated threshold uu 0.520 (eps 1.02); most faces will be left as singletons (DBSCAN noise). Calibrated default: --eps 1.02"},
+		{"dbscan fitting eps", identity.DBSCAN, 1.0, false, cal, ""},
+		{"dbscan loose eps", identity.DBSCAN, 1.4, false, cal, "looser than"},
+		{"average calibrated", identity.Average, 0.5, false, cal, ""},
+		{"average far thresholds", identity.Average, 0.5, true, identity.Thresholds{UU: 0.1, MM: 0.4, MU: 0.5}, "--thresholds uu 0.1 is far from faceplugin's calibrated 0.520 (cosine distance). Calibrated default: --thresholds 0.52,0.4,0.5"},
+		{"average close thresholds", identity.Average, 0.5, true, identity.Thresholds{UU: 0.45, MM: 0.35, MU: 0.45}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := strings.Join(clusterWarnings(tc.alg, tc.eps, false, tc.thSet, tc.th, cal, true, "faceplugin"), "\n")
+			if (tc.want == "") != (w == "") || !strings.Contains(w, tc.want) {
+				t.Errorf("warnings %q, want %q", w, tc.want)
+			}
+		})
 	}
 }

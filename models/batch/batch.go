@@ -50,8 +50,10 @@ type Options struct {
 	Singletons Singletons
 	// Force replaces a previous run's output (never foreign files).
 	Force bool
-	// Copy always copies; by default files are hard-linked when possible.
-	Copy bool
+	// Link hard-links the input files into OUT when the file system allows
+	// (fast, no space, but OUT then shares the inputs' inodes: editing a
+	// file there edits the evidence). By default every file is copied.
+	Link bool
 	// Thumb is the side of the contact-sheet thumbnails (default 96; < 0: none).
 	Thumb int
 	// Meta is copied into the report (models, thresholds, version...).
@@ -388,7 +390,7 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 		for _, i := range g {
 			d := 0.0
 			if len(g) > 1 {
-				d = cosDist(res[i].face.Embedding, cen)
+				d = math.Max(0, cosDist(res[i].face.Embedding, cen)) // no -0.000
 			}
 			rep.Images[i].Folder = id.Folder
 			rep.Images[i].Face.Distance = round4(d)

@@ -250,12 +250,33 @@ func checkHTML(t *testing.T, file string, thumbs int) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	imgs := 0
+	imgs, scripts := 0, 0
 	var walk func(n *html.Node)
 	walk = func(n *html.Node) {
 		if n.Type == html.ElementNode {
 			switch n.Data {
-			case "script", "link", "iframe", "object":
+			case "script":
+				scripts++
+				for _, a := range n.Attr {
+					if a.Key == "src" {
+						t.Errorf("report.html loads a script from %q", a.Val)
+					}
+				}
+				if c := n.FirstChild; c != nil {
+					for _, bad := range []string{"http", "fetch(", "XMLHttpRequest", "import", "eval(", "innerHTML"} {
+						if strings.Contains(c.Data, bad) {
+							t.Errorf("inline script uses %q", bad)
+						}
+					}
+				}
+			case "a":
+				for _, a := range n.Attr {
+					if a.Key == "href" && !(strings.HasPrefix(a.Val, "#") || strings.HasPrefix(a.Val, "file:///") ||
+						(!strings.Contains(a.Val, ":") && !strings.HasPrefix(a.Val, "/") && !strings.Contains(a.Val, ".."))) {
+						t.Errorf("link %q leaves OUT and the input", a.Val)
+					}
+				}
+			case "link", "iframe", "object":
 				t.Errorf("report.html has a <%s>", n.Data)
 			case "img":
 				imgs++
@@ -271,6 +292,9 @@ func checkHTML(t *testing.T, file string, thumbs int) string {
 		}
 	}
 	walk(doc)
+	if scripts > 1 {
+		t.Errorf("report.html has %d scripts, want at most the one inline", scripts)
+	}
 	if imgs != thumbs {
 		t.Errorf("report.html has %d thumbnails, want %d", imgs, thumbs)
 	}
@@ -454,5 +478,43 @@ func TestNamer(t *testing.T) {
 	}
 	if flatName("x/y/z.jpg") != "x__y__z.jpg" {
 		t.Fatal(flatName("x/y/z.jpg"))
+	}
+}
+
+// The contact sheet's words and links: singular and plural, a table of
+// contents, links to the copies and to the originals, no negative zero;
+// files are copies unless Link is set.
+func TestReportPolish(t *testing.T) {
+	in := t.TempDir()
+	writeFiles(t, in, map[string]string{"a.jpg": "face 1 0", "b.jpg": "face 1 0", "c.jpg": "face 2 0"})
+	for _, link := range []bool{false, true} {
+		out := filepath.Join(t.TempDir(), "out")
+		o := testOptions()
+		o.Link = link
+		if _, err := Run(context.Background(), in, out, fakes(1), o); err != nil {
+			t.Fatal(err)
+		}
+		page := checkHTML(t, filepath.Join(out, "report.html"), 3)
+		for _, want := range []string{"3 images, 3 faces: 1 person seen in 2 or more images, 1 person seen once",
+			`<a href="#person_0001">person_0001</a> (2 images)`, `<a href="#singletons">singletons</a> (1 image)`,
+			`<a href="person_0001/a.jpg">a.jpg</a>`, `href="file://` + filepath.ToSlash(in), `id="q"`, `id="sort"`,
+			"mean distance 0.000"} {
+			if !strings.Contains(page, want) {
+				t.Errorf("report.html lacks %q", want)
+			}
+		}
+		for _, bad := range []string{"1 people", "1 images", "-0.000"} {
+			if strings.Contains(page, bad) {
+				t.Errorf("report.html says %q", bad)
+			}
+		}
+		src, _ := os.Stat(filepath.Join(in, "a.jpg"))
+		dst, err := os.Stat(filepath.Join(out, "person_0001", "a.jpg"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if os.SameFile(src, dst) != link {
+			t.Errorf("Link %v: output shares the input's inode: %v", link, os.SameFile(src, dst))
+		}
 	}
 }

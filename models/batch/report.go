@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"math"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/periocular/atm-agent/agent/identity"
@@ -123,7 +126,7 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 		}
 		e := &rep.Images[i]
 		e.File = names[folder].take(flatName(e.Path))
-		linked, err := place(filepath.Join(root, filepath.FromSlash(e.Path)), filepath.Join(dir, e.File), !o.Copy)
+		linked, err := place(filepath.Join(root, filepath.FromSlash(e.Path)), filepath.Join(dir, e.File), o.Link)
 		if err != nil {
 			return fmt.Errorf("place %s: %w", e.Path, err)
 		}
@@ -186,7 +189,7 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 		}
 	}
 	var h bytes.Buffer
-	if err := sheet.Execute(&h, sheetData(rep)); err != nil {
+	if err := sheet.Execute(&h, sheetData(rep, root)); err != nil {
 		return fmt.Errorf("render report.html: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(out, "report.html"), h.Bytes(), 0o644); err != nil {
@@ -195,19 +198,46 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 	return nil
 }
 
+type sheetFace struct {
+	ImageEntry
+	Href     template.URL // the placed copy inside OUT
+	Original template.URL // the input file (file:// URL)
+}
+
 type sheetIdentity struct {
 	Identity
-	Faces []ImageEntry
+	Faces []sheetFace
 }
 
 type sheetView struct {
 	R          *Report
 	Identities []sheetIdentity
-	NoFace     []ImageEntry
+	NoFace     []sheetFace
 }
 
-func sheetData(r *Report) sheetView {
+// relURL escapes each segment of a relative slash path for an href.
+func relURL(p string) template.URL {
+	parts := strings.Split(p, "/")
+	for i, s := range parts {
+		parts[i] = url.PathEscape(s)
+	}
+	return template.URL(strings.Join(parts, "/"))
+}
+
+func fileURL(abs string) template.URL {
+	return template.URL((&url.URL{Scheme: "file", Path: filepath.ToSlash(abs)}).String())
+}
+
+func sheetData(r *Report, root string) sheetView {
 	v := sheetView{R: r}
+	face := func(i int) sheetFace {
+		e := r.Images[i]
+		f := sheetFace{ImageEntry: e, Original: fileURL(filepath.Join(root, filepath.FromSlash(e.Path)))}
+		if e.File != "" {
+			f.Href = relURL(e.Folder + "/" + e.File)
+		}
+		return f
+	}
 	single := -1 // the one section for all of singletons/
 	for _, id := range r.Identities {
 		if id.Folder == "singletons" && single >= 0 {
@@ -216,31 +246,43 @@ func sheetData(r *Report) sheetView {
 			si.Masked += id.Masked
 			si.Unmasked += id.Unmasked
 			for _, i := range id.idx {
-				si.Faces = append(si.Faces, r.Images[i])
+				si.Faces = append(si.Faces, face(i))
 			}
 			continue
 		}
 		si := sheetIdentity{Identity: id}
 		for _, i := range id.idx {
-			si.Faces = append(si.Faces, r.Images[i])
+			si.Faces = append(si.Faces, face(i))
 		}
 		if id.Folder == "singletons" {
 			single = len(v.Identities)
 		}
 		v.Identities = append(v.Identities, si)
 	}
-	for _, e := range r.Images {
+	for i, e := range r.Images {
 		if e.Folder == "noface" {
-			v.NoFace = append(v.NoFace, e)
+			v.NoFace = append(v.NoFace, face(i))
 		}
 	}
 	return v
 }
 
-// sheet is the offline contact sheet: no scripts, no external resources;
-// html/template escapes every name.
+// plural is "1 image", "2 images", "1 person", "3 people".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+// sheet is the offline contact sheet: no external resources (thumbnails
+// are files under thumbs/, CSS and the one inline script are in the page);
+// html/template escapes every name. The script only sorts and filters what
+// is on the page.
 var sheet = template.Must(template.New("sheet").Funcs(template.FuncMap{
-	"dist": func(d float64) string { return fmt.Sprintf("%.3f", d) },
+	"dist":   func(d float64) string { return fmt.Sprintf("%.3f", math.Max(0, d)) },
+	"plural": plural,
+	"lower":  strings.ToLower,
 }).Parse(`<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -257,21 +299,36 @@ figcaption{overflow-wrap:anywhere}
 .b{display:inline-block;padding:0 4px;border-radius:3px;color:#fff;font-size:10px}
 .masked{background:#b35806}.unmasked{background:#1b7837}.unknown{background:#777}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
+#toc{columns:4 12em;font-size:12px;padding:0;list-style:none}
+#tools{position:sticky;top:0;background:#fff;padding:.4em 0;border-bottom:1px solid #ccc}
+.hidden{display:none}
 </style>
 </head>
 <body>
 <h1>atm-tools cluster report</h1>
-<p>{{.R.Counts.Images}} images, {{.R.Counts.Faces}} faces, {{.R.Counts.People}} people with 2+ images, {{.R.Counts.Singletons}} single-image people, {{.R.Counts.NoFace}} without a usable face, {{.R.Counts.Unreadable}} unreadable, {{.R.Counts.Skipped}} skipped.</p>
-<p>Algorithm {{.R.Meta.Algorithm}}{{with .R.Meta.Thresholds}} (thresholds uu {{.UU}}, mm {{.MM}}, mu {{.MU}}){{end}}{{if .R.Meta.MinSamples}} (eps {{.R.Meta.Eps}}, min_samples {{.R.Meta.MinSamples}}){{end}}; detector {{.R.Meta.Detector}}, embedder {{.R.Meta.Embedder}}, crop {{.R.Meta.Crop}}; atm-agent {{.R.Meta.Version}}. Distance: {{.R.Meta.Distance}}.</p>
-{{range .Identities}}<section id="{{.Folder}}">
-<h2>{{.Folder}}: {{.Size}} image{{if ne .Size 1}}s{{end}}, {{.Masked}} masked, {{.Unmasked}} unmasked{{if ne .Folder "singletons"}}, mean distance {{printf "%.3f" .MeanDistance}}{{end}}</h2>
-<div class="grid">{{range .Faces}}
-<figure>{{with .Face}}{{if .Thumb}}<img src="{{.Thumb}}" alt="" loading="lazy">{{end}}<figcaption><span class="b {{.Mask}}">{{.Mask}}</span> {{dist .Distance}}{{end}}<br>{{.Path}}</figcaption></figure>{{end}}
+<p>{{plural .R.Counts.Images "image" "images"}}, {{plural .R.Counts.Faces "face" "faces"}}: {{plural .R.Counts.People "person" "people"}} seen in 2 or more images, {{plural .R.Counts.Singletons "person" "people"}} seen once, {{.R.Counts.NoFace}} without a usable face, {{.R.Counts.Unreadable}} unreadable, {{.R.Counts.Skipped}} skipped.</p>
+<p>Algorithm {{.R.Meta.Algorithm}}{{with .R.Meta.Thresholds}} (thresholds uu {{.UU}}, mm {{.MM}}, mu {{.MU}}){{end}}{{if .R.Meta.MinSamples}} (eps {{.R.Meta.Eps}}, min_samples {{.R.Meta.MinSamples}}){{end}}; detector {{.R.Meta.Detector}}, embedder {{.R.Meta.Embedder}}, crop {{.R.Meta.Crop}}; atm-tools {{.R.Meta.Version}}. Distance: {{.R.Meta.Distance}}.</p>
+<h2>Contents</h2>
+<ul id="toc">{{range .Identities}}
+<li><a href="#{{.Folder}}">{{.Folder}}</a> ({{plural .Size "image" "images"}})</li>{{end}}{{if .NoFace}}
+<li><a href="#noface">noface</a> ({{len .NoFace}})</li>{{end}}{{if .R.Unreadable}}
+<li><a href="#unreadable">unreadable</a> ({{len .R.Unreadable}})</li>{{end}}{{if .R.Skipped}}
+<li><a href="#skipped">skipped</a> ({{len .R.Skipped}})</li>{{end}}
+</ul>
+<div id="tools"><label>Search file names <input id="q" type="search" placeholder="part of a path"></label>
+<label>Sort people by <select id="sort"><option value="size">size (largest first)</option><option value="name">name</option><option value="dist">mean distance (tightest first)</option></select></label>
+<span id="shown"></span></div>
+<div id="people">
+{{range .Identities}}<section id="{{.Folder}}" class="person" data-size="{{.Size}}" data-name="{{.Folder}}" data-dist="{{if eq .Size 1}}9{{else}}{{.MeanDistance}}{{end}}">
+<h2>{{.Folder}}: {{plural .Size "image" "images"}}, {{.Masked}} masked, {{.Unmasked}} unmasked{{if and (ne .Folder "singletons") (gt .Size 1)}}, mean distance {{dist .MeanDistance}}{{end}}</h2>
+<div class="grid">{{$many := and (ne .Folder "singletons") (gt .Size 1)}}{{range .Faces}}{{$f := .}}
+<figure data-path="{{lower .Path}}">{{with .Face}}{{if .Thumb}}<a href="{{$f.Href}}"><img src="{{.Thumb}}" alt="" loading="lazy"></a>{{end}}{{end}}<figcaption>{{with .Face}}<span class="b {{.Mask}}">{{.Mask}}</span>{{if $many}} {{dist .Distance}}{{end}}<br>{{end}}<a href="{{.Href}}">{{.Path}}</a> <a href="{{.Original}}" title="the input file">(original)</a></figcaption></figure>{{end}}
 </div>
 </section>
-{{end}}{{if .NoFace}}<section id="noface">
-<h2>noface: {{len .NoFace}} image{{if ne (len .NoFace) 1}}s{{end}} without a usable face</h2>
-<table><tr><th>path</th><th>why</th></tr>{{range .NoFace}}<tr><td>{{.Path}}</td><td>{{.Note}}</td></tr>{{end}}</table>
+{{end}}</div>
+{{if .NoFace}}<section id="noface">
+<h2>noface: {{plural (len .NoFace) "image" "images"}} without a usable face</h2>
+<table><tr><th>path</th><th>why</th></tr>{{range .NoFace}}<tr><td><a href="{{.Href}}">{{.Path}}</a> <a href="{{.Original}}">(original)</a></td><td>{{.Note}}</td></tr>{{end}}</table>
 </section>
 {{end}}{{if .R.Unreadable}}<section id="unreadable">
 <h2>unreadable: {{len .R.Unreadable}}</h2>
@@ -281,6 +338,30 @@ table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;paddin
 <h2>skipped: {{len .R.Skipped}}</h2>
 <table><tr><th>path</th><th>reason</th></tr>{{range .R.Skipped}}<tr><td>{{.Path}}</td><td>{{.Reason}}</td></tr>{{end}}</table>
 </section>
-{{end}}</body>
+{{end}}<script>
+(function(){
+var people=document.getElementById('people'),q=document.getElementById('q'),sel=document.getElementById('sort'),shown=document.getElementById('shown');
+function filter(){
+  var t=q.value.trim().toLowerCase(),n=0;
+  people.querySelectorAll('section.person').forEach(function(s){
+    var any=false;
+    s.querySelectorAll('figure').forEach(function(f){var hit=!t||f.dataset.path.indexOf(t)>=0;f.classList.toggle('hidden',!hit);if(hit){any=true;n++;}});
+    s.classList.toggle('hidden',!any);
+  });
+  shown.textContent=t?(n+(n==1?' face matches':' faces match')):'';
+}
+function sort(){
+  var k=sel.value,ss=Array.prototype.slice.call(people.querySelectorAll('section.person'));
+  ss.sort(function(a,b){
+    if(k=='name')return a.dataset.name<b.dataset.name?-1:a.dataset.name>b.dataset.name?1:0;
+    if(k=='dist')return parseFloat(a.dataset.dist)-parseFloat(b.dataset.dist);
+    return parseInt(b.dataset.size)-parseInt(a.dataset.size);
+  });
+  ss.forEach(function(s){people.appendChild(s);});
+}
+q.addEventListener('input',filter);sel.addEventListener('change',sort);
+})();
+</script>
+</body>
 </html>
 `))
