@@ -133,6 +133,12 @@ type RuleErrorObserver interface {
 	RuleFailed()
 }
 
+// AlertObserver is an optional Observer capability: Alerted is called once
+// per new alert a committed visit raised, with the alert's rule name.
+type AlertObserver interface {
+	Alerted(rule string)
+}
+
 type nopObserver struct{}
 
 func (nopObserver) Visit(visit.Visit, Stages, int)  {}

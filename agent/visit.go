@@ -162,9 +162,13 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 		s.LastVisit = v.Time
 	})
 	a.obs.Visit(v, st, len(res.NewAlerts))
+	ao, _ := a.obs.(AlertObserver)
 	for _, al := range commit.Alerts {
 		for _, id := range res.NewAlerts {
 			if id == al.Alert.ID {
+				if ao != nil {
+					ao.Alerted(al.Alert.Rule)
+				}
 				a.log.Warn("alert raised", "rule", al.Alert.Rule, "identity", al.Alert.IdentityID,
 					"count", al.Alert.Count, "window", al.Alert.Window, "alert", id)
 			}

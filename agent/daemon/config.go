@@ -91,9 +91,23 @@ type MQTTConfig struct {
 	mqttsync.Config `yaml:",inline"`
 }
 
-// MetricsConfig serves /metrics and /healthz; "" disables.
+// MetricsConfig serves /metrics and /healthz; Listen "" disables. A
+// non-loopback Listen needs AllowRemote and then a bearer token
+// (TokenFile) or TLS (TLS.CertFile and TLS.KeyFile), or both.
 type MetricsConfig struct {
-	Listen string `yaml:"listen"`
+	Listen      string `yaml:"listen"`
+	AllowRemote bool   `yaml:"allow_remote"`
+	// TokenFile holds the bearer token a scraper must send (at least 16
+	// characters, surrounding whitespace ignored): a path or
+	// "credential:NAME" for a systemd credential.
+	TokenFile string           `yaml:"token_file"`
+	TLS       MetricsTLSConfig `yaml:"tls"`
+}
+
+// MetricsTLSConfig serves the metrics port over TLS (PEM files).
+type MetricsTLSConfig struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // LogConfig selects the log level and format.
@@ -197,10 +211,14 @@ func (c *Config) fill() {
 // Warnings lists settings that are valid but weaken security; `config
 // check` prints them and the daemon logs them at start.
 func (c Config) Warnings() []string {
-	if !c.MQTT.Enabled {
-		return nil
+	var w []string
+	if m := c.Metrics; m.Listen != "" && m.AllowRemote && m.TLS.CertFile == "" && m.TokenFile != "" {
+		w = append(w, fmt.Sprintf("metrics: %s serves the bearer token's endpoints without TLS: anyone on the network path can read the token; set metrics.tls", m.Listen))
 	}
-	return c.MQTT.Config.Warnings()
+	if !c.MQTT.Enabled {
+		return w
+	}
+	return append(w, c.MQTT.Config.Warnings()...)
 }
 
 // CheckFiles reads the files the config names that the daemon would only
@@ -220,6 +238,11 @@ func (c Config) CheckFiles() error {
 	if c.MQTT.Enabled && c.MQTT.Commands.Enabled {
 		if _, err := c.MQTT.Commands.LoadKeys(); err != nil {
 			return err
+		}
+	}
+	if t := c.Metrics.TokenFile; c.Metrics.Listen != "" && t != "" && (!strings.HasPrefix(t, "credential:") || os.Getenv("CREDENTIALS_DIRECTORY") != "") {
+		if _, err := loadToken(t); err != nil {
+			return fmt.Errorf("metrics.token_file: %w", err)
 		}
 	}
 	return nil
@@ -286,11 +309,18 @@ func (c Config) Validate() error {
 	if l := c.Metrics.Listen; l != "" {
 		host, _, err := net.SplitHostPort(l)
 		ip := net.ParseIP(host)
+		mt := c.Metrics.TLS
 		switch {
 		case err != nil:
 			bad(fmt.Errorf("metrics.listen %q: %v", l, err))
-		case host != "localhost" && (ip == nil || !ip.IsLoopback()):
-			bad(fmt.Errorf("metrics.listen %q: only loopback addresses are allowed (127.0.0.1, ::1, localhost)", l))
+		case host == "localhost" || (ip != nil && ip.IsLoopback()):
+		case !c.Metrics.AllowRemote:
+			bad(fmt.Errorf("metrics.listen %q is not a loopback address: set metrics.allow_remote: true (with token_file or tls) to open it to a central Prometheus, or listen on 127.0.0.1", l))
+		case c.Metrics.TokenFile == "" && mt.CertFile == "":
+			bad(fmt.Errorf("metrics.listen %q is remote: set metrics.token_file (bearer token) or metrics.tls.cert_file/key_file, or both", l))
+		}
+		if (mt.CertFile == "") != (mt.KeyFile == "") {
+			bad(errors.New("metrics.tls: cert_file and key_file go together"))
 		}
 	}
 	switch strings.ToLower(c.Log.Level) {

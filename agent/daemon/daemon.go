@@ -158,7 +158,11 @@ func (d *Daemon) newAgent() error {
 	if err != nil {
 		return err
 	}
-	d.m = newMetrics()
+	var ruleNames []string
+	for _, r := range d.cfg.Alerts.Rules {
+		ruleNames = append(ruleNames, r.Name)
+	}
+	d.m = newMetrics(ruleNames)
 	acfg := d.cfg.Agent
 	d.beat.watchdog = watchdogInterval()
 	if wd := d.beat.watchdog; wd > 0 && wd < acfg.HeartbeatInterval {
@@ -216,7 +220,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		sinks.Go(func() { d.cam.Run(sinkCtx) })
 	}
 	if d.cfg.Metrics.Listen != "" {
-		stop, err := serveMetrics(d.cfg.Metrics.Listen, d.m, d.health, log)
+		stop, err := serveMetrics(d.cfg.Metrics, d.m, d.health, log)
 		if err != nil {
 			cancelSinks()
 			sinks.Wait()

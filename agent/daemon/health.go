@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -48,6 +49,7 @@ func (o observers) Coalesced()             { o.m.Coalesced(); o.other.Coalesced(
 func (o observers) CommitFailed(op string) { o.m.CommitFailed(op); o.other.CommitFailed(op) }
 func (o observers) Purged(n int)           { o.m.Purged(n); o.other.Purged(n) }
 func (o observers) RuleFailed()            { o.m.RuleFailed() }
+func (o observers) Alerted(rule string)    { o.m.Alerted(rule) }
 func (o observers) Consolidated(n int, d time.Duration) {
 	o.m.Consolidated(n, d)
 	o.other.Consolidated(n, d)
@@ -158,5 +160,9 @@ func (d *Daemon) registerMetrics() {
 			})
 		}
 	}
+	eng := d.eng
+	m.gauge("atm_agent_identities", "Identities the agent holds (pending and confirmed).", func() float64 { return float64(eng.IdentityCount()) })
+	m.reg.Info("atm_agent_build_info", "The agent's version, Go version and embedding model (value 1).",
+		"version", d.opts.Version, "goversion", runtime.Version(), "embedder", d.em.Name)
 	m.gauge("atm_agent_degraded", "1 while the agent reports degraded health (failing commits or alert rules).", func() float64 { return b2f(ag.Health().Degraded) })
 }

@@ -94,3 +94,14 @@ func (h *HistogramVec) write(w *bufio.Writer, name string) {
 		fmt.Fprintf(w, "%s_count%s %d\n", name, labels(), x.n)
 	}
 }
+
+// Init exposes empty histograms of the label values lvs from the start.
+func (h *HistogramVec) Init(lvs ...string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, lv := range lvs {
+		if h.h[lv] == nil {
+			h.h[lv] = &hist{counts: make([]uint64, len(h.buckets)+1)}
+		}
+	}
+}

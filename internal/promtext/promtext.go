@@ -185,3 +185,37 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(k)
 	return k
 }
+
+// Init exposes the counters of the label values lvs at 0 from the start,
+// so a rate() over a series that has not happened yet is 0, not absent.
+func (c *CounterVec) Init(lvs ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, lv := range lvs {
+		if _, ok := c.v[lv]; !ok {
+			c.v[lv] = 0
+		}
+	}
+}
+
+// info is a gauge of value 1 whose labels carry the information
+// (the build_info pattern).
+type info struct {
+	help   string
+	labels string
+}
+
+func (m info) write(w *bufio.Writer, name string) {
+	header(w, name, m.help, "gauge")
+	fmt.Fprintf(w, "%s{%s} 1\n", name, m.labels)
+}
+
+// Info registers a gauge of constant value 1 with the given label pairs
+// (name, value, name, value, ...) in that order.
+func (r *Registry) Info(name, help string, kv ...string) {
+	var parts []string
+	for i := 0; i+1 < len(kv); i += 2 {
+		parts = append(parts, labelPair(kv[i], kv[i+1]))
+	}
+	r.add(name, info{help, strings.Join(parts, ",")})
+}
