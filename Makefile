@@ -18,7 +18,7 @@ MODELS_DIR := build/models
 # Test-only packages (e2e, models/golden) need the built binary or OpenCV.
 PURE_PKGS = $(shell go list -f '{{if .GoFiles}}{{.ImportPath}} {{join .Deps " "}}{{end}}' ./... | grep -v gocv.io/x/gocv | cut -d' ' -f1)
 
-.PHONY: all setup build models verify demo test test-pure test-vision test-golden lint clean
+.PHONY: all setup build models verify demo demo-fleet test test-pure test-vision test-golden lint clean
 
 all: build
 
@@ -43,9 +43,15 @@ verify: models
 	$(BIN) models verify --dir $(MODELS_DIR)
 
 # The main job on its built-in default input: a simulated ATM day through the
-# real pipeline, store and MQTT publisher (docs/demo.md).
+# real pipeline, store and MQTT publisher, then the fleet act: three simulated
+# ATMs into the fleet service, ending with the fleet's summary (docs/demo.md).
+# Finite; `make demo-fleet` serves the fleet's live view until Ctrl-C.
 demo: verify
 	$(TOOLS) demo --models $(MODELS_DIR)
+	$(TOOLS) demo --models $(MODELS_DIR) --fleet --once
+
+demo-fleet: verify
+	$(TOOLS) demo --models $(MODELS_DIR) --fleet $(if $(LISTEN),--listen $(LISTEN))
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -37,7 +37,7 @@ const demoBanner = "SIMULATED SCENARIO: no camera, no card reader, no real custo
 
 func init() {
 	commands["demo"] = cli.Command{Summary: "replay a simulated ATM day through the real pipeline (no hardware)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
-		fs := cli.NewFlags(env, "demo", "demo [--models DIR] [--photos DIR] [--seed N] [--duration 40s] [--db FILE]")
+		fs := cli.NewFlags(env, "demo", "demo [--models DIR] [--photos DIR] [--seed N] [--duration 40s] [--db FILE] | demo --fleet [--atms 3] [--listen 127.0.0.1:8080] [--once] [--dir DIR]")
 		o := demoOptions{}
 		fs.StringVar(&o.Models, "models", "", "model directory (default: $ATM_MODELS_DIR, build/models in a source checkout, else /usr/lib/atm-agent/models)")
 		fs.StringVar(&o.Photos, "photos", "", "face-api demo photos (default: build/src/face-api/demo in a source checkout, else /usr/share/atm-tools/demo)")
@@ -46,8 +46,19 @@ func init() {
 		fs.StringVar(&o.DB, "db", "", "keep the bbolt store in this file (default: a temporary file, removed)")
 		fs.StringVar(&o.Thresholds, "thresholds", "", "identity thresholds UU,MM,MU (default: the manifest's calibration)")
 		fs.BoolVar(&o.Verbose, "v", false, "show the agent's own log lines")
+		fs.BoolVar(&o.Fleet, "fleet", false, "the fleet act: several simulated ATMs publish to the embedded broker and the fleet service ingests them and serves its web UI (docs/fleet.md)")
+		fs.IntVar(&o.ATMs, "atms", 3, "simulated ATMs in the fleet act (seeds --seed, --seed+1, ...)")
+		fs.StringVar(&o.Listen, "listen", "", "fleet web UI address, loopback only (default 127.0.0.1:8080; with --once a free port)")
+		fs.BoolVar(&o.Once, "once", false, "fleet act: print the fleet's summary after the day and exit instead of serving until Ctrl-C")
+		fs.StringVar(&o.Dir, "dir", "", "fleet act: keep the ATMs' and the fleet's stores in this directory (default: a temporary one, removed)")
 		if err := cli.ParseFlags(fs, args); err != nil {
 			return err
+		}
+		if o.Fleet {
+			return runFleetDemo(ctx, env, &o)
+		}
+		if o.Once || o.Listen != "" || o.Dir != "" {
+			return fmt.Errorf("%w: --once, --listen and --dir go with --fleet", cli.ErrUsage)
 		}
 		return runDemo(ctx, env, &o)
 	}}
@@ -60,6 +71,25 @@ type demoOptions struct {
 	Verbose            bool
 	Thresholds         string
 	thresholdsFrom     string
+
+	// The fleet act.
+	Fleet, Once bool
+	ATMs        int
+	Listen, Dir string
+}
+
+// defaults fills in the installed or checkout paths and checks --duration.
+func (o *demoOptions) defaults() error {
+	if o.Models == "" {
+		o.Models = paths.Models()
+	}
+	if o.Photos == "" {
+		o.Photos = paths.Photos()
+	}
+	if o.Duration < time.Second {
+		return fmt.Errorf("%w: --duration %v: at least 1s", cli.ErrUsage, o.Duration)
+	}
+	return nil
 }
 
 // provisionalThresholds are used when the manifest has no calibration for
@@ -109,6 +139,11 @@ type demoRun struct {
 	sc    sim.Scenario
 	faces []sim.Face
 	day0  time.Time // simulated start of the day
+
+	dm      *daemon.Daemon
+	srcDone chan struct{}
+	tag     string // the device before each line (fleet act)
+	quiet   bool   // print only the visits that raise alerts (fleet act)
 
 	mu      sync.Mutex
 	current sim.Visit
@@ -222,7 +257,12 @@ func (o demoObserver) Visit(v visit.Visit, s agent.Stages, newAlerts int) {
 	} else if v.Outcome == visit.FaceFound {
 		res = fmt.Sprintf("face, no identity (quality %.2f too low to start one)", v.Quality)
 	}
-	d.printf("[%s] visit %-14s truth %-14s%-12s -> %s  (%d ms)\n", d.clock(v.Time), v.ID, d.who(tv), card, res, s.Total.Milliseconds())
+	if newAlerts > 0 && d.quiet {
+		res += fmt.Sprintf("  => %d new alert(s)", newAlerts)
+	}
+	if !d.quiet || newAlerts > 0 {
+		d.printf("%s[%s] visit %-14s truth %-14s%-12s -> %s  (%d ms)\n", d.tag, d.clock(v.Time), v.ID, d.who(tv), card, res, s.Total.Milliseconds())
+	}
 	select {
 	case d.done <- v.ID:
 	default:
@@ -295,70 +335,46 @@ func (d *demoRun) subscribe(url, filter string) (paho.Client, error) {
 
 func runDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	t0 := time.Now()
-	if o.Models == "" {
-		o.Models = paths.Models()
+	if err := o.defaults(); err != nil {
+		return err
 	}
-	if o.Photos == "" {
-		o.Photos = paths.Photos()
-	}
-	if o.Duration < time.Second {
-		return fmt.Errorf("%w: --duration %v: at least 1s", cli.ErrUsage, o.Duration)
-	}
-	d := &demoRun{out: env.Stdout, done: make(chan string, 4), idSeen: map[string]bool{},
-		received: map[string]int{}, msgIDs: map[string]bool{}, seqs: map[uint64]bool{}, alertIDs: map[string]bool{}}
+	d := newDemoRun(env.Stdout)
 	d.printf("%s\n\n", demoBanner)
 
 	faces, err := sim.LoadFaces(o.Models, o.Photos)
 	if err != nil {
 		return err
 	}
-	d.faces = faces
-	scores := make([]float64, len(faces))
-	for i, f := range faces {
-		scores[i] = f.Score
-	}
-	d.sc = sim.Build(len(faces), o.Seed, scores...)
-	// The simulated day is the last full 08:00-20:00 before now, so every
-	// visit is in the past and inside the store's retention.
-	ref := time.Now().Add(-20*time.Hour - 30*time.Minute)
-	d.day0 = time.Date(ref.Year(), ref.Month(), ref.Day(), 8, 0, 0, 0, time.Local)
+	d.setScenario(faces, o.Seed)
 	speed := float64(d.sc.Day) / float64(o.Duration)
 	d.printf("scenario: seed %d, %d faces found in %d photos, %d simulated customers, %d card inserts on %s 08:00-20:00, replayed in %v\n",
 		o.Seed, len(faces), len(sim.Photos), len(d.sc.People), len(d.sc.Visits), d.day0.Format("2006-01-02"), o.Duration)
 	for _, r := range demoRules() {
 		d.printf("rule %-17s %-15s >= %d within %v\n", r.Name, r.Kind, r.Threshold, r.Window)
 	}
-
-	cfg := daemon.DefaultConfig()
-	cfg.Device = daemon.DeviceConfig{ID: "demo-atm", Site: "demo-site"}
-	cfg.Models.Dir = o.Models
-	if th, err := demoThresholds(o); err != nil {
+	th, err := demoThresholds(o)
+	if err != nil {
 		return err
 	} else if th != nil {
-		cfg.Identity.Thresholds = th
 		d.printf("identity thresholds uu %.2f mm %.2f mu %.2f (%s)\n", th.UU, th.MM, th.MU, o.thresholdsFrom)
 	}
-	cfg.Store.Path = o.DB
-	if cfg.Store.Path == "" {
+	storePath := o.DB
+	if storePath == "" {
 		tmp, err := os.MkdirTemp("", "atm-agent-demo-")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(tmp)
-		cfg.Store.Path = filepath.Join(tmp, "demo.db")
+		storePath = filepath.Join(tmp, "demo.db")
 	}
-	logLevel := slog.LevelWarn + 4 // silent unless -v
-	if o.Verbose {
-		logLevel = slog.LevelInfo
-	}
-	log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: logLevel}))
+	log := demoLogger(env, o)
 
 	broker, url, err := startBroker()
 	if err != nil {
 		return err
 	}
 	defer broker.Close()
-	demoConfig(&cfg, url)
+	cfg := demoDaemonConfig(o, th, daemon.DeviceConfig{ID: "demo-atm", Site: "demo-site"}, storePath, url)
 	topics, _ := cfg.MQTT.Topics()
 	sub, err := d.subscribe(url, strings.TrimSuffix(topics.Status(), wire.KindStatus)+"#")
 	if err != nil {
@@ -366,16 +382,10 @@ func runDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	}
 	defer sub.Disconnect(200)
 
-	srcDone := make(chan struct{})
-	src := d.run(speed)
-	dm, err := daemon.New(cfg, daemon.Options{Version: cli.Version, Logger: log, Camera: d, Observer: demoObserver{d},
-		Sources: []agent.Source{sourceFunc(func(ctx context.Context, emit agent.Emit) error {
-			defer close(srcDone)
-			return src(ctx, emit)
-		})}})
-	if err != nil {
+	if err := d.newDaemon(cfg, speed, log); err != nil {
 		return err
 	}
+	dm, srcDone := d.dm, d.srcDone
 	st, ag, pub := dm.Store(), dm.Agent(), dm.Publisher()
 	d.printf("store %s, embedded MQTT broker %s, subscriber on %s#\n\n", cfg.Store.Path, url, strings.TrimSuffix(topics.Status(), wire.KindStatus))
 
@@ -424,17 +434,75 @@ func runDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	return reportErr
 }
 
-// demoConfig turns the default config into the demo's: no hardware trigger
-// or metrics port, the demo's rules, MQTT to the embedded broker.
-func demoConfig(cfg *daemon.Config, brokerURL string) {
+// newDemoRun returns an ATM's demo state writing to out.
+func newDemoRun(out io.Writer) *demoRun {
+	return &demoRun{out: out, done: make(chan string, 4), idSeen: map[string]bool{},
+		received: map[string]int{}, msgIDs: map[string]bool{}, seqs: map[uint64]bool{}, alertIDs: map[string]bool{}}
+}
+
+// setScenario builds the seeded day over faces. The simulated day is the
+// last full 08:00-20:00 before now, so every visit is in the past and
+// inside the store's retention.
+func (d *demoRun) setScenario(faces []sim.Face, seed uint64) {
+	d.faces = faces
+	scores := make([]float64, len(faces))
+	for i, f := range faces {
+		scores[i] = f.Score
+	}
+	d.sc = sim.Build(len(faces), seed, scores...)
+	ref := time.Now().Add(-20*time.Hour - 30*time.Minute)
+	d.day0 = time.Date(ref.Year(), ref.Month(), ref.Day(), 8, 0, 0, 0, time.Local)
+}
+
+// newDaemon builds the ATM's daemon through the composition root, with
+// this run as camera, trigger source and observer. d.srcDone closes when
+// the day's last card insert has been handled.
+func (d *demoRun) newDaemon(cfg daemon.Config, speed float64, log *slog.Logger) error {
+	d.srcDone = make(chan struct{})
+	src := d.run(speed)
+	dm, err := daemon.New(cfg, daemon.Options{Version: cli.Version, Logger: log, Camera: d, Observer: demoObserver{d},
+		Sources: []agent.Source{sourceFunc(func(ctx context.Context, emit agent.Emit) error {
+			defer close(d.srcDone)
+			return src(ctx, emit)
+		})}})
+	if err != nil {
+		return fmt.Errorf("%s: %w", cfg.Device.ID, err)
+	}
+	d.dm = dm
+	return nil
+}
+
+func demoLogger(env *cli.Env, o *demoOptions) *slog.Logger {
+	logLevel := slog.LevelWarn + 4 // silent unless -v
+	if o.Verbose {
+		logLevel = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: logLevel}))
+}
+
+// demoDaemonConfig is the default config turned into a demo ATM's: no
+// hardware trigger or metrics port, the demo's rules and thresholds, its
+// own store, MQTT to the embedded broker.
+func demoDaemonConfig(o *demoOptions, th *identity.Thresholds, dev daemon.DeviceConfig, storePath, brokerURL string) daemon.Config {
+	cfg := daemon.DefaultConfig()
+	cfg.Device = dev
+	cfg.Models.Dir = o.Models
+	if th != nil {
+		cfg.Identity.Thresholds = th
+	}
+	cfg.Store.Path = storePath
 	cfg.Trigger = daemon.TriggerConfig{}
 	cfg.Metrics.Listen = ""
 	cfg.Alerts.Rules = demoRules()
 	cfg.MQTT.Enabled = true
 	cfg.MQTT.Brokers = []string{brokerURL}
-	cfg.MQTT.Topic = mqttsync.TopicConfig{Prefix: "atm", Site: cfg.Device.Site, Device: cfg.Device.ID}
+	cfg.MQTT.Topic = mqttsync.TopicConfig{Prefix: demoPrefix, Site: cfg.Device.Site, Device: cfg.Device.ID}
 	cfg.MQTT.DrainInterval = 200 * time.Millisecond
+	return cfg
 }
+
+// demoPrefix is the demo ATMs' MQTT topic prefix.
+const demoPrefix = "atm"
 
 type sourceFunc func(ctx context.Context, emit agent.Emit) error
 

@@ -3,30 +3,42 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/periocular/atm-agent/internal/testenv"
 	atmmodels "github.com/periocular/atm-agent/models"
 )
+
+// demoModels skips a long demo test under -short or without built models;
+// it returns the checkout's root and models directory.
+func demoModels(t *testing.T, why string) (root, models string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip(why)
+	}
+	root = testenv.Root()
+	models = filepath.Join(root, "build", "models")
+	if _, err := os.Stat(filepath.Join(models, "manifest.yaml")); err != nil {
+		t.Skipf("built models needed (make models): %v", err)
+	}
+	return root, models
+}
 
 // TestDemo runs the whole simulated day in-process (about 25 s of CPU), as
 // from the installed package: outside a checkout, with no --models or
 // --photos, it must find both at the installed paths (a fake install root
 // holding the built models and the demo photos).
 func TestDemo(t *testing.T) {
-	if testing.Short() {
-		t.Skip("demo replays ~46 visits through the real models")
-	}
-	root := testenv.Root()
-	models := filepath.Join(root, "build", "models")
-	if _, err := os.Stat(filepath.Join(models, "manifest.yaml")); err != nil {
-		t.Skipf("built models needed (make models): %v", err)
-	}
+	root, models := demoModels(t, "demo replays ~46 visits through the real models")
 	// The installed layout: only the models the package ships (the
 	// pipeline's, as `atm-tools models ship` copies them) and the photos.
 	fake := t.TempDir()
@@ -69,4 +81,123 @@ func TestDemo(t *testing.T) {
 		t.Errorf("alerts or sequence numbers missing at the subscriber:\n%s", s)
 	}
 	t.Logf("\n%s", s[strings.Index(s, "=== Summary"):])
+}
+
+// TestDemoFleet runs the fleet act with two ATMs in-process (real models,
+// embedded broker, bbolt stores, the fleet service on a loopback port): the
+// fleet's JSON API must list both devices with the visits, identities and
+// alerts each agent's own store holds, every sequence number received.
+func TestDemoFleet(t *testing.T) {
+	root, models := demoModels(t, "the fleet act replays ~95 visits through the real models")
+	inspected := false
+	fleetDemoInspect = func(ctx context.Context, f *fleetAct) error {
+		inspected = true
+		if !strings.HasPrefix(f.URL, "http://127.0.0.1:") {
+			t.Errorf("fleet URL %q: want loopback", f.URL)
+		}
+		if r, err := http.Get(f.URL + "api/v1/devices"); err != nil || r.StatusCode != http.StatusUnauthorized {
+			t.Errorf("the API without a login: %v, %v; want 401", r.StatusCode, err)
+		}
+		if _, err := login(ctx, f.URL, f.User, "wrong password"); err == nil {
+			t.Error("a wrong password signed in")
+		}
+		v, err := f.view(ctx)
+		if err != nil {
+			return err
+		}
+		if len(v.Devices) != 2 {
+			t.Fatalf("the fleet lists %d devices, want 2: %+v", len(v.Devices), v.Devices)
+		}
+		byID := map[string]fleetDevice{}
+		for _, d := range v.Devices {
+			byID[d.Device] = d
+		}
+		for _, a := range f.ATMs {
+			d, ok := byID[a.dev.ID]
+			if !ok {
+				t.Errorf("%s missing from the fleet", a.dev.ID)
+				continue
+			}
+			c, err := agentCounts(ctx, a)
+			if err != nil {
+				return err
+			}
+			if d.Site != a.dev.Site || d.State != "online" || d.Summary == nil {
+				t.Errorf("%s: site %q state %q summary %v; want %s, online, a summary", a.dev.ID, d.Site, d.State, d.Summary != nil, a.dev.Site)
+				continue
+			}
+			if got := d.Summary.Totals.Visits.D7; got != c.Visits || got != len(a.sc.Visits) {
+				t.Errorf("%s: the fleet shows %d visits, the agent stored %d of %d", a.dev.ID, got, c.Visits, len(a.sc.Visits))
+			}
+			if got := d.Summary.Totals.Identities.D7; got != c.Identities {
+				t.Errorf("%s: the fleet shows %d identities, the agent's store %d", a.dev.ID, got, c.Identities)
+			}
+			pub := a.dm.Publisher().Stats()
+			if d.MaxSeq != pub.LastAckedSeq || d.Gaps != 0 || d.MaxSeq < 2 {
+				t.Errorf("%s: fleet seq 1..%d with %d gaps; the agent's last acknowledged seq %d", a.dev.ID, d.MaxSeq, d.Gaps, pub.LastAckedSeq)
+			}
+			al, err := a.dm.Store().Alerts(ctx, a.day0.Add(-time.Hour))
+			if err != nil {
+				return err
+			}
+			want := map[string]string{}
+			for _, x := range al {
+				want[x.ID] = x.Rule
+			}
+			got := map[string]string{}
+			for _, x := range v.Alerts[a.dev.ID] {
+				got[x.AlertID] = x.Rule
+			}
+			if len(want) < 3 || !maps.Equal(got, want) {
+				t.Errorf("%s: fleet alerts %v, the agent's store %v", a.dev.ID, got, want)
+			}
+		}
+		return nil
+	}
+	t.Cleanup(func() { fleetDemoInspect = nil })
+	var out, errb bytes.Buffer
+	code := runMain(context.Background(), []string{"demo", "--fleet", "--once", "--atms", "2", "--duration", "2s",
+		"--models", models, "--photos", filepath.Join(root, "build", "src", "face-api", "demo")}, &out, &errb)
+	s := out.String()
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, s, errb.String())
+	}
+	if !inspected {
+		t.Fatal("the fleet act never reached its summary")
+	}
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`fleet view: http://127\.0\.0\.1:\d+/\n  user demo, password \S{16} `),
+		regexp.MustCompile(`the ATMs published (\d+) messages \(outboxes left 0\); the fleet ingested (\d+)`),
+		regexp.MustCompile(`=== The fleet's view \(read back from its JSON API`),
+		regexp.MustCompile(`demo-site-2 +demo-atm-2 +online +\d+`),
+		regexp.MustCompile(`2 ATMs, \d+ alerts in the fleet store`),
+		regexp.MustCompile(`live view: .make demo-fleet.`),
+	} {
+		if !want.MatchString(s) {
+			t.Errorf("output lacks %s", want)
+		}
+	}
+	if m := regexp.MustCompile(`published (\d+) messages .*ingested (\d+) `).FindStringSubmatch(s); m != nil && m[1] != m[2] {
+		t.Errorf("published %s, ingested %s", m[1], m[2])
+	}
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if !strings.HasPrefix(lines[0], "SIMULATED") || !strings.HasPrefix(lines[len(lines)-1], "SIMULATED") {
+		t.Errorf("output must say it is simulated at start and end")
+	}
+	t.Logf("\n%s", s[strings.Index(s, "the ATMs published"):])
+}
+
+func TestDemoFleetFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"demo", "--fleet", "--listen", "0.0.0.0:8080"},
+		{"demo", "--fleet", "--listen", "192.168.1.5:8080"},
+		{"demo", "--fleet", "--atms", "0"},
+		{"demo", "--fleet", "--db", "x.db"},
+		{"demo", "--once"},
+	} {
+		var errb bytes.Buffer
+		if code := runMain(context.Background(), args, io.Discard, &errb); code != 2 {
+			t.Errorf("%v: exit %d, want 2 (usage)\n%s", args, code, errb.String())
+		}
+	}
 }
