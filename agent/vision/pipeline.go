@@ -423,6 +423,12 @@ func (p *Pipeline) measure(img gocv.Mat, prev *Detection, t *Timings) (measured,
 	if !ok {
 		return measured{}, ErrNoFace
 	}
+	return p.measureDet(img, d, padded, t)
+}
+
+// measureDet measures one detected face: contrast gate, landmarks, crop,
+// sharpness, pose and quality.
+func (p *Pipeline) measureDet(img gocv.Mat, d Detection, padded bool, t *Timings) (measured, error) {
 	// A covered lens or a dark, uniform frame can still make a weak
 	// detection; a face has contrast, a lens cap does not.
 	if contrast(img, d) < p.cfg.MinContrast {
@@ -523,6 +529,80 @@ func (p *Pipeline) FaceInImage(data []byte, o FaceOptions, t *Timings) (Face, er
 	}
 	defer img.Close()
 	return p.faceInMat(img, o, t)
+}
+
+// FacesInImage decodes an image file's bytes as FaceInImage does and
+// returns every face the main detector finds above the score gate (not only
+// the customer's), each measured and embedded, left to right, top to
+// bottom: a group photo gives one Face per person. A face that fails the
+// contrast gate or whose crop is empty is left out; ErrNoFace when none is
+// left. With o.Thumb each Face's thumbnail is its own crop.
+func (p *Pipeline) FacesInImage(data []byte, o FaceOptions, t *Timings) ([]Face, error) {
+	img, err := DecodeImage(data, o.Limits)
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	if t == nil {
+		t = &Timings{}
+	}
+	t0 := time.Now()
+	dets, err := p.det.Detect(img)
+	if err != nil {
+		return nil, err
+	}
+	dets = filterScore(dets, p.cfg.MinScore)
+	padded := false
+	if len(dets) == 0 && p.cfg.PadTight >= 1 {
+		w, h := img.Cols(), img.Rows()
+		px := int(float64(w) * (p.cfg.PadTight - 1) / 2)
+		py := int(float64(h) * (p.cfg.PadTight - 1) / 2)
+		pm := gocv.NewMat()
+		gocv.CopyMakeBorder(img, &pm, py, py, px, px, gocv.BorderConstant, colorOf(128))
+		dets, err = p.det.Detect(pm)
+		pm.Close()
+		if err != nil {
+			return nil, err
+		}
+		dets = filterScore(dets, p.cfg.MinScore)
+		for i := range dets {
+			dets[i] = dets[i].shifted(-float64(px), -float64(py))
+		}
+		padded = true
+	}
+	t.Full++
+	t.Detect += time.Since(t0)
+	sort.SliceStable(dets, func(a, b int) bool {
+		// Reading order: rows of faces (a face height apart), then x.
+		ra, rb := int(dets[a].Y0/max(dets[a].H(), 1)), int(dets[b].Y0/max(dets[b].H(), 1))
+		if ra != rb {
+			return ra < rb
+		}
+		return dets[a].X0 < dets[b].X0
+	})
+	var faces []Face
+	for _, d := range dets {
+		m, err := p.measureDet(img, d, padded, t)
+		if errors.Is(err, ErrNoFace) || errors.Is(err, ErrEmptyCrop) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		err = p.embed(&m, o.Thumb, t)
+		m.crop.Close()
+		if errors.Is(err, ErrEmptyCrop) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		faces = append(faces, m.face)
+	}
+	if len(faces) == 0 {
+		return nil, ErrNoFace
+	}
+	return faces, nil
 }
 
 // FaceInFrame finds the customer's face in a camera frame.

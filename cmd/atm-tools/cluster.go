@@ -39,6 +39,7 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	algo := fs.String("algorithm", string(identity.DefaultAlgorithm), "average, complete, online or dbscan (the original project's baseline)")
 	eps := fs.Float64("eps", 0.5, "DBSCAN eps (euclidean on the templates), the original project's value")
 	minSamples := fs.Int("min-samples", 2, "DBSCAN min_samples (the point itself included), the original project's value")
+	faces := fs.String("faces", "customer", "customer (the largest, most central face: ATM frames) or all (every face of a group photo as its own item)")
 	singletons := fs.String("singletons", "folder", "people seen once: folder (all under singletons/) or own (a person folder each)")
 	force := fs.Bool("force", false, "replace a previous run's output in OUT (a folder with other files is refused)")
 	link := fs.Bool("link", false, "hard-link the input files into OUT when possible instead of copying (OUT then shares the inputs' inodes: unsafe for evidence)")
@@ -73,6 +74,9 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	alg := identity.Algorithm(*algo)
 	if !validAlgorithm(alg) {
 		return fmt.Errorf("%w: --algorithm %q: want one of %v", cli.ErrUsage, *algo, identity.Algorithms())
+	}
+	if *faces != string(batch.FacesCustomer) && *faces != string(batch.FacesAll) {
+		return fmt.Errorf("%w: --faces %q: want customer or all", cli.ErrUsage, *faces)
 	}
 	if *maxPixels < 1 || *maxBytes < 1 {
 		return fmt.Errorf("%w: --max-pixels %d, --max-bytes %d: want at least 1", cli.ErrUsage, *maxPixels, *maxBytes)
@@ -172,6 +176,7 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	o := batch.Options{
 		Cluster:    identity.ClusterOptions{Algorithm: alg, Config: cfg, Eps: *eps, MinSamples: *minSamples},
 		Singletons: batch.Singletons(*singletons),
+		Faces:      batch.Faces(*faces),
 		Force:      *force,
 		Link:       *link,
 		Thumb:      *thumb,
@@ -206,8 +211,12 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		hits, misses := cache.Stats()
 		cached = fmt.Sprintf(", %d from the cache, %d embedded", hits, misses)
 	}
-	fmt.Fprintf(env.Stdout, "%d images: %d people (2+ images), %d single-image, %d without a usable face, %d unreadable, %d skipped; %s in %.1fs (perception %.1fs%s)\n",
-		c.Images, c.People, c.Singletons, c.NoFace, c.Unreadable, c.Skipped, *out, total.Seconds(), embed.Seconds(), cached)
+	faceWord := ""
+	if *faces == string(batch.FacesAll) {
+		faceWord = fmt.Sprintf(" (%s)", batchPlural(c.Faces, "face", "faces"))
+	}
+	fmt.Fprintf(env.Stdout, "%s%s: %s (2+ images), %d single-image, %d without a usable face, %d unreadable, %d skipped; %s in %.1fs (perception %.1fs%s)\n",
+		batchPlural(c.Images, "image", "images"), faceWord, batchPlural(c.People, "person", "people"), c.Singletons, c.NoFace, c.Unreadable, c.Skipped, *out, total.Seconds(), embed.Seconds(), cached)
 	return nil
 }
 
@@ -252,17 +261,28 @@ type lazyPipeline struct {
 	err  error
 }
 
-func (l *lazyPipeline) FaceInImage(data []byte, o vision.FaceOptions, t *vision.Timings) (vision.Face, error) {
+func (l *lazyPipeline) load() error {
 	l.once.Do(func() {
 		l.p, l.err = l.pp.open()
 		if l.err != nil {
 			l.fail(l.err)
 		}
 	})
-	if l.err != nil {
-		return vision.Face{}, l.err
+	return l.err
+}
+
+func (l *lazyPipeline) FaceInImage(data []byte, o vision.FaceOptions, t *vision.Timings) (vision.Face, error) {
+	if err := l.load(); err != nil {
+		return vision.Face{}, err
 	}
 	return l.p.FaceInImage(data, o, t)
+}
+
+func (l *lazyPipeline) FacesInImage(data []byte, o vision.FaceOptions, t *vision.Timings) ([]vision.Face, error) {
+	if err := l.load(); err != nil {
+		return nil, err
+	}
+	return l.p.FacesInImage(data, o, t)
 }
 
 func (l *lazyPipeline) close() {
@@ -349,4 +369,11 @@ func clusterWarnings(alg identity.Algorithm, eps float64, epsSet, thSet bool, th
 		}
 	}
 	return out
+}
+
+func batchPlural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

@@ -61,7 +61,7 @@ func TestClusterCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	if !strings.Contains(stdout, "2 images: 1 people (2+ images), 0 single-image, 0 without a usable face, 0 unreadable, 1 skipped") {
+	if !strings.Contains(stdout, "2 images: 1 person (2+ images), 0 single-image, 0 without a usable face, 0 unreadable, 1 skipped") {
 		t.Errorf("summary %q", stdout)
 	}
 	for _, f := range []string{"person_0001/a.jpg", "person_0001/sub__b.JPG", "report.json", "report.html"} {
@@ -183,7 +183,7 @@ func TestClusterSignal(t *testing.T) {
 	} else {
 		fmt.Sscanf(so.String()[i:][strings.Index(so.String()[i:], ", ")+2:], "%d from the cache", &hits)
 	}
-	if hits == 0 || !strings.Contains(so.String(), "120 images: 1 people") {
+	if hits == 0 || !strings.Contains(so.String(), "120 images: 1 person") {
 		t.Errorf("re-run summary %q: want 120 images in one person, some from the cache", so.String())
 	}
 	if !strings.Contains(se.String(), "cluster: 120/120 images (100%)") {

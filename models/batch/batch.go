@@ -32,6 +32,23 @@ type FaceFinder interface {
 	FaceInImage(data []byte, o vision.FaceOptions, t *vision.Timings) (vision.Face, error)
 }
 
+// AllFaceFinder finds every face of an image (Options.Faces = all).
+// *vision.Pipeline implements it.
+type AllFaceFinder interface {
+	FacesInImage(data []byte, o vision.FaceOptions, t *vision.Timings) ([]vision.Face, error)
+}
+
+// Faces says which faces of an image are clustered.
+type Faces string
+
+const (
+	// FacesCustomer keeps the customer's face only: the largest, most
+	// central (ATM frames; the default).
+	FacesCustomer Faces = "customer"
+	// FacesAll keeps every face: each face of a group photo is its own item.
+	FacesAll Faces = "all"
+)
+
 // Singletons says where people seen in one image only go.
 type Singletons string
 
@@ -48,6 +65,9 @@ type Options struct {
 	Cluster identity.ClusterOptions
 	// Singletons: folder (default) or own.
 	Singletons Singletons
+	// Faces: customer (default) or all; all needs finders that implement
+	// AllFaceFinder.
+	Faces Faces
 	// Force replaces a previous run's output (never foreign files).
 	Force bool
 	// Link hard-links the input files into OUT when the file system allows
@@ -91,6 +111,19 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 	}
 	if o.Thumb == 0 {
 		o.Thumb = 96
+	}
+	switch o.Faces {
+	case "":
+		o.Faces = FacesCustomer
+	case FacesCustomer:
+	case FacesAll:
+		for _, f := range finders {
+			if _, ok := f.(AllFaceFinder); !ok {
+				return nil, fmt.Errorf("cluster: faces all: the face finder %T finds only the customer's face", f)
+			}
+		}
+	default:
+		return nil, fmt.Errorf("cluster: faces %q: want customer or all", o.Faces)
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -138,6 +171,7 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	embedTime := time.Since(start)
+	lst, res = expandFaces(lst, res)
 	rep, err := build(ctx, lst, res, o)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -150,7 +184,7 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 	}
 	ok = true
 	rep.elapsed, rep.embedTime = time.Since(start), embedTime
-	o.Log.Info("cluster done", "images", len(lst.Images), "identities", rep.Counts.Identities,
+	o.Log.Info("cluster done", "images", rep.Counts.Images, "faces", rep.Counts.Faces, "identities", rep.Counts.Identities,
 		"noface", rep.Counts.NoFace, "unreadable", rep.Counts.Unreadable, "elapsed", rep.elapsed.Round(time.Millisecond))
 	return rep, nil
 }
@@ -159,9 +193,43 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 type result struct {
 	face   vision.Face
 	found  bool
-	noface string // why no usable face, when !found and err == ""
-	err    string // unreadable: why
-	decode bool   // err is the decoder's verdict on the bytes (cacheable)
+	noface string        // why no usable face, when !found and err == ""
+	err    string        // unreadable: why
+	decode bool          // err is the decoder's verdict on the bytes (cacheable)
+	more   []vision.Face // with Faces = all: the faces after the first
+	faceNo int           // with Faces = all: 1-based number of face in its image
+}
+
+// expandFaces turns an image with several faces (Faces = all) into one
+// item per face, each with the image's path: the rest of the job then sees
+// faces as items. Items of one image follow each other.
+func expandFaces(lst *Listing, res []result) (*Listing, []result) {
+	many := false
+	for _, r := range res {
+		many = many || len(r.more) > 0
+	}
+	if !many {
+		return lst, res
+	}
+	l := *lst
+	l.Images = nil
+	var out []result
+	for i, r := range res {
+		faces := append([]vision.Face{r.face}, r.more...)
+		if !r.found {
+			faces = faces[:1]
+		}
+		for k, f := range faces {
+			l.Images = append(l.Images, lst.Images[i])
+			n := r
+			n.face, n.more = f, nil
+			if r.found {
+				n.faceNo = k + 1
+			}
+			out = append(out, n)
+		}
+	}
+	return &l, out
 }
 
 // entry is what the cache keeps of r; not ok for outcomes that depend on
@@ -169,7 +237,7 @@ type result struct {
 func (r result) entry() (entry, bool) {
 	switch {
 	case r.found:
-		return entry{kind: entryFace, faces: []vision.Face{r.face}}, true
+		return entry{kind: entryFace, faces: append([]vision.Face{r.face}, r.more...)}, true
 	case r.err == "" && r.noface != "":
 		return entry{kind: entryNoFace, reason: r.noface}, true
 	case r.decode:
@@ -182,7 +250,11 @@ func (r result) entry() (entry, bool) {
 func (e entry) result() result {
 	switch {
 	case e.kind == entryFace && len(e.faces) > 0:
-		return result{face: e.faces[0], found: true}
+		r := result{face: e.faces[0], found: true, faceNo: 1}
+		if len(e.faces) > 1 {
+			r.more = e.faces[1:]
+		}
+		return r
 	case e.kind == entryNoFace:
 		return result{noface: e.reason}
 	}
@@ -241,7 +313,7 @@ func embedOne(ctx context.Context, f FaceFinder, path string, o Options, budget 
 	}
 	var key []byte
 	if o.Cache != nil {
-		key = imageKey(sha256.Sum256(data), fmt.Sprintf("|thumb %d", max(o.Thumb, 0)))
+		key = imageKey(sha256.Sum256(data), fmt.Sprintf("|thumb %d|faces %s", max(o.Thumb, 0), o.Faces))
 		if e, ok := o.Cache.get(key); ok {
 			return e.result()
 		}
@@ -262,7 +334,18 @@ func embedOne(ctx context.Context, f FaceFinder, path string, o Options, budget 
 			r = result{err: fmt.Sprintf("internal error: %v", p)}
 		}
 	}()
-	face, err := f.FaceInImage(data, vision.FaceOptions{Thumb: max(o.Thumb, 0), Limits: o.Limits}, nil)
+	fo := vision.FaceOptions{Thumb: max(o.Thumb, 0), Limits: o.Limits}
+	var face vision.Face
+	var more []vision.Face
+	if o.Faces == FacesAll {
+		var faces []vision.Face
+		faces, err = f.(AllFaceFinder).FacesInImage(data, fo, nil)
+		if err == nil {
+			face, more = faces[0], faces[1:]
+		}
+	} else {
+		face, err = f.FaceInImage(data, fo, nil)
+	}
 	switch {
 	case errors.Is(err, vision.ErrNoFace):
 		return result{noface: "no usable face"}
@@ -273,12 +356,29 @@ func embedOne(ctx context.Context, f FaceFinder, path string, o Options, budget 
 	case err != nil:
 		return result{err: imageReason(err)}
 	}
-	for _, v := range face.Embedding {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return result{noface: "embedding is not finite"}
+	var ok []vision.Face
+	for _, f := range append([]vision.Face{face}, more...) {
+		if finite(f.Embedding) {
+			ok = append(ok, f)
 		}
 	}
-	return result{face: face, found: true}
+	if len(ok) == 0 {
+		return result{noface: "embedding is not finite"}
+	}
+	r = result{face: ok[0], found: true, faceNo: 1}
+	if len(ok) > 1 {
+		r.more = ok[1:]
+	}
+	return r
+}
+
+func finite(v []float32) bool {
+	for _, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // imageReason words why an image was not used: imagecheck's and the
@@ -370,6 +470,9 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 			rep.Counts.NoFace++
 		default:
 			f := r.face
+			if o.Faces == FacesAll {
+				e.FaceNo = r.faceNo
+			}
 			e.Face = &FaceInfo{Mask: f.Mask.String(), MaskScore: round4(f.MaskScore), Quality: round4(f.Quality), DetScore: round4(f.Det.Score),
 				Box: [4]float64{round1(f.Det.X0), round1(f.Det.Y0), round1(f.Det.X1), round1(f.Det.Y1)}}
 		}
@@ -413,7 +516,11 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 		}
 		rep.Identities = append(rep.Identities, id)
 	}
-	rep.Counts.Images = len(lst.Images)
+	files := map[string]bool{}
+	for _, p := range lst.Images {
+		files[p] = true
+	}
+	rep.Counts.Images = len(files)
 	rep.Counts.Faces = len(samples)
 	rep.Counts.Identities = len(groups)
 	rep.Counts.Skipped = len(rep.Skipped)

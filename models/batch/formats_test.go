@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"gocv.io/x/gocv"
 
@@ -147,4 +148,75 @@ func brokenTIFF() []byte {
 		b = binary.LittleEndian.AppendUint32(b, e.v)
 	}
 	return binary.LittleEndian.AppendUint32(b, 0)
+}
+
+// --faces all: a group photo and its copy give one item per face; each
+// person of the photo becomes an identity with the two images, every face
+// with its own thumbnail and number; the cache keeps all the faces of an
+// image. --faces customer on the same folder gives one identity.
+func TestRealFacesAll(t *testing.T) {
+	finders := pipelines(t, 2)
+	in := t.TempDir()
+	group := demoPhoto(t, "sample5.jpg")
+	writeRaw := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(in, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeRaw("group.jpg", group)
+	os.MkdirAll(filepath.Join(in, "copy"), 0o755)
+	writeRaw("copy/group.jpg", group)
+	cfg := identity.DefaultConfig()
+	cfg.Thresholds = identity.Thresholds{UU: 0.3, MM: 0.3, MU: 0.3}
+	cache := openTestCache(t, t.TempDir(), "real", 0)
+	defer cache.Close()
+	run := func(faces Faces) (*Report, string) {
+		out := filepath.Join(t.TempDir(), "out")
+		o := Options{Cluster: identity.ClusterOptions{Algorithm: identity.Average, Config: cfg}, Faces: faces, Cache: cache}
+		rep, err := Run(context.Background(), in, out, finders, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(filepath.Join(out, "report.json"))
+		return rep, string(b)
+	}
+	rep, js := run(FacesAll)
+	n := rep.Counts.Faces / 2
+	if n < 3 || rep.Counts.Images != 2 || rep.Counts.People != n || rep.Counts.Faces != 2*n {
+		t.Fatalf("faces all: counts %+v, want 2 images with the same 3+ faces each, one person per face", rep.Counts)
+	}
+	seen := map[string]map[int]bool{}
+	thumbs := map[string]bool{}
+	for _, e := range rep.Images {
+		if e.Face == nil || e.FaceNo < 1 {
+			t.Fatalf("entry without a face number: %+v", e)
+		}
+		if seen[e.Path] == nil {
+			seen[e.Path] = map[int]bool{}
+		}
+		seen[e.Path][e.FaceNo] = true
+		thumbs[e.Face.Thumb] = true
+	}
+	if len(seen["group.jpg"]) != n || len(seen["copy/group.jpg"]) != n || len(thumbs) != 2*n {
+		t.Errorf("face numbers %v, %d thumbnails; want 1..%d per image and one thumbnail per face", seen, len(thumbs), n)
+	}
+	for _, id := range rep.Identities {
+		if id.Size != 2 || id.Images[0] != "copy/group.jpg" || id.Images[1] != "group.jpg" {
+			t.Errorf("identity %s: %v, want the same face of both images", id.Folder, id.Images)
+		}
+	}
+	// From the cache: the same report.
+	h0, _ := cache.Stats()
+	time.Sleep(600 * time.Millisecond) // the cache's writer commits every 500 ms
+	_, js2 := run(FacesAll)
+	if h, _ := cache.Stats(); h-h0 != 2 || js2 != js {
+		t.Errorf("faces all from the cache: %d hits, same report %v", h-h0, js2 == js)
+	}
+	rep, _ = run(FacesCustomer)
+	if rep.Counts.Faces != 2 || rep.Counts.People != 1 {
+		t.Errorf("faces customer: counts %+v, want the two images as one person", rep.Counts)
+	}
+	if strings.Contains(js, `"face_no"`) == false {
+		t.Error("report.json lacks face_no with faces all")
+	}
 }

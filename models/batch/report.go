@@ -92,6 +92,10 @@ type ImageEntry struct {
 	Path   string `json:"path"`
 	Folder string `json:"folder"`
 	File   string `json:"file,omitempty"` // name inside Folder
+	// FaceNo, with --faces all, is which face of the image this entry is
+	// (1-based, reading order); an image with several faces has one entry
+	// per face, each with its own folder.
+	FaceNo int    `json:"face_no,omitempty"`
 	Note   string `json:"note,omitempty"`
 	// Face is present when a usable face was found.
 	Face *FaceInfo `json:"face,omitempty"`
@@ -116,6 +120,7 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 	rep.Schema = SchemaVersion
 	rep.Meta.Distance = DistanceDoc
 	names := map[string]namer{}
+	placed := map[string]string{} // folder/path -> file name
 	placeIn := func(i int, folder string) error {
 		dir := filepath.Join(out, folder)
 		if names[folder] == nil {
@@ -125,7 +130,12 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 			}
 		}
 		e := &rep.Images[i]
+		if f, ok := placed[folder+"/"+e.Path]; ok {
+			e.File = f // another face of the same image, same person
+			return nil
+		}
 		e.File = names[folder].take(flatName(e.Path))
+		placed[folder+"/"+e.Path] = e.File
 		linked, err := place(filepath.Join(root, filepath.FromSlash(e.Path)), filepath.Join(dir, e.File), o.Link)
 		if err != nil {
 			return fmt.Errorf("place %s: %w", e.Path, err)
@@ -322,7 +332,7 @@ table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;paddin
 {{range .Identities}}<section id="{{.Folder}}" class="person" data-size="{{.Size}}" data-name="{{.Folder}}" data-dist="{{if eq .Size 1}}9{{else}}{{.MeanDistance}}{{end}}">
 <h2>{{.Folder}}: {{plural .Size "image" "images"}}, {{.Masked}} masked, {{.Unmasked}} unmasked{{if and (ne .Folder "singletons") (gt .Size 1)}}, mean distance {{dist .MeanDistance}}{{end}}</h2>
 <div class="grid">{{$many := and (ne .Folder "singletons") (gt .Size 1)}}{{range .Faces}}{{$f := .}}
-<figure data-path="{{lower .Path}}">{{with .Face}}{{if .Thumb}}<a href="{{$f.Href}}"><img src="{{.Thumb}}" alt="" loading="lazy"></a>{{end}}{{end}}<figcaption>{{with .Face}}<span class="b {{.Mask}}">{{.Mask}}</span>{{if $many}} {{dist .Distance}}{{end}}<br>{{end}}<a href="{{.Href}}">{{.Path}}</a> <a href="{{.Original}}" title="the input file">(original)</a></figcaption></figure>{{end}}
+<figure data-path="{{lower .Path}}">{{with .Face}}{{if .Thumb}}<a href="{{$f.Href}}"><img src="{{.Thumb}}" alt="" loading="lazy"></a>{{end}}{{end}}<figcaption>{{with .Face}}<span class="b {{.Mask}}">{{.Mask}}</span>{{if $many}} {{dist .Distance}}{{end}}<br>{{end}}<a href="{{.Href}}">{{.Path}}</a>{{if .FaceNo}} (face {{.FaceNo}}){{end}} <a href="{{.Original}}" title="the input file">(original)</a></figcaption></figure>{{end}}
 </div>
 </section>
 {{end}}</div>
