@@ -117,7 +117,7 @@ func New(cfg Config, opts Options) (_ *Daemon, err error) {
 			cmds = d.ag
 		}
 		d.pub, err = mqttsync.New(cfg.MQTT.Config, mqttsync.Deps{Outbox: d.st, Ready: d.st.OutboxReady(),
-			Status: d.status, Commands: cmds, Logger: d.log.With("component", "mqtt")})
+			Status: d.status, Commands: cmds, Logger: d.log.With("component", "mqtt"), Version: opts.Version})
 		if err != nil {
 			return nil, err
 		}

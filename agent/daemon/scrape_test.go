@@ -31,6 +31,10 @@ func scrapeDaemon(t *testing.T) []byte {
 	}
 	cfg.Metrics.Listen = l.Addr().String()
 	l.Close()
+	// MQTT on (its metrics registered) towards a port nobody listens on.
+	cfg.MQTT.Enabled = true
+	cfg.MQTT.Brokers = []string{"tcp://" + cfg.Metrics.Listen}
+	cfg.fill()
 	var broken atomic.Bool
 	d, err := New(cfg, Options{Version: "1.2.3-test", Logger: testLog(t),
 		CameraOpen: func(camera.Config) (camera.Device, error) { return flakyDevice{&broken}, nil }})

@@ -56,6 +56,8 @@ type Config struct {
 	// least this often.
 	StatusInterval time.Duration  `yaml:"status_interval"`
 	Commands       CommandsConfig `yaml:"commands"`
+	// HomeAssistant publishes MQTT discovery for Home Assistant.
+	HomeAssistant HomeAssistantConfig `yaml:"home_assistant"`
 }
 
 // TopicConfig names the device: topics are <prefix>/<site>/<device>/<kind>.
@@ -123,6 +125,7 @@ func DefaultConfig() Config {
 		Batch:               64,
 		MaxInflight:         16,
 		StatusInterval:      time.Minute,
+		HomeAssistant:       HomeAssistantConfig{DiscoveryPrefix: "homeassistant"},
 		Commands:            CommandsConfig{Timeout: 30 * time.Second, MaxClockSkew: 5 * time.Minute, MaxSeen: 1024},
 	}
 }
@@ -202,6 +205,11 @@ func (c Config) Validate() error {
 	}
 	if c.MaxInflight < 1 || c.MaxInflight > 1000 {
 		return fmt.Errorf("mqtt config: max_inflight %d out of 1..1000", c.MaxInflight)
+	}
+	if c.HomeAssistant.Enabled {
+		if err := wire.ValidatePrefix(c.HomeAssistant.DiscoveryPrefix); err != nil {
+			return fmt.Errorf("mqtt config: home_assistant.discovery_prefix: %w", err)
+		}
 	}
 	if c.Commands.Enabled {
 		if err := c.Commands.validate(); err != nil {

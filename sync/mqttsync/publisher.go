@@ -50,6 +50,8 @@ type Deps struct {
 	Ready  <-chan struct{}
 	Logger *slog.Logger
 	Now    func() time.Time // injected clock; time.Now when nil
+	// Version is the agent version shown in Home Assistant's device.
+	Version string
 }
 
 // Stats is a snapshot of the publisher's counters.
@@ -310,6 +312,20 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 }
 
+// publishDiscovery sends the retained Home Assistant discovery configs.
+func (p *Publisher) publishDiscovery(ctx context.Context, c mqtt.Client) {
+	msgs, err := p.cfg.Discovery(p.d.Version)
+	for _, m := range msgs {
+		if err != nil {
+			break
+		}
+		err = waitToken(ctx, c.Publish(m.Topic, 1, true, m.Payload), p.cfg.PublishTimeout)
+	}
+	if err != nil && ctx.Err() == nil {
+		p.setErr(fmt.Errorf("publish home assistant discovery: %w", err))
+	}
+}
+
 // StatusCheck is how often the publisher compares the agent's status with
 // the one last published (a change is republished at once).
 const StatusCheck = time.Second
@@ -427,6 +443,9 @@ func (p *Publisher) onConnect(c mqtt.Client) {
 	p.log.Info("mqtt connected", "connects", p.connects.Load())
 
 	p.publishStatus(ctx, c, wire.StateOnline, true)
+	if p.cfg.HomeAssistant.Enabled {
+		p.publishDiscovery(ctx, c)
+	}
 	if p.cfg.Commands.Enabled {
 		tok := c.Subscribe(p.topics.Command(), 1, p.onCommand)
 		if err := waitToken(ctx, tok, p.cfg.PublishTimeout); err != nil {
