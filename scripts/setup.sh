@@ -7,7 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto systemd postgresql chromium)
+# prometheus: only for promtool, which checks the shipped alert rules and
+# dashboard queries (go test ./agent/daemon -run PackagedIntegrations); its
+# server is stopped again below.
+APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto systemd postgresql chromium prometheus)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +20,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && systemctl is-active -q prometheus 2>/dev/null; then
+    $SUDO systemctl disable -q --now prometheus || true
+  fi
 fi
 
 export PATH="$PATH:/usr/local/go/bin"
