@@ -480,6 +480,7 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 	}
 	sort.SliceStable(rep.Unreadable, func(a, b int) bool { return rep.Unreadable[a].Path < rep.Unreadable[b].Path })
 	next := 1
+	var cens [][]float64
 	for _, g := range groups {
 		id := Identity{Size: len(g)}
 		if len(g) == 1 && o.Singletons == SingletonsFolder {
@@ -489,6 +490,7 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 			next++
 		}
 		cen := centroid(res, g)
+		cens = append(cens, cen)
 		var sum float64
 		for _, i := range g {
 			d := 0.0
@@ -516,6 +518,7 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 		}
 		rep.Identities = append(rep.Identities, id)
 	}
+	suggest(rep, cens, nearCut(o.Cluster, alg))
 	files := map[string]bool{}
 	for _, p := range lst.Images {
 		files[p] = true
@@ -566,3 +569,73 @@ func cosDist(a []float32, c []float64) float64 {
 
 func round4(v float64) float64 { return math.Round(v*1e4) / 1e4 }
 func round1(v float64) float64 { return math.Round(v*10) / 10 }
+
+// Near-miss suggestions: for each identity, the other identities whose
+// centroids lie within NearFactor x the algorithm's cut (cosine distance of
+// the L2-normalised mean templates), closest first, at most MaxSuggestions.
+// They are the "maybe the same person" an analyst checks first: pairs just
+// beyond the threshold, which the algorithm kept apart for precision.
+const (
+	NearFactor     = 1.3
+	MaxSuggestions = 3
+	// maxSuggestIdentities bounds the all-pairs pass (quadratic).
+	maxSuggestIdentities = 4000
+)
+
+// nearCut is the cosine distance the algorithm merges below: the UU
+// threshold of the linkage methods, DBSCAN's eps turned into a cosine
+// distance (eps^2/2 on unit templates).
+func nearCut(c identity.ClusterOptions, alg identity.Algorithm) float64 {
+	if alg == identity.DBSCAN {
+		eps := c.Eps
+		if eps == 0 {
+			eps = 0.5
+		}
+		return eps * eps / 2
+	}
+	return c.Config.Thresholds.UU
+}
+
+func suggest(rep *Report, cens [][]float64, cut float64) {
+	n := len(cens)
+	if n < 2 || n > maxSuggestIdentities || cut <= 0 {
+		return
+	}
+	limit := cut * NearFactor
+	near := make([][]Suggestion, n)
+	for a := range n {
+		for b := a + 1; b < n; b++ {
+			var dot float64
+			for k, v := range cens[a] {
+				dot += v * cens[b][k]
+			}
+			d := math.Max(0, 1-dot)
+			if d >= limit {
+				continue
+			}
+			near[a] = append(near[a], suggestionTo(rep.Identities[b], b, d))
+			near[b] = append(near[b], suggestionTo(rep.Identities[a], a, d))
+		}
+	}
+	for a := range n {
+		s := near[a]
+		sort.SliceStable(s, func(i, j int) bool {
+			if s[i].Distance != s[j].Distance {
+				return s[i].Distance < s[j].Distance
+			}
+			return s[i].rank < s[j].rank
+		})
+		if len(s) > MaxSuggestions {
+			s = s[:MaxSuggestions]
+		}
+		rep.Identities[a].Maybe = s
+	}
+}
+
+func suggestionTo(id Identity, rank int, d float64) Suggestion {
+	s := Suggestion{Folder: id.Folder, Distance: round4(d), rank: rank}
+	if id.Folder == "singletons" {
+		s.Image = id.Images[0]
+	}
+	return s
+}

@@ -518,3 +518,37 @@ func TestReportPolish(t *testing.T) {
 		}
 	}
 }
+
+// Near misses: a face just beyond the cut (cosine 0.106 against 0.1) is
+// suggested for the person it was kept apart from, both ways, with the
+// distance; a far one is not.
+func TestSuggestions(t *testing.T) {
+	in := t.TempDir()
+	writeFiles(t, in, map[string]string{"a.jpg": "face 1 0", "b.jpg": "face 1 0", "c.jpg": "face 1 5", "d.jpg": "face 3 0"})
+	out := filepath.Join(t.TempDir(), "out")
+	rep, err := Run(context.Background(), in, out, fakes(1), testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	byImage := map[string]Identity{}
+	for _, id := range rep.Identities {
+		byImage[id.Images[0]] = id
+	}
+	p, c, d := byImage["a.jpg"], byImage["c.jpg"], byImage["d.jpg"]
+	if p.Folder != "person_0001" || p.Size != 2 || c.Folder != "singletons" {
+		t.Fatalf("identities %+v", rep.Identities)
+	}
+	if len(p.Maybe) != 1 || p.Maybe[0].Folder != "singletons" || p.Maybe[0].Image != "c.jpg" || p.Maybe[0].Distance < 0.1 || p.Maybe[0].Distance > 0.13 {
+		t.Errorf("person_0001 suggestions %+v, want c.jpg just beyond 0.1", p.Maybe)
+	}
+	if len(c.Maybe) != 1 || c.Maybe[0].Folder != "person_0001" {
+		t.Errorf("c.jpg suggestions %+v, want person_0001", c.Maybe)
+	}
+	if len(d.Maybe) != 0 {
+		t.Errorf("far face has suggestions %+v", d.Maybe)
+	}
+	page := checkHTML(t, filepath.Join(out, "report.html"), 4)
+	if !strings.Contains(page, `Maybe the same person as: <a href="#singletons">singletons c.jpg</a>`) || !strings.Contains(page, `maybe: <a href="#person_0001">person_0001</a>`) {
+		t.Error("report.html does not show the suggestions")
+	}
+}

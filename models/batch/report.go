@@ -83,7 +83,18 @@ type Identity struct {
 	MeanDistance float64  `json:"mean_distance"`
 	MaxDistance  float64  `json:"max_distance"`
 	Images       []string `json:"images"`
-	idx          []int
+	// Maybe are near-miss suggestions: other identities just beyond the
+	// algorithm's cut, closest first (see NearFactor).
+	Maybe []Suggestion `json:"maybe,omitempty"`
+	idx   []int
+}
+
+// Suggestion names another identity that may be the same person.
+type Suggestion struct {
+	Folder   string  `json:"folder"`
+	Image    string  `json:"image,omitempty"` // the one image, when Folder is singletons
+	Distance float64 `json:"distance"`        // cosine distance between the identities' mean templates
+	rank     int
 }
 
 // ImageEntry is one input image. Folder is the identity folder, "noface",
@@ -210,6 +221,7 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 
 type sheetFace struct {
 	ImageEntry
+	Maybe    []Suggestion // a singleton's suggestions
 	Href     template.URL // the placed copy inside OUT
 	Original template.URL // the input file (file:// URL)
 }
@@ -256,13 +268,20 @@ func sheetData(r *Report, root string) sheetView {
 			si.Masked += id.Masked
 			si.Unmasked += id.Unmasked
 			for _, i := range id.idx {
-				si.Faces = append(si.Faces, face(i))
+				f := face(i)
+				f.Maybe = id.Maybe
+				si.Faces = append(si.Faces, f)
 			}
 			continue
 		}
 		si := sheetIdentity{Identity: id}
 		for _, i := range id.idx {
-			si.Faces = append(si.Faces, face(i))
+			f := face(i)
+			if id.Folder == "singletons" {
+				f.Maybe = id.Maybe
+				si.Maybe = nil
+			}
+			si.Faces = append(si.Faces, f)
 		}
 		if id.Folder == "singletons" {
 			single = len(v.Identities)
@@ -312,6 +331,7 @@ table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;paddin
 #toc{columns:4 12em;font-size:12px;padding:0;list-style:none}
 #tools{position:sticky;top:0;background:#fff;padding:.4em 0;border-bottom:1px solid #ccc}
 .hidden{display:none}
+.maybe{color:#8a4b00;font-size:12px}
 </style>
 </head>
 <body>
@@ -331,8 +351,9 @@ table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;paddin
 <div id="people">
 {{range .Identities}}<section id="{{.Folder}}" class="person" data-size="{{.Size}}" data-name="{{.Folder}}" data-dist="{{if eq .Size 1}}9{{else}}{{.MeanDistance}}{{end}}">
 <h2>{{.Folder}}: {{plural .Size "image" "images"}}, {{.Masked}} masked, {{.Unmasked}} unmasked{{if and (ne .Folder "singletons") (gt .Size 1)}}, mean distance {{dist .MeanDistance}}{{end}}</h2>
-<div class="grid">{{$many := and (ne .Folder "singletons") (gt .Size 1)}}{{range .Faces}}{{$f := .}}
-<figure data-path="{{lower .Path}}">{{with .Face}}{{if .Thumb}}<a href="{{$f.Href}}"><img src="{{.Thumb}}" alt="" loading="lazy"></a>{{end}}{{end}}<figcaption>{{with .Face}}<span class="b {{.Mask}}">{{.Mask}}</span>{{if $many}} {{dist .Distance}}{{end}}<br>{{end}}<a href="{{.Href}}">{{.Path}}</a>{{if .FaceNo}} (face {{.FaceNo}}){{end}} <a href="{{.Original}}" title="the input file">(original)</a></figcaption></figure>{{end}}
+{{with .Maybe}}<p class="maybe">Maybe the same person as: {{range .}}<a href="#{{.Folder}}">{{.Folder}}{{with .Image}} {{.}}{{end}}</a> ({{dist .Distance}}) {{end}}</p>
+{{end}}<div class="grid">{{$many := and (ne .Folder "singletons") (gt .Size 1)}}{{range .Faces}}{{$f := .}}
+<figure data-path="{{lower .Path}}">{{with .Face}}{{if .Thumb}}<a href="{{$f.Href}}"><img src="{{.Thumb}}" alt="" loading="lazy"></a>{{end}}{{end}}<figcaption>{{with .Face}}<span class="b {{.Mask}}">{{.Mask}}</span>{{if $many}} {{dist .Distance}}{{end}}<br>{{end}}<a href="{{.Href}}">{{.Path}}</a>{{if .FaceNo}} (face {{.FaceNo}}){{end}} <a href="{{.Original}}" title="the input file">(original)</a>{{with .Maybe}}<br><span class="maybe">maybe: {{range .}}<a href="#{{.Folder}}">{{.Folder}}{{with .Image}} {{.}}{{end}}</a> {{dist .Distance}} {{end}}</span>{{end}}</figcaption></figure>{{end}}
 </div>
 </section>
 {{end}}</div>
