@@ -103,6 +103,19 @@ build-arm64:
 deb-arm64: models build-arm64
 	DEB_ARCH=arm64 bash scripts/packaging/build-deb.sh
 
+# Signed apt repository (reprepro, a throw-away test key in build/apt-gnupg)
+# holding the amd64 and arm64 packages; test-apt installs from it into clean
+# Debian 12 roots (mmdebstrap, created once under build/), replays visits,
+# upgrades with the conffile kept and purges; arm64 runs under qemu through
+# binfmt_misc. Need root. Not part of `make test` (docs/packaging.md).
+.PHONY: apt-repo test-apt
+apt-repo: deb deb-arm64
+	bash scripts/packaging/apt-repo.sh
+
+test-apt: apt-repo
+	ARCH=amd64 bash scripts/packaging/test-apt.sh
+	ARCH=arm64 bash scripts/packaging/test-apt.sh
+
 # Fully static binaries: a minimal OpenCV built from Debian 12's source
 # package, cached in $(or $(ATM_CACHE_DIR),~/.cache/atm-agent) (first run
 # ~6-8 min on 2 cores per arch), then go build -extldflags -static
