@@ -431,35 +431,46 @@ func (a *Agent) work(ctx context.Context, stop <-chan struct{}) {
 	purge := time.NewTicker(a.cfg.PurgeInterval)
 	defer purge.Stop()
 	a.heartbeat()
-	periodic := func(ctx context.Context, wait bool) bool {
-		var stopC, wakeC <-chan struct{}
-		var tasks <-chan task
-		var beatC <-chan time.Time
-		if wait {
-			stopC, wakeC, tasks, beatC = stop, a.wake, a.tasks, beat.C
+	runSummary := func(ctx context.Context) {
+		if err := a.publishSummary(ctx); err != nil {
+			a.log.Error("summary", "err", err)
 		}
+	}
+	runConsolidate := func(ctx context.Context) {
+		if err := a.consolidate(ctx); err != nil {
+			a.log.Error("consolidate identities", "err", err)
+		}
+	}
+	// dueJobs runs the periodic jobs whose ticker has fired, without waiting.
+	dueJobs := func(ctx context.Context) {
 		select {
-		case <-stopC:
-			return false
-		case <-wakeC:
-		case <-beatC:
-			a.heartbeat()
 		case <-summary.C:
-			if err := a.publishSummary(ctx); err != nil {
-				a.log.Error("summary", "err", err)
-			}
+			runSummary(ctx)
 		case <-consolidate.C:
-			if err := a.consolidate(ctx); err != nil {
-				a.log.Error("consolidate identities", "err", err)
-			}
+			runConsolidate(ctx)
 		case <-purge.C:
 			a.purge(ctx)
-		case t := <-tasks:
-			t.done <- t.fn(ctx)
 		default:
-			if !wait {
-				return true
-			}
+		}
+	}
+	// idle blocks until there is something to do: a trigger, a stop, a
+	// heartbeat, a periodic job or a requested task. It must block: a
+	// default case here made an idle agent spin on a core.
+	idle := func(ctx context.Context) bool {
+		select {
+		case <-stop:
+			return false
+		case <-a.wake:
+		case <-beat.C:
+			a.heartbeat()
+		case <-summary.C:
+			runSummary(ctx)
+		case <-consolidate.C:
+			runConsolidate(ctx)
+		case <-purge.C:
+			a.purge(ctx)
+		case t := <-a.tasks:
+			t.done <- t.fn(ctx)
 		}
 		return true
 	}
@@ -480,10 +491,10 @@ func (a *Agent) work(ctx context.Context, stop <-chan struct{}) {
 			a.processVisit(ctx, *ev)
 			a.count(func(s *Stats) { s.Busy = false })
 			a.heartbeat()
-			periodic(ctx, false)
+			dueJobs(ctx)
 			continue
 		}
-		if !periodic(ctx, true) {
+		if !idle(ctx) {
 			return
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -688,5 +689,31 @@ func TestEmitSignalsTaken(t *testing.T) {
 	h.waitProcessed(2)
 	if s := h.ag.Stats(); s.Coalesced != 0 {
 		t.Fatalf("coalesced %d", s.Coalesced)
+	}
+}
+
+// An idle agent blocks: between card inserts its worker waits on its
+// channels. (A default case in the idle select once made it spin, using a
+// core of the ATM controller while nobody was at the machine.) The
+// process's CPU time over a second of idling, after one visit, must be a
+// small fraction of that second.
+func TestIdleAgentDoesNotSpin(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	h.ag.Trigger(visit.Trigger{Source: "test"})
+	h.waitProcessed(1)
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	time.Sleep(100 * time.Millisecond) // the visit's aftermath settles
+	c0, w0 := cpu(), time.Now()
+	time.Sleep(time.Second)
+	used, wall := cpu()-c0, time.Since(w0)
+	t.Logf("idle for %v: %v of CPU", wall.Round(time.Millisecond), used)
+	if used > wall/5 {
+		t.Errorf("an idle agent used %v of CPU in %v: its worker does not block", used, wall.Round(time.Millisecond))
 	}
 }
