@@ -49,6 +49,10 @@ mounted=()
 apid=
 cleanup() {
 	[ -n "$apid" ] && kill "$apid" 2>/dev/null && wait "$apid" 2>/dev/null
+	# Nothing started in the root outlives the test.
+	for p in /proc/[0-9]*; do
+		[ "$(readlink "$p/root" 2>/dev/null)" = "$R" ] && kill -KILL "${p#/proc/}" 2>/dev/null
+	done
 	for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
 	# Never follow a mount point out of the test root.
 	rm -rf --one-file-system "$W"
@@ -125,7 +129,11 @@ log: {level: info, format: text}
 agent: {visit_timeout: 30m}
 EOF
 chroot "$R" chown -R atm-agent:atm-agent "$T"
-in_root setpriv --reuid=atm-agent --regid=atm-agent --init-groups atm-agent run --config "$T/config.yaml" >"$W/run.log" 2>&1 &
+# Started directly (not through a shell function, whose subshell would
+# take the signal): chroot, env and setpriv exec, so $! is the agent.
+chroot "$R" env -i PATH=/usr/sbin:/usr/bin LC_ALL=C.UTF-8 \
+	setpriv --reuid=atm-agent --regid=atm-agent --init-groups \
+	atm-agent run --config "$T/config.yaml" >"$W/run.log" 2>&1 &
 apid=$!
 for _ in $(seq 900); do [ -S "$R$T/trigger.sock" ] && break; sleep 0.2; done
 visits=0
