@@ -23,6 +23,7 @@ import (
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
 	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
+	"github.com/periocular/atm-agent/sync/wire"
 )
 
 var (
@@ -403,5 +404,54 @@ func TestProxyAuth(t *testing.T) {
 	bad.UsersFile, bad.ProxyAuth.Header = "u", "X-Remote-User"
 	if bad.Validate() == nil {
 		t.Error("proxy_auth.header without trusted_proxies accepted")
+	}
+}
+
+// The fleet page shows one page of the matching devices; the counts cover
+// every device of the site; filters by state and name are server-side.
+func TestFleetPagination(t *testing.T) {
+	st := openBolt(t)
+	now := time.Now().UTC()
+	var msgs []storage.Message
+	for i := range 25 {
+		site, dev := fmt.Sprintf("site-%d", i%2), fmt.Sprintf("atm-%02d", i)
+		msgs = append(msgs, storetest.Summary(site, dev, 1, now, 1, "p-1"))
+		if i < 5 {
+			if err := st.PutStatus(context.Background(), storage.Status{Site: site, Device: dev, Received: now,
+				Status: wire.Status{Envelope: wire.NewEnvelope(site, dev, now), State: wire.StateOnline}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := st.Apply(context.Background(), msgs); err != nil {
+		t.Fatal(err)
+	}
+	_, hs := newTestServer(t, st)
+	c := newClient(t, hs.URL)
+	c.login("ana", "correct horse")
+	rowsOf := func(body string) int { return strings.Count(body, `<tr class="device"`) }
+	for _, tc := range []struct {
+		path string
+		rows int
+		want []string
+	}{
+		{"/?per=10", 10, []string{"1–10 of 25 ATMs", "page 1 of 3", `href="?page=2&amp;per=10&amp;sort=site"`, "5 online", "20 not online"}},
+		{"/?per=10&page=3", 5, []string{"21–25 of 25 ATMs", "page 3 of 3", `href="?page=2&amp;per=10&amp;sort=site"`}},
+		{"/?per=10&page=99", 5, []string{"page 3 of 3"}},
+		{"/", 25, []string{"1–25 of 25 ATMs"}},
+		{"/?state=online", 5, []string{"1–5 of 5 ATMs", "5 online", "20 not online"}},
+		{"/?state=notonline&site=site-1", 10, []string{"1–10 of 10 ATMs", "2 online", "10 not online"}},
+		{"/?q=ATM-1", 10, []string{"1–10 of 10 ATMs", "site-1 / atm-11"}},
+		{"/?q=nothing", 0, []string{"0 ATMs", "No device matches."}},
+	} {
+		_, body := c.get(tc.path)
+		if n := rowsOf(body); n != tc.rows {
+			t.Errorf("%s: %d rows, want %d", tc.path, n, tc.rows)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(body, w) {
+				t.Errorf("%s: page lacks %q", tc.path, w)
+			}
+		}
 	}
 }
