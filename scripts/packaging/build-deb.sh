@@ -1,27 +1,49 @@
 #!/bin/bash
-# Build the atm-agent .deb with nfpm from the binary (make build) and the
-# converted models (make models). Run from the repository root (make deb).
-#   DEB_VERSION  package version (default: from git, see below)
-#   DEB_ARCH     amd64 (default) or arm64 (binary from make build-arm64)
-#   DEB_BIN      the binary to package (default build/atm-agent, or
-#                build/atm-agent-arm64); a static one gets no library Depends
-#   DEB_DEPENDS  runtime dependencies (default: dpkg-shlibdeps on the amd64
-#                binary; for arm64 the same, after checking that the arm64
-#                binary needs no shared library the amd64 one does not)
-#   DEB_OUT      output file (default build/atm-agent_<version>_<arch>.deb)
+# Build the atm-agent and atm-tools .debs with nfpm from the binaries (make
+# build) and the converted models (make models). Run from the repository
+# root (make deb).
+#   DEB_VERSION     package version (default: scripts/version.sh, what the
+#                   binaries say; they must agree)
+#   DEB_ARCH        amd64 (default) or arm64 (binaries from make build-arm64)
+#   DEB_BIN         the agent binary to package (default build/atm-agent, or
+#                   build/atm-agent-arm64); a static one gets no library Depends
+#   DEB_TOOLS_BIN   the tools binary (default build/atm-tools or
+#                   build/atm-tools-arm64; with an explicit DEB_BIN only when set)
+#   DEB_DEPENDS     runtime dependencies (default: dpkg-shlibdeps on the amd64
+#                   binary; for arm64 the same, after checking that the arm64
+#                   binary needs no shared library the amd64 one does not)
+#   DEB_MAINTAINER  Maintainer field (default: DEBFULLNAME <DEBEMAIL>, else git's
+#                   user.name <user.email>, as dch does)
+#   DEB_OUT         output file (default build/atm-agent_<version>_<arch>.deb)
+#   DEB_TOOLS_OUT   output file (default build/atm-tools_<version>_<arch>.deb)
 set -euo pipefail
 NFPM="go run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2"
-BIN=build/atm-agent # native: prints the default config, dpkg-shlibdeps
+BIN=build/atm-agent   # native: prints the default config, man page, completions; dpkg-shlibdeps
+TOOLS=build/atm-tools # native: copies the shipped models
 MODELS=build/models
+PHOTOS=build/src/face-api/demo
 export DEB_ARCH=${DEB_ARCH:-amd64}
+explicit_bin=${DEB_BIN:+y}
 case "$DEB_ARCH" in
-amd64) DEB_BIN=${DEB_BIN:-$BIN} ;;
-arm64) DEB_BIN=${DEB_BIN:-build/atm-agent-arm64} ;;
+amd64) DEB_BIN=${DEB_BIN:-$BIN}; tools_default=$TOOLS ;;
+arm64) DEB_BIN=${DEB_BIN:-build/atm-agent-arm64}; tools_default=build/atm-tools-arm64 ;;
 *) echo "build-deb: DEB_ARCH $DEB_ARCH unsupported" >&2; exit 1 ;;
 esac
-export DEB_BIN
+if [ -z "${DEB_TOOLS_BIN:-}" ] && [ -z "$explicit_bin" ]; then
+	DEB_TOOLS_BIN=$tools_default
+fi
+export DEB_BIN DEB_TOOLS_BIN=${DEB_TOOLS_BIN:-}
 
-for f in "$BIN" "$DEB_BIN" "$MODELS/manifest.yaml"; do
+if [ -z "${DEB_MAINTAINER:-}" ]; then
+	name=${DEBFULLNAME:-$(git config user.name || true)}
+	email=${DEBEMAIL:-$(git config user.email || true)}
+	[ -n "$name" ] && [ -n "$email" ] ||
+		{ echo "build-deb: set DEB_MAINTAINER='Name <email>' (or DEBFULLNAME and DEBEMAIL)" >&2; exit 1; }
+	DEB_MAINTAINER="$name <$email>"
+fi
+export DEB_MAINTAINER
+
+for f in "$BIN" "$TOOLS" "$DEB_BIN" ${DEB_TOOLS_BIN:+"$DEB_TOOLS_BIN"} "$MODELS/manifest.yaml" "$PHOTOS/sample1.jpg"; do
 	[ -e "$f" ] || { echo "build-deb: $f missing (make build models)" >&2; exit 1; }
 done
 
@@ -33,7 +55,44 @@ got=$("$BIN" --version)
 [ "$got" = "atm-agent $DEB_VERSION" ] ||
 	{ echo "build-deb: $BIN --version says '$got', the package would be $DEB_VERSION (make build VERSION=$DEB_VERSION)" >&2; exit 1; }
 
-mkdir -p build/deb
+rm -rf build/deb
+mkdir -p build/deb/atm-agent build/deb/atm-tools build/deb/demo
+# Only the models the default pipeline runs; the rest come with
+# `atm-tools models build`. They must pass the same check as on the box.
+"$TOOLS" models ship --dir "$MODELS" --out build/deb/models >&2
+"$BIN" models verify --dir build/deb/models >&2
+chmod 0644 build/deb/models/*
+install -m 0644 "$PHOTOS"/*.jpg build/deb/demo/
+
+# Man pages and completions, generated from the command definitions (the
+# native binaries: the arm64 ones have the same commands).
+for b in atm-agent atm-tools; do
+	"build/$b" manpage | gzip -9n >"build/deb/$b/$b.1.gz"
+	for sh in bash zsh fish; do
+		"build/$b" completion "$sh" >"build/deb/$b/completion.$sh"
+	done
+done
+
+# changelog.gz (a native package: the version has no Debian revision): this
+# version's entry lists the commits since the previous tag (at most 20),
+# wrapped at 78 columns as lintian wants.
+changelog() {
+	local pkg=$1 prev range
+	prev=$(git describe --tags --abbrev=0 HEAD^ 2>/dev/null || true)
+	range=${prev:+$prev..}HEAD
+	{
+		echo "$pkg ($DEB_VERSION) unstable; urgency=medium"
+		echo
+		git log --no-merges -n 20 --format='%s' "$range" | while IFS= read -r subj; do
+			echo "$subj" | fold -s -w 72 | sed '1s/^/  * /; 2,$s/^/    /'
+		done
+		echo
+		echo " -- $DEB_MAINTAINER  $(git log -1 --format=%cd --date=rfc2822 HEAD)"
+	} | sed 's/[[:space:]]*$//' | gzip -9n >"build/deb/$pkg/changelog.gz"
+}
+changelog atm-agent
+changelog atm-tools
+
 "$BIN" config default >build/deb/config.yaml
 # Templates are encrypted at rest in the package: postinst creates
 # /etc/atm-agent/store.key and the unit passes it as the credential store-key
@@ -67,11 +126,33 @@ if [ -z "${DEB_DEPENDS:-}" ]; then
 fi
 [ "$DEB_DEPENDS" = none ] && DEB_DEPENDS=
 export DEB_DEPENDS
+# atm-tools links the same OpenCV libraries (it checks the same way).
+if [ -n "$DEB_TOOLS_BIN" ] && [ -z "${DEB_TOOLS_DEPENDS:-}" ]; then
+	if [ "$DEB_ARCH" = arm64 ]; then
+		extra=$(comm -23 <(aarch64-linux-gnu-readelf -d "$DEB_TOOLS_BIN" | awk '/NEEDED/ {print $5}' | sort) \
+			<(readelf -d "$TOOLS" | awk '/NEEDED/ {print $5}' | sort))
+		[ -z "$extra" ] || { echo "build-deb: arm64 atm-tools needs $extra beyond amd64; set DEB_TOOLS_DEPENDS" >&2; exit 1; }
+	fi
+	ttmp=$(mktemp -d)
+	mkdir "$ttmp/debian"
+	printf 'Source: atm-agent\n\nPackage: atm-tools\nArchitecture: amd64\n' >"$ttmp/debian/control"
+	tbin=$(realpath "$TOOLS")
+	DEB_TOOLS_DEPENDS=$(cd "$ttmp" && dpkg-shlibdeps -O "$tbin" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+	rm -rf "$ttmp"
+	[ -n "$DEB_TOOLS_DEPENDS" ] || { echo "build-deb: dpkg-shlibdeps found no dependencies for atm-tools" >&2; exit 1; }
+fi
+export DEB_TOOLS_DEPENDS=${DEB_TOOLS_DEPENDS:-}
 
 if [ -z "${DEB_OUT:-}" ]; then
-	rm -f build/atm-agent_*_"$DEB_ARCH".deb # keep only the newest in build/
+	rm -f build/atm-agent_*_"$DEB_ARCH".deb build/atm-tools_*_"$DEB_ARCH".deb # keep only the newest in build/
 fi
 out=${DEB_OUT:-build/atm-agent_${DEB_VERSION}_${DEB_ARCH}.deb}
 rm -f "$out"
 $NFPM package --config scripts/packaging/nfpm.yaml --packager deb --target "$out" >&2
 echo "$out"
+if [ -n "$DEB_TOOLS_BIN" ]; then
+	tout=${DEB_TOOLS_OUT:-build/atm-tools_${DEB_VERSION}_${DEB_ARCH}.deb}
+	rm -f "$tout"
+	$NFPM package --config scripts/packaging/nfpm-tools.yaml --packager deb --target "$tout" >&2
+	echo "$tout"
+fi

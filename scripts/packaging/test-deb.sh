@@ -4,15 +4,22 @@
 # bumped version keeps visit data and the edited conffile; remove keeps config
 # and data; purge deletes them. Cleans up (purge, and the atm-agent user and
 # gpio group if this test created them).
-#   scripts/packaging/test-deb.sh [DEB]   (default: the newest build/atm-agent_*_amd64.deb)
+#   scripts/packaging/test-deb.sh [DEB [TOOLS_DEB]]   (default: the newest
+#   build/atm-agent_*_amd64.deb and build/atm-tools_*_amd64.deb)
+# The commands are run from a scratch directory, not the checkout, as an
+# operator would: installed defaults, --help of every command, demo.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "test-deb: needs root (dpkg -i)" >&2; exit 1; }
 DEB=${1:-$(ls -t build/atm-agent_*_amd64.deb 2>/dev/null | head -1)}
-[ -f "$DEB" ] || { echo "test-deb: no .deb (make deb)" >&2; exit 1; }
-if dpkg-query -W -f='${Status}' atm-agent 2>/dev/null | grep -qv not-installed; then
-	echo "test-deb: atm-agent is already installed here; not touching it" >&2
-	exit 1
-fi
+TDEB=${2:-$(ls -t build/atm-tools_*_amd64.deb 2>/dev/null | head -1)}
+[ -f "$DEB" ] && [ -f "$TDEB" ] || { echo "test-deb: no .deb (make deb)" >&2; exit 1; }
+DEB=$(realpath "$DEB") TDEB=$(realpath "$TDEB")
+for p in atm-agent atm-tools; do
+	if dpkg-query -W -f='${Status}' $p 2>/dev/null | grep -qv not-installed; then
+		echo "test-deb: $p is already installed here; not touching it" >&2
+		exit 1
+	fi
+done
 for p in /etc/atm-agent /var/lib/atm-agent; do
 	[ ! -e "$p" ] || { echo "test-deb: $p exists; not touching it" >&2; exit 1; }
 done
@@ -21,6 +28,7 @@ had_user=$(getent passwd atm-agent >/dev/null && echo y || echo n)
 had_gpio=$(getent group gpio >/dev/null && echo y || echo n)
 tmp=$(mktemp -d)
 cleanup() {
+	dpkg --purge atm-tools >/dev/null 2>&1 || true
 	dpkg --purge atm-agent >/dev/null 2>&1 || true
 	if [ "$had_user" = n ] && getent passwd atm-agent >/dev/null; then deluser --quiet --system atm-agent >/dev/null 2>&1 || true; fi
 	if [ "$had_user" = n ] && getent group atm-agent >/dev/null; then delgroup --quiet --system atm-agent >/dev/null 2>&1 || true; fi
@@ -71,8 +79,51 @@ out=$(systemd-analyze verify /lib/systemd/system/atm-agent.service 2>&1) && [ -z
 	ok "systemd-analyze verify: no output" || bad "systemd-analyze verify: $out"
 check "config check as atm-agent" runuser -u atm-agent -- atm-agent config check /etc/atm-agent/config.yaml
 check "templates encrypted at rest by default" grep -q '^  key_file: credential:store-key ' /etc/atm-agent/config.yaml
-check "models verify" atm-agent models verify --dir /usr/lib/atm-agent/models
-echo "info installed files: $(dpkg -L atm-agent | while read -r f; do [ -f "$f" ] && [ ! -L "$f" ] && stat -c %s "$f"; done | awk '{s += $1} END {print s}') bytes"
+check "models verify --dir" atm-agent models verify --dir /usr/lib/atm-agent/models
+check "dpkg -i atm-tools" dpkg -i "$TDEB" </dev/null
+perm /usr/bin/atm-tools 755 root:root
+for f in /usr/share/man/man1/atm-agent.1.gz /usr/share/man/man1/atm-tools.1.gz \
+	/usr/share/bash-completion/completions/atm-agent /usr/share/zsh/vendor-completions/_atm-agent \
+	/usr/share/fish/vendor_completions.d/atm-agent.fish /usr/share/bash-completion/completions/atm-tools \
+	/usr/share/doc/atm-agent/copyright /usr/share/doc/atm-agent/changelog.gz /usr/share/doc/atm-tools/copyright \
+	/usr/share/atm-tools/demo/sample1.jpg; do
+	perm "$f" 644 root:root
+done
+check "Depends has no highgui" sh -c "! dpkg-query -W -f='\${Depends}' atm-agent | grep -q highgui"
+check "shipped models are the pipeline's (4 models)" test "$(grep -c '^  - name:' /usr/lib/atm-agent/models/manifest.yaml)" = 4
+for pkg in atm-agent atm-tools; do
+	echo "info $pkg: Installed-Size $(dpkg-query -W -f='${Installed-Size}' $pkg) KiB; files $(dpkg -L $pkg | while read -r f; do [ -f "$f" ] && [ ! -L "$f" ] && stat -c %s "$f"; done | awk '{s += $1} END {print s}') bytes"
+done
+
+# As an operator: from a directory that is not the checkout, no path flags.
+here=$PWD
+cd "$tmp"
+check "atm-agent --version is the package's" test "$(atm-agent --version)" = "atm-agent $ver"
+check "atm-tools --version is the package's" test "$(atm-tools --version)" = "atm-tools $ver"
+check "config check (default file) as atm-agent" runuser -u atm-agent -- atm-agent config check
+check "models verify (installed models)" atm-agent models verify
+check "man page atm-agent" sh -c "zcat /usr/share/man/man1/atm-agent.1.gz | grep -q '^.SH \"EXIT STATUS\"'"
+check "bash completion" bash -c 'source /usr/share/bash-completion/completions/atm-agent; COMP_WORDS=(atm-agent db ""); COMP_CWORD=2; _atm_agent; [[ " ${COMPREPLY[*]} " == *" check "* ]]'
+# --help of every command the man pages list, and of every group.
+n=0
+for b in atm-agent atm-tools; do
+	while read -r cmd; do
+		for args in "$cmd --help" "help $cmd"; do
+			# shellcheck disable=SC2086
+			out=$($b $args 2>"$tmp/err") && [ -z "$(cat "$tmp/err")" ] && [[ $out == "usage: $b "* ]] ||
+				bad "$b $args: exit $?, $(head -c 200 "$tmp/err")"
+			n=$((n + 1))
+		done
+		g=${cmd% *}
+		if [ "$g" != "$cmd" ]; then
+			$b $g --help >/dev/null 2>&1 || bad "$b $g --help"
+		fi
+	done < <(zcat "/usr/share/man/man1/$b.1.gz" | sed -n 's/^\.SS "\(.*\)"$/\1/p' | sed 's/\\-/-/g')
+done
+[ "$n" -gt 40 ] && ok "--help and help X of every command: $n runs" || bad "only $n help runs"
+check "atm-tools demo (installed models and photos)" atm-tools demo --duration 2s --db "$tmp/demo.db"
+grep -q "lost 0" "$tmp/out" && ok "demo: every visit stored" || bad "demo: $(tail -5 "$tmp/out")"
+cd "$here"
 
 # Visit data and an operator's config edit that the upgrade must keep.
 head -c 4096 /dev/urandom >/var/lib/atm-agent/agent.db
@@ -97,6 +148,7 @@ check "reinstall same version (idempotent postinst)" dpkg -i "$tmp/upgrade.deb" 
 check "visit data kept after reinstall" test "$(sum /var/lib/atm-agent/agent.db)" = "$db"
 
 echo "== remove"
+check "dpkg --remove atm-tools" dpkg --remove atm-tools </dev/null
 check "dpkg --remove" dpkg --remove atm-agent </dev/null
 check "binary gone" test ! -e /usr/bin/atm-agent
 check "models gone" test ! -e /usr/lib/atm-agent
@@ -107,6 +159,7 @@ check "store.key kept" test "$(sum /etc/atm-agent/store.key)" = "$key"
 check "visit data kept" test "$(sum /var/lib/atm-agent/agent.db)" = "$db"
 
 echo "== purge"
+dpkg --purge atm-tools >/dev/null 2>&1 || true
 dpkg --purge atm-agent </dev/null >"$tmp/purge" 2>&1 && ok "dpkg --purge" || bad "dpkg --purge: $(cat "$tmp/purge")"
 check "purge says it deletes the visit data" grep -q 'deleting the visit database' "$tmp/purge"
 check "/etc/atm-agent gone" test ! -e /etc/atm-agent
