@@ -80,6 +80,12 @@ out=$(systemd-analyze verify /lib/systemd/system/atm-agent.service 2>&1) && [ -z
 check "config check as atm-agent" runuser -u atm-agent -- atm-agent config check /etc/atm-agent/config.yaml
 check "templates encrypted at rest by default" grep -q '^  key_file: credential:store-key ' /etc/atm-agent/config.yaml
 check "models verify --dir" atm-agent models verify --dir /usr/lib/atm-agent/models
+perm /usr/share/atm-agent/prometheus/atm-agent.rules.yml 644 root:root
+perm /usr/share/atm-agent/grafana/dashboards/atm-agent.json 644 root:root
+perm /usr/share/atm-agent/grafana/provisioning/atm-agent.yaml 644 root:root
+if command -v promtool >/dev/null; then
+	check "promtool check rules (installed rules)" promtool check rules /usr/share/atm-agent/prometheus/atm-agent.rules.yml
+fi
 check "dpkg -i atm-tools" dpkg -i "$TDEB" </dev/null
 perm /usr/bin/atm-tools 755 root:root
 for f in /usr/share/man/man1/atm-agent.1.gz /usr/share/man/man1/atm-tools.1.gz \
