@@ -39,6 +39,11 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	algo := fs.String("algorithm", string(identity.DefaultAlgorithm), "average, complete, online or dbscan (the original project's baseline)")
 	eps := fs.Float64("eps", 0.5, "DBSCAN eps (euclidean on the templates), the original project's value")
 	minSamples := fs.Int("min-samples", 2, "DBSCAN min_samples (the point itself included), the original project's value")
+	var applyFiles []string
+	fs.Func("apply", "corrections exported from report.html (repeatable, applied in order): re-cluster from the cache, apply them and rewrite OUT (implies --force)", func(v string) error {
+		applyFiles = append(applyFiles, v)
+		return nil
+	})
 	faces := fs.String("faces", "customer", "customer (the largest, most central face: ATM frames) or all (every face of a group photo as its own item)")
 	singletons := fs.String("singletons", "folder", "people seen once: folder (all under singletons/) or own (a person folder each)")
 	force := fs.Bool("force", false, "replace a previous run's output in OUT (a folder with other files is refused)")
@@ -173,17 +178,35 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		}
 		defer cache.Close()
 	}
+	var corr *batch.Corrections
+	for _, f := range applyFiles {
+		c, err := batch.LoadCorrections(f)
+		if err != nil {
+			return err
+		}
+		if corr == nil {
+			corr = c
+			continue
+		}
+		corr.Merge = append(corr.Merge, c.Merge...)
+		corr.Move = append(corr.Move, c.Move...)
+		corr.Name = append(corr.Name, c.Name...)
+	}
+	if corr != nil {
+		*force = true
+	}
 	o := batch.Options{
-		Cluster:    identity.ClusterOptions{Algorithm: alg, Config: cfg, Eps: *eps, MinSamples: *minSamples},
-		Singletons: batch.Singletons(*singletons),
-		Faces:      batch.Faces(*faces),
-		Force:      *force,
-		Link:       *link,
-		Thumb:      *thumb,
-		Limits:     imagecheck.Limits{MaxPixels: *maxPixels, MaxBytes: *maxBytes},
-		Meta:       meta,
-		Log:        env.Log,
-		Cache:      cache,
+		Cluster:     identity.ClusterOptions{Algorithm: alg, Config: cfg, Eps: *eps, MinSamples: *minSamples},
+		Singletons:  batch.Singletons(*singletons),
+		Faces:       batch.Faces(*faces),
+		Corrections: corr,
+		Force:       *force,
+		Link:        *link,
+		Thumb:       *thumb,
+		Limits:      imagecheck.Limits{MaxPixels: *maxPixels, MaxBytes: *maxBytes},
+		Meta:        meta,
+		Log:         env.Log,
+		Cache:       cache,
 	}
 	o.Progress = clusterProgress(env.Stderr, time.Now)
 	rep, err := batch.Run(ctx, pos[0], *out, finders, o)
@@ -203,6 +226,9 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 			return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 		}
 		return err
+	}
+	if st := rep.Meta.Corrections; st != nil {
+		fmt.Fprintf(env.Stdout, "corrections: %d merged, %d moved, %d named, %d naming faces this run does not have\n", st.Merged, st.Moved, st.Named, st.Missing)
 	}
 	total, embed := rep.Elapsed()
 	c := rep.Counts

@@ -8,6 +8,7 @@ package batch
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -68,6 +69,8 @@ type Options struct {
 	// Faces: customer (default) or all; all needs finders that implement
 	// AllFaceFinder.
 	Faces Faces
+	// Corrections, when set, are applied to the clustering (see Corrections).
+	Corrections *Corrections
 	// Force replaces a previous run's output (never foreign files).
 	Force bool
 	// Link hard-links the input files into OUT when the file system allows
@@ -196,6 +199,7 @@ type result struct {
 	noface string        // why no usable face, when !found and err == ""
 	err    string        // unreadable: why
 	decode bool          // err is the decoder's verdict on the bytes (cacheable)
+	sum    string        // sha256 of the file, hex (when it could be read)
 	more   []vision.Face // with Faces = all: the faces after the first
 	faceNo int           // with Faces = all: 1-based number of face in its image
 }
@@ -311,9 +315,11 @@ func embedOne(ctx context.Context, f FaceFinder, path string, o Options, budget 
 	if err != nil {
 		return result{err: imageReason(err)}
 	}
+	sum := sha256.Sum256(data)
+	defer func() { r.sum = hex.EncodeToString(sum[:]) }()
 	var key []byte
 	if o.Cache != nil {
-		key = imageKey(sha256.Sum256(data), fmt.Sprintf("|thumb %d|faces %s", max(o.Thumb, 0), o.Faces))
+		key = imageKey(sum, fmt.Sprintf("|thumb %d|faces %s", max(o.Thumb, 0), o.Faces))
 		if e, ok := o.Cache.get(key); ok {
 			return e.result()
 		}
@@ -434,6 +440,24 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 	for _, g := range groups {
 		sort.Ints(g)
 	}
+	faceKey := func(i int) string {
+		no := 0
+		if o.Faces == FacesAll {
+			no = res[i].faceNo
+		}
+		return FaceKey(res[i].sum, no)
+	}
+	var names map[int]string
+	var cst *CorrectionStats
+	if o.Corrections != nil {
+		keys := make([]string, len(res))
+		for _, i := range idx {
+			keys[i] = faceKey(i)
+		}
+		var st CorrectionStats
+		groups, names, st = applyCorrections(groups, keys, o.Corrections)
+		cst = &st
+	}
 	// Largest first; ties by the first image's path (indexes follow paths).
 	sort.Slice(groups, func(a, b int) bool {
 		if len(groups[a]) != len(groups[b]) {
@@ -442,6 +466,7 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 		return groups[a][0] < groups[b][0]
 	})
 	rep := &Report{Meta: o.Meta, Images: make([]ImageEntry, len(lst.Images)), Skipped: nonNil(lst.Skipped), Unreadable: nonNil(lst.Unreadable)}
+	rep.Meta.Corrections = cst
 	rep.Meta.Algorithm = string(alg)
 	rep.Meta.Singletons = string(o.Singletons)
 	if alg == identity.DBSCAN {
@@ -473,6 +498,7 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 			if o.Faces == FacesAll {
 				e.FaceNo = r.faceNo
 			}
+			e.Key = faceKey(i)
 			e.Face = &FaceInfo{Mask: f.Mask.String(), MaskScore: round4(f.MaskScore), Quality: round4(f.Quality), DetScore: round4(f.Det.Score),
 				Box: [4]float64{round1(f.Det.X0), round1(f.Det.Y0), round1(f.Det.X1), round1(f.Det.Y1)}}
 		}
@@ -482,7 +508,7 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 	next := 1
 	var cens [][]float64
 	for _, g := range groups {
-		id := Identity{Size: len(g)}
+		id := Identity{Size: len(g), Name: names[g[0]]}
 		if len(g) == 1 && o.Singletons == SingletonsFolder {
 			id.Folder = "singletons"
 		} else {

@@ -54,6 +54,8 @@ type Meta struct {
 	MinSamples int                  `json:"min_samples,omitempty"`
 	Singletons string               `json:"singletons"`
 	Distance   string               `json:"distance"`
+	// Corrections says what --apply made of the analyst's corrections.
+	Corrections *CorrectionStats `json:"corrections,omitempty"`
 }
 
 // ModelInfo names a model file by checksum.
@@ -77,6 +79,7 @@ type Counts struct {
 // Identity is one person found.
 type Identity struct {
 	Folder       string   `json:"folder"`
+	Name         string   `json:"name,omitempty"` // given in corrections
 	Size         int      `json:"size"`
 	Masked       int      `json:"masked"`
 	Unmasked     int      `json:"unmasked"`
@@ -106,8 +109,10 @@ type ImageEntry struct {
 	// FaceNo, with --faces all, is which face of the image this entry is
 	// (1-based, reading order); an image with several faces has one entry
 	// per face, each with its own folder.
-	FaceNo int    `json:"face_no,omitempty"`
-	Note   string `json:"note,omitempty"`
+	FaceNo int `json:"face_no,omitempty"`
+	// Key names the face in corrections: the file's sha256 (and face_no).
+	Key  string `json:"key,omitempty"`
+	Note string `json:"note,omitempty"`
 	// Face is present when a usable face was found.
 	Face *FaceInfo `json:"face,omitempty"`
 }
@@ -233,6 +238,7 @@ type sheetIdentity struct {
 
 type sheetView struct {
 	R          *Report
+	Folders    []string // person folders: targets of moves and merges
 	Identities []sheetIdentity
 	NoFace     []sheetFace
 }
@@ -252,6 +258,11 @@ func fileURL(abs string) template.URL {
 
 func sheetData(r *Report, root string) sheetView {
 	v := sheetView{R: r}
+	for _, id := range r.Identities {
+		if id.Folder != "singletons" {
+			v.Folders = append(v.Folders, id.Folder)
+		}
+	}
 	face := func(i int) sheetFace {
 		e := r.Images[i]
 		f := sheetFace{ImageEntry: e, Original: fileURL(filepath.Join(root, filepath.FromSlash(e.Path)))}
@@ -347,13 +358,17 @@ table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;paddin
 </ul>
 <div id="tools"><label>Search file names <input id="q" type="search" placeholder="part of a path"></label>
 <label>Sort people by <select id="sort"><option value="size">size (largest first)</option><option value="name">name</option><option value="dist">mean distance (tightest first)</option></select></label>
-<span id="shown"></span></div>
+<span id="shown"></span>
+<button id="export" type="button">Export corrections</button> <a id="download" class="hidden" download="corrections.json">save corrections.json</a>
+<textarea id="corrections" class="hidden" rows="6" cols="80" readonly></textarea></div>
+<datalist id="folders">{{range .Folders}}<option value="{{.}}">{{end}}</datalist>
 <div id="people">
 {{range .Identities}}<section id="{{.Folder}}" class="person" data-size="{{.Size}}" data-name="{{.Folder}}" data-dist="{{if eq .Size 1}}9{{else}}{{.MeanDistance}}{{end}}">
-<h2>{{.Folder}}: {{plural .Size "image" "images"}}, {{.Masked}} masked, {{.Unmasked}} unmasked{{if and (ne .Folder "singletons") (gt .Size 1)}}, mean distance {{dist .MeanDistance}}{{end}}</h2>
+<h2>{{.Folder}}{{with .Name}} ({{.}}){{end}}: {{plural .Size "image" "images"}}, {{.Masked}} masked, {{.Unmasked}} unmasked{{if and (ne .Folder "singletons") (gt .Size 1)}}, mean distance {{dist .MeanDistance}}{{end}}</h2>
 {{with .Maybe}}<p class="maybe">Maybe the same person as: {{range .}}<a href="#{{.Folder}}">{{.Folder}}{{with .Image}} {{.}}{{end}}</a> ({{dist .Distance}}) {{end}}</p>
+{{end}}{{if ne .Folder "singletons"}}<p class="edit"><label>Name <input class="name" data-folder="{{.Folder}}" value="{{.Name}}" size="16"></label> <label>Same person as <input class="merge" data-folder="{{.Folder}}" list="folders" size="12" placeholder="person_NNNN"></label></p>
 {{end}}<div class="grid">{{$many := and (ne .Folder "singletons") (gt .Size 1)}}{{range .Faces}}{{$f := .}}
-<figure data-path="{{lower .Path}}">{{with .Face}}{{if .Thumb}}<a href="{{$f.Href}}"><img src="{{.Thumb}}" alt="" loading="lazy"></a>{{end}}{{end}}<figcaption>{{with .Face}}<span class="b {{.Mask}}">{{.Mask}}</span>{{if $many}} {{dist .Distance}}{{end}}<br>{{end}}<a href="{{.Href}}">{{.Path}}</a>{{if .FaceNo}} (face {{.FaceNo}}){{end}} <a href="{{.Original}}" title="the input file">(original)</a>{{with .Maybe}}<br><span class="maybe">maybe: {{range .}}<a href="#{{.Folder}}">{{.Folder}}{{with .Image}} {{.}}{{end}}</a> {{dist .Distance}} {{end}}</span>{{end}}</figcaption></figure>{{end}}
+<figure data-path="{{lower .Path}}"{{if .Key}} data-face="{{.Key}}"{{end}}>{{with .Face}}{{if .Thumb}}<a href="{{$f.Href}}"><img src="{{.Thumb}}" alt="" loading="lazy"></a>{{end}}{{end}}<figcaption>{{with .Face}}<span class="b {{.Mask}}">{{.Mask}}</span>{{if $many}} {{dist .Distance}}{{end}}<br>{{end}}<a href="{{.Href}}">{{.Path}}</a>{{if .FaceNo}} (face {{.FaceNo}}){{end}} <a href="{{.Original}}" title="the input file">(original)</a>{{with .Maybe}}<br><span class="maybe">maybe: {{range .}}<a href="#{{.Folder}}">{{.Folder}}{{with .Image}} {{.}}{{end}}</a> {{dist .Distance}} {{end}}</span>{{end}}{{if .Key}}<br><input class="move" data-face="{{.Key}}" list="folders" size="11" placeholder="move to / out">{{end}}</figcaption></figure>{{end}}
 </div>
 </section>
 {{end}}</div>
@@ -391,6 +406,32 @@ function sort(){
   ss.forEach(function(s){people.appendChild(s);});
 }
 q.addEventListener('input',filter);sel.addEventListener('change',sort);
+function keysOf(folder){
+  var s=document.getElementById(folder);
+  if(!s||!s.classList.contains('person')||folder=='singletons')return [];
+  return Array.prototype.map.call(s.querySelectorAll('figure[data-face]'),function(f){return f.dataset.face;});
+}
+document.getElementById('export').addEventListener('click',function(){
+  var c={schema:1,merge:[],move:[],name:[]};
+  document.querySelectorAll('input.merge').forEach(function(i){
+    var to=i.value.trim(),into=keysOf(to);
+    if(to&&to!=i.dataset.folder&&into.length)c.merge.push({faces:keysOf(i.dataset.folder),into:into});
+  });
+  document.querySelectorAll('input.move').forEach(function(i){
+    var to=i.value.trim(),f=i.dataset.face;
+    if(!to)return;
+    if(to=='out'){c.move.push({face:f,to:[]});return;}
+    var t=keysOf(to).filter(function(k){return k!=f;});
+    if(t.length)c.move.push({face:f,to:t});
+  });
+  document.querySelectorAll('input.name').forEach(function(i){
+    var n=i.value.trim();
+    if(n)c.name.push({faces:keysOf(i.dataset.folder),name:n});
+  });
+  var js=JSON.stringify(c,null,1),ta=document.getElementById('corrections'),dl=document.getElementById('download');
+  ta.value=js;ta.classList.remove('hidden');
+  dl.href='data:application/json;charset=utf-8,'+encodeURIComponent(js);dl.classList.remove('hidden');
+});
 })();
 </script>
 </body>

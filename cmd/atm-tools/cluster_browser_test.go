@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/periocular/atm-agent/internal/testenv"
+)
+
+func chromiumPath(t *testing.T) string {
+	for _, p := range []string{"/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("chromium"); err == nil {
+		return p
+	}
+	t.Skip("no Chromium (apt-get install chromium; make test does)")
+	return ""
+}
+
+// A real headless Chromium on the offline report: the analyst names a
+// person, merges two identities, takes one face out, exports the
+// corrections; `cluster --apply` re-clusters from the cache (nothing is
+// embedded again) and the new report.json holds the result. Screenshots go
+// to $ATM_CLUSTER_SCREENSHOTS (docs/img/cluster when refreshing the docs)
+// or a temp dir.
+func TestClusterBrowserCorrections(t *testing.T) {
+	exe := chromiumPath(t)
+	models := testenv.ModelsDir(t)
+	demo := filepath.Join(testenv.ModelSrc(), "face-api", "demo")
+	in := t.TempDir()
+	for _, f := range []struct{ src, dst string }{
+		{"sample1.jpg", "alice/a.jpg"}, {"sample1.jpg", "alice/b.jpg"}, {"sample1.jpg", "alice/c.jpg"},
+		{"sample2.jpg", "bob/a.jpg"}, {"sample2.jpg", "bob/b.jpg"}, {"sample3.jpg", "carol.jpg"},
+	} {
+		b, err := os.ReadFile(filepath.Join(demo, f.src))
+		if err != nil {
+			t.Fatalf("demo photo (run `make models`): %v", err)
+		}
+		// A trailer after the end of image: distinct files, same face.
+		b = append(slices.Clone(b), f.dst...)
+		p := filepath.Join(in, filepath.FromSlash(f.dst))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shots := os.Getenv("ATM_CLUSTER_SCREENSHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	}
+	os.MkdirAll(shots, 0o755)
+	out := filepath.Join(t.TempDir(), "out")
+	cache := t.TempDir()
+	args := []string{"cluster", in, "-o", out, "--models-dir", models, "--cache", cache, "--thresholds", "0.3,0.3,0.3"}
+	if code, _, stderr := runTool(t, args...); code != 0 {
+		t.Fatalf("cluster: exit %d\n%s", code, stderr)
+	}
+	rep := readClusterReport(t, out)
+	folderOf := func(r clusterReport, path string) string {
+		for _, e := range r.Images {
+			if e.Path == path {
+				return e.Folder
+			}
+		}
+		return ""
+	}
+	alice, bob := folderOf(rep, "alice/a.jpg"), folderOf(rep, "bob/a.jpg")
+	if alice != "person_0001" || bob != "person_0002" || folderOf(rep, "carol.jpg") != "singletons" {
+		t.Fatalf("first run: alice in %s, bob in %s, carol in %s", alice, bob, folderOf(rep, "carol.jpg"))
+	}
+	var cKey string
+	for _, e := range rep.Images {
+		if e.Path == "alice/c.jpg" {
+			cKey = e.Key
+		}
+	}
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
+		chromedp.Flag("disable-dev-shm-usage", true), chromedp.Flag("allow-file-access-from-files", true), chromedp.WindowSize(1200, 900))
+	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer acancel()
+	bctx, bcancel := chromedp.NewContext(actx)
+	defer bcancel()
+	if err := chromedp.Do(bctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	shot := func(name string) chromedp.Action[chromedp.Void] {
+		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			b, err := chromedp.FullScreenshot(100)(ctx, tg)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(shots, name+".png"), b, 0o644)
+		})
+	}
+	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(bctx, 30*time.Second)
+		defer cancel()
+		if err := chromedp.Do(ctx, steps...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	get := func(a chromedp.Action[string]) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(bctx, 30*time.Second)
+		defer cancel()
+		v, err := chromedp.Run(ctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	do("open the report",
+		chromedp.Navigate("file://"+filepath.Join(out, "report.html")),
+		chromedp.WaitVisible(css(`#person_0001`)),
+		shot("report"))
+	do("search",
+		chromedp.SendKeys(css(`#q`), "bob/"),
+		chromedp.Sleep(200*time.Millisecond),
+		shot("search"))
+	if n := get(chromedp.Text(css(`#shown`))); n != "2 faces match" {
+		t.Errorf("search shows %q, want 2 faces match", n)
+	}
+	do("clear the search, name, merge, take a face out, export",
+		chromedp.Evaluate[chromedp.Void](`(function(){var q=document.getElementById('q');q.value='';q.dispatchEvent(new Event('input'));})()`),
+		chromedp.SendKeys(css(`input.name[data-folder="person_0001"]`), "Alice"),
+		chromedp.SendKeys(css(`input.merge[data-folder="person_0002"]`), "person_0001"),
+		chromedp.SendKeys(css(fmt.Sprintf(`input.move[data-face=%q]`, cKey)), "out"),
+		chromedp.Click(css(`#export`)),
+		chromedp.WaitVisible(css(`#corrections`)),
+		shot("corrections"))
+	js := get(chromedp.Evaluate[string](`document.getElementById('corrections').value`))
+	var c struct {
+		Schema int
+		Merge  []struct{ Faces, Into []string }
+		Move   []struct {
+			Face string
+			To   []string
+		}
+		Name []struct {
+			Faces []string
+			Name  string
+		}
+	}
+	if err := json.Unmarshal([]byte(js), &c); err != nil || len(c.Merge) != 1 || len(c.Move) != 1 || len(c.Name) != 1 {
+		t.Fatalf("exported corrections (%v):\n%s", err, js)
+	}
+	file := filepath.Join(t.TempDir(), "corrections.json")
+	os.WriteFile(file, []byte(js), 0o644)
+
+	code, stdout, stderr := runTool(t, append(args, "--apply", file)...)
+	if code != 0 {
+		t.Fatalf("cluster --apply: exit %d\n%s", code, stderr)
+	}
+	if !strings.Contains(stdout, "corrections: 1 merged, 1 moved, 1 named, 0 naming faces") || !strings.Contains(stdout, "6 from the cache, 0 embedded") {
+		t.Errorf("--apply summary: %s", stdout)
+	}
+	rep = readClusterReport(t, out)
+	want := map[string]string{"alice/a.jpg": "person_0001", "alice/b.jpg": "person_0001", "bob/a.jpg": "person_0001", "bob/b.jpg": "person_0001",
+		"alice/c.jpg": "singletons", "carol.jpg": "singletons"}
+	for p, f := range want {
+		if got := folderOf(rep, p); got != f {
+			t.Errorf("after --apply %s is in %s, want %s", p, got, f)
+		}
+	}
+	if rep.Identities[0].Name != "Alice" || rep.Identities[0].Size != 4 {
+		t.Errorf("first identity %+v, want Alice with 4 images", rep.Identities[0])
+	}
+	do("the corrected report", chromedp.Navigate("file://"+filepath.Join(out, "report.html")), chromedp.WaitVisible(css(`#person_0001`)), shot("applied"))
+	if h := get(chromedp.Text(css(`#person_0001 h2`))); !strings.Contains(h, "person_0001 (Alice): 4 images") {
+		t.Errorf("corrected heading %q", h)
+	}
+}
+
+type clusterReport struct {
+	Identities []struct {
+		Folder, Name string
+		Size         int
+	}
+	Images []struct{ Path, Folder, Key string }
+}
+
+func readClusterReport(t *testing.T, out string) clusterReport {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(out, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r clusterReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}

@@ -1,0 +1,67 @@
+package batch
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Corrections name faces by content: they apply again after new images
+// arrive and files are renamed, merges, moves (into a person and out) and
+// names included; faces that are gone are counted as missing.
+func TestCorrectionsSurviveRerun(t *testing.T) {
+	in := t.TempDir()
+	writeFiles(t, in, map[string]string{"a.jpg": "face 1 0", "b.jpg": "face 1 1", "c.jpg": "face 2 0", "d.jpg": "face 2 1",
+		"e.jpg": "face 3 0", "f.jpg": "face 1 2"})
+	rep, err := Run(context.Background(), in, filepath.Join(t.TempDir(), "o"), fakes(1), testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := map[string]string{}
+	for _, e := range rep.Images {
+		key[e.Path] = e.Key
+		if !strings.HasPrefix(e.Key, "sha256:") || len(e.Key) != 7+64 {
+			t.Fatalf("key %q", e.Key)
+		}
+	}
+	c := &Corrections{Schema: 1,
+		Merge: []Merge{{Faces: []string{key["c.jpg"]}, Into: []string{key["a.jpg"]}}},
+		Move: []Move{{Face: key["e.jpg"], To: []string{key["b.jpg"]}}, {Face: key["f.jpg"]},
+			{Face: "sha256:gone"}},
+		Name: []Name{{Faces: []string{key["a.jpg"], key["d.jpg"]}, Name: "Alice"}},
+	}
+
+	// New images, a renamed file: the same corrections still hold.
+	writeFiles(t, in, map[string]string{"new/g.jpg": "face 4 0", "new/h.jpg": "face 4 1"})
+	if err := os.Rename(filepath.Join(in, "a.jpg"), filepath.Join(in, "renamed.jpg")); err != nil {
+		t.Fatal(err)
+	}
+	o := testOptions()
+	o.Corrections = c
+	out := filepath.Join(t.TempDir(), "o")
+	rep, err = Run(context.Background(), in, out, fakes(1), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := rep.Meta.Corrections
+	if st == nil || *st != (CorrectionStats{Merged: 1, Moved: 2, Named: 1, Missing: 1}) {
+		t.Errorf("stats %+v", st)
+	}
+	first := rep.Identities[0]
+	if first.Name != "Alice" || strings.Join(first.Images, " ") != "b.jpg c.jpg d.jpg e.jpg renamed.jpg" {
+		t.Errorf("first identity %+v, want Alice with b c d e renamed", first)
+	}
+	folder := map[string]string{}
+	for _, e := range rep.Images {
+		folder[e.Path] = e.Folder
+	}
+	if folder["f.jpg"] != "singletons" || folder["new/g.jpg"] != "person_0002" {
+		t.Errorf("f.jpg in %s (want out, a singleton), new/g.jpg in %s", folder["f.jpg"], folder["new/g.jpg"])
+	}
+	page, _ := os.ReadFile(filepath.Join(out, "report.html"))
+	if !strings.Contains(string(page), "person_0001 (Alice): 5 images") {
+		t.Error("report.html lacks the name")
+	}
+}
