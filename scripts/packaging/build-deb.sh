@@ -13,7 +13,7 @@
 #                   binary; for arm64 the same, after checking that the arm64
 #                   binary needs no shared library the amd64 one does not)
 #   DEB_MAINTAINER  Maintainer field (default: DEBFULLNAME <DEBEMAIL>, else git's
-#                   user.name <user.email>, as dch does)
+#                   user.name <user.email>, as dch does, else HEAD's author)
 #   DEB_OUT         output file (default build/atm-agent_<version>_<arch>.deb)
 #   DEB_TOOLS_OUT   output file (default build/atm-tools_<version>_<arch>.deb)
 set -euo pipefail
@@ -35,8 +35,9 @@ fi
 export DEB_BIN DEB_TOOLS_BIN=${DEB_TOOLS_BIN:-}
 
 if [ -z "${DEB_MAINTAINER:-}" ]; then
-	name=${DEBFULLNAME:-$(git config user.name || true)}
-	email=${DEBEMAIL:-$(git config user.email || true)}
+	# A fresh clone without git identity: the author of HEAD.
+	name=${DEBFULLNAME:-$(git config user.name || git log -1 --format=%an)}
+	email=${DEBEMAIL:-$(git config user.email || git log -1 --format=%ae)}
 	[ -n "$name" ] && [ -n "$email" ] ||
 		{ echo "build-deb: set DEB_MAINTAINER='Name <email>' (or DEBFULLNAME and DEBEMAIL)" >&2; exit 1; }
 	DEB_MAINTAINER="$name <$email>"
