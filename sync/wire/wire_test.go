@@ -249,3 +249,38 @@ func FuzzDecodeCommand(f *testing.F) {
 		}
 	})
 }
+
+// FuzzWindowCounts: whatever the fast path reads, encoding/json (the
+// reflection path it short-cuts) reads the same; the writer's output and
+// the version 1 form take the fast path.
+func FuzzWindowCounts(f *testing.F) {
+	out, _ := json.Marshal(WindowCounts{H1: 1, H24: 22, D7: 333})
+	for _, s := range []string{string(out), `{"1h":1,"24h":2,"7d":3}`, `{"h24":5,"24h":9}`, ` { "d7" : -0 , "h1":0 } `,
+		`{}`, `null`, `{"1H":1}`, `{"1h":1.0}`, `{"1h":01}`, `{"1h":1,}`, `{"1h":"1"}`, `{"\u0031h":4}`, `{"1h":1}x`, `{"1h":1e2}`,
+		`{"1h":9999999999}`, `{"x":1}`} {
+		f.Add([]byte(s))
+	}
+	if _, ok := parseWindowCounts(out); !ok {
+		f.Errorf("the writer's own output %s misses the fast path", out)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fast, ok := parseWindowCounts(b)
+		var k windowKeys
+		err := json.Unmarshal(b, &k)
+		if !ok {
+			return
+		}
+		if err != nil {
+			t.Fatalf("%q: fast path read %+v, encoding/json refuses it: %v", b, fast, err)
+		}
+		want := WindowCounts{H1: k.H1, H24: k.H24, D7: k.D7}
+		for _, x := range []struct{ dst, src *int }{{&want.H1, k.NH1}, {&want.H24, k.NH24}, {&want.D7, k.ND7}} {
+			if x.src != nil {
+				*x.dst = *x.src
+			}
+		}
+		if fast != want {
+			t.Fatalf("%q: fast path %+v, encoding/json %+v", b, fast, want)
+		}
+	})
+}
