@@ -92,6 +92,12 @@ deb: models
 test-deb: deb
 	bash scripts/packaging/test-deb.sh
 
+# lintian on the packages of `make deb`: fails on any error or warning
+# (docs/packaging.md "lintian"; apt-get install lintian).
+.PHONY: lintian
+lintian:
+	lintian --fail-on error,warning --info $$(ls -t build/atm-agent_*_amd64.deb | head -1) $$(ls -t build/atm-tools_*_amd64.deb | head -1)
+
 # arm64 cross build against Debian's arm64 OpenCV in a sysroot under build/
 # (mmdebstrap, created once); run it with qemu-aarch64-static -L build/sysroot-arm64.
 .PHONY: build-arm64
