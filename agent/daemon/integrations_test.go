@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/periocular/atm-agent/internal/testenv"
+	"github.com/periocular/atm-agent/sync/wire"
 )
 
 var (
@@ -207,5 +208,98 @@ func TestPackagedIntegrations(t *testing.T) {
 		t.Errorf("dashboard queries do not parse (promtool): %v\n%s", err, out)
 	} else {
 		t.Logf("promtool: %d alert rules and %d dashboard queries parse", len(alerts), len(recs))
+	}
+}
+
+// TestNodeREDFlow checks the shipped Node-RED flow: a valid flow export
+// (unique ids, wires and broker references that resolve), subscriptions
+// to the agent's topics, and every payload field it reads present in the
+// example payloads of docs/schemas.
+func TestNodeREDFlow(t *testing.T) {
+	b, err := os.ReadFile(testenv.Path("scripts", "packaging", "share", "node-red", "atm-agent-flow.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes []map[string]any
+	if err := json.Unmarshal(b, &nodes); err != nil {
+		t.Fatal(err)
+	}
+	types := map[string]string{}
+	for _, n := range nodes {
+		id, _ := n["id"].(string)
+		typ, _ := n["type"].(string)
+		if id == "" || typ == "" || types[id] != "" {
+			t.Fatalf("node %v: no id or type, or a repeated id", n)
+		}
+		types[id] = typ
+	}
+	example := func(kind string) map[string]any {
+		b, err := wire.Schemas.ReadFile("schemas/examples/" + kind + ".json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		json.Unmarshal(b, &m)
+		return m
+	}
+	payloadPath := regexp.MustCompile(`payload((?:\.[a-z_0-9]+)+)`)
+	topicKind := map[string]string{"atm/+/+/state": "state", "atm/+/+/alert": "alert"}
+	for _, n := range nodes {
+		if z, ok := n["z"].(string); ok && types[z] != "tab" {
+			t.Errorf("node %s: z %q is not a tab", n["id"], z)
+		}
+		if w, ok := n["wires"].([]any); ok {
+			for _, out := range w {
+				for _, to := range out.([]any) {
+					if types[to.(string)] == "" {
+						t.Errorf("node %s wires to unknown %v", n["id"], to)
+					}
+				}
+			}
+		}
+		if n["type"] != "mqtt in" {
+			continue
+		}
+		if types[n["broker"].(string)] != "mqtt-broker" {
+			t.Errorf("mqtt in %s: broker %v is not an mqtt-broker node", n["id"], n["broker"])
+		}
+		kind := topicKind[n["topic"].(string)]
+		if kind == "" || n["datatype"] != "json" {
+			t.Errorf("mqtt in %s: topic %v datatype %v", n["id"], n["topic"], n["datatype"])
+			continue
+		}
+		// Follow the wires: every payload field downstream exists in the
+		// example of that kind.
+		ex := example(kind)
+		var visit func(id string)
+		seen := map[string]bool{}
+		visit = func(id string) {
+			if seen[id] {
+				return
+			}
+			seen[id] = true
+			for _, m := range nodes {
+				if m["id"] != id {
+					continue
+				}
+				raw, _ := json.Marshal(m)
+				for _, p := range payloadPath.FindAllStringSubmatch(string(raw), -1) {
+					var v any = ex
+					for _, part := range strings.Split(strings.TrimPrefix(p[1], "."), ".") {
+						obj, _ := v.(map[string]any)
+						if v = obj[part]; v == nil {
+							t.Errorf("node %s reads %s, not in the %s example", id, p[0], kind)
+							break
+						}
+					}
+				}
+				for _, out := range m["wires"].([]any) {
+					for _, to := range out.([]any) {
+						visit(to.(string))
+					}
+				}
+			}
+		}
+		visit(n["id"].(string))
 	}
 }

@@ -83,6 +83,7 @@ check "models verify --dir" atm-agent models verify --dir /usr/lib/atm-agent/mod
 perm /usr/share/atm-agent/prometheus/atm-agent.rules.yml 644 root:root
 perm /usr/share/atm-agent/grafana/dashboards/atm-agent.json 644 root:root
 perm /usr/share/atm-agent/grafana/provisioning/atm-agent.yaml 644 root:root
+perm /usr/share/atm-agent/node-red/atm-agent-flow.json 644 root:root
 if command -v promtool >/dev/null; then
 	check "promtool check rules (installed rules)" promtool check rules /usr/share/atm-agent/prometheus/atm-agent.rules.yml
 fi

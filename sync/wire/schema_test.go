@@ -99,6 +99,7 @@ func samples(t testing.TB) map[string][]byte {
 		Totals: Totals{Visits: WindowCounts{7, 61, 402}, Identities: WindowCounts{5, 40, 210}, Masked: WindowCounts{1, 6, 33}}}
 	sum.SchemaVersion = SummarySchemaVersion
 	al := NewAlert(env, visit.Alert{ID: "a-visits24h-p-8c1f02d9-20250313", Rule: "many-visits-24h", Kind: "visits", IdentityID: "p-8c1f02d9",
+		VisitID: "v-20250314-0931", TxnID: "T-88412",
 		Window: "24h0m0s", WindowStart: t0.Add(-24 * time.Hour), Count: 9, Threshold: 8, FirstSeen: t0.Add(-20 * time.Hour), LastSeen: t0, Raised: t0})
 	cmd := Command{Envelope: Envelope{SchemaVersion: CommandSchemaVersion, MessageID: "c-0001", Device: "atm-0042", Site: "lyon-07", TS: t0},
 		Command: CmdPurgeIdentity, Args: CommandArgs{ID: "p-8c1f02d9"}}
