@@ -157,7 +157,9 @@ func collect(t *testing.T, url, filter string) *collector {
 		t.Fatalf("collector connect: %v", tok.Error())
 	}
 	tok := cl.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
-		if strings.HasSuffix(m.Topic(), "/status") {
+		// Outbox messages only (seq, dedup): not the retained status and
+		// state, whose seq repeats the last acknowledged one.
+		if !strings.HasSuffix(m.Topic(), "/summary") && !strings.HasSuffix(m.Topic(), "/alert") {
 			return
 		}
 		var p struct {

@@ -54,7 +54,7 @@ mqtt:
 	}
 	defer cl.Disconnect(100)
 	if tok := cl.Subscribe("#", 1, func(_ paho.Client, m paho.Message) {
-		if strings.HasSuffix(m.Topic(), "/status") {
+		if strings.HasSuffix(m.Topic(), "/status") || strings.HasSuffix(m.Topic(), "/state") {
 			mu.Lock()
 			status = append(status, string(m.Payload()))
 			mu.Unlock()
