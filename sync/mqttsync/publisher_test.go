@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -103,9 +104,10 @@ func TestPublishOrderAckStatus(t *testing.T) {
 		}
 	}
 	// online at connect, again when the backlog of 40 drained (a change
-	// of the outbox depth's magnitude), stopped at the end.
-	if fmt.Sprint(states) != "[online online stopped]" {
-		t.Errorf("status sequence %v", states)
+	// of the outbox depth's magnitude: 40 -> 0, or through 1-9 when a
+	// check falls mid-drain), stopped at the end.
+	if n := len(states); n < 3 || n > 4 || states[n-1] != wire.StateStopped || slices.ContainsFunc(states[:n-1], func(s wire.State) bool { return s != wire.StateOnline }) {
+		t.Errorf("status sequence %v, want 2 or 3 online then stopped", states)
 	}
 }
 
