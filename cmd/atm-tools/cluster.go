@@ -44,6 +44,7 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		applyFiles = append(applyFiles, v)
 		return nil
 	})
+	near := fs.Float64("near", batch.NearFactor, "near-miss suggestions reach this factor x the cut (0: none)")
 	faces := fs.String("faces", "customer", "customer (the largest, most central face: ATM frames) or all (every face of a group photo as its own item)")
 	singletons := fs.String("singletons", "folder", "people seen once: folder (all under singletons/) or own (a person folder each)")
 	force := fs.Bool("force", false, "replace a previous run's output in OUT (a folder with other files is refused)")
@@ -195,11 +196,15 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	if corr != nil {
 		*force = true
 	}
+	if *near == 0 {
+		*near = -1 // none
+	}
 	o := batch.Options{
 		Cluster:     identity.ClusterOptions{Algorithm: alg, Config: cfg, Eps: *eps, MinSamples: *minSamples},
 		Singletons:  batch.Singletons(*singletons),
 		Faces:       batch.Faces(*faces),
 		Corrections: corr,
+		Near:        *near,
 		Force:       *force,
 		Link:        *link,
 		Thumb:       *thumb,

@@ -69,6 +69,9 @@ type Options struct {
 	// Faces: customer (default) or all; all needs finders that implement
 	// AllFaceFinder.
 	Faces Faces
+	// Near is how far beyond the cut near-miss suggestions reach, as a
+	// factor of it (default NearFactor; < 1: none).
+	Near float64
 	// Corrections, when set, are applied to the clustering (see Corrections).
 	Corrections *Corrections
 	// Force replaces a previous run's output (never foreign files).
@@ -544,7 +547,11 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 		}
 		rep.Identities = append(rep.Identities, id)
 	}
-	suggest(rep, cens, nearCut(o.Cluster, alg))
+	near := o.Near
+	if near == 0 {
+		near = NearFactor
+	}
+	suggest(rep, cens, nearCut(o.Cluster, alg), near)
 	files := map[string]bool{}
 	for _, p := range lst.Images {
 		files[p] = true
@@ -597,12 +604,12 @@ func round4(v float64) float64 { return math.Round(v*1e4) / 1e4 }
 func round1(v float64) float64 { return math.Round(v*10) / 10 }
 
 // Near-miss suggestions: for each identity, the other identities whose
-// centroids lie within NearFactor x the algorithm's cut (cosine distance of
+// centroids lie within Options.Near (default NearFactor) x the algorithm's cut (cosine distance of
 // the L2-normalised mean templates), closest first, at most MaxSuggestions.
 // They are the "maybe the same person" an analyst checks first: pairs just
 // beyond the threshold, which the algorithm kept apart for precision.
 const (
-	NearFactor     = 1.3
+	NearFactor     = 1.15
 	MaxSuggestions = 3
 	// maxSuggestIdentities bounds the all-pairs pass (quadratic).
 	maxSuggestIdentities = 4000
@@ -622,12 +629,12 @@ func nearCut(c identity.ClusterOptions, alg identity.Algorithm) float64 {
 	return c.Config.Thresholds.UU
 }
 
-func suggest(rep *Report, cens [][]float64, cut float64) {
+func suggest(rep *Report, cens [][]float64, cut, factor float64) {
 	n := len(cens)
-	if n < 2 || n > maxSuggestIdentities || cut <= 0 {
+	if n < 2 || n > maxSuggestIdentities || cut <= 0 || factor < 1 {
 		return
 	}
-	limit := cut * NearFactor
+	limit := cut * factor
 	near := make([][]Suggestion, n)
 	for a := range n {
 		for b := a + 1; b < n; b++ {
