@@ -67,11 +67,12 @@ func TestAgentCoreDeps(t *testing.T) {
 }
 
 // The top level holds the card's folders (agent, hal, store, sync, models,
-// scripts, systemd) plus cmd, internal, docs, testdata and the module files.
+// scripts, systemd) plus cmd, internal, docs, testdata, the module files and
+// the licence files, which stay at the root where readers and tools look.
 func TestTopLevel(t *testing.T) {
 	allowed := []string{"agent", "hal", "store", "sync", "models", "scripts", "systemd",
 		"cmd", "internal", "docs", "testdata",
-		"README.md", "Makefile", "go.mod", "go.sum", ".gitignore", ".ci", ".git", "build"}
+		"README.md", "LICENSE", "NOTICE", "Makefile", "go.mod", "go.sum", ".gitignore", ".ci", ".git", "build"}
 	ents, err := os.ReadDir(testenv.Root())
 	if err != nil {
 		t.Fatal(err)
