@@ -9,8 +9,8 @@
 #               a real repository is signed with the bank's own key, see
 #               docs/packaging.md "apt repository")
 #   APT_SUITE   distribution codename (default bookworm)
-#   DEBS        packages to add (default: the newest build/atm-agent_*_amd64.deb
-#               and build/atm-agent_*_arm64.deb that exist)
+#   DEBS        packages to add (default: the newest build/atm-agent_*_ARCH.deb
+#               and build/atm-tools_*_ARCH.deb of amd64 and arm64 that exist)
 # The repository's public key is written beside it as
 # atm-agent-archive-keyring.gpg (binary, for a sources entry's Signed-By).
 set -euo pipefail
@@ -24,9 +24,11 @@ for t in reprepro gpg; do
 done
 if [ -z "${DEBS:-}" ]; then
 	DEBS=
-	for a in amd64 arm64; do
-		d=$(ls -t build/atm-agent_*_"$a".deb 2>/dev/null | head -1 || true)
-		[ -n "$d" ] && DEBS="$DEBS $d"
+	for p in atm-agent atm-tools; do
+		for a in amd64 arm64; do
+			d=$(ls -t build/"$p"_*_"$a".deb 2>/dev/null | head -1 || true)
+			[ -n "$d" ] && DEBS="$DEBS $d"
+		done
 	done
 fi
 [ -n "${DEBS// /}" ] || { log "no package to add (make deb, make deb-arm64)"; exit 1; }

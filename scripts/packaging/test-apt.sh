@@ -10,13 +10,13 @@
 # under qemu through binfmt_misc (qemu-user-static), mounted here if needed.
 #   ARCH       amd64 (default) or arm64
 #   APT_REPO   the repository (default build/apt-repo); APT_GNUPG its key
-#   ROOT_CACHE the clean root, created once (default build/aptroot-ARCH)
+#   ROOT_CACHE the clean root, created once (default build/_aptroot-ARCH; the leading _ keeps it out of go ./...)
 #   PHOTOS     the replayed faces (default build/src/face-api/demo)
 set -euo pipefail
 ARCH=${ARCH:-amd64}
 REPO=$(realpath -m "${APT_REPO:-build/apt-repo}")
 export GNUPGHOME=$(realpath -m "${APT_GNUPG:-build/apt-gnupg}")
-CACHE=$(realpath -m "${ROOT_CACHE:-build/aptroot-$ARCH}")
+CACHE=$(realpath -m "${ROOT_CACHE:-build/_aptroot-$ARCH}")
 PHOTOS=$(realpath -m "${PHOTOS:-build/src/face-api/demo}")
 SUITE=bookworm
 MIRROR=http://deb.debian.org/debian
