@@ -29,7 +29,7 @@ func init() {
 	commands["cluster"] = cli.Command{Summary: "group the photos of a folder by person (batch job)", Run: runCluster}
 }
 
-const clusterSynopsis = "cluster DIR -o OUT [--algorithm average|complete|online|dbscan] [--eps 0.5 --min-samples 2] [--singletons folder|own] [--force]"
+const clusterSynopsis = "cluster DIR -o OUT [--algorithm average|complete|online|dbscan] [--eps 0.5 --min-samples 2] [--singletons folder|own] [--video-fps 1] [--force]"
 
 func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	fs := cli.NewFlags(env, "cluster", clusterSynopsis)
@@ -55,6 +55,8 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	thumb := fs.Int("thumb", 96, "contact-sheet thumbnail size in pixels (-1: none)")
 	maxPixels := fs.Int64("max-pixels", imagecheck.DefaultMaxPixels, "largest image accepted, in pixels (width*height, read from the header before decoding); larger ones are listed as unreadable")
 	maxBytes := fs.Int64("max-bytes", imagecheck.DefaultMaxBytes, "largest image file accepted, in bytes (never read past it)")
+	videoFPS := fs.Float64("video-fps", batch.DefaultVideoFPS, "video files (MP4/MOV, AVI, Matroska/WebM, MPEG-TS that OpenCV reads): frames sampled per second of video, each an item VIDEO#t=SECONDS (0: video files are skipped)")
+	videoMax := fs.Int("video-max-frames", batch.DefaultVideoMaxFrames, "most frames sampled from one video (the rest of a longer video is listed under skipped)")
 	cacheDir := fs.String("cache", "", "embedding cache folder (default: $XDG_CACHE_HOME/atm-tools/cluster, i.e. ~/.cache/...)")
 	noCache := fs.Bool("no-cache", false, "neither read nor write the embedding cache")
 	cacheMax := fs.Int64("cache-max-bytes", batch.DefaultCacheMaxBytes, "bound on the cache's entries; the least recently used go first")
@@ -80,6 +82,12 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	alg := identity.Algorithm(*algo)
 	if !validAlgorithm(alg) {
 		return fmt.Errorf("%w: --algorithm %q: want one of %v", cli.ErrUsage, *algo, identity.Algorithms())
+	}
+	if *videoFPS < 0 || math.IsNaN(*videoFPS) || math.IsInf(*videoFPS, 0) || *videoFPS > 1000 {
+		return fmt.Errorf("%w: --video-fps %v: want 0 (off) or a rate in frames per second up to 1000", cli.ErrUsage, *videoFPS)
+	}
+	if *videoMax < 1 {
+		return fmt.Errorf("%w: --video-max-frames %d: want 1 or more", cli.ErrUsage, *videoMax)
 	}
 	if *faces != string(batch.FacesCustomer) && *faces != string(batch.FacesAll) {
 		return fmt.Errorf("%w: --faces %q: want customer or all", cli.ErrUsage, *faces)
@@ -213,6 +221,10 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		Log:         env.Log,
 		Cache:       cache,
 	}
+	o.VideoFPS, o.VideoMaxFrames = *videoFPS, *videoMax
+	if *videoFPS == 0 {
+		o.VideoFPS = -1 // off
+	}
 	o.Progress = clusterProgress(env.Stderr, time.Now)
 	rep, err := batch.Run(ctx, pos[0], *out, finders, o)
 	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
@@ -245,6 +257,9 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	faceWord := ""
 	if *faces == string(batch.FacesAll) {
 		faceWord = fmt.Sprintf(" (%s)", batchPlural(c.Faces, "face", "faces"))
+	}
+	if c.Videos > 0 {
+		faceWord += fmt.Sprintf(" (frames of %s included)", batchPlural(c.Videos, "video", "videos"))
 	}
 	fmt.Fprintf(env.Stdout, "%s%s: %s (2+ images), %d single-image, %d without a usable face, %d unreadable, %d skipped; %s in %.1fs (perception %.1fs%s)\n",
 		batchPlural(c.Images, "image", "images"), faceWord, batchPlural(c.People, "person", "people"), c.Singletons, c.NoFace, c.Unreadable, c.Skipped, *out, total.Seconds(), embed.Seconds(), cached)

@@ -216,3 +216,78 @@ func TestClusterWarnings(t *testing.T) {
 		})
 	}
 }
+
+// The seed clips (real MP4s of the original project, from
+// ../shared/datasets/seed-clips or $ATM_SEED_CLIPS; skipped without them)
+// sampled at one frame per second: every frame of god masked and god
+// unmasked is one person (cross-mask), Holness another; a second run takes
+// every frame from the cache.
+func TestClusterSeedClips(t *testing.T) {
+	models := testenv.ModelsDir(t)
+	dir := os.Getenv("ATM_SEED_CLIPS")
+	if dir == "" {
+		dir = testenv.Path("..", "shared", "datasets", "seed-clips")
+	}
+	clips := []string{"god_masked.mp4", "god_unmasked.mp4", "holness_masked.mp4"}
+	in := t.TempDir()
+	for _, c := range clips {
+		src := filepath.Join(dir, c)
+		if _, err := os.Stat(src); err != nil {
+			t.Skipf("seed clips absent (set ATM_SEED_CLIPS): %v", err)
+		}
+		if err := os.Symlink(src, filepath.Join(in, c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	args := []string{"cluster", in, "-o", out, "--models-dir", models, "--cache", t.TempDir(), "--video-fps", "1"}
+	code, stdout, stderr := runTool(t, args...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stdout, "(frames of 3 videos included)") || !strings.Contains(stdout, ", 0 unreadable") {
+		t.Errorf("summary %q", stdout)
+	}
+	var rep struct {
+		Images []struct {
+			Path, Folder string
+			Video        *struct{ Path string }
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(out, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	folders := map[string]map[string]int{} // video -> folder -> frames
+	for _, e := range rep.Images {
+		if e.Video == nil || !strings.HasPrefix(e.Path, e.Video.Path+"#t=") {
+			t.Errorf("item %s is not a video frame", e.Path)
+			continue
+		}
+		if folders[e.Video.Path] == nil {
+			folders[e.Video.Path] = map[string]int{}
+		}
+		folders[e.Video.Path][e.Folder]++
+	}
+	t.Logf("frames by video and folder: %v", folders)
+	one := func(v string) string {
+		if len(folders[v]) != 1 {
+			t.Errorf("%s: frames in %v, want one folder", v, folders[v])
+		}
+		for f := range folders[v] {
+			return f
+		}
+		return ""
+	}
+	gm, gu, h := one("god_masked.mp4"), one("god_unmasked.mp4"), one("holness_masked.mp4")
+	if gm != gu || gm == h || !strings.HasPrefix(gm, "person_") || !strings.HasPrefix(h, "person_") {
+		t.Errorf("god masked in %s, god unmasked in %s, holness in %s", gm, gu, h)
+	}
+	code, stdout, stderr = runTool(t, append(args, "--force")...)
+	if code != 0 || !strings.Contains(stdout, "from the cache, 0 embedded") {
+		t.Errorf("second run: exit %d, %q %s", code, stdout, stderr)
+	}
+}

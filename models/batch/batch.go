@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math"
+	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -98,7 +99,17 @@ type Options struct {
 	// Cache, when set, keeps and reuses perception results by file content
 	// (see Cache); the caller opens and closes it.
 	Cache *Cache
-	Log   *slog.Logger
+	// VideoFPS is the sampling rate of video files, in frames per second of
+	// video (< 0: video files are skipped; 0: DefaultVideoFPS); each
+	// sampled frame is an item (see VideoExtensions for the naming).
+	VideoFPS float64
+	// VideoMaxFrames bounds the frames taken from one video (0:
+	// DefaultVideoMaxFrames); the rest of a longer video is noted under
+	// skipped.
+	VideoMaxFrames int
+	Log            *slog.Logger
+
+	frames map[string]videoFrame // sampled video frames by item path
 }
 
 // Run clusters the images under in and writes the result into out. It needs
@@ -159,6 +170,29 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 	created, err := prepareOut(out, o.Force)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	if o.VideoFPS == 0 {
+		o.VideoFPS = DefaultVideoFPS
+	}
+	if o.VideoMaxFrames <= 0 {
+		o.VideoMaxFrames = DefaultVideoMaxFrames
+	}
+	if len(lst.Videos) > 0 && o.VideoFPS < 0 {
+		for _, v := range lst.Videos {
+			lst.Skipped = append(lst.Skipped, Problem{v, "video (video input is off: --video-fps 0)"})
+		}
+		sort.SliceStable(lst.Skipped, func(a, b int) bool { return lst.Skipped[a].Path < lst.Skipped[b].Path })
+	} else if len(lst.Videos) > 0 {
+		tmp, err := os.MkdirTemp("", "atm-cluster-frames-")
+		if err != nil {
+			_ = removeOurs(out, created)
+			return nil, fmt.Errorf("cluster: video frames: %w", err)
+		}
+		defer os.RemoveAll(tmp)
+		if o.frames, err = expandVideos(ctx, absIn, tmp, lst, o); err != nil {
+			_ = removeOurs(out, created)
+			return nil, fmt.Errorf("cluster: video: %w", err)
+		}
 	}
 	// A run that does not finish (a signal, a write error) takes back what
 	// it wrote, so OUT is as before (or gone, when the run created it) and a
@@ -285,7 +319,19 @@ func embedAll(ctx context.Context, root string, images []string, finders []FaceF
 		go func(f FaceFinder) {
 			defer wg.Done()
 			for i := range jobs {
-				res[i] = embedOne(ctx, f, filepath.Join(root, filepath.FromSlash(images[i])), o, budget)
+				p := filepath.Join(root, filepath.FromSlash(images[i]))
+				fr, isFrame := o.frames[images[i]]
+				if isFrame {
+					p = fr.file
+				}
+				var frp *videoFrame
+				if isFrame {
+					frp = &fr
+				}
+				res[i] = embedOne(ctx, f, p, frp, o, budget)
+				if isFrame && res[i].sum != "" {
+					res[i].sum = fr.frameSum()
+				}
 				if o.Progress != nil {
 					done.Lock()
 					n++
@@ -313,7 +359,9 @@ feed:
 // embedOne reads one image within o.Limits (size, then header: nothing is
 // decoded before both pass), waits for its pixels in budget, and finds the
 // face.
-func embedOne(ctx context.Context, f FaceFinder, path string, o Options, budget *semaphore.Weighted) (r result) {
+// A video frame (fr != nil) is read from its temporary JPEG at path and
+// cached by its video's content and index.
+func embedOne(ctx context.Context, f FaceFinder, path string, fr *videoFrame, o Options, budget *semaphore.Weighted) (r result) {
 	data, info, err := imagecheck.ReadFile(path, o.Limits)
 	if err != nil {
 		return result{err: imageReason(err)}
@@ -322,7 +370,13 @@ func embedOne(ctx context.Context, f FaceFinder, path string, o Options, budget 
 	defer func() { r.sum = hex.EncodeToString(sum[:]) }()
 	var key []byte
 	if o.Cache != nil {
-		key = imageKey(sum, fmt.Sprintf("|thumb %d|faces %s", max(o.Thumb, 0), o.Faces))
+		opts := fmt.Sprintf("|thumb %d|faces %s", max(o.Thumb, 0), o.Faces)
+		if fr != nil {
+			// A frame is cached by its video's content and its index.
+			key = imageKey(fr.sum, fmt.Sprintf("%s|frame %d", opts, fr.index))
+		} else {
+			key = imageKey(sum, opts)
+		}
 		if e, ok := o.Cache.get(key); ok {
 			return e.result()
 		}
@@ -487,6 +541,9 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 	}
 	for i, p := range lst.Images {
 		e := ImageEntry{Path: p}
+		if fr, ok := o.frames[p]; ok {
+			e.Video = &FrameInfo{Path: fr.video, Frame: fr.index, Time: math.Round(fr.t*1000) / 1000}
+		}
 		r := res[i]
 		switch {
 		case r.err != "":
@@ -557,6 +614,11 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 		files[p] = true
 	}
 	rep.Counts.Images = len(files)
+	videos := map[string]bool{}
+	for _, fr := range o.frames {
+		videos[fr.video] = true
+	}
+	rep.Counts.Videos = len(videos)
 	rep.Counts.Faces = len(samples)
 	rep.Counts.Identities = len(groups)
 	rep.Counts.Skipped = len(rep.Skipped)

@@ -66,7 +66,8 @@ type ModelInfo struct {
 
 // Counts sum up a run. Identities = People (2+ images) + Singletons.
 type Counts struct {
-	Images     int `json:"images"`
+	Images     int `json:"images"`           // items: image files and sampled video frames
+	Videos     int `json:"videos,omitempty"` // video files sampled
 	Faces      int `json:"faces"`
 	NoFace     int `json:"noface"`
 	Unreadable int `json:"unreadable"`
@@ -115,6 +116,16 @@ type ImageEntry struct {
 	Note string `json:"note,omitempty"`
 	// Face is present when a usable face was found.
 	Face *FaceInfo `json:"face,omitempty"`
+	// Video is present when the item is a frame sampled from a video
+	// (Path is then "VIDEO#t=SECONDS").
+	Video *FrameInfo `json:"video,omitempty"`
+}
+
+// FrameInfo says where in a video a sampled frame is.
+type FrameInfo struct {
+	Path  string  `json:"path"`  // the video, relative to the input
+	Frame int     `json:"frame"` // index of the frame in the video, from 0
+	Time  float64 `json:"time"`  // seconds from the start
 }
 
 // FaceInfo is what was measured on an image's face.
@@ -150,9 +161,13 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 			e.File = f // another face of the same image, same person
 			return nil
 		}
-		e.File = names[folder].take(flatName(e.Path))
+		src, name := filepath.Join(root, filepath.FromSlash(e.Path)), flatName(e.Path)
+		if fr, ok := o.frames[e.Path]; ok {
+			src, name = fr.file, name+".jpg" // the sampled frame, as a JPEG
+		}
+		e.File = names[folder].take(name)
 		placed[folder+"/"+e.Path] = e.File
-		linked, err := place(filepath.Join(root, filepath.FromSlash(e.Path)), filepath.Join(dir, e.File), o.Link)
+		linked, err := place(src, filepath.Join(dir, e.File), o.Link)
 		if err != nil {
 			return fmt.Errorf("place %s: %w", e.Path, err)
 		}
@@ -266,6 +281,10 @@ func sheetData(r *Report, root string) sheetView {
 	face := func(i int) sheetFace {
 		e := r.Images[i]
 		f := sheetFace{ImageEntry: e, Original: fileURL(filepath.Join(root, filepath.FromSlash(e.Path)))}
+		if e.Video != nil {
+			// The video at the frame's time (a media fragment).
+			f.Original = fileURL(filepath.Join(root, filepath.FromSlash(e.Video.Path))) + template.URL(fmt.Sprintf("#t=%.3f", e.Video.Time))
+		}
 		if e.File != "" {
 			f.Href = relURL(e.Folder + "/" + e.File)
 		}

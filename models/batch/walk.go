@@ -38,6 +38,7 @@ type Problem struct {
 // Listing is what a walk of the input found, every list in path order.
 type Listing struct {
 	Images     []string  // slash-separated paths relative to the root
+	Videos     []string  // video files (by header or extension), same form
 	Skipped    []Problem // not an image by name, or not a regular file
 	Unreadable []Problem // could not be listed or opened
 }
@@ -101,10 +102,16 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 			switch {
 			case err != nil:
 				l.Unreadable = append(l.Unreadable, Problem{r, reason(err)})
-			case imagecheck.Sniff(head) != "" || isImage(p):
+			case imagecheck.Sniff(head) != "":
 				l.Images = append(l.Images, r)
+			case SniffVideo(head) != "":
+				l.Videos = append(l.Videos, r)
+			case isImage(p):
+				l.Images = append(l.Images, r)
+			case isVideoName(p):
+				l.Videos = append(l.Videos, r)
 			default:
-				l.Skipped = append(l.Skipped, Problem{r, "not an image (no image header)"})
+				l.Skipped = append(l.Skipped, Problem{r, "not an image or a video (no image header, no video header)"})
 			}
 		}
 		return nil
@@ -115,14 +122,15 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 	return l, nil
 }
 
-// readHead reads the first 32 bytes of a file (fewer when it is shorter).
+// readHead reads the first 512 bytes of a file (fewer when it is shorter):
+// enough for image headers and three MPEG-TS packets' sync bytes.
 func readHead(p string) ([]byte, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b := make([]byte, 32)
+	b := make([]byte, 512)
 	n, err := io.ReadFull(f, b)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		return nil, err
