@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -266,7 +267,7 @@ func configError(err error, doc *yaml.Node) error {
 					}
 					msg += fmt.Sprintf(" (did you mean %s?)", p)
 				} else if a.parent != "" {
-					msg += fmt.Sprintf(" (%s has: %s)", a.parent, strings.Join(sortedNames(names), ", "))
+					msg += fmt.Sprintf(" (%s has: %s)", a.parent, strings.Join(slices.Sorted(slices.Values(names)), ", "))
 				}
 				break
 			}
@@ -296,18 +297,6 @@ func configError(err error, doc *yaml.Node) error {
 		msgs = append(msgs, m)
 	}
 	return errors.New(strings.Join(msgs, "\n  "))
-}
-
-func sortedNames(s []string) []string {
-	out := append([]string(nil), s...)
-	for i := range out {
-		for j := i + 1; j < len(out); j++ {
-			if out[j] < out[i] {
-				out[i], out[j] = out[j], out[i]
-			}
-		}
-	}
-	return out
 }
 
 // describeType says what a value of t looks like in the file.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -115,7 +116,7 @@ func TestCompletionBash(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v %s", line, err, out)
 		}
-		if got := strings.Fields(string(out)); strings.Join(sorted(got), " ") != strings.Join(sorted(strings.Fields(want)), " ") {
+		if got := strings.Fields(string(out)); strings.Join(slices.Sorted(slices.Values(got)), " ") != strings.Join(slices.Sorted(slices.Values(strings.Fields(want))), " ") {
 			t.Errorf("%s: %q, want %q", line, got, want)
 		}
 	}
@@ -139,7 +140,7 @@ func TestCompletionFish(t *testing.T) {
 		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 			got = append(got, strings.Split(l, "\t")[0])
 		}
-		if strings.Join(sorted(got), " ") != strings.Join(sorted(strings.Fields(want)), " ") {
+		if strings.Join(slices.Sorted(slices.Values(got)), " ") != strings.Join(slices.Sorted(slices.Values(strings.Fields(want))), " ") {
 			t.Errorf("%s: %q, want %q", line, got, want)
 		}
 	}
@@ -153,16 +154,4 @@ func TestCompletionZshParses(t *testing.T) {
 	if out, err := exec.Command("zsh", "-c", "autoload -U compinit; compinit -u -D; source "+p+"; whence -w _demo_app").CombinedOutput(); err != nil || !strings.Contains(string(out), "function") {
 		t.Fatalf("zsh: %v %s", err, out)
 	}
-}
-
-func sorted(s []string) []string {
-	out := append([]string(nil), s...)
-	for i := range out {
-		for j := i + 1; j < len(out); j++ {
-			if out[j] < out[i] {
-				out[i], out[j] = out[j], out[i]
-			}
-		}
-	}
-	return out
 }
