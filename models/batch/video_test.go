@@ -13,6 +13,7 @@ import (
 	"gocv.io/x/gocv"
 
 	"github.com/periocular/atm-agent/agent/identity"
+	"github.com/periocular/atm-agent/internal/testenv/mats"
 )
 
 // writeClip writes an MJPG AVI at fps from demo photos, each shown for
@@ -69,6 +70,7 @@ func writeClip(t *testing.T, path string, fps float64, photos []string, secs []i
 // skips it; a damaged video is unreadable with the reason.
 func TestRealVideo(t *testing.T) {
 	finders := pipelines(t, 1)
+	before := mats.Live()
 	in := t.TempDir()
 	still := writeClip(t, filepath.Join(in, "clip.avi"), 10, []string{"sample1.jpg", "sample2.jpg"}, []int{3, 3})
 	if err := os.WriteFile(filepath.Join(in, "still.jpg"), still, 0o644); err != nil {
@@ -165,6 +167,33 @@ func TestRealVideo(t *testing.T) {
 		t.Errorf("second run counts %+v, first %+v", rep2.Counts, rep.Counts)
 	}
 
+	// Corrections by frame key: the frame at 3.0 s out on its own, the
+	// first person named; the cache serves every frame.
+	key := map[string]string{}
+	for _, e := range rep2.Images {
+		key[e.Path] = e.Key
+	}
+	o.Corrections = &Corrections{Schema: 1, Move: []Move{{Face: key["clip.avi#t=3.0"]}},
+		Name: []Name{{Faces: []string{key["clip.avi#t=0.0"]}, Name: "sample one"}}}
+	repC, err := Run(context.Background(), in, out, finders, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Corrections = nil
+	fc := map[string]string{}
+	for _, e := range repC.Images {
+		fc[e.Path] = e.Folder
+	}
+	named := ""
+	for _, id := range repC.Identities {
+		if id.Name == "sample one" {
+			named = id.Folder
+		}
+	}
+	if st := repC.Meta.Corrections; st == nil || st.Moved != 1 || st.Named != 1 || fc["clip.avi#t=3.0"] == fc["clip.avi#t=3.5"] || named != fc["clip.avi#t=0.0"] {
+		t.Errorf("corrections: %+v; t=3.0 in %s, t=3.5 in %s; named %q, t=0.0 in %s", repC.Meta.Corrections, fc["clip.avi#t=3.0"], fc["clip.avi#t=3.5"], named, fc["clip.avi#t=0.0"])
+	}
+
 	// At most 4 frames: the rest is noted as skipped.
 	o.VideoMaxFrames = 4
 	rep3, err := Run(context.Background(), in, out, finders, o)
@@ -215,6 +244,9 @@ func TestRealVideo(t *testing.T) {
 	}
 	if r := un["clip.avi"]; !strings.Contains(r, "640x640 = 409600 pixels is over the limit of 409599") || rep5.Counts.Videos != 0 {
 		t.Errorf("pixel limit: clip.avi %q, %d videos sampled", r, rep5.Counts.Videos)
+	}
+	if n := mats.Live() - before; mats.Profiled && n != 0 {
+		t.Errorf("%d Mats leaked", n)
 	}
 }
 
