@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,20 +13,8 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/periocular/atm-agent/internal/testenv"
+	"github.com/periocular/atm-agent/internal/testenv/browser"
 )
-
-func chromiumPath(t *testing.T) string {
-	for _, p := range []string{"/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if p, err := exec.LookPath("chromium"); err == nil {
-		return p
-	}
-	t.Skip("no Chromium (apt-get install chromium; make test does)")
-	return ""
-}
 
 // A real headless Chromium on the offline report: the analyst names a
 // person, merges two identities, takes one face out, exports the
@@ -37,7 +23,7 @@ func chromiumPath(t *testing.T) string {
 // to $ATM_CLUSTER_SCREENSHOTS (docs/img/cluster when refreshing the docs)
 // or a temp dir.
 func TestClusterBrowserCorrections(t *testing.T) {
-	exe := chromiumPath(t)
+	browser.Path(t) // skips early without Chromium
 	models := testenv.ModelsDir(t)
 	demo := filepath.Join(testenv.ModelSrc(), "face-api", "demo")
 	in := t.TempDir()
@@ -57,11 +43,6 @@ func TestClusterBrowserCorrections(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	shots := os.Getenv("ATM_CLUSTER_SCREENSHOTS")
-	if shots == "" {
-		shots = t.TempDir()
-	}
-	os.MkdirAll(shots, 0o755)
 	out := filepath.Join(t.TempDir(), "out")
 	cache := t.TempDir()
 	args := []string{"cluster", in, "-o", out, "--models-dir", models, "--cache", cache, "--thresholds", "0.3,0.3,0.3"}
@@ -88,42 +69,8 @@ func TestClusterBrowserCorrections(t *testing.T) {
 		}
 	}
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
-		chromedp.Flag("disable-dev-shm-usage", true), chromedp.Flag("allow-file-access-from-files", true), chromedp.WindowSize(1200, 900))
-	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	shot := func(name string) chromedp.Action[chromedp.Void] {
-		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			b, err := chromedp.FullScreenshot(100)(ctx, tg)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(filepath.Join(shots, name+".png"), b, 0o644)
-		})
-	}
-	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(bctx, 30*time.Second)
-		defer cancel()
-		if err := chromedp.Do(ctx, steps...); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	get := func(a chromedp.Action[string]) string {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(bctx, 30*time.Second)
-		defer cancel()
-		v, err := chromedp.Run(ctx, a)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	br := browser.Start(t, 1200, 900, "ATM_CLUSTER_SCREENSHOTS", chromedp.Flag("allow-file-access-from-files", true))
+	shot, do, get := br.Shot, br.Do, br.Get
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
 	do("open the report",
 		chromedp.Navigate("file://"+filepath.Join(out, "report.html")),

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +11,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/periocular/atm-agent/internal/testenv/browser"
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
@@ -85,35 +84,16 @@ func (s *service) stop(t *testing.T) {
 	s.st.Close()
 }
 
-func chromium(t *testing.T) string {
-	for _, p := range []string{"/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if p, err := exec.LookPath("chromium"); err == nil {
-		return p
-	}
-	t.Skip("no Chromium (apt-get install chromium; make test does)")
-	return ""
-}
-
 // A real headless Chromium against the real service: sign-in, the fleet
 // page lists the ATMs, an alert raised by an agent appears on the open
 // alerts page without a reload (SSE), acknowledging it in the page persists
 // across a restart of the service. Screenshots of every page go to
 // $ATM_FLEET_SCREENSHOTS (docs/img/fleet when refreshing the docs) or a temp dir.
 func TestBrowserLiveAlertAndAck(t *testing.T) {
-	exe := chromium(t)
+	browser.Path(t) // skips early without Chromium
 	m := fleettest.StartMosquitto(t, "")
 	dir := t.TempDir()
-	shots := os.Getenv("ATM_FLEET_SCREENSHOTS")
-	if shots == "" {
-		shots = t.TempDir()
-	}
-	if err := os.MkdirAll(shots, 0o755); err != nil {
-		t.Fatal(err)
-	}
+
 	addr := fmt.Sprintf("127.0.0.1:%d", fleettest.FreePort(t))
 	base := "http://" + addr
 	dbPath := filepath.Join(dir, "fleet.db")
@@ -127,43 +107,8 @@ func TestBrowserLiveAlertAndAck(t *testing.T) {
 	a3.Summary(t, 1)
 	fleettest.WaitFor(t, 10*time.Second, "3 summaries ingested", func() bool { return svc.in.Stats().Applied == 3 })
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
-		chromedp.Flag("disable-dev-shm-usage", true), chromedp.WindowSize(1280, 900))
-	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-	// The first call starts the browser; it must not carry a timeout.
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	shot := func(name string) chromedp.Action[chromedp.Void] {
-		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			b, err := chromedp.FullScreenshot(100)(ctx, tg)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(filepath.Join(shots, name+".png"), b, 0o644)
-		})
-	}
-	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(bctx, 30*time.Second)
-		defer cancel()
-		if err := chromedp.Do(ctx, steps...); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	get := func(a chromedp.Action[string]) string {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(bctx, 30*time.Second)
-		defer cancel()
-		v, err := chromedp.Run(ctx, a)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	br := browser.Start(t, 1280, 900, "ATM_FLEET_SCREENSHOTS")
+	shot, do, get := br.Shot, br.Do, br.Get
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
 
 	do("sign in and open the fleet page",
@@ -226,5 +171,5 @@ func TestBrowserLiveAlertAndAck(t *testing.T) {
 	if !strings.Contains(row, "ack ana") || !strings.Contains(row, "called the branch") {
 		t.Errorf("after restart the row reads %q", row)
 	}
-	t.Logf("screenshots in %s", shots)
+	t.Logf("screenshots in %s", br.ShotsDir())
 }
