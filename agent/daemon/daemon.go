@@ -27,6 +27,7 @@ import (
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/hal/camera/cvcam"
+	"github.com/periocular/atm-agent/hal/trigger"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/mqttsync"
@@ -136,6 +137,30 @@ func (d *Daemon) openStore() error {
 	return err
 }
 
+// seedTxnIDs gives the trigger endpoint the txn_ids of the visits stored
+// within its idempotency window, so that a retry straddling a restart of
+// the agent is answered as a duplicate and stores nothing new. A store that
+// cannot be read here costs only that: the agent starts anyway.
+func (d *Daemon) seedTxnIDs(h *trigger.HTTP) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	vs, err := d.st.VisitsSince(ctx, "", time.Now().Add(-h.IdempotencyWindow()))
+	if err != nil {
+		d.log.Warn("txn_ids of recent visits not read: a retry across this restart may store a second visit", "err", err)
+		return
+	}
+	n := 0
+	for _, v := range vs {
+		if v.Context.TxnID != "" {
+			h.Remember(v.Context.TxnID, v.ID, v.Time)
+			n++
+		}
+	}
+	if n > 0 {
+		d.log.Info("txn_ids of recent visits remembered", "component", "trigger-http", "txn_ids", n)
+	}
+}
+
 // newAgent builds the camera, the trigger sources, the rules and the agent.
 func (d *Daemon) newAgent() error {
 	cam := d.opts.Camera
@@ -154,7 +179,7 @@ func (d *Daemon) newAgent() error {
 	if err != nil {
 		return err
 	}
-	sources, err := newSources(d.cfg.Trigger, d.log)
+	sources, err := newSources(d.cfg.Trigger, d.log, d.seedTxnIDs)
 	if err != nil {
 		return err
 	}

@@ -62,8 +62,9 @@ type cameraBurst struct{ c *camera.Camera }
 
 func (c cameraBurst) Burst(ctx context.Context) ([]visit.Frame, error) { return c.c.Burst(ctx, 0, -1) }
 
-// newSources builds the enabled trigger sources (the HTTP one listening).
-func newSources(cfg TriggerConfig, log *slog.Logger) ([]agent.Source, error) {
+// newSources builds the enabled trigger sources (the HTTP one listening,
+// after seed has given it what it must remember from before a restart).
+func newSources(cfg TriggerConfig, log *slog.Logger, seed func(*trigger.HTTP)) ([]agent.Source, error) {
 	var sources []agent.Source
 	if g := cfg.GPIO; g.Enabled {
 		s, err := trigger.NewGPIO(g.GPIOConfig, log.With("component", "gpio"))
@@ -76,6 +77,9 @@ func newSources(cfg TriggerConfig, log *slog.Logger) ([]agent.Source, error) {
 		s, err := trigger.NewHTTP(h.HTTPConfig, log.With("component", "trigger-http"))
 		if err != nil {
 			return nil, err
+		}
+		if seed != nil {
+			seed(s)
 		}
 		if err := s.Listen(); err != nil {
 			return nil, err

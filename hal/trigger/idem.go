@@ -71,3 +71,24 @@ func (c *txnCache) len() int {
 	defer c.mu.Unlock()
 	return len(c.m)
 }
+
+// Remember adds a visit admitted before this process started to the
+// idempotency window (the daemon reads them from its store at start), so a
+// client that retries across a restart of the agent is still answered with
+// the first visit's id. Entries older than the window, and txn_ids already
+// known, are ignored. Call it in time order, before serving.
+func (h *HTTP) Remember(txnID, visitID string, at time.Time) {
+	now := h.clock.Now()
+	if txnID == "" || now.Sub(at) >= h.txns.window {
+		return
+	}
+	h.txns.mu.Lock()
+	defer h.txns.mu.Unlock()
+	if _, ok := h.txns.lookup(txnID, now); ok {
+		return
+	}
+	h.txns.add(txnID, txnEntry{id: visitID, at: at, seen: at})
+}
+
+// IdempotencyWindow is how long a txn_id is remembered.
+func (h *HTTP) IdempotencyWindow() time.Duration { return h.txns.window }

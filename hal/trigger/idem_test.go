@@ -124,3 +124,36 @@ func TestVisitCoalescedReply(t *testing.T) {
 		t.Fatalf("B retried: %d %v", code, b2)
 	}
 }
+
+// Remember carries visits admitted before a restart into the window: a
+// retry of one is a duplicate with the stored visit's id; one older than
+// the window, or a txn_id never seen, starts a visit.
+func TestRememberAcrossRestart(t *testing.T) {
+	clk := &instantClock{now: time.Date(2030, 1, 1, 9, 0, 0, 0, time.UTC)}
+	sock := filepath.Join(t.TempDir(), "trigger.sock")
+	h, err := NewHTTP(HTTPConfig{Socket: sock, IdempotencyWindow: 10 * time.Minute}, nil, WithHTTPClock(clk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Remember("T-old", "visit-old", clk.now.Add(-11*time.Minute))
+	h.Remember("T-recent", "visit-recent", clk.now.Add(-2*time.Minute))
+	h.Remember("T-recent", "visit-other", clk.now.Add(-time.Minute)) // known: kept as first seen
+	out := make(chan visit.Trigger, 4)
+	startHTTP(t, h, out)
+	c := unixClient(sock)
+	url := "http://atm/v1/visit"
+	code, m := post(t, c, url, "", `{"txn_id":"T-recent"}`)
+	if code != http.StatusOK || m["status"] != StatusDuplicate || m["id"] != "visit-recent" {
+		t.Fatalf("retry of a remembered visit: %d %v, want 200 duplicate of visit-recent", code, m)
+	}
+	for _, txn := range []string{"T-old", "T-new"} {
+		code, m := post(t, c, url, "", `{"txn_id":"`+txn+`"}`)
+		if code != http.StatusAccepted || m["status"] != StatusAccepted {
+			t.Fatalf("%s: %d %v, want 202 accepted", txn, code, m)
+		}
+		<-out
+	}
+	if len(out) != 0 {
+		t.Fatalf("%d events beyond the two visits", len(out))
+	}
+}
