@@ -54,8 +54,13 @@ type Config struct {
 	// StatusInterval bounds the age of the retained status and state:
 	// they are republished when they change (checked every second) and at
 	// least this often.
-	StatusInterval time.Duration  `yaml:"status_interval"`
-	Commands       CommandsConfig `yaml:"commands"`
+	StatusInterval time.Duration `yaml:"status_interval"`
+	// StateWill keeps a second connection (client id <client_id>-will)
+	// whose Last Will marks the retained state offline when the agent dies
+	// or loses the network: MQTT allows one will per connection, and the
+	// publisher's own carries the status.
+	StateWill bool           `yaml:"state_will"`
+	Commands  CommandsConfig `yaml:"commands"`
 	// HomeAssistant publishes MQTT discovery for Home Assistant.
 	HomeAssistant HomeAssistantConfig `yaml:"home_assistant"`
 }
@@ -125,6 +130,7 @@ func DefaultConfig() Config {
 		Batch:               64,
 		MaxInflight:         16,
 		StatusInterval:      time.Minute,
+		StateWill:           true,
 		HomeAssistant:       HomeAssistantConfig{DiscoveryPrefix: "homeassistant"},
 		Commands:            CommandsConfig{Timeout: 30 * time.Second, MaxClockSkew: 5 * time.Minute, MaxSeen: 1024},
 	}

@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"github.com/santhosh-tekuri/jsonschema/v6"
 	"math/big"
 	"net"
 	"os"
@@ -28,6 +27,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -182,6 +184,7 @@ func TestHelperPublisher(t *testing.T) {
 	throttle, _ := time.ParseDuration(os.Getenv("MQTTSYNC_HELPER_THROTTLE"))
 	cfg := testConfig(os.Getenv("MQTTSYNC_HELPER_BROKER"))
 	cfg.Batch, _ = strconv.Atoi(os.Getenv("MQTTSYNC_HELPER_BATCH"))
+	cfg.StateWill = os.Getenv("MQTTSYNC_HELPER_STATE_WILL") != "off"
 	p, err := New(cfg, Deps{Outbox: dirOutbox{dir: dir, throttle: throttle}, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -191,6 +194,24 @@ func TestHelperPublisher(t *testing.T) {
 	if err := p.Run(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startHelperPublisher runs TestHelperPublisher in a child process on the
+// outbox in dir (batches of 5), with extra environment; the channel gets
+// its exit.
+func startHelperPublisher(t *testing.T, dir, broker string, env ...string) (*exec.Cmd, chan error) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperPublisher$")
+	cmd.Env = append(os.Environ(), "MQTTSYNC_HELPER_DIR="+dir, "MQTTSYNC_HELPER_BROKER="+broker, "MQTTSYNC_HELPER_BATCH=5")
+	cmd.Env = append(cmd.Env, env...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan error, 1)
+	go func() { ch <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return cmd, ch
 }
 
 // (b) The agent is killed with SIGKILL while its outbox is non-empty, then
@@ -212,17 +233,7 @@ func TestMosquittoKill9(t *testing.T) {
 		}
 	}
 	start := func(throttle string) (*exec.Cmd, chan error) {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperPublisher$")
-		cmd.Env = append(os.Environ(), "MQTTSYNC_HELPER_DIR="+ob.dir, "MQTTSYNC_HELPER_BROKER="+m.url("tcp"),
-			"MQTTSYNC_HELPER_THROTTLE="+throttle, "MQTTSYNC_HELPER_BATCH=5")
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		ch := make(chan error, 1)
-		go func() { ch <- cmd.Wait() }()
-		t.Cleanup(func() { _ = cmd.Process.Kill() })
-		return cmd, ch
+		return startHelperPublisher(t, ob.dir, m.url("tcp"), "MQTTSYNC_HELPER_THROTTLE="+throttle)
 	}
 	cmd, exited := start("20ms")
 	waitFor(t, 15*time.Second, "some deliveries", func() bool { return report(t, col.snapshot(), n).Unique >= 60 })
@@ -474,5 +485,145 @@ func TestStatusInterval(t *testing.T) {
 	// every min(StatusCheck, StatusInterval)).
 	if n := len(col.snapshot()); n < 4 || n > 7 {
 		t.Errorf("%d statuses in 2.6 s with status_interval 500ms, want 4..7", n)
+	}
+}
+
+// TestMosquittoStateWill: the retained state goes offline when the agent
+// dies, as the status does, although MQTT gives a connection one will; it
+// is online again after a restart and after the will connection alone was
+// taken over, and stopped after SIGTERM. Without the will connection
+// (state_will: false) a killed agent's state keeps saying online, which is
+// what the test first shows.
+func TestMosquittoStateWill(t *testing.T) {
+	skipShort(t)
+	m := newMosquitto(t, "")
+	schema := compileSchema(t, "state")
+	n := 0
+	// retained reads the device's retained state as a dashboard that
+	// subscribes now would.
+	retained := func() wire.DeviceState {
+		t.Helper()
+		n++
+		col := newCollector(t, m.url("tcp"), fmt.Sprintf("dash-w%d", n), "atm/test/s1/atm-1/state", false, nil)
+		defer col.c.Disconnect(50)
+		var r *recv
+		deadline := time.Now().Add(2 * time.Second)
+		for r == nil && time.Now().Before(deadline) {
+			for _, m := range col.byKind("state") {
+				if m.Retained {
+					r = &m
+					break
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if r == nil {
+			return wire.DeviceState{} // none retained yet
+		}
+		validateAgainst(t, schema, r.Payload)
+		var ds wire.DeviceState
+		if err := json.Unmarshal(r.Payload, &ds); err != nil {
+			t.Fatal(err)
+		}
+		return ds
+	}
+	waitState := func(what string, want wire.State) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := retained().State
+			if got == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: retained state %q, want %q", what, got, want)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	dir := t.TempDir()
+	start := func(will string) (*exec.Cmd, chan error) {
+		return startHelperPublisher(t, dir, m.url("tcp"), "MQTTSYNC_HELPER_STATE_WILL="+will)
+	}
+	kill := func(cmd *exec.Cmd, exited chan error) {
+		t.Helper()
+		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-exited
+	}
+	status := newCollector(t, m.url("tcp"), "dash-status", "atm/test/s1/atm-1/status", false, nil)
+
+	// Without the will connection: the status says offline, the state not.
+	cmd, exited := start("off")
+	waitState("started without state_will", wire.StateOnline)
+	kill(cmd, exited)
+	waitFor(t, 10*time.Second, "status Last Will", func() bool { return lastState(status) == wire.StateOffline })
+	if got := retained().State; got != wire.StateOnline {
+		t.Fatalf("without state_will the killed agent's state is %q: the test no longer shows the gap", got)
+	}
+
+	// With it: offline within the broker's keep-alive handling of a closed
+	// socket (at once: the kernel closes it).
+	cmd, exited = start("")
+	waitState("started", wire.StateOnline)
+	kill(cmd, exited)
+	killed := time.Now()
+	waitState("killed", wire.StateOffline)
+	ds := retained()
+	t.Logf("state offline %v after SIGKILL: %+v", time.Since(killed).Round(time.Millisecond), ds.Status.Envelope)
+	if ds.Summary != nil || ds.LastAlert != nil {
+		t.Errorf("the will carries a summary or alert: %+v", ds)
+	}
+
+	// Restarted: online, and no late will turns it offline again.
+	cmd, exited = start("")
+	waitState("restarted", wire.StateOnline)
+	time.Sleep(time.Second)
+	if got := retained().State; got != wire.StateOnline {
+		t.Fatalf("a second after the restart the state is %q", got)
+	}
+
+	// The will connection alone is taken over (its will fires): the
+	// publisher republishes the state when the connection is back (paho
+	// reconnects at once and takes the id back, so the offline state is
+	// seen live, not retained).
+	live := newCollector(t, m.url("tcp"), "dash-live", "atm/test/s1/atm-1/state", false, nil)
+	liveStates := func(from int) (states []wire.State) {
+		for _, r := range live.byKind("state")[from:] {
+			var ds wire.DeviceState
+			_ = json.Unmarshal(r.Payload, &ds)
+			states = append(states, ds.State)
+		}
+		return states
+	}
+	mark := len(live.byKind("state"))
+	rogue := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(m.url("tcp")).SetClientID("atm-agent-atm-1-will").SetAutoReconnect(false))
+	if !rogue.Connect().WaitTimeout(5 * time.Second) {
+		t.Fatal("rogue connect timed out")
+	}
+	took := time.Now()
+	waitFor(t, 10*time.Second, "the will's offline state, then online", func() bool {
+		st := liveStates(mark)
+		i := slices.Index(st, wire.StateOffline)
+		return i >= 0 && slices.Contains(st[i:], wire.StateOnline)
+	})
+	rogue.Disconnect(50)
+	t.Logf("will connection taken over: states %v, online again within %v", liveStates(mark), time.Since(took).Round(time.Millisecond))
+	waitState("will connection back", wire.StateOnline)
+
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("helper exit after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("helper did not stop on SIGTERM")
+	}
+	waitState("SIGTERM", wire.StateStopped)
+	time.Sleep(500 * time.Millisecond)
+	if got := retained().State; got != wire.StateStopped {
+		t.Fatalf("after a clean stop the state is %q (a will fired?)", got)
 	}
 }

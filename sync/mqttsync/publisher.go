@@ -84,13 +84,17 @@ type Publisher struct {
 	log    *slog.Logger
 	now    func() time.Time
 	opts   *mqtt.ClientOptions
-	start  time.Time
-	notify chan struct{}
+	// willOpts configure the connection that only holds the state's Last
+	// Will (nil when Config.StateWill is off).
+	willOpts *mqtt.ClientOptions
+	start    time.Time
+	notify   chan struct{}
 
 	runCtx context.Context // set by Run before connecting
 
 	mu          sync.Mutex
 	client      mqtt.Client
+	willClient  mqtt.Client // nil when Config.StateWill is off
 	connectedAt time.Time
 	// downSeen: the connection was seen closed and onConnect has not run
 	// since. paho reports the connection open before it runs onConnect, so
@@ -181,7 +185,60 @@ func New(cfg Config, d Deps) (*Publisher, error) {
 		}
 	})
 	p.opts = opts
+	if cfg.StateWill {
+		if p.willOpts, err = p.stateWillOptions(); err != nil {
+			return nil, err
+		}
+	}
 	return p, nil
+}
+
+// stateWillOptions configures the second connection, which publishes
+// nothing itself: its Last Will is an offline state, so a crash or a lost
+// network turns the retained state offline as the status's own will does.
+// Each time it (re)connects, the broker may just have published that will
+// (the previous connection died, or was taken over by this one), so the
+// publisher republishes the current state.
+func (p *Publisher) stateWillOptions() (*mqtt.ClientOptions, error) {
+	o, err := clientOptions(p.cfg, p.cfg.clientID()+"-will")
+	if err != nil {
+		return nil, err
+	}
+	ds := wire.DeviceState{Status: p.status(wire.StateOffline)}
+	ds.SchemaVersion, ds.MessageID = wire.StateSchemaVersion, randomID("sd")
+	will, err := json.Marshal(ds)
+	if err != nil {
+		return nil, fmt.Errorf("mqttsync: build state last will: %w", err)
+	}
+	o.SetBinaryWill(p.topics.State(), will, 1, true)
+	o.SetOnConnectHandler(func(mqtt.Client) {
+		p.statusMu.Lock()
+		p.stateDirty = true
+		p.statusMu.Unlock()
+		p.Notify()
+	})
+	// Its failures are worth a warning only while the publisher's own
+	// connection works (the broker refuses this client id, say): with
+	// the broker down, that connection's warning says it all.
+	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		if p.mainOpen() {
+			p.setErr(fmt.Errorf("state will connection lost: %w", err))
+		}
+	})
+	o.SetConnectionNotificationHandler(func(_ mqtt.Client, n mqtt.ConnectionNotification) {
+		if n, ok := n.(mqtt.ConnectionNotificationBrokerFailed); ok && p.mainOpen() {
+			p.setErr(fmt.Errorf("state will connect %s: %w", redact.URL(n.Broker.String()), n.Reason))
+		}
+	})
+	return o, nil
+}
+
+// mainOpen says whether the publisher's own connection is open.
+func (p *Publisher) mainOpen() bool {
+	p.mu.Lock()
+	c := p.client
+	p.mu.Unlock()
+	return c != nil && c.IsConnectionOpen()
 }
 
 // clientOptions builds paho options shared by the publisher, Probe and Watch.
@@ -284,11 +341,17 @@ func (p *Publisher) Run(ctx context.Context) error {
 	p.ran = true
 	p.runCtx = ctx
 	p.client = mqtt.NewClient(p.opts)
+	if p.willOpts != nil {
+		p.willClient = mqtt.NewClient(p.willOpts)
+	}
 	p.mu.Unlock()
 
 	// With ConnectRetry the token completes only once connected; failures
 	// are reported through the notification handler.
 	p.client.Connect()
+	if p.willClient != nil {
+		p.willClient.Connect()
+	}
 	p.log.Info("mqtt publisher started", "brokers", redactAll(p.cfg.Brokers), "status_topic", p.topics.Status())
 
 	tick := time.NewTicker(p.cfg.DrainInterval)
@@ -422,11 +485,19 @@ func (p *Publisher) sent(m visit.OutboxMessage, payload []byte) {
 }
 
 func (p *Publisher) shutdown() {
-	c := p.client
-	if c.IsConnectionOpen() {
-		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.PublishTimeout)
+	c, w := p.client, p.willClient
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.PublishTimeout)
+	defer cancel()
+	switch {
+	case c.IsConnectionOpen():
 		p.publishStatus(ctx, c, wire.StateStopped, true)
-		cancel()
+	case w != nil && w.IsConnectionOpen():
+		// The status's will has fired (offline); the clean disconnect
+		// below sends no state will, so say stopped through this one.
+		p.publishStatus(ctx, w, wire.StateStopped, true)
+	}
+	if w != nil {
+		w.Disconnect(250)
 	}
 	c.Disconnect(250)
 	p.log.Info("mqtt publisher stopped", "published", p.published.Load())
