@@ -1,0 +1,124 @@
+package vision
+
+import (
+	"image"
+	"image/color"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"gocv.io/x/gocv"
+
+	"github.com/periocular/atm-agent/internal/testenv/standin"
+)
+
+// pattern is a deterministic picture of w x h coloured blocks (seeded), a
+// stand-in for a face: what matters is that it is not flat gray.
+func pattern(seed uint64, w, h int) gocv.Mat {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	m := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(0, 0, 0, 0), h, w, gocv.MatTypeCV8UC3)
+	for y := 0; y < h; y += 12 {
+		for x := 0; x < w; x += 12 {
+			c := color.RGBA{uint8(rng.IntN(256)), uint8(rng.IntN(256)), uint8(rng.IntN(256)), 255}
+			gocv.Rectangle(&m, image.Rect(x, y, x+12, y+12), c, -1)
+		}
+	}
+	return m
+}
+
+// onCanvas pastes pic on a w x h gray canvas over the rectangle r.
+func onCanvas(pic gocv.Mat, w, h int, r [4]int) gocv.Mat {
+	c := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(standin.Gray, standin.Gray, standin.Gray, 0), h, w, gocv.MatTypeCV8UC3)
+	fit := gocv.NewMat()
+	defer fit.Close()
+	gocv.Resize(pic, &fit, image.Pt(r[2]-r[0], r[3]-r[1]), 0, 0, gocv.InterpolationArea)
+	roi := c.Region(image.Rect(r[0], r[1], r[2], r[3]))
+	fit.CopyTo(&roi)
+	roi.Close()
+	return c
+}
+
+func encodePNG(t *testing.T, m gocv.Mat) []byte {
+	t.Helper()
+	buf, err := gocv.IMEncode(gocv.PNGFileExt, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer buf.Close()
+	return append([]byte(nil), buf.GetBytes()...)
+}
+
+// The original project's model formats run through the project's own
+// Caffe and Torch paths (LoadNet, the opencv-ssd decoder, the original
+// crop, the embedder) with the stand-ins written by internal/testenv/standin:
+// the detector's box is the pasted picture's rectangle in image pixels, and
+// the templates are 128-d, unit length, the same for the same crop and
+// different for another picture.
+func TestStandinOriginalModels(t *testing.T) {
+	checkMats(t)
+	dir := t.TempDir()
+	man, err := standin.WriteModelsDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(dir, man, "", "", DefaultConfig())
+	if err != nil {
+		t.Fatalf("load the Caffe detector and the Torch embedder: %v", err)
+	}
+	defer p.Close()
+
+	const w, h = 800, 600
+	face := func(seed uint64, col, row int, gain float64) ([4]int, Face) {
+		t.Helper()
+		pic := pattern(seed, 120, 150)
+		defer pic.Close()
+		if gain != 1 {
+			pic.ConvertToWithParams(&pic, gocv.MatTypeCV8UC3, float32(gain), 0)
+		}
+		r := standin.Canvas(w, h, col, row)
+		img := onCanvas(pic, w, h, r)
+		defer img.Close()
+		f, err := p.FaceInImage(encodePNG(t, img), FaceOptions{Thumb: 32}, nil)
+		if err != nil {
+			t.Fatalf("picture %d at cell (%d,%d): %v", seed, col, row, err)
+		}
+		return r, f
+	}
+	r, a := face(1, 2, 1, 1)
+	box := [4]float64{a.Det.X0, a.Det.Y0, a.Det.X1, a.Det.Y1}
+	for i := range box {
+		if math.Abs(box[i]-float64(r[i])) > 0.5 {
+			t.Fatalf("box %v, want the picture's rectangle %v", box, r)
+		}
+	}
+	if a.Det.Score < 0.5 {
+		t.Errorf("score %.3f", a.Det.Score)
+	}
+	if len(a.Embedding) != 128 {
+		t.Fatalf("template of %d values, want 128", len(a.Embedding))
+	}
+	if n := math.Sqrt(cosine(a.Embedding, a.Embedding)); math.Abs(n-1) > 1e-5 {
+		t.Errorf("template norm %v", n)
+	}
+	_, moved := face(1, 6, 1, 1)    // the same row: the same original crop
+	_, darker := face(1, 2, 1, 0.6) // the projection ignores the scale
+	_, other := face(2, 2, 1, 1)
+	t.Logf("cosine to the same picture moved %.4f, darker %.4f, another picture %.4f",
+		cosine(a.Embedding, moved.Embedding), cosine(a.Embedding, darker.Embedding), cosine(a.Embedding, other.Embedding))
+	if c := cosine(a.Embedding, moved.Embedding); c < 0.99 {
+		t.Errorf("same picture, moved: cosine %.4f", c)
+	}
+	if c := cosine(a.Embedding, darker.Embedding); c < 0.99 {
+		t.Errorf("same picture, darker: cosine %.4f", c)
+	}
+	if c := cosine(a.Embedding, other.Embedding); c > 0.5 {
+		t.Errorf("another picture: cosine %.4f", c)
+	}
+
+	// Flat gray: the detector's best box scores under the gate.
+	blank := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(standin.Gray, standin.Gray, standin.Gray, 0), h, w, gocv.MatTypeCV8UC3)
+	defer blank.Close()
+	if _, err := p.FaceInImage(encodePNG(t, blank), FaceOptions{}, nil); err != ErrNoFace {
+		t.Errorf("flat gray: %v, want no face", err)
+	}
+}
