@@ -163,6 +163,12 @@ func Probe(dir string, md *models.Model) error {
 			return fmt.Errorf("model %s: output %s has shape %v, manifest says %v", md.Name, o.Name, got, o.Shape)
 		}
 	}
+	// An embedder's template is its first output: its length must be the
+	// manifest's dimension (a Torch or Caffe file names no outputs to
+	// check shapes by).
+	if e := md.Embedding; md.Task == models.TaskEmbedder && e != nil && e.Dim > 0 && len(outs[0].Data) != e.Dim {
+		return fmt.Errorf("model %s: output of shape %v has %d values, manifest says embedding.dim %d", md.Name, outs[0].Shape, len(outs[0].Data), e.Dim)
+	}
 	return nil
 }
 

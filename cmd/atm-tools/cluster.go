@@ -168,7 +168,7 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	meta := batch.Meta{Version: cli.Version, Input: pos[0], Detector: det, Embedder: emb, Crop: em.Embedding.Crop}
 	for _, name := range append(slices.Clone(pp.detectors), emb) {
 		if md, ok := man.Find(name); ok {
-			meta.Models = append(meta.Models, batch.ModelInfo{Name: md.Name, SHA256: md.SHA256})
+			meta.Models = append(meta.Models, batch.ModelInfo{Name: md.Name, SHA256: md.SHA256, ConfigSHA256: md.ConfigSHA256})
 		}
 	}
 	var cache *batch.Cache

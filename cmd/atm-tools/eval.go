@@ -194,6 +194,11 @@ func (pf *pipelineFlags) prepare() (*preparedPipeline, error) {
 	for _, name := range append(slices.Clone(detectors), emb) {
 		if md, ok := man.Find(name); ok {
 			key += "|" + md.SHA256 + fmt.Sprintf("%+v", md.Embedding) + fmt.Sprintf("%+v", md.Input)
+			if md.Config != "" {
+				// Caffe's deploy.prototxt is half of the model: the same
+				// weights under another prototxt are another network.
+				key += "|config " + md.ConfigSHA256
+			}
 			if md.MaskHead != nil {
 				key += md.MaskHead.SHA256
 			}

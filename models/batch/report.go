@@ -58,10 +58,12 @@ type Meta struct {
 	Corrections *CorrectionStats `json:"corrections,omitempty"`
 }
 
-// ModelInfo names a model file by checksum.
+// ModelInfo names a model's files by checksum: the weights, and the
+// second file of the formats that have one (Caffe's deploy.prototxt).
 type ModelInfo struct {
-	Name   string `json:"name"`
-	SHA256 string `json:"sha256"`
+	Name         string `json:"name"`
+	SHA256       string `json:"sha256"`
+	ConfigSHA256 string `json:"config_sha256,omitempty"`
 }
 
 // Counts sum up a run. Identities = People (2+ images) + Singletons.

@@ -61,7 +61,7 @@ func modelsVerify(ctx context.Context, env *cli.Env, args []string) error {
 		status := "OK"
 		if err := md.Check(*dir); err != nil {
 			status = "FAIL: " + err.Error()
-		} else if err := probeChild(ctx, self, *dir, md.Name); err != nil {
+		} else if err := probeChild(ctx, self, *dir, md); err != nil {
 			status = "FAIL: " + err.Error()
 		}
 		if status != "OK" {
@@ -77,17 +77,23 @@ func modelsVerify(ctx context.Context, env *cli.Env, args []string) error {
 
 // probeChild runs the test forward in a child process so that a file OpenCV
 // cannot parse costs that child, not the caller.
-func probeChild(ctx context.Context, self, dir, name string) error {
-	cmd := exec.CommandContext(ctx, self, "models", "probe", "--dir", dir, name)
+func probeChild(ctx context.Context, self, dir string, md *models.Model) error {
+	cmd := exec.CommandContext(ctx, self, "models", "probe", "--dir", dir, md.Name)
 	out, err := cmd.CombinedOutput()
 	if err == nil {
 		return nil
 	}
+	msg := strings.TrimSpace(string(out))
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ProcessState != nil && !ee.Exited() {
-		return fmt.Errorf("OpenCV aborted loading the model (%s): the file is not a valid %s model", ee.ProcessState, name)
+		return fmt.Errorf("OpenCV aborted loading the model (%s): the file is not a valid %s model%s", ee.ProcessState, md.Format, openCVWhat(msg))
 	}
-	msg := strings.TrimSpace(string(out))
+	// OpenCV's importers throw C++ exceptions that nothing catches: the
+	// child aborts inside cgo, and the Go runtime turns the SIGABRT into a
+	// crash report and exit status 2, whose last line is a register.
+	if strings.Contains(msg, "signal arrived during cgo execution") {
+		return fmt.Errorf("OpenCV aborted loading the model: the file is not a valid %s model%s", md.Format, openCVWhat(msg))
+	}
 	if i := strings.LastIndex(msg, "\n"); i >= 0 {
 		msg = msg[i+1:]
 	}
@@ -99,6 +105,23 @@ func probeChild(ctx context.Context, self, dir, name string) error {
 		msg = strings.TrimPrefix(msg, prog+" models probe: ")
 	}
 	return errors.New(msg)
+}
+
+// openCVWhat is ": " and OpenCV's own message from a child's output (the
+// what() of the exception that aborted it, from "error:" on), or "".
+func openCVWhat(out string) string {
+	for _, l := range strings.Split(out, "\n") {
+		_, what, ok := strings.Cut(l, "what():")
+		if !ok {
+			continue
+		}
+		what = strings.TrimSpace(what)
+		if _, rest, ok := strings.Cut(what, " error: "); ok {
+			what = rest
+		}
+		return ": " + what
+	}
+	return ""
 }
 
 func modelsProbe(_ context.Context, env *cli.Env, args []string) error {

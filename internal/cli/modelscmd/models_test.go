@@ -73,7 +73,7 @@ func TestModelsVerifySurvivesOpenCVAbort(t *testing.T) {
 	if code == 0 {
 		t.Fatalf("verify passed an unparseable model:\n%s", out)
 	}
-	if !strings.Contains(out, "FAIL") || !strings.Contains(out, man.Models[0].Name) {
+	if !strings.Contains(out, "FAIL: OpenCV aborted loading the model") || !strings.Contains(out, man.Models[0].Name) {
 		t.Errorf("no failure line for the bad model:\n%s\n%s", out, errs)
 	}
 }
