@@ -115,10 +115,58 @@ func TestStandinOriginalModels(t *testing.T) {
 		t.Errorf("another picture: cosine %.4f", c)
 	}
 
-	// Flat gray: the detector's best box scores under the gate.
+	// The preprocessing is res10's and OpenFace's: the detector's score
+	// of flat gray and of a flat colour over exactly 3x3 cells is the one
+	// computed in Go for BGR minus the mean 104,177,123 (its weights are
+	// unequal per channel: the colours in the wrong order or another mean
+	// give another score).
 	blank := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(standin.Gray, standin.Gray, standin.Gray, 0), h, w, gocv.MatTypeCV8UC3)
 	defer blank.Close()
+	dets, err := p.det.Detect(blank)
+	if err != nil || len(dets) != 1 || math.Abs(dets[0].Score-standin.Score(128, 128, 128)) > 1e-4 {
+		t.Errorf("flat gray: %v %+v, want one box scoring %.4f", err, dets, standin.Score(128, 128, 128))
+	}
 	if _, err := p.FaceInImage(encodePNG(t, blank), FaceOptions{}, nil); err != ErrNoFace {
 		t.Errorf("flat gray: %v, want no face", err)
+	}
+	r = standin.Canvas(w, h, 4, 5)
+	patch := blank.Region(image.Rect(r[0], r[1], r[2], r[3]))
+	patch.SetTo(gocv.NewScalar(150, 128, 100, 0))
+	patch.Close()
+	dets, err = p.det.Detect(blank)
+	want, swapped := standin.Score(150, 128, 100), standin.Score(100, 128, 150)
+	if err != nil || len(dets) != 1 || math.Abs(dets[0].Score-want) > 1e-4 {
+		t.Errorf("flat colour: %v %+v, want one box scoring %.4f (%.4f with the colours swapped)", err, dets, want, swapped)
+	} else if d := dets[0]; math.Abs(d.X0-float64(r[0])) > 0.5 || math.Abs(d.Y1-float64(r[3])) > 0.5 {
+		t.Errorf("flat colour: box %+v, want %v", d, r)
+	}
+
+	// The .t7 run by OpenCV's Torch importer gives the template computed
+	// in Go from the crop fed RGB / 255 (nn4.small2.v1's input).
+	crop := pattern(3, 96, 96)
+	defer crop.Close()
+	got, _, err := p.emb.EmbedCrop(crop, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := crop.ToBytes()
+	rgb, bgr := make([]float32, 3*96*96), make([]float32, 3*96*96)
+	for i := 0; i < 96*96; i++ {
+		for c := 0; c < 3; c++ {
+			rgb[c*96*96+i] = float32(px[3*i+2-c]) / 255
+			bgr[c*96*96+i] = float32(px[3*i+c]) / 255
+		}
+	}
+	diff := func(a, b []float32) float64 {
+		var m float64
+		for i := range a {
+			m = math.Max(m, math.Abs(float64(a[i]-b[i])))
+		}
+		return m
+	}
+	ref := standin.OpenFaceReference(rgb)
+	t.Logf("template vs Go reference: max abs diff %.2g (%.2g with the colours swapped)", diff(got, ref), diff(got, standin.OpenFaceReference(bgr)))
+	if d := diff(got, ref); d > 1e-5 {
+		t.Errorf("template differs from the Go reference by %g", d)
 	}
 }

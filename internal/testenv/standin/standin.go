@@ -72,14 +72,29 @@ const (
 )
 
 // Score weights of the detector: the face logit is ScoreGain x D -
-// ScoreBias for D the mean absolute deviation from gray (0..255) over a
-// prior's 3x3 cells; the background logit is 0. Flat gray scores
-// sigmoid(-2) = 0.12, below the pipeline's 0.3 gate; a photo's D of 30..80
-// scores 0.73..1.
+// ScoreBias for D the mean over a prior's 3x3 cells of the absolute
+// deviation from gray (0..255) weighted per channel by ChannelWeights (B,
+// G, R: unequal, so that feeding the colours in the wrong order changes the
+// score); the background logit is 0. Flat gray scores sigmoid(-2) = 0.12,
+// below the pipeline's 0.3 gate; a photo's D of 30..80 scores 0.73..1.
 const (
 	ScoreGain = 0.1
 	ScoreBias = 2.0
 )
+
+// ChannelWeights weigh the deviation from gray of the B, G and R channels.
+var ChannelWeights = [3]float64{0.5, 0.3, 0.2}
+
+// Score is the detector's score for a flat patch of colour b, g, r that
+// covers a prior's 3x3 cells exactly, when the image is fed as res10 is
+// (BGR, mean 104,177,123 subtracted, scale 1).
+func Score(b, g, r uint8) float64 {
+	var d float64
+	for i, v := range []uint8{b, g, r} {
+		d += ChannelWeights[i] * math.Abs(float64(v)-Gray)
+	}
+	return 1 / (1 + math.Exp(-(ScoreGain*d - ScoreBias)))
+}
 
 // Res10Entry is the manifest entry of the res10 SSD detector, as an operator
 // writes it for the real files (checksums and sizes left empty).
@@ -182,7 +197,10 @@ func res10Layers() []caffeLayer {
 		devW[(2*c)*3+c], devB[2*c] = 1, mean[c]-Gray
 		devW[(2*c+1)*3+c], devB[2*c+1] = -1, Gray-mean[c]
 	}
-	third := []float32{1. / 3, 1. / 3, 1. / 3, 1. / 3, 1. / 3, 1. / 3}
+	var absW []float32
+	for _, w := range ChannelWeights {
+		absW = append(absW, float32(w), float32(w))
+	}
 	ninth := make([]float32, 9)
 	for i := range ninth {
 		ninth[i] = 1. / 9
@@ -196,7 +214,7 @@ func res10Layers() []caffeLayer {
 		{"gray_dev_relu", "ReLU", []string{"gray_dev"}, []string{"gray_dev"}, "", nil},
 		{"gray_absdev", "Convolution", []string{"gray_dev"}, []string{"gray_absdev"},
 			"convolution_param {\n    num_output: 1\n    bias_term: false\n    kernel_size: 1\n  }",
-			[]blob{{[]int64{1, 6, 1, 1}, third}}},
+			[]blob{{[]int64{1, 6, 1, 1}, absW}}},
 		{"cell_pool", "Pooling", []string{"gray_absdev"}, []string{"cell_pool"},
 			fmt.Sprintf("pooling_param {\n    pool: AVE\n    kernel_size: %d\n    stride: %d\n  }", Cell, Cell), nil},
 		{"window", "Convolution", []string{"cell_pool"}, []string{"window"},
@@ -440,22 +458,21 @@ const (
 	ofSeed = 0x0f_ace // the projection's fixed seed
 )
 
-// OpenFace is the stand-in embedder's .t7 file.
-func OpenFace() []byte {
-	// SpatialConvolutionMM weights are [out, in*kH*kW]: output channel c
-	// averages input channel c over the kernel.
+// openFaceWeights are the stand-in embedder's convolution (SpatialConvolutionMM
+// layout, [out, in*kH*kW]: output channel c averages input channel c over
+// the kernel) and projection ([128, 192]: Gaussian rows, each zero-mean over
+// every colour channel's 64 values, as View flattens C, H, W, so that a
+// uniform brightness or colour offset does not move the template).
+func openFaceWeights() (convW, linW []float32) {
 	k := ofConv * ofConv
-	convW := make([]float32, 3*3*k)
+	convW = make([]float32, 3*3*k)
 	for c := 0; c < 3; c++ {
 		for i := 0; i < k; i++ {
 			convW[c*3*k+c*k+i] = 1 / float32(k)
 		}
 	}
-	// The projection: Gaussian rows, each zero-mean over every colour
-	// channel's 64 values (View flattens C, H, W in that order), so a
-	// uniform brightness or colour offset does not move the template.
 	rng := rand.New(rand.NewPCG(ofSeed, ofSeed))
-	linW := make([]float32, ofDim*ofIn)
+	linW = make([]float32, ofDim*ofIn)
 	plane := ofSide * ofSide
 	for r := 0; r < ofDim; r++ {
 		row := linW[r*ofIn : (r+1)*ofIn]
@@ -473,6 +490,47 @@ func OpenFace() []byte {
 			}
 		}
 	}
+	return convW, linW
+}
+
+// OpenFaceReference computes in Go what the stand-in embedder computes, on
+// its input blob (3x96x96, planes R, G, B, scaled to 0..1): the reference a
+// test compares OpenCV's forward of the .t7 with.
+func OpenFaceReference(blob []float32) []float32 {
+	_, linW := openFaceWeights()
+	const in = 96
+	x := make([]float64, ofIn)
+	n := float64(ofConv * ofPool * ofConv * ofPool)
+	for c := 0; c < 3; c++ {
+		for y := 0; y < in; y++ {
+			for xx := 0; xx < in; xx++ {
+				// A 6x6 mean then a 2x2 mean is a 12x12 mean (ReLU is a
+				// no-op on 0..1).
+				x[c*ofSide*ofSide+(y/(ofConv*ofPool))*ofSide+xx/(ofConv*ofPool)] += float64(blob[c*in*in+y*in+xx]) / n
+			}
+		}
+	}
+	out := make([]float32, ofDim)
+	var norm float64
+	for r := 0; r < ofDim; r++ {
+		var s float64
+		for i, v := range x {
+			s += float64(linW[r*ofIn+i]) * v
+		}
+		out[r] = float32(s)
+		norm += s * s
+	}
+	norm = math.Sqrt(norm)
+	for i := range out {
+		out[i] = float32(float64(out[i]) / norm)
+	}
+	return out
+}
+
+// OpenFace is the stand-in embedder's .t7 file.
+func OpenFace() []byte {
+	k := ofConv * ofConv
+	convW, linW := openFaceWeights()
 	seq := t7Module("nn.Sequential", t7Field{key: "modules", v: t7Tab(
 		t7Field{idx: 1, v: t7Module("nn.SpatialConvolutionMM",
 			num("nInputPlane", 3), num("nOutputPlane", 3),
