@@ -112,7 +112,7 @@ func TestClusterOriginalModels(t *testing.T) {
 
 	outDir, cache := filepath.Join(t.TempDir(), "out"), t.TempDir()
 	code, out, errs = runTool(t, "cluster", in, "-o", outDir, "--models-dir", dir, "--crop", "original", "--algorithm", "dbscan",
-		"--cache", cache, "--workers", "1")
+		"--cache", cache)
 	if code != 0 {
 		t.Fatalf("cluster: exit %d\n%s%s", code, out, errs)
 	}
@@ -235,7 +235,7 @@ func TestClusterOriginalModels(t *testing.T) {
 	if err := man.Save(filepath.Join(dir, "manifest.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"cluster", in, "-o", outDir, "--models-dir", dir, "--crop", "original", "--algorithm", "dbscan", "--cache", cache, "--workers", "1", "--force"}
+	args := []string{"cluster", in, "-o", outDir, "--models-dir", dir, "--crop", "original", "--algorithm", "dbscan", "--cache", cache, "--force"}
 	code, out, errs = runTool(t, args...)
 	if code != 0 || !strings.Contains(out, "0 from the cache, 8 embedded") {
 		t.Errorf("another prototxt, same caffemodel: exit %d, %s%s", code, out, errs)
