@@ -69,9 +69,11 @@ func similarity(src, dst [][2]float64) (a, b, tx, ty float64, ok bool) {
 
 // cropArcFace warps the face onto the ArcFace 112 template scaled to size
 // and zoomed out by scale about the crop centre (1: the template itself).
-// Without usable keypoints it falls back to a square box crop.
+// Without usable points (no detector eyes, and no landmark net's five
+// points for a landmark alignment) it falls back to a square box crop: a
+// detector without keypoints (res10, face-api's) still aligns by landmarks.
 func cropArcFace(img gocv.Mat, d Detection, align string, scale float64, size int) gocv.Mat {
-	if !d.HasEyes() {
+	if !(needsLandmarks(align) && len(d.Five) == 5) && !d.HasEyes() {
 		return cropSquare(img, d, 1.12, size)
 	}
 	src, dst := arcfacePoints(d, align)

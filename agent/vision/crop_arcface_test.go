@@ -94,3 +94,45 @@ func TestCropArcFacePutsLandmarksOnTemplate(t *testing.T) {
 	}
 	crop.Close()
 }
+
+// A detector without keypoints (res10, face-api's SSD and tiny) and an
+// embedder aligned by the landmark net: the crop follows the landmarks'
+// five points, as with a detector that has keypoints, not the box.
+func TestArcFaceLandmarksWithoutKeypoints(t *testing.T) {
+	img := gocv.NewMatWithSize(400, 400, gocv.MatTypeCV8UC3)
+	defer img.Close()
+	for y := 0; y < 400; y += 20 {
+		for x := 0; x < 400; x += 20 {
+			gocv.Rectangle(&img, image.Rect(x, y, x+20, y+20), color.RGBA{uint8(x / 2), uint8(y / 2), uint8((x + y) % 256), 255}, -1)
+		}
+	}
+	// Five points of a face rotated by 25 degrees inside a box that
+	// says nothing of the rotation.
+	r := 25 * math.Pi / 180
+	var five [][2]float64
+	for _, p := range arcface112 {
+		x, y := 2*p[0], 2*p[1]
+		five = append(five, [2]float64{80 + x*math.Cos(r) - y*math.Sin(r), 60 + x*math.Sin(r) + y*math.Cos(r)})
+	}
+	box := Detection{X0: 40, Y0: 60, X1: 300, Y1: 320, Five: five}
+	withEyes := box
+	withEyes.Points = [][2]float64{{0, 0}, {10, 0}} // the detector's eyes: unused by a landmark alignment
+	same := func(a, b gocv.Mat) bool {
+		diff := gocv.NewMat()
+		defer diff.Close()
+		gocv.AbsDiff(a, b, &diff)
+		gray := gocv.NewMat()
+		defer gray.Close()
+		gocv.CvtColor(diff, &gray, gocv.ColorBGRToGray)
+		return gocv.CountNonZero(gray) == 0
+	}
+	got := cropArcFace(img, box, AlignLandmarks, 1, 112)
+	defer got.Close()
+	want := cropArcFace(img, withEyes, AlignLandmarks, 1, 112)
+	defer want.Close()
+	square := cropSquare(img, box, 1.12, 112)
+	defer square.Close()
+	if !same(got, want) || same(got, square) {
+		t.Errorf("without detector keypoints the landmark alignment fell back to the box (same as with keypoints: %v, same as the box crop: %v)", same(got, want), same(got, square))
+	}
+}

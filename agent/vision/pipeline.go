@@ -52,7 +52,7 @@ type Config struct {
 // Revision names the behaviour of the detection, crop and quality code.
 // Evaluation caches key on it: change it whenever a code change alters
 // which face is found or how it is cut.
-const Revision = "2026-11-27.cascade-inside"
+const Revision = "2026-12-06.landmarks-without-keypoints"
 
 // DefaultConfig returns the measured defaults (docs/accuracy.md).
 func DefaultConfig() Config {
