@@ -39,6 +39,9 @@ type Sample struct {
 	Embedding []float32
 	Mask      visit.MaskState
 	Time      time.Time // order for Online; otherwise unused
+	// View is the masked-view template of an unmasked sample (optional):
+	// a masked sample is compared with it at the MM cut (ViewMode).
+	View []float32
 }
 
 // ClusterOptions selects and tunes an algorithm.
@@ -52,6 +55,13 @@ type ClusterOptions struct {
 	MinSamples int
 	// ConsolidateEvery for Online (default 100).
 	ConsolidateEvery int
+	// ViewMode (Average and Complete): how a masked/unmasked pair uses the
+	// unmasked sample's View: "" ignores it; "view" compares the masked
+	// sample with the view at the MM cut; "max" keeps the closer of that and
+	// the plain pair at the MU cut; "mean" averages the two. ViewLike
+	// counts such pairs with the like (UU, MM) pairs in the linkage.
+	ViewMode string
+	ViewLike bool
 }
 
 // Cluster labels samples: labels are >= 0 and numbered by first appearance;
@@ -76,7 +86,8 @@ func Cluster(ctx context.Context, samples []Sample, opt ClusterOptions) ([]int, 
 		if err := opt.Config.Validate(); err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
-		sp := newSpace(dim, opt.Config.Thresholds, opt.Config.Exact)
+		exact := opt.Config.Exact || opt.ViewMode != ""
+		sp := newSpace(dim, opt.Config.Thresholds, exact)
 		sp.vec = make([]float32, 0, len(samples)*dim)
 		for i, s := range samples {
 			x, err := normalized(s.Embedding)
@@ -84,6 +95,9 @@ func Cluster(ctx context.Context, samples []Sample, opt ClusterOptions) ([]int, 
 				return nil, fmt.Errorf("cluster: sample %d: %w", i, err)
 			}
 			sp.add(x, maskClass(s.Mask))
+		}
+		if err := sp.setViews(samples, opt.ViewMode, opt.ViewLike); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
 		}
 		es, err := sp.edges(ctx, opt.Config.Workers)
 		if err != nil {
