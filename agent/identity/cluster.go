@@ -62,6 +62,8 @@ type ClusterOptions struct {
 	// counts such pairs with the like (UU, MM) pairs in the linkage.
 	ViewMode string
 	ViewLike bool
+	// ViewCut is the cut of view comparisons (0: the MM cut).
+	ViewCut float64
 }
 
 // Cluster labels samples: labels are >= 0 and numbered by first appearance;
@@ -96,7 +98,7 @@ func Cluster(ctx context.Context, samples []Sample, opt ClusterOptions) ([]int, 
 			}
 			sp.add(x, maskClass(s.Mask))
 		}
-		if err := sp.setViews(samples, opt.ViewMode, opt.ViewLike); err != nil {
+		if err := sp.setViews(samples, opt.ViewMode, opt.ViewLike, opt.ViewCut); err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
 		es, err := sp.edges(ctx, opt.Config.Workers)

@@ -263,6 +263,7 @@ type space struct {
 	hasView  []bool
 	viewMode uint8
 	viewLike bool
+	viewInv  float64 // 1/cut of view comparisons
 }
 
 const (
@@ -273,7 +274,7 @@ const (
 )
 
 // setViews records the samples' masked views for mode.
-func (s *space) setViews(samples []Sample, mode string, like bool) error {
+func (s *space) setViews(samples []Sample, mode string, like bool, cut float64) error {
 	switch mode {
 	case "":
 		return nil
@@ -287,6 +288,10 @@ func (s *space) setViews(samples []Sample, mode string, like bool) error {
 		return fmt.Errorf("view mode %q: want view, max or mean", mode)
 	}
 	s.viewLike = like
+	s.viewInv = s.inv[ptMM]
+	if cut > 0 {
+		s.viewInv = 1 / cut
+	}
 	s.view = make([]float32, len(samples)*s.dim)
 	s.hasView = make([]bool, len(samples))
 	for i, x := range samples {
@@ -310,10 +315,10 @@ func (s *space) viewND(i, j int, plain float64) (float64, bool) {
 	if s.cls[u] == 1 {
 		u, m = j, i
 	}
-	if s.viewMode == viewOff || !s.hasView[u] || s.inv[ptMM] == 0 {
+	if s.viewMode == viewOff || !s.hasView[u] || s.viewInv == 0 {
 		return plain * s.inv[ptMU], false
 	}
-	dv := (1 - float64(dot(s.row(m), s.view[u*s.dim:(u+1)*s.dim]))) * s.inv[ptMM]
+	dv := (1 - float64(dot(s.row(m), s.view[u*s.dim:(u+1)*s.dim]))) * s.viewInv
 	dp := plain * s.inv[ptMU]
 	switch s.viewMode {
 	case viewMax:

@@ -326,6 +326,7 @@ func evalCluster(ctx context.Context, env *cli.Env, args []string) error {
 	minSamples := fs.Int("min-samples", 2, "DBSCAN min_samples, the original project's value")
 	viewMode := fs.String("view-mode", "", "with --masked-view: view, max or mean (how a masked/unmasked pair uses the unmasked face's masked view, at the MM cut)")
 	viewLike := fs.Bool("view-like", false, "with --view-mode: count masked/unmasked pairs with the like pairs in the linkage")
+	viewCut := fs.Float64("view-cut", 0, "with --view-mode: cosine distance cut of view comparisons (default: the MM cut)")
 	cuts := fs.String("thresholds", "", "space-separated cut sets to sweep instead of the manifest's thresholds, each UU,MM,MU cosine distances or one value for all three")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
@@ -346,7 +347,7 @@ func evalCluster(ctx context.Context, env *cli.Env, args []string) error {
 		sets = []identity.Thresholds{th}
 	}
 	for _, th := range sets {
-		o := eval.ClusterOptions{Thresholds: th, Eps: *eps, MinSamples: *minSamples, ViewMode: *viewMode, ViewLike: *viewLike}
+		o := eval.ClusterOptions{Thresholds: th, Eps: *eps, MinSamples: *minSamples, ViewMode: *viewMode, ViewLike: *viewLike, ViewCut: *viewCut}
 		for _, a := range splitList(*algos) {
 			o.Algorithms = append(o.Algorithms, identity.Algorithm(a))
 		}

@@ -37,6 +37,7 @@ type ClusterOptions struct {
 	// masked views (EmbedOptions.Views).
 	ViewMode string
 	ViewLike bool
+	ViewCut  float64
 }
 
 // ClusterEval clusters the found faces with each algorithm and scores them
@@ -68,7 +69,7 @@ func ClusterEval(ctx context.Context, run *Run, name string, o ClusterOptions) (
 	cfg.Thresholds = o.Thresholds
 	for _, a := range algos {
 		labels, err := identity.Cluster(ctx, samples, identity.ClusterOptions{Algorithm: a, Config: cfg, Eps: o.Eps, MinSamples: o.MinSamples,
-			ViewMode: o.ViewMode, ViewLike: o.ViewLike})
+			ViewMode: o.ViewMode, ViewLike: o.ViewLike, ViewCut: o.ViewCut})
 		if err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", a, err)
 		}
