@@ -39,9 +39,6 @@ type Sample struct {
 	Embedding []float32
 	Mask      visit.MaskState
 	Time      time.Time // order for Online; otherwise unused
-	// View is the masked-view template of an unmasked sample (optional):
-	// a masked sample is compared with it at the MM cut (ViewMode).
-	View []float32
 }
 
 // ClusterOptions selects and tunes an algorithm.
@@ -55,15 +52,6 @@ type ClusterOptions struct {
 	MinSamples int
 	// ConsolidateEvery for Online (default 100).
 	ConsolidateEvery int
-	// ViewMode (Average and Complete): how a masked/unmasked pair uses the
-	// unmasked sample's View: "" ignores it; "view" compares the masked
-	// sample with the view at the MM cut; "max" keeps the closer of that and
-	// the plain pair at the MU cut; "mean" averages the two. ViewLike
-	// counts such pairs with the like (UU, MM) pairs in the linkage.
-	ViewMode string
-	ViewLike bool
-	// ViewCut is the cut of view comparisons (0: the MM cut).
-	ViewCut float64
 }
 
 // Cluster labels samples: labels are >= 0 and numbered by first appearance;
@@ -88,8 +76,7 @@ func Cluster(ctx context.Context, samples []Sample, opt ClusterOptions) ([]int, 
 		if err := opt.Config.Validate(); err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
-		exact := opt.Config.Exact || opt.ViewMode != ""
-		sp := newSpace(dim, opt.Config.Thresholds, exact)
+		sp := newSpace(dim, opt.Config.Thresholds, opt.Config.Exact)
 		sp.vec = make([]float32, 0, len(samples)*dim)
 		for i, s := range samples {
 			x, err := normalized(s.Embedding)
@@ -97,9 +84,6 @@ func Cluster(ctx context.Context, samples []Sample, opt ClusterOptions) ([]int, 
 				return nil, fmt.Errorf("cluster: sample %d: %w", i, err)
 			}
 			sp.add(x, maskClass(s.Mask))
-		}
-		if err := sp.setViews(samples, opt.ViewMode, opt.ViewLike, opt.ViewCut); err != nil {
-			return nil, fmt.Errorf("cluster: %w", err)
 		}
 		es, err := sp.edges(ctx, opt.Config.Workers)
 		if err != nil {

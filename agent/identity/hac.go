@@ -82,9 +82,6 @@ func (s *space) rowEdges(j int, out []edge, buf []int32) ([]edge, []int32) {
 	for _, i := range buf {
 		pt := pairType(s.cls[i], cj)
 		d := (1 - float64(dot(s.row(int(i)), rj))) * s.inv[pt]
-		if pt == ptMU && s.viewMode != viewOff {
-			d, _, _ = s.nd(int(i), j)
-		}
 		if d <= 1 {
 			out = append(out, edge{i, int32(j), float32(d)})
 		}
@@ -199,7 +196,7 @@ func (s *space) hac(ctx context.Context, ids []int32, es []edge, link linkage) (
 	}
 	for _, e := range es {
 		p := &pst{}
-		p.addPair(s.edgeType(at(e.i), at(e.j)), float64(e.nd))
+		p.addPair(pairType(s.cls[at(e.i)], s.cls[at(e.j)]), float64(e.nd))
 		a, b := &cls[e.i], &cls[e.j]
 		if a.nbr == nil {
 			a.nbr = map[int32]*pst{}
@@ -301,16 +298,6 @@ func (s *space) hac(ctx context.Context, ids []int32, es []edge, link linkage) (
 	return renumber(labels), nil
 }
 
-// edgeType is the pair type an edge is counted as in the linkage: a
-// masked/unmasked pair compared through a view counts as like with ViewLike.
-func (s *space) edgeType(i, j int) int {
-	if s.viewMode != viewOff && s.viewLike {
-		_, pt, _ := s.nd(i, j)
-		return pt
-	}
-	return pairType(s.cls[i], s.cls[j])
-}
-
 // linkKey returns the linkage (or, if not every pair is known, a lower bound
 // on it), whether it is exact, and whether the pair can still merge.
 func (s *space) linkKey(a, b *hcl, p *pst, link linkage) (float64, bool, bool) {
@@ -319,11 +306,6 @@ func (s *space) linkKey(a, b *hcl, p *pst, link linkage) (float64, bool, bool) {
 	}
 	nL := a.u*b.u + a.m*b.m
 	nM := a.u*b.m + a.m*b.u
-	if s.viewLike {
-		// Every pair is compared like with like (views cover the
-		// unmasked members; a pair without one counts as like too).
-		nL, nM = nL+nM, 0
-	}
 	var n, k int
 	var sum, mx float64
 	switch {

@@ -257,76 +257,6 @@ type space struct {
 	skr2  *sketcher // independent second sketch, for identity and group sums
 	buf   []float32
 	exact bool
-	// Masked views (ClusterOptions.ViewMode): view rows of unmasked
-	// members (hasView), the mode and whether view pairs count as like.
-	view     []float32
-	hasView  []bool
-	viewMode uint8
-	viewLike bool
-	viewInv  float64 // 1/cut of view comparisons
-}
-
-const (
-	viewOff uint8 = iota
-	viewOnly
-	viewMax
-	viewMean
-)
-
-// setViews records the samples' masked views for mode.
-func (s *space) setViews(samples []Sample, mode string, like bool, cut float64) error {
-	switch mode {
-	case "":
-		return nil
-	case "view":
-		s.viewMode = viewOnly
-	case "max":
-		s.viewMode = viewMax
-	case "mean":
-		s.viewMode = viewMean
-	default:
-		return fmt.Errorf("view mode %q: want view, max or mean", mode)
-	}
-	s.viewLike = like
-	s.viewInv = s.inv[ptMM]
-	if cut > 0 {
-		s.viewInv = 1 / cut
-	}
-	s.view = make([]float32, len(samples)*s.dim)
-	s.hasView = make([]bool, len(samples))
-	for i, x := range samples {
-		if len(x.View) == 0 || maskClass(x.Mask) == 1 {
-			continue
-		}
-		v, err := normalized(x.View)
-		if err != nil || len(v) != s.dim {
-			return fmt.Errorf("sample %d: bad view", i)
-		}
-		copy(s.view[i*s.dim:], v)
-		s.hasView[i] = true
-	}
-	return nil
-}
-
-// viewND is the normalised distance of a masked/unmasked pair (i, j) by
-// the view mode, and whether the view was used.
-func (s *space) viewND(i, j int, plain float64) (float64, bool) {
-	u, m := i, j
-	if s.cls[u] == 1 {
-		u, m = j, i
-	}
-	if s.viewMode == viewOff || !s.hasView[u] || s.viewInv == 0 {
-		return plain * s.inv[ptMU], false
-	}
-	dv := (1 - float64(dot(s.row(m), s.view[u*s.dim:(u+1)*s.dim]))) * s.viewInv
-	dp := plain * s.inv[ptMU]
-	switch s.viewMode {
-	case viewMax:
-		return min(dp, dv), true
-	case viewMean:
-		return (dp + dv) / 2, true
-	}
-	return dv, true
 }
 
 func newSpace(dim int, th Thresholds, exact bool) *space {
@@ -381,12 +311,5 @@ func (s *space) nd(i, j int) (float64, int, bool) {
 		return 0, pt, false
 	}
 	d := 1 - float64(dot(s.row(i), s.row(j)))
-	if pt == ptMU && s.viewMode != viewOff {
-		nd, _ := s.viewND(i, j, d)
-		if s.viewLike {
-			pt = ptMM
-		}
-		return nd, pt, true
-	}
 	return d * s.inv[pt], pt, true
 }

@@ -37,8 +37,6 @@ type pipelineFlags struct {
 	align                   string // arcface alignment points override
 	occlude, upper, upperW  float64
 	recrop                  string // re-cut faces before perception (diagnostics)
-	maskedView              string // masked-view styles (experiment)
-	viewRealign             bool
 }
 
 // datasetFlags select the labelled folder an eval command measures.
@@ -89,8 +87,6 @@ func (pf *pipelineFlags) register(fs interface {
 	fs.Float64Var(&pf.upperW, "upper-weight", 0, "weight of the upper-face template's cosine (default 0.5)")
 	fs.Float64Var(&pf.occlude, "occlude", 0, "paint the arcface crop gray from this fraction of its height down (0.6: under the nose)")
 	fs.StringVar(&pf.align, "align", "", "override the arcface crop's alignment points: detector, eyes, landmarks or landmarks-eyes")
-	fs.StringVar(&pf.maskedView, "masked-view", "", "also embed each unmasked face with synthetic masks painted on it (PaintMask styles: a list like 0,4,8, or all) and score masked<->unmasked pairs against that view")
-	fs.BoolVar(&pf.viewRealign, "view-realign", false, "find the landmarks again on the painted face for the masked view")
 	fs.StringVar(&pf.recrop, "recrop", "", "re-cut each face before perception, as a tight-crop dataset is cut: tight (the detector box, 160x160) or tight-stretch (a taller box stretched to 160x160)")
 }
 
@@ -299,12 +295,7 @@ func datasetRunSubset(ctx context.Context, env *cli.Env, pf *pipelineFlags, dir,
 		return nil, nil, nil, err
 	}
 	defer p.Close()
-	views, err := parseViews(pf.maskedView)
-	if err != nil {
-		return nil, nil, nil, err
-	}
 	run, err := eval.Embed(ctx, p, ds, eval.EmbedOptions{SyntheticMasks: mask == "synthetic", Recrop: recrop, CacheDir: pf.cache, CacheKey: key,
-		Views: views, ViewRealign: pf.viewRealign,
 		Progress: progressIfTerminal(env, "embedding "+ds.Name)})
 	if err != nil {
 		return nil, nil, nil, err
@@ -324,9 +315,6 @@ func evalCluster(ctx context.Context, env *cli.Env, args []string) error {
 	algos := fs.String("algorithms", "", "comma-separated algorithms (default: all)")
 	eps := fs.Float64("eps", 0.5, "DBSCAN eps (euclidean), the original project's value")
 	minSamples := fs.Int("min-samples", 2, "DBSCAN min_samples, the original project's value")
-	viewMode := fs.String("view-mode", "", "with --masked-view: view, max or mean (how a masked/unmasked pair uses the unmasked face's masked view, at the MM cut)")
-	viewLike := fs.Bool("view-like", false, "with --view-mode: count masked/unmasked pairs with the like pairs in the linkage")
-	viewCut := fs.Float64("view-cut", 0, "with --view-mode: cosine distance cut of view comparisons (default: the MM cut)")
 	cuts := fs.String("thresholds", "", "space-separated cut sets to sweep instead of the manifest's thresholds, each UU,MM,MU cosine distances or one value for all three")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
@@ -347,7 +335,7 @@ func evalCluster(ctx context.Context, env *cli.Env, args []string) error {
 		sets = []identity.Thresholds{th}
 	}
 	for _, th := range sets {
-		o := eval.ClusterOptions{Thresholds: th, Eps: *eps, MinSamples: *minSamples, ViewMode: *viewMode, ViewLike: *viewLike, ViewCut: *viewCut}
+		o := eval.ClusterOptions{Thresholds: th, Eps: *eps, MinSamples: *minSamples}
 		for _, a := range splitList(*algos) {
 			o.Algorithms = append(o.Algorithms, identity.Algorithm(a))
 		}
@@ -531,23 +519,4 @@ func evalCrops(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	defer p.Close()
 	return eval.ContactSheet(ctx, p, ds, eval.SheetOptions{Recrop: recrop, Identities: *ids, PerIdentity: *per}, *out, env.Stdout)
-}
-
-// parseViews reads --masked-view: empty, "all", or a list of styles.
-func parseViews(s string) ([]int, error) {
-	if s == "" {
-		return nil, nil
-	}
-	if s == "all" {
-		return eval.AllViews(), nil
-	}
-	var out []int
-	for _, f := range splitList(s) {
-		v, err := strconv.Atoi(f)
-		if err != nil || v < 0 || v >= vision.MaskStyles {
-			return nil, fmt.Errorf("%w: --masked-view %q: want all or styles in 0..%d", cli.ErrUsage, s, vision.MaskStyles-1)
-		}
-		out = append(out, v)
-	}
-	return out, nil
 }

@@ -33,11 +33,6 @@ type ClusterOptions struct {
 	Algorithms []identity.Algorithm
 	Eps        float64 // DBSCAN
 	MinSamples int
-	// ViewMode and ViewLike: identity.ClusterOptions's, with the samples'
-	// masked views (EmbedOptions.Views).
-	ViewMode string
-	ViewLike bool
-	ViewCut  float64
 }
 
 // ClusterEval clusters the found faces with each algorithm and scores them
@@ -50,11 +45,7 @@ func ClusterEval(ctx context.Context, run *Run, name string, o ClusterOptions) (
 		if !s.Found {
 			continue
 		}
-		is := identity.Sample{Embedding: s.Embedding, Mask: s.Mask}
-		if len(s.Views) > 0 {
-			is.View = ViewTemplate(s)
-		}
-		samples = append(samples, is)
+		samples = append(samples, identity.Sample{Embedding: s.Embedding, Mask: s.Mask})
 		truth = append(truth, s.Identity)
 	}
 	rep.Clustered = len(samples)
@@ -68,8 +59,7 @@ func ClusterEval(ctx context.Context, run *Run, name string, o ClusterOptions) (
 	cfg := identity.DefaultConfig()
 	cfg.Thresholds = o.Thresholds
 	for _, a := range algos {
-		labels, err := identity.Cluster(ctx, samples, identity.ClusterOptions{Algorithm: a, Config: cfg, Eps: o.Eps, MinSamples: o.MinSamples,
-			ViewMode: o.ViewMode, ViewLike: o.ViewLike, ViewCut: o.ViewCut})
+		labels, err := identity.Cluster(ctx, samples, identity.ClusterOptions{Algorithm: a, Config: cfg, Eps: o.Eps, MinSamples: o.MinSamples})
 		if err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", a, err)
 		}

@@ -13,7 +13,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/periocular/atm-agent/agent/vision"
@@ -37,9 +36,6 @@ type Sample struct {
 	Mask      visit.MaskState // predicted
 	MaskScore float64
 	Box       [4]float64
-	// Views are masked-view templates (EmbedOptions.Views), one per style,
-	// for faces labelled or predicted unmasked.
-	Views [][]float32
 }
 
 // Run is the perception output over a dataset plus timings.
@@ -63,11 +59,6 @@ type EmbedOptions struct {
 	// CacheKey identifies the pipeline (model checksums and settings).
 	CacheKey string
 	Progress func(done, total int)
-	// Views, when set, are the PaintMask styles of the masked-view
-	// templates to compute for each face labelled or predicted unmasked;
-	// ViewRealign finds the landmarks again on the painted face.
-	Views       []int
-	ViewRealign bool
 }
 
 // Embed runs the pipeline over every still image of the dataset.
@@ -86,9 +77,6 @@ func Embed(ctx context.Context, p *vision.Pipeline, ds *dataset.Dataset, o Embed
 		if r, err := loadCache(o.CacheDir, key); err == nil {
 			return r, nil
 		}
-		if r, ok := fromAllViews(o, items, synth); ok {
-			return r, nil
-		}
 	}
 	r := &Run{Embedder: p.Embedder}
 	for i, it := range items {
@@ -105,8 +93,6 @@ func Embed(ctx context.Context, p *vision.Pipeline, ds *dataset.Dataset, o Embed
 				f, err = faceWithSyntheticMask(p, data, i, &tm)
 			} else if o.Recrop != vision.RecropNone {
 				f, err = p.FaceInRecrop(data, o.Recrop, &tm)
-			} else if len(o.Views) > 0 {
-				f, s.Views, err = faceAndViews(p, data, s.Masked, o, &tm)
 			} else {
 				f, err = p.FaceInImage(data, vision.FaceOptions{Limits: imagecheck.Limits{Formats: imagecheck.FormatsOpenCV}}, &tm)
 			}
@@ -148,64 +134,9 @@ func faceWithSyntheticMask(p *vision.Pipeline, data []byte, i int, tm *vision.Ti
 	return p.FaceWithPaintedMask(img, i%vision.MaskStyles, tm)
 }
 
-// faceAndViews finds the face and, when it is labelled or predicted
-// unmasked, its masked-view templates (not counted in the timings).
-func faceAndViews(p *vision.Pipeline, data []byte, masked bool, o EmbedOptions, tm *vision.Timings) (vision.Face, [][]float32, error) {
-	img, err := vision.DecodeImage(data, imagecheck.Limits{Formats: imagecheck.FormatsOpenCV})
-	if err != nil {
-		return vision.Face{}, nil, err
-	}
-	defer img.Close()
-	f, err := p.FaceInMat(img, vision.FaceOptions{}, tm)
-	if err != nil || (masked && f.Mask == visit.Masked) {
-		return f, nil, err
-	}
-	v, err := p.MaskedViews(img, f, o.Views, o.ViewRealign, nil)
-	if err != nil {
-		v = nil // no keypoints to paint from: compared plainly
-	}
-	return f, v, nil
-}
-
-// AllViews are every PaintMask style.
-func AllViews() []int {
-	v := make([]int, vision.MaskStyles)
-	for i := range v {
-		v[i] = i
-	}
-	return v
-}
-
-// fromAllViews serves a subset of styles from a cached run of all styles.
-func fromAllViews(o EmbedOptions, items []dataset.Item, synth []bool) (*Run, bool) {
-	all := AllViews()
-	if len(o.Views) == 0 || slices.Equal(o.Views, all) {
-		return nil, false
-	}
-	oa := o
-	oa.Views = all
-	r, err := loadCache(o.CacheDir, cacheKey(oa, items, synth))
-	if err != nil {
-		return nil, false
-	}
-	for i := range r.Samples {
-		if v := r.Samples[i].Views; len(v) == len(all) {
-			sub := make([][]float32, 0, len(o.Views))
-			for _, st := range o.Views {
-				sub = append(sub, v[st])
-			}
-			r.Samples[i].Views = sub
-		}
-	}
-	return r, true
-}
-
 func cacheKey(o EmbedOptions, items []dataset.Item, synth []bool) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "v3|%s|%v|%s\n", o.CacheKey, o.SyntheticMasks, o.Recrop)
-	if len(o.Views) > 0 {
-		fmt.Fprintf(h, "views %v realign %v\n", o.Views, o.ViewRealign)
-	}
 	for i, it := range items {
 		st, err := os.Stat(it.Path)
 		if err == nil {

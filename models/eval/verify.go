@@ -88,8 +88,6 @@ type VerifyReport struct {
 	// MURank1 is the share of masked faces (of identities that also have
 	// unmasked ones) whose nearest unmasked face is the same person.
 	MURank1 Num `json:"mu_rank1"`
-	// MURank1View is MURank1 with the unmasked faces' masked views.
-	MURank1View Num `json:"mu_rank1_view,omitempty"`
 	// ThresholdAtFAR1e3 is the cosine distance at FAR 1e-3 over all pairs.
 	ThresholdAtFAR1e3 float64 `json:"threshold_at_far_1e-3"`
 	// TimingsMS are per-image medians in milliseconds.
@@ -98,12 +96,7 @@ type VerifyReport struct {
 
 // Pair types. "ms" (reported with synthetic masks only) pairs a real masked
 // face with a synthetically masked one: comparing like with like.
-//
-// With masked-view templates (Sample.Views) the MU pairs are also scored
-// against the unmasked face's masked view: "mu-view" (the masked face
-// against the view alone), "mu-max" and "mu-mean" (the plain and view
-// similarities' maximum and mean), and "all-view" (every pair, MU by view).
-var pairTypes = []string{"all", "uu", "mm", "mu", "ms", "mu-view", "mu-max", "mu-mean", "all-view"}
+var pairTypes = []string{"all", "uu", "mm", "mu", "ms"}
 
 // Verify computes verification figures over all pairs of found faces.
 func Verify(run *Run, datasetName string, synthetic bool) *VerifyReport {
@@ -146,10 +139,7 @@ func Verify(run *Run, datasetName string, synthetic bool) *VerifyReport {
 	rep.MaskAccuracy = rate(maskRight, len(found))
 	rep.MaskUnknown = rate(maskUnknown, len(found))
 
-	rep.MURank1 = muRank1(found, false)
-	if hasViews(found) {
-		rep.MURank1View = muRank1(found, true)
-	}
+	rep.MURank1 = muRank1(found)
 	scores := PairScores(found)
 	for _, pt := range pairTypes {
 		g, im := scores.genuine[pt], scores.impostor[pt]
@@ -174,7 +164,7 @@ func Verify(run *Run, datasetName string, synthetic bool) *VerifyReport {
 	return rep
 }
 
-func muRank1(found []Sample, views bool) Num {
+func muRank1(found []Sample) Num {
 	hasU := map[string]bool{}
 	for _, s := range found {
 		if !s.Masked {
@@ -191,11 +181,7 @@ func muRank1(found []Sample, views bool) Num {
 			if u.Masked {
 				continue
 			}
-			ue := u.Embedding
-			if views {
-				ue = ViewTemplate(u)
-			}
-			if d := dot(m.Embedding, ue); d > best {
+			if d := dot(m.Embedding, u.Embedding); d > best {
 				best, bestID = d, u.Identity
 			}
 		}
@@ -278,54 +264,9 @@ func pairType(a, b Sample) string {
 	return "mu"
 }
 
-// hasViews says whether any sample has masked-view templates.
-func hasViews(s []Sample) bool {
-	for _, x := range s {
-		if len(x.Views) > 0 {
-			return true
-		}
-	}
-	return false
-}
-
-// ViewTemplate is the sample's masked view: the L2-normalised mean of its
-// view templates, or its plain template when it has none.
-func ViewTemplate(s Sample) []float32 {
-	if len(s.Views) == 0 {
-		return s.Embedding
-	}
-	if len(s.Views) == 1 {
-		return s.Views[0]
-	}
-	acc := make([]float32, len(s.Views[0]))
-	for _, v := range s.Views {
-		for i, x := range v {
-			acc[i] += x
-		}
-	}
-	var n float64
-	for _, x := range acc {
-		n += float64(x) * float64(x)
-	}
-	if n > 0 {
-		inv := float32(1 / math.Sqrt(n))
-		for i := range acc {
-			acc[i] *= inv
-		}
-	}
-	return acc
-}
-
 // PairScores computes the similarity of every pair of samples, in parallel.
 func PairScores(s []Sample) pairScores {
 	n := len(s)
-	views := hasViews(s)
-	view := make([][]float32, n)
-	if views {
-		for i := range s {
-			view[i] = ViewTemplate(s[i])
-		}
-	}
 	workers := runtime.GOMAXPROCS(0)
 	type part struct {
 		genuine, impostor map[string][]float64
@@ -345,31 +286,15 @@ func PairScores(s []Sample) pairScores {
 					if pt == "mm" && s[i].Synthetic != s[j].Synthetic {
 						pt = "ms"
 					}
-					add := func(pt string, sim float64) {
-						if s[i].Identity == s[j].Identity {
-							p.genuine[pt] = append(p.genuine[pt], sim)
-							p.genuineID[pt] = append(p.genuineID[pt], s[i].Identity)
-						} else {
-							p.impostor[pt] = append(p.impostor[pt], sim)
-						}
+					if s[i].Identity == s[j].Identity {
+						p.genuine[pt] = append(p.genuine[pt], sim)
+						p.genuine["all"] = append(p.genuine["all"], sim)
+						p.genuineID[pt] = append(p.genuineID[pt], s[i].Identity)
+						p.genuineID["all"] = append(p.genuineID["all"], s[i].Identity)
+					} else {
+						p.impostor[pt] = append(p.impostor[pt], sim)
+						p.impostor["all"] = append(p.impostor["all"], sim)
 					}
-					add(pt, sim)
-					add("all", sim)
-					if !views {
-						continue
-					}
-					vs := sim
-					if pt == "mu" {
-						if s[i].Masked {
-							vs = dot(s[i].Embedding, view[j])
-						} else {
-							vs = dot(view[i], s[j].Embedding)
-						}
-						add("mu-view", vs)
-						add("mu-max", max(sim, vs))
-						add("mu-mean", (sim+vs)/2)
-					}
-					add("all-view", vs)
 				}
 			}
 			parts[w] = p
@@ -403,9 +328,6 @@ func (r *VerifyReport) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "%d identities, %d images (%d unreadable). Detection: masked %s (%d/%d), unmasked %s (%d/%d). Mask state accuracy %s (unknown %s). Masked faces whose nearest unmasked face is the same person: %s.\n\n",
 		r.Identities, r.Images, r.Unreadable, pct(r.Detection.Masked), r.Detection.MaskedFound, r.Detection.MaskedTotal,
 		pct(r.Detection.Unmasked), r.Detection.UnmaskedFound, r.Detection.UnmaskedTotal, pct(r.MaskAccuracy), pct(r.MaskUnknown), pct(r.MURank1))
-	if r.MURank1View > 0 {
-		fmt.Fprintf(w, "Masked faces whose nearest unmasked face's masked view is the same person: %s.\n\n", pct(r.MURank1View))
-	}
 	fmt.Fprintln(w, "| pairs | genuine | impostor | AUC | TAR@FAR1e-2 | TAR@FAR1e-3 | identity-balanced TAR@1e-3 | distance at FAR1e-3 |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, pt := range pairTypes {
