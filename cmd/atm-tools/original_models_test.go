@@ -60,55 +60,8 @@ func TestClusterOriginalModels(t *testing.T) {
 	t.Logf("models verify:\n%s", out)
 	verifyCatches(t, dir, man)
 
-	// A portrait canvas (600x800): each face goes over 3x3 cells of the
-	// stand-in detector's 10x10 grid, 180x240 pixels.
-	const w, h = 600, 800
-	in := t.TempDir()
-	type place struct {
-		photo    string
-		col, row int
-		gain     float64
-		ext      string
-	}
-	placed := map[string]place{
-		"alice/1.jpg":    {"sample2.jpg", 1, 1, 1, ".jpg"},
-		"alice/2.jpg":    {"sample2.jpg", 5, 1, 1, ".jpg"}, // same row: the same original crop
-		"alice/dark.png": {"sample2.jpg", 3, 1, 0.6, ".png"},
-		"alice/low.jpg":  {"sample2.jpg", 3, 4, 1, ".jpg"}, // lower: a shorter original crop
-		"bob/1.jpg":      {"sample3.jpg", 2, 2, 1, ".jpg"},
-		"bob/2.jpg":      {"sample3.jpg", 6, 2, 1, ".jpg"},
-		"carol.jpg":      {"sample4.jpg", 4, 3, 1, ".jpg"},
-	}
-	for name, pl := range placed {
-		photo := gocv.IMRead(filepath.Join(demo, pl.photo), gocv.IMReadColor)
-		if photo.Empty() {
-			t.Fatalf("cannot read %s", pl.photo)
-		}
-		// The face box widened to the canvas cells' 3:4, a little room
-		// above and below as a face detector's box has.
-		b := demoFaces[pl.photo]
-		cx, fw := (b[0]+b[2])/2, b[2]-b[0]
-		face := photo.Region(image.Rect(cx-fw*9/16, b[1]-fw/4, cx+fw*9/16, b[1]-fw/4+fw*3/2))
-		r := standin.Canvas(w, h, pl.col, pl.row)
-		canvas := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(standin.Gray, standin.Gray, standin.Gray, 0), h, w, gocv.MatTypeCV8UC3)
-		roi := canvas.Region(image.Rect(r[0], r[1], r[2], r[3]))
-		gocv.Resize(face, &roi, image.Pt(r[2]-r[0], r[3]-r[1]), 0, 0, gocv.InterpolationArea)
-		if pl.gain != 1 {
-			roi.ConvertToWithParams(&roi, gocv.MatTypeCV8UC3, float32(pl.gain), 0)
-		}
-		p := filepath.Join(in, filepath.FromSlash(name))
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if !gocv.IMWrite(p, canvas) {
-			t.Fatalf("write %s", p)
-		}
-		roi.Close()
-		canvas.Close()
-		face.Close()
-		photo.Close()
-	}
-	blank := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(standin.Gray, standin.Gray, standin.Gray, 0), h, w, gocv.MatTypeCV8UC3)
-	gocv.IMWrite(filepath.Join(in, "blank.jpg"), blank)
-	blank.Close()
+	const w, h = canvasW, canvasH
+	in, placed := pastedFaces(t, demo, w, h, false)
 
 	outDir, cache := filepath.Join(t.TempDir(), "out"), t.TempDir()
 	code, out, errs = runTool(t, "cluster", in, "-o", outDir, "--models-dir", dir, "--crop", "original", "--algorithm", "dbscan",
@@ -246,6 +199,76 @@ func TestClusterOriginalModels(t *testing.T) {
 	}
 }
 
+// A portrait canvas (600x800): each face goes over 3x3 cells of the
+// stand-in detector's 10x10 grid, 180x240 pixels.
+const canvasW, canvasH = 600, 800
+
+// A square canvas (600x600) for a real embedder: each face box (square) over
+// 3x3 cells, 180x180 pixels, unstretched.
+const squareSide = 600
+
+// place is where a demo face is pasted: over the grid's 3x3 cells from
+// (col, row), its pixels scaled by gain.
+type place struct {
+	photo    string
+	col, row int
+	gain     float64
+}
+
+// pastedFaces writes a folder of faces cut from face-api's demo photos
+// (demoFaces) pasted on w x h gray canvases where the stand-in detector
+// finds them, and a blank canvas. tight pastes the face box as it is (the
+// box a face detector gives), else widened to 3:4 with room above and below.
+func pastedFaces(t *testing.T, demo string, w, h int, tight bool) (string, map[string]place) {
+	t.Helper()
+	in := t.TempDir()
+	placed := map[string]place{
+		"alice/1.jpg":    {"sample2.jpg", 1, 1, 1},
+		"alice/2.jpg":    {"sample2.jpg", 5, 1, 1}, // same row: the same original crop
+		"alice/dark.png": {"sample2.jpg", 3, 1, 0.6},
+		"alice/low.jpg":  {"sample2.jpg", 3, 4, 1}, // lower: a shorter original crop
+		"bob/1.jpg":      {"sample3.jpg", 2, 2, 1},
+		"bob/2.jpg":      {"sample3.jpg", 6, 2, 1},
+		"carol.jpg":      {"sample4.jpg", 4, 3, 1},
+	}
+	for name, pl := range placed {
+		photo := gocv.IMRead(filepath.Join(demo, pl.photo), gocv.IMReadColor)
+		if photo.Empty() {
+			t.Fatalf("cannot read %s", pl.photo)
+		}
+		// The face box widened to the canvas cells' 3:4, a little room
+		// above and below as a face detector's box has.
+		b := demoFaces[pl.photo]
+		cx, fw := (b[0]+b[2])/2, b[2]-b[0]
+		rect := image.Rect(cx-fw*9/16, b[1]-fw/4, cx+fw*9/16, b[1]-fw/4+fw*3/2)
+		if tight {
+			rect = image.Rect(b[0], b[1], b[2], b[3])
+		}
+		face := photo.Region(rect)
+		r := standin.Canvas(w, h, pl.col, pl.row)
+		canvas := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(standin.Gray, standin.Gray, standin.Gray, 0), h, w, gocv.MatTypeCV8UC3)
+		roi := canvas.Region(image.Rect(r[0], r[1], r[2], r[3]))
+		gocv.Resize(face, &roi, image.Pt(r[2]-r[0], r[3]-r[1]), 0, 0, gocv.InterpolationArea)
+		if pl.gain != 1 {
+			roi.ConvertToWithParams(&roi, gocv.MatTypeCV8UC3, float32(pl.gain), 0)
+		}
+		p := filepath.Join(in, filepath.FromSlash(name))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if !gocv.IMWrite(p, canvas) {
+			t.Fatalf("write %s", p)
+		}
+		roi.Close()
+		canvas.Close()
+		face.Close()
+		photo.Close()
+	}
+	blank := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(standin.Gray, standin.Gray, standin.Gray, 0), h, w, gocv.MatTypeCV8UC3)
+	gocv.IMWrite(filepath.Join(in, "blank.jpg"), blank)
+	blank.Close()
+
+	return in, placed
+}
+
 // verifyCatches checks, on copies of the stand-ins' models dir, that
 // `models verify` names what an operator can get wrong with these formats:
 // an embedding.dim that is not the .t7's output, and a .t7 or caffemodel
@@ -302,4 +325,84 @@ func verifyCatches(t *testing.T, dir string, man *models.Manifest) {
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// res10 in front of the project's own embedder: a models dir holding the
+// built models and the res10 stand-in; `cluster --detector res10-ssd`
+// feeds its boxes to the manifest's embedder, aligned by the landmark net
+// (res10 gives no keypoints), at its calibrated thresholds: each person's
+// faces in one folder, the lower copy too (no original crop here).
+func TestClusterRes10WithProjectEmbedder(t *testing.T) {
+	src := testenv.ModelsDir(t)
+	demo := filepath.Join(testenv.ModelSrc(), "face-api", "demo")
+	if _, err := os.Stat(filepath.Join(demo, "sample2.jpg")); err != nil {
+		t.Skipf("face-api demo photos not extracted (run `make models`): %v", err)
+	}
+	man, err := models.LoadManifest(filepath.Join(src, "manifest.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() != "manifest.yaml" {
+			if err := os.Symlink(filepath.Join(src, e.Name()), filepath.Join(dir, e.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	det, _, err := standin.Write(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	man.Models = append(man.Models, det)
+	if err := man.Save(filepath.Join(dir, "manifest.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	in, placed := pastedFaces(t, demo, squareSide, squareSide, true)
+	outDir := filepath.Join(t.TempDir(), "out")
+	code, out, errs := runTool(t, "cluster", in, "-o", outDir, "--models-dir", dir, "--detector", standin.Res10Name, "--cache", t.TempDir())
+	if code != 0 {
+		t.Fatalf("cluster: exit %d\n%s%s", code, out, errs)
+	}
+	t.Logf("cluster:\n%s", out)
+	var rep struct {
+		Run    struct{ Detector, Embedder, Crop string }
+		Images []struct {
+			Path, Folder, Note string
+			Face               *struct{ Box [4]float64 }
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(outDir, "report.json"))
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Run.Detector != standin.Res10Name || rep.Run.Embedder != man.Pipeline.Embedder {
+		t.Errorf("run %+v", rep.Run)
+	}
+	folder := map[string]string{}
+	for _, im := range rep.Images {
+		folder[im.Path] = im.Folder
+		if pl, ok := placed[im.Path]; ok {
+			c := standin.Canvas(squareSide, squareSide, pl.col, pl.row)
+			if im.Face == nil || math.Abs(im.Face.Box[0]-float64(c[0])) > 1 || math.Abs(im.Face.Box[3]-float64(c[3])) > 1 {
+				t.Errorf("%s: face %+v (%s), want the box %v", im.Path, im.Face, im.Note, c)
+			}
+		}
+	}
+	a, bob := folder["alice/1.jpg"], folder["bob/1.jpg"]
+	for _, p := range []string{"alice/2.jpg", "alice/dark.png", "alice/low.jpg"} {
+		if folder[p] != a || !strings.HasPrefix(a, "person_") {
+			t.Errorf("%s in %q, alice/1.jpg in %q", p, folder[p], a)
+		}
+	}
+	if folder["bob/2.jpg"] != bob || !strings.HasPrefix(bob, "person_") || bob == a {
+		t.Errorf("bob in %q and %q, alice in %q", bob, folder["bob/2.jpg"], a)
+	}
+	if folder["carol.jpg"] != "singletons" || folder["blank.jpg"] != "noface" {
+		t.Errorf("carol in %q, blank in %q", folder["carol.jpg"], folder["blank.jpg"])
+	}
 }
