@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 
 	"gocv.io/x/gocv"
@@ -94,10 +95,15 @@ func (n *Net) Forward(blob []float32, channels int, names ...string) ([]Tensor, 
 			names = append(names, o.Name)
 		}
 	}
+	// The Mat wraps blob's memory without a copy (gocv's FromBytes
+	// constructors): blob must stay alive until the forward has read it,
+	// or the collector frees it and another goroutine's allocation
+	// overwrites the input mid-forward.
 	in, err := gocv.NewMatWithSizesFromBytes([]int{1, channels, h, w}, gocv.MatTypeCV32F, float32Bytes(blob))
 	if err != nil {
 		return nil, fmt.Errorf("model %s: input blob: %w", n.Model.Name, err)
 	}
+	defer runtime.KeepAlive(blob)
 	defer in.Close()
 
 	n.mu.Lock()

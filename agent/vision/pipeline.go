@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image"
 	"math"
+	"runtime"
 	"sort"
 	"time"
 
@@ -611,10 +612,13 @@ func (p *Pipeline) FaceInFrame(fr visit.Frame, o FaceOptions, t *Timings) (Face,
 	if err != nil {
 		return Face{}, err
 	}
+	defer runtime.KeepAlive(fr.BGR)
 	defer img.Close()
 	return p.faceInMat(img, o, t)
 }
 
+// frameMat wraps the frame's pixels without a copy: keep fr.BGR alive
+// (runtime.KeepAlive) until the Mat is closed.
 func frameMat(fr visit.Frame) (gocv.Mat, error) {
 	if fr.W <= 0 || fr.H <= 0 || len(fr.BGR) != 3*fr.W*fr.H {
 		return gocv.Mat{}, fmt.Errorf("frame %dx%d with %d bytes: %w", fr.W, fr.H, len(fr.BGR), ErrInput)
@@ -659,6 +663,7 @@ func (p *Pipeline) PerceiveTimed(ctx context.Context, frames []visit.Frame, t *T
 		}
 		m, err := p.measure(img, prev, t)
 		img.Close()
+		runtime.KeepAlive(fr.BGR)
 		if errors.Is(err, ErrNoFace) {
 			prev = nil
 			continue

@@ -5,6 +5,7 @@ import (
 	"image"
 	"math"
 	"math/rand/v2"
+	"runtime"
 
 	"gocv.io/x/gocv"
 
@@ -95,7 +96,8 @@ func background(r *rand.Rand) []byte {
 			}
 		}
 	}
-	m, _ := gocv.NewMatFromBytes(24, 32, gocv.MatTypeCV8UC3, small)
+	m, _ := gocv.NewMatFromBytes(24, 32, gocv.MatTypeCV8UC3, small) // wraps small: keep it alive
+	defer runtime.KeepAlive(small)
 	defer m.Close()
 	big := gocv.NewMat()
 	defer big.Close()
@@ -107,7 +109,8 @@ func background(r *rand.Rand) []byte {
 // paste scales the CropSize face crop to side pixels and blends it into fr
 // at (x, y) through a soft elliptical alpha, so no hard square edge shows.
 func paste(fr, face []byte, side, x, y int) {
-	src, _ := gocv.NewMatFromBytes(CropSize, CropSize, gocv.MatTypeCV8UC3, face)
+	src, _ := gocv.NewMatFromBytes(CropSize, CropSize, gocv.MatTypeCV8UC3, face) // wraps face: keep it alive
+	defer runtime.KeepAlive(face)
 	defer src.Close()
 	dst := gocv.NewMat()
 	defer dst.Close()

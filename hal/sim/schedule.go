@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"gocv.io/x/gocv"
 )
@@ -45,6 +46,7 @@ func (s Scenario) WriteFrames(faces []Face, dir string, perVisit, n int) error {
 			name := filepath.Join(dir, fmt.Sprintf("v%04d-f%02d.png", i+1, j+1))
 			ok := gocv.IMWrite(name, m)
 			m.Close()
+			runtime.KeepAlive(fr.BGR) // m wrapped it
 			if !ok {
 				return fmt.Errorf("write frame %s", name)
 			}
