@@ -25,9 +25,16 @@ all: build
 setup:
 	@bash scripts/setup.sh
 
-build:
-	go build $(GOFLAGS_BUILD) -o $(BIN) ./cmd/atm-agent
-	go build $(GOFLAGS_BUILD) -o $(TOOLS) ./cmd/atm-tools
+# The shipped binaries link a copy of the pinned gocv without the wrappers
+# of OpenCV modules they never call (highgui would pull Qt into the package's
+# dependencies): scripts/gocv-lean.sh, docs/packaging.md. Tests use gocv as is.
+GOCV_LEAN := build/gocv-lean/go.mod
+$(GOCV_LEAN): go.mod go.sum scripts/gocv-lean.sh
+	bash scripts/gocv-lean.sh
+
+build: $(GOCV_LEAN)
+	go build -modfile=$(GOCV_LEAN) $(GOFLAGS_BUILD) -o $(BIN) ./cmd/atm-agent
+	go build -modfile=$(GOCV_LEAN) $(GOFLAGS_BUILD) -o $(TOOLS) ./cmd/atm-tools
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o $(FLEET) ./cmd/atm-fleet
 
 # Directories searched for URL-sourced model files (models/lock.json "kind":

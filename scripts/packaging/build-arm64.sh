@@ -40,7 +40,9 @@ export PKG_CONFIG_LIBDIR="$SYSROOT/$ML/pkgconfig:$SYSROOT/usr/share/pkgconfig"
 export CGO_CFLAGS="--sysroot=$SYSROOT"
 export CGO_CXXFLAGS="--sysroot=$SYSROOT"
 export CGO_LDFLAGS="--sysroot=$SYSROOT -Wl,-rpath-link,$SYSROOT/$ML -Wl,-rpath-link,$SYSROOT/lib/aarch64-linux-gnu -Wl,-rpath-link,$SYSROOT/$ML/blas -Wl,-rpath-link,$SYSROOT/$ML/lapack"
-go build -trimpath -ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION" -o "$OUT" ./cmd/atm-agent
+# gocv without the wrappers nothing calls (no highgui/Qt), as `make build`.
+lean=$(bash scripts/gocv-lean.sh)
+go build -modfile="$lean" -trimpath -ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION" -o "$OUT" ./cmd/atm-agent
 # The offline tools (cluster, used by compare-arch.sh) beside it.
-go build -trimpath -ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION" -o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
+go build -modfile="$lean" -trimpath -ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION" -o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
 echo "$OUT"

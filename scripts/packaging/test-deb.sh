@@ -96,9 +96,13 @@ for f in /usr/share/man/man1/atm-agent.1.gz /usr/share/man/man1/atm-tools.1.gz \
 	/usr/share/atm-tools/demo/sample1.jpg; do
 	perm "$f" 644 root:root
 done
-# The binary links libopencv_highgui (gocv compiles its highgui wrapper into
-# every program); docs/packaging.md "What is left". Printed, not checked.
+# Built against gocv without the wrappers nothing calls (scripts/gocv-lean.sh):
+# no highgui (Qt), photo, features2d, video or objdetect in either package.
 echo "info OpenCV packages in Depends: $(dpkg-query -W -f='${Depends}' atm-agent | grep -o 'libopencv-[a-z0-9]*' | tr '\n' ' ')"
+for pkg in atm-agent atm-tools; do
+	check "$pkg Depends: no highgui, photo, features2d, video, objdetect" \
+		sh -c "! dpkg-query -W -f='\${Depends}' $pkg | grep -Eq 'libopencv-(highgui|photo|features2d|video|objdetect)406'"
+done
 check "shipped models are the pipeline's (4 models)" test "$(grep -c '^  - name:' /usr/lib/atm-agent/models/manifest.yaml)" = 4
 for pkg in atm-agent atm-tools; do
 	echo "info $pkg: Installed-Size $(dpkg-query -W -f='${Installed-Size}' $pkg) KiB; files $(dpkg -L $pkg | while read -r f; do [ -f "$f" ] && [ ! -L "$f" ] && stat -c %s "$f"; done | awk '{s += $1} END {print s}') bytes"
