@@ -556,3 +556,74 @@ func (s *Store) Encrypt(ctx context.Context) (int, error) {
 
 // PlainTemplates is the number of plaintext templates the open check found.
 func (s *Store) PlainTemplates() int { return s.plainTemplates }
+
+// Rekey re-encrypts every template under newKey and replaces the key check,
+// in one transaction (a crash leaves the store wholly under the old key or
+// wholly under the new one), then compacts the file in place so that no
+// template sealed with the old key is left in free pages. Plaintext
+// templates are sealed too. The store must be opened with its current key
+// (Open refuses a wrong one); a store without a key check may be opened
+// without a key. It returns the number of templates sealed with newKey;
+// afterwards the open store uses newKey.
+func (s *Store) Rekey(ctx context.Context, newKey []byte) (int, error) {
+	na, err := newAEAD(newKey)
+	if err != nil {
+		return 0, fmt.Errorf("rekey: new %w", err)
+	}
+	n := 0
+	err = s.update(ctx, "rekey", func(tx *bolt.Tx) error {
+		n = 0
+		tb := tx.Bucket(bTemplates)
+		type rec struct{ k, v []byte }
+		var todo []rec
+		defer func() {
+			for _, r := range todo {
+				clear(r.v)
+			}
+		}()
+		if err := tb.ForEach(func(k, v []byte) error {
+			if len(v) == 0 {
+				return fmt.Errorf("template %x: empty record", k)
+			}
+			p := bytes.Clone(v[1:])
+			if v[0]&flagEncrypted != 0 {
+				if s.aead == nil {
+					return ErrKeyRequired
+				}
+				var err error
+				if p, err = open(s.aead, v[1:], k); err != nil {
+					return fmt.Errorf("template %x: decrypt with the current key: %w", k, err)
+				}
+			}
+			todo = append(todo, rec{bytes.Clone(k), p})
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, r := range todo {
+			sealed, err := seal(na, r.v, r.k)
+			if err != nil {
+				return err
+			}
+			if err := tb.Put(r.k, append([]byte{flagEncrypted}, sealed...)); err != nil {
+				return err
+			}
+			n++
+		}
+		c, err := makeKeyCheck(na)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bMeta).Put(kKeyCheck, c)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("rekey: %w (the store is unchanged, still under its current key)", err)
+	}
+	s.mu.Lock()
+	s.aead, s.plainTemplates = na, 0
+	s.mu.Unlock()
+	if err := s.Compact(ctx, ""); err != nil {
+		return n, fmt.Errorf("rekey: %d templates sealed with the new key, but compacting failed (copies under the old key remain in free pages; run atm-agent db compact with the new key): %w", n, err)
+	}
+	return n, nil
+}

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/store/record"
 )
@@ -200,4 +203,94 @@ func TestCompactKeepsOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(path + ".new")
+}
+
+// Rotating the key: every template is sealed under the new key, the old key
+// no longer opens the store, the new one reads every embedding back, and no
+// template sealed with the old key is left in the file's bytes (free pages
+// included). A plaintext store is sealed by the same call.
+func TestRekey(t *testing.T) {
+	ctx := context.Background()
+	oldKey, newKey := bytes.Repeat([]byte{7}, 32), bytes.Repeat([]byte{8}, 32)
+	path := filepath.Join(t.TempDir(), "agent.db")
+	s, err := Open(path, Options{Key: oldKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 25 {
+		v := faceVisit(fmt.Sprint("v", i), t0.Add(timeMinute(i)), "id1")
+		v.Embedding = emb(float32(300+i), 128)
+		if _, err := s.CommitVisit(ctx, record.Commit{Visit: v, Identities: []record.Identity{{ID: "id1", Status: "pending"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	raw, _ := os.ReadFile(path)
+	var sealedOld [][]byte // the old ciphertexts (nonce || sealed), as in the file
+	s, err = Open(path, Options{Key: oldKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bTemplates).ForEach(func(_, v []byte) error {
+			sealedOld = append(sealedOld, bytes.Clone(v[1:]))
+			return nil
+		})
+	}); err != nil || len(sealedOld) != 25 || !bytes.Contains(raw, sealedOld[0]) {
+		t.Fatalf("templates before rekey: %d, %v (test is wrong)", len(sealedOld), err)
+	}
+	n, err := s.Rekey(ctx, newKey)
+	if err != nil || n != 25 {
+		t.Fatalf("rekey: %d, %v", n, err)
+	}
+	if got, err := s.Visit(ctx, "v4"); err != nil || got.Embedding[0] != 304 {
+		t.Fatalf("visit through the rekeyed open store: %v %v", err, got.Embedding)
+	}
+	s.Close()
+	for i, c := range sealedOld {
+		if fileHas(t, path, c) {
+			t.Fatalf("template %d sealed with the old key still in the file's bytes", i)
+		}
+	}
+	if _, err := Open(path, Options{Key: oldKey}); !errors.Is(err, ErrWrongKey) {
+		t.Fatalf("old key after rekey: %v, want ErrWrongKey", err)
+	}
+	s, err = Open(path, Options{Key: newKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := s.Stats(ctx)
+	if !st.Encrypted || st.TemplatesEncrypted != 25 || st.TemplatesPlain != 0 {
+		t.Fatalf("stats after rekey: %+v", st)
+	}
+	for i := range 25 {
+		got, err := s.Visit(ctx, fmt.Sprint("v", i))
+		if err != nil || len(got.Embedding) != 128 || got.Embedding[0] != float32(300+i) {
+			t.Fatalf("visit v%d after rekey: %v", i, err)
+		}
+	}
+	// A wrong new key length changes nothing.
+	if _, err := s.Rekey(ctx, []byte("short")); err == nil {
+		t.Fatal("rekey to a 5-byte key accepted")
+	}
+	s.Close()
+	rep, err := CheckFile(ctx, path, CheckOptions{Key: newKey, BoltCheck: true})
+	if err != nil || !rep.OK() || !rep.TemplatesVerified {
+		t.Fatalf("check after rekey: %v %+v", err, rep)
+	}
+
+	// A plaintext store (no key check): opened without a key, sealed.
+	p2 := filepath.Join(t.TempDir(), "plain.db")
+	s, err = Open(p2, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitFace(t, s, "p1", t0, "id1")
+	if n, err := s.Rekey(ctx, newKey); err != nil || n != 1 {
+		t.Fatalf("rekey of a plaintext store: %d, %v", n, err)
+	}
+	s.Close()
+	if _, err := Open(p2, Options{}); !errors.Is(err, ErrKeyRequired) {
+		t.Fatalf("plaintext store after rekey opened without a key: %v", err)
+	}
 }

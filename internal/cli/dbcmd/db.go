@@ -1,5 +1,5 @@
 // Package dbcmd is the `db` command group: inspect, check, salvage, purge,
-// compact and encrypt the agent's store (docs/operations.md).
+// compact, encrypt and rekey the agent's store (docs/operations.md).
 package dbcmd
 
 import (
@@ -287,6 +287,30 @@ func Command() cli.Command {
 				return err
 			}
 			fmt.Fprintf(env.Stdout, "%d templates encrypted; %d encrypted, %d plaintext; file compacted\n", n, s.TemplatesEncrypted, s.TemplatesPlain)
+			return nil
+		}},
+		"rekey": {Summary: "rotate the encryption key: re-encrypt every template with --new-key-file, then compact (needs the current key)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			var newKeyFile *string
+			st, err := openDB(env, "rekey", args, dbWrite, nil, func(add func(string, string, string) *string) {
+				newKeyFile = add("new-key-file", "", "the new key: 32 raw bytes or 64 hex characters, e.g. (umask 077; head -c 32 /dev/urandom > /etc/atm-agent/store.key.new)")
+			})
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			if *newKeyFile == "" {
+				return fmt.Errorf("%w: give --new-key-file FILE", cli.ErrUsage)
+			}
+			newKey, err := store.LoadKey(*newKeyFile)
+			if err != nil {
+				return err
+			}
+			defer clear(newKey)
+			n, err := st.Rekey(ctx, newKey)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "%d templates encrypted with %s; file compacted; the store now opens only with that key: put it where store.key_file reads it (the package: mv %s /etc/atm-agent/store.key)\n", n, *newKeyFile, *newKeyFile)
 			return nil
 		}},
 		"check": {Summary: "check the file: pages, bbolt's consistency check, every record, the indexes (read-only; exit 65 when damaged)", Run: func(ctx context.Context, env *cli.Env, args []string) error {

@@ -193,6 +193,31 @@ func TestDBCommandsOperator(t *testing.T) {
 	if out, code := run("check", "--db", filepath.Join(dir, "new.db"), "--key-file", keyFile); code != 0 {
 		t.Fatalf("check of the salvaged store: %d %s", code, out)
 	}
+
+	// Key rotation as docs/operations.md does it: a new key file, rekey
+	// with the current one, then only the new key opens the store.
+	newKeyFile := filepath.Join(dir, "store.key.new")
+	if err := os.WriteFile(newKeyFile, bytes.Repeat([]byte{6}, 32), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run("rekey", "--config", cfg, "--new-key-file", newKeyFile); code == 0 || !strings.Contains(out, "--key-file") {
+		t.Fatalf("rekey without the current key: %d %s", code, out)
+	}
+	if out, code := run("rekey", "--config", cfg, "--key-file", keyFile); code != cli.ExitUsage || !strings.Contains(out, "--new-key-file") {
+		t.Fatalf("rekey without --new-key-file: %d %s", code, out)
+	}
+	if out, code := run("rekey", "--config", cfg, "--key-file", newKeyFile, "--new-key-file", newKeyFile); code == 0 {
+		t.Fatalf("rekey with a wrong current key: exit 0: %s", out)
+	}
+	if out, code := run("rekey", "--config", cfg, "--key-file", keyFile, "--new-key-file", newKeyFile); code != 0 || !strings.Contains(out, "20 templates encrypted") {
+		t.Fatalf("rekey: %d %s", code, out)
+	}
+	if out, code := run("check", "--config", cfg, "--key-file", keyFile); code == 0 {
+		t.Fatalf("check with the old key after rekey: exit 0: %s", out)
+	}
+	if out, code := run("check", "--config", cfg, "--key-file", newKeyFile); code != 0 || strings.Contains(out, "not authenticated") {
+		t.Fatalf("check with the new key after rekey: %d %s", code, out)
+	}
 }
 
 // damageTemplate flips a byte inside the last sealed template of the file.
