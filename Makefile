@@ -129,6 +129,18 @@ test-apt: apt-repo
 	ARCH=amd64 bash scripts/packaging/test-apt.sh
 	ARCH=arm64 bash scripts/packaging/test-apt.sh
 
+# docs/operations.md's operator procedure run as written (install from the
+# signed repository, configure, start, health, key rotation, upgrade,
+# remove, purge) in a clean Debian 12 root, with stand-ins for systemctl,
+# journalctl and editor (scripts/packaging/test-ops.sh; docs/operations.md
+# "What the test replaces"). The repository holds this build's amd64
+# packages only. Needs root, mosquitto and Debian's mirror; ~4 min with the
+# root cached. Not part of `make test`.
+.PHONY: test-ops
+test-ops: deb
+	APT_REPO=build/apt-repo-ops DEBS="$$(ls -t build/atm-agent_*_amd64.deb | head -1)" bash scripts/packaging/apt-repo.sh >/dev/null
+	APT_REPO=build/apt-repo-ops ARCH=amd64 bash scripts/packaging/test-ops.sh
+
 # Fully static binaries: a minimal OpenCV built from Debian 12's source
 # package, cached in $(or $(ATM_CACHE_DIR),~/.cache/atm-agent) (first run
 # ~6-8 min on 2 cores per arch), then go build -extldflags -static

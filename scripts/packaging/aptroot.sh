@@ -1,0 +1,128 @@
+# Shared by test-apt.sh and test-ops.sh (sourced, not run): a clean Debian 12
+# root of ARCH (mmdebstrap --variant=apt, created once and copied for each
+# run), the signed repository of `make apt-repo` served in it from
+# file:/srv/atm-agent, and the checks' bookkeeping.
+#   ARCH       amd64 (default) or arm64 (programs in the root run under qemu
+#              through binfmt_misc, mounted and enabled here if needed)
+#   APT_REPO   the repository (default build/apt-repo); APT_GNUPG its key
+#   ROOT_CACHE the clean root, created once (default build/_aptroot-ARCH; the
+#              leading _ keeps it out of go ./...)
+# The caller sets TEST (its name, for messages) and then calls aptroot_setup,
+# aptroot_enter; the root is $R, the scratch dir $W, both removed on exit
+# with everything started in the root.
+ARCH=${ARCH:-amd64}
+REPO=$(realpath -m "${APT_REPO:-build/apt-repo}")
+export GNUPGHOME=$(realpath -m "${APT_GNUPG:-build/apt-gnupg}")
+CACHE=$(realpath -m "${ROOT_CACHE:-build/_aptroot-$ARCH}")
+SUITE=bookworm
+MIRROR=http://deb.debian.org/debian
+log() { echo "$TEST: $*" >&2; }
+
+# aptroot_setup: the preconditions and the cached clean root.
+aptroot_setup() {
+	[ "$(id -u)" = 0 ] || { log "needs root (chroot)"; exit 1; }
+	for t in mmdebstrap reprepro curl; do
+		command -v "$t" >/dev/null || { log "$t missing: apt-get install mmdebstrap reprepro curl"; exit 1; }
+	done
+	[ -f "$REPO/conf/distributions" ] || { log "$REPO: no repository (make apt-repo)"; exit 1; }
+	if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
+		[ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+		[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 ||
+			{ log "no binfmt_misc entry for $ARCH programs: apt-get install qemu-user-static binfmt-support"; exit 1; }
+	fi
+	# The clean root: Debian's apt variant, nothing of ours. Created once.
+	if [ ! -f "$CACHE/.complete" ]; then
+		rm -rf --one-file-system "$CACHE"
+		mmdebstrap --variant=apt --architectures="$ARCH" --include=ca-certificates \
+			"$SUITE" "$CACHE" "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
+			"deb http://deb.debian.org/debian-security $SUITE-security main" >&2
+		touch "$CACHE/.complete"
+	fi
+}
+
+# aptroot_enter: a copy of the clean root in $W/root with /proc and /dev.
+W=
+R=
+mounted=()
+bgpids=() # the caller's background processes, stopped first on exit
+aptroot_cleanup() {
+	# Every step of the cleanup runs: a killed process's wait status must
+	# not end it through set -e.
+	set +e
+	local p
+	for p in "${bgpids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+	[ -n "$R" ] || return 0
+	# Nothing started in the root outlives the test.
+	for p in /proc/[0-9]*; do
+		[ "$(readlink "$p/root" 2>/dev/null)" = "$R" ] && kill -KILL "${p#/proc/}" 2>/dev/null
+	done
+	for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
+	# Never follow a mount point out of the test root.
+	rm -rf --one-file-system "$W"
+}
+aptroot_enter() {
+	W=$(mktemp -d "/tmp/atm-$TEST.XXXXXX")
+	R=$W/root
+	trap aptroot_cleanup EXIT
+	cp -a "$CACHE" "$R"
+	mount -t proc proc "$R/proc"
+	mounted+=("$R/proc")
+	mount --bind /dev "$R/dev"
+	mounted+=("$R/dev")
+	cp /etc/resolv.conf "$R/etc/resolv.conf" 2>/dev/null || true
+}
+in_root() { chroot "$R" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 "$@"; }
+
+fails=0
+checks=0
+ok() { echo "ok   $*"; checks=$((checks + 1)); }
+bad() { echo "FAIL $*"; fails=$((fails + 1)); checks=$((checks + 1)); }
+check() { # check DESCRIPTION COMMAND...
+	local d=$1; shift
+	if "$@" >"$W/out" 2>&1; then ok "$d"; else bad "$d: $(tail -c 600 "$W/out")"; fi
+}
+sum() { sha256sum "$1" | cut -d' ' -f1; }
+# aptroot_done: the summary line and the exit status.
+aptroot_done() {
+	if [ "$fails" -gt 0 ]; then
+		echo "$TEST ($ARCH): $fails of $checks check(s) failed"
+		exit 1
+	fi
+	echo "$TEST ($ARCH): all $checks checks passed"
+}
+
+# The repository as a kiosk sees it: served from a local path in the root,
+# its key in /usr/share/keyrings (sources entry: aptroot_sources).
+publish() { # publish REPO_DIR: copy a repository to /srv/atm-agent in the root
+	rm -rf "$R/srv/atm-agent"
+	mkdir -p "$R/srv"
+	cp -a "$1" "$R/srv/atm-agent"
+}
+aptroot_sources() {
+	install -m 0644 "$REPO/atm-agent-archive-keyring.gpg" "$R/usr/share/keyrings/atm-agent-archive-keyring.gpg"
+	cat >"$R/etc/apt/sources.list.d/atm-agent.sources" <<EOS
+Types: deb
+URIs: file:/srv/atm-agent
+Suites: $SUITE
+Components: main
+Signed-By: /usr/share/keyrings/atm-agent-archive-keyring.gpg
+EOS
+}
+# repo_version: the ARCH atm-agent version the repository holds.
+repo_version() {
+	reprepro -b "$REPO" --list-format '${version}\n' -A "$ARCH" list "$SUITE" atm-agent
+}
+# publish_newer VERSION: the repository's atm-agent repacked as VERSION,
+# added to a copy of the repository, published in the root.
+publish_newer() {
+	local deb
+	deb=$(ls "$REPO"/pool/main/a/atm-agent/atm-agent_*_"$ARCH".deb | head -1)
+	rm -rf "$W/pkg" "$W/repo2"
+	dpkg-deb -R "$deb" "$W/pkg"
+	sed -i "s/^Version: .*/Version: $1/" "$W/pkg/DEBIAN/control"
+	dpkg-deb -Zgzip -z1 -b "$W/pkg" "$W/upgrade.deb" >/dev/null
+	rm -rf "$W/pkg"
+	cp -a "$REPO" "$W/repo2"
+	reprepro --silent -b "$W/repo2" includedeb "$SUITE" "$W/upgrade.deb"
+	publish "$W/repo2"
+}

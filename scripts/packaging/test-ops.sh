@@ -1,0 +1,218 @@
+#!/bin/bash
+# docs/operations.md's operator procedure, run as written: every shell block
+# marked <!-- ops-test: NAME --> (install, configure, start, health,
+# rotate-key, upgrade, remove, purge, in that order) is extracted and run
+# with bash -e -o pipefail as root in a fresh copy of the clean Debian 12
+# root of test-apt.sh (scripts/packaging/aptroot.sh); the first step that
+# fails fails the test. Between steps the test checks what the step should
+# have done. What it supplies in place of a real controller (the repository
+# URL, `editor`, systemctl/journalctl stand-ins, a broker) is described in
+# docs/operations.md "What the test replaces". Needs root (chroot).
+#   ARCH, APT_REPO, APT_GNUPG, ROOT_CACHE: scripts/packaging/aptroot.sh
+#   OPS_DOC    the procedure (default docs/operations.md)
+#   PHOTOS     the camera's face photo (default build/src/face-api/demo)
+#   BIN        a host atm-agent for checks after the package is removed
+#              (default build/atm-agent)
+set -euo pipefail
+TEST=test-ops
+. "$(dirname "$0")/aptroot.sh"
+HERE=$(realpath "$(dirname "$0")")
+DOC=$(realpath -m "${OPS_DOC:-docs/operations.md}")
+PHOTOS=$(realpath -m "${PHOTOS:-build/src/face-api/demo}")
+BIN=$(realpath -m "${BIN:-build/atm-agent}")
+STEPS=(install configure start health rotate-key upgrade remove purge)
+URL=https://apt.example-bank.internal/atm-agent
+UNIT=atm-agent.service
+
+[ -f "$DOC" ] || { log "$DOC missing"; exit 1; }
+[ -f "$PHOTOS/sample1.jpg" ] || { log "$PHOTOS: no photos (make models)"; exit 1; }
+[ -x "$BIN" ] || { log "$BIN missing (make build)"; exit 1; }
+for t in mosquitto mosquitto_sub python3; do
+	command -v "$t" >/dev/null || { log "$t missing: apt-get install mosquitto mosquitto-clients python3"; exit 1; }
+done
+if (exec 3<>/dev/tcp/127.0.0.1/9464) 2>/dev/null; then
+	log "something listens on 127.0.0.1:9464 (the agent's metrics port in the procedure); stop it first"
+	exit 1
+fi
+aptroot_setup
+aptroot_enter
+ver=$(repo_version)
+[ -n "$ver" ] || { log "$REPO holds no $ARCH atm-agent"; exit 1; }
+publish "$REPO"
+cp "$REPO/atm-agent-archive-keyring.gpg" "$R/root/"
+
+# The procedure's blocks, in document order.
+T=/srv/atm-test
+mkdir -p "$R$T/steps"
+awk -v dir="$R$T/steps" '
+	/^<!-- ops-test: [a-z0-9-]+ -->$/ { name = $3; want = 1; next }
+	want && /^```sh$/ { want = 0; inb = 1; n++; f = sprintf("%s/%02d-%s.sh", dir, n, name); printf "" > f; next }
+	want && !/^$/ { printf "ops-test marker %s: not followed by a ```sh block\n", name > "/dev/stderr"; exit 1 }
+	inb && /^```$/ { inb = 0; close(f); next }
+	inb { print > f }
+' "$DOC"
+mapfile -t files < <(cd "$R$T/steps" && ls)
+names=$(printf '%s\n' "${files[@]}" | sed -E 's/^[0-9]+-(.*)\.sh$/\1/' | paste -sd' ')
+if [ "$names" != "${STEPS[*]}" ]; then
+	log "$DOC: marked steps are \"$names\", want \"${STEPS[*]}\""
+	exit 1
+fi
+grep -qF "$URL" "$R$T/steps/01-install.sh" || { log "step install does not name $URL (the test serves the repository in its place)"; exit 1; }
+sed -i "s|$URL|file:/srv/atm-agent|" "$R$T/steps/01-install.sh"
+
+# The camera: one face photo, looped (no camera in a chroot).
+mkdir -p "$R$T/frames"
+for i in 1 2 3; do cp "$PHOTOS/sample1.jpg" "$R$T/frames/frame$i.jpg"; done
+chmod -R a+rX "$R$T"
+
+# A broker on the host (the root shares its network) and a subscriber.
+port=$((20000 + $$ % 20000))
+while (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; do port=$((port + 1)); done
+mosquitto -p "$port" >"$W/mosquitto.log" 2>&1 &
+bgpids+=($!)
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+mosquitto_sub -h 127.0.0.1 -p "$port" -t 'atm/#' -v >"$W/mqtt.log" 2>&1 &
+bgpids+=($!)
+
+# The editor stand-in: the test's edits in place of a person's; each must
+# take, so a changed default config is noticed.
+cat >"$R/usr/local/bin/editor" <<EOF
+#!/bin/sh
+# test-ops stand-in for a person editing the agent's config
+set -e
+f=\$1
+edit() { sed -i -E "\$1" "\$f"; grep -qE "\$2" "\$f" || { echo "editor stand-in: edit \$1 did not take in \$f" >&2; exit 1; }; }
+edit 's/^  id: [^ ]+ /  id: atm-ops-test /' '^  id: atm-ops-test '
+edit 's/^  site: [^ ]+ /  site: ops-test-site /' '^  site: ops-test-site '
+edit 's|^  source: /dev/video0 |  source: $T/frames |' '^  source: $T/frames '
+edit '/^camera:/,/^[a-z]/ s/^  loop: false /  loop: true  /' '^  loop: true '
+edit '/^mqtt:/,/^[a-z]/ s/^  enabled: false /  enabled: true  /' '^  enabled: true  '
+edit '/^mqtt:/,/^[a-z]/ s|^  brokers: \[\] |  brokers: [tcp://127.0.0.1:$port] |' 'brokers: \[tcp://127.0.0.1:$port\]'
+EOF
+chmod 0755 "$R/usr/local/bin/editor"
+
+# systemctl and journalctl stand-ins, a notify socket served from here, and
+# /run/systemd/system so that maintainer scripts take their systemd branches.
+# The install pulls in Debian's systemd package (a dependency's
+# Recommends), whose programs cannot work without systemd as PID 1: its
+# /bin/systemctl and /bin/journalctl are diverted (dpkg-divert, before they
+# exist) and the stand-in takes their place, for the steps and for the
+# maintainer scripts alike.
+install -m 0755 "$HERE/systemctl-standin.sh" "$R/usr/local/sbin/systemctl"
+for p in systemctl journalctl; do
+	in_root dpkg-divert --local --rename --divert "/bin/$p.distrib" --add "/bin/$p" >/dev/null
+	ln -s /usr/local/sbin/systemctl "$R/usr/bin/$p"
+done
+mkdir -p "$R/run/systemd/system" "$R/run/standin"
+python3 -c '
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o777)
+while True:
+    m = s.recv(4096)
+    with open(sys.argv[2], "ab") as f:
+        f.write(m.strip() + b"\n")
+' "$R/run/standin/notify.sock" "$R/run/standin/notify.log" &
+bgpids+=($!)
+for _ in $(seq 50); do [ -S "$R/run/standin/notify.sock" ] && break; sleep 0.1; done
+
+LOG=$R/var/log/standin/$UNIT.log
+pidfile=$R/run/standin/$UNIT.pid
+main_pid() { cat "$pidfile" 2>/dev/null; }
+alive() { local p; p=$(main_pid) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && [ ! -e "$R/run/standin/$UNIT.status" ]; }
+visits() { grep -c 'msg=visit ' "$LOG" 2>/dev/null || true; }
+wait_visits() { # wait_visits N: up to 120 s for N visit lines
+	for _ in $(seq 1200); do [ "$(visits)" -ge "$1" ] && return 0; sleep 0.1; done
+	return 1
+}
+visit_identity() { grep 'msg=visit ' "$LOG" | sed -n "${1}p" | sed -nE 's/.* identity=([a-z0-9-]+) .*/\1/p'; }
+healthz() { curl -fsS 127.0.0.1:9464/healthz; }
+trigger() { curl -fsS --unix-socket "$R/run/atm-agent/trigger.sock" -X POST -d "{\"txn_id\":\"$1\"}" http://agent/v1/visit; }
+
+run_step() { # run_step FILE
+	local f=$1 name
+	name=$(echo "$f" | sed -E 's/^[0-9]+-(.*)\.sh$/\1/')
+	echo "== step $name (docs/operations.md)"
+	sed 's/^/    | /' "$R$T/steps/$f"
+	local t0=$SECONDS rc=0
+	chroot "$R" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+		LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive TERM=dumb \
+		env -C /root bash -e -o pipefail -x "$T/steps/$f" </dev/null >"$W/step.log" 2>&1 || rc=$?
+	tail -n 40 "$W/step.log" | sed 's/^/    /'
+	if [ $rc != 0 ]; then
+		bad "step $name exited $rc after $((SECONDS - t0)) s (the procedure as written failed)"
+		[ -f "$LOG" ] && { echo "    service log:"; tail -n 15 "$LOG" | sed 's/^/    /'; }
+		aptroot_done
+	fi
+	ok "step $name ($((SECONDS - t0)) s)"
+}
+
+for f in "${files[@]}"; do
+	case $f in
+	*-rotate-key.sh)
+		cp "$R/etc/atm-agent/store.key" "$W/old.key"
+		;;
+	*-upgrade.sh)
+		key=$(sum "$R/etc/atm-agent/store.key")
+		pid1=$(main_pid)
+		ver2="$ver+opstest1"
+		publish_newer "$ver2"
+		;;
+	esac
+	run_step "$f"
+	case $f in
+	*-install.sh)
+		check "installed version is the repository's $ver" test "$(in_root dpkg-query -W -f='${Version}' atm-agent)" = "$ver"
+		check "system user atm-agent" in_root getent passwd atm-agent
+		;;
+	*-configure.sh)
+		check "config holds the edit" grep -q '^  id: atm-ops-test ' "$R/etc/atm-agent/config.yaml"
+		;;
+	*-start.sh)
+		uid=$(in_root id -u atm-agent)
+		check "agent runs as atm-agent (uid $uid)" sh -c "grep -q '^Uid:[[:space:]]*$uid[[:space:]]' /proc/$(main_pid)/status"
+		check "agent sent READY=1" grep -qx 'READY=1' "$R/run/standin/notify.log"
+		check "agent has the credential" sh -c "tr '\0' '\n' </proc/$(main_pid)/environ | grep -qx 'CREDENTIALS_DIRECTORY=/run/credentials/$UNIT'"
+		;;
+	*-health.sh)
+		check "the test card insert is stored as a visit" wait_visits 1
+		check "the visit found a face" sh -c "grep 'msg=visit ' '$LOG' | head -1 | grep -q 'outcome=face'"
+		id1=$(visit_identity 1)
+		check "/healthz: mqtt_connected true" sh -c 'for i in $(seq 60); do curl -fsS 127.0.0.1:9464/healthz | grep -q "\"mqtt_connected\":true" && exit 0; sleep 0.5; done; exit 1'
+		check "the broker has the device's status" sh -c "for i in \$(seq 60); do grep -q '^atm/ops-test-site/atm-ops-test/status ' '$W/mqtt.log' && exit 0; sleep 0.5; done; exit 1"
+		check "agent sent WATCHDOG=1" sh -c "for i in \$(seq 60); do grep -qx 'WATCHDOG=1' '$R/run/standin/notify.log' && exit 0; sleep 0.5; done; exit 1"
+		;;
+	*-rotate-key.sh)
+		check "store.key changed" test "$(sum "$R/etc/atm-agent/store.key")" != "$(sum "$W/old.key")"
+		check "trigger after the rotation" trigger ops-test-after-rekey
+		check "a second visit is stored" wait_visits 2
+		check "it joins the first visit's identity ($id1: templates read with the new key)" test "$(visit_identity 2)" = "$id1" -a -n "$id1"
+		;;
+	*-upgrade.sh)
+		check "installed version is $ver2" test "$(in_root dpkg-query -W -f='${Version}' atm-agent)" = "$ver2"
+		check "agent restarted by the upgrade (pid $pid1 -> $(main_pid))" test "$(main_pid)" != "$pid1"
+		check "agent runs the new binary" sh -c "alive=\$(readlink /proc/$(main_pid)/exe); [ \"\$alive\" = '$R/usr/bin/atm-agent' ]"
+		check "config edit kept" grep -q '^  id: atm-ops-test ' "$R/etc/atm-agent/config.yaml"
+		check "store.key kept" test "$(sum "$R/etc/atm-agent/store.key")" = "$key"
+		check "healthy after the upgrade" healthz
+		;;
+	*-remove.sh)
+		check "agent stopped by the removal" sh -c "! kill -0 $(main_pid) 2>/dev/null"
+		check "binary gone" test ! -e "$R/usr/bin/atm-agent"
+		check "config, key and database kept" test -f "$R/etc/atm-agent/config.yaml" -a -f "$R/etc/atm-agent/store.key" -a -f "$R/var/lib/atm-agent/agent.db"
+		check "package state config-files" test "$(in_root dpkg-query -W -f='${db:Status-Status}' atm-agent)" = config-files
+		check "db check passes with the new key" "$BIN" db check --db "$R/var/lib/atm-agent/agent.db" --key-file "$R/etc/atm-agent/store.key"
+		check "db check fails with the old key" sh -c "! '$BIN' db check --db '$R/var/lib/atm-agent/agent.db' --key-file '$W/old.key'"
+		check "every template encrypted" sh -c "'$BIN' db stats --db '$R/var/lib/atm-agent/agent.db' | grep -q '\"templates_plain\": 0'"
+		check "no unit link left" test ! -e "$R/etc/systemd/system/multi-user.target.wants/$UNIT" -a ! -L "$R/etc/systemd/system/multi-user.target.wants/$UNIT"
+		;;
+	*-purge.sh)
+		st=$(in_root dpkg-query -W -f='${db:Status-Status}' atm-agent 2>/dev/null || true)
+		check "package purged (status \"$st\")" test -z "$st" -o "$st" = not-installed
+		check "user atm-agent kept" in_root getent passwd atm-agent
+		check "nothing of the agent runs" sh -c "! kill -0 $(main_pid) 2>/dev/null"
+		;;
+	esac
+done
+aptroot_done
