@@ -337,7 +337,7 @@ func Command() cli.Command {
 					return err
 				}
 			} else {
-				printCheck(env, rep)
+				printCheck(env, rep, key != nil)
 			}
 			if !rep.OK() {
 				return &store.DamagedError{Path: rep.Path, Problems: rep.Problems, More: rep.More}
@@ -386,12 +386,14 @@ func Command() cli.Command {
 	}}
 }
 
-func printCheck(env *cli.Env, rep *store.CheckReport) {
+// printCheck prints the report; keyGiven: a key was given, so templates
+// not verified means the wrong key, which the problems say.
+func printCheck(env *cli.Env, rep *store.CheckReport, keyGiven bool) {
 	fmt.Fprintf(env.Stdout, "%s: %d bytes, %d pages of %d bytes, txid %d\n", rep.Path, rep.FileSize, rep.Pages, rep.PageSize, rep.TxID)
 	for _, b := range []string{"visits", "templates", "identities", "alerts", "outbox"} {
 		fmt.Fprintf(env.Stdout, "  %-10s %d records\n", b, rep.Records[b])
 	}
-	if !rep.TemplatesVerified {
+	if !rep.TemplatesVerified && !keyGiven {
 		fmt.Fprintln(env.Stdout, "  encrypted templates not authenticated (no key given: --key-file)")
 	}
 	for _, w := range rep.Warnings {

@@ -212,8 +212,8 @@ func TestDBCommandsOperator(t *testing.T) {
 	if out, code := run("rekey", "--config", cfg, "--key-file", keyFile, "--new-key-file", newKeyFile); code != 0 || !strings.Contains(out, "20 templates encrypted") {
 		t.Fatalf("rekey: %d %s", code, out)
 	}
-	if out, code := run("check", "--config", cfg, "--key-file", keyFile); code == 0 {
-		t.Fatalf("check with the old key after rekey: exit 0: %s", out)
+	if out, code := run("check", "--config", cfg, "--key-file", keyFile); code == 0 || !strings.Contains(out, "not this store's key") || strings.Contains(out, "no key given") {
+		t.Fatalf("check with the old key after rekey: %d %s", code, out)
 	}
 	if out, code := run("check", "--config", cfg, "--key-file", newKeyFile); code != 0 || strings.Contains(out, "not authenticated") {
 		t.Fatalf("check with the new key after rekey: %d %s", code, out)
