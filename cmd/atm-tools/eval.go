@@ -256,11 +256,12 @@ func progressIfTerminal(env *cli.Env, label string) func(int, int) {
 func init() {
 	subs := commands["eval"]
 	inner := map[string]cli.Command{
-		"verify":      {Summary: "verification figures (ROC, TAR at FAR) per mask pair type", Run: evalVerify},
-		"cluster":     {Summary: "clustering figures of several algorithms side by side", Run: evalCluster},
-		"calibrate":   {Summary: "measure a model on a labelled folder and write its thresholds to the manifest", Run: evalCalibrate},
-		"crops":       {Summary: "a PNG contact sheet of what the embedder is fed, for checking crops by eye", Run: evalCrops},
-		"train-heads": {Summary: "fit the embedder's mask classifier and mask-removing projection on labelled data", Run: evalTrainHeads},
+		"verify":         {Summary: "verification figures (ROC, TAR at FAR) per mask pair type", Run: evalVerify},
+		"cluster":        {Summary: "clustering figures of several algorithms side by side", Run: evalCluster},
+		"calibrate":      {Summary: "measure a model on a labelled folder and write its thresholds to the manifest", Run: evalCalibrate},
+		"crops":          {Summary: "a PNG contact sheet of what the embedder is fed, for checking crops by eye", Run: evalCrops},
+		"train-heads":    {Summary: "fit the embedder's mask classifier and mask-removing projection on labelled data", Run: evalTrainHeads},
+		"mask-calibrate": {Summary: "recalibrate the embedder's mask head (Platt scaling, unknown band) on half of the identities, measured on the other half", Run: evalMaskCalibrate},
 	}
 	subs.Subs = inner
 	commands["eval"] = subs

@@ -32,7 +32,6 @@ func FitLogistic(x [][]float32, y []bool, l2 float64, iters int) (*Logistic, err
 	if len(x) == 0 || len(x) != len(y) {
 		return nil, errors.New("learn: logistic: no data or label count mismatch")
 	}
-	dim := len(x[0])
 	npos := 0
 	for _, v := range y {
 		if v {
@@ -44,6 +43,23 @@ func FitLogistic(x [][]float32, y []bool, l2 float64, iters int) (*Logistic, err
 	}
 	wpos := float64(len(y)) / (2 * float64(npos))
 	wneg := float64(len(y)) / (2 * float64(len(y)-npos))
+	sw := make([]float64, len(y))
+	for n, v := range y {
+		sw[n] = wneg
+		if v {
+			sw[n] = wpos
+		}
+	}
+	return FitLogisticWeighted(x, y, sw, l2, iters)
+}
+
+// FitLogisticWeighted is FitLogistic with a weight per sample (their mean
+// should be 1 for l2 to mean the same as in FitLogistic).
+func FitLogisticWeighted(x [][]float32, y []bool, sw []float64, l2 float64, iters int) (*Logistic, error) {
+	if len(x) == 0 || len(x) != len(y) || len(sw) != len(y) {
+		return nil, errors.New("learn: logistic: no data or label/weight count mismatch")
+	}
+	dim := len(x[0])
 	w := make([]float64, dim+1) // last is the bias
 	m := make([]float64, dim+1)
 	v := make([]float64, dim+1)
@@ -59,9 +75,9 @@ func FitLogistic(x [][]float32, y []bool, l2 float64, iters int) (*Logistic, err
 				z += w[i] * float64(f)
 			}
 			p := 1 / (1 + math.Exp(-z))
-			t, cw := 0.0, wneg
+			t, cw := 0.0, sw[n]
 			if y[n] {
-				t, cw = 1, wpos
+				t = 1
 			}
 			d := cw * (p - t)
 			for i, f := range xi {
