@@ -524,8 +524,11 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 	}
 	type row struct {
 		truth, masked, stored int
-		ids                   map[string]int
-		noIdentity            int
+		// What the agent called the stored visits of masked truth: masked,
+		// unknown; and unmasked visits it called masked.
+		storedMasked, seenMasked, seenUnknown, falseMasked int
+		ids                                                map[string]int
+		noIdentity                                         int
 	}
 	rows := make([]row, len(d.sc.People))
 	for i := range rows {
@@ -558,6 +561,17 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 		}
 		r := &rows[tv.Person]
 		r.stored++
+		if tv.Mask >= 0 {
+			r.storedMasked++
+		}
+		switch {
+		case tv.Mask >= 0 && v.Mask == visit.Masked:
+			r.seenMasked++
+		case tv.Mask >= 0 && v.Mask == visit.MaskUnknown:
+			r.seenUnknown++
+		case tv.Mask < 0 && v.Mask == visit.Masked:
+			r.falseMasked++
+		}
 		if v.IdentityID == "" {
 			r.noIdentity++
 			continue
@@ -571,7 +585,8 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 
 	d.printf("\n=== Summary of the SIMULATED day (ground truth vs. what the agent stored) ===\n")
 	tw := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "person\tsource photo\tpattern\tvisits\tmasked\tstored\tidentities (visits)\tno identity\talerts")
+	fmt.Fprintln(tw, "person\tsource photo\tpattern\tvisits\tmasked\tstored\tseen masked/unknown\tidentities (visits)\tno identity\talerts")
+	var tot row
 	for i, p := range d.sc.People {
 		r := rows[i]
 		var ids []string
@@ -582,8 +597,11 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 		}
 		sort.Strings(ids)
 		sort.Strings(al)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\n", p.Name, d.faces[p.Face].Source, p.Role, r.truth, r.masked, r.stored,
-			strings.Join(ids, ", "), r.noIdentity, strings.Join(al, ", "))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d/%d\t%s\t%d\t%s\n", p.Name, d.faces[p.Face].Source, p.Role, r.truth, r.masked, r.stored,
+			r.seenMasked, r.seenUnknown, strings.Join(ids, ", "), r.noIdentity, strings.Join(al, ", "))
+		tot.truth, tot.masked, tot.stored = tot.truth+r.truth, tot.masked+r.masked, tot.stored+r.stored
+		tot.seenMasked, tot.seenUnknown, tot.falseMasked = tot.seenMasked+r.seenMasked, tot.seenUnknown+r.seenUnknown, tot.falseMasked+r.falseMasked
+		tot.storedMasked += r.storedMasked
 	}
 	var fl []string
 	for k, n := range faceless {
@@ -630,6 +648,8 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 		len(vs), len(d.sc.Visits), s.Visits[visit.FaceFound], s.Visits[visit.NoFace], s.Visits[visit.LowQuality], s.Visits[visit.CameraError], s.Duplicates, s.CommitErrors)
 	d.printf("identities %d for %d simulated customers: %d shared by two or more people (false merges), %d people split over several ids\n",
 		len(personsOf), len(d.sc.People), merged, split)
+	d.printf("mask state: of %d stored masked visits (%d in the day), %d stored as masked, %d unknown, %d unmasked; unmasked visits stored as masked %d\n",
+		tot.storedMasked, tot.masked, tot.seenMasked, tot.seenUnknown, tot.storedMasked-tot.seenMasked-tot.seenUnknown, tot.falseMasked)
 	d.printf("alerts stored %d, missing at the subscriber %d\n", len(alerts), missingAlerts)
 	d.printf("MQTT: published (PUBACKed) %d; received by the subscriber: %s\n", pub.Stats().Published, recv)
 	d.printf("took %v\n\n%s\n", took.Round(100*time.Millisecond), demoBanner)
