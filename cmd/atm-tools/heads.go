@@ -63,30 +63,11 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 		}
 		shipM = &m
 	}
-	var trainSets []eval.Set
-	var names []string
-	embedder := ""
-	for _, s := range sets {
-		dir, mode := s, "none"
-		if strings.HasSuffix(s, ":synthetic") {
-			dir, mode = strings.TrimSuffix(s, ":synthetic"), "synthetic"
-		}
-		mp, ms := 0, 0
-		if mode == "synthetic" {
-			mp, ms = *maxPer, *maxSingles
-		}
-		run, ds, _, err := datasetRunSubset(ctx, env, &pf, dir, mode, mp, ms)
-		if err != nil {
-			return err
-		}
-		name := ds.Name
-		if mode == "synthetic" {
-			name += "+synthetic"
-		}
-		embedder = run.Embedder
-		trainSets = append(trainSets, eval.Set{Name: name, Run: run})
-		names = append(names, name)
+	trainSets, _, err := loadSets(ctx, env, &pf, sets, *maxPer, *maxSingles)
+	if err != nil {
+		return err
 	}
+	embedder := trainSets[len(trainSets)-1].Run.Embedder
 	trained := fmt.Sprintf("atm-agent eval train-heads %s (dev halves), embedder %s", strings.Join(args, " "), embedder)
 	mc, proj, rep, err := eval.TrainHeads(trainSets, eval.HeadsOptions{Methods: ms, NAPK: ks, Ship: shipM, ShipK: *shipK, Trained: trained, Embedder: embedder})
 	if err != nil {
@@ -150,6 +131,36 @@ func writeHead(dir, name string, b []byte, provenance string) (*models.Head, err
 		return nil, err
 	}
 	return &models.Head{File: name, SHA256: sum, Provenance: provenance}, nil
+}
+
+// loadSets runs the pipeline over each DIR[:synthetic] spec (a :synthetic
+// set paints masks on half of each identity's unmasked images, and keeps at
+// most maxPer images per identity and maxSingles single-image identities;
+// 0: all). The sets are named DIR's dataset name, +synthetic.
+func loadSets(ctx context.Context, env *cli.Env, pf *pipelineFlags, specs []string, maxPer, maxSingles int) ([]eval.Set, *models.Manifest, error) {
+	var out []eval.Set
+	var man *models.Manifest
+	for _, s := range specs {
+		dir, mode := s, "none"
+		if strings.HasSuffix(s, ":synthetic") {
+			dir, mode = strings.TrimSuffix(s, ":synthetic"), "synthetic"
+		}
+		mp, ms := 0, 0
+		if mode == "synthetic" {
+			mp, ms = maxPer, maxSingles
+		}
+		run, ds, m, err := datasetRunSubset(ctx, env, pf, dir, mode, mp, ms)
+		if err != nil {
+			return nil, nil, err
+		}
+		name := ds.Name
+		if mode == "synthetic" {
+			name += "+synthetic"
+		}
+		out = append(out, eval.Set{Name: name, Run: run})
+		man = m
+	}
+	return out, man, nil
 }
 
 // multiFlag collects a repeatable string flag.

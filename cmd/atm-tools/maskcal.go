@@ -51,36 +51,15 @@ func evalMaskCalibrate(ctx context.Context, env *cli.Env, args []string) error {
 	if *oldRecipe && !*retrain {
 		return fmt.Errorf("%w: --old-recipe needs --retrain", cli.ErrUsage)
 	}
-	load := func(specs []string) ([]eval.Set, *models.Manifest, string, error) {
-		var out []eval.Set
-		var man *models.Manifest
-		embedder := ""
-		for _, s := range specs {
-			dir, mode := s, "none"
-			if strings.HasSuffix(s, ":synthetic") {
-				dir, mode = strings.TrimSuffix(s, ":synthetic"), "synthetic"
-			}
-			run, ds, m, err := datasetRun(ctx, env, &pf, dir, mode)
-			if err != nil {
-				return nil, nil, "", err
-			}
-			name := ds.Name
-			if mode == "synthetic" {
-				name += "+synthetic"
-			}
-			out = append(out, eval.Set{Name: name, Run: run})
-			man, embedder = m, run.Embedder
-		}
-		return out, man, embedder, nil
-	}
-	fit, man, embedder, err := load(sets)
+	fit, man, err := loadSets(ctx, env, &pf, sets, 0, 0)
 	if err != nil {
 		return err
 	}
-	test, _, _, err := load(tests)
+	test, _, err := loadSets(ctx, env, &pf, tests, 0, 0)
 	if err != nil {
 		return err
 	}
+	embedder := fit[0].Run.Embedder
 	head, err := vision.LoadMaskClassifier(pf.dir, man, embedder)
 	if err != nil {
 		return err
