@@ -78,19 +78,7 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 		return nil
 	}
 	headsDir := filepath.Join(filepath.Dir(*manifest), "heads")
-	man, err := models.LoadManifest(*manifest)
-	if err != nil {
-		return err
-	}
-	md, ok := man.Find(embedder)
-	if !ok {
-		return fmt.Errorf("%s has no model %s", *manifest, embedder)
-	}
-	mb, err := json.Marshal(mc)
-	if err != nil {
-		return err
-	}
-	md.MaskHead, err = writeHead(headsDir, embedder+"-mask.json", mb, trained)
+	man, md, err := recordMaskHead(*manifest, embedder, mc, trained)
 	if err != nil {
 		return err
 	}
@@ -116,6 +104,28 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	fmt.Fprintf(env.Stdout, "\nwrote heads to %s and recorded them in %s; run `atm-agent models build` to install them\n", headsDir, *manifest)
 	return nil
+}
+
+// recordMaskHead writes mc as the embedder's mask head in the manifest's
+// heads/ folder and records it in the manifest, returned unsaved with the
+// embedder's entry.
+func recordMaskHead(manifest, embedder string, mc *vision.MaskClassifier, provenance string) (*models.Manifest, *models.Model, error) {
+	man, err := models.LoadManifest(manifest)
+	if err != nil {
+		return nil, nil, err
+	}
+	md, ok := man.Find(embedder)
+	if !ok {
+		return nil, nil, fmt.Errorf("%s has no model %s", manifest, embedder)
+	}
+	b, err := json.Marshal(mc)
+	if err != nil {
+		return nil, nil, err
+	}
+	if md.MaskHead, err = writeHead(filepath.Join(filepath.Dir(manifest), "heads"), embedder+"-mask.json", b, provenance); err != nil {
+		return nil, nil, err
+	}
+	return man, md, nil
 }
 
 func writeHead(dir, name string, b []byte, provenance string) (*models.Head, error) {

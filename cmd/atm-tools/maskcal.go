@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/internal/cli"
-	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/models/eval"
 )
 
@@ -84,19 +81,8 @@ func evalMaskCalibrate(ctx context.Context, env *cli.Env, args []string) error {
 	if *manifest == "" {
 		return nil
 	}
-	mf, err := models.LoadManifest(*manifest)
+	mf, _, err := recordMaskHead(*manifest, embedder, out, trained)
 	if err != nil {
-		return err
-	}
-	md, ok := mf.Find(embedder)
-	if !ok {
-		return fmt.Errorf("%s has no model %s", *manifest, embedder)
-	}
-	b, err := json.Marshal(out)
-	if err != nil {
-		return err
-	}
-	if md.MaskHead, err = writeHead(filepath.Join(filepath.Dir(*manifest), "heads"), embedder+"-mask.json", b, trained); err != nil {
 		return err
 	}
 	if err := mf.Save(*manifest); err != nil {
