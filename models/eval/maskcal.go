@@ -155,9 +155,11 @@ func FitPlatt(z []float64, y []bool, w []float64) (a, c float64, err error) {
 }
 
 // maskCut returns, for scores of one class sorted ascending, the cut that
-// leaves at most share of them on the wrong side: for masked faces the
-// largest u with #(s <= u) <= share*n (called unmasked at or below u), for
-// unmasked faces the smallest m with #(s >= m) <= share*n.
+// leaves at most share of them on the wrong side: for masked faces a u with
+// #(s <= u) <= share*n (called unmasked at or below u), for unmasked faces
+// an m with #(s >= m) <= share*n. The cut lies midway (on the logit)
+// between the last face allowed on the wrong side and the first that is
+// not, so that rounding the head's weights does not move a face across it.
 func maskCut(sorted []float64, share float64, masked bool) float64 {
 	n := len(sorted)
 	k := int(math.Floor(share * float64(n))) // faces allowed wrong
@@ -165,13 +167,20 @@ func maskCut(sorted []float64, share float64, masked bool) float64 {
 		if k >= n {
 			return 1
 		}
-		// anything below sorted[k] is safe: at most k scores lie there.
-		return math.Nextafter(sorted[k], math.Inf(-1))
+		u := math.Nextafter(sorted[k], math.Inf(-1))
+		if k > 0 {
+			u = min(u, sigmoid((logit(sorted[k-1])+logit(sorted[k]))/2))
+		}
+		return u
 	}
 	if k >= n {
 		return 0
 	}
-	return math.Nextafter(sorted[n-1-k], math.Inf(1))
+	m := math.Nextafter(sorted[n-1-k], math.Inf(1))
+	if k > 0 {
+		m = max(m, sigmoid((logit(sorted[n-1-k])+logit(sorted[n-k]))/2))
+	}
+	return m
 }
 
 // state says what a head with this band calls a calibrated score:
