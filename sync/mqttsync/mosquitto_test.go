@@ -214,6 +214,21 @@ func startHelperPublisher(t *testing.T, dir, broker string, env ...string) (*exe
 	return cmd, ch
 }
 
+// termHelperPublisher stops a helper publisher with SIGTERM and waits for a
+// clean exit.
+func termHelperPublisher(t *testing.T, cmd *exec.Cmd, exited chan error) {
+	t.Helper()
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("helper exit after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("helper did not stop on SIGTERM")
+	}
+}
+
 // (b) The agent is killed with SIGKILL while its outbox is non-empty, then
 // restarted: at-least-once, nothing lost, duplicates carry the same id.
 func TestMosquittoKill9(t *testing.T) {
@@ -253,15 +268,7 @@ func TestMosquittoKill9(t *testing.T) {
 	waitFor(t, 20*time.Second, "outbox drained after restart", func() bool { return len(ob.keys()) == 0 })
 	drained := time.Since(restart)
 	waitFor(t, 10*time.Second, "all at dashboard", func() bool { return report(t, col.snapshot(), n).Unique == n })
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("helper exit after SIGTERM: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("helper did not stop on SIGTERM")
-	}
+	termHelperPublisher(t, cmd, exited)
 	waitFor(t, 5*time.Second, "stopped status", func() bool { return lastState(col) == wire.StateStopped })
 	r := report(t, col.snapshot(), n)
 	t.Logf("kill -9: %d messages, %d delivered before the kill, %d left in outbox at kill, drained %v after restart; received %d, unique %d, duplicates %d, missing %d",
@@ -612,15 +619,7 @@ func TestMosquittoStateWill(t *testing.T) {
 	t.Logf("will connection taken over: states %v, online again within %v", liveStates(mark), time.Since(took).Round(time.Millisecond))
 	waitState("will connection back", wire.StateOnline)
 
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("helper exit after SIGTERM: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("helper did not stop on SIGTERM")
-	}
+	termHelperPublisher(t, cmd, exited)
 	waitState("SIGTERM", wire.StateStopped)
 	time.Sleep(500 * time.Millisecond)
 	if got := retained().State; got != wire.StateStopped {
