@@ -90,8 +90,11 @@ func BenchmarkPerceiveBurst(b *testing.B) {
 func BenchmarkDetect640(b *testing.B) {
 	dir, man := modelsDir(b)
 	fr := frame640(b)
-	img, _ := frameMat(fr)
-	defer img.Close()
+	img, release, err := frameMat(fr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer release()
 	for _, md := range man.Models {
 		if md.Task != "detector" {
 			continue

@@ -608,22 +608,27 @@ func (p *Pipeline) FacesInImage(data []byte, o FaceOptions, t *Timings) ([]Face,
 
 // FaceInFrame finds the customer's face in a camera frame.
 func (p *Pipeline) FaceInFrame(fr visit.Frame, o FaceOptions, t *Timings) (Face, error) {
-	img, err := frameMat(fr)
+	img, release, err := frameMat(fr)
 	if err != nil {
 		return Face{}, err
 	}
-	defer runtime.KeepAlive(fr.BGR)
-	defer img.Close()
+	defer release()
 	return p.faceInMat(img, o, t)
 }
 
-// frameMat wraps the frame's pixels without a copy: keep fr.BGR alive
-// (runtime.KeepAlive) until the Mat is closed.
-func frameMat(fr visit.Frame) (gocv.Mat, error) {
+// frameMat wraps the frame's pixels without a copy; release closes the Mat
+// and keeps fr.BGR alive until then (the Mat does not hold the Go slice).
+func frameMat(fr visit.Frame) (img gocv.Mat, release func(), err error) {
 	if fr.W <= 0 || fr.H <= 0 || len(fr.BGR) != 3*fr.W*fr.H {
-		return gocv.Mat{}, fmt.Errorf("frame %dx%d with %d bytes: %w", fr.W, fr.H, len(fr.BGR), ErrInput)
+		return gocv.Mat{}, nil, fmt.Errorf("frame %dx%d with %d bytes: %w", fr.W, fr.H, len(fr.BGR), ErrInput)
 	}
-	return gocv.NewMatFromBytes(fr.H, fr.W, gocv.MatTypeCV8UC3, fr.BGR)
+	if img, err = gocv.NewMatFromBytes(fr.H, fr.W, gocv.MatTypeCV8UC3, fr.BGR); err != nil {
+		return gocv.Mat{}, nil, err
+	}
+	return img, func() {
+		img.Close()
+		runtime.KeepAlive(fr.BGR)
+	}, nil
 }
 
 // Perceive turns a burst into one visit descriptor: the customer's face in
@@ -657,13 +662,12 @@ func (p *Pipeline) PerceiveTimed(ctx context.Context, frames []visit.Frame, t *T
 		if err := ctx.Err(); err != nil {
 			return desc, err
 		}
-		img, err := frameMat(fr)
+		img, release, err := frameMat(fr)
 		if err != nil {
 			return desc, err
 		}
 		m, err := p.measure(img, prev, t)
-		img.Close()
-		runtime.KeepAlive(fr.BGR)
+		release()
 		if errors.Is(err, ErrNoFace) {
 			prev = nil
 			continue

@@ -20,11 +20,11 @@ import (
 // who moves a little between the frames of a burst.
 func shifted(t testing.TB, fr visit.Frame, dx, dy float64) visit.Frame {
 	t.Helper()
-	img, err := frameMat(fr)
+	img, release, err := frameMat(fr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer img.Close()
+	defer release()
 	m := gocv.NewMatWithSize(2, 3, gocv.MatTypeCV64F)
 	defer m.Close()
 	m.SetDoubleAt(0, 0, 1)
