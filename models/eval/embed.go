@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"time"
@@ -194,4 +195,50 @@ func Progress(w io.Writer, label string) func(done, total int) {
 			fmt.Fprintln(w)
 		}
 	}
+}
+
+// Fuse joins two runs of the same dataset by different embedders into one
+// whose templates are both templates, each L2-normalised, concatenated
+// with weights sqrt(1-w) and sqrt(w): the cosine of two fused templates is
+// (1-w) x a's cosine + w x b's (score fusion). A face counts as found only
+// when both runs found it; mask state and timings are a's.
+func Fuse(a, b *Run, w float64) (*Run, error) {
+	if len(a.Samples) != len(b.Samples) {
+		return nil, fmt.Errorf("fuse: %d samples against %d", len(a.Samples), len(b.Samples))
+	}
+	if w <= 0 || w >= 1 {
+		return nil, fmt.Errorf("fuse: weight %g, want between 0 and 1", w)
+	}
+	out := *a
+	out.Embedder = fmt.Sprintf("%s+%s:%g", a.Embedder, b.Embedder, w)
+	out.Samples = make([]Sample, len(a.Samples))
+	wa, wb := math.Sqrt(1-w), math.Sqrt(w)
+	for i, s := range a.Samples {
+		t := b.Samples[i]
+		if s.Rel != t.Rel {
+			return nil, fmt.Errorf("fuse: sample %d is %s in one run and %s in the other", i, s.Rel, t.Rel)
+		}
+		if s.Found && !t.Found {
+			s.Found, s.Embedding = false, nil
+		}
+		if s.Found {
+			e := make([]float32, 0, len(s.Embedding)+len(t.Embedding))
+			e = appendScaled(e, s.Embedding, wa)
+			s.Embedding = appendScaled(e, t.Embedding, wb)
+		}
+		out.Samples[i] = s
+	}
+	return &out, nil
+}
+
+func appendScaled(dst, v []float32, w float64) []float32 {
+	var n float64
+	for _, x := range v {
+		n += float64(x) * float64(x)
+	}
+	k := w / math.Sqrt(max(n, 1e-30))
+	for _, x := range v {
+		dst = append(dst, float32(float64(x)*k))
+	}
+	return dst
 }
