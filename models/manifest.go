@@ -104,7 +104,7 @@ type Model struct {
 	Decode    string     `yaml:"decode"`
 	Embedding *Embedding `yaml:"embedding,omitempty"`
 	// Thresholds are calibrated per pair type on labelled data
-	// (`atm-agent eval calibrate`); empty until calibrated.
+	// (`atm-tools eval calibrate`); empty until calibrated.
 	Thresholds *Thresholds `yaml:"thresholds,omitempty"`
 	// MaskHead is a small linear classifier on this embedder's templates
 	// that says whether the face is masked (trained by the project,
@@ -480,7 +480,7 @@ func (m *Manifest) Save(file string) error {
 	var buf bytes.Buffer
 	buf.WriteString("# Model manifest: every model the agent can run, how to feed and decode it,\n" +
 		"# its checksums, provenance and calibrated thresholds. Written by\n" +
-		"# `atm-agent models build` and `atm-agent eval calibrate`; hand edits are kept\n" +
+		"# `atm-tools models build` and `atm-tools eval calibrate`; hand edits are kept\n" +
 		"# as long as they stay valid. Operators add their own models here.\n")
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)

@@ -414,7 +414,7 @@ func parseCutSets(s string) ([]identity.Thresholds, error) {
 func embedderThresholds(man *models.Manifest, embedder string) (identity.Thresholds, error) {
 	md, ok := man.Find(embedder)
 	if !ok || md.Thresholds == nil || md.Thresholds.UU <= 0 {
-		return identity.Thresholds{}, fmt.Errorf("embedder %s has no calibrated thresholds in the manifest: run `atm-agent eval calibrate --model %s --dataset DIR`", embedder, embedder)
+		return identity.Thresholds{}, fmt.Errorf("embedder %s has no calibrated thresholds in the manifest: run `atm-tools eval calibrate --model %s --dataset DIR`", embedder, embedder)
 	}
 	t := md.Thresholds
 	return t.Thresholds, nil

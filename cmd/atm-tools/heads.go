@@ -68,7 +68,7 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 		return err
 	}
 	embedder := trainSets[len(trainSets)-1].Run.Embedder
-	trained := fmt.Sprintf("atm-agent eval train-heads %s (dev halves), embedder %s", strings.Join(args, " "), embedder)
+	trained := fmt.Sprintf("atm-tools eval train-heads %s (dev halves), embedder %s", strings.Join(args, " "), embedder)
 	mc, proj, rep, err := eval.TrainHeads(trainSets, eval.HeadsOptions{Methods: ms, NAPK: ks, Ship: shipM, ShipK: *shipK, Trained: trained, Embedder: embedder})
 	if err != nil {
 		return err
@@ -97,12 +97,12 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 		}
 	}
 	if md.Projection != nil && md.Thresholds != nil {
-		fmt.Fprintf(env.Stdout, "\nthe projection changed: recalibrate %s's thresholds (`atm-agent eval calibrate`)\n", embedder)
+		fmt.Fprintf(env.Stdout, "\nthe projection changed: recalibrate %s's thresholds (`atm-tools eval calibrate`)\n", embedder)
 	}
 	if err := man.Save(*manifest); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.Stdout, "\nwrote heads to %s and recorded them in %s; run `atm-agent models build` to install them\n", headsDir, *manifest)
+	fmt.Fprintf(env.Stdout, "\nwrote heads to %s and recorded them in %s; run `atm-tools models build` to install them\n", headsDir, *manifest)
 	return nil
 }
 
