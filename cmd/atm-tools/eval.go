@@ -271,6 +271,7 @@ func init() {
 		"cluster":        {Summary: "clustering figures of several algorithms side by side", Run: evalCluster},
 		"calibrate":      {Summary: "measure a model on a labelled folder and write its thresholds to the manifest", Run: evalCalibrate},
 		"crops":          {Summary: "a PNG contact sheet of what the embedder is fed, for checking crops by eye", Run: evalCrops},
+		"heldout":        {Summary: "clustering precision on identities the projection and the cuts were not fitted on", Run: evalHeldOut},
 		"train-heads":    {Summary: "fit the embedder's mask classifier and mask-removing projection on labelled data", Run: evalTrainHeads},
 		"mask-calibrate": {Summary: "recalibrate the embedder's mask head (Platt scaling, unknown band) on half of the identities, measured on the other half", Run: evalMaskCalibrate},
 	}
