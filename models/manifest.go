@@ -209,39 +209,11 @@ type Embedding struct {
 	// "landmarks" (eye centres, nose tip and mouth corners from the
 	// pipeline's landmark net), "landmarks-eyes" (its eye centres only).
 	Align string `yaml:"align,omitempty"`
-	// Occlude, when above 0, paints the arcface crop mid-gray from this
-	// fraction of its height down (0.6: just under the nose tip), so the
-	// embedder sees only what a mask leaves visible.
-	Occlude float64 `yaml:"occlude,omitempty"`
-	// Upper, when above 0, embeds the crop a second time painted gray
-	// from this fraction of its height down and appends that template,
-	// weighted by UpperWeight (default 0.5), to the whole-face one.
-	Upper       float64 `yaml:"upper,omitempty"`
-	UpperWeight float64 `yaml:"upper_weight,omitempty"`
 }
 
 // TemplateDim is the length of the embedder's own template (before any
-// projection head): Dim, twice that with an upper-face part.
-func (e *Embedding) TemplateDim() int {
-	if e.Upper > 0 {
-		return 2 * e.Dim
-	}
-	return e.Dim
-}
-
-// Tag names what the embedder's settings make of its templates beyond the
-// model itself ("" for the plain template): templates with different tags
-// are not comparable.
-func (e *Embedding) Tag() string {
-	if e.Upper <= 0 {
-		return ""
-	}
-	w := e.UpperWeight
-	if w <= 0 || w >= 1 {
-		w = 0.5
-	}
-	return fmt.Sprintf("upper%g:%g", e.Upper, w)
-}
+// projection head).
+func (e *Embedding) TemplateDim() int { return e.Dim }
 
 // Thresholds are cosine-distance cuts per pair type at a target FAR.
 // A zero value disables matching for that pair type.

@@ -59,11 +59,7 @@ func (e *Embedder) crop(img gocv.Mat, d Detection) (gocv.Mat, error) {
 		if e.e.CropScale == 0 {
 			scale = 1
 		}
-		crop := cropArcFace(img, d, e.e.Align, scale, size)
-		if e.e.Occlude > 0 {
-			occludeBelow(crop, e.e.Occlude)
-		}
-		return crop, nil
+		return cropArcFace(img, d, e.e.Align, scale, size), nil
 	case "original":
 		// The original project's policy, kept as a baseline:
 		// image[startY:int(endY-(.27*endY)), startX:endX], which keeps 73%
@@ -105,11 +101,6 @@ func (e *Embedder) EmbedCrop(crop gocv.Mat, thumb int) ([]float32, []byte, error
 		}
 		l2normalize(emb)
 	}
-	if e.e.Upper > 0 {
-		if emb, err = e.withUpper(crop, emb); err != nil {
-			return nil, nil, err
-		}
-	}
 	var jpg []byte
 	if thumb > 0 {
 		small := gocv.NewMat()
@@ -122,34 +113,6 @@ func (e *Embedder) EmbedCrop(crop gocv.Mat, thumb int) ([]float32, []byte, error
 		}
 	}
 	return emb, jpg, nil
-}
-
-// withUpper appends to the whole-face template the template of the same
-// crop with everything below Upper painted gray, weighted so that the
-// cosine of two such templates is (1-w) x whole-face cosine + w x
-// upper-face cosine: masked and unmasked faces then also meet on what a
-// mask leaves visible.
-func (e *Embedder) withUpper(crop gocv.Mat, full []float32) ([]float32, error) {
-	occ := crop.Clone()
-	defer occ.Close()
-	occludeBelow(occ, e.e.Upper)
-	up, err := e.embedCrop(occ)
-	if err != nil {
-		return nil, err
-	}
-	w := e.e.UpperWeight
-	if w <= 0 || w >= 1 {
-		w = 0.5
-	}
-	a, b := float32(math.Sqrt(1-w)), float32(math.Sqrt(w))
-	out := make([]float32, 0, len(full)+len(up))
-	for _, x := range full {
-		out = append(out, a*x)
-	}
-	for _, x := range up {
-		out = append(out, b*x)
-	}
-	return out, nil
 }
 
 func (e *Embedder) embedCrop(crop gocv.Mat) ([]float32, error) {
@@ -184,16 +147,3 @@ func l2normalize(v []float32) {
 }
 
 func clampInt(v, lo, hi int) int { return min(max(v, lo), hi) }
-
-// occludeBelow paints the crop mid-gray from the fraction y of its height
-// down: the part of the face a mask covers, so that masked and unmasked
-// faces are compared on what both show.
-func occludeBelow(crop gocv.Mat, y float64) {
-	top := int(y * float64(crop.Rows()))
-	if top >= crop.Rows() {
-		return
-	}
-	r := crop.Region(image.Rect(0, top, crop.Cols(), crop.Rows()))
-	defer r.Close()
-	r.SetTo(gocv.NewScalar(128, 128, 128, 0))
-}

@@ -129,9 +129,6 @@ func templateShape(md *models.Model, p *ProjectionHead) (dim int, model string) 
 	model = md.Name
 	if md.Embedding != nil {
 		dim = md.Embedding.TemplateDim()
-		if tag := md.Embedding.Tag(); tag != "" {
-			model += "+" + tag
-		}
 	}
 	if p == nil {
 		return dim, model

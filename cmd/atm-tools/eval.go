@@ -35,7 +35,6 @@ type pipelineFlags struct {
 	minScore, padTight      float64
 	cache                   string // embedding cache dir
 	align                   string // arcface alignment points override
-	occlude, upper, upperW  float64
 	fuse                    string
 	recrop                  string // re-cut faces before perception (diagnostics)
 }
@@ -84,10 +83,7 @@ func (pf *pipelineFlags) register(fs interface {
 	fs.BoolVar(&pf.raw, "raw", false, "skip the embedder's learned projection")
 	fs.Float64Var(&pf.minScore, "min-score", -1, "override the detector score gate")
 	fs.Float64Var(&pf.padTight, "pad-tight", -1, "override the tight-crop padding factor (0 disables)")
-	fs.Float64Var(&pf.upper, "upper", 0, "append an upper-face template (crop painted gray from this fraction down) to the whole-face one")
-	fs.Float64Var(&pf.upperW, "upper-weight", 0, "weight of the upper-face template's cosine (default 0.5)")
 	fs.StringVar(&pf.fuse, "fuse", "", "score fusion: NAME:W also runs embedder NAME (its manifest settings) and weighs its cosine W, the embedder's 1-W")
-	fs.Float64Var(&pf.occlude, "occlude", 0, "paint the arcface crop gray from this fraction of its height down (0.6: under the nose)")
 	fs.StringVar(&pf.align, "align", "", "override the arcface crop's alignment points: detector, eyes, landmarks or landmarks-eyes")
 	fs.StringVar(&pf.recrop, "recrop", "", "re-cut each face before perception, as a tight-crop dataset is cut: tight (the detector box, 160x160) or tight-stretch (a taller box stretched to 160x160)")
 }
@@ -150,12 +146,6 @@ func (pf *pipelineFlags) prepare() (*preparedPipeline, error) {
 		}
 		if pf.flip {
 			md.Embedding.Flip = true
-		}
-		if pf.upper > 0 {
-			md.Embedding.Upper, md.Embedding.UpperWeight = pf.upper, pf.upperW
-		}
-		if pf.occlude > 0 {
-			md.Embedding.Occlude = pf.occlude
 		}
 		if pf.align != "" {
 			md.Embedding.Align = strings.TrimPrefix(pf.align, "detector")

@@ -6,14 +6,6 @@ import (
 	"testing"
 )
 
-func dot32(a, b []float32) float64 {
-	var s float64
-	for i := range a {
-		s += float64(a[i]) * float64(b[i])
-	}
-	return s
-}
-
 // The cosine of two fused templates is the weighted sum of the two
 // embedders' cosines; a face one embedder missed is not found.
 func TestFuse(t *testing.T) {
@@ -39,10 +31,10 @@ func TestFuse(t *testing.T) {
 		t.Fatalf("fused template of %d values, want 5", len(x))
 	}
 	// cos_a(x, y) = 0.6, cos_b(x, y) = 0.
-	if got, want := dot32(x, y), 0.75*0.6+0.25*0; math.Abs(got-want) > 1e-6 {
+	if got, want := dot(x, y), 0.75*0.6+0.25*0; math.Abs(got-want) > 1e-6 {
 		t.Errorf("fused cosine %.6f, want %.6f", got, want)
 	}
-	if got := dot32(x, x); math.Abs(got-1) > 1e-6 {
+	if got := dot(x, x); math.Abs(got-1) > 1e-6 {
 		t.Errorf("fused template norm² %.6f, want 1", got)
 	}
 	if f.Samples[2].Found || f.Samples[2].Embedding != nil {
