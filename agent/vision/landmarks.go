@@ -33,18 +33,26 @@ func needsLandmarks(align string) bool {
 // larger than BlazeFace's).
 const landmarkScale = 1.2
 
-// landmarker places 68 points (face-api's landmark net) on a face.
-type landmarker struct{ net *Net }
+// meshScale is the side of the square MediaPipe's face mesh sees, in
+// detector box sides.
+var meshScale = 1.5
+
+// landmarker places points on a face: face-api's 68 (decode landmarks68)
+// or MediaPipe's 468-point face mesh (decode facemesh468).
+type landmarker struct {
+	net  *Net
+	mesh bool
+}
 
 func newLandmarker(dir string, md *models.Model) (*landmarker, error) {
-	if md.Task != models.TaskLandmarks || md.Decode != "landmarks68" {
-		return nil, fmt.Errorf("model %s is not a 68-point landmark net", md.Name)
+	if md.Task != models.TaskLandmarks || (md.Decode != "landmarks68" && md.Decode != "facemesh468") {
+		return nil, fmt.Errorf("model %s is not a landmark net (decode landmarks68 or facemesh468)", md.Name)
 	}
 	n, err := LoadNet(dir, md)
 	if err != nil {
 		return nil, err
 	}
-	return &landmarker{net: n}, nil
+	return &landmarker{net: n, mesh: md.Decode == "facemesh468"}, nil
 }
 
 func (l *landmarker) Close() error { return l.net.Close() }
@@ -53,9 +61,13 @@ func (l *landmarker) Close() error { return l.net.Close() }
 // first, in image pixels.
 func (l *landmarker) five(img gocv.Mat, d Detection) ([][2]float64, error) {
 	in := l.net.Model.Input
-	side := landmarkScale * math.Max(d.W(), d.H())
+	scale := landmarkScale
+	if l.mesh {
+		scale = meshScale
+	}
+	side := scale * math.Max(d.W(), d.H())
 	x0, y0 := (d.X0+d.X1)/2-side/2, (d.Y0+d.Y1)/2-side/2
-	crop := cropSquare(img, d, landmarkScale, in.Width)
+	crop := cropSquare(img, d, scale, in.Width)
 	defer crop.Close()
 	blob, _, err := makeBlob(crop, in)
 	if err != nil {
@@ -66,6 +78,9 @@ func (l *landmarker) five(img gocv.Mat, d Detection) ([][2]float64, error) {
 		return nil, err
 	}
 	o := outs[0].Data
+	if l.mesh {
+		return meshFive(o, x0, y0, side/float64(in.Width))
+	}
 	if len(o) != 136 {
 		return nil, fmt.Errorf("landmarks: %d values, want 136", len(o))
 	}
@@ -84,4 +99,27 @@ func (l *landmarker) five(img gocv.Mat, d Detection) ([][2]float64, error) {
 	// iBUG 68: 36-41 and 42-47 the eyes, 30 the nose tip, 48 and 54 the
 	// mouth corners (image-left first).
 	return [][2]float64{mean(36, 41), mean(42, 47), pt(30), pt(48), pt(54)}, nil
+}
+
+// meshFive reads the eye centres, nose tip and mouth corners from the face
+// mesh's 468 (x, y, z) points in input pixels: each eye the mean of its
+// corners and lids (33, 133, 159, 145 on the image-left eye; 263, 362,
+// 386, 374 on the other), the nose tip 1, the mouth corners 61 and 291.
+func meshFive(o []float32, x0, y0, k float64) ([][2]float64, error) {
+	if len(o) != 468*3 {
+		return nil, fmt.Errorf("face mesh: %d values, want 1404", len(o))
+	}
+	pt := func(i int) [2]float64 {
+		return [2]float64{x0 + float64(o[3*i])*k, y0 + float64(o[3*i+1])*k}
+	}
+	mean := func(ids ...int) [2]float64 {
+		var m [2]float64
+		for _, i := range ids {
+			p := pt(i)
+			m[0] += p[0] / float64(len(ids))
+			m[1] += p[1] / float64(len(ids))
+		}
+		return m
+	}
+	return [][2]float64{mean(33, 133, 159, 145), mean(263, 362, 386, 374), pt(1), pt(61), pt(291)}, nil
 }

@@ -36,6 +36,7 @@ type pipelineFlags struct {
 	cache                   string // embedding cache dir
 	align                   string // arcface alignment points override
 	fuse                    string
+	landmarks               string // landmark model override
 	recrop                  string // re-cut faces before perception (diagnostics)
 }
 
@@ -83,6 +84,7 @@ func (pf *pipelineFlags) register(fs interface {
 	fs.BoolVar(&pf.raw, "raw", false, "skip the embedder's learned projection")
 	fs.Float64Var(&pf.minScore, "min-score", -1, "override the detector score gate")
 	fs.Float64Var(&pf.padTight, "pad-tight", -1, "override the tight-crop padding factor (0 disables)")
+	fs.StringVar(&pf.landmarks, "landmarks", "", "landmark model the landmark alignments read (default: the manifest's pipeline.landmarks)")
 	fs.StringVar(&pf.fuse, "fuse", "", "score fusion: NAME:W also runs embedder NAME (its manifest settings) and weighs its cosine W, the embedder's 1-W")
 	fs.StringVar(&pf.align, "align", "", "override the arcface crop's alignment points: detector, eyes, landmarks or landmarks-eyes")
 	fs.StringVar(&pf.recrop, "recrop", "", "re-cut each face before perception, as a tight-crop dataset is cut: tight (the detector box, 160x160) or tight-stretch (a taller box stretched to 160x160)")
@@ -136,6 +138,12 @@ func (pf *pipelineFlags) prepare() (*preparedPipeline, error) {
 	emb := pf.embedder
 	if emb == "" {
 		emb = man.Pipeline.Embedder
+	}
+	if pf.landmarks != "" {
+		if _, ok := man.Find(pf.landmarks); !ok {
+			return nil, fmt.Errorf("%w: --landmarks %q is not in the model manifest", cli.ErrUsage, pf.landmarks)
+		}
+		man.Pipeline.Landmarks = pf.landmarks
 	}
 	if md, ok := man.Find(emb); ok && md.Embedding != nil {
 		if pf.crop != "" {
