@@ -211,10 +211,6 @@ type Embedding struct {
 	Align string `yaml:"align,omitempty"`
 }
 
-// TemplateDim is the length of the embedder's own template (before any
-// projection head).
-func (e *Embedding) TemplateDim() int { return e.Dim }
-
 // Thresholds are cosine-distance cuts per pair type at a target FAR.
 // A zero value disables matching for that pair type.
 type Thresholds struct {

@@ -52,7 +52,7 @@ func (p *ProjectionHead) check(md *models.Model) error {
 	}
 	in := -1
 	if md.Embedding != nil {
-		in = md.Embedding.TemplateDim()
+		in = md.Embedding.Dim
 	}
 	for i, u := range p.U {
 		if in >= 0 && len(u) != in {
@@ -128,7 +128,7 @@ func TemplateShape(dir string, md *models.Model) (dim int, model string, err err
 func templateShape(md *models.Model, p *ProjectionHead) (dim int, model string) {
 	model = md.Name
 	if md.Embedding != nil {
-		dim = md.Embedding.TemplateDim()
+		dim = md.Embedding.Dim
 	}
 	if p == nil {
 		return dim, model

@@ -35,7 +35,7 @@ const landmarkScale = 1.2
 
 // meshScale is the side of the square MediaPipe's face mesh sees, in
 // detector box sides.
-var meshScale = 1.5
+const meshScale = 1.5
 
 // landmarker places points on a face: face-api's 68 (decode landmarks68)
 // or MediaPipe's 468-point face mesh (decode facemesh468).

@@ -47,8 +47,8 @@ func LoadMaskClassifier(dir string, man *models.Manifest, embedder string) (*Mas
 	if err := json.Unmarshal(b, &mc); err != nil {
 		return nil, fmt.Errorf("mask head %s: %w", file, err)
 	}
-	if md.Embedding != nil && len(mc.W) != md.Embedding.TemplateDim() {
-		return nil, fmt.Errorf("mask head %s: %d weights for a %d-d embedding", file, len(mc.W), md.Embedding.TemplateDim())
+	if md.Embedding != nil && len(mc.W) != md.Embedding.Dim {
+		return nil, fmt.Errorf("mask head %s: %d weights for a %d-d embedding", file, len(mc.W), md.Embedding.Dim)
 	}
 	return &mc, nil
 }

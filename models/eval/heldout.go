@@ -85,26 +85,32 @@ func HeldOutClustering(ctx context.Context, train, sets []Set, o HeldOutOptions)
 		if err != nil {
 			return nil, fmt.Errorf("%s, fold %d: %w", o.Method, f, err)
 		}
-		half := func(s Set, held bool) *Run {
-			r := &Run{Embedder: s.Run.Embedder}
+		// Each set's two halves, projected once for every cut set.
+		halves := make([][2]*Run, len(sets))
+		for si, s := range sets {
+			halves[si] = [2]*Run{{Embedder: s.Run.Embedder}, {Embedder: s.Run.Embedder}}
 			for _, x := range s.Run.Samples {
-				if x.Found && (fold(x.Identity) == f) == held {
-					x.Embedding = h.apply(x.Embedding)
-					r.Samples = append(r.Samples, x)
+				if !x.Found {
+					continue
 				}
+				x.Embedding = h.apply(x.Embedding)
+				held := 0
+				if fold(x.Identity) == f {
+					held = 1
+				}
+				halves[si][held].Samples = append(halves[si][held].Samples, x)
 			}
-			return r
 		}
 		rows := make([][]HeldOutRow, len(o.Cuts))
 		best, bestScore := 0, math.Inf(-1)
 		for ci, cut := range o.Cuts {
 			ok, sumF1, worst := true, 0.0, math.Inf(1)
-			for _, s := range sets {
-				fitFig, err := clusterFig(ctx, half(s, false), s.Name, cut, o.Algorithm)
+			for si, s := range sets {
+				fitFig, err := clusterFig(ctx, halves[si][0], s.Name, cut, o.Algorithm)
 				if err != nil {
 					return nil, err
 				}
-				heldFig, err := clusterFig(ctx, half(s, true), s.Name, cut, o.Algorithm)
+				heldFig, err := clusterFig(ctx, halves[si][1], s.Name, cut, o.Algorithm)
 				if err != nil {
 					return nil, err
 				}
