@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"image"
+	"strings"
 	"testing"
 
 	"gocv.io/x/gocv"
@@ -55,33 +56,42 @@ func closeFrame640(b testing.TB) visit.Frame {
 // BenchmarkPerceiveBurst is one visit: a 5-frame 640x480 burst through the
 // default pipeline (detection, crop, embedding, aggregation). "close" is a
 // customer at an ATM camera's distance; "wide" a group photo with small
-// faces, where the fast detector hands over to the main one.
+// faces, where the fast detector hands over to the main one. The
+// "faceres" rows run the previous default embedder (box crop, no landmark
+// net) in the same process, a baseline that shares the machine's load:
+//
+//	go test -run '^$' -bench 'PerceiveBurst/.*/.*/threads=2' -benchtime 30x -count 5 ./agent/vision/
 func BenchmarkPerceiveBurst(b *testing.B) {
 	scenes := []struct {
 		name  string
 		frame func(testing.TB) visit.Frame
 	}{{"close", closeFrame640}, {"wide", frame640}}
-	for _, sc := range scenes {
-		for _, threads := range []int{1, 2} {
-			b.Run(fmt.Sprintf("%s/threads=%d", sc.name, threads), func(b *testing.B) {
-				dir, man := modelsDir(b)
-				cfg := DefaultConfig()
-				cfg.Threads = threads
-				p, err := New(dir, man, "", "", cfg)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer p.Close()
-				fr := sc.frame(b)
-				burst := []visit.Frame{fr, fr, fr, fr, fr}
-				b.ResetTimer()
-				for i := 0; i < b.N; i++ {
-					d, err := p.Perceive(context.Background(), burst)
-					if err != nil || d.Outcome != visit.FaceFound {
-						b.Fatalf("%v %v", d.Outcome, err)
-					}
-				}
-			})
+	for _, emb := range []string{"default", "faceres"} {
+		for _, sc := range scenes {
+			for _, threads := range []int{1, 2} {
+				name := fmt.Sprintf("%s/%s/threads=%d", emb, sc.name, threads)
+				b.Run(name, func(b *testing.B) { benchBurst(b, strings.TrimPrefix(emb, "default"), sc.frame, threads) })
+			}
+		}
+	}
+}
+
+func benchBurst(b *testing.B, emb string, frame func(testing.TB) visit.Frame, threads int) {
+	dir, man := modelsDir(b)
+	cfg := DefaultConfig()
+	cfg.Threads = threads
+	p, err := New(dir, man, "", emb, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	fr := frame(b)
+	burst := []visit.Frame{fr, fr, fr, fr, fr}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d, err := p.Perceive(context.Background(), burst)
+		if err != nil || d.Outcome != visit.FaceFound {
+			b.Fatalf("%v %v", d.Outcome, err)
 		}
 	}
 }

@@ -129,6 +129,8 @@ type Timings struct {
 	// that ran the main detector; Tracked the burst frames whose face the
 	// fast detector found near the previous frame's.
 	Fast, Full, Tracked int
+	// Aligned counts the faces the landmark net ran on.
+	Aligned int
 }
 
 // Pipeline turns frames into faces and a burst into one visit descriptor.
@@ -346,6 +348,10 @@ type FaceOptions struct {
 type measured struct {
 	face Face
 	crop gocv.Mat
+	// frame is the burst frame the face was measured in; coarse is set
+	// when the landmark net has not run yet (see align).
+	frame  int
+	coarse bool
 }
 
 // trackSpan is the side of the square searched around the previous frame's
@@ -402,6 +408,12 @@ func inputSide(d Detector) int {
 // burst can embed only its best frames. With prev (the customer's face in
 // the previous frame of a burst) the face is first tracked from there.
 func (p *Pipeline) measure(img gocv.Mat, prev *Detection, t *Timings) (measured, error) {
+	return p.measureIn(img, prev, false, t)
+}
+
+// measureIn is measure; with coarse it leaves out the landmark net (see
+// measureDet).
+func (p *Pipeline) measureIn(img gocv.Mat, prev *Detection, coarse bool, t *Timings) (measured, error) {
 	if t == nil {
 		t = &Timings{}
 	}
@@ -424,21 +436,35 @@ func (p *Pipeline) measure(img gocv.Mat, prev *Detection, t *Timings) (measured,
 	if !ok {
 		return measured{}, ErrNoFace
 	}
-	return p.measureDet(img, d, padded, t)
+	return p.measureDet(img, d, padded, coarse, t)
 }
 
 // measureDet measures one detected face: contrast gate, landmarks, crop,
-// sharpness, pose and quality.
-func (p *Pipeline) measureDet(img gocv.Mat, d Detection, padded bool, t *Timings) (measured, error) {
+// sharpness, pose and quality. With coarse the landmark net does not run:
+// the crop is aligned by the detector's keypoints, which is enough to rank
+// a burst's frames by quality (pose comes from those keypoints anyway), and
+// align later runs the net on the frames that are embedded.
+func (p *Pipeline) measureDet(img gocv.Mat, d Detection, padded, coarse bool, t *Timings) (measured, error) {
 	// A covered lens or a dark, uniform frame can still make a weak
 	// detection; a face has contrast, a lens cap does not.
 	if contrast(img, d) < p.cfg.MinContrast {
 		return measured{}, ErrNoFace
 	}
+	if p.lm != nil && coarse {
+		crop, err := p.emb.crop(img, d)
+		if err != nil {
+			return measured{}, err
+		}
+		f := Face{Det: d, Padded: padded, Sharpness: sharpness(crop)}
+		f.Roll, f.Yaw, _ = pose(d)
+		f.Quality = p.quality(f)
+		return measured{face: f, crop: crop, coarse: true}, nil
+	}
 	if p.lm != nil {
 		t1 := time.Now()
 		five, err := p.lm.five(img, d)
 		t.Detect += time.Since(t1)
+		t.Aligned++
 		if err != nil {
 			return measured{}, err
 		}
@@ -452,6 +478,35 @@ func (p *Pipeline) measureDet(img gocv.Mat, d Detection, padded bool, t *Timings
 	f.Roll, f.Yaw, _ = pose(d)
 	f.Quality = p.quality(f)
 	return measured{face: f, crop: crop}, nil
+}
+
+// align runs the landmark net on a face measured coarse and re-cuts its
+// crop by the net's points; the quality that ranked it stays.
+func (p *Pipeline) align(m *measured, fr visit.Frame, t *Timings) error {
+	if !m.coarse {
+		return nil
+	}
+	img, release, err := frameMat(fr)
+	if err != nil {
+		return err
+	}
+	defer release()
+	t1 := time.Now()
+	five, err := p.lm.five(img, m.face.Det)
+	t.Detect += time.Since(t1)
+	t.Aligned++
+	if err != nil {
+		return err
+	}
+	d := m.face.Det
+	d.Five = five
+	crop, err := p.emb.crop(img, d)
+	if err != nil {
+		return err
+	}
+	m.crop.Close()
+	m.crop, m.face.Det, m.coarse = crop, d, false
+	return nil
 }
 
 // embed completes a measured face: template, mask state, projection.
@@ -583,7 +638,7 @@ func (p *Pipeline) FacesInImage(data []byte, o FaceOptions, t *Timings) ([]Face,
 	})
 	var faces []Face
 	for _, d := range dets {
-		m, err := p.measureDet(img, d, padded, t)
+		m, err := p.measureDet(img, d, padded, false, t)
 		if errors.Is(err, ErrNoFace) || errors.Is(err, ErrEmptyCrop) {
 			continue
 		}
@@ -658,7 +713,7 @@ func (p *Pipeline) PerceiveTimed(ctx context.Context, frames []visit.Frame, t *T
 	}()
 	seen := false
 	var prev *Detection
-	for _, fr := range frames {
+	for i, fr := range frames {
 		if err := ctx.Err(); err != nil {
 			return desc, err
 		}
@@ -666,8 +721,9 @@ func (p *Pipeline) PerceiveTimed(ctx context.Context, frames []visit.Frame, t *T
 		if err != nil {
 			return desc, err
 		}
-		m, err := p.measure(img, prev, t)
+		m, err := p.measureIn(img, prev, true, t)
 		release()
+		m.frame = i
 		if errors.Is(err, ErrNoFace) {
 			prev = nil
 			continue
@@ -693,6 +749,9 @@ func (p *Pipeline) PerceiveTimed(ctx context.Context, frames []visit.Frame, t *T
 	n := min(len(cands), p.cfg.BestFrames)
 	faces := make([]Face, 0, n)
 	for i := 0; i < n; i++ {
+		if err := p.align(&cands[i], frames[cands[i].frame], t); err != nil {
+			return desc, err
+		}
 		if err := p.embed(&cands[i], 0, t); err != nil {
 			return desc, err
 		}

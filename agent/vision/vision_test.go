@@ -151,6 +151,58 @@ func TestPerceiveBurst(t *testing.T) {
 	}
 }
 
+// A burst runs the landmark net only on the frames it embeds, and their
+// crops are cut by the net's points, not by the detector's keypoints that
+// ranked them.
+func TestBurstAlignsEmbeddedFramesOnly(t *testing.T) {
+	checkMats(t)
+	p := newTestPipeline(t, "", "")
+	if p.lm == nil {
+		t.Skip("default pipeline has no landmark net")
+	}
+	fr := closeFrame640(t)
+	burst := []visit.Frame{fr, fr, fr, fr, fr}
+	for _, best := range []int{1, 3} {
+		p.cfg.BestFrames = best
+		var tt Timings
+		d, err := p.PerceiveTimed(context.Background(), burst, &tt)
+		if err != nil || d.Outcome != visit.FaceFound {
+			t.Fatalf("best %d: %v %v", best, d.Outcome, err)
+		}
+		if tt.Aligned != best || d.Used != best {
+			t.Errorf("best %d: landmark net ran on %d faces, %d used", best, tt.Aligned, d.Used)
+		}
+	}
+	// A one-frame visit's template is the single image's, aligned by the
+	// net; a crop aligned by the detector's keypoints differs.
+	d, err := p.Perceive(context.Background(), burst[:1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := p.FaceInFrame(fr, FaceOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, release, err := frameMat(fr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	m, err := p.measureIn(img, nil, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.crop.Close()
+	if err := p.embed(&m, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	aligned, coarse := cosine(d.Embedding, f.Embedding), cosine(d.Embedding, m.face.Embedding)
+	t.Logf("burst template vs single frame aligned by the net %.5f, by detector keypoints %.5f", aligned, coarse)
+	if aligned < 0.9999 || coarse > 0.999 {
+		t.Errorf("burst template at cosine %.5f of the net-aligned face, %.5f of the keypoint-aligned one", aligned, coarse)
+	}
+}
+
 // A face that fills the whole image (a tight crop) is found by padding.
 func TestTightCrop(t *testing.T) {
 	checkMats(t)
