@@ -450,25 +450,11 @@ func (p *Pipeline) measureDet(img gocv.Mat, d Detection, padded, coarse bool, t 
 	if contrast(img, d) < p.cfg.MinContrast {
 		return measured{}, ErrNoFace
 	}
-	if p.lm != nil && coarse {
-		crop, err := p.emb.crop(img, d)
-		if err != nil {
+	if p.lm != nil && !coarse {
+		var err error
+		if d, err = p.landmarks(img, d, t); err != nil {
 			return measured{}, err
 		}
-		f := Face{Det: d, Padded: padded, Sharpness: sharpness(crop)}
-		f.Roll, f.Yaw, _ = pose(d)
-		f.Quality = p.quality(f)
-		return measured{face: f, crop: crop, coarse: true}, nil
-	}
-	if p.lm != nil {
-		t1 := time.Now()
-		five, err := p.lm.five(img, d)
-		t.Detect += time.Since(t1)
-		t.Aligned++
-		if err != nil {
-			return measured{}, err
-		}
-		d.Five = five
 	}
 	crop, err := p.emb.crop(img, d)
 	if err != nil {
@@ -477,7 +463,17 @@ func (p *Pipeline) measureDet(img gocv.Mat, d Detection, padded, coarse bool, t 
 	f := Face{Det: d, Padded: padded, Sharpness: sharpness(crop)}
 	f.Roll, f.Yaw, _ = pose(d)
 	f.Quality = p.quality(f)
-	return measured{face: f, crop: crop}, nil
+	return measured{face: f, crop: crop, coarse: p.lm != nil && coarse}, nil
+}
+
+// landmarks runs the landmark net on d, returning d with its five points.
+func (p *Pipeline) landmarks(img gocv.Mat, d Detection, t *Timings) (Detection, error) {
+	t1 := time.Now()
+	five, err := p.lm.five(img, d)
+	t.Detect += time.Since(t1)
+	t.Aligned++
+	d.Five = five
+	return d, err
 }
 
 // align runs the landmark net on a face measured coarse and re-cuts its
@@ -491,15 +487,10 @@ func (p *Pipeline) align(m *measured, fr visit.Frame, t *Timings) error {
 		return err
 	}
 	defer release()
-	t1 := time.Now()
-	five, err := p.lm.five(img, m.face.Det)
-	t.Detect += time.Since(t1)
-	t.Aligned++
+	d, err := p.landmarks(img, m.face.Det, t)
 	if err != nil {
 		return err
 	}
-	d := m.face.Det
-	d.Five = five
 	crop, err := p.emb.crop(img, d)
 	if err != nil {
 		return err
