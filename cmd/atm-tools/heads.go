@@ -26,6 +26,7 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 	fs.Var(&sets, "dataset", "labelled folder; DIR:synthetic paints masks on half of each identity's unmasked images (repeatable)")
 	napK := fs.String("nap-k", "0,4,8,16,32", "projection sizes to compare (identity-held-out)")
 	shipK := fs.Int("ship-k", 0, "NAP projection size to write (0: none; same as --ship napK)")
+	typeCuts := fs.Float64("type-cuts", 0, "also score every method the way the identity engine decides: one cut per predicted pair type at this impostor FAR on the training fold, a pair scored by its similarity minus its type's cut (0: off)")
 	var methods multiFlag
 	fs.Var(&methods, "method", "projection to compare, identity-held-out: napK, wccn[:p=128,256][:a=0.01,0.1], lda[:p=256][:a=0.1][:k=64,128], napK+wccn..., napK+lda...; lists are grids searched on the training identities only (repeatable)")
 	ship := fs.String("ship", "", "projection to fit on all the data and write (a --method spec; overrides --ship-k)")
@@ -69,7 +70,7 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	embedder := trainSets[len(trainSets)-1].Run.Embedder
 	trained := fmt.Sprintf("atm-tools eval train-heads %s (dev halves), embedder %s", strings.Join(args, " "), embedder)
-	mc, proj, rep, err := eval.TrainHeads(trainSets, eval.HeadsOptions{Methods: ms, NAPK: ks, Ship: shipM, ShipK: *shipK, Trained: trained, Embedder: embedder})
+	mc, proj, rep, err := eval.TrainHeads(trainSets, eval.HeadsOptions{Methods: ms, NAPK: ks, Ship: shipM, ShipK: *shipK, Trained: trained, Embedder: embedder, TypeCuts: *typeCuts})
 	if err != nil {
 		return err
 	}

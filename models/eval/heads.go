@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/periocular/atm-agent/agent/vision"
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/models/eval/learn"
 	"github.com/periocular/atm-agent/models/eval/metrics"
 )
@@ -26,6 +27,12 @@ type HeadsOptions struct {
 	Iters    int
 	Trained  string // provenance text stored in the heads
 	Embedder string
+	// TypeCuts, when > 0, adds for every method a row scored the way the
+	// identity engine decides: one cut per predicted pair type (UU, MM,
+	// MU; unknown mask state counts as unmasked), each at this impostor
+	// FAR on the training fold's pairs (every set's, pooled), and a pair's
+	// score is its similarity minus its type's cut.
+	TypeCuts float64
 }
 
 // HeadsReport is what TrainHeads measured with an identity split: every
@@ -161,6 +168,7 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, *vision.Pro
 	for _, m := range methods {
 		ev := MethodEvaluation{Method: m.String(), Sets: map[string]map[string]PairFig{}}
 		held := make([][2][]Sample, len(sets))
+		var cuts [2]map[string]float64
 		for f := 0; f < 2; f++ {
 			var train []tagged
 			for _, s := range all {
@@ -181,11 +189,25 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, *vision.Pro
 					held[s.set][f] = append(held[s.set][f], c)
 				}
 			}
+			if o.TypeCuts > 0 {
+				cuts[f] = typeCuts(train, len(sets), h, o.TypeCuts)
+			}
 		}
 		for si, set := range sets {
 			ev.Sets[set.Name] = heldOutFigs(held[si])
 		}
 		rep.Methods = append(rep.Methods, ev)
+		if o.TypeCuts > 0 {
+			tc := MethodEvaluation{Method: fmt.Sprintf("%s, cut per pair type at FAR %g (fold 0 %s, fold 1 %s)", m, o.TypeCuts, fmtCuts(cuts[0]), fmtCuts(cuts[1])), Chosen: ev.Chosen, Dim: ev.Dim, Sets: map[string]map[string]PairFig{}}
+			var adjust [2]func(a, b Sample) float64
+			for f, c := range cuts {
+				adjust[f] = func(a, b Sample) float64 { return -c[predictedType(a, b)] }
+			}
+			for si, set := range sets {
+				tc.Sets[set.Name] = heldOutFigsAdjusted(held[si], adjust)
+			}
+			rep.Methods = append(rep.Methods, tc)
+		}
 	}
 
 	// Shipped heads, fitted on everything.
@@ -229,11 +251,17 @@ func ptrs(m *Method) []Method {
 // heldOutFigs pools the pairs formed within each held-out half (the two
 // halves were projected by different heads) and measures them.
 func heldOutFigs(held [2][]Sample) map[string]PairFig {
+	return heldOutFigsAdjusted(held, [2]func(a, b Sample) float64{})
+}
+
+// heldOutFigsAdjusted is heldOutFigs with adjust[f], when not nil, added to
+// each pair's similarity in half f.
+func heldOutFigsAdjusted(held [2][]Sample, adjust [2]func(a, b Sample) float64) map[string]PairFig {
 	figs := map[string]PairFig{}
 	g := map[string][]float64{}
 	im := map[string][]float64{}
 	for f := 0; f < 2; f++ {
-		sc := PairScores(held[f])
+		sc := pairScoresAdjusted(held[f], adjust[f])
 		for pt, v := range sc.genuine {
 			g[pt] = append(g[pt], v...)
 		}
@@ -250,6 +278,51 @@ func heldOutFigs(held [2][]Sample) map[string]PairFig {
 		figs[pt] = PairFig{AUC: metrics.AUC(g[pt], im[pt]), TAR1e2: t2, TAR1e3: t3}
 	}
 	return figs
+}
+
+// predictedType is the pair type the identity engine uses: by predicted
+// mask state, unknown counting as unmasked.
+func predictedType(a, b Sample) string {
+	am, bm := a.Mask == visit.Masked, b.Mask == visit.Masked
+	switch {
+	case !am && !bm:
+		return "uu"
+	case am && bm:
+		return "mm"
+	}
+	return "mu"
+}
+
+// typeCuts projects the training samples with h and returns, per predicted
+// pair type, the similarity cut at impostor FAR far over their pairs
+// (pairs within each set, pooled over sets).
+func typeCuts(train []tagged, nsets int, h *headFit, far float64) map[string]float64 {
+	bySet := make([][]Sample, nsets)
+	for _, s := range train {
+		c := s.Sample
+		c.Embedding = h.apply(s.Embedding)
+		bySet[s.set] = append(bySet[s.set], c)
+	}
+	im := map[string][]float64{}
+	for _, ss := range bySet {
+		for i := range ss {
+			for j := i + 1; j < len(ss); j++ {
+				if ss[i].Identity != ss[j].Identity {
+					pt := predictedType(ss[i], ss[j])
+					im[pt] = append(im[pt], dot(ss[i].Embedding, ss[j].Embedding))
+				}
+			}
+		}
+	}
+	cuts := map[string]float64{}
+	for pt, v := range im {
+		cuts[pt] = metrics.ThresholdAtFAR(v, far)
+	}
+	return cuts
+}
+
+func fmtCuts(c map[string]float64) string {
+	return fmt.Sprintf("UU %.3f MM %.3f MU %.3f", c["uu"], c["mm"], c["mu"])
 }
 
 // maskDiffs returns, per identity with both kinds, the difference between

@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
+
+	"github.com/periocular/atm-agent/agent/visit"
 )
 
 // maskedRun: people whose templates a mask moves along a shared direction
@@ -117,5 +120,37 @@ func TestTrainHeadsLinear(t *testing.T) {
 	}
 	if p := ph; p == nil || len(p.U) != 2 || len(p.W) != 0 {
 		t.Fatalf("shipped nap head %T", ph)
+	}
+}
+
+// With one cut for every pair, masked impostors (who share the mask's
+// direction) set the cut for everyone; one cut per predicted pair type, as
+// the identity engine decides, fitted on the training fold, lifts the
+// pooled TAR. Mask state unknown counts as unmasked.
+func TestTrainHeadsTypeCuts(t *testing.T) {
+	sets := []Set{{Name: "a", Run: maskedRun(1, 80, 4)}}
+	for i := range sets[0].Run.Samples {
+		s := &sets[0].Run.Samples[i]
+		s.Mask = visit.Unmasked
+		if s.Masked {
+			s.Mask = visit.Masked
+		}
+	}
+	raw, _ := ParseMethod("raw")
+	_, _, rep, err := TrainHeads(sets, HeadsOptions{Methods: []Method{raw}, Embedder: "synthetic", Iters: 50, TypeCuts: 1e-2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Methods) != 2 || !strings.Contains(rep.Methods[1].Method, "cut per pair type at FAR 0.01") {
+		t.Fatalf("methods %v", rep.Methods)
+	}
+	one, typed := rep.Methods[0].Sets["a"]["all"], rep.Methods[1].Sets["a"]["all"]
+	t.Logf("ALL one cut %+v, per pair type %+v (%s)", one, typed, rep.Methods[1].Method)
+	if typed.TAR1e2 < one.TAR1e2+0.05 {
+		t.Errorf("per-type cuts: ALL TAR@1e-2 %.3f, one cut %.3f", typed.TAR1e2, one.TAR1e2)
+	}
+	a, b := Sample{Mask: visit.MaskUnknown}, Sample{Mask: visit.Masked}
+	if predictedType(a, b) != "mu" || predictedType(a, a) != "uu" || predictedType(b, b) != "mm" {
+		t.Error("predictedType: unknown must count as unmasked")
 	}
 }

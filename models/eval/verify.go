@@ -265,7 +265,11 @@ func pairType(a, b Sample) string {
 }
 
 // PairScores computes the similarity of every pair of samples, in parallel.
-func PairScores(s []Sample) pairScores {
+func PairScores(s []Sample) pairScores { return pairScoresAdjusted(s, nil) }
+
+// pairScoresAdjusted is PairScores with adjust(a, b), when not nil, added
+// to each pair's similarity.
+func pairScoresAdjusted(s []Sample, adjust func(a, b Sample) float64) pairScores {
 	n := len(s)
 	workers := runtime.GOMAXPROCS(0)
 	type part struct {
@@ -282,6 +286,9 @@ func PairScores(s []Sample) pairScores {
 			for i := w; i < n; i += workers {
 				for j := i + 1; j < n; j++ {
 					sim := dot(s[i].Embedding, s[j].Embedding)
+					if adjust != nil {
+						sim += adjust(s[i], s[j])
+					}
 					pt := pairType(s[i], s[j])
 					if pt == "mm" && s[i].Synthetic != s[j].Synthetic {
 						pt = "ms"
