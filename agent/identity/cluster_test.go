@@ -278,3 +278,15 @@ func TestSketchRecallAtThreshold(t *testing.T) {
 		t.Fatalf("%d/500 orthogonal pairs passed the prefilter", pass)
 	}
 }
+
+func TestPairClass(t *testing.T) {
+	u, m, x := visit.Unmasked, visit.Masked, visit.MaskUnknown
+	for _, c := range []struct {
+		a, b visit.MaskState
+		want string
+	}{{u, u, "uu"}, {m, m, "mm"}, {u, m, "mu"}, {m, u, "mu"}, {x, m, "mu"}, {x, x, "uu"}, {x, u, "uu"}} {
+		if got := PairClass(c.a, c.b); got != c.want {
+			t.Errorf("PairClass(%v, %v) = %q, want %q (unknown counts as unmasked)", c.a, c.b, got, c.want)
+		}
+	}
+}

@@ -24,6 +24,12 @@ func maskClass(m visit.MaskState) uint8 {
 	return 0
 }
 
+// PairClass is the pair type the engine cuts a pair of visits by, from
+// their mask states: "uu", "mm" or "mu" (unknown counts as unmasked).
+func PairClass(a, b visit.MaskState) string {
+	return [...]string{ptUU: "uu", ptMM: "mm", ptMU: "mu"}[pairType(maskClass(a), maskClass(b))]
+}
+
 func pairType(a, b uint8) int {
 	if a != b {
 		return ptMU

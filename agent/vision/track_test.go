@@ -118,16 +118,6 @@ func TestTrackKeepsThePerson(t *testing.T) {
 	}
 }
 
-// On real video (the seed clips, 6 frames a second): bursts of 5
-// consecutive frames, tracked and not. With landmark alignment the
-// landmark net reads the box the tracker or the detector drew, so the two
-// templates differ a little (seed clips: cosine min 0.888, median 0.991;
-// mask scores up to 0.24 apart with the recalibrated mask head, 0.14
-// before its Platt scaling steepened it). What must hold
-// is what the identity engine sees: the genuine/impostor margin per pair
-// type, and no confident mask state flipped. A second landmark pass on a
-// box rebuilt from the first pass's points was tried and dropped: +28 ms a
-// burst, margins no better (min cosine 0.82-0.97 over refit sides 0.9-1.2).
 // seedClips lists the seed clips' frames by clip (god_masked,
 // god_unmasked, holness_masked), each sorted, and skips the test when
 // ../shared is absent or in -short.
@@ -154,6 +144,16 @@ func seedClips(t *testing.T) (root string, clips map[string][]string) {
 	return root, clips
 }
 
+// On real video (the seed clips, 6 frames a second): bursts of 5
+// consecutive frames, tracked and not. With landmark alignment the
+// landmark net reads the box the tracker or the detector drew, so the two
+// templates differ a little (seed clips: cosine min 0.888, median 0.991;
+// mask scores up to 0.24 apart with the recalibrated mask head, 0.14
+// before its Platt scaling steepened it). What must hold
+// is what the identity engine sees: the genuine/impostor margin per pair
+// type, and no confident mask state flipped. A second landmark pass on a
+// box rebuilt from the first pass's points was tried and dropped: +28 ms a
+// burst, margins no better (min cosine 0.82-0.97 over refit sides 0.9-1.2).
 func TestTrackSeedClips(t *testing.T) {
 	root, clips := seedClips(t)
 	checkMats(t)

@@ -7,8 +7,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/vision"
-	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/models/eval/learn"
 	"github.com/periocular/atm-agent/models/eval/metrics"
 )
@@ -201,7 +201,7 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, *vision.Pro
 			tc := MethodEvaluation{Method: fmt.Sprintf("%s, cut per pair type at FAR %g (fold 0 %s, fold 1 %s)", m, o.TypeCuts, fmtCuts(cuts[0]), fmtCuts(cuts[1])), Chosen: ev.Chosen, Dim: ev.Dim, Sets: map[string]map[string]PairFig{}}
 			var adjust [2]func(a, b Sample) float64
 			for f, c := range cuts {
-				adjust[f] = func(a, b Sample) float64 { return -c[predictedType(a, b)] }
+				adjust[f] = func(a, b Sample) float64 { return -c[identity.PairClass(a.Mask, b.Mask)] }
 			}
 			for si, set := range sets {
 				tc.Sets[set.Name] = heldOutFigsAdjusted(held[si], adjust)
@@ -280,19 +280,6 @@ func heldOutFigsAdjusted(held [2][]Sample, adjust [2]func(a, b Sample) float64) 
 	return figs
 }
 
-// predictedType is the pair type the identity engine uses: by predicted
-// mask state, unknown counting as unmasked.
-func predictedType(a, b Sample) string {
-	am, bm := a.Mask == visit.Masked, b.Mask == visit.Masked
-	switch {
-	case !am && !bm:
-		return "uu"
-	case am && bm:
-		return "mm"
-	}
-	return "mu"
-}
-
 // typeCuts projects the training samples with h and returns, per predicted
 // pair type, the similarity cut at impostor FAR far over their pairs
 // (pairs within each set, pooled over sets).
@@ -308,7 +295,7 @@ func typeCuts(train []tagged, nsets int, h *headFit, far float64) map[string]flo
 		for i := range ss {
 			for j := i + 1; j < len(ss); j++ {
 				if ss[i].Identity != ss[j].Identity {
-					pt := predictedType(ss[i], ss[j])
+					pt := identity.PairClass(ss[i].Mask, ss[j].Mask)
 					im[pt] = append(im[pt], dot(ss[i].Embedding, ss[j].Embedding))
 				}
 			}
