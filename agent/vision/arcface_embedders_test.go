@@ -42,14 +42,14 @@ func TestBlobPerChannelMeanAndScale(t *testing.T) {
 	}
 }
 
-// The two ArcFace-style MobileFaceNets run through the pipeline from their
-// manifest entries alone. foamliu comes from a URL source that a machine
+// The ArcFace-style MobileFaceNets (ONNX as published, ONNX rewritten,
+// TFLite converted) run through the pipeline from their manifest entries alone. foamliu comes from a URL source that a machine
 // without its mirror or network cannot fetch: then `models build` leaves it
 // out and this test skips it, saying so.
 func TestArcFaceEmbedders(t *testing.T) {
 	checkMats(t)
 	_, man := modelsDir(t)
-	for _, name := range []string{"faceplugin", "foamliu"} {
+	for _, name := range []string{"faceplugin", "foamliu", "expo-mobilefacenet"} {
 		t.Run(name, func(t *testing.T) {
 			_, ok := man.Find(name)
 			if !ok {

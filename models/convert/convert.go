@@ -1,4 +1,4 @@
-// Package convert holds the project's model converters (TF.js -> ONNX,
+// Package convert holds the project's model converters (TF.js and TFLite -> ONNX,
 // ONNX rewrites), build-time code that `atm-tools models build` passes to
 // models.Build explicitly; the daemon links none of it.
 package convert
@@ -12,6 +12,7 @@ import (
 	"github.com/periocular/atm-agent/models/faceapi"
 	"github.com/periocular/atm-agent/models/onnx"
 	"github.com/periocular/atm-agent/models/tfgraph"
+	"github.com/periocular/atm-agent/models/tflite"
 )
 
 // Converters returns the project's converters by the name manifest
@@ -45,22 +46,38 @@ func Converters() map[string]models.ConvertFunc {
 		if len(md.Source.Files) == 0 {
 			return nil, fmt.Errorf("converter tfgraph needs the model.json as first source file")
 		}
-		opts := tfgraph.Options{
-			InputShape: []int{1, md.Input.Height, md.Input.Width, 3},
-			InputName:  md.Input.Name,
+		return tfgraph.Convert(filepath.Join(dir, filepath.FromSlash(md.Source.Files[0])), graphOptions(md))
+	}
+	// A float32 TFLite model (OpenCV 4.6 has no TFLite importer): its
+	// operators become TF graph nodes and go the tfgraph way.
+	c["tflite"] = func(dir string, md *models.Model) ([]byte, error) {
+		b, err := readFirstSource(dir, md)
+		if err != nil {
+			return nil, err
 		}
-		for _, o := range md.Outputs {
-			if o.From != "" {
-				opts.Outputs = append(opts.Outputs, o.From)
-				if opts.OutputNames == nil {
-					opts.OutputNames = map[string]string{}
-				}
-				opts.OutputNames[o.From] = o.Name
-			}
-		}
-		return tfgraph.Convert(filepath.Join(dir, filepath.FromSlash(md.Source.Files[0])), opts)
+		return tflite.Convert(b, graphOptions(md))
 	}
 	return c
+}
+
+// graphOptions are the tfgraph options a manifest entry implies: a batch of
+// one at the entry's input size, its input name, and outputs renamed from the
+// graph's tensors (outputs[].from) to the entry's names.
+func graphOptions(md *models.Model) tfgraph.Options {
+	opts := tfgraph.Options{
+		InputShape: []int{1, md.Input.Height, md.Input.Width, 3},
+		InputName:  md.Input.Name,
+	}
+	for _, o := range md.Outputs {
+		if o.From != "" {
+			opts.Outputs = append(opts.Outputs, o.From)
+			if opts.OutputNames == nil {
+				opts.OutputNames = map[string]string{}
+			}
+			opts.OutputNames[o.From] = o.Name
+		}
+	}
+	return opts
 }
 
 func readFirstSource(dir string, md *models.Model) ([]byte, error) {

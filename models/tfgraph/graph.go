@@ -29,6 +29,7 @@
 package tfgraph
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -151,12 +152,49 @@ func Convert(modelJSONPath string, opts Options) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tfgraph: weights of %s: %w", modelJSONPath, err)
 	}
-	g, err := build(m, w, opts, strings.TrimSuffix(filepath.Base(modelJSONPath), ".json"))
+	b, err := ConvertModel(m, w, opts, strings.TrimSuffix(filepath.Base(modelJSONPath), ".json"))
 	if err != nil {
 		return nil, fmt.Errorf("tfgraph: %s: %w", modelJSONPath, err)
 	}
+	return b, nil
+}
+
+// ConvertModel converts a graph already in memory (nodes and the constants'
+// values by node name) to ONNX bytes: the path for models that arrive in
+// another container than model.json (models/tflite).
+func ConvertModel(m *Model, w map[string]*tfjs.Tensor, opts Options, name string) ([]byte, error) {
+	g, err := build(m, w, opts, name)
+	if err != nil {
+		return nil, err
+	}
 	g.FuseClamps()
 	return g.Marshal(opts.Opset), nil
+}
+
+// StringAttr is a string attribute (base64, as tfjs-converter writes it).
+func StringAttr(s string) *Attr { return &Attr{S: base64.StdEncoding.EncodeToString([]byte(s))} }
+
+// IntsAttr is a list-of-ints attribute.
+func IntsAttr(v ...int) *Attr {
+	a := &Attr{}
+	a.List = &struct {
+		S []string      `json:"s"`
+		I []json.Number `json:"i"`
+		F []json.Number `json:"f"`
+	}{}
+	for _, x := range v {
+		a.List.I = append(a.List.I, json.Number(strconv.Itoa(x)))
+	}
+	return a
+}
+
+// StringsAttr is a list-of-strings attribute (each base64).
+func StringsAttr(v ...string) *Attr {
+	a := IntsAttr()
+	for _, x := range v {
+		a.List.S = append(a.List.S, base64.StdEncoding.EncodeToString([]byte(x)))
+	}
+	return a
 }
 
 func (a *Attr) str() string {
