@@ -103,9 +103,6 @@ func (m *Model) Graph() (*tfgraph.Model, map[string]*tfjs.Tensor, error) {
 		return constant(names[i], append([]int{}, t.Shape...), data), nil
 	}
 	ref := func(i int) (string, error) {
-		if i < 0 {
-			return "", fmt.Errorf("tflite: a required input is missing")
-		}
 		if m.Tensors[i].Data != nil {
 			return tensorConst(i)
 		}
@@ -126,16 +123,20 @@ func (m *Model) Graph() (*tfgraph.Model, map[string]*tfjs.Tensor, error) {
 			return nil, nil, fmt.Errorf("tflite: operator %d (code %d): %d outputs", k, op.Code, len(op.Outputs))
 		}
 		out := names[op.Outputs[0]]
+		conv := op.Code == OpConv2D || op.Code == OpDepthwiseConv
 		var inputs []string
-		for _, i := range op.Inputs {
-			if i < 0 {
-				continue
+		for j, i := range op.Inputs {
+			if i < 0 || conv && j == 1 {
+				continue // a filter is written re-laid-out below, not as it is
 			}
 			s, err := ref(i)
 			if err != nil {
 				return nil, nil, fmt.Errorf("operator %d: %w", k, err)
 			}
 			inputs = append(inputs, s)
+		}
+		if len(op.Inputs) == 0 || op.Inputs[0] < 0 || conv && (len(op.Inputs) < 2 || op.Inputs[1] < 0) {
+			return nil, nil, fmt.Errorf("tflite: operator %d (code %d): a required input is missing", k, op.Code)
 		}
 		o := op.Options
 		act, ok := map[int]string{0: "", 1: "Relu", 3: "Relu6"}[o.Activation]
@@ -173,20 +174,18 @@ func (m *Model) Graph() (*tfgraph.Model, map[string]*tfjs.Tensor, error) {
 			} else {
 				// [1,kh,kw,C*M] is [kh,kw,C,M] in the same order.
 				node.Op = "FusedDepthwiseConv2dNative"
-				mult := max(o.DepthMultiplier, 1)
-				if f.Shape[0] != 1 || f.Shape[3]%mult != 0 {
-					return nil, nil, fmt.Errorf("tflite: operator %d: depthwise filter %v, multiplier %d", k, f.Shape, mult)
+				// The multiplier is the filter's channels over the input's
+				// (depth_multiplier is left 0 by newer converters).
+				x := m.Tensors[op.Inputs[0]].Shape
+				if len(x) != 4 || x[3] <= 0 || f.Shape[0] != 1 || f.Shape[3]%x[3] != 0 {
+					return nil, nil, fmt.Errorf("tflite: operator %d: depthwise filter %v for input %v", k, f.Shape, x)
 				}
-				shape, data = []int{f.Shape[1], f.Shape[2], f.Shape[3] / mult, mult}, fw
+				shape, data = []int{f.Shape[1], f.Shape[2], x[3], f.Shape[3] / x[3]}, fw
 			}
 			fused := []string{"BiasAdd"}
 			node.Input = []string{inputs[0], constant(names[op.Inputs[1]]+"/tf", shape, data)}
-			if len(op.Inputs) == 3 && op.Inputs[2] >= 0 {
-				bs, err := ref(op.Inputs[2])
-				if err != nil {
-					return nil, nil, err
-				}
-				node.Input = append(node.Input, bs)
+			if len(inputs) == 2 {
+				node.Input = append(node.Input, inputs[1]) // the bias
 			} else {
 				oc := shape[3] // HWIO
 				if op.Code == OpDepthwiseConv {
@@ -214,6 +213,7 @@ func (m *Model) Graph() (*tfgraph.Model, map[string]*tfjs.Tensor, error) {
 			}
 		case OpRelu, OpRelu6, OpAbs:
 			node.Op = map[int]string{OpRelu: "Relu", OpRelu6: "Relu6", OpAbs: "Abs"}[op.Code]
+			node.Input = inputs[:1]
 		case OpPrelu:
 			node.Op = "Prelu"
 		case OpReshape:

@@ -381,6 +381,14 @@ func TestConvertRefuses(t *testing.T) {
 	if _, _, err := m.Graph(); err == nil || !strings.Contains(err.Error(), "builtin operator 40") {
 		t.Errorf("unknown op: %v", err)
 	}
+	// A convolution without its filter, or any op without its input.
+	for _, c := range []struct{ op, in int }{{0, 1}, {6, 0}, {1, 0}} {
+		m, _ := Read(good)
+		m.Ops[c.op].Inputs[c.in] = -1
+		if _, _, err := m.Graph(); err == nil || !strings.Contains(err.Error(), "missing") {
+			t.Errorf("op %d without input %d: %v", c.op, c.in, err)
+		}
+	}
 	// Quantised models are refused, not converted to garbage.
 	ts := []tTensor{{name: "input", shape: []int32{1, 2}, quant: true}, {name: "y", shape: []int32{1, 2}}}
 	q := writeModel(ts, []tOp{{code: OpRelu, in: []int32{0}, out: []int32{1}}}, []int32{0}, []int32{1})
