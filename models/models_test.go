@@ -23,8 +23,8 @@ func TestRepoLockAndManifestAreValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(l.Packages) != 4 {
-		t.Fatalf("lock pins %d packages, want 4", len(l.Packages))
+	if len(l.Packages) != 5 {
+		t.Fatalf("lock pins %d packages, want 5", len(l.Packages))
 	}
 	m, err := LoadManifest("manifest.yaml")
 	if err != nil {
