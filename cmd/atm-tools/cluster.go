@@ -52,7 +52,7 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	_ = fs.Bool("copy", true, "copy files into OUT (the default; kept for old scripts)")
 	thresholds := fs.String("thresholds", "", "UU,MM,MU cosine-distance thresholds (default: the manifest's calibrated ones)")
 	workers := fs.Int("workers", runtime.NumCPU(), "perception workers, each with its own pipeline (--threads defaults to cores/workers)")
-	thumb := fs.Int("thumb", 96, "contact-sheet thumbnail size in pixels (-1: none)")
+	thumb := fs.Int("thumb", 96, "contact-sheet thumbnail size in pixels, up to 512 (-1: none)")
 	maxPixels := fs.Int64("max-pixels", imagecheck.DefaultMaxPixels, "largest image accepted, in pixels (width*height, read from the header before decoding); larger ones are listed as unreadable")
 	maxBytes := fs.Int64("max-bytes", imagecheck.DefaultMaxBytes, "largest image file accepted, in bytes (never read past it)")
 	videoFPS := fs.Float64("video-fps", batch.DefaultVideoFPS, "video files (MP4/MOV, AVI, Matroska/WebM, MPEG-TS that OpenCV reads): frames sampled per second of video, each an item VIDEO#t=SECONDS (0: video files are skipped)")
@@ -98,6 +98,9 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	if *workers < 1 {
 		return fmt.Errorf("%w: --workers %d: want at least 1", cli.ErrUsage, *workers)
 	}
+	if *thumb < -1 || *thumb > batch.MaxThumb {
+		return fmt.Errorf("%w: --thumb %d: want -1 (none), 0 (the default, 96) or a size up to %d pixels", cli.ErrUsage, *thumb, batch.MaxThumb)
+	}
 	threadsSet := false
 	fs.Visit(func(f *flag.Flag) { threadsSet = threadsSet || f.Name == "threads" })
 	if !threadsSet {
@@ -107,6 +110,17 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	if *cacheMax < 1 {
 		return fmt.Errorf("%w: --cache-max-bytes %d: want at least 1", cli.ErrUsage, *cacheMax)
+	}
+	cacheAt := *cacheDir
+	if !*noCache && cacheAt == "" {
+		d, err := os.UserCacheDir()
+		if err != nil {
+			return fmt.Errorf("embedding cache: %w (pass --cache DIR or --no-cache)", err)
+		}
+		cacheAt = filepath.Join(d, "atm-tools", "cluster")
+	}
+	if !*noCache && batch.Within(cacheAt, *out) {
+		return fmt.Errorf("%w: --cache %s is inside -o %s, whose contents each run replaces: keep the cache elsewhere", cli.ErrUsage, cacheAt, *out)
 	}
 	var th *identity.Thresholds
 	if *thresholds != "" {
@@ -173,35 +187,21 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	var cache *batch.Cache
 	if !*noCache {
-		dir := *cacheDir
-		if dir == "" {
-			d, err := os.UserCacheDir()
-			if err != nil {
-				return fmt.Errorf("embedding cache: %w (pass --cache DIR or --no-cache)", err)
-			}
-			dir = filepath.Join(d, "atm-tools", "cluster")
-		}
-		cache, err = batch.OpenCache(dir, pp.key, *cacheMax, env.Log)
+		cache, err = batch.OpenCache(cacheAt, pp.key, *cacheMax, env.Log)
 		if err != nil {
 			return err
 		}
 		defer cache.Close()
 	}
-	var corr *batch.Corrections
+	var corr []*batch.Corrections // applied in the order given
 	for _, f := range applyFiles {
 		c, err := batch.LoadCorrections(f)
 		if err != nil {
 			return err
 		}
-		if corr == nil {
-			corr = c
-			continue
-		}
-		corr.Merge = append(corr.Merge, c.Merge...)
-		corr.Move = append(corr.Move, c.Move...)
-		corr.Name = append(corr.Name, c.Name...)
+		corr = append(corr, c)
 	}
-	if corr != nil {
+	if len(corr) > 0 {
 		*force = true
 	}
 	if *near == 0 {

@@ -29,6 +29,9 @@ func TestClusterUsage(t *testing.T) {
 		{"bad algorithm", []string{"cluster", "a", "-o", "x", "--algorithm", "kmeans"}, "--algorithm"},
 		{"bad thresholds", []string{"cluster", "a", "-o", "x", "--thresholds", "0.3,0.3"}, "--thresholds"},
 		{"bad workers", []string{"cluster", "a", "-o", "x", "--workers", "0"}, "--workers"},
+		{"huge thumbnails", []string{"cluster", "a", "-o", "x", "--thumb", "100000"}, "--thumb"},
+		{"cache inside output", []string{"cluster", "a", "-o", "x", "--cache", "x/c"}, "--cache"},
+		{"cache is output", []string{"cluster", "a", "-o", "x", "--cache", "x"}, "--cache"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := runTool(t, tc.args...)

@@ -62,6 +62,10 @@ const (
 )
 
 // Options tune a run.
+// MaxThumb bounds Options.Thumb: a contact-sheet thumbnail larger than this
+// shows nothing more, and a huge one would only exhaust memory.
+const MaxThumb = 512
+
 type Options struct {
 	// Cluster selects the algorithm and its thresholds.
 	Cluster identity.ClusterOptions
@@ -73,15 +77,17 @@ type Options struct {
 	// Near is how far beyond the cut near-miss suggestions reach, as a
 	// factor of it (default NearFactor; < 1: none).
 	Near float64
-	// Corrections, when set, are applied to the clustering (see Corrections).
-	Corrections *Corrections
+	// Corrections are applied to the clustering, one file after the other
+	// (see Corrections and applyCorrections).
+	Corrections []*Corrections
 	// Force replaces a previous run's output (never foreign files).
 	Force bool
 	// Link hard-links the input files into OUT when the file system allows
 	// (fast, no space, but OUT then shares the inputs' inodes: editing a
 	// file there edits the evidence). By default every file is copied.
 	Link bool
-	// Thumb is the side of the contact-sheet thumbnails (default 96; < 0: none).
+	// Thumb is the side of the contact-sheet thumbnails (default 96; < 0:
+	// none; at most MaxThumb).
 	Thumb int
 	// Meta is copied into the report (models, thresholds, version...).
 	Meta Meta
@@ -128,6 +134,9 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 	}
 	if o.Thumb == 0 {
 		o.Thumb = 96
+	}
+	if o.Thumb > MaxThumb {
+		return nil, fmt.Errorf("cluster: thumb %d: want at most %d pixels", o.Thumb, MaxThumb)
 	}
 	switch o.Faces {
 	case "":
@@ -506,7 +515,7 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 	}
 	var names map[int]string
 	var cst *CorrectionStats
-	if o.Corrections != nil {
+	if len(o.Corrections) > 0 {
 		keys := make([]string, len(res))
 		for _, i := range idx {
 			keys[i] = faceKey(i)

@@ -9,9 +9,11 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"unicode/utf8"
 
 	"golang.org/x/net/html"
 
@@ -478,6 +480,21 @@ func TestNamer(t *testing.T) {
 	}
 	if flatName("x/y/z.jpg") != "x__y__z.jpg" {
 		t.Fatal(flatName("x/y/z.jpg"))
+	}
+	// Names longer than a file system allows (a long name, or deep folders
+	// flattened) are shortened, stay distinct and keep their extension.
+	long := strings.Repeat("é", 200) + ".jpg" // 404 bytes
+	deep := flatName(strings.Repeat("d/", 100) + "x.jpg")
+	var seen []string
+	for _, in := range []string{long, long, "x" + long, deep, deep} {
+		c := n.take(in)
+		if len(c) > 255 || !utf8.ValidString(c) || !strings.HasSuffix(c, ".jpg") || slices.Contains(seen, c) {
+			t.Errorf("take(%d bytes) = %q (%d bytes)", len(in), c, len(c))
+		}
+		seen = append(seen, c)
+	}
+	if !strings.Contains(seen[1], "~2.jpg") {
+		t.Errorf("second of the same long name: %q", seen[1])
 	}
 }
 

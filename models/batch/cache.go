@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
 	"os"
@@ -81,7 +82,8 @@ type cacheOp struct {
 // and detector settings, code revision). maxBytes <= 0 takes
 // DefaultCacheMaxBytes. A cache locked by another run is an error after a
 // second's wait; a damaged file is moved aside (…corrupt-TIME) with a
-// warning and a new one started.
+// warning and a new one started; one that cannot be opened (permissions) is
+// an error and left alone.
 func OpenCache(dir, pipelineKey string, maxBytes int64, log *slog.Logger) (*Cache, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -94,6 +96,12 @@ func OpenCache(dir, pipelineKey string, maxBytes int64, log *slog.Logger) (*Cach
 	}
 	path := filepath.Join(dir, CacheFile)
 	db, err := openCacheDB(path)
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		// The file could not be opened at all (permissions, a read-only
+		// file system, a folder in its place): nothing says it is damaged.
+		return nil, fmt.Errorf("embedding cache %s cannot be opened (use --cache DIR or --no-cache): %w", path, err)
+	}
 	if err != nil && !errors.Is(err, bolt.ErrTimeout) {
 		aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405"))
 		if rerr := os.Rename(path, aside); rerr != nil {

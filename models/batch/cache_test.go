@@ -176,6 +176,26 @@ func TestCacheDamagedFile(t *testing.T) {
 	}
 }
 
+// A cache file that cannot be opened (here a folder in its place; a file
+// without read permission or a read-only file system are the same) is an
+// error naming the way out, and is left where it is: it is not damaged.
+func TestCacheUnopenableIsNotDamaged(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, CacheFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, err := OpenCache(dir, "k", 0, nil)
+	if err == nil || !strings.Contains(err.Error(), "cannot be opened") || !strings.Contains(err.Error(), "--no-cache") {
+		t.Fatalf("err %v", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, CacheFile+".corrupt-*")); len(m) != 0 {
+		t.Errorf("moved aside: %v", m)
+	}
+	if st, err := os.Stat(filepath.Join(dir, CacheFile)); err != nil || !st.IsDir() {
+		t.Errorf("the original is gone: %v", err)
+	}
+}
+
 // The bound holds: old entries go first, and what stays still hits.
 func TestCacheBound(t *testing.T) {
 	dir := t.TempDir()

@@ -2,7 +2,9 @@ package batch
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 )
@@ -62,7 +64,13 @@ func LoadCorrections(path string) (*Corrections, error) {
 	dec.DisallowUnknownFields()
 	var c Corrections
 	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("corrections %s: the file is empty", path)
+		}
 		return nil, fmt.Errorf("corrections %s: %w", path, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("corrections %s: more after the JSON object (one object per file)", path)
 	}
 	if c.Schema != 1 {
 		return nil, fmt.Errorf("corrections %s: schema %d, want 1", path, c.Schema)
@@ -79,10 +87,12 @@ func FaceKey(sum string, faceNo int) string {
 	return "sha256:" + sum
 }
 
-// applyCorrections rewrites groups (item indexes) by c: merges first, then
-// moves, then names. keys[i] is item i's FaceKey. It returns the new groups
-// and the names by the smallest item index of each named group.
-func applyCorrections(groups [][]int, keys []string, c *Corrections) ([][]int, map[int]string, CorrectionStats) {
+// applyCorrections rewrites groups (item indexes) by each corrections file
+// in order, as the analyst made them: a file's merges, then its moves; then
+// the next file on the result; names last, on the final groups (a later
+// name wins). keys[i] is item i's FaceKey. It returns the new groups and the
+// names by the smallest item index of each named group.
+func applyCorrections(groups [][]int, keys []string, files []*Corrections) ([][]int, map[int]string, CorrectionStats) {
 	var st CorrectionStats
 	of := map[string][]int{} // key -> items (one file copied twice has one key)
 	for i, k := range keys {
@@ -96,73 +106,74 @@ func applyCorrections(groups [][]int, keys []string, c *Corrections) ([][]int, m
 			group[i] = g
 		}
 	}
-	parent := make([]int, len(groups))
-	for i := range parent {
-		parent[i] = i
-	}
-	var find func(int) int
-	find = func(x int) int {
-		for parent[x] != x {
-			parent[x] = parent[parent[x]]
-			x = parent[x]
-		}
-		return x
-	}
-	groupsOf := func(ks []string) []int {
-		var out []int
-		for _, k := range ks {
-			for _, i := range of[k] {
-				out = append(out, find(group[i]))
+	next := len(groups) // the next new group's number
+	for _, c := range files {
+		parent := map[int]int{}
+		var find func(int) int
+		find = func(x int) int {
+			for {
+				p, ok := parent[x]
+				if !ok || p == x {
+					return x
+				}
+				x = p
 			}
 		}
-		return out
-	}
-	for _, m := range c.Merge {
-		a, b := groupsOf(m.Faces), groupsOf(m.Into)
-		if len(a) == 0 || len(b) == 0 {
-			st.Missing++
-			continue
-		}
-		for _, g := range append(a, b...) {
-			parent[find(g)] = find(b[0])
-		}
-		st.Merged++
-	}
-	// Flatten the merges.
-	for i, g := range group {
-		group[i] = find(g)
-	}
-	next := len(groups)
-	for _, mv := range c.Move {
-		items := of[mv.Face]
-		if len(items) == 0 {
-			st.Missing++
-			continue
-		}
-		to := -1
-		for _, k := range mv.To {
-			for _, i := range of[k] {
-				if k != mv.Face {
-					to = group[i]
+		groupsOf := func(ks []string) []int {
+			var out []int
+			for _, k := range ks {
+				for _, i := range of[k] {
+					out = append(out, find(group[i]))
 				}
 			}
-			if to >= 0 {
-				break
+			return out
+		}
+		for _, m := range c.Merge {
+			a, b := groupsOf(m.Faces), groupsOf(m.Into)
+			if len(a) == 0 || len(b) == 0 {
+				st.Missing++
+				continue
 			}
+			root := find(b[0])
+			for _, g := range append(a, b...) {
+				parent[find(g)] = root
+			}
+			st.Merged++
 		}
-		if len(mv.To) > 0 && to < 0 {
-			st.Missing++
-			continue
+		// Flatten the merges.
+		for i, g := range group {
+			group[i] = find(g)
 		}
-		for _, i := range items {
+		for _, mv := range c.Move {
+			items := of[mv.Face]
+			if len(items) == 0 {
+				st.Missing++
+				continue
+			}
+			to := -1
+			for _, k := range mv.To {
+				for _, i := range of[k] {
+					if k != mv.Face {
+						to = group[i]
+					}
+				}
+				if to >= 0 {
+					break
+				}
+			}
+			if len(mv.To) > 0 && to < 0 {
+				st.Missing++
+				continue
+			}
 			if to < 0 {
-				group[i] = next // out: an identity of its own
+				to = next // out: one identity of its own, for every copy of the face
 				next++
-			} else {
+			}
+			for _, i := range items {
 				group[i] = to
 			}
+			st.Moved++
 		}
-		st.Moved++
 	}
 	by := map[int][]int{}
 	for i, g := range group {
@@ -175,7 +186,11 @@ func applyCorrections(groups [][]int, keys []string, c *Corrections) ([][]int, m
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a][0] < out[b][0] })
 	names := map[int]string{}
-	for _, n := range c.Name {
+	var named []Name
+	for _, c := range files {
+		named = append(named, c.Name...)
+	}
+	for _, n := range named {
 		votes := map[int]int{}
 		for _, k := range n.Faces {
 			for _, i := range of[k] {

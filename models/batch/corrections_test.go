@@ -39,7 +39,7 @@ func TestCorrectionsSurviveRerun(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := testOptions()
-	o.Corrections = c
+	o.Corrections = []*Corrections{c}
 	out := filepath.Join(t.TempDir(), "o")
 	rep, err = Run(context.Background(), in, out, fakes(1), o)
 	if err != nil {
@@ -63,5 +63,67 @@ func TestCorrectionsSurviveRerun(t *testing.T) {
 	page, _ := os.ReadFile(filepath.Join(out, "report.html"))
 	if !strings.Contains(string(page), "person_0001 (Alice): 5 images") {
 		t.Error("report.html lacks the name")
+	}
+}
+
+// A face whose file is in the folder several times is taken out as one
+// identity holding every copy; corrections files apply one after the other,
+// each on what the ones before it made (the page exports a merge with the
+// faces an identity holds after an earlier move).
+func TestApplyCorrectionsCopiesAndOrder(t *testing.T) {
+	groups := [][]int{{0, 1, 2, 3, 4}, {5, 6}, {7, 8}}
+	keys := []string{"K", "K", "K", "x3", "x4", "x5", "x6", "x7", "x8"}
+	show := func(g [][]int) string {
+		var s []string
+		for _, items := range g {
+			var w []string
+			for _, i := range items {
+				w = append(w, keys[i])
+			}
+			s = append(s, strings.Join(w, ","))
+		}
+		return strings.Join(s, " | ")
+	}
+	out, _, st := applyCorrections(groups, keys, []*Corrections{{Schema: 1, Move: []Move{{Face: "K"}}}})
+	if got := show(out); got != "K,K,K | x3,x4 | x5,x6 | x7,x8" || st.Moved != 1 {
+		t.Errorf("copies taken out: %s (%+v)", got, st)
+	}
+	f1 := &Corrections{Schema: 1, Move: []Move{{Face: "x3", To: []string{"x5"}}}}
+	f2 := &Corrections{Schema: 1, Merge: []Merge{{Faces: []string{"x3", "x5", "x6"}, Into: []string{"x7"}}},
+		Name: []Name{{Faces: []string{"x7"}, Name: "Bob"}}}
+	out, names, st := applyCorrections(groups, keys, []*Corrections{f1, f2})
+	if got := show(out); got != "K,K,K,x4 | x3,x5,x6,x7,x8" || st.Moved != 1 || st.Merged != 1 {
+		t.Errorf("move then merge: %s (%+v)", got, st)
+	}
+	if names[3] != "Bob" {
+		t.Errorf("names %v", names)
+	}
+}
+
+// A corrections file is one JSON object: an empty file, trailing data and
+// unknown fields are errors that say so.
+func TestLoadCorrectionsStrict(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ body, want string }{
+		{"", "empty"},
+		{`{"schema":1}{garbage`, "more after the JSON object"},
+		{`{"schema":1} {"schema":1}`, "more after the JSON object"},
+		{`{"schema":1,"mrege":[]}`, "unknown field"},
+		{`{"schema":2}`, "schema 2"},
+	} {
+		p := filepath.Join(dir, "c.json")
+		if err := os.WriteFile(p, []byte(tc.body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadCorrections(p); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.body, err, tc.want)
+		}
+	}
+	p := filepath.Join(dir, "ok.json")
+	if err := os.WriteFile(p, []byte("{\"schema\":1,\"merge\":[]}\n\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadCorrections(p); err != nil {
+		t.Errorf("a file ending in newlines: %v", err)
 	}
 }

@@ -1,6 +1,8 @@
 package batch
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 // markerName is written first into every output folder; --force clears only
@@ -116,20 +119,44 @@ func flatName(rel string) string {
 // (callers go in path order).
 type namer map[string]bool
 
+// A name is at most maxName bytes (NAME_MAX of Linux file systems): a longer
+// one (a long file name, or many nested folders flattened) keeps the start of
+// its stem, cut on a UTF-8 boundary, then "-" and 8 hex digits of the whole
+// name's SHA-256 so shortened names stay distinct, then its extension.
 func (n namer) take(name string) string {
-	if !n[name] {
-		n[name] = true
-		return name
-	}
 	ext := filepath.Ext(name)
-	base := strings.TrimSuffix(name, ext)
-	for i := 2; ; i++ {
-		c := fmt.Sprintf("%s~%d%s", base, i, ext)
+	if len(ext) > 16 {
+		ext = "" // not a real extension: part of the stem
+	}
+	stem := strings.TrimSuffix(name, ext)
+	for i := 1; ; i++ {
+		suffix := ""
+		if i > 1 {
+			suffix = fmt.Sprintf("~%d", i)
+		}
+		c := fitStem(stem, name, maxName-len(suffix)-len(ext)) + suffix + ext
 		if !n[c] {
 			n[c] = true
 			return c
 		}
 	}
+}
+
+const maxName = 255
+
+// fitStem returns stem if it has at most room bytes, else its shortened form
+// (see take); whole is what the hash is taken of.
+func fitStem(stem, whole string, room int) string {
+	if len(stem) <= room {
+		return stem
+	}
+	sum := sha256.Sum256([]byte(whole))
+	tag := "-" + hex.EncodeToString(sum[:4])
+	keep := max(room-len(tag), 0)
+	for keep > 0 && !utf8.RuneStart(stem[keep]) {
+		keep--
+	}
+	return stem[:keep] + tag
 }
 
 // place puts src at dst: a hard link when allowed and possible, else a copy.
@@ -157,6 +184,14 @@ func place(src, dst string, link bool) (bool, error) {
 		return false, err
 	}
 	return false, out.Close()
+}
+
+// Within says whether path p is dir or lies under it, both made absolute and,
+// where they exist, with symbolic links resolved.
+func Within(p, dir string) bool {
+	ap, err1 := absClean(p)
+	ad, err2 := absClean(dir)
+	return err1 == nil && err2 == nil && inside(ap, ad)
 }
 
 // inside says whether path p is dir or lies under it (both absolute, clean).

@@ -173,8 +173,8 @@ func TestRealVideo(t *testing.T) {
 	for _, e := range rep2.Images {
 		key[e.Path] = e.Key
 	}
-	o.Corrections = &Corrections{Schema: 1, Move: []Move{{Face: key["clip.avi#t=3.0"]}},
-		Name: []Name{{Faces: []string{key["clip.avi#t=0.0"]}, Name: "sample one"}}}
+	o.Corrections = []*Corrections{{Schema: 1, Move: []Move{{Face: key["clip.avi#t=3.0"]}},
+		Name: []Name{{Faces: []string{key["clip.avi#t=0.0"]}, Name: "sample one"}}}}
 	repC, err := Run(context.Background(), in, out, finders, o)
 	if err != nil {
 		t.Fatal(err)
