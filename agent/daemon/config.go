@@ -158,6 +158,9 @@ func ParseConfig(b []byte) (Config, error) {
 	// (rewriteDays) and decode errors are told in keys (configError).
 	var doc yaml.Node
 	if err := yaml.Unmarshal(b, &doc); err == nil {
+		if msgs := fractionErrors(&doc); len(msgs) > 0 {
+			return Config{}, fmt.Errorf("config: %s", strings.Join(msgs, "\n  "))
+		}
 		b = rewriteDays(b, &doc)
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))

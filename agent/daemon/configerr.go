@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"regexp"
 	"slices"
@@ -106,6 +107,32 @@ func walkConfig(n *yaml.Node, t reflect.Type, path string, fn func(key, val *yam
 			walkConfig(c, et, p, fn)
 		}
 	}
+}
+
+// fractionErrors lists the whole-number keys given a fraction (3.5), which
+// yaml.v3 would silently cut to 3; 3.0 is a whole number.
+func fractionErrors(doc *yaml.Node) []string {
+	var msgs []string
+	walkConfig(doc, reflect.TypeOf(Config{}), "", func(_, v *yaml.Node, kp keyPath) {
+		t := kp.typ
+		for t != nil && t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t == nil || t == durationType || v.Kind != yaml.ScalarNode || v.ShortTag() != "!!float" {
+			return
+		}
+		switch t.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		default:
+			return
+		}
+		if f, err := strconv.ParseFloat(v.Value, 64); err == nil && f == math.Trunc(f) {
+			return
+		}
+		msgs = append(msgs, fmt.Sprintf("line %d: %s: %q is not a whole number", v.Line, kp.path, v.Value))
+	})
+	return msgs
 }
 
 var daysRE = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)d(.*)$`)

@@ -124,3 +124,27 @@ func TestValidationShortDurations(t *testing.T) {
 		t.Errorf("got %v, want the durations as 10m and 1d", err)
 	}
 }
+
+// A fraction for a whole-number key is an error, not cut silently (yaml.v3
+// would decode 3.5 into 3); 3.0 is whole; durations and floats are not
+// whole-number keys.
+func TestConfigFractionForWholeNumber(t *testing.T) {
+	_, err := ParseConfig([]byte(`camera:
+  burst_frames: 3.5
+alerts:
+  rules:
+    - {name: x, kind: visits, threshold: 2.9, window: 1h}
+`))
+	if err == nil {
+		t.Fatal("fractions accepted")
+	}
+	for _, want := range []string{`line 2: camera.burst_frames: "3.5" is not a whole number`, `line 5: alerts.rules[0].threshold: "2.9" is not a whole number`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	c, err := ParseConfig([]byte("camera:\n  burst_frames: 3.0\nvision:\n  max_yaw: 0.5\n"))
+	if err != nil || c.Camera.BurstFrames != 3 {
+		t.Errorf("3.0 and a float key: %v, burst_frames %d", err, c.Camera.BurstFrames)
+	}
+}
