@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/hal/trigger"
+	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/mqttsync"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -225,9 +227,34 @@ func (c Config) Warnings() []string {
 }
 
 // CheckFiles reads the files the config names that the daemon would only
-// read at start (the MQTT command public keys), so `config check` finds a
-// missing or bad one.
+// read at start (the store key, the MQTT command public keys, the tokens,
+// the models' manifest) and checks the paths it would open (the store file,
+// the trigger socket's length and group), so that `config check`, the
+// unit's ExecStartPre, refuses what `run` would refuse.
 func (c Config) CheckFiles() error {
+	// A models dir that is not there at all is left to run (the package
+	// installs it; a config is often checked before); one that is there
+	// must hold a manifest that parses.
+	if _, err := os.Stat(c.Models.Dir); !errors.Is(err, fs.ErrNotExist) {
+		if _, err := models.LoadManifest(filepath.Join(c.Models.Dir, "manifest.yaml")); err != nil {
+			return fmt.Errorf("models.dir %s: %w", c.Models.Dir, err)
+		}
+	}
+	if st, err := os.Stat(c.Store.Path); err == nil && !st.Mode().IsRegular() {
+		return fmt.Errorf("store.path %s is not a regular file (%s)", c.Store.Path, st.Mode().Type())
+	}
+	if h := c.Trigger.HTTP; h.Enabled {
+		// The token and the socket group, read and resolved as run does.
+		if _, err := trigger.NewHTTP(h.HTTPConfig, nil); err != nil {
+			return err
+		}
+		// sun_path holds 108 bytes with the terminating NUL. (Its directory
+		// is not checked: systemd creates /run/atm-agent only while the
+		// unit runs.)
+		if len(h.Socket) > 107 {
+			return fmt.Errorf("trigger.http.socket %s: %d bytes, the longest a unix socket path can be is 107", h.Socket, len(h.Socket))
+		}
+	}
 	// The store key: missing, unreadable or short keys fail here rather
 	// than when the daemon opens the store. A systemd credential can only
 	// be read where CREDENTIALS_DIRECTORY is set (ExecStartPre is).

@@ -1,7 +1,10 @@
 package daemon
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -17,5 +20,40 @@ func TestDefaultConfigFileMatchesDefaults(t *testing.T) {
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("default.yaml and DefaultConfig differ:\n file %+v\n code %+v", c, want)
+	}
+}
+
+// `config check` (CheckFiles) refuses what run would refuse at start: the
+// trigger's token file and socket group, a socket path too long for a unix
+// socket, a store path that is not a file, a models dir without a manifest.
+func TestCheckFilesRefusesWhatRunRefuses(t *testing.T) {
+	dir := t.TempDir()
+	short := filepath.Join(dir, "short.token")
+	os.WriteFile(short, []byte("0123456789"), 0o600)
+	good := filepath.Join(dir, "good.token")
+	os.WriteFile(good, []byte("0123456789abcdef0123"), 0o600)
+	base := "device: {id: a, site: b}\nmodels: {dir: " + dir + "/nomodels}\nstore: {path: " + dir + "/agent.db}\n"
+	http := func(s string) string {
+		return "trigger:\n  http:\n    enabled: true\n    socket: " + dir + "/t.sock\n" + s
+	}
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"good", base + http("    listen: 127.0.0.1:0\n    token_file: "+good+"\n"), ""},
+		{"short token", base + http("    listen: 127.0.0.1:0\n    token_file: "+short+"\n"), "shorter than 16"},
+		{"token file a directory", base + http("    listen: 127.0.0.1:0\n    token_file: "+dir+"\n"), "token"},
+		{"no such group", base + http("    socket_group: nosuchgroup-atm\n"), "socket_group"},
+		{"socket path too long", base + "trigger:\n  http:\n    enabled: true\n    socket: /run/" + strings.Repeat("s", 120) + "\n", "107"},
+		{"store path a directory", "device: {id: a, site: b}\nmodels: {dir: " + dir + "/nomodels}\nstore: {path: " + dir + "}\n", "not a regular file"},
+		{"models dir a file", "device: {id: a, site: b}\nmodels: {dir: " + good + "}\nstore: {path: " + dir + "/agent.db}\n", "models.dir"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(tc.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.CheckFiles()
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Errorf("CheckFiles: %v, want %q", err, tc.want)
+			}
+		})
 	}
 }
