@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
@@ -241,7 +243,14 @@ func (h *HTTP) Listen() error {
 			if fi.Mode()&os.ModeSocket == 0 {
 				return fail(fmt.Errorf("trigger socket %s: exists and is not a socket", p))
 			}
-			if err := os.Remove(p); err != nil { // stale socket from a previous run
+			// Only a socket nobody listens on is stale (left by a killed
+			// run): a live one belongs to another process, often another
+			// agent with the same config, and replacing it would cut that
+			// one off from every card insert.
+			if err := probeSocket(p); err != nil {
+				return fail(err)
+			}
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fail(fmt.Errorf("trigger socket %s: remove stale: %w", p, err))
 			}
 		}
@@ -274,6 +283,24 @@ func (h *HTTP) Listen() error {
 	}
 	h.lns = lns
 	return nil
+}
+
+// probeSocket connects to the existing socket p: nil if nobody listens on
+// it (stale: connection refused, or it is gone), an error if something
+// answers or the probe cannot tell.
+func probeSocket(p string) error {
+	c, err := net.DialTimeout("unix", p, time.Second)
+	switch {
+	case err == nil:
+		c.Close()
+		return fmt.Errorf("trigger socket %s is in use by another process (another atm-agent with the same trigger.http.socket?): refusing to start", p)
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, fs.ErrNotExist):
+		return nil
+	case errors.Is(err, syscall.EAGAIN): // a listener whose accept queue is full
+		return fmt.Errorf("trigger socket %s is in use by another process (it is listening, its queue is full): refusing to start", p)
+	default:
+		return fmt.Errorf("trigger socket %s exists and cannot be probed: refusing to replace it: %w", p, err)
+	}
 }
 
 // Run serves until ctx is done, sending events on out without blocking (a
@@ -371,11 +398,19 @@ type VisitReply struct {
 	Status string `json:"status"`
 }
 
+// BodyTimeout bounds the reading of a request body, from the end of its
+// headers: the body is at most max_body_bytes (4 KiB by default, 1 MiB at
+// most) from a process on the same host, so a client still sending after
+// this is stalled. Such a request is answered 408 and its connection
+// closed (the server's read timeout, 10 s, would hold it much longer).
+const BodyTimeout = 2 * time.Second
+
 // AdmitHandler returns the endpoint's handler, handing triggers to admit.
 func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/visit", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
+			abandonBody(w, r)
 			w.Header().Set("Allow", http.MethodPost)
 			writeError(w, http.StatusMethodNotAllowed, "use POST")
 			return
@@ -384,8 +419,14 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 		if err != nil {
 			status := http.StatusBadRequest
 			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
+			var ne net.Error
+			switch {
+			case errors.As(err, &mbe):
 				status = http.StatusRequestEntityTooLarge
+			case errors.As(err, &ne) && ne.Timeout():
+				abandonBody(w, r)
+				writeError(w, http.StatusRequestTimeout, fmt.Sprintf("read body: not received within %v", BodyTimeout))
+				return
 			}
 			writeError(w, status, err.Error())
 			return
@@ -427,6 +468,7 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 	})
 	mux.HandleFunc("/v1/health", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
+			abandonBody(w, r)
 			w.Header().Set("Allow", http.MethodGet)
 			writeError(w, http.StatusMethodNotAllowed, "use GET")
 			return
@@ -435,9 +477,33 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "accepted": s.Accepted, "dropped": s.Dropped,
 			"duplicates": h.duplicates.Load(), "coalesced": h.coalesced.Load()})
 	})
-	return h.authenticate(mux)
+	return limitBodyTime(h.authenticate(mux))
 }
 
+// limitBodyTime gives a request with a body BodyTimeout to send it.
+func limitBodyTime(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 {
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(BodyTimeout))
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// abandonBody makes the reply that follows the last on its connection and
+// stops reading the request body: without it the server reads (discards)
+// what the client still sends before it writes the reply, and after it,
+// which lets a client that announces a body and never sends it hold the
+// reply and the connection until the read deadline.
+func abandonBody(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Connection", "close")
+	if r.ContentLength != 0 {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
+}
+
+// authenticate answers 401 before anything reads the body, and closes the
+// connection (abandonBody): a client without the token costs no wait.
 func (h *HTTP) authenticate(next http.Handler) http.Handler {
 	if !h.auth {
 		return next
@@ -446,6 +512,7 @@ func (h *HTTP) authenticate(next http.Handler) http.Handler {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
 		if !ok || subtle.ConstantTimeCompare(sum[:], h.token[:]) != 1 {
+			abandonBody(w, r)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="atm-agent"`)
 			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
 			return
@@ -455,12 +522,9 @@ func (h *HTTP) authenticate(next http.Handler) http.Handler {
 }
 
 // DecodeVisitRequest decodes and validates a POST /v1/visit body: empty, or
-// one JSON object with optional card_hash and txn_id and nothing else.
+// one JSON object with optional card_hash and txn_id (strings, each at most
+// once, names matched exactly) and nothing else.
 func DecodeVisitRequest(r io.Reader) (visit.Context, error) {
-	var req struct {
-		CardHash *string `json:"card_hash"`
-		TxnID    *string `json:"txn_id"`
-	}
 	body, err := io.ReadAll(r)
 	if err != nil {
 		return visit.Context{}, fmt.Errorf("read body: %w", err)
@@ -468,25 +532,84 @@ func DecodeVisitRequest(r io.Reader) (visit.Context, error) {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return visit.Context{}, nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	c, err := decodeVisitObject(body)
+	if err != nil {
 		return visit.Context{}, fmt.Errorf("decode body: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return visit.Context{}, errors.New("decode body: want one JSON object")
-	}
-	var c visit.Context
-	if req.CardHash != nil {
-		c.CardHash = *req.CardHash
-	}
-	if req.TxnID != nil {
-		c.TxnID = *req.TxnID
 	}
 	if err := ValidateContext(c); err != nil {
 		return visit.Context{}, err
 	}
 	return c, nil
+}
+
+// decodeVisitObject reads the body's JSON object member by member.
+// encoding/json's Unmarshal would match field names case-insensitively
+// ({"TXN_ID":...} as txn_id) and let a repeated name override the first
+// ({"txn_id":"T3","txn_id":"T4"} as T4); the contract has exact names,
+// each at most once, string values.
+func decodeVisitObject(body []byte) (visit.Context, error) {
+	var c visit.Context
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber() // a number is refused as a value, never parsed
+	errObject := errors.New("want one JSON object")
+	if tok, err := dec.Token(); err != nil {
+		return c, err
+	} else if tok != json.Delim('{') {
+		return c, errObject
+	}
+	var seen [2]bool
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return c, err
+		}
+		name, _ := tok.(string) // Token refuses a key that is not a string
+		var dst *string
+		var i int
+		switch name {
+		case "card_hash":
+			dst, i = &c.CardHash, 0
+		case "txn_id":
+			dst, i = &c.TxnID, 1
+		default:
+			return c, fmt.Errorf("unknown field %s: the fields are card_hash and txn_id (names are case-sensitive)", fieldName(name))
+		}
+		if seen[i] {
+			return c, fmt.Errorf("duplicate field %q", name)
+		}
+		seen[i] = true
+		if tok, err = dec.Token(); err != nil {
+			return c, err
+		}
+		v, ok := tok.(string)
+		if !ok {
+			return c, fmt.Errorf("%s: want a string", name)
+		}
+		*dst = v
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return c, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return c, errObject
+	}
+	return c, nil
+}
+
+// fieldName quotes an unknown field's name for an error message if it
+// looks like a name (letters, '_', '-', '.', up to 32), never if it could
+// be data (digits, anything longer).
+func fieldName(s string) string {
+	if len(s) == 0 || len(s) > 32 {
+		return "(name not shown)"
+	}
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch == '_' || ch == '-' || ch == '.') {
+			return "(name not shown)"
+		}
+	}
+	return strconv.Quote(s)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -1,15 +1,19 @@
 package trigger
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -269,6 +273,18 @@ func TestDecodeVisitRequest(t *testing.T) {
 		{"two objects", `{} {}`, visit.Context{}, errAny},
 		{"array", `[]`, visit.Context{}, errAny},
 		{"truncated", `{"card_hash":`, visit.Context{}, errAny},
+		// Names are exact and each appears at most once.
+		{"upper-case name", `{"TXN_ID":"T5"}`, visit.Context{}, errAny},
+		{"mixed-case name", `{"Card_Hash":"` + goodHash + `"}`, visit.Context{}, errAny},
+		{"duplicate txn_id", `{"txn_id":"T3","txn_id":"T4"}`, visit.Context{}, errAny},
+		{"duplicate card_hash", `{"card_hash":"` + goodHash + `","txn_id":"T1","card_hash":"` + goodHash + `"}`, visit.Context{}, errAny},
+		{"escaped name", `{"txn\u005fid":"T1"}`, visit.Context{TxnID: "T1"}, nil},
+		{"null value", `{"txn_id":null}`, visit.Context{}, errAny},
+		{"object value", `{"txn_id":{"a":1}}`, visit.Context{}, errAny},
+		{"null body", `null`, visit.Context{}, errAny},
+		{"pan as name", `{"4111111111111111":"x"}`, visit.Context{}, errAny},
+		{"huge number", `{"txn_id":1e99999}`, visit.Context{}, errAny},
+		{"trailing garbage", `{"txn_id":"T1"} x`, visit.Context{}, errAny},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -315,4 +331,275 @@ func FuzzDecodeVisitRequest(f *testing.F) {
 			t.Fatalf("accepted card_hash of length %d", len(c.CardHash))
 		}
 	})
+}
+
+// Field names are matched exactly and a repeated one is refused, with a
+// message that says so; nothing reaches the agent.
+func TestVisitFieldNamesStrict(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "trigger.sock")
+	h, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan visit.Trigger, 4)
+	startHTTP(t, h, out)
+	c := unixClient(sock)
+	for _, tc := range []struct{ body, want string }{
+		{`{"TXN_ID":"T5"}`, `unknown field "TXN_ID"`},
+		{`{"Txn_Id":"T5"}`, `unknown field "Txn_Id"`},
+		{`{"txn_id":"T3","txn_id":"T4"}`, `duplicate field "txn_id"`},
+		{`{"card_hash":"` + goodHash + `","card_hash":"` + goodHash + `"}`, `duplicate field "card_hash"`},
+		{`{"pan":"x"}`, `unknown field "pan"`},
+		{`{"4111111111111111":"x"}`, `unknown field (name not shown)`},
+	} {
+		code, m := post(t, c, "http://atm/v1/visit", "", tc.body)
+		msg, _ := m["error"].(string)
+		if code != http.StatusBadRequest || !strings.Contains(msg, tc.want) {
+			t.Errorf("%s: %d %q, want 400 containing %q", tc.body, code, msg, tc.want)
+		}
+		if strings.Contains(msg, "4111") {
+			t.Errorf("%s: error echoes the name: %q", tc.body, msg)
+		}
+	}
+	if len(out) != 0 {
+		t.Fatalf("%d triggers reached the agent", len(out))
+	}
+}
+
+// A second endpoint on the socket of a running one refuses to start and
+// leaves it alone: the first keeps receiving card inserts.
+func TestSocketInUseRefused(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "trigger.sock")
+	h1, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan visit.Trigger, 2)
+	startHTTP(t, h1, out)
+	h2, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h2.Listen(); err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		if err == nil {
+			h2.mu.Lock()
+			for _, l := range h2.lns {
+				l.Close()
+			}
+			h2.mu.Unlock()
+		}
+		t.Fatalf("second Listen on a live socket: %v, want refused as in use", err)
+	}
+	if code, m := post(t, unixClient(sock), "http://atm/v1/visit", "", `{"txn_id":"T1"}`); code != http.StatusAccepted {
+		t.Fatalf("the first endpoint after the second was refused: %d %v", code, m)
+	}
+	if ev := <-out; ev.Context.TxnID != "T1" {
+		t.Fatalf("event %+v", ev)
+	}
+}
+
+// A socket left behind by a killed run (nobody listens on it) is replaced.
+func TestStaleSocketReused(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "trigger.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("no stale socket: %v", err)
+	}
+	h, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan visit.Trigger, 1)
+	startHTTP(t, h, out)
+	if code, m := post(t, unixClient(sock), "http://atm/v1/visit", "", ""); code != http.StatusAccepted {
+		t.Fatalf("POST: %d %v", code, m)
+	}
+}
+
+// slowBodyFlood opens n connections with dial, each sending the headers
+// of a POST (with the extra header lines hdr) that announce a 4000-byte
+// body, then one byte of it and nothing more; they stay open until the
+// test ends. Only a failed dial fails the test.
+func slowBodyFlood(t *testing.T, dial func() (net.Conn, error), n int, hdr string) {
+	t.Helper()
+	conns := make([]net.Conn, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			c, err := dial()
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			conns[i] = c
+			// A write fails when the server has already closed (evicted) it.
+			fmt.Fprintf(c, "POST /v1/visit HTTP/1.1\r\nHost: x\r\n%sContent-Length: 4000\r\n\r\n{", hdr)
+		})
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("flood connection %d: %v", i, err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // the server has their headers
+}
+
+// A flood of connections that announce a body and never send it does not
+// delay a card insert: on the TCP port without the token or with a wrong
+// one (any local user), and on the socket. Before the fix a 401 waited
+// for the body and the socket's handler read it, for the server's 10 s
+// read timeout, and the guard never evicted those connections: the insert
+// waited about 10 s.
+func TestSlowBodyFloodDoesNotDelayTrigger(t *testing.T) {
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	token := "s3cret-token-0123456789"
+	if err := os.WriteFile(tokFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		n    int
+		hdr  string
+		tcp  bool
+	}{
+		{"tcp without token", 300, "", true},
+		{"tcp wrong token", 300, "Authorization: Bearer wrong-token-0123456789\r\n", true},
+		{"unix socket", 100, "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := HTTPConfig{Socket: filepath.Join(t.TempDir(), "trigger.sock")}
+			if tc.tcp {
+				cfg = HTTPConfig{Listen: "127.0.0.1:0", TokenFile: tokFile}
+			}
+			h, err := NewHTTP(cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := make(chan visit.Trigger, 8)
+			startHTTP(t, h, out)
+			url, tok := "http://atm/v1/visit", ""
+			c := unixClient(cfg.Socket)
+			dial := func() (net.Conn, error) { return net.DialTimeout("unix", cfg.Socket, 2*time.Second) }
+			if tc.tcp {
+				url, tok = "http://"+h.TCPAddr().String()+"/v1/visit", token
+				c = &http.Client{}
+				dial = func() (net.Conn, error) { return net.DialTimeout("tcp", h.TCPAddr().String(), 2*time.Second) }
+			}
+			c.Timeout = 15 * time.Second
+			slowBodyFlood(t, dial, tc.n, tc.hdr)
+			for i := range 3 {
+				t0 := time.Now()
+				code, m := post(t, c, url, tok, fmt.Sprintf(`{"txn_id":"T-%d"}`, i))
+				d := time.Since(t0)
+				if code != http.StatusAccepted {
+					t.Fatalf("card insert %d during the flood: %d %v after %v", i, code, m, d)
+				}
+				if d > 2*time.Second {
+					t.Fatalf("card insert %d during a flood of %d slow-body connections took %v", i, tc.n, d)
+				}
+				<-out
+				t.Logf("card insert %d answered in %v", i, d.Round(time.Millisecond))
+			}
+		})
+	}
+}
+
+// rawRequest sends req on conn and reads the reply, failing after limit.
+func rawRequest(t *testing.T, conn net.Conn, req string, limit time.Duration) (*http.Response, []byte, time.Duration) {
+	t.Helper()
+	t0 := time.Now()
+	conn.SetDeadline(t0.Add(limit))
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no reply within %v: %v", limit, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	d := time.Since(t0)
+	// The server closes the connection right after the reply.
+	if n, err := br.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("connection not closed after the reply: %d bytes, %v after %v", n, err, time.Since(t0))
+	}
+	return resp, b, d
+}
+
+// A request refused before its body matters (no or a wrong token, a wrong
+// method) is answered at once, without waiting for the body the client
+// announced, and its connection is closed. Before the fix the reply came
+// only when the server gave up reading that body (10 s).
+func TestRefusalAnsweredBeforeBody(t *testing.T) {
+	tokFile := filepath.Join(t.TempDir(), "token")
+	token := "s3cret-token-0123456789"
+	if err := os.WriteFile(tokFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHTTP(HTTPConfig{Listen: "127.0.0.1:0", TokenFile: tokFile}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startHTTP(t, h, make(chan visit.Trigger, 1))
+	for _, tc := range []struct {
+		name, path, auth string
+		want             int
+	}{
+		{"no token", "/v1/visit", "", http.StatusUnauthorized},
+		{"wrong token", "/v1/visit", "Authorization: Bearer wrong-token-0123456789\r\n", http.StatusUnauthorized},
+		{"POST health", "/v1/health", "Authorization: Bearer " + token + "\r\n", http.StatusMethodNotAllowed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", h.TCPAddr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			req := "POST " + tc.path + " HTTP/1.1\r\nHost: x\r\n" + tc.auth + "Content-Length: 4000\r\n\r\n{"
+			resp, _, d := rawRequest(t, conn, req, 3*time.Second)
+			if resp.StatusCode != tc.want || d > time.Second {
+				t.Fatalf("%d after %v, want %d at once", resp.StatusCode, d, tc.want)
+			}
+		})
+	}
+}
+
+// A body that stops arriving is answered 408 after BodyTimeout and its
+// connection closed, not held for the server's read timeout (10 s).
+func TestSlowBodyTimesOut(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "trigger.sock")
+	h, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan visit.Trigger, 1)
+	startHTTP(t, h, out)
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	resp, b, d := rawRequest(t, conn, "POST /v1/visit HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"txn_id\":", BodyTimeout+2*time.Second)
+	if resp.StatusCode != http.StatusRequestTimeout || d < BodyTimeout-100*time.Millisecond {
+		t.Fatalf("%d %s after %v, want 408 after %v", resp.StatusCode, b, d, BodyTimeout)
+	}
+	if len(out) != 0 {
+		t.Fatal("a trigger reached the agent")
+	}
 }

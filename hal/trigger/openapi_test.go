@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -182,11 +183,14 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 	xs = append(xs,
 		do(t, c, base, "card number", "POST", "/v1/visit", "", `{"card_hash":"4111 1111 1111 1111"}`),
 		do(t, c, base, "unknown field", "POST", "/v1/visit", "", `{"pan":"x"}`),
+		do(t, c, base, "upper-case field", "POST", "/v1/visit", "", `{"TXN_ID":"T5"}`),
+		do(t, c, base, "duplicate field", "POST", "/v1/visit", "", `{"txn_id":"T3","txn_id":"T4"}`),
 		do(t, c, base, "not JSON", "POST", "/v1/visit", "", `card`),
 		do(t, c, base, "too big", "POST", "/v1/visit", "", `{"txn_id":"`+strings.Repeat("a", 5000)+`"}`),
 		do(t, c, base, "GET visit", "GET", "/v1/visit", "", ""),
 		do(t, c, base, "POST health", "POST", "/v1/health", "", ""),
-		do(t, c, base, "health", "GET", "/v1/health", "", ""))
+		do(t, c, base, "health", "GET", "/v1/health", "", ""),
+		slowBody(t, sock))
 
 	// Loopback TCP with a token.
 	tok := filepath.Join(t.TempDir(), "token")
@@ -270,7 +274,7 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 			if x.code < 300 && err != nil {
 				t.Errorf("%s: accepted body %s is not a valid request: %v", x.name, x.body, err)
 			}
-			if x.name == "unknown field" && err == nil {
+			if (x.name == "unknown field" || x.name == "upper-case field") && err == nil {
 				t.Errorf("%s: the request schema accepts %s", x.name, x.body)
 			}
 		}
@@ -301,6 +305,20 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 		t.Errorf("documented but never produced: %v", missing)
 	}
 	t.Logf("%d exchanges validated against docs/openapi/trigger.yaml", len(xs))
+}
+
+// slowBody sends a POST over the socket whose body stops arriving: the
+// 408 exchange.
+func slowBody(t *testing.T, sock string) exchange {
+	t.Helper()
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"txn_id":`
+	resp, b, _ := rawRequest(t, conn, "POST /v1/visit HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n"+body, BodyTimeout+2*time.Second)
+	return exchange{name: "body too slow", method: "POST", path: "/v1/visit", body: body, code: resp.StatusCode, header: resp.Header, resp: b}
 }
 
 func itoa(n int) string {

@@ -54,6 +54,8 @@ func flood(t *testing.T, addr string, n int, kind string) []net.Conn {
 				http.ReadResponse(bufio.NewReader(c), nil) // an evicted or unserved one fails: fine for a flood
 			case "slowloris": // a request line and part of the headers
 				fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\nX-A: ")
+			case "slowbody": // whole headers, then 1 byte of a 4000-byte body
+				fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n{")
 			}
 		})
 	}
@@ -128,14 +130,26 @@ func TestFloodServedAtCap(t *testing.T) {
 }
 
 // A connection serving a request is never closed to make room: with every
-// slot busy, a new connection waits until one ends, then is served.
+// slot busy, a new connection waits until one ends, then is served. That
+// holds for a POST whose body the handler has read, while the server's
+// background read is pending on its connection (only a connection the
+// server waits on for body bytes is evictable, see TestSlowBodyEvicted).
 func TestBusyNotEvicted(t *testing.T) {
+	for _, method := range []string{"GET", "POST"} {
+		t.Run(method, func(t *testing.T) { testBusyNotEvicted(t, method) })
+	}
+}
+
+func testBusyNotEvicted(t *testing.T, method string) {
 	const max = 3
 	release := make(chan struct{})
 	var started sync.WaitGroup
 	started.Add(max)
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
+			if b, err := io.ReadAll(r.Body); err != nil || (method == "POST" && string(b) != `{"txn_id":"T1"}`) {
+				t.Errorf("body %q, %v", b, err)
+			}
 			started.Done()
 			<-release
 		}
@@ -146,7 +160,12 @@ func TestBusyNotEvicted(t *testing.T) {
 	for i := 0; i < max; i++ {
 		go func() {
 			c := http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-			r, err := c.Get("http://" + addr + "/slow")
+			var body io.Reader
+			if method == "POST" {
+				body = strings.NewReader(`{"txn_id":"T1"}`)
+			}
+			req, _ := http.NewRequest(method, "http://"+addr+"/slow", body)
+			r, err := c.Do(req)
 			if err == nil {
 				r.Body.Close()
 			}
@@ -154,6 +173,7 @@ func TestBusyNotEvicted(t *testing.T) {
 		}()
 	}
 	started.Wait()
+	time.Sleep(20 * time.Millisecond) // the background reads are pending
 	if _, err := get(addr, 300*time.Millisecond); err == nil {
 		t.Fatal("a request was served while every slot was busy: a busy connection was evicted or the cap not applied")
 	}
@@ -281,5 +301,46 @@ func TestUnreadRequestNotEvicted(t *testing.T) {
 	}
 	if st := l.Stats(); st.Evicted != 1 || st.Open != 3 {
 		t.Errorf("stats %+v, want 1 evicted, 3 open", st)
+	}
+}
+
+// A flood of connections that send their headers and then stall in the
+// request body holds a connection each (the server blocks reading the
+// body, or discarding it after a handler that ignores it). At the cap the
+// one stalled longest is closed, so a real request is served at once;
+// without the slow-body rule every slot stays busy until the read timeout
+// (3 s here) and the request times out.
+func TestSlowBodyEvicted(t *testing.T) {
+	const max, n = 8, 100
+	tm := Timeouts{ReadHeader: 3 * time.Second, Read: 3 * time.Second, Write: 3 * time.Second, Idle: 30 * time.Second}
+	handlers := map[string]http.Handler{
+		"reads body": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if _, err := io.Copy(io.Discard, r.Body); err != nil {
+				return
+			}
+			io.WriteString(w, "ok\n")
+		}),
+		"ignores body": ok,
+	}
+	for name, h := range handlers {
+		t.Run(name, func(t *testing.T) {
+			addr, l := serve(t, h, tm, func(l net.Listener) net.Listener { return Limit(l, max) })
+			flood(t, addr, n, "slowbody")
+			time.Sleep(100 * time.Millisecond) // the handlers are blocked on the bodies
+			for i := 0; i < 5; i++ {
+				d, err := get(addr, 2*time.Second)
+				if err != nil {
+					t.Fatalf("request %d under a flood of %d slow-body connections: %v after %v", i, n, err, d)
+				}
+				if d > 500*time.Millisecond {
+					t.Errorf("request %d took %v under the flood", i, d)
+				}
+			}
+			st := l.(*Listener).Stats()
+			if st.Open > max {
+				t.Errorf("%d connections open, cap %d", st.Open, max)
+			}
+			t.Logf("%s: %d slow-body connections, cap %d: open %d, accepted %d, evicted %d", name, n, max, st.Open, st.Accepted, st.Evicted)
+		})
 	}
 }
