@@ -247,7 +247,11 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	st := Stats{Path: s.path, Buckets: map[string]int{}, Templates: map[string]int{}}
 	err := s.scan(ctx, "stats", func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bMeta)
-		st.SchemaVersion = int(getU64(meta, kSchema))
+		v, err := metaSchema(meta)
+		if err != nil {
+			return err
+		}
+		st.SchemaVersion = v
 		st.DeviceID = string(meta.Get(kDeviceID))
 		st.KeyCheck = meta.Get(kKeyCheck) != nil
 		st.TemplatesEncrypted, st.TemplatesPlain = countTemplateCrypt(tx)
@@ -398,20 +402,33 @@ func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) err
 // Compact rewrites the database into a fresh file without free pages
 // (bbolt.Compact) and renames it atomically to dst. With dst "" or the
 // store's own path the live database is replaced and reopened; the store
-// is unusable only if that reopen fails.
+// is unusable only if that reopen fails. A store path that is a symbolic
+// link is resolved: the file it points to is replaced (in its directory),
+// and the link is left as it is, pointing at the compacted file.
 func (s *Store) Compact(ctx context.Context, dst string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("compact: %w", err)
 	}
 	inPlace := dst == "" || sameFile(dst, s.path)
-	if dst == "" {
-		dst = s.path
+	if inPlace {
+		// Renaming onto a symbolic link would replace the link and leave
+		// the old file, with everything deleted still in its free pages.
+		real, err := filepath.EvalSymlinks(s.path)
+		if err != nil {
+			return fmt.Errorf("compact: resolve %q: %w", s.path, err)
+		}
+		dst = real
 	}
 	tmp := dst + ".compact.tmp"
 	_ = os.Remove(tmp)
 
-	s.mu.Lock()
+	if !s.lock(true) {
+		return fmt.Errorf("compact: %w", s.Broken())
+	}
 	defer s.mu.Unlock()
+	if err := s.Broken(); err != nil {
+		return fmt.Errorf("compact: %w", err)
+	}
 	if s.db == nil {
 		return fmt.Errorf("compact: %w", errClosed)
 	}
@@ -428,7 +445,10 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 	if err != nil {
 		return fmt.Errorf("compact: create %q: %w", tmp, err)
 	}
-	if err := bolt.Compact(out, s.db, defaultCompactTxMaxSize); err != nil {
+	if err := safely(func() error { return bolt.Compact(out, s.db, defaultCompactTxMaxSize) }); err != nil {
+		if isPanic(err) {
+			s.markBroken(err)
+		}
 		out.Close()
 		os.Remove(tmp)
 		return fmt.Errorf("compact %q: %w", s.path, err)
@@ -451,7 +471,7 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 			os.Remove(tmp)
 			return fmt.Errorf("compact: close %q: %w", s.path, err)
 		}
-		s.db = nil
+		s.db, s.file = nil, nil
 	}
 	renameErr := os.Rename(tmp, dst)
 	if renameErr == nil {
@@ -460,11 +480,11 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 		os.Remove(tmp)
 	}
 	if inPlace {
-		db, err := s.openDB(s.path)
+		db, f, err := s.openDB(s.path)
 		if err != nil {
 			return fmt.Errorf("compact: reopen: %w", errors.Join(renameErr, err))
 		}
-		s.db = db
+		s.db, s.file = db, f
 	}
 	if renameErr != nil {
 		return fmt.Errorf("compact: %w", renameErr)
@@ -619,7 +639,9 @@ func (s *Store) Rekey(ctx context.Context, newKey []byte) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("rekey: %w (the store is unchanged, still under its current key)", err)
 	}
-	s.mu.Lock()
+	if !s.lock(true) {
+		return n, fmt.Errorf("rekey: %d templates sealed with the new key, but the store broke before it could use it: %w", n, s.Broken())
+	}
 	s.aead, s.plainTemplates = na, 0
 	s.mu.Unlock()
 	if err := s.Compact(ctx, ""); err != nil {

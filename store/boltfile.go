@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"syscall"
 )
 
 // A bounds-checked reader of the bbolt file format (go.etcd.io/bbolt v1.4,
@@ -116,7 +117,10 @@ var errNotBolt = errors.New("not a bbolt database: no valid meta page (wrong fil
 // With tolerant (salvage) a bounds problem of the newest meta page makes it
 // try the other one, and a truncated file is read as far as it goes.
 func openBoltFile(path string, tolerant bool) (bf *boltFile, warnings []string, err error) {
-	f, err := os.Open(path)
+	if _, err := checkRegular(path); err != nil {
+		return nil, nil, err
+	}
+	f, err := openNoWait(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -130,7 +134,7 @@ func openBoltFile(path string, tolerant bool) (bf *boltFile, warnings []string, 
 		return nil, nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("not a regular file (%v)", fi.Mode().Type())
+		return nil, nil, notRegular(path, fi.Mode())
 	}
 	bf = &boltFile{path: path, f: f, size: fi.Size()}
 	if bf.size == 0 {
@@ -205,6 +209,55 @@ func openBoltFile(path string, tolerant bool) (bf *boltFile, warnings []string, 
 }
 
 func firstBytes(b []byte, n int) []byte { return b[:min(n, 16)] }
+
+// checkRegular refuses a path (symlinks followed) that exists but is not a
+// regular file, before anything opens it: opening a named pipe for reading
+// blocks until a writer comes, in a system call no signal ends, and a
+// device, socket or directory is no database. exists is false for a
+// missing file, which is not refused here.
+func checkRegular(path string) (exists bool, err error) {
+	fi, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("open store %q: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return true, notRegular(path, fi.Mode())
+	}
+	return true, nil
+}
+
+func notRegular(path string, m os.FileMode) error {
+	return fmt.Errorf("open store %q: not a regular file but %s: the store must be a regular file (or a link to one); check --db or store.path", path, fileKind(m))
+}
+
+// fileKind names what a non-regular file is.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m&os.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return fmt.Sprintf("mode %v", m.Type())
+}
+
+// openNoWait opens path for reading without waiting for a writer should
+// it have become a named pipe since checkRegular (the caller checks the
+// open file's type); O_NONBLOCK changes nothing for a regular file.
+func openNoWait(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+}
 
 // checkMetaBounds: the file must hold every page below the high-water mark
 // (bbolt maps pages past a truncated end and faults on them), and the root

@@ -140,9 +140,16 @@ func CheckFile(ctx context.Context, path string, opts CheckOptions) (*CheckRepor
 // the file is not read while a writer holds it; bbolt's own lock on its own
 // descriptor is taken afterwards, so this one is released first.
 func lockShared(ctx context.Context, path string, timeout time.Duration) (func(), error) {
-	f, err := os.Open(path)
+	if _, err := checkRegular(path); err != nil {
+		return nil, err
+	}
+	f, err := openNoWait(path)
 	if err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, notRegular(path, fi.Mode())
 	}
 	deadline := time.Now().Add(timeout)
 	for {
@@ -185,16 +192,32 @@ func boltCheck(path string, timeout time.Duration) (problems []string) {
 }
 
 // safely runs fn, turning a panic (a bbolt assertion, or a memory fault
-// on a mapping, made a panic by SetPanicOnFault) into an error.
+// on a mapping, made a panic by SetPanicOnFault) into an error (a
+// *panicError, wrapping ErrDamaged: isPanic).
 func safely(fn func() error) (err error) {
 	old := debug.SetPanicOnFault(true)
 	defer func() {
 		debug.SetPanicOnFault(old)
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: bbolt failed reading it: %v", ErrDamaged, r)
+			err = &panicError{r}
 		}
 	}()
 	return fn()
+}
+
+// panicError is a panic safely recovered.
+type panicError struct{ v any }
+
+func (e *panicError) Error() string {
+	return fmt.Sprintf("%v: bbolt failed reading it: %v", ErrDamaged, e.v)
+}
+
+func (e *panicError) Unwrap() error { return ErrDamaged }
+
+// isPanic reports an error from a panic safely recovered.
+func isPanic(err error) bool {
+	var p *panicError
+	return errors.As(err, &p)
 }
 
 // records gathers what the cross-checks need from every bucket. With keep
@@ -665,15 +688,8 @@ func printableKey(k []byte) string {
 // preOpen checks an existing file before bbolt maps it. exists is false
 // for a missing file (a new store, unless the caller only reads).
 func (s *Store) preOpen(path string) (exists bool, err error) {
-	fi, err := os.Stat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("open store %q: %w", path, err)
-	}
-	if fi.IsDir() {
-		return true, fmt.Errorf("open store %q: is a directory", path)
+	if exists, err := checkRegular(path); !exists || err != nil {
+		return exists, err
 	}
 	unlock, err := lockShared(context.Background(), path, s.opts.Timeout)
 	if err != nil {

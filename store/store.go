@@ -37,6 +37,8 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/periocular/atm-agent/store/record"
@@ -51,6 +53,10 @@ var (
 	ErrDuplicateVisit  = record.ErrDuplicateVisit // a commit whose visit id is already stored
 	ErrUnknownIdentity = errors.New("unknown identity")
 	ErrNotFound        = errors.New("not found")
+	// ErrBroken: bbolt failed (panicked) inside a transaction of the open
+	// store, so its handle can no longer be trusted; every later call
+	// fails with it at once (see Store.Broken).
+	ErrBroken = errors.New("store is broken")
 )
 
 var (
@@ -268,7 +274,17 @@ type Store struct {
 
 	mu       sync.RWMutex // write-locked only while Compact swaps the file
 	db       *bolt.DB
+	file     *os.File // the file bbolt opened for db (closed directly when broken)
 	deviceID string
+
+	// broken is set once, when bbolt panics inside a transaction: the
+	// panic can leave bbolt's own locks held (its rollback faults too), so
+	// the handle is abandoned: every later call fails at once and Close
+	// closes the file without bbolt. brokenCh is closed when it is set.
+	broken     atomic.Pointer[brokenError]
+	brokenCh   chan struct{}
+	brokenOnce sync.Once
+	closeOnce  sync.Once
 
 	// plainTemplates counts unencrypted templates found by the open check.
 	plainTemplates int
@@ -293,7 +309,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
-	s := &Store{path: path, opts: opts, outboxReady: make(chan struct{}, 1)}
+	s := &Store{path: path, opts: opts, outboxReady: make(chan struct{}, 1), brokenCh: make(chan struct{})}
 	if opts.Key != nil {
 		a, err := newAEAD(opts.Key)
 		if err != nil {
@@ -308,11 +324,11 @@ func Open(path string, opts Options) (*Store, error) {
 	if !exists && (opts.NoCreate || opts.ReadOnly) {
 		return nil, fmt.Errorf("open store %q: %w (this command never creates a store: check --db or store.path)", path, os.ErrNotExist)
 	}
-	db, err := s.openDB(path)
+	db, f, err := s.openDB(path)
 	if err != nil {
 		return nil, err
 	}
-	s.db = db
+	s.db, s.file = db, f
 	if s.aead != nil && s.plainTemplates > 0 && !opts.ReadOnly {
 		opts.Logger.Warn("store holds templates in plaintext, written before the key was set; `atm-agent db encrypt` seals them",
 			"path", path, "plaintext_templates", s.plainTemplates)
@@ -320,25 +336,54 @@ func Open(path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-func (s *Store) openDB(path string) (*bolt.DB, error) {
-	var db *bolt.DB
-	err := safely(func() error {
+// openDB opens path with bbolt and initialises it; f is the file bbolt
+// opened (bolt.Options.OpenFile), kept to close it without bbolt when
+// bbolt fails. A panic inside bbolt leaves the handle unusable (its locks
+// may be held): it is then abandoned, its file closed, never bolt's Close.
+func (s *Store) openDB(path string) (db *bolt.DB, f *os.File, err error) {
+	openFile := func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		if _, err := checkRegular(name); err != nil {
+			return nil, err
+		}
+		file, err := os.OpenFile(name, flag, perm)
+		if err != nil {
+			return nil, err
+		}
+		if fi, err := file.Stat(); err == nil && !fi.Mode().IsRegular() {
+			file.Close()
+			return nil, notRegular(name, fi.Mode())
+		}
+		f = file
+		return file, nil
+	}
+	err = safely(func() error {
 		var err error
-		db, err = bolt.Open(path, defaultOpenFileMode, &bolt.Options{Timeout: s.opts.Timeout, ReadOnly: s.opts.ReadOnly})
+		db, err = bolt.Open(path, defaultOpenFileMode, &bolt.Options{Timeout: s.opts.Timeout, ReadOnly: s.opts.ReadOnly, OpenFile: openFile})
 		return err
 	})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("open store %q: database is locked by another process (waited %v): %w", path, s.opts.Timeout, err)
+		if db == nil && isPanic(err) {
+			releaseFile(f)
 		}
-		return nil, fmt.Errorf("open store %q: %w", path, err)
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, nil, fmt.Errorf("open store %q: database is locked by another process (waited %v): %w", path, s.opts.Timeout, err)
+		}
+		return nil, nil, fmt.Errorf("open store %q: %w", path, err)
+	}
+	// fail closes db after err: bbolt's Close, unless bbolt panicked.
+	fail := func(err error) (*bolt.DB, *os.File, error) {
+		if isPanic(err) {
+			releaseFile(f)
+		} else {
+			db.Close()
+		}
+		return nil, nil, fmt.Errorf("open store %q: %w", path, err)
 	}
 	if s.opts.ReadOnly {
 		if err := safely(func() error { return db.View(s.initReadOnly) }); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("open store %q: %w", path, err)
+			return fail(err)
 		}
-		return db, nil
+		return db, f, nil
 	}
 	for {
 		more := false
@@ -350,11 +395,10 @@ func (s *Store) openDB(path string) (*bolt.DB, error) {
 			})
 		})
 		if err != nil {
-			db.Close()
-			return nil, fmt.Errorf("open store %q: %w", path, err)
+			return fail(err)
 		}
 		if !more {
-			return db, nil
+			return db, f, nil
 		}
 	}
 }
@@ -365,10 +409,9 @@ func (s *Store) openDB(path string) (*bolt.DB, error) {
 func (s *Store) initTx(tx *bolt.Tx) (more bool, err error) {
 	ver := 0
 	if m := tx.Bucket(bMeta); m != nil {
-		ver = int(getU64(m, kSchema))
-	}
-	if ver > len(migrations) {
-		return false, fmt.Errorf("%w: file has version %d, this build supports up to %d", ErrSchemaTooNew, ver, len(migrations))
+		if ver, err = metaSchema(m); err != nil {
+			return false, err
+		}
 	}
 	for v := ver; v < len(migrations); v++ {
 		if err := migrations[v](tx); errors.Is(err, errMigrateMore) {
@@ -433,8 +476,8 @@ func (s *Store) initReadOnly(tx *bolt.Tx) error {
 	if meta == nil {
 		return fmt.Errorf("%w: no meta bucket (the store was never initialised)", ErrDamaged)
 	}
-	if ver := int(getU64(meta, kSchema)); ver > len(migrations) {
-		return fmt.Errorf("%w: file has version %d, this build supports up to %d", ErrSchemaTooNew, ver, len(migrations))
+	if _, err := metaSchema(meta); err != nil {
+		return err
 	}
 	if check := meta.Get(kKeyCheck); check != nil && s.aead != nil {
 		if err := verifyKeyCheck(s.aead, check); err != nil {
@@ -445,10 +488,27 @@ func (s *Store) initReadOnly(tx *bolt.Tx) error {
 	return nil
 }
 
-// Close closes the database file.
+// metaSchema reads the schema version from meta: ErrSchemaTooNew when it
+// is newer than this build (compared as stored, an unsigned 64-bit value).
+func metaSchema(meta *bolt.Bucket) (int, error) {
+	v := getU64(meta, kSchema)
+	if v > uint64(len(migrations)) {
+		return 0, fmt.Errorf("%w: file has version %d, this build supports up to %d: run the newer atm-agent that wrote it, or restore a backup", ErrSchemaTooNew, v, len(migrations))
+	}
+	return int(v), nil
+}
+
+// Close closes the database file. On a broken store (Broken) it closes
+// the file without bbolt, whose locks the failed transaction may hold, and
+// returns why the store broke.
 func (s *Store) Close() error {
-	s.mu.Lock()
+	if !s.lock(true) {
+		return s.closeBroken()
+	}
 	defer s.mu.Unlock()
+	if s.Broken() != nil {
+		return s.closeBroken()
+	}
 	if s.db == nil {
 		return nil
 	}
@@ -470,6 +530,99 @@ func (s *Store) DeviceID() string { return s.deviceID }
 func (s *Store) Retention() time.Duration { return s.opts.Retention }
 
 var errClosed = errors.New("store is closed")
+
+// brokenError is why a store broke: the panic bbolt raised inside a
+// transaction. It wraps ErrBroken and the failure (ErrDamaged).
+type brokenError struct {
+	path  string
+	cause error
+}
+
+func (e *brokenError) Error() string {
+	return fmt.Sprintf("%v: bbolt failed inside a transaction on %s (%v); nothing more is stored until the agent restarts "+
+		"(it checks the file first; `atm-agent db check --db %s` lists the damage, `atm-agent db salvage` copies what is readable)",
+		ErrBroken, e.path, e.cause, e.path)
+}
+
+func (e *brokenError) Unwrap() []error { return []error{ErrBroken, e.cause} }
+
+// Broken returns nil while the store works, and an error wrapping
+// ErrBroken once bbolt has failed (panicked) inside one of its
+// transactions: the file was damaged or changed under the open store (a
+// truncation, a disk fault). From then on every call fails at once with
+// that error, nothing more is written, and Close releases the file
+// without bbolt; a health check should report it.
+func (s *Store) Broken() error {
+	if e := s.broken.Load(); e != nil {
+		return e
+	}
+	return nil
+}
+
+// markBroken records the first panic; later ones are consequences.
+func (s *Store) markBroken(cause error) {
+	s.brokenOnce.Do(func() {
+		s.broken.Store(&brokenError{path: s.path, cause: cause})
+		close(s.brokenCh)
+		s.opts.Logger.Error("store broken: bbolt failed inside a transaction; every later store call fails until the agent is restarted",
+			"path", s.path, "err", cause)
+	})
+}
+
+// closeBroken unlocks and closes the file of a broken store directly,
+// once: bbolt's Close would wait for the lock the failed transaction still
+// holds. The mapping is left (a goroutine may still be reading through
+// it); it goes with the process.
+func (s *Store) closeBroken() error {
+	err := s.Broken()
+	s.closeOnce.Do(func() { releaseFile(s.file) })
+	return fmt.Errorf("close store %q: %w", s.path, err)
+}
+
+// releaseFile unlocks and closes the file of an abandoned bbolt handle.
+// The lock is dropped explicitly: bbolt's mapping of the file keeps it
+// open, and its lock held, after the descriptor is closed.
+func releaseFile(f *os.File) {
+	if f == nil {
+		return
+	}
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	f.Close()
+}
+
+// lock takes s.mu (for writing with write) unless the store is or
+// becomes broken first, reporting whether it holds the lock. A call stuck
+// inside bbolt after the failure (waiting for bbolt's write lock, which is
+// never released) holds s.mu's read lock for good: a wait for s.mu must
+// end when the store breaks.
+func (s *Store) lock(write bool) bool {
+	try, lock, unlock := s.mu.TryRLock, s.mu.RLock, s.mu.RUnlock
+	if write {
+		try, lock, unlock = s.mu.TryLock, s.mu.Lock, s.mu.Unlock
+	}
+	if s.Broken() != nil {
+		return false
+	}
+	if try() {
+		return true
+	}
+	got, abandon := make(chan struct{}), make(chan struct{})
+	go func() {
+		lock()
+		select {
+		case got <- struct{}{}:
+		case <-abandon:
+			unlock()
+		}
+	}()
+	select {
+	case <-got:
+		return true
+	case <-s.brokenCh:
+		close(abandon)
+		return false
+	}
+}
 
 // view and update run fn in a read-only or read-write transaction, under
 // the store's read lock (Close takes the write lock), checking ctx first.
@@ -494,8 +647,13 @@ func (s *Store) tx(ctx context.Context, op string, write bool, fn func(tx *bolt.
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	s.mu.RLock()
+	if !s.lock(false) {
+		return fmt.Errorf("%s: %w", op, s.Broken())
+	}
 	defer s.mu.RUnlock()
+	if err := s.Broken(); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
 	if s.db == nil {
 		return fmt.Errorf("%s: %w", op, errClosed)
 	}
@@ -504,8 +662,13 @@ func (s *Store) tx(ctx context.Context, op string, write bool, fn func(tx *bolt.
 		run = s.db.Update
 	}
 	// A page damaged after the open check would make bbolt panic or
-	// fault: an error instead (Update rolls back on a panic).
+	// fault: an error instead. bbolt's rollback after the panic may fault
+	// too and leave its locks held, so the handle is not used again: the
+	// store is broken from here on.
 	if err := safely(func() error { return run(fn) }); err != nil {
+		if isPanic(err) {
+			s.markBroken(err)
+		}
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil

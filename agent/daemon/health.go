@@ -86,6 +86,13 @@ func (d *Daemon) healthReasons() (camera.Health, []string) {
 	if stale {
 		reasons = append(reasons, fmt.Sprintf("work loop: no heartbeat since %s", b.UTC().Format(time.RFC3339)))
 	}
+	// A store whose file broke under it fails every write from then on:
+	// say so at once, not after the failed commits add up.
+	if d.st != nil {
+		if err := d.st.Broken(); err != nil {
+			reasons = append(reasons, "store: "+err.Error())
+		}
+	}
 	var h camera.Health
 	if d.cam != nil {
 		h = d.cam.Health()
