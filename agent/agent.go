@@ -40,6 +40,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -296,8 +297,11 @@ func (a *Agent) trigger(ev visit.Trigger) (bool, string, <-chan struct{}) {
 		if p.Context.CardHash == "" {
 			p.Context.CardHash = ev.Context.CardHash
 		}
-		if p.Context.TxnID == "" {
-			p.Context.TxnID = ev.Context.TxnID
+		switch t := ev.Context.TxnID; {
+		case p.Context.TxnID == "":
+			p.Context.TxnID = t
+		case t != "" && t != p.Context.TxnID && !slices.Contains(p.Context.Coalesced, t) && len(p.Context.Coalesced) < visit.MaxCoalesced:
+			p.Context.Coalesced = append(p.Context.Coalesced, t)
 		}
 		a.stats.Coalesced++
 		free := a.free

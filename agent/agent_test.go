@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -337,7 +338,7 @@ func TestTriggersDuringVisitAreQueuedThenCoalesced(t *testing.T) {
 	results := []bool{
 		h.ag.Trigger(visit.Trigger{Time: t0.Add(time.Second), Source: "gpio"}),
 		h.ag.Trigger(visit.Trigger{Time: t0.Add(2 * time.Second), Source: "socket", Context: visit.Context{CardHash: "h1", TxnID: "t1"}}),
-		h.ag.Trigger(visit.Trigger{Time: t0.Add(3 * time.Second), Source: "gpio"}),
+		h.ag.Trigger(visit.Trigger{Time: t0.Add(3 * time.Second), Source: "socket", Context: visit.Context{TxnID: "t2"}}),
 	}
 	if want := []bool{true, false, false}; results[0] != want[0] || results[1] != want[1] || results[2] != want[2] {
 		t.Fatalf("trigger results %v, want %v", results, want)
@@ -353,6 +354,11 @@ func TestTriggersDuringVisitAreQueuedThenCoalesced(t *testing.T) {
 	q := vs[1]
 	if !q.Time.Equal(t0.Add(time.Second)) || q.Trigger != "gpio" || q.Context.CardHash != "h1" || q.Context.TxnID != "t1" {
 		t.Fatalf("queued visit %+v: want the first queued trigger's time and source, context from the coalesced one", q)
+	}
+	// The later coalesced txn_id is kept with the visit it joined (stored,
+	// so the daemon remembers it across a restart).
+	if !slices.Equal(q.Context.Coalesced, []string{"t2"}) {
+		t.Fatalf("coalesced txn_ids %v, want [t2]", q.Context.Coalesced)
 	}
 	if s := h.ag.Stats(); s.Coalesced != 2 || s.Triggers != 4 {
 		t.Fatalf("stats: coalesced %d triggers %d, want 2 and 4", s.Coalesced, s.Triggers)

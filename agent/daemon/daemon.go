@@ -151,9 +151,11 @@ func (d *Daemon) seedTxnIDs(h *trigger.HTTP) {
 	}
 	n := 0
 	for _, v := range vs {
-		if v.Context.TxnID != "" {
-			h.Remember(v.Context.TxnID, v.ID, v.Time)
-			n++
+		for _, t := range append([]string{v.Context.TxnID}, v.Context.Coalesced...) {
+			if t != "" {
+				h.Remember(t, v.ID, v.Time)
+				n++
+			}
 		}
 	}
 	if n > 0 {

@@ -95,7 +95,16 @@ type Descriptor struct {
 type Context struct {
 	CardHash string `json:"card_hash,omitempty"`
 	TxnID    string `json:"txn_id,omitempty"`
+	// Coalesced are the txn_ids of later triggers folded into this visit
+	// (a second card insert while it was queued), at most MaxCoalesced:
+	// kept with the visit so that their retries after a restart are still
+	// answered with this visit's id.
+	Coalesced []string `json:"coalesced_txn_ids,omitempty"`
 }
+
+// MaxCoalesced bounds Context.Coalesced: a flood of triggers cannot grow a
+// visit record without end.
+const MaxCoalesced = 16
 
 // Thresholds are the cosine-distance cuts under which two templates are the
 // same person, by the mask states of the pair. The model manifest records
