@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -93,7 +94,7 @@ func TestUnixSocketEndpoint(t *testing.T) {
 	}
 	ev := <-out
 	want := visit.Context{CardHash: goodHash, TxnID: "T-0001"}
-	if ev.Source != SourceSocket || ev.Context != want || ev.ID != m["id"] {
+	if ev.Source != SourceSocket || !reflect.DeepEqual(ev.Context, want) || ev.ID != m["id"] {
 		t.Fatalf("event %+v", ev)
 	}
 
@@ -295,7 +296,7 @@ func TestDecodeVisitRequest(t *testing.T) {
 			case tt.wantErr == errAny && err == nil, tt.wantErr != nil && tt.wantErr != errAny && !errors.Is(err, tt.wantErr):
 				t.Fatalf("err %v, want %v", err, tt.wantErr)
 			}
-			if got != tt.want {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("got %+v, want %+v", got, tt.want)
 			}
 			if err != nil && strings.Contains(err.Error(), "4111") {
@@ -315,7 +316,7 @@ func FuzzDecodeVisitRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		c, err := DecodeVisitRequest(bytes.NewReader(body))
 		if err != nil {
-			if c != (visit.Context{}) {
+			if !reflect.DeepEqual(c, visit.Context{}) {
 				t.Fatalf("context %+v returned with error", c)
 			}
 			return

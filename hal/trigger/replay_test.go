@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -82,7 +83,7 @@ func TestReplayScheduleSimulatedDay(t *testing.T) {
 			t.Errorf("event %d at %v, want %v", i, ev.Time, t0.Add(wantOff[i]))
 		}
 	}
-	if evs[0].Context != (visit.Context{CardHash: goodHash, TxnID: "T1"}) || evs[2].Context.TxnID != "T3" {
+	if !reflect.DeepEqual(evs[0].Context, visit.Context{CardHash: goodHash, TxnID: "T1"}) || evs[2].Context.TxnID != "T3" {
 		t.Errorf("contexts %+v %+v", evs[0].Context, evs[2].Context)
 	}
 	// Waits are the gaps divided by the speed: 8h15m/3600 = 8.25s, 30s/3600, 3h44m30s/3600.
