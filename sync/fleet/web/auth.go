@@ -10,9 +10,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -45,12 +47,51 @@ type Users map[string]User
 //	  - {name: ana, role: analyst, password_hash: "$2a$12$..."}
 //
 // Hashes come from `atm-fleet passwd` (bcrypt).
+//
+// The file must not be writable by group or others (anyone who can write
+// it can add an admin): 0600 or 0640 (group read) are accepted.
 func LoadUsers(path string) (Users, error) {
-	b, err := os.ReadFile(path)
+	b, err := readPrivate(path, "users file", 0o022)
 	if err != nil {
-		return nil, fmt.Errorf("users file: %w", err)
+		return nil, err
 	}
 	return ParseUsers(b)
+}
+
+// readPrivate reads path after checking that none of the bits in deny
+// (group/other permission bits) are set, like sshd does for private keys.
+func readPrivate(path, what string, deny os.FileMode) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if m := fi.Mode().Perm(); runtime.GOOS != "windows" && m&deny != 0 {
+		want := m &^ deny
+		return nil, fmt.Errorf("%s %s: permissions %04o are too open (%s by group or others); run: chmod %04o %s",
+			what, path, m, accessWords(m&deny), want, path)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return b, nil
+}
+
+func accessWords(m os.FileMode) string {
+	switch {
+	case m&0o044 != 0 && m&0o022 != 0:
+		return "readable and writable"
+	case m&0o022 != 0:
+		return "writable"
+	case m&0o044 != 0:
+		return "readable"
+	}
+	return "executable"
 }
 
 // ParseUsers decodes and checks a users file.
@@ -118,20 +159,22 @@ func (u Users) Check(name, pw string) (User, bool) {
 
 // LoadSessionKey reads a key file (at least 32 bytes); an empty path gives a
 // random key, so sessions end with the process. Instances behind one load
-// balancer need the same key file.
+// balancer need the same key file. Whoever reads the key can forge any
+// session, so a file with any group or other permission bit is refused
+// (create it with: umask 077; head -c 48 /dev/urandom | base64 > FILE).
 func LoadSessionKey(path string) ([]byte, error) {
 	if path == "" {
 		k := make([]byte, 32)
 		_, err := rand.Read(k)
 		return k, err
 	}
-	b, err := os.ReadFile(path)
+	b, err := readPrivate(path, "session key", 0o077)
 	if err != nil {
-		return nil, fmt.Errorf("session key: %w", err)
+		return nil, err
 	}
 	b = bytes.TrimSpace(b)
 	if len(b) < 32 {
-		return nil, fmt.Errorf("session key %s: %d bytes, want at least 32 (e.g. head -c 48 /dev/urandom | base64 > %s)", path, len(b), path)
+		return nil, fmt.Errorf("session key %s: %d bytes, want at least 32 (e.g. (umask 077; head -c 48 /dev/urandom | base64 > %s))", path, len(b), path)
 	}
 	return b, nil
 }
@@ -218,7 +261,7 @@ func (s *Server) sessionOf(r *http.Request) (session, User, bool) {
 		return session{}, User{}, false
 	}
 	var sess session
-	if json.Unmarshal(b, &sess) != nil || s.now().Unix() > sess.Expires {
+	if json.Unmarshal(b, &sess) != nil || s.now().Unix() > sess.Expires || sess.Nonce == "" || s.revoked.has(sess.Nonce) {
 		return session{}, User{}, false
 	}
 	u, ok := s.users[sess.User]

@@ -26,6 +26,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -115,6 +117,9 @@ type Server struct {
 
 	sseStop chan struct{}
 	once    sync.Once
+
+	revoked  revoked  // signed-out sessions
+	throttle throttle // failed sign-ins
 }
 
 // New builds a server. users and key come from LoadUsers and LoadSessionKey.
@@ -169,11 +174,21 @@ var funcs = template.FuncMap{
 		}
 		return t.UTC().Format("2006-01-02 15:04:05Z")
 	},
-	"path":  url.PathEscape,
+	"path":  pathSeg,
 	"query": queryURL,
 }
 
 // queryURL is "?k=v&..." of the pairs with a value.
+// pathSeg escapes one path segment; a segment of only dots ("." or "..")
+// is escaped as %2E, which url.PathEscape leaves as is and browsers and
+// the router would resolve as a relative path.
+func pathSeg(seg string) string {
+	if seg != "" && strings.Trim(seg, ".") == "" {
+		return strings.Repeat("%2E", len(seg))
+	}
+	return url.PathEscape(seg)
+}
+
 func queryURL(kv ...string) template.URL {
 	v := url.Values{}
 	for i := 0; i+1 < len(kv); i += 2 {
@@ -339,8 +354,21 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(out)
 }
 
+// safeNext accepts only a local path: it starts with a single '/', has no
+// control characters or backslashes, and its second character (also after
+// removing control characters, which browsers strip) is not '/' or '\\'.
+// Anything else gives "/".
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
+	if !strings.HasPrefix(next, "/") || strings.ContainsRune(next, '\\') {
+		return "/"
+	}
+	stripped := strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == utf8.RuneError {
+			return -1
+		}
+		return r
+	}, next)
+	if stripped != next || strings.HasPrefix(stripped, "//") || strings.HasPrefix(stripped, "/\\") {
 		return "/"
 	}
 	return next
@@ -365,19 +393,33 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	next := safeNext(r.PostFormValue("next"))
-	u, ok := s.users.Check(r.PostFormValue("user"), r.PostFormValue("password"))
+	name, addr := r.PostFormValue("user"), clientAddr(r.RemoteAddr)
+	if wait, ok := s.throttle.begin(name, addr, s.now()); !ok {
+		secs := int((wait + time.Second - 1) / time.Second)
+		s.log.Warn("fleet web: sign-in throttled", "user", name, "remote", r.RemoteAddr, "wait", wait)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		http.Error(w, fmt.Sprintf("too many failed sign-ins: try again in %d s", secs), http.StatusTooManyRequests)
+		return
+	}
+	u, ok := s.users.Check(name, r.PostFormValue("password"))
 	if !ok {
 		s.log.Warn("fleet web: sign-in failed", "user", r.PostFormValue("user"), "remote", r.RemoteAddr)
 		http.Redirect(w, r, "/login?error=1&next="+url.QueryEscape(next), http.StatusSeeOther)
 		return
 	}
+	s.throttle.succeed(name, addr)
 	s.log.Info("fleet web: signed in", "user", u.Name, "role", u.Role, "remote", r.RemoteAddr)
 	http.SetCookie(w, s.cookie(loginCookie, "", -1))
 	s.newSession(w, u.Name)
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
+// logout revokes the session server-side (the cookie may have been copied)
+// and clears it in the browser.
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	if sess := who(r).Sess; sess.Nonce != "" {
+		s.revoked.add(sess.Nonce, sess.Expires, s.now().Unix())
+	}
 	http.SetCookie(w, s.cookie(sessionCookie, "", -1))
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
@@ -407,7 +449,7 @@ func rows(devs []storage.Device) []deviceRow {
 		out[i] = deviceRow{Site: d.Site, Name: d.Device, State: d.State(), HasStatus: d.Status != nil,
 			StatusReceived: d.StatusReceived, CameraOK: d.CameraOK(), Backlog: d.Backlog(), HasSummary: d.Summary != nil,
 			OpenAlerts: d.OpenAlerts, MaxSeq: d.MaxSeq, Gaps: d.Gaps(), Behind: d.Behind(),
-			Path: "/devices/" + url.PathEscape(d.Site) + "/" + url.PathEscape(d.Device)}
+			Path: "/devices/" + pathSeg(d.Site) + "/" + pathSeg(d.Device)}
 		if d.Summary != nil {
 			out[i].Visits24h, out[i].LastSum = d.Summary.Totals.Visits.H24, d.Summary.TS
 		}
@@ -573,6 +615,15 @@ func filterOf(q url.Values, now time.Time) (storage.AlertFilter, string) {
 	return f, state
 }
 
+// knownState reports whether state is a value filterOf understands.
+func knownState(state string) bool {
+	switch storage.AlertState(state) {
+	case "", "active", "all", storage.AlertOpen, storage.AlertAcknowledged, storage.AlertResolved:
+		return true
+	}
+	return false
+}
+
 func (s *Server) alertsPage(w http.ResponseWriter, r *http.Request) {
 	f, state := filterOf(r.URL.Query(), s.now())
 	alerts, err := s.store.Alerts(r.Context(), f)
@@ -615,10 +666,16 @@ func (s *Server) alertsCSV(w http.ResponseWriter, r *http.Request) {
 		return t.UTC().Format(time.RFC3339)
 	}
 	for _, a := range alerts {
-		_ = cw.Write([]string{tf(a.Raised), a.Site, a.Device, a.AlertID, a.Rule, a.Kind, a.IdentityID, a.Window,
+		rec := []string{tf(a.Raised), a.Site, a.Device, a.AlertID, a.Rule, a.Kind, a.IdentityID, a.Window,
 			strconv.Itoa(a.Count), strconv.Itoa(a.Threshold), tf(a.FirstSeen), tf(a.LastSeen), a.MessageID,
 			strconv.FormatUint(a.Seq, 10), strconv.FormatBool(a.Historical), string(a.State), a.AckBy, tf(a.AckAt),
-			csvSafe(a.AckNote), a.ResolvedBy, tf(a.ResolvedAt), csvSafe(a.ResolvedNote), a.VisitID, csvSafe(a.TxnID)})
+			a.AckNote, a.ResolvedBy, tf(a.ResolvedAt), a.ResolvedNote, a.VisitID, a.TxnID}
+		// Most fields come from the agents (or analysts): every one is
+		// defused, not only the free-text ones.
+		for i := range rec {
+			rec[i] = csvSafe(rec[i])
+		}
+		_ = cw.Write(rec)
 	}
 	cw.Flush()
 }
@@ -921,6 +978,10 @@ func (s *Server) apiDevice(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
+	if !knownState(r.URL.Query().Get("state")) {
+		http.Error(w, "bad state: want active, all, open, acknowledged or resolved", http.StatusBadRequest)
+		return
+	}
 	f, _ := filterOf(r.URL.Query(), s.now())
 	alerts, err := s.store.Alerts(r.Context(), f)
 	if err != nil {

@@ -1,0 +1,237 @@
+package web
+
+import (
+	"context"
+	"encoding/csv"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
+)
+
+func writeMode(t *testing.T, path, body string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A session key or users file others can read or write is refused.
+func TestKeyAndUsersFilePermissions(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "session.key")
+	for mode, ok := range map[os.FileMode]bool{0o600: true, 0o400: true, 0o640: false, 0o644: false, 0o604: false, 0o620: false} {
+		writeMode(t, key, strings.Repeat("k", 48)+"\n", mode)
+		_, err := LoadSessionKey(key)
+		if ok != (err == nil) {
+			t.Errorf("session key %04o: err %v, want ok=%v", mode, err, ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "chmod 0") {
+			t.Errorf("session key %04o: message without the chmod: %v", mode, err)
+		}
+	}
+	testUsers(t)
+	users := filepath.Join(dir, "users.yaml")
+	for mode, ok := range map[os.FileMode]bool{0o600: true, 0o640: true, 0o644: true, 0o660: false, 0o602: false, 0o666: false} {
+		writeMode(t, users, usersYAML, mode)
+		_, err := LoadUsers(users)
+		if ok != (err == nil) {
+			t.Errorf("users file %04o: err %v, want ok=%v", mode, err, ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "chmod 0") {
+			t.Errorf("users file %04o: message without the chmod: %v", mode, err)
+		}
+	}
+}
+
+func TestSafeNextOpenRedirect(t *testing.T) {
+	for in, want := range map[string]string{
+		"/alerts": "/alerts", "/devices/a/b?x=1": "/devices/a/b?x=1", "/": "/",
+		"//evil.example": "/", "/\\evil.example": "/", "/\t/evil.example": "/", "/\n/evil.example": "/",
+		"/\r\\evil.example": "/", "/\x00/evil.example": "/", "/a\\b": "/", "/a\tb": "/", "https://evil.example": "/",
+		"": "/", "evil.example": "/", "/\x7f/evil.example": "/", "/\u0085/evil.example": "/", "/\xff/evil": "/",
+	} {
+		if got := safeNext(in); got != want {
+			t.Errorf("safeNext(%q) = %q, want %q", in, got, want)
+		}
+	}
+	_, hs := newTestServer(t, openBolt(t))
+	c := newClient(t, hs.URL)
+	_, page := c.get("/login")
+	m := hiddenRe.FindStringSubmatch(page)
+	r, _ := c.post("/login", url.Values{"csrf": {m[1]}, "user": {"ana"}, "password": {"correct horse"}, "next": {"/\t/evil.example"}})
+	if loc := r.Header.Get("Location"); r.StatusCode != 303 || loc != "/" {
+		t.Errorf("sign-in with next=/<TAB>/evil.example: %d Location %q, want 303 /", r.StatusCode, loc)
+	}
+}
+
+// Every CSV field is defused, not only the notes and the transaction id.
+func TestAlertsCSVFormulaInjection(t *testing.T) {
+	st := openBolt(t)
+	m := storetest.Alert("=site", "+dev", 1, time.Now().UTC().Add(-time.Minute), "@alert", "p-1", 7)
+	m.Alert.Rule, m.Alert.Kind, m.Alert.Window = "=cmd|x", "-kind", "@win"
+	if _, err := st.Apply(context.Background(), []storage.Message{m}); err != nil {
+		t.Fatal(err)
+	}
+	_, hs := newTestServer(t, st)
+	c := newClient(t, hs.URL)
+	c.login("ana", "correct horse")
+	r, body := c.get("/alerts.csv")
+	if r.StatusCode != 200 {
+		t.Fatalf("csv: %d", r.StatusCode)
+	}
+	recs, err := csv.NewReader(strings.NewReader(body)).ReadAll()
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("csv: %v, %d records:\n%s", err, len(recs), body)
+	}
+	for i, f := range recs[1] {
+		if f != "" && strings.ContainsRune("=+-@\t\r", rune(f[0])) {
+			t.Errorf("column %s = %q: formula not defused", recs[0][i], f)
+		}
+	}
+	if !strings.Contains(body, "'=cmd|x") {
+		t.Errorf("rule not in the export:\n%s", body)
+	}
+}
+
+// A session cookie replayed after sign-out is refused.
+func TestLogoutRevokesSession(t *testing.T) {
+	_, hs := newTestServer(t, openBolt(t))
+	c := newClient(t, hs.URL)
+	csrf := c.login("ana", "correct horse")
+	u, _ := url.Parse(hs.URL)
+	var old *http.Cookie
+	for _, k := range c.Jar.Cookies(u) {
+		if k.Name == sessionCookie {
+			old = k
+		}
+	}
+	if old == nil {
+		t.Fatal("no session cookie")
+	}
+	if r, _ := c.post("/logout", url.Values{"csrf": {csrf}}); r.StatusCode != 303 {
+		t.Fatalf("logout: %d", r.StatusCode)
+	}
+	replay := newClient(t, hs.URL)
+	replay.Jar.SetCookies(u, []*http.Cookie{{Name: sessionCookie, Value: old.Value, Path: "/"}})
+	if r, _ := replay.get("/api/v1/session"); r.StatusCode != 401 {
+		t.Errorf("replayed cookie after logout: API %d, want 401", r.StatusCode)
+	}
+	if r, _ := replay.get("/admin/backup"); r.StatusCode != 303 {
+		t.Errorf("replayed cookie after logout: page %d, want 303 to sign-in", r.StatusCode)
+	}
+	// Another session of the same user is not affected.
+	c2 := newClient(t, hs.URL)
+	c2.login("ana", "correct horse")
+	if r, _ := c2.get("/api/v1/session"); r.StatusCode != 200 {
+		t.Errorf("new session after logout: %d", r.StatusCode)
+	}
+}
+
+// Parallel wrong passwords lock the name: the right one is refused (429,
+// no bcrypt) until the delay has passed.
+func TestSignInThrottle(t *testing.T) {
+	s, hs := newTestServer(t, openBolt(t))
+	var mu sync.Mutex
+	now := time.Now()
+	s.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+
+	c := newClient(t, hs.URL)
+	_, page := c.get("/login")
+	tok := hiddenRe.FindStringSubmatch(page)[1]
+	try := func(pw string) *http.Response {
+		r, _ := c.post("/login", url.Values{"csrf": {tok}, "user": {"ana"}, "password": {pw}, "next": {"/alerts"}})
+		return r
+	}
+	var limited, checked atomic.Int32
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			switch r := try("wrong"); r.StatusCode {
+			case http.StatusTooManyRequests:
+				limited.Add(1)
+			case http.StatusSeeOther:
+				checked.Add(1)
+			default:
+				t.Errorf("wrong password: %d", r.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	if checked.Load() > userFailLimit {
+		t.Errorf("%d of 20 parallel wrong passwords were checked, want <= %d", checked.Load(), userFailLimit)
+	}
+	r := try("correct horse")
+	if r.StatusCode != http.StatusTooManyRequests || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("right password while locked: %d (Retry-After %q), want 429", r.StatusCode, r.Header.Get("Retry-After"))
+	}
+	advance(maxLockout + time.Second)
+	if r := try("correct horse"); r.StatusCode != 303 || r.Header.Get("Location") != "/alerts" {
+		t.Errorf("right password after the delay: %d %q", r.StatusCode, r.Header.Get("Location"))
+	}
+	// The delay doubles: after 5 failures 1 s, after 6 failures 2 s.
+	var th throttle
+	t0 := time.Unix(1000, 0)
+	for range userFailLimit {
+		th.begin("bob", "10.0.0.1", t0)
+	}
+	if w, ok := th.begin("bob", "10.0.0.2", t0); ok || w != time.Second {
+		t.Errorf("after 5 failures: wait %v ok=%v, want 1s", w, ok)
+	}
+	th.begin("bob", "10.0.0.1", t0.Add(time.Second))
+	if w, ok := th.begin("bob", "10.0.0.1", t0.Add(time.Second)); ok || w != 2*time.Second {
+		t.Errorf("after 6 failures: wait %v ok=%v, want 2s", w, ok)
+	}
+	// One address spraying many names is locked too.
+	for i := range addrFailLimit {
+		th.begin(string(rune('a'+i)), "10.0.0.9", t0)
+	}
+	if _, ok := th.begin("zz", "10.0.0.9", t0); ok {
+		t.Error("address not locked after many failures on different names")
+	}
+}
+
+// Devices named "." or ".." get links that reach their page.
+func TestDotDeviceLinks(t *testing.T) {
+	st := openBolt(t)
+	if _, err := st.Apply(context.Background(), []storage.Message{storetest.Summary(".", "..", 1, time.Now().UTC(), 2, "p-1")}); err != nil {
+		t.Fatal(err)
+	}
+	_, hs := newTestServer(t, st)
+	c := newClient(t, hs.URL)
+	c.login("ana", "correct horse")
+	if _, body := c.get("/"); !strings.Contains(body, `href="/devices/%2E/%2E%2E"`) {
+		t.Errorf("fleet page: no %%2E link for device ./..")
+	}
+	if r, _ := c.get("/devices/%2E/%2E%2E"); r.StatusCode != 200 {
+		t.Errorf("device page: %d %s", r.StatusCode, r.Header.Get("Location"))
+	}
+	if got := pathSeg("a.b"); got != "a.b" {
+		t.Errorf("pathSeg(a.b) = %q", got)
+	}
+}
+
+func TestAPIAlertsBadState(t *testing.T) {
+	_, hs := newTestServer(t, openBolt(t))
+	c := newClient(t, hs.URL)
+	c.login("ana", "correct horse")
+	for q, want := range map[string]int{"bogus": 400, "open": 200, "all": 200, "": 200, "active": 200, "resolved": 200} {
+		if r, _ := c.get("/api/v1/alerts?state=" + q); r.StatusCode != want {
+			t.Errorf("state=%q: %d, want %d", q, r.StatusCode, want)
+		}
+	}
+}
