@@ -414,6 +414,17 @@ func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses 
 	// Each write is bounded; a hung database is retried, not waited on forever.
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	// Statuses and rejects are written like summaries: one transaction
+	// for the batch (a commit each could not keep up with a burst of
+	// statuses, and the broker drops QoS 1 messages past its queue limit).
+	bw, batched := in.store.(storage.BatchWriter)
+	if batched && len(statuses) > 0 {
+		if err := bw.PutStatuses(wctx, statuses); err != nil {
+			return err
+		}
+		in.statuses.Add(uint64(len(statuses)))
+		statuses = nil
+	}
 	for len(statuses) > 0 {
 		if err := in.store.PutStatus(wctx, statuses[0]); err != nil {
 			return err
@@ -434,6 +445,16 @@ func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses 
 			}
 		}
 		msgs = nil
+	}
+	if batched && len(rejects) > 0 {
+		if err := bw.PutRejects(wctx, rejects); err != nil {
+			return err
+		}
+		in.rejected.Add(uint64(len(rejects)))
+		for _, r := range rejects {
+			in.log.Warn("fleet ingest: payload rejected", "topic", r.Topic, "err", r.Error)
+		}
+		rejects = nil
 	}
 	for len(rejects) > 0 {
 		r := rejects[0]

@@ -65,16 +65,24 @@ type Device struct {
 	// carries an older ts than the online status it replaces).
 	Status         *wire.Status
 	StatusReceived time.Time
-	// Summary is the summary with the highest seq received.
+	// Summary is the summary with the highest seq received in the current
+	// sequence (see Restarted).
 	Summary *wire.Summary
 	// Sequence accounting over summaries and alerts: FirstSeq..MaxSeq is
 	// the range seen, Unique the distinct message ids in it.
 	FirstSeq, MaxSeq uint64
 	Unique           uint64
 	Duplicates       uint64
-	Rejected         uint64
-	LastReceived     time.Time
-	OpenAlerts       int // open + acknowledged, filled by Devices/Device
+	// Rejected counts rejected payloads of a device that exists; a reject
+	// never creates a device (it is kept in the bounded reject list only).
+	Rejected     uint64
+	LastReceived time.Time
+	// LastTS is the newest agent ts among the summaries and alerts applied.
+	LastTS time.Time
+	// SeqRestart is the ts of the message that last restarted the
+	// sequence (zero: never); see Restarted.
+	SeqRestart time.Time
+	OpenAlerts int // open + acknowledged, filled by Devices/Device
 }
 
 // State is the device's availability, "unknown" before any status.
@@ -85,16 +93,34 @@ func (d Device) State() string {
 	return string(d.Status.State)
 }
 
+// Restarted reports whether m restarts the device's sequence: a seq below
+// the highest seen with a ts newer than any seen (the agent was reinstalled
+// or its store reset, and counts from 1 again). The sequence accounting
+// (FirstSeq, MaxSeq, Unique, so Gaps) then starts again at m's seq, m's
+// summary replaces the latest one and SeqRestart is set to m's ts.
+func Restarted(d Device, m Message) bool {
+	return d.Unique > 0 && m.Seq < d.MaxSeq && !d.LastTS.IsZero() && m.TS.After(d.LastTS)
+}
+
+// Earlier reports whether m belongs to a sequence the device restarted
+// since (its ts is before SeqRestart): it is stored (dedup, series,
+// alerts) but neither counted in the sequence accounting nor made the
+// latest summary.
+func Earlier(d Device, m Message) bool {
+	return !d.SeqRestart.IsZero() && m.TS.Before(d.SeqRestart)
+}
+
 // Gaps counts sequence numbers between FirstSeq and MaxSeq never received.
+// The range may cover all 2^64 values: it is counted without overflow.
 func (d Device) Gaps() uint64 {
-	if d.MaxSeq == 0 || d.Unique == 0 {
+	if d.Unique == 0 || d.MaxSeq < d.FirstSeq {
 		return 0
 	}
-	span := d.MaxSeq - d.FirstSeq + 1
-	if d.Unique >= span {
+	width := d.MaxSeq - d.FirstSeq // span - 1, never overflows
+	if d.Unique-1 >= width {
 		return 0
 	}
-	return span - d.Unique
+	return width - (d.Unique - 1)
 }
 
 // Behind is how many sequence numbers the broker acknowledged (the status
@@ -311,6 +337,8 @@ type Store interface {
 	// reports for each whether it was new (false: a duplicate message id).
 	Apply(ctx context.Context, msgs []Message) ([]bool, error)
 	PutStatus(ctx context.Context, s Status) error
+	// PutReject keeps a rejected payload (bounded) and counts it on its
+	// device when that device exists; it never creates one.
 	PutReject(ctx context.Context, r Reject) error
 
 	Devices(ctx context.Context) ([]Device, error)
@@ -331,6 +359,14 @@ type Store interface {
 	// writers). cancel releases it.
 	Subscribe() (ch <-chan Change, cancel func())
 	Close() error
+}
+
+// BatchWriter is implemented by stores that write many statuses or
+// rejects in one transaction; the ingest uses it so a burst of statuses
+// (every agent reconnecting) does not cost one commit each.
+type BatchWriter interface {
+	PutStatuses(ctx context.Context, s []Status) error
+	PutRejects(ctx context.Context, r []Reject) error
 }
 
 // Hub fans changes out to subscribers; stores embed it.

@@ -51,6 +51,11 @@ func Open(path string, timeout time.Duration) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("open fleet store %q: %w", path, err)
 	}
+	// bbolt faults (SIGSEGV) mapping a truncated or damaged file: check it
+	// first and refuse it with a clear error.
+	if err := checkFile(path); err != nil {
+		return nil, fmt.Errorf("open fleet store %q: %w; the file was not opened and is left as it is: restore it from a backup (atm-fleet backup) or move it away to start an empty store", path, err)
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 	if err != nil {
 		return nil, fmt.Errorf("open fleet store %q: %w", path, err)
@@ -156,17 +161,31 @@ func (s *Store) Apply(ctx context.Context, msgs []storage.Message) ([]bool, erro
 			if err := tx.Bucket(bMessages).Put(mk, u64(uint64(m.Received.UnixNano()))); err != nil {
 				return err
 			}
-			if d.Unique == 0 || m.Seq < d.FirstSeq {
-				d.FirstSeq = m.Seq
+			earlier := storage.Earlier(*d, m)
+			restart := storage.Restarted(*d, m)
+			// The latest summary: the highest seq of the current
+			// sequence; one left from an earlier sequence (its seq above
+			// the current maximum after a restart) is replaced.
+			newer := !earlier && (d.Summary == nil || m.Seq > d.Summary.Seq || d.Summary.Seq > d.MaxSeq || restart)
+			if restart {
+				d.FirstSeq, d.MaxSeq, d.Unique, d.SeqRestart = m.Seq, m.Seq, 0, m.TS.UTC()
 			}
-			d.MaxSeq = max(d.MaxSeq, m.Seq)
-			d.Unique++
+			if !earlier {
+				if d.Unique == 0 || m.Seq < d.FirstSeq {
+					d.FirstSeq = m.Seq
+				}
+				d.MaxSeq = max(d.MaxSeq, m.Seq)
+				d.Unique++
+			}
 			if m.Received.After(d.LastReceived) {
 				d.LastReceived = m.Received
 			}
+			if m.TS.After(d.LastTS) {
+				d.LastTS = m.TS.UTC()
+			}
 			switch {
 			case m.Summary != nil:
-				if d.Summary == nil || m.Seq > d.Summary.Seq {
+				if newer {
 					d.Summary = m.Summary
 				}
 				p, ids := storage.PointsFromSummary(m.Summary)
@@ -239,50 +258,97 @@ func applyAlert(tx *bolt.Tx, m storage.Message) error {
 
 // PutStatus implements storage.Store.
 func (s *Store) PutStatus(ctx context.Context, st storage.Status) error {
+	return s.PutStatuses(ctx, []storage.Status{st})
+}
+
+// PutStatuses implements storage.BatchWriter: one transaction for all.
+func (s *Store) PutStatuses(ctx context.Context, sts []storage.Status) error {
+	if len(sts) == 0 {
+		return nil
+	}
 	err := s.update(ctx, "put status", func(tx *bolt.Tx) error {
-		d, err := loadDevice(tx, st.Site, st.Device)
-		if err != nil {
-			return err
+		devs := map[string]*storage.Device{}
+		var order []string
+		for _, st := range sts {
+			k := string(dkey(st.Site, st.Device))
+			d := devs[k]
+			if d == nil {
+				rec, err := loadDevice(tx, st.Site, st.Device)
+				if err != nil {
+					return err
+				}
+				d = &rec
+				devs[k] = d
+				order = append(order, k)
+			}
+			status := st.Status
+			d.Status, d.StatusReceived = &status, st.Received.UTC()
 		}
-		status := st.Status
-		d.Status, d.StatusReceived = &status, st.Received.UTC()
-		return putJSON(tx.Bucket(bDevices), dkey(st.Site, st.Device), d)
+		for _, k := range order {
+			if err := putJSON(tx.Bucket(bDevices), []byte(k), devs[k]); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err == nil {
-		s.Publish(storage.Change{Kind: "status", Site: st.Site, Device: st.Device})
+		seen := map[storage.Change]bool{}
+		for _, st := range sts {
+			c := storage.Change{Kind: "status", Site: st.Site, Device: st.Device}
+			if !seen[c] {
+				seen[c] = true
+				s.Publish(c)
+			}
+		}
 	}
 	return err
 }
 
 // PutReject implements storage.Store.
 func (s *Store) PutReject(ctx context.Context, r storage.Reject) error {
-	if len(r.Payload) > storage.MaxRejectPayload {
-		r.Payload = r.Payload[:storage.MaxRejectPayload]
+	return s.PutRejects(ctx, []storage.Reject{r})
+}
+
+// PutRejects implements storage.BatchWriter: one transaction for all. The
+// payloads are kept (at most maxRejects, oldest dropped first) and counted
+// on their device only when it exists: a reject never creates a device.
+func (s *Store) PutRejects(ctx context.Context, rs []storage.Reject) error {
+	if len(rs) == 0 {
+		return nil
 	}
 	return s.update(ctx, "put reject", func(tx *bolt.Tx) error {
 		b := tx.Bucket(bRejects)
-		id, _ := b.NextSequence()
-		if err := putJSON(b, u64(id), r); err != nil {
-			return err
-		}
-		for b.Stats().KeyN > maxRejects {
-			k, _ := b.Cursor().First()
-			if k == nil {
-				break
+		devs := tx.Bucket(bDevices)
+		for _, r := range rs {
+			if len(r.Payload) > storage.MaxRejectPayload {
+				r.Payload = r.Payload[:storage.MaxRejectPayload]
 			}
-			if err := b.Delete(k); err != nil {
+			id, _ := b.NextSequence()
+			if err := putJSON(b, u64(id), r); err != nil {
+				return err
+			}
+			if r.Site == "" || devs.Get(dkey(r.Site, r.Device)) == nil {
+				continue
+			}
+			d, err := loadDevice(tx, r.Site, r.Device)
+			if err != nil {
+				return err
+			}
+			d.Rejected++
+			if err := putJSON(devs, dkey(r.Site, r.Device), d); err != nil {
 				return err
 			}
 		}
-		if r.Site == "" {
-			return nil
+		// Drop the oldest beyond the bound (keys are increasing ids).
+		n := b.Stats().KeyN
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && n > maxRejects; k, _ = c.First() {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+			n--
 		}
-		d, err := loadDevice(tx, r.Site, r.Device)
-		if err != nil {
-			return err
-		}
-		d.Rejected++
-		return putJSON(tx.Bucket(bDevices), dkey(r.Site, r.Device), d)
+		return nil
 	})
 }
 

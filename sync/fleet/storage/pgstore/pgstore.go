@@ -77,6 +77,8 @@ var schema = []string{
 		id bigserial PRIMARY KEY, at timestamptz NOT NULL, user_name text NOT NULL, role text NOT NULL,
 		action text NOT NULL, site text NOT NULL, device text NOT NULL, alert_id text NOT NULL,
 		note text NOT NULL, remote text NOT NULL)`,
+	`ALTER TABLE atm_fleet_devices ADD COLUMN IF NOT EXISTS last_ts timestamptz`,
+	`ALTER TABLE atm_fleet_devices ADD COLUMN IF NOT EXISTS seq_restart timestamptz`,
 	`CREATE TABLE IF NOT EXISTS atm_fleet_rejects (
 		id bigserial PRIMARY KEY, received timestamptz NOT NULL, topic text NOT NULL,
 		site text NOT NULL, device text NOT NULL, error text NOT NULL, payload text NOT NULL)`,
@@ -328,16 +330,27 @@ func applyOne(ctx context.Context, tx pgx.Tx, m storage.Message) (bool, error) {
 		}
 		summarySeq = seq
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO atm_fleet_devices AS d (site, device, first_seq, max_seq, uniq, last_received, summary, summary_seq)
-		VALUES ($1, $2, $3, $3, 1, $4, $5, $6)
+	// A restart of the sequence (storage.Restarted: a seq below the highest
+	// with a ts newer than any seen) starts the accounting again at this
+	// seq; a summary replaces the latest one when its seq is higher, on a
+	// restart, or when the latest is left from an earlier sequence.
+	// A message older than the last restart (storage.Earlier) is stored
+	// but not counted.
+	const restart = `(d.uniq > 0 AND EXCLUDED.max_seq < d.max_seq AND d.last_ts IS NOT NULL AND EXCLUDED.last_ts > d.last_ts)`
+	const earlier = `(d.seq_restart IS NOT NULL AND EXCLUDED.last_ts < d.seq_restart)`
+	const newer = `EXCLUDED.summary IS NOT NULL AND NOT ` + earlier + ` AND (EXCLUDED.summary_seq > d.summary_seq OR d.summary_seq > d.max_seq OR d.summary IS NULL OR ` + restart + `)`
+	_, err = tx.Exec(ctx, `INSERT INTO atm_fleet_devices AS d (site, device, first_seq, max_seq, uniq, last_received, summary, summary_seq, last_ts)
+		VALUES ($1, $2, $3, $3, 1, $4, $5, $6, $7)
 		ON CONFLICT (site, device) DO UPDATE SET
-			first_seq = CASE WHEN d.uniq = 0 THEN EXCLUDED.first_seq ELSE LEAST(d.first_seq, EXCLUDED.first_seq) END,
-			max_seq = GREATEST(d.max_seq, EXCLUDED.max_seq),
-			uniq = d.uniq + 1,
+			first_seq = CASE WHEN `+earlier+` THEN d.first_seq WHEN d.uniq = 0 OR `+restart+` THEN EXCLUDED.first_seq ELSE LEAST(d.first_seq, EXCLUDED.first_seq) END,
+			max_seq = CASE WHEN `+earlier+` THEN d.max_seq WHEN `+restart+` THEN EXCLUDED.max_seq ELSE GREATEST(d.max_seq, EXCLUDED.max_seq) END,
+			uniq = CASE WHEN `+earlier+` THEN d.uniq WHEN `+restart+` THEN 1 ELSE d.uniq + 1 END,
+			seq_restart = CASE WHEN `+restart+` THEN EXCLUDED.last_ts ELSE d.seq_restart END,
 			last_received = GREATEST(d.last_received, EXCLUDED.last_received),
-			summary = CASE WHEN EXCLUDED.summary IS NOT NULL AND EXCLUDED.summary_seq > d.summary_seq THEN EXCLUDED.summary ELSE d.summary END,
-			summary_seq = CASE WHEN EXCLUDED.summary IS NOT NULL AND EXCLUDED.summary_seq > d.summary_seq THEN EXCLUDED.summary_seq ELSE d.summary_seq END`,
-		m.Site, m.Device, seq, m.Received.UTC(), summary, summarySeq)
+			last_ts = GREATEST(d.last_ts, EXCLUDED.last_ts),
+			summary = CASE WHEN `+newer+` THEN EXCLUDED.summary ELSE d.summary END,
+			summary_seq = CASE WHEN `+newer+` THEN EXCLUDED.summary_seq ELSE d.summary_seq END`,
+		m.Site, m.Device, seq, m.Received.UTC(), summary, summarySeq, m.TS.UTC())
 	if err != nil {
 		return false, err
 	}
@@ -374,52 +387,90 @@ func applyOne(ctx context.Context, tx pgx.Tx, m storage.Message) (bool, error) {
 
 // PutStatus implements storage.Store (arrival order wins).
 func (s *Store) PutStatus(ctx context.Context, st storage.Status) error {
-	b, err := json.Marshal(st.Status)
-	if err != nil {
-		return fmt.Errorf("put status: %w", err)
+	return s.PutStatuses(ctx, []storage.Status{st})
+}
+
+// PutStatuses implements storage.BatchWriter: one transaction for all, in
+// arrival order (the last status of a device wins).
+func (s *Store) PutStatuses(ctx context.Context, sts []storage.Status) error {
+	if len(sts) == 0 {
+		return nil
+	}
+	raw := make([][]byte, len(sts))
+	for i, st := range sts {
+		b, err := json.Marshal(st.Status)
+		if err != nil {
+			return fmt.Errorf("put status: %w", err)
+		}
+		raw[i] = b
 	}
 	return s.tx(ctx, "put status", func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_devices (site, device, status, status_received) VALUES ($1, $2, $3, $4)
+		seen := map[storage.Change]bool{}
+		for i, st := range sts {
+			if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_devices (site, device, status, status_received) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (site, device) DO UPDATE SET status = EXCLUDED.status, status_received = EXCLUDED.status_received`,
-			st.Site, st.Device, b, st.Received.UTC()); err != nil {
-			return err
+				st.Site, st.Device, raw[i], st.Received.UTC()); err != nil {
+				return err
+			}
+			c := storage.Change{Kind: "status", Site: st.Site, Device: st.Device}
+			if seen[c] {
+				continue
+			}
+			seen[c] = true
+			if err := notify(ctx, tx, c); err != nil {
+				return err
+			}
 		}
-		return notify(ctx, tx, storage.Change{Kind: "status", Site: st.Site, Device: st.Device})
+		return nil
 	})
 }
 
 // PutReject implements storage.Store.
 func (s *Store) PutReject(ctx context.Context, r storage.Reject) error {
-	if len(r.Payload) > storage.MaxRejectPayload {
-		r.Payload = r.Payload[:storage.MaxRejectPayload]
+	return s.PutRejects(ctx, []storage.Reject{r})
+}
+
+// PutRejects implements storage.BatchWriter: one transaction for all. A
+// reject is counted on its device only when the device exists: it never
+// creates one.
+func (s *Store) PutRejects(ctx context.Context, rs []storage.Reject) error {
+	if len(rs) == 0 {
+		return nil
 	}
-	r.Payload = strings.ToValidUTF8(strings.ReplaceAll(r.Payload, "\x00", ""), "\uFFFD")
+	for i := range rs {
+		r := &rs[i]
+		if len(r.Payload) > storage.MaxRejectPayload {
+			r.Payload = r.Payload[:storage.MaxRejectPayload]
+		}
+		r.Payload = strings.ToValidUTF8(strings.ReplaceAll(r.Payload, "\x00", ""), "\uFFFD")
+	}
 	return s.tx(ctx, "put reject", func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_rejects (received, topic, site, device, error, payload) VALUES ($1,$2,$3,$4,$5,$6)`,
-			r.Received.UTC(), strings.ToValidUTF8(r.Topic, "\uFFFD"), r.Site, r.Device, r.Error, r.Payload); err != nil {
-			return err
+		for _, r := range rs {
+			if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_rejects (received, topic, site, device, error, payload) VALUES ($1,$2,$3,$4,$5,$6)`,
+				r.Received.UTC(), strings.ToValidUTF8(r.Topic, "\uFFFD"), r.Site, r.Device, r.Error, r.Payload); err != nil {
+				return err
+			}
+			if r.Site == "" {
+				continue
+			}
+			if _, err := tx.Exec(ctx, `UPDATE atm_fleet_devices SET rejected = rejected + 1 WHERE site = $1 AND device = $2`, r.Site, r.Device); err != nil {
+				return err
+			}
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM atm_fleet_rejects WHERE id <= (SELECT max(id) FROM atm_fleet_rejects) - $1`, maxRejects); err != nil {
-			return err
-		}
-		if r.Site == "" {
-			return nil
-		}
-		_, err := tx.Exec(ctx, `INSERT INTO atm_fleet_devices (site, device, rejected) VALUES ($1, $2, 1)
-			ON CONFLICT (site, device) DO UPDATE SET rejected = atm_fleet_devices.rejected + 1`, r.Site, r.Device)
+		_, err := tx.Exec(ctx, `DELETE FROM atm_fleet_rejects WHERE id <= (SELECT max(id) FROM atm_fleet_rejects) - $1`, maxRejects)
 		return err
 	})
 }
 
 const deviceCols = `d.site, d.device, d.status, d.status_received, d.summary, d.first_seq, d.max_seq, d.uniq, d.dups, d.rejected,
-	d.last_received, (SELECT count(*) FROM atm_fleet_alerts a WHERE a.site = d.site AND a.device = d.device AND a.state <> 'resolved')`
+	d.last_received, d.last_ts, d.seq_restart, (SELECT count(*) FROM atm_fleet_alerts a WHERE a.site = d.site AND a.device = d.device AND a.state <> 'resolved')`
 
 func scanDevice(row pgx.Row) (storage.Device, error) {
 	var d storage.Device
 	var status, summary []byte
-	var statusRecv, lastRecv *time.Time
+	var statusRecv, lastRecv, lastTS, seqRestart *time.Time
 	var first, maxSeq, uniq, dups, rej int64
-	if err := row.Scan(&d.Site, &d.Device, &status, &statusRecv, &summary, &first, &maxSeq, &uniq, &dups, &rej, &lastRecv, &d.OpenAlerts); err != nil {
+	if err := row.Scan(&d.Site, &d.Device, &status, &statusRecv, &summary, &first, &maxSeq, &uniq, &dups, &rej, &lastRecv, &lastTS, &seqRestart, &d.OpenAlerts); err != nil {
 		return d, err
 	}
 	d.FirstSeq, d.MaxSeq, d.Unique, d.Duplicates, d.Rejected = uint64(first), uint64(maxSeq), uint64(uniq), uint64(dups), uint64(rej)
@@ -428,6 +479,12 @@ func scanDevice(row pgx.Row) (storage.Device, error) {
 	}
 	if lastRecv != nil {
 		d.LastReceived = lastRecv.UTC()
+	}
+	if lastTS != nil {
+		d.LastTS = lastTS.UTC()
+	}
+	if seqRestart != nil {
+		d.SeqRestart = seqRestart.UTC()
 	}
 	if status != nil {
 		d.Status = new(wire.Status)

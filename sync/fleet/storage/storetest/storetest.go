@@ -47,6 +47,139 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("Series", func(t *testing.T) { series(t, open(t)) })
 	t.Run("StatusAndRejects", func(t *testing.T) { statusAndRejects(t, open(t)) })
 	t.Run("Retention", func(t *testing.T) { retention(t, open(t)) })
+	t.Run("RejectsCreateNoDevice", func(t *testing.T) { rejectsCreateNoDevice(t, open(t)) })
+	t.Run("SeqRestart", func(t *testing.T) { seqRestart(t, open(t)) })
+	t.Run("BatchWrites", func(t *testing.T) { batchWrites(t, open(t)) })
+}
+
+// Rejected payloads of a device that never sent a valid message are kept
+// but create no device; a device that exists counts them.
+func rejectsCreateNoDevice(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	if _, err := s.Apply(c, []storage.Message{Summary("s", "real", 1, T0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 30; i++ {
+		r := storage.Reject{Received: T0, Topic: fmt.Sprintf("atm/rej/r%05d/summary", i), Site: "rej", Device: fmt.Sprintf("r%05d", i),
+			Error: "not json", Payload: "not json"}
+		if err := s.PutReject(c, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutReject(c, storage.Reject{Received: T0, Topic: "atm/s/real/summary", Site: "s", Device: "real", Error: "not json"}); err != nil {
+		t.Fatal(err)
+	}
+	devs, err := s.Devices(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 1 || devs[0].Device != "real" || devs[0].Rejected != 1 {
+		t.Fatalf("devices after rejects = %d (want only s/real with 1 reject): %+v", len(devs), devs[:min(len(devs), 2)])
+	}
+	if _, err := s.Device(c, "rej", "r00001"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("rejected-only device: %v, want not found", err)
+	}
+	rj, err := s.Rejects(c, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rj) != 31 {
+		t.Errorf("rejects kept = %d, want 31", len(rj))
+	}
+}
+
+// A sequence restarted by the agent (seq back near 1, newer ts) replaces
+// the latest summary and restarts the gap accounting; a late message of the
+// old sequence (older ts) changes neither.
+func seqRestart(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	if _, err := s.Apply(c, []storage.Message{Summary("s", "d", 1000, T0, 7)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Apply(c, []storage.Message{Summary("s", "d", 1, T0.Add(time.Hour), 3)}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Device(c, "s", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Summary == nil || d.Summary.Seq != 1 || d.Gaps() != 0 || d.FirstSeq != 1 || d.MaxSeq != 1 {
+		t.Fatalf("after restart: summary seq %v, first %d max %d gaps %d; want seq 1, 1..1, 0 gaps", seqOf(d), d.FirstSeq, d.MaxSeq, d.Gaps())
+	}
+	if !d.SeqRestart.Equal(T0.Add(time.Hour)) {
+		t.Errorf("seq restart = %v", d.SeqRestart)
+	}
+	// The old sequence's late message (seq 999, before the restart).
+	if _, err := s.Apply(c, []storage.Message{Summary("s", "d", 999, T0.Add(-time.Minute), 9)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Apply(c, []storage.Message{Summary("s", "d", 3, T0.Add(2*time.Hour), 4)}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ = s.Device(c, "s", "d")
+	if d.Summary == nil || d.Summary.Seq != 3 || d.FirstSeq != 1 || d.MaxSeq != 3 || d.Gaps() != 1 {
+		t.Fatalf("after restart: summary seq %v, first %d max %d gaps %d; want seq 3, 1..3, 1 gap", seqOf(d), d.FirstSeq, d.MaxSeq, d.Gaps())
+	}
+	// An ordinary late message (lower seq, older ts) is no restart.
+	if _, err := s.Apply(c, []storage.Message{Summary("s", "d", 2, T0.Add(90*time.Minute), 4)}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ = s.Device(c, "s", "d")
+	if d.Summary.Seq != 3 || d.FirstSeq != 1 || d.MaxSeq != 3 || d.Gaps() != 0 {
+		t.Fatalf("late seq 2: summary seq %v, first %d max %d gaps %d", seqOf(d), d.FirstSeq, d.MaxSeq, d.Gaps())
+	}
+}
+
+func seqOf(d storage.Device) any {
+	if d.Summary == nil {
+		return nil
+	}
+	return d.Summary.Seq
+}
+
+// A store that writes statuses and rejects in batches gives the same
+// result as one at a time.
+func batchWrites(t *testing.T, s storage.Store) {
+	bw, ok := s.(storage.BatchWriter)
+	if !ok {
+		t.Skip("store writes statuses one at a time")
+	}
+	c := ctx(t)
+	var sts []storage.Status
+	for i := 0; i < 50; i++ {
+		st := wire.Status{Envelope: wire.NewEnvelope("s", fmt.Sprintf("d%02d", i%25), T0), State: wire.StateOnline}
+		if i >= 25 {
+			st.State = wire.StateOffline
+		}
+		sts = append(sts, storage.Status{Site: "s", Device: st.Device, Received: T0.Add(time.Duration(i) * time.Second), Status: st})
+	}
+	if err := bw.PutStatuses(c, sts); err != nil {
+		t.Fatal(err)
+	}
+	rs := []storage.Reject{{Received: T0, Topic: "atm/s/d00/summary", Site: "s", Device: "d00", Error: "bad"},
+		{Received: T0, Topic: "atm/s/d00/alert", Site: "s", Device: "d00", Error: "bad"},
+		{Received: T0, Topic: "atm/x/ghost/alert", Site: "x", Device: "ghost", Error: "bad"}}
+	if err := bw.PutRejects(c, rs); err != nil {
+		t.Fatal(err)
+	}
+	devs, err := s.Devices(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 25 {
+		t.Fatalf("devices = %d, want 25", len(devs))
+	}
+	for _, d := range devs {
+		if d.State() != "offline" {
+			t.Errorf("%s: state %s, want the last status (offline)", d.Device, d.State())
+		}
+		if want := map[bool]uint64{true: 2}[d.Device == "d00"]; d.Rejected != want {
+			t.Errorf("%s: rejected %d, want %d", d.Device, d.Rejected, want)
+		}
+	}
+	if rj, _ := s.Rejects(c, 10); len(rj) != 3 {
+		t.Errorf("rejects = %d, want 3", len(rj))
+	}
 }
 
 func ctx(t *testing.T) context.Context {
