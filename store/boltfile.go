@@ -210,6 +210,26 @@ func openBoltFile(path string, tolerant bool) (bf *boltFile, warnings []string, 
 
 func firstBytes(b []byte, n int) []byte { return b[:min(n, 16)] }
 
+// CheckBoltHeader runs the file-level checks the store makes before bbolt
+// maps a file, and nothing about records: a regular file, a valid meta page,
+// a size that holds every page the newest meta page records, root and
+// freelist inside them. bbolt faults (SIGSEGV/SIGBUS) mapping a file that
+// fails them. Any bbolt file can be checked (the fleet service's store uses
+// it); a missing or empty file passes: bbolt creates it.
+func CheckBoltHeader(path string) error {
+	if exists, err := checkRegular(path); err != nil || !exists {
+		return err
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Size() == 0 {
+		return nil
+	}
+	bf, _, err := openBoltFile(path, false)
+	if err != nil {
+		return err
+	}
+	return bf.Close()
+}
+
 // checkRegular refuses a path (symlinks followed) that exists but is not a
 // regular file, before anything opens it: opening a named pipe for reading
 // blocks until a writer comes, in a system call no signal ends, and a
