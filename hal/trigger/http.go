@@ -239,26 +239,38 @@ func (h *HTTP) Listen() error {
 		return err
 	}
 	if p := h.cfg.Socket; p != "" {
+		// The lock makes judging the socket stale and replacing it one
+		// step: without it two agents starting in the same instant both
+		// found the stale socket unanswered, both removed it, and the
+		// second unlinked the first one's fresh socket and bound its own.
+		lock, err := lockSocket(p)
+		if err != nil {
+			return fail(err)
+		}
 		if fi, err := os.Lstat(p); err == nil {
 			if fi.Mode()&os.ModeSocket == 0 {
+				lock.Close()
 				return fail(fmt.Errorf("trigger socket %s: exists and is not a socket", p))
 			}
 			// Only a socket nobody listens on is stale (left by a killed
-			// run): a live one belongs to another process, often another
-			// agent with the same config, and replacing it would cut that
-			// one off from every card insert.
+			// run): a live one belongs to another process (one that does
+			// not take the lock, such as an older agent), and replacing it
+			// would cut that one off from every card insert.
 			if err := probeSocket(p); err != nil {
+				lock.Close()
 				return fail(err)
 			}
 			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				lock.Close()
 				return fail(fmt.Errorf("trigger socket %s: remove stale: %w", p, err))
 			}
 		}
 		l, err := net.Listen("unix", p)
 		if err != nil {
+			lock.Close()
 			return fail(fmt.Errorf("trigger socket: %w", err))
 		}
-		lns = append(lns, l)
+		lns = append(lns, &lockedListener{Listener: l, lock: lock})
 		// With the usual umask the socket is not writable (so not
 		// connectable) by the group until this chmod.
 		if err := os.Chmod(p, h.mode); err != nil {
@@ -283,6 +295,66 @@ func (h *HTTP) Listen() error {
 	}
 	h.lns = lns
 	return nil
+}
+
+// lockSocket takes the lock of the trigger socket p: an exclusive
+// advisory lock (flock) on p+".lock", created 0600 beside the socket and
+// opened without following a symlink, so that of two agents started with
+// the same socket at once exactly one goes on to judge and replace a stale
+// socket and to listen. The holder writes its pid into the file for the
+// other's error message. The caller holds the returned file for the
+// listener's lifetime (lockedListener); closing it, or the process
+// ending, releases the lock. The file itself stays: removing it would let
+// a third starter lock a new file while a second still holds the old one.
+func lockSocket(p string) (*os.File, error) {
+	lp := p + ".lock"
+	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("trigger socket %s: lock file %s is a symbolic link: refusing to start", p, lp)
+		}
+		return nil, fmt.Errorf("trigger socket %s: lock file: %w", p, err)
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		if err == nil {
+			err = errors.New("not a regular file")
+		}
+		return nil, fmt.Errorf("trigger socket %s: lock file %s: %w: refusing to start", p, lp, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			holder := ""
+			if b, err := os.ReadFile(lp); err == nil {
+				if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+					holder = fmt.Sprintf(" by pid %d", pid)
+				}
+			}
+			return nil, fmt.Errorf("trigger socket %s is in use by another process: its lock %s is held%s (another atm-agent with the same trigger.http.socket, running or starting?): refusing to start", p, lp, holder)
+		}
+		return nil, fmt.Errorf("trigger socket %s: lock %s: %w", p, lp, err)
+	}
+	// Best effort: the pid only makes the other starter's message clearer.
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
+}
+
+// lockedListener is the socket's listener holding the socket's lock: Close
+// closes the listener (which unlinks the socket) and then releases the
+// lock, so the next starter never sees this one's socket as its own.
+type lockedListener struct {
+	net.Listener
+	lock *os.File
+	once sync.Once
+}
+
+func (l *lockedListener) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(func() { l.lock.Close() })
+	return err
 }
 
 // probeSocket connects to the existing socket p: nil if nobody listens on

@@ -55,6 +55,31 @@ func startHTTP(t *testing.T, h *HTTP, out chan visit.Trigger) {
 	})
 }
 
+// socketEndpoint is an endpoint running on a unix socket.
+type socketEndpoint struct {
+	h    *HTTP
+	sock string
+	out  chan visit.Trigger // its events, buffered
+	c    *http.Client       // a client of sock
+}
+
+// startSocket runs an endpoint configured by cfg on cfg.Socket (a new
+// socket in a temp dir when empty) with an event channel of queue; it
+// stops when the test ends (startHTTP).
+func startSocket(t *testing.T, cfg HTTPConfig, queue int, opts ...HTTPOption) socketEndpoint {
+	t.Helper()
+	if cfg.Socket == "" {
+		cfg.Socket = filepath.Join(t.TempDir(), "trigger.sock")
+	}
+	h, err := NewHTTP(cfg, nil, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan visit.Trigger, queue)
+	startHTTP(t, h, out)
+	return socketEndpoint{h: h, sock: cfg.Socket, out: out, c: unixClient(cfg.Socket)}
+}
+
 func post(t *testing.T, c *http.Client, url, token, body string) (int, map[string]any) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
@@ -72,21 +97,15 @@ func post(t *testing.T, c *http.Client, url, token, body string) (int, map[strin
 }
 
 func TestUnixSocketEndpoint(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "trigger.sock")
-	h, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make(chan visit.Trigger, 1)
-	startHTTP(t, h, out)
-	fi, err := os.Stat(sock)
+	e := startSocket(t, HTTPConfig{}, 1)
+	out, c := e.out, e.c
+	fi, err := os.Stat(e.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o660 {
 		t.Fatalf("socket mode %v, want socket 0660", fi.Mode())
 	}
-	c := unixClient(sock)
 
 	code, m := post(t, c, "http://atm/v1/visit", "", `{"card_hash":"`+goodHash+`","txn_id":"T-0001"}`)
 	if code != http.StatusAccepted || len(m["id"].(string)) != 16 {
@@ -337,14 +356,8 @@ func FuzzDecodeVisitRequest(f *testing.F) {
 // Field names are matched exactly and a repeated one is refused, with a
 // message that says so; nothing reaches the agent.
 func TestVisitFieldNamesStrict(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "trigger.sock")
-	h, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make(chan visit.Trigger, 4)
-	startHTTP(t, h, out)
-	c := unixClient(sock)
+	e := startSocket(t, HTTPConfig{}, 4)
+	out, c := e.out, e.c
 	for _, tc := range []struct{ body, want string }{
 		{`{"TXN_ID":"T5"}`, `unknown field "TXN_ID"`},
 		{`{"Txn_Id":"T5"}`, `unknown field "Txn_Id"`},
@@ -370,31 +383,21 @@ func TestVisitFieldNamesStrict(t *testing.T) {
 // A second endpoint on the socket of a running one refuses to start and
 // leaves it alone: the first keeps receiving card inserts.
 func TestSocketInUseRefused(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "trigger.sock")
-	h1, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
+	e := startSocket(t, HTTPConfig{}, 2)
+	h2, err := NewHTTP(HTTPConfig{Socket: e.sock}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(chan visit.Trigger, 2)
-	startHTTP(t, h1, out)
-	h2, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
-	if err != nil {
-		t.Fatal(err)
+	err = h2.Listen()
+	if err == nil || !strings.Contains(err.Error(), "in use by another process") || !strings.Contains(err.Error(), e.sock+".lock") {
+		closeListeners(h2)
+		t.Fatalf("second Listen on a live socket: %v, want refused as in use, naming the lock", err)
 	}
-	if err := h2.Listen(); err == nil || !strings.Contains(err.Error(), "in use by another process") {
-		if err == nil {
-			h2.mu.Lock()
-			for _, l := range h2.lns {
-				l.Close()
-			}
-			h2.mu.Unlock()
-		}
-		t.Fatalf("second Listen on a live socket: %v, want refused as in use", err)
-	}
-	if code, m := post(t, unixClient(sock), "http://atm/v1/visit", "", `{"txn_id":"T1"}`); code != http.StatusAccepted {
+	t.Logf("second endpoint: %v", err)
+	if code, m := post(t, e.c, "http://atm/v1/visit", "", `{"txn_id":"T1"}`); code != http.StatusAccepted {
 		t.Fatalf("the first endpoint after the second was refused: %d %v", code, m)
 	}
-	if ev := <-out; ev.Context.TxnID != "T1" {
+	if ev := <-e.out; ev.Context.TxnID != "T1" {
 		t.Fatalf("event %+v", ev)
 	}
 }
@@ -402,22 +405,12 @@ func TestSocketInUseRefused(t *testing.T) {
 // A socket left behind by a killed run (nobody listens on it) is replaced.
 func TestStaleSocketReused(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "trigger.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	l.Close()
+	staleSocket(t, sock)
 	if fi, err := os.Lstat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
 		t.Fatalf("no stale socket: %v", err)
 	}
-	h, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make(chan visit.Trigger, 1)
-	startHTTP(t, h, out)
-	if code, m := post(t, unixClient(sock), "http://atm/v1/visit", "", ""); code != http.StatusAccepted {
+	e := startSocket(t, HTTPConfig{Socket: sock}, 1)
+	if code, m := post(t, e.c, "http://atm/v1/visit", "", ""); code != http.StatusAccepted {
 		t.Fatalf("POST: %d %v", code, m)
 	}
 }
@@ -584,14 +577,9 @@ func TestRefusalAnsweredBeforeBody(t *testing.T) {
 // A body that stops arriving is answered 408 after BodyTimeout and its
 // connection closed, not held for the server's read timeout (10 s).
 func TestSlowBodyTimesOut(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "trigger.sock")
-	h, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make(chan visit.Trigger, 1)
-	startHTTP(t, h, out)
-	conn, err := net.Dial("unix", sock)
+	e := startSocket(t, HTTPConfig{}, 1)
+	out := e.out
+	conn, err := net.Dial("unix", e.sock)
 	if err != nil {
 		t.Fatal(err)
 	}

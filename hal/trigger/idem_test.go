@@ -15,14 +15,8 @@ import (
 // a 503, which started nothing) the txn_id starts a visit again.
 func TestVisitIdempotentByTxnID(t *testing.T) {
 	clk := &instantClock{now: time.Date(2030, 1, 1, 9, 0, 0, 0, time.UTC)}
-	sock := filepath.Join(t.TempDir(), "trigger.sock")
-	h, err := NewHTTP(HTTPConfig{Socket: sock, IdempotencyWindow: 10 * time.Minute, IdempotencyMax: 3}, nil, WithHTTPClock(clk))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make(chan visit.Trigger, 1)
-	startHTTP(t, h, out)
-	c := unixClient(sock)
+	e := startSocket(t, HTTPConfig{IdempotencyWindow: 10 * time.Minute, IdempotencyMax: 3}, 1, WithHTTPClock(clk))
+	h, out, c := e.h, e.out, e.c
 	url := "http://atm/v1/visit"
 
 	code, first := post(t, c, url, "", `{"card_hash":"`+goodHash+`","txn_id":"T-1"}`)

@@ -159,14 +159,8 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 	var xs []exchange
 
 	// Unix socket, no token; an output channel of one.
-	sock := filepath.Join(t.TempDir(), "trigger.sock")
-	h, err := NewHTTP(HTTPConfig{Socket: sock}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make(chan visit.Trigger, 1)
-	startHTTP(t, h, out)
-	c := unixClient(sock)
+	e := startSocket(t, HTTPConfig{}, 1)
+	sock, out, c := e.sock, e.out, e.c
 	const base = "http://localhost"
 	full := `{"card_hash":"` + goodHash + `","txn_id":"RRN 123456789012"}`
 	xs = append(xs,
