@@ -149,6 +149,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Service, err err
 	if s.store, err = openStore(ctx, cfg.Store, log); err != nil {
 		return nil, err
 	}
+	if p, ok := s.store.(interface{ RemovedPhantoms() int }); ok && p.RemovedPhantoms() > 0 {
+		log.Info("atm-fleet: removed device records that never had an accepted message (created for rejected payloads by earlier versions)",
+			"devices", p.RemovedPhantoms())
+	}
 	defer func() {
 		if err != nil {
 			s.store.Close()

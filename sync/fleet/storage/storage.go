@@ -9,6 +9,7 @@ package storage
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
@@ -312,6 +313,16 @@ func PointsFromSummary(s *wire.Summary) (SummaryPoint, map[string]IdentityPoint)
 // PruneStats counts what Prune deleted.
 type PruneStats struct {
 	Messages, Summaries, IdentityPoints, Alerts, Rejects, Audit int
+	// Sessions: revocations of signed-out sessions that have expired.
+	Sessions int
+}
+
+// SessionHash is what a store keeps of a signed-out session's id (the
+// cookie's random nonce): its SHA-256, so the store holds nothing a
+// cookie is made of.
+func SessionHash(id string) []byte {
+	h := sha256.Sum256([]byte("atm-fleet session\x00" + id))
+	return h[:]
 }
 
 // Retention says how long each kind of record is kept.
@@ -352,7 +363,17 @@ type Store interface {
 	Summaries(ctx context.Context, site, device string, since time.Time) ([]SummaryPoint, error)
 	IdentityPoints(ctx context.Context, site, device, identity string, since time.Time) ([]IdentityPoint, error)
 	Rejects(ctx context.Context, limit int) ([]Reject, error)
+	// Prune deletes what the retention allows, and every session
+	// revocation whose session has expired by now.
 	Prune(ctx context.Context, now time.Time, r Retention) (PruneStats, error)
+
+	// RevokeSession records that the web session id was signed out; it
+	// stays revoked, across restarts and for every instance sharing the
+	// store, until expires (the session's own expiry), after which Prune
+	// removes it. Only SessionHash(id) is stored.
+	RevokeSession(ctx context.Context, id string, expires time.Time) error
+	// SessionRevoked reports whether the session id was revoked.
+	SessionRevoked(ctx context.Context, id string) (bool, error)
 
 	// Subscribe delivers changes committed by any instance sharing the
 	// store (best effort: a slow subscriber misses changes, never blocks

@@ -14,9 +14,12 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/user"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
@@ -58,8 +61,9 @@ func LoadUsers(path string) (Users, error) {
 	return ParseUsers(b)
 }
 
-// readPrivate reads path after checking that none of the bits in deny
-// (group/other permission bits) are set, like sshd does for private keys.
+// readPrivate reads path after checking that it is owned by the service's
+// own user or by root and that none of the bits in deny (group/other
+// permission bits) are set, like sshd does for private keys.
 func readPrivate(path, what string, deny os.FileMode) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -69,6 +73,14 @@ func readPrivate(path, what string, deny os.FileMode) ([]byte, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	uid := os.Geteuid()
+	if err := checkOwner(fi, uid); err != nil {
+		to := "root"
+		if uid != 0 {
+			to = strconv.Itoa(uid) // this service's user: it must read the file
+		}
+		return nil, fmt.Errorf("%s %s: %w; run: chown %s %s", what, path, err, to, path)
 	}
 	if m := fi.Mode().Perm(); runtime.GOOS != "windows" && m&deny != 0 {
 		want := m &^ deny
@@ -80,6 +92,33 @@ func readPrivate(path, what string, deny os.FileMode) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return b, nil
+}
+
+// checkOwner refuses a file owned by anyone but uid (the service's user)
+// or root: whatever its mode, its owner can rewrite it (a users file with
+// an admin of their own) or make it readable (the session key).
+func checkOwner(fi os.FileInfo, uid int) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	owner := int(st.Uid)
+	if owner == uid || owner == 0 {
+		return nil
+	}
+	allowed := "root (the service's user)"
+	if uid != 0 {
+		allowed = "the service's user, " + uidName(uid) + ", or root"
+	}
+	return fmt.Errorf("owned by %s, not by %s: its owner could change it whatever its permissions", uidName(owner), allowed)
+}
+
+// uidName is "uid N (name)", or "uid N" for a uid without a name.
+func uidName(uid int) string {
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil && u.Username != "" {
+		return fmt.Sprintf("uid %d (%s)", uid, u.Username)
+	}
+	return fmt.Sprintf("uid %d", uid)
 }
 
 func accessWords(m os.FileMode) string {
@@ -262,6 +301,14 @@ func (s *Server) sessionOf(r *http.Request) (session, User, bool) {
 	}
 	var sess session
 	if json.Unmarshal(b, &sess) != nil || s.now().Unix() > sess.Expires || sess.Nonce == "" || s.revoked.has(sess.Nonce) {
+		return session{}, User{}, false
+	}
+	// Signed out on another instance or before a restart: the store
+	// knows. A store that cannot tell refuses the session.
+	if revoked, err := s.store.SessionRevoked(r.Context(), sess.Nonce); err != nil || revoked {
+		if err != nil {
+			s.log.Warn("fleet web: session refused: cannot check it against the signed-out sessions", "user", sess.User, "err", err)
+		}
 		return session{}, User{}, false
 	}
 	u, ok := s.users[sess.User]

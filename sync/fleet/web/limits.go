@@ -6,9 +6,12 @@ import (
 	"time"
 )
 
-// revoked lists the sessions signed out before they expired, by session id
-// (the cookie's random nonce), each until the session's own expiry. It is
-// in memory: a restart forgets it (docs/fleet.md).
+// revoked lists the sessions signed out on this instance before they
+// expired, by session id (the cookie's random nonce), each until the
+// session's own expiry. The store keeps every revocation durably and for
+// all instances (storage.Store.RevokeSession); this set answers this
+// instance's own sign-outs without asking the store and still refuses
+// them if storing one failed.
 type revoked struct {
 	mu  sync.Mutex
 	ids map[string]int64 // nonce -> unix expiry

@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
+	"github.com/periocular/atm-agent/sync/fleet/storage/pgstore"
 	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
 )
 
@@ -51,6 +54,64 @@ func TestKeyAndUsersFilePermissions(t *testing.T) {
 		}
 		if err != nil && !strings.Contains(err.Error(), "chmod 0") {
 			t.Errorf("users file %04o: message without the chmod: %v", mode, err)
+		}
+	}
+}
+
+// A session key or users file owned by a user other than the service's
+// own or root is refused whatever its mode (its owner could rewrite it, or
+// make the key readable), with the chown to run.
+func TestKeyAndUsersFileOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown the files to another user")
+	}
+	const other = 65534 // nobody
+	dir := t.TempDir()
+	testUsers(t)
+	files := []struct {
+		name string
+		load func(string) error
+		body string
+	}{
+		{"session.key", func(p string) error { _, err := LoadSessionKey(p); return err }, strings.Repeat("k", 48) + "\n"},
+		{"users.yaml", func(p string) error { _, err := LoadUsers(p); return err }, usersYAML},
+	}
+	for _, f := range files {
+		p := filepath.Join(dir, f.name)
+		writeMode(t, p, f.body, 0o600)
+		if err := f.load(p); err != nil {
+			t.Fatalf("%s owned by root: %v", f.name, err)
+		}
+		// The group does not matter (the mode decides what it may do).
+		if err := os.Chown(p, 0, other); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.load(p); err != nil {
+			t.Errorf("%s owned by root, group %d: %v", f.name, other, err)
+		}
+		if err := os.Chown(p, other, other); err != nil {
+			t.Fatal(err)
+		}
+		err := f.load(p)
+		if err == nil || !strings.Contains(err.Error(), "owned by uid 65534") || !strings.Contains(err.Error(), "chown root "+p) {
+			t.Errorf("%s owned by uid %d: %v, want refused with the chown", f.name, other, err)
+		} else {
+			t.Logf("%s: %v", f.name, err)
+		}
+	}
+	// A service running as uid 65534 (a dynamic user) accepts its own
+	// files and root's, and refuses another user's.
+	p := filepath.Join(dir, "session.key") // owned by 65534 now
+	for owner, ok := range map[int]bool{other: true, 0: true, 1000: false} {
+		if err := os.Chown(p, owner, 0); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkOwner(fi, other); ok != (err == nil) {
+			t.Errorf("service uid %d, file owned by %d: %v, want ok=%v", other, owner, err, ok)
 		}
 	}
 }
@@ -136,6 +197,84 @@ func TestLogoutRevokesSession(t *testing.T) {
 	c2.login("ana", "correct horse")
 	if r, _ := c2.get("/api/v1/session"); r.StatusCode != 200 {
 		t.Errorf("new session after logout: %d", r.StatusCode)
+	}
+}
+
+// A cookie signed out before a restart of the service stays refused after
+// it, on both stores: the revocation is in the store, not only in the
+// memory of the process that was stopped. A session that was not signed
+// out still works after the restart (same session key).
+func TestLogoutRevokesAcrossRestart(t *testing.T) {
+	t.Run("bolt", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "fleet.db")
+		logoutThenRestart(t, func() storage.Store {
+			st, err := boltstore.Open(path, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st
+		})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		pg := fleettest.StartPostgres(t)
+		dsn := pg.NewDatabase(t)
+		logoutThenRestart(t, func() storage.Store {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			st, err := pgstore.Open(ctx, dsn, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st
+		})
+	})
+}
+
+func logoutThenRestart(t *testing.T, open func() storage.Store) {
+	sessionCookieOf := func(c *client, base string) string {
+		u, _ := url.Parse(base)
+		for _, k := range c.Jar.Cookies(u) {
+			if k.Name == sessionCookie {
+				return k.Value
+			}
+		}
+		t.Fatal("no session cookie")
+		return ""
+	}
+	st := open()
+	_, hs, stop := startTestServer(t, st)
+	out := newClient(t, hs.URL)
+	csrf := out.login("ana", "correct horse")
+	signedOut := sessionCookieOf(out, hs.URL)
+	stays := newClient(t, hs.URL)
+	stays.login("root", "correct horse")
+	kept := sessionCookieOf(stays, hs.URL)
+	if r, _ := out.post("/logout", url.Values{"csrf": {csrf}}); r.StatusCode != 303 {
+		t.Fatalf("logout: %d", r.StatusCode)
+	}
+
+	// Restart: the server stopped, the store closed and opened again.
+	stop()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st = open()
+	t.Cleanup(func() { st.Close() })
+	_, hs, _ = startTestServer(t, st)
+	with := func(cookie string) *client {
+		c := newClient(t, hs.URL)
+		u, _ := url.Parse(hs.URL)
+		c.Jar.SetCookies(u, []*http.Cookie{{Name: sessionCookie, Value: cookie, Path: "/"}})
+		return c
+	}
+	if r, _ := with(signedOut).get("/api/v1/session"); r.StatusCode != 401 {
+		t.Errorf("cookie signed out before the restart: API %d after it, want 401", r.StatusCode)
+	}
+	if r, _ := with(signedOut).get("/alerts"); r.StatusCode != 303 {
+		t.Errorf("cookie signed out before the restart: page %d after it, want 303 to sign-in", r.StatusCode)
+	}
+	if r, _ := with(kept).get("/api/v1/session"); r.StatusCode != 200 {
+		t.Errorf("session not signed out: API %d after the restart, want 200", r.StatusCode)
 	}
 }
 

@@ -415,12 +415,20 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 }
 
 // logout revokes the session server-side (the cookie may have been copied)
-// and clears it in the browser.
+// and clears it in the browser. The revocation is stored, so it holds
+// after a restart and on every instance sharing the store; this instance
+// also keeps it in memory, which still refuses the cookie here if the
+// store write fails (that failure is answered 500: the sign-out is not
+// durable).
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, s.cookie(sessionCookie, "", -1))
 	if sess := who(r).Sess; sess.Nonce != "" {
 		s.revoked.add(sess.Nonce, sess.Expires, s.now().Unix())
+		if err := s.store.RevokeSession(r.Context(), sess.Nonce, time.Unix(sess.Expires, 0)); err != nil {
+			s.fail(w, r, fmt.Errorf("sign-out of %s not stored (refused by this instance until it restarts): %w", sess.User, err))
+			return
+		}
 	}
-	http.SetCookie(w, s.cookie(sessionCookie, "", -1))
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
 

@@ -48,6 +48,14 @@ func testUsers(t testing.TB) Users {
 }
 
 func newTestServer(t testing.TB, st storage.Store) (*Server, *httptest.Server) {
+	s, hs, _ := startTestServer(t, st)
+	return s, hs
+}
+
+// startTestServer is newTestServer with a stop func (also run when the
+// test ends) for a test that restarts the server; every server of a test
+// signs cookies with the same key.
+func startTestServer(t testing.TB, st storage.Store) (*Server, *httptest.Server, func()) {
 	cfg := DefaultConfig()
 	cfg.UsersFile = "unused"
 	s, err := New(cfg, st, testUsers(t), []byte(strings.Repeat("k", 32)),
@@ -57,11 +65,12 @@ func newTestServer(t testing.TB, st storage.Store) (*Server, *httptest.Server) {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(s.Handler())
-	t.Cleanup(func() {
+	stop := func() {
 		s.once.Do(func() { close(s.sseStop) })
 		hs.Close()
-	})
-	return s, hs
+	}
+	t.Cleanup(stop)
+	return s, hs, stop
 }
 
 type client struct {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -20,15 +21,16 @@ import (
 )
 
 var (
-	bDevices  = []byte("devices")    // site\0device -> storage.Device JSON
-	bMessages = []byte("messages")   // site\0device\0message_id -> received unix ns (8 bytes)
-	bAlerts   = []byte("alerts")     // site\0device\0alert_id -> storage.Alert JSON
-	bSummary  = []byte("summaries")  // site\0device\0 seq(8) -> SummaryPoint JSON
-	bIdent    = []byte("identities") // site\0device\0identity\0 seq(8) -> IdentityPoint JSON
-	bAudit    = []byte("audit")      // id(8) -> AuditEntry JSON
-	bRejects  = []byte("rejects")    // id(8) -> Reject JSON
+	bDevices  = []byte("devices")          // site\0device -> storage.Device JSON
+	bMessages = []byte("messages")         // site\0device\0message_id -> received unix ns (8 bytes)
+	bAlerts   = []byte("alerts")           // site\0device\0alert_id -> storage.Alert JSON
+	bSummary  = []byte("summaries")        // site\0device\0 seq(8) -> SummaryPoint JSON
+	bIdent    = []byte("identities")       // site\0device\0identity\0 seq(8) -> IdentityPoint JSON
+	bAudit    = []byte("audit")            // id(8) -> AuditEntry JSON
+	bRejects  = []byte("rejects")          // id(8) -> Reject JSON
+	bRevoked  = []byte("revoked_sessions") // storage.SessionHash(id) -> session expiry, unix seconds (8 bytes)
 	bMeta     = []byte("meta")
-	buckets   = [][]byte{bDevices, bMessages, bAlerts, bSummary, bIdent, bAudit, bRejects, bMeta}
+	buckets   = [][]byte{bDevices, bMessages, bAlerts, bSummary, bIdent, bAudit, bRejects, bRevoked, bMeta}
 )
 
 // maxRejects bounds the kept rejected payloads (oldest dropped first).
@@ -38,6 +40,7 @@ const maxRejects = 1000
 type Store struct {
 	db *bolt.DB
 	storage.Hub
+	phantoms int // removed by Open
 }
 
 var _ storage.Store = (*Store)(nil)
@@ -60,20 +63,75 @@ func Open(path string, timeout time.Duration) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open fleet store %q: %w", path, err)
 	}
+	var phantoms int
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range buckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return tx.Bucket(bMeta).Put([]byte("schema"), []byte("1"))
+		if err := tx.Bucket(bMeta).Put([]byte("schema"), []byte("1")); err != nil {
+			return err
+		}
+		var err error
+		phantoms, err = removePhantoms(tx)
+		return err
 	})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open fleet store %q: init: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, phantoms: phantoms}, nil
 }
+
+// metaPhantoms, in the meta bucket, records that removePhantoms ran (the
+// value: how many records it removed).
+var metaPhantoms = []byte("phantom_devices_removed")
+
+// removePhantoms deletes, once per store, the device records that earlier
+// versions created for rejected payloads ("phantom" devices: a name that
+// never sent a valid message showed up in the fleet): a record with no
+// status, no summary, no accepted or duplicate message, and nothing stored
+// under its name (dedup records, alerts, series). A record that does not
+// decode is left alone. It returns how many it removed; after the first
+// open it does nothing (the meta key).
+func removePhantoms(tx *bolt.Tx) (int, error) {
+	meta := tx.Bucket(bMeta)
+	if meta.Get(metaPhantoms) != nil {
+		return 0, nil
+	}
+	var gone [][]byte
+	err := tx.Bucket(bDevices).ForEach(func(k, v []byte) error {
+		var d storage.Device
+		if json.Unmarshal(v, &d) != nil {
+			return nil
+		}
+		if d.Status != nil || d.Summary != nil || d.Unique != 0 || d.Duplicates != 0 || !d.LastReceived.IsZero() {
+			return nil
+		}
+		for _, b := range [][]byte{bMessages, bAlerts, bSummary, bIdent} {
+			if n, _ := tx.Bucket(b).Cursor().Seek(k); n != nil && bytes.HasPrefix(n, k) {
+				return nil // k is site\0device\0: the prefix of that device's keys
+			}
+		}
+		gone = append(gone, bytes.Clone(k))
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("remove phantom devices: %w", err)
+	}
+	for _, k := range gone {
+		if err := tx.Bucket(bDevices).Delete(k); err != nil {
+			return 0, fmt.Errorf("remove phantom devices: %w", err)
+		}
+	}
+	return len(gone), meta.Put(metaPhantoms, []byte(strconv.Itoa(len(gone))))
+}
+
+// RemovedPhantoms is how many phantom device records Open removed (see
+// removePhantoms): non-zero only on the first open of a store that an
+// earlier version wrote them to.
+func (s *Store) RemovedPhantoms() int { return s.phantoms }
 
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
@@ -641,6 +699,10 @@ func (s *Store) Prune(ctx context.Context, now time.Time, r storage.Retention) (
 				err := json.Unmarshal(v, &e)
 				return e.At.Before(alerts), err
 			}},
+			// A revocation is needed until its session expires.
+			{bRevoked, &st.Sessions, func(k, v []byte) (bool, error) {
+				return len(v) != 8 || int64(binary.BigEndian.Uint64(v)) < now.Unix(), nil
+			}},
 		}
 		for _, step := range steps {
 			if err := del(step.b, step.n, step.old); err != nil {
@@ -650,6 +712,27 @@ func (s *Store) Prune(ctx context.Context, now time.Time, r storage.Retention) (
 		return nil
 	})
 	return st, err
+}
+
+// RevokeSession implements storage.Store.
+func (s *Store) RevokeSession(ctx context.Context, id string, expires time.Time) error {
+	return s.update(ctx, "revoke session", func(tx *bolt.Tx) error {
+		b, k := tx.Bucket(bRevoked), storage.SessionHash(id)
+		if v := b.Get(k); len(v) == 8 && int64(binary.BigEndian.Uint64(v)) >= expires.Unix() {
+			return nil // already revoked as long or longer
+		}
+		return b.Put(k, u64(uint64(expires.Unix())))
+	})
+}
+
+// SessionRevoked implements storage.Store.
+func (s *Store) SessionRevoked(ctx context.Context, id string) (bool, error) {
+	var found bool
+	err := s.view(ctx, "check session", func(tx *bolt.Tx) error {
+		found = tx.Bucket(bRevoked).Get(storage.SessionHash(id)) != nil
+		return nil
+	})
+	return found, err
 }
 
 // Backup writes a consistent copy of the store file to w while the service

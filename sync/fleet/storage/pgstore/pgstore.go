@@ -82,6 +82,10 @@ var schema = []string{
 	`CREATE TABLE IF NOT EXISTS atm_fleet_rejects (
 		id bigserial PRIMARY KEY, received timestamptz NOT NULL, topic text NOT NULL,
 		site text NOT NULL, device text NOT NULL, error text NOT NULL, payload text NOT NULL)`,
+	// Signed-out web sessions (storage.SessionHash of the id), each until
+	// the session's own expiry.
+	`CREATE TABLE IF NOT EXISTS atm_fleet_revoked_sessions (
+		id_hash bytea PRIMARY KEY, expires timestamptz NOT NULL)`,
 }
 
 // maxRejects bounds the kept rejected payloads (oldest dropped first).
@@ -96,6 +100,8 @@ type Store struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
+
+	phantoms int // removed by Open
 }
 
 var _ storage.Store = (*Store)(nil)
@@ -118,12 +124,13 @@ func Open(ctx context.Context, dsn string, log *slog.Logger) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("open postgres %s: %w", cfg.ConnConfig.Host, err)
 	}
-	if err := migrate(ctx, pool); err != nil {
+	phantoms, err := migrate(ctx, pool)
+	if err != nil {
 		pool.Close()
 		return nil, err
 	}
 	lctx, cancel := context.WithCancel(context.Background())
-	s := &Store{pool: pool, log: log, cancel: cancel, done: make(chan struct{})}
+	s := &Store{pool: pool, log: log, cancel: cancel, done: make(chan struct{}), phantoms: phantoms}
 	ready := make(chan error, 1)
 	go s.listen(lctx, ready)
 	select {
@@ -139,8 +146,11 @@ func Open(ctx context.Context, dsn string, log *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
-func migrate(ctx context.Context, pool *pgxpool.Pool) error {
-	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+// migrate creates the schema and runs the one-time cleanups; it returns
+// how many phantom devices it removed.
+func migrate(ctx context.Context, pool *pgxpool.Pool) (int, error) {
+	var phantoms int
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrationLock)); err != nil {
 			return fmt.Errorf("migrate: lock: %w", err)
 		}
@@ -153,16 +163,54 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 		err := tx.QueryRow(ctx, `SELECT value FROM atm_fleet_meta WHERE key = 'schema'`).Scan(&v)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
-			_, err = tx.Exec(ctx, `INSERT INTO atm_fleet_meta (key, value) VALUES ('schema', $1)`, fmt.Sprint(schemaVersion))
-			return err
+			if _, err = tx.Exec(ctx, `INSERT INTO atm_fleet_meta (key, value) VALUES ('schema', $1)`, fmt.Sprint(schemaVersion)); err != nil {
+				return err
+			}
 		case err != nil:
 			return fmt.Errorf("migrate: read schema version: %w", err)
 		case v != fmt.Sprint(schemaVersion):
 			return fmt.Errorf("migrate: database has fleet schema %s, this build knows %d", v, schemaVersion)
 		}
-		return nil
+		phantoms, err = removePhantoms(ctx, tx)
+		return err
 	})
+	return phantoms, err
 }
+
+// removePhantoms deletes, once per database (under the migration lock),
+// the device rows that earlier versions created for rejected payloads
+// ("phantom" devices: a name that never sent a valid message showed up in
+// the fleet): a row with no status, no summary, no accepted or duplicate
+// message, and no dedup record, alert or summary under its name. The meta
+// key phantom_devices_removed records that it ran (and how many it removed).
+func removePhantoms(ctx context.Context, tx pgx.Tx) (int, error) {
+	var done string
+	err := tx.QueryRow(ctx, `SELECT value FROM atm_fleet_meta WHERE key = 'phantom_devices_removed'`).Scan(&done)
+	if err == nil {
+		return 0, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("migrate: phantom devices: %w", err)
+	}
+	tag, err := tx.Exec(ctx, `DELETE FROM atm_fleet_devices d
+		WHERE d.status IS NULL AND d.summary IS NULL AND d.uniq = 0 AND d.dups = 0 AND d.last_received IS NULL
+		AND NOT EXISTS (SELECT 1 FROM atm_fleet_messages m WHERE m.site = d.site AND m.device = d.device)
+		AND NOT EXISTS (SELECT 1 FROM atm_fleet_alerts a WHERE a.site = d.site AND a.device = d.device)
+		AND NOT EXISTS (SELECT 1 FROM atm_fleet_summaries s WHERE s.site = d.site AND s.device = d.device)`)
+	if err != nil {
+		return 0, fmt.Errorf("migrate: remove phantom devices: %w", err)
+	}
+	n := int(tag.RowsAffected())
+	if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_meta (key, value) VALUES ('phantom_devices_removed', $1)`, fmt.Sprint(n)); err != nil {
+		return 0, fmt.Errorf("migrate: phantom devices: %w", err)
+	}
+	return n, nil
+}
+
+// RemovedPhantoms is how many phantom device rows Open removed (see
+// removePhantoms): non-zero only on the first open of a database that an
+// earlier version wrote them to.
+func (s *Store) RemovedPhantoms() int { return s.phantoms }
 
 // listen holds one connection LISTENing on the change channel and fans the
 // notifications out; it reconnects with a capped backoff until Close.
@@ -783,6 +831,7 @@ func (s *Store) Prune(ctx context.Context, now time.Time, r storage.Retention) (
 			{&st.Rejects, `DELETE FROM atm_fleet_rejects WHERE received < $1`, hist},
 			{&st.Alerts, `DELETE FROM atm_fleet_alerts WHERE state = 'resolved' AND resolved_at < $1`, alerts},
 			{&st.Audit, `DELETE FROM atm_fleet_audit WHERE at < $1`, alerts},
+			{&st.Sessions, `DELETE FROM atm_fleet_revoked_sessions WHERE expires < $1`, now.UTC().Truncate(time.Second)},
 		} {
 			tag, err := tx.Exec(ctx, q.sql, q.at)
 			if err != nil {
@@ -793,4 +842,25 @@ func (s *Store) Prune(ctx context.Context, now time.Time, r storage.Retention) (
 		return nil
 	})
 	return st, err
+}
+
+// RevokeSession implements storage.Store.
+func (s *Store) RevokeSession(ctx context.Context, id string, expires time.Time) error {
+	return s.tx(ctx, "revoke session", func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO atm_fleet_revoked_sessions (id_hash, expires) VALUES ($1, $2)
+			ON CONFLICT (id_hash) DO UPDATE SET expires = GREATEST(atm_fleet_revoked_sessions.expires, EXCLUDED.expires)`,
+			storage.SessionHash(id), expires.UTC())
+		return err
+	})
+}
+
+// SessionRevoked implements storage.Store.
+func (s *Store) SessionRevoked(ctx context.Context, id string) (bool, error) {
+	var found bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM atm_fleet_revoked_sessions WHERE id_hash = $1)`,
+		storage.SessionHash(id)).Scan(&found)
+	if err != nil {
+		return false, fmt.Errorf("check session: %w", err)
+	}
+	return found, nil
 }

@@ -50,6 +50,48 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("RejectsCreateNoDevice", func(t *testing.T) { rejectsCreateNoDevice(t, open(t)) })
 	t.Run("SeqRestart", func(t *testing.T) { seqRestart(t, open(t)) })
 	t.Run("BatchWrites", func(t *testing.T) { batchWrites(t, open(t)) })
+	t.Run("SessionRevocations", func(t *testing.T) { sessionRevocations(t, open(t)) })
+}
+
+// A revoked session stays revoked until its expiry; Prune then removes the
+// revocation (and only expired ones). Another session id is not revoked.
+func sessionRevocations(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	if r, err := s.SessionRevoked(c, "nonce-a"); err != nil || r {
+		t.Fatalf("before any sign-out: revoked=%v err=%v", r, err)
+	}
+	for _, r := range []struct {
+		id      string
+		expires time.Time
+	}{{"nonce-a", T0.Add(12 * time.Hour)}, {"nonce-a", T0.Add(time.Hour)}, {"nonce-old", T0.Add(-time.Second)}, {"nonce-now", T0}} {
+		if err := s.RevokeSession(c, r.id, r.expires); err != nil {
+			t.Fatalf("revoke %s: %v", r.id, err)
+		}
+	}
+	for id, want := range map[string]bool{"nonce-a": true, "nonce-old": true, "nonce-now": true, "nonce-b": false, "": false} {
+		if got, err := s.SessionRevoked(c, id); err != nil || got != want {
+			t.Errorf("%q revoked = %v (%v), want %v", id, got, err, want)
+		}
+	}
+	st, err := s.Prune(c, T0, storage.Retention{History: 30 * 24 * time.Hour, Alerts: 30 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st != (storage.PruneStats{Sessions: 1}) {
+		t.Errorf("prune = %+v, want only the expired revocation", st)
+	}
+	for id, want := range map[string]bool{"nonce-a": true, "nonce-old": false, "nonce-now": true} {
+		if got, err := s.SessionRevoked(c, id); err != nil || got != want {
+			t.Errorf("after prune: %q revoked = %v (%v), want %v", id, got, err, want)
+		}
+	}
+	// The later of two expiries is kept: at T0+2h nonce-a is still revoked.
+	if st, err := s.Prune(c, T0.Add(2*time.Hour), storage.Retention{History: 30 * 24 * time.Hour, Alerts: 30 * 24 * time.Hour}); err != nil || st.Sessions != 1 {
+		t.Errorf("prune at T0+2h = %+v %v, want 1 session (nonce-now)", st, err)
+	}
+	if got, _ := s.SessionRevoked(c, "nonce-a"); !got {
+		t.Error("nonce-a revoked until T0+12h is no longer revoked at T0+2h")
+	}
 }
 
 // Rejected payloads of a device that never sent a valid message are kept
