@@ -45,7 +45,7 @@ const recropSize = 160
 // recrop finds the customer's face in img and cuts it as r says. The
 // result must be closed.
 func (p *Pipeline) recrop(img gocv.Mat, r Recrop, t *Timings) (gocv.Mat, error) {
-	d, ok, _, err := p.detectCustomer(img, t)
+	d, ok, _, err := p.detectCustomer(img, true, t)
 	if err != nil {
 		return gocv.Mat{}, err
 	}
@@ -72,14 +72,14 @@ func (p *Pipeline) FaceInRecrop(data []byte, r Recrop, t *Timings) (Face, error)
 	}
 	defer img.Close()
 	if r == RecropNone {
-		return p.faceInMat(img, FaceOptions{}, t)
+		return p.faceInMat(img, FaceOptions{}, true, t)
 	}
 	rc, err := p.recrop(img, r, t)
 	if err != nil {
 		return Face{}, err
 	}
 	defer rc.Close()
-	return p.faceInMat(rc, FaceOptions{}, t)
+	return p.faceInMat(rc, FaceOptions{}, true, t)
 }
 
 // CropView is what the embedder of one image is fed, for looking at by eye:
@@ -107,7 +107,7 @@ func (p *Pipeline) ViewCrop(data []byte, r Recrop) (CropView, error) {
 		defer rc.Close()
 		in = rc
 	}
-	m, err := p.measure(in, nil, nil)
+	m, err := p.measureIn(in, nil, false, true, nil)
 	if err != nil {
 		return CropView{}, err
 	}

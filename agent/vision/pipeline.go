@@ -43,7 +43,9 @@ type Config struct {
 	// Raw skips the embedder's learned projection (used to train it).
 	Raw bool `yaml:"-"`
 	// PadTight pads an image whose face fills it (a tight crop) with gray
-	// to this factor before a second detection pass (0 disables).
+	// to this factor for a second detection pass (0 disables): on camera
+	// frames when the first finds nothing, on image files also when its
+	// face is large (see detectCustomer).
 	PadTight float64 `yaml:"pad_tight"`
 	// NoTrack turns off tracking within a burst: every frame then runs the
 	// whole detection stage (used to measure what tracking changes).
@@ -53,7 +55,7 @@ type Config struct {
 // Revision names the behaviour of the detection, crop and quality code.
 // Evaluation caches key on it: change it whenever a code change alters
 // which face is found or how it is cut.
-const Revision = "2026-12-06.landmarks-without-keypoints"
+const Revision = "2026-12-07.stills-padded-whole-face-1.15"
 
 // DefaultConfig returns the measured defaults (docs/accuracy.md).
 func DefaultConfig() Config {
@@ -258,30 +260,57 @@ func (p *Pipeline) Config() Config { return p.cfg }
 // ErrNoFace says no usable face was found. It is an outcome, not a failure.
 var ErrNoFace = errors.New("no usable face")
 
-// detectCustomer finds the customer's face, padding a tight crop when the
-// first pass finds nothing.
-func (p *Pipeline) detectCustomer(img gocv.Mat, t *Timings) (Detection, bool, bool, error) {
-	d, ok, err := p.findCustomer(img, t)
-	if err != nil || ok {
-		return d, ok, false, err
-	}
-	if p.cfg.PadTight < 1 {
-		return Detection{}, false, false, nil
-	}
-	// A face that fills the image has no context around it; detectors
-	// trained on scenes need some. Pad with constant gray (replicated
-	// borders create false faces) and look again.
-	w, h := img.Cols(), img.Rows()
-	px := int(float64(w) * (p.cfg.PadTight - 1) / 2)
-	py := int(float64(h) * (p.cfg.PadTight - 1) / 2)
-	padded := gocv.NewMat()
-	defer padded.Close()
-	gocv.CopyMakeBorder(img, &padded, py, py, px, px, gocv.BorderConstant, colorOf(128))
-	d, ok, err = p.findCustomer(padded, t)
-	if err != nil || !ok {
+// stillPadFrom is the face box side, in image short sides, from which an
+// image file is also searched padded: a smaller face cannot be the part of
+// a face too large for the detectors.
+const stillPadFrom = 0.35
+
+// detectCustomer finds the customer's face, padding the image with gray
+// for a second pass. A face that fills the image (a tight crop) has no
+// context around it, and the detectors, trained on scenes, then box a part
+// of it (on rmfrd's masked crops often one eye; docs/accuracy.md). Camera
+// frames show the scene, so they are padded only when nothing is found;
+// image files (still), which are often such crops, are also padded when
+// their face is large, and the larger of the two faces is kept. padded
+// says the face kept was found in the padded image.
+func (p *Pipeline) detectCustomer(img gocv.Mat, still bool, t *Timings) (d Detection, ok, padded bool, err error) {
+	d, ok, err = p.findCustomer(img, t)
+	if err != nil {
 		return Detection{}, false, false, err
 	}
-	return d.shifted(-float64(px), -float64(py)), true, true, nil
+	w, h := img.Cols(), img.Rows()
+	if p.cfg.PadTight < 1 || (ok && (!still || math.Max(d.W(), d.H()) < stillPadFrom*float64(min(w, h)))) {
+		return d, ok, false, nil
+	}
+	// Pad with constant gray (replicated borders create false faces).
+	px := int(float64(w) * (p.cfg.PadTight - 1) / 2)
+	py := int(float64(h) * (p.cfg.PadTight - 1) / 2)
+	pm := gocv.NewMat()
+	defer pm.Close()
+	gocv.CopyMakeBorder(img, &pm, py, py, px, px, gocv.BorderConstant, colorOf(128))
+	pd, pok, err := p.findCustomer(pm, t)
+	if err != nil {
+		return Detection{}, false, false, err
+	}
+	pd = pd.shifted(-float64(px), -float64(py))
+	if !pok || (ok && !wholeOf(pd, d)) {
+		return d, ok, false, nil
+	}
+	return pd, true, true, nil
+}
+
+// stillGrow is how much larger than the first pass's face the padded
+// pass's must be to replace it: boxes of the same face differ by a few
+// per cent between the passes, and the first pass, which sees the face
+// larger, places it better.
+const stillGrow = 1.15
+
+// wholeOf says whether face w, found in the padded image, is the whole of
+// which part is a part: much larger and holding its centre.
+func wholeOf(w, part Detection) bool {
+	cx, cy := (part.X0+part.X1)/2, (part.Y0+part.Y1)/2
+	return math.Max(w.W(), w.H()) >= stillGrow*math.Max(part.W(), part.H()) &&
+		cx >= w.X0 && cx <= w.X1 && cy >= w.Y0 && cy <= w.Y1
 }
 
 // findCustomer runs the detection stage on one image: the fast detector
@@ -408,12 +437,13 @@ func inputSide(d Detector) int {
 // burst can embed only its best frames. With prev (the customer's face in
 // the previous frame of a burst) the face is first tracked from there.
 func (p *Pipeline) measure(img gocv.Mat, prev *Detection, t *Timings) (measured, error) {
-	return p.measureIn(img, prev, false, t)
+	return p.measureIn(img, prev, false, false, t)
 }
 
 // measureIn is measure; with coarse it leaves out the landmark net (see
-// measureDet).
-func (p *Pipeline) measureIn(img gocv.Mat, prev *Detection, coarse bool, t *Timings) (measured, error) {
+// measureDet); still says img is an image file, not a camera frame (see
+// detectCustomer).
+func (p *Pipeline) measureIn(img gocv.Mat, prev *Detection, coarse, still bool, t *Timings) (measured, error) {
 	if t == nil {
 		t = &Timings{}
 	}
@@ -427,7 +457,7 @@ func (p *Pipeline) measureIn(img gocv.Mat, prev *Detection, coarse bool, t *Timi
 		d, ok, err = p.track(img, *prev, t)
 	}
 	if err == nil && !ok {
-		d, ok, padded, err = p.detectCustomer(img, t)
+		d, ok, padded, err = p.detectCustomer(img, still, t)
 	}
 	t.Detect += time.Since(t0)
 	if err != nil {
@@ -526,9 +556,10 @@ func (p *Pipeline) embed(m *measured, thumb int, t *Timings) error {
 }
 
 // faceInMat runs detection, quality measures, embedding and mask state on
-// one BGR image. It returns ErrNoFace when nothing passes the score gate.
-func (p *Pipeline) faceInMat(img gocv.Mat, o FaceOptions, t *Timings) (Face, error) {
-	m, err := p.measure(img, nil, t)
+// one BGR image, an image file's (still) or a camera frame's. It returns
+// ErrNoFace when nothing passes the score gate.
+func (p *Pipeline) faceInMat(img gocv.Mat, o FaceOptions, still bool, t *Timings) (Face, error) {
+	m, err := p.measureIn(img, nil, false, still, t)
 	if err != nil {
 		return Face{}, err
 	}
@@ -575,7 +606,7 @@ func (p *Pipeline) FaceInImage(data []byte, o FaceOptions, t *Timings) (Face, er
 		return Face{}, err
 	}
 	defer img.Close()
-	return p.faceInMat(img, o, t)
+	return p.faceInMat(img, o, true, t)
 }
 
 // FacesInImage decodes an image file's bytes as FaceInImage does and
@@ -659,7 +690,7 @@ func (p *Pipeline) FaceInFrame(fr visit.Frame, o FaceOptions, t *Timings) (Face,
 		return Face{}, err
 	}
 	defer release()
-	return p.faceInMat(img, o, t)
+	return p.faceInMat(img, o, false, t)
 }
 
 // frameMat wraps the frame's pixels without a copy; release closes the Mat
@@ -712,7 +743,7 @@ func (p *Pipeline) PerceiveTimed(ctx context.Context, frames []visit.Frame, t *T
 		if err != nil {
 			return desc, err
 		}
-		m, err := p.measureIn(img, prev, true, t)
+		m, err := p.measureIn(img, prev, true, false, t)
 		release()
 		m.frame = i
 		if errors.Is(err, ErrNoFace) {
@@ -799,7 +830,7 @@ func normalize(v []float64) []float32 {
 // FaceWithPaintedMask finds the face in img, paints a synthetic mask of the
 // given style on a copy and returns the face measured on the masked copy.
 func (p *Pipeline) FaceWithPaintedMask(img gocv.Mat, style int, t *Timings) (Face, error) {
-	d, ok, _, err := p.detectCustomer(img, t)
+	d, ok, _, err := p.detectCustomer(img, true, t)
 	if err != nil {
 		return Face{}, err
 	}
@@ -811,5 +842,5 @@ func (p *Pipeline) FaceWithPaintedMask(img gocv.Mat, style int, t *Timings) (Fac
 	if err := PaintMask(&masked, d, style); err != nil {
 		return Face{}, err
 	}
-	return p.faceInMat(masked, FaceOptions{}, t)
+	return p.faceInMat(masked, FaceOptions{}, true, t)
 }

@@ -188,7 +188,7 @@ func TestBurstAlignsEmbeddedFramesOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer release()
-	m, err := p.measureIn(img, nil, true, nil)
+	m, err := p.measureIn(img, nil, true, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestTightCrop(t *testing.T) {
 	p := newTestPipeline(t, "", "")
 	img, _ := gocv.IMDecode(sample(t, "sample1.jpg"), gocv.IMReadColor)
 	defer img.Close()
-	f, err := p.faceInMat(img, FaceOptions{}, nil)
+	f, err := p.faceInMat(img, FaceOptions{}, true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,7 @@ func TestTightCrop(t *testing.T) {
 	tight := roi.Clone()
 	roi.Close()
 	defer tight.Close()
-	g, err := p.faceInMat(tight, FaceOptions{}, nil)
+	g, err := p.faceInMat(tight, FaceOptions{}, true, nil)
 	if err != nil {
 		t.Fatalf("tight crop %v: %v", r, err)
 	}
@@ -324,14 +324,14 @@ func TestFastDetectorCascade(t *testing.T) {
 	roi.Close()
 	defer close.Close()
 	var tc Timings
-	h, err := p.faceInMat(close, FaceOptions{}, &tc)
+	h, err := p.faceInMat(close, FaceOptions{}, false, &tc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if tc.Fast != 1 || tc.Full != 0 {
 		t.Errorf("close-up: fast %d, full %d passes; want the fast detector to decide", tc.Fast, tc.Full)
 	}
-	k, err := single.faceInMat(close, FaceOptions{}, nil)
+	k, err := single.faceInMat(close, FaceOptions{}, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,9 +103,10 @@ func scaleNearest(src *image.RGBA, side int) *image.RGBA {
 	return out
 }
 
-// markFace draws the detection box (green) and keypoints (red) scaled by s.
+// markFace draws the detection box (green), the detector's keypoints (red)
+// and the landmark net's alignment points (blue) scaled by s.
 func markFace(img *image.RGBA, d vision.Detection, s float64) {
-	green, red := color.RGBA{0, 255, 0, 255}, color.RGBA{255, 0, 0, 255}
+	green, red, blue := color.RGBA{0, 255, 0, 255}, color.RGBA{255, 0, 0, 255}, color.RGBA{0, 64, 255, 255}
 	x0, y0, x1, y1 := int(d.X0*s), int(d.Y0*s), int(d.X1*s), int(d.Y1*s)
 	for x := x0; x <= x1; x++ {
 		img.Set(x, y0, green)
@@ -115,12 +116,18 @@ func markFace(img *image.RGBA, d vision.Detection, s float64) {
 		img.Set(x0, y, green)
 		img.Set(x1, y, green)
 	}
-	for _, q := range d.Points {
+	dot := func(q [2]float64, c color.RGBA) {
 		px, py := int(q[0]*s), int(q[1]*s)
 		for dy := -1; dy <= 1; dy++ {
 			for dx := -1; dx <= 1; dx++ {
-				img.Set(px+dx, py+dy, red)
+				img.Set(px+dx, py+dy, c)
 			}
 		}
+	}
+	for _, q := range d.Points {
+		dot(q, red)
+	}
+	for _, q := range d.Five {
+		dot(q, blue)
 	}
 }

@@ -1,0 +1,62 @@
+package vision
+
+import (
+	"math"
+	"testing"
+
+	"gocv.io/x/gocv"
+)
+
+// tightMaskedCrop paints a mask on the customer's face in a demo photo and
+// cuts the face the way rmfrd's crops are cut: a square of scale detector
+// box sides around the box, resized to 160x160. It returns the crop and
+// the face box in the crop's pixels.
+func tightMaskedCrop(t *testing.T, p *Pipeline, name string, scale float64) (gocv.Mat, Detection) {
+	t.Helper()
+	img, err := gocv.IMDecode(sample(t, name), gocv.IMReadColor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	d, ok, _, err := p.detectCustomer(img, false, nil)
+	if err != nil || !ok {
+		t.Fatalf("%s: no face (%v)", name, err)
+	}
+	if err := PaintMask(&img, d, 0); err != nil {
+		t.Fatal(err)
+	}
+	side := scale * math.Max(d.W(), d.H())
+	cx, cy := (d.X0+d.X1)/2, (d.Y0+d.Y1)/2
+	k := 160 / side
+	crop := warp(img, k, 0, -k*(cx-side/2), 0, k, -k*(cy-side/2), 160)
+	face := Detection{X0: k * (d.X0 - cx + side/2), Y0: k * (d.Y0 - cy + side/2), X1: k * (d.X1 - cx + side/2), Y1: k * (d.Y1 - cy + side/2)}
+	return crop, face
+}
+
+// A masked face cut as tightly as rmfrd's crops: the detectors, trained on
+// scenes, box a part of it (an eye and the mask's top: IoU 0.2-0.5 with the
+// face). An image file is also searched padded when its face is large and
+// keeps the larger face, which is the whole one; a camera frame is not
+// (its scene gives the detector context, and the second pass costs time).
+func TestTightMaskedCropFoundWhole(t *testing.T) {
+	checkMats(t)
+	p := newTestPipeline(t, "", "")
+	for _, n := range []string{"sample3.jpg", "sample5.jpg", "sample6.jpg"} {
+		for _, sc := range []float64{1.0, 1.1, 1.2} {
+			crop, face := tightMaskedCrop(t, p, n, sc)
+			cam, _, _, err := p.detectCustomer(crop, false, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			still, ok, padded, err := p.detectCustomer(crop, true, nil)
+			crop.Close()
+			if err != nil || !ok {
+				t.Fatalf("%s x%.1f: no face (%v)", n, sc, err)
+			}
+			t.Logf("%s x%.1f: camera frame IoU %.2f, image file IoU %.2f (padded %v)", n, sc, iou(cam, face), iou(still, face), padded)
+			if o := iou(still, face); o < 0.6 {
+				t.Errorf("%s x%.1f: the image file's face box %+v covers the face %+v at IoU %.2f, want >= 0.6", n, sc, still, face, o)
+			}
+		}
+	}
+}
