@@ -188,7 +188,7 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 	}
 	if len(lst.Videos) > 0 && o.VideoFPS < 0 {
 		for _, v := range lst.Videos {
-			lst.Skipped = append(lst.Skipped, Problem{v, "video (video input is off: --video-fps 0)"})
+			lst.Skipped = append(lst.Skipped, Problem{Path: v, Reason: "video (video input is off: --video-fps 0)"})
 		}
 		sort.SliceStable(lst.Skipped, func(a, b int) bool { return lst.Skipped[a].Path < lst.Skipped[b].Path })
 	} else if len(lst.Videos) > 0 {
@@ -557,7 +557,7 @@ func build(ctx context.Context, lst *Listing, res []result, o Options) (*Report,
 		switch {
 		case r.err != "":
 			e.Folder = ""
-			rep.Unreadable = append(rep.Unreadable, Problem{p, r.err})
+			rep.Unreadable = append(rep.Unreadable, Problem{Path: p, Reason: r.err})
 		case !r.found:
 			e.Folder = "noface"
 			e.Note = r.noface

@@ -447,7 +447,7 @@ func TestPermissionDenied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Unreadable) != 1 || rep.Unreadable[0] != (Problem{"locked.jpg", "permission denied"}) {
+	if len(rep.Unreadable) != 1 || rep.Unreadable[0] != (Problem{Path: "locked.jpg", Reason: "permission denied"}) {
 		t.Fatalf("unreadable %+v", rep.Unreadable)
 	}
 }

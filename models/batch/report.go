@@ -2,6 +2,7 @@ package batch
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"html/template"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/periocular/atm-agent/agent/identity"
 )
@@ -44,6 +46,7 @@ func (r *Report) Placed() (linked, copied int) { return r.linked, r.copied }
 type Meta struct {
 	Version    string               `json:"version"`
 	Input      string               `json:"input"`
+	InputB64   string               `json:"input_b64,omitempty"` // Input's bytes when not valid UTF-8 (see rawName)
 	Detector   string               `json:"detector"`
 	Embedder   string               `json:"embedder"`
 	Crop       string               `json:"crop"`
@@ -89,6 +92,9 @@ type Identity struct {
 	MeanDistance float64  `json:"mean_distance"`
 	MaxDistance  float64  `json:"max_distance"`
 	Images       []string `json:"images"`
+	// ImagesB64, present only when one of Images is not valid UTF-8, is
+	// parallel to Images: each name's bytes (see rawName), "" for a valid one.
+	ImagesB64 []string `json:"images_b64,omitempty"`
 	// Maybe are near-miss suggestions: other identities just beyond the
 	// algorithm's cut, closest first (see NearFactor).
 	Maybe []Suggestion `json:"maybe,omitempty"`
@@ -98,17 +104,20 @@ type Identity struct {
 // Suggestion names another identity that may be the same person.
 type Suggestion struct {
 	Folder   string  `json:"folder"`
-	Image    string  `json:"image,omitempty"` // the one image, when Folder is singletons
-	Distance float64 `json:"distance"`        // cosine distance between the identities' mean templates
+	Image    string  `json:"image,omitempty"`     // the one image, when Folder is singletons
+	ImageB64 string  `json:"image_b64,omitempty"` // Image's bytes when not valid UTF-8 (see rawName)
+	Distance float64 `json:"distance"`            // cosine distance between the identities' mean templates
 	rank     int
 }
 
 // ImageEntry is one input image. Folder is the identity folder, "noface",
 // or empty for an unreadable file.
 type ImageEntry struct {
-	Path   string `json:"path"`
-	Folder string `json:"folder"`
-	File   string `json:"file,omitempty"` // name inside Folder
+	Path    string `json:"path"`
+	PathB64 string `json:"path_b64,omitempty"` // Path's bytes when not valid UTF-8 (see rawName)
+	Folder  string `json:"folder"`
+	File    string `json:"file,omitempty"`     // name inside Folder
+	FileB64 string `json:"file_b64,omitempty"` // File's bytes when not valid UTF-8 (see rawName)
 	// FaceNo, with --faces all, is which face of the image this entry is
 	// (1-based, reading order); an image with several faces has one entry
 	// per face, each with its own folder.
@@ -125,9 +134,10 @@ type ImageEntry struct {
 
 // FrameInfo says where in a video a sampled frame is.
 type FrameInfo struct {
-	Path  string  `json:"path"`  // the video, relative to the input
-	Frame int     `json:"frame"` // index of the frame in the video, from 0
-	Time  float64 `json:"time"`  // seconds from the start
+	Path    string  `json:"path"`               // the video, relative to the input
+	PathB64 string  `json:"path_b64,omitempty"` // Path's bytes when not valid UTF-8 (see rawName)
+	Frame   int     `json:"frame"`              // index of the frame in the video, from 0
+	Time    float64 `json:"time"`               // seconds from the start
 }
 
 // FaceInfo is what was measured on an image's face.
@@ -139,6 +149,50 @@ type FaceInfo struct {
 	DetScore  float64    `json:"det_score"`
 	Box       [4]float64 `json:"box"` // x0, y0, x1, y1 in image pixels
 	Thumb     string     `json:"thumb,omitempty"`
+}
+
+// rawName is the standard base64 of name's bytes when name is not valid
+// UTF-8, else "". encoding/json writes U+FFFD for every invalid byte, so
+// such a file name in report.json no longer finds the file (and two names
+// may read the same); the *_b64 field next to it holds the exact bytes.
+// Only names of valid UTF-8 (nearly all) leave the report as it was.
+func rawName(name string) string {
+	if utf8.ValidString(name) {
+		return ""
+	}
+	return base64.StdEncoding.EncodeToString([]byte(name))
+}
+
+// rawNames sets the *_b64 field of every file name in rep (see rawName).
+func rawNames(rep *Report) {
+	rep.Meta.InputB64 = rawName(rep.Meta.Input)
+	for i := range rep.Identities {
+		id := &rep.Identities[i]
+		id.ImagesB64 = nil
+		for k, p := range id.Images {
+			if b := rawName(p); b != "" {
+				if id.ImagesB64 == nil {
+					id.ImagesB64 = make([]string, len(id.Images))
+				}
+				id.ImagesB64[k] = b
+			}
+		}
+		for k := range id.Maybe {
+			id.Maybe[k].ImageB64 = rawName(id.Maybe[k].Image)
+		}
+	}
+	for i := range rep.Images {
+		e := &rep.Images[i]
+		e.PathB64, e.FileB64 = rawName(e.Path), rawName(e.File)
+		if e.Video != nil {
+			e.Video.PathB64 = rawName(e.Video.Path)
+		}
+	}
+	for _, ps := range [][]Problem{rep.Skipped, rep.Unreadable} {
+		for i := range ps {
+			ps[i].PathB64 = rawName(ps[i].Path)
+		}
+	}
 }
 
 // DistanceDoc explains ImageEntry.Distance.
@@ -213,6 +267,7 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 			rep.Images[i].Face.Thumb = path.Join("thumbs", name)
 		}
 	}
+	rawNames(rep)
 	js, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return err

@@ -105,11 +105,11 @@ func expandVideos(ctx context.Context, root, tmp string, lst *Listing, o Options
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			lst.Unreadable = append(lst.Unreadable, Problem{v, err.Error()})
+			lst.Unreadable = append(lst.Unreadable, Problem{Path: v, Reason: err.Error()})
 			continue
 		}
 		if note != "" {
-			lst.Skipped = append(lst.Skipped, Problem{v, note})
+			lst.Skipped = append(lst.Skipped, Problem{Path: v, Reason: note})
 		}
 		o.Log.Info("cluster: video sampled", "video", v, "frames", len(items))
 		for k, it := range items {

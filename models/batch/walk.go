@@ -31,8 +31,11 @@ func isImage(name string) bool {
 
 // Problem is a file the job did not use, with the reason.
 type Problem struct {
-	Path   string `json:"path"`
-	Reason string `json:"reason"`
+	Path string `json:"path"`
+	// PathB64 is Path's bytes when they are not valid UTF-8 (standard
+	// base64; set when the report is written, see rawName).
+	PathB64 string `json:"path_b64,omitempty"`
+	Reason  string `json:"reason"`
 }
 
 // Listing is what a walk of the input found, every list in path order.
@@ -68,7 +71,7 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 			if p == dir {
 				return err
 			}
-			l.Unreadable = append(l.Unreadable, Problem{rel(p), reason(err)})
+			l.Unreadable = append(l.Unreadable, Problem{Path: rel(p), Reason: reason(err)})
 			if d != nil && d.IsDir() {
 				return fs.SkipDir
 			}
@@ -86,22 +89,22 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 			st, err := os.Stat(p)
 			switch {
 			case err != nil:
-				l.Unreadable = append(l.Unreadable, Problem{r, reason(err)})
+				l.Unreadable = append(l.Unreadable, Problem{Path: r, Reason: reason(err)})
 				return nil
 			case st.IsDir():
-				l.Skipped = append(l.Skipped, Problem{r, "symbolic link to a directory (not followed)"})
+				l.Skipped = append(l.Skipped, Problem{Path: r, Reason: "symbolic link to a directory (not followed)"})
 				return nil
 			}
 			mode = st.Mode().Type()
 		}
 		switch {
 		case !mode.IsRegular():
-			l.Skipped = append(l.Skipped, Problem{r, "not a regular file"})
+			l.Skipped = append(l.Skipped, Problem{Path: r, Reason: "not a regular file"})
 		default:
 			head, err := readHead(p)
 			switch {
 			case err != nil:
-				l.Unreadable = append(l.Unreadable, Problem{r, reason(err)})
+				l.Unreadable = append(l.Unreadable, Problem{Path: r, Reason: reason(err)})
 			case imagecheck.Sniff(head) != "":
 				l.Images = append(l.Images, r)
 			case SniffVideo(head) != "":
@@ -111,7 +114,7 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 			case isVideoName(p):
 				l.Videos = append(l.Videos, r)
 			default:
-				l.Skipped = append(l.Skipped, Problem{r, "not an image or a video (no image header, no video header)"})
+				l.Skipped = append(l.Skipped, Problem{Path: r, Reason: "not an image or a video (no image header, no video header)"})
 			}
 		}
 		return nil
