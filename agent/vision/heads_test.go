@@ -93,13 +93,14 @@ func TestProjectionHeadFile(t *testing.T) {
 // The template tag comes from the head's values: the shipped binary heads
 // give the checksums their JSON files had, so templates stored before the
 // switch to float32 files still match the running model. (faceplugin's
-// head was refitted for the face mesh alignment after that switch: its
-// pinned value is the refitted head's, so an unnoticed change of the head,
-// which would orphan every stored template, fails here.)
+// head was refitted after that switch, for the face mesh alignment and
+// again for the padded search of image files: its pinned value is the
+// latest refit's, so an unnoticed change of the head, which would orphan
+// every stored template, fails here.)
 func TestHeadTagSurvivesBinaryForm(t *testing.T) {
 	for file, jsonSHA := range map[string]string{
 		"faceres-linear384.f32":    "0b29cec1f10bdb78baa978d271108485f71603ebe1ecc11dbe50c40c20b8f867",
-		"faceplugin-linear256.f32": "79cb9aa57181e40e65007b06d27141bddb15bba647137999656637ac4ca09b88",
+		"faceplugin-linear256.f32": "a9606135e6d5781582c631a46318ed84041480a78dab424ed4b3187688a31aa7",
 	} {
 		b, err := os.ReadFile(testenv.Path("models", "heads", file))
 		if err != nil {
