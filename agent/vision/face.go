@@ -37,17 +37,21 @@ func (d Detection) H() float64 { return d.Y1 - d.Y0 }
 
 // shifted is d moved by (dx, dy): from a region's coordinates to the
 // image's, or back from a padded copy's.
-func (d Detection) shifted(dx, dy float64) Detection {
-	d.X0, d.Y0, d.X1, d.Y1 = d.X0+dx, d.Y0+dy, d.X1+dx, d.Y1+dy
+func (d Detection) shifted(dx, dy float64) Detection { return d.mapped(1, dx, dy) }
+
+// mapped is d with every coordinate v taken to k*v + (dx or dy): back from
+// a scaled and padded copy's coordinates to the image's.
+func (d Detection) mapped(k, dx, dy float64) Detection {
+	d.X0, d.Y0, d.X1, d.Y1 = k*d.X0+dx, k*d.Y0+dy, k*d.X1+dx, k*d.Y1+dy
 	pts := make([][2]float64, len(d.Points))
 	for i, q := range d.Points {
-		pts[i] = [2]float64{q[0] + dx, q[1] + dy}
+		pts[i] = [2]float64{k*q[0] + dx, k*q[1] + dy}
 	}
 	d.Points = pts
 	if d.Five != nil {
 		five := make([][2]float64, len(d.Five))
 		for i, q := range d.Five {
-			five[i] = [2]float64{q[0] + dx, q[1] + dy}
+			five[i] = [2]float64{k*q[0] + dx, k*q[1] + dy}
 		}
 		d.Five = five
 	}

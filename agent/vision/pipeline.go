@@ -55,7 +55,7 @@ type Config struct {
 // Revision names the behaviour of the detection, crop and quality code.
 // Evaluation caches key on it: change it whenever a code change alters
 // which face is found or how it is cut.
-const Revision = "2026-12-07.stills-padded-whole-face-1.15"
+const Revision = "2026-12-07.stills-padded-scaled"
 
 // DefaultConfig returns the measured defaults (docs/accuracy.md).
 func DefaultConfig() Config {
@@ -282,22 +282,37 @@ func (p *Pipeline) detectCustomer(img gocv.Mat, still bool, t *Timings) (d Detec
 	if p.cfg.PadTight < 1 || (ok && (!still || math.Max(d.W(), d.H()) < stillPadFrom*float64(min(w, h)))) {
 		return d, ok, false, nil
 	}
+	// A large photo is scaled down first: the detectors see at most 256
+	// pixels, and padding a 12 MP photo would copy 48 MP for nothing.
+	src, k := img, 1.0
+	if m := max(w, h); m > padMaxSide {
+		k = float64(m) / padMaxSide
+		w, h = int(math.Round(float64(w)/k)), int(math.Round(float64(h)/k))
+		small := gocv.NewMat()
+		defer small.Close()
+		gocv.Resize(img, &small, image.Pt(w, h), 0, 0, gocv.InterpolationArea)
+		src = small
+	}
 	// Pad with constant gray (replicated borders create false faces).
 	px := int(float64(w) * (p.cfg.PadTight - 1) / 2)
 	py := int(float64(h) * (p.cfg.PadTight - 1) / 2)
 	pm := gocv.NewMat()
 	defer pm.Close()
-	gocv.CopyMakeBorder(img, &pm, py, py, px, px, gocv.BorderConstant, colorOf(128))
+	gocv.CopyMakeBorder(src, &pm, py, py, px, px, gocv.BorderConstant, colorOf(128))
 	pd, pok, err := p.findCustomer(pm, t)
 	if err != nil {
 		return Detection{}, false, false, err
 	}
-	pd = pd.shifted(-float64(px), -float64(py))
+	pd = pd.mapped(k, -k*float64(px), -k*float64(py))
 	if !pok || (ok && !wholeOf(pd, d)) {
 		return d, ok, false, nil
 	}
 	return pd, true, true, nil
 }
+
+// padMaxSide is the longest side an image is padded at; a larger one is
+// scaled down for the padded pass (camera frames are smaller).
+const padMaxSide = 1280
 
 // stillGrow is how much larger than the first pass's face the padded
 // pass's must be to replace it: boxes of the same face differ by a few

@@ -1,6 +1,7 @@
 package vision
 
 import (
+	"image"
 	"math"
 	"testing"
 
@@ -58,5 +59,37 @@ func TestTightMaskedCropFoundWhole(t *testing.T) {
 				t.Errorf("%s x%.1f: the image file's face box %+v covers the face %+v at IoU %.2f, want >= 0.6", n, sc, still, face, o)
 			}
 		}
+	}
+}
+
+// A large photo is scaled down before it is padded; the face found there
+// is mapped back to the photo's pixels: the same tight crop at 160 and at
+// 2000 pixels gives the same face box, scaled.
+func TestTightCropLargePhotoPaddedScaled(t *testing.T) {
+	checkMats(t)
+	p := newTestPipeline(t, "", "")
+	crop, face := tightMaskedCrop(t, p, "sample3.jpg", 1.1)
+	defer crop.Close()
+	small, ok, padded, err := p.detectCustomer(crop, true, nil)
+	if err != nil || !ok || !padded {
+		t.Fatalf("160 px crop: ok %v padded %v err %v", ok, padded, err)
+	}
+	const side = 2000
+	big := gocv.NewMat()
+	defer big.Close()
+	gocv.Resize(crop, &big, image.Pt(side, side), 0, 0, gocv.InterpolationLinear)
+	d, ok, padded, err := p.detectCustomer(big, true, nil)
+	if err != nil || !ok || !padded {
+		t.Fatalf("%d px copy: ok %v padded %v err %v", side, ok, padded, err)
+	}
+	back := d.mapped(160.0/side, 0, 0)
+	if o := iou(back, small); o < 0.9 {
+		t.Errorf("%d px copy: face %+v, scaled back %+v; the 160 px crop's %+v (IoU %.2f)", side, d, back, small, o)
+	}
+	if o := iou(back, face); o < 0.6 {
+		t.Errorf("%d px copy: the face box covers the face at IoU %.2f", side, o)
+	}
+	if len(d.Points) == 0 || d.Points[0][0] < 0 || d.Points[0][0] > side {
+		t.Errorf("%d px copy: keypoints not mapped to the photo: %v", side, d.Points)
 	}
 }
