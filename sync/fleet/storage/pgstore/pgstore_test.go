@@ -13,7 +13,6 @@ import (
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
-	"github.com/periocular/atm-agent/sync/wire"
 )
 
 func open(t *testing.T, dsn string) *Store {
@@ -131,19 +130,7 @@ func TestOpenRemovesPhantomDevices(t *testing.T) {
 	dsn := pg.NewDatabase(t)
 	ctx := context.Background()
 	s := open(t, dsn)
-	if _, err := s.Apply(ctx, []storage.Message{
-		storetest.Summary("lyon-07", "atm-1", 1, storetest.T0, 3, "p-1"),
-		storetest.Alert("lyon-07", "atm-3", 1, storetest.T0, "a-1", "p-1", 6),
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutReject(ctx, storage.Reject{Received: storetest.T0, Topic: "atm/lyon-07/atm-1/summary", Site: "lyon-07", Device: "atm-1", Error: "not json"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutStatus(ctx, storage.Status{Site: "lyon-07", Device: "atm-2", Received: storetest.T0,
-		Status: wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-2", storetest.T0), State: wire.StateOnline}}); err != nil {
-		t.Fatal(err)
-	}
+	storetest.SeedRealDevices(t, s)
 	s.Close()
 
 	conn, err := pgx.Connect(ctx, dsn)
@@ -164,23 +151,7 @@ func TestOpenRemovesPhantomDevices(t *testing.T) {
 	if n := s.RemovedPhantoms(); n != 2 {
 		t.Errorf("removed %d phantom devices, want 2", n)
 	}
-	devs, err := s.Devices(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, d := range devs {
-		names = append(names, d.Site+"/"+d.Device)
-	}
-	if len(devs) != 3 || names[0] != "lyon-07/atm-1" || names[1] != "lyon-07/atm-2" || names[2] != "lyon-07/atm-3" {
-		t.Fatalf("devices after open = %v, want the three real ones", names)
-	}
-	if devs[0].Rejected != 1 || devs[0].Summary == nil || devs[1].Status == nil || devs[2].OpenAlerts != 1 {
-		t.Errorf("real devices changed: %+v", devs)
-	}
-	if _, err := s.Device(ctx, "rej", "r00001"); !errors.Is(err, storage.ErrNotFound) {
-		t.Errorf("phantom device after open: %v, want not found", err)
-	}
+	storetest.CheckRealDevicesKept(t, s)
 	s.Close()
 	if s = open(t, dsn); s.RemovedPhantoms() != 0 {
 		t.Errorf("second open removed %d", s.RemovedPhantoms())

@@ -507,3 +507,48 @@ func retention(t *testing.T, s storage.Store) {
 		t.Errorf("second prune deleted %+v", st)
 	}
 }
+
+// SeedRealDevices writes the three real devices of the phantom-cleanup
+// tests: lyon-07/atm-1 with a summary and a reject, atm-2 with only a
+// status, atm-3 with only an alert.
+func SeedRealDevices(t *testing.T, s storage.Store) {
+	t.Helper()
+	ctx := ctx(t)
+	if _, err := s.Apply(ctx, []storage.Message{
+		Summary("lyon-07", "atm-1", 1, T0, 3, "p-1"),
+		Alert("lyon-07", "atm-3", 1, T0, "a-1", "p-1", 6),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutReject(ctx, storage.Reject{Received: T0, Topic: "atm/lyon-07/atm-1/summary", Site: "lyon-07", Device: "atm-1", Error: "not json"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutStatus(ctx, storage.Status{Site: "lyon-07", Device: "atm-2", Received: T0,
+		Status: wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-2", T0), State: wire.StateOnline}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// CheckRealDevicesKept checks that after the cleanup the store holds the
+// three devices of SeedRealDevices, unchanged, and not the phantom rej/r00001.
+func CheckRealDevicesKept(t *testing.T, s storage.Store) {
+	t.Helper()
+	ctx := ctx(t)
+	devs, err := s.Devices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, d := range devs {
+		names = append(names, d.Site+"/"+d.Device)
+	}
+	if len(devs) != 3 || names[0] != "lyon-07/atm-1" || names[1] != "lyon-07/atm-2" || names[2] != "lyon-07/atm-3" {
+		t.Fatalf("devices after open = %v, want the three real ones", names)
+	}
+	if devs[0].Rejected != 1 || devs[0].Summary == nil || devs[1].Status == nil || devs[2].OpenAlerts != 1 {
+		t.Errorf("real devices changed: %+v", devs)
+	}
+	if _, err := s.Device(ctx, "rej", "r00001"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("phantom device after open: %v, want not found", err)
+	}
+}
