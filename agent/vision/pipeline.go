@@ -55,7 +55,7 @@ type Config struct {
 // Revision names the behaviour of the detection, crop and quality code.
 // Evaluation caches key on it: change it whenever a code change alters
 // which face is found or how it is cut.
-const Revision = "2026-12-07.stills-padded-scaled"
+const Revision = "2026-12-07.padded-scaled-all-faces"
 
 // DefaultConfig returns the measured defaults (docs/accuracy.md).
 func DefaultConfig() Config {
@@ -282,12 +282,32 @@ func (p *Pipeline) detectCustomer(img gocv.Mat, still bool, t *Timings) (d Detec
 	if p.cfg.PadTight < 1 || (ok && (!still || math.Max(d.W(), d.H()) < stillPadFrom*float64(min(w, h)))) {
 		return d, ok, false, nil
 	}
-	// A large photo is scaled down first: the detectors see at most 256
-	// pixels, and padding a 12 MP photo would copy 48 MP for nothing.
+	pm, back := p.paddedCopy(img)
+	defer pm.Close()
+	pd, pok, err := p.findCustomer(pm, t)
+	if err != nil {
+		return Detection{}, false, false, err
+	}
+	pd = back(pd)
+	if !pok || (ok && !wholeOf(pd, d)) {
+		return d, ok, false, nil
+	}
+	return pd, true, true, nil
+}
+
+// paddedCopy is img padded with gray to PadTight times its size for a
+// second detection pass, a large image scaled down first: the detectors
+// see at most 256 pixels, and padding a 12 MP photo would copy 48 MP for
+// nothing. back maps a detection in the copy to img's pixels. The copy
+// must be closed.
+func (p *Pipeline) paddedCopy(img gocv.Mat) (pm gocv.Mat, back func(Detection) Detection) {
+	w, h := img.Cols(), img.Rows()
 	src, k := img, 1.0
 	if m := max(w, h); m > padMaxSide {
 		k = float64(m) / padMaxSide
-		w, h = int(math.Round(float64(w)/k)), int(math.Round(float64(h)/k))
+		// At least a pixel: the short side of a 2561x1 banner rounds to
+		// 0, and cv::resize to an empty size throws (the process aborts).
+		w, h = max(1, int(math.Round(float64(w)/k))), max(1, int(math.Round(float64(h)/k)))
 		small := gocv.NewMat()
 		defer small.Close()
 		gocv.Resize(img, &small, image.Pt(w, h), 0, 0, gocv.InterpolationArea)
@@ -296,22 +316,15 @@ func (p *Pipeline) detectCustomer(img gocv.Mat, still bool, t *Timings) (d Detec
 	// Pad with constant gray (replicated borders create false faces).
 	px := int(float64(w) * (p.cfg.PadTight - 1) / 2)
 	py := int(float64(h) * (p.cfg.PadTight - 1) / 2)
-	pm := gocv.NewMat()
-	defer pm.Close()
+	pm = gocv.NewMat()
 	gocv.CopyMakeBorder(src, &pm, py, py, px, px, gocv.BorderConstant, colorOf(128))
-	pd, pok, err := p.findCustomer(pm, t)
-	if err != nil {
-		return Detection{}, false, false, err
-	}
-	pd = pd.mapped(k, -k*float64(px), -k*float64(py))
-	if !pok || (ok && !wholeOf(pd, d)) {
-		return d, ok, false, nil
-	}
-	return pd, true, true, nil
+	return pm, func(d Detection) Detection { return d.mapped(k, -k*float64(px), -k*float64(py)) }
 }
 
 // padMaxSide is the longest side an image is padded at; a larger one is
-// scaled down for the padded pass (camera frames are smaller).
+// scaled down for the padded pass (the default 640x480 camera frames are
+// smaller; camera.width up to 16384 is allowed, so a larger frame in which
+// nothing is found is scaled too).
 const padMaxSide = 1280
 
 // stillGrow is how much larger than the first pass's face the padded
@@ -647,11 +660,7 @@ func (p *Pipeline) FacesInImage(data []byte, o FaceOptions, t *Timings) ([]Face,
 	dets = filterScore(dets, p.cfg.MinScore)
 	padded := false
 	if len(dets) == 0 && p.cfg.PadTight >= 1 {
-		w, h := img.Cols(), img.Rows()
-		px := int(float64(w) * (p.cfg.PadTight - 1) / 2)
-		py := int(float64(h) * (p.cfg.PadTight - 1) / 2)
-		pm := gocv.NewMat()
-		gocv.CopyMakeBorder(img, &pm, py, py, px, px, gocv.BorderConstant, colorOf(128))
+		pm, back := p.paddedCopy(img)
 		dets, err = p.det.Detect(pm)
 		pm.Close()
 		if err != nil {
@@ -659,7 +668,7 @@ func (p *Pipeline) FacesInImage(data []byte, o FaceOptions, t *Timings) ([]Face,
 		}
 		dets = filterScore(dets, p.cfg.MinScore)
 		for i := range dets {
-			dets[i] = dets[i].shifted(-float64(px), -float64(py))
+			dets[i] = back(dets[i])
 		}
 		padded = true
 	}

@@ -1,6 +1,7 @@
 package vision
 
 import (
+	"errors"
 	"image"
 	"math"
 	"testing"
@@ -91,5 +92,65 @@ func TestTightCropLargePhotoPaddedScaled(t *testing.T) {
 	}
 	if len(d.Points) == 0 || d.Points[0][0] < 0 || d.Points[0][0] > side {
 		t.Errorf("%d px copy: keypoints not mapped to the photo: %v", side, d.Points)
+	}
+}
+
+// An image file far wider than tall (or taller than wide) in which nothing
+// is found is padded too; scaled down to padMaxSide its short side rounds
+// to 0 pixels, and cv::resize to a 0-pixel size threw a C++ exception that
+// aborted the process (atm-tools cluster over a folder holding a 2561x1
+// banner). It must come out as no face.
+func TestPaddedPassExtremeAspect(t *testing.T) {
+	checkMats(t)
+	p := newTestPipeline(t, "", "")
+	for _, sz := range []image.Point{{2561, 1}, {1, 2561}, {6000, 2}, {5000, 20}, {10, 10}, {1, 1}} {
+		img := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(90, 120, 150, 0), sz.Y, sz.X, gocv.MatTypeCV8UC3)
+		buf, err := gocv.IMEncode(gocv.PNGFileExt, img)
+		img.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := append([]byte(nil), buf.GetBytes()...)
+		buf.Close()
+		if _, err := p.FaceInImage(data, FaceOptions{}, nil); !errors.Is(err, ErrNoFace) {
+			t.Errorf("%dx%d uniform image: %v, want ErrNoFace", sz.X, sz.Y, err)
+		}
+	}
+}
+
+// sizeDetector records the longest side of the image its detector was
+// last run on and how many times it ran.
+type sizeDetector struct {
+	Detector
+	side, runs int
+}
+
+func (s *sizeDetector) Detect(img gocv.Mat) ([]Detection, error) {
+	s.side, s.runs = max(img.Cols(), img.Rows()), s.runs+1
+	return s.Detector.Detect(img)
+}
+
+// Every face of a photo (FacesInImage: atm-tools cluster --faces all) in
+// which nothing is found is searched padded as well; a large photo is
+// scaled down first there too, as for the customer's face: a 49 MP photo
+// padded at full size cost 850 MB (4x its pixels) for nothing.
+func TestAllFacesPaddedPassScaled(t *testing.T) {
+	checkMats(t)
+	p := newTestPipeline(t, "", "")
+	sd := &sizeDetector{Detector: p.det}
+	p.det = sd
+	img := gocv.NewMatWithSizeFromScalar(gocv.NewScalar(90, 120, 150, 0), 2000, 3001, gocv.MatTypeCV8UC3)
+	buf, err := gocv.IMEncode(gocv.JPEGFileExt, img)
+	img.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := append([]byte(nil), buf.GetBytes()...)
+	buf.Close()
+	if _, err := p.FacesInImage(data, FaceOptions{}, nil); !errors.Is(err, ErrNoFace) {
+		t.Fatalf("uniform photo: %v, want ErrNoFace", err)
+	}
+	if want := int(p.cfg.PadTight * padMaxSide); sd.runs != 2 || sd.side > want {
+		t.Errorf("%d detector passes, the last on a %d px image; want 2, the padded one at most %d px", sd.runs, sd.side, want)
 	}
 }
