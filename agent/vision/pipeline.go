@@ -55,7 +55,7 @@ type Config struct {
 // Revision names the behaviour of the detection, crop and quality code.
 // Evaluation caches key on it: change it whenever a code change alters
 // which face is found or how it is cut.
-const Revision = "2026-12-07.padded-scaled-all-faces"
+const Revision = "2026-12-07.all-faces-whole"
 
 // DefaultConfig returns the measured defaults (docs/accuracy.md).
 func DefaultConfig() Config {
@@ -658,33 +658,54 @@ func (p *Pipeline) FacesInImage(data []byte, o FaceOptions, t *Timings) ([]Face,
 		return nil, err
 	}
 	dets = filterScore(dets, p.cfg.MinScore)
-	padded := false
-	if len(dets) == 0 && p.cfg.PadTight >= 1 {
+	found := make([]foundFace, len(dets))
+	large := false
+	for i, d := range dets {
+		found[i] = foundFace{d: d}
+		large = large || math.Max(d.W(), d.H()) >= stillPadFrom*float64(min(img.Cols(), img.Rows()))
+	}
+	// As for the customer's face (detectCustomer): nothing found, or a
+	// large face that may be a part of a face filling the image, and the
+	// padded image is searched too; there a face found whole replaces the
+	// parts of it the first pass found.
+	if p.cfg.PadTight >= 1 && (len(dets) == 0 || large) {
 		pm, back := p.paddedCopy(img)
-		dets, err = p.det.Detect(pm)
+		pdets, err := p.det.Detect(pm)
 		pm.Close()
 		if err != nil {
 			return nil, err
 		}
-		dets = filterScore(dets, p.cfg.MinScore)
-		for i := range dets {
-			dets[i] = back(dets[i])
+		for _, pd := range filterScore(pdets, p.cfg.MinScore) {
+			pd = back(pd)
+			if len(dets) == 0 {
+				found = append(found, foundFace{d: pd, padded: true})
+				continue
+			}
+			kept := found[:0:0]
+			for _, f := range found {
+				if f.padded || !wholeOf(pd, f.d) {
+					kept = append(kept, f)
+				}
+			}
+			if len(kept) < len(found) {
+				found = append(kept, foundFace{d: pd, padded: true})
+			}
 		}
-		padded = true
 	}
 	t.Full++
 	t.Detect += time.Since(t0)
-	sort.SliceStable(dets, func(a, b int) bool {
+	sort.SliceStable(found, func(a, b int) bool {
 		// Reading order: rows of faces (a face height apart), then x.
-		ra, rb := int(dets[a].Y0/max(dets[a].H(), 1)), int(dets[b].Y0/max(dets[b].H(), 1))
+		da, db := found[a].d, found[b].d
+		ra, rb := int(da.Y0/max(da.H(), 1)), int(db.Y0/max(db.H(), 1))
 		if ra != rb {
 			return ra < rb
 		}
-		return dets[a].X0 < dets[b].X0
+		return da.X0 < db.X0
 	})
 	var faces []Face
-	for _, d := range dets {
-		m, err := p.measureDet(img, d, padded, false, t)
+	for _, f := range found {
+		m, err := p.measureDet(img, f.d, f.padded, false, t)
 		if errors.Is(err, ErrNoFace) || errors.Is(err, ErrEmptyCrop) {
 			continue
 		}
@@ -705,6 +726,13 @@ func (p *Pipeline) FacesInImage(data []byte, o FaceOptions, t *Timings) ([]Face,
 		return nil, ErrNoFace
 	}
 	return faces, nil
+}
+
+// foundFace is a detection of FacesInImage and whether it came from the
+// padded image.
+type foundFace struct {
+	d      Detection
+	padded bool
 }
 
 // FaceInFrame finds the customer's face in a camera frame.

@@ -154,3 +154,29 @@ func TestAllFacesPaddedPassScaled(t *testing.T) {
 		t.Errorf("%d detector passes, the last on a %d px image; want 2, the padded one at most %d px", sd.runs, sd.side, want)
 	}
 }
+
+// Every face of an image file (--faces all): on a tight masked crop the
+// first pass finds parts of the one face (an eye, the mask's top); the
+// whole face found in the padded image replaces its parts.
+func TestAllFacesTightCropOneWhole(t *testing.T) {
+	checkMats(t)
+	p := newTestPipeline(t, "", "")
+	for _, n := range []string{"sample3.jpg", "sample5.jpg", "sample6.jpg"} {
+		crop, face := tightMaskedCrop(t, p, n, 1.0)
+		faces, err := p.FacesInImage(encodePNG(t, crop), FaceOptions{}, nil)
+		crop.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", n, err)
+		}
+		var ious []float64
+		for _, f := range faces {
+			ious = append(ious, iou(f.Det, face))
+		}
+		t.Logf("%s: %d faces, IoU with the face %.2f", n, len(faces), ious)
+		// IoU 0.5 is the usual criterion for a detection matching a face
+		// (PASCAL VOC); the parts reach 0.09-0.36.
+		if len(faces) != 1 || ious[0] < 0.5 {
+			t.Errorf("%s: %d faces at IoU %.2f with the one face; want it once, whole (IoU >= 0.5)", n, len(faces), ious)
+		}
+	}
+}
