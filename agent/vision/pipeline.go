@@ -265,21 +265,27 @@ var ErrNoFace = errors.New("no usable face")
 // a face too large for the detectors.
 const stillPadFrom = 0.35
 
+// largeIn says whether face d in img is large enough (stillPadFrom) to be
+// a part of a face too large for the detectors.
+func largeIn(d Detection, img gocv.Mat) bool {
+	return math.Max(d.W(), d.H()) >= stillPadFrom*float64(min(img.Cols(), img.Rows()))
+}
+
 // detectCustomer finds the customer's face, padding the image with gray
 // for a second pass. A face that fills the image (a tight crop) has no
 // context around it, and the detectors, trained on scenes, then box a part
 // of it (on rmfrd's masked crops often one eye; docs/accuracy.md). Camera
 // frames show the scene, so they are padded only when nothing is found;
 // image files (still), which are often such crops, are also padded when
-// their face is large, and the larger of the two faces is kept. padded
-// says the face kept was found in the padded image.
+// their face is large (largeIn), and the padded pass's face replaces the
+// first when it is the whole of which the first is a part (wholeOf).
+// padded says the face kept was found in the padded image.
 func (p *Pipeline) detectCustomer(img gocv.Mat, still bool, t *Timings) (d Detection, ok, padded bool, err error) {
 	d, ok, err = p.findCustomer(img, t)
 	if err != nil {
 		return Detection{}, false, false, err
 	}
-	w, h := img.Cols(), img.Rows()
-	if p.cfg.PadTight < 1 || (ok && (!still || math.Max(d.W(), d.H()) < stillPadFrom*float64(min(w, h)))) {
+	if p.cfg.PadTight < 1 || (ok && (!still || !largeIn(d, img))) {
 		return d, ok, false, nil
 	}
 	pm, back := p.paddedCopy(img)
@@ -662,7 +668,7 @@ func (p *Pipeline) FacesInImage(data []byte, o FaceOptions, t *Timings) ([]Face,
 	large := false
 	for i, d := range dets {
 		found[i] = foundFace{d: d}
-		large = large || math.Max(d.W(), d.H()) >= stillPadFrom*float64(min(img.Cols(), img.Rows()))
+		large = large || largeIn(d, img)
 	}
 	// As for the customer's face (detectCustomer): nothing found, or a
 	// large face that may be a part of a face filling the image, and the
