@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -335,6 +336,9 @@ func (d *demoRun) subscribe(url, filter string) (paho.Client, error) {
 
 func runDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	t0 := time.Now()
+	if err := demoFreshStore("--db", o.DB); err != nil {
+		return err
+	}
 	if err := o.defaults(); err != nil {
 		return err
 	}
@@ -653,5 +657,25 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 	d.printf("alerts stored %d, missing at the subscriber %d\n", len(alerts), missingAlerts)
 	d.printf("MQTT: published (PUBACKed) %d; received by the subscriber: %s\n", pub.Stats().Published, recv)
 	d.printf("took %v\n\n%s\n", took.Round(100*time.Millisecond), demoBanner)
+	return nil
+}
+
+// demoFreshStore refuses a store file a demo run has written before: a
+// seed's day has the same visit ids every run, and the agent stores a visit
+// id once (a replayed trigger is a duplicate), so the day would find
+// nothing to do and wait out each visit.
+func demoFreshStore(flag, path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("%s: %w", flag, err)
+	case fi.Size() > 0:
+		return fmt.Errorf("%w: %s: %s already holds a store: the demo's day has the same visit ids on every run, and the agent stores a visit id once, so it would replay nothing; give a new path or remove it (atm-agent db stats --db %s shows what it holds)", cli.ErrUsage, flag, path, path)
+	}
 	return nil
 }

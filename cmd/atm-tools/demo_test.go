@@ -56,7 +56,8 @@ func TestDemo(t *testing.T) {
 	t.Setenv("ATM_MODELS_DIR", "")
 	t.Chdir(t.TempDir())
 	var out, errb bytes.Buffer
-	code := runMain(context.Background(), []string{"demo", "--duration", "2s", "--seed", "1"}, &out, &errb)
+	db := filepath.Join(t.TempDir(), "day.db")
+	code := runMain(context.Background(), []string{"demo", "--duration", "2s", "--seed", "1", "--db", db}, &out, &errb)
 	s := out.String()
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, s, errb.String())
@@ -81,6 +82,21 @@ func TestDemo(t *testing.T) {
 		t.Errorf("alerts or sequence numbers missing at the subscriber:\n%s", s)
 	}
 	t.Logf("\n%s", s[strings.Index(s, "=== Summary"):])
+
+	// The same day again on the kept store: every visit id is stored
+	// already, so the run is refused up front (it would wait out each
+	// visit as a replay) and the store is left as it was.
+	before, err := os.ReadFile(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errb.Reset()
+	if code := runMain(context.Background(), []string{"demo", "--duration", "2s", "--seed", "1", "--db", db}, io.Discard, &errb); code != 2 || !strings.Contains(errb.String(), "already holds a store") {
+		t.Errorf("second run on the same --db: exit %d, want 2 (usage) saying the store is there\n%s", code, errb.String())
+	}
+	if after, err := os.ReadFile(db); err != nil || !bytes.Equal(before, after) {
+		t.Errorf("the refused run changed the store (%v)", err)
+	}
 }
 
 // TestDemoFleet runs the fleet act with two ATMs in-process (real models,
@@ -188,12 +204,23 @@ func TestDemoFleet(t *testing.T) {
 }
 
 func TestDemoFleetFlags(t *testing.T) {
+	// A fleet directory whose second ATM has a store already (a run
+	// before): refused before anything starts.
+	fleetDir := t.TempDir()
+	prev := fleetDemoStore(fleetDir, fleetDemoDevice(1))
+	if err := os.MkdirAll(filepath.Dir(prev), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(prev, []byte("a store"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range [][]string{
 		{"demo", "--fleet", "--listen", "0.0.0.0:8080"},
 		{"demo", "--fleet", "--listen", "192.168.1.5:8080"},
 		{"demo", "--fleet", "--atms", "0"},
 		{"demo", "--fleet", "--db", "x.db"},
 		{"demo", "--once"},
+		{"demo", "--fleet", "--once", "--atms", "2", "--dir", fleetDir},
 	} {
 		var errb bytes.Buffer
 		if code := runMain(context.Background(), args, io.Discard, &errb); code != 2 {

@@ -93,6 +93,14 @@ func runFleetDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	if o.DB != "" {
 		return fmt.Errorf("%w: --db is for the one-ATM demo; the fleet act keeps its files with --dir DIR", cli.ErrUsage)
 	}
+	for i := range o.ATMs {
+		if o.Dir == "" {
+			break
+		}
+		if err := demoFreshStore("--dir", fleetDemoStore(o.Dir, fleetDemoDevice(i))); err != nil {
+			return err
+		}
+	}
 	listen := o.Listen
 	if listen == "" {
 		listen = fleetDefaultAddr
@@ -180,7 +188,7 @@ func runFleetDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	speed := 0.0
 	for i := range o.ATMs {
 		a := &fleetATM{demoRun: newDemoRun(env.Stdout), seed: o.Seed + uint64(i), done: make(chan error, 1),
-			dev: daemon.DeviceConfig{ID: fmt.Sprintf("demo-atm-%d", i+1), Site: fmt.Sprintf("demo-site-%d", i+1)}}
+			dev: fleetDemoDevice(i)}
 		a.tag, a.quiet = a.dev.ID+" ", !o.Verbose
 		a.setScenario(faces, a.seed)
 		speed = float64(a.sc.Day) / float64(o.Duration)
@@ -191,7 +199,7 @@ func runFleetDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 		o.ATMs, o.Seed, o.Seed+uint64(o.ATMs-1), len(faces), len(sim.Photos), day, o.Duration)
 	for _, a := range f.ATMs {
 		out.printf("  %-11s site %-12s seed %-3d %d simulated customers, %d card inserts, store %s\n",
-			a.dev.ID, a.dev.Site, a.seed, len(a.sc.People), len(a.sc.Visits), filepath.Join(dir, a.dev.ID, "agent.db"))
+			a.dev.ID, a.dev.Site, a.seed, len(a.sc.People), len(a.sc.Visits), fleetDemoStore(dir, a.dev))
 	}
 	out.printf("embedded MQTT broker %s; fleet service: store %s, ingest %s/+/+/{status,summary,alert}\n",
 		brokerURL, cfg.Store.Path, demoPrefix)
@@ -215,7 +223,7 @@ func runFleetDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 		return errors.Join(errs...)
 	}
 	for _, a := range f.ATMs {
-		dc := demoDaemonConfig(o, th, a.dev, filepath.Join(dir, a.dev.ID, "agent.db"), brokerURL)
+		dc := demoDaemonConfig(o, th, a.dev, fleetDemoStore(dir, a.dev), brokerURL)
 		if err := os.MkdirAll(filepath.Dir(dc.Store.Path), 0o700); err != nil {
 			return errors.Join(err, stopAll())
 		}
@@ -482,4 +490,14 @@ func (f *fleetAct) printFleet(ctx context.Context, out *demoRun) error {
 		return fmt.Errorf("the fleet lists %d devices, want %d", len(v.Devices), len(f.ATMs))
 	}
 	return nil
+}
+
+// fleetDemoDevice is the fleet act's i-th ATM (from 0).
+func fleetDemoDevice(i int) daemon.DeviceConfig {
+	return daemon.DeviceConfig{ID: fmt.Sprintf("demo-atm-%d", i+1), Site: fmt.Sprintf("demo-site-%d", i+1)}
+}
+
+// fleetDemoStore is where the fleet act keeps an ATM's store.
+func fleetDemoStore(dir string, dev daemon.DeviceConfig) string {
+	return filepath.Join(dir, dev.ID, "agent.db")
 }
