@@ -47,21 +47,27 @@ func LoadMaskClassifier(dir string, man *models.Manifest, embedder string) (*Mas
 	if err := json.Unmarshal(b, &mc); err != nil {
 		return nil, fmt.Errorf("mask head %s: %w", file, err)
 	}
-	if md.Embedding != nil && len(mc.W) != md.Embedding.Dim {
-		return nil, fmt.Errorf("mask head %s: %d weights for a %d-d embedding", file, len(mc.W), md.Embedding.Dim)
+	if e := md.Embedding; e != nil && len(mc.W) != e.TemplateDim() && len(mc.W) != e.Dim {
+		return nil, fmt.Errorf("mask head %s: %d weights for a %d-d embedding", file, len(mc.W), e.TemplateDim())
 	}
 	return &mc, nil
 }
 
-// Score is the probability that the face is masked.
+// Score is the probability that the face is masked. A head with fewer
+// weights than the template has reads its whole-face part (the first
+// len(W) values: a template with an appended part), renormalised.
 func (m *MaskClassifier) Score(emb []float32) float64 {
-	z := m.B
+	var z, n float64
 	for i, w := range m.W {
 		if i < len(emb) {
 			z += float64(w) * float64(emb[i])
+			n += float64(emb[i]) * float64(emb[i])
 		}
 	}
-	return 1 / (1 + math.Exp(-z))
+	if len(emb) > len(m.W) && n > 0 {
+		z /= math.Sqrt(n)
+	}
+	return 1 / (1 + math.Exp(-(z + m.B)))
 }
 
 // State turns a score into a mask state.

@@ -22,6 +22,7 @@ const (
 
 	nodeInput  = 1
 	nodeOutput = 2
+	nodeName   = 3
 	nodeOp     = 4
 	nodeAttr   = 5
 
