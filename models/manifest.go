@@ -209,43 +209,6 @@ type Embedding struct {
 	// "landmarks" (eye centres, nose tip and mouth corners from the
 	// pipeline's landmark net), "landmarks-eyes" (its eye centres only).
 	Align string `yaml:"align,omitempty"`
-	// PoolRows, when above 0, pools the ONNX model's last feature map
-	// (the tensor FeatureMap, read by a global depthwise convolution and a
-	// 1x1 linear layer) over its top PoolRows rows only, through the
-	// model's own weights: a periocular template from the same forward.
-	// It is appended to the whole-face template weighted by PoolWeight
-	// (default 0.5; 1 keeps the periocular template alone).
-	Occlude    float64 `yaml:"occlude,omitempty"`
-	PoolRows   int     `yaml:"pool_rows,omitempty"`
-	FeatureMap string  `yaml:"feature_map,omitempty"`
-	PoolWeight float64 `yaml:"pool_weight,omitempty"`
-}
-
-// TemplateDim is the length of the embedder's own template (before any
-// projection head): Dim, twice that with an upper-face part.
-func (e *Embedding) TemplateDim() int {
-	if e.PoolRows > 0 && e.PoolWeightOr() < 1 {
-		return 2 * e.Dim
-	}
-	return e.Dim
-}
-
-// PoolWeightOr is the periocular template's weight, 0.5 when unset.
-func (e *Embedding) PoolWeightOr() float64 {
-	if e.PoolWeight <= 0 || e.PoolWeight > 1 {
-		return 0.5
-	}
-	return e.PoolWeight
-}
-
-// Tag names what the embedder's settings make of its templates beyond the
-// model itself ("" for the plain template): templates with different tags
-// are not comparable.
-func (e *Embedding) Tag() string {
-	if e.PoolRows > 0 {
-		return fmt.Sprintf("pool%d:%g", e.PoolRows, e.PoolWeightOr())
-	}
-	return ""
 }
 
 // Thresholds are cosine-distance cuts per pair type at a target FAR.

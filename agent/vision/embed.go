@@ -5,19 +5,16 @@ import (
 	"fmt"
 	"image"
 	"math"
-	"os"
 
 	"gocv.io/x/gocv"
 
 	"github.com/periocular/atm-agent/models"
-	"github.com/periocular/atm-agent/models/onnx"
 )
 
 // Embedder turns a detected face into an L2-normalised template.
 type Embedder struct {
-	net  *Net
-	e    models.Embedding
-	tail *onnx.PoolingTail // with PoolRows: the model's last two layers
+	net *Net
+	e   models.Embedding
 }
 
 // NewEmbedder loads an embedder model.
@@ -29,24 +26,7 @@ func NewEmbedder(dir string, md *models.Model) (*Embedder, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Embedder{net: n, e: *md.Embedding}
-	if e.e.PoolRows > 0 {
-		b, err := os.ReadFile(models.Path(dir, md.File))
-		if err == nil {
-			e.tail, err = onnx.ReadPoolingTail(b, e.e.FeatureMap)
-		}
-		if err == nil && !n.HasLayer(e.tail.Layer) {
-			err = fmt.Errorf("OpenCV has no layer %q for tensor %q", e.tail.Layer, e.e.FeatureMap)
-		}
-		if err == nil && (e.e.PoolRows > e.tail.H || e.tail.Out != e.e.Dim) {
-			err = fmt.Errorf("pool_rows %d of a %dx%d map, %d outputs", e.e.PoolRows, e.tail.H, e.tail.W, e.tail.Out)
-		}
-		if err != nil {
-			n.Close()
-			return nil, fmt.Errorf("model %s: periocular pooling: %w", md.Name, err)
-		}
-	}
-	return e, nil
+	return &Embedder{net: n, e: *md.Embedding}, nil
 }
 
 // Close releases the network.
@@ -79,11 +59,7 @@ func (e *Embedder) crop(img gocv.Mat, d Detection) (gocv.Mat, error) {
 		if e.e.CropScale == 0 {
 			scale = 1
 		}
-		crop := cropArcFace(img, d, e.e.Align, scale, size)
-		if e.e.Occlude > 0 {
-			occludeBelow(crop, e.e.Occlude)
-		}
-		return crop, nil
+		return cropArcFace(img, d, e.e.Align, scale, size), nil
 	case "original":
 		// The original project's policy, kept as a baseline:
 		// image[startY:int(endY-(.27*endY)), startX:endX], which keeps 73%
@@ -144,13 +120,6 @@ func (e *Embedder) embedCrop(crop gocv.Mat) ([]float32, error) {
 	if err != nil {
 		return nil, err
 	}
-	if e.tail != nil {
-		outs, err := e.net.Forward(blob, 3, e.tail.Layer)
-		if err != nil {
-			return nil, err
-		}
-		return e.pooled(outs[0].Data)
-	}
 	outs, err := e.net.Forward(blob, 3)
 	if err != nil {
 		return nil, err
@@ -161,59 +130,6 @@ func (e *Embedder) embedCrop(crop gocv.Mat) ([]float32, error) {
 	}
 	l2normalize(v)
 	return v, nil
-}
-
-// pooled runs the model's GDC and linear layers on its feature map twice:
-// over the whole map (the model's own template) and over the top PoolRows
-// rows, scaled to the whole map's area (the periocular template).
-func (e *Embedder) pooled(fm []float32) ([]float32, error) {
-	t := e.tail
-	if len(fm) != t.C*t.H*t.W {
-		return nil, fmt.Errorf("model %s: feature map %q has %d values, want %dx%dx%d", e.net.Model.Name, e.e.FeatureMap, len(fm), t.C, t.H, t.W)
-	}
-	w := e.e.PoolWeightOr()
-	full, peri := make([]float32, t.C), make([]float32, t.C)
-	top := e.e.PoolRows * t.W
-	scale := float32(t.H) / float32(e.e.PoolRows)
-	for c := range t.C {
-		g, f := t.GDC[c*t.H*t.W:(c+1)*t.H*t.W], fm[c*t.H*t.W:(c+1)*t.H*t.W]
-		var s float32
-		for i := range top {
-			s += g[i] * f[i]
-		}
-		peri[c] = scale*s + t.GDCBias[c]
-		for i := top; i < len(g); i++ {
-			s += g[i] * f[i]
-		}
-		full[c] = s + t.GDCBias[c]
-	}
-	lin := func(x []float32) []float32 {
-		out := make([]float32, t.Out)
-		for o := range t.Out {
-			row := t.Lin[o*t.C : (o+1)*t.C]
-			s := t.LinBias[o]
-			for c, v := range x {
-				s += row[c] * v
-			}
-			out[o] = s
-		}
-		l2normalize(out)
-		return out
-	}
-	pt := lin(peri)
-	if w >= 1 {
-		return pt, nil
-	}
-	ft := lin(full)
-	a, b := float32(math.Sqrt(1-w)), float32(math.Sqrt(w))
-	out := make([]float32, 0, 2*t.Out)
-	for _, x := range ft {
-		out = append(out, a*x)
-	}
-	for _, x := range pt {
-		out = append(out, b*x)
-	}
-	return out, nil
 }
 
 func l2normalize(v []float32) {
@@ -231,15 +147,3 @@ func l2normalize(v []float32) {
 }
 
 func clampInt(v, lo, hi int) int { return min(max(v, lo), hi) }
-
-// occludeBelow paints the crop mid-gray from the fraction y of its height
-// down (experiment).
-func occludeBelow(crop gocv.Mat, y float64) {
-	top := int(y * float64(crop.Rows()))
-	if top >= crop.Rows() {
-		return
-	}
-	r := crop.Region(image.Rect(0, top, crop.Cols(), crop.Rows()))
-	defer r.Close()
-	r.SetTo(gocv.NewScalar(128, 128, 128, 0))
-}

@@ -47,27 +47,21 @@ func LoadMaskClassifier(dir string, man *models.Manifest, embedder string) (*Mas
 	if err := json.Unmarshal(b, &mc); err != nil {
 		return nil, fmt.Errorf("mask head %s: %w", file, err)
 	}
-	if e := md.Embedding; e != nil && len(mc.W) != e.TemplateDim() && len(mc.W) != e.Dim {
-		return nil, fmt.Errorf("mask head %s: %d weights for a %d-d embedding", file, len(mc.W), e.TemplateDim())
+	if md.Embedding != nil && len(mc.W) != md.Embedding.Dim {
+		return nil, fmt.Errorf("mask head %s: %d weights for a %d-d embedding", file, len(mc.W), md.Embedding.Dim)
 	}
 	return &mc, nil
 }
 
-// Score is the probability that the face is masked. A head with fewer
-// weights than the template has reads its whole-face part (the first
-// len(W) values: a template with an appended part), renormalised.
+// Score is the probability that the face is masked.
 func (m *MaskClassifier) Score(emb []float32) float64 {
-	var z, n float64
+	z := m.B
 	for i, w := range m.W {
 		if i < len(emb) {
 			z += float64(w) * float64(emb[i])
-			n += float64(emb[i]) * float64(emb[i])
 		}
 	}
-	if len(emb) > len(m.W) && n > 0 {
-		z /= math.Sqrt(n)
-	}
-	return 1 / (1 + math.Exp(-(z + m.B)))
+	return 1 / (1 + math.Exp(-z))
 }
 
 // State turns a score into a mask state.

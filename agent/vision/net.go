@@ -131,24 +131,6 @@ func (n *Net) Forward(blob []float32, channels int, names ...string) ([]Tensor, 
 	return res, nil
 }
 
-// HasLayer says whether the network has a layer of that name (a forward
-// that asks for a missing one aborts the process inside OpenCV).
-func (n *Net) HasLayer(name string) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	// GetLayerNames's strings are not safe to read in gocv v0.31; each
-	// layer's own GetName is.
-	for id := 1; id <= len(n.net.GetLayerNames()); id++ {
-		l := n.net.GetLayer(id)
-		ok := l.GetName() == name
-		l.Close()
-		if ok {
-			return true
-		}
-	}
-	return false
-}
-
 func copyTensor(m gocv.Mat) (Tensor, error) {
 	if m.Empty() {
 		return Tensor{}, errors.New("empty output")

@@ -35,12 +35,8 @@ type pipelineFlags struct {
 	minScore, padTight      float64
 	cache                   string // embedding cache dir
 	align                   string // arcface alignment points override
-	poolRows                int
 	fuse                    string
-	poolW                   float64
-	featureMap              string
 	landmarks               string // landmark model override
-	occlude                 float64
 	recrop                  string // re-cut faces before perception (diagnostics)
 }
 
@@ -90,10 +86,6 @@ func (pf *pipelineFlags) register(fs interface {
 	fs.Float64Var(&pf.padTight, "pad-tight", -1, "override the tight-crop padding factor (0 disables)")
 	fs.StringVar(&pf.landmarks, "landmarks", "", "landmark model the landmark alignments read (default: the manifest's pipeline.landmarks)")
 	fs.StringVar(&pf.fuse, "fuse", "", "score fusion: NAME:W also runs embedder NAME (its manifest settings) and weighs its cosine W, the embedder's 1-W")
-	fs.IntVar(&pf.poolRows, "pool-rows", 0, "append a periocular template: the model's last feature map pooled over its top N rows (needs --feature-map)")
-	fs.Float64Var(&pf.poolW, "pool-weight", 0, "weight of the periocular template's cosine (default 0.5; 1: it alone)")
-	fs.StringVar(&pf.featureMap, "feature-map", "", "name of the ONNX tensor the model's global depthwise convolution reads")
-	fs.Float64Var(&pf.occlude, "occlude", 0, "paint the arcface crop gray from this fraction of its height down")
 	fs.StringVar(&pf.align, "align", "", "override the arcface crop's alignment points: detector, eyes, landmarks or landmarks-eyes")
 	fs.StringVar(&pf.recrop, "recrop", "", "re-cut each face before perception, as a tight-crop dataset is cut: tight (the detector box, 160x160) or tight-stretch (a taller box stretched to 160x160)")
 }
@@ -162,12 +154,6 @@ func (pf *pipelineFlags) prepare() (*preparedPipeline, error) {
 		}
 		if pf.flip {
 			md.Embedding.Flip = true
-		}
-		if pf.poolRows > 0 {
-			md.Embedding.PoolRows, md.Embedding.PoolWeight, md.Embedding.FeatureMap = pf.poolRows, pf.poolW, pf.featureMap
-		}
-		if pf.occlude > 0 {
-			md.Embedding.Occlude = pf.occlude
 		}
 		if pf.align != "" {
 			md.Embedding.Align = strings.TrimPrefix(pf.align, "detector")

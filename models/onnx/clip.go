@@ -22,7 +22,6 @@ const (
 
 	nodeInput  = 1
 	nodeOutput = 2
-	nodeName   = 3
 	nodeOp     = 4
 	nodeAttr   = 5
 
