@@ -80,6 +80,13 @@ func (d *Daemon) status() wire.Status {
 // commits and rules work.
 func (d *Daemon) healthReasons() (camera.Health, []string) {
 	b := d.beat.last()
+	if b.IsZero() {
+		// No beat yet: the loop is judged from the start. Before, the
+		// status published at connect, when it came before the worker's
+		// first beat, said "work loop: no heartbeat since
+		// 0001-01-01T00:00:00Z" (degraded) on a healthy start.
+		b = d.started
+	}
 	acfg := d.cfg.Agent
 	stale := time.Since(b) > 3*acfg.HeartbeatInterval+acfg.VisitTimeout
 	reasons := d.ag.Health().Reasons
@@ -93,12 +100,16 @@ func (d *Daemon) healthReasons() (camera.Health, []string) {
 			reasons = append(reasons, "store: "+err.Error())
 		}
 	}
+	// An injected camera (Options.Camera: the demo's simulator) is not
+	// supervised here and the status lists no camera. Before, its zero
+	// Health read as StateDown: such a daemon said "camera: down"
+	// (degraded) in every status and /healthz for as long as it ran.
 	var h camera.Health
 	if d.cam != nil {
 		h = d.cam.Health()
-	}
-	if h.State == camera.StateDown {
-		reasons = append(reasons, "camera: down")
+		if h.State == camera.StateDown {
+			reasons = append(reasons, "camera: down")
+		}
 	}
 	return h, reasons
 }
@@ -114,9 +125,11 @@ func (d *Daemon) health() (any, bool) {
 	}
 	depth, _, _ := d.st.OutboxStats()
 	s := d.ag.Stats()
-	body := map[string]any{"ok": ok, "status": status, "reasons": reasons, "last_heartbeat": b.UTC(), "camera": h.State.String(),
-		"camera_error": h.LastError, "outbox_depth": depth, "visits": s.Committed,
-		"visits_lost": s.CommitErrors, "rule_errors": s.RuleErrors}
+	body := map[string]any{"ok": ok, "status": status, "reasons": reasons, "last_heartbeat": b.UTC(),
+		"outbox_depth": depth, "visits": s.Committed, "visits_lost": s.CommitErrors, "rule_errors": s.RuleErrors}
+	if d.cam != nil { // an injected camera (Options.Camera) has no health here
+		body["camera"], body["camera_error"] = h.State.String(), h.LastError
+	}
 	if reasons == nil {
 		body["reasons"] = []string{}
 	}

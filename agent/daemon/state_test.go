@@ -164,3 +164,52 @@ func testLog(t *testing.T) *slog.Logger {
 	}
 	return slog.New(slog.DiscardHandler)
 }
+
+// stillCamera is camera hardware that always gives one grey frame.
+type stillCamera struct{}
+
+func (stillCamera) Burst(context.Context) ([]visit.Frame, error) {
+	return []visit.Frame{{W: 64, H: 48, BGR: make([]byte, 64*48*3), Time: time.Now()}}, nil
+}
+
+// TestNoFalseDegradedAtStart: two reasons were given for a healthy
+// agent. Before the work loop's first heartbeat, the status (the one the
+// publisher sends at connect, which can come first) said "work loop: no
+// heartbeat since 0001-01-01T00:00:00Z"; the loop is now judged from the
+// start (degraded, since the start time, only when it has not beaten for
+// 3 heartbeats plus a visit timeout since then). And with an injected
+// camera (Options.Camera, the demo's simulator) the zero camera health
+// read as down: "camera: down" in every status and /healthz for as long
+// as the daemon ran, though the status lists no camera. Real models and
+// bbolt store; the camera is a fake.
+func TestNoFalseDegradedAtStart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads the models")
+	}
+	cfg := DefaultConfig()
+	cfg.Models.Dir = testenv.ModelsDir(t)
+	cfg.Store.Path = filepath.Join(t.TempDir(), "agent.db")
+	cfg.Trigger = TriggerConfig{}
+	cfg.Metrics.Listen = ""
+	cfg.fill()
+	d, err := New(cfg, Options{Version: "test", Logger: testLog(t), Camera: stillCamera{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if s := d.status(); s.Health != wire.HealthOK || len(s.Reasons) != 0 {
+		t.Errorf("status before the first beat: %s %q, want ok", s.Health, s.Reasons)
+	}
+	if body, ok := d.health(); !ok {
+		t.Errorf("/healthz before the first beat: %v, want ok", body)
+	} else if _, ok := body.(map[string]any)["camera"]; ok {
+		t.Errorf("/healthz reports a camera state for an injected camera: %v", body)
+	}
+	// A loop that never beat is still found stuck, judged from the start.
+	d.started = time.Now().Add(-time.Hour)
+	s := d.status()
+	want := "work loop: no heartbeat since " + d.started.UTC().Format(time.RFC3339)
+	if s.Health != wire.HealthDegraded || !slices.Equal(s.Reasons, []string{want}) {
+		t.Errorf("status of a loop that never beat in an hour: %s %q, want degraded with %q", s.Health, s.Reasons, want)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/user"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -479,8 +480,7 @@ const BodyTimeout = 2 * time.Second
 
 // AdmitHandler returns the endpoint's handler, handing triggers to admit.
 func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/visit", func(w http.ResponseWriter, r *http.Request) {
+	visitH := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			abandonBody(w, r)
 			w.Header().Set("Allow", http.MethodPost)
@@ -538,7 +538,7 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 		}
 		writeJSON(w, http.StatusAccepted, VisitReply{ID: adm.ID, Time: now.UTC().Format(time.RFC3339Nano), Status: status})
 	})
-	mux.HandleFunc("/v1/health", func(w http.ResponseWriter, r *http.Request) {
+	healthH := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			abandonBody(w, r)
 			w.Header().Set("Allow", http.MethodGet)
@@ -549,7 +549,37 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "accepted": s.Accepted, "dropped": s.Dropped,
 			"duplicates": h.duplicates.Load(), "coalesced": h.coalesced.Load()})
 	})
+	// Routed here, not by http.ServeMux, which answered a path the API
+	// does not have with a text/plain "404 page not found" (no JSON for
+	// the client to parse, no Cache-Control) and an unclean path such as
+	// /v1//visit with a bodiless 307 redirect (curl does not follow it;
+	// Go's client re-posts). The path is cleaned as ServeMux cleans it and
+	// served at once; any other path is a JSON 404.
+	mux := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch cleanPath(r.URL.Path) {
+		case "/v1/visit":
+			visitH(w, r)
+		case "/v1/health":
+			healthH(w, r)
+		default:
+			abandonBody(w, r)
+			writeError(w, http.StatusNotFound, "no such endpoint: the endpoints are POST /v1/visit and GET /v1/health")
+		}
+	})
 	return limitBodyTime(h.authenticate(mux))
+}
+
+// cleanPath is p cleaned as http.ServeMux cleans a request path: "."
+// and ".." elements and repeated slashes removed, a trailing slash kept.
+func cleanPath(p string) string {
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c
 }
 
 // limitBodyTime gives a request with a body BodyTimeout to send it.

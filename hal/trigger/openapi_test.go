@@ -184,7 +184,21 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 		do(t, c, base, "GET visit", "GET", "/v1/visit", "", ""),
 		do(t, c, base, "POST health", "POST", "/v1/health", "", ""),
 		do(t, c, base, "health", "GET", "/v1/health", "", ""),
+		// Paths the API does not have: a JSON 404 each (not ServeMux's
+		// text/plain page, nor a bodiless 307 for an unclean path).
+		do(t, c, base, "root", "GET", "/", "", ""),
+		do(t, c, base, "unknown path", "POST", "/v1/visits", "", `{"txn_id":"T-404"}`),
+		do(t, c, base, "trailing slash", "POST", "/v1/visit/", "", ""),
 		slowBody(t, sock))
+
+	// An unclean path is served as its clean one, at once: ServeMux
+	// answered it with a bodiless 307 that curl does not follow.
+	noFollow := &http.Client{Transport: c.Transport, Timeout: c.Timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if x := do(t, noFollow, base, "double slash", "POST", "/v1//visit", "", `{"txn_id":"T-slash"}`); x.code != http.StatusAccepted ||
+		x.header.Get("Content-Type") != "application/json" {
+		t.Errorf("POST /v1//visit: %d %q %s, want 202 accepted", x.code, x.header.Get("Content-Type"), x.resp)
+	}
 
 	// Loopback TCP with a token.
 	tok := filepath.Join(t.TempDir(), "token")
@@ -202,6 +216,7 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 	xs = append(xs,
 		do(t, tc, tbase, "tcp no token", "POST", "/v1/visit", "", `{}`),
 		do(t, tc, tbase, "tcp health no token", "GET", "/v1/health", "", ""),
+		do(t, tc, tbase, "tcp unknown path", "GET", "/metrics", token, ""),
 		do(t, tc, tbase, "tcp accepted", "POST", "/v1/visit", token, `{"txn_id":"T-9"}`),
 		do(t, tc, tbase, "tcp health", "GET", "/v1/health", token, ""))
 
@@ -238,6 +253,13 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 		}
 		code := http.StatusText(x.code)
 		rp, ok := d.response(x.path, method, itoa(x.code))
+		if _, known := d.at("paths", x.path); !known {
+			// A path the API does not have: the NotFound response.
+			rp, ok = []string{"components", "responses", "NotFound"}, x.code == http.StatusNotFound
+			if ok {
+				seen["NotFound"] = true
+			}
+		}
 		if !ok {
 			t.Errorf("%s: %s %s answered %d (%s), not documented", x.name, x.method, x.path, x.code, code)
 			continue
@@ -293,6 +315,9 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 				}
 			}
 		}
+	}
+	if !seen["NotFound"] {
+		missing = append(missing, "NotFound")
 	}
 	sort.Strings(missing)
 	if len(missing) > 0 {
