@@ -111,6 +111,15 @@ type AdmitSource interface {
 	RunAdmit(ctx context.Context, admit Admit) error
 }
 
+// ForgetSource is an optional Source capability: a source that remembers
+// its clients' trigger ids for idempotency (the HTTP endpoint) forgets those
+// of a visit that could not be stored, so that a client's retry starts a
+// new visit instead of being answered with the id of a visit that does not
+// exist.
+type ForgetSource interface {
+	Forget(visitID string) int
+}
+
 // Stages are the per-stage latencies of one visit.
 type Stages struct {
 	Queue, Burst, Perceive, Assign, Rules, Commit, Total time.Duration

@@ -149,6 +149,7 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 		a.commitResult("visit", err)
 		a.count(func(s *Stats) { s.CommitErrors++ })
 		a.log.Error("visit lost: could not store it", "visit", v.ID, "err", err)
+		a.forget(v.ID)
 		if assigned {
 			a.resync(parent)
 		}
@@ -177,6 +178,18 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 	a.log.Info("visit", "visit", v.ID, "seq", res.VisitSeq, "trigger", v.Trigger, "outcome", v.Outcome.String(),
 		"identity", v.IdentityID, "mask", v.Mask.String(), "quality", v.Quality, "frames", v.Frames,
 		"ms", st.Total.Milliseconds())
+}
+
+// forget tells the sources that remember trigger ids that visit id was not
+// stored (ForgetSource).
+func (a *Agent) forget(id string) {
+	for _, src := range a.d.Sources {
+		if f, ok := src.(ForgetSource); ok {
+			if n := f.Forget(id); n > 0 {
+				a.log.Info("txn_ids of the lost visit forgotten: a retry starts a new visit", "visit", id, "txn_ids", n)
+			}
+		}
+	}
 }
 
 // commit stores c, retrying transient failures with a short backoff.

@@ -136,6 +136,8 @@ func (s httpSource) RunAdmit(ctx context.Context, admit agent.Admit) error {
 	return s.h.RunAdmit(ctx, admit)
 }
 
+func (s httpSource) Forget(visitID string) int { return s.h.Forget(visitID) }
+
 // replaySource numbers a replay's events with ids derived from the
 // schedule (its fingerprint and the event's index), so a replay restarted
 // after a crash gives the same visit ids and the store keeps each visit

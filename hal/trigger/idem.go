@@ -90,5 +90,22 @@ func (h *HTTP) Remember(txnID, visitID string, at time.Time) {
 	h.txns.add(txnID, txnEntry{id: visitID, at: at, seen: at})
 }
 
+// Forget drops the txn_ids admitted as visit visitID (its own and those
+// coalesced into it) and returns how many: the agent calls it when that
+// visit could not be stored, so a client's retry starts a new visit instead
+// of being told "duplicate" for a visit that does not exist.
+func (h *HTTP) Forget(visitID string) int {
+	h.txns.mu.Lock()
+	defer h.txns.mu.Unlock()
+	n := 0
+	for txn, e := range h.txns.m {
+		if e.id == visitID {
+			delete(h.txns.m, txn)
+			n++
+		}
+	}
+	return n
+}
+
 // IdempotencyWindow is how long a txn_id is remembered.
 func (h *HTTP) IdempotencyWindow() time.Duration { return h.txns.window }
