@@ -220,6 +220,28 @@ func (s *Store) OutboxAck(ctx context.Context, keys ...uint64) error {
 	})
 }
 
+// OutboxSentSeq is the highest seq below every message still in the outbox
+// (the last seq assigned when it is empty): what a restarted publisher had
+// delivered, since messages are drained in seq order. A message the bound
+// policy dropped below it counts as gone, as it is for a dashboard.
+func (s *Store) OutboxSentSeq(ctx context.Context) (uint64, error) {
+	var seq uint64
+	err := s.view(ctx, "outbox sent seq", func(tx *bolt.Tx) error {
+		seq = getU64(tx.Bucket(bMeta), kOutboxSeq)
+		k, v := tx.Bucket(bOutbox).Cursor().First()
+		if k == nil {
+			return nil
+		}
+		m, err := decodeOutbox(k, v)
+		if err != nil {
+			return err
+		}
+		seq = m.Seq - 1
+		return nil
+	})
+	return seq, err
+}
+
 // OutboxStats returns the outbox depth, its payload bytes and the number of
 // messages dropped by the bound policy since the database was created, by
 // kind. It returns zeros when the store is closed.

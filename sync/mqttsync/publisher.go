@@ -31,6 +31,14 @@ type Outbox interface {
 	OutboxAck(ctx context.Context, keys ...uint64) error
 }
 
+// SentSeqOutbox is an optional Outbox capability: the highest seq a
+// previous run delivered (store.Store.OutboxSentSeq). Run starts the
+// status's seq from it, so a restarted agent does not report 0 until its
+// first new acknowledgement.
+type SentSeqOutbox interface {
+	OutboxSentSeq(ctx context.Context) (uint64, error)
+}
+
 // CommandHandler executes remote commands other than ping. The result, if
 // not nil, is marshalled into the reply's "result" object.
 type CommandHandler interface {
@@ -340,6 +348,13 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 	p.ran = true
 	p.runCtx = ctx
+	if o, ok := p.d.Outbox.(SentSeqOutbox); ok {
+		if seq, err := o.OutboxSentSeq(ctx); err != nil {
+			p.log.Warn("mqtt: the last delivered seq could not be read; status seq starts at 0", "err", err)
+		} else if seq > p.lastSeq.Load() {
+			p.lastSeq.Store(seq)
+		}
+	}
 	p.client = mqtt.NewClient(p.opts)
 	if p.willOpts != nil {
 		p.willClient = mqtt.NewClient(p.willOpts)

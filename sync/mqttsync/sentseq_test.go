@@ -1,0 +1,61 @@
+package mqttsync
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/store/record"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// A restarted publisher on the real store starts its status seq at what
+// the previous run delivered, not at 0: the docs promise the status's seq
+// is the highest seq the broker acknowledged, and a dashboard compares it
+// with what it holds. Messages left in the outbox are not counted.
+func TestStatusSeqSurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.db")
+	st, err := store.Open(path, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	enqueue := func(from, to int) {
+		t.Helper()
+		for i := from; i <= to; i++ {
+			now := time.Now()
+			m := visit.OutboxMessage{Kind: wire.KindAlert, Topic: wire.KindAlert, Created: now, Payload: payload(t, wire.KindAlert, i, now)}
+			if _, err := st.CommitVisit(ctx, record.Commit{Outbox: []visit.OutboxMessage{m}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	enqueue(1, 5)
+
+	broker := startMochi(t)
+	p, cancel, done := runPublisher(t, testConfig(broker), Deps{Outbox: st})
+	waitFor(t, 5*time.Second, "outbox drained", func() bool { n, _, _ := st.OutboxStats(); return n == 0 })
+	waitFor(t, 2*time.Second, "seq 5 acknowledged", func() bool { return p.Stats().LastAckedSeq == 5 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	done <- nil // for the cleanup
+
+	// Two more while the agent is down; then a run that cannot reach any
+	// broker, so nothing new is acknowledged.
+	enqueue(6, 7)
+	if seq, err := st.OutboxSentSeq(ctx); err != nil || seq != 5 {
+		t.Fatalf("OutboxSentSeq %d, %v; want 5 (6 and 7 are unsent)", seq, err)
+	}
+	cfg := testConfig("tcp://127.0.0.1:1")
+	p2, _, _ := runPublisher(t, cfg, Deps{Outbox: st})
+	waitFor(t, 2*time.Second, "seq seeded from the store", func() bool { return p2.Stats().LastAckedSeq == 5 })
+	if n, _, _ := st.OutboxStats(); n != 2 {
+		t.Fatalf("outbox holds %d, want the 2 unsent", n)
+	}
+}
