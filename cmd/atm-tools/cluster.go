@@ -35,6 +35,10 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	fs := cli.NewFlags(env, "cluster", clusterSynopsis)
 	var pf pipelineFlags
 	pf.register(fs)
+	if f := fs.Lookup("threads"); f != nil {
+		f.Usage = "OpenCV threads of each worker's pipeline (default: cores/workers)"
+		f.DefValue = "0"
+	}
 	out := fs.String("o", "", "output folder (created; must be empty unless --force)")
 	algo := fs.String("algorithm", string(identity.DefaultAlgorithm), "average, complete, online or dbscan (the original project's baseline)")
 	eps := fs.Float64("eps", 0.5, "DBSCAN eps (euclidean on the templates), the original project's value")
@@ -45,6 +49,7 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		return nil
 	})
 	near := fs.Float64("near", batch.NearFactor, "near-miss suggestions reach this factor x the cut (0: none)")
+	minFace := fs.Float64("min-face-px", batch.DefaultMinFacePx, "smallest face box side used, in pixels (smaller faces are left out; an image without a larger one is listed as noface, \"face too small\"); 0: no limit")
 	faces := fs.String("faces", "customer", "customer (the largest, most central face: ATM frames) or all (every face of a group photo as its own item)")
 	singletons := fs.String("singletons", "folder", "people seen once: folder (all under singletons/) or own (a person folder each)")
 	force := fs.Bool("force", false, "replace a previous run's output in OUT (a folder with other files is refused)")
@@ -74,7 +79,7 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		rest = fs.Args()[1:]
 	}
 	if len(pos) != 1 {
-		return fmt.Errorf("%w: want exactly one input folder, got %d (usage: atm-agent %s)", cli.ErrUsage, len(pos), clusterSynopsis)
+		return fmt.Errorf("%w: want exactly one input folder, got %d (usage: atm-tools %s)", cli.ErrUsage, len(pos), clusterSynopsis)
 	}
 	if *out == "" {
 		return fmt.Errorf("%w: -o OUT is required", cli.ErrUsage)
@@ -94,6 +99,21 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	if *maxPixels < 1 || *maxBytes < 1 {
 		return fmt.Errorf("%w: --max-pixels %d, --max-bytes %d: want at least 1", cli.ErrUsage, *maxPixels, *maxBytes)
+	}
+	if *singletons != string(batch.SingletonsFolder) && *singletons != string(batch.SingletonsOwn) {
+		return fmt.Errorf("%w: --singletons %q: want folder or own", cli.ErrUsage, *singletons)
+	}
+	if !(*near >= 0) || math.IsInf(*near, 0) {
+		return fmt.Errorf("%w: --near %v: want 0 (no suggestions) or a factor such as %g", cli.ErrUsage, *near, batch.NearFactor)
+	}
+	if !(*eps > 0) || math.IsInf(*eps, 0) {
+		return fmt.Errorf("%w: --eps %v: want a distance above 0", cli.ErrUsage, *eps)
+	}
+	if *minSamples < 1 {
+		return fmt.Errorf("%w: --min-samples %d: want 1 or more", cli.ErrUsage, *minSamples)
+	}
+	if !(*minFace >= 0) || math.IsInf(*minFace, 0) {
+		return fmt.Errorf("%w: --min-face-px %v: want 0 (no limit) or a size in pixels", cli.ErrUsage, *minFace)
 	}
 	if *workers < 1 {
 		return fmt.Errorf("%w: --workers %d: want at least 1", cli.ErrUsage, *workers)
@@ -207,12 +227,16 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	if *near == 0 {
 		*near = -1 // none
 	}
+	if *minFace == 0 {
+		*minFace = -1 // no limit
+	}
 	o := batch.Options{
 		Cluster:     identity.ClusterOptions{Algorithm: alg, Config: cfg, Eps: *eps, MinSamples: *minSamples},
 		Singletons:  batch.Singletons(*singletons),
 		Faces:       batch.Faces(*faces),
 		Corrections: corr,
 		Near:        *near,
+		MinFacePx:   *minFace,
 		Force:       *force,
 		Link:        *link,
 		Thumb:       *thumb,
@@ -239,7 +263,7 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 		return errors.New(msg)
 	}
 	if err != nil {
-		if errors.Is(err, batch.ErrOutputNotEmpty) || errors.Is(err, batch.ErrForeignFiles) {
+		if errors.Is(err, batch.ErrOutputNotEmpty) || errors.Is(err, batch.ErrForeignFiles) || errors.Is(err, batch.ErrInputInOutput) {
 			return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 		}
 		return err

@@ -132,6 +132,39 @@ func TestClusterBrowserCorrections(t *testing.T) {
 	if h := get(chromedp.Text(css(`#person_0001 h2`))); !strings.Contains(h, "person_0001 (Alice): 4 images") {
 		t.Errorf("corrected heading %q", h)
 	}
+
+	// Two people seen once are one: carol.jpg's face is moved to the
+	// singleton alice/c.jpg ("singletons/PATH", offered in the list). Before,
+	// only person folders were targets, so two singletons could not be
+	// joined in the page (their "maybe" suggestions could not be acted on).
+	// The page shows Alice's name, so its export names her again.
+	var carolKey string
+	for _, e := range rep.Images {
+		if e.Path == "carol.jpg" {
+			carolKey = e.Key
+		}
+	}
+	if opts := get(chromedp.Evaluate[string](`Array.prototype.map.call(document.querySelectorAll('#folders option'),function(o){return o.value;}).join(',')`)); opts != "person_0001,singletons/alice/c.jpg,singletons/carol.jpg" {
+		t.Errorf("move targets offered: %s", opts)
+	}
+	do("join two singletons, export",
+		chromedp.SendKeys(css(fmt.Sprintf(`input.move[data-face=%q]`, carolKey)), "singletons/alice/c.jpg"),
+		chromedp.Click(css(`#export`)),
+		chromedp.WaitVisible(css(`#corrections`)))
+	js = get(chromedp.Evaluate[string](`document.getElementById('corrections').value`))
+	if !strings.Contains(js, cKey) || !strings.Contains(js, carolKey) {
+		t.Fatalf("exported corrections do not move %s to %s:\n%s", carolKey, cKey, js)
+	}
+	file2 := filepath.Join(t.TempDir(), "corrections2.json")
+	os.WriteFile(file2, []byte(js), 0o644)
+	code, stdout, stderr = runTool(t, append(args, "--apply", file, "--apply", file2)...)
+	if code != 0 || !strings.Contains(stdout, "corrections: 1 merged, 2 moved, 2 named, 0 naming faces") {
+		t.Fatalf("cluster --apply twice: exit %d\n%s%s", code, stdout, stderr)
+	}
+	rep = readClusterReport(t, out)
+	if a, c := folderOf(rep, "alice/c.jpg"), folderOf(rep, "carol.jpg"); a != "person_0002" || c != a {
+		t.Errorf("after joining the singletons alice/c.jpg is in %s, carol.jpg in %s; want both in person_0002", a, c)
+	}
 }
 
 type clusterReport struct {

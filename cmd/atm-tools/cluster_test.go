@@ -32,6 +32,17 @@ func TestClusterUsage(t *testing.T) {
 		{"huge thumbnails", []string{"cluster", "a", "-o", "x", "--thumb", "100000"}, "--thumb"},
 		{"cache inside output", []string{"cluster", "a", "-o", "x", "--cache", "x/c"}, "--cache"},
 		{"cache is output", []string{"cluster", "a", "-o", "x", "--cache", "x"}, "--cache"},
+		// Flags after DIR (the documented order) are usage errors too, not
+		// exit 1 with the whole flag list on stderr.
+		{"unknown flag after DIR", []string{"cluster", "a", "-o", "x", "--workrs", "2"}, "unknown flag --workrs (did you mean --workers?)"},
+		{"bad flag value after DIR", []string{"cluster", "a", "--workers", "two", "-o", "x"}, "invalid value"},
+		{"bad singletons", []string{"cluster", "a", "-o", "x", "--singletons", "many"}, "--singletons"},
+		{"near NaN", []string{"cluster", "a", "-o", "x", "--near", "NaN"}, "--near"},
+		{"near negative", []string{"cluster", "a", "-o", "x", "--near", "-1"}, "--near"},
+		{"eps negative", []string{"cluster", "a", "-o", "x", "--algorithm", "dbscan", "--eps", "-1"}, "--eps"},
+		{"min-samples 0", []string{"cluster", "a", "-o", "x", "--algorithm", "dbscan", "--min-samples", "0"}, "--min-samples"},
+		{"min-face-px negative", []string{"cluster", "a", "-o", "x", "--min-face-px", "-5"}, "--min-face-px"},
+		{"usage names the tool", []string{"cluster", "a", "b", "-o", "x"}, "usage: atm-tools cluster"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := runTool(t, tc.args...)
@@ -39,6 +50,27 @@ func TestClusterUsage(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want 2 and %q", code, stderr, tc.want)
 			}
 		})
+	}
+}
+
+// Help after DIR goes to stdout with exit 0, like help before it; an
+// input that is the output folder, or inside it, is a usage error.
+func TestClusterUsageAfterDir(t *testing.T) {
+	code, stdout, stderr := runTool(t, "cluster", "a", "--help")
+	if code != 0 || !strings.Contains(stdout, "usage: atm-tools cluster") || stderr != "" {
+		t.Errorf("cluster DIR --help: exit %d, stdout %d bytes, stderr %q; want 0 and the help on stdout", code, len(stdout), stderr)
+	}
+	// --threads defaults to cores/workers here, not the 2 of the eval commands.
+	if !strings.Contains(stdout, "OpenCV threads of each worker's pipeline (default: cores/workers)") || strings.Contains(stdout, "OpenCV threads (default 2)") {
+		t.Errorf("--threads help does not say its default:\n%s", stdout)
+	}
+	models := testenv.ModelsDir(t)
+	d := t.TempDir()
+	for _, out := range []string{d, filepath.Dir(d)} {
+		code, _, stderr = runTool(t, "cluster", d, "-o", out, "--models-dir", models, "--no-cache")
+		if code != 2 || !strings.Contains(stderr, "input inside the output folder") {
+			t.Errorf("-o %s for input %s: exit %d, %s; want 2", out, d, code, stderr)
+		}
 	}
 }
 

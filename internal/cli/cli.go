@@ -245,7 +245,7 @@ type flagEntry struct {
 	synopsis string
 }
 
-// flagEnvs maps a flag set from NewFlags to its command until ParseFlags.
+// flagEnvs maps a flag set from NewFlags to its command.
 var flagEnvs sync.Map // *flag.FlagSet -> flagEntry
 
 // NewFlags makes a flag set that reports errors instead of exiting. Its
@@ -265,7 +265,10 @@ func NewFlags(env *Env, name, synopsis string) *flag.FlagSet {
 // ParseFlags parses, prints help on stdout for -h/--help (returning
 // flag.ErrHelp) and wraps failures as usage errors.
 func ParseFlags(fs *flag.FlagSet, args []string) error {
-	v, ok := flagEnvs.LoadAndDelete(fs)
+	// Load, not LoadAndDelete: a command that takes its arguments between
+	// flags (cluster DIR -o OUT) parses again after each one, and a mistake
+	// after the first argument is a usage error too.
+	v, ok := flagEnvs.Load(fs)
 	if !ok {
 		return fs.Parse(args)
 	}

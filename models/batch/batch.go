@@ -61,6 +61,11 @@ const (
 	SingletonsOwn Singletons = "own"
 )
 
+// DefaultMinFacePx is Options.MinFacePx's default: the pipeline's own
+// smallest usable face (vision.Config.MinFacePx, 40 px). Real photos' faces
+// are far larger (LFW's smallest box is 76 px, rmfrd's 113).
+var DefaultMinFacePx = vision.DefaultConfig().MinFacePx
+
 // Options tune a run.
 // MaxThumb bounds Options.Thumb: a contact-sheet thumbnail larger than this
 // shows nothing more, and a huge one would only exhaust memory.
@@ -74,6 +79,12 @@ type Options struct {
 	// Faces: customer (default) or all; all needs finders that implement
 	// AllFaceFinder.
 	Faces Faces
+	// MinFacePx is the smallest face box side, in pixels, that is used
+	// (default DefaultMinFacePx; < 0: none): the detector also finds
+	// "faces" of a few pixels in icons and tiny images, whose templates
+	// group into people that are not there. A smaller face is left out
+	// (an image left without one is noface, "face too small").
+	MinFacePx float64
 	// Near is how far beyond the cut near-miss suggestions reach, as a
 	// factor of it (default NearFactor; < 1: none).
 	Near float64
@@ -154,6 +165,14 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
+	switch {
+	case o.MinFacePx == 0:
+		o.MinFacePx = DefaultMinFacePx
+	case o.MinFacePx < 0:
+		o.MinFacePx = 0
+	case math.IsNaN(o.MinFacePx) || math.IsInf(o.MinFacePx, 0):
+		return nil, fmt.Errorf("cluster: min face %v pixels: want a finite size", o.MinFacePx)
+	}
 	o.Limits = o.Limits.WithDefaults()
 	// A folder of photos may hold any format OpenCV decodes (headers still
 	// checked against the limits first).
@@ -170,7 +189,10 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 		return nil, fmt.Errorf("cluster: output: %w", err)
 	}
 	if inside(absIn, absOut) {
-		return nil, fmt.Errorf("cluster: input %s is inside the output folder %s", in, out)
+		if absIn == absOut {
+			return nil, fmt.Errorf("cluster: %w: %s is the output folder itself (each run replaces its contents)", ErrInputInOutput, in)
+		}
+		return nil, fmt.Errorf("cluster: %w: %s is inside %s (each run replaces its contents)", ErrInputInOutput, in, out)
 	}
 	lst, err := Walk(absIn, absOut)
 	if err != nil {
@@ -220,7 +242,7 @@ func Run(ctx context.Context, in, out string, finders []FaceFinder, o Options) (
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	embedTime := time.Since(start)
-	lst, res = expandFaces(lst, res)
+	lst, res = expandFaces(lst, res, o.MinFacePx)
 	rep, err := build(ctx, lst, res, o)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -252,31 +274,35 @@ type result struct {
 
 // expandFaces turns an image with several faces (Faces = all) into one
 // item per face, each with the image's path: the rest of the job then sees
-// faces as items. Items of one image follow each other.
-func expandFaces(lst *Listing, res []result) (*Listing, []result) {
-	many := false
-	for _, r := range res {
-		many = many || len(r.more) > 0
-	}
-	if !many {
-		return lst, res
-	}
+// faces as items. Items of one image follow each other. A face whose box
+// side is under minFace pixels is left out (faces keep their numbers in
+// the image); an image left without a face is a noface item saying so.
+func expandFaces(lst *Listing, res []result, minFace float64) (*Listing, []result) {
 	l := *lst
 	l.Images = nil
 	var out []result
 	for i, r := range res {
-		faces := append([]vision.Face{r.face}, r.more...)
 		if !r.found {
-			faces = faces[:1]
+			l.Images = append(l.Images, lst.Images[i])
+			out = append(out, r)
+			continue
 		}
-		for k, f := range faces {
+		kept := 0
+		small := 0.0
+		for k, f := range append([]vision.Face{r.face}, r.more...) {
+			if side := math.Max(f.Det.W(), f.Det.H()); side < minFace {
+				small = math.Max(small, side)
+				continue
+			}
 			l.Images = append(l.Images, lst.Images[i])
 			n := r
-			n.face, n.more = f, nil
-			if r.found {
-				n.faceNo = k + 1
-			}
+			n.face, n.more, n.faceNo = f, nil, k+1
 			out = append(out, n)
+			kept++
+		}
+		if kept == 0 {
+			l.Images = append(l.Images, lst.Images[i])
+			out = append(out, result{sum: r.sum, noface: fmt.Sprintf("face too small: %.0f px (under %g px, --min-face-px)", small, minFace)})
 		}
 	}
 	return &l, out

@@ -21,6 +21,10 @@ const markerName = ".atm-agent-cluster"
 // ErrOutputNotEmpty is returned when OUT holds files and Force is off.
 var ErrOutputNotEmpty = errors.New("output folder is not empty")
 
+// ErrInputInOutput is returned when the input folder is the output folder
+// or lies inside it (each run replaces OUT's contents).
+var ErrInputInOutput = errors.New("input inside the output folder")
+
 // ErrForeignFiles is returned when Force is on but OUT holds files that no
 // previous run wrote: they are never deleted.
 var ErrForeignFiles = errors.New("output folder holds files this job did not write")

@@ -311,6 +311,7 @@ type sheetIdentity struct {
 type sheetView struct {
 	R          *Report
 	Folders    []string // person folders: targets of moves and merges
+	Singles    []string // singletons' image paths: targets too, as "singletons/PATH"
 	Identities []sheetIdentity
 	NoFace     []sheetFace
 }
@@ -330,9 +331,13 @@ func fileURL(abs string) template.URL {
 
 func sheetData(r *Report, root string) sheetView {
 	v := sheetView{R: r}
+	singles := map[string]bool{}
 	for _, id := range r.Identities {
 		if id.Folder != "singletons" {
 			v.Folders = append(v.Folders, id.Folder)
+		} else if len(id.Images) > 0 && !singles[id.Images[0]] {
+			singles[id.Images[0]] = true
+			v.Singles = append(v.Singles, id.Images[0])
 		}
 	}
 	face := func(i int) sheetFace {
@@ -437,14 +442,14 @@ table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;paddin
 <span id="shown"></span>
 <button id="export" type="button">Export corrections</button> <a id="download" class="hidden" download="corrections.json">save corrections.json</a>
 <textarea id="corrections" class="hidden" rows="6" cols="80" readonly></textarea></div>
-<datalist id="folders">{{range .Folders}}<option value="{{.}}">{{end}}</datalist>
+<datalist id="folders">{{range .Folders}}<option value="{{.}}">{{end}}{{range .Singles}}<option value="singletons/{{.}}">{{end}}</datalist>
 <div id="people">
 {{range .Identities}}<section id="{{.Folder}}" class="person" data-size="{{.Size}}" data-name="{{.Folder}}" data-dist="{{if eq .Size 1}}9{{else}}{{.MeanDistance}}{{end}}">
 <h2>{{.Folder}}{{with .Name}} ({{.}}){{end}}: {{plural .Size "image" "images"}}, {{.Masked}} masked, {{.Unmasked}} unmasked{{if and (ne .Folder "singletons") (gt .Size 1)}}, mean distance {{dist .MeanDistance}}{{end}}</h2>
 {{with .Maybe}}<p class="maybe">Maybe the same person as: {{range .}}<a href="#{{.Folder}}">{{.Folder}}{{with .Image}} {{.}}{{end}}</a> ({{dist .Distance}}) {{end}}</p>
-{{end}}{{if ne .Folder "singletons"}}<p class="edit"><label>Name <input class="name" data-folder="{{.Folder}}" value="{{.Name}}" size="16"></label> <label>Same person as <input class="merge" data-folder="{{.Folder}}" list="folders" size="12" placeholder="person_NNNN"></label></p>
+{{end}}{{if ne .Folder "singletons"}}<p class="edit"><label>Name <input class="name" data-folder="{{.Folder}}" value="{{.Name}}" size="16"></label> <label>Same person as <input class="merge" data-folder="{{.Folder}}" list="folders" size="12" placeholder="person_NNNN" title="a person folder, or singletons/PATH for a person seen once"></label></p>
 {{end}}<div class="grid">{{$many := and (ne .Folder "singletons") (gt .Size 1)}}{{range .Faces}}{{$f := .}}
-<figure data-path="{{lower .Path}}"{{if .Key}} data-face="{{.Key}}"{{end}}>{{with .Face}}{{if .Thumb}}<a href="{{$f.Href}}"><img src="{{.Thumb}}" alt="" loading="lazy"></a>{{end}}{{end}}<figcaption>{{with .Face}}<span class="b {{.Mask}}">{{.Mask}}</span>{{if $many}} {{dist .Distance}}{{end}}<br>{{end}}<a href="{{.Href}}">{{.Path}}</a>{{if .FaceNo}} (face {{.FaceNo}}){{end}} <a href="{{.Original}}" title="the input file">(original)</a>{{with .Maybe}}<br><span class="maybe">maybe: {{range .}}<a href="#{{.Folder}}">{{.Folder}}{{with .Image}} {{.}}{{end}}</a> {{dist .Distance}} {{end}}</span>{{end}}{{if .Key}}<br><input class="move" data-face="{{.Key}}" list="folders" size="11" placeholder="move to / out">{{end}}</figcaption></figure>{{end}}
+<figure data-path="{{lower .Path}}" data-file="{{.Path}}"{{if .Key}} data-face="{{.Key}}"{{end}}>{{with .Face}}{{if .Thumb}}<a href="{{$f.Href}}"><img src="{{.Thumb}}" alt="" loading="lazy"></a>{{end}}{{end}}<figcaption>{{with .Face}}<span class="b {{.Mask}}">{{.Mask}}</span>{{if $many}} {{dist .Distance}}{{end}}<br>{{end}}<a href="{{.Href}}">{{.Path}}</a>{{if .FaceNo}} (face {{.FaceNo}}){{end}} <a href="{{.Original}}" title="the input file">(original)</a>{{with .Maybe}}<br><span class="maybe">maybe: {{range .}}<a href="#{{.Folder}}">{{.Folder}}{{with .Image}} {{.}}{{end}}</a> {{dist .Distance}} {{end}}</span>{{end}}{{if .Key}}<br><input class="move" data-face="{{.Key}}" list="folders" size="11" placeholder="move to / out" title="a person folder, singletons/PATH (join a person seen once), or out">{{end}}</figcaption></figure>{{end}}
 </div>
 </section>
 {{end}}</div>
@@ -483,6 +488,12 @@ function sort(){
 }
 q.addEventListener('input',filter);sel.addEventListener('change',sort);
 function keysOf(folder){
+  if(folder.indexOf('singletons/')==0){
+    // A person seen once: "singletons/PATH" names the faces of that image.
+    var p=folder.slice(11),one=document.getElementById('singletons');
+    if(!one)return [];
+    return Array.prototype.filter.call(one.querySelectorAll('figure[data-face]'),function(f){return f.dataset.file==p;}).map(function(f){return f.dataset.face;});
+  }
   var s=document.getElementById(folder);
   if(!s||!s.classList.contains('person')||folder=='singletons')return [];
   return Array.prototype.map.call(s.querySelectorAll('figure[data-face]'),function(f){return f.dataset.face;});

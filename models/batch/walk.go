@@ -1,6 +1,8 @@
 package batch
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"io/fs"
@@ -107,12 +109,16 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 				l.Unreadable = append(l.Unreadable, Problem{Path: r, Reason: reason(err)})
 			case imagecheck.Sniff(head) != "":
 				l.Images = append(l.Images, r)
+			case SniffUnsupported(head) != "":
+				l.Unreadable = append(l.Unreadable, Problem{Path: r, Reason: unsupportedReason(SniffUnsupported(head))})
 			case SniffVideo(head) != "":
 				l.Videos = append(l.Videos, r)
 			case isImage(p):
 				l.Images = append(l.Images, r)
 			case isVideoName(p):
 				l.Videos = append(l.Videos, r)
+			case unsupportedName(p) != "":
+				l.Unreadable = append(l.Unreadable, Problem{Path: r, Reason: unsupportedReason(unsupportedName(p))})
 			default:
 				l.Skipped = append(l.Skipped, Problem{Path: r, Reason: "not an image or a video (no image header, no video header)"})
 			}
@@ -123,6 +129,90 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// Photo formats OpenCV 4.6 cannot decode but a folder of photos often
+// holds: phones write HEIC (HEIF) and AVIF, the web GIF and JPEG XL. They
+// are listed as unreadable with what they are, not skipped as "no image
+// header" nor, for HEIF and AVIF (ISO BMFF files, "ftyp" at offset 4 like
+// an MP4), opened as a video.
+const (
+	formatHEIF = "HEIF/HEIC"
+	formatAVIF = "AVIF"
+	formatGIF  = "GIF"
+	formatJXL  = "JPEG XL"
+)
+
+// SniffUnsupported names the photo format head starts with when OpenCV
+// cannot decode it ("" otherwise): HEIF/HEIC and AVIF (by the ftyp box's
+// major or compatible brands), GIF, JPEG XL.
+func SniffUnsupported(head []byte) string {
+	switch {
+	case bytes.HasPrefix(head, []byte("GIF87a")) || bytes.HasPrefix(head, []byte("GIF89a")):
+		return formatGIF
+	case bytes.HasPrefix(head, []byte{0xFF, 0x0A}) || bytes.HasPrefix(head, []byte("\x00\x00\x00\x0cJXL \r\n\x87\n")):
+		return formatJXL
+	case len(head) >= 16 && string(head[4:8]) == "ftyp":
+		// The box: size, "ftyp", major brand, minor version, compatible
+		// brands to its end (bounded by what was read).
+		n := int(binary.BigEndian.Uint32(head[:4]))
+		if n < 16 || n > len(head) {
+			n = len(head)
+		}
+		brands := [][]byte{head[8:12]}
+		for o := 16; o+4 <= n; o += 4 {
+			brands = append(brands, head[o:o+4])
+		}
+		// A video's brands come first: an MP4 that also lists an image
+		// brand is still a video.
+		if v := string(head[8:12]); v != "mif1" && v != "msf1" && !heifBrand(v) && !avifBrand(v) {
+			return ""
+		}
+		for _, b := range brands {
+			switch {
+			case avifBrand(string(b)):
+				return formatAVIF
+			case heifBrand(string(b)):
+				return formatHEIF
+			}
+		}
+		for _, b := range brands {
+			if string(b) == "mif1" || string(b) == "msf1" {
+				return formatHEIF // an image file format without a named codec
+			}
+		}
+	}
+	return ""
+}
+
+func heifBrand(b string) bool {
+	switch b {
+	case "heic", "heix", "heim", "heis", "hevc", "hevx", "hevm", "hevs":
+		return true
+	}
+	return false
+}
+
+func avifBrand(b string) bool { return b == "avif" || b == "avis" }
+
+// unsupportedName names the unsupported photo format of a file by its
+// extension, for a damaged one whose header says nothing.
+func unsupportedName(name string) string {
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".heic", ".heif", ".hif":
+		return formatHEIF
+	case ".avif":
+		return formatAVIF
+	case ".gif":
+		return formatGIF
+	case ".jxl":
+		return formatJXL
+	}
+	return ""
+}
+
+func unsupportedReason(format string) string {
+	return "unsupported image format: " + format + " (OpenCV cannot decode it; convert it to JPEG or PNG)"
 }
 
 // readHead reads the first 512 bytes of a file (fewer when it is shorter):
