@@ -115,8 +115,10 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	if !(*minFace >= 0) || math.IsInf(*minFace, 0) {
 		return fmt.Errorf("%w: --min-face-px %v: want 0 (no limit) or a size in pixels", cli.ErrUsage, *minFace)
 	}
-	if *workers < 1 {
-		return fmt.Errorf("%w: --workers %d: want at least 1", cli.ErrUsage, *workers)
+	if maxW := maxClusterWorkers(); *workers < 1 || *workers > maxW {
+		// Each worker loads a pipeline of its own (~40 MB of models and
+		// buffers): 1000 of them would exhaust memory before the first image.
+		return fmt.Errorf("%w: --workers %d: want 1 to %d (4 per CPU; each worker loads its own ~40 MB pipeline)", cli.ErrUsage, *workers, maxW)
 	}
 	if *thumb < -1 || *thumb > batch.MaxThumb {
 		return fmt.Errorf("%w: --thumb %d: want -1 (none), 0 (the default, 96) or a size up to %d pixels", cli.ErrUsage, *thumb, batch.MaxThumb)
@@ -447,3 +449,7 @@ func batchPlural(n int, one, many string) string {
 	}
 	return fmt.Sprintf("%d %s", n, many)
 }
+
+// maxClusterWorkers bounds --workers: more than 4 pipelines per CPU only
+// costs memory.
+func maxClusterWorkers() int { return 4 * runtime.NumCPU() }

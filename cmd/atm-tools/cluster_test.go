@@ -29,6 +29,7 @@ func TestClusterUsage(t *testing.T) {
 		{"bad algorithm", []string{"cluster", "a", "-o", "x", "--algorithm", "kmeans"}, "--algorithm"},
 		{"bad thresholds", []string{"cluster", "a", "-o", "x", "--thresholds", "0.3,0.3"}, "--thresholds"},
 		{"bad workers", []string{"cluster", "a", "-o", "x", "--workers", "0"}, "--workers"},
+		{"too many workers", []string{"cluster", "a", "-o", "x", "--workers", "1000"}, "--workers 1000: want 1 to"},
 		{"huge thumbnails", []string{"cluster", "a", "-o", "x", "--thumb", "100000"}, "--thumb"},
 		{"cache inside output", []string{"cluster", "a", "-o", "x", "--cache", "x/c"}, "--cache"},
 		{"cache is output", []string{"cluster", "a", "-o", "x", "--cache", "x"}, "--cache"},

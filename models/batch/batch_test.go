@@ -479,6 +479,11 @@ func TestNamer(t *testing.T) {
 	if fmt.Sprint(got) != "[a.jpg a~2.jpg a~2~2.jpg a~3.jpg]" {
 		t.Fatal(got)
 	}
+	// Case-insensitive file systems: names that differ only in case are
+	// kept apart.
+	if got := []string{n.take("IMG_1.JPG"), n.take("img_1.jpg"), n.take("Img_1.Jpg")}; fmt.Sprint(got) != "[IMG_1.JPG img_1~2.jpg Img_1~3.Jpg]" {
+		t.Fatal(got)
+	}
 	if flatName("x/y/z.jpg") != "x__y__z.jpg" {
 		t.Fatal(flatName("x/y/z.jpg"))
 	}

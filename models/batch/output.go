@@ -120,7 +120,10 @@ func flatName(rel string) string {
 }
 
 // namer hands out unique file names inside one folder, deterministically
-// (callers go in path order).
+// (callers go in path order). Names differing only in case count as the
+// same, so that an output folder on a case-insensitive file system (a FAT
+// or exFAT stick, macOS) gets distinct files, not a failed copy after the
+// whole job.
 type namer map[string]bool
 
 // A name is at most maxName bytes (NAME_MAX of Linux file systems): a longer
@@ -139,8 +142,8 @@ func (n namer) take(name string) string {
 			suffix = fmt.Sprintf("~%d", i)
 		}
 		c := fitStem(stem, name, maxName-len(suffix)-len(ext)) + suffix + ext
-		if !n[c] {
-			n[c] = true
+		if k := strings.ToLower(c); !n[k] {
+			n[k] = true
 			return c
 		}
 	}
