@@ -106,9 +106,13 @@ func (a *Agent) purge(ctx context.Context) {
 	n, err := a.d.Store.PurgeExpired(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			a.log.Error("retention purge", "err", err)
+			a.log.Error("retention purge", "visits", n, "err", err)
 		}
-		return
+		if n == 0 {
+			return
+		}
+		// The visits are deleted (the file's compaction failed): the
+		// engine forgets them too.
 	}
 	gone := a.d.Identities.Forget(a.clk.Now().Add(-a.d.Store.Retention()))
 	a.count(func(s *Stats) { s.Purged += uint64(n) })

@@ -18,9 +18,21 @@ import (
 	"github.com/periocular/atm-agent/store/record"
 )
 
-// PurgeExpired removes what is older than the retention window (see Purge).
+// PurgeExpired removes what is older than the retention window (see Purge)
+// and, when it removed visits, compacts the file in place as PurgeIdentity
+// does: bbolt copies pages on write, so without it the expired templates
+// (plaintext, or sealed with the key that stays on the device) are left in
+// free pages for as long as bbolt does not reuse them. When the deletion
+// succeeded but the compaction failed, it returns the count with the error.
 func (s *Store) PurgeExpired(ctx context.Context) (int, error) {
-	return s.Purge(ctx, s.opts.Now().Add(-s.opts.Retention))
+	n, err := s.Purge(ctx, s.opts.Now().Add(-s.opts.Retention))
+	if err != nil || n == 0 {
+		return n, err
+	}
+	if err := s.Compact(ctx, ""); err != nil {
+		return n, fmt.Errorf("retention purge: deleted %d visits, but scrubbing the file failed (run atm-agent db compact): %w", n, err)
+	}
+	return n, nil
 }
 
 // Purge removes visits with Time before `before`, identities left without

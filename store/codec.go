@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -311,7 +312,20 @@ func LoadKey(path string) ([]byte, error) {
 		}
 		path = filepath.Join(dir, name)
 	}
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("load key: %w", err)
+	}
+	defer f.Close()
+	// A key every local user can read protects nothing from them (a copy
+	// of the store, a backup): refused, as ssh refuses such a private key.
+	// The group may read it (root:atm-agent 0640 without LoadCredential=).
+	if fi, err := f.Stat(); err != nil {
+		return nil, fmt.Errorf("load key: %w", err)
+	} else if fi.Mode().IsRegular() && fi.Mode().Perm()&0o007 != 0 {
+		return nil, fmt.Errorf("load key %q: mode %#o lets every local user read or change it: chmod o-rwx %s (or recreate it with umask 077)", path, fi.Mode().Perm(), path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
 	if err != nil {
 		return nil, fmt.Errorf("load key: %w", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/user"
 	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -266,22 +267,12 @@ func (h *HTTP) Listen() error {
 				return fail(fmt.Errorf("trigger socket %s: remove stale: %w", p, err))
 			}
 		}
-		l, err := net.Listen("unix", p)
+		l, ino, err := listenUnix(p, h.mode, h.gid)
 		if err != nil {
 			lock.Close()
-			return fail(fmt.Errorf("trigger socket: %w", err))
+			return fail(err)
 		}
-		lns = append(lns, &lockedListener{Listener: l, lock: lock})
-		// With the usual umask the socket is not writable (so not
-		// connectable) by the group until this chmod.
-		if err := os.Chmod(p, h.mode); err != nil {
-			return fail(fmt.Errorf("trigger socket %s: chmod: %w", p, err))
-		}
-		if h.gid >= 0 {
-			if err := os.Chown(p, -1, h.gid); err != nil {
-				return fail(fmt.Errorf("trigger socket %s: chown to group %d: %w", p, h.gid, err))
-			}
-		}
+		lns = append(lns, &lockedListener{Listener: l, lock: lock, path: p, ino: ino})
 	}
 	if h.cfg.Listen != "" {
 		l, err := net.Listen("tcp", h.cfg.Listen)
@@ -349,13 +340,73 @@ func lockSocket(p string) (*os.File, error) {
 type lockedListener struct {
 	net.Listener
 	lock *os.File
+	path string // the socket, removed on Close if it is still this one
+	ino  uint64
 	once sync.Once
 }
 
 func (l *lockedListener) Close() error {
 	err := l.Listener.Close()
-	l.once.Do(func() { l.lock.Close() })
+	l.once.Do(func() {
+		if fi, err := os.Lstat(l.path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Ino == l.ino {
+				_ = os.Remove(l.path)
+			}
+		}
+		l.lock.Close()
+	})
 	return err
+}
+
+// listenUnix listens on the unix socket p with mode and group gid (< 0:
+// the process's) set before p exists: it binds in a new 0700 folder beside
+// p, sets mode and group there and renames the socket to p. Binding at p
+// and then chmod-ing left p, for that moment, with the permissions of the
+// umask: under umask 000 (a run outside the unit, whose UMask=0077 hides
+// it) every local user could connect, and a connection made then stays
+// open after the chmod, posting card inserts at will. It returns the
+// socket's inode, for Close to remove p only while it is this socket.
+func listenUnix(p string, mode os.FileMode, gid int) (net.Listener, uint64, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(p), ".t")
+	if err != nil {
+		return nil, 0, fmt.Errorf("trigger socket %s: %w", p, err)
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	if len(tmp) >= len(syscall.RawSockaddrUnix{}.Path) {
+		return nil, 0, fmt.Errorf("trigger socket %s: path too long (the socket is bound as %s first, at most %d bytes)", p, tmp, len(syscall.RawSockaddrUnix{}.Path)-1)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, 0, fmt.Errorf("trigger socket %s: %w", p, err)
+	}
+	l.SetUnlinkOnClose(false)
+	fail := func(err error) (net.Listener, uint64, error) {
+		l.Close()
+		return nil, 0, err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return fail(fmt.Errorf("trigger socket %s: chmod: %w", p, err))
+	}
+	if gid >= 0 {
+		if err := os.Chown(tmp, -1, gid); err != nil {
+			return fail(fmt.Errorf("trigger socket %s: chown to group %d: %w", p, gid, err))
+		}
+	}
+	fi, err := os.Lstat(tmp)
+	if err != nil {
+		return fail(fmt.Errorf("trigger socket %s: %w", p, err))
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	if st == nil {
+		return fail(fmt.Errorf("trigger socket %s: no inode", p))
+	}
+	// rename(2) replaces p only if it reappeared since the stale check
+	// under the lock: a socket nobody listens on.
+	if err := os.Rename(tmp, p); err != nil {
+		return fail(fmt.Errorf("trigger socket %s: %w", p, err))
+	}
+	return l, st.Ino, nil
 }
 
 // probeSocket connects to the existing socket p: nil if nobody listens on

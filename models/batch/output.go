@@ -18,6 +18,17 @@ import (
 // folders that carry it.
 const markerName = ".atm-agent-cluster"
 
+// OUT holds copies of face photos, face thumbnails and the report naming
+// them: it is private to the user who ran the job, whatever the umask and
+// whatever the inputs' modes (a photo folder of 0600 files used to come out
+// as 0644 copies in 0755 folders, readable by every local user). The owner
+// can share it with chmod; a hard link (--link) is the input file itself
+// and keeps its own mode.
+const (
+	outDirMode  = 0o700
+	outFileMode = 0o600
+)
+
 // ErrOutputNotEmpty is returned when OUT holds files and Force is off.
 var ErrOutputNotEmpty = errors.New("output folder is not empty")
 
@@ -39,7 +50,7 @@ var ours = regexp.MustCompile(`^(person_\d{4,}|singletons|noface|thumbs|report\.
 func prepareOut(out string, force bool) (bool, error) {
 	ents, err := os.ReadDir(out)
 	if errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(out, 0o755); err != nil {
+		if err := os.MkdirAll(out, outDirMode); err != nil {
 			return false, fmt.Errorf("create output folder: %w", err)
 		}
 		return true, writeMarker(out)
@@ -105,7 +116,7 @@ func removeOurs(out string, created bool) error {
 }
 
 func writeMarker(out string) error {
-	err := os.WriteFile(filepath.Join(out, markerName), []byte("written by atm-tools cluster; --force clears this folder\n"), 0o644)
+	err := os.WriteFile(filepath.Join(out, markerName), []byte("written by atm-tools cluster; --force clears this folder\n"), outFileMode)
 	if err != nil {
 		return fmt.Errorf("write output marker: %w", err)
 	}
@@ -182,7 +193,7 @@ func place(src, dst string, link bool) (bool, error) {
 		return false, err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, outFileMode)
 	if err != nil {
 		return false, err
 	}

@@ -208,7 +208,7 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 		dir := filepath.Join(out, folder)
 		if names[folder] == nil {
 			names[folder] = namer{}
-			if err := os.MkdirAll(dir, 0o755); err != nil {
+			if err := os.MkdirAll(dir, outDirMode); err != nil {
 				return err
 			}
 		}
@@ -255,13 +255,13 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 				continue
 			}
 			if !made {
-				if err := os.MkdirAll(filepath.Join(out, "thumbs"), 0o755); err != nil {
+				if err := os.MkdirAll(filepath.Join(out, "thumbs"), outDirMode); err != nil {
 					return err
 				}
 				made = true
 			}
 			name := fmt.Sprintf("%06d.jpg", i+1)
-			if err := os.WriteFile(filepath.Join(out, "thumbs", name), r.face.Thumb, 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(out, "thumbs", name), r.face.Thumb, outFileMode); err != nil {
 				return fmt.Errorf("write thumbnail: %w", err)
 			}
 			rep.Images[i].Face.Thumb = path.Join("thumbs", name)
@@ -272,7 +272,7 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(out, "report.json"), append(js, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(out, "report.json"), append(js, '\n'), outFileMode); err != nil {
 		return fmt.Errorf("write report.json: %w", err)
 	}
 	if len(rep.Unreadable) > 0 {
@@ -282,7 +282,7 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 		if err != nil {
 			return fmt.Errorf("encode unreadable.json: %w", err)
 		}
-		if err := os.WriteFile(filepath.Join(out, "unreadable.json"), append(b, '\n'), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(out, "unreadable.json"), append(b, '\n'), outFileMode); err != nil {
 			return fmt.Errorf("write unreadable.json: %w", err)
 		}
 	}
@@ -290,7 +290,7 @@ func write(root, out string, rep *Report, res []result, o Options) error {
 	if err := sheet.Execute(&h, sheetData(rep, root)); err != nil {
 		return fmt.Errorf("render report.html: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(out, "report.html"), h.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(out, "report.html"), h.Bytes(), outFileMode); err != nil {
 		return fmt.Errorf("write report.html: %w", err)
 	}
 	return nil

@@ -244,12 +244,14 @@ func Command() cli.Command {
 				}
 				fmt.Fprintf(env.Stdout, "identity %s deleted with %d visits; file compacted\n", *id, n)
 			case *id == "" && *expired == "yes":
-				n, err := st.PurgeExpired(ctx)
+				n, err := st.PurgeExpired(ctx) // compacts when it removed visits
 				if err != nil {
 					return err
 				}
-				if err := st.Compact(ctx, ""); err != nil {
-					return err
+				if n == 0 {
+					if err := st.Compact(ctx, ""); err != nil {
+						return err
+					}
 				}
 				fmt.Fprintf(env.Stdout, "%d visits older than %v deleted; file compacted\n", n, st.Retention())
 			default:
