@@ -203,6 +203,9 @@ type AlertFilter struct {
 	Rule, IdentityID string
 	Since            time.Time // raised at or after
 	Limit            int       // 0: DefaultAlertLimit
+	// Offset skips that many matching alerts (newest first) before Limit:
+	// pages through more alerts than one listing holds.
+	Offset int
 }
 
 // DefaultAlertLimit bounds an alert listing without a limit.

@@ -16,6 +16,7 @@ import (
 	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
+	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
 )
 
 const browserPrefix = "atm/browser"
@@ -172,4 +173,93 @@ func TestBrowserLiveAlertAndAck(t *testing.T) {
 		t.Errorf("after restart the row reads %q", row)
 	}
 	t.Logf("screenshots in %s", br.ShotsDir())
+}
+
+// serveWeb serves the web side only on addr over st until the returned stop.
+func serveWeb(t *testing.T, st storage.Store, addr string) (stop func()) {
+	t.Helper()
+	wcfg := DefaultConfig()
+	wcfg.Listen, wcfg.UsersFile = addr, "unused"
+	srv, err := New(wcfg, st, testUsers(t), []byte(strings.Repeat("s", 32)), Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	for i := 0; i < 50; i++ {
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ctx, ln) }()
+	return func() { cancel(); <-done }
+}
+
+// A keyboard user on the alerts page keeps their place: while a control
+// in the page has focus (here an Acknowledge button), a live update waits
+// instead of replacing the page under it (which dropped the focus to the
+// body); it is applied when the focus leaves. The live stream also comes
+// back by itself after the service restarts: a new alert appears without
+// a reload.
+func TestBrowserLiveKeepsFocusAndRecovers(t *testing.T) {
+	browser.Path(t)
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "fleet.db"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now().UTC()
+	apply := func(seq uint64, id string) {
+		t.Helper()
+		if _, err := st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", seq, now.Add(time.Duration(seq)*time.Second), id, "p-1", 6)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(1, "a-first")
+	addr := fmt.Sprintf("127.0.0.1:%d", fleettest.FreePort(t))
+	base := "http://" + addr
+	stop := serveWeb(t, st, addr)
+	defer func() { stop() }()
+
+	br := browser.Start(t, 1280, 900, "")
+	do, get := br.Do, br.Get
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	do("sign in and open the alerts page",
+		chromedp.Navigate(base+"/alerts"),
+		chromedp.WaitVisible(css(`input[name=user]`)),
+		chromedp.SendKeys(css(`input[name=user]`), "ana"),
+		chromedp.SendKeys(css(`input[name=password]`), "correct horse"),
+		chromedp.Click(css(`form.login button`)),
+		chromedp.WaitVisible(css(`tr.alert[data-alert="a-first"]`)),
+		chromedp.WaitVisible(css(`#live-state.on`)),
+	)
+	get(chromedp.Evaluate[string](`window.__noReload = "still here"`))
+
+	do("focus the Acknowledge button", chromedp.Focus(css(`tr.alert[data-alert="a-first"] button[value=acknowledge]`)))
+	apply(2, "a-second")
+	time.Sleep(1500 * time.Millisecond) // far longer than the 250 ms debounce and a refresh
+	focused := get(chromedp.Evaluate[string](`(document.activeElement.closest('tr.alert') || {}).getAttribute ? document.activeElement.closest('tr.alert').getAttribute('data-alert') + ' ' + document.activeElement.value : 'focus lost to ' + document.activeElement.tagName`))
+	if focused != "a-first acknowledge" {
+		t.Errorf("after a live update the focus is on %q, want the a-first Acknowledge button", focused)
+	}
+	do("the update is applied when the focus leaves",
+		chromedp.Evaluate[chromedp.Void](`document.activeElement.blur(); void 0`),
+		chromedp.WaitVisible(css(`tr.alert[data-alert="a-second"]`)),
+	)
+
+	// Restart the web service on the same store: the stream reconnects
+	// and the next alert arrives without a reload.
+	stop()
+	stop = serveWeb(t, st, addr)
+	time.Sleep(3 * time.Second) // the stream's retry is 2 s
+	apply(3, "a-third")
+	do("an alert after the restart appears live", chromedp.WaitVisible(css(`tr.alert[data-alert="a-third"]`)), chromedp.WaitVisible(css(`#live-state.on`)))
+	if marker := get(chromedp.Evaluate[string](`String(window.__noReload)`)); marker != "still here" {
+		t.Fatalf("the page was reloaded (marker %q)", marker)
+	}
 }

@@ -5,6 +5,7 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"embed"
@@ -472,11 +473,13 @@ var sorts = map[string]func(a, b deviceRow) int{
 		}
 		return strings.Compare(a.Name, b.Name)
 	},
-	"state":   func(a, b deviceRow) int { return strings.Compare(a.State, b.State) },
-	"alerts":  func(a, b deviceRow) int { return b.OpenAlerts - a.OpenAlerts },
-	"backlog": func(a, b deviceRow) int { return b.Backlog - a.Backlog },
-	"visits":  func(a, b deviceRow) int { return b.Visits24h - a.Visits24h },
-	"gaps":    func(a, b deviceRow) int { return int(b.Gaps) - int(a.Gaps) },
+	"state": func(a, b deviceRow) int { return strings.Compare(a.State, b.State) },
+	// Compared, never subtracted: counts come from the agents and gaps
+	// may exceed any int.
+	"alerts":  func(a, b deviceRow) int { return cmp.Compare(b.OpenAlerts, a.OpenAlerts) },
+	"backlog": func(a, b deviceRow) int { return cmp.Compare(b.Backlog, a.Backlog) },
+	"visits":  func(a, b deviceRow) int { return cmp.Compare(b.Visits24h, a.Visits24h) },
+	"gaps":    func(a, b deviceRow) int { return cmp.Compare(b.Gaps, a.Gaps) },
 }
 
 // FleetPageSize is the fleet page's default number of rows per page (?per=
@@ -604,6 +607,9 @@ func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) {
 		len(shown), from + 1, to, f.Page, pages, f.Per, prev, next})
 }
 
+// MaxAlertHours bounds the "last hours" filter (ten years).
+const MaxAlertHours = 10 * 366 * 24
+
 func filterOf(q url.Values, now time.Time) (storage.AlertFilter, string) {
 	f := storage.AlertFilter{Site: q.Get("site"), Device: q.Get("device"), Rule: q.Get("rule"), IdentityID: q.Get("identity")}
 	state := q.Get("state")
@@ -614,14 +620,42 @@ func filterOf(q url.Values, now time.Time) (storage.AlertFilter, string) {
 	default:
 		f.State = storage.AlertState(state)
 	}
-	if h, err := strconv.Atoi(q.Get("hours")); err == nil && h > 0 {
+	if h, err := hoursOf(q.Get("hours")); err == nil && h > 0 {
 		f.Since = now.Add(-time.Duration(h) * time.Hour)
 	}
 	if n, err := strconv.Atoi(q.Get("limit")); err == nil && n > 0 {
 		f.Limit = min(n, 10000)
 	}
+	if n, err := strconv.Atoi(q.Get("offset")); err == nil && n > 0 {
+		f.Offset = n
+	}
 	return f, state
 }
+
+// hoursOf parses the "last hours" filter: empty (no bound, 0) or a whole
+// number of hours 1..MaxAlertHours. Anything else is an error: ignoring
+// it would list every alert while the form still shows the value.
+func hoursOf(v string) (int, error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, nil
+	}
+	h, err := strconv.Atoi(v)
+	if err != nil || h < 1 || h > MaxAlertHours {
+		return 0, fmt.Errorf("last hours %q: want a whole number of hours from 1 to %d (or empty for any time)", v, MaxAlertHours)
+	}
+	return h, nil
+}
+
+// AlertPageSize is the alerts page's default number of rows per page
+// (?per= sets 10..MaxAlertPageSize).
+const (
+	AlertPageSize    = 100
+	MaxAlertPageSize = 1000
+	// MaxExportAlerts bounds one CSV export (the export holds every
+	// matching alert up to this; ?limit= sets fewer).
+	MaxExportAlerts = 1_000_000
+)
 
 // knownState reports whether state is a value filterOf understands.
 func knownState(state string) bool {
@@ -633,28 +667,80 @@ func knownState(state string) bool {
 }
 
 func (s *Server) alertsPage(w http.ResponseWriter, r *http.Request) {
-	f, state := filterOf(r.URL.Query(), s.now())
-	alerts, err := s.store.Alerts(r.Context(), f)
-	if err != nil {
-		s.fail(w, r, err)
-		return
+	q := r.URL.Query()
+	f, state := filterOf(q, s.now())
+	page, per := 1, AlertPageSize
+	if n, err := strconv.Atoi(q.Get("page")); err == nil && n > 1 {
+		page = n
+	}
+	if n, err := strconv.Atoi(q.Get("per")); err == nil {
+		per = min(max(n, 10), MaxAlertPageSize)
+	}
+	// One more than a page tells whether a next page exists.
+	f.Limit, f.Offset = per+1, min(page-1, 1<<30/per)*per
+	var alerts []storage.Alert
+	_, herr := hoursOf(q.Get("hours"))
+	errMsg := ""
+	if herr != nil {
+		errMsg = herr.Error()
+	} else {
+		var err error
+		if alerts, err = s.store.Alerts(r.Context(), f); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	more := len(alerts) > per
+	if more {
+		alerts = alerts[:per]
+	}
+	perS := ""
+	if per != AlertPageSize {
+		perS = strconv.Itoa(per)
+	}
+	link := func(n int) template.URL {
+		p := ""
+		if n > 1 {
+			p = strconv.Itoa(n)
+		}
+		return queryURL("state", state, "site", f.Site, "device", f.Device, "rule", f.Rule, "identity", f.IdentityID,
+			"hours", q.Get("hours"), "per", perS, "page", p)
+	}
+	var prev, next, first template.URL
+	if page > 1 {
+		prev, first = link(page-1), link(1)
+	}
+	if more {
+		next = link(page + 1)
 	}
 	s.render(w, r, "alerts", struct {
 		base
-		Alerts []storage.Alert
-		F      storage.AlertFilter
-		State  string
-		States []string
-		Hours  string
-		Next   string
+		Alerts     []storage.Alert
+		F          storage.AlertFilter
+		State      string
+		States     []string
+		Hours      string
+		Next       string
+		Error      string
+		From, To   int
+		Page       int
+		Prev, More template.URL
+		First      template.URL
 	}{s.base(r, "Alerts", "alerts"), alerts, f, state, []string{"active", "open", "acknowledged", "resolved", "all"},
-		r.URL.Query().Get("hours"), r.URL.RequestURI()})
+		q.Get("hours"), r.URL.RequestURI(), errMsg, f.Offset + 1, f.Offset + len(alerts), page, prev, next, first})
 }
 
 func (s *Server) alertsCSV(w http.ResponseWriter, r *http.Request) {
+	if _, err := hoursOf(r.URL.Query().Get("hours")); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	f, _ := filterOf(r.URL.Query(), s.now())
 	if r.URL.Query().Get("state") == "" {
 		f.Active = false // the export defaults to every state
+	}
+	if r.URL.Query().Get("limit") == "" {
+		f.Limit = MaxExportAlerts // every matching alert, not one listing's worth
 	}
 	alerts, err := s.store.Alerts(r.Context(), f)
 	if err != nil {
@@ -988,6 +1074,10 @@ func (s *Server) apiDevice(w http.ResponseWriter, r *http.Request) {
 func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 	if !knownState(r.URL.Query().Get("state")) {
 		http.Error(w, "bad state: want active, all, open, acknowledged or resolved", http.StatusBadRequest)
+		return
+	}
+	if _, err := hoursOf(r.URL.Query().Get("hours")); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	f, _ := filterOf(r.URL.Query(), s.now())

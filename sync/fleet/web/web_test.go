@@ -464,3 +464,133 @@ func TestFleetPagination(t *testing.T) {
 		}
 	}
 }
+
+// TestAlertsPagination: with more alerts than one listing holds, the alerts
+// page pages through every one of them (no alert is out of reach), the CSV
+// export holds every matching alert, the API pages with offset, and a
+// "last hours" value that is not a number is an error, not "every alert".
+func TestAlertsPagination(t *testing.T) {
+	st := openBolt(t)
+	now := time.Now().UTC()
+	const n = 730 // more than storage.DefaultAlertLimit
+	var msgs []storage.Message
+	for i := range n {
+		msgs = append(msgs, storetest.Alert(fmt.Sprintf("site-%d", i%3), fmt.Sprintf("atm-%d", i%7), uint64(i+1),
+			now.Add(-time.Duration(i)*time.Minute), fmt.Sprintf("a-%04d", i), "p-1", 6))
+	}
+	if _, err := st.Apply(context.Background(), msgs); err != nil {
+		t.Fatal(err)
+	}
+	_, hs := newTestServer(t, st)
+	c := newClient(t, hs.URL)
+	c.login("ana", "correct horse")
+
+	idRe := regexp.MustCompile(`<tr class="alert [a-z]+" data-alert="([^"]+)"`)
+	nextRe := regexp.MustCompile(`<a rel="next" href="([^"]+)"`)
+	seen := map[string]bool{}
+	path, pages := "/alerts", 0
+	for path != "" && pages < 20 {
+		pages++
+		r, body := c.get(path)
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d", path, r.StatusCode)
+		}
+		ids := idRe.FindAllStringSubmatch(body, -1)
+		if len(ids) > 100 {
+			t.Fatalf("%s: %d rows, want at most 100 a page", path, len(ids))
+		}
+		for _, m := range ids {
+			if seen[m[1]] {
+				t.Errorf("%s: alert %s shown on two pages", path, m[1])
+			}
+			seen[m[1]] = true
+		}
+		path = ""
+		if m := nextRe.FindStringSubmatch(body); m != nil {
+			path = "/alerts" + strings.ReplaceAll(m[1], "&amp;", "&")
+		}
+	}
+	if len(seen) != n || pages != 8 {
+		t.Errorf("paging the alerts page reached %d of %d alerts in %d pages, want all in 8", len(seen), n, pages)
+	}
+	if _, body := c.get("/alerts?page=8"); !strings.Contains(body, "701–730") || !strings.Contains(body, `rel="prev"`) {
+		t.Errorf("last page lacks its range 701–730 or a previous link")
+	}
+	if _, body := c.get("/alerts?site=site-1&per=50&page=2"); !strings.Contains(body, "51–100") ||
+		!strings.Contains(body, `href="?page=3&amp;per=50&amp;site=site-1&amp;state=active"`) {
+		t.Errorf("filtered page 2 lacks its range or a next link keeping the filter")
+	}
+
+	r, body := c.get("/alerts.csv")
+	recs, err := csv.NewReader(strings.NewReader(body)).ReadAll()
+	if r.StatusCode != http.StatusOK || err != nil || len(recs) != n+1 {
+		t.Errorf("CSV export: %d, %d records (err %v), want a header and %d alerts", r.StatusCode, len(recs), err, n)
+	}
+
+	var got []storage.Alert
+	r, body = c.get("/api/v1/alerts?limit=500&offset=500")
+	if err := json.Unmarshal([]byte(body), &got); r.StatusCode != http.StatusOK || err != nil || len(got) != n-500 {
+		t.Errorf("API offset 500: %d, %d alerts (err %v), want %d", r.StatusCode, len(got), err, n-500)
+	}
+
+	for _, h := range []string{"24h", "-3", "99999999999"} {
+		if _, body := c.get("/alerts?hours=" + url.QueryEscape(h)); !strings.Contains(body, `class="error"`) || idRe.MatchString(body) {
+			t.Errorf("hours=%s: no error shown, or alerts listed as if unfiltered", h)
+		}
+		if r, _ := c.get("/api/v1/alerts?hours=" + url.QueryEscape(h)); r.StatusCode != http.StatusBadRequest {
+			t.Errorf("API hours=%s: %d, want 400", h, r.StatusCode)
+		}
+	}
+}
+
+// TestFleetSortHugeGaps: a device whose seqs span more than 2^63 (a hostile
+// or broken publisher) sorts first by gaps, not last through an int
+// overflow.
+func TestFleetSortHugeGaps(t *testing.T) {
+	st := openBolt(t)
+	now := time.Now().UTC()
+	if _, err := st.Apply(context.Background(), []storage.Message{
+		storetest.Summary("s", "few-gaps", 1, now, 1), storetest.Summary("s", "few-gaps", 3, now, 1),
+		storetest.Summary("s", "huge-gaps", 1, now, 1), storetest.Summary("s", "huge-gaps", 1<<63+10, now, 1),
+		storetest.Summary("s", "no-gaps", 1, now, 1),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, hs := newTestServer(t, st)
+	c := newClient(t, hs.URL)
+	c.login("ana", "correct horse")
+	_, body := c.get("/?sort=gaps")
+	order := regexp.MustCompile(`data-device="s/([a-z-]+)"`).FindAllStringSubmatch(body, -1)
+	var got []string
+	for _, m := range order {
+		got = append(got, m[1])
+	}
+	if strings.Join(got, ",") != "huge-gaps,few-gaps,no-gaps" {
+		t.Errorf("sort=gaps: %v, want huge-gaps, few-gaps, no-gaps", got)
+	}
+}
+
+// TestFleetAlertCountLinksAndNoteLabel: the fleet page's alert count, which
+// counts open and acknowledged alerts, says "active" (the alerts page's
+// name for exactly those) and links to the alerts of the selected site;
+// every note field on the alerts page has an accessible name.
+func TestFleetAlertCountLinksAndNoteLabel(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	_, hs := newTestServer(t, st)
+	c := newClient(t, hs.URL)
+	c.login("ana", "correct horse")
+	if _, body := c.get("/?site=lyon-07"); !strings.Contains(body, `<a href="/alerts?site=lyon-07" title="open or acknowledged, not yet resolved">1 active alerts</a>`) {
+		t.Errorf("fleet page of lyon-07: no count of active alerts linking to the site's alerts")
+	}
+	_, body := c.get("/alerts")
+	notes := regexp.MustCompile(`<input name="note"[^>]*>`).FindAllString(body, -1)
+	if len(notes) == 0 {
+		t.Fatal("no note field")
+	}
+	for _, n := range notes {
+		if !strings.Contains(n, `aria-label="note on the many-visits-24h alert of lyon-07 / atm-1"`) {
+			t.Errorf("note field without its accessible name: %s", n)
+		}
+	}
+}

@@ -489,6 +489,7 @@ func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Al
 	if limit <= 0 {
 		limit = storage.DefaultAlertLimit
 	}
+	out = out[min(max(f.Offset, 0), len(out)):]
 	if len(out) > limit {
 		out = out[:limit]
 	}

@@ -647,8 +647,8 @@ func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Al
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
-	args = append(args, limit)
-	q += fmt.Sprintf(" ORDER BY raised DESC, site, device, alert_id LIMIT $%d", len(args))
+	args = append(args, limit, max(f.Offset, 0))
+	q += fmt.Sprintf(" ORDER BY raised DESC, site, device, alert_id LIMIT $%d OFFSET $%d", len(args)-1, len(args))
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list alerts: %w", err)

@@ -365,6 +365,10 @@ func alertWorkflow(t *testing.T, s storage.Store) {
 		{storage.AlertFilter{Site: "lyon-07"}, 0},
 		{storage.AlertFilter{Since: T0.Add(90 * time.Second)}, 1},
 		{storage.AlertFilter{Limit: 1}, 1},
+		{storage.AlertFilter{Limit: 1, Offset: 1}, 1},
+		{storage.AlertFilter{Offset: 1}, 1},
+		{storage.AlertFilter{Offset: 2}, 0},
+		{storage.AlertFilter{Offset: 5}, 0},
 	} {
 		got, err := s.Alerts(c, tc.f)
 		if err != nil {
@@ -377,6 +381,10 @@ func alertWorkflow(t *testing.T, s storage.Store) {
 	all, _ := s.Alerts(c, storage.AlertFilter{})
 	if len(all) == 2 && all[0].AlertID != "a-other" {
 		t.Errorf("alerts not newest first: %s, %s", all[0].AlertID, all[1].AlertID)
+	}
+	// Offset pages in the same order: the second alert is the one after the first.
+	if second, _ := s.Alerts(c, storage.AlertFilter{Limit: 1, Offset: 1}); len(all) == 2 && (len(second) != 1 || second[0].AlertKey != all[1].AlertKey) {
+		t.Errorf("Alerts(Limit 1, Offset 1) = %+v, want %s", second, all[1].AlertKey)
 	}
 	audit, err := s.Audit(c, 10)
 	if err != nil {
