@@ -163,7 +163,10 @@ func loadCache(dir, key string) (*Run, error) {
 }
 
 func saveCache(dir, key string, r *Run) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// Templates of whatever faces were evaluated: a new cache folder is
+	// the owner's only (its files are CreateTemp's 0600; a folder given
+	// with --cache that exists keeps its mode).
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	tmp, err := os.CreateTemp(dir, ".run-*")

@@ -70,8 +70,14 @@ func ContactSheet(ctx context.Context, p *vision.Pipeline, ds *dataset.Dataset, 
 			draw.Draw(sheet, image.Rect(x0+c, y0, x0+2*c, y0+c), scaleNearest(toRGBA(v.Crop), c), image.Point{}, draw.Src)
 		}
 	}
-	f, err := os.Create(out)
+	// Face crops: readable by the owner only, whatever the umask or the
+	// mode of a sheet written before.
+	f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
+		return err
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
 		return err
 	}
 	if err := png.Encode(f, sheet); err != nil {
