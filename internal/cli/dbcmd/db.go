@@ -224,6 +224,11 @@ func Command() cli.Command {
 			if *emb != "yes" && *emb != "no" {
 				return fmt.Errorf("%w: --embeddings wants yes or no", cli.ErrUsage)
 			}
+			if *emb == "yes" {
+				if err := privateOutput(env); err != nil {
+					return err
+				}
+			}
 			return st.Export(ctx, env.Stdout, store.ExportOptions{Embeddings: *emb == "yes"})
 		}},
 		"purge": {Summary: "delete one identity, its visits and alerts (--identity ID), or expired data (--expired yes); the file is compacted so nothing deleted stays in it", Run: func(ctx context.Context, env *cli.Env, args []string) error {
@@ -442,4 +447,28 @@ func currentTemplateModel(dir, embedder string) (string, error) {
 	}
 	_, tag, err := vision.TemplateShape(dir, md)
 	return tag, err
+}
+
+// privateOutput keeps biometric templates from landing in a file other
+// users can read: the shell creates `> FILE` with its umask (0644 as a
+// rule) before the command runs. A new, empty file is narrowed to 0600 (and
+// said on stderr); a file that already holds data is refused untouched.
+// Pipes and terminals pass.
+func privateOutput(env *cli.Env) error {
+	f, ok := env.Stdout.(*os.File)
+	if !ok {
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	if fi.Size() > 0 {
+		return fmt.Errorf("--embeddings yes: the output file has mode %#o and already holds data: other users could read the templates; write to a new file, e.g. (umask 077; atm-agent db export --embeddings yes > FILE)", fi.Mode().Perm())
+	}
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Errorf("--embeddings yes: the output file has mode %#o and cannot be narrowed to 0600: %w", fi.Mode().Perm(), err)
+	}
+	fmt.Fprintf(env.Stderr, "export: output file mode %#o narrowed to 0600 (it holds biometric templates)\n", fi.Mode().Perm())
+	return nil
 }

@@ -54,6 +54,38 @@ func TestDBCommands(t *testing.T) {
 	if err != nil || strings.Count(out, `"type":"visit"`) != 3 || strings.Contains(out, `"embedding":`) {
 		t.Fatalf("export (%v): %s", err, out)
 	}
+	// Templates into a file the shell made 0644: a new file is narrowed to
+	// 0600, one that holds data already is refused and left as it was.
+	toFile := func(name, content string) (string, error) {
+		t.Helper()
+		file := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(file, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var errb bytes.Buffer
+		env := &cli.Env{Prog: "atm-agent", Stdout: f, Stderr: &errb, Log: slog.New(slog.DiscardHandler)}
+		err = Command().Exec(context.Background(), env, []string{"export", "--embeddings", "yes", "--db", path})
+		f.Close()
+		return file, err
+	}
+	file, err := toFile("new.jsonl", "")
+	if fi, serr := os.Stat(file); err != nil || serr != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("export --embeddings yes into a new 0644 file: %v, mode %v", err, fi.Mode())
+	}
+	if b, _ := os.ReadFile(file); !strings.Contains(string(b), `"embedding":`) {
+		t.Fatalf("export --embeddings yes wrote no templates: %s", b)
+	}
+	file, err = toFile("old.jsonl", "earlier data\n")
+	if b, _ := os.ReadFile(file); err == nil || !strings.Contains(err.Error(), "umask 077") || string(b) != "earlier data\n" {
+		t.Fatalf("export --embeddings yes into a used 0644 file: %v, content %q", err, b)
+	}
 	if out, err = run("purge", "--identity", "p-a"); err != nil || !strings.Contains(out, "2 visits") {
 		t.Fatalf("purge: %v %s", err, out)
 	}
