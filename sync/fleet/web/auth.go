@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -300,19 +301,33 @@ func (s *Server) sessionOf(r *http.Request) (session, User, bool) {
 		return session{}, User{}, false
 	}
 	var sess session
-	if json.Unmarshal(b, &sess) != nil || s.now().Unix() > sess.Expires || sess.Nonce == "" || s.revoked.has(sess.Nonce) {
+	if json.Unmarshal(b, &sess) != nil {
 		return session{}, User{}, false
+	}
+	u, ok := s.stillValid(r.Context(), sess)
+	if !ok {
+		return session{}, User{}, false
+	}
+	return sess, u, true
+}
+
+// stillValid checks a session whose cookie was verified: not expired, not
+// signed out, and its user still in the users file. Also used by the live
+// stream, which outlives the request that opened it.
+func (s *Server) stillValid(ctx context.Context, sess session) (User, bool) {
+	if s.now().Unix() > sess.Expires || sess.Nonce == "" || s.revoked.has(sess.Nonce) {
+		return User{}, false
 	}
 	// Signed out on another instance or before a restart: the store
 	// knows. A store that cannot tell refuses the session.
-	if revoked, err := s.store.SessionRevoked(r.Context(), sess.Nonce); err != nil || revoked {
-		if err != nil {
+	if revoked, err := s.store.SessionRevoked(ctx, sess.Nonce); err != nil || revoked {
+		if err != nil && ctx.Err() == nil {
 			s.log.Warn("fleet web: session refused: cannot check it against the signed-out sessions", "user", sess.User, "err", err)
 		}
-		return session{}, User{}, false
+		return User{}, false
 	}
 	u, ok := s.users[sess.User]
-	return sess, u, ok
+	return u, ok
 }
 
 // csrfToken is bound to the session: HMAC(key, "csrf", nonce).

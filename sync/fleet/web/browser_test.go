@@ -178,9 +178,16 @@ func TestBrowserLiveAlertAndAck(t *testing.T) {
 // serveWeb serves the web side only on addr over st until the returned stop.
 func serveWeb(t *testing.T, st storage.Store, addr string) (stop func()) {
 	t.Helper()
+	return serveWebKey(t, st, addr, strings.Repeat("s", 32))
+}
+
+// serveWebKey is serveWeb signing sessions with key (a different key ends
+// every session, like a restart with a random key).
+func serveWebKey(t *testing.T, st storage.Store, addr, key string) (stop func()) {
+	t.Helper()
 	wcfg := DefaultConfig()
 	wcfg.Listen, wcfg.UsersFile = addr, "unused"
-	srv, err := New(wcfg, st, testUsers(t), []byte(strings.Repeat("s", 32)), Deps{})
+	srv, err := New(wcfg, st, testUsers(t), []byte(key), Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,5 +268,82 @@ func TestBrowserLiveKeepsFocusAndRecovers(t *testing.T) {
 	do("an alert after the restart appears live", chromedp.WaitVisible(css(`tr.alert[data-alert="a-third"]`)), chromedp.WaitVisible(css(`#live-state.on`)))
 	if marker := get(chromedp.Evaluate[string](`String(window.__noReload)`)); marker != "still here" {
 		t.Fatalf("the page was reloaded (marker %q)", marker)
+	}
+}
+
+// When the session ends under an open page (here the service restarts with
+// a new session key, as the demo does with its random key), the live
+// stream is refused (401) and the browser's EventSource gives up: the page
+// must say so and offer to sign in again, back to the same page, instead
+// of showing "reconnecting" forever.
+func TestBrowserLiveSessionEnded(t *testing.T) {
+	browser.Path(t)
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "fleet.db"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", 1, time.Now().UTC(), "a-first", "p-1", 6)}); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", fleettest.FreePort(t))
+	base := "http://" + addr
+	stop := serveWeb(t, st, addr)
+	defer func() { stop() }()
+
+	br := browser.Start(t, 1280, 900, "")
+	do, get := br.Do, br.Get
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	do("sign in and open the alerts page",
+		chromedp.Navigate(base+"/alerts?state=all"),
+		chromedp.WaitVisible(css(`input[name=user]`)),
+		chromedp.SendKeys(css(`input[name=user]`), "ana"),
+		chromedp.SendKeys(css(`input[name=password]`), "correct horse"),
+		chromedp.Click(css(`form.login button`)),
+		chromedp.WaitVisible(css(`tr.alert[data-alert="a-first"]`)),
+		chromedp.WaitVisible(css(`#live-state.on`)),
+	)
+
+	stop()
+	stop = serveWebKey(t, st, addr, strings.Repeat("n", 32))
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(br.Context(), 15*time.Second)
+	err = chromedp.Do(ctx, chromedp.WaitVisible(css(`#session-ended a`)))
+	cancel()
+	if err != nil {
+		dot := get(chromedp.Evaluate[string](`document.getElementById('live-state').className + ' (' + document.getElementById('live-state').title + ')'`))
+		t.Fatalf("15 s after the session ended the page shows no sign-in message (live dot: %s): %v", dot, err)
+	}
+	t.Logf("sign-in message shown %v after the restart", time.Since(start).Round(time.Millisecond))
+	msg := get(chromedp.Text(css(`#session-ended`)))
+	if !strings.Contains(msg, "Sign in again") {
+		t.Errorf("message %q", msg)
+	}
+	href := get(chromedp.Evaluate[string](`document.querySelector('#session-ended a').getAttribute('href')`))
+	if href != "/login?next=%2Falerts%3Fstate%3Dall" {
+		t.Errorf("sign-in link %q, want back to /alerts?state=all", href)
+	}
+	if dot := get(chromedp.Evaluate[string](`document.getElementById('live-state').className`)); !strings.Contains(dot, "off") {
+		t.Errorf("live dot %q, want off", dot)
+	}
+
+	// Following the link leads to the sign-in page, and signing in brings
+	// the analyst back to the page they were on, live again.
+	do("follow the link and sign in again",
+		chromedp.Click(css(`#session-ended a`)),
+		chromedp.WaitVisible(css(`form.login input[name=user]`)),
+	)
+	if u := get(chromedp.Evaluate[string](`location.pathname`)); u != "/login" {
+		t.Errorf("the link led to %q, want /login", u)
+	}
+	do("sign in again",
+		chromedp.SendKeys(css(`input[name=user]`), "ana"),
+		chromedp.SendKeys(css(`input[name=password]`), "correct horse"),
+		chromedp.Click(css(`form.login button`)),
+		chromedp.WaitVisible(css(`tr.alert[data-alert="a-first"]`)),
+		chromedp.WaitVisible(css(`#live-state.on`)),
+	)
+	if u := get(chromedp.Evaluate[string](`location.pathname + location.search`)); u != "/alerts?state=all" {
+		t.Errorf("after signing in again the page is %q, want /alerts?state=all", u)
 	}
 }

@@ -1,9 +1,11 @@
 package web
 
 import (
+	"bufio"
 	"context"
 	"encoding/csv"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -372,5 +374,98 @@ func TestAPIAlertsBadState(t *testing.T) {
 		if r, _ := c.get("/api/v1/alerts?state=" + q); r.StatusCode != want {
 			t.Errorf("state=%q: %d, want %d", q, r.StatusCode, want)
 		}
+	}
+}
+
+// An open live stream does not outlive its session: signed out elsewhere
+// (another tab, another instance sharing the store), the stream ends at the
+// next keep-alive, and reconnecting with that cookie is refused (401), so
+// the page can tell the analyst to sign in again.
+func TestEventsEndWithSession(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.UsersFile = "unused"
+	s, err := New(cfg, openBolt(t), testUsers(t), []byte(strings.Repeat("k", 32)), Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.ssePing = 100 * time.Millisecond
+	hs := httptest.NewServer(s.Handler())
+	defer hs.Close()
+	defer s.once.Do(func() { close(s.sseStop) })
+
+	c := newClient(t, hs.URL)
+	csrf := c.login("ana", "correct horse")
+	u, _ := url.Parse(hs.URL)
+	var cookie *http.Cookie
+	for _, k := range c.Jar.Cookies(u) {
+		if k.Name == sessionCookie {
+			cookie = k
+		}
+	}
+	if cookie == nil {
+		t.Fatal("no session cookie")
+	}
+	stream := func() *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, hs.URL+"/events", nil)
+		req.AddCookie(&http.Cookie{Name: sessionCookie, Value: cookie.Value})
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r := stream()
+	defer r.Body.Close()
+	if r.StatusCode != 200 {
+		t.Fatalf("events: %s", r.Status)
+	}
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(r.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	// Pings keep coming while the session is valid.
+	pings := 0
+	for deadline := time.After(5 * time.Second); pings < 3; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("stream ended after %d pings with the session still valid", pings)
+			}
+			if l == ": ping" {
+				pings++
+			}
+		case <-deadline:
+			t.Fatalf("%d pings in 5 s", pings)
+		}
+	}
+
+	// Sign out with another copy of the cookie (another tab).
+	other := newClient(t, hs.URL)
+	other.Jar.SetCookies(u, []*http.Cookie{{Name: sessionCookie, Value: cookie.Value, Path: "/"}})
+	if r, _ := other.post("/logout", url.Values{"csrf": {csrf}}); r.StatusCode != 303 {
+		t.Fatalf("logout: %d", r.StatusCode)
+	}
+	start := time.Now()
+	for deadline := time.After(5 * time.Second); ; {
+		select {
+		case _, ok := <-lines:
+			if ok {
+				continue
+			}
+		case <-deadline:
+			t.Fatal("the stream stays open 5 s after its session was signed out")
+		}
+		break
+	}
+	t.Logf("stream ended %v after the sign-out", time.Since(start).Round(time.Millisecond))
+	r2 := stream()
+	r2.Body.Close()
+	if r2.StatusCode != 401 {
+		t.Errorf("reconnecting with the signed-out cookie: %s, want 401", r2.Status)
 	}
 }

@@ -118,6 +118,9 @@ type Server struct {
 
 	sseStop chan struct{}
 	once    sync.Once
+	// ssePing is the live stream's keep-alive interval; the session is
+	// checked again at each ping.
+	ssePing time.Duration
 
 	revoked  revoked  // signed-out sessions
 	throttle throttle // failed sign-ins
@@ -134,7 +137,7 @@ func New(cfg Config, st storage.Store, users Users, key []byte, d Deps) (*Server
 	if len(key) < 32 {
 		return nil, errors.New("web: session key shorter than 32 bytes")
 	}
-	s := &Server{cfg: cfg, store: st, users: users, key: key, d: d, log: d.Logger, now: d.Now, sseStop: make(chan struct{})}
+	s := &Server{cfg: cfg, store: st, users: users, key: key, d: d, log: d.Logger, now: d.Now, sseStop: make(chan struct{}), ssePing: 15 * time.Second}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -900,7 +903,10 @@ func (s *Server) identityPage(w http.ResponseWriter, r *http.Request) {
 }
 
 // events streams store changes as server-sent events until the client
-// goes away or the server shuts down.
+// goes away, the server shuts down or the session ends (checked at every
+// keep-alive ping: expired, signed out here or on another instance, user
+// removed). The browser then reconnects, gets 401 and the page offers to
+// sign in again (static/app.js).
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
@@ -914,8 +920,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Accel-Buffering", "no")
 	fmt.Fprint(w, "retry: 2000\n: connected\n\n")
 	fl.Flush()
-	ping := time.NewTicker(15 * time.Second)
+	ping := time.NewTicker(s.ssePing)
 	defer ping.Stop()
+	sess := who(r).Sess
 	for {
 		select {
 		case <-r.Context().Done():
@@ -923,6 +930,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		case <-s.sseStop:
 			return
 		case <-ping.C:
+			if _, ok := s.stillValid(r.Context(), sess); !ok {
+				return
+			}
 			fmt.Fprint(w, ": ping\n\n")
 		case c := <-ch:
 			b, _ := json.Marshal(c)
