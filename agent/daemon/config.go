@@ -265,6 +265,11 @@ func (c Config) CheckFiles() error {
 			return fmt.Errorf("store.key_file: %w", err)
 		}
 	}
+	if c.MQTT.Enabled {
+		if err := c.MQTT.Config.CheckFiles(); err != nil {
+			return err
+		}
+	}
 	if c.MQTT.Enabled && c.MQTT.Commands.Enabled {
 		if _, err := c.MQTT.Commands.LoadKeys(); err != nil {
 			return err

@@ -25,7 +25,8 @@ func TestDefaultConfigFileMatchesDefaults(t *testing.T) {
 
 // `config check` (CheckFiles) refuses what run would refuse at start: the
 // trigger's token file and socket group, a socket path too long for a unix
-// socket, a store path that is not a file, a models dir without a manifest.
+// socket, a store path that is not a file, a models dir without a manifest,
+// the MQTT password file, CA bundle and client certificate.
 func TestCheckFilesRefusesWhatRunRefuses(t *testing.T) {
 	dir := t.TempDir()
 	short := filepath.Join(dir, "short.token")
@@ -36,6 +37,9 @@ func TestCheckFilesRefusesWhatRunRefuses(t *testing.T) {
 	http := func(s string) string {
 		return "trigger:\n  http:\n    enabled: true\n    socket: " + dir + "/t.sock\n" + s
 	}
+	mqtt := func(s string) string {
+		return "mqtt:\n  enabled: true\n  brokers: [ssl://mqtt.example.net:8883]\n" + s
+	}
 	for _, tc := range []struct{ name, yaml, want string }{
 		{"good", base + http("    listen: 127.0.0.1:0\n    token_file: "+good+"\n"), ""},
 		{"short token", base + http("    listen: 127.0.0.1:0\n    token_file: "+short+"\n"), "shorter than 16"},
@@ -44,6 +48,13 @@ func TestCheckFilesRefusesWhatRunRefuses(t *testing.T) {
 		{"socket path too long", base + "trigger:\n  http:\n    enabled: true\n    socket: /run/" + strings.Repeat("s", 120) + "\n", "107"},
 		{"store path a directory", "device: {id: a, site: b}\nmodels: {dir: " + dir + "/nomodels}\nstore: {path: " + dir + "}\n", "not a regular file"},
 		{"models dir a file", "device: {id: a, site: b}\nmodels: {dir: " + good + "}\nstore: {path: " + dir + "/agent.db}\n", "models.dir"},
+		// The MQTT publisher reads these at start and run exits without them.
+		{"mqtt password file missing", base + mqtt("  username: u\n  password_file: "+dir+"/no.pw\n"), "password_file"},
+		{"mqtt password file present", base + mqtt("  username: u\n  password_file: "+good+"\n"), ""},
+		{"mqtt ca file missing", base + mqtt("  tls: {ca_file: "+dir+"/no-ca.pem}\n"), "ca_file"},
+		{"mqtt ca file not PEM", base + mqtt("  tls: {ca_file: "+good+"}\n"), "no PEM certificate"},
+		{"mqtt client certificate missing", base + mqtt("  tls: {cert_file: "+dir+"/no.crt, key_file: "+dir+"/no.key}\n"), "client certificate"},
+		{"mqtt files not read when off", base + "mqtt:\n  enabled: false\n  username: u\n  password_file: " + dir + "/no.pw\n", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := ParseConfig([]byte(tc.yaml))

@@ -53,8 +53,10 @@ func TestCommandKeygenSignAndConfigCheck(t *testing.T) {
 	}
 
 	cfgFile := filepath.Join(dir, "agent.yaml")
+	pwFile := filepath.Join(dir, "mqtt.pw") // config check reads it, as run does
+	os.WriteFile(pwFile, []byte("secret\n"), 0o600)
 	yaml := "device: {id: atm-7, site: north}\nstore: {path: " + filepath.Join(dir, "agent.db") + "}\n" +
-		"mqtt:\n  enabled: true\n  brokers: [tcp://broker.example:1883]\n  username: atm-7\n  password_file: /etc/atm-agent/mqtt.pw\n" +
+		"mqtt:\n  enabled: true\n  brokers: [tcp://broker.example:1883]\n  username: atm-7\n  password_file: " + pwFile + "\n" +
 		"  commands:\n    enabled: true\n    public_keys: [{name: central-2026, file: " + prefix + ".pub}]\n"
 	os.WriteFile(cfgFile, []byte(yaml), 0o600)
 	// What `atm-agent config check` runs (the daemon binary's command).

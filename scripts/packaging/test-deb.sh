@@ -20,8 +20,8 @@ for p in atm-agent atm-tools; do
 		exit 1
 	fi
 done
-for p in /etc/atm-agent /var/lib/atm-agent; do
-	[ ! -e "$p" ] || { echo "test-deb: $p exists; not touching it" >&2; exit 1; }
+for p in /etc/atm-agent /var/lib/atm-agent /etc/systemd/system/multi-user.target.wants/atm-agent.service; do
+	[ ! -e "$p" ] && [ ! -L "$p" ] || { echo "test-deb: $p exists; not touching it" >&2; exit 1; }
 done
 
 had_user=$(getent passwd atm-agent >/dev/null && echo y || echo n)
@@ -30,6 +30,7 @@ tmp=$(mktemp -d)
 cleanup() {
 	dpkg --purge atm-tools >/dev/null 2>&1 || true
 	dpkg --purge atm-agent >/dev/null 2>&1 || true
+	rm -f /etc/systemd/system/multi-user.target.wants/atm-agent.service
 	if [ "$had_user" = n ] && getent passwd atm-agent >/dev/null; then deluser --quiet --system atm-agent >/dev/null 2>&1 || true; fi
 	if [ "$had_user" = n ] && getent group atm-agent >/dev/null; then delgroup --quiet --system atm-agent >/dev/null 2>&1 || true; fi
 	if [ "$had_gpio" = n ] && getent group gpio >/dev/null; then delgroup --quiet --system gpio >/dev/null 2>&1 || true; fi
@@ -50,11 +51,15 @@ perm() { # perm PATH MODE OWNER:GROUP
 }
 sum() { sha256sum "$1" | cut -d' ' -f1; }
 
-# A bumped copy of the same package for the upgrade step.
+# A bumped copy of the same package for the upgrade step, whose packaged
+# config differs (a release with a changed default): with the operator's
+# edit, dpkg has a conffile question to answer.
 ver=$(dpkg-deb -f "$DEB" Version)
 ver2="$ver+upgradetest"
 dpkg-deb -R "$DEB" "$tmp/pkg"
 sed -i "s/^Version: .*/Version: $ver2/" "$tmp/pkg/DEBIAN/control"
+echo "# $ver2: a changed packaged default" >>"$tmp/pkg/etc/atm-agent/config.yaml"
+sed -i "s|^[0-9a-f]*  etc/atm-agent/config.yaml\$|$(md5sum <"$tmp/pkg/etc/atm-agent/config.yaml" | cut -d' ' -f1)  etc/atm-agent/config.yaml|" "$tmp/pkg/DEBIAN/md5sums"
 dpkg-deb -Zgzip -z1 -b "$tmp/pkg" "$tmp/upgrade.deb" >/dev/null
 rm -rf "$tmp/pkg"
 
@@ -147,17 +152,32 @@ check "config edit" grep -q 'id: atm-test' /etc/atm-agent/config.yaml
 db=$(sum /var/lib/atm-agent/agent.db)
 key=$(sum /etc/atm-agent/store.key)
 
+# An operator's `systemctl enable` (the link it makes; no systemd here):
+# purge must remove it.
+wants=/etc/systemd/system/multi-user.target.wants
+mkdir -p "$wants"
+ln -s /lib/systemd/system/atm-agent.service "$wants/atm-agent.service"
+
 echo "== upgrade to $ver2"
-check "dpkg -i (upgrade, no conffile prompt)" dpkg -i "$tmp/upgrade.deb" </dev/null
+# Unattended, as docs/operations.md step 6: keep the edited config, the new
+# default beside it; no prompt (stdin closed).
+check "dpkg -i (upgrade, changed default config, no prompt)" dpkg -i --force-confdef --force-confold "$tmp/upgrade.deb" </dev/null
 check "installed version is $ver2" test "$(dpkg-query -W -f='${Version}' atm-agent)" = "$ver2"
 check "visit data kept" test "$(sum /var/lib/atm-agent/agent.db)" = "$db"
 check "config edit kept" grep -q 'id: atm-test' /etc/atm-agent/config.yaml
+check "new default offered as config.yaml.dpkg-dist" grep -q "^# $ver2: a changed packaged default" /etc/atm-agent/config.yaml.dpkg-dist
 check "store.key kept" test "$(sum /etc/atm-agent/store.key)" = "$key"
 perm /var/lib/atm-agent 700 atm-agent:atm-agent
 perm /var/lib/atm-agent/agent.db 600 atm-agent:atm-agent
 perm /etc/atm-agent/config.yaml 640 root:atm-agent
 check "config check after upgrade" runuser -u atm-agent -- atm-agent config check /etc/atm-agent/config.yaml
-check "reinstall same version (idempotent postinst)" dpkg -i "$tmp/upgrade.deb" </dev/null
+# A kept config the new version refuses: the upgrade says so.
+sed -i 's/^  burst_frames: 5 /  burst_frame: 5 /' /etc/atm-agent/config.yaml
+dpkg -i "$tmp/upgrade.deb" </dev/null >"$tmp/reinst" 2>&1 && ok "reinstall same version (idempotent postinst)" || bad "reinstall: $(tail -c 400 "$tmp/reinst")"
+check "reinstall warns that the kept config fails its check" grep -q 'WARNING: /etc/atm-agent/config.yaml fails this version.s check.*' "$tmp/reinst"
+check "  ... naming the key and line" grep -q 'line [0-9]*: camera.burst_frame: unknown key' "$tmp/reinst"
+sed -i 's/^  burst_frame: 5 /  burst_frames: 5 /' /etc/atm-agent/config.yaml
+check "config check after the fix" runuser -u atm-agent -- atm-agent config check /etc/atm-agent/config.yaml
 check "visit data kept after reinstall" test "$(sum /var/lib/atm-agent/agent.db)" = "$db"
 
 echo "== remove"
@@ -173,10 +193,13 @@ check "visit data kept" test "$(sum /var/lib/atm-agent/agent.db)" = "$db"
 
 echo "== purge"
 dpkg --purge atm-tools >/dev/null 2>&1 || true
+# A key rotation stopped between `db rekey` and its `mv` (docs/operations.md).
+(umask 077 && head -c 32 /dev/urandom >/etc/atm-agent/store.key.new)
 dpkg --purge atm-agent </dev/null >"$tmp/purge" 2>&1 && ok "dpkg --purge" || bad "dpkg --purge: $(cat "$tmp/purge")"
 check "purge says it deletes the visit data" grep -q 'deleting the visit database' "$tmp/purge"
 check "/etc/atm-agent gone" test ! -e /etc/atm-agent
 check "/var/lib/atm-agent gone" test ! -e /var/lib/atm-agent
+check "the operator's enable link gone" test ! -L "$wants/atm-agent.service"
 check "package unknown to dpkg" sh -c "! dpkg-query -W atm-agent >/dev/null 2>&1 || dpkg-query -W -f='\${db:Status-Status}' atm-agent | grep -q not-installed"
 
 if [ "$fails" -gt 0 ]; then

@@ -194,6 +194,7 @@ for f in "${files[@]}"; do
 		check "agent restarted by the upgrade (pid $pid1 -> $(main_pid))" test "$(main_pid)" != "$pid1"
 		check "agent runs the new binary" sh -c "alive=\$(readlink /proc/$(main_pid)/exe); [ \"\$alive\" = '$R/usr/bin/atm-agent' ]"
 		check "config edit kept" grep -q '^  id: atm-ops-test ' "$R/etc/atm-agent/config.yaml"
+		check "new packaged default offered as config.yaml.dpkg-dist" grep -q "^# $ver2: a changed packaged default" "$R/etc/atm-agent/config.yaml.dpkg-dist"
 		check "store.key kept" test "$(sum "$R/etc/atm-agent/store.key")" = "$key"
 		check "healthy after the upgrade" healthz
 		;;

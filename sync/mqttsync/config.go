@@ -333,6 +333,19 @@ func (c Config) clientID() string {
 	return "atm-agent-" + c.Topic.Device
 }
 
+// CheckFiles reads the files the publisher reads when it starts (the TLS
+// CA bundle, the client certificate and key, the password file) and returns
+// the error it would: `atm-agent config check`, the unit's ExecStartPre,
+// then refuses a config that `run` would refuse, instead of letting the
+// daemon exit at start in a restart loop.
+func (c Config) CheckFiles() error {
+	if _, err := c.tlsConfig(); err != nil {
+		return err
+	}
+	_, err := c.password()
+	return err
+}
+
 // tlsConfig loads the configured files; nil when TLS is not configured.
 func (c Config) tlsConfig() (*tls.Config, error) {
 	t := c.TLS
