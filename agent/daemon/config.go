@@ -248,11 +248,13 @@ func (c Config) CheckFiles() error {
 		if _, err := trigger.NewHTTP(h.HTTPConfig, nil); err != nil {
 			return err
 		}
-		// sun_path holds 108 bytes with the terminating NUL. (Its directory
-		// is not checked: systemd creates /run/atm-agent only while the
-		// unit runs.)
-		if len(h.Socket) > 107 {
-			return fmt.Errorf("trigger.http.socket %s: %d bytes, the longest a unix socket path can be is 107", h.Socket, len(h.Socket))
+		// The path's length as the listener binds it. (Its directory is
+		// not checked: systemd creates /run/atm-agent only while the unit
+		// runs.)
+		if h.Socket != "" {
+			if err := trigger.CheckSocketPath(h.Socket); err != nil {
+				return fmt.Errorf("trigger.http.socket: %w", err)
+			}
 		}
 	}
 	// The store key: missing, unreadable or short keys fail here rather

@@ -46,6 +46,9 @@ func TestCheckFilesRefusesWhatRunRefuses(t *testing.T) {
 		{"token file a directory", base + http("    listen: 127.0.0.1:0\n    token_file: "+dir+"\n"), "token"},
 		{"no such group", base + http("    socket_group: nosuchgroup-atm\n"), "socket_group"},
 		{"socket path too long", base + "trigger:\n  http:\n    enabled: true\n    socket: /run/" + strings.Repeat("s", 120) + "\n", "107"},
+		// 100 bytes fit a socket, but the private folder it is bound in
+		// first does not: run refuses it, so the check does too.
+		{"socket folder too deep", base + "trigger:\n  http:\n    enabled: true\n    socket: /run/" + strings.Repeat("d", 88) + "/t.sock\n", "too deep"},
 		{"store path a directory", "device: {id: a, site: b}\nmodels: {dir: " + dir + "/nomodels}\nstore: {path: " + dir + "}\n", "not a regular file"},
 		{"models dir a file", "device: {id: a, site: b}\nmodels: {dir: " + good + "}\nstore: {path: " + dir + "/agent.db}\n", "models.dir"},
 		// The MQTT publisher reads these at start and run exits without them.

@@ -358,6 +358,22 @@ func (l *lockedListener) Close() error {
 	return err
 }
 
+// CheckSocketPath refuses a socket path a unix socket cannot have: over
+// 107 bytes (sun_path and its NUL), or in a folder so deep that the private
+// folder listenUnix binds in first (DIR/.tNNNNNNNNNN/s, up to 10 random
+// digits) is over it. `config check` calls it, so that what run refuses
+// does not pass the check.
+func CheckSocketPath(p string) error {
+	max := len(syscall.RawSockaddrUnix{}.Path) - 1
+	if len(p) > max {
+		return fmt.Errorf("trigger socket %s: %d bytes, the longest a unix socket path can be is %d", p, len(p), max)
+	}
+	if n := len(filepath.Dir(p)) + len("/.t") + 10 + len("/s"); n > max {
+		return fmt.Errorf("trigger socket %s: its folder is too deep: the socket is bound first in a private folder beside it (%s/.tNNNNNNNNNN/s, %d bytes; at most %d)", p, filepath.Dir(p), n, max)
+	}
+	return nil
+}
+
 // listenUnix listens on the unix socket p with mode and group gid (< 0:
 // the process's) set before p exists: it binds in a new 0700 folder beside
 // p, sets mode and group there and renames the socket to p. Binding at p
@@ -367,6 +383,9 @@ func (l *lockedListener) Close() error {
 // open after the chmod, posting card inserts at will. It returns the
 // socket's inode, for Close to remove p only while it is this socket.
 func listenUnix(p string, mode os.FileMode, gid int) (net.Listener, uint64, error) {
+	if err := CheckSocketPath(p); err != nil {
+		return nil, 0, err
+	}
 	dir, err := os.MkdirTemp(filepath.Dir(p), ".t")
 	if err != nil {
 		return nil, 0, fmt.Errorf("trigger socket %s: %w", p, err)
