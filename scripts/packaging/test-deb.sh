@@ -180,6 +180,15 @@ sed -i 's/^  burst_frame: 5 /  burst_frames: 5 /' /etc/atm-agent/config.yaml
 check "config check after the fix" runuser -u atm-agent -- atm-agent config check /etc/atm-agent/config.yaml
 check "visit data kept after reinstall" test "$(sum /var/lib/atm-agent/agent.db)" = "$db"
 
+# A power cut between postinst's write of the key and the disk leaves an
+# empty store.key: it sealed nothing, and the next configure replaces it.
+cp -p /etc/atm-agent/store.key "$tmp/key.bak"
+: >/etc/atm-agent/store.key
+check "reinstall over an empty store.key" dpkg -i "$tmp/upgrade.deb" </dev/null
+check "an empty store.key is replaced by a new 32-byte key" test "$(stat -c %s /etc/atm-agent/store.key)" = 32
+perm /etc/atm-agent/store.key 600 root:root
+cp -p "$tmp/key.bak" /etc/atm-agent/store.key
+
 echo "== remove"
 check "dpkg --remove atm-tools" dpkg --remove atm-tools </dev/null
 check "dpkg --remove" dpkg --remove atm-agent </dev/null
