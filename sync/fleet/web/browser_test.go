@@ -116,9 +116,7 @@ func TestBrowserLiveAlertAndAck(t *testing.T) {
 		chromedp.Navigate(base+"/"),
 		chromedp.WaitVisible(css(`input[name=user]`)),
 		shot("login"),
-		chromedp.SendKeys(css(`input[name=user]`), "ana"),
-		chromedp.SendKeys(css(`input[name=password]`), "correct horse"),
-		chromedp.Click(css(`form.login button`)),
+		signIn(),
 		chromedp.WaitVisible(css(`#devices`)),
 		chromedp.WaitVisible(css(`#live-state.on`)), // the SSE stream is open
 		shot("fleet"),
@@ -215,11 +213,7 @@ func serveWebKey(t *testing.T, st storage.Store, addr, key string) (stop func())
 // a reload.
 func TestBrowserLiveKeepsFocusAndRecovers(t *testing.T) {
 	browser.Path(t)
-	st, err := boltstore.Open(filepath.Join(t.TempDir(), "fleet.db"), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openBolt(t)
 	now := time.Now().UTC()
 	apply := func(seq uint64, id string) {
 		t.Helper()
@@ -239,9 +233,7 @@ func TestBrowserLiveKeepsFocusAndRecovers(t *testing.T) {
 	do("sign in and open the alerts page",
 		chromedp.Navigate(base+"/alerts"),
 		chromedp.WaitVisible(css(`input[name=user]`)),
-		chromedp.SendKeys(css(`input[name=user]`), "ana"),
-		chromedp.SendKeys(css(`input[name=password]`), "correct horse"),
-		chromedp.Click(css(`form.login button`)),
+		signIn(),
 		chromedp.WaitVisible(css(`tr.alert[data-alert="a-first"]`)),
 		chromedp.WaitVisible(css(`#live-state.on`)),
 	)
@@ -278,11 +270,7 @@ func TestBrowserLiveKeepsFocusAndRecovers(t *testing.T) {
 // of showing "reconnecting" forever.
 func TestBrowserLiveSessionEnded(t *testing.T) {
 	browser.Path(t)
-	st, err := boltstore.Open(filepath.Join(t.TempDir(), "fleet.db"), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openBolt(t)
 	if _, err := st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", 1, time.Now().UTC(), "a-first", "p-1", 6)}); err != nil {
 		t.Fatal(err)
 	}
@@ -297,9 +285,7 @@ func TestBrowserLiveSessionEnded(t *testing.T) {
 	do("sign in and open the alerts page",
 		chromedp.Navigate(base+"/alerts?state=all"),
 		chromedp.WaitVisible(css(`input[name=user]`)),
-		chromedp.SendKeys(css(`input[name=user]`), "ana"),
-		chromedp.SendKeys(css(`input[name=password]`), "correct horse"),
-		chromedp.Click(css(`form.login button`)),
+		signIn(),
 		chromedp.WaitVisible(css(`tr.alert[data-alert="a-first"]`)),
 		chromedp.WaitVisible(css(`#live-state.on`)),
 	)
@@ -308,7 +294,7 @@ func TestBrowserLiveSessionEnded(t *testing.T) {
 	stop = serveWebKey(t, st, addr, strings.Repeat("n", 32))
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(br.Context(), 15*time.Second)
-	err = chromedp.Do(ctx, chromedp.WaitVisible(css(`#session-ended a`)))
+	err := chromedp.Do(ctx, chromedp.WaitVisible(css(`#session-ended a`)))
 	cancel()
 	if err != nil {
 		dot := get(chromedp.Evaluate[string](`document.getElementById('live-state').className + ' (' + document.getElementById('live-state').title + ')'`))
@@ -337,13 +323,21 @@ func TestBrowserLiveSessionEnded(t *testing.T) {
 		t.Errorf("the link led to %q, want /login", u)
 	}
 	do("sign in again",
-		chromedp.SendKeys(css(`input[name=user]`), "ana"),
-		chromedp.SendKeys(css(`input[name=password]`), "correct horse"),
-		chromedp.Click(css(`form.login button`)),
+		signIn(),
 		chromedp.WaitVisible(css(`tr.alert[data-alert="a-first"]`)),
 		chromedp.WaitVisible(css(`#live-state.on`)),
 	)
 	if u := get(chromedp.Evaluate[string](`location.pathname + location.search`)); u != "/alerts?state=all" {
 		t.Errorf("after signing in again the page is %q, want /alerts?state=all", u)
 	}
+}
+
+// signIn fills and sends the sign-in form as the test user ana.
+func signIn() chromedp.Action[chromedp.Void] {
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	return chromedp.Steps(
+		chromedp.SendKeys(css(`input[name=user]`), "ana"),
+		chromedp.SendKeys(css(`input[name=password]`), "correct horse"),
+		chromedp.Click(css(`form.login button`)),
+	)
 }

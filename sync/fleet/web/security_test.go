@@ -173,16 +173,8 @@ func TestLogoutRevokesSession(t *testing.T) {
 	_, hs := newTestServer(t, openBolt(t))
 	c := newClient(t, hs.URL)
 	csrf := c.login("ana", "correct horse")
+	old := sessionCookieOf(t, c, hs.URL)
 	u, _ := url.Parse(hs.URL)
-	var old *http.Cookie
-	for _, k := range c.Jar.Cookies(u) {
-		if k.Name == sessionCookie {
-			old = k
-		}
-	}
-	if old == nil {
-		t.Fatal("no session cookie")
-	}
 	if r, _ := c.post("/logout", url.Values{"csrf": {csrf}}); r.StatusCode != 303 {
 		t.Fatalf("logout: %d", r.StatusCode)
 	}
@@ -233,24 +225,14 @@ func TestLogoutRevokesAcrossRestart(t *testing.T) {
 }
 
 func logoutThenRestart(t *testing.T, open func() storage.Store) {
-	sessionCookieOf := func(c *client, base string) string {
-		u, _ := url.Parse(base)
-		for _, k := range c.Jar.Cookies(u) {
-			if k.Name == sessionCookie {
-				return k.Value
-			}
-		}
-		t.Fatal("no session cookie")
-		return ""
-	}
 	st := open()
 	_, hs, stop := startTestServer(t, st)
 	out := newClient(t, hs.URL)
 	csrf := out.login("ana", "correct horse")
-	signedOut := sessionCookieOf(out, hs.URL)
+	signedOut := sessionCookieOf(t, out, hs.URL).Value
 	stays := newClient(t, hs.URL)
 	stays.login("root", "correct horse")
-	kept := sessionCookieOf(stays, hs.URL)
+	kept := sessionCookieOf(t, stays, hs.URL).Value
 	if r, _ := out.post("/logout", url.Values{"csrf": {csrf}}); r.StatusCode != 303 {
 		t.Fatalf("logout: %d", r.StatusCode)
 	}
@@ -395,16 +377,8 @@ func TestEventsEndWithSession(t *testing.T) {
 
 	c := newClient(t, hs.URL)
 	csrf := c.login("ana", "correct horse")
+	cookie := sessionCookieOf(t, c, hs.URL)
 	u, _ := url.Parse(hs.URL)
-	var cookie *http.Cookie
-	for _, k := range c.Jar.Cookies(u) {
-		if k.Name == sessionCookie {
-			cookie = k
-		}
-	}
-	if cookie == nil {
-		t.Fatal("no session cookie")
-	}
 	stream := func() *http.Response {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodGet, hs.URL+"/events", nil)
@@ -468,4 +442,17 @@ func TestEventsEndWithSession(t *testing.T) {
 	if r2.StatusCode != 401 {
 		t.Errorf("reconnecting with the signed-out cookie: %s, want 401", r2.Status)
 	}
+}
+
+// sessionCookieOf is the session cookie c holds for the server at base.
+func sessionCookieOf(t *testing.T, c *client, base string) *http.Cookie {
+	t.Helper()
+	u, _ := url.Parse(base)
+	for _, k := range c.Jar.Cookies(u) {
+		if k.Name == sessionCookie {
+			return k
+		}
+	}
+	t.Fatal("no session cookie")
+	return nil
 }
