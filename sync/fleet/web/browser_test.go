@@ -222,21 +222,9 @@ func TestBrowserLiveKeepsFocusAndRecovers(t *testing.T) {
 		}
 	}
 	apply(1, "a-first")
-	addr := fmt.Sprintf("127.0.0.1:%d", fleettest.FreePort(t))
-	base := "http://" + addr
-	stop := serveWeb(t, st, addr)
-	defer func() { stop() }()
-
-	br := browser.Start(t, 1280, 900, "")
+	addr, stop, br := liveAlertsPage(t, st, "/alerts")
 	do, get := br.Do, br.Get
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
-	do("sign in and open the alerts page",
-		chromedp.Navigate(base+"/alerts"),
-		chromedp.WaitVisible(css(`input[name=user]`)),
-		signIn(),
-		chromedp.WaitVisible(css(`tr.alert[data-alert="a-first"]`)),
-		chromedp.WaitVisible(css(`#live-state.on`)),
-	)
 	get(chromedp.Evaluate[string](`window.__noReload = "still here"`))
 
 	do("focus the Acknowledge button", chromedp.Focus(css(`tr.alert[data-alert="a-first"] button[value=acknowledge]`)))
@@ -253,8 +241,8 @@ func TestBrowserLiveKeepsFocusAndRecovers(t *testing.T) {
 
 	// Restart the web service on the same store: the stream reconnects
 	// and the next alert arrives without a reload.
-	stop()
-	stop = serveWeb(t, st, addr)
+	(*stop)()
+	*stop = serveWeb(t, st, addr)
 	time.Sleep(3 * time.Second) // the stream's retry is 2 s
 	apply(3, "a-third")
 	do("an alert after the restart appears live", chromedp.WaitVisible(css(`tr.alert[data-alert="a-third"]`)), chromedp.WaitVisible(css(`#live-state.on`)))
@@ -274,24 +262,12 @@ func TestBrowserLiveSessionEnded(t *testing.T) {
 	if _, err := st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", 1, time.Now().UTC(), "a-first", "p-1", 6)}); err != nil {
 		t.Fatal(err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", fleettest.FreePort(t))
-	base := "http://" + addr
-	stop := serveWeb(t, st, addr)
-	defer func() { stop() }()
-
-	br := browser.Start(t, 1280, 900, "")
+	addr, stop, br := liveAlertsPage(t, st, "/alerts?state=all")
 	do, get := br.Do, br.Get
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
-	do("sign in and open the alerts page",
-		chromedp.Navigate(base+"/alerts?state=all"),
-		chromedp.WaitVisible(css(`input[name=user]`)),
-		signIn(),
-		chromedp.WaitVisible(css(`tr.alert[data-alert="a-first"]`)),
-		chromedp.WaitVisible(css(`#live-state.on`)),
-	)
 
-	stop()
-	stop = serveWebKey(t, st, addr, strings.Repeat("n", 32))
+	(*stop)()
+	*stop = serveWebKey(t, st, addr, strings.Repeat("n", 32))
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(br.Context(), 15*time.Second)
 	err := chromedp.Do(ctx, chromedp.WaitVisible(css(`#session-ended a`)))
@@ -340,4 +316,26 @@ func signIn() chromedp.Action[chromedp.Void] {
 		chromedp.SendKeys(css(`input[name=password]`), "correct horse"),
 		chromedp.Click(css(`form.login button`)),
 	)
+}
+
+// liveAlertsPage serves the web UI on st at a free loopback port, signs
+// in in a new browser and opens path, an alerts page holding the alert
+// a-first, with its live stream on. *stop stops the service (the test
+// may replace it by a restarted one); whatever it holds at the end runs.
+func liveAlertsPage(t *testing.T, st storage.Store, path string) (addr string, stop *func(), br *browser.Browser) {
+	t.Helper()
+	addr = fmt.Sprintf("127.0.0.1:%d", fleettest.FreePort(t))
+	s := serveWeb(t, st, addr)
+	stop = &s
+	t.Cleanup(func() { (*stop)() })
+	br = browser.Start(t, 1280, 900, "")
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	br.Do("sign in and open "+path,
+		chromedp.Navigate("http://"+addr+path),
+		chromedp.WaitVisible(css(`input[name=user]`)),
+		signIn(),
+		chromedp.WaitVisible(css(`tr.alert[data-alert="a-first"]`)),
+		chromedp.WaitVisible(css(`#live-state.on`)),
+	)
+	return addr, stop, br
 }
