@@ -50,16 +50,7 @@ func startService(t *testing.T, dbPath, broker, addr string) *service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ln net.Listener
-	for i := 0; i < 50; i++ { // the previous run's socket may linger a moment
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenRetry(t, addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &service{st: st, in: in, cancel: cancel, done: make(chan struct{})}
 	inDone := make(chan struct{})
@@ -189,16 +180,7 @@ func serveWebKey(t *testing.T, st storage.Store, addr, key string) (stop func())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ln net.Listener
-	for i := 0; i < 50; i++ {
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenRetry(t, addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(ctx, ln) }()
@@ -338,4 +320,20 @@ func liveAlertsPage(t *testing.T, st storage.Store, path string) (addr string, s
 		chromedp.WaitVisible(css(`#live-state.on`)),
 	)
 	return addr, stop, br
+}
+
+// listenRetry listens on addr, retrying for a while: the previous run's
+// socket on the same port may linger a moment.
+func listenRetry(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	var err error
+	for range 50 {
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			return ln
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal(err)
+	return nil
 }
