@@ -25,7 +25,10 @@
 //     the queued one (one card insert reported twice, e.g. by GPIO and by the
 //     ATM application; or bounces). The queued trigger keeps its time and
 //     source; empty fields of its transaction context are filled from the
-//     extra trigger. Coalesced triggers are counted (Stats.Coalesced).
+//     extra trigger, and its other txn_ids and card hashes are kept with the
+//     visit (Context.Coalesced, Context.CoalescedCards: every card counts for
+//     the distinct-cards rules). Coalesced triggers are counted
+//     (Stats.Coalesced).
 //
 // A trigger still queued when the agent stops is dropped and counted
 // (Stats.DroppedAtStop): its customer has left before frames could be taken.
@@ -303,8 +306,12 @@ func (a *Agent) trigger(ev visit.Trigger) (bool, string, <-chan struct{}) {
 	if a.pending != nil {
 		p := a.pending
 		id := p.ID
-		if p.Context.CardHash == "" {
-			p.Context.CardHash = ev.Context.CardHash
+		switch h := ev.Context.CardHash; {
+		case p.Context.CardHash == "":
+			p.Context.CardHash = h
+		case h != "" && h != p.Context.CardHash && !slices.Contains(p.Context.CoalescedCards, h) && len(p.Context.CoalescedCards) < visit.MaxCoalesced:
+			// Another card: kept for the distinct-cards rules.
+			p.Context.CoalescedCards = append(p.Context.CoalescedCards, h)
 		}
 		switch t := ev.Context.TxnID; {
 		case p.Context.TxnID == "":

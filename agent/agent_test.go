@@ -365,6 +365,48 @@ func TestTriggersDuringVisitAreQueuedThenCoalesced(t *testing.T) {
 	}
 }
 
+// TestCoalescedCardsCount: three different cards inserted while a visit
+// runs (the second queued, the third coalesced into it) are three cards for
+// the distinct-cards rule and the summary. Before, the coalesced trigger's
+// card hash was dropped because the queued one had a card already: 2 cards,
+// no alert at threshold 3.
+func TestCoalescedCardsCount(t *testing.T) {
+	h := newHarnessWith(t, "", nil, Config{}, func(d *Deps) {
+		d.Rules, _ = rules.New([]rules.Rule{{Name: "cards", Kind: rules.KindDistinctCards, Threshold: 3, Window: time.Hour}})
+	})
+	h.cam.gate = make(chan struct{})
+	h.cam.calls = make(chan struct{}, 10)
+	h.cam.push(scene{angle: 0}, scene{angle: 0})
+	t0 := h.clk.Add(time.Minute)
+	h.ag.Trigger(visit.Trigger{Time: t0, Source: "socket", Context: visit.Context{CardHash: "c1", TxnID: "t1"}})
+	<-h.cam.calls
+	h.ag.Trigger(visit.Trigger{Time: t0.Add(time.Second), Source: "socket", Context: visit.Context{CardHash: "c2", TxnID: "t2"}})
+	for _, c := range []string{"c3", "c2", "c3"} { // c3 once, c2 already the queued visit's
+		h.ag.Trigger(visit.Trigger{Time: t0.Add(2 * time.Second), Source: "socket", Context: visit.Context{CardHash: c, TxnID: "t3"}})
+	}
+	h.cam.gate <- struct{}{}
+	<-h.cam.calls
+	h.cam.gate <- struct{}{}
+	h.waitProcessed(2)
+	vs := h.visits()
+	if len(vs) != 2 || vs[1].Context.CardHash != "c2" || !slices.Equal(vs[1].Context.CoalescedCards, []string{"c3"}) {
+		t.Fatalf("stored visits %+v: want the queued one with card c2 and coalesced card c3", vs)
+	}
+	ob := h.outbox()
+	if len(ob) != 1 {
+		t.Fatalf("outbox %d messages, want 1 alert for 3 distinct cards", len(ob))
+	}
+	var a wire.Alert
+	json.Unmarshal(ob[0].Payload, &a)
+	if a.Rule != "cards" || a.Count != 3 {
+		t.Fatalf("alert %+v", a)
+	}
+	s := BuildSummary(wire.NewEnvelope("s", "d", t0), t0.Add(time.Minute), vs, 10)
+	if len(s.Identities) != 1 || s.Identities[0].DistinctCards != wc(3, 3, 3) {
+		t.Fatalf("summary identities %+v: want 3 distinct cards", s.Identities)
+	}
+}
+
 func TestFacelessVisitsFeedFacelessRule(t *testing.T) {
 	h := newHarness(t, "", nil, Config{})
 	for i := 0; i < 3; i++ {
@@ -502,6 +544,48 @@ func TestConsolidationRelabelsCommitted(t *testing.T) {
 	// The engine and the store agree after a restart.
 	if got, _ := h.eng.IdentityOf(before[1].ID); got != x {
 		t.Fatalf("engine has %q for Y's visit", got)
+	}
+}
+
+// TestConsolidationMergeRaisesAlert: X has 4 visits and Y 1 within the
+// hour; consolidation merges Y into X, whose 5 visits reach the threshold.
+// Before, no alert was raised until X came back (never, if the person left).
+// The alert is raised once: a second consolidation or X's next visit inside
+// the cooldown does not repeat it.
+func TestConsolidationMergeRaisesAlert(t *testing.T) {
+	h := newHarnessWith(t, "", nil, Config{}, func(d *Deps) {
+		d.Rules, _ = rules.New([]rules.Rule{{Name: "repeat5", Kind: rules.KindVisits, Threshold: 5, Window: time.Hour, Cooldown: time.Hour}})
+	})
+	h.visit(scene{angle: 0}, time.Minute, visit.Context{})
+	h.visit(scene{angle: 60}, time.Minute, visit.Context{TxnID: "T-Y"})
+	for i := 0; i < 3; i++ {
+		h.visit(scene{angle: 29 + 0.1*float64(i)}, time.Minute, visit.Context{})
+	}
+	if n := len(h.outbox()); n != 0 {
+		t.Fatalf("setup: %d alerts before the merge", n)
+	}
+	x := h.visits()[0].IdentityID
+	h.clk.Add(10 * time.Minute)
+	for range 2 {
+		if err := h.ag.Consolidate(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(h.outbox()); n != 1 {
+		t.Fatalf("outbox %d messages after the merge, want 1 alert", n)
+	}
+	h.visit(scene{angle: 0}, time.Minute, visit.Context{})
+	ob := h.outbox()
+	if len(ob) != 1 {
+		t.Fatalf("outbox %d messages after X came back, want still 1 alert", len(ob))
+	}
+	var a wire.Alert
+	json.Unmarshal(ob[0].Payload, &a)
+	if a.Rule != "repeat5" || a.IdentityID != x || a.Count != 5 {
+		t.Fatalf("alert %+v: want repeat5 for %s with count 5", a, x)
+	}
+	if s := h.ag.Stats(); s.Alerts != 1 {
+		t.Fatalf("stats: %d alerts, want 1", s.Alerts)
 	}
 }
 

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/periocular/atm-agent/agent/identity"
+	"github.com/periocular/atm-agent/agent/rules"
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/store/record"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -62,7 +64,93 @@ func (a *Agent) consolidate(ctx context.Context) error {
 	}
 	a.log.Info("identities consolidated", "moved_visits", moved, "merges", kinds[identity.Merge],
 		"splits", kinds[identity.Split], "relabels", kinds[identity.Relabel], "ms", time.Since(t).Milliseconds())
+	a.alertAfterConsolidation(ctx, changes)
 	return nil
+}
+
+// alertAfterConsolidation evaluates the identity rules again for the
+// identities that received visits: merged, their counts may cross a
+// threshold that neither part reached, and the person may never come back
+// to trigger the evaluation. Each of their visits inside the longest
+// identity-rule window is evaluated at its own time, oldest first, as if it
+// had just arrived; alerts are committed one visit at a time so that the
+// cooldown (LastAlert) of one holds the later ones, and the stable alert ids
+// make the store ignore an alert that was already raised. Such an alert is
+// stamped raised at the consolidation (the clock's now), when it was
+// actually raised; its visit_id and window name the visit and the window in
+// which the threshold was crossed.
+func (a *Agent) alertAfterConsolidation(ctx context.Context, changes []identity.Change) {
+	var longest time.Duration
+	for _, r := range a.d.Rules.Rules() {
+		if r.Kind == rules.KindVisits || r.Kind == rules.KindDistinctCards {
+			longest = max(longest, r.Window)
+		}
+	}
+	if longest == 0 {
+		return
+	}
+	targets := map[string]bool{}
+	for _, ch := range changes {
+		if ch.To != "" && len(ch.VisitIDs) > 0 {
+			targets[ch.To] = true
+		}
+	}
+	now := a.clk.Now()
+	env := wire.NewEnvelope(a.d.Site, a.d.Device, now)
+	raised := 0
+	for _, id := range sortedKeys(targets) {
+		vs, err := a.d.Store.VisitsSince(ctx, id, now.Add(-longest))
+		if err != nil {
+			a.log.Error("consolidation: alert rules", "identity", id, "err", err)
+			a.ruleResult(err)
+			continue
+		}
+		for _, v := range vs {
+			if v.Time.After(now) {
+				continue
+			}
+			alerts, err := a.d.Rules.Evaluate(ctx, v.Time, v, a.d.Store)
+			a.ruleResult(err)
+			if err != nil {
+				a.log.Error("consolidation: alert rules", "identity", id, "err", err)
+				break
+			}
+			var c record.Commit
+			for _, al := range alerts {
+				al.Raised = now.UTC()
+				msg, err := a.alertMessage(env, al)
+				if err != nil {
+					a.log.Error("consolidation: alert payload", "rule", al.Rule, "err", err)
+					continue
+				}
+				c.Alerts = append(c.Alerts, record.NewAlert{Alert: al, Message: msg})
+			}
+			if len(c.Alerts) == 0 {
+				continue
+			}
+			res, err := a.d.Store.CommitVisit(ctx, c)
+			a.commitResult("consolidate", err)
+			if err != nil {
+				a.log.Error("consolidation: alerts lost: could not store them", "identity", id, "err", err)
+				break
+			}
+			a.count(func(s *Stats) { s.Alerts += uint64(len(res.NewAlerts)) })
+			ao, _ := a.obs.(AlertObserver)
+			for _, al := range c.Alerts {
+				if slices.Contains(res.NewAlerts, al.Alert.ID) {
+					raised++
+					if ao != nil {
+						ao.Alerted(al.Alert.Rule)
+					}
+					a.log.Warn("alert raised after consolidation", "rule", al.Alert.Rule, "identity", al.Alert.IdentityID,
+						"count", al.Alert.Count, "window", al.Alert.Window, "alert", al.Alert.ID)
+				}
+			}
+		}
+	}
+	if raised > 0 {
+		a.log.Info("consolidation raised alerts", "alerts", raised)
+	}
 }
 
 func consolidationCommit(changes []identity.Change, eng *identity.Engine, model string) record.Commit {
@@ -194,7 +282,7 @@ func BuildSummary(env wire.Envelope, now time.Time, vs []visit.Visit, maxIdentit
 					s.Totals.Identities.D7++
 				}
 			}
-			if h := v.Context.CardHash; h != "" {
+			for _, h := range v.Context.Cards() {
 				if x.cards[i] == nil {
 					x.cards[i] = map[string]bool{}
 				}

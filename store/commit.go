@@ -93,7 +93,7 @@ func (s *Store) CommitVisit(ctx context.Context, c record.Commit) (record.Commit
 
 		var msgs []visit.OutboxMessage
 		for _, a := range c.Alerts {
-			isNew, err := s.putAlert(tx, a.Alert)
+			isNew, err := s.putAlert(tx, a.Alert, now)
 			if err != nil {
 				return err
 			}
@@ -327,7 +327,13 @@ func alertLastKey(rule, identity string) []byte {
 	return []byte(rule + "\x00" + identity)
 }
 
-func (s *Store) putAlert(tx *bolt.Tx, a visit.Alert) (bool, error) {
+// putAlert stores a new alert and makes it its rule and identity's last
+// alert (alert_last, the cooldown's reference) unless that one was raised
+// later. A last alert stamped after the store's clock now was raised under a
+// wrong clock (a controller that booted in 2038, then NTP): it is replaced,
+// or it would stay the last one, and the cooldown's reference, until the
+// clock caught up with it.
+func (s *Store) putAlert(tx *bolt.Tx, a visit.Alert, now time.Time) (bool, error) {
 	if a.ID == "" {
 		return false, fmt.Errorf("store alert for rule %q: empty id", a.Rule)
 	}
@@ -346,7 +352,7 @@ func (s *Store) putAlert(tx *bolt.Tx, a visit.Alert) (bool, error) {
 	lk := alertLastKey(a.Rule, a.IdentityID)
 	if prev := lb.Get(lk); prev != nil {
 		var p alertLast
-		if json.Unmarshal(prev, &p) == nil && p.Raised.After(a.Raised) {
+		if json.Unmarshal(prev, &p) == nil && p.Raised.After(a.Raised) && !p.Raised.After(now) {
 			return true, nil
 		}
 	}

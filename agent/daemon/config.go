@@ -213,10 +213,10 @@ func (c *Config) fill() {
 	}
 }
 
-// Warnings lists settings that are valid but weaken security; `config
-// check` prints them and the daemon logs them at start.
+// Warnings lists settings that are valid but weaken security or the alert
+// rules; `config check` prints them and the daemon logs them at start.
 func (c Config) Warnings() []string {
-	var w []string
+	w := rules.RetentionWarnings(c.Alerts.Rules, c.Store.Retention)
 	if m := c.Metrics; m.Listen != "" && m.AllowRemote && m.TLS.CertFile == "" && m.TokenFile != "" {
 		w = append(w, fmt.Sprintf("metrics: %s serves the bearer token's endpoints without TLS: anyone on the network path can read the token; set metrics.tls", m.Listen))
 	}

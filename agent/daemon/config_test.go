@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDefaultConfigFileMatchesDefaults(t *testing.T) {
@@ -69,5 +70,18 @@ func TestCheckFilesRefusesWhatRunRefuses(t *testing.T) {
 				t.Errorf("CheckFiles: %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// A rule window longer than store.retention counts less than it says:
+// config check (Warnings) tells it.
+func TestRuleWindowBeyondRetentionWarns(t *testing.T) {
+	c := DefaultConfig()
+	if w := c.Warnings(); len(w) != 0 {
+		t.Fatalf("defaults warn: %q", w)
+	}
+	c.Alerts.Rules[1].Window = 60 * 24 * time.Hour
+	if w := strings.Join(c.Warnings(), "\n"); !strings.Contains(w, `alerts: rule "multiple-cards": window 1440h0m0s is longer than store.retention 720h0m0s`) {
+		t.Errorf("warnings %q", w)
 	}
 }

@@ -7,7 +7,9 @@
 // so re-evaluating never yields a second alert for the same rule, identity
 // and window, and the store writes an alert ID only once. The cooldown stops
 // the same rule and identity from firing again in the next bucket while the
-// condition simply persists.
+// condition simply persists. The semantics an analyst relies on (sliding
+// counts, buckets, cooldowns under clock steps, merges, coalesced cards) are
+// in docs/agent.md, "Alert rules".
 package rules
 
 import (
@@ -42,7 +44,10 @@ type Rule struct {
 	Threshold int           `yaml:"threshold"`
 	Window    time.Duration `yaml:"window"`
 	// Cooldown: after firing for an identity, the rule stays quiet for that
-	// identity this long. 0 means only the once-per-window guarantee.
+	// identity this long. 0 means only the once-per-window guarantee. An
+	// alert stamped more than a cooldown after the evaluation time (a clock
+	// stepped back by more than the cooldown) does not hold the rule quiet
+	// (InCooldown).
 	Cooldown time.Duration `yaml:"cooldown"`
 	// Enabled defaults to true when omitted.
 	Enabled *bool `yaml:"enabled,omitempty"`
@@ -136,6 +141,27 @@ func Validate(rules []Rule) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// RetentionWarnings names the rules that a retention (store.retention)
+// shorter than their window or cooldown quietly weakens: visits and alerts
+// older than the retention are deleted, so such a window counts at most the
+// retention's worth of visits, and such a cooldown ends when its alert is
+// deleted.
+func RetentionWarnings(rules []Rule, retention time.Duration) []string {
+	var w []string
+	for _, r := range rules {
+		if !r.IsEnabled() || retention <= 0 {
+			continue
+		}
+		if r.Window > retention {
+			w = append(w, fmt.Sprintf("alerts: rule %q: window %v is longer than store.retention %v: visits older than the retention are deleted, so it counts at most %v of visits", r.Name, r.Window, retention, retention))
+		}
+		if r.Cooldown > retention {
+			w = append(w, fmt.Sprintf("alerts: rule %q: cooldown %v is longer than store.retention %v: the alert it waits on is deleted after %v, and the rule may fire again then", r.Name, r.Cooldown, retention, retention))
+		}
+	}
+	return w
 }
 
 // History is what rules need to know about the past. Visits returned need
@@ -246,13 +272,21 @@ func (e *Engine) Evaluate(ctx context.Context, now time.Time, v visit.Visit, h H
 			if !x.Time.After(since) || x.Time.After(now) {
 				continue
 			}
+			n := 1
 			if r.Kind == KindDistinctCards {
-				if x.Context.CardHash == "" || cards[x.Context.CardHash] {
+				// Every card of the visit, coalesced ones included.
+				n = 0
+				for _, h := range x.Context.Cards() {
+					if !cards[h] {
+						cards[h] = true
+						n++
+					}
+				}
+				if n == 0 {
 					continue
 				}
-				cards[x.Context.CardHash] = true
 			}
-			count++
+			count += n
 			if first.IsZero() || x.Time.Before(first) {
 				first = x.Time
 			}
@@ -268,7 +302,7 @@ func (e *Engine) Evaluate(ctx context.Context, now time.Time, v visit.Visit, h H
 			if err != nil {
 				return nil, fmt.Errorf("evaluate alert rule %q: last alert: %w", r.Name, err)
 			}
-			if ok && now.Sub(at) < r.Cooldown {
+			if ok && InCooldown(now, at, r.Cooldown) {
 				continue
 			}
 		}
@@ -290,6 +324,19 @@ func (e *Engine) Evaluate(ctx context.Context, now time.Time, v visit.Visit, h H
 		})
 	}
 	return alerts, nil
+}
+
+// InCooldown reports whether an alert raised at `at` keeps a rule with
+// this cooldown quiet at now. It does while |now - at| < cooldown: an alert
+// stamped up to a cooldown after now (the clock was stepped back, e.g. by
+// NTP, or a replayed trigger is evaluated at its own time) still holds the
+// rule quiet, but one stamped further ahead was raised under a wrong clock
+// (a controller that booted in 2038) and no longer silences the rule: before,
+// such an alert silenced its rule and identity until the clock caught up,
+// years later.
+func InCooldown(now, at time.Time, cooldown time.Duration) bool {
+	d := now.Sub(at)
+	return d < cooldown && d > -cooldown
 }
 
 // WindowStart aligns t down to a multiple of window since the Unix epoch:

@@ -307,3 +307,103 @@ func TestWithStore(t *testing.T) {
 		t.Errorf("outbox holds %d alert messages, want 2", n)
 	}
 }
+
+// TestCooldownAfterClockStepBack: a controller that booted with its clock
+// in 2038 raised an alert; NTP then set the clock right. Before, that alert
+// stayed the rule's last one (the store keeps the latest Raised) and
+// now-at < cooldown held for 13 years: the rule never fired again for that
+// identity (or, device-wide, at all). A small step back (less than the
+// cooldown) still holds the rule quiet.
+func TestCooldownAfterClockStepBack(t *testing.T) {
+	ctx := context.Background()
+	clock := time.Date(2038, 1, 19, 3, 0, 0, 0, time.UTC)
+	s, err := store.Open(filepath.Join(t.TempDir(), "a.db"), store.Options{Now: func() time.Time { return clock }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	e, err := rules.New([]rules.Rule{
+		{Name: "v3", Kind: rules.KindVisits, Threshold: 3, Window: time.Hour, Cooldown: time.Hour},
+		{Name: "f2", Kind: rules.KindFaceless, Threshold: 2, Window: time.Hour, Cooldown: time.Hour},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	visitAt := func(at time.Time, identity string, outcome visit.Outcome) []string {
+		t.Helper()
+		clock = at
+		n++
+		v := visit.Visit{ID: fmt.Sprint("v", n), Time: at, IdentityID: identity, Descriptor: visit.Descriptor{Outcome: outcome}}
+		as, err := e.Evaluate(ctx, v.Time, v, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := record.Commit{Visit: &v}
+		if identity != "" {
+			c.Identities = []record.Identity{{ID: identity}}
+		}
+		for _, a := range as {
+			c.Alerts = append(c.Alerts, record.NewAlert{Alert: a})
+		}
+		res, err := s.CommitVisit(ctx, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fired []string
+		for _, a := range as {
+			if slices.Contains(res.NewAlerts, a.ID) {
+				fired = append(fired, a.Rule)
+			}
+		}
+		return fired
+	}
+	burst := func(from time.Time, k int) (fired []string) {
+		for i := range k {
+			fired = append(fired, visitAt(from.Add(time.Duration(i)*time.Minute), "A", visit.FaceFound)...)
+			fired = append(fired, visitAt(from.Add(time.Duration(i)*time.Minute+time.Second), "", visit.NoFace)...)
+		}
+		return fired
+	}
+	if got := burst(clock, 3); !slices.Equal(got, []string{"f2", "v3"}) {
+		t.Fatalf("under the 2038 clock: fired %v", got)
+	}
+	// NTP sets the clock back to 2025.
+	if got := burst(t0.Add(5*time.Minute), 3); !slices.Equal(got, []string{"f2", "v3"}) {
+		t.Errorf("after the clock was set right: fired %v, want both rules again", got)
+	}
+	// Next window bucket, still within the cooldown of the 08:06 alerts:
+	// the 2038 alerts must not hide them.
+	if got := burst(t0.Add(62*time.Minute), 3); len(got) != 0 {
+		t.Errorf("within the cooldown of the real alerts: fired %v", got)
+	}
+	// A step back smaller than the cooldown still holds the rule quiet.
+	if got := burst(t0.Add(3*time.Hour), 3); !slices.Equal(got, []string{"f2", "v3"}) {
+		t.Errorf("at 11:00: fired %v", got)
+	}
+	if got := burst(t0.Add(2*time.Hour+40*time.Minute), 3); len(got) != 0 {
+		t.Errorf("after a 22 min step back: fired %v", got)
+	}
+	if !rules.InCooldown(t0, t0.Add(59*time.Minute), time.Hour) || rules.InCooldown(t0, t0.Add(61*time.Minute), time.Hour) ||
+		!rules.InCooldown(t0.Add(59*time.Minute), t0, time.Hour) || rules.InCooldown(t0.Add(time.Hour), t0, time.Hour) {
+		t.Error("InCooldown bounds")
+	}
+}
+
+// TestRetentionWarnings: a window or cooldown longer than the retention is
+// valid but counts less (or waits less) than it says: config check warns.
+func TestRetentionWarnings(t *testing.T) {
+	rs := []rules.Rule{
+		{Name: "ok", Kind: rules.KindVisits, Threshold: 2, Window: 24 * time.Hour, Cooldown: 24 * time.Hour},
+		{Name: "long", Kind: rules.KindVisits, Threshold: 2, Window: 60 * 24 * time.Hour, Cooldown: 90 * 24 * time.Hour},
+		{Name: "off", Kind: rules.KindVisits, Threshold: 2, Window: 60 * 24 * time.Hour, Enabled: boolp(false)},
+	}
+	w := rules.RetentionWarnings(rs, 30*24*time.Hour)
+	if len(w) != 2 || !strings.Contains(w[0], `rule "long": window 1440h0m0s is longer than store.retention 720h0m0s`) ||
+		!strings.Contains(w[1], `rule "long": cooldown`) {
+		t.Errorf("warnings %q", w)
+	}
+	if w := rules.RetentionWarnings(rules.DefaultRules(), 30*24*time.Hour); len(w) != 0 {
+		t.Errorf("default rules: %q", w)
+	}
+}

@@ -7,6 +7,7 @@ package visit
 import (
 	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -100,6 +101,27 @@ type Context struct {
 	// kept with the visit so that their retries after a restart are still
 	// answered with this visit's id.
 	Coalesced []string `json:"coalesced_txn_ids,omitempty"`
+	// CoalescedCards are the card hashes of later triggers folded into
+	// this visit that differ from CardHash (another card inserted while the
+	// visit was queued), at most MaxCoalesced. They count for the
+	// distinct-cards rules and summaries like CardHash: before, only the
+	// first card hash was kept and the others were lost.
+	CoalescedCards []string `json:"coalesced_card_hashes,omitempty"`
+}
+
+// Cards returns the distinct card hashes of the visit: CardHash, then the
+// coalesced ones.
+func (c Context) Cards() []string {
+	var out []string
+	if c.CardHash != "" {
+		out = append(out, c.CardHash)
+	}
+	for _, h := range c.CoalescedCards {
+		if h != "" && !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 // MaxCoalesced bounds Context.Coalesced: a flood of triggers cannot grow a
