@@ -39,6 +39,7 @@ type fakeCamera struct {
 	gate   chan struct{}
 	calls  chan struct{} // receives on every Burst start, when set
 	fail   bool
+	short  bool // the frame comes with an error: the camera failed mid-burst
 	// onBurst, when set, runs at every Burst start (before gate).
 	onBurst func()
 }
@@ -64,7 +65,11 @@ func (c *fakeCamera) Burst(ctx context.Context) ([]visit.Frame, error) {
 	}
 	i := c.next % len(c.scenes)
 	c.next++
-	return []visit.Frame{{W: 1, H: 1, BGR: []byte{byte(i), 0, 0}, Time: time.Now()}}, nil
+	f := []visit.Frame{{W: 1, H: 1, BGR: []byte{byte(i), 0, 0}, Time: time.Now()}}
+	if c.short {
+		return f, errors.New("camera burst: 1 of 5 frames: device unplugged")
+	}
+	return f, nil
 }
 
 func (c *fakeCamera) push(s ...scene) {
@@ -805,5 +810,39 @@ func TestIdleAgentDoesNotSpin(t *testing.T) {
 	t.Logf("idle for %v: %v of CPU", wall.Round(time.Millisecond), used)
 	if used > wall/5 {
 		t.Errorf("an idle agent used %v of CPU in %v: its worker does not block", used, wall.Round(time.Millisecond))
+	}
+}
+
+// A camera that drops out mid-burst (unplugged, re-enumerated): the frames
+// it gave before failing show no face. Such visits are camera_error, not
+// noface, and raise no faceless alert; a short burst that did show a face
+// is still a face visit. Before, every one was noface and the third raised
+// a faceless alert.
+func TestShortBurstWithoutFaceIsCameraError(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	h.cam.mu.Lock()
+	h.cam.short = true
+	h.cam.mu.Unlock()
+	for range 4 {
+		h.visit(scene{noface: true}, time.Minute, visit.Context{})
+	}
+	h.visit(scene{angle: 10}, time.Minute, visit.Context{})
+	vs := h.visits()
+	if len(vs) != 5 {
+		t.Fatalf("stored %d visits, want 5", len(vs))
+	}
+	for _, v := range vs[:4] {
+		if v.Outcome != visit.CameraError || v.Frames != 1 {
+			t.Errorf("short faceless burst stored as %v (%d frames), want camera_error", v.Outcome, v.Frames)
+		}
+	}
+	if vs[4].Outcome != visit.FaceFound {
+		t.Errorf("short burst with a face stored as %v", vs[4].Outcome)
+	}
+	if ob := h.outbox(); len(ob) != 0 {
+		t.Errorf("outbox %d messages, want no faceless alert", len(ob))
+	}
+	if s := h.ag.Stats(); s.Visits[visit.CameraError] != 4 || s.Visits[visit.NoFace] != 0 {
+		t.Errorf("counted %v", s.Visits)
 	}
 }

@@ -59,7 +59,8 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 	}
 
 	t := time.Now()
-	frames, err := a.d.Camera.Burst(ctx)
+	frames, burstErr := a.d.Camera.Burst(ctx)
+	err := burstErr
 	st.Burst = time.Since(t)
 	if err != nil && len(frames) == 0 {
 		a.log.Warn("visit: camera gave no frames", "visit", v.ID, "err", err)
@@ -73,6 +74,16 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 		st.Perceive = time.Since(t)
 		if err != nil {
 			a.log.Error("visit: perception failed", "visit", v.ID, "err", err)
+			desc = visit.Descriptor{Outcome: visit.CameraError, Model: a.d.Model, Frames: len(frames)}
+		}
+		if burstErr != nil && desc.Outcome != visit.FaceFound && desc.Outcome != visit.CameraError {
+			// The camera failed part way (unplugged mid-burst): the frames
+			// it gave show no usable face, but the frames it did not give
+			// might have. Before, such a visit was stored as noface or
+			// lowquality and counted for the faceless rules: a camera
+			// dropping out under customers raised faceless alerts.
+			a.log.Warn("visit: short burst without a usable face; stored as camera_error", "visit", v.ID,
+				"frames", len(frames), "perceived", desc.Outcome.String())
 			desc = visit.Descriptor{Outcome: visit.CameraError, Model: a.d.Model, Frames: len(frames)}
 		}
 		v.Descriptor = desc

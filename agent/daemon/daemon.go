@@ -66,6 +66,7 @@ type Daemon struct {
 	em      *models.Model
 	st      *store.Store
 	cam     *camera.Camera // nil when Options.Camera is set
+	gpio    *trigger.GPIO  // nil without trigger.gpio
 	ag      *agent.Agent
 	pub     *mqttsync.Publisher // nil without MQTT
 	m       *metrics
@@ -181,10 +182,11 @@ func (d *Daemon) newAgent() error {
 	if err != nil {
 		return err
 	}
-	sources, err := newSources(d.cfg.Trigger, d.log, d.seedTxnIDs)
+	sources, gp, err := newSources(d.cfg.Trigger, d.log, d.seedTxnIDs)
 	if err != nil {
 		return err
 	}
+	d.gpio = gp
 	var ruleNames []string
 	for _, r := range d.cfg.Alerts.Rules {
 		ruleNames = append(ruleNames, r.Name)

@@ -100,6 +100,13 @@ func (d *Daemon) healthReasons() (camera.Health, []string) {
 			reasons = append(reasons, "store: "+err.Error())
 		}
 	}
+	// A card-insert line that is not armed: the HTTP trigger still works,
+	// but card inserts on the line start no visit.
+	if d.gpio != nil {
+		if err := d.gpio.Err(); err != nil {
+			reasons = append(reasons, "trigger: "+err.Error())
+		}
+	}
 	// An injected camera (Options.Camera: the demo's simulator) is not
 	// supervised here and the status lists no camera. Before, its zero
 	// Health read as StateDown: such a daemon said "camera: down"
@@ -109,6 +116,9 @@ func (d *Daemon) healthReasons() (camera.Health, []string) {
 		h = d.cam.Health()
 		if h.State == camera.StateDown {
 			reasons = append(reasons, "camera: down")
+		}
+		if h.FrameFault != "" {
+			reasons = append(reasons, "camera: "+h.FrameFault+"; visits are stored as camera_error")
 		}
 	}
 	return h, reasons

@@ -63,37 +63,42 @@ type cameraBurst struct{ c *camera.Camera }
 func (c cameraBurst) Burst(ctx context.Context) ([]visit.Frame, error) { return c.c.Burst(ctx, 0, -1) }
 
 // newSources builds the enabled trigger sources (the HTTP one listening,
-// after seed has given it what it must remember from before a restart).
-func newSources(cfg TriggerConfig, log *slog.Logger, seed func(*trigger.HTTP)) ([]agent.Source, error) {
-	var sources []agent.Source
+// after seed has given it what it must remember from before a restart),
+// and returns the GPIO source too (nil when off) for the health check.
+func newSources(cfg TriggerConfig, log *slog.Logger, seed func(*trigger.HTTP)) ([]agent.Source, *trigger.GPIO, error) {
+	var (
+		sources []agent.Source
+		gp      *trigger.GPIO
+	)
 	if g := cfg.GPIO; g.Enabled {
 		s, err := trigger.NewGPIO(g.GPIOConfig, log.With("component", "gpio"))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+		gp = s
 		sources = append(sources, triggerSource{s.Run})
 	}
 	if h := cfg.HTTP; h.Enabled {
 		s, err := trigger.NewHTTP(h.HTTPConfig, log.With("component", "trigger-http"))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if seed != nil {
 			seed(s)
 		}
 		if err := s.Listen(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		sources = append(sources, httpSource{s})
 	}
 	if r := cfg.Replay; r.Enabled {
 		s, err := trigger.NewReplay(r.ReplayConfig, log.With("component", "replay"))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		sources = append(sources, newReplaySource(s, r.ReplayConfig))
 	}
-	return sources, nil
+	return sources, gp, nil
 }
 
 // triggerSource adapts a hal/trigger source (which sends on a channel) to

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -32,7 +33,11 @@ func (d flakyDevice) Read() (camera.Frame, error) {
 	if d.broken.Load() {
 		return camera.Frame{}, errUnplugged
 	}
-	return camera.Frame{W: 64, H: 48, BGR: make([]byte, 64*48*3), Time: time.Now()}, nil
+	// A live sensor's frames differ and are not one flat colour (a frozen
+	// or blank burst is refused: hal/camera ErrFrozen, ErrBlank).
+	b := make([]byte, 64*48*3)
+	rand.Read(b[:64])
+	return camera.Frame{W: 64, H: 48, BGR: b, Time: time.Now()}, nil
 }
 func (d flakyDevice) Grab() error  { _, err := d.Read(); return err }
 func (d flakyDevice) Close() error { return nil }

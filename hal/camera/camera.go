@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"sync"
 	"time"
@@ -53,7 +54,21 @@ var (
 	ErrStall       = errors.New("camera read stalled")
 	ErrEndOfStream = errors.New("end of replay stream")
 	ErrNotRunning  = errors.New("camera not running")
+	// ErrFrozen: a V4L2 device returned the same image, byte for byte,
+	// for every frame of a burst (or a one-frame burst the same image as
+	// the last burst). A live sensor never does (its noise alone changes
+	// the bytes); a wedged driver or a camera that lost its sensor does.
+	ErrFrozen = errors.New("frames frozen (the same image, byte for byte)")
+	// ErrBlank: every frame of a burst from a device or stream is one flat
+	// colour (a dead sensor, a "no signal" picture). A lens covered by
+	// hand or tape still shows sensor noise and is not blank: that visit
+	// is perceived (and is faceless).
+	ErrBlank = errors.New("frames blank (one flat colour)")
 )
+
+// blankRange is the largest spread of byte values (over every pixel and
+// channel) that still makes a frame one flat colour.
+const blankRange = 3
 
 // State is the camera's health state.
 type State uint8
@@ -92,7 +107,12 @@ type Health struct {
 	Frames              uint64    `json:"frames"`               // frames delivered
 	LastFrame           time.Time `json:"last_frame,omitzero"`
 	LastError           string    `json:"last_error,omitempty"`
-	NextOpen            time.Time `json:"next_open,omitzero"` // when down: next reopen attempt
+	// FrameFault says why the last burst's frames were refused (ErrFrozen,
+	// ErrBlank); "" once a burst is good again. The daemon's /healthz
+	// lists it: such frames would otherwise become noface visits (or, a
+	// frozen face, the same identity on every card) without a word.
+	FrameFault string    `json:"frame_fault,omitempty"`
+	NextOpen   time.Time `json:"next_open,omitzero"` // when down: next reopen attempt
 }
 
 // Camera is a burst-capable camera. Create with New, drive with Run.
@@ -118,6 +138,8 @@ type Camera struct {
 	lastAttempt time.Time
 	attempts    uint64
 	eos         bool
+	seed        maphash.Seed
+	lastHash    uint64 // of the last frame of the last accepted burst (devices)
 }
 
 type burstReq struct {
@@ -154,6 +176,7 @@ func New(cfg Config, open OpenFunc, log *slog.Logger) (*Camera, error) {
 		running: make(chan struct{}),
 		stopped: make(chan struct{}),
 		backoff: cfg.ReopenMin,
+		seed:    maphash.MakeSeed(),
 	}
 	c.h.Kind = ResolveKind(cfg)
 	c.h.LastError = "not opened yet"
@@ -471,10 +494,92 @@ func (c *Camera) burst(runCtx context.Context, req burstReq) ([]Frame, error) {
 		}
 		frames = append(frames, f)
 	}
+	if err := c.checkFrames(kind, frames); err != nil {
+		return nil, fmt.Errorf("camera burst: %d frames refused: %w", len(frames), err)
+	}
 	if len(frames) < req.n {
 		return frames, fmt.Errorf("camera burst: %d of %d frames: %w", len(frames), req.n, lastErr)
 	}
 	return frames, nil
+}
+
+// checkFrames refuses a burst from a device or stream whose frames are all
+// blank, or (devices only) all the same image: such a burst says nothing
+// about who stood at the ATM, so the visit is a camera_error, not noface
+// (and not a match of the frozen face). A frozen device is reopened.
+// Replays (files, image directories) may repeat an image and are not
+// checked; streams are not checked for frozen frames (an encoder may
+// repeat a still scene exactly).
+func (c *Camera) checkFrames(kind string, frames []Frame) error {
+	if len(frames) == 0 || (kind != KindDevice && kind != KindStream) {
+		return nil
+	}
+	var fault error
+	blank := true
+	for _, f := range frames {
+		if !isBlank(f.BGR) {
+			blank = false
+			break
+		}
+	}
+	if blank {
+		fault = ErrBlank
+	} else if kind == KindDevice {
+		h0 := c.hash(frames[0])
+		same := len(frames) > 1 || h0 == c.lastHash
+		for _, f := range frames[1:] {
+			if !same {
+				break
+			}
+			same = c.hash(f) == h0
+		}
+		if same {
+			fault = ErrFrozen
+		}
+		c.lastHash = c.hash(frames[len(frames)-1])
+	}
+	if fault == nil {
+		c.update(func(h *Health) { h.FrameFault = "" })
+		return nil
+	}
+	c.log.Warn("camera frames refused", "source", c.name(), "frames", len(frames), "err", fault)
+	c.update(func(h *Health) {
+		h.FrameFault = fault.Error()
+		h.LastError = fault.Error()
+		if h.State == StateOK {
+			h.State = StateDegraded
+		}
+	})
+	if errors.Is(fault, ErrFrozen) && c.sess != nil {
+		c.closeSession()
+		c.lastHash = 0
+		c.openFailed(fault)
+	}
+	return fault
+}
+
+func (c *Camera) hash(f Frame) uint64 {
+	var h maphash.Hash
+	h.SetSeed(c.seed)
+	fmt.Fprintf(&h, "%dx%d|", f.W, f.H)
+	h.Write(f.BGR)
+	return h.Sum64()
+}
+
+// isBlank reports whether every byte of b lies within blankRange of the
+// others (it stops at the first byte that does not).
+func isBlank(b []byte) bool {
+	if len(b) == 0 {
+		return true
+	}
+	lo, hi := b[0], b[0]
+	for _, v := range b {
+		lo, hi = min(lo, v), max(hi, v)
+		if hi-lo > blankRange {
+			return false
+		}
+	}
+	return true
 }
 
 func sleepUntil(ctx context.Context, at time.Time) error {

@@ -85,7 +85,8 @@ func (d *fakeDevice) Read() (Frame, error) {
 	if failAt > 0 && n >= failAt {
 		return Frame{}, errors.New("read frame: no frame from device")
 	}
-	return Frame{W: 2, H: 1, BGR: make([]byte, 6)}, nil
+	// A live sensor: every frame differs (noise) and is not one flat colour.
+	return Frame{W: 2, H: 1, BGR: []byte{byte(n), byte(n >> 8), 200, 10, 90, 30}}, nil
 }
 
 func (d *fakeDevice) Grab() error {

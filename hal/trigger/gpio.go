@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
@@ -108,13 +109,40 @@ func parsePull(s string) (gpio.Pull, error) {
 }
 
 // GPIO emits an visit.Trigger on each debounced card-insert edge.
+//
+// A line that cannot be had (chip or pin not found, configuring it fails)
+// or that stops working (every wait for an edge fails at once: the chip was
+// removed) is not fatal: Run logs it, reports it through Err (the daemon's
+// /healthz lists it), and tries again with backoff, so the agent and its
+// other triggers (the ATM application's HTTP endpoint) keep running.
+// Before, Run returned the error, the agent exited with it and systemd
+// restarted it every 5 s for as long as the chip was missing, taking the
+// HTTP trigger down with it; a chip removed under the running agent made
+// the edge loop spin on a core.
 type GPIO struct {
-	cfg   GPIOConfig
-	log   *slog.Logger
-	pin   gpio.PinIn
-	clock Clock
+	cfg    GPIOConfig
+	log    *slog.Logger
+	pin    gpio.PinIn
+	lookup func() (gpio.PinIn, error)
+	clock  Clock
 	counters
+
+	// retryMin and retryMax bound the backoff between attempts to arm
+	// the line after a failure.
+	retryMin, retryMax time.Duration
+
+	errMu sync.Mutex
+	err   error // why the line is not armed; nil when it is
 }
+
+// GPIO backoff between attempts to arm a line that failed.
+const (
+	gpioRetryMin = time.Second
+	gpioRetryMax = time.Minute
+	// gpioFastFails waits for an edge in a row that fail at once (in under
+	// a quarter of WaitTimeout, with no edge) mean the line is gone.
+	gpioFastFails = 20
+)
 
 // GPIOOption customises a GPIO source.
 type GPIOOption func(*GPIO)
@@ -128,7 +156,8 @@ func WithGPIOClock(c Clock) GPIOOption { return func(g *GPIO) { g.clock = c } }
 // NewGPIO validates cfg (zero fields take defaults). The pin is looked up by
 // Run unless given with WithPin.
 func NewGPIO(cfg GPIOConfig, log *slog.Logger, opts ...GPIOOption) (*GPIO, error) {
-	g := &GPIO{cfg: cfg.withDefaults(), log: log, clock: RealClock}
+	g := &GPIO{cfg: cfg.withDefaults(), log: log, clock: RealClock, retryMin: gpioRetryMin, retryMax: gpioRetryMax}
+	g.lookup = g.lookupPin
 	for _, o := range opts {
 		o(g)
 	}
@@ -147,6 +176,20 @@ func NewGPIO(cfg GPIOConfig, log *slog.Logger, opts ...GPIOOption) (*GPIO, error
 
 // Stats returns accepted and dropped event counts.
 func (g *GPIO) Stats() Stats { return g.stats() }
+
+// Err says why the line is not armed (not found, configuring it failed, it
+// stopped answering), or nil once Run has armed it.
+func (g *GPIO) Err() error {
+	g.errMu.Lock()
+	defer g.errMu.Unlock()
+	return g.err
+}
+
+func (g *GPIO) setErr(err error) {
+	g.errMu.Lock()
+	g.err = err
+	g.errMu.Unlock()
+}
 
 // lookupPin finds the configured pin through periph's host drivers.
 func (g *GPIO) lookupPin() (gpio.PinIn, error) {
@@ -173,12 +216,45 @@ func (g *GPIO) lookupPin() (gpio.PinIn, error) {
 
 // Run configures the pin and emits events until ctx is done. Each
 // WaitForEdge is bounded by WaitTimeout; events never block (see Stats).
+// A line that cannot be armed, or that fails once armed, is retried with
+// backoff (see GPIO); Run returns nil when ctx is done and never an error
+// of the line.
 func (g *GPIO) Run(ctx context.Context, out chan<- visit.Trigger) error {
+	g.setErr(errors.New("gpio: not armed yet"))
+	backoff := g.retryMin
+	for {
+		armed, err := g.runLine(ctx, out)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if armed {
+			backoff = g.retryMin
+		}
+		g.setErr(err)
+		g.log.Error("gpio trigger unavailable; other triggers still work; retrying", "err", err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(2*backoff, g.retryMax)
+	}
+}
+
+// runLine looks the pin up, arms it and emits its events until ctx is done
+// (nil) or the line fails (the error). armed says whether it got that far.
+func (g *GPIO) runLine(ctx context.Context, out chan<- visit.Trigger) (armed bool, err error) {
 	pin := g.pin
 	if pin == nil {
-		p, err := g.lookupPin()
+		p, err := g.lookup()
 		if err != nil {
-			return err
+			if strings.Contains(err.Error(), "not found") {
+				// periph scans the chips once per process (host.Init).
+				err = fmt.Errorf("%w (a chip that appears later is seen after a restart of the agent)", err)
+			}
+			return false, err
 		}
 		pin = p
 	}
@@ -191,7 +267,7 @@ func (g *GPIO) Run(ctx context.Context, out chan<- visit.Trigger) error {
 		phys = gpio.RisingEdge + gpio.FallingEdge - want
 	}
 	if err := pin.In(pull, phys); err != nil {
-		return fmt.Errorf("gpio: configure %s for %s edges: %w", pin, phys, err)
+		return false, fmt.Errorf("gpio: configure %s for %s edges: %w", pin, phys, err)
 	}
 	defer func() {
 		if err := pin.In(pull, gpio.NoEdge); err != nil {
@@ -200,20 +276,35 @@ func (g *GPIO) Run(ctx context.Context, out chan<- visit.Trigger) error {
 	}()
 	active := func() bool { return bool(pin.Read()) != g.cfg.ActiveLow }
 	stable := active()
+	g.setErr(nil)
 	g.log.Info("gpio trigger armed", "pin", pin.String(), "edge", g.cfg.Edge, "active_low", g.cfg.ActiveLow)
+	fastFails := 0
 	for {
 		if ctx.Err() != nil {
-			return nil
+			return true, nil
 		}
+		t0 := time.Now()
 		if !pin.WaitForEdge(g.cfg.WaitTimeout) {
+			// A wait that times out took WaitTimeout; one that fails at
+			// once is a read error (periph hides it): ENODEV after the
+			// chip went away. Looping on it would spin on a core.
+			if time.Since(t0) >= g.cfg.WaitTimeout/4 {
+				fastFails = 0
+				continue
+			}
+			if fastFails++; fastFails >= gpioFastFails {
+				return true, fmt.Errorf("gpio: %s: waiting for an edge fails at once (%d times in a row): line or chip gone", pin, fastFails)
+			}
+			time.Sleep(g.cfg.WaitTimeout / 4)
 			continue
 		}
+		fastFails = 0
 		// Debounce: wait until the line has been quiet for Debounce. Each
 		// wait is bounded; a chattering line still lets ctx through.
 		if g.cfg.Debounce > 0 {
 			for pin.WaitForEdge(g.cfg.Debounce) {
 				if ctx.Err() != nil {
-					return nil
+					return true, nil
 				}
 			}
 		}

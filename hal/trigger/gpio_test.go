@@ -193,13 +193,15 @@ func TestGPIOConfigValidate(t *testing.T) {
 	}
 }
 
+// A pin that does not exist (the real periph lookup) is not fatal: Run
+// keeps going, says why through Err, and returns nil when stopped. Before,
+// Run returned the error and the agent exited with it.
 func TestGPIOMissingPin(t *testing.T) {
 	g, err := NewGPIO(GPIOConfig{Pin: "NO_SUCH_PIN_42"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = g.Run(context.Background(), make(chan visit.Trigger, 1))
-	if err == nil {
-		t.Fatal("Run with a missing pin returned nil")
-	}
+	stop := runGPIO(t, g, make(chan visit.Trigger, 1))
+	waitErr(t, g, "not found")
+	stop()
 }
