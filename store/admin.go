@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -453,6 +454,9 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 	if err != nil {
 		return fmt.Errorf("compact: %w", err)
 	}
+	if err := roomFor(filepath.Dir(dst), was.Size()); err != nil {
+		return fmt.Errorf("compact: %w", err)
+	}
 	out, err := bolt.Open(tmp, defaultOpenFileMode, &bolt.Options{Timeout: s.opts.Timeout})
 	if err != nil {
 		return fmt.Errorf("compact: create %q: %w", tmp, err)
@@ -660,4 +664,27 @@ func (s *Store) Rekey(ctx context.Context, newKey []byte) (int, error) {
 		return n, fmt.Errorf("rekey: %d templates sealed with the new key, but compacting failed (copies under the old key remain in free pages; run atm-agent db compact with the new key): %w", n, err)
 	}
 	return n, nil
+}
+
+// CompactReserve is the free space a compaction leaves on the file system
+// beyond its copy: the store's disk is the ATM controller's, and the ATM
+// application must not find it full because the agent compacted.
+const CompactReserve = 16 << 20
+
+// ErrNoRoom: a compaction would leave less than CompactReserve free.
+var ErrNoRoom = errors.New("not enough free space")
+
+// roomFor checks that dir's file system can take a copy of size bytes (the
+// compacted file is at most the old one's size) and keep CompactReserve
+// free.
+func roomFor(dir string, size int64) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return nil // not knowable: the write itself reports a full disk
+	}
+	free := uint64(st.Bavail) * uint64(st.Bsize)
+	if need := uint64(size) + CompactReserve; free < need {
+		return fmt.Errorf("%w in %s for a copy of the store: %d MiB free, %d MiB needed (the %d MiB file and %d MiB left for the rest of the system); not compacted", ErrNoRoom, dir, free>>20, (need+1<<20-1)>>20, (size+1<<20-1)>>20, CompactReserve>>20)
+	}
+	return nil
 }
