@@ -23,7 +23,7 @@ func TestUnitVerifies(t *testing.T) {
 	}
 	for _, want := range []string{"Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=atm-agent",
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "DevicePolicy=closed", "DeviceAllow=char-video4linux",
-		"DeviceAllow=char-gpiochip", "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "User=atm-agent", "LimitCORE=0", "UMask=0077", "CPUWeight=20", "IOWeight=20", "OOMScoreAdjust=500"} {
+		"DeviceAllow=char-gpiochip", "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "User=atm-agent", "LimitCORE=0", "UMask=0077", "CPUWeight=20", "IOWeight=20", "OOMScoreAdjust=500", "After=network-online.target time-sync.target"} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %q", want)
 		}
