@@ -496,7 +496,19 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 		os.Remove(tmp)
 	}
 	if inPlace {
-		db, f, err := s.openDB(s.path)
+		// Between the close and this open the file is unlocked: another
+		// process (an operator's `db export`) may hold it a while. Waiting
+		// for it a few times over keeps the agent's store open; giving up at
+		// the first timeout left it closed until a restart.
+		_ = s.hook("compact reopen")
+		var db *bolt.DB
+		var f *os.File
+		var err error
+		for range compactReopenTries {
+			if db, f, err = s.openDB(s.path); !errors.Is(err, bolt.ErrTimeout) {
+				break
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("compact: reopen: %w", errors.Join(renameErr, err))
 		}
@@ -665,6 +677,11 @@ func (s *Store) Rekey(ctx context.Context, newKey []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// compactReopenTries is how many lock
+// timeouts (store.lock_timeout each) an in-place compaction waits for
+// another process that took the file between its close and reopen.
+const compactReopenTries = 5
 
 // CompactReserve is the free space a compaction leaves on the file system
 // beyond its copy: the store's disk is the ATM controller's, and the ATM
