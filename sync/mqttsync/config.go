@@ -51,6 +51,14 @@ type Config struct {
 	// many unacknowledged publishes may be outstanding.
 	Batch       int `yaml:"batch"`
 	MaxInflight int `yaml:"max_inflight"`
+	// MaxMessageSize is the largest outbox payload published, in bytes:
+	// at most the broker's limit (mosquitto message_size_limit). MQTT 3.1.1
+	// has no way to refuse a message: mosquitto acknowledges a larger one
+	// and drops it, other brokers close the connection on every try. A
+	// larger summary lists fewer identities (the least active move to
+	// identities_omitted); any other larger message is dropped, counted in
+	// Stats.Oversize and logged.
+	MaxMessageSize int `yaml:"max_message_size"`
 	// StatusInterval bounds the age of the retained status and state:
 	// they are republished when they change (checked every second) and at
 	// least this often.
@@ -129,6 +137,7 @@ func DefaultConfig() Config {
 		HistoricalAfter:     30 * time.Second,
 		Batch:               64,
 		MaxInflight:         16,
+		MaxMessageSize:      65536,
 		StatusInterval:      time.Minute,
 		StateWill:           true,
 		HomeAssistant:       HomeAssistantConfig{DiscoveryPrefix: "homeassistant"},
@@ -211,6 +220,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxInflight < 1 || c.MaxInflight > 1000 {
 		return fmt.Errorf("mqtt config: max_inflight %d out of 1..1000", c.MaxInflight)
+	}
+	if c.MaxMessageSize < 4096 || c.MaxMessageSize > 268435455 {
+		return fmt.Errorf("mqtt config: max_message_size %d out of 4096..268435455", c.MaxMessageSize)
 	}
 	if c.HomeAssistant.Enabled {
 		if err := wire.ValidatePrefix(c.HomeAssistant.DiscoveryPrefix); err != nil {

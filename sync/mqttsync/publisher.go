@@ -79,6 +79,14 @@ type Stats struct {
 	// StatusPublished counts retained status messages published (on
 	// connect, on change, at StatusInterval, at shutdown).
 	StatusPublished uint64
+	// Unacked counts outbox publishes of the current connection whose
+	// PUBACK did not come within PublishTimeout. Nothing new is published
+	// on that connection while any waits (see Publisher.unacked).
+	Unacked int
+	// Oversize counts outbox messages larger than MaxMessageSize that
+	// could not be shrunk and were dropped; Trimmed the summaries shrunk
+	// to fit (identities moved to identities_omitted).
+	Oversize, Trimmed uint64
 }
 
 // ErrTimeout is returned when a token did not complete in time.
@@ -114,6 +122,8 @@ type Publisher struct {
 	ran       bool
 
 	connects, published, historical, failed, lastSeq atomic.Uint64
+	unackedN                                         atomic.Int64
+	oversize, trimmed                                atomic.Uint64
 
 	// The retained status and state, serialised by statusMu: the
 	// fingerprint and time of the last one published, and what the state
@@ -126,6 +136,22 @@ type Publisher struct {
 	lastAlert     *wire.StateAlert
 	stateDirty    bool
 	statusPublish atomic.Uint64
+
+	// unacked are outbox publishes of connection unackedConn (the value
+	// of connects) whose PUBACK did not come within PublishTimeout. paho
+	// keeps each one in memory until the broker acknowledges it, so
+	// nothing new is published on that connection while any waits: a
+	// broker that takes publishes but stops acknowledging them would
+	// otherwise collect one more copy of the head of the outbox every
+	// drain round, without bound. A late PUBACK still acks the message in
+	// the outbox. Only the Run goroutine touches them.
+	unacked     []inflight
+	unackedConn uint64
+	// statusWait is a status or state publish of connection
+	// statusWaitConn that timed out: no other is published on that
+	// connection until it completes (same reason). Under statusMu.
+	statusWait     mqtt.Token
+	statusWaitConn uint64
 
 	guard        *commandGuard // nil unless commands are enabled
 	cmdAccepted  atomic.Uint64
@@ -303,7 +329,8 @@ func (p *Publisher) Stats() Stats {
 	s := Stats{Connects: p.connects.Load(), Published: p.published.Load(), Historical: p.historical.Load(),
 		Failed: p.failed.Load(), LastAckedSeq: p.lastSeq.Load(), LastError: p.lastErr,
 		CommandsAccepted: p.cmdAccepted.Load(), CommandsRejected: maps.Clone(p.cmdRejected),
-		StatusPublished: p.statusPublish.Load()}
+		StatusPublished: p.statusPublish.Load(), Unacked: int(p.unackedN.Load()),
+		Oversize: p.oversize.Load(), Trimmed: p.trimmed.Load()}
 	s.Connected = p.client != nil && p.client.IsConnectionOpen()
 	return s
 }
@@ -444,11 +471,30 @@ func (p *Publisher) publishStatus(ctx context.Context, c mqtt.Client, state wire
 	if !changed && !p.stateDirty {
 		return
 	}
+	if w := p.statusWait; w != nil {
+		select {
+		case <-w.Done():
+			p.statusWait = nil
+		default:
+			if p.statusWaitConn == p.connects.Load() && c == p.client {
+				return // the broker has not acknowledged the last one yet
+			}
+			p.statusWait = nil // a new connection: paho resent it under a new token
+		}
+	}
+	publish := func(topic string, b []byte) error {
+		tok := c.Publish(topic, 1, true, b)
+		err := waitToken(ctx, tok, p.cfg.PublishTimeout)
+		if errors.Is(err, ErrTimeout) && c == p.client {
+			p.statusWait, p.statusWaitConn = tok, p.connects.Load()
+		}
+		return err
+	}
 	var err error
 	if changed {
 		var sb []byte
 		if sb, err = json.Marshal(st); err == nil {
-			err = waitToken(ctx, c.Publish(p.topics.Status(), 1, true, sb), p.cfg.PublishTimeout)
+			err = publish(p.topics.Status(), sb)
 		}
 	}
 	if err == nil {
@@ -456,7 +502,7 @@ func (p *Publisher) publishStatus(ctx context.Context, c mqtt.Client, state wire
 		ds.SchemaVersion, ds.MessageID = wire.StateSchemaVersion, randomID("sd")
 		var b []byte
 		if b, err = json.Marshal(ds); err == nil {
-			err = waitToken(ctx, c.Publish(p.topics.State(), 1, true, b), p.cfg.PublishTimeout)
+			err = publish(p.topics.State(), b)
 		}
 	}
 	if err != nil {
@@ -641,6 +687,13 @@ func (p *Publisher) connectionReady() (connectedAt time.Time, ok bool) {
 // outstanding, and returns the keys the broker acknowledged. complete is
 // false when any publish failed; later messages are then not sent.
 func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage) (acked []uint64, complete bool) {
+	acked, stalled := p.reapUnacked()
+	if stalled {
+		return acked, false
+	}
+	// Those were read from the outbox with the rest: not again.
+	msgs = slices.DeleteFunc(slices.Clone(msgs), func(m visit.OutboxMessage) bool { return slices.Contains(acked, m.Key) })
+	conn := p.connects.Load()
 	var q []inflight
 	complete = true
 	wait := func() {
@@ -651,18 +704,16 @@ func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage
 				p.failed.Add(1)
 				p.setErr(fmt.Errorf("publish seq %d: %w", f.msg.Seq, err))
 			}
+			if errors.Is(err, ErrTimeout) {
+				p.unacked = append(p.unacked, f)
+				p.unackedConn = conn
+				p.unackedN.Store(int64(len(p.unacked)))
+			}
 			complete = false
 			return
 		}
 		acked = append(acked, f.msg.Key)
-		p.published.Add(1)
-		if f.hist {
-			p.historical.Add(1)
-		}
-		if f.msg.Seq > p.lastSeq.Load() {
-			p.lastSeq.Store(f.msg.Seq)
-		}
-		p.sent(f.msg, f.payload)
+		p.delivered(f)
 	}
 	for _, m := range msgs {
 		if !complete || ctx.Err() != nil {
@@ -692,6 +743,26 @@ func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage
 			complete = false
 			break
 		}
+		if len(payload) > p.cfg.MaxMessageSize {
+			// The broker would not forward it (mosquitto acknowledges
+			// and drops it, others close the connection every try).
+			var n int
+			if m.Topic == wire.KindSummary {
+				if fit, dropped, ferr := wire.FitSummary(payload, p.cfg.MaxMessageSize); ferr == nil {
+					p.trimmed.Add(1)
+					p.log.Warn("mqtt: summary larger than max_message_size: least active identities omitted",
+						"seq", m.Seq, "bytes", len(payload), "max_message_size", p.cfg.MaxMessageSize, "omitted", dropped)
+					payload, n = fit, dropped
+				}
+			}
+			if n == 0 {
+				p.oversize.Add(1)
+				p.setErr(fmt.Errorf("outbox seq %d (%s, %d bytes) is larger than max_message_size %d: dropped",
+					m.Seq, m.Kind, len(payload), p.cfg.MaxMessageSize))
+				acked = append(acked, m.Key)
+				continue
+			}
+		}
 		// The last summary is retained: a dashboard that (re)subscribes
 		// gets the present at once. Key order makes the newest one last.
 		retain := m.Topic == wire.KindSummary
@@ -704,6 +775,48 @@ func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage
 		wait()
 	}
 	return acked, complete
+}
+
+// delivered records a publish the broker acknowledged.
+func (p *Publisher) delivered(f inflight) {
+	p.published.Add(1)
+	if f.hist {
+		p.historical.Add(1)
+	}
+	if f.msg.Seq > p.lastSeq.Load() {
+		p.lastSeq.Store(f.msg.Seq)
+	}
+	p.sent(f.msg, f.payload)
+}
+
+// reapUnacked returns the keys of unacked publishes whose PUBACK has come
+// since, and whether others still wait on the current connection (then
+// nothing new is published). After a reconnect paho resends what it held
+// under new tokens, so the old ones never complete: they are forgotten and
+// the outbox sends those messages again.
+func (p *Publisher) reapUnacked() (acked []uint64, stalled bool) {
+	defer func() { p.unackedN.Store(int64(len(p.unacked))) }()
+	if len(p.unacked) == 0 {
+		return nil, false
+	}
+	if _, ok := p.connectionReady(); !ok || p.connects.Load() != p.unackedConn {
+		p.unacked = nil
+		return nil, false
+	}
+	keep := p.unacked[:0]
+	for _, f := range p.unacked {
+		select {
+		case <-f.tok.Done():
+			if f.tok.Error() == nil {
+				acked = append(acked, f.msg.Key)
+				p.delivered(f)
+			}
+		default:
+			keep = append(keep, f)
+		}
+	}
+	p.unacked = keep
+	return acked, len(keep) > 0
 }
 
 // waitToken waits for a paho token, bounded by ctx and d.

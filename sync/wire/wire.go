@@ -427,3 +427,55 @@ func ValidateID(s string, max int) error {
 	}
 	return nil
 }
+
+// FitSummary returns a finalised summary payload of at most max bytes:
+// when it is larger, the least active identities (the list is ordered most
+// active first) are moved from "identities" to "identities_omitted" until
+// it fits. dropped is how many were moved; ErrPayload when even an empty
+// list does not fit or the payload is not a summary object.
+func FitSummary(payload []byte, max int) (out []byte, dropped int, err error) {
+	if len(payload) <= max {
+		return payload, 0, nil
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &obj); err != nil || obj == nil {
+		return nil, 0, fmt.Errorf("fit summary: %w: %v", ErrPayload, err)
+	}
+	var ids []json.RawMessage
+	var omitted int
+	if err := json.Unmarshal(obj["identities"], &ids); err != nil {
+		return nil, 0, fmt.Errorf("fit summary: %w: identities: %v", ErrPayload, err)
+	}
+	if raw, ok := obj["identities_omitted"]; ok {
+		if err := json.Unmarshal(raw, &omitted); err != nil {
+			return nil, 0, fmt.Errorf("fit summary: %w: identities_omitted: %v", ErrPayload, err)
+		}
+	}
+	build := func(keep int) ([]byte, error) {
+		list := ids[:keep]
+		if list == nil {
+			list = []json.RawMessage{}
+		}
+		obj["identities"], _ = json.Marshal(list)
+		obj["identities_omitted"], _ = json.Marshal(omitted + len(ids) - keep)
+		return json.Marshal(obj)
+	}
+	// The largest keep that fits: sizes grow with keep.
+	lo, hi := -1, len(ids) // b(lo) fits (or lo == -1), b(hi) does not
+	for hi-lo > 1 {
+		mid := (lo + hi) / 2
+		b, err := build(mid)
+		if err != nil {
+			return nil, 0, fmt.Errorf("fit summary: %w", err)
+		}
+		if len(b) <= max {
+			lo, out = mid, b
+		} else {
+			hi = mid
+		}
+	}
+	if lo < 0 {
+		return nil, 0, fmt.Errorf("fit summary: %w: %d bytes without any identity, limit %d", ErrPayload, len(payload), max)
+	}
+	return out, len(ids) - lo, nil
+}
