@@ -55,15 +55,7 @@ func TestFrozenCameraVisitsAreCameraErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	defer runDaemon(t, d)()
 	waitCond(t, 30*time.Second, "the agent running", func() bool { return d.Agent() != nil && d.cam != nil && d.cam.Health().Frames > 0 })
 	const n = 6
 	for i := range n {

@@ -104,15 +104,7 @@ func TestRetainedStatusFollowsCamera(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	defer runDaemon(t, d)()
 	topic := "atm/test/atm-7/"
 	status := func(kind string) wire.Status {
 		var s wire.Status
@@ -216,5 +208,20 @@ func TestNoFalseDegradedAtStart(t *testing.T) {
 	want := "work loop: no heartbeat since " + d.started.UTC().Format(time.RFC3339)
 	if s.Health != wire.HealthDegraded || !slices.Equal(s.Reasons, []string{want}) {
 		t.Errorf("status of a loop that never beat in an hour: %s %q, want degraded with %q", s.Health, s.Reasons, want)
+	}
+}
+
+// runDaemon runs d until the returned stop is called; stop cancels it and
+// reports Run's error.
+func runDaemon(t *testing.T, d *Daemon) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
 	}
 }
