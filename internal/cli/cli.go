@@ -9,11 +9,14 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -101,12 +104,24 @@ func (a App) withBuiltins() App {
 		return writeMan(env.Stdout, a)
 	}}
 	if _, ok := cmds["version"]; !ok {
-		cmds["version"] = Command{Summary: "print the version", Run: func(_ context.Context, env *Env, args []string) error {
-			fs := NewFlags(env, "version", "version")
+		cmds["version"] = Command{Summary: "print the version (--json: the build, for fleet inventories)", Run: func(_ context.Context, env *Env, args []string) error {
+			fs := NewFlags(env, "version", "version [--json]")
+			asJSON := fs.Bool("json", false, "print name, version, Go version, OS, architecture and the source revision as one JSON object")
 			if err := ParseFlags(fs, args); err != nil {
 				return err
 			}
-			fmt.Fprintf(env.Stdout, "%s %s\n", a.Name, Version)
+			if fs.NArg() != 0 {
+				return fmt.Errorf("%w: version takes no arguments", ErrUsage)
+			}
+			if !*asJSON {
+				fmt.Fprintf(env.Stdout, "%s %s\n", a.Name, Version)
+				return nil
+			}
+			b, err := json.Marshal(buildInfo(a.Name))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "%s\n", b)
 			return nil
 		}}
 	}
@@ -391,4 +406,45 @@ func (c Command) Exec(ctx context.Context, env *Env, args []string) error {
 		return c.Run(ctx, env, args)
 	}
 	return dispatch(ctx, env, App{Name: env.Prog}, env.path, c.Subs, args)
+}
+
+// BuildInfo is what `version --json` prints: enough for a fleet inventory
+// to tell builds apart.
+type BuildInfo struct {
+	Name      string `json:"name"`
+	Version   string `json:"version"`
+	Go        string `json:"go"`
+	OS        string `json:"os"`
+	Arch      string `json:"arch"`
+	Revision  string `json:"vcs_revision,omitempty"`
+	Time      string `json:"vcs_time,omitempty"`
+	Modified  bool   `json:"vcs_modified,omitempty"`
+	Cgo       bool   `json:"cgo"`
+	Static    bool   `json:"static,omitempty"`
+	BuildMode string `json:"build_mode,omitempty"`
+}
+
+func buildInfo(name string) BuildInfo {
+	b := BuildInfo{Name: name, Version: Version, Go: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return b
+	}
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			b.Revision = s.Value
+		case "vcs.time":
+			b.Time = s.Value
+		case "vcs.modified":
+			b.Modified = s.Value == "true"
+		case "CGO_ENABLED":
+			b.Cgo = s.Value == "1"
+		case "-buildmode":
+			b.BuildMode = s.Value
+		case "-ldflags":
+			b.Static = strings.Contains(s.Value, "-static")
+		}
+	}
+	return b
 }

@@ -2,10 +2,12 @@ package cli_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -153,5 +155,28 @@ func TestCompletionZshParses(t *testing.T) {
 	p := script(t, "zsh")
 	if out, err := exec.Command("zsh", "-c", "autoload -U compinit; compinit -u -D; source "+p+"; whence -w _demo_app").CombinedOutput(); err != nil || !strings.Contains(string(out), "function") {
 		t.Fatalf("zsh: %v %s", err, out)
+	}
+}
+
+// `version --json` is one JSON object a fleet inventory can read; plain
+// `version` and `--version` keep their one line.
+func TestVersionJSON(t *testing.T) {
+	var out, errb strings.Builder
+	if code := cli.Run(context.Background(), testApp(), []string{"version", "--json"}, &out, &errb); code != cli.ExitOK {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var b cli.BuildInfo
+	if err := json.Unmarshal([]byte(out.String()), &b); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	if b.Name != "demo-app" || b.Version != cli.Version || b.Go != runtime.Version() || b.OS != runtime.GOOS || b.Arch != runtime.GOARCH {
+		t.Errorf("build info %+v", b)
+	}
+	out.Reset()
+	if code := cli.Run(context.Background(), testApp(), []string{"version"}, &out, &errb); code != cli.ExitOK || out.String() != "demo-app "+cli.Version+"\n" {
+		t.Errorf("plain version: %d %q", code, out.String())
+	}
+	if code := cli.Run(context.Background(), testApp(), []string{"version", "extra"}, &out, &errb); code != cli.ExitUsage {
+		t.Errorf("version extra: exit %d, want usage", code)
 	}
 }
