@@ -38,7 +38,8 @@ import (
 // their sketches prune more impostors.
 
 // ErrStalePlan means the engine changed (retention, removal, restore or
-// another consolidation) after the plan was made: make a new plan.
+// another consolidation) after the plan was made: make a new plan. Removing
+// only visits newer than the plan leaves it valid.
 var ErrStalePlan = errors.New("identity: consolidation plan is stale")
 
 // Plan is a consolidation computed on a snapshot of the engine, to be applied
@@ -57,20 +58,39 @@ func (p *Plan) Visits() int { return len(p.labels) }
 // lock (only a short copy of the membership is taken under it), so Assign is
 // not blocked while it runs. Apply the result with ApplyPlan.
 func (e *Engine) ConsolidatePlan(ctx context.Context) (*Plan, error) {
-	e.mu.Lock()
-	sp, groups, gen := e.planView()
-	e.planning++
-	e.mu.Unlock()
-	defer func() {
-		e.mu.Lock()
-		e.planning--
-		e.mu.Unlock()
-	}()
-	labels, err := sp.consolidate(ctx, groups, e.cfg.Workers)
+	sp, groups := e.beginPlan()
+	defer e.endPlan()
+	labels, err := sp.consolidate(ctx, groups.members, e.cfg.Workers)
 	if err != nil {
 		return nil, fmt.Errorf("consolidate: %w", err)
 	}
-	return &Plan{gen: gen, n: sp.n(), labels: labels}, nil
+	return &Plan{gen: groups.gen, n: sp.n(), labels: labels}, nil
+}
+
+// planGroups is the membership a plan clusters and the generation it was
+// taken at.
+type planGroups struct {
+	members [][]int32
+	gen     uint64
+}
+
+// beginPlan takes a plan's view under the lock and registers it as in
+// flight until endPlan: until then the rows it reads are never rewritten.
+func (e *Engine) beginPlan() (*space, planGroups) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sp, groups, gen := e.planView()
+	e.planning++
+	e.planRead = max(e.planRead, sp.n())
+	return sp, planGroups{groups, gen}
+}
+
+func (e *Engine) endPlan() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.planning--; e.planning == 0 {
+		e.planRead = 0
+	}
 }
 
 // planView copies what a plan reads; e.mu must be held. The embedding and
@@ -87,6 +107,7 @@ func (e *Engine) planView() (*space, [][]int32, uint64) {
 	for w, id := range e.ids {
 		groups[w] = slices.Clone(id.members)
 	}
+	e.planHi = max(e.planHi, n)
 	return &sp, groups, e.gen
 }
 

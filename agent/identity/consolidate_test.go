@@ -2,8 +2,10 @@ package identity
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -270,5 +272,78 @@ func TestConsolidationPrefilterMatchesExact(t *testing.T) {
 		if fast[i] != exact[i] {
 			t.Fatalf("visit %d: %s with the prefilter, %s exact", i, fast[i], exact[i])
 		}
+	}
+}
+
+// The agent removes a new identity at once when its visit is too poor to
+// found one. That visit and its identity are newer than any plan in flight:
+// removing them must not make the plan stale (it did: every low-quality
+// stranger during a consolidation forced a new plan, and after three the
+// consolidation ran under the engine lock, blocking visits).
+func TestRemoveNewerIdentityKeepsPlan(t *testing.T) {
+	s := newSynth(32, 0.05, 12)
+	e := newTestEngine(t, testConfig(), 32)
+	var ps []int
+	for k := 0; k < 6; k++ {
+		ps = append(ps, s.person())
+	}
+	for k := 0; k < 24; k++ {
+		mustAssign(t, e, fmt.Sprint("v", k), t0.Add(time.Duration(k)*time.Minute), s.visitOf(ps[k%6]), visit.Unmasked)
+	}
+	p, err := e.ConsolidatePlan(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAssign(t, e, "kept", t0.Add(time.Hour), s.visitOf(ps[0]), visit.Unmasked)
+	a := mustAssign(t, e, "poor", t0.Add(time.Hour), s.visitOf(s.person()), visit.Unmasked)
+	if !a.New || !e.Remove(a.IdentityID) {
+		t.Fatalf("stranger: %+v", a)
+	}
+	b := mustAssign(t, e, "next", t0.Add(2*time.Hour), s.visitOf(ps[1]), visit.Unmasked)
+	if _, err := e.ApplyPlan(p); err != nil {
+		t.Fatalf("plan after removing a newer identity: %v", err)
+	}
+	for v, want := range map[string]string{"kept": "v0", "next": "v1"} {
+		got, _ := e.IdentityOf(v)
+		if w, _ := e.IdentityOf(want); got != w {
+			t.Fatalf("%s: identity %s, want %s's %s", v, got, want, w)
+		}
+	}
+	if id, _ := e.IdentityOf("next"); id != b.IdentityID {
+		t.Fatalf("next moved from %s to %s", b.IdentityID, id)
+	}
+	// A removal of visits the plan covers still makes it stale.
+	p, err = e.ConsolidatePlan(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.Remove(b.IdentityID) {
+		t.Fatal("remove")
+	}
+	if _, err := e.ApplyPlan(p); !errors.Is(err, ErrStalePlan) {
+		t.Fatalf("plan after removing planned visits: %v, want ErrStalePlan", err)
+	}
+}
+
+// Removing the newest visits while a plan reads the slab, then assigning
+// new ones, must not overwrite rows the plan is reading (it did: the
+// truncation kept the shared backing array and Assign appended into it).
+func TestRemoveTailDuringPlanDoesNotOverwriteView(t *testing.T) {
+	s := newSynth(32, 0.05, 13)
+	e := newTestEngine(t, testConfig(), 32)
+	p, q := s.person(), s.person()
+	for k := 0; k < 4; k++ {
+		mustAssign(t, e, fmt.Sprint("p", k), t0, s.visitOf(p), visit.Unmasked)
+	}
+	a := mustAssign(t, e, "q", t0, s.visitOf(q), visit.Unmasked)
+	sp, _ := e.beginPlan()
+	defer e.endPlan()
+	last := slices.Clone(sp.row(4))
+	if !e.Remove(a.IdentityID) {
+		t.Fatal("remove")
+	}
+	mustAssign(t, e, "r", t0, s.visitOf(s.person()), visit.Unmasked)
+	if !slices.Equal(sp.row(4), last) {
+		t.Fatal("a row the plan reads was overwritten")
 	}
 }

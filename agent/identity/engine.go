@@ -119,9 +119,14 @@ type Engine struct {
 	// retention, removal, restore); a consolidation plan from an older
 	// generation no longer applies.
 	gen uint64
-	// planning counts consolidation plans in flight; while > 0 the slabs
-	// they read are never rewritten in place.
+	// planHi is the most visits a plan of this generation covers: removing
+	// only visits at or past it leaves those plans valid.
+	planHi int
+	// planning counts consolidation plans in flight; planRead is the most
+	// rows they read. Rows below it are never rewritten in place (nor,
+	// after a truncation, by the next Assign) while planning > 0.
 	planning int
+	planRead int
 }
 
 // Option configures an Engine.
@@ -446,37 +451,45 @@ func (e *Engine) Remove(identityID string) bool {
 func (e *Engine) compact(keep func(i int) bool) []string {
 	sp := e.sp
 	n := sp.n()
-	cow := e.planning > 0 // a consolidation plan reads the slabs: rewrite copies
 	remap := make([]int32, n)
-	k := 0
+	k, first := 0, n // first: the first dropped member
 	changed := map[int32]bool{}
 	for i := 0; i < n; i++ {
 		if !keep(i) {
 			remap[i] = -1
 			changed[e.who[i]] = true
+			first = min(first, i)
+			if v := e.vid[i]; v != "" {
+				delete(e.vidx, v)
+			}
 			continue
 		}
 		remap[i] = int32(k)
-		if k != i {
-			if cow {
-				sp.vec, sp.sk, sp.cls = slices.Clone(sp.vec), slices.Clone(sp.sk), slices.Clone(sp.cls)
-				cow = false
-			}
-			copy(sp.vec[k*sp.dim:(k+1)*sp.dim], sp.row(i))
-			copy(sp.sk[k*sketchWords:(k+1)*sketchWords], sp.sketchOf(i))
-			sp.cls[k], e.vid[k], e.tm[k], e.mask[k], e.who[k], e.lnk[k] = sp.cls[i], e.vid[i], e.tm[i], e.mask[i], e.who[i], e.lnk[i]
-		}
 		k++
 	}
 	if k == n {
 		return nil
 	}
-	e.gen++
+	if e.planning > 0 && first < e.planRead {
+		// A plan in flight reads rows from first on: moving rows there, or
+		// truncating so that the next Assign appends there, would write
+		// under it. Copy the slabs.
+		sp.vec, sp.sk, sp.cls = slices.Clone(sp.vec), slices.Clone(sp.sk), slices.Clone(sp.cls)
+	}
+	for i := first; i < n; i++ {
+		if r := int(remap[i]); r >= 0 {
+			copy(sp.vec[r*sp.dim:(r+1)*sp.dim], sp.row(i))
+			copy(sp.sk[r*sketchWords:(r+1)*sketchWords], sp.sketchOf(i))
+			sp.cls[r], e.vid[r], e.tm[r], e.mask[r], e.who[r], e.lnk[r] = sp.cls[i], e.vid[i], e.tm[i], e.mask[i], e.who[i], e.lnk[i]
+		}
+	}
+	if first < e.planHi {
+		e.bumpGen() // visits a plan covers moved or left
+	}
 	sp.vec, sp.sk, sp.cls = sp.vec[:k*sp.dim], sp.sk[:k*sketchWords], sp.cls[:k]
 	e.vid, e.tm, e.mask, e.who, e.lnk = e.vid[:k], e.tm[:k], e.mask[:k], e.who[:k], e.lnk[:k]
-	e.vidx = make(map[string]int32, k)
-	for i, v := range e.vid {
-		if v != "" {
+	for i := first; i < k; i++ {
+		if v := e.vid[i]; v != "" {
 			e.vidx[v] = int32(i)
 		}
 	}
@@ -517,8 +530,14 @@ func (e *Engine) setIdents(ids []*ident) {
 	e.rebuildCentroids()
 }
 
-func (e *Engine) applyLabels(labels []int) []Change {
+// bumpGen makes every consolidation plan made so far stale.
+func (e *Engine) bumpGen() {
 	e.gen++
+	e.planHi = 0
+}
+
+func (e *Engine) applyLabels(labels []int) []Change {
+	e.bumpGen()
 	k := 0
 	for _, l := range labels {
 		k = max(k, l+1)

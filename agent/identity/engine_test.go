@@ -407,3 +407,27 @@ func TestAssignRejectsBadInput(t *testing.T) {
 		t.Fatal("duplicate visit id accepted")
 	}
 }
+
+// A template whose norm is below float32's range of reciprocals (a
+// subnormal-scaled vector) is normalised in float64: it used to become
+// +Inf/NaN (1/norm overflows float32), was accepted and started an identity
+// nothing could ever match.
+func TestAssignTinyNormTemplate(t *testing.T) {
+	s := newSynth(16, 0.02, 9)
+	p := s.person()
+	e := newTestEngine(t, testConfig(), 16)
+	first := mustAssign(t, e, "v1", t0, s.visitOf(p), visit.Unmasked)
+	tiny := s.visitOf(p)
+	for i := range tiny {
+		tiny[i] *= 1e-40
+	}
+	a := mustAssign(t, e, "v2", t0.Add(time.Minute), tiny, visit.Unmasked)
+	if a.IdentityID != first.IdentityID || a.New {
+		t.Fatalf("tiny-norm visit of the same person: %+v, want identity %s", a, first.IdentityID)
+	}
+	for _, x := range e.Snapshot().Members[1].Embedding {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			t.Fatalf("stored embedding has a non-finite value: %v", e.Snapshot().Members[1].Embedding)
+		}
+	}
+}

@@ -98,7 +98,7 @@ func (e *Engine) Restore(s Snapshot) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.sp, e.vid, e.tm, e.mask, e.who, e.vidx, e.seq = sp, vid, tm, mask, who, vidx, seq
-	e.gen++
+	e.bumpGen()
 	e.lnk = make([]bool, n)
 	live := ids[:0]
 	for _, id := range ids {

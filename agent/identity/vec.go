@@ -74,7 +74,16 @@ func appendNormalized(dst, v []float32) ([]float32, error) {
 	if s == 0 {
 		return nil, fmt.Errorf("embedding is all zeros")
 	}
-	inv := float32(1 / math.Sqrt(s))
+	inv64 := 1 / math.Sqrt(s)
+	inv := float32(inv64)
+	if math.IsInf(float64(inv), 0) {
+		// A norm below ~3e-39 (subnormal components): 1/norm overflows
+		// float32 and x*inv would be +Inf or NaN. Scale in float64.
+		for _, x := range v {
+			dst = append(dst, float32(float64(x)*inv64))
+		}
+		return dst, nil
+	}
 	for _, x := range v {
 		dst = append(dst, x*inv)
 	}
