@@ -220,7 +220,25 @@ func (s *Store) purgeIdentity(ctx context.Context, id string) (int, error) {
 		if err := tx.Bucket(bIdentities).Delete([]byte(id)); err != nil {
 			return err
 		}
-		return deleteAlerts(tx, func(a visit.Alert) bool { return a.IdentityID == id })
+		if err := deleteAlerts(tx, func(a visit.Alert) bool { return a.IdentityID == id }); err != nil {
+			return err
+		}
+		// Its cooldowns too, also one carried over from an identity merged
+		// into it (whose alert is not its own, so not deleted above).
+		lb := tx.Bucket(bAlertLast)
+		var lk [][]byte
+		_ = lb.ForEach(func(k, _ []byte) error {
+			if bytes.HasSuffix(k, []byte("\x00"+id)) {
+				lk = append(lk, bytes.Clone(k))
+			}
+			return nil
+		})
+		for _, k := range lk {
+			if err := lb.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	return n, err
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -58,6 +59,7 @@ func (s *Store) CommitVisit(ctx context.Context, c record.Commit) (record.Commit
 			return err
 		}
 
+		movedTo := map[string]map[string]bool{} // identity -> identities its visits went to
 		for _, r := range c.Relabels {
 			old, ok, err := s.relabel(tx, r)
 			if err != nil {
@@ -68,6 +70,12 @@ func (s *Store) CommitVisit(ctx context.Context, c record.Commit) (record.Commit
 				continue
 			}
 			touched[old], touched[r.IdentityID] = true, true
+			if old != "" && r.IdentityID != "" && old != r.IdentityID {
+				if movedTo[old] == nil {
+					movedTo[old] = map[string]bool{}
+				}
+				movedTo[old][r.IdentityID] = true
+			}
 		}
 		if err := s.hook("relabels"); err != nil {
 			return err
@@ -81,6 +89,16 @@ func (s *Store) CommitVisit(ctx context.Context, c record.Commit) (record.Commit
 				return err
 			}
 			delete(touched, id)
+			// Merged: every visit went to one identity, which inherits the
+			// cooldowns (alert_last) of the one deleted, so the same person
+			// is not alerted again right after a merge.
+			if len(movedTo[id]) == 1 {
+				for to := range movedTo[id] {
+					if err := carryAlertLast(tx, id, to, now); err != nil {
+						return err
+					}
+				}
+			}
 		}
 		for id := range touched {
 			if err := s.refreshIdentity(tx, id); err != nil {
@@ -321,6 +339,46 @@ func (s *Store) relabel(tx *bolt.Tx, r record.Relabel) (string, bool, error) {
 type alertLast struct {
 	ID     string    `json:"id"`
 	Raised time.Time `json:"raised"`
+}
+
+// carryAlertLast gives identity to, for every rule, the later of its own
+// last alert and from's (a last alert stamped after now is not carried: it
+// was raised under a wrong clock, see putAlert).
+func carryAlertLast(tx *bolt.Tx, from, to string, now time.Time) error {
+	lb := tx.Bucket(bAlertLast)
+	type carry struct {
+		key []byte
+		val alertLast
+	}
+	var cs []carry
+	suffix := "\x00" + from
+	if err := lb.ForEach(func(k, v []byte) error {
+		rule, ok := strings.CutSuffix(string(k), suffix)
+		if !ok || strings.Contains(rule, "\x00") {
+			return nil
+		}
+		var a alertLast
+		if err := json.Unmarshal(v, &a); err != nil || a.Raised.After(now) {
+			return nil
+		}
+		cs = append(cs, carry{alertLastKey(rule, to), a})
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, c := range cs {
+		if prev := lb.Get(c.key); prev != nil {
+			var p alertLast
+			if json.Unmarshal(prev, &p) == nil && !p.Raised.Before(c.val.Raised) && !p.Raised.After(now) {
+				continue
+			}
+		}
+		j, _ := json.Marshal(c.val)
+		if err := lb.Put(c.key, j); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func alertLastKey(rule, identity string) []byte {
