@@ -146,11 +146,11 @@ type Pipeline struct {
 	emb                 *Embedder
 	// memb embeds the faces the mask head calls masked, when the
 	// embedder names a masked_model (nil otherwise).
-	memb *Embedder
-	lm   *landmarker // when the embedder's crop aligns by landmarks
-	mask                *MaskClassifier
-	proj                *ProjectionHead
-	Embedder            string // embedder model name
+	memb     *Embedder
+	lm       *landmarker // when the embedder's crop aligns by landmarks
+	mask     *MaskClassifier
+	proj     *ProjectionHead
+	Embedder string // embedder model name
 	// TemplateModel names what a template is comparable with: the embedder,
 	// plus its projection head's checksum when one is applied.
 	TemplateModel string
