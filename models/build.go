@@ -89,7 +89,7 @@ func Build(ctx context.Context, man *Manifest, lock *Lock, o BuildOptions) error
 			if !pkg.IsURL() {
 				return fmt.Errorf("model %s: source %w (run `atm-tools models fetch`)", md.Name, err)
 			}
-			if man.Pipeline.Uses(md.Name) {
+			if man.PipelineUses(md.Name) {
 				return fmt.Errorf("model %s: the manifest's pipeline uses it, but its source %s@%s could not be fetched: %w (run `atm-tools models fetch --mirror DIR` with a directory holding the file)",
 					md.Name, pkg.Name, pkg.Version, err)
 			}

@@ -70,6 +70,16 @@ func (p Pipeline) Uses(name string) bool {
 	return name != "" && (p.Detector == name || p.Landmarks == name || p.Embedder == name || p.FastDetector == name)
 }
 
+// PipelineUses says whether the pipeline runs the named model: one of its
+// stages, or the masked_model of its embedder.
+func (m *Manifest) PipelineUses(name string) bool {
+	if m.Pipeline.Uses(name) {
+		return true
+	}
+	e, ok := m.Find(m.Pipeline.Embedder)
+	return ok && name != "" && e.Embedding != nil && e.Embedding.MaskedModel == name
+}
+
 // Without returns a copy of the manifest without the named models (the
 // models dir's copy leaves out the models that were not built).
 func (m *Manifest) Without(names ...string) *Manifest {
