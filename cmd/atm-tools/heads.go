@@ -79,24 +79,8 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 		return nil
 	}
 	headsDir := filepath.Join(filepath.Dir(*manifest), "heads")
-	man, err := models.LoadManifest(*manifest)
+	man, md, err := recordMaskHead(*manifest, embedder, mc, trained)
 	if err != nil {
-		return err
-	}
-	md, ok := man.Find(embedder)
-	if !ok {
-		return fmt.Errorf("%s has no model %s", *manifest, embedder)
-	}
-	masked := pf.maskedModel
-	if masked == "" && md.Embedding != nil {
-		masked = md.Embedding.MaskedModel
-	}
-	if masked != "" && masked != "none" {
-		// The mask head reads the embedder's own template, before the
-		// masked model replaces it: one fitted on these mixed templates
-		// would not know a masked face. Fit it with --masked-model none.
-		fmt.Fprintf(env.Stdout, "\nmasked_model %s: %s's mask head kept as it is (fit it with --masked-model none)\n", masked, embedder)
-	} else if man, md, err = recordMaskHead(*manifest, embedder, mc, trained); err != nil {
 		return err
 	}
 	md.Projection = nil
