@@ -80,6 +80,15 @@ func modelsDir(t *testing.T) string {
 	return d
 }
 
+// socketClient is an HTTP client that reaches the agent's trigger API on
+// its unix socket (the host part of a URL is ignored).
+func socketClient(sock string) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+}
+
 func freePort(t *testing.T) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

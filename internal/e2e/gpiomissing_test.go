@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -50,10 +48,7 @@ trigger:
 	if err, exited := p.wait(0); exited {
 		t.Fatalf("agent exited on a missing GPIO chip: %v\n%s", err, tail(p.log.String(), 10))
 	}
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		}}}
+	c := socketClient(sock)
 	resp, err := c.Post("http://agent/v1/visit", "application/json", bytes.NewBufferString(`{"txn_id":"gpio-missing-1"}`))
 	if err != nil {
 		t.Fatalf("HTTP trigger with the GPIO chip missing: %v\n%s", err, tail(p.log.String(), 10))

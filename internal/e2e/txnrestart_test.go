@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -42,10 +41,7 @@ mqtt:
 	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		}}}
+	c := socketClient(sock)
 	post := func(txn string) (int, map[string]string) {
 		t.Helper()
 		resp, err := c.Post("http://agent/v1/visit", "application/json", bytes.NewBufferString(`{"txn_id":"`+txn+`"}`))
