@@ -44,9 +44,6 @@ type BuildOptions struct {
 	// Converters by the name manifest entries use in source.converter
 	// (models/convert.Converters; build-time code the daemon never links).
 	Converters map[string]ConvertFunc
-	// ApplyDelta adds a weight delta file's contents to a converted model
-	// (models/convert.ApplyDelta), for entries with source.delta.
-	ApplyDelta func(model, delta []byte) ([]byte, error)
 }
 
 // Build converts every manifest model that has a Source from the locked
@@ -89,7 +86,7 @@ func Build(ctx context.Context, man *Manifest, lock *Lock, o BuildOptions) error
 			if !pkg.IsURL() {
 				return fmt.Errorf("model %s: source %w (run `atm-tools models fetch`)", md.Name, err)
 			}
-			if man.PipelineUses(md.Name) {
+			if man.Pipeline.Uses(md.Name) {
 				return fmt.Errorf("model %s: the manifest's pipeline uses it, but its source %s@%s could not be fetched: %w (run `atm-tools models fetch --mirror DIR` with a directory holding the file)",
 					md.Name, pkg.Name, pkg.Version, err)
 			}
@@ -102,11 +99,6 @@ func Build(ctx context.Context, man *Manifest, lock *Lock, o BuildOptions) error
 		b, err := conv(pkgDir, md)
 		if err != nil {
 			return fmt.Errorf("convert model %s: %w", md.Name, err)
-		}
-		if md.Source.Delta != nil {
-			if b, err = applyDelta(o, md, b); err != nil {
-				return fmt.Errorf("convert model %s: %w", md.Name, err)
-			}
 		}
 		sum := sha256.Sum256(b)
 		got := hex.EncodeToString(sum[:])
@@ -184,27 +176,6 @@ func writeAtomic(file string, b []byte) error {
 }
 
 // copyHead copies a learned head file into the models dir, checking it.
-// applyDelta adds the model's fine-tuning (Source.Delta, checked against
-// its sha256) to the converted ONNX file b.
-func applyDelta(o BuildOptions, md *Model, b []byte) ([]byte, error) {
-	if md.Format != FormatONNX {
-		return nil, fmt.Errorf("a weight delta needs an onnx model, not %s", md.Format)
-	}
-	if o.ApplyDelta == nil {
-		return nil, fmt.Errorf("source.delta: this build has no delta applier")
-	}
-	h := md.Source.Delta
-	from := Path(o.HeadsDir, h.File)
-	if err := CheckFile(from, -1, h.SHA256); err != nil {
-		return nil, fmt.Errorf("weight delta: %w", err)
-	}
-	db, err := os.ReadFile(from)
-	if err != nil {
-		return nil, err
-	}
-	return o.ApplyDelta(b, db)
-}
-
 func copyHead(src, dst string, h *Head) error {
 	from := Path(src, h.File)
 	if err := CheckFile(from, -1, h.SHA256); err != nil {

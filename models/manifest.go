@@ -70,16 +70,6 @@ func (p Pipeline) Uses(name string) bool {
 	return name != "" && (p.Detector == name || p.Landmarks == name || p.Embedder == name || p.FastDetector == name)
 }
 
-// PipelineUses says whether the pipeline runs the named model: one of its
-// stages, or the masked_model of its embedder.
-func (m *Manifest) PipelineUses(name string) bool {
-	if m.Pipeline.Uses(name) {
-		return true
-	}
-	e, ok := m.Find(m.Pipeline.Embedder)
-	return ok && name != "" && e.Embedding != nil && e.Embedding.MaskedModel == name
-}
-
 // Without returns a copy of the manifest without the named models (the
 // models dir's copy leaves out the models that were not built).
 func (m *Manifest) Without(names ...string) *Manifest {
@@ -219,11 +209,6 @@ type Embedding struct {
 	// "landmarks" (eye centres, nose tip and mouth corners from the
 	// pipeline's landmark net), "landmarks-eyes" (its eye centres only).
 	Align string `yaml:"align,omitempty"`
-	// MaskedModel names an embedder fine-tuned to put a masked face where
-	// this one puts the same face unmasked (scripts/maskft): the pipeline
-	// embeds a face its mask head calls masked with it instead, on the same
-	// crop, and its templates are compared with this one's.
-	MaskedModel string `yaml:"masked_model,omitempty"`
 }
 
 // Thresholds are cosine-distance cuts per pair type at a target FAR.
@@ -248,10 +233,6 @@ type Source struct {
 	Version   string   `yaml:"version"`
 	Files     []string `yaml:"files,flow"`
 	Converter string   `yaml:"converter"`
-	// Delta is a fine-tuning of the converted model kept in the project:
-	// a weight delta file (onnx.ReadDelta) in the heads directory, added to
-	// the converted ONNX file's initializers by models build.
-	Delta *Head `yaml:"delta,omitempty"`
 }
 
 // LoadManifest reads and validates a manifest. Unknown keys are errors.
@@ -315,25 +296,6 @@ func (m *Manifest) Validate() error {
 			errs = append(errs, fmt.Errorf("pipeline.%s: no model named %q", ref.what, ref.name))
 		} else if md.Task != ref.task {
 			errs = append(errs, fmt.Errorf("pipeline.%s: model %q is a %s", ref.what, ref.name, md.Task))
-		}
-	}
-	for _, md := range m.Models {
-		if md.Embedding == nil || md.Embedding.MaskedModel == "" {
-			continue
-		}
-		mm, ok := m.Find(md.Embedding.MaskedModel)
-		switch {
-		case !ok:
-			errs = append(errs, fmt.Errorf("model %q: masked_model %q is not a model", md.Name, md.Embedding.MaskedModel))
-		case mm.Task != TaskEmbedder || mm.Embedding == nil:
-			errs = append(errs, fmt.Errorf("model %q: masked_model %q is a %s", md.Name, mm.Name, mm.Task))
-		case mm.Name == md.Name || mm.Embedding.MaskedModel != "":
-			errs = append(errs, fmt.Errorf("model %q: masked_model %q must be another embedder without a masked_model of its own", md.Name, mm.Name))
-		case mm.Embedding.Dim != md.Embedding.Dim || mm.Embedding.Metric != md.Embedding.Metric || mm.Embedding.Crop != md.Embedding.Crop ||
-			mm.Embedding.CropScale != md.Embedding.CropScale || mm.Embedding.Align != md.Embedding.Align || mm.Embedding.Flip != md.Embedding.Flip:
-			errs = append(errs, fmt.Errorf("model %q: masked_model %q must take the same crop and give templates of the same kind (dim, metric, crop, align, flip)", md.Name, mm.Name))
-		case md.MaskHead == nil:
-			errs = append(errs, fmt.Errorf("model %q: masked_model %q needs a mask_head to say which faces are masked", md.Name, mm.Name))
 		}
 	}
 	if p := m.Pipeline; p.FastDetector != "" {

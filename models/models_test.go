@@ -104,33 +104,6 @@ func TestManifestValidation(t *testing.T) {
 			t.Errorf("%s: got %v, want %q", name, err, tc.want)
 		}
 	}
-	// masked_model: another embedder of the same kind, and a mask head to
-	// say which faces it embeds.
-	for name, tc := range map[string]struct {
-		mut  func(e, m *Model)
-		want string
-	}{
-		"good":              {func(e, m *Model) {}, ""},
-		"unknown":           {func(e, m *Model) { e.Embedding.MaskedModel = "x" }, "is not a model"},
-		"detector":          {func(e, m *Model) { e.Embedding.MaskedModel = "d" }, "is a detector"},
-		"itself":            {func(e, m *Model) { e.Embedding.MaskedModel = "e" }, "another embedder"},
-		"chained":           {func(e, m *Model) { m.Embedding.MaskedModel = "e" }, "another embedder"},
-		"other dim":         {func(e, m *Model) { m.Embedding.Dim = 8 }, "same kind"},
-		"other crop":        {func(e, m *Model) { m.Embedding.Crop = "aligned" }, "same kind"},
-		"other alignment":   {func(e, m *Model) { m.Embedding.Align = "eyes" }, "same kind"},
-		"without mask head": {func(e, m *Model) { e.MaskHead = nil }, "needs a mask_head"},
-	} {
-		e, m := good, good
-		ee, me := *good.Embedding, *good.Embedding
-		e.Embedding, m.Embedding = &ee, &me
-		e.MaskHead = &Head{File: "e-mask.json", SHA256: strings.Repeat("b", 64)}
-		m.Name, e.Embedding.MaskedModel = "m", "m"
-		tc.mut(&e, &m)
-		err := (&Manifest{Schema: 1, Models: []Model{e, m, det}}).Validate()
-		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
-			t.Errorf("masked_model %s: got %v, want %q", name, err, tc.want)
-		}
-	}
 }
 
 func TestCheckFile(t *testing.T) {

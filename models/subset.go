@@ -28,7 +28,7 @@ func (md *Model) Files() []string {
 func (m *Manifest) PipelineOnly() *Manifest {
 	var drop []string
 	for _, md := range m.Models {
-		if !m.PipelineUses(md.Name) {
+		if !m.Pipeline.Uses(md.Name) {
 			drop = append(drop, md.Name)
 		}
 	}

@@ -129,10 +129,6 @@ func templateShape(md *models.Model, p *ProjectionHead) (dim int, model string) 
 	model = md.Name
 	if md.Embedding != nil {
 		dim = md.Embedding.Dim
-		if md.Embedding.MaskedModel != "" {
-			// Masked faces' templates come from the fine-tuned net.
-			model += "/" + md.Embedding.MaskedModel
-		}
 	}
 	if p == nil {
 		return dim, model

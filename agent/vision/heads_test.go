@@ -94,13 +94,13 @@ func TestProjectionHeadFile(t *testing.T) {
 // give the checksums their JSON files had, so templates stored before the
 // switch to float32 files still match the running model. (faceplugin's
 // head was refitted after that switch, for the face mesh alignment and
-// again for the padded search of image files and for the masked-face net:
-// its pinned value is the latest refit's, so an unnoticed change of the head, which would orphan
+// again for the padded search of image files: its pinned value is the
+// latest refit's, so an unnoticed change of the head, which would orphan
 // every stored template, fails here.)
 func TestHeadTagSurvivesBinaryForm(t *testing.T) {
 	for file, jsonSHA := range map[string]string{
 		"faceres-linear384.f32":    "0b29cec1f10bdb78baa978d271108485f71603ebe1ecc11dbe50c40c20b8f867",
-		"faceplugin-linear256.f32": "415aef49174532a6152ab2a68d275abb2fcb489f9d564d9e394fce83df44b8d9",
+		"faceplugin-linear256.f32": "a9606135e6d5781582c631a46318ed84041480a78dab424ed4b3187688a31aa7",
 	} {
 		b, err := os.ReadFile(testenv.Path("models", "heads", file))
 		if err != nil {

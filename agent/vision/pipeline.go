@@ -144,13 +144,10 @@ type Pipeline struct {
 	// fastScore and fastFace gate the fast detector's customer face.
 	fastScore, fastFace float64
 	emb                 *Embedder
-	// memb embeds the faces the mask head calls masked, when the
-	// embedder names a masked_model (nil otherwise).
-	memb     *Embedder
-	lm       *landmarker // when the embedder's crop aligns by landmarks
-	mask     *MaskClassifier
-	proj     *ProjectionHead
-	Embedder string // embedder model name
+	lm                  *landmarker // when the embedder's crop aligns by landmarks
+	mask                *MaskClassifier
+	proj                *ProjectionHead
+	Embedder            string // embedder model name
 	// TemplateModel names what a template is comparable with: the embedder,
 	// plus its projection head's checksum when one is applied.
 	TemplateModel string
@@ -236,17 +233,6 @@ func New(dir string, man *models.Manifest, detector, embedder string, cfg Config
 		p.Close()
 		return nil, err
 	}
-	if name := em.Embedding.MaskedModel; name != "" && p.mask != nil {
-		mm, ok := man.Find(name)
-		if !ok {
-			p.Close()
-			return nil, fmt.Errorf("embedder %s: masked_model %q is not in the model manifest", em.Name, name)
-		}
-		if p.memb, err = NewEmbedder(dir, mm); err != nil {
-			p.Close()
-			return nil, fmt.Errorf("embedder %s: masked_model: %w", em.Name, err)
-		}
-	}
 	return p, nil
 }
 
@@ -258,9 +244,6 @@ func (p *Pipeline) Close() error {
 	}
 	if p.fast != nil {
 		errs = append(errs, p.fast.Close())
-	}
-	if p.memb != nil {
-		errs = append(errs, p.memb.Close())
 	}
 	if p.emb != nil {
 		errs = append(errs, p.emb.Close())
@@ -599,19 +582,6 @@ func (p *Pipeline) embed(m *measured, thumb int, t *Timings) error {
 		// exactly the directions it relies on.
 		f.MaskScore = p.mask.Score(emb)
 		f.Mask = p.mask.State(f.MaskScore)
-	}
-	if p.memb != nil && f.Mask == visit.Masked {
-		// A masked face: the fine-tuned net puts it where the embedder
-		// puts the same face unmasked (docs/accuracy.md, "Masked faces").
-		t2 := time.Now()
-		memb, _, err := p.memb.EmbedCrop(m.crop, 0)
-		if t != nil {
-			t.Embed += time.Since(t2)
-		}
-		if err != nil {
-			return err
-		}
-		f.Embedding = memb
 	}
 	if p.proj != nil {
 		f.Embedding = p.proj.Apply(f.Embedding)

@@ -35,7 +35,6 @@ type pipelineFlags struct {
 	minScore, padTight      float64
 	cache                   string // embedding cache dir
 	align                   string // arcface alignment points override
-	maskedModel             string // masked_model override ("none": off)
 	fuse                    string
 	landmarks               string // landmark model override
 	recrop                  string // re-cut faces before perception (diagnostics)
@@ -88,7 +87,6 @@ func (pf *pipelineFlags) register(fs interface {
 	fs.StringVar(&pf.landmarks, "landmarks", "", "landmark model the landmark alignments read (default: the manifest's pipeline.landmarks)")
 	fs.StringVar(&pf.fuse, "fuse", "", "score fusion: NAME:W also runs embedder NAME (its manifest settings) and weighs its cosine W, the embedder's 1-W")
 	fs.StringVar(&pf.align, "align", "", "override the arcface crop's alignment points: detector, eyes, landmarks or landmarks-eyes")
-	fs.StringVar(&pf.maskedModel, "masked-model", "", "override the embedder's masked_model (the net masked faces are embedded with): a model name, or none")
 	fs.StringVar(&pf.recrop, "recrop", "", "re-cut each face before perception, as a tight-crop dataset is cut: tight (the detector box, 160x160) or tight-stretch (a taller box stretched to 160x160)")
 }
 
@@ -160,9 +158,6 @@ func (pf *pipelineFlags) prepare() (*preparedPipeline, error) {
 		if pf.align != "" {
 			md.Embedding.Align = strings.TrimPrefix(pf.align, "detector")
 		}
-		if pf.maskedModel != "" {
-			md.Embedding.MaskedModel = strings.TrimPrefix(pf.maskedModel, "none")
-		}
 		if err := man.Validate(); err != nil {
 			return nil, err
 		}
@@ -214,11 +209,6 @@ func (pf *pipelineFlags) prepare() (*preparedPipeline, error) {
 			}
 			if md.Projection != nil && !cfg.Raw {
 				key += md.Projection.SHA256
-			}
-			if md.Embedding != nil && md.Embedding.MaskedModel != "" {
-				if mm, ok := man.Find(md.Embedding.MaskedModel); ok {
-					key += "|masked " + mm.SHA256
-				}
 			}
 		}
 	}
@@ -519,20 +509,19 @@ func splitList(s string) []string {
 }
 
 func evalCrops(ctx context.Context, env *cli.Env, args []string) error {
-	fs := cli.NewFlags(env, "eval crops", "eval crops --dataset DIR (--out SHEET.png [--identities 8] [--per-identity 6] | --dump DIR) [--recrop tight]")
+	fs := cli.NewFlags(env, "eval crops", "eval crops --dataset DIR --out SHEET.png [--identities 8] [--per-identity 6] [--recrop tight]")
 	var pf pipelineFlags
 	pf.register(fs)
 	var df datasetFlags
 	df.register(fs)
 	out := fs.String("out", "", "PNG file to write")
-	dump := fs.String("dump", "", "instead of a sheet, write every image's embedder crop into this new or empty folder, with index.csv (scripts/maskft's input)")
 	ids := fs.Int("identities", 8, "identities (rows)")
 	per := fs.Int("per-identity", 6, "images per identity")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	if df.dir == "" || (*out == "") == (*dump == "") {
-		return fmt.Errorf("%w: --dataset and one of --out and --dump are required", cli.ErrUsage)
+	if df.dir == "" || *out == "" {
+		return fmt.Errorf("%w: --dataset and --out are required", cli.ErrUsage)
 	}
 	recrop, err := vision.ParseRecrop(pf.recrop)
 	if err != nil {
@@ -547,12 +536,5 @@ func evalCrops(ctx context.Context, env *cli.Env, args []string) error {
 		return err
 	}
 	defer p.Close()
-	if *dump != "" {
-		n, err := eval.DumpCrops(ctx, p, ds, recrop, *dump, env.Stderr)
-		if err == nil {
-			fmt.Fprintf(env.Stdout, "%d of %d crops written to %s\n", n, len(ds.Images()), *dump)
-		}
-		return err
-	}
 	return eval.ContactSheet(ctx, p, ds, eval.SheetOptions{Recrop: recrop, Identities: *ids, PerIdentity: *per}, *out, env.Stdout)
 }

@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,16 +13,6 @@ import (
 // The contact sheet and the embedding cache of `eval crops` / `eval
 // verify` hold faces and templates: under umask 000, and over a sheet
 // written before with 0644, they are the owner's only.
-// fnv1aFold is the held-out split of models/eval (the low bit of FNV-1a).
-func fnv1aFold(s string) uint32 {
-	h := uint32(2166136261)
-	for i := 0; i < len(s); i++ {
-		h ^= uint32(s[i])
-		h *= 16777619
-	}
-	return h % 2
-}
-
 func TestEvalOutputPrivate(t *testing.T) {
 	root, models := demoModels(t, "eval crops runs the real pipeline")
 	ds := t.TempDir()
@@ -48,12 +37,10 @@ func TestEvalOutputPrivate(t *testing.T) {
 		t.Fatal(err)
 	}
 	cache := filepath.Join(out, "cache")
-	dump := filepath.Join(out, "crops")
 	old := syscall.Umask(0)
 	defer syscall.Umask(old)
 	for _, args := range [][]string{
 		{"eval", "crops", "--models-dir", models, "--dataset", ds, "--out", sheet},
-		{"eval", "crops", "--models-dir", models, "--dataset", ds, "--dump", dump},
 		{"eval", "verify", "--models-dir", models, "--dataset", ds, "--cache", cache},
 	} {
 		var errb strings.Builder
@@ -73,28 +60,6 @@ func TestEvalOutputPrivate(t *testing.T) {
 	}
 	check(sheet, 0o600)
 	check(cache, 0o700)
-	check(dump, 0o700)
-	index, err := os.ReadFile(filepath.Join(dump, "index.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rows := strings.Split(strings.TrimSpace(string(index)), "\n")
-	if len(rows) != 3 || rows[0] != "file,identity,masked,fold,path" || !strings.HasSuffix(rows[1], ",p1,false,"+strconv.Itoa(int(fnv1aFold("p1")))+",sample1.jpg") {
-		t.Fatalf("index.csv:\n%s", index)
-	}
-	crops, _ := filepath.Glob(filepath.Join(dump, "*.png"))
-	if len(crops) != 2 {
-		t.Fatalf("%d crops written, want 2", len(crops))
-	}
-	for _, f := range append(crops, filepath.Join(dump, "index.csv")) {
-		check(f, 0o600)
-	}
-	// A second dump into the same folder is refused: crops of two runs
-	// would mix under one index.
-	var errb strings.Builder
-	if code := runMain(context.Background(), []string{"eval", "crops", "--models-dir", models, "--dataset", ds, "--dump", dump}, io.Discard, &errb); code == 0 || !strings.Contains(errb.String(), "not empty") {
-		t.Fatalf("dump into a used folder: exit %d\n%s", code, errb.String())
-	}
 	files, _ := filepath.Glob(filepath.Join(cache, "*.gob"))
 	if len(files) == 0 {
 		t.Fatal("no cache file written")

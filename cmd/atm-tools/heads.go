@@ -27,7 +27,6 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 	napK := fs.String("nap-k", "0,4,8,16,32", "projection sizes to compare (identity-held-out)")
 	shipK := fs.Int("ship-k", 0, "NAP projection size to write (0: none; same as --ship napK)")
 	typeCuts := fs.Float64("type-cuts", 0, "also score every method the way the identity engine decides: one cut per predicted pair type at this impostor FAR on the training fold, a pair scored by its similarity minus its type's cut (0: off)")
-	snorm := fs.Int("snorm", 0, "also score every method with symmetric score normalisation over this many nearest cohort templates (the training fold's; 0: off)")
 	var methods multiFlag
 	fs.Var(&methods, "method", "projection to compare, identity-held-out: napK, wccn[:p=128,256][:a=0.01,0.1], lda[:p=256][:a=0.1][:k=64,128], napK+wccn..., napK+lda...; lists are grids searched on the training identities only (repeatable)")
 	ship := fs.String("ship", "", "projection to fit on all the data and write (a --method spec; overrides --ship-k)")
@@ -71,7 +70,7 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	embedder := trainSets[len(trainSets)-1].Run.Embedder
 	trained := fmt.Sprintf("atm-tools eval train-heads %s (dev halves), embedder %s", strings.Join(args, " "), embedder)
-	mc, proj, rep, err := eval.TrainHeads(trainSets, eval.HeadsOptions{Methods: ms, NAPK: ks, Ship: shipM, ShipK: *shipK, Trained: trained, Embedder: embedder, TypeCuts: *typeCuts, SNorm: *snorm})
+	mc, proj, rep, err := eval.TrainHeads(trainSets, eval.HeadsOptions{Methods: ms, NAPK: ks, Ship: shipM, ShipK: *shipK, Trained: trained, Embedder: embedder, TypeCuts: *typeCuts})
 	if err != nil {
 		return err
 	}
@@ -80,24 +79,8 @@ func evalTrainHeads(ctx context.Context, env *cli.Env, args []string) error {
 		return nil
 	}
 	headsDir := filepath.Join(filepath.Dir(*manifest), "heads")
-	man, err := models.LoadManifest(*manifest)
+	man, md, err := recordMaskHead(*manifest, embedder, mc, trained)
 	if err != nil {
-		return err
-	}
-	md, ok := man.Find(embedder)
-	if !ok {
-		return fmt.Errorf("%s has no model %s", *manifest, embedder)
-	}
-	masked := pf.maskedModel
-	if masked == "" && md.Embedding != nil {
-		masked = md.Embedding.MaskedModel
-	}
-	if masked != "" && masked != "none" {
-		// The mask head reads the embedder's own template, before the
-		// masked model replaces it: one fitted on these mixed templates
-		// would not know a masked face. Fit it with --masked-model none.
-		fmt.Fprintf(env.Stdout, "\nmasked_model %s: %s's mask head kept as it is (fit it with --masked-model none)\n", masked, embedder)
-	} else if man, md, err = recordMaskHead(*manifest, embedder, mc, trained); err != nil {
 		return err
 	}
 	md.Projection = nil

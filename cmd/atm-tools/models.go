@@ -96,7 +96,6 @@ func modelsBuild(ctx context.Context, env *cli.Env, args []string) error {
 		HeadsDir:   filepath.Join(filepath.Dir(mf.manifest), "heads"),
 		Skipped:    func(name string, _ error) { skipped = append(skipped, name) },
 		Converters: convert.Converters(),
-		ApplyDelta: convert.ApplyDelta,
 		Log:        func(f string, a ...any) { fmt.Fprintf(env.Stdout, f+"\n", a...) }})
 	if err != nil {
 		return err

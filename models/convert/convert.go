@@ -86,13 +86,3 @@ func readFirstSource(dir string, md *models.Model) ([]byte, error) {
 	}
 	return os.ReadFile(filepath.Join(dir, filepath.FromSlash(md.Source.Files[0])))
 }
-
-// ApplyDelta adds a weight delta file (onnx.ReadDelta) to an ONNX model's
-// initializers (models.BuildOptions.ApplyDelta).
-func ApplyDelta(model, delta []byte) ([]byte, error) {
-	d, err := onnx.ReadDelta(delta)
-	if err != nil {
-		return nil, err
-	}
-	return onnx.ApplyDelta(model, d)
-}

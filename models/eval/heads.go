@@ -3,7 +3,6 @@ package eval
 import (
 	"fmt"
 	"io"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,12 +33,6 @@ type HeadsOptions struct {
 	// FAR on the training fold's pairs (every set's, pooled), and a pair's
 	// score is its similarity minus its type's cut.
 	TypeCuts float64
-	// SNorm, when > 0, adds for every method a row scored by symmetric
-	// score normalisation: each held-out template's similarities to a
-	// cohort (the training fold's projected templates) give it a mean and
-	// spread over its SNorm nearest cohort members, and a pair scores the
-	// mean of its similarity standardised by either side's.
-	SNorm int
 }
 
 // HeadsReport is what TrainHeads measured with an identity split: every
@@ -176,7 +169,6 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, *vision.Pro
 		ev := MethodEvaluation{Method: m.String(), Sets: map[string]map[string]PairFig{}}
 		held := make([][2][]Sample, len(sets))
 		var cuts [2]map[string]float64
-		norm := make([][2][][2]float64, len(sets))
 		for f := 0; f < 2; f++ {
 			var train []tagged
 			for _, s := range all {
@@ -189,19 +181,12 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, *vision.Pro
 				return nil, nil, nil, fmt.Errorf("%s, fold %d: %w", m, f, err)
 			}
 			ev.Chosen = append(ev.Chosen, h.desc)
-			var cohort [][]float32
-			for _, s := range train {
-				cohort = append(cohort, h.apply(s.Embedding))
-			}
 			for _, s := range all {
 				if fold(s.Identity) == f {
 					c := s.Sample
 					c.Embedding = h.apply(s.Embedding)
 					ev.Dim = len(c.Embedding)
 					held[s.set][f] = append(held[s.set][f], c)
-					if o.SNorm > 0 {
-						norm[s.set][f] = append(norm[s.set][f], cohortStats(c.Embedding, cohort, o.SNorm))
-					}
 				}
 			}
 			if o.TypeCuts > 0 {
@@ -222,13 +207,6 @@ func TrainHeads(sets []Set, o HeadsOptions) (*vision.MaskClassifier, *vision.Pro
 				tc.Sets[set.Name] = heldOutFigsAdjusted(held[si], adjust)
 			}
 			rep.Methods = append(rep.Methods, tc)
-		}
-		if o.SNorm > 0 {
-			sn := MethodEvaluation{Method: fmt.Sprintf("%s + s-norm top %d", m, o.SNorm), Chosen: ev.Chosen, Dim: ev.Dim, Sets: map[string]map[string]PairFig{}}
-			for si, set := range sets {
-				sn.Sets[set.Name] = snormFigs(held[si], norm[si])
-			}
-			rep.Methods = append(rep.Methods, sn)
 		}
 	}
 
@@ -332,62 +310,6 @@ func typeCuts(train []tagged, nsets int, h *headFit, far float64) map[string]flo
 
 func fmtCuts(c map[string]float64) string {
 	return fmt.Sprintf("UU %.3f MM %.3f MU %.3f", c["uu"], c["mm"], c["mu"])
-}
-
-// cohortStats is the mean and standard deviation of x's k highest
-// similarities to the cohort.
-func cohortStats(x []float32, cohort [][]float32, k int) [2]float64 {
-	sims := make([]float64, len(cohort))
-	for i, c := range cohort {
-		sims[i] = dot(x, c)
-	}
-	slices.Sort(sims)
-	top := sims[max(0, len(sims)-k):]
-	var m, v float64
-	for _, s := range top {
-		m += s
-	}
-	m /= float64(len(top))
-	for _, s := range top {
-		v += (s - m) * (s - m)
-	}
-	sd := math.Sqrt(v / float64(len(top)))
-	return [2]float64{m, max(sd, 1e-6)}
-}
-
-// snormFigs is heldOutFigs with s-normalised pair scores.
-func snormFigs(held [2][]Sample, norm [2][][2]float64) map[string]PairFig {
-	g := map[string][]float64{}
-	im := map[string][]float64{}
-	for f := 0; f < 2; f++ {
-		s, st := held[f], norm[f]
-		for i := range s {
-			for j := i + 1; j < len(s); j++ {
-				sim := dot(s[i].Embedding, s[j].Embedding)
-				sc := ((sim-st[i][0])/st[i][1] + (sim-st[j][0])/st[j][1]) / 2
-				pt := pairType(s[i], s[j])
-				if pt == "mm" && s[i].Synthetic != s[j].Synthetic {
-					pt = "ms"
-				}
-				dst := im
-				if s[i].Identity == s[j].Identity {
-					dst = g
-				}
-				dst[pt] = append(dst[pt], sc)
-				dst["all"] = append(dst["all"], sc)
-			}
-		}
-	}
-	figs := map[string]PairFig{}
-	for _, pt := range pairTypes {
-		if len(g[pt]) == 0 || len(im[pt]) == 0 {
-			continue
-		}
-		t2, _ := metrics.TARAtFAR(g[pt], im[pt], 1e-2)
-		t3, _ := metrics.TARAtFAR(g[pt], im[pt], 1e-3)
-		figs[pt] = PairFig{AUC: metrics.AUC(g[pt], im[pt]), TAR1e2: t2, TAR1e3: t3}
-	}
-	return figs
 }
 
 // maskDiffs returns, per identity with both kinds, the difference between

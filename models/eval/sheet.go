@@ -1,9 +1,7 @@
 package eval
 
 import (
-	"bytes"
 	"context"
-	"encoding/csv"
 	"fmt"
 	"image"
 	"image/color"
@@ -11,8 +9,6 @@ import (
 	"image/png"
 	"io"
 	"os"
-	"path/filepath"
-	"strconv"
 
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/models/eval/dataset"
@@ -140,57 +136,4 @@ func markFace(img *image.RGBA, d vision.Detection, s float64) {
 	for _, q := range d.Five {
 		dot(q, blue)
 	}
-}
-
-// DumpCrops writes the crop the embedder is fed for every image of ds
-// (PNG, in the image's colours) into the new or empty folder out, with an
-// index.csv of file,identity,masked,fold,path (fold: the identity's half
-// in the held-out splits). It is the training input of scripts/maskft.
-// Face crops are personal data: the folder is 0700 and its files 0600.
-// Images without a face are listed on errs and left out.
-func DumpCrops(ctx context.Context, p *vision.Pipeline, ds *dataset.Dataset, r vision.Recrop, out string, errs io.Writer) (int, error) {
-	if err := os.Mkdir(out, 0o700); err != nil && !os.IsExist(err) {
-		return 0, err
-	}
-	if ents, err := os.ReadDir(out); err != nil {
-		return 0, err
-	} else if len(ents) > 0 {
-		return 0, fmt.Errorf("%s is not empty", out)
-	}
-	if err := os.Chmod(out, 0o700); err != nil {
-		return 0, err
-	}
-	var index bytes.Buffer
-	index.WriteString("file,identity,masked,fold,path\n")
-	w := csv.NewWriter(&index)
-	n := 0
-	for i, it := range ds.Images() {
-		if err := ctx.Err(); err != nil {
-			return n, err
-		}
-		data, err := os.ReadFile(it.Path)
-		if err != nil {
-			return n, err
-		}
-		v, err := p.ViewCrop(data, r)
-		if err != nil {
-			fmt.Fprintf(errs, "%s: %v\n", it.Rel, err)
-			continue
-		}
-		name := fmt.Sprintf("%06d.png", i)
-		var b bytes.Buffer
-		if err := png.Encode(&b, v.Crop); err != nil {
-			return n, err
-		}
-		if err := os.WriteFile(filepath.Join(out, name), b.Bytes(), 0o600); err != nil {
-			return n, err
-		}
-		w.Write([]string{name, it.Identity, strconv.FormatBool(it.Masked), strconv.Itoa(fold(it.Identity)), it.Rel})
-		n++
-	}
-	w.Flush()
-	if err := w.Error(); err != nil {
-		return n, err
-	}
-	return n, os.WriteFile(filepath.Join(out, "index.csv"), index.Bytes(), 0o600)
 }

@@ -1,8 +1,10 @@
 package onnx
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -315,9 +317,51 @@ func valueInfoName(vf []field) string {
 
 // scalarTensor reads a float32 tensor with one element (rank 0 or all dims 1).
 func scalarTensor(tf []field) (string, float32, bool) {
-	name, v, ok := floatTensor(tf)
-	if !ok || len(v) != 1 {
+	name := ""
+	dtype := uint64(0)
+	var raw []byte
+	var floats []float32
+	for _, x := range tf {
+		switch x.num {
+		case tensorName:
+			name = string(x.val)
+		case tensorType:
+			dtype, _ = protowire.ConsumeVarint(x.val)
+		case tensorDims:
+			if x.typ == protowire.VarintType {
+				if d, _ := protowire.ConsumeVarint(x.val); d != 1 {
+					return "", 0, false
+				}
+			} else { // packed
+				for b := x.val; len(b) > 0; {
+					d, n := protowire.ConsumeVarint(b)
+					if n < 0 || d != 1 {
+						return "", 0, false
+					}
+					b = b[n:]
+				}
+			}
+		case tensorRaw:
+			raw = x.val
+		case tensorFloat:
+			if x.typ == protowire.Fixed32Type {
+				v, _ := protowire.ConsumeFixed32(x.val)
+				floats = append(floats, math.Float32frombits(v))
+			} else {
+				for b := x.val; len(b) >= 4; b = b[4:] {
+					floats = append(floats, math.Float32frombits(binary.LittleEndian.Uint32(b)))
+				}
+			}
+		}
+	}
+	if dtype != Float {
 		return "", 0, false
 	}
-	return name, v[0], true
+	switch {
+	case len(raw) == 4 && floats == nil:
+		return name, math.Float32frombits(binary.LittleEndian.Uint32(raw)), true
+	case len(floats) == 1 && raw == nil:
+		return name, floats[0], true
+	}
+	return "", 0, false
 }
