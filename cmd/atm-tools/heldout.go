@@ -26,9 +26,6 @@ func evalHeldOut(ctx context.Context, env *cli.Env, args []string) error {
 	defP := fs.Float64("default-precision", 0.95, "minimum BCubed precision of a set not named in --min-precision")
 	maxPer := fs.Int("max-per-identity", 0, "in :synthetic training sets, use at most this many images per identity (0: all)")
 	maxSingles := fs.Int("max-singletons", 0, "in :synthetic training sets, use at most this many single-image identities (0: all)")
-	snorm := fs.Int("snorm", 0, "experiment: compare cosine and s-norm scores (this many cohort neighbours) in a dense average-linkage HAC, cuts per pair type at each of --fars (0: off)")
-	fars := fs.String("fars", "1e-5,3e-5,1e-4,3e-4,1e-3", "with --snorm: candidate impostor FARs for the cuts")
-	z0 := fs.Float64("z0", 10, "with --snorm: the s-norm score of a perfect match in normalised distances")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -69,22 +66,6 @@ func evalHeldOut(ctx context.Context, env *cli.Env, args []string) error {
 		if !known {
 			return fmt.Errorf("%w: --min-precision names %q, which is not a --dataset", cli.ErrUsage, k)
 		}
-	}
-	if *snorm > 0 {
-		var fl []float64
-		for _, v := range splitList(*fars) {
-			x, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				return fmt.Errorf("%w: --fars %q", cli.ErrUsage, v)
-			}
-			fl = append(fl, x)
-		}
-		rows, err := eval.SNormClustering(ctx, trainSets, clusterSets, eval.SNormOptions{Method: m, K: *snorm, FARs: fl, Fixed: cs, MinPrecision: mp, Default: *defP, Z0: *z0})
-		if err != nil {
-			return err
-		}
-		eval.SNormMarkdown(env.Stdout, rows)
-		return nil
 	}
 	rep, err := eval.HeldOutClustering(ctx, trainSets, clusterSets, eval.HeldOutOptions{Method: m, Cuts: cs, MinPrecision: mp, Default: *defP})
 	if err != nil {
