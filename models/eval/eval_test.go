@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/periocular/atm-agent/agent/identity"
@@ -113,5 +114,20 @@ func TestClusterEvalAndCalibrate(t *testing.T) {
 	avg := rep.Algorithms[0]
 	if avg.Pairwise.Precision < 0.99 || avg.IdentitiesTrue != 5 {
 		t.Errorf("average linkage on separable people: %+v", avg.ClusterScores)
+	}
+	// Three masked and three unmasked faces a person: without masked <->
+	// unmasked links recall is at most 3/6; these people are separable, so
+	// the links are made.
+	bm := avg.ByMask
+	if bm == nil || bm.UU == nil || bm.MM == nil || bm.MU == nil {
+		t.Fatalf("no recall by mask state: %+v", bm)
+	}
+	if *bm.MU < 0.99 || *bm.UU < 0.99 || math.Abs(bm.SameStateCeiling-0.5) > 1e-9 {
+		t.Errorf("recall by mask state %v %v %v, ceiling %v", *bm.UU, *bm.MM, *bm.MU, bm.SameStateCeiling)
+	}
+	var md strings.Builder
+	rep.Markdown(&md)
+	if !strings.Contains(md.String(), "| average | 1.000 | 1.000 | 1.000 |") || !strings.Contains(md.String(), "BCubed recall is at most 0.500") {
+		t.Errorf("markdown:\n%s", md.String())
 	}
 }

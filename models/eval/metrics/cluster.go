@@ -171,3 +171,78 @@ func index[T comparable](labels []T) ([]int, int) {
 	}
 	return out, len(m)
 }
+
+// MaskRecall splits BCubed recall by ground-truth mask state, to say which
+// links a clustering misses. For a face of state A and a state B, its recall
+// is the share of its person's other faces of state B that are in its
+// cluster; each figure averages that over the faces that have such others
+// (nil when none has).
+type MaskRecall struct {
+	UU *float64 `json:"uu,omitempty"` // an unmasked face: its person's other unmasked faces
+	MM *float64 `json:"mm,omitempty"` // a masked face: its person's other masked faces
+	MU *float64 `json:"mu,omitempty"` // a masked face: its person's unmasked faces
+	// SameStateCeiling is the BCubed recall of a clustering that is perfect
+	// within each mask state and never puts a masked face with an unmasked
+	// one: what BCubed recall can reach without masked <-> unmasked links.
+	SameStateCeiling float64 `json:"same_state_ceiling"`
+}
+
+// RecallByMask computes MaskRecall; masked is the ground truth per item.
+func RecallByMask[T, P comparable](truth []T, pred []P, masked []bool) (MaskRecall, error) {
+	if len(truth) != len(pred) || len(truth) != len(masked) {
+		return MaskRecall{}, errors.New("mask recall: truth, prediction and mask lengths differ")
+	}
+	if len(truth) == 0 {
+		return MaskRecall{}, errors.New("mask recall: no items")
+	}
+	ti, _ := index(truth)
+	pi, _ := index(pred)
+	type state struct{ t, m int }
+	type cell struct{ t, p, m int }
+	person := map[state]int{} // faces per person and state
+	together := map[cell]int{}
+	sizes := map[int]int{} // faces per person
+	m := make([]int, len(masked))
+	for i, x := range masked {
+		if x {
+			m[i] = 1
+		}
+		person[state{ti[i], m[i]}]++
+		together[cell{ti[i], pi[i], m[i]}]++
+		sizes[ti[i]]++
+	}
+	// figure[state of the face][state of the others]: uu 0, mm 1, mu 2;
+	// an unmasked face's masked others (-1) are the MU figure seen from
+	// the other side.
+	figure := [2][2]int{{0, -1}, {2, 1}}
+	var sum, n [3]float64
+	var ceiling float64
+	for i := range truth {
+		ceiling += float64(person[state{ti[i], m[i]}]) / float64(sizes[ti[i]])
+		for b := 0; b < 2; b++ {
+			k := figure[m[i]][b]
+			if k < 0 {
+				continue
+			}
+			self := 0
+			if m[i] == b {
+				self = 1
+			}
+			others := person[state{ti[i], b}] - self
+			if others == 0 {
+				continue
+			}
+			sum[k] += float64(together[cell{ti[i], pi[i], b}]-self) / float64(others)
+			n[k]++
+		}
+	}
+	var out MaskRecall
+	for k, dst := range []**float64{&out.UU, &out.MM, &out.MU} {
+		if n[k] > 0 {
+			v := sum[k] / n[k]
+			*dst = &v
+		}
+	}
+	out.SameStateCeiling = ceiling / float64(len(truth))
+	return out, nil
+}

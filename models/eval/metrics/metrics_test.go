@@ -219,3 +219,53 @@ func TestNoiseToSingletons(t *testing.T) {
 		t.Fatal("length mismatch accepted")
 	}
 }
+
+func TestRecallByMask(t *testing.T) {
+	truth := []string{"a", "a", "a", "b", "b"}
+	masked := []bool{false, false, true, false, true}
+	get := func(p *float64) float64 {
+		if p == nil {
+			return -1
+		}
+		return *p
+	}
+	for _, tc := range []struct {
+		name       string
+		pred       []int
+		uu, mm, mu float64 // -1: undefined
+	}{
+		// a's unmasked faces together, its masked face alone, b split.
+		{"states apart", []int{0, 0, 1, 2, 3}, 1, -1, 0},
+		{"one cluster", []int{0, 0, 0, 0, 0}, 1, -1, 1},
+		// a's masked face with one of its unmasked faces: MU 1/2 for a,
+		// 0 for b; UU 0 (a's unmasked faces apart).
+		{"one link", []int{0, 1, 1, 2, 3}, 0, -1, 0.25},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := RecallByMask(truth, tc.pred, masked)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []struct {
+				what      string
+				got, want float64
+			}{{"uu", get(r.UU), tc.uu}, {"mm", get(r.MM), tc.mm}, {"mu", get(r.MU), tc.mu}} {
+				if !near(c.got, c.want) {
+					t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
+				}
+			}
+			// a: 2/3, 2/3, 1/3; b: 1/2, 1/2.
+			if !near(r.SameStateCeiling, 8.0/15) {
+				t.Errorf("ceiling %v, want 8/15", r.SameStateCeiling)
+			}
+		})
+	}
+	// Two masked faces of one person apart: MM 0.
+	r, err := RecallByMask([]int{1, 1}, []int{0, 1}, []bool{true, true})
+	if err != nil || get(r.MM) != 0 || r.UU != nil || r.MU != nil || !near(r.SameStateCeiling, 1) {
+		t.Fatalf("two masked apart: %+v %v", r, err)
+	}
+	if _, err := RecallByMask(truth, []int{0}, masked); err == nil {
+		t.Fatal("length mismatch accepted")
+	}
+}
