@@ -26,7 +26,6 @@ func evalHeldOut(ctx context.Context, env *cli.Env, args []string) error {
 	defP := fs.Float64("default-precision", 0.95, "minimum BCubed precision of a set not named in --min-precision")
 	maxPer := fs.Int("max-per-identity", 0, "in :synthetic training sets, use at most this many images per identity (0: all)")
 	maxSingles := fs.Int("max-singletons", 0, "in :synthetic training sets, use at most this many single-image identities (0: all)")
-	center := fs.Bool("center", false, "subtract from each clustered half the mean of its own projected templates")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -68,7 +67,7 @@ func evalHeldOut(ctx context.Context, env *cli.Env, args []string) error {
 			return fmt.Errorf("%w: --min-precision names %q, which is not a --dataset", cli.ErrUsage, k)
 		}
 	}
-	rep, err := eval.HeldOutClustering(ctx, trainSets, clusterSets, eval.HeldOutOptions{Method: m, Cuts: cs, MinPrecision: mp, Default: *defP, Center: *center})
+	rep, err := eval.HeldOutClustering(ctx, trainSets, clusterSets, eval.HeldOutOptions{Method: m, Cuts: cs, MinPrecision: mp, Default: *defP})
 	if err != nil {
 		return err
 	}

@@ -24,10 +24,6 @@ type HeldOutOptions struct {
 	MinPrecision map[string]float64
 	Default      float64
 	Algorithm    identity.Algorithm
-	// Center subtracts from each clustered half the mean of its own
-	// projected templates (then L2-normalises): a population mean learned
-	// from the faces being clustered, no labels.
-	Center bool
 }
 
 // HeldOutRow is one cut set on one clustered set and fold.
@@ -104,10 +100,6 @@ func HeldOutClustering(ctx context.Context, train, sets []Set, o HeldOutOptions)
 				}
 				halves[si][held].Samples = append(halves[si][held].Samples, x)
 			}
-			if o.Center {
-				centerRun(halves[si][0])
-				centerRun(halves[si][1])
-			}
 		}
 		rows := make([][]HeldOutRow, len(o.Cuts))
 		best, bestScore := 0, math.Inf(-1)
@@ -171,32 +163,5 @@ func (r *HeldOutReport) Markdown(w io.Writer) {
 		}
 		fmt.Fprintf(w, "| %d | %s%.2f, %.2f, %.2f%s | %s | %.3f / %.3f | %s%.3f / %.3f%s | %d / %d |\n", x.Fold, b, x.Cuts.UU, x.Cuts.MM, x.Cuts.MU, b, x.Set,
 			x.Fit.P, x.Fit.F1, b, x.HeldOut.P, x.HeldOut.F1, b, x.HeldOut.Found, x.HeldOut.True)
-	}
-}
-
-// centerRun subtracts the mean of r's templates from each and L2-normalises.
-func centerRun(r *Run) {
-	if len(r.Samples) == 0 {
-		return
-	}
-	mean := make([]float64, len(r.Samples[0].Embedding))
-	for _, x := range r.Samples {
-		for i, v := range x.Embedding {
-			mean[i] += float64(v) / float64(len(r.Samples))
-		}
-	}
-	for k, x := range r.Samples {
-		e := make([]float32, len(x.Embedding))
-		var n float64
-		for i, v := range x.Embedding {
-			d := float64(v) - mean[i]
-			e[i] = float32(d)
-			n += d * d
-		}
-		n = math.Sqrt(n)
-		for i := range e {
-			e[i] = float32(float64(e[i]) / n)
-		}
-		r.Samples[k].Embedding = e
 	}
 }
