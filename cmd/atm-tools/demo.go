@@ -449,11 +449,7 @@ func newDemoRun(out io.Writer) *demoRun {
 // inside the store's retention.
 func (d *demoRun) setScenario(faces []sim.Face, seed uint64) {
 	d.faces = faces
-	scores := make([]float64, len(faces))
-	for i, f := range faces {
-		scores[i] = f.Score
-	}
-	d.sc = sim.Build(len(faces), seed, scores...)
+	d.sc = sim.Day(faces, seed)
 	ref := time.Now().Add(-20*time.Hour - 30*time.Minute)
 	d.day0 = time.Date(ref.Year(), ref.Month(), ref.Day(), 8, 0, 0, 0, time.Local)
 }

@@ -1,8 +1,10 @@
 package sim
 
 import (
+	"encoding/csv"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,5 +121,66 @@ func TestRender(t *testing.T) {
 	cov := Render(nil, ShotCovered, 1, 3)[0]
 	if mean(cov) > 30 || mean(a[0]) < 40 {
 		t.Errorf("covered mean %.0f, face mean %.0f", mean(cov), mean(a[0]))
+	}
+}
+
+func TestWriteLabels(t *testing.T) {
+	s := Build(22, 7)
+	faces := make([]Face, 22)
+	for i := range faces {
+		if i%2 == 0 { // odd faces have no masked variant: shown unmasked
+			faces[i].Masked = [][]byte{{0}}
+		}
+	}
+	dir := t.TempDir()
+	const per = 3
+	if err := s.WriteLabels(faces, dir, per, 0); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dir, "labels.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(rows[0], ","); got != "path,identity,masked" {
+		t.Fatalf("header %q", got)
+	}
+	want := map[string][2]string{}
+	maskedSeen := 0
+	for i, v := range s.Visits {
+		if v.Person < 0 {
+			continue
+		}
+		p := s.People[v.Person]
+		m := "0"
+		if v.Mask >= 0 && faces[p.Face].Masked != nil {
+			m = "1"
+			maskedSeen++
+		}
+		for j := 0; j < per; j++ {
+			want[frameName(i, j)] = [2]string{p.Name, m}
+		}
+	}
+	if len(rows)-1 != len(want) || maskedSeen == 0 {
+		t.Fatalf("%d rows for %d face frames (%d masked visits)", len(rows)-1, len(want), maskedSeen)
+	}
+	for _, r := range rows[1:] {
+		if w, ok := want[r[0]]; !ok || w != [2]string{r[1], r[2]} {
+			t.Errorf("row %v, want %v", r, w)
+		}
+	}
+	// The first n visits only.
+	if err := s.WriteLabels(faces, dir, per, 5); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "labels.csv"))
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n")[1:] {
+		if l[:5] > "v0005" {
+			t.Errorf("row beyond the first 5 visits: %s", l)
+		}
 	}
 }

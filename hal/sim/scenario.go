@@ -122,6 +122,16 @@ func Build(nFaces int, seed uint64, scores ...float64) Scenario {
 	return s
 }
 
+// Day is the demo's day over faces: Build with the faces' detection scores,
+// so the frequent roles get the clearest faces.
+func Day(faces []Face, seed uint64) Scenario {
+	scores := make([]float64, len(faces))
+	for i, f := range faces {
+		scores[i] = f.Score
+	}
+	return Build(len(faces), seed, scores...)
+}
+
 // Frames renders the burst of visit v from faces.
 func (s Scenario) Frames(faces []Face, v Visit, n int) []Frame {
 	var img []byte

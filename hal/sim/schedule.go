@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"gocv.io/x/gocv"
 )
@@ -26,6 +27,35 @@ func (s Scenario) WriteSchedule(w io.Writer) error {
 	return nil
 }
 
+// frameName is the file WriteFrames writes for frame j of the i-th visit.
+func frameName(i, j int) string { return fmt.Sprintf("v%04d-f%02d.png", i+1, j+1) }
+
+// WriteLabels writes dir/labels.csv for the frames WriteFrames writes with
+// the same perVisit and n: path,identity,masked for every frame of a visit
+// that shows a face (the ground truth), so the evaluation harness reads the
+// day as a labelled folder (docs/accuracy.md).
+func (s Scenario) WriteLabels(faces []Face, dir string, perVisit, n int) error {
+	var b strings.Builder
+	b.WriteString("path,identity,masked\n")
+	for i, v := range s.Visits {
+		if n > 0 && i >= n {
+			break
+		}
+		if v.Person < 0 || v.Shot != ShotFace {
+			continue
+		}
+		p := s.People[v.Person]
+		masked := 0
+		if v.Mask >= 0 && len(faces[p.Face].Masked) > 0 {
+			masked = 1
+		}
+		for j := 0; j < perVisit; j++ {
+			fmt.Fprintf(&b, "%s,%s,%d\n", frameName(i, j), p.Name, masked)
+		}
+	}
+	return os.WriteFile(filepath.Join(dir, "labels.csv"), []byte(b.String()), 0o644)
+}
+
 // WriteFrames renders the bursts of the first n visits (all when n <= 0)
 // as PNG files into dir, named in visit order, so a replay camera
 // (camera kind "images") shows frames bursts of perFrame frames each.
@@ -43,7 +73,7 @@ func (s Scenario) WriteFrames(faces []Face, dir string, perVisit, n int) error {
 			if err != nil {
 				return err
 			}
-			name := filepath.Join(dir, fmt.Sprintf("v%04d-f%02d.png", i+1, j+1))
+			name := filepath.Join(dir, frameName(i, j))
 			ok := gocv.IMWrite(name, m)
 			m.Close()
 			runtime.KeepAlive(fr.BGR) // m wrapped it

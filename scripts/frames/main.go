@@ -2,10 +2,12 @@
 // arguments, each is scaled to cover WxH and centre-cropped to it, as a
 // camera at that mode would frame the scene. With -demo N it renders the
 // bursts of the first N card inserts of the demo's simulated ATM day
-// (faces at ATM distance in 640x480 frames; package demo).
+// (`atm-tools demo --seed S`: faces at ATM distance in 640x480 frames,
+// package sim) and DIR/labels.csv, their ground truth (path,identity,masked),
+// which makes DIR a labelled folder for `atm-tools eval`.
 //
 //	go run ./scripts/frames -size 640x480 -o DIR photo.jpg...
-//	go run ./scripts/frames -demo 40 -o DIR
+//	go run ./scripts/frames -demo 40 [-seed S] -o DIR
 package main
 
 import (
@@ -25,13 +27,17 @@ func main() {
 	out := flag.String("o", "", "output directory")
 	visits := flag.Int("demo", 0, "render the bursts of the demo day's first N visits instead")
 	burst := flag.Int("burst", 5, "frames per demo visit")
+	seed := flag.Uint64("seed", 1, "the demo day's seed (atm-tools demo --seed)")
 	modelsDir := flag.String("models", "build/models", "models dir (demo faces are found with its detector)")
 	photos := flag.String("photos", "build/src/face-api/demo", "face-api demo photos")
 	flag.Parse()
 	if *visits > 0 && *out != "" {
 		faces, err := sim.LoadFaces(*modelsDir, *photos)
 		if err == nil {
-			err = sim.Build(len(faces), 1).WriteFrames(faces, *out, *burst, *visits)
+			day := sim.Day(faces, *seed)
+			if err = day.WriteFrames(faces, *out, *burst, *visits); err == nil {
+				err = day.WriteLabels(faces, *out, *burst, *visits)
+			}
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
