@@ -33,7 +33,7 @@ func frameName(i, j int) string { return fmt.Sprintf("v%04d-f%02d.png", i+1, j+1
 // WriteLabels writes dir/labels.csv for the frames WriteFrames writes with
 // the same perVisit and n: path,identity,masked for every frame of a visit
 // that shows a face (the ground truth), so the evaluation harness reads the
-// day as a labelled folder (docs/accuracy.md).
+// day as a labelled folder (docs/demo.md).
 func (s Scenario) WriteLabels(faces []Face, dir string, perVisit, n int) error {
 	var b strings.Builder
 	b.WriteString("path,identity,masked\n")
