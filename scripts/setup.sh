@@ -9,8 +9,12 @@ cd "$(dirname "$0")/.."
 
 # prometheus: only for promtool, which checks the shipped alert rules and
 # dashboard queries (go test ./agent/daemon -run PackagedIntegrations); its
-# server is stopped again below.
-APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto systemd postgresql chromium prometheus)
+# server is stopped again below. libopenblas0-pthread: a BLAS that kiosks
+# often have and that calls mbind at load; the seccomp test runs the agent
+# under the unit's filter with it and with the reference BLAS
+# (internal/e2e/seccomp_test.go, blasProviders). Installing it makes it the
+# machine's default libblas.so.3 (Debian's alternatives), as on such a kiosk.
+APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto systemd postgresql chromium prometheus libopenblas0-pthread)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -555,8 +555,24 @@ func TestSeccompUnitFilter(t *testing.T) {
 	if !f.allow["set_mempolicy"] {
 		t.Errorf("the unit's filter refuses set_mempolicy, which libnuma calls at load")
 	}
+	if !f.allow["mbind"] {
+		t.Errorf("the unit's filter refuses mbind, which OpenBLAS calls at load")
+	}
+	type target struct{ bin, libPath string }
+	runs := map[string]target{}
 	for name, bin := range shippedBinaries(t) {
+		runs[name] = target{bin: bin}
+	}
+	// The dynamic build once more with each BLAS a kiosk may have.
+	for name, path := range blasProviders(t) {
+		runs["dynamic, "+name] = target{agentBin, path}
+	}
+	for name, run := range runs {
+		bin := run.bin
 		t.Run(name, func(t *testing.T) {
+			if run.libPath != "" {
+				t.Setenv("LD_LIBRARY_PATH", run.libPath)
+			}
 			s := newSeccompSetup(t)
 			out, err := configCheck(t, allow, bin, s.cfg)
 			if err != nil {
@@ -583,6 +599,34 @@ func TestSeccompUnitFilter(t *testing.T) {
 				name, strings.Count(log, "msg=visit "))
 		})
 	}
+}
+
+// blasProviders returns, by name, an LD_LIBRARY_PATH that makes the dynamic
+// linker load that BLAS as libblas.so.3 and liblapack.so.3 (the libraries
+// OpenCV links), whatever the machine's alternatives choose: Debian's
+// reference BLAS (libblas3, liblapack3: OpenCV's own dependencies) and
+// OpenBLAS (libopenblas0-pthread, installed by scripts/setup.sh), which
+// calls mbind at load.
+func blasProviders(t *testing.T) map[string]string {
+	out := map[string]string{}
+	for name, libs := range map[string][]string{
+		"reference BLAS": {"blas/libblas.so.3", "lapack/liblapack.so.3"},
+		"OpenBLAS":       {"openblas-pthread/libblas.so.3", "openblas-pthread/liblapack.so.3"},
+	} {
+		var dirs []string
+		for _, l := range libs {
+			m, _ := filepath.Glob(filepath.Join("/usr/lib", "*-linux-gnu", l))
+			if len(m) == 0 {
+				t.Errorf("%s: no /usr/lib/*-linux-gnu/%s (scripts/setup.sh installs it)", name, l)
+				break
+			}
+			dirs = append(dirs, filepath.Dir(m[0]))
+		}
+		if len(dirs) == len(libs) {
+			out[name] = strings.Join(slices.Compact(dirs), ":")
+		}
+	}
+	return out
 }
 
 // TestSeccompHarnessCatchesRefusedCall shows the harness can fail: with a
