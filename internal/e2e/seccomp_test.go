@@ -606,9 +606,16 @@ func TestSeccompUnitFilter(t *testing.T) {
 // OpenCV links), whatever the machine's alternatives choose: Debian's
 // reference BLAS (libblas3, liblapack3: OpenCV's own dependencies) and
 // OpenBLAS (libopenblas0-pthread, installed by scripts/setup.sh), which
-// calls mbind at load.
+// calls mbind at load. ATM_SECCOMP_BLAS adds others, as NAME=LD_LIBRARY_PATH
+// pairs separated by ";" (docs/security.md: BLAS builds unpacked with
+// dpkg -x, not installed).
 func blasProviders(t *testing.T) map[string]string {
 	out := map[string]string{}
+	for _, kv := range strings.Split(os.Getenv("ATM_SECCOMP_BLAS"), ";") {
+		if name, path, ok := strings.Cut(kv, "="); ok {
+			out[name] = path
+		}
+	}
 	for name, libs := range map[string][]string{
 		"reference BLAS": {"blas/libblas.so.3", "lapack/liblapack.so.3"},
 		"OpenBLAS":       {"openblas-pthread/libblas.so.3", "openblas-pthread/liblapack.so.3"},
