@@ -99,5 +99,55 @@ def main():
         report(f"re-ranked k1={k1} k2={k2} lambda={lam} ({time.time() - t:.0f} s)", r, ids, masked)
 
 
+
+
+def bcubed(ids, labels):
+    import collections
+    cl = collections.defaultdict(list)
+    for i, l in enumerate(labels):
+        cl[l].append(i)
+    per = collections.Counter(ids)
+    p = r = 0.0
+    for members in cl.values():
+        c = collections.Counter(ids[members])
+        for m in members:
+            p += c[ids[m]] / len(members)
+            r += c[ids[m]] / per[ids[m]]
+    p /= len(ids)
+    r /= len(ids)
+    return p, r, 2 * p * r / (p + r)
+
+
+def cluster_at_precision(tag, d, ids, min_p):
+    """Average-linkage HAC with one cut; the highest BCubed F1 among the
+    cuts (every 0.005) whose BCubed precision is at least min_p."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+    z = linkage(squareform(d, checks=False), method="average")
+    best = None
+    for cut in np.arange(0.2, 1.2, 0.005):
+        p, r, f = bcubed(ids, fcluster(z, cut, criterion="distance"))
+        if p >= min_p and (best is None or f > best[3]):
+            best = (cut, p, r, f)
+    print(f"{tag}: " + ("no cut keeps the precision" if best is None else
+          f"cut {best[0]:.3f} BCubed P {best[1]:.3f} R {best[2]:.3f} F1 {best[3]:.3f} (P >= {min_p})"))
+
+
+def clustering_main():
+    ids, masked, x = load(sys.argv[2])
+    min_p = float(sys.argv[3])
+    d = (1 - x @ x.T).astype(np.float64)
+    np.fill_diagonal(d, 0)
+    d = np.maximum(d, 0)
+    cluster_at_precision("cosine", d, ids, min_p)
+    for k1, k2, lam in [(10, 3, 0.3), (10, 3, 0.85)]:
+        r = rerank(d.copy(), k1, k2, lam).astype(np.float64)
+        np.fill_diagonal(r, 0)
+        cluster_at_precision(f"re-ranked k1={k1} k2={k2} lambda={lam}", r, ids, min_p)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "cluster":
+        clustering_main()  # rerank.py cluster FILE.csv MIN_PRECISION
+    else:
+        main()
