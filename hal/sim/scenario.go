@@ -138,9 +138,13 @@ func (s Scenario) Frames(faces []Face, v Visit, n int) []Frame {
 	if v.Person >= 0 {
 		f := faces[s.People[v.Person].Face]
 		img = f.BGR
-		if v.Mask >= 0 && len(f.Masked) > 0 {
+		if shownMasked(f, v) {
 			img = f.Masked[v.Mask%len(f.Masked)]
 		}
 	}
 	return Render(img, v.Shot, n, v.Seed)
 }
+
+// shownMasked reports whether visit v shows face f masked: the visit asks
+// for a mask and the face has masked variants.
+func shownMasked(f Face, v Visit) bool { return v.Mask >= 0 && len(f.Masked) > 0 }

@@ -41,12 +41,12 @@ func (s Scenario) WriteLabels(faces []Face, dir string, perVisit, n int) error {
 		if n > 0 && i >= n {
 			break
 		}
-		if v.Person < 0 || v.Shot != ShotFace {
+		if v.Person < 0 {
 			continue
 		}
 		p := s.People[v.Person]
 		masked := 0
-		if v.Mask >= 0 && len(faces[p.Face].Masked) > 0 {
+		if shownMasked(faces[p.Face], v) {
 			masked = 1
 		}
 		for j := 0; j < perVisit; j++ {
