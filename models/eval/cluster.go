@@ -24,9 +24,12 @@ type ClusterReport struct {
 	Default    string              `json:"default"`
 	Thresholds identity.Thresholds `json:"thresholds"`
 	// Faceless images are not clustered; they are counted here.
-	Images     int               `json:"images"`
-	Clustered  int               `json:"clustered"`
-	Algorithms []AlgorithmScores `json:"algorithms"`
+	Images    int `json:"images"`
+	Clustered int `json:"clustered"`
+	// SameStateCeiling (sets with masked faces): the BCubed recall a
+	// clustering can reach without masked <-> unmasked links.
+	SameStateCeiling *float64          `json:"same_state_ceiling,omitempty"`
+	Algorithms       []AlgorithmScores `json:"algorithms"`
 }
 
 // ClusterOptions for ClusterEval.
@@ -57,6 +60,10 @@ func ClusterEval(ctx context.Context, run *Run, name string, o ClusterOptions) (
 	rep.Clustered = len(samples)
 	if len(samples) == 0 {
 		return nil, fmt.Errorf("no faces found in %s", name)
+	}
+	if anyMasked {
+		c := metrics.SameStateCeiling(truth, masked)
+		rep.SameStateCeiling = &c
 	}
 	algos := o.Algorithms
 	if len(algos) == 0 {
@@ -107,7 +114,7 @@ func (r *ClusterReport) Markdown(w io.Writer) {
 // maskRecallMarkdown writes the recall by mask state, when the set has
 // masked faces.
 func (r *ClusterReport) maskRecallMarkdown(w io.Writer) {
-	if len(r.Algorithms) == 0 || r.Algorithms[0].ByMask == nil {
+	if r.SameStateCeiling == nil {
 		return
 	}
 	opt := func(p *float64) string {
@@ -122,7 +129,7 @@ func (r *ClusterReport) maskRecallMarkdown(w io.Writer) {
 	for _, a := range r.Algorithms {
 		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", a.Name, opt(a.ByMask.UU), opt(a.ByMask.MM), opt(a.ByMask.MU))
 	}
-	c := r.Algorithms[0].ByMask.SameStateCeiling
+	c := *r.SameStateCeiling
 	fmt.Fprintf(w, "\nWithout a single masked <-> unmasked link, BCubed recall is at most %.3f (BCubed F1 %.3f at precision 1).\n", c, 2*c/(1+c))
 }
 

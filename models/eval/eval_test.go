@@ -122,8 +122,11 @@ func TestClusterEvalAndCalibrate(t *testing.T) {
 	if bm == nil || bm.UU == nil || bm.MM == nil || bm.MU == nil {
 		t.Fatalf("no recall by mask state: %+v", bm)
 	}
-	if *bm.MU < 0.99 || *bm.UU < 0.99 || math.Abs(bm.SameStateCeiling-0.5) > 1e-9 {
-		t.Errorf("recall by mask state %v %v %v, ceiling %v", *bm.UU, *bm.MM, *bm.MU, bm.SameStateCeiling)
+	if rep.SameStateCeiling == nil {
+		t.Fatal("no same-state ceiling")
+	}
+	if *bm.MU < 0.99 || *bm.UU < 0.99 || math.Abs(*rep.SameStateCeiling-0.5) > 1e-9 {
+		t.Errorf("recall by mask state %v %v %v, ceiling %v", *bm.UU, *bm.MM, *bm.MU, *rep.SameStateCeiling)
 	}
 	var md strings.Builder
 	rep.Markdown(&md)

@@ -181,10 +181,21 @@ type MaskRecall struct {
 	UU *float64 `json:"uu,omitempty"` // an unmasked face: its person's other unmasked faces
 	MM *float64 `json:"mm,omitempty"` // a masked face: its person's other masked faces
 	MU *float64 `json:"mu,omitempty"` // a masked face: its person's unmasked faces
-	// SameStateCeiling is the BCubed recall of a clustering that is perfect
-	// within each mask state and never puts a masked face with an unmasked
-	// one: what BCubed recall can reach without masked <-> unmasked links.
-	SameStateCeiling float64 `json:"same_state_ceiling"`
+}
+
+// maskStates returns per-item states (0 unmasked, 1 masked), the true
+// identities' indices, and faces per identity and state.
+func maskStates[T comparable](truth []T, masked []bool) (m, ti []int, person map[[2]int]int) {
+	ti, _ = index(truth)
+	m = make([]int, len(masked))
+	person = map[[2]int]int{}
+	for i, x := range masked {
+		if x {
+			m[i] = 1
+		}
+		person[[2]int{ti[i], m[i]}]++
+	}
+	return m, ti, person
 }
 
 // RecallByMask computes MaskRecall; masked is the ground truth per item.
@@ -195,30 +206,18 @@ func RecallByMask[T, P comparable](truth []T, pred []P, masked []bool) (MaskReca
 	if len(truth) == 0 {
 		return MaskRecall{}, errors.New("mask recall: no items")
 	}
-	ti, _ := index(truth)
+	m, ti, person := maskStates(truth, masked)
 	pi, _ := index(pred)
-	type state struct{ t, m int }
-	type cell struct{ t, p, m int }
-	person := map[state]int{} // faces per person and state
-	together := map[cell]int{}
-	sizes := map[int]int{} // faces per person
-	m := make([]int, len(masked))
-	for i, x := range masked {
-		if x {
-			m[i] = 1
-		}
-		person[state{ti[i], m[i]}]++
-		together[cell{ti[i], pi[i], m[i]}]++
-		sizes[ti[i]]++
+	together := map[[3]int]int{} // faces per identity, cluster and state
+	for i := range truth {
+		together[[3]int{ti[i], pi[i], m[i]}]++
 	}
 	// figure[state of the face][state of the others]: uu 0, mm 1, mu 2;
 	// an unmasked face's masked others (-1) are the MU figure seen from
 	// the other side.
 	figure := [2][2]int{{0, -1}, {2, 1}}
 	var sum, n [3]float64
-	var ceiling float64
 	for i := range truth {
-		ceiling += float64(person[state{ti[i], m[i]}]) / float64(sizes[ti[i]])
 		for b := 0; b < 2; b++ {
 			k := figure[m[i]][b]
 			if k < 0 {
@@ -228,11 +227,11 @@ func RecallByMask[T, P comparable](truth []T, pred []P, masked []bool) (MaskReca
 			if m[i] == b {
 				self = 1
 			}
-			others := person[state{ti[i], b}] - self
+			others := person[[2]int{ti[i], b}] - self
 			if others == 0 {
 				continue
 			}
-			sum[k] += float64(together[cell{ti[i], pi[i], b}]-self) / float64(others)
+			sum[k] += float64(together[[3]int{ti[i], pi[i], b}]-self) / float64(others)
 			n[k]++
 		}
 	}
@@ -243,6 +242,21 @@ func RecallByMask[T, P comparable](truth []T, pred []P, masked []bool) (MaskReca
 			*dst = &v
 		}
 	}
-	out.SameStateCeiling = ceiling / float64(len(truth))
 	return out, nil
+}
+
+// SameStateCeiling is the BCubed recall of a clustering that is perfect
+// within each mask state and never puts a masked face with an unmasked one:
+// what BCubed recall can reach without masked <-> unmasked links.
+func SameStateCeiling[T comparable](truth []T, masked []bool) float64 {
+	if len(truth) == 0 || len(truth) != len(masked) {
+		return 0
+	}
+	m, ti, person := maskStates(truth, masked)
+	var sum float64
+	for i := range truth {
+		own := person[[2]int{ti[i], m[i]}]
+		sum += float64(own) / float64(own+person[[2]int{ti[i], 1 - m[i]}])
+	}
+	return sum / float64(len(truth))
 }

@@ -254,15 +254,15 @@ func TestRecallByMask(t *testing.T) {
 					t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
 				}
 			}
-			// a: 2/3, 2/3, 1/3; b: 1/2, 1/2.
-			if !near(r.SameStateCeiling, 8.0/15) {
-				t.Errorf("ceiling %v, want 8/15", r.SameStateCeiling)
-			}
 		})
+	}
+	// a: 2/3, 2/3, 1/3; b: 1/2, 1/2.
+	if c := SameStateCeiling(truth, masked); !near(c, 8.0/15) {
+		t.Errorf("ceiling %v, want 8/15", c)
 	}
 	// Two masked faces of one person apart: MM 0.
 	r, err := RecallByMask([]int{1, 1}, []int{0, 1}, []bool{true, true})
-	if err != nil || get(r.MM) != 0 || r.UU != nil || r.MU != nil || !near(r.SameStateCeiling, 1) {
+	if err != nil || get(r.MM) != 0 || r.UU != nil || r.MU != nil || !near(SameStateCeiling([]int{1, 1}, []bool{true, true}), 1) {
 		t.Fatalf("two masked apart: %+v %v", r, err)
 	}
 	if _, err := RecallByMask(truth, []int{0}, masked); err == nil {
