@@ -72,8 +72,6 @@ func Cluster(ctx context.Context, samples []Sample, opt ClusterOptions) ([]int, 
 		return dbscan(ctx, samples, opt)
 	case Online:
 		return clusterOnline(ctx, samples, opt)
-	case Centroid:
-		return centroidHAC(ctx, samples, opt, dim)
 	case Average, Complete, "":
 		if err := opt.Config.Validate(); err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
