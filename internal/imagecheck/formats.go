@@ -89,45 +89,84 @@ func otherConfig(format string, data []byte) (Info, error) {
 
 // pnmConfig: "P1".."P6" then width, height (and maxval) separated by
 // white space and # comments; "P7" (PAM) has WIDTH and HEIGHT lines up to
-// ENDHDR.
+// ENDHDR (pamConfig).
 func pnmConfig(data []byte) (Info, error) {
 	info := Info{Format: "pnm"}
 	if data[1] == '7' {
-		end := bytes.Index(data, []byte("ENDHDR"))
-		if end < 0 {
-			return info, fmt.Errorf("%w: PAM header without ENDHDR", ErrTruncated)
-		}
-		for _, line := range strings.Split(string(data[3:end]), "\n") {
-			f := strings.Fields(line)
-			if len(f) != 2 || (f[0] != "WIDTH" && f[0] != "HEIGHT") {
-				continue
-			}
-			v, err := strconv.Atoi(f[1])
-			if err != nil || v > 1<<30 {
-				return info, fmt.Errorf("%w: PAM %s %q", ErrCorrupt, f[0], f[1])
-			}
-			switch f[0] {
-			case "WIDTH":
-				info.Width = v
-			case "HEIGHT":
-				info.Height = v
-			}
-		}
-		return info, nil
+		return pamConfig(data)
 	}
 	w, h, err := pnmInts(data[2:], 2)
 	info.Width, info.Height = w, h
 	return info, err
 }
 
+// pamConfig reads a PAM header's WIDTH and HEIGHT lines up to the ENDHDR
+// line. OpenCV ends a header line at CR as well as LF and takes a field's
+// value up to the line's end; a header whose size lines could be read two
+// ways (a size line given twice, or with other than one number after its
+// name) is refused rather than guessed.
+func pamConfig(data []byte) (Info, error) {
+	info := Info{Format: "pnm"}
+	head := strings.ReplaceAll(string(data[3:min(len(data), 64<<10)]), "\r", "\n")
+	seen := map[string]bool{}
+	for _, line := range strings.Split(head, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "ENDHDR":
+			return info, nil
+		case "WIDTH", "HEIGHT":
+		default:
+			continue
+		}
+		if seen[f[0]] {
+			return info, fmt.Errorf("%w: PAM %s given twice", ErrCorrupt, f[0])
+		}
+		seen[f[0]] = true
+		if len(f) != 2 {
+			return info, fmt.Errorf("%w: PAM line %q", ErrCorrupt, line)
+		}
+		v, err := decimal(f[1])
+		if err != nil {
+			return info, fmt.Errorf("%w: PAM %s %q", ErrCorrupt, f[0], f[1])
+		}
+		if f[0] == "WIDTH" {
+			info.Width = v
+		} else {
+			info.Height = v
+		}
+	}
+	return info, fmt.Errorf("%w: PAM header without ENDHDR", ErrTruncated)
+}
+
+// decimal parses a run of ASCII digits, leading zeros allowed (OpenCV reads
+// them), refusing values over 2^30.
+func decimal(d string) (int, error) {
+	t := strings.TrimLeft(d, "0")
+	if d == "" || len(t) > 10 || strings.Trim(d, "0123456789") != "" {
+		return 0, fmt.Errorf("not a decimal size: %q", d)
+	}
+	if t == "" {
+		return 0, nil
+	}
+	v, err := strconv.Atoi(t)
+	if err != nil || v > 1<<30 {
+		return 0, fmt.Errorf("size %q out of range", d)
+	}
+	return v, nil
+}
+
 // pnmInts reads the first n (1 or 2) decimal numbers of a PNM-style header.
+// A # comment runs to the next LF or CR, as OpenCV's reader ends it.
 func pnmInts(b []byte, n int) (int, int, error) {
 	var v []int
 	i := 0
 	for len(v) < n {
 		for i < len(b) && (isSpace(b[i]) || b[i] == '#') {
 			if b[i] == '#' {
-				for i < len(b) && b[i] != '\n' {
+				for i < len(b) && b[i] != '\n' && b[i] != '\r' {
 					i++
 				}
 				continue
@@ -135,13 +174,16 @@ func pnmInts(b []byte, n int) (int, int, error) {
 			i++
 		}
 		j := i
-		for j < len(b) && b[j] >= '0' && b[j] <= '9' && j-i < 10 {
+		for j < len(b) && b[j] >= '0' && b[j] <= '9' && j-i < 64 {
 			j++
 		}
 		if j == i || j == len(b) {
 			return 0, 0, fmt.Errorf("%w: netpbm header", ErrTruncated)
 		}
-		x, _ := strconv.Atoi(string(b[i:j]))
+		x, err := decimal(string(b[i:j]))
+		if err != nil {
+			return 0, 0, fmt.Errorf("%w: netpbm header: %v", ErrCorrupt, err)
+		}
 		v = append(v, x)
 		i = j
 	}
@@ -149,7 +191,8 @@ func pnmInts(b []byte, n int) (int, int, error) {
 }
 
 // tiffConfig reads ImageWidth (256) and ImageLength (257) of the first
-// image file directory (what imdecode decodes), classic TIFF or BigTIFF.
+// image file directory (what imdecode decodes), classic TIFF or BigTIFF; a
+// size tag given twice is refused.
 func tiffConfig(data []byte) (Info, error) {
 	info := Info{Format: "tiff"}
 	var bo binary.ByteOrder = binary.LittleEndian
@@ -189,12 +232,19 @@ func tiffConfig(data []byte) (Info, error) {
 	if n > 1<<16 || p+n*size > uint64(len(data)) {
 		return info, cut
 	}
+	var seen [2]bool
 	for k := range n {
 		e := data[p+k*size:]
 		tag, typ := bo.Uint16(e), bo.Uint16(e[2:])
 		if tag != 256 && tag != 257 {
 			continue
 		}
+		// libtiff keeps the first of a tag given twice; which one another
+		// reader keeps is not ours to guess.
+		if seen[tag-256] {
+			return info, fmt.Errorf("%w: TIFF size tag %d given twice", ErrCorrupt, tag)
+		}
+		seen[tag-256] = true
 		vo := 8
 		if big {
 			vo = 12
@@ -222,32 +272,81 @@ func tiffConfig(data []byte) (Info, error) {
 	return info, nil
 }
 
-// jp2Config reads the size from a JP2 file's ihdr box or a codestream's SIZ
-// marker segment.
+// jp2Config reads the size from a codestream's SIZ marker segment: a bare
+// codestream's, or in a JP2 file the one that opens the contiguous
+// codestream box (jp2c), found by walking the top-level boxes. That is what
+// the decoder (OpenJPEG) sizes the image by; the ihdr box of the header box
+// (jp2h) must agree with it, and a file where they differ is refused.
 func jp2Config(data []byte) (Info, error) {
 	info := Info{Format: "jpeg2000"}
 	if bytes.HasPrefix(data, j2kMagic) {
-		if len(data) < 4+2+2+16 {
-			return info, fmt.Errorf("%w: JPEG 2000 SIZ cut short", ErrTruncated)
+		return sizConfig(data, info)
+	}
+	var ihdr []byte
+	for p := 0; p < len(data); {
+		if p+8 > len(data) {
+			return info, fmt.Errorf("%w: JP2 box header cut short", ErrTruncated)
 		}
-		s := data[8:]
-		x, y := binary.BigEndian.Uint32(s), binary.BigEndian.Uint32(s[4:])
-		xo, yo := binary.BigEndian.Uint32(s[8:]), binary.BigEndian.Uint32(s[12:])
-		if xo > x || yo > y {
-			return info, fmt.Errorf("%w: JPEG 2000 origin outside the image", ErrCorrupt)
+		l, typ, hl := uint64(binary.BigEndian.Uint32(data[p:])), string(data[p+4:p+8]), uint64(8)
+		switch l {
+		case 0: // to the end of the file
+			l = uint64(len(data) - p)
+		case 1:
+			if p+16 > len(data) {
+				return info, fmt.Errorf("%w: JP2 box header cut short", ErrTruncated)
+			}
+			l, hl = binary.BigEndian.Uint64(data[p+8:]), 16
 		}
-		info.Width, info.Height = int(x-xo), int(y-yo)
-		return info, nil
+		if l < hl {
+			return info, fmt.Errorf("%w: JP2 box %q of %d bytes", ErrCorrupt, typ, l)
+		}
+		end := uint64(len(data) - p)
+		if typ == "jp2c" {
+			// A codestream cut short still shows its SIZ; decoding fails later.
+			info, err := sizConfig(data[p+int(hl):p+int(min(l, end))], info)
+			if err == nil && ihdr != nil {
+				h, w := binary.BigEndian.Uint32(ihdr), binary.BigEndian.Uint32(ihdr[4:])
+				if uint64(w) != uint64(info.Width) || uint64(h) != uint64(info.Height) {
+					return Info{Format: info.Format}, fmt.Errorf("%w: JP2 header box says %dx%d, its codestream %dx%d", ErrCorrupt, w, h, info.Width, info.Height)
+				}
+			}
+			return info, err
+		}
+		if l > end {
+			return info, fmt.Errorf("%w: JP2 box %q cut short", ErrTruncated, typ)
+		}
+		if typ == "jp2h" && ihdr == nil {
+			// Its first box is the image header box: length 22, "ihdr", height, width.
+			b := data[p+int(hl) : p+int(l)]
+			if len(b) < 16 || string(b[4:8]) != "ihdr" {
+				return info, fmt.Errorf("%w: JP2 header box without its ihdr box first", ErrCorrupt)
+			}
+			ihdr = b[8:16]
+		}
+		p += int(l)
 	}
-	i := bytes.Index(data[:min(len(data), 4096)], []byte("ihdr"))
-	if i < 0 || i+12 > len(data) {
-		return info, fmt.Errorf("%w: JP2 without an ihdr box", ErrTruncated)
+	return info, fmt.Errorf("%w: JP2 without a codestream box", ErrTruncated)
+}
+
+// sizConfig reads a codestream's SIZ segment: SOC, SIZ marker, Lsiz, Rsiz,
+// then Xsiz, Ysiz, XOsiz, YOsiz.
+func sizConfig(cs []byte, info Info) (Info, error) {
+	if len(cs) < 24 {
+		return info, fmt.Errorf("%w: JPEG 2000 SIZ cut short", ErrTruncated)
 	}
-	h, w := binary.BigEndian.Uint32(data[i+4:]), binary.BigEndian.Uint32(data[i+8:])
-	if w > 1<<30 || h > 1<<30 {
-		return info, fmt.Errorf("%w: JP2 of %dx%d pixels", ErrCorrupt, w, h)
+	if !bytes.HasPrefix(cs, j2kMagic) {
+		return info, fmt.Errorf("%w: JPEG 2000 codestream without SOC and SIZ first", ErrCorrupt)
 	}
-	info.Width, info.Height = int(w), int(h)
+	s := cs[8:]
+	x, y := binary.BigEndian.Uint32(s), binary.BigEndian.Uint32(s[4:])
+	xo, yo := binary.BigEndian.Uint32(s[8:]), binary.BigEndian.Uint32(s[12:])
+	if xo > x || yo > y {
+		return info, fmt.Errorf("%w: JPEG 2000 origin outside the image", ErrCorrupt)
+	}
+	if x-xo > 1<<30 || y-yo > 1<<30 {
+		return info, fmt.Errorf("%w: JPEG 2000 of %dx%d pixels", ErrCorrupt, x-xo, y-yo)
+	}
+	info.Width, info.Height = int(x-xo), int(y-yo)
 	return info, nil
 }
 

@@ -159,6 +159,13 @@ func TestCheckOpenCVFormats(t *testing.T) {
 		{"j2k codestream", append([]byte{0xFF, 0x4F, 0xFF, 0x51, 0, 41, 0, 0, 0, 0, 1, 0, 0, 0, 0, 128}, make([]byte, 8)...), 256, 128, nil, false},
 		{"openexr", append([]byte{0x76, 0x2f, 0x31, 0x01}, make([]byte, 40)...), 0, 0, imagecheck.ErrUnsupported, false},
 		{"pnm cut", []byte("P6 640"), 0, 0, imagecheck.ErrTruncated, false},
+		// Read as OpenCV reads them (agent/vision's TestCheckAgreesWithOpenCV
+		// decodes each such header for real).
+		{"pgm comment ended by CR", []byte("P5\n#\r8000 8000 255\n10 10\n"), 0, 0, imagecheck.ErrTooLarge, false},
+		{"pgm with leading zeros", []byte("P5 00000000016000 16000\n255\n"), 0, 0, imagecheck.ErrTooLarge, false},
+		{"pgm side of 11 digits", []byte("P5 12345678901 1\n255\n"), 0, 0, imagecheck.ErrCorrupt, false},
+		{"tiff size tags twice", append(tiffHdr(10, 10)[:10:10], append(tiffHdr(300, 10)[10:22], tiffHdr(300, 10)[10:]...)...), 0, 0, imagecheck.ErrCorrupt, false},
+		{"pam size given twice", []byte("P7\nWIDTH 10\nHEIGHT 10\nWIDTH 60000\nENDHDR\n"), 0, 0, imagecheck.ErrCorrupt, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			info, err := imagecheck.Check(tc.data, all)
