@@ -94,13 +94,27 @@ func (d Device) State() string {
 	return string(d.Status.State)
 }
 
+// MaxAhead is how far past its receive time a message's ts may lie and
+// still speak for the device's clock.
+const MaxAhead = time.Hour
+
+// Ahead reports whether m's ts lies more than MaxAhead past the time it was
+// received: an agent clock gone wrong, or a forged message. Such a message
+// is stored and counted like any other, but its ts never restarts the
+// sequence and never becomes the device's LastTS, so one message dated
+// 2099 cannot make every later one "earlier than the restart" and freeze
+// the device's view.
+func Ahead(m Message) bool {
+	return m.TS.After(m.Received.Add(MaxAhead))
+}
+
 // Restarted reports whether m restarts the device's sequence: a seq below
 // the highest seen with a ts newer than any seen (the agent was reinstalled
-// or its store reset, and counts from 1 again). The sequence accounting
-// (FirstSeq, MaxSeq, Unique, so Gaps) then starts again at m's seq, m's
-// summary replaces the latest one and SeqRestart is set to m's ts.
+// or its store reset, and counts from 1 again), and not Ahead. The sequence
+// accounting (FirstSeq, MaxSeq, Unique, so Gaps) then starts again at m's
+// seq, m's summary replaces the latest one and SeqRestart is set to m's ts.
 func Restarted(d Device, m Message) bool {
-	return d.Unique > 0 && m.Seq < d.MaxSeq && !d.LastTS.IsZero() && m.TS.After(d.LastTS)
+	return d.Unique > 0 && m.Seq < d.MaxSeq && !d.LastTS.IsZero() && m.TS.After(d.LastTS) && !Ahead(m)
 }
 
 // Earlier reports whether m belongs to a sequence the device restarted

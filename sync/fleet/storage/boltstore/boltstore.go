@@ -238,7 +238,7 @@ func (s *Store) Apply(ctx context.Context, msgs []storage.Message) ([]bool, erro
 			if m.Received.After(d.LastReceived) {
 				d.LastReceived = m.Received
 			}
-			if m.TS.After(d.LastTS) {
+			if m.TS.After(d.LastTS) && !storage.Ahead(m) {
 				d.LastTS = m.TS.UTC()
 			}
 			switch {

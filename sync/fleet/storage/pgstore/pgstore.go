@@ -383,9 +383,16 @@ func applyOne(ctx context.Context, tx pgx.Tx, m storage.Message) (bool, error) {
 	// seq; a summary replaces the latest one when its seq is higher, on a
 	// restart, or when the latest is left from an earlier sequence.
 	// A message older than the last restart (storage.Earlier) is stored
-	// but not counted.
-	const restart = `(d.uniq > 0 AND EXCLUDED.max_seq < d.max_seq AND d.last_ts IS NOT NULL AND EXCLUDED.last_ts > d.last_ts)`
-	const earlier = `(d.seq_restart IS NOT NULL AND EXCLUDED.last_ts < d.seq_restart)`
+	// but not counted. The ts of a message dated too far past its receipt
+	// (storage.Ahead) is passed as NULL: it neither restarts the sequence
+	// nor moves last_ts.
+	const restart = `(d.uniq > 0 AND EXCLUDED.max_seq < d.max_seq AND d.last_ts IS NOT NULL AND EXCLUDED.last_ts IS NOT NULL AND EXCLUDED.last_ts > d.last_ts)`
+	const earlier = `(d.seq_restart IS NOT NULL AND EXCLUDED.last_ts IS NOT NULL AND EXCLUDED.last_ts < d.seq_restart)`
+	var ts *time.Time
+	if !storage.Ahead(m) {
+		t := m.TS.UTC()
+		ts = &t
+	}
 	const newer = `EXCLUDED.summary IS NOT NULL AND NOT ` + earlier + ` AND (EXCLUDED.summary_seq > d.summary_seq OR d.summary_seq > d.max_seq OR d.summary IS NULL OR ` + restart + `)`
 	_, err = tx.Exec(ctx, `INSERT INTO atm_fleet_devices AS d (site, device, first_seq, max_seq, uniq, last_received, summary, summary_seq, last_ts)
 		VALUES ($1, $2, $3, $3, 1, $4, $5, $6, $7)
@@ -398,7 +405,7 @@ func applyOne(ctx context.Context, tx pgx.Tx, m storage.Message) (bool, error) {
 			last_ts = GREATEST(d.last_ts, EXCLUDED.last_ts),
 			summary = CASE WHEN `+newer+` THEN EXCLUDED.summary ELSE d.summary END,
 			summary_seq = CASE WHEN `+newer+` THEN EXCLUDED.summary_seq ELSE d.summary_seq END`,
-		m.Site, m.Device, seq, m.Received.UTC(), summary, summarySeq, m.TS.UTC())
+		m.Site, m.Device, seq, m.Received.UTC(), summary, summarySeq, ts)
 	if err != nil {
 		return false, err
 	}

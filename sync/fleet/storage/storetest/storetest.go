@@ -49,6 +49,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("Retention", func(t *testing.T) { retention(t, open(t)) })
 	t.Run("RejectsCreateNoDevice", func(t *testing.T) { rejectsCreateNoDevice(t, open(t)) })
 	t.Run("SeqRestart", func(t *testing.T) { seqRestart(t, open(t)) })
+	t.Run("TSAhead", func(t *testing.T) { tsAhead(t, open(t)) })
 	t.Run("BatchWrites", func(t *testing.T) { batchWrites(t, open(t)) })
 	t.Run("SessionRevocations", func(t *testing.T) { sessionRevocations(t, open(t)) })
 }
@@ -169,6 +170,47 @@ func seqRestart(t *testing.T, s storage.Store) {
 	d, _ = s.Device(c, "s", "d")
 	if d.Summary.Seq != 3 || d.FirstSeq != 1 || d.MaxSeq != 3 || d.Gaps() != 0 {
 		t.Fatalf("late seq 2: summary seq %v, first %d max %d gaps %d", seqOf(d), d.FirstSeq, d.MaxSeq, d.Gaps())
+	}
+}
+
+// One summary dated far past its receipt (a forged message, or an agent
+// clock gone wrong) with a low seq: stored, but no restart, and the genuine
+// messages after it still count and become the latest summary.
+func tsAhead(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	for seq := uint64(1); seq <= 3; seq++ {
+		if _, err := s.Apply(c, []storage.Message{Summary("s", "d", seq, T0.Add(time.Duration(seq)*time.Minute), 10+int(seq))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	forged := Summary("s", "d", 0, time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC), 999)
+	forged.Received = T0.Add(4 * time.Minute)
+	if fresh, err := s.Apply(c, []storage.Message{forged}); err != nil || !fresh[0] {
+		t.Fatalf("forged summary: fresh %v, %v; want stored", fresh, err)
+	}
+	for seq := uint64(4); seq <= 5; seq++ {
+		if _, err := s.Apply(c, []storage.Message{Summary("s", "d", seq, T0.Add(time.Duration(seq)*time.Minute), 10+int(seq))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := s.Device(c, "s", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Summary == nil || d.Summary.Seq != 5 || d.Summary.Totals.Visits.H1 != 15 || d.MaxSeq != 5 || !d.SeqRestart.IsZero() {
+		t.Fatalf("after a summary dated 2099: latest seq %v, max seq %d, restart %v; want seq 5 (15 visits), max 5, no restart", seqOf(d), d.MaxSeq, d.SeqRestart)
+	}
+	if !d.LastTS.Equal(T0.Add(5 * time.Minute)) {
+		t.Errorf("last ts = %v, want the genuine %v", d.LastTS, T0.Add(5*time.Minute))
+	}
+	// An honest restart (a new message id, seq from 1 again) still restarts.
+	restart := Summary("s", "d", 1, T0.Add(time.Hour), 3)
+	restart.MessageID, restart.Summary.MessageID = "after-reinstall", "after-reinstall"
+	if _, err := s.Apply(c, []storage.Message{restart}); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ = s.Device(c, "s", "d"); d.Summary == nil || d.Summary.Seq != 1 || !d.SeqRestart.Equal(T0.Add(time.Hour)) {
+		t.Fatalf("honest restart after it: latest seq %v, restart %v", seqOf(d), d.SeqRestart)
 	}
 }
 
