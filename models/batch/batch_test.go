@@ -433,6 +433,22 @@ func TestOutputInsideInput(t *testing.T) {
 	if _, err := Run(ctx, filepath.Join(in, "a"), in, fakes(1), o); err == nil {
 		t.Fatal("input inside the output folder accepted")
 	}
+	// A second output folder: the first one, still inside the input, is
+	// an earlier run's output (photo copies, face thumbnails), not input.
+	rep, err = Run(ctx, in, filepath.Join(in, "clustered-again"), []FaceFinder{fakeFinder{calls}}, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Counts.Images != 12 {
+		t.Fatalf("an earlier output folder was read as input: %d images, want 12", rep.Counts.Images)
+	}
+	found := false
+	for _, p := range rep.Skipped {
+		found = found || (p.Path == "clustered" && strings.Contains(p.Reason, "earlier cluster run"))
+	}
+	if !found {
+		t.Errorf("the earlier output is not listed as skipped: %+v", rep.Skipped)
+	}
 }
 
 func TestPermissionDenied(t *testing.T) {

@@ -51,7 +51,9 @@ type Listing struct {
 // Walk lists dir recursively in lexical order. Symbolic links to files are
 // followed; links to directories are not (no cycles). Paths under any of
 // exclude (absolute, cleaned) are left out, so that an output folder inside
-// the input is never read back. Only a root that cannot be read is an error.
+// the input is never read back, and so are folders below the root that an
+// earlier run wrote (they hold its marker file), listed as skipped. Only a
+// root that cannot be read is an error.
 func Walk(dir string, exclude ...string) (*Listing, error) {
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -81,6 +83,12 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 		}
 		if d.IsDir() {
 			if p != dir && excluded(p, exclude) {
+				return fs.SkipDir
+			}
+			if p != dir && isOutput(p) {
+				// An earlier run's output (copies and face thumbnails of
+				// the photos) would be clustered again with its sources.
+				l.Skipped = append(l.Skipped, Problem{Path: rel(p), Reason: "output folder of an earlier cluster run (" + markerName + "; not read)"})
 				return fs.SkipDir
 			}
 			return nil
@@ -258,4 +266,10 @@ func reason(err error) string {
 		return pe.Op + ": " + pe.Err.Error()
 	}
 	return err.Error()
+}
+
+// isOutput reports whether dir holds the marker an output folder is written with.
+func isOutput(dir string) bool {
+	st, err := os.Lstat(filepath.Join(dir, markerName))
+	return err == nil && st.Mode().IsRegular()
 }
