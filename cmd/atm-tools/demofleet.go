@@ -23,7 +23,6 @@ import (
 	"github.com/periocular/atm-agent/hal/sim"
 	"github.com/periocular/atm-agent/internal/cli"
 	"github.com/periocular/atm-agent/sync/fleet/service"
-	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/web"
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -436,7 +435,7 @@ func (c *fleetClient) get(ctx context.Context, path string, v any) error {
 // fleetView is what the fleet's JSON API holds.
 type fleetView struct {
 	Devices []fleetDevice
-	Alerts  map[string][]storage.Alert // by device
+	Alerts  map[string][]web.APIAlert // by device
 }
 
 func (f *fleetAct) view(ctx context.Context) (fleetView, error) {
@@ -444,11 +443,11 @@ func (f *fleetAct) view(ctx context.Context) (fleetView, error) {
 	if err != nil {
 		return fleetView{}, err
 	}
-	v := fleetView{Alerts: map[string][]storage.Alert{}}
+	v := fleetView{Alerts: map[string][]web.APIAlert{}}
 	if err := c.get(ctx, "/api/v1/devices", &v.Devices); err != nil {
 		return v, err
 	}
-	var al []storage.Alert
+	var al []web.APIAlert
 	if err := c.get(ctx, "/api/v1/alerts?state=all&limit=10000", &al); err != nil {
 		return v, err
 	}

@@ -815,7 +815,7 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("fleet web: alert "+act.Action, "alert", act.Key.String(), "user", act.User, "role", act.Role, "remote", act.Remote)
 	if api {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(a)
+		_ = json.NewEncoder(w).Encode(alertAPI(a))
 		return
 	}
 	http.Redirect(w, r, safeNext(in.Next), http.StatusSeeOther)
@@ -1042,6 +1042,48 @@ func toAPI(d storage.Device) apiDevice {
 		Behind: d.Behind(), LastReceived: d.LastReceived, Status: d.Status, Summary: d.Summary}
 }
 
+// APIAlert is an alert as the JSON API answers it: the agent's alert fields
+// under the wire names (sync/wire.Alert), then the fleet's own (receipt and
+// workflow).
+type APIAlert struct {
+	Site        string    `json:"site"`
+	Device      string    `json:"device"`
+	AlertID     string    `json:"alert_id"`
+	Rule        string    `json:"rule"`
+	Kind        string    `json:"kind"`
+	IdentityID  string    `json:"identity_id,omitempty"`
+	VisitID     string    `json:"visit_id,omitempty"`
+	TxnID       string    `json:"txn_id,omitempty"`
+	Window      string    `json:"window"`
+	WindowStart time.Time `json:"window_start"`
+	Count       int       `json:"count"`
+	Threshold   int       `json:"threshold"`
+	FirstSeen   time.Time `json:"first_seen"`
+	LastSeen    time.Time `json:"last_seen"`
+	Raised      time.Time `json:"raised"`
+	MessageID   string    `json:"message_id"`
+	Seq         uint64    `json:"seq"`
+	Historical  bool      `json:"historical"`
+
+	Received     time.Time          `json:"received"`
+	Raises       int                `json:"raises"`
+	State        storage.AlertState `json:"state"`
+	AckBy        string             `json:"ack_by,omitempty"`
+	AckNote      string             `json:"ack_note,omitempty"`
+	AckAt        time.Time          `json:"ack_at,omitzero"`
+	ResolvedBy   string             `json:"resolved_by,omitempty"`
+	ResolvedNote string             `json:"resolved_note,omitempty"`
+	ResolvedAt   time.Time          `json:"resolved_at,omitzero"`
+}
+
+func alertAPI(a storage.Alert) APIAlert {
+	return APIAlert{Site: a.Site, Device: a.Device, AlertID: a.AlertID, Rule: a.Rule, Kind: a.Kind, IdentityID: a.IdentityID,
+		VisitID: a.VisitID, TxnID: a.TxnID, Window: a.Window, WindowStart: a.WindowStart, Count: a.Count, Threshold: a.Threshold,
+		FirstSeen: a.FirstSeen, LastSeen: a.LastSeen, Raised: a.Raised, MessageID: a.MessageID, Seq: a.Seq, Historical: a.Historical,
+		Received: a.Received, Raises: a.Raises, State: a.State, AckBy: a.AckBy, AckNote: a.AckNote, AckAt: a.AckAt,
+		ResolvedBy: a.ResolvedBy, ResolvedNote: a.ResolvedNote, ResolvedAt: a.ResolvedAt}
+}
+
 func (s *Server) apiSession(w http.ResponseWriter, r *http.Request) {
 	p := who(r)
 	writeJSON(w, map[string]string{"user": p.User.Name, "role": p.User.Role, "csrf_token": s.csrfToken(p.Sess)})
@@ -1096,10 +1138,11 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if alerts == nil {
-		alerts = []storage.Alert{}
+	out := make([]APIAlert, len(alerts))
+	for i, a := range alerts {
+		out[i] = alertAPI(a)
 	}
-	writeJSON(w, alerts)
+	writeJSON(w, out)
 }
 
 // Run serves until ctx ends, then shuts down within 5 s (live streams are

@@ -303,9 +303,22 @@ func TestPagesAPIAndEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var acted map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&acted); err != nil {
+		t.Errorf("api act answer: %v", err)
+	}
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("api act: %s", resp.Status)
+	}
+	// The API speaks the wire's names, as /api/v1/devices does.
+	if acted["alert_id"] != "a-1" || acted["state"] != "resolved" || acted["resolved_note"] != "case 42" || acted["AlertID"] != nil {
+		t.Errorf("api act answer = %v; want snake_case keys", acted)
+	}
+	var listed []map[string]any
+	if _, body := c.get("/api/v1/alerts?state=all"); json.Unmarshal([]byte(body), &listed) != nil || len(listed) == 0 ||
+		listed[0]["alert_id"] == nil || listed[0]["identity_id"] != "p-1" || listed[0]["Site"] != nil {
+		t.Errorf("api alerts = %v; want snake_case keys", listed)
 	}
 
 	// Server-sent events: a change in the store reaches an open stream.
@@ -527,7 +540,7 @@ func TestAlertsPagination(t *testing.T) {
 		t.Errorf("CSV export: %d, %d records (err %v), want a header and %d alerts", r.StatusCode, len(recs), err, n)
 	}
 
-	var got []storage.Alert
+	var got []APIAlert
 	r, body = c.get("/api/v1/alerts?limit=500&offset=500")
 	if err := json.Unmarshal([]byte(body), &got); r.StatusCode != http.StatusOK || err != nil || len(got) != n-500 {
 		t.Errorf("API offset 500: %d, %d alerts (err %v), want %d", r.StatusCode, len(got), err, n-500)
