@@ -81,6 +81,9 @@ func runCluster(ctx context.Context, env *cli.Env, args []string) error {
 	if len(pos) != 1 {
 		return fmt.Errorf("%w: want exactly one input folder, got %d (usage: atm-tools %s)", cli.ErrUsage, len(pos), clusterSynopsis)
 	}
+	if pos[0] == "" {
+		return fmt.Errorf("%w: the input folder is an empty string (give . for the current folder)", cli.ErrUsage)
+	}
 	if *out == "" {
 		return fmt.Errorf("%w: -o OUT is required", cli.ErrUsage)
 	}

@@ -26,6 +26,7 @@ func TestClusterUsage(t *testing.T) {
 		{"no input", []string{"cluster", "-o", "x"}, "exactly one input folder"},
 		{"two inputs", []string{"cluster", "a", "b", "-o", "x"}, "exactly one input folder"},
 		{"no output", []string{"cluster", "a"}, "-o OUT is required"},
+		{"empty input", []string{"cluster", "", "-o", "x"}, "input folder is an empty string"},
 		{"bad algorithm", []string{"cluster", "a", "-o", "x", "--algorithm", "kmeans"}, "--algorithm"},
 		{"bad thresholds", []string{"cluster", "a", "-o", "x", "--thresholds", "0.3,0.3"}, "--thresholds"},
 		{"bad workers", []string{"cluster", "a", "-o", "x", "--workers", "0"}, "--workers"},
