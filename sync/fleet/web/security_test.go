@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/csv"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -455,4 +456,45 @@ func sessionCookieOf(t *testing.T, c *client, base string) *http.Cookie {
 	}
 	t.Fatal("no session cookie")
 	return nil
+}
+
+// DNS rebinding: a page on evil.example whose name is rebound to the
+// service's address sends Host: evil.example. Plain HTTP answers only to IP
+// addresses, localhost and the configured names.
+func TestUnknownHostRefused(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	cfg := DefaultConfig()
+	cfg.UsersFile = "unused"
+	cfg.Hosts = []string{"fleet.bank.example"}
+	s, err := New(cfg, st, testUsers(t), []byte(strings.Repeat("k", 32)), Deps{IngestStats: func() any { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(func() { s.once.Do(func() { close(s.sseStop) }); hs.Close() })
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(hs.URL, "http://"))
+	for host, want := range map[string]int{
+		"evil.example:" + port: http.StatusMisdirectedRequest, "evil.example": http.StatusMisdirectedRequest,
+		"fleet.bank.example.evil.example": http.StatusMisdirectedRequest,
+		"127.0.0.1:" + port:               http.StatusOK, "[::1]:" + port: http.StatusOK, "localhost:" + port: http.StatusOK,
+		"FLEET.bank.example.:" + port: http.StatusOK,
+	} {
+		for _, path := range []string{"/healthz", "/login"} {
+			req, _ := http.NewRequest(http.MethodGet, hs.URL+path, nil)
+			req.Host = host
+			r, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Body.Close()
+			if r.StatusCode != want {
+				t.Errorf("GET %s with Host %q: %d, want %d", path, host, r.StatusCode, want)
+			}
+		}
+	}
+	cfg.Hosts = []string{"fleet.bank.example:8080"}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "hosts") {
+		t.Errorf("a host with a port accepted: %v", err)
+	}
 }

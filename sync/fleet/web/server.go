@@ -55,6 +55,12 @@ type Config struct {
 	SecureCookies bool `yaml:"secure_cookies"`
 	// ProxyAuth lets an authenticating reverse proxy sign users in.
 	ProxyAuth ProxyAuthConfig `yaml:"proxy_auth"`
+	// Hosts are the names (no port) a plain-HTTP request may carry in its
+	// Host header besides IP addresses and localhost: the public name when
+	// a reverse proxy forwards it. Any other name is refused (421), so a web
+	// page cannot reach the service through DNS rebinding. Served with TLS
+	// (TLSCertFile) the certificate does that and every name is accepted.
+	Hosts []string `yaml:"hosts"`
 }
 
 // ProxyAuthConfig: a request from one of TrustedProxies carrying Header
@@ -91,6 +97,11 @@ func (c Config) Validate() error {
 	}
 	if c.SessionTTL < time.Minute || c.SessionTTL > 30*24*time.Hour {
 		return fmt.Errorf("web: session_ttl %v: want 1m..720h", c.SessionTTL)
+	}
+	for _, h := range c.Hosts {
+		if h == "" || strings.ContainsAny(h, ":/ \t") {
+			return fmt.Errorf("web: hosts: %q: want a host name without port or scheme", h)
+		}
 	}
 	return nil
 }
@@ -251,7 +262,33 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/devices/{site}/{device}", s.auth(RoleAnalyst, s.apiDevice))
 	mux.HandleFunc("GET /api/v1/alerts", s.auth(RoleAnalyst, s.apiAlerts))
 	mux.HandleFunc("POST /api/v1/alerts/act", s.auth(RoleAnalyst, s.act))
-	return securityHeaders(mux)
+	return securityHeaders(s.knownHost(mux))
+}
+
+// knownHost refuses a plain-HTTP request whose Host is a name the service
+// was not told it answers to (Config.Hosts): a page on another site whose
+// name was rebound to this address sends its own name.
+func (s *Server) knownHost(h http.Handler) http.Handler {
+	if s.cfg.TLSCertFile != "" {
+		return h
+	}
+	ok := map[string]bool{"localhost": true}
+	for _, n := range s.cfg.Hosts {
+		ok[strings.ToLower(strings.TrimSuffix(n, "."))] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+		if _, err := netip.ParseAddr(host); err != nil && !ok[host] {
+			s.log.Warn("fleet web: request for an unknown host refused", "host", r.Host, "remote", r.RemoteAddr, "path", r.URL.Path)
+			http.Error(w, fmt.Sprintf("this service does not answer to %q: add the name to web.hosts", r.Host), http.StatusMisdirectedRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func securityHeaders(h http.Handler) http.Handler {
