@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"sort"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Corrections are an analyst's edits of a clustering, exported from
@@ -75,7 +77,34 @@ func LoadCorrections(path string) (*Corrections, error) {
 	if c.Schema != 1 {
 		return nil, fmt.Errorf("corrections %s: schema %d, want 1", path, c.Schema)
 	}
+	for _, n := range c.Name {
+		if err := checkName(n.Name); err != nil {
+			return nil, fmt.Errorf("corrections %s: %w", path, err)
+		}
+	}
 	return &c, nil
+}
+
+// MaxNameLen bounds a person's name in corrections, in characters.
+const MaxNameLen = 200
+
+// checkName refuses a name that would not read as what it is in the report
+// and folder listings: control characters (a newline in a heading) and
+// invisible format characters, among them the bidirectional overrides that
+// display "gpj.exe" as "exe.jpg".
+func checkName(name string) error {
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("name %q: not valid UTF-8", name)
+	}
+	if utf8.RuneCountInString(name) > MaxNameLen {
+		return fmt.Errorf("name %.40q...: longer than %d characters", name, MaxNameLen)
+	}
+	for _, r := range name {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return fmt.Errorf("name %+q: has the control or formatting character %U", name, r)
+		}
+	}
+	return nil
 }
 
 // FaceKey names a face by its file's content: "sha256:HEX", with "#N" for

@@ -110,6 +110,9 @@ func TestLoadCorrectionsStrict(t *testing.T) {
 		{`{"schema":1} {"schema":1}`, "more after the JSON object"},
 		{`{"schema":1,"mrege":[]}`, "unknown field"},
 		{`{"schema":2}`, "schema 2"},
+		{`{"schema":1,"name":[{"faces":["sha256:ab"],"name":"Ann\u202egpj.exe"}]}`, "formatting character U+202E"},
+		{`{"schema":1,"name":[{"faces":["sha256:ab"],"name":"Ann\nBob"}]}`, "control or formatting character U+000A"},
+		{`{"schema":1,"name":[{"faces":["sha256:ab"],"name":"` + strings.Repeat("a", 201) + `"}]}`, "longer than 200"},
 	} {
 		p := filepath.Join(dir, "c.json")
 		if err := os.WriteFile(p, []byte(tc.body), 0o600); err != nil {
@@ -120,7 +123,7 @@ func TestLoadCorrectionsStrict(t *testing.T) {
 		}
 	}
 	p := filepath.Join(dir, "ok.json")
-	if err := os.WriteFile(p, []byte("{\"schema\":1,\"merge\":[]}\n\n"), 0o600); err != nil {
+	if err := os.WriteFile(p, []byte("{\"schema\":1,\"merge\":[],\"name\":[{\"faces\":[],\"name\":\"Zoë O'Brien-Łukasz 李\"}]}\n\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := LoadCorrections(p); err != nil {
