@@ -50,6 +50,15 @@ func TestCardDataRefused(t *testing.T) {
 		{"bare pan", visit.Context{CardHash: "4111111111111111"}, ErrLooksLikePAN},
 		{"dashed pan", visit.Context{CardHash: "4111-1111-1111-1111"}, ErrLooksLikePAN},
 		{"pan in txn_id padded", visit.Context{TxnID: "000041111111111111110000"}, ErrLooksLikePAN},
+		// A card number in a txn_id among words, or printed with other
+		// separators (accepted before a hostile review found them).
+		{"pan among words in txn_id", visit.Context{TxnID: "PAN 4111111111111111 EXP 1225"}, ErrLooksLikePAN},
+		{"dotted pan in txn_id", visit.Context{TxnID: "4111.1111.1111.1111"}, ErrLooksLikePAN},
+		{"slashed pan in txn_id", visit.Context{TxnID: "4111/1111/1111/1111"}, ErrLooksLikePAN},
+		{"underscored pan in txn_id", visit.Context{TxnID: "4111_1111_1111_1111"}, ErrLooksLikePAN},
+		{"amex grouping in txn_id", visit.Context{TxnID: "ref 3782 822463 10005"}, ErrLooksLikePAN},
+		{"txn id with a date and counter", visit.Context{TxnID: "ATM0042-2026-12-07-000123456"}, nil},
+		{"txn id with a dotted date", visit.Context{TxnID: "2026.12.07.0001.2345.6789"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := ValidateContext(tc.ctx)
