@@ -206,13 +206,31 @@ func New(cfg Config, d Deps) (*Publisher, error) {
 		}
 		p.setErr(fmt.Errorf("connection lost: %w", err))
 	})
+	// paho reports a failed dial per broker (BrokerFailed), then the
+	// attempt's failure (Failed). A handshake that fails (credentials or a
+	// client certificate refused, no CONNACK in time) reports only the
+	// latter: it is logged with the broker it was made to.
+	var attempt struct {
+		sync.Mutex
+		broker   string
+		dialFail bool
+	}
 	opts.SetConnectionNotificationHandler(func(_ mqtt.Client, n mqtt.ConnectionNotification) {
+		attempt.Lock()
+		defer attempt.Unlock()
 		switch n := n.(type) {
+		case mqtt.ConnectionNotificationBroker:
+			attempt.broker, attempt.dialFail = redact.URL(n.Broker.String()), false
 		case mqtt.ConnectionNotificationBrokerFailed:
+			attempt.dialFail = true
 			p.setErr(fmt.Errorf("connect %s: %w", redact.URL(n.Broker.String()), n.Reason))
 		case mqtt.ConnectionNotificationFailed:
-			// Follows a BrokerFailed for every broker, which was logged
-			// with the broker's name: record, do not log it again.
+			if !attempt.dialFail {
+				p.setErr(fmt.Errorf("connect %s: %w", attempt.broker, n.Reason))
+				break
+			}
+			// Follows the BrokerFailed just logged with the broker's
+			// name: record, do not log it again.
 			p.mu.Lock()
 			p.lastErr = redact.String(fmt.Sprintf("connect: %v", n.Reason), p.cfg.Brokers...)
 			p.mu.Unlock()
