@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -54,7 +55,22 @@ The daemon is "atm-agent run", started by the systemd unit atm-agent.service. Th
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ignoreSignals(os.Stderr)
 	os.Exit(runMain(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// ignoreSignals keeps SIGHUP, SIGUSR1 and SIGUSR2 from killing the agent
+// (Go's default for them), which lost the visit in progress with no stop:
+// an operator sending HUP for a reload gets a line saying what to do. The
+// agent reads its config once, at start.
+func ignoreSignals(stderr io.Writer) {
+	ch := make(chan os.Signal, 4)
+	signal.Notify(ch, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
+	go func() {
+		for sig := range ch {
+			fmt.Fprintf(stderr, "atm-agent: %v ignored: the configuration is read at start; restart the agent to apply a change (systemctl restart atm-agent)\n", sig)
+		}
+	}()
 }
 
 func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
