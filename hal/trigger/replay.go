@@ -45,11 +45,29 @@ func (c ReplayConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("trigger.replay.interval %s: want at most 24h", c.Interval))
 	}
 	if c.Start != "" {
-		if _, err := time.Parse(time.RFC3339, c.Start); err != nil {
+		if t, err := time.Parse(time.RFC3339, c.Start); err != nil {
+			errs = append(errs, fmt.Errorf("trigger.replay.start: %w", err))
+		} else if err := storable(t); err != nil {
 			errs = append(errs, fmt.Errorf("trigger.replay.start: %w", err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// The store keeps visit times as nanoseconds since 1970 in an int64.
+var (
+	minStorable = time.Unix(0, 0)
+	maxStorable = time.Unix(0, math.MaxInt64)
+)
+
+// storable refuses a time a visit cannot be stored at (every visit would
+// be lost with "time not set").
+func storable(t time.Time) error {
+	if !t.After(minStorable) || !t.Before(maxStorable) {
+		return fmt.Errorf("%s is outside the times a visit can be stored at (after %s, before %s)",
+			t.Format(time.RFC3339), minStorable.UTC().Format(time.RFC3339), maxStorable.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // Entry is one scheduled trigger.
@@ -87,6 +105,9 @@ func ParseSchedule(r io.Reader) ([]Entry, error) {
 		var e Entry
 		isAbs := false
 		if t, err := time.Parse(time.RFC3339Nano, fields[0]); err == nil {
+			if err := storable(t); err != nil {
+				return nil, fmt.Errorf("schedule line %d: %w", line, err)
+			}
 			isAbs = true
 			if t0.IsZero() {
 				t0 = t

@@ -158,6 +158,8 @@ func TestParseScheduleErrors(t *testing.T) {
 		{"mixed", "10s\n2025-03-01T09:00:00Z\n", "mixes"},
 		{"unknown field", "1s pan=4111111111111111\n", `unknown field "pan"`},
 		{"pan", "1s card_hash=4111111111111111\n", "card number"},
+		{"before 1970", "1900-01-01T00:00:00Z\n", "line 1: 1900-01-01T00:00:00Z is outside the times a visit can be stored at"},
+		{"after 2262", "2300-01-01T00:00:00Z\n", "outside the times"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -174,6 +176,15 @@ func TestReplayConfigValidate(t *testing.T) {
 		if _, err := NewReplay(cfg, nil); err == nil {
 			t.Errorf("config %+v accepted", cfg)
 		}
+	}
+	// Every visit of such a day was lost at commit ("time not set").
+	for _, start := range []string{"2300-01-01T00:00:00Z", "1900-01-01T00:00:00Z", "1970-01-01T00:00:00Z"} {
+		if err := (ReplayConfig{Interval: time.Second, Start: start}).Validate(); err == nil || !strings.Contains(err.Error(), "outside the times") {
+			t.Errorf("start %s: %v", start, err)
+		}
+	}
+	if err := (ReplayConfig{Interval: time.Second, Start: "2026-03-14T09:00:00Z"}).Validate(); err != nil {
+		t.Errorf("an ordinary start refused: %v", err)
 	}
 	if _, err := NewReplay(ReplayConfig{File: filepath.Join(t.TempDir(), "missing")}, nil); err == nil {
 		t.Error("missing schedule file accepted")
