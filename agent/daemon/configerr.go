@@ -148,11 +148,20 @@ func ParseDuration(s string) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	d := time.Duration(days * 24 * float64(time.Hour))
+	// time.Duration holds about 106,751 days; a float beyond it converts
+	// to whatever the CPU gives (a negative value on amd64).
+	ns := days * 24 * float64(time.Hour)
+	if math.IsNaN(ns) || math.Abs(ns) >= math.MaxInt64 {
+		return 0, fmt.Errorf("invalid duration %q: longer than %d days", s, int64(math.MaxInt64/int64(24*time.Hour)))
+	}
+	d := time.Duration(ns)
 	if m[2] != "" {
 		rest, err := time.ParseDuration(m[2])
 		if err != nil || rest < 0 {
 			return 0, fmt.Errorf("invalid duration %q", s)
+		}
+		if d > math.MaxInt64-rest {
+			return 0, fmt.Errorf("invalid duration %q: longer than %d days", s, int64(math.MaxInt64/int64(24*time.Hour)))
 		}
 		d += rest
 	}
@@ -329,7 +338,7 @@ func configError(err error, doc *yaml.Node) error {
 // describeType says what a value of t looks like in the file.
 func describeType(t reflect.Type, goType string) string {
 	if t == durationType || goType == "time.Duration" {
-		return `a duration (e.g. 500ms, 30s, 5m, 1h, 30d)`
+		return `a duration (e.g. 500ms, 30s, 5m, 1h, 30d; at most 106751d)`
 	}
 	kind := reflect.Invalid
 	if t != nil {

@@ -30,7 +30,7 @@ mqt:
 	for _, want := range []string{
 		"line 2: camera.burst_frame: unknown key (did you mean camera.burst_frames?)",
 		"line 3: camera.warmup: unknown key (camera has: burst_duration, burst_frames,",
-		`line 4: camera.read_timeout: "5 minutes" is not a duration (e.g. 500ms, 30s, 5m, 1h, 30d)`,
+		`line 4: camera.read_timeout: "5 minutes" is not a duration (e.g. 500ms, 30s, 5m, 1h, 30d; at most 106751d)`,
 		`line 6: vision.max_yaw: "lots" is not a number`,
 		`line 9: alerts.rules[0].threshold: "many" is not a whole number`,
 		"line 10: mqt: unknown key (did you mean mqtt?)",
@@ -78,6 +78,14 @@ agent:
 	}
 	if _, err := ParseConfig([]byte("store:\n  retention: 3x0d\n")); err == nil || !strings.Contains(err.Error(), "store.retention") {
 		t.Errorf("3x0d: %v", err)
+	}
+	// Beyond what a duration holds: said so, not "must be positive (got
+	// -2562047h47m16.854775808s)" (the float's conversion on amd64).
+	if _, err := ParseConfig([]byte("store:\n  retention: 106752d\n")); err == nil || !strings.Contains(err.Error(), `"106752d" is not a duration (e.g. 500ms, 30s, 5m, 1h, 30d; at most 106751d)`) {
+		t.Errorf("retention 106752d: %v", err)
+	}
+	if _, err := ParseConfig([]byte("store:\n  retention: 106751d23h59m\n")); err == nil || strings.Contains(err.Error(), "got -") {
+		t.Errorf("retention 106751d23h59m: %v", err)
 	}
 }
 
