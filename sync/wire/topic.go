@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -135,6 +136,12 @@ func checkLevel(l string) error {
 			return fmt.Errorf("control character %U", r)
 		case r == utf8.RuneError || r == 0xfeff:
 			return fmt.Errorf("disallowed character %U", r)
+		case unicode.IsSpace(r):
+			return fmt.Errorf("white space %U", r)
+		case unicode.Is(unicode.Cf, r):
+			// Zero-width and bidirectional marks: two devices that read
+			// the same on every screen.
+			return fmt.Errorf("invisible formatting character %U", r)
 		}
 	}
 	return nil

@@ -63,6 +63,9 @@ func TestFinalize(t *testing.T) {
 }
 
 func TestTopics(t *testing.T) {
+	if _, err := NewTopics("atm", "zürich-hb", "atm-0042"); err != nil {
+		t.Errorf("a site with a letter outside ASCII refused: %v", err)
+	}
 	tp, err := NewTopics("atm/eu", "lyon-07", "atm-0042")
 	if err != nil {
 		t.Fatal(err)
@@ -90,6 +93,8 @@ func TestTopics(t *testing.T) {
 		{"a/b/c/d/e/f/g/h/i", "s", "d"}, {"atm", "", "d"}, {"atm", "s/x", "d"}, {"atm", "s", "+"},
 		{"atm", "s", "#"}, {"atm", "s", strings.Repeat("d", 65)}, {"atm", "\xff", "d"}, {"atm", "s", "$d"},
 		{"atm", "s\n", "d"},
+		// Look-alikes: a zero-width space, a right-to-left override, spaces.
+		{"atm", "s", "atm\u200b1"}, {"atm", "s\u202e1", "d"}, {"atm", "s", "atm 1 "}, {"atm", "s\u00a0", "d"},
 	}
 	for _, b := range bad {
 		if _, err := NewTopics(b.prefix, b.site, b.device); !errors.Is(err, ErrTopic) {
