@@ -21,6 +21,7 @@ import (
 	"strings"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/regfile"
 
 	"gopkg.in/yaml.v3"
 )
@@ -236,8 +237,10 @@ type Source struct {
 }
 
 // LoadManifest reads and validates a manifest. Unknown keys are errors.
+// A file that is not a regular file (a named pipe would block the read
+// for good) is refused before it is read.
 func LoadManifest(file string) (*Manifest, error) {
-	b, err := os.ReadFile(file)
+	b, err := regfile.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("read model manifest: %w", err)
 	}

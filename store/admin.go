@@ -523,7 +523,7 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 		var f *os.File
 		var err error
 		for range compactReopenTries {
-			if db, f, err = s.openDB(s.path); !errors.Is(err, bolt.ErrTimeout) {
+			if db, f, err = s.openDB(context.Background(), s.path); !errors.Is(err, bolt.ErrTimeout) {
 				break
 			}
 		}

@@ -138,7 +138,9 @@ func CheckFile(ctx context.Context, path string, opts CheckOptions) (*CheckRepor
 
 // lockShared takes a shared flock on path (as a bbolt reader does), so
 // the file is not read while a writer holds it; bbolt's own lock on its own
-// descriptor is taken afterwards, so this one is released first.
+// descriptor is taken afterwards, so this one is released first. The wait
+// for a lock another process holds ends after timeout or when ctx ends
+// (SIGTERM, SIGINT), whichever comes first (ErrLockWaitCancelled).
 func lockShared(ctx context.Context, path string, timeout time.Duration) (func(), error) {
 	if _, err := checkRegular(path); err != nil {
 		return nil, err
@@ -151,7 +153,10 @@ func lockShared(ctx context.Context, path string, timeout time.Duration) (func()
 		f.Close()
 		return nil, notRegular(path, fi.Mode())
 	}
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
+	poll := time.NewTimer(0)
+	defer poll.Stop()
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
 		if err == nil {
@@ -161,12 +166,31 @@ func lockShared(ctx context.Context, path string, timeout time.Duration) (func()
 			f.Close()
 			return nil, fmt.Errorf("lock store %q: %w", path, err)
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			f.Close()
+			return nil, lockWaitCancelled(ctx, path, time.Since(start))
+		}
+		if time.Now().After(deadline) {
 			f.Close()
 			return nil, fmt.Errorf("open store %q: database is locked by another process (waited %v): %w", path, timeout, bolt.ErrTimeout)
 		}
-		time.Sleep(50 * time.Millisecond)
+		poll.Reset(50 * time.Millisecond)
+		select {
+		case <-poll.C:
+		case <-ctx.Done():
+		}
 	}
+}
+
+// ErrLockWaitCancelled is wrapped by the error of an open or check whose
+// wait for the file lock another process holds was ended by its context
+// (the command got SIGTERM or SIGINT) before store.lock_timeout; the
+// error wraps the context's error too.
+var ErrLockWaitCancelled = errors.New("stopped waiting for the database lock")
+
+func lockWaitCancelled(ctx context.Context, path string, waited time.Duration) error {
+	return fmt.Errorf("open store %q: %w held by another process (another atm-agent or db command) after %v: %w",
+		path, ErrLockWaitCancelled, waited.Round(time.Millisecond), context.Cause(ctx))
 }
 
 // boltCheck runs bbolt's Tx.Check on a read-only open. Only called on a
@@ -687,11 +711,11 @@ func printableKey(k []byte) string {
 
 // preOpen checks an existing file before bbolt maps it. exists is false
 // for a missing file (a new store, unless the caller only reads).
-func (s *Store) preOpen(path string) (exists bool, err error) {
+func (s *Store) preOpen(ctx context.Context, path string) (exists bool, err error) {
 	if exists, err := checkRegular(path); !exists || err != nil {
 		return exists, err
 	}
-	unlock, err := lockShared(context.Background(), path, s.opts.Timeout)
+	unlock, err := lockShared(ctx, path, s.opts.Timeout)
 	if err != nil {
 		return true, err
 	}

@@ -20,6 +20,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/regfile"
 )
 
 // Visit record encoding (value in the visits bucket):
@@ -312,7 +313,7 @@ func LoadKey(path string) ([]byte, error) {
 		}
 		path = filepath.Join(dir, name)
 	}
-	f, err := os.Open(path)
+	f, err := regfile.Open(path) // a named pipe would block the read for good
 	if err != nil {
 		return nil, fmt.Errorf("load key: %w", err)
 	}

@@ -172,6 +172,7 @@ const (
 	DefaultOutboxAlertCapMsgs  = 50000
 	DefaultOutboxAlertCapBytes = 64 << 20
 	DefaultLockTimeout         = 5 * time.Second
+	lockStep                   = 250 * time.Millisecond // bbolt lock waits between looks at the context
 	defaultPurgeBatch          = 1000
 	identityIndexSep           = 0x00
 	visitKeyLen                = 16
@@ -306,6 +307,14 @@ type Store struct {
 // or one that is not a bbolt database gives a *DamagedError (ErrDamaged)
 // and is left untouched; only a missing file becomes a new store.
 func Open(path string, opts Options) (*Store, error) {
+	return OpenContext(context.Background(), path, opts)
+}
+
+// OpenContext is Open whose wait for the file lock another process holds
+// (bounded by Options.Timeout) also ends when ctx does: a command stopped
+// by SIGTERM or SIGINT while another agent holds the store then returns at
+// once, with an error wrapping ErrLockWaitCancelled and ctx's error.
+func OpenContext(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, fmt.Errorf("open store %q: %w", path, err)
 	}
@@ -317,14 +326,14 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		s.aead = a
 	}
-	exists, err := s.preOpen(path)
+	exists, err := s.preOpen(ctx, path)
 	if err != nil {
 		return nil, err
 	}
 	if !exists && (opts.NoCreate || opts.ReadOnly) {
 		return nil, fmt.Errorf("open store %q: %w (this command never creates a store: check --db or store.path)", path, os.ErrNotExist)
 	}
-	db, f, err := s.openDB(path)
+	db, f, err := s.openDB(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -340,7 +349,7 @@ func Open(path string, opts Options) (*Store, error) {
 // opened (bolt.Options.OpenFile), kept to close it without bbolt when
 // bbolt fails. A panic inside bbolt leaves the handle unusable (its locks
 // may be held): it is then abandoned, its file closed, never bolt's Close.
-func (s *Store) openDB(path string) (db *bolt.DB, f *os.File, err error) {
+func (s *Store) openDB(ctx context.Context, path string) (db *bolt.DB, f *os.File, err error) {
 	openFile := func(name string, flag int, perm os.FileMode) (*os.File, error) {
 		if _, err := checkRegular(name); err != nil {
 			return nil, err
@@ -356,11 +365,28 @@ func (s *Store) openDB(path string) (db *bolt.DB, f *os.File, err error) {
 		f = file
 		return file, nil
 	}
-	err = safely(func() error {
-		var err error
-		db, err = bolt.Open(path, defaultOpenFileMode, &bolt.Options{Timeout: s.opts.Timeout, ReadOnly: s.opts.ReadOnly, OpenFile: openFile})
-		return err
-	})
+	// bbolt's own wait for the lock (its Timeout) cannot be cancelled: it
+	// is taken in steps of at most lockStep, and ctx is looked at between
+	// them.
+	start := time.Now()
+	deadline := start.Add(s.opts.Timeout)
+	for {
+		step := min(time.Until(deadline), lockStep)
+		if step <= 0 {
+			step = time.Millisecond // bbolt's 0 waits for good
+		}
+		err = safely(func() error {
+			var err error
+			db, err = bolt.Open(path, defaultOpenFileMode, &bolt.Options{Timeout: step, ReadOnly: s.opts.ReadOnly, OpenFile: openFile})
+			return err
+		})
+		if !errors.Is(err, bolt.ErrTimeout) || !time.Now().Before(deadline) {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, nil, lockWaitCancelled(ctx, path, time.Since(start))
+		}
+	}
 	if err != nil {
 		if db == nil && isPanic(err) {
 			releaseFile(f)

@@ -20,6 +20,7 @@ import (
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/hal/trigger"
+	"github.com/periocular/atm-agent/internal/regfile"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/mqttsync"
@@ -187,9 +188,10 @@ func ParseConfig(b []byte) (Config, error) {
 	return c, nil
 }
 
-// LoadConfig reads and parses a config file.
+// LoadConfig reads and parses a config file. A path that is not a regular
+// file (a named pipe, a device, a directory) is refused before it is read.
 func LoadConfig(path string) (Config, error) {
-	b, err := os.ReadFile(path)
+	b, err := regfile.ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("read config: %w", err)
 	}
@@ -213,10 +215,16 @@ func (c *Config) fill() {
 	}
 }
 
+// unitRuntimeDir is the folder systemd creates for the unit
+// (RuntimeDirectory=atm-agent) while it runs: the trigger socket's.
+const unitRuntimeDir = "/run/atm-agent"
+
 // Warnings lists settings that are valid but weaken security or the alert
-// rules; `config check` prints them and the daemon logs them at start.
+// rules, or name a relative path; `config check` prints them and the
+// daemon logs them at start.
 func (c Config) Warnings() []string {
 	w := rules.RetentionWarnings(c.Alerts.Rules, c.Store.Retention)
+	w = append(w, c.relativePathWarnings()...)
 	if m := c.Metrics; m.Listen != "" && m.AllowRemote && m.TLS.CertFile == "" && m.TokenFile != "" {
 		w = append(w, fmt.Sprintf("metrics: %s serves the bearer token's endpoints without TLS: anyone on the network path can read the token; set metrics.tls", m.Listen))
 	}
@@ -226,12 +234,101 @@ func (c Config) Warnings() []string {
 	return append(w, c.MQTT.Config.Warnings()...)
 }
 
+// checkOtherReads refuses the files that packages reading them with
+// os.ReadFile (the MQTT publisher's password, TLS and command key files and
+// seen file; the replay schedule; the metrics port's TLS certificate and
+// key) would read at start, when one exists and
+// is not a regular file: a named pipe there blocked `config check` and
+// `run` for good, deaf to SIGTERM. The daemon's own reads (config,
+// manifest, store key, tokens) refuse such files themselves (regfile).
+func (c Config) checkOtherReads() error {
+	type setting struct{ key, path string }
+	var ss []setting
+	if r := c.Trigger.Replay; r.Enabled {
+		ss = append(ss, setting{"trigger.replay.file", r.File})
+	}
+	if m := c.Metrics; m.Listen != "" {
+		ss = append(ss, setting{"metrics.tls.cert_file", m.TLS.CertFile}, setting{"metrics.tls.key_file", m.TLS.KeyFile})
+	}
+	if m := c.MQTT; m.Enabled {
+		ss = append(ss, setting{"mqtt.password_file", m.PasswordFile}, setting{"mqtt.tls.ca_file", m.TLS.CAFile},
+			setting{"mqtt.tls.cert_file", m.TLS.CertFile}, setting{"mqtt.tls.key_file", m.TLS.KeyFile})
+		if m.Commands.Enabled {
+			for i, k := range m.Commands.PublicKeys {
+				ss = append(ss, setting{fmt.Sprintf("mqtt.commands.public_keys[%d].file", i), k.File})
+			}
+			ss = append(ss, setting{"mqtt.commands.seen_file", m.Commands.SeenFile})
+		}
+	}
+	for _, s := range ss {
+		if s.path == "" || strings.HasPrefix(s.path, "credential:") {
+			continue
+		}
+		if err := regfile.Check(s.path); err != nil {
+			return fmt.Errorf("%s: %w", s.key, err)
+		}
+	}
+	return nil
+}
+
+// relativePathWarnings names every path setting that holds a relative
+// path. Such a path is resolved against the working directory of the
+// process that reads the config, not against the config file's folder:
+// `run` under the unit (working directory /) and `db stats --config` from a
+// shell then name different files. Warned, not refused: a development
+// config run from its folder is a fair use.
+func (c Config) relativePathWarnings() []string {
+	type setting struct{ key, path string }
+	ss := []setting{{"models.dir", c.Models.Dir}, {"store.path", c.Store.Path}, {"store.key_file", c.Store.KeyFile}}
+	if k := camera.ResolveKind(c.Camera); k == camera.KindImages || k == camera.KindFile {
+		ss = append(ss, setting{"camera.source", c.Camera.Source})
+	}
+	if h := c.Trigger.HTTP; h.Enabled {
+		ss = append(ss, setting{"trigger.http.socket", h.Socket}, setting{"trigger.http.token_file", h.TokenFile})
+	}
+	if r := c.Trigger.Replay; r.Enabled {
+		ss = append(ss, setting{"trigger.replay.file", r.File})
+	}
+	if m := c.Metrics; m.Listen != "" {
+		ss = append(ss, setting{"metrics.token_file", m.TokenFile}, setting{"metrics.tls.cert_file", m.TLS.CertFile}, setting{"metrics.tls.key_file", m.TLS.KeyFile})
+	}
+	if m := c.MQTT; m.Enabled {
+		ss = append(ss, setting{"mqtt.password_file", m.PasswordFile}, setting{"mqtt.tls.ca_file", m.TLS.CAFile},
+			setting{"mqtt.tls.cert_file", m.TLS.CertFile}, setting{"mqtt.tls.key_file", m.TLS.KeyFile})
+		if m.Commands.Enabled {
+			for i, k := range m.Commands.PublicKeys {
+				ss = append(ss, setting{fmt.Sprintf("mqtt.commands.public_keys[%d].file", i), k.File})
+			}
+			if m.Commands.SeenFile != filepath.Join(filepath.Dir(c.Store.Path), "commands-seen.json") {
+				ss = append(ss, setting{"mqtt.commands.seen_file", m.Commands.SeenFile})
+			}
+		}
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		wd = "unknown: " + err.Error()
+	}
+	var w []string
+	for _, s := range ss {
+		if s.path == "" || filepath.IsAbs(s.path) || strings.HasPrefix(s.path, "credential:") {
+			continue
+		}
+		w = append(w, fmt.Sprintf("%s %q is a relative path: it is resolved against the working directory (now %s), not the config file's folder; the unit runs in /, so give an absolute path", s.key, s.path, wd))
+	}
+	return w
+}
+
 // CheckFiles reads the files the config names that the daemon would only
 // read at start (the store key, the MQTT command public keys, the tokens,
-// the models' manifest) and checks the paths it would open (the store file,
-// the trigger socket's length and group), so that `config check`, the
-// unit's ExecStartPre, refuses what `run` would refuse.
+// the models' manifest) and checks the paths it would open (the store file;
+// the trigger socket's length, folder, what is at it already and its
+// group), so that `config check`, the unit's ExecStartPre, refuses what
+// `run` would refuse. Every file is read only if it is a regular file (a
+// named pipe would block the read for good).
 func (c Config) CheckFiles() error {
+	if err := c.checkOtherReads(); err != nil {
+		return err
+	}
 	// A models dir that is not there at all is left to run (the package
 	// installs it; a config is often checked before); one that is there
 	// must hold a manifest that parses.
@@ -248,11 +345,17 @@ func (c Config) CheckFiles() error {
 		if _, err := trigger.NewHTTP(h.HTTPConfig, nil); err != nil {
 			return err
 		}
-		// The path's length as the listener binds it. (Its directory is
-		// not checked: systemd creates /run/atm-agent only while the unit
-		// runs.)
+		// The path as the listener would take it: its length, its folder,
+		// nothing but a stale socket at it. A missing /run/atm-agent
+		// passes: systemd creates it (RuntimeDirectory=) before the unit's
+		// ExecStartPre, and removes it when the unit stops, so a check by
+		// hand with the agent stopped would otherwise always fail.
 		if h.Socket != "" {
-			if err := trigger.CheckSocketPath(h.Socket); err != nil {
+			err := trigger.CheckSocketTarget(h.Socket)
+			if errors.Is(err, trigger.ErrSocketFolderMissing) && filepath.Dir(h.Socket) == unitRuntimeDir {
+				err = nil
+			}
+			if err != nil {
 				return fmt.Errorf("trigger.http.socket: %w", err)
 			}
 		}

@@ -50,6 +50,14 @@ func TestCheckFilesRefusesWhatRunRefuses(t *testing.T) {
 		// 100 bytes fit a socket, but the private folder it is bound in
 		// first does not: run refuses it, so the check does too.
 		{"socket folder too deep", base + "trigger:\n  http:\n    enabled: true\n    socket: /run/" + strings.Repeat("d", 88) + "/t.sock\n", "too deep"},
+		// What run's Listen refuses on this machine (before, config check
+		// said ok and run exited 1, restarted by systemd every 5 s).
+		{"socket path a directory", base + "trigger:\n  http:\n    enabled: true\n    socket: " + dir + "\n", "exists and is not a socket but a directory"},
+		{"socket path a regular file", base + "trigger:\n  http:\n    enabled: true\n    socket: " + good + "\n", "exists and is not a socket but a regular file"},
+		{"socket folder missing", base + "trigger:\n  http:\n    enabled: true\n    socket: " + dir + "/nodir/t.sock\n", "does not exist"},
+		// systemd creates /run/atm-agent before ExecStartPre and removes it
+		// at stop: the packaged path passes a check by hand.
+		{"socket in the unit's runtime folder", base + "trigger:\n  http:\n    enabled: true\n    socket: /run/atm-agent/trigger.sock\n", ""},
 		{"store path a directory", "device: {id: a, site: b}\nmodels: {dir: " + dir + "/nomodels}\nstore: {path: " + dir + "}\n", "not a regular file"},
 		{"models dir a file", "device: {id: a, site: b}\nmodels: {dir: " + good + "}\nstore: {path: " + dir + "/agent.db}\n", "models.dir"},
 		// The MQTT publisher reads these at start and run exits without them.

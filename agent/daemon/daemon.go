@@ -90,7 +90,15 @@ func NewLogger(cfg LogConfig, w io.Writer) *slog.Logger {
 // Models come first: a missing or tampered model file stops the start
 // before the store is opened (and written to). On error, what New opened is
 // closed again.
-func New(cfg Config, opts Options) (_ *Daemon, err error) {
+func New(cfg Config, opts Options) (*Daemon, error) {
+	return NewContext(context.Background(), cfg, opts)
+}
+
+// NewContext is New whose wait for the store's file lock (another agent or
+// a db command holding the store, up to store.lock_timeout) ends when ctx
+// does: `run` stopped by SIGTERM or SIGINT during start-up exits at once,
+// saying it stopped waiting for the lock.
+func NewContext(ctx context.Context, cfg Config, opts Options) (_ *Daemon, err error) {
 	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger, started: time.Now()}
 	if d.log == nil {
 		d.log = NewLogger(cfg.Log, os.Stderr)
@@ -104,10 +112,13 @@ func New(cfg Config, opts Options) (_ *Daemon, err error) {
 			d.Close()
 		}
 	}()
+	if err := cfg.checkOtherReads(); err != nil {
+		return nil, err
+	}
 	if d.pipe, d.eng, d.em, err = loadModels(cfg); err != nil {
 		return nil, err
 	}
-	if err := d.openStore(); err != nil {
+	if err := d.openStore(ctx); err != nil {
 		return nil, err
 	}
 	if err := d.newAgent(); err != nil {
@@ -128,13 +139,13 @@ func New(cfg Config, opts Options) (_ *Daemon, err error) {
 	return d, nil
 }
 
-func (d *Daemon) openStore() error {
+func (d *Daemon) openStore(ctx context.Context) error {
 	sopts, err := d.cfg.Store.Options()
 	if err != nil {
 		return err
 	}
 	sopts.DeviceID, sopts.Logger = d.cfg.Device.ID, d.log.With("component", "store")
-	d.st, err = store.Open(d.cfg.Store.Path, sopts)
+	d.st, err = store.OpenContext(ctx, d.cfg.Store.Path, sopts)
 	return err
 }
 

@@ -117,6 +117,10 @@ func (d *Daemon) healthReasons() (camera.Health, []string) {
 		if h.State == camera.StateDown {
 			reasons = append(reasons, "camera: down")
 		}
+		if h.OpenBlocked {
+			reasons = append(reasons, fmt.Sprintf("camera: an open has been stuck in OpenCV since %s (no answer from the source); no other open starts until it returns",
+				h.OpenBlockedSince.UTC().Format(time.RFC3339)))
+		}
 		if h.FrameFault != "" {
 			reasons = append(reasons, "camera: "+h.FrameFault+"; visits are stored as camera_error")
 		}
@@ -139,6 +143,7 @@ func (d *Daemon) health() (any, bool) {
 		"outbox_depth": depth, "visits": s.Committed, "visits_lost": s.CommitErrors, "rule_errors": s.RuleErrors}
 	if d.cam != nil { // an injected camera (Options.Camera) has no health here
 		body["camera"], body["camera_error"] = h.State.String(), h.LastError
+		body["camera_abandoned"], body["camera_open_blocked"] = h.Abandoned, h.OpenBlocked
 	}
 	if reasons == nil {
 		body["reasons"] = []string{}
@@ -164,6 +169,8 @@ func (d *Daemon) registerMetrics() {
 		m.counter("atm_agent_camera_reopens_total", "Camera reopen attempts.", func() float64 { return float64(cam.Health().Reopens) })
 		m.counter("atm_agent_camera_stalls_total", "Camera reads that stalled.", func() float64 { return float64(cam.Health().Stalls) })
 		m.gauge("atm_agent_camera_up", "1 when the camera's last read succeeded.", func() float64 { return b2f(cam.Health().State == camera.StateOK) })
+		m.gauge("atm_agent_camera_abandoned", "Camera device goroutines (OS threads) still blocked in OpenCV after their open or read timed out.", func() float64 { return float64(cam.Health().Abandoned) })
+		m.gauge("atm_agent_camera_open_blocked", "1 while a timed-out camera open has not returned (no other open starts meanwhile).", func() float64 { return b2f(cam.Health().OpenBlocked) })
 	}
 	m.gauge("atm_agent_outbox_depth", "Messages waiting in the outbox.", func() float64 { n, _, _ := st.OutboxStats(); return float64(n) })
 	m.counter("atm_agent_outbox_dropped_alerts_total", "Alerts dropped at the outbox hard cap.", func() float64 {

@@ -21,6 +21,7 @@ import (
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/internal/netguard"
 	"github.com/periocular/atm-agent/internal/promtext"
+	"github.com/periocular/atm-agent/internal/regfile"
 )
 
 // metrics implements agent.Observer on a private registry served in the
@@ -124,7 +125,7 @@ func loadToken(path string) ([sha256.Size]byte, error) {
 		}
 		path = filepath.Join(dir, name)
 	}
-	b, err := os.ReadFile(path)
+	b, err := regfile.ReadFile(path)
 	if err != nil {
 		return [sha256.Size]byte{}, fmt.Errorf("read token: %w", err)
 	}

@@ -75,6 +75,8 @@ func TestMetricsEndpointReal(t *testing.T) {
 		`atm_agent_visits_total{outcome="camera_error"} 0`,
 		"atm_agent_rule_errors_total 0",
 		"atm_agent_camera_up ",
+		"atm_agent_camera_abandoned 0",
+		"atm_agent_camera_open_blocked 0",
 		"atm_agent_visit_seconds_count 0",
 	} {
 		if !strings.Contains(string(b), want) {

@@ -19,7 +19,7 @@ func runCommand() cli.Command {
 		if err != nil {
 			return err
 		}
-		d, err := daemon.New(cfg, daemon.Options{Version: cli.Version, Logger: daemon.NewLogger(cfg.Log, env.Stderr)})
+		d, err := daemon.NewContext(ctx, cfg, daemon.Options{Version: cli.Version, Logger: daemon.NewLogger(cfg.Log, env.Stderr)})
 		if err != nil {
 			return err
 		}

@@ -14,6 +14,13 @@
 // MaxReadFailures in a row. Run returns after its sessions have exited, or
 // after CloseTimeout if one is stuck in OpenCV (Health.Abandoned counts them).
 //
+// At most one open is outstanding: an open that outlived OpenTimeout is
+// abandoned too, but no other open starts until it has returned
+// (Health.OpenBlocked says so meanwhile). OpenCV's FFmpeg backend opens
+// streams one at a time, each blocked for its own timeout (~30 s), so a
+// new open every reopen_max piled up OS threads, one per waiting open,
+// without limit.
+//
 // No gocv.Mat leaves the driver: frames are copied into Frame.
 package camera
 
@@ -113,6 +120,11 @@ type Health struct {
 	// frozen face, the same identity on every card) without a word.
 	FrameFault string    `json:"frame_fault,omitempty"`
 	NextOpen   time.Time `json:"next_open,omitzero"` // when down: next reopen attempt
+	// OpenBlocked: an open that outlived OpenTimeout has not returned
+	// yet (it is stuck in OpenCV since OpenBlockedSince); no new open
+	// starts until it does.
+	OpenBlocked      bool      `json:"open_blocked,omitempty"`
+	OpenBlockedSince time.Time `json:"open_blocked_since,omitzero"`
 }
 
 // Camera is a burst-capable camera. Create with New, drive with Run.
@@ -132,6 +144,7 @@ type Camera struct {
 	// Owned by the Run goroutine.
 	sess        *session
 	abandoned   []*session
+	openingLate *session // abandoned while its open was still running; nil once it returned
 	sessFails   int
 	backoff     time.Duration
 	nextOpen    time.Time
@@ -238,13 +251,20 @@ func (c *Camera) Run(ctx context.Context) error {
 	for {
 		c.prune()
 		var retry <-chan time.Time
+		var lateOpen <-chan struct{}
 		if c.sess == nil && !c.eos {
-			timer.Reset(time.Until(c.nextOpen))
-			retry = timer.C
+			if s := c.blockedOpen(); s != nil {
+				lateOpen = s.openDone // no new open until it returns
+			} else {
+				timer.Reset(time.Until(c.nextOpen))
+				retry = timer.C
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-lateOpen:
+			// The abandoned open returned: the next pass arms the retry.
 		case <-retry:
 			c.tryOpen(ctx)
 		case req := <-c.reqs:
@@ -292,8 +312,40 @@ func (c *Camera) prune() {
 	c.mu.Unlock()
 }
 
-// tryOpen starts a session and probes it with one read.
+// blockedOpen returns the abandoned session whose open has not returned
+// yet, or nil (and clears Health.OpenBlocked) once it has.
+func (c *Camera) blockedOpen() *session {
+	s := c.openingLate
+	if s == nil {
+		return nil
+	}
+	select {
+	case <-s.openDone:
+		c.openingLate = nil
+		var err error
+		select {
+		case err = <-s.opened: // sent before openDone closed
+		default:
+		}
+		if err != nil {
+			err = redact.Error(err, c.cfg.Source)
+		} else {
+			err = errors.New("it opened late and was closed")
+		}
+		c.log.Info("camera: the abandoned open returned; opens resume", "source", c.name(), "result", err)
+		c.update(func(h *Health) { h.OpenBlocked, h.OpenBlockedSince = false, time.Time{} })
+		return nil
+	default:
+		return s
+	}
+}
+
+// tryOpen starts a session and probes it with one read. It starts none
+// while an abandoned open is still running (blockedOpen).
 func (c *Camera) tryOpen(ctx context.Context) {
+	if c.blockedOpen() != nil {
+		return
+	}
 	now := time.Now()
 	c.lastAttempt = now
 	c.attempts++
@@ -304,17 +356,24 @@ func (c *Camera) tryOpen(ctx context.Context) {
 	timer := time.NewTimer(c.cfg.OpenTimeout)
 	defer timer.Stop()
 	var err error
+	late := false
 	select {
 	case err = <-s.opened:
 	case <-timer.C:
-		err = fmt.Errorf("open camera %q: no answer within %s: %w", c.name(), c.cfg.OpenTimeout, ErrStall)
+		err = fmt.Errorf("open camera %q: no answer within %s (abandoned; no other open starts until it returns): %w", c.name(), c.cfg.OpenTimeout, ErrStall)
 		c.update(func(h *Health) { h.Stalls++ })
+		late = true
 	case <-ctx.Done():
 		err = ctx.Err()
+		late = true
 	}
 	if err != nil {
 		close(s.ops)
 		c.abandoned = append(c.abandoned, s)
+		if late {
+			c.openingLate = s
+			c.update(func(h *Health) { h.OpenBlocked, h.OpenBlockedSince = true, now })
+		}
 		if ctx.Err() == nil {
 			c.openFailed(err)
 		}
@@ -619,21 +678,22 @@ type opResult struct {
 // exits, after closing the device, when ops is closed and the operation in
 // progress (which may be stuck in OpenCV) has returned; done is closed then.
 type session struct {
-	ops    chan op
-	opened chan error // buffered 1: result of the open
-	done   chan struct{}
+	ops      chan op
+	opened   chan error    // buffered 1: result of the open
+	openDone chan struct{} // closed when the open has returned
+	done     chan struct{}
 }
 
 func startSession(open OpenFunc, cfg Config) *session {
-	s := &session{ops: make(chan op), opened: make(chan error, 1), done: make(chan struct{})}
+	s := &session{ops: make(chan op), opened: make(chan error, 1), openDone: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		dev, err := open(cfg)
+		s.opened <- err
+		close(s.openDone)
 		if err != nil {
-			s.opened <- err
 			return
 		}
-		s.opened <- nil
 		defer dev.Close()
 		for o := range s.ops {
 			var r opResult

@@ -26,6 +26,7 @@ import (
 
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/internal/netguard"
+	"github.com/periocular/atm-agent/internal/regfile"
 )
 
 // HTTPConfig configures the local trigger endpoint for the ATM application.
@@ -111,6 +112,12 @@ func parseMode(s string) (os.FileMode, error) {
 	if m&0o007 != 0 {
 		return 0, fmt.Errorf("trigger.http.socket_mode %q: must not grant access to others", s)
 	}
+	// Connecting to a unix socket takes write permission: a mode that
+	// leaves the owner (the agent's user) without read and write (0000,
+	// 0060) left nobody but root able to post, behind a clean start.
+	if m&0o600 != 0o600 {
+		return 0, fmt.Errorf("trigger.http.socket_mode %q: must give the owner read and write (0600 or 0660: connecting to a socket takes write permission)", s)
+	}
 	return os.FileMode(m), nil
 }
 
@@ -191,7 +198,7 @@ func NewHTTP(cfg HTTPConfig, log *slog.Logger, opts ...HTTPOption) (*HTTP, error
 	}
 	h.mode, _ = parseMode(cfg.SocketMode)
 	if cfg.TokenFile != "" {
-		b, err := os.ReadFile(cfg.TokenFile)
+		b, err := regfile.ReadFile(cfg.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("trigger.http: read token file: %w", err)
 		}
@@ -241,6 +248,12 @@ func (h *HTTP) Listen() error {
 		return err
 	}
 	if p := h.cfg.Socket; p != "" {
+		// A path that cannot be the socket (a directory, a regular file,
+		// a missing folder) is refused before the lock file is created
+		// beside it (it left FILE.lock next to a refused FILE).
+		if err := CheckSocketTarget(p); err != nil {
+			return fail(err)
+		}
 		// The lock makes judging the socket stale and replacing it one
 		// step: without it two agents starting in the same instant both
 		// found the stale socket unanswered, both removed it, and the
@@ -318,7 +331,7 @@ func lockSocket(p string) (*os.File, error) {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			holder := ""
-			if b, err := os.ReadFile(lp); err == nil {
+			if b, err := regfile.ReadFile(lp); err == nil {
 				if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
 					holder = fmt.Sprintf(" by pid %d", pid)
 				}
@@ -370,6 +383,44 @@ func CheckSocketPath(p string) error {
 	}
 	if n := len(filepath.Dir(p)) + len("/.t") + 10 + len("/s"); n > max {
 		return fmt.Errorf("trigger socket %s: its folder is too deep: the socket is bound first in a private folder beside it (%s/.tNNNNNNNNNN/s, %d bytes; at most %d)", p, filepath.Dir(p), n, max)
+	}
+	return nil
+}
+
+// ErrSocketFolderMissing is wrapped by CheckSocketTarget's error for a
+// socket path whose folder does not exist (the agent creates no folder).
+var ErrSocketFolderMissing = errors.New("does not exist (the agent creates no folder for its socket)")
+
+// CheckSocketTarget refuses a socket path that Listen would refuse on this
+// machine: one CheckSocketPath refuses, one whose folder is missing or is
+// not a folder, one that exists and is not a socket (a directory, a
+// regular file, a symbolic link: never replaced), and one whose lock file
+// (p+".lock") exists and is not a regular file. Listen calls it before it
+// creates the lock file, and `config check` calls it, so that both refuse
+// the same paths. A socket nobody listens on (left by kill -9) passes:
+// Listen replaces it.
+func CheckSocketTarget(p string) error {
+	if err := CheckSocketPath(p); err != nil {
+		return err
+	}
+	dir := filepath.Dir(p)
+	switch fi, err := os.Stat(dir); {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("trigger socket %s: its folder %s %w", p, dir, ErrSocketFolderMissing)
+	case err != nil:
+		return fmt.Errorf("trigger socket %s: %w", p, err)
+	case !fi.IsDir():
+		return fmt.Errorf("trigger socket %s: %s is not a folder but %s", p, dir, regfile.Kind(fi.Mode()))
+	}
+	switch fi, err := os.Lstat(p); {
+	case err == nil && fi.Mode()&os.ModeSocket == 0:
+		return fmt.Errorf("trigger socket %s: exists and is not a socket but %s: refusing to replace it (check trigger.http.socket)", p, regfile.Kind(fi.Mode()))
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("trigger socket %s: %w", p, err)
+	}
+	lp := p + ".lock"
+	if fi, err := os.Lstat(lp); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Errorf("trigger socket %s: lock file %s is not a regular file but %s: refusing to start", p, lp, regfile.Kind(fi.Mode()))
 	}
 	return nil
 }

@@ -111,15 +111,15 @@ func (f dbFlags) options(env *cli.Env, scfg store.Config, needKey bool) (store.O
 // openDB opens the store named by --config (or --db) for an admin command:
 // read-only commands never create or write; none creates a missing file.
 // The daemon holds the file lock: stop it first (the wait is bounded by
-// store.lock_timeout).
-func openDB(env *cli.Env, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, error) {
-	st, _, err := openDBConfig(env, name, args, mode, needKey, extra)
+// store.lock_timeout, and ends on SIGTERM or SIGINT: ctx).
+func openDB(ctx context.Context, env *cli.Env, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, error) {
+	st, _, err := openDBConfig(ctx, env, name, args, mode, needKey, extra)
 	return st, err
 }
 
 // openDBConfig is openDB that also returns the agent config it read (nil
 // when only --db was given and the config could not be read).
-func openDBConfig(env *cli.Env, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, *daemon.Config, error) {
+func openDBConfig(ctx context.Context, env *cli.Env, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, *daemon.Config, error) {
 	fs := cli.NewFlags(env, "db "+name, "db "+name+" [--config FILE | --db PATH] [--key-file FILE] ...")
 	f := addDBFlags(fs)
 	if extra != nil {
@@ -144,7 +144,7 @@ func openDBConfig(env *cli.Env, name string, args []string, mode dbMode, needKey
 		return nil, nil, err
 	}
 	o.NoCreate, o.ReadOnly = true, mode == dbRead
-	st, err := store.Open(scfg.Path, o)
+	st, err := store.OpenContext(ctx, scfg.Path, o)
 	if err != nil {
 		return nil, nil, storeOpenError(err)
 	}
@@ -174,7 +174,7 @@ func Command() cli.Command {
 	return cli.Command{Summary: "inspect and maintain the agent database", Subs: map[string]cli.Command{
 		"stats": {Summary: "print database statistics (JSON; read-only), with the stored templates of models the agent no longer runs", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			var modelsDir, embedder *string
-			st, cfg, err := openDBConfig(env, "stats", args, dbRead, nil, func(add func(string, string, string) *string) {
+			st, cfg, err := openDBConfig(ctx, env, "stats", args, dbRead, nil, func(add func(string, string, string) *string) {
 				modelsDir = add("models-dir", "", "models dir holding manifest.yaml (default: the config's models.dir)")
 				embedder = add("embedder", "", "the embedder the agent runs (default: the config's models.embedder, else the manifest's pipeline)")
 			})
@@ -214,7 +214,7 @@ func Command() cli.Command {
 		}},
 		"export": {Summary: "write the database as JSON lines (read-only; no templates unless --embeddings yes)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			var emb *string
-			st, err := openDB(env, "export", args, dbRead, func() bool { return *emb == "yes" }, func(add func(string, string, string) *string) {
+			st, err := openDB(ctx, env, "export", args, dbRead, func() bool { return *emb == "yes" }, func(add func(string, string, string) *string) {
 				emb = add("embeddings", "no", "include embeddings (biometric templates): yes or no")
 			})
 			if err != nil {
@@ -233,7 +233,7 @@ func Command() cli.Command {
 		}},
 		"purge": {Summary: "delete one identity, its visits and alerts (--identity ID), or expired data (--expired yes); the file is compacted so nothing deleted stays in it", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			var id, expired *string
-			st, err := openDB(env, "purge", args, dbWrite, nil, func(add func(string, string, string) *string) {
+			st, err := openDB(ctx, env, "purge", args, dbWrite, nil, func(add func(string, string, string) *string) {
 				id = add("identity", "", "identity id to delete")
 				expired = add("expired", "no", "apply the retention window now: yes or no")
 			})
@@ -265,7 +265,7 @@ func Command() cli.Command {
 			return nil
 		}},
 		"compact": {Summary: "rewrite the database without free pages (keeps the file's owner and mode)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			st, err := openDB(env, "compact", args, dbWrite, nil, nil)
+			st, err := openDB(ctx, env, "compact", args, dbWrite, nil, nil)
 			if err != nil {
 				return err
 			}
@@ -280,7 +280,7 @@ func Command() cli.Command {
 			return nil
 		}},
 		"encrypt": {Summary: "seal every plaintext template with the key, then compact (needs the key)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			st, err := openDB(env, "encrypt", args, dbWrite, nil, nil)
+			st, err := openDB(ctx, env, "encrypt", args, dbWrite, nil, nil)
 			if err != nil {
 				return err
 			}
@@ -298,7 +298,7 @@ func Command() cli.Command {
 		}},
 		"rekey": {Summary: "rotate the encryption key: re-encrypt every template with --new-key-file, then compact (needs the current key)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			var newKeyFile *string
-			st, err := openDB(env, "rekey", args, dbWrite, nil, func(add func(string, string, string) *string) {
+			st, err := openDB(ctx, env, "rekey", args, dbWrite, nil, func(add func(string, string, string) *string) {
 				newKeyFile = add("new-key-file", "", "the new key: 32 raw bytes or 64 hex characters, e.g. (umask 077; head -c 32 /dev/urandom > /etc/atm-agent/store.key.new)")
 			})
 			if err != nil {
