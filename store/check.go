@@ -72,6 +72,9 @@ type CheckReport struct {
 	// TemplatesVerified: encrypted templates were authenticated with the
 	// key (without a key only their framing is checked).
 	TemplatesVerified bool `json:"templates_verified"`
+	// WrongKey: the key given is not this store's (its key check and every
+	// template refuse it). That is no damage: the file may be sound.
+	WrongKey bool `json:"wrong_key,omitempty"`
 }
 
 // OK reports a file without problems.
@@ -124,9 +127,7 @@ func CheckFile(ctx context.Context, path string, opts CheckOptions) (*CheckRepor
 	}
 	defer unlock()
 	rep, recs := checkFile(path, aead, false)
-	if recs.wrongKey {
-		rep.problem("the key given is not this store's key (its key check and every template refuse it): templates not verified")
-	}
+	rep.WrongKey = recs.wrongKey
 	if rep.OK() && opts.BoltCheck {
 		rep.BoltCheck = true
 		for _, p := range boltCheck(path, opts.Timeout) {

@@ -349,6 +349,10 @@ func Command() cli.Command {
 			if !rep.OK() {
 				return &store.DamagedError{Path: rep.Path, Problems: rep.Problems, More: rep.More}
 			}
+			if rep.WrongKey {
+				// Not exit 65: that sends an operator to salvage a sound file.
+				return fmt.Errorf("%s: %w: the file's structure and records are sound, its templates were not verified; check with the key it was encrypted with", rep.Path, store.ErrWrongKey)
+			}
 			return nil
 		}},
 		"salvage": {Summary: "copy every readable record of a damaged database into a new file (-o); the damaged file is only read", Run: func(ctx context.Context, env *cli.Env, args []string) error {
@@ -405,6 +409,13 @@ func printCheck(env *cli.Env, rep *store.CheckReport, keyGiven bool) {
 	}
 	for _, w := range rep.Warnings {
 		fmt.Fprintf(env.Stdout, "warning: %s\n", w)
+	}
+	if rep.WrongKey {
+		fmt.Fprintln(env.Stdout, "  the key given is not this store's key (its key check and every template refuse it): templates not verified")
+	}
+	if rep.OK() && rep.WrongKey {
+		fmt.Fprintf(env.Stdout, "structure ok (bbolt check: %v); templates not verified\n", rep.BoltCheck)
+		return
 	}
 	if rep.OK() {
 		fmt.Fprintf(env.Stdout, "ok (bbolt check: %v)\n", rep.BoltCheck)

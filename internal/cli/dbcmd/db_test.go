@@ -244,7 +244,10 @@ func TestDBCommandsOperator(t *testing.T) {
 	if out, code := run("rekey", "--config", cfg, "--key-file", keyFile, "--new-key-file", newKeyFile); code != 0 || !strings.Contains(out, "20 templates encrypted") {
 		t.Fatalf("rekey: %d %s", code, out)
 	}
-	if out, code := run("check", "--config", cfg, "--key-file", keyFile); code == 0 || !strings.Contains(out, "not this store's key") || strings.Contains(out, "no key given") {
+	// A wrong key is no damage: exit 1 and the key named, not exit 65 and
+	// "damaged", which sent operators to salvage a sound file.
+	if out, code := run("check", "--config", cfg, "--key-file", keyFile); code != cli.ExitFailure || !strings.Contains(out, "not this store's key") ||
+		!strings.Contains(out, "encryption key does not match") || strings.Contains(out, "damaged") || strings.Contains(out, "no key given") {
 		t.Fatalf("check with the old key after rekey: %d %s", code, out)
 	}
 	if out, code := run("check", "--config", cfg, "--key-file", newKeyFile); code != 0 || strings.Contains(out, "not authenticated") {
