@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -141,9 +140,7 @@ func loadToken(path string) ([sha256.Size]byte, error) {
 // get 401.
 func requireToken(h http.Handler, sum [sha256.Size]byte) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		s := sha256.Sum256([]byte(strings.TrimSpace(got)))
-		if !ok || subtle.ConstantTimeCompare(s[:], sum[:]) != 1 {
+		if !netguard.BearerMatches(r.Header.Get("Authorization"), sum) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="atm-agent"`)
 			http.Error(w, "missing or wrong bearer token", http.StatusUnauthorized)
 			return

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -732,9 +731,7 @@ func (h *HTTP) authenticate(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
-		if !ok || subtle.ConstantTimeCompare(sum[:], h.token[:]) != 1 {
+		if !netguard.BearerMatches(r.Header.Get("Authorization"), h.token) {
 			abandonBody(w, r)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="atm-agent"`)
 			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")

@@ -562,6 +562,9 @@ func TestRefusalAnsweredBeforeBody(t *testing.T) {
 		{"no token", "/v1/visit", "", http.StatusUnauthorized},
 		{"wrong token", "/v1/visit", "Authorization: Bearer wrong-token-0123456789\r\n", http.StatusUnauthorized},
 		{"POST health", "/v1/health", "Authorization: Bearer " + token + "\r\n", http.StatusMethodNotAllowed},
+		// Past the token check (the scheme is case-insensitive, RFC 9110):
+		// the method is what is refused.
+		{"lowercase scheme", "/v1/health", "Authorization: bearer " + token + "\r\n", http.StatusMethodNotAllowed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			conn, err := net.Dial("tcp", h.TCPAddr().String())
