@@ -632,7 +632,14 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 			if e, ok := h.txns.lookup(ctx.TxnID, now); ok {
 				h.txns.mu.Unlock()
 				h.duplicates.Add(1)
-				h.log.Info("socket trigger repeated: answered with the first visit", "visit", e.id)
+				if ctx.CardHash != "" && e.card != "" && ctx.CardHash != e.card {
+					// The contract keeps the first trigger's context; a
+					// different card under one txn_id is the ATM
+					// application's bug, worth a line of its own.
+					h.log.Warn("socket trigger repeated with another card_hash: answered with the first visit, this card_hash not recorded", "visit", e.id)
+				} else {
+					h.log.Info("socket trigger repeated: answered with the first visit", "visit", e.id)
+				}
 				writeJSON(w, http.StatusOK, VisitReply{ID: e.id, Time: e.seen.UTC().Format(time.RFC3339Nano), Status: StatusDuplicate})
 				return
 			}
@@ -647,7 +654,7 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 			return
 		}
 		if ctx.TxnID != "" {
-			h.txns.add(ctx.TxnID, txnEntry{id: adm.ID, at: now, seen: now})
+			h.txns.add(ctx.TxnID, txnEntry{id: adm.ID, at: now, seen: now, card: ctx.CardHash})
 		}
 		h.txns.mu.Unlock()
 		h.accepted.Add(1)

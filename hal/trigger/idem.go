@@ -21,6 +21,7 @@ type txnEntry struct {
 	id   string
 	at   time.Time // when the first trigger was admitted
 	seen time.Time // the visit's trigger time
+	card string    // the first trigger's card_hash ("" if none, or restored from the store)
 }
 
 type txnKey struct {

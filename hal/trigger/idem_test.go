@@ -1,9 +1,12 @@
 package trigger
 
 import (
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -150,4 +153,53 @@ func TestRememberAcrossRestart(t *testing.T) {
 	if len(out) != 0 {
 		t.Fatalf("%d events beyond the two visits", len(out))
 	}
+}
+
+// One txn_id with another card_hash: still the first visit's answer (the
+// contract), but a warning of its own in the log, where the same retry
+// with the same card is an info line. Before, the second card vanished
+// without a trace.
+func TestDuplicateWithAnotherCardWarned(t *testing.T) {
+	var buf lockedLog
+	sock := filepath.Join(t.TempDir(), "trigger.sock")
+	h, err := NewHTTP(HTTPConfig{Socket: sock}, slog.New(slog.NewTextHandler(&buf, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	startHTTP(t, h, make(chan visit.Trigger, 2))
+	e := socketEndpoint{c: unixClient(sock)}
+	url := "http://atm/v1/visit"
+	other := strings.Repeat("b", 64)
+	if code, _ := post(t, e.c, url, "", `{"card_hash":"`+goodHash+`","txn_id":"T-9"}`); code != http.StatusAccepted {
+		t.Fatalf("first: %d", code)
+	}
+	if code, m := post(t, e.c, url, "", `{"card_hash":"`+goodHash+`","txn_id":"T-9"}`); code != http.StatusOK || m["status"] != StatusDuplicate {
+		t.Fatalf("same card: %d %v", code, m)
+	}
+	if strings.Contains(buf.String(), "another card_hash") {
+		t.Fatalf("a plain retry warned:\n%s", buf.String())
+	}
+	if code, m := post(t, e.c, url, "", `{"card_hash":"`+other+`","txn_id":"T-9"}`); code != http.StatusOK || m["status"] != StatusDuplicate {
+		t.Fatalf("other card: %d %v", code, m)
+	}
+	if log := buf.String(); !strings.Contains(log, "level=WARN") || !strings.Contains(log, "repeated with another card_hash") || strings.Contains(log, other) {
+		t.Fatalf("no warning for another card (or the hash in it):\n%s", log)
+	}
+}
+
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
