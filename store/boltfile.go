@@ -10,6 +10,8 @@ import (
 	"os"
 	"sort"
 	"syscall"
+
+	"github.com/periocular/atm-agent/internal/regfile"
 )
 
 // A bounds-checked reader of the bbolt file format (go.etcd.io/bbolt v1.4,
@@ -250,26 +252,7 @@ func checkRegular(path string) (exists bool, err error) {
 }
 
 func notRegular(path string, m os.FileMode) error {
-	return fmt.Errorf("open store %q: not a regular file but %s: the store must be a regular file (or a link to one); check --db or store.path", path, fileKind(m))
-}
-
-// fileKind names what a non-regular file is.
-func fileKind(m os.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&os.ModeNamedPipe != 0:
-		return "a named pipe (FIFO)"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	case m&os.ModeCharDevice != 0:
-		return "a character device"
-	case m&os.ModeDevice != 0:
-		return "a block device"
-	case m&os.ModeSymlink != 0:
-		return "a symbolic link"
-	}
-	return fmt.Sprintf("mode %v", m.Type())
+	return fmt.Errorf("open store %q: not a regular file but %s: the store must be a regular file (or a link to one); check --db or store.path", path, regfile.Kind(m))
 }
 
 // openNoWait opens path for reading without waiting for a writer should
