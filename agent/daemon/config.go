@@ -242,26 +242,8 @@ func (c Config) Warnings() []string {
 // `run` for good, deaf to SIGTERM. The daemon's own reads (config,
 // manifest, store key, tokens) refuse such files themselves (regfile).
 func (c Config) checkOtherReads() error {
-	type setting struct{ key, path string }
-	var ss []setting
-	if r := c.Trigger.Replay; r.Enabled {
-		ss = append(ss, setting{"trigger.replay.file", r.File})
-	}
-	if m := c.Metrics; m.Listen != "" {
-		ss = append(ss, setting{"metrics.tls.cert_file", m.TLS.CertFile}, setting{"metrics.tls.key_file", m.TLS.KeyFile})
-	}
-	if m := c.MQTT; m.Enabled {
-		ss = append(ss, setting{"mqtt.password_file", m.PasswordFile}, setting{"mqtt.tls.ca_file", m.TLS.CAFile},
-			setting{"mqtt.tls.cert_file", m.TLS.CertFile}, setting{"mqtt.tls.key_file", m.TLS.KeyFile})
-		if m.Commands.Enabled {
-			for i, k := range m.Commands.PublicKeys {
-				ss = append(ss, setting{fmt.Sprintf("mqtt.commands.public_keys[%d].file", i), k.File})
-			}
-			ss = append(ss, setting{"mqtt.commands.seen_file", m.Commands.SeenFile})
-		}
-	}
-	for _, s := range ss {
-		if s.path == "" || strings.HasPrefix(s.path, "credential:") {
+	for _, s := range c.pathSettings() {
+		if !s.otherRead || s.path == "" || strings.HasPrefix(s.path, "credential:") {
 			continue
 		}
 		if err := regfile.Check(s.path); err != nil {
@@ -271,6 +253,46 @@ func (c Config) checkOtherReads() error {
 	return nil
 }
 
+// pathSetting is a setting that names a file or folder the agent uses.
+type pathSetting struct {
+	key, path string
+	// otherRead: read by a package that does not use regfile (MQTT, TLS,
+	// command keys, the replay schedule), so checkOtherReads checks it.
+	otherRead bool
+	// defaulted: the value was derived, not written in the file.
+	defaulted bool
+}
+
+// pathSettings lists the path settings of the parts that are enabled.
+func (c Config) pathSettings() []pathSetting {
+	ss := []pathSetting{{key: "models.dir", path: c.Models.Dir}, {key: "store.path", path: c.Store.Path}, {key: "store.key_file", path: c.Store.KeyFile}}
+	if k := camera.ResolveKind(c.Camera); k == camera.KindImages || k == camera.KindFile {
+		ss = append(ss, pathSetting{key: "camera.source", path: c.Camera.Source})
+	}
+	if h := c.Trigger.HTTP; h.Enabled {
+		ss = append(ss, pathSetting{key: "trigger.http.socket", path: h.Socket}, pathSetting{key: "trigger.http.token_file", path: h.TokenFile})
+	}
+	if r := c.Trigger.Replay; r.Enabled {
+		ss = append(ss, pathSetting{key: "trigger.replay.file", path: r.File, otherRead: true})
+	}
+	if m := c.Metrics; m.Listen != "" {
+		ss = append(ss, pathSetting{key: "metrics.token_file", path: m.TokenFile},
+			pathSetting{key: "metrics.tls.cert_file", path: m.TLS.CertFile, otherRead: true}, pathSetting{key: "metrics.tls.key_file", path: m.TLS.KeyFile, otherRead: true})
+	}
+	if m := c.MQTT; m.Enabled {
+		ss = append(ss, pathSetting{key: "mqtt.password_file", path: m.PasswordFile, otherRead: true}, pathSetting{key: "mqtt.tls.ca_file", path: m.TLS.CAFile, otherRead: true},
+			pathSetting{key: "mqtt.tls.cert_file", path: m.TLS.CertFile, otherRead: true}, pathSetting{key: "mqtt.tls.key_file", path: m.TLS.KeyFile, otherRead: true})
+		if m.Commands.Enabled {
+			for i, k := range m.Commands.PublicKeys {
+				ss = append(ss, pathSetting{key: fmt.Sprintf("mqtt.commands.public_keys[%d].file", i), path: k.File, otherRead: true})
+			}
+			ss = append(ss, pathSetting{key: "mqtt.commands.seen_file", path: m.Commands.SeenFile, otherRead: true,
+				defaulted: m.Commands.SeenFile == filepath.Join(filepath.Dir(c.Store.Path), "commands-seen.json")})
+		}
+	}
+	return ss
+}
+
 // relativePathWarnings names every path setting that holds a relative
 // path. Such a path is resolved against the working directory of the
 // process that reads the config, not against the config file's folder:
@@ -278,39 +300,13 @@ func (c Config) checkOtherReads() error {
 // shell then name different files. Warned, not refused: a development
 // config run from its folder is a fair use.
 func (c Config) relativePathWarnings() []string {
-	type setting struct{ key, path string }
-	ss := []setting{{"models.dir", c.Models.Dir}, {"store.path", c.Store.Path}, {"store.key_file", c.Store.KeyFile}}
-	if k := camera.ResolveKind(c.Camera); k == camera.KindImages || k == camera.KindFile {
-		ss = append(ss, setting{"camera.source", c.Camera.Source})
-	}
-	if h := c.Trigger.HTTP; h.Enabled {
-		ss = append(ss, setting{"trigger.http.socket", h.Socket}, setting{"trigger.http.token_file", h.TokenFile})
-	}
-	if r := c.Trigger.Replay; r.Enabled {
-		ss = append(ss, setting{"trigger.replay.file", r.File})
-	}
-	if m := c.Metrics; m.Listen != "" {
-		ss = append(ss, setting{"metrics.token_file", m.TokenFile}, setting{"metrics.tls.cert_file", m.TLS.CertFile}, setting{"metrics.tls.key_file", m.TLS.KeyFile})
-	}
-	if m := c.MQTT; m.Enabled {
-		ss = append(ss, setting{"mqtt.password_file", m.PasswordFile}, setting{"mqtt.tls.ca_file", m.TLS.CAFile},
-			setting{"mqtt.tls.cert_file", m.TLS.CertFile}, setting{"mqtt.tls.key_file", m.TLS.KeyFile})
-		if m.Commands.Enabled {
-			for i, k := range m.Commands.PublicKeys {
-				ss = append(ss, setting{fmt.Sprintf("mqtt.commands.public_keys[%d].file", i), k.File})
-			}
-			if m.Commands.SeenFile != filepath.Join(filepath.Dir(c.Store.Path), "commands-seen.json") {
-				ss = append(ss, setting{"mqtt.commands.seen_file", m.Commands.SeenFile})
-			}
-		}
-	}
 	wd, err := os.Getwd()
 	if err != nil {
 		wd = "unknown: " + err.Error()
 	}
 	var w []string
-	for _, s := range ss {
-		if s.path == "" || filepath.IsAbs(s.path) || strings.HasPrefix(s.path, "credential:") {
+	for _, s := range c.pathSettings() {
+		if s.defaulted || s.path == "" || filepath.IsAbs(s.path) || strings.HasPrefix(s.path, "credential:") {
 			continue
 		}
 		w = append(w, fmt.Sprintf("%s %q is a relative path: it is resolved against the working directory (now %s), not the config file's folder; the unit runs in /, so give an absolute path", s.key, s.path, wd))
