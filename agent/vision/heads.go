@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"os"
 
 	"github.com/periocular/atm-agent/models"
 )
@@ -29,12 +28,9 @@ func loadProjection(dir string, md *models.Model) (*ProjectionHead, error) {
 		return nil, nil
 	}
 	file := models.Path(dir, md.Projection.File)
-	if err := models.CheckFile(file, -1, md.Projection.SHA256); err != nil {
-		return nil, fmt.Errorf("projection of %s: %w", md.Name, err)
-	}
-	b, err := os.ReadFile(file)
+	b, err := models.ReadChecked(file, -1, md.Projection.SHA256)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("projection of %s: %w", md.Name, err)
 	}
 	p, err := DecodeProjection(b)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/models"
@@ -36,12 +35,9 @@ func LoadMaskClassifier(dir string, man *models.Manifest, embedder string) (*Mas
 		return nil, ErrNoMaskModel
 	}
 	file := models.Path(dir, md.MaskHead.File)
-	if err := models.CheckFile(file, -1, md.MaskHead.SHA256); err != nil {
-		return nil, fmt.Errorf("mask head of %s: %w", embedder, err)
-	}
-	b, err := os.ReadFile(file)
+	b, err := models.ReadChecked(file, -1, md.MaskHead.SHA256)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("mask head of %s: %w", embedder, err)
 	}
 	var mc MaskClassifier
 	if err := json.Unmarshal(b, &mc); err != nil {

@@ -6,7 +6,6 @@ package vision
 import (
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"sync"
 
@@ -27,28 +26,29 @@ type Net struct {
 // only then hands them to OpenCV. A missing, truncated or tampered file is an
 // error naming the file, never a crash.
 func LoadNet(dir string, md *models.Model) (*Net, error) {
-	if err := md.Check(dir); err != nil {
-		return nil, err
-	}
 	file := models.Path(dir, md.File)
 	var (
 		net gocv.Net
 		err error
 	)
 	switch md.Format {
-	case models.FormatONNX:
-		var b []byte
-		if b, err = os.ReadFile(file); err == nil {
-			net, err = gocv.ReadNetFromONNXBytes(b)
+	case models.FormatONNX, models.FormatCaffe:
+		// Read once, checked, and those bytes loaded: what was checked is
+		// what OpenCV gets.
+		var weights, proto []byte
+		if weights, proto, err = md.ReadChecked(dir); err != nil {
+			return nil, err
 		}
-	case models.FormatCaffe:
-		var proto, weights []byte
-		if proto, err = os.ReadFile(models.Path(dir, md.Config)); err == nil {
-			if weights, err = os.ReadFile(file); err == nil {
-				net, err = gocv.ReadNetFromCaffeBytes(proto, weights)
-			}
+		if md.Format == models.FormatONNX {
+			net, err = gocv.ReadNetFromONNXBytes(weights)
+		} else {
+			net, err = gocv.ReadNetFromCaffeBytes(proto, weights)
 		}
 	case models.FormatTorch:
+		// gocv v0.31 reads Torch files by path only: checked, then read.
+		if err := md.Check(dir); err != nil {
+			return nil, err
+		}
 		net = gocv.ReadNetFromTorch(file)
 	default:
 		err = fmt.Errorf("format %q not supported", md.Format)
@@ -62,7 +62,15 @@ func LoadNet(dir string, md *models.Model) (*Net, error) {
 	}
 	net.SetPreferableBackend(gocv.NetBackendOpenCV)
 	net.SetPreferableTarget(gocv.NetTargetCPU)
-	return &Net{Model: *md, net: net}, nil
+	n := &Net{Model: *md, net: net}
+	// The checksum vouches for the file, not for the manifest's entry: an
+	// input size or output the network does not have failed at the first
+	// visit, inside a card insert. Found here, the agent refuses to start.
+	if err := n.selfTest(); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("load model %s from %s: the manifest's entry does not fit the network: %w", md.Name, file, err)
+	}
+	return n, nil
 }
 
 // Close releases the network.
@@ -108,12 +116,9 @@ func (n *Net) Forward(blob []float32, channels int, names ...string) ([]Tensor, 
 
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.net.SetInput(in, n.Model.Input.Name)
-	var outs []gocv.Mat
-	if len(names) == 0 {
-		outs = []gocv.Mat{n.net.Forward("")}
-	} else {
-		outs = n.net.ForwardLayers(names)
+	outs, err := forward(&n.net, in, n.Model.Input.Name, names)
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", n.Model.Name, err)
 	}
 	res := make([]Tensor, len(outs))
 	for i := range outs {
@@ -145,16 +150,23 @@ func copyTensor(m gocv.Mat) (Tensor, error) {
 	return Tensor{Shape: append([]int(nil), m.Size()...), Data: append([]float32(nil), d...)}, nil
 }
 
-// Probe loads the model and runs one forward on a constant blob, checking
-// each output against the manifest's shape (dimensions listed as 0 or -1 are
-// free). Run it in a child process when the file may be bad: OpenCV aborts
-// the process on some malformed models.
+// Probe loads the model (LoadNet, which runs its self-test). Run it in a
+// child process when the file may be bad: OpenCV aborts the process on
+// some malformed model files while reading them.
 func Probe(dir string, md *models.Model) error {
 	n, err := LoadNet(dir, md)
 	if err != nil {
 		return err
 	}
-	defer n.Close()
+	return n.Close()
+}
+
+// selfTest runs one forward on a constant blob of the manifest's input
+// size and checks each output against the manifest's shape (dimensions
+// listed as 0 or -1 are free) and an embedder's length against its
+// dimension.
+func (n *Net) selfTest() error {
+	md := &n.Model
 	blob := make([]float32, 3*md.Input.Width*md.Input.Height)
 	outs, err := n.Forward(blob, 3)
 	if err != nil {
