@@ -2,21 +2,43 @@ package models
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Files lists the files of md relative to its models dir: the weights,
 // the second file some formats need, and the embedder's heads.
 func (md *Model) Files() []string {
-	fs := []string{md.File}
+	var fs []string
+	for _, f := range md.fileSums() {
+		fs = append(fs, f.path)
+	}
+	return fs
+}
+
+// fileSum is one of a model's files with the size (-1: not recorded) and
+// sha256 the manifest gives it.
+type fileSum struct {
+	path string
+	size int64
+	sha  string
+}
+
+func (md *Model) fileSums() []fileSum {
+	orUnknown := func(n int64) int64 {
+		if n == 0 {
+			return -1
+		}
+		return n
+	}
+	fs := []fileSum{{md.File, orUnknown(md.Size), strings.ToLower(md.SHA256)}}
 	if md.Config != "" {
-		fs = append(fs, md.Config)
+		fs = append(fs, fileSum{md.Config, orUnknown(md.ConfigSize), strings.ToLower(md.ConfigSHA256)})
 	}
 	for _, h := range []*Head{md.MaskHead, md.Projection} {
 		if h != nil && h.File != "" {
-			fs = append(fs, h.File)
+			fs = append(fs, fileSum{h.File, -1, strings.ToLower(h.SHA256)})
 		}
 	}
 	return fs
@@ -47,11 +69,13 @@ func CopyPipeline(src, dst string) (*Manifest, error) {
 		return nil, fmt.Errorf("models dir %s: %w", dst, err)
 	}
 	for i := range sub.Models {
-		for _, f := range sub.Models[i].Files() {
-			if filepath.IsAbs(f) {
-				return nil, fmt.Errorf("model %s: file %s is outside the models dir", sub.Models[i].Name, f)
+		for _, f := range sub.Models[i].fileSums() {
+			// "../x" left --out as surely as "/x" did: written as root
+			// over whatever was there.
+			if !filepath.IsLocal(f.path) {
+				return nil, fmt.Errorf("model %s: file %s is outside the models dir", sub.Models[i].Name, f.path)
 			}
-			if err := copyFile(filepath.Join(src, f), filepath.Join(dst, f)); err != nil {
+			if err := copyChecked(filepath.Join(src, f.path), filepath.Join(dst, f.path), f.size, f.sha); err != nil {
 				return nil, fmt.Errorf("model %s: %w", sub.Models[i].Name, err)
 			}
 		}
@@ -62,19 +86,32 @@ func CopyPipeline(src, dst string) (*Manifest, error) {
 	return sub, nil
 }
 
-func copyFile(from, to string) error {
-	in, err := os.Open(from)
+// copyChecked copies a file whose bytes match size and sha (ReadChecked),
+// through a temporary file renamed over to: a link already at to is
+// replaced, never written through.
+func copyChecked(from, to string, size int64, sha string) error {
+	b, err := ReadChecked(from, size, sha)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(to), ".ship-*")
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
 		return fmt.Errorf("copy %s: %w", from, err)
 	}
-	return out.Close()
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), to)
 }

@@ -1,9 +1,11 @@
 package models
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -62,4 +64,83 @@ func TestCopyPipeline(t *testing.T) {
 	if err != nil || back.Pipeline != full.Pipeline {
 		t.Errorf("written manifest: %v %+v", err, back)
 	}
+}
+
+// A manifest entry whose file climbs out of the models dir ("../x") was
+// copied to OUT/../x, over whatever was there (ship runs as root); a file
+// whose bytes are not the manifest's was copied unverified. Both are
+// refused now, and nothing is written outside OUT.
+func TestCopyPipelineRefusesEscapesAndTamper(t *testing.T) {
+	src := os.Getenv("ATM_MODELS_DIR")
+	if src == "" {
+		src = filepath.Join("..", "build", "models")
+	}
+	man, err := os.ReadFile(filepath.Join(src, "manifest.yaml"))
+	if err != nil {
+		t.Skipf("built models needed (make models): %v", err)
+	}
+	const entry = "file: blazeface-256.onnx"
+	if !strings.Contains(string(man), entry) {
+		t.Skip("no blazeface-256.onnx entry")
+	}
+	mirror := func(t *testing.T, root string) string {
+		dir := filepath.Join(root, "a", "models")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		ents, _ := os.ReadDir(src)
+		for _, e := range ents {
+			if e.Name() != "manifest.yaml" {
+				if err := os.Symlink(filepath.Join(must(filepath.Abs(src)), e.Name()), filepath.Join(dir, e.Name())); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		return dir
+	}
+
+	root := t.TempDir()
+	dir := mirror(t, root)
+	if err := os.MkdirAll(filepath.Join(root, "a", "outside"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "blazeface-256.onnx"), filepath.Join(root, "a", "outside", "blazeface-256.onnx")); err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(string(man), entry, "file: ../outside/blazeface-256.onnx", 1)
+	if err := os.WriteFile(filepath.Join(dir, "manifest.yaml"), []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(root, "ship", "x", "out")
+	if _, err := CopyPipeline(dir, out); err == nil || !strings.Contains(err.Error(), "outside the models dir") {
+		t.Errorf("a ../ path: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "ship", "x", "outside")); err == nil {
+		t.Error("a file was written outside --out")
+	}
+
+	root = t.TempDir()
+	dir = mirror(t, root)
+	if err := os.WriteFile(filepath.Join(dir, "manifest.yaml"), man, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "blazeface-256.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	os.Remove(filepath.Join(dir, "blazeface-256.onnx"))
+	if err := os.WriteFile(filepath.Join(dir, "blazeface-256.onnx"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CopyPipeline(dir, filepath.Join(root, "out")); !errors.Is(err, ErrIntegrity) {
+		t.Errorf("a tampered file: %v, want ErrIntegrity", err)
+	}
+}
+
+func must(s string, err error) string {
+	if err != nil {
+		panic(err)
+	}
+	return s
 }
