@@ -199,7 +199,12 @@ func TestDecodeCommand(t *testing.T) {
 		{"null", `null`, "", ""},
 		{"array", `[]`, "", ""},
 		{"too big", `{` + head + `,"command":"ping"` + strings.Repeat(" ", MaxCommandSize) + `}`, "", ""},
-		{"case", `{` + head + `,"Command":"ping"}`, CmdPing, ""},
+		// Read one way by Go (case-insensitive names, the last of two wins)
+		// and another by a parser that keeps the first: refused.
+		{"case", `{` + head + `,"Command":"ping"}`, "", ""},
+		{"device twice", `{"schema_version":2,"message_id":"c-1","device":"atm-0099","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping","device":"atm-1"}`, "", ""},
+		{"arg twice", `{` + head + `,"command":"purge_identity","args":{"id":"p-9","id":"p-1"}}`, "", ""},
+		{"arg in upper case", `{` + head + `,"command":"purge_identity","args":{"ID":"p-1"}}`, "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
