@@ -62,6 +62,11 @@ func (s *Store) Purge(ctx context.Context, before time.Time) (int, error) {
 				touched[id] = true
 				n++
 			}
+			if n > 0 {
+				if err := s.markCompactPending(tx, CompactAfterPurge); err != nil {
+					return err
+				}
+			}
 			return s.refreshOrDrop(tx, touched)
 		})
 		total += n
@@ -217,6 +222,11 @@ func (s *Store) purgeIdentity(ctx context.Context, id string) (int, error) {
 			}
 			n++
 		}
+		if n > 0 {
+			if err := s.markCompactPending(tx, CompactAfterPurge); err != nil {
+				return err
+			}
+		}
 		if err := tx.Bucket(bIdentities).Delete([]byte(id)); err != nil {
 			return err
 		}
@@ -270,6 +280,10 @@ type Stats struct {
 	// Templates of a tag the agent does not run are kept until retention
 	// removes them but never restored into the identity engine.
 	Templates map[string]int `json:"templates"`
+	// CompactionPending: a rekey or encrypt committed but was stopped
+	// before its compaction, so free pages may still hold what it
+	// replaced (null when none; the next writing open finishes it).
+	CompactionPending *PendingCompaction `json:"compaction_pending"`
 }
 
 // Stats gathers counts per bucket, file size, schema version, outbox depth
@@ -289,6 +303,7 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		st.Encrypted = st.KeyCheck && st.TemplatesPlain == 0
 		st.VisitSeq = getU64(meta, kVisitSeq)
 		st.OutboxSeq = getU64(meta, kOutboxSeq)
+		st.CompactionPending = readPending(tx)
 		for _, name := range allBuckets {
 			st.Buckets[string(name)] = tx.Bucket(name).Stats().KeyN
 		}
@@ -487,6 +502,14 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 		os.Remove(tmp)
 		return fmt.Errorf("compact %q: %w", s.path, err)
 	}
+	// The copy holds nothing of the old file's free pages: a compaction
+	// left pending by a rekey or encrypt is done once it replaces the file
+	// (a crash before the rename leaves the old file, flag and all).
+	if err := safely(func() error { return dropPending(out) }); err != nil {
+		out.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("compact %q: %w", s.path, err)
+	}
 	if err := out.Sync(); err != nil {
 		out.Close()
 		os.Remove(tmp)
@@ -572,8 +595,11 @@ func countTemplateCrypt(tx *bolt.Tx) (enc, plain int) {
 
 // Encrypt seals every plaintext template with the store's key, in bounded
 // transactions, then compacts the file in place so that no plaintext copy
-// is left in free pages. It returns the number of templates encrypted. The
-// store must be opened with a key.
+// is left in free pages. Each transaction that seals templates also
+// records the compaction as pending (meta "compact_pending"), so a crash
+// before it leaves a flag the next writing open acts on (pending.go). It
+// returns the number of templates encrypted. The store must be opened
+// with a key.
 func (s *Store) Encrypt(ctx context.Context) (int, error) {
 	if s.aead == nil {
 		return 0, fmt.Errorf("encrypt: %w", ErrKeyRequired)
@@ -590,6 +616,13 @@ func (s *Store) Encrypt(ctx context.Context) (int, error) {
 			for k, v := c.First(); k != nil && len(todo) < defaultPurgeBatch; k, v = c.Next() {
 				if len(v) > 0 && v[0]&flagEncrypted == 0 {
 					todo = append(todo, rec{bytes.Clone(k), bytes.Clone(v[1:])})
+				}
+			}
+			if len(todo) > 0 {
+				// The plaintext copies stay in free pages until the
+				// compaction below: owed, in this same commit.
+				if err := s.markCompactPending(tx, CompactAfterEncrypt); err != nil {
+					return err
 				}
 			}
 			for _, r := range todo {
@@ -613,8 +646,11 @@ func (s *Store) Encrypt(ctx context.Context) (int, error) {
 			break
 		}
 	}
+	if err := s.hook("encrypt committed"); err != nil {
+		return total, err
+	}
 	if err := s.Compact(ctx, ""); err != nil {
-		return total, fmt.Errorf("encrypt: %d templates encrypted, but compacting failed (plaintext copies remain in free pages; run atm-agent db compact): %w", total, err)
+		return total, fmt.Errorf("encrypt: %d templates encrypted, but compacting failed (plaintext copies remain in free pages until the compaction, left pending: the next writing open or atm-agent db compact does it): %w", total, err)
 	}
 	s.plainTemplates = 0
 	return total, nil
@@ -631,14 +667,28 @@ func (s *Store) PlainTemplates() int { return s.plainTemplates }
 // (Open refuses a wrong one); a store without a key check may be opened
 // without a key. It returns the number of templates sealed with newKey;
 // afterwards the open store uses newKey.
+//
+// newKey must look random (CheckNewKey: not all zero, at least 16
+// distinct byte values) and must not be the current key (ErrSameKey). The
+// rekey transaction also records the compaction as pending (meta
+// "compact_pending"): a crash between the commit and the compaction leaves
+// the flag, and the next writing open compacts first (pending.go).
 func (s *Store) Rekey(ctx context.Context, newKey []byte) (int, error) {
 	na, err := newAEAD(newKey)
 	if err != nil {
 		return 0, fmt.Errorf("rekey: new %w", err)
 	}
+	if err := CheckNewKey(newKey); err != nil {
+		return 0, fmt.Errorf("rekey: new key refused: %w (the store is unchanged)", err)
+	}
 	n := 0
 	err = s.update(ctx, "rekey", func(tx *bolt.Tx) error {
 		n = 0
+		// The key check opens with the new key: it is the current one
+		// (or a copy of it), and a rotation to it rotates nothing.
+		if c := tx.Bucket(bMeta).Get(kKeyCheck); c != nil && verifyKeyCheck(na, c) == nil {
+			return fmt.Errorf("%w: nothing would be rotated; make a new key with %s", ErrSameKey, KeyHint)
+		}
 		tb := tx.Bucket(bTemplates)
 		type rec struct{ k, v []byte }
 		var todo []rec
@@ -680,7 +730,12 @@ func (s *Store) Rekey(ctx context.Context, newKey []byte) (int, error) {
 		if err != nil {
 			return err
 		}
-		return tx.Bucket(bMeta).Put(kKeyCheck, c)
+		if err := tx.Bucket(bMeta).Put(kKeyCheck, c); err != nil {
+			return err
+		}
+		// The old ciphertexts stay in free pages until the compaction
+		// below: owed, in this same commit.
+		return s.markCompactPending(tx, CompactAfterRekey)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("rekey: %w (the store is unchanged, still under its current key)", err)
@@ -690,8 +745,11 @@ func (s *Store) Rekey(ctx context.Context, newKey []byte) (int, error) {
 	}
 	s.aead, s.plainTemplates = na, 0
 	s.mu.Unlock()
+	if err := s.hook("rekey committed"); err != nil {
+		return n, err
+	}
 	if err := s.Compact(ctx, ""); err != nil {
-		return n, fmt.Errorf("rekey: %d templates sealed with the new key, but compacting failed (copies under the old key remain in free pages; run atm-agent db compact with the new key): %w", n, err)
+		return n, fmt.Errorf("rekey: %d templates sealed with the new key, but compacting failed (copies under the old key remain in free pages until the compaction, left pending: the next writing open with the new key, or atm-agent db compact with it, does it): %w", n, err)
 	}
 	return n, nil
 }

@@ -211,7 +211,7 @@ func TestCompactKeepsOwner(t *testing.T) {
 // included). A plaintext store is sealed by the same call.
 func TestRekey(t *testing.T) {
 	ctx := context.Background()
-	oldKey, newKey := bytes.Repeat([]byte{7}, 32), bytes.Repeat([]byte{8}, 32)
+	oldKey, newKey := bytes.Repeat([]byte{7}, 32), randKey(t) // a new key must look random (CheckNewKey)
 	path := filepath.Join(t.TempDir(), "agent.db")
 	s, err := Open(path, Options{Key: oldKey})
 	if err != nil {

@@ -75,6 +75,10 @@ type CheckReport struct {
 	// WrongKey: the key given is not this store's (its key check and every
 	// template refuse it). That is no damage: the file may be sound.
 	WrongKey bool `json:"wrong_key,omitempty"`
+	// CompactionPending: a rekey or encrypt committed but was stopped
+	// before its compaction: free pages may still hold templates under the
+	// old key or in plaintext (also a warning). No damage.
+	CompactionPending *PendingCompaction `json:"compaction_pending,omitempty"`
 }
 
 // OK reports a file without problems.
@@ -128,6 +132,12 @@ func CheckFile(ctx context.Context, path string, opts CheckOptions) (*CheckRepor
 	defer unlock()
 	rep, recs := checkFile(path, aead, false)
 	rep.WrongKey = recs.wrongKey
+	if v := recs.meta[string(kCompactPending)]; v != nil {
+		if p, err := decodePending(v); err == nil {
+			rep.CompactionPending = p
+			rep.Warnings = append(rep.Warnings, p.String())
+		}
+	}
 	if rep.OK() && opts.BoltCheck {
 		rep.BoltCheck = true
 		for _, p := range boltCheck(path, opts.Timeout) {
@@ -363,6 +373,10 @@ func (r *records) decode(bucket string, k, v []byte) string {
 			// damaged check value: finish() tells them apart by the
 			// templates.
 			r.keyCheckBad = r.aead != nil && verifyKeyCheck(r.aead, v) != nil
+		case string(kCompactPending):
+			if _, err := decodePending(v); err != nil {
+				return "pending compaction: " + err.Error()
+			}
 		default:
 			if !strings.HasPrefix(string(k), droppedPfx) || len(v) != 8 {
 				return "unknown meta key"

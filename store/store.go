@@ -8,7 +8,8 @@
 //
 //	meta:               "schema", "device_id", "visit_seq", "outbox_seq",
 //	                    "outbox_key", "outbox_count", "outbox_bytes",
-//	                    "dropped/<kind>", "keycheck"
+//	                    "dropped/<kind>", "keycheck", "compact_pending"
+//	                    (pending.go)
 //	visits:             be64(unix nanos) || be64(seq) -> encoded visit without
 //	                    its embedding (codec.go)
 //	templates:          visits key -> flags || embedding (codec.go); only visits
@@ -290,6 +291,10 @@ type Store struct {
 	// plainTemplates counts unencrypted templates found by the open check.
 	plainTemplates int
 
+	// compactedAtOpen is the pending compaction Open finished (nil when
+	// none was pending).
+	compactedAtOpen *PendingCompaction
+
 	// outboxReady (cap 1) receives after a commit that added outbox
 	// messages (OutboxReady).
 	outboxReady chan struct{}
@@ -338,9 +343,23 @@ func OpenContext(ctx context.Context, path string, opts Options) (*Store, error)
 		return nil, err
 	}
 	s.db, s.file = db, f
+	if !opts.ReadOnly {
+		// A rekey or encrypt stopped after its commit and before its
+		// compaction left what it replaced in free pages: scrubbed first.
+		if err := s.finishPendingCompaction(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	if s.aead != nil && s.plainTemplates > 0 && !opts.ReadOnly {
 		opts.Logger.Warn("store holds templates in plaintext, written before the key was set; `atm-agent db encrypt` seals them",
 			"path", path, "plaintext_templates", s.plainTemplates)
+	}
+	if opts.Key != nil {
+		if err := CheckNewKey(opts.Key); err != nil {
+			opts.Logger.Warn("store key does not look random; rotate it: atm-agent db rekey --new-key-file NEW, NEW made with "+KeyHint,
+				"path", path, "why", err.Error())
+		}
 	}
 	return s, nil
 }

@@ -188,6 +188,9 @@ func snapshot(t *testing.T, s *Store) string {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.ForEach(func(name []byte, bk *bolt.Bucket) error {
 			return bk.ForEach(func(k, v []byte) error {
+				if bytes.Equal(name, bMeta) && bytes.Equal(k, kCompactPending) {
+					return nil // bookkeeping of the file, not its contents
+				}
 				fmt.Fprintf(&b, "%s %x %x\n", name, k, v)
 				return nil
 			})
@@ -748,12 +751,20 @@ func TestExportAndCompact(t *testing.T) {
 	}
 
 	before := snapshot(t, s)
+	// The purge deleted templates that stay in free pages until a
+	// compaction: it is recorded as owed.
+	if st, _ := s.Stats(ctx); st.CompactionPending == nil || st.CompactionPending.Reason != CompactAfterPurge {
+		t.Errorf("after a purge: compaction pending %+v, want reason purge", st.CompactionPending)
+	}
 	copyPath := filepath.Join(t.TempDir(), "copy.db")
 	if err := s.Compact(ctx, copyPath); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Compact(ctx, ""); err != nil { // in place, reopened
 		t.Fatal(err)
+	}
+	if st, _ := s.Stats(ctx); st.CompactionPending != nil {
+		t.Errorf("after compaction: still pending %+v", st.CompactionPending)
 	}
 	if after := snapshot(t, s); after != before {
 		t.Error("in-place compact changed the contents")

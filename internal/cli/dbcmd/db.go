@@ -3,6 +3,7 @@
 package dbcmd
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -113,13 +114,15 @@ func (f dbFlags) options(env *cli.Env, scfg store.Config, needKey bool) (store.O
 // The daemon holds the file lock: stop it first (the wait is bounded by
 // store.lock_timeout, and ends on SIGTERM or SIGINT: ctx).
 func openDB(ctx context.Context, env *cli.Env, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, error) {
-	st, _, err := openDBConfig(ctx, env, name, args, mode, needKey, extra)
+	st, _, err := openDBConfig(ctx, env, name, args, mode, needKey, extra, nil)
 	return st, err
 }
 
 // openDBConfig is openDB that also returns the agent config it read (nil
-// when only --db was given and the config could not be read).
-func openDBConfig(ctx context.Context, env *cli.Env, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string)) (*store.Store, *daemon.Config, error) {
+// when only --db was given and the config could not be read). before, when
+// set, runs after the flags are parsed and the key is loaded, before the
+// store is opened: an error from it leaves the file untouched.
+func openDBConfig(ctx context.Context, env *cli.Env, name string, args []string, mode dbMode, needKey func() bool, extra func(fsAdd func(string, string, string) *string), before func(o store.Options) error) (*store.Store, *daemon.Config, error) {
 	fs := cli.NewFlags(env, "db "+name, "db "+name+" [--config FILE | --db PATH] [--key-file FILE] ...")
 	f := addDBFlags(fs)
 	if extra != nil {
@@ -143,10 +146,21 @@ func openDBConfig(ctx context.Context, env *cli.Env, name string, args []string,
 	if err != nil {
 		return nil, nil, err
 	}
+	if before != nil {
+		if err := before(o); err != nil {
+			return nil, nil, err
+		}
+	}
 	o.NoCreate, o.ReadOnly = true, mode == dbRead
 	st, err := store.OpenContext(ctx, scfg.Path, o)
 	if err != nil {
 		return nil, nil, storeOpenError(err)
+	}
+	if p := st.CompactedAtOpen(); p != nil {
+		// A rekey or encrypt stopped before its compaction: the open
+		// finished it first (the store's log says so too).
+		fmt.Fprintf(env.Stdout, "%s: finished the compaction an interrupted `db %s` left pending (since %s): no %s left in the file\n",
+			st.Path(), p.Reason, p.Since.UTC().Format(time.RFC3339), p.Leftovers())
 	}
 	return st, cfg, nil
 }
@@ -177,7 +191,7 @@ func Command() cli.Command {
 			st, cfg, err := openDBConfig(ctx, env, "stats", args, dbRead, nil, func(add func(string, string, string) *string) {
 				modelsDir = add("models-dir", "", "models dir holding manifest.yaml (default: the config's models.dir)")
 				embedder = add("embedder", "", "the embedder the agent runs (default: the config's models.embedder, else the manifest's pipeline)")
-			})
+			}, nil)
 			if err != nil {
 				return err
 			}
@@ -280,7 +294,17 @@ func Command() cli.Command {
 			return nil
 		}},
 		"encrypt": {Summary: "seal every plaintext template with the key, then compact (needs the key)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			st, err := openDB(ctx, env, "encrypt", args, dbWrite, nil, nil)
+			// The key is adopted here (a plaintext store takes it at the
+			// open): one that is not random is refused before the open.
+			st, _, err := openDBConfig(ctx, env, "encrypt", args, dbWrite, nil, nil, func(o store.Options) error {
+				if o.Key == nil {
+					return nil // the open or Encrypt says a key is needed
+				}
+				if err := store.CheckNewKey(o.Key); err != nil {
+					return fmt.Errorf("%w (a store already sealed with this key: rotate it with atm-agent db rekey --new-key-file NEW)", err)
+				}
+				return nil
+			})
 			if err != nil {
 				return err
 			}
@@ -298,21 +322,32 @@ func Command() cli.Command {
 		}},
 		"rekey": {Summary: "rotate the encryption key: re-encrypt every template with --new-key-file, then compact (needs the current key)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			var newKeyFile *string
-			st, err := openDB(ctx, env, "rekey", args, dbWrite, nil, func(add func(string, string, string) *string) {
+			var newKey []byte
+			defer func() { clear(newKey) }()
+			// The new key is read and judged before the store is opened:
+			// a refused one leaves the file untouched.
+			st, _, err := openDBConfig(ctx, env, "rekey", args, dbWrite, nil, func(add func(string, string, string) *string) {
 				newKeyFile = add("new-key-file", "", "the new key: 32 raw bytes or 64 hex characters, e.g. (umask 077; head -c 32 /dev/urandom > /etc/atm-agent/store.key.new)")
+			}, func(o store.Options) error {
+				if *newKeyFile == "" {
+					return fmt.Errorf("%w: give --new-key-file FILE", cli.ErrUsage)
+				}
+				var err error
+				if newKey, err = store.LoadKey(*newKeyFile); err != nil {
+					return err
+				}
+				if err := store.CheckNewKey(newKey); err != nil {
+					return fmt.Errorf("--new-key-file %s: %w; the store is unchanged", *newKeyFile, err)
+				}
+				if o.Key != nil && bytes.Equal(o.Key, newKey) {
+					return fmt.Errorf("--new-key-file %s: %w (the same bytes as --key-file): nothing would be rotated; make a new key with %s; the store is unchanged", *newKeyFile, store.ErrSameKey, store.KeyHint)
+				}
+				return nil
 			})
 			if err != nil {
 				return err
 			}
 			defer st.Close()
-			if *newKeyFile == "" {
-				return fmt.Errorf("%w: give --new-key-file FILE", cli.ErrUsage)
-			}
-			newKey, err := store.LoadKey(*newKeyFile)
-			if err != nil {
-				return err
-			}
-			defer clear(newKey)
 			n, err := st.Rekey(ctx, newKey)
 			if err != nil {
 				return err
@@ -464,14 +499,24 @@ func currentTemplateModel(dir, embedder string) (string, error) {
 // users can read: the shell creates `> FILE` with its umask (0644 as a
 // rule) before the command runs. A new, empty file is narrowed to 0600 (and
 // said on stderr); a file that already holds data is refused untouched.
-// Pipes and terminals pass.
+// Pipes and terminals pass, with a warning on stderr: what reads them (a
+// `| gzip > FILE`) makes its file with the shell's umask, out of reach.
 func privateOutput(env *cli.Env) error {
 	f, ok := env.Stdout.(*os.File)
 	if !ok {
+		warnUnrestricted(env, "not a file")
 		return nil
 	}
 	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o077 == 0 {
+	if err != nil {
+		warnUnrestricted(env, "of unknown kind")
+		return nil
+	}
+	if !fi.Mode().IsRegular() {
+		warnUnrestricted(env, outputKind(fi.Mode()))
+		return nil
+	}
+	if fi.Mode().Perm()&0o077 == 0 {
 		return nil
 	}
 	if fi.Size() > 0 {
@@ -482,4 +527,25 @@ func privateOutput(env *cli.Env) error {
 	}
 	fmt.Fprintf(env.Stderr, "export: output file mode %#o narrowed to 0600 (it holds biometric templates)\n", fi.Mode().Perm())
 	return nil
+}
+
+// warnUnrestricted says on stderr that templates go where the command
+// cannot set the permissions (the export goes on: exit 0).
+func warnUnrestricted(env *cli.Env, kind string) {
+	fmt.Fprintf(env.Stderr, "export: warning: --embeddings yes writes biometric templates to standard output, %s, whose permissions atm-agent cannot set: "+
+		"a file made from it (e.g. `| gzip > FILE`) gets the shell's umask, often 0644 (readable by every local user); "+
+		"run it with umask 077, e.g. (umask 077; atm-agent db export --embeddings yes | gzip > FILE), or redirect to a file (> FILE), which is narrowed to 0600\n", kind)
+}
+
+// outputKind names a non-regular standard output.
+func outputKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		return "a pipe"
+	case m&os.ModeCharDevice != 0:
+		return "a terminal or character device"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return "not a regular file"
 }
