@@ -21,7 +21,7 @@ func TestForwardExceptionIsAnError(t *testing.T) {
 	bad := *md
 	bad.Input.Width, bad.Input.Height = md.Input.Width/2, md.Input.Height/2
 	// Refused at load, by the self-test's forward: the agent does not start.
-	if n, err := LoadNet(dir, &bad); !errors.Is(err, ErrForward) || !strings.Contains(err.Error(), "the manifest's entry does not fit the network") {
+	if n, err := LoadNet(dir, &bad); !errors.Is(err, ErrForward) || !strings.Contains(err.Error(), "the manifest's entry does not fit it") {
 		if err == nil {
 			n.Close()
 		}

@@ -68,7 +68,7 @@ func LoadNet(dir string, md *models.Model) (*Net, error) {
 	// visit, inside a card insert. Found here, the agent refuses to start.
 	if err := n.selfTest(); err != nil {
 		n.Close()
-		return nil, fmt.Errorf("load model %s from %s: the manifest's entry does not fit the network: %w", md.Name, file, err)
+		return nil, fmt.Errorf("load model %s from %s: a test forward at the manifest's input size failed: the file is not a valid %s model, or the manifest's entry does not fit it: %w", md.Name, file, md.Format, err)
 	}
 	return n, nil
 }

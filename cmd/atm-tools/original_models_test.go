@@ -311,14 +311,16 @@ func verifyCatches(t *testing.T, dir string, man *models.Manifest) {
 	for _, name := range []string{standin.OpenFaceName, standin.Res10Name} {
 		d, m := copyDir()
 		md, _ := m.Find(name)
-		// A download that saved an error page, its checksum recorded.
+		// A download that saved an error page, its checksum recorded: OpenCV
+		// aborts the child while parsing it (Torch), or parses it into a
+		// network whose test forward throws (Caffe), caught.
 		junk := []byte("<!DOCTYPE html><html><body>404 Not Found</body></html>\n")
 		os.WriteFile(filepath.Join(d, md.File), junk, 0o644)
 		md.SHA256, md.Size = sha256Hex(junk), int64(len(junk))
 		m.Save(filepath.Join(d, "manifest.yaml"))
 		code, out, _ := runTool(t, "models", "verify", "--dir", d)
 		if code == 0 || strings.Count(out, "FAIL") != 1 || !strings.Contains(out, name+" ") ||
-			!strings.Contains(out, "OpenCV aborted loading the model: the file is not a valid "+md.Format+" model: ") {
+			!strings.Contains(out, "the file is not a valid "+md.Format+" model") {
 			t.Errorf("verify with an unparseable %s: exit %d\n%s", md.File, code, out)
 		}
 		t.Logf("unparseable %s: %s", md.File, strings.TrimSpace(out))
