@@ -136,17 +136,20 @@ func TestMosquittoSignedCommands(t *testing.T) {
 		}
 		replies[rep.CorrelationID] = append(replies[rep.CorrelationID], rep)
 	}
-	for id, ok := range map[string]bool{"c-good": true, "c-after": true, "c-retained": true, "c-ping": true, "c-stale": false, "c-2001": false, "c-future": false} {
+	for id, ok := range map[string]bool{"c-good": true, "c-after": true, "c-retained": true, "c-ping": true, "c-future": false} {
 		if rs := replies[id]; len(rs) != 1 || rs[0].OK != ok {
 			t.Errorf("replies to %s: %+v, want one with ok=%v", id, rs, ok)
 		}
 	}
-	for _, id := range []string{"c-v1-0", "c-bare", "c-wrongkey", "c-big", "c-huge"} {
+	// Unauthenticated, and signed but older than the window (what a
+	// captured command replayed after its id left the seen set looks
+	// like): no reply.
+	for _, id := range []string{"c-v1-0", "c-bare", "c-wrongkey", "c-big", "c-huge", "c-stale", "c-2001"} {
 		if len(replies[id]) != 0 {
-			t.Errorf("reply to unauthenticated %s: %+v", id, replies[id])
+			t.Errorf("reply to %s: %+v, want none", id, replies[id])
 		}
 	}
-	if e := replies["c-2001"]; len(e) == 1 && !strings.Contains(e[0].Error, "max skew 5m0s") {
+	if e := replies["c-future"]; len(e) == 1 && !strings.Contains(e[0].Error, "max skew 5m0s") {
 		t.Errorf("stale reply %q does not say why", e[0].Error)
 	}
 
