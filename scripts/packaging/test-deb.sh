@@ -189,6 +189,22 @@ check "an empty store.key is replaced by a new 32-byte key" test "$(stat -c %s /
 perm /etc/atm-agent/store.key 600 root:root
 cp -p "$tmp/key.bak" /etc/atm-agent/store.key
 
+# A key on its own volume, linked, the volume not mounted during an
+# upgrade: the link is kept (a new key over it locked the store for good).
+mkdir -p "$tmp/keyvol" && cp -p "$tmp/key.bak" "$tmp/keyvol/store.key"
+rm /etc/atm-agent/store.key && ln -s "$tmp/keyvol/store.key" /etc/atm-agent/store.key
+mv "$tmp/keyvol" "$tmp/keyvol.unmounted"
+dpkg -i "$tmp/upgrade.deb" </dev/null >"$tmp/keylink" 2>&1 && ok "reinstall with the key's link dangling" || bad "reinstall: $(tail -c 400 "$tmp/keylink")"
+check "the dangling key link is kept" test -L /etc/atm-agent/store.key
+check "  ... and said so" grep -q 'store.key is a link to .* missing or empty: kept' "$tmp/keylink"
+mv "$tmp/keyvol.unmounted" "$tmp/keyvol"
+check "  ... the key behind it unchanged" test "$(sum /etc/atm-agent/store.key)" = "$key"
+rm /etc/atm-agent/store.key && cp -p "$tmp/key.bak" /etc/atm-agent/store.key
+# A key left readable by others is given back its mode.
+chmod 0644 /etc/atm-agent/store.key && chown atm-agent /etc/atm-agent/store.key
+check "reinstall over a key readable by others" dpkg -i "$tmp/upgrade.deb" </dev/null
+perm /etc/atm-agent/store.key 600 root:root
+
 echo "== remove"
 check "dpkg --remove atm-tools" dpkg --remove atm-tools </dev/null
 check "dpkg --remove" dpkg --remove atm-agent </dev/null
@@ -202,12 +218,19 @@ check "visit data kept" test "$(sum /var/lib/atm-agent/agent.db)" = "$db"
 
 echo "== purge"
 dpkg --purge atm-tools >/dev/null 2>&1 || true
+# The state directory moved to another disk with a link in its place, as
+# operators do: purge deletes the data at the link's target (it removed
+# the link and left the database).
+mkdir -p "$tmp/data"
+cp -a /var/lib/atm-agent "$tmp/data/atm-agent"
+rm -rf /var/lib/atm-agent && ln -s "$tmp/data/atm-agent" /var/lib/atm-agent
 # A key rotation stopped between `db rekey` and its `mv` (docs/operations.md).
 (umask 077 && head -c 32 /dev/urandom >/etc/atm-agent/store.key.new)
 dpkg --purge atm-agent </dev/null >"$tmp/purge" 2>&1 && ok "dpkg --purge" || bad "dpkg --purge: $(cat "$tmp/purge")"
 check "purge says it deletes the visit data" grep -q 'deleting the visit database' "$tmp/purge"
 check "/etc/atm-agent gone" test ! -e /etc/atm-agent
-check "/var/lib/atm-agent gone" test ! -e /var/lib/atm-agent
+check "/var/lib/atm-agent gone" test ! -e /var/lib/atm-agent -a ! -L /var/lib/atm-agent
+check "the visit data at the link's target gone" test ! -e "$tmp/data/atm-agent/agent.db"
 check "the operator's enable link gone" test ! -L "$wants/atm-agent.service"
 check "package unknown to dpkg" sh -c "! dpkg-query -W atm-agent >/dev/null 2>&1 || dpkg-query -W -f='\${db:Status-Status}' atm-agent | grep -q not-installed"
 
