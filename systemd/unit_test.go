@@ -23,7 +23,11 @@ func TestUnitVerifies(t *testing.T) {
 	}
 	for _, want := range []string{"Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=atm-agent",
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "DevicePolicy=closed", "DeviceAllow=char-video4linux",
-		"DeviceAllow=char-gpiochip", "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "User=atm-agent", "LimitCORE=0", "UMask=0077", "CPUWeight=20", "IOWeight=20", "OOMScoreAdjust=500", "After=network-online.target time-sync.target"} {
+		"DeviceAllow=char-gpiochip", "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "User=atm-agent", "LimitCORE=0", "UMask=0077", "CPUWeight=20", "IOWeight=20", "OOMScoreAdjust=500", "After=network-online.target time-sync.target",
+		// The ATM application's user must pass through /run/atm-agent to the
+		// trigger socket (its own mode and group decide), and the agent must
+		// be allowed to give the socket its trigger.http.socket_group.
+		"RuntimeDirectory=atm-agent\n", "RuntimeDirectoryMode=0751\n", "SystemCallFilter=fchownat\n"} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %q", want)
 		}

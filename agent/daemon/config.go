@@ -225,6 +225,7 @@ const unitRuntimeDir = "/run/atm-agent"
 func (c Config) Warnings() []string {
 	w := rules.RetentionWarnings(c.Alerts.Rules, c.Store.Retention)
 	w = append(w, c.relativePathWarnings()...)
+	w = append(w, c.rootWarnings()...)
 	if m := c.Metrics; m.Listen != "" && m.AllowRemote && m.TLS.CertFile == "" && m.TokenFile != "" {
 		w = append(w, fmt.Sprintf("metrics: %s serves the bearer token's endpoints without TLS: anyone on the network path can read the token; set metrics.tls", m.Listen))
 	}
@@ -316,11 +317,16 @@ func (c Config) relativePathWarnings() []string {
 
 // CheckFiles reads the files the config names that the daemon would only
 // read at start (the store key, the MQTT command public keys, the tokens,
-// the models' manifest) and checks the paths it would open (the store file;
-// the trigger socket's length, folder, what is at it already and its
-// group), so that `config check`, the unit's ExecStartPre, refuses what
-// `run` would refuse. Every file is read only if it is a regular file (a
-// named pipe would block the read for good).
+// the models' manifest) and checks the paths it would open (the store file
+// and its folder; the trigger socket's length, folder, what is at it
+// already and its group), so that `config check`, the unit's ExecStartPre,
+// refuses what `run` would refuse. The unit runs it as the agent's user in
+// the agent's sandbox, so access(2) there answers for run: a folder
+// ProtectSystem=strict leaves read-only (EROFS), one the user may not
+// write, a store file it may not open, a socket group it is not in. Run by
+// root, permissions pass (Warnings then says what root can tell about the
+// unit's user). Every file is read only if it is a regular file (a named
+// pipe would block the read for good).
 func (c Config) CheckFiles() error {
 	if err := c.checkOtherReads(); err != nil {
 		return err
@@ -335,6 +341,12 @@ func (c Config) CheckFiles() error {
 	}
 	if st, err := os.Stat(c.Store.Path); err == nil && !st.Mode().IsRegular() {
 		return fmt.Errorf("store.path %s is not a regular file (%s)", c.Store.Path, st.Mode().Type())
+	}
+	// What run's open and compaction need of this process (under the
+	// unit: its user, in its sandbox): a folder that exists and that it
+	// may write, and an existing store it may read and write.
+	if err := c.checkStoreAccess(); err != nil {
+		return err
 	}
 	if h := c.Trigger.HTTP; h.Enabled {
 		// The token and the socket group, read and resolved as run does.
@@ -353,6 +365,9 @@ func (c Config) CheckFiles() error {
 			}
 			if err != nil {
 				return fmt.Errorf("trigger.http.socket: %w", err)
+			}
+			if err := checkSocketAccess(h.Socket); err != nil {
+				return err
 			}
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/user"
 	"path"
 	"path/filepath"
 	"strconv"
@@ -208,13 +207,16 @@ func NewHTTP(cfg HTTPConfig, log *slog.Logger, opts ...HTTPOption) (*HTTP, error
 		h.token, h.auth = sha256.Sum256(tok), true
 	}
 	if cfg.SocketGroup != "" {
-		gid, err := strconv.Atoi(cfg.SocketGroup)
+		// Resolved, and refused when this process could not give the
+		// socket that group, before run opens anything.
+		gid, label, err := ResolveSocketGroup(cfg.SocketGroup)
 		if err != nil {
-			g, lerr := user.LookupGroup(cfg.SocketGroup)
-			if lerr != nil {
-				return nil, fmt.Errorf("trigger.http.socket_group: %w", lerr)
+			return nil, err
+		}
+		if cfg.Socket != "" {
+			if err := CheckSocketGroupMember(gid, label); err != nil {
+				return nil, err
 			}
-			gid, _ = strconv.Atoi(g.Gid)
 		}
 		h.gid = gid
 	}
@@ -459,6 +461,9 @@ func listenUnix(p string, mode os.FileMode, gid int) (net.Listener, uint64, erro
 	}
 	if gid >= 0 {
 		if err := os.Chown(tmp, -1, gid); err != nil {
+			if errors.Is(err, fs.ErrPermission) {
+				err = fmt.Errorf("%w (trigger.http.socket_group: this process is not a member of group %d; usermod -aG GROUP USER and restart)", err, gid)
+			}
 			return fail(fmt.Errorf("trigger socket %s: chown to group %d: %w", p, gid, err))
 		}
 	}

@@ -351,8 +351,9 @@ func missingCalls(t *testing.T, allow []string, run func(allow []string) bool) [
 }
 
 // seccompSetup is one daemon configuration exercising what the service
-// does: replayed visits, the unix-socket and TCP trigger endpoints, MQTT to
-// a real broker, metrics, the periodic jobs, encryption at rest, sd_notify.
+// does: replayed visits, the unix-socket (with a socket_group: the agent
+// chowns its socket) and TCP trigger endpoints, MQTT to a real broker,
+// metrics, the periodic jobs, encryption at rest, sd_notify.
 type seccompSetup struct {
 	cfg, sock, token string
 	port             int
@@ -387,6 +388,7 @@ trigger:
   http:
     enabled: true
     socket: %s
+    socket_group: "%d"
     listen: %s
     token_file: %s
   replay:
@@ -397,7 +399,7 @@ mqtt:
   enabled: true
   brokers: [%s]
   drain_interval: 200ms
-`, frames, s.sock, s.tcp, tokFile, s.broker)
+`, frames, s.sock, os.Getegid(), s.tcp, tokFile, s.broker)
 	cfg = strings.Replace(cfg, "store:\n", "store:\n  key_file: "+keyFile+"\n", 1)
 	s.cfg = filepath.Join(dir, "config.yaml")
 	os.WriteFile(s.cfg, []byte(cfg), 0o644)
@@ -637,7 +639,9 @@ func blasProviders(t *testing.T) map[string]string {
 }
 
 // TestSeccompHarnessCatchesRefusedCall shows the harness can fail: with a
-// call the binary makes refused again, the binary is killed. set_mempolicy
+// call the binary makes refused again, the binary is killed. fchownat
+// (the socket's group, trigger.http.socket_group) kills `run` under the
+// unit as it shipped before it was given back. set_mempolicy
 // (libnuma at load, dynamic build) kills `config check` before main, both
 // in the unit as it shipped before the fix and with the call refused again
 // by an appended line, and the bisection names it; accept4 (the listeners'
@@ -672,6 +676,32 @@ func TestSeccompHarnessCatchesRefusedCall(t *testing.T) {
 			if got := missingCalls(t, allow, func(a []string) bool { _, err := configCheck(t, a, agentBin, s.cfg); return err == nil }); !slices.Equal(got, []string{"set_mempolicy"}) {
 				t.Errorf("bisection names %v as the refused calls, want [set_mempolicy]", got)
 			}
+		}
+	})
+	t.Run("fchownat", func(t *testing.T) {
+		// The unit before trigger.http.socket_group could work: the same
+		// lines without the one giving fchownat back. config check passes
+		// (it chowns nothing); run dies when it gives its socket the group.
+		b, err := os.ReadFile(unitPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := strings.Replace(string(b), "\nSystemCallFilter=fchownat\n", "\n", 1)
+		if old == string(b) {
+			t.Fatal("the unit has no SystemCallFilter=fchownat line to take out")
+		}
+		tool, _ := exec.LookPath("systemd-analyze")
+		f, err := parseUnitFilter(old, &groupExpander{tool: tool, cache: map[string][]string{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		allow := f.names()
+		if out, err := configCheck(t, allow, agentBin, s.cfg); err != nil {
+			t.Fatalf("config check without fchownat: %v\n%s", err, out)
+		}
+		err, log, ok := runUnderFilter(t, allow, agentBin)
+		if ok || !killedBySIGSYS(err) {
+			t.Fatalf("run with socket_group and fchownat refused: want death by SIGSYS, got exit %v, completed %v\n%s", err, ok, tail(log, 10))
 		}
 	})
 	t.Run("accept4", func(t *testing.T) {
