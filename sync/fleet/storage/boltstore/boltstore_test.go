@@ -2,6 +2,8 @@ package boltstore
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -86,5 +88,65 @@ func TestBackup(t *testing.T) {
 	defer c.Close()
 	if a, err := c.Alert(ctx, storage.AlertKey{Site: "s", Device: "d", AlertID: "a-1"}); err != nil || a.Count != 6 {
 		t.Errorf("copy: %+v %v", a, err)
+	}
+}
+
+// A backup whose client stops reading must not stop ingest: the copy was
+// written to the client inside a read transaction, and a write that had to
+// grow the file (remap the database) waited for that transaction, with
+// every read queued behind it; ingest froze until the client went away.
+func TestStalledBackupDoesNotBlockWrites(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	s, err := Open(filepath.Join(dir, "fleet.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Apply(ctx, []storage.Message{storetest.Alert("s", "d", 1, storetest.T0, "a-1", "p-1", 6)}); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe() // nobody reads: the client stalled
+	backupDone := make(chan error, 1)
+	go func() {
+		_, err := s.Backup(ctx, pw)
+		backupDone <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the backup is under way, blocked on the client
+	// Enough new messages to grow the file several times over.
+	applied := make(chan error, 1)
+	go func() {
+		for i := range 40 {
+			var batch []storage.Message
+			for j := range 100 {
+				seq := uint64(2 + i*100 + j)
+				batch = append(batch, storetest.Summary("s", fmt.Sprintf("d%d", j), seq, storetest.T0.Add(time.Duration(seq)*time.Second), 3,
+					"p-1", "p-2", "p-3", "p-4", "p-5", "p-6", "p-7", "p-8"))
+			}
+			if _, err := s.Apply(ctx, batch); err != nil {
+				applied <- err
+				return
+			}
+		}
+		applied <- nil
+	}()
+	select {
+	case err := <-applied:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		pr.Close() // lets the old code's transaction end, so Close returns
+		t.Fatal("writes blocked while a backup's client does not read")
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "fleet.db")); fi.Size() < 4<<20 {
+		t.Fatalf("the store grew only to %d bytes: the test grew no mapping", fi.Size())
+	}
+	pr.Close() // the client goes away
+	if err := <-backupDone; err == nil {
+		t.Error("a backup to a closed client reported success")
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".backup-*")); len(m) != 0 {
+		t.Errorf("spool files left: %v", m)
 	}
 }
