@@ -174,6 +174,30 @@ type Ingester struct {
 	connects, received, applied, dups, statuses, rejected, serr atomic.Uint64
 	mu                                                          sync.Mutex
 	lastErr                                                     string
+	// rejectLogAt, rejectQuiet: when a rejected payload was last logged
+	// and how many were rejected since without a line (logReject).
+	rejectLogAt time.Time
+	rejectQuiet uint64
+}
+
+// rejectLogEvery bounds the log lines of rejected payloads: a publisher
+// sending bad payloads in a loop wrote one WARN line each (8 MB of log in
+// 2 s for 20,000). The rejects themselves are all stored (bounded) and
+// counted in the stats.
+const rejectLogEvery = 10 * time.Second
+
+func (in *Ingester) logReject(r storage.Reject) {
+	in.mu.Lock()
+	now := in.now()
+	if !in.rejectLogAt.IsZero() && now.Sub(in.rejectLogAt) < rejectLogEvery {
+		in.rejectQuiet++
+		in.mu.Unlock()
+		return
+	}
+	quiet := in.rejectQuiet
+	in.rejectLogAt, in.rejectQuiet = now, 0
+	in.mu.Unlock()
+	in.log.Warn("fleet ingest: payload rejected", "topic", r.Topic, "err", r.Error, "rejected_without_a_line_since_the_last", quiet)
 }
 
 // New validates cfg, loads TLS material and compiles the schemas.
@@ -452,7 +476,7 @@ func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses 
 		}
 		in.rejected.Add(uint64(len(rejects)))
 		for _, r := range rejects {
-			in.log.Warn("fleet ingest: payload rejected", "topic", r.Topic, "err", r.Error)
+			in.logReject(r)
 		}
 		rejects = nil
 	}
@@ -462,7 +486,7 @@ func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses 
 			return err
 		}
 		in.rejected.Add(1)
-		in.log.Warn("fleet ingest: payload rejected", "topic", r.Topic, "err", r.Error)
+		in.logReject(r)
 		rejects = rejects[1:]
 	}
 	return nil
