@@ -648,72 +648,96 @@ func (s *Store) Prune(ctx context.Context, now time.Time, r storage.Retention) (
 	var st storage.PruneStats
 	hist := now.Add(-r.History)
 	alerts := now.Add(-r.Alerts)
-	err := s.update(ctx, "prune", func(tx *bolt.Tx) error {
-		del := func(name []byte, n *int, old func(k, v []byte) (bool, error)) error {
-			b := tx.Bucket(name)
-			var keys [][]byte
-			err := b.ForEach(func(k, v []byte) error {
+	// Each bucket is scanned in a read transaction and its old records
+	// deleted in write transactions of pruneBatch keys, each record
+	// judged again as it is deleted: one write transaction over the whole
+	// store stopped ingest for 5 s on a 1.2 GB store (minutes on a month's
+	// store), at every prune and every start.
+	del := func(name []byte, n *int, old func(k, v []byte) (bool, error)) error {
+		var keys [][]byte
+		err := s.view(ctx, "prune scan", func(tx *bolt.Tx) error {
+			return tx.Bucket(name).ForEach(func(k, v []byte) error {
 				o, err := old(k, v)
 				if o {
 					keys = append(keys, bytes.Clone(k))
 				}
 				return err
 			})
+		})
+		if err != nil {
+			return err
+		}
+		for len(keys) > 0 {
+			batch := keys[:min(len(keys), pruneBatch)]
+			keys = keys[len(batch):]
+			err := s.update(ctx, "prune", func(tx *bolt.Tx) error {
+				b := tx.Bucket(name)
+				for _, k := range batch {
+					v := b.Get(k)
+					if v == nil {
+						continue
+					}
+					if o, err := old(k, v); err != nil || !o {
+						continue // changed since the scan: judged again next time
+					}
+					if err := b.Delete(k); err != nil {
+						return err
+					}
+					*n++
+				}
+				return nil
+			})
 			if err != nil {
 				return err
 			}
-			for _, k := range keys {
-				if err := b.Delete(k); err != nil {
-					return err
-				}
-			}
-			*n += len(keys)
-			return nil
-		}
-		tsOf := func(v []byte) (time.Time, error) {
-			var x struct{ TS, At, Received, ResolvedAt time.Time }
-			err := json.Unmarshal(v, &x)
-			return x.TS, err
-		}
-		steps := []struct {
-			b   []byte
-			n   *int
-			old func(k, v []byte) (bool, error)
-		}{
-			{bMessages, &st.Messages, func(k, v []byte) (bool, error) {
-				return len(v) == 8 && int64(binary.BigEndian.Uint64(v)) < hist.UnixNano(), nil
-			}},
-			{bSummary, &st.Summaries, func(k, v []byte) (bool, error) { t, err := tsOf(v); return t.Before(hist), err }},
-			{bIdent, &st.IdentityPoints, func(k, v []byte) (bool, error) { t, err := tsOf(v); return t.Before(hist), err }},
-			{bRejects, &st.Rejects, func(k, v []byte) (bool, error) {
-				var x storage.Reject
-				err := json.Unmarshal(v, &x)
-				return x.Received.Before(hist), err
-			}},
-			{bAlerts, &st.Alerts, func(k, v []byte) (bool, error) {
-				var a storage.Alert
-				err := json.Unmarshal(v, &a)
-				return a.State == storage.AlertResolved && a.ResolvedAt.Before(alerts), err
-			}},
-			{bAudit, &st.Audit, func(k, v []byte) (bool, error) {
-				var e storage.AuditEntry
-				err := json.Unmarshal(v, &e)
-				return e.At.Before(alerts), err
-			}},
-			// A revocation is needed until its session expires.
-			{bRevoked, &st.Sessions, func(k, v []byte) (bool, error) {
-				return len(v) != 8 || int64(binary.BigEndian.Uint64(v)) < now.Unix(), nil
-			}},
-		}
-		for _, step := range steps {
-			if err := del(step.b, step.n, step.old); err != nil {
-				return fmt.Errorf("bucket %s: %w", step.b, err)
-			}
 		}
 		return nil
-	})
-	return st, err
+	}
+	tsOf := func(v []byte) (time.Time, error) {
+		var x struct{ TS, At, Received, ResolvedAt time.Time }
+		err := json.Unmarshal(v, &x)
+		return x.TS, err
+	}
+	steps := []struct {
+		b   []byte
+		n   *int
+		old func(k, v []byte) (bool, error)
+	}{
+		{bMessages, &st.Messages, func(k, v []byte) (bool, error) {
+			return len(v) == 8 && int64(binary.BigEndian.Uint64(v)) < hist.UnixNano(), nil
+		}},
+		{bSummary, &st.Summaries, func(k, v []byte) (bool, error) { t, err := tsOf(v); return t.Before(hist), err }},
+		{bIdent, &st.IdentityPoints, func(k, v []byte) (bool, error) { t, err := tsOf(v); return t.Before(hist), err }},
+		{bRejects, &st.Rejects, func(k, v []byte) (bool, error) {
+			var x storage.Reject
+			err := json.Unmarshal(v, &x)
+			return x.Received.Before(hist), err
+		}},
+		{bAlerts, &st.Alerts, func(k, v []byte) (bool, error) {
+			var a storage.Alert
+			err := json.Unmarshal(v, &a)
+			return a.State == storage.AlertResolved && a.ResolvedAt.Before(alerts), err
+		}},
+		{bAudit, &st.Audit, func(k, v []byte) (bool, error) {
+			var e storage.AuditEntry
+			err := json.Unmarshal(v, &e)
+			return e.At.Before(alerts), err
+		}},
+		// A revocation is needed until its session expires.
+		{bRevoked, &st.Sessions, func(k, v []byte) (bool, error) {
+			return len(v) != 8 || int64(binary.BigEndian.Uint64(v)) < now.Unix(), nil
+		}},
+	}
+	for _, step := range steps {
+		if err := del(step.b, step.n, step.old); err != nil {
+			return st, fmt.Errorf("prune: bucket %s: %w", step.b, err)
+		}
+	}
+	return st, nil
 }
+
+// pruneBatch is how many records one prune transaction deletes.
+const pruneBatch = 5000
 
 // RevokeSession implements storage.Store.
 func (s *Store) RevokeSession(ctx context.Context, id string, expires time.Time) error {

@@ -150,3 +150,43 @@ func TestStalledBackupDoesNotBlockWrites(t *testing.T) {
 		t.Errorf("spool files left: %v", m)
 	}
 }
+
+// Prune deletes in transactions of pruneBatch records (one write
+// transaction over the whole store stopped ingest for seconds); more old
+// records than a batch are all deleted, and the newer ones kept.
+func TestPruneInBatches(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(filepath.Join(t.TempDir(), "fleet.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const old, recent = 2*pruneBatch + 17, 50
+	var batch []storage.Message
+	for i := range old + recent {
+		at := storetest.T0
+		if i >= old {
+			at = storetest.T0.Add(40 * 24 * time.Hour)
+		}
+		m := storetest.Summary("s", fmt.Sprintf("d%d", i%20), uint64(i+1), at, 1)
+		m.Received = at
+		batch = append(batch, m)
+		if len(batch) == 1000 || i == old+recent-1 {
+			if _, err := s.Apply(ctx, batch); err != nil {
+				t.Fatal(err)
+			}
+			batch = nil
+		}
+	}
+	r := storage.Retention{History: 30 * 24 * time.Hour, Alerts: 90 * 24 * time.Hour}
+	st, err := s.Prune(ctx, storetest.T0.Add(41*24*time.Hour), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Messages != old || st.Summaries != old {
+		t.Fatalf("pruned %d messages and %d summaries, want %d of each", st.Messages, st.Summaries, old)
+	}
+	if st, _ = s.Prune(ctx, storetest.T0.Add(41*24*time.Hour), r); st.Messages != 0 || st.Summaries != 0 {
+		t.Errorf("a second prune found %d messages, %d summaries", st.Messages, st.Summaries)
+	}
+}
