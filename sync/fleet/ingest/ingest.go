@@ -313,8 +313,12 @@ func (in *Ingester) onConnect(c mqtt.Client) {
 	tok := c.SubscribeMultiple(in.cfg.Filters(), nil)
 	go func() {
 		if !tok.WaitTimeout(in.cfg.ConnectTimeout) {
-			in.setErr(errors.New("subscribe: timed out"))
-			return
+			// A persistent session's backlog is delivered before the
+			// SUBACK can be read while the ingest queue is full: said,
+			// then waited for. Giving up here left the service
+			// "not connected" in /healthz for as long as it ingested.
+			in.setErr(fmt.Errorf("subscribe: no answer within %v (a backlog being delivered?); still waiting", in.cfg.ConnectTimeout))
+			tok.Wait() // ends with the subscription or with the connection
 		}
 		if err := tok.Error(); err != nil {
 			in.setErr(fmt.Errorf("subscribe: %w", err))
