@@ -343,6 +343,16 @@ func dedupAndGaps(t *testing.T, s storage.Store) {
 	if err != nil || len(devs) != 1 {
 		t.Fatalf("devices = %v, %v", devs, err)
 	}
+	// A neighbour whose name extends this one's: its alerts are its own.
+	if _, err := s.Apply(c, []storage.Message{Alert("lyon-07", "atm-10", 1, T0, "a-n", "p-n", 6)}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.Device(c, "lyon-07", "atm-10"); n.OpenAlerts != 1 {
+		t.Errorf("atm-10 open alerts = %d, want 1", n.OpenAlerts)
+	}
+	if d, _ := s.Device(c, "lyon-07", "atm-1"); d.OpenAlerts != 3 {
+		t.Errorf("atm-1 open alerts after atm-10's = %d, want 3", d.OpenAlerts)
+	}
 }
 
 func alertWorkflow(t *testing.T, s storage.Store) {
