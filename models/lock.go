@@ -248,13 +248,26 @@ func CheckFile(file string, size int64, sha string) error {
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("%s: not a regular file", file)
 	}
-	if size >= 0 && st.Size() != size {
-		return fmt.Errorf("%s: size %d bytes, expected %d (truncated or replaced): %w", file, st.Size(), size, ErrIntegrity)
+	if err := sizeMatches(file, st.Size(), size); err != nil {
+		return err
 	}
 	got, err := FileSHA256(file)
 	if err != nil {
 		return err
 	}
+	return sumMatches(file, got, sha)
+}
+
+// sizeMatches and sumMatches word a file's integrity failures alike for
+// CheckFile and ReadChecked (size < 0: not recorded, not checked).
+func sizeMatches(file string, got, size int64) error {
+	if size >= 0 && got != size {
+		return fmt.Errorf("%s: size %d bytes, expected %d (truncated or replaced): %w", file, got, size, ErrIntegrity)
+	}
+	return nil
+}
+
+func sumMatches(file, got, sha string) error {
 	if got != sha {
 		return fmt.Errorf("%s: sha256 %s, expected %s (modified or corrupt): %w", file, got, sha, ErrIntegrity)
 	}
@@ -279,12 +292,12 @@ func ReadChecked(file string, size int64, sha string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", file, err)
 	}
-	if size >= 0 && int64(len(b)) != size {
-		return nil, fmt.Errorf("%s: size %d bytes, expected %d (truncated or replaced): %w", file, len(b), size, ErrIntegrity)
+	if err := sizeMatches(file, int64(len(b)), size); err != nil {
+		return nil, err
 	}
 	sum := sha256.Sum256(b)
-	if got := hex.EncodeToString(sum[:]); got != sha {
-		return nil, fmt.Errorf("%s: sha256 %s, expected %s (modified or corrupt): %w", file, got, sha, ErrIntegrity)
+	if err := sumMatches(file, hex.EncodeToString(sum[:]), sha); err != nil {
+		return nil, err
 	}
 	return b, nil
 }

@@ -170,14 +170,11 @@ func checkReadWriteFile(key, p, keep, doc string, fix func(owner string) string)
 
 // ownerString is "user:group" by name where known, else by number.
 func ownerString(uid, gid int) string {
-	u, g := strconv.Itoa(uid), strconv.Itoa(gid)
+	u := strconv.Itoa(uid)
 	if x, err := user.LookupId(u); err == nil {
 		u = x.Username
 	}
-	if x, err := user.LookupGroupId(g); err == nil {
-		g = x.Name
-	}
-	return u + ":" + g
+	return u + ":" + groupName(gid, strconv.Itoa(gid))
 }
 
 // storeFolder is the folder run creates and rewrites the store in: the
