@@ -8,10 +8,13 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -220,6 +223,54 @@ type AlertFilter struct {
 	// Offset skips that many matching alerts (newest first) before Limit:
 	// pages through more alerts than one listing holds.
 	Offset int
+	// After, when set, lists only the alerts that come after it in the
+	// listing's order (keyset paging: pages do not shift when alerts are
+	// raised between two requests).
+	After *AlertCursor
+}
+
+// AlertCursor is a place in the alert listing's order: raised time,
+// newest first, then site, device and alert id in byte order.
+type AlertCursor struct {
+	Raised time.Time
+	Key    AlertKey
+}
+
+// CursorOf is the place of a listed alert.
+func CursorOf(a Alert) AlertCursor { return AlertCursor{Raised: a.Raised, Key: a.AlertKey} }
+
+// CompareKeys orders alert keys by site, device and alert id, byte-wise.
+func CompareKeys(a, b AlertKey) int {
+	return cmp.Or(strings.Compare(a.Site, b.Site), strings.Compare(a.Device, b.Device), strings.Compare(a.AlertID, b.AlertID))
+}
+
+// CompareListed orders two alerts as a listing does: newest raised
+// first, ties by key.
+func CompareListed(a, b AlertCursor) int {
+	return cmp.Or(b.Raised.Compare(a.Raised), CompareKeys(a.Key, b.Key))
+}
+
+// Behind reports whether a comes after the cursor in the listing.
+func (c *AlertCursor) Behind(a Alert) bool { return c == nil || CompareListed(CursorOf(a), *c) > 0 }
+
+// String is the cursor as the API gives it: opaque to clients, URL-safe.
+func (c AlertCursor) String() string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strings.Join([]string{
+		c.Raised.UTC().Format(time.RFC3339Nano), c.Key.Site, c.Key.Device, c.Key.AlertID}, "\x00")))
+}
+
+// ParseCursor reads what AlertCursor.String wrote.
+func ParseCursor(s string) (AlertCursor, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	parts := strings.Split(string(b), "\x00")
+	if err != nil || len(parts) != 4 || parts[1] == "" || parts[2] == "" || parts[3] == "" {
+		return AlertCursor{}, fmt.Errorf("cursor %.40q: not one this service gave", s)
+	}
+	t, err := time.Parse(time.RFC3339Nano, parts[0])
+	if err != nil {
+		return AlertCursor{}, fmt.Errorf("cursor %.40q: not one this service gave", s)
+	}
+	return AlertCursor{Raised: t, Key: AlertKey{Site: parts[1], Device: parts[2], AlertID: parts[3]}}, nil
 }
 
 // DefaultAlertLimit bounds an alert listing without a limit.
@@ -234,7 +285,8 @@ func (f AlertFilter) Match(a Alert) bool {
 		f.Device != "" && a.Device != f.Device,
 		f.Rule != "" && a.Rule != f.Rule,
 		f.IdentityID != "" && a.IdentityID != f.IdentityID,
-		!f.Since.IsZero() && a.Raised.Before(f.Since):
+		!f.Since.IsZero() && a.Raised.Before(f.Since),
+		!f.After.Behind(a):
 		return false
 	}
 	return true

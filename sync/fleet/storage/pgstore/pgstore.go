@@ -646,6 +646,13 @@ func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Al
 	if !f.Since.IsZero() {
 		add("raised >= $%d", f.Since.UTC())
 	}
+	if f.After != nil {
+		// The listing's order, as ORDER BY below gives it.
+		args = append(args, f.After.Raised.UTC(), f.After.Key.Site, f.After.Key.Device, f.After.Key.AlertID)
+		n := len(args)
+		where = append(where, fmt.Sprintf(`(raised < $%d OR (raised = $%d AND (site COLLATE "C", device COLLATE "C", alert_id COLLATE "C") > ($%d, $%d, $%d)))`,
+			n-3, n-3, n-2, n-1, n))
+	}
 	limit := f.Limit
 	if limit <= 0 {
 		limit = storage.DefaultAlertLimit
@@ -655,7 +662,7 @@ func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Al
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
 	args = append(args, limit, max(f.Offset, 0))
-	q += fmt.Sprintf(" ORDER BY raised DESC, site, device, alert_id LIMIT $%d OFFSET $%d", len(args)-1, len(args))
+	q += fmt.Sprintf(" ORDER BY raised DESC, site COLLATE \"C\", device COLLATE \"C\", alert_id COLLATE \"C\" LIMIT $%d OFFSET $%d", len(args)-1, len(args))
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list alerts: %w", err)

@@ -4,9 +4,12 @@
 package storetest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -52,6 +55,168 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("TSAhead", func(t *testing.T) { tsAhead(t, open(t)) })
 	t.Run("BatchWrites", func(t *testing.T) { batchWrites(t, open(t)) })
 	t.Run("SessionRevocations", func(t *testing.T) { sessionRevocations(t, open(t)) })
+	t.Run("AlertListings", func(t *testing.T) { alertListings(t, open(t)) })
+}
+
+// alertListings checks every kind of alert listing, and the open counts,
+// against the same computed from each alert read on its own, through
+// raises, acknowledgements, resolutions and a prune; and pages through
+// the alerts by cursor while more are raised, newer and older.
+func alertListings(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var keys []storage.AlertKey
+	devs := [][2]string{{"paris-01", "atm-1"}, {"paris-01", "atm-10"}, {"paris-01x", "atm-1"}, {"lyon-07", "atm-2"}}
+	seqs := map[[2]string]uint64{}
+	raise := func(n int, from time.Time) {
+		var msgs []storage.Message
+		for range n {
+			d := devs[rng.IntN(len(devs))]
+			seqs[d]++
+			// Whole minutes: many alerts share a raised time.
+			ts := from.Add(time.Duration(rng.IntN(40)) * time.Minute)
+			id := fmt.Sprintf("a-%d-%d", seqs[d], rng.IntN(1000))
+			msgs = append(msgs, Alert(d[0], d[1], seqs[d], ts, id, fmt.Sprintf("p-%d", rng.IntN(5)), 6))
+			keys = append(keys, storage.AlertKey{Site: d[0], Device: d[1], AlertID: id})
+		}
+		if _, err := s.Apply(c, msgs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(f storage.AlertFilter) []storage.AlertKey {
+		var all []storage.Alert
+		for _, k := range keys {
+			a, err := s.Alert(c, k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.Match(a) {
+				all = append(all, a)
+			}
+		}
+		slices.SortFunc(all, func(a, b storage.Alert) int { return storage.CompareListed(storage.CursorOf(a), storage.CursorOf(b)) })
+		all = all[min(f.Offset, len(all)):]
+		all = all[:min(cmp.Or(f.Limit, storage.DefaultAlertLimit), len(all))]
+		var out []storage.AlertKey
+		for _, a := range all {
+			out = append(out, a.AlertKey)
+		}
+		return out
+	}
+	check := func(stage string) {
+		t.Helper()
+		mid := storage.AlertCursor{Raised: T0.Add(20 * time.Minute), Key: storage.AlertKey{Site: "paris-01", Device: "atm-1", AlertID: "a-5"}}
+		for _, f := range []storage.AlertFilter{
+			{}, {Active: true}, {State: storage.AlertOpen}, {State: storage.AlertAcknowledged}, {State: storage.AlertResolved},
+			{Site: "paris-01"}, {Site: "paris-01", Active: true}, {Site: "paris-01", Device: "atm-1"},
+			{Site: "paris-01", Device: "atm-1", State: storage.AlertResolved}, {IdentityID: "p-2", Limit: 3},
+			{Since: T0.Add(25 * time.Minute)}, {Since: T0.Add(25 * time.Minute), Active: true},
+			{Limit: 5, Offset: 7}, {After: &mid}, {After: &mid, Limit: 4}, {After: &mid, Active: true, Site: "paris-01"},
+			{After: &mid, Site: "paris-01", Device: "atm-10"}, {After: &mid, Since: T0.Add(5 * time.Minute), Offset: 2},
+		} {
+			got, err := s.Alerts(c, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var gk []storage.AlertKey
+			for _, a := range got {
+				gk = append(gk, a.AlertKey)
+			}
+			if w := want(f); !slices.Equal(gk, w) {
+				t.Errorf("%s: Alerts(%+v) = %d alerts %v, want %d %v", stage, f, len(gk), gk, len(w), w)
+			}
+		}
+		for _, d := range devs {
+			n := len(want(storage.AlertFilter{Site: d[0], Device: d[1], Active: true, Limit: 1 << 20}))
+			dev, err := s.Device(c, d[0], d[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dev.OpenAlerts != n {
+				t.Errorf("%s: Device(%s/%s).OpenAlerts = %d, want %d", stage, d[0], d[1], dev.OpenAlerts, n)
+			}
+		}
+		all, err := s.Devices(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, dev := range all {
+			if n := len(want(storage.AlertFilter{Site: dev.Site, Device: dev.Device, Active: true, Limit: 1 << 20})); dev.OpenAlerts != n {
+				t.Errorf("%s: Devices: %s/%s has %d open alerts, want %d", stage, dev.Site, dev.Device, dev.OpenAlerts, n)
+			}
+		}
+	}
+	raise(60, T0)
+	check("raised")
+	for i, k := range keys {
+		switch i % 3 {
+		case 0:
+			if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionAck, User: "ana", At: T0.Add(time.Hour)}); err != nil {
+				t.Fatal(err)
+			}
+		case 1:
+			if i%2 == 1 {
+				if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "ana", At: T0.Add(time.Duration(i) * time.Hour)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	check("acted")
+	// Resolved alerts resolved more than 30 days before now go.
+	now := T0.Add(30*24*time.Hour + 20*time.Hour)
+	st, err := s.Prune(c, now, storage.Retention{History: 365 * 24 * time.Hour, Alerts: 30 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Alerts == 0 {
+		t.Fatal("prune deleted no alert: the test needs some")
+	}
+	keys = slices.DeleteFunc(keys, func(k storage.AlertKey) bool {
+		_, err := s.Alert(c, k)
+		return errors.Is(err, storage.ErrNotFound)
+	})
+	check("pruned")
+
+	// Paging by cursor while alerts are raised: every alert listed at the
+	// start comes exactly once, in order.
+	first := want(storage.AlertFilter{Limit: 1 << 20})
+	seen := map[storage.AlertKey]int{}
+	var order []storage.AlertKey
+	var after *storage.AlertCursor
+	for page := 0; ; page++ {
+		got, err := s.Alerts(c, storage.AlertFilter{Limit: 7, After: after})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range got {
+			seen[a.AlertKey]++
+			order = append(order, a.AlertKey)
+		}
+		if len(got) < 7 {
+			break
+		}
+		cur := storage.CursorOf(got[len(got)-1])
+		after = &cur
+		if page < 4 {
+			raise(3, T0.Add(-time.Hour)) // older than every listed alert: comes in later pages
+			raise(3, T0.Add(time.Hour))  // newer: not in this paging
+		}
+	}
+	for _, k := range first {
+		if seen[k] != 1 {
+			t.Errorf("cursor paging: %s listed %d times, want once", k, seen[k])
+		}
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Errorf("cursor paging: %s listed %d times", k, n)
+		}
+	}
+	if w := want(storage.AlertFilter{Limit: 1 << 20, Since: T0.Add(-2 * time.Hour)}); len(order) != len(w)-12 {
+		t.Errorf("cursor paging listed %d alerts, want the %d before and the 12 older raised while paging: %d", len(order), len(first), len(w)-12)
+	}
+	check("paged")
 }
 
 // A revoked session stays revoked until its expiry; Prune then removes the
