@@ -1205,11 +1205,30 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	f, _ := filterOf(r.URL.Query(), s.now())
+	q := r.URL.Query()
+	f, _ := filterOf(q, s.now())
+	if v := q.Get("after"); v != "" {
+		cur, err := storage.ParseCursor(v)
+		if err != nil {
+			http.Error(w, "after: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		f.After = &cur
+	}
+	limit := cmp.Or(f.Limit, storage.DefaultAlertLimit)
+	f.Limit = limit + 1 // one more tells whether a next page exists
 	alerts, err := s.store.Alerts(r.Context(), f)
 	if err != nil {
 		s.fail(w, r, err)
 		return
+	}
+	if len(alerts) > limit {
+		alerts = alerts[:limit]
+		// The next page starts after the last alert listed: alerts raised
+		// meanwhile do not shift it (RFC 8288 link).
+		q.Set("after", storage.CursorOf(alerts[limit-1]).String())
+		q.Del("offset")
+		w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
 	}
 	out := make([]APIAlert, len(alerts))
 	for i, a := range alerts {

@@ -584,6 +584,50 @@ func TestAlertsPagination(t *testing.T) {
 		t.Errorf("API offset 500: %d, %d alerts (err %v), want %d", r.StatusCode, len(got), err, n-500)
 	}
 
+	// The API pages by cursor through its Link header: alerts raised while
+	// a reader pages, newer and older, neither repeat nor skip an alert.
+	seenAPI := map[string]int{}
+	path, pages = "/api/v1/alerts?state=all&limit=100", 0
+	linkRe := regexp.MustCompile(`^<(/api/v1/alerts\?[^>]+)>; rel="next"$`)
+	for path != "" && pages < 20 {
+		pages++
+		r, body := c.get(path)
+		var page []APIAlert
+		if err := json.Unmarshal([]byte(body), &page); r.StatusCode != http.StatusOK || err != nil {
+			t.Fatalf("%s: %d %v", path, r.StatusCode, err)
+		}
+		for _, a := range page {
+			seenAPI[a.Site+"/"+a.Device+"/"+a.AlertID]++
+		}
+		path = ""
+		if m := linkRe.FindStringSubmatch(r.Header.Get("Link")); m != nil {
+			path = m[1]
+		} else if l := r.Header.Get("Link"); l != "" {
+			t.Fatalf("Link %q: not a next link", l)
+		}
+		// Raised while paging: one newer than all, one older than all.
+		i := n + pages
+		if _, err := st.Apply(context.Background(), []storage.Message{
+			storetest.Alert("site-0", "atm-0", uint64(1000+2*i), now.Add(time.Hour), fmt.Sprintf("new-%d", i), "p-1", 6),
+			storetest.Alert("site-0", "atm-0", uint64(1001+2*i), now.Add(-1000*time.Hour), fmt.Sprintf("old-%d", i), "p-1", 6),
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		if k := fmt.Sprintf("site-%d/atm-%d/a-%04d", i%3, i%7, i); seenAPI[k] != 1 {
+			t.Errorf("API paging by cursor listed %s %d times, want once", k, seenAPI[k])
+		}
+	}
+	if pages != 8 || len(seenAPI) != n+7 {
+		t.Errorf("API paging by cursor: %d pages, %d alerts, want 8 pages of the %d alerts and the 7 older ones raised meanwhile", pages, len(seenAPI), n)
+	}
+	for _, bad := range []string{"x", "bm90IGEgY3Vyc29y", storage.AlertCursor{}.String()} {
+		if r, _ := c.get("/api/v1/alerts?after=" + bad); r.StatusCode != http.StatusBadRequest {
+			t.Errorf("after=%s: %d, want 400", bad, r.StatusCode)
+		}
+	}
+
 	for _, h := range []string{"24h", "-3", "99999999999"} {
 		if _, body := c.get("/alerts?hours=" + url.QueryEscape(h)); !strings.Contains(body, `class="error"`) || idRe.MatchString(body) {
 			t.Errorf("hours=%s: no error shown, or alerts listed as if unfiltered", h)
