@@ -10,12 +10,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/fileops"
 	"github.com/periocular/atm-agent/store/record"
 )
 
@@ -487,7 +487,7 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 	if err != nil {
 		return fmt.Errorf("compact: %w", err)
 	}
-	if err := roomFor(filepath.Dir(dst), was.Size()); err != nil {
+	if err := fileops.RoomFor(filepath.Dir(dst), was.Size()); err != nil {
 		return fmt.Errorf("compact: %w", err)
 	}
 	out, err := bolt.Open(tmp, defaultOpenFileMode, &bolt.Options{Timeout: s.opts.Timeout})
@@ -519,7 +519,7 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 		os.Remove(tmp)
 		return fmt.Errorf("compact: close %q: %w", tmp, err)
 	}
-	if err := keepOwner(tmp, was); err != nil {
+	if err := fileops.KeepOwner(tmp, was); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("compact: %w", err)
 	}
@@ -532,7 +532,7 @@ func (s *Store) Compact(ctx context.Context, dst string) error {
 	}
 	renameErr := os.Rename(tmp, dst)
 	if renameErr == nil {
-		syncDir(filepath.Dir(dst))
+		fileops.SyncDir(filepath.Dir(dst))
 	} else {
 		os.Remove(tmp)
 	}
@@ -568,13 +568,6 @@ func sameFile(a, b string) bool {
 		return filepath.Clean(a) == filepath.Clean(b)
 	}
 	return os.SameFile(fa, fb)
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
 }
 
 // countTemplateCrypt counts encrypted and plaintext templates (and inline
@@ -762,22 +755,7 @@ const compactReopenTries = 5
 // CompactReserve is the free space a compaction leaves on the file system
 // beyond its copy: the store's disk is the ATM controller's, and the ATM
 // application must not find it full because the agent compacted.
-const CompactReserve = 16 << 20
+const CompactReserve = fileops.Reserve
 
 // ErrNoRoom: a compaction would leave less than CompactReserve free.
-var ErrNoRoom = errors.New("not enough free space")
-
-// roomFor checks that dir's file system can take a copy of size bytes (the
-// compacted file is at most the old one's size) and keep CompactReserve
-// free.
-func roomFor(dir string, size int64) error {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return nil // not knowable: the write itself reports a full disk
-	}
-	free := uint64(st.Bavail) * uint64(st.Bsize)
-	if need := uint64(size) + CompactReserve; free < need {
-		return fmt.Errorf("%w in %s for a copy of the store: %d MiB free, %d MiB needed (the %d MiB file and %d MiB left for the rest of the system); not compacted", ErrNoRoom, dir, free>>20, (need+1<<20-1)>>20, (size+1<<20-1)>>20, CompactReserve>>20)
-	}
-	return nil
-}
+var ErrNoRoom = fileops.ErrNoRoom

@@ -14,6 +14,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/periocular/atm-agent/internal/fileops"
 	"github.com/periocular/atm-agent/store/record"
 )
 
@@ -194,7 +195,7 @@ func TestCompactKeepsOwner(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if uid, gid, _ := fileOwner(fi); uid != 4242 || gid != 4343 || fi.Mode().Perm() != 0o640 {
+		if uid, gid, _ := fileops.Owner(fi); uid != 4242 || gid != 4343 || fi.Mode().Perm() != 0o640 {
 			t.Fatalf("%s: owner %d:%d mode %v, want 4242:4343 0640", p, uid, gid, fi.Mode().Perm())
 		}
 	}

@@ -10,10 +10,10 @@ import (
 	"fmt"
 	"os"
 	"sort"
-	"syscall"
 
 	"github.com/periocular/atm-agent/store/record"
 
+	"github.com/periocular/atm-agent/internal/fileops"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -145,7 +145,7 @@ func Salvage(ctx context.Context, src, dst string, opts Options) (*SalvageReport
 		os.Remove(dst)
 		return nil, fmt.Errorf("salvage: write %q: %w", dst, err)
 	}
-	if err := keepOwner(dst, srcInfo); err != nil {
+	if err := fileops.KeepOwner(dst, srcInfo); err != nil {
 		return rep, fmt.Errorf("salvage: %w", err)
 	}
 	return rep, nil
@@ -331,40 +331,6 @@ func (s *Store) writeSalvaged(ctx context.Context, r *records, rep *SalvageRepor
 		}
 		return putU64(meta, kOutboxBytes, size)
 	})
-}
-
-// keepOwner gives path the owner, group and permission bits of was (an
-// operator command run as root must not leave a file the service user
-// cannot open). Changing the owner needs root; without it the file already
-// belongs to the caller, and only a different owner is reported.
-func keepOwner(path string, was os.FileInfo) error {
-	if err := os.Chmod(path, was.Mode().Perm()); err != nil {
-		return fmt.Errorf("keep mode of %q: %w", path, err)
-	}
-	uid, gid, ok := fileOwner(was)
-	if !ok {
-		return nil
-	}
-	now, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if u, g, _ := fileOwner(now); u == uid && g == gid {
-		return nil
-	}
-	if err := os.Lchown(path, uid, gid); err != nil {
-		return fmt.Errorf("keep owner %d:%d of %q: %w (run the command as the service user or as root)", uid, gid, path, err)
-	}
-	return nil
-}
-
-// fileOwner returns the owner and group of a file.
-func fileOwner(fi os.FileInfo) (uid, gid int, ok bool) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return 0, 0, false
-	}
-	return int(st.Uid), int(st.Gid), true
 }
 
 // salvageWalk reads every record reachable from bf's meta page.

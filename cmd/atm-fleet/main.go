@@ -16,11 +16,13 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/term"
 	"gopkg.in/yaml.v3"
 
 	"github.com/periocular/atm-agent/sync/fleet/service"
+	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
 	"github.com/periocular/atm-agent/sync/fleet/web"
 )
 
@@ -38,6 +40,7 @@ const usageText = `atm-fleet: the central fleet view over the agents' MQTT topic
   atm-fleet run --config FILE        ingest + web dashboard until SIGINT/SIGTERM
   atm-fleet config check FILE        validate a config (strict: unknown keys are errors)
   atm-fleet config default           print the default config
+  atm-fleet compact [--config FILE]  shrink the embedded store's file to its records (service stopped)
   atm-fleet passwd                   read a password (twice on a terminal) and print its bcrypt hash for the users file
   atm-fleet version
 `
@@ -53,6 +56,8 @@ func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		err = cmdRun(ctx, args[1:], stderr)
 	case "config":
 		err = cmdConfig(args[1:], stdout)
+	case "compact":
+		err = cmdCompact(args[1:], stdout, stderr)
 	case "passwd":
 		err = cmdPasswd(stdin, stdout, stderr)
 	case "version":
@@ -90,6 +95,33 @@ func cmdConfig(args []string, stdout io.Writer) error {
 		return err
 	}
 	return errors.New("usage: atm-fleet config check FILE | atm-fleet config default")
+}
+
+// cmdCompact rewrites the embedded store without its free pages.
+func cmdCompact(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("compact", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "/etc/atm-fleet/config.yaml", "config file")
+	wait := fs.Duration("wait", 5*time.Second, "how long to wait for the store file's lock")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (usage: atm-fleet compact [--config FILE])", fs.Arg(0))
+	}
+	cfg, err := service.LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	if cfg.Store.Driver != "bolt" {
+		return fmt.Errorf("store.driver is %s: PostgreSQL reclaims the space of deleted rows itself (autovacuum); VACUUM FULL shrinks its files", cfg.Store.Driver)
+	}
+	before, after, err := boltstore.Compact(cfg.Store.Path, *wait)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: %.1f MiB -> %.1f MiB\n", cfg.Store.Path, float64(before)/(1<<20), float64(after)/(1<<20))
+	return nil
 }
 
 func cmdPasswd(stdin io.Reader, stdout, stderr io.Writer) error {

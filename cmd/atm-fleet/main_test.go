@@ -18,6 +18,7 @@ import (
 
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/service"
+	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
 )
 
 func TestConfig(t *testing.T) {
@@ -107,6 +108,11 @@ web: {listen: "127.0.0.1:%d", users_file: %s}
 	if r, err := http.Get(base + "/api/v1/devices"); err != nil || r.StatusCode != 401 {
 		t.Errorf("unauthenticated API: %v %v", r.StatusCode, err)
 	}
+	var errb strings.Builder
+	if code := runMain(context.Background(), []string{"compact", "--config", cfgPath, "--wait", "100ms"}, nil, io.Discard, &errb); code != 1 ||
+		!strings.Contains(errb.String(), "stop the service") {
+		t.Errorf("compact while the service runs: exit %d, %q; want 1 and the reason", code, errb.String())
+	}
 	cancel()
 	select {
 	case err := <-done:
@@ -115,5 +121,18 @@ web: {listen: "127.0.0.1:%d", users_file: %s}
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return within 10s of cancel")
+	}
+	var out strings.Builder
+	if code := runMain(context.Background(), []string{"compact", "--config", cfgPath}, nil, &out, os.Stderr); code != 0 ||
+		!strings.Contains(out.String(), "fleet.db: ") || !strings.Contains(out.String(), " MiB -> ") {
+		t.Errorf("compact of the stopped service's store: exit %d, %q", code, out.String())
+	}
+	st, err := boltstore.Open(cfg.Store.Path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if d, err := st.Device(context.Background(), "lyon-07", "atm-1"); err != nil || d.OpenAlerts != 1 {
+		t.Errorf("after compact: %+v, %v", d, err)
 	}
 }
