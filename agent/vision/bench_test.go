@@ -169,3 +169,19 @@ func BenchmarkEmbed(b *testing.B) {
 		e.Close()
 	}
 }
+
+// BenchmarkLoadPipeline is what the agent's start spends on perception:
+// every network of the default pipeline read, checked against its sha256,
+// loaded and self-tested by one forward, then closed:
+//
+//	go test -tags matprofile -run '^$' -bench LoadPipeline -benchtime 10x ./agent/vision/
+func BenchmarkLoadPipeline(b *testing.B) {
+	dir, man := modelsDir(b)
+	for b.Loop() {
+		p, err := New(dir, man, man.Pipeline.Detector, "", DefaultConfig())
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.Close()
+	}
+}
