@@ -182,7 +182,7 @@ func TestRootWarnings(t *testing.T) {
 	geteuid = func() int { return 0 }
 	lookupUnitUser = func() (*user.User, error) { return me, nil } // stands in for atm-agent
 	dir := t.TempDir()
-	base := "device: {id: a, site: b}\nmodels: {dir: " + dir + "/nomodels}\nstore: {path: " + dir + "/agent.db}\n"
+	base := "device: {id: a, site: b}\nmodels: {dir: " + dir + "/nomodels}\nstore: {path: " + dir + "/agent.db, key_file: \"credential:store-key\"}\n"
 	group := func(g string) string {
 		return base + "trigger:\n  http:\n    enabled: true\n    socket: " + dir + "/t.sock\n    socket_group: \"" + g + "\"\n"
 	}

@@ -226,6 +226,11 @@ func (c Config) Warnings() []string {
 	w := rules.RetentionWarnings(c.Alerts.Rules, c.Store.Retention)
 	w = append(w, c.relativePathWarnings()...)
 	w = append(w, c.rootWarnings()...)
+	if c.Store.KeyFile == "" {
+		w = append(w, "store.key_file is not set: face templates are kept unencrypted on disk; set it (the package's key: "+
+			"store.key_file: credential:store-key, which the unit passes from /etc/atm-agent/store.key) and the agent "+
+			"seals the templates already stored at its next start")
+	}
 	if m := c.Metrics; m.Listen != "" && m.AllowRemote && m.TLS.CertFile == "" && m.TokenFile != "" {
 		w = append(w, fmt.Sprintf("metrics: %s serves the bearer token's endpoints without TLS: anyone on the network path can read the token; set metrics.tls", m.Listen))
 	}

@@ -85,8 +85,13 @@ func TestCheckFilesRefusesWhatRunRefuses(t *testing.T) {
 // config check (Warnings) tells it.
 func TestRuleWindowBeyondRetentionWarns(t *testing.T) {
 	c := DefaultConfig()
+	c.Store.KeyFile = "credential:store-key"
 	if w := c.Warnings(); len(w) != 0 {
-		t.Fatalf("defaults warn: %q", w)
+		t.Fatalf("defaults with a key warn: %q", w)
+	}
+	c.Store.KeyFile = ""
+	if w := strings.Join(c.Warnings(), "\n"); !strings.Contains(w, "store.key_file is not set: face templates are kept unencrypted") {
+		t.Errorf("no key, warnings %q: want the unencrypted templates named", w)
 	}
 	c.Alerts.Rules[1].Window = 60 * 24 * time.Hour
 	if w := strings.Join(c.Warnings(), "\n"); !strings.Contains(w, `alerts: rule "multiple-cards": window 1440h0m0s is longer than store.retention 720h0m0s`) {

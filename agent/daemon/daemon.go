@@ -146,7 +146,34 @@ func (d *Daemon) openStore(ctx context.Context) error {
 	}
 	sopts.DeviceID, sopts.Logger = d.cfg.Device.ID, d.log.With("component", "store")
 	d.st, err = store.OpenContext(ctx, d.cfg.Store.Path, sopts)
-	return err
+	if err != nil {
+		return err
+	}
+	d.sealPlainTemplates(ctx, sopts.Key != nil)
+	return nil
+}
+
+// sealPlainTemplates encrypts, with the store's key, the templates written
+// before a key was set (a store from a version without encryption, or
+// from before the operator set store.key_file): with a key configured, no
+// template stays in plaintext waiting for someone to run `atm-agent db
+// encrypt`. A failure is logged, not fatal: what was sealed stays sealed,
+// and a compaction still owed is done at the next start.
+func (d *Daemon) sealPlainTemplates(ctx context.Context, keyed bool) {
+	n := d.st.PlainTemplates()
+	if !keyed || n == 0 {
+		return
+	}
+	log := d.log.With("component", "store")
+	start := time.Now()
+	sealed, err := d.st.Encrypt(ctx)
+	if err != nil {
+		log.Warn("plaintext templates not all sealed at start; the rest are sealed at the next start, or by atm-agent db encrypt",
+			"found", n, "sealed", sealed, "err", err)
+		return
+	}
+	log.Info("plaintext templates written before the key was set are now sealed with it, and the file compacted",
+		"sealed", sealed, "took", time.Since(start).Round(time.Millisecond))
 }
 
 // seedTxnIDs gives the trigger endpoint the txn_ids of the visits stored
