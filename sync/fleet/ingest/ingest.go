@@ -272,7 +272,8 @@ func New(cfg Config, st storage.Store, log *slog.Logger) (*Ingester, error) {
 }
 
 // CompileSchemas compiles the agent's status, summary and alert schemas
-// (the versions this build's sync/wire publishes).
+// (the versions this build's sync/wire publishes) as a reader takes them:
+// tolerant of fields it does not know (readerSchema).
 func CompileSchemas() (map[string]*jsonschema.Schema, error) {
 	out := map[string]*jsonschema.Schema{}
 	for _, name := range []string{wire.KindStatus, wire.KindSummary, wire.KindAlert} {
@@ -284,6 +285,7 @@ func CompileSchemas() (map[string]*jsonschema.Schema, error) {
 		if err != nil {
 			return nil, fmt.Errorf("schema %s: %w", name, err)
 		}
+		doc = readerSchema(doc)
 		c := jsonschema.NewCompiler()
 		c.AssertFormat()
 		url := "mem://" + name + ".schema.json"
@@ -297,6 +299,38 @@ func CompileSchemas() (map[string]*jsonschema.Schema, error) {
 		out[name] = s
 	}
 	return out, nil
+}
+
+// Forbidden are field names no agent payload may carry, at any depth:
+// biometric data and card data never leave the device. The reader's
+// schemas refuse them where the published schemas refuse every unknown
+// field.
+var Forbidden = []any{"embedding", "embeddings", "template", "templates", "image", "images",
+	"card_hash", "card_hashes", "card_number", "pan", "track2"}
+
+// readerSchema turns a published schema into the one the fleet reads
+// with: every "additionalProperties": false becomes a refusal of the
+// Forbidden names only. The versioning policy (docs/mqtt.md) adds optional
+// fields within a schema_version, and readers must ignore fields they do
+// not know: the strict schemas made this service reject, after the broker
+// had acknowledged it, every alert of an agent one release newer (visit_id
+// and txn_id were added so), and nothing resent it.
+func readerSchema(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = readerSchema(e)
+		}
+		if ap, ok := x["additionalProperties"].(bool); ok && !ap {
+			delete(x, "additionalProperties")
+			x["propertyNames"] = map[string]any{"not": map[string]any{"enum": Forbidden}}
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = readerSchema(e)
+		}
+	}
+	return v
 }
 
 func (in *Ingester) handle(_ mqtt.Client, m mqtt.Message) {

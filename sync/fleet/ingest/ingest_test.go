@@ -168,6 +168,20 @@ func TestIngestRejects(t *testing.T) {
 		b, _ = json.Marshal(obj)
 		return b
 	}
+	// withIdentity adds one identity carrying an extra field k.
+	withIdentity := func(v wire.Summary, k string, val any) []byte {
+		now := time.Now().UTC()
+		id, _ := json.Marshal(wire.IdentityCounts{ID: "p-1", FirstSeen: now, LastSeen: now})
+		var obj map[string]any
+		json.Unmarshal(id, &obj)
+		obj[k] = val
+		b, _ := json.Marshal(v)
+		var sum map[string]any
+		json.Unmarshal(b, &sum)
+		sum["identities"] = []any{obj}
+		b, _ = json.Marshal(sum)
+		return b
+	}
 	cases := []struct {
 		topic   string
 		payload []byte
@@ -179,15 +193,22 @@ func TestIngestRejects(t *testing.T) {
 		{prefix + "/s1/d1/summary", withField(good("s1", "d1", 3), "message_id", nil), "violates summary.schema.json"},
 		{prefix + "/s1/d1/summary", withField(good("s1", "OTHER", 4), "x", nil), "payload names s1/OTHER"},
 		{prefix + "/$s1/d1/summary", withField(good("$s1", "d1", 5), "x", nil), "topic:"},
+		// Unknown fields are read past, but never biometric or card data,
+		// at any depth.
+		{prefix + "/s1/d1/summary", withIdentity(good("s1", "d1", 6), "card_hash", "9f86d081"), "violates summary.schema.json"},
 	}
 	for _, c := range cases {
 		fleettest.Publish(t, m.URL(), c.topic, c.payload, false)
 	}
 	fleettest.Publish(t, m.URL(), prefix+"/s1/d1/summary", withField(good("s1", "d1", 9), "x", nil), false)
+	// A newer agent's optional fields (the versioning policy adds them
+	// within a schema_version): read, not rejected.
+	fleettest.Publish(t, m.URL(), prefix+"/s1/d1/summary", withField(good("s1", "d1", 10), "camera", "front"), false)
+	fleettest.Publish(t, m.URL(), prefix+"/s1/d1/summary", withIdentity(good("s1", "d1", 11), "return_rate", 0.4), false)
 	defer func() { t.Logf("stats %+v", in.Stats()) }()
-	fleettest.WaitFor(t, 10*time.Second, "rejects and the good one", func() bool {
+	fleettest.WaitFor(t, 10*time.Second, "rejects and the good ones", func() bool {
 		s := in.Stats()
-		return s.Rejected == uint64(len(cases)) && s.Applied == 1
+		return s.Rejected == uint64(len(cases)) && s.Applied == 3
 	})
 	rj, err := st.Rejects(context.Background(), 100)
 	if err != nil {
@@ -200,7 +221,7 @@ func TestIngestRejects(t *testing.T) {
 		}
 		t.Logf("%s: %s", r.Topic, r.Error)
 	}
-	if d := device(t, st, "s1", "d1"); d.Rejected != len64(cases)-1 || d.MaxSeq != 9 {
+	if d := device(t, st, "s1", "d1"); d.Rejected != len64(cases)-1 || d.MaxSeq != 11 {
 		t.Errorf("device: rejected=%d max=%d", d.Rejected, d.MaxSeq)
 	}
 }
