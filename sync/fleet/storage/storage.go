@@ -223,54 +223,97 @@ type AlertFilter struct {
 	// Offset skips that many matching alerts (newest first) before Limit:
 	// pages through more alerts than one listing holds.
 	Offset int
+	// ReceivedSince: received by the fleet at or after.
+	ReceivedSince time.Time
+	// Order of the listing: newest raised first (the default), or oldest
+	// received first (a feed to poll).
+	Order AlertOrder
 	// After, when set, lists only the alerts that come after it in the
 	// listing's order (keyset paging: pages do not shift when alerts are
-	// raised between two requests).
+	// raised between two requests). It must be of the same order.
 	After *AlertCursor
 }
 
-// AlertCursor is a place in the alert listing's order: raised time,
-// newest first, then site, device and alert id in byte order.
+// AlertOrder is the order of an alert listing; ties are broken by site,
+// device and alert id in byte order.
+type AlertOrder byte
+
+const (
+	// ByRaised lists the newest raised (the agent's clock) first.
+	ByRaised AlertOrder = 'r'
+	// ByReceived lists the oldest received (the fleet's clock) first: an
+	// alert that reached the fleet late, from an agent's outbox after an
+	// outage, comes where it arrived, not where it was raised.
+	ByReceived AlertOrder = 'v'
+)
+
+func (o AlertOrder) orDefault() AlertOrder {
+	if o == 0 {
+		return ByRaised
+	}
+	return o
+}
+
+// AlertCursor is a place in an alert listing: the alert's time in the
+// listing's order (raised or received) and its key.
 type AlertCursor struct {
-	Raised time.Time
-	Key    AlertKey
+	Order AlertOrder
+	At    time.Time
+	Key   AlertKey
 }
 
 // CursorOf is the place of a listed alert.
-func CursorOf(a Alert) AlertCursor { return AlertCursor{Raised: a.Raised, Key: a.AlertKey} }
+func (f AlertFilter) CursorOf(a Alert) AlertCursor {
+	if f.Order.orDefault() == ByReceived {
+		return AlertCursor{Order: ByReceived, At: a.Received, Key: a.AlertKey}
+	}
+	return AlertCursor{Order: ByRaised, At: a.Raised, Key: a.AlertKey}
+}
 
 // CompareKeys orders alert keys by site, device and alert id, byte-wise.
 func CompareKeys(a, b AlertKey) int {
 	return cmp.Or(strings.Compare(a.Site, b.Site), strings.Compare(a.Device, b.Device), strings.Compare(a.AlertID, b.AlertID))
 }
 
-// CompareListed orders two alerts as a listing does: newest raised
-// first, ties by key.
-func CompareListed(a, b AlertCursor) int {
-	return cmp.Or(b.Raised.Compare(a.Raised), CompareKeys(a.Key, b.Key))
+// Compare orders two alerts as the filter's listing does.
+func (f AlertFilter) Compare(a, b Alert) int {
+	return compareCursors(f.CursorOf(a), f.CursorOf(b))
 }
 
-// Behind reports whether a comes after the cursor in the listing.
-func (c *AlertCursor) Behind(a Alert) bool { return c == nil || CompareListed(CursorOf(a), *c) > 0 }
+func compareCursors(a, b AlertCursor) int {
+	t := b.At.Compare(a.At) // newest raised first
+	if a.Order == ByReceived {
+		t = -t // oldest received first
+	}
+	return cmp.Or(t, CompareKeys(a.Key, b.Key))
+}
 
 // String is the cursor as the API gives it: opaque to clients, URL-safe.
 func (c AlertCursor) String() string {
 	return base64.RawURLEncoding.EncodeToString([]byte(strings.Join([]string{
-		c.Raised.UTC().Format(time.RFC3339Nano), c.Key.Site, c.Key.Device, c.Key.AlertID}, "\x00")))
+		string(c.Order.orDefault()), c.At.UTC().Format(time.RFC3339Nano), c.Key.Site, c.Key.Device, c.Key.AlertID}, "\x00")))
 }
 
 // ParseCursor reads what AlertCursor.String wrote.
 func ParseCursor(s string) (AlertCursor, error) {
+	bad := fmt.Errorf("cursor %.40q: not one this service gave", s)
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	parts := strings.Split(string(b), "\x00")
-	if err != nil || len(parts) != 4 || parts[1] == "" || parts[2] == "" || parts[3] == "" {
-		return AlertCursor{}, fmt.Errorf("cursor %.40q: not one this service gave", s)
+	if err != nil || len(parts) != 5 || parts[2] == "" || parts[3] == "" || parts[4] == "" {
+		return AlertCursor{}, bad
 	}
-	t, err := time.Parse(time.RFC3339Nano, parts[0])
+	if len(parts[0]) != 1 {
+		return AlertCursor{}, bad
+	}
+	o := AlertOrder(parts[0][0])
+	if o != ByRaised && o != ByReceived {
+		return AlertCursor{}, bad
+	}
+	t, err := time.Parse(time.RFC3339Nano, parts[1])
 	if err != nil {
-		return AlertCursor{}, fmt.Errorf("cursor %.40q: not one this service gave", s)
+		return AlertCursor{}, bad
 	}
-	return AlertCursor{Raised: t, Key: AlertKey{Site: parts[1], Device: parts[2], AlertID: parts[3]}}, nil
+	return AlertCursor{Order: o, At: t, Key: AlertKey{Site: parts[2], Device: parts[3], AlertID: parts[4]}}, nil
 }
 
 // DefaultAlertLimit bounds an alert listing without a limit.
@@ -286,7 +329,8 @@ func (f AlertFilter) Match(a Alert) bool {
 		f.Rule != "" && a.Rule != f.Rule,
 		f.IdentityID != "" && a.IdentityID != f.IdentityID,
 		!f.Since.IsZero() && a.Raised.Before(f.Since),
-		!f.After.Behind(a):
+		!f.ReceivedSince.IsZero() && a.Received.Before(f.ReceivedSince),
+		f.After != nil && compareCursors(f.CursorOf(a), *f.After) <= 0:
 		return false
 	}
 	return true

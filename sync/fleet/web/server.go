@@ -1207,8 +1207,28 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	f, _ := filterOf(q, s.now())
+	switch q.Get("order") {
+	case "", "raised":
+		f.Order = storage.ByRaised
+	case "received":
+		f.Order = storage.ByReceived
+	default:
+		http.Error(w, "order: want raised (newest raised first, the default) or received (oldest received first)", http.StatusBadRequest)
+		return
+	}
+	if v := q.Get("received_since"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("received_since %q: want an RFC 3339 time, e.g. 2026-12-07T16:00:00Z", v), http.StatusBadRequest)
+			return
+		}
+		f.ReceivedSince = t
+	}
 	if v := q.Get("after"); v != "" {
 		cur, err := storage.ParseCursor(v)
+		if err == nil && cur.Order != f.Order {
+			err = errors.New("the cursor is of another order= than this request's")
+		}
 		if err != nil {
 			http.Error(w, "after: "+err.Error(), http.StatusBadRequest)
 			return
@@ -1222,11 +1242,14 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if len(alerts) > limit {
-		alerts = alerts[:limit]
-		// The next page starts after the last alert listed: alerts raised
-		// meanwhile do not shift it (RFC 8288 link).
-		q.Set("after", storage.CursorOf(alerts[limit-1]).String())
+	more := len(alerts) > limit
+	alerts = alerts[:min(len(alerts), limit)]
+	// The next page starts after the last alert listed: alerts raised
+	// meanwhile do not shift it (RFC 8288 link). In receipt order the
+	// link is also where to poll next, so it is given whenever the page
+	// holds an alert.
+	if n := len(alerts); more || (f.Order == storage.ByReceived && n > 0) {
+		q.Set("after", f.CursorOf(alerts[n-1]).String())
 		q.Del("offset")
 		w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
 	}

@@ -622,10 +622,60 @@ func TestAlertsPagination(t *testing.T) {
 	if pages != 8 || len(seenAPI) != n+7 {
 		t.Errorf("API paging by cursor: %d pages, %d alerts, want 8 pages of the %d alerts and the 7 older ones raised meanwhile", pages, len(seenAPI), n)
 	}
-	for _, bad := range []string{"x", "bm90IGEgY3Vyc29y", storage.AlertCursor{}.String()} {
+	for _, bad := range []string{"x", "bm90IGEgY3Vyc29y", storage.AlertCursor{}.String(),
+		storage.AlertCursor{Order: storage.ByReceived, At: now, Key: storage.AlertKey{Site: "a", Device: "b", AlertID: "c"}}.String()} {
 		if r, _ := c.get("/api/v1/alerts?after=" + bad); r.StatusCode != http.StatusBadRequest {
 			t.Errorf("after=%s: %d, want 400", bad, r.StatusCode)
 		}
+	}
+	for _, bad := range []string{"order=newest", "order=received&received_since=yesterday"} {
+		if r, _ := c.get("/api/v1/alerts?" + bad); r.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s: %d, want 400", bad, r.StatusCode)
+		}
+	}
+
+	// Polling in receipt order: follow the Link until a page is empty,
+	// then an alert raised long ago reaches the fleet (an outbox after an
+	// outage) and the next poll, from the last Link, lists it alone.
+	poll := func(path string) (next string, keys []string) {
+		t.Helper()
+		for path != "" {
+			r, body := c.get(path)
+			var page []APIAlert
+			if err := json.Unmarshal([]byte(body), &page); r.StatusCode != http.StatusOK || err != nil {
+				t.Fatalf("%s: %d %v", path, r.StatusCode, err)
+			}
+			for _, a := range page {
+				keys = append(keys, a.AlertID)
+			}
+			if len(page) == 0 {
+				return path, keys
+			}
+			m := linkRe.FindStringSubmatch(r.Header.Get("Link"))
+			if m == nil {
+				t.Fatalf("%s: %d alerts in receipt order and no Link to poll next", path, len(page))
+			}
+			path = m[1]
+		}
+		return "", keys
+	}
+	next, all := poll("/api/v1/alerts?state=all&order=received&limit=300")
+	if len(all) != n+2*pages {
+		t.Errorf("receipt order listed %d alerts, want all %d", len(all), n+2*pages)
+	}
+	late := storetest.Alert("site-2", "atm-5", 9999, now.Add(-72*time.Hour), "late-1", "p-1", 6)
+	late.Received = now.Add(2 * time.Hour)
+	if _, err := st.Apply(context.Background(), []storage.Message{late}); err != nil {
+		t.Fatal(err)
+	}
+	if _, got := poll(next); !slices.Equal(got, []string{"late-1"}) {
+		t.Errorf("the poll after a late alert listed %v, want [late-1]", got)
+	}
+	if _, body := c.get("/api/v1/alerts?state=all&hours=1"); strings.Contains(body, `"late-1"`) {
+		t.Errorf("hours=1 (raised) listed the alert raised 72 h ago")
+	}
+	if _, body := c.get("/api/v1/alerts?state=all&order=received&received_since=" + url.QueryEscape(now.Add(90*time.Minute).Format(time.RFC3339))); !strings.Contains(body, `"late-1"`) || strings.Count(body, `"alert_id"`) != 1 {
+		t.Errorf("received_since 90 min ahead: want late-1 alone, got %.300s", body)
 	}
 
 	for _, h := range []string{"24h", "-3", "99999999999"} {

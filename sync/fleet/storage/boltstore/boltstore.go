@@ -34,14 +34,16 @@ var (
 	bMeta     = []byte("meta")
 	// The alert indexes, kept in the transactions that write alerts.
 	bActive = []byte("alerts_active") // site\0device\0alert_id -> "": every alert not resolved
-	bRaised = []byte("alerts_raised") // raised (8 bytes, newest first) site\0device\0alert_id -> ""
-	buckets = [][]byte{bDevices, bMessages, bAlerts, bSummary, bIdent, bAudit, bRejects, bRevoked, bMeta, bActive, bRaised}
+	bRaised   = []byte("alerts_raised")   // raised (8 bytes, newest first) site\0device\0alert_id -> ""
+	bReceived = []byte("alerts_received") // received (8 bytes, oldest first) site\0device\0alert_id -> ""
+	buckets   = [][]byte{bDevices, bMessages, bAlerts, bSummary, bIdent, bAudit, bRejects, bRevoked, bMeta, bActive, bRaised, bReceived}
 )
 
 // schemaVersion is written to the meta bucket. Version 2 added the alert
-// indexes; a file of another version (an older service wrote "1", and
-// writes it again if it opens the file) has them rebuilt at open.
-const schemaVersion = "2"
+// indexes, 3 the index by received time; a file of another version (an
+// older service wrote "1" or "2", and writes it again if it opens the
+// file) has them rebuilt at open.
+const schemaVersion = "3"
 
 // maxRejects bounds the kept rejected payloads (oldest dropped first).
 const maxRejects = 1000
@@ -351,6 +353,9 @@ func indexAlert(tx *bolt.Tx, k []byte, a storage.Alert) error {
 	if err := tx.Bucket(bRaised).Put(raisedKey(a.Raised, k), nil); err != nil {
 		return err
 	}
+	if err := tx.Bucket(bReceived).Put(receivedKey(a.Received, k), nil); err != nil {
+		return err
+	}
 	if a.State != storage.AlertResolved {
 		return tx.Bucket(bActive).Put(k, nil)
 	}
@@ -361,12 +366,15 @@ func unindexAlert(tx *bolt.Tx, k []byte, a storage.Alert) error {
 	if err := tx.Bucket(bRaised).Delete(raisedKey(a.Raised, k)); err != nil {
 		return err
 	}
+	if err := tx.Bucket(bReceived).Delete(receivedKey(a.Received, k)); err != nil {
+		return err
+	}
 	return tx.Bucket(bActive).Delete(k)
 }
 
 // rebuildAlertIndexes indexes every stored alert anew.
 func rebuildAlertIndexes(tx *bolt.Tx) error {
-	for _, b := range [][]byte{bActive, bRaised} {
+	for _, b := range [][]byte{bActive, bRaised, bReceived} {
 		if err := tx.DeleteBucket(b); err != nil {
 			return err
 		}
@@ -383,10 +391,16 @@ func rebuildAlertIndexes(tx *bolt.Tx) error {
 	})
 }
 
-// raisedKey orders alerts newest raised first: the raised time in unix
-// nanoseconds (clamped to the years 1678..2262 it can hold), sign bit
-// flipped for byte order, inverted for newest first; then the alert key.
-func raisedKey(t time.Time, k []byte) []byte {
+// raisedKey orders alerts newest raised first: the raised time's
+// timeOrder inverted, then the alert key.
+func raisedKey(t time.Time, k []byte) []byte { return cat(u64(^timeOrder(t)), k) }
+
+// receivedKey orders alerts oldest received first.
+func receivedKey(t time.Time, k []byte) []byte { return cat(u64(timeOrder(t)), k) }
+
+// timeOrder is t in unix nanoseconds (clamped to the years 1678..2262
+// they can hold), sign bit flipped: byte order is time order.
+func timeOrder(t time.Time) uint64 {
 	var n int64
 	switch {
 	case t.Before(minNano):
@@ -396,7 +410,7 @@ func raisedKey(t time.Time, k []byte) []byte {
 	default:
 		n = t.UnixNano()
 	}
-	return cat(u64(^(uint64(n) ^ 1<<63)), k)
+	return uint64(n) ^ 1<<63
 }
 
 var (
@@ -563,11 +577,16 @@ func (s *Store) Device(ctx context.Context, site, device string) (storage.Device
 	return d, err
 }
 
-// Alerts implements storage.Store: newest raised first. Active alerts
+// Alerts implements storage.Store: newest raised first, or oldest
+// received first (f.Order). Active alerts
 // come from their index, one device's from its own keys, and any other
-// listing walks the index by raised time until its page is full (or the
-// alerts are older than f.Since): no listing decodes every stored alert.
+// listing walks the index of its order until its page is full (or, newest
+// raised first, the alerts are older than f.Since): no listing decodes
+// every stored alert.
 func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Alert, error) {
+	if f.Order == 0 {
+		f.Order = storage.ByRaised
+	}
 	limit := f.Limit
 	if limit <= 0 {
 		limit = storage.DefaultAlertLimit
@@ -611,10 +630,23 @@ func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Al
 		case f.Device != "" && f.Site != "":
 			return prefix(alerts, scope, func(_, v []byte) []byte { return v })
 		}
+		if f.Order == storage.ByReceived {
+			c := tx.Bucket(bReceived).Cursor()
+			from := f.ReceivedSince
+			if f.After != nil && f.After.At.After(from) {
+				from = f.After.At
+			}
+			for k, _ := c.Seek(receivedKey(from, nil)); k != nil && len(out) < skip+limit; k, _ = c.Next() {
+				if err := take(k, alerts.Get(k[8:])); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
 		c := tx.Bucket(bRaised).Cursor()
 		k, _ := c.First()
 		if f.After != nil {
-			k, _ = c.Seek(raisedKey(f.After.Raised, nil))
+			k, _ = c.Seek(raisedKey(f.After.At, nil))
 		}
 		var stop []byte // index keys past it are older than f.Since
 		if !f.Since.IsZero() {
@@ -630,9 +662,7 @@ func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Al
 		}
 		return nil
 	})
-	slices.SortStableFunc(out, func(a, b storage.Alert) int {
-		return storage.CompareListed(storage.CursorOf(a), storage.CursorOf(b))
-	})
+	slices.SortStableFunc(out, f.Compare)
 	out = out[min(skip, len(out)):]
 	if len(out) > limit {
 		out = out[:limit]

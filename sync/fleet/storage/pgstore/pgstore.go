@@ -63,6 +63,7 @@ var schema = []string{
 	`ALTER TABLE atm_fleet_alerts ADD COLUMN IF NOT EXISTS visit_id text NOT NULL DEFAULT ''`,
 	`ALTER TABLE atm_fleet_alerts ADD COLUMN IF NOT EXISTS txn_id text NOT NULL DEFAULT ''`,
 	`CREATE INDEX IF NOT EXISTS atm_fleet_alerts_raised ON atm_fleet_alerts (raised DESC)`,
+	`CREATE INDEX IF NOT EXISTS atm_fleet_alerts_received ON atm_fleet_alerts (received)`,
 	`CREATE TABLE IF NOT EXISTS atm_fleet_summaries (
 		site text NOT NULL, device text NOT NULL, seq bigint NOT NULL, ts timestamptz NOT NULL,
 		visits_1h integer NOT NULL, visits_24h integer NOT NULL, visits_7d integer NOT NULL,
@@ -617,7 +618,8 @@ func scanAlert(row pgx.Row) (storage.Alert, error) {
 	return a, nil
 }
 
-// Alerts implements storage.Store: newest raised first.
+// Alerts implements storage.Store: newest raised first, or oldest
+// received first (f.Order).
 func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Alert, error) {
 	var where []string
 	var args []any
@@ -646,12 +648,19 @@ func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Al
 	if !f.Since.IsZero() {
 		add("raised >= $%d", f.Since.UTC())
 	}
+	if !f.ReceivedSince.IsZero() {
+		add("received >= $%d", f.ReceivedSince.UTC())
+	}
+	col, dir, past := "raised", "DESC", "<"
+	if f.Order == storage.ByReceived {
+		col, dir, past = "received", "ASC", ">"
+	}
 	if f.After != nil {
 		// The listing's order, as ORDER BY below gives it.
-		args = append(args, f.After.Raised.UTC(), f.After.Key.Site, f.After.Key.Device, f.After.Key.AlertID)
+		args = append(args, f.After.At.UTC(), f.After.Key.Site, f.After.Key.Device, f.After.Key.AlertID)
 		n := len(args)
-		where = append(where, fmt.Sprintf(`(raised < $%d OR (raised = $%d AND (site COLLATE "C", device COLLATE "C", alert_id COLLATE "C") > ($%d, $%d, $%d)))`,
-			n-3, n-3, n-2, n-1, n))
+		where = append(where, fmt.Sprintf(`(%[1]s %[2]s $%[3]d OR (%[1]s = $%[3]d AND (site COLLATE "C", device COLLATE "C", alert_id COLLATE "C") > ($%[4]d, $%[5]d, $%[6]d)))`,
+			col, past, n-3, n-2, n-1, n))
 	}
 	limit := f.Limit
 	if limit <= 0 {
@@ -662,7 +671,7 @@ func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Al
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
 	args = append(args, limit, max(f.Offset, 0))
-	q += fmt.Sprintf(" ORDER BY raised DESC, site COLLATE \"C\", device COLLATE \"C\", alert_id COLLATE \"C\" LIMIT $%d OFFSET $%d", len(args)-1, len(args))
+	q += fmt.Sprintf(" ORDER BY %s %s, site COLLATE \"C\", device COLLATE \"C\", alert_id COLLATE \"C\" LIMIT $%d OFFSET $%d", col, dir, len(args)-1, len(args))
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list alerts: %w", err)

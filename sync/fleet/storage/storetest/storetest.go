@@ -76,7 +76,11 @@ func alertListings(t *testing.T, s storage.Store) {
 			// Whole minutes: many alerts share a raised time.
 			ts := from.Add(time.Duration(rng.IntN(40)) * time.Minute)
 			id := fmt.Sprintf("a-%d-%d", seqs[d], rng.IntN(1000))
-			msgs = append(msgs, Alert(d[0], d[1], seqs[d], ts, id, fmt.Sprintf("p-%d", rng.IntN(5)), 6))
+			m := Alert(d[0], d[1], seqs[d], ts, id, fmt.Sprintf("p-%d", rng.IntN(5)), 6)
+			// Received in another order than raised (outboxes after
+			// outages), in whole seconds: many share a time.
+			m.Received = from.Add(time.Duration(rng.IntN(40*60)) * time.Second)
+			msgs = append(msgs, m)
 			keys = append(keys, storage.AlertKey{Site: d[0], Device: d[1], AlertID: id})
 		}
 		if _, err := s.Apply(c, msgs); err != nil {
@@ -94,7 +98,7 @@ func alertListings(t *testing.T, s storage.Store) {
 				all = append(all, a)
 			}
 		}
-		slices.SortFunc(all, func(a, b storage.Alert) int { return storage.CompareListed(storage.CursorOf(a), storage.CursorOf(b)) })
+		slices.SortFunc(all, f.Compare)
 		all = all[min(f.Offset, len(all)):]
 		all = all[:min(cmp.Or(f.Limit, storage.DefaultAlertLimit), len(all))]
 		var out []storage.AlertKey
@@ -105,7 +109,9 @@ func alertListings(t *testing.T, s storage.Store) {
 	}
 	check := func(stage string) {
 		t.Helper()
-		mid := storage.AlertCursor{Raised: T0.Add(20 * time.Minute), Key: storage.AlertKey{Site: "paris-01", Device: "atm-1", AlertID: "a-5"}}
+		mid := storage.AlertCursor{Order: storage.ByRaised, At: T0.Add(20 * time.Minute), Key: storage.AlertKey{Site: "paris-01", Device: "atm-1", AlertID: "a-5"}}
+		midv := storage.AlertCursor{Order: storage.ByReceived, At: T0.Add(20 * time.Minute), Key: storage.AlertKey{Site: "paris-01", Device: "atm-1", AlertID: "a-5"}}
+		v := storage.ByReceived
 		for _, f := range []storage.AlertFilter{
 			{}, {Active: true}, {State: storage.AlertOpen}, {State: storage.AlertAcknowledged}, {State: storage.AlertResolved},
 			{Site: "paris-01"}, {Site: "paris-01", Active: true}, {Site: "paris-01", Device: "atm-1"},
@@ -113,6 +119,9 @@ func alertListings(t *testing.T, s storage.Store) {
 			{Since: T0.Add(25 * time.Minute)}, {Since: T0.Add(25 * time.Minute), Active: true},
 			{Limit: 5, Offset: 7}, {After: &mid}, {After: &mid, Limit: 4}, {After: &mid, Active: true, Site: "paris-01"},
 			{After: &mid, Site: "paris-01", Device: "atm-10"}, {After: &mid, Since: T0.Add(5 * time.Minute), Offset: 2},
+			{Order: v}, {Order: v, Limit: 9}, {Order: v, After: &midv}, {Order: v, After: &midv, Limit: 5, Active: true},
+			{Order: v, ReceivedSince: T0.Add(30 * time.Minute)}, {Order: v, ReceivedSince: T0.Add(10 * time.Minute), After: &midv},
+			{Order: v, Site: "paris-01", Device: "atm-1", After: &midv}, {ReceivedSince: T0.Add(30 * time.Minute)},
 		} {
 			got, err := s.Alerts(c, f)
 			if err != nil {
@@ -196,7 +205,7 @@ func alertListings(t *testing.T, s storage.Store) {
 		if len(got) < 7 {
 			break
 		}
-		cur := storage.CursorOf(got[len(got)-1])
+		cur := storage.AlertFilter{}.CursorOf(got[len(got)-1])
 		after = &cur
 		if page < 4 {
 			raise(3, T0.Add(-time.Hour)) // older than every listed alert: comes in later pages
@@ -217,6 +226,45 @@ func alertListings(t *testing.T, s storage.Store) {
 		t.Errorf("cursor paging listed %d alerts, want the %d before and the 12 older raised while paging: %d", len(order), len(first), len(w)-12)
 	}
 	check("paged")
+
+	// Polling in receipt order: each poll lists what came after the last
+	// alert of the one before; alerts that arrive between polls, with any
+	// raised time, are each listed once.
+	polled := map[storage.AlertKey]int{}
+	var last *storage.AlertCursor
+	for poll := range 12 {
+		f := storage.AlertFilter{Order: storage.ByReceived, Limit: 10, After: last}
+		got, err := s.Alerts(c, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range got {
+			polled[a.AlertKey]++
+		}
+		if len(got) > 0 {
+			cur := f.CursorOf(got[len(got)-1])
+			last = &cur
+		}
+		if poll < 3 {
+			// Received after everything so far, raised long before.
+			var msgs []storage.Message
+			for i := range 4 {
+				m := Alert("lyon-07", "atm-2", uint64(5000+10*poll+i), T0.Add(-48*time.Hour), fmt.Sprintf("late-%d-%d", poll, i), "p-1", 6)
+				m.Received = T0.Add(50*time.Hour + time.Duration(poll)*time.Minute)
+				msgs = append(msgs, m)
+				keys = append(keys, storage.AlertKey{Site: "lyon-07", Device: "atm-2", AlertID: m.Alert.AlertID})
+			}
+			if _, err := s.Apply(c, msgs); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, k := range keys {
+		if polled[k] != 1 {
+			t.Errorf("polling in receipt order listed %s %d times, want once", k, polled[k])
+		}
+	}
+	check("polled")
 }
 
 // A revoked session stays revoked until its expiry; Prune then removes the
