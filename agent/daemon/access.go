@@ -144,16 +144,16 @@ func checkWritableFolder(key, p, dir, what, keep, doc string) error {
 	}
 }
 
-// checkReadWriteFile refuses an existing file this process cannot open
-// for reading and writing (a store restored from a backup as root:root
-// 0600). A missing file passes: run creates it. fix says what to do, given
-// the chown owner ("atm-agent:atm-agent").
-func checkReadWriteFile(key, p, keep, doc string, fix func(owner string) string) error {
+// checkFileAccess refuses an existing file this process cannot open for
+// mode (accessR, or accessR|accessW): a store restored from a backup as
+// root:root 0600. A missing file passes: run creates it. fix says what to
+// do, given the chown owner ("atm-agent:atm-agent").
+func checkFileAccess(key, p string, mode uint32, keep, doc string, fix func(owner string) string) error {
 	fi, err := os.Stat(p)
 	if err != nil {
 		return nil // missing (run creates it), or refused elsewhere
 	}
-	err = access(p, accessR|accessW)
+	err = access(p, mode)
 	switch {
 	case err == nil:
 		return nil
@@ -161,11 +161,19 @@ func checkReadWriteFile(key, p, keep, doc string, fix func(owner string) string)
 		return fmt.Errorf("%s %s is on a read-only file system for this process: %s", key, p, roHint(filepath.Dir(p), keep, doc))
 	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
 		label, name, group := processUser()
-		return fmt.Errorf("%s %s exists and is not readable and writable by this process, user %s; it is %s, mode %04o: permission denied (a file restored from a backup as root?): %s",
-			key, p, label, statOwner(fi), fi.Mode().Perm(), fix(name+":"+group))
+		return fmt.Errorf("%s %s exists and is not %s by this process, user %s; it is %s, mode %04o: permission denied (a file restored from a backup as root?): %s",
+			key, p, modeWords(mode), label, statOwner(fi), fi.Mode().Perm(), fix(name+":"+group))
 	default:
 		return fmt.Errorf("%s %s: %w", key, p, err)
 	}
+}
+
+// modeWords says what an access(2) mode asks of a file, for messages.
+func modeWords(mode uint32) string {
+	if mode&accessW != 0 {
+		return "readable and writable"
+	}
+	return "readable"
 }
 
 // ownerString is "user:group" by name where known, else by number.
@@ -207,7 +215,7 @@ func (c Config) checkStoreAccess() error {
 	if err := checkWritableFolder("store.path", p, dir, what, keep, doc); err != nil {
 		return err
 	}
-	return checkReadWriteFile("store.path", p, keep, doc, func(owner string) string {
+	return checkFileAccess("store.path", p, accessR|accessW, keep, doc, func(owner string) string {
 		return "give it to that user: chown " + owner + " " + p
 	})
 }
@@ -226,9 +234,43 @@ func checkSocketAccess(sock string) error {
 		return err
 	}
 	lock := sock + ".lock"
-	return checkReadWriteFile("trigger.http.socket", lock, keep, doc, func(owner string) string {
+	return checkFileAccess("trigger.http.socket", lock, accessR|accessW, keep, doc, func(owner string) string {
 		return "give it to that user (chown " + owner + " " + lock + ") or remove it with the agent stopped"
 	})
+}
+
+// checkSeenFileAccess refuses a mqtt.commands.seen_file run could not
+// keep: run reads it at start and records every accepted command's id by
+// writing a copy beside it and renaming that over it, so its folder must
+// exist and be writable and an existing file readable. Unchecked, a
+// seen_file in a folder the unit leaves read-only let the agent start and
+// then refused every signed command as unavailable. A missing
+// /var/lib/atm-agent passes, as for the store.
+func (c Config) checkSeenFileAccess() error {
+	p := c.seenFile()
+	if p == "" {
+		return nil
+	}
+	dir := filepath.Dir(p)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) && filepath.Clean(dir) == unitStateDir {
+		return nil
+	}
+	what := "run records each accepted command's id there, through a copy beside it (" + filepath.Base(p) + ".tmp-*) renamed over it"
+	keep, doc := "leave mqtt.commands.seen_file empty (commands-seen.json beside the store)", `docs/operations.md, "Moving the store"`
+	if err := checkWritableFolder("mqtt.commands.seen_file", p, dir, what, keep, doc); err != nil {
+		return err
+	}
+	return checkFileAccess("mqtt.commands.seen_file", p, accessR, keep, doc, func(owner string) string {
+		return "give it to that user: chown " + owner + " " + p
+	})
+}
+
+// seenFile is the seen_file run keeps, "" when commands are off.
+func (c Config) seenFile() string {
+	if !c.MQTT.Enabled || !c.MQTT.Commands.Enabled {
+		return ""
+	}
+	return c.MQTT.Commands.SeenFile
 }
 
 // rootWarnings: run by root, `config check` passes every permission check
@@ -256,17 +298,28 @@ func (c Config) rootWarnings() []string {
 	if uerr == nil && c.Store.Path != "" {
 		w = append(w, storeRootWarnings(c.Store.Path, unitStateDir, u)...)
 	}
+	if p := c.seenFile(); uerr == nil && p != "" {
+		// Its folder, when the store's, is warned about above.
+		w = append(w, rootPathWarnings("mqtt.commands.seen_file", p, filepath.Dir(p), filepath.Dir(p) != storeFolder(c.Store.Path), accessR, unitStateDir, u)...)
+	}
 	return w
 }
 
 // storeRootWarnings: a store under /var/lib/atm-agent that the unit's user
 // u cannot read and write by owner and mode, or a subfolder of it that user
-// cannot write. systemd chowns /var/lib/atm-agent to the unit's user at
-// every start (StateDirectory=), and everything in it as well when the
-// folder itself was not that user's: only under a folder that already is
-// that user's does a file of another owner stay so and fail run.
+// cannot write.
 func storeRootWarnings(p, stateDir string, u *user.User) []string {
-	dir := storeFolder(p)
+	return rootPathWarnings("store.path", p, storeFolder(p), true, accessR|accessW, stateDir, u)
+}
+
+// rootPathWarnings: a file p (setting key) in folder dir under stateDir
+// that the unit's user u cannot open for mode by owner and mode bits, or,
+// with checkDir, a subfolder dir of stateDir that user cannot write.
+// systemd chowns /var/lib/atm-agent to the unit's user at every start
+// (StateDirectory=), and everything in it as well when the folder itself
+// was not that user's: only under a folder that already is that user's
+// does a file of another owner stay so and fail run.
+func rootPathWarnings(key, p, dir string, checkDir bool, mode uint32, stateDir string, u *user.User) []string {
 	if !under(dir, stateDir) {
 		return nil
 	}
@@ -281,13 +334,13 @@ func storeRootWarnings(p, stateDir string, u *user.User) []string {
 	gids := userGids(u)
 	owner := u.Username + ":" + groupName(atoi(u.Gid), u.Gid)
 	var w []string
-	if fi, err := os.Stat(dir); err == nil && dir != stateDir && !permits(fi, uid, gids, accessW|accessX) {
-		w = append(w, fmt.Sprintf("store.path %s: its folder %s (owner %s, mode %04o) is not writable by %s, the user the unit runs the agent as, by its owner and mode: run fails under the unit: chown %s %s (checked as root, who may write any folder)",
-			p, dir, statOwner(fi), fi.Mode().Perm(), u.Username, owner, dir))
+	if fi, err := os.Stat(dir); err == nil && checkDir && dir != stateDir && !permits(fi, uid, gids, accessW|accessX) {
+		w = append(w, fmt.Sprintf("%s %s: its folder %s (owner %s, mode %04o) is not writable by %s, the user the unit runs the agent as, by its owner and mode: run fails under the unit: chown %s %s (checked as root, who may write any folder)",
+			key, p, dir, statOwner(fi), fi.Mode().Perm(), u.Username, owner, dir))
 	}
-	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && !permits(fi, uid, gids, accessR|accessW) {
-		w = append(w, fmt.Sprintf("store.path %s (owner %s, mode %04o) is not readable and writable by %s, the user the unit runs the agent as, by its owner and mode (a file restored from a backup as root?): run fails under the unit: chown %s %s (checked as root, who may open any file)",
-			p, statOwner(fi), fi.Mode().Perm(), u.Username, owner, p))
+	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && !permits(fi, uid, gids, mode) {
+		w = append(w, fmt.Sprintf("%s %s (owner %s, mode %04o) is not %s by %s, the user the unit runs the agent as, by its owner and mode (a file restored from a backup as root?): run fails under the unit: chown %s %s (checked as root, who may open any file)",
+			key, p, statOwner(fi), fi.Mode().Perm(), modeWords(mode), u.Username, owner, p))
 	}
 	return w
 }

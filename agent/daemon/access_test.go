@@ -166,6 +166,96 @@ func TestCheckFilesStoreAndSocketAccess(t *testing.T) {
 	})
 }
 
+// mqttCommandsYAML turns on MQTT commands with seen_file (left out when
+// ""), for the seen_file checks.
+func mqttCommandsYAML(seen string) string {
+	s := "mqtt:\n  enabled: true\n  brokers: [tcp://127.0.0.1:1883]\n  commands:\n    enabled: true\n" +
+		"    public_keys: [{name: central, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]\n"
+	if seen != "" {
+		s += "    seen_file: \"" + seen + "\"\n"
+	}
+	return s
+}
+
+// A custom mqtt.commands.seen_file is checked as the store is: run reads it
+// at start and records each accepted command's id through a copy renamed
+// over it, so its folder must exist and be writable and an existing file
+// readable. Before, `config check` passed a seen_file in a folder the
+// unit leaves read-only, run started, and every signed command was then
+// refused as unavailable. Faked access(2) here; TestCheckFilesAsNonRoot and
+// TestCheckFilesReadOnlyMount meet the same for real.
+func TestCheckFilesSeenFileAccess(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	cmds := filepath.Join(dir, "cmd seen") // a space: the drop-in line quotes it
+	for _, d := range []string{data, cmds} {
+		os.Mkdir(d, 0o700)
+	}
+	seen := filepath.Join(cmds, "seen.json")
+	cfg := func(seen string) string {
+		return "device: {id: a, site: b}\nmodels: {dir: " + dir + "/nomodels}\nstore: {path: " + data + "/agent.db}\n" + mqttCommandsYAML(seen)
+	}
+	const key = "mqtt.commands.seen_file "
+
+	t.Run("writable folder passes", func(t *testing.T) {
+		if err := checkFilesOf(t, cfg(seen)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("read-only folder (ProtectSystem=strict)", func(t *testing.T) {
+		fakeAccess(t, map[string]error{cmds: syscall.EROFS})
+		wantAll(t, checkFilesOf(t, cfg(seen)), key+seen, "its folder "+cmds, "read-only file system", "seen.json.tmp-*",
+			"ProtectSystem=strict", "leave mqtt.commands.seen_file empty", "systemctl edit atm-agent", `docs/operations.md, "Moving the store"`,
+			"[Service]\n    ReadWritePaths=\""+cmds+"\"\n", "systemctl restart atm-agent")
+	})
+	t.Run("folder not writable by the user", func(t *testing.T) {
+		fakeAccess(t, map[string]error{cmds: syscall.EACCES})
+		label, name, group := processUser()
+		wantAll(t, checkFilesOf(t, cfg(seen)), key+seen, "its folder "+cmds, "not writable by this process, user "+label,
+			"permission denied", "chown "+name+":"+group+" "+cmds)
+	})
+	t.Run("missing folder", func(t *testing.T) {
+		missing := filepath.Join(dir, "sub", "seen.json")
+		_, name, group := processUser()
+		wantAll(t, checkFilesOf(t, cfg(missing)), key+missing, "its folder "+filepath.Join(dir, "sub")+" does not exist",
+			"install -d -m 0700 -o "+name+" -g "+group+" "+filepath.Join(dir, "sub"), "also needs a drop-in with ReadWritePaths="+filepath.Join(dir, "sub"))
+	})
+	t.Run("existing file not readable", func(t *testing.T) {
+		if err := os.WriteFile(seen, []byte(`{"version":1,"ids":{}}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(seen)
+		fakeAccess(t, map[string]error{seen: syscall.EACCES})
+		_, name, group := processUser()
+		err := checkFilesOf(t, cfg(seen))
+		wantAll(t, err, key+seen+" exists and is not readable by this process", "mode 0600", "permission denied", "chown "+name+":"+group+" "+seen)
+		if strings.Contains(err.Error(), "readable and writable") {
+			t.Errorf("a seen_file is replaced by rename, never written in place: %v", err)
+		}
+	})
+	t.Run("the default, beside the store, is the store's folder", func(t *testing.T) {
+		if err := checkFilesOf(t, cfg("")); err != nil {
+			t.Fatal(err)
+		}
+		fakeAccess(t, map[string]error{data: syscall.EROFS})
+		wantAll(t, checkFilesOf(t, cfg("")), "store.path "+data+"/agent.db", "its folder "+data)
+	})
+	t.Run("commands off: not checked", func(t *testing.T) {
+		y := strings.Replace(cfg(filepath.Join(dir, "sub", "seen.json")), "  commands:\n    enabled: true\n", "  commands:\n    enabled: false\n", 1)
+		if err := checkFilesOf(t, y); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("the unit's state folder missing passes", func(t *testing.T) {
+		if _, err := os.Stat(unitStateDir); err == nil {
+			t.Skipf("%s exists here", unitStateDir)
+		}
+		if err := checkFilesOf(t, cfg(unitStateDir+"/seen.json")); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
 // Run by root, permissions pass, so `config check` says what it can tell
 // about the unit's user without claiming more: a socket_group that user is
 // not in (checked in the group database, plus the unit's
@@ -260,6 +350,22 @@ func TestRootWarnsStoreTheUnitUserCannotOpen(t *testing.T) {
 	}
 	if w := storeRootWarnings(filepath.Join(t.TempDir(), "agent.db"), state, nobody); len(w) != 0 {
 		t.Errorf("store outside the state folder: warned %q", w)
+	}
+	// A seen_file there: read by run, so readable is enough.
+	seen := filepath.Join(state, "commands-seen.json")
+	os.WriteFile(seen, nil, 0o600) // root:root 0600
+	w = strings.Join(rootPathWarnings("mqtt.commands.seen_file", seen, state, true, accessR, state, nobody), "\n")
+	for _, s := range []string{"mqtt.commands.seen_file " + seen, "mode 0600", "is not readable by " + nobody.Username, "chown " + nobody.Username + ":"} {
+		if !strings.Contains(w, s) {
+			t.Errorf("seen_file warning lacks %q: %q", s, w)
+		}
+	}
+	os.Chmod(seen, 0o644)
+	if w := rootPathWarnings("mqtt.commands.seen_file", seen, state, true, accessR, state, nobody); len(w) != 0 {
+		t.Errorf("seen_file readable by the user: warned %q", w)
+	}
+	if w := strings.Join(rootPathWarnings("mqtt.commands.seen_file", filepath.Join(sub, "s.json"), sub, true, accessR, state, nobody), "\n"); !strings.Contains(w, "mqtt.commands.seen_file "+filepath.Join(sub, "s.json")+": its folder "+sub) {
+		t.Errorf("seen_file subfolder not the user's: %q", w)
 	}
 }
 
@@ -367,6 +473,11 @@ func checkAsNonRoot(t *testing.T, dir string) {
 	if err := checkFilesOf(t, cfg(ok+"/agent.db", sock(ok+"/t.sock", ""))); err != nil {
 		t.Errorf("the user's own folders: %v", err)
 	}
+	wantAll(t, checkFilesOf(t, cfg(ok+"/agent.db", mqttCommandsYAML(ro+"/seen.json"))), "mqtt.commands.seen_file "+ro+"/seen.json", "its folder "+ro+" is not writable by this process", "chown "+name+":"+group+" "+ro)
+	wantAll(t, checkFilesOf(t, cfg(ok+"/agent.db", mqttCommandsYAML(rw+"/agent.db"))), "mqtt.commands.seen_file "+rw+"/agent.db exists and is not readable by this process")
+	if err := checkFilesOf(t, cfg(ok+"/agent.db", mqttCommandsYAML(ok+"/seen.json"))); err != nil {
+		t.Errorf("a seen_file in the user's own folder: %v", err)
+	}
 	// A group it is not in: root's (gid 0), unless it is in it.
 	groups, _ := os.Getgroups()
 	if os.Getegid() != 0 && !slices.Contains(groups, 0) {
@@ -394,6 +505,9 @@ func TestCheckFilesReadOnlyMount(t *testing.T) {
 		}
 		y := "device: {id: a, site: b}\nmodels: {dir: " + d + "/nomodels}\nstore: {path: " + d + "/agent.db}\n"
 		wantAll(t, checkFilesOf(t, y), "store.path "+d+"/agent.db", "read-only file system", "ReadWritePaths="+d+"\n")
+		// A seen_file there, the store in a writable folder.
+		y = "device: {id: a, site: b}\nmodels: {dir: " + d + "/nomodels}\nstore: {path: " + os.Getenv("ATM_DAEMON_TEST_RWDIR") + "/agent.db}\n" + mqttCommandsYAML(d+"/seen.json")
+		wantAll(t, checkFilesOf(t, y), "mqtt.commands.seen_file "+d+"/seen.json", "read-only file system", "ReadWritePaths="+d+"\n")
 		return
 	}
 	if os.Geteuid() != 0 {
@@ -401,7 +515,7 @@ func TestCheckFilesReadOnlyMount(t *testing.T) {
 	}
 	d := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCheckFilesReadOnlyMount$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), "ATM_DAEMON_TEST_ROMOUNT="+d)
+	cmd.Env = append(os.Environ(), "ATM_DAEMON_TEST_ROMOUNT="+d, "ATM_DAEMON_TEST_RWDIR="+t.TempDir())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS} // Go makes / private first
 	out, err := cmd.CombinedOutput()
 	switch {

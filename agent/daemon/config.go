@@ -324,7 +324,7 @@ func (c Config) relativePathWarnings() []string {
 // read at start (the store key, the MQTT command public keys, the tokens,
 // the models' manifest) and checks the paths it would open (the store file
 // and its folder; the trigger socket's length, folder, what is at it
-// already and its group), so that `config check`, the unit's ExecStartPre,
+// already and its group; the MQTT commands' seen_file and its folder), so that `config check`, the unit's ExecStartPre,
 // refuses what `run` would refuse. The unit runs it as the agent's user in
 // the agent's sandbox, so access(2) there answers for run: a folder
 // ProtectSystem=strict leaves read-only (EROFS), one the user may not
@@ -393,6 +393,9 @@ func (c Config) CheckFiles() error {
 	}
 	if c.MQTT.Enabled && c.MQTT.Commands.Enabled {
 		if _, err := c.MQTT.Commands.LoadKeys(); err != nil {
+			return err
+		}
+		if err := c.checkSeenFileAccess(); err != nil {
 			return err
 		}
 	}
