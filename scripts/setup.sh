@@ -14,7 +14,9 @@ cd "$(dirname "$0")/.."
 # under the unit's filter with it and with the reference BLAS
 # (internal/e2e/seccomp_test.go, blasProviders). Installing it makes it the
 # machine's default libblas.so.3 (Debian's alternatives), as on such a kiosk.
-APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto systemd postgresql chromium prometheus libopenblas0-pthread)
+# mosquitto-clients: mosquitto_pub floods the command topic from a process of
+# its own (sync/mqttsync, TestMosquittoForgedCommandFlood).
+APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto mosquitto-clients systemd postgresql chromium prometheus libopenblas0-pthread)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -195,6 +195,9 @@ func (d *Daemon) registerMetrics() {
 				}
 				return float64(n)
 			})
+			m.counter("atm_agent_mqtt_commands_throttled_total", "Of the refused commands, those dropped without a signature check while forged ones came faster than the budget of failed checks (docs/mqtt.md).", func() float64 {
+				return float64(pub.Stats().CommandsThrottled)
+			})
 		}
 	}
 	eng := d.eng

@@ -12,6 +12,7 @@ import (
 
 	"github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/internal/testenv"
+	"github.com/periocular/atm-agent/sync/mqttsync"
 )
 
 // scrapeDaemon runs the daemon (real models and store, a fake camera
@@ -33,6 +34,8 @@ func scrapeDaemon(t *testing.T) []byte {
 	// MQTT on (its metrics registered) towards a port nobody listens on.
 	cfg.MQTT.Enabled = true
 	cfg.MQTT.Brokers = []string{"tcp://" + cfg.Metrics.Listen}
+	cfg.MQTT.Commands.Enabled = true // the test-only key (docs/mqtt.md): never configure it
+	cfg.MQTT.Commands.PublicKeys = []mqttsync.CommandKey{{Name: "test", Key: "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="}}
 	cfg.fill()
 	var broken atomic.Bool
 	d, err := New(cfg, Options{Version: "1.2.3-test", Logger: testLog(t),
@@ -78,6 +81,9 @@ func TestMetricsEndpointReal(t *testing.T) {
 		"atm_agent_camera_abandoned 0",
 		"atm_agent_camera_open_blocked 0",
 		"atm_agent_visit_seconds_count 0",
+		"atm_agent_mqtt_commands_accepted_total 0",
+		"atm_agent_mqtt_commands_rejected_total 0",
+		"atm_agent_mqtt_commands_throttled_total 0",
 	} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("no %q in /metrics", want)

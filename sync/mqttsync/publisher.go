@@ -76,6 +76,10 @@ type Stats struct {
 	// bad_signature, invalid, wrong_device, stale, replayed, ...).
 	CommandsAccepted uint64
 	CommandsRejected map[string]uint64
+	// CommandsThrottled, of CommandsRejected, counts commands dropped
+	// without a signature check while forged ones exceeded the budget of
+	// failed checks (reason throttled).
+	CommandsThrottled uint64
 	// StatusPublished counts retained status messages published (on
 	// connect, on change, at StatusInterval, at shutdown).
 	StatusPublished uint64
@@ -346,7 +350,7 @@ func (p *Publisher) Stats() Stats {
 	defer p.mu.Unlock()
 	s := Stats{Connects: p.connects.Load(), Published: p.published.Load(), Historical: p.historical.Load(),
 		Failed: p.failed.Load(), LastAckedSeq: p.lastSeq.Load(), LastError: p.lastErr,
-		CommandsAccepted: p.cmdAccepted.Load(), CommandsRejected: maps.Clone(p.cmdRejected),
+		CommandsAccepted: p.cmdAccepted.Load(), CommandsRejected: maps.Clone(p.cmdRejected), CommandsThrottled: p.cmdRejected[rejThrottled],
 		StatusPublished: p.statusPublish.Load(), Unacked: int(p.unackedN.Load()),
 		Oversize: p.oversize.Load(), Trimmed: p.trimmed.Load()}
 	s.Connected = p.client != nil && p.client.IsConnectionOpen()

@@ -68,38 +68,68 @@ func SignCommand(priv ed25519.PrivateKey, payload []byte) ([]byte, error) {
 // OpenSignedCommand checks the size of b, decodes the envelope strictly,
 // and verifies the signature against each key in turn. It returns the
 // signed payload bytes (not yet decoded or checked: see DecodeCommand) and
-// the index of the key that verified it.
+// the index of the key that verified it. It is ParseSignedCommand, then
+// Verify.
 func OpenSignedCommand(b []byte, keys []ed25519.PublicKey) (payload []byte, key int, err error) {
+	env, err := ParseSignedCommand(b)
+	if err != nil {
+		return nil, -1, err
+	}
+	if key, err = env.Verify(keys); err != nil {
+		return nil, -1, err
+	}
+	return env.payload, key, nil
+}
+
+// ParsedSignedCommand is an envelope decoded but not yet verified.
+type ParsedSignedCommand struct {
+	payload, sig []byte
+}
+
+// ParseSignedCommand checks the size of b and decodes the envelope
+// strictly, without verifying the signature: all that costs little. The
+// signature check (Verify, an Ed25519 verification for each key) is what a
+// flood of forged commands costs; a caller can bound it between the two.
+func ParseSignedCommand(b []byte) (ParsedSignedCommand, error) {
 	if len(b) > MaxSignedCommandSize {
-		return nil, -1, fmt.Errorf("%w: %d bytes, limit %d", ErrOversize, len(b), MaxSignedCommandSize)
+		return ParsedSignedCommand{}, fmt.Errorf("%w: %d bytes, limit %d", ErrOversize, len(b), MaxSignedCommandSize)
 	}
 	var env SignedCommand
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&env); err != nil {
-		return nil, -1, fmt.Errorf("%w: want {\"schema_version\":2,\"payload\":...,\"sig\":...}: %v", ErrUnsigned, err)
+		return ParsedSignedCommand{}, fmt.Errorf("%w: want {\"schema_version\":2,\"payload\":...,\"sig\":...}: %v", ErrUnsigned, err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, -1, fmt.Errorf("%w: trailing data after object", ErrUnsigned)
+		return ParsedSignedCommand{}, fmt.Errorf("%w: trailing data after object", ErrUnsigned)
 	}
 	if env.SchemaVersion != CommandSchemaVersion || env.Sig == "" || env.Payload == "" {
-		return nil, -1, fmt.Errorf("%w: want schema_version 2 with payload and sig (got schema_version %d)", ErrUnsigned, env.SchemaVersion)
+		return ParsedSignedCommand{}, fmt.Errorf("%w: want schema_version 2 with payload and sig (got schema_version %d)", ErrUnsigned, env.SchemaVersion)
 	}
 	sig, err := base64.StdEncoding.Strict().DecodeString(env.Sig)
 	if err != nil || len(sig) != ed25519.SignatureSize {
-		return nil, -1, fmt.Errorf("%w: sig is not a base64 Ed25519 signature", ErrBadSignature)
+		return ParsedSignedCommand{}, fmt.Errorf("%w: sig is not a base64 Ed25519 signature", ErrBadSignature)
 	}
-	payload, err = base64.StdEncoding.Strict().DecodeString(env.Payload)
+	payload, err := base64.StdEncoding.Strict().DecodeString(env.Payload)
 	if err != nil {
-		return nil, -1, fmt.Errorf("%w: payload is not standard base64: %v", ErrUnsigned, err)
+		return ParsedSignedCommand{}, fmt.Errorf("%w: payload is not standard base64: %v", ErrUnsigned, err)
 	}
+	return ParsedSignedCommand{payload: payload, sig: sig}, nil
+}
+
+// Verify checks the signature against each key in turn and returns the
+// index of the key that verified it.
+func (e ParsedSignedCommand) Verify(keys []ed25519.PublicKey) (key int, err error) {
 	for i, k := range keys {
-		if len(k) == ed25519.PublicKeySize && ed25519.Verify(k, payload, sig) {
-			return payload, i, nil
+		if len(k) == ed25519.PublicKeySize && ed25519.Verify(k, e.payload, e.sig) {
+			return i, nil
 		}
 	}
-	return nil, -1, ErrBadSignature
+	return -1, ErrBadSignature
 }
+
+// Payload is the signed payload bytes; only Verify says they are signed.
+func (e ParsedSignedCommand) Payload() []byte { return e.payload }
 
 // GenerateCommandKey returns a new Ed25519 key pair for signing commands.
 func GenerateCommandKey() (ed25519.PublicKey, ed25519.PrivateKey, error) {
