@@ -14,6 +14,10 @@ import (
 	"github.com/periocular/atm-agent/models"
 )
 
+// beforeTorchRead runs between the check of a Torch file and OpenCV's read
+// of it: a test swaps the file there.
+var beforeTorchRead = func() {}
+
 // Net is one loaded network with its manifest entry. A Net is not safe for
 // concurrent use; Forward serialises callers.
 type Net struct {
@@ -45,11 +49,20 @@ func LoadNet(dir string, md *models.Model) (*Net, error) {
 			net, err = gocv.ReadNetFromCaffeBytes(proto, weights)
 		}
 	case models.FormatTorch:
-		// gocv v0.31 reads Torch files by path only: checked, then read.
-		if err := md.Check(dir); err != nil {
+		// OpenCV 4.6 reads Torch files by path only (readNet from a buffer
+		// refuses torch): the checked bytes go into a sealed in-memory
+		// file and OpenCV reads that by its /proc/self/fd path, so a file
+		// swapped after the check never reaches it.
+		var weights []byte
+		if weights, _, err = md.ReadChecked(dir); err != nil {
 			return nil, err
 		}
-		net = gocv.ReadNetFromTorch(file)
+		var sealed *models.SealedFile
+		if sealed, err = models.NewSealedFile(md.File, weights); err == nil {
+			beforeTorchRead()
+			net = gocv.ReadNetFromTorch(sealed.Path())
+			sealed.Close()
+		}
 	default:
 		err = fmt.Errorf("format %q not supported", md.Format)
 	}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/internal/testenv"
+	"github.com/periocular/atm-agent/internal/testenv/standin"
 
 	seccomp "github.com/elastic/go-seccomp-bpf"
 	"github.com/elastic/go-seccomp-bpf/arch"
@@ -544,6 +545,42 @@ func visitReq(base, token string) *http.Request {
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+token)
 	return req
+}
+
+// A Torch model (the OpenFace stand-in) is loaded from the checked bytes
+// in a sealed memfd (models.SealedFile): `models verify`, whose test
+// forward runs LoadNet in a child `models probe`, passes under the unit's
+// own filter, which allows memfd_create (in @system-service's @ipc) and
+// fcntl. Without memfd_create in the list, the same verify fails for the
+// Torch model alone: the test does reach the call.
+func TestSeccompTorchModel(t *testing.T) {
+	skipShort(t)
+	f := unitFilterFrom(t, "")
+	allow := f.names()
+	for _, c := range []string{"memfd_create", "fcntl"} {
+		if !f.allow[c] {
+			t.Errorf("the unit's filter refuses %s, which loading a Torch model needs", c)
+		}
+	}
+	dir := t.TempDir()
+	if _, err := standin.WriteModelsDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	verify := func(allow []string) (string, error) {
+		out, err := seccompCmd(t, allow, agentBin, "models", "verify", "--dir", dir).CombinedOutput()
+		return string(out), err
+	}
+	out, err := verify(allow)
+	if err != nil {
+		t.Fatalf("models verify of the stand-ins under the unit's filter: %v\n%s", err, out)
+	}
+	t.Logf("under the unit's filter:\n%s", strings.TrimSpace(out))
+	without := slices.DeleteFunc(slices.Clone(allow), func(c string) bool { return c == "memfd_create" })
+	out, err = verify(without)
+	if err == nil || !strings.Contains(out, standin.OpenFaceName+"  ") || strings.Count(out, "FAIL") != 1 || !strings.Contains(out, "killed by the system call filter") {
+		t.Errorf("without memfd_create: %v, want the Torch model alone to fail\n%s", err, out)
+	}
+	t.Logf("without memfd_create:\n%s", strings.TrimSpace(out))
 }
 
 // TestSeccompUnitFilter runs `config check` and a replayed `run` of every

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/internal/cli"
@@ -86,6 +87,11 @@ func probeChild(ctx context.Context, self, dir string, md *models.Model) error {
 	msg := strings.TrimSpace(string(out))
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ProcessState != nil && !ee.Exited() {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGSYS {
+			// Not the file: a seccomp filter (a unit's SystemCallFilter=)
+			// refused a system call the load makes.
+			return fmt.Errorf("loading the model was killed by the system call filter (%s): a call it makes is not allowed (a Torch model needs memfd_create)", ee.ProcessState)
+		}
 		return fmt.Errorf("OpenCV aborted loading the model (%s): the file is not a valid %s model%s", ee.ProcessState, md.Format, openCVWhat(msg))
 	}
 	// OpenCV's importers throw C++ exceptions that nothing catches: the
