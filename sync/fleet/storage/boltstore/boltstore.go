@@ -33,7 +33,7 @@ var (
 	bRevoked  = []byte("revoked_sessions") // storage.SessionHash(id) -> session expiry, unix seconds (8 bytes)
 	bMeta     = []byte("meta")
 	// The alert indexes, kept in the transactions that write alerts.
-	bActive = []byte("alerts_active") // site\0device\0alert_id -> "": every alert not resolved
+	bActive   = []byte("alerts_active")   // site\0device\0alert_id -> "": every alert not resolved
 	bRaised   = []byte("alerts_raised")   // raised (8 bytes, newest first) site\0device\0alert_id -> ""
 	bReceived = []byte("alerts_received") // received (8 bytes, oldest first) site\0device\0alert_id -> ""
 	buckets   = [][]byte{bDevices, bMessages, bAlerts, bSummary, bIdent, bAudit, bRejects, bRevoked, bMeta, bActive, bRaised, bReceived}
