@@ -372,6 +372,20 @@ func (a Action) Validate() error {
 }
 
 // Allowed reports whether action may be applied to an alert in state s.
+// Repeated reports whether the alert is already where this action by this
+// user took it: a client's retry after a lost answer. The stores answer it
+// with the alert as it is, recording nothing (the action is idempotent per
+// user); the same action by another user is ErrState.
+func Repeated(act Action, a Alert) bool {
+	switch act.Action {
+	case ActionAck:
+		return a.State == AlertAcknowledged && a.AckBy == act.User
+	case ActionResolve:
+		return a.State == AlertResolved && a.ResolvedBy == act.User
+	}
+	return false
+}
+
 func Allowed(action string, s AlertState) bool {
 	switch action {
 	case ActionAck:

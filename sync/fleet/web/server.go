@@ -284,7 +284,7 @@ func (s *Server) knownHost(h http.Handler) http.Handler {
 		host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
 		if _, err := netip.ParseAddr(host); err != nil && !ok[host] {
 			s.log.Warn("fleet web: request for an unknown host refused", "host", r.Host, "remote", r.RemoteAddr, "path", r.URL.Path)
-			http.Error(w, fmt.Sprintf("this service does not answer to %q: add the name to web.hosts", r.Host), http.StatusMisdirectedRequest)
+			httpError(w, r, fmt.Sprintf("this service does not answer to %q: add the name to web.hosts", r.Host), http.StatusMisdirectedRequest)
 			return
 		}
 		h.ServeHTTP(w, r)
@@ -324,18 +324,18 @@ func (s *Server) auth(role string, h http.HandlerFunc) http.HandlerFunc {
 				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 				return
 			}
-			http.Error(w, "authentication required", http.StatusUnauthorized)
+			httpError(w, r, "authentication required", http.StatusUnauthorized)
 			return
 		}
 		if role == RoleAdmin && u.Role != RoleAdmin {
-			http.Error(w, "forbidden: admin role required", http.StatusForbidden)
+			httpError(w, r, "forbidden: admin role required", http.StatusForbidden)
 			return
 		}
 		if r.Method == http.MethodPost {
 			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 			if !sameOrigin(r) || !s.checkCSRF(r, sess) {
 				s.log.Warn("fleet web: POST refused: missing or wrong CSRF token", "user", u.Name, "path", r.URL.Path, "remote", r.RemoteAddr)
-				http.Error(w, "forbidden: missing or invalid CSRF token", http.StatusForbidden)
+				httpError(w, r, "forbidden: missing or invalid CSRF token", http.StatusForbidden)
 				return
 			}
 		}
@@ -374,16 +374,44 @@ func (s *Server) render(w http.ResponseWriter, r *http.Request, page string, dat
 	_, _ = w.Write([]byte(b.String()))
 }
 
+// errBadRequest marks an error as the client's (400).
+var errBadRequest = errors.New("bad request")
+
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	code, msg := http.StatusInternalServerError, "internal error (logged)"
 	switch {
+	case errors.Is(err, errBadRequest):
+		code, msg = http.StatusBadRequest, strings.TrimPrefix(err.Error(), errBadRequest.Error()+": ")
 	case errors.Is(err, storage.ErrNotFound):
-		http.Error(w, err.Error(), http.StatusNotFound)
+		code, msg = http.StatusNotFound, err.Error()
 	case errors.Is(err, storage.ErrState):
-		http.Error(w, err.Error(), http.StatusConflict)
+		code, msg = http.StatusConflict, err.Error()
 	default:
 		s.log.Error("fleet web", "path", r.URL.Path, "err", err)
-		http.Error(w, "internal error (logged)", http.StatusInternalServerError)
 	}
+	httpError(w, r, msg, code)
+}
+
+// httpError answers an error: as JSON ({"error": ...}) under /api/, as
+// plain text elsewhere.
+func httpError(w http.ResponseWriter, r *http.Request, msg string, code int) {
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		writeAPIError(w, code, msg, nil)
+		return
+	}
+	http.Error(w, msg, code)
+}
+
+// writeAPIError answers an API request's error as JSON: {"error": ...},
+// with the alert as it stands for a conflict.
+func writeAPIError(w http.ResponseWriter, code int, msg string, alert *APIAlert) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(struct {
+		Error string    `json:"error"`
+		Alert *APIAlert `json:"alert,omitempty"`
+	}{msg, alert})
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
@@ -430,7 +458,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
 	c, err := r.Cookie(loginCookie)
 	if err != nil || !sameOrigin(r) || c.Value == "" || r.PostFormValue("csrf") != c.Value {
-		http.Error(w, "forbidden: missing or invalid CSRF token (reload the sign-in page)", http.StatusForbidden)
+		httpError(w, r, "forbidden: missing or invalid CSRF token (reload the sign-in page)", http.StatusForbidden)
 		return
 	}
 	next := safeNext(r.PostFormValue("next"))
@@ -439,7 +467,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		secs := int((wait + time.Second - 1) / time.Second)
 		s.log.Warn("fleet web: sign-in throttled", "user", name, "remote", r.RemoteAddr, "wait", wait)
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		http.Error(w, fmt.Sprintf("too many failed sign-ins: try again in %d s", secs), http.StatusTooManyRequests)
+		httpError(w, r, fmt.Sprintf("too many failed sign-ins: try again in %d s", secs), http.StatusTooManyRequests)
 		return
 	}
 	u, ok := s.users.Check(name, r.PostFormValue("password"))
@@ -772,7 +800,7 @@ func (s *Server) alertsPage(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) alertsCSV(w http.ResponseWriter, r *http.Request) {
 	if _, err := hoursOf(r.URL.Query().Get("hours")); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		httpError(w, r, err.Error(), http.StatusBadRequest)
 		return
 	}
 	f, _ := filterOf(r.URL.Query(), s.now())
@@ -826,14 +854,28 @@ func csvSafe(s string) string {
 func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 	p := who(r)
 	var in struct {
-		Action, Site, Device, Alert, Note, Next string
+		Action string `json:"action"`
+		Site   string `json:"site"`
+		Device string `json:"device"`
+		Alert  string `json:"alert"`
+		// AlertID: the name the alert answers carry it under.
+		AlertID string `json:"alert_id"`
+		Note    string `json:"note"`
+		Next    string `json:"-"`
 	}
 	api := strings.HasPrefix(r.URL.Path, "/api/")
 	if api {
-		if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
-			http.Error(w, "bad JSON: "+err.Error(), http.StatusBadRequest)
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&in); err != nil {
+			s.fail(w, r, fmt.Errorf("%w: bad JSON: %w", errBadRequest, err))
 			return
 		}
+		if in.Alert != "" && in.AlertID != "" && in.Alert != in.AlertID {
+			s.fail(w, r, fmt.Errorf("%w: alert %q and alert_id %q differ: give one", errBadRequest, in.Alert, in.AlertID))
+			return
+		}
+		in.Alert = cmp.Or(in.Alert, in.AlertID)
 	} else {
 		in.Action, in.Site, in.Device, in.Alert = r.PostFormValue("action"), r.PostFormValue("site"), r.PostFormValue("device"), r.PostFormValue("alert")
 		in.Note, in.Next = strings.TrimSpace(r.PostFormValue("note")), r.PostFormValue("next")
@@ -841,10 +883,20 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 	act := storage.Action{Key: storage.AlertKey{Site: in.Site, Device: in.Device, AlertID: in.Alert}, Action: in.Action,
 		User: p.User.Name, Role: p.User.Role, Note: in.Note, Remote: r.RemoteAddr, At: s.now().UTC()}
 	if err := act.Validate(); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		s.fail(w, r, fmt.Errorf("%w: %w", errBadRequest, err))
 		return
 	}
 	a, err := s.store.Act(r.Context(), act)
+	if errors.Is(err, storage.ErrState) && api {
+		// Who got there first, and how the alert stands: the client need
+		// not parse the message to tell its own retry (answered 200) from
+		// another analyst's action.
+		if cur, gerr := s.store.Alert(r.Context(), act.Key); gerr == nil {
+			ca := alertAPI(cur)
+			writeAPIError(w, http.StatusConflict, err.Error(), &ca)
+			return
+		}
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -901,7 +953,7 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) identityPage(w http.ResponseWriter, r *http.Request) {
 	site, dev, id := r.PathValue("site"), r.PathValue("device"), r.PathValue("id")
 	if err := wire.ValidateID(id, 128); err != nil {
-		http.Error(w, "identity id: "+err.Error(), http.StatusBadRequest)
+		httpError(w, r, "identity id: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	if _, err := s.store.Device(r.Context(), site, dev); err != nil {
@@ -947,7 +999,7 @@ func (s *Server) identityPage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
-		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		httpError(w, r, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
 	ch, cancel := s.store.Subscribe()
@@ -1013,7 +1065,7 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
 	if s.d.Retention.History <= 0 || s.d.Retention.Alerts <= 0 {
-		http.Error(w, "retention not configured", http.StatusBadRequest)
+		httpError(w, r, "retention not configured", http.StatusBadRequest)
 		return
 	}
 	st, err := s.store.Prune(r.Context(), s.now(), s.d.Retention)
@@ -1034,7 +1086,7 @@ type backuper interface {
 func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.store.(backuper)
 	if !ok {
-		http.Error(w, "this store is backed up with its own tools (PostgreSQL: pg_dump)", http.StatusNotImplemented)
+		httpError(w, r, "this store is backed up with its own tools (PostgreSQL: pg_dump)", http.StatusNotImplemented)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -1140,7 +1192,7 @@ func (s *Server) apiDevices(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > DevicesPageMax {
-			http.Error(w, fmt.Sprintf("limit %q: want 1..%d", v, DevicesPageMax), http.StatusBadRequest)
+			httpError(w, r, fmt.Sprintf("limit %q: want 1..%d", v, DevicesPageMax), http.StatusBadRequest)
 			return
 		}
 		limit = n
@@ -1148,7 +1200,7 @@ func (s *Server) apiDevices(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("offset"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
-			http.Error(w, fmt.Sprintf("offset %q: want 0 or more", v), http.StatusBadRequest)
+			httpError(w, r, fmt.Sprintf("offset %q: want 0 or more", v), http.StatusBadRequest)
 			return
 		}
 		offset = n
@@ -1198,11 +1250,11 @@ func (s *Server) apiDevice(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 	if !knownState(r.URL.Query().Get("state")) {
-		http.Error(w, "bad state: want active, all, open, acknowledged or resolved", http.StatusBadRequest)
+		httpError(w, r, "bad state: want active, all, open, acknowledged or resolved", http.StatusBadRequest)
 		return
 	}
 	if _, err := hoursOf(r.URL.Query().Get("hours")); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		httpError(w, r, err.Error(), http.StatusBadRequest)
 		return
 	}
 	q := r.URL.Query()
@@ -1213,13 +1265,13 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 	case "received":
 		f.Order = storage.ByReceived
 	default:
-		http.Error(w, "order: want raised (newest raised first, the default) or received (oldest received first)", http.StatusBadRequest)
+		httpError(w, r, "order: want raised (newest raised first, the default) or received (oldest received first)", http.StatusBadRequest)
 		return
 	}
 	if v := q.Get("received_since"); v != "" {
 		t, err := time.Parse(time.RFC3339Nano, v)
 		if err != nil {
-			http.Error(w, fmt.Sprintf("received_since %q: want an RFC 3339 time, e.g. 2026-12-07T16:00:00Z", v), http.StatusBadRequest)
+			httpError(w, r, fmt.Sprintf("received_since %q: want an RFC 3339 time, e.g. 2026-12-07T16:00:00Z", v), http.StatusBadRequest)
 			return
 		}
 		f.ReceivedSince = t
@@ -1230,7 +1282,7 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 			err = errors.New("the cursor is of another order= than this request's")
 		}
 		if err != nil {
-			http.Error(w, "after: "+err.Error(), http.StatusBadRequest)
+			httpError(w, r, "after: "+err.Error(), http.StatusBadRequest)
 			return
 		}
 		f.After = &cur

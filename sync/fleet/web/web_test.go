@@ -213,8 +213,12 @@ func TestAccessControl(t *testing.T) {
 	if a.State != storage.AlertAcknowledged || a.AckBy != "ana" || a.AckNote != "calling branch" {
 		t.Errorf("after ack: %+v", a)
 	}
-	if r, _ := ana.post("/alerts/act", act); r.StatusCode != 409 {
-		t.Errorf("second ack: %d, want 409", r.StatusCode)
+	// ana's browser resubmits: her acknowledgement stands, nothing changes.
+	if r, _ := ana.post("/alerts/act", act); r.StatusCode != 303 {
+		t.Errorf("ana's second ack: %d, want 303 (idempotent)", r.StatusCode)
+	}
+	if b, _ := st.Alert(context.Background(), a.AlertKey); !b.AckAt.Equal(a.AckAt) {
+		t.Errorf("ana's second ack changed the alert: %v -> %v", a.AckAt, b.AckAt)
 	}
 	// Another session's token does not work for this one.
 	root := newClient(t, hs.URL)
@@ -315,6 +319,57 @@ func TestPagesAPIAndEvents(t *testing.T) {
 	// The API speaks the wire's names, as /api/v1/devices does.
 	if acted["alert_id"] != "a-1" || acted["state"] != "resolved" || acted["resolved_note"] != "case 42" || acted["AlertID"] != nil {
 		t.Errorf("api act answer = %v; want snake_case keys", acted)
+	}
+	// A retry of the same action by the same user: 200 and the alert (its
+	// answer may have been lost); the alert_id name is taken; unknown
+	// fields and every API error are JSON.
+	apiAct := func(body string) (int, map[string]any) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/alerts/act", strings.NewReader(body))
+		req.Header.Set("X-CSRF-Token", csrf)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("%s: Content-Type %q, want application/json", body, ct)
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			t.Errorf("%s: answer not JSON: %v", body, err)
+		}
+		return resp.StatusCode, out
+	}
+	if code, out := apiAct(`{"action":"resolve","site":"lyon-07","device":"atm-1","alert_id":"a-1","note":"case 42"}`); code != 200 ||
+		out["state"] != "resolved" || out["resolved_at"] != acted["resolved_at"] {
+		t.Errorf("repeated resolve by alert_id: %d %v; want 200 and the alert as first resolved", code, out)
+	}
+	if code, out := apiAct(`{"action":"resolve","site":"lyon-07","device":"atm-1","alert":"a-1","alertid":"x","note":"n"}`); code != 400 || out["error"] == nil {
+		t.Errorf("unknown field: %d %v; want 400 with an error", code, out)
+	}
+	if code, out := apiAct(`{"action":"resolve","site":"lyon-07","device":"atm-1","alert":"nope"}`); code != 404 || out["error"] == nil {
+		t.Errorf("unknown alert: %d %v; want 404 with an error", code, out)
+	}
+	// Another user's resolve of the same alert: 409, with the alert as it
+	// stands (who resolved it).
+	root := newClient(t, hs.URL)
+	rootCSRF := root.login("root", "correct horse")
+	req, _ = http.NewRequest(http.MethodPost, hs.URL+"/api/v1/alerts/act",
+		strings.NewReader(`{"action":"resolve","site":"lyon-07","device":"atm-1","alert":"a-1"}`))
+	req.Header.Set("X-CSRF-Token", rootCSRF)
+	if resp, err := root.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		var out struct {
+			Error string
+			Alert map[string]any
+		}
+		json.NewDecoder(resp.Body).Decode(&out)
+		resp.Body.Close()
+		if resp.StatusCode != 409 || out.Error == "" || out.Alert["resolved_by"] != "ana" {
+			t.Errorf("another user's resolve: %d %+v; want 409 with the alert resolved by ana", resp.StatusCode, out)
+		}
 	}
 	var listed []map[string]any
 	if _, body := c.get("/api/v1/alerts?state=all"); json.Unmarshal([]byte(body), &listed) != nil || len(listed) == 0 ||

@@ -708,6 +708,7 @@ func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, err
 		return storage.Alert{}, err
 	}
 	var a storage.Alert
+	repeated := false
 	err := s.update(ctx, act.Action+" alert", func(tx *bolt.Tx) error {
 		k := cat(dkey(act.Key.Site, act.Key.Device), []byte(act.Key.AlertID))
 		found, err := getJSON(tx.Bucket(bAlerts), k, &a)
@@ -716,6 +717,10 @@ func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, err
 		}
 		if !found {
 			return fmt.Errorf("alert %s: %w", act.Key, storage.ErrNotFound)
+		}
+		if storage.Repeated(act, a) {
+			repeated = true
+			return nil
 		}
 		if a, err = ApplyAction(a, act); err != nil {
 			return err
@@ -731,7 +736,9 @@ func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, err
 	if err != nil {
 		return storage.Alert{}, err
 	}
-	s.Publish(storage.Change{Kind: "action", Site: act.Key.Site, Device: act.Key.Device, Alert: act.Key.AlertID})
+	if !repeated {
+		s.Publish(storage.Change{Kind: "action", Site: act.Key.Site, Device: act.Key.Device, Alert: act.Key.AlertID})
+	}
 	return a, nil
 }
 

@@ -720,6 +720,10 @@ func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, err
 		if err != nil {
 			return err
 		}
+		if storage.Repeated(act, a) {
+			out = a
+			return nil
+		}
 		if !storage.Allowed(act.Action, a.State) {
 			who := a.AckBy
 			if a.State == storage.AlertResolved {

@@ -602,11 +602,21 @@ func alertWorkflow(t *testing.T, s storage.Store) {
 	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionAck, User: "bob", At: at}); !errors.Is(err, storage.ErrState) {
 		t.Errorf("second ack: err = %v, want ErrState", err)
 	}
+	// ana's client retries her acknowledgement (its answer was lost): the
+	// alert as it is, nothing recorded (the audit below holds 2 entries).
+	if r, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionAck, User: "ana", Note: "calling branch", At: at.Add(time.Second)}); err != nil ||
+		r.State != storage.AlertAcknowledged || !r.AckAt.Equal(at) {
+		t.Errorf("ana's repeated ack: %+v, %v; want the alert as acknowledged at %v", r, err, at)
+	}
 	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "bob", Note: "known customer", At: at.Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "bob", At: at}); !errors.Is(err, storage.ErrState) {
+	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "cyd", At: at}); !errors.Is(err, storage.ErrState) {
 		t.Errorf("second resolve: err = %v, want ErrState", err)
+	}
+	if r, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "bob", At: at.Add(time.Hour)}); err != nil || r.ResolvedBy != "bob" ||
+		!r.ResolvedAt.Equal(at.Add(time.Minute)) {
+		t.Errorf("bob's repeated resolve: %+v, %v; want the alert as resolved", r, err)
 	}
 	if _, err := s.Act(c, storage.Action{Key: k, Action: "delete", User: "bob", At: at}); err == nil {
 		t.Error("unknown action accepted")
