@@ -148,15 +148,18 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 
 // Stats are the ingest counters since start.
 type Stats struct {
-	Connected  bool
-	Connects   uint64
-	Received   uint64 // every message handed over by the broker
-	Applied    uint64 // new summaries and alerts committed
-	Duplicates uint64 // summaries and alerts already stored (same message id)
-	Statuses   uint64
-	Rejected   uint64 // failed validation (kept in the store's rejects)
-	StoreErrs  uint64 // failed commits (retried; not acknowledged meanwhile)
-	LastError  string
+	Connected  bool   `json:"connected"`
+	Connects   uint64 `json:"connects"`
+	Received   uint64 `json:"received"`   // every message handed over by the broker
+	Applied    uint64 `json:"applied"`    // new summaries and alerts committed
+	Duplicates uint64 `json:"duplicates"` // summaries and alerts already stored (same message id)
+	// Retained: retained summaries already stored, given again by the
+	// broker at each subscribe (not duplicates of the device's).
+	Retained  uint64 `json:"retained"`
+	Statuses  uint64 `json:"statuses"`
+	Rejected  uint64 `json:"rejected"`   // failed validation (kept in the store's rejects)
+	StoreErrs uint64 `json:"store_errs"` // failed commits (retried; not acknowledged meanwhile)
+	LastError string `json:"last_error"`
 }
 
 // Ingester owns one broker connection and the store writes.
@@ -170,10 +173,10 @@ type Ingester struct {
 	in      chan mqtt.Message
 	stop    chan struct{}
 
-	connected                                                   atomic.Bool
-	connects, received, applied, dups, statuses, rejected, serr atomic.Uint64
-	mu                                                          sync.Mutex
-	lastErr                                                     string
+	connected                                                             atomic.Bool
+	connects, received, applied, dups, retained, statuses, rejected, serr atomic.Uint64
+	mu                                                                    sync.Mutex
+	lastErr                                                               string
 	// rejectLogAt, rejectQuiet: when a rejected payload was last logged
 	// and how many were rejected since without a line (logReject).
 	rejectLogAt time.Time
@@ -378,7 +381,7 @@ func (in *Ingester) Stats() Stats {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	return Stats{Connected: in.connected.Load(), Connects: in.connects.Load(), Received: in.received.Load(),
-		Applied: in.applied.Load(), Duplicates: in.dups.Load(), Statuses: in.statuses.Load(), Rejected: in.rejected.Load(),
+		Applied: in.applied.Load(), Duplicates: in.dups.Load(), Retained: in.retained.Load(), Statuses: in.statuses.Load(), Rejected: in.rejected.Load(),
 		StoreErrs: in.serr.Load(), LastError: in.lastErr}
 }
 
@@ -452,6 +455,7 @@ func (in *Ingester) commit(ctx context.Context, batch []mqtt.Message) bool {
 		case d.status != nil:
 			statuses = append(statuses, *d.status)
 		case d.msg != nil:
+			d.msg.Retained = m.Retained()
 			msgs = append(msgs, *d.msg)
 		}
 	}
@@ -499,10 +503,13 @@ func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses 
 		if err != nil {
 			return err
 		}
-		for _, f := range fresh {
-			if f {
+		for i, f := range fresh {
+			switch {
+			case f:
 				in.applied.Add(1)
-			} else {
+			case msgs[i].Retained:
+				in.retained.Add(1)
+			default:
 				in.dups.Add(1)
 			}
 		}
@@ -542,7 +549,7 @@ type decoded struct {
 }
 
 // Decode validates one received message. Bad input gives a *RejectError
-// carrying what to keep; a deleted retained status (empty payload) and
+// carrying what to keep; a cleared retained topic (empty payload) and
 // kinds the fleet does not use (reply, cmd) give neither error nor data.
 func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded, error) {
 	reject := func(site, device, format string, a ...any) (decoded, error) {
@@ -561,8 +568,10 @@ func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded
 	if schema == nil {
 		return decoded{}, nil
 	}
-	if len(payload) == 0 && tp.Kind == wire.KindStatus {
-		return decoded{}, nil // a retained status was cleared
+	if len(payload) == 0 {
+		// A retained topic cleared (mosquitto_pub -r -n: what an operator
+		// does for a decommissioned or renamed device), not a bad payload.
+		return decoded{}, nil
 	}
 	if len(payload) > in.cfg.MaxPayload {
 		return reject(tp.Site, tp.Device, "payload of %d bytes exceeds max_payload %d", len(payload), in.cfg.MaxPayload)

@@ -129,7 +129,22 @@ func TestIngestMosquittoBolt(t *testing.T) {
 	if d1.Gaps() != 1 || d1.Unique != 22 {
 		t.Errorf("after restart: gaps=%d unique=%d, want 1 and 22", d1.Gaps(), d1.Unique)
 	}
+	// The subscribe also gave the retained summaries and statuses again:
+	// a retained summary already stored is not the device's duplicate
+	// (each restart of the service counted one per device).
+	fleettest.WaitFor(t, 5*time.Second, "the retained copies taken", func() bool {
+		s := in.Stats()
+		return s.Applied+s.Duplicates+s.Retained+s.Statuses >= 24
+	})
 	in.stop(t)
+	if d1, d2 := device(t, st, "lyon-07", "atm-1"), device(t, st, "paris-01", "atm-2"); d1.Duplicates != 0 || d2.Duplicates != 1 {
+		t.Errorf("after restart: duplicates %d and %d, want 0 and 1 (the redelivery above)", d1.Duplicates, d2.Duplicates)
+	}
+	// An operator clears a retained topic (a renamed device): not a
+	// rejected payload.
+	if _, err := in.Decode(prefix+"/paris-01/atm-2/summary", nil, time.Now()); err != nil {
+		t.Errorf("a cleared retained summary: %v, want it ignored", err)
+	}
 
 	// A new instance with an empty store knows every device's availability
 	// at once from the retained statuses.

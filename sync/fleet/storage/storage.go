@@ -40,6 +40,9 @@ type Message struct {
 	Received     time.Time
 	Summary      *wire.Summary // Kind == summary
 	Alert        *wire.Alert   // Kind == alert
+	// Retained: the broker's retained copy, given again at each
+	// subscribe. Already stored, it is not a duplicate of the device's.
+	Retained bool
 }
 
 // Status is one device status as received (retained or live).

@@ -1115,7 +1115,9 @@ type apiDevice struct {
 	CameraOK     bool          `json:"camera_ok"`
 	Backlog      int           `json:"backlog"`
 	OpenAlerts   int           `json:"open_alerts"`
+	FirstSeq     uint64        `json:"first_seq"` // lowest seq received (since a sequence restart)
 	MaxSeq       uint64        `json:"max_seq"`
+	Unique       uint64        `json:"received"` // distinct seqs received
 	Gaps         uint64        `json:"gaps"`
 	Duplicates   uint64        `json:"duplicates"`
 	Rejected     uint64        `json:"rejected"`
@@ -1127,7 +1129,7 @@ type apiDevice struct {
 
 func toAPI(d storage.Device) apiDevice {
 	return apiDevice{Site: d.Site, Device: d.Device, State: d.State(), CameraOK: d.CameraOK(), Backlog: d.Backlog(),
-		OpenAlerts: d.OpenAlerts, MaxSeq: d.MaxSeq, Gaps: d.Gaps(), Duplicates: d.Duplicates, Rejected: d.Rejected,
+		OpenAlerts: d.OpenAlerts, FirstSeq: d.FirstSeq, MaxSeq: d.MaxSeq, Unique: d.Unique, Gaps: d.Gaps(), Duplicates: d.Duplicates, Rejected: d.Rejected,
 		Behind: d.Behind(), LastReceived: d.LastReceived, Status: d.Status, Summary: d.Summary}
 }
 

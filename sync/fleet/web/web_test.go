@@ -297,7 +297,8 @@ func TestPagesAPIAndEvents(t *testing.T) {
 	}
 	var devs []apiDevice
 	_, body = c.get("/api/v1/devices")
-	if err := json.Unmarshal([]byte(body), &devs); err != nil || len(devs) != 2 || devs[0].Gaps != 1 || devs[0].OpenAlerts != 1 {
+	if err := json.Unmarshal([]byte(body), &devs); err != nil || len(devs) != 2 || devs[0].Gaps != 1 || devs[0].OpenAlerts != 1 ||
+		devs[0].FirstSeq != 1 || devs[0].MaxSeq != 4 || devs[0].Unique != 3 || !strings.Contains(body, `"first_seq": 1`) {
 		t.Errorf("api devices = %+v, %v", devs, err)
 	}
 	// JSON API acknowledgement with the header token.

@@ -229,7 +229,9 @@ func (s *Store) Apply(ctx context.Context, msgs []storage.Message) ([]bool, erro
 			}
 			mk := cat(dkey(m.Site, m.Device), []byte(m.MessageID))
 			if tx.Bucket(bMessages).Get(mk) != nil {
-				d.Duplicates++
+				if !m.Retained {
+					d.Duplicates++
+				}
 				continue
 			}
 			fresh[i] = true

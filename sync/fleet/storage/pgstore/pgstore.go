@@ -367,6 +367,9 @@ func applyOne(ctx context.Context, tx pgx.Tx, m storage.Message) (bool, error) {
 		return false, err
 	}
 	if tag.RowsAffected() == 0 {
+		if m.Retained {
+			return false, nil
+		}
 		_, err := tx.Exec(ctx, `INSERT INTO atm_fleet_devices (site, device, dups) VALUES ($1, $2, 1)
 			ON CONFLICT (site, device) DO UPDATE SET dups = atm_fleet_devices.dups + 1`, m.Site, m.Device)
 		return false, err
