@@ -375,6 +375,27 @@ func (a Action) Validate() error {
 }
 
 // Allowed reports whether action may be applied to an alert in state s.
+// ActionRemoveDevice is the audit log's name of a device's removal.
+const ActionRemoveDevice = "remove device"
+
+// Removal is an administrator's removal of a device.
+type Removal struct {
+	Site, Device       string
+	User, Role, Remote string
+	At                 time.Time
+}
+
+// CheckRemovable says why a device may not be removed, or nil.
+func CheckRemovable(d Device) error {
+	if d.State() == "online" {
+		return fmt.Errorf("device %s/%s is online: stop its agent (or let the rename take effect) before removing it: %w", d.Site, d.Device, ErrState)
+	}
+	if d.OpenAlerts > 0 {
+		return fmt.Errorf("device %s/%s has %d active alerts: resolve them before removing it: %w", d.Site, d.Device, d.OpenAlerts, ErrState)
+	}
+	return nil
+}
+
 // Repeated reports whether the alert is already where this action by this
 // user took it: a client's retry after a lost answer. The stores answer it
 // with the alert as it is, recording nothing (the action is idempotent per
@@ -490,6 +511,11 @@ type Store interface {
 	// audit log in the same transaction. ErrState when not allowed.
 	Act(ctx context.Context, a Action) (Alert, error)
 	Audit(ctx context.Context, limit int) ([]AuditEntry, error)
+	// RemoveDevice forgets a decommissioned or renamed device: its record,
+	// dedup records and series, with an audit entry; its alerts stay
+	// (pruned by retention once resolved). ErrNotFound for an unknown
+	// device; ErrState while it is online or has active alerts.
+	RemoveDevice(ctx context.Context, r Removal) error
 	Summaries(ctx context.Context, site, device string, since time.Time) ([]SummaryPoint, error)
 	IdentityPoints(ctx context.Context, site, device, identity string, since time.Time) ([]IdentityPoint, error)
 	Rejects(ctx context.Context, limit int) ([]Reject, error)

@@ -257,6 +257,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /admin", s.auth(RoleAdmin, s.adminPage))
 	mux.HandleFunc("POST /admin/prune", s.auth(RoleAdmin, s.prune))
 	mux.HandleFunc("GET /admin/backup", s.auth(RoleAdmin, s.backup))
+	mux.HandleFunc("POST /admin/devices/remove", s.auth(RoleAdmin, s.removeDevice))
+	mux.HandleFunc("POST /api/v1/devices/remove", s.auth(RoleAdmin, s.removeDevice))
 	mux.HandleFunc("GET /api/v1/session", s.auth(RoleAnalyst, s.apiSession))
 	mux.HandleFunc("GET /api/v1/devices", s.auth(RoleAnalyst, s.apiDevices))
 	mux.HandleFunc("GET /api/v1/devices/{site}/{device}", s.auth(RoleAnalyst, s.apiDevice))
@@ -1075,6 +1077,42 @@ func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("fleet web: pruned", "user", who(r).User.Name, "stats", fmt.Sprintf("%+v", st))
 	http.Redirect(w, r, "/admin?pruned="+url.QueryEscape(fmt.Sprintf("%+v", st)), http.StatusSeeOther)
+}
+
+// removeDevice forgets a decommissioned or renamed device (form or JSON
+// API; admin).
+func (s *Server) removeDevice(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Site   string `json:"site"`
+		Device string `json:"device"`
+	}
+	api := strings.HasPrefix(r.URL.Path, "/api/")
+	if api {
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&in); err != nil {
+			s.fail(w, r, fmt.Errorf("%w: bad JSON: %w", errBadRequest, err))
+			return
+		}
+	} else {
+		in.Site, in.Device = r.PostFormValue("site"), r.PostFormValue("device")
+	}
+	if in.Site == "" || in.Device == "" {
+		s.fail(w, r, fmt.Errorf("%w: site and device are required", errBadRequest))
+		return
+	}
+	p := who(r)
+	rm := storage.Removal{Site: in.Site, Device: in.Device, User: p.User.Name, Role: p.User.Role, Remote: r.RemoteAddr, At: s.now().UTC()}
+	if err := s.store.RemoveDevice(r.Context(), rm); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("fleet web: device removed", "site", rm.Site, "device", rm.Device, "user", rm.User, "remote", rm.Remote)
+	if api {
+		writeJSON(w, map[string]string{"removed": rm.Site + "/" + rm.Device})
+		return
+	}
+	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 
 // backuper is a store that can copy itself while running (the embedded one;

@@ -795,3 +795,65 @@ func TestFleetAlertCountLinksAndNoteLabel(t *testing.T) {
 		}
 	}
 }
+
+// An administrator removes a stopped device from its page; an analyst
+// cannot, an online device is refused (JSON 409 through the API), and the
+// audit log on the settings page names who removed it.
+func TestRemoveDevice(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	now := time.Now().UTC()
+	for _, d := range []struct {
+		dev   string
+		state wire.State
+	}{{"atm-1", wire.StateStopped}, {"atm-2", wire.StateOnline}} {
+		site := map[string]string{"atm-1": "lyon-07", "atm-2": "paris-01"}[d.dev]
+		sts := wire.Status{Envelope: wire.NewEnvelope(site, d.dev, now), State: d.state}
+		if err := st.PutStatus(context.Background(), storage.Status{Site: site, Device: d.dev, Received: now, Status: sts}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// atm-1's alert resolved: nothing active left on it.
+	if _, err := st.Act(context.Background(), storage.Action{Key: storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-1"},
+		Action: storage.ActionResolve, User: "ana", At: now}); err != nil {
+		t.Fatal(err)
+	}
+	_, hs := newTestServer(t, st)
+	ana, root := newClient(t, hs.URL), newClient(t, hs.URL)
+	anaCSRF, rootCSRF := ana.login("ana", "correct horse"), root.login("root", "correct horse")
+
+	if _, body := ana.get("/devices/lyon-07/atm-1"); strings.Contains(body, `action="/admin/devices/remove"`) {
+		t.Error("an analyst is offered the removal")
+	}
+	if r, _ := ana.post("/admin/devices/remove", url.Values{"csrf": {anaCSRF}, "site": {"lyon-07"}, "device": {"atm-1"}}); r.StatusCode != http.StatusForbidden {
+		t.Errorf("an analyst's removal: %d, want 403", r.StatusCode)
+	}
+	if _, body := root.get("/devices/paris-01/atm-2"); strings.Contains(body, `action="/admin/devices/remove"`) {
+		t.Error("the removal is offered for an online device")
+	}
+	req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/devices/remove", strings.NewReader(`{"site":"paris-01","device":"atm-2"}`))
+	req.Header.Set("X-CSRF-Token", rootCSRF)
+	resp, err := root.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e struct{ Error string }
+	json.NewDecoder(resp.Body).Decode(&e)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(e.Error, "is online") {
+		t.Errorf("removing an online device: %d %q, want 409 saying it is online", resp.StatusCode, e.Error)
+	}
+	_, body := root.get("/devices/lyon-07/atm-1")
+	if !strings.Contains(body, `action="/admin/devices/remove"`) {
+		t.Fatal("the administrator is not offered the removal of a stopped device")
+	}
+	if r, _ := root.post("/admin/devices/remove", url.Values{"csrf": {rootCSRF}, "site": {"lyon-07"}, "device": {"atm-1"}}); r.StatusCode != http.StatusSeeOther {
+		t.Errorf("removal: %d, want 303", r.StatusCode)
+	}
+	if r, _ := root.get("/devices/lyon-07/atm-1"); r.StatusCode != http.StatusNotFound {
+		t.Errorf("removed device's page: %d, want 404", r.StatusCode)
+	}
+	if _, body := root.get("/admin"); !strings.Contains(body, "remove device") || !strings.Contains(body, "lyon-07/atm-1/") {
+		t.Error("the audit log does not show the removal")
+	}
+}

@@ -744,6 +744,60 @@ func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, err
 	return a, nil
 }
 
+// RemoveDevice implements storage.Store. The record goes, with the audit
+// entry, in one transaction; the dedup records and series after it, in
+// transactions of pruneBatch keys (a month of a device's identity series
+// is over a million records).
+func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
+	p := dkey(r.Site, r.Device)
+	err := s.update(ctx, "remove device", func(tx *bolt.Tx) error {
+		var d storage.Device
+		found, err := getJSON(tx.Bucket(bDevices), p, &d)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fmt.Errorf("device %s/%s: %w", r.Site, r.Device, storage.ErrNotFound)
+		}
+		d.OpenAlerts = openAlertCount(tx, r.Site, r.Device)
+		if err := storage.CheckRemovable(d); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bDevices).Delete(p); err != nil {
+			return err
+		}
+		b := tx.Bucket(bAudit)
+		id, _ := b.NextSequence()
+		return putJSON(b, u64(id), storage.AuditEntry{ID: id, At: r.At.UTC(), User: r.User, Role: r.Role,
+			Action: storage.ActionRemoveDevice, Key: storage.AlertKey{Site: r.Site, Device: r.Device}, Remote: r.Remote})
+	})
+	if err != nil {
+		return err
+	}
+	for _, name := range [][]byte{bMessages, bSummary, bIdent} {
+		for done := false; !done; {
+			err := s.update(ctx, "remove device", func(tx *bolt.Tx) error {
+				c := tx.Bucket(name).Cursor()
+				n := 0
+				k, _ := c.Seek(p)
+				for ; k != nil && bytes.HasPrefix(k, p) && n < pruneBatch; n++ {
+					if err := c.Delete(); err != nil {
+						return err
+					}
+					k, _ = c.Seek(p)
+				}
+				done = k == nil || !bytes.HasPrefix(k, p)
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("remove device %s/%s: bucket %s: %w", r.Site, r.Device, name, err)
+			}
+		}
+	}
+	s.Publish(storage.Change{Kind: "device", Site: r.Site, Device: r.Device})
+	return nil
+}
+
 // Audit implements storage.Store: newest first.
 func (s *Store) Audit(ctx context.Context, limit int) ([]storage.AuditEntry, error) {
 	if limit <= 0 {

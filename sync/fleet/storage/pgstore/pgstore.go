@@ -707,6 +707,33 @@ func (s *Store) Alert(ctx context.Context, k storage.AlertKey) (storage.Alert, e
 	return a, nil
 }
 
+// RemoveDevice implements storage.Store, in one transaction.
+func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
+	return s.tx(ctx, "remove device", func(tx pgx.Tx) error {
+		d, err := scanDevice(tx.QueryRow(ctx, `SELECT `+deviceCols+` FROM atm_fleet_devices d WHERE d.site = $1 AND d.device = $2 FOR UPDATE`,
+			r.Site, r.Device))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("device %s/%s: %w", r.Site, r.Device, storage.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if err := storage.CheckRemovable(d); err != nil {
+			return err
+		}
+		for _, t := range []string{"atm_fleet_devices", "atm_fleet_messages", "atm_fleet_summaries", "atm_fleet_identity_points"} {
+			if _, err := tx.Exec(ctx, `DELETE FROM `+t+` WHERE site = $1 AND device = $2`, r.Site, r.Device); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_audit (at, user_name, role, action, site, device, alert_id, note, remote)
+			VALUES ($1,$2,$3,$4,$5,$6,'','',$7)`, r.At.UTC(), r.User, r.Role, storage.ActionRemoveDevice, r.Site, r.Device, r.Remote); err != nil {
+			return err
+		}
+		return notify(ctx, tx, storage.Change{Kind: "device", Site: r.Site, Device: r.Device})
+	})
+}
+
 // Act implements storage.Store. The row is locked (SELECT ... FOR UPDATE),
 // so of two instances acknowledging at once exactly one succeeds.
 func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, error) {

@@ -56,6 +56,73 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("BatchWrites", func(t *testing.T) { batchWrites(t, open(t)) })
 	t.Run("SessionRevocations", func(t *testing.T) { sessionRevocations(t, open(t)) })
 	t.Run("AlertListings", func(t *testing.T) { alertListings(t, open(t)) })
+	t.Run("RemoveDevice", func(t *testing.T) { removeDevice(t, open(t)) })
+}
+
+// An administrator removes a decommissioned device: refused while it is
+// online or has active alerts; then its record, dedup records and series
+// go, its alerts stay, and the audit log says who removed it.
+func removeDevice(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	if _, err := s.Apply(c, []storage.Message{
+		Summary("lyon-07", "atm-1", 1, T0, 3, "p-1", "p-2"),
+		Summary("lyon-07", "atm-1", 2, T0.Add(time.Minute), 3, "p-1"),
+		Alert("lyon-07", "atm-1", 3, T0.Add(2*time.Minute), "a-1", "p-1", 6),
+		Summary("lyon-07", "atm-10", 1, T0, 3, "p-1"), // shares atm-1's prefix
+	}); err != nil {
+		t.Fatal(err)
+	}
+	online := wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-10", T0), State: wire.StateOnline}
+	if err := s.PutStatus(c, storage.Status{Site: "lyon-07", Device: "atm-10", Received: T0, Status: online}); err != nil {
+		t.Fatal(err)
+	}
+	rm := func(dev string) error {
+		return s.RemoveDevice(c, storage.Removal{Site: "lyon-07", Device: dev, User: "root", Role: "admin", Remote: "10.0.0.9", At: T0.Add(time.Hour)})
+	}
+	if err := rm("atm-404"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("remove an unknown device: %v, want ErrNotFound", err)
+	}
+	if err := rm("atm-10"); !errors.Is(err, storage.ErrState) {
+		t.Errorf("remove an online device: %v, want ErrState", err)
+	}
+	if err := rm("atm-1"); !errors.Is(err, storage.ErrState) {
+		t.Errorf("remove a device with an active alert: %v, want ErrState", err)
+	}
+	k := storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-1"}
+	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "ana", At: T0.Add(30 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rm("atm-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Device(c, "lyon-07", "atm-1"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("removed device still there: %v", err)
+	}
+	if sp, _ := s.Summaries(c, "lyon-07", "atm-1", time.Time{}); len(sp) != 0 {
+		t.Errorf("removed device's series: %d points left", len(sp))
+	}
+	if ip, _ := s.IdentityPoints(c, "lyon-07", "atm-1", "p-1", time.Time{}); len(ip) != 0 {
+		t.Errorf("removed device's identity series: %d points left", len(ip))
+	}
+	if a, err := s.Alert(c, k); err != nil || a.State != storage.AlertResolved {
+		t.Errorf("removed device's resolved alert: %+v, %v; want kept", a, err)
+	}
+	if d, err := s.Device(c, "lyon-07", "atm-10"); err != nil || d.Unique != 1 {
+		t.Errorf("the other device: %+v, %v; want untouched", d, err)
+	}
+	if sp, _ := s.Summaries(c, "lyon-07", "atm-10", time.Time{}); len(sp) != 1 {
+		t.Errorf("the other device's series: %d points, want 1", len(sp))
+	}
+	audit, err := s.Audit(c, 1)
+	if err != nil || len(audit) != 1 || audit[0].Action != storage.ActionRemoveDevice || audit[0].User != "root" ||
+		audit[0].Key.Device != "atm-1" || audit[0].Remote != "10.0.0.9" {
+		t.Errorf("audit after removal: %+v, %v", audit, err)
+	}
+	// The device sends again (its agent was not stopped for good): it is
+	// a device from scratch, its old message ids no longer known.
+	if fresh, err := s.Apply(c, []storage.Message{Summary("lyon-07", "atm-1", 2, T0.Add(time.Minute), 3, "p-1")}); err != nil || !fresh[0] {
+		t.Errorf("a message of the removed device: fresh %v, %v", fresh, err)
+	}
 }
 
 // alertListings checks every kind of alert listing, and the open counts,
