@@ -450,6 +450,12 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 	_, _ = randRead(tok)
 	t := fmt.Sprintf("%x", tok)
 	http.SetCookie(w, s.cookie(loginCookie, t, 600))
+	if wantsJSON(r) {
+		// A program signing in: the token to post back, with the cookie
+		// just set (docs/fleet.md "Signing in from a program").
+		writeJSON(w, map[string]string{"csrf": t})
+		return
+	}
 	s.render(w, r, "login", struct {
 		base
 		Next, Token, Error string
@@ -475,14 +481,27 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	u, ok := s.users.Check(name, r.PostFormValue("password"))
 	if !ok {
 		s.log.Warn("fleet web: sign-in failed", "user", r.PostFormValue("user"), "remote", r.RemoteAddr)
+		if wantsJSON(r) {
+			writeAPIError(w, http.StatusUnauthorized, "wrong user name or password", nil)
+			return
+		}
 		http.Redirect(w, r, "/login?error=1&next="+url.QueryEscape(next), http.StatusSeeOther)
 		return
 	}
 	s.throttle.succeed(name, addr)
 	s.log.Info("fleet web: signed in", "user", u.Name, "role", u.Role, "remote", r.RemoteAddr)
 	http.SetCookie(w, s.cookie(loginCookie, "", -1))
-	s.newSession(w, u.Name)
+	sess := s.newSession(w, u.Name)
+	if wantsJSON(r) {
+		writeJSON(w, map[string]string{"user": u.Name, "role": u.Role, "csrf_token": s.csrfToken(sess)})
+		return
+	}
 	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+// wantsJSON: a client that asks for JSON answers (Accept), a program.
+func wantsJSON(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), "application/json")
 }
 
 // logout revokes the session server-side (the cookie may have been copied)

@@ -857,3 +857,54 @@ func TestRemoveDevice(t *testing.T) {
 		t.Error("the audit log does not show the removal")
 	}
 }
+
+// A program signs in without reading HTML: GET /login and POST /login
+// with Accept: application/json answer JSON (the token to post back; 401
+// for a wrong password; the session's CSRF token on success), as
+// docs/fleet.md's "Signing in from a program" shows.
+func TestProgramSignIn(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	_, hs := newTestServer(t, st)
+	c := newClient(t, hs.URL)
+	jget := func(path string) (*http.Response, map[string]string) {
+		req, _ := http.NewRequest(http.MethodGet, hs.URL+path, nil)
+		req.Header.Set("Accept", "application/json")
+		r, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		var out map[string]string
+		json.NewDecoder(r.Body).Decode(&out)
+		return r, out
+	}
+	_, page := jget("/login")
+	if page["csrf"] == "" {
+		t.Fatalf("GET /login as JSON: %v, want the token", page)
+	}
+	signIn := func(pw string) (*http.Response, map[string]string) {
+		form := url.Values{"csrf": {page["csrf"]}, "user": {"ana"}, "password": {pw}}
+		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/login", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Accept", "application/json")
+		r, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		var out map[string]string
+		json.NewDecoder(r.Body).Decode(&out)
+		return r, out
+	}
+	if r, out := signIn("wrong horse"); r.StatusCode != http.StatusUnauthorized || out["error"] == "" {
+		t.Errorf("wrong password: %d %v, want 401 with an error", r.StatusCode, out)
+	}
+	r, out := signIn("correct horse")
+	if r.StatusCode != http.StatusOK || out["user"] != "ana" || out["csrf_token"] == "" {
+		t.Fatalf("sign-in: %d %v", r.StatusCode, out)
+	}
+	if r, sess := jget("/api/v1/session"); r.StatusCode != http.StatusOK || sess["csrf_token"] != out["csrf_token"] {
+		t.Errorf("session after a program's sign-in: %d %v", r.StatusCode, sess)
+	}
+}
