@@ -14,6 +14,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -378,6 +379,28 @@ func (a Action) Validate() error {
 // ActionRemoveDevice is the audit log's name of a device's removal.
 const ActionRemoveDevice = "remove device"
 
+// ActionPurgeIdentity is the audit log's name of an identity's erasure;
+// its note names the identity.
+const ActionPurgeIdentity = "purge identity"
+
+// IdentityPurge is an administrator's erasure of one identity.
+type IdentityPurge struct {
+	Site, Device, Identity string
+	User, Role, Remote     string
+	At                     time.Time
+}
+
+// DropIdentity removes an identity's line from a summary (the device's
+// last summary, as stored), reporting whether it was there.
+func DropIdentity(s *wire.Summary, id string) bool {
+	if s == nil {
+		return false
+	}
+	n := len(s.Identities)
+	s.Identities = slices.DeleteFunc(s.Identities, func(c wire.IdentityCounts) bool { return c.ID == id })
+	return len(s.Identities) != n
+}
+
 // Removal is an administrator's removal of a device.
 type Removal struct {
 	Site, Device       string
@@ -516,6 +539,11 @@ type Store interface {
 	// (pruned by retention once resolved). ErrNotFound for an unknown
 	// device; ErrState while it is online or has active alerts.
 	RemoveDevice(ctx context.Context, r Removal) error
+	// PurgeIdentity erases one identity of one device (an erasure
+	// request, after the agent's own purge_identity): its series, its
+	// alerts in every state, and its line in the device's last summary,
+	// with an audit entry. It returns how many alerts went.
+	PurgeIdentity(ctx context.Context, p IdentityPurge) (int, error)
 	Summaries(ctx context.Context, site, device string, since time.Time) ([]SummaryPoint, error)
 	IdentityPoints(ctx context.Context, site, device, identity string, since time.Time) ([]IdentityPoint, error)
 	Rejects(ctx context.Context, limit int) ([]Reject, error)

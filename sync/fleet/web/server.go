@@ -259,6 +259,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /admin/backup", s.auth(RoleAdmin, s.backup))
 	mux.HandleFunc("POST /admin/devices/remove", s.auth(RoleAdmin, s.removeDevice))
 	mux.HandleFunc("POST /api/v1/devices/remove", s.auth(RoleAdmin, s.removeDevice))
+	mux.HandleFunc("POST /admin/identities/purge", s.auth(RoleAdmin, s.purgeIdentity))
+	mux.HandleFunc("POST /api/v1/identities/purge", s.auth(RoleAdmin, s.purgeIdentity))
 	mux.HandleFunc("GET /api/v1/session", s.auth(RoleAnalyst, s.apiSession))
 	mux.HandleFunc("GET /api/v1/devices", s.auth(RoleAnalyst, s.apiDevices))
 	mux.HandleFunc("GET /api/v1/devices/{site}/{device}", s.auth(RoleAnalyst, s.apiDevice))
@@ -1101,37 +1103,83 @@ func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
 // removeDevice forgets a decommissioned or renamed device (form or JSON
 // API; admin).
 func (s *Server) removeDevice(w http.ResponseWriter, r *http.Request) {
-	var in struct {
-		Site   string `json:"site"`
-		Device string `json:"device"`
-	}
-	api := strings.HasPrefix(r.URL.Path, "/api/")
-	if api {
-		dec := json.NewDecoder(r.Body)
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&in); err != nil {
-			s.fail(w, r, fmt.Errorf("%w: bad JSON: %w", errBadRequest, err))
-			return
-		}
-	} else {
-		in.Site, in.Device = r.PostFormValue("site"), r.PostFormValue("device")
-	}
-	if in.Site == "" || in.Device == "" {
-		s.fail(w, r, fmt.Errorf("%w: site and device are required", errBadRequest))
+	in, ok := s.input(w, r, "site", "device")
+	if !ok {
 		return
 	}
 	p := who(r)
-	rm := storage.Removal{Site: in.Site, Device: in.Device, User: p.User.Name, Role: p.User.Role, Remote: r.RemoteAddr, At: s.now().UTC()}
+	rm := storage.Removal{Site: in["site"], Device: in["device"], User: p.User.Name, Role: p.User.Role, Remote: r.RemoteAddr, At: s.now().UTC()}
 	if err := s.store.RemoveDevice(r.Context(), rm); err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	s.log.Info("fleet web: device removed", "site", rm.Site, "device", rm.Device, "user", rm.User, "remote", rm.Remote)
-	if api {
+	if strings.HasPrefix(r.URL.Path, "/api/") {
 		writeJSON(w, map[string]string{"removed": rm.Site + "/" + rm.Device})
 		return
 	}
 	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// purgeIdentity erases one identity of one device (an erasure request;
+// form or JSON API; admin).
+func (s *Server) purgeIdentity(w http.ResponseWriter, r *http.Request) {
+	in, ok := s.input(w, r, "site", "device", "identity")
+	if !ok {
+		return
+	}
+	if err := wire.ValidateID(in["identity"], 128); err != nil {
+		s.fail(w, r, fmt.Errorf("%w: identity: %w", errBadRequest, err))
+		return
+	}
+	p := who(r)
+	ip := storage.IdentityPurge{Site: in["site"], Device: in["device"], Identity: in["identity"], User: p.User.Name, Role: p.User.Role,
+		Remote: r.RemoteAddr, At: s.now().UTC()}
+	n, err := s.store.PurgeIdentity(r.Context(), ip)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("fleet web: identity purged", "site", ip.Site, "device", ip.Device, "identity", ip.Identity, "alerts", n,
+		"user", ip.User, "remote", ip.Remote)
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		writeJSON(w, map[string]any{"purged": ip.Identity, "alerts": n})
+		return
+	}
+	http.Redirect(w, r, "/devices/"+url.PathEscape(ip.Site)+"/"+url.PathEscape(ip.Device), http.StatusSeeOther)
+}
+
+// input reads a form (pages) or a JSON object of strings (/api/: unknown
+// fields refused) with the given fields, each required; a failure is
+// answered and gives false.
+func (s *Server) input(w http.ResponseWriter, r *http.Request, fields ...string) (map[string]string, bool) {
+	in := map[string]string{}
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		var raw map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&raw); err != nil {
+			s.fail(w, r, fmt.Errorf("%w: bad JSON: %w", errBadRequest, err))
+			return nil, false
+		}
+		for k, v := range raw {
+			str, isStr := v.(string)
+			if !slices.Contains(fields, k) || !isStr {
+				s.fail(w, r, fmt.Errorf("%w: field %q: want only %s, each a string", errBadRequest, k, strings.Join(fields, ", ")))
+				return nil, false
+			}
+			in[k] = str
+		}
+	} else {
+		for _, f := range fields {
+			in[f] = r.PostFormValue(f)
+		}
+	}
+	for _, f := range fields {
+		if in[f] == "" {
+			s.fail(w, r, fmt.Errorf("%w: %s is required", errBadRequest, strings.Join(fields, ", ")))
+			return nil, false
+		}
+	}
+	return in, true
 }
 
 // backuper is a store that can copy itself while running (the embedded one;

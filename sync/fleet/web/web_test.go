@@ -908,3 +908,46 @@ func TestProgramSignIn(t *testing.T) {
 		t.Errorf("session after a program's sign-in: %d %v", r.StatusCode, sess)
 	}
 }
+
+// An administrator erases one identity (API and the identity page's
+// form); an analyst is neither offered nor allowed it.
+func TestPurgeIdentity(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	_, hs := newTestServer(t, st)
+	ana, root := newClient(t, hs.URL), newClient(t, hs.URL)
+	anaCSRF, rootCSRF := ana.login("ana", "correct horse"), root.login("root", "correct horse")
+	if _, body := ana.get("/devices/lyon-07/atm-1/identities/p-1"); strings.Contains(body, "/admin/identities/purge") {
+		t.Error("an analyst is offered the erasure")
+	}
+	if r, _ := ana.post("/admin/identities/purge", url.Values{"csrf": {anaCSRF}, "site": {"lyon-07"}, "device": {"atm-1"}, "identity": {"p-1"}}); r.StatusCode != http.StatusForbidden {
+		t.Errorf("an analyst's erasure: %d, want 403", r.StatusCode)
+	}
+	post := func(body string) (int, map[string]any) {
+		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/identities/purge", strings.NewReader(body))
+		req.Header.Set("X-CSRF-Token", rootCSRF)
+		resp, err := root.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	if code, out := post(`{"site":"lyon-07","device":"atm-1","identity":"p-1","all":"yes"}`); code != 400 || out["error"] == nil {
+		t.Errorf("unknown field: %d %v, want 400", code, out)
+	}
+	if code, out := post(`{"site":"lyon-07","device":"atm-1","identity":"p-1"}`); code != 200 || out["purged"] != "p-1" || out["alerts"] != float64(1) {
+		t.Errorf("erasure: %d %v, want p-1 and its 1 alert", code, out)
+	}
+	if _, body := root.get("/devices/lyon-07/atm-1/identities/p-1"); !strings.Contains(body, "Not in any stored summary") {
+		t.Error("the erased identity's page still shows counts")
+	}
+	if _, body := root.get("/devices/lyon-07/atm-1/identities/p-2"); !strings.Contains(body, `action="/admin/identities/purge"`) {
+		t.Error("the administrator is not offered the erasure")
+	}
+	if _, body := root.get("/admin"); !strings.Contains(body, "purge identity") || !strings.Contains(body, "identity p-1, 1 alerts") {
+		t.Error("the audit log does not show the erasure")
+	}
+}

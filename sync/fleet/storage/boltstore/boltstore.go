@@ -798,6 +798,67 @@ func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
 	return nil
 }
 
+// PurgeIdentity implements storage.Store, in one transaction (an
+// identity's series is one summary's worth of records per summary kept).
+func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int, error) {
+	n := 0
+	err := s.update(ctx, "purge identity", func(tx *bolt.Tx) error {
+		dk := dkey(p.Site, p.Device)
+		var d storage.Device
+		found, err := getJSON(tx.Bucket(bDevices), dk, &d)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fmt.Errorf("device %s/%s: %w", p.Site, p.Device, storage.ErrNotFound)
+		}
+		if storage.DropIdentity(d.Summary, p.Identity) {
+			if err := putJSON(tx.Bucket(bDevices), dk, d); err != nil {
+				return err
+			}
+		}
+		c := tx.Bucket(bIdent).Cursor()
+		ip := cat(dk, []byte(p.Identity+"\x00"))
+		for k, _ := c.Seek(ip); k != nil && bytes.HasPrefix(k, ip); k, _ = c.Seek(ip) {
+			if err := c.Delete(); err != nil {
+				return err
+			}
+		}
+		// The device's alerts of this identity, in every state.
+		var drop []storage.Alert
+		ac := tx.Bucket(bAlerts).Cursor()
+		for k, v := ac.Seek(dk); k != nil && bytes.HasPrefix(k, dk); k, v = ac.Next() {
+			var a storage.Alert
+			if err := json.Unmarshal(v, &a); err != nil {
+				return fmt.Errorf("decode alert %q: %w", k, err)
+			}
+			if a.IdentityID == p.Identity {
+				drop = append(drop, a)
+			}
+		}
+		for _, a := range drop {
+			k := cat(dk, []byte(a.AlertID))
+			if err := unindexAlert(tx, k, a); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bAlerts).Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(drop)
+		b := tx.Bucket(bAudit)
+		id, _ := b.NextSequence()
+		return putJSON(b, u64(id), storage.AuditEntry{ID: id, At: p.At.UTC(), User: p.User, Role: p.Role,
+			Action: storage.ActionPurgeIdentity, Key: storage.AlertKey{Site: p.Site, Device: p.Device},
+			Note: fmt.Sprintf("identity %s, %d alerts", p.Identity, n), Remote: p.Remote})
+	})
+	if err != nil {
+		return 0, err
+	}
+	s.Publish(storage.Change{Kind: "device", Site: p.Site, Device: p.Device})
+	return n, nil
+}
+
 // Audit implements storage.Store: newest first.
 func (s *Store) Audit(ctx context.Context, limit int) ([]storage.AuditEntry, error) {
 	if limit <= 0 {

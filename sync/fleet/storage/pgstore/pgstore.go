@@ -734,6 +734,49 @@ func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
 	})
 }
 
+// PurgeIdentity implements storage.Store, in one transaction.
+func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int, error) {
+	n := 0
+	err := s.tx(ctx, "purge identity", func(tx pgx.Tx) error {
+		var summary []byte
+		err := tx.QueryRow(ctx, `SELECT summary FROM atm_fleet_devices WHERE site = $1 AND device = $2 FOR UPDATE`, p.Site, p.Device).Scan(&summary)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("device %s/%s: %w", p.Site, p.Device, storage.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if summary != nil {
+			var sum wire.Summary
+			if err := json.Unmarshal(summary, &sum); err != nil {
+				return fmt.Errorf("decode summary of %s/%s: %w", p.Site, p.Device, err)
+			}
+			if storage.DropIdentity(&sum, p.Identity) {
+				b, _ := json.Marshal(&sum)
+				if _, err := tx.Exec(ctx, `UPDATE atm_fleet_devices SET summary = $3 WHERE site = $1 AND device = $2`, p.Site, p.Device, b); err != nil {
+					return err
+				}
+			}
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM atm_fleet_identity_points WHERE site = $1 AND device = $2 AND identity = $3`,
+			p.Site, p.Device, p.Identity); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `DELETE FROM atm_fleet_alerts WHERE site = $1 AND device = $2 AND identity_id = $3`, p.Site, p.Device, p.Identity)
+		if err != nil {
+			return err
+		}
+		n = int(tag.RowsAffected())
+		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_audit (at, user_name, role, action, site, device, alert_id, note, remote)
+			VALUES ($1,$2,$3,$4,$5,$6,'',$7,$8)`, p.At.UTC(), p.User, p.Role, storage.ActionPurgeIdentity, p.Site, p.Device,
+			fmt.Sprintf("identity %s, %d alerts", p.Identity, n), p.Remote); err != nil {
+			return err
+		}
+		return notify(ctx, tx, storage.Change{Kind: "device", Site: p.Site, Device: p.Device})
+	})
+	return n, err
+}
+
 // Act implements storage.Store. The row is locked (SELECT ... FOR UPDATE),
 // so of two instances acknowledging at once exactly one succeeds.
 func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, error) {

@@ -57,6 +57,69 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("SessionRevocations", func(t *testing.T) { sessionRevocations(t, open(t)) })
 	t.Run("AlertListings", func(t *testing.T) { alertListings(t, open(t)) })
 	t.Run("RemoveDevice", func(t *testing.T) { removeDevice(t, open(t)) })
+	t.Run("PurgeIdentity", func(t *testing.T) { purgeIdentity(t, open(t)) })
+}
+
+// An erasure request: one identity of one device goes from the series,
+// the alerts (every state) and the device's last summary; the device's
+// other identities and the same id on another device stay.
+func purgeIdentity(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	if _, err := s.Apply(c, []storage.Message{
+		Summary("lyon-07", "atm-1", 1, T0, 3, "p-1", "p-2"),
+		Summary("lyon-07", "atm-1", 2, T0.Add(time.Minute), 3, "p-1", "p-2"),
+		Alert("lyon-07", "atm-1", 3, T0.Add(2*time.Minute), "a-1", "p-1", 6),
+		Alert("lyon-07", "atm-1", 4, T0.Add(3*time.Minute), "a-2", "p-1", 7),
+		Alert("lyon-07", "atm-1", 5, T0.Add(4*time.Minute), "a-3", "p-2", 6),
+		Summary("lyon-07", "atm-10", 1, T0, 3, "p-1"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Act(c, storage.Action{Key: storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-1"},
+		Action: storage.ActionResolve, User: "ana", At: T0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	purge := func(dev, id string) (int, error) {
+		return s.PurgeIdentity(c, storage.IdentityPurge{Site: "lyon-07", Device: dev, Identity: id, User: "root", Role: "admin", At: T0.Add(2 * time.Hour)})
+	}
+	if _, err := purge("atm-404", "p-1"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("purge on an unknown device: %v, want ErrNotFound", err)
+	}
+	n, err := purge("atm-1", "p-1")
+	if err != nil || n != 2 {
+		t.Fatalf("purge p-1: %d alerts, %v; want 2", n, err)
+	}
+	if ip, _ := s.IdentityPoints(c, "lyon-07", "atm-1", "p-1", time.Time{}); len(ip) != 0 {
+		t.Errorf("p-1's series: %d points left", len(ip))
+	}
+	if ip, _ := s.IdentityPoints(c, "lyon-07", "atm-1", "p-2", time.Time{}); len(ip) != 2 {
+		t.Errorf("p-2's series: %d points, want 2", len(ip))
+	}
+	if ip, _ := s.IdentityPoints(c, "lyon-07", "atm-10", "p-1", time.Time{}); len(ip) != 1 {
+		t.Errorf("p-1 of another device: %d points, want 1", len(ip))
+	}
+	d, err := s.Device(c, "lyon-07", "atm-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.OpenAlerts != 1 || d.Summary == nil || len(d.Summary.Identities) != 1 || d.Summary.Identities[0].ID != "p-2" {
+		t.Errorf("device after purge: %d open alerts, summary %+v; want 1 and p-2 alone", d.OpenAlerts, d.Summary)
+	}
+	all, err := s.Alerts(c, storage.AlertFilter{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range all {
+		if a.IdentityID == "p-1" {
+			t.Errorf("alert %s of the purged identity still listed", a.AlertKey)
+		}
+	}
+	if len(all) != 1 {
+		t.Errorf("alerts after purge: %d, want a-3 alone", len(all))
+	}
+	if audit, _ := s.Audit(c, 1); len(audit) != 1 || audit[0].Action != storage.ActionPurgeIdentity || audit[0].Note != "identity p-1, 2 alerts" {
+		t.Errorf("audit: %+v", audit)
+	}
 }
 
 // An administrator removes a decommissioned device: refused while it is
