@@ -7,6 +7,7 @@ import (
 	"math"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -409,6 +410,30 @@ func TestCoalescedCardsCount(t *testing.T) {
 	s := BuildSummary(wire.NewEnvelope("s", "d", t0), t0.Add(time.Minute), vs, 10)
 	if len(s.Identities) != 1 || s.Identities[0].DistinctCards != wc(3, 3, 3) {
 		t.Fatalf("summary identities %+v: want 3 distinct cards", s.Identities)
+	}
+}
+
+// TestStoredCardHashEncodingsCountOnce: visits stored before the trigger
+// sources canonicalised card hashes may hold one card as uppercase hex,
+// lowercase hex and base64 (and among a visit's coalesced cards). Across
+// the upgrade they count as one card for the distinct-cards rule and the
+// summary; before, each spelling was a card of its own.
+func TestStoredCardHashEncodingsCountOnce(t *testing.T) {
+	const lower = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+	h := newHarness(t, "", nil, Config{})
+	t0 := h.clk.Now()
+	h.visit(scene{angle: 0}, time.Minute, visit.Context{CardHash: strings.ToUpper(lower)})
+	h.visit(scene{angle: 0}, time.Minute, visit.Context{CardHash: lower,
+		CoalescedCards: []string{"n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="}})
+	for _, m := range h.outbox() {
+		var a wire.Alert
+		if json.Unmarshal(m.Payload, &a) == nil && a.Rule == "cards" {
+			t.Fatalf("one card in three spellings raised %+v", a)
+		}
+	}
+	s := BuildSummary(wire.NewEnvelope("s", "d", t0), h.clk.Now(), h.visits(), 10)
+	if len(s.Identities) != 1 || s.Identities[0].DistinctCards != wc(1, 1, 1) {
+		t.Fatalf("summary identities %+v: want 1 distinct card", s.Identities)
 	}
 }
 

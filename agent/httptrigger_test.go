@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/periocular/atm-agent/hal/trigger"
 	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/sync/wire"
 )
 
 // httpSource is the daemon's adapter of the HTTP endpoint (agent/daemon).
@@ -156,5 +158,53 @@ func TestHTTPTriggerRetryAfterLostVisit(t *testing.T) {
 	vs := h.visits()
 	if len(vs) != 2 || vs[0].Context.TxnID != "L-1" || vs[1].Context.TxnID != "L-3" {
 		t.Fatalf("stored %+v, want the retries of L-1 and L-3", vs)
+	}
+}
+
+// One card sent as lowercase hex, uppercase hex and base64 (two code paths
+// or versions of the ATM application) is one card: stored in one form and
+// counted once, so it raises no distinct-cards alert; another card does.
+// Before, the three strings were compared as they came and the second one
+// raised a false "multiple cards" alert.
+func TestHTTPTriggerCardHashEncodingsAreOneCard(t *testing.T) {
+	src, post, want := listenHTTP(t)
+	h := newHarnessWith(t, "", &fixedClock{t: time.Now().Add(time.Minute)}, Config{}, func(d *Deps) {
+		d.Sources = []Source{httpSource{src}}
+	})
+	const hexHash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+	bodies := []string{
+		`{"txn_id":"E-1","card_hash":"` + hexHash + `"}`,
+		`{"txn_id":"E-2","card_hash":"` + strings.ToUpper(hexHash) + `"}`,
+		`{"txn_id":"E-3","card_hash":"n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="}`,
+		`{"txn_id":"E-4","card_hash":"n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg"}`,
+	}
+	cardAlerts := func() []wire.Alert {
+		var out []wire.Alert
+		for _, m := range h.outbox() {
+			var a wire.Alert
+			if json.Unmarshal(m.Payload, &a) == nil && a.Rule == "cards" {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
+	for i, b := range bodies {
+		code, r := post(b)
+		want(b, code, r, 202, trigger.StatusAccepted, "")
+		h.waitProcessed(uint64(i + 1))
+	}
+	if a := cardAlerts(); len(a) != 0 {
+		t.Fatalf("one card in four encodings raised %d distinct-cards alerts: %+v", len(a), a)
+	}
+	for _, v := range h.visits() {
+		if v.Context.CardHash != hexHash {
+			t.Fatalf("visit %s stored card_hash %q, want the lowercase hex %q", v.ID, v.Context.CardHash, hexHash)
+		}
+	}
+	code, r := post(`{"txn_id":"E-5","card_hash":"` + strings.Repeat("ab", 32) + `"}`)
+	want("another card", code, r, 202, trigger.StatusAccepted, "")
+	h.waitProcessed(5)
+	if a := cardAlerts(); len(a) != 1 || a[0].Count != 2 {
+		t.Fatalf("a second card: distinct-cards alerts %+v, want one with count 2", a)
 	}
 }

@@ -109,15 +109,17 @@ type Context struct {
 	CoalescedCards []string `json:"coalesced_card_hashes,omitempty"`
 }
 
-// Cards returns the distinct card hashes of the visit: CardHash, then the
-// coalesced ones.
+// Cards returns the distinct card hashes of the visit in their canonical
+// form (CanonicalCard): CardHash, then the coalesced ones. The trigger
+// sources store canonical hashes; a visit stored before they did may hold
+// the same card in another letter case or in base64, and counts it once.
 func (c Context) Cards() []string {
 	var out []string
-	if c.CardHash != "" {
-		out = append(out, c.CardHash)
-	}
-	for _, h := range c.CoalescedCards {
-		if h != "" && !slices.Contains(out, h) {
+	for _, h := range append([]string{c.CardHash}, c.CoalescedCards...) {
+		if h == "" {
+			continue
+		}
+		if h = CanonicalCard(h); !slices.Contains(out, h) {
 			out = append(out, h)
 		}
 	}

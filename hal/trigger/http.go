@@ -768,10 +768,7 @@ func DecodeVisitRequest(r io.Reader) (visit.Context, error) {
 	if err != nil {
 		return visit.Context{}, fmt.Errorf("decode body: %w", err)
 	}
-	if err := ValidateContext(c); err != nil {
-		return visit.Context{}, err
-	}
-	return c, nil
+	return CanonicalContext(c)
 }
 
 // decodeVisitObject reads the body's JSON object member by member.

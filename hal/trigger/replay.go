@@ -86,7 +86,8 @@ type Entry struct {
 // where <when> is an offset from the start ("0s", "8h15m30s") or an RFC 3339
 // time (offsets are then relative to the first line). A schedule uses one
 // form throughout and never goes back in time. Blank lines and lines
-// starting with # are ignored. Context is validated as for the endpoint.
+// starting with # are ignored. Context is validated and its card_hash
+// canonicalised as for the endpoint (CanonicalContext).
 func ParseSchedule(r io.Reader) ([]Entry, error) {
 	var (
 		out  []Entry
@@ -134,9 +135,11 @@ func ParseSchedule(r io.Reader) ([]Entry, error) {
 				return nil, fmt.Errorf("schedule line %d: unknown field %q (want card_hash=... or txn_id=...)", line, k)
 			}
 		}
-		if err := ValidateContext(e.Context); err != nil {
+		c, err := CanonicalContext(e.Context)
+		if err != nil {
 			return nil, fmt.Errorf("schedule line %d: %w", line, err)
 		}
+		e.Context = c
 		if n := len(out); n > 0 && e.Offset < out[n-1].Offset {
 			return nil, fmt.Errorf("schedule line %d: goes back in time", line)
 		}

@@ -150,6 +150,19 @@ func TestReplayStopsOnCancel(t *testing.T) {
 	}
 }
 
+// A schedule's card hashes are stored in the canonical form, as the
+// endpoint's: one card in uppercase hex or base64 is the same card.
+func TestParseScheduleCanonicalCardHash(t *testing.T) {
+	in := "0s card_hash=" + strings.ToUpper(goodHash) + "\n1s card_hash=n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg=\n2s txn_id=T1\n"
+	entries, err := ParseSchedule(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 3 || entries[0].Context.CardHash != goodHash || entries[1].Context.CardHash != goodHash || entries[2].Context.CardHash != "" {
+		t.Fatalf("entries %+v: want card_hash %s twice", entries, goodHash)
+	}
+}
+
 func TestParseScheduleErrors(t *testing.T) {
 	tests := []struct{ name, in, want string }{
 		{"bad when", "soon\n", "line 1"},
@@ -158,6 +171,7 @@ func TestParseScheduleErrors(t *testing.T) {
 		{"mixed", "10s\n2025-03-01T09:00:00Z\n", "mixes"},
 		{"unknown field", "1s pan=4111111111111111\n", `unknown field "pan"`},
 		{"pan", "1s card_hash=4111111111111111\n", "card number"},
+		{"odd hex", "1s card_hash=" + goodHash[:63] + "\n", "line 1: card_hash: card_hash must be hex"},
 		{"before 1970", "1900-01-01T00:00:00Z\n", "line 1: 1900-01-01T00:00:00Z is outside the times a visit can be stored at"},
 		{"after 2262", "2300-01-01T00:00:00Z\n", "outside the times"},
 	}

@@ -70,7 +70,8 @@ var (
 )
 
 // ValidateContext checks transaction context from the ATM application.
-// card_hash must look like a hash (hex or base64, 32..128 characters); a
+// card_hash must look like a hash (hex or base64, 32..128 characters, that
+// decodes: visit.CanonicalCardHash); a
 // string of 12..19 digits (spaces and dashes ignored) is refused as a raw
 // card number. txn_id must be short printable ASCII and is refused if it is
 // 13..19 digits passing the Luhn check (a PAN in the wrong field). Both are
@@ -87,6 +88,8 @@ func ValidateContext(c visit.Context) error {
 				errs = append(errs, fmt.Errorf("card_hash: %w", err))
 			} else if !isHashLike(c.CardHash) {
 				errs = append(errs, fmt.Errorf("card_hash: %w", ErrBadCardHash))
+			} else if _, err := visit.CanonicalCardHash(c.CardHash); err != nil {
+				errs = append(errs, fmt.Errorf("card_hash: %w", err))
 			}
 		}
 	}
@@ -105,6 +108,24 @@ func ValidateContext(c visit.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CanonicalContext validates c (ValidateContext) and returns it with its
+// card hash in canonical form (visit.CanonicalCardHash: the lowercase hex
+// of the hash's bytes), so that one card sent as hex in either letter case
+// or as base64 is stored, deduplicated and counted as one. Every trigger
+// source that carries context (the HTTP endpoint, replay schedules) passes
+// it through here; the GPIO line carries none.
+func CanonicalContext(c visit.Context) (visit.Context, error) {
+	if err := ValidateContext(c); err != nil {
+		return visit.Context{}, err
+	}
+	h, err := visit.CanonicalCardHash(c.CardHash)
+	if err != nil { // ValidateContext has checked it; kept for safety
+		return visit.Context{}, fmt.Errorf("card_hash: %w", err)
+	}
+	c.CardHash = h
+	return c, nil
 }
 
 // panInText finds a card number anywhere in free text such as a txn_id,
