@@ -682,6 +682,9 @@ func TestBuildSummary(t *testing.T) {
 		v("p-b", 30*time.Minute, visit.FaceFound, visit.Unmasked, ""),
 		v("", 5*time.Minute, visit.NoFace, visit.MaskUnknown, ""),
 		v("", 8*24*time.Hour, visit.NoFace, visit.MaskUnknown, ""), // outside 7 d
+		// The camera gave no frames: no visit for the totals.
+		v("", 20*time.Minute, visit.CameraError, visit.MaskUnknown, ""),
+		v("", 3*time.Hour, visit.CameraError, visit.MaskUnknown, ""),
 	}
 	s := BuildSummary(wire.NewEnvelope("s", "d", now), now, vs, 1)
 	if len(s.Identities) != 1 || s.IdentitiesOmitted != 1 {

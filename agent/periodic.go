@@ -227,6 +227,7 @@ func add(w *wire.WindowCounts, age time.Duration) {
 
 // BuildSummary computes the summary payload at now from the visits of the
 // last 7 days: counts per identity per window, faceless visits and totals.
+// Visits with outcome camera_error count for nothing (not in totals.visits).
 // It carries counts only: no embeddings, images or card data.
 func BuildSummary(env wire.Envelope, now time.Time, vs []visit.Visit, maxIdentities int) wire.Summary {
 	env.SchemaVersion = wire.SummarySchemaVersion
@@ -240,6 +241,11 @@ func BuildSummary(env wire.Envelope, now time.Time, vs []visit.Visit, maxIdentit
 	for _, v := range vs {
 		age := now.Sub(v.Time)
 		if age < 0 || age >= summaryWindows[2] {
+			continue
+		}
+		if v.Outcome == visit.CameraError {
+			// The camera gave no frames: nobody was seen, so it is no
+			// customer visit (docs/agent.md, "What counts for what").
 			continue
 		}
 		if v.Outcome == visit.NoFace || v.Outcome == visit.LowQuality {
