@@ -759,7 +759,10 @@ func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage
 		}
 		now := p.now()
 		hist := now.Sub(m.Created) > p.cfg.HistoricalAfter || m.Created.Before(connectedAt)
-		payload, err := wire.Finalize(m.Payload, m.Seq, MessageID(p.cfg.Topic.Device, m), hist)
+		// Device and site as the topic names them now: a message queued
+		// before a rename carries the former ones (docs/operations.md).
+		payload, err := wire.FinalizeStamp(m.Payload, wire.Stamp{Seq: m.Seq, MessageID: MessageID(p.cfg.Topic.Device, m),
+			Historical: hist, Site: p.cfg.Topic.Site, Device: p.cfg.Topic.Device})
 		if err != nil {
 			p.setErr(fmt.Errorf("outbox key %d: %w", m.Key, err))
 			complete = false

@@ -382,6 +382,26 @@ var ErrPayload = errors.New("invalid payload")
 // Finalize sets "seq", "message_id" and "historical" in a JSON object
 // payload, replacing any value already there. Keys come out sorted.
 func Finalize(payload []byte, seq uint64, msgID string, historical bool) ([]byte, error) {
+	return FinalizeStamp(payload, Stamp{Seq: seq, MessageID: msgID, Historical: historical})
+}
+
+// Stamp is what the publisher sets in an outbox payload when it publishes
+// it. Site and Device, when not empty, replace the payload's "site" and
+// "device": a payload queued before the device was renamed (device.id or
+// device.site changed while messages waited in the outbox) names the
+// device as the topic it is published on does, so a consumer that checks
+// one against the other does not refuse it after the broker has
+// acknowledged it (it would be lost).
+type Stamp struct {
+	Seq          uint64
+	MessageID    string
+	Historical   bool
+	Site, Device string
+}
+
+// FinalizeStamp is Finalize with the device and site of st as well.
+func FinalizeStamp(payload []byte, st Stamp) ([]byte, error) {
+	seq, msgID, historical := st.Seq, st.MessageID, st.Historical
 	if err := ValidateID(msgID, 128); err != nil {
 		return nil, fmt.Errorf("finalize: message id: %w", err)
 	}
@@ -401,6 +421,12 @@ func Finalize(payload []byte, seq uint64, msgID string, historical bool) ([]byte
 	id, _ := json.Marshal(msgID)
 	h, _ := json.Marshal(historical)
 	obj["seq"], obj["message_id"], obj["historical"] = s, id, h
+	if st.Site != "" {
+		obj["site"], _ = json.Marshal(st.Site)
+	}
+	if st.Device != "" {
+		obj["device"], _ = json.Marshal(st.Device)
+	}
 	out, err := json.Marshal(obj)
 	if err != nil {
 		return nil, fmt.Errorf("finalize: %w", err)

@@ -62,6 +62,27 @@ func TestFinalize(t *testing.T) {
 	}
 }
 
+// A payload queued under a former device name is published under the
+// current one: FinalizeStamp replaces device and site, and leaves them
+// when the stamp has none.
+func TestFinalizeStampRenames(t *testing.T) {
+	in := []byte(`{"device":"atm-0042","site":"lyon-07","seq":0,"n":1}`)
+	out, err := FinalizeStamp(in, Stamp{Seq: 5, MessageID: "5-ab", Historical: true, Site: "lyon-08", Device: "atm-0043"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["device"] != "atm-0043" || got["site"] != "lyon-08" || got["seq"] != 5.0 || got["message_id"] != "5-ab" || got["historical"] != true || got["n"] != 1.0 {
+		t.Fatalf("stamped %s", out)
+	}
+	if out, err = FinalizeStamp(in, Stamp{Seq: 5, MessageID: "5-ab"}); err != nil || !bytes.Contains(out, []byte(`"device":"atm-0042"`)) || !bytes.Contains(out, []byte(`"site":"lyon-07"`)) {
+		t.Fatalf("without a device in the stamp: %s %v", out, err)
+	}
+}
+
 func TestTopics(t *testing.T) {
 	if _, err := NewTopics("atm", "zürich-hb", "atm-0042"); err != nil {
 		t.Errorf("a site with a letter outside ASCII refused: %v", err)
