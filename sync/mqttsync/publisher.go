@@ -196,11 +196,15 @@ func New(cfg Config, d Deps) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	will, err := json.Marshal(p.status(wire.StateOffline))
-	if err != nil {
-		return nil, fmt.Errorf("mqttsync: build last will: %w", err)
+	if err := p.setStatusWill(opts); err != nil {
+		return nil, err
 	}
-	opts.SetBinaryWill(p.topics.Status(), will, 1, true)
+	// The will is made again before every reconnect (paho builds each
+	// CONNECT from the options this handler is given), so each connection
+	// registers an offline status of its own: a fresh message_id, its ts
+	// and the seq acknowledged by then. Run makes it again before the
+	// first connect.
+	opts.SetReconnectingHandler(func(_ mqtt.Client, o *mqtt.ClientOptions) { p.refreshWill(o, p.setStatusWill) })
 	opts.SetOnConnectHandler(p.onConnect)
 	opts.SetConnectionLostHandler(func(c mqtt.Client, err error) {
 		if !c.IsConnectionOpen() { // not already reconnected
@@ -260,13 +264,10 @@ func (p *Publisher) stateWillOptions() (*mqtt.ClientOptions, error) {
 	if err != nil {
 		return nil, err
 	}
-	ds := wire.DeviceState{Status: p.status(wire.StateOffline)}
-	ds.SchemaVersion, ds.MessageID = wire.StateSchemaVersion, randomID("sd")
-	will, err := json.Marshal(ds)
-	if err != nil {
-		return nil, fmt.Errorf("mqttsync: build state last will: %w", err)
+	if err := p.setStateWill(o); err != nil {
+		return nil, err
 	}
-	o.SetBinaryWill(p.topics.State(), will, 1, true)
+	o.SetReconnectingHandler(func(_ mqtt.Client, o *mqtt.ClientOptions) { p.refreshWill(o, p.setStateWill) })
 	o.SetOnConnectHandler(func(mqtt.Client) {
 		p.statusMu.Lock()
 		p.stateDirty = true
@@ -287,6 +288,38 @@ func (p *Publisher) stateWillOptions() (*mqtt.ClientOptions, error) {
 		}
 	})
 	return o, nil
+}
+
+// setStatusWill sets o's Last Will: a retained offline status built now
+// (a message_id of its own, ts now, seq the last acknowledged).
+func (p *Publisher) setStatusWill(o *mqtt.ClientOptions) error {
+	will, err := json.Marshal(p.status(wire.StateOffline))
+	if err != nil {
+		return fmt.Errorf("mqttsync: build last will: %w", err)
+	}
+	o.SetBinaryWill(p.topics.Status(), will, 1, true)
+	return nil
+}
+
+// setStateWill sets o's Last Will: a retained offline state built now.
+func (p *Publisher) setStateWill(o *mqtt.ClientOptions) error {
+	ds := wire.DeviceState{Status: p.status(wire.StateOffline)}
+	ds.SchemaVersion, ds.MessageID = wire.StateSchemaVersion, randomID("sd")
+	will, err := json.Marshal(ds)
+	if err != nil {
+		return fmt.Errorf("mqttsync: build state last will: %w", err)
+	}
+	o.SetBinaryWill(p.topics.State(), will, 1, true)
+	return nil
+}
+
+// refreshWill makes a will again with set; on failure (never expected: the
+// payload is plain data) the previous will stays. It takes no lock of the
+// publisher's (Run calls it under mu).
+func (p *Publisher) refreshWill(o *mqtt.ClientOptions, set func(*mqtt.ClientOptions) error) {
+	if err := set(o); err != nil {
+		p.log.Warn("mqtt: the previous Last Will is kept", "err", err)
+	}
 }
 
 // mainOpen says whether the publisher's own connection is open.
@@ -404,8 +437,12 @@ func (p *Publisher) Run(ctx context.Context) error {
 			p.lastSeq.Store(seq)
 		}
 	}
+	// The wills made in New carry seq 0 and New's time: made again now,
+	// with the seq delivered by the previous run.
+	p.refreshWill(p.opts, p.setStatusWill)
 	p.client = mqtt.NewClient(p.opts)
 	if p.willOpts != nil {
+		p.refreshWill(p.willOpts, p.setStateWill)
 		p.willClient = mqtt.NewClient(p.willOpts)
 	}
 	p.mu.Unlock()
