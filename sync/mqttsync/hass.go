@@ -67,6 +67,19 @@ type haOrigin struct {
 
 var haIDChars = regexp.MustCompile(`[^a-zA-Z0-9_-]`)
 
+// haKeep is the value template of a measurement read at path from the
+// state, present when the object at have is: else the entity's own state
+// (Home Assistant's "this") while it is a number, else None (unknown).
+// A state without the field (the first ones after the agent starts, before
+// its first summary; the offline will, without the status's fields) then
+// keeps the value shown instead of recording a drop to 0.
+func haKeep(path, have string) string {
+	return "{{ " + path + " if " + have + haKeepFallback
+}
+
+// haKeepFallback ends every haKeep template.
+const haKeepFallback = " is defined else (this.state if this.state | is_number else None) }}"
+
 // haNodeID turns site and device into a discovery node id ([a-zA-Z0-9_-]).
 func haNodeID(site, device string) string {
 	return haIDChars.ReplaceAllString("atm_"+site+"_"+device, "_")
@@ -112,11 +125,11 @@ func (c Config) Discovery(version string) ([]DiscoveryMessage, error) {
 		}},
 		{"sensor", "visits_24h", func(e *haEntity) {
 			e.Name, e.StateClass, e.UnitOfMeasurement, e.Icon = "Visits (24 h)", "measurement", "visits", "mdi:account-multiple"
-			e.ValueTemplate = "{{ value_json.summary.totals.visits.h24 if value_json.summary is defined else 0 }}"
+			e.ValueTemplate = haKeep("value_json.summary.totals.visits.h24", "value_json.summary")
 		}},
 		{"sensor", "identities", func(e *haEntity) {
 			e.Name, e.StateClass, e.UnitOfMeasurement, e.Icon = "Identities", "measurement", "identities", "mdi:account-question"
-			e.ValueTemplate = "{{ value_json.identities | default(0) }}"
+			e.ValueTemplate = haKeep("value_json.identities", "value_json.identities")
 		}},
 		{"sensor", "last_alert", func(e *haEntity) {
 			e.Name, e.DeviceClass, e.Icon = "Last alert", "timestamp", "mdi:alert"
@@ -126,7 +139,7 @@ func (c Config) Discovery(version string) ([]DiscoveryMessage, error) {
 		}},
 		{"sensor", "outbox", func(e *haEntity) {
 			e.Name, e.StateClass, e.UnitOfMeasurement, e.EntityCategory, e.Icon = "Outbox backlog", "measurement", "messages", "diagnostic", "mdi:tray-full"
-			e.ValueTemplate = "{{ value_json.outbox.depth if value_json.outbox is defined else 0 }}"
+			e.ValueTemplate = haKeep("value_json.outbox.depth", "value_json.outbox")
 		}},
 	}
 	out := make([]DiscoveryMessage, 0, len(ents))

@@ -120,6 +120,43 @@ func checkDiscovery(t *testing.T, cfg Config, msgs []DiscoveryMessage) {
 	}
 }
 
+// TestHomeAssistantMeasurementsKeepValue: a state without the field a
+// measurement reads (the first states after the agent starts carry no
+// summary until its first one, up to summary_interval; the offline will
+// carries no status fields) must not set the sensor to 0. Before, the
+// Visits (24 h) template said "else 0": its history dropped to 0 at every
+// restart of the agent. Each measurement now keeps the value shown (its
+// own state, "this.state", when a number) or is unknown (None).
+func TestHomeAssistantMeasurementsKeepValue(t *testing.T) {
+	cfg := testConfig("tcp://127.0.0.1:1883")
+	cfg.HomeAssistant.Enabled = true
+	msgs, err := cfg.Discovery("1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, m := range msgs {
+		var e struct {
+			StateClass    string `json:"state_class"`
+			ValueTemplate string `json:"value_template"`
+		}
+		if err := json.Unmarshal(m.Payload, &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.StateClass != "measurement" {
+			continue
+		}
+		n++
+		if !strings.HasSuffix(e.ValueTemplate, " is defined else (this.state if this.state | is_number else None) }}") ||
+			strings.Contains(e.ValueTemplate, "default(0)") || strings.Contains(e.ValueTemplate, "else 0") {
+			t.Errorf("%s: value_template %s does not keep the value shown when the state lacks its field", m.Topic, e.ValueTemplate)
+		}
+	}
+	if n != 3 {
+		t.Fatalf("%d measurement sensors, want 3 (visits, identities, outbox)", n)
+	}
+}
+
 func TestHomeAssistantDiscoveryFormat(t *testing.T) {
 	cfg := testConfig("tcp://127.0.0.1:1883")
 	cfg.Topic.Site = "lyon.07"
