@@ -220,7 +220,8 @@ func (d *Daemon) newAgent() error {
 	if err != nil {
 		return err
 	}
-	sources, gp, err := newSources(d.cfg.Trigger, d.log, d.seedTxnIDs)
+	sources, gp, err := newSources(d.cfg.Trigger, d.log, d.seedTxnIDs,
+		trigger.WithVersion(d.opts.Version), trigger.WithReadiness(d.triggerReadiness))
 	if err != nil {
 		return err
 	}

@@ -3,12 +3,15 @@ package daemon
 import (
 	"fmt"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/periocular/atm-agent/agent"
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/hal/camera"
+	"github.com/periocular/atm-agent/hal/trigger"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -126,6 +129,20 @@ func (d *Daemon) healthReasons() (camera.Health, []string) {
 		}
 	}
 	return h, reasons
+}
+
+// triggerReadiness is what the trigger endpoint's GET /v1/health says of
+// the agent: ready when /healthz would say ok, leaving out the card-insert
+// line (a line that is not armed does not stop the endpoint's visits).
+// The endpoint serves only once the agent runs (RunAdmit).
+func (d *Daemon) triggerReadiness() trigger.Readiness {
+	h, reasons := d.healthReasons()
+	reasons = slices.DeleteFunc(reasons, func(r string) bool { return strings.HasPrefix(r, "trigger: ") })
+	r := trigger.Readiness{Ready: len(reasons) == 0, Reasons: reasons}
+	if d.cam != nil { // an injected camera (Options.Camera) has no health here
+		r.Camera = h.State.String()
+	}
+	return r
 }
 
 // health is the /healthz body and whether the agent is healthy.

@@ -63,9 +63,10 @@ type cameraBurst struct{ c *camera.Camera }
 func (c cameraBurst) Burst(ctx context.Context) ([]visit.Frame, error) { return c.c.Burst(ctx, 0, -1) }
 
 // newSources builds the enabled trigger sources (the HTTP one listening,
-// after seed has given it what it must remember from before a restart),
-// and returns the GPIO source too (nil when off) for the health check.
-func newSources(cfg TriggerConfig, log *slog.Logger, seed func(*trigger.HTTP)) ([]agent.Source, *trigger.GPIO, error) {
+// after seed has given it what it must remember from before a restart;
+// httpOpts are its options), and returns the GPIO source too (nil when
+// off) for the health check.
+func newSources(cfg TriggerConfig, log *slog.Logger, seed func(*trigger.HTTP), httpOpts ...trigger.HTTPOption) ([]agent.Source, *trigger.GPIO, error) {
 	var (
 		sources []agent.Source
 		gp      *trigger.GPIO
@@ -79,7 +80,7 @@ func newSources(cfg TriggerConfig, log *slog.Logger, seed func(*trigger.HTTP)) (
 		sources = append(sources, triggerSource{s.Run})
 	}
 	if h := cfg.HTTP; h.Enabled {
-		s, err := trigger.NewHTTP(h.HTTPConfig, log.With("component", "trigger-http"))
+		s, err := trigger.NewHTTP(h.HTTPConfig, log.With("component", "trigger-http"), httpOpts...)
 		if err != nil {
 			return nil, nil, err
 		}

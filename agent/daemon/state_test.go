@@ -42,6 +42,16 @@ func (d flakyDevice) Read() (camera.Frame, error) {
 func (d flakyDevice) Grab() error  { _, err := d.Read(); return err }
 func (d flakyDevice) Close() error { return nil }
 
+// flakyOpen opens a flakyDevice, or fails while broken is set.
+func flakyOpen(broken *atomic.Bool) camera.OpenFunc {
+	return func(camera.Config) (camera.Device, error) {
+		if broken.Load() {
+			return nil, errUnplugged
+		}
+		return flakyDevice{broken}, nil
+	}
+}
+
 // retained subscribes like a dashboard that just started, returns the
 // retained message on topic (nil if none came within a second) and
 // disconnects.
@@ -94,13 +104,7 @@ func TestRetainedStatusFollowsCamera(t *testing.T) {
 	cfg.MQTT.StatusInterval = time.Minute // changes are not waited for
 	cfg.fill()
 	var broken atomic.Bool
-	d, err := New(cfg, Options{Version: "test", Logger: testLog(t),
-		CameraOpen: func(camera.Config) (camera.Device, error) {
-			if broken.Load() {
-				return nil, errUnplugged
-			}
-			return flakyDevice{&broken}, nil
-		}})
+	d, err := New(cfg, Options{Version: "test", Logger: testLog(t), CameraOpen: flakyOpen(&broken)})
 	if err != nil {
 		t.Fatal(err)
 	}

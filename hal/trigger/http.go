@@ -153,7 +153,8 @@ const (
 //	POST /v1/visit   optional JSON {"card_hash": "...", "txn_id": "..."}
 //	                 -> 202 {"id", "time", "status": "accepted"|"coalesced"}
 //	                 -> 200 {"id", "time", "status": "duplicate"} (txn_id seen within the window)
-//	GET  /v1/health  -> 200 {"status": "ok", "accepted", "dropped", "duplicates", "coalesced"}
+//	GET  /v1/health  -> 200 {"status": "ok", "accepted", "dropped", "duplicates", "coalesced",
+//	                         "version", "ready", "camera", "reasons"} (the last four when set: WithVersion, WithReadiness)
 //
 // A busy consumer answers 503 (the visit was not started).
 type HTTP struct {
@@ -168,6 +169,9 @@ type HTTP struct {
 	txns       *txnCache
 	duplicates atomic.Uint64
 	coalesced  atomic.Uint64
+	// version and readiness, when set, are reported by GET /v1/health.
+	version   string
+	readiness func() Readiness
 
 	mu   sync.Mutex
 	lns  []net.Listener
@@ -180,6 +184,26 @@ type HTTPOption func(*HTTP)
 
 // WithHTTPClock sets the clock that stamps events.
 func WithHTTPClock(c Clock) HTTPOption { return func(h *HTTP) { h.clock = c } }
+
+// WithVersion sets the agent version GET /v1/health reports ("version").
+func WithVersion(v string) HTTPOption { return func(h *HTTP) { h.version = v } }
+
+// WithReadiness sets what GET /v1/health reports of the agent behind the
+// endpoint ("ready", "camera", "reasons"); f is called at every request and
+// must not block.
+func WithReadiness(f func() Readiness) HTTPOption { return func(h *HTTP) { h.readiness = f } }
+
+// Readiness is whether the agent can take a visit now: film it, store it
+// and evaluate its rules.
+type Readiness struct {
+	// Ready: a visit triggered now would be filmed and stored.
+	Ready bool
+	// Camera is the camera's state ("ok", "degraded", "down"); "" when
+	// the agent has no camera of its own to report (a simulated one).
+	Camera string
+	// Reasons say why the agent is not ready (none when it is).
+	Reasons []string
+}
 
 // NewHTTP validates cfg, reads the token file and resolves the socket group.
 func NewHTTP(cfg HTTPConfig, log *slog.Logger, opts ...HTTPOption) (*HTTP, error) {
@@ -678,8 +702,22 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 			return
 		}
 		s := h.stats()
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "accepted": s.Accepted, "dropped": s.Dropped,
-			"duplicates": h.duplicates.Load(), "coalesced": h.coalesced.Load()})
+		body := map[string]any{"status": "ok", "accepted": s.Accepted, "dropped": s.Dropped,
+			"duplicates": h.duplicates.Load(), "coalesced": h.coalesced.Load()}
+		if h.version != "" {
+			body["version"] = h.version
+		}
+		if h.readiness != nil {
+			r := h.readiness()
+			body["ready"], body["reasons"] = r.Ready, r.Reasons
+			if r.Reasons == nil {
+				body["reasons"] = []string{}
+			}
+			if r.Camera != "" {
+				body["camera"] = r.Camera
+			}
+		}
+		writeJSON(w, http.StatusOK, body)
 	})
 	// Routed here, not by http.ServeMux, which answered a path the API
 	// does not have with a text/plain "404 page not found" (no JSON for

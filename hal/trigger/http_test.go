@@ -15,6 +15,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,6 +163,44 @@ func TestUnixSocketEndpoint(t *testing.T) {
 	case ev := <-out:
 		t.Fatalf("unexpected event %+v", ev)
 	default:
+	}
+}
+
+// GET /v1/health reports the agent's version and whether it can film
+// (WithVersion, WithReadiness), read at each request; without them only
+// the endpoint's counters, as before.
+func TestHealthReadiness(t *testing.T) {
+	var r atomic.Pointer[Readiness]
+	r.Store(&Readiness{Ready: true, Camera: "ok"})
+	e := startSocket(t, HTTPConfig{}, 1, WithVersion("1.2.3"), WithReadiness(func() Readiness { return *r.Load() }))
+	get := func(c *http.Client) map[string]any {
+		t.Helper()
+		resp, err := c.Get("http://atm/v1/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&m); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("health: %d %v", resp.StatusCode, err)
+		}
+		return m
+	}
+	m := get(e.c)
+	if m["status"] != "ok" || m["version"] != "1.2.3" || m["ready"] != true || m["camera"] != "ok" || len(m["reasons"].([]any)) != 0 {
+		t.Fatalf("ready: %v", m)
+	}
+	r.Store(&Readiness{Camera: "down", Reasons: []string{"camera: down"}})
+	m = get(e.c)
+	if m["status"] != "ok" || m["ready"] != false || m["camera"] != "down" || m["reasons"].([]any)[0] != "camera: down" {
+		t.Fatalf("camera down: %v", m)
+	}
+	plain := startSocket(t, HTTPConfig{}, 1)
+	m = get(plain.c)
+	for _, k := range []string{"version", "ready", "camera", "reasons"} {
+		if _, ok := m[k]; ok {
+			t.Errorf("without the options: %q in %v", k, m)
+		}
 	}
 }
 

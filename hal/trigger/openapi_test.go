@@ -200,6 +200,13 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 		t.Errorf("POST /v1//visit: %d %q %s, want 202 accepted", x.code, x.header.Get("Content-Type"), x.resp)
 	}
 
+	// With the agent's version and readiness (as atm-agent run has them):
+	// the optional fields.
+	er := startSocket(t, HTTPConfig{}, 1, WithVersion("1.2.3"), WithReadiness(func() Readiness {
+		return Readiness{Camera: "down", Reasons: []string{"camera: down"}}
+	}))
+	xs = append(xs, do(t, er.c, base, "health not ready", "GET", "/v1/health", "", ""))
+
 	// Loopback TCP with a token.
 	tok := filepath.Join(t.TempDir(), "token")
 	token := "0123456789abcdef-token"
