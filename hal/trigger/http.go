@@ -793,13 +793,17 @@ func (h *HTTP) authenticate(next http.Handler) http.Handler {
 
 // DecodeVisitRequest decodes and validates a POST /v1/visit body: empty, or
 // one JSON object with optional card_hash and txn_id (strings, each at most
-// once, names matched exactly) and nothing else.
+// once, names matched exactly) and nothing else. JSON's white space (space,
+// tab, CR, LF) around the object is allowed, and so is a UTF-8 byte order
+// mark before it (RFC 8259 lets a parser ignore one): a body of only those
+// is an empty body. Any other white space (a no-break space, say) is a 400.
 func DecodeVisitRequest(r io.Reader) (visit.Context, error) {
 	body, err := io.ReadAll(r)
 	if err != nil {
 		return visit.Context{}, fmt.Errorf("read body: %w", err)
 	}
-	if len(bytes.TrimSpace(body)) == 0 {
+	body = bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
+	if len(bytes.Trim(body, " \t\r\n")) == 0 {
 		return visit.Context{}, nil
 	}
 	c, err := decodeVisitObject(body)

@@ -317,6 +317,12 @@ func TestDecodeVisitRequest(t *testing.T) {
 	}{
 		{"empty", "", visit.Context{}, nil},
 		{"blank", "  \n", visit.Context{}, nil},
+		// A UTF-8 byte order mark is ignored, like JSON's white space;
+		// other white space is not JSON's.
+		{"BOM then object", "\xef\xbb\xbf{\"txn_id\":\"T1\"}", visit.Context{TxnID: "T1"}, nil},
+		{"BOM alone", "\xef\xbb\xbf \r\n", visit.Context{}, nil},
+		{"no-break space", "\u00a0", visit.Context{}, errAny},
+		{"BOM twice", "\xef\xbb\xbf\xef\xbb\xbf{}", visit.Context{}, errAny},
 		{"empty object", "{}", visit.Context{}, nil},
 		{"hex hash", `{"card_hash":"` + goodHash + `"}`, visit.Context{CardHash: goodHash}, nil},
 		// One hash, one stored form: the lowercase hex of its bytes.
