@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -405,5 +407,29 @@ func TestRetentionWarnings(t *testing.T) {
 	}
 	if w := rules.RetentionWarnings(rules.DefaultRules(), 30*24*time.Hour); len(w) != 0 {
 		t.Errorf("default rules: %q", w)
+	}
+}
+
+// TestAlertWindowFormat: an alert's window is a Go duration string
+// (docs/mqtt.md, alert): for every window a rule may have (1 s to a year),
+// the documented expression matches it and 3600*h + 60*m + s is its length.
+func TestAlertWindowFormat(t *testing.T) {
+	form := regexp.MustCompile(`^(?:(\d+)h)?(?:(\d+)m)?(\d+(?:\.\d+)?)s$`)
+	for _, w := range []time.Duration{time.Second, 1500 * time.Millisecond, 45 * time.Second, 90 * time.Second,
+		time.Hour, 90 * time.Minute, 24 * time.Hour, 7 * 24 * time.Hour, time.Hour + 250*time.Millisecond, rules.MaxSpan} {
+		_, as := simulate(t, []rules.Rule{{Name: "w", Kind: rules.KindVisits, Threshold: 2, Window: w}}, every(2, 0, 0, "A"))
+		if len(as) != 1 {
+			t.Fatalf("window %v: alerts %v", w, as)
+		}
+		m := form.FindStringSubmatch(as[0].Window)
+		if m == nil {
+			t.Fatalf("window %v: %q does not match %s", w, as[0].Window, form)
+		}
+		h, _ := strconv.ParseFloat("0"+m[1], 64)
+		mi, _ := strconv.ParseFloat("0"+m[2], 64)
+		s, _ := strconv.ParseFloat(m[3], 64)
+		if got := 3600*h + 60*mi + s; got != w.Seconds() {
+			t.Errorf("window %v: %q reads as %v s", w, as[0].Window, got)
+		}
 	}
 }
