@@ -1,7 +1,6 @@
 package trigger
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"net"
@@ -9,130 +8,16 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
-	"gopkg.in/yaml.v3"
-
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/testenv/openapi"
 )
 
-// openAPIDoc is docs/openapi/trigger.yaml, compiled: its schemas are JSON
-// Schema 2020-12 (OpenAPI 3.1), checked with the library that checks the
-// MQTT schemas.
-type openAPIDoc struct {
-	t   *testing.T
-	doc map[string]any
-	c   *jsonschema.Compiler
-}
-
-const openAPIURL = "mem://trigger.json"
-
-func loadOpenAPI(t *testing.T) *openAPIDoc {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "openapi", "trigger.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc map[string]any
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		t.Fatalf("trigger.yaml: %v", err)
-	}
-	if v, _ := doc["openapi"].(string); !strings.HasPrefix(v, "3.1.") {
-		t.Fatalf("openapi %q, want 3.1.x", v)
-	}
-	for _, k := range []string{"info", "paths", "components"} {
-		if _, ok := doc[k].(map[string]any); !ok {
-			t.Fatalf("trigger.yaml: no %s object", k)
-		}
-	}
-	j, err := json.Marshal(doc)
-	if err != nil {
-		t.Fatalf("trigger.yaml as JSON: %v", err)
-	}
-	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(j))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := jsonschema.NewCompiler()
-	c.AssertFormat()
-	if err := c.AddResource(openAPIURL, inst); err != nil {
-		t.Fatal(err)
-	}
-	return &openAPIDoc{t: t, doc: doc, c: c}
-}
-
-// at walks the document along a JSON pointer's tokens.
-func (d *openAPIDoc) at(path ...string) (any, bool) {
-	var v any = d.doc
-	for _, p := range path {
-		m, ok := v.(map[string]any)
-		if !ok {
-			return nil, false
-		}
-		if v, ok = m[p]; !ok {
-			return nil, false
-		}
-	}
-	return v, true
-}
-
-func pointer(path ...string) string {
-	r := strings.NewReplacer("~", "~0", "/", "~1")
-	var b strings.Builder
-	for _, p := range path {
-		b.WriteString("/" + r.Replace(p))
-	}
-	return b.String()
-}
-
-// schema compiles the schema at path.
-func (d *openAPIDoc) schema(path ...string) *jsonschema.Schema {
-	d.t.Helper()
-	if _, ok := d.at(path...); !ok {
-		d.t.Fatalf("trigger.yaml has no %s", pointer(path...))
-	}
-	s, err := d.c.Compile(openAPIURL + "#" + pointer(path...))
-	if err != nil {
-		d.t.Fatalf("compile %s: %v", pointer(path...), err)
-	}
-	return s
-}
-
-// response returns the path of the documented response, following a $ref.
-func (d *openAPIDoc) response(path, method, code string) ([]string, bool) {
-	p := []string{"paths", path, method, "responses", code}
-	v, ok := d.at(p...)
-	if !ok {
-		return nil, false
-	}
-	if ref, ok := v.(map[string]any)["$ref"].(string); ok {
-		p = strings.Split(strings.TrimPrefix(ref, "#/"), "/")
-		if _, ok := d.at(p...); !ok {
-			d.t.Fatalf("dangling $ref %s", ref)
-		}
-	}
-	return p, true
-}
-
-func validateJSON(s *jsonschema.Schema, b []byte) error {
-	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	return s.Validate(inst)
-}
-
 // exchange is one request to the real handler and its response.
-type exchange struct {
-	name, method, path, body string
-	code                     int
-	header                   http.Header
-	resp                     []byte
-}
+type exchange = openapi.Exchange
 
 func do(t *testing.T, c *http.Client, base, name, method, path, token, body string) exchange {
 	t.Helper()
@@ -146,7 +31,7 @@ func do(t *testing.T, c *http.Client, base, name, method, path, token, body stri
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return exchange{name: name, method: method, path: path, body: body, code: resp.StatusCode, header: resp.Header, resp: b}
+	return exchange{Name: name, Method: method, Path: path, Body: body, Code: resp.StatusCode, Header: resp.Header, Resp: b}
 }
 
 // Every reply of the real handler, over the socket and over TCP, is a
@@ -155,7 +40,9 @@ func do(t *testing.T, c *http.Client, base, name, method, path, token, body stri
 // bodies the handler accepts are valid requests and a body with an unknown
 // field is not.
 func TestOpenAPIMatchesHandler(t *testing.T) {
-	d := loadOpenAPI(t)
+	d := openapi.Load(t, filepath.Join("..", "..", "docs", "openapi", "trigger.yaml"))
+	// A path the API does not have: the NotFound response.
+	d.Fallback = map[int][]string{http.StatusNotFound: {"components", "responses", "NotFound"}}
 	var xs []exchange
 
 	// Unix socket, no token; an output channel of one.
@@ -195,9 +82,9 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 	// answered it with a bodiless 307 that curl does not follow.
 	noFollow := &http.Client{Transport: c.Transport, Timeout: c.Timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	if x := do(t, noFollow, base, "double slash", "POST", "/v1//visit", "", `{"txn_id":"T-slash"}`); x.code != http.StatusAccepted ||
-		x.header.Get("Content-Type") != "application/json" {
-		t.Errorf("POST /v1//visit: %d %q %s, want 202 accepted", x.code, x.header.Get("Content-Type"), x.resp)
+	if x := do(t, noFollow, base, "double slash", "POST", "/v1//visit", "", `{"txn_id":"T-slash"}`); x.Code != http.StatusAccepted ||
+		x.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("POST /v1//visit: %d %q %s, want 202 accepted", x.Code, x.Header.Get("Content-Type"), x.Resp)
 	}
 
 	// With the agent's version and readiness (as atm-agent run has them):
@@ -245,66 +132,25 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 		do(t, srv.Client(), srv.URL, "queued", "POST", "/v1/visit", "", `{"txn_id":"A"}`),
 		do(t, srv.Client(), srv.URL, "coalesced", "POST", "/v1/visit", "", `{"txn_id":"B"}`))
 
-	reqSchema := d.schema("paths", "/v1/visit", "post", "requestBody", "content", "application/json", "schema")
-	seen := map[string]bool{}
+	reqSchema := d.Schema("paths", "/v1/visit", "post", "requestBody", "content", "application/json", "schema")
 	statuses := map[string]string{}
 	for _, x := range xs {
-		method := strings.ToLower(x.method)
-		if x.code == http.StatusMethodNotAllowed {
-			// A wrong method has no operation of its own: the 405 is
-			// documented under the path's one operation.
-			ops, _ := d.at("paths", x.path)
-			for m := range ops.(map[string]any) {
-				method = m
-			}
-		}
-		code := http.StatusText(x.code)
-		rp, ok := d.response(x.path, method, itoa(x.code))
-		if _, known := d.at("paths", x.path); !known {
-			// A path the API does not have: the NotFound response.
-			rp, ok = []string{"components", "responses", "NotFound"}, x.code == http.StatusNotFound
-			if ok {
-				seen["NotFound"] = true
-			}
-		}
-		if !ok {
-			t.Errorf("%s: %s %s answered %d (%s), not documented", x.name, x.method, x.path, x.code, code)
+		if d.Check(x) == nil {
 			continue
 		}
-		seen[x.path+" "+method+" "+itoa(x.code)] = true
-		if ct := x.header.Get("Content-Type"); ct != "application/json" {
-			t.Errorf("%s: Content-Type %q", x.name, ct)
-		}
-		s := d.schema(append(rp, "content", "application/json", "schema")...)
-		if err := validateJSON(s, x.resp); err != nil {
-			t.Errorf("%s: %d body %s does not match %s: %v", x.name, x.code, x.resp, pointer(rp...), err)
-		}
-		if hs, ok := d.at(append(rp, "headers")...); ok {
-			for name := range hs.(map[string]any) {
-				v := x.header.Get(name)
-				if v == "" {
-					t.Errorf("%s: documented header %s missing", x.name, name)
-					continue
-				}
-				js, _ := json.Marshal(v)
-				if err := validateJSON(d.schema(append(rp, "headers", name, "schema")...), js); err != nil {
-					t.Errorf("%s: header %s %q: %v", x.name, name, v, err)
-				}
+		if x.Path == "/v1/visit" && x.Method == "POST" && strings.TrimSpace(x.Body) != "" && x.Code != http.StatusUnauthorized {
+			err := openapi.ValidateJSON(reqSchema, []byte(x.Body))
+			if x.Code < 300 && err != nil {
+				t.Errorf("%s: accepted body %s is not a valid request: %v", x.Name, x.Body, err)
+			}
+			if (x.Name == "unknown field" || x.Name == "upper-case field") && err == nil {
+				t.Errorf("%s: the request schema accepts %s", x.Name, x.Body)
 			}
 		}
-		if x.path == "/v1/visit" && x.method == "POST" && strings.TrimSpace(x.body) != "" && x.code != http.StatusUnauthorized {
-			err := validateJSON(reqSchema, []byte(x.body))
-			if x.code < 300 && err != nil {
-				t.Errorf("%s: accepted body %s is not a valid request: %v", x.name, x.body, err)
-			}
-			if (x.name == "unknown field" || x.name == "upper-case field") && err == nil {
-				t.Errorf("%s: the request schema accepts %s", x.name, x.body)
-			}
-		}
-		if x.code < 300 && x.path == "/v1/visit" {
+		if x.Code < 300 && x.Path == "/v1/visit" {
 			var r VisitReply
-			_ = json.Unmarshal(x.resp, &r)
-			statuses[x.name] = r.Status
+			_ = json.Unmarshal(x.Resp, &r)
+			statuses[x.Name] = r.Status
 		}
 	}
 	for name, want := range map[string]string{"accepted": "accepted", "duplicate": "duplicate", "coalesced": "coalesced", "queued": "accepted"} {
@@ -313,21 +159,7 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 		}
 	}
 	// Every documented response was produced.
-	var missing []string
-	for path, pv := range d.doc["paths"].(map[string]any) {
-		for method, mv := range pv.(map[string]any) {
-			for code := range mv.(map[string]any)["responses"].(map[string]any) {
-				if !seen[path+" "+method+" "+code] {
-					missing = append(missing, method+" "+path+" "+code)
-				}
-			}
-		}
-	}
-	if !seen["NotFound"] {
-		missing = append(missing, "NotFound")
-	}
-	sort.Strings(missing)
-	if len(missing) > 0 {
+	if missing := d.Missing(); len(missing) > 0 {
 		t.Errorf("documented but never produced: %v", missing)
 	}
 	t.Logf("%d exchanges validated against docs/openapi/trigger.yaml", len(xs))
@@ -344,10 +176,5 @@ func slowBody(t *testing.T, sock string) exchange {
 	defer conn.Close()
 	body := `{"txn_id":`
 	resp, b, _ := rawRequest(t, conn, "POST /v1/visit HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n"+body, BodyTimeout+2*time.Second)
-	return exchange{name: "body too slow", method: "POST", path: "/v1/visit", body: body, code: resp.StatusCode, header: resp.Header, resp: b}
-}
-
-func itoa(n int) string {
-	b, _ := json.Marshal(n)
-	return string(b)
+	return exchange{Name: "body too slow", Method: "POST", Path: "/v1/visit", Body: body, Code: resp.StatusCode, Header: resp.Header, Resp: b}
 }
