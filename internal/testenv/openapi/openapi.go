@@ -158,8 +158,10 @@ func (d *Doc) Check(x Exchange) []string {
 		// A wrong method has no operation of its own: the 405 is
 		// documented under the path's one operation.
 		if ops, ok := d.At("paths", route); ok {
-			for m := range ops.(map[string]any) {
-				method = m
+			for m, op := range ops.(map[string]any) {
+				if _, isOp := op.(map[string]any); isOp {
+					method = m
+				}
 			}
 		}
 	}
@@ -205,7 +207,11 @@ func (d *Doc) Missing() []string {
 	var missing []string
 	for path, pv := range d.Doc["paths"].(map[string]any) {
 		for method, mv := range pv.(map[string]any) {
-			for code := range mv.(map[string]any)["responses"].(map[string]any) {
+			op, isOp := mv.(map[string]any)
+			if !isOp { // the path's parameters, summary, description
+				continue
+			}
+			for code := range op["responses"].(map[string]any) {
 				if !d.seen[path+" "+method+" "+code] {
 					missing = append(missing, method+" "+path+" "+code)
 				}

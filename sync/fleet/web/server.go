@@ -396,10 +396,10 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	httpError(w, r, msg, code)
 }
 
-// httpError answers an error: as JSON ({"error": ...}) under /api/, as
-// plain text elsewhere.
+// httpError answers an error: as JSON ({"error": ...}) under /api/ and to
+// a client that asks for JSON, as plain text elsewhere.
 func httpError(w http.ResponseWriter, r *http.Request, msg string, code int) {
-	if strings.HasPrefix(r.URL.Path, "/api/") {
+	if strings.HasPrefix(r.URL.Path, "/api/") || wantsJSON(r) {
 		writeAPIError(w, code, msg, nil)
 		return
 	}

@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
 	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
@@ -61,7 +62,7 @@ func startTestServer(t testing.TB, st storage.Store) (*Server, *httptest.Server,
 	cfg.UsersFile = "unused"
 	s, err := New(cfg, st, testUsers(t), []byte(strings.Repeat("k", 32)),
 		Deps{Retention: storage.Retention{History: 30 * 24 * time.Hour, Alerts: 90 * 24 * time.Hour},
-			IngestStats: func() any { return map[string]int{"applied": 1} }})
+			IngestStats: func() any { return ingest.Stats{Applied: 1} }})
 	if err != nil {
 		t.Fatal(err)
 	}

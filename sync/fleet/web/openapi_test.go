@@ -1,0 +1,152 @@
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/periocular/atm-agent/internal/testenv/openapi"
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// Every answer of the real server to the JSON API is a documented
+// response of docs/openapi/fleet.yaml (status code, body schema, headers),
+// and every documented response is produced.
+func TestOpenAPIMatchesServer(t *testing.T) {
+	d := openapi.Load(t, filepath.Join("..", "..", "..", "docs", "openapi", "fleet.yaml"))
+	st := openBolt(t)
+	seed(t, st)
+	now := time.Now().UTC()
+	if _, err := st.Apply(context.Background(), []storage.Message{
+		storetest.Alert("lyon-07", "atm-1", 5, now.Add(-20*time.Minute), "a-2", "p-2", 8),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stopped := wire.Status{Envelope: wire.NewEnvelope("paris-01", "atm-2", now), State: wire.StateStopped}
+	online := wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-1", now), State: wire.StateOnline}
+	for _, s := range []storage.Status{{Site: "paris-01", Device: "atm-2", Received: now, Status: stopped},
+		{Site: "lyon-07", Device: "atm-1", Received: now, Status: online}} {
+		if err := st.PutStatus(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, hs := newTestServer(t, st)
+
+	var xs []openapi.Exchange
+	call := func(c *http.Client, name, method, path, route, body string, hdr ...string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		xs = append(xs, openapi.Exchange{Name: name, Method: method, Path: strings.SplitN(path, "?", 2)[0], Route: route,
+			Body: body, Code: resp.StatusCode, Header: resp.Header, Resp: b})
+	}
+	const (
+		J    = "application/json"
+		form = "application/x-www-form-urlencoded"
+	)
+	anon := newClient(t, hs.URL)
+	call(anon.Client, "health", "GET", "/healthz", "", "")
+	call(anon.Client, "session signed out", "GET", "/api/v1/session", "", "")
+	call(anon.Client, "devices signed out", "GET", "/api/v1/devices", "", "")
+	call(anon.Client, "device signed out", "GET", "/api/v1/devices/lyon-07/atm-1", "/api/v1/devices/{site}/{device}", "")
+	call(anon.Client, "alerts signed out", "GET", "/api/v1/alerts", "", "")
+	call(anon.Client, "act signed out", "POST", "/api/v1/alerts/act", "", `{}`, "Content-Type", J)
+	call(anon.Client, "remove signed out", "POST", "/api/v1/devices/remove", "", `{}`, "Content-Type", J)
+	call(anon.Client, "purge signed out", "POST", "/api/v1/identities/purge", "", `{}`, "Content-Type", J)
+
+	// Sign-in as a program: the token, a wrong password, a missing token,
+	// a throttled name, then ana.
+	ana := newClient(t, hs.URL)
+	call(ana.Client, "sign-in token", "GET", "/login", "", "", "Accept", J)
+	tok := jsonField(t, xs[len(xs)-1].Resp, "csrf")
+	signIn := func(name, user, pw, csrf string) {
+		call(ana.Client, name, "POST", "/login", "", url.Values{"csrf": {csrf}, "user": {user}, "password": {pw}}.Encode(),
+			"Content-Type", form, "Accept", J)
+	}
+	signIn("sign-in without token", "ana", "correct horse", "")
+	signIn("wrong password", "ana", "wrong horse", tok)
+	for range 6 {
+		signIn("throttled", "ghost", "nope", tok)
+	}
+	signIn("signed in", "ana", "correct horse", tok)
+	csrf := jsonField(t, xs[len(xs)-1].Resp, "csrf_token")
+	root := newClient(t, hs.URL)
+	rootCSRF := root.login("root", "correct horse")
+
+	call(ana.Client, "session", "GET", "/api/v1/session", "", "")
+	call(ana.Client, "devices", "GET", "/api/v1/devices?limit=1", "", "")
+	call(ana.Client, "devices bad limit", "GET", "/api/v1/devices?limit=0", "", "")
+	call(ana.Client, "device", "GET", "/api/v1/devices/lyon-07/atm-1", "/api/v1/devices/{site}/{device}", "")
+	call(ana.Client, "unknown device", "GET", "/api/v1/devices/lyon-07/atm-404", "/api/v1/devices/{site}/{device}", "")
+	call(ana.Client, "alerts", "GET", "/api/v1/alerts?state=all&limit=1", "", "")
+	call(ana.Client, "alerts by receipt", "GET", "/api/v1/alerts?state=all&order=received&received_since="+url.QueryEscape(now.Add(-time.Hour).Format(time.RFC3339)), "", "")
+	call(ana.Client, "alerts bad order", "GET", "/api/v1/alerts?order=newest", "", "")
+
+	act := func(c *client, token, name, body string) {
+		call(c.Client, name, "POST", "/api/v1/alerts/act", "", body, "Content-Type", J, "X-CSRF-Token", token)
+	}
+	act(ana, "", "act without token", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1"}`)
+	act(ana, csrf, "act unknown field", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1","by":"x"}`)
+	act(ana, csrf, "act unknown alert", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-404"}`)
+	act(ana, csrf, "ack", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1","note":"calling"}`)
+	act(ana, csrf, "ack again", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert_id":"a-1","note":"calling"}`)
+	act(root, rootCSRF, "ack by another", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1"}`)
+
+	admin := func(c *client, token, name, path, body string) {
+		call(c.Client, name, "POST", path, "", body, "Content-Type", J, "X-CSRF-Token", token)
+	}
+	const rm, purge = "/api/v1/devices/remove", "/api/v1/identities/purge"
+	admin(ana, csrf, "remove as analyst", rm, `{"site":"paris-01","device":"atm-2"}`)
+	admin(root, rootCSRF, "remove without device", rm, `{"site":"paris-01"}`)
+	admin(root, rootCSRF, "remove unknown", rm, `{"site":"paris-01","device":"atm-404"}`)
+	admin(root, rootCSRF, "remove online", rm, `{"site":"lyon-07","device":"atm-1"}`)
+	admin(root, rootCSRF, "remove", rm, `{"site":"paris-01","device":"atm-2"}`)
+	admin(ana, csrf, "purge as analyst", purge, `{"site":"lyon-07","device":"atm-1","identity":"p-2"}`)
+	admin(root, rootCSRF, "purge bad identity", purge, `{"site":"lyon-07","device":"atm-1","identity":"p 2"}`)
+	admin(root, rootCSRF, "purge unknown device", purge, `{"site":"lyon-07","device":"atm-404","identity":"p-2"}`)
+	admin(root, rootCSRF, "purge", purge, `{"site":"lyon-07","device":"atm-1","identity":"p-2"}`)
+
+	for _, x := range xs {
+		d.Check(x)
+	}
+	if missing := d.Missing(); len(missing) > 0 {
+		t.Errorf("documented but never produced: %v", missing)
+	}
+	// Every API route the server has is documented.
+	for _, route := range []string{"/api/v1/session", "/api/v1/devices", "/api/v1/devices/{site}/{device}", "/api/v1/devices/remove",
+		"/api/v1/identities/purge", "/api/v1/alerts", "/api/v1/alerts/act", "/healthz", "/login"} {
+		if _, ok := d.At("paths", route); !ok {
+			t.Errorf("%s is served but not documented", route)
+		}
+	}
+	t.Logf("%d exchanges validated against docs/openapi/fleet.yaml", len(xs))
+}
+
+func jsonField(t *testing.T, b []byte, k string) string {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("%s: %v", b, err)
+	}
+	v, _ := m[k].(string)
+	if v == "" {
+		t.Fatalf("no %s in %s", k, b)
+	}
+	return v
+}
