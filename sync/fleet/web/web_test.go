@@ -114,6 +114,28 @@ func (c *client) post(path string, form url.Values, hdr ...string) (*http.Respon
 	return r, string(b)
 }
 
+// json sends a request asking for JSON and decodes the JSON object it
+// answers (nil when the answer is not one).
+func (c *client) json(method, path, contentType, body string, hdr ...string) (*http.Response, map[string]any) {
+	c.t.Helper()
+	req, _ := http.NewRequest(method, c.base+path, strings.NewReader(body))
+	req.Header.Set("Accept", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	r, err := c.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer r.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(r.Body).Decode(&out)
+	return r, out
+}
+
 var hiddenRe = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
 // login signs in and returns the session's CSRF token.
@@ -868,44 +890,23 @@ func TestProgramSignIn(t *testing.T) {
 	seed(t, st)
 	_, hs := newTestServer(t, st)
 	c := newClient(t, hs.URL)
-	jget := func(path string) (*http.Response, map[string]string) {
-		req, _ := http.NewRequest(http.MethodGet, hs.URL+path, nil)
-		req.Header.Set("Accept", "application/json")
-		r, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Body.Close()
-		var out map[string]string
-		json.NewDecoder(r.Body).Decode(&out)
-		return r, out
-	}
-	_, page := jget("/login")
-	if page["csrf"] == "" {
+	_, page := c.json("GET", "/login", "", "")
+	tok, _ := page["csrf"].(string)
+	if tok == "" {
 		t.Fatalf("GET /login as JSON: %v, want the token", page)
 	}
-	signIn := func(pw string) (*http.Response, map[string]string) {
-		form := url.Values{"csrf": {page["csrf"]}, "user": {"ana"}, "password": {pw}}
-		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/login", strings.NewReader(form.Encode()))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.Header.Set("Accept", "application/json")
-		r, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Body.Close()
-		var out map[string]string
-		json.NewDecoder(r.Body).Decode(&out)
-		return r, out
+	signIn := func(pw string) (*http.Response, map[string]any) {
+		return c.json("POST", "/login", "application/x-www-form-urlencoded",
+			url.Values{"csrf": {tok}, "user": {"ana"}, "password": {pw}}.Encode())
 	}
-	if r, out := signIn("wrong horse"); r.StatusCode != http.StatusUnauthorized || out["error"] == "" {
+	if r, out := signIn("wrong horse"); r.StatusCode != http.StatusUnauthorized || out["error"] == nil {
 		t.Errorf("wrong password: %d %v, want 401 with an error", r.StatusCode, out)
 	}
 	r, out := signIn("correct horse")
-	if r.StatusCode != http.StatusOK || out["user"] != "ana" || out["csrf_token"] == "" {
+	if r.StatusCode != http.StatusOK || out["user"] != "ana" || out["csrf_token"] == nil {
 		t.Fatalf("sign-in: %d %v", r.StatusCode, out)
 	}
-	if r, sess := jget("/api/v1/session"); r.StatusCode != http.StatusOK || sess["csrf_token"] != out["csrf_token"] {
+	if r, sess := c.json("GET", "/api/v1/session", "", ""); r.StatusCode != http.StatusOK || sess["csrf_token"] != out["csrf_token"] {
 		t.Errorf("session after a program's sign-in: %d %v", r.StatusCode, sess)
 	}
 }
@@ -925,16 +926,8 @@ func TestPurgeIdentity(t *testing.T) {
 		t.Errorf("an analyst's erasure: %d, want 403", r.StatusCode)
 	}
 	post := func(body string) (int, map[string]any) {
-		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/identities/purge", strings.NewReader(body))
-		req.Header.Set("X-CSRF-Token", rootCSRF)
-		resp, err := root.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var out map[string]any
-		json.NewDecoder(resp.Body).Decode(&out)
-		return resp.StatusCode, out
+		r, out := root.json("POST", "/api/v1/identities/purge", "application/json", body, "X-CSRF-Token", rootCSRF)
+		return r.StatusCode, out
 	}
 	if code, out := post(`{"site":"lyon-07","device":"atm-1","identity":"p-1","all":"yes"}`); code != 400 || out["error"] == nil {
 		t.Errorf("unknown field: %d %v, want 400", code, out)
