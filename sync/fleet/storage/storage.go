@@ -390,6 +390,19 @@ type IdentityPurge struct {
 	At                     time.Time
 }
 
+// ErrNotScrubbed: an erasure was committed, but the store could not yet
+// rewrite its file without the erased records' old copies (no room for the
+// copy): they stay readable in the file's free pages until it can.
+var ErrNotScrubbed = errors.New("erased, but not yet scrubbed from the store file")
+
+// PurgeNote is the audit log's note of an erasure: the identity is not
+// named (a digest of site, device and identity lets whoever knows them
+// find the entry), with how many alerts went.
+func PurgeNote(p IdentityPurge, alerts int) string {
+	h := sha256.Sum256([]byte(p.Site + "\x00" + p.Device + "\x00" + p.Identity))
+	return fmt.Sprintf("identity sha256:%x, %d alerts", h[:8], alerts)
+}
+
 // DropIdentity removes an identity's line from a summary (the device's
 // last summary, as stored), reporting whether it was there.
 func DropIdentity(s *wire.Summary, id string) bool {
@@ -542,7 +555,11 @@ type Store interface {
 	// PurgeIdentity erases one identity of one device (an erasure
 	// request, after the agent's own purge_identity): its series, its
 	// alerts in every state, and its line in the device's last summary,
-	// with an audit entry. It returns how many alerts went.
+	// with an audit entry (PurgeNote), also for a device already removed
+	// whose alerts remain. It returns how many alerts went; ErrNotFound
+	// when neither the device nor anything of the identity is stored;
+	// ErrNotScrubbed (with the count) when the erasure is committed but
+	// old copies remain in the file.
 	PurgeIdentity(ctx context.Context, p IdentityPurge) (int, error)
 	Summaries(ctx context.Context, site, device string, since time.Time) ([]SummaryPoint, error)
 	IdentityPoints(ctx context.Context, site, device, identity string, since time.Time) ([]IdentityPoint, error)

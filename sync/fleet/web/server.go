@@ -1136,14 +1136,23 @@ func (s *Server) purgeIdentity(w http.ResponseWriter, r *http.Request) {
 	ip := storage.IdentityPurge{Site: in["site"], Device: in["device"], Identity: in["identity"], User: p.User.Name, Role: p.User.Role,
 		Remote: r.RemoteAddr, At: s.now().UTC()}
 	n, err := s.store.PurgeIdentity(r.Context(), ip)
+	warning := ""
+	if errors.Is(err, storage.ErrNotScrubbed) {
+		// Erased and committed; old copies remain in the file for now.
+		warning, err = err.Error(), nil
+		s.log.Warn("fleet web: identity erased, not yet scrubbed from the store file", "err", warning)
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	s.log.Info("fleet web: identity purged", "site", ip.Site, "device", ip.Device, "identity", ip.Identity, "alerts", n,
-		"user", ip.User, "remote", ip.Remote)
+	s.log.Info("fleet web: identity purged", "site", ip.Site, "device", ip.Device, "alerts", n, "user", ip.User, "remote", ip.Remote)
 	if strings.HasPrefix(r.URL.Path, "/api/") {
-		writeJSON(w, map[string]any{"purged": ip.Identity, "alerts": n})
+		out := map[string]any{"purged": ip.Identity, "alerts": n}
+		if warning != "" {
+			out["warning"] = warning
+		}
+		writeJSON(w, out)
 		return
 	}
 	http.Redirect(w, r, "/devices/"+url.PathEscape(ip.Site)+"/"+url.PathEscape(ip.Device), http.StatusSeeOther)

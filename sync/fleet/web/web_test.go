@@ -941,7 +941,8 @@ func TestPurgeIdentity(t *testing.T) {
 	if _, body := root.get("/devices/lyon-07/atm-1/identities/p-2"); !strings.Contains(body, `action="/admin/identities/purge"`) {
 		t.Error("the administrator is not offered the erasure")
 	}
-	if _, body := root.get("/admin"); !strings.Contains(body, "purge identity") || !strings.Contains(body, "identity p-1, 1 alerts") {
+	if _, body := root.get("/admin"); !strings.Contains(body, "purge identity") ||
+		!strings.Contains(body, storage.PurgeNote(storage.IdentityPurge{Site: "lyon-07", Device: "atm-1", Identity: "p-1"}, 1)) {
 		t.Error("the audit log does not show the erasure")
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -50,7 +51,12 @@ const maxRejects = 1000
 
 // Store is the bbolt implementation of storage.Store.
 type Store struct {
-	db *bolt.DB
+	// mu: every transaction holds it shared; an in-place compaction
+	// (after an identity's erasure) holds it alone while it replaces db.
+	mu   sync.RWMutex
+	db   *bolt.DB
+	path string   // the store file (a symbolic link resolved)
+	lock *os.File // path + ".lock", held from Open to Close
 	storage.Hub
 	phantoms int // removed by Open
 }
@@ -66,13 +72,20 @@ func Open(path string, timeout time.Duration) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("open fleet store %q: %w", path, err)
 	}
+	real := realPath(path)
+	lock, err := lockStore(real, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("open fleet store %q: %w", path, err)
+	}
 	// bbolt faults (SIGSEGV) mapping a truncated or damaged file: check it
 	// first and refuse it with a clear error.
-	if err := checkFile(path); err != nil {
+	if err := checkFile(real); err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("open fleet store %q: %w; the file was not opened and is left as it is: restore it from a backup (atm-fleet backup) or move it away to start an empty store", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	db, err := bolt.Open(real, 0o600, &bolt.Options{Timeout: timeout})
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("open fleet store %q: %w", path, err)
 	}
 	var phantoms int
@@ -96,9 +109,10 @@ func Open(path string, timeout time.Duration) (*Store, error) {
 	})
 	if err != nil {
 		db.Close()
+		lock.Close()
 		return nil, fmt.Errorf("open fleet store %q: init: %w", path, err)
 	}
-	return &Store{db: db, phantoms: phantoms}, nil
+	return &Store{db: db, path: real, lock: lock, phantoms: phantoms}, nil
 }
 
 // metaPhantoms, in the meta bucket, records that removePhantoms ran (the
@@ -151,7 +165,13 @@ func removePhantoms(tx *bolt.Tx) (int, error) {
 func (s *Store) RemovedPhantoms() int { return s.phantoms }
 
 // Close closes the file.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.db.Close()
+	s.lock.Close()
+	return err
+}
 
 func dkey(site, device string) []byte { return []byte(site + "\x00" + device + "\x00") }
 
@@ -195,6 +215,8 @@ func (s *Store) update(ctx context.Context, op string, fn func(tx *bolt.Tx) erro
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	if err := s.db.Update(fn); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
@@ -205,6 +227,8 @@ func (s *Store) view(ctx context.Context, op string, fn func(tx *bolt.Tx) error)
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	if err := s.db.View(fn); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
@@ -599,7 +623,7 @@ func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Al
 		alerts := tx.Bucket(bAlerts)
 		take := func(k, v []byte) error {
 			if v == nil {
-				return fmt.Errorf("alert index names %q, which is not stored: restart the service to rebuild the index", k)
+				return fmt.Errorf("alert index names %q, which is not stored: stop the service and run atm-fleet compact, which rebuilds the indexes", k)
 			}
 			var a storage.Alert
 			if err := json.Unmarshal(v, &a); err != nil {
@@ -809,20 +833,19 @@ func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int
 		if err != nil {
 			return err
 		}
-		if !found {
-			return fmt.Errorf("device %s/%s: %w", p.Site, p.Device, storage.ErrNotFound)
-		}
-		if storage.DropIdentity(d.Summary, p.Identity) {
+		if found && storage.DropIdentity(d.Summary, p.Identity) {
 			if err := putJSON(tx.Bucket(bDevices), dk, d); err != nil {
 				return err
 			}
 		}
 		c := tx.Bucket(bIdent).Cursor()
 		ip := cat(dk, []byte(p.Identity+"\x00"))
+		points := 0
 		for k, _ := c.Seek(ip); k != nil && bytes.HasPrefix(k, ip); k, _ = c.Seek(ip) {
 			if err := c.Delete(); err != nil {
 				return err
 			}
+			points++
 		}
 		// The device's alerts of this identity, in every state.
 		var drop []storage.Alert
@@ -846,16 +869,25 @@ func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int
 			}
 		}
 		n = len(drop)
+		if !found && n == 0 && points == 0 {
+			return fmt.Errorf("device %s/%s: %w", p.Site, p.Device, storage.ErrNotFound)
+		}
 		b := tx.Bucket(bAudit)
 		id, _ := b.NextSequence()
 		return putJSON(b, u64(id), storage.AuditEntry{ID: id, At: p.At.UTC(), User: p.User, Role: p.Role,
 			Action: storage.ActionPurgeIdentity, Key: storage.AlertKey{Site: p.Site, Device: p.Device},
-			Note: fmt.Sprintf("identity %s, %d alerts", p.Identity, n), Remote: p.Remote})
+			Note: storage.PurgeNote(p, n), Remote: p.Remote})
 	})
 	if err != nil {
 		return 0, err
 	}
 	s.Publish(storage.Change{Kind: "device", Site: p.Site, Device: p.Device})
+	// bbolt copies pages on write: the erased records stay in the file's
+	// free pages until the file is rewritten (a hostile review read 6
+	// copies back after an erasure).
+	if err := s.compactInPlace(); err != nil {
+		return n, fmt.Errorf("%w: %w", storage.ErrNotScrubbed, err)
+	}
 	return n, nil
 }
 
@@ -1079,7 +1111,7 @@ func (s *Store) SessionRevoked(ctx context.Context, id string) (bool, error) {
 // and every read queued behind it (ingest and the pages froze until the
 // client went away). The spool needs free space the size of the store.
 func (s *Store) Backup(ctx context.Context, w io.Writer) (int64, error) {
-	tmp, err := os.CreateTemp(filepath.Dir(s.db.Path()), ".backup-*")
+	tmp, err := os.CreateTemp(filepath.Dir(s.path), ".backup-*")
 	if err != nil {
 		return 0, fmt.Errorf("backup: spool: %w", err)
 	}

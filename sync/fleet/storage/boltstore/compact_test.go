@@ -51,6 +51,11 @@ func TestCompact(t *testing.T) {
 	if err := os.Chmod(real, 0o640); err != nil {
 		t.Fatal(err)
 	}
+	// A copy a killed compaction left: removed, not counted against room.
+	stale := filepath.Join(filepath.Dir(real), ".fleet.db.compact-12345")
+	if err := os.WriteFile(stale, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	before, after, err := Compact(link, time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -65,8 +70,8 @@ func TestCompact(t *testing.T) {
 	if fi, err := os.Stat(real); err != nil || fi.Mode().Perm() != 0o640 || fi.Size() != after {
 		t.Errorf("the compacted file: %v, %v (want mode 0640, size %d)", fi.Mode(), err, after)
 	}
-	if _, err := os.Stat(real + ".compact.tmp"); !os.IsNotExist(err) {
-		t.Errorf("temporary copy left behind: %v", err)
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(real), ".fleet.db.compact-*")); len(left) != 0 {
+		t.Errorf("copies left behind: %v", left)
 	}
 	s, err = Open(link, time.Second)
 	if err != nil {
@@ -95,5 +100,60 @@ func TestCompactRefusesDamagedFile(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(path); string(b) != string(junk) {
 		t.Error("the damaged file was changed")
+	}
+}
+
+// A service started while a compaction runs waits for it and opens the
+// compacted file. bbolt's lock is on the file the compaction replaces: a
+// service waiting on it got the old file, by then deleted, and what it
+// ingested there was gone at the next restart (a hostile review).
+func TestOpenWaitsForCompaction(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "fleet.db")
+	mk := func(p, dev string) {
+		s, err := Open(p, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Apply(context.Background(), []storage.Message{storetest.Summary("lyon-07", dev, 1, storetest.T0, 1)}); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+	}
+	mk(path, "atm-old")
+	mk(filepath.Join(dir, "new.db"), "atm-new")
+	// A compaction in progress: the store's lock held.
+	lock, err := lockStore(realPath(path), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan *Store, 1)
+	go func() {
+		s, err := Open(path, 10*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		opened <- s
+	}()
+	select {
+	case <-opened:
+		t.Fatal("Open did not wait for the compaction's lock")
+	case <-time.After(300 * time.Millisecond):
+	}
+	// The compaction renames its copy over the file, then lets go.
+	if err := os.Rename(filepath.Join(dir, "new.db"), path); err != nil {
+		t.Fatal(err)
+	}
+	lock.Close()
+	s := <-opened
+	if s == nil {
+		t.FailNow()
+	}
+	defer s.Close()
+	if _, err := s.Device(context.Background(), "lyon-07", "atm-new"); err != nil {
+		t.Errorf("the service opened the replaced file, not the compacted one: %v", err)
+	}
+	if _, _, err := Compact(path, 100*time.Millisecond); err == nil || !strings.Contains(err.Error(), "stop the service") {
+		t.Errorf("compact while the store is open: %v", err)
 	}
 }

@@ -740,10 +740,8 @@ func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int
 	err := s.tx(ctx, "purge identity", func(tx pgx.Tx) error {
 		var summary []byte
 		err := tx.QueryRow(ctx, `SELECT summary FROM atm_fleet_devices WHERE site = $1 AND device = $2 FOR UPDATE`, p.Site, p.Device).Scan(&summary)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("device %s/%s: %w", p.Site, p.Device, storage.ErrNotFound)
-		}
-		if err != nil {
+		found := !errors.Is(err, pgx.ErrNoRows)
+		if err != nil && found {
 			return err
 		}
 		if summary != nil {
@@ -758,8 +756,9 @@ func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int
 				}
 			}
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM atm_fleet_identity_points WHERE site = $1 AND device = $2 AND identity = $3`,
-			p.Site, p.Device, p.Identity); err != nil {
+		pts, err := tx.Exec(ctx, `DELETE FROM atm_fleet_identity_points WHERE site = $1 AND device = $2 AND identity = $3`,
+			p.Site, p.Device, p.Identity)
+		if err != nil {
 			return err
 		}
 		tag, err := tx.Exec(ctx, `DELETE FROM atm_fleet_alerts WHERE site = $1 AND device = $2 AND identity_id = $3`, p.Site, p.Device, p.Identity)
@@ -767,9 +766,12 @@ func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int
 			return err
 		}
 		n = int(tag.RowsAffected())
+		if !found && n == 0 && pts.RowsAffected() == 0 {
+			return fmt.Errorf("device %s/%s: %w", p.Site, p.Device, storage.ErrNotFound)
+		}
 		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_audit (at, user_name, role, action, site, device, alert_id, note, remote)
 			VALUES ($1,$2,$3,$4,$5,$6,'',$7,$8)`, p.At.UTC(), p.User, p.Role, storage.ActionPurgeIdentity, p.Site, p.Device,
-			fmt.Sprintf("identity %s, %d alerts", p.Identity, n), p.Remote); err != nil {
+			storage.PurgeNote(p, n), p.Remote); err != nil {
 			return err
 		}
 		return notify(ctx, tx, storage.Change{Kind: "device", Site: p.Site, Device: p.Device})

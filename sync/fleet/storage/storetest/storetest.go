@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -117,8 +118,10 @@ func purgeIdentity(t *testing.T, s storage.Store) {
 	if len(all) != 1 {
 		t.Errorf("alerts after purge: %d, want a-3 alone", len(all))
 	}
-	if audit, _ := s.Audit(c, 1); len(audit) != 1 || audit[0].Action != storage.ActionPurgeIdentity || audit[0].Note != "identity p-1, 2 alerts" {
-		t.Errorf("audit: %+v", audit)
+	wantNote := storage.PurgeNote(storage.IdentityPurge{Site: "lyon-07", Device: "atm-1", Identity: "p-1"}, 2)
+	if audit, _ := s.Audit(c, 1); len(audit) != 1 || audit[0].Action != storage.ActionPurgeIdentity || audit[0].Note != wantNote ||
+		strings.Contains(audit[0].Note, "p-1") {
+		t.Errorf("audit: %+v, want the note %q (the identity not named)", audit, wantNote)
 	}
 }
 
@@ -180,6 +183,13 @@ func removeDevice(t *testing.T, s storage.Store) {
 	if err != nil || len(audit) != 1 || audit[0].Action != storage.ActionRemoveDevice || audit[0].User != "root" ||
 		audit[0].Key.Device != "atm-1" || audit[0].Remote != "10.0.0.9" {
 		t.Errorf("audit after removal: %+v, %v", audit, err)
+	}
+	// An erasure reaches the alerts a removed device left.
+	if n, err := s.PurgeIdentity(c, storage.IdentityPurge{Site: "lyon-07", Device: "atm-1", Identity: "p-1", User: "root", At: T0.Add(2 * time.Hour)}); err != nil || n != 1 {
+		t.Errorf("erasure on a removed device: %d alerts, %v; want its 1 alert", n, err)
+	}
+	if _, err := s.Alert(c, k); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("the erased identity's alert on the removed device: %v, want gone", err)
 	}
 	// The device sends again (its agent was not stopped for good): it is
 	// a device from scratch, its old message ids no longer known.
