@@ -41,8 +41,13 @@ export CGO_CFLAGS="--sysroot=$SYSROOT"
 export CGO_CXXFLAGS="--sysroot=$SYSROOT"
 export CGO_LDFLAGS="--sysroot=$SYSROOT -Wl,-rpath-link,$SYSROOT/$ML -Wl,-rpath-link,$SYSROOT/lib/aarch64-linux-gnu -Wl,-rpath-link,$SYSROOT/$ML/blas -Wl,-rpath-link,$SYSROOT/$ML/lapack"
 # gocv without the wrappers nothing calls (no highgui/Qt), as `make build`.
+# A position-independent executable, as `make build` (lintian's
+# hardening-no-pie): Go builds linux/arm64 as a plain executable unless asked;
+# cgo links it with the cross gcc, which gets -pie.
 lean=$(bash scripts/gocv-lean.sh)
-go build -modfile="$lean" -trimpath -ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION" -o "$OUT" ./cmd/atm-agent
+LDFLAGS="-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION"
+go build -modfile="$lean" -trimpath -buildmode=pie -ldflags "$LDFLAGS" -o "$OUT" ./cmd/atm-agent
 # The offline tools (cluster, used by compare-arch.sh) beside it.
-go build -modfile="$lean" -trimpath -ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION" -o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
+go build -modfile="$lean" -trimpath -buildmode=pie -ldflags "$LDFLAGS" -o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
+bash scripts/packaging/check-pie.sh dynamic "$OUT" "${OUT/atm-agent/atm-tools}" >&2
 echo "$OUT"
