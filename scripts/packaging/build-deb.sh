@@ -103,10 +103,19 @@ grep -q '^  key_file: credential:store-key ' build/deb/config.yaml ||
 	{ echo "build-deb: could not set store.key_file in the packaged config" >&2; exit 1; }
 "$BIN" config check build/deb/config.yaml >/dev/null
 
-# A statically linked binary (make static / static-arm64) needs no library.
-if [ -z "${DEB_DEPENDS:-}" ] && file -b "$DEB_BIN" | grep -q 'statically linked'; then
+# A static binary (make static / static-arm64: no program interpreter; `file`
+# says "static-pie linked") needs no library.
+static() { ! readelf -lW "$1" | grep -q 'Requesting program interpreter'; }
+if [ -z "${DEB_DEPENDS:-}" ] && static "$DEB_BIN"; then
 	DEB_DEPENDS=none
 fi
+# Every packaged binary is a position-independent executable (lintian's
+# hardening-no-pie; docs/packaging.md "lintian"): a build that lost PIE fails
+# here instead of shipping.
+for b in "$DEB_BIN" ${DEB_TOOLS_BIN:+"$DEB_TOOLS_BIN"}; do
+	if static "$b"; then kind=static; else kind=dynamic; fi
+	bash scripts/packaging/check-pie.sh "$kind" "$b" >&2
+done
 if [ -z "${DEB_DEPENDS:-}" ]; then
 	# There is no arm64 dpkg database to run dpkg-shlibdeps against; the
 	# package names are the same on every architecture, so the amd64 result

@@ -1,6 +1,11 @@
 #!/bin/bash
 # Fully static atm-agent: a minimal static OpenCV built from Debian 12's own
-# source package (cached outside git), then `go build` linked with -static.
+# source package (cached outside git), then `go build -buildmode=pie` linked
+# with -static-pie: a static position-independent executable (no INTERP, no
+# shared library) that the kernel loads at a random address. Every archive
+# linked must be position independent: OpenCV's own (ENABLE_PIC, below) and
+# Debian's libstdc++, libc (rcrt1.o), protobuf, png, jpeg and zlib archives
+# (Debian's gcc builds PIE by default); a non-PIC object fails the link.
 # Run from the repository root.
 #   ARCH          amd64 (default) or arm64 (cross, gcc-aarch64-linux-gnu)
 #   OUT           default build/atm-agent-static (amd64), build/atm-agent-static-arm64
@@ -144,6 +149,7 @@ FLAGS=(
 	-DWITH_OPENVX=OFF -DWITH_HALIDE=OFF -DWITH_INF_ENGINE=OFF -DWITH_WEBNN=OFF -DWITH_TIMVX=OFF
 	-DOPENCV_DNN_OPENCL=OFF -DENABLE_PRECOMPILED_HEADERS=OFF -DBUILD_INFO_SKIP_TIMESTAMP=ON
 	-DOPENCV_GENERATE_PKGCONFIG=OFF -DCMAKE_INSTALL_LIBDIR=lib -DOPENCV_DOWNLOAD_TRIES_LIST=
+	-DENABLE_PIC=ON
 )
 # Debian's architecture baseline for amd64 (debian/rules), so results match
 # the distribution's shared OpenCV; runtime dispatch to newer SIMD stays on.
@@ -182,8 +188,10 @@ mkdir -p "$PREFIX/pkgconfig"
 	echo " -lprotobuf -lpng16 -ljpeg -lz -lstdc++ -lm -lpthread -ldl -lrt"
 } >"$PREFIX/pkgconfig/opencv4.pc"
 
-# --- go build, fully static. netgo/osusergo: Go's own DNS and user lookup
-# (glibc's NSS cannot be linked statically).
+# --- go build, fully static and position independent. netgo/osusergo: Go's
+# own DNS and user lookup (glibc's NSS cannot be linked statically).
+# -buildmode=pie with external linking makes Go pass -pie to the C linker;
+# -static-pie then links glibc's rcrt1.o, which relocates the binary itself.
 export CGO_ENABLED=1 GOOS=linux GOARCH=$ARCH
 export PKG_CONFIG_LIBDIR=$PREFIX/pkgconfig PKG_CONFIG_PATH=
 unset PKG_CONFIG_SYSROOT_DIR
@@ -194,13 +202,14 @@ if [ "$ARCH" = arm64 ]; then
 else
 	export CC=gcc CXX=g++ CGO_CFLAGS= CGO_CXXFLAGS= CGO_LDFLAGS=
 fi
-go build -tags netgo,osusergo -trimpath \
-	-ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION -linkmode external -extldflags -static" \
-	-o "$OUT" ./cmd/atm-agent
+LDFLAGS="-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION -linkmode external -extldflags -static-pie"
+go build -tags netgo,osusergo -trimpath -buildmode=pie -ldflags "$LDFLAGS" -o "$OUT" ./cmd/atm-agent
 # The offline tools (cluster, used by compare-arch.sh) beside it.
-go build -tags netgo,osusergo -trimpath \
-	-ldflags "-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/internal/cli.Version=$VERSION -linkmode external -extldflags -static" \
-	-o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
-file "$OUT" | grep -q 'statically linked' || { file "$OUT" >&2; log "not statically linked"; exit 1; }
+go build -tags netgo,osusergo -trimpath -buildmode=pie -ldflags "$LDFLAGS" -o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
+# A static PIE: ELF type DYN with the PIE flag, and no program interpreter
+# and no NEEDED library (scripts/packaging/check-pie.sh).
+for b in "$OUT" "${OUT/atm-agent/atm-tools}"; do
+	bash scripts/packaging/check-pie.sh static "$b" >&2 || { log "$b is not a static PIE"; exit 1; }
+done
 log "$(file -b "$OUT" | cut -d, -f1-2), $(stat -c %s "$OUT") bytes, OpenCV $PREFIX"
 echo "$OUT"

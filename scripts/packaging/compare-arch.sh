@@ -50,7 +50,7 @@ tools_arm64() { "${qemu[@]}" "$(realpath "$ARM64_TOOLS")" "$@"; }
 W=$(mktemp -d /tmp/atm-compare-arch.XXXXXX)
 apid=
 trap '[ -n "$apid" ] && kill "$apid" 2>/dev/null; rm -rf "$W"' EXIT
-kind() { file -b "$1" | grep -oE '^[^,]*, [^,]*|(statically|dynamically) linked' | paste -sd, -; }
+kind() { file -b "$1" | grep -oE '^[^,]*, [^,]*|(statically|static-pie|dynamically) linked' | paste -sd, -; }
 log "native: $(kind "$NATIVE")"
 log "arm64:  $(kind "$ARM64") via ${qemu[*]}"
 fail=0
