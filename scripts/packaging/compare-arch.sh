@@ -61,8 +61,11 @@ for dir in "$PHOTOS" $EXTRA; do
 	i=$((i + 1))
 	for a in native arm64; do
 		t0=$(date +%s.%N)
+		# --no-cache: the embedding cache (~/.cache/atm-tools) is keyed by the
+		# models, not the architecture, so the second run would read the
+		# first one's embeddings instead of computing its own.
 		"tools_$a" cluster "$dir" -o "$W/cl$i-$a" --models-dir "$MODELS" --workers 1 --threads 1 \
-			--thumb -1 --copy >"$W/cl$i-$a.log" 2>&1 || { cat "$W/cl$i-$a.log" >&2; exit 1; }
+			--thumb -1 --copy --no-cache >"$W/cl$i-$a.log" 2>&1 || { cat "$W/cl$i-$a.log" >&2; exit 1; }
 		echo "$(date +%s.%N) - $t0" | bc >"$W/cl$i-$a.time"
 		jq -r '.images[] | [.path, .folder, (.face.mask // "-")] | @tsv' "$W/cl$i-$a/report.json" >"$W/cl$i-$a.tsv"
 	done
