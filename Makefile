@@ -4,7 +4,8 @@ SHELL := /bin/bash
 export PATH := $(PATH):/usr/local/go/bin
 # One version for the binaries and the .deb (scripts/version.sh).
 VERSION ?= $(or $(DEB_VERSION),$(shell sh scripts/version.sh))
-# Position-independent executables (Debian's hardening default; lintian).
+# Position-independent executables (Debian's hardening default; lintian),
+# checked after linking by scripts/packaging/check-pie.sh.
 GOFLAGS_BUILD = -trimpath -buildmode=pie -ldflags "-s -w -X main.version=$(VERSION) -X github.com/periocular/atm-agent/internal/cli.Version=$(VERSION)"
 BIN := build/atm-agent
 # The offline tools: model build, evaluation, demo, cluster, watch
@@ -36,6 +37,7 @@ build: $(GOCV_LEAN)
 	go build -modfile=$(GOCV_LEAN) $(GOFLAGS_BUILD) -o $(BIN) ./cmd/atm-agent
 	go build -modfile=$(GOCV_LEAN) $(GOFLAGS_BUILD) -o $(TOOLS) ./cmd/atm-tools
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o $(FLEET) ./cmd/atm-fleet
+	@bash scripts/packaging/check-pie.sh dynamic $(BIN) $(TOOLS) $(FLEET) >/dev/null
 
 # Directories searched for URL-sourced model files (models/lock.json "kind":
 # "url") before their URL; a file is used only if its sha256 matches.
@@ -105,6 +107,11 @@ test-deb: deb
 lintian:
 	lintian --fail-on error,warning --info $$(ls -t build/atm-agent_*_amd64.deb | head -1) $$(ls -t build/atm-tools_*_amd64.deb | head -1)
 
+# The same on the packages of `make deb-arm64`.
+.PHONY: lintian-arm64
+lintian-arm64:
+	lintian --fail-on error,warning --info $$(ls -t build/atm-agent_*_arm64.deb | head -1) $$(ls -t build/atm-tools_*_arm64.deb | head -1)
+
 # arm64 cross build against Debian's arm64 OpenCV in a sysroot under build/
 # (mmdebstrap, created once); run it with qemu-aarch64-static -L build/sysroot-arm64.
 .PHONY: build-arm64
@@ -143,8 +150,9 @@ test-ops: deb
 
 # Fully static binaries: a minimal OpenCV built from Debian 12's source
 # package, cached in $(or $(ATM_CACHE_DIR),~/.cache/atm-agent) (first run
-# ~6-8 min on 2 cores per arch), then go build -extldflags -static
-# (scripts/packaging/build-static.sh; docs/packaging.md).
+# ~6-8 min on 2 cores per arch), then go build -buildmode=pie
+# -extldflags -static-pie: static PIEs (scripts/packaging/build-static.sh;
+# docs/packaging.md).
 .PHONY: static static-arm64 test-static-arm64 test-arm64
 static:
 	ARCH=amd64 bash scripts/packaging/build-static.sh
