@@ -707,7 +707,7 @@ func TestAlertsPagination(t *testing.T) {
 			t.Errorf("after=%s: %d, want 400", bad, r.StatusCode)
 		}
 	}
-	for _, bad := range []string{"order=newest", "order=received&received_since=yesterday"} {
+	for _, bad := range []string{"order=newest", "order=received&received_since=yesterday", "offset=100001"} {
 		if r, _ := c.get("/api/v1/alerts?" + bad); r.StatusCode != http.StatusBadRequest {
 			t.Errorf("%s: %d, want 400", bad, r.StatusCode)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -123,5 +124,65 @@ func BenchmarkFleetPages(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// With more active alerts than a listing sorts in memory (a fleet where
+// nobody resolves alerts), active listings walk the order indexes and
+// check the active index before decoding: the same answers.
+func TestActiveListingsOfManyAlerts(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "fleet.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := context.Background()
+	var msgs []storage.Message
+	for i := range 3000 {
+		dev := fmt.Sprintf("atm-%d", i%3)
+		m := storetest.Alert("paris-01", dev, uint64(i+1), storetest.T0.Add(time.Duration(i%700)*time.Second), fmt.Sprintf("a-%04d", i), "p-1", 6)
+		m.Received = storetest.T0.Add(time.Duration((i*7919)%3000) * time.Second)
+		msgs = append(msgs, m)
+	}
+	if _, err := s.Apply(c, msgs); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3000; i += 4 {
+		k := storage.AlertKey{Site: "paris-01", Device: fmt.Sprintf("atm-%d", i%3), AlertID: fmt.Sprintf("a-%04d", i)}
+		if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "ana", At: storetest.T0.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := s.Alerts(c, storage.AlertFilter{Limit: 10000})
+	if err != nil || len(all) != 3000 {
+		t.Fatalf("all alerts: %d, %v", len(all), err)
+	}
+	cur := storage.AlertFilter{Order: storage.ByReceived}.CursorOf(all[1234])
+	for _, f := range []storage.AlertFilter{
+		{Active: true, Limit: 50}, {Active: true, Limit: 50, Offset: 100}, {Active: true, Site: "paris-01", Limit: 30},
+		{State: storage.AlertOpen, Limit: 40}, {Active: true, Order: storage.ByReceived, Limit: 60},
+		{Active: true, Order: storage.ByReceived, After: &cur, Limit: 60},
+	} {
+		var want []storage.AlertKey
+		sorted := slices.Clone(all)
+		slices.SortFunc(sorted, f.Compare)
+		for _, a := range sorted {
+			if f.Match(a) {
+				want = append(want, a.AlertKey)
+			}
+		}
+		want = want[min(f.Offset, len(want)):]
+		want = want[:min(f.Limit, len(want))]
+		got, err := s.Alerts(c, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gk []storage.AlertKey
+		for _, a := range got {
+			gk = append(gk, a.AlertKey)
+		}
+		if !slices.Equal(gk, want) {
+			t.Errorf("Alerts(%+v): %d alerts, want %d, or another order", f, len(gk), len(want))
+		}
 	}
 }
