@@ -802,6 +802,7 @@ func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, err
 // is over a million records).
 func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
 	p := dkey(r.Site, r.Device)
+	var maxSeq uint64
 	err := s.update(ctx, "remove device", func(tx *bolt.Tx) error {
 		var d storage.Device
 		found, err := getJSON(tx.Bucket(bDevices), p, &d)
@@ -815,6 +816,7 @@ func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
 		if err := storage.CheckRemovable(d); err != nil {
 			return err
 		}
+		maxSeq = d.MaxSeq
 		if err := tx.Bucket(bDevices).Delete(p); err != nil {
 			return err
 		}
@@ -826,23 +828,46 @@ func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
 	if err != nil {
 		return err
 	}
+	// What the device sent until its removal goes; what it sends after
+	// (a device that was not stopped for good is created again) stays: a
+	// series point of a seq above the removed record's highest, a dedup
+	// record received after the removal.
+	old := func(name, k, v []byte) bool {
+		if bytes.Equal(name, bMessages) {
+			return len(v) == 8 && int64(binary.BigEndian.Uint64(v)) <= r.At.UnixNano()
+		}
+		return len(k) >= 8 && binary.BigEndian.Uint64(k[len(k)-8:]) <= maxSeq
+	}
 	for _, name := range [][]byte{bMessages, bSummary, bIdent} {
-		for done := false; !done; {
-			err := s.update(ctx, "remove device", func(tx *bolt.Tx) error {
+		for {
+			var keys [][]byte
+			err := s.view(ctx, "remove device", func(tx *bolt.Tx) error {
 				c := tx.Bucket(name).Cursor()
-				n := 0
-				k, _ := c.Seek(p)
-				for ; k != nil && bytes.HasPrefix(k, p) && n < pruneBatch; n++ {
-					if err := c.Delete(); err != nil {
-						return err
+				for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p) && len(keys) < pruneBatch; k, v = c.Next() {
+					if old(name, k, v) {
+						keys = append(keys, bytes.Clone(k))
 					}
-					k, _ = c.Seek(p)
 				}
-				done = k == nil || !bytes.HasPrefix(k, p)
 				return nil
 			})
+			if err == nil && len(keys) > 0 {
+				err = s.update(ctx, "remove device", func(tx *bolt.Tx) error {
+					b := tx.Bucket(name)
+					for _, k := range keys {
+						if v := b.Get(k); v != nil && old(name, k, v) {
+							if err := b.Delete(k); err != nil {
+								return err
+							}
+						}
+					}
+					return nil
+				})
+			}
 			if err != nil {
 				return fmt.Errorf("remove device %s/%s: bucket %s: %w", r.Site, r.Device, name, err)
+			}
+			if len(keys) < pruneBatch {
+				break
 			}
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
 )
@@ -52,5 +54,46 @@ func TestPurgeIdentityScrubsTheFile(t *testing.T) {
 	}
 	if _, err := s.Apply(c, []storage.Message{storetest.Summary("lyon-07", "atm-1", 52, storetest.T0.Add(3*time.Hour), 1, "p-keep")}); err != nil {
 		t.Errorf("ingest after the rewrite: %v", err)
+	}
+}
+
+// A removal deletes what the device sent until the removal, not what it
+// sends meanwhile: a hostile review saw the series of a device that sent
+// again during its removal deleted with the old one's.
+func TestRemoveDeviceKeepsWhatCameAfter(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "fleet.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := context.Background()
+	if _, err := s.Apply(c, []storage.Message{
+		storetest.Summary("lyon-07", "atm-1", 1, storetest.T0, 1, "p-1"),
+		storetest.Summary("lyon-07", "atm-1", 2, storetest.T0.Add(time.Minute), 1, "p-1"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Seq 3 arrives while the removal deletes the series (written here
+	// as the ingest would, under the same prefix).
+	late := storetest.Summary("lyon-07", "atm-1", 3, storetest.T0.Add(2*time.Minute), 1, "p-1")
+	sp, ids := storage.PointsFromSummary(late.Summary)
+	err = s.update(c, "test", func(tx *bolt.Tx) error {
+		if err := putJSON(tx.Bucket(bSummary), cat(dkey("lyon-07", "atm-1"), u64(3)), sp); err != nil {
+			return err
+		}
+		return putJSON(tx.Bucket(bIdent), cat(dkey("lyon-07", "atm-1"), []byte("p-1\x00"), u64(3)), ids["p-1"])
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveDevice(c, storage.Removal{Site: "lyon-07", Device: "atm-1", User: "root", At: storetest.T0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.Summaries(c, "lyon-07", "atm-1", time.Time{})
+	if len(got) != 1 || got[0].Seq != 3 {
+		t.Errorf("series after the removal: %+v, want seq 3 alone (sent after the removal began)", got)
+	}
+	if pts, _ := s.IdentityPoints(c, "lyon-07", "atm-1", "p-1", time.Time{}); len(pts) != 1 || pts[0].Seq != 3 {
+		t.Errorf("identity series after the removal: %+v, want seq 3 alone", pts)
 	}
 }
