@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 )
 
 // CommandName names a remote command.
@@ -58,7 +57,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if len(b) > MaxCommandSize {
 		return c, fmt.Errorf("%w: %d bytes, limit %d", ErrCommand, len(b), MaxCommandSize)
 	}
-	if err := exactKeys(b); err != nil {
+	if err := CheckJSON(b, JSONRules{}); err != nil {
 		return Command{}, fmt.Errorf("%w: %v", ErrCommand, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -100,58 +99,4 @@ func DecodeCommand(b []byte) (Command, error) {
 		return Command{}, fmt.Errorf("%w: unknown command %q", ErrCommand, c.Command)
 	}
 	return c, nil
-}
-
-// exactKeys refuses what encoding/json would read one way and another
-// parser another: a name given twice in one object (Go keeps the last,
-// others the first: {"device":"atm-0099",...,"device":"atm-0042"} is signed
-// once and read two ways) and a name in other than lower case (Go matches
-// "Device" to device). Every name of the command schema is lower case.
-func exactKeys(b []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	type frame struct {
-		obj  bool
-		keys map[string]bool
-		key  bool // the next string token is a key
-	}
-	var stack []*frame
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		var top *frame
-		if len(stack) > 0 {
-			top = stack[len(stack)-1]
-		}
-		if top != nil && top.obj && top.key {
-			name, _ := tok.(string) // an object key is always a string token
-			if strings.ToLower(name) != name {
-				return fmt.Errorf("field %q: field names are lower case", name)
-			}
-			if top.keys[name] {
-				return fmt.Errorf("duplicate field %q", name)
-			}
-			top.keys[name] = true
-			top.key = false
-			continue
-		}
-		if top != nil && top.obj {
-			top.key = true // this token is the value; the next one a key
-		}
-		switch tok {
-		case json.Delim('{'):
-			stack = append(stack, &frame{obj: true, keys: map[string]bool{}, key: true})
-		case json.Delim('['):
-			stack = append(stack, &frame{})
-		case json.Delim('}'), json.Delim(']'):
-			stack = stack[:len(stack)-1]
-			if len(stack) > 0 && stack[len(stack)-1].obj {
-				stack[len(stack)-1].key = true
-			}
-		}
-	}
 }

@@ -226,6 +226,11 @@ func TestDecodeCommand(t *testing.T) {
 		{"device twice", `{"schema_version":2,"message_id":"c-1","device":"atm-0099","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping","device":"atm-1"}`, "", ""},
 		{"arg twice", `{` + head + `,"command":"purge_identity","args":{"id":"p-9","id":"p-1"}}`, "", ""},
 		{"arg in upper case", `{` + head + `,"command":"purge_identity","args":{"ID":"p-1"}}`, "", ""},
+		// After a nested object, and in Unicode folding ("ſ", U+017F,
+		// folds to "s"): the names after "args" were not checked.
+		{"case after args", `{` + head + `,"command":"purge_identity","args":{"id":"p-1"},"Device":"atm-0099"}`, "", ""},
+		{"device twice after args", `{` + head + `,"command":"purge_identity","args":{"id":"p-1"},"device":"atm-0099"}`, "", ""},
+		{"long s", `{` + head + `,"command":"ping","ſite":"s9"}`, "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
