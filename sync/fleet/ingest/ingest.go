@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -304,20 +305,30 @@ func CompileSchemas() (map[string]*jsonschema.Schema, error) {
 	return out, nil
 }
 
-// Forbidden are field names no agent payload may carry, at any depth:
-// biometric data and card data never leave the device. The reader's
-// schemas refuse them where the published schemas refuse every unknown
-// field.
-var Forbidden = []any{"embedding", "embeddings", "template", "templates", "image", "images",
+// Forbidden are field names no agent payload may carry, at any depth
+// (inside unknown fields too): biometric data and card data never leave
+// the device. Decode refuses them with the rest of ReaderRules.
+var Forbidden = []string{"embedding", "embeddings", "template", "templates", "image", "images",
 	"card_hash", "card_hashes", "card_number", "pan", "track2"}
 
+// ReaderRules are what Decode refuses in any payload before its schema
+// (wire.CheckJSON): a name that is not lower-case snake_case or given
+// twice in one object, a Forbidden name at any depth, nesting deeper than
+// 16, a NUL in any string. With the tolerant schemas, a name in another
+// case ("ALERT_ID") was read past by the schema as unknown but filled
+// alert_id through encoding/json, which matches names ignoring case: no
+// length or pattern of the schema held, and a 40 KB alert id stopped all
+// ingest (bbolt: "key too large", the batch retried for ever).
+var ReaderRules = wire.JSONRules{Forbidden: Forbidden, MaxDepth: 16}
+
 // readerSchema turns a published schema into the one the fleet reads
-// with: every "additionalProperties": false becomes a refusal of the
-// Forbidden names only. The versioning policy (docs/mqtt.md) adds optional
-// fields within a schema_version, and readers must ignore fields they do
-// not know: the strict schemas made this service reject, after the broker
-// had acknowledged it, every alert of an agent one release newer (visit_id
-// and txn_id were added so), and nothing resent it.
+// with: every "additionalProperties": false is dropped. The versioning
+// policy (docs/mqtt.md) adds optional fields within a schema_version, and
+// readers must ignore fields they do not know: the strict schemas made
+// this service reject, after the broker had acknowledged it, every alert
+// of an agent one release newer (visit_id and txn_id were added so), and
+// nothing resent it. What must never pass, known names in another case
+// and the Forbidden names, ReaderRules refuses first.
 func readerSchema(v any) any {
 	switch x := v.(type) {
 	case map[string]any:
@@ -326,7 +337,6 @@ func readerSchema(v any) any {
 		}
 		if ap, ok := x["additionalProperties"].(bool); ok && !ap {
 			delete(x, "additionalProperties")
-			x["propertyNames"] = map[string]any{"not": map[string]any{"enum": Forbidden}}
 		}
 	case []any:
 		for i, e := range x {
@@ -586,6 +596,9 @@ func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded
 		return reject(tp.Site, tp.Device, "schema_version %s not supported (this fleet service reads %s versions %v)",
 			orNone(head.SchemaVersion), tp.Kind, vs)
 	}
+	if err := wire.CheckJSON(payload, ReaderRules); err != nil {
+		return reject(tp.Site, tp.Device, "%s: %v", tp.Kind, err)
+	}
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(payload))
 	if err != nil {
 		return reject(tp.Site, tp.Device, "not JSON: %v", err)
@@ -600,28 +613,66 @@ func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded
 	if env.Site != tp.Site || env.Device != tp.Device {
 		return reject(tp.Site, tp.Device, "payload names %s/%s, topic %s/%s", env.Site, env.Device, tp.Site, tp.Device)
 	}
+	if env.Seq > math.MaxInt64 {
+		return reject(tp.Site, tp.Device, "%s seq %d above %d (2^63-1, what the stores keep)", tp.Kind, env.Seq, int64(math.MaxInt64))
+	}
+	var d decoded
+	times := []namedTime{{"ts", env.TS}}
 	switch tp.Kind {
 	case wire.KindStatus:
 		var s wire.Status
 		if err := json.Unmarshal(payload, &s); err != nil {
 			return reject(tp.Site, tp.Device, "status: %v", err)
 		}
-		return decoded{status: &storage.Status{Site: tp.Site, Device: tp.Device, Received: now, Status: s}}, nil
+		d.status = &storage.Status{Site: tp.Site, Device: tp.Device, Received: now, Status: s}
+		times = append(times, namedTime{"started_at", s.StartedAt})
+		for _, c := range s.Cameras {
+			times = append(times, namedTime{"cameras.last_frame", c.LastFrame})
+		}
 	case wire.KindSummary:
 		var s wire.Summary
 		if err := json.Unmarshal(payload, &s); err != nil {
 			return reject(tp.Site, tp.Device, "summary: %v", err)
 		}
-		return decoded{msg: &storage.Message{Site: tp.Site, Device: tp.Device, Kind: tp.Kind, MessageID: s.MessageID,
-			Seq: s.Seq, TS: s.TS, Historical: s.Historical, Received: now, Summary: &s}}, nil
+		d.msg = &storage.Message{Site: tp.Site, Device: tp.Device, Kind: tp.Kind, MessageID: s.MessageID,
+			Seq: s.Seq, TS: s.TS, Historical: s.Historical, Received: now, Summary: &s}
+		for _, id := range s.Identities {
+			times = append(times, namedTime{"identities.first_seen", id.FirstSeen}, namedTime{"identities.last_seen", id.LastSeen})
+		}
 	default:
 		var a wire.Alert
 		if err := json.Unmarshal(payload, &a); err != nil {
 			return reject(tp.Site, tp.Device, "alert: %v", err)
 		}
-		return decoded{msg: &storage.Message{Site: tp.Site, Device: tp.Device, Kind: tp.Kind, MessageID: a.MessageID,
-			Seq: a.Seq, TS: a.TS, Historical: a.Historical, Received: now, Alert: &a}}, nil
+		d.msg = &storage.Message{Site: tp.Site, Device: tp.Device, Kind: tp.Kind, MessageID: a.MessageID,
+			Seq: a.Seq, TS: a.TS, Historical: a.Historical, Received: now, Alert: &a}
+		times = append(times, namedTime{"raised", a.Raised}, namedTime{"window_start", a.WindowStart},
+			namedTime{"first_seen", a.FirstSeen}, namedTime{"last_seen", a.LastSeen})
 	}
+	for _, t := range times {
+		optional := t.name == "started_at" || t.name == "cameras.last_frame" // omitted when zero
+		if (t.t.IsZero() && optional) || (!t.t.Before(MinTime) && t.t.Before(MaxTime)) {
+			continue
+		}
+		return reject(tp.Site, tp.Device, "%s %s %s outside %s..%s (the agent's clock?)", tp.Kind, t.name,
+			t.t.UTC().Format(time.RFC3339Nano), MinTime.Format(time.DateOnly), MaxTime.Format(time.DateOnly))
+	}
+	return d, nil
+}
+
+// MinTime and MaxTime bound every time a payload carries (ts, raised,
+// window_start, first_seen, last_seen, started_at, last_frame): the
+// embedded store orders alerts by time in int64 nanoseconds (1678..2262),
+// and an alert raised in 9999 fell outside its indexes' order, skipped by
+// the pages that follow them.
+var (
+	MinTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	MaxTime = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+type namedTime struct {
+	name string
+	t    time.Time
 }
 
 func orNone(b json.RawMessage) string {
