@@ -63,6 +63,18 @@ func burst(n, from int) ([]storage.Status, []storage.Reject) {
 	return sts, rjs
 }
 
+// items makes one batch of statuses and rejects.
+func items(sts []storage.Status, rjs []storage.Reject) []item {
+	var out []item
+	for i := range sts {
+		out = append(out, item{status: &sts[i]})
+	}
+	for i := range rjs {
+		out = append(out, item{reject: &rjs[i]})
+	}
+	return out
+}
+
 // A burst of statuses (every agent reconnecting) and rejects is written
 // in one transaction per batch, like summaries, so the ingest keeps up
 // with the broker. The rate of both ways is logged (go test -v).
@@ -93,7 +105,7 @@ func TestStatusBurstBatched(t *testing.T) {
 	t0 = time.Now()
 	for i := 0; i < n; i += batch {
 		j := min(i+batch, n)
-		if err := in.write(ctx, nil, sts[i:j], rjs[i:j]); err != nil {
+		if err := in.write(ctx, items(sts[i:j], rjs[i:j])); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -123,7 +135,7 @@ func BenchmarkIngestStatuses(b *testing.B) {
 	sts, _ := burst(b.N, 0)
 	b.ResetTimer()
 	for i := 0; i < b.N; i += batch {
-		if err := in.write(ctx, nil, sts[i:min(i+batch, b.N)], nil); err != nil {
+		if err := in.write(ctx, items(sts[i:min(i+batch, b.N)], nil)); err != nil {
 			b.Fatal(err)
 		}
 	}

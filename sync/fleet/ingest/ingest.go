@@ -22,11 +22,13 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -161,6 +163,12 @@ type Stats struct {
 	Rejected  uint64 `json:"rejected"`   // failed validation (kept in the store's rejects)
 	StoreErrs uint64 `json:"store_errs"` // failed commits (retried; not acknowledged meanwhile)
 	LastError string `json:"last_error"`
+	// StuckSince: when the batch being written first failed, while it is
+	// not committed (absent otherwise). The messages of that batch and
+	// all after it wait, unacknowledged: the store is down or full. A
+	// message the store refuses alone is made a reject in about a second
+	// (isolate); only a store that takes no write at all stays stuck.
+	StuckSince time.Time `json:"stuck_since,omitzero"`
 }
 
 // Ingester owns one broker connection and the store writes.
@@ -178,6 +186,7 @@ type Ingester struct {
 	connects, received, applied, dups, retained, statuses, rejected, serr atomic.Uint64
 	mu                                                                    sync.Mutex
 	lastErr                                                               string
+	stuckSince                                                            time.Time
 	// rejectLogAt, rejectQuiet: when a rejected payload was last logged
 	// and how many were rejected since without a line (logReject).
 	rejectLogAt time.Time
@@ -392,7 +401,7 @@ func (in *Ingester) Stats() Stats {
 	defer in.mu.Unlock()
 	return Stats{Connected: in.connected.Load(), Connects: in.connects.Load(), Received: in.received.Load(),
 		Applied: in.applied.Load(), Duplicates: in.dups.Load(), Retained: in.retained.Load(), Statuses: in.statuses.Load(), Rejected: in.rejected.Load(),
-		StoreErrs: in.serr.Load(), LastError: in.lastErr}
+		StoreErrs: in.serr.Load(), LastError: in.lastErr, StuckSince: in.stuckSince}
 }
 
 // Run connects and ingests until ctx ends; it returns nil on cancellation
@@ -447,36 +456,49 @@ func (in *Ingester) loop(ctx context.Context) error {
 	}
 }
 
+// item is one received message as the store takes it: one of status, msg
+// and reject set (none: nothing to store), with what a reject of it keeps.
+type item struct {
+	topic   string
+	payload []byte
+	status  *storage.Status
+	msg     *storage.Message
+	reject  *storage.Reject
+	done    bool // committed (or stored as a reject): not written again
+}
+
 // commit writes one batch, retrying store failures with a capped backoff
-// until it succeeds or ctx ends (false).
+// until it succeeds or ctx ends (false). After a failed batch it writes
+// the messages one by one (isolate): a message the store refuses on its
+// own while it takes other writes is stored as a reject, so one poison
+// message does not stop all ingest.
 func (in *Ingester) commit(ctx context.Context, batch []mqtt.Message) bool {
 	now := in.now().UTC()
-	var msgs []storage.Message
-	var statuses []storage.Status
-	var rejects []storage.Reject
+	items := make([]item, 0, len(batch))
 	for _, m := range batch {
+		it := item{topic: m.Topic(), payload: m.Payload()}
 		d, err := in.Decode(m.Topic(), m.Payload(), now)
 		switch {
 		case err != nil:
 			var r *RejectError
 			if errors.As(err, &r) {
-				rejects = append(rejects, r.Reject)
+				it.reject = &r.Reject
 			}
 		case d.status != nil:
-			statuses = append(statuses, *d.status)
+			it.status = d.status
 		case d.msg != nil:
 			d.msg.Retained = m.Retained()
-			msgs = append(msgs, *d.msg)
+			it.msg = d.msg
 		}
+		items = append(items, it)
 	}
 	backoff := 100 * time.Millisecond
 	for {
-		err := in.write(ctx, msgs, statuses, rejects)
-		if err == nil {
+		err := in.write(ctx, items)
+		if err == nil || in.isolate(ctx, items, err) {
+			in.setStuck(time.Time{})
 			return true
 		}
-		in.serr.Add(1)
-		in.setErr(err)
 		select {
 		case <-ctx.Done():
 			return false
@@ -486,10 +508,184 @@ func (in *Ingester) commit(ctx context.Context, batch []mqtt.Message) bool {
 	}
 }
 
-func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses []storage.Status, rejects []storage.Reject) error {
+// storeFailed records a failed store write; the first since the last
+// commit starts stuck_since.
+func (in *Ingester) storeFailed(err error) {
+	in.serr.Add(1)
+	in.setErr(err)
+	in.mu.Lock()
+	if in.stuckSince.IsZero() {
+		in.stuckSince = in.now().UTC()
+	}
+	in.mu.Unlock()
+}
+
+func (in *Ingester) setStuck(t time.Time) {
+	in.mu.Lock()
+	in.stuckSince = t
+	in.mu.Unlock()
+}
+
+// poisonTries is how many times a message must fail alone, each failure
+// followed by a probe write that succeeded and all with the same error,
+// before isolate stores it as a reject. poisonPause is waited between.
+const (
+	poisonTries = 3
+	poisonPause = 50 * time.Millisecond
+)
+
+// probeSession is the name of the probe write's session revocation: an
+// already expired one, which no session can match (a web session id is
+// random) and the next prune removes.
+const probeSession = "atm-fleet ingest write probe"
+
+// probe writes to the store something harmless (Store has no write of its
+// own for that): it succeeds when the store takes writes.
+func (in *Ingester) probe(ctx context.Context) error {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return in.store.RevokeSession(wctx, probeSession, in.now().Add(-24*time.Hour))
+}
+
+// isolate is called after the batch failed with err: it writes the items
+// not yet done one at a time. An item that fails poisonTries times with
+// the same error, not one that speaks of the store itself (transient), and
+// each time a probe write succeeds right after it, is poison: it is
+// stored as a reject with the store's error as the reason (acknowledged,
+// counted in rejected). The round ends (false: retried later) at the
+// first failure of a probe or of a transient kind, so a store that is
+// down, or a disk that is full, never makes a good message a reject.
+// true when every item is done.
+func (in *Ingester) isolate(ctx context.Context, items []item, err error) bool {
+	in.storeFailed(err)
+	for i := range items {
+		it := &items[i]
+		if it.done {
+			continue
+		}
+		var first string
+		for try := 1; ; try++ {
+			err := in.write(ctx, items[i:i+1])
+			if err == nil {
+				break
+			}
+			in.storeFailed(err)
+			if transient(err) || (try > 1 && err.Error() != first) {
+				return false
+			}
+			first = err.Error()
+			if perr := in.probe(ctx); perr != nil {
+				in.storeFailed(fmt.Errorf("store write probe: %w", perr))
+				return false
+			}
+			if try == poisonTries {
+				if !in.poison(ctx, it, err) {
+					return false
+				}
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return false
+			case <-time.After(poisonPause):
+			}
+		}
+	}
+	return true
+}
+
+// poison stores it as a reject: the store refused it alone (err).
+func (in *Ingester) poison(ctx context.Context, it *item, err error) bool {
+	site, device := "", ""
+	if it.status != nil {
+		site, device = it.status.Site, it.status.Device
+	}
+	if it.msg != nil {
+		site, device = it.msg.Site, it.msg.Device
+	}
+	if it.reject != nil {
+		site, device = it.reject.Site, it.reject.Device
+	}
+	p := it.payload
+	if len(p) > storage.MaxRejectPayload {
+		p = p[:storage.MaxRejectPayload]
+	}
+	if it.reject != nil {
+		p = nil // already a reject: what the store refused may be its payload
+	}
+	reason := strings.ToValidUTF8(strings.ReplaceAll(oneLine(err), "\x00", ""), "\uFFFD")
+	r := storage.Reject{Received: in.now().UTC(), Topic: it.topic, Site: site, Device: device, Payload: string(p),
+		Error: fmt.Sprintf("refused by the store %d times while it took other writes: %s", poisonTries, reason)}
+	in.log.Error("fleet ingest: a message the store refuses alone is kept as a reject, ingest goes on",
+		"topic", it.topic, "err", err)
+	q := item{reject: &r}
+	if werr := in.write(ctx, []item{q}); werr != nil {
+		in.storeFailed(werr)
+		return false
+	}
+	it.done = true
+	return true
+}
+
+// transient reports a store error that speaks of the store, its disk or
+// its connection rather than of the message: never a reason to reject one.
+func transient(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, syscall.ENOSPC) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	// PostgreSQL (pgconn.PgError): connection, transaction rollback,
+	// insufficient resources (disk full), object state, operator
+	// intervention (shutdown), system and internal errors.
+	var pe interface{ SQLState() string }
+	if errors.As(err, &pe) && len(pe.SQLState()) == 5 {
+		switch pe.SQLState()[:2] {
+		case "08", "40", "53", "55", "57", "58", "XX":
+			return true
+		}
+	}
+	// bbolt formats some file errors with %s: the errno is lost.
+	s := strings.ToLower(err.Error())
+	for _, m := range []string{"no space left", "quota exceeded", "read-only file system", "input/output error", "too many open files"} {
+		if strings.Contains(s, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// write commits the items not yet done: statuses, then summaries and
+// alerts, then rejects, each kind in one transaction; the items of each
+// kind committed are marked done, so a retry does not write them again.
+func (in *Ingester) write(ctx context.Context, items []item) error {
 	// Each write is bounded; a hung database is retried, not waited on forever.
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	var msgs []storage.Message
+	var statuses []storage.Status
+	var rejects []storage.Reject
+	var mi, si, ri []int
+	for i, it := range items {
+		switch {
+		case it.done:
+		case it.status != nil:
+			statuses, si = append(statuses, *it.status), append(si, i)
+		case it.msg != nil:
+			msgs, mi = append(msgs, *it.msg), append(mi, i)
+		case it.reject != nil:
+			rejects, ri = append(rejects, *it.reject), append(ri, i)
+		default:
+			items[i].done = true
+		}
+	}
+	markDone := func(idx []int) {
+		for _, i := range idx {
+			items[i].done = true
+		}
+	}
 	// Statuses and rejects are written like summaries: one transaction
 	// for the batch (a commit each could not keep up with a burst of
 	// statuses, and the broker drops QoS 1 messages past its queue limit).
@@ -499,14 +695,15 @@ func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses 
 			return err
 		}
 		in.statuses.Add(uint64(len(statuses)))
+		markDone(si)
 		statuses = nil
 	}
-	for len(statuses) > 0 {
-		if err := in.store.PutStatus(wctx, statuses[0]); err != nil {
+	for j := range statuses {
+		if err := in.store.PutStatus(wctx, statuses[j]); err != nil {
 			return err
 		}
 		in.statuses.Add(1)
-		statuses = statuses[1:]
+		markDone(si[j : j+1])
 	}
 	if len(msgs) > 0 {
 		fresh, err := in.store.Apply(wctx, msgs)
@@ -523,7 +720,7 @@ func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses 
 				in.dups.Add(1)
 			}
 		}
-		msgs = nil
+		markDone(mi)
 	}
 	if batched && len(rejects) > 0 {
 		if err := bw.PutRejects(wctx, rejects); err != nil {
@@ -533,16 +730,16 @@ func (in *Ingester) write(ctx context.Context, msgs []storage.Message, statuses 
 		for _, r := range rejects {
 			in.logReject(r)
 		}
+		markDone(ri)
 		rejects = nil
 	}
-	for len(rejects) > 0 {
-		r := rejects[0]
+	for j, r := range rejects {
 		if err := in.store.PutReject(wctx, r); err != nil {
 			return err
 		}
 		in.rejected.Add(1)
 		in.logReject(r)
-		rejects = rejects[1:]
+		markDone(ri[j : j+1])
 	}
 	return nil
 }
