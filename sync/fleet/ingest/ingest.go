@@ -171,6 +171,9 @@ type Stats struct {
 	StuckSince time.Time `json:"stuck_since,omitzero"`
 }
 
+// Stuck is when the batch being written first failed (zero: not stuck).
+func (s Stats) Stuck() time.Time { return s.StuckSince }
+
 // Ingester owns one broker connection and the store writes.
 type Ingester struct {
 	cfg     Config

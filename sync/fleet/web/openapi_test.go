@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/internal/testenv/openapi"
+	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -122,6 +123,19 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	admin(root, rootCSRF, "purge unknown device", purge, `{"site":"lyon-07","device":"atm-404","identity":"p-2"}`)
 	admin(root, rootCSRF, "purge", purge, `{"site":"lyon-07","device":"atm-1","identity":"p-2"}`)
 
+	// A service whose ingest has not written a batch for two minutes.
+	stuckSrv, stuckHS := newTestServer(t, st)
+	stuckSrv.d.IngestStats = func() any { return ingest.Stats{Connected: true, StuckSince: time.Now().Add(-2 * time.Minute)} }
+	resp, err := http.Get(stuckHS.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	xs = append(xs, openapi.Exchange{Name: "health stuck", Method: "GET", Path: "/healthz", Code: resp.StatusCode, Header: resp.Header, Resp: b})
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), `"ok":false`) {
+		t.Errorf("stuck ingest: %d %s, want 503 and ok false", resp.StatusCode, b)
+	}
 	for _, x := range xs {
 		d.Check(x)
 	}

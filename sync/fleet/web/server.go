@@ -418,12 +418,24 @@ func writeAPIError(w http.ResponseWriter, code int, msg string, alert *APIAlert)
 	}{msg, alert})
 }
 
+// StuckAfter is how long ingest may fail to write a batch before /healthz
+// says the service is not ok (503).
+const StuckAfter = time.Minute
+
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	out := map[string]any{"ok": true}
+	code := http.StatusOK
 	if s.d.IngestStats != nil {
-		out["ingest"] = s.d.IngestStats()
+		st := s.d.IngestStats()
+		out["ingest"] = st
+		if x, ok := st.(interface{ Stuck() time.Time }); ok && !x.Stuck().IsZero() && s.now().Sub(x.Stuck()) > StuckAfter {
+			// Ingest is retrying a batch the store refuses: nothing is
+			// applied meanwhile (the store down, a full disk).
+			out["ok"], code = false, http.StatusServiceUnavailable
+		}
 	}
+	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(out)
 }
 
