@@ -110,3 +110,29 @@ func TestDecodeRefuses(t *testing.T) {
 		})
 	}
 }
+
+// The payloads the agent's docs show (sync/wire/schemas/examples, made by
+// the agent's own code) pass Decode: its checks refuse nothing an agent
+// sends.
+func TestDecodeAcceptsTheExamples(t *testing.T) {
+	in := &Ingester{cfg: Config{Prefix: "atm", MaxPayload: 256 << 10}}
+	var err error
+	if in.schemas, err = CompileSchemas(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"status", "status.v1", "state", "summary", "summary.v1", "alert"} {
+		b, err := wire.Schemas.ReadFile("schemas/examples/" + name + ".json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var env wire.Envelope
+		if err := json.Unmarshal(b, &env); err != nil {
+			t.Fatal(err)
+		}
+		kind, _, _ := strings.Cut(name, ".")
+		topic := "atm/" + env.Site + "/" + env.Device + "/" + kind
+		if _, err := in.Decode(topic, b, env.TS.Add(time.Second)); err != nil {
+			t.Errorf("%s: the documented example is refused: %v", name, err)
+		}
+	}
+}
