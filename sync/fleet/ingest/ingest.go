@@ -22,13 +22,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"net"
 	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -529,36 +527,17 @@ func (in *Ingester) setStuck(t time.Time) {
 	in.mu.Unlock()
 }
 
-// poisonTries is how many times a message must fail alone, each failure
-// followed by a probe write that succeeded and all with the same error,
-// before isolate stores it as a reject. poisonPause is waited between.
-const (
-	poisonTries = 3
-	poisonPause = 50 * time.Millisecond
-)
-
-// probeSession is the name of the probe write's session revocation: an
-// already expired one, which no session can match (a web session id is
-// random) and the next prune removes.
-const probeSession = "atm-fleet ingest write probe"
-
-// probe writes to the store something harmless (Store has no write of its
-// own for that): it succeeds when the store takes writes.
-func (in *Ingester) probe(ctx context.Context) error {
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	return in.store.RevokeSession(wctx, probeSession, in.now().Add(-24*time.Hour))
-}
-
 // isolate is called after the batch failed with err: it writes the items
-// not yet done one at a time. An item that fails poisonTries times with
-// the same error, not one that speaks of the store itself (transient), and
-// each time a probe write succeeds right after it, is poison: it is
-// stored as a reject with the store's error as the reason (acknowledged,
-// counted in rejected). The round ends (false: retried later) at the
-// first failure of a probe or of a transient kind, so a store that is
-// down, or a disk that is full, never makes a good message a reject.
-// true when every item is done.
+// not yet done one at a time. An item the store refuses for what it holds
+// (storage.ErrBadRecord: bbolt's key or value too large, PostgreSQL's data
+// exceptions and integrity violations) is stored as a reject with the
+// store's error as the reason (acknowledged, counted in rejected): one
+// poison message no longer stops all ingest. Any other failure is taken
+// for the store's own (down, full, its permissions revoked): the round ends
+// (false: retried later, nothing rejected, nothing lost). A hostile review
+// showed the opposite rule, rejecting what did not look like the store's
+// fault, turn every good alert into a reject once PostgreSQL's INSERT
+// right on one table was revoked. true when every item is done.
 func (in *Ingester) isolate(ctx context.Context, items []item, err error) bool {
 	in.storeFailed(err)
 	for i := range items {
@@ -566,38 +545,20 @@ func (in *Ingester) isolate(ctx context.Context, items []item, err error) bool {
 		if it.done {
 			continue
 		}
-		var first string
-		for try := 1; ; try++ {
-			err := in.write(ctx, items[i:i+1])
-			if err == nil {
-				break
-			}
-			in.storeFailed(err)
-			if transient(err) || (try > 1 && err.Error() != first) {
-				return false
-			}
-			first = err.Error()
-			if perr := in.probe(ctx); perr != nil {
-				in.storeFailed(fmt.Errorf("store write probe: %w", perr))
-				return false
-			}
-			if try == poisonTries {
-				if !in.poison(ctx, it, err) {
-					return false
-				}
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return false
-			case <-time.After(poisonPause):
-			}
+		err := in.write(ctx, items[i:i+1])
+		if err == nil {
+			continue
+		}
+		in.storeFailed(err)
+		if !errors.Is(err, storage.ErrBadRecord) || !in.poison(ctx, it, err) {
+			return false
 		}
 	}
 	return true
 }
 
-// poison stores it as a reject: the store refused it alone (err).
+// poison stores it as a reject: the store refused it for what it holds
+// (err).
 func (in *Ingester) poison(ctx context.Context, it *item, err error) bool {
 	site, device := "", ""
 	if it.status != nil {
@@ -618,8 +579,8 @@ func (in *Ingester) poison(ctx context.Context, it *item, err error) bool {
 	}
 	reason := strings.ToValidUTF8(strings.ReplaceAll(oneLine(err), "\x00", ""), "\uFFFD")
 	r := storage.Reject{Received: in.now().UTC(), Topic: it.topic, Site: site, Device: device, Payload: string(p),
-		Error: fmt.Sprintf("refused by the store %d times while it took other writes: %s", poisonTries, reason)}
-	in.log.Error("fleet ingest: a message the store refuses alone is kept as a reject, ingest goes on",
+		Error: "refused by the store: " + reason}
+	in.log.Error("fleet ingest: a message the store refuses is kept as a reject, ingest goes on",
 		"topic", it.topic, "err", err)
 	q := item{reject: &r}
 	if werr := in.write(ctx, []item{q}); werr != nil {
@@ -628,36 +589,6 @@ func (in *Ingester) poison(ctx context.Context, it *item, err error) bool {
 	}
 	it.done = true
 	return true
-}
-
-// transient reports a store error that speaks of the store, its disk or
-// its connection rather than of the message: never a reason to reject one.
-func transient(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, syscall.ENOSPC) {
-		return true
-	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
-	}
-	// PostgreSQL (pgconn.PgError): connection, transaction rollback,
-	// insufficient resources (disk full), object state, operator
-	// intervention (shutdown), system and internal errors.
-	var pe interface{ SQLState() string }
-	if errors.As(err, &pe) && len(pe.SQLState()) == 5 {
-		switch pe.SQLState()[:2] {
-		case "08", "40", "53", "55", "57", "58", "XX":
-			return true
-		}
-	}
-	// bbolt formats some file errors with %s: the errno is lost.
-	s := strings.ToLower(err.Error())
-	for _, m := range []string{"no space left", "quota exceeded", "read-only file system", "input/output error", "too many open files"} {
-		if strings.Contains(s, m) {
-			return true
-		}
-	}
-	return false
 }
 
 // write commits the items not yet done: statuses, then summaries and

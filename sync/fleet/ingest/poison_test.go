@@ -22,16 +22,15 @@ import (
 
 // failingStore wraps a real store. Apply fails with poisonErr for a batch
 // holding an alert whose id is poisonID (a message the store refuses on
-// its own, as bbolt refused a 40 KB key). down fails every write (a store
-// that is down); applyErr fails Apply alone (a full disk: large writes
-// fail, small ones fit); probeDown fails the ingest's probe write.
+// its own, as bbolt refused a 40 KB key: storage.ErrBadRecord). down
+// fails every write (a store that is down); applyErr fails Apply alone (a
+// full disk: large writes fail, small ones fit; a revoked right).
 type failingStore struct {
 	storage.Store
 	bw        storage.BatchWriter
 	poisonID  string
 	poisonErr error
 	down      atomic.Bool
-	probeDown atomic.Bool
 	mu        sync.Mutex
 	applyErr  error
 }
@@ -95,20 +94,10 @@ func (f *failingStore) PutRejects(ctx context.Context, r []storage.Reject) error
 	return f.bw.PutRejects(ctx, r)
 }
 
-func (f *failingStore) RevokeSession(ctx context.Context, id string, exp time.Time) error {
-	if err := f.fail(); err != nil {
-		return err
-	}
-	if f.probeDown.Load() {
-		return errors.New("revoke session: conn closed")
-	}
-	return f.Store.RevokeSession(ctx, id, exp)
-}
-
 func newFailingStore(t *testing.T) *failingStore {
 	bolt := openBolt(t, filepath.Join(t.TempDir(), "fleet.db"))
 	t.Cleanup(func() { bolt.Close() })
-	return &failingStore{Store: bolt, bw: bolt, poisonID: "poison-1", poisonErr: errors.New("apply messages: key too large")}
+	return &failingStore{Store: bolt, bw: bolt, poisonID: "poison-1", poisonErr: fmt.Errorf("apply messages: %w: key too large", storage.ErrBadRecord)}
 }
 
 // msg is an mqtt.Message handed to commit.
@@ -211,16 +200,16 @@ func TestStoreDownLosesNothing(t *testing.T) {
 			}
 			f.setApplyErr(err)
 		}},
-		// An error that does not say it is the store's, and the probe
-		// fails too: taken for the store, even though a reject could be
-		// written (a PostgreSQL restarting between the two).
-		{"flapping", func(f *failingStore, on bool) {
+		// The alerts' table refuses every insert, other writes pass (a
+		// revoked right: a hostile review saw every good alert made a
+		// reject and acknowledged, so lost, when the rule was to reject
+		// what did not look like the store's fault).
+		{"insert right revoked", func(f *failingStore, on bool) {
 			var err error
 			if on {
-				err = errors.New("apply messages: conn closed")
+				err = errors.New("apply messages: ERROR: permission denied for table atm_fleet_alerts (SQLSTATE 42501)")
 			}
 			f.setApplyErr(err)
-			f.probeDown.Store(on)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

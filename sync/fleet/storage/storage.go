@@ -24,7 +24,12 @@ import (
 
 // Sentinel errors, compared with errors.Is.
 var (
-	ErrNotFound = errors.New("not found")
+	// ErrBadRecord: the store refuses a record for what it holds (a key
+	// too large, a value its columns cannot take), not for its own state:
+	// writing the same record again fails the same way, and other records
+	// are unaffected. Ingest makes such a message a reject.
+	ErrBadRecord = errors.New("the store refuses this record")
+	ErrNotFound  = errors.New("not found")
 	// ErrState: the alert is not in a state that allows the action (e.g.
 	// resolving an alert someone else resolved a moment ago).
 	ErrState = errors.New("alert state does not allow this action")

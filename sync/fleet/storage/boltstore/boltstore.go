@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -218,6 +219,9 @@ func (s *Store) update(ctx context.Context, op string, fn func(tx *bolt.Tx) erro
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if err := s.db.Update(fn); err != nil {
+		if errors.Is(err, bolt.ErrKeyTooLarge) || errors.Is(err, bolt.ErrValueTooLarge) || errors.Is(err, bolt.ErrKeyRequired) {
+			return fmt.Errorf("%s: %w: %w", op, storage.ErrBadRecord, err)
+		}
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -304,6 +305,14 @@ func (s *Store) tx(ctx context.Context, op string, fn func(tx pgx.Tx) error) err
 		}
 	}
 	if err != nil {
+		// Data exceptions (class 22: a value too long or out of range, a
+		// NUL byte), integrity violations (23) and program limits (54: an
+		// index row too large) come from the record, not from the
+		// database's state.
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && len(pe.Code) == 5 && slices.Contains([]string{"22", "23", "54"}, pe.Code[:2]) {
+			return fmt.Errorf("%s: %w: %w", op, storage.ErrBadRecord, err)
+		}
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil

@@ -59,6 +59,21 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("AlertListings", func(t *testing.T) { alertListings(t, open(t)) })
 	t.Run("RemoveDevice", func(t *testing.T) { removeDevice(t, open(t)) })
 	t.Run("PurgeIdentity", func(t *testing.T) { purgeIdentity(t, open(t)) })
+	t.Run("BadRecord", func(t *testing.T) { badRecord(t, open(t)) })
+}
+
+// A record the store cannot hold (an alert id of 40 KB: bbolt's key limit,
+// PostgreSQL's index row limit) is refused as storage.ErrBadRecord, which
+// ingest makes a reject, and the store takes the next record.
+func badRecord(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	huge := Alert("lyon-07", "atm-1", 1, T0, strings.Repeat("x", 40<<10), "p-1", 6)
+	if _, err := s.Apply(c, []storage.Message{huge}); !errors.Is(err, storage.ErrBadRecord) {
+		t.Errorf("a 40 KB alert id: %v, want ErrBadRecord", err)
+	}
+	if fresh, err := s.Apply(c, []storage.Message{Alert("lyon-07", "atm-1", 2, T0, "a-1", "p-1", 6)}); err != nil || !fresh[0] {
+		t.Errorf("the next record: %v, %v", fresh, err)
+	}
 }
 
 // An erasure request: one identity of one device goes from the series,
