@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/carddata"
 )
 
 // Card data in card_hash or txn_id is refused with the kind of data named
@@ -99,7 +100,7 @@ func TestCardDataFalsePositives(t *testing.T) {
 			refused++
 		}
 		for _, run := range strings.FieldsFunc(h, func(c rune) bool { return c < '0' || c > '9' }) {
-			if len(run) >= 13 && len(run) <= 19 && luhnValid([]byte(run)) {
+			if len(run) >= 13 && len(run) <= 19 && carddata.LuhnValid([]byte(run)) {
 				naive++
 				break
 			}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/carddata"
 )
 
 // Source names used in visit.Trigger.Source.
@@ -102,7 +103,7 @@ func ValidateContext(c visit.Context) error {
 		default:
 			if err := cardData(c.TxnID); err != nil {
 				errs = append(errs, fmt.Errorf("txn_id: %w", err))
-			} else if n := panInText(c.TxnID); n > 0 {
+			} else if n := carddata.PANInText(c.TxnID); n > 0 {
 				errs = append(errs, fmt.Errorf("txn_id: %w (a Luhn-valid run of %d digits in %d characters)", ErrLooksLikePAN, n, len(c.TxnID)))
 			}
 		}
@@ -128,75 +129,6 @@ func CanonicalContext(c visit.Context) (visit.Context, error) {
 	return c, nil
 }
 
-// panInText finds a card number anywhere in free text such as a txn_id,
-// whatever the share of digits: a run of 13..19 digits, or digit groups
-// joined by one kind of separator (space, '-', '.', '/', '_') in a card's
-// printed grouping (fours, the last group shorter; Amex 4-6-5; Diners
-// 4-6-4), that starts with 1..9 and passes the Luhn check, as the scanners
-// of card-data audits look for them. It returns the number's length, or 0.
-// Unlike cardData it is not used for card_hash: a random SHA-256 in hex
-// holds such a run in about 1 in 1,700 hashes, and refusing those would
-// refuse the same cardholder at every visit.
-func panInText(s string) int {
-	isDigit := func(b byte) bool { return b >= '0' && b <= '9' }
-	pan := func(d string) bool {
-		return len(d) >= 13 && len(d) <= 19 && d[0] != '0' && luhnValid([]byte(d))
-	}
-	for i := 0; i < len(s); {
-		if !isDigit(s[i]) {
-			i++
-			continue
-		}
-		// Groups of digits joined by one separator, repeated.
-		var groups []string
-		var sep byte
-		j := i
-		for {
-			k := j
-			for k < len(s) && isDigit(s[k]) {
-				k++
-			}
-			groups = append(groups, s[j:k])
-			if k+1 < len(s) && strings.IndexByte(" -./_", s[k]) >= 0 && isDigit(s[k+1]) && (sep == 0 || sep == s[k]) {
-				sep, j = s[k], k+1
-				continue
-			}
-			j = k
-			break
-		}
-		for _, g := range groups {
-			if pan(g) {
-				return len(g)
-			}
-		}
-		if joined := strings.Join(groups, ""); len(groups) > 1 && cardGrouping(groups) && pan(joined) {
-			return len(joined)
-		}
-		i = j
-	}
-	return 0
-}
-
-// cardGrouping: the lengths a card number is printed in.
-func cardGrouping(groups []string) bool {
-	n := make([]int, len(groups))
-	for i, g := range groups {
-		n[i] = len(g)
-	}
-	switch {
-	case len(n) == 3 && n[0] == 4 && n[1] == 6 && (n[2] == 5 || n[2] == 4):
-		return true
-	case len(n) >= 3:
-		for _, x := range n[:len(n)-1] {
-			if x != 4 {
-				return false
-			}
-		}
-		return n[len(n)-1] >= 1 && n[len(n)-1] <= 7
-	}
-	return false
-}
-
 // looksLikePAN reports whether s is 12..19 digits once spaces and dashes are
 // removed (with luhn: 13..19 digits that pass the Luhn check).
 func looksLikePAN(s string, luhn bool) bool {
@@ -213,7 +145,7 @@ func looksLikePAN(s string, luhn bool) bool {
 	if !luhn {
 		return len(digits) >= 12 && len(digits) <= 19
 	}
-	return len(digits) >= 13 && len(digits) <= 19 && luhnValid(digits)
+	return len(digits) >= 13 && len(digits) <= 19 && carddata.LuhnValid(digits)
 }
 
 // cardData finds card data inside a string, ignoring spaces and dashes:
@@ -284,7 +216,7 @@ func panIn(run []byte) int {
 	}
 	// A card number starts with its major industry identifier, 1..9; a
 	// candidate starting with 0 is padding (and zeros alone pass Luhn).
-	pan := func(d []byte) bool { return d[0] != '0' && luhnValid(d) }
+	pan := func(d []byte) bool { return d[0] != '0' && carddata.LuhnValid(d) }
 	if len(run) <= 19 && pan(run) {
 		return len(run)
 	}
@@ -315,21 +247,6 @@ func digitRun(s string) int {
 		}
 	}
 	return best
-}
-
-func luhnValid(d []byte) bool {
-	sum := 0
-	for i := len(d) - 1; i >= 0; i-- {
-		n := int(d[i] - '0')
-		if (len(d)-1-i)%2 == 1 {
-			n *= 2
-			if n > 9 {
-				n -= 9
-			}
-		}
-		sum += n
-	}
-	return sum%10 == 0
 }
 
 // isHashLike accepts hex or base64 (standard or URL alphabet, optional

@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -32,6 +33,11 @@ type JSONRules struct {
 //   - a string holding NUL (U+0000): PostgreSQL's text refuses it;
 //   - r.Forbidden names at any depth and nesting deeper than r.MaxDepth.
 //
+
+// ErrForbiddenField: a name the rules forbid (biometric or card data) is
+// in the payload; the payload itself must not be kept.
+var ErrForbiddenField = errors.New("is forbidden (at any depth): biometric and card data never leave the device")
+
 // It does not check that b holds exactly one value.
 func CheckJSON(b []byte, r JSONRules) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -70,7 +76,7 @@ func CheckJSON(b []byte, r JSONRules) error {
 				return fmt.Errorf("duplicate field %s", quoteName(name))
 			}
 			if slices.Contains(r.Forbidden, name) {
-				return fmt.Errorf("field %q is forbidden (at any depth)", name)
+				return fmt.Errorf("field %q %w", name, ErrForbiddenField)
 			}
 			top.keys[name] = true
 			top.key = false

@@ -136,3 +136,35 @@ func TestDecodeAcceptsTheExamples(t *testing.T) {
 		}
 	}
 }
+
+// A refused payload that names card or biometric data, or holds a card
+// number anywhere, is not kept in the reject (a hostile review read the
+// card number back from the store file and the settings page).
+func TestRejectKeepsNoCardData(t *testing.T) {
+	in := &Ingester{cfg: Config{Prefix: "atm", MaxPayload: 256 << 10}}
+	var err error
+	if in.schemas, err = CompileSchemas(); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	a := goodAlert("s1", "d1", "a-1", 1, now)
+	for _, tc := range []struct {
+		name    string
+		payload []byte
+		kept    bool
+	}{
+		{"forbidden field", edit(a, func(m map[string]any) { m["card_number"] = "4111111111111111" }, ""), false},
+		{"forbidden field, no digits", edit(a, func(m map[string]any) { m["extra"] = map[string]any{"embedding": []float64{0.1}} }, ""), false},
+		{"card number in a refused value", edit(a, func(m map[string]any) { m["txn_id"] = "4111 1111 1111 1111"; delete(m, "rule") }, ""), false},
+		{"refused without card data", edit(a, func(m map[string]any) { delete(m, "rule") }, ""), true},
+	} {
+		_, err := in.Decode("atm/s1/d1/alert", tc.payload, now)
+		var r *RejectError
+		if !errors.As(err, &r) {
+			t.Fatalf("%s: %v, want a reject", tc.name, err)
+		}
+		if kept := r.Payload != WithheldPayload; kept != tc.kept || (!kept && strings.Contains(r.Payload, "4111")) {
+			t.Errorf("%s: payload kept %q, want kept=%v", tc.name, r.Payload, tc.kept)
+		}
+	}
+}

@@ -32,6 +32,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/periocular/atm-agent/internal/carddata"
 	"github.com/periocular/atm-agent/internal/redact"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -570,15 +571,12 @@ func (in *Ingester) poison(ctx context.Context, it *item, err error) bool {
 	if it.reject != nil {
 		site, device = it.reject.Site, it.reject.Device
 	}
-	p := it.payload
-	if len(p) > storage.MaxRejectPayload {
-		p = p[:storage.MaxRejectPayload]
-	}
+	p := keptPayload(it.payload, false)
 	if it.reject != nil {
-		p = nil // already a reject: what the store refused may be its payload
+		p = "" // already a reject: what the store refused may be its payload
 	}
 	reason := strings.ToValidUTF8(strings.ReplaceAll(oneLine(err), "\x00", ""), "\uFFFD")
-	r := storage.Reject{Received: in.now().UTC(), Topic: it.topic, Site: site, Device: device, Payload: string(p),
+	r := storage.Reject{Received: in.now().UTC(), Topic: it.topic, Site: site, Device: device, Payload: p,
 		Error: "refused by the store: " + reason}
 	in.log.Error("fleet ingest: a message the store refuses is kept as a reject, ingest goes on",
 		"topic", it.topic, "err", err)
@@ -694,12 +692,14 @@ type decoded struct {
 // kinds the fleet does not use (reply, cmd) give neither error nor data.
 func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded, error) {
 	reject := func(site, device, format string, a ...any) (decoded, error) {
-		p := payload
-		if len(p) > storage.MaxRejectPayload {
-			p = p[:storage.MaxRejectPayload]
+		withheld := false
+		for _, x := range a {
+			if err, ok := x.(error); ok && errors.Is(err, wire.ErrForbiddenField) {
+				withheld = true
+			}
 		}
 		return decoded{}, &RejectError{storage.Reject{Received: now, Topic: topic, Site: site, Device: device,
-			Error: fmt.Sprintf(format, a...), Payload: string(p)}}
+			Error: fmt.Sprintf(format, a...), Payload: keptPayload(payload, withheld)}}
 	}
 	tp, err := wire.ParseTopic(in.cfg.Prefix, topic)
 	if err != nil {
@@ -804,6 +804,26 @@ var (
 type namedTime struct {
 	name string
 	t    time.Time
+}
+
+// WithheldPayload stands for a rejected payload that is not kept: it named
+// biometric or card data, or held what looks like a card number.
+const WithheldPayload = "(not kept: it names or holds card or biometric data)"
+
+// keptPayload is what a reject keeps of a payload (the start, for
+// diagnosis): nothing of one that named a forbidden field (withheld) or
+// holds a Luhn-valid card number anywhere (carddata.PANInText): a hostile
+// review found the card number of a refused payload in the store file and
+// on the settings page, out of reach of any erasure.
+func keptPayload(payload []byte, withheld bool) string {
+	if withheld || carddata.PANInText(string(payload)) > 0 {
+		return WithheldPayload
+	}
+	p := payload
+	if len(p) > storage.MaxRejectPayload {
+		p = p[:storage.MaxRejectPayload]
+	}
+	return string(p)
 }
 
 func orNone(b json.RawMessage) string {
