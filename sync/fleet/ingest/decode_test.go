@@ -73,6 +73,14 @@ func TestDecodeRefuses(t *testing.T) {
 		}, ""), `field "card_hash" is forbidden`},
 		{"nested 20 deep", "alert", edit(alert, nil, `"extra":`+strings.Repeat(`[`, 20)+strings.Repeat(`]`, 20)), "nested deeper than 16"},
 		{"NUL in rule", "alert", edit(alert, set("rule", "r\x00x"), ""), "NUL"},
+		// PostgreSQL keeps counts in 32-bit columns: a larger one stopped
+		// its ingest (a hostile review's ready-made poison message).
+		{"count 3e9", "alert", edit(alert, set("count", 3_000_000_000), ""), "alert count 3000000000 outside 0..2147483647"},
+		{"summary visits 3e9", "summary", edit(sum, func(o map[string]any) {
+			o["totals"].(map[string]any)["visits"].(map[string]any)["h24"] = 3_000_000_000
+		}, ""), "summary totals.visits.h24 3000000000 outside"},
+		{"right-to-left override in alert_id", "alert", edit(alert, set("alert_id", "a-\u202e1"), ""), "alert alert_id holds a control or formatting character (U+202E"},
+		{"newline in rule", "alert", edit(alert, set("rule", "r\nx"), ""), "alert rule holds a control"},
 		{"NUL in kind", "alert", edit(alert, set("kind", "k\x00"), ""), "NUL"},
 		{"NUL in window", "alert", edit(alert, set("window", "24h\x00"), ""), "NUL"},
 		{"NUL in an unknown field", "status", edit(status, set("note", "\x00"), ""), "NUL"},

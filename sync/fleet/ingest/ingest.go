@@ -28,6 +28,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/santhosh-tekuri/jsonschema/v6"
@@ -749,6 +750,8 @@ func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded
 	}
 	var d decoded
 	times := []namedTime{{"ts", env.TS}}
+	var counts []namedInt   // what the stores keep in 32-bit columns
+	var names []namedString // identifiers shown on the pages and in exports
 	switch tp.Kind {
 	case wire.KindStatus:
 		var s wire.Status
@@ -769,7 +772,16 @@ func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded
 			Seq: s.Seq, TS: s.TS, Historical: s.Historical, Received: now, Summary: &s}
 		for _, id := range s.Identities {
 			times = append(times, namedTime{"identities.first_seen", id.FirstSeen}, namedTime{"identities.last_seen", id.LastSeen})
+			names = append(names, namedString{"identities.id", id.ID})
+			counts = append(counts, windows("identities.visits", id.Visits)...)
+			counts = append(counts, windows("identities.masked", id.Masked)...)
+			counts = append(counts, windows("identities.distinct_cards", id.DistinctCards)...)
 		}
+		counts = append(counts, namedInt{"identities_omitted", s.IdentitiesOmitted})
+		counts = append(counts, windows("faceless", s.Faceless)...)
+		counts = append(counts, windows("totals.visits", s.Totals.Visits)...)
+		counts = append(counts, windows("totals.identities", s.Totals.Identities)...)
+		counts = append(counts, windows("totals.masked", s.Totals.Masked)...)
 	default:
 		var a wire.Alert
 		if err := json.Unmarshal(payload, &a); err != nil {
@@ -779,6 +791,21 @@ func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded
 			Seq: a.Seq, TS: a.TS, Historical: a.Historical, Received: now, Alert: &a}
 		times = append(times, namedTime{"raised", a.Raised}, namedTime{"window_start", a.WindowStart},
 			namedTime{"first_seen", a.FirstSeen}, namedTime{"last_seen", a.LastSeen})
+		counts = append(counts, namedInt{"count", a.Count}, namedInt{"threshold", a.Threshold})
+		names = append(names, namedString{"alert_id", a.AlertID}, namedString{"rule", a.Rule}, namedString{"kind", a.Kind},
+			namedString{"identity_id", a.IdentityID}, namedString{"visit_id", a.VisitID}, namedString{"txn_id", a.TxnID},
+			namedString{"window", a.Window})
+	}
+	for _, c := range counts {
+		if c.n < 0 || c.n > math.MaxInt32 {
+			return reject(tp.Site, tp.Device, "%s %s %d outside 0..%d", tp.Kind, c.name, c.n, math.MaxInt32)
+		}
+	}
+	names = append(names, namedString{"message_id", env.MessageID})
+	for _, n := range names {
+		if i := strings.IndexFunc(n.s, invisible); i >= 0 {
+			return reject(tp.Site, tp.Device, "%s %s holds a control or formatting character (%U at byte %d)", tp.Kind, n.name, []rune(n.s[i:])[0], i)
+		}
 	}
 	for _, t := range times {
 		optional := t.name == "started_at" || t.name == "cameras.last_frame" // omitted when zero
@@ -805,6 +832,24 @@ type namedTime struct {
 	name string
 	t    time.Time
 }
+
+type namedInt struct {
+	name string
+	n    int
+}
+
+type namedString struct {
+	name, s string
+}
+
+func windows(name string, w wire.WindowCounts) []namedInt {
+	return []namedInt{{name + ".h1", w.H1}, {name + ".h24", w.H24}, {name + ".d7", w.D7}}
+}
+
+// invisible: control characters and Unicode formatting ones (bidi
+// overrides, zero-width joiners), which an identifier shown to an analyst
+// must not hold: they reorder or hide what the page shows.
+func invisible(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }
 
 // WithheldPayload stands for a rejected payload that is not kept: it named
 // biometric or card data, or held what looks like a card number.
