@@ -171,7 +171,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Service, err err
 
 func openStore(ctx context.Context, c StoreConfig, log *slog.Logger) (storage.Store, error) {
 	if c.Driver == "bolt" {
-		return boltstore.Open(c.Path, 5*time.Second)
+		st, err := boltstore.Open(c.Path, 5*time.Second)
+		if err == nil && st.ScrubPending() != nil {
+			log.Warn("fleet store: an erasure's records may still be in the file's free pages (its rewrite found no room); free space and restart, or stop the service and run atm-fleet compact",
+				"err", st.ScrubPending())
+		}
+		return st, err
 	}
 	dsn := c.DSN
 	if c.DSNFile != "" {

@@ -59,8 +59,14 @@ type Store struct {
 	path string   // the store file (a symbolic link resolved)
 	lock *os.File // path + ".lock", held from Open to Close
 	storage.Hub
-	phantoms int // removed by Open
+	phantoms int   // removed by Open
+	scrubErr error // the scrub owed at Open failed (ScrubPending)
 }
+
+// ScrubPending reports whether an erasure's records may still be in the
+// file's free pages: a scrub owed since an erasure found no room for its
+// copy, and failed again at Open (the error).
+func (s *Store) ScrubPending() error { return s.scrubErr }
 
 var _ storage.Store = (*Store)(nil)
 
@@ -113,7 +119,15 @@ func Open(path string, timeout time.Duration) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("open fleet store %q: init: %w", path, err)
 	}
-	return &Store{db: db, path: real, lock: lock, phantoms: phantoms}, nil
+	st := &Store{db: db, path: real, lock: lock, phantoms: phantoms}
+	var owed bool
+	_ = db.View(func(tx *bolt.Tx) error { owed = tx.Bucket(bMeta).Get(metaScrubPending) != nil; return nil })
+	if owed {
+		// An erasure's scrub that found no room before: done now if it
+		// can be; the store opens either way.
+		st.scrubErr = st.compactInPlace()
+	}
+	return st, nil
 }
 
 // metaPhantoms, in the meta bucket, records that removePhantoms ran (the
@@ -929,6 +943,9 @@ func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int
 		if !found && n == 0 && points == 0 {
 			return fmt.Errorf("device %s/%s: %w", p.Site, p.Device, storage.ErrNotFound)
 		}
+		if err := tx.Bucket(bMeta).Put(metaScrubPending, []byte(p.At.UTC().Format(time.RFC3339))); err != nil {
+			return err
+		}
 		b := tx.Bucket(bAudit)
 		id, _ := b.NextSequence()
 		return putJSON(b, u64(id), storage.AuditEntry{ID: id, At: p.At.UTC(), User: p.User, Role: p.Role,
@@ -1172,7 +1189,10 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("backup: spool: %w", err)
 	}
-	defer os.Remove(tmp.Name())
+	// Unlinked at once: the spool is a whole copy of the file, free pages
+	// included, and one a killed service left by name kept an erased
+	// identity for good (a hostile review). Open, it lives until closed.
+	os.Remove(tmp.Name())
 	defer tmp.Close()
 	err = s.view(ctx, "backup", func(tx *bolt.Tx) error {
 		_, err := tx.WriteTo(tmp)

@@ -35,9 +35,28 @@ func realPath(path string) string {
 // is made readable by all, so that one created by root (an operator's
 // compaction) can be locked by the service's user.
 func lockStore(real string, timeout time.Duration) (*os.File, error) {
-	f, err := os.OpenFile(real+".lock", os.O_RDONLY|os.O_CREATE, 0o644)
+	// Never through a link planted at the lock's name (root's compaction
+	// would create or lock its target).
+	f, err := os.OpenFile(real+".lock", os.O_RDONLY|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
+	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EROFS) {
+		// No right to create it in the store's folder (the store file
+		// itself writable): lock the store file instead, as before the
+		// lock file, rather than not start.
+		f, err = os.OpenFile(real, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
+	}
+	// Readable by all, whatever the umask of whoever made it (root's
+	// compaction under umask 077 made a lock the service could not open),
+	// and owned as the store file is.
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm() != 0o644 && fi.Size() == 0 {
+		_ = f.Chmod(0o644)
+	}
+	if was, err := os.Stat(real); err == nil {
+		if uid, gid, ok := fileops.Owner(was); ok && os.Geteuid() == 0 {
+			_ = f.Chown(uid, gid)
+		}
 	}
 	deadline := time.Now().Add(timeout)
 	for {
@@ -100,7 +119,7 @@ func Compact(path string, timeout time.Duration) (before, after int64, err error
 		return 0, 0, fmt.Errorf("compact %q: %w", path, err)
 	}
 	defer src.Close() // after the rename
-	if err := replaceCompacted(src, real, was, true); err != nil {
+	if err := replaceCompacted(src, real, was, metaSchema, metaScrubPending); err != nil {
 		return 0, 0, fmt.Errorf("compact %q: %w; the store file is left as it was", path, err)
 	}
 	now, err := os.Stat(real)
@@ -124,16 +143,16 @@ func removeStaleCopies(real string) {
 // replaceCompacted writes src, compacted, to a new file beside real (a
 // fresh name: a link planted at a fixed name is never followed), makes it
 // durable, checks it, gives it was's owner and mode and renames it over
-// real. reindex clears the copy's schema version, so that the next open
-// rebuilds its alert indexes.
-func replaceCompacted(src *bolt.DB, real string, was os.FileInfo, reindex bool) error {
+// real. The meta keys named in clear are deleted in the copy (the schema
+// version: the next open rebuilds the alert indexes; a scrub owed).
+func replaceCompacted(src *bolt.DB, real string, was os.FileInfo, clear ...[]byte) error {
 	f, err := os.CreateTemp(filepath.Dir(real), copyPattern(real))
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
 	f.Close()
-	err = writeCompact(src, tmp, was, reindex)
+	err = writeCompact(src, tmp, was, clear...)
 	if err == nil {
 		err = os.Rename(tmp, real)
 	}
@@ -147,7 +166,7 @@ func replaceCompacted(src *bolt.DB, real string, was os.FileInfo, reindex bool) 
 
 // writeCompact copies src into the empty file tmp, made durable, checked
 // and given was's owner and mode.
-func writeCompact(src *bolt.DB, tmp string, was os.FileInfo, reindex bool) error {
+func writeCompact(src *bolt.DB, tmp string, was os.FileInfo, clear ...[]byte) error {
 	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		return err
@@ -156,10 +175,16 @@ func writeCompact(src *bolt.DB, tmp string, was os.FileInfo, reindex bool) error
 		dst.Close()
 		return err
 	}
-	if reindex {
+	if len(clear) > 0 {
 		err := dst.Update(func(tx *bolt.Tx) error {
-			if m := tx.Bucket(bMeta); m != nil {
-				return m.Delete([]byte("schema"))
+			m := tx.Bucket(bMeta)
+			for _, k := range clear {
+				if m == nil {
+					break
+				}
+				if err := m.Delete(k); err != nil {
+					return err
+				}
 			}
 			return nil
 		})
@@ -181,6 +206,15 @@ func writeCompact(src *bolt.DB, tmp string, was os.FileInfo, reindex bool) error
 	return fileops.KeepOwner(tmp, was)
 }
 
+// Meta keys: the schema version, and a scrub owed: an erasure whose
+// records' old copies are still in the file's free pages (set in the
+// erasure's transaction, gone from the rewritten copy; Open rewrites a
+// file that has it, so a scrub that found no room is done later).
+var (
+	metaSchema       = []byte("schema")
+	metaScrubPending = []byte("scrub_pending")
+)
+
 // compactInPlace rewrites the running store's file without its free pages:
 // after an identity's erasure, so that nothing of it stays readable in the
 // file. Every transaction waits meanwhile (the store's mutex).
@@ -195,7 +229,7 @@ func (s *Store) compactInPlace() error {
 	if err := fileops.RoomFor(filepath.Dir(s.path), was.Size()); err != nil {
 		return fmt.Errorf("compact: %w", err)
 	}
-	if err := replaceCompacted(s.db, s.path, was, false); err != nil {
+	if err := replaceCompacted(s.db, s.path, was, metaScrubPending); err != nil {
 		return fmt.Errorf("compact: %w", err)
 	}
 	// The old file, renamed over, is still open: reopen the path.

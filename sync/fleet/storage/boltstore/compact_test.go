@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,5 +156,35 @@ func TestOpenWaitsForCompaction(t *testing.T) {
 	}
 	if _, _, err := Compact(path, 100*time.Millisecond); err == nil || !strings.Contains(err.Error(), "stop the service") {
 		t.Errorf("compact while the store is open: %v", err)
+	}
+}
+
+// The lock file: readable by all whatever the umask of whoever made it
+// (root's compaction under umask 077 made one the service could not
+// open), and never followed through a planted link.
+func TestLockFileModeAndLinks(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "fleet.db")
+	old := syscall.Umask(0o077)
+	f, err := lockStore(real, time.Second)
+	syscall.Umask(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if fi, err := os.Stat(real + ".lock"); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("lock file under umask 077: %v, %v; want 0644", fi.Mode(), err)
+	}
+	target := filepath.Join(dir, "elsewhere")
+	linked := filepath.Join(dir, "other.db")
+	if err := os.Symlink(target, linked+".lock"); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := lockStore(linked, 100*time.Millisecond); err == nil {
+		f.Close()
+		t.Error("a lock file that is a link was followed")
+	}
+	if _, err := os.Lstat(target); !os.IsNotExist(err) {
+		t.Errorf("the link's target was created: %v", err)
 	}
 }

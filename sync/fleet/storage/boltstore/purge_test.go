@@ -97,3 +97,59 @@ func TestRemoveDeviceKeepsWhatCameAfter(t *testing.T) {
 		t.Errorf("identity series after the removal: %+v, want seq 3 alone", pts)
 	}
 }
+
+// A scrub an erasure owes (no room for the copy then) is done at the next
+// open: the erased records' old copies leave the file.
+func TestOpenDoesTheScrubOwed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fleet.db")
+	s, err := Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := context.Background()
+	const id = "p-owed-scrub-91c2"
+	var msgs []storage.Message
+	for i := range 30 {
+		msgs = append(msgs, storetest.Summary("lyon-07", "atm-1", uint64(i+1), storetest.T0.Add(time.Duration(i)*time.Minute), 2, id))
+	}
+	if _, err := s.Apply(c, msgs); err != nil {
+		t.Fatal(err)
+	}
+	// The erasure's transaction, as if its rewrite had found no room.
+	err = s.update(c, "test", func(tx *bolt.Tx) error {
+		cur := tx.Bucket(bIdent).Cursor()
+		p := cat(dkey("lyon-07", "atm-1"), []byte(id+"\x00"))
+		for k, _ := cur.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = cur.Seek(p) {
+			if err := cur.Delete(); err != nil {
+				return err
+			}
+		}
+		var d storage.Device
+		if _, err := getJSON(tx.Bucket(bDevices), dkey("lyon-07", "atm-1"), &d); err != nil {
+			return err
+		}
+		storage.DropIdentity(d.Summary, id)
+		if err := putJSON(tx.Bucket(bDevices), dkey("lyon-07", "atm-1"), d); err != nil {
+			return err
+		}
+		return tx.Bucket(bMeta).Put(metaScrubPending, []byte("now"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if b, _ := os.ReadFile(path); !bytes.Contains(b, []byte(id)) {
+		t.Fatal("no old copy of the identity in the file before the open: the test needs one")
+	}
+	s, err = Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.ScrubPending(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); bytes.Contains(b, []byte(id)) {
+		t.Error("the scrub owed was not done at open: the identity is still in the file")
+	}
+}
