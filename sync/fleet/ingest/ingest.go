@@ -166,8 +166,9 @@ type Stats struct {
 	// StuckSince: when the batch being written first failed, while it is
 	// not committed (absent otherwise). The messages of that batch and
 	// all after it wait, unacknowledged: the store is down or full. A
-	// message the store refuses alone is made a reject in about a second
-	// (isolate); only a store that takes no write at all stays stuck.
+	// message the store refuses for what it holds is made a reject at its
+	// first write alone (isolate); a store failing for its own state stays
+	// stuck.
 	StuckSince time.Time `json:"stuck_since,omitzero"`
 }
 
@@ -692,13 +693,8 @@ type decoded struct {
 // carrying what to keep; a cleared retained topic (empty payload) and
 // kinds the fleet does not use (reply, cmd) give neither error nor data.
 func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded, error) {
+	withheld := false // the payload names card or biometric data: not kept
 	reject := func(site, device, format string, a ...any) (decoded, error) {
-		withheld := false
-		for _, x := range a {
-			if err, ok := x.(error); ok && errors.Is(err, wire.ErrForbiddenField) {
-				withheld = true
-			}
-		}
 		return decoded{}, &RejectError{storage.Reject{Received: now, Topic: topic, Site: site, Device: device,
 			Error: fmt.Sprintf(format, a...), Payload: keptPayload(payload, withheld)}}
 	}
@@ -729,6 +725,7 @@ func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded
 			orNone(head.SchemaVersion), tp.Kind, vs)
 	}
 	if err := wire.CheckJSON(payload, ReaderRules); err != nil {
+		withheld = errors.Is(err, wire.ErrForbiddenField)
 		return reject(tp.Site, tp.Device, "%s: %v", tp.Kind, err)
 	}
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(payload))

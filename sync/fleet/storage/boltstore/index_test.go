@@ -163,25 +163,12 @@ func TestActiveListingsOfManyAlerts(t *testing.T) {
 		{State: storage.AlertOpen, Limit: 40}, {Active: true, Order: storage.ByReceived, Limit: 60},
 		{Active: true, Order: storage.ByReceived, After: &cur, Limit: 60},
 	} {
-		var want []storage.AlertKey
-		sorted := slices.Clone(all)
-		slices.SortFunc(sorted, f.Compare)
-		for _, a := range sorted {
-			if f.Match(a) {
-				want = append(want, a.AlertKey)
-			}
-		}
-		want = want[min(f.Offset, len(want)):]
-		want = want[:min(f.Limit, len(want))]
+		want := storetest.Listing(all, f)
 		got, err := s.Alerts(c, f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var gk []storage.AlertKey
-		for _, a := range got {
-			gk = append(gk, a.AlertKey)
-		}
-		if !slices.Equal(gk, want) {
+		if gk := storetest.Keys(got); !slices.Equal(gk, want) {
 			t.Errorf("Alerts(%+v): %d alerts, want %d, or another order", f, len(gk), len(want))
 		}
 	}

@@ -44,6 +44,30 @@ func Alert(site, device string, seq uint64, ts time.Time, alertID, identity stri
 		TS: ts, Received: ts.Add(time.Second), Alert: a}
 }
 
+// Listing is the listing a store must give for f, computed from alerts
+// read one by one: those f matches, in f's order, offset and limit
+// applied; as keys.
+func Listing(all []storage.Alert, f storage.AlertFilter) []storage.AlertKey {
+	var out []storage.Alert
+	for _, a := range all {
+		if f.Match(a) {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, f.Compare)
+	out = out[min(f.Offset, len(out)):]
+	return Keys(out[:min(cmp.Or(f.Limit, storage.DefaultAlertLimit), len(out))])
+}
+
+// Keys are the alerts' keys, in order.
+func Keys(as []storage.Alert) []storage.AlertKey {
+	var out []storage.AlertKey
+	for _, a := range as {
+		out = append(out, a.AlertKey)
+	}
+	return out
+}
+
 // Run runs the suite; open returns a new, empty store.
 func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("DedupAndGaps", func(t *testing.T) { dedupAndGaps(t, open(t)) })
@@ -249,18 +273,9 @@ func alertListings(t *testing.T, s storage.Store) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if f.Match(a) {
-				all = append(all, a)
-			}
+			all = append(all, a)
 		}
-		slices.SortFunc(all, f.Compare)
-		all = all[min(f.Offset, len(all)):]
-		all = all[:min(cmp.Or(f.Limit, storage.DefaultAlertLimit), len(all))]
-		var out []storage.AlertKey
-		for _, a := range all {
-			out = append(out, a.AlertKey)
-		}
-		return out
+		return Listing(all, f)
 	}
 	check := func(stage string) {
 		t.Helper()
@@ -282,11 +297,7 @@ func alertListings(t *testing.T, s storage.Store) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var gk []storage.AlertKey
-			for _, a := range got {
-				gk = append(gk, a.AlertKey)
-			}
-			if w := want(f); !slices.Equal(gk, w) {
+			if gk, w := Keys(got), want(f); !slices.Equal(gk, w) {
 				t.Errorf("%s: Alerts(%+v) = %d alerts %v, want %d %v", stage, f, len(gk), gk, len(w), w)
 			}
 		}
