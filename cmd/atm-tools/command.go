@@ -83,12 +83,14 @@ func keyName(prefix string) string {
 }
 
 func runCommandSign(_ context.Context, env *cli.Env, args []string) error {
-	fs := cli.NewFlags(env, "command sign", "command sign --key FILE --site SITE --device DEVICE [--id ID] [--identity ID] COMMAND")
+	fs := cli.NewFlags(env, "command sign", "command sign --key FILE --site SITE --device DEVICE [--id ID] [--identity ID] [--into ID] [--visits V1,V2,...] COMMAND")
 	keyFile := fs.String("key", "", "private key (PKCS#8 PEM, from command keygen or openssl genpkey -algorithm ed25519)")
 	site := fs.String("site", "", "target site")
 	device := fs.String("device", "", "target device")
 	id := fs.String("id", "", "message id (default: random); unique per command, it is the reply's correlation_id")
-	ident := fs.String("identity", "", "identity id (purge_identity)")
+	ident := fs.String("identity", "", "identity id (purge_identity, identity_visits, split_visits, merge_identities)")
+	into := fs.String("into", "", "the identity that keeps the visits (merge_identities)")
+	visits := fs.String("visits", "", "comma-separated visit ids to move off --identity (split_visits)")
 	ts := fs.String("ts", "", "timestamp, RFC 3339 (default: now); the device refuses one outside its max_clock_skew")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
@@ -115,7 +117,10 @@ func runCommandSign(_ context.Context, env *cli.Env, args []string) error {
 		*id = newCommandID()
 	}
 	cmd := wire.Command{Envelope: wire.Envelope{SchemaVersion: wire.CommandSchemaVersion, MessageID: *id,
-		Device: *device, Site: *site, TS: when.UTC()}, Command: wire.CommandName(fs.Arg(0)), Args: wire.CommandArgs{ID: *ident}}
+		Device: *device, Site: *site, TS: when.UTC()}, Command: wire.CommandName(fs.Arg(0)), Args: wire.CommandArgs{ID: *ident, Into: *into}}
+	if *visits != "" {
+		cmd.Args.Visits = strings.Split(*visits, ",")
+	}
 	payload, err := json.Marshal(cmd)
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -51,6 +52,13 @@ func TestCommandKeygenSignAndConfigCheck(t *testing.T) {
 	if _, _, err := runCLI(t, "command", "sign", "--key", prefix+".pub", "--site", "north", "--device", "atm-7", "ping"); err == nil {
 		t.Error("signed with a public key")
 	}
+	split, _, err := runCLI(t, "command", "sign", "--key", prefix+".key", "--site", "north", "--device", "atm-7", "--identity", "p-42", "--visits", "v-1,v-7", "split_visits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runCLI(t, "command", "sign", "--key", prefix+".key", "--site", "north", "--device", "atm-7", "--identity", "p-42", "--into", "p-42", "merge_identities"); err == nil {
+		t.Error("signed a merge of an identity into itself")
+	}
 
 	cfgFile := filepath.Join(dir, "agent.yaml")
 	pwFile := filepath.Join(dir, "mqtt.pw") // config check reads it, as run does
@@ -85,6 +93,13 @@ func TestCommandKeygenSignAndConfigCheck(t *testing.T) {
 	c, err := wire.DecodeCommand(payload)
 	if err != nil || c.Command != wire.CmdPurgeIdentity || c.Args.ID != "p-42" || c.Device != "atm-7" || c.Site != "north" || !strings.HasPrefix(c.MessageID, "c-") {
 		t.Fatalf("signed command %+v, %v", c, err)
+	}
+	payload, _, err = wire.OpenSignedCommand([]byte(strings.TrimSpace(split)), keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := wire.DecodeCommand(payload); err != nil || c.Command != wire.CmdSplitVisits || !slices.Equal(c.Args.Visits, []string{"v-1", "v-7"}) {
+		t.Fatalf("signed split %+v, %v", c, err)
 	}
 	var env map[string]any
 	json.Unmarshal([]byte(signed), &env)

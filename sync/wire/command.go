@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // CommandName names a remote command.
@@ -15,7 +16,24 @@ const (
 	CmdPing           CommandName = "ping"
 	CmdPublishSummary CommandName = "publish_summary"
 	CmdPurgeIdentity  CommandName = "purge_identity"
+	// CmdIdentityVisits asks for the visits of one identity, the evidence an
+	// analyst reviews (IdentityVisitsResult).
+	CmdIdentityVisits CommandName = "identity_visits"
+	// CmdSplitVisits moves visits an analyst judged to be someone else off an
+	// identity into a new one, and keeps the two apart from then on
+	// (SplitResult).
+	CmdSplitVisits CommandName = "split_visits"
+	// CmdMergeIdentities moves every visit of identity ID into identity Into,
+	// and keeps them together from then on (MergeResult).
+	CmdMergeIdentities CommandName = "merge_identities"
 )
+
+// MaxSplitVisits bounds args.visits of split_visits.
+const MaxSplitVisits = 50
+
+// MaxReviewVisits bounds the visits an identity_visits reply lists (the
+// newest ones; Total says how many the identity has).
+const MaxReviewVisits = 100
 
 // MaxCommandSize bounds an accepted command payload.
 const MaxCommandSize = 4096
@@ -23,9 +41,64 @@ const MaxCommandSize = 4096
 // ErrCommand is wrapped by every DecodeCommand error.
 var ErrCommand = errors.New("invalid command")
 
-// CommandArgs are the arguments of a command; only purge_identity has one.
+// CommandArgs are the arguments of a command.
 type CommandArgs struct {
-	ID string `json:"id,omitempty"` // identity id for purge_identity
+	// ID is the identity the command is about (purge_identity,
+	// identity_visits, split_visits, merge_identities).
+	ID string `json:"id,omitempty"`
+	// Into is the identity that keeps the visits (merge_identities).
+	Into string `json:"into,omitempty"`
+	// Visits are the visit ids to move off ID (split_visits):
+	// 1..MaxSplitVisits distinct ids.
+	Visits []string `json:"visits,omitempty"`
+}
+
+func (a CommandArgs) empty() bool { return a.ID == "" && a.Into == "" && len(a.Visits) == 0 }
+
+// IdentityVisitsResult is the result of identity_visits: what an analyst
+// needs to judge whether an identity's visits are one person, with no
+// biometric data and no card data (cards are numbered within the reply).
+type IdentityVisitsResult struct {
+	Identity string `json:"identity"`
+	// Total is how many visits the identity has; Visits lists at most
+	// MaxReviewVisits of them, newest first.
+	Total  int           `json:"total"`
+	Visits []ReviewVisit `json:"visits"`
+	// Apart names the identities an analyst's split keeps apart from
+	// this one.
+	Apart []string `json:"apart,omitempty"`
+}
+
+// ReviewVisit is one visit as an analyst reviews it.
+type ReviewVisit struct {
+	VisitID string    `json:"visit_id"`
+	TxnID   string    `json:"txn_id,omitempty"`
+	TS      time.Time `json:"ts"`
+	Masked  bool      `json:"masked"`
+	// Card numbers the distinct cards of this reply from 1 in order of
+	// first appearance (0: no card was read); the card data stays on the
+	// device, the transaction id finds it in the bank's own records.
+	Card int `json:"card,omitempty"`
+	// Similarity is the visit's best cosine similarity to the identity's
+	// other visits as the engine scores them (-1..1); absent when it has
+	// no other visit with a template.
+	Similarity *float64 `json:"similarity,omitempty"`
+	// Corrected says an analyst's split or merge placed the visit.
+	Corrected bool `json:"corrected,omitempty"`
+}
+
+// SplitResult is the result of split_visits.
+type SplitResult struct {
+	Identity    string `json:"identity"`
+	NewIdentity string `json:"new_identity"`
+	VisitsMoved int    `json:"visits_moved"`
+}
+
+// MergeResult is the result of merge_identities.
+type MergeResult struct {
+	Identity    string `json:"identity"`
+	Merged      string `json:"merged"`
+	VisitsMoved int    `json:"visits_moved"`
 }
 
 // Command is a request from the central side, schema_version 2, carried
@@ -86,17 +159,55 @@ func DecodeCommand(b []byte) (Command, error) {
 	if c.TS.IsZero() {
 		return Command{}, fmt.Errorf("%w: ts missing", ErrCommand)
 	}
-	switch c.Command {
-	case CmdPing, CmdPublishSummary:
-		if c.Args != (CommandArgs{}) {
-			return Command{}, fmt.Errorf("%w: %s takes no args", ErrCommand, c.Command)
-		}
-	case CmdPurgeIdentity:
-		if err := ValidateID(c.Args.ID, 64); err != nil {
-			return Command{}, fmt.Errorf("%w: purge_identity args.id: %v", ErrCommand, err)
-		}
-	default:
-		return Command{}, fmt.Errorf("%w: unknown command %q", ErrCommand, c.Command)
+	if err := checkArgs(c.Command, c.Args); err != nil {
+		return Command{}, fmt.Errorf("%w: %v", ErrCommand, err)
 	}
 	return c, nil
+}
+
+// checkArgs says whether args are exactly what command needs.
+func checkArgs(command CommandName, a CommandArgs) error {
+	switch command {
+	case CmdPing, CmdPublishSummary:
+		if !a.empty() {
+			return fmt.Errorf("%s takes no args", command)
+		}
+		return nil
+	case CmdPurgeIdentity, CmdIdentityVisits, CmdSplitVisits, CmdMergeIdentities:
+	default:
+		return fmt.Errorf("unknown command %q", command)
+	}
+	if err := ValidateID(a.ID, 64); err != nil {
+		return fmt.Errorf("%s args.id: %v", command, err)
+	}
+	if command == CmdMergeIdentities {
+		if err := ValidateID(a.Into, 64); err != nil {
+			return fmt.Errorf("%s args.into: %v", command, err)
+		}
+		if a.Into == a.ID {
+			return fmt.Errorf("%s: args.into is args.id", command)
+		}
+	} else if a.Into != "" {
+		return fmt.Errorf("%s takes no args.into", command)
+	}
+	if command != CmdSplitVisits {
+		if a.Visits != nil {
+			return fmt.Errorf("%s takes no args.visits", command)
+		}
+		return nil
+	}
+	if len(a.Visits) == 0 || len(a.Visits) > MaxSplitVisits {
+		return fmt.Errorf("%s args.visits: %d ids, want 1..%d", command, len(a.Visits), MaxSplitVisits)
+	}
+	seen := make(map[string]bool, len(a.Visits))
+	for i, v := range a.Visits {
+		if err := ValidateID(v, 64); err != nil {
+			return fmt.Errorf("%s args.visits[%d]: %v", command, i, err)
+		}
+		if seen[v] {
+			return fmt.Errorf("%s args.visits[%d]: %q twice", command, i, v)
+		}
+		seen[v] = true
+	}
+	return nil
 }

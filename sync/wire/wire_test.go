@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -231,6 +233,21 @@ func TestDecodeCommand(t *testing.T) {
 		{"case after args", `{` + head + `,"command":"purge_identity","args":{"id":"p-1"},"Device":"atm-0099"}`, "", ""},
 		{"device twice after args", `{` + head + `,"command":"purge_identity","args":{"id":"p-1"},"device":"atm-0099"}`, "", ""},
 		{"long s", `{` + head + `,"command":"ping","ſite":"s9"}`, "", ""},
+		{"visits", `{` + head + `,"command":"identity_visits","args":{"id":"p-1"}}`, CmdIdentityVisits, "p-1"},
+		{"split", `{` + head + `,"command":"split_visits","args":{"id":"p-1","visits":["v-1","v-2"]}}`, CmdSplitVisits, "p-1"},
+		{"merge", `{` + head + `,"command":"merge_identities","args":{"id":"p-1","into":"p-2"}}`, CmdMergeIdentities, "p-1"},
+		{"split no visits", `{` + head + `,"command":"split_visits","args":{"id":"p-1"}}`, "", ""},
+		{"split empty visits", `{` + head + `,"command":"split_visits","args":{"id":"p-1","visits":[]}}`, "", ""},
+		{"split visit twice", `{` + head + `,"command":"split_visits","args":{"id":"p-1","visits":["v-1","v-1"]}}`, "", ""},
+		{"split bad visit", `{` + head + `,"command":"split_visits","args":{"id":"p-1","visits":["v 1"]}}`, "", ""},
+		{"split too many", `{` + head + `,"command":"split_visits","args":{"id":"p-1","visits":["v-0"` + manyVisits(MaxSplitVisits) + `]}}`, "", ""},
+		{"split with into", `{` + head + `,"command":"split_visits","args":{"id":"p-1","into":"p-2","visits":["v-1"]}}`, "", ""},
+		{"merge into itself", `{` + head + `,"command":"merge_identities","args":{"id":"p-1","into":"p-1"}}`, "", ""},
+		{"merge no into", `{` + head + `,"command":"merge_identities","args":{"id":"p-1"}}`, "", ""},
+		{"merge with visits", `{` + head + `,"command":"merge_identities","args":{"id":"p-1","into":"p-2","visits":["v-1"]}}`, "", ""},
+		{"visits with into", `{` + head + `,"command":"identity_visits","args":{"id":"p-1","into":"p-2"}}`, "", ""},
+		{"purge with visits", `{` + head + `,"command":"purge_identity","args":{"id":"p-1","visits":["v-1"]}}`, "", ""},
+		{"ping with visits", `{` + head + `,"command":"ping","args":{"visits":["v-1"]}}`, "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -251,12 +268,23 @@ func TestDecodeCommand(t *testing.T) {
 	}
 }
 
+// manyVisits is n more distinct visit ids, each with a leading comma.
+func manyVisits(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, `,"v-%d"`, i+1)
+	}
+	return b.String()
+}
+
 func FuzzDecodeCommand(f *testing.F) {
 	for _, s := range []string{
 		`{"schema_version":2,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`,
 		`{"schema_version":2,"message_id":"c-2","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"purge_identity","args":{"id":"p-1"}}`,
 		`{"schema_version":2,"message_id":"c-3","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"publish_summary","args":{}}`,
 		`{"schema_version":2,"command":"purge_identity","args":{"id":""}}`,
+		`{"schema_version":2,"message_id":"c-4","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"split_visits","args":{"id":"p-1","visits":["v-1"]}}`,
+		`{"schema_version":2,"message_id":"c-5","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"merge_identities","args":{"id":"p-1","into":"p-2"}}`,
 		`null`, `[]`, `{}`, `{"args":null}`, `"x"`, ``,
 	} {
 		f.Add([]byte(s))
@@ -280,7 +308,7 @@ func FuzzDecodeCommand(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-decode: %v", err)
 		}
-		if c2.Command != c.Command || c2.Args != c.Args || c2.MessageID != c.MessageID || !c2.TS.Equal(c.TS) {
+		if c2.Command != c.Command || !reflect.DeepEqual(c2.Args, c.Args) || c2.MessageID != c.MessageID || !c2.TS.Equal(c.TS) {
 			t.Fatalf("round trip changed %+v -> %+v", c, c2)
 		}
 	})
