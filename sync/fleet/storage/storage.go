@@ -419,6 +419,71 @@ func DropIdentity(s *wire.Summary, id string) bool {
 	return len(s.Identities) != n
 }
 
+// The audit log's names of an analyst's corrections of identities (split
+// and merge): the note says which identities and how many visits.
+const (
+	ActionSplitIdentity = "split identity"
+	ActionMergeIdentity = "merge identities"
+)
+
+// Correction is an analyst's split or merge of one device's identities,
+// sent to its agent as a signed command (split_visits, merge_identities).
+// It is audited when the agent answered that it applied it, and when it
+// did not answer in time (Unknown: the agent may have applied it). No
+// visit ids, transaction ids or card data are kept: only how many visits.
+type Correction struct {
+	Site, Device string
+	// Action is ActionSplitIdentity or ActionMergeIdentity.
+	Action string
+	// Identity is the identity corrected (split: the one the visits left;
+	// merge: the one merged away); Other the new identity (split) or the
+	// one that kept the visits (merge; empty for a split without answer).
+	Identity, Other string
+	// Visits is how many visits moved (split without answer: how many
+	// were chosen).
+	Visits int
+	// Unknown: the agent did not answer within the reply timeout.
+	Unknown            bool
+	MessageID          string // the command's message id (the reply's correlation id)
+	User, Role, Remote string
+	At                 time.Time
+}
+
+// Validate checks a correction before it reaches a store.
+func (c Correction) Validate() error {
+	switch {
+	case c.Action != ActionSplitIdentity && c.Action != ActionMergeIdentity:
+		return fmt.Errorf("correction: action %q: want %q or %q", c.Action, ActionSplitIdentity, ActionMergeIdentity)
+	case c.Site == "" || c.Device == "" || c.Identity == "":
+		return errors.New("correction: site, device and identity are required")
+	case c.User == "" || c.At.IsZero():
+		return errors.New("correction: no user or no time")
+	case c.Visits < 0:
+		return errors.New("correction: negative visit count")
+	}
+	return nil
+}
+
+// CorrectionNote is the audit log's note of a correction: the identities
+// and the visit count, never a visit or card.
+func CorrectionNote(c Correction) string {
+	var s string
+	switch {
+	case c.Action == ActionSplitIdentity && c.Unknown:
+		s = fmt.Sprintf("%d visits of %s to split off: no answer from the device (it may have applied it)", c.Visits, c.Identity)
+	case c.Action == ActionSplitIdentity:
+		s = fmt.Sprintf("%d visits of %s split off into %s", c.Visits, c.Identity, c.Other)
+	case c.Unknown:
+		s = fmt.Sprintf("%s into %s: no answer from the device (it may have applied it)", c.Identity, c.Other)
+	default:
+		s = fmt.Sprintf("%s merged into %s: %d visits moved", c.Identity, c.Other, c.Visits)
+	}
+	if c.MessageID != "" {
+		s += " (command " + c.MessageID + ")"
+	}
+	return s
+}
+
 // Removal is an administrator's removal of a device.
 type Removal struct {
 	Site, Device       string
@@ -566,6 +631,10 @@ type Store interface {
 	// ErrNotScrubbed (with the count) when the erasure is committed but
 	// old copies remain in the file.
 	PurgeIdentity(ctx context.Context, p IdentityPurge) (int, error)
+	// RecordCorrection appends an analyst's split or merge of identities
+	// to the audit log (CorrectionNote); the store holds no visits to
+	// change: the agent applied it.
+	RecordCorrection(ctx context.Context, c Correction) error
 	Summaries(ctx context.Context, site, device string, since time.Time) ([]SummaryPoint, error)
 	IdentityPoints(ctx context.Context, site, device, identity string, since time.Time) ([]IdentityPoint, error)
 	Rejects(ctx context.Context, limit int) ([]Reject, error)

@@ -965,6 +965,24 @@ func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int
 	return n, nil
 }
 
+// RecordCorrection implements storage.Store.
+func (s *Store) RecordCorrection(ctx context.Context, c storage.Correction) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	err := s.update(ctx, "record correction", func(tx *bolt.Tx) error {
+		b := tx.Bucket(bAudit)
+		id, _ := b.NextSequence()
+		return putJSON(b, u64(id), storage.AuditEntry{ID: id, At: c.At.UTC(), User: c.User, Role: c.Role,
+			Action: c.Action, Key: storage.AlertKey{Site: c.Site, Device: c.Device}, Note: storage.CorrectionNote(c), Remote: c.Remote})
+	})
+	if err != nil {
+		return err
+	}
+	s.Publish(storage.Change{Kind: "action", Site: c.Site, Device: c.Device})
+	return nil
+}
+
 // Audit implements storage.Store: newest first.
 func (s *Store) Audit(ctx context.Context, limit int) ([]storage.AuditEntry, error) {
 	if limit <= 0 {

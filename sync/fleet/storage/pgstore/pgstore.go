@@ -840,6 +840,21 @@ func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, err
 	return out, err
 }
 
+// RecordCorrection implements storage.Store.
+func (s *Store) RecordCorrection(ctx context.Context, c storage.Correction) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	return s.tx(ctx, "record correction", func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_audit (at, user_name, role, action, site, device, alert_id, note, remote)
+			VALUES ($1,$2,$3,$4,$5,$6,'',$7,$8)`, c.At.UTC(), c.User, c.Role, c.Action, c.Site, c.Device,
+			storage.CorrectionNote(c), c.Remote); err != nil {
+			return err
+		}
+		return notify(ctx, tx, storage.Change{Kind: "action", Site: c.Site, Device: c.Device})
+	})
+}
+
 // Audit implements storage.Store: newest first.
 func (s *Store) Audit(ctx context.Context, limit int) ([]storage.AuditEntry, error) {
 	if limit <= 0 {

@@ -83,6 +83,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("AlertListings", func(t *testing.T) { alertListings(t, open(t)) })
 	t.Run("RemoveDevice", func(t *testing.T) { removeDevice(t, open(t)) })
 	t.Run("PurgeIdentity", func(t *testing.T) { purgeIdentity(t, open(t)) })
+	t.Run("Corrections", func(t *testing.T) { corrections(t, open(t)) })
 	t.Run("BadRecord", func(t *testing.T) { badRecord(t, open(t)) })
 }
 
@@ -161,6 +162,57 @@ func purgeIdentity(t *testing.T, s storage.Store) {
 	if audit, _ := s.Audit(c, 1); len(audit) != 1 || audit[0].Action != storage.ActionPurgeIdentity || audit[0].Note != wantNote ||
 		strings.Contains(audit[0].Note, "p-1") {
 		t.Errorf("audit: %+v, want the note %q (the identity not named)", audit, wantNote)
+	}
+}
+
+// An analyst's split and merge are audited (who, role, when, device,
+// identities, how many visits, the command's id), newest first; a change
+// is announced so the settings page refreshes; a correction without user
+// or action is refused.
+func corrections(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	ch, cancel := s.Subscribe()
+	defer cancel()
+	split := storage.Correction{Site: "lyon-07", Device: "atm-1", Action: storage.ActionSplitIdentity, Identity: "p-1", Other: "p-new",
+		Visits: 2, MessageID: "f-1", User: "ana", Role: "analyst", Remote: "10.0.0.7:5000", At: T0}
+	merge := storage.Correction{Site: "lyon-07", Device: "atm-1", Action: storage.ActionMergeIdentity, Identity: "p-2", Other: "p-1",
+		Visits: 5, User: "ana", Role: "analyst", At: T0.Add(time.Minute)}
+	unknown := merge
+	unknown.Unknown, unknown.Identity, unknown.At = true, "p-3", T0.Add(2*time.Minute)
+	for _, x := range []storage.Correction{split, merge, unknown} {
+		if err := s.RecordCorrection(c, x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, bad := range []storage.Correction{{Site: "s", Device: "d", Identity: "p", Action: "rename", User: "u", At: T0},
+		{Site: "s", Device: "d", Identity: "p", Action: storage.ActionSplitIdentity, At: T0}} {
+		if err := s.RecordCorrection(c, bad); err == nil {
+			t.Errorf("correction %+v accepted", bad)
+		}
+	}
+	audit, err := s.Audit(c, 10)
+	if err != nil || len(audit) != 3 {
+		t.Fatalf("audit: %d entries, %v; want 3", len(audit), err)
+	}
+	got := audit[2]
+	if got.Action != storage.ActionSplitIdentity || got.User != "ana" || got.Role != "analyst" || got.Remote != "10.0.0.7:5000" ||
+		!got.At.Equal(T0) || got.Key != (storage.AlertKey{Site: "lyon-07", Device: "atm-1"}) ||
+		got.Note != "2 visits of p-1 split off into p-new (command f-1)" {
+		t.Errorf("split audited as %+v", got)
+	}
+	if audit[1].Action != storage.ActionMergeIdentity || audit[1].Note != "p-2 merged into p-1: 5 visits moved" {
+		t.Errorf("merge audited as %+v", audit[1])
+	}
+	if !strings.Contains(audit[0].Note, "no answer") {
+		t.Errorf("a merge without answer audited as %+v", audit[0])
+	}
+	select {
+	case got := <-ch:
+		if got.Site != "lyon-07" || got.Device != "atm-1" {
+			t.Errorf("change %+v", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no change announced for a correction")
 	}
 }
 
