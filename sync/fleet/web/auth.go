@@ -11,20 +11,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/user"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
 	"gopkg.in/yaml.v3"
+
+	"github.com/periocular/atm-agent/sync/fleet/secretfile"
 )
 
 // Roles. An analyst reads everything and acknowledges or resolves alerts;
@@ -55,83 +51,11 @@ type Users map[string]User
 // The file must not be writable by group or others (anyone who can write
 // it can add an admin): 0600 or 0640 (group read) are accepted.
 func LoadUsers(path string) (Users, error) {
-	b, err := readPrivate(path, "users file", 0o022)
+	b, err := secretfile.Read(path, "users file", 0o022)
 	if err != nil {
 		return nil, err
 	}
 	return ParseUsers(b)
-}
-
-// readPrivate reads path after checking that it is owned by the service's
-// own user or by root and that none of the bits in deny (group/other
-// permission bits) are set, like sshd does for private keys.
-func readPrivate(path, what string, deny os.FileMode) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	uid := os.Geteuid()
-	if err := checkOwner(fi, uid); err != nil {
-		to := "root"
-		if uid != 0 {
-			to = strconv.Itoa(uid) // this service's user: it must read the file
-		}
-		return nil, fmt.Errorf("%s %s: %w; run: chown %s %s", what, path, err, to, path)
-	}
-	if m := fi.Mode().Perm(); runtime.GOOS != "windows" && m&deny != 0 {
-		want := m &^ deny
-		return nil, fmt.Errorf("%s %s: permissions %04o are too open (%s by group or others); run: chmod %04o %s",
-			what, path, m, accessWords(m&deny), want, path)
-	}
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	return b, nil
-}
-
-// checkOwner refuses a file owned by anyone but uid (the service's user)
-// or root: whatever its mode, its owner can rewrite it (a users file with
-// an admin of their own) or make it readable (the session key).
-func checkOwner(fi os.FileInfo, uid int) error {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	owner := int(st.Uid)
-	if owner == uid || owner == 0 {
-		return nil
-	}
-	allowed := "root (the service's user)"
-	if uid != 0 {
-		allowed = "the service's user, " + uidName(uid) + ", or root"
-	}
-	return fmt.Errorf("owned by %s, not by %s: its owner could change it whatever its permissions", uidName(owner), allowed)
-}
-
-// uidName is "uid N (name)", or "uid N" for a uid without a name.
-func uidName(uid int) string {
-	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil && u.Username != "" {
-		return fmt.Sprintf("uid %d (%s)", uid, u.Username)
-	}
-	return fmt.Sprintf("uid %d", uid)
-}
-
-func accessWords(m os.FileMode) string {
-	switch {
-	case m&0o044 != 0 && m&0o022 != 0:
-		return "readable and writable"
-	case m&0o022 != 0:
-		return "writable"
-	case m&0o044 != 0:
-		return "readable"
-	}
-	return "executable"
 }
 
 // ParseUsers decodes and checks a users file.
@@ -208,7 +132,7 @@ func LoadSessionKey(path string) ([]byte, error) {
 		_, err := rand.Read(k)
 		return k, err
 	}
-	b, err := readPrivate(path, "session key", 0o077)
+	b, err := secretfile.Read(path, "session key", 0o077)
 	if err != nil {
 		return nil, err
 	}

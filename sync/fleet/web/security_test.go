@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
+	"github.com/periocular/atm-agent/sync/fleet/secretfile"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
 	"github.com/periocular/atm-agent/sync/fleet/storage/pgstore"
@@ -113,7 +114,7 @@ func TestKeyAndUsersFileOwner(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := checkOwner(fi, other); ok != (err == nil) {
+		if err := secretfile.CheckOwner(fi, other); ok != (err == nil) {
 			t.Errorf("service uid %d, file owned by %d: %v, want ok=%v", other, owner, err, ok)
 		}
 	}

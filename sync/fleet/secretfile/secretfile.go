@@ -1,0 +1,86 @@
+// Package secretfile reads the fleet service's secret files (the users
+// file, the session key, the command-signing key) after checking who may
+// read or change them, like sshd does for private keys.
+package secretfile
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"runtime"
+	"strconv"
+	"syscall"
+)
+
+// Read reads path after checking that it is owned by the service's
+// own user or by root and that none of the bits in deny (group/other
+// permission bits) are set, like sshd does for private keys.
+func Read(path, what string, deny os.FileMode) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	uid := os.Geteuid()
+	if err := CheckOwner(fi, uid); err != nil {
+		to := "root"
+		if uid != 0 {
+			to = strconv.Itoa(uid) // this service's user: it must read the file
+		}
+		return nil, fmt.Errorf("%s %s: %w; run: chown %s %s", what, path, err, to, path)
+	}
+	if m := fi.Mode().Perm(); runtime.GOOS != "windows" && m&deny != 0 {
+		want := m &^ deny
+		return nil, fmt.Errorf("%s %s: permissions %04o are too open (%s by group or others); run: chmod %04o %s",
+			what, path, m, accessWords(m&deny), want, path)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return b, nil
+}
+
+// CheckOwner refuses a file owned by anyone but uid (the service's user)
+// or root: whatever its mode, its owner can rewrite it (a users file with
+// an admin of their own) or make it readable (the session key).
+func CheckOwner(fi os.FileInfo, uid int) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	owner := int(st.Uid)
+	if owner == uid || owner == 0 {
+		return nil
+	}
+	allowed := "root (the service's user)"
+	if uid != 0 {
+		allowed = "the service's user, " + uidName(uid) + ", or root"
+	}
+	return fmt.Errorf("owned by %s, not by %s: its owner could change it whatever its permissions", uidName(owner), allowed)
+}
+
+// uidName is "uid N (name)", or "uid N" for a uid without a name.
+func uidName(uid int) string {
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil && u.Username != "" {
+		return fmt.Sprintf("uid %d (%s)", uid, u.Username)
+	}
+	return fmt.Sprintf("uid %d", uid)
+}
+
+func accessWords(m os.FileMode) string {
+	switch {
+	case m&0o044 != 0 && m&0o022 != 0:
+		return "readable and writable"
+	case m&0o022 != 0:
+		return "writable"
+	case m&0o044 != 0:
+		return "readable"
+	}
+	return "executable"
+}
