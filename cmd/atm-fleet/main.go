@@ -38,7 +38,7 @@ func main() {
 const usageText = `atm-fleet: the central fleet view over the agents' MQTT topics (docs/fleet.md)
 
   atm-fleet run --config FILE        ingest + web dashboard until SIGINT/SIGTERM
-  atm-fleet config check FILE        validate a config (strict: unknown keys are errors)
+  atm-fleet config check FILE        validate a config (strict: unknown keys are errors) and the command key it names
   atm-fleet config default           print the default config
   atm-fleet compact [--config FILE]  shrink the embedded store's file to its records (service stopped)
   atm-fleet passwd                   read a password (twice on a terminal) and print its bcrypt hash for the users file
@@ -81,8 +81,12 @@ func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 func cmdConfig(args []string, stdout io.Writer) error {
 	switch {
 	case len(args) == 2 && args[0] == "check":
-		if _, err := service.LoadConfig(args[1]); err != nil {
+		cfg, err := service.LoadConfig(args[1])
+		if err != nil {
 			return err
+		}
+		if err := cfg.CheckFiles(); err != nil {
+			return fmt.Errorf("%s: %w", args[1], err)
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", args[1])
 		return nil

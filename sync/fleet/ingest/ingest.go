@@ -191,6 +191,10 @@ type Ingester struct {
 	mu                                                                    sync.Mutex
 	lastErr                                                               string
 	stuckSince                                                            time.Time
+	// extra are subscriptions of other users of the connection (Route);
+	// client is the connection while Run runs.
+	extra  map[string]func(topic string, payload []byte)
+	client atomic.Pointer[mqtt.Client]
 	// rejectLogAt, rejectQuiet: when a rejected payload was last logged
 	// and how many were rejected since without a line (logReject).
 	rejectLogAt time.Time
@@ -294,28 +298,38 @@ func New(cfg Config, st storage.Store, log *slog.Logger) (*Ingester, error) {
 func CompileSchemas() (map[string]*jsonschema.Schema, error) {
 	out := map[string]*jsonschema.Schema{}
 	for _, name := range []string{wire.KindStatus, wire.KindSummary, wire.KindAlert} {
-		b, err := wire.Schema(name)
+		s, err := CompileReaderSchema(name)
 		if err != nil {
 			return nil, err
-		}
-		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
-		if err != nil {
-			return nil, fmt.Errorf("schema %s: %w", name, err)
-		}
-		doc = readerSchema(doc)
-		c := jsonschema.NewCompiler()
-		c.AssertFormat()
-		url := "mem://" + name + ".schema.json"
-		if err := c.AddResource(url, doc); err != nil {
-			return nil, fmt.Errorf("schema %s: %w", name, err)
-		}
-		s, err := c.Compile(url)
-		if err != nil {
-			return nil, fmt.Errorf("schema %s: %w", name, err)
 		}
 		out[name] = s
 	}
 	return out, nil
+}
+
+// CompileReaderSchema compiles one of the wire's schemas (status, summary,
+// alert, reply) as a reader takes it (readerSchema), formats asserted.
+func CompileReaderSchema(name string) (*jsonschema.Schema, error) {
+	b, err := wire.Schema(name)
+	if err != nil {
+		return nil, err
+	}
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("schema %s: %w", name, err)
+	}
+	doc = readerSchema(doc)
+	c := jsonschema.NewCompiler()
+	c.AssertFormat()
+	url := "mem://" + name + ".schema.json"
+	if err := c.AddResource(url, doc); err != nil {
+		return nil, fmt.Errorf("schema %s: %w", name, err)
+	}
+	s, err := c.Compile(url)
+	if err != nil {
+		return nil, fmt.Errorf("schema %s: %w", name, err)
+	}
+	return s, nil
 }
 
 // Forbidden are field names no agent payload may carry, at any depth
@@ -370,6 +384,17 @@ func (in *Ingester) handle(_ mqtt.Client, m mqtt.Message) {
 
 func (in *Ingester) onConnect(c mqtt.Client) {
 	in.connects.Add(1)
+	for f, h := range in.extra {
+		tok := c.Subscribe(f, 1, func(_ mqtt.Client, m mqtt.Message) {
+			h(m.Topic(), m.Payload())
+			m.Ack() // auto-acknowledgement is off
+		})
+		go func() {
+			if tok.WaitTimeout(in.cfg.ConnectTimeout) && tok.Error() != nil {
+				in.setErr(fmt.Errorf("subscribe %s: %w", f, tok.Error()))
+			}
+		}()
+	}
 	tok := c.SubscribeMultiple(in.cfg.Filters(), nil)
 	go func() {
 		if !tok.WaitTimeout(in.cfg.ConnectTimeout) {
@@ -408,10 +433,44 @@ func (in *Ingester) Stats() Stats {
 		StoreErrs: in.serr.Load(), LastError: in.lastErr, StuckSince: in.stuckSince}
 }
 
+// Route has the messages on filter (QoS 1, subscribed at every connect
+// beside the ingest's own) handed to h instead of the store: the command
+// client's replies. h runs on the connection's delivery goroutine, in
+// order with everything else: it must not block. The message is
+// acknowledged when h returns. Call it before Run.
+func (in *Ingester) Route(filter string, h func(topic string, payload []byte)) {
+	if in.extra == nil {
+		in.extra = map[string]func(string, []byte){}
+	}
+	in.extra[filter] = h
+}
+
+// ErrNotConnected: Publish was called while the connection is down (or
+// before Run, or after it returned).
+var ErrNotConnected = errors.New("the fleet service is not connected to the broker")
+
+// Publish sends payload on topic at QoS 1, not retained, over the ingest's
+// connection, and waits for the broker's acknowledgement or ctx.
+func (in *Ingester) Publish(ctx context.Context, topic string, payload []byte) error {
+	cp := in.client.Load()
+	if cp == nil || !(*cp).IsConnectionOpen() {
+		return ErrNotConnected
+	}
+	tok := (*cp).Publish(topic, 1, false, payload)
+	select {
+	case <-tok.Done():
+		return tok.Error()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Run connects and ingests until ctx ends; it returns nil on cancellation
 // after the last batch was committed and acknowledged. Call it once.
 func (in *Ingester) Run(ctx context.Context) error {
 	c := mqtt.NewClient(in.opts)
+	in.client.Store(&c)
+	defer in.client.Store(nil)
 	tok := c.Connect() // retries in the background (ConnectRetry)
 	go func() {
 		tok.Wait()

@@ -7,6 +7,7 @@ package service
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"gopkg.in/yaml.v3"
 
+	"github.com/periocular/atm-agent/sync/fleet/command"
 	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
@@ -33,6 +35,9 @@ type Config struct {
 	Retention RetentionConfig `yaml:"retention"`
 	MQTT      ingest.Config   `yaml:"mqtt"`
 	Web       web.Config      `yaml:"web"`
+	// Commands signs the commands of the identity review (off by
+	// default); they go out on the mqtt connection.
+	Commands command.Config `yaml:"commands"`
 }
 
 // StoreConfig selects the store.
@@ -64,7 +69,7 @@ func DefaultConfig() Config {
 	w.UsersFile = "/etc/atm-fleet/users.yaml"
 	return Config{LogLevel: "info", Store: StoreConfig{Driver: "bolt", Path: "/var/lib/atm-fleet/fleet.db"},
 		Retention: RetentionConfig{History: 30 * 24 * time.Hour, Alerts: 365 * 24 * time.Hour, PruneInterval: time.Hour},
-		MQTT:      m, Web: w}
+		MQTT:      m, Web: w, Commands: command.DefaultConfig()}
 }
 
 // ParseConfig decodes YAML strictly over the defaults and validates it.
@@ -118,6 +123,20 @@ func (c Config) Validate() error {
 	if err := c.Web.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	if err := c.Commands.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return nil
+}
+
+// CheckFiles reads what the config names and `config check` can verify
+// before a start: the command-signing key (its owner and mode too).
+func (c Config) CheckFiles() error {
+	if c.Commands.Enabled {
+		if _, err := command.LoadKey(c.Commands.PrivateKeyFile); err != nil {
+			return fmt.Errorf("config: commands: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -145,6 +164,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Service, err err
 	if err != nil {
 		return nil, err
 	}
+	var cmdKey ed25519.PrivateKey
+	if cfg.Commands.Enabled {
+		if cmdKey, err = command.LoadKey(cfg.Commands.PrivateKeyFile); err != nil {
+			return nil, err
+		}
+	}
 	s := &Service{cfg: cfg, log: log, ret: storage.Retention{History: cfg.Retention.History, Alerts: cfg.Retention.Alerts}}
 	if s.store, err = openStore(ctx, cfg.Store, log); err != nil {
 		return nil, err
@@ -161,11 +186,20 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Service, err err
 	if s.in, err = ingest.New(cfg.MQTT, s.store, log); err != nil {
 		return nil, err
 	}
-	s.web, err = web.New(cfg.Web, s.store, users, key, web.Deps{Logger: log, Retention: s.ret, IngestStats: func() any { return s.in.Stats() }})
+	deps := web.Deps{Logger: log, Retention: s.ret, IngestStats: func() any { return s.in.Stats() }}
+	if cfg.Commands.Enabled {
+		cmd, err := command.New(cfg.Commands, cfg.MQTT.Prefix, cmdKey, s.in, log)
+		if err != nil {
+			return nil, err
+		}
+		s.in.Route(cmd.ReplyFilter(), cmd.Handle)
+		deps.Commands, deps.CommandStats = cmd, func() any { return cmd.Stats() }
+	}
+	s.web, err = web.New(cfg.Web, s.store, users, key, deps)
 	if err != nil {
 		return nil, err
 	}
-	log.Info("atm-fleet ready", "store", cfg.Store.Driver, "listen", cfg.Web.Listen, "users", len(users))
+	log.Info("atm-fleet ready", "store", cfg.Store.Driver, "listen", cfg.Web.Listen, "users", len(users), "commands", cfg.Commands.Enabled)
 	return s, nil
 }
 

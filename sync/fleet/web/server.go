@@ -114,6 +114,11 @@ type Deps struct {
 	IngestStats func() any
 	// Retention is applied by the admin page's "prune now".
 	Retention storage.Retention
+	// Commands sends the agents the identity review's commands; nil:
+	// commands are not configured (the review pages say so).
+	Commands Commander
+	// CommandStats, when set, is shown on the admin page.
+	CommandStats func() any
 }
 
 // Server is the HTTP front end.
@@ -165,24 +170,27 @@ func New(cfg Config, st storage.Store, users Users, key []byte, d Deps) (*Server
 
 func (s *Server) secureCookies() bool { return s.cfg.SecureCookies || s.cfg.TLSCertFile != "" }
 
+// ago says how long before now t was, "never" for a zero t.
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	d := now.Sub(t)
+	switch {
+	case d < 0:
+		return "in the future"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d/time.Hour))
+	}
+	return fmt.Sprintf("%dd ago", int(d/(24*time.Hour)))
+}
+
 var funcs = template.FuncMap{
-	"ago": func(now, t time.Time) string {
-		if t.IsZero() {
-			return "never"
-		}
-		d := now.Sub(t)
-		switch {
-		case d < 0:
-			return "in the future"
-		case d < time.Minute:
-			return fmt.Sprintf("%ds ago", int(d/time.Second))
-		case d < time.Hour:
-			return fmt.Sprintf("%dm ago", int(d/time.Minute))
-		case d < 48*time.Hour:
-			return fmt.Sprintf("%dh ago", int(d/time.Hour))
-		}
-		return fmt.Sprintf("%dd ago", int(d/(24*time.Hour)))
-	},
+	"ago": ago,
 	"ts": func(t time.Time) string {
 		if t.IsZero() {
 			return "-"
@@ -191,6 +199,13 @@ var funcs = template.FuncMap{
 	},
 	"path":  pathSeg,
 	"query": queryURL,
+	// sim shows a similarity (-1..1) with two decimals, "-" when absent.
+	"sim": func(v *float64) string {
+		if v == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", *v)
+	},
 }
 
 // queryURL is "?k=v&..." of the pairs with a value.
@@ -253,6 +268,12 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /alerts/act", s.auth(RoleAnalyst, s.act))
 	mux.HandleFunc("GET /devices/{site}/{device}", s.auth(RoleAnalyst, s.devicePage))
 	mux.HandleFunc("GET /devices/{site}/{device}/identities/{id}", s.auth(RoleAnalyst, s.identityPage))
+	mux.HandleFunc("GET /devices/{site}/{device}/identities/{id}/review", s.auth(RoleAnalyst, s.reviewPage))
+	mux.HandleFunc("POST /devices/{site}/{device}/identities/{id}/split", s.auth(RoleAnalyst, s.split))
+	mux.HandleFunc("POST /devices/{site}/{device}/identities/{id}/merge", s.auth(RoleAnalyst, s.merge))
+	mux.HandleFunc("GET /api/v1/devices/{site}/{device}/identities/{id}/visits", s.auth(RoleAnalyst, s.apiVisits))
+	mux.HandleFunc("POST /api/v1/identities/split", s.auth(RoleAnalyst, s.split))
+	mux.HandleFunc("POST /api/v1/identities/merge", s.auth(RoleAnalyst, s.merge))
 	mux.HandleFunc("GET /events", s.auth(RoleAnalyst, s.events))
 	mux.HandleFunc("GET /admin", s.auth(RoleAdmin, s.adminPage))
 	mux.HandleFunc("POST /admin/prune", s.auth(RoleAdmin, s.prune))
@@ -359,6 +380,8 @@ type base struct {
 	User  User
 	CSRF  string
 	Now   time.Time
+	// Static: the page is not refreshed live (it asked a device).
+	Static bool
 }
 
 func (s *Server) base(r *http.Request, title, nav string) base {
@@ -367,6 +390,11 @@ func (s *Server) base(r *http.Request, title, nav string) base {
 }
 
 func (s *Server) render(w http.ResponseWriter, r *http.Request, page string, data any) {
+	s.renderCode(w, r, http.StatusOK, page, data)
+}
+
+// renderCode is render with a status code.
+func (s *Server) renderCode(w http.ResponseWriter, r *http.Request, code int, page string, data any) {
 	t := s.pages[page]
 	var b strings.Builder
 	if err := t.ExecuteTemplate(&b, "layout.html", data); err != nil {
@@ -375,6 +403,7 @@ func (s *Server) render(w http.ResponseWriter, r *http.Request, page string, dat
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
 	_, _ = w.Write([]byte(b.String()))
 }
 
@@ -1087,6 +1116,11 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 		b, _ := json.MarshalIndent(s.d.IngestStats(), "", "  ")
 		stats = string(b)
 	}
+	commands := "not configured (no identity review)"
+	if s.d.CommandStats != nil {
+		b, _ := json.MarshalIndent(s.d.CommandStats(), "", "  ")
+		commands = string(b)
+	}
 	var users []User
 	for _, u := range s.users {
 		users = append(users, User{Name: u.Name, Role: u.Role})
@@ -1100,7 +1134,8 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 		Users     []User
 		Retention storage.Retention
 		Pruned    string
-	}{s.base(r, "Settings", "admin"), audit, rejects, stats, users, s.d.Retention, r.URL.Query().Get("pruned")})
+		Commands  string
+	}{s.base(r, "Settings", "admin"), audit, rejects, stats, users, s.d.Retention, r.URL.Query().Get("pruned"), commands})
 }
 
 func (s *Server) prune(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,471 @@
+// Package command sends the agents signed commands from the fleet service
+// (docs/mqtt.md "Commands"): an analyst's review of an identity
+// (identity_visits) and its corrections (split_visits, merge_identities).
+//
+// A command is signed once (Ed25519, wire.SignCommand) and published at
+// QoS 1 on <prefix>/<site>/<device>/cmd over the ingest's broker
+// connection; the same signed bytes are published again every
+// ResendInterval until the reply comes or ReplyTimeout passes. The agent
+// runs a message id at most once (a copy is refused as replayed, without a
+// reply), so resending never runs a command twice. Replies are taken from
+// <prefix>/+/+/reply and matched by correlation_id; one is used only when
+// it passes the reply schema and the JSON rules the ingest applies, names
+// the device of its topic, and that device and the command's name are
+// those of the command it answers. Anything else is counted and dropped.
+package command
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/periocular/atm-agent/sync/fleet/ingest"
+	"github.com/periocular/atm-agent/sync/fleet/secretfile"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// Config is the commands section of the fleet's configuration. Off by
+// default.
+type Config struct {
+	Enabled bool `yaml:"enabled"`
+	// PrivateKeyFile is the Ed25519 signing key, PKCS#8 PEM as written by
+	// `atm-tools command keygen` (its .key file). It must be owned by root
+	// or the service's user and carry no group or other permission bit.
+	PrivateKeyFile string `yaml:"private_key_file"`
+	// ReplyTimeout bounds the wait for one command's reply.
+	ReplyTimeout time.Duration `yaml:"reply_timeout"`
+	// ResendInterval: the same signed message is published again this
+	// often until the reply comes.
+	ResendInterval time.Duration `yaml:"resend_interval"`
+	// MaxInFlight bounds the commands waiting for a reply at once; one
+	// more is refused at once (ErrBusy).
+	MaxInFlight int `yaml:"max_in_flight"`
+}
+
+// DefaultConfig returns the defaults (off).
+func DefaultConfig() Config {
+	return Config{ReplyTimeout: 15 * time.Second, ResendInterval: 2 * time.Second, MaxInFlight: 32}
+}
+
+// MaxReplyTimeout keeps a command's wait well inside the agents' default
+// max_clock_skew (5 min): a copy resent later than the skew is stale.
+const MaxReplyTimeout = 2 * time.Minute
+
+// Validate checks the configuration (the key file is read by LoadKey).
+func (c Config) Validate() error {
+	if !c.Enabled {
+		return nil
+	}
+	if c.PrivateKeyFile == "" {
+		return errors.New("commands: private_key_file is required when enabled (atm-tools command keygen writes it)")
+	}
+	if c.ReplyTimeout < time.Second || c.ReplyTimeout > MaxReplyTimeout {
+		return fmt.Errorf("commands: reply_timeout %v: want 1s..%v", c.ReplyTimeout, MaxReplyTimeout)
+	}
+	if c.ResendInterval < 100*time.Millisecond || c.ResendInterval > c.ReplyTimeout {
+		return fmt.Errorf("commands: resend_interval %v: want 100ms..reply_timeout", c.ResendInterval)
+	}
+	if c.MaxInFlight < 1 || c.MaxInFlight > 10000 {
+		return fmt.Errorf("commands: max_in_flight %d: want 1..10000", c.MaxInFlight)
+	}
+	return nil
+}
+
+// LoadKey reads the signing key: refused when owned by another user than
+// root or the service's, or with any group or other permission bit
+// (whoever reads it can command every ATM).
+func LoadKey(path string) (ed25519.PrivateKey, error) {
+	b, err := secretfile.Read(path, "command key", 0o077)
+	if err != nil {
+		return nil, err
+	}
+	k, err := wire.ParsePrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("command key %s: %w", path, err)
+	}
+	return k, nil
+}
+
+// Errors of Client.Do, for errors.Is.
+var (
+	// ErrNotConfigured: commands are off in this service's config.
+	ErrNotConfigured = errors.New("commands are not configured on this fleet service (commands.enabled in its config)")
+	// ErrBusy: MaxInFlight commands are waiting for their replies.
+	ErrBusy = errors.New("too many commands waiting for a reply: try again in a moment")
+	// ErrTimeout: no reply within ReplyTimeout.
+	ErrTimeout = errors.New("no reply from the device")
+	// ErrRefused: the agent answered ok:false.
+	ErrRefused = errors.New("the device refused the command")
+	// ErrUnsupported: the agent does not know the command (an older
+	// release).
+	ErrUnsupported = errors.New("the device's agent does not know this command (an older release): upgrade it")
+	// ErrBroker: the command could not be handed to the broker.
+	ErrBroker = errors.New("the command could not be sent")
+)
+
+// Publisher is the broker connection (the ingest's).
+type Publisher interface {
+	Publish(ctx context.Context, topic string, payload []byte) error
+}
+
+// Stats are the client's counters since start.
+type Stats struct {
+	Sent     uint64 `json:"sent"`     // commands signed and published
+	Resent   uint64 `json:"resent"`   // further copies of them
+	Answered uint64 `json:"answered"` // replies matched to a waiting command
+	TimedOut uint64 `json:"timed_out"`
+	// Ignored counts replies dropped: invalid, for no waiting command,
+	// or naming another device or command than the one they answer.
+	Ignored   uint64 `json:"ignored"`
+	InFlight  int    `json:"in_flight"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// Client signs and sends commands and matches their replies.
+type Client struct {
+	cfg    Config
+	prefix string
+	key    ed25519.PrivateKey
+	pub    Publisher
+	log    *slog.Logger
+	now    func() time.Time
+	schema *jsonschema.Schema
+	sem    chan struct{}
+
+	mu      sync.Mutex
+	waiting map[string]*call
+	lastErr string
+
+	sent, resent, answered, timedOut, ignored atomic.Uint64
+}
+
+// call is one command waiting for its reply.
+type call struct {
+	site, device string
+	name         wire.CommandName
+	reply        chan wire.Reply // buffered 1: the first valid reply
+}
+
+// New builds a client for commands below prefix (the agents' topic
+// prefix) signed with key, published through pub. log may be nil.
+func New(cfg Config, prefix string, key ed25519.PrivateKey, pub Publisher, log *slog.Logger) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := wire.ValidatePrefix(prefix); err != nil {
+		return nil, fmt.Errorf("commands: prefix: %w", err)
+	}
+	if len(key) != ed25519.PrivateKeySize {
+		return nil, errors.New("commands: not an Ed25519 private key")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	schema, err := ingest.CompileReaderSchema(wire.KindReply)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{cfg: cfg, prefix: prefix, key: key, pub: pub, log: log, now: time.Now, schema: schema,
+		sem: make(chan struct{}, cfg.MaxInFlight), waiting: map[string]*call{}}, nil
+}
+
+// ReplyFilter is the subscription the client's replies come on.
+func (c *Client) ReplyFilter() string { return c.prefix + "/+/+/" + wire.KindReply }
+
+// Timeout is the configured reply timeout.
+func (c *Client) Timeout() time.Duration { return c.cfg.ReplyTimeout }
+
+// Stats returns the counters.
+func (c *Client) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Stats{Sent: c.sent.Load(), Resent: c.resent.Load(), Answered: c.answered.Load(), TimedOut: c.timedOut.Load(),
+		Ignored: c.ignored.Load(), InFlight: len(c.waiting), LastError: c.lastErr}
+}
+
+// Sent is a command as it was sent: its message id, whatever came of it.
+type Sent struct {
+	MessageID string
+}
+
+// Do signs the command for site/device, publishes it, resends it until the
+// reply or the timeout, and returns the reply's result (ok:true). The
+// Sent names the command even when err is not nil (an audit of a
+// correction whose outcome is unknown names it).
+func (c *Client) Do(ctx context.Context, site, device string, name wire.CommandName, args wire.CommandArgs) (json.RawMessage, Sent, error) {
+	if c == nil {
+		return nil, Sent{}, ErrNotConfigured
+	}
+	select {
+	case c.sem <- struct{}{}:
+		defer func() { <-c.sem }()
+	default:
+		return nil, Sent{}, ErrBusy
+	}
+	cmd := wire.Command{Envelope: wire.Envelope{SchemaVersion: wire.CommandSchemaVersion, MessageID: newID(),
+		Site: site, Device: device, TS: c.now().UTC()}, Command: name, Args: args}
+	sent := Sent{MessageID: cmd.MessageID}
+	payload, err := json.Marshal(cmd)
+	if err != nil {
+		return nil, sent, err
+	}
+	// Sign only what an agent accepts: a bad argument is the caller's.
+	if _, err := wire.DecodeCommand(payload); err != nil {
+		return nil, sent, err
+	}
+	msg, err := wire.SignCommand(c.key, payload)
+	if err != nil {
+		return nil, sent, err
+	}
+	topics, err := wire.NewTopics(c.prefix, site, device)
+	if err != nil {
+		return nil, sent, err
+	}
+	w := &call{site: site, device: device, name: name, reply: make(chan wire.Reply, 1)}
+	c.mu.Lock()
+	c.waiting[cmd.MessageID] = w
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.waiting, cmd.MessageID)
+		c.mu.Unlock()
+	}()
+	timeout := time.NewTimer(c.cfg.ReplyTimeout)
+	defer timeout.Stop()
+	publish := func() error {
+		pctx, cancel := context.WithTimeout(ctx, c.cfg.ResendInterval)
+		defer cancel()
+		return c.pub.Publish(pctx, topics.Command(), msg)
+	}
+	if err := publish(); err != nil {
+		c.setErr(err)
+		return nil, sent, fmt.Errorf("%w: %w", ErrBroker, err)
+	}
+	c.sent.Add(1)
+	c.log.Info("fleet command sent", "command", name, "site", site, "device", device, "message_id", cmd.MessageID)
+	resend := time.NewTicker(c.cfg.ResendInterval)
+	defer resend.Stop()
+	for {
+		select {
+		case r := <-w.reply:
+			if r.OK {
+				return r.Result, sent, nil
+			}
+			if strings.Contains(r.Error, "unknown command") {
+				return nil, sent, fmt.Errorf("%w (it answered: %s)", ErrUnsupported, r.Error)
+			}
+			return nil, sent, fmt.Errorf("%w: %s", ErrRefused, r.Error)
+		case <-resend.C:
+			// The same signed bytes: the agent runs the id at most once.
+			if err := publish(); err != nil {
+				c.setErr(err)
+			} else {
+				c.resent.Add(1)
+			}
+		case <-timeout.C:
+			c.timedOut.Add(1)
+			return nil, sent, fmt.Errorf("%w within %v", ErrTimeout, c.cfg.ReplyTimeout)
+		case <-ctx.Done():
+			return nil, sent, ctx.Err()
+		}
+	}
+}
+
+func (c *Client) setErr(err error) {
+	c.mu.Lock()
+	c.lastErr = err.Error()
+	c.mu.Unlock()
+}
+
+// MaxReplySize bounds a reply that is decoded (an identity_visits result
+// of wire.MaxReviewVisits visits is about 20 KB).
+const MaxReplySize = 256 << 10
+
+// Handle takes one message of the reply filter (ingest.Ingester.Route):
+// a valid reply to a waiting command wakes it; anything else is counted
+// and dropped. It never blocks.
+func (c *Client) Handle(topic string, payload []byte) {
+	if err := c.accept(topic, payload); err != nil {
+		c.ignored.Add(1)
+		c.log.Warn("fleet command: reply ignored", "topic", topic, "err", err)
+	}
+}
+
+func (c *Client) accept(topic string, payload []byte) error {
+	if len(payload) == 0 {
+		return errors.New("empty payload")
+	}
+	tp, err := wire.ParseTopic(c.prefix, topic)
+	if err != nil {
+		return err
+	}
+	if tp.Kind != wire.KindReply {
+		return fmt.Errorf("kind %q is not a reply", tp.Kind)
+	}
+	r, err := c.decodeReply(payload)
+	if err != nil {
+		return err
+	}
+	if r.Site != tp.Site || r.Device != tp.Device {
+		return fmt.Errorf("reply names %s/%s on the topic of %s/%s", r.Site, r.Device, tp.Site, tp.Device)
+	}
+	c.mu.Lock()
+	w := c.waiting[r.CorrelationID]
+	c.mu.Unlock()
+	switch {
+	case w == nil:
+		return fmt.Errorf("correlation_id %q: no command waiting for it (answered already, timed out, or never sent here)", r.CorrelationID)
+	case w.site != tp.Site || w.device != tp.Device:
+		return fmt.Errorf("correlation_id %q answered by %s/%s: the command went to %s/%s", r.CorrelationID, tp.Site, tp.Device, w.site, w.device)
+	case r.Command != w.name:
+		return fmt.Errorf("correlation_id %q answered as %q: the command was %q", r.CorrelationID, r.Command, w.name)
+	}
+	select {
+	case w.reply <- r:
+		c.answered.Add(1)
+	default: // a second reply to the same command: the first one stands
+		return fmt.Errorf("correlation_id %q answered again", r.CorrelationID)
+	}
+	return nil
+}
+
+// decodeReply applies the ingest's JSON rules (names in lower-case
+// snake_case and once, no biometric or card field names at any depth, no
+// NUL), the reply schema as a reader takes it (fields it does not know
+// ignored, as the versioning policy asks), then decodes.
+func (c *Client) decodeReply(payload []byte) (wire.Reply, error) {
+	if len(payload) > MaxReplySize {
+		return wire.Reply{}, fmt.Errorf("reply of %d bytes, limit %d", len(payload), MaxReplySize)
+	}
+	if err := wire.CheckJSON(payload, ingest.ReaderRules); err != nil {
+		return wire.Reply{}, fmt.Errorf("reply: %w", err)
+	}
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(payload))
+	if err != nil {
+		return wire.Reply{}, fmt.Errorf("reply: not JSON: %w", err)
+	}
+	if err := c.schema.Validate(inst); err != nil {
+		return wire.Reply{}, fmt.Errorf("reply violates reply.schema.json: %s", strings.Join(strings.Fields(err.Error()), " "))
+	}
+	var r wire.Reply
+	if err := json.Unmarshal(payload, &r); err != nil {
+		return wire.Reply{}, fmt.Errorf("reply: %w", err)
+	}
+	return r, nil
+}
+
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "fleet-" + hex.EncodeToString(b[:])
+}
+
+// IdentityVisits asks the device for one identity's visits (identity_visits)
+// and checks the answer (CheckVisits).
+func (c *Client) IdentityVisits(ctx context.Context, site, device, id string) (wire.IdentityVisitsResult, Sent, error) {
+	var out wire.IdentityVisitsResult
+	raw, sent, err := c.Do(ctx, site, device, wire.CmdIdentityVisits, wire.CommandArgs{ID: id})
+	if err == nil {
+		err = decodeResult(raw, &out)
+	}
+	if err == nil {
+		err = CheckVisits(out, id)
+	}
+	return out, sent, err
+}
+
+// Split moves visits off identity id into a new one (split_visits).
+func (c *Client) Split(ctx context.Context, site, device, id string, visits []string) (wire.SplitResult, Sent, error) {
+	var out wire.SplitResult
+	raw, sent, err := c.Do(ctx, site, device, wire.CmdSplitVisits, wire.CommandArgs{ID: id, Visits: visits})
+	if err == nil {
+		err = decodeResult(raw, &out)
+	}
+	if err == nil && (out.Identity != id || wire.ValidateID(out.NewIdentity, 64) != nil || out.NewIdentity == id ||
+		out.VisitsMoved < 0 || out.VisitsMoved > len(visits)) {
+		err = fmt.Errorf("%w: the split's result %+v does not answer the split of %d visits of %s", ErrBadResult, out, len(visits), id)
+	}
+	return out, sent, err
+}
+
+// Merge moves every visit of id into identity into (merge_identities).
+func (c *Client) Merge(ctx context.Context, site, device, id, into string) (wire.MergeResult, Sent, error) {
+	var out wire.MergeResult
+	raw, sent, err := c.Do(ctx, site, device, wire.CmdMergeIdentities, wire.CommandArgs{ID: id, Into: into})
+	if err == nil {
+		err = decodeResult(raw, &out)
+	}
+	if err == nil && (out.Identity != into || out.Merged != id || out.VisitsMoved < 0) {
+		err = fmt.Errorf("%w: the merge's result %+v does not answer the merge of %s into %s", ErrBadResult, out, id, into)
+	}
+	return out, sent, err
+}
+
+// ErrBadResult: the reply's result is not what the command asks for.
+var ErrBadResult = errors.New("the device's answer does not fit the command")
+
+func decodeResult(raw json.RawMessage, v any) error {
+	if len(raw) == 0 {
+		return fmt.Errorf("%w: no result", ErrBadResult)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadResult, err)
+	}
+	return nil
+}
+
+// CheckVisits checks an identity_visits result for identity id: the
+// identity it names, at most wire.MaxReviewVisits visits, no more than
+// total, valid and distinct visit ids, transaction ids without control or
+// formatting characters (shown to an analyst), card numbers >= 0,
+// similarities in -1..1, valid identities apart.
+func CheckVisits(r wire.IdentityVisitsResult, id string) error {
+	bad := func(f string, a ...any) error {
+		return fmt.Errorf("%w: identity_visits: %s", ErrBadResult, fmt.Sprintf(f, a...))
+	}
+	if r.Identity != id {
+		return bad("answers for identity %q, asked %q", r.Identity, id)
+	}
+	if len(r.Visits) > wire.MaxReviewVisits || r.Total < len(r.Visits) {
+		return bad("%d visits listed of total %d (at most %d listed)", len(r.Visits), r.Total, wire.MaxReviewVisits)
+	}
+	seen := map[string]bool{}
+	for i, v := range r.Visits {
+		switch {
+		case wire.ValidateID(v.VisitID, 64) != nil || seen[v.VisitID]:
+			return bad("visits[%d]: visit_id %q invalid or twice", i, v.VisitID)
+		case len(v.TxnID) > 128 || strings.IndexFunc(v.TxnID, invisible) >= 0:
+			return bad("visits[%d]: txn_id too long or holding control characters", i)
+		case v.Card < 0:
+			return bad("visits[%d]: card %d", i, v.Card)
+		case v.Similarity != nil && (*v.Similarity < -1 || *v.Similarity > 1):
+			return bad("visits[%d]: similarity %v outside -1..1", i, *v.Similarity)
+		case v.TS.IsZero():
+			return bad("visits[%d]: no ts", i)
+		}
+		seen[v.VisitID] = true
+	}
+	for i, a := range r.Apart {
+		if wire.ValidateID(a, 64) != nil {
+			return bad("apart[%d]: %q", i, a)
+		}
+	}
+	return nil
+}
+
+// invisible: control and Unicode formatting characters (as the ingest
+// refuses in identifiers).
+func invisible(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }

@@ -1,0 +1,328 @@
+package web
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/periocular/atm-agent/sync/fleet/command"
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// Commander sends a device the review commands and waits for the answer
+// (command.Client). Deps.Commands nil: commands are not configured.
+type Commander interface {
+	IdentityVisits(ctx context.Context, site, device, id string) (wire.IdentityVisitsResult, command.Sent, error)
+	Split(ctx context.Context, site, device, id string, visits []string) (wire.SplitResult, command.Sent, error)
+	Merge(ctx context.Context, site, device, id, into string) (wire.MergeResult, command.Sent, error)
+	Timeout() time.Duration
+}
+
+// errOffline: the device is not online; nothing was sent.
+var errOffline = errors.New("device not online")
+
+// commandProblem is a command that did not give an answer: the status
+// code and what the analyst is told.
+type commandProblem struct {
+	Code int
+	Msg  string
+}
+
+// problemOf explains why a command to d gave no usable answer.
+func (s *Server) problemOf(d storage.Device, err error) commandProblem {
+	dev := d.Site + " / " + d.Device
+	timeout := time.Duration(0)
+	if s.d.Commands != nil {
+		timeout = s.d.Commands.Timeout()
+	}
+	switch {
+	case errors.Is(err, errOffline):
+		since := "it has sent no status yet"
+		if d.Status != nil {
+			since = fmt.Sprintf("its last status, %s, arrived %s", d.State(), ago(s.now(), d.StatusReceived))
+		}
+		return commandProblem{http.StatusConflict, fmt.Sprintf("%s is not online (%s). Its identities are reviewed and corrected on the ATM itself, "+
+			"which must be connected: try again when the fleet page shows it online. Nothing was sent.", dev, since)}
+	case errors.Is(err, command.ErrNotConfigured):
+		return commandProblem{http.StatusNotImplemented, "Commands are not configured on this fleet service, and the review asks the ATM itself: " +
+			"an administrator sets the commands section of its config (docs/fleet.md, \"Reviewing and correcting identities\")."}
+	case errors.Is(err, command.ErrTimeout):
+		return commandProblem{http.StatusGatewayTimeout, fmt.Sprintf("No answer from %s within %v. It may have gone offline a moment ago, "+
+			"or its agent has commands off or does not trust this fleet's signing key (mqtt.commands on the agent, docs/mqtt.md).", dev, timeout)}
+	case errors.Is(err, command.ErrUnsupported):
+		return commandProblem{http.StatusBadGateway, fmt.Sprintf("The agent on %s is older than the identity review and refuses it: upgrade it. (%v)", dev, err)}
+	case errors.Is(err, command.ErrRefused), errors.Is(err, command.ErrBadResult):
+		return commandProblem{http.StatusBadGateway, fmt.Sprintf("%s: %v", dev, err)}
+	case errors.Is(err, command.ErrBusy):
+		return commandProblem{http.StatusServiceUnavailable, err.Error()}
+	case errors.Is(err, command.ErrBroker):
+		return commandProblem{http.StatusServiceUnavailable, fmt.Sprintf("Could not send the command to %s: %v", dev, err)}
+	case errors.Is(err, wire.ErrCommand):
+		return commandProblem{http.StatusBadRequest, err.Error()}
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return commandProblem{http.StatusServiceUnavailable, "the request ended before the device answered"}
+	}
+	s.log.Error("fleet web: command", "device", dev, "err", err)
+	return commandProblem{http.StatusInternalServerError, "internal error (logged)"}
+}
+
+// commandDevice is the device a command goes to: it must exist, be online
+// and commands be configured.
+func (s *Server) commandDevice(ctx context.Context, site, dev string) (storage.Device, error) {
+	d, err := s.store.Device(ctx, site, dev)
+	if err != nil {
+		return d, err
+	}
+	if s.d.Commands == nil {
+		return d, command.ErrNotConfigured
+	}
+	if d.State() != string(wire.StateOnline) {
+		return d, errOffline
+	}
+	return d, nil
+}
+
+// reviewVisits is the identity_visits exchange of the review page and the
+// API.
+func (s *Server) reviewVisits(ctx context.Context, site, dev, id string) (storage.Device, wire.IdentityVisitsResult, error) {
+	d, err := s.commandDevice(ctx, site, dev)
+	if err != nil {
+		return d, wire.IdentityVisitsResult{}, err
+	}
+	res, _, err := s.d.Commands.IdentityVisits(ctx, site, dev, id)
+	return d, res, err
+}
+
+// reviewPage shows an identity's visits as its agent lists them, with the
+// split and merge forms. It is not live (no id="live"): each load asks the
+// device again.
+func (s *Server) reviewPage(w http.ResponseWriter, r *http.Request) {
+	site, dev, id := r.PathValue("site"), r.PathValue("device"), r.PathValue("id")
+	if err := wire.ValidateID(id, 64); err != nil {
+		httpError(w, r, "identity id: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	d, res, err := s.reviewVisits(r.Context(), site, dev, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		s.fail(w, r, err)
+		return
+	}
+	var p commandProblem
+	var result *wire.IdentityVisitsResult
+	if err != nil {
+		p = s.problemOf(d, err)
+	} else {
+		result = &res
+	}
+	s.renderReview(w, r, p.Code, reviewData{Site: site, Device: dev, ID: id, Error: p.Msg, Result: result, Others: otherIdentities(d, id, res.Apart)})
+}
+
+// reviewData is the review page's (and the correction result's) data.
+type reviewData struct {
+	base
+	Site, Device, ID string
+	// Error: why there is nothing to review (offline, timeout...).
+	Error  string
+	Result *wire.IdentityVisitsResult
+	// Others: identities of the device's last summary to merge into.
+	Others []string
+	// Done: what a correction did (the result page).
+	Done, DoneOther string
+}
+
+func (s *Server) renderReview(w http.ResponseWriter, r *http.Request, code int, data reviewData) {
+	page := "review"
+	title := "Review " + data.ID
+	if data.Done != "" || r.Method == http.MethodPost {
+		page, title = "corrected", "Correct "+data.ID
+	}
+	data.base = s.base(r, title+" · "+data.Device, "fleet")
+	data.Static = true
+	s.renderCode(w, r, cmp.Or(code, http.StatusOK), page, data)
+}
+
+// otherIdentities are the identities of d's last summary other than id and
+// those kept apart from it.
+func otherIdentities(d storage.Device, id string, apart []string) []string {
+	var out []string
+	if d.Summary == nil {
+		return nil
+	}
+	for _, c := range d.Summary.Identities {
+		if c.ID != id && !slices.Contains(apart, c.ID) {
+			out = append(out, c.ID)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// correction is a split or merge as a form or the API asks it.
+type correction struct {
+	Site     string   `json:"site"`
+	Device   string   `json:"device"`
+	Identity string   `json:"identity"`
+	Visits   []string `json:"visits,omitempty"` // split
+	Into     string   `json:"into,omitempty"`   // merge
+}
+
+// correctionInput reads a split or merge: from the form of the review page
+// (site, device and identity in the path) or from a JSON object (/api/:
+// unknown fields refused).
+func correctionInput(r *http.Request, split bool) (correction, error) {
+	var in correction
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&in); err != nil {
+			return in, fmt.Errorf("%w: bad JSON: %w", errBadRequest, err)
+		}
+	} else {
+		in = correction{Site: r.PathValue("site"), Device: r.PathValue("device"), Identity: r.PathValue("id"), Into: strings.TrimSpace(r.PostFormValue("into"))}
+		_ = r.ParseForm()
+		in.Visits = r.PostForm["visits"]
+	}
+	switch {
+	case in.Site == "" || in.Device == "":
+		return in, fmt.Errorf("%w: site and device are required", errBadRequest)
+	case wire.ValidateID(in.Identity, 64) != nil:
+		return in, fmt.Errorf("%w: identity %q: want 1-64 of A-Z a-z 0-9 . _ : -", errBadRequest, in.Identity)
+	case split && in.Into != "", !split && len(in.Visits) > 0:
+		return in, fmt.Errorf("%w: a split takes visits, a merge into", errBadRequest)
+	case split && (len(in.Visits) == 0 || len(in.Visits) > wire.MaxSplitVisits):
+		return in, fmt.Errorf("%w: select 1 to %d visits to split off (%d selected)", errBadRequest, wire.MaxSplitVisits, len(in.Visits))
+	case !split && wire.ValidateID(in.Into, 64) != nil:
+		return in, fmt.Errorf("%w: into %q: want the identity (1-64 of A-Z a-z 0-9 . _ : -) that keeps the visits", errBadRequest, in.Into)
+	case !split && in.Into == in.Identity:
+		return in, fmt.Errorf("%w: an identity cannot be merged into itself", errBadRequest)
+	}
+	for _, v := range in.Visits {
+		if wire.ValidateID(v, 64) != nil {
+			return in, fmt.Errorf("%w: visit id %q", errBadRequest, v)
+		}
+	}
+	if split && len(slices.Compact(slices.Sorted(slices.Values(in.Visits)))) != len(in.Visits) {
+		return in, fmt.Errorf("%w: a visit is selected twice", errBadRequest)
+	}
+	return in, nil
+}
+
+func (s *Server) split(w http.ResponseWriter, r *http.Request) { s.correct(w, r, true) }
+func (s *Server) merge(w http.ResponseWriter, r *http.Request) { s.correct(w, r, false) }
+func (s *Server) apiVisits(w http.ResponseWriter, r *http.Request) {
+	site, dev, id := r.PathValue("site"), r.PathValue("device"), r.PathValue("id")
+	if err := wire.ValidateID(id, 64); err != nil {
+		httpError(w, r, "identity id: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	d, res, err := s.reviewVisits(r.Context(), site, dev, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		s.fail(w, r, err)
+		return
+	}
+	if err != nil {
+		p := s.problemOf(d, err)
+		httpError(w, r, p.Msg, p.Code)
+		return
+	}
+	if res.Visits == nil {
+		res.Visits = []wire.ReviewVisit{}
+	}
+	writeJSON(w, struct {
+		Site   string `json:"site"`
+		Device string `json:"device"`
+		wire.IdentityVisitsResult
+	}{site, dev, res})
+}
+
+// correct sends a split or a merge to the device, audits it (also when no
+// answer came: it may have been applied), and answers with what the
+// device did.
+func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
+	api := strings.HasPrefix(r.URL.Path, "/api/")
+	in, err := correctionInput(r, split)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	d, err := s.commandDevice(r.Context(), in.Site, in.Device)
+	if errors.Is(err, storage.ErrNotFound) {
+		s.fail(w, r, err)
+		return
+	}
+	p := who(r)
+	c := storage.Correction{Site: in.Site, Device: in.Device, Identity: in.Identity, User: p.User.Name, Role: p.User.Role,
+		Remote: r.RemoteAddr}
+	var out any
+	done := reviewData{Site: in.Site, Device: in.Device, ID: in.Identity}
+	if err == nil {
+		var sent command.Sent
+		if split {
+			var res wire.SplitResult
+			c.Action, c.Visits = storage.ActionSplitIdentity, len(in.Visits)
+			res, sent, err = s.d.Commands.Split(r.Context(), in.Site, in.Device, in.Identity, in.Visits)
+			if err == nil {
+				c.Other, c.Visits = res.NewIdentity, res.VisitsMoved
+				out = struct {
+					Site   string `json:"site"`
+					Device string `json:"device"`
+					wire.SplitResult
+				}{in.Site, in.Device, res}
+				done.Done, done.DoneOther = fmt.Sprintf("%d visits of %s split off into the new identity %s: the two are kept apart from now on.",
+					res.VisitsMoved, in.Identity, res.NewIdentity), res.NewIdentity
+			}
+		} else {
+			var res wire.MergeResult
+			c.Action, c.Other = storage.ActionMergeIdentity, in.Into
+			res, sent, err = s.d.Commands.Merge(r.Context(), in.Site, in.Device, in.Identity, in.Into)
+			if err == nil {
+				c.Visits = res.VisitsMoved
+				out = struct {
+					Site   string `json:"site"`
+					Device string `json:"device"`
+					wire.MergeResult
+				}{in.Site, in.Device, res}
+				done.Done, done.DoneOther = fmt.Sprintf("%s merged into %s: %d visits moved, kept together from now on.",
+					in.Identity, in.Into, res.VisitsMoved), in.Into
+			}
+		}
+		c.MessageID = sent.MessageID
+		c.Unknown = errors.Is(err, command.ErrTimeout)
+		if err == nil || c.Unknown {
+			// Audited whatever the request's fate from here: a client
+			// gone does not unmake what the device did.
+			c.At = s.now().UTC()
+			if aerr := s.store.RecordCorrection(context.WithoutCancel(r.Context()), c); aerr != nil {
+				s.fail(w, r, fmt.Errorf("the device answered (%s), but the audit log could not record it: %w", storage.CorrectionNote(c), aerr))
+				return
+			}
+			s.log.Info("fleet web: identity "+c.Action, "site", c.Site, "device", c.Device, "note", storage.CorrectionNote(c),
+				"user", c.User, "remote", c.Remote)
+		}
+	}
+	if err != nil {
+		pr := s.problemOf(d, err)
+		if c.Unknown {
+			pr.Msg += " The correction may or may not have been applied (it is in the audit log as unanswered): review the identity again before repeating it."
+		}
+		if api {
+			httpError(w, r, pr.Msg, pr.Code)
+			return
+		}
+		done.Error = pr.Msg
+		s.renderReview(w, r, pr.Code, done)
+		return
+	}
+	if api {
+		writeJSON(w, out)
+		return
+	}
+	s.renderReview(w, r, 0, done)
+}
