@@ -148,6 +148,10 @@ type Client struct {
 	mu      sync.Mutex
 	waiting map[string]*call
 	lastErr string
+	// loggedAt, quiet: when an ignored reply was last logged, and how
+	// many were ignored since without a line.
+	loggedAt time.Time
+	quiet    uint64
 
 	sent, resent, answered, timedOut, ignored atomic.Uint64
 }
@@ -300,9 +304,25 @@ const MaxReplySize = 256 << 10
 func (c *Client) Handle(topic string, payload []byte) {
 	if err := c.accept(topic, payload); err != nil {
 		c.ignored.Add(1)
-		c.log.Warn("fleet command: reply ignored", "topic", topic, "err", err)
+		c.mu.Lock()
+		now := c.now()
+		quiet := c.quiet
+		doLog := c.loggedAt.IsZero() || now.Sub(c.loggedAt) >= ignoredLogEvery
+		if doLog {
+			c.loggedAt, c.quiet = now, 0
+		} else {
+			c.quiet++
+		}
+		c.mu.Unlock()
+		if doLog {
+			c.log.Warn("fleet command: reply ignored", "topic", topic, "err", err, "ignored_without_a_line_since_the_last", quiet)
+		}
 	}
 }
+
+// ignoredLogEvery bounds the log lines of ignored replies: whoever may
+// publish on the reply topics could otherwise fill the log.
+const ignoredLogEvery = 10 * time.Second
 
 func (c *Client) accept(topic string, payload []byte) error {
 	if len(payload) == 0 {

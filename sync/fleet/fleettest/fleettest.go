@@ -9,10 +9,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -303,6 +305,9 @@ type Agent struct {
 	done         chan error
 	mu           sync.Mutex
 	camOK        bool
+	// reviewer serves the review commands when set (Commands).
+	reviewer *Reviewer
+	cmdKey   ed25519.PublicKey
 }
 
 // StartAgent connects a simulated agent to broker under prefix. It publishes
@@ -322,7 +327,19 @@ func StartAgent(t testing.TB, broker, prefix, site, device string, opts ...Agent
 	for _, o := range opts {
 		o(a)
 	}
-	pub, err := mqttsync.New(cfg, mqttsync.Deps{Outbox: a.out, Status: a.status})
+	deps := mqttsync.Deps{Outbox: a.out, Status: a.status}
+	if a.reviewer != nil {
+		// The agent's own command path: size, signed envelope, the
+		// signature against the configured key, the payload decoded
+		// strictly, this device, the clock skew, a message id never
+		// accepted before (a replay is refused without a reply), then
+		// the handler, and a wire.Reply on the reply topic.
+		cfg.Commands = mqttsync.CommandsConfig{Enabled: true, Timeout: 10 * time.Second, MaxClockSkew: 5 * time.Minute, MaxSeen: 1024,
+			SeenFile:   filepath.Join(t.TempDir(), "commands-seen.json"),
+			PublicKeys: []mqttsync.CommandKey{{Name: "fleet", Key: base64.StdEncoding.EncodeToString(a.cmdKey)}}}
+		deps.Commands = a.reviewer
+	}
+	pub, err := mqttsync.New(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,6 +368,20 @@ func (a *Agent) status() wire.Status {
 
 // AgentOption changes a simulated agent before it connects.
 type AgentOption func(*Agent)
+
+// Commands has the agent accept commands signed by key (as an agent
+// configured with mqtt.commands does) and serve the identity review's
+// with r.
+func Commands(key ed25519.PublicKey, r *Reviewer) AgentOption {
+	return func(a *Agent) { a.cmdKey, a.reviewer = key, r }
+}
+
+// CommandStats are the agent's counts of commands accepted and refused
+// (by reason: bad_signature, replayed...).
+func (a *Agent) CommandStats() (accepted uint64, rejected map[string]uint64) {
+	st := a.pub.Stats()
+	return st.CommandsAccepted, st.CommandsRejected
+}
 
 // CameraFault makes the agent report its camera as failing in its status.
 func CameraFault(a *Agent) { a.camOK = false }

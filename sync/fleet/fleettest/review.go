@@ -1,0 +1,142 @@
+package fleettest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// Reviewer is a simulated agent's identities as the review commands see
+// them (identity_visits, split_visits, merge_identities), served the way
+// the real agent must: visits newest first, cards numbered within each
+// answer, a split makes a new identity kept apart from the old one, a
+// merge of identities kept apart is refused.
+type Reviewer struct {
+	mu     sync.Mutex
+	visits map[string][]Visit
+	apart  map[string][]string
+	splits int
+	// Older answers every review command as an agent of the release
+	// before them does (unknown command).
+	Older bool
+	// Handled lists every command that reached the handler: it passed
+	// the agent's signature, device, skew and replay checks.
+	Handled []wire.Command
+}
+
+// Visit is one visit of a simulated identity; Card is the card it used
+// (any string, numbered per answer; "" none).
+type Visit struct {
+	ID, TxnID string
+	TS        time.Time
+	Masked    bool
+	Card      string
+	Sim       *float64
+	Corrected bool
+}
+
+// NewReviewer returns identities with the given visits.
+func NewReviewer(visits map[string][]Visit) *Reviewer {
+	r := &Reviewer{visits: map[string][]Visit{}, apart: map[string][]string{}}
+	for id, vs := range visits {
+		r.visits[id] = slices.Clone(vs)
+		r.sort(id)
+	}
+	return r
+}
+
+func (r *Reviewer) sort(id string) {
+	slices.SortStableFunc(r.visits[id], func(a, b Visit) int { return b.TS.Compare(a.TS) })
+}
+
+// Visits returns the visit ids of identity id, newest first.
+func (r *Reviewer) Visits(id string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, v := range r.visits[id] {
+		out = append(out, v.ID)
+	}
+	return out
+}
+
+// Commands returns the commands handled so far.
+func (r *Reviewer) Commands() []wire.Command {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.Handled)
+}
+
+// HandleCommand implements mqttsync.CommandHandler.
+func (r *Reviewer) HandleCommand(_ context.Context, cmd wire.Command) (any, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Handled = append(r.Handled, cmd)
+	if r.Older && (cmd.Command == wire.CmdIdentityVisits || cmd.Command == wire.CmdSplitVisits || cmd.Command == wire.CmdMergeIdentities) {
+		return nil, fmt.Errorf("%w: unknown command %q", wire.ErrCommand, cmd.Command)
+	}
+	id := cmd.Args.ID
+	vs, ok := r.visits[id]
+	if !ok {
+		return nil, fmt.Errorf("no identity %s", id)
+	}
+	switch cmd.Command {
+	case wire.CmdIdentityVisits:
+		out := wire.IdentityVisitsResult{Identity: id, Total: len(vs), Visits: []wire.ReviewVisit{}, Apart: slices.Clone(r.apart[id])}
+		cards := map[string]int{}
+		for _, v := range vs[:min(len(vs), wire.MaxReviewVisits)] {
+			rv := wire.ReviewVisit{VisitID: v.ID, TxnID: v.TxnID, TS: v.TS.UTC(), Masked: v.Masked, Similarity: v.Sim, Corrected: v.Corrected}
+			if v.Card != "" {
+				if cards[v.Card] == 0 {
+					cards[v.Card] = len(cards) + 1
+				}
+				rv.Card = cards[v.Card]
+			}
+			out.Visits = append(out.Visits, rv)
+		}
+		return out, nil
+	case wire.CmdSplitVisits:
+		var moved, kept []Visit
+		for _, v := range vs {
+			if slices.Contains(cmd.Args.Visits, v.ID) {
+				v.Corrected = true
+				moved = append(moved, v)
+			} else {
+				kept = append(kept, v)
+			}
+		}
+		if len(moved) != len(cmd.Args.Visits) {
+			return nil, fmt.Errorf("split_visits: %d of the %d visits are not visits of %s", len(cmd.Args.Visits)-len(moved), len(cmd.Args.Visits), id)
+		}
+		if len(kept) == 0 {
+			return nil, fmt.Errorf("split_visits: every visit of %s chosen: nothing would be left", id)
+		}
+		r.splits++
+		nid := fmt.Sprintf("p-split-%d", r.splits)
+		r.visits[id], r.visits[nid] = kept, moved
+		r.apart[id], r.apart[nid] = append(r.apart[id], nid), []string{id}
+		return wire.SplitResult{Identity: id, NewIdentity: nid, VisitsMoved: len(moved)}, nil
+	case wire.CmdMergeIdentities:
+		into := cmd.Args.Into
+		if _, ok := r.visits[into]; !ok {
+			return nil, fmt.Errorf("no identity %s", into)
+		}
+		if slices.Contains(r.apart[id], into) {
+			return nil, fmt.Errorf("merge_identities: %s and %s are kept apart by an earlier split", id, into)
+		}
+		for i := range vs {
+			vs[i].Corrected = true
+		}
+		r.visits[into] = append(r.visits[into], vs...)
+		r.sort(into)
+		delete(r.visits, id)
+		r.apart[into] = append(r.apart[into], r.apart[id]...)
+		delete(r.apart, id)
+		return wire.MergeResult{Identity: into, Merged: id, VisitsMoved: len(vs)}, nil
+	}
+	return nil, fmt.Errorf("%s is not simulated", cmd.Command)
+}
