@@ -23,6 +23,9 @@ type Reviewer struct {
 	// Older answers every review command as an agent of the release
 	// before them does (unknown command).
 	Older bool
+	// Delay holds each command this long before it is handled (the
+	// fleet resends meanwhile: the agent must refuse the copies).
+	Delay time.Duration
 	// Handled lists every command that reached the handler: it passed
 	// the agent's signature, device, skew and replay checks.
 	Handled []wire.Command
@@ -53,6 +56,20 @@ func (r *Reviewer) sort(id string) {
 	slices.SortStableFunc(r.visits[id], func(a, b Visit) int { return b.TS.Compare(a.TS) })
 }
 
+// SetOlder makes the agent answer as one older than the review commands.
+func (r *Reviewer) SetOlder(older bool) {
+	r.mu.Lock()
+	r.Older = older
+	r.mu.Unlock()
+}
+
+// SetDelay sets Delay.
+func (r *Reviewer) SetDelay(d time.Duration) {
+	r.mu.Lock()
+	r.Delay = d
+	r.mu.Unlock()
+}
+
 // Visits returns the visit ids of identity id, newest first.
 func (r *Reviewer) Visits(id string) []string {
 	r.mu.Lock()
@@ -73,6 +90,10 @@ func (r *Reviewer) Commands() []wire.Command {
 
 // HandleCommand implements mqttsync.CommandHandler.
 func (r *Reviewer) HandleCommand(_ context.Context, cmd wire.Command) (any, error) {
+	r.mu.Lock()
+	delay := r.Delay
+	r.mu.Unlock()
+	time.Sleep(delay)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.Handled = append(r.Handled, cmd)

@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/periocular/atm-agent/internal/testenv/browser"
+	"github.com/periocular/atm-agent/sync/fleet/command"
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
@@ -32,6 +34,13 @@ type service struct {
 
 func startService(t *testing.T, dbPath, broker, addr string) *service {
 	t.Helper()
+	return startServiceCommands(t, dbPath, broker, addr, nil)
+}
+
+// startServiceCommands is startService with commands signed by key (nil:
+// off), replies awaited 2 s, resent every 300 ms.
+func startServiceCommands(t *testing.T, dbPath, broker, addr string, key ed25519.PrivateKey) *service {
+	t.Helper()
 	st, err := boltstore.Open(dbPath, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -43,10 +52,20 @@ func startService(t *testing.T, dbPath, broker, addr string) *service {
 	if err != nil {
 		t.Fatal(err)
 	}
+	deps := Deps{IngestStats: func() any { return in.Stats() }, Retention: storage.Retention{History: time.Hour * 24, Alerts: time.Hour * 24}}
+	if key != nil {
+		ccfg := command.DefaultConfig()
+		ccfg.Enabled, ccfg.PrivateKeyFile, ccfg.ReplyTimeout, ccfg.ResendInterval = true, "unused", 2*time.Second, 300*time.Millisecond
+		cmd, err := command.New(ccfg, browserPrefix, key, in, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.Route(cmd.ReplyFilter(), cmd.Handle)
+		deps.Commands, deps.CommandStats = cmd, func() any { return cmd.Stats() }
+	}
 	wcfg := DefaultConfig()
 	wcfg.Listen, wcfg.UsersFile = addr, "unused"
-	srv, err := New(wcfg, st, testUsers(t), []byte(strings.Repeat("s", 32)), Deps{IngestStats: func() any { return in.Stats() },
-		Retention: storage.Retention{History: time.Hour * 24, Alerts: time.Hour * 24}})
+	srv, err := New(wcfg, st, testUsers(t), []byte(strings.Repeat("s", 32)), deps)
 	if err != nil {
 		t.Fatal(err)
 	}

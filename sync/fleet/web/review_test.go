@@ -1,0 +1,274 @@
+package web
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/periocular/atm-agent/sync/fleet/fleettest"
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// reviewVisitsOf are the visits the simulated agents hold: p-1 with four
+// (two cards, one masked), p-2 with two. The card strings stay on the
+// agent; the answers number them.
+func reviewVisitsOf(now time.Time) map[string][]fleettest.Visit {
+	sim := func(v float64) *float64 { return &v }
+	return map[string][]fleettest.Visit{
+		"p-1": {
+			{ID: "v-1", TxnID: "T-1001", TS: now.Add(-4 * time.Hour), Card: "4970101234567890", Sim: sim(0.87)},
+			{ID: "v-2", TxnID: "T-1002", TS: now.Add(-3 * time.Hour), Card: "4970101234567890", Sim: sim(0.31)},
+			{ID: "v-3", TxnID: "T-1003", TS: now.Add(-2 * time.Hour), Card: "5131000011112222", Masked: true, Sim: sim(0.28)},
+			{ID: "v-4", TxnID: "T-1004", TS: now.Add(-time.Hour), Sim: sim(0.9)},
+		},
+		"p-2": {
+			{ID: "v-5", TxnID: "T-2001", TS: now.Add(-5 * time.Hour), Card: "4970101234567890"},
+			{ID: "v-6", TxnID: "T-2002", TS: now.Add(-90 * time.Minute)},
+		},
+	}
+}
+
+// reviewFleet runs the service with commands on a real mosquitto, with
+// lyon-07/atm-0042 (reviewer) online with a summary of p-1 and p-2 and
+// an alert on p-1.
+func reviewFleet(t *testing.T) (svc *service, m *fleettest.Mosquitto, base string, pub ed25519.PublicKey, rv *fleettest.Reviewer, agent *fleettest.Agent) {
+	t.Helper()
+	m = fleettest.StartMosquitto(t, "")
+	pk, priv, _ := wire.GenerateCommandKey()
+	addr := fmt.Sprintf("127.0.0.1:%d", fleettest.FreePort(t))
+	svc = startServiceCommands(t, filepath.Join(t.TempDir(), "fleet.db"), m.URL(), addr, priv)
+	t.Cleanup(func() { svc.stop(t) })
+	rv = fleettest.NewReviewer(reviewVisitsOf(time.Now().UTC()))
+	a := fleettest.StartAgent(t, m.URL(), browserPrefix, "lyon-07", "atm-0042", fleettest.Commands(pk, rv))
+	a.Summary(t, 4, "p-1", "p-2")
+	a.Alert(t, "many-visits-24h", "p-1", 9)
+	fleettest.WaitFor(t, 10*time.Second, "summary and alert ingested", func() bool { return svc.in.Stats().Applied == 2 })
+	waitState(t, svc.st, "lyon-07", "atm-0042", "online")
+	return svc, m, "http://" + addr, pk, rv, a
+}
+
+func waitState(t *testing.T, st storage.Store, site, dev, state string) {
+	t.Helper()
+	fleettest.WaitFor(t, 10*time.Second, site+"/"+dev+" "+state, func() bool {
+		d, err := st.Device(context.Background(), site, dev)
+		return err == nil && d.State() == state
+	})
+}
+
+// The review through the real path (mosquitto, the agent's own command
+// checks, the simulated agent's identities): the page lists the visits
+// the agent returned; a split sends exactly the chosen visits and shows
+// the result; a merge; an agent's refusal; the JSON API; each correction
+// in the audit log; anonymous requests and POSTs without the CSRF token
+// are refused and send nothing.
+func TestReviewAndCorrect(t *testing.T) {
+	svc, _, base, _, rv, _ := reviewFleet(t)
+	ana := newClient(t, base)
+	csrf := ana.login("ana", "correct horse")
+	const review = "/devices/lyon-07/atm-0042/identities/p-1/review"
+
+	if _, body := ana.get("/alerts"); !strings.Contains(body, `href="`+review+`"`) {
+		t.Errorf("the alert on p-1 has no Review link")
+	}
+	if _, body := ana.get("/devices/lyon-07/atm-0042"); !strings.Contains(body, `href="/devices/lyon-07/atm-0042/identities/p-2/review"`) {
+		t.Errorf("the device page's identity list has no Review link for p-2")
+	}
+	r, body := ana.get(review)
+	if r.StatusCode != 200 {
+		t.Fatalf("review: %d %s", r.StatusCode, body)
+	}
+	for _, want := range []string{"T-1001", "T-1002", "T-1003", "T-1004", "card 1", "card 2", "no card", "masked", "0.87", "0.31",
+		"4 visits", "bank's own records and CCTV", `name="visits" value="v-3"`, `<option value="p-2">`, `id="static"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("review page lacks %q", want)
+		}
+	}
+	if strings.Contains(body, "4970101234567890") || strings.Contains(body, `id="live"`) {
+		t.Error("the review page shows card data, or refreshes live (it would ask the device again at every change)")
+	}
+	// Newest first, as the agent lists them.
+	if i, j := strings.Index(body, "T-1004"), strings.Index(body, "T-1001"); i > j {
+		t.Error("visits not newest first")
+	}
+	if cmds := rv.Commands(); len(cmds) != 1 || cmds[0].Command != wire.CmdIdentityVisits || cmds[0].Args.ID != "p-1" {
+		t.Fatalf("the agent handled %+v", cmds)
+	}
+
+	// Refused: anonymous, no token, a forged token, another origin.
+	split := url.Values{"visits": {"v-2", "v-3"}}
+	anon := newClient(t, base)
+	if r, _ := anon.post("/devices/lyon-07/atm-0042/identities/p-1/split", split); r.StatusCode != 401 {
+		t.Errorf("anonymous split: %d, want 401", r.StatusCode)
+	}
+	if r, _ := anon.get(review); r.StatusCode != 303 {
+		t.Errorf("anonymous review: %d, want 303 to sign in", r.StatusCode)
+	}
+	if r, _ := ana.post("/devices/lyon-07/atm-0042/identities/p-1/split", split); r.StatusCode != 403 {
+		t.Errorf("split without token: %d, want 403", r.StatusCode)
+	}
+	split.Set("csrf", "forged")
+	if r, _ := ana.post("/devices/lyon-07/atm-0042/identities/p-1/split", split); r.StatusCode != 403 {
+		t.Errorf("split with a forged token: %d, want 403", r.StatusCode)
+	}
+	split.Set("csrf", csrf)
+	if r, _ := ana.post("/devices/lyon-07/atm-0042/identities/p-1/split", split, "Origin", "http://evil.example"); r.StatusCode != 403 {
+		t.Errorf("cross-origin split: %d, want 403", r.StatusCode)
+	}
+	if r, _ := anon.json("POST", "/api/v1/identities/split", "application/json", `{"site":"lyon-07","device":"atm-0042","identity":"p-1","visits":["v-2"]}`); r.StatusCode != 401 {
+		t.Errorf("anonymous API split: %d", r.StatusCode)
+	}
+	if len(rv.Commands()) != 1 {
+		t.Fatalf("a refused request reached the agent: %+v", rv.Commands())
+	}
+
+	// The split, with the token.
+	r, body = ana.post("/devices/lyon-07/atm-0042/identities/p-1/split", split)
+	if r.StatusCode != 200 || !strings.Contains(body, "2 visits of p-1 split off into the new identity p-split-1") {
+		t.Fatalf("split: %d %s", r.StatusCode, body)
+	}
+	cmds := rv.Commands()
+	if last := cmds[len(cmds)-1]; last.Command != wire.CmdSplitVisits || last.Args.ID != "p-1" || !slices.Equal(last.Args.Visits, []string{"v-2", "v-3"}) {
+		t.Errorf("the agent got %+v, want split_visits of v-2 and v-3", last)
+	}
+	if got := rv.Visits("p-split-1"); !slices.Equal(got, []string{"v-3", "v-2"}) {
+		t.Errorf("the new identity holds %v", got)
+	}
+	_, body = ana.get(review)
+	if !strings.Contains(body, "2 visits") || strings.Contains(body, "T-1002") || !strings.Contains(body, `class="apart" href="/devices/lyon-07/atm-0042/identities/p-split-1/review"`) {
+		t.Errorf("after the split the review shows:\n%s", body)
+	}
+
+	// A merge; then a merge the agent refuses (kept apart by the split).
+	r, body = ana.post("/devices/lyon-07/atm-0042/identities/p-2/merge", url.Values{"csrf": {csrf}, "into": {"p-1"}})
+	if r.StatusCode != 200 || !strings.Contains(body, "p-2 merged into p-1: 2 visits moved") {
+		t.Fatalf("merge: %d %s", r.StatusCode, body)
+	}
+	r, body = ana.post("/devices/lyon-07/atm-0042/identities/p-split-1/merge", url.Values{"csrf": {csrf}, "into": {"p-1"}})
+	if r.StatusCode != http.StatusBadGateway || !strings.Contains(body, "kept apart") {
+		t.Errorf("a merge the agent refuses: %d %s", r.StatusCode, body)
+	}
+	r, _ = ana.post("/devices/lyon-07/atm-0042/identities/p-1/split", url.Values{"csrf": {csrf}})
+	if r.StatusCode != 400 {
+		t.Errorf("a split of no visit: %d, want 400", r.StatusCode)
+	}
+
+	// The JSON API: read, split.
+	resp, out := ana.json("GET", "/api/v1/devices/lyon-07/atm-0042/identities/p-1/visits", "", "")
+	if resp.StatusCode != 200 || out["identity"] != "p-1" || out["total"] != float64(4) {
+		t.Errorf("API visits: %d %v", resp.StatusCode, out)
+	}
+	resp, out = ana.json("POST", "/api/v1/identities/split", "application/json", `{"site":"lyon-07","device":"atm-0042","identity":"p-1","visits":["v-6"]}`,
+		"X-CSRF-Token", csrf)
+	if resp.StatusCode != 200 || out["new_identity"] != "p-split-2" || out["visits_moved"] != float64(1) {
+		t.Errorf("API split: %d %v", resp.StatusCode, out)
+	}
+
+	// The audit log: who, when, device, identities, how many visits.
+	audit, err := svc.st.Audit(context.Background(), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var notes []string
+	for _, e := range audit {
+		if e.User != "ana" || e.Key.Site != "lyon-07" || e.Key.Device != "atm-0042" || e.At.IsZero() {
+			t.Errorf("audit entry %+v", e)
+		}
+		if strings.Contains(e.Note, "T-1") || strings.Contains(e.Note, "v-") || strings.Contains(e.Note, "4970") {
+			t.Errorf("audit note names visits or cards: %q", e.Note)
+		}
+		notes = append(notes, e.Action+": "+e.Note)
+	}
+	if len(audit) != 3 || !strings.HasPrefix(notes[2], "split identity: 2 visits of p-1 split off into p-split-1") ||
+		!strings.HasPrefix(notes[1], "merge identities: p-2 merged into p-1: 2 visits moved") ||
+		!strings.HasPrefix(notes[0], "split identity: 1 visits of p-1 split off into p-split-2") {
+		t.Errorf("audit:\n%s", strings.Join(notes, "\n"))
+	}
+	root := newClient(t, base)
+	root.login("root", "correct horse")
+	if _, body := root.get("/admin"); !strings.Contains(body, "p-2 merged into p-1") || !strings.Contains(body, `answered`) {
+		t.Error("the settings page lacks the correction or the command counters")
+	}
+}
+
+// When no answer can come the analyst is told at once or within the reply
+// timeout, never left waiting: a device stopped (nothing sent), one that
+// does not answer, an agent older than the review, a service without
+// commands. The agent runs a command once although the fleet resends it
+// while the agent works (the copies are refused as replays).
+func TestReviewWhenTheDeviceCannotAnswer(t *testing.T) {
+	svc, m, base, pub, rv, agent := reviewFleet(t)
+	ana := newClient(t, base)
+	csrf := ana.login("ana", "correct horse")
+	rv2 := fleettest.NewReviewer(reviewVisitsOf(time.Now().UTC()))
+	gone := fleettest.StartAgent(t, m.URL(), browserPrefix, "lyon-07", "atm-gone", fleettest.Commands(pub, rv2))
+	silent := fleettest.StartAgent(t, m.URL(), browserPrefix, "lyon-07", "atm-silent") // commands off
+	gone.Summary(t, 1, "p-1")
+	silent.Summary(t, 1, "p-1")
+	waitState(t, svc.st, "lyon-07", "atm-silent", "online")
+	gone.Stop()
+	waitState(t, svc.st, "lyon-07", "atm-gone", "stopped")
+
+	start := time.Now()
+	r, body := ana.get("/devices/lyon-07/atm-gone/identities/p-1/review")
+	if r.StatusCode != http.StatusConflict || !strings.Contains(body, "lyon-07 / atm-gone is not online") || !strings.Contains(body, "Nothing was sent") ||
+		time.Since(start) > time.Second {
+		t.Errorf("stopped device: %d in %v: %s", r.StatusCode, time.Since(start), body)
+	}
+	if len(rv2.Commands()) != 0 {
+		t.Error("a command was sent to a stopped device")
+	}
+	r, out := ana.json("GET", "/api/v1/devices/lyon-07/atm-gone/identities/p-1/visits", "", "")
+	if r.StatusCode != http.StatusConflict || !strings.Contains(fmt.Sprint(out["error"]), "not online") {
+		t.Errorf("API, stopped device: %d %v", r.StatusCode, out)
+	}
+
+	start = time.Now()
+	r, body = ana.get("/devices/lyon-07/atm-silent/identities/p-1/review")
+	if d := time.Since(start); r.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "No answer from lyon-07 / atm-silent within 2s") || d > 4*time.Second {
+		t.Errorf("a device that does not answer: %d after %v: %s", r.StatusCode, d, body)
+	}
+	r, body = ana.post("/devices/lyon-07/atm-silent/identities/p-1/merge", url.Values{"csrf": {csrf}, "into": {"p-2"}})
+	if r.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "may or may not have been applied") {
+		t.Errorf("a merge without answer: %d %s", r.StatusCode, body)
+	}
+	if audit, _ := svc.st.Audit(context.Background(), 1); len(audit) != 1 || !strings.Contains(audit[0].Note, "no answer from the device") {
+		t.Errorf("a merge without answer is not audited as such: %+v", audit)
+	}
+
+	rv.SetOlder(true)
+	r, body = ana.get("/devices/lyon-07/atm-0042/identities/p-1/review")
+	if r.StatusCode != http.StatusBadGateway || !strings.Contains(body, "older than the identity review") {
+		t.Errorf("an older agent: %d %s", r.StatusCode, body)
+	}
+	rv.SetOlder(false)
+
+	// The agent takes 1 s; the fleet resends every 300 ms meanwhile.
+	rv.SetDelay(time.Second)
+	n := len(rv.Commands())
+	if r, body := ana.get("/devices/lyon-07/atm-0042/identities/p-1/review"); r.StatusCode != 200 || !strings.Contains(body, "T-1004") {
+		t.Errorf("a slow agent: %d", r.StatusCode)
+	}
+	if got := len(rv.Commands()) - n; got != 1 {
+		t.Errorf("the command ran %d times", got)
+	}
+	// The agent's own counters: the copies were refused as replays.
+	if _, rejected := agent.CommandStats(); rejected["replayed"] < 2 {
+		t.Errorf("the agent refused %d copies as replays, want >= 2 (one resent every 300 ms for 1 s): %v", rejected["replayed"], rejected)
+	}
+
+	// A service without commands says so.
+	_, hs := newTestServer(t, svc.st)
+	c := newClient(t, hs.URL)
+	c.login("ana", "correct horse")
+	if r, body := c.get("/devices/lyon-07/atm-0042/identities/p-1/review"); r.StatusCode != http.StatusNotImplemented || !strings.Contains(body, "Commands are not configured") {
+		t.Errorf("no commands: %d %s", r.StatusCode, body)
+	}
+}
