@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"testing"
 	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -160,4 +163,30 @@ func (r *Reviewer) HandleCommand(_ context.Context, cmd wire.Command) (any, erro
 		return wire.MergeResult{Identity: into, Merged: id, VisitsMoved: len(vs)}, nil
 	}
 	return nil, fmt.Errorf("%s is not simulated", cmd.Command)
+}
+
+// Sniff subscribes to topic (QoS 1) and returns what arrived so far at
+// each call: a third party watching the broker, as a test's witness of
+// what the fleet really published.
+func Sniff(t testing.TB, broker, topic string) func() [][]byte {
+	t.Helper()
+	var mu sync.Mutex
+	var got [][]byte
+	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(broker).SetClientID(fmt.Sprintf("fleettest-sniff-%d", time.Now().UnixNano())))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect sniffer: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	if tok := c.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) {
+		mu.Lock()
+		got = append(got, slices.Clone(m.Payload()))
+		mu.Unlock()
+	}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe sniffer: %v", tok.Error())
+	}
+	return func() [][]byte {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
 }

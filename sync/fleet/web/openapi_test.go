@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/internal/testenv/openapi"
+	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
@@ -39,7 +40,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_, hs := newTestServer(t, st)
+	srv, hs := newTestServer(t, st)
 
 	var xs []openapi.Exchange
 	call := func(c *http.Client, name, method, path, route, body string, hdr ...string) {
@@ -109,6 +110,66 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	act(ana, csrf, "ack again", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert_id":"a-1","note":"calling"}`)
 	act(root, rootCSRF, "ack by another", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1"}`)
 
+	// The identity review: its commands go to the agents through a
+	// command client on a loopback (review_test.go); lyon-07/atm-1
+	// answers, lyon-07/atm-3 is online but silent, paris-01/atm-2 stopped.
+	rv := fleettest.NewReviewer(reviewVisitsOf(now))
+	cmds := loopbackCommands(t, map[string]*fleettest.Reviewer{"atm-1": rv})
+	srv.d.Commands = cmds
+	silent := wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-3", now), State: wire.StateOnline}
+	if err := st.PutStatus(context.Background(), storage.Status{Site: "lyon-07", Device: "atm-3", Received: now, Status: silent}); err != nil {
+		t.Fatal(err)
+	}
+	const visitsRoute, split, merge = "/api/v1/devices/{site}/{device}/identities/{id}/visits", "/api/v1/identities/split", "/api/v1/identities/merge"
+	visits := func(c *client, name, site, dev, id string) {
+		call(c.Client, name, "GET", "/api/v1/devices/"+site+"/"+dev+"/identities/"+id+"/visits", visitsRoute, "")
+	}
+	correct := func(c *client, token, name, path, body string) {
+		call(c.Client, name, "POST", path, "", body, "Content-Type", J, "X-CSRF-Token", token)
+	}
+	visits(anon, "visits signed out", "lyon-07", "atm-1", "p-1")
+	correct(anon, "", "split signed out", split, `{}`)
+	correct(anon, "", "merge signed out", merge, `{}`)
+	visits(ana, "visits", "lyon-07", "atm-1", "p-1")
+	visits(ana, "visits bad identity", "lyon-07", "atm-1", "p%201")
+	visits(ana, "visits unknown device", "lyon-07", "atm-404", "p-1")
+	visits(ana, "visits of a stopped device", "paris-01", "atm-2", "p-9")
+	correct(ana, "", "split without token", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-2"]}`)
+	correct(ana, "", "merge without token", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-2","into":"p-1"}`)
+	correct(ana, csrf, "split of no visit", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":[]}`)
+	correct(ana, csrf, "merge into itself", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-1","into":"p-1"}`)
+	correct(ana, csrf, "split on an unknown device", split, `{"site":"lyon-07","device":"atm-404","identity":"p-1","visits":["v-2"]}`)
+	correct(ana, csrf, "merge on an unknown device", merge, `{"site":"lyon-07","device":"atm-404","identity":"p-2","into":"p-1"}`)
+	correct(ana, csrf, "split on a stopped device", split, `{"site":"paris-01","device":"atm-2","identity":"p-9","visits":["v-2"]}`)
+	correct(ana, csrf, "merge on a stopped device", merge, `{"site":"paris-01","device":"atm-2","identity":"p-9","into":"p-8"}`)
+	correct(ana, csrf, "split", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-2"]}`)
+	correct(ana, csrf, "merge", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-2","into":"p-1"}`)
+	correct(ana, csrf, "split of another identity's visit", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-404"]}`)
+	correct(ana, csrf, "merge of identities kept apart", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-split-1","into":"p-1"}`)
+	rv.SetOlder(true)
+	visits(ana, "visits of an older agent", "lyon-07", "atm-1", "p-1")
+	rv.SetOlder(false)
+	visits(ana, "visits without answer", "lyon-07", "atm-3", "p-1")
+	correct(ana, csrf, "split without answer", split, `{"site":"lyon-07","device":"atm-3","identity":"p-1","visits":["v-2"]}`)
+	correct(ana, csrf, "merge without answer", merge, `{"site":"lyon-07","device":"atm-3","identity":"p-2","into":"p-1"}`)
+	// One command in flight (it waits for the silent device): the next
+	// three are refused at once.
+	pending := make(chan struct{})
+	go func() {
+		defer close(pending)
+		_, _, _ = cmds.IdentityVisits(context.Background(), "lyon-07", "atm-3", "p-1")
+	}()
+	fleettest.WaitFor(t, 5*time.Second, "a command in flight", func() bool { return cmds.Stats().InFlight == 1 })
+	visits(ana, "visits while busy", "lyon-07", "atm-1", "p-1")
+	correct(ana, csrf, "split while busy", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-1"]}`)
+	correct(ana, csrf, "merge while busy", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-1","into":"p-2"}`)
+	<-pending
+	// A service without commands.
+	srv.d.Commands = nil
+	visits(ana, "visits without commands", "lyon-07", "atm-1", "p-1")
+	correct(ana, csrf, "split without commands", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-1"]}`)
+	correct(ana, csrf, "merge without commands", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-1","into":"p-2"}`)
+
 	admin := func(c *client, token, name, path, body string) {
 		call(c.Client, name, "POST", path, "", body, "Content-Type", J, "X-CSRF-Token", token)
 	}
@@ -144,7 +205,8 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	}
 	// Every API route the server has is documented.
 	for _, route := range []string{"/api/v1/session", "/api/v1/devices", "/api/v1/devices/{site}/{device}", "/api/v1/devices/remove",
-		"/api/v1/identities/purge", "/api/v1/alerts", "/api/v1/alerts/act", "/healthz", "/login"} {
+		"/api/v1/identities/purge", "/api/v1/alerts", "/api/v1/alerts/act", "/healthz", "/login",
+		"/api/v1/devices/{site}/{device}/identities/{id}/visits", "/api/v1/identities/split", "/api/v1/identities/merge"} {
 		if _, ok := d.At("paths", route); !ok {
 			t.Errorf("%s is served but not documented", route)
 		}

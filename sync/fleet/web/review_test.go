@@ -3,15 +3,21 @@ package web
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
+	"github.com/periocular/atm-agent/internal/testenv/browser"
+	"github.com/periocular/atm-agent/sync/fleet/command"
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -271,4 +277,138 @@ func TestReviewWhenTheDeviceCannotAnswer(t *testing.T) {
 	if r, body := c.get("/devices/lyon-07/atm-0042/identities/p-1/review"); r.StatusCode != http.StatusNotImplemented || !strings.Contains(body, "Commands are not configured") {
 		t.Errorf("no commands: %d %s", r.StatusCode, body)
 	}
+}
+
+// A real headless Chromium: from the alert to the review page, which
+// lists the visits the agent returned; two visits ticked and split off in
+// the page; a third party on the broker sees one split_visits command,
+// signed with the fleet's key, holding exactly those two visits; the page
+// shows the result and links to the new identity, whose review lists
+// them as corrected; the audit log has the split.
+func TestBrowserReviewAndSplit(t *testing.T) {
+	browser.Path(t)
+	svc, m, base, pub, _, _ := reviewFleet(t)
+	sniffed := fleettest.Sniff(t, m.URL(), browserPrefix+"/lyon-07/atm-0042/cmd")
+	br := browser.Start(t, 1280, 900, "ATM_FLEET_SCREENSHOTS")
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	br.Do("sign in, open the alerts and follow the alert's Review link",
+		chromedp.Navigate(base+"/alerts"),
+		chromedp.WaitVisible(css(`input[name=user]`)),
+		signIn(),
+		chromedp.WaitVisible(css(`tr.alert a.review`)),
+		chromedp.Click(css(`tr.alert a.review`)),
+		chromedp.WaitVisible(css(`table#visits`)),
+		br.Shot("review"),
+	)
+	table := br.Get(chromedp.Text(css(`table#visits`)))
+	for _, want := range []string{"T-1001", "T-1002", "T-1003", "T-1004", "card 1", "card 2", "masked", "0.87"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("the review table lacks %q:\n%s", want, table)
+		}
+	}
+	if how := br.Get(chromedp.Text(css(`#review-how`))); !strings.Contains(how, "CCTV") {
+		t.Errorf("the page does not say where the visits are checked: %q", how)
+	}
+	br.Do("tick two visits and split them off",
+		chromedp.Click(css(`tr.visit[data-visit="v-2"] input[type=checkbox]`)),
+		chromedp.Click(css(`tr.visit[data-visit="v-3"] input[type=checkbox]`)),
+		chromedp.Click(css(`#split`)),
+		chromedp.WaitVisible(css(`#correction-done`)),
+		br.Shot("corrected"),
+	)
+	if done := br.Get(chromedp.Text(css(`#correction-done`))); !strings.Contains(done, "2 visits of p-1 split off into the new identity p-split-1") {
+		t.Errorf("result: %q", done)
+	}
+	var splits []wire.Command
+	for _, b := range sniffed() {
+		payload, _, err := wire.OpenSignedCommand(b, []ed25519.PublicKey{pub})
+		if err != nil {
+			t.Fatalf("a command on the broker does not verify with the fleet's key: %v", err)
+		}
+		cmd, err := wire.DecodeCommand(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Command == wire.CmdSplitVisits && !slices.ContainsFunc(splits, func(c wire.Command) bool { return c.MessageID == cmd.MessageID }) {
+			splits = append(splits, cmd)
+		}
+	}
+	if len(splits) != 1 || splits[0].Args.ID != "p-1" || !slices.Equal(slices.Sorted(slices.Values(splits[0].Args.Visits)), []string{"v-2", "v-3"}) ||
+		splits[0].Site != "lyon-07" || splits[0].Device != "atm-0042" {
+		t.Fatalf("split commands on the broker: %+v", splits)
+	}
+	br.Do("review the new identity",
+		chromedp.Click(css(`#review-other`)),
+		chromedp.WaitVisible(css(`table#visits`)),
+	)
+	table = br.Get(chromedp.Text(css(`table#visits`)))
+	if !strings.Contains(table, "T-1002") || !strings.Contains(table, "T-1003") || strings.Contains(table, "T-1001") || !strings.Contains(table, "by an analyst") {
+		t.Errorf("the new identity's review:\n%s", table)
+	}
+	if audit, _ := svc.st.Audit(context.Background(), 1); len(audit) != 1 || audit[0].User != "ana" || audit[0].Action != storage.ActionSplitIdentity ||
+		!strings.Contains(audit[0].Note, "2 visits of p-1 split off into p-split-1") {
+		t.Errorf("audit: %+v", audit)
+	}
+	t.Logf("screenshots in %s", br.ShotsDir())
+}
+
+// loopback is a broker in the process for the command client: each
+// published command is checked as an agent does (the signature with the
+// fleet's key, the strict decoding, a message id used once) and handed to
+// the device's reviewer, whose answer comes back as a wire.Reply on the
+// device's reply topic. A device without a reviewer never answers.
+type loopback struct {
+	pub    ed25519.PublicKey
+	c      *command.Client
+	agents map[string]*fleettest.Reviewer // by device
+	mu     sync.Mutex
+	seen   map[string]bool
+}
+
+func (l *loopback) Publish(_ context.Context, topic string, msg []byte) error {
+	payload, _, err := wire.OpenSignedCommand(msg, []ed25519.PublicKey{l.pub})
+	if err != nil {
+		return nil // an agent drops it unanswered
+	}
+	cmd, err := wire.DecodeCommand(payload)
+	if err != nil || topic != browserPrefix+"/"+cmd.Site+"/"+cmd.Device+"/cmd" {
+		return nil
+	}
+	l.mu.Lock()
+	replayed := l.seen[cmd.MessageID]
+	l.seen[cmd.MessageID] = true
+	l.mu.Unlock()
+	rv := l.agents[cmd.Device]
+	if replayed || rv == nil {
+		return nil
+	}
+	go func() {
+		res, err := rv.HandleCommand(context.Background(), cmd)
+		r := wire.Reply{Envelope: wire.NewEnvelope(cmd.Site, cmd.Device, time.Now()), CorrelationID: cmd.MessageID, Command: cmd.Command, OK: err == nil}
+		r.MessageID = "r-" + cmd.MessageID
+		if err != nil {
+			r.Error = err.Error()
+		} else {
+			r.Result, _ = json.Marshal(res)
+		}
+		b, _ := json.Marshal(r)
+		l.c.Handle(browserPrefix+"/"+cmd.Site+"/"+cmd.Device+"/reply", b)
+	}()
+	return nil
+}
+
+// loopbackCommands is a command client (reply timeout 1 s, one command in
+// flight) over a loopback whose devices answer with agents' reviewers.
+func loopbackCommands(t *testing.T, agents map[string]*fleettest.Reviewer) *command.Client {
+	t.Helper()
+	pub, priv, _ := wire.GenerateCommandKey()
+	l := &loopback{pub: pub, agents: agents, seen: map[string]bool{}}
+	cfg := command.DefaultConfig()
+	cfg.Enabled, cfg.PrivateKeyFile, cfg.ReplyTimeout, cfg.ResendInterval, cfg.MaxInFlight = true, "unused", time.Second, 300*time.Millisecond, 1
+	c, err := command.New(cfg, browserPrefix, priv, l, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.c = c
+	return c
 }
