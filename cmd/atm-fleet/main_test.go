@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +21,7 @@ import (
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/service"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
+	"github.com/periocular/atm-agent/sync/wire"
 )
 
 func TestConfig(t *testing.T) {
@@ -37,12 +40,44 @@ func TestConfig(t *testing.T) {
 		"no client id":    "mqtt: {client_id: \"\"}\n",
 		"bad listen":      "web: {listen: 8080}\n",
 		"bad level":       "log_level: loud\n",
+		"commands no key": "commands: {enabled: true}\n",
+		"commands typo":   "commands: {enabled: true, private_key: /k}\n",
+		"reply timeout":   "commands: {enabled: true, private_key_file: /k, reply_timeout: 10m}\n",
 	} {
 		if _, err := service.ParseConfig([]byte(y)); err == nil {
 			t.Errorf("%s: accepted", name)
 		} else {
 			t.Logf("%s: %v", name, err)
 		}
+	}
+}
+
+// config check reads the command-signing key a config names: a key
+// readable by others (or not a private key) fails the check with the
+// reason, a 0600 key from atm-tools command keygen passes.
+func TestConfigCheckCommandKey(t *testing.T) {
+	dir := t.TempDir()
+	_, priv, _ := wire.GenerateCommandKey()
+	pemb, _ := wire.MarshalPrivateKeyPEM(priv)
+	key := filepath.Join(dir, "central.key")
+	os.WriteFile(key, pemb, 0o644)
+	users := filepath.Join(dir, "users.yaml")
+	cfgPath := filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("web: {users_file: %s}\ncommands: {enabled: true, private_key_file: %s}\n", users, key)), 0o644)
+	var errb strings.Builder
+	if code := runMain(context.Background(), []string{"config", "check", cfgPath}, nil, io.Discard, &errb); code != 1 ||
+		!strings.Contains(errb.String(), "command key "+key+": permissions 0644 are too open") || !strings.Contains(errb.String(), "chmod 0600") {
+		t.Errorf("a key readable by all: exit %d, %q", code, errb.String())
+	}
+	os.Chmod(key, 0o600)
+	var out strings.Builder
+	if code := runMain(context.Background(), []string{"config", "check", cfgPath}, nil, &out, os.Stderr); code != 0 {
+		t.Errorf("a 0600 key: exit %d", code)
+	}
+	os.WriteFile(key, []byte("not a key"), 0o600)
+	errb.Reset()
+	if code := runMain(context.Background(), []string{"config", "check", cfgPath}, nil, io.Discard, &errb); code != 1 || !strings.Contains(errb.String(), "PRIVATE KEY") {
+		t.Errorf("not a key: exit %d, %q", code, errb.String())
 	}
 }
 
@@ -134,5 +169,80 @@ web: {listen: "127.0.0.1:%d", users_file: %s}
 	defer st.Close()
 	if d, err := st.Device(context.Background(), "lyon-07", "atm-1"); err != nil || d.OpenAlerts != 1 {
 		t.Errorf("after compact: %+v, %v", d, err)
+	}
+}
+
+// The service as configured: commands on, the key from its file, the
+// command client on the ingest's connection; an analyst signed in as a
+// program reads an identity's visits from a simulated agent that trusts
+// the key, and splits one off.
+func TestRunReviewEndToEnd(t *testing.T) {
+	m := fleettest.StartMosquitto(t, "")
+	dir := t.TempDir()
+	h, _ := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
+	users := filepath.Join(dir, "users.yaml")
+	os.WriteFile(users, []byte(fmt.Sprintf("users:\n  - {name: ana, role: analyst, password_hash: %q}\n", h)), 0o600)
+	pub, priv, _ := wire.GenerateCommandKey()
+	pemb, _ := wire.MarshalPrivateKeyPEM(priv)
+	key := filepath.Join(dir, "central.key")
+	os.WriteFile(key, pemb, 0o600)
+	port := fleettest.FreePort(t)
+	cfg, err := service.ParseConfig([]byte(fmt.Sprintf(`store: {driver: bolt, path: %s}
+mqtt: {brokers: [%q], prefix: atm/e2e, client_id: fleet-e2e-review}
+web: {listen: "127.0.0.1:%d", users_file: %s}
+commands: {enabled: true, private_key_file: %s, reply_timeout: 5s, resend_interval: 500ms}
+`, filepath.Join(dir, "fleet.db"), m.URL(), port, users, key)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, slog.New(slog.DiscardHandler)) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	rv := fleettest.NewReviewer(map[string][]fleettest.Visit{"p-1": {
+		{ID: "v-1", TxnID: "T-1", TS: time.Now().Add(-time.Hour)}, {ID: "v-2", TxnID: "T-2", TS: time.Now()}}})
+	a := fleettest.StartAgent(t, m.URL(), "atm/e2e", "lyon-07", "atm-1", fleettest.Commands(pub, rv))
+	a.Summary(t, 2, "p-1")
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: 10 * time.Second}
+	do := func(method, path, body string, hdr ...string) (int, map[string]any) {
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		req.Header.Set("Accept", "application/json")
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		r, err := c.Do(req)
+		if err != nil {
+			return 0, nil
+		}
+		defer r.Body.Close()
+		var out map[string]any
+		json.NewDecoder(r.Body).Decode(&out)
+		return r.StatusCode, out
+	}
+	fleettest.WaitFor(t, 10*time.Second, "web up", func() bool { code, _ := do("GET", "/login", ""); return code == 200 })
+	_, tok := do("GET", "/login", "")
+	_, sess := do("POST", "/login", url.Values{"csrf": {fmt.Sprint(tok["csrf"])}, "user": {"ana"}, "password": {"correct horse"}}.Encode(),
+		"Content-Type", "application/x-www-form-urlencoded")
+	var out map[string]any
+	fleettest.WaitFor(t, 10*time.Second, "the device online in the fleet", func() bool {
+		code, d := do("GET", "/api/v1/devices/lyon-07/atm-1", "")
+		return code == 200 && d["state"] == "online"
+	})
+	code, out := do("GET", "/api/v1/devices/lyon-07/atm-1/identities/p-1/visits", "")
+	if code != 200 || out["total"] != float64(2) {
+		t.Fatalf("visits: %d %v", code, out)
+	}
+	code, out = do("POST", "/api/v1/identities/split", `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-1"]}`,
+		"Content-Type", "application/json", "X-CSRF-Token", fmt.Sprint(sess["csrf_token"]))
+	if code != 200 || out["new_identity"] != "p-split-1" {
+		t.Fatalf("split: %d %v", code, out)
+	}
+	if got := rv.Visits("p-1"); len(got) != 1 || got[0] != "v-2" {
+		t.Errorf("p-1 after the split: %v", got)
 	}
 }
