@@ -95,14 +95,24 @@ func TestPasswd(t *testing.T) {
 	}
 }
 
+// writeUsers writes a users file in dir with ana, an analyst whose
+// password is "correct horse", and returns its path.
+func writeUsers(t *testing.T, dir string) string {
+	t.Helper()
+	h, _ := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
+	users := filepath.Join(dir, "users.yaml")
+	if err := os.WriteFile(users, []byte(fmt.Sprintf("users:\n  - {name: ana, role: analyst, password_hash: %q}\n", h)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return users
+}
+
 // The service as a whole: a real mosquitto, a simulated agent, the bbolt
 // store and the web server on a loopback port.
 func TestRunEndToEnd(t *testing.T) {
 	m := fleettest.StartMosquitto(t, "")
 	dir := t.TempDir()
-	h, _ := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
-	users := filepath.Join(dir, "users.yaml")
-	os.WriteFile(users, []byte(fmt.Sprintf("users:\n  - {name: ana, role: analyst, password_hash: %q}\n", h)), 0o600)
+	users := writeUsers(t, dir)
 	port := fleettest.FreePort(t)
 	conf := fmt.Sprintf(`store: {driver: bolt, path: %s}
 mqtt: {brokers: [%q], prefix: atm/e2e, client_id: fleet-e2e}
@@ -179,9 +189,7 @@ web: {listen: "127.0.0.1:%d", users_file: %s}
 func TestRunReviewEndToEnd(t *testing.T) {
 	m := fleettest.StartMosquitto(t, "")
 	dir := t.TempDir()
-	h, _ := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
-	users := filepath.Join(dir, "users.yaml")
-	os.WriteFile(users, []byte(fmt.Sprintf("users:\n  - {name: ana, role: analyst, password_hash: %q}\n", h)), 0o600)
+	users := writeUsers(t, dir)
 	pub, priv, _ := wire.GenerateCommandKey()
 	pemb, _ := wire.MarshalPrivateKeyPEM(priv)
 	key := filepath.Join(dir, "central.key")

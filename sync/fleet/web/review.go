@@ -89,29 +89,34 @@ func (s *Server) commandDevice(ctx context.Context, site, dev string) (storage.D
 	return d, nil
 }
 
-// reviewVisits is the identity_visits exchange of the review page and the
-// API.
-func (s *Server) reviewVisits(ctx context.Context, site, dev, id string) (storage.Device, wire.IdentityVisitsResult, error) {
-	d, err := s.commandDevice(ctx, site, dev)
-	if err != nil {
-		return d, wire.IdentityVisitsResult{}, err
+// reviewVisits asks the device named by the request's path for the
+// identity's visits (identity_visits), for the review page and the API. A
+// bad identity id or an unknown device is answered here (false); any other
+// error is the caller's to explain (problemOf).
+func (s *Server) reviewVisits(w http.ResponseWriter, r *http.Request) (storage.Device, wire.IdentityVisitsResult, bool, error) {
+	site, dev, id := r.PathValue("site"), r.PathValue("device"), r.PathValue("id")
+	if err := wire.ValidateID(id, 64); err != nil {
+		httpError(w, r, "identity id: "+err.Error(), http.StatusBadRequest)
+		return storage.Device{}, wire.IdentityVisitsResult{}, false, nil
 	}
-	res, _, err := s.d.Commands.IdentityVisits(ctx, site, dev, id)
-	return d, res, err
+	d, err := s.commandDevice(r.Context(), site, dev)
+	if errors.Is(err, storage.ErrNotFound) {
+		s.fail(w, r, err)
+		return d, wire.IdentityVisitsResult{}, false, nil
+	}
+	if err != nil {
+		return d, wire.IdentityVisitsResult{}, true, err
+	}
+	res, _, err := s.d.Commands.IdentityVisits(r.Context(), site, dev, id)
+	return d, res, true, err
 }
 
 // reviewPage shows an identity's visits as its agent lists them, with the
 // split and merge forms. It is not live (no id="live"): each load asks the
 // device again.
 func (s *Server) reviewPage(w http.ResponseWriter, r *http.Request) {
-	site, dev, id := r.PathValue("site"), r.PathValue("device"), r.PathValue("id")
-	if err := wire.ValidateID(id, 64); err != nil {
-		httpError(w, r, "identity id: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	d, res, err := s.reviewVisits(r.Context(), site, dev, id)
-	if errors.Is(err, storage.ErrNotFound) {
-		s.fail(w, r, err)
+	d, res, ok, err := s.reviewVisits(w, r)
+	if !ok {
 		return
 	}
 	var p commandProblem
@@ -121,7 +126,8 @@ func (s *Server) reviewPage(w http.ResponseWriter, r *http.Request) {
 	} else {
 		result = &res
 	}
-	s.renderReview(w, r, p.Code, reviewData{Site: site, Device: dev, ID: id, Error: p.Msg, Result: result, Others: otherIdentities(d, id, res.Apart)})
+	id := r.PathValue("id")
+	s.renderReview(w, r, p.Code, reviewData{Site: d.Site, Device: d.Device, ID: id, Error: p.Msg, Result: result, Others: otherIdentities(d, id, res.Apart)})
 }
 
 // reviewData is the review page's (and the correction result's) data.
@@ -217,14 +223,8 @@ func correctionInput(r *http.Request, split bool) (correction, error) {
 func (s *Server) split(w http.ResponseWriter, r *http.Request) { s.correct(w, r, true) }
 func (s *Server) merge(w http.ResponseWriter, r *http.Request) { s.correct(w, r, false) }
 func (s *Server) apiVisits(w http.ResponseWriter, r *http.Request) {
-	site, dev, id := r.PathValue("site"), r.PathValue("device"), r.PathValue("id")
-	if err := wire.ValidateID(id, 64); err != nil {
-		httpError(w, r, "identity id: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	d, res, err := s.reviewVisits(r.Context(), site, dev, id)
-	if errors.Is(err, storage.ErrNotFound) {
-		s.fail(w, r, err)
+	d, res, ok, err := s.reviewVisits(w, r)
+	if !ok {
 		return
 	}
 	if err != nil {
@@ -239,7 +239,7 @@ func (s *Server) apiVisits(w http.ResponseWriter, r *http.Request) {
 		Site   string `json:"site"`
 		Device string `json:"device"`
 		wire.IdentityVisitsResult
-	}{site, dev, res})
+	}{d.Site, d.Device, res})
 }
 
 // correct sends a split or a merge to the device, audits it (also when no
