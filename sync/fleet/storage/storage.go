@@ -429,7 +429,7 @@ const (
 // Correction is an analyst's split or merge of one device's identities,
 // sent to its agent as a signed command (split_visits, merge_identities).
 // It is audited when the agent answered that it applied it, and when it
-// did not answer in time (Unknown: the agent may have applied it). No
+// gave no usable answer (Unknown: the agent may have applied it). No
 // visit ids, transaction ids or card data are kept: only how many visits.
 type Correction struct {
 	Site, Device string
@@ -442,7 +442,8 @@ type Correction struct {
 	// Visits is how many visits moved (split without answer: how many
 	// were chosen).
 	Visits int
-	// Unknown: the agent did not answer within the reply timeout.
+	// Unknown: no usable answer (none within the reply timeout, or one
+	// that does not fit the command): the agent may have applied it.
 	Unknown            bool
 	MessageID          string // the command's message id (the reply's correlation id)
 	User, Role, Remote string
@@ -470,11 +471,11 @@ func CorrectionNote(c Correction) string {
 	var s string
 	switch {
 	case c.Action == ActionSplitIdentity && c.Unknown:
-		s = fmt.Sprintf("%d visits of %s to split off: no answer from the device (it may have applied it)", c.Visits, c.Identity)
+		s = fmt.Sprintf("%d visits of %s to split off: no usable answer from the device (it may have applied it)", c.Visits, c.Identity)
 	case c.Action == ActionSplitIdentity:
 		s = fmt.Sprintf("%d visits of %s split off into %s", c.Visits, c.Identity, c.Other)
 	case c.Unknown:
-		s = fmt.Sprintf("%s into %s: no answer from the device (it may have applied it)", c.Identity, c.Other)
+		s = fmt.Sprintf("%s into %s: no usable answer from the device (it may have applied it)", c.Identity, c.Other)
 	default:
 		s = fmt.Sprintf("%s merged into %s: %d visits moved", c.Identity, c.Other, c.Visits)
 	}

@@ -264,10 +264,13 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 	done := reviewData{Site: in.Site, Device: in.Device, ID: in.Identity}
 	if err == nil {
 		var sent command.Sent
+		// The command is not abandoned with the request: a client that
+		// goes away does not keep its correction out of the audit log.
+		ctx := context.WithoutCancel(r.Context())
 		if split {
 			var res wire.SplitResult
 			c.Action, c.Visits = storage.ActionSplitIdentity, len(in.Visits)
-			res, sent, err = s.d.Commands.Split(r.Context(), in.Site, in.Device, in.Identity, in.Visits)
+			res, sent, err = s.d.Commands.Split(ctx, in.Site, in.Device, in.Identity, in.Visits)
 			if err == nil {
 				c.Other, c.Visits = res.NewIdentity, res.VisitsMoved
 				out = struct {
@@ -281,7 +284,7 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 		} else {
 			var res wire.MergeResult
 			c.Action, c.Other = storage.ActionMergeIdentity, in.Into
-			res, sent, err = s.d.Commands.Merge(r.Context(), in.Site, in.Device, in.Identity, in.Into)
+			res, sent, err = s.d.Commands.Merge(ctx, in.Site, in.Device, in.Identity, in.Into)
 			if err == nil {
 				c.Visits = res.VisitsMoved
 				out = struct {
@@ -294,7 +297,9 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 			}
 		}
 		c.MessageID = sent.MessageID
-		c.Unknown = errors.Is(err, command.ErrTimeout)
+		// No answer in time, or one that does not fit: the device may
+		// have applied it.
+		c.Unknown = errors.Is(err, command.ErrTimeout) || errors.Is(err, command.ErrBadResult)
 		if err == nil || c.Unknown {
 			// Audited whatever the request's fate from here: a client
 			// gone does not unmake what the device did.
@@ -310,7 +315,7 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 	if err != nil {
 		pr := s.problemOf(d, err)
 		if c.Unknown {
-			pr.Msg += " The correction may or may not have been applied (it is in the audit log as unanswered): review the identity again before repeating it."
+			pr.Msg += " The correction may or may not have been applied (the audit log has it as without a usable answer): review the identity again before repeating it."
 		}
 		if api {
 			httpError(w, r, pr.Msg, pr.Code)

@@ -245,7 +245,7 @@ func TestReviewWhenTheDeviceCannotAnswer(t *testing.T) {
 	if r.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "may or may not have been applied") {
 		t.Errorf("a merge without answer: %d %s", r.StatusCode, body)
 	}
-	if audit, _ := svc.st.Audit(context.Background(), 1); len(audit) != 1 || !strings.Contains(audit[0].Note, "no answer from the device") {
+	if audit, _ := svc.st.Audit(context.Background(), 1); len(audit) != 1 || !strings.Contains(audit[0].Note, "no usable answer from the device") {
 		t.Errorf("a merge without answer is not audited as such: %+v", audit)
 	}
 

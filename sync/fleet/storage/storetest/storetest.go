@@ -203,7 +203,7 @@ func corrections(t *testing.T, s storage.Store) {
 	if audit[1].Action != storage.ActionMergeIdentity || audit[1].Note != "p-2 merged into p-1: 5 visits moved" {
 		t.Errorf("merge audited as %+v", audit[1])
 	}
-	if !strings.Contains(audit[0].Note, "no answer") {
+	if !strings.Contains(audit[0].Note, "no usable answer") {
 		t.Errorf("a merge without answer audited as %+v", audit[0])
 	}
 	select {
