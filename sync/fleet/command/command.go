@@ -129,7 +129,10 @@ type Stats struct {
 	TimedOut uint64 `json:"timed_out"`
 	// Ignored counts replies dropped: invalid, for no waiting command,
 	// or naming another device or command than the one they answer.
-	Ignored   uint64 `json:"ignored"`
+	Ignored uint64 `json:"ignored"`
+	// Others counts valid replies to commands another sender sent
+	// (another fleet instance sharing the broker, atm-tools).
+	Others    uint64 `json:"others"`
 	InFlight  int    `json:"in_flight"`
 	LastError string `json:"last_error,omitempty"`
 }
@@ -144,6 +147,10 @@ type Client struct {
 	now    func() time.Time
 	schema *jsonschema.Schema
 	sem    chan struct{}
+	// idPrefix starts the message id of every command of this client:
+	// replies to other senders' commands (another fleet instance,
+	// atm-tools) are told from stray ones.
+	idPrefix string
 
 	mu      sync.Mutex
 	waiting map[string]*call
@@ -153,7 +160,7 @@ type Client struct {
 	loggedAt time.Time
 	quiet    uint64
 
-	sent, resent, answered, timedOut, ignored atomic.Uint64
+	sent, resent, answered, timedOut, ignored, others atomic.Uint64
 }
 
 // call is one command waiting for its reply.
@@ -183,7 +190,7 @@ func New(cfg Config, prefix string, key ed25519.PrivateKey, pub Publisher, log *
 		return nil, err
 	}
 	return &Client{cfg: cfg, prefix: prefix, key: key, pub: pub, log: log, now: time.Now, schema: schema,
-		sem: make(chan struct{}, cfg.MaxInFlight), waiting: map[string]*call{}}, nil
+		sem: make(chan struct{}, cfg.MaxInFlight), waiting: map[string]*call{}, idPrefix: "fleet-" + randomHex(4) + "-"}, nil
 }
 
 // ReplyFilter is the subscription the client's replies come on.
@@ -197,7 +204,7 @@ func (c *Client) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return Stats{Sent: c.sent.Load(), Resent: c.resent.Load(), Answered: c.answered.Load(), TimedOut: c.timedOut.Load(),
-		Ignored: c.ignored.Load(), InFlight: len(c.waiting), LastError: c.lastErr}
+		Ignored: c.ignored.Load(), Others: c.others.Load(), InFlight: len(c.waiting), LastError: c.lastErr}
 }
 
 // Sent is a command as it was sent: its message id, whatever came of it.
@@ -219,7 +226,7 @@ func (c *Client) Do(ctx context.Context, site, device string, name wire.CommandN
 	default:
 		return nil, Sent{}, ErrBusy
 	}
-	cmd := wire.Command{Envelope: wire.Envelope{SchemaVersion: wire.CommandSchemaVersion, MessageID: newID(),
+	cmd := wire.Command{Envelope: wire.Envelope{SchemaVersion: wire.CommandSchemaVersion, MessageID: c.idPrefix + randomHex(12),
 		Site: site, Device: device, TS: c.now().UTC()}, Command: name, Args: args}
 	sent := Sent{MessageID: cmd.MessageID}
 	payload, err := json.Marshal(cmd)
@@ -294,6 +301,9 @@ func (c *Client) setErr(err error) {
 	c.mu.Unlock()
 }
 
+// errNotOurs: a valid reply to a command this client did not send.
+var errNotOurs = errors.New("a reply to another sender's command")
+
 // MaxReplySize bounds a reply that is decoded (an identity_visits result
 // of wire.MaxReviewVisits visits is about 20 KB).
 const MaxReplySize = 256 << 10
@@ -302,7 +312,9 @@ const MaxReplySize = 256 << 10
 // a valid reply to a waiting command wakes it; anything else is counted
 // and dropped. It never blocks.
 func (c *Client) Handle(topic string, payload []byte) {
-	if err := c.accept(topic, payload); err != nil {
+	if err := c.accept(topic, payload); errors.Is(err, errNotOurs) {
+		c.others.Add(1)
+	} else if err != nil {
 		c.ignored.Add(1)
 		c.mu.Lock()
 		now := c.now()
@@ -346,6 +358,8 @@ func (c *Client) accept(topic string, payload []byte) error {
 	w := c.waiting[r.CorrelationID]
 	c.mu.Unlock()
 	switch {
+	case w == nil && !strings.HasPrefix(r.CorrelationID, c.idPrefix):
+		return errNotOurs
 	case w == nil:
 		return fmt.Errorf("correlation_id %q: no command waiting for it (answered already, timed out, or never sent here)", r.CorrelationID)
 	case w.site != tp.Site || w.device != tp.Device:
@@ -387,10 +401,10 @@ func (c *Client) decodeReply(payload []byte) (wire.Reply, error) {
 	return r, nil
 }
 
-func newID() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return "fleet-" + hex.EncodeToString(b[:])
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // IdentityVisits asks the device for one identity's visits (identity_visits)

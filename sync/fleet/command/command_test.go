@@ -164,7 +164,8 @@ func TestClientSignsResendsAndIgnoresForgedReplies(t *testing.T) {
 	dev.publish(t, base, noSeq)
 	dev.publish(t, base, reply("lyon-07", "atm-1", cmd.MessageID, wire.CmdPing, genuine))
 	dev.publish(t, base, first) // a signed command is no reply
-	dev.publish(t, base, reply("lyon-07", "atm-1", "fleet-000000000000000000000000", cmd.Command, genuine))
+	dev.publish(t, base, reply("lyon-07", "atm-1", cmd.MessageID[:len(cmd.MessageID)-4]+"0000", cmd.Command, genuine))
+	dev.publish(t, base, reply("lyon-07", "atm-1", "c-of-atm-tools", cmd.Command, genuine)) // another sender's: not counted as ignored
 	forged := genuine
 	forged.Visits = nil
 	forged.Total = 0
@@ -181,7 +182,7 @@ func TestClientSignsResendsAndIgnoresForgedReplies(t *testing.T) {
 	}
 	fleettest.WaitFor(t, 5*time.Second, "8 replies ignored", func() bool { return c.Stats().Ignored == 8 })
 	st := c.Stats()
-	if st.Sent != 1 || st.Resent < 1 || st.Answered != 1 || st.InFlight != 0 {
+	if st.Sent != 1 || st.Resent < 1 || st.Answered != 1 || st.InFlight != 0 || st.Others != 1 {
 		t.Errorf("stats %+v", st)
 	}
 	for i, cp := range dev.copies() {
