@@ -304,7 +304,10 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 			// Audited whatever the request's fate from here: a client
 			// gone does not unmake what the device did.
 			c.At = s.now().UTC()
-			if aerr := s.store.RecordCorrection(context.WithoutCancel(r.Context()), c); aerr != nil {
+			actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			aerr := s.store.RecordCorrection(actx, c)
+			cancel()
+			if aerr != nil {
 				s.fail(w, r, fmt.Errorf("the device answered (%s), but the audit log could not record it: %w", storage.CorrectionNote(c), aerr))
 				return
 			}
