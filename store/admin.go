@@ -54,18 +54,22 @@ func (s *Store) Purge(ctx context.Context, before time.Time) (int, error) {
 				keys = append(keys, bytes.Clone(k))
 			}
 			touched := map[string]bool{}
+			gone := map[string]bool{}
 			for _, k := range keys {
-				id, err := s.deleteVisit(tx, k)
+				id, vid, err := s.deleteVisit(tx, k)
 				if err != nil {
 					return err
 				}
-				touched[id] = true
+				touched[id], gone[vid] = true, true
 				n++
 			}
 			if n > 0 {
 				if err := s.markCompactPending(tx, CompactAfterPurge); err != nil {
 					return err
 				}
+			}
+			if err := pruneConstraints(tx, gone); err != nil {
+				return err
 			}
 			return s.refreshOrDrop(tx, touched)
 		})
@@ -100,28 +104,29 @@ func (s *Store) Purge(ctx context.Context, before time.Time) (int, error) {
 }
 
 // deleteVisit removes one visit, its template and its index entries,
-// returning its identity.
-func (s *Store) deleteVisit(tx *bolt.Tx, k []byte) (string, error) {
+// returning its identity and its id (the caller prunes the constraints
+// naming it, pruneConstraints).
+func (s *Store) deleteVisit(tx *bolt.Tx, k []byte) (identity, visitID string, err error) {
 	vb := tx.Bucket(bVisits)
 	v, err := s.decodeVisit(tx, k, vb.Get(k), false)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	if err := vb.Delete(k); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if err := tx.Bucket(bTemplates).Delete(k); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if err := tx.Bucket(bVisitIDs).Delete([]byte(v.ID)); err != nil {
-		return "", err
+		return "", "", err
 	}
 	if v.IdentityID != "" {
 		if err := tx.Bucket(bIdentityVisits).Delete(identityIndexKey(v.IdentityID, k)); err != nil {
-			return "", err
+			return "", "", err
 		}
 	}
-	return v.IdentityID, nil
+	return v.IdentityID, v.ID, nil
 }
 
 // refreshOrDrop recomputes derived identity fields and deletes identities
@@ -216,16 +221,22 @@ func (s *Store) purgeIdentity(ctx context.Context, id string) (int, error) {
 		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
 			keys = append(keys, bytes.Clone(k[len(p):]))
 		}
+		gone := map[string]bool{}
 		for _, k := range keys {
-			if _, err := s.deleteVisit(tx, k); err != nil {
+			_, vid, err := s.deleteVisit(tx, k)
+			if err != nil {
 				return err
 			}
+			gone[vid] = true
 			n++
 		}
 		if n > 0 {
 			if err := s.markCompactPending(tx, CompactAfterPurge); err != nil {
 				return err
 			}
+		}
+		if err := pruneConstraints(tx, gone); err != nil {
+			return err
 		}
 		if err := tx.Bucket(bIdentities).Delete([]byte(id)); err != nil {
 			return err
@@ -305,7 +316,9 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		st.OutboxSeq = getU64(meta, kOutboxSeq)
 		st.CompactionPending = readPending(tx)
 		for _, name := range allBuckets {
-			st.Buckets[string(name)] = tx.Bucket(name).Stats().KeyN
+			if b := tx.Bucket(name); b != nil { // an older schema opened read-only
+				st.Buckets[string(name)] = b.Stats().KeyN
+			}
 		}
 		c := tx.Bucket(bVisits).Cursor()
 		if k, _ := c.First(); k != nil {
@@ -379,8 +392,9 @@ type exportVisit struct {
 }
 
 // Export writes the database as JSON lines, one object per line with a
-// "type" field: "meta" first, then every "identity", "visit" (oldest first)
-// and "alert". The outbox is not exported.
+// "type" field: "meta" first, then every "identity", "visit" (oldest first),
+// "alert" and "constraint" (an analyst's correction). The outbox is not
+// exported.
 func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) error {
 	bw := bufio.NewWriter(w)
 	enc := json.NewEncoder(bw)
@@ -425,7 +439,7 @@ func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) err
 		}); err != nil {
 			return err
 		}
-		return tx.Bucket(bAlerts).ForEach(func(_, v []byte) error {
+		if err := tx.Bucket(bAlerts).ForEach(func(_, v []byte) error {
 			var a visit.Alert
 			if err := json.Unmarshal(v, &a); err != nil {
 				return err
@@ -434,6 +448,22 @@ func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) err
 				Type string `json:"type"`
 				visit.Alert
 			}{"alert", a})
+		}); err != nil {
+			return err
+		}
+		cb := tx.Bucket(bConstraints)
+		if cb == nil { // an older schema opened read-only
+			return nil
+		}
+		return cb.ForEach(func(_, v []byte) error {
+			var c record.Constraint
+			if err := json.Unmarshal(v, &c); err != nil {
+				return err
+			}
+			return enc.Encode(struct {
+				Type string `json:"type"`
+				record.Constraint
+			}{"constraint", c})
 		})
 	})
 	if err != nil {

@@ -273,6 +273,8 @@ type records struct {
 	outbox     map[uint64]*outboxRec
 	coalesce   map[string]uint64
 	superseded map[uint64]bool
+	// constraints by id (decoded: salvage prunes them to the visits kept).
+	constraints map[string]record.Constraint
 
 	good, bad map[string]int // records per bucket
 	rejected  []string       // why records were rejected (salvage)
@@ -316,7 +318,7 @@ func newRecords(keep bool, aead cipher.AEAD) *records {
 		meta: map[string][]byte{}, visits: map[string]*visitRec{}, templates: map[string][]byte{},
 		visitIDs: map[string]string{}, idxEntries: map[string]bool{}, identities: map[string]*identRec{},
 		alerts: map[string]*alertRec{}, alertLast: map[string]string{}, outbox: map[uint64]*outboxRec{},
-		coalesce: map[string]uint64{}, superseded: map[uint64]bool{},
+		coalesce: map[string]uint64{}, superseded: map[uint64]bool{}, constraints: map[string]record.Constraint{},
 		good: map[string]int{}, bad: map[string]int{}, buckets: map[string]bool{}}
 }
 
@@ -498,6 +500,18 @@ func (r *records) decode(bucket string, k, v []byte) string {
 			return "not an outbox key"
 		}
 		r.superseded[binary.BigEndian.Uint64(k)] = true
+	case string(bConstraints):
+		var c record.Constraint
+		if err := decodeStrict(v, &c); err != nil {
+			return err.Error()
+		}
+		if c.ID != string(k) {
+			return fmt.Sprintf("record names constraint %q", c.ID)
+		}
+		if err := c.Check(); err != nil {
+			return err.Error()
+		}
+		r.constraints[c.ID] = c
 	}
 	return ""
 }
@@ -623,6 +637,17 @@ func (r *records) crossCheck(rep *CheckReport) {
 		if ir.count != counts[id] {
 			rep.problem("identity %q: count %d, but %d visits are indexed for it", id, ir.count, counts[id])
 		}
+	}
+	stored := make(map[string]bool, len(r.visits))
+	for _, v := range r.visits {
+		stored[v.id] = true
+	}
+	for _, id := range sortedKeys(r.constraints) {
+		r.constraints[id].Visits(func(v string) {
+			if !stored[v] {
+				rep.problem("constraint %s: names visit %s, which is not stored (retention and purges drop it from constraints)", id, v)
+			}
+		})
 	}
 	for k, id := range r.alertLast {
 		if r.alerts[id] == nil {

@@ -105,6 +105,16 @@ func (s *Store) CommitVisit(ctx context.Context, c record.Commit) (record.Commit
 				return err
 			}
 		}
+		for _, id := range c.DeleteConstraints {
+			if err := tx.Bucket(bConstraints).Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		for _, k := range c.Constraints {
+			if err := putConstraint(tx, k); err != nil {
+				return err
+			}
+		}
 		if err := s.hook("deletes"); err != nil {
 			return err
 		}

@@ -329,6 +329,23 @@ func (s *Store) writeSalvaged(ctx context.Context, r *records, rep *SalvageRepor
 		if err := putU64(meta, kOutboxCount, uint64(len(keys))); err != nil {
 			return err
 		}
+		// Constraints, without the visits not kept; one left constraining
+		// nothing goes.
+		for _, id := range sortedKeys(r.constraints) {
+			c, changed, keep := r.constraints[id].Prune(func(v string) bool { return !seenIDs[v] })
+			if !keep {
+				rep.Skipped[string(bConstraints)]++
+				rep.Problems = append(rep.Problems, fmt.Sprintf("constraint %s: dropped, its visits were not kept", id))
+				continue
+			}
+			if changed {
+				rep.Problems = append(rep.Problems, fmt.Sprintf("constraint %s: visits not kept were removed from it", id))
+			}
+			if err := putConstraint(tx, c); err != nil {
+				return err
+			}
+			rep.Kept[string(bConstraints)]++
+		}
 		return putU64(meta, kOutboxBytes, size)
 	})
 }

@@ -22,6 +22,8 @@
 //	outbox:             be64(key) -> encoded OutboxMessage (codec.go)
 //	outbox_coalesce:    coalesce key -> be64(newest outbox key with that key)
 //	outbox_superseded:  be64(key) -> empty, for unsent messages replaced by a newer one
+//	constraints:        constraint id -> record.Constraint JSON: analysts'
+//	                    corrections that consolidation respects (schema >= 3)
 //
 // Counters are plain big-endian uint64 values in meta (not bucket sequences)
 // so that they survive Compact unchanged.
@@ -72,9 +74,10 @@ var (
 	bOutbox           = []byte("outbox")
 	bOutboxCoalesce   = []byte("outbox_coalesce")
 	bOutboxSuperseded = []byte("outbox_superseded")
+	bConstraints      = []byte("constraints")
 
 	allBuckets = [][]byte{bMeta, bVisits, bVisitIDs, bIdentityVisits, bIdentities,
-		bAlerts, bAlertLast, bOutbox, bOutboxCoalesce, bOutboxSuperseded, bTemplates}
+		bAlerts, bAlertLast, bOutbox, bOutboxCoalesce, bOutboxSuperseded, bTemplates, bConstraints}
 )
 
 var (
@@ -106,6 +109,13 @@ var migrations = []func(tx *bolt.Tx) error{
 	},
 	// 1 -> 2: templates move out of the visit records into their own bucket.
 	migrateTemplates,
+	// 2 -> 3: analysts' corrections (split_visits, merge_identities).
+	func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bConstraints); err != nil {
+			return fmt.Errorf("create bucket %s: %w", bConstraints, err)
+		}
+		return nil
+	},
 }
 
 // errMigrateMore: the step made progress and must run again in a new

@@ -281,7 +281,7 @@ func TestMigrateTemplatesFromSchema1(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer s.Close()
-			if st, _ := s.Stats(ctx); st.SchemaVersion != 2 || st.Buckets["templates"] != 32 || st.Buckets["visits"] != 40 {
+			if st, _ := s.Stats(ctx); st.SchemaVersion != SchemaVersion() || st.Buckets["templates"] != 32 || st.Buckets["visits"] != 40 {
 				t.Fatalf("after migration: schema %d, buckets %v", st.SchemaVersion, st.Buckets)
 			}
 			for _, want := range all {

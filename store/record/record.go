@@ -6,6 +6,7 @@ package record
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
@@ -48,8 +49,8 @@ type NewAlert struct {
 }
 
 // Commit is everything one state change writes, in one transaction, in this
-// order: identity upserts, the visit, relabels, identity deletions, alerts,
-// outbox messages, then the outbox bound policy. Every field is optional.
+// order: identity upserts, the visit, relabels, identity deletions,
+// constraints, alerts, outbox messages, then the outbox bound policy. Every field is optional.
 type Commit struct {
 	// Visit is stored when non-nil. The store assigns ID (when empty) and Seq
 	// (when zero, from the per-device visit counter); Time must be set.
@@ -66,6 +67,11 @@ type Commit struct {
 	Alerts           []NewAlert
 	// Outbox messages to enqueue; Key and Seq are assigned here.
 	Outbox []visit.OutboxMessage
+	// Constraints are stored (replacing one of the same ID) after the
+	// relabels and DeleteConstraints removed; every visit a constraint
+	// names must be stored, or the commit fails.
+	Constraints       []Constraint
+	DeleteConstraints []string
 }
 
 // CommitResult says what a commit wrote.
@@ -84,4 +90,95 @@ type CommitResult struct {
 	MissingRelabels []string
 	// Dropped counts messages the bound policy dropped in this commit, by kind.
 	Dropped map[string]uint64
+}
+
+// Constraint kinds.
+const (
+	// ConstraintApart: no visit of A is ever grouped with a visit of B (an
+	// analyst's split: A the visits moved off, B those that stayed).
+	ConstraintApart = "apart"
+	// ConstraintTogether: the visits of A always stay in one identity (an
+	// analyst's merge); B is empty.
+	ConstraintTogether = "together"
+)
+
+// Constraint is an analyst's correction of the identity engine's grouping,
+// which consolidation respects from then on. It names visits, not
+// identities: identity ids change with consolidation, visits do not. A
+// constraint whose visits are deleted (retention, purge_identity) shrinks
+// with them and goes once it constrains nothing (Prune).
+type Constraint struct {
+	ID      string    `json:"id"`
+	Kind    string    `json:"kind"`
+	Created time.Time `json:"created"`
+	A       []string  `json:"a"`
+	B       []string  `json:"b,omitempty"`
+}
+
+// Check says whether c is well formed and constrains something: apart
+// needs a visit on each side and no visit on both, together two visits and
+// no B.
+func (c Constraint) Check() error {
+	if c.ID == "" {
+		return errors.New("constraint: empty id")
+	}
+	seen := map[string]int{}
+	for side, vs := range [][]string{c.A, c.B} {
+		for _, v := range vs {
+			if v == "" {
+				return fmt.Errorf("constraint %s: empty visit id", c.ID)
+			}
+			if s, dup := seen[v]; dup {
+				if s != side {
+					return fmt.Errorf("constraint %s: visit %s on both sides", c.ID, v)
+				}
+				return fmt.Errorf("constraint %s: visit %s twice", c.ID, v)
+			}
+			seen[v] = side
+		}
+	}
+	switch c.Kind {
+	case ConstraintApart:
+		if len(c.A) == 0 || len(c.B) == 0 {
+			return fmt.Errorf("constraint %s: apart needs visits on both sides", c.ID)
+		}
+	case ConstraintTogether:
+		if len(c.A) < 2 || len(c.B) > 0 {
+			return fmt.Errorf("constraint %s: together needs two visits or more, and no second side", c.ID)
+		}
+	default:
+		return fmt.Errorf("constraint %s: unknown kind %q", c.ID, c.Kind)
+	}
+	return nil
+}
+
+// Visits calls f for every visit c names.
+func (c Constraint) Visits(f func(visitID string)) {
+	for _, vs := range [][]string{c.A, c.B} {
+		for _, v := range vs {
+			f(v)
+		}
+	}
+}
+
+// Prune returns c without the visits gone says are gone; changed reports
+// that some were, keep that what is left still constrains something.
+func (c Constraint) Prune(gone func(visitID string) bool) (out Constraint, changed, keep bool) {
+	out = c
+	out.A, out.B = nil, nil
+	for _, v := range c.A {
+		if !gone(v) {
+			out.A = append(out.A, v)
+		}
+	}
+	for _, v := range c.B {
+		if !gone(v) {
+			out.B = append(out.B, v)
+		}
+	}
+	changed = len(out.A) != len(c.A) || len(out.B) != len(c.B)
+	if !changed {
+		out = c
+	}
+	return out, changed, out.Check() == nil
 }

@@ -1,0 +1,265 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/periocular/atm-agent/store/record"
+)
+
+func constraints(t testing.TB, s *Store) map[string]record.Constraint {
+	t.Helper()
+	cs, err := s.Constraints(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]record.Constraint{}
+	for _, c := range cs {
+		out[c.ID] = c
+	}
+	return out
+}
+
+// Constraints are stored with the commit, survive a reopen, are replaced
+// and deleted by id, and one naming a visit that is not stored fails the
+// whole commit.
+func TestConstraintsCommitReopen(t *testing.T) {
+	ctx := context.Background()
+	s, path := openTest(t, Options{Now: (&clock{t0.Add(time.Hour)}).Now})
+	for i, v := range []string{"v1", "v2", "v3", "v4"} {
+		commitFace(t, s, v, t0.Add(time.Duration(i)*time.Minute), "A")
+	}
+	apart := record.Constraint{ID: "k1", Kind: record.ConstraintApart, Created: t0, A: []string{"v1"}, B: []string{"v2", "v3"}}
+	together := record.Constraint{ID: "k2", Kind: record.ConstraintTogether, Created: t0, A: []string{"v3", "v4"}}
+	if _, err := s.CommitVisit(ctx, record.Commit{Constraints: []record.Constraint{apart, together}}); err != nil {
+		t.Fatal(err)
+	}
+	// Unknown visit: refused, and the relabel of the same commit is not
+	// applied either.
+	bad := record.Constraint{ID: "k3", Kind: record.ConstraintApart, A: []string{"v1"}, B: []string{"nope"}}
+	_, err := s.CommitVisit(ctx, record.Commit{Relabels: []record.Relabel{{VisitID: "v4", IdentityID: "B"}},
+		Identities: []record.Identity{{ID: "B", Status: "pending"}}, Constraints: []record.Constraint{bad}})
+	if !errors.Is(err, ErrNotFound) {
+		t.Fatalf("constraint naming an unknown visit: %v, want ErrNotFound", err)
+	}
+	if v, _ := s.Visit(ctx, "v4"); v.IdentityID != "A" {
+		t.Errorf("failed commit moved v4 to %q", v.IdentityID)
+	}
+	for _, c := range []record.Constraint{
+		{ID: "k4", Kind: record.ConstraintApart, A: []string{"v1"}},
+		{ID: "k5", Kind: record.ConstraintTogether, A: []string{"v1"}},
+		{ID: "k6", Kind: record.ConstraintApart, A: []string{"v1"}, B: []string{"v1"}},
+		{ID: "k7", Kind: "maybe", A: []string{"v1", "v2"}},
+	} {
+		if _, err := s.CommitVisit(ctx, record.Commit{Constraints: []record.Constraint{c}}); err == nil {
+			t.Errorf("malformed constraint %+v stored", c)
+		}
+	}
+	s.Close()
+	s, err = Open(path, Options{Now: (&clock{t0.Add(time.Hour)}).Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got := constraints(t, s)
+	if len(got) != 2 || !reflect.DeepEqual(got["k1"].B, apart.B) || !reflect.DeepEqual(got["k2"].A, together.A) || !got["k1"].Created.Equal(t0) {
+		t.Fatalf("after reopen: %+v", got)
+	}
+	apart.B = []string{"v2"}
+	if _, err := s.CommitVisit(ctx, record.Commit{Constraints: []record.Constraint{apart}, DeleteConstraints: []string{"k2"}}); err != nil {
+		t.Fatal(err)
+	}
+	got = constraints(t, s)
+	if len(got) != 1 || !reflect.DeepEqual(got["k1"].B, []string{"v2"}) {
+		t.Fatalf("after replace and delete: %+v", got)
+	}
+}
+
+// Retention and purge_identity remove the visits they delete from the
+// constraints, and drop the constraints left constraining nothing; db
+// check finds the file sound after each.
+func TestConstraintsPrunedWithVisits(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t0}
+	s, path := openTest(t, Options{Now: clk.Now, Retention: 24 * time.Hour})
+	commitFace(t, s, "old1", t0, "A")
+	commitFace(t, s, "old2", t0.Add(time.Minute), "B")
+	commitFace(t, s, "new1", t0.Add(48*time.Hour), "A")
+	commitFace(t, s, "new2", t0.Add(49*time.Hour), "B")
+	commitFace(t, s, "new3", t0.Add(50*time.Hour), "C")
+	cs := []record.Constraint{
+		// Loses old1: still apart (new1 | new2).
+		{ID: "shrinks", Kind: record.ConstraintApart, A: []string{"old1", "new1"}, B: []string{"new2"}},
+		// Loses its only A visit: gone.
+		{ID: "emptied", Kind: record.ConstraintApart, A: []string{"old2"}, B: []string{"new1"}},
+		// Loses one of two: together with one visit constrains nothing.
+		{ID: "single", Kind: record.ConstraintTogether, A: []string{"old1", "new2"}},
+		// Untouched by retention; purge_identity C takes new3.
+		{ID: "purged", Kind: record.ConstraintApart, A: []string{"new3"}, B: []string{"new1", "new2"}},
+	}
+	if _, err := s.CommitVisit(ctx, record.Commit{Constraints: cs}); err != nil {
+		t.Fatal(err)
+	}
+	clk.t = t0.Add(50 * time.Hour)
+	n, err := s.PurgeExpired(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("purge: %d, %v", n, err)
+	}
+	got := constraints(t, s)
+	if len(got) != 2 || !reflect.DeepEqual(got["shrinks"].A, []string{"new1"}) || got["purged"].ID == "" {
+		t.Fatalf("after retention: %+v", got)
+	}
+	s = checkOK(t, s, path)
+	if _, err := s.PurgeIdentity(ctx, "C"); err != nil {
+		t.Fatal(err)
+	}
+	got = constraints(t, s)
+	if len(got) != 1 || got["shrinks"].ID == "" {
+		t.Fatalf("after purge_identity: %+v", got)
+	}
+	checkOK(t, s, path)
+}
+
+// checkOK closes s, checks its file and opens it again.
+func checkOK(t *testing.T, s *Store, path string) *Store {
+	t.Helper()
+	opts := s.opts
+	s.Close()
+	rep, err := CheckFile(context.Background(), path, CheckOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Fatalf("db check: %v", rep.Problems)
+	}
+	if rep.Records[string(bConstraints)] == 0 {
+		t.Errorf("db check counted no constraint: %v", rep.Records)
+	}
+	s2, err := Open(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s2.Close() })
+	return s2
+}
+
+// db check reports a constraint naming a visit that is not stored; salvage
+// keeps the constraints, without the visits it could not keep; export
+// writes them as "constraint" lines.
+func TestConstraintsCheckSalvageExport(t *testing.T) {
+	ctx := context.Background()
+	s, path := openTest(t, Options{Now: (&clock{t0}).Now})
+	commitFace(t, s, "v1", t0, "A")
+	commitFace(t, s, "v2", t0.Add(time.Minute), "B")
+	commitFace(t, s, "v3", t0.Add(2*time.Minute), "B")
+	c := record.Constraint{ID: "k1", Kind: record.ConstraintApart, Created: t0, A: []string{"v1"}, B: []string{"v2", "v3"}}
+	if _, err := s.CommitVisit(ctx, record.Commit{Constraints: []record.Constraint{c}}); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := s.Export(ctx, &out, ExportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `{"type":"constraint","id":"k1","kind":"apart"`) {
+		t.Errorf("export has no constraint line:\n%s", out.String())
+	}
+	s.Close()
+
+	// A constraint naming a visit that is not stored (written behind the
+	// store's back).
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stray := record.Constraint{ID: "k2", Kind: record.ConstraintApart, A: []string{"v1"}, B: []string{"ghost"}}
+	j, _ := json.Marshal(stray)
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bConstraints).Put([]byte("k2"), j) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	rep, err := CheckFile(ctx, path, CheckOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK() || !strings.Contains(strings.Join(rep.Problems, "\n"), "constraint k2: names visit ghost") {
+		t.Fatalf("db check problems %v, want the stray visit", rep.Problems)
+	}
+
+	dst := filepath.Join(t.TempDir(), "salvaged.db")
+	srep, err := Salvage(ctx, path, dst, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srep.Kept[string(bConstraints)] != 1 || srep.Skipped[string(bConstraints)] != 1 {
+		t.Errorf("salvage kept %v skipped %v constraints", srep.Kept, srep.Skipped)
+	}
+	s2, err := Open(dst, Options{Now: (&clock{t0}).Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	got := constraints(t, s2)
+	if len(got) != 1 || !reflect.DeepEqual(got["k1"].B, c.B) {
+		t.Fatalf("salvaged constraints %+v", got)
+	}
+}
+
+// A schema-2 file (before constraints) is migrated by a writing open, and
+// read by a read-only one (stats, export, constraints) without the bucket.
+func TestConstraintsSchemaMigration(t *testing.T) {
+	ctx := context.Background()
+	s, path := openTest(t, Options{})
+	commitFace(t, s, "v1", t0, "A")
+	s.Close()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bConstraints); err != nil {
+			return err
+		}
+		return putU64(tx.Bucket(bMeta), kSchema, 2)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	ro, err := Open(path, Options{ReadOnly: true, NoCreate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := ro.Stats(ctx); err != nil || st.SchemaVersion != 2 {
+		t.Errorf("read-only stats of schema 2: %+v, %v", st, err)
+	}
+	if cs, err := ro.Constraints(ctx); err != nil || len(cs) != 0 {
+		t.Errorf("read-only constraints of schema 2: %v, %v", cs, err)
+	}
+	if err := ro.Export(ctx, &bytes.Buffer{}, ExportOptions{}); err != nil {
+		t.Errorf("read-only export of schema 2: %v", err)
+	}
+	ro.Close()
+
+	s, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if st, err := s.Stats(ctx); err != nil || st.SchemaVersion != 3 || SchemaVersion() != 3 || st.Buckets[string(bConstraints)] != 0 {
+		t.Fatalf("after migration: %+v, %v (build %d), want schema 3 with an empty constraints bucket", st, err, SchemaVersion())
+	}
+	commitFace(t, s, "v2", t0.Add(time.Minute), "B")
+	if _, err := s.CommitVisit(ctx, record.Commit{Constraints: []record.Constraint{
+		{ID: "k1", Kind: record.ConstraintApart, A: []string{"v1"}, B: []string{"v2"}}}}); err != nil {
+		t.Fatalf("constraint after migration: %v", err)
+	}
+}
