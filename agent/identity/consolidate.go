@@ -60,7 +60,7 @@ func (p *Plan) Visits() int { return len(p.labels) }
 func (e *Engine) ConsolidatePlan(ctx context.Context) (*Plan, error) {
 	sp, groups := e.beginPlan()
 	defer e.endPlan()
-	labels, err := sp.consolidate(ctx, groups.members, e.cfg.Workers)
+	labels, err := sp.consolidate(ctx, groups.members, groups.cons, e.cfg.Workers)
 	if err != nil {
 		return nil, fmt.Errorf("consolidate: %w", err)
 	}
@@ -72,6 +72,7 @@ func (e *Engine) ConsolidatePlan(ctx context.Context) (*Plan, error) {
 type planGroups struct {
 	members [][]int32
 	gen     uint64
+	cons    planConstraints
 }
 
 // beginPlan takes a plan's view under the lock and registers it as in
@@ -82,7 +83,7 @@ func (e *Engine) beginPlan() (*space, planGroups) {
 	sp, groups, gen := e.planView()
 	e.planning++
 	e.planRead = max(e.planRead, sp.n())
-	return sp, planGroups{groups, gen}
+	return sp, planGroups{groups, gen, e.resolveConstraints()}
 }
 
 func (e *Engine) endPlan() {
@@ -190,7 +191,7 @@ func (e *Engine) Consolidate(ctx context.Context) ([]Change, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	sp, groups, gen := e.planView()
-	labels, err := sp.consolidate(ctx, groups, e.cfg.Workers)
+	labels, err := sp.consolidate(ctx, groups, e.resolveConstraints(), e.cfg.Workers)
 	if err != nil {
 		return nil, fmt.Errorf("consolidate: %w", err)
 	}
@@ -201,8 +202,10 @@ func (e *Engine) Consolidate(ctx context.Context) ([]Change, error) {
 }
 
 // consolidate returns a label per member: level 1 within groups, level 2
-// across them.
-func (s *space) consolidate(ctx context.Context, groups [][]int32, workers int) ([]int, error) {
+// across them. The analysts' constraints hold throughout: the visits of a
+// together constraint are one group from level 1 on, and level 2 never
+// joins groups holding the two sides of an apart one.
+func (s *space) consolidate(ctx context.Context, groups [][]int32, pc planConstraints, workers int) ([]int, error) {
 	n := s.n()
 	if n == 0 {
 		return nil, nil
@@ -214,7 +217,7 @@ func (s *space) consolidate(ctx context.Context, groups [][]int32, workers int) 
 	if err != nil {
 		return nil, err
 	}
-	return s.sumHAC(ctx, l1, workers)
+	return s.sumHAC(ctx, joinTogether(l1, pc.together), pc.apart, workers)
 }
 
 // level1Chunk bounds the members level 1 compares at once. An identity with
@@ -307,6 +310,7 @@ type sgroup struct {
 	cnt     [2]int
 	sum     [2][]float32 // nil when the class is empty; may alias a slab row
 	own     [2]bool      // sum was allocated here (may be added to in place)
+	apart   apartTags    // sides of apart constraints held (nil: none)
 	ver     uint32
 	alive   bool
 	nbr     map[int32]struct{}
@@ -333,8 +337,9 @@ func pairCuts(nb int, exact bool) []int16 {
 	return t
 }
 
-// sumHAC runs level 2 on the clusters of l1 and returns final labels.
-func (s *space) sumHAC(ctx context.Context, l1 []int, workers int) ([]int, error) {
+// sumHAC runs level 2 on the clusters of l1 and returns final labels. It
+// never joins two groups holding the two sides of an apart constraint.
+func (s *space) sumHAC(ctx context.Context, l1 []int, apart [][2][]int32, workers int) ([]int, error) {
 	k := 0
 	for _, l := range l1 {
 		k = max(k, l+1)
@@ -342,6 +347,17 @@ func (s *space) sumHAC(ctx context.Context, l1 []int, workers int) ([]int, error
 	gs := make([]sgroup, k)
 	for i, l := range l1 {
 		gs[l].members = append(gs[l].members, int32(i))
+	}
+	for c, sides := range apart {
+		for side, ms := range sides {
+			for _, i := range ms {
+				G := &gs[l1[i]]
+				if G.apart == nil {
+					G.apart = apartTags{}
+				}
+				G.apart[int32(c)] |= 1 << side
+			}
+		}
 	}
 	var ent [2]sentries
 	for g := range gs {
@@ -422,7 +438,7 @@ func (s *space) sumHAC(ctx context.Context, l1 []int, workers int) ([]int, error
 		}
 		top := heap.Pop(h).(hentry)
 		ga, gb := &gs[top.a], &gs[top.b]
-		if !ga.alive || !gb.alive || ga.ver != top.va || gb.ver != top.vb {
+		if !ga.alive || !gb.alive || ga.ver != top.va || gb.ver != top.vb || ga.apart.conflicts(gb.apart) {
 			continue
 		}
 		keep, gone := top.a, top.b
@@ -444,6 +460,12 @@ func (s *space) sumHAC(ctx context.Context, l1 []int, workers int) ([]int, error
 			gk.cnt[c] += gg.cnt[c]
 		}
 		gk.members = append(gk.members, gg.members...)
+		for c, side := range gg.apart {
+			if gk.apart == nil {
+				gk.apart = apartTags{}
+			}
+			gk.apart[c] |= side
+		}
 		delete(gk.nbr, gone)
 		for x := range gg.nbr {
 			delete(gs[x].nbr, gone)

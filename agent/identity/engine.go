@@ -127,6 +127,9 @@ type Engine struct {
 	// after a truncation, by the next Assign) while planning > 0.
 	planning int
 	planRead int
+	// cons are the analysts' corrections consolidation respects
+	// (SetConstraints).
+	cons []Constraint
 }
 
 // Option configures an Engine.
