@@ -78,6 +78,8 @@ type Store interface {
 	PurgeExpired(ctx context.Context) (int, error)
 	PurgeIdentity(ctx context.Context, id string) (int, error)
 	Retention() time.Duration
+	// Constraints are the analysts' corrections consolidation respects.
+	Constraints(ctx context.Context) ([]record.Constraint, error)
 }
 
 // Clock is the agent's time source.
@@ -205,6 +207,9 @@ type Agent struct {
 	tasks   chan task
 
 	ran bool
+	// cons is the store's constraints (analysts' corrections); read and
+	// written on the worker only.
+	cons []record.Constraint
 }
 
 // Stats are the agent's counters since New.
@@ -220,6 +225,7 @@ type Stats struct {
 	Summaries     uint64
 	Consolidated  uint64 // consolidation runs
 	Relabelled    uint64 // visits moved by consolidation
+	Corrections   uint64 // analysts' splits and merges applied
 	Purged        uint64 // visits removed by retention
 	LastVisit     time.Time
 	LastBeat      time.Time
@@ -569,6 +575,10 @@ func (a *Agent) PurgeIdentity(ctx context.Context, id string) (int, error) {
 			return err
 		}
 		a.d.Identities.Remove(id)
+		// The store dropped the deleted visits from the constraints.
+		if err := a.loadConstraints(ctx); err != nil {
+			a.log.Error("purge identity", "err", err)
+		}
 		return nil
 	})
 	return n, err

@@ -203,6 +203,12 @@ func (a *Agent) purge(ctx context.Context) {
 		// engine forgets them too.
 	}
 	gone := a.d.Identities.Forget(a.clk.Now().Add(-a.d.Store.Retention()))
+	if n > 0 {
+		// The store dropped the deleted visits from the constraints.
+		if err := a.loadConstraints(ctx); err != nil {
+			a.log.Error("retention purge", "err", err)
+		}
+	}
 	a.count(func(s *Stats) { s.Purged += uint64(n) })
 	a.obs.Purged(n)
 	if n > 0 || len(gone) > 0 {
@@ -355,6 +361,20 @@ func (a *Agent) HandleCommand(ctx context.Context, cmd wire.Command) (any, error
 			return nil, err
 		}
 		return map[string]any{"identity": cmd.Args.ID, "visits_removed": n}, nil
+	case wire.CmdIdentityVisits:
+		return result(a.IdentityVisits(ctx, cmd.Args.ID))
+	case wire.CmdSplitVisits:
+		return result(a.SplitVisits(ctx, cmd.Args.ID, cmd.Args.Visits))
+	case wire.CmdMergeIdentities:
+		return result(a.MergeIdentities(ctx, cmd.Args.ID, cmd.Args.Into))
 	}
 	return nil, fmt.Errorf("unsupported command %q", cmd.Command)
+}
+
+// result is a command's result, or none with its error.
+func result[T any](v T, err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
 }

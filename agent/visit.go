@@ -257,6 +257,9 @@ func (a *Agent) restore(ctx context.Context) error {
 	if err := a.d.Identities.Restore(snap); err != nil {
 		return err
 	}
+	if err := a.loadConstraints(ctx); err != nil {
+		return err
+	}
 	if skipped > 0 {
 		a.log.Warn("stored templates not restored (other model or dimension, or no identity record)", "visits", skipped)
 	}

@@ -53,6 +53,9 @@ func (o observers) CommitFailed(op string) { o.m.CommitFailed(op); o.other.Commi
 func (o observers) Purged(n int)           { o.m.Purged(n); o.other.Purged(n) }
 func (o observers) RuleFailed()            { o.m.RuleFailed() }
 func (o observers) Alerted(rule string)    { o.m.Alerted(rule) }
+func (o observers) Corrected(kind string, n int) {
+	o.m.Corrected(kind, n)
+}
 func (o observers) Consolidated(n int, d time.Duration) {
 	o.m.Consolidated(n, d)
 	o.other.Consolidated(n, d)

@@ -39,6 +39,7 @@ type metrics struct {
 	consDur   promtext.Histogram
 	purged    promtext.Counter
 	ruleErr   promtext.Counter
+	corrected *promtext.CounterVec
 }
 
 // extraMetrics registers gauges read from other parts at scrape time.
@@ -49,7 +50,7 @@ var extraMetrics []func(reg *promtext.Registry)
 var stageNames = []string{"queue", "burst", "perceive", "assign", "rules", "commit"}
 
 // commitOps are the operations the agent commits (agent.commitResult).
-var commitOps = []string{"visit", "summary", "consolidate"}
+var commitOps = []string{"visit", "summary", "consolidate", "correction"}
 
 // newMetrics registers the agent's metrics. Every series of a known label
 // value (outcomes, stages, commit operations, the configured rules) is
@@ -75,6 +76,8 @@ func newMetrics(rules []string) *metrics {
 	m.moved = r.NewCounter("atm_agent_consolidation_moved_visits_total", "Visits relabelled by consolidation.")
 	m.consDur = r.NewHistogram("atm_agent_consolidation_seconds", "Duration of identity consolidation.", nil)
 	m.purged = r.NewCounter("atm_agent_purged_visits_total", "Visits removed by the retention purge.")
+	m.corrected = r.NewCounterVec("atm_agent_identity_corrections_total", "Analysts' corrections applied (split_visits, merge_identities), by kind.", "kind")
+	m.corrected.Init(agent.CorrectionSplit, agent.CorrectionMerge)
 	m.ruleErr = r.NewCounter("atm_agent_rule_errors_total", "Visits whose alert rules could not be evaluated (stored without their alerts).")
 	r.RegisterRuntime()
 	for _, f := range extraMetrics {
@@ -98,6 +101,9 @@ func (m *metrics) Coalesced()             { m.coalesced.Inc() }
 func (m *metrics) CommitFailed(op string) { m.commitErr.Inc(op) }
 func (m *metrics) Purged(n int)           { m.purged.Add(float64(n)) }
 func (m *metrics) RuleFailed()            { m.ruleErr.Inc() }
+func (m *metrics) Corrected(kind string, _ int) {
+	m.corrected.Inc(kind)
+}
 func (m *metrics) Consolidated(n int, d time.Duration) {
 	m.moved.Add(float64(n))
 	m.consDur.Observe(d.Seconds())

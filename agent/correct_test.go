@@ -1,0 +1,309 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/store"
+	"github.com/periocular/atm-agent/store/record"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+var (
+	cardA = strings.Repeat("a1", 32)
+	cardB = strings.Repeat("b2", 32)
+)
+
+func repeat4(d *Deps) {
+	d.Rules, _ = rules.New([]rules.Rule{{Name: "repeat4", Kind: rules.KindVisits, Threshold: 4, Window: time.Hour, Cooldown: time.Hour}})
+}
+
+// command runs one command as the MQTT handler does and returns the
+// result as the reply would carry it.
+func (h *harness) command(name wire.CommandName, args wire.CommandArgs) ([]byte, error) {
+	h.t.Helper()
+	res, err := h.ag.HandleCommand(context.Background(), wire.Command{Command: name, Args: args})
+	if err != nil {
+		if res != nil {
+			h.t.Errorf("%s failed with a result: %v", name, res)
+		}
+		return nil, err
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return b, nil
+}
+
+func (h *harness) review(id string) (wire.IdentityVisitsResult, []byte) {
+	h.t.Helper()
+	b, err := h.command(wire.CmdIdentityVisits, wire.CommandArgs{ID: id})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var r wire.IdentityVisitsResult
+	if err := json.Unmarshal(b, &r); err != nil {
+		h.t.Fatal(err)
+	}
+	return r, b
+}
+
+func (h *harness) identities() map[string]string {
+	h.t.Helper()
+	out := map[string]string{}
+	for _, v := range h.visits() {
+		out[v.ID] = v.IdentityID
+	}
+	return out
+}
+
+func (h *harness) constraints() []record.Constraint {
+	h.t.Helper()
+	cs, err := h.st.Constraints(context.Background())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return cs
+}
+
+// identity_visits lists an identity's visits newest first, cards numbered
+// within the reply, with similarities and no card hash or template.
+func TestReviewIdentityVisits(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	for i, c := range []string{cardA, cardB, cardA, ""} {
+		h.visit(scene{angle: float64(i)}, time.Minute, visit.Context{CardHash: c, TxnID: "T" + string(rune('1'+i))})
+	}
+	vs := h.visits()
+	x := vs[0].IdentityID
+	r, raw := h.review(x)
+	if r.Identity != x || r.Total != 4 || len(r.Visits) != 4 || len(r.Apart) != 0 {
+		t.Fatalf("review %s", raw)
+	}
+	wantCards := []int{0, 1, 2, 1} // newest first: no card, A, B, A
+	for i, rv := range r.Visits {
+		v := vs[3-i]
+		if rv.VisitID != v.ID || rv.TxnID != v.Context.TxnID || !rv.TS.Equal(v.Time) || rv.Card != wantCards[i] || rv.Corrected {
+			t.Errorf("visit %d: %+v, want %s card %d", i, rv, v.ID, wantCards[i])
+		}
+		if rv.Similarity == nil || *rv.Similarity < 0.99 || *rv.Similarity > 1 {
+			t.Errorf("visit %d: similarity %v", i, rv.Similarity)
+		}
+	}
+	for _, forbidden := range []string{cardA, cardB, "embedding", "card_hash"} {
+		if strings.Contains(string(raw), forbidden) {
+			t.Errorf("reply holds %q: %s", forbidden, raw)
+		}
+	}
+	if _, err := h.command(wire.CmdIdentityVisits, wire.CommandArgs{ID: "p-nobody"}); !errors.Is(err, ErrUnknownIdentity) {
+		t.Errorf("unknown identity: %v", err)
+	}
+}
+
+// split_visits moves visits to a new identity at once (store, counts,
+// alert rules), keeps them apart through consolidation and a restart, and
+// bad input changes nothing.
+func TestSplitVisitsCommand(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.db")
+	clk := &fixedClock{t: time.Date(2025, 3, 1, 9, 0, 0, 0, time.UTC)}
+	h := newHarnessWith(t, path, clk, Config{}, repeat4)
+	for i := range 4 {
+		h.visit(scene{angle: float64(i)}, time.Minute, visit.Context{})
+	}
+	h.visit(scene{angle: 90}, time.Minute, visit.Context{}) // someone else
+	vs := h.visits()
+	x, z := vs[0].IdentityID, vs[4].IdentityID
+	if x == z || vs[3].IdentityID != x {
+		t.Fatalf("setup: identities %v", h.identities())
+	}
+	if n := len(h.outbox()); n != 1 {
+		t.Fatalf("setup: %d alerts, want 1 (repeat4 at the 4th visit)", n)
+	}
+
+	before := h.identities()
+	for _, tc := range []struct {
+		name  string
+		args  wire.CommandArgs
+		want  error
+		words string
+	}{
+		{"unknown identity", wire.CommandArgs{ID: "p-nobody", Visits: []string{vs[0].ID}}, ErrUnknownIdentity, "p-nobody"},
+		{"unknown visit", wire.CommandArgs{ID: x, Visits: []string{vs[0].ID, "v-nope"}}, ErrUnknownVisit, "v-nope"},
+		{"another identity's visit", wire.CommandArgs{ID: x, Visits: []string{vs[0].ID, vs[4].ID}}, nil, "belongs to identity " + `"` + z + `"`},
+		{"all visits", wire.CommandArgs{ID: x, Visits: []string{vs[0].ID, vs[1].ID, vs[2].ID, vs[3].ID}}, nil, "at least one must stay"},
+	} {
+		_, err := h.command(wire.CmdSplitVisits, tc.args)
+		if err == nil || tc.want != nil && !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.words) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+	if after := h.identities(); !reflect.DeepEqual(before, after) || len(h.constraints()) != 0 || h.ag.Stats().Corrections != 0 {
+		t.Fatalf("refused splits changed something: %v -> %v, constraints %v", before, after, h.constraints())
+	}
+
+	moved := []string{vs[2].ID, vs[3].ID}
+	b, err := h.command(wire.CmdSplitVisits, wire.CommandArgs{ID: x, Visits: moved})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sr wire.SplitResult
+	json.Unmarshal(b, &sr)
+	y := sr.NewIdentity
+	if sr.Identity != x || y == "" || y == x || y == z || sr.VisitsMoved != 2 {
+		t.Fatalf("split result %s", b)
+	}
+	ids := h.identities()
+	if ids[vs[0].ID] != x || ids[vs[1].ID] != x || ids[vs[2].ID] != y || ids[vs[3].ID] != y {
+		t.Fatalf("after the split: %v", ids)
+	}
+	for id, n := range map[string]int{x: 2, y: 2} {
+		if rec, _ := h.st.Identity(context.Background(), id); rec.Count != 2 {
+			t.Errorf("identity %s count %d, want %d", id, rec.Count, n)
+		}
+	}
+	s := BuildSummary(wire.Envelope{}, clk.Now(), h.visits(), 10)
+	for _, ic := range s.Identities {
+		if (ic.ID == x || ic.ID == y) && ic.Visits.H1 != 2 {
+			t.Errorf("summary counts %s: %+v", ic.ID, ic.Visits)
+		}
+	}
+	rx, _ := h.review(x)
+	ry, _ := h.review(y)
+	if !reflect.DeepEqual(rx.Apart, []string{y}) || !reflect.DeepEqual(ry.Apart, []string{x}) {
+		t.Errorf("apart: %s %v, %s %v", x, rx.Apart, y, ry.Apart)
+	}
+	if !ry.Visits[0].Corrected || !ry.Visits[1].Corrected || rx.Visits[0].Corrected {
+		t.Errorf("corrected flags: x %+v, y %+v", rx.Visits, ry.Visits)
+	}
+	if st := h.ag.Stats(); st.Corrections != 1 {
+		t.Errorf("corrections %d", st.Corrections)
+	}
+
+	// The four visits are one face: consolidation would join them; the
+	// analyst's split holds, now and after a restart.
+	if err := h.ag.Consolidate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.identities(); !reflect.DeepEqual(got, ids) {
+		t.Fatalf("consolidation undid the split: %v", got)
+	}
+	h.close()
+	h = newHarnessWith(t, path, clk, Config{}, repeat4)
+	if err := h.ag.Consolidate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.identities(); !reflect.DeepEqual(got, ids) {
+		t.Fatalf("consolidation after a restart undid the split: %v", got)
+	}
+	// A new visit of the face is assigned normally.
+	h.visit(scene{angle: 1.5}, time.Minute, visit.Context{})
+	if nv := h.visits()[5]; nv.IdentityID != x && nv.IdentityID != y {
+		t.Fatalf("new visit assigned to %q", nv.IdentityID)
+	}
+
+	// purge_identity of the new identity leaves the split's constraint
+	// naming no visit on one side: it goes.
+	if _, err := h.command(wire.CmdPurgeIdentity, wire.CommandArgs{ID: y}); err != nil {
+		t.Fatal(err)
+	}
+	if cs := h.constraints(); len(cs) != 0 {
+		t.Fatalf("constraints after purging %s: %+v", y, cs)
+	}
+	if rx, _ := h.review(x); len(rx.Apart) != 0 {
+		t.Fatalf("apart after the purge: %v", rx.Apart)
+	}
+}
+
+// merge_identities joins two identities at once (an alert the joined
+// counts reach is raised), holds through consolidation (which would split
+// two faces) and replaces an earlier split's constraint.
+func TestMergeIdentitiesCommand(t *testing.T) {
+	h := newHarnessWith(t, "", nil, Config{}, repeat4)
+	for i := range 4 {
+		h.visit(scene{angle: float64(90 * (i % 2))}, time.Minute, visit.Context{})
+	}
+	vs := h.visits()
+	x, y := vs[0].IdentityID, vs[1].IdentityID
+	if x == y || len(h.outbox()) != 0 {
+		t.Fatalf("setup: %v, %d alerts", h.identities(), len(h.outbox()))
+	}
+	for _, args := range []wire.CommandArgs{{ID: "p-nobody", Into: x}, {ID: y, Into: "p-nobody"}} {
+		if _, err := h.command(wire.CmdMergeIdentities, args); !errors.Is(err, ErrUnknownIdentity) || !strings.Contains(err.Error(), "p-nobody") {
+			t.Errorf("merge %+v: %v", args, err)
+		}
+	}
+	b, err := h.command(wire.CmdMergeIdentities, wire.CommandArgs{ID: y, Into: x})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mr wire.MergeResult
+	json.Unmarshal(b, &mr)
+	if mr != (wire.MergeResult{Identity: x, Merged: y, VisitsMoved: 2}) {
+		t.Fatalf("merge result %s", b)
+	}
+	if _, err := h.st.Identity(context.Background(), y); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("merged identity still stored: %v", err)
+	}
+	if rec, _ := h.st.Identity(context.Background(), x); rec.Count != 4 {
+		t.Fatalf("count %d after the merge", rec.Count)
+	}
+	ob := h.outbox()
+	var a wire.Alert
+	if len(ob) != 1 || json.Unmarshal(ob[0].Payload, &a) != nil || a.IdentityID != x || a.Count != 4 {
+		t.Fatalf("after the merge: %d messages, alert %+v; want repeat4 for %s", len(ob), a, x)
+	}
+	// Two faces 90 degrees apart: consolidation alone would split them.
+	if err := h.ag.Consolidate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for v, id := range h.identities() {
+		if id != x {
+			t.Fatalf("consolidation moved %s to %s", v, id)
+		}
+	}
+	if cs := h.constraints(); len(cs) != 1 || cs[0].Kind != record.ConstraintTogether || len(cs[0].A) != 4 {
+		t.Fatalf("constraints %+v", cs)
+	}
+
+	// Split the other face off again: the split is newer than the merge.
+	b, err = h.command(wire.CmdSplitVisits, wire.CommandArgs{ID: x, Visits: []string{vs[1].ID, vs[3].ID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sr wire.SplitResult
+	json.Unmarshal(b, &sr)
+	kinds := map[string]int{}
+	for _, c := range h.constraints() {
+		kinds[c.Kind]++
+	}
+	if kinds[record.ConstraintApart] != 1 || kinds[record.ConstraintTogether] != 2 {
+		t.Fatalf("after merge then split: %+v", h.constraints())
+	}
+	// And merged again: the merge replaces the split's constraint.
+	if _, err := h.command(wire.CmdMergeIdentities, wire.CommandArgs{ID: sr.NewIdentity, Into: x}); err != nil {
+		t.Fatal(err)
+	}
+	cs := h.constraints()
+	if len(cs) != 1 || cs[0].Kind != record.ConstraintTogether || len(cs[0].A) != 4 {
+		t.Fatalf("after merge, split, merge: %+v", cs)
+	}
+	if err := h.ag.Consolidate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for v, id := range h.identities() {
+		if id != x {
+			t.Fatalf("consolidation moved %s to %s", v, id)
+		}
+	}
+	if st := h.ag.Stats(); st.Corrections != 3 {
+		t.Errorf("corrections %d, want 3", st.Corrections)
+	}
+}
