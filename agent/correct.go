@@ -169,6 +169,7 @@ func (a *Agent) SplitVisits(ctx context.Context, id string, visits []string) (wi
 		res, err = a.splitVisits(ctx, id, visits)
 		return err
 	})
+	a.refused(CorrectionSplit, err)
 	return res, err
 }
 
@@ -243,6 +244,7 @@ func (a *Agent) MergeIdentities(ctx context.Context, id, into string) (wire.Merg
 		res, err = a.mergeIdentities(ctx, id, into)
 		return err
 	})
+	a.refused(CorrectionMerge, err)
 	return res, err
 }
 
@@ -335,4 +337,11 @@ func (a *Agent) commitCorrection(ctx context.Context, kind string, ch identity.C
 		"constraints_stored", len(put), "constraints_replaced", len(del))
 	a.alertAfterConsolidation(ctx, []identity.Change{ch})
 	return nil
+}
+
+// refused logs a correction that was not applied (nothing changed).
+func (a *Agent) refused(kind string, err error) {
+	if err != nil {
+		a.log.Warn("identity correction refused, nothing changed", "kind", kind, "err", err)
+	}
 }
