@@ -73,10 +73,17 @@ func (a *Agent) identityVisitIDs(ctx context.Context, id string) ([]visit.Visit,
 // (identity_visits): newest first, at most wire.MaxReviewVisits, cards
 // numbered within the reply, no template and no card data.
 func (a *Agent) IdentityVisits(ctx context.Context, id string) (wire.IdentityVisitsResult, error) {
-	var res wire.IdentityVisitsResult
-	err := a.do(ctx, "identity visits", func(ctx context.Context) error {
+	return doResult(ctx, a, "identity visits", func(ctx context.Context) (wire.IdentityVisitsResult, error) {
+		return a.identityVisits(ctx, id)
+	})
+}
+
+// doResult is do for a task with a result.
+func doResult[T any](ctx context.Context, a *Agent, name string, fn func(ctx context.Context) (T, error)) (T, error) {
+	var res T
+	err := a.do(ctx, name, func(ctx context.Context) error {
 		var err error
-		res, err = a.identityVisits(ctx, id)
+		res, err = fn(ctx)
 		return err
 	})
 	return res, err
@@ -163,11 +170,8 @@ func (a *Agent) identityOf(ctx context.Context, visitID string) string {
 // Every visit must belong to id and one must stay; otherwise nothing
 // changes.
 func (a *Agent) SplitVisits(ctx context.Context, id string, visits []string) (wire.SplitResult, error) {
-	var res wire.SplitResult
-	err := a.do(ctx, "split visits", func(ctx context.Context) error {
-		var err error
-		res, err = a.splitVisits(ctx, id, visits)
-		return err
+	res, err := doResult(ctx, a, "split visits", func(ctx context.Context) (wire.SplitResult, error) {
+		return a.splitVisits(ctx, id, visits)
 	})
 	a.refused(CorrectionSplit, err)
 	return res, err
@@ -238,11 +242,8 @@ func (a *Agent) splitVisits(ctx context.Context, id string, visits []string) (wi
 // keeps them together from then on (merge_identities, an analyst's
 // correction). An earlier split that kept the two apart is replaced.
 func (a *Agent) MergeIdentities(ctx context.Context, id, into string) (wire.MergeResult, error) {
-	var res wire.MergeResult
-	err := a.do(ctx, "merge identities", func(ctx context.Context) error {
-		var err error
-		res, err = a.mergeIdentities(ctx, id, into)
-		return err
+	res, err := doResult(ctx, a, "merge identities", func(ctx context.Context) (wire.MergeResult, error) {
+		return a.mergeIdentities(ctx, id, into)
 	})
 	a.refused(CorrectionMerge, err)
 	return res, err

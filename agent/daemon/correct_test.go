@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +16,6 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/periocular/atm-agent/agent/visit"
-	"github.com/periocular/atm-agent/internal/testenv"
 	"github.com/periocular/atm-agent/store/record"
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/mqttsync"
@@ -126,17 +124,9 @@ func TestMosquittoReviewCommands(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts mosquitto and loads the models")
 	}
-	models := testenv.ModelsDir(t)
 	m := fleettest.StartMosquitto(t, "")
 	cl := newCentral(t, m.URL())
-	cfg := DefaultConfig()
-	cfg.Models.Dir = models
-	cfg.Store.Path = filepath.Join(t.TempDir(), "agent.db")
-	cfg.Trigger = TriggerConfig{}
-	cfg.Metrics.Listen = ""
-	cfg.Device = DeviceConfig{ID: "atm-9", Site: "s9"}
-	cfg.MQTT.Enabled = true
-	cfg.MQTT.Brokers = []string{m.URL()}
+	cfg := mqttTestConfig(t, m.URL(), DeviceConfig{ID: "atm-9", Site: "s9"})
 	cfg.MQTT.Commands.Enabled = true
 	cfg.MQTT.Commands.PublicKeys = []mqttsync.CommandKey{cl.key()}
 	cfg.fill()

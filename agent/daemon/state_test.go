@@ -88,19 +88,11 @@ func TestRetainedStatusFollowsCamera(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts mosquitto and loads the models")
 	}
-	models := testenv.ModelsDir(t)
 	m := fleettest.StartMosquitto(t, "")
-	cfg := DefaultConfig()
-	cfg.Models.Dir = models
-	cfg.Store.Path = filepath.Join(t.TempDir(), "agent.db")
-	cfg.Trigger = TriggerConfig{}
-	cfg.Metrics.Listen = ""
-	cfg.Device = DeviceConfig{ID: "atm-7", Site: "test"}
+	cfg := mqttTestConfig(t, m.URL(), DeviceConfig{ID: "atm-7", Site: "test"})
 	cfg.Camera.Source, cfg.Camera.Kind = "fake0", "device"
 	cfg.Camera.ReopenMin, cfg.Camera.ReopenMax = 100*time.Millisecond, 300*time.Millisecond
 	cfg.Camera.MaxReadFailures = 1
-	cfg.MQTT.Enabled = true
-	cfg.MQTT.Brokers = []string{m.URL()}
 	cfg.MQTT.StatusInterval = time.Minute // changes are not waited for
 	cfg.fill()
 	var broken atomic.Bool
@@ -157,6 +149,22 @@ func TestRetainedStatusFollowsCamera(t *testing.T) {
 	back := time.Now()
 	waitStatus("camera recovery", bound, camOK)
 	t.Logf("recovery seen %s after the replug (bound %s)", time.Since(back).Round(time.Millisecond), bound)
+}
+
+// mqttTestConfig is the daemon's configuration for a test: the real
+// models, a store in t.TempDir(), no trigger source nor metrics port, MQTT
+// to broker as device dev. Call fill after changing it.
+func mqttTestConfig(t *testing.T, broker string, dev DeviceConfig) Config {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Models.Dir = testenv.ModelsDir(t)
+	cfg.Store.Path = filepath.Join(t.TempDir(), "agent.db")
+	cfg.Trigger = TriggerConfig{}
+	cfg.Metrics.Listen = ""
+	cfg.Device = dev
+	cfg.MQTT.Enabled = true
+	cfg.MQTT.Brokers = []string{broker}
+	return cfg
 }
 
 func testLog(t *testing.T) *slog.Logger {
