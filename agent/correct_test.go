@@ -307,3 +307,31 @@ func TestMergeIdentitiesCommand(t *testing.T) {
 		t.Errorf("corrections %d, want 3", st.Corrections)
 	}
 }
+
+// A merge goes through consolidation's commit path: the identity merged
+// away hands its cooldowns to the one it joined, so the person alerted as
+// Y is not alerted again as X right after the merge.
+func TestMergeIdentitiesCarriesCooldown(t *testing.T) {
+	h := newHarnessWith(t, "", nil, Config{}, repeat4)
+	h.visit(scene{angle: 0}, time.Minute, visit.Context{})
+	for range 4 {
+		h.visit(scene{angle: 90}, time.Minute, visit.Context{})
+	}
+	vs := h.visits()
+	x, y := vs[0].IdentityID, vs[1].IdentityID
+	if ob := h.outbox(); x == y || len(ob) != 1 {
+		t.Fatalf("setup: %v, %d alerts (want Y's)", h.identities(), len(ob))
+	}
+	if _, err := h.command(wire.CmdMergeIdentities, wire.CommandArgs{ID: y, Into: x}); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := h.st.Identity(context.Background(), x); rec.Count != 5 {
+		t.Fatalf("count %d after the merge", rec.Count)
+	}
+	if ob := h.outbox(); len(ob) != 1 {
+		t.Fatalf("%d alerts after the merge, want still 1: X inherits Y's cooldown", len(ob))
+	}
+	if at, ok, _ := h.st.LastAlert(context.Background(), "repeat4", x); !ok || at.IsZero() {
+		t.Fatal("X has no cooldown after the merge")
+	}
+}
