@@ -318,7 +318,8 @@ func (a *Agent) mergeIdentities(ctx context.Context, id, into string) (wire.Merg
 // consolidation's changes are (relabels, identity upserts and deletions,
 // the cooldowns of a merged identity carried), with the constraints, in one
 // transaction; then the alert rules run for the identity that received
-// visits. When the commit fails the engine is rebuilt from the store.
+// visits, and a summary is queued. When the commit fails the engine is
+// rebuilt from the store.
 func (a *Agent) commitCorrection(ctx context.Context, kind string, ch identity.Change, put []record.Constraint, del []string) error {
 	c := consolidationCommit([]identity.Change{ch}, a.d.Identities, a.d.Model)
 	c.Constraints, c.DeleteConstraints = put, del
@@ -337,6 +338,11 @@ func (a *Agent) commitCorrection(ctx context.Context, kind string, ch identity.C
 	a.log.Info("identity corrected by an analyst", "kind", kind, "from", ch.From, "to", ch.To, "visits", len(ch.VisitIDs),
 		"constraints_stored", len(put), "constraints_replaced", len(del))
 	a.alertAfterConsolidation(ctx, []identity.Change{ch})
+	// The dashboards see the corrected counts now, not at the next
+	// periodic summary (an unsent older summary is superseded).
+	if err := a.publishSummary(ctx); err != nil {
+		a.log.Error("summary after a correction", "err", err)
+	}
 	return nil
 }
 
