@@ -359,3 +359,19 @@ func TestMergeIdentitiesCarriesCooldown(t *testing.T) {
 		t.Fatal("X has no cooldown after the merge")
 	}
 }
+
+// An identity with more visits than a reply lists: the newest
+// wire.MaxReviewVisits, and the total.
+func TestReviewListsTheNewest(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	n := wire.MaxReviewVisits + 2
+	for i := range n {
+		h.visit(scene{angle: float64(i%5) * 0.5}, time.Minute, visit.Context{})
+	}
+	vs := h.visits()
+	r, raw := h.review(vs[0].IdentityID)
+	if r.Total != n || len(r.Visits) != wire.MaxReviewVisits || r.Visits[0].VisitID != vs[n-1].ID ||
+		r.Visits[wire.MaxReviewVisits-1].VisitID != vs[2].ID {
+		t.Fatalf("review of %d visits: total %d, %d listed (%.200s...)", n, r.Total, len(r.Visits), raw)
+	}
+}
