@@ -571,15 +571,17 @@ func (a *Agent) PurgeIdentity(ctx context.Context, id string) (int, error) {
 	err := a.do(ctx, "purge identity", func(ctx context.Context) error {
 		var err error
 		n, err = a.d.Store.PurgeIdentity(ctx, id)
-		if err != nil {
+		if err != nil && n == 0 {
 			return err
 		}
+		// Deleted (even when the file's compaction then failed): the
+		// engine forgets them too, and the store dropped them from the
+		// constraints.
 		a.d.Identities.Remove(id)
-		// The store dropped the deleted visits from the constraints.
-		if err := a.loadConstraints(ctx); err != nil {
-			a.log.Error("purge identity", "err", err)
+		if lerr := a.loadConstraints(ctx); lerr != nil {
+			a.log.Error("purge identity", "err", lerr)
 		}
-		return nil
+		return err
 	})
 	return n, err
 }
