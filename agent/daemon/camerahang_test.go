@@ -1,14 +1,12 @@
 package daemon
 
 import (
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/periocular/atm-agent/hal/camera"
-	"github.com/periocular/atm-agent/internal/testenv"
 )
 
 // A stream whose open hangs (a black-hole RTSP server) shows in /healthz
@@ -19,11 +17,7 @@ func TestHangingCameraOpenInHealth(t *testing.T) {
 	if testing.Short() {
 		t.Skip("loads the models")
 	}
-	cfg := DefaultConfig()
-	cfg.Models.Dir = testenv.ModelsDir(t)
-	cfg.Store.Path = filepath.Join(t.TempDir(), "agent.db")
-	cfg.Trigger = TriggerConfig{}
-	cfg.Metrics.Listen = ""
+	cfg := modelsTestConfig(t)
 	cfg.Camera.Source, cfg.Camera.Kind = "rtsp://127.0.0.1:9/x", camera.KindStream
 	cfg.Camera.OpenTimeout, cfg.Camera.ReopenMin, cfg.Camera.ReopenMax = 50*time.Millisecond, 10*time.Millisecond, 20*time.Millisecond
 	cfg.Camera.CloseTimeout = 50 * time.Millisecond

@@ -42,11 +42,7 @@ func TestFrozenCameraVisitsAreCameraErrors(t *testing.T) {
 	frame := camera.Frame{W: img.Cols(), H: img.Rows(), BGR: img.ToBytes()}
 	img.Close()
 
-	cfg := DefaultConfig()
-	cfg.Models.Dir = testenv.ModelsDir(t)
-	cfg.Store.Path = filepath.Join(t.TempDir(), "agent.db")
-	cfg.Trigger = TriggerConfig{}
-	cfg.Metrics.Listen = ""
+	cfg := modelsTestConfig(t)
 	cfg.Camera.Source, cfg.Camera.Kind = "/dev/video0", "device"
 	cfg.Camera.ReopenMin, cfg.Camera.ReopenMax = 50*time.Millisecond, 100*time.Millisecond
 	cfg.fill()

@@ -151,16 +151,23 @@ func TestRetainedStatusFollowsCamera(t *testing.T) {
 	t.Logf("recovery seen %s after the replug (bound %s)", time.Since(back).Round(time.Millisecond), bound)
 }
 
-// mqttTestConfig is the daemon's configuration for a test: the real
-// models, a store in t.TempDir(), no trigger source nor metrics port, MQTT
-// to broker as device dev. Call fill after changing it.
-func mqttTestConfig(t *testing.T, broker string, dev DeviceConfig) Config {
+// modelsTestConfig is the daemon's configuration for a test: the real
+// models, a store in t.TempDir(), no trigger source nor metrics port. Call
+// fill after changing it.
+func modelsTestConfig(t *testing.T) Config {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Models.Dir = testenv.ModelsDir(t)
 	cfg.Store.Path = filepath.Join(t.TempDir(), "agent.db")
 	cfg.Trigger = TriggerConfig{}
 	cfg.Metrics.Listen = ""
+	return cfg
+}
+
+// mqttTestConfig is modelsTestConfig with MQTT to broker as device dev.
+func mqttTestConfig(t *testing.T, broker string, dev DeviceConfig) Config {
+	t.Helper()
+	cfg := modelsTestConfig(t)
 	cfg.Device = dev
 	cfg.MQTT.Enabled = true
 	cfg.MQTT.Brokers = []string{broker}
@@ -195,11 +202,7 @@ func TestNoFalseDegradedAtStart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("loads the models")
 	}
-	cfg := DefaultConfig()
-	cfg.Models.Dir = testenv.ModelsDir(t)
-	cfg.Store.Path = filepath.Join(t.TempDir(), "agent.db")
-	cfg.Trigger = TriggerConfig{}
-	cfg.Metrics.Listen = ""
+	cfg := modelsTestConfig(t)
 	cfg.fill()
 	d, err := New(cfg, Options{Version: "test", Logger: testLog(t), Camera: stillCamera{}})
 	if err != nil {
