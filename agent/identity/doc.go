@@ -34,4 +34,10 @@
 // across identities by average linkage computed from class sums
 // (consolidate.go). ConsolidatePlan runs without the engine lock; ApplyPlan
 // installs the result; Consolidate does both.
+//
+// An analyst corrects the grouping with Split and Merge (correct.go), and
+// the caller keeps each correction as a Constraint (SetConstraints) that
+// every later consolidation respects: the visits of a merge are one group
+// from the first level on, and the second level never joins groups holding
+// visits a split kept apart.
 package identity
