@@ -223,6 +223,28 @@ func (d *demoRun) truth(id string) (sim.Visit, bool) {
 	return sim.Visit{}, false
 }
 
+// identitiesByPerson sets the stored visits against the day's truth: the
+// identities of each simulated person (with their visit counts) and the
+// people of each identity.
+func (d *demoRun) identitiesByPerson(vs []visit.Visit) (idsOf map[int]map[string]int, personsOf map[string]map[int]bool) {
+	idsOf, personsOf = map[int]map[string]int{}, map[string]map[int]bool{}
+	for _, v := range vs {
+		tv, ok := d.truth(v.ID)
+		if !ok || tv.Person < 0 || v.IdentityID == "" {
+			continue
+		}
+		if idsOf[tv.Person] == nil {
+			idsOf[tv.Person] = map[string]int{}
+		}
+		idsOf[tv.Person][v.IdentityID]++
+		if personsOf[v.IdentityID] == nil {
+			personsOf[v.IdentityID] = map[int]bool{}
+		}
+		personsOf[v.IdentityID][tv.Person] = true
+	}
+	return idsOf, personsOf
+}
+
 func (d *demoRun) who(v sim.Visit) string {
 	if v.Person < 0 {
 		return "(" + v.Shot.String() + ")"
@@ -534,7 +556,6 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 	for i := range rows {
 		rows[i].ids = map[string]int{}
 	}
-	personsOf := map[string]map[int]bool{}
 	for _, v := range d.sc.Visits {
 		if v.Person >= 0 {
 			rows[v.Person].truth++
@@ -574,13 +595,11 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 		}
 		if v.IdentityID == "" {
 			r.noIdentity++
-			continue
 		}
-		r.ids[v.IdentityID]++
-		if personsOf[v.IdentityID] == nil {
-			personsOf[v.IdentityID] = map[int]bool{}
-		}
-		personsOf[v.IdentityID][tv.Person] = true
+	}
+	idsOf, personsOf := d.identitiesByPerson(vs)
+	for p, ids := range idsOf {
+		rows[p].ids = ids
 	}
 
 	d.printf("\n=== Summary of the SIMULATED day (ground truth vs. what the agent stored) ===\n")

@@ -170,7 +170,9 @@ func TestDemoFleet(t *testing.T) {
 		}
 		return nil
 	}
-	t.Cleanup(func() { fleetDemoInspect = nil })
+	var corrected *demoCorrections
+	demoCorrected = func(c demoCorrections) { corrected = &c }
+	t.Cleanup(func() { fleetDemoInspect, demoCorrected = nil, nil })
 	var out, errb bytes.Buffer
 	code := runMain(context.Background(), []string{"demo", "--fleet", "--once", "--atms", "2", "--duration", "2s",
 		"--models", models, "--photos", filepath.Join(root, "build", "src", "face-api", "demo")}, &out, &errb)
@@ -181,12 +183,34 @@ func TestDemoFleet(t *testing.T) {
 	if !inspected {
 		t.Fatal("the fleet act never reached its summary")
 	}
+	// The analyst's part: a review asked live from an ATM, and every
+	// error of the day corrected through the fleet's API and the signed
+	// commands (seeds 1 and 2 split three people, measured 2026-12-07).
+	if corrected == nil {
+		t.Fatal("the fleet act never reached the analyst's corrections")
+	}
+	if corrected.Reviewed == "" || corrected.ReviewedVisits < 1 {
+		t.Errorf("no identity reviewed: %+v", *corrected)
+	}
+	before, fixes := 0, corrected.Merges+corrected.Splits
+	for dev, n := range corrected.SplitBefore {
+		before += n + corrected.MergedBefore[dev]
+		if corrected.SplitAfter[dev] != 0 || corrected.MergedAfter[dev] != 0 {
+			t.Errorf("%s after the corrections: %d people split, %d false merges", dev, corrected.SplitAfter[dev], corrected.MergedAfter[dev])
+		}
+	}
+	if before == 0 || fixes < before {
+		t.Errorf("%d errors in the day, %d corrections: the test needs a day with errors to correct", before, fixes)
+	}
 	for _, want := range []*regexp.Regexp{
 		regexp.MustCompile(`fleet view: http://127\.0\.0\.1:\d+/\n  user demo, password \S{16} `),
 		regexp.MustCompile(`the ATMs published (\d+) messages \(outboxes left 0\); the fleet ingested (\d+)`),
 		regexp.MustCompile(`=== The fleet's view \(read back from its JSON API`),
 		regexp.MustCompile(`demo-site-2 +demo-atm-2 +online +\d+`),
 		regexp.MustCompile(`2 ATMs, \d+ alerts in the fleet store`),
+		regexp.MustCompile(`review of p-\S+ on demo-atm-\d \(alert [a-z-]+\): \d+ visits?, asked live from the ATM`),
+		regexp.MustCompile(`merged into p-\S+ \(\d+ visits?\): 1 visit moved`),
+		regexp.MustCompile(`the fleet shows the corrected counts`),
 		regexp.MustCompile(`live view: .make demo-fleet.`),
 	} {
 		if !want.MatchString(s) {

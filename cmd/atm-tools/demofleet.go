@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -24,6 +25,7 @@ import (
 	"github.com/periocular/atm-agent/internal/cli"
 	"github.com/periocular/atm-agent/sync/fleet/service"
 	"github.com/periocular/atm-agent/sync/fleet/web"
+	"github.com/periocular/atm-agent/sync/mqttsync"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -155,6 +157,13 @@ func runFleetDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	cfg.MQTT.ClientID = fleetDemoClientID
 	cfg.Web.Listen = listen
 	cfg.Web.UsersFile = users
+	// A throw-away key signs the analyst's review commands; the ATMs
+	// accept its public half.
+	cmdPub, err := demoCommandKey(dir)
+	if err != nil {
+		return err
+	}
+	cfg.Commands.Enabled, cfg.Commands.PrivateKeyFile = true, filepath.Join(dir, demoCommandKeyFile)
 	svc, err := service.New(ctx, cfg, log.With("component", "fleet"))
 	if err != nil {
 		return err
@@ -223,6 +232,9 @@ func runFleetDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	}
 	for _, a := range f.ATMs {
 		dc := demoDaemonConfig(o, th, a.dev, fleetDemoStore(dir, a.dev), brokerURL)
+		dc.MQTT.Commands.Enabled = true
+		dc.MQTT.Commands.PublicKeys = []mqttsync.CommandKey{{Name: "demo-fleet", Key: cmdPub}}
+		dc.MQTT.Commands.SeenFile = filepath.Join(filepath.Dir(dc.Store.Path), "commands-seen.json")
 		if err := os.MkdirAll(filepath.Dir(dc.Store.Path), 0o700); err != nil {
 			return errors.Join(err, stopAll())
 		}
@@ -276,6 +288,9 @@ func runFleetDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 		return errors.Join(err, stopAll())
 	}
 	sumErr := f.printFleet(ctx, out)
+	if sumErr == nil {
+		sumErr = f.correct(ctx, out)
+	}
 	if fleetDemoInspect != nil && sumErr == nil {
 		sumErr = fleetDemoInspect(ctx, f)
 	}
@@ -373,13 +388,14 @@ type fleetDevice struct {
 type fleetClient struct {
 	base string
 	hc   *http.Client
+	csrf string // the session's token, for POSTs
 }
 
 // login signs in as a browser does: the sign-in page sets a CSRF cookie
 // that the form posts back.
 func login(ctx context.Context, base, user, password string) (*fleetClient, error) {
 	jar, _ := cookiejar.New(nil)
-	c := &fleetClient{base: strings.TrimSuffix(base, "/"), hc: &http.Client{Jar: jar, Timeout: 10 * time.Second}}
+	c := &fleetClient{base: strings.TrimSuffix(base, "/"), hc: &http.Client{Jar: jar, Timeout: 30 * time.Second}}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/login", nil)
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -397,13 +413,17 @@ func login(ctx context.Context, base, user, password string) (*fleetClient, erro
 	form := url.Values{"csrf": {tok}, "user": {user}, "password": {password}, "next": {"/api/v1/session"}}
 	req, _ = http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/login", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	var sess struct{ User string }
+	var sess struct {
+		User string
+		CSRF string `json:"csrf_token"`
+	}
 	if err := c.do(req, &sess); err != nil {
 		return nil, fmt.Errorf("fleet sign-in: %w", err)
 	}
 	if sess.User != user {
 		return nil, fmt.Errorf("fleet sign-in as %q refused", user)
 	}
+	c.csrf = sess.CSRF
 	return c, nil
 }
 
@@ -429,6 +449,22 @@ func (c *fleetClient) get(ctx context.Context, path string, v any) error {
 	if err != nil {
 		return err
 	}
+	return c.do(req, v)
+}
+
+// post sends body as JSON to path with the session's CSRF token and
+// decodes the answer into v.
+func (c *fleetClient) post(ctx context.Context, path string, body, v any) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-CSRF-Token", c.csrf)
 	return c.do(req, v)
 }
 
