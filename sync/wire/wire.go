@@ -113,8 +113,10 @@ type OutboxStats struct {
 	DroppedSummaries uint64 `json:"dropped_summaries"`
 	// DroppedAlerts counts alerts dropped at the hard cap.
 	DroppedAlerts uint64 `json:"dropped_alerts"`
-	// DroppedOther counts any other kind dropped while full.
-	DroppedOther uint64 `json:"dropped_other,omitempty"`
+	// DroppedOther counts any other kind dropped while full. Always
+	// written since 2026-12-07 (omitted when 0 before: readers take a
+	// missing one as 0).
+	DroppedOther uint64 `json:"dropped_other"`
 }
 
 // WindowCounts holds one count per summary window. It is written with both
