@@ -375,6 +375,10 @@ func (r *records) decode(bucket string, k, v []byte) string {
 			// damaged check value: finish() tells them apart by the
 			// templates.
 			r.keyCheckBad = r.aead != nil && verifyKeyCheck(r.aead, v) != nil
+		case string(kStateSummary):
+			if err := checkStateSummary(v); err != nil {
+				return err.Error()
+			}
 		case string(kCompactPending):
 			if _, err := decodePending(v); err != nil {
 				return "pending compaction: " + err.Error()

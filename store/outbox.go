@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -240,6 +241,46 @@ func (s *Store) OutboxSentSeq(ctx context.Context) (uint64, error) {
 		return nil
 	})
 	return seq, err
+}
+
+// maxStateSummary bounds a kept state summary (totals of three windows
+// and a few counts: some 300 bytes).
+const maxStateSummary = 4096
+
+// checkStateSummary says whether b can be a kept state summary: one JSON
+// object of at most maxStateSummary bytes.
+func checkStateSummary(b []byte) error {
+	if len(b) > maxStateSummary {
+		return fmt.Errorf("state summary of %d bytes, limit %d", len(b), maxStateSummary)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil || m == nil {
+		return errors.New("state summary: not a JSON object")
+	}
+	return nil
+}
+
+// KeepStateSummary keeps what the retained MQTT state says of the last
+// summary delivered (mqttsync.StateKeeper), so a restarted agent's state
+// carries it before its next summary. It holds totals only: no identity
+// id, so an erasure has nothing to remove from it.
+func (s *Store) KeepStateSummary(ctx context.Context, b []byte) error {
+	if err := checkStateSummary(b); err != nil {
+		return err
+	}
+	return s.update(ctx, "keep state summary", func(tx *bolt.Tx) error {
+		return tx.Bucket(bMeta).Put(kStateSummary, b)
+	})
+}
+
+// StateSummary is the state summary KeepStateSummary kept (nil: none).
+func (s *Store) StateSummary(ctx context.Context) ([]byte, error) {
+	var b []byte
+	err := s.view(ctx, "state summary", func(tx *bolt.Tx) error {
+		b = bytes.Clone(tx.Bucket(bMeta).Get(kStateSummary))
+		return nil
+	})
+	return b, err
 }
 
 // OutboxStats returns the outbox depth, its payload bytes and the number of

@@ -89,7 +89,11 @@ var (
 	kOutboxCount = []byte("outbox_count")
 	kOutboxBytes = []byte("outbox_bytes")
 	kKeyCheck    = []byte("keycheck")
-	droppedPfx   = "dropped/"
+	// kStateSummary: what the retained MQTT state says of the last summary
+	// the broker acknowledged (totals only, no identity), kept for the
+	// next start (StateSummary).
+	kStateSummary = []byte("state_summary")
+	droppedPfx    = "dropped/"
 )
 
 // migrations[i] upgrades a database from schema version i to i+1. Version 0 is

@@ -901,3 +901,43 @@ func TestOutboxReadySignal(t *testing.T) {
 		t.Fatal("three commits left more than one pending signal (the channel holds one)")
 	}
 }
+
+// The kept state summary is a known meta record: db check accepts it, and
+// refuses one that is not a JSON object.
+func TestStateSummaryChecked(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "agent.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := s.StateSummary(ctx); err != nil || b != nil {
+		t.Fatalf("a new store's state summary %q, %v; want none", b, err)
+	}
+	want := []byte(`{"seq":3,"totals":{}}`)
+	if err := s.KeepStateSummary(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.KeepStateSummary(ctx, bytes.Repeat([]byte(" "), maxStateSummary+1)); err == nil {
+		t.Error("kept an oversized state summary")
+	}
+	if b, err := s.StateSummary(ctx); err != nil || !bytes.Equal(b, want) {
+		t.Fatalf("state summary %q, %v; want %q", b, err, want)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := CheckFile(ctx, path, CheckOptions{BoltCheck: true})
+	if err != nil || len(rep.Problems) != 0 {
+		t.Fatalf("check: %v, problems %v", err, rep.Problems)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bMeta).Put(kStateSummary, []byte("not json")) })
+	db.Close()
+	if rep, err = CheckFile(ctx, path, CheckOptions{}); err != nil || len(rep.Problems) != 1 || !strings.Contains(rep.Problems[0], "state summary") {
+		t.Fatalf("check of a damaged state summary: %v, problems %v", err, rep.Problems)
+	}
+}

@@ -39,6 +39,15 @@ type SentSeqOutbox interface {
 	OutboxSentSeq(ctx context.Context) (uint64, error)
 }
 
+// StateKeeper is an optional Outbox capability: it keeps what the
+// retained state says of the last summary delivered (wire.StateSummary as
+// JSON), so a restarted agent's state carries it before its next summary
+// (store.Store).
+type StateKeeper interface {
+	KeepStateSummary(ctx context.Context, b []byte) error
+	StateSummary(ctx context.Context) ([]byte, error)
+}
+
 // CommandHandler executes remote commands other than ping. The result, if
 // not nil, is marshalled into the reply's "result" object.
 type CommandHandler interface {
@@ -437,6 +446,18 @@ func (p *Publisher) Run(ctx context.Context) error {
 			p.lastSeq.Store(seq)
 		}
 	}
+	if k, ok := p.d.Outbox.(StateKeeper); ok {
+		var ss wire.StateSummary
+		if b, err := k.StateSummary(ctx); err != nil {
+			p.log.Warn("mqtt: the last summary delivered could not be read; the state carries none until the next", "err", err)
+		} else if b != nil && json.Unmarshal(b, &ss) == nil {
+			p.statusMu.Lock()
+			if p.lastSummary == nil {
+				p.lastSummary = &ss
+			}
+			p.statusMu.Unlock()
+		}
+	}
 	// The wills made in New carry seq 0 and New's time: made again now,
 	// with the seq delivered by the previous run.
 	p.refreshWill(p.opts, p.setStatusWill)
@@ -586,11 +607,23 @@ func (p *Publisher) sent(m visit.OutboxMessage, payload []byte) {
 		if json.Unmarshal(payload, &s) != nil {
 			return
 		}
-		p.statusMu.Lock()
-		p.lastSummary = &wire.StateSummary{TS: s.TS, Seq: s.Seq, Totals: s.Totals, Faceless: s.Faceless,
+		ss := &wire.StateSummary{TS: s.TS, Seq: s.Seq, Totals: s.Totals, Faceless: s.Faceless,
 			IdentitiesOmitted: s.IdentitiesOmitted, IdentitiesListed: len(s.Identities)}
+		p.statusMu.Lock()
+		p.lastSummary = ss
 		p.stateDirty = true
 		p.statusMu.Unlock()
+		if k, ok := p.d.Outbox.(StateKeeper); ok {
+			b, err := json.Marshal(ss)
+			if err == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), p.cfg.PublishTimeout)
+				err = k.KeepStateSummary(ctx, b)
+				cancel()
+			}
+			if err != nil {
+				p.log.Warn("mqtt: the last summary delivered could not be kept for the next start", "err", err)
+			}
+		}
 	case wire.KindAlert:
 		var a wire.Alert
 		if json.Unmarshal(payload, &a) != nil {
