@@ -1207,7 +1207,11 @@ func (s *Server) purgeIdentity(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, out)
 		return
 	}
-	http.Redirect(w, r, "/devices/"+url.PathEscape(ip.Site)+"/"+url.PathEscape(ip.Device), http.StatusSeeOther)
+	s.render(w, r, "erased", struct {
+		base
+		Site, Device, ID, Warning string
+		Alerts                    int
+	}{s.base(r, "Erased "+ip.Identity, "fleet"), ip.Site, ip.Device, ip.Identity, warning, n})
 }
 
 // input reads a form (pages) or a JSON object of strings (/api/: unknown

@@ -941,6 +941,12 @@ func TestPurgeIdentity(t *testing.T) {
 	if _, body := root.get("/devices/lyon-07/atm-1/identities/p-2"); !strings.Contains(body, `action="/admin/identities/purge"`) {
 		t.Error("the administrator is not offered the erasure")
 	}
+	// The form's answer says what was erased (before: a redirect to the
+	// device page that said nothing, and no scrub warning).
+	if r, body := root.post("/admin/identities/purge", url.Values{"csrf": {rootCSRF}, "site": {"lyon-07"}, "device": {"atm-1"}, "identity": {"p-2"}}); r.StatusCode != http.StatusOK ||
+		!strings.Contains(body, `id="erasure-done"`) || !strings.Contains(body, "p-2 is erased from the fleet") || strings.Contains(body, `id="erasure-warning"`) {
+		t.Errorf("erasure form: %d\n%s", r.StatusCode, body)
+	}
 	if _, body := root.get("/admin"); !strings.Contains(body, "purge identity") ||
 		!strings.Contains(body, storage.PurgeNote(storage.IdentityPurge{Site: "lyon-07", Device: "atm-1", Identity: "p-1"}, 1)) {
 		t.Error("the audit log does not show the erasure")
