@@ -163,6 +163,10 @@ type Stats struct {
 	Rejected  uint64 `json:"rejected"`   // failed validation (kept in the store's rejects)
 	StoreErrs uint64 `json:"store_errs"` // failed commits (retried; not acknowledged meanwhile)
 	LastError string `json:"last_error"`
+	// LastErrorAt: when LastError last happened (absent before any). The
+	// error stays after a recovery: StuckSince and Connected say whether
+	// it still holds, this says how long ago it did.
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 	// StuckSince: when the batch being written first failed, while it is
 	// not committed (absent otherwise). The messages of that batch and
 	// all after it wait, unacknowledged: the store is down or full. A
@@ -190,6 +194,7 @@ type Ingester struct {
 	connects, received, applied, dups, retained, statuses, rejected, serr atomic.Uint64
 	mu                                                                    sync.Mutex
 	lastErr                                                               string
+	lastErrAt                                                             time.Time
 	stuckSince                                                            time.Time
 	// extra are subscriptions of other users of the connection (Route);
 	// client is the connection while Run runs.
@@ -417,7 +422,7 @@ func (in *Ingester) onConnect(c mqtt.Client) {
 func (in *Ingester) setErr(err error) {
 	in.mu.Lock()
 	changed := in.lastErr != err.Error()
-	in.lastErr = err.Error()
+	in.lastErr, in.lastErrAt = err.Error(), in.now().UTC()
 	in.mu.Unlock()
 	if changed {
 		in.log.Warn("fleet ingest", "err", err)
@@ -430,7 +435,7 @@ func (in *Ingester) Stats() Stats {
 	defer in.mu.Unlock()
 	return Stats{Connected: in.connected.Load(), Connects: in.connects.Load(), Received: in.received.Load(),
 		Applied: in.applied.Load(), Duplicates: in.dups.Load(), Retained: in.retained.Load(), Statuses: in.statuses.Load(), Rejected: in.rejected.Load(),
-		StoreErrs: in.serr.Load(), LastError: in.lastErr, StuckSince: in.stuckSince}
+		StoreErrs: in.serr.Load(), LastError: in.lastErr, LastErrorAt: in.lastErrAt, StuckSince: in.stuckSince}
 }
 
 // Route has the messages on filter (QoS 1, subscribed at every connect

@@ -370,6 +370,9 @@ func TestIngestTLS(t *testing.T) {
 	if s := inBad.Stats(); s.Connected || s.Applied != 0 || s.Statuses != 0 {
 		t.Errorf("wrong CA: %+v", s)
 	}
+	if at := inBad.Stats().LastErrorAt; at.IsZero() || time.Since(at) > time.Minute {
+		t.Errorf("last_error_at %v, want the time of the error", at)
+	}
 	t.Logf("wrong CA: %s", inBad.Stats().LastError)
 	if _, err := New(Config{Brokers: []string{tlsURL}, Prefix: "atm", ClientID: "x", Batch: 1, BatchWait: time.Millisecond, MaxPayload: 4096,
 		KeepAlive: time.Second, ConnectTimeout: time.Second, ReconnectBackoffMax: time.Second,
