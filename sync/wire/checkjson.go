@@ -6,14 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 	"strings"
 )
 
 // JSONRules are what CheckJSON refuses beyond what it always refuses.
 type JSONRules struct {
-	// Forbidden names are refused in every object, at any depth.
+	// Forbidden names are refused in every object, at any depth, alone
+	// or as whole words of a longer snake_case name: "embedding" refuses
+	// "face_embedding" and "embedding_v2", not "embeddings_count" (list
+	// plurals too).
 	Forbidden []string
 	// MaxDepth bounds the nesting of objects and arrays (0: unbounded).
 	MaxDepth int
@@ -37,6 +39,17 @@ type JSONRules struct {
 // ErrForbiddenField: a name the rules forbid (biometric or card data) is
 // in the payload; the payload itself must not be kept.
 var ErrForbiddenField = errors.New("is forbidden (at any depth): biometric and card data never leave the device")
+
+// forbiddenName says whether name is one of forbidden, or holds one as
+// whole words ("face_embedding", "card_number_masked").
+func forbiddenName(name string, forbidden []string) bool {
+	for _, f := range forbidden {
+		if name == f || strings.HasPrefix(name, f+"_") || strings.HasSuffix(name, "_"+f) || strings.Contains(name, "_"+f+"_") {
+			return true
+		}
+	}
+	return false
+}
 
 // It does not check that b holds exactly one value.
 func CheckJSON(b []byte, r JSONRules) error {
@@ -75,7 +88,7 @@ func CheckJSON(b []byte, r JSONRules) error {
 			if top.keys[name] {
 				return fmt.Errorf("duplicate field %s", quoteName(name))
 			}
-			if slices.Contains(r.Forbidden, name) {
+			if forbiddenName(name, r.Forbidden) {
 				return fmt.Errorf("field %q %w", name, ErrForbiddenField)
 			}
 			top.keys[name] = true
