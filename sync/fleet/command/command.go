@@ -168,6 +168,7 @@ type call struct {
 	site, device string
 	name         wire.CommandName
 	reply        chan wire.Reply // buffered 1: the first valid reply
+	answered     bool            // a reply was taken (under Client.mu)
 }
 
 // New builds a client for commands below prefix (the agents' topic
@@ -355,8 +356,8 @@ func (c *Client) accept(topic string, payload []byte) error {
 		return fmt.Errorf("reply names %s/%s on the topic of %s/%s", r.Site, r.Device, tp.Site, tp.Device)
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	w := c.waiting[r.CorrelationID]
-	c.mu.Unlock()
 	switch {
 	case w == nil && !strings.HasPrefix(r.CorrelationID, c.idPrefix):
 		return errNotOurs
@@ -367,12 +368,14 @@ func (c *Client) accept(topic string, payload []byte) error {
 	case r.Command != w.name:
 		return fmt.Errorf("correlation_id %q answered as %q: the command was %q", r.CorrelationID, r.Command, w.name)
 	}
-	select {
-	case w.reply <- r:
-		c.answered.Add(1)
-	default: // a second reply to the same command: the first one stands
+	if w.answered { // a second reply to the same command: the first one stands
 		return fmt.Errorf("correlation_id %q answered again", r.CorrelationID)
 	}
+	// Taken once, under c.mu: the reply channel's room alone let a second
+	// reply in once the waiter had read the first.
+	w.answered = true
+	w.reply <- r // room for one: never blocks
+	c.answered.Add(1)
 	return nil
 }
 

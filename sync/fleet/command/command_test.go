@@ -166,6 +166,9 @@ func TestClientSignsResendsAndIgnoresForgedReplies(t *testing.T) {
 	dev.publish(t, base, first) // a signed command is no reply
 	dev.publish(t, base, reply("lyon-07", "atm-1", cmd.MessageID[:len(cmd.MessageID)-4]+"0000", cmd.Command, genuine))
 	dev.publish(t, base, reply("lyon-07", "atm-1", "c-of-atm-tools", cmd.Command, genuine)) // another sender's: not counted as ignored
+	// The broker's connection may hand messages over concurrently: the
+	// bad ones are all seen before the genuine answer is sent.
+	fleettest.WaitFor(t, 5*time.Second, "7 replies ignored, 1 another sender's", func() bool { st := c.Stats(); return st.Ignored == 7 && st.Others == 1 })
 	forged := genuine
 	forged.Visits = nil
 	forged.Total = 0
