@@ -13,26 +13,39 @@ import (
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
+// openStore opens a new store file, closed at the test's end.
+func openStore(t *testing.T) *store.Store {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "agent.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// enqueueStore commits one message of kind (payload number i) to the
+// store's outbox.
+func enqueueStore(t *testing.T, st *store.Store, kind string, i int) {
+	t.Helper()
+	now := time.Now()
+	m := visit.OutboxMessage{Kind: kind, Topic: kind, Created: now, Payload: payload(t, kind, i, now)}
+	if _, err := st.CommitVisit(context.Background(), record.Commit{Outbox: []visit.OutboxMessage{m}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A restarted publisher on the real store starts its status seq at what
 // the previous run delivered, not at 0: the docs promise the status's seq
 // is the highest seq the broker acknowledged, and a dashboard compares it
 // with what it holds. Messages left in the outbox are not counted.
 func TestStatusSeqSurvivesRestart(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "agent.db")
-	st, err := store.Open(path, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openStore(t)
 	ctx := context.Background()
 	enqueue := func(from, to int) {
 		t.Helper()
 		for i := from; i <= to; i++ {
-			now := time.Now()
-			m := visit.OutboxMessage{Kind: wire.KindAlert, Topic: wire.KindAlert, Created: now, Payload: payload(t, wire.KindAlert, i, now)}
-			if _, err := st.CommitVisit(ctx, record.Commit{Outbox: []visit.OutboxMessage{m}}); err != nil {
-				t.Fatal(err)
-			}
+			enqueueStore(t, st, wire.KindAlert, i)
 		}
 	}
 	enqueue(1, 5)
@@ -67,18 +80,9 @@ func TestStatusSeqSurvivesRestart(t *testing.T) {
 // (or crash), which a dashboard reading the one state topic showed as
 // "no data".
 func TestStateSummarySurvivesRestart(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "agent.db")
-	st, err := store.Open(path, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openStore(t)
 	ctx := context.Background()
-	now := time.Now()
-	m := visit.OutboxMessage{Kind: wire.KindSummary, Topic: wire.KindSummary, Created: now, Payload: payload(t, wire.KindSummary, 9, now)}
-	if _, err := st.CommitVisit(ctx, record.Commit{Outbox: []visit.OutboxMessage{m}}); err != nil {
-		t.Fatal(err)
-	}
+	enqueueStore(t, st, wire.KindSummary, 9)
 	broker := startMochi(t)
 	cfg := testConfig(broker)
 	_, cancel, done := runPublisher(t, cfg, Deps{Outbox: st})
