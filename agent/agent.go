@@ -533,20 +533,23 @@ func (a *Agent) heartbeat() {
 	}
 }
 
-// do runs fn on the worker and waits for it, bounded by ctx. It needs Run.
+// do runs fn on the worker and waits for it. It needs Run.
+//
+// ctx bounds only the wait for the worker to take the task: when it ends
+// first, fn has not run and never will (the error wraps ctx.Err()). Once
+// the worker has taken it (tasks is unbuffered, so the send is the
+// handover), fn runs to its end on the worker's context, which ctx does
+// not cancel, and do returns its own result however long that takes: a
+// caller's deadline must not turn a change that was made into an error
+// that says it was not (an analyst's correction, a deletion request).
 func (a *Agent) do(ctx context.Context, name string, fn func(ctx context.Context) error) error {
 	t := task{name: name, fn: fn, done: make(chan error, 1)}
 	select {
 	case a.tasks <- t:
 	case <-ctx.Done():
-		return fmt.Errorf("%s: %w", name, ctx.Err())
+		return fmt.Errorf("%s: not started: %w", name, ctx.Err())
 	}
-	select {
-	case err := <-t.done:
-		return err
-	case <-ctx.Done():
-		return fmt.Errorf("%s: %w", name, ctx.Err())
-	}
+	return <-t.done
 }
 
 // Consolidate re-clusters the identities now and commits the relabels.

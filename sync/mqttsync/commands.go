@@ -59,7 +59,9 @@ func newCommandGuard(cfg CommandsConfig, now time.Time, warn func(string, ...any
 }
 
 // onCommand handles one message on the command topic. It runs on a paho
-// goroutine (order does not matter) and is bounded by commands.timeout.
+// goroutine (order does not matter). commands.timeout bounds the wait for
+// the agent's worker to take it (CommandHandler): a command it has taken is
+// answered with its result, however long it ran.
 //
 // Checks, in order, before anything runs: topic, not retained, size (before
 // any decoding), a signed envelope, a token of the budget of failed

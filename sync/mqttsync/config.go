@@ -96,7 +96,8 @@ type TLSConfig struct {
 // has not accepted before (remembered in SeenFile across restarts).
 type CommandsConfig struct {
 	Enabled bool `yaml:"enabled"`
-	// Timeout bounds one command's handling.
+	// Timeout bounds the wait for the agent's worker to take a command;
+	// one it has taken runs to its end and is answered with its result.
 	Timeout time.Duration `yaml:"timeout"`
 	// PublicKeys may sign commands (at least one when enabled; several
 	// allow a rotation).
