@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -261,5 +263,119 @@ func TestConstraintsSchemaMigration(t *testing.T) {
 	if _, err := s.CommitVisit(ctx, record.Commit{Constraints: []record.Constraint{
 		{ID: "k1", Kind: record.ConstraintApart, A: []string{"v1"}, B: []string{"v2"}}}}); err != nil {
 		t.Fatalf("constraint after migration: %v", err)
+	}
+}
+
+// writeSchema2 writes a store as the schema-2 build did: its migrations
+// (0 -> 1 -> 2) and no constraints bucket, which it did not know.
+func writeSchema2(t *testing.T, path string, fill func(s *Store)) {
+	t.Helper()
+	all := migrations
+	migrations = migrations[:2]
+	s, err := Open(path, Options{Now: (&clock{t0.Add(24 * time.Hour)}).Now})
+	if err == nil {
+		fill(s)
+		err = s.Close()
+	}
+	migrations = all
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bConstraints) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if v := schemaOf(t, path); v != 2 {
+		t.Fatalf("schema-2 file has schema %d", v)
+	}
+}
+
+// A damaged schema-2 store (damaged before the upgrade to schema 3, or by
+// the crash of the first start after it) cannot be opened to migrate it:
+// salvage reads it and writes a schema-3 store.
+func TestSalvageDamagedSchema2(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "agent.db")
+	const n = 150
+	writeSchema2(t, path, func(s *Store) {
+		for i := range n {
+			commitFace(t, s, fmt.Sprint("v", i), t0.Add(time.Duration(i)*time.Minute), fmt.Sprint("id", i%9))
+		}
+	})
+	// Damage one leaf page of the visits (its page flags).
+	bf, _, err := openBoltFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaves := map[uint64]int{}
+	w := &treeWalk{bf: bf, recordAt: func(b string, _, _ []byte, p []uint64, _ int64) {
+		if b == string(bVisits) {
+			leaves[p[len(p)-1]]++
+		}
+	}}
+	w.walk()
+	pageSize := bf.pageSize
+	bf.Close()
+	if len(leaves) < 2 {
+		t.Fatalf("visits on %d leaf pages, want several", len(leaves))
+	}
+	var leaf uint64
+	for id := range leaves {
+		leaf = max(leaf, id)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0xff, 0xff}, int64(leaf)*int64(pageSize)+8); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if s, err := Open(path, Options{}); !errors.Is(err, ErrDamaged) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("open of the damaged schema-2 store: %v, want ErrDamaged", err)
+	}
+
+	dst := filepath.Join(t.TempDir(), "salvaged.db")
+	rep, err := Salvage(ctx, path, dst, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := n - leaves[leaf]; rep.Kept[string(bVisits)] != want {
+		t.Errorf("salvage kept %d visits, want %d (all but those of the damaged page): %+v", rep.Kept[string(bVisits)], want, rep)
+	}
+	if !strings.Contains(strings.Join(rep.Warnings, "\n"), "schema version 2: the new store is written as schema 3") {
+		t.Errorf("salvage warnings %q do not say the schema was upgraded", rep.Warnings)
+	}
+	if v := schemaOf(t, path); v != 2 {
+		t.Errorf("salvage changed the source's schema to %d", v)
+	}
+	chk, err := CheckFile(ctx, dst, CheckOptions{BoltCheck: true})
+	if err != nil || !chk.OK() || len(chk.Warnings) > 0 {
+		t.Fatalf("salvaged store: %v %v %v", err, chk.Problems, chk.Warnings)
+	}
+	s, err := Open(dst, Options{NoCreate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, err := s.Stats(ctx)
+	if err != nil || st.SchemaVersion != SchemaVersion() || st.Buckets[string(bConstraints)] != 0 {
+		t.Fatalf("salvaged store: %+v, %v, want schema %d with an empty constraints bucket", st, err, SchemaVersion())
+	}
+	if cs, err := s.Constraints(ctx); err != nil || len(cs) != 0 {
+		t.Fatalf("salvaged constraints: %v %v", cs, err)
+	}
+	if _, err := s.CommitVisit(ctx, record.Commit{Visit: faceVisit("after", t0.Add(time.Hour), "id1"),
+		Constraints: []record.Constraint{{ID: "k1", Kind: record.ConstraintTogether, Created: t0, A: []string{"v1", "after"}}}}); err != nil {
+		t.Fatalf("a correction on the salvaged store: %v", err)
 	}
 }

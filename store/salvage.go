@@ -40,6 +40,13 @@ type SalvageReport struct {
 
 const salvageBatch = 1000
 
+// salvageMinSchema is the oldest schema whose records Salvage reads: from
+// schema 2 on, the records have one format (schema 3 only added the
+// constraints bucket, which a schema-2 file lacks and Salvage reads as
+// empty). A damaged file cannot be opened to migrate it, so Salvage is
+// the migration: it writes the current schema.
+const salvageMinSchema = 2
+
 // Salvage copies every readable record of the (damaged) database at src
 // into a new database at dst, which must not exist. Records on pages that
 // cannot be read, and records that do not decode, are skipped and counted;
@@ -121,8 +128,11 @@ func Salvage(ctx context.Context, src, dst string, opts Options) (*SalvageReport
 	switch v := recs.schema(); {
 	case v > uint64(SchemaVersion()):
 		return nil, fmt.Errorf("salvage %q: %w: file has version %d", src, ErrSchemaTooNew, v)
-	case v != 0 && v < uint64(SchemaVersion()) && len(recs.visits) > 0:
-		return nil, fmt.Errorf("salvage %q: schema version %d: salvage reads schema %d stores; open it once with this build to migrate, or restore a backup", src, v, SchemaVersion())
+	case v != 0 && v < salvageMinSchema && len(recs.visits) > 0:
+		return nil, fmt.Errorf("salvage %q: schema version %d: salvage reads schema %d to %d stores; open it once with this build to migrate, or restore a backup", src, v, salvageMinSchema, SchemaVersion())
+	}
+	if v := recs.schema(); v != 0 && v < uint64(SchemaVersion()) {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("the damaged file has schema version %d: the new store is written as schema %d (what opening it would have migrated it to)", v, SchemaVersion()))
 	}
 	if recs.wrongKey {
 		return nil, fmt.Errorf("salvage %q: %w", src, ErrWrongKey)
