@@ -225,17 +225,14 @@ func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, res
 			r.Error = r.Error[:512]
 		}
 	}
-	if result != nil {
-		b, err := json.Marshal(result)
-		if err == nil && len(b) > 0 && b[0] == '{' {
-			r.Result = b
-		} else if err == nil {
-			r.Result, _ = json.Marshal(map[string]json.RawMessage{"value": b})
-		} else {
-			r.OK, r.Error = false, "marshal result: "+err.Error()
-		}
+	var err error
+	if r.Result, err = resultJSON(result); err != nil {
+		r.OK, r.Error = false, "marshal result: "+err.Error()
 	}
 	b, err := json.Marshal(r)
+	if err == nil && len(b) > p.cfg.MaxMessageSize {
+		b, err = p.fitReply(r, result, len(b))
+	}
 	if err == nil {
 		p.mu.Lock()
 		ctx := p.runCtx
@@ -245,4 +242,80 @@ func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, res
 	if err != nil && !errors.Is(err, context.Canceled) {
 		p.setErr(fmt.Errorf("publish reply: %w", err))
 	}
+}
+
+// resultJSON is a command's result as a reply carries it: an object, or
+// {"value": ...} for anything else; none for nil.
+func resultJSON(result any) (json.RawMessage, error) {
+	if result == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(result)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > 0 && b[0] == '{' {
+		return b, nil
+	}
+	return json.Marshal(map[string]json.RawMessage{"value": b})
+}
+
+// fitReply makes a reply larger than max_message_size (n bytes) fit it: a
+// broker acknowledges a larger publish and drops it, so nobody would hear
+// of it. An identity_visits result lists its newest visits that fit, with
+// truncated set; any other result (none of a change is ever this large) is
+// replaced by an error that says the command ran and its result was too
+// large.
+func (p *Publisher) fitReply(r wire.Reply, result any, n int) ([]byte, error) {
+	limit := p.cfg.MaxMessageSize
+	var iv wire.IdentityVisitsResult
+	switch v := result.(type) {
+	case wire.IdentityVisitsResult:
+		iv = v
+	case *wire.IdentityVisitsResult:
+		iv = *v
+	default:
+		return p.oversizeReply(r, n)
+	}
+	all := iv.Visits
+	build := func(k int) ([]byte, error) {
+		iv.Visits, iv.Truncated = all[:k], true
+		var err error
+		if r.Result, err = json.Marshal(iv); err != nil {
+			return nil, err
+		}
+		return json.Marshal(r)
+	}
+	// The largest k of the newest visits whose reply fits.
+	lo, hi := 0, len(all)-1 // all of them did not fit
+	if b, err := build(0); err != nil || len(b) > limit {
+		return p.oversizeReply(r, n)
+	}
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		b, err := build(mid)
+		if err != nil {
+			return nil, err
+		}
+		if len(b) <= limit {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	p.log.Warn("mqtt: identity_visits reply larger than max_message_size: its oldest visits not listed",
+		"id", r.CorrelationID, "bytes", n, "max_message_size", limit, "listed", lo, "total", iv.Total)
+	return build(lo)
+}
+
+// oversizeReply replaces a result too large to publish with an error.
+func (p *Publisher) oversizeReply(r wire.Reply, n int) ([]byte, error) {
+	p.log.Warn("mqtt: command reply larger than max_message_size: its result is not sent",
+		"id", r.CorrelationID, "command", r.Command, "bytes", n, "max_message_size", p.cfg.MaxMessageSize)
+	r.Result = nil
+	if r.OK {
+		r.OK = false
+		r.Error = fmt.Sprintf("the command ran, but its reply (%d bytes) is larger than the agent's mqtt.max_message_size %d: its result is not sent", n, p.cfg.MaxMessageSize)
+	}
+	return json.Marshal(r)
 }

@@ -67,6 +67,9 @@ type IdentityVisitsResult struct {
 	// Apart names the identities an analyst's split keeps apart from
 	// this one.
 	Apart []string `json:"apart,omitempty"`
+	// Truncated says Visits was cut, its oldest visits left out, for the
+	// reply to fit the agent's mqtt.max_message_size (Total is unchanged).
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // ReviewVisit is one visit as an analyst reviews it.

@@ -1,0 +1,123 @@
+package mqttsync
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// reviewCommands answers identity_visits with n visits whose transaction
+// ids are long, and publish_summary with a result of big bytes.
+type reviewCommands struct {
+	n   map[string]int
+	big int
+}
+
+func (f reviewCommands) HandleCommand(_ context.Context, c wire.Command) (any, error) {
+	switch c.Command {
+	case wire.CmdIdentityVisits:
+		n := f.n[c.Args.ID]
+		res := wire.IdentityVisitsResult{Identity: c.Args.ID, Total: n + 7, Visits: []wire.ReviewVisit{}, Apart: []string{"p-apart"}}
+		t0 := time.Date(2026, 12, 7, 19, 0, 0, 0, time.UTC)
+		for i := range n {
+			s := 0.5
+			res.Visits = append(res.Visits, wire.ReviewVisit{VisitID: fmt.Sprintf("%016x", 1<<40+i),
+				TxnID: fmt.Sprintf("BANK-TXN-2026120719-%s-%05d", strings.Repeat("ABCDEFGHIJKLMNOP", 6), i),
+				TS:    t0.Add(-time.Duration(i) * time.Minute), Card: i%3 + 1, Similarity: &s, Corrected: i%2 == 0})
+		}
+		return res, nil
+	case wire.CmdPublishSummary:
+		return map[string]string{"x": strings.Repeat("x", f.big)}, nil
+	}
+	return nil, fmt.Errorf("unsupported %s", c.Command)
+}
+
+// TestMosquittoReplyFitsMaxMessageSize: through mosquitto with the
+// documented message_size_limit 16384 and max_message_size set to it, an
+// identity_visits reply of 100 visits with long transaction ids (some
+// 31 KB) arrives cut to its newest visits that fit, truncated, total
+// unchanged; one that fits is sent whole; another result too large is
+// answered with an error instead of being dropped by the broker.
+func TestMosquittoReplyFitsMaxMessageSize(t *testing.T) {
+	skipShort(t)
+	const limit = 16384
+	m := newMosquitto(t, fmt.Sprintf("message_size_limit %d\n", limit))
+	broker := m.url("tcp")
+	cfg := testConfig(broker)
+	cfg.MaxMessageSize = limit
+	sg := newSigner(t)
+	sg.enable(t, &cfg)
+	h := reviewCommands{n: map[string]int{"p-many": 100, "p-few": 10}, big: 20000}
+	p, _, _ := runPublisher(t, cfg, Deps{Outbox: &memOutbox{}, Commands: h})
+	col := newCollector(t, broker, "dash", "atm/test/s1/atm-1/reply", false, nil)
+	waitFor(t, 5*time.Second, "connected", func() bool { return p.Stats().Connects > 0 })
+	time.Sleep(200 * time.Millisecond) // the command subscription is in place
+
+	send := func(id, name, args string) {
+		t.Helper()
+		b := sg.sign(t, sg.payload(id, name, "atm-1", args, time.Now()))
+		if tok := col.c.Publish("atm/test/s1/atm-1/cmd", 1, false, b); !tok.WaitTimeout(2*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+	}
+	send("c-many", "identity_visits", `{"id":"p-many"}`)
+	send("c-few", "identity_visits", `{"id":"p-few"}`)
+	send("c-big", "publish_summary", "")
+	waitFor(t, 5*time.Second, "3 replies", func() bool { return len(col.snapshot()) == 3 })
+
+	schema := compileSchema(t, "reply")
+	replies := map[string]wire.Reply{}
+	for _, r := range col.snapshot() {
+		if len(r.Payload) > limit {
+			t.Errorf("a reply of %d bytes, over %d", len(r.Payload), limit)
+		}
+		validateAgainst(t, schema, r.Payload)
+		var rep wire.Reply
+		if err := json.Unmarshal(r.Payload, &rep); err != nil {
+			t.Fatal(err)
+		}
+		replies[rep.CorrelationID] = rep
+		t.Logf("%s: %d bytes", rep.CorrelationID, len(r.Payload))
+	}
+	want, _ := h.HandleCommand(context.Background(), wire.Command{Command: wire.CmdIdentityVisits, Args: wire.CommandArgs{ID: "p-many"}})
+	full, _ := json.Marshal(want)
+	if len(full) <= limit {
+		t.Fatalf("the full result is %d bytes: not a test of the limit", len(full))
+	}
+	for id, n := range map[string]int{"c-many": 100, "c-few": 10} {
+		rep := replies[id]
+		var got wire.IdentityVisitsResult
+		if err := json.Unmarshal(rep.Result, &got); err != nil || !rep.OK {
+			t.Fatalf("%s: %+v %v", id, rep, err)
+		}
+		all := want.(wire.IdentityVisitsResult).Visits
+		if got.Total != n+7 || len(got.Apart) != 1 || got.Truncated != (n == 100) || len(got.Visits) == 0 ||
+			(n == 10 && len(got.Visits) != 10) || (n == 100 && len(got.Visits) >= 100) {
+			t.Fatalf("%s: total %d, %d listed, truncated %v, apart %v", id, got.Total, len(got.Visits), got.Truncated, got.Apart)
+		}
+		for i, v := range got.Visits {
+			if v.VisitID != all[i].VisitID || v.TxnID != all[i].TxnID {
+				t.Fatalf("%s: visit %d is %s, want the newest first (%s)", id, i, v.VisitID, all[i].VisitID)
+			}
+		}
+		if n == 100 {
+			// As many as fit: one more would not.
+			more := got
+			more.Visits = all[:len(got.Visits)+1]
+			rb, _ := json.Marshal(more)
+			rep.Result = rb
+			if b, _ := json.Marshal(rep); len(b) <= limit {
+				t.Errorf("%d visits listed, %d would fit (%d bytes)", len(got.Visits), len(more.Visits), len(b))
+			}
+			t.Logf("100 visits (%d bytes of result): %d listed", len(full), len(got.Visits))
+		}
+	}
+	if rep := replies["c-big"]; rep.OK || rep.Result != nil || !strings.Contains(rep.Error, "the command ran, but its reply") {
+		t.Errorf("an oversized result: %+v", rep)
+	}
+}
