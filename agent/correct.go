@@ -317,12 +317,22 @@ func (a *Agent) mergeIdentities(ctx context.Context, id, into string) (wire.Merg
 // commitCorrection commits a correction the engine has applied as
 // consolidation's changes are (relabels, identity upserts and deletions,
 // the cooldowns of a merged identity carried), with the constraints, in one
-// transaction; then the alert rules run for the identity that received
-// visits, and a summary is queued. When the commit fails the engine is
-// rebuilt from the store.
+// transaction; then, after a merge, the alert rules run for the identity
+// that received visits; and a summary is queued. When the commit fails the
+// engine is rebuilt from the store.
+//
+// A split hands the split identity's cooldowns to the new identity and
+// runs no rule: the visits it moves were counted, and alerted on, under the
+// identity they leave, and a split only takes visits away (no count
+// crosses a threshold it had not crossed). Without that the new identity
+// was alerted at once on visits already alerted on. The new identity's
+// later visits are evaluated as always, under those cooldowns.
 func (a *Agent) commitCorrection(ctx context.Context, kind string, ch identity.Change, put []record.Constraint, del []string) error {
 	c := consolidationCommit([]identity.Change{ch}, a.d.Identities, a.d.Model)
 	c.Constraints, c.DeleteConstraints = put, del
+	if kind == CorrectionSplit {
+		c.CarryCooldowns = []record.CooldownCarry{{From: ch.From, To: ch.To}}
+	}
 	_, err := a.d.Store.CommitVisit(ctx, c)
 	a.commitResult("correction", err)
 	if err != nil {
@@ -337,7 +347,9 @@ func (a *Agent) commitCorrection(ctx context.Context, kind string, ch identity.C
 	}
 	a.log.Info("identity corrected by an analyst", "kind", kind, "from", ch.From, "to", ch.To, "visits", len(ch.VisitIDs),
 		"constraints_stored", len(put), "constraints_replaced", len(del))
-	a.alertAfterConsolidation(ctx, []identity.Change{ch})
+	if kind != CorrectionSplit {
+		a.alertAfterConsolidation(ctx, []identity.Change{ch})
+	}
 	// The dashboards see the corrected counts now, not at the next
 	// periodic summary (an unsent older summary is superseded).
 	if err := a.publishSummary(ctx); err != nil {

@@ -375,3 +375,55 @@ func TestReviewListsTheNewest(t *testing.T) {
 		t.Fatalf("review of %d visits: total %d, %d listed (%.200s...)", n, r.Total, len(r.Visits), raw)
 	}
 }
+
+// An analyst's split raises no alert for the new identity on visits
+// already alerted on under the identity they leave: the new identity
+// inherits its cooldowns (and no rule runs at the split), so the person's
+// next visit inside the cooldown raises none either.
+func TestSplitVisitsRaisesNoAlertAgain(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	for i := range 6 {
+		h.visit(scene{angle: float64(i) * 0.5}, time.Minute, visit.Context{CardHash: strings.Repeat(string(rune('a'+i)), 64)})
+	}
+	vs := h.visits()
+	x := vs[0].IdentityID
+	alerts := func() map[string]int {
+		out := map[string]int{}
+		for _, m := range h.ofKind(KindAlert) {
+			var a wire.Alert
+			if err := json.Unmarshal(m.Payload, &a); err != nil {
+				t.Fatal(err)
+			}
+			out[a.IdentityID+"/"+a.Rule]++
+		}
+		return out
+	}
+	before := alerts()
+	if before[x+"/repeat"] != 1 || before[x+"/cards"] != 1 || len(before) != 2 {
+		t.Fatalf("alerts before the split: %v, want one of repeat and one of cards for %s", before, x)
+	}
+	b, err := h.command(wire.CmdSplitVisits, wire.CommandArgs{ID: x, Visits: []string{vs[3].ID, vs[4].ID, vs[5].ID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sr wire.SplitResult
+	json.Unmarshal(b, &sr)
+	if got := alerts(); !reflect.DeepEqual(got, before) {
+		t.Fatalf("alerts after the split: %v, want those before it %v", got, before)
+	}
+	for _, rule := range []string{"repeat", "cards"} {
+		xat, xok, _ := h.st.LastAlert(context.Background(), rule, x)
+		yat, yok, err := h.st.LastAlert(context.Background(), rule, sr.NewIdentity)
+		if err != nil || !xok || !yok || !yat.Equal(xat) {
+			t.Errorf("%s cooldown: %s %v %v, new %s %v %v (%v), want the split identity's", rule, x, xat, xok, sr.NewIdentity, yat, yok, err)
+		}
+	}
+	// The split-off person comes back inside the repeat cooldown.
+	h.visit(scene{angle: 2.5}, time.Minute, visit.Context{})
+	if got := h.visits(); got[len(got)-1].IdentityID != sr.NewIdentity {
+		t.Skipf("the next visit went to %s, not the split-off %s", got[len(got)-1].IdentityID, sr.NewIdentity)
+	}
+	if got := alerts(); got[sr.NewIdentity+"/repeat"] != 0 {
+		t.Errorf("alerts after the next visit: %v, want no repeat alert inside the inherited cooldown", got)
+	}
+}

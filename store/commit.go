@@ -100,6 +100,14 @@ func (s *Store) CommitVisit(ctx context.Context, c record.Commit) (record.Commit
 				}
 			}
 		}
+		for _, cc := range c.CarryCooldowns {
+			if cc.From == "" || cc.To == "" || cc.From == cc.To {
+				return fmt.Errorf("carry cooldowns from %q to %q: two identities needed", cc.From, cc.To)
+			}
+			if err := carryAlertLast(tx, cc.From, cc.To, now); err != nil {
+				return err
+			}
+		}
 		for id := range touched {
 			if err := s.refreshIdentity(tx, id); err != nil {
 				return err

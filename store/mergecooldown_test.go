@@ -81,3 +81,50 @@ func TestMergeCarriesCooldown(t *testing.T) {
 		}
 	}
 }
+
+// An analyst's split (CarryCooldowns) gives the new identity the split
+// identity's cooldowns, per rule the later of the two, and leaves the
+// split identity its own; a commit naming no two identities fails whole.
+func TestSplitCarriesCooldown(t *testing.T) {
+	ctx := context.Background()
+	now := t0.Add(2 * time.Hour)
+	s, _ := openTest(t, Options{Now: func() time.Time { return now }})
+	for _, v := range [][2]string{{"x1", "X"}, {"x2", "X"}, {"x3", "X"}} {
+		if _, err := s.CommitVisit(ctx, record.Commit{Identities: []record.Identity{{ID: v[1]}},
+			Visit: &visit.Visit{ID: v[0], Time: t0, IdentityID: v[1], Descriptor: visit.Descriptor{Outcome: visit.FaceFound, Embedding: emb(1, 8)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, a := range []visit.Alert{{ID: "al-visits", Rule: "visits", IdentityID: "X", Raised: t0.Add(10 * time.Minute)},
+		{ID: "al-cards", Rule: "cards", IdentityID: "X", Raised: t0.Add(20 * time.Minute)},
+		{ID: "al-late", Rule: "late", IdentityID: "X", Raised: now.Add(time.Hour)}} { // a wrong clock's: not carried
+		if _, err := s.CommitVisit(ctx, record.Commit{Alerts: []record.NewAlert{{Alert: a}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.CommitVisit(ctx, record.Commit{Relabels: []record.Relabel{{VisitID: "x3", IdentityID: "Y"}},
+		CarryCooldowns: []record.CooldownCarry{{From: "X", To: ""}}}); err == nil {
+		t.Fatal("a carry without its identity was committed")
+	}
+	if _, err := s.CommitVisit(ctx, record.Commit{Identities: []record.Identity{{ID: "Y"}},
+		Relabels:       []record.Relabel{{VisitID: "x2", IdentityID: "Y"}, {VisitID: "x3", IdentityID: "Y"}},
+		CarryCooldowns: []record.CooldownCarry{{From: "X", To: "Y"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		rule, ident string
+		want        time.Time
+	}{{"visits", "Y", t0.Add(10 * time.Minute)}, {"cards", "Y", t0.Add(20 * time.Minute)},
+		{"visits", "X", t0.Add(10 * time.Minute)}, {"cards", "X", t0.Add(20 * time.Minute)}} {
+		at, ok, err := s.LastAlert(ctx, c.rule, c.ident)
+		if err != nil || !ok || !at.Equal(c.want) {
+			t.Errorf("%s's %s cooldown after the split: %v %v %v, want %v", c.ident, c.rule, at, ok, err, c.want)
+		}
+	}
+	if _, ok, _ := s.LastAlert(ctx, "late", "Y"); ok {
+		t.Error("a last alert stamped after the store's clock was carried")
+	}
+	if n, err := s.Visit(ctx, "x3"); err != nil || n.IdentityID != "Y" {
+		t.Errorf("visit x3 after the split: %+v %v", n, err)
+	}
+}

@@ -72,6 +72,16 @@ type Commit struct {
 	// names must be stored, or the commit fails.
 	Constraints       []Constraint
 	DeleteConstraints []string
+	// CarryCooldowns gives identity To, for every rule, the later of its
+	// own last alert and From's (the cooldowns), as a merge does for the
+	// identity it deletes; From keeps its own. An analyst's split hands the
+	// split identity's cooldowns to the new one.
+	CarryCooldowns []CooldownCarry
+}
+
+// CooldownCarry names the identity whose cooldowns another inherits.
+type CooldownCarry struct {
+	From, To string
 }
 
 // CommitResult says what a commit wrote.
