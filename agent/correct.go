@@ -105,8 +105,14 @@ func (a *Agent) identityVisits(ctx context.Context, id string) (wire.IdentityVis
 	sim := a.d.Identities.Similarities(id, ids)
 	corrected := map[string]bool{}
 	for _, c := range a.cons {
-		// The visits an analyst placed: those of a merge, those a split moved.
-		for _, v := range c.A {
+		// The visits an analyst's correction moved: those a split moved
+		// off (an apart's A), those a merge brought in (a together's
+		// Moved), not those that were there already.
+		placed := c.A
+		if c.Kind == record.ConstraintTogether {
+			placed = c.Moved
+		}
+		for _, v := range placed {
 			corrected[v] = true
 		}
 	}
@@ -228,7 +234,8 @@ func (a *Agent) splitVisits(ctx context.Context, id string, visits []string) (wi
 		del = append(del, c.ID)
 		for _, part := range [][]string{rest, left} {
 			if len(part) >= 2 {
-				put = append(put, record.Constraint{ID: newVisitID(), Kind: record.ConstraintTogether, Created: c.Created, A: part})
+				put = append(put, record.Constraint{ID: newVisitID(), Kind: record.ConstraintTogether, Created: c.Created, A: part,
+					Moved: slices.DeleteFunc(slices.Clone(c.Moved), func(v string) bool { return !slices.Contains(part, v) })})
 			}
 		}
 	}
@@ -284,12 +291,20 @@ func (a *Agent) mergeIdentities(ctx context.Context, id, into string) (wire.Merg
 	for v := range union {
 		together[v] = true
 	}
+	// The visits this merge moves, and those earlier merges moved.
+	moved := map[string]bool{}
+	for _, v := range from {
+		moved[v.ID] = true
+	}
 	for _, c := range a.cons {
 		switch {
 		case c.Kind == record.ConstraintTogether && slices.ContainsFunc(c.A, inUnion):
 			// Absorbed by the new one.
 			for _, v := range c.A {
 				together[v] = true
+			}
+			for _, v := range c.Moved {
+				moved[v] = true
 			}
 			del = append(del, c.ID)
 		case c.Kind == record.ConstraintApart && slices.ContainsFunc(c.A, inUnion) && slices.ContainsFunc(c.B, inUnion):
@@ -307,7 +322,8 @@ func (a *Agent) mergeIdentities(ctx context.Context, id, into string) (wire.Merg
 			}
 		}
 	}
-	put = append(put, record.Constraint{ID: newVisitID(), Kind: record.ConstraintTogether, Created: now, A: sortedKeys(together)})
+	put = append(put, record.Constraint{ID: newVisitID(), Kind: record.ConstraintTogether, Created: now, A: sortedKeys(together),
+		Moved: sortedKeys(moved)})
 	if err := a.commitCorrection(ctx, CorrectionMerge, ch, put, del); err != nil {
 		return wire.MergeResult{}, err
 	}

@@ -427,3 +427,54 @@ func TestSplitVisitsRaisesNoAlertAgain(t *testing.T) {
 		t.Errorf("alerts after the next visit: %v, want no repeat alert inside the inherited cooldown", got)
 	}
 }
+
+// corrected marks the visits a correction moved, not every visit of the
+// identity it touched: after a merge, those of the identity merged away;
+// after a split, those moved off (and, on the side that stayed, those an
+// earlier merge moved in).
+func TestReviewMarksTheMovedVisits(t *testing.T) {
+	h := newHarness(t, "", nil, Config{})
+	for i := range 4 {
+		h.visit(scene{angle: float64(90 * (i % 2))}, time.Minute, visit.Context{})
+	}
+	vs := h.visits()
+	x, y := vs[0].IdentityID, vs[1].IdentityID
+	if x == y {
+		t.Fatalf("setup: %v", h.identities())
+	}
+	marked := func(id string) map[string]bool {
+		t.Helper()
+		r, _ := h.review(id)
+		out := map[string]bool{}
+		for _, v := range r.Visits {
+			out[v.VisitID] = v.Corrected
+		}
+		return out
+	}
+	if _, err := h.command(wire.CmdMergeIdentities, wire.CommandArgs{ID: y, Into: x}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{vs[0].ID: false, vs[1].ID: true, vs[2].ID: false, vs[3].ID: true}
+	if got := marked(x); !reflect.DeepEqual(got, want) {
+		t.Fatalf("after merging %s into %s: corrected %v, want %v", y, x, got, want)
+	}
+	b, err := h.command(wire.CmdSplitVisits, wire.CommandArgs{ID: x, Visits: []string{vs[2].ID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sr wire.SplitResult
+	json.Unmarshal(b, &sr)
+	if got := marked(sr.NewIdentity); !reflect.DeepEqual(got, map[string]bool{vs[2].ID: true}) {
+		t.Errorf("split-off identity: corrected %v", got)
+	}
+	want = map[string]bool{vs[0].ID: false, vs[1].ID: true, vs[3].ID: true}
+	if got := marked(x); !reflect.DeepEqual(got, want) {
+		t.Errorf("after the split, %s: corrected %v, want %v", x, got, want)
+	}
+	// The marks are stored: a restarted agent gives the same.
+	h.close()
+	h = newHarness(t, h.path, h.clk, Config{})
+	if got := marked(x); !reflect.DeepEqual(got, want) {
+		t.Errorf("after a restart, %s: corrected %v, want %v", x, got, want)
+	}
+}

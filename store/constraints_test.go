@@ -107,6 +107,17 @@ func TestConstraintsPrunedWithVisits(t *testing.T) {
 		{ID: "single", Kind: record.ConstraintTogether, A: []string{"old1", "new2"}},
 		// Untouched by retention; purge_identity C takes new3.
 		{ID: "purged", Kind: record.ConstraintApart, A: []string{"new3"}, B: []string{"new1", "new2"}},
+		// A merge's: loses old2 from A and from its moved visits.
+		{ID: "merged", Kind: record.ConstraintTogether, A: []string{"new1", "new2", "old2"}, Moved: []string{"new2", "old2"}},
+	}
+	for _, bad := range []record.Constraint{
+		{ID: "stray", Kind: record.ConstraintTogether, A: []string{"new1", "new2"}, Moved: []string{"new3"}},
+		{ID: "twice", Kind: record.ConstraintTogether, A: []string{"new1", "new2"}, Moved: []string{"new1", "new1"}},
+		{ID: "apart", Kind: record.ConstraintApart, A: []string{"new1"}, B: []string{"new2"}, Moved: []string{"new1"}},
+	} {
+		if _, err := s.CommitVisit(ctx, record.Commit{Constraints: []record.Constraint{bad}}); err == nil {
+			t.Errorf("constraint %+v committed", bad)
+		}
 	}
 	if _, err := s.CommitVisit(ctx, record.Commit{Constraints: cs}); err != nil {
 		t.Fatal(err)
@@ -117,7 +128,8 @@ func TestConstraintsPrunedWithVisits(t *testing.T) {
 		t.Fatalf("purge: %d, %v", n, err)
 	}
 	got := constraints(t, s)
-	if len(got) != 2 || !reflect.DeepEqual(got["shrinks"].A, []string{"new1"}) || got["purged"].ID == "" {
+	if len(got) != 3 || !reflect.DeepEqual(got["shrinks"].A, []string{"new1"}) || got["purged"].ID == "" ||
+		!reflect.DeepEqual(got["merged"].A, []string{"new1", "new2"}) || !reflect.DeepEqual(got["merged"].Moved, []string{"new2"}) {
 		t.Fatalf("after retention: %+v", got)
 	}
 	s = checkOK(t, s, path)
@@ -125,7 +137,7 @@ func TestConstraintsPrunedWithVisits(t *testing.T) {
 		t.Fatal(err)
 	}
 	got = constraints(t, s)
-	if len(got) != 1 || got["shrinks"].ID == "" {
+	if len(got) != 2 || got["shrinks"].ID == "" || got["merged"].ID == "" {
 		t.Fatalf("after purge_identity: %+v", got)
 	}
 	checkOK(t, s, path)

@@ -123,6 +123,11 @@ type Constraint struct {
 	Created time.Time `json:"created"`
 	A       []string  `json:"a"`
 	B       []string  `json:"b,omitempty"`
+	// Moved, in a together constraint, are the visits of A that an
+	// analyst's merge moved (the identity merged away's, and those of the
+	// merges it absorbed), as an apart constraint's A are those a split
+	// moved: the review marks them corrected. Empty in an apart one.
+	Moved []string `json:"moved,omitempty"`
 }
 
 // Check says whether c is well formed and constrains something: apart
@@ -147,10 +152,20 @@ func (c Constraint) Check() error {
 			seen[v] = side
 		}
 	}
+	moved := map[string]bool{}
+	for _, v := range c.Moved {
+		if s, ok := seen[v]; !ok || s != 0 || moved[v] {
+			return fmt.Errorf("constraint %s: moved visit %q not in A, or twice", c.ID, v)
+		}
+		moved[v] = true
+	}
 	switch c.Kind {
 	case ConstraintApart:
 		if len(c.A) == 0 || len(c.B) == 0 {
 			return fmt.Errorf("constraint %s: apart needs visits on both sides", c.ID)
+		}
+		if len(c.Moved) > 0 {
+			return fmt.Errorf("constraint %s: apart names its moved visits in A, not in moved", c.ID)
 		}
 	case ConstraintTogether:
 		if len(c.A) < 2 || len(c.B) > 0 {
@@ -175,7 +190,7 @@ func (c Constraint) Visits(f func(visitID string)) {
 // that some were, keep that what is left still constrains something.
 func (c Constraint) Prune(gone func(visitID string) bool) (out Constraint, changed, keep bool) {
 	out = c
-	out.A, out.B = nil, nil
+	out.A, out.B, out.Moved = nil, nil, nil
 	for _, v := range c.A {
 		if !gone(v) {
 			out.A = append(out.A, v)
@@ -186,7 +201,12 @@ func (c Constraint) Prune(gone func(visitID string) bool) (out Constraint, chang
 			out.B = append(out.B, v)
 		}
 	}
-	changed = len(out.A) != len(c.A) || len(out.B) != len(c.B)
+	for _, v := range c.Moved {
+		if !gone(v) {
+			out.Moved = append(out.Moved, v)
+		}
+	}
+	changed = len(out.A) != len(c.A) || len(out.B) != len(c.B) || len(out.Moved) != len(c.Moved)
 	if !changed {
 		out = c
 	}

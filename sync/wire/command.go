@@ -86,7 +86,8 @@ type ReviewVisit struct {
 	// other visits as the engine scores them (-1..1); absent when it has
 	// no other visit with a template.
 	Similarity *float64 `json:"similarity,omitempty"`
-	// Corrected says an analyst's split or merge placed the visit.
+	// Corrected says an analyst's correction moved the visit: a split
+	// moved it off, or a merge brought it in (not the visits that stayed).
 	Corrected bool `json:"corrected,omitempty"`
 }
 
