@@ -416,8 +416,11 @@ func Command() cli.Command {
 			fmt.Fprintf(env.Stdout, "salvaged %s into %s\n", rep.Source, rep.Dest)
 			fmt.Fprintf(env.Stdout, "  visits kept %d, skipped %d; templates lost %d; identities recreated %d; unreadable pages %d\n",
 				rep.Kept["visits"], rep.Skipped["visits"], rep.TemplatesLost, rep.IdentitiesRecreated, rep.BadPages)
-			for _, b := range []string{"identities", "alerts", "outbox", "templates"} {
+			for _, b := range []string{"identities", "alerts", "outbox", "templates", "constraints"} {
 				fmt.Fprintf(env.Stdout, "  %-10s kept %d, skipped %d\n", b, rep.Kept[b], rep.Skipped[b])
+			}
+			for _, w := range rep.Warnings {
+				fmt.Fprintf(env.Stdout, "  warning: %s\n", w)
 			}
 			for i, p := range rep.Problems {
 				if i == 20 {
