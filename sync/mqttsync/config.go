@@ -239,8 +239,11 @@ func (c Config) Validate() error {
 }
 
 func (c CommandsConfig) validate() error {
-	if c.Timeout <= 0 {
-		return errors.New("timeout must be > 0")
+	if c.Timeout < time.Second || c.Timeout > 10*time.Minute {
+		// The wait for the worker, which may be filming a visit (a few
+		// seconds) or consolidating: a few milliseconds refused nearly
+		// every command while a visit was in progress.
+		return fmt.Errorf("timeout %v: want 1s..10m (how long a command waits for the agent's worker)", c.Timeout)
 	}
 	if c.MaxClockSkew < 10*time.Second || c.MaxClockSkew > time.Hour {
 		return fmt.Errorf("max_clock_skew %v: want 10s..1h", c.MaxClockSkew)

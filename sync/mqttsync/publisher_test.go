@@ -274,6 +274,8 @@ commands:
 		"commands key and file": "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, seen_file: /x, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\", file: /k}]}\n",
 		"commands no seen file": "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
 		"commands skew 0":       "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, max_clock_skew: 0s, seen_file: /x, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
+		"commands timeout 3ms":  "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, timeout: 3ms, seen_file: /x, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
+		"commands timeout 1h":   "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, timeout: 1h, seen_file: /x, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
 	}
 	for name, y := range bad {
 		if _, err := ParseConfig([]byte(y)); err == nil {
