@@ -35,15 +35,26 @@ func main() {
 	os.Exit(runMain(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-const usageText = `atm-fleet: the central fleet view over the agents' MQTT topics (docs/fleet.md)
+// commands lists the commands: the usage text and the man page (manpage)
+// are made from it, the flags of run and compact from their flag sets.
+var commands = []struct{ name, synopsis, summary string }{
+	{"run", "run --config FILE", "ingest + web dashboard until SIGINT/SIGTERM"},
+	{"config check", "config check FILE", "validate a config (strict: unknown keys are errors) and the command key it names"},
+	{"config default", "config default", "print the default config"},
+	{"compact", "compact [--config FILE]", "shrink the embedded store's file to its records (service stopped)"},
+	{"passwd", "passwd", "read a password (twice on a terminal) and print its bcrypt hash for the users file"},
+	{"manpage", "manpage", "print the man page (roff; man -l - to read it)"},
+	{"version", "version", "print the version"},
+}
 
-  atm-fleet run --config FILE        ingest + web dashboard until SIGINT/SIGTERM
-  atm-fleet config check FILE        validate a config (strict: unknown keys are errors) and the command key it names
-  atm-fleet config default           print the default config
-  atm-fleet compact [--config FILE]  shrink the embedded store's file to its records (service stopped)
-  atm-fleet passwd                   read a password (twice on a terminal) and print its bcrypt hash for the users file
-  atm-fleet version
-`
+var usageText = func() string {
+	var b strings.Builder
+	b.WriteString("atm-fleet: the central fleet view over the agents' MQTT topics (docs/fleet.md)\n\n")
+	for _, c := range commands {
+		fmt.Fprintf(&b, "  %-35s%s\n", "atm-fleet "+c.synopsis, c.summary)
+	}
+	return b.String()
+}()
 
 func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -60,6 +71,8 @@ func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		err = cmdCompact(args[1:], stdout, stderr)
 	case "passwd":
 		err = cmdPasswd(stdin, stdout, stderr)
+	case "manpage":
+		err = writeMan(stdout)
 	case "version":
 		fmt.Fprintln(stdout, "atm-fleet", version)
 	case "-h", "--help", "help":
@@ -101,12 +114,17 @@ func cmdConfig(args []string, stdout io.Writer) error {
 	return errors.New("usage: atm-fleet config check FILE | atm-fleet config default")
 }
 
-// cmdCompact rewrites the embedded store without its free pages.
-func cmdCompact(args []string, stdout, stderr io.Writer) error {
+func compactFlags(stderr io.Writer) (*flag.FlagSet, *string, *time.Duration) {
 	fs := flag.NewFlagSet("compact", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "/etc/atm-fleet/config.yaml", "config file")
 	wait := fs.Duration("wait", 5*time.Second, "how long to wait for the store file's lock")
+	return fs, path, wait
+}
+
+// cmdCompact rewrites the embedded store without its free pages.
+func cmdCompact(args []string, stdout, stderr io.Writer) error {
+	fs, path, wait := compactFlags(stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -162,10 +180,15 @@ func cmdPasswd(stdin io.Reader, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+func runFlags(stderr io.Writer) (*flag.FlagSet, *string) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "/etc/atm-fleet/config.yaml", "config file")
+	return fs, path
+}
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, path := runFlags(stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
