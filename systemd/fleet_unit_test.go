@@ -21,6 +21,7 @@ func TestFleetUnitVerifies(t *testing.T) {
 	}
 	for _, want := range []string{"ExecStart=/usr/bin/atm-fleet run --config /etc/atm-fleet/config.yaml",
 		"ExecStartPre=/usr/bin/atm-fleet config check", "DynamicUser=yes", "StateDirectory=atm-fleet",
+		"LoadCredential=users.yaml:/etc/atm-fleet/users.yaml", "LoadCredential=session.key:/etc/atm-fleet/session.key",
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service"} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %q", want)
