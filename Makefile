@@ -91,7 +91,8 @@ test-seccomp:
 clean:
 	rm -rf build/atm-agent build/atm-tools build/models
 
-# Debian package (nfpm v2.45.2 via go run; docs/packaging.md).
+# Debian packages atm-agent, atm-tools and atm-fleet (nfpm v2.45.2 via go
+# run; docs/packaging.md).
 .PHONY: deb test-deb
 deb: models
 	bash scripts/packaging/build-deb.sh
@@ -105,12 +106,12 @@ test-deb: deb
 # (docs/packaging.md "lintian"; apt-get install lintian).
 .PHONY: lintian
 lintian:
-	lintian --fail-on error,warning --info $$(ls -t build/atm-agent_*_amd64.deb | head -1) $$(ls -t build/atm-tools_*_amd64.deb | head -1)
+	lintian --fail-on error,warning --info $$(ls -t build/atm-agent_*_amd64.deb | head -1) $$(ls -t build/atm-tools_*_amd64.deb | head -1) $$(ls -t build/atm-fleet_*_amd64.deb | head -1)
 
 # The same on the packages of `make deb-arm64`.
 .PHONY: lintian-arm64
 lintian-arm64:
-	lintian --fail-on error,warning --info $$(ls -t build/atm-agent_*_arm64.deb | head -1) $$(ls -t build/atm-tools_*_arm64.deb | head -1)
+	lintian --fail-on error,warning --info $$(ls -t build/atm-agent_*_arm64.deb | head -1) $$(ls -t build/atm-tools_*_arm64.deb | head -1) $$(ls -t build/atm-fleet_*_arm64.deb | head -1)
 
 # arm64 cross build against Debian's arm64 OpenCV in a sysroot under build/
 # (mmdebstrap, created once); run it with qemu-aarch64-static -L build/sysroot-arm64.

@@ -49,5 +49,7 @@ LDFLAGS="-s -w -X main.version=$VERSION -X github.com/periocular/atm-agent/inter
 go build -modfile="$lean" -trimpath -buildmode=pie -ldflags "$LDFLAGS" -o "$OUT" ./cmd/atm-agent
 # The offline tools (cluster, used by compare-arch.sh) beside it.
 go build -modfile="$lean" -trimpath -buildmode=pie -ldflags "$LDFLAGS" -o "${OUT/atm-agent/atm-tools}" ./cmd/atm-tools
-bash scripts/packaging/check-pie.sh dynamic "$OUT" "${OUT/atm-agent/atm-tools}" >&2
+# The fleet service: pure Go (no cgo, no sysroot), a PIE too.
+CGO_ENABLED=0 go build -trimpath -buildmode=pie -ldflags "$LDFLAGS" -o "${OUT/atm-agent/atm-fleet}" ./cmd/atm-fleet
+bash scripts/packaging/check-pie.sh dynamic "$OUT" "${OUT/atm-agent/atm-tools}" "${OUT/atm-agent/atm-fleet}" >&2
 echo "$OUT"

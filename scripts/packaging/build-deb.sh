@@ -1,6 +1,6 @@
 #!/bin/bash
-# Build the atm-agent and atm-tools .debs with nfpm from the binaries (make
-# build) and the converted models (make models). Run from the repository
+# Build the atm-agent, atm-tools and atm-fleet .debs with nfpm from the
+# binaries (make build) and the converted models (make models). Run from the repository
 # root (make deb).
 #   DEB_VERSION     package version (default: scripts/version.sh, what the
 #                   binaries say; they must agree)
@@ -9,6 +9,8 @@
 #                   build/atm-agent-arm64); a static one gets no library Depends
 #   DEB_TOOLS_BIN   the tools binary (default build/atm-tools or
 #                   build/atm-tools-arm64; with an explicit DEB_BIN only when set)
+#   DEB_FLEET_BIN   the fleet service's binary (default build/atm-fleet or
+#                   build/atm-fleet-arm64; with an explicit DEB_BIN only when set)
 #   DEB_DEPENDS     runtime dependencies (default: dpkg-shlibdeps on the amd64
 #                   binary; for arm64 the same, after checking that the arm64
 #                   binary needs no shared library the amd64 one does not)
@@ -16,23 +18,28 @@
 #                   user.name <user.email>, as dch does, else HEAD's author)
 #   DEB_OUT         output file (default build/atm-agent_<version>_<arch>.deb)
 #   DEB_TOOLS_OUT   output file (default build/atm-tools_<version>_<arch>.deb)
+#   DEB_FLEET_OUT   output file (default build/atm-fleet_<version>_<arch>.deb)
 set -euo pipefail
 NFPM="go run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2"
 BIN=build/atm-agent   # native: prints the default config, man page, completions; dpkg-shlibdeps
 TOOLS=build/atm-tools # native: copies the shipped models
+FLEET=build/atm-fleet # native: prints the fleet's default config and man page
 MODELS=build/models
 PHOTOS=build/src/face-api/demo
 export DEB_ARCH=${DEB_ARCH:-amd64}
 explicit_bin=${DEB_BIN:+y}
 case "$DEB_ARCH" in
-amd64) DEB_BIN=${DEB_BIN:-$BIN}; tools_default=$TOOLS ;;
-arm64) DEB_BIN=${DEB_BIN:-build/atm-agent-arm64}; tools_default=build/atm-tools-arm64 ;;
+amd64) DEB_BIN=${DEB_BIN:-$BIN}; tools_default=$TOOLS; fleet_default=$FLEET ;;
+arm64) DEB_BIN=${DEB_BIN:-build/atm-agent-arm64}; tools_default=build/atm-tools-arm64; fleet_default=build/atm-fleet-arm64 ;;
 *) echo "build-deb: DEB_ARCH $DEB_ARCH unsupported" >&2; exit 1 ;;
 esac
 if [ -z "${DEB_TOOLS_BIN:-}" ] && [ -z "$explicit_bin" ]; then
 	DEB_TOOLS_BIN=$tools_default
 fi
-export DEB_BIN DEB_TOOLS_BIN=${DEB_TOOLS_BIN:-}
+if [ -z "${DEB_FLEET_BIN:-}" ] && [ -z "$explicit_bin" ]; then
+	DEB_FLEET_BIN=$fleet_default
+fi
+export DEB_BIN DEB_TOOLS_BIN=${DEB_TOOLS_BIN:-} DEB_FLEET_BIN=${DEB_FLEET_BIN:-}
 
 if [ -z "${DEB_MAINTAINER:-}" ]; then
 	# A fresh clone without git identity: the author of HEAD.
@@ -44,7 +51,7 @@ if [ -z "${DEB_MAINTAINER:-}" ]; then
 fi
 export DEB_MAINTAINER
 
-for f in "$BIN" "$TOOLS" "$DEB_BIN" ${DEB_TOOLS_BIN:+"$DEB_TOOLS_BIN"} "$MODELS/manifest.yaml" "$PHOTOS/sample1.jpg"; do
+for f in "$BIN" "$TOOLS" "$DEB_BIN" ${DEB_TOOLS_BIN:+"$DEB_TOOLS_BIN"} ${DEB_FLEET_BIN:+"$FLEET" "$DEB_FLEET_BIN"} "$MODELS/manifest.yaml" "$PHOTOS/sample1.jpg"; do
 	[ -e "$f" ] || { echo "build-deb: $f missing (make build models)" >&2; exit 1; }
 done
 
@@ -55,9 +62,14 @@ export DEB_VERSION
 got=$("$BIN" --version)
 [ "$got" = "atm-agent $DEB_VERSION" ] ||
 	{ echo "build-deb: $BIN --version says '$got', the package would be $DEB_VERSION (make build VERSION=$DEB_VERSION)" >&2; exit 1; }
+if [ -n "$DEB_FLEET_BIN" ]; then
+	got=$("$FLEET" version)
+	[ "$got" = "atm-fleet $DEB_VERSION" ] ||
+		{ echo "build-deb: $FLEET version says '$got', the package would be $DEB_VERSION (make build VERSION=$DEB_VERSION)" >&2; exit 1; }
+fi
 
 rm -rf build/deb
-mkdir -p build/deb/atm-agent build/deb/atm-tools build/deb/demo
+mkdir -p build/deb/atm-agent build/deb/atm-tools build/deb/atm-fleet build/deb/demo
 # Only the models the default pipeline runs; the rest come with
 # `atm-tools models build`. They must pass the same check as on the box.
 "$TOOLS" models ship --dir "$MODELS" --out build/deb/models >&2
@@ -93,6 +105,7 @@ changelog() {
 }
 changelog atm-agent
 changelog atm-tools
+changelog atm-fleet
 
 "$BIN" config default >build/deb/config.yaml
 # Templates are encrypted at rest in the package: postinst creates
@@ -103,6 +116,32 @@ grep -q '^  key_file: credential:store-key ' build/deb/config.yaml ||
 	{ echo "build-deb: could not set store.key_file in the packaged config" >&2; exit 1; }
 "$BIN" config check build/deb/config.yaml >/dev/null
 
+# The fleet service's config as the package installs it: the store in the
+# unit's StateDirectory, the users file and the session key read from the
+# copies systemd hands the service (the unit's LoadCredential=; postinst
+# makes the sources in /etc/atm-fleet), a client id that is not the build
+# machine's name. docs/fleet.md "Install".
+if [ -n "$DEB_FLEET_BIN" ]; then
+	"$FLEET" manpage | gzip -9n >build/deb/atm-fleet/atm-fleet.1.gz
+	creds=/run/credentials/atm-fleet.service
+	{
+		echo "# atm-fleet configuration (docs/fleet.md, /usr/share/doc/atm-fleet/fleet.md)."
+		echo "# Every key with its default: atm-fleet config default. Check: atm-fleet config check FILE."
+		echo "# The users file and the session key are /etc/atm-fleet/users.yaml and"
+		echo "# /etc/atm-fleet/session.key (root, 0600); systemd hands the service a copy of"
+		echo "# each under $creds/ (the unit's LoadCredential=)."
+		"$FLEET" config default | sed \
+			-e "s|^\(    client_id:\) .*|\1 atm-fleet   # stable per instance (the broker keeps its session under it): one per instance when scaling out|" \
+			-e "s|^\(    users_file:\) .*|\1 $creds/users.yaml|" \
+			-e "s|^\(    session_key_file:\) .*|\1 $creds/session.key|"
+	} >build/deb/atm-fleet/config.yaml
+	for want in "    path: /var/lib/atm-fleet/fleet.db" "    client_id: atm-fleet " "    users_file: $creds/users.yaml" "    session_key_file: $creds/session.key"; do
+		grep -qF -- "$want" build/deb/atm-fleet/config.yaml ||
+			{ echo "build-deb: the packaged fleet config lacks '$want'" >&2; exit 1; }
+	done
+	"$FLEET" config check build/deb/atm-fleet/config.yaml >/dev/null
+fi
+
 # A static binary (make static / static-arm64: no program interpreter; `file`
 # says "static-pie linked") needs no library.
 static() { ! readelf -lW "$1" | grep -q 'Requesting program interpreter'; }
@@ -112,7 +151,9 @@ fi
 # Every packaged binary is a position-independent executable (lintian's
 # hardening-no-pie; docs/packaging.md "lintian"): a build that lost PIE fails
 # here instead of shipping.
-for b in "$DEB_BIN" ${DEB_TOOLS_BIN:+"$DEB_TOOLS_BIN"}; do
+# The fleet service is pure Go (CGO_ENABLED=0): a PIE with the program
+# interpreter and no NEEDED library, checked as "dynamic" as in make build.
+for b in "$DEB_BIN" ${DEB_TOOLS_BIN:+"$DEB_TOOLS_BIN"} ${DEB_FLEET_BIN:+"$DEB_FLEET_BIN"}; do
 	if static "$b"; then kind=static; else kind=dynamic; fi
 	bash scripts/packaging/check-pie.sh "$kind" "$b" >&2
 done
@@ -154,7 +195,7 @@ fi
 export DEB_TOOLS_DEPENDS=${DEB_TOOLS_DEPENDS:-}
 
 if [ -z "${DEB_OUT:-}" ]; then
-	rm -f build/atm-agent_*_"$DEB_ARCH".deb build/atm-tools_*_"$DEB_ARCH".deb # keep only the newest in build/
+	rm -f build/atm-agent_*_"$DEB_ARCH".deb build/atm-tools_*_"$DEB_ARCH".deb build/atm-fleet_*_"$DEB_ARCH".deb # keep only the newest in build/
 fi
 out=${DEB_OUT:-build/atm-agent_${DEB_VERSION}_${DEB_ARCH}.deb}
 rm -f "$out"
@@ -165,4 +206,10 @@ if [ -n "$DEB_TOOLS_BIN" ]; then
 	rm -f "$tout"
 	$NFPM package --config scripts/packaging/nfpm-tools.yaml --packager deb --target "$tout" >&2
 	echo "$tout"
+fi
+if [ -n "$DEB_FLEET_BIN" ]; then
+	fout=${DEB_FLEET_OUT:-build/atm-fleet_${DEB_VERSION}_${DEB_ARCH}.deb}
+	rm -f "$fout"
+	$NFPM package --config scripts/packaging/nfpm-fleet.yaml --packager deb --target "$fout" >&2
+	echo "$fout"
 fi
