@@ -97,10 +97,13 @@ clean:
 deb: models
 	bash scripts/packaging/build-deb.sh
 
-# Installs the package on THIS machine (dpkg -i, upgrade, remove, purge) and
-# cleans up after itself; needs root. Not part of `make test`.
+# Installs the packages on THIS machine (dpkg -i, upgrade, remove, purge) and
+# cleans up after itself; needs root. Not part of `make test`. The fleet
+# service's test also runs it as its unit would (systemctl-standin.sh) and
+# signs in over HTTP.
 test-deb: deb
 	bash scripts/packaging/test-deb.sh
+	bash scripts/packaging/test-deb-fleet.sh
 
 # lintian on the packages of `make deb`: fails on any error or warning
 # (docs/packaging.md "lintian"; apt-get install lintian).

@@ -15,8 +15,9 @@ cd "$(dirname "$0")/.."
 # (internal/e2e/seccomp_test.go, blasProviders). Installing it makes it the
 # machine's default libblas.so.3 (Debian's alternatives), as on such a kiosk.
 # mosquitto-clients: mosquitto_pub floods the command topic from a process of
-# its own (sync/mqttsync, TestMosquittoForgedCommandFlood).
-APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto mosquitto-clients systemd postgresql chromium prometheus libopenblas0-pthread)
+# its own (sync/mqttsync, TestMosquittoForgedCommandFlood). curl: the fleet
+# package's install test signs in over HTTP (scripts/packaging/test-deb-fleet.sh).
+APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto mosquitto-clients systemd postgresql chromium prometheus libopenblas0-pthread curl)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

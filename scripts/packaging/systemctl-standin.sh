@@ -22,6 +22,11 @@
 #   stop     SIGTERM to the main process (KillMode=mixed), SIGKILL after
 #            TimeoutStopSec=, then to what is left of it; removes the
 #            runtime and credentials directories.
+#            DynamicUser=yes without User=: a user named after the unit with
+#            a uid (and gid) of systemd's dynamic range 61184-65519, picked
+#            from the name, with no passwd entry (HOME=/); its
+#            StateDirectory= is made in place, not in /var/lib/private with
+#            a link as systemd does.
 #   enable/disable [--now], is-active, is-enabled, status, restart,
 #   try-restart, daemon-reload, reset-failed, --version.
 # Not modelled: the sandboxing (Protect*=, SystemCallFilter=, DevicePolicy=,
@@ -48,6 +53,19 @@ secs() { local v=${1:-$2}; v=${v%s}; echo "${v:-$2}"; }
 main_pid() { cat "$S/$U.pid" 2>/dev/null; }
 running() { local p; p=$(main_pid) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && [ ! -e "$S/$U.status" ]; }
 
+# dynamic_user: "NAME UID GID" when the unit runs as a dynamic user
+# (DynamicUser=yes, no User=, no passwd entry of the unit's name), else
+# nothing. The uid is the same at every start (from the name's checksum).
+dynamic_user() {
+	local n id
+	[ "$(val DynamicUser)" = yes ] && [ -z "$(val User)" ] || return 0
+	n=${U%.service}
+	getent passwd "$n" >/dev/null && return 0
+	id=$((61184 + $(printf %s "$n" | cksum | cut -d' ' -f1) % 4336))
+	while getent passwd "$id" >/dev/null || getent group "$id" >/dev/null; do id=$((id + 1)); done
+	echo "$n $id $id"
+}
+
 # The command line of one Exec*= line, run as the unit's user: setpriv
 # and env in front of it (printed NUL-separated for mapfile).
 exec_prefix() {
@@ -56,6 +74,9 @@ exec_prefix() {
 	g=$(val Group)
 	g=${g:-$u}
 	supp=$(vals SupplementaryGroups | tr '\n' ' ')
+	local dname duid dgid
+	read -r dname duid dgid < <(dynamic_user)
+	[ -n "$dname" ] && u=$dname
 	printf '%s\0' env -i
 	printf '%s\0' PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
 	printf '%s\0' "INVOCATION_ID=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -73,7 +94,16 @@ exec_prefix() {
 		e=${e%\"}
 		printf '%s\0' "$e"
 	done < <(vals Environment)
-	if [ -n "$u" ]; then
+	if [ -n "$duid" ]; then
+		printf '%s\0' "USER=$u" "LOGNAME=$u" "HOME=/" "SHELL=/usr/sbin/nologin"
+		groups=$(echo "$supp" | tr ' ' '\n' | grep -v '^$' | while read -r sg; do getent group "$sg" | cut -d: -f3; done | paste -sd,)
+		printf '%s\0' setpriv --reuid="$duid" --regid="$dgid"
+		if [ -n "$groups" ]; then printf '%s\0' --groups="$groups"; else printf '%s\0' --clear-groups; fi
+		[ "$(val NoNewPrivileges)" = yes ] && printf '%s\0' --no-new-privs
+		if vals CapabilityBoundingSet | grep -q '^$'; then
+			printf '%s\0' --bounding-set=-all --inh-caps=-all
+		fi
+	elif [ -n "$u" ]; then
 		printf '%s\0' "USER=$u" "LOGNAME=$u" "HOME=$(getent passwd "$u" | cut -d: -f6)" "SHELL=$(getent passwd "$u" | cut -d: -f7)"
 		groups=$(id -Gn "$u" | tr ' ' '\n')
 		groups=$(printf '%s\n%s\n' "$groups" "$(echo "$supp" | tr ' ' '\n')" | grep -v '^$' | sort -u | paste -sd,)
@@ -92,10 +122,12 @@ set_umask() {
 }
 
 prepare() {
-	local u g d m src id
+	local u g d m src id dname duid dgid
 	u=$(val User)
 	g=$(val Group)
 	g=${g:-$u}
+	read -r dname duid dgid < <(dynamic_user)
+	if [ -n "$duid" ]; then u=$duid g=$dgid; fi
 	d=$(val StateDirectory)
 	if [ -n "$d" ]; then
 		m=$(val StateDirectoryMode)
