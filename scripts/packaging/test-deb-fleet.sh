@@ -46,18 +46,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fails=0
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
-check() { # check DESCRIPTION COMMAND...
-	local d=$1; shift
-	if "$@" >"$tmp/out" 2>&1; then ok "$d"; else bad "$d: $(head -c 400 "$tmp/out")"; fi
-}
-perm() { # perm PATH MODE OWNER:GROUP
-	local got; got=$(stat -c '%a %U:%G' "$1" 2>/dev/null || echo missing)
-	if [ "$got" = "$2 $3" ]; then ok "$1 $got"; else bad "$1: $got, want $2 $3"; fi
-}
-sum() { sha256sum "$1" | cut -d' ' -f1; }
+# ok, bad, check, perm, sum, bumped_copy
+# shellcheck source=scripts/packaging/testlib.sh
+. "$(dirname "$0")/testlib.sh"
 log() { cat /var/log/standin/$unit.log 2>/dev/null; }
 # The service is down within 5 s (it exits at start when it refuses).
 goes_down() {
@@ -79,12 +70,7 @@ J='Accept: application/json'
 # config differs: with the operator's edit, dpkg has a conffile question.
 ver=$(dpkg-deb -f "$DEB" Version)
 ver2="$ver+upgradetest"
-dpkg-deb -R "$DEB" "$tmp/pkg"
-sed -i "s/^Version: .*/Version: $ver2/" "$tmp/pkg/DEBIAN/control"
-echo "# $ver2: a changed packaged default" >>"$tmp/pkg/etc/atm-fleet/config.yaml"
-sed -i "s|^[0-9a-f]*  etc/atm-fleet/config.yaml\$|$(md5sum <"$tmp/pkg/etc/atm-fleet/config.yaml" | cut -d' ' -f1)  etc/atm-fleet/config.yaml|" "$tmp/pkg/DEBIAN/md5sums"
-dpkg-deb -Zgzip -z1 -b "$tmp/pkg" "$tmp/upgrade.deb" >/dev/null
-rm -rf "$tmp/pkg"
+bumped_copy "$DEB" "$tmp/upgrade.deb" etc/atm-fleet/config.yaml
 
 echo "== install $ver"
 dpkg -i "$DEB" </dev/null >"$tmp/install" 2>&1 && ok "dpkg -i" || bad "dpkg -i: $(tail -c 400 "$tmp/install")"

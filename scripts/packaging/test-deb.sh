@@ -38,30 +38,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fails=0
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
-check() { # check DESCRIPTION COMMAND...
-	local d=$1; shift
-	if "$@" >"$tmp/out" 2>&1; then ok "$d"; else bad "$d: $(head -c 400 "$tmp/out")"; fi
-}
-perm() { # perm PATH MODE OWNER:GROUP
-	local got; got=$(stat -c '%a %U:%G' "$1" 2>/dev/null || echo missing)
-	if [ "$got" = "$2 $3" ]; then ok "$1 $got"; else bad "$1: $got, want $2 $3"; fi
-}
-sum() { sha256sum "$1" | cut -d' ' -f1; }
+# ok, bad, check, perm, sum, bumped_copy
+# shellcheck source=scripts/packaging/testlib.sh
+. "$(dirname "$0")/testlib.sh"
 
 # A bumped copy of the same package for the upgrade step, whose packaged
 # config differs (a release with a changed default): with the operator's
 # edit, dpkg has a conffile question to answer.
 ver=$(dpkg-deb -f "$DEB" Version)
 ver2="$ver+upgradetest"
-dpkg-deb -R "$DEB" "$tmp/pkg"
-sed -i "s/^Version: .*/Version: $ver2/" "$tmp/pkg/DEBIAN/control"
-echo "# $ver2: a changed packaged default" >>"$tmp/pkg/etc/atm-agent/config.yaml"
-sed -i "s|^[0-9a-f]*  etc/atm-agent/config.yaml\$|$(md5sum <"$tmp/pkg/etc/atm-agent/config.yaml" | cut -d' ' -f1)  etc/atm-agent/config.yaml|" "$tmp/pkg/DEBIAN/md5sums"
-dpkg-deb -Zgzip -z1 -b "$tmp/pkg" "$tmp/upgrade.deb" >/dev/null
-rm -rf "$tmp/pkg"
+bumped_copy "$DEB" "$tmp/upgrade.deb" etc/atm-agent/config.yaml
 
 echo "== install $ver"
 check "dpkg -i" dpkg -i "$DEB" </dev/null
