@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/periocular/atm-agent/internal/manroff"
 )
 
 // The man page names every command of the usage text and the flags of run
@@ -20,7 +22,7 @@ func TestManpage(t *testing.T) {
 	runMain(context.Background(), []string{"--help"}, nil, &usage, io.Discard)
 	page := out.String()
 	for _, c := range commands {
-		if !strings.Contains(page, ".SS \""+roff(c.name)+"\"\n") || !strings.Contains(usage.String(), "atm-fleet "+c.synopsis) {
+		if !strings.Contains(page, ".SS \""+manroff.Escape(c.name)+"\"\n") || !strings.Contains(usage.String(), "atm-fleet "+c.synopsis) {
 			t.Errorf("command %q missing from the man page or the usage", c.name)
 		}
 	}
