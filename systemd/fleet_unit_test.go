@@ -20,7 +20,7 @@ func TestFleetUnitVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"ExecStart=/usr/bin/atm-fleet run --config /etc/atm-fleet/config.yaml",
-		"ExecStartPre=/usr/bin/atm-fleet config check", "DynamicUser=yes", "StateDirectory=atm-fleet",
+		"ExecStartPre=/usr/bin/atm-fleet config check", "DynamicUser=yes", "StateDirectory=atm-fleet", "RestartPreventExitStatus=78",
 		"LoadCredential=users.yaml:/etc/atm-fleet/users.yaml", "LoadCredential=session.key:/etc/atm-fleet/session.key",
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service"} {
 		if !strings.Contains(string(unit), want) {

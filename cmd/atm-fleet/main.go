@@ -86,10 +86,20 @@ func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 			return 0
 		}
 		fmt.Fprintf(stderr, "atm-fleet %s: %v\n", args[0], err)
+		var setup *service.SetupError
+		if errors.As(err, &setup) {
+			return exitSetup
+		}
 		return 1
 	}
 	return 0
 }
+
+// exitSetup (EX_CONFIG) is the exit status of a run refused for what only
+// the operator can fix (service.SetupError: the config, no user in the
+// users file, a key): the unit's RestartPreventExitStatus= names it, so
+// systemd does not restart the service every RestartSec= until then.
+const exitSetup = 78
 
 func cmdConfig(args []string, stdout io.Writer) error {
 	switch {
@@ -194,7 +204,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	cfg, err := service.LoadConfig(*path)
 	if err != nil {
-		return err
+		return &service.SetupError{Err: err}
 	}
 	var lv slog.Level
 	_ = lv.UnmarshalText([]byte(cfg.LogLevel))

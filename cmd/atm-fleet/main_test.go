@@ -254,3 +254,31 @@ commands: {enabled: true, private_key_file: %s, reply_timeout: 5s, resend_interv
 		t.Errorf("p-1 after the split: %v", got)
 	}
 }
+
+// A run refused for what only the operator can fix exits 78 (the unit's
+// RestartPreventExitStatus=): a users file with no user (as the package
+// installs it), a missing config. Other failures stay 1.
+func TestRunSetupExitStatus(t *testing.T) {
+	dir := t.TempDir()
+	users := filepath.Join(dir, "users.yaml")
+	if err := os.WriteFile(users, []byte("users:\n#  - {name: ana, role: analyst, password_hash: \"$2a$12$...\"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	body := fmt.Sprintf("store: {driver: bolt, path: %s}\nweb: {listen: 127.0.0.1:0, users_file: %s}\n", filepath.Join(dir, "fleet.db"), users)
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	if code := runMain(context.Background(), []string{"run", "--config", cfg}, nil, io.Discard, &errb); code != exitSetup ||
+		!strings.Contains(errb.String(), "users file: no users") {
+		t.Fatalf("no user: exit %d, %q", code, errb.String())
+	}
+	errb.Reset()
+	if code := runMain(context.Background(), []string{"run", "--config", filepath.Join(dir, "missing.yaml")}, nil, io.Discard, &errb); code != exitSetup {
+		t.Fatalf("missing config: exit %d, %q", code, errb.String())
+	}
+	if code := runMain(context.Background(), []string{"compact", "--config", filepath.Join(dir, "missing.yaml")}, nil, io.Discard, io.Discard); code != 1 {
+		t.Fatalf("compact with a missing config: exit %d, want 1", code)
+	}
+}

@@ -50,6 +50,7 @@ func writeMan(w io.Writer) error {
 		{"0", "success"},
 		{"1", "the command failed; the reason is on standard error"},
 		{"2", "a usage error: no command, or an unknown one"},
+		{fmt.Sprint(exitSetup), "run: refused for what only the operator can fix (the config, no user in the users file, the session or command key); the unit does not restart it (RestartPreventExitStatus=)"},
 	} {
 		fmt.Fprintf(&b, ".TP\n.B %s\n%s\n", e[0], manroff.Escape(e[1]))
 	}

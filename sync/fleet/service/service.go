@@ -150,24 +150,35 @@ type Service struct {
 	ret   storage.Retention
 }
 
+// SetupError is a start refused for what only the operator can fix: the
+// config, the users file (no user yet), the session key or the command key.
+// Starting again does not help; cmd/atm-fleet exits 78 (EX_CONFIG) on it and
+// the unit's RestartPreventExitStatus=78 stops systemd's restarts. A store
+// that cannot be opened (PostgreSQL down) is not one.
+type SetupError struct{ Err error }
+
+func (e *SetupError) Error() string { return e.Err.Error() }
+func (e *SetupError) Unwrap() error { return e.Err }
+
 // New validates cfg, loads the users and session key, opens the store and
-// builds the ingest and the web server. Close releases the store.
+// builds the ingest and the web server. Close releases the store. What
+// the operator must fix is a *SetupError.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Service, err error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, &SetupError{err}
 	}
 	users, err := web.LoadUsers(cfg.Web.UsersFile)
 	if err != nil {
-		return nil, err
+		return nil, &SetupError{err}
 	}
 	key, err := web.LoadSessionKey(cfg.Web.SessionKeyFile)
 	if err != nil {
-		return nil, err
+		return nil, &SetupError{err}
 	}
 	var cmdKey ed25519.PrivateKey
 	if cfg.Commands.Enabled {
 		if cmdKey, err = command.LoadKey(cfg.Commands.PrivateKeyFile); err != nil {
-			return nil, err
+			return nil, &SetupError{err}
 		}
 	}
 	s := &Service{cfg: cfg, log: log, ret: storage.Retention{History: cfg.Retention.History, Alerts: cfg.Retention.Alerts}}
