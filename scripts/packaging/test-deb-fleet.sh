@@ -120,6 +120,8 @@ check "config edit" grep -q "listen: 127.0.0.1:$port" /etc/atm-fleet/config.yaml
 "$STANDIN" start $unit >"$tmp/start0" 2>&1 || true
 check "the service refuses to run without a user" goes_down
 check "  ... saying why (users file: no users)" sh -c "cat /var/log/standin/$unit.log | grep -q 'users file: no users'"
+check "  ... with exit status 78, which the unit does not restart (RestartPreventExitStatus=78)" \
+	sh -c "test \"\$(cat /run/standin/$unit.status)\" = 78 && grep -q '^RestartPreventExitStatus=78\$' /lib/systemd/system/$unit"
 
 echo "== add a user, start"
 pw="correct horse battery"
