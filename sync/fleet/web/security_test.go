@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/csv"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -497,5 +498,24 @@ func TestUnknownHostRefused(t *testing.T) {
 	cfg.Hosts = []string{"fleet.bank.example:8080"}
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "hosts") {
 		t.Errorf("a host with a port accepted: %v", err)
+	}
+}
+
+// A body over the 64 KiB limit is answered 413, not 400, on every API
+// POST that reads JSON.
+func TestAPIBodyTooLarge(t *testing.T) {
+	_, hs := newTestServer(t, openBolt(t))
+	c := newClient(t, hs.URL)
+	csrf := c.login("ana", "correct horse")
+	pad := strings.Repeat("x", 100<<10)
+	for path, body := range map[string]string{
+		"/api/v1/alerts/act":       `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1","note":"` + pad + `"}`,
+		"/api/v1/identities/split": `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["` + pad + `"]}`,
+		"/api/v1/identities/merge": `{"site":"lyon-07","device":"atm-1","identity":"p-1","into":"` + pad + `"}`,
+	} {
+		if r, out := c.json("POST", path, "application/json", body, "X-CSRF-Token", csrf); r.StatusCode != http.StatusRequestEntityTooLarge ||
+			!strings.Contains(fmt.Sprint(out["error"]), "larger than 65536 bytes") {
+			t.Errorf("%s with 100 KiB: %d %v, want 413", path, r.StatusCode, out)
+		}
 	}
 }

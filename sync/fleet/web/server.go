@@ -412,7 +412,10 @@ var errBadRequest = errors.New("bad request")
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code, msg := http.StatusInternalServerError, "internal error (logged)"
+	var tooLarge *http.MaxBytesError
 	switch {
+	case errors.As(err, &tooLarge):
+		code, msg = http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", tooLarge.Limit)
 	case errors.Is(err, errBadRequest):
 		code, msg = http.StatusBadRequest, strings.TrimPrefix(err.Error(), errBadRequest.Error()+": ")
 	case errors.Is(err, storage.ErrNotFound):
