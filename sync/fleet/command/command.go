@@ -276,7 +276,7 @@ func (c *Client) Do(ctx context.Context, site, device string, name wire.CommandN
 			if r.OK {
 				return r.Result, sent, nil
 			}
-			if strings.Contains(r.Error, "unknown command") {
+			if olderAgent(name, r.Error) {
 				return nil, sent, fmt.Errorf("%w (it answered: %s)", ErrUnsupported, r.Error)
 			}
 			return nil, sent, fmt.Errorf("%w: %s", ErrRefused, r.Error)
@@ -294,6 +294,23 @@ func (c *Client) Do(ctx context.Context, site, device string, name wire.CommandN
 			return nil, sent, ctx.Err()
 		}
 	}
+}
+
+// olderAgent reports whether a refusal is how an agent of a release
+// before the command answers it: "unknown command", or, for split and
+// merge, its strict decoder's refusal of the arguments it did not know
+// yet (it reads the arguments before the command's name).
+func olderAgent(name wire.CommandName, answer string) bool {
+	if strings.Contains(answer, "unknown command") {
+		return true
+	}
+	switch name {
+	case wire.CmdSplitVisits:
+		return strings.Contains(answer, `unknown field "visits"`)
+	case wire.CmdMergeIdentities:
+		return strings.Contains(answer, `unknown field "into"`)
+	}
+	return false
 }
 
 func (c *Client) setErr(err error) {

@@ -57,7 +57,8 @@ func (s *Server) problemOf(d storage.Device, err error) commandProblem {
 		return commandProblem{http.StatusGatewayTimeout, fmt.Sprintf("No answer from %s within %v. It may have gone offline a moment ago, "+
 			"or its agent has commands off or does not trust this fleet's signing key (mqtt.commands on the agent, docs/mqtt.md).", dev, timeout)}
 	case errors.Is(err, command.ErrUnsupported):
-		return commandProblem{http.StatusBadGateway, fmt.Sprintf("The agent on %s is older than the identity review and refuses it: upgrade it. (%v)", dev, err)}
+		answer := strings.TrimPrefix(err.Error(), command.ErrUnsupported.Error()+" ")
+		return commandProblem{http.StatusBadGateway, fmt.Sprintf("The agent on %s is older than the identity review and refuses it: upgrade it %s.", dev, answer)}
 	case errors.Is(err, command.ErrRefused), errors.Is(err, command.ErrBadResult):
 		return commandProblem{http.StatusBadGateway, fmt.Sprintf("%s: %v", dev, err)}
 	case errors.Is(err, command.ErrBusy):

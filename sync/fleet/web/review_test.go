@@ -251,7 +251,7 @@ func TestReviewWhenTheDeviceCannotAnswer(t *testing.T) {
 
 	rv.SetOlder(true)
 	r, body = ana.get("/devices/lyon-07/atm-0042/identities/p-1/review")
-	if r.StatusCode != http.StatusBadGateway || !strings.Contains(body, "older than the identity review") {
+	if r.StatusCode != http.StatusBadGateway || !strings.Contains(body, "older than the identity review") || strings.Count(body, "upgrade it") != 1 {
 		t.Errorf("an older agent: %d %s", r.StatusCode, body)
 	}
 	rv.SetOlder(false)
