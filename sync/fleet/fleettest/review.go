@@ -15,9 +15,10 @@ import (
 
 // Reviewer is a simulated agent's identities as the review commands see
 // them (identity_visits, split_visits, merge_identities), served the way
-// the real agent must: visits newest first, cards numbered within each
-// answer, a split makes a new identity kept apart from the old one, a
-// merge of identities kept apart is refused.
+// the real agent does (agent/correct.go): visits newest first, cards
+// numbered within each answer, a split makes a new identity kept apart
+// from the old one, a merge of identities kept apart is accepted and
+// replaces that split's constraint (the merge is the newer decision).
 type Reviewer struct {
 	mu     sync.Mutex
 	visits map[string][]Visit
@@ -149,16 +150,22 @@ func (r *Reviewer) HandleCommand(_ context.Context, cmd wire.Command) (any, erro
 		if _, ok := r.visits[into]; !ok {
 			return nil, fmt.Errorf("no identity %s", into)
 		}
-		if slices.Contains(r.apart[id], into) {
-			return nil, fmt.Errorf("merge_identities: %s and %s are kept apart by an earlier split", id, into)
-		}
+		// Kept apart by an earlier split: the merge replaces it.
+		r.apart[id] = slices.DeleteFunc(r.apart[id], func(a string) bool { return a == into })
+		r.apart[into] = slices.DeleteFunc(r.apart[into], func(a string) bool { return a == id })
 		for i := range vs {
 			vs[i].Corrected = true
 		}
 		r.visits[into] = append(r.visits[into], vs...)
 		r.sort(into)
 		delete(r.visits, id)
-		r.apart[into] = append(r.apart[into], r.apart[id]...)
+		for _, a := range r.apart[id] { // what id was kept apart from now names into
+			if !slices.Contains(r.apart[into], a) {
+				r.apart[into] = append(r.apart[into], a)
+			}
+			r.apart[a] = slices.DeleteFunc(r.apart[a], func(x string) bool { return x == id || x == into })
+			r.apart[a] = append(r.apart[a], into)
+		}
 		delete(r.apart, id)
 		return wire.MergeResult{Identity: into, Merged: id, VisitsMoved: len(vs)}, nil
 	}

@@ -146,6 +146,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	correct(ana, csrf, "merge", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-2","into":"p-1"}`)
 	correct(ana, csrf, "split of another identity's visit", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-404"]}`)
 	correct(ana, csrf, "merge of identities kept apart", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-split-1","into":"p-1"}`)
+	correct(ana, csrf, "merge of an identity the agent lacks", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-404","into":"p-1"}`)
 	rv.SetOlder(true)
 	visits(ana, "visits of an older agent", "lyon-07", "atm-1", "p-1")
 	rv.SetOlder(false)

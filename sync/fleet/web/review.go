@@ -155,16 +155,21 @@ func (s *Server) renderReview(w http.ResponseWriter, r *http.Request, code int, 
 	s.renderCode(w, r, cmp.Or(code, http.StatusOK), page, data)
 }
 
-// otherIdentities are the identities of d's last summary other than id and
-// those kept apart from it.
+// otherIdentities are the identities of d's last summary other than id,
+// and those kept apart from it by a split (a merge replaces that split's
+// constraint: the agent accepts it).
 func otherIdentities(d storage.Device, id string, apart []string) []string {
 	var out []string
-	if d.Summary == nil {
-		return nil
+	if d.Summary != nil {
+		for _, c := range d.Summary.Identities {
+			if c.ID != id {
+				out = append(out, c.ID)
+			}
+		}
 	}
-	for _, c := range d.Summary.Identities {
-		if c.ID != id && !slices.Contains(apart, c.ID) {
-			out = append(out, c.ID)
+	for _, a := range apart {
+		if a != id && !slices.Contains(out, a) {
+			out = append(out, a)
 		}
 	}
 	slices.Sort(out)

@@ -152,13 +152,25 @@ func TestReviewAndCorrect(t *testing.T) {
 		t.Errorf("after the split the review shows:\n%s", body)
 	}
 
-	// A merge; then a merge the agent refuses (kept apart by the split).
+	// A merge; a merge of the identities the split keeps apart, which
+	// the agent accepts (the newer decision: it replaces the split's
+	// constraint), so the page offers it; a merge the agent refuses.
 	r, body = ana.post("/devices/lyon-07/atm-0042/identities/p-2/merge", url.Values{"csrf": {csrf}, "into": {"p-1"}})
 	if r.StatusCode != 200 || !strings.Contains(body, "p-2 merged into p-1: 2 visits moved") {
 		t.Fatalf("merge: %d %s", r.StatusCode, body)
 	}
+	if _, body := ana.get("/devices/lyon-07/atm-0042/identities/p-split-1/review"); !strings.Contains(body, `<option value="p-1">`) {
+		t.Errorf("the review of p-split-1 does not offer the merge into p-1, which a split keeps apart")
+	}
 	r, body = ana.post("/devices/lyon-07/atm-0042/identities/p-split-1/merge", url.Values{"csrf": {csrf}, "into": {"p-1"}})
-	if r.StatusCode != http.StatusBadGateway || !strings.Contains(body, "kept apart") {
+	if r.StatusCode != 200 || !strings.Contains(body, "p-split-1 merged into p-1: 2 visits moved") {
+		t.Errorf("a merge of identities kept apart: %d %s", r.StatusCode, body)
+	}
+	if _, body := ana.get(review); strings.Contains(body, `class="apart"`) {
+		t.Errorf("p-1 is still kept apart from p-split-1 after their merge:\n%s", body)
+	}
+	r, body = ana.post("/devices/lyon-07/atm-0042/identities/p-9/merge", url.Values{"csrf": {csrf}, "into": {"p-1"}})
+	if r.StatusCode != http.StatusBadGateway || !strings.Contains(body, "no identity p-9") {
 		t.Errorf("a merge the agent refuses: %d %s", r.StatusCode, body)
 	}
 	r, _ = ana.post("/devices/lyon-07/atm-0042/identities/p-1/split", url.Values{"csrf": {csrf}})
@@ -168,7 +180,7 @@ func TestReviewAndCorrect(t *testing.T) {
 
 	// The JSON API: read, split.
 	resp, out := ana.json("GET", "/api/v1/devices/lyon-07/atm-0042/identities/p-1/visits", "", "")
-	if resp.StatusCode != 200 || out["identity"] != "p-1" || out["total"] != float64(4) {
+	if resp.StatusCode != 200 || out["identity"] != "p-1" || out["total"] != float64(6) {
 		t.Errorf("API visits: %d %v", resp.StatusCode, out)
 	}
 	resp, out = ana.json("POST", "/api/v1/identities/split", "application/json", `{"site":"lyon-07","device":"atm-0042","identity":"p-1","visits":["v-6"]}`,
@@ -192,8 +204,9 @@ func TestReviewAndCorrect(t *testing.T) {
 		}
 		notes = append(notes, e.Action+": "+e.Note)
 	}
-	if len(audit) != 3 || !strings.HasPrefix(notes[2], "split identity: 2 visits of p-1 split off into p-split-1") ||
-		!strings.HasPrefix(notes[1], "merge identities: p-2 merged into p-1: 2 visits moved") ||
+	if len(audit) != 4 || !strings.HasPrefix(notes[3], "split identity: 2 visits of p-1 split off into p-split-1") ||
+		!strings.HasPrefix(notes[2], "merge identities: p-2 merged into p-1: 2 visits moved") ||
+		!strings.HasPrefix(notes[1], "merge identities: p-split-1 merged into p-1: 2 visits moved") ||
 		!strings.HasPrefix(notes[0], "split identity: 1 visits of p-1 split off into p-split-2") {
 		t.Errorf("audit:\n%s", strings.Join(notes, "\n"))
 	}
