@@ -112,7 +112,8 @@ var (
 	// ErrUnsupported: the agent does not know the command (an older
 	// release).
 	ErrUnsupported = errors.New("the device's agent does not know this command (an older release): upgrade it")
-	// ErrBroker: the command could not be handed to the broker.
+	// ErrBroker: the command could not be handed to the broker: the
+	// fleet is not connected to it, so nothing was sent.
 	ErrBroker = errors.New("the command could not be sent")
 )
 
@@ -211,13 +212,26 @@ func (c *Client) Stats() Stats {
 // Sent is a command as it was sent: its message id, whatever came of it.
 type Sent struct {
 	MessageID string
+	// Published: the command may have reached the broker (a publish was
+	// tried while connected, whether or not the broker acknowledged it).
+	Published bool
 }
+
+// BeforeSend is called with the signed command's id just before it is
+// first published; an error keeps it unsent (Do returns that error). The
+// web layer audits a correction's request there, before any copy can
+// reach the agent.
+type BeforeSend func(Sent) error
 
 // Do signs the command for site/device, publishes it, resends it until the
 // reply or the timeout, and returns the reply's result (ok:true). The
 // Sent names the command even when err is not nil (an audit of a
 // correction whose outcome is unknown names it).
 func (c *Client) Do(ctx context.Context, site, device string, name wire.CommandName, args wire.CommandArgs) (json.RawMessage, Sent, error) {
+	return c.do(ctx, site, device, name, args, nil)
+}
+
+func (c *Client) do(ctx context.Context, site, device string, name wire.CommandName, args wire.CommandArgs, before BeforeSend) (json.RawMessage, Sent, error) {
 	if c == nil {
 		return nil, Sent{}, ErrNotConfigured
 	}
@@ -262,10 +276,24 @@ func (c *Client) Do(ctx context.Context, site, device string, name wire.CommandN
 		defer cancel()
 		return c.pub.Publish(pctx, topics.Command(), msg)
 	}
-	if err := publish(); err != nil {
+	if before != nil {
+		if err := before(sent); err != nil {
+			return nil, sent, err
+		}
+	}
+	if err := publish(); errors.Is(err, ingest.ErrNotConnected) {
 		c.setErr(err)
 		return nil, sent, fmt.Errorf("%w: %w", ErrBroker, err)
+	} else if err != nil {
+		// Handed to the client library while connected, but not
+		// acknowledged in time: it keeps the message and may deliver it
+		// yet (a stalled broker). Wait for the reply as for any command:
+		// the copies are resent meanwhile.
+		c.setErr(err)
+		c.log.Warn("fleet command: first publish not acknowledged in time; waiting for the reply", "command", name,
+			"site", site, "device", device, "message_id", cmd.MessageID, "err", err)
 	}
+	sent.Published = true
 	c.sent.Add(1)
 	c.log.Info("fleet command sent", "command", name, "site", site, "device", device, "message_id", cmd.MessageID)
 	resend := time.NewTicker(c.cfg.ResendInterval)
@@ -442,9 +470,11 @@ func (c *Client) IdentityVisits(ctx context.Context, site, device, id string) (w
 }
 
 // Split moves visits off identity id into a new one (split_visits).
-func (c *Client) Split(ctx context.Context, site, device, id string, visits []string) (wire.SplitResult, Sent, error) {
+// before, if not nil, is called just before the command is first
+// published (BeforeSend).
+func (c *Client) Split(ctx context.Context, site, device, id string, visits []string, before BeforeSend) (wire.SplitResult, Sent, error) {
 	var out wire.SplitResult
-	raw, sent, err := c.Do(ctx, site, device, wire.CmdSplitVisits, wire.CommandArgs{ID: id, Visits: visits})
+	raw, sent, err := c.do(ctx, site, device, wire.CmdSplitVisits, wire.CommandArgs{ID: id, Visits: visits}, before)
 	if err == nil {
 		err = decodeResult(raw, &out)
 	}
@@ -456,9 +486,10 @@ func (c *Client) Split(ctx context.Context, site, device, id string, visits []st
 }
 
 // Merge moves every visit of id into identity into (merge_identities).
-func (c *Client) Merge(ctx context.Context, site, device, id, into string) (wire.MergeResult, Sent, error) {
+// before: as for Split.
+func (c *Client) Merge(ctx context.Context, site, device, id, into string, before BeforeSend) (wire.MergeResult, Sent, error) {
 	var out wire.MergeResult
-	raw, sent, err := c.Do(ctx, site, device, wire.CmdMergeIdentities, wire.CommandArgs{ID: id, Into: into})
+	raw, sent, err := c.do(ctx, site, device, wire.CmdMergeIdentities, wire.CommandArgs{ID: id, Into: into}, before)
 	if err == nil {
 		err = decodeResult(raw, &out)
 	}

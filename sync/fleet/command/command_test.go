@@ -210,7 +210,7 @@ func TestClientTimeoutBusyAndOlderAgent(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { _, _, err := c.IdentityVisits(context.Background(), "lyon-07", "atm-1", "p-1"); errc <- err }()
 	<-dev.got
-	if _, _, err := c.Merge(context.Background(), "lyon-07", "atm-1", "p-1", "p-2"); !errors.Is(err, ErrBusy) {
+	if _, _, err := c.Merge(context.Background(), "lyon-07", "atm-1", "p-1", "p-2", nil); !errors.Is(err, ErrBusy) {
 		t.Errorf("a second command with max_in_flight 1: %v, want ErrBusy", err)
 	}
 	if err := <-errc; !errors.Is(err, ErrTimeout) {
@@ -228,7 +228,7 @@ func TestClientTimeoutBusyAndOlderAgent(t *testing.T) {
 		// does not know before it looks at the command's name.
 		{`invalid command: json: unknown field "into"`, ErrUnsupported},
 		{"merge_identities: no identity p-2", ErrRefused}} {
-		go func() { _, _, err := c.Merge(context.Background(), "lyon-07", "atm-1", "p-1", "p-2"); errc <- err }()
+		go func() { _, _, err := c.Merge(context.Background(), "lyon-07", "atm-1", "p-1", "p-2", nil); errc <- err }()
 		var cmd wire.Command
 		for cmd.Command != wire.CmdMergeIdentities {
 			p, _ := wire.ParseSignedCommand(<-dev.got)

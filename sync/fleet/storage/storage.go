@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -428,27 +429,53 @@ const (
 
 // Correction is an analyst's split or merge of one device's identities,
 // sent to its agent as a signed command (split_visits, merge_identities).
-// It is audited when the agent answered that it applied it, and when it
-// gave no usable answer (Unknown: the agent may have applied it). No
-// visit ids, transaction ids or card data are kept: only how many visits.
+// Each is audited twice: OutcomeRequested before the command is first
+// published (committed first: a fleet that stops or crashes while waiting
+// still leaves a trace of what it may have sent), then its outcome
+// (applied, refused, no usable answer, not sent), both naming the
+// command's message id. A request without an outcome entry is one whose
+// fate the fleet never learnt: the device may have applied it
+// (PendingCorrections). No visit ids, transaction ids or card data are
+// kept: only how many visits.
 type Correction struct {
 	Site, Device string
 	// Action is ActionSplitIdentity or ActionMergeIdentity.
 	Action string
+	// Outcome is one of the Outcome constants.
+	Outcome string
 	// Identity is the identity corrected (split: the one the visits left;
-	// merge: the one merged away); Other the new identity (split) or the
-	// one that kept the visits (merge; empty for a split without answer).
+	// merge: the one merged away); Other the new identity (split applied)
+	// or the one to keep the visits (merge; empty for a split not applied).
 	Identity, Other string
-	// Visits is how many visits moved (split without answer: how many
-	// were chosen).
+	// Visits is how many visits moved (applied) or were chosen (split
+	// otherwise).
 	Visits int
-	// Unknown: no usable answer (none within the reply timeout, or one
-	// that does not fit the command): the agent may have applied it.
-	Unknown            bool
+	// Reason: why it was refused or not sent (the device's or the
+	// broker's words, bounded in the note).
+	Reason             string
 	MessageID          string // the command's message id (the reply's correlation id)
 	User, Role, Remote string
 	At                 time.Time
 }
+
+// The outcomes of a correction, as audited.
+const (
+	// OutcomeRequested: about to be published; the entry comes first.
+	OutcomeRequested = "requested"
+	// OutcomeApplied: the device answered that it applied it.
+	OutcomeApplied = "applied"
+	// OutcomeRefused: the device answered that it did not apply it.
+	OutcomeRefused = "refused"
+	// OutcomeUnknown: no usable answer (none within the reply timeout,
+	// or one that does not fit the command): it may have been applied.
+	OutcomeUnknown = "no usable answer"
+	// OutcomeNotSent: the command never left the fleet (no broker
+	// connection, too many commands in flight...): nothing was applied.
+	OutcomeNotSent = "not sent"
+)
+
+// maxReasonNote bounds the reason kept in a correction's note.
+const maxReasonNote = 300
 
 // Validate checks a correction before it reaches a store.
 func (c Correction) Validate() error {
@@ -461,28 +488,91 @@ func (c Correction) Validate() error {
 		return errors.New("correction: no user or no time")
 	case c.Visits < 0:
 		return errors.New("correction: negative visit count")
+	case c.Outcome == OutcomeRequested && c.MessageID == "":
+		return errors.New("correction: a request names the command's message id")
 	}
-	return nil
+	switch c.Outcome {
+	case OutcomeRequested, OutcomeApplied, OutcomeRefused, OutcomeUnknown, OutcomeNotSent:
+		return nil
+	}
+	return fmt.Errorf("correction: outcome %q: want %q, %q, %q, %q or %q", c.Outcome,
+		OutcomeRequested, OutcomeApplied, OutcomeRefused, OutcomeUnknown, OutcomeNotSent)
 }
 
-// CorrectionNote is the audit log's note of a correction: the identities
-// and the visit count, never a visit or card.
+// CorrectionNote is the audit log's note of a correction: its outcome,
+// the identities and the visit count, never a visit or card; it ends with
+// the command's message id (CorrectionCommand reads it back).
 func CorrectionNote(c Correction) string {
+	what := fmt.Sprintf("%d visits of %s to split off", c.Visits, c.Identity)
+	if c.Action == ActionMergeIdentity {
+		what = fmt.Sprintf("%s into %s", c.Identity, c.Other)
+	}
+	reason := strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return ' '
+		}
+		return r
+	}, c.Reason)
+	if len(reason) > maxReasonNote {
+		reason = strings.ToValidUTF8(reason[:maxReasonNote], "") + "..."
+	}
 	var s string
 	switch {
-	case c.Action == ActionSplitIdentity && c.Unknown:
-		s = fmt.Sprintf("%d visits of %s to split off: no usable answer from the device (it may have applied it)", c.Visits, c.Identity)
+	case c.Outcome == OutcomeRequested:
+		s = "requested: " + what
+	case c.Outcome == OutcomeRefused:
+		s = "refused by the device, nothing changed: " + what + ": " + reason
+	case c.Outcome == OutcomeNotSent:
+		s = "not sent, nothing changed: " + what + ": " + reason
+	case c.Outcome == OutcomeUnknown:
+		s = what + ": no usable answer from the device (it may have applied it)"
 	case c.Action == ActionSplitIdentity:
 		s = fmt.Sprintf("%d visits of %s split off into %s", c.Visits, c.Identity, c.Other)
-	case c.Unknown:
-		s = fmt.Sprintf("%s into %s: no usable answer from the device (it may have applied it)", c.Identity, c.Other)
 	default:
 		s = fmt.Sprintf("%s merged into %s: %d visits moved", c.Identity, c.Other, c.Visits)
 	}
 	if c.MessageID != "" {
-		s += " (command " + c.MessageID + ")"
+		s += commandNote + c.MessageID + ")"
 	}
 	return s
+}
+
+// commandNote starts the message id at the end of a correction's note.
+const commandNote = " (command "
+
+// CorrectionCommand reads an audit entry of a correction: the command's
+// message id, and whether the entry is the request (OutcomeRequested)
+// rather than an outcome. ok is false for any other entry.
+func CorrectionCommand(e AuditEntry) (id string, requested, ok bool) {
+	if e.Action != ActionSplitIdentity && e.Action != ActionMergeIdentity || !strings.HasSuffix(e.Note, ")") {
+		return "", false, false
+	}
+	i := strings.LastIndex(e.Note, commandNote)
+	if i < 0 {
+		return "", false, false
+	}
+	id = e.Note[i+len(commandNote) : len(e.Note)-1]
+	return id, strings.HasPrefix(e.Note, OutcomeRequested+": "), id != ""
+}
+
+// PendingCorrections returns the audit ids of the requests among entries
+// (as Audit lists them, newest first) that have no outcome entry: the
+// fleet never learnt what became of them (it stopped while waiting, or is
+// waiting still).
+func PendingCorrections(entries []AuditEntry) map[uint64]bool {
+	answered := map[string]bool{}
+	out := map[uint64]bool{}
+	for _, e := range entries { // newest first: an outcome before its request
+		id, requested, ok := CorrectionCommand(e)
+		switch {
+		case !ok:
+		case !requested:
+			answered[id] = true
+		case !answered[id]:
+			out[e.ID] = true
+		}
+	}
+	return out
 }
 
 // Removal is an administrator's removal of a device.

@@ -20,8 +20,10 @@ import (
 // (command.Client). Deps.Commands nil: commands are not configured.
 type Commander interface {
 	IdentityVisits(ctx context.Context, site, device, id string) (wire.IdentityVisitsResult, command.Sent, error)
-	Split(ctx context.Context, site, device, id string, visits []string) (wire.SplitResult, command.Sent, error)
-	Merge(ctx context.Context, site, device, id, into string) (wire.MergeResult, command.Sent, error)
+	// Split and Merge call before (command.BeforeSend) just before the
+	// command is first published.
+	Split(ctx context.Context, site, device, id string, visits []string, before command.BeforeSend) (wire.SplitResult, command.Sent, error)
+	Merge(ctx context.Context, site, device, id, into string, before command.BeforeSend) (wire.MergeResult, command.Sent, error)
 	Timeout() time.Duration
 }
 
@@ -48,30 +50,30 @@ func (s *Server) problemOf(d storage.Device, err error) commandProblem {
 		if d.Status != nil {
 			since = fmt.Sprintf("its last status, %s, arrived %s", d.State(), ago(s.now(), d.StatusReceived))
 		}
-		return commandProblem{http.StatusConflict, fmt.Sprintf("%s is not online (%s). Its identities are reviewed and corrected on the ATM itself, "+
+		return commandProblem{Code: http.StatusConflict, Msg: fmt.Sprintf("%s is not online (%s). Its identities are reviewed and corrected on the ATM itself, "+
 			"which must be connected: try again when the fleet page shows it online. Nothing was sent.", dev, since)}
 	case errors.Is(err, command.ErrNotConfigured):
-		return commandProblem{http.StatusNotImplemented, "Commands are not configured on this fleet service, and the review asks the ATM itself: " +
+		return commandProblem{Code: http.StatusNotImplemented, Msg: "Commands are not configured on this fleet service, and the review asks the ATM itself: " +
 			"an administrator sets the commands section of its config (docs/fleet.md, \"Reviewing and correcting identities\")."}
 	case errors.Is(err, command.ErrTimeout):
-		return commandProblem{http.StatusGatewayTimeout, fmt.Sprintf("No answer from %s within %v. It may have gone offline a moment ago, "+
+		return commandProblem{Code: http.StatusGatewayTimeout, Msg: fmt.Sprintf("No answer from %s within %v. It may have gone offline a moment ago, "+
 			"or its agent has commands off or does not trust this fleet's signing key (mqtt.commands on the agent, docs/mqtt.md).", dev, timeout)}
 	case errors.Is(err, command.ErrUnsupported):
 		answer := strings.TrimPrefix(err.Error(), command.ErrUnsupported.Error()+" ")
-		return commandProblem{http.StatusBadGateway, fmt.Sprintf("The agent on %s is older than the identity review and refuses it: upgrade it %s.", dev, answer)}
+		return commandProblem{Code: http.StatusBadGateway, Msg: fmt.Sprintf("The agent on %s is older than the identity review and refuses it: upgrade it %s.", dev, answer)}
 	case errors.Is(err, command.ErrRefused), errors.Is(err, command.ErrBadResult):
-		return commandProblem{http.StatusBadGateway, fmt.Sprintf("%s: %v", dev, err)}
+		return commandProblem{Code: http.StatusBadGateway, Msg: fmt.Sprintf("%s: %v", dev, err)}
 	case errors.Is(err, command.ErrBusy):
-		return commandProblem{http.StatusServiceUnavailable, err.Error()}
+		return commandProblem{Code: http.StatusServiceUnavailable, Msg: err.Error()}
 	case errors.Is(err, command.ErrBroker):
-		return commandProblem{http.StatusServiceUnavailable, fmt.Sprintf("Could not send the command to %s: %v", dev, err)}
+		return commandProblem{Code: http.StatusServiceUnavailable, Msg: fmt.Sprintf("Could not send the command to %s: %v. Nothing was sent.", dev, err)}
 	case errors.Is(err, wire.ErrCommand):
-		return commandProblem{http.StatusBadRequest, err.Error()}
+		return commandProblem{Code: http.StatusBadRequest, Msg: err.Error()}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return commandProblem{http.StatusServiceUnavailable, "the request ended before the device answered"}
+		return commandProblem{Code: http.StatusServiceUnavailable, Msg: "the request ended before the device answered"}
 	}
 	s.log.Error("fleet web: command", "device", dev, "err", err)
-	return commandProblem{http.StatusInternalServerError, "internal error (logged)"}
+	return commandProblem{Code: http.StatusInternalServerError, Msg: "internal error (logged)"}
 }
 
 // commandDevice is the device a command goes to: it must exist, be online
@@ -248,9 +250,13 @@ func (s *Server) apiVisits(w http.ResponseWriter, r *http.Request) {
 	}{d.Site, d.Device, res})
 }
 
-// correct sends a split or a merge to the device, audits it (also when no
-// answer came: it may have been applied), and answers with what the
-// device did.
+// correct sends a split or a merge to the device and answers with what
+// the device did. It is audited twice: the request, committed before the
+// command is first published (a fleet that stops while waiting still
+// leaves it: with no outcome after it, the admin page shows it as
+// unknown), and the outcome (applied, refused, no usable answer, not
+// sent). A correction refused before anything was signed (device not
+// online, budget spent...) is audited once, as not sent.
 func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 	api := strings.HasPrefix(r.URL.Path, "/api/")
 	in, err := correctionInput(r, split)
@@ -265,18 +271,41 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 	}
 	p := who(r)
 	c := storage.Correction{Site: in.Site, Device: in.Device, Identity: in.Identity, User: p.User.Name, Role: p.User.Role,
-		Remote: r.RemoteAddr}
+		Remote: r.RemoteAddr, Action: storage.ActionSplitIdentity, Visits: len(in.Visits)}
+	if !split {
+		c.Action, c.Other, c.Visits = storage.ActionMergeIdentity, in.Into, 0
+	}
+	// The command is not abandoned with the request: a client that goes
+	// away does not keep its correction out of the audit log.
+	ctx := context.WithoutCancel(r.Context())
+	record := func(c storage.Correction) error {
+		c.At = s.now().UTC()
+		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := s.store.RecordCorrection(actx, c); err != nil {
+			return err
+		}
+		s.log.Info("fleet web: identity "+c.Action, "site", c.Site, "device", c.Device, "outcome", c.Outcome,
+			"note", storage.CorrectionNote(c), "user", c.User, "remote", c.Remote)
+		return nil
+	}
+	requested := false
+	before := func(sent command.Sent) error {
+		rq := c
+		rq.Outcome, rq.MessageID = storage.OutcomeRequested, sent.MessageID
+		if err := record(rq); err != nil {
+			return fmt.Errorf("%w: %w", errNoAudit, err)
+		}
+		requested = true
+		return nil
+	}
 	var out any
 	done := reviewData{Site: in.Site, Device: in.Device, ID: in.Identity}
+	var sent command.Sent
 	if err == nil {
-		var sent command.Sent
-		// The command is not abandoned with the request: a client that
-		// goes away does not keep its correction out of the audit log.
-		ctx := context.WithoutCancel(r.Context())
 		if split {
 			var res wire.SplitResult
-			c.Action, c.Visits = storage.ActionSplitIdentity, len(in.Visits)
-			res, sent, err = s.d.Commands.Split(ctx, in.Site, in.Device, in.Identity, in.Visits)
+			res, sent, err = s.d.Commands.Split(ctx, in.Site, in.Device, in.Identity, in.Visits, before)
 			if err == nil {
 				c.Other, c.Visits = res.NewIdentity, res.VisitsMoved
 				out = struct {
@@ -289,8 +318,7 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 			}
 		} else {
 			var res wire.MergeResult
-			c.Action, c.Other = storage.ActionMergeIdentity, in.Into
-			res, sent, err = s.d.Commands.Merge(ctx, in.Site, in.Device, in.Identity, in.Into)
+			res, sent, err = s.d.Commands.Merge(ctx, in.Site, in.Device, in.Identity, in.Into, before)
 			if err == nil {
 				c.Visits = res.VisitsMoved
 				out = struct {
@@ -302,28 +330,41 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 					in.Identity, in.Into, res.VisitsMoved), in.Into
 			}
 		}
-		c.MessageID = sent.MessageID
+	}
+	c.MessageID = sent.MessageID
+	switch {
+	case err == nil:
+		c.Outcome = storage.OutcomeApplied
+	case errors.Is(err, command.ErrRefused), errors.Is(err, command.ErrUnsupported):
+		c.Outcome, c.Reason = storage.OutcomeRefused, err.Error()
+	case !requested:
+		// Nothing was published: not online, budget spent, no room,
+		// the request's audit failed.
+		c.Outcome, c.Reason = storage.OutcomeNotSent, err.Error()
+	case !sent.Published && errors.Is(err, command.ErrBroker):
+		c.Outcome, c.Reason = storage.OutcomeNotSent, err.Error()
+	default:
 		// No answer in time, or one that does not fit: the device may
 		// have applied it.
-		c.Unknown = errors.Is(err, command.ErrTimeout) || errors.Is(err, command.ErrBadResult)
-		if err == nil || c.Unknown {
-			// Audited whatever the request's fate from here: a client
-			// gone does not unmake what the device did.
-			c.At = s.now().UTC()
-			actx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			aerr := s.store.RecordCorrection(actx, c)
-			cancel()
-			if aerr != nil {
-				s.fail(w, r, fmt.Errorf("the device answered (%s), but the audit log could not record it: %w", storage.CorrectionNote(c), aerr))
-				return
-			}
-			s.log.Info("fleet web: identity "+c.Action, "site", c.Site, "device", c.Device, "note", storage.CorrectionNote(c),
-				"user", c.User, "remote", c.Remote)
+		c.Outcome = storage.OutcomeUnknown
+	}
+	if errors.Is(err, errNoAudit) {
+		s.log.Error("fleet web: correction not sent: its request could not be audited", "site", c.Site, "device", c.Device, "err", err)
+	} else if aerr := record(c); aerr != nil {
+		// Audited whatever the request's fate from here: a client gone
+		// does not unmake what the device did.
+		if requested {
+			s.fail(w, r, fmt.Errorf("the device's answer (%s) could not be audited (its request is): %w", storage.CorrectionNote(c), aerr))
+			return
 		}
+		s.log.Error("fleet web: a correction not sent could not be audited", "site", c.Site, "device", c.Device, "err", aerr)
 	}
 	if err != nil {
 		pr := s.problemOf(d, err)
-		if c.Unknown {
+		if errors.Is(err, errNoAudit) {
+			pr = commandProblem{Code: http.StatusServiceUnavailable, Msg: "The audit log could not record the correction, so it was not sent: nothing changed. Try again in a moment."}
+		}
+		if c.Outcome == storage.OutcomeUnknown {
 			pr.Msg += " The correction may or may not have been applied (the audit log has it as without a usable answer): review the identity again before repeating it."
 		}
 		if api {
@@ -340,3 +381,6 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 	}
 	s.renderReview(w, r, 0, done)
 }
+
+// errNoAudit: a correction's request could not be audited; it was not sent.
+var errNoAudit = errors.New("the audit log could not record the request")

@@ -204,16 +204,44 @@ func TestReviewAndCorrect(t *testing.T) {
 		}
 		notes = append(notes, e.Action+": "+e.Note)
 	}
-	if len(audit) != 4 || !strings.HasPrefix(notes[3], "split identity: 2 visits of p-1 split off into p-split-1") ||
-		!strings.HasPrefix(notes[2], "merge identities: p-2 merged into p-1: 2 visits moved") ||
-		!strings.HasPrefix(notes[1], "merge identities: p-split-1 merged into p-1: 2 visits moved") ||
-		!strings.HasPrefix(notes[0], "split identity: 1 visits of p-1 split off into p-split-2") {
+	// Each correction twice: its request before it was sent, its
+	// outcome, with the same command id.
+	want := []string{
+		"split identity: 1 visits of p-1 split off into p-split-2",
+		"split identity: requested: 1 visits of p-1 to split off",
+		"merge identities: refused by the device, nothing changed: p-9 into p-1: the device refused the command: no identity p-9",
+		"merge identities: requested: p-9 into p-1",
+		"merge identities: p-split-1 merged into p-1: 2 visits moved",
+		"merge identities: requested: p-split-1 into p-1",
+		"merge identities: p-2 merged into p-1: 2 visits moved",
+		"merge identities: requested: p-2 into p-1",
+		"split identity: 2 visits of p-1 split off into p-split-1",
+		"split identity: requested: 2 visits of p-1 to split off",
+	}
+	ok := len(audit) == len(want)
+	for i := 0; ok && i < len(want); i++ {
+		id, _, _ := storage.CorrectionCommand(audit[i])
+		id2, _, _ := storage.CorrectionCommand(audit[i^1])
+		ok = strings.HasPrefix(notes[i], want[i]) && id != "" && id == id2
+	}
+	if !ok {
 		t.Errorf("audit:\n%s", strings.Join(notes, "\n"))
 	}
 	root := newClient(t, base)
 	root.login("root", "correct horse")
-	if _, body := root.get("/admin"); !strings.Contains(body, "p-2 merged into p-1") || !strings.Contains(body, `answered`) {
-		t.Error("the settings page lacks the correction or the command counters")
+	if _, body := root.get("/admin"); !strings.Contains(body, "p-2 merged into p-1") || !strings.Contains(body, `answered`) ||
+		strings.Contains(body, `class="pending"`) {
+		t.Error("the settings page lacks the correction or the command counters, or shows an answered one as pending")
+	}
+	// A request whose outcome never came (the fleet stopped while
+	// waiting) reads as unknown.
+	if err := svc.st.RecordCorrection(context.Background(), storage.Correction{Site: "lyon-07", Device: "atm-0042", Action: storage.ActionMergeIdentity,
+		Outcome: storage.OutcomeRequested, Identity: "p-7", Other: "p-1", MessageID: "fleet-x-1", User: "ana", Role: "analyst",
+		At: time.Now().Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, body := root.get("/admin"); !strings.Contains(body, `requested: p-7 into p-1 (command fleet-x-1) <strong class="pending">no outcome recorded: unknown whether the device applied it`) {
+		t.Error("the settings page does not show a request without outcome as unknown")
 	}
 }
 
@@ -244,6 +272,11 @@ func TestReviewWhenTheDeviceCannotAnswer(t *testing.T) {
 	if len(rv2.Commands()) != 0 {
 		t.Error("a command was sent to a stopped device")
 	}
+	r, body = ana.post("/devices/lyon-07/atm-gone/identities/p-1/split", url.Values{"csrf": {csrf}, "visits": {"v-1"}})
+	if audit, _ := svc.st.Audit(context.Background(), 1); r.StatusCode != http.StatusConflict || len(audit) != 1 ||
+		!strings.HasPrefix(audit[0].Note, "not sent, nothing changed: 1 visits of p-1 to split off: device not online") {
+		t.Errorf("a split for a stopped device: %d, audited as %+v", r.StatusCode, audit)
+	}
 	r, out := ana.json("GET", "/api/v1/devices/lyon-07/atm-gone/identities/p-1/visits", "", "")
 	if r.StatusCode != http.StatusConflict || !strings.Contains(fmt.Sprint(out["error"]), "not online") {
 		t.Errorf("API, stopped device: %d %v", r.StatusCode, out)
@@ -254,9 +287,23 @@ func TestReviewWhenTheDeviceCannotAnswer(t *testing.T) {
 	if d := time.Since(start); r.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "No answer from lyon-07 / atm-silent within 2s") || d > 4*time.Second {
 		t.Errorf("a device that does not answer: %d after %v: %s", r.StatusCode, d, body)
 	}
-	r, body = ana.post("/devices/lyon-07/atm-silent/identities/p-1/merge", url.Values{"csrf": {csrf}, "into": {"p-2"}})
-	if r.StatusCode != http.StatusGatewayTimeout || !strings.Contains(body, "may or may not have been applied") {
-		t.Errorf("a merge without answer: %d %s", r.StatusCode, body)
+	// The request is in the audit log before any answer could come (the
+	// fleet may stop while waiting; the agent may apply it still).
+	type resp struct {
+		code int
+		body string
+	}
+	rc := make(chan resp, 1)
+	go func() {
+		r, body := ana.post("/devices/lyon-07/atm-silent/identities/p-1/merge", url.Values{"csrf": {csrf}, "into": {"p-2"}})
+		rc <- resp{r.StatusCode, body}
+	}()
+	fleettest.WaitFor(t, time.Second, "the merge's request audited while it waits", func() bool {
+		audit, _ := svc.st.Audit(context.Background(), 1)
+		return len(audit) == 1 && strings.HasPrefix(audit[0].Note, "requested: p-1 into p-2 (command fleet-")
+	})
+	if res := <-rc; res.code != http.StatusGatewayTimeout || !strings.Contains(res.body, "may or may not have been applied") {
+		t.Errorf("a merge without answer: %d %s", res.code, res.body)
 	}
 	if audit, _ := svc.st.Audit(context.Background(), 1); len(audit) != 1 || !strings.Contains(audit[0].Note, "no usable answer from the device") {
 		t.Errorf("a merge without answer is not audited as such: %+v", audit)

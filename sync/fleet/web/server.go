@@ -1124,6 +1124,23 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 		b, _ := json.MarshalIndent(s.d.CommandStats(), "", "  ")
 		commands = string(b)
 	}
+	// A correction's request without an outcome: the fleet never learnt
+	// what became of it (it stopped while waiting), unless it is waiting
+	// still.
+	pending := map[uint64]string{}
+	var wait time.Duration
+	if s.d.Commands != nil {
+		wait = s.d.Commands.Timeout() + 30*time.Second
+	}
+	unanswered := storage.PendingCorrections(audit)
+	for _, e := range audit {
+		if unanswered[e.ID] {
+			pending[e.ID] = "no outcome recorded: unknown whether the device applied it; review the identity on the device"
+			if s.now().Sub(e.At) < wait {
+				pending[e.ID] = "waiting for the device's answer"
+			}
+		}
+	}
 	var users []User
 	for _, u := range s.users {
 		users = append(users, User{Name: u.Name, Role: u.Role})
@@ -1132,13 +1149,14 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, "admin", struct {
 		base
 		Audit     []storage.AuditEntry
+		Pending   map[uint64]string
 		Rejects   []storage.Reject
 		Stats     string
 		Users     []User
 		Retention storage.Retention
 		Pruned    string
 		Commands  string
-	}{s.base(r, "Settings", "admin"), audit, rejects, stats, users, s.d.Retention, r.URL.Query().Get("pruned"), commands})
+	}{s.base(r, "Settings", "admin"), audit, pending, rejects, stats, users, s.d.Retention, r.URL.Query().Get("pruned"), commands})
 }
 
 func (s *Server) prune(w http.ResponseWriter, r *http.Request) {

@@ -166,45 +166,81 @@ func purgeIdentity(t *testing.T, s storage.Store) {
 }
 
 // An analyst's split and merge are audited (who, role, when, device,
-// identities, how many visits, the command's id), newest first; a change
-// is announced so the settings page refreshes; a correction without user
-// or action is refused.
+// identities, how many visits, the command's id), newest first: the
+// request before it is sent, then its outcome (applied, refused with the
+// reason, no usable answer, not sent); a request without outcome reads as
+// pending; a change is announced so the settings page refreshes; a
+// correction without user, action or outcome is refused.
 func corrections(t *testing.T, s storage.Store) {
 	c := ctx(t)
 	ch, cancel := s.Subscribe()
 	defer cancel()
-	split := storage.Correction{Site: "lyon-07", Device: "atm-1", Action: storage.ActionSplitIdentity, Identity: "p-1", Other: "p-new",
-		Visits: 2, MessageID: "f-1", User: "ana", Role: "analyst", Remote: "10.0.0.7:5000", At: T0}
-	merge := storage.Correction{Site: "lyon-07", Device: "atm-1", Action: storage.ActionMergeIdentity, Identity: "p-2", Other: "p-1",
-		Visits: 5, User: "ana", Role: "analyst", At: T0.Add(time.Minute)}
+	at := T0
+	next := func(x storage.Correction) storage.Correction {
+		at = at.Add(time.Minute)
+		x.At = at
+		return x
+	}
+	split := storage.Correction{Site: "lyon-07", Device: "atm-1", Action: storage.ActionSplitIdentity, Outcome: storage.OutcomeRequested,
+		Identity: "p-1", Visits: 2, MessageID: "f-1", User: "ana", Role: "analyst", Remote: "10.0.0.7:5000"}
+	splitDone := split
+	splitDone.Outcome, splitDone.Other = storage.OutcomeApplied, "p-new"
+	merge := storage.Correction{Site: "lyon-07", Device: "atm-1", Action: storage.ActionMergeIdentity, Outcome: storage.OutcomeRequested,
+		Identity: "p-2", Other: "p-1", MessageID: "f-2", User: "ana", Role: "analyst"}
+	mergeDone := merge
+	mergeDone.Outcome, mergeDone.Visits = storage.OutcomeApplied, 5
 	unknown := merge
-	unknown.Unknown, unknown.Identity, unknown.At = true, "p-3", T0.Add(2*time.Minute)
-	for _, x := range []storage.Correction{split, merge, unknown} {
-		if err := s.RecordCorrection(c, x); err != nil {
+	unknown.Outcome, unknown.Identity, unknown.MessageID = storage.OutcomeUnknown, "p-3", "f-3"
+	refused := merge
+	refused.Outcome, refused.Identity, refused.MessageID, refused.Reason = storage.OutcomeRefused, "p-4", "f-4", "no identity p-4\n"
+	notSent := split
+	notSent.Outcome, notSent.MessageID, notSent.Reason = storage.OutcomeNotSent, "f-5", "not connected to the broker"
+	pending := split
+	pending.MessageID = "f-6"
+	unknownReq, refusedReq, notSentReq := unknown, refused, notSent
+	unknownReq.Outcome, refusedReq.Outcome, notSentReq.Outcome = storage.OutcomeRequested, storage.OutcomeRequested, storage.OutcomeRequested
+	for _, x := range []storage.Correction{split, splitDone, merge, mergeDone, unknownReq, unknown, refusedReq, refused, notSentReq, notSent, pending} {
+		if err := s.RecordCorrection(c, next(x)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, bad := range []storage.Correction{{Site: "s", Device: "d", Identity: "p", Action: "rename", User: "u", At: T0},
-		{Site: "s", Device: "d", Identity: "p", Action: storage.ActionSplitIdentity, At: T0}} {
+	for _, bad := range []storage.Correction{{Site: "s", Device: "d", Identity: "p", Action: "rename", Outcome: storage.OutcomeApplied, User: "u", At: T0},
+		{Site: "s", Device: "d", Identity: "p", Action: storage.ActionSplitIdentity, Outcome: storage.OutcomeApplied, At: T0},
+		{Site: "s", Device: "d", Identity: "p", Action: storage.ActionSplitIdentity, User: "u", At: T0},
+		{Site: "s", Device: "d", Identity: "p", Action: storage.ActionSplitIdentity, Outcome: storage.OutcomeRequested, User: "u", At: T0}} {
 		if err := s.RecordCorrection(c, bad); err == nil {
 			t.Errorf("correction %+v accepted", bad)
 		}
 	}
-	audit, err := s.Audit(c, 10)
-	if err != nil || len(audit) != 3 {
-		t.Fatalf("audit: %d entries, %v; want 3", len(audit), err)
+	audit, err := s.Audit(c, 20)
+	if err != nil || len(audit) != 11 {
+		t.Fatalf("audit: %d entries, %v; want 11", len(audit), err)
 	}
-	got := audit[2]
+	got := audit[10]
 	if got.Action != storage.ActionSplitIdentity || got.User != "ana" || got.Role != "analyst" || got.Remote != "10.0.0.7:5000" ||
-		!got.At.Equal(T0) || got.Key != (storage.AlertKey{Site: "lyon-07", Device: "atm-1"}) ||
-		got.Note != "2 visits of p-1 split off into p-new (command f-1)" {
-		t.Errorf("split audited as %+v", got)
+		!got.At.Equal(T0.Add(time.Minute)) || got.Key != (storage.AlertKey{Site: "lyon-07", Device: "atm-1"}) ||
+		got.Note != "requested: 2 visits of p-1 to split off (command f-1)" {
+		t.Errorf("split requested audited as %+v", got)
 	}
-	if audit[1].Action != storage.ActionMergeIdentity || audit[1].Note != "p-2 merged into p-1: 5 visits moved" {
-		t.Errorf("merge audited as %+v", audit[1])
+	want := []string{
+		"requested: 2 visits of p-1 to split off (command f-6)",
+		"not sent, nothing changed: 2 visits of p-1 to split off: not connected to the broker (command f-5)",
+		"requested: 2 visits of p-1 to split off (command f-5)",
+		"refused by the device, nothing changed: p-4 into p-1: no identity p-4  (command f-4)",
+		"requested: p-4 into p-1 (command f-4)",
+		"p-3 into p-1: no usable answer from the device (it may have applied it) (command f-3)",
+		"requested: p-3 into p-1 (command f-3)",
+		"p-2 merged into p-1: 5 visits moved (command f-2)",
+		"requested: p-2 into p-1 (command f-2)",
+		"2 visits of p-1 split off into p-new (command f-1)",
 	}
-	if !strings.Contains(audit[0].Note, "no usable answer") {
-		t.Errorf("a merge without answer audited as %+v", audit[0])
+	for i, w := range want {
+		if audit[i].Note != w {
+			t.Errorf("audit[%d] note %q, want %q", i, audit[i].Note, w)
+		}
+	}
+	if p := storage.PendingCorrections(audit); len(p) != 1 || !p[audit[0].ID] {
+		t.Errorf("pending corrections %v, want only the request of f-6 (audit id %d)", p, audit[0].ID)
 	}
 	select {
 	case got := <-ch:
