@@ -32,6 +32,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/periocular/atm-agent/internal/carddata"
 	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/secretfile"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -133,7 +134,10 @@ type Stats struct {
 	Ignored uint64 `json:"ignored"`
 	// Others counts valid replies to commands another sender sent
 	// (another fleet instance sharing the broker, atm-tools).
-	Others    uint64 `json:"others"`
+	Others uint64 `json:"others"`
+	// Withheld counts transaction ids of reviews that looked like a
+	// card number.
+	Withheld  uint64 `json:"withheld_txn_ids"`
 	InFlight  int    `json:"in_flight"`
 	LastError string `json:"last_error,omitempty"`
 }
@@ -161,7 +165,7 @@ type Client struct {
 	loggedAt time.Time
 	quiet    uint64
 
-	sent, resent, answered, timedOut, ignored, others atomic.Uint64
+	sent, resent, answered, timedOut, ignored, others, withheld atomic.Uint64
 }
 
 // call is one command waiting for its reply.
@@ -206,7 +210,7 @@ func (c *Client) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return Stats{Sent: c.sent.Load(), Resent: c.resent.Load(), Answered: c.answered.Load(), TimedOut: c.timedOut.Load(),
-		Ignored: c.ignored.Load(), Others: c.others.Load(), InFlight: len(c.waiting), LastError: c.lastErr}
+		Ignored: c.ignored.Load(), Others: c.others.Load(), Withheld: c.withheld.Load(), InFlight: len(c.waiting), LastError: c.lastErr}
 }
 
 // Sent is a command as it was sent: its message id, whatever came of it.
@@ -455,8 +459,13 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
+// TxnWithheld replaces a transaction id of a review that holds what looks
+// like a card number (carddata.PANInText): it is not shown.
+const TxnWithheld = "withheld: looks like a card number"
+
 // IdentityVisits asks the device for one identity's visits (identity_visits)
-// and checks the answer (CheckVisits).
+// and checks the answer (CheckVisits); a transaction id that holds a card
+// number is replaced by TxnWithheld.
 func (c *Client) IdentityVisits(ctx context.Context, site, device, id string) (wire.IdentityVisitsResult, Sent, error) {
 	var out wire.IdentityVisitsResult
 	raw, sent, err := c.Do(ctx, site, device, wire.CmdIdentityVisits, wire.CommandArgs{ID: id})
@@ -466,7 +475,18 @@ func (c *Client) IdentityVisits(ctx context.Context, site, device, id string) (w
 	if err == nil {
 		err = CheckVisits(out, id)
 	}
-	return out, sent, err
+	if err != nil {
+		return out, sent, err
+	}
+	for i, v := range out.Visits {
+		if carddata.PANInText(v.TxnID) > 0 {
+			out.Visits[i].TxnID = TxnWithheld
+			c.withheld.Add(1)
+			c.log.Warn("fleet command: a transaction id of a review looks like a card number: withheld", "site", site, "device", device,
+				"identity", id, "visit_id", v.VisitID)
+		}
+	}
+	return out, sent, nil
 }
 
 // Split moves visits off identity id into a new one (split_visits).
