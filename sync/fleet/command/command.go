@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,11 +55,32 @@ type Config struct {
 	// MaxInFlight bounds the commands waiting for a reply at once; one
 	// more is refused at once (ErrBusy).
 	MaxInFlight int `yaml:"max_in_flight"`
+	// DeviceBudget bounds the commands signed for one device in any
+	// BudgetWindow (one more is refused at once: ErrBudget). Each command
+	// id is held by the agent's replay set (mqtt.commands.max_seen, 1024
+	// by default) for its max_clock_skew (5 min by default): past it the
+	// agent refuses every command, purge_identity too. Reviews
+	// (identity_visits) may use 3/4 of it, so corrections still go
+	// through when the reviews have used theirs.
+	DeviceBudget int `yaml:"device_budget"`
+	// ReviewCache keeps a device's identity_visits answer this long, per
+	// identity: a reload of the review page within it asks the device
+	// nothing. A correction sent to the device drops its answers. 0: off.
+	ReviewCache time.Duration `yaml:"review_cache"`
 }
+
+// BudgetWindow is the window of Config.DeviceBudget: the agents' default
+// max_clock_skew, for which they hold each command id.
+const BudgetWindow = 5 * time.Minute
+
+// MaxDeviceBudget keeps the budget well under the agents' default
+// max_seen (1024 ids per max_clock_skew).
+const MaxDeviceBudget = 512
 
 // DefaultConfig returns the defaults (off).
 func DefaultConfig() Config {
-	return Config{ReplyTimeout: 15 * time.Second, ResendInterval: 2 * time.Second, MaxInFlight: 32}
+	return Config{ReplyTimeout: 15 * time.Second, ResendInterval: 2 * time.Second, MaxInFlight: 32, DeviceBudget: 240,
+		ReviewCache: 10 * time.Second}
 }
 
 // MaxReplyTimeout keeps a command's wait well inside the agents' default
@@ -81,6 +103,13 @@ func (c Config) Validate() error {
 	}
 	if c.MaxInFlight < 1 || c.MaxInFlight > 10000 {
 		return fmt.Errorf("commands: max_in_flight %d: want 1..10000", c.MaxInFlight)
+	}
+	if c.DeviceBudget < 4 || c.DeviceBudget > MaxDeviceBudget {
+		return fmt.Errorf("commands: device_budget %d: want 4..%d commands per device per %v (the agents hold 1024 ids by default)",
+			c.DeviceBudget, MaxDeviceBudget, BudgetWindow)
+	}
+	if c.ReviewCache < 0 || c.ReviewCache > time.Minute {
+		return fmt.Errorf("commands: review_cache %v: want 0 (off)..1m", c.ReviewCache)
 	}
 	return nil
 }
@@ -116,7 +145,29 @@ var (
 	// ErrBroker: the command could not be handed to the broker: the
 	// fleet is not connected to it, so nothing was sent.
 	ErrBroker = errors.New("the command could not be sent")
+	// ErrBudget: the device's command budget (Config.DeviceBudget) is
+	// spent for now; nothing was sent (a *BudgetError says when to retry).
+	ErrBudget = errors.New("too many commands sent to this device lately")
 )
+
+// BudgetError is ErrBudget with the wait until a command fits again.
+type BudgetError struct {
+	Device     string
+	Review     bool // the reviews' share is spent (corrections still fit)
+	RetryAfter time.Duration
+}
+
+func (e *BudgetError) Error() string {
+	what := "commands"
+	if e.Review {
+		what = "reviews"
+	}
+	return fmt.Sprintf("%v: %s has had its %s' share of the commands its agent accepts in %v; try again in %v",
+		ErrBudget, e.Device, what, BudgetWindow, e.RetryAfter.Round(time.Second))
+}
+
+// Is makes errors.Is(err, ErrBudget) hold.
+func (e *BudgetError) Is(target error) bool { return target == ErrBudget }
 
 // Publisher is the broker connection (the ingest's).
 type Publisher interface {
@@ -135,11 +186,14 @@ type Stats struct {
 	// Others counts valid replies to commands another sender sent
 	// (another fleet instance sharing the broker, atm-tools).
 	Others uint64 `json:"others"`
-	// Withheld counts transaction ids of reviews that looked like a
-	// card number.
-	Withheld  uint64 `json:"withheld_txn_ids"`
-	InFlight  int    `json:"in_flight"`
-	LastError string `json:"last_error,omitempty"`
+	// Cached counts reviews answered from the review cache; OverBudget
+	// commands refused by a device's budget; Withheld transaction ids
+	// that looked like a card number.
+	Cached     uint64 `json:"cached"`
+	OverBudget uint64 `json:"over_budget"`
+	Withheld   uint64 `json:"withheld_txn_ids"`
+	InFlight   int    `json:"in_flight"`
+	LastError  string `json:"last_error,omitempty"`
 }
 
 // Client signs and sends commands and matches their replies.
@@ -165,8 +219,28 @@ type Client struct {
 	loggedAt time.Time
 	quiet    uint64
 
-	sent, resent, answered, timedOut, ignored, others, withheld atomic.Uint64
+	// budget: per device ("site/device"), when each command counted in
+	// BudgetWindow was signed, oldest first.
+	budget map[string][]time.Time
+	// reviews: cached identity_visits answers; gen: per device, bumped by
+	// each correction (an answer asked before it is not cached).
+	reviews map[reviewKey]cachedReview
+	gen     map[string]uint64
+
+	sent, resent, answered, timedOut, ignored, others, cached, overBudget, withheld atomic.Uint64
 }
+
+type reviewKey struct{ site, device, id string }
+
+type cachedReview struct {
+	res  wire.IdentityVisitsResult
+	sent Sent
+	at   time.Time
+}
+
+// maxCachedReviews bounds the review cache; beyond it answers are not
+// cached until entries expire.
+const maxCachedReviews = 4096
 
 // call is one command waiting for its reply.
 type call struct {
@@ -196,7 +270,8 @@ func New(cfg Config, prefix string, key ed25519.PrivateKey, pub Publisher, log *
 		return nil, err
 	}
 	return &Client{cfg: cfg, prefix: prefix, key: key, pub: pub, log: log, now: time.Now, schema: schema,
-		sem: make(chan struct{}, cfg.MaxInFlight), waiting: map[string]*call{}, idPrefix: "fleet-" + randomHex(4) + "-"}, nil
+		sem: make(chan struct{}, cfg.MaxInFlight), waiting: map[string]*call{}, idPrefix: "fleet-" + randomHex(4) + "-",
+		budget: map[string][]time.Time{}, reviews: map[reviewKey]cachedReview{}, gen: map[string]uint64{}}, nil
 }
 
 // ReplyFilter is the subscription the client's replies come on.
@@ -210,7 +285,8 @@ func (c *Client) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return Stats{Sent: c.sent.Load(), Resent: c.resent.Load(), Answered: c.answered.Load(), TimedOut: c.timedOut.Load(),
-		Ignored: c.ignored.Load(), Others: c.others.Load(), Withheld: c.withheld.Load(), InFlight: len(c.waiting), LastError: c.lastErr}
+		Ignored: c.ignored.Load(), Others: c.others.Load(), Cached: c.cached.Load(), OverBudget: c.overBudget.Load(),
+		Withheld: c.withheld.Load(), InFlight: len(c.waiting), LastError: c.lastErr}
 }
 
 // Sent is a command as it was sent: its message id, whatever came of it.
@@ -219,6 +295,8 @@ type Sent struct {
 	// Published: the command may have reached the broker (a publish was
 	// tried while connected, whether or not the broker acknowledged it).
 	Published bool
+	// Cached: the answer came from the review cache (no command sent).
+	Cached bool
 }
 
 // BeforeSend is called with the signed command's id just before it is
@@ -235,6 +313,40 @@ func (c *Client) Do(ctx context.Context, site, device string, name wire.CommandN
 	return c.do(ctx, site, device, name, args, nil)
 }
 
+// spend counts one command against the device's budget, or says when
+// one fits again. Reviews may use 3/4 of it.
+func (c *Client) spend(site, device string, review bool) error {
+	key := site + "/" + device
+	limit := c.cfg.DeviceBudget
+	if review {
+		limit = limit * 3 / 4
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	if len(c.budget) > 10000 { // forget devices quiet for the window
+		for k, ts := range c.budget {
+			if len(ts) == 0 || now.Sub(ts[len(ts)-1]) >= BudgetWindow {
+				delete(c.budget, k)
+			}
+		}
+	}
+	ts := c.budget[key]
+	i := 0
+	for i < len(ts) && now.Sub(ts[i]) >= BudgetWindow {
+		i++
+	}
+	ts = ts[i:]
+	if len(ts) >= limit {
+		c.budget[key] = ts
+		c.overBudget.Add(1)
+		wait := ts[len(ts)-limit].Add(BudgetWindow).Sub(now)
+		return &BudgetError{Device: key, Review: review && len(ts) < c.cfg.DeviceBudget, RetryAfter: max(wait, time.Second)}
+	}
+	c.budget[key] = append(ts, now)
+	return nil
+}
+
 func (c *Client) do(ctx context.Context, site, device string, name wire.CommandName, args wire.CommandArgs, before BeforeSend) (json.RawMessage, Sent, error) {
 	if c == nil {
 		return nil, Sent{}, ErrNotConfigured
@@ -244,6 +356,9 @@ func (c *Client) do(ctx context.Context, site, device string, name wire.CommandN
 		defer func() { <-c.sem }()
 	default:
 		return nil, Sent{}, ErrBusy
+	}
+	if err := c.spend(site, device, name == wire.CmdIdentityVisits); err != nil {
+		return nil, Sent{}, err
 	}
 	cmd := wire.Command{Envelope: wire.Envelope{SchemaVersion: wire.CommandSchemaVersion, MessageID: c.idPrefix + randomHex(12),
 		Site: site, Device: device, TS: c.now().UTC()}, Command: name, Args: args}
@@ -465,8 +580,27 @@ const TxnWithheld = "withheld: looks like a card number"
 
 // IdentityVisits asks the device for one identity's visits (identity_visits)
 // and checks the answer (CheckVisits); a transaction id that holds a card
-// number is replaced by TxnWithheld.
+// number is replaced by TxnWithheld. An answer is kept ReviewCache for the
+// same identity of the same device, unless a correction is sent to the
+// device meanwhile.
 func (c *Client) IdentityVisits(ctx context.Context, site, device, id string) (wire.IdentityVisitsResult, Sent, error) {
+	if c == nil {
+		return wire.IdentityVisitsResult{}, Sent{}, ErrNotConfigured
+	}
+	key := reviewKey{site, device, id}
+	c.mu.Lock()
+	gen := c.gen[site+"/"+device]
+	cr, ok := c.reviews[key]
+	if ok && c.now().Sub(cr.at) >= c.cfg.ReviewCache {
+		delete(c.reviews, key)
+		ok = false
+	}
+	c.mu.Unlock()
+	if ok {
+		c.cached.Add(1)
+		cr.sent.Cached = true
+		return cloneVisits(cr.res), cr.sent, nil
+	}
 	var out wire.IdentityVisitsResult
 	raw, sent, err := c.Do(ctx, site, device, wire.CmdIdentityVisits, wire.CommandArgs{ID: id})
 	if err == nil {
@@ -486,13 +620,51 @@ func (c *Client) IdentityVisits(ctx context.Context, site, device, id string) (w
 				"identity", id, "visit_id", v.VisitID)
 		}
 	}
+	if c.cfg.ReviewCache > 0 {
+		c.mu.Lock()
+		now := c.now()
+		if len(c.reviews) >= maxCachedReviews {
+			for k, e := range c.reviews {
+				if now.Sub(e.at) >= c.cfg.ReviewCache {
+					delete(c.reviews, k)
+				}
+			}
+		}
+		if c.gen[site+"/"+device] == gen && len(c.reviews) < maxCachedReviews {
+			c.reviews[key] = cachedReview{res: cloneVisits(out), sent: sent, at: now}
+		}
+		c.mu.Unlock()
+	}
 	return out, sent, nil
+}
+
+func cloneVisits(r wire.IdentityVisitsResult) wire.IdentityVisitsResult {
+	r.Visits, r.Apart = slices.Clone(r.Visits), slices.Clone(r.Apart)
+	return r
+}
+
+// corrected drops the device's cached reviews: a correction is being
+// sent to it, or was.
+func (c *Client) corrected(site, device string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen[site+"/"+device]++
+	for k := range c.reviews {
+		if k.site == site && k.device == device {
+			delete(c.reviews, k)
+		}
+	}
 }
 
 // Split moves visits off identity id into a new one (split_visits).
 // before, if not nil, is called just before the command is first
 // published (BeforeSend).
 func (c *Client) Split(ctx context.Context, site, device, id string, visits []string, before BeforeSend) (wire.SplitResult, Sent, error) {
+	if c == nil {
+		return wire.SplitResult{}, Sent{}, ErrNotConfigured
+	}
+	c.corrected(site, device)
+	defer c.corrected(site, device)
 	var out wire.SplitResult
 	raw, sent, err := c.do(ctx, site, device, wire.CmdSplitVisits, wire.CommandArgs{ID: id, Visits: visits}, before)
 	if err == nil {
@@ -508,6 +680,11 @@ func (c *Client) Split(ctx context.Context, site, device, id string, visits []st
 // Merge moves every visit of id into identity into (merge_identities).
 // before: as for Split.
 func (c *Client) Merge(ctx context.Context, site, device, id, into string, before BeforeSend) (wire.MergeResult, Sent, error) {
+	if c == nil {
+		return wire.MergeResult{}, Sent{}, ErrNotConfigured
+	}
+	c.corrected(site, device)
+	defer c.corrected(site, device)
 	var out wire.MergeResult
 	raw, sent, err := c.do(ctx, site, device, wire.CmdMergeIdentities, wire.CommandArgs{ID: id, Into: into}, before)
 	if err == nil {

@@ -287,6 +287,9 @@ func TestLoadKeyAndConfig(t *testing.T) {
 		"timeout 10m":    func(c *Config) { c.ReplyTimeout = 10 * time.Minute },
 		"resend > reply": func(c *Config) { c.ResendInterval = time.Minute },
 		"in flight 0":    func(c *Config) { c.MaxInFlight = 0 },
+		"budget 1024":    func(c *Config) { c.DeviceBudget = 1024 },
+		"budget 0":       func(c *Config) { c.DeviceBudget = 0 },
+		"cache 2m":       func(c *Config) { c.ReviewCache = 2 * time.Minute },
 	} {
 		c := ok
 		mut(&c)

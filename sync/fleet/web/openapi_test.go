@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/internal/testenv/openapi"
+	"github.com/periocular/atm-agent/sync/fleet/command"
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
@@ -147,6 +148,9 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	correct(ana, csrf, "split of another identity's visit", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-404"]}`)
 	correct(ana, csrf, "merge of identities kept apart", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-split-1","into":"p-1"}`)
 	correct(ana, csrf, "merge of an identity the agent lacks", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-404","into":"p-1"}`)
+	big := `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["` + strings.Repeat("v", 70<<10) + `"]}`
+	correct(ana, csrf, "split of 70 KiB", split, big)
+	correct(ana, csrf, "merge of 70 KiB", merge, strings.Replace(big, `"visits":[`, `"into":[`, 1))
 	rv.SetOlder(true)
 	visits(ana, "visits of an older agent", "lyon-07", "atm-1", "p-1")
 	rv.SetOlder(false)
@@ -165,6 +169,15 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	correct(ana, csrf, "split while busy", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-1"]}`)
 	correct(ana, csrf, "merge while busy", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-1","into":"p-2"}`)
 	<-pending
+	// A device's command budget spent (4: reviews 3 of it).
+	srv.d.Commands = loopbackCommandsWith(t, map[string]*fleettest.Reviewer{"atm-1": rv}, func(c *command.Config) { c.DeviceBudget = 4 })
+	for _, id := range []string{"p-x1", "p-x2", "p-x3"} {
+		visits(ana, "visits within the budget", "lyon-07", "atm-1", id)
+	}
+	visits(ana, "visits past the budget", "lyon-07", "atm-1", "p-1")
+	correct(ana, csrf, "merge within the budget", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-x1","into":"p-1"}`)
+	correct(ana, csrf, "split past the budget", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-1"]}`)
+	correct(ana, csrf, "merge past the budget", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-1","into":"p-2"}`)
 	// A service without commands.
 	srv.d.Commands = nil
 	visits(ana, "visits without commands", "lyon-07", "atm-1", "p-1")

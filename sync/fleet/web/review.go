@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,10 +32,11 @@ type Commander interface {
 var errOffline = errors.New("device not online")
 
 // commandProblem is a command that did not give an answer: the status
-// code and what the analyst is told.
+// code and what the analyst is told (RetryAfter: when to try again, 429).
 type commandProblem struct {
-	Code int
-	Msg  string
+	Code       int
+	Msg        string
+	RetryAfter time.Duration
 }
 
 // problemOf explains why a command to d gave no usable answer.
@@ -63,6 +65,14 @@ func (s *Server) problemOf(d storage.Device, err error) commandProblem {
 		return commandProblem{Code: http.StatusBadGateway, Msg: fmt.Sprintf("The agent on %s is older than the identity review and refuses it: upgrade it %s.", dev, answer)}
 	case errors.Is(err, command.ErrRefused), errors.Is(err, command.ErrBadResult):
 		return commandProblem{Code: http.StatusBadGateway, Msg: fmt.Sprintf("%s: %v", dev, err)}
+	case errors.Is(err, command.ErrBudget):
+		var be *command.BudgetError
+		wait := time.Minute
+		if errors.As(err, &be) {
+			wait = be.RetryAfter
+		}
+		return commandProblem{Code: http.StatusTooManyRequests, RetryAfter: wait, Msg: fmt.Sprintf("Not sent: %v. Each command uses up one of the "+
+			"ids its agent holds against replays (docs/fleet.md, \"Reviewing and correcting identities\").", err)}
 	case errors.Is(err, command.ErrBusy):
 		return commandProblem{Code: http.StatusServiceUnavailable, Msg: err.Error()}
 	case errors.Is(err, command.ErrBroker):
@@ -126,6 +136,7 @@ func (s *Server) reviewPage(w http.ResponseWriter, r *http.Request) {
 	var result *wire.IdentityVisitsResult
 	if err != nil {
 		p = s.problemOf(d, err)
+		retryAfter(w, p)
 	} else {
 		result = &res
 	}
@@ -176,6 +187,13 @@ func otherIdentities(d storage.Device, id string, apart []string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// retryAfter sets Retry-After for a 429.
+func retryAfter(w http.ResponseWriter, p commandProblem) {
+	if p.Code == http.StatusTooManyRequests && p.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((p.RetryAfter+time.Second-1)/time.Second)))
+	}
 }
 
 // correction is a split or merge as a form or the API asks it.
@@ -237,6 +255,7 @@ func (s *Server) apiVisits(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		p := s.problemOf(d, err)
+		retryAfter(w, p)
 		httpError(w, r, p.Msg, p.Code)
 		return
 	}
@@ -367,6 +386,7 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 		if c.Outcome == storage.OutcomeUnknown {
 			pr.Msg += " The correction may or may not have been applied (the audit log has it as without a usable answer): review the identity again before repeating it."
 		}
+		retryAfter(w, pr)
 		if api {
 			httpError(w, r, pr.Msg, pr.Code)
 			return

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -461,14 +462,73 @@ func (l *loopback) Publish(_ context.Context, topic string, msg []byte) error {
 // flight) over a loopback whose devices answer with agents' reviewers.
 func loopbackCommands(t *testing.T, agents map[string]*fleettest.Reviewer) *command.Client {
 	t.Helper()
+	return loopbackCommandsWith(t, agents, nil)
+}
+
+// loopbackCommandsWith is loopbackCommands with its config changed by mut.
+func loopbackCommandsWith(t *testing.T, agents map[string]*fleettest.Reviewer, mut func(*command.Config)) *command.Client {
+	t.Helper()
 	pub, priv, _ := wire.GenerateCommandKey()
 	l := &loopback{pub: pub, agents: agents, seen: map[string]bool{}}
 	cfg := command.DefaultConfig()
 	cfg.Enabled, cfg.PrivateKeyFile, cfg.ReplyTimeout, cfg.ResendInterval, cfg.MaxInFlight = true, "unused", time.Second, 300*time.Millisecond, 1
+	if mut != nil {
+		mut(&cfg)
+	}
 	c, err := command.New(cfg, browserPrefix, priv, l, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.c = c
 	return c
+}
+
+// What the fleet sends one device is bounded, so that reviews cannot
+// fill its agent's replay set (max_seen) and get every command refused:
+// a reload of the same review within review_cache asks the device
+// nothing; past the reviews' share of device_budget a review is answered
+// 429 with Retry-After, and nothing is sent, while a correction still
+// goes. An oversized API body is answered 413.
+func TestReviewBudgetAndLimits(t *testing.T) {
+	_, _, base, _, rv, _ := reviewFleet(t)
+	ana := newClient(t, base)
+	csrf := ana.login("ana", "correct horse")
+	const visits = "/api/v1/devices/lyon-07/atm-0042/identities/%s/visits"
+
+	for range 3 {
+		if r, _ := ana.json("GET", fmt.Sprintf(visits, "p-1"), "", ""); r.StatusCode != 200 {
+			t.Fatalf("review: %d", r.StatusCode)
+		}
+	}
+	if n := len(rv.Commands()); n != 1 {
+		t.Errorf("3 loads of one review within review_cache sent %d commands, want 1", n)
+	}
+
+	share := command.DefaultConfig().DeviceBudget * 3 / 4
+	for i := 1; i < share; i++ { // unknown identities: refused by the agent, never cached
+		if r, _ := ana.json("GET", fmt.Sprintf(visits, fmt.Sprintf("p-x%d", i)), "", ""); r.StatusCode != http.StatusBadGateway {
+			t.Fatalf("review %d: %d, want 502 (no such identity)", i, r.StatusCode)
+		}
+	}
+	n := len(rv.Commands())
+	r, out := ana.json("GET", fmt.Sprintf(visits, "p-2"), "", "")
+	if ra, _ := strconv.Atoi(r.Header.Get("Retry-After")); r.StatusCode != http.StatusTooManyRequests || ra < 60 || ra > 300 ||
+		!strings.Contains(fmt.Sprint(out["error"]), "try again in") {
+		t.Errorf("a review past the budget: %d, Retry-After %q: %v", r.StatusCode, r.Header.Get("Retry-After"), out)
+	}
+	if r, body := ana.get("/devices/lyon-07/atm-0042/identities/p-2/review"); r.StatusCode != http.StatusTooManyRequests || r.Header.Get("Retry-After") == "" ||
+		!strings.Contains(body, "Not sent") {
+		t.Errorf("the review page past the budget: %d %s", r.StatusCode, body)
+	}
+	if got := len(rv.Commands()); got != n {
+		t.Errorf("%d commands sent past the budget", got-n)
+	}
+	if r, body := ana.post("/devices/lyon-07/atm-0042/identities/p-2/merge", url.Values{"csrf": {csrf}, "into": {"p-1"}}); r.StatusCode != 200 {
+		t.Errorf("a correction once the reviews' share is spent: %d %s", r.StatusCode, body)
+	}
+
+	big := `{"site":"lyon-07","device":"atm-0042","identity":"p-1","visits":["` + strings.Repeat("v", 100<<10) + `"]}`
+	if r, out := ana.json("POST", "/api/v1/identities/split", "application/json", big, "X-CSRF-Token", csrf); r.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("a 100 KiB body: %d %v, want 413", r.StatusCode, out)
+	}
 }
