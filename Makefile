@@ -33,11 +33,16 @@ GOCV_LEAN := build/gocv-lean/go.mod
 $(GOCV_LEAN): go.mod go.sum scripts/gocv-lean.sh
 	bash scripts/gocv-lean.sh
 
-build: $(GOCV_LEAN)
+build: $(GOCV_LEAN) build-fleet
 	go build -modfile=$(GOCV_LEAN) $(GOFLAGS_BUILD) -o $(BIN) ./cmd/atm-agent
 	go build -modfile=$(GOCV_LEAN) $(GOFLAGS_BUILD) -o $(TOOLS) ./cmd/atm-tools
+	@bash scripts/packaging/check-pie.sh dynamic $(BIN) $(TOOLS) >/dev/null
+
+# The fleet service alone: Go only, no OpenCV (a central build host).
+.PHONY: build-fleet
+build-fleet:
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o $(FLEET) ./cmd/atm-fleet
-	@bash scripts/packaging/check-pie.sh dynamic $(BIN) $(TOOLS) $(FLEET) >/dev/null
+	@bash scripts/packaging/check-pie.sh dynamic $(FLEET) >/dev/null
 
 # Directories searched for URL-sourced model files (models/lock.json "kind":
 # "url") before their URL; a file is used only if its sha256 matches.
@@ -93,9 +98,17 @@ clean:
 
 # Debian packages atm-agent, atm-tools and atm-fleet (nfpm v2.45.2 via go
 # run; docs/packaging.md).
-.PHONY: deb test-deb
+.PHONY: deb test-deb deb-fleet test-deb-fleet
 deb: models
 	bash scripts/packaging/build-deb.sh
+
+# The atm-fleet package alone: needs only Go and nfpm (go run), not the
+# agent's OpenCV build, the models or the demo photos.
+deb-fleet: build-fleet
+	bash scripts/packaging/build-deb-fleet.sh
+
+test-deb-fleet: deb-fleet
+	bash scripts/packaging/test-deb-fleet.sh
 
 # Installs the packages on THIS machine (dpkg -i, upgrade, remove, purge) and
 # cleans up after itself; needs root. Not part of `make test`. The fleet

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build the atm-agent, atm-tools and atm-fleet .debs with nfpm from the
 # binaries (make build) and the converted models (make models). Run from the repository
-# root (make deb).
+# root (make deb). The atm-fleet .deb alone, without the agent's OpenCV build,
+# the models or the demo photos: build-deb-fleet.sh (make deb-fleet).
 #   DEB_VERSION     package version (default: scripts/version.sh, what the
 #                   binaries say; they must agree)
 #   DEB_ARCH        amd64 (default) or arm64 (binaries from make build-arm64)
@@ -23,13 +24,12 @@ set -euo pipefail
 NFPM="go run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2"
 BIN=build/atm-agent   # native: prints the default config, man page, completions; dpkg-shlibdeps
 TOOLS=build/atm-tools # native: copies the shipped models
-FLEET=build/atm-fleet # native: prints the fleet's default config and man page
 MODELS=build/models
 PHOTOS=build/src/face-api/demo
 export DEB_ARCH=${DEB_ARCH:-amd64}
 explicit_bin=${DEB_BIN:+y}
 case "$DEB_ARCH" in
-amd64) DEB_BIN=${DEB_BIN:-$BIN}; tools_default=$TOOLS; fleet_default=$FLEET ;;
+amd64) DEB_BIN=${DEB_BIN:-$BIN}; tools_default=$TOOLS; fleet_default=build/atm-fleet ;;
 arm64) DEB_BIN=${DEB_BIN:-build/atm-agent-arm64}; tools_default=build/atm-tools-arm64; fleet_default=build/atm-fleet-arm64 ;;
 *) echo "build-deb: DEB_ARCH $DEB_ARCH unsupported" >&2; exit 1 ;;
 esac
@@ -51,7 +51,7 @@ if [ -z "${DEB_MAINTAINER:-}" ]; then
 fi
 export DEB_MAINTAINER
 
-for f in "$BIN" "$TOOLS" "$DEB_BIN" ${DEB_TOOLS_BIN:+"$DEB_TOOLS_BIN"} ${DEB_FLEET_BIN:+"$FLEET" "$DEB_FLEET_BIN"} "$MODELS/manifest.yaml" "$PHOTOS/sample1.jpg"; do
+for f in "$BIN" "$TOOLS" "$DEB_BIN" ${DEB_TOOLS_BIN:+"$DEB_TOOLS_BIN"} "$MODELS/manifest.yaml" "$PHOTOS/sample1.jpg"; do
 	[ -e "$f" ] || { echo "build-deb: $f missing (make build models)" >&2; exit 1; }
 done
 
@@ -62,14 +62,9 @@ export DEB_VERSION
 got=$("$BIN" --version)
 [ "$got" = "atm-agent $DEB_VERSION" ] ||
 	{ echo "build-deb: $BIN --version says '$got', the package would be $DEB_VERSION (make build VERSION=$DEB_VERSION)" >&2; exit 1; }
-if [ -n "$DEB_FLEET_BIN" ]; then
-	got=$("$FLEET" version)
-	[ "$got" = "atm-fleet $DEB_VERSION" ] ||
-		{ echo "build-deb: $FLEET version says '$got', the package would be $DEB_VERSION (make build VERSION=$DEB_VERSION)" >&2; exit 1; }
-fi
 
 rm -rf build/deb
-mkdir -p build/deb/atm-agent build/deb/atm-tools build/deb/atm-fleet build/deb/demo
+mkdir -p build/deb/atm-agent build/deb/atm-tools build/deb/demo
 # Only the models the default pipeline runs; the rest come with
 # `atm-tools models build`. They must pass the same check as on the box.
 "$TOOLS" models ship --dir "$MODELS" --out build/deb/models >&2
@@ -86,26 +81,11 @@ for b in atm-agent atm-tools; do
 	done
 done
 
-# changelog.gz (a native package: the version has no Debian revision): this
-# version's entry lists the commits since the previous tag (at most 20),
-# wrapped at 78 columns as lintian wants.
-changelog() {
-	local pkg=$1 prev range
-	prev=$(git describe --tags --abbrev=0 HEAD^ 2>/dev/null || true)
-	range=${prev:+$prev..}HEAD
-	{
-		echo "$pkg ($DEB_VERSION) unstable; urgency=medium"
-		echo
-		git log --no-merges -n 20 --format='%s' "$range" | while IFS= read -r subj; do
-			echo "$subj" | fold -s -w 72 | sed '1s/^/  * /; 2,$s/^/    /'
-		done
-		echo
-		echo " -- $DEB_MAINTAINER  $(git log -1 --format=%cd --date=rfc2822 HEAD)"
-	} | sed 's/[[:space:]]*$//' | gzip -9n >"build/deb/$pkg/changelog.gz"
-}
+# changelog.gz (scripts/packaging/changelog.sh).
+# shellcheck source=scripts/packaging/changelog.sh
+. "$(dirname "$0")/changelog.sh"
 changelog atm-agent
 changelog atm-tools
-changelog atm-fleet
 
 "$BIN" config default >build/deb/config.yaml
 # Templates are encrypted at rest in the package: postinst creates
@@ -116,32 +96,6 @@ grep -q '^  key_file: credential:store-key ' build/deb/config.yaml ||
 	{ echo "build-deb: could not set store.key_file in the packaged config" >&2; exit 1; }
 "$BIN" config check build/deb/config.yaml >/dev/null
 
-# The fleet service's config as the package installs it: the store in the
-# unit's StateDirectory, the users file and the session key read from the
-# copies systemd hands the service (the unit's LoadCredential=; postinst
-# makes the sources in /etc/atm-fleet), a client id that is not the build
-# machine's name. docs/fleet.md "Install".
-if [ -n "$DEB_FLEET_BIN" ]; then
-	"$FLEET" manpage | gzip -9n >build/deb/atm-fleet/atm-fleet.1.gz
-	creds=/run/credentials/atm-fleet.service
-	{
-		echo "# atm-fleet configuration (docs/fleet.md, /usr/share/doc/atm-fleet/fleet.md)."
-		echo "# Every key with its default: atm-fleet config default. Check: atm-fleet config check FILE."
-		echo "# The users file and the session key are /etc/atm-fleet/users.yaml and"
-		echo "# /etc/atm-fleet/session.key (root, 0600); systemd hands the service a copy of"
-		echo "# each under $creds/ (the unit's LoadCredential=)."
-		"$FLEET" config default | sed \
-			-e "s|^\(    client_id:\) .*|\1 atm-fleet   # stable per instance (the broker keeps its session under it): one per instance when scaling out|" \
-			-e "s|^\(    users_file:\) .*|\1 $creds/users.yaml|" \
-			-e "s|^\(    session_key_file:\) .*|\1 $creds/session.key|"
-	} >build/deb/atm-fleet/config.yaml
-	for want in "    path: /var/lib/atm-fleet/fleet.db" "    client_id: atm-fleet " "    users_file: $creds/users.yaml" "    session_key_file: $creds/session.key"; do
-		grep -qF -- "$want" build/deb/atm-fleet/config.yaml ||
-			{ echo "build-deb: the packaged fleet config lacks '$want'" >&2; exit 1; }
-	done
-	"$FLEET" config check build/deb/atm-fleet/config.yaml >/dev/null
-fi
-
 # A static binary (make static / static-arm64: no program interpreter; `file`
 # says "static-pie linked") needs no library.
 static() { ! readelf -lW "$1" | grep -q 'Requesting program interpreter'; }
@@ -151,9 +105,8 @@ fi
 # Every packaged binary is a position-independent executable (lintian's
 # hardening-no-pie; docs/packaging.md "lintian"): a build that lost PIE fails
 # here instead of shipping.
-# The fleet service is pure Go (CGO_ENABLED=0): a PIE with the program
-# interpreter and no NEEDED library, checked as "dynamic" as in make build.
-for b in "$DEB_BIN" ${DEB_TOOLS_BIN:+"$DEB_TOOLS_BIN"} ${DEB_FLEET_BIN:+"$DEB_FLEET_BIN"}; do
+# (The fleet service's: build-deb-fleet.sh.)
+for b in "$DEB_BIN" ${DEB_TOOLS_BIN:+"$DEB_TOOLS_BIN"}; do
 	if static "$b"; then kind=static; else kind=dynamic; fi
 	bash scripts/packaging/check-pie.sh "$kind" "$b" >&2
 done
@@ -195,7 +148,7 @@ fi
 export DEB_TOOLS_DEPENDS=${DEB_TOOLS_DEPENDS:-}
 
 if [ -z "${DEB_OUT:-}" ]; then
-	rm -f build/atm-agent_*_"$DEB_ARCH".deb build/atm-tools_*_"$DEB_ARCH".deb build/atm-fleet_*_"$DEB_ARCH".deb # keep only the newest in build/
+	rm -f build/atm-agent_*_"$DEB_ARCH".deb build/atm-tools_*_"$DEB_ARCH".deb # keep only the newest in build/
 fi
 out=${DEB_OUT:-build/atm-agent_${DEB_VERSION}_${DEB_ARCH}.deb}
 rm -f "$out"
@@ -207,9 +160,8 @@ if [ -n "$DEB_TOOLS_BIN" ]; then
 	$NFPM package --config scripts/packaging/nfpm-tools.yaml --packager deb --target "$tout" >&2
 	echo "$tout"
 fi
+# The fleet service's package (pure Go): build-deb-fleet.sh, which also
+# runs alone (make deb-fleet).
 if [ -n "$DEB_FLEET_BIN" ]; then
-	fout=${DEB_FLEET_OUT:-build/atm-fleet_${DEB_VERSION}_${DEB_ARCH}.deb}
-	rm -f "$fout"
-	$NFPM package --config scripts/packaging/nfpm-fleet.yaml --packager deb --target "$fout" >&2
-	echo "$fout"
+	bash scripts/packaging/build-deb-fleet.sh
 fi

@@ -1,0 +1,20 @@
+# shellcheck shell=bash
+# changelog PKG: build/deb/PKG/changelog.gz for DEB_VERSION and
+# DEB_MAINTAINER (a native package: the version has no Debian revision):
+# this version's entry lists the commits since the previous tag (at most
+# 20), wrapped at 78 columns as lintian wants. Sourced by build-deb.sh and
+# build-deb-fleet.sh.
+changelog() {
+	local pkg=$1 prev range
+	prev=$(git describe --tags --abbrev=0 HEAD^ 2>/dev/null || true)
+	range=${prev:+$prev..}HEAD
+	{
+		echo "$pkg ($DEB_VERSION) unstable; urgency=medium"
+		echo
+		git log --no-merges -n 20 --format='%s' "$range" | while IFS= read -r subj; do
+			echo "$subj" | fold -s -w 72 | sed '1s/^/  * /; 2,$s/^/    /'
+		done
+		echo
+		echo " -- $DEB_MAINTAINER  $(git log -1 --format=%cd --date=rfc2822 HEAD)"
+	} | sed 's/[[:space:]]*$//' | gzip -9n >"build/deb/$pkg/changelog.gz"
+}
