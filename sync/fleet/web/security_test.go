@@ -2,9 +2,11 @@ package web
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/csv"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -517,5 +519,28 @@ func TestAPIBodyTooLarge(t *testing.T) {
 			!strings.Contains(fmt.Sprint(out["error"]), "larger than 65536 bytes") {
 			t.Errorf("%s with 100 KiB: %d %v, want 413", path, r.StatusCode, out)
 		}
+	}
+}
+
+// A failed sign-in logs a known user's name, but never what was typed
+// as an unknown name (users type their password there): only a digest.
+func TestSignInFailureLogsNoTypedName(t *testing.T) {
+	s, hs := newTestServer(t, openBolt(t))
+	var logb bytes.Buffer
+	s.log = slog.New(slog.NewTextHandler(&logb, nil))
+	c := newClient(t, hs.URL)
+	_, page := c.get("/login")
+	tok := hiddenRe.FindStringSubmatch(page)[1]
+	for _, name := range []string{"hunter2hunter2", "ana"} {
+		if r, _ := c.post("/login", url.Values{"csrf": {tok}, "user": {name}, "password": {"wrong"}}); r.StatusCode != 303 {
+			t.Fatalf("%s: %d", name, r.StatusCode)
+		}
+	}
+	out := logb.String()
+	if strings.Contains(out, "hunter2") || !strings.Contains(out, "name_digest=") {
+		t.Errorf("the typed unknown name is in the log: %s", out)
+	}
+	if !strings.Contains(out, "user=ana") {
+		t.Errorf("a known user's failed sign-in does not name them: %s", out)
 	}
 }

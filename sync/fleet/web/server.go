@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"embed"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,8 +79,10 @@ func DefaultConfig() Config {
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("web: listen %q: %w", c.Listen, err)
+	} else if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("web: listen %q: port: %w", c.Listen, err)
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return errors.New("web: tls_cert_file and tls_key_file go together")
@@ -508,6 +511,18 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 	}{base: base{Title: "Sign in", Now: s.now()}, Next: safeNext(r.URL.Query().Get("next")), Token: t, Error: r.URL.Query().Get("error")})
 }
 
+// typedName is how a sign-in's typed user name is logged: a user of the
+// users file by name; anything else (a typo, or a password typed into the
+// name field) only as unknown with a short keyed digest, which tells
+// repeated attempts with the same name apart without putting it in the
+// journal.
+func (s *Server) typedName(name string) []any {
+	if _, ok := s.users[name]; ok {
+		return []any{"user", name}
+	}
+	return []any{"user", "(unknown)", "name_digest", hex.EncodeToString(s.mac("log-name", name)[:4])}
+}
+
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
 	c, err := r.Cookie(loginCookie)
@@ -519,14 +534,14 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	name, addr := r.PostFormValue("user"), clientAddr(r.RemoteAddr)
 	if wait, ok := s.throttle.begin(name, addr, s.now()); !ok {
 		secs := int((wait + time.Second - 1) / time.Second)
-		s.log.Warn("fleet web: sign-in throttled", "user", name, "remote", r.RemoteAddr, "wait", wait)
+		s.log.Warn("fleet web: sign-in throttled", append(s.typedName(name), "remote", r.RemoteAddr, "wait", wait)...)
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 		httpError(w, r, fmt.Sprintf("too many failed sign-ins: try again in %d s", secs), http.StatusTooManyRequests)
 		return
 	}
 	u, ok := s.users.Check(name, r.PostFormValue("password"))
 	if !ok {
-		s.log.Warn("fleet web: sign-in failed", "user", r.PostFormValue("user"), "remote", r.RemoteAddr)
+		s.log.Warn("fleet web: sign-in failed", append(s.typedName(name), "remote", r.RemoteAddr)...)
 		if wantsJSON(r) {
 			writeAPIError(w, http.StatusUnauthorized, "wrong user name or password", nil)
 			return
