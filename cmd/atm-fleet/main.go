@@ -39,8 +39,10 @@ func main() {
 // are made from it, the flags of run and compact from their flag sets.
 var commands = []struct{ name, synopsis, summary string }{
 	{"run", "run --config FILE", "ingest + web dashboard until SIGINT/SIGTERM"},
-	{"config check", "config check FILE", "validate a config (strict: unknown keys are errors) and the command key it names"},
+	{"config check", "config check [--credentials-from DIR] FILE", "validate a config (strict: unknown keys are errors) and read the files it names; --credentials-from: check the sources of the unit's credentials too (run as root)"},
+	{"users check", "users check FILE", "check a users file as run does: exit 0 if it lists a user, 78 if none"},
 	{"config default", "config default", "print the default config"},
+	{"config get", "config get FILE KEY", "print one value of a config, dotted (web.listen), defaults included"},
 	{"compact", "compact [--config FILE]", "shrink the embedded store's file to its records (service stopped)"},
 	{"passwd", "passwd", "read a password (twice on a terminal) and print its bcrypt hash for the users file"},
 	{"manpage", "manpage", "print the man page (roff; man -l - to read it)"},
@@ -66,11 +68,13 @@ func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	case "run":
 		err = cmdRun(ctx, args[1:], stderr)
 	case "config":
-		err = cmdConfig(args[1:], stdout)
+		err = cmdConfig(args[1:], stdout, stderr)
+	case "users":
+		err = cmdUsers(args[1:], stdout, stderr)
 	case "compact":
 		err = cmdCompact(args[1:], stdout, stderr)
 	case "passwd":
-		err = cmdPasswd(stdin, stdout, stderr)
+		err = cmdPasswd(args[1:], stdin, stdout, stderr)
 	case "manpage":
 		err = writeMan(stdout)
 	case "version":
@@ -87,8 +91,12 @@ func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		}
 		fmt.Fprintf(stderr, "atm-fleet %s: %v\n", args[0], err)
 		var setup *service.SetupError
-		if errors.As(err, &setup) {
+		var usage usageError
+		switch {
+		case errors.As(err, &setup):
 			return exitSetup
+		case errors.As(err, &usage):
+			return 2
 		}
 		return 1
 	}
@@ -101,17 +109,53 @@ func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 // systemd does not restart the service every RestartSec= until then.
 const exitSetup = 78
 
-func cmdConfig(args []string, stdout io.Writer) error {
+// usageError is a command line the command does not take (exit 2).
+type usageError string
+
+func (e usageError) Error() string { return "usage: " + string(e) }
+
+func configCheckFlags(stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	creds := fs.String("credentials-from", "", "check the files the config names under /run/credentials/UNIT/ at their source DIR/ID instead "+
+		"(the unit's LoadCredential=ID:DIR/ID), the users file and session key included; as root (ExecStartPre=+)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: atm-fleet config check [--credentials-from DIR] FILE")
+		fs.PrintDefaults()
+	}
+	return fs, creds
+}
+
+func cmdConfig(args []string, stdout, stderr io.Writer) error {
+	const usage = usageError("atm-fleet config check [--credentials-from DIR] FILE | atm-fleet config default")
 	switch {
-	case len(args) == 2 && args[0] == "check":
-		cfg, err := service.LoadConfig(args[1])
+	case len(args) >= 1 && args[0] == "check":
+		fs, creds := configCheckFlags(stderr)
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return usage
+		}
+		file := fs.Arg(0)
+		cfg, err := service.LoadConfig(file)
 		if err != nil {
 			return err
 		}
-		if err := cfg.CheckFiles(); err != nil {
-			return fmt.Errorf("%s: %w", args[1], err)
+		if *creds != "" {
+			cfg = cfg.WithCredentialSources(*creds)
+			if err := cfg.CheckSecrets(); err != nil {
+				return &service.SetupError{Err: err}
+			}
 		}
-		fmt.Fprintf(stdout, "%s: ok\n", args[1])
+		warnings, err := cfg.CheckFiles()
+		if err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		for _, w := range warnings {
+			fmt.Fprintf(stdout, "%s: warning: %s\n", file, w)
+		}
+		fmt.Fprintf(stdout, "%s: ok\n", file)
 		return nil
 	case len(args) == 1 && args[0] == "default":
 		b, err := yaml.Marshal(service.DefaultConfig())
@@ -120,8 +164,59 @@ func cmdConfig(args []string, stdout io.Writer) error {
 		}
 		_, err = stdout.Write(b)
 		return err
+	case len(args) == 3 && args[0] == "get":
+		cfg, err := service.LoadConfig(args[1])
+		if err != nil {
+			return err
+		}
+		v, err := configValue(cfg, args[2])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, v)
+		return nil
 	}
-	return errors.New("usage: atm-fleet config check FILE | atm-fleet config default")
+	return usage
+}
+
+// configValue is the value of a scalar key of cfg, dotted (web.listen),
+// as the YAML of `config default` names it.
+func configValue(cfg service.Config, key string) (string, error) {
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		return "", err
+	}
+	var node any
+	if err := yaml.Unmarshal(b, &node); err != nil {
+		return "", err
+	}
+	for _, k := range strings.Split(key, ".") {
+		m, ok := node.(map[string]any)
+		if !ok {
+			return "", fmt.Errorf("config get: %s: no such key", key)
+		}
+		if node, ok = m[k]; !ok {
+			return "", fmt.Errorf("config get: %s: no such key", key)
+		}
+	}
+	switch node.(type) {
+	case map[string]any, []any:
+		return "", fmt.Errorf("config get: %s is not a scalar", key)
+	}
+	return fmt.Sprint(node), nil
+}
+
+// cmdUsers: `users check FILE` loads a users file as run does.
+func cmdUsers(args []string, stdout, stderr io.Writer) error {
+	if len(args) != 2 || args[0] != "check" {
+		return usageError("atm-fleet users check FILE")
+	}
+	users, err := web.LoadUsers(args[1])
+	if err != nil {
+		return &service.SetupError{Err: err}
+	}
+	fmt.Fprintf(stdout, "%s: %d user(s)\n", args[1], len(users))
+	return nil
 }
 
 func compactFlags(stderr io.Writer) (*flag.FlagSet, *string, *time.Duration) {
@@ -156,7 +251,18 @@ func cmdCompact(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func cmdPasswd(stdin io.Reader, stdout, stderr io.Writer) error {
+func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("passwd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: atm-fleet passwd   (reads a password, twice on a terminal, one line otherwise; prints its bcrypt hash for the users file)")
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("atm-fleet passwd")
+	}
 	var pw string
 	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		fmt.Fprint(stderr, "password: ")
@@ -215,11 +321,11 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 // Run builds the service (store opened first, closed last) and runs it
 // until ctx ends.
 func Run(ctx context.Context, cfg service.Config, log *slog.Logger) error {
+	log.Info("atm-fleet starting", "version", version)
 	svc, err := service.New(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer svc.Close()
-	log.Info("atm-fleet starting", "version", version)
 	return svc.Run(ctx)
 }

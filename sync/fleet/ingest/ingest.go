@@ -110,6 +110,21 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// CheckFiles reads the files the config names (the TLS CA, client
+// certificate and key, the password file) as New would: an error here is
+// for the operator to fix, not a reason to retry.
+func (c Config) CheckFiles() error {
+	if _, err := c.tlsConfig(); err != nil {
+		return err
+	}
+	if c.Username != "" && c.PasswordFile != "" {
+		if _, err := os.ReadFile(c.PasswordFile); err != nil {
+			return fmt.Errorf("ingest: read password_file: %w", err)
+		}
+	}
+	return nil
+}
+
 // Filters returns the subscriptions: topic filter -> QoS.
 func (c Config) Filters() map[string]byte {
 	data := func(kind string) string {

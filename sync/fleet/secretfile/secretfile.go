@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"syscall"
@@ -32,12 +33,12 @@ func Read(path, what string, deny os.FileMode) ([]byte, error) {
 		if uid != 0 {
 			to = strconv.Itoa(uid) // this service's user: it must read the file
 		}
-		return nil, fmt.Errorf("%s %s: %w; run: chown %s %s", what, path, err, to, path)
+		return nil, fmt.Errorf("%s %s: %w; run: chown %s %s", what, Named(path), err, to, Source(path))
 	}
 	if m := fi.Mode().Perm(); runtime.GOOS != "windows" && m&deny != 0 {
 		want := m &^ deny
 		return nil, fmt.Errorf("%s %s: permissions %04o are too open (%s by group or others); run: chmod %04o %s",
-			what, path, m, accessWords(m&deny), want, path)
+			what, Named(path), m, accessWords(m&deny), want, Source(path))
 	}
 	b, err := io.ReadAll(f)
 	if err != nil {
@@ -83,4 +84,59 @@ func accessWords(m os.FileMode) string {
 		return "readable"
 	}
 	return "executable"
+}
+
+// CredentialID is the credential id of path when path is a copy systemd
+// made for a unit's LoadCredential= (in $CREDENTIALS_DIRECTORY, or
+// /run/credentials/UNIT/ID), else "".
+func CredentialID(path string) string {
+	dir, id := filepath.Split(filepath.Clean(path))
+	dir = filepath.Clean(dir)
+	if cd := os.Getenv("CREDENTIALS_DIRECTORY"); cd != "" && dir == filepath.Clean(cd) {
+		return id
+	}
+	if parent, unit := filepath.Split(dir); filepath.Clean(parent) == "/run/credentials" && unit != "" {
+		return id
+	}
+	return ""
+}
+
+// Source is the file the operator fixes for path: path itself, or for a
+// credential copy the unit's source of it, $CONFIGURATION_DIRECTORY/ID
+// (the unit's ConfigurationDirectory=: /etc/atm-fleet/ID as packaged, where
+// its LoadCredential= lines load from). systemd rewrites the copy at each
+// start: a fix made to it is lost.
+func Source(path string) string {
+	id := CredentialID(path)
+	if id == "" {
+		return path
+	}
+	dir := os.Getenv("CONFIGURATION_DIRECTORY")
+	if dir == "" {
+		dir = "/etc/atm-fleet"
+	}
+	return filepath.Join(dir, id)
+}
+
+// Named is path for messages: with its source when it is a credential copy.
+func Named(path string) string {
+	if src := Source(path); src != path {
+		return fmt.Sprintf("%s (systemd's copy of %s)", path, src)
+	}
+	return path
+}
+
+// WarnReadable is a warning when path (a secret: a password, a DSN, a
+// private key) is readable by group or others, else "". A credential copy
+// is never (systemd makes it 0400).
+func WarnReadable(path, what string) string {
+	fi, err := os.Stat(path)
+	if err != nil || runtime.GOOS == "windows" {
+		return ""
+	}
+	if m := fi.Mode().Perm(); m&0o044 != 0 {
+		return fmt.Sprintf("%s %s: permissions %04o: readable by group or others; run: chmod %04o %s (and load it with the unit's LoadCredential=, docs/fleet.md \"Install\")",
+			what, path, m, m&^0o077, path)
+	}
+	return ""
 }

@@ -8,12 +8,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 
 	"github.com/periocular/atm-agent/sync/fleet/command"
 	"github.com/periocular/atm-agent/sync/fleet/ingest"
+	"github.com/periocular/atm-agent/sync/fleet/secretfile"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
 	"github.com/periocular/atm-agent/sync/fleet/storage/pgstore"
@@ -130,14 +133,73 @@ func (c Config) Validate() error {
 }
 
 // CheckFiles reads what the config names and `config check` can verify
-// before a start: the command-signing key (its owner and mode too).
-func (c Config) CheckFiles() error {
+// before a start, as the service would read it: the command-signing key
+// (its owner and mode too), the MQTT TLS files and password file, the web
+// TLS pair, the DSN file. An error is for the operator to fix (run refuses
+// it as a SetupError). The warnings name secret files (passwords, the DSN,
+// private keys) that group or others can read.
+func (c Config) CheckFiles() (warnings []string, err error) {
 	if c.Commands.Enabled {
 		if _, err := command.LoadKey(c.Commands.PrivateKeyFile); err != nil {
-			return fmt.Errorf("config: commands: %w", err)
+			return nil, fmt.Errorf("config: commands: %w", err)
 		}
 	}
-	return nil
+	if err := c.MQTT.CheckFiles(); err != nil {
+		return nil, fmt.Errorf("config: mqtt: %w", err)
+	}
+	if c.Web.TLSCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.Web.TLSCertFile, c.Web.TLSKeyFile); err != nil {
+			return nil, fmt.Errorf("config: web: tls_cert_file/tls_key_file: %w", err)
+		}
+	}
+	if c.Store.Driver == "postgres" && c.Store.DSNFile != "" {
+		if _, err := os.ReadFile(c.Store.DSNFile); err != nil {
+			return nil, fmt.Errorf("config: store: dsn_file: %w", err)
+		}
+	}
+	dsnFile := ""
+	if c.Store.Driver == "postgres" {
+		dsnFile = c.Store.DSNFile
+	}
+	for _, f := range []struct{ path, what string }{
+		{c.MQTT.PasswordFile, "mqtt.password_file"},
+		{c.MQTT.TLS.KeyFile, "mqtt.tls.key_file"},
+		{c.Web.TLSKeyFile, "web.tls_key_file"},
+		{dsnFile, "store.dsn_file"},
+	} {
+		if f.path != "" {
+			if w := secretfile.WarnReadable(f.path, f.what); w != "" {
+				warnings = append(warnings, w)
+			}
+		}
+	}
+	return warnings, nil
+}
+
+// CheckSecrets loads the users file and the session key as run does
+// (owner, mode, at least one user, the key's length).
+func (c Config) CheckSecrets() error {
+	if _, err := web.LoadUsers(c.Web.UsersFile); err != nil {
+		return err
+	}
+	_, err := web.LoadSessionKey(c.Web.SessionKeyFile)
+	return err
+}
+
+// WithCredentialSources is c with every file it names that is a copy systemd
+// makes for the unit (/run/credentials/UNIT/ID, LoadCredential=) replaced by
+// its source dir/ID, where the unit's LoadCredential= lines load it from:
+// `config check --credentials-from` checks the operator's files, not the
+// private 0400 copies the service is handed.
+func (c Config) WithCredentialSources(dir string) Config {
+	for _, p := range []*string{&c.Web.UsersFile, &c.Web.SessionKeyFile, &c.Web.TLSCertFile, &c.Web.TLSKeyFile,
+		&c.MQTT.PasswordFile, &c.MQTT.TLS.CAFile, &c.MQTT.TLS.CertFile, &c.MQTT.TLS.KeyFile,
+		&c.Store.DSNFile, &c.Commands.PrivateKeyFile} {
+		if id := secretfile.CredentialID(*p); *p != "" && id != "" {
+			*p = filepath.Join(dir, id)
+		}
+	}
+	return c
 }
 
 // Service is one running fleet instance: its store, ingest and web server.
@@ -166,6 +228,15 @@ func (e *SetupError) Unwrap() error { return e.Err }
 func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Service, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, &SetupError{err}
+	}
+	// What the config names (TLS files, password and DSN files): unreadable
+	// or missing, it is the operator's to fix, not a reason to restart.
+	warnings, err := cfg.CheckFiles()
+	if err != nil {
+		return nil, &SetupError{err}
+	}
+	for _, w := range warnings {
+		log.Warn("atm-fleet: " + w)
 	}
 	users, err := web.LoadUsers(cfg.Web.UsersFile)
 	if err != nil {

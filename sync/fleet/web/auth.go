@@ -55,7 +55,12 @@ func LoadUsers(path string) (Users, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ParseUsers(b)
+	u, err := ParseUsers(b)
+	if err != nil {
+		// The file to edit: the source of a credential copy.
+		return nil, fmt.Errorf("%s: %w", secretfile.Named(path), err)
+	}
+	return u, nil
 }
 
 // ParseUsers decodes and checks a users file.
@@ -138,7 +143,8 @@ func LoadSessionKey(path string) ([]byte, error) {
 	}
 	b = bytes.TrimSpace(b)
 	if len(b) < 32 {
-		return nil, fmt.Errorf("session key %s: %d bytes, want at least 32 (e.g. (umask 077; head -c 48 /dev/urandom | base64 > %s))", path, len(b), path)
+		return nil, fmt.Errorf("session key %s: %d bytes, want at least 32 (e.g. (umask 077; head -c 48 /dev/urandom | base64 > %s))",
+			secretfile.Named(path), len(b), secretfile.Source(path))
 	}
 	return b, nil
 }

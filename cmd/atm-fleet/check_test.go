@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeFile(t *testing.T, path, body string, mode os.FileMode) string {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Files the config names that run would fail on (a missing CA, an
+// unreadable password file) and an invalid listen address: config check
+// refuses them, and run exits 78, which the unit does not restart.
+func TestSetupErrorsExit78(t *testing.T) {
+	dir := t.TempDir()
+	users := writeUsers(t, dir)
+	pw := writeFile(t, filepath.Join(dir, "mqtt.password"), "secret\n", 0o600)
+	for name, mqttWeb := range map[string]string{
+		"missing ca_file":      `mqtt: {tls: {ca_file: /nonexistent/ca.pem}}` + "\nweb: {listen: 127.0.0.1:0, users_file: " + users + "}",
+		"ca_file not PEM":      `mqtt: {tls: {ca_file: ` + pw + `}}` + "\nweb: {listen: 127.0.0.1:0, users_file: " + users + "}",
+		"missing password":     `mqtt: {username: u, password_file: /nonexistent/pw}` + "\nweb: {listen: 127.0.0.1:0, users_file: " + users + "}",
+		"listen port invalid":  "web: {listen: 127.0.0.1:18181x, users_file: " + users + "}",
+		"web tls key missing":  "web: {listen: 127.0.0.1:0, users_file: " + users + ", tls_cert_file: /nonexistent/c, tls_key_file: /nonexistent/k}",
+		"postgres dsn missing": "store: {driver: postgres, dsn_file: /nonexistent/dsn}\nweb: {listen: 127.0.0.1:0, users_file: " + users + "}",
+	} {
+		cfg := writeFile(t, filepath.Join(dir, "c.yaml"), fmt.Sprintf("store: {driver: bolt, path: %s}\n%s\n", filepath.Join(dir, "fleet.db"), mqttWeb), 0o644)
+		if strings.HasPrefix(mqttWeb, "store:") {
+			writeFile(t, cfg, mqttWeb+"\n", 0o644)
+		}
+		var errb bytes.Buffer
+		if code := runMain(context.Background(), []string{"config", "check", cfg}, nil, io.Discard, &errb); code == 0 {
+			t.Errorf("%s: config check passed", name)
+		}
+		errb.Reset()
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if code := runMain(ctx, []string{"run", "--config", cfg}, nil, io.Discard, &errb); code != exitSetup {
+			t.Errorf("%s: run exit %d, want %d: %s", name, code, exitSetup, errb.String())
+		}
+	}
+}
+
+// A password, DSN or private key file readable by group or others: config
+// check warns (postinst shows it), naming the file.
+func TestConfigCheckWarnsReadableSecret(t *testing.T) {
+	dir := t.TempDir()
+	users := writeUsers(t, dir)
+	pw := writeFile(t, filepath.Join(dir, "mqtt.password"), "secret\n", 0o644)
+	cfg := writeFile(t, filepath.Join(dir, "c.yaml"), fmt.Sprintf("mqtt: {username: u, password_file: %s}\nweb: {users_file: %s}\n", pw, users), 0o644)
+	var out bytes.Buffer
+	if code := runMain(context.Background(), []string{"config", "check", cfg}, nil, &out, os.Stderr); code != 0 {
+		t.Fatalf("config check: exit %d", code)
+	}
+	if !strings.Contains(out.String(), cfg+": warning: mqtt.password_file "+pw+": permissions 0644") {
+		t.Fatalf("no warning about %s: %q", pw, out.String())
+	}
+	os.Chmod(pw, 0o600)
+	out.Reset()
+	runMain(context.Background(), []string{"config", "check", cfg}, nil, &out, os.Stderr)
+	if strings.Contains(out.String(), "warning") {
+		t.Fatalf("warning for a 0600 file: %q", out.String())
+	}
+}
+
+// With --credentials-from (the unit's ExecStartPre=+, as root), config
+// check reads the users file and the session key at their source, not
+// systemd's 0400 copy: a source readable by others, too short, or with no
+// user is refused, naming the source.
+func TestConfigCheckCredentialSources(t *testing.T) {
+	src := t.TempDir()
+	writeUsers(t, src)
+	key := writeFile(t, filepath.Join(src, "session.key"), strings.Repeat("k", 48)+"\n", 0o600)
+	cfg := writeFile(t, filepath.Join(t.TempDir(), "config.yaml"),
+		"web: {users_file: /run/credentials/atm-fleet.service/users.yaml, session_key_file: /run/credentials/atm-fleet.service/session.key}\n", 0o644)
+	check := func() (int, string) {
+		var out bytes.Buffer
+		code := runMain(context.Background(), []string{"config", "check", "--credentials-from", src, cfg}, nil, &out, &out)
+		return code, out.String()
+	}
+	if code, out := check(); code != 0 {
+		t.Fatalf("good sources: exit %d: %s", code, out)
+	}
+	os.Chmod(key, 0o644)
+	if code, out := check(); code == 0 || !strings.Contains(out, key) || !strings.Contains(out, "too open") {
+		t.Fatalf("session key 0644: exit %d: %s", code, out)
+	}
+	writeFile(t, key, "x\n", 0o600)
+	if code, out := check(); code == 0 || !strings.Contains(out, "1 bytes, want at least 32") || !strings.Contains(out, "> "+key) {
+		t.Fatalf("short key: exit %d: %s", code, out)
+	}
+	writeFile(t, key, strings.Repeat("k", 48), 0o600)
+	os.Chmod(filepath.Join(src, "users.yaml"), 0o666)
+	if code, out := check(); code == 0 || !strings.Contains(out, filepath.Join(src, "users.yaml")) {
+		t.Fatalf("users file 0666: exit %d: %s", code, out)
+	}
+	writeFile(t, filepath.Join(src, "users.yaml"), "users:\n", 0o600)
+	if code, out := check(); code != exitSetup || !strings.Contains(out, "no users") {
+		t.Fatalf("no users: exit %d: %s", code, out)
+	}
+}
+
+// users check: what postinst asks before it starts the service; any users
+// file run accepts counts (JSON style too), an empty hash does not.
+func TestUsersCheck(t *testing.T) {
+	dir := t.TempDir()
+	users := writeUsers(t, dir)
+	b, _ := os.ReadFile(users)
+	hash := strings.Split(strings.Split(string(b), "password_hash: \"")[1], "\"")[0]
+	for name, tc := range map[string]struct {
+		body string
+		code int
+	}{
+		"yaml":       {string(b), 0},
+		"json":       {`{"users": [{"name": "admin", "role": "admin", "password_hash": "` + hash + `"}]}`, 0},
+		"none":       {"users:\n#  - {name: a, role: admin, password_hash: \"x\"}\n", exitSetup},
+		"empty hash": {"users:\n  - {name: a, role: admin, password_hash: \"\"}\n", exitSetup},
+	} {
+		writeFile(t, users, tc.body, 0o600)
+		if code := runMain(context.Background(), []string{"users", "check", users}, nil, io.Discard, io.Discard); code != tc.code {
+			t.Errorf("%s: exit %d, want %d", name, code, tc.code)
+		}
+	}
+}
+
+// config get prints one value, for postinst's message (any indentation).
+func TestConfigGet(t *testing.T) {
+	cfg := writeFile(t, filepath.Join(t.TempDir(), "c.yaml"), "web:\n  listen: 0.0.0.0:9443\n  users_file: /u\n", 0o644)
+	var out bytes.Buffer
+	if code := runMain(context.Background(), []string{"config", "get", cfg, "web.listen"}, nil, &out, os.Stderr); code != 0 || out.String() != "0.0.0.0:9443\n" {
+		t.Fatalf("config get web.listen: exit %d, %q", code, out.String())
+	}
+	if code := runMain(context.Background(), []string{"config", "get", cfg, "web.nope"}, nil, io.Discard, io.Discard); code == 0 {
+		t.Fatal("config get of an unknown key passed")
+	}
+}
+
+// Usage errors exit 2 (the man page's EXIT STATUS); passwd --help prints
+// help instead of reading a password.
+func TestUsageAndHelp(t *testing.T) {
+	if code := runMain(context.Background(), []string{"config", "check"}, nil, io.Discard, io.Discard); code != 2 {
+		t.Errorf("config check without FILE: exit %d, want 2", code)
+	}
+	var errb bytes.Buffer
+	if code := runMain(context.Background(), []string{"passwd", "--help"}, strings.NewReader("short\n"), io.Discard, &errb); code != 0 ||
+		!strings.Contains(errb.String(), "usage: atm-fleet passwd") {
+		t.Errorf("passwd --help: exit %d, %q", code, errb.String())
+	}
+}
