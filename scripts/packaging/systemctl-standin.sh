@@ -11,7 +11,7 @@
 #            /run/credentials/UNIT (0400, owned by User=) and sets
 #            CREDENTIALS_DIRECTORY, STATE_DIRECTORY, RUNTIME_DIRECTORY,
 #            CONFIGURATION_DIRECTORY, Environment=, USER, HOME, INVOCATION_ID;
-#            runs every ExecStartPre= then ExecStart= as User=, Group=,
+#            runs every ExecStartPre= (a "+" one as root) then ExecStart= as User=, Group=,
 #            SupplementaryGroups= (setpriv), with UMask=, NoNewPrivileges=,
 #            an empty CapabilityBoundingSet=; Type=notify gets NOTIFY_SOCKET
 #            (/run/standin/notify.sock, served from outside the root by
@@ -67,9 +67,10 @@ dynamic_user() {
 }
 
 # The command line of one Exec*= line, run as the unit's user: setpriv
-# and env in front of it (printed NUL-separated for mapfile).
+# and env in front of it (printed NUL-separated for mapfile). With the
+# argument root (a "+" line): env only, as root, as systemd runs it.
 exec_prefix() {
-	local u g groups supp
+	local as_root=${1:-} u g groups supp
 	u=$(val User)
 	g=$(val Group)
 	g=${g:-$u}
@@ -94,7 +95,9 @@ exec_prefix() {
 		e=${e%\"}
 		printf '%s\0' "$e"
 	done < <(vals Environment)
-	if [ -n "$duid" ]; then
+	if [ -n "$as_root" ]; then
+		:
+	elif [ -n "$duid" ]; then
 		printf '%s\0' "USER=$u" "LOGNAME=$u" "HOME=/" "SHELL=/usr/sbin/nologin"
 		groups=$(echo "$supp" | tr ' ' '\n' | grep -v '^$' | while read -r sg; do getent group "$sg" | cut -d: -f3; done | paste -sd,)
 		printf '%s\0' setpriv --reuid="$duid" --regid="$dgid"
@@ -160,14 +163,17 @@ prepare() {
 }
 
 # run_exec LINE: one Exec*= line in the foreground (a leading - ignores
-# its failure, as systemd does).
+# its failure, a leading + runs it as root with full privileges, as
+# systemd does).
 run_exec() {
-	local line=$1 ignore=n
-	case $line in -*) ignore=y; line=${line#-} ;; [@+!:]*) say "$U: Exec prefix ${line:0:1} not modelled"; return 1 ;; esac
-	local -a pre cmd
-	mapfile -d '' pre < <(exec_prefix)
-	read -r -a cmd <<<"$line"
-	(set_umask; "${pre[@]}" "${cmd[@]}") </dev/null >>"$L/$U.log" 2>&1
+	local line=$1 ignore=n root=
+	case $line in -*) ignore=y; line=${line#-} ;; esac
+	case $line in +*) root=root; line=${line#+} ;; esac
+	case $line in [@+!:-]*) say "$U: Exec prefix ${line:0:1} not modelled"; return 1 ;; esac
+	local -a pre argv
+	mapfile -d '' pre < <(exec_prefix $root)
+	read -r -a argv <<<"$line"
+	(set_umask; "${pre[@]}" "${argv[@]}") </dev/null >>"$L/$U.log" 2>&1
 	local rc=$?
 	[ "$ignore" = y ] || return $rc
 }
@@ -181,6 +187,7 @@ start() {
 		[ -n "$line" ] || continue
 		if ! run_exec "$line"; then
 			echo failed >"$S/$U.result"
+			rm -rf "/run/credentials/$U" # systemd removes them with the failed start
 			say "Job for $U failed because the control process exited with error code (ExecStartPre=$line; journalctl -u $U)"
 			return 1
 		fi
@@ -220,11 +227,11 @@ start() {
 
 # The wrapper of the main process (setsid "$0" __main UNIT).
 main_wrapper() {
-	local -a pre cmd extra=()
+	local -a pre argv extra=()
 	local line
 	line=$(val ExecStart)
 	mapfile -d '' pre < <(exec_prefix)
-	read -r -a cmd <<<"$line"
+	read -r -a argv <<<"$line"
 	local w
 	w=$(secs "$(val WatchdogSec)" 0)
 	(
@@ -232,7 +239,7 @@ main_wrapper() {
 		set_umask
 		# env -i VAR=... [WATCHDOG_*] setpriv ... CMD: the extra variables
 		# go right after env's own.
-		exec "${pre[@]:0:2}" "${extra[@]}" "${pre[@]:2}" "${cmd[@]}"
+		exec "${pre[@]:0:2}" "${extra[@]}" "${pre[@]:2}" "${argv[@]}"
 	) &
 	echo $! >"$S/$U.pid"
 	wait $!
