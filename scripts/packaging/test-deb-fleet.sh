@@ -78,6 +78,7 @@ check "install says it is not started without a user" grep -q 'enabled, not star
 check "  ... and what to do: atm-fleet passwd, users.yaml, systemctl restart" \
 	sh -c "grep -q 'atm-fleet passwd' '$tmp/install' && grep -q 'editor /etc/atm-fleet/users.yaml' '$tmp/install' && grep -q 'systemctl restart atm-fleet' '$tmp/install'"
 check "install prints no warning" sh -c "! grep -Eq 'WARNING|NOTE' '$tmp/install'"
+check "  ... and the dashboard's address (atm-fleet config get)" grep -qF 'answers on http://127.0.0.1:8080/' "$tmp/install"
 perm /usr/bin/atm-fleet 755 root:root
 perm /lib/systemd/system/$unit 644 root:root
 perm /etc/atm-fleet 755 root:root
@@ -119,9 +120,15 @@ sed -i "s|^    listen: 127.0.0.1:8080\$|    listen: 127.0.0.1:$port|; s|^       
 check "config edit" grep -q "listen: 127.0.0.1:$port" /etc/atm-fleet/config.yaml
 "$STANDIN" start $unit >"$tmp/start0" 2>&1 || true
 check "the service refuses to run without a user" goes_down
-check "  ... saying why (users file: no users)" sh -c "cat /var/log/standin/$unit.log | grep -q 'users file: no users'"
-check "  ... with exit status 78, which the unit does not restart (RestartPreventExitStatus=78)" \
-	sh -c "test \"\$(cat /run/standin/$unit.status)\" = 78 && grep -q '^RestartPreventExitStatus=78\$' /lib/systemd/system/$unit"
+check "  ... at the unit's root check of its credentials' sources (ExecStartPre=+), saying why" \
+	sh -c "grep -q 'ExecStartPre=+/usr/bin/atm-fleet config check --credentials-from' '$tmp/start0' && grep -q '/etc/atm-fleet/users.yaml.*users file: no users' /var/log/standin/$unit.log"
+# run itself refuses it too, with 78 (RestartPreventExitStatus=), and the
+# unit's start limit stops the retries of a failing ExecStartPre=.
+run_rc() { timeout 10 atm-fleet run --config "$1" >"$tmp/run.out" 2>&1; echo $?; }
+sed 's|/run/credentials/atm-fleet.service/|/etc/atm-fleet/|' /etc/atm-fleet/config.yaml >"$tmp/direct.yaml"
+check "  ... run exits 78 without a user (RestartPreventExitStatus=78)" \
+	sh -c "test \"\$(timeout 10 atm-fleet run --config '$tmp/direct.yaml' >/dev/null 2>&1; echo \$?)\" = 78 && grep -q '^RestartPreventExitStatus=78\$' /lib/systemd/system/$unit"
+check "  ... the unit has a start limit (StartLimitBurst=)" grep -q '^StartLimitBurst=' /lib/systemd/system/$unit
 
 echo "== add a user, start"
 pw="correct horse battery"
@@ -161,6 +168,30 @@ check "GET /api/v1/devices with the cookie (200)" test "$(curl -sS -o /dev/null 
 check "GET /api/v1/devices without it (401)" test "$(curl -sS -o /dev/null -w '%{http_code}' -H "$J" "$B/api/v1/devices")" = 401
 check "systemctl stop (stand-in)" "$STANDIN" stop $unit
 check "the service is down" goes_down
+
+echo "== the unit checks the credentials' sources, not systemd's copies"
+cp -p /etc/atm-fleet/users.yaml "$tmp/users.keep"
+cp -p /etc/atm-fleet/session.key "$tmp/key.keep"
+chown nobody:nogroup /etc/atm-fleet/users.yaml /etc/atm-fleet/session.key
+chmod 0666 /etc/atm-fleet/users.yaml /etc/atm-fleet/session.key
+: >/var/log/standin/$unit.log
+check "start with users.yaml and session.key owned by nobody, 0666: refused" sh -c "! '$STANDIN' start $unit"
+check "  ... naming the source file and the fix" grep -q 'users file /etc/atm-fleet/users.yaml: owned by uid 65534.*run: chown root /etc/atm-fleet/users.yaml' /var/log/standin/$unit.log
+chown root:root /etc/atm-fleet/users.yaml /etc/atm-fleet/session.key
+chmod 0644 /etc/atm-fleet/session.key
+chmod 0600 /etc/atm-fleet/users.yaml
+: >/var/log/standin/$unit.log
+check "start with session.key 0644: refused" sh -c "! '$STANDIN' start $unit && grep -q 'session key /etc/atm-fleet/session.key: permissions 0644 are too open' /var/log/standin/$unit.log"
+cp -p "$tmp/users.keep" /etc/atm-fleet/users.yaml
+cp -p "$tmp/key.keep" /etc/atm-fleet/session.key
+goes_down || true
+
+echo "== files run would fail on: config check refuses them, run exits 78"
+for bad in "s|^        ca_file: .*|        ca_file: /nonexistent/ca.pem|" "s|^    listen: .*|    listen: 127.0.0.1:18181x|"; do
+	sed "$bad" "$tmp/direct.yaml" >"$tmp/bad.yaml"
+	check "config check refuses ($bad)" sh -c "! atm-fleet config check '$tmp/bad.yaml'"
+	check "  ... run exits 78" test "$(run_rc "$tmp/bad.yaml")" = 78
+done
 key=$(sum /etc/atm-fleet/session.key)
 users=$(sum /etc/atm-fleet/users.yaml)
 db=$(sum /var/lib/atm-fleet/fleet.db)
@@ -198,12 +229,20 @@ sed -i 's/^log_level: info$/log_level: loud/' /etc/atm-fleet/config.yaml
 dpkg -i "$tmp/upgrade.deb" </dev/null >"$tmp/reinst" 2>&1 && ok "reinstall with a config that fails its check" || bad "reinstall: $(tail -c 400 "$tmp/reinst")"
 check "  ... warns that the config fails its check" grep -q 'WARNING: /etc/atm-fleet/config.yaml fails this version.s check' "$tmp/reinst"
 sed -i 's/^log_level: loud$/log_level: info/' /etc/atm-fleet/config.yaml
-# An empty key (a power cut between postinst's write and the disk) is
-# replaced; a key readable by others gets its mode back; the users file
-# is never rewritten.
+# An empty or too short key (a power cut between postinst's write and the
+# disk) is replaced; a key readable by others gets its mode back; the
+# users file is never rewritten.
 : >/etc/atm-fleet/session.key
 check "reinstall over an empty session.key" dpkg -i "$tmp/upgrade.deb" </dev/null
 check "  ... a new key" test "$(base64 -d /etc/atm-fleet/session.key | wc -c)" = 48
+printf 'x\n' >/etc/atm-fleet/session.key
+dpkg -i "$tmp/upgrade.deb" </dev/null >"$tmp/short" 2>&1 && ok "reinstall over a 1-byte session.key" || bad "reinstall: $(tail -c 400 "$tmp/short")"
+check "  ... a new key, and says so" sh -c "test \"\$(base64 -d /etc/atm-fleet/session.key | wc -c)\" = 48 && grep -q 'held 1 bytes, fewer than the 32' '$tmp/short'"
+# A unit copied by hand hides the packaged one: the reinstall says so.
+cp /lib/systemd/system/$unit /etc/systemd/system/$unit
+dpkg -i "$tmp/upgrade.deb" </dev/null >"$tmp/hidden" 2>&1 || true
+rm -f /etc/systemd/system/$unit
+check "reinstall warns about /etc/systemd/system/$unit" grep -q "WARNING: /etc/systemd/system/$unit .*hides the packaged" "$tmp/hidden"
 chmod 0644 /etc/atm-fleet/session.key /etc/atm-fleet/users.yaml
 check "reinstall over secrets readable by others" dpkg -i "$tmp/upgrade.deb" </dev/null
 perm /etc/atm-fleet/session.key 600 root:root
@@ -228,9 +267,14 @@ install -d -m 0700 /var/lib/private
 mv /var/lib/atm-fleet /var/lib/private/atm-fleet
 ln -s private/atm-fleet /var/lib/atm-fleet
 echo "operator's CA" >/etc/atm-fleet/ca.pem
+# The session key on a volume of the operator's, linked from /etc/atm-fleet.
+mkdir "$tmp/keyvol"
+mv /etc/atm-fleet/session.key "$tmp/keyvol/session.key"
+ln -s "$tmp/keyvol/session.key" /etc/atm-fleet/session.key
 dpkg --purge atm-fleet </dev/null >"$tmp/purge" 2>&1 && ok "dpkg --purge" || bad "dpkg --purge: $(cat "$tmp/purge")"
-check "purge says it deletes the session key, the users file and the store" \
-	sh -c "grep -q 'deleting the session key' '$tmp/purge' && grep -q 'deleting the users file' '$tmp/purge' && grep -q 'deleting the fleet store' '$tmp/purge'"
+check "purge says it deletes the session key's link, the users file and the store" \
+	sh -c "grep -q 'deleting the link /etc/atm-fleet/session.key; kept its target' '$tmp/purge' && grep -q 'deleting the users file' '$tmp/purge' && grep -q 'deleting the fleet store' '$tmp/purge'"
+check "the link's target (the operator's key volume) kept" test -s "$tmp/keyvol/session.key"
 check "secrets gone" test ! -e /etc/atm-fleet/session.key -a ! -e /etc/atm-fleet/users.yaml
 check "config.yaml and its .dpkg-dist gone" test ! -e /etc/atm-fleet/config.yaml -a ! -e /etc/atm-fleet/config.yaml.dpkg-dist
 check "the operator's file kept, and said so" sh -c "test -f /etc/atm-fleet/ca.pem && grep -q 'kept /etc/atm-fleet.*ca.pem' '$tmp/purge'"
@@ -239,6 +283,33 @@ check "/var/lib/private/atm-fleet gone" test ! -e /var/lib/private/atm-fleet
 check "the enable link gone" test ! -L "$wants/$unit"
 check "deb-systemd-helper's state gone" test ! -e /var/lib/systemd/deb-systemd-helper-enabled/$unit.dsh-also
 check "package unknown to dpkg" sh -c "! dpkg-query -W atm-fleet >/dev/null 2>&1 || dpkg-query -W -f='\${db:Status-Status}' atm-fleet | grep -q not-installed"
+
+echo "== /etc/atm-fleet writable by others, planted files"
+install -d -m 0775 -o nobody -g nogroup /etc/atm-fleet
+dpkg -i "$DEB" </dev/null >"$tmp/planted" 2>&1 && bad "dpkg -i into a directory nobody can write: configured" ||
+	ok "dpkg -i into a directory nobody owns, group-writable: not configured"
+check "  ... saying why and what to do" grep -q 'ERROR: /etc/atm-fleet must be a directory owned by root and not writable by group or others' "$tmp/planted"
+check "  ... nothing made in it" test ! -e /etc/atm-fleet/session.key -a ! -e /etc/atm-fleet/users.yaml
+chown root:root /etc/atm-fleet
+chmod 0755 /etc/atm-fleet
+# What nobody planted while it could: a users file and a link for root
+# to write the key through.
+echo "victim" >"$tmp/victim"
+chmod 0600 "$tmp/victim"
+printf 'users:\n  - {name: mallory, role: admin, password_hash: "%s"}\n' "$hash" >/etc/atm-fleet/users.yaml
+chown nobody:nogroup /etc/atm-fleet/users.yaml
+ln -s "$tmp/victim" /etc/atm-fleet/session.key.new
+chown -h nobody:nogroup /etc/atm-fleet/session.key.new
+dpkg --configure atm-fleet </dev/null >"$tmp/planted" 2>&1 && ok "dpkg --configure once the directory is root's" || bad "configure: $(tail -c 400 "$tmp/planted")"
+check "  ... the planted users file is not adopted (still nobody's), and said so" \
+	sh -c "test \"\$(stat -c %U /etc/atm-fleet/users.yaml)\" = nobody && grep -q 'WARNING: /etc/atm-fleet/users.yaml is not a file owned by root' '$tmp/planted'"
+check "  ... not started (no 'not started: ... no user' steps for a refused file)" sh -c "! grep -q 'lists no user yet' '$tmp/planted'"
+check "  ... nothing written through the planted link" test "$(cat "$tmp/victim")" = victim
+check "  ... the key is a new file of root's, 0600" sh -c "test ! -L /etc/atm-fleet/session.key && test \"\$(stat -c '%a %U' /etc/atm-fleet/session.key)\" = '600 root'"
+: >/var/log/standin/$unit.log
+check "  ... and the unit refuses the planted users file" sh -c "! '$STANDIN' start $unit && grep -q 'owned by uid 65534' /var/log/standin/$unit.log"
+dpkg --purge atm-fleet </dev/null >/dev/null 2>&1
+check "purge: the planted link gone, the victim kept" sh -c "test ! -L /etc/atm-fleet/session.key.new && test \"\$(cat '$tmp/victim')\" = victim"
 
 if [ "$fails" -gt 0 ]; then
 	echo "test-deb-fleet: $fails check(s) failed"
