@@ -36,7 +36,8 @@ had_creds=$( [ -d /run/credentials ] && echo y || echo n)
 cleanup() {
 	"$STANDIN" stop $unit >/dev/null 2>&1 || true
 	dpkg --purge atm-fleet >/dev/null 2>&1 || true
-	rm -f "$wants/$unit" /etc/atm-fleet/ca.pem
+	rm -f "$wants/$unit" /etc/atm-fleet/ca.pem /etc/systemd/system/$unit
+	rm -rf /run/credentials/$unit
 	rmdir /etc/atm-fleet 2>/dev/null || true
 	rm -f /run/standin/$unit.* /var/log/standin/$unit.log
 	if [ "$had_standin_dirs" = n ]; then rmdir /run/standin /var/log/standin 2>/dev/null || true; fi
@@ -308,6 +309,7 @@ check "  ... nothing written through the planted link" test "$(cat "$tmp/victim"
 check "  ... the key is a new file of root's, 0600" sh -c "test ! -L /etc/atm-fleet/session.key && test \"\$(stat -c '%a %U' /etc/atm-fleet/session.key)\" = '600 root'"
 : >/var/log/standin/$unit.log
 check "  ... and the unit refuses the planted users file" sh -c "! '$STANDIN' start $unit && grep -q 'owned by uid 65534' /var/log/standin/$unit.log"
+"$STANDIN" stop $unit >/dev/null 2>&1 || true
 dpkg --purge atm-fleet </dev/null >/dev/null 2>&1
 check "purge: the planted link gone, the victim kept" sh -c "test ! -L /etc/atm-fleet/session.key.new && test \"\$(cat '$tmp/victim')\" = victim"
 
