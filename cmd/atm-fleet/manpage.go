@@ -49,8 +49,8 @@ func writeMan(w io.Writer) error {
 	for _, e := range [][2]string{
 		{"0", "success"},
 		{"1", "the command failed; the reason is on standard error"},
-		{"2", "a usage error: no command, or an unknown one"},
-		{fmt.Sprint(exitSetup), "run: refused for what only the operator can fix (the config, no user in the users file, the session or command key); the unit does not restart it (RestartPreventExitStatus=)"},
+		{"2", "a usage error: no command, an unknown one, or arguments the command does not take"},
+		{fmt.Sprint(exitSetup), "run: refused for what only the operator can fix (the config, no user in the users file, the session or command key, a file the config names that cannot be read, an invalid listen address); the unit does not restart it (RestartPreventExitStatus=); config check --credentials-from and users check: the users file or session key is refused"},
 	} {
 		fmt.Fprintf(&b, ".TP\n.B %s\n%s\n", e[0], manroff.Escape(e[1]))
 	}
