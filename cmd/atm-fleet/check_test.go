@@ -160,3 +160,33 @@ func TestUsageAndHelp(t *testing.T) {
 		t.Errorf("passwd --help: exit %d, %q", code, errb.String())
 	}
 }
+
+// A file the config names as a credential copy (a drop-in's
+// LoadCredential=): outside the unit (postinst) config check does not
+// read it, as it exists only while the service runs; under the unit
+// ($CREDENTIALS_DIRECTORY) it does; --credentials-from reads its source.
+func TestConfigCheckCredentialCopies(t *testing.T) {
+	src := t.TempDir()
+	users := writeUsers(t, src)
+	writeFile(t, filepath.Join(src, "session.key"), strings.Repeat("k", 48), 0o600)
+	cfg := writeFile(t, filepath.Join(t.TempDir(), "c.yaml"), "mqtt: {username: u, password_file: /run/credentials/atm-fleet.service/mqtt.password}\n"+
+		"web: {users_file: "+users+", session_key_file: /run/credentials/atm-fleet.service/session.key}\n", 0o644)
+	check := func(args ...string) int {
+		return runMain(context.Background(), append([]string{"config", "check"}, append(args, cfg)...), nil, io.Discard, io.Discard)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	if code := check(); code != 0 {
+		t.Errorf("outside the unit: exit %d, want 0 (the copy is not read)", code)
+	}
+	if code := check("--credentials-from", src); code == 0 {
+		t.Errorf("--credentials-from without the source mqtt.password: passed")
+	}
+	writeFile(t, filepath.Join(src, "mqtt.password"), "pw\n", 0o600)
+	if code := check("--credentials-from", src); code != 0 {
+		t.Errorf("--credentials-from with the source: exit %d", code)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", "/run/credentials/atm-fleet.service")
+	if code := check(); code == 0 {
+		t.Errorf("under the unit with no copy: passed")
+	}
+}

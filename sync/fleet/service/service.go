@@ -138,8 +138,16 @@ func (c Config) Validate() error {
 // TLS pair, the DSN file. An error is for the operator to fix (run refuses
 // it as a SetupError). The warnings name secret files (passwords, the DSN,
 // private keys) that group or others can read.
+//
+// Outside the unit ($CREDENTIALS_DIRECTORY unset: postinst, an operator's
+// check) a file under /run/credentials/UNIT/ is systemd's copy, made only
+// while the service runs: it is not read (--credentials-from checks its
+// source).
 func (c Config) CheckFiles() (warnings []string, err error) {
-	if c.Commands.Enabled {
+	if os.Getenv("CREDENTIALS_DIRECTORY") == "" {
+		c = c.withoutCredentialCopies()
+	}
+	if c.Commands.Enabled && c.Commands.PrivateKeyFile != "" {
 		if _, err := command.LoadKey(c.Commands.PrivateKeyFile); err != nil {
 			return nil, fmt.Errorf("config: commands: %w", err)
 		}
@@ -184,6 +192,24 @@ func (c Config) CheckSecrets() error {
 	}
 	_, err := web.LoadSessionKey(c.Web.SessionKeyFile)
 	return err
+}
+
+// withoutCredentialCopies is c without the files it names under
+// /run/credentials/UNIT/ (a TLS pair goes as a whole).
+func (c Config) withoutCredentialCopies() Config {
+	cred := func(p string) bool { return p != "" && secretfile.CredentialID(p) != "" }
+	for _, p := range []*string{&c.MQTT.PasswordFile, &c.MQTT.TLS.CAFile, &c.Store.DSNFile, &c.Commands.PrivateKeyFile} {
+		if cred(*p) {
+			*p = ""
+		}
+	}
+	if cred(c.MQTT.TLS.CertFile) || cred(c.MQTT.TLS.KeyFile) {
+		c.MQTT.TLS.CertFile, c.MQTT.TLS.KeyFile = "", ""
+	}
+	if cred(c.Web.TLSCertFile) || cred(c.Web.TLSKeyFile) {
+		c.Web.TLSCertFile, c.Web.TLSKeyFile = "", ""
+	}
+	return c
 }
 
 // WithCredentialSources is c with every file it names that is a copy systemd
