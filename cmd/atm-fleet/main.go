@@ -40,9 +40,9 @@ func main() {
 var commands = []struct{ name, synopsis, summary string }{
 	{"run", "run --config FILE", "ingest + web dashboard until SIGINT/SIGTERM"},
 	{"config check", "config check [--credentials-from DIR] FILE", "validate a config (strict: unknown keys are errors) and read the files it names; --credentials-from: check the sources of the unit's credentials too (run as root)"},
-	{"users check", "users check FILE", "check a users file as run does: exit 0 if it lists a user, 78 if none"},
 	{"config default", "config default", "print the default config"},
 	{"config get", "config get FILE KEY", "print one value of a config, dotted (web.listen), defaults included"},
+	{"users check", "users check FILE", "check a users file as run does: exit 0 if it lists a user, 78 if none"},
 	{"compact", "compact [--config FILE]", "shrink the embedded store's file to its records (service stopped)"},
 	{"passwd", "passwd", "read a password (twice on a terminal) and print its bcrypt hash for the users file"},
 	{"manpage", "manpage", "print the man page (roff; man -l - to read it)"},
@@ -53,7 +53,11 @@ var usageText = func() string {
 	var b strings.Builder
 	b.WriteString("atm-fleet: the central fleet view over the agents' MQTT topics (docs/fleet.md)\n\n")
 	for _, c := range commands {
-		fmt.Fprintf(&b, "  %-35s%s\n", "atm-fleet "+c.synopsis, c.summary)
+		syn := "atm-fleet " + c.synopsis
+		if len(syn) > 34 {
+			syn += "\n" + strings.Repeat(" ", 37) // the summary on a line of its own
+		}
+		fmt.Fprintf(&b, "  %-35s%s\n", syn, c.summary)
 	}
 	return b.String()
 }()
@@ -127,7 +131,7 @@ func configCheckFlags(stderr io.Writer) (*flag.FlagSet, *string) {
 }
 
 func cmdConfig(args []string, stdout, stderr io.Writer) error {
-	const usage = usageError("atm-fleet config check [--credentials-from DIR] FILE | atm-fleet config default")
+	const usage = usageError("atm-fleet config check [--credentials-from DIR] FILE | atm-fleet config default | atm-fleet config get FILE KEY")
 	switch {
 	case len(args) >= 1 && args[0] == "check":
 		fs, creds := configCheckFlags(stderr)

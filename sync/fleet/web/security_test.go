@@ -544,3 +544,21 @@ func TestSignInFailureLogsNoTypedName(t *testing.T) {
 		t.Errorf("a known user's failed sign-in does not name them: %s", out)
 	}
 }
+
+// Under the unit, a short key or a users file without a user is reported
+// with the file to edit: the source of systemd's copy.
+func TestSetupMessagesNameTheSource(t *testing.T) {
+	creds, conf := t.TempDir(), t.TempDir()
+	t.Setenv("CREDENTIALS_DIRECTORY", creds)
+	t.Setenv("CONFIGURATION_DIRECTORY", conf)
+	key, users := filepath.Join(creds, "session.key"), filepath.Join(creds, "users.yaml")
+	os.WriteFile(key, []byte("x\n"), 0o400)
+	os.WriteFile(users, []byte("users:\n"), 0o400)
+	if _, err := LoadSessionKey(key); err == nil || !strings.Contains(err.Error(), "> "+filepath.Join(conf, "session.key")+")") {
+		t.Errorf("short key: %v", err)
+	}
+	if _, err := LoadUsers(users); err == nil || !strings.Contains(err.Error(), "systemd's copy of "+filepath.Join(conf, "users.yaml")) ||
+		!strings.Contains(err.Error(), "no users") {
+		t.Errorf("no users: %v", err)
+	}
+}
