@@ -21,14 +21,9 @@ arm64) DEB_FLEET_BIN=${DEB_FLEET_BIN:-build/atm-fleet-arm64} ;;
 *) echo "build-deb-fleet: DEB_ARCH $DEB_ARCH unsupported" >&2; exit 1 ;;
 esac
 export DEB_FLEET_BIN
-if [ -z "${DEB_MAINTAINER:-}" ]; then
-	name=${DEBFULLNAME:-$(git config user.name || git log -1 --format=%an)}
-	email=${DEBEMAIL:-$(git config user.email || git log -1 --format=%ae)}
-	[ -n "$name" ] && [ -n "$email" ] ||
-		{ echo "build-deb-fleet: set DEB_MAINTAINER='Name <email>' (or DEBFULLNAME and DEBEMAIL)" >&2; exit 1; }
-	DEB_MAINTAINER="$name <$email>"
-fi
-export DEB_MAINTAINER
+# shellcheck source=scripts/packaging/debmeta.sh
+. "$(dirname "$0")/debmeta.sh"
+maintainer
 for f in "$FLEET" "$DEB_FLEET_BIN"; do
 	[ -e "$f" ] || { echo "build-deb-fleet: $f missing (make build-fleet)" >&2; exit 1; }
 done
@@ -40,8 +35,6 @@ got=$("$FLEET" version)
 
 rm -rf build/deb/atm-fleet
 mkdir -p build/deb/atm-fleet
-# shellcheck source=scripts/packaging/changelog.sh
-. "$(dirname "$0")/changelog.sh"
 changelog atm-fleet
 "$FLEET" manpage | gzip -9n >build/deb/atm-fleet/atm-fleet.1.gz
 

@@ -41,15 +41,9 @@ if [ -z "${DEB_FLEET_BIN:-}" ] && [ -z "$explicit_bin" ]; then
 fi
 export DEB_BIN DEB_TOOLS_BIN=${DEB_TOOLS_BIN:-} DEB_FLEET_BIN=${DEB_FLEET_BIN:-}
 
-if [ -z "${DEB_MAINTAINER:-}" ]; then
-	# A fresh clone without git identity: the author of HEAD.
-	name=${DEBFULLNAME:-$(git config user.name || git log -1 --format=%an)}
-	email=${DEBEMAIL:-$(git config user.email || git log -1 --format=%ae)}
-	[ -n "$name" ] && [ -n "$email" ] ||
-		{ echo "build-deb: set DEB_MAINTAINER='Name <email>' (or DEBFULLNAME and DEBEMAIL)" >&2; exit 1; }
-	DEB_MAINTAINER="$name <$email>"
-fi
-export DEB_MAINTAINER
+# shellcheck source=scripts/packaging/debmeta.sh
+. "$(dirname "$0")/debmeta.sh"
+maintainer
 
 for f in "$BIN" "$TOOLS" "$DEB_BIN" ${DEB_TOOLS_BIN:+"$DEB_TOOLS_BIN"} "$MODELS/manifest.yaml" "$PHOTOS/sample1.jpg"; do
 	[ -e "$f" ] || { echo "build-deb: $f missing (make build models)" >&2; exit 1; }
@@ -81,9 +75,7 @@ for b in atm-agent atm-tools; do
 	done
 done
 
-# changelog.gz (scripts/packaging/changelog.sh).
-# shellcheck source=scripts/packaging/changelog.sh
-. "$(dirname "$0")/changelog.sh"
+# changelog.gz (scripts/packaging/debmeta.sh).
 changelog atm-agent
 changelog atm-tools
 
