@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 	"gopkg.in/yaml.v3"
 
@@ -328,9 +329,57 @@ func openStore(ctx context.Context, c StoreConfig, log *slog.Logger) (storage.St
 		}
 		dsn = strings.TrimSpace(string(b))
 	}
-	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	return pgstore.Open(octx, dsn, log)
+	return openPostgres(ctx, dsn, log)
+}
+
+// pgWait bounds how long a start waits for PostgreSQL to accept
+// connections (a server starting with the machine, or restarting): inside
+// the unit's start, so a database down for a while is waited for rather
+// than met with a restart loop that the unit's start limit ends.
+var pgWait = 60 * time.Second
+
+// openPostgres opens the PostgreSQL store, retrying while the server does
+// not answer (pgUnreachable) for up to pgWait; any other failure (the DSN,
+// authentication, no such database, a migration) is returned at once.
+func openPostgres(ctx context.Context, dsn string, log *slog.Logger) (storage.Store, error) {
+	start, delay := time.Now(), 250*time.Millisecond
+	for attempt := 1; ; attempt++ {
+		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		st, err := pgstore.Open(octx, dsn, log)
+		cancel()
+		switch {
+		case err == nil:
+			if attempt > 1 {
+				log.Info("fleet store: PostgreSQL reached", "after", time.Since(start).Round(time.Millisecond), "attempts", attempt)
+			}
+			return st, nil
+		case !pgUnreachable(err) || ctx.Err() != nil:
+			return nil, err
+		case time.Since(start)+delay > pgWait:
+			return nil, fmt.Errorf("%w (waited %v for the server)", err, pgWait)
+		case attempt == 1:
+			log.Warn("fleet store: PostgreSQL does not answer yet; waiting for it", "for", pgWait, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// pgUnreachable says whether err means the server did not answer
+// (refused, unreachable, timed out, a name not resolved yet) or answered
+// that it is starting up or shutting down: worth waiting for. A server
+// that answers and refuses (authentication, no such database) is not.
+func pgUnreachable(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code == "57P03" // cannot_connect_now
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // Store is the service's store (read it while the service runs; Close
