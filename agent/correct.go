@@ -56,9 +56,9 @@ func (a *Agent) setConstraints(cs []record.Constraint) {
 	a.d.Identities.SetConstraints(ec)
 }
 
-// identityVisitIDs returns the stored visits of an identity, oldest first,
+// storedVisits returns the stored visits of an identity, oldest first,
 // or ErrUnknownIdentity when it has none.
-func (a *Agent) identityVisitIDs(ctx context.Context, id string) ([]visit.Visit, error) {
+func (a *Agent) storedVisits(ctx context.Context, id string) ([]visit.Visit, error) {
 	vs, err := a.d.Store.VisitsSince(ctx, id, epoch)
 	if err != nil {
 		return nil, fmt.Errorf("identity %q: %w", id, err)
@@ -90,7 +90,7 @@ func doResult[T any](ctx context.Context, a *Agent, name string, fn func(ctx con
 }
 
 func (a *Agent) identityVisits(ctx context.Context, id string) (wire.IdentityVisitsResult, error) {
-	vs, err := a.identityVisitIDs(ctx, id)
+	vs, err := a.storedVisits(ctx, id)
 	if err != nil {
 		return wire.IdentityVisitsResult{}, err
 	}
@@ -184,7 +184,7 @@ func (a *Agent) SplitVisits(ctx context.Context, id string, visits []string) (wi
 }
 
 func (a *Agent) splitVisits(ctx context.Context, id string, visits []string) (wire.SplitResult, error) {
-	vs, err := a.identityVisitIDs(ctx, id)
+	vs, err := a.storedVisits(ctx, id)
 	if err != nil {
 		return wire.SplitResult{}, fmt.Errorf("split: %w", err)
 	}
@@ -193,13 +193,15 @@ func (a *Agent) splitVisits(ctx context.Context, id string, visits []string) (wi
 		move[v] = true
 	}
 	var stay []string
+	mine := make(map[string]bool, len(vs))
 	for _, v := range vs {
+		mine[v.ID] = true
 		if !move[v.ID] {
 			stay = append(stay, v.ID)
 		}
 	}
 	for _, v := range visits {
-		if slices.ContainsFunc(vs, func(x visit.Visit) bool { return x.ID == v }) {
+		if mine[v] {
 			continue
 		}
 		if o := a.identityOf(ctx, v); o != "" {
@@ -260,11 +262,11 @@ func (a *Agent) mergeIdentities(ctx context.Context, id, into string) (wire.Merg
 	if id == into {
 		return wire.MergeResult{}, fmt.Errorf("merge identity %q into itself", id)
 	}
-	from, err := a.identityVisitIDs(ctx, id)
+	from, err := a.storedVisits(ctx, id)
 	if err != nil {
 		return wire.MergeResult{}, fmt.Errorf("merge: %w", err)
 	}
-	to, err := a.identityVisitIDs(ctx, into)
+	to, err := a.storedVisits(ctx, into)
 	if err != nil {
 		return wire.MergeResult{}, fmt.Errorf("merge into: %w", err)
 	}

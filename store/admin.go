@@ -451,15 +451,7 @@ func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) err
 		}); err != nil {
 			return err
 		}
-		cb := tx.Bucket(bConstraints)
-		if cb == nil { // an older schema opened read-only
-			return nil
-		}
-		return cb.ForEach(func(_, v []byte) error {
-			var c record.Constraint
-			if err := json.Unmarshal(v, &c); err != nil {
-				return err
-			}
+		return forEachConstraint(tx, func(_ []byte, c record.Constraint) error {
 			return enc.Encode(struct {
 				Type string `json:"type"`
 				record.Constraint

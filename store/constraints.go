@@ -17,20 +17,28 @@ func (s *Store) Constraints(ctx context.Context) ([]record.Constraint, error) {
 	var out []record.Constraint
 	err := s.view(ctx, "list constraints", func(tx *bolt.Tx) error {
 		out = nil
-		b := tx.Bucket(bConstraints)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(k, v []byte) error {
-			var c record.Constraint
-			if err := json.Unmarshal(v, &c); err != nil {
-				return fmt.Errorf("decode constraint %q: %w", k, err)
-			}
+		return forEachConstraint(tx, func(_ []byte, c record.Constraint) error {
 			out = append(out, c)
 			return nil
 		})
 	})
 	return out, err
+}
+
+// forEachConstraint decodes every stored constraint in key order; a store
+// without the bucket (schema 2, opened read-only) has none.
+func forEachConstraint(tx *bolt.Tx, fn func(k []byte, c record.Constraint) error) error {
+	b := tx.Bucket(bConstraints)
+	if b == nil {
+		return nil
+	}
+	return b.ForEach(func(k, v []byte) error {
+		var c record.Constraint
+		if err := json.Unmarshal(v, &c); err != nil {
+			return fmt.Errorf("decode constraint %q: %w", k, err)
+		}
+		return fn(k, c)
+	})
 }
 
 // putConstraint stores c after checking it and that every visit it names
@@ -71,11 +79,7 @@ func pruneConstraints(tx *bolt.Tx, gone map[string]bool) error {
 		del bool
 	}
 	var us []upd
-	if err := b.ForEach(func(k, v []byte) error {
-		var c record.Constraint
-		if err := json.Unmarshal(v, &c); err != nil {
-			return fmt.Errorf("decode constraint %q: %w", k, err)
-		}
+	if err := forEachConstraint(tx, func(k []byte, c record.Constraint) error {
 		out, changed, keep := c.Prune(func(v string) bool { return gone[v] })
 		if changed {
 			us = append(us, upd{bytes.Clone(k), out, !keep})

@@ -660,38 +660,37 @@ func (c *Client) corrected(site, device string) {
 // before, if not nil, is called just before the command is first
 // published (BeforeSend).
 func (c *Client) Split(ctx context.Context, site, device, id string, visits []string, before BeforeSend) (wire.SplitResult, Sent, error) {
-	if c == nil {
-		return wire.SplitResult{}, Sent{}, ErrNotConfigured
-	}
-	c.corrected(site, device)
-	defer c.corrected(site, device)
-	var out wire.SplitResult
-	raw, sent, err := c.do(ctx, site, device, wire.CmdSplitVisits, wire.CommandArgs{ID: id, Visits: visits}, before)
-	if err == nil {
-		err = decodeResult(raw, &out)
-	}
-	if err == nil && (out.Identity != id || wire.ValidateID(out.NewIdentity, 64) != nil || out.NewIdentity == id ||
-		out.VisitsMoved < 0 || out.VisitsMoved > len(visits)) {
-		err = fmt.Errorf("%w: the split's result %+v does not answer the split of %d visits of %s", ErrBadResult, out, len(visits), id)
-	}
-	return out, sent, err
+	return correct(ctx, c, site, device, wire.CmdSplitVisits, wire.CommandArgs{ID: id, Visits: visits}, before, func(out wire.SplitResult) bool {
+		return out.Identity == id && wire.ValidateID(out.NewIdentity, 64) == nil && out.NewIdentity != id &&
+			out.VisitsMoved >= 0 && out.VisitsMoved <= len(visits)
+	})
 }
 
 // Merge moves every visit of id into identity into (merge_identities).
 // before: as for Split.
 func (c *Client) Merge(ctx context.Context, site, device, id, into string, before BeforeSend) (wire.MergeResult, Sent, error) {
+	return correct(ctx, c, site, device, wire.CmdMergeIdentities, wire.CommandArgs{ID: id, Into: into}, before, func(out wire.MergeResult) bool {
+		return out.Identity == into && out.Merged == id && out.VisitsMoved >= 0
+	})
+}
+
+// correct sends a correction (Split, Merge) with the device's cached
+// reviews dropped before and after, and decodes its result, which fits
+// must accept.
+func correct[T any](ctx context.Context, c *Client, site, device string, name wire.CommandName, args wire.CommandArgs, before BeforeSend,
+	fits func(T) bool) (T, Sent, error) {
+	var out T
 	if c == nil {
-		return wire.MergeResult{}, Sent{}, ErrNotConfigured
+		return out, Sent{}, ErrNotConfigured
 	}
 	c.corrected(site, device)
 	defer c.corrected(site, device)
-	var out wire.MergeResult
-	raw, sent, err := c.do(ctx, site, device, wire.CmdMergeIdentities, wire.CommandArgs{ID: id, Into: into}, before)
+	raw, sent, err := c.do(ctx, site, device, name, args, before)
 	if err == nil {
 		err = decodeResult(raw, &out)
 	}
-	if err == nil && (out.Identity != into || out.Merged != id || out.VisitsMoved < 0) {
-		err = fmt.Errorf("%w: the merge's result %+v does not answer the merge of %s into %s", ErrBadResult, out, id, into)
+	if err == nil && !fits(out) {
+		err = fmt.Errorf("%w: the result %+v does not answer %s %+v", ErrBadResult, out, name, args)
 	}
 	return out, sent, err
 }

@@ -263,10 +263,15 @@ func (s *Server) apiVisits(w http.ResponseWriter, r *http.Request) {
 		res.Visits = []wire.ReviewVisit{}
 	}
 	writeJSON(w, struct {
-		Site   string `json:"site"`
-		Device string `json:"device"`
+		onDevice
 		wire.IdentityVisitsResult
-	}{d.Site, d.Device, res})
+	}{onDevice{d.Site, d.Device}, res})
+}
+
+// onDevice names the device of an API answer (its "site" and "device").
+type onDevice struct {
+	Site   string `json:"site"`
+	Device string `json:"device"`
 }
 
 // correct sends a split or a merge to the device and answers with what
@@ -328,10 +333,9 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 			if err == nil {
 				c.Other, c.Visits = res.NewIdentity, res.VisitsMoved
 				out = struct {
-					Site   string `json:"site"`
-					Device string `json:"device"`
+					onDevice
 					wire.SplitResult
-				}{in.Site, in.Device, res}
+				}{onDevice{in.Site, in.Device}, res}
 				done.Done, done.DoneOther = fmt.Sprintf("%d visits of %s split off into the new identity %s: the two are kept apart from now on.",
 					res.VisitsMoved, in.Identity, res.NewIdentity), res.NewIdentity
 			}
@@ -341,10 +345,9 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 			if err == nil {
 				c.Visits = res.VisitsMoved
 				out = struct {
-					Site   string `json:"site"`
-					Device string `json:"device"`
+					onDevice
 					wire.MergeResult
-				}{in.Site, in.Device, res}
+				}{onDevice{in.Site, in.Device}, res}
 				done.Done, done.DoneOther = fmt.Sprintf("%s merged into %s: %d visits moved, kept together from now on.",
 					in.Identity, in.Into, res.VisitsMoved), in.Into
 			}
