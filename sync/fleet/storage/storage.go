@@ -228,8 +228,12 @@ type AlertFilter struct {
 	Active           bool       // open or acknowledged
 	Site, Device     string
 	Rule, IdentityID string
-	Since            time.Time // raised at or after
-	Limit            int       // 0: DefaultAlertLimit
+	// Sites, when not nil, lists only alerts of the sites it allows (a
+	// user's scope): applied by the store's query, before Offset and
+	// Limit, so a scoped listing's pages are full.
+	Sites *Sites
+	Since time.Time // raised at or after
+	Limit int       // 0: DefaultAlertLimit
 	// Offset skips that many matching alerts (newest first) before Limit:
 	// pages through more alerts than one listing holds.
 	Offset int
@@ -335,6 +339,7 @@ func (f AlertFilter) Match(a Alert) bool {
 	case f.State != "" && a.State != f.State,
 		f.Active && a.State == AlertResolved,
 		f.Site != "" && a.Site != f.Site,
+		!f.Sites.Allows(a.Site),
 		f.Device != "" && a.Device != f.Device,
 		f.Rule != "" && a.Rule != f.Rule,
 		f.IdentityID != "" && a.IdentityID != f.IdentityID,

@@ -693,11 +693,12 @@ func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Al
 			return prefix(alerts, scope, func(_, v []byte) []byte { return v })
 		}
 		// Walking an order index, what its keys tell is checked before an
-		// alert is decoded: the scope (site, device) and, for active
+		// alert is decoded: the scope (site, device, the user's sites) and, for active
 		// listings, membership of the active index.
 		walk := func(k []byte) error {
 			ak := k[8:]
-			if !bytes.HasPrefix(ak, scope) || (onlyActive && active.Get(ak) == nil) {
+			site, _, _ := bytes.Cut(ak, []byte{0})
+			if !bytes.HasPrefix(ak, scope) || !f.Sites.Allows(string(site)) || (onlyActive && active.Get(ak) == nil) {
 				return nil
 			}
 			return take(ak, alerts.Get(ak))

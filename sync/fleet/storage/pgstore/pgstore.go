@@ -651,6 +651,13 @@ func (s *Store) Alerts(ctx context.Context, f storage.AlertFilter) ([]storage.Al
 	if f.Device != "" {
 		add("device = $%d", f.Device)
 	}
+	if f.Sites != nil {
+		// A user's scope: exact names, or prefixes (compared as text,
+		// not LIKE patterns: a '_' or '%' in a site name is literal).
+		args = append(args, f.Sites.Exact(), f.Sites.Prefixes())
+		where = append(where, fmt.Sprintf("(site = ANY($%d::text[]) OR EXISTS (SELECT 1 FROM unnest($%d::text[]) AS p(prefix) WHERE left(site, length(p.prefix)) = p.prefix))",
+			len(args)-1, len(args)))
+	}
 	if f.Rule != "" {
 		add("rule = $%d", f.Rule)
 	}

@@ -81,6 +81,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("BatchWrites", func(t *testing.T) { batchWrites(t, open(t)) })
 	t.Run("SessionRevocations", func(t *testing.T) { sessionRevocations(t, open(t)) })
 	t.Run("AlertListings", func(t *testing.T) { alertListings(t, open(t)) })
+	t.Run("ScopedPaging", func(t *testing.T) { scopedPaging(t, open(t)) })
 	t.Run("RemoveDevice", func(t *testing.T) { removeDevice(t, open(t)) })
 	t.Run("PurgeIdentity", func(t *testing.T) { purgeIdentity(t, open(t)) })
 	t.Run("Corrections", func(t *testing.T) { corrections(t, open(t)) })
@@ -370,6 +371,8 @@ func alertListings(t *testing.T, s storage.Store) {
 		mid := storage.AlertCursor{Order: storage.ByRaised, At: T0.Add(20 * time.Minute), Key: storage.AlertKey{Site: "paris-01", Device: "atm-1", AlertID: "a-5"}}
 		midv := storage.AlertCursor{Order: storage.ByReceived, At: T0.Add(20 * time.Minute), Key: storage.AlertKey{Site: "paris-01", Device: "atm-1", AlertID: "a-5"}}
 		v := storage.ByReceived
+		// Users' scopes: "paris-01" is not "paris-01x"; a prefix is.
+		exact, prefix, mixed := mustSites(t, "paris-01"), mustSites(t, "paris-*"), mustSites(t, "lyon-07", "paris-01x")
 		for _, f := range []storage.AlertFilter{
 			{}, {Active: true}, {State: storage.AlertOpen}, {State: storage.AlertAcknowledged}, {State: storage.AlertResolved},
 			{Site: "paris-01"}, {Site: "paris-01", Active: true}, {Site: "paris-01", Device: "atm-1"},
@@ -380,6 +383,10 @@ func alertListings(t *testing.T, s storage.Store) {
 			{Order: v}, {Order: v, Limit: 9}, {Order: v, After: &midv}, {Order: v, After: &midv, Limit: 5, Active: true},
 			{Order: v, ReceivedSince: T0.Add(30 * time.Minute)}, {Order: v, ReceivedSince: T0.Add(10 * time.Minute), After: &midv},
 			{Order: v, Site: "paris-01", Device: "atm-1", After: &midv}, {ReceivedSince: T0.Add(30 * time.Minute)},
+			{Sites: exact}, {Sites: prefix, Limit: 5, Offset: 3}, {Sites: mixed, Active: true}, {Sites: exact, After: &mid, Limit: 4},
+			{Sites: mixed, State: storage.AlertOpen, Limit: 3}, {Sites: prefix, Since: T0.Add(25 * time.Minute)},
+			{Order: v, Sites: prefix, After: &midv, Limit: 5}, {Order: v, Sites: mixed, Limit: 6, Offset: 2},
+			{Sites: exact, Site: "lyon-07"}, {Sites: mixed, Site: "paris-01x", Device: "atm-1"}, {Sites: exact, Site: "paris-01", Device: "atm-10", Active: true},
 		} {
 			got, err := s.Alerts(c, f)
 			if err != nil {
@@ -519,6 +526,77 @@ func alertListings(t *testing.T, s storage.Store) {
 		}
 	}
 	check("polled")
+}
+
+func mustSites(t *testing.T, patterns ...string) *storage.Sites {
+	t.Helper()
+	s, err := storage.ParseSites(patterns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// A scoped listing (a user's sites) is filtered by the store's query, not
+// after its limit: with most alerts, and the newest, of sites outside the
+// scope, every page but the last is full, by offset and by cursor, in both
+// orders and for active listings, and the pages together hold exactly the
+// scope's alerts.
+func scopedPaging(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	var msgs []storage.Message
+	in := map[storage.AlertKey]bool{}
+	for i := range 120 {
+		site, dev := "porto-9", "atm-1" // outside: newer, and more of them
+		ts := T0.Add(time.Duration(i) * time.Minute)
+		if i%6 == 0 {
+			site, dev, ts = []string{"lisbon-01", "lisbon-airport", "faro"}[i/6%3], "atm-2", T0.Add(-time.Duration(i)*time.Minute)
+		}
+		m := Alert(site, dev, uint64(i+1), ts, fmt.Sprintf("a-%03d", i), "p-1", 6)
+		msgs = append(msgs, m)
+		if site != "porto-9" {
+			in[storage.AlertKey{Site: site, Device: dev, AlertID: m.Alert.AlertID}] = true
+		}
+	}
+	if _, err := s.Apply(c, msgs); err != nil {
+		t.Fatal(err)
+	}
+	scope := mustSites(t, "lisbon-*", "faro")
+	const per = 3
+	for _, base := range []storage.AlertFilter{{}, {Active: true}, {Order: storage.ByReceived}} {
+		base.Sites, base.Limit = scope, per
+		seen := map[storage.AlertKey]bool{}
+		var after *storage.AlertCursor
+		for page := 0; ; page++ {
+			byOffset, byCursor := base, base
+			byOffset.Offset, byCursor.After = page*per, after
+			got, err := s.Alerts(c, byOffset)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur, err := s.Alerts(c, byCursor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(Keys(got), Keys(cur)) {
+				t.Fatalf("%+v page %d: by offset %v, by cursor %v", base, page, Keys(got), Keys(cur))
+			}
+			for _, a := range got {
+				if !in[a.AlertKey] || seen[a.AlertKey] {
+					t.Fatalf("%+v page %d: %s listed (outside the scope, or twice)", base, page, a.AlertKey)
+				}
+				seen[a.AlertKey] = true
+			}
+			if len(got) < per {
+				if len(seen) != len(in) {
+					t.Errorf("%+v: page %d has %d alerts after %d listed, of the scope's %d: a short page before the end", base, page, len(got), len(seen), len(in))
+				}
+				break
+			}
+			last := base.CursorOf(got[len(got)-1])
+			after = &last
+		}
+	}
 }
 
 // A revoked session stays revoked until its expiry; Prune then removes the
