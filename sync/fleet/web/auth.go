@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,22 +22,70 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/periocular/atm-agent/sync/fleet/secretfile"
+	"github.com/periocular/atm-agent/sync/fleet/storage"
 )
 
-// Roles. An analyst reads everything and acknowledges or resolves alerts;
-// an admin can also open the settings page (audit log, rejected payloads,
-// ingest counters, pruning).
+// Roles. A viewer reads everything in its scope (pages, CSV, JSON, the
+// live stream); an analyst also acknowledges or resolves alerts and
+// reviews and corrects identities; an admin can also open the settings
+// page (audit log, rejected payloads, ingest counters, pruning, backup,
+// removing devices, erasing identities).
 const (
+	RoleViewer  = "viewer"
 	RoleAnalyst = "analyst"
 	RoleAdmin   = "admin"
 )
 
+// Permission is what a route needs of its user's role.
+type Permission string
+
+const (
+	// PermPublic: no sign-in (assets, health, the sign-in itself).
+	PermPublic Permission = ""
+	// PermRead: the pages, the CSV export, the JSON API's GETs, the live
+	// stream, signing out.
+	PermRead Permission = "read"
+	// PermAct: acknowledging and resolving alerts.
+	PermAct Permission = "act"
+	// PermReview: the identity review (it costs the ATM a signed command
+	// and shows visit timelines) and its split and merge.
+	PermReview Permission = "review"
+	// PermAdmin: the settings page and its actions.
+	PermAdmin Permission = "admin"
+)
+
+// permissions is what each role may do: the one place roles are told
+// apart (User.Can).
+var permissions = map[string][]Permission{
+	RoleViewer:  {PermRead},
+	RoleAnalyst: {PermRead, PermAct, PermReview},
+	RoleAdmin:   {PermRead, PermAct, PermReview, PermAdmin},
+}
+
+// refusal says what a role lacks a permission for (the 403's message).
+var refusal = map[Permission]string{
+	PermAct:    "acknowledging or resolving alerts needs the analyst or admin role",
+	PermReview: "reviewing or correcting identities needs the analyst or admin role",
+	PermAdmin:  "admin role required",
+}
+
 // User is one account from the users file.
 type User struct {
-	Name         string `yaml:"name"`
-	Role         string `yaml:"role"`
-	PasswordHash string `yaml:"password_hash"` // bcrypt ($2a$/$2b$/$2y$)
+	Name         string
+	Role         string
+	PasswordHash string // bcrypt ($2a$/$2b$/$2y$)
+	// Sites is the user's scope: the only sites whose devices and alerts
+	// they see and act on; nil for every site (always so for an admin).
+	Sites *storage.Sites
 }
+
+// Can reports whether the user's role has permission p.
+func (u User) Can(p Permission) bool {
+	return p == PermPublic || slices.Contains(permissions[u.Role], p)
+}
+
+// Permissions lists what the user's role may do (the session API).
+func (u User) Permissions() []Permission { return slices.Clone(permissions[u.Role]) }
 
 // Users maps names to accounts.
 type Users map[string]User
@@ -45,7 +94,14 @@ type Users map[string]User
 //
 //	users:
 //	  - {name: ana, role: analyst, password_hash: "$2a$12$..."}
+//	  - {name: vic, role: viewer, password_hash: "$2a$12$...", sites: [lisbon-01, "porto-*"]}
+//	  - {name: root, role: admin, password_hash: "$2a$12$..."}
 //
+// role is viewer, analyst or admin. sites, optional for a viewer or an
+// analyst, scopes the user to those sites: exact names, or a prefix ending
+// in '*' ("porto-*": every site whose name starts with "porto-"); without
+// it the user sees every site. An empty list, other glob syntax, and sites
+// on an admin (the settings are fleet-wide) are errors.
 // Hashes come from `atm-fleet passwd` (bcrypt).
 //
 // The file must not be writable by group or others (anyone who can write
@@ -66,7 +122,13 @@ func LoadUsers(path string) (Users, error) {
 // ParseUsers decodes and checks a users file.
 func ParseUsers(b []byte) (Users, error) {
 	var f struct {
-		Users []User `yaml:"users"`
+		Users []struct {
+			Name         string `yaml:"name"`
+			Role         string `yaml:"role"`
+			PasswordHash string `yaml:"password_hash"`
+			// A node: "sites:" with no value is an error, not every site.
+			Sites yaml.Node `yaml:"sites"`
+		} `yaml:"users"`
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -74,17 +136,33 @@ func ParseUsers(b []byte) (Users, error) {
 		return nil, fmt.Errorf("users file: %w", err)
 	}
 	out := Users{}
-	for i, u := range f.Users {
+	for i, e := range f.Users {
+		u := User{Name: e.Name, Role: e.Role, PasswordHash: e.PasswordHash}
 		switch {
 		case u.Name == "" || len(u.Name) > 64 || strings.ContainsAny(u.Name, "|\x00\r\n"):
 			return nil, fmt.Errorf("users file: user %d: name must be 1-64 bytes without '|' or control characters", i+1)
-		case u.Role != RoleAnalyst && u.Role != RoleAdmin:
-			return nil, fmt.Errorf("users file: user %q: role %q: want %q or %q", u.Name, u.Role, RoleAnalyst, RoleAdmin)
+		case permissions[u.Role] == nil:
+			return nil, fmt.Errorf("users file: user %q: role %q: want %q, %q or %q", u.Name, u.Role, RoleViewer, RoleAnalyst, RoleAdmin)
 		case out[u.Name].Name != "":
 			return nil, fmt.Errorf("users file: user %q listed twice", u.Name)
 		}
 		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
 			return nil, fmt.Errorf("users file: user %q: password_hash is not a bcrypt hash: %w", u.Name, err)
+		}
+		if e.Sites.Kind != 0 {
+			var list []string
+			if e.Sites.Kind != yaml.SequenceNode || e.Sites.Decode(&list) != nil {
+				return nil, fmt.Errorf("users file: user %q: sites (line %d): want a list of site names, e.g. [lisbon-01, \"porto-*\"], or no sites for every site",
+					u.Name, e.Sites.Line)
+			}
+			if u.Role == RoleAdmin {
+				return nil, fmt.Errorf("users file: user %q: an admin is not scoped to sites (the settings are fleet-wide): remove sites, or make the user an analyst or viewer", u.Name)
+			}
+			sites, err := storage.ParseSites(list)
+			if err != nil {
+				return nil, fmt.Errorf("users file: user %q: %w", u.Name, err)
+			}
+			u.Sites = sites
 		}
 		out[u.Name] = u
 	}

@@ -86,10 +86,10 @@ func (s *Server) problemOf(d storage.Device, err error) commandProblem {
 	return commandProblem{Code: http.StatusInternalServerError, Msg: "internal error (logged)"}
 }
 
-// commandDevice is the device a command goes to: it must exist, be online
-// and commands be configured.
-func (s *Server) commandDevice(ctx context.Context, site, dev string) (storage.Device, error) {
-	d, err := s.store.Device(ctx, site, dev)
+// commandDevice is the device a command goes to: it must exist in the
+// user's sites, be online and commands be configured.
+func (s *Server) commandDevice(r *http.Request, site, dev string) (storage.Device, error) {
+	d, err := s.device(r, site, dev)
 	if err != nil {
 		return d, err
 	}
@@ -112,7 +112,7 @@ func (s *Server) reviewVisits(w http.ResponseWriter, r *http.Request) (storage.D
 		httpError(w, r, "identity id: "+err.Error(), http.StatusBadRequest)
 		return storage.Device{}, wire.IdentityVisitsResult{}, false, nil
 	}
-	d, err := s.commandDevice(r.Context(), site, dev)
+	d, err := s.commandDevice(r, site, dev)
 	if errors.Is(err, storage.ErrNotFound) {
 		s.fail(w, r, err)
 		return d, wire.IdentityVisitsResult{}, false, nil
@@ -288,7 +288,7 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 		s.fail(w, r, err)
 		return
 	}
-	d, err := s.commandDevice(r.Context(), in.Site, in.Device)
+	d, err := s.commandDevice(r, in.Site, in.Device)
 	if errors.Is(err, storage.ErrNotFound) {
 		s.fail(w, r, err)
 		return

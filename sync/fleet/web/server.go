@@ -256,40 +256,62 @@ func parsePages() (map[string]*template.Template, error) {
 	return out, nil
 }
 
+// route is one pattern of the mux and what its user needs (PermPublic:
+// no sign-in). Every route is registered from Server.routes, so a test can
+// hold each one against each role and scope.
+type route struct {
+	Pattern string
+	Need    Permission
+	h       http.HandlerFunc
+}
+
+// routes lists every route the server answers.
+func (s *Server) routes() []route {
+	static, _ := fs.Sub(assets, "static")
+	return []route{
+		{"GET /static/", PermPublic, http.StripPrefix("/static/", http.FileServerFS(static)).ServeHTTP},
+		{"GET /healthz", PermPublic, s.healthz},
+		{"GET /login", PermPublic, s.loginPage},
+		{"POST /login", PermPublic, s.login},
+		{"POST /logout", PermRead, s.logout},
+		{"GET /{$}", PermRead, s.fleetPage},
+		{"GET /alerts", PermRead, s.alertsPage},
+		{"GET /alerts.csv", PermRead, s.alertsCSV},
+		{"POST /alerts/act", PermAct, s.act},
+		{"GET /devices/{site}/{device}", PermRead, s.devicePage},
+		{"GET /devices/{site}/{device}/identities/{id}", PermRead, s.identityPage},
+		{"GET /devices/{site}/{device}/identities/{id}/review", PermReview, s.reviewPage},
+		{"POST /devices/{site}/{device}/identities/{id}/split", PermReview, s.split},
+		{"POST /devices/{site}/{device}/identities/{id}/merge", PermReview, s.merge},
+		{"GET /api/v1/devices/{site}/{device}/identities/{id}/visits", PermReview, s.apiVisits},
+		{"POST /api/v1/identities/split", PermReview, s.split},
+		{"POST /api/v1/identities/merge", PermReview, s.merge},
+		{"GET /events", PermRead, s.events},
+		{"GET /admin", PermAdmin, s.adminPage},
+		{"POST /admin/prune", PermAdmin, s.prune},
+		{"GET /admin/backup", PermAdmin, s.backup},
+		{"POST /admin/devices/remove", PermAdmin, s.removeDevice},
+		{"POST /api/v1/devices/remove", PermAdmin, s.removeDevice},
+		{"POST /admin/identities/purge", PermAdmin, s.purgeIdentity},
+		{"POST /api/v1/identities/purge", PermAdmin, s.purgeIdentity},
+		{"GET /api/v1/session", PermRead, s.apiSession},
+		{"GET /api/v1/devices", PermRead, s.apiDevices},
+		{"GET /api/v1/devices/{site}/{device}", PermRead, s.apiDevice},
+		{"GET /api/v1/alerts", PermRead, s.apiAlerts},
+		{"POST /api/v1/alerts/act", PermAct, s.act},
+	}
+}
+
 // Handler returns the routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	static, _ := fs.Sub(assets, "static")
-	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
-	mux.HandleFunc("GET /healthz", s.healthz)
-	mux.HandleFunc("GET /login", s.loginPage)
-	mux.HandleFunc("POST /login", s.login)
-	mux.HandleFunc("POST /logout", s.auth(RoleAnalyst, s.logout))
-	mux.HandleFunc("GET /{$}", s.auth(RoleAnalyst, s.fleetPage))
-	mux.HandleFunc("GET /alerts", s.auth(RoleAnalyst, s.alertsPage))
-	mux.HandleFunc("GET /alerts.csv", s.auth(RoleAnalyst, s.alertsCSV))
-	mux.HandleFunc("POST /alerts/act", s.auth(RoleAnalyst, s.act))
-	mux.HandleFunc("GET /devices/{site}/{device}", s.auth(RoleAnalyst, s.devicePage))
-	mux.HandleFunc("GET /devices/{site}/{device}/identities/{id}", s.auth(RoleAnalyst, s.identityPage))
-	mux.HandleFunc("GET /devices/{site}/{device}/identities/{id}/review", s.auth(RoleAnalyst, s.reviewPage))
-	mux.HandleFunc("POST /devices/{site}/{device}/identities/{id}/split", s.auth(RoleAnalyst, s.split))
-	mux.HandleFunc("POST /devices/{site}/{device}/identities/{id}/merge", s.auth(RoleAnalyst, s.merge))
-	mux.HandleFunc("GET /api/v1/devices/{site}/{device}/identities/{id}/visits", s.auth(RoleAnalyst, s.apiVisits))
-	mux.HandleFunc("POST /api/v1/identities/split", s.auth(RoleAnalyst, s.split))
-	mux.HandleFunc("POST /api/v1/identities/merge", s.auth(RoleAnalyst, s.merge))
-	mux.HandleFunc("GET /events", s.auth(RoleAnalyst, s.events))
-	mux.HandleFunc("GET /admin", s.auth(RoleAdmin, s.adminPage))
-	mux.HandleFunc("POST /admin/prune", s.auth(RoleAdmin, s.prune))
-	mux.HandleFunc("GET /admin/backup", s.auth(RoleAdmin, s.backup))
-	mux.HandleFunc("POST /admin/devices/remove", s.auth(RoleAdmin, s.removeDevice))
-	mux.HandleFunc("POST /api/v1/devices/remove", s.auth(RoleAdmin, s.removeDevice))
-	mux.HandleFunc("POST /admin/identities/purge", s.auth(RoleAdmin, s.purgeIdentity))
-	mux.HandleFunc("POST /api/v1/identities/purge", s.auth(RoleAdmin, s.purgeIdentity))
-	mux.HandleFunc("GET /api/v1/session", s.auth(RoleAnalyst, s.apiSession))
-	mux.HandleFunc("GET /api/v1/devices", s.auth(RoleAnalyst, s.apiDevices))
-	mux.HandleFunc("GET /api/v1/devices/{site}/{device}", s.auth(RoleAnalyst, s.apiDevice))
-	mux.HandleFunc("GET /api/v1/alerts", s.auth(RoleAnalyst, s.apiAlerts))
-	mux.HandleFunc("POST /api/v1/alerts/act", s.auth(RoleAnalyst, s.act))
+	for _, rt := range s.routes() {
+		h := rt.h
+		if rt.Need != PermPublic {
+			h = s.auth(rt.Need, h)
+		}
+		mux.HandleFunc(rt.Pattern, h)
+	}
 	return securityHeaders(s.knownHost(mux))
 }
 
@@ -337,9 +359,12 @@ type principal struct {
 	Sess session
 }
 
-// auth requires a session with role (admin includes analyst) and, for
-// POSTs, the session's CSRF token and a same-origin Origin header.
-func (s *Server) auth(role string, h http.HandlerFunc) http.HandlerFunc {
+// auth requires a session whose user's role has the permission (User.Can)
+// and, for POSTs, the session's CSRF token and a same-origin Origin
+// header. A signed-in user without it gets 403. What the user may see
+// within that (their sites) each handler applies through the helpers of
+// scope.go.
+func (s *Server) auth(need Permission, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		sess, u, ok := s.sessionOf(r)
 		if !ok {
@@ -355,8 +380,9 @@ func (s *Server) auth(role string, h http.HandlerFunc) http.HandlerFunc {
 			httpError(w, r, "authentication required", http.StatusUnauthorized)
 			return
 		}
-		if role == RoleAdmin && u.Role != RoleAdmin {
-			httpError(w, r, "forbidden: admin role required", http.StatusForbidden)
+		if !u.Can(need) {
+			s.log.Warn("fleet web: refused to the role", "user", u.Name, "role", u.Role, "needs", need, "method", r.Method, "path", r.URL.Path)
+			httpError(w, r, "forbidden: "+cmp.Or(refusal[need], "not allowed to the "+u.Role+" role"), http.StatusForbidden)
 			return
 		}
 		if r.Method == http.MethodPost {
@@ -550,11 +576,11 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.throttle.succeed(name, addr)
-	s.log.Info("fleet web: signed in", "user", u.Name, "role", u.Role, "remote", r.RemoteAddr)
+	s.log.Info("fleet web: signed in", "user", u.Name, "role", u.Role, "sites", u.Sites.String(), "remote", r.RemoteAddr)
 	http.SetCookie(w, s.cookie(loginCookie, "", -1))
 	sess := s.newSession(w, u.Name)
 	if wantsJSON(r) {
-		writeJSON(w, map[string]string{"user": u.Name, "role": u.Role, "csrf_token": s.csrfToken(sess)})
+		writeJSON(w, s.sessionInfo(u, sess))
 		return
 	}
 	http.Redirect(w, r, next, http.StatusSeeOther)
@@ -694,7 +720,7 @@ func (f fleetQuery) link(page int) template.URL {
 // fleetPage lists the devices matching the filters, sorted, one page of
 // them rendered; the counts cover every matching device.
 func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) {
-	devs, err := s.store.Devices(r.Context())
+	devs, err := s.devices(r)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -840,7 +866,7 @@ func (s *Server) alertsPage(w http.ResponseWriter, r *http.Request) {
 		errMsg = herr.Error()
 	} else {
 		var err error
-		if alerts, err = s.store.Alerts(r.Context(), f); err != nil {
+		if alerts, err = s.alerts(r, f); err != nil {
 			s.fail(w, r, err)
 			return
 		}
@@ -897,7 +923,7 @@ func (s *Server) alertsCSV(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("limit") == "" {
 		f.Limit = MaxExportAlerts // every matching alert, not one listing's worth
 	}
-	alerts, err := s.store.Alerts(r.Context(), f)
+	alerts, err := s.alerts(r, f)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -973,6 +999,10 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("%w: %w", errBadRequest, err))
 		return
 	}
+	if err := alertInScope(r, act.Key); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	a, err := s.store.Act(r.Context(), act)
 	if errors.Is(err, storage.ErrState) && api {
 		// Who got there first, and how the alert stands: the client need
@@ -999,7 +1029,7 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 	site, dev := r.PathValue("site"), r.PathValue("device")
-	d, err := s.store.Device(r.Context(), site, dev)
+	d, err := s.device(r, site, dev)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -1010,7 +1040,7 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	alerts, err := s.store.Alerts(r.Context(), storage.AlertFilter{Site: site, Device: dev, Limit: 200})
+	alerts, err := s.alerts(r, storage.AlertFilter{Site: site, Device: dev, Limit: 200})
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -1043,7 +1073,7 @@ func (s *Server) identityPage(w http.ResponseWriter, r *http.Request) {
 		httpError(w, r, "identity id: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	if _, err := s.store.Device(r.Context(), site, dev); err != nil {
+	if _, err := s.device(r, site, dev); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -1053,7 +1083,7 @@ func (s *Server) identityPage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	alerts, err := s.store.Alerts(r.Context(), storage.AlertFilter{Site: site, Device: dev, IdentityID: id, Limit: 200})
+	alerts, err := s.alerts(r, storage.AlertFilter{Site: site, Device: dev, IdentityID: id, Limit: 200})
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -1098,7 +1128,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	fl.Flush()
 	ping := time.NewTicker(s.ssePing)
 	defer ping.Stop()
-	sess := who(r).Sess
+	sess, scope := who(r).Sess, scopeOf(r)
 	for {
 		select {
 		case <-r.Context().Done():
@@ -1111,6 +1141,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			}
 			fmt.Fprint(w, ": ping\n\n")
 		case c := <-ch:
+			if !scope.Allows(c.Site) {
+				continue // another site's: not a word of it
+			}
 			b, _ := json.Marshal(c)
 			fmt.Fprintf(w, "event: change\ndata: %s\n\n", b)
 		}
@@ -1158,7 +1191,7 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 	}
 	var users []User
 	for _, u := range s.users {
-		users = append(users, User{Name: u.Name, Role: u.Role})
+		users = append(users, User{Name: u.Name, Role: u.Role, Sites: u.Sites})
 	}
 	sort.Slice(users, func(i, j int) bool { return users[i].Name < users[j].Name })
 	s.render(w, r, "admin", struct {
@@ -1381,13 +1414,29 @@ func alertAPI(a storage.Alert) APIAlert {
 		ResolvedBy: a.ResolvedBy, ResolvedNote: a.ResolvedNote, ResolvedAt: a.ResolvedAt}
 }
 
+// sessionInfo is who is signed in, as the session API and a program's
+// sign-in answer it.
+type sessionInfo struct {
+	User string `json:"user"`
+	Role string `json:"role"`
+	// Sites: the user's scope (exact names and "prefix*" patterns);
+	// absent for a user of every site.
+	Sites       []string     `json:"sites,omitempty"`
+	Permissions []Permission `json:"permissions"`
+	CSRFToken   string       `json:"csrf_token"`
+}
+
+func (s *Server) sessionInfo(u User, sess session) sessionInfo {
+	return sessionInfo{User: u.Name, Role: u.Role, Sites: u.Sites.Patterns(), Permissions: u.Permissions(), CSRFToken: s.csrfToken(sess)}
+}
+
 func (s *Server) apiSession(w http.ResponseWriter, r *http.Request) {
 	p := who(r)
-	writeJSON(w, map[string]string{"user": p.User.Name, "role": p.User.Role, "csrf_token": s.csrfToken(p.Sess)})
+	writeJSON(w, s.sessionInfo(p.User, p.Sess))
 }
 
 func (s *Server) apiDevices(w http.ResponseWriter, r *http.Request) {
-	devs, err := s.store.Devices(r.Context())
+	devs, err := s.devices(r)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -1439,7 +1488,7 @@ const (
 
 func (s *Server) apiDevice(w http.ResponseWriter, r *http.Request) {
 	site, dev := r.PathValue("site"), r.PathValue("device")
-	d, err := s.store.Device(r.Context(), site, dev)
+	d, err := s.device(r, site, dev)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -1501,7 +1550,7 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 	}
 	limit := cmp.Or(f.Limit, storage.DefaultAlertLimit)
 	f.Limit = limit + 1 // one more tells whether a next page exists
-	alerts, err := s.store.Alerts(r.Context(), f)
+	alerts, err := s.alerts(r, f)
 	if err != nil {
 		s.fail(w, r, err)
 		return

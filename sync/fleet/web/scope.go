@@ -1,0 +1,65 @@
+package web
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+)
+
+// A user scoped to sites (User.Sites) sees and acts on only those: every
+// handler reads devices and alerts through these helpers. What lies
+// outside the scope is answered exactly as what does not exist (404, the
+// store's own message), so a scoped user cannot tell another site's
+// devices or alerts from absent ones.
+
+// scopeOf is the signed-in user's sites (nil: every site).
+func scopeOf(r *http.Request) *storage.Sites { return who(r).User.Sites }
+
+// errNoDevice is the store's answer for a device it does not hold.
+func errNoDevice(site, device string) error {
+	return fmt.Errorf("device %s/%s: %w", site, device, storage.ErrNotFound)
+}
+
+// device is a device of the user's sites.
+func (s *Server) device(r *http.Request, site, device string) (storage.Device, error) {
+	if !scopeOf(r).Allows(site) {
+		return storage.Device{}, errNoDevice(site, device)
+	}
+	return s.store.Device(r.Context(), site, device)
+}
+
+// devices lists the devices of the user's sites.
+func (s *Server) devices(r *http.Request) ([]storage.Device, error) {
+	devs, err := s.store.Devices(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	scope := scopeOf(r)
+	if scope == nil {
+		return devs, nil
+	}
+	out := devs[:0]
+	for _, d := range devs {
+		if scope.Allows(d.Site) {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// alerts lists alerts of the user's sites: the store filters them in its
+// query, so pages stay full and offsets and cursors count only those.
+func (s *Server) alerts(r *http.Request, f storage.AlertFilter) ([]storage.Alert, error) {
+	f.Sites = scopeOf(r)
+	return s.store.Alerts(r.Context(), f)
+}
+
+// alertInScope refuses an alert of a site outside the user's scope as the
+// store refuses an unknown one.
+func alertInScope(r *http.Request, k storage.AlertKey) error {
+	if !scopeOf(r).Allows(k.Site) {
+		return fmt.Errorf("alert %s: %w", k, storage.ErrNotFound)
+	}
+	return nil
+}
