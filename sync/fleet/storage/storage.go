@@ -36,6 +36,23 @@ var (
 	ErrState = errors.New("alert state does not allow this action")
 )
 
+// NotFoundError is a store's answer for a device or alert it does not hold
+// (errors.Is ErrNotFound). Its message names only what was asked for,
+// whatever a store wraps around it: the web answers it as is, and answers
+// a device or alert outside a user's sites with the same one.
+type NotFoundError struct{ What string }
+
+func (e *NotFoundError) Error() string { return e.What + ": not found" }
+func (e *NotFoundError) Unwrap() error { return ErrNotFound }
+
+// DeviceNotFound: no device site/device.
+func DeviceNotFound(site, device string) error {
+	return &NotFoundError{What: "device " + site + "/" + device}
+}
+
+// AlertNotFound: no alert k.
+func AlertNotFound(k AlertKey) error { return &NotFoundError{What: "alert " + k.String()} }
+
 // Message is one validated summary or alert, as the ingest hands it over.
 type Message struct {
 	Site, Device string

@@ -1,7 +1,6 @@
 package web
 
 import (
-	"fmt"
 	"net/http"
 
 	"github.com/periocular/atm-agent/sync/fleet/storage"
@@ -16,15 +15,10 @@ import (
 // scopeOf is the signed-in user's sites (nil: every site).
 func scopeOf(r *http.Request) *storage.Sites { return who(r).User.Sites }
 
-// errNoDevice is the store's answer for a device it does not hold.
-func errNoDevice(site, device string) error {
-	return fmt.Errorf("device %s/%s: %w", site, device, storage.ErrNotFound)
-}
-
 // device is a device of the user's sites.
 func (s *Server) device(r *http.Request, site, device string) (storage.Device, error) {
 	if !scopeOf(r).Allows(site) {
-		return storage.Device{}, errNoDevice(site, device)
+		return storage.Device{}, storage.DeviceNotFound(site, device)
 	}
 	return s.store.Device(r.Context(), site, device)
 }
@@ -59,7 +53,7 @@ func (s *Server) alerts(r *http.Request, f storage.AlertFilter) ([]storage.Alert
 // store refuses an unknown one.
 func alertInScope(r *http.Request, k storage.AlertKey) error {
 	if !scopeOf(r).Allows(k.Site) {
-		return fmt.Errorf("alert %s: %w", k, storage.ErrNotFound)
+		return storage.AlertNotFound(k)
 	}
 	return nil
 }

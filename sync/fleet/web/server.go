@@ -449,6 +449,11 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code, msg = http.StatusBadRequest, strings.TrimPrefix(err.Error(), errBadRequest.Error()+": ")
 	case errors.Is(err, storage.ErrNotFound):
 		code, msg = http.StatusNotFound, err.Error()
+		if nf := (*storage.NotFoundError)(nil); errors.As(err, &nf) {
+			// What was asked for, not the store's wrapping of it: the
+			// same for a device or alert outside the user's sites.
+			msg = nf.Error()
+		}
 	case errors.Is(err, storage.ErrState):
 		code, msg = http.StatusConflict, err.Error()
 	default:

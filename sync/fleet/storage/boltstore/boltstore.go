@@ -629,7 +629,7 @@ func (s *Store) Device(ctx context.Context, site, device string) (storage.Device
 			return err
 		}
 		if !found {
-			return fmt.Errorf("device %s/%s: %w", site, device, storage.ErrNotFound)
+			return storage.DeviceNotFound(site, device)
 		}
 		d.OpenAlerts = openAlertCount(tx, site, device)
 		return nil
@@ -749,7 +749,7 @@ func (s *Store) Alert(ctx context.Context, k storage.AlertKey) (storage.Alert, e
 	err := s.view(ctx, "get alert", func(tx *bolt.Tx) error {
 		found, err := getJSON(tx.Bucket(bAlerts), cat(dkey(k.Site, k.Device), []byte(k.AlertID)), &a)
 		if err == nil && !found {
-			err = fmt.Errorf("alert %s: %w", k, storage.ErrNotFound)
+			err = storage.AlertNotFound(k)
 		}
 		return err
 	})
@@ -789,7 +789,7 @@ func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, err
 			return err
 		}
 		if !found {
-			return fmt.Errorf("alert %s: %w", act.Key, storage.ErrNotFound)
+			return storage.AlertNotFound(act.Key)
 		}
 		if storage.Repeated(act, a) {
 			repeated = true
@@ -829,7 +829,7 @@ func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
 			return err
 		}
 		if !found {
-			return fmt.Errorf("device %s/%s: %w", r.Site, r.Device, storage.ErrNotFound)
+			return storage.DeviceNotFound(r.Site, r.Device)
 		}
 		d.OpenAlerts = openAlertCount(tx, r.Site, r.Device)
 		if err := storage.CheckRemovable(d); err != nil {
@@ -942,7 +942,7 @@ func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int
 		}
 		n = len(drop)
 		if !found && n == 0 && points == 0 {
-			return fmt.Errorf("device %s/%s: %w", p.Site, p.Device, storage.ErrNotFound)
+			return storage.DeviceNotFound(p.Site, p.Device)
 		}
 		if err := tx.Bucket(bMeta).Put(metaScrubPending, []byte(p.At.UTC().Format(time.RFC3339))); err != nil {
 			return err

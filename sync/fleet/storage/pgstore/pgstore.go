@@ -594,7 +594,7 @@ func (s *Store) Devices(ctx context.Context) ([]storage.Device, error) {
 func (s *Store) Device(ctx context.Context, site, device string) (storage.Device, error) {
 	d, err := scanDevice(s.pool.QueryRow(ctx, `SELECT `+deviceCols+` FROM atm_fleet_devices d WHERE d.site = $1 AND d.device = $2`, site, device))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return d, fmt.Errorf("device %s/%s: %w", site, device, storage.ErrNotFound)
+		return d, storage.DeviceNotFound(site, device)
 	}
 	if err != nil {
 		return d, fmt.Errorf("get device: %w", err)
@@ -715,7 +715,7 @@ func (s *Store) Alert(ctx context.Context, k storage.AlertKey) (storage.Alert, e
 	a, err := scanAlert(s.pool.QueryRow(ctx, `SELECT `+alertCols+` FROM atm_fleet_alerts WHERE site = $1 AND device = $2 AND alert_id = $3`,
 		k.Site, k.Device, k.AlertID))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return a, fmt.Errorf("alert %s: %w", k, storage.ErrNotFound)
+		return a, storage.AlertNotFound(k)
 	}
 	if err != nil {
 		return a, fmt.Errorf("get alert: %w", err)
@@ -729,7 +729,7 @@ func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
 		d, err := scanDevice(tx.QueryRow(ctx, `SELECT `+deviceCols+` FROM atm_fleet_devices d WHERE d.site = $1 AND d.device = $2 FOR UPDATE`,
 			r.Site, r.Device))
 		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("device %s/%s: %w", r.Site, r.Device, storage.ErrNotFound)
+			return storage.DeviceNotFound(r.Site, r.Device)
 		}
 		if err != nil {
 			return err
@@ -783,7 +783,7 @@ func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int
 		}
 		n = int(tag.RowsAffected())
 		if !found && n == 0 && pts.RowsAffected() == 0 {
-			return fmt.Errorf("device %s/%s: %w", p.Site, p.Device, storage.ErrNotFound)
+			return storage.DeviceNotFound(p.Site, p.Device)
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_audit (at, user_name, role, action, site, device, alert_id, note, remote)
 			VALUES ($1,$2,$3,$4,$5,$6,'',$7,$8)`, p.At.UTC(), p.User, p.Role, storage.ActionPurgeIdentity, p.Site, p.Device,
@@ -806,7 +806,7 @@ func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, err
 		a, err := scanAlert(tx.QueryRow(ctx, `SELECT `+alertCols+` FROM atm_fleet_alerts WHERE site = $1 AND device = $2 AND alert_id = $3 FOR UPDATE`,
 			act.Key.Site, act.Key.Device, act.Key.AlertID))
 		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("alert %s: %w", act.Key, storage.ErrNotFound)
+			return storage.AlertNotFound(act.Key)
 		}
 		if err != nil {
 			return err

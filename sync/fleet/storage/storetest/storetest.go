@@ -82,6 +82,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("SessionRevocations", func(t *testing.T) { sessionRevocations(t, open(t)) })
 	t.Run("AlertListings", func(t *testing.T) { alertListings(t, open(t)) })
 	t.Run("ScopedPaging", func(t *testing.T) { scopedPaging(t, open(t)) })
+	t.Run("NotFound", func(t *testing.T) { notFound(t, open(t)) })
 	t.Run("RemoveDevice", func(t *testing.T) { removeDevice(t, open(t)) })
 	t.Run("PurgeIdentity", func(t *testing.T) { purgeIdentity(t, open(t)) })
 	t.Run("Corrections", func(t *testing.T) { corrections(t, open(t)) })
@@ -526,6 +527,29 @@ func alertListings(t *testing.T, s storage.Store) {
 		}
 	}
 	check("polled")
+}
+
+// A device or alert the store does not hold is a *storage.NotFoundError
+// naming only it, whatever the store wraps around it: the web answers that
+// message, and the same one for what lies outside a user's sites.
+func notFound(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	if _, err := s.Apply(c, []storage.Message{Alert("lyon-07", "atm-1", 1, T0, "a-1", "p-1", 6)}); err != nil {
+		t.Fatal(err)
+	}
+	k := storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-404"}
+	_, derr := s.Device(c, "lyon-07", "atm-404")
+	_, aerr := s.Alert(c, k)
+	_, xerr := s.Act(c, storage.Action{Key: k, Action: storage.ActionAck, User: "ana", At: T0})
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{{derr, "device lyon-07/atm-404: not found"}, {aerr, "alert lyon-07/atm-1/a-404: not found"}, {xerr, "alert lyon-07/atm-1/a-404: not found"}} {
+		var nf *storage.NotFoundError
+		if !errors.As(tc.err, &nf) || nf.Error() != tc.want || !errors.Is(tc.err, storage.ErrNotFound) {
+			t.Errorf("%v: want a NotFoundError %q", tc.err, tc.want)
+		}
+	}
 }
 
 func mustSites(t *testing.T, patterns ...string) *storage.Sites {
