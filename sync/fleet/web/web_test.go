@@ -33,14 +33,17 @@ var (
 	usersYAML string
 )
 
-// testUsers: ana (analyst) and root (admin), password "correct horse".
+// testUsers, password "correct horse": ana (analyst), root (admin), vic
+// (viewer), pat (analyst of the sites paris-*) and val (viewer of paris-01).
 func testUsers(t testing.TB) Users {
 	hashOnce.Do(func() {
 		h, err := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
 		if err != nil {
 			panic(err)
 		}
-		usersYAML = fmt.Sprintf("users:\n  - {name: ana, role: analyst, password_hash: %q}\n  - {name: root, role: admin, password_hash: %q}\n", h, h)
+		usersYAML = fmt.Sprintf("users:\n  - {name: ana, role: analyst, password_hash: %[1]q}\n  - {name: root, role: admin, password_hash: %[1]q}\n"+
+			"  - {name: vic, role: viewer, password_hash: %[1]q}\n  - {name: pat, role: analyst, password_hash: %[1]q, sites: [\"paris-*\"]}\n"+
+			"  - {name: val, role: viewer, password_hash: %[1]q, sites: [paris-01]}\n", h)
 	})
 	u, err := ParseUsers([]byte(usersYAML))
 	if err != nil {

@@ -1,0 +1,487 @@
+package web
+
+import (
+	"bufio"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
+)
+
+// roleCase is a signed-in user of testUsers as the route tests see it:
+// what its role may do (written out here, not read from auth.go, so a
+// route given the wrong permission fails) and whether it is scoped to the
+// paris-* sites.
+type roleCase struct {
+	user   string
+	can    []Permission
+	scoped bool
+}
+
+var roleCases = []roleCase{
+	{"vic", []Permission{PermRead}, false},
+	{"val", []Permission{PermRead}, true},
+	{"ana", []Permission{PermRead, PermAct, PermReview}, false},
+	{"pat", []Permission{PermRead, PermAct, PermReview}, true},
+	{"root", []Permission{PermRead, PermAct, PermReview, PermAdmin}, false},
+}
+
+// routeCase is one route's request for the role tests: in the scoped
+// users' sites (paris-01/atm-2, its identity p-9 and alert a-9), and, for a
+// route that names a site, the same outside it (lyon-07/atm-1).
+type routeCase struct {
+	need       Permission
+	path, body string // body: a form, or JSON under /api/
+	ok         int    // the answer to a user allowed the route
+	outPath    string // outside the scope ("" : the route names no site)
+	outBody    string
+	lists      bool // a listing: holds paris-01, and lyon-07 only unscoped
+	forms      bool // a page with alert rows and identity links
+}
+
+const (
+	actIn    = `{"action":"acknowledge","site":"paris-01","device":"atm-2","alert":"a-9"}`
+	actOut   = `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1"}`
+	splitIn  = `{"site":"paris-01","device":"atm-2","identity":"p-9","visits":["v-1"]}`
+	splitOut = `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-1"]}`
+	mergeIn  = `{"site":"paris-01","device":"atm-2","identity":"p-9","into":"p-8"}`
+	mergeOut = `{"site":"lyon-07","device":"atm-1","identity":"p-1","into":"p-2"}`
+)
+
+// routeCases holds every route of Server.routes (TestEveryRouteByRole
+// fails when one is missing). Commands are not configured: the review
+// routes answer 501 to whoever may use them.
+var routeCases = map[string]routeCase{
+	"GET /static/":    {need: PermPublic, path: "/static/app.js", ok: 200},
+	"GET /healthz":    {need: PermPublic, path: "/healthz", ok: 200},
+	"GET /login":      {need: PermPublic, path: "/login", ok: 200},
+	"POST /login":     {need: PermPublic, path: "/login", ok: 403}, // without its sign-in token
+	"POST /logout":    {need: PermRead, path: "/logout", ok: 303},
+	"GET /{$}":        {need: PermRead, path: "/", ok: 200, lists: true},
+	"GET /alerts":     {need: PermRead, path: "/alerts?state=all", ok: 200, lists: true, forms: true},
+	"GET /alerts.csv": {need: PermRead, path: "/alerts.csv", ok: 200, lists: true},
+	"POST /alerts/act": {need: PermAct, path: "/alerts/act", body: "action=acknowledge&site=paris-01&device=atm-2&alert=a-9", ok: 303,
+		outPath: "/alerts/act", outBody: "action=acknowledge&site=lyon-07&device=atm-1&alert=a-1"},
+	"GET /devices/{site}/{device}": {need: PermRead, path: "/devices/paris-01/atm-2", ok: 200, outPath: "/devices/lyon-07/atm-1", forms: true},
+	"GET /devices/{site}/{device}/identities/{id}": {need: PermRead, path: "/devices/paris-01/atm-2/identities/p-9", ok: 200,
+		outPath: "/devices/lyon-07/atm-1/identities/p-1", forms: true},
+	"GET /devices/{site}/{device}/identities/{id}/review": {need: PermReview, path: "/devices/paris-01/atm-2/identities/p-9/review", ok: 501,
+		outPath: "/devices/lyon-07/atm-1/identities/p-1/review"},
+	"POST /devices/{site}/{device}/identities/{id}/split": {need: PermReview, path: "/devices/paris-01/atm-2/identities/p-9/split", body: "visits=v-1", ok: 501,
+		outPath: "/devices/lyon-07/atm-1/identities/p-1/split", outBody: "visits=v-1"},
+	"POST /devices/{site}/{device}/identities/{id}/merge": {need: PermReview, path: "/devices/paris-01/atm-2/identities/p-9/merge", body: "into=p-8", ok: 501,
+		outPath: "/devices/lyon-07/atm-1/identities/p-1/merge", outBody: "into=p-2"},
+	"GET /api/v1/devices/{site}/{device}/identities/{id}/visits": {need: PermReview, path: "/api/v1/devices/paris-01/atm-2/identities/p-9/visits", ok: 501,
+		outPath: "/api/v1/devices/lyon-07/atm-1/identities/p-1/visits"},
+	"POST /api/v1/identities/split":       {need: PermReview, path: "/api/v1/identities/split", body: splitIn, ok: 501, outPath: "/api/v1/identities/split", outBody: splitOut},
+	"POST /api/v1/identities/merge":       {need: PermReview, path: "/api/v1/identities/merge", body: mergeIn, ok: 501, outPath: "/api/v1/identities/merge", outBody: mergeOut},
+	"GET /events":                         {need: PermRead, path: "/events", ok: 200},
+	"GET /admin":                          {need: PermAdmin, path: "/admin", ok: 200},
+	"POST /admin/prune":                   {need: PermAdmin, path: "/admin/prune", ok: 303},
+	"GET /admin/backup":                   {need: PermAdmin, path: "/admin/backup", ok: 200},
+	"POST /admin/devices/remove":          {need: PermAdmin, path: "/admin/devices/remove", body: "site=paris-01&device=atm-2", ok: 409}, // active alerts
+	"POST /api/v1/devices/remove":         {need: PermAdmin, path: "/api/v1/devices/remove", body: `{"site":"paris-01","device":"atm-2"}`, ok: 409},
+	"POST /admin/identities/purge":        {need: PermAdmin, path: "/admin/identities/purge", body: "site=paris-01&device=atm-2&identity=p-0", ok: 200},
+	"POST /api/v1/identities/purge":       {need: PermAdmin, path: "/api/v1/identities/purge", body: `{"site":"paris-01","device":"atm-2","identity":"p-0"}`, ok: 200},
+	"GET /api/v1/session":                 {need: PermRead, path: "/api/v1/session", ok: 200},
+	"GET /api/v1/devices":                 {need: PermRead, path: "/api/v1/devices", ok: 200, lists: true},
+	"GET /api/v1/devices/{site}/{device}": {need: PermRead, path: "/api/v1/devices/paris-01/atm-2", ok: 200, outPath: "/api/v1/devices/lyon-07/atm-1"},
+	"GET /api/v1/alerts":                  {need: PermRead, path: "/api/v1/alerts?state=all", ok: 200, lists: true},
+	"POST /api/v1/alerts/act":             {need: PermAct, path: "/api/v1/alerts/act", body: actIn, ok: 200, outPath: "/api/v1/alerts/act", outBody: actOut},
+}
+
+// seedScoped is seed with an alert on paris-01 (a-9, identity p-9).
+func seedScoped(t testing.TB, st storage.Store) {
+	seed(t, st)
+	if _, err := st.Apply(context.Background(), []storage.Message{
+		storetest.Alert("paris-01", "atm-2", 2, time.Now().UTC().Add(-10*time.Minute), "a-9", "p-9", 8),
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// send sends a request as c with its session's CSRF token: a form or JSON
+// body (JSON under /api/). The live stream is closed once it answers.
+func (c *client) send(method, path, body, csrf string) (int, string) {
+	c.t.Helper()
+	req, _ := http.NewRequest(method, c.base+path, strings.NewReader(body))
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if strings.HasPrefix(path, "/api/") {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		req.Header.Set("X-CSRF-Token", csrf)
+	}
+	r, err := c.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer r.Body.Close()
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "text/event-stream") {
+		return r.StatusCode, ""
+	}
+	b, _ := io.ReadAll(r.Body)
+	return r.StatusCode, string(b)
+}
+
+var (
+	actFormRe = regexp.MustCompile(`action="/alerts/act"`)
+	reviewRe  = regexp.MustCompile(`/review"`)
+)
+
+// Every route of the server, for each role and scope: a role without the
+// route's permission gets 403 (JSON under /api/); a scoped user gets 404
+// for a route naming a site outside its scope, and listings of its sites
+// only; pages show no act form or review link to a role that cannot use
+// them. A route added to Server.routes without a case here fails.
+func TestEveryRouteByRole(t *testing.T) {
+	probe, _ := newTestServer(t, openBolt(t))
+	var patterns []string
+	for _, rt := range probe.routes() {
+		patterns = append(patterns, rt.Pattern)
+		if _, ok := routeCases[rt.Pattern]; !ok {
+			t.Errorf("route %s has no case in routeCases: say what each role and scope gets", rt.Pattern)
+		}
+	}
+	for p := range routeCases {
+		if !slices.Contains(patterns, p) {
+			t.Errorf("routeCases has %s, which the server does not register", p)
+		}
+	}
+	// Sign-out last: it ends the session.
+	slices.SortStableFunc(patterns, func(a, b string) int {
+		return boolInt(a == "POST /logout") - boolInt(b == "POST /logout")
+	})
+	for _, rc := range roleCases {
+		t.Run(rc.user, func(t *testing.T) {
+			st := openBolt(t)
+			seedScoped(t, st)
+			_, hs := newTestServer(t, st)
+			c := newClient(t, hs.URL)
+			csrf := c.login(rc.user, "correct horse")
+			for _, p := range patterns {
+				tc, ok := routeCases[p]
+				if !ok {
+					continue // reported above
+				}
+				method, _, _ := strings.Cut(p, " ")
+				allowed := tc.need == PermPublic || slices.Contains(rc.can, tc.need)
+				want := tc.ok
+				if !allowed {
+					want = http.StatusForbidden
+				}
+				code, body := c.send(method, tc.path, tc.body, csrf)
+				if code != want {
+					t.Errorf("%s %s: %d, want %d: %.200s", method, tc.path, code, want, body)
+				}
+				if !allowed && strings.HasPrefix(tc.path, "/api/") && !strings.Contains(body, `"error"`) {
+					t.Errorf("%s %s: refused without a JSON error: %.200s", method, tc.path, body)
+				}
+				if allowed && tc.lists {
+					if !strings.Contains(body, "paris-01") || strings.Contains(body, "lyon-07") != !rc.scoped {
+						t.Errorf("%s %s as %s: the listing %s paris-01, %s lyon-07", method, tc.path, rc.user,
+							present(body, "paris-01"), present(body, "lyon-07"))
+					}
+				}
+				if allowed && tc.forms {
+					if actFormRe.MatchString(body) != slices.Contains(rc.can, PermAct) {
+						t.Errorf("%s as %s: act form %s", tc.path, rc.user, present(body, `action="/alerts/act"`))
+					}
+					if reviewRe.MatchString(body) != slices.Contains(rc.can, PermReview) {
+						t.Errorf("%s as %s: review link %s", tc.path, rc.user, present(body, `/review"`))
+					}
+				}
+				if tc.outPath == "" || !allowed {
+					continue
+				}
+				code, body = c.send(method, tc.outPath, tc.outBody, csrf)
+				switch {
+				case rc.scoped && code != http.StatusNotFound:
+					t.Errorf("%s %s outside the scope of %s: %d, want 404: %.200s", method, tc.outPath, rc.user, code, body)
+				case !rc.scoped && (code == http.StatusNotFound || code == http.StatusForbidden):
+					t.Errorf("%s %s as %s: %d: %.200s", method, tc.outPath, rc.user, code, body)
+				}
+			}
+		})
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func present(body, s string) string {
+	if strings.Contains(body, s) {
+		return "has"
+	}
+	return "lacks"
+}
+
+// A device or alert outside a scoped user's sites answers exactly what an
+// absent one does: the same code and message, nothing stored for it.
+func TestOutOfScopeLooksAbsent(t *testing.T) {
+	st := openBolt(t)
+	seedScoped(t, st)
+	_, hs := newTestServer(t, st)
+	ana, pat := newClient(t, hs.URL), newClient(t, hs.URL)
+	anaCSRF, patCSRF := ana.login("ana", "correct horse"), pat.login("pat", "correct horse")
+	for _, tc := range []struct{ method, path, body string }{
+		{"GET", "/api/v1/devices/lyon-07/atm-1", ""},
+		{"GET", "/devices/lyon-07/atm-1", ""},
+		{"GET", "/devices/lyon-07/atm-1/identities/p-1", ""},
+		{"POST", "/api/v1/alerts/act", actOut},
+		{"POST", "/alerts/act", "action=resolve&site=lyon-07&device=atm-1&alert=a-1"},
+		{"POST", "/api/v1/identities/split", splitOut},
+	} {
+		absent := strings.NewReplacer("atm-1", "atm-404", "a-1", "a-404").Replace
+		aCode, aBody := ana.send(tc.method, absent(tc.path), absent(tc.body), anaCSRF)
+		pCode, pBody := pat.send(tc.method, tc.path, tc.body, patCSRF)
+		if pCode != http.StatusNotFound || aCode != pCode || absent(pBody) != aBody {
+			t.Errorf("%s %s: outside the scope %d %q; absent %d %q: want the same 404", tc.method, tc.path, pCode, pBody, aCode, aBody)
+		}
+	}
+	a, err := st.Alert(context.Background(), storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-1"})
+	if err != nil || a.State != storage.AlertOpen {
+		t.Errorf("lyon-07's alert after a scoped user's tries: %v %v, want open", a.State, err)
+	}
+	if audit, _ := st.Audit(context.Background(), 100); len(audit) != 0 {
+		t.Errorf("audited: %+v, want nothing", audit)
+	}
+}
+
+// A scoped user's listings are filtered by the store, not after its
+// limit: every page is full until the last, by offset and by the API's
+// cursor, and the pages hold every alert of the scope once.
+func TestScopedAlertPaging(t *testing.T) {
+	st := openBolt(t)
+	now := time.Now().UTC()
+	var msgs []storage.Message
+	paris := 0
+	for i := range 90 {
+		site, dev := "lyon-07", "atm-1" // outside: newer, and more of them
+		if i%5 == 0 {
+			site, dev = "paris-01", "atm-2"
+			paris++
+		}
+		msgs = append(msgs, storetest.Alert(site, dev, uint64(i+1), now.Add(-time.Duration(i)*time.Minute), fmt.Sprintf("a-%02d", i), "p-1", 7))
+	}
+	if _, err := st.Apply(context.Background(), msgs); err != nil {
+		t.Fatal(err)
+	}
+	_, hs := newTestServer(t, st)
+	pat := newClient(t, hs.URL)
+	pat.login("pat", "correct horse")
+	seen := map[string]bool{}
+	next := "/api/v1/alerts?limit=4"
+	for pages := 0; next != ""; pages++ {
+		r, body := pat.get(next)
+		var page []APIAlert
+		if err := json.Unmarshal([]byte(body), &page); err != nil || r.StatusCode != 200 {
+			t.Fatalf("%s: %d %v", next, r.StatusCode, err)
+		}
+		for _, a := range page {
+			if a.Site != "paris-01" || seen[a.AlertID] {
+				t.Fatalf("%s lists %s/%s (outside the scope, or again)", next, a.Site, a.AlertID)
+			}
+			seen[a.AlertID] = true
+		}
+		next = ""
+		if m := regexp.MustCompile(`<([^>]+)>; rel="next"`).FindStringSubmatch(r.Header.Get("Link")); m != nil {
+			if len(page) != 4 {
+				t.Errorf("page %d: %d alerts with a next page, want 4", pages, len(page))
+			}
+			next = m[1]
+		}
+	}
+	if len(seen) != paris {
+		t.Errorf("cursor paging listed %d alerts, want the scope's %d", len(seen), paris)
+	}
+	for off := 0; off < paris; off += 4 {
+		_, body := pat.get(fmt.Sprintf("/api/v1/alerts?limit=4&offset=%d", off))
+		var page []APIAlert
+		_ = json.Unmarshal([]byte(body), &page)
+		if want := min(4, paris-off); len(page) != want {
+			t.Errorf("offset %d: %d alerts, want %d", off, len(page), want)
+		}
+	}
+	// The page and the CSV: the scope's alerts, counted right (18 of
+	// them: the second page of 10 is its last, with 8).
+	_, body := pat.get("/alerts?state=all&per=10")
+	if n := strings.Count(body, `data-alert="`); n != 10 || !strings.Contains(body, "alerts 1–10") || !strings.Contains(body, `rel="next"`) {
+		t.Errorf("alerts page 1 of 10: %d rows, want 10 and a next page", n)
+	}
+	_, body = pat.get("/alerts?state=all&per=10&page=2")
+	if n := strings.Count(body, `data-alert="`); n != paris-10 || !strings.Contains(body, fmt.Sprintf("alerts 11–%d", paris)) || strings.Contains(body, `rel="next"`) {
+		t.Errorf("alerts page 2 of 10: %d rows, want %d and no next page", n, paris-10)
+	}
+	_, body = pat.get("/alerts.csv")
+	recs, err := csv.NewReader(strings.NewReader(body)).ReadAll()
+	if err != nil || len(recs) != paris+1 {
+		t.Errorf("csv: %d records (%v), want a header and %d alerts", len(recs), err, paris)
+	}
+}
+
+// The live stream of a scoped user carries no change of another site.
+func TestEventsScoped(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	_, hs := newTestServer(t, st)
+	c := newClient(t, hs.URL)
+	c.login("pat", "correct horse")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, hs.URL+"/events", nil)
+	c.Timeout = 0
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		// lyon-07's first: delivered in order, it would come before.
+		st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", 5, time.Now(), "a-2", "p-2", 9)})
+		st.Apply(context.Background(), []storage.Message{storetest.Alert("paris-01", "atm-2", 5, time.Now(), "a-3", "p-9", 9)})
+	}()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if l := sc.Text(); strings.HasPrefix(l, "data: ") {
+			if strings.Contains(l, "lyon-07") {
+				t.Fatalf("a scoped user's stream carries %s", l)
+			}
+			if strings.Contains(l, `"alert":"a-3"`) {
+				return
+			}
+		}
+	}
+	t.Errorf("no change event for paris-01's a-3: %v", sc.Err())
+}
+
+// The session API says who is signed in, their role, sites and
+// permissions; a scoped analyst's action is audited under their name and
+// role as any other.
+func TestSessionAndAuditOfScopedUsers(t *testing.T) {
+	st := openBolt(t)
+	seedScoped(t, st)
+	_, hs := newTestServer(t, st)
+	for _, tc := range []struct {
+		user, role string
+		sites      []string
+		perms      []Permission
+	}{
+		{"vic", RoleViewer, nil, []Permission{PermRead}},
+		{"val", RoleViewer, []string{"paris-01"}, []Permission{PermRead}},
+		{"pat", RoleAnalyst, []string{"paris-*"}, []Permission{PermRead, PermAct, PermReview}},
+		{"root", RoleAdmin, nil, []Permission{PermRead, PermAct, PermReview, PermAdmin}},
+	} {
+		c := newClient(t, hs.URL)
+		csrf := c.login(tc.user, "correct horse")
+		_, body := c.get("/api/v1/session")
+		var got sessionInfo
+		if err := json.Unmarshal([]byte(body), &got); err != nil || got.User != tc.user || got.Role != tc.role ||
+			!slices.Equal(got.Sites, tc.sites) || !slices.Equal(got.Permissions, tc.perms) || got.CSRFToken != csrf {
+			t.Errorf("%s: session %s", tc.user, body)
+		}
+		if tc.sites == nil && strings.Contains(body, `"sites"`) {
+			t.Errorf("%s: an unscoped session names sites: %s", tc.user, body)
+		}
+		if _, page := c.get("/"); tc.sites != nil && !strings.Contains(page, "("+tc.role+": "+tc.sites[0]+")") {
+			t.Errorf("%s: the page header does not show the scope", tc.user)
+		}
+	}
+	pat := newClient(t, hs.URL)
+	csrf := pat.login("pat", "correct horse")
+	if code, body := pat.send("POST", "/api/v1/alerts/act", strings.Replace(actIn, "acknowledge", "resolve", 1), csrf); code != 200 {
+		t.Fatalf("pat resolves a-9: %d %s", code, body)
+	}
+	audit, err := st.Audit(context.Background(), 10)
+	if err != nil || len(audit) != 1 || audit[0].User != "pat" || audit[0].Role != RoleAnalyst || audit[0].Key.AlertID != "a-9" {
+		t.Errorf("audit %+v %v, want pat (analyst) resolving a-9", audit, err)
+	}
+}
+
+// A proxy-signed user gets the users file's role and sites.
+func TestProxyAuthScoped(t *testing.T) {
+	st := openBolt(t)
+	seedScoped(t, st)
+	cfg := DefaultConfig()
+	cfg.UsersFile = "unused"
+	cfg.ProxyAuth = ProxyAuthConfig{Header: "X-Remote-User", TrustedProxies: []string{"127.0.0.0/8"}}
+	s, err := New(cfg, st, testUsers(t), []byte(strings.Repeat("k", 32)), Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	defer hs.Close()
+	as := func(user, method, path, body string) (int, string) {
+		req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
+		req.Header.Set("X-Remote-User", user)
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		return r.StatusCode, string(b)
+	}
+	if code, body := as("pat", "GET", "/api/v1/devices", ""); code != 200 || strings.Contains(body, "lyon-07") || !strings.Contains(body, "paris-01") {
+		t.Errorf("proxy-signed pat lists devices: %d %s", code, body)
+	}
+	if code, _ := as("pat", "GET", "/devices/lyon-07/atm-1", ""); code != 404 {
+		t.Errorf("proxy-signed pat on lyon-07: %d, want 404", code)
+	}
+	if code, _ := as("vic", "GET", "/devices/paris-01/atm-2/identities/p-9/review", ""); code != 403 {
+		t.Errorf("proxy-signed viewer on the review: %d, want 403", code)
+	}
+}
+
+// The users file's roles and sites: what is accepted, and what is refused
+// with a message that names the problem.
+func TestUsersFileRolesAndSites(t *testing.T) {
+	h, _ := bcrypt.GenerateFromPassword([]byte("x"), bcrypt.MinCost)
+	entry := func(rest string) string {
+		return fmt.Sprintf("users:\n  - {name: a, password_hash: %q, %s}\n", h, rest)
+	}
+	u, err := ParseUsers([]byte(entry(`role: viewer, sites: [lisbon-01, "porto-*"]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := u["a"]; a.Role != RoleViewer || !a.Sites.Allows("porto-9") || !a.Sites.Allows("lisbon-01") || a.Sites.Allows("lisbon-02") {
+		t.Errorf("scoped viewer: %+v", a)
+	}
+	if u, err := ParseUsers([]byte(entry("role: analyst"))); err != nil || u["a"].Sites != nil {
+		t.Errorf("an analyst without sites: %+v %v, want every site", u["a"], err)
+	}
+	for name, tc := range map[string]struct{ rest, says string }{
+		"admin with sites":   {"role: admin, sites: [lisbon-01]", "admin is not scoped"},
+		"empty sites":        {"role: analyst, sites: []", "empty list"},
+		"sites without any":  {"role: analyst, sites: ", "want a list"},
+		"sites not a list":   {"role: viewer, sites: lisbon-01", "want a list"},
+		"glob in the middle": {`role: viewer, sites: ["lis*bon"]`, "only a trailing '*'"},
+		"glob class":         {`role: viewer, sites: ["site-[12]"]`, "only a trailing '*'"},
+		"star alone":         {`role: viewer, sites: ["*"]`, "leave sites out"},
+		"slash":              {`role: viewer, sites: [a/b]`, "'/'"},
+		"unknown role":       {"role: auditor", `want "viewer", "analyst" or "admin"`},
+	} {
+		_, err := ParseUsers([]byte(entry(tc.rest)))
+		if err == nil || !strings.Contains(err.Error(), tc.says) || !strings.Contains(err.Error(), `user "a"`) {
+			t.Errorf("%s: %v, want an error naming user a and saying %q", name, err, tc.says)
+		}
+	}
+}
