@@ -124,15 +124,27 @@ func TestUsersCheck(t *testing.T) {
 		body string
 		code int
 	}{
-		"yaml":       {string(b), 0},
-		"json":       {`{"users": [{"name": "admin", "role": "admin", "password_hash": "` + hash + `"}]}`, 0},
-		"none":       {"users:\n#  - {name: a, role: admin, password_hash: \"x\"}\n", exitSetup},
-		"empty hash": {"users:\n  - {name: a, role: admin, password_hash: \"\"}\n", exitSetup},
+		"yaml":             {string(b), 0},
+		"json":             {`{"users": [{"name": "admin", "role": "admin", "password_hash": "` + hash + `"}]}`, 0},
+		"none":             {"users:\n#  - {name: a, role: admin, password_hash: \"x\"}\n", exitSetup},
+		"empty hash":       {"users:\n  - {name: a, role: admin, password_hash: \"\"}\n", exitSetup},
+		"scoped":           {"users:\n  - {name: vic, role: viewer, password_hash: \"" + hash + "\", sites: [lisbon-01, \"porto-*\"]}\n", 0},
+		"admin with sites": {"users:\n  - {name: a, role: admin, password_hash: \"" + hash + "\", sites: [lisbon-01]}\n", exitSetup},
+		"empty sites":      {"users:\n  - {name: a, role: analyst, password_hash: \"" + hash + "\", sites: []}\n", exitSetup},
+		"glob":             {"users:\n  - {name: a, role: analyst, password_hash: \"" + hash + "\", sites: [\"lis?on\"]}\n", exitSetup},
 	} {
 		writeFile(t, users, tc.body, 0o600)
 		if code := runMain(context.Background(), []string{"users", "check", users}, nil, io.Discard, io.Discard); code != tc.code {
 			t.Errorf("%s: exit %d, want %d", name, code, tc.code)
 		}
+	}
+	// Each user's role and scope, sorted by name.
+	writeFile(t, users, "users:\n  - {name: vic, role: viewer, password_hash: \""+hash+"\", sites: [lisbon-01, \"porto-*\"]}\n"+
+		"  - {name: ana, role: analyst, password_hash: \""+hash+"\"}\n", 0o600)
+	var out bytes.Buffer
+	if code := runMain(context.Background(), []string{"users", "check", users}, nil, &out, io.Discard); code != 0 ||
+		out.String() != users+": 2 user(s)\n  ana: analyst, every site\n  vic: viewer, sites lisbon-01, porto-*\n" {
+		t.Errorf("users check: exit %d, %q", code, out.String())
 	}
 }
 

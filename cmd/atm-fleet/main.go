@@ -12,8 +12,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -42,9 +44,9 @@ var commands = []struct{ name, synopsis, summary string }{
 	{"config check", "config check [--credentials-from DIR] FILE", "validate a config (strict: unknown keys are errors) and read the files it names; --credentials-from: check the sources of the unit's credentials too (run as root)"},
 	{"config default", "config default", "print the default config"},
 	{"config get", "config get FILE KEY", "print one value of a config, dotted (web.listen), defaults included"},
-	{"users check", "users check FILE", "check a users file as run does: exit 0 if it lists a user, 78 if none"},
+	{"users check", "users check FILE", "check a users file as run does and list each user's role and sites: exit 0 if it lists a user, 78 if none or if it is refused"},
 	{"compact", "compact [--config FILE]", "shrink the embedded store's file to its records (service stopped)"},
-	{"passwd", "passwd", "read a password (twice on a terminal) and print its bcrypt hash for the users file"},
+	{"passwd", "passwd", "read a password (twice on a terminal) and print its bcrypt hash for the users file (passwd --help shows the file's format: roles viewer, analyst and admin, and sites)"},
 	{"manpage", "manpage", "print the man page (roff; man -l - to read it)"},
 	{"version", "version", "print the version"},
 }
@@ -220,7 +222,19 @@ func cmdUsers(args []string, stdout, stderr io.Writer) error {
 		return &service.SetupError{Err: err}
 	}
 	fmt.Fprintf(stdout, "%s: %d user(s)\n", args[1], len(users))
+	for _, name := range slices.Sorted(maps.Keys(users)) {
+		u := users[name]
+		fmt.Fprintf(stdout, "  %s: %s, %s\n", u.Name, u.Role, scopeText(u))
+	}
 	return nil
+}
+
+// scopeText says which sites a user of the users file sees.
+func scopeText(u web.User) string {
+	if u.Sites == nil {
+		return "every site"
+	}
+	return "sites " + u.Sites.String()
 }
 
 func compactFlags(stderr io.Writer) (*flag.FlagSet, *string, *time.Duration) {
@@ -255,11 +269,26 @@ func cmdCompact(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// usersFormat is the users file's format, for passwd's help.
+const usersFormat = `
+The users file (web.users_file; docs/fleet.md "Users and roles"):
+
+  users:
+    - {name: ana,  role: analyst, password_hash: "HASH"}
+    - {name: vic,  role: viewer,  password_hash: "HASH", sites: [lisbon-01, "porto-*"]}
+    - {name: root, role: admin,   password_hash: "HASH"}
+
+role: viewer (reads), analyst (also acknowledges and resolves alerts, reviews
+and corrects identities) or admin (also the settings). sites, for a viewer or
+an analyst only: the sites they see and act on, exact names or a prefix
+ending in '*'; without it, every site. Check it with: atm-fleet users check FILE`
+
 func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("passwd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: atm-fleet passwd   (reads a password, twice on a terminal, one line otherwise; prints its bcrypt hash for the users file)")
+		fmt.Fprintln(stderr, usersFormat)
 	}
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -12,7 +12,7 @@ import (
 // manFiles is the FILES section: the packaged layout (docs/fleet.md "Install").
 var manFiles = [][2]string{
 	{"/etc/atm-fleet/config.yaml", "the configuration (atm-fleet config default prints every key with its default)"},
-	{"/etc/atm-fleet/users.yaml", "the users file: names, roles and bcrypt hashes from atm-fleet passwd; root, 0600"},
+	{"/etc/atm-fleet/users.yaml", "the users file: names, roles (viewer, analyst, admin), optional sites (a viewer's or an analyst's scope: exact names or a prefix ending in *) and bcrypt hashes from atm-fleet passwd; root, 0600"},
 	{"/etc/atm-fleet/session.key", "the key that signs the session cookies; root, 0600"},
 	{"/run/credentials/atm-fleet.service/", "the service's copies of users.yaml and session.key (the unit's LoadCredential=)"},
 	{"/var/lib/atm-fleet/fleet.db", "the embedded store (store.driver bolt)"},
