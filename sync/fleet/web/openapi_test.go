@@ -93,6 +93,16 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	rootCSRF := root.login("root", "correct horse")
 
 	call(ana.Client, "session", "GET", "/api/v1/session", "", "")
+	// A viewer and an analyst scoped to paris-*: what their roles and
+	// sites refuse.
+	vic, pat := newClient(t, hs.URL), newClient(t, hs.URL)
+	vicCSRF, patCSRF := vic.login("vic", "correct horse"), pat.login("pat", "correct horse")
+	call(pat.Client, "scoped session", "GET", "/api/v1/session", "", "")
+	call(pat.Client, "device of another site", "GET", "/api/v1/devices/lyon-07/atm-1", "/api/v1/devices/{site}/{device}", "")
+	call(pat.Client, "act on another site", "POST", "/api/v1/alerts/act", "", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1"}`,
+		"Content-Type", J, "X-CSRF-Token", patCSRF)
+	call(vic.Client, "act as viewer", "POST", "/api/v1/alerts/act", "", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1"}`,
+		"Content-Type", J, "X-CSRF-Token", vicCSRF)
 	call(ana.Client, "devices", "GET", "/api/v1/devices?limit=1", "", "")
 	call(ana.Client, "devices bad limit", "GET", "/api/v1/devices?limit=0", "", "")
 	call(ana.Client, "device", "GET", "/api/v1/devices/lyon-07/atm-1", "/api/v1/devices/{site}/{device}", "")
@@ -131,6 +141,10 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	visits(anon, "visits signed out", "lyon-07", "atm-1", "p-1")
 	correct(anon, "", "split signed out", split, `{}`)
 	correct(anon, "", "merge signed out", merge, `{}`)
+	visits(vic, "visits as viewer", "lyon-07", "atm-1", "p-1")
+	correct(vic, vicCSRF, "split as viewer", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-2"]}`)
+	correct(vic, vicCSRF, "merge as viewer", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-2","into":"p-1"}`)
+	visits(pat, "visits on another site", "lyon-07", "atm-1", "p-1")
 	visits(ana, "visits", "lyon-07", "atm-1", "p-1")
 	visits(ana, "visits bad identity", "lyon-07", "atm-1", "p%201")
 	visits(ana, "visits unknown device", "lyon-07", "atm-404", "p-1")
