@@ -310,10 +310,13 @@ func TestBrowserLiveSessionEnded(t *testing.T) {
 }
 
 // signIn fills and sends the sign-in form as the test user ana.
-func signIn() chromedp.Action[chromedp.Void] {
+func signIn() chromedp.Action[chromedp.Void] { return signInAs("ana") }
+
+// signInAs fills and sends the sign-in form as a user of testUsers.
+func signInAs(user string) chromedp.Action[chromedp.Void] {
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
 	return chromedp.Steps(
-		chromedp.SendKeys(css(`input[name=user]`), "ana"),
+		chromedp.SendKeys(css(`input[name=user]`), user),
 		chromedp.SendKeys(css(`input[name=password]`), "correct horse"),
 		chromedp.Click(css(`form.login button`)),
 	)
@@ -325,6 +328,12 @@ func signIn() chromedp.Action[chromedp.Void] {
 // may replace it by a restarted one); whatever it holds at the end runs.
 func liveAlertsPage(t *testing.T, st storage.Store, path string) (addr string, stop *func(), br *browser.Browser) {
 	t.Helper()
+	return liveAlertsPageAs(t, st, path, "ana")
+}
+
+// liveAlertsPageAs is liveAlertsPage signed in as user.
+func liveAlertsPageAs(t *testing.T, st storage.Store, path, user string) (addr string, stop *func(), br *browser.Browser) {
+	t.Helper()
 	addr = fmt.Sprintf("127.0.0.1:%d", fleettest.FreePort(t))
 	s := serveWeb(t, st, addr)
 	stop = &s
@@ -334,11 +343,36 @@ func liveAlertsPage(t *testing.T, st storage.Store, path string) (addr string, s
 	br.Do("sign in and open "+path,
 		chromedp.Navigate("http://"+addr+path),
 		chromedp.WaitVisible(css(`input[name=user]`)),
-		signIn(),
+		signInAs(user),
 		chromedp.WaitVisible(css(`tr.alert[data-alert="a-first"]`)),
 		chromedp.WaitVisible(css(`#live-state.on`)),
 	)
 	return addr, stop, br
+}
+
+// A viewer's alerts page shows the alerts live, with no Acknowledge or
+// Resolve form and no Review link, also once a live update has redrawn it.
+func TestBrowserViewerReadsOnly(t *testing.T) {
+	browser.Path(t)
+	st := openBolt(t)
+	now := time.Now().UTC()
+	apply := func(seq uint64, id string) {
+		t.Helper()
+		if _, err := st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", seq, now.Add(time.Duration(seq)*time.Second), id, "p-1", 6)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(1, "a-first")
+	_, _, br := liveAlertsPageAs(t, st, "/alerts", "vic")
+	controls := `String(document.querySelectorAll('form.act, a.review, a[href="/admin"]').length)`
+	if n := br.Get(chromedp.Evaluate[string](controls)); n != "0" {
+		t.Errorf("a viewer's alerts page has %s act forms, Review or Settings links", n)
+	}
+	apply(2, "a-second")
+	br.Do("a live update", chromedp.WaitVisible(chromedp.CSS(`tr.alert[data-alert="a-second"]`)))
+	if n := br.Get(chromedp.Evaluate[string](controls)); n != "0" {
+		t.Errorf("after a live update a viewer's alerts page has %s act forms, Review or Settings links", n)
+	}
 }
 
 // listenRetry listens on addr, retrying for a while: the previous run's
