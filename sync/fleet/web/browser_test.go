@@ -183,6 +183,18 @@ func TestBrowserLiveAlertAndAck(t *testing.T) {
 	t.Logf("screenshots in %s", br.ShotsDir())
 }
 
+// alertApplier raises alerts of lyon-07/atm-1 (identity p-1) in st, a
+// second apart by seq.
+func alertApplier(t *testing.T, st storage.Store) func(seq uint64, id string) {
+	now := time.Now().UTC()
+	return func(seq uint64, id string) {
+		t.Helper()
+		if _, err := st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", seq, now.Add(time.Duration(seq)*time.Second), id, "p-1", 6)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // serveWeb serves the web side only on addr over st until the returned stop.
 func serveWeb(t *testing.T, st storage.Store, addr string) (stop func()) {
 	t.Helper()
@@ -215,13 +227,7 @@ func serveWebKey(t *testing.T, st storage.Store, addr, key string) (stop func())
 func TestBrowserLiveKeepsFocusAndRecovers(t *testing.T) {
 	browser.Path(t)
 	st := openBolt(t)
-	now := time.Now().UTC()
-	apply := func(seq uint64, id string) {
-		t.Helper()
-		if _, err := st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", seq, now.Add(time.Duration(seq)*time.Second), id, "p-1", 6)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	apply := alertApplier(t, st)
 	apply(1, "a-first")
 	addr, stop, br := liveAlertsPage(t, st, "/alerts")
 	do, get := br.Do, br.Get
@@ -355,13 +361,7 @@ func liveAlertsPageAs(t *testing.T, st storage.Store, path, user string) (addr s
 func TestBrowserViewerReadsOnly(t *testing.T) {
 	browser.Path(t)
 	st := openBolt(t)
-	now := time.Now().UTC()
-	apply := func(seq uint64, id string) {
-		t.Helper()
-		if _, err := st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", seq, now.Add(time.Duration(seq)*time.Second), id, "p-1", 6)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	apply := alertApplier(t, st)
 	apply(1, "a-first")
 	_, _, br := liveAlertsPageAs(t, st, "/alerts", "vic")
 	controls := `String(document.querySelectorAll('form.act, a.review, a[href="/admin"]').length)`

@@ -1,14 +1,12 @@
 package web
 
 import (
-	"bufio"
 	"context"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"regexp"
 	"slices"
 	"strings"
@@ -344,33 +342,11 @@ func TestEventsScoped(t *testing.T) {
 	_, hs := newTestServer(t, st)
 	c := newClient(t, hs.URL)
 	c.login("pat", "correct horse")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, hs.URL+"/events", nil)
-	c.Timeout = 0
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	go func() {
-		time.Sleep(200 * time.Millisecond)
-		// lyon-07's first: delivered in order, it would come before.
+	// lyon-07's first: delivered in order, it would come before.
+	c.awaitEvent(func() {
 		st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", 5, time.Now(), "a-2", "p-2", 9)})
 		st.Apply(context.Background(), []storage.Message{storetest.Alert("paris-01", "atm-2", 5, time.Now(), "a-3", "p-9", 9)})
-	}()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if l := sc.Text(); strings.HasPrefix(l, "data: ") {
-			if strings.Contains(l, "lyon-07") {
-				t.Fatalf("a scoped user's stream carries %s", l)
-			}
-			if strings.Contains(l, `"alert":"a-3"`) {
-				return
-			}
-		}
-	}
-	t.Errorf("no change event for paris-01's a-3: %v", sc.Err())
+	}, `"alert":"a-3"`, "lyon-07")
 }
 
 // The session API says who is signed in, their role, sites and
@@ -420,15 +396,7 @@ func TestSessionAndAuditOfScopedUsers(t *testing.T) {
 func TestProxyAuthScoped(t *testing.T) {
 	st := openBolt(t)
 	seedScoped(t, st)
-	cfg := DefaultConfig()
-	cfg.UsersFile = "unused"
-	cfg.ProxyAuth = ProxyAuthConfig{Header: "X-Remote-User", TrustedProxies: []string{"127.0.0.0/8"}}
-	s, err := New(cfg, st, testUsers(t), []byte(strings.Repeat("k", 32)), Deps{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(s.Handler())
-	defer hs.Close()
+	hs := proxyAuthServer(t, st, "127.0.0.0/8")
 	as := func(user, method, path, body string) (int, string) {
 		req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
 		req.Header.Set("X-Remote-User", user)

@@ -405,26 +405,42 @@ func TestPagesAPIAndEvents(t *testing.T) {
 	}
 
 	// Server-sent events: a change in the store reaches an open stream.
+	c.awaitEvent(func() {
+		st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", 5, time.Now(), "a-2", "p-2", 9)})
+	}, `"alert":"a-2"`, "")
+}
+
+// awaitEvent opens c's live stream, runs publish once it is open and
+// reads change events until one holds want; one holding refuse (when not
+// empty) before it fails the test.
+func (c *client) awaitEvent(publish func(), want, refuse string) {
+	t := c.t
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, hs.URL+"/events", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/events", nil)
 	c.Timeout = 0
-	resp, err = c.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	go func() {
 		time.Sleep(200 * time.Millisecond)
-		st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", 5, time.Now(), "a-2", "p-2", 9)})
+		publish()
 	}()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "data: ") && strings.Contains(sc.Text(), `"alert":"a-2"`) {
-			return
+		if l := sc.Text(); strings.HasPrefix(l, "data: ") {
+			if refuse != "" && strings.Contains(l, refuse) {
+				t.Fatalf("the stream carries %s", l)
+			}
+			if strings.Contains(l, want) {
+				return
+			}
 		}
 	}
-	t.Errorf("no change event for a-2: %v", sc.Err())
+	t.Errorf("no change event with %s: %v", want, sc.Err())
 }
 
 func TestUsersFile(t *testing.T) {
@@ -479,14 +495,7 @@ func TestProxyAuth(t *testing.T) {
 		{"127.0.0.0/8", "mallory", 303},
 		{"10.0.0.0/8", "ana", 303},
 	} {
-		cfg := DefaultConfig()
-		cfg.UsersFile = "unused"
-		cfg.ProxyAuth = ProxyAuthConfig{Header: "X-Remote-User", TrustedProxies: []string{tc.trusted}}
-		s, err := New(cfg, st, testUsers(t), []byte(strings.Repeat("k", 32)), Deps{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		hs := httptest.NewServer(s.Handler())
+		hs := proxyAuthServer(t, st, tc.trusted)
 		c := newClient(t, hs.URL)
 		req, _ := http.NewRequest(http.MethodGet, hs.URL+"/", nil)
 		req.Header.Set("X-Remote-User", tc.user)
@@ -503,13 +512,28 @@ func TestProxyAuth(t *testing.T) {
 				t.Errorf("proxy-signed analyst on /admin: %d", r.StatusCode)
 			}
 		}
-		hs.Close()
 	}
 	bad := DefaultConfig()
 	bad.UsersFile, bad.ProxyAuth.Header = "u", "X-Remote-User"
 	if bad.Validate() == nil {
 		t.Error("proxy_auth.header without trusted_proxies accepted")
 	}
+}
+
+// proxyAuthServer serves st with proxy_auth on X-Remote-User, trusted from
+// the CIDR trusted, until the test ends.
+func proxyAuthServer(t *testing.T, st storage.Store, trusted string) *httptest.Server {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.UsersFile = "unused"
+	cfg.ProxyAuth = ProxyAuthConfig{Header: "X-Remote-User", TrustedProxies: []string{trusted}}
+	s, err := New(cfg, st, testUsers(t), []byte(strings.Repeat("k", 32)), Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(hs.Close)
+	return hs
 }
 
 // The fleet page shows one page of the matching devices; the counts cover
