@@ -705,7 +705,9 @@ type Retention struct {
 
 // Change tells the web layer what changed, so open pages can refresh.
 type Change struct {
-	Kind   string `json:"kind"` // "status", "summary", "alert", "action"
+	Kind string `json:"kind"` // "status", "summary", "alert", "action", "device"; "resync": changes may have been missed
+	// Site is empty for a change of no one site (resync): every page
+	// refreshes, scoped users' too.
 	Site   string `json:"site"`
 	Device string `json:"device"`
 	Alert  string `json:"alert,omitempty"`

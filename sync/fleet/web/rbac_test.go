@@ -335,7 +335,8 @@ func TestScopedAlertPaging(t *testing.T) {
 	}
 }
 
-// The live stream of a scoped user carries no change of another site.
+// The live stream of a scoped user carries no change of another site, and
+// still the changes of no one site (resync: refresh every page).
 func TestEventsScoped(t *testing.T) {
 	st := openBolt(t)
 	seed(t, st)
@@ -343,10 +344,14 @@ func TestEventsScoped(t *testing.T) {
 	c := newClient(t, hs.URL)
 	c.login("pat", "correct horse")
 	// lyon-07's first: delivered in order, it would come before.
-	c.awaitEvent(func() {
+	seen := c.awaitEvent(func() {
 		st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", 5, time.Now(), "a-2", "p-2", 9)})
+		st.Publish(storage.Change{Kind: "resync"})
 		st.Apply(context.Background(), []storage.Message{storetest.Alert("paris-01", "atm-2", 5, time.Now(), "a-3", "p-9", 9)})
 	}, `"alert":"a-3"`, "lyon-07")
+	if len(seen) != 2 || !strings.Contains(seen[0], `"kind":"resync"`) {
+		t.Errorf("a scoped user's stream: %q, want the resync, then a-3", seen)
+	}
 }
 
 // The session API says who is signed in, their role, sites and

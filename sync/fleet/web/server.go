@@ -1146,7 +1146,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			}
 			fmt.Fprint(w, ": ping\n\n")
 		case c := <-ch:
-			if !scope.Allows(c.Site) {
+			if c.Site != "" && !scope.Allows(c.Site) {
 				continue // another site's: not a word of it
 			}
 			b, _ := json.Marshal(c)

@@ -411,9 +411,9 @@ func TestPagesAPIAndEvents(t *testing.T) {
 }
 
 // awaitEvent opens c's live stream, runs publish once it is open and
-// reads change events until one holds want; one holding refuse (when not
-// empty) before it fails the test.
-func (c *client) awaitEvent(publish func(), want, refuse string) {
+// reads change events until one holds want, and returns their data lines;
+// one holding refuse (when not empty) before it fails the test.
+func (c *client) awaitEvent(publish func(), want, refuse string) []string {
 	t := c.t
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -429,18 +429,20 @@ func (c *client) awaitEvent(publish func(), want, refuse string) {
 		time.Sleep(200 * time.Millisecond)
 		publish()
 	}()
+	var seen []string
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		if l := sc.Text(); strings.HasPrefix(l, "data: ") {
 			if refuse != "" && strings.Contains(l, refuse) {
 				t.Fatalf("the stream carries %s", l)
 			}
-			if strings.Contains(l, want) {
-				return
+			if seen = append(seen, l); strings.Contains(l, want) {
+				return seen
 			}
 		}
 	}
 	t.Errorf("no change event with %s: %v", want, sc.Err())
+	return seen
 }
 
 func TestUsersFile(t *testing.T) {
