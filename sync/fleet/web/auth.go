@@ -155,7 +155,7 @@ func ParseUsers(b []byte) (Users, error) {
 				return nil, fmt.Errorf("users file: user %q: sites (line %d): want a list of site names, e.g. [lisbon-01, \"porto-*\"], or no sites for every site",
 					u.Name, e.Sites.Line)
 			}
-			if u.Role == RoleAdmin {
+			if u.Can(PermAdmin) {
 				return nil, fmt.Errorf("users file: user %q: an admin is not scoped to sites (the settings are fleet-wide): remove sites, or make the user an analyst or viewer", u.Name)
 			}
 			sites, err := storage.ParseSites(list)
