@@ -5,8 +5,12 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -154,9 +158,12 @@ func TestEveryRouteByRole(t *testing.T) {
 			t.Errorf("route %s has no case in routeCases: say what each role and scope gets", rt.Pattern)
 		}
 	}
-	for p := range routeCases {
+	for p, tc := range routeCases {
 		if !slices.Contains(patterns, p) {
 			t.Errorf("routeCases has %s, which the server does not register", p)
+		}
+		if strings.Contains(p, "{site}") && tc.outPath == "" {
+			t.Errorf("%s names a site: its case needs outPath, the same request on a site outside the scope", p)
 		}
 	}
 	// Sign-out last: it ends the session.
@@ -229,6 +236,36 @@ func present(body, s string) string {
 		return "has"
 	}
 	return "lacks"
+}
+
+// Handlers read devices and alerts through the scope helpers (scope.go),
+// never the store's Device, Devices or Alerts directly: a new handler that
+// did would show a scoped user other sites.
+func TestStoreReadsGoThroughTheScope(t *testing.T) {
+	fset := token.NewFileSet()
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") || name == "scope.go" {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			sel, ok := n.(*ast.SelectorExpr)
+			if !ok {
+				return true
+			}
+			if inner, ok := sel.X.(*ast.SelectorExpr); ok && inner.Sel.Name == "store" && slices.Contains([]string{"Device", "Devices", "Alerts"}, sel.Sel.Name) {
+				t.Errorf("%s: store.%s outside scope.go: use s.device, s.devices or s.alerts", fset.Position(sel.Pos()), sel.Sel.Name)
+			}
+			return true
+		})
+	}
 }
 
 // A device or alert outside a scoped user's sites answers exactly what an
