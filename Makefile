@@ -161,9 +161,30 @@ test-apt: apt-repo
 # packages only. Needs root, mosquitto and Debian's mirror; ~4 min with the
 # root cached. Not part of `make test`.
 .PHONY: test-ops
-test-ops: deb
-	APT_REPO=build/apt-repo-ops DEBS="$$(ls -t build/atm-agent_*_amd64.deb | head -1)" bash scripts/packaging/apt-repo.sh >/dev/null
+test-ops: apt-repo-ops
 	APT_REPO=build/apt-repo-ops ARCH=amd64 bash scripts/packaging/test-ops.sh
+
+# The same procedure under Debian's real systemd, booted as the test root's
+# PID 1 by systemd-nspawn (apt-get install systemd-container): the real
+# systemctl, journalctl and maintainer-script helpers, the unit's sandbox
+# enforced, and checks of it, of a restart after a crash and of the
+# watchdog (docs/operations.md "What the test replaces"). Needs root.
+.PHONY: test-ops-systemd apt-repo-ops
+test-ops-systemd: apt-repo-ops
+	APT_REPO=build/apt-repo-ops ARCH=amd64 INIT=systemd bash scripts/packaging/test-ops.sh
+
+# The atm-fleet package under the same real systemd: postinst, the dynamic
+# user, credentials and sandbox, sign-in, a crash, the start limit, purge
+# (scripts/packaging/test-fleet-systemd.sh). Needs root.
+.PHONY: test-fleet-systemd test-systemd
+test-fleet-systemd: deb-fleet
+	bash scripts/packaging/test-fleet-systemd.sh
+
+# Both packages under the real systemd (~6 min with the clean root cached).
+test-systemd: test-ops-systemd test-fleet-systemd
+
+apt-repo-ops: deb
+	APT_REPO=build/apt-repo-ops DEBS="$$(ls -t build/atm-agent_*_amd64.deb | head -1)" bash scripts/packaging/apt-repo.sh >/dev/null
 
 # Fully static binaries: a minimal OpenCV built from Debian 12's source
 # package, cached in $(or $(ATM_CACHE_DIR),~/.cache/atm-agent) (first run

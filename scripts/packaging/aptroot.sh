@@ -7,6 +7,7 @@
 #   APT_REPO   the repository (default build/apt-repo); APT_GNUPG its key
 #   ROOT_CACHE the clean root, created once (default build/_aptroot-ARCH; the
 #              leading _ keeps it out of go ./...)
+#   APTROOT_REPO  no: the caller installs no package from the repository
 # The caller sets TEST (its name, for messages) and then calls aptroot_setup,
 # aptroot_enter; the root is $R, the scratch dir $W, both removed on exit
 # with everything started in the root.
@@ -21,10 +22,13 @@ log() { echo "$TEST: $*" >&2; }
 # aptroot_setup: the preconditions and the cached clean root.
 aptroot_setup() {
 	[ "$(id -u)" = 0 ] || { log "needs root (chroot)"; exit 1; }
-	for t in mmdebstrap reprepro curl; do
-		command -v "$t" >/dev/null || { log "$t missing: apt-get install mmdebstrap reprepro curl"; exit 1; }
+	for t in mmdebstrap curl; do
+		command -v "$t" >/dev/null || { log "$t missing: apt-get install mmdebstrap curl"; exit 1; }
 	done
-	[ -f "$REPO/conf/distributions" ] || { log "$REPO: no repository (make apt-repo)"; exit 1; }
+	if [ "${APTROOT_REPO:-yes}" = yes ]; then
+		command -v reprepro >/dev/null || { log "reprepro missing: apt-get install reprepro"; exit 1; }
+		[ -f "$REPO/conf/distributions" ] || { log "$REPO: no repository (make apt-repo)"; exit 1; }
+	fi
 	if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
 		[ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
 		[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 ||
@@ -73,6 +77,43 @@ aptroot_enter() {
 }
 in_root() { chroot "$R" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 "$@"; }
 
+# aptroot_boot [NSPAWN OPTION...]: Debian's systemd, installed in the root,
+# booted as its PID 1 by systemd-nspawn (apt-get install systemd-container);
+# the root's /proc and /dev mounts give way to the container's own. Then
+# in_sys runs a command inside the container (all its namespaces), where
+# systemctl and journalctl are the real ones. Without options the container
+# shares the host's network.
+ct=
+aptroot_boot() {
+	local t state nspawn
+	for t in systemd-nspawn nsenter; do
+		command -v "$t" >/dev/null || { log "$t missing: apt-get install systemd-container util-linux"; exit 1; }
+	done
+	check "systemd installed in the root" in_root sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd systemd-sysv dbus'
+	[ "$fails" = 0 ] || aptroot_done
+	umount "$R/proc" "$R/dev"
+	mounted=()
+	systemd-nspawn -D "$R" --register=no --keep-unit --boot --console=pipe \
+		--machine="atm-$TEST-$$" "$@" >"$W/boot.log" 2>&1 </dev/null &
+	nspawn=$!
+	bgpids+=("$nspawn")
+	# The container's PID 1: nspawn's child once it runs systemd.
+	for _ in $(seq 300); do
+		ct=$(pgrep -P "$nspawn" -x systemd | head -1) && [ -n "$ct" ] && break
+		sleep 0.1
+	done
+	[ -n "$ct" ] || { cat "$W/boot.log" >&2; log "the container did not start"; exit 1; }
+	# systemctl answers once systemd listens on its private socket.
+	for _ in $(seq 300); do in_sys test -S /run/systemd/private 2>/dev/null && break; sleep 0.2; done
+	state=$(in_sys timeout 120 systemctl is-system-running --wait 2>&1 || true)
+	check "the root booted systemd as PID 1 (state \"$state\")" test "$state" = running
+	[ "$fails" = 0 ] || { tail -n 30 "$W/boot.log" >&2; aptroot_done; }
+}
+in_sys() {
+	nsenter -t "$ct" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+		LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
+}
+
 fails=0
 checks=0
 ok() { echo "ok   $*"; checks=$((checks + 1)); }
@@ -82,6 +123,11 @@ check() { # check DESCRIPTION COMMAND...
 	if "$@" >"$W/out" 2>&1; then ok "$d"; else bad "$d: $(tail -c 600 "$W/out")"; fi
 }
 sum() { sha256sum "$1" | cut -d' ' -f1; }
+wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds
+	local n=$(($1 * 2)); shift
+	for _ in $(seq "$n"); do "$@" && return 0; sleep 0.5; done
+	return 1
+}
 # aptroot_done: the summary line and the exit status.
 aptroot_done() {
 	if [ "$fails" -gt 0 ]; then

@@ -135,6 +135,12 @@ echo "== add a user, start"
 pw="correct horse battery"
 hash=$(printf '%s\n' "$pw" | atm-fleet passwd)
 [[ $hash == '$2a$12$'* ]] && ok "atm-fleet passwd prints a bcrypt hash (cost 12)" || bad "atm-fleet passwd printed '$hash'"
+# The installed file's commented examples, uncommented with a real hash, are
+# a valid users file (every role, a scoped user).
+sed -E -e 's/^#(  - \{name)/\1/' -e "s|\\\$2a\\\$12\\\$\\.\\.\\.|$hash|" /etc/atm-fleet/users.yaml >"$tmp/examples.yaml"
+chmod 600 "$tmp/examples.yaml"
+check "users.yaml's examples, uncommented, pass users check (3 users, one scoped)" \
+	sh -c "atm-fleet users check '$tmp/examples.yaml' >'$tmp/ex.out' 2>&1 && grep -q ': 3 user(s)\$' '$tmp/ex.out' && grep -q 'vic: viewer, sites lisbon-01, porto-' '$tmp/ex.out'"
 echo "  - {name: ana, role: admin, password_hash: \"$hash\"}" >>/etc/atm-fleet/users.yaml
 perm /etc/atm-fleet/users.yaml 600 root:root
 : >/var/log/standin/$unit.log

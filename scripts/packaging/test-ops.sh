@@ -13,6 +13,14 @@
 #   PHOTOS     the camera's face photo (default build/src/face-api/demo)
 #   BIN        a host atm-agent for checks after the package is removed
 #              (default build/atm-agent)
+#   INIT       standin (default): systemctl and journalctl stand-ins in a
+#              chroot, as described there; systemd: the root boots Debian's
+#              systemd as its PID 1 under systemd-nspawn (shared network),
+#              and the steps and checks run inside it with the real
+#              systemctl, journalctl, maintainer-script helpers and every
+#              sandboxing setting of the unit enforced; more checks follow
+#              the health step (the sandbox as the kernel sees it, restart
+#              after a crash, the watchdog). Needs systemd-container.
 set -euo pipefail
 TEST=test-ops
 . "$(dirname "$0")/aptroot.sh"
@@ -20,6 +28,7 @@ HERE=$(realpath "$(dirname "$0")")
 DOC=$(realpath -m "${OPS_DOC:-docs/operations.md}")
 PHOTOS=$(realpath -m "${PHOTOS:-build/src/face-api/demo}")
 BIN=$(realpath -m "${BIN:-build/atm-agent}")
+INIT=${INIT:-standin}
 STEPS=(install configure start health rotate-key upgrade remove purge)
 URL=https://apt.example-bank.internal/atm-agent
 UNIT=atm-agent.service
@@ -27,6 +36,10 @@ UNIT=atm-agent.service
 [ -f "$DOC" ] || { log "$DOC missing"; exit 1; }
 [ -f "$PHOTOS/sample1.jpg" ] || { log "$PHOTOS: no photos (make models)"; exit 1; }
 [ -x "$BIN" ] || { log "$BIN missing (make build)"; exit 1; }
+case $INIT in
+standin | systemd) ;;
+*) log "INIT=$INIT: want standin or systemd"; exit 1 ;;
+esac
 for t in mosquitto mosquitto_sub python3; do
 	command -v "$t" >/dev/null || { log "$t missing: apt-get install mosquitto mosquitto-clients python3"; exit 1; }
 done
@@ -91,20 +104,21 @@ edit '/^mqtt:/,/^[a-z]/ s|^  brokers: \[\] |  brokers: [tcp://127.0.0.1:$port] |
 EOF
 chmod 0755 "$R/usr/local/bin/editor"
 
-# systemctl and journalctl stand-ins, a notify socket served from here, and
-# /run/systemd/system so that maintainer scripts take their systemd branches.
-# The install pulls in Debian's systemd package (a dependency's
-# Recommends), whose programs cannot work without systemd as PID 1: its
-# /bin/systemctl and /bin/journalctl are diverted (dpkg-divert, before they
-# exist) and the stand-in takes their place, for the steps and for the
-# maintainer scripts alike.
-install -m 0755 "$HERE/systemctl-standin.sh" "$R/usr/local/sbin/systemctl"
-for p in systemctl journalctl; do
-	in_root dpkg-divert --local --rename --divert "/bin/$p.distrib" --add "/bin/$p" >/dev/null
-	ln -s /usr/local/sbin/systemctl "$R/usr/bin/$p"
-done
-mkdir -p "$R/run/systemd/system" "$R/run/standin"
-python3 -c '
+if [ "$INIT" = standin ]; then
+	# systemctl and journalctl stand-ins, a notify socket served from here, and
+	# /run/systemd/system so that maintainer scripts take their systemd branches.
+	# The install pulls in Debian's systemd package (a dependency's
+	# Recommends), whose programs cannot work without systemd as PID 1: its
+	# /bin/systemctl and /bin/journalctl are diverted (dpkg-divert, before they
+	# exist) and the stand-in takes their place, for the steps and for the
+	# maintainer scripts alike.
+	install -m 0755 "$HERE/systemctl-standin.sh" "$R/usr/local/sbin/systemctl"
+	for p in systemctl journalctl; do
+		in_root dpkg-divert --local --rename --divert "/bin/$p.distrib" --add "/bin/$p" >/dev/null
+		ln -s /usr/local/sbin/systemctl "$R/usr/bin/$p"
+	done
+	mkdir -p "$R/run/systemd/system" "$R/run/standin"
+	python3 -c '
 import os, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(sys.argv[1])
@@ -114,21 +128,93 @@ while True:
     with open(sys.argv[2], "ab") as f:
         f.write(m.strip() + b"\n")
 ' "$R/run/standin/notify.sock" "$R/run/standin/notify.log" &
-bgpids+=($!)
-for _ in $(seq 50); do [ -S "$R/run/standin/notify.sock" ] && break; sleep 0.1; done
+	bgpids+=($!)
+	for _ in $(seq 50); do [ -S "$R/run/standin/notify.sock" ] && break; sleep 0.1; done
+	in_sys() { in_root "$@"; }
+	main_pid() { cat "$R/run/standin/$UNIT.pid" 2>/dev/null; }
+	svc_log() { cat "$R/var/log/standin/$UNIT.log" 2>/dev/null; }
+else
+	# Debian's systemd as the root's PID 1, installed before the procedure
+	# starts (a controller runs it). The container shares the host's
+	# network: the broker and the health port are on 127.0.0.1.
+	aptroot_boot
+	main_pid() { local p; p=$(in_sys systemctl show -p MainPID --value "$UNIT"); [ "$p" != 0 ] && echo "$p"; }
+	svc_log() { in_sys journalctl -u "$UNIT" -o cat --no-pager 2>/dev/null; }
+fi
 
-LOG=$R/var/log/standin/$UNIT.log
-pidfile=$R/run/standin/$UNIT.pid
-main_pid() { cat "$pidfile" 2>/dev/null; }
-alive() { local p; p=$(main_pid) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && [ ! -e "$R/run/standin/$UNIT.status" ]; }
-visits() { grep -c 'msg=visit ' "$LOG" 2>/dev/null || true; }
+visits() { svc_log | grep -c 'msg=visit ' || true; }
 wait_visits() { # wait_visits N: up to 120 s for N visit lines
 	for _ in $(seq 1200); do [ "$(visits)" -ge "$1" ] && return 0; sleep 0.1; done
 	return 1
 }
-visit_identity() { grep 'msg=visit ' "$LOG" | sed -n "${1}p" | sed -nE 's/.* identity=([a-z0-9-]+) .*/\1/p'; }
+visit_identity() { svc_log | grep 'msg=visit ' | sed -n "${1}p" | sed -nE 's/.* identity=([a-z0-9-]+) .*/\1/p'; }
 healthz() { curl -fsS 127.0.0.1:9464/healthz; }
-trigger() { curl -fsS --unix-socket "$R/run/atm-agent/trigger.sock" -X POST -d "{\"txn_id\":\"$1\"}" http://agent/v1/visit; }
+trigger() { in_sys curl -fsS --unix-socket /run/atm-agent/trigger.sock -X POST -d "{\"txn_id\":\"$1\"}" http://agent/v1/visit; }
+status_has() { in_sys cat "/proc/$(main_pid)/status" | grep -q "$1"; } # status_has REGEX: the main process's /proc status
+env_has() { in_sys cat "/proc/$(main_pid)/environ" | tr '\0' '\n' | grep -qx "$1"; }
+first_visit_found_face() { svc_log | grep 'msg=visit ' | head -1 | grep -q 'outcome=face'; }
+# agent_gone: no process in the root runs the agent's binary (also once
+# the package has deleted it).
+agent_gone() {
+	in_sys sh -c 'for p in /proc/[0-9]*; do case $(readlink "$p/exe" 2>/dev/null) in /usr/bin/atm-agent*) exit 1 ;; esac; done'
+}
+watchdog_pinged() {
+	if [ "$INIT" = standin ]; then
+		grep -qx 'WATCHDOG=1' "$R/run/standin/notify.log"
+	else
+		# systemd stamps every WATCHDOG=1 it accepts.
+		[ "$(in_sys systemctl show -p WatchdogTimestampMonotonic --value "$UNIT")" -gt 0 ] 2>/dev/null
+	fi
+}
+
+# Under the real systemd only, after the health step: the unit's sandbox as
+# the kernel applies it to the agent, and what systemd does when the agent
+# dies or hangs. The unit is as it was when they end.
+journal_has() { # journal_has REGEX: the unit's journal has it (else its tail is shown)
+	local j; j=$(in_sys journalctl -u "$UNIT" --no-pager)
+	grep -q "$1" <<<"$j" || { tail -n 12 <<<"$j"; return 1; }
+}
+prop() { in_sys systemctl show -p "$1" --value "$UNIT"; }
+running_again() { # running_again OLD_PID RESTARTS: a new main process, active
+	local p; p=$(main_pid) || return 1
+	[ "$p" != "$1" ] && [ "$(prop NRestarts)" = "$2" ] && [ "$(prop SubState)" = running ] && healthz >/dev/null
+}
+systemd_checks() {
+	local caps=0000000000000000 n p exposure
+	check "the agent's seccomp filter is on (Seccomp: 2)" status_has '^Seccomp:[[:space:]]*2$'
+	check "no new privileges" status_has '^NoNewPrivs:[[:space:]]*1$'
+	check "no capabilities: effective" status_has "^CapEff:[[:space:]]*$caps$"
+	check "no capabilities: permitted" status_has "^CapPrm:[[:space:]]*$caps$"
+	check "no capabilities: bounding set" status_has "^CapBnd:[[:space:]]*$caps$"
+	check "memory limit 400M" test "$(prop MemoryMax)" = $((400 * 1024 * 1024))
+	exposure=$(in_sys systemd-analyze security --no-pager "$UNIT" 2>/dev/null | sed -nE 's/^→ Overall exposure level for .*: ([0-9.]+) .*/\1/p')
+	echo "info systemd-analyze security $UNIT: exposure $exposure"
+	check "exposure level $exposure below 3.0" awk -v e="${exposure:-99}" 'BEGIN { exit !(e < 3.0) }'
+
+	n=$(prop NRestarts)
+	p=$(main_pid)
+	check "systemctl kill -s KILL (pid $p)" in_sys systemctl kill -s KILL --kill-whom=main "$UNIT"
+	check "restarted after SIGKILL (pid $p, restart $((n + 1)))" wait_for 30 running_again "$p" $((n + 1))
+
+	# The watchdog at 6 s by a drop-in: the agent pings at half the
+	# period it is given, so an idle agent is not killed; a stopped one is.
+	in_sys mkdir -p "/etc/systemd/system/$UNIT.d"
+	printf '[Service]\nWatchdogSec=6s\n' >"$R/etc/systemd/system/$UNIT.d/test-watchdog.conf"
+	in_sys systemctl daemon-reload
+	in_sys systemctl restart "$UNIT"
+	n=$(prop NRestarts)
+	p=$(main_pid)
+	sleep 15
+	check "an idle agent keeps a 6 s watchdog fed (15 s, no restart)" test "$(prop NRestarts)/$(main_pid)" = "$n/$p"
+	check "systemctl kill -s STOP (pid $p)" in_sys systemctl kill -s STOP --kill-whom=main "$UNIT"
+	check "a hung agent is killed by the watchdog and restarted" wait_for 60 running_again "$p" $((n + 1))
+	check "the journal names the watchdog" wait_for 10 journal_has 'Watchdog timeout'
+	rm "$R/etc/systemd/system/$UNIT.d/test-watchdog.conf"
+	rmdir "$R/etc/systemd/system/$UNIT.d"
+	in_sys systemctl daemon-reload
+	in_sys systemctl restart "$UNIT"
+	check "the unit's own watchdog again (30 s)" test "$(prop WatchdogUSec)" = 30s
+}
 
 run_step() { # run_step FILE
 	local f=$1 name
@@ -136,13 +222,13 @@ run_step() { # run_step FILE
 	echo "== step $name (docs/operations.md)"
 	sed 's/^/    | /' "$R$T/steps/$f"
 	local t0=$SECONDS rc=0
-	chroot "$R" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-		LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive TERM=dumb \
+	in_sys env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb \
 		env -C /root bash -e -o pipefail -x "$T/steps/$f" </dev/null >"$W/step.log" 2>&1 || rc=$?
 	tail -n 40 "$W/step.log" | sed 's/^/    /'
 	if [ $rc != 0 ]; then
 		bad "step $name exited $rc after $((SECONDS - t0)) s (the procedure as written failed)"
-		[ -f "$LOG" ] && { echo "    service log:"; tail -n 15 "$LOG" | sed 's/^/    /'; }
+		echo "    service log:"
+		svc_log | tail -n 15 | sed 's/^/    /'
 		aptroot_done
 	fi
 	ok "step $name ($((SECONDS - t0)) s)"
@@ -171,17 +257,23 @@ for f in "${files[@]}"; do
 		;;
 	*-start.sh)
 		uid=$(in_root id -u atm-agent)
-		check "agent runs as atm-agent (uid $uid)" sh -c "grep -q '^Uid:[[:space:]]*$uid[[:space:]]' /proc/$(main_pid)/status"
-		check "agent sent READY=1" grep -qx 'READY=1' "$R/run/standin/notify.log"
-		check "agent has the credential" sh -c "tr '\0' '\n' </proc/$(main_pid)/environ | grep -qx 'CREDENTIALS_DIRECTORY=/run/credentials/$UNIT'"
+		check "agent runs as atm-agent (uid $uid)" status_has "^Uid:[[:space:]]*$uid[[:space:]]"
+		if [ "$INIT" = standin ]; then
+			check "agent sent READY=1" grep -qx 'READY=1' "$R/run/standin/notify.log"
+		else
+			# Type=notify: systemd calls the unit active only after READY=1.
+			check "agent sent READY=1 (active, running)" test "$(in_sys systemctl show -p ActiveState,SubState --value "$UNIT" | paste -sd,)" = active,running
+		fi
+		check "agent has the credential" env_has "CREDENTIALS_DIRECTORY=/run/credentials/$UNIT"
 		;;
 	*-health.sh)
 		check "the test card insert is stored as a visit" wait_visits 1
-		check "the visit found a face" sh -c "grep 'msg=visit ' '$LOG' | head -1 | grep -q 'outcome=face'"
+		check "the visit found a face" first_visit_found_face
 		id1=$(visit_identity 1)
 		check "/healthz: mqtt_connected true" sh -c 'for i in $(seq 60); do curl -fsS 127.0.0.1:9464/healthz | grep -q "\"mqtt_connected\":true" && exit 0; sleep 0.5; done; exit 1'
 		check "the broker has the device's status" sh -c "for i in \$(seq 60); do grep -q '^atm/ops-test-site/atm-ops-test/status ' '$W/mqtt.log' && exit 0; sleep 0.5; done; exit 1"
-		check "agent sent WATCHDOG=1" sh -c "for i in \$(seq 60); do grep -qx 'WATCHDOG=1' '$R/run/standin/notify.log' && exit 0; sleep 0.5; done; exit 1"
+		check "agent sent WATCHDOG=1" wait_for 30 watchdog_pinged
+		[ "$INIT" = standin ] || systemd_checks
 		;;
 	*-rotate-key.sh)
 		check "store.key changed" test "$(sum "$R/etc/atm-agent/store.key")" != "$(sum "$W/old.key")"
@@ -192,14 +284,14 @@ for f in "${files[@]}"; do
 	*-upgrade.sh)
 		check "installed version is $ver2" test "$(in_root dpkg-query -W -f='${Version}' atm-agent)" = "$ver2"
 		check "agent restarted by the upgrade (pid $pid1 -> $(main_pid))" test "$(main_pid)" != "$pid1"
-		check "agent runs the new binary" sh -c "alive=\$(readlink /proc/$(main_pid)/exe); [ \"\$alive\" = '$R/usr/bin/atm-agent' ]"
+		check "agent runs the new binary" test "$(in_sys readlink "/proc/$(main_pid)/exe")" = /usr/bin/atm-agent
 		check "config edit kept" grep -q '^  id: atm-ops-test ' "$R/etc/atm-agent/config.yaml"
 		check "new packaged default offered as config.yaml.dpkg-dist" grep -q "^# $ver2: a changed packaged default" "$R/etc/atm-agent/config.yaml.dpkg-dist"
 		check "store.key kept" test "$(sum "$R/etc/atm-agent/store.key")" = "$key"
 		check "healthy after the upgrade" healthz
 		;;
 	*-remove.sh)
-		check "agent stopped by the removal" sh -c "! kill -0 $(main_pid) 2>/dev/null"
+		check "agent stopped by the removal" agent_gone
 		check "binary gone" test ! -e "$R/usr/bin/atm-agent"
 		check "config, key and database kept" test -f "$R/etc/atm-agent/config.yaml" -a -f "$R/etc/atm-agent/store.key" -a -f "$R/var/lib/atm-agent/agent.db"
 		check "package state config-files" test "$(in_root dpkg-query -W -f='${db:Status-Status}' atm-agent)" = config-files
@@ -212,7 +304,7 @@ for f in "${files[@]}"; do
 		st=$(in_root dpkg-query -W -f='${db:Status-Status}' atm-agent 2>/dev/null || true)
 		check "package purged (status \"$st\")" test -z "$st" -o "$st" = not-installed
 		check "user atm-agent kept" in_root getent passwd atm-agent
-		check "nothing of the agent runs" sh -c "! kill -0 $(main_pid) 2>/dev/null"
+		check "nothing of the agent runs" agent_gone
 		;;
 	esac
 done

@@ -1,0 +1,120 @@
+#!/bin/bash
+# The atm-fleet package under Debian's real systemd: a copy of the clean
+# Debian 12 root of test-apt.sh (scripts/packaging/aptroot.sh) boots
+# systemd as its PID 1 (systemd-nspawn, with a network of its own), the .deb
+# is installed there with dpkg, and systemd runs the unit as on a server:
+# postinst enables it and leaves it stopped while no user is listed; with a
+# user it starts as a dynamic user with its credentials, no capabilities and
+# its system-call filter, answers /healthz and a sign-in over HTTP, keeps
+# its store across a crash and the restart systemd makes; a users file
+# others may write is refused by the unit's root check and the retries end
+# at the start limit; purge takes the unit, the secrets and the store. What
+# test-deb-fleet.sh does with its systemctl stand-in on the build machine,
+# done by systemd itself. Needs root and systemd-container.
+#   scripts/packaging/test-fleet-systemd.sh [DEB]   (default: the newest
+#   build/atm-fleet_*_amd64.deb)
+#   ROOT_CACHE: scripts/packaging/aptroot.sh
+set -euo pipefail
+TEST=test-fleet-systemd
+APTROOT_REPO=no
+. "$(dirname "$0")/aptroot.sh"
+DEB=${1:-$(ls -t build/atm-fleet_*_amd64.deb 2>/dev/null | head -1)}
+[ -f "$DEB" ] || { log "no .deb (make deb-fleet)"; exit 1; }
+unit=atm-fleet.service
+B=http://127.0.0.1:8080 # the packaged web.listen, inside the container
+J='Accept: application/json'
+
+aptroot_setup
+aptroot_enter
+check "curl in the root" in_root sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends curl'
+cp "$DEB" "$R/root/atm-fleet.deb"
+aptroot_boot --private-network
+
+prop() { in_sys systemctl show -p "$1" --value $unit; }
+main_pid() { local p; p=$(prop MainPID); [ "$p" != 0 ] && echo "$p"; }
+status_has() { in_sys cat "/proc/$(main_pid)/status" | grep -q "$1"; } # status_has REGEX
+journal_has() { # journal_has REGEX: the unit's journal has it (else its tail is shown)
+	local j; j=$(in_sys journalctl -u $unit --no-pager)
+	grep -q "$1" <<<"$j" || { tail -n 15 <<<"$j"; return 1; }
+}
+prop_is() { # prop_is PROPERTY VALUE (else the value is shown)
+	local v; v=$(prop "$1"); [ "$v" = "$2" ] || { echo "$1=$v"; return 1; }
+}
+stopped() { ! in_sys systemctl is-active -q $unit; }
+healthy() { in_sys curl -fsS "$B/healthz" >/dev/null; }
+state_is() { test "$(prop ActiveState)/$(prop SubState)" = "$1"; }
+running_again() { # running_again OLD_PID RESTARTS: a new main process that answers
+	local p; p=$(main_pid) || return 1
+	[ "$p" != "$1" ] && [ "$(prop NRestarts)" = "$2" ] && state_is active/running && healthy
+}
+
+echo "== install (dpkg -i, postinst under systemd)"
+install_deb() { in_sys dpkg -i /root/atm-fleet.deb >"$W/install" 2>&1 || { cat "$W/install"; return 1; }; }
+check "dpkg -i atm-fleet" install_deb
+check "the unit is enabled" test "$(in_sys systemctl is-enabled $unit)" = enabled
+check "not started while users.yaml lists no user" state_is inactive/dead
+check "install says so" grep -q 'enabled, not started' "$W/install"
+
+echo "== a user, start"
+pw="correct horse battery"
+hash=$(printf '%s\n' "$pw" | in_sys atm-fleet passwd)
+echo "  - {name: ana, role: admin, password_hash: \"$hash\"}" >>"$R/etc/atm-fleet/users.yaml"
+check "systemctl start" in_sys systemctl start $unit
+check "active and answering /healthz" wait_for 20 healthy
+uid=$(prop UID)
+check "a dynamic user (uid $uid in 61184-65519)" test "$uid" -ge 61184 -a "$uid" -le 65519
+check "the seccomp filter is on (Seccomp: 2)" status_has '^Seccomp:[[:space:]]*2$'
+check "no new privileges" status_has '^NoNewPrivs:[[:space:]]*1$'
+for c in CapEff CapPrm CapBnd; do
+	check "no capabilities: $c" status_has "^$c:[[:space:]]*0000000000000000$"
+done
+for c in users.yaml session.key; do
+	check "credential $c: 0400, the service's" test "$(in_sys stat -c '%a %u' /run/credentials/$unit/$c)" = "400 $uid"
+done
+check "the store in the private state directory, the service's, 0600" \
+	test "$(in_sys stat -c '%a %u' /var/lib/private/atm-fleet/fleet.db)" = "600 $uid"
+check "/var/lib/atm-fleet is systemd's link to it" test "$(in_sys readlink /var/lib/atm-fleet)" = private/atm-fleet
+exposure=$(in_sys systemd-analyze security --no-pager $unit 2>/dev/null | sed -nE 's/^→ Overall exposure level for .*: ([0-9.]+) .*/\1/p')
+echo "info systemd-analyze security $unit: exposure $exposure"
+check "exposure level $exposure below 2.0" awk -v e="${exposure:-99}" 'BEGIN { exit !(e < 2.0) }'
+
+# Sign in as a program does (docs/fleet.md "JSON API").
+jar=/root/jar
+csrf=$(in_sys curl -fsS -c $jar -H "$J" "$B/login" | sed -n 's/.*"csrf": *"\([^"]*\)".*/\1/p')
+check "GET /login gives a sign-in token" test -n "$csrf"
+sign_in() {
+	in_sys curl -fsS -b $jar -c $jar -H "$J" --data-urlencode "csrf=$csrf" --data-urlencode user=ana \
+		--data-urlencode "password=$pw" "$B/login" | grep -Eq '"role": *"admin"'
+}
+check "sign-in as ana (role admin)" sign_in
+check "GET /api/v1/devices signed in" in_sys curl -fsS -o /dev/null -b $jar -H "$J" "$B/api/v1/devices"
+
+echo "== a crash"
+n=$(prop NRestarts)
+p=$(main_pid)
+check "systemctl kill -s KILL (pid $p)" in_sys systemctl kill -s KILL --kill-whom=main $unit
+check "restarted by systemd after RestartSec=5s, answering again" wait_for 30 running_again "$p" $((n + 1))
+check "the session survives the restart (store and session key kept)" in_sys curl -fsS -o /dev/null -b $jar -H "$J" "$B/api/v1/session"
+
+echo "== a users file others may write"
+chmod 0666 "$R/etc/atm-fleet/users.yaml"
+in_sys systemctl restart $unit >/dev/null 2>&1 || true
+t0=$SECONDS
+check "refused by the root check of the sources, retries end at the start limit" wait_for 90 state_is failed/failed
+echo "info failed for good after $((SECONDS - t0)) s, $(prop NRestarts) restarts in all"
+check "  ... the journal says the start limit ended them" wait_for 10 journal_has 'Start request repeated too quickly'
+check "  ... and names the file" wait_for 10 journal_has /etc/atm-fleet/users.yaml
+n=$(prop NRestarts)
+sleep 6
+check "  ... no restart after it (RestartSec=5s passed)" prop_is NRestarts "$n"
+chmod 0600 "$R/etc/atm-fleet/users.yaml"
+in_sys systemctl reset-failed $unit
+check "fixed: systemctl restart starts it" in_sys systemctl restart $unit
+check "  ... answering" wait_for 20 healthy
+
+echo "== purge"
+check "dpkg --purge atm-fleet" in_sys dpkg --purge atm-fleet
+check "stopped" stopped
+check "unit, config, secrets and store gone" sh -c "for f in /lib/systemd/system/$unit /etc/atm-fleet /var/lib/private/atm-fleet /var/lib/atm-fleet; do test ! -e '$R'\$f -a ! -L '$R'\$f || exit 1; done"
+check "not enabled any more" test ! -L "$R/etc/systemd/system/multi-user.target.wants/$unit"
+aptroot_done
