@@ -132,9 +132,11 @@ wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds
 aptroot_done() {
 	if [ "$fails" -gt 0 ]; then
 		echo "$TEST ($ARCH): $fails of $checks check(s) failed"
+		echo "$TEST: $((checks - fails)) passed, $fails failed"
 		exit 1
 	fi
 	echo "$TEST ($ARCH): all $checks checks passed"
+	echo "$TEST: $checks passed, 0 failed"
 }
 
 # The repository as a kiosk sees it: served from a local path in the root,
