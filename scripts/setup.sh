@@ -17,7 +17,11 @@ cd "$(dirname "$0")/.."
 # mosquitto-clients: mosquitto_pub floods the command topic from a process of
 # its own (sync/mqttsync, TestMosquittoForgedCommandFlood). curl: the fleet
 # package's install test signs in over HTTP (scripts/packaging/test-deb-fleet.sh).
-APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto mosquitto-clients systemd postgresql chromium prometheus libopenblas0-pthread curl)
+# systemd-container, mmdebstrap, reprepro, gnupg: `make test-systemd` boots
+# Debian's systemd in a clean root and installs the packages there from a
+# signed repository (docs/packaging.md "Under the real systemd").
+APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto mosquitto-clients systemd postgresql chromium prometheus libopenblas0-pthread curl
+  systemd-container mmdebstrap reprepro gnupg)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
