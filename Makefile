@@ -173,6 +173,22 @@ test-ops: apt-repo-ops
 test-ops-systemd: apt-repo-ops
 	APT_REPO=build/apt-repo-ops ARCH=amd64 INIT=systemd bash scripts/packaging/test-ops.sh
 
+# The atm-fleet package for arm64 alone (pure Go: no sysroot).
+.PHONY: deb-fleet-arm64 test-apt-fleet
+deb-fleet-arm64: build-fleet
+	CGO_ENABLED=0 GOARCH=arm64 go build $(GOFLAGS_BUILD) -o build/atm-fleet-arm64 ./cmd/atm-fleet
+	DEB_ARCH=arm64 bash scripts/packaging/build-deb-fleet.sh
+
+# atm-fleet from a signed repository into clean Debian 12 roots, amd64 and
+# arm64 (under qemu, binfmt_misc): install, a user, the service answering a
+# sign-in, upgrade keeping config, secrets and store, purge
+# (scripts/packaging/test-apt-fleet.sh). Needs root; ~3 min with the roots
+# cached.
+test-apt-fleet: deb-fleet deb-fleet-arm64
+	APT_REPO=build/apt-repo-fleet DEBS="$$(ls -t build/atm-fleet_*_amd64.deb | head -1) $$(ls -t build/atm-fleet_*_arm64.deb | head -1)" bash scripts/packaging/apt-repo.sh >/dev/null
+	APT_REPO=build/apt-repo-fleet ARCH=amd64 bash scripts/packaging/test-apt-fleet.sh
+	APT_REPO=build/apt-repo-fleet ARCH=arm64 bash scripts/packaging/test-apt-fleet.sh
+
 # The atm-fleet package under the same real systemd: postinst, the dynamic
 # user, credentials and sandbox, sign-in, a crash, the start limit, purge
 # (scripts/packaging/test-fleet-systemd.sh). Needs root.

@@ -1,5 +1,6 @@
 #!/bin/bash
-# Build a signed apt repository (reprepro) holding the atm-agent packages:
+# Build a signed apt repository (reprepro) holding the atm-agent packages
+# (atm-agent, atm-tools, atm-fleet):
 # what a fleet operator mirrors or serves to thousands of kiosks, so that
 # `apt install atm-agent` and `apt upgrade` work like for any Debian package.
 # Run from the repository root (make apt-repo).
@@ -9,8 +10,9 @@
 #               a real repository is signed with the bank's own key, see
 #               docs/packaging.md "apt repository")
 #   APT_SUITE   distribution codename (default bookworm)
-#   DEBS        packages to add (default: the newest build/atm-agent_*_ARCH.deb
-#               and build/atm-tools_*_ARCH.deb of amd64 and arm64 that exist)
+#   DEBS        packages to add (default: the newest build/atm-agent_*_ARCH.deb,
+#               build/atm-tools_*_ARCH.deb and build/atm-fleet_*_ARCH.deb of
+#               amd64 and arm64 that exist)
 # The repository's public key is written beside it as
 # atm-agent-archive-keyring.gpg (binary, for a sources entry's Signed-By).
 set -euo pipefail
@@ -24,7 +26,7 @@ for t in reprepro gpg; do
 done
 if [ -z "${DEBS:-}" ]; then
 	DEBS=
-	for p in atm-agent atm-tools; do
+	for p in atm-agent atm-tools atm-fleet; do
 		for a in amd64 arm64; do
 			d=$(ls -t build/"$p"_*_"$a".deb 2>/dev/null | head -1 || true)
 			[ -n "$d" ] && DEBS="$DEBS $d"

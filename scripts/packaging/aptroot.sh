@@ -156,24 +156,27 @@ Components: main
 Signed-By: /usr/share/keyrings/atm-agent-archive-keyring.gpg
 EOS
 }
-# repo_version: the ARCH atm-agent version the repository holds.
+# repo_version [PACKAGE]: the ARCH version of PACKAGE (default atm-agent)
+# the repository holds.
 repo_version() {
-	reprepro -b "$REPO" --list-format '${version}\n' -A "$ARCH" list "$SUITE" atm-agent
+	reprepro -b "$REPO" --list-format '${version}\n' -A "$ARCH" list "$SUITE" "${1:-atm-agent}"
 }
-# publish_newer VERSION: the repository's atm-agent repacked as VERSION,
-# added to a copy of the repository, published in the root. Its packaged
-# config differs (a line appended), as in a release whose default config
-# changed: with the operator's edit, dpkg then has a conffile question to
-# answer, which an unattended upgrade must answer by its options
-# (docs/operations.md "Upgrade").
+# publish_newer VERSION [PACKAGE]: the repository's PACKAGE (default
+# atm-agent) repacked as VERSION, added to a copy of the repository,
+# published in the root. Its packaged config (etc/PACKAGE/config.yaml)
+# differs (a line appended), as in a release whose default config changed:
+# with the operator's edit, dpkg then has a conffile question to answer,
+# which an unattended upgrade must answer by its options (docs/operations.md
+# "Upgrade").
 publish_newer() {
-	local deb
-	deb=$(ls "$REPO"/pool/main/a/atm-agent/atm-agent_*_"$ARCH".deb | head -1)
+	local deb pkg=${2:-atm-agent} conf
+	conf=etc/${2:-atm-agent}/config.yaml
+	deb=$(ls "$REPO"/pool/main/a/"$pkg"/"$pkg"_*_"$ARCH".deb | head -1)
 	rm -rf "$W/pkg" "$W/repo2"
 	dpkg-deb -R "$deb" "$W/pkg"
 	sed -i "s/^Version: .*/Version: $1/" "$W/pkg/DEBIAN/control"
-	echo "# $1: a changed packaged default" >>"$W/pkg/etc/atm-agent/config.yaml"
-	sed -i "s|^[0-9a-f]*  etc/atm-agent/config.yaml\$|$(md5sum <"$W/pkg/etc/atm-agent/config.yaml" | cut -d' ' -f1)  etc/atm-agent/config.yaml|" "$W/pkg/DEBIAN/md5sums"
+	echo "# $1: a changed packaged default" >>"$W/pkg/$conf"
+	sed -i "s|^[0-9a-f]*  $conf\$|$(md5sum <"$W/pkg/$conf" | cut -d' ' -f1)  $conf|" "$W/pkg/DEBIAN/md5sums"
 	dpkg-deb -Zgzip -z1 -b "$W/pkg" "$W/upgrade.deb" >/dev/null
 	rm -rf "$W/pkg"
 	cp -a "$REPO" "$W/repo2"
