@@ -113,6 +113,18 @@ in_sys() {
 	nsenter -t "$ct" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 		LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
 }
+# The caller's unit in the booted root ($UNIT): a property, the main
+# process (none: fails), a line of that process's /proc status, a line of
+# the unit's journal (else its tail is shown), and the exposure level
+# systemd-analyze security gives it.
+prop() { in_sys systemctl show -p "$1" --value "$UNIT"; }
+main_pid() { local p; p=$(prop MainPID); [ "$p" != 0 ] && echo "$p"; }
+status_has() { in_sys cat "/proc/$(main_pid)/status" | grep -q "$1"; } # status_has REGEX
+journal_has() { # journal_has REGEX
+	local j; j=$(in_sys journalctl -u "$UNIT" --no-pager)
+	grep -q "$1" <<<"$j" || { tail -n 12 <<<"$j"; return 1; }
+}
+exposure() { in_sys systemd-analyze security --no-pager "$UNIT" 2>/dev/null | sed -nE 's/^→ Overall exposure level for .*: ([0-9.]+) .*/\1/p'; }
 
 fails=0
 checks=0

@@ -20,7 +20,7 @@ APTROOT_REPO=no
 . "$(dirname "$0")/aptroot.sh"
 DEB=${1:-$(ls -t build/atm-fleet_*_amd64.deb 2>/dev/null | head -1)}
 [ -f "$DEB" ] || { log "no .deb (make deb-fleet)"; exit 1; }
-unit=atm-fleet.service
+UNIT=atm-fleet.service
 B=http://127.0.0.1:8080 # the packaged web.listen, inside the container
 J='Accept: application/json'
 
@@ -30,17 +30,10 @@ check "curl in the root" in_root sh -c 'apt-get update -qq && apt-get install -y
 cp "$DEB" "$R/root/atm-fleet.deb"
 aptroot_boot --private-network
 
-prop() { in_sys systemctl show -p "$1" --value $unit; }
-main_pid() { local p; p=$(prop MainPID); [ "$p" != 0 ] && echo "$p"; }
-status_has() { in_sys cat "/proc/$(main_pid)/status" | grep -q "$1"; } # status_has REGEX
-journal_has() { # journal_has REGEX: the unit's journal has it (else its tail is shown)
-	local j; j=$(in_sys journalctl -u $unit --no-pager)
-	grep -q "$1" <<<"$j" || { tail -n 15 <<<"$j"; return 1; }
-}
 prop_is() { # prop_is PROPERTY VALUE (else the value is shown)
 	local v; v=$(prop "$1"); [ "$v" = "$2" ] || { echo "$1=$v"; return 1; }
 }
-stopped() { ! in_sys systemctl is-active -q $unit; }
+stopped() { ! in_sys systemctl is-active -q $UNIT; }
 healthy() { in_sys curl -fsS "$B/healthz" >/dev/null; }
 state_is() { test "$(prop ActiveState)/$(prop SubState)" = "$1"; }
 running_again() { # running_again OLD_PID RESTARTS: a new main process that answers
@@ -51,7 +44,7 @@ running_again() { # running_again OLD_PID RESTARTS: a new main process that answ
 echo "== install (dpkg -i, postinst under systemd)"
 install_deb() { in_sys dpkg -i /root/atm-fleet.deb >"$W/install" 2>&1 || { cat "$W/install"; return 1; }; }
 check "dpkg -i atm-fleet" install_deb
-check "the unit is enabled" test "$(in_sys systemctl is-enabled $unit)" = enabled
+check "the unit is enabled" test "$(in_sys systemctl is-enabled $UNIT)" = enabled
 check "not started while users.yaml lists no user" state_is inactive/dead
 check "install says so" grep -q 'enabled, not started' "$W/install"
 
@@ -59,7 +52,7 @@ echo "== a user, start"
 pw="correct horse battery"
 hash=$(printf '%s\n' "$pw" | in_sys atm-fleet passwd)
 echo "  - {name: ana, role: admin, password_hash: \"$hash\"}" >>"$R/etc/atm-fleet/users.yaml"
-check "systemctl start" in_sys systemctl start $unit
+check "systemctl start" in_sys systemctl start $UNIT
 check "active and answering /healthz" wait_for 20 healthy
 uid=$(prop UID)
 check "a dynamic user (uid $uid in 61184-65519)" test "$uid" -ge 61184 -a "$uid" -le 65519
@@ -69,13 +62,13 @@ for c in CapEff CapPrm CapBnd; do
 	check "no capabilities: $c" status_has "^$c:[[:space:]]*0000000000000000$"
 done
 for c in users.yaml session.key; do
-	check "credential $c: 0400, the service's" test "$(in_sys stat -c '%a %u' /run/credentials/$unit/$c)" = "400 $uid"
+	check "credential $c: 0400, the service's" test "$(in_sys stat -c '%a %u' /run/credentials/$UNIT/$c)" = "400 $uid"
 done
 check "the store in the private state directory, the service's, 0600" \
 	test "$(in_sys stat -c '%a %u' /var/lib/private/atm-fleet/fleet.db)" = "600 $uid"
 check "/var/lib/atm-fleet is systemd's link to it" test "$(in_sys readlink /var/lib/atm-fleet)" = private/atm-fleet
-exposure=$(in_sys systemd-analyze security --no-pager $unit 2>/dev/null | sed -nE 's/^→ Overall exposure level for .*: ([0-9.]+) .*/\1/p')
-echo "info systemd-analyze security $unit: exposure $exposure"
+exposure=$(exposure)
+echo "info systemd-analyze security $UNIT: exposure $exposure"
 check "exposure level $exposure below 2.0" awk -v e="${exposure:-99}" 'BEGIN { exit !(e < 2.0) }'
 
 # Sign in as a program does (docs/fleet.md "JSON API").
@@ -92,13 +85,13 @@ check "GET /api/v1/devices signed in" in_sys curl -fsS -o /dev/null -b $jar -H "
 echo "== a crash"
 n=$(prop NRestarts)
 p=$(main_pid)
-check "systemctl kill -s KILL (pid $p)" in_sys systemctl kill -s KILL --kill-whom=main $unit
+check "systemctl kill -s KILL (pid $p)" in_sys systemctl kill -s KILL --kill-whom=main $UNIT
 check "restarted by systemd after RestartSec=5s, answering again" wait_for 30 running_again "$p" $((n + 1))
 check "the session survives the restart (store and session key kept)" in_sys curl -fsS -o /dev/null -b $jar -H "$J" "$B/api/v1/session"
 
 echo "== a users file others may write"
 chmod 0666 "$R/etc/atm-fleet/users.yaml"
-in_sys systemctl restart $unit >/dev/null 2>&1 || true
+in_sys systemctl restart $UNIT >/dev/null 2>&1 || true
 t0=$SECONDS
 check "refused by the root check of the sources, retries end at the start limit" wait_for 90 state_is failed/failed
 echo "info failed for good after $((SECONDS - t0)) s, $(prop NRestarts) restarts in all"
@@ -108,13 +101,13 @@ n=$(prop NRestarts)
 sleep 6
 check "  ... no restart after it (RestartSec=5s passed)" prop_is NRestarts "$n"
 chmod 0600 "$R/etc/atm-fleet/users.yaml"
-in_sys systemctl reset-failed $unit
-check "fixed: systemctl restart starts it" in_sys systemctl restart $unit
+in_sys systemctl reset-failed $UNIT
+check "fixed: systemctl restart starts it" in_sys systemctl restart $UNIT
 check "  ... answering" wait_for 20 healthy
 
 echo "== purge"
 check "dpkg --purge atm-fleet" in_sys dpkg --purge atm-fleet
 check "stopped" stopped
-check "unit, config, secrets and store gone" sh -c "for f in /lib/systemd/system/$unit /etc/atm-fleet /var/lib/private/atm-fleet /var/lib/atm-fleet; do test ! -e '$R'\$f -a ! -L '$R'\$f || exit 1; done"
-check "not enabled any more" test ! -L "$R/etc/systemd/system/multi-user.target.wants/$unit"
+check "unit, config, secrets and store gone" sh -c "for f in /lib/systemd/system/$UNIT /etc/atm-fleet /var/lib/private/atm-fleet /var/lib/atm-fleet; do test ! -e '$R'\$f -a ! -L '$R'\$f || exit 1; done"
+check "not enabled any more" test ! -L "$R/etc/systemd/system/multi-user.target.wants/$UNIT"
 aptroot_done

@@ -138,7 +138,6 @@ else
 	# starts (a controller runs it). The container shares the host's
 	# network: the broker and the health port are on 127.0.0.1.
 	aptroot_boot
-	main_pid() { local p; p=$(in_sys systemctl show -p MainPID --value "$UNIT"); [ "$p" != 0 ] && echo "$p"; }
 	svc_log() { in_sys journalctl -u "$UNIT" -o cat --no-pager 2>/dev/null; }
 fi
 
@@ -150,7 +149,6 @@ wait_visits() { # wait_visits N: up to 120 s for N visit lines
 visit_identity() { svc_log | grep 'msg=visit ' | sed -n "${1}p" | sed -nE 's/.* identity=([a-z0-9-]+) .*/\1/p'; }
 healthz() { curl -fsS 127.0.0.1:9464/healthz; }
 trigger() { in_sys curl -fsS --unix-socket /run/atm-agent/trigger.sock -X POST -d "{\"txn_id\":\"$1\"}" http://agent/v1/visit; }
-status_has() { in_sys cat "/proc/$(main_pid)/status" | grep -q "$1"; } # status_has REGEX: the main process's /proc status
 env_has() { in_sys cat "/proc/$(main_pid)/environ" | tr '\0' '\n' | grep -qx "$1"; }
 first_visit_found_face() { svc_log | grep 'msg=visit ' | head -1 | grep -q 'outcome=face'; }
 # agent_gone: no process in the root runs the agent's binary (also once
@@ -170,11 +168,6 @@ watchdog_pinged() {
 # Under the real systemd only, after the health step: the unit's sandbox as
 # the kernel applies it to the agent, and what systemd does when the agent
 # dies or hangs. The unit is as it was when they end.
-journal_has() { # journal_has REGEX: the unit's journal has it (else its tail is shown)
-	local j; j=$(in_sys journalctl -u "$UNIT" --no-pager)
-	grep -q "$1" <<<"$j" || { tail -n 12 <<<"$j"; return 1; }
-}
-prop() { in_sys systemctl show -p "$1" --value "$UNIT"; }
 running_again() { # running_again OLD_PID RESTARTS: a new main process, active
 	local p; p=$(main_pid) || return 1
 	[ "$p" != "$1" ] && [ "$(prop NRestarts)" = "$2" ] && [ "$(prop SubState)" = running ] && healthz >/dev/null
@@ -187,7 +180,7 @@ systemd_checks() {
 	check "no capabilities: permitted" status_has "^CapPrm:[[:space:]]*$caps$"
 	check "no capabilities: bounding set" status_has "^CapBnd:[[:space:]]*$caps$"
 	check "memory limit 400M" test "$(prop MemoryMax)" = $((400 * 1024 * 1024))
-	exposure=$(in_sys systemd-analyze security --no-pager "$UNIT" 2>/dev/null | sed -nE 's/^→ Overall exposure level for .*: ([0-9.]+) .*/\1/p')
+	exposure=$(exposure)
 	echo "info systemd-analyze security $UNIT: exposure $exposure"
 	check "exposure level $exposure below 3.0" awk -v e="${exposure:-99}" 'BEGIN { exit !(e < 3.0) }'
 
