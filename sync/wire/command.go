@@ -51,8 +51,13 @@ type CommandArgs struct {
 	// Visits are the visit ids to move off ID (split_visits):
 	// 1..MaxSplitVisits distinct ids.
 	Visits []string `json:"visits,omitempty"`
+	// ReplyKey, on any command, asks for the result sealed to this
+	// one-time X25519 public key (base64url, no padding; see SealResult):
+	// the reply carries Sealed instead of Result.
+	ReplyKey string `json:"reply_key,omitempty"`
 }
 
+// empty: no argument but reply_key (which every command takes).
 func (a CommandArgs) empty() bool { return a.ID == "" && a.Into == "" && len(a.Visits) == 0 }
 
 // IdentityVisitsResult is the result of identity_visits: what an analyst
@@ -123,6 +128,10 @@ type Reply struct {
 	OK            bool            `json:"ok"`
 	Error         string          `json:"error,omitempty"`
 	Result        json.RawMessage `json:"result,omitempty"`
+	// Sealed replaces Result when the command carried args.reply_key:
+	// the result's JSON bytes sealed to that key (SealResult). Error is
+	// never sealed: it holds no visit data.
+	Sealed string `json:"sealed,omitempty"`
 }
 
 // DecodeCommand strictly decodes a command payload (the signed bytes, see
@@ -165,6 +174,16 @@ func DecodeCommand(b []byte) (Command, error) {
 	}
 	if err := checkArgs(c.Command, c.Args); err != nil {
 		return Command{}, fmt.Errorf("%w: %v", ErrCommand, err)
+	}
+	var present struct {
+		Args struct {
+			ReplyKey *string `json:"reply_key"`
+		} `json:"args"`
+	}
+	if json.Unmarshal(b, &present) == nil && present.Args.ReplyKey != nil || c.Args.ReplyKey != "" {
+		if _, err := ParseReplyKey(c.Args.ReplyKey); err != nil {
+			return Command{}, fmt.Errorf("%w: args.reply_key: %v", ErrCommand, err)
+		}
 	}
 	return c, nil
 }

@@ -179,11 +179,50 @@ func TestSchemasReject(t *testing.T) {
 		{"signed command short sig", "signed_command", mutate("signed_command", func(m map[string]any) { m["sig"] = "AAAA" })},
 		{"signed command with key id", "signed_command", mutate("signed_command", func(m map[string]any) { m["key_id"] = "k1" })},
 		{"unsigned command on the topic", "signed_command", s["command"]},
+		{"reply with result and sealed", "reply", mutate("reply", func(m map[string]any) { m["sealed"] = strings.Repeat("A", 80) })},
+		{"reply sealed in standard base64", "reply", mutate("reply", func(m map[string]any) { delete(m, "result"); m["sealed"] = strings.Repeat("+", 80) })},
+		{"command short reply key", "command", mutate("command", func(m map[string]any) { m["args"].(map[string]any)["reply_key"] = testReplyKey[:42] })},
+		{"command padded reply key", "command", mutate("command", func(m map[string]any) { m["args"].(map[string]any)["reply_key"] = testReplyKey[:42] + "=" })},
+		{"command reply key with junk bits", "command", mutate("command", func(m map[string]any) { m["args"].(map[string]any)["reply_key"] = testReplyKey[:42] + "B" })},
+		{"ping with id beside a reply key", "command", mutate("command", func(m map[string]any) {
+			m["command"], m["args"] = "ping", map[string]any{"id": "p-1", "reply_key": testReplyKey}
+		})},
 	}
 	for _, tc := range tests {
 		if err := validate(t, schemas[tc.schema], tc.b); err == nil {
 			t.Errorf("%s: schema accepted %s", tc.name, tc.b)
 		}
+	}
+}
+
+// TestSchemasAcceptSealed: a reply_key on any command, and a reply that
+// carries sealed instead of result, are what the schemas describe.
+func TestSchemasAcceptSealed(t *testing.T) {
+	schemas := compileSchemas(t)
+	for _, name := range []CommandName{CmdPing, CmdPublishSummary, CmdPurgeIdentity, CmdIdentityVisits} {
+		c := Command{Envelope: Envelope{SchemaVersion: CommandSchemaVersion, MessageID: "c-0002", Device: "atm-0042", Site: "lyon-07", TS: t0},
+			Command: name, Args: CommandArgs{ReplyKey: testReplyKey}}
+		if name == CmdPurgeIdentity || name == CmdIdentityVisits {
+			c.Args.ID = "p-1"
+		}
+		b, _ := json.Marshal(c)
+		if _, err := DecodeCommand(b); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		if err := validate(t, schemas["command"], b); err != nil {
+			t.Errorf("%s with a reply key: %v\n%s", name, err, b)
+		}
+	}
+	_, pub, _ := NewReplyKey()
+	r := Reply{Envelope: NewEnvelope("lyon-07", "atm-0042", t0), CorrelationID: "c-0002", Command: CmdIdentityVisits, OK: true}
+	r.Seq, r.MessageID = 1041, "r-55e3"
+	var err error
+	if r.Sealed, err = SealResult(pub, r.SealContext(), []byte(`{"identity":"p-1","total":0,"visits":[]}`)); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(r)
+	if err := validate(t, schemas["reply"], b); err != nil {
+		t.Errorf("sealed reply: %v\n%s", err, b)
 	}
 }
 

@@ -248,6 +248,17 @@ func TestDecodeCommand(t *testing.T) {
 		{"visits with into", `{` + head + `,"command":"identity_visits","args":{"id":"p-1","into":"p-2"}}`, "", ""},
 		{"purge with visits", `{` + head + `,"command":"purge_identity","args":{"id":"p-1","visits":["v-1"]}}`, "", ""},
 		{"ping with visits", `{` + head + `,"command":"ping","args":{"visits":["v-1"]}}`, "", ""},
+		// reply_key: on any command, a strict base64url X25519 key.
+		{"visits sealed", `{` + head + `,"command":"identity_visits","args":{"id":"p-1","reply_key":"` + testReplyKey + `"}}`, CmdIdentityVisits, "p-1"},
+		{"ping sealed", `{` + head + `,"command":"ping","args":{"reply_key":"` + testReplyKey + `"}}`, CmdPing, ""},
+		{"publish sealed", `{` + head + `,"command":"publish_summary","args":{"reply_key":"` + testReplyKey + `"}}`, CmdPublishSummary, ""},
+		{"empty reply key", `{` + head + `,"command":"ping","args":{"reply_key":""}}`, "", ""},
+		{"short reply key", `{` + head + `,"command":"ping","args":{"reply_key":"` + testReplyKey[:42] + `"}}`, "", ""},
+		{"long reply key", `{` + head + `,"command":"ping","args":{"reply_key":"` + testReplyKey + `AA"}}`, "", ""},
+		{"padded reply key", `{` + head + `,"command":"ping","args":{"reply_key":"` + testReplyKey + `="}}`, "", ""},
+		{"std base64 reply key", `{` + head + `,"command":"ping","args":{"reply_key":"` + strings.Repeat("+", 43) + `"}}`, "", ""},
+		{"reply key with junk bits", `{` + head + `,"command":"ping","args":{"reply_key":"` + testReplyKey[:42] + `B"}}`, "", ""},
+		{"reply key twice", `{` + head + `,"command":"ping","args":{"reply_key":"` + testReplyKey + `","reply_key":"` + testReplyKey + `"}}`, "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
