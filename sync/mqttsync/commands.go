@@ -123,7 +123,7 @@ func (p *Publisher) onCommand(c mqtt.Client, m mqtt.Message) {
 	if cmd.Device != p.cfg.Topic.Device || cmd.Site != p.cfg.Topic.Site {
 		err := fmt.Errorf("command for %s/%s sent to %s/%s", cmd.Site, cmd.Device, p.cfg.Topic.Site, p.cfg.Topic.Device)
 		p.reject(rejWrongDevice, err, "key", keyName, "id", cmd.MessageID)
-		p.reply(c, cmd.MessageID, cmd.Command, nil, err)
+		p.reply(c, cmd.MessageID, cmd.Command, cmd.Args.ReplyKey, nil, err)
 		return
 	}
 	if err := p.guard.seen.admit(cmd.MessageID, cmd.TS, p.now()); err != nil {
@@ -145,7 +145,7 @@ func (p *Publisher) onCommand(c mqtt.Client, m mqtt.Message) {
 		default:
 			p.reject(rejUnavailable, err, "key", keyName, "id", cmd.MessageID)
 		}
-		p.reply(c, cmd.MessageID, cmd.Command, nil, err)
+		p.reply(c, cmd.MessageID, cmd.Command, cmd.Args.ReplyKey, nil, err)
 		return
 	}
 	p.cmdAccepted.Add(1)
@@ -165,7 +165,7 @@ func (p *Publisher) onCommand(c mqtt.Client, m mqtt.Message) {
 		}
 	}
 	p.log.Info("mqtt command", "command", cmd.Command, "id", cmd.MessageID, "key", keyName, "ok", err == nil)
-	p.reply(c, cmd.MessageID, cmd.Command, result, err)
+	p.reply(c, cmd.MessageID, cmd.Command, cmd.Args.ReplyKey, result, err)
 }
 
 // replyLoose answers a signed payload that did not decode as a command,
@@ -181,7 +181,7 @@ func (p *Publisher) replyLoose(c mqtt.Client, payload []byte, err error) {
 	if len(loose.Command) > 64 {
 		loose.Command = ""
 	}
-	p.reply(c, loose.MessageID, loose.Command, nil, err)
+	p.reply(c, loose.MessageID, loose.Command, "", nil, err)
 }
 
 // reject counts a refused command and logs it: the first of each reason
@@ -214,7 +214,13 @@ type rejectLog struct {
 	total uint64
 }
 
-func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, result any, cmdErr error) {
+// reply publishes the answer to one command. With a replyKey (the
+// command's args.reply_key) the result goes sealed to it (wire.SealResult),
+// never in clear: a result that cannot be sealed is answered by an error.
+// The error of a refusal stays in clear (it names no visit data: the
+// command's own arguments at most, which the signed command carries in
+// clear too).
+func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, replyKey string, result any, cmdErr error) {
 	r := wire.Reply{Envelope: wire.NewEnvelope(p.cfg.Topic.Site, p.cfg.Topic.Device, p.now()),
 		CorrelationID: corr, Command: name, OK: cmdErr == nil}
 	r.MessageID = randomID("r")
@@ -229,9 +235,9 @@ func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, res
 	if r.Result, err = resultJSON(result); err != nil {
 		r.OK, r.Error = false, "marshal result: "+err.Error()
 	}
-	b, err := json.Marshal(r)
+	b, err := encodeReply(r, replyKey)
 	if err == nil && len(b) > p.cfg.MaxMessageSize {
-		b, err = p.fitReply(r, result, len(b))
+		b, err = p.fitReply(r, replyKey, result, len(b))
 	}
 	if err == nil {
 		p.mu.Lock()
@@ -242,6 +248,17 @@ func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, res
 	if err != nil && !errors.Is(err, context.Canceled) {
 		p.setErr(fmt.Errorf("publish reply: %w", err))
 	}
+}
+
+// encodeReply is the reply's payload: with a replyKey, its result (an ok
+// reply's, {} when it has none) sealed to it in the reply's context
+// instead of in clear. A sealing error turns the reply into one that says
+// so, with no result at all.
+func encodeReply(r wire.Reply, replyKey string) ([]byte, error) {
+	if err := r.Seal(replyKey); err != nil {
+		r.OK, r.Error = false, "the command ran, but its result could not be sealed to args.reply_key: "+err.Error()
+	}
+	return json.Marshal(r)
 }
 
 // resultJSON is a command's result as a reply carries it: an object, or
@@ -266,7 +283,10 @@ func resultJSON(result any) (json.RawMessage, error) {
 // truncated set; any other result (none of a change is ever this large) is
 // replaced by an error that says the command ran and its result was too
 // large.
-func (p *Publisher) fitReply(r wire.Reply, result any, n int) ([]byte, error) {
+//
+// The size measured is that of the reply as published: with a replyKey,
+// the sealed result (wire.SealedLen: the HPKE overhead, in base64).
+func (p *Publisher) fitReply(r wire.Reply, replyKey string, result any, n int) ([]byte, error) {
 	limit := p.cfg.MaxMessageSize
 	var iv wire.IdentityVisitsResult
 	switch v := result.(type) {
@@ -284,7 +304,7 @@ func (p *Publisher) fitReply(r wire.Reply, result any, n int) ([]byte, error) {
 		if r.Result, err = json.Marshal(iv); err != nil {
 			return nil, err
 		}
-		return json.Marshal(r)
+		return encodeReply(r, replyKey)
 	}
 	// The largest k of the newest visits whose reply fits.
 	lo, hi := 0, len(all)-1 // all of them did not fit
@@ -312,7 +332,7 @@ func (p *Publisher) fitReply(r wire.Reply, result any, n int) ([]byte, error) {
 func (p *Publisher) oversizeReply(r wire.Reply, n int) ([]byte, error) {
 	p.log.Warn("mqtt: command reply larger than max_message_size: its result is not sent",
 		"id", r.CorrelationID, "command", r.Command, "bytes", n, "max_message_size", p.cfg.MaxMessageSize)
-	r.Result = nil
+	r.Result, r.Sealed = nil, ""
 	if r.OK {
 		r.OK = false
 		r.Error = fmt.Sprintf("the command ran, but its reply (%d bytes) is larger than the agent's mqtt.max_message_size %d: its result is not sent", n, p.cfg.MaxMessageSize)

@@ -42,7 +42,11 @@ func (f reviewCommands) HandleCommand(_ context.Context, c wire.Command) (any, e
 // identity_visits reply of 100 visits with long transaction ids (some
 // 31 KB) arrives cut to its newest visits that fit, truncated, total
 // unchanged; one that fits is sent whole; another result too large is
-// answered with an error instead of being dropped by the broker.
+// answered with an error instead of being dropped by the broker. The same
+// with args.reply_key: the size measured is the sealed one (the HPKE
+// overhead, in base64), the results open with the key, and no transaction
+// id is in the bytes the broker carries; a result that cannot be sealed
+// is answered by an error.
 func TestMosquittoReplyFitsMaxMessageSize(t *testing.T) {
 	skipShort(t)
 	const limit = 16384
@@ -68,7 +72,17 @@ func TestMosquittoReplyFitsMaxMessageSize(t *testing.T) {
 	send("c-many", "identity_visits", `{"id":"p-many"}`)
 	send("c-few", "identity_visits", `{"id":"p-few"}`)
 	send("c-big", "publish_summary", "")
-	waitFor(t, 5*time.Second, "3 replies", func() bool { return len(col.snapshot()) == 3 })
+	priv, key, err := wire.NewReplyKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	send("c-many-sealed", "identity_visits", `{"id":"p-many","reply_key":"`+key+`"}`)
+	send("c-few-sealed", "identity_visits", `{"id":"p-few","reply_key":"`+key+`"}`)
+	send("c-big-sealed", "publish_summary", `{"reply_key":"`+key+`"}`)
+	// A key nothing can be sealed to (a low-order point, 32 bytes all
+	// the same): an error, never the result in clear.
+	send("c-zero-key-sealed", "identity_visits", `{"id":"p-few","reply_key":"`+strings.Repeat("A", 43)+`"}`)
+	waitFor(t, 5*time.Second, "7 replies", func() bool { return len(col.snapshot()) == 7 })
 
 	schema := compileSchema(t, "reply")
 	replies := map[string]wire.Reply{}
@@ -81,6 +95,16 @@ func TestMosquittoReplyFitsMaxMessageSize(t *testing.T) {
 		if err := json.Unmarshal(r.Payload, &rep); err != nil {
 			t.Fatal(err)
 		}
+		if strings.HasSuffix(rep.CorrelationID, "-sealed") {
+			if rep.Result != nil || strings.Contains(string(r.Payload), "BANK-TXN") {
+				t.Fatalf("%s: a result in clear: %.300s", rep.CorrelationID, r.Payload)
+			}
+			if rep.OK {
+				if rep.Result, err = wire.OpenResult(priv, rep.SealContext(), rep.Sealed); err != nil {
+					t.Fatalf("%s: %v", rep.CorrelationID, err)
+				}
+			}
+		}
 		replies[rep.CorrelationID] = rep
 		t.Logf("%s: %d bytes", rep.CorrelationID, len(r.Payload))
 	}
@@ -89,7 +113,7 @@ func TestMosquittoReplyFitsMaxMessageSize(t *testing.T) {
 	if len(full) <= limit {
 		t.Fatalf("the full result is %d bytes: not a test of the limit", len(full))
 	}
-	for id, n := range map[string]int{"c-many": 100, "c-few": 10} {
+	for id, n := range map[string]int{"c-many": 100, "c-few": 10, "c-many-sealed": 100, "c-few-sealed": 10} {
 		rep := replies[id]
 		var got wire.IdentityVisitsResult
 		if err := json.Unmarshal(rep.Result, &got); err != nil || !rep.OK {
@@ -111,13 +135,21 @@ func TestMosquittoReplyFitsMaxMessageSize(t *testing.T) {
 			more.Visits = all[:len(got.Visits)+1]
 			rb, _ := json.Marshal(more)
 			rep.Result = rb
+			if strings.HasSuffix(id, "-sealed") {
+				rep.Result, rep.Sealed = nil, strings.Repeat("A", wire.SealedLen(len(rb)))
+			}
 			if b, _ := json.Marshal(rep); len(b) <= limit {
-				t.Errorf("%d visits listed, %d would fit (%d bytes)", len(got.Visits), len(more.Visits), len(b))
+				t.Errorf("%s: %d visits listed, %d would fit (%d bytes)", id, len(got.Visits), len(more.Visits), len(b))
 			}
 			t.Logf("100 visits (%d bytes of result): %d listed", len(full), len(got.Visits))
 		}
 	}
-	if rep := replies["c-big"]; rep.OK || rep.Result != nil || !strings.Contains(rep.Error, "the command ran, but its reply") {
-		t.Errorf("an oversized result: %+v", rep)
+	if rep := replies["c-zero-key-sealed"]; rep.OK || rep.Sealed != "" || !strings.Contains(rep.Error, "could not be sealed") {
+		t.Errorf("a result that cannot be sealed: %+v", rep)
+	}
+	for _, id := range []string{"c-big", "c-big-sealed"} {
+		if rep := replies[id]; rep.OK || rep.Result != nil || rep.Sealed != "" || !strings.Contains(rep.Error, "the command ran, but its reply") {
+			t.Errorf("%s: an oversized result: %+v", id, rep)
+		}
 	}
 }

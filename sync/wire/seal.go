@@ -5,6 +5,7 @@ import (
 	"crypto/hpke"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -136,6 +137,30 @@ func SealResult(replyKey string, ctx SealContext, result []byte) (string, error)
 		return "", fmt.Errorf("seal result: %w", err)
 	}
 	return base64.RawURLEncoding.EncodeToString(ct), nil
+}
+
+// Seal replaces the reply's result with its sealed form (SealResult, in
+// the reply's own context) when replyKey (the command's args.reply_key) is
+// set: an ok reply's result, {} when it has none; a refusal carries none.
+// On error the reply carries no result at all, sealed or in clear.
+func (r *Reply) Seal(replyKey string) error {
+	if replyKey == "" {
+		return nil
+	}
+	plain := r.Result
+	r.Result, r.Sealed = nil, ""
+	if !r.OK {
+		return nil
+	}
+	if plain == nil {
+		plain = json.RawMessage(`{}`)
+	}
+	sealed, err := SealResult(replyKey, r.SealContext(), plain)
+	if err != nil {
+		return err
+	}
+	r.Sealed = sealed
+	return nil
 }
 
 // OpenResult opens a reply's sealed field with the reply key's private

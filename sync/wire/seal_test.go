@@ -106,3 +106,39 @@ func TestSealInfo(t *testing.T) {
 		t.Errorf("reply context %+v, command context %+v", r.SealContext(), c.SealContext())
 	}
 }
+
+// Reply.Seal: an ok reply's result sealed in the reply's context ({}
+// when none), a refusal's none, nothing without a key, and on error no
+// result at all.
+func TestReplySeal(t *testing.T) {
+	priv, key, _ := NewReplyKey()
+	r := Reply{Envelope: NewEnvelope("s", "d", t0), CorrelationID: "c-1", Command: CmdIdentityVisits, OK: true, Result: []byte(`{"total":3}`)}
+	clear := r
+	if err := clear.Seal(""); err != nil || string(clear.Result) != `{"total":3}` || clear.Sealed != "" {
+		t.Errorf("no key: %+v %v", clear, err)
+	}
+	sealed := r
+	if err := sealed.Seal(key); err != nil || sealed.Result != nil {
+		t.Fatalf("%+v %v", sealed, err)
+	}
+	if got, err := OpenResult(priv, r.SealContext(), sealed.Sealed); err != nil || string(got) != `{"total":3}` {
+		t.Errorf("open: %q %v", got, err)
+	}
+	none := r
+	none.Result = nil
+	if err := none.Seal(key); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := OpenResult(priv, r.SealContext(), none.Sealed); err != nil || string(got) != `{}` {
+		t.Errorf("no result: %q %v", got, err)
+	}
+	refusal := r
+	refusal.OK, refusal.Error = false, "no identity"
+	if err := refusal.Seal(key); err != nil || refusal.Result != nil || refusal.Sealed != "" {
+		t.Errorf("refusal: %+v %v", refusal, err)
+	}
+	bad := r
+	if err := bad.Seal(strings.Repeat("A", 43)); err == nil || bad.Result != nil || bad.Sealed != "" {
+		t.Errorf("a key nothing can be sealed to: %+v %v", bad, err)
+	}
+}
