@@ -12,11 +12,21 @@
 // it passes the reply schema and the JSON rules the ingest applies, names
 // the device of its topic, and that device and the command's name are
 // those of the command it answers. Anything else is counted and dropped.
+//
+// Every command asks for its reply sealed (docs/mqtt.md "Sealed
+// replies"): it carries a fresh X25519 public key in args.reply_key whose
+// private half stays in memory with the waiting command, and the agent
+// seals the result to it, so a broker client reading the reply topics
+// learns nothing of it. A reply that carries its result in clear, or a
+// sealed one that does not open in the command's context, is dropped as a
+// forged one is. An agent of a release before sealing refuses the unknown
+// argument: that is told as ErrUnsupported (upgrade it).
 package command
 
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
@@ -246,8 +256,11 @@ const maxCachedReviews = 4096
 type call struct {
 	site, device string
 	name         wire.CommandName
-	reply        chan wire.Reply // buffered 1: the first valid reply
-	answered     bool            // a reply was taken (under Client.mu)
+	// key opens the sealed result (the private half of args.reply_key):
+	// kept in memory only, for this command alone.
+	key      *ecdh.PrivateKey
+	reply    chan wire.Reply // buffered 1: the first valid reply
+	answered bool            // a reply was taken (under Client.mu)
 }
 
 // New builds a client for commands below prefix (the agents' topic
@@ -360,6 +373,12 @@ func (c *Client) do(ctx context.Context, site, device string, name wire.CommandN
 	if err := c.spend(site, device, name == wire.CmdIdentityVisits); err != nil {
 		return nil, Sent{}, err
 	}
+	// Every reply sealed, to a key of this command alone.
+	replyKey, pubKey, err := wire.NewReplyKey()
+	if err != nil {
+		return nil, Sent{}, err
+	}
+	args.ReplyKey = pubKey
 	cmd := wire.Command{Envelope: wire.Envelope{SchemaVersion: wire.CommandSchemaVersion, MessageID: c.idPrefix + randomHex(12),
 		Site: site, Device: device, TS: c.now().UTC()}, Command: name, Args: args}
 	sent := Sent{MessageID: cmd.MessageID}
@@ -379,7 +398,7 @@ func (c *Client) do(ctx context.Context, site, device string, name wire.CommandN
 	if err != nil {
 		return nil, sent, err
 	}
-	w := &call{site: site, device: device, name: name, reply: make(chan wire.Reply, 1)}
+	w := &call{site: site, device: device, name: name, key: replyKey, reply: make(chan wire.Reply, 1)}
 	c.mu.Lock()
 	c.waiting[cmd.MessageID] = w
 	c.mu.Unlock()
@@ -422,6 +441,9 @@ func (c *Client) do(ctx context.Context, site, device string, name wire.CommandN
 		case r := <-w.reply:
 			if r.OK {
 				return r.Result, sent, nil
+			}
+			if strings.Contains(r.Error, `unknown field "reply_key"`) {
+				return nil, sent, fmt.Errorf("%w (it cannot seal its replies; it answered: %s)", ErrUnsupported, r.Error)
 			}
 			if olderAgent(name, r.Error) {
 				return nil, sent, fmt.Errorf("%w (it answered: %s)", ErrUnsupported, r.Error)
@@ -535,6 +557,13 @@ func (c *Client) accept(topic string, payload []byte) error {
 	if w.answered { // a second reply to the same command: the first one stands
 		return fmt.Errorf("correlation_id %q answered again", r.CorrelationID)
 	}
+	if w.key != nil {
+		res, err := openResult(w.key, r)
+		if err != nil {
+			return fmt.Errorf("correlation_id %q: %w", r.CorrelationID, err)
+		}
+		r.Result, r.Sealed = res, ""
+	}
 	// Taken once, under c.mu: the reply channel's room alone let a second
 	// reply in once the waiter had read the first.
 	w.answered = true
@@ -566,6 +595,37 @@ func (c *Client) decodeReply(payload []byte) (wire.Reply, error) {
 		return wire.Reply{}, fmt.Errorf("reply: %w", err)
 	}
 	return r, nil
+}
+
+// openResult is the result of a reply to a command that asked for it
+// sealed: opened with the command's key in the context of the command it
+// answers (its site, device, name and id, which the reply was checked to
+// name), and held to the reply's rules (a JSON object, the ingest's JSON
+// rules). A result in clear, or none on an ok reply, is refused: whoever
+// may publish on the reply topic could have sent it; a refusal carries no
+// result, sealed or not.
+func openResult(key *ecdh.PrivateKey, r wire.Reply) (json.RawMessage, error) {
+	switch {
+	case r.Result != nil:
+		return nil, errors.New("a result in clear to a command that asked for it sealed")
+	case !r.OK && r.Sealed != "":
+		return nil, errors.New("a sealed result on a refusal")
+	case !r.OK:
+		return nil, nil
+	case r.Sealed == "":
+		return nil, errors.New("no sealed result to a command that asked for it sealed")
+	}
+	plain, err := wire.OpenResult(key, r.SealContext(), r.Sealed)
+	if err != nil {
+		return nil, err
+	}
+	if err := wire.CheckJSON(plain, ingest.ReaderRules); err != nil {
+		return nil, fmt.Errorf("sealed result: %w", err)
+	}
+	if b := bytes.TrimSpace(plain); len(b) == 0 || b[0] != '{' || !json.Valid(b) {
+		return nil, errors.New("sealed result: not a JSON object")
+	}
+	return plain, nil
 }
 
 func randomHex(n int) string {

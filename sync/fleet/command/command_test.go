@@ -110,6 +110,17 @@ func reply(site, device, corr string, name wire.CommandName, result any) wire.Re
 	return r
 }
 
+// sealedReply is the agent's ok reply to cmd: result sealed to its
+// args.reply_key.
+func sealedReply(t *testing.T, cmd wire.Command, result any) wire.Reply {
+	t.Helper()
+	r := reply(cmd.Site, cmd.Device, cmd.MessageID, cmd.Command, result)
+	if err := r.Seal(cmd.Args.ReplyKey); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // One identity_visits through a real broker: the command is signed with
 // the configured key and holds exactly the request; it is resent with the
 // same bytes while no reply comes; replies that do not pass are ignored
@@ -172,8 +183,8 @@ func TestClientSignsResendsAndIgnoresForgedReplies(t *testing.T) {
 	forged := genuine
 	forged.Visits = nil
 	forged.Total = 0
-	dev.publish(t, base, reply("lyon-07", "atm-1", cmd.MessageID, cmd.Command, genuine))
-	dev.publish(t, base, reply("lyon-07", "atm-1", cmd.MessageID, cmd.Command, forged)) // too late: answered
+	dev.publish(t, base, sealedReply(t, cmd, genuine))
+	dev.publish(t, base, sealedReply(t, cmd, forged)) // too late: answered
 	var a answer
 	select {
 	case a = <-ans:
@@ -227,6 +238,8 @@ func TestClientTimeoutBusyAndOlderAgent(t *testing.T) {
 		// The previous release's strict decoder refuses the argument it
 		// does not know before it looks at the command's name.
 		{`invalid command: json: unknown field "into"`, ErrUnsupported},
+		// An agent before sealed replies refuses args.reply_key.
+		{`invalid command: json: unknown field "reply_key"`, ErrUnsupported},
 		{"merge_identities: no identity p-2", ErrRefused}} {
 		go func() { _, _, err := c.Merge(context.Background(), "lyon-07", "atm-1", "p-1", "p-2", nil); errc <- err }()
 		var cmd wire.Command

@@ -58,6 +58,7 @@ func (f *fakeAgent) Publish(ctx context.Context, topic string, payload []byte) e
 	if refusal == "" {
 		r.Result, _ = json.Marshal(res)
 	}
+	_ = r.Seal(cmd.Args.ReplyKey) // as the agent answers
 	b, _ := json.Marshal(r)
 	go f.c.Handle(prefix+"/"+cmd.Site+"/"+cmd.Device+"/reply", b)
 	return nil

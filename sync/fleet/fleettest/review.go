@@ -19,13 +19,18 @@ import (
 // numbered within each answer, a split makes a new identity kept apart
 // from the old one, a merge of identities kept apart is accepted and
 // replaces that split's constraint (the merge is the newer decision).
+// Run by an Agent (StartAgent with Commands), its answers go through the
+// agent's own publisher, which seals them to the command's reply key as
+// the agent does.
 type Reviewer struct {
 	mu     sync.Mutex
 	visits map[string][]Visit
 	apart  map[string][]string
 	splits int
 	// Older answers every review command as an agent of the release
-	// before them does (unknown command).
+	// before them does (unknown command), and any command that asks for
+	// a sealed reply as one of a release before sealed replies does (its
+	// strict decoder refuses args.reply_key).
 	Older bool
 	// Delay holds each command this long before it is handled (the
 	// fleet resends meanwhile: the agent must refuse the copies).
@@ -101,6 +106,9 @@ func (r *Reviewer) HandleCommand(_ context.Context, cmd wire.Command) (any, erro
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.Handled = append(r.Handled, cmd)
+	if r.Older && cmd.Args.ReplyKey != "" {
+		return nil, fmt.Errorf(`%w: json: unknown field "reply_key"`, wire.ErrCommand)
+	}
 	if r.Older && (cmd.Command == wire.CmdIdentityVisits || cmd.Command == wire.CmdSplitVisits || cmd.Command == wire.CmdMergeIdentities) {
 		return nil, fmt.Errorf("%w: unknown command %q", wire.ErrCommand, cmd.Command)
 	}

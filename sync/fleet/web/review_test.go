@@ -77,7 +77,8 @@ func waitState(t *testing.T, st storage.Store, site, dev, state string) {
 // in the audit log; anonymous requests and POSTs without the CSRF token
 // are refused and send nothing.
 func TestReviewAndCorrect(t *testing.T) {
-	svc, _, base, _, rv, _ := reviewFleet(t)
+	svc, m, base, _, rv, _ := reviewFleet(t)
+	replies := fleettest.Sniff(t, m.URL(), browserPrefix+"/+/+/reply")
 	ana := newClient(t, base)
 	csrf := ana.login("ana", "correct horse")
 	const review = "/devices/lyon-07/atm-0042/identities/p-1/review"
@@ -105,8 +106,17 @@ func TestReviewAndCorrect(t *testing.T) {
 	if i, j := strings.Index(body, "T-1004"), strings.Index(body, "T-1001"); i > j {
 		t.Error("visits not newest first")
 	}
-	if cmds := rv.Commands(); len(cmds) != 1 || cmds[0].Command != wire.CmdIdentityVisits || cmds[0].Args.ID != "p-1" {
+	if cmds := rv.Commands(); len(cmds) != 1 || cmds[0].Command != wire.CmdIdentityVisits || cmds[0].Args.ID != "p-1" || cmds[0].Args.ReplyKey == "" {
 		t.Fatalf("the agent handled %+v", cmds)
+	}
+	// What a client of the broker reading the reply topics saw: the
+	// result sealed, no transaction id.
+	fleettest.WaitFor(t, 5*time.Second, "the reply sniffed", func() bool { return len(replies()) > 0 })
+	for _, b := range replies() {
+		var r wire.Reply
+		if err := json.Unmarshal(b, &r); err != nil || r.Result != nil || r.Sealed == "" || strings.Contains(string(b), "T-100") {
+			t.Errorf("a reply on the broker not sealed: %s", b)
+		}
 	}
 
 	// Refused: anonymous, no token, a forged token, another origin.
@@ -451,6 +461,9 @@ func (l *loopback) Publish(_ context.Context, topic string, msg []byte) error {
 			r.Error = err.Error()
 		} else {
 			r.Result, _ = json.Marshal(res)
+		}
+		if err := r.Seal(cmd.Args.ReplyKey); err != nil { // as the agent answers
+			r.OK, r.Error = false, err.Error()
 		}
 		b, _ := json.Marshal(r)
 		l.c.Handle(browserPrefix+"/"+cmd.Site+"/"+cmd.Device+"/reply", b)
