@@ -2,11 +2,16 @@ package main
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -15,13 +20,15 @@ import (
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
-// `atm-tools command keygen|sign`: the integrator's side of signed MQTT
-// commands (docs/mqtt.md). Neither talks to a broker: sign prints the
-// message to publish on <prefix>/<site>/<device>/cmd.
+// `atm-tools command keygen|sign|open-reply`: the integrator's side of
+// signed MQTT commands (docs/mqtt.md). None talks to a broker: sign prints
+// the message to publish on <prefix>/<site>/<device>/cmd; open-reply reads
+// the device's answer from <prefix>/<site>/<device>/reply.
 func init() {
-	commands["command"] = cli.Command{Summary: "make a command-signing key, or sign an MQTT command", Subs: map[string]cli.Command{
-		"keygen": {Summary: "write a new Ed25519 command-signing key pair (PREFIX.key, PREFIX.pub)", Run: runCommandKeygen},
-		"sign":   {Summary: "print a signed command to publish on the device's cmd topic", Run: runCommandSign},
+	commands["command"] = cli.Command{Summary: "make a command-signing key, sign an MQTT command, or open its sealed reply", Subs: map[string]cli.Command{
+		"keygen":     {Summary: "write a new Ed25519 command-signing key pair (PREFIX.key, PREFIX.pub)", Run: runCommandKeygen},
+		"sign":       {Summary: "print a signed command to publish on the device's cmd topic", Run: runCommandSign},
+		"open-reply": {Summary: "print the result of a reply sealed to a command's --reply-key (the reply JSON on stdin)", Run: runCommandOpenReply},
 	}}
 }
 
@@ -47,31 +54,32 @@ func runCommandKeygen(_ context.Context, env *cli.Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	// O_EXCL: never overwrite a key.
-	write := func(path string, b []byte, mode os.FileMode) error {
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-		if err != nil {
-			return fmt.Errorf("write key: %w", err)
-		}
-		if _, err := f.Write(b); err != nil {
-			f.Close()
-			return fmt.Errorf("write key %s: %w", path, err)
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return fmt.Errorf("write key %s: %w", path, err)
-		}
-		return f.Close()
-	}
-	if err := write(*out+".key", kp, 0o600); err != nil {
+	if err := writeKey(*out+".key", kp, 0o600); err != nil {
 		return err
 	}
-	if err := write(*out+".pub", pp, 0o644); err != nil {
+	if err := writeKey(*out+".pub", pp, 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "private key: %s.key (keep it on the signing side only)\npublic key:  %s.pub\nconfig:      mqtt.commands.public_keys: [{name: %s, key: %q}]\n",
 		*out, *out, keyName(*out), base64.StdEncoding.EncodeToString(pub))
 	return nil
+}
+
+// writeKey writes a new key file: O_EXCL, never overwriting a key.
+func writeKey(path string, b []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return fmt.Errorf("write key: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write key %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write key %s: %w", path, err)
+	}
+	return f.Close()
 }
 
 func keyName(prefix string) string {
@@ -83,7 +91,7 @@ func keyName(prefix string) string {
 }
 
 func runCommandSign(_ context.Context, env *cli.Env, args []string) error {
-	fs := cli.NewFlags(env, "command sign", "command sign --key FILE --site SITE --device DEVICE [--id ID] [--identity ID] [--into ID] [--visits V1,V2,...] COMMAND")
+	fs := cli.NewFlags(env, "command sign", "command sign --key FILE --site SITE --device DEVICE [--id ID] [--identity ID] [--into ID] [--visits V1,V2,...] [--reply-key FILE] COMMAND")
 	keyFile := fs.String("key", "", "private key (PKCS#8 PEM, from command keygen or openssl genpkey -algorithm ed25519)")
 	site := fs.String("site", "", "target site")
 	device := fs.String("device", "", "target device")
@@ -92,6 +100,8 @@ func runCommandSign(_ context.Context, env *cli.Env, args []string) error {
 	into := fs.String("into", "", "the identity that keeps the visits (merge_identities)")
 	visits := fs.String("visits", "", "comma-separated visit ids to move off --identity (split_visits)")
 	ts := fs.String("ts", "", "timestamp, RFC 3339 (default: now); the device refuses one outside its max_clock_skew")
+	replyKeyFile := fs.String("reply-key", "", "ask for the reply's result sealed: write a new one-time X25519 private key to FILE (PKCS#8 PEM, mode 0600; "+
+		"never overwritten) and put its public half in args.reply_key; open the reply with command open-reply --key FILE")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -121,6 +131,23 @@ func runCommandSign(_ context.Context, env *cli.Env, args []string) error {
 	if *visits != "" {
 		cmd.Args.Visits = strings.Split(*visits, ",")
 	}
+	var replyKey []byte
+	if *replyKeyFile != "" {
+		k, pub, err := wire.NewReplyKey()
+		if err != nil {
+			return err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			return err
+		}
+		// The headers name the command: open-reply opens its reply in
+		// that context alone.
+		ctx := cmd.SealContext()
+		replyKey = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der, Headers: map[string]string{
+			"Site": ctx.Site, "Device": ctx.Device, "Command": string(ctx.Command), "Message-Id": ctx.CorrelationID}})
+		cmd.Args.ReplyKey = pub
+	}
 	payload, err := json.Marshal(cmd)
 	if err != nil {
 		return err
@@ -133,7 +160,87 @@ func runCommandSign(_ context.Context, env *cli.Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if replyKey != nil {
+		if err := writeKey(*replyKeyFile, replyKey, 0o600); err != nil {
+			return err
+		}
+	}
 	_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
+	return err
+}
+
+// runCommandOpenReply opens a sealed reply by hand: the reply's JSON (on
+// stdin, or --reply), the one-time key command sign --reply-key wrote,
+// whose PEM headers name the command it was made for. The result is opened
+// in that command's context (site, device, command, message id): a reply
+// that names another, or was sealed in another, is refused.
+func runCommandOpenReply(_ context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlags(env, "command open-reply", "command open-reply --key FILE [--reply FILE] (default: the reply on stdin)")
+	replyFile := fs.String("reply", "-", "the reply's JSON, as received on the reply topic (-: stdin)")
+	keyFile := fs.String("key", "", "the one-time reply key command sign --reply-key wrote (X25519, PKCS#8 PEM, headers naming the command)")
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	if *keyFile == "" || fs.NArg() != 0 {
+		fs.Usage()
+		return cli.ErrUsage
+	}
+	kb, err := os.ReadFile(*keyFile)
+	if err != nil {
+		return fmt.Errorf("read key: %w", err)
+	}
+	blk, _ := pem.Decode(kb)
+	if blk == nil || blk.Type != "PRIVATE KEY" {
+		return fmt.Errorf("%s: not a PKCS#8 PEM private key", *keyFile)
+	}
+	parsed, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *keyFile, err)
+	}
+	k, ok := parsed.(*ecdh.PrivateKey)
+	if !ok || k.Curve() != ecdh.X25519() {
+		return fmt.Errorf("%s: not an X25519 key (command sign --reply-key writes one)", *keyFile)
+	}
+	want := wire.SealContext{Site: blk.Headers["Site"], Device: blk.Headers["Device"], Command: wire.CommandName(blk.Headers["Command"]),
+		CorrelationID: blk.Headers["Message-Id"]}
+	if _, err := want.Info(); err != nil {
+		return fmt.Errorf("%s: its headers do not name the command it was made for (Site, Device, Command, Message-Id): %w", *keyFile, err)
+	}
+	src := io.Reader(os.Stdin)
+	if *replyFile != "-" {
+		f, err := os.Open(*replyFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		src = f
+	}
+	in, err := io.ReadAll(io.LimitReader(src, 1<<20))
+	if err != nil {
+		return err
+	}
+	var r wire.Reply
+	if err := json.Unmarshal(in, &r); err != nil {
+		return fmt.Errorf("reply: %w", err)
+	}
+	if got := r.SealContext(); got != want {
+		return fmt.Errorf("the reply answers %s %s on %s/%s; the key was made for %s %s on %s/%s", got.Command, got.CorrelationID, got.Site, got.Device,
+			want.Command, want.CorrelationID, want.Site, want.Device)
+	}
+	if r.Sealed == "" {
+		if r.Result != nil {
+			return errors.New("the reply carries its result in clear, not sealed: not the answer of a device to a command with a reply key")
+		}
+		if !r.OK {
+			return fmt.Errorf("the device refused the command: %s", r.Error)
+		}
+		return errors.New("the reply carries no result")
+	}
+	res, err := wire.OpenResult(k, want, r.Sealed)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(env.Stdout, "%s\n", res)
 	return err
 }
 

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/internal/cli"
@@ -131,4 +132,80 @@ func configCheck(file string) (string, error) {
 		return "", err
 	}
 	return strings.Join(cfg.Warnings(), "\n"), nil
+}
+
+// sign --reply-key writes a one-time key (0600, never overwritten) and
+// puts its public half in the signed command; open-reply opens the
+// device's sealed answer with it in the context its headers name, and
+// refuses one in clear, one that names another command, or one sealed in
+// another command's context.
+func TestCommandSignReplyKeyAndOpenReply(t *testing.T) {
+	dir := t.TempDir()
+	prefix := filepath.Join(dir, "central")
+	if _, _, err := runCLI(t, "command", "keygen", "--out", prefix); err != nil {
+		t.Fatal(err)
+	}
+	rk := filepath.Join(dir, "c1.reply.key")
+	signed, _, err := runCLI(t, "command", "sign", "--key", prefix+".key", "--site", "north", "--device", "atm-7", "--id", "c-1",
+		"--identity", "p-42", "--reply-key", rk, "identity_visits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(rk); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("reply key file: %v %v", st, err)
+	}
+	if _, _, err := runCLI(t, "command", "sign", "--key", prefix+".key", "--site", "north", "--device", "atm-7", "--reply-key", rk, "ping"); err == nil {
+		t.Error("sign overwrote a reply key")
+	}
+	p, err := wire.ParseSignedCommand([]byte(strings.TrimSpace(signed)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := wire.DecodeCommand(p.Payload())
+	if err != nil || cmd.Args.ReplyKey == "" {
+		t.Fatalf("signed command %+v, %v: want a reply key", cmd, err)
+	}
+
+	// The device's answer, sealed as the agent seals it.
+	answer := func(cmd wire.Command, result string) string {
+		r := wire.Reply{Envelope: wire.NewEnvelope(cmd.Site, cmd.Device, time.Now()), CorrelationID: cmd.MessageID, Command: cmd.Command, OK: true,
+			Result: json.RawMessage(result)}
+		r.MessageID = "r-1"
+		if err := r.Seal(cmd.Args.ReplyKey); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(r)
+		f := filepath.Join(dir, "reply-"+cmd.MessageID+".json")
+		os.WriteFile(f, b, 0o600)
+		return f
+	}
+	const result = `{"identity":"p-42","total":1,"visits":[{"visit_id":"v-1","txn_id":"T-9","ts":"2026-12-07T10:00:00Z","masked":false}]}`
+	sealed := answer(cmd, result)
+	if b, _ := os.ReadFile(sealed); strings.Contains(string(b), "T-9") {
+		t.Fatalf("the reply holds the result in clear: %s", b)
+	}
+	out, _, err := runCLI(t, "command", "open-reply", "--key", rk, "--reply", sealed)
+	if err != nil || strings.TrimSpace(out) != result {
+		t.Fatalf("open-reply: %q, %v", out, err)
+	}
+	other := cmd
+	other.MessageID = "c-other"
+	if _, _, err := runCLI(t, "command", "open-reply", "--key", rk, "--reply", answer(other, result)); err == nil || !strings.Contains(err.Error(), "the key was made for identity_visits c-1") {
+		t.Errorf("a reply to another command: %v", err)
+	}
+	// Sealed in c-other's context, relabelled as the answer to c-1.
+	b, _ := os.ReadFile(answer(other, result))
+	relabelled := filepath.Join(dir, "relabelled.json")
+	os.WriteFile(relabelled, bytes.ReplaceAll(b, []byte(`"c-other"`), []byte(`"c-1"`)), 0o600)
+	if _, _, err := runCLI(t, "command", "open-reply", "--key", rk, "--reply", relabelled); err == nil || !strings.Contains(err.Error(), "does not open") {
+		t.Errorf("a reply sealed in another command's context: %v", err)
+	}
+	clear := filepath.Join(dir, "clear.json")
+	os.WriteFile(clear, []byte(`{"site":"north","device":"atm-7","command":"identity_visits","correlation_id":"c-1","ok":true,"result":`+result+`}`), 0o600)
+	if _, _, err := runCLI(t, "command", "open-reply", "--key", rk, "--reply", clear); err == nil || !strings.Contains(err.Error(), "in clear") {
+		t.Errorf("a reply in clear: %v", err)
+	}
+	if _, _, err := runCLI(t, "command", "open-reply", "--key", prefix+".key", "--reply", sealed); err == nil || !strings.Contains(err.Error(), "not an X25519 key") {
+		t.Errorf("the signing key as a reply key: %v", err)
+	}
 }
