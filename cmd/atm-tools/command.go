@@ -185,26 +185,9 @@ func runCommandOpenReply(_ context.Context, env *cli.Env, args []string) error {
 		fs.Usage()
 		return cli.ErrUsage
 	}
-	kb, err := os.ReadFile(*keyFile)
+	k, want, err := readReplyKey(*keyFile)
 	if err != nil {
-		return fmt.Errorf("read key: %w", err)
-	}
-	blk, _ := pem.Decode(kb)
-	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return fmt.Errorf("%s: not a PKCS#8 PEM private key", *keyFile)
-	}
-	parsed, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		return fmt.Errorf("%s: %w", *keyFile, err)
-	}
-	k, ok := parsed.(*ecdh.PrivateKey)
-	if !ok || k.Curve() != ecdh.X25519() {
-		return fmt.Errorf("%s: not an X25519 key (command sign --reply-key writes one)", *keyFile)
-	}
-	want := wire.SealContext{Site: blk.Headers["Site"], Device: blk.Headers["Device"], Command: wire.CommandName(blk.Headers["Command"]),
-		CorrelationID: blk.Headers["Message-Id"]}
-	if _, err := want.Info(); err != nil {
-		return fmt.Errorf("%s: its headers do not name the command it was made for (Site, Device, Command, Message-Id): %w", *keyFile, err)
+		return err
 	}
 	src := io.Reader(os.Stdin)
 	if *replyFile != "-" {
@@ -248,4 +231,32 @@ func newCommandID() string {
 	var b [12]byte
 	rand.Read(b[:]) // never fails (Go >= 1.24)
 	return "c-" + hex.EncodeToString(b[:])
+}
+
+// readReplyKey reads a key command sign --reply-key wrote: the X25519
+// private key, and the context of the command its PEM headers name.
+func readReplyKey(path string) (*ecdh.PrivateKey, wire.SealContext, error) {
+	var ctx wire.SealContext
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, ctx, fmt.Errorf("read key: %w", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "PRIVATE KEY" {
+		return nil, ctx, fmt.Errorf("%s: not a PKCS#8 PEM private key", path)
+	}
+	parsed, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, ctx, fmt.Errorf("%s: %w", path, err)
+	}
+	k, ok := parsed.(*ecdh.PrivateKey)
+	if !ok || k.Curve() != ecdh.X25519() {
+		return nil, ctx, fmt.Errorf("%s: not an X25519 key (command sign --reply-key writes one)", path)
+	}
+	ctx = wire.SealContext{Site: blk.Headers["Site"], Device: blk.Headers["Device"], Command: wire.CommandName(blk.Headers["Command"]),
+		CorrelationID: blk.Headers["Message-Id"]}
+	if _, err := ctx.Info(); err != nil {
+		return nil, ctx, fmt.Errorf("%s: its headers do not name the command it was made for (Site, Device, Command, Message-Id): %w", path, err)
+	}
+	return k, ctx, nil
 }

@@ -110,6 +110,17 @@ func reply(site, device, corr string, name wire.CommandName, result any) wire.Re
 	return r
 }
 
+// fleetAndDevice is a fleet (reply timeout 10 s, resending every
+// resend) and the raw device lyon-07/atm-1 on a new mosquitto.
+func fleetAndDevice(t *testing.T, resend time.Duration) (*Client, ed25519.PublicKey, *rawDevice) {
+	t.Helper()
+	m := fleettest.StartMosquitto(t, "")
+	cfg := DefaultConfig()
+	cfg.Enabled, cfg.PrivateKeyFile, cfg.ReplyTimeout, cfg.ResendInterval = true, "unused", 10*time.Second, resend
+	c, pub := fleet(t, m.URL(), cfg)
+	return c, pub, newRawDevice(t, m.URL(), "lyon-07", "atm-1")
+}
+
 // sealedReply is the agent's ok reply to cmd: result sealed to its
 // args.reply_key.
 func sealedReply(t *testing.T, cmd wire.Command, result any) wire.Reply {
@@ -129,11 +140,7 @@ func sealedReply(t *testing.T, cmd wire.Command, result any) wire.Reply {
 // envelope, an unknown correlation id), and the device's own answer is
 // the one returned.
 func TestClientSignsResendsAndIgnoresForgedReplies(t *testing.T) {
-	m := fleettest.StartMosquitto(t, "")
-	cfg := DefaultConfig()
-	cfg.Enabled, cfg.PrivateKeyFile, cfg.ReplyTimeout, cfg.ResendInterval = true, "unused", 10*time.Second, 300*time.Millisecond
-	c, pub := fleet(t, m.URL(), cfg)
-	dev := newRawDevice(t, m.URL(), "lyon-07", "atm-1")
+	c, pub, dev := fleetAndDevice(t, 300*time.Millisecond)
 
 	sim := 0.91
 	genuine := wire.IdentityVisitsResult{Identity: "p-1", Total: 2, Visits: []wire.ReviewVisit{

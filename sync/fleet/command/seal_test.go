@@ -19,11 +19,7 @@ import (
 // replayed under this correlation id), or altered, is ignored as a forged
 // one is, and the command still takes the genuine answer.
 func TestSealedReplies(t *testing.T) {
-	m := fleettest.StartMosquitto(t, "")
-	cfg := DefaultConfig()
-	cfg.Enabled, cfg.PrivateKeyFile, cfg.ReplyTimeout, cfg.ResendInterval = true, "unused", 10*time.Second, 5*time.Second
-	c, pub := fleet(t, m.URL(), cfg)
-	dev := newRawDevice(t, m.URL(), "lyon-07", "atm-1")
+	c, pub, dev := fleetAndDevice(t, 5*time.Second)
 
 	result := func(id string) wire.IdentityVisitsResult {
 		return wire.IdentityVisitsResult{Identity: id, Total: 1, Visits: []wire.ReviewVisit{
