@@ -278,6 +278,12 @@ func TestPoisonMessageMosquitto(t *testing.T) {
 		_, err := st.Alert(context.Background(), storage.AlertKey{Site: "s1", Device: "d1", AlertID: "after-poison"})
 		return err == nil
 	})
+	// The counters are updated after the store's transaction returns: wait
+	// for them too, then check that they settle where they should.
+	fleettest.WaitFor(t, 10*time.Second, "the counters of the batch", func() bool {
+		s := in.Stats()
+		return s.Applied+s.Rejected >= 2
+	})
 	s := in.Stats()
 	t.Logf("stats %+v", s)
 	if s.Applied != 1 || s.Rejected != 1 || !s.StuckSince.IsZero() {
