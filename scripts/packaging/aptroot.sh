@@ -195,3 +195,18 @@ publish_newer() {
 	reprepro --silent -b "$W/repo2" includedeb "$SUITE" "$W/upgrade.deb"
 	publish "$W/repo2"
 }
+# upgrade_checks PACKAGE VERSION EDIT: PACKAGE repacked as VERSION
+# (publish_newer) and upgraded to unattended, as docs/operations.md
+# "Upgrade" says; the operator's edit (EDIT, a grep regex of
+# etc/PACKAGE/config.yaml) is kept and the new default offered beside it.
+upgrade_checks() {
+	local pkg=$1 v=$2 conf=$R/etc/$1/config.yaml
+	publish_newer "$v" "$pkg"
+	echo "== $ARCH: apt-get upgrade to $v"
+	check "apt-get update" in_root apt-get update
+	check "apt-get upgrade (new default config, edited config kept; no prompt)" \
+		in_root apt-get -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold upgrade -y
+	check "installed version is $v" test "$(in_root dpkg-query -W -f='${Version}' "$pkg")" = "$v"
+	check "config edit kept" grep -q "$3" "$conf"
+	check "new default offered as config.yaml.dpkg-dist" grep -q "^# $v: a changed packaged default" "$conf.dpkg-dist"
+}

@@ -78,14 +78,7 @@ users=$(sum "$R/etc/atm-fleet/users.yaml")
 key=$(sum "$R/etc/atm-fleet/session.key")
 
 ver2="$ver+aptfleet1"
-publish_newer "$ver2" atm-fleet
-echo "== $ARCH: apt-get upgrade to $ver2"
-check "apt-get update" in_root apt-get update
-check "apt-get upgrade (new default config, edited config kept; no prompt)" \
-	in_root apt-get -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold upgrade -y
-check "installed version is $ver2" test "$(in_root dpkg-query -W -f='${Version}' atm-fleet)" = "$ver2"
-check "config edit kept" grep -q "^    listen: 127.0.0.1:$port\$" "$R/etc/atm-fleet/config.yaml"
-check "new default offered as config.yaml.dpkg-dist" grep -q "^# $ver2: a changed packaged default" "$R/etc/atm-fleet/config.yaml.dpkg-dist"
+upgrade_checks atm-fleet "$ver2" "^    listen: 127.0.0.1:$port\$"
 check "users file kept" test "$(sum "$R/etc/atm-fleet/users.yaml")" = "$users"
 check "session key kept" test "$(sum "$R/etc/atm-fleet/session.key")" = "$key"
 check "served again after the upgrade" serve

@@ -94,17 +94,9 @@ key=$(sum "$R/etc/atm-agent/store.key")
 
 # A newer build published to a copy of the repository.
 ver2="$ver+apttest1"
-publish_newer "$ver2"
-
-echo "== $ARCH: apt-get upgrade to $ver2"
-check "apt-get update" in_root apt-get update
 # The packaged default changed and the operator edited it: the unattended
 # upgrade keeps the edit and offers the new default beside it.
-check "apt-get upgrade (new default config, edited config kept; no prompt)" \
-	in_root apt-get -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold upgrade -y
-check "installed version is $ver2" test "$(in_root dpkg-query -W -f='${Version}' atm-agent)" = "$ver2"
-check "config edit kept" grep -q 'id: atm-apt-test' "$R/etc/atm-agent/config.yaml"
-check "new default offered as config.yaml.dpkg-dist" grep -q "^# $ver2: a changed packaged default" "$R/etc/atm-agent/config.yaml.dpkg-dist"
+upgrade_checks atm-agent "$ver2" 'id: atm-apt-test'
 check "store.key kept" test "$(sum "$R/etc/atm-agent/store.key")" = "$key"
 check "visit data kept" test "$(sum "$R$T/agent.db")" = "$db"
 check "config check after upgrade" in_root runuser -u atm-agent -- atm-agent config check /etc/atm-agent/config.yaml
