@@ -265,16 +265,18 @@ func (s *Server) newSession(w http.ResponseWriter, user string) session {
 	return sess
 }
 
-// proxyUser is the user named by a trusted reverse proxy's header.
-func (s *Server) proxyUser(r *http.Request) (User, bool) {
+// proxyUser is the user named by a trusted reverse proxy's header: named
+// when a trusted proxy sent the header, ok when it names a user of the
+// users file. A header from any other address is ignored (logged).
+func (s *Server) proxyUser(r *http.Request) (u User, named, ok bool) {
 	pa := s.cfg.ProxyAuth
 	name := r.Header.Get(pa.Header)
 	if pa.Header == "" || name == "" {
-		return User{}, false
+		return User{}, false, false
 	}
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		return User{}, false
+		return User{}, false, false
 	}
 	for _, p := range pa.TrustedProxies {
 		if pfx, err := netip.ParsePrefix(p); err == nil && pfx.Contains(ap.Addr().Unmap()) {
@@ -282,11 +284,32 @@ func (s *Server) proxyUser(r *http.Request) (User, bool) {
 			if !ok {
 				s.log.Warn("fleet web: proxy names an unknown user", "user", name, "remote", r.RemoteAddr)
 			}
-			return u, ok
+			return u, true, ok
 		}
 	}
 	s.log.Warn("fleet web: auth header from an untrusted address ignored", "header", pa.Header, "remote", r.RemoteAddr)
-	return User{}, false
+	return User{}, false, false
+}
+
+// signedIn is the request's user: the one a trusted proxy names, when it
+// names one (a session cookie of another user, left in a shared browser or
+// outliving an SSO sign-out, is replaced; a user the users file lacks is
+// refused, cookie or not), else the session cookie's.
+func (s *Server) signedIn(w http.ResponseWriter, r *http.Request) (session, User, bool) {
+	sess, u, ok := s.sessionOf(r)
+	pu, named, known := s.proxyUser(r)
+	switch {
+	case !named:
+		return sess, u, ok
+	case !known:
+		return session{}, User{}, false
+	case ok && u.Name == pu.Name:
+		return sess, u, true
+	}
+	if ok {
+		s.log.Info("fleet web: the proxy names another user than the session cookie: new session", "user", pu.Name, "cookie_user", u.Name, "remote", r.RemoteAddr)
+	}
+	return s.newSession(w, pu.Name), pu, true
 }
 
 // sessionOf returns the request's valid session and its user.

@@ -495,3 +495,51 @@ func TestUsersFileRolesAndSites(t *testing.T) {
 		}
 	}
 }
+
+// Behind an authenticating proxy the proxy says who the user is: a
+// session cookie left in the browser by another user (a shared
+// workstation, an SSO sign-out the service never heard of) does not win
+// over the proxy's header. A header naming another user replaces the
+// session; one naming a user the users file lacks is refused, cookie or
+// not.
+func TestProxyAuthHeaderWinsOverCookie(t *testing.T) {
+	st := openBolt(t)
+	seedScoped(t, st)
+	hs := proxyAuthServer(t, st, "127.0.0.0/8")
+	c := newClient(t, hs.URL)
+	as := func(user, path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, hs.URL+path, nil)
+		req.Header.Set("X-Remote-User", user)
+		r, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		return r.StatusCode, string(b)
+	}
+	if code, body := as("ana", "/api/v1/session"); code != 200 || !strings.Contains(body, `"user": "ana"`) {
+		t.Fatalf("proxy-signed ana: %d %s", code, body)
+	}
+	// The browser keeps ana's cookie; the proxy now signs val in.
+	code, body := as("val", "/api/v1/session")
+	if code != 200 || !strings.Contains(body, `"user": "val"`) || !strings.Contains(body, `"paris-01"`) {
+		t.Errorf("the proxy names val, the cookie ana: %d %s, want val's session", code, body)
+	}
+	if code, body := as("val", "/devices/lyon-07/atm-1"); code != 404 {
+		t.Errorf("val (paris-01) through ana's old cookie on lyon-07: %d %.100s, want 404", code, body)
+	}
+	for _, path := range []string{"/api/v1/session", "/events"} {
+		if code, body := as("mallory", path); code != http.StatusUnauthorized {
+			t.Errorf("the proxy names mallory (not in the users file) with a valid cookie: %s %d %.100s, want 401", path, code, body)
+		}
+	}
+	// Without the header (a password sign-in through the proxy), the
+	// cookie is the user, as before.
+	c2 := newClient(t, hs.URL)
+	c2.login("pat", "correct horse")
+	if _, body := c2.get("/api/v1/session"); !strings.Contains(body, `"user": "pat"`) {
+		t.Errorf("a password session through the proxy without the header: %s", body)
+	}
+}

@@ -366,12 +366,7 @@ type principal struct {
 // scope.go.
 func (s *Server) auth(need Permission, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		sess, u, ok := s.sessionOf(r)
-		if !ok {
-			if pu, pok := s.proxyUser(r); pok {
-				sess, u, ok = s.newSession(w, pu.Name), pu, true
-			}
-		}
+		sess, u, ok := s.signedIn(w, r)
 		if !ok {
 			if r.Method == http.MethodGet && !strings.HasPrefix(r.URL.Path, "/api/") && r.URL.Path != "/events" {
 				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
