@@ -227,12 +227,22 @@ func LoadSessionKey(path string) ([]byte, error) {
 	return b, nil
 }
 
-// session is what the signed cookie carries. The role is looked up in the
-// users file on every request, so removing a user ends their sessions.
+// session is what the signed cookie carries. Every request looks its
+// user up in the users file read at start (their role and sites as the
+// file now gives them), so removing a user ends their sessions; Pass ties
+// it to the user's password hash, so a new password (or the user removed
+// and added again) ends them too.
 type session struct {
 	User    string `json:"u"`
 	Expires int64  `json:"e"`
 	Nonce   string `json:"n"`
+	Pass    string `json:"p"`
+}
+
+// passTag is what a session holds of its user's password hash: a keyed
+// digest (the hash itself stays out of the cookie).
+func (s *Server) passTag(u User) string {
+	return base64.RawURLEncoding.EncodeToString(s.mac("password", u.Name, u.PasswordHash)[:12])
 }
 
 const (
@@ -257,7 +267,8 @@ func (s *Server) cookie(name, value string, maxAge int) *http.Cookie {
 func (s *Server) newSession(w http.ResponseWriter, user string) session {
 	n := make([]byte, 16)
 	_, _ = rand.Read(n)
-	sess := session{User: user, Expires: s.now().Add(s.cfg.SessionTTL).Unix(), Nonce: base64.RawURLEncoding.EncodeToString(n)}
+	sess := session{User: user, Expires: s.now().Add(s.cfg.SessionTTL).Unix(), Nonce: base64.RawURLEncoding.EncodeToString(n),
+		Pass: s.passTag(s.users[user])}
 	b, _ := json.Marshal(sess)
 	p := base64.RawURLEncoding.EncodeToString(b)
 	sig := base64.RawURLEncoding.EncodeToString(s.mac("session", p))
@@ -343,8 +354,9 @@ func (s *Server) sessionOf(r *http.Request) (session, User, bool) {
 }
 
 // stillValid checks a session whose cookie was verified: not expired, not
-// signed out, and its user still in the users file. Also used by the live
-// stream, which outlives the request that opened it.
+// signed out, and its user still in the users file with the password it
+// signed in with. Also used by the live stream, which outlives the request
+// that opened it.
 func (s *Server) stillValid(ctx context.Context, sess session) (User, bool) {
 	if s.now().Unix() > sess.Expires || sess.Nonce == "" || s.revoked.has(sess.Nonce) {
 		return User{}, false
@@ -358,7 +370,10 @@ func (s *Server) stillValid(ctx context.Context, sess session) (User, bool) {
 		return User{}, false
 	}
 	u, ok := s.users[sess.User]
-	return u, ok
+	if !ok || !hmac.Equal([]byte(sess.Pass), []byte(s.passTag(u))) {
+		return User{}, false
+	}
+	return u, true
 }
 
 // csrfToken is bound to the session: HMAC(key, "csrf", nonce).

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/secretfile"
@@ -560,5 +563,75 @@ func TestSetupMessagesNameTheSource(t *testing.T) {
 	if _, err := LoadUsers(users); err == nil || !strings.Contains(err.Error(), "systemd's copy of "+filepath.Join(conf, "users.yaml")) ||
 		!strings.Contains(err.Error(), "no users") {
 		t.Errorf("no users: %v", err)
+	}
+}
+
+// A user's sessions end when their password changes in the users file (a
+// leaked password is changed and the service restarted: the cookies
+// signed in with it stop working), and when the user is removed and
+// added again under the same name; a changed role or sites keeps the
+// session, with the new role and sites at once.
+func TestUsersFileChangeAndSessions(t *testing.T) {
+	st := openBolt(t)
+	seedScoped(t, st)
+	_, hs, stop := startTestServer(t, st)
+	cookies := map[string]*http.Cookie{}
+	for _, u := range []string{"ana", "pat", "vic", "val"} {
+		c := newClient(t, hs.URL)
+		c.login(u, "correct horse")
+		cookies[u] = sessionCookieOf(t, c, hs.URL)
+	}
+	stop()
+
+	users := testUsers(t)
+	h, err := bcrypt.GenerateFromPassword([]byte("a new password"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pat := users["pat"]
+	pat.PasswordHash = string(h) // a new password
+	users["pat"] = pat
+	vic := users["vic"]
+	vic.PasswordHash = string(h) // removed, then added again with another password
+	users["vic"] = vic
+	ana := users["ana"]
+	ana.Role = RoleViewer // demoted
+	users["ana"] = ana
+	val := users["val"]
+	val.Sites = nil // widened
+	users["val"] = val
+	cfg := DefaultConfig()
+	cfg.UsersFile = "unused"
+	s2, err := New(cfg, st, users, []byte(strings.Repeat("k", 32)), Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs2 := httptest.NewServer(s2.Handler())
+	defer hs2.Close()
+	get := func(user, path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, hs2.URL+path, nil)
+		req.AddCookie(&http.Cookie{Name: sessionCookie, Value: cookies[user].Value})
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		return r.StatusCode, string(b)
+	}
+	for _, u := range []string{"pat", "vic"} {
+		if code, body := get(u, "/api/v1/session"); code != http.StatusUnauthorized {
+			t.Errorf("%s's session after a password change: %d %s, want 401", u, code, body)
+		}
+	}
+	if code, body := get("ana", "/api/v1/session"); code != 200 || !strings.Contains(body, `"role": "viewer"`) {
+		t.Errorf("ana's session after a demotion: %d %s, want the viewer's", code, body)
+	}
+	if code, _ := get("ana", "/devices/paris-01/atm-2/identities/p-9/review"); code != http.StatusForbidden {
+		t.Errorf("demoted ana on the review: %d, want 403", code)
+	}
+	if code, body := get("val", "/api/v1/devices"); code != 200 || !strings.Contains(body, "lyon-07") {
+		t.Errorf("val's session after her sites widened: %d %.200s", code, body)
 	}
 }
