@@ -2,12 +2,14 @@ package web
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 )
 
 // A user scoped to sites (User.Sites) sees and acts on only those: every
-// handler reads devices and alerts through these helpers. What lies
+// handler reads devices, alerts and series, and acts on alerts, through
+// these helpers (TestStoreReadsGoThroughTheScope). What lies
 // outside the scope is answered exactly as what does not exist (404, the
 // store's own message), so a scoped user cannot tell another site's
 // devices or alerts from absent ones.
@@ -56,4 +58,36 @@ func alertInScope(r *http.Request, k storage.AlertKey) error {
 		return storage.AlertNotFound(k)
 	}
 	return nil
+}
+
+// alert is an alert of the user's sites.
+func (s *Server) alert(r *http.Request, k storage.AlertKey) (storage.Alert, error) {
+	if err := alertInScope(r, k); err != nil {
+		return storage.Alert{}, err
+	}
+	return s.store.Alert(r.Context(), k)
+}
+
+// actOn acknowledges or resolves an alert of the user's sites.
+func (s *Server) actOn(r *http.Request, a storage.Action) (storage.Alert, error) {
+	if err := alertInScope(r, a.Key); err != nil {
+		return storage.Alert{}, err
+	}
+	return s.store.Act(r.Context(), a)
+}
+
+// summaries is the summary series of a device of the user's sites.
+func (s *Server) summaries(r *http.Request, site, device string, since time.Time) ([]storage.SummaryPoint, error) {
+	if !scopeOf(r).Allows(site) {
+		return nil, storage.DeviceNotFound(site, device)
+	}
+	return s.store.Summaries(r.Context(), site, device, since)
+}
+
+// identityPoints is an identity's series on a device of the user's sites.
+func (s *Server) identityPoints(r *http.Request, site, device, id string, since time.Time) ([]storage.IdentityPoint, error) {
+	if !scopeOf(r).Allows(site) {
+		return nil, storage.DeviceNotFound(site, device)
+	}
+	return s.store.IdentityPoints(r.Context(), site, device, id, since)
 }

@@ -999,16 +999,12 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("%w: %w", errBadRequest, err))
 		return
 	}
-	if err := alertInScope(r, act.Key); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	a, err := s.store.Act(r.Context(), act)
+	a, err := s.actOn(r, act)
 	if errors.Is(err, storage.ErrState) && api {
 		// Who got there first, and how the alert stands: the client need
 		// not parse the message to tell its own retry (answered 200) from
 		// another analyst's action.
-		if cur, gerr := s.store.Alert(r.Context(), act.Key); gerr == nil {
+		if cur, gerr := s.alert(r, act.Key); gerr == nil {
 			ca := alertAPI(cur)
 			writeAPIError(w, http.StatusConflict, err.Error(), &ca)
 			return
@@ -1035,7 +1031,7 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.now().UTC()
-	pts, err := s.store.Summaries(r.Context(), site, dev, now.Add(-48*time.Hour))
+	pts, err := s.summaries(r, site, dev, now.Add(-48*time.Hour))
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -1078,7 +1074,7 @@ func (s *Server) identityPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.now().UTC()
-	pts, err := s.store.IdentityPoints(r.Context(), site, dev, id, now.Add(-8*24*time.Hour))
+	pts, err := s.identityPoints(r, site, dev, id, now.Add(-8*24*time.Hour))
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -1494,7 +1490,7 @@ func (s *Server) apiDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.now().UTC()
-	pts, err := s.store.Summaries(r.Context(), site, dev, now.Add(-48*time.Hour))
+	pts, err := s.summaries(r, site, dev, now.Add(-48*time.Hour))
 	if err != nil {
 		s.fail(w, r, err)
 		return
