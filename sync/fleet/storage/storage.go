@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -330,7 +331,7 @@ func ParseCursor(s string) (AlertCursor, error) {
 	bad := fmt.Errorf("cursor %.40q: not one this service gave", s)
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	parts := strings.Split(string(b), "\x00")
-	if err != nil || len(parts) != 5 || parts[2] == "" || parts[3] == "" || parts[4] == "" {
+	if err != nil || !utf8.Valid(b) || len(parts) != 5 || parts[2] == "" || parts[3] == "" || parts[4] == "" {
 		return AlertCursor{}, bad
 	}
 	if len(parts[0]) != 1 {
@@ -396,6 +397,9 @@ func (a Action) Validate() error {
 	}
 	if len(a.Note) > 2000 {
 		return errors.New("action: note longer than 2000 bytes")
+	}
+	if !utf8.ValidString(a.Note) || strings.ContainsRune(a.Note, 0) {
+		return errors.New("action: note is not UTF-8 text (or holds a NUL byte)")
 	}
 	if a.At.IsZero() {
 		return errors.New("action: no time")

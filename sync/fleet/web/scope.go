@@ -2,7 +2,9 @@ package web
 
 import (
 	"net/http"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 )
@@ -14,12 +16,25 @@ import (
 // store's own message), so a scoped user cannot tell another site's
 // devices or alerts from absent ones.
 
+// storable reports whether every name is text a store can hold: valid
+// UTF-8 without a NUL byte (all ingest accepts is). Any other names
+// nothing, and is answered so (404, an empty listing) without asking the
+// store: PostgreSQL refuses such text in a query, which was a 500.
+func storable(names ...string) bool {
+	for _, n := range names {
+		if !utf8.ValidString(n) || strings.ContainsRune(n, 0) {
+			return false
+		}
+	}
+	return true
+}
+
 // scopeOf is the signed-in user's sites (nil: every site).
 func scopeOf(r *http.Request) *storage.Sites { return who(r).User.Sites }
 
 // device is a device of the user's sites.
 func (s *Server) device(r *http.Request, site, device string) (storage.Device, error) {
-	if !scopeOf(r).Allows(site) {
+	if !scopeOf(r).Allows(site) || !storable(site, device) {
 		return storage.Device{}, storage.DeviceNotFound(site, device)
 	}
 	return s.store.Device(r.Context(), site, device)
@@ -47,6 +62,9 @@ func (s *Server) devices(r *http.Request) ([]storage.Device, error) {
 // alerts lists alerts of the user's sites: the store filters them in its
 // query, so pages stay full and offsets and cursors count only those.
 func (s *Server) alerts(r *http.Request, f storage.AlertFilter) ([]storage.Alert, error) {
+	if !storable(f.Site, f.Device, f.Rule, f.IdentityID, string(f.State)) {
+		return nil, nil
+	}
 	f.Sites = scopeOf(r)
 	return s.store.Alerts(r.Context(), f)
 }
@@ -54,7 +72,7 @@ func (s *Server) alerts(r *http.Request, f storage.AlertFilter) ([]storage.Alert
 // alertInScope refuses an alert of a site outside the user's scope as the
 // store refuses an unknown one.
 func alertInScope(r *http.Request, k storage.AlertKey) error {
-	if !scopeOf(r).Allows(k.Site) {
+	if !scopeOf(r).Allows(k.Site) || !storable(k.Site, k.Device, k.AlertID) {
 		return storage.AlertNotFound(k)
 	}
 	return nil
@@ -78,7 +96,7 @@ func (s *Server) actOn(r *http.Request, a storage.Action) (storage.Alert, error)
 
 // summaries is the summary series of a device of the user's sites.
 func (s *Server) summaries(r *http.Request, site, device string, since time.Time) ([]storage.SummaryPoint, error) {
-	if !scopeOf(r).Allows(site) {
+	if !scopeOf(r).Allows(site) || !storable(site, device) {
 		return nil, storage.DeviceNotFound(site, device)
 	}
 	return s.store.Summaries(r.Context(), site, device, since)
@@ -86,7 +104,7 @@ func (s *Server) summaries(r *http.Request, site, device string, since time.Time
 
 // identityPoints is an identity's series on a device of the user's sites.
 func (s *Server) identityPoints(r *http.Request, site, device, id string, since time.Time) ([]storage.IdentityPoint, error) {
-	if !scopeOf(r).Allows(site) {
+	if !scopeOf(r).Allows(site) || !storable(site, device, id) {
 		return nil, storage.DeviceNotFound(site, device)
 	}
 	return s.store.IdentityPoints(r.Context(), site, device, id, since)

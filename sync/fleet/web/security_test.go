@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/csv"
 	"fmt"
 	"io"
@@ -633,5 +634,65 @@ func TestUsersFileChangeAndSessions(t *testing.T) {
 	}
 	if code, body := get("val", "/api/v1/devices"); code != 200 || !strings.Contains(body, "lyon-07") {
 		t.Errorf("val's session after her sites widened: %d %.200s", code, body)
+	}
+}
+
+// Names no store can hold (a NUL byte, invalid UTF-8) in a path, a
+// listing's filter, a cursor or an action's body name nothing: a device or
+// alert answers 404 as an absent one, a listing is empty, a note is a bad
+// request. On PostgreSQL, which refuses such text in a query, they were
+// answered 500 with an error in the log, to any signed-in user.
+func TestUnstorableNamesAnswerAbsent(t *testing.T) {
+	t.Run("bolt", func(t *testing.T) { unstorableNames(t, openBolt(t)) })
+	t.Run("postgres", func(t *testing.T) {
+		pg := fleettest.StartPostgres(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		st, err := pgstore.Open(ctx, pg.NewDatabase(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		unstorableNames(t, st)
+	})
+}
+
+func unstorableNames(t *testing.T, st storage.Store) {
+	seedScoped(t, st)
+	_, hs := newTestServer(t, st)
+	cursor := base64.RawURLEncoding.EncodeToString([]byte("r\x002026-12-07T16:00:00Z\x00paris-01\xff\x00atm-2\x00a-9"))
+	for _, user := range []string{"ana", "pat", "vic"} {
+		c := newClient(t, hs.URL)
+		csrf := c.login(user, "correct horse")
+		for _, tc := range []struct {
+			method, path, body string
+			want               int
+		}{
+			{"GET", "/devices/paris-01%00/atm-2", "", 404},
+			{"GET", "/devices/paris-%FF/atm-2", "", 404},
+			{"GET", "/api/v1/devices/paris-01/atm%002", "", 404},
+			{"GET", "/devices/paris-01/atm-2%FF/identities/p-9", "", 404},
+			{"GET", "/alerts?site=paris%00", "", 200},
+			{"GET", "/alerts?state=all&device=atm%FF", "", 200},
+			{"GET", "/alerts?state=open%00", "", 200},
+			{"GET", "/alerts.csv?rule=r%00", "", 200},
+			{"GET", "/api/v1/alerts?state=all&identity=p%FF", "", 200},
+			{"GET", "/api/v1/alerts?state=all&after=" + cursor, "", 400},
+			{"POST", "/api/v1/alerts/act", `{"action":"acknowledge","site":"paris-01\u0000","device":"atm-2","alert":"a-9"}`, 404},
+			{"POST", "/api/v1/alerts/act", `{"action":"acknowledge","site":"paris-01","device":"atm-2","alert":"a-9\u0000"}`, 404},
+			{"POST", "/api/v1/alerts/act", `{"action":"acknowledge","site":"paris-01","device":"atm-2","alert":"a-9","note":"x\u0000y"}`, 400},
+		} {
+			want := tc.want
+			if tc.method == "POST" && user == "vic" {
+				want = 403
+			}
+			code, body := c.send(tc.method, tc.path, tc.body, csrf)
+			if code != want {
+				t.Errorf("%s: %s %s: %d, want %d: %.200q", user, tc.method, tc.path, code, want, body)
+			}
+			if code == 200 && (strings.Contains(body, `data-alert="`) || strings.Contains(body, "a-9")) {
+				t.Errorf("%s: %s %s lists an alert: %.300q", user, tc.method, tc.path, body)
+			}
+		}
 	}
 }
