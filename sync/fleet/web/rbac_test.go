@@ -14,13 +14,17 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/periocular/atm-agent/sync/fleet/command"
+	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
+	"github.com/periocular/atm-agent/sync/wire"
 )
 
 // roleCase is a signed-in user of testUsers as the route tests see it:
@@ -546,5 +550,49 @@ func TestProxyAuthHeaderWinsOverCookie(t *testing.T) {
 	c2.login("pat", "correct horse")
 	if _, body := c2.get("/api/v1/session"); !strings.Contains(body, `"user": "pat"`) {
 		t.Errorf("a password session through the proxy without the header: %s", body)
+	}
+}
+
+// One user cannot hold every command slot (commands.max_in_flight): a
+// scoped analyst reviewing their sites' ATMs that do not answer would
+// have had every other site's reviews refused (503) until the replies
+// timed out. Past MaxUserCommands waiting at once, that user's next
+// command is refused (503, nothing sent) and the others' still go.
+func TestOneUserCannotHoldEveryCommandSlot(t *testing.T) {
+	st := openBolt(t)
+	seedScoped(t, st)
+	now := time.Now().UTC()
+	for _, d := range [][2]string{{"paris-01", "atm-5"}, {"lyon-07", "atm-1"}} {
+		status := wire.Status{Envelope: wire.NewEnvelope(d[0], d[1], now), State: wire.StateOnline}
+		if err := st.PutStatus(context.Background(), storage.Status{Site: d[0], Device: d[1], Received: now, Status: status}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, hs := newTestServer(t, st)
+	// paris-01/atm-5 never answers (no reviewer); lyon-07/atm-1 does.
+	rv := fleettest.NewReviewer(reviewVisitsOf(now))
+	s.d.Commands = loopbackCommandsWith(t, map[string]*fleettest.Reviewer{"atm-1": rv}, func(c *command.Config) {
+		c.MaxInFlight, c.ReplyTimeout = MaxUserCommands+1, 3*time.Second
+	})
+	pat, ana := newClient(t, hs.URL), newClient(t, hs.URL)
+	pat.login("pat", "correct horse")
+	ana.login("ana", "correct horse")
+	var wg sync.WaitGroup
+	for i := range MaxUserCommands {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pat.send("GET", fmt.Sprintf("/api/v1/devices/paris-01/atm-5/identities/p-%d/visits", i), "", "")
+		}()
+	}
+	defer wg.Wait()
+	cmds := s.d.Commands.(*command.Client)
+	fleettest.WaitFor(t, 2*time.Second, "pat's commands in flight", func() bool { return cmds.Stats().InFlight == MaxUserCommands })
+	code, body := pat.send("GET", "/api/v1/devices/paris-01/atm-5/identities/p-9/visits", "", "")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "already wait") {
+		t.Errorf("pat's command past %d waiting: %d %s, want 503 at once", MaxUserCommands, code, body)
+	}
+	if code, body := ana.send("GET", "/api/v1/devices/lyon-07/atm-1/identities/p-1/visits", "", ""); code != 200 {
+		t.Errorf("ana's review while pat's commands wait: %d %.200s, want 200", code, body)
 	}
 }

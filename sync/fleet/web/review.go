@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/periocular/atm-agent/sync/fleet/command"
@@ -30,6 +31,44 @@ type Commander interface {
 
 // errOffline: the device is not online; nothing was sent.
 var errOffline = errors.New("device not online")
+
+// MaxUserCommands bounds the commands one user waits for at once, of
+// commands.max_in_flight for everyone: one user (a scoped analyst too)
+// reviewing ATMs that do not answer would otherwise hold every slot until
+// the replies time out, and every other site's reviews and corrections
+// would be refused meanwhile.
+const MaxUserCommands = 4
+
+// errUserBusy: the user already waits for MaxUserCommands commands;
+// nothing was sent.
+var errUserBusy = fmt.Errorf("%d of your commands already wait for devices' answers: try again when one has its answer", MaxUserCommands)
+
+// userCommands counts each user's commands waiting for an answer.
+type userCommands struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// take reserves one of user's MaxUserCommands; false when they are all
+// taken. release gives it back.
+func (u *userCommands) take(user string) (release func(), ok bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.n[user] >= MaxUserCommands {
+		return nil, false
+	}
+	if u.n == nil {
+		u.n = map[string]int{}
+	}
+	u.n[user]++
+	return func() {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if u.n[user]--; u.n[user] <= 0 {
+			delete(u.n, user)
+		}
+	}, true
+}
 
 // commandProblem is a command that did not give an answer: the status
 // code and what the analyst is told (RetryAfter: when to try again, 429).
@@ -73,8 +112,8 @@ func (s *Server) problemOf(d storage.Device, err error) commandProblem {
 		}
 		return commandProblem{Code: http.StatusTooManyRequests, RetryAfter: wait, Msg: fmt.Sprintf("Not sent: %v. Each command uses up one of the "+
 			"ids its agent holds against replays (docs/fleet.md, \"Reviewing and correcting identities\").", err)}
-	case errors.Is(err, command.ErrBusy):
-		return commandProblem{Code: http.StatusServiceUnavailable, Msg: err.Error()}
+	case errors.Is(err, command.ErrBusy), errors.Is(err, errUserBusy):
+		return commandProblem{Code: http.StatusServiceUnavailable, Msg: err.Error() + " Nothing was sent."}
 	case errors.Is(err, command.ErrBroker):
 		return commandProblem{Code: http.StatusServiceUnavailable, Msg: fmt.Sprintf("Could not send the command to %s: %v. Nothing was sent.", dev, err)}
 	case errors.Is(err, wire.ErrCommand):
@@ -120,6 +159,11 @@ func (s *Server) reviewVisits(w http.ResponseWriter, r *http.Request) (storage.D
 	if err != nil {
 		return d, wire.IdentityVisitsResult{}, true, err
 	}
+	release, ok := s.userCommands.take(who(r).User.Name)
+	if !ok {
+		return d, wire.IdentityVisitsResult{}, true, errUserBusy
+	}
+	defer release()
 	res, _, err := s.d.Commands.IdentityVisits(r.Context(), site, dev, id)
 	return d, res, true, err
 }
@@ -326,6 +370,14 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 	var out any
 	done := reviewData{Site: in.Site, Device: in.Device, ID: in.Identity}
 	var sent command.Sent
+	if err == nil {
+		release, ok := s.userCommands.take(p.User.Name)
+		if ok {
+			defer release()
+		} else {
+			err = errUserBusy
+		}
+	}
 	if err == nil {
 		if split {
 			var res wire.SplitResult

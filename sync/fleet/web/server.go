@@ -143,6 +143,8 @@ type Server struct {
 
 	revoked  revoked  // signed-out sessions
 	throttle throttle // failed sign-ins
+	// userCommands: each user's commands waiting for an answer.
+	userCommands userCommands
 }
 
 // New builds a server. users and key come from LoadUsers and LoadSessionKey.
