@@ -194,6 +194,19 @@ type Stats struct {
 // Stuck is when the batch being written first failed (zero: not stuck).
 func (s Stats) Stuck() time.Time { return s.StuckSince }
 
+// HiddenError stands in for LastError where its text is not shown (a
+// store's error can name a site and a device).
+const HiddenError = "hidden: sign in as an admin, or read the service's log"
+
+// Redacted is s for a reader who may not see error texts: LastError, when
+// set, says only that there was one.
+func (s Stats) Redacted() any {
+	if s.LastError != "" {
+		s.LastError = HiddenError
+	}
+	return s
+}
+
 // Ingester owns one broker connection and the store writes.
 type Ingester struct {
 	cfg     Config

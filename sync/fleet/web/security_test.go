@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
+	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/secretfile"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
@@ -694,5 +696,48 @@ func unstorableNames(t *testing.T, st storage.Store) {
 				t.Errorf("%s: %s %s lists an alert: %.300q", user, tc.method, tc.path, body)
 			}
 		}
+	}
+}
+
+// TestHealthzHidesErrorTextsButFromAdmins: a store's error names a site and
+// a device; /healthz (no sign-in) says there was one and when, and gives
+// its text to a signed-in admin only.
+func TestHealthzHidesErrorTextsButFromAdmins(t *testing.T) {
+	s, hs := newTestServer(t, openBolt(t))
+	at := time.Now().UTC().Truncate(time.Second)
+	s.d.IngestStats = func() any {
+		return ingest.Stats{Connected: true, StoreErrs: 1, LastError: "summary lyon-07/atm-1 seq 4: disk full", LastErrorAt: at}
+	}
+	health := func(c *client) ingest.Stats {
+		t.Helper()
+		r, body := c.get("/healthz")
+		if r.StatusCode != 200 {
+			t.Fatalf("/healthz: %d %s", r.StatusCode, body)
+		}
+		var out struct{ Ingest ingest.Stats }
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatal(err)
+		}
+		return out.Ingest
+	}
+	for _, user := range []string{"", "ana", "vic"} {
+		c := newClient(t, hs.URL)
+		if user != "" {
+			c.login(user, "correct horse")
+		}
+		got := health(c)
+		if got.LastError != ingest.HiddenError || !got.LastErrorAt.Equal(at) || got.StoreErrs != 1 {
+			t.Errorf("%q: %+v, want the error hidden, its time and count kept", user, got)
+		}
+	}
+	admin := newClient(t, hs.URL)
+	admin.login("root", "correct horse")
+	if got := health(admin); got.LastError != "summary lyon-07/atm-1 seq 4: disk full" {
+		t.Errorf("admin: last_error %q, want the text", got.LastError)
+	}
+	// Without an error there is nothing to hide.
+	s.d.IngestStats = func() any { return ingest.Stats{Connected: true} }
+	if got := health(newClient(t, hs.URL)); got.LastError != "" {
+		t.Errorf("no error: last_error %q", got.LastError)
 	}
 }

@@ -491,6 +491,9 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	code := http.StatusOK
 	if s.d.IngestStats != nil {
 		st := s.d.IngestStats()
+		if x, ok := st.(interface{ Redacted() any }); ok && !s.errorsVisible(r) {
+			st = x.Redacted()
+		}
 		out["ingest"] = st
 		if x, ok := st.(interface{ Stuck() time.Time }); ok && !x.Stuck().IsZero() && s.now().Sub(x.Stuck()) > StuckAfter {
 			// Ingest is retrying a batch the store refuses: nothing is
@@ -500,6 +503,17 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// errorsVisible: /healthz answers the text of ingest's last error to a
+// signed-in admin only (a store's error can name a site and a device);
+// anyone else, a monitor included, sees that there was one and when.
+func (s *Server) errorsVisible(r *http.Request) bool {
+	if pu, named, known := s.proxyUser(r); named {
+		return known && pu.Can(PermAdmin)
+	}
+	_, u, ok := s.sessionOf(r)
+	return ok && u.Can(PermAdmin)
 }
 
 // safeNext accepts only a local path: it starts with a single '/', has no
