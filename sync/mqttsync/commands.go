@@ -121,7 +121,7 @@ func (p *Publisher) onCommand(c mqtt.Client, m mqtt.Message) {
 		return
 	}
 	if cmd.Device != p.cfg.Topic.Device || cmd.Site != p.cfg.Topic.Site {
-		err := fmt.Errorf("command for %s/%s sent to %s/%s", cmd.Site, cmd.Device, p.cfg.Topic.Site, p.cfg.Topic.Device)
+		err := wire.WithCode(wire.CodeBadCommand, fmt.Errorf("command for %s/%s sent to %s/%s", cmd.Site, cmd.Device, p.cfg.Topic.Site, p.cfg.Topic.Device))
 		p.reject(rejWrongDevice, err, "key", keyName, "id", cmd.MessageID)
 		p.reply(c, cmd.MessageID, cmd.Command, cmd.Args.ReplyKey, nil, err)
 		return
@@ -142,6 +142,11 @@ func (p *Publisher) onCommand(c mqtt.Client, m mqtt.Message) {
 				// answered.
 				return
 			}
+			err = wire.WithCode(wire.CodeBadCommand, err)
+		case errors.Is(err, errSeenFull), errors.Is(err, errLocked):
+			// Not run; taken once ids have left the skew window.
+			p.reject(rejUnavailable, err, "key", keyName, "id", cmd.MessageID)
+			err = wire.WithCode(wire.CodeBusy, err)
 		default:
 			p.reject(rejUnavailable, err, "key", keyName, "id", cmd.MessageID)
 		}
@@ -219,21 +224,22 @@ type rejectLog struct {
 // never in clear: a result that cannot be sealed is answered by an error.
 // The error of a refusal stays in clear (it names no visit data: the
 // command's own arguments at most, which the signed command carries in
-// clear too).
+// clear too), with its code (wire.CodeOf: internal unless the error says
+// otherwise).
 func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, replyKey string, result any, cmdErr error) {
 	r := wire.Reply{Envelope: wire.NewEnvelope(p.cfg.Topic.Site, p.cfg.Topic.Device, p.now()),
 		CorrelationID: corr, Command: name, OK: cmdErr == nil}
 	r.MessageID = randomID("r")
 	r.Seq = p.lastSeq.Load()
 	if cmdErr != nil {
-		r.Error = cmdErr.Error()
+		r.Code, r.Error = wire.CodeOf(cmdErr), cmdErr.Error()
 		if len(r.Error) > 512 {
 			r.Error = r.Error[:512]
 		}
 	}
 	var err error
 	if r.Result, err = resultJSON(result); err != nil {
-		r.OK, r.Error = false, "marshal result: "+err.Error()
+		r.OK, r.Code, r.Error = false, wire.CodeInternal, "marshal result: "+err.Error()
 	}
 	b, err := encodeReply(r, replyKey)
 	if err == nil && len(b) > p.cfg.MaxMessageSize {
@@ -256,7 +262,7 @@ func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, rep
 // so, with no result at all.
 func encodeReply(r wire.Reply, replyKey string) ([]byte, error) {
 	if err := r.Seal(replyKey); err != nil {
-		r.OK, r.Error = false, "the command ran, but its result could not be sealed to args.reply_key: "+err.Error()
+		r.OK, r.Code, r.Error = false, wire.CodeInternal, "the command ran, but its result could not be sealed to args.reply_key: "+err.Error()
 	}
 	return json.Marshal(r)
 }
@@ -334,7 +340,7 @@ func (p *Publisher) oversizeReply(r wire.Reply, n int) ([]byte, error) {
 		"id", r.CorrelationID, "command", r.Command, "bytes", n, "max_message_size", p.cfg.MaxMessageSize)
 	r.Result, r.Sealed = nil, ""
 	if r.OK {
-		r.OK = false
+		r.OK, r.Code = false, wire.CodeTooLarge
 		r.Error = fmt.Sprintf("the command ran, but its reply (%d bytes) is larger than the agent's mqtt.max_message_size %d: its result is not sent", n, p.cfg.MaxMessageSize)
 	}
 	return json.Marshal(r)

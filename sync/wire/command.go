@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -40,6 +41,9 @@ const MaxCommandSize = 4096
 
 // ErrCommand is wrapped by every DecodeCommand error.
 var ErrCommand = errors.New("invalid command")
+
+// errUnknownCommand: a command name this release does not know.
+var errUnknownCommand = errors.New("unknown command")
 
 // CommandArgs are the arguments of a command.
 type CommandArgs struct {
@@ -123,11 +127,15 @@ type Command struct {
 // Reply answers one command on the reply topic.
 type Reply struct {
 	Envelope
-	CorrelationID string          `json:"correlation_id"`
-	Command       CommandName     `json:"command"`
-	OK            bool            `json:"ok"`
-	Error         string          `json:"error,omitempty"`
-	Result        json.RawMessage `json:"result,omitempty"`
+	CorrelationID string      `json:"correlation_id"`
+	Command       CommandName `json:"command"`
+	OK            bool        `json:"ok"`
+	// Code says why the command was refused: present exactly when OK is
+	// false, from agents that send codes (ReplyCodes); none from older
+	// ones, whose Error text alone says it.
+	Code   ReplyCode       `json:"code,omitempty"`
+	Error  string          `json:"error,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
 	// Sealed replaces Result when the command carried args.reply_key:
 	// the result's JSON bytes sealed to that key (SealResult). Error is
 	// never sealed: it holds no visit data.
@@ -138,7 +146,22 @@ type Reply struct {
 // OpenSignedCommand): one JSON object, no unknown fields, at most
 // MaxCommandSize bytes, schema_version CommandSchemaVersion, a known
 // command, valid ids, and the arguments the command needs (and no others).
+// Its errors carry the code of the refusal (CodeOf): CodeUnsupported for an
+// unknown command or field (what an older agent cannot read),
+// CodeBadCommand for anything else.
 func DecodeCommand(b []byte) (Command, error) {
+	c, err := decodeCommand(b)
+	if err != nil {
+		var ce *CodeError
+		if !errors.As(err, &ce) {
+			err = WithCode(CodeBadCommand, err)
+		}
+		return Command{}, err
+	}
+	return c, nil
+}
+
+func decodeCommand(b []byte) (Command, error) {
 	var c Command
 	if len(b) > MaxCommandSize {
 		return c, fmt.Errorf("%w: %d bytes, limit %d", ErrCommand, len(b), MaxCommandSize)
@@ -149,7 +172,11 @@ func DecodeCommand(b []byte) (Command, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return Command{}, fmt.Errorf("%w: %v", ErrCommand, err)
+		err = fmt.Errorf("%w: %v", ErrCommand, err)
+		if strings.Contains(err.Error(), "json: unknown field ") {
+			err = WithCode(CodeUnsupported, err)
+		}
+		return Command{}, err
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return Command{}, fmt.Errorf("%w: trailing data after object", ErrCommand)
@@ -173,7 +200,11 @@ func DecodeCommand(b []byte) (Command, error) {
 		return Command{}, fmt.Errorf("%w: ts missing", ErrCommand)
 	}
 	if err := checkArgs(c.Command, c.Args); err != nil {
-		return Command{}, fmt.Errorf("%w: %v", ErrCommand, err)
+		err = fmt.Errorf("%w: %w", ErrCommand, err)
+		if errors.Is(err, errUnknownCommand) {
+			err = WithCode(CodeUnsupported, err)
+		}
+		return Command{}, err
 	}
 	var present struct {
 		Args struct {
@@ -198,7 +229,7 @@ func checkArgs(command CommandName, a CommandArgs) error {
 		return nil
 	case CmdPurgeIdentity, CmdIdentityVisits, CmdSplitVisits, CmdMergeIdentities:
 	default:
-		return fmt.Errorf("unknown command %q", command)
+		return fmt.Errorf("%w %q", errUnknownCommand, command)
 	}
 	if err := ValidateID(a.ID, 64); err != nil {
 		return fmt.Errorf("%s args.id: %v", command, err)

@@ -184,6 +184,11 @@ func TestSchemasReject(t *testing.T) {
 		{"command short reply key", "command", mutate("command", func(m map[string]any) { m["args"].(map[string]any)["reply_key"] = testReplyKey[:42] })},
 		{"command padded reply key", "command", mutate("command", func(m map[string]any) { m["args"].(map[string]any)["reply_key"] = testReplyKey[:42] + "=" })},
 		{"command reply key with junk bits", "command", mutate("command", func(m map[string]any) { m["args"].(map[string]any)["reply_key"] = testReplyKey[:42] + "B" })},
+		{"reply with an unknown code", "reply", mutate("reply", func(m map[string]any) {
+			m["ok"], m["code"], m["error"] = false, "oops", "x"
+			delete(m, "result")
+		})},
+		{"ok reply with a code", "reply", mutate("reply", func(m map[string]any) { m["code"] = "internal" })},
 		{"ping with id beside a reply key", "command", mutate("command", func(m map[string]any) {
 			m["command"], m["args"] = "ping", map[string]any{"id": "p-1", "reply_key": testReplyKey}
 		})},
@@ -223,6 +228,29 @@ func TestSchemasAcceptSealed(t *testing.T) {
 	b, _ := json.Marshal(r)
 	if err := validate(t, schemas["reply"], b); err != nil {
 		t.Errorf("sealed reply: %v\n%s", err, b)
+	}
+}
+
+// TestSchemaRefusals: a refusal with each code is valid, and so is one
+// without a code (an agent before codes): the schema cannot require it,
+// or the fleet, which validates replies, refused every older agent's.
+func TestSchemaRefusals(t *testing.T) {
+	schemas := compileSchemas(t)
+	r := Reply{Envelope: NewEnvelope("lyon-07", "atm-0042", t0), CorrelationID: "c-0003", Command: CmdSplitVisits,
+		Error: `split: identity "p-1": unknown identity`}
+	r.Seq, r.MessageID = 1041, "r-55e4"
+	for _, c := range append([]ReplyCode{""}, ReplyCodes...) {
+		r.Code = c
+		b, _ := json.Marshal(r)
+		if err := validate(t, schemas["reply"], b); err != nil {
+			t.Errorf("refusal with code %q: %v\n%s", c, err, b)
+		}
+	}
+	b, _ := Schema("reply")
+	for _, c := range ReplyCodes {
+		if !bytes.Contains(b, []byte(`"`+string(c)+`"`)) {
+			t.Errorf("reply.schema.json does not list the code %q", c)
+		}
 	}
 }
 

@@ -1,0 +1,66 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// DecodeCommand's refusals carry their code: what an older agent cannot
+// read (an unknown command, an unknown field at any level) is
+// unsupported, anything else bad_command; ErrCommand stays in the chain.
+func TestDecodeCommandCodes(t *testing.T) {
+	const head = `"schema_version":2,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z"`
+	for _, tc := range []struct {
+		name, in string
+		want     ReplyCode
+	}{
+		{"unknown command", `{` + head + `,"command":"reboot"}`, CodeUnsupported},
+		{"unknown field", `{` + head + `,"command":"ping","x":1}`, CodeUnsupported},
+		{"unknown arg", `{` + head + `,"command":"purge_identity","args":{"id":"p-1","all":true}}`, CodeUnsupported},
+		{"purge no id", `{` + head + `,"command":"purge_identity"}`, CodeBadCommand},
+		{"bad visits", `{` + head + `,"command":"split_visits","args":{"id":"p-1","visits":[]}}`, CodeBadCommand},
+		{"v1", `{"schema_version":1,"message_id":"c-1","device":"atm-1","site":"s1","ts":"2025-03-14T09:26:53Z","command":"ping"}`, CodeBadCommand},
+		{"case", `{` + head + `,"Command":"ping"}`, CodeBadCommand},
+		{"not JSON", `{`, CodeBadCommand},
+		{"too big", `{` + head + strings.Repeat(" ", MaxCommandSize) + `}`, CodeBadCommand},
+	} {
+		_, err := DecodeCommand([]byte(tc.in))
+		if got := CodeOf(err); got != tc.want || !errors.Is(err, ErrCommand) {
+			t.Errorf("%s: %v (code %q), want code %q wrapping ErrCommand", tc.name, err, got, tc.want)
+		}
+	}
+}
+
+func TestCodeOf(t *testing.T) {
+	base := errors.New("x")
+	for _, tc := range []struct {
+		err  error
+		want ReplyCode
+	}{
+		{nil, ""},
+		{base, CodeInternal},
+		{WithCode(CodeNotFound, base), CodeNotFound},
+		{fmt.Errorf("split: %w", WithCode(CodeConflict, base)), CodeConflict},
+		// The outermost code is answered.
+		{WithCode(CodeBusy, WithCode(CodeNotFound, base)), CodeBusy},
+		// Empty: answered without one (an older agent simulated).
+		{WithCode("", base), ""},
+	} {
+		if got := CodeOf(tc.err); got != tc.want {
+			t.Errorf("CodeOf(%v) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
+	if WithCode(CodeBusy, nil) != nil {
+		t.Error("WithCode of nil is not nil")
+	}
+	for _, c := range ReplyCodes {
+		if !c.Known() || c.Retry() != (c == CodeBusy) {
+			t.Errorf("%s: Known %v Retry %v", c, c.Known(), c.Retry())
+		}
+	}
+	if ReplyCode("oops").Known() {
+		t.Error("an unknown code is Known")
+	}
+}
