@@ -51,6 +51,7 @@ import (
 	"github.com/periocular/atm-agent/agent/rules"
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/store/record"
+	"github.com/periocular/atm-agent/sync/wire"
 )
 
 // Camera grabs one burst of frames for a visit. It returns the frames it got
@@ -547,7 +548,8 @@ func (a *Agent) do(ctx context.Context, name string, fn func(ctx context.Context
 	select {
 	case a.tasks <- t:
 	case <-ctx.Done():
-		return fmt.Errorf("%s: not started: %w", name, ctx.Err())
+		// Nothing ran: a command is answered busy (try again later).
+		return wire.WithCode(wire.CodeBusy, fmt.Errorf("%s: not started: %w", name, ctx.Err()))
 	}
 	return <-t.done
 }

@@ -64,7 +64,7 @@ func (a *Agent) storedVisits(ctx context.Context, id string) ([]visit.Visit, err
 		return nil, fmt.Errorf("identity %q: %w", id, err)
 	}
 	if len(vs) == 0 {
-		return nil, fmt.Errorf("identity %q: %w", id, ErrUnknownIdentity)
+		return nil, wire.WithCode(wire.CodeNotFound, fmt.Errorf("identity %q: %w", id, ErrUnknownIdentity))
 	}
 	return vs, nil
 }
@@ -205,18 +205,23 @@ func (a *Agent) splitVisits(ctx context.Context, id string, visits []string) (wi
 			continue
 		}
 		if o := a.identityOf(ctx, v); o != "" {
-			return wire.SplitResult{}, fmt.Errorf("split identity %q: visit %q belongs to identity %q", id, v, o)
+			// Moved since the review (consolidation, another
+			// correction): the analyst reviews again.
+			return wire.SplitResult{}, wire.WithCode(wire.CodeConflict,
+				fmt.Errorf("split identity %q: visit %q belongs to identity %q", id, v, o))
 		}
-		return wire.SplitResult{}, fmt.Errorf("split identity %q: visit %q: %w", id, v, ErrUnknownVisit)
+		return wire.SplitResult{}, wire.WithCode(wire.CodeNotFound, fmt.Errorf("split identity %q: visit %q: %w", id, v, ErrUnknownVisit))
 	}
 	if len(stay) == 0 {
-		return wire.SplitResult{}, fmt.Errorf("split identity %q: all its %d visits would move; at least one must stay (merge_identities joins identities)", id, len(vs))
+		return wire.SplitResult{}, wire.WithCode(wire.CodeConflict,
+			fmt.Errorf("split identity %q: all its %d visits would move; at least one must stay (merge_identities joins identities)", id, len(vs)))
 	}
 	ch, err := a.d.Identities.Split(id, visits)
 	if err != nil {
 		// The store holds the visits, the engine not all of them (a
 		// template of another model): nothing was changed.
-		return wire.SplitResult{}, fmt.Errorf("%w (only visits whose template the identity engine holds can be moved)", err)
+		return wire.SplitResult{}, wire.WithCode(wire.CodeConflict,
+			fmt.Errorf("%w (only visits whose template the identity engine holds can be moved)", err))
 	}
 	moved := ch.VisitIDs
 	put := []record.Constraint{{ID: newVisitID(), Kind: record.ConstraintApart, Created: a.clk.Now().UTC(), A: moved, B: stay}}
@@ -260,7 +265,7 @@ func (a *Agent) MergeIdentities(ctx context.Context, id, into string) (wire.Merg
 
 func (a *Agent) mergeIdentities(ctx context.Context, id, into string) (wire.MergeResult, error) {
 	if id == into {
-		return wire.MergeResult{}, fmt.Errorf("merge identity %q into itself", id)
+		return wire.MergeResult{}, wire.WithCode(wire.CodeBadCommand, fmt.Errorf("merge identity %q into itself", id))
 	}
 	from, err := a.storedVisits(ctx, id)
 	if err != nil {
@@ -272,7 +277,8 @@ func (a *Agent) mergeIdentities(ctx context.Context, id, into string) (wire.Merg
 	}
 	ch, err := a.d.Identities.Merge(id, into)
 	if err != nil {
-		return wire.MergeResult{}, fmt.Errorf("%w (only identities the identity engine holds can be merged)", err)
+		return wire.MergeResult{}, wire.WithCode(wire.CodeConflict,
+			fmt.Errorf("%w (only identities the identity engine holds can be merged)", err))
 	}
 	// Stored visits the engine does not hold (another model's templates)
 	// move too: the identity merged away must be left without visits.

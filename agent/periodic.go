@@ -368,7 +368,7 @@ func (a *Agent) HandleCommand(ctx context.Context, cmd wire.Command) (any, error
 	case wire.CmdMergeIdentities:
 		return result(a.MergeIdentities(ctx, cmd.Args.ID, cmd.Args.Into))
 	}
-	return nil, fmt.Errorf("unsupported command %q", cmd.Command)
+	return nil, wire.WithCode(wire.CodeUnsupported, fmt.Errorf("unsupported command %q", cmd.Command))
 }
 
 // result is a command's result, or none with its error.

@@ -190,18 +190,22 @@ func TestMosquittoReviewCommands(t *testing.T) {
 		t.Fatalf("the reply holds the card hash: %s", raw)
 	}
 
-	// Refused: nothing changes.
-	for _, args := range []wire.CommandArgs{
-		{ID: x, Visits: []string{ids[0], "v-unknown"}},
-		{ID: x, Visits: []string{ids[0], ids[4]}},
-		{ID: x, Visits: ids[:4]},
-		{ID: "p-unknown", Visits: []string{ids[0]}},
+	// Refused, with the code of each refusal: nothing changes.
+	for _, tc := range []struct {
+		args wire.CommandArgs
+		code wire.ReplyCode
+	}{
+		{wire.CommandArgs{ID: x, Visits: []string{ids[0], "v-unknown"}}, wire.CodeNotFound},
+		{wire.CommandArgs{ID: x, Visits: []string{ids[0], ids[4]}}, wire.CodeConflict},
+		{wire.CommandArgs{ID: x, Visits: ids[:4]}, wire.CodeConflict},
+		{wire.CommandArgs{ID: "p-unknown", Visits: []string{ids[0]}}, wire.CodeNotFound},
 	} {
-		if r, raw := cl.send(wire.CmdSplitVisits, args); r.OK || r.Error == "" || len(r.Result) != 0 {
-			t.Errorf("split %v: %s, want ok:false with an error", args, raw)
+		if r, raw := cl.send(wire.CmdSplitVisits, tc.args); r.OK || r.Code != tc.code || r.Error == "" || len(r.Result) != 0 {
+			t.Errorf("split %v: %s, want ok:false code %s with an error", tc.args, raw, tc.code)
 		}
 	}
-	if r, raw := cl.send(wire.CmdMergeIdentities, wire.CommandArgs{ID: "p-unknown", Into: x}); r.OK || !strings.Contains(r.Error, "unknown identity") {
+	if r, raw := cl.send(wire.CmdMergeIdentities, wire.CommandArgs{ID: "p-unknown", Into: x}); r.OK || r.Code != wire.CodeNotFound ||
+		!strings.Contains(r.Error, "unknown identity") {
 		t.Errorf("merge of an unknown identity: %s", raw)
 	}
 	if cs, _ := d.Store().Constraints(ctx); len(cs) != 0 {
