@@ -228,18 +228,14 @@ type rejectLog struct {
 // otherwise).
 func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, replyKey string, result any, cmdErr error) {
 	r := wire.Reply{Envelope: wire.NewEnvelope(p.cfg.Topic.Site, p.cfg.Topic.Device, p.now()),
-		CorrelationID: corr, Command: name, OK: cmdErr == nil}
+		CorrelationID: corr, Command: name, OK: true}
 	r.MessageID = randomID("r")
 	r.Seq = p.lastSeq.Load()
-	if cmdErr != nil {
-		r.Code, r.Error = wire.CodeOf(cmdErr), cmdErr.Error()
-		if len(r.Error) > 512 {
-			r.Error = r.Error[:512]
-		}
-	}
 	var err error
-	if r.Result, err = resultJSON(result); err != nil {
-		r.OK, r.Code, r.Error = false, wire.CodeInternal, "marshal result: "+err.Error()
+	if cmdErr != nil {
+		r.Refuse(cmdErr)
+	} else if r.Result, err = resultJSON(result); err != nil {
+		r.Refuse(fmt.Errorf("marshal result: %w", err))
 	}
 	b, err := encodeReply(r, replyKey)
 	if err == nil && len(b) > p.cfg.MaxMessageSize {
@@ -262,7 +258,7 @@ func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, rep
 // so, with no result at all.
 func encodeReply(r wire.Reply, replyKey string) ([]byte, error) {
 	if err := r.Seal(replyKey); err != nil {
-		r.OK, r.Code, r.Error = false, wire.CodeInternal, "the command ran, but its result could not be sealed to args.reply_key: "+err.Error()
+		r.Refuse(fmt.Errorf("the command ran, but its result could not be sealed to args.reply_key: %w", err))
 	}
 	return json.Marshal(r)
 }
@@ -340,8 +336,8 @@ func (p *Publisher) oversizeReply(r wire.Reply, n int) ([]byte, error) {
 		"id", r.CorrelationID, "command", r.Command, "bytes", n, "max_message_size", p.cfg.MaxMessageSize)
 	r.Result, r.Sealed = nil, ""
 	if r.OK {
-		r.OK, r.Code = false, wire.CodeTooLarge
-		r.Error = fmt.Sprintf("the command ran, but its reply (%d bytes) is larger than the agent's mqtt.max_message_size %d: its result is not sent", n, p.cfg.MaxMessageSize)
+		r.Refuse(wire.WithCode(wire.CodeTooLarge, fmt.Errorf("the command ran, but its reply (%d bytes) is larger than the agent's mqtt.max_message_size %d: its result is not sent",
+			n, p.cfg.MaxMessageSize)))
 	}
 	return json.Marshal(r)
 }

@@ -53,6 +53,23 @@ func (c ReplyCode) Known() bool { return slices.Contains(ReplyCodes, c) }
 // once).
 func (c ReplyCode) Retry() bool { return c == CodeBusy }
 
+// MayHaveRun reports whether the command may have run despite the
+// refusal: too_large (it ran) and internal (it may have, in part).
+func (c ReplyCode) MayHaveRun() bool { return c == CodeTooLarge || c == CodeInternal }
+
+// MaxReplyError bounds a reply's error text (reply.schema.json).
+const MaxReplyError = 512
+
+// Refuse makes r the refusal of err: ok false, err's code (CodeOf) and
+// text (cut to MaxReplyError bytes), no result.
+func (r *Reply) Refuse(err error) {
+	r.OK, r.Code, r.Error = false, CodeOf(err), err.Error()
+	if len(r.Error) > MaxReplyError {
+		r.Error = r.Error[:MaxReplyError]
+	}
+	r.Result, r.Sealed = nil, ""
+}
+
 // CodeError is an error with the code a refusal is answered with.
 type CodeError struct {
 	Code ReplyCode

@@ -56,11 +56,23 @@ func TestCodeOf(t *testing.T) {
 		t.Error("WithCode of nil is not nil")
 	}
 	for _, c := range ReplyCodes {
-		if !c.Known() || c.Retry() != (c == CodeBusy) {
-			t.Errorf("%s: Known %v Retry %v", c, c.Known(), c.Retry())
+		if !c.Known() || c.Retry() != (c == CodeBusy) || c.MayHaveRun() != (c == CodeTooLarge || c == CodeInternal) {
+			t.Errorf("%s: Known %v Retry %v MayHaveRun %v", c, c.Known(), c.Retry(), c.MayHaveRun())
 		}
 	}
 	if ReplyCode("oops").Known() {
 		t.Error("an unknown code is Known")
+	}
+}
+
+func TestReplyRefuse(t *testing.T) {
+	r := Reply{OK: true, Result: []byte(`{"x":1}`)}
+	r.Refuse(WithCode(CodeConflict, errors.New(strings.Repeat("e", 600))))
+	if r.OK || r.Code != CodeConflict || len(r.Error) != MaxReplyError || r.Result != nil {
+		t.Errorf("refused: %+v", r)
+	}
+	r.Refuse(errors.New("store"))
+	if r.Code != CodeInternal || r.Error != "store" {
+		t.Errorf("refused without a code: %+v", r)
 	}
 }
