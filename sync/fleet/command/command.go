@@ -442,13 +442,7 @@ func (c *Client) do(ctx context.Context, site, device string, name wire.CommandN
 			if r.OK {
 				return r.Result, sent, nil
 			}
-			if strings.Contains(r.Error, `unknown field "reply_key"`) {
-				return nil, sent, fmt.Errorf("%w (it cannot seal its replies; it answered: %s)", ErrUnsupported, r.Error)
-			}
-			if olderAgent(name, r.Error) {
-				return nil, sent, fmt.Errorf("%w (it answered: %s)", ErrUnsupported, r.Error)
-			}
-			return nil, sent, fmt.Errorf("%w: %s", ErrRefused, r.Error)
+			return nil, sent, refusal(name, r)
 		case <-resend.C:
 			// The same signed bytes: the agent runs the id at most once.
 			if err := publish(); err != nil {
@@ -465,10 +459,54 @@ func (c *Client) do(ctx context.Context, site, device string, name wire.CommandN
 	}
 }
 
-// olderAgent reports whether a refusal is how an agent of a release
-// before the command answers it: "unknown command", or, for split and
-// merge, its strict decoder's refusal of the arguments it did not know
-// yet (it reads the arguments before the command's name).
+// RefusedError is an agent's ok:false answer to a command: ErrUnsupported
+// when the agent does not know the command (an older release), ErrRefused
+// otherwise (errors.Is), with the reply's code and error text.
+type RefusedError struct {
+	// Code is the reply's code: "" from an agent before codes.
+	Code wire.ReplyCode
+	// Answer is the reply's error text.
+	Answer string
+	err    error
+}
+
+func (e *RefusedError) Error() string { return e.err.Error() }
+func (e *RefusedError) Unwrap() error { return e.err }
+
+// RefusalCode is the code of the agent's refusal in err's chain: "" when
+// err is no refusal, or one from an agent before codes.
+func RefusalCode(err error) wire.ReplyCode {
+	var re *RefusedError
+	if errors.As(err, &re) {
+		return re.Code
+	}
+	return ""
+}
+
+// refusal is the error of a reply with ok false. Its code decides; a
+// reply without one (an agent before codes) is read by its text, the
+// only way such an agent says it is older than the command.
+func refusal(name wire.CommandName, r wire.Reply) error {
+	e := &RefusedError{Code: r.Code, Answer: r.Error}
+	switch {
+	case r.Code == wire.CodeUnsupported:
+		e.err = fmt.Errorf("%w (it answered: %s)", ErrUnsupported, r.Error)
+	case r.Code != "":
+		e.err = fmt.Errorf("%w: %s", ErrRefused, r.Error)
+	case strings.Contains(r.Error, `unknown field "reply_key"`):
+		e.err = fmt.Errorf("%w (it cannot seal its replies; it answered: %s)", ErrUnsupported, r.Error)
+	case olderAgent(name, r.Error):
+		e.err = fmt.Errorf("%w (it answered: %s)", ErrUnsupported, r.Error)
+	default:
+		e.err = fmt.Errorf("%w: %s", ErrRefused, r.Error)
+	}
+	return e
+}
+
+// olderAgent reports whether a refusal without a code is how an agent of
+// a release before the command answers it: "unknown command", or, for
+// split and merge, its strict decoder's refusal of the arguments it did
+// not know yet (it reads the arguments before the command's name).
 func olderAgent(name wire.CommandName, answer string) bool {
 	if strings.Contains(answer, "unknown command") {
 		return true

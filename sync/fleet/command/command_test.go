@@ -238,27 +238,35 @@ func TestClientTimeoutBusyAndOlderAgent(t *testing.T) {
 		t.Errorf("timed out after %v, want about 1s", d)
 	}
 
+	// Replies without a code (agents before codes) are read by their
+	// text; a code, when there is one, decides whatever the text says.
 	for _, tc := range []struct {
 		error string
+		code  wire.ReplyCode
 		want  error
-	}{{`invalid command: unknown command "merge_identities"`, ErrUnsupported},
+	}{{`invalid command: unknown command "merge_identities"`, "", ErrUnsupported},
 		// The previous release's strict decoder refuses the argument it
 		// does not know before it looks at the command's name.
-		{`invalid command: json: unknown field "into"`, ErrUnsupported},
+		{`invalid command: json: unknown field "into"`, "", ErrUnsupported},
 		// An agent before sealed replies refuses args.reply_key.
-		{`invalid command: json: unknown field "reply_key"`, ErrUnsupported},
-		{"merge_identities: no identity p-2", ErrRefused}} {
+		{`invalid command: json: unknown field "reply_key"`, "", ErrUnsupported},
+		{"merge_identities: no identity p-2", "", ErrRefused},
+		{"merge_identities: no identity p-2", wire.CodeNotFound, ErrRefused},
+		{"a new refusal's words", wire.CodeUnsupported, ErrUnsupported},
+		{`identity "unknown command": unknown identity`, wire.CodeNotFound, ErrRefused},
+		{"merge: not started: context deadline exceeded", wire.CodeBusy, ErrRefused}} {
 		go func() { _, _, err := c.Merge(context.Background(), "lyon-07", "atm-1", "p-1", "p-2", nil); errc <- err }()
 		var cmd wire.Command
 		for cmd.Command != wire.CmdMergeIdentities {
 			p, _ := wire.ParseSignedCommand(<-dev.got)
 			cmd, _ = wire.DecodeCommand(p.Payload())
 		}
-		r := wire.Reply{Envelope: wire.NewEnvelope("lyon-07", "atm-1", time.Now()), CorrelationID: cmd.MessageID, Command: cmd.Command, Error: tc.error}
+		r := wire.Reply{Envelope: wire.NewEnvelope("lyon-07", "atm-1", time.Now()), CorrelationID: cmd.MessageID, Command: cmd.Command,
+			Code: tc.code, Error: tc.error}
 		r.MessageID = "r-1"
 		dev.publish(t, prefix+"/lyon-07/atm-1/reply", r)
-		if err := <-errc; !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.error) {
-			t.Errorf("reply %q: %v, want %v", tc.error, err, tc.want)
+		if err := <-errc; !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.error) || RefusalCode(err) != tc.code {
+			t.Errorf("reply %q code %q: %v (code %q), want %v", tc.error, tc.code, err, RefusalCode(err), tc.want)
 		}
 	}
 }

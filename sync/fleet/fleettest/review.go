@@ -30,8 +30,14 @@ type Reviewer struct {
 	// Older answers every review command as an agent of the release
 	// before them does (unknown command), and any command that asks for
 	// a sealed reply as one of a release before sealed replies does (its
-	// strict decoder refuses args.reply_key).
+	// strict decoder refuses args.reply_key), without a reply code, as
+	// agents before codes. Otherwise refusals carry the code the agent's
+	// (wire.ReplyCode).
 	Older bool
+	// Fail, when set, refuses every command with it before anything
+	// runs, answered with its code as the agent's publisher does
+	// (wire.CodeOf: internal unless it carries one).
+	Fail error
 	// Delay holds each command this long before it is handled (the
 	// fleet resends meanwhile: the agent must refuse the copies).
 	Delay time.Duration
@@ -107,15 +113,18 @@ func (r *Reviewer) HandleCommand(_ context.Context, cmd wire.Command) (any, erro
 	defer r.mu.Unlock()
 	r.Handled = append(r.Handled, cmd)
 	if r.Older && cmd.Args.ReplyKey != "" {
-		return nil, fmt.Errorf(`%w: json: unknown field "reply_key"`, wire.ErrCommand)
+		return nil, wire.WithCode("", fmt.Errorf(`%w: json: unknown field "reply_key"`, wire.ErrCommand))
 	}
 	if r.Older && (cmd.Command == wire.CmdIdentityVisits || cmd.Command == wire.CmdSplitVisits || cmd.Command == wire.CmdMergeIdentities) {
-		return nil, fmt.Errorf("%w: unknown command %q", wire.ErrCommand, cmd.Command)
+		return nil, wire.WithCode("", fmt.Errorf("%w: unknown command %q", wire.ErrCommand, cmd.Command))
+	}
+	if r.Fail != nil {
+		return nil, r.Fail
 	}
 	id := cmd.Args.ID
 	vs, ok := r.visits[id]
 	if !ok {
-		return nil, fmt.Errorf("no identity %s", id)
+		return nil, r.noIdentity(id)
 	}
 	switch cmd.Command {
 	case wire.CmdIdentityVisits:
@@ -143,10 +152,18 @@ func (r *Reviewer) HandleCommand(_ context.Context, cmd wire.Command) (any, erro
 			}
 		}
 		if len(moved) != len(cmd.Args.Visits) {
-			return nil, fmt.Errorf("split_visits: %d of the %d visits are not visits of %s", len(cmd.Args.Visits)-len(moved), len(cmd.Args.Visits), id)
+			// Another identity's visits: moved since the review.
+			code := wire.CodeNotFound
+			for _, v := range cmd.Args.Visits {
+				if r.identityOf(v) != "" && r.identityOf(v) != id {
+					code = wire.CodeConflict
+				}
+			}
+			return nil, wire.WithCode(code, fmt.Errorf("split_visits: %d of the %d visits are not visits of %s",
+				len(cmd.Args.Visits)-len(moved), len(cmd.Args.Visits), id))
 		}
 		if len(kept) == 0 {
-			return nil, fmt.Errorf("split_visits: every visit of %s chosen: nothing would be left", id)
+			return nil, wire.WithCode(wire.CodeConflict, fmt.Errorf("split_visits: every visit of %s chosen: nothing would be left", id))
 		}
 		r.splits++
 		nid := fmt.Sprintf("p-split-%d", r.splits)
@@ -156,7 +173,7 @@ func (r *Reviewer) HandleCommand(_ context.Context, cmd wire.Command) (any, erro
 	case wire.CmdMergeIdentities:
 		into := cmd.Args.Into
 		if _, ok := r.visits[into]; !ok {
-			return nil, fmt.Errorf("no identity %s", into)
+			return nil, r.noIdentity(into)
 		}
 		// Kept apart by an earlier split: the merge replaces it.
 		r.apart[id] = slices.DeleteFunc(r.apart[id], func(a string) bool { return a == into })
@@ -177,7 +194,30 @@ func (r *Reviewer) HandleCommand(_ context.Context, cmd wire.Command) (any, erro
 		delete(r.apart, id)
 		return wire.MergeResult{Identity: into, Merged: id, VisitsMoved: len(vs)}, nil
 	}
-	return nil, fmt.Errorf("%s is not simulated", cmd.Command)
+	return nil, wire.WithCode(wire.CodeUnsupported, fmt.Errorf("%s is not simulated", cmd.Command))
+}
+
+// noIdentity is the refusal of a command about an identity it does not
+// hold.
+func (r *Reviewer) noIdentity(id string) error {
+	return wire.WithCode(wire.CodeNotFound, fmt.Errorf("no identity %s", id))
+}
+
+// identityOf is the identity holding visit v ("" none).
+func (r *Reviewer) identityOf(v string) string {
+	for id, vs := range r.visits {
+		if slices.ContainsFunc(vs, func(x Visit) bool { return x.ID == v }) {
+			return id
+		}
+	}
+	return ""
+}
+
+// SetFail sets Fail.
+func (r *Reviewer) SetFail(err error) {
+	r.mu.Lock()
+	r.Fail = err
+	r.mu.Unlock()
 }
 
 // Sniff subscribes to topic (QoS 1) and returns what arrived so far at

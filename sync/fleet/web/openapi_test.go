@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -160,6 +161,14 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	correct(ana, csrf, "split", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-2"]}`)
 	correct(ana, csrf, "merge", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-2","into":"p-1"}`)
 	correct(ana, csrf, "split of another identity's visit", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-404"]}`)
+	correct(ana, csrf, "split of a visit moved to another identity", split, `{"site":"lyon-07","device":"atm-1","identity":"p-split-1","visits":["v-1"]}`)
+	rv.SetFail(wire.WithCode(wire.CodeBusy, errors.New("split visits: not started: context deadline exceeded")))
+	correct(ana, csrf, "split the agent did not take in time", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-1"]}`)
+	visits(ana, "visits the agent did not take in time", "lyon-07", "atm-1", "p-2")
+	rv.SetFail(errors.New("commit: input/output error"))
+	correct(ana, csrf, "split the agent failed", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-1"]}`)
+	correct(ana, csrf, "merge the agent failed", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-split-1","into":"p-1"}`)
+	rv.SetFail(nil)
 	correct(ana, csrf, "merge of identities kept apart", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-split-1","into":"p-1"}`)
 	correct(ana, csrf, "merge of an identity the agent lacks", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-404","into":"p-1"}`)
 	big := `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["` + strings.Repeat("v", 70<<10) + `"]}`
@@ -225,7 +234,15 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), `"ok":false`) {
 		t.Errorf("stuck ingest: %d %s, want 503 and ok false", resp.StatusCode, b)
 	}
+	// The agent's refusal codes, and an older agent's text, decide these.
+	want := map[string]int{"split of a visit moved to another identity": http.StatusConflict,
+		"split the agent did not take in time": http.StatusServiceUnavailable, "visits the agent did not take in time": http.StatusServiceUnavailable,
+		"merge of an identity the agent lacks": http.StatusNotFound, "visits of an older agent": http.StatusBadGateway,
+		"split the agent failed": http.StatusBadGateway, "merge the agent failed": http.StatusBadGateway}
 	for _, x := range xs {
+		if code, ok := want[x.Name]; ok && x.Code != code {
+			t.Errorf("%s: %d, want %d: %s", x.Name, x.Code, code, x.Resp)
+		}
 		d.Check(x)
 	}
 	if missing := d.Missing(); len(missing) > 0 {

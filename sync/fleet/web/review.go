@@ -99,6 +99,12 @@ func (s *Server) problemOf(d storage.Device, err error) commandProblem {
 	case errors.Is(err, command.ErrTimeout):
 		return commandProblem{Code: http.StatusGatewayTimeout, Msg: fmt.Sprintf("No answer from %s within %v. It may have gone offline a moment ago, "+
 			"or its agent has commands off or does not trust this fleet's signing key (mqtt.commands on the agent, docs/mqtt.md).", dev, timeout)}
+	case command.RefusalCode(err) == wire.CodeNotFound:
+		return commandProblem{Code: http.StatusNotFound, Msg: fmt.Sprintf("%s has no such identity or visit (it may have been merged, split or erased since): %v", dev, err)}
+	case command.RefusalCode(err) == wire.CodeConflict:
+		return commandProblem{Code: http.StatusConflict, Msg: fmt.Sprintf("%s: %v. Nothing changed: its identities changed since the review, or do not allow it as asked; review the identity again.", dev, err)}
+	case command.RefusalCode(err) == wire.CodeBusy:
+		return commandProblem{Code: http.StatusServiceUnavailable, Msg: fmt.Sprintf("%s was busy and did not run the command: %v. Try again in a moment.", dev, err)}
 	case errors.Is(err, command.ErrUnsupported):
 		answer := strings.TrimPrefix(err.Error(), command.ErrUnsupported.Error()+" ")
 		return commandProblem{Code: http.StatusBadGateway, Msg: fmt.Sprintf("The agent on %s is older than the identity review and refuses it: upgrade it %s.", dev, answer)}
@@ -409,6 +415,10 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 	switch {
 	case err == nil:
 		c.Outcome = storage.OutcomeApplied
+	case errors.Is(err, command.ErrRefused) && command.RefusalCode(err).MayHaveRun():
+		// Answered, but the device may have applied it (internal,
+		// too_large).
+		c.Outcome, c.Reason = storage.OutcomeUnknown, err.Error()
 	case errors.Is(err, command.ErrRefused), errors.Is(err, command.ErrUnsupported):
 		c.Outcome, c.Reason = storage.OutcomeRefused, err.Error()
 	case !requested:

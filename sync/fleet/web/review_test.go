@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -180,8 +181,9 @@ func TestReviewAndCorrect(t *testing.T) {
 	if _, body := ana.get(review); strings.Contains(body, `class="apart"`) {
 		t.Errorf("p-1 is still kept apart from p-split-1 after their merge:\n%s", body)
 	}
+	// Refused by the agent, answered by its code: no such identity 404.
 	r, body = ana.post("/devices/lyon-07/atm-0042/identities/p-9/merge", url.Values{"csrf": {csrf}, "into": {"p-1"}})
-	if r.StatusCode != http.StatusBadGateway || !strings.Contains(body, "no identity p-9") {
+	if r.StatusCode != http.StatusNotFound || !strings.Contains(body, "no identity p-9") {
 		t.Errorf("a merge the agent refuses: %d %s", r.StatusCode, body)
 	}
 	r, _ = ana.post("/devices/lyon-07/atm-0042/identities/p-1/split", url.Values{"csrf": {csrf}})
@@ -455,15 +457,15 @@ func (l *loopback) Publish(_ context.Context, topic string, msg []byte) error {
 	}
 	go func() {
 		res, err := rv.HandleCommand(context.Background(), cmd)
-		r := wire.Reply{Envelope: wire.NewEnvelope(cmd.Site, cmd.Device, time.Now()), CorrelationID: cmd.MessageID, Command: cmd.Command, OK: err == nil}
+		r := wire.Reply{Envelope: wire.NewEnvelope(cmd.Site, cmd.Device, time.Now()), CorrelationID: cmd.MessageID, Command: cmd.Command, OK: true}
 		r.MessageID = "r-" + cmd.MessageID
 		if err != nil {
-			r.Error = err.Error()
+			r.Refuse(err) // with its code, as the agent answers
 		} else {
 			r.Result, _ = json.Marshal(res)
 		}
 		if err := r.Seal(cmd.Args.ReplyKey); err != nil { // as the agent answers
-			r.OK, r.Error = false, err.Error()
+			r.Refuse(err)
 		}
 		b, _ := json.Marshal(r)
 		l.c.Handle(browserPrefix+"/"+cmd.Site+"/"+cmd.Device+"/reply", b)
@@ -519,8 +521,8 @@ func TestReviewBudgetAndLimits(t *testing.T) {
 
 	share := command.DefaultConfig().DeviceBudget * 3 / 4
 	for i := 1; i < share; i++ { // unknown identities: refused by the agent, never cached
-		if r, _ := ana.json("GET", fmt.Sprintf(visits, fmt.Sprintf("p-x%d", i)), "", ""); r.StatusCode != http.StatusBadGateway {
-			t.Fatalf("review %d: %d, want 502 (no such identity)", i, r.StatusCode)
+		if r, _ := ana.json("GET", fmt.Sprintf(visits, fmt.Sprintf("p-x%d", i)), "", ""); r.StatusCode != http.StatusNotFound {
+			t.Fatalf("review %d: %d, want 404 (no such identity)", i, r.StatusCode)
 		}
 	}
 	n := len(rv.Commands())
@@ -543,5 +545,65 @@ func TestReviewBudgetAndLimits(t *testing.T) {
 	big := `{"site":"lyon-07","device":"atm-0042","identity":"p-1","visits":["` + strings.Repeat("v", 100<<10) + `"]}`
 	if r, out := ana.json("POST", "/api/v1/identities/split", "application/json", big, "X-CSRF-Token", csrf); r.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Errorf("a 100 KiB body: %d %v, want 413", r.StatusCode, out)
+	}
+}
+
+// The agent's refusal codes decide the answer: a visit that now belongs
+// to another identity is a conflict (409, nothing changed, review again),
+// a command the agent's worker did not take is busy (503, nothing ran),
+// both audited as refused; an agent that sends no codes (older) is read
+// by its text, as before.
+func TestRefusalCodes(t *testing.T) {
+	svc, _, base, _, rv, _ := reviewFleet(t)
+	ana := newClient(t, base)
+	csrf := ana.login("ana", "correct horse")
+	split := func(visits string) (*http.Response, map[string]any) {
+		return ana.json("POST", "/api/v1/identities/split", "application/json",
+			`{"site":"lyon-07","device":"atm-0042","identity":"p-1","visits":[`+visits+`]}`, "X-CSRF-Token", csrf)
+	}
+	r, out := split(`"v-1","v-5"`)
+	if r.StatusCode != http.StatusConflict || !strings.Contains(fmt.Sprint(out["error"]), "review the identity again") {
+		t.Errorf("a split of another identity's visit: %d %v, want 409", r.StatusCode, out)
+	}
+	r, out = split(`"v-1","v-2","v-3","v-4"`)
+	if r.StatusCode != http.StatusConflict {
+		t.Errorf("a split of every visit: %d %v, want 409", r.StatusCode, out)
+	}
+	r, out = split(`"v-nobody"`)
+	if r.StatusCode != http.StatusNotFound {
+		t.Errorf("a split of no such visit: %d %v, want 404", r.StatusCode, out)
+	}
+	rv.SetFail(wire.WithCode(wire.CodeBusy, fmt.Errorf("split visits: not started: %w", context.DeadlineExceeded)))
+	r, out = split(`"v-1"`)
+	if r.StatusCode != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(out["error"]), "did not run the command") {
+		t.Errorf("a busy agent: %d %v, want 503", r.StatusCode, out)
+	}
+	audit, err := svc.st.Audit(context.Background(), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(audit); i += 2 {
+		if !strings.HasPrefix(audit[i].Note, "refused by the device, nothing changed") {
+			t.Errorf("audited %q, want refused", audit[i].Note)
+		}
+	}
+	// internal: the device may have applied it, and the audit says so.
+	rv.SetFail(errors.New("split: commit: input/output error"))
+	if r, out = split(`"v-1"`); r.StatusCode != http.StatusBadGateway {
+		t.Errorf("an agent's internal error: %d %v, want 502", r.StatusCode, out)
+	}
+	if audit, _ := svc.st.Audit(context.Background(), 1); len(audit) != 1 || !strings.Contains(audit[0].Note, "(it may have applied it)") {
+		t.Errorf("an internal refusal audited as %+v, want as maybe applied", audit)
+	}
+	rv.SetFail(nil)
+	if got := rv.Visits("p-1"); len(got) != 4 {
+		t.Errorf("refused splits changed p-1: %v", got)
+	}
+
+	// An older agent, without codes: its "unknown command" still says it.
+	rv.SetOlder(true)
+	r, out = split(`"v-1"`)
+	if r.StatusCode != http.StatusBadGateway || !strings.Contains(fmt.Sprint(out["error"]), "older than the identity review") {
+		t.Errorf("an older agent: %d %v, want 502", r.StatusCode, out)
 	}
 }
