@@ -215,7 +215,7 @@ func runCommandOpenReply(_ context.Context, env *cli.Env, args []string) error {
 			return errors.New("the reply carries its result in clear, not sealed: not the answer of a device to a command with a reply key")
 		}
 		if !r.OK {
-			return fmt.Errorf("the device refused the command: %s", r.Error)
+			return refusedErr(r)
 		}
 		return errors.New("the reply carries no result")
 	}
@@ -225,6 +225,19 @@ func runCommandOpenReply(_ context.Context, env *cli.Env, args []string) error {
 	}
 	_, err = fmt.Fprintf(env.Stdout, "%s\n", res)
 	return err
+}
+
+// refusedErr says a reply's refusal: its code (none from an agent before
+// refusal codes) and its error.
+func refusedErr(r wire.Reply) error {
+	if r.Code == "" {
+		return fmt.Errorf("the device refused the command: %s", r.Error)
+	}
+	ran := "it did not run"
+	if r.Code.MayHaveRun() {
+		ran = "it may have run"
+	}
+	return fmt.Errorf("the device refused the command (%s: %s): %s", r.Code, ran, r.Error)
 }
 
 func newCommandID() string {

@@ -208,4 +208,19 @@ func TestCommandSignReplyKeyAndOpenReply(t *testing.T) {
 	if _, _, err := runCLI(t, "command", "open-reply", "--key", prefix+".key", "--reply", sealed); err == nil || !strings.Contains(err.Error(), "not an X25519 key") {
 		t.Errorf("the signing key as a reply key: %v", err)
 	}
+	// A refusal says its code, and an older agent's (none) its words.
+	for code, want := range map[wire.ReplyCode]string{
+		wire.CodeNotFound: "the device refused the command (not_found: it did not run): no identity p-1",
+		wire.CodeInternal: "the device refused the command (internal: it may have run): no identity p-1",
+		"":                "the device refused the command: no identity p-1",
+	} {
+		refused := filepath.Join(dir, "refused.json")
+		r := wire.Reply{Envelope: wire.NewEnvelope(cmd.Site, cmd.Device, time.Now()), CorrelationID: cmd.MessageID, Command: cmd.Command,
+			Code: code, Error: "no identity p-1"}
+		b, _ := json.Marshal(r)
+		os.WriteFile(refused, b, 0o600)
+		if _, _, err := runCLI(t, "command", "open-reply", "--key", rk, "--reply", refused); err == nil || err.Error() != want {
+			t.Errorf("a refusal with code %q: %v, want %q", code, err, want)
+		}
+	}
 }
