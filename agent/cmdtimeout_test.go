@@ -66,7 +66,7 @@ func TestCommandDeadlineAfterStartAnswersTheResult(t *testing.T) {
 }
 
 // A command whose deadline passes before the worker takes it never runs:
-// its error says so, and nothing changes later.
+// its error says so (answered busy), and nothing changes later.
 func TestCommandDeadlineBeforeStartRunsNothing(t *testing.T) {
 	h := newHarness(t, "", nil, Config{})
 	for i := range 4 {
@@ -89,8 +89,8 @@ func TestCommandDeadlineBeforeStartRunsNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	_, err := h.ag.HandleCommand(ctx, wire.Command{Command: wire.CmdSplitVisits, Args: wire.CommandArgs{ID: x, Visits: []string{vs[3].ID}}})
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("split on a busy worker: %v", err)
+	if !errors.Is(err, context.DeadlineExceeded) || wire.CodeOf(err) != wire.CodeBusy {
+		t.Fatalf("split on a busy worker: %v (code %q), want busy", err, wire.CodeOf(err))
 	}
 	close(release)
 	if err := <-busy; err != nil {
