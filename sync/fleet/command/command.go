@@ -21,6 +21,10 @@
 // sealed one that does not open in the command's context, is dropped as a
 // forged one is. An agent of a release before sealing refuses the unknown
 // argument: that is told as ErrUnsupported (upgrade it).
+//
+// A refusal (ok false) is a *RefusedError with the reply's code
+// (docs/mqtt.md "Refusal codes"), which decides; the error text is read
+// only in a reply without a code, from an agent before codes.
 package command
 
 import (
