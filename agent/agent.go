@@ -576,6 +576,9 @@ func (a *Agent) PurgeIdentity(ctx context.Context, id string) (int, error) {
 	err := a.do(ctx, "purge identity", func(ctx context.Context) error {
 		var err error
 		n, err = a.d.Store.PurgeIdentity(ctx, id)
+		if errors.Is(err, record.ErrNotFound) {
+			return wire.WithCode(wire.CodeNotFound, err)
+		}
 		if err != nil && n == 0 {
 			return err
 		}

@@ -53,6 +53,7 @@ func TestCommandRefusalCodes(t *testing.T) {
 		want wire.ReplyCode
 	}{
 		{"review of no identity", wire.Command{Command: wire.CmdIdentityVisits, Args: wire.CommandArgs{ID: "p-nobody"}}, wire.CodeNotFound},
+		{"purge of no identity", wire.Command{Command: wire.CmdPurgeIdentity, Args: wire.CommandArgs{ID: "p-nobody"}}, wire.CodeNotFound},
 		{"split of no identity", split("p-nobody", vs[0].ID), wire.CodeNotFound},
 		{"split of no visit", split(x, "v-nobody"), wire.CodeNotFound},
 		{"split of another identity's visit", split(x, vs[0].ID, vs[4].ID), wire.CodeConflict},

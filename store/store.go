@@ -55,7 +55,7 @@ var (
 	ErrWrongKey        = errors.New("encryption key does not match the one this database was created with")
 	ErrDuplicateVisit  = record.ErrDuplicateVisit // a commit whose visit id is already stored
 	ErrUnknownIdentity = errors.New("unknown identity")
-	ErrNotFound        = errors.New("not found")
+	ErrNotFound        = record.ErrNotFound // no such record
 	// ErrBroken: bbolt failed (panicked) inside a transaction of the open
 	// store, so its handle can no longer be trusted; every later call
 	// fails with it at once (see Store.Broken).

@@ -15,6 +15,10 @@ import (
 // ErrDuplicateVisit is returned by a commit whose visit id is already stored.
 var ErrDuplicateVisit = errors.New("visit id already stored")
 
+// ErrNotFound is returned for a record that is not stored (an identity
+// purge_identity names, a visit...).
+var ErrNotFound = errors.New("not found")
+
 // Identity is one unknown person as the identity engine sees it. The engine
 // owns Status, Confidence, Model and Attrs; the store derives Count,
 // FirstSeen and LastSeen from the visits assigned to it, in the same
