@@ -31,8 +31,8 @@ type Reviewer struct {
 	// before them does (unknown command), and any command that asks for
 	// a sealed reply as one of a release before sealed replies does (its
 	// strict decoder refuses args.reply_key), without a reply code, as
-	// agents before codes. Otherwise refusals carry the code the agent's
-	// (wire.ReplyCode).
+	// agents before codes. Otherwise each refusal carries the code the
+	// agent answers it with (wire.ReplyCode).
 	Older bool
 	// Fail, when set, refuses every command with it before anything
 	// runs, answered with its code as the agent's publisher does
