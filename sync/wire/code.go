@@ -42,7 +42,9 @@ const (
 	CodeInternal ReplyCode = "internal"
 )
 
-// ReplyCodes lists every code, as reply.schema.json does.
+// ReplyCodes lists every code this build sends (reply.schema.json's
+// examples). The set is open: a reader takes a code it does not know as
+// CodeInternal.
 var ReplyCodes = []ReplyCode{CodeBadCommand, CodeUnsupported, CodeNotFound, CodeConflict, CodeBusy, CodeTooLarge, CodeInternal}
 
 // Known reports whether c is one of ReplyCodes.
@@ -54,8 +56,12 @@ func (c ReplyCode) Known() bool { return slices.Contains(ReplyCodes, c) }
 func (c ReplyCode) Retry() bool { return c == CodeBusy }
 
 // MayHaveRun reports whether the command may have run despite the
-// refusal: too_large (it ran) and internal (it may have, in part).
-func (c ReplyCode) MayHaveRun() bool { return c == CodeTooLarge || c == CodeInternal }
+// refusal: too_large (it ran), internal (it may have, in part), and a code
+// this build does not know (a newer agent's: the set is open, and an
+// unknown code is read as internal).
+func (c ReplyCode) MayHaveRun() bool {
+	return c == CodeTooLarge || c == CodeInternal || c != "" && !c.Known()
+}
 
 // MaxReplyError bounds a reply's error text (reply.schema.json).
 const MaxReplyError = 512

@@ -60,6 +60,12 @@ func TestCodeOf(t *testing.T) {
 			t.Errorf("%s: Known %v Retry %v MayHaveRun %v", c, c.Known(), c.Retry(), c.MayHaveRun())
 		}
 	}
+	if ReplyCode("").MayHaveRun() || ReplyCode("").Retry() {
+		t.Error("no code (an older agent's refusal) says the command may have run, or to retry")
+	}
+	if c := ReplyCode("quota_exceeded"); !c.MayHaveRun() || c.Retry() {
+		t.Errorf("a code this build does not know: MayHaveRun %v Retry %v, want read as internal", c.MayHaveRun(), c.Retry())
+	}
 	if ReplyCode("oops").Known() {
 		t.Error("an unknown code is Known")
 	}

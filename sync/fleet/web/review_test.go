@@ -595,6 +595,15 @@ func TestRefusalCodes(t *testing.T) {
 	if audit, _ := svc.st.Audit(context.Background(), 1); len(audit) != 1 || !strings.Contains(audit[0].Note, "(it may have applied it)") {
 		t.Errorf("an internal refusal audited as %+v, want as maybe applied", audit)
 	}
+	// A code this build does not know (a newer agent's): the reply is
+	// taken, answered 502, and audited as maybe applied, like internal.
+	rv.SetFail(wire.WithCode("quota_exceeded", errors.New("split: over a quota this fleet has not heard of")))
+	if r, out = split(`"v-1"`); r.StatusCode != http.StatusBadGateway || !strings.Contains(fmt.Sprint(out["error"]), "over a quota") {
+		t.Errorf("an unknown code: %d %v, want 502 with the agent's text", r.StatusCode, out)
+	}
+	if audit, _ := svc.st.Audit(context.Background(), 1); len(audit) != 1 || !strings.Contains(audit[0].Note, "(it may have applied it)") {
+		t.Errorf("an unknown code audited as %+v, want as maybe applied", audit)
+	}
 	rv.SetFail(nil)
 	if got := rv.Visits("p-1"); len(got) != 4 {
 		t.Errorf("refused splits changed p-1: %v", got)
