@@ -451,13 +451,7 @@ func TestProxyAuthScoped(t *testing.T) {
 	as := func(user, method, path, body string) (int, string) {
 		req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
 		req.Header.Set("X-Remote-User", user)
-		r, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Body.Close()
-		b, _ := io.ReadAll(r.Body)
-		return r.StatusCode, string(b)
+		return send(t, req)
 	}
 	if code, body := as("pat", "GET", "/api/v1/devices", ""); code != 200 || strings.Contains(body, "lyon-07") || !strings.Contains(body, "paris-01") {
 		t.Errorf("proxy-signed pat lists devices: %d %s", code, body)

@@ -8,7 +8,6 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -615,13 +614,7 @@ func TestUsersFileChangeAndSessions(t *testing.T) {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodGet, hs2.URL+path, nil)
 		req.AddCookie(&http.Cookie{Name: sessionCookie, Value: cookies[user].Value})
-		r, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Body.Close()
-		b, _ := io.ReadAll(r.Body)
-		return r.StatusCode, string(b)
+		return send(t, req)
 	}
 	for _, u := range []string{"pat", "vic"} {
 		if code, body := get(u, "/api/v1/session"); code != http.StatusUnauthorized {

@@ -78,6 +78,18 @@ func startTestServer(t testing.TB, st storage.Store) (*Server, *httptest.Server,
 	return s, hs, stop
 }
 
+// send does req with the default client: its status and body.
+func send(t testing.TB, req *http.Request) (int, string) {
+	t.Helper()
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return r.StatusCode, string(b)
+}
+
 type client struct {
 	*http.Client
 	base string
