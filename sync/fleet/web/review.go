@@ -76,10 +76,37 @@ type commandProblem struct {
 	Code       int
 	Msg        string
 	RetryAfter time.Duration
+	// AgentCode is the agent's refusal code, when it refused (the API
+	// answers it as agent_code: docs/mqtt.md "Refusal codes").
+	AgentCode wire.ReplyCode
 }
 
 // problemOf explains why a command to d gave no usable answer.
 func (s *Server) problemOf(d storage.Device, err error) commandProblem {
+	p := s.problemText(d, err)
+	p.AgentCode = command.RefusalCode(err)
+	return p
+}
+
+// write answers p: JSON with its agent_code for the API, a plain page
+// otherwise (the review's own page shows p.Msg in its layout).
+func (p commandProblem) write(w http.ResponseWriter, r *http.Request) {
+	retryAfter(w, p)
+	if strings.HasPrefix(r.URL.Path, "/api/") || wantsJSON(r) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.WriteHeader(p.Code)
+		_ = json.NewEncoder(w).Encode(struct {
+			Error     string         `json:"error"`
+			AgentCode wire.ReplyCode `json:"agent_code,omitempty"`
+		}{p.Msg, p.AgentCode})
+		return
+	}
+	http.Error(w, p.Msg, p.Code)
+}
+
+// problemText is problemOf without the agent's code.
+func (s *Server) problemText(d storage.Device, err error) commandProblem {
 	dev := d.Site + " / " + d.Device
 	timeout := time.Duration(0)
 	if s.d.Commands != nil {
@@ -304,9 +331,7 @@ func (s *Server) apiVisits(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		p := s.problemOf(d, err)
-		retryAfter(w, p)
-		httpError(w, r, p.Msg, p.Code)
+		s.problemOf(d, err).write(w, r)
 		return
 	}
 	if res.Visits == nil {
@@ -451,11 +476,11 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 		if c.Outcome == storage.OutcomeUnknown {
 			pr.Msg += " The correction may or may not have been applied (the audit log has it as without a usable answer): review the identity again before repeating it."
 		}
-		retryAfter(w, pr)
 		if api {
-			httpError(w, r, pr.Msg, pr.Code)
+			pr.write(w, r)
 			return
 		}
+		retryAfter(w, pr)
 		done.Error = pr.Msg
 		s.renderReview(w, r, pr.Code, done)
 		return

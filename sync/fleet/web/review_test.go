@@ -562,16 +562,16 @@ func TestRefusalCodes(t *testing.T) {
 			`{"site":"lyon-07","device":"atm-0042","identity":"p-1","visits":[`+visits+`]}`, "X-CSRF-Token", csrf)
 	}
 	r, out := split(`"v-1","v-5"`)
-	if r.StatusCode != http.StatusConflict || !strings.Contains(fmt.Sprint(out["error"]), "review the identity again") {
-		t.Errorf("a split of another identity's visit: %d %v, want 409", r.StatusCode, out)
+	if r.StatusCode != http.StatusConflict || !strings.Contains(fmt.Sprint(out["error"]), "review the identity again") || out["agent_code"] != "conflict" {
+		t.Errorf("a split of another identity's visit: %d %v, want 409, agent_code conflict", r.StatusCode, out)
 	}
 	r, out = split(`"v-1","v-2","v-3","v-4"`)
 	if r.StatusCode != http.StatusConflict {
 		t.Errorf("a split of every visit: %d %v, want 409", r.StatusCode, out)
 	}
 	r, out = split(`"v-nobody"`)
-	if r.StatusCode != http.StatusNotFound {
-		t.Errorf("a split of no such visit: %d %v, want 404", r.StatusCode, out)
+	if r.StatusCode != http.StatusNotFound || out["agent_code"] != "not_found" {
+		t.Errorf("a split of no such visit: %d %v, want 404, agent_code not_found", r.StatusCode, out)
 	}
 	rv.SetFail(wire.WithCode(wire.CodeBusy, fmt.Errorf("split visits: not started: %w", context.DeadlineExceeded)))
 	r, out = split(`"v-1"`)
@@ -598,7 +598,7 @@ func TestRefusalCodes(t *testing.T) {
 	// A code this build does not know (a newer agent's): the reply is
 	// taken, answered 502, and audited as maybe applied, like internal.
 	rv.SetFail(wire.WithCode("quota_exceeded", errors.New("split: over a quota this fleet has not heard of")))
-	if r, out = split(`"v-1"`); r.StatusCode != http.StatusBadGateway || !strings.Contains(fmt.Sprint(out["error"]), "over a quota") {
+	if r, out = split(`"v-1"`); r.StatusCode != http.StatusBadGateway || !strings.Contains(fmt.Sprint(out["error"]), "over a quota") || out["agent_code"] != "quota_exceeded" {
 		t.Errorf("an unknown code: %d %v, want 502 with the agent's text", r.StatusCode, out)
 	}
 	if audit, _ := svc.st.Audit(context.Background(), 1); len(audit) != 1 || !strings.Contains(audit[0].Note, "(it may have applied it)") {
@@ -612,7 +612,7 @@ func TestRefusalCodes(t *testing.T) {
 	// An older agent, without codes: its "unknown command" still says it.
 	rv.SetOlder(true)
 	r, out = split(`"v-1"`)
-	if r.StatusCode != http.StatusBadGateway || !strings.Contains(fmt.Sprint(out["error"]), "older than the identity review") {
+	if _, has := out["agent_code"]; r.StatusCode != http.StatusBadGateway || !strings.Contains(fmt.Sprint(out["error"]), "older than the identity review") || has {
 		t.Errorf("an older agent: %d %v, want 502", r.StatusCode, out)
 	}
 }
