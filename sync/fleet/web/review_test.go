@@ -129,17 +129,7 @@ func TestReviewAndCorrect(t *testing.T) {
 	if r, _ := anon.get(review); r.StatusCode != 303 {
 		t.Errorf("anonymous review: %d, want 303 to sign in", r.StatusCode)
 	}
-	if r, _ := ana.post("/devices/lyon-07/atm-0042/identities/p-1/split", split); r.StatusCode != 403 {
-		t.Errorf("split without token: %d, want 403", r.StatusCode)
-	}
-	split.Set("csrf", "forged")
-	if r, _ := ana.post("/devices/lyon-07/atm-0042/identities/p-1/split", split); r.StatusCode != 403 {
-		t.Errorf("split with a forged token: %d, want 403", r.StatusCode)
-	}
-	split.Set("csrf", csrf)
-	if r, _ := ana.post("/devices/lyon-07/atm-0042/identities/p-1/split", split, "Origin", "http://evil.example"); r.StatusCode != 403 {
-		t.Errorf("cross-origin split: %d, want 403", r.StatusCode)
-	}
+	ana.refusesUnguarded("/devices/lyon-07/atm-0042/identities/p-1/split", split, csrf)
 	if r, _ := anon.json("POST", "/api/v1/identities/split", "application/json", `{"site":"lyon-07","device":"atm-0042","identity":"p-1","visits":["v-2"]}`); r.StatusCode != 401 {
 		t.Errorf("anonymous API split: %d", r.StatusCode)
 	}

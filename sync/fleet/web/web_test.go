@@ -129,6 +129,25 @@ func (c *client) post(path string, form url.Values, hdr ...string) (*http.Respon
 	return r, string(b)
 }
 
+// refusesUnguarded checks that a signed-in POST of form to path is
+// refused (403) without a CSRF token, with a forged one, and with the
+// right one from a foreign Origin; form is left holding the right token.
+func (c *client) refusesUnguarded(path string, form url.Values, csrf string) {
+	c.t.Helper()
+	form.Del("csrf")
+	if r, _ := c.post(path, form); r.StatusCode != 403 {
+		c.t.Errorf("POST %s without CSRF token: %d, want 403", path, r.StatusCode)
+	}
+	form.Set("csrf", "forged")
+	if r, _ := c.post(path, form); r.StatusCode != 403 {
+		c.t.Errorf("POST %s with a forged token: %d, want 403", path, r.StatusCode)
+	}
+	form.Set("csrf", csrf)
+	if r, _ := c.post(path, form, "Origin", "http://evil.example"); r.StatusCode != 403 {
+		c.t.Errorf("cross-origin POST %s: %d, want 403", path, r.StatusCode)
+	}
+}
+
 // json sends a request asking for JSON and decodes the JSON object it
 // answers (nil when the answer is not one).
 func (c *client) json(method, path, contentType, body string, hdr ...string) (*http.Response, map[string]any) {
@@ -229,17 +248,7 @@ func TestAccessControl(t *testing.T) {
 		t.Errorf("analyst GET /admin: %d, want 403", r.StatusCode)
 	}
 	act := url.Values{"action": {"acknowledge"}, "site": {"lyon-07"}, "device": {"atm-1"}, "alert": {"a-1"}, "note": {"calling branch"}, "next": {"/alerts"}}
-	if r, _ := ana.post("/alerts/act", act); r.StatusCode != 403 {
-		t.Errorf("POST without CSRF token: %d, want 403", r.StatusCode)
-	}
-	act.Set("csrf", "forged")
-	if r, _ := ana.post("/alerts/act", act); r.StatusCode != 403 {
-		t.Errorf("POST with a forged token: %d, want 403", r.StatusCode)
-	}
-	act.Set("csrf", csrf)
-	if r, _ := ana.post("/alerts/act", act, "Origin", "http://evil.example"); r.StatusCode != 403 {
-		t.Errorf("cross-origin POST: %d, want 403", r.StatusCode)
-	}
+	ana.refusesUnguarded("/alerts/act", act, csrf)
 	a, _ := st.Alert(context.Background(), storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-1"})
 	if a.State != storage.AlertOpen {
 		t.Fatalf("a refused POST changed the alert: %+v", a)
