@@ -12,6 +12,8 @@
 # aptroot_enter; the root is $R, the scratch dir $W, both removed on exit
 # with everything started in the root.
 ARCH=${ARCH:-amd64}
+# shellcheck source=scripts/packaging/repack.sh
+. "$(dirname "${BASH_SOURCE[0]}")/repack.sh"
 REPO=$(realpath -m "${APT_REPO:-build/apt-repo}")
 export GNUPGHOME=$(realpath -m "${APT_GNUPG:-build/apt-gnupg}")
 CACHE=$(realpath -m "${ROOT_CACHE:-build/_aptroot-$ARCH}")
@@ -181,16 +183,10 @@ repo_version() {
 # which an unattended upgrade must answer by its options (docs/operations.md
 # "Upgrade").
 publish_newer() {
-	local deb pkg=${2:-atm-agent} conf
-	conf=etc/${2:-atm-agent}/config.yaml
+	local deb pkg=${2:-atm-agent}
 	deb=$(ls "$REPO"/pool/main/a/"$pkg"/"$pkg"_*_"$ARCH".deb | head -1)
-	rm -rf "$W/pkg" "$W/repo2"
-	dpkg-deb -R "$deb" "$W/pkg"
-	sed -i "s/^Version: .*/Version: $1/" "$W/pkg/DEBIAN/control"
-	echo "# $1: a changed packaged default" >>"$W/pkg/$conf"
-	sed -i "s|^[0-9a-f]*  $conf\$|$(md5sum <"$W/pkg/$conf" | cut -d' ' -f1)  $conf|" "$W/pkg/DEBIAN/md5sums"
-	dpkg-deb -Zgzip -z1 -b "$W/pkg" "$W/upgrade.deb" >/dev/null
-	rm -rf "$W/pkg"
+	repack_deb "$deb" "$W/upgrade.deb" "etc/$pkg/config.yaml" "$1" "$W"
+	rm -rf "$W/repo2"
 	cp -a "$REPO" "$W/repo2"
 	reprepro --silent -b "$W/repo2" includedeb "$SUITE" "$W/upgrade.deb"
 	publish "$W/repo2"

@@ -19,14 +19,8 @@ sum() { sha256sum "$1" | cut -d' ' -f1; }
 # whose packaged CONFFILE (a path without the leading /) has a line more
 # (a release with a changed default): with the operator's edit, dpkg has a
 # conffile question to answer.
+# shellcheck source=scripts/packaging/repack.sh
+. "$(dirname "${BASH_SOURCE[0]}")/repack.sh"
 bumped_copy() {
-	local deb=$1 out=$2 conf=$3 v2
-	v2="$(dpkg-deb -f "$deb" Version)+upgradetest"
-	rm -rf "$tmp/pkg"
-	dpkg-deb -R "$deb" "$tmp/pkg"
-	sed -i "s/^Version: .*/Version: $v2/" "$tmp/pkg/DEBIAN/control"
-	echo "# $v2: a changed packaged default" >>"$tmp/pkg/$conf"
-	sed -i "s|^[0-9a-f]*  $conf\$|$(md5sum <"$tmp/pkg/$conf" | cut -d' ' -f1)  $conf|" "$tmp/pkg/DEBIAN/md5sums"
-	dpkg-deb -Zgzip -z1 -b "$tmp/pkg" "$out" >/dev/null
-	rm -rf "$tmp/pkg"
+	repack_deb "$1" "$2" "$3" "$(dpkg-deb -f "$1" Version)+upgradetest" "$tmp"
 }
