@@ -20,6 +20,7 @@ import (
 	"github.com/periocular/atm-agent/internal/cli"
 	"github.com/periocular/atm-agent/internal/cli/modelscmd"
 	"github.com/periocular/atm-agent/internal/paths"
+	"github.com/periocular/atm-agent/internal/regfile"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 )
@@ -516,7 +517,7 @@ func privateOutput(env *cli.Env) error {
 		return nil
 	}
 	if !fi.Mode().IsRegular() {
-		warnUnrestricted(env, outputKind(fi.Mode()))
+		warnUnrestricted(env, regfile.Kind(fi.Mode()))
 		return nil
 	}
 	if fi.Mode().Perm()&0o077 == 0 {
@@ -538,17 +539,4 @@ func warnUnrestricted(env *cli.Env, kind string) {
 	fmt.Fprintf(env.Stderr, "export: warning: --embeddings yes writes biometric templates to standard output, %s, whose permissions atm-agent cannot set: "+
 		"a file made from it (e.g. `| gzip > FILE`) gets the shell's umask, often 0644 (readable by every local user); "+
 		"run it with umask 077, e.g. (umask 077; atm-agent db export --embeddings yes | gzip > FILE), or redirect to a file (> FILE), which is narrowed to 0600\n", kind)
-}
-
-// outputKind names a non-regular standard output.
-func outputKind(m os.FileMode) string {
-	switch {
-	case m&os.ModeNamedPipe != 0:
-		return "a pipe"
-	case m&os.ModeCharDevice != 0:
-		return "a terminal or character device"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	}
-	return "not a regular file"
 }
