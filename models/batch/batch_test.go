@@ -591,3 +591,60 @@ func TestSuggestions(t *testing.T) {
 		t.Error("report.html does not show the suggestions")
 	}
 }
+
+// A photo reached through a symbolic link or a hard link as well as by its
+// own name is one image of its person, not two: the path that is not a
+// symbolic link is kept (whichever sorts first), the others are listed as
+// skipped with its name. Two copies of the same bytes are two files and
+// stay two images.
+func TestLinksToOneFileReadOnce(t *testing.T) {
+	in := t.TempDir()
+	writeFiles(t, in, map[string]string{
+		"p1/b.jpg":    "face 1 0",
+		"p1/c.jpg":    "face 1 1",
+		"p1/copy.jpg": "face 1 1",
+		"p2/d.jpg":    "face 2 0",
+	})
+	link := func(old, new string, hard bool) {
+		t.Helper()
+		mk := os.Symlink
+		if hard {
+			mk = os.Link
+		}
+		if err := mk(filepath.Join(in, old), filepath.Join(in, new)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link("p1/b.jpg", "p1/a-link.jpg", false) // sorts before its target
+	link("p1/b.jpg", "p1/z-link.jpg", false)
+	link("p2/d.jpg", "p2/e-hard.jpg", true)
+	out := filepath.Join(t.TempDir(), "out")
+	rep, err := Run(context.Background(), in, out, fakes(2), testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Counts.Images != 4 || rep.Counts.Skipped != 3 {
+		t.Fatalf("counts %+v, want 4 images (b, c, copy, d) and 3 skipped links", rep.Counts)
+	}
+	want := map[string]string{
+		"p1/a-link.jpg": "the same file as p1/b.jpg (a link to it; read once)",
+		"p1/z-link.jpg": "the same file as p1/b.jpg (a link to it; read once)",
+		"p2/e-hard.jpg": "the same file as p2/d.jpg (a link to it; read once)",
+	}
+	for _, p := range rep.Skipped {
+		if want[p.Path] != p.Reason {
+			t.Errorf("skipped %s: %q, want %q", p.Path, p.Reason, want[p.Path])
+		}
+		delete(want, p.Path)
+	}
+	if len(want) > 0 {
+		t.Errorf("not listed as skipped: %v", want)
+	}
+	var images []string
+	for _, e := range rep.Images {
+		images = append(images, e.Path)
+	}
+	if fmt.Sprint(images) != "[p1/b.jpg p1/c.jpg p1/copy.jpg p2/d.jpg]" {
+		t.Errorf("images %v", images)
+	}
+}

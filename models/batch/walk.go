@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/periocular/atm-agent/internal/imagecheck"
@@ -49,7 +50,11 @@ type Listing struct {
 }
 
 // Walk lists dir recursively in lexical order. Symbolic links to files are
-// followed; links to directories are not (no cycles). Paths under any of
+// followed; links to directories are not (no cycles). A file reached
+// twice (a symbolic or hard link to a file listed already) is read once:
+// the first path that is not a symbolic link is kept (the first link when
+// every path is one), the others are listed as skipped with its name, so
+// one photo does not count as two images of its person. Paths under any of
 // exclude (absolute, cleaned) are left out, so that an output folder inside
 // the input is never read back, and so are folders below the root that an
 // earlier run wrote (they hold its marker file), listed as skipped. Only a
@@ -63,6 +68,7 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 		return nil, &fs.PathError{Op: "walk", Path: dir, Err: errors.New("not a directory")}
 	}
 	l := &Listing{}
+	files := &seenFiles{}
 	rel := func(p string) string {
 		r, err := filepath.Rel(dir, p)
 		if err != nil {
@@ -95,7 +101,8 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 		}
 		r := rel(p)
 		mode := d.Type()
-		if mode&fs.ModeSymlink != 0 {
+		link := mode&fs.ModeSymlink != 0
+		if link {
 			st, err := os.Stat(p)
 			switch {
 			case err != nil:
@@ -116,15 +123,15 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 			case err != nil:
 				l.Unreadable = append(l.Unreadable, Problem{Path: r, Reason: reason(err)})
 			case imagecheck.Sniff(head) != "":
-				l.Images = append(l.Images, r)
+				files.add(p, r, link, &l.Images)
 			case SniffUnsupported(head) != "":
 				l.Unreadable = append(l.Unreadable, Problem{Path: r, Reason: unsupportedReason(SniffUnsupported(head))})
 			case SniffVideo(head) != "":
-				l.Videos = append(l.Videos, r)
+				files.add(p, r, link, &l.Videos)
 			case isImage(p):
-				l.Images = append(l.Images, r)
+				files.add(p, r, link, &l.Images)
 			case isVideoName(p):
-				l.Videos = append(l.Videos, r)
+				files.add(p, r, link, &l.Videos)
 			case unsupportedName(p) != "":
 				l.Unreadable = append(l.Unreadable, Problem{Path: r, Reason: unsupportedReason(unsupportedName(p))})
 			default:
@@ -136,7 +143,82 @@ func Walk(dir string, exclude ...string) (*Listing, error) {
 	if err != nil {
 		return nil, err
 	}
+	if dup := files.dedup(l); len(dup) > 0 {
+		l.Skipped = append(l.Skipped, dup...)
+		slices.SortStableFunc(l.Skipped, func(a, b Problem) int { return strings.Compare(a.Path, b.Path) })
+	}
 	return l, nil
+}
+
+// seenFiles groups the image and video paths of one walk by the file they
+// reach (os.SameFile), so that links to one file are read once.
+type seenFiles struct {
+	byStamp map[fileStamp][]int // candidates: groups with that size and time
+	groups  [][]seenPath
+}
+
+type fileStamp struct {
+	size int64
+	mod  int64
+}
+
+type seenPath struct {
+	rel  string
+	link bool
+	fi   os.FileInfo
+}
+
+// add lists rel and remembers which file it reaches.
+func (s *seenFiles) add(p, rel string, link bool, list *[]string) {
+	*list = append(*list, rel)
+	fi, err := os.Stat(p)
+	if err != nil { // reading it reports the error
+		return
+	}
+	if s.byStamp == nil {
+		s.byStamp = map[fileStamp][]int{}
+	}
+	sp := seenPath{rel: rel, link: link, fi: fi}
+	k := fileStamp{fi.Size(), fi.ModTime().UnixNano()}
+	for _, i := range s.byStamp[k] {
+		if os.SameFile(s.groups[i][0].fi, fi) {
+			s.groups[i] = append(s.groups[i], sp)
+			return
+		}
+	}
+	s.byStamp[k] = append(s.byStamp[k], len(s.groups))
+	s.groups = append(s.groups, []seenPath{sp})
+}
+
+// dedup removes from the listing every path but one of each file reached
+// more than once, and returns them as skipped.
+func (s *seenFiles) dedup(l *Listing) []Problem {
+	var skipped []Problem
+	drop := map[string]bool{}
+	for _, g := range s.groups {
+		if len(g) < 2 {
+			continue
+		}
+		keep := 0
+		for i, sp := range g {
+			if !sp.link {
+				keep = i
+				break
+			}
+		}
+		for i, sp := range g {
+			if i != keep {
+				drop[sp.rel] = true
+				skipped = append(skipped, Problem{Path: sp.rel, Reason: "the same file as " + g[keep].rel + " (a link to it; read once)"})
+			}
+		}
+	}
+	if len(drop) > 0 {
+		for _, list := range []*[]string{&l.Images, &l.Videos} {
+			*list = slices.DeleteFunc(*list, func(r string) bool { return drop[r] })
+		}
+	}
+	return skipped
 }
 
 // Photo formats OpenCV 4.6 cannot decode but a folder of photos often
