@@ -2,7 +2,7 @@
 // operator needs on the box: run, config, db, models verify, version. The
 // offline tools (evaluation, training, model conversion, the demo, batch
 // clustering, watch) are the separate atm-tools binary, so this one links
-// none of them (deps_test.go).
+// none of them (deps_test.go); `atm-agent cluster` runs atm-tools cluster.
 package main
 
 import (
@@ -20,12 +20,17 @@ import (
 
 // commands is the daemon binary's explicit command list.
 func commands() map[string]cli.Command {
-	return map[string]cli.Command{
-		"run":    runCommand(),
-		"config": configCommand(),
-		"db":     dbcmd.Command(),
-		"models": modelscmd.Command(nil),
+	cmds := map[string]cli.Command{
+		"run":     runCommand(),
+		"config":  configCommand(),
+		"db":      dbcmd.Command(),
+		"models":  modelscmd.Command(nil),
+		"cluster": clusterCommand(),
 	}
+	for _, name := range offlineCommands {
+		cmds[name] = offlineCommand(name)
+	}
+	return cmds
 }
 
 // app is the daemon binary as help, the man page and completion see it.

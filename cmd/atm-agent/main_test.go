@@ -23,18 +23,24 @@ func TestCommandList(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("help: exit %d", code)
 	}
-	for _, c := range []string{"run", "config", "db", "models", "version"} {
+	for _, c := range []string{"run", "config", "db", "models", "version", "cluster"} {
 		if !strings.Contains(usage, "\n  "+c+" ") {
 			t.Errorf("usage lacks %q:\n%s", c, usage)
 		}
 	}
-	for _, c := range []string{"eval", "cluster", "demo", "watch", "command"} {
+	for _, c := range []string{"eval", "demo", "watch", "command"} {
 		if strings.Contains(usage, "\n  "+c+" ") {
 			t.Errorf("the daemon offers the offline tool %q:\n%s", c, usage)
 		}
-		if code, _, _ := runCLI(t, c); code != 2 {
-			t.Errorf("%s: exit %d, want 2 (unknown command)", c, code)
+		if code, _, errs := runCLI(t, c); code != 2 || !strings.Contains(errs, "is an atm-tools command (package atm-tools)") {
+			t.Errorf("%s: exit %d, %s; want 2, pointing to atm-tools", c, code, errs)
 		}
+	}
+	// Without atm-tools next to the test binary or on PATH, cluster says
+	// what to install (internal/e2e runs it with atm-tools).
+	t.Setenv("PATH", t.TempDir())
+	if code, _, errs := runCLI(t, "cluster", "in", "-o", "out"); code != 2 || !strings.Contains(errs, "cannot run atm-tools cluster in -o out: atm-tools is not installed") {
+		t.Errorf("cluster without atm-tools: exit %d, %s", code, errs)
 	}
 	if code, _, errs := runCLI(t, "models", "build"); code != 2 || !strings.Contains(errs, "unknown models command") {
 		t.Errorf("models build: exit %d %s; want 2, unknown (atm-tools builds models)", code, errs)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,3 +96,35 @@ func TestClusterHostileImages(t *testing.T) {
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// `atm-agent cluster` runs the batch job of atm-tools installed beside it,
+// with the same arguments and exit status (the daemon links none of it).
+func TestAgentClusterRunsTools(t *testing.T) {
+	skipShort(t)
+	in := t.TempDir()
+	for _, n := range []string{"sample1.jpg", "sample2.jpg"} {
+		b, err := os.ReadFile(testenv.Path("build", "src", "face-api", "demo", n))
+		if err != nil {
+			t.Fatalf("demo photo (make models): %v", err)
+		}
+		if err := os.WriteFile(filepath.Join(in, n), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	cmd := exec.Command(agentBin, "cluster", in, "-o", out, "--models-dir", modelsDir(t), "--workers", "2", "--thumb", "-1", "--no-cache")
+	cmd.Env = append(os.Environ(), "PATH=/nonexistent") // found beside atm-agent, not on PATH
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("atm-agent cluster: %v\n%s", err, b)
+	}
+	rep, err := os.ReadFile(filepath.Join(out, "report.json"))
+	if err != nil || !strings.Contains(string(rep), `"sample2.jpg"`) {
+		t.Fatalf("report.json: %v", err)
+	}
+	cmd = exec.Command(agentBin, "cluster", in) // no -o: atm-tools' usage error
+	b, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(b), "atm-tools cluster") {
+		t.Fatalf("atm-agent cluster without -o: %v\n%s", err, b)
+	}
+}
