@@ -43,8 +43,18 @@ func clusterCommand() cli.Command {
 				return err
 			}
 			tools, err := findTools()
-			if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") && err != nil {
-				fmt.Fprintf(env.Stdout, "usage: %s cluster DIR -o OUT [flags]\n\n%s\n\nThe job and its flags are atm-tools cluster's (atm-tools cluster --help; docs/cluster.md). atm-tools is not installed here: %v\n", env.Prog, clusterCommand().Summary, err)
+			if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+				fmt.Fprintf(env.Stdout, "usage: %s cluster DIR -o OUT [flags]\n\n%s\n\nThe job and its flags are atm-tools cluster's (docs/cluster.md)", env.Prog, clusterCommand().Summary)
+				if err != nil {
+					fmt.Fprintf(env.Stdout, "; %v\n", err)
+					return flag.ErrHelp
+				}
+				fmt.Fprintf(env.Stdout, ":\n\n")
+				help := exec.CommandContext(ctx, tools, "cluster", "--help")
+				help.Stdout, help.Stderr = env.Stdout, env.Stderr
+				if err := help.Run(); err != nil {
+					return fmt.Errorf("%s cluster --help: %w", tools, err)
+				}
 				return flag.ErrHelp
 			}
 			if err != nil { // as unknown as before atm-tools came: a usage error
