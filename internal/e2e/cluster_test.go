@@ -121,6 +121,10 @@ func TestAgentClusterRunsTools(t *testing.T) {
 	if err != nil || !strings.Contains(string(rep), `"sample2.jpg"`) {
 		t.Fatalf("report.json: %v", err)
 	}
+	help, err := exec.Command(agentBin, "cluster", "--help").Output()
+	if err != nil || !strings.HasPrefix(string(help), "usage: atm-agent cluster") || !strings.Contains(string(help), "--algorithm") {
+		t.Fatalf("atm-agent cluster --help: %v\n%s", err, help)
+	}
 	cmd = exec.Command(agentBin, "cluster", in) // no -o: atm-tools' usage error
 	b, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
