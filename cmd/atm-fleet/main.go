@@ -40,7 +40,7 @@ func main() {
 // commands lists the commands: the usage text and the man page (manpage)
 // are made from it, the flags of run and compact from their flag sets.
 var commands = []struct{ name, synopsis, summary string }{
-	{"run", "run --config FILE", "ingest + web dashboard until SIGINT/SIGTERM"},
+	{"run", "run --config FILE", "ingest + web dashboard until SIGINT/SIGTERM; SIGHUP (systemctl reload) rereads the users file"},
 	{"config check", "config check [--credentials-from DIR] FILE", "validate a config (strict: unknown keys are errors) and read the files it names; --credentials-from: check the sources of the unit's credentials too (run as root)"},
 	{"config default", "config default", "print the default config"},
 	{"config get", "config get FILE KEY", "print one value of a config, dotted (web.listen), defaults included"},
@@ -352,13 +352,39 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // Run builds the service (store opened first, closed last) and runs it
-// until ctx ends.
+// until ctx ends. SIGHUP (systemctl reload) rereads the users file
+// meanwhile (Service.ReloadUsers).
 func Run(ctx context.Context, cfg service.Config, log *slog.Logger) error {
 	log.Info("atm-fleet starting", "version", version)
+	// From the start: a SIGHUP while the store opens (PostgreSQL waited
+	// for) must not end the process (its default action); it rereads the
+	// file once the service is built.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	svc, err := service.New(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer svc.Close()
-	return svc.Run(ctx)
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	reloaded := make(chan struct{})
+	go func() {
+		defer close(reloaded)
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-hup:
+				// The outcome is logged (and counted in /healthz) by
+				// the reload itself.
+				_ = svc.ReloadUsers()
+			}
+		}
+	}()
+	err = svc.Run(ctx)
+	stop()
+	<-reloaded
+	return err
 }

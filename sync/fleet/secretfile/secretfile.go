@@ -27,24 +27,52 @@ func Read(path, what string, deny os.FileMode) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	uid := os.Geteuid()
-	if err := CheckOwner(fi, uid); err != nil {
-		to := "root"
-		if uid != 0 {
-			to = strconv.Itoa(uid) // this service's user: it must read the file
-		}
-		return nil, fmt.Errorf("%s %s: %w; run: chown %s %s", what, Named(path), err, to, Source(path))
-	}
-	if m := fi.Mode().Perm(); runtime.GOOS != "windows" && m&deny != 0 {
-		want := m &^ deny
-		return nil, fmt.Errorf("%s %s: permissions %04o are too open (%s by group or others); run: chmod %04o %s",
-			what, Named(path), m, accessWords(m&deny), want, Source(path))
+	if err := checkFile(fi, Named(path), Source(path), what, deny, os.Geteuid()); err != nil {
+		return nil, err
 	}
 	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return b, nil
+}
+
+// checkFile applies Read's checks to fi: owned by uid or root, none of
+// the bits in deny set. name is the file in messages, fix the file to
+// chown or chmod.
+func checkFile(fi os.FileInfo, name, fix, what string, deny os.FileMode, uid int) error {
+	if err := CheckOwner(fi, uid); err != nil {
+		to := "root"
+		if uid != 0 {
+			to = strconv.Itoa(uid) // this service's user: it must read the file
+		}
+		return fmt.Errorf("%s %s: %w; run: chown %s %s", what, name, err, to, fix)
+	}
+	if m := fi.Mode().Perm(); runtime.GOOS != "windows" && m&deny != 0 {
+		want := m &^ deny
+		return fmt.Errorf("%s %s: permissions %04o are too open (%s by group or others); run: chmod %04o %s",
+			what, name, m, accessWords(m&deny), want, fix)
+	}
+	return nil
+}
+
+// CheckSource applies to the source of a credential copy (Source) the
+// owner and mode checks that `config check --credentials-from`, as root,
+// applies at start (Read as root: owned by root, none of the bits in deny
+// set), by its metadata: the service cannot read root's file, but can see
+// who owns it and its mode. Nothing for a path that is not a copy.
+// Rereading a copy (systemd makes it again for each ExecReload= command)
+// without it would take a source that a start refuses.
+func CheckSource(path, what string, deny os.FileMode) error {
+	src := Source(path)
+	if src == path {
+		return nil
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, Named(path), err)
+	}
+	return checkFile(fi, src, src, what, deny, 0)
 }
 
 // CheckOwner refuses a file owned by anyone but uid (the service's user)

@@ -382,6 +382,13 @@ func pgUnreachable(err error) bool {
 	return errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded)
 }
 
+// ReloadUsers reads the users file again and, if it passes the checks of
+// a start, puts it in force at once (web.Server.ReloadUsers); if not, the
+// users in force stay. Only the users file is reread: the rest of the
+// config, the session key and the other files it names wait for a
+// restart. cmd/atm-fleet calls it on SIGHUP (systemctl reload).
+func (s *Service) ReloadUsers() error { return s.web.ReloadUsers() }
+
 // Store is the service's store (read it while the service runs; Close
 // closes it).
 func (s *Service) Store() storage.Store { return s.store }

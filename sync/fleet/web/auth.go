@@ -228,8 +228,8 @@ func LoadSessionKey(path string) ([]byte, error) {
 }
 
 // session is what the signed cookie carries. Every request looks its
-// user up in the users file read at start (their role and sites as the
-// file now gives them), so removing a user ends their sessions; Pass ties
+// user up in the users in force (read at start, replaced by ReloadUsers:
+// their role and sites as the file now gives them), so removing a user ends their sessions; Pass ties
 // it to the user's password hash, so a new password (or the user removed
 // and added again) ends them too.
 type session struct {
@@ -264,11 +264,11 @@ func (s *Server) cookie(name, value string, maxAge int) *http.Cookie {
 		Secure: s.secureCookies(), SameSite: http.SameSiteStrictMode}
 }
 
-func (s *Server) newSession(w http.ResponseWriter, user string) session {
+func (s *Server) newSession(w http.ResponseWriter, u User) session {
 	n := make([]byte, 16)
 	_, _ = rand.Read(n)
-	sess := session{User: user, Expires: s.now().Add(s.cfg.SessionTTL).Unix(), Nonce: base64.RawURLEncoding.EncodeToString(n),
-		Pass: s.passTag(s.users[user])}
+	sess := session{User: u.Name, Expires: s.now().Add(s.cfg.SessionTTL).Unix(), Nonce: base64.RawURLEncoding.EncodeToString(n),
+		Pass: s.passTag(u)}
 	b, _ := json.Marshal(sess)
 	p := base64.RawURLEncoding.EncodeToString(b)
 	sig := base64.RawURLEncoding.EncodeToString(s.mac("session", p))
@@ -291,7 +291,7 @@ func (s *Server) proxyUser(r *http.Request) (u User, named, ok bool) {
 	}
 	for _, p := range pa.TrustedProxies {
 		if pfx, err := netip.ParsePrefix(p); err == nil && pfx.Contains(ap.Addr().Unmap()) {
-			u, ok := s.users[name]
+			u, ok := s.allUsers()[name]
 			if !ok {
 				s.log.Warn("fleet web: proxy names an unknown user", "user", name, "remote", r.RemoteAddr)
 			}
@@ -320,7 +320,7 @@ func (s *Server) signedIn(w http.ResponseWriter, r *http.Request) (session, User
 	if ok {
 		s.log.Info("fleet web: the proxy names another user than the session cookie: new session", "user", pu.Name, "cookie_user", u.Name, "remote", r.RemoteAddr)
 	}
-	return s.newSession(w, pu.Name), pu, true
+	return s.newSession(w, pu), pu, true
 }
 
 // sessionOf returns the request's valid session and its user.
@@ -369,7 +369,7 @@ func (s *Server) stillValid(ctx context.Context, sess session) (User, bool) {
 		}
 		return User{}, false
 	}
-	u, ok := s.users[sess.User]
+	u, ok := s.allUsers()[sess.User]
 	if !ok || !hmac.Equal([]byte(sess.Pass), []byte(s.passTag(u))) {
 		return User{}, false
 	}

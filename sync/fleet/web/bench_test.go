@@ -37,7 +37,7 @@ func BenchmarkFleetPage(b *testing.B) {
 	s, _ := newTestServer(b, st)
 	h := s.Handler()
 	rec := httptest.NewRecorder()
-	s.newSession(rec, "ana")
+	s.newSession(rec, s.allUsers()["ana"])
 	// The default page (the first 100 rows), the last page, one site, a
 	// name search, and the most rows one page may show.
 	for _, path := range []string{"/", "/?page=20", "/?site=site-07", "/?q=atm-19", "/?sort=visits&per=1000"} {

@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -128,12 +129,18 @@ type Deps struct {
 type Server struct {
 	cfg   Config
 	store storage.Store
-	users Users
-	key   []byte
-	d     Deps
-	log   *slog.Logger
-	now   func() time.Time
-	pages map[string]*template.Template
+	// users are the users in force: replaced whole by ReloadUsers, read
+	// once per request (Server.allUsers).
+	users atomic.Pointer[Users]
+	// usersChanged is closed (and replaced) when ReloadUsers replaces the
+	// users: open live streams check their session and scope again.
+	usersChanged atomic.Pointer[chan struct{}]
+	reload       reloadStats
+	key          []byte
+	d            Deps
+	log          *slog.Logger
+	now          func() time.Time
+	pages        map[string]*template.Template
 
 	sseStop chan struct{}
 	once    sync.Once
@@ -158,7 +165,10 @@ func New(cfg Config, st storage.Store, users Users, key []byte, d Deps) (*Server
 	if len(key) < 32 {
 		return nil, errors.New("web: session key shorter than 32 bytes")
 	}
-	s := &Server{cfg: cfg, store: st, users: users, key: key, d: d, log: d.Logger, now: d.Now, sseStop: make(chan struct{}), ssePing: 15 * time.Second}
+	s := &Server{cfg: cfg, store: st, key: key, d: d, log: d.Logger, now: d.Now, sseStop: make(chan struct{}), ssePing: 15 * time.Second}
+	s.users.Store(&users)
+	changed := make(chan struct{})
+	s.usersChanged.Store(&changed)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -489,9 +499,11 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	out := map[string]any{"ok": true}
 	code := http.StatusOK
+	visible := s.errorsVisible(r)
+	out["users"] = s.usersHealth(visible)
 	if s.d.IngestStats != nil {
 		st := s.d.IngestStats()
-		if x, ok := st.(interface{ Redacted() any }); ok && !s.errorsVisible(r) {
+		if x, ok := st.(interface{ Redacted() any }); ok && !visible {
 			st = x.Redacted()
 		}
 		out["ingest"] = st
@@ -559,7 +571,7 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 // repeated attempts with the same name apart without putting it in the
 // journal.
 func (s *Server) typedName(name string) []any {
-	if _, ok := s.users[name]; ok {
+	if _, ok := s.allUsers()[name]; ok {
 		return []any{"user", name}
 	}
 	return []any{"user", "(unknown)", "name_digest", hex.EncodeToString(s.mac("log-name", name)[:4])}
@@ -581,7 +593,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		httpError(w, r, fmt.Sprintf("too many failed sign-ins: try again in %d s", secs), http.StatusTooManyRequests)
 		return
 	}
-	u, ok := s.users.Check(name, r.PostFormValue("password"))
+	u, ok := s.allUsers().Check(name, r.PostFormValue("password"))
 	if !ok {
 		s.log.Warn("fleet web: sign-in failed", append(s.typedName(name), "remote", r.RemoteAddr)...)
 		if wantsJSON(r) {
@@ -594,7 +606,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	s.throttle.succeed(name, addr)
 	s.log.Info("fleet web: signed in", "user", u.Name, "role", u.Role, "sites", u.Sites.String(), "remote", r.RemoteAddr)
 	http.SetCookie(w, s.cookie(loginCookie, "", -1))
-	sess := s.newSession(w, u.Name)
+	sess := s.newSession(w, u)
 	if wantsJSON(r) {
 		writeJSON(w, s.sessionInfo(u, sess))
 		return
@@ -1123,7 +1135,8 @@ func (s *Server) identityPage(w http.ResponseWriter, r *http.Request) {
 // events streams store changes as server-sent events until the client
 // goes away, the server shuts down or the session ends (checked at every
 // keep-alive ping: expired, signed out here or on another instance, user
-// removed). The browser then reconnects, gets 401 and the page offers to
+// removed; and at once when the users file is reloaded, which also
+// applies the user's sites as it now gives them). The browser then reconnects, gets 401 and the page offers to
 // sign in again (static/app.js).
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
@@ -1131,6 +1144,16 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		httpError(w, r, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
+	// The users in force from here on: a reload after this line closes
+	// usersChanged, one before it is seen by stillValid.
+	usersChanged := *s.usersChanged.Load()
+	sess := who(r).Sess
+	u, ok := s.stillValid(r.Context(), sess)
+	if !ok {
+		httpError(w, r, "authentication required", http.StatusUnauthorized)
+		return
+	}
+	scope := u.Sites
 	ch, cancel := s.store.Subscribe()
 	defer cancel()
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -1140,7 +1163,6 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	fl.Flush()
 	ping := time.NewTicker(s.ssePing)
 	defer ping.Stop()
-	sess, scope := who(r).Sess, scopeOf(r)
 	for {
 		select {
 		case <-r.Context().Done():
@@ -1152,6 +1174,21 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			fmt.Fprint(w, ": ping\n\n")
+		case <-usersChanged:
+			// The users file was reloaded: the session ends with its
+			// user (removed, new password); their sites apply from now
+			// on, and a page whose sites changed refreshes (resync).
+			usersChanged = *s.usersChanged.Load()
+			u, ok := s.stillValid(r.Context(), sess)
+			if !ok {
+				return
+			}
+			if u.Sites.String() == scope.String() {
+				continue
+			}
+			scope = u.Sites
+			b, _ := json.Marshal(storage.Change{Kind: "resync"})
+			fmt.Fprintf(w, "event: change\ndata: %s\n\n", b)
 		case c := <-ch:
 			if c.Site != "" && !scope.Allows(c.Site) {
 				continue // another site's: not a word of it
@@ -1202,7 +1239,7 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	var users []User
-	for _, u := range s.users {
+	for _, u := range s.allUsers() {
 		users = append(users, User{Name: u.Name, Role: u.Role, Sites: u.Sites})
 	}
 	sort.Slice(users, func(i, j int) bool { return users[i].Name < users[j].Name })
