@@ -186,10 +186,14 @@ func (d *Doc) Check(x Exchange) []string {
 		d.t.Errorf("%s: %d body %s does not match %s: %v", x.Name, x.Code, x.Resp, Pointer(rp...), err)
 	}
 	if hs, ok := d.At(append(rp, "headers")...); ok {
-		for name := range hs.(map[string]any) {
+		for name, h := range hs.(map[string]any) {
 			v := x.Header.Get(name)
 			if v == "" {
-				d.t.Errorf("%s: documented header %s missing", x.Name, name)
+				// Stricter than OpenAPI: a documented header must be
+				// there unless it says required: false.
+				if req, _ := h.(map[string]any)["required"].(bool); req || !hasKey(h, "required") {
+					d.t.Errorf("%s: documented header %s missing", x.Name, name)
+				}
 				continue
 			}
 			js, _ := json.Marshal(v)
@@ -225,4 +229,14 @@ func (d *Doc) Missing() []string {
 	}
 	sort.Strings(missing)
 	return missing
+}
+
+// hasKey reports whether v is an object with key.
+func hasKey(v any, key string) bool {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return false
+	}
+	_, ok = m[key]
+	return ok
 }

@@ -582,11 +582,29 @@ func TestOneUserCannotHoldEveryCommandSlot(t *testing.T) {
 	defer wg.Wait()
 	cmds := s.d.Commands.(*command.Client)
 	fleettest.WaitFor(t, 2*time.Second, "pat's commands in flight", func() bool { return cmds.Stats().InFlight == MaxUserCommands })
-	code, body := pat.send("GET", "/api/v1/devices/paris-01/atm-5/identities/p-9/visits", "", "")
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, "already wait") {
-		t.Errorf("pat's command past %d waiting: %d %s, want 503 at once", MaxUserCommands, code, body)
+	r, out := pat.json("GET", "/api/v1/devices/paris-01/atm-5/identities/p-9/visits", "", "")
+	if r.StatusCode != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(out["error"]), "already wait") {
+		t.Errorf("pat's command past %d waiting: %d %v, want 503 at once", MaxUserCommands, r.StatusCode, out)
+	}
+	// When a slot is sure to be free: the reply timeout (3 s here).
+	if ra := r.Header.Get("Retry-After"); ra != "3" {
+		t.Errorf("pat's 503: Retry-After %q, want 3 (commands.reply_timeout)", ra)
 	}
 	if code, body := ana.send("GET", "/api/v1/devices/lyon-07/atm-1/identities/p-1/visits", "", ""); code != 200 {
 		t.Errorf("ana's review while pat's commands wait: %d %.200s, want 200", code, body)
+	}
+	// Every slot taken (pat's 4 and ana's fifth, to the device that
+	// never answers): the next user's command too.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ana.send("GET", "/api/v1/devices/paris-01/atm-5/identities/p-1/visits", "", "")
+	}()
+	fleettest.WaitFor(t, 2*time.Second, "every slot in flight", func() bool { return cmds.Stats().InFlight == MaxUserCommands+1 })
+	root := newClient(t, hs.URL)
+	root.login("root", "correct horse")
+	r, out = root.json("GET", "/api/v1/devices/lyon-07/atm-1/identities/p-2/visits", "", "") // p-1 is in the review cache
+	if r.StatusCode != http.StatusServiceUnavailable || r.Header.Get("Retry-After") != "3" {
+		t.Errorf("a command past max_in_flight: %d %v, Retry-After %q; want 503 and 3", r.StatusCode, out, r.Header.Get("Retry-After"))
 	}
 }

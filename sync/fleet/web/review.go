@@ -71,7 +71,10 @@ func (u *userCommands) take(user string) (release func(), ok bool) {
 }
 
 // commandProblem is a command that did not give an answer: the status
-// code and what the analyst is told (RetryAfter: when to try again, 429).
+// code and what the analyst is told (RetryAfter: when to try again; for a
+// 429 when the device's budget has room, for a 503 busy the reply
+// timeout: by then every command that held a slot has its answer or has
+// given up, and an agent's busy worker has had as long again).
 type commandProblem struct {
 	Code       int
 	Msg        string
@@ -131,7 +134,8 @@ func (s *Server) problemText(d storage.Device, err error) commandProblem {
 	case command.RefusalCode(err) == wire.CodeConflict:
 		return commandProblem{Code: http.StatusConflict, Msg: fmt.Sprintf("%s: %v. Nothing changed: its identities changed since the review, or do not allow it as asked; review the identity again.", dev, err)}
 	case command.RefusalCode(err) == wire.CodeBusy:
-		return commandProblem{Code: http.StatusServiceUnavailable, Msg: fmt.Sprintf("%s was busy and did not run the command: %v. Try again in a moment.", dev, err)}
+		return commandProblem{Code: http.StatusServiceUnavailable, RetryAfter: timeout,
+			Msg: fmt.Sprintf("%s was busy and did not run the command: %v. Try again in a moment.", dev, err)}
 	case errors.Is(err, command.ErrUnsupported):
 		answer := strings.TrimPrefix(err.Error(), command.ErrUnsupported.Error()+" ")
 		return commandProblem{Code: http.StatusBadGateway, Msg: fmt.Sprintf("The agent on %s is older than the identity review and refuses it: upgrade it %s.", dev, answer)}
@@ -146,7 +150,7 @@ func (s *Server) problemText(d storage.Device, err error) commandProblem {
 		return commandProblem{Code: http.StatusTooManyRequests, RetryAfter: wait, Msg: fmt.Sprintf("Not sent: %v. Each command uses up one of the "+
 			"ids its agent holds against replays (docs/fleet.md, \"Reviewing and correcting identities\").", err)}
 	case errors.Is(err, command.ErrBusy), errors.Is(err, errUserBusy):
-		return commandProblem{Code: http.StatusServiceUnavailable, Msg: err.Error() + " Nothing was sent."}
+		return commandProblem{Code: http.StatusServiceUnavailable, RetryAfter: timeout, Msg: err.Error() + " Nothing was sent."}
 	case errors.Is(err, command.ErrBroker):
 		return commandProblem{Code: http.StatusServiceUnavailable, Msg: fmt.Sprintf("Could not send the command to %s: %v. Nothing was sent.", dev, err)}
 	case errors.Is(err, wire.ErrCommand):
@@ -266,9 +270,10 @@ func otherIdentities(d storage.Device, id string, apart []string) []string {
 	return out
 }
 
-// retryAfter sets Retry-After for a 429.
+// retryAfter sets Retry-After (whole seconds, rounded up) for a 429 or a
+// 503 that says when to try again.
 func retryAfter(w http.ResponseWriter, p commandProblem) {
-	if p.Code == http.StatusTooManyRequests && p.RetryAfter > 0 {
+	if (p.Code == http.StatusTooManyRequests || p.Code == http.StatusServiceUnavailable) && p.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((p.RetryAfter+time.Second-1)/time.Second)))
 	}
 }

@@ -568,6 +568,13 @@ func TestRefusalCodes(t *testing.T) {
 	if r.StatusCode != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(out["error"]), "did not run the command") {
 		t.Errorf("a busy agent: %d %v, want 503", r.StatusCode, out)
 	}
+	// When to try again: the reply timeout (2 s here).
+	if ra := r.Header.Get("Retry-After"); ra != "2" {
+		t.Errorf("a busy agent's 503: Retry-After %q, want 2 (commands.reply_timeout)", ra)
+	}
+	if r, _ := ana.get("/devices/lyon-07/atm-0042/identities/p-1/review"); r.StatusCode != 503 || r.Header.Get("Retry-After") != "2" {
+		t.Errorf("the review page of a busy agent: %d, Retry-After %q, want 503 and 2", r.StatusCode, r.Header.Get("Retry-After"))
+	}
 	audit, err := svc.st.Audit(context.Background(), 8)
 	if err != nil {
 		t.Fatal(err)
