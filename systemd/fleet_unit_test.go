@@ -22,6 +22,7 @@ func TestFleetUnitVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"ExecStart=/usr/bin/atm-fleet run --config /etc/atm-fleet/config.yaml",
+		"ExecReload=/bin/true\nExecReload=+/usr/bin/atm-fleet users check --reload $MAINPID /etc/atm-fleet/users.yaml\n",
 		"ExecStartPre=/usr/bin/atm-fleet config check /etc/atm-fleet/config.yaml", "DynamicUser=yes", "StateDirectory=atm-fleet", "RestartPreventExitStatus=78",
 		"LoadCredential=users.yaml:/etc/atm-fleet/users.yaml", "LoadCredential=session.key:/etc/atm-fleet/session.key",
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service"} {

@@ -44,7 +44,7 @@ var commands = []struct{ name, synopsis, summary string }{
 	{"config check", "config check [--credentials-from DIR] FILE", "validate a config (strict: unknown keys are errors) and read the files it names; --credentials-from: check the sources of the unit's credentials too (run as root)"},
 	{"config default", "config default", "print the default config"},
 	{"config get", "config get FILE KEY", "print one value of a config, dotted (web.listen), defaults included"},
-	{"users check", "users check FILE", "check a users file as run does and list each user's role and sites: exit 0 if it lists a user, 78 if none or if it is refused"},
+	{"users check", "users check [--reload PID] FILE", "check a users file as run does and list each user's role and sites: exit 0 if it lists a user, 78 if none or if it is refused; --reload: then send the service PID SIGHUP, whatever the check found (the unit's ExecReload=)"},
 	{"compact", "compact [--config FILE]", "shrink the embedded store's file to its records (service stopped)"},
 	{"passwd", "passwd", "read a password (twice on a terminal) and print its bcrypt hash for the users file (passwd --help shows the file's format: roles viewer, analyst and admin, and sites)"},
 	{"manpage", "manpage", "print the man page (roff; man -l - to read it)"},
@@ -212,16 +212,37 @@ func configValue(cfg service.Config, key string) (string, error) {
 	return fmt.Sprint(node), nil
 }
 
-// cmdUsers: `users check FILE` loads a users file as run does.
+// cmdUsers: `users check FILE` loads a users file as run does. With
+// --reload PID (the unit's ExecReload=, as root) it then sends the running
+// service SIGHUP, whether the check passed or not: the service rereads its
+// copy with the same checks, keeps its users if they fail, and /healthz
+// says how its last reload went; the exit status is the check's, so
+// `systemctl reload` fails on a file a start would refuse.
 func cmdUsers(args []string, stdout, stderr io.Writer) error {
-	if len(args) != 2 || args[0] != "check" {
-		return usageError("atm-fleet users check FILE")
+	const usage = usageError("atm-fleet users check [--reload PID] FILE")
+	if len(args) == 0 || args[0] != "check" {
+		return usage
 	}
-	users, err := web.LoadUsers(args[1])
+	fs := flag.NewFlagSet("users check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pid := fs.Int("reload", 0, "then send the service with this process id SIGHUP (it rereads the users file), whatever the check found")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usage
+	}
+	file := fs.Arg(0)
+	users, err := web.LoadUsers(file)
+	if *pid > 0 {
+		if serr := syscall.Kill(*pid, syscall.SIGHUP); serr != nil {
+			return fmt.Errorf("reload: signal process %d: %w", *pid, serr)
+		}
+	}
 	if err != nil {
 		return &service.SetupError{Err: err}
 	}
-	fmt.Fprintf(stdout, "%s: %d user(s)\n", args[1], len(users))
+	fmt.Fprintf(stdout, "%s: %d user(s)\n", file, len(users))
 	for _, name := range slices.Sorted(maps.Keys(users)) {
 		u := users[name]
 		fmt.Fprintf(stdout, "  %s: %s, %s\n", u.Name, u.Role, scopeText(u))

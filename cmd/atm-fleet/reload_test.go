@@ -2,14 +2,17 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,10 +42,11 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// The real binary, sent the real SIGHUP (what systemctl reload sends):
+// The real binary, sent the real SIGHUP (what systemctl reload has sent):
 // a user removed from the users file loses their session and cannot sign
 // in again, the other keeps theirs, the process is the same; a broken
-// file is refused with the file and the line in the log and /healthz,
+// file is refused by `users check --reload` (the unit's ExecReload=) with
+// the file and the line, and by the service, in its log and /healthz,
 // and the users in force stay.
 func TestRunReloadsUsersOnSIGHUP(t *testing.T) {
 	m := fleettest.StartMosquitto(t, "")
@@ -135,8 +139,14 @@ web: {listen: "127.0.0.1:%d", users_file: %s}
 		t.Errorf("the log after the reload:\n%s", logs.String())
 	}
 
+	// As the unit's ExecReload= does it: the check, then SIGHUP whatever
+	// it found; its exit status says the file is refused.
 	write("users:\n" + ana + strings.Replace(lou, "role:", "rol:", 1)) // line 3: an unknown key
-	cmd.Process.Signal(syscall.SIGHUP)
+	var errb strings.Builder
+	if code := runMain(context.Background(), []string{"users", "check", "--reload", strconv.Itoa(cmd.Process.Pid), users}, nil, io.Discard, &errb); code != exitSetup ||
+		!strings.Contains(errb.String(), users) || !strings.Contains(errb.String(), "line 3") {
+		t.Errorf("users check --reload of a broken file: exit %d, %q; want %d naming the file and line", code, errb.String(), exitSetup)
+	}
 	var health struct {
 		Users struct {
 			ReloadFailures  int    `json:"reload_failures"`

@@ -6,7 +6,9 @@
 # postinst enables it and leaves it stopped while no user is listed; with a
 # user it starts as a dynamic user with its credentials, no capabilities and
 # its system-call filter, answers /healthz and a sign-in over HTTP, keeps
-# its store across a crash and the restart systemd makes; a users file
+# its store across a crash and the restart systemd makes; systemctl reload
+# rereads the users file in the same process (a removed user's session
+# refused, a broken or group-writable file refused and logged); a users file
 # others may write is refused by the unit's root check and the retries end
 # at the start limit; purge takes the unit, the secrets and the store. What
 # test-deb-fleet.sh does with its systemctl stand-in on the build machine,
@@ -88,6 +90,45 @@ p=$(main_pid)
 check "systemctl kill -s KILL (pid $p)" in_sys systemctl kill -s KILL --kill-whom=main $UNIT
 check "restarted by systemd after RestartSec=5s, answering again" wait_for 30 running_again "$p" $((n + 1))
 check "the session survives the restart (store and session key kept)" in_sys curl -fsS -o /dev/null -b $jar -H "$J" "$B/api/v1/session"
+
+echo "== systemctl reload: the users file again, same process"
+# As an operator edits it: lou added, reload, signed in; lou removed,
+# reload: lou's session refused, ana's kept, the main process the same.
+session_code() { in_sys curl -s -o /dev/null -w '%{http_code}' -b "$1" -H "$J" "$B/api/v1/session"; } # session_code JAR
+users_ok=$(cat "$R/etc/atm-fleet/users.yaml")
+echo "  - {name: lou, role: analyst, password_hash: \"$hash\"}" >>"$R/etc/atm-fleet/users.yaml"
+p=$(main_pid)
+n=$(prop NRestarts)
+check "systemctl reload (lou added)" in_sys systemctl reload $UNIT
+louJar=/root/jar-lou
+sign_in_lou() {
+	local t
+	t=$(in_sys curl -fsS -c $louJar -H "$J" "$B/login" | sed -n 's/.*"csrf": *"\([^"]*\)".*/\1/p')
+	in_sys curl -fsS -b $louJar -c $louJar -H "$J" --data-urlencode "csrf=$t" --data-urlencode user=lou \
+		--data-urlencode "password=$pw" "$B/login" | grep -Eq '"role": *"analyst"'
+}
+check "  ... lou signs in (role analyst)" wait_for 10 sign_in_lou
+printf '%s\n' "$users_ok" >"$R/etc/atm-fleet/users.yaml"
+check "systemctl reload (lou removed)" in_sys systemctl reload $UNIT
+check "  ... lou's session refused (401)" wait_for 10 sh -c "[ \"\$(nsenter -t $ct -a curl -s -o /dev/null -w '%{http_code}' -b $louJar -H '$J' $B/api/v1/session)\" = 401 ]"
+check "  ... ana's session still works" test "$(session_code $jar)" = 200
+check "  ... the same main process (pid $p), no restart" test "$(main_pid)/$(prop NRestarts)" = "$p/$n"
+check "  ... the journal says who was removed" wait_for 10 journal_has 'users file reloaded.*removed=\[lou\]'
+echo "users: [" >"$R/etc/atm-fleet/users.yaml" # broken YAML
+check "a broken users.yaml: systemctl reload fails" sh -c "! nsenter -t $ct -a systemctl reload $UNIT"
+check "  ... the journal names the file and its line, the service keeps its users" \
+	wait_for 10 journal_has 'users file not reloaded.*/etc/atm-fleet/users.yaml.*line'
+check "  ... the service active, the same process" test "$(prop ActiveState)/$(main_pid)/$(prop NRestarts)" = "active/$p/$n"
+check "  ... ana's session still works" test "$(session_code $jar)" = 200
+check "  ... /healthz says the last reload failed" sh -c "nsenter -t $ct -a curl -fsS $B/healthz | grep -q '\"last_reload_ok\": *false'"
+printf '%s\n' "$users_ok" >"$R/etc/atm-fleet/users.yaml"
+chmod 0666 "$R/etc/atm-fleet/users.yaml"
+check "a users.yaml others may write: systemctl reload fails" sh -c "! nsenter -t $ct -a systemctl reload $UNIT"
+check "  ... refused by the service too, with the chmod of the source" \
+	wait_for 10 journal_has 'permissions 0666 are too open.*chmod 0644 /etc/atm-fleet/users.yaml'
+chmod 0600 "$R/etc/atm-fleet/users.yaml"
+check "fixed: systemctl reload puts it in force" in_sys systemctl reload $UNIT
+check "  ... /healthz says so" wait_for 10 sh -c "nsenter -t $ct -a curl -fsS $B/healthz | grep -q '\"last_reload_ok\": *true'"
 
 echo "== a users file others may write"
 chmod 0666 "$R/etc/atm-fleet/users.yaml"
