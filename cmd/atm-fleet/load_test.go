@@ -59,10 +59,7 @@ func TestLoad(t *testing.T) {
 	}
 	m := fleettest.StartMosquitto(t, "max_inflight_messages 100\nmax_queued_messages 1000000\n")
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "atm-fleet")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildFleet(t, dir)
 	h, _ := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
 	users := filepath.Join(dir, "users.yaml")
 	os.WriteFile(users, []byte(fmt.Sprintf("users:\n  - {name: ana, role: analyst, password_hash: %q}\n", h)), 0o600)
@@ -335,4 +332,15 @@ func vmHWM(pid int) string {
 		}
 	}
 	return "?"
+}
+
+// buildFleet builds this command into dir: the real binary, for the tests
+// that run it as a process of its own.
+func buildFleet(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "atm-fleet")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
 }

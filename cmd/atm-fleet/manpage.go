@@ -31,7 +31,7 @@ func writeMan(w io.Writer) error {
 	b.WriteString(".SH SYNOPSIS\n.B atm\\-fleet\n.I command\n.RI [ flags ]\n")
 	b.WriteString(".SH DESCRIPTION\n")
 	b.WriteString(manroff.Escape("atm-fleet subscribes to the status, summaries and alerts the ATM agents publish over MQTT, keeps the fleet's state in a store (embedded bbolt or PostgreSQL) and serves a web dashboard and a JSON API for the fraud analysts, who sign in with the names and roles of the users file.") + "\n")
-	b.WriteString(".PP\n" + manroff.Escape("Installed from the package, the service runs as systemd's atm-fleet.service under a dynamic user; it starts once the users file names a user: add one with the hash of atm-fleet passwd, then systemctl restart atm-fleet. /usr/share/doc/atm-fleet/fleet.md describes the configuration, the users and roles, storage, backup and the JSON API.") + "\n")
+	b.WriteString(".PP\n" + manroff.Escape("Installed from the package, the service runs as systemd's atm-fleet.service under a dynamic user; it starts once the users file names a user: add one with the hash of atm-fleet passwd, then systemctl restart atm-fleet. A later change to the users file takes effect at systemctl reload atm-fleet (SIGHUP: the service rereads that file alone, with the checks of a start, and keeps the users in force if it is refused); anything else needs a restart. /usr/share/doc/atm-fleet/fleet.md describes the configuration, the users and roles, storage, backup and the JSON API.") + "\n")
 	b.WriteString(".SH COMMANDS\n")
 	for _, c := range commands {
 		fmt.Fprintf(&b, ".SS \"%s\"\n.B %s\n.PP\n%s\n", manroff.Escape(c.name), manroff.Escape("atm-fleet "+c.synopsis), manroff.Escape(c.summary))

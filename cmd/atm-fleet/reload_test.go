@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,24 +21,6 @@ import (
 
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 )
-
-// lockedBuffer is a process's stderr, read while it runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // The real binary, sent the real SIGHUP (what systemctl reload has sent):
 // a user removed from the users file loses their session and cannot sign
@@ -51,10 +31,7 @@ func (l *lockedBuffer) String() string {
 func TestRunReloadsUsersOnSIGHUP(t *testing.T) {
 	m := fleettest.StartMosquitto(t, "")
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "atm-fleet")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildFleet(t, dir)
 	h, _ := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
 	ana := fmt.Sprintf("  - {name: ana, role: admin, password_hash: %q}\n", h)
 	lou := fmt.Sprintf("  - {name: lou, role: analyst, password_hash: %q}\n", h)
@@ -74,8 +51,13 @@ web: {listen: "127.0.0.1:%d", users_file: %s}
 `, filepath.Join(dir, "fleet.db"), m.URL(), port, users)), 0o644)
 
 	cmd := exec.Command(bin, "run", "--config", cfgPath)
-	var logs lockedBuffer
-	cmd.Stderr = &logs
+	logFile, err := os.Create(filepath.Join(dir, "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd.Stderr = logFile
+	logs := func() string { b, _ := os.ReadFile(logFile.Name()); return string(b) }
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -135,8 +117,8 @@ web: {listen: "127.0.0.1:%d", users_file: %s}
 	if code := status(anaC, "/api/v1/session"); code != 200 {
 		t.Errorf("ana's session after the reload: %d", code)
 	}
-	if !strings.Contains(logs.String(), "users file reloaded") || !strings.Contains(logs.String(), "removed=[lou]") {
-		t.Errorf("the log after the reload:\n%s", logs.String())
+	if !strings.Contains(logs(), "users file reloaded") || !strings.Contains(logs(), "removed=[lou]") {
+		t.Errorf("the log after the reload:\n%s", logs())
 	}
 
 	// As the unit's ExecReload= does it: the check, then SIGHUP whatever
@@ -166,7 +148,7 @@ web: {listen: "127.0.0.1:%d", users_file: %s}
 	if health.Users.LastReloadOK || !strings.Contains(health.Users.LastReloadError, users) || !strings.Contains(health.Users.LastReloadError, "line 3") {
 		t.Errorf("/healthz to the admin after a broken file: %+v, want the file and its line", health.Users)
 	}
-	if l := logs.String(); !strings.Contains(l, "users file not reloaded") || !strings.Contains(l, users) || !strings.Contains(l, "line 3") {
+	if l := logs(); !strings.Contains(l, "users file not reloaded") || !strings.Contains(l, users) || !strings.Contains(l, "line 3") {
 		t.Errorf("the log after a broken file:\n%s", l)
 	}
 	if code := status(anaC, "/api/v1/session"); code != 200 {
