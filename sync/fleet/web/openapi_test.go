@@ -234,6 +234,17 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), `"ok":false`) {
 		t.Errorf("stuck ingest: %d %s, want 503 and ok false", resp.StatusCode, b)
 	}
+	// A refused reload of the users file (this server's is "unused": no
+	// such file): /healthz's users with every field, its text to the
+	// admin alone.
+	if err := srv.ReloadUsers(); err == nil {
+		t.Error("a reload of a users file that does not exist passed")
+	}
+	call(anon.Client, "health after a refused reload", "GET", "/healthz", "", "")
+	call(root.Client, "health after a refused reload, to an admin", "GET", "/healthz", "", "")
+	if h := string(xs[len(xs)-1].Resp); !strings.Contains(h, `"last_reload_ok":false`) || !strings.Contains(h, "no such file") {
+		t.Errorf("/healthz to an admin after a refused reload: %s", h)
+	}
 	// The agent's refusal codes, and an older agent's text, decide these.
 	want := map[string]int{"split of a visit moved to another identity": http.StatusConflict,
 		"split the agent did not take in time": http.StatusServiceUnavailable, "visits the agent did not take in time": http.StatusServiceUnavailable,
