@@ -140,6 +140,9 @@ type Reply struct {
 	// the result's JSON bytes sealed to that key (SealResult). Error is
 	// never sealed: it holds no visit data.
 	Sealed string `json:"sealed,omitempty"`
+	// Sig is the device's Ed25519 signature of the reply (SignReply,
+	// VerifyReply): absent from agents before signed replies.
+	Sig string `json:"sig,omitempty"`
 }
 
 // DecodeCommand strictly decodes a command payload (the signed bytes, see

@@ -67,6 +67,16 @@ func exampleKey() ed25519.PrivateKey {
 	return ed25519.NewKeyFromSeed(seed)
 }
 
+// exampleDeviceKey is the test-only device key of the reply example: its
+// seed is the bytes 0x20..0x3f (public key in docs/mqtt.md).
+func exampleDeviceKey() ed25519.PrivateKey {
+	seed := make([]byte, ed25519.SeedSize)
+	for i := range seed {
+		seed[i] = byte(0x20 + i)
+	}
+	return ed25519.NewKeyFromSeed(seed)
+}
+
 // samples builds one real payload per schema through the same path the agent
 // and publisher use: struct -> json.Marshal -> Finalize.
 func samples(t testing.TB) map[string][]byte {
@@ -117,7 +127,10 @@ func samples(t testing.TB) map[string][]byte {
 			TxnID: "T-88412", Window: al.Window, Count: al.Count, Threshold: al.Threshold, Raised: al.Raised, Seq: 1043}}
 	ds.SchemaVersion, ds.MessageID = StateSchemaVersion, "sd-7f3a9d"
 	db, _ := json.Marshal(ds)
-	rb, _ := json.Marshal(rep)
+	rb, err := SignReply(exampleDeviceKey(), rep)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return map[string][]byte{
 		"status":         sb,
 		"state":          db,
@@ -303,6 +316,14 @@ func TestExamples(t *testing.T) {
 	}
 	if _, err := DecodeCommand(payload); err != nil {
 		t.Errorf("example signed command's payload: %v", err)
+	}
+	// The reply example verifies with the example device key.
+	var rep Reply
+	if err := json.Unmarshal(mustRead(t, "schemas/examples/reply.json"), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyReply(exampleDeviceKey().Public().(ed25519.PublicKey), rep); err != nil {
+		t.Errorf("example reply: %v", err)
 	}
 }
 
