@@ -213,7 +213,18 @@ func (c *Config) fill() {
 	if c.MQTT.Commands.SeenFile == "" && c.Store.Path != "" {
 		c.MQTT.Commands.SeenFile = filepath.Join(filepath.Dir(c.Store.Path), "commands-seen.json")
 	}
+	// The device key that signs replies: by default device.key beside
+	// the store, made at the first start with commands on when missing
+	// (a configured path must exist).
+	if c.MQTT.Commands.DeviceKeyFile == "" && c.Store.Path != "" {
+		c.MQTT.Commands.DeviceKeyFile = filepath.Join(filepath.Dir(c.Store.Path), DeviceKeyName)
+		c.MQTT.Commands.CreateDeviceKey = true
+	}
 }
+
+// DeviceKeyName is the file name of the default device key, beside the
+// store.
+const DeviceKeyName = "device.key"
 
 // unitRuntimeDir is the folder systemd creates for the unit
 // (RuntimeDirectory=atm-agent) while it runs: the trigger socket's.
@@ -394,6 +405,9 @@ func (c Config) CheckFiles() error {
 	if c.MQTT.Enabled && c.MQTT.Commands.Enabled {
 		if _, err := c.MQTT.Commands.LoadKeys(); err != nil {
 			return err
+		}
+		if err := c.MQTT.Commands.CheckDeviceKey(); err != nil {
+			return fmt.Errorf("mqtt.commands.device_key_file: %w", err)
 		}
 		if err := c.checkSeenFileAccess(); err != nil {
 			return err

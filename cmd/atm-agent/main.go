@@ -21,11 +21,12 @@ import (
 // commands is the daemon binary's explicit command list.
 func commands() map[string]cli.Command {
 	cmds := map[string]cli.Command{
-		"run":     runCommand(),
-		"config":  configCommand(),
-		"db":      dbcmd.Command(),
-		"models":  modelscmd.Command(nil),
-		"cluster": clusterCommand(),
+		"run":        runCommand(),
+		"config":     configCommand(),
+		"device-key": deviceKeyCommand(),
+		"db":         dbcmd.Command(),
+		"models":     modelscmd.Command(nil),
+		"cluster":    clusterCommand(),
 	}
 	for _, name := range offlineCommands {
 		cmds[name] = offlineCommand(name)

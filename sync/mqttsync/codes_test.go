@@ -97,6 +97,10 @@ func TestMosquittoReplyCodes(t *testing.T) {
 		if err := json.Unmarshal(r.Payload, &rep); err != nil {
 			t.Fatal(err)
 		}
+		// Every refusal is signed with the device key too.
+		if err := wire.VerifyReply(sg.device, rep); err != nil {
+			t.Errorf("%s: %v", rep.CorrelationID, err)
+		}
 		replies[rep.CorrelationID] = rep
 	}
 	for _, tc := range tests {

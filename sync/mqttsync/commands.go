@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -41,6 +42,8 @@ type commandGuard struct {
 	seen  *seenSet
 	// budget bounds the signature checks that fail.
 	budget *verifyBudget
+	// deviceKey signs every reply.
+	deviceKey ed25519.PrivateKey
 }
 
 func newCommandGuard(cfg CommandsConfig, now time.Time, warn func(string, ...any)) (*commandGuard, error) {
@@ -54,6 +57,15 @@ func newCommandGuard(cfg CommandsConfig, now time.Time, warn func(string, ...any
 	}
 	if g.seen, err = openSeen(cfg.SeenFile, cfg.MaxClockSkew, cfg.MaxSeen, now, warn); err != nil {
 		return nil, err
+	}
+	var made bool
+	if g.deviceKey, made, err = cfg.deviceKey(); err != nil {
+		return nil, fmt.Errorf("mqtt commands: %w", err)
+	}
+	if made {
+		pub := g.deviceKey.Public().(ed25519.PublicKey)
+		warn("mqtt: made a new device key: pin its public key at the fleet (atm-agent device-key show; atm-fleet devices key set)",
+			"file", cfg.DeviceKeyFile, "public_key", wire.EncodePublicKey(pub), "fingerprint", wire.Fingerprint(pub))
 	}
 	return g, nil
 }
@@ -237,7 +249,7 @@ func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, rep
 	} else if r.Result, err = resultJSON(result); err != nil {
 		r.Refuse(fmt.Errorf("marshal result: %w", err))
 	}
-	b, err := encodeReply(r, replyKey)
+	b, err := p.encodeReply(r, replyKey)
 	if err == nil && len(b) > p.cfg.MaxMessageSize {
 		b, err = p.fitReply(r, replyKey, result, len(b))
 	}
@@ -255,12 +267,25 @@ func (p *Publisher) reply(c mqtt.Client, corr string, name wire.CommandName, rep
 // encodeReply is the reply's payload: with a replyKey, its result (an ok
 // reply's, {} when it has none) sealed to it in the reply's context
 // instead of in clear. A sealing error turns the reply into one that says
-// so, with no result at all.
-func encodeReply(r wire.Reply, replyKey string) ([]byte, error) {
+// so, with no result at all. Every reply is signed with the device key
+// (wire.SignReply).
+func (p *Publisher) encodeReply(r wire.Reply, replyKey string) ([]byte, error) {
 	if err := r.Seal(replyKey); err != nil {
 		r.Refuse(fmt.Errorf("the command ran, but its result could not be sealed to args.reply_key: %w", err))
 	}
-	return json.Marshal(r)
+	return p.signReply(r)
+}
+
+// signReply is the reply's payload signed with the device key. A NUL in
+// the error (which no field before the result may hold, so the signed
+// fields cannot run into each other) is dropped first.
+func (p *Publisher) signReply(r wire.Reply) ([]byte, error) {
+	r.Error = strings.ReplaceAll(r.Error, "\x00", "")
+	var key ed25519.PrivateKey
+	if p.guard != nil {
+		key = p.guard.deviceKey
+	}
+	return wire.SignReply(key, r)
 }
 
 // resultJSON is a command's result as a reply carries it: an object, or
@@ -306,7 +331,7 @@ func (p *Publisher) fitReply(r wire.Reply, replyKey string, result any, n int) (
 		if r.Result, err = json.Marshal(iv); err != nil {
 			return nil, err
 		}
-		return encodeReply(r, replyKey)
+		return p.encodeReply(r, replyKey)
 	}
 	// The largest k of the newest visits whose reply fits.
 	lo, hi := 0, len(all)-1 // all of them did not fit
@@ -339,5 +364,5 @@ func (p *Publisher) oversizeReply(r wire.Reply, n int) ([]byte, error) {
 		r.Refuse(wire.WithCode(wire.CodeTooLarge, fmt.Errorf("the command ran, but its reply (%d bytes) is larger than the agent's mqtt.max_message_size %d: its result is not sent",
 			n, p.cfg.MaxMessageSize)))
 	}
-	return json.Marshal(r)
+	return p.signReply(r)
 }

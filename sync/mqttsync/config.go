@@ -112,6 +112,14 @@ type CommandsConfig struct {
 	// MaxSeen bounds the remembered ids; while that many unexpired ids are
 	// held, new commands are refused.
 	MaxSeen int `yaml:"max_seen"`
+	// DeviceKeyFile is the device's Ed25519 private key (PKCS#8 PEM, mode
+	// 0600) that signs every reply (wire.SignReply). The agent's config
+	// defaults it to device.key next to the store.
+	DeviceKeyFile string `yaml:"device_key_file"`
+	// CreateDeviceKey: a missing DeviceKeyFile is made at start (set by
+	// the agent's config for the default path only; a configured path
+	// must exist).
+	CreateDeviceKey bool `yaml:"-"`
 }
 
 // CommandKey is one Ed25519 public key allowed to sign commands: inline as
@@ -253,6 +261,9 @@ func (c CommandsConfig) validate() error {
 	}
 	if c.SeenFile == "" {
 		return errors.New("seen_file is required (where accepted command ids are remembered across restarts)")
+	}
+	if c.DeviceKeyFile == "" {
+		return errors.New("device_key_file is required (the key that signs the device's replies)")
 	}
 	if len(c.PublicKeys) == 0 {
 		return errors.New("public_keys: at least one Ed25519 public key is required; commands are accepted only when signed (atm-tools command keygen)")

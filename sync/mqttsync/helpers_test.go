@@ -395,6 +395,9 @@ type signer struct {
 	priv ed25519.PrivateKey
 	pub  ed25519.PublicKey
 	dir  string
+	// device is the device key that signs the replies (made by the
+	// first enable).
+	device ed25519.PublicKey
 }
 
 func newSigner(t testing.TB) *signer {
@@ -411,6 +414,14 @@ func (s *signer) enable(t testing.TB, cfg *Config) {
 	cfg.Commands.Enabled = true
 	cfg.Commands.SeenFile = filepath.Join(s.dir, "commands-seen.json")
 	cfg.Commands.PublicKeys = []CommandKey{{Name: "test", Key: base64.StdEncoding.EncodeToString(s.pub)}}
+	cfg.Commands.DeviceKeyFile = filepath.Join(s.dir, "device.key")
+	if s.device == nil {
+		k, err := InitDeviceKey(cfg.Commands.DeviceKeyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.device = k.Public().(ed25519.PublicKey)
+	}
 }
 
 // payload builds a command payload for site s1.

@@ -248,6 +248,7 @@ publish_timeout: 5s
 commands:
   enabled: true
   seen_file: /var/lib/atm-agent/commands-seen.json
+  device_key_file: /var/lib/atm-agent/device.key
   public_keys:
     - {name: central-2026, key: "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="}
     - {name: central-2027, file: /etc/atm-agent/command-2027.pub}
@@ -260,22 +261,23 @@ commands:
 		t.Errorf("parsed %+v", c)
 	}
 	bad := map[string]string{
-		"unknown key":           "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nbrokr: x\n",
-		"no brokers":            "topic: {site: s, device: d}\n",
-		"bad scheme":            "brokers: [http://h]\ntopic: {site: s, device: d}\n",
-		"tls on tcp":            "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ntls: {ca_file: x}\n",
-		"wildcard":              "brokers: [tcp://h:1883]\ntopic: {site: s, device: '+'}\n",
-		"cert no key":           "brokers: [ssl://h:1883]\ntopic: {site: s, device: d}\ntls: {cert_file: x}\n",
-		"bad duration":          "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nkeep_alive: soon\n",
-		"zero batch":            "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nbatch: 0\n",
-		"no device":             "brokers: [tcp://h:1883]\ntopic: {site: s}\n",
-		"commands without keys": "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, seen_file: /x}\n",
-		"commands bad key":      "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, seen_file: /x, public_keys: [{name: a, key: aGVsbG8=}]}\n",
-		"commands key and file": "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, seen_file: /x, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\", file: /k}]}\n",
-		"commands no seen file": "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
-		"commands skew 0":       "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, max_clock_skew: 0s, seen_file: /x, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
-		"commands timeout 3ms":  "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, timeout: 3ms, seen_file: /x, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
-		"commands timeout 1h":   "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, timeout: 1h, seen_file: /x, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
+		"unknown key":                 "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nbrokr: x\n",
+		"no brokers":                  "topic: {site: s, device: d}\n",
+		"bad scheme":                  "brokers: [http://h]\ntopic: {site: s, device: d}\n",
+		"tls on tcp":                  "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ntls: {ca_file: x}\n",
+		"wildcard":                    "brokers: [tcp://h:1883]\ntopic: {site: s, device: '+'}\n",
+		"cert no key":                 "brokers: [ssl://h:1883]\ntopic: {site: s, device: d}\ntls: {cert_file: x}\n",
+		"bad duration":                "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nkeep_alive: soon\n",
+		"zero batch":                  "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\nbatch: 0\n",
+		"no device":                   "brokers: [tcp://h:1883]\ntopic: {site: s}\n",
+		"commands without device key": "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, seen_file: /x, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
+		"commands without keys":       "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, seen_file: /x, device_key_file: /k}\n",
+		"commands bad key":            "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, seen_file: /x, device_key_file: /k, public_keys: [{name: a, key: aGVsbG8=}]}\n",
+		"commands key and file":       "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, seen_file: /x, device_key_file: /k, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\", file: /k}]}\n",
+		"commands no seen file":       "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
+		"commands skew 0":             "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, max_clock_skew: 0s, seen_file: /x, device_key_file: /k, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
+		"commands timeout 3ms":        "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, timeout: 3ms, seen_file: /x, device_key_file: /k, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
+		"commands timeout 1h":         "brokers: [tcp://h:1883]\ntopic: {site: s, device: d}\ncommands: {enabled: true, timeout: 1h, seen_file: /x, device_key_file: /k, public_keys: [{name: a, key: \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"}]}\n",
 	}
 	for name, y := range bad {
 		if _, err := ParseConfig([]byte(y)); err == nil {

@@ -95,6 +95,10 @@ func TestMosquittoReplyFitsMaxMessageSize(t *testing.T) {
 		if err := json.Unmarshal(r.Payload, &rep); err != nil {
 			t.Fatal(err)
 		}
+		// Signed as published: sealed, cut to fit or refused as too large.
+		if err := wire.VerifyReply(sg.device, rep); err != nil {
+			t.Errorf("%s: %v", rep.CorrelationID, err)
+		}
 		if strings.HasSuffix(rep.CorrelationID, "-sealed") {
 			if rep.Result != nil || strings.Contains(string(r.Payload), "BANK-TXN") {
 				t.Fatalf("%s: a result in clear: %.300s", rep.CorrelationID, r.Payload)

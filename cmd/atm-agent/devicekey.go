@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/periocular/atm-agent/agent/daemon"
+	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/fileops"
+	"github.com/periocular/atm-agent/internal/paths"
+	"github.com/periocular/atm-agent/sync/mqttsync"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// deviceKeyCommand makes and shows the device key that signs the agent's
+// command replies (docs/mqtt.md, "Signed replies").
+func deviceKeyCommand() cli.Command {
+	return cli.Group("make or show the device key that signs command replies", map[string]cli.Command{
+		"init": {Summary: "make the device key (mqtt.commands.device_key_file; never replaces one)", Run: deviceKeyInit},
+		"show": {Summary: "print the device key's public key and fingerprint, to pin at the fleet", Run: deviceKeyShow},
+	})
+}
+
+// deviceKeyPath is the key file of the config (its default: device.key
+// beside the store), or --file.
+func deviceKeyPath(fs *flag.FlagSet, config, file string) (path, site, device string, err error) {
+	if fs.NArg() != 0 {
+		return "", "", "", fmt.Errorf("%w: no arguments, got %d", cli.ErrUsage, fs.NArg())
+	}
+	cfg, err := daemon.LoadConfig(config)
+	if err != nil {
+		return "", "", "", err
+	}
+	if file == "" {
+		file = cfg.MQTT.Commands.DeviceKeyFile
+	}
+	return file, cfg.MQTT.Topic.Site, cfg.MQTT.Topic.Device, nil
+}
+
+func deviceKeyFlags(env *cli.Env, name string) (*flag.FlagSet, *string, *string) {
+	fs := cli.NewFlags(env, "device-key "+name, "device-key "+name+" [--config FILE] [--file KEY]")
+	config := fs.String("config", paths.Config(), "the agent's config: its mqtt.commands.device_key_file (default: "+daemon.DeviceKeyName+" beside store.path)")
+	file := fs.String("file", "", "the key file instead of the config's")
+	return fs, config, file
+}
+
+func deviceKeyInit(_ context.Context, env *cli.Env, args []string) error {
+	fs, config, file := deviceKeyFlags(env, "init")
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	path, site, device, err := deviceKeyPath(fs, *config, *file)
+	if err != nil {
+		return err
+	}
+	k, err := mqttsync.InitDeviceKey(path)
+	if err != nil {
+		return err
+	}
+	// Made by root (the package's postinst, an operator): the agent's
+	// user, who owns the folder, must read it.
+	if os.Geteuid() == 0 {
+		if fi, err := os.Stat(filepath.Dir(path)); err == nil {
+			if uid, gid, ok := fileops.Owner(fi); ok && uid != 0 {
+				if err := os.Chown(path, uid, gid); err != nil {
+					return fmt.Errorf("device key: %w", err)
+				}
+			}
+		}
+	}
+	fmt.Fprintf(env.Stderr, "atm-agent: made %s (mode 0600)\n", path)
+	return printDeviceKey(env, k.Public().(ed25519.PublicKey), site, device)
+}
+
+func deviceKeyShow(_ context.Context, env *cli.Env, args []string) error {
+	fs, config, file := deviceKeyFlags(env, "show")
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	path, site, device, err := deviceKeyPath(fs, *config, *file)
+	if err != nil {
+		return err
+	}
+	k, err := mqttsync.LoadDeviceKey(path)
+	if errors.Is(err, mqttsync.ErrNoDeviceKey) {
+		return fmt.Errorf("%w; with mqtt.commands on and the default path, atm-agent run makes it at start", err)
+	}
+	if err != nil {
+		return err
+	}
+	return printDeviceKey(env, k.Public().(ed25519.PublicKey), site, device)
+}
+
+// printDeviceKey prints the public key as the fleet takes it, its
+// fingerprint, and the fleet's command that pins it.
+func printDeviceKey(env *cli.Env, pub ed25519.PublicKey, site, device string) error {
+	if site == "" {
+		site = "SITE"
+	}
+	if device == "" {
+		device = "DEVICE"
+	}
+	b64 := wire.EncodePublicKey(pub)
+	_, err := fmt.Fprintf(env.Stdout, "public_key: %s\nfingerprint: %s\npin: atm-fleet devices key set %s %s %s\n", b64, wire.Fingerprint(pub), site, device, b64)
+	return err
+}

@@ -1,0 +1,126 @@
+package mqttsync
+
+import (
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/periocular/atm-agent/internal/fileops"
+	"github.com/periocular/atm-agent/internal/regfile"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// The device key signs every reply (wire.SignReply): whoever may publish
+// on the device's reply topic cannot answer in its place. It is an
+// Ed25519 private key in PKCS#8 PEM, mode 0600, owned by the agent's user
+// (or root), kept in the state folder next to the store by default.
+
+// ErrNoDeviceKey: the device key file does not exist.
+var ErrNoDeviceKey = errors.New("no device key")
+
+// LoadDeviceKey reads the device key: refused when missing, when its mode
+// lets the group or others read or change it, when it is owned by another
+// user than this process's or root, or when it is not an Ed25519 PKCS#8
+// PEM key.
+func LoadDeviceKey(path string) (ed25519.PrivateKey, error) {
+	f, err := regfile.Open(path) // a named pipe would block the read for good
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("device key %s: %w (make it: atm-agent device-key init, then pin its public key at the fleet: atm-fleet devices key set)", path, ErrNoDeviceKey)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("device key: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("device key: %w", err)
+	}
+	if m := fi.Mode().Perm(); runtime.GOOS != "windows" && m&0o077 != 0 {
+		return nil, fmt.Errorf("device key %s: mode %#o lets group or others read or change it (whoever reads it can answer in the device's place): chmod 600 %s", path, m, path)
+	}
+	if uid, _, ok := fileops.Owner(fi); ok && uid != os.Geteuid() && uid != 0 {
+		return nil, fmt.Errorf("device key %s: owned by uid %d, not by this process's user (uid %d) or root: its owner could read or replace it; chown it or make a new one", path, uid, os.Geteuid())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 16<<10))
+	if err != nil {
+		return nil, fmt.Errorf("device key: %w", err)
+	}
+	defer clear(b)
+	k, err := wire.ParsePrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("device key %s is damaged: %v (move it away, run atm-agent device-key init and pin the new public key at the fleet)", path, err)
+	}
+	return k, nil
+}
+
+// InitDeviceKey makes a new device key at path (mode 0600) and returns it.
+// It never replaces a file: an existing one is an error (fs.ErrExist). The
+// key reaches the disk before its name does.
+func InitDeviceKey(path string) (ed25519.PrivateKey, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return nil, fmt.Errorf("device key %s: %w: not replaced (a new key must be pinned at the fleet again)", path, fs.ErrExist)
+	}
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		return nil, err
+	}
+	pemBytes, err := wire.MarshalPrivateKeyPEM(priv)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(pemBytes)
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return nil, fmt.Errorf("device key: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	err = tmp.Chmod(0o600)
+	if err == nil {
+		_, err = tmp.Write(pemBytes)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("device key: %w", err)
+	}
+	// A link, not a rename: it fails when path appeared meanwhile.
+	if err := os.Link(tmp.Name(), path); err != nil {
+		return nil, fmt.Errorf("device key: %w", err)
+	}
+	fileops.SyncDir(dir)
+	return priv, nil
+}
+
+// deviceKey loads the configured device key; with CreateDeviceKey, a
+// missing one is made first (the default path in the state folder, as
+// sshd makes its host keys), and made says so.
+func (c CommandsConfig) deviceKey() (k ed25519.PrivateKey, made bool, err error) {
+	k, err = LoadDeviceKey(c.DeviceKeyFile)
+	if errors.Is(err, ErrNoDeviceKey) && c.CreateDeviceKey {
+		k, err = InitDeviceKey(c.DeviceKeyFile)
+		return k, err == nil, err
+	}
+	return k, false, err
+}
+
+// CheckDeviceKey is what `config check` asks of the device key: it loads
+// when it exists; a missing one passes only where run makes it
+// (CreateDeviceKey).
+func (c CommandsConfig) CheckDeviceKey() error {
+	k, err := LoadDeviceKey(c.DeviceKeyFile)
+	clear(k)
+	if errors.Is(err, ErrNoDeviceKey) && c.CreateDeviceKey {
+		return nil
+	}
+	return err
+}

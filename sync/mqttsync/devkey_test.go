@@ -1,0 +1,83 @@
+package mqttsync
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The device key file: made once, never replaced, refused missing, open
+// to group or others, or damaged, each with the reason and what to do.
+func TestDeviceKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "device.key")
+	if _, err := LoadDeviceKey(p); !errors.Is(err, ErrNoDeviceKey) || !strings.Contains(err.Error(), "atm-agent device-key init") {
+		t.Errorf("missing: %v", err)
+	}
+	k, err := InitDeviceKey(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("made with mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+	got, err := LoadDeviceKey(p)
+	if err != nil || !got.Equal(k) {
+		t.Fatalf("load: %v", err)
+	}
+	if _, err := InitDeviceKey(p); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("init over an existing key: %v", err)
+	}
+	if again, _ := LoadDeviceKey(p); !again.Equal(k) {
+		t.Error("the key was replaced")
+	}
+	if m, _ := filepath.Glob(p + ".tmp-*"); len(m) != 0 {
+		t.Errorf("left behind: %v", m)
+	}
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o660} {
+		os.Chmod(p, mode)
+		if _, err := LoadDeviceKey(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+			t.Errorf("mode %#o: %v", mode, err)
+		}
+	}
+	os.Chmod(p, 0o600)
+	for name, b := range map[string]string{
+		"empty":      "",
+		"not PEM":    "hello",
+		"public key": "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAA6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\n-----END PUBLIC KEY-----\n",
+		"cut PKCS#8": "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n",
+	} {
+		bad := filepath.Join(dir, "bad.key")
+		os.Remove(bad)
+		if err := os.WriteFile(bad, []byte(b), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadDeviceKey(bad); err == nil || !strings.Contains(err.Error(), "damaged") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// The config: a configured path must exist; the agent's default is
+	// made at start.
+	c := CommandsConfig{DeviceKeyFile: filepath.Join(dir, "other.key")}
+	if err := c.CheckDeviceKey(); !errors.Is(err, ErrNoDeviceKey) {
+		t.Errorf("configured, missing: %v", err)
+	}
+	if _, _, err := c.deviceKey(); !errors.Is(err, ErrNoDeviceKey) {
+		t.Errorf("configured, missing, at start: %v", err)
+	}
+	c.CreateDeviceKey = true
+	if err := c.CheckDeviceKey(); err != nil {
+		t.Errorf("default, missing: %v", err)
+	}
+	made, ok, err := c.deviceKey()
+	if err != nil || !ok {
+		t.Fatalf("default, missing, at start: made %v, %v", ok, err)
+	}
+	again, ok, err := c.deviceKey()
+	if err != nil || ok || !again.Equal(made) {
+		t.Errorf("second start: made %v, %v", ok, err)
+	}
+}
