@@ -10,6 +10,7 @@ package storage
 import (
 	"cmp"
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -699,6 +700,38 @@ func SessionHash(id string) []byte {
 	return h[:]
 }
 
+// DeviceKey is a device's pinned public key: the fleet acts on a reply
+// of that device only when this key's signature verifies
+// (wire.VerifyReply).
+type DeviceKey struct {
+	Site, Device string
+	PublicKey    ed25519.PublicKey
+	Pinned       time.Time // when it was set
+	By           string    // who set it (the CLI's user)
+}
+
+// Validate checks the key and the names before a store writes them.
+func (k DeviceKey) Validate() error {
+	if err := wire.ValidateLevel("site", k.Site); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadRecord, err)
+	}
+	if err := wire.ValidateLevel("device", k.Device); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadRecord, err)
+	}
+	if len(k.PublicKey) != ed25519.PublicKeySize {
+		return fmt.Errorf("%w: a public key of %d bytes, an Ed25519 key has %d", ErrBadRecord, len(k.PublicKey), ed25519.PublicKeySize)
+	}
+	if len(k.By) > 256 {
+		return fmt.Errorf("%w: by: %d bytes, at most 256", ErrBadRecord, len(k.By))
+	}
+	return nil
+}
+
+// DeviceKeyNotFound: no key pinned for site/device.
+func DeviceKeyNotFound(site, device string) error {
+	return &NotFoundError{What: "device key of " + site + "/" + device}
+}
+
 // Retention says how long each kind of record is kept.
 type Retention struct {
 	// History: dedup records, summary and identity series, rejects.
@@ -768,6 +801,17 @@ type Store interface {
 	RevokeSession(ctx context.Context, id string, expires time.Time) error
 	// SessionRevoked reports whether the session id was revoked.
 	SessionRevoked(ctx context.Context, id string) (bool, error)
+
+	// PutDeviceKey pins the Ed25519 public key that signs a device's
+	// command replies, replacing one pinned before (a device need not
+	// be known yet: pin it when the ATM is set up).
+	PutDeviceKey(ctx context.Context, k DeviceKey) error
+	// DeviceKey is the key pinned for a device: ErrNotFound when none.
+	DeviceKey(ctx context.Context, site, device string) (DeviceKey, error)
+	// DeviceKeys lists every pinned key, by site and device.
+	DeviceKeys(ctx context.Context) ([]DeviceKey, error)
+	// RemoveDeviceKey unpins a device's key: ErrNotFound when none.
+	RemoveDeviceKey(ctx context.Context, site, device string) error
 
 	// Subscribe delivers changes committed by any instance sharing the
 	// store (best effort: a slow subscriber misses changes, never blocks

@@ -34,11 +34,12 @@ var (
 	bRejects  = []byte("rejects")          // id(8) -> Reject JSON
 	bRevoked  = []byte("revoked_sessions") // storage.SessionHash(id) -> session expiry, unix seconds (8 bytes)
 	bMeta     = []byte("meta")
+	bKeys     = []byte("device_keys") // site\0device -> storage.DeviceKey JSON: the pinned reply-signing keys
 	// The alert indexes, kept in the transactions that write alerts.
 	bActive   = []byte("alerts_active")   // site\0device\0alert_id -> "": every alert not resolved
 	bRaised   = []byte("alerts_raised")   // raised (8 bytes, newest first) site\0device\0alert_id -> ""
 	bReceived = []byte("alerts_received") // received (8 bytes, oldest first) site\0device\0alert_id -> ""
-	buckets   = [][]byte{bDevices, bMessages, bAlerts, bSummary, bIdent, bAudit, bRejects, bRevoked, bMeta, bActive, bRaised, bReceived}
+	buckets   = [][]byte{bDevices, bMessages, bAlerts, bSummary, bIdent, bAudit, bRejects, bRevoked, bMeta, bActive, bRaised, bReceived, bKeys}
 )
 
 // schemaVersion is written to the meta bucket. Version 2 added the alert
@@ -1224,4 +1225,55 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (int64, error) {
 		return 0, err
 	}
 	return io.Copy(w, tmp)
+}
+
+// PutDeviceKey implements storage.Store.
+func (s *Store) PutDeviceKey(ctx context.Context, k storage.DeviceKey) error {
+	if err := k.Validate(); err != nil {
+		return err
+	}
+	k.Pinned = k.Pinned.UTC()
+	return s.update(ctx, "pin device key", func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bKeys), dkey(k.Site, k.Device), k)
+	})
+}
+
+// DeviceKey implements storage.Store.
+func (s *Store) DeviceKey(ctx context.Context, site, device string) (storage.DeviceKey, error) {
+	var k storage.DeviceKey
+	err := s.view(ctx, "device key", func(tx *bolt.Tx) error {
+		found, err := getJSON(tx.Bucket(bKeys), dkey(site, device), &k)
+		if err == nil && !found {
+			err = storage.DeviceKeyNotFound(site, device)
+		}
+		return err
+	})
+	return k, err
+}
+
+// DeviceKeys implements storage.Store.
+func (s *Store) DeviceKeys(ctx context.Context) ([]storage.DeviceKey, error) {
+	var out []storage.DeviceKey
+	err := s.view(ctx, "device keys", func(tx *bolt.Tx) error {
+		return tx.Bucket(bKeys).ForEach(func(_, v []byte) error {
+			var k storage.DeviceKey
+			if err := json.Unmarshal(v, &k); err != nil {
+				return err
+			}
+			out = append(out, k)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// RemoveDeviceKey implements storage.Store.
+func (s *Store) RemoveDeviceKey(ctx context.Context, site, device string) error {
+	return s.update(ctx, "unpin device key", func(tx *bolt.Tx) error {
+		b, k := tx.Bucket(bKeys), dkey(site, device)
+		if b.Get(k) == nil {
+			return storage.DeviceKeyNotFound(site, device)
+		}
+		return b.Delete(k)
+	})
 }

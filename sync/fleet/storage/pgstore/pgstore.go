@@ -88,6 +88,10 @@ var schema = []string{
 	// the session's own expiry.
 	`CREATE TABLE IF NOT EXISTS atm_fleet_revoked_sessions (
 		id_hash bytea PRIMARY KEY, expires timestamptz NOT NULL)`,
+	// The pinned keys that sign each device's command replies.
+	`CREATE TABLE IF NOT EXISTS atm_fleet_device_keys (
+		site text NOT NULL, device text NOT NULL, public_key bytea NOT NULL, pinned timestamptz NOT NULL, pinned_by text NOT NULL,
+		PRIMARY KEY (site, device))`,
 }
 
 // maxRejects bounds the kept rejected payloads (oldest dropped first).
@@ -996,4 +1000,73 @@ func (s *Store) SessionRevoked(ctx context.Context, id string) (bool, error) {
 		return false, fmt.Errorf("check session: %w", err)
 	}
 	return found, nil
+}
+
+// PutDeviceKey implements storage.Store.
+func (s *Store) PutDeviceKey(ctx context.Context, k storage.DeviceKey) error {
+	if err := k.Validate(); err != nil {
+		return err
+	}
+	return s.tx(ctx, "pin device key", func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO atm_fleet_device_keys (site, device, public_key, pinned, pinned_by) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (site, device) DO UPDATE SET public_key = EXCLUDED.public_key, pinned = EXCLUDED.pinned, pinned_by = EXCLUDED.pinned_by`,
+			k.Site, k.Device, []byte(k.PublicKey), k.Pinned.UTC(), k.By)
+		return err
+	})
+}
+
+const deviceKeyCols = `site, device, public_key, pinned, pinned_by`
+
+func scanDeviceKey(row pgx.Row) (storage.DeviceKey, error) {
+	var k storage.DeviceKey
+	var pub []byte
+	if err := row.Scan(&k.Site, &k.Device, &pub, &k.Pinned, &k.By); err != nil {
+		return k, err
+	}
+	k.PublicKey, k.Pinned = pub, k.Pinned.UTC()
+	return k, nil
+}
+
+// DeviceKey implements storage.Store.
+func (s *Store) DeviceKey(ctx context.Context, site, device string) (storage.DeviceKey, error) {
+	k, err := scanDeviceKey(s.pool.QueryRow(ctx, `SELECT `+deviceKeyCols+` FROM atm_fleet_device_keys WHERE site = $1 AND device = $2`, site, device))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return k, storage.DeviceKeyNotFound(site, device)
+	}
+	if err != nil {
+		return k, fmt.Errorf("device key: %w", err)
+	}
+	return k, nil
+}
+
+// DeviceKeys implements storage.Store.
+func (s *Store) DeviceKeys(ctx context.Context) ([]storage.DeviceKey, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+deviceKeyCols+` FROM atm_fleet_device_keys ORDER BY site, device`)
+	if err != nil {
+		return nil, fmt.Errorf("device keys: %w", err)
+	}
+	defer rows.Close()
+	var out []storage.DeviceKey
+	for rows.Next() {
+		k, err := scanDeviceKey(rows)
+		if err != nil {
+			return nil, fmt.Errorf("device keys: %w", err)
+		}
+		out = append(out, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("device keys: %w", err)
+	}
+	return out, nil
+}
+
+// RemoveDeviceKey implements storage.Store.
+func (s *Store) RemoveDeviceKey(ctx context.Context, site, device string) error {
+	return s.tx(ctx, "unpin device key", func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM atm_fleet_device_keys WHERE site = $1 AND device = $2`, site, device)
+		if err == nil && tag.RowsAffected() == 0 {
+			err = storage.DeviceKeyNotFound(site, device)
+		}
+		return err
+	})
 }

@@ -4,8 +4,10 @@
 package storetest
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -87,6 +89,70 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("PurgeIdentity", func(t *testing.T) { purgeIdentity(t, open(t)) })
 	t.Run("Corrections", func(t *testing.T) { corrections(t, open(t)) })
 	t.Run("BadRecord", func(t *testing.T) { badRecord(t, open(t)) })
+	t.Run("DeviceKeys", func(t *testing.T) { deviceKeys(t, open(t)) })
+}
+
+// Pinned device keys: set before the device is known, read back, replaced,
+// listed by site and device, removed; an unknown one is ErrNotFound, a
+// malformed one ErrBadRecord.
+func deviceKeys(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	key := func(b byte) ed25519.PublicKey {
+		return ed25519.PublicKey(bytes.Repeat([]byte{b}, ed25519.PublicKeySize))
+	}
+	if _, err := s.DeviceKey(c, "lyon-07", "atm-1"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("none pinned: %v", err)
+	}
+	for _, k := range []storage.DeviceKey{
+		{Site: "lyon-07", Device: "atm-2", PublicKey: key(2), Pinned: T0, By: "root"},
+		{Site: "lyon-07", Device: "atm-1", PublicKey: key(1), Pinned: T0, By: "root"},
+		{Site: "brest-01", Device: "atm-1", PublicKey: key(3), Pinned: T0, By: "ops"},
+		{Site: "lyon-07", Device: "atm-1", PublicKey: key(4), Pinned: T0.Add(time.Hour), By: "ops"}, // a new key replaces the old
+	} {
+		if err := s.PutDeviceKey(c, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.DeviceKey(c, "lyon-07", "atm-1")
+	if err != nil || !got.PublicKey.Equal(key(4)) || !got.Pinned.Equal(T0.Add(time.Hour)) || got.By != "ops" {
+		t.Errorf("read back %+v, %v", got, err)
+	}
+	if devs, err := s.Devices(c); err != nil || len(devs) != 0 {
+		t.Errorf("pinning a key made devices: %+v", devs)
+	}
+	all, err := s.DeviceKeys(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(all, func(a, b storage.DeviceKey) int { return cmp.Compare(a.Site+"/"+a.Device, b.Site+"/"+b.Device) })
+	var names []string
+	for _, k := range all {
+		names = append(names, k.Site+"/"+k.Device)
+	}
+	if strings.Join(names, " ") != "brest-01/atm-1 lyon-07/atm-1 lyon-07/atm-2" {
+		t.Errorf("listed %v", names)
+	}
+	if err := s.RemoveDeviceKey(c, "lyon-07", "atm-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeviceKey(c, "lyon-07", "atm-1"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("removed: %v", err)
+	}
+	if err := s.RemoveDeviceKey(c, "lyon-07", "atm-1"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("removed twice: %v", err)
+	}
+	if got, err := s.DeviceKey(c, "lyon-07", "atm-2"); err != nil || !got.PublicKey.Equal(key(2)) {
+		t.Errorf("the other device's key: %+v, %v", got, err)
+	}
+	for name, k := range map[string]storage.DeviceKey{
+		"short key": {Site: "s", Device: "d", PublicKey: key(1)[:31]},
+		"no site":   {Device: "d", PublicKey: key(1)},
+		"wildcard":  {Site: "s", Device: "+", PublicKey: key(1)},
+	} {
+		if err := s.PutDeviceKey(c, k); !errors.Is(err, storage.ErrBadRecord) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
 }
 
 // A record the store cannot hold (an alert id of 40 KB: bbolt's key limit,
