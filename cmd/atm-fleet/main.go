@@ -45,6 +45,9 @@ var commands = []struct{ name, synopsis, summary string }{
 	{"config default", "config default", "print the default config"},
 	{"config get", "config get FILE KEY", "print one value of a config, dotted (web.listen), defaults included"},
 	{"users check", "users check [--reload PID] FILE", "check a users file as run does and list each user's role and sites: exit 0 if it lists a user, 78 if none or if it is refused; --reload: then send the service PID SIGHUP, whatever the check found (the unit's ExecReload=)"},
+	{"devices key set", "devices key set [--config FILE] SITE DEVICE FILE|KEY", "pin the public key that signs a device's command replies (atm-agent device-key show prints it; a file: PEM or base64); replaces the one pinned before"},
+	{"devices key list", "devices key list [--config FILE]", "list the pinned device keys (site, device, fingerprint, when and by whom)"},
+	{"devices key remove", "devices key remove [--config FILE] SITE DEVICE", "unpin a device's key: its replies are taken unauthenticated again (refused with commands.require_signed_replies)"},
 	{"compact", "compact [--config FILE]", "shrink the embedded store's file to its records (service stopped)"},
 	{"passwd", "passwd", "read a password (twice on a terminal) and print its bcrypt hash for the users file (passwd --help shows the file's format: roles viewer, analyst and admin, and sites)"},
 	{"manpage", "manpage", "print the man page (roff; man -l - to read it)"},
@@ -77,6 +80,8 @@ func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		err = cmdConfig(args[1:], stdout, stderr)
 	case "users":
 		err = cmdUsers(args[1:], stdout, stderr)
+	case "devices":
+		err = cmdDevices(ctx, args[1:], stdout, stderr)
 	case "compact":
 		err = cmdCompact(args[1:], stdout, stderr)
 	case "passwd":

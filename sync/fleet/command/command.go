@@ -50,6 +50,7 @@ import (
 	"github.com/periocular/atm-agent/internal/carddata"
 	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/secretfile"
+	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -81,6 +82,11 @@ type Config struct {
 	// identity: a reload of the review page within it asks the device
 	// nothing. A correction sent to the device drops its answers. 0: off.
 	ReviewCache time.Duration `yaml:"review_cache"`
+	// RequireSignedReplies: no command is sent to a device without a
+	// pinned key (atm-fleet devices key set), so every reply acted on is
+	// signed by its device. Off: a device without a pin is answered as
+	// before signed replies (unauthenticated, and shown so).
+	RequireSignedReplies bool `yaml:"require_signed_replies"`
 }
 
 // BudgetWindow is the window of Config.DeviceBudget: the agents' default
@@ -162,7 +168,16 @@ var (
 	// ErrBudget: the device's command budget (Config.DeviceBudget) is
 	// spent for now; nothing was sent (a *BudgetError says when to retry).
 	ErrBudget = errors.New("too many commands sent to this device lately")
+	// ErrUnpinned: require_signed_replies is on and the device has no
+	// pinned key; nothing was sent.
+	ErrUnpinned = errors.New("no key pinned for the device, and commands.require_signed_replies is on: pin it (atm-agent device-key show on the ATM; atm-fleet devices key set)")
 )
+
+// Keys is where the client finds the key pinned for a device (the
+// fleet's store).
+type Keys interface {
+	DeviceKey(ctx context.Context, site, device string) (storage.DeviceKey, error)
+}
 
 // BudgetError is ErrBudget with the wait until a command fits again.
 type BudgetError struct {
@@ -206,8 +221,13 @@ type Stats struct {
 	Cached     uint64 `json:"cached"`
 	OverBudget uint64 `json:"over_budget"`
 	Withheld   uint64 `json:"withheld_txn_ids"`
-	InFlight   int    `json:"in_flight"`
-	LastError  string `json:"last_error,omitempty"`
+	// BadSignature counts the replies ignored (among Ignored) because
+	// they did not carry a valid signature of the device's pinned key;
+	// Unauthenticated the replies taken from devices without a pin.
+	BadSignature    uint64 `json:"bad_signature"`
+	Unauthenticated uint64 `json:"unauthenticated"`
+	InFlight        int    `json:"in_flight"`
+	LastError       string `json:"last_error,omitempty"`
 }
 
 // Client signs and sends commands and matches their replies.
@@ -241,7 +261,10 @@ type Client struct {
 	reviews map[reviewKey]cachedReview
 	gen     map[string]uint64
 
-	sent, resent, answered, timedOut, ignored, others, cached, overBudget, withheld atomic.Uint64
+	// keys: the pinned device keys (UseKeys); nil: none pinned.
+	keys Keys
+
+	sent, resent, answered, timedOut, ignored, others, cached, overBudget, withheld, badSig, unauth atomic.Uint64
 }
 
 type reviewKey struct{ site, device, id string }
@@ -262,7 +285,10 @@ type call struct {
 	name         wire.CommandName
 	// key opens the sealed result (the private half of args.reply_key):
 	// kept in memory only, for this command alone.
-	key      *ecdh.PrivateKey
+	key *ecdh.PrivateKey
+	// pin is the device's pinned key, looked up when the command was
+	// signed: nil when none (the reply is taken unauthenticated).
+	pin      ed25519.PublicKey
 	reply    chan wire.Reply // buffered 1: the first valid reply
 	answered bool            // a reply was taken (under Client.mu)
 }
@@ -291,6 +317,29 @@ func New(cfg Config, prefix string, key ed25519.PrivateKey, pub Publisher, log *
 		budget: map[string][]time.Time{}, reviews: map[reviewKey]cachedReview{}, gen: map[string]uint64{}}, nil
 }
 
+// UseKeys makes the client check each reply against the key pinned for
+// its device in k (the fleet's store). Call it before the first command.
+func (c *Client) UseKeys(k Keys) { c.keys = k }
+
+// pinned is the key pinned for the device: nil when none (unless
+// RequireSignedReplies: ErrUnpinned). A store error sends nothing.
+func (c *Client) pinned(ctx context.Context, site, device string) (ed25519.PublicKey, error) {
+	var pin ed25519.PublicKey
+	if c.keys != nil {
+		k, err := c.keys.DeviceKey(ctx, site, device)
+		switch {
+		case err == nil:
+			pin = k.PublicKey
+		case !errors.Is(err, storage.ErrNotFound):
+			return nil, fmt.Errorf("commands: the device's pinned key: %w", err)
+		}
+	}
+	if pin == nil && c.cfg.RequireSignedReplies {
+		return nil, fmt.Errorf("%w (%s/%s)", ErrUnpinned, site, device)
+	}
+	return pin, nil
+}
+
 // ReplyFilter is the subscription the client's replies come on.
 func (c *Client) ReplyFilter() string { return c.prefix + "/+/+/" + wire.KindReply }
 
@@ -303,7 +352,7 @@ func (c *Client) Stats() Stats {
 	defer c.mu.Unlock()
 	return Stats{Sent: c.sent.Load(), Resent: c.resent.Load(), Answered: c.answered.Load(), TimedOut: c.timedOut.Load(),
 		Ignored: c.ignored.Load(), Others: c.others.Load(), Cached: c.cached.Load(), OverBudget: c.overBudget.Load(),
-		Withheld: c.withheld.Load(), InFlight: len(c.waiting), LastError: c.lastErr}
+		Withheld: c.withheld.Load(), BadSignature: c.badSig.Load(), Unauthenticated: c.unauth.Load(), InFlight: len(c.waiting), LastError: c.lastErr}
 }
 
 // Sent is a command as it was sent: its message id, whatever came of it.
@@ -314,6 +363,10 @@ type Sent struct {
 	Published bool
 	// Cached: the answer came from the review cache (no command sent).
 	Cached bool
+	// Authenticated: the reply was signed by the device's pinned key
+	// (false: the device has no pin, and the reply was taken as agents
+	// before signed replies send it).
+	Authenticated bool
 }
 
 // BeforeSend is called with the signed command's id just before it is
@@ -374,6 +427,10 @@ func (c *Client) do(ctx context.Context, site, device string, name wire.CommandN
 	default:
 		return nil, Sent{}, ErrBusy
 	}
+	pin, err := c.pinned(ctx, site, device)
+	if err != nil {
+		return nil, Sent{}, err
+	}
 	if err := c.spend(site, device, name == wire.CmdIdentityVisits); err != nil {
 		return nil, Sent{}, err
 	}
@@ -402,7 +459,8 @@ func (c *Client) do(ctx context.Context, site, device string, name wire.CommandN
 	if err != nil {
 		return nil, sent, err
 	}
-	w := &call{site: site, device: device, name: name, key: replyKey, reply: make(chan wire.Reply, 1)}
+	w := &call{site: site, device: device, name: name, key: replyKey, pin: pin, reply: make(chan wire.Reply, 1)}
+	sent.Authenticated = pin != nil
 	c.mu.Lock()
 	c.waiting[cmd.MessageID] = w
 	c.mu.Unlock()
@@ -599,6 +657,14 @@ func (c *Client) accept(topic string, payload []byte) error {
 	if w.answered { // a second reply to the same command: the first one stands
 		return fmt.Errorf("correlation_id %q answered again", r.CorrelationID)
 	}
+	// With a pinned key, only the device's own signature over this
+	// reply's device, command, correlation id, outcome and result counts.
+	if w.pin != nil {
+		if err := wire.VerifyReply(w.pin, r); err != nil {
+			c.badSig.Add(1)
+			return fmt.Errorf("correlation_id %q: %w", r.CorrelationID, err)
+		}
+	}
 	if w.key != nil {
 		res, err := openResult(w.key, r)
 		if err != nil {
@@ -611,6 +677,9 @@ func (c *Client) accept(topic string, payload []byte) error {
 	w.answered = true
 	w.reply <- r // room for one: never blocks
 	c.answered.Add(1)
+	if w.pin == nil {
+		c.unauth.Add(1)
+	}
 	return nil
 }
 

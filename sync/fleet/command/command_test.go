@@ -28,6 +28,14 @@ const prefix = "atm/cmdtest"
 // and a command client on it, as the service wires them.
 func fleet(t *testing.T, broker string, cfg Config) (*Client, ed25519.PublicKey) {
 	t.Helper()
+	c, pub, _ := fleetWithStore(t, broker, cfg)
+	return c, pub
+}
+
+// fleetWithStore is fleet, with the store whose pinned device keys the
+// client checks replies against.
+func fleetWithStore(t *testing.T, broker string, cfg Config) (*Client, ed25519.PublicKey, *boltstore.Store) {
+	t.Helper()
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "fleet.db"), time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -45,13 +53,14 @@ func fleet(t *testing.T, broker string, cfg Config) (*Client, ed25519.PublicKey)
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.UseKeys(st)
 	in.Route(c.ReplyFilter(), c.Handle)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = in.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	fleettest.WaitFor(t, 10*time.Second, "ingest connected", func() bool { return in.Stats().Connected })
-	return c, pub
+	return c, pub, st
 }
 
 // rawDevice is a hand-driven device on the broker: it records every

@@ -301,6 +301,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Service, err err
 		if err != nil {
 			return nil, err
 		}
+		cmd.UseKeys(s.store)
 		s.in.Route(cmd.ReplyFilter(), cmd.Handle)
 		deps.Commands, deps.CommandStats = cmd, func() any { return cmd.Stats() }
 	}
@@ -310,6 +311,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Service, err err
 	}
 	log.Info("atm-fleet ready", "store", cfg.Store.Driver, "listen", cfg.Web.Listen, "users", len(users), "commands", cfg.Commands.Enabled)
 	return s, nil
+}
+
+// OpenStore opens the configured store as run does, for the admin
+// commands (atm-fleet devices key): the embedded file while the service is
+// stopped (it holds the file's lock), PostgreSQL at any time.
+func OpenStore(ctx context.Context, c StoreConfig, log *slog.Logger) (storage.Store, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return openStore(ctx, c, log)
 }
 
 func openStore(ctx context.Context, c StoreConfig, log *slog.Logger) (storage.Store, error) {

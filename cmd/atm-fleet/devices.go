@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"strings"
+	"time"
+
+	"github.com/periocular/atm-agent/sync/fleet/service"
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// cmdDevices is `atm-fleet devices key set|list|remove`: the pinned keys
+// that sign each device's command replies (docs/fleet.md, "Device keys").
+func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) < 2 || args[0] != "key" {
+		return usageError("usage: atm-fleet devices key set|list|remove [--config FILE] ...")
+	}
+	op := args[1]
+	fs := flag.NewFlagSet("devices key "+op, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "/etc/atm-fleet/config.yaml", "config file (its store)")
+	if err := fs.Parse(args[2:]); err != nil {
+		return err
+	}
+	want := map[string]int{"set": 3, "list": 0, "remove": 2}
+	n, ok := want[op]
+	if !ok {
+		return usageError(fmt.Sprintf("devices key %q: want set, list or remove", op))
+	}
+	if fs.NArg() != n {
+		return usageError(fmt.Sprintf("devices key %s takes %d arguments, got %d", op, n, fs.NArg()))
+	}
+	var pub ed25519.PublicKey
+	if op == "set" {
+		var err error
+		if pub, err = readDeviceKey(fs.Arg(2)); err != nil {
+			return err
+		}
+	}
+	cfg, err := service.LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := service.OpenStore(ctx, cfg.Store, nil)
+	if err != nil {
+		if cfg.Store.Driver == "bolt" {
+			err = fmt.Errorf("%w (the embedded store is held by the running service: stop it first, or use PostgreSQL)", err)
+		}
+		return err
+	}
+	defer st.Close()
+	switch op {
+	case "set":
+		k := storage.DeviceKey{Site: fs.Arg(0), Device: fs.Arg(1), PublicKey: pub, Pinned: time.Now().UTC(), By: whoami()}
+		if err := st.PutDeviceKey(ctx, k); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s/%s: pinned %s\n", k.Site, k.Device, wire.Fingerprint(pub))
+	case "remove":
+		if err := st.RemoveDeviceKey(ctx, fs.Arg(0), fs.Arg(1)); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s/%s: unpinned; its replies are taken unauthenticated (refused with commands.require_signed_replies)\n", fs.Arg(0), fs.Arg(1))
+	case "list":
+		keys, err := st.DeviceKeys(ctx)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			fmt.Fprintf(stdout, "%s\t%s\t%s\t%s\t%s\t%s\n", k.Site, k.Device, wire.Fingerprint(k.PublicKey), wire.EncodePublicKey(k.PublicKey),
+				k.Pinned.Format(time.RFC3339), k.By)
+		}
+	}
+	return nil
+}
+
+// readDeviceKey takes the key as `atm-agent device-key show` prints it
+// (the base64 of the 32 bytes) or a file holding it or its PEM.
+func readDeviceKey(arg string) (ed25519.PublicKey, error) {
+	if k, err := wire.ParsePublicKey([]byte(arg)); err == nil {
+		return k, nil
+	}
+	b, err := os.ReadFile(arg)
+	if errors.Is(err, os.ErrNotExist) && !strings.ContainsAny(arg, "/.") {
+		return nil, fmt.Errorf("%q is neither a public key (base64 of 32 bytes) nor a file", arg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	k, err := wire.ParsePublicKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", arg, err)
+	}
+	return k, nil
+}
+
+// whoami names who pinned a key: the login (SUDO_USER under sudo).
+func whoami() string {
+	if s := os.Getenv("SUDO_USER"); s != "" {
+		return s
+	}
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return fmt.Sprintf("uid %d", os.Getuid())
+}

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// atm-fleet devices key set/list/remove on the embedded store: a key as
+// atm-agent device-key show prints it and one in a PEM file are pinned,
+// listed with their fingerprints, replaced and removed; a malformed key
+// and a device name the topics cannot carry are refused.
+func TestDevicesKeyCommands(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "fleet.yaml")
+	if err := os.WriteFile(cfgPath, []byte("store: {driver: bolt, path: "+filepath.Join(dir, "fleet.db")+"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := runMain(context.Background(), append([]string{"devices", "key", args[0], "--config", cfgPath}, args[1:]...), nil, &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	k1 := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, 32)).Public().(ed25519.PublicKey)
+	k2 := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, 32)).Public().(ed25519.PublicKey)
+	pemFile := filepath.Join(dir, "atm-2.pub")
+	pemBytes, _ := wire.MarshalPublicKeyPEM(k2)
+	os.WriteFile(pemFile, pemBytes, 0o644)
+
+	if code, out, errs := run("set", "lyon-07", "atm-1", wire.EncodePublicKey(k1)); code != 0 || !strings.Contains(out, wire.Fingerprint(k1)) {
+		t.Fatalf("set: %d %q %q", code, out, errs)
+	}
+	if code, _, errs := run("set", "lyon-07", "atm-2", pemFile); code != 0 {
+		t.Fatalf("set from a PEM file: %d %q", code, errs)
+	}
+	code, out, _ := run("list")
+	if code != 0 || !strings.Contains(out, "lyon-07\tatm-1\t"+wire.Fingerprint(k1)) || !strings.Contains(out, "lyon-07\tatm-2\t"+wire.Fingerprint(k2)) {
+		t.Errorf("list: %d %q", code, out)
+	}
+	// Replaced by a new key (a device whose key was made again).
+	if code, _, _ := run("set", "lyon-07", "atm-1", wire.EncodePublicKey(k2)); code != 0 {
+		t.Fatal("replace")
+	}
+	if _, out, _ := run("list"); !strings.Contains(out, "lyon-07\tatm-1\t"+wire.Fingerprint(k2)) {
+		t.Errorf("list after replace: %q", out)
+	}
+	if code, _, _ := run("remove", "lyon-07", "atm-1"); code != 0 {
+		t.Error("remove")
+	}
+	if code, _, errs := run("remove", "lyon-07", "atm-1"); code == 0 || !strings.Contains(errs, "not found") {
+		t.Errorf("remove twice: %d %q", code, errs)
+	}
+	if _, out, _ := run("list"); strings.Contains(out, "atm-1") || !strings.Contains(out, "atm-2") {
+		t.Errorf("list after remove: %q", out)
+	}
+	for name, args := range map[string][]string{
+		"short key":    {"set", "lyon-07", "atm-3", "AAAA"},
+		"no such file": {"set", "lyon-07", "atm-3", "/nonexistent/k.pub"},
+		"wildcard":     {"set", "lyon-07", "+", wire.EncodePublicKey(k1)},
+		"missing arg":  {"set", "lyon-07", "atm-3"},
+		"unknown op":   {"rotate"},
+	} {
+		if code, _, errs := run(args...); code == 0 {
+			t.Errorf("%s: accepted (%q)", name, errs)
+		}
+	}
+}
