@@ -107,6 +107,11 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	call(ana.Client, "devices", "GET", "/api/v1/devices?limit=1", "", "")
 	call(ana.Client, "devices bad limit", "GET", "/api/v1/devices?limit=0", "", "")
 	call(ana.Client, "device", "GET", "/api/v1/devices/lyon-07/atm-1", "/api/v1/devices/{site}/{device}", "")
+	if err := st.PutDeviceKey(context.Background(), storage.DeviceKey{Site: "lyon-07", Device: "atm-1",
+		PublicKey: make([]byte, 32), Pinned: now, By: "root"}); err != nil {
+		t.Fatal(err)
+	}
+	call(ana.Client, "device with a pinned reply key", "GET", "/api/v1/devices/lyon-07/atm-1", "/api/v1/devices/{site}/{device}", "")
 	call(ana.Client, "unknown device", "GET", "/api/v1/devices/lyon-07/atm-404", "/api/v1/devices/{site}/{device}", "")
 	call(ana.Client, "alerts", "GET", "/api/v1/alerts?state=all&limit=1", "", "")
 	call(ana.Client, "alerts by receipt", "GET", "/api/v1/alerts?state=all&order=received&received_since="+url.QueryEscape(now.Add(-time.Hour).Format(time.RFC3339)), "", "")

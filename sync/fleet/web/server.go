@@ -1078,8 +1078,14 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 			maskShare = fmt.Sprintf("%.0f%%", 100*float64(d.Summary.Totals.Masked.H24)/float64(v))
 		}
 	}
+	key, err := s.replyKey(r, site, dev)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	s.render(w, r, "device", struct {
 		base
+		ReplyKey  *apiReplyKey
 		D         storage.Device
 		Chart     template.HTML
 		Hourly    []HourBar
@@ -1087,7 +1093,7 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 		MaskShare string
 		Alerts    []storage.Alert
 		Next      string
-	}{s.base(r, dev+" · "+site, "fleet"), d, VisitsPerHourSVG(HourlyVisits(pts, now, 48)), HourlyVisits(pts, now, 48), ids, maskShare,
+	}{s.base(r, dev+" · "+site, "fleet"), key, d, VisitsPerHourSVG(HourlyVisits(pts, now, 48)), HourlyVisits(pts, now, 48), ids, maskShare,
 		alerts, r.URL.RequestURI()})
 }
 
@@ -1415,6 +1421,29 @@ type apiDevice struct {
 	Summary      *wire.Summary `json:"summary"`
 }
 
+// apiReplyKey is the key pinned for a device's command replies
+// (atm-fleet devices key set): null when none, and its replies are
+// unauthenticated.
+type apiReplyKey struct {
+	Fingerprint string    `json:"fingerprint"`
+	PublicKey   string    `json:"public_key"`
+	Pinned      time.Time `json:"pinned"`
+	By          string    `json:"by"`
+}
+
+// replyKey is the device's pinned reply key for its page and the API:
+// nil when none is pinned.
+func (s *Server) replyKey(r *http.Request, site, device string) (*apiReplyKey, error) {
+	k, err := s.store.DeviceKey(r.Context(), site, device)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &apiReplyKey{Fingerprint: wire.Fingerprint(k.PublicKey), PublicKey: wire.EncodePublicKey(k.PublicKey), Pinned: k.Pinned, By: k.By}, nil
+}
+
 func toAPI(d storage.Device) apiDevice {
 	return apiDevice{Site: d.Site, Device: d.Device, State: d.State(), CameraOK: d.CameraOK(), Backlog: d.Backlog(),
 		OpenAlerts: d.OpenAlerts, FirstSeq: d.FirstSeq, MaxSeq: d.MaxSeq, Unique: d.Unique, Gaps: d.Gaps(), Duplicates: d.Duplicates, Rejected: d.Rejected,
@@ -1548,10 +1577,16 @@ func (s *Server) apiDevice(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	key, err := s.replyKey(r, site, dev)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	writeJSON(w, struct {
 		apiDevice
-		Hourly []HourBar `json:"visits_per_hour"`
-	}{toAPI(d), HourlyVisits(pts, now, 48)})
+		Hourly   []HourBar    `json:"visits_per_hour"`
+		ReplyKey *apiReplyKey `json:"reply_key"`
+	}{toAPI(d), HourlyVisits(pts, now, 48), key})
 }
 
 func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
