@@ -336,7 +336,9 @@ func StartAgent(t testing.TB, broker, prefix, site, device string, opts ...Agent
 		// the handler, and a wire.Reply on the reply topic.
 		cfg.Commands = mqttsync.CommandsConfig{Enabled: true, Timeout: 10 * time.Second, MaxClockSkew: 5 * time.Minute, MaxSeen: 1024,
 			SeenFile:   filepath.Join(t.TempDir(), "commands-seen.json"),
-			PublicKeys: []mqttsync.CommandKey{{Name: "fleet", Key: base64.StdEncoding.EncodeToString(a.cmdKey)}}}
+			PublicKeys: []mqttsync.CommandKey{{Name: "fleet", Key: base64.StdEncoding.EncodeToString(a.cmdKey)}},
+			// Its replies signed with a device key made at start.
+			DeviceKeyFile: filepath.Join(t.TempDir(), "device.key"), CreateDeviceKey: true}
 		deps.Commands = a.reviewer
 	}
 	pub, err := mqttsync.New(cfg, deps)
