@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/ecdh"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
@@ -175,9 +176,10 @@ func runCommandSign(_ context.Context, env *cli.Env, args []string) error {
 // in that command's context (site, device, command, message id): a reply
 // that names another, or was sealed in another, is refused.
 func runCommandOpenReply(_ context.Context, env *cli.Env, args []string) error {
-	fs := cli.NewFlags(env, "command open-reply", "command open-reply --key FILE [--reply FILE] (default: the reply on stdin)")
+	fs := cli.NewFlags(env, "command open-reply", "command open-reply --key FILE [--device-key FILE|KEY] [--reply FILE] (default: the reply on stdin)")
 	replyFile := fs.String("reply", "-", "the reply's JSON, as received on the reply topic (-: stdin)")
 	keyFile := fs.String("key", "", "the one-time reply key command sign --reply-key wrote (X25519, PKCS#8 PEM, headers naming the command)")
+	deviceKey := fs.String("device-key", "", "the device's public key (atm-agent device-key show: base64, or a file of it or its PEM): the reply must carry its valid signature")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -188,6 +190,12 @@ func runCommandOpenReply(_ context.Context, env *cli.Env, args []string) error {
 	k, want, err := readReplyKey(*keyFile)
 	if err != nil {
 		return err
+	}
+	var devPub ed25519.PublicKey
+	if *deviceKey != "" {
+		if devPub, err = readPublicKeyArg(*deviceKey); err != nil {
+			return fmt.Errorf("--device-key: %w", err)
+		}
 	}
 	src := io.Reader(os.Stdin)
 	if *replyFile != "-" {
@@ -210,6 +218,20 @@ func runCommandOpenReply(_ context.Context, env *cli.Env, args []string) error {
 		return fmt.Errorf("the reply answers %s %s on %s/%s; the key was made for %s %s on %s/%s", got.Command, got.CorrelationID, got.Site, got.Device,
 			want.Command, want.CorrelationID, want.Site, want.Device)
 	}
+	// The device's signature, checked before anything of the reply is
+	// believed (a refusal too: whoever may publish on the reply topic
+	// could have sent it).
+	switch {
+	case devPub != nil:
+		if err := wire.VerifyReply(devPub, r); err != nil {
+			return fmt.Errorf("not the device's answer: %w", err)
+		}
+		fmt.Fprintf(env.Stderr, "signed by the device key %s\n", wire.Fingerprint(devPub))
+	case r.Sig != "":
+		fmt.Fprintln(env.Stderr, "note: the reply is signed, but not checked: give --device-key (atm-agent device-key show on the ATM)")
+	default:
+		fmt.Fprintln(env.Stderr, "note: the reply is not signed (an agent before signed replies): anyone who may publish on its reply topic could have sent it")
+	}
 	if r.Sealed == "" {
 		if r.Result != nil {
 			return errors.New("the reply carries its result in clear, not sealed: not the answer of a device to a command with a reply key")
@@ -225,6 +247,19 @@ func runCommandOpenReply(_ context.Context, env *cli.Env, args []string) error {
 	}
 	_, err = fmt.Fprintf(env.Stdout, "%s\n", res)
 	return err
+}
+
+// readPublicKeyArg takes an Ed25519 public key as base64 or a file of it
+// (or of its PEM).
+func readPublicKeyArg(arg string) (ed25519.PublicKey, error) {
+	if k, err := wire.ParsePublicKey([]byte(arg)); err == nil {
+		return k, nil
+	}
+	b, err := os.ReadFile(arg)
+	if err != nil {
+		return nil, fmt.Errorf("neither a base64 public key nor a file: %w", err)
+	}
+	return wire.ParsePublicKey(b)
 }
 
 // refusedErr says a reply's refusal: its code (none from an agent before

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -207,6 +208,41 @@ func TestCommandSignReplyKeyAndOpenReply(t *testing.T) {
 	}
 	if _, _, err := runCLI(t, "command", "open-reply", "--key", prefix+".key", "--reply", sealed); err == nil || !strings.Contains(err.Error(), "not an X25519 key") {
 		t.Errorf("the signing key as a reply key: %v", err)
+	}
+	// --device-key: the device's signed reply opens; one unsigned, signed
+	// by another key, or with the signature of another reply, does not.
+	devKey := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))
+	devPub := wire.EncodePublicKey(devKey.Public().(ed25519.PublicKey))
+	signedAnswer := func(key ed25519.PrivateKey, edit func(*wire.Reply)) string {
+		var r wire.Reply
+		b, _ := os.ReadFile(answer(cmd, result))
+		json.Unmarshal(b, &r)
+		b, err := wire.SignReply(key, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.Unmarshal(b, &r)
+		if edit != nil {
+			edit(&r)
+		}
+		b, _ = json.Marshal(r)
+		f := filepath.Join(dir, "signed.json")
+		os.WriteFile(f, b, 0o600)
+		return f
+	}
+	out, errOut, err := runCLI(t, "command", "open-reply", "--key", rk, "--device-key", devPub, "--reply", signedAnswer(devKey, nil))
+	if err != nil || strings.TrimSpace(out) != result || !strings.Contains(errOut, wire.Fingerprint(devKey.Public().(ed25519.PublicKey))) {
+		t.Errorf("a signed reply: %q %q, %v", out, errOut, err)
+	}
+	_, otherKey, _ := ed25519.GenerateKey(nil)
+	for name, f := range map[string]string{
+		"unsigned":       sealed,
+		"another key":    signedAnswer(otherKey, nil),
+		"refusal forged": signedAnswer(devKey, func(r *wire.Reply) { r.OK, r.Sealed, r.Code, r.Error = false, "", wire.CodeNotFound, "no identity" }),
+	} {
+		if _, _, err := runCLI(t, "command", "open-reply", "--key", rk, "--device-key", devPub, "--reply", f); err == nil || !strings.Contains(err.Error(), "not the device's answer") {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 	// A refusal says its code, and an older agent's (none) its words.
 	for code, want := range map[wire.ReplyCode]string{
