@@ -2,8 +2,12 @@ package daemon
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +18,7 @@ import (
 	"github.com/periocular/atm-agent/store/record"
 	"github.com/periocular/atm-agent/sync/fleet/command"
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
+	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/mqttsync"
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -33,12 +38,26 @@ func (p pahoPublisher) Publish(ctx context.Context, topic string, payload []byte
 	}
 }
 
+// pinnedKeys is the fleet's store of pinned device keys, in memory.
+type pinnedKeys map[string]ed25519.PublicKey
+
+func (p pinnedKeys) DeviceKey(_ context.Context, site, device string) (storage.DeviceKey, error) {
+	if k, ok := p[site+"/"+device]; ok {
+		return storage.DeviceKey{Site: site, Device: device, PublicKey: k}, nil
+	}
+	return storage.DeviceKey{}, storage.DeviceKeyNotFound(site, device)
+}
+
 // TestMosquittoSealedReview: the daemon (real models, store and
 // publisher) answers the fleet's command client (sync/fleet/command)
 // through a real mosquitto. The client gets the identity's visits; a
 // client of the broker subscribed to +/+/+/reply gets the reply too, and
 // none of the visits' ids, transaction ids or times is in its bytes: the
-// result is sealed to the command's one-time key.
+// result is sealed to the command's one-time key. The daemon made its
+// device key at start (device.key beside the store, 0600), and its reply
+// carries a signature that verifies with that key's public half (what
+// atm-agent device-key show prints): the fleet, with it pinned, takes the
+// reply as authenticated.
 func TestMosquittoSealedReview(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts mosquitto and loads the models")
@@ -86,6 +105,18 @@ func TestMosquittoSealedReview(t *testing.T) {
 	defer stop()
 	fleettest.WaitFor(t, 10*time.Second, "the daemon connected", func() bool { return d.Publisher().Stats().Connects > 0 })
 	time.Sleep(300 * time.Millisecond) // the command subscription is in place
+	keyFile := filepath.Join(filepath.Dir(cfg.Store.Path), "device.key")
+	if cfg.MQTT.Commands.DeviceKeyFile != keyFile {
+		t.Errorf("device_key_file defaults to %s, want %s", cfg.MQTT.Commands.DeviceKeyFile, keyFile)
+	}
+	if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the device key made at start: %v, %v", fi, err)
+	}
+	devKey, err := mqttsync.LoadDeviceKey(keyFile) // what device-key show prints
+	if err != nil {
+		t.Fatal(err)
+	}
+	devPub := devKey.Public().(ed25519.PublicKey)
 
 	// The fleet's command client, and a stranger on the broker.
 	ccfg := command.DefaultConfig()
@@ -99,6 +130,7 @@ func TestMosquittoSealedReview(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cl.UseKeys(pinnedKeys{"s9/atm-9": devPub})
 	if tok := pc.Subscribe(cl.ReplyFilter(), 1, func(_ mqtt.Client, msg mqtt.Message) { cl.Handle(msg.Topic(), msg.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
@@ -121,6 +153,13 @@ func TestMosquittoSealedReview(t *testing.T) {
 		if !strings.Contains(string(b), `"sealed":"`) || strings.Contains(string(b), `"result"`) {
 			t.Errorf("the reply on the broker is not sealed: %s", b)
 		}
+		var r wire.Reply
+		if err := json.Unmarshal(b, &r); err != nil {
+			t.Fatal(err)
+		}
+		if err := wire.VerifyReply(devPub, r); err != nil {
+			t.Errorf("the reply's signature with the device key: %v", err)
+		}
 		for _, s := range secrets {
 			if strings.Contains(string(b), s) {
 				t.Errorf("the reply on the broker holds %q: %s", s, b)
@@ -130,7 +169,10 @@ func TestMosquittoSealedReview(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("%d replies to %s sniffed, want 1", n, sent.MessageID)
 	}
-	if st := cl.Stats(); st.Answered != 1 || st.Ignored != 0 {
+	if !sent.Authenticated {
+		t.Error("the fleet took the reply as unauthenticated, with the device key pinned")
+	}
+	if st := cl.Stats(); st.Answered != 1 || st.Ignored != 0 || st.BadSignature != 0 || st.Unauthenticated != 0 {
 		t.Errorf("fleet stats %+v", st)
 	}
 }
