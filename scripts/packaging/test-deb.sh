@@ -59,6 +59,9 @@ perm /etc/atm-agent 750 root:atm-agent
 perm /etc/atm-agent/config.yaml 640 root:atm-agent
 perm /etc/atm-agent/store.key 600 root:root
 perm /var/lib/atm-agent 700 atm-agent:atm-agent
+perm /var/lib/atm-agent/device.key 600 atm-agent:atm-agent
+check "device-key show as atm-agent" sh -c "runuser -u atm-agent -- atm-agent device-key show | grep -q '^fingerprint: SHA256:'"
+check "the device key unreadable by another local user" sh -c "! runuser -u nobody -- cat /var/lib/atm-agent/device.key 2>/dev/null"
 check "store.key is 32 bytes" test "$(stat -c %s /etc/atm-agent/store.key)" = 32
 check "config.yaml is a conffile" sh -c "dpkg-query -W -f='\${Conffiles}' atm-agent | grep -q ' /etc/atm-agent/config.yaml '"
 IFS=: read -r _ _ uid _ _ home shell < <(getent passwd atm-agent)
@@ -137,6 +140,7 @@ sed -i 's/^  id: atm-0001 /  id: atm-test /' /etc/atm-agent/config.yaml
 check "config edit" grep -q 'id: atm-test' /etc/atm-agent/config.yaml
 db=$(sum /var/lib/atm-agent/agent.db)
 key=$(sum /etc/atm-agent/store.key)
+devkey=$(sum /var/lib/atm-agent/device.key)
 
 # An operator's `systemctl enable` (the link it makes; no systemd here):
 # purge must remove it.
@@ -153,6 +157,7 @@ check "visit data kept" test "$(sum /var/lib/atm-agent/agent.db)" = "$db"
 check "config edit kept" grep -q 'id: atm-test' /etc/atm-agent/config.yaml
 check "new default offered as config.yaml.dpkg-dist" grep -q "^# $ver2: a changed packaged default" /etc/atm-agent/config.yaml.dpkg-dist
 check "store.key kept" test "$(sum /etc/atm-agent/store.key)" = "$key"
+check "device key kept" test "$(sum /var/lib/atm-agent/device.key)" = "$devkey"
 perm /var/lib/atm-agent 700 atm-agent:atm-agent
 perm /var/lib/atm-agent/agent.db 600 atm-agent:atm-agent
 perm /etc/atm-agent/config.yaml 640 root:atm-agent
