@@ -126,9 +126,13 @@ func (s *Server) problemText(d storage.Device, err error) commandProblem {
 	case errors.Is(err, command.ErrNotConfigured):
 		return commandProblem{Code: http.StatusNotImplemented, Msg: "Commands are not configured on this fleet service, and the review asks the ATM itself: " +
 			"an administrator sets the commands section of its config (docs/fleet.md, \"Reviewing and correcting identities\")."}
+	case errors.Is(err, command.ErrUnpinned):
+		return commandProblem{Code: http.StatusConflict, Msg: fmt.Sprintf("%s has no device key pinned, and this fleet acts only on signed replies "+
+			"(commands.require_signed_replies): an administrator pins it (atm-fleet devices key set; docs/fleet.md, \"Device keys\"). Nothing was sent.", dev)}
 	case errors.Is(err, command.ErrTimeout):
 		return commandProblem{Code: http.StatusGatewayTimeout, Msg: fmt.Sprintf("No answer from %s within %v. It may have gone offline a moment ago, "+
-			"or its agent has commands off or does not trust this fleet's signing key (mqtt.commands on the agent, docs/mqtt.md).", dev, timeout)}
+			"or its agent has commands off or does not trust this fleet's signing key (mqtt.commands on the agent, docs/mqtt.md), "+
+			"or its replies do not carry the signature of the device key pinned for it (docs/fleet.md, \"Device keys\").", dev, timeout)}
 	case command.RefusalCode(err) == wire.CodeNotFound:
 		return commandProblem{Code: http.StatusNotFound, Msg: fmt.Sprintf("%s has no such identity or visit (it may have been merged, split or erased since): %v", dev, err)}
 	case command.RefusalCode(err) == wire.CodeConflict:
