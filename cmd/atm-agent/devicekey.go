@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -26,35 +25,32 @@ func deviceKeyCommand() cli.Command {
 	})
 }
 
-// deviceKeyPath is the key file of the config (its default: device.key
-// beside the store), or --file.
-func deviceKeyPath(fs *flag.FlagSet, config, file string) (path, site, device string, err error) {
-	if fs.NArg() != 0 {
-		return "", "", "", fmt.Errorf("%w: no arguments, got %d", cli.ErrUsage, fs.NArg())
-	}
-	cfg, err := daemon.LoadConfig(config)
-	if err != nil {
-		return "", "", "", err
-	}
-	if file == "" {
-		file = cfg.MQTT.Commands.DeviceKeyFile
-	}
-	return file, cfg.MQTT.Topic.Site, cfg.MQTT.Topic.Device, nil
-}
-
-func deviceKeyFlags(env *cli.Env, name string) (*flag.FlagSet, *string, *string) {
+// deviceKeyArgs parses the flags of device-key NAME: the key file of the
+// config (its default: device.key beside the store) or --file, and the
+// config's site and device.
+func deviceKeyArgs(env *cli.Env, name string, args []string) (path, site, device string, err error) {
 	fs := cli.NewFlags(env, "device-key "+name, "device-key "+name+" [--config FILE] [--file KEY]")
 	config := fs.String("config", paths.Config(), "the agent's config: its mqtt.commands.device_key_file (default: "+daemon.DeviceKeyName+" beside store.path)")
 	file := fs.String("file", "", "the key file instead of the config's")
-	return fs, config, file
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return "", "", "", err
+	}
+	if fs.NArg() != 0 {
+		return "", "", "", fmt.Errorf("%w: no arguments, got %d", cli.ErrUsage, fs.NArg())
+	}
+	cfg, err := daemon.LoadConfig(*config)
+	if err != nil {
+		return "", "", "", err
+	}
+	path = *file
+	if path == "" {
+		path = cfg.MQTT.Commands.DeviceKeyFile
+	}
+	return path, cfg.MQTT.Topic.Site, cfg.MQTT.Topic.Device, nil
 }
 
 func deviceKeyInit(_ context.Context, env *cli.Env, args []string) error {
-	fs, config, file := deviceKeyFlags(env, "init")
-	if err := cli.ParseFlags(fs, args); err != nil {
-		return err
-	}
-	path, site, device, err := deviceKeyPath(fs, *config, *file)
+	path, site, device, err := deviceKeyArgs(env, "init", args)
 	if err != nil {
 		return err
 	}
@@ -78,11 +74,7 @@ func deviceKeyInit(_ context.Context, env *cli.Env, args []string) error {
 }
 
 func deviceKeyShow(_ context.Context, env *cli.Env, args []string) error {
-	fs, config, file := deviceKeyFlags(env, "show")
-	if err := cli.ParseFlags(fs, args); err != nil {
-		return err
-	}
-	path, site, device, err := deviceKeyPath(fs, *config, *file)
+	path, site, device, err := deviceKeyArgs(env, "show", args)
 	if err != nil {
 		return err
 	}

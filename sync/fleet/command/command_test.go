@@ -130,6 +130,40 @@ func fleetAndDevice(t *testing.T, resend time.Duration) (*Client, ed25519.Public
 	return c, pub, newRawDevice(t, m.URL(), "lyon-07", "atm-1")
 }
 
+// visitsResult is an identity_visits result of one visit of id.
+func visitsResult(id string) wire.IdentityVisitsResult {
+	return wire.IdentityVisitsResult{Identity: id, Total: 1, Visits: []wire.ReviewVisit{
+		{VisitID: "v-" + id, TxnID: "T-" + id, TS: time.Now().UTC().Truncate(time.Second)}}}
+}
+
+// visitsAnswer is what IdentityVisits returned.
+type visitsAnswer struct {
+	res  wire.IdentityVisitsResult
+	sent Sent
+	err  error
+}
+
+// askVisits asks lyon-07/device for identity id's visits in the
+// background and returns the command as dev received it (verified with
+// the fleet's key pub) and where the answer comes.
+func askVisits(t *testing.T, c *Client, dev *rawDevice, pub ed25519.PublicKey, device, id string) (wire.Command, chan visitsAnswer) {
+	t.Helper()
+	ans := make(chan visitsAnswer, 1)
+	go func() {
+		res, sent, err := c.IdentityVisits(context.Background(), "lyon-07", device, id)
+		ans <- visitsAnswer{res, sent, err}
+	}()
+	payload, _, err := wire.OpenSignedCommand(<-dev.got, []ed25519.PublicKey{pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := wire.DecodeCommand(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cmd, ans
+}
+
 // sealedReply is the agent's ok reply to cmd: result sealed to its
 // args.reply_key.
 func sealedReply(t *testing.T, cmd wire.Command, result any) wire.Reply {

@@ -46,32 +46,11 @@ func TestSignedReplies(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	result := func(id string) wire.IdentityVisitsResult {
-		return wire.IdentityVisitsResult{Identity: id, Total: 1, Visits: []wire.ReviewVisit{
-			{VisitID: "v-" + id, TxnID: "T-" + id, TS: time.Now().UTC().Truncate(time.Second)}}}
+	result := visitsResult
+	ask := func(dev *rawDevice, device, id string) (wire.Command, chan visitsAnswer) {
+		return askVisits(t, c, dev, pub, device, id)
 	}
-	type answer struct {
-		res  wire.IdentityVisitsResult
-		sent Sent
-		err  error
-	}
-	ask := func(dev *rawDevice, device, id string) (wire.Command, chan answer) {
-		ans := make(chan answer, 1)
-		go func() {
-			res, sent, err := c.IdentityVisits(ctx, "lyon-07", device, id)
-			ans <- answer{res, sent, err}
-		}()
-		payload, _, err := wire.OpenSignedCommand(<-dev.got, []ed25519.PublicKey{pub})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd, err := wire.DecodeCommand(payload)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cmd, ans
-	}
-	take := func(what string, ans chan answer, id string, authenticated bool) {
+	take := func(what string, ans chan visitsAnswer, id string, authenticated bool) {
 		t.Helper()
 		select {
 		case got := <-ans:

@@ -1,8 +1,6 @@
 package command
 
 import (
-	"context"
-	"crypto/ed25519"
 	"encoding/base64"
 	"strings"
 	"testing"
@@ -21,28 +19,9 @@ import (
 func TestSealedReplies(t *testing.T) {
 	c, pub, dev := fleetAndDevice(t, 5*time.Second)
 
-	result := func(id string) wire.IdentityVisitsResult {
-		return wire.IdentityVisitsResult{Identity: id, Total: 1, Visits: []wire.ReviewVisit{
-			{VisitID: "v-" + id, TxnID: "T-" + id, TS: time.Now().UTC().Truncate(time.Second)}}}
-	}
-	type answer struct {
-		res wire.IdentityVisitsResult
-		err error
-	}
-	ask := func(id string) (wire.Command, chan answer) {
-		ans := make(chan answer, 1)
-		go func() {
-			res, _, err := c.IdentityVisits(context.Background(), "lyon-07", "atm-1", id)
-			ans <- answer{res, err}
-		}()
-		payload, _, err := wire.OpenSignedCommand(<-dev.got, []ed25519.PublicKey{pub})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd, err := wire.DecodeCommand(payload)
-		if err != nil {
-			t.Fatal(err)
-		}
+	result := visitsResult
+	ask := func(id string) (wire.Command, chan visitsAnswer) {
+		cmd, ans := askVisits(t, c, dev, pub, "atm-1", id)
 		if cmd.Args.ID != id || cmd.Args.ReplyKey == "" {
 			t.Fatalf("command %+v: want identity %s and a reply key", cmd, id)
 		}
@@ -87,7 +66,7 @@ func TestSealedReplies(t *testing.T) {
 
 	dev.publish(t, base, sealedReply(t, a, result("p-1")))
 	dev.publish(t, base, sealedReply(t, b, result("p-2")))
-	for id, ans := range map[string]chan answer{"p-1": ansA, "p-2": ansB} {
+	for id, ans := range map[string]chan visitsAnswer{"p-1": ansA, "p-2": ansB} {
 		select {
 		case got := <-ans:
 			if got.err != nil || len(got.res.Visits) != 1 || got.res.Visits[0].TxnID != "T-"+id {
