@@ -235,6 +235,7 @@ func runFleetDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 		dc.MQTT.Commands.Enabled = true
 		dc.MQTT.Commands.PublicKeys = []mqttsync.CommandKey{{Name: "demo-fleet", Key: cmdPub}}
 		dc.MQTT.Commands.SeenFile = filepath.Join(filepath.Dir(dc.Store.Path), "commands-seen.json")
+		dc.MQTT.Commands.DeviceKeyFile, dc.MQTT.Commands.CreateDeviceKey = filepath.Join(filepath.Dir(dc.Store.Path), daemon.DeviceKeyName), true
 		if err := os.MkdirAll(filepath.Dir(dc.Store.Path), 0o700); err != nil {
 			return errors.Join(err, stopAll())
 		}
