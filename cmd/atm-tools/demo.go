@@ -636,11 +636,20 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 			merged++
 		}
 	}
-	split := 0
-	for _, r := range rows {
+	split, faceNoID := 0, 0
+	var never []string // people with stored visits and no identity at all
+	for i, r := range rows {
 		if len(r.ids) > 1 {
 			split++
 		}
+		faceNoID += r.noIdentity
+		if r.stored > 0 && len(r.ids) == 0 {
+			never = append(never, d.sc.People[i].Name)
+		}
+	}
+	neverSaid := "none"
+	if len(never) > 0 {
+		neverSaid = strings.Join(never, ", ")
 	}
 	s := ag.Stats()
 	d.recvMu.Lock()
@@ -665,8 +674,9 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 	d.recvMu.Unlock()
 	d.printf("\nvisits stored %d of %d card inserts (face %d, noface %d, lowquality %d, camera_error %d); duplicates %d, lost %d\n",
 		len(vs), len(d.sc.Visits), s.Visits[visit.FaceFound], s.Visits[visit.NoFace], s.Visits[visit.LowQuality], s.Visits[visit.CameraError], s.Duplicates, s.CommitErrors)
-	d.printf("identities %d for %d simulated customers: %d shared by two or more people (false merges), %d people split over several ids\n",
-		len(personsOf), len(d.sc.People), merged, split)
+	d.printf("identities %d for %d simulated customers: %d shared by two or more people (false merges), %d people split over several ids; %d people never identified (%s)\n",
+		len(personsOf), len(d.sc.People), merged, split, len(never), neverSaid)
+	d.printf("visits of people left without identity %d (too poor a face to start one, or no face found)\n", faceNoID)
 	d.printf("mask state: of %d stored masked visits (%d in the day), %d stored as masked, %d unknown, %d unmasked; unmasked visits stored as masked %d\n",
 		tot.storedMasked, tot.masked, tot.seenMasked, tot.seenUnknown, tot.storedMasked-tot.seenMasked-tot.seenUnknown, tot.falseMasked)
 	d.printf("alerts stored %d, missing at the subscriber %d\n", len(alerts), missingAlerts)
