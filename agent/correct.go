@@ -128,8 +128,11 @@ func (a *Agent) identityVisits(ctx context.Context, id string) (wire.IdentityVis
 			}
 			if k == 0 {
 				rv.Card = n
+			} else {
+				rv.CoalescedCards = append(rv.CoalescedCards, n)
 			}
 		}
+		rv.CoalescedTxnIDs = slices.Clone(v.Context.Coalesced)
 		if s, ok := sim[v.ID]; ok {
 			rv.Similarity = &s
 		}

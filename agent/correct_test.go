@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -88,11 +89,17 @@ func (h *harness) constraints() []record.Constraint {
 }
 
 // identity_visits lists an identity's visits newest first, cards numbered
-// within the reply, with similarities and no card hash or template.
+// within the reply, with similarities and no card hash or template; a
+// visit that later card inserts were folded into lists their transaction
+// ids and their cards' numbers.
 func TestReviewIdentityVisits(t *testing.T) {
 	h := newHarness(t, "", nil, Config{})
 	for i, c := range []string{cardA, cardB, cardA, ""} {
-		h.visit(scene{angle: float64(i)}, time.Minute, visit.Context{CardHash: c, TxnID: "T" + string(rune('1'+i))})
+		ctx := visit.Context{CardHash: c, TxnID: "T" + string(rune('1'+i))}
+		if i == 2 {
+			ctx.Coalesced, ctx.CoalescedCards = []string{"T3b", "T3c"}, []string{cardB}
+		}
+		h.visit(scene{angle: float64(i)}, time.Minute, ctx)
 	}
 	vs := h.visits()
 	x := vs[0].IdentityID
@@ -108,6 +115,13 @@ func TestReviewIdentityVisits(t *testing.T) {
 		}
 		if rv.Similarity == nil || *rv.Similarity < 0.99 || *rv.Similarity > 1 {
 			t.Errorf("visit %d: similarity %v", i, rv.Similarity)
+		}
+		wantTxns, wantOther := "[]", "[]"
+		if i == 1 { // T3, with T3b and T3c folded in, card A then B
+			wantTxns, wantOther = "[T3b T3c]", "[2]"
+		}
+		if fmt.Sprint(rv.CoalescedTxnIDs) != wantTxns || fmt.Sprint(rv.CoalescedCards) != wantOther {
+			t.Errorf("visit %d: coalesced %v cards %v, want %s %s", i, rv.CoalescedTxnIDs, rv.CoalescedCards, wantTxns, wantOther)
 		}
 	}
 	for _, forbidden := range []string{cardA, cardB, "embedding", "card_hash"} {

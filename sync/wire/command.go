@@ -91,6 +91,13 @@ type ReviewVisit struct {
 	// first appearance (0: no card was read); the card data stays on the
 	// device, the transaction id finds it in the bank's own records.
 	Card int `json:"card,omitempty"`
+	// CoalescedTxnIDs are the transaction ids of later card inserts folded
+	// into this visit (a second insert while it was queued), so that every
+	// transaction the visit stands for can be looked up; CoalescedCards
+	// numbers their cards as Card does, the cards that differ from the
+	// first only.
+	CoalescedTxnIDs []string `json:"coalesced_txn_ids,omitempty"`
+	CoalescedCards  []int    `json:"coalesced_cards,omitempty"`
 	// Similarity is the visit's best cosine similarity to the identity's
 	// other visits as the engine scores them (-1..1); absent when it has
 	// no other visit with a template.

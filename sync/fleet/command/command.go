@@ -784,11 +784,14 @@ func (c *Client) IdentityVisits(ctx context.Context, site, device, id string) (w
 		return out, sent, err
 	}
 	for i, v := range out.Visits {
-		if carddata.PANInText(v.TxnID) > 0 {
-			out.Visits[i].TxnID = TxnWithheld
-			c.withheld.Add(1)
-			c.log.Warn("fleet command: a transaction id of a review looks like a card number: withheld", "site", site, "device", device,
-				"identity", id, "visit_id", v.VisitID)
+		txns := append([]*string{&out.Visits[i].TxnID}, pointers(out.Visits[i].CoalescedTxnIDs)...)
+		for _, t := range txns {
+			if carddata.PANInText(*t) > 0 {
+				*t = TxnWithheld
+				c.withheld.Add(1)
+				c.log.Warn("fleet command: a transaction id of a review looks like a card number: withheld", "site", site, "device", device,
+					"identity", id, "visit_id", v.VisitID)
+			}
 		}
 	}
 	if c.cfg.ReviewCache > 0 {
@@ -811,6 +814,10 @@ func (c *Client) IdentityVisits(ctx context.Context, site, device, id string) (w
 
 func cloneVisits(r wire.IdentityVisitsResult) wire.IdentityVisitsResult {
 	r.Visits, r.Apart = slices.Clone(r.Visits), slices.Clone(r.Apart)
+	for i := range r.Visits {
+		r.Visits[i].CoalescedTxnIDs = slices.Clone(r.Visits[i].CoalescedTxnIDs)
+		r.Visits[i].CoalescedCards = slices.Clone(r.Visits[i].CoalescedCards)
+	}
 	return r
 }
 
@@ -901,8 +908,12 @@ func CheckVisits(r wire.IdentityVisitsResult, id string) error {
 			return bad("visits[%d]: visit_id %q invalid or twice", i, v.VisitID)
 		case len(v.TxnID) > 128 || strings.IndexFunc(v.TxnID, invisible) >= 0:
 			return bad("visits[%d]: txn_id too long or holding control characters", i)
-		case v.Card < 0:
-			return bad("visits[%d]: card %d", i, v.Card)
+		case len(v.CoalescedTxnIDs) > maxCoalesced || len(v.CoalescedCards) > maxCoalesced:
+			return bad("visits[%d]: %d coalesced txn_ids, %d cards (at most %d)", i, len(v.CoalescedTxnIDs), len(v.CoalescedCards), maxCoalesced)
+		case slices.ContainsFunc(v.CoalescedTxnIDs, func(t string) bool { return t == "" || len(t) > 128 || strings.IndexFunc(t, invisible) >= 0 }):
+			return bad("visits[%d]: a coalesced txn_id empty, too long or holding control characters", i)
+		case v.Card < 0 || slices.ContainsFunc(v.CoalescedCards, func(n int) bool { return n < 1 }):
+			return bad("visits[%d]: card %d, coalesced cards %v", i, v.Card, v.CoalescedCards)
 		case v.Similarity != nil && (*v.Similarity < -1 || *v.Similarity > 1):
 			return bad("visits[%d]: similarity %v outside -1..1", i, *v.Similarity)
 		case v.TS.IsZero():
@@ -916,6 +927,19 @@ func CheckVisits(r wire.IdentityVisitsResult, id string) error {
 		}
 	}
 	return nil
+}
+
+// maxCoalesced bounds a reviewed visit's folded card inserts (the agent
+// keeps at most visit.MaxCoalesced).
+const maxCoalesced = 16
+
+// pointers points at each element of s.
+func pointers(s []string) []*string {
+	out := make([]*string, len(s))
+	for i := range s {
+		out[i] = &s[i]
+	}
+	return out
 }
 
 // invisible: control and Unicode formatting characters (as the ingest

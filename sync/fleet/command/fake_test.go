@@ -83,14 +83,15 @@ func newFake(t *testing.T, cfg Config) (*Client, *fakeAgent) {
 	return c, f
 }
 
-// answerAll answers every review command as an agent holding p-1 (two
-// visits, the second with a card number in its transaction id) and p-2.
+// answerAll answers every review command as an agent holding p-1 (three
+// visits: the first with two card inserts folded in, one of them a card
+// number; the others with card numbers in their transaction ids) and p-2.
 func answerAll(cmd wire.Command) (any, string) {
 	switch cmd.Command {
 	case wire.CmdIdentityVisits:
 		ts := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
 		return wire.IdentityVisitsResult{Identity: cmd.Args.ID, Total: 3, Visits: []wire.ReviewVisit{
-			{VisitID: "v-1", TxnID: "T-1001", TS: ts},
+			{VisitID: "v-1", TxnID: "T-1001", TS: ts, CoalescedTxnIDs: []string{"T-1002", "5555-5555-5555-4444"}, CoalescedCards: []int{2}},
 			{VisitID: "v-2", TxnID: "BANK-4111111111111111-7", TS: ts},
 			{VisitID: "v-3", TxnID: "4111 1111 1111 1111", TS: ts}}}, ""
 	case wire.CmdSplitVisits:

@@ -47,14 +47,18 @@ type Reviewer struct {
 }
 
 // Visit is one visit of a simulated identity; Card is the card it used
-// (any string, numbered per answer; "" none).
+// (any string, numbered per answer; "" none); Coalesced and
+// CoalescedCards are the transaction ids and cards of later card inserts
+// folded into it.
 type Visit struct {
-	ID, TxnID string
-	TS        time.Time
-	Masked    bool
-	Card      string
-	Sim       *float64
-	Corrected bool
+	ID, TxnID      string
+	TS             time.Time
+	Masked         bool
+	Card           string
+	Coalesced      []string
+	CoalescedCards []string
+	Sim            *float64
+	Corrected      bool
 }
 
 // NewReviewer returns identities with the given visits.
@@ -131,12 +135,21 @@ func (r *Reviewer) HandleCommand(_ context.Context, cmd wire.Command) (any, erro
 		out := wire.IdentityVisitsResult{Identity: id, Total: len(vs), Visits: []wire.ReviewVisit{}, Apart: slices.Clone(r.apart[id])}
 		cards := map[string]int{}
 		for _, v := range vs[:min(len(vs), wire.MaxReviewVisits)] {
-			rv := wire.ReviewVisit{VisitID: v.ID, TxnID: v.TxnID, TS: v.TS.UTC(), Masked: v.Masked, Similarity: v.Sim, Corrected: v.Corrected}
-			if v.Card != "" {
-				if cards[v.Card] == 0 {
-					cards[v.Card] = len(cards) + 1
+			rv := wire.ReviewVisit{VisitID: v.ID, TxnID: v.TxnID, TS: v.TS.UTC(), Masked: v.Masked, Similarity: v.Sim, Corrected: v.Corrected,
+				CoalescedTxnIDs: slices.Clone(v.Coalesced)}
+			var seen []string
+			for _, c := range append([]string{v.Card}, v.CoalescedCards...) { // as the agent numbers them
+				if c == "" || slices.Contains(seen, c) {
+					continue
 				}
-				rv.Card = cards[v.Card]
+				if cards[c] == 0 {
+					cards[c] = len(cards) + 1
+				}
+				if seen = append(seen, c); len(seen) == 1 {
+					rv.Card = cards[c]
+				} else {
+					rv.CoalescedCards = append(rv.CoalescedCards, cards[c])
+				}
 			}
 			out.Visits = append(out.Visits, rv)
 		}

@@ -26,7 +26,8 @@ import (
 )
 
 // reviewVisitsOf are the visits the simulated agents hold: p-1 with four
-// (two cards, one masked), p-2 with two. The card strings stay on the
+// (two cards, one masked, with a second card insert folded into it), p-2
+// with two. The card strings stay on the
 // agent; the answers number them.
 func reviewVisitsOf(now time.Time) map[string][]fleettest.Visit {
 	sim := func(v float64) *float64 { return &v }
@@ -34,7 +35,8 @@ func reviewVisitsOf(now time.Time) map[string][]fleettest.Visit {
 		"p-1": {
 			{ID: "v-1", TxnID: "T-1001", TS: now.Add(-4 * time.Hour), Card: "4970101234567890", Sim: sim(0.87)},
 			{ID: "v-2", TxnID: "T-1002", TS: now.Add(-3 * time.Hour), Card: "4970101234567890", Sim: sim(0.31)},
-			{ID: "v-3", TxnID: "T-1003", TS: now.Add(-2 * time.Hour), Card: "5131000011112222", Masked: true, Sim: sim(0.28)},
+			{ID: "v-3", TxnID: "T-1003", TS: now.Add(-2 * time.Hour), Card: "5131000011112222", Masked: true, Sim: sim(0.28),
+				Coalesced: []string{"T-1003b"}, CoalescedCards: []string{"4970101234567890"}},
 			{ID: "v-4", TxnID: "T-1004", TS: now.Add(-time.Hour), Sim: sim(0.9)},
 		},
 		"p-2": {
@@ -94,7 +96,7 @@ func TestReviewAndCorrect(t *testing.T) {
 	if r.StatusCode != 200 {
 		t.Fatalf("review: %d %s", r.StatusCode, body)
 	}
-	for _, want := range []string{"T-1001", "T-1002", "T-1003", "T-1004", "card 1", "card 2", "no card", "masked", "0.87", "0.31",
+	for _, want := range []string{"T-1001", "T-1002", "T-1003", "T-1004", "also T-1003b", "card 1, card 2", "card 2", "no card", "masked", "0.87", "0.31",
 		"4 visits", "bank's own records and CCTV", `name="visits" value="v-3"`, `<option value="p-2">`, `id="static"`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("review page lacks %q", want)
