@@ -14,21 +14,23 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
-// Credentials in camera.source (an RTSP URL) and in an MQTT broker URL never
-// appear in the log, the /healthz body or the retained MQTT status; the
-// redacted forms do. Before, the RTSP password was in all three.
+// Credentials in camera.source (an RTSP URL, with a password in its
+// userinfo and another in its query string, as Dahua's URLs carry it) and
+// in an MQTT broker URL never appear in the log, the /healthz body or the
+// retained MQTT status; the redacted forms do. Before, the RTSP password
+// was in all three, and later the query's password still was.
 func TestSecretsRedacted(t *testing.T) {
 	skipShort(t)
-	const camPw, brokerPw = "CamS3cretPw", "BrokerPw9x"
+	const camPw, queryPw, brokerPw = "CamS3cretPw", "QueryS3cretPw", "BrokerPw9x"
 	broker := mosquitto(t)
 	brokerURL := strings.Replace(broker, "tcp://", "tcp://mqttuser:"+brokerPw+"@", 1)
 	dir := t.TempDir()
 	port := freePort(t)
 	// Nothing listens on the camera's port: every open fails, with the
 	// source in OpenCV's error.
-	source := fmt.Sprintf("rtsp://admin:%s@127.0.0.1:%d/stream1", camPw, freePort(t))
+	source := fmt.Sprintf("rtsp://admin:%s@127.0.0.1:%d/cam/realmonitor?channel=1&user=admin&password=%s", camPw, freePort(t), queryPw)
 	cfg := baseConfig(modelsDir(t), filepath.Join(dir, "agent.db"), port) + fmt.Sprintf(`camera:
-  source: %s
+  source: "%s"
   read_timeout: 500ms
   open_timeout: 2s
 trigger:
@@ -83,13 +85,14 @@ mqtt:
 	mu.Unlock()
 	log := p.log.String()
 	for name, text := range map[string]string{"log": log, "/healthz": hz, "status": st} {
-		for _, pw := range []string{camPw, brokerPw} {
+		for _, pw := range []string{camPw, queryPw, brokerPw} {
 			if strings.Contains(text, pw) {
 				t.Errorf("%s holds a password:\n%s", name, text)
 			}
 		}
 	}
-	if !strings.Contains(log, "rtsp://admin:xxxxx@127.0.0.1") || !strings.Contains(st, "rtsp://admin:xxxxx@127.0.0.1") {
+	if !strings.Contains(log, "rtsp://admin:xxxxx@127.0.0.1") || !strings.Contains(st, "rtsp://admin:xxxxx@127.0.0.1") ||
+		!strings.Contains(log, "realmonitor?channel=1&user=xxxxx&password=xxxxx") || !strings.Contains(st, `realmonitor?channel=1\u0026user=xxxxx\u0026password=xxxxx`) {
 		t.Errorf("the redacted source is not in the log or the status:\nlog:\n%s\nstatus:\n%s", tail(log, 20), st)
 	}
 	if !strings.Contains(log, "tcp://mqttuser:xxxxx@127.0.0.1") {
