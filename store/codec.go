@@ -20,7 +20,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/periocular/atm-agent/agent/visit"
-	"github.com/periocular/atm-agent/internal/regfile"
+	"github.com/periocular/atm-agent/internal/secretfile"
 )
 
 // Visit record encoding (value in the visits bucket):
@@ -313,19 +313,15 @@ func LoadKey(path string) ([]byte, error) {
 		}
 		path = filepath.Join(dir, name)
 	}
-	f, err := regfile.Open(path) // a named pipe would block the read for good
+	// A regular file only (a named pipe would block the read for good). A
+	// key every local user can read protects nothing from them (a copy of
+	// the store, a backup): refused, as ssh refuses such a private key. The
+	// group may read it (root:atm-agent 0640 without LoadCredential=).
+	f, err := secretfile.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("load key: %w", err)
 	}
 	defer f.Close()
-	// A key every local user can read protects nothing from them (a copy
-	// of the store, a backup): refused, as ssh refuses such a private key.
-	// The group may read it (root:atm-agent 0640 without LoadCredential=).
-	if fi, err := f.Stat(); err != nil {
-		return nil, fmt.Errorf("load key: %w", err)
-	} else if fi.Mode().IsRegular() && fi.Mode().Perm()&0o007 != 0 {
-		return nil, fmt.Errorf("load key %q: mode %#o lets every local user read or change it: chmod o-rwx %s (or recreate it with umask 077)", path, fi.Mode().Perm(), path)
-	}
 	b, err := io.ReadAll(io.LimitReader(f, 4096))
 	if err != nil {
 		return nil, fmt.Errorf("load key: %w", err)

@@ -21,6 +21,7 @@ import (
 	"github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/hal/trigger"
 	"github.com/periocular/atm-agent/internal/regfile"
+	"github.com/periocular/atm-agent/internal/secretfile"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/mqttsync"
@@ -256,14 +257,20 @@ func (c Config) Warnings() []string {
 // seen file; the replay schedule; the metrics port's TLS certificate and
 // key) would read at start, when one exists and
 // is not a regular file: a named pipe there blocked `config check` and
-// `run` for good, deaf to SIGTERM. The daemon's own reads (config,
+// `run` for good, deaf to SIGTERM. A secret among them (the password, the
+// TLS private keys) is also refused when others may read it, as `run`
+// refuses it. The daemon's own reads (config,
 // manifest, store key, tokens) refuse such files themselves (regfile).
 func (c Config) checkOtherReads() error {
 	for _, s := range c.pathSettings() {
 		if !s.otherRead || s.path == "" || strings.HasPrefix(s.path, "credential:") {
 			continue
 		}
-		if err := regfile.Check(s.path); err != nil {
+		check := regfile.Check
+		if s.secret {
+			check = secretfile.Check
+		}
+		if err := check(s.path); err != nil {
 			return fmt.Errorf("%s: %w", s.key, err)
 		}
 	}
@@ -278,6 +285,9 @@ type pathSetting struct {
 	otherRead bool
 	// defaulted: the value was derived, not written in the file.
 	defaulted bool
+	// secret: a password, token or private key; checkOtherReads also
+	// refuses it when others may read it (secretfile.Check).
+	secret bool
 }
 
 // pathSettings lists the path settings of the parts that are enabled.
@@ -294,11 +304,11 @@ func (c Config) pathSettings() []pathSetting {
 	}
 	if m := c.Metrics; m.Listen != "" {
 		ss = append(ss, pathSetting{key: "metrics.token_file", path: m.TokenFile},
-			pathSetting{key: "metrics.tls.cert_file", path: m.TLS.CertFile, otherRead: true}, pathSetting{key: "metrics.tls.key_file", path: m.TLS.KeyFile, otherRead: true})
+			pathSetting{key: "metrics.tls.cert_file", path: m.TLS.CertFile, otherRead: true}, pathSetting{key: "metrics.tls.key_file", path: m.TLS.KeyFile, otherRead: true, secret: true})
 	}
 	if m := c.MQTT; m.Enabled {
-		ss = append(ss, pathSetting{key: "mqtt.password_file", path: m.PasswordFile, otherRead: true}, pathSetting{key: "mqtt.tls.ca_file", path: m.TLS.CAFile, otherRead: true},
-			pathSetting{key: "mqtt.tls.cert_file", path: m.TLS.CertFile, otherRead: true}, pathSetting{key: "mqtt.tls.key_file", path: m.TLS.KeyFile, otherRead: true})
+		ss = append(ss, pathSetting{key: "mqtt.password_file", path: m.PasswordFile, otherRead: true, secret: true}, pathSetting{key: "mqtt.tls.ca_file", path: m.TLS.CAFile, otherRead: true},
+			pathSetting{key: "mqtt.tls.cert_file", path: m.TLS.CertFile, otherRead: true}, pathSetting{key: "mqtt.tls.key_file", path: m.TLS.KeyFile, otherRead: true, secret: true})
 		if m.Commands.Enabled {
 			for i, k := range m.Commands.PublicKeys {
 				ss = append(ss, pathSetting{key: fmt.Sprintf("mqtt.commands.public_keys[%d].file", i), path: k.File, otherRead: true})

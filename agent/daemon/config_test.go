@@ -27,13 +27,22 @@ func TestDefaultConfigFileMatchesDefaults(t *testing.T) {
 // `config check` (CheckFiles) refuses what run would refuse at start: the
 // trigger's token file and socket group, a socket path too long for a unix
 // socket, a store path that is not a file, a models dir without a manifest,
-// the MQTT password file, CA bundle and client certificate.
+// the MQTT password file, CA bundle and client certificate, and every
+// secret file (token, password, private key) that others may read; one the
+// group may read passes.
 func TestCheckFilesRefusesWhatRunRefuses(t *testing.T) {
 	dir := t.TempDir()
 	short := filepath.Join(dir, "short.token")
 	os.WriteFile(short, []byte("0123456789"), 0o600)
 	good := filepath.Join(dir, "good.token")
 	os.WriteFile(good, []byte("0123456789abcdef0123"), 0o600)
+	group := filepath.Join(dir, "group.token")
+	os.WriteFile(group, []byte("0123456789abcdef0123"), 0o600)
+	os.Chmod(group, 0o640)
+	open := filepath.Join(dir, "open.token") // any local user can read it
+	os.WriteFile(open, []byte("0123456789abcdef0123"), 0o600)
+	os.Chmod(open, 0o644)
+	const others = "mode 0644 lets every local user read or change it: chmod o-rwx"
 	base := "device: {id: a, site: b}\nmodels: {dir: " + dir + "/nomodels}\nstore: {path: " + dir + "/agent.db}\n"
 	http := func(s string) string {
 		return "trigger:\n  http:\n    enabled: true\n    socket: " + dir + "/t.sock\n" + s
@@ -66,6 +75,16 @@ func TestCheckFilesRefusesWhatRunRefuses(t *testing.T) {
 		{"mqtt ca file missing", base + mqtt("  tls: {ca_file: "+dir+"/no-ca.pem}\n"), "ca_file"},
 		{"mqtt ca file not PEM", base + mqtt("  tls: {ca_file: "+good+"}\n"), "no PEM certificate"},
 		{"mqtt client certificate missing", base + mqtt("  tls: {cert_file: "+dir+"/no.crt, key_file: "+dir+"/no.key}\n"), "client certificate"},
+		// Secrets others can read are refused, as the store key is.
+		{"token file others can read", base + http("    listen: 127.0.0.1:0\n    token_file: "+open+"\n"), others},
+		{"token file the group can read", base + http("    listen: 127.0.0.1:0\n    token_file: "+group+"\n"), ""},
+		{"mqtt password file others can read", base + mqtt("  username: u\n  password_file: "+open+"\n"), "mqtt.password_file: " + open + ": " + others},
+		{"mqtt password file the group can read", base + mqtt("  username: u\n  password_file: "+group+"\n"), ""},
+		{"mqtt tls key others can read", base + mqtt("  tls: {cert_file: "+dir+"/no.crt, key_file: "+open+"}\n"), "mqtt.tls.key_file: " + open + ": " + others},
+		{"metrics token others can read", base + "metrics: {listen: 127.0.0.1:0, token_file: " + open + "}\n", "metrics.token_file: read token: " + open + ": " + others},
+		{"metrics token the group can read", base + "metrics: {listen: 127.0.0.1:0, token_file: " + group + "}\n", ""},
+		{"metrics tls key others can read", base + "metrics: {listen: 127.0.0.1:0, tls: {cert_file: " + dir + "/no.crt, key_file: " + open + "}}\n", "metrics.tls.key_file: " + open + ": " + others},
+		{"store key others can read", "device: {id: a, site: b}\nmodels: {dir: " + dir + "/nomodels}\nstore: {path: " + dir + "/agent.db, key_file: " + open + "}\n", others},
 		{"mqtt files not read when off", base + "mqtt:\n  enabled: false\n  username: u\n  password_file: " + dir + "/no.pw\n", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -20,7 +20,7 @@ import (
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/internal/netguard"
 	"github.com/periocular/atm-agent/internal/promtext"
-	"github.com/periocular/atm-agent/internal/regfile"
+	"github.com/periocular/atm-agent/internal/secretfile"
 )
 
 // metrics implements agent.Observer on a private registry served in the
@@ -130,7 +130,7 @@ func loadToken(path string) ([sha256.Size]byte, error) {
 		}
 		path = filepath.Join(dir, name)
 	}
-	b, err := regfile.ReadFile(path)
+	b, err := secretfile.ReadFile(path)
 	if err != nil {
 		return [sha256.Size]byte{}, fmt.Errorf("read token: %w", err)
 	}
@@ -181,6 +181,9 @@ func serveMetrics(cfg MetricsConfig, m *metrics, health func() (any, bool), log 
 	}
 	var tlsCfg *tls.Config
 	if cfg.TLS.CertFile != "" {
+		if err := secretfile.Check(cfg.TLS.KeyFile); err != nil {
+			return nil, fmt.Errorf("metrics.tls.key_file: %w", err)
+		}
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("metrics.tls: %w", err)

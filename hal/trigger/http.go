@@ -25,6 +25,7 @@ import (
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/internal/netguard"
 	"github.com/periocular/atm-agent/internal/regfile"
+	"github.com/periocular/atm-agent/internal/secretfile"
 )
 
 // HTTPConfig configures the local trigger endpoint for the ATM application.
@@ -220,7 +221,8 @@ func NewHTTP(cfg HTTPConfig, log *slog.Logger, opts ...HTTPOption) (*HTTP, error
 	}
 	h.mode, _ = parseMode(cfg.SocketMode)
 	if cfg.TokenFile != "" {
-		b, err := regfile.ReadFile(cfg.TokenFile)
+		// A token every local user can read lets any of them post visits.
+		b, err := secretfile.ReadFile(cfg.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("trigger.http: read token file: %w", err)
 		}

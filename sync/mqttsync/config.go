@@ -19,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/periocular/atm-agent/internal/redact"
+	"github.com/periocular/atm-agent/internal/secretfile"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -392,6 +393,9 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 		cfg.RootCAs = pool
 	}
 	if t.CertFile != "" {
+		if err := secretfile.Check(t.KeyFile); err != nil {
+			return nil, fmt.Errorf("mqtt tls: key_file: %w", err)
+		}
 		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("mqtt tls: load client certificate: %w", err)
@@ -405,7 +409,9 @@ func (c Config) password() (string, error) {
 	if c.PasswordFile == "" {
 		return "", nil
 	}
-	b, err := os.ReadFile(c.PasswordFile)
+	// A password every local user can read lets any of them publish as
+	// the device (and read what it may read).
+	b, err := secretfile.ReadFile(c.PasswordFile)
 	if err != nil {
 		return "", fmt.Errorf("mqtt: read password_file: %w", err)
 	}
