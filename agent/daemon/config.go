@@ -106,6 +106,13 @@ type MetricsConfig struct {
 	// "credential:NAME" for a systemd credential.
 	TokenFile string           `yaml:"token_file"`
 	TLS       MetricsTLSConfig `yaml:"tls"`
+	// Hosts are the names (no port) a plain-HTTP request may carry in its
+	// Host header besides IP addresses, localhost and the machine's
+	// hostname: the name a central Prometheus scrapes the device by. Any
+	// other name gets 421, so a web page cannot read the port through DNS
+	// rebinding (netguard.Hosts). With TLS every name is accepted: the
+	// certificate does that.
+	Hosts []string `yaml:"hosts"`
 }
 
 // MetricsTLSConfig serves the metrics port over TLS (PEM files).
@@ -140,7 +147,7 @@ func DefaultConfig() Config {
 		Store:    store.DefaultConfig(),
 		MQTT:     MQTTConfig{Config: mqttsync.DefaultConfig()},
 		Agent:    agent.DefaultConfig(),
-		Metrics:  MetricsConfig{Listen: "127.0.0.1:9464"},
+		Metrics:  MetricsConfig{Listen: "127.0.0.1:9464", Hosts: []string{}},
 		Log:      LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -504,6 +511,11 @@ func (c Config) Validate() error {
 		}
 		if (mt.CertFile == "") != (mt.KeyFile == "") {
 			bad(errors.New("metrics.tls: cert_file and key_file go together"))
+		}
+		for i, h := range c.Metrics.Hosts {
+			if h == "" || strings.ContainsAny(h, ":/ \t[]@") {
+				bad(fmt.Errorf("metrics.hosts[%d] %q: want a host name without port or scheme (e.g. atm-0042.bank.example)", i, h))
+			}
 		}
 	}
 	switch strings.ToLower(c.Log.Level) {

@@ -155,6 +155,20 @@ func requireToken(h http.Handler, sum [sha256.Size]byte) http.Handler {
 	})
 }
 
+// knownHost answers 421 to a request whose Host is a name the port does
+// not answer to (netguard.Hosts): a page whose name was rebound to this
+// address.
+func knownHost(h http.Handler, hosts *netguard.Hosts, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !hosts.Allowed(r) {
+			log.Warn("metrics: request for an unknown host refused", "host", r.Host, "remote", r.RemoteAddr, "path", r.URL.Path)
+			http.Error(w, fmt.Sprintf("this port does not answer to %q: add the name to metrics.hosts", r.Host), http.StatusMisdirectedRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 // serveMetrics serves /metrics and /healthz on cfg.Listen (loopback, or
 // remote behind a bearer token and/or TLS) until the returned stop is
 // called. health returns the /healthz body and whether the agent is
@@ -172,6 +186,9 @@ func serveMetrics(cfg MetricsConfig, m *metrics, health func() (any, bool), log 
 		json.NewEncoder(w).Encode(body)
 	})
 	h = mux
+	if cfg.TLS.CertFile == "" {
+		h = knownHost(h, netguard.NewHosts(cfg.Hosts), log)
+	}
 	if cfg.TokenFile != "" {
 		sum, err := loadToken(cfg.TokenFile)
 		if err != nil {

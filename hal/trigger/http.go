@@ -738,7 +738,7 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 			writeError(w, http.StatusNotFound, "no such endpoint: the endpoints are POST /v1/visit and GET /v1/health")
 		}
 	})
-	return limitBodyTime(h.authenticate(mux))
+	return h.knownHost(limitBodyTime(h.authenticate(mux)))
 }
 
 // cleanPath is p cleaned as http.ServeMux cleans a request path: "."
@@ -774,6 +774,22 @@ func abandonBody(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength != 0 {
 		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 	}
+}
+
+// knownHost answers 421 to a request over TCP whose Host is not an IP
+// address, localhost or the machine's hostname (netguard.Hosts): a web
+// page whose name was rebound to 127.0.0.1. The socket is never refused.
+func (h *HTTP) knownHost(next http.Handler) http.Handler {
+	hosts := netguard.NewHosts(nil)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !hosts.Allowed(r) {
+			abandonBody(w, r)
+			h.log.Warn("trigger: request for an unknown host refused", "host", r.Host, "remote", r.RemoteAddr, "path", r.URL.Path)
+			writeError(w, http.StatusMisdirectedRequest, fmt.Sprintf("this endpoint does not answer to %q: use 127.0.0.1 or localhost", r.Host))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // authenticate answers 401 before anything reads the body, and closes the

@@ -624,7 +624,7 @@ func TestRefusalAnsweredBeforeBody(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			req := "POST " + tc.path + " HTTP/1.1\r\nHost: x\r\n" + tc.auth + "Content-Length: 4000\r\n\r\n{"
+			req := "POST " + tc.path + " HTTP/1.1\r\nHost: localhost\r\n" + tc.auth + "Content-Length: 4000\r\n\r\n{"
 			resp, _, d := rawRequest(t, conn, req, 3*time.Second)
 			if resp.StatusCode != tc.want || d > time.Second {
 				t.Fatalf("%d after %v, want %d at once", resp.StatusCode, d, tc.want)

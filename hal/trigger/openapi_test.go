@@ -21,7 +21,16 @@ type exchange = openapi.Exchange
 
 func do(t *testing.T, c *http.Client, base, name, method, path, token, body string) exchange {
 	t.Helper()
+	return doHost(t, c, base, name, method, path, "", token, body)
+}
+
+// doHost is do with the request's Host header set to host ("" = base's).
+func doHost(t *testing.T, c *http.Client, base, name, method, path, host, token, body string) exchange {
+	t.Helper()
 	req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+	if host != "" {
+		req.Host = host
+	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -112,7 +121,20 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 		do(t, tc, tbase, "tcp health no token", "GET", "/v1/health", "", ""),
 		do(t, tc, tbase, "tcp unknown path", "GET", "/metrics", token, ""),
 		do(t, tc, tbase, "tcp accepted", "POST", "/v1/visit", token, `{"txn_id":"T-9"}`),
-		do(t, tc, tbase, "tcp health", "GET", "/v1/health", token, ""))
+		do(t, tc, tbase, "tcp health", "GET", "/v1/health", token, ""),
+		// A web page rebound to 127.0.0.1 sends its own name: 421, token
+		// or not (before: served).
+		doHost(t, tc, tbase, "tcp foreign host", "POST", "/v1/visit", "evil.example:8787", token, `{"txn_id":"T-evil"}`),
+		doHost(t, tc, tbase, "tcp health foreign host", "GET", "/v1/health", "evil.example", token, ""))
+	// The socket, which no browser reaches, answers any Host.
+	if x := doHost(t, c, base, "socket foreign host", "GET", "/v1/health", "evil.example", "", ""); x.Code != http.StatusOK {
+		t.Errorf("socket, Host evil.example: %d %s, want 200", x.Code, x.Resp)
+	}
+	for _, x := range xs[len(xs)-2:] {
+		if x.Code != http.StatusMisdirectedRequest {
+			t.Errorf("%s: %d %s, want 421", x.Name, x.Code, x.Resp)
+		}
+	}
 
 	// Coalesced: the handler in front of a consumer that queues one visit.
 	var queued string
