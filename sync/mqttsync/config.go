@@ -334,10 +334,10 @@ func (c Config) Warnings() []string {
 			continue
 		}
 		if c.Commands.Enabled {
-			w = append(w, fmt.Sprintf("mqtt: commands are enabled over plaintext %s: anyone on the network path can read them and see the device's replies (signatures still stop forged commands); use ssl:// or mqtts://", b))
+			w = append(w, fmt.Sprintf("mqtt: commands are enabled over plaintext %s: anyone on the network path can read them and see the device's replies (signatures still stop forged commands); use ssl:// or mqtts://", redact.URL(b)))
 		}
 		if c.PasswordFile != "" {
-			w = append(w, fmt.Sprintf("mqtt: the broker password is sent in clear over %s: anyone on the network path can read it; use ssl:// or mqtts://", b))
+			w = append(w, fmt.Sprintf("mqtt: the broker password is sent in clear over %s: anyone on the network path can read it; use ssl:// or mqtts://", redact.URL(b)))
 		}
 	}
 	if c.TLS.InsecureSkipVerify {

@@ -404,6 +404,12 @@ func TestConfigWarnings(t *testing.T) {
 		{"commands over tcp", func() Config { c := base("tcp://broker:1883"); c.Commands.Enabled = true; return c }, []string{"commands are enabled over plaintext tcp://broker:1883"}},
 		{"password over ws", func() Config { c := base("ws://10.0.0.5:80"); c.PasswordFile = "/p"; return c }, []string{"password is sent in clear over ws://10.0.0.5:80"}},
 		{"insecure tls", func() Config { c := base("ssl://broker:8883"); c.TLS.InsecureSkipVerify = true; return c }, []string{"insecure_skip_verify"}},
+		// A warning names the broker with its credentials masked.
+		{"credentials in the broker URL", func() Config {
+			c := base("ws://dev:S3cretPw@10.0.0.5:80/mqtt?token=T0kenValue")
+			c.PasswordFile, c.Commands.Enabled = "/p", true
+			return c
+		}, []string{"over plaintext ws://dev:xxxxx@10.0.0.5:80/mqtt?token=xxxxx", "in clear over ws://dev:xxxxx@10.0.0.5:80/mqtt?token=xxxxx"}},
 	}
 	for _, tc := range tests {
 		got := tc.cfg().Warnings()
