@@ -66,8 +66,12 @@ func Check(path string) error {
 }
 
 // ReadFile is os.ReadFile for a regular file only (Open).
-func ReadFile(path string) ([]byte, error) {
-	f, err := Open(path)
+func ReadFile(path string) ([]byte, error) { return ReadWith(Open, path) }
+
+// ReadWith reads the whole file that open (Open, or a stricter opener
+// built on it) gives for path, and closes it.
+func ReadWith(open func(string) (*os.File, error), path string) ([]byte, error) {
+	f, err := open(path)
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,6 @@ package secretfile
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 
@@ -54,14 +53,7 @@ func Open(path string) (*os.File, error) {
 }
 
 // ReadFile reads the secret file at path (Open).
-func ReadFile(path string) ([]byte, error) {
-	f, err := Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return io.ReadAll(f)
-}
+func ReadFile(path string) ([]byte, error) { return regfile.ReadWith(Open, path) }
 
 // Check refuses path when it is there and is not a regular file, or when
 // its mode grants anything to others, without opening it: for a secret a
