@@ -20,6 +20,7 @@ import (
 	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/hal/trigger"
+	"github.com/periocular/atm-agent/internal/redact"
 	"github.com/periocular/atm-agent/internal/regfile"
 	"github.com/periocular/atm-agent/internal/secretfile"
 	"github.com/periocular/atm-agent/models"
@@ -249,6 +250,10 @@ func (c Config) Warnings() []string {
 		w = append(w, "store.key_file is not set: face templates are kept unencrypted on disk; set it (the package's key: "+
 			"store.key_file: credential:store-key, which the unit passes from /etc/atm-agent/store.key) and the agent "+
 			"seals the templates already stored at its next start")
+	}
+	if cam := c.Camera; cam.Name == "" && camera.DefaultName(cam.Source) != redact.URL(cam.Source) {
+		w = append(w, fmt.Sprintf("camera.source is longer than %d characters: the status names the camera %q (its end); set camera.name to a short label",
+			camera.MaxNameLen, camera.DefaultName(cam.Source)))
 	}
 	if m := c.Metrics; m.Listen != "" && m.AllowRemote && m.TLS.CertFile == "" && m.TokenFile != "" {
 		w = append(w, fmt.Sprintf("metrics: %s serves the bearer token's endpoints without TLS: anyone on the network path can read the token; set metrics.tls", m.Listen))

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/clip"
 	"github.com/periocular/atm-agent/internal/redact"
 )
 
@@ -395,8 +396,22 @@ func (c *Camera) tryOpen(ctx context.Context) {
 // (redact.URL), for every log line, error and health field.
 func (c *Camera) name() string { return redact.URL(c.cfg.Source) }
 
-// Name is the camera source with any URL credentials masked.
-func (c *Camera) Name() string { return c.name() }
+// Name is the camera's label in the status: camera.name, or
+// DefaultName of the source.
+func (c *Camera) Name() string {
+	if c.cfg.Name != "" {
+		return c.cfg.Name
+	}
+	return DefaultName(c.cfg.Source)
+}
+
+// DefaultName is the label of a camera without camera.name: its source
+// with URL credentials masked (redact.URL), cut to MaxNameLen characters
+// by keeping the end ("…" and the last 63), where a /dev/v4l/by-id path
+// has its serial number and index.
+func DefaultName(source string) string {
+	return clip.Tail(redact.URL(source), MaxNameLen)
+}
 
 func (c *Camera) openFailed(err error) {
 	err = redact.Error(err, c.cfg.Source)

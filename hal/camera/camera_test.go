@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -272,5 +273,28 @@ func TestConfigDecodesStrictYAML(t *testing.T) {
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err == nil || !strings.Contains(err.Error(), "line 2") {
 		t.Fatalf("misspelt key: %v", err)
+	}
+}
+
+// TestCameraName: the status names a camera by camera.name, or by its
+// source cut to 64 characters keeping the end (a by-id path's serial and
+// index); a camera.name over 64 characters is refused.
+func TestCameraName(t *testing.T) {
+	byID := "/dev/v4l/by-id/usb-Sonix_Technology_Co.__Ltd._USB_2.0_Camera_SN0001-video-index0"
+	for _, c := range []struct{ name, source, want string }{
+		{"", "/dev/video0", "/dev/video0"},
+		{"", byID, "…" + byID[len(byID)-63:]},
+		{"lobby", byID, "lobby"},
+	} {
+		cam, err := New(Config{Name: c.name, Source: c.source}, func(Config) (Device, error) { return nil, ErrDown }, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cam.Name(); got != c.want || utf8.RuneCountInString(got) > MaxNameLen {
+			t.Errorf("name %q source %q: Name() = %q, want %q", c.name, c.source, got, c.want)
+		}
+	}
+	if err := (Config{Source: "0", Name: strings.Repeat("é", 65)}).Validate(); err == nil || !strings.Contains(err.Error(), "camera.name") {
+		t.Errorf("a 65-character camera.name: %v, want refused", err)
 	}
 }

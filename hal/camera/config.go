@@ -7,7 +7,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
+
+// MaxNameLen is the longest camera name the status carries (the schema's
+// maxLength of cameras[].name, in characters).
+const MaxNameLen = 64
 
 // Source kinds. KindAuto picks one from the source string each time the
 // camera is opened (see ResolveKind).
@@ -24,6 +30,11 @@ type Config struct {
 	// Source is a device path (/dev/video0), a device index (0), a stream URL,
 	// a video file or an image directory.
 	Source string `yaml:"source"`
+	// Name is the camera's label in the status and state (cameras[].name):
+	// at most MaxNameLen characters. Empty: the source with credentials
+	// masked, and, when longer, its last MaxNameLen-1 characters after "…"
+	// (DefaultName).
+	Name string `yaml:"name"`
 	// Kind forces the source kind; "auto" (default) derives it from Source.
 	Kind string `yaml:"kind"`
 	// Width, Height and FPS are requested from devices and streams (0: driver default).
@@ -107,6 +118,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if strings.TrimSpace(c.Source) == "" {
 		errs = append(errs, errors.New("camera.source is empty: set a device (/dev/video0), a stream URL, a video file or an image directory"))
+	}
+	if n := utf8.RuneCountInString(c.Name); n > MaxNameLen || !utf8.ValidString(c.Name) || strings.ContainsFunc(c.Name, unicode.IsControl) {
+		errs = append(errs, fmt.Errorf("camera.name %q: want at most %d characters, no control characters (%d)", c.Name, MaxNameLen, n))
 	}
 	switch c.Kind {
 	case "", KindAuto, KindDevice, KindStream, KindFile, KindImages:

@@ -264,6 +264,21 @@ func compileSchema(t testing.TB, name string) *jsonschema.Schema {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return compileSchemaJSON(t, name, b)
+}
+
+// compileDocsSchema compiles docs/schemas/<name>.schema.json, the file a
+// reader of the agent's messages is given.
+func compileDocsSchema(t testing.TB, name string) *jsonschema.Schema {
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "schemas", name+".schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return compileSchemaJSON(t, name, b)
+}
+
+func compileSchemaJSON(t testing.TB, name string, b []byte) *jsonschema.Schema {
+	t.Helper()
 	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)

@@ -684,6 +684,7 @@ func (p *Publisher) status(state wire.State) wire.Status {
 	var s wire.Status
 	if p.d.Status != nil && state != wire.StateOffline {
 		s = p.d.Status()
+		s.Fit() // a long camera source or error must not make readers refuse it
 	}
 	now := p.now()
 	s.Envelope = wire.NewEnvelope(p.cfg.Topic.Site, p.cfg.Topic.Device, now)

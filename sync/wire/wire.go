@@ -11,9 +11,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/clip"
 )
 
 // SchemaVersion is the major version of the payloads that have not changed
@@ -88,6 +91,59 @@ type Status struct {
 	Health     string   `json:"health,omitempty"`
 	Reasons    []string `json:"reasons,omitempty"`
 	Identities *int     `json:"identities,omitempty"`
+}
+
+// Limits of the strings and lists a status (and the state, which holds
+// it) carries: the schemas' maxLength (counted in characters) and
+// maxItems. Status.Fit holds a status to them.
+const (
+	MaxAgentVersion = 64
+	MaxModelID      = 128
+	MaxModels       = 16
+	MaxCameras      = 16
+	MaxCameraName   = 64
+	MaxCameraError  = 256
+	MaxReason       = 256
+	MaxReasons      = 32
+)
+
+// Fit bounds the status's strings and lists to the schema's limits, so
+// that no input (a long camera source, a long error from a driver, many
+// reasons) makes the agent publish a status its own schema, and thus a
+// reader validating with it, refuses. Texts are cut at a character
+// boundary and end with "…"; a camera name keeps its end (clip.Tail: the
+// distinctive part of a by-id path), everything else its start. Reasons
+// past the 32nd are replaced by one saying how many were left out.
+func (s *Status) Fit() {
+	s.AgentVersion = clip.Head(s.AgentVersion, MaxAgentVersion)
+	s.Models = slices.DeleteFunc(slices.Clone(s.Models), func(m string) bool { return m == "" })
+	if len(s.Models) > MaxModels {
+		s.Models = s.Models[:MaxModels]
+	}
+	for i, m := range s.Models {
+		s.Models[i] = clip.Head(m, MaxModelID)
+	}
+	if len(s.Cameras) > MaxCameras {
+		s.Cameras = s.Cameras[:MaxCameras]
+	}
+	s.Cameras = slices.Clone(s.Cameras)
+	for i := range s.Cameras {
+		c := &s.Cameras[i]
+		if c.Name == "" {
+			c.Name = fmt.Sprintf("camera %d", i+1)
+		}
+		c.Name = clip.Tail(c.Name, MaxCameraName)
+		c.Error = clip.Head(c.Error, MaxCameraError)
+	}
+	if len(s.Reasons) > MaxReasons {
+		more := len(s.Reasons) - (MaxReasons - 1)
+		s.Reasons = append(slices.Clone(s.Reasons[:MaxReasons-1]), fmt.Sprintf("and %d more reasons", more))
+	} else {
+		s.Reasons = slices.Clone(s.Reasons)
+	}
+	for i, r := range s.Reasons {
+		s.Reasons[i] = clip.Head(r, MaxReason)
+	}
 }
 
 // Health values of Status.Health.
@@ -358,8 +414,19 @@ type StateAlert struct {
 	Seq        uint64    `json:"seq"`
 }
 
-// NewAlert converts a raised alert into its payload.
+// MaxTxnID is the longest txn_id an alert carries (alert.schema.json).
+const MaxTxnID = 64
+
+// NewAlert converts a raised alert into its payload. Its texts are held to
+// the schema's limits: the rule's name is cut at 128 characters (config
+// allows 64), and a txn_id that is not 1 to 64 printable ASCII characters
+// (the trigger refuses such ids, so none should arrive) is left out, as
+// for a visit without one, rather than published for readers to refuse.
 func NewAlert(env Envelope, a visit.Alert) Alert {
+	if len(a.TxnID) > MaxTxnID || strings.ContainsFunc(a.TxnID, func(r rune) bool { return r < ' ' || r > '~' }) {
+		a.TxnID = ""
+	}
+	a.Rule = clip.Head(a.Rule, 128)
 	return Alert{
 		Envelope:    env,
 		AlertID:     a.ID,
