@@ -129,8 +129,14 @@ func NewContext(ctx context.Context, cfg Config, opts Options) (_ *Daemon, err e
 		if cfg.MQTT.Commands.Enabled {
 			cmds = d.ag
 		}
+		var hold <-chan struct{}
+		if d.cam != nil {
+			// A camera still in its first open is starting, not down:
+			// the first online status waits for that open to end.
+			hold = d.cam.FirstOpenDone()
+		}
 		d.pub, err = mqttsync.New(cfg.MQTT.Config, mqttsync.Deps{Outbox: d.st, Ready: d.st.OutboxReady(),
-			Status: d.status, Commands: cmds, Logger: d.log.With("component", "mqtt"), Version: opts.Version})
+			Status: d.status, StatusHold: hold, Commands: cmds, Logger: d.log.With("component", "mqtt"), Version: opts.Version})
 		if err != nil {
 			return nil, err
 		}

@@ -240,3 +240,79 @@ func runDaemon(t *testing.T, d *Daemon) (stop func()) {
 		}
 	}
 }
+
+// TestNoDegradedWhileCameraStarts: a subscriber on a real mosquitto
+// watches every status and state of a daemon whose camera takes 1.5 s to
+// open (real models, store and camera supervisor; the device is a fake).
+// A healthy start is never reported degraded: before, the status sent at
+// connect said "degraded", "camera: down" (the camera was not opened
+// yet), and about a second later ok, on every restart. A camera that
+// really fails to open is reported degraded.
+func TestNoDegradedWhileCameraStarts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts mosquitto and loads the models")
+	}
+	m := fleettest.StartMosquitto(t, "")
+	for _, c := range []struct {
+		name  string
+		fails bool
+	}{{"healthy", false}, {"fails", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			dev := DeviceConfig{ID: "atm-" + c.name, Site: "test"}
+			seen := make(chan wire.Status, 100)
+			o := mqtt.NewClientOptions().AddBroker(m.URL()).SetClientID("dash-" + c.name)
+			sub := mqtt.NewClient(o)
+			if tok := sub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatalf("dashboard connect: %v", tok.Error())
+			}
+			defer sub.Disconnect(50)
+			tok := sub.Subscribe("atm/test/"+dev.ID+"/+", 1, func(_ mqtt.Client, msg mqtt.Message) {
+				var s wire.Status
+				if !strings.HasSuffix(msg.Topic(), "/status") && !strings.HasSuffix(msg.Topic(), "/state") || json.Unmarshal(msg.Payload(), &s) != nil {
+					return
+				}
+				seen <- s
+			})
+			if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatalf("subscribe: %v", tok.Error())
+			}
+			cfg := mqttTestConfig(t, m.URL(), dev)
+			cfg.Camera.Source, cfg.Camera.Kind = "fake0", "device"
+			cfg.Camera.OpenTimeout = 5 * time.Second
+			cfg.fill()
+			var broken atomic.Bool
+			broken.Store(c.fails)
+			d, err := New(cfg, Options{Version: "test", Logger: testLog(t), CameraOpen: func(cc camera.Config) (camera.Device, error) {
+				time.Sleep(1500 * time.Millisecond)
+				return flakyOpen(&broken)(cc)
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer runDaemon(t, d)()
+			deadline := time.After(10 * time.Second)
+			for {
+				select {
+				case s := <-seen:
+					if s.State != wire.StateOnline {
+						continue
+					}
+					if !c.fails {
+						if s.Health != wire.HealthOK {
+							t.Fatalf("a healthy start published %s %q (cameras %+v)", s.Health, s.Reasons, s.Cameras)
+						}
+						if len(s.Cameras) == 1 && s.Cameras[0].OK {
+							return
+						}
+						continue
+					}
+					if s.Health == wire.HealthDegraded && slices.Contains(s.Reasons, "camera: down") {
+						return
+					}
+				case <-deadline:
+					t.Fatalf("no online status with the camera's outcome (fails %v) within 10 s", c.fails)
+				}
+			}
+		})
+	}
+}

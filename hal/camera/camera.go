@@ -136,6 +136,7 @@ type Camera struct {
 
 	reqs    chan burstReq
 	running chan struct{} // closed when Run starts
+	opened1 chan struct{} // closed when Run's first open attempt has ended
 	stopped chan struct{} // closed when Run returns
 	runOnce sync.Once
 
@@ -188,6 +189,7 @@ func New(cfg Config, open OpenFunc, log *slog.Logger) (*Camera, error) {
 		open:    open,
 		reqs:    make(chan burstReq),
 		running: make(chan struct{}),
+		opened1: make(chan struct{}),
 		stopped: make(chan struct{}),
 		backoff: cfg.ReopenMin,
 		seed:    maphash.MakeSeed(),
@@ -199,6 +201,13 @@ func New(cfg Config, open OpenFunc, log *slog.Logger) (*Camera, error) {
 
 // Config returns the effective configuration (defaults applied).
 func (c *Camera) Config() Config { return c.cfg }
+
+// FirstOpenDone is closed when Run's first open attempt has ended: the
+// device opened and gave a frame, or the open or that first read failed
+// or timed out (within OpenTimeout plus ReadTimeout). Until then the
+// camera is starting: Health says StateDown, "not opened yet", but
+// nothing has failed.
+func (c *Camera) FirstOpenDone() <-chan struct{} { return c.opened1 }
 
 // Health returns a snapshot of the camera's health. Safe for concurrent use.
 func (c *Camera) Health() Health {
@@ -247,6 +256,7 @@ func (c *Camera) Run(ctx context.Context) error {
 	defer c.shutdown()
 
 	c.tryOpen(ctx)
+	close(c.opened1)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {

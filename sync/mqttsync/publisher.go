@@ -64,9 +64,16 @@ type Deps struct {
 	// Ready receives when the outbox has new messages (the store's
 	// OutboxReady); the drain then runs at once instead of at the next
 	// DrainInterval. Nil: the interval alone.
-	Ready  <-chan struct{}
-	Logger *slog.Logger
-	Now    func() time.Time // injected clock; time.Now when nil
+	Ready <-chan struct{}
+	// StatusHold, when not nil, holds back the retained online status
+	// and state until it is closed: the daemon passes its camera's first
+	// open (camera.FirstOpenDone), so a restart does not publish
+	// "degraded, camera: down" for a camera that is only still opening.
+	// The outbox drains meanwhile; the stopped status at shutdown is not
+	// held.
+	StatusHold <-chan struct{}
+	Logger     *slog.Logger
+	Now        func() time.Time // injected clock; time.Now when nil
 	// Version is the agent version shown in Home Assistant's device.
 	Version string
 }
@@ -480,11 +487,14 @@ func (p *Publisher) Run(ctx context.Context) error {
 	defer tick.Stop()
 	statusTick := time.NewTicker(min(StatusCheck, p.cfg.StatusInterval))
 	defer statusTick.Stop()
+	hold := p.d.StatusHold
 	for {
 		select {
 		case <-ctx.Done():
 			p.shutdown()
 			return nil
+		case <-hold:
+			hold = nil // released: the status below goes out now
 		case <-p.notify:
 		case <-p.d.Ready:
 		case <-tick.C:
@@ -542,6 +552,9 @@ func statusFingerprint(s wire.Status) string {
 // changed, a summary or alert was sent since, StatusInterval has passed,
 // or force is set; a failure is retried at the next check.
 func (p *Publisher) publishStatus(ctx context.Context, c mqtt.Client, state wire.State, force bool) {
+	if p.statusHeld(state) {
+		return
+	}
 	st := p.status(state)
 	fp := statusFingerprint(st)
 	p.statusMu.Lock()
@@ -596,6 +609,20 @@ func (p *Publisher) publishStatus(ctx context.Context, c mqtt.Client, state wire
 		p.statusPublish.Add(1)
 	}
 	p.stateDirty = false
+}
+
+// statusHeld says whether a status of the given state waits for
+// Deps.StatusHold (only the online one does).
+func (p *Publisher) statusHeld(state wire.State) bool {
+	if state != wire.StateOnline || p.d.StatusHold == nil {
+		return false
+	}
+	select {
+	case <-p.d.StatusHold:
+		return false
+	default:
+		return true
+	}
 }
 
 // sent records what the state keeps of a summary or alert the broker
