@@ -164,6 +164,7 @@ func (d *Daemon) health() (any, bool) {
 	if d.cam != nil { // an injected camera (Options.Camera) has no health here
 		body["camera"], body["camera_error"] = h.State.String(), h.LastError
 		body["camera_abandoned"], body["camera_open_blocked"] = h.Abandoned, h.OpenBlocked
+		body["camera_skipped"] = h.Skipped // image-folder files that do not decode
 	}
 	if reasons == nil {
 		body["reasons"] = []string{}

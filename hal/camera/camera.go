@@ -52,6 +52,15 @@ type Device interface {
 	Close() error
 }
 
+// Skipper is implemented by a device that passes over inputs it cannot
+// use and serves the others (cvcam's image folders: a file that does not
+// decode). Skipped returns the errors of the inputs skipped since its
+// last call; the device's goroutine calls it after every operation, and
+// the camera logs each one once and counts it (Health.Skipped).
+type Skipper interface {
+	Skipped() []error
+}
+
 // OpenFunc opens a device for cfg. It may block; the caller bounds it with
 // Config.OpenTimeout. cvcam.Open opens the gocv backends.
 type OpenFunc func(cfg Config) (Device, error)
@@ -113,6 +122,7 @@ type Health struct {
 	Stalls              uint64    `json:"stalls"`               // reads or opens that outlived their timeout
 	Abandoned           int       `json:"abandoned"`            // device goroutines still stuck in OpenCV
 	Frames              uint64    `json:"frames"`               // frames delivered
+	Skipped             uint64    `json:"skipped,omitempty"`    // inputs a device passed over (Skipper), each counted once
 	LastFrame           time.Time `json:"last_frame,omitzero"`
 	LastError           string    `json:"last_error,omitempty"`
 	// FrameFault says why the last burst's frames were refused (ErrFrozen,
@@ -155,6 +165,7 @@ type Camera struct {
 	eos         bool
 	seed        maphash.Seed
 	lastHash    uint64 // of the last frame of the last accepted burst (devices)
+	skipSeen    map[string]bool
 }
 
 type burstReq struct {
@@ -519,12 +530,30 @@ func (c *Camera) do(ctx context.Context, kind opKind) (Frame, error) {
 	}
 	select {
 	case r := <-o.reply:
+		c.noteSkipped(r.skipped)
 		return r.frame, r.err
 	case <-timer.C:
 		return Frame{}, fmt.Errorf("camera %q: no frame within %s: %w", c.name(), c.cfg.ReadTimeout, ErrStall)
 	case <-ctx.Done():
 		// Run is stopping: shutdown closes the session and waits for it.
 		return Frame{}, ctx.Err()
+	}
+}
+
+// noteSkipped logs and counts, once each, the inputs a Skipper device
+// passed over (the same file skipped again after a reopen is not).
+func (c *Camera) noteSkipped(errs []error) {
+	for _, err := range errs {
+		msg := redact.Error(err, c.cfg.Source).Error()
+		if c.skipSeen[msg] {
+			continue
+		}
+		if c.skipSeen == nil {
+			c.skipSeen = map[string]bool{}
+		}
+		c.skipSeen[msg] = true
+		c.log.Warn("camera input skipped; the others are served", "source", c.name(), "err", msg)
+		c.update(func(h *Health) { h.Skipped++ })
 	}
 }
 
@@ -694,8 +723,9 @@ type op struct {
 }
 
 type opResult struct {
-	frame Frame
-	err   error
+	frame   Frame
+	err     error
+	skipped []error // Skipper's, since the last operation
 }
 
 // session is one opened device and the goroutine that owns it. Run owns the
@@ -730,6 +760,9 @@ func startSession(open OpenFunc, cfg Config) *session {
 				}
 			case opGrab:
 				r.err = dev.Grab()
+			}
+			if sk, ok := dev.(Skipper); ok {
+				r.skipped = sk.Skipped()
 			}
 			o.reply <- r
 		}

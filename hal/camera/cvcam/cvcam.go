@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -139,10 +140,16 @@ func toFrame(m gocv.Mat, conv *gocv.Mat) (camera.Frame, error) {
 }
 
 type imageDevice struct {
-	files []string
+	dir   string
+	files []string // those not found undecodable yet
 	next  int
 	loop  bool
 	conv  gocv.Mat
+	// skipped holds the errors of the files dropped since the last
+	// Skipped call; none is an error that ends the replay while another
+	// file decodes.
+	skipped []error
+	nFiles  int
 }
 
 func openImages(cfg camera.Config) (camera.Device, error) {
@@ -163,7 +170,7 @@ func openImages(cfg camera.Config) (camera.Device, error) {
 		return nil, fmt.Errorf("open image directory %q: no .jpg or .png files", cfg.Source)
 	}
 	sort.Strings(files)
-	return &imageDevice{files: files, loop: cfg.Loop, conv: gocv.NewMat()}, nil
+	return &imageDevice{dir: cfg.Source, files: files, nFiles: len(files), loop: cfg.Loop, conv: gocv.NewMat()}, nil
 }
 
 func (d *imageDevice) advance() error {
@@ -177,11 +184,40 @@ func (d *imageDevice) advance() error {
 	return nil
 }
 
+// Read returns the next file that decodes. A file that does not (a
+// corrupt or truncated one, a header claiming 60000x60000) is dropped
+// from the replay for this session and reported through Skipped: before,
+// it failed every read that reached it, and since the probe read after an
+// open reads the first file, one bad file first in name order kept the
+// camera down for good beside good ones. Read fails only when no file
+// decodes.
 func (d *imageDevice) Read() (camera.Frame, error) {
-	if err := d.advance(); err != nil {
-		return camera.Frame{}, err
+	for len(d.files) > 0 {
+		if err := d.advance(); err != nil {
+			return camera.Frame{}, err
+		}
+		f, err := d.decode(d.files[d.next-1])
+		if err == nil {
+			return f, nil
+		}
+		d.files = slices.Delete(d.files, d.next-1, d.next)
+		d.next--
+		d.skipped = append(d.skipped, err)
+		if len(d.files) == 0 {
+			return camera.Frame{}, fmt.Errorf("image directory %q: none of its %d files decodes (the last: %w)", d.dir, d.nFiles, err)
+		}
 	}
-	name := d.files[d.next-1]
+	return camera.Frame{}, fmt.Errorf("image directory %q: none of its %d files decodes", d.dir, d.nFiles)
+}
+
+// Skipped implements camera.Skipper.
+func (d *imageDevice) Skipped() []error {
+	s := d.skipped
+	d.skipped = nil
+	return s
+}
+
+func (d *imageDevice) decode(name string) (camera.Frame, error) {
 	// The same guards as the batch job: size and header checked before any
 	// pixel is decoded, OpenCV exceptions caught (a hostile file in a replay
 	// folder costs one failed read, not the daemon).
@@ -194,7 +230,11 @@ func (d *imageDevice) Read() (camera.Frame, error) {
 		return camera.Frame{}, fmt.Errorf("read image %q: %w", name, err)
 	}
 	defer m.Close()
-	return toFrame(m, &d.conv)
+	f, err := toFrame(m, &d.conv)
+	if err != nil {
+		return camera.Frame{}, fmt.Errorf("read image %q: %w", name, err)
+	}
+	return f, nil
 }
 
 func (d *imageDevice) Grab() error { return d.advance() }
