@@ -192,7 +192,7 @@ func ParseConfig(b []byte) (Config, error) {
 	}
 	c.fill()
 	if err := c.Validate(); err != nil {
-		return Config{}, shortDurations(err)
+		return Config{}, shortDurations(ruleLines(err, &doc))
 	}
 	return c, nil
 }
@@ -451,11 +451,13 @@ func (c Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := wire.ValidateLevel("device", c.Device.ID); err != nil {
-		bad(fmt.Errorf("device.id: %v (letters, digits, '-', '_', '.')", err))
+	devErr := wire.ValidateLevel("device", c.Device.ID)
+	if devErr != nil {
+		bad(fmt.Errorf("device.id: %v (letters, digits, '-', '_', '.')", devErr))
 	}
-	if err := wire.ValidateLevel("site", c.Device.Site); err != nil {
-		bad(fmt.Errorf("device.site: %v (letters, digits, '-', '_', '.')", err))
+	siteErr := wire.ValidateLevel("site", c.Device.Site)
+	if siteErr != nil {
+		bad(fmt.Errorf("device.site: %v (letters, digits, '-', '_', '.')", siteErr))
 	}
 	if c.Models.Dir == "" {
 		bad(errors.New("models.dir is required: the directory holding manifest.yaml"))
@@ -495,7 +497,18 @@ func (c Config) Validate() error {
 		bad(errors.New("trigger: no trigger enabled; enable gpio, http or replay (otherwise no visit ever starts)"))
 	}
 	if c.MQTT.Enabled {
-		bad(c.MQTT.Config.Validate())
+		m := c.MQTT.Config
+		// The topic's site and device are device.site and device.id
+		// (fill): one bad id is reported once, as device.id or
+		// device.site above, not a second time as the MQTT topic's
+		// (stand-ins let the rest of the MQTT settings be checked).
+		if devErr != nil && m.Topic.Device == c.Device.ID {
+			m.Topic.Device = "device"
+		}
+		if siteErr != nil && m.Topic.Site == c.Device.Site {
+			m.Topic.Site = "site"
+		}
+		bad(m.Validate())
 		if c.MQTT.Topic.Device != c.Device.ID || c.MQTT.Topic.Site != c.Device.Site {
 			bad(fmt.Errorf("mqtt.topic site/device (%s/%s) differ from device.site/id (%s/%s); leave them empty",
 				c.MQTT.Topic.Site, c.MQTT.Topic.Device, c.Device.Site, c.Device.ID))

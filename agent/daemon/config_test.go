@@ -117,3 +117,47 @@ func TestRuleWindowBeyondRetentionWarns(t *testing.T) {
 		t.Errorf("warnings %q", w)
 	}
 }
+
+// TestConfigErrorsOnceWithLines: a bad device.id is reported once (before,
+// a second time as the MQTT topic's: "mqtt config: topic: invalid topic:
+// device ..."), the other MQTT settings are still checked, and an alert
+// rule's problem names the line of its key, as decode errors do (before,
+// no line).
+func TestConfigErrorsOnceWithLines(t *testing.T) {
+	yml := `device: {id: "atm/0001", site: b}
+models: {dir: /m}
+trigger: {http: {enabled: true}}
+mqtt:
+  enabled: true
+  brokers: [tcp://127.0.0.1:1883]
+  password_file: /p
+alerts:
+  rules:
+    - name: repeat
+      kind: visits
+      threshold: 1
+      window: 1h
+    - name: cards
+      kind: cardz
+      threshold: 3
+      window: 24h
+`
+	_, err := ParseConfig([]byte(yml))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	msg := err.Error()
+	t.Log(msg)
+	if n := strings.Count(msg, "atm/0001"); n != 1 || strings.Contains(msg, "mqtt config: topic") {
+		t.Errorf("the bad device.id is reported %d times (want once, as device.id):\n%s", n, msg)
+	}
+	for _, want := range []string{
+		"password_file without username",
+		`line 12: alert rule "repeat": threshold must be at least 2 (got 1)`,
+		`line 15: alert rule "cards": unknown kind "cardz"`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("missing %q in:\n%s", want, msg)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/periocular/atm-agent/agent/rules"
 	"github.com/periocular/atm-agent/internal/suggest"
 )
 
@@ -399,4 +400,71 @@ func shortDurations(err error) error {
 		return err
 	}
 	return errors.New(out)
+}
+
+// ruleLines puts "line N: " before each alert rule's problem in err (a
+// rules.FieldError), N being the line of the rule's key in the file (of
+// the rule's item when the key is missing), as decode errors have it.
+// Without alerts.rules in the file (the defaults) err is left as it is.
+func ruleLines(err error, doc *yaml.Node) error {
+	if err == nil {
+		return nil
+	}
+	var leaves []error
+	var flatten func(error)
+	flatten = func(e error) {
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, c := range j.Unwrap() {
+				flatten(c)
+			}
+			return
+		}
+		leaves = append(leaves, e)
+	}
+	flatten(err)
+	seq := mappingValue(mappingValue(rootMapping(doc), "alerts"), "rules")
+	changed := false
+	for i, e := range leaves {
+		var fe *rules.FieldError
+		if !errors.As(e, &fe) || seq == nil || seq.Kind != yaml.SequenceNode || fe.Rule >= len(seq.Content) {
+			continue
+		}
+		item := seq.Content[fe.Rule]
+		line := item.Line
+		if k, _ := mappingPair(item, fe.Field); k != nil {
+			line = k.Line
+		}
+		leaves[i] = fmt.Errorf("line %d: %w", line, e)
+		changed = true
+	}
+	if !changed {
+		return err
+	}
+	return errors.Join(leaves...)
+}
+
+func rootMapping(doc *yaml.Node) *yaml.Node {
+	if doc != nil && doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
+		return doc.Content[0]
+	}
+	return doc
+}
+
+// mappingPair returns the key and value nodes of key in mapping m, or
+// nils.
+func mappingPair(m *yaml.Node, key string) (k, v *yaml.Node) {
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil, nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i], m.Content[i+1]
+		}
+	}
+	return nil, nil
+}
+
+func mappingValue(m *yaml.Node, key string) *yaml.Node {
+	_, v := mappingPair(m, key)
+	return v
 }

@@ -79,6 +79,18 @@ func DefaultRules() []Rule {
 	}
 }
 
+// FieldError is one problem of one rule: Rule is its index in the list,
+// Field its key (name, kind, threshold, window, cooldown). The config
+// file's reader puts the line of that key before the message.
+type FieldError struct {
+	Rule  int
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
 // Bounds of a rule's numbers: a threshold no window of visits can reach,
@@ -98,17 +110,18 @@ func Validate(rules []Rule) error {
 		if r.Name != "" {
 			label = fmt.Sprintf("rule %q", r.Name)
 		}
-		bad := func(format string, a ...any) {
-			errs = append(errs, fmt.Errorf("alert %s: "+format, append([]any{label}, a...)...))
+		bad := func(field, format string, a ...any) {
+			errs = append(errs, &FieldError{Rule: i, Field: field,
+				Err: fmt.Errorf("alert %s: "+format, append([]any{label}, a...)...)})
 		}
 		switch {
 		case r.Name == "":
-			bad("name is required")
+			bad("name", "name is required")
 		case !nameRE.MatchString(r.Name):
-			bad("name must be 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit")
+			bad("name", "name must be 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit")
 		default:
 			if j, dup := seen[r.Name]; dup {
-				bad("name is used by rules #%d and #%d; names must be unique", j+1, i+1)
+				bad("name", "name is used by rules #%d and #%d; names must be unique", j+1, i+1)
 			}
 			seen[r.Name] = i
 		}
@@ -118,26 +131,26 @@ func Validate(rules []Rule) error {
 			minThreshold = 2 // 1 would alert on every visit
 		case KindFaceless:
 		case "":
-			bad("kind is required: use one of visits, distinct_cards, faceless")
+			bad("kind", "kind is required: use one of visits, distinct_cards, faceless")
 		default:
-			bad("unknown kind %q: use one of visits, distinct_cards, faceless", r.Kind)
+			bad("kind", "unknown kind %q: use one of visits, distinct_cards, faceless", r.Kind)
 		}
 		if r.Threshold < minThreshold {
-			bad("threshold must be at least %d (got %d)", minThreshold, r.Threshold)
+			bad("threshold", "threshold must be at least %d (got %d)", minThreshold, r.Threshold)
 		} else if r.Threshold > MaxThreshold {
-			bad("threshold %d is above %d: it could never be reached", r.Threshold, MaxThreshold)
+			bad("threshold", "threshold %d is above %d: it could never be reached", r.Threshold, MaxThreshold)
 		}
 		if r.Window <= 0 {
-			bad("window must be a positive duration such as \"1h\" or \"24h\" (got %v)", r.Window)
+			bad("window", "window must be a positive duration such as \"1h\" or \"24h\" (got %v)", r.Window)
 		} else if r.Window < time.Second {
-			bad("window %v is too short; use at least 1s", r.Window)
+			bad("window", "window %v is too short; use at least 1s", r.Window)
 		} else if r.Window > MaxSpan {
-			bad("window %v is too long; use at most %v (a year)", r.Window, MaxSpan)
+			bad("window", "window %v is too long; use at most %v (a year)", r.Window, MaxSpan)
 		}
 		if r.Cooldown < 0 {
-			bad("cooldown must not be negative (got %v)", r.Cooldown)
+			bad("cooldown", "cooldown must not be negative (got %v)", r.Cooldown)
 		} else if r.Cooldown > MaxSpan {
-			bad("cooldown %v is too long; use at most %v (a year)", r.Cooldown, MaxSpan)
+			bad("cooldown", "cooldown %v is too long; use at most %v (a year)", r.Cooldown, MaxSpan)
 		}
 	}
 	return errors.Join(errs...)
