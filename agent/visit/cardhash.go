@@ -9,7 +9,7 @@ import (
 
 // ErrCardHashEncoding: a card hash that is neither hex (an even number of
 // hex digits) nor base64 (standard or URL alphabet, padded or not).
-var ErrCardHashEncoding = errors.New("card_hash must be hex (an even number of hex digits) or base64/base64url of the hash's bytes")
+var ErrCardHashEncoding = errors.New("must be hex (an even number of hex digits) or base64/base64url of the hash's bytes")
 
 // CanonicalCardHash returns the one form a card hash is stored and compared
 // in: the lowercase hex of its bytes. The ATM application may send the same

@@ -377,6 +377,12 @@ func TestDecodeVisitRequest(t *testing.T) {
 			if err != nil && strings.Contains(err.Error(), "4111") {
 				t.Fatalf("error echoes input: %v", err)
 			}
+			// The field is named once ("txn_id: txn_id must be ..." before).
+			for _, f := range []string{"txn_id", "card_hash"} {
+				if err != nil && strings.Count(err.Error(), f) > 1 {
+					t.Errorf("%q named twice: %v", f, err)
+				}
+			}
 		})
 	}
 }

@@ -171,7 +171,7 @@ func TestParseScheduleErrors(t *testing.T) {
 		{"mixed", "10s\n2025-03-01T09:00:00Z\n", "mixes"},
 		{"unknown field", "1s pan=4111111111111111\n", `unknown field "pan"`},
 		{"pan", "1s card_hash=4111111111111111\n", "card number"},
-		{"odd hex", "1s card_hash=" + goodHash[:63] + "\n", "line 1: card_hash: card_hash must be hex"},
+		{"odd hex", "1s card_hash=" + goodHash[:63] + "\n", "line 1: card_hash: must be hex"},
 		{"before 1970", "1900-01-01T00:00:00Z\n", "line 1: 1900-01-01T00:00:00Z is outside the times a visit can be stored at"},
 		{"after 2262", "2300-01-01T00:00:00Z\n", "outside the times"},
 	}

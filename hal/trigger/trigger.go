@@ -62,12 +62,13 @@ func NewID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Context validation errors. None of them quotes the value.
+// Context validation errors. None of them quotes the value, nor names
+// the field: ValidateContext puts it before ("txn_id: must be ...").
 var (
 	ErrLooksLikePAN = errors.New("looks like a card number (PAN): send a salted hash of it, never the number")
 	ErrTrackData    = errors.New("looks like magnetic-stripe track data: send a salted hash of the card number, never card data")
-	ErrBadCardHash  = errors.New("card_hash must be a hex or base64 hash of 32 to 128 characters")
-	ErrBadTxnID     = errors.New("txn_id must be 1 to 64 printable ASCII characters")
+	ErrBadCardHash  = errors.New("must be a hex or base64 hash of 32 to 128 characters")
+	ErrBadTxnID     = errors.New("must be 1 to 64 printable ASCII characters")
 )
 
 // ValidateContext checks transaction context from the ATM application.
