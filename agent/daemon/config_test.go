@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/periocular/atm-agent/sync/wire"
 )
 
 func TestDefaultConfigFileMatchesDefaults(t *testing.T) {
@@ -158,6 +160,27 @@ alerts:
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("missing %q in:\n%s", want, msg)
+		}
+	}
+}
+
+// TestDefaultConfigNamesEveryCommand: the default config's comment on
+// mqtt.commands.enabled names every command the agent accepts (before, it
+// named three of six).
+func TestDefaultConfigNamesEveryCommand(t *testing.T) {
+	var line string
+	for l := range strings.Lines(string(defaultYAML)) {
+		if strings.HasPrefix(strings.TrimSpace(l), "enabled:") && strings.Contains(l, "signed only") {
+			line = l
+		}
+	}
+	if line == "" {
+		t.Fatal("no mqtt.commands.enabled line in default.yaml")
+	}
+	for _, c := range []wire.CommandName{wire.CmdPing, wire.CmdPublishSummary, wire.CmdPurgeIdentity,
+		wire.CmdIdentityVisits, wire.CmdSplitVisits, wire.CmdMergeIdentities} {
+		if !strings.Contains(line, string(c)) {
+			t.Errorf("the comment %q does not name %s", strings.TrimSpace(line), c)
 		}
 	}
 }
