@@ -434,7 +434,9 @@ func (s *Store) Export(ctx context.Context, w io.Writer, opts ExportOptions) err
 				Type: "visit", ID: vis.ID, Seq: vis.Seq, Time: vis.Time, Trigger: vis.Trigger,
 				Context: vis.Context, Outcome: vis.Outcome.String(), Model: vis.Model, Mask: vis.Mask,
 				MaskScore: vis.MaskScore, Quality: vis.Quality, Frames: vis.Frames, Used: vis.Used,
-				IdentityID: vis.IdentityID, Distance: vis.Distance, Embedding: vis.Embedding,
+				// Visits stored before distances were clamped may hold
+				// a rounding error below 0 (-1.19e-7): 0 is what it means.
+				IdentityID: vis.IdentityID, Distance: max(vis.Distance, 0), Embedding: vis.Embedding,
 			})
 		}); err != nil {
 			return err

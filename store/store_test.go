@@ -941,3 +941,23 @@ func TestStateSummaryChecked(t *testing.T) {
 		t.Fatalf("check of a damaged state summary: %v, problems %v", err, rep.Problems)
 	}
 }
+
+// TestExportClampsDistance: a visit stored with a rounding error below 0
+// as its distance (agents before distances were clamped stored -1.19e-7
+// for a face matching its identity exactly) is exported at 0.
+func TestExportClampsDistance(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t, Options{})
+	v := faceVisit("v1", t0, "A")
+	v.Distance = -1.1920929e-07
+	if _, err := s.CommitVisit(ctx, record.Commit{Visit: v, Identities: []record.Identity{{ID: "A", Status: "pending"}}}); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := s.Export(ctx, &buf, ExportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), `"distance":0}`) || strings.Contains(buf.String(), "e-07") {
+		t.Errorf("export: want distance 0:\n%s", buf.String())
+	}
+}

@@ -266,7 +266,9 @@ func (e *Engine) Assign(o Observation) (Assignment, error) {
 	e.addMemberCentroid(best, i, x, &sk)
 	was := id.status
 	e.updateStatus(id)
-	return Assignment{IdentityID: id.id, Distance: float32(bestDist), Status: id.status,
+	// A cosine distance is at least 0; the float32 dot product of a
+	// template with itself can exceed 1 by a rounding step (-1.19e-7).
+	return Assignment{IdentityID: id.id, Distance: float32(max(bestDist, 0)), Status: id.status,
 		NowConfirmed: was != Confirmed && id.status == Confirmed}, nil
 }
 
