@@ -12,6 +12,7 @@ import (
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/rules"
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/durfmt"
 	"github.com/periocular/atm-agent/store/record"
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -143,7 +144,7 @@ func (a *Agent) alertAfterConsolidation(ctx context.Context, changes []identity.
 						ao.Alerted(al.Alert.Rule)
 					}
 					a.log.Warn("alert raised after consolidation", "rule", al.Alert.Rule, "identity", al.Alert.IdentityID,
-						"count", al.Alert.Count, "window", al.Alert.Window, "alert", al.Alert.ID)
+						"count", al.Alert.Count, "window", durfmt.Window(al.Alert.Window), "alert", al.Alert.ID)
 				}
 			}
 		}

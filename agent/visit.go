@@ -11,6 +11,7 @@ import (
 
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/durfmt"
 	"github.com/periocular/atm-agent/store/record"
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -182,7 +183,7 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 					ao.Alerted(al.Alert.Rule)
 				}
 				a.log.Warn("alert raised", "rule", al.Alert.Rule, "identity", al.Alert.IdentityID,
-					"count", al.Alert.Count, "window", al.Alert.Window, "alert", id)
+					"count", al.Alert.Count, "window", durfmt.Window(al.Alert.Window), "alert", id)
 			}
 		}
 	}

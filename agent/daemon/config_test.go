@@ -115,7 +115,7 @@ func TestRuleWindowBeyondRetentionWarns(t *testing.T) {
 		t.Errorf("no key, warnings %q: want the unencrypted templates named", w)
 	}
 	c.Alerts.Rules[1].Window = 60 * 24 * time.Hour
-	if w := strings.Join(c.Warnings(), "\n"); !strings.Contains(w, `alerts: rule "multiple-cards": window 1440h0m0s is longer than store.retention 720h0m0s`) {
+	if w := strings.Join(c.Warnings(), "\n"); !strings.Contains(w, `alerts: rule "multiple-cards": window 60d is longer than store.retention 30d`) {
 		t.Errorf("warnings %q", w)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/internal/durfmt"
 	"github.com/periocular/atm-agent/internal/suggest"
 )
 
@@ -169,24 +170,10 @@ func ParseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// FormatDuration prints d the short way: "1h" not "1h0m0s", "30d" for a
-// whole number of days, "1m30s", "500ms".
-func FormatDuration(d time.Duration) string {
-	if d == 0 {
-		return "0s"
-	}
-	if d >= 24*time.Hour && d%(24*time.Hour) == 0 {
-		return fmt.Sprintf("%dd", d/(24*time.Hour))
-	}
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
-}
+// FormatDuration prints d the short way (durfmt.Format): "1h" not
+// "1h0m0s", "24h", "30d" for a whole number of days above one, "1m30s",
+// "500ms".
+func FormatDuration(d time.Duration) string { return durfmt.Format(d) }
 
 // rewriteDays returns b with every duration value written in days (or
 // days plus a rest) replaced by its hours, in place on its line, so that

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/durfmt"
 )
 
 // Kind selects what a rule counts.
@@ -168,10 +169,12 @@ func RetentionWarnings(rules []Rule, retention time.Duration) []string {
 			continue
 		}
 		if r.Window > retention {
-			w = append(w, fmt.Sprintf("alerts: rule %q: window %v is longer than store.retention %v: visits older than the retention are deleted, so it counts at most %v of visits", r.Name, r.Window, retention, retention))
+			w = append(w, fmt.Sprintf("alerts: rule %q: window %s is longer than store.retention %s: visits older than the retention are deleted, so it counts at most %s of visits",
+				r.Name, durfmt.WindowOf(r.Window), durfmt.Format(retention), durfmt.Format(retention)))
 		}
 		if r.Cooldown > retention {
-			w = append(w, fmt.Sprintf("alerts: rule %q: cooldown %v is longer than store.retention %v: the alert it waits on is deleted after %v, and the rule may fire again then", r.Name, r.Cooldown, retention, retention))
+			w = append(w, fmt.Sprintf("alerts: rule %q: cooldown %s is longer than store.retention %s: the alert it waits on is deleted after %s, and the rule may fire again then",
+				r.Name, durfmt.WindowOf(r.Cooldown), durfmt.Format(retention), durfmt.Format(retention)))
 		}
 	}
 	return w

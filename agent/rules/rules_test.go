@@ -401,7 +401,7 @@ func TestRetentionWarnings(t *testing.T) {
 		{Name: "off", Kind: rules.KindVisits, Threshold: 2, Window: 60 * 24 * time.Hour, Enabled: boolp(false)},
 	}
 	w := rules.RetentionWarnings(rs, 30*24*time.Hour)
-	if len(w) != 2 || !strings.Contains(w[0], `rule "long": window 1440h0m0s is longer than store.retention 720h0m0s`) ||
+	if len(w) != 2 || !strings.Contains(w[0], `rule "long": window 60d is longer than store.retention 30d`) ||
 		!strings.Contains(w[1], `rule "long": cooldown`) {
 		t.Errorf("warnings %q", w)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/hal/sim"
 	"github.com/periocular/atm-agent/internal/cli"
+	"github.com/periocular/atm-agent/internal/durfmt"
 	"github.com/periocular/atm-agent/internal/paths"
 	"github.com/periocular/atm-agent/models"
 	"github.com/periocular/atm-agent/store"
@@ -345,7 +346,7 @@ func (d *demoRun) subscribe(url, filter string) (paho.Client, error) {
 				if who == "" {
 					who = "device-wide"
 				}
-				d.printf("  ALERT via MQTT  %-17s %-26s %d in %s (threshold %d), seq %d\n", a.Rule, who, a.Count, a.Window, a.Threshold, a.Seq)
+				d.printf("  ALERT via MQTT  %-17s %-26s %d in %s (threshold %d), seq %d\n", a.Rule, who, a.Count, durfmt.Window(a.Window), a.Threshold, a.Seq)
 			}
 		}
 	})
@@ -376,7 +377,7 @@ func runDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	d.printf("scenario: seed %d, %d faces found in %d photos, %d simulated customers, %d card inserts on %s 08:00-20:00, replayed in %v\n",
 		o.Seed, len(faces), len(sim.Photos), len(d.sc.People), len(d.sc.Visits), d.day0.Format("2006-01-02"), o.Duration)
 	for _, r := range demoRules() {
-		d.printf("rule %-17s %-15s >= %d within %v\n", r.Name, r.Kind, r.Threshold, r.Window)
+		d.printf("rule %-17s %-15s >= %d within %v\n", r.Name, r.Kind, r.Threshold, durfmt.WindowOf(r.Window))
 	}
 	th, err := demoThresholds(o)
 	if err != nil {

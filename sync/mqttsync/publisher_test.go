@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -324,6 +325,10 @@ func TestFleetGapsAndRender(t *testing.T) {
 	}
 	if strings.Count(out, "many-visits") != 2 {
 		t.Errorf("want the 2 most recent alerts:\n%s", out)
+	}
+	// The window as the config writes it, not Go's "24h0m0s" (the wire's).
+	if !regexp.MustCompile(`\d+/5\s+24h\s`).MatchString(out) || strings.Contains(out, "24h0m0s") {
+		t.Errorf("alert window not shown as 24h:\n%s", out)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/periocular/atm-agent/internal/durfmt"
 	"github.com/periocular/atm-agent/internal/redact"
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -190,7 +191,7 @@ func (f *Fleet) Render(w io.Writer, now time.Time, top, alerts int) {
 			late = "historical"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\n", a.Raised.UTC().Format("01-02 15:04:05"), a.Site, a.Device,
-			a.Rule, a.IdentityID, a.Count, a.Threshold, a.Window, late)
+			a.Rule, a.IdentityID, a.Count, a.Threshold, durfmt.Window(a.Window), late)
 	}
 	tw.Flush()
 }
