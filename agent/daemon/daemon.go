@@ -132,11 +132,14 @@ func NewContext(ctx context.Context, cfg Config, opts Options) (_ *Daemon, err e
 		var hold <-chan struct{}
 		if d.cam != nil {
 			// A camera still in its first open is starting, not down:
-			// the first online status waits for that open to end.
+			// the first online status waits for that open to end
+			// (StatusHoldMax at most: a long camera.open_timeout must
+			// not keep the device out of the dashboards).
 			hold = d.cam.FirstOpenDone()
 		}
 		d.pub, err = mqttsync.New(cfg.MQTT.Config, mqttsync.Deps{Outbox: d.st, Ready: d.st.OutboxReady(),
-			Status: d.status, StatusHold: hold, Commands: cmds, Logger: d.log.With("component", "mqtt"), Version: opts.Version})
+			Status: d.status, StatusHold: hold, StatusHoldMax: StatusHoldMax,
+			Commands: cmds, Logger: d.log.With("component", "mqtt"), Version: opts.Version})
 		if err != nil {
 			return nil, err
 		}
@@ -277,6 +280,10 @@ func (d *Daemon) Close() {
 		}
 	})
 }
+
+// StatusHoldMax bounds how long the first online MQTT status waits for
+// the camera's first open to end.
+const StatusHoldMax = 30 * time.Second
 
 // Run serves until ctx ends or the agent stops on an error, then stops
 // everything within ShutdownBudget and closes the store and models.

@@ -70,10 +70,11 @@ type Deps struct {
 	// open (camera.FirstOpenDone), so a restart does not publish
 	// "degraded, camera: down" for a camera that is only still opening.
 	// The outbox drains meanwhile; the stopped status at shutdown is not
-	// held.
-	StatusHold <-chan struct{}
-	Logger     *slog.Logger
-	Now        func() time.Time // injected clock; time.Now when nil
+	// held. StatusHoldMax, when above 0, bounds the wait from Run's start.
+	StatusHold    <-chan struct{}
+	StatusHoldMax time.Duration
+	Logger        *slog.Logger
+	Now           func() time.Time // injected clock; time.Now when nil
 	// Version is the agent version shown in Home Assistant's device.
 	Version string
 }
@@ -143,6 +144,7 @@ type Publisher struct {
 
 	connects, published, historical, failed, lastSeq atomic.Uint64
 	unackedN                                         atomic.Int64
+	holdOver                                         atomic.Bool // Deps.StatusHoldMax has passed
 	oversize, trimmed                                atomic.Uint64
 
 	// The retained status and state, serialised by statusMu: the
@@ -488,13 +490,22 @@ func (p *Publisher) Run(ctx context.Context) error {
 	statusTick := time.NewTicker(min(StatusCheck, p.cfg.StatusInterval))
 	defer statusTick.Stop()
 	hold := p.d.StatusHold
+	var holdMax <-chan time.Time
+	if hold != nil && p.d.StatusHoldMax > 0 {
+		t := time.NewTimer(p.d.StatusHoldMax)
+		defer t.Stop()
+		holdMax = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			p.shutdown()
 			return nil
 		case <-hold:
-			hold = nil // released: the status below goes out now
+			hold, holdMax = nil, nil // released: the status below goes out now
+		case <-holdMax:
+			p.holdOver.Store(true)
+			hold, holdMax = nil, nil
 		case <-p.notify:
 		case <-p.d.Ready:
 		case <-tick.C:
@@ -614,7 +625,7 @@ func (p *Publisher) publishStatus(ctx context.Context, c mqtt.Client, state wire
 // statusHeld says whether a status of the given state waits for
 // Deps.StatusHold (only the online one does).
 func (p *Publisher) statusHeld(state wire.State) bool {
-	if state != wire.StateOnline || p.d.StatusHold == nil {
+	if state != wire.StateOnline || p.d.StatusHold == nil || p.holdOver.Load() {
 		return false
 	}
 	select {

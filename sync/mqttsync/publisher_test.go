@@ -449,3 +449,42 @@ func TestReadySignalDrains(t *testing.T) {
 	ready <- struct{}{}
 	waitFor(t, 2*time.Second, "alert after the ready signal", func() bool { return report(t, col.snapshot(), 1).Unique == 1 })
 }
+
+// TestStatusHold: the online status and state wait for Deps.StatusHold
+// (the daemon's camera's first open), at most StatusHoldMax; the outbox
+// drains meanwhile.
+func TestStatusHold(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		release bool
+	}{{"released", true}, {"bounded", false}} {
+		t.Run(c.name, func(t *testing.T) {
+			broker := startMochi(t) // none retained from the other case
+			col := newCollector(t, broker, "col-"+c.name, "atm/test/#", false, nil)
+			ob := &memOutbox{}
+			ob.Add(wire.KindAlert, time.Now(), payload(t, wire.KindAlert, 1, time.Now()))
+			hold := make(chan struct{})
+			maxWait := time.Hour
+			if !c.release {
+				maxWait = 700 * time.Millisecond
+			}
+			start := time.Now()
+			runPublisher(t, testConfig(broker), Deps{Outbox: ob, StatusHold: hold, StatusHoldMax: maxWait,
+				Status: func() wire.Status { return wire.Status{Health: wire.HealthOK} }})
+			waitFor(t, 5*time.Second, "the alert drained while held", func() bool { return len(col.byKind("alert")) == 1 })
+			time.Sleep(300 * time.Millisecond)
+			if n := len(col.byKind("status")) + len(col.byKind("state")); n != 0 {
+				t.Fatalf("%d status/state published while held", n)
+			}
+			if c.release {
+				close(hold)
+			}
+			waitFor(t, 5*time.Second, "status and state after the hold", func() bool {
+				return len(col.byKind("status")) > 0 && len(col.byKind("state")) > 0
+			})
+			if d := time.Since(start); !c.release && d < maxWait {
+				t.Errorf("status after %s, before StatusHoldMax %s", d, maxWait)
+			}
+		})
+	}
+}
