@@ -88,6 +88,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	for range 6 {
 		signIn("throttled", "ghost", "nope", tok)
 	}
+	busy(srv, func() { signIn("every check slot busy", "ana", "correct horse", tok) })
 	signIn("signed in", "ana", "correct horse", tok)
 	csrf := jsonField(t, xs[len(xs)-1].Resp, "csrf_token")
 	root := newClient(t, hs.URL)

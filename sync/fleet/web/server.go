@@ -67,7 +67,9 @@ type Config struct {
 
 // ProxyAuthConfig: a request from one of TrustedProxies carrying Header
 // names a user of the users file (who gets that file's role); anything else
-// still signs in with a password. Empty Header: off.
+// still signs in with a password. Empty Header: off. The sign-in throttle
+// takes the client address of a request from TrustedProxies from
+// X-Forwarded-For (signInAddr), Header or not.
 type ProxyAuthConfig struct {
 	Header         string   `yaml:"header"`
 	TrustedProxies []string `yaml:"trusted_proxies"` // CIDRs, e.g. 127.0.0.1/32
@@ -585,15 +587,11 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	next := safeNext(r.PostFormValue("next"))
-	name, addr := r.PostFormValue("user"), clientAddr(r.RemoteAddr)
-	if wait, ok := s.throttle.begin(name, addr, s.now()); !ok {
-		secs := int((wait + time.Second - 1) / time.Second)
-		s.log.Warn("fleet web: sign-in throttled", append(s.typedName(name), "remote", r.RemoteAddr, "wait", wait)...)
-		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		httpError(w, r, fmt.Sprintf("too many failed sign-ins: try again in %d s", secs), http.StatusTooManyRequests)
+	name := r.PostFormValue("user")
+	u, ok, done := s.checkPassword(w, r, name, r.PostFormValue("password"))
+	if done {
 		return
 	}
-	u, ok := s.allUsers().Check(name, r.PostFormValue("password"))
 	if !ok {
 		s.log.Warn("fleet web: sign-in failed", append(s.typedName(name), "remote", r.RemoteAddr)...)
 		if wantsJSON(r) {
@@ -603,7 +601,6 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/login?error=1&next="+url.QueryEscape(next), http.StatusSeeOther)
 		return
 	}
-	s.throttle.succeed(name, addr)
 	s.log.Info("fleet web: signed in", "user", u.Name, "role", u.Role, "sites", u.Sites.String(), "remote", r.RemoteAddr)
 	http.SetCookie(w, s.cookie(loginCookie, "", -1))
 	sess := s.newSession(w, u)
