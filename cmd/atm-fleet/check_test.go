@@ -166,10 +166,22 @@ func TestUsageAndHelp(t *testing.T) {
 	if code := runMain(context.Background(), []string{"config", "check"}, nil, io.Discard, io.Discard); code != 2 {
 		t.Errorf("config check without FILE: exit %d, want 2", code)
 	}
-	var errb bytes.Buffer
-	if code := runMain(context.Background(), []string{"passwd", "--help"}, strings.NewReader("short\n"), io.Discard, &errb); code != 0 ||
-		!strings.Contains(errb.String(), "usage: atm-fleet passwd") {
-		t.Errorf("passwd --help: exit %d, %q", code, errb.String())
+	var out bytes.Buffer
+	if code := runMain(context.Background(), []string{"passwd", "--help"}, strings.NewReader("short\n"), &out, io.Discard); code != 0 ||
+		!strings.Contains(out.String(), "usage: atm-fleet passwd") {
+		t.Errorf("passwd --help: exit %d, %q", code, out.String())
+	}
+	// Every --help: on stdout, nothing on stderr, exit 0 (docs/operations.md).
+	for args, want := range map[string]string{
+		"--help": "atm-fleet run --config FILE", "run --help": "-config", "compact -h": "-wait",
+		"config --help": "atm-fleet config get FILE KEY", "config check --help": "-credentials-from",
+		"config get --help": "atm-fleet config get FILE KEY", "config default --help": "atm-fleet config default",
+		"users --help": "atm-fleet users check FILE", "users check --help": "password_hash", "passwd -h": "usage: atm-fleet passwd",
+	} {
+		var out, errb bytes.Buffer
+		if code := runMain(context.Background(), strings.Fields(args), strings.NewReader(""), &out, &errb); code != 0 || !strings.Contains(out.String(), want) || errb.Len() > 0 {
+			t.Errorf("atm-fleet %s: exit %d, stdout %q, stderr %q; want 0, %q on stdout", args, code, out.String(), errb.String(), want)
+		}
 	}
 }
 
@@ -200,5 +212,47 @@ func TestConfigCheckCredentialCopies(t *testing.T) {
 	t.Setenv("CREDENTIALS_DIRECTORY", "/run/credentials/atm-fleet.service")
 	if code := check(); code == 0 {
 		t.Errorf("under the unit with no copy: passed")
+	}
+}
+
+// What run refuses at start (a missing users file or session key, a hash
+// that is not bcrypt, a users file without a user) config check refuses
+// too, exit 78, with run's message; before, it said ok.
+func TestConfigCheckRefusesWhatRunRefuses(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	dir := t.TempDir()
+	users := writeUsers(t, dir)
+	key := writeFile(t, filepath.Join(dir, "session.key"), strings.Repeat("k", 48), 0o600)
+	plain := writeFile(t, filepath.Join(dir, "plain.yaml"), "users:\n  - {name: ana, role: analyst, password_hash: \"correct horse\"}\n", 0o600)
+	empty := writeFile(t, filepath.Join(dir, "empty.yaml"), "users:\n", 0o600)
+	for name, tc := range map[string]struct{ web, want string }{
+		"users file missing":   {"users_file: " + filepath.Join(dir, "nope.yaml"), "no such file"},
+		"session key missing":  {"users_file: " + users + ", session_key_file: " + filepath.Join(dir, "nope.key"), "no such file"},
+		"hash not bcrypt":      {"users_file: " + plain, "password_hash is not a bcrypt hash"},
+		"no user":              {"users_file: " + empty, "users file: no users"},
+		"session key too open": {"users_file: " + users + ", session_key_file: " + writeFile(t, filepath.Join(dir, "open.key"), strings.Repeat("k", 48), 0o644), "too open"},
+	} {
+		cfg := writeFile(t, filepath.Join(dir, "c.yaml"), fmt.Sprintf("store: {driver: bolt, path: %s}\nweb: {listen: 127.0.0.1:0, %s}\n", filepath.Join(dir, "fleet.db"), tc.web), 0o644)
+		var check, run bytes.Buffer
+		code := runMain(context.Background(), []string{"config", "check", cfg}, nil, io.Discard, &check)
+		if code != exitSetup || !strings.Contains(check.String(), tc.want) {
+			t.Errorf("%s: config check exit %d, %q; want %d, %q", name, code, check.String(), exitSetup, tc.want)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if code := runMain(ctx, []string{"run", "--config", cfg}, nil, io.Discard, &run); code != exitSetup {
+			t.Errorf("%s: run exit %d", name, code)
+		}
+		_, runMsg, _ := strings.Cut(run.String(), "atm-fleet run: ")
+		if !strings.HasSuffix(check.String(), runMsg) {
+			t.Errorf("%s: config check says %q, run %q", name, check.String(), runMsg)
+		}
+	}
+	// The unit's copies are not read outside it, and the check says so.
+	cfg := writeFile(t, filepath.Join(dir, "c.yaml"), "web: {users_file: /run/credentials/atm-fleet.service/users.yaml, session_key_file: "+key+"}\n", 0o644)
+	var out bytes.Buffer
+	if code := runMain(context.Background(), []string{"config", "check", cfg}, nil, &out, io.Discard); code != 0 ||
+		!strings.Contains(out.String(), cfg+": note: web.users_file: systemd's copies") {
+		t.Errorf("credential copy outside the unit: exit %d, %q", code, out.String())
 	}
 }

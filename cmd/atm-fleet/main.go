@@ -41,7 +41,7 @@ func main() {
 // are made from it, the flags of run and compact from their flag sets.
 var commands = []struct{ name, synopsis, summary string }{
 	{"run", "run --config FILE", "ingest + web dashboard until SIGINT/SIGTERM; SIGHUP (systemctl reload) rereads the users file"},
-	{"config check", "config check [--credentials-from DIR] FILE", "validate a config (strict: unknown keys are errors) and read the files it names; --credentials-from: check the sources of the unit's credentials too (run as root)"},
+	{"config check", "config check [--credentials-from DIR] FILE", "validate a config (strict: unknown keys are errors, with their line and the key meant) and read every file it names as run does at start (users file, session key, keys, TLS, DSN): exit 78 on what run would refuse, with run's message; --credentials-from: read the unit's credentials at their sources (run as root)"},
 	{"config default", "config default", "print the default config"},
 	{"config get", "config get FILE KEY", "print one value of a config, dotted (web.listen), defaults included"},
 	{"users check", "users check [--reload PID] FILE", "check a users file as run does and list each user's role and sites: exit 0 if it lists a user, 78 if none or if it is refused; --reload: then send the service PID SIGHUP, whatever the check found (the unit's ExecReload=)"},
@@ -71,6 +71,9 @@ func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usageText)
 		return 2
+	}
+	if helpAsked(args[1:]) {
+		stderr = stdout // help goes to stdout, exit 0, for every command (docs/operations.md)
 	}
 	var err error
 	switch args[0] {
@@ -137,8 +140,42 @@ func configCheckFlags(stderr io.Writer) (*flag.FlagSet, *string) {
 	return fs, creds
 }
 
+// helpAsked: -h or --help among args (before a "--").
+func helpAsked(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--help":
+			return true
+		}
+	}
+	return false
+}
+
+// commandHelp prints the synopsis and summary of the commands of group
+// (config, users), or of the one args names, and returns flag.ErrHelp.
+func commandHelp(w io.Writer, group string, args []string) error {
+	prefix := group
+	if len(args) > 0 && slices.ContainsFunc(commands, func(c struct{ name, synopsis, summary string }) bool { return c.name == group+" "+args[0] }) {
+		prefix = group + " " + args[0]
+	}
+	for _, c := range commands {
+		if c.name == prefix || strings.HasPrefix(c.name, prefix+" ") {
+			fmt.Fprintf(w, "usage: atm-fleet %s\n  %s\n", c.synopsis, c.summary)
+		}
+	}
+	if prefix == "users check" {
+		fmt.Fprintln(w, usersFormat)
+	}
+	return flag.ErrHelp
+}
+
 func cmdConfig(args []string, stdout, stderr io.Writer) error {
 	const usage = usageError("atm-fleet config check [--credentials-from DIR] FILE | atm-fleet config default | atm-fleet config get FILE KEY")
+	if helpAsked(args) && (len(args) == 0 || args[0] != "check") {
+		return commandHelp(stdout, "config", args)
+	}
 	switch {
 	case len(args) >= 1 && args[0] == "check":
 		fs, creds := configCheckFlags(stderr)
@@ -151,20 +188,22 @@ func cmdConfig(args []string, stdout, stderr io.Writer) error {
 		file := fs.Arg(0)
 		cfg, err := service.LoadConfig(file)
 		if err != nil {
-			return err
+			return &service.SetupError{Err: err}
 		}
 		if *creds != "" {
 			cfg = cfg.WithCredentialSources(*creds)
-			if err := cfg.CheckSecrets(); err != nil {
-				return &service.SetupError{Err: err}
-			}
 		}
-		warnings, err := cfg.CheckFiles()
+		// What run refuses before it opens the store, by the same code.
+		warnings, skipped, err := cfg.Check()
+		for _, w := range warnings {
+			fmt.Fprintf(stdout, "%s: warning: %s\n", file, w)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", file, err)
 		}
-		for _, w := range warnings {
-			fmt.Fprintf(stdout, "%s: warning: %s\n", file, w)
+		if len(skipped) > 0 {
+			fmt.Fprintf(stdout, "%s: note: %s: systemd's copies, made while the service runs, not read here (--credentials-from DIR reads their sources)\n",
+				file, strings.Join(skipped, ", "))
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", file)
 		return nil
@@ -224,6 +263,9 @@ func configValue(cfg service.Config, key string) (string, error) {
 // says how its last reload went; the exit status is the check's, so
 // `systemctl reload` fails on a file a start would refuse.
 func cmdUsers(args []string, stdout, stderr io.Writer) error {
+	if helpAsked(args) {
+		return commandHelp(stdout, "users", args)
+	}
 	const usage = usageError("atm-fleet users check [--reload PID] FILE")
 	if len(args) == 0 || args[0] != "check" {
 		return usage

@@ -61,11 +61,11 @@ func TestConfigCheckCommandKey(t *testing.T) {
 	pemb, _ := wire.MarshalPrivateKeyPEM(priv)
 	key := filepath.Join(dir, "central.key")
 	os.WriteFile(key, pemb, 0o644)
-	users := filepath.Join(dir, "users.yaml")
+	users := writeUsers(t, dir)
 	cfgPath := filepath.Join(dir, "config.yaml")
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf("web: {users_file: %s}\ncommands: {enabled: true, private_key_file: %s}\n", users, key)), 0o644)
 	var errb strings.Builder
-	if code := runMain(context.Background(), []string{"config", "check", cfgPath}, nil, io.Discard, &errb); code != 1 ||
+	if code := runMain(context.Background(), []string{"config", "check", cfgPath}, nil, io.Discard, &errb); code != exitSetup ||
 		!strings.Contains(errb.String(), "command key "+key+": permissions 0644 are too open") || !strings.Contains(errb.String(), "chmod 0600") {
 		t.Errorf("a key readable by all: exit %d, %q", code, errb.String())
 	}
@@ -76,7 +76,7 @@ func TestConfigCheckCommandKey(t *testing.T) {
 	}
 	os.WriteFile(key, []byte("not a key"), 0o600)
 	errb.Reset()
-	if code := runMain(context.Background(), []string{"config", "check", cfgPath}, nil, io.Discard, &errb); code != 1 || !strings.Contains(errb.String(), "PRIVATE KEY") {
+	if code := runMain(context.Background(), []string{"config", "check", cfgPath}, nil, io.Discard, &errb); code != exitSetup || !strings.Contains(errb.String(), "PRIVATE KEY") {
 		t.Errorf("not a key: exit %d, %q", code, errb.String())
 	}
 }

@@ -185,14 +185,66 @@ func (c Config) CheckFiles() (warnings []string, err error) {
 	return warnings, nil
 }
 
-// CheckSecrets loads the users file and the session key as run does
-// (owner, mode, at least one user, the key's length).
-func (c Config) CheckSecrets() error {
-	if _, err := web.LoadUsers(c.Web.UsersFile); err != nil {
-		return err
+// startup is what New reads before it opens the store.
+type startup struct {
+	users    web.Users
+	key      []byte
+	cmdKey   ed25519.PrivateKey
+	warnings []string // secret files group or others can read
+}
+
+// prepare validates c and reads every file it names, as a start does
+// before it opens the store: the files CheckFiles reads, the users file
+// (owner, mode, format, bcrypt hashes, at least one user), the session key
+// (owner, mode, length) and the command key. Each refusal is a
+// *SetupError. With skipCopies (a check outside the unit) a users file or
+// session key under /run/credentials/UNIT/ is not read: systemd makes that
+// copy only while the service runs. Its warnings are returned with an error too.
+func (c Config) prepare(skipCopies bool) (st startup, err error) {
+	if err := c.Validate(); err != nil {
+		return st, &SetupError{err}
 	}
-	_, err := web.LoadSessionKey(c.Web.SessionKeyFile)
-	return err
+	// What the config names (TLS files, password and DSN files): unreadable
+	// or missing, it is the operator's to fix, not a reason to restart.
+	if st.warnings, err = c.CheckFiles(); err != nil {
+		return st, &SetupError{err}
+	}
+	copied := func(p string) bool { return skipCopies && secretfile.CredentialID(p) != "" }
+	if !copied(c.Web.UsersFile) {
+		if st.users, err = web.LoadUsers(c.Web.UsersFile); err != nil {
+			return st, &SetupError{err}
+		}
+	}
+	if !copied(c.Web.SessionKeyFile) {
+		if st.key, err = web.LoadSessionKey(c.Web.SessionKeyFile); err != nil {
+			return st, &SetupError{err}
+		}
+	}
+	if c.Commands.Enabled {
+		if st.cmdKey, err = command.LoadKey(c.Commands.PrivateKeyFile); err != nil {
+			return st, &SetupError{err}
+		}
+	}
+	return st, nil
+}
+
+// Check is `atm-fleet config check`: everything a start refuses before it
+// opens the store, by the same code (prepare) and with the same messages,
+// and the warnings a start logs. Outside the unit ($CREDENTIALS_DIRECTORY
+// unset) the files under /run/credentials/UNIT/ are systemd's copies,
+// made only while the service runs: they are not read (see
+// WithCredentialSources), and skipped lists their keys.
+func (c Config) Check() (warnings, skipped []string, err error) {
+	outside := os.Getenv("CREDENTIALS_DIRECTORY") == ""
+	if outside {
+		for _, f := range c.credentialFiles() {
+			if *f.path != "" && secretfile.CredentialID(*f.path) != "" {
+				skipped = append(skipped, f.key)
+			}
+		}
+	}
+	st, err := c.prepare(outside)
+	return st.warnings, skipped, err
 }
 
 // withoutCredentialCopies is c without the files it names under
@@ -219,14 +271,30 @@ func (c Config) withoutCredentialCopies() Config {
 // `config check --credentials-from` checks the operator's files, not the
 // private 0400 copies the service is handed.
 func (c Config) WithCredentialSources(dir string) Config {
-	for _, p := range []*string{&c.Web.UsersFile, &c.Web.SessionKeyFile, &c.Web.TLSCertFile, &c.Web.TLSKeyFile,
-		&c.MQTT.PasswordFile, &c.MQTT.TLS.CAFile, &c.MQTT.TLS.CertFile, &c.MQTT.TLS.KeyFile,
-		&c.Store.DSNFile, &c.Commands.PrivateKeyFile} {
-		if id := secretfile.CredentialID(*p); *p != "" && id != "" {
-			*p = filepath.Join(dir, id)
+	for _, f := range c.credentialFiles() {
+		if id := secretfile.CredentialID(*f.path); *f.path != "" && id != "" {
+			*f.path = filepath.Join(dir, id)
 		}
 	}
 	return c
+}
+
+// credentialFiles are the keys of c that name a file, which can be a
+// credential copy.
+func (c *Config) credentialFiles() []struct {
+	key  string
+	path *string
+} {
+	return []struct {
+		key  string
+		path *string
+	}{
+		{"web.users_file", &c.Web.UsersFile}, {"web.session_key_file", &c.Web.SessionKeyFile},
+		{"web.tls_cert_file", &c.Web.TLSCertFile}, {"web.tls_key_file", &c.Web.TLSKeyFile},
+		{"mqtt.password_file", &c.MQTT.PasswordFile}, {"mqtt.tls.ca_file", &c.MQTT.TLS.CAFile},
+		{"mqtt.tls.cert_file", &c.MQTT.TLS.CertFile}, {"mqtt.tls.key_file", &c.MQTT.TLS.KeyFile},
+		{"store.dsn_file", &c.Store.DSNFile}, {"commands.private_key_file", &c.Commands.PrivateKeyFile},
+	}
 }
 
 // Service is one running fleet instance: its store, ingest and web server.
@@ -253,32 +321,14 @@ func (e *SetupError) Unwrap() error { return e.Err }
 // builds the ingest and the web server. Close releases the store. What
 // the operator must fix is a *SetupError.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Service, err error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, &SetupError{err}
-	}
-	// What the config names (TLS files, password and DSN files): unreadable
-	// or missing, it is the operator's to fix, not a reason to restart.
-	warnings, err := cfg.CheckFiles()
-	if err != nil {
-		return nil, &SetupError{err}
-	}
-	for _, w := range warnings {
+	prep, err := cfg.prepare(false)
+	for _, w := range prep.warnings {
 		log.Warn("atm-fleet: " + w)
 	}
-	users, err := web.LoadUsers(cfg.Web.UsersFile)
 	if err != nil {
-		return nil, &SetupError{err}
+		return nil, err
 	}
-	key, err := web.LoadSessionKey(cfg.Web.SessionKeyFile)
-	if err != nil {
-		return nil, &SetupError{err}
-	}
-	var cmdKey ed25519.PrivateKey
-	if cfg.Commands.Enabled {
-		if cmdKey, err = command.LoadKey(cfg.Commands.PrivateKeyFile); err != nil {
-			return nil, &SetupError{err}
-		}
-	}
+	users, key, cmdKey := prep.users, prep.key, prep.cmdKey
 	s := &Service{cfg: cfg, log: log, ret: storage.Retention{History: cfg.Retention.History, Alerts: cfg.Retention.Alerts}}
 	if s.store, err = openStore(ctx, cfg.Store, log); err != nil {
 		return nil, err
