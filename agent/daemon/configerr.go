@@ -6,7 +6,6 @@ import (
 	"math"
 	"reflect"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,108 +14,25 @@ import (
 
 	"github.com/periocular/atm-agent/agent/rules"
 	"github.com/periocular/atm-agent/internal/durfmt"
-	"github.com/periocular/atm-agent/internal/suggest"
+	"github.com/periocular/atm-agent/internal/yamlkeys"
 )
 
 // The config file speaks in keys (`camera.burst_frames`), never in Go
 // types: yaml.v3's decode errors ("field x not found in type
 // camera.Config", "cannot unmarshal !!str `30d` into time.Duration") are
-// rewritten here with the key's path, a "did you mean" for a misspelt key
-// and what the value should look like. Durations also take days ("30d",
+// rewritten with the key's path, a "did you mean" for a misspelt key and
+// what the value should look like (internal/yamlkeys, which the fleet's
+// config uses too). Durations also take days ("30d",
 // "1d12h"), which Go's time.ParseDuration does not.
 
 var durationType = reflect.TypeOf(time.Duration(0))
-
-// keyPath is one position in the file: the dotted key and the Go type the
-// config decodes there (nil when the key is unknown).
-type keyPath struct {
-	path string
-	typ  reflect.Type
-}
-
-// yamlFields lists the yaml keys of struct type t (inline fields expanded).
-func yamlFields(t reflect.Type) map[string]reflect.Type {
-	out := map[string]reflect.Type{}
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if t.Kind() != reflect.Struct {
-		return out
-	}
-	for i := range t.NumField() {
-		f := t.Field(i)
-		tag := f.Tag.Get("yaml")
-		name, opts, _ := strings.Cut(tag, ",")
-		if name == "-" || (!f.IsExported() && !f.Anonymous) {
-			continue
-		}
-		if strings.Contains(opts, "inline") {
-			for k, v := range yamlFields(f.Type) {
-				out[k] = v
-			}
-			continue
-		}
-		if name == "" {
-			name = strings.ToLower(f.Name)
-		}
-		out[name] = f.Type
-	}
-	return out
-}
-
-// walkConfig visits every mapping key and scalar value of the document with
-// its dotted path and target type; fn gets the key node (nil for values in
-// sequences) and the value node.
-func walkConfig(n *yaml.Node, t reflect.Type, path string, fn func(key, val *yaml.Node, kp keyPath)) {
-	if n.Kind == yaml.DocumentNode {
-		for _, c := range n.Content {
-			walkConfig(c, t, path, fn)
-		}
-		return
-	}
-	for t != nil && t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	switch n.Kind {
-	case yaml.MappingNode:
-		var fields map[string]reflect.Type
-		if t != nil && t.Kind() == reflect.Struct {
-			fields = yamlFields(t)
-		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			p := k.Value
-			if path != "" {
-				p = path + "." + k.Value
-			}
-			var ft reflect.Type
-			if fields != nil {
-				ft = fields[k.Value]
-			} else if t != nil && t.Kind() == reflect.Map {
-				ft = t.Elem()
-			}
-			fn(k, v, keyPath{p, ft})
-			walkConfig(v, ft, p, fn)
-		}
-	case yaml.SequenceNode:
-		var et reflect.Type
-		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
-			et = t.Elem()
-		}
-		for i, c := range n.Content {
-			p := fmt.Sprintf("%s[%d]", path, i)
-			fn(nil, c, keyPath{p, et})
-			walkConfig(c, et, p, fn)
-		}
-	}
-}
 
 // fractionErrors lists the whole-number keys given a fraction (3.5), which
 // yaml.v3 would silently cut to 3; 3.0 is a whole number.
 func fractionErrors(doc *yaml.Node) []string {
 	var msgs []string
-	walkConfig(doc, reflect.TypeOf(Config{}), "", func(_, v *yaml.Node, kp keyPath) {
-		t := kp.typ
+	yamlkeys.Walk(doc, reflect.TypeOf(Config{}), func(_, v *yaml.Node, kp yamlkeys.KeyPath) {
+		t := kp.Type
 		for t != nil && t.Kind() == reflect.Pointer {
 			t = t.Elem()
 		}
@@ -132,7 +48,7 @@ func fractionErrors(doc *yaml.Node) []string {
 		if f, err := strconv.ParseFloat(v.Value, 64); err == nil && f == math.Trunc(f) {
 			return
 		}
-		msgs = append(msgs, fmt.Sprintf("line %d: %s: %q is not a whole number", v.Line, kp.path, v.Value))
+		msgs = append(msgs, fmt.Sprintf("line %d: %s: %q is not a whole number", v.Line, kp.Path, v.Value))
 	})
 	return msgs
 }
@@ -184,8 +100,8 @@ func rewriteDays(b []byte, doc *yaml.Node) []byte {
 		text         string
 	}
 	var rs []repl
-	walkConfig(doc, reflect.TypeOf(Config{}), "", func(_, v *yaml.Node, kp keyPath) {
-		if kp.typ != durationType || v.Kind != yaml.ScalarNode || !daysRE.MatchString(v.Value) {
+	yamlkeys.Walk(doc, reflect.TypeOf(Config{}), func(_, v *yaml.Node, kp yamlkeys.KeyPath) {
+		if kp.Type != durationType || v.Kind != yaml.ScalarNode || !daysRE.MatchString(v.Value) {
 			return
 		}
 		d, err := ParseDuration(v.Value)
@@ -230,141 +146,12 @@ func byteOffset(line string, col int) int {
 	return len(line)
 }
 
-var (
-	unknownFieldRE = regexp.MustCompile(`^line (\d+): field (\S+) not found in type \S+$`)
-	unmarshalRE    = regexp.MustCompile("^line (\\d+): cannot unmarshal !!(\\w+) `(.*)` into (\\S+)$")
-)
+// durationText is what a duration looks like in the agent's config.
+const durationText = `a duration (e.g. 500ms, 30s, 5m, 1h, 30d; at most 106751d)`
 
 // configError rewrites a yaml decode error in config terms.
 func configError(err error, doc *yaml.Node) error {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) || doc == nil {
-		return err
-	}
-	// What is at each line: the keys (for unknown fields) and the values.
-	type at struct {
-		kp     keyPath
-		parent string
-		value  string
-	}
-	byLine := map[int][]at{}
-	walkConfig(doc, reflect.TypeOf(Config{}), "", func(k, v *yaml.Node, kp keyPath) {
-		parent := kp.path[:max(0, strings.LastIndexAny(kp.path, ".["))]
-		if k != nil {
-			byLine[k.Line] = append(byLine[k.Line], at{kp: kp, parent: parent, value: v.Value})
-		}
-		if v.Kind == yaml.ScalarNode && (k == nil || v.Line != k.Line) {
-			byLine[v.Line] = append(byLine[v.Line], at{kp: kp, parent: parent, value: v.Value})
-		}
-	})
-	parentType := func(path string) reflect.Type {
-		var found reflect.Type
-		if path == "" {
-			return reflect.TypeOf(Config{})
-		}
-		walkConfig(doc, reflect.TypeOf(Config{}), "", func(_, _ *yaml.Node, kp keyPath) {
-			if kp.path == path {
-				found = kp.typ
-			}
-		})
-		return found
-	}
-	var msgs []string
-	for _, m := range te.Errors {
-		if u := unknownFieldRE.FindStringSubmatch(m); u != nil {
-			line, _ := strconv.Atoi(u[1])
-			key := u[2]
-			msg := fmt.Sprintf("line %d: %s: unknown key", line, key)
-			for _, a := range byLine[line] {
-				if a.kp.typ != nil || !strings.HasSuffix(a.kp.path, key) {
-					continue
-				}
-				msg = fmt.Sprintf("line %d: %s: unknown key", line, a.kp.path)
-				var names []string
-				for n := range yamlFields(parentType(a.parent)) {
-					names = append(names, n)
-				}
-				if s := suggest.Closest(key, names); s != "" {
-					p := s
-					if a.parent != "" {
-						p = a.parent + "." + s
-					}
-					msg += fmt.Sprintf(" (did you mean %s?)", p)
-				} else if a.parent != "" {
-					msg += fmt.Sprintf(" (%s has: %s)", a.parent, strings.Join(slices.Sorted(slices.Values(names)), ", "))
-				}
-				break
-			}
-			msgs = append(msgs, msg)
-			continue
-		}
-		if u := unmarshalRE.FindStringSubmatch(m); u != nil {
-			line, _ := strconv.Atoi(u[1])
-			val, goType := u[3], u[4]
-			path := ""
-			var typ reflect.Type
-			for _, a := range byLine[line] {
-				// Several keys can share a line ({a: 1, b: x}): the one
-				// holding the refused value.
-				if a.kp.typ != nil && (path == "" || a.value == val) {
-					path, typ = a.kp.path, a.kp.typ
-				}
-			}
-			want := describeType(typ, goType)
-			if path == "" {
-				msgs = append(msgs, fmt.Sprintf("line %d: %q is not %s", line, val, want))
-			} else {
-				msgs = append(msgs, fmt.Sprintf("line %d: %s: %q is not %s", line, path, val, want))
-			}
-			continue
-		}
-		msgs = append(msgs, m)
-	}
-	return errors.New(strings.Join(msgs, "\n  "))
-}
-
-// describeType says what a value of t looks like in the file.
-func describeType(t reflect.Type, goType string) string {
-	if t == durationType || goType == "time.Duration" {
-		return `a duration (e.g. 500ms, 30s, 5m, 1h, 30d; at most 106751d)`
-	}
-	kind := reflect.Invalid
-	if t != nil {
-		for t.Kind() == reflect.Pointer {
-			t = t.Elem()
-		}
-		kind = t.Kind()
-	} else {
-		switch {
-		case strings.HasPrefix(goType, "int"), strings.HasPrefix(goType, "uint"):
-			kind = reflect.Int
-		case strings.HasPrefix(goType, "float"):
-			kind = reflect.Float64
-		case goType == "bool":
-			kind = reflect.Bool
-		case goType == "string":
-			kind = reflect.String
-		case strings.HasPrefix(goType, "[]"):
-			kind = reflect.Slice
-		case strings.HasPrefix(goType, "map["):
-			kind = reflect.Map
-		}
-	}
-	switch kind {
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-		return "a whole number"
-	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		return "a whole number, 0 or more"
-	case reflect.Float32, reflect.Float64:
-		return "a number"
-	case reflect.Bool:
-		return "true or false"
-	case reflect.String:
-		return "a string"
-	case reflect.Slice, reflect.Array:
-		return "a list"
-	}
-	return "a section of key: value lines"
+	return yamlkeys.Explain(err, doc, reflect.TypeOf(Config{}), durationText)
 }
 
 var longDurationRE = regexp.MustCompile(`\b(\d+h\d+m[0-9.]+s|\d+m[0-9.]+s)\b`)

@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"gopkg.in/yaml.v3"
 
+	"github.com/periocular/atm-agent/internal/yamlkeys"
 	"github.com/periocular/atm-agent/sync/fleet/command"
 	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/secretfile"
@@ -77,11 +79,17 @@ func DefaultConfig() Config {
 }
 
 // ParseConfig decodes YAML strictly over the defaults and validates it.
+// Decode errors are told in the file's keys, with their line and the key
+// meant (yamlkeys.Explain, as the agent's config check does).
 func ParseConfig(b []byte) (Config, error) {
 	c := DefaultConfig()
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		var doc yaml.Node
+		if yaml.Unmarshal(b, &doc) == nil {
+			err = yamlkeys.Explain(err, &doc, reflect.TypeOf(Config{}), "a duration (e.g. 500ms, 30s, 5m, 1h)")
+		}
 		return c, fmt.Errorf("config: %w", err)
 	}
 	return c, c.Validate()
