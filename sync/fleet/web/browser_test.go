@@ -28,6 +28,7 @@ const browserPrefix = "atm/browser"
 type service struct {
 	st     *boltstore.Store
 	in     *ingest.Ingester
+	srv    *Server
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -71,7 +72,7 @@ func startServiceCommands(t *testing.T, dbPath, broker, addr string, key ed25519
 	}
 	ln := listenRetry(t, addr)
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &service{st: st, in: in, cancel: cancel, done: make(chan struct{})}
+	s := &service{st: st, in: in, srv: srv, cancel: cancel, done: make(chan struct{})}
 	inDone := make(chan struct{})
 	go func() { defer close(inDone); in.Run(ctx) }()
 	go func() {

@@ -55,6 +55,9 @@ type Config struct {
 	// SecureCookies marks cookies Secure even without TLSCertFile (TLS
 	// terminated by a reverse proxy).
 	SecureCookies bool `yaml:"secure_cookies"`
+	// StaleAfter: a device whose last status says online but from which
+	// nothing came for longer is shown stale (stale.go).
+	StaleAfter time.Duration `yaml:"stale_after"`
 	// ProxyAuth lets an authenticating reverse proxy sign users in.
 	ProxyAuth ProxyAuthConfig `yaml:"proxy_auth"`
 	// Hosts are the names (no port) a plain-HTTP request may carry in its
@@ -77,7 +80,7 @@ type ProxyAuthConfig struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Listen: "127.0.0.1:8080", SessionTTL: 12 * time.Hour}
+	return Config{Listen: "127.0.0.1:8080", SessionTTL: 12 * time.Hour, StaleAfter: DefaultStaleAfter}
 }
 
 // Validate checks the configuration.
@@ -103,6 +106,9 @@ func (c Config) Validate() error {
 	}
 	if c.SessionTTL < time.Minute || c.SessionTTL > 30*24*time.Hour {
 		return fmt.Errorf("web: session_ttl %v: want 1m..720h", c.SessionTTL)
+	}
+	if c.StaleAfter < time.Second || c.StaleAfter > 30*24*time.Hour {
+		return fmt.Errorf("web: stale_after %v: want 1s..720h (a few times the agents' mqtt.status_interval)", c.StaleAfter)
 	}
 	for _, h := range c.Hosts {
 		if h == "" || strings.ContainsAny(h, ":/ \t") {
@@ -653,10 +659,10 @@ type deviceRow struct {
 	SitePath, Path string
 }
 
-func rows(devs []storage.Device) []deviceRow {
+func (s *Server) rows(devs []storage.Device) []deviceRow {
 	out := make([]deviceRow, len(devs))
 	for i, d := range devs {
-		out[i] = deviceRow{Site: d.Site, Name: d.Device, State: d.State(), HasStatus: d.Status != nil,
+		out[i] = deviceRow{Site: d.Site, Name: d.Device, State: s.shownState(d), HasStatus: d.Status != nil,
 			StatusReceived: d.StatusReceived, CameraOK: d.CameraOK(), Backlog: d.Backlog(), HasSummary: d.Summary != nil,
 			OpenAlerts: d.OpenAlerts, MaxSeq: d.MaxSeq, Gaps: d.Gaps(), Behind: d.Behind(),
 			Path: "/devices/" + pathSeg(d.Site) + "/" + pathSeg(d.Device)}
@@ -752,7 +758,7 @@ func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) {
 	}
 	f := fleetQueryOf(r.URL.Query())
 	var sites []string
-	all := rows(devs)
+	all := s.rows(devs)
 	var shown []deviceRow
 	online, offline, open := 0, 0, 0
 	for _, d := range all {
@@ -1084,13 +1090,15 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 		base
 		ReplyKey  *apiReplyKey
 		D         storage.Device
+		State     string // shownState
+		LastHeard time.Time
 		Chart     template.HTML
 		Hourly    []HourBar
 		IDs       []wire.IdentityCounts
 		MaskShare string
 		Alerts    []storage.Alert
 		Next      string
-	}{s.base(r, dev+" · "+site, "fleet"), key, d, VisitsPerHourSVG(HourlyVisits(pts, now, 48)), HourlyVisits(pts, now, 48), ids, maskShare,
+	}{s.base(r, dev+" · "+site, "fleet"), key, d, s.shownState(d), lastHeard(d), VisitsPerHourSVG(HourlyVisits(pts, now, 48)), HourlyVisits(pts, now, 48), ids, maskShare,
 		alerts, r.URL.RequestURI()})
 }
 
@@ -1414,6 +1422,8 @@ type apiDevice struct {
 	Rejected     uint64        `json:"rejected"`
 	Behind       uint64        `json:"behind"`
 	LastReceived time.Time     `json:"last_received,omitzero"`
+	Stale        bool          `json:"stale"`               // set by apiDeviceOf
+	LastHeard    time.Time     `json:"last_heard,omitzero"` // set by apiDeviceOf
 	Status       *wire.Status  `json:"status"`
 	Summary      *wire.Summary `json:"summary"`
 }
@@ -1549,7 +1559,7 @@ func (s *Server) apiDevices(w http.ResponseWriter, r *http.Request) {
 		if len(out) == limit {
 			break
 		}
-		out = append(out, toAPI(d))
+		out = append(out, s.apiDeviceOf(d))
 	}
 	writeJSON(w, out)
 }
@@ -1583,7 +1593,7 @@ func (s *Server) apiDevice(w http.ResponseWriter, r *http.Request) {
 		apiDevice
 		Hourly   []HourBar    `json:"visits_per_hour"`
 		ReplyKey *apiReplyKey `json:"reply_key"`
-	}{toAPI(d), HourlyVisits(pts, now, 48), key})
+	}{s.apiDeviceOf(d), HourlyVisits(pts, now, 48), key})
 }
 
 func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
