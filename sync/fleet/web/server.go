@@ -32,6 +32,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/periocular/atm-agent/internal/durfmt"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -222,6 +223,9 @@ var funcs = template.FuncMap{
 	},
 	"path":  pathSeg,
 	"query": queryURL,
+	// window shows an alert's window as the agent's config writes it
+	// ("24h", "7d"), not as it travels ("24h0m0s").
+	"window": durfmt.Window,
 	// sim shows a similarity (-1..1) with two decimals, "-" when absent.
 	"sim": func(v *float64) string {
 		if v == nil {

@@ -847,7 +847,8 @@ func TestFleetSortHugeGaps(t *testing.T) {
 // TestFleetAlertCountLinksAndNoteLabel: the fleet page's alert count, which
 // counts open and acknowledged alerts, says "active" (the alerts page's
 // name for exactly those) and links to the alerts of the selected site;
-// every note field on the alerts page has an accessible name.
+// every note field on the alerts page has an accessible name; the alert's
+// window reads as the config writes it.
 func TestFleetAlertCountLinksAndNoteLabel(t *testing.T) {
 	st := openBolt(t)
 	seed(t, st)
@@ -858,6 +859,9 @@ func TestFleetAlertCountLinksAndNoteLabel(t *testing.T) {
 		t.Errorf("fleet page of lyon-07: no count of active alerts linking to the site's alerts")
 	}
 	_, body := c.get("/alerts")
+	if !strings.Contains(body, "<td>24h</td>") || strings.Contains(body, "24h0m0s") {
+		t.Errorf("the alert's window is not shown as the config writes it (24h)")
+	}
 	notes := regexp.MustCompile(`<input name="note"[^>]*>`).FindAllString(body, -1)
 	if len(notes) == 0 {
 		t.Fatal("no note field")
