@@ -176,7 +176,7 @@ func TestUsageAndHelp(t *testing.T) {
 		"--help": "atm-fleet run --config FILE", "run --help": "-config", "compact -h": "-wait",
 		"config --help": "atm-fleet config get FILE KEY", "config check --help": "-credentials-from",
 		"config get --help": "atm-fleet config get FILE KEY", "config default --help": "atm-fleet config default",
-		"users --help": "atm-fleet users check FILE", "users check --help": "password_hash", "passwd -h": "usage: atm-fleet passwd",
+		"users --help": "atm-fleet users check [--reload PID] FILE", "devices --help": "atm-fleet devices key set", "devices key list --help": "atm-fleet devices key list", "users check --help": "password_hash", "passwd -h": "usage: atm-fleet passwd",
 	} {
 		var out, errb bytes.Buffer
 		if code := runMain(context.Background(), strings.Fields(args), strings.NewReader(""), &out, &errb); code != 0 || !strings.Contains(out.String(), want) || errb.Len() > 0 {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/periocular/atm-agent/internal/regfile"
 	"github.com/periocular/atm-agent/sync/fleet/service"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -20,6 +21,9 @@ import (
 // cmdDevices is `atm-fleet devices key set|list|remove`: the pinned keys
 // that sign each device's command replies (docs/fleet.md, "Device keys").
 func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if helpAsked(args) {
+		return commandHelp(stdout, "devices", args)
+	}
 	if len(args) < 2 || args[0] != "key" {
 		return usageError("usage: atm-fleet devices key set|list|remove [--config FILE] ...")
 	}
@@ -66,6 +70,13 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		fmt.Fprintf(stdout, "%s/%s: pinned %s\n", k.Site, k.Device, wire.Fingerprint(pub))
+		// Pinning before a device's first message is allowed (a new ATM),
+		// but a misspelt name would leave the real one unauthenticated.
+		if _, err := st.Device(ctx, k.Site, k.Device); errors.Is(err, storage.ErrNotFound) {
+			fmt.Fprintf(stderr, "warning: the fleet has not heard from %s/%s yet: check the site and device names (compared byte for byte, case included) against the device list; the pin applies once that device publishes under exactly these names\n", k.Site, k.Device)
+		} else if err != nil {
+			return err
+		}
 	case "remove":
 		if err := st.RemoveDeviceKey(ctx, fs.Arg(0), fs.Arg(1)); err != nil {
 			return err
@@ -90,7 +101,7 @@ func readDeviceKey(arg string) (ed25519.PublicKey, error) {
 	if k, err := wire.ParsePublicKey([]byte(arg)); err == nil {
 		return k, nil
 	}
-	b, err := os.ReadFile(arg)
+	b, err := readSmall(arg)
 	if errors.Is(err, os.ErrNotExist) && !strings.ContainsAny(arg, "/.") {
 		return nil, fmt.Errorf("%q is neither a public key (base64 of 32 bytes) nor a file", arg)
 	}
@@ -102,6 +113,22 @@ func readDeviceKey(arg string) (ed25519.PublicKey, error) {
 		return nil, fmt.Errorf("%s: %w", arg, err)
 	}
 	return k, nil
+}
+
+// readSmall reads a key file: a regular file (a device or a pipe would be
+// read for ever) of at most 64 KiB.
+func readSmall(path string) ([]byte, error) {
+	f, err := regfile.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	const limit = 64 << 10
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err == nil && len(b) > limit {
+		err = fmt.Errorf("%s: over %d bytes: not a public key file", path, limit)
+	}
+	return b, err
 }
 
 // whoami names who pinned a key: the login (SUDO_USER under sudo).

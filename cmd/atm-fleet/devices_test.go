@@ -33,13 +33,19 @@ func TestDevicesKeyCommands(t *testing.T) {
 	pemBytes, _ := wire.MarshalPublicKeyPEM(k2)
 	os.WriteFile(pemFile, pemBytes, 0o644)
 
-	if code, out, errs := run("set", "lyon-07", "atm-1", wire.EncodePublicKey(k1)); code != 0 || !strings.Contains(out, wire.Fingerprint(k1)) {
+	code, out, errs := run("set", "lyon-07", "atm-1", wire.EncodePublicKey(k1))
+	if code != 0 || !strings.Contains(out, wire.Fingerprint(k1)) {
 		t.Fatalf("set: %d %q %q", code, out, errs)
+	}
+	// The fleet has heard from no device: the pin holds, with a warning
+	// about the names.
+	if !strings.Contains(errs, "warning: the fleet has not heard from lyon-07/atm-1 yet") {
+		t.Errorf("pin of an unknown device without a warning: %q", errs)
 	}
 	if code, _, errs := run("set", "lyon-07", "atm-2", pemFile); code != 0 {
 		t.Fatalf("set from a PEM file: %d %q", code, errs)
 	}
-	code, out, _ := run("list")
+	code, out, _ = run("list")
 	if code != 0 || !strings.Contains(out, "lyon-07\tatm-1\t"+wire.Fingerprint(k1)) || !strings.Contains(out, "lyon-07\tatm-2\t"+wire.Fingerprint(k2)) {
 		t.Errorf("list: %d %q", code, out)
 	}
@@ -59,8 +65,13 @@ func TestDevicesKeyCommands(t *testing.T) {
 	if _, out, _ := run("list"); strings.Contains(out, "atm-1") || !strings.Contains(out, "atm-2") {
 		t.Errorf("list after remove: %q", out)
 	}
+	huge := filepath.Join(dir, "huge.pub")
+	os.WriteFile(huge, bytes.Repeat([]byte("A"), 1<<20), 0o644)
 	for name, args := range map[string][]string{
 		"short key":    {"set", "lyon-07", "atm-3", "AAAA"},
+		"weak key":     {"set", "lyon-07", "atm-3", "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}, // the identity point
+		"a device":     {"set", "lyon-07", "atm-3", "/dev/zero"},
+		"a huge file":  {"set", "lyon-07", "atm-3", huge},
 		"no such file": {"set", "lyon-07", "atm-3", "/nonexistent/k.pub"},
 		"wildcard":     {"set", "lyon-07", "+", wire.EncodePublicKey(k1)},
 		"missing arg":  {"set", "lyon-07", "atm-3"},

@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"filippo.io/edwards25519"
 )
 
 // Signed commands (command schema version 2).
@@ -171,7 +173,7 @@ func ParsePublicKey(b []byte) (ed25519.PublicKey, error) {
 		if !ok {
 			return nil, fmt.Errorf("public key is %T, want Ed25519", k)
 		}
-		return pk, nil
+		return pk, checkPoint(pk)
 	}
 	raw, err := base64.StdEncoding.Strict().DecodeString(strings.TrimSpace(string(b)))
 	if err != nil {
@@ -180,7 +182,23 @@ func ParsePublicKey(b []byte) (ed25519.PublicKey, error) {
 	if len(raw) != ed25519.PublicKeySize {
 		return nil, fmt.Errorf("%d bytes, an Ed25519 public key has %d", len(raw), ed25519.PublicKeySize)
 	}
-	return ed25519.PublicKey(raw), nil
+	return ed25519.PublicKey(raw), checkPoint(raw)
+}
+
+// checkPoint refuses a public key that is not a point of the curve or is
+// of small order (the identity, the all-zero encoding and the other six
+// points the cofactor 8 kills): with such a key one constant signature
+// verifies on every message, so pinning or configuring it would let
+// anyone sign. A key made by ed25519.GenerateKey is never one.
+func checkPoint(k []byte) error {
+	p, err := new(edwards25519.Point).SetBytes(k)
+	if err != nil {
+		return errors.New("not a point of the Ed25519 curve: not a public key")
+	}
+	if new(edwards25519.Point).MultByCofactor(p).Equal(edwards25519.NewIdentityPoint()) == 1 {
+		return errors.New("a small-order point (one signature would verify on every message): not a usable public key")
+	}
+	return nil
 }
 
 // ParsePrivateKey reads an Ed25519 private key in PKCS#8 PEM.

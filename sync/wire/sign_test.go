@@ -3,8 +3,10 @@ package wire
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"os"
 	"os/exec"
@@ -176,4 +178,39 @@ func FuzzOpenSignedCommand(f *testing.F) {
 			t.Fatal("accepted a payload the signature does not cover")
 		}
 	})
+}
+
+// A public key that is not a curve point, or is of small order (with which
+// one constant signature verifies on every message), is refused wherever a
+// key is read: the agent's command keys and the fleet's pinned device keys.
+func TestParsePublicKeyRefusesWeakPoints(t *testing.T) {
+	identity := make([]byte, 32)
+	identity[0] = 1
+	zero := make([]byte, 32)
+	order2 := bytes.Repeat([]byte{0xff}, 32) // p-1: the point of order 2 (y = -1)
+	order2[0], order2[31] = 0xec, 0x7f
+	notOnCurve := make([]byte, 32)
+	notOnCurve[0] = 2 // y = 2 has no x on the curve
+	for name, k := range map[string][]byte{"identity": identity, "zero": zero, "order 2": order2, "not a point": notOnCurve} {
+		if _, err := ParsePublicKey([]byte(base64.StdEncoding.EncodeToString(k))); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+		der, _ := x509.MarshalPKIXPublicKey(ed25519.PublicKey(k))
+		if _, err := ParsePublicKey(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})); err == nil {
+			t.Errorf("%s as PEM: accepted", name)
+		}
+	}
+	// The forgery the check prevents: with the identity point as the
+	// key, R = identity and S = 0 verify on any message.
+	sig := make([]byte, 64)
+	sig[0] = 1
+	if !ed25519.Verify(ed25519.PublicKey(identity), []byte("any reply"), sig) {
+		t.Fatal("the weak key's forgery does not verify: the test no longer shows the risk")
+	}
+	for range 20 {
+		pub, _, _ := ed25519.GenerateKey(nil)
+		if _, err := ParsePublicKey([]byte(base64.StdEncoding.EncodeToString(pub))); err != nil {
+			t.Fatalf("a generated key refused: %v", err)
+		}
+	}
 }
