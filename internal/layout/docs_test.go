@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -63,6 +64,32 @@ func TestShippedDocsAreWhole(t *testing.T) {
 				if !shipped[m[1]] {
 					t.Errorf("%s: the shipped %s names %s, which the package does not ship", cfg, page, m[1])
 				}
+			}
+		}
+	}
+}
+
+// Every Go module a package's binary links is named in that package's
+// copyright file (DEP-5), as Debian expects of a statically linked
+// binary: a new dependency cannot ship unlisted.
+func TestCopyrightNamesEveryLinkedModule(t *testing.T) {
+	root := testenv.Root()
+	for bin, file := range map[string]string{"atm-agent": "copyright", "atm-fleet": "copyright-fleet", "atm-tools": "copyright-tools"} {
+		text, err := os.ReadFile(filepath.Join(root, "scripts", "packaging", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mods := goList(t, "-deps", "-f", "{{with .Module}}{{if not .Main}}{{.Path}}{{end}}{{end}}", "./cmd/"+bin)
+		slices.Sort(mods)
+		mods = slices.Compact(mods)
+		if len(mods) == 0 {
+			t.Fatalf("%s links no module: go list found nothing", bin)
+		}
+		for _, m := range mods {
+			name := regexp.MustCompile(`/v[0-9]+$`).ReplaceAllString(m, "")
+			short := strings.TrimPrefix(name, "golang.org/") // listed as "golang.org/x/image, x/net, ..."
+			if !strings.Contains(string(text), name) && !strings.Contains(string(text), " "+short) {
+				t.Errorf("%s links %s, which scripts/packaging/%s does not name", bin, m, file)
 			}
 		}
 	}
