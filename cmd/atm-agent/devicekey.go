@@ -5,12 +5,9 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/internal/cli"
-	"github.com/periocular/atm-agent/internal/fileops"
 	"github.com/periocular/atm-agent/internal/paths"
 	"github.com/periocular/atm-agent/sync/mqttsync"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -54,20 +51,11 @@ func deviceKeyInit(_ context.Context, env *cli.Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	k, err := mqttsync.InitDeviceKey(path)
-	if err != nil {
-		return err
-	}
 	// Made by root (the package's postinst, an operator): the agent's
 	// user, who owns the folder, must read it.
-	if os.Geteuid() == 0 {
-		if fi, err := os.Stat(filepath.Dir(path)); err == nil {
-			if uid, gid, ok := fileops.Owner(fi); ok && uid != 0 {
-				if err := os.Chown(path, uid, gid); err != nil {
-					return fmt.Errorf("device key: %w", err)
-				}
-			}
-		}
+	k, err := mqttsync.InitDeviceKey(path, true)
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(env.Stderr, "atm-agent: made %s (mode 0600)\n", path)
 	return printDeviceKey(env, k.Public().(ed25519.PublicKey), site, device)

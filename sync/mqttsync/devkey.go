@@ -60,8 +60,12 @@ func LoadDeviceKey(path string) (ed25519.PrivateKey, error) {
 
 // InitDeviceKey makes a new device key at path (mode 0600) and returns it.
 // It never replaces a file: an existing one is an error (fs.ErrExist). The
-// key reaches the disk before its name does.
-func InitDeviceKey(path string) (ed25519.PrivateKey, error) {
+// key reaches the disk before its name does. With ownFolder, run as root
+// (the package's postinst, an operator), the key is given to the folder's
+// owner, the agent's user, who must read it: on the open file, before it
+// has its name, never by path, which the folder's owner could meanwhile
+// point at another file (root would then hand that file to them).
+func InitDeviceKey(path string, ownFolder bool) (ed25519.PrivateKey, error) {
 	if _, err := os.Lstat(path); err == nil {
 		return nil, fmt.Errorf("device key %s: %w: not replaced (a new key must be pinned at the fleet again)", path, fs.ErrExist)
 	}
@@ -81,6 +85,14 @@ func InitDeviceKey(path string) (ed25519.PrivateKey, error) {
 	}
 	defer os.Remove(tmp.Name())
 	err = tmp.Chmod(0o600)
+	if err == nil && ownFolder && os.Geteuid() == 0 {
+		var fi os.FileInfo
+		if fi, err = os.Stat(dir); err == nil {
+			if uid, gid, ok := fileops.Owner(fi); ok && uid != 0 {
+				err = tmp.Chown(uid, gid)
+			}
+		}
+	}
 	if err == nil {
 		_, err = tmp.Write(pemBytes)
 	}
@@ -107,7 +119,7 @@ func InitDeviceKey(path string) (ed25519.PrivateKey, error) {
 func (c CommandsConfig) deviceKey() (k ed25519.PrivateKey, made bool, err error) {
 	k, err = LoadDeviceKey(c.DeviceKeyFile)
 	if errors.Is(err, ErrNoDeviceKey) && c.CreateDeviceKey {
-		k, err = InitDeviceKey(c.DeviceKeyFile)
+		k, err = InitDeviceKey(c.DeviceKeyFile, false)
 		return k, err == nil, err
 	}
 	return k, false, err

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -17,7 +18,7 @@ func TestDeviceKeyFile(t *testing.T) {
 	if _, err := LoadDeviceKey(p); !errors.Is(err, ErrNoDeviceKey) || !strings.Contains(err.Error(), "atm-agent device-key init") {
 		t.Errorf("missing: %v", err)
 	}
-	k, err := InitDeviceKey(p)
+	k, err := InitDeviceKey(p, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +29,7 @@ func TestDeviceKeyFile(t *testing.T) {
 	if err != nil || !got.Equal(k) {
 		t.Fatalf("load: %v", err)
 	}
-	if _, err := InitDeviceKey(p); !errors.Is(err, fs.ErrExist) {
+	if _, err := InitDeviceKey(p, false); !errors.Is(err, fs.ErrExist) {
 		t.Errorf("init over an existing key: %v", err)
 	}
 	if again, _ := LoadDeviceKey(p); !again.Equal(k) {
@@ -79,5 +80,49 @@ func TestDeviceKeyFile(t *testing.T) {
 	again, ok, err := c.deviceKey()
 	if err != nil || ok || !again.Equal(made) {
 		t.Errorf("second start: made %v, %v", ok, err)
+	}
+}
+
+// Made by root for the agent (ownFolder), the key belongs to its folder's
+// owner, given on the open file before it has its name; a link the
+// folder's owner put at the key's path is refused, and the file it points
+// at keeps its owner (root's init never changes an owner by path).
+func TestInitDeviceKeyAsRootForTheFolderOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	const nobody = 65534
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "device.key")
+	if _, err := InitDeviceKey(p, true); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != nobody || st.Gid != nobody || fi.Mode().Perm() != 0o600 {
+		t.Errorf("key owned by %d:%d mode %v, want %d:%d 0600", st.Uid, st.Gid, fi.Mode().Perm(), nobody, nobody)
+	}
+
+	victim := filepath.Join(t.TempDir(), "root-only")
+	if err := os.WriteFile(victim, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p2 := filepath.Join(dir, "other.key")
+	if err := os.Symlink(victim, p2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := InitDeviceKey(p2, true); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("a link at the key's path: %v, want refused", err)
+	}
+	if fi, _ := os.Stat(victim); fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Error("the link's target changed owner")
 	}
 }

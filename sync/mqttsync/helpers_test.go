@@ -431,7 +431,7 @@ func (s *signer) enable(t testing.TB, cfg *Config) {
 	cfg.Commands.PublicKeys = []CommandKey{{Name: "test", Key: base64.StdEncoding.EncodeToString(s.pub)}}
 	cfg.Commands.DeviceKeyFile = filepath.Join(s.dir, "device.key")
 	if s.device == nil {
-		k, err := InitDeviceKey(cfg.Commands.DeviceKeyFile)
+		k, err := InitDeviceKey(cfg.Commands.DeviceKeyFile, false)
 		if err != nil {
 			t.Fatal(err)
 		}
