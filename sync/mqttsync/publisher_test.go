@@ -433,6 +433,8 @@ func TestConfigWarnings(t *testing.T) {
 // Deps.Ready wakes the drain at once: with a one-minute DrainInterval a
 // message added after the first drain arrives only through the signal.
 func TestReadySignalDrains(t *testing.T) {
+	statusCheck = time.Hour // its tick would drain within the window below
+	t.Cleanup(func() { statusCheck = StatusCheck })
 	broker := startMochi(t)
 	col := newCollector(t, broker, "col", "atm/test/#", false, nil)
 	ob := &memOutbox{}
@@ -440,7 +442,9 @@ func TestReadySignalDrains(t *testing.T) {
 	cfg.DrainInterval = time.Minute
 	ready := make(chan struct{}, 1)
 	p, _, _ := runPublisher(t, cfg, Deps{Outbox: ob, Ready: ready})
-	waitFor(t, 5*time.Second, "connected", func() bool { return p.Stats().Connected })
+	// The online status follows the drain the connection woke: after it,
+	// only a signal or the minute's tick drains.
+	waitFor(t, 5*time.Second, "connected and drained once", func() bool { return p.Stats().StatusPublished > 0 })
 	ob.Add(wire.KindAlert, time.Now(), payload(t, wire.KindAlert, 1, time.Now()))
 	time.Sleep(300 * time.Millisecond)
 	if n := report(t, col.snapshot(), 1).Unique; n != 0 {
