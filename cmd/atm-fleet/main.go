@@ -44,7 +44,7 @@ var commands = []struct{ name, synopsis, summary string }{
 	{"config check", "config check [--credentials-from DIR] FILE", "validate a config (strict: unknown keys are errors, with their line and the key meant) and read every file it names as run does at start (users file, session key, keys, TLS, DSN): exit 78 on what run would refuse, with run's message; --credentials-from: read the unit's credentials at their sources (run as root)"},
 	{"config default", "config default", "print the default config"},
 	{"config get", "config get FILE KEY", "print one value of a config, dotted (web.listen), defaults included"},
-	{"users check", "users check [--reload PID] FILE", "check a users file as run does and list each user's role and sites: exit 0 if it lists a user, 78 if none or if it is refused; --reload: then send the service PID SIGHUP, whatever the check found (the unit's ExecReload=)"},
+	{"users check", "users check [--reload PID] FILE", "check a users file as run does and list each user's role and sites: exit 0 if it lists a user, 78 if none or if it is refused; --reload: then send the service PID SIGHUP, whatever the check found, if PID is atm-fleet run (the unit's ExecReload=; any other process: exit 1, not signalled)"},
 	{"devices key set", "devices key set [--config FILE] SITE DEVICE FILE|KEY", "pin the public key that signs a device's command replies (atm-agent device-key show prints it; a file: PEM or base64); replaces the one pinned before"},
 	{"devices key list", "devices key list [--config FILE]", "list the pinned device keys (site, device, fingerprint, when and by whom)"},
 	{"devices key remove", "devices key remove [--config FILE] SITE DEVICE", "unpin a device's key: its replies are taken unauthenticated again (refused with commands.require_signed_replies)"},
@@ -258,7 +258,8 @@ func configValue(cfg service.Config, key string) (string, error) {
 
 // cmdUsers: `users check FILE` loads a users file as run does. With
 // --reload PID (the unit's ExecReload=, as root) it then sends the running
-// service SIGHUP, whether the check passed or not: the service rereads its
+// service SIGHUP, whether the check passed or not, if PID is atm-fleet run
+// (checkFleetRun; any other process: exit 1, nothing signalled): the service rereads its
 // copy with the same checks, keeps its users if they fail, and /healthz
 // says how its last reload went; the exit status is the check's, so
 // `systemctl reload` fails on a file a start would refuse.
@@ -272,7 +273,7 @@ func cmdUsers(args []string, stdout, stderr io.Writer) error {
 	}
 	fs := flag.NewFlagSet("users check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	pid := fs.Int("reload", 0, "then send the service with this process id SIGHUP (it rereads the users file), whatever the check found")
+	pid := fs.Int("reload", 0, "then send the service with this process id SIGHUP (it rereads the users file), whatever the check found; only a process that is atm-fleet run")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -282,6 +283,12 @@ func cmdUsers(args []string, stdout, stderr io.Writer) error {
 	file := fs.Arg(0)
 	users, err := web.LoadUsers(file)
 	if *pid > 0 {
+		if perr := checkFleetRun(*pid); perr != nil {
+			if err != nil {
+				fmt.Fprintf(stderr, "atm-fleet users: %v\n", err)
+			}
+			return fmt.Errorf("reload: %w", perr)
+		}
 		if serr := syscall.Kill(*pid, syscall.SIGHUP); serr != nil {
 			return fmt.Errorf("reload: signal process %d: %w", *pid, serr)
 		}

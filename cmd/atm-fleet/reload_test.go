@@ -167,3 +167,45 @@ web: {listen: "127.0.0.1:%d", users_file: %s}
 		t.Fatal("no exit 15 s after SIGTERM")
 	}
 }
+
+// `users check --reload PID` signals only atm-fleet run: not a sleep (whose
+// SIGHUP's default action would end it), not atm-fleet running another
+// command; whether the check passes or fails, the process lives on and the
+// exit status says it was not signalled. (The service itself is signalled:
+// TestRunReloadsUsersOnSIGHUP.)
+func TestUsersCheckReloadSignalsOnlyTheService(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildFleet(t, dir)
+	h, _ := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
+	good := filepath.Join(dir, "users.yaml")
+	if err := os.WriteFile(good, []byte(fmt.Sprintf("users:\n  - {name: ana, role: admin, password_hash: %q}\n", h)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := func(name string, args ...string) *exec.Cmd {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		stdin, err := cmd.StdinPipe() // passwd waits for its line
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+		return cmd
+	}
+	for _, p := range []*exec.Cmd{start("sleep", "1000"), start(bin, "passwd")} {
+		for _, file := range []string{good, filepath.Join(dir, "missing.yaml")} {
+			var errb strings.Builder
+			code := runMain(context.Background(), []string{"users", "check", "--reload", strconv.Itoa(p.Process.Pid), file}, nil, io.Discard, &errb)
+			if code != 1 || !strings.Contains(errb.String(), "is not atm-fleet run: not signalled") {
+				t.Errorf("%s, %s: exit %d, %q; want 1, not signalled", p.Path, file, code, errb.String())
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+		var ws syscall.WaitStatus
+		if pid, _ := syscall.Wait4(p.Process.Pid, &ws, syscall.WNOHANG, nil); pid != 0 {
+			t.Errorf("%s ended (%v) after users check --reload", p.Path, ws)
+		}
+	}
+}
