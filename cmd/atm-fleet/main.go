@@ -356,7 +356,9 @@ The users file (web.users_file; docs/fleet.md "Users and roles"):
 role: viewer (reads), analyst (also acknowledges and resolves alerts, reviews
 and corrects identities) or admin (also the settings). sites, for a viewer or
 an analyst only: the sites they see and act on, exact names or a prefix
-ending in '*'; without it, every site. Check it with: atm-fleet users check FILE`
+ending in '*'; all (or, for a user written as one {...}, no sites): every
+site. A user written as a block (a key per line) must say its sites. Check
+it with: atm-fleet users check FILE`
 
 func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("passwd", flag.ContinueOnError)

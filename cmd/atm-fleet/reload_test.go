@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,77 +30,11 @@ import (
 // the file and the line, and by the service, in its log and /healthz,
 // and the users in force stay.
 func TestRunReloadsUsersOnSIGHUP(t *testing.T) {
-	m := fleettest.StartMosquitto(t, "")
-	dir := t.TempDir()
-	bin := buildFleet(t, dir)
 	h, _ := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
 	ana := fmt.Sprintf("  - {name: ana, role: admin, password_hash: %q}\n", h)
 	lou := fmt.Sprintf("  - {name: lou, role: analyst, password_hash: %q}\n", h)
-	users := filepath.Join(dir, "users.yaml")
-	write := func(body string) {
-		t.Helper()
-		if err := os.WriteFile(users, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("users:\n" + ana + lou)
-	port := fleettest.FreePort(t)
-	cfgPath := filepath.Join(dir, "config.yaml")
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`store: {driver: bolt, path: %s}
-mqtt: {brokers: [%q], prefix: atm/e2e, client_id: fleet-e2e-reload}
-web: {listen: "127.0.0.1:%d", users_file: %s}
-`, filepath.Join(dir, "fleet.db"), m.URL(), port, users)), 0o644)
-
-	cmd := exec.Command(bin, "run", "--config", cfgPath)
-	logFile, err := os.Create(filepath.Join(dir, "stderr"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
-	cmd.Stderr = logFile
-	logs := func() string { b, _ := os.ReadFile(logFile.Name()); return string(b) }
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	signIn := func(user string) *http.Client {
-		jar, _ := cookiejar.New(nil)
-		c := &http.Client{Jar: jar, Timeout: 10 * time.Second}
-		req, _ := http.NewRequest("GET", base+"/login", nil)
-		req.Header.Set("Accept", "application/json")
-		r, err := c.Do(req)
-		if err != nil {
-			return nil
-		}
-		var tok struct{ CSRF string }
-		json.NewDecoder(r.Body).Decode(&tok)
-		r.Body.Close()
-		req, _ = http.NewRequest("POST", base+"/login", strings.NewReader(url.Values{"csrf": {tok.CSRF}, "user": {user}, "password": {"correct horse"}}.Encode()))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.Header.Set("Accept", "application/json")
-		if r, err = c.Do(req); err != nil {
-			return nil
-		}
-		r.Body.Close()
-		if r.StatusCode != 200 {
-			return nil
-		}
-		return c
-	}
-	status := func(c *http.Client, path string) int {
-		r, err := c.Get(base + path)
-		if err != nil {
-			return 0
-		}
-		r.Body.Close()
-		return r.StatusCode
-	}
+	f := startFleetRun(t, "users:\n"+ana+lou)
+	cmd, users, write, logs, signIn, status, base, exited := f.cmd, f.users, f.write, f.logs, f.signIn, f.status, f.base, f.exited
 	var anaC, louC *http.Client
 	fleettest.WaitFor(t, 10*time.Second, "the service signs ana in", func() bool { anaC = signIn("ana"); return anaC != nil })
 	if louC = signIn("lou"); louC == nil {
@@ -207,5 +142,180 @@ func TestUsersCheckReloadSignalsOnlyTheService(t *testing.T) {
 		if pid, _ := syscall.Wait4(p.Process.Pid, &ws, syscall.WNOHANG, nil); pid != 0 {
 			t.Errorf("%s ended (%v) after users check --reload", p.Path, ws)
 		}
+	}
+}
+
+// fleetRun is the built binary running `atm-fleet run` on a real
+// mosquitto, with a users file of its own.
+type fleetRun struct {
+	cmd    *exec.Cmd
+	users  string
+	base   string
+	exited chan error
+	write  func(body string)
+	logs   func() string
+	// signIn signs a user in (password "correct horse"): nil if refused.
+	signIn func(user string) *http.Client
+	status func(c *http.Client, path string) int
+}
+
+func startFleetRun(t *testing.T, usersBody string) *fleetRun {
+	t.Helper()
+	m := fleettest.StartMosquitto(t, "")
+	dir := t.TempDir()
+	bin := buildFleet(t, dir)
+	f := &fleetRun{users: filepath.Join(dir, "users.yaml"), exited: make(chan error, 1)}
+	f.write = func(body string) {
+		t.Helper()
+		if err := os.WriteFile(f.users, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.write(usersBody)
+	port := fleettest.FreePort(t)
+	cfgPath := filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`store: {driver: bolt, path: %s}
+mqtt: {brokers: [%q], prefix: atm/e2e, client_id: fleet-e2e-reload}
+web: {listen: "127.0.0.1:%d", users_file: %s}
+`, filepath.Join(dir, "fleet.db"), m.URL(), port, f.users)), 0o644)
+
+	f.cmd = exec.Command(bin, "run", "--config", cfgPath)
+	logFile, err := os.Create(filepath.Join(dir, "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logFile.Close() })
+	f.cmd.Stderr = logFile
+	f.logs = func() string { b, _ := os.ReadFile(logFile.Name()); return string(b) }
+	if err := f.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { f.exited <- f.cmd.Wait() }()
+	t.Cleanup(func() {
+		f.cmd.Process.Kill()
+		<-f.exited
+	})
+	f.base = fmt.Sprintf("http://127.0.0.1:%d", port)
+	f.signIn = func(user string) *http.Client {
+		jar, _ := cookiejar.New(nil)
+		c := &http.Client{Jar: jar, Timeout: 10 * time.Second}
+		req, _ := http.NewRequest("GET", f.base+"/login", nil)
+		req.Header.Set("Accept", "application/json")
+		r, err := c.Do(req)
+		if err != nil {
+			return nil
+		}
+		var tok struct{ CSRF string }
+		json.NewDecoder(r.Body).Decode(&tok)
+		r.Body.Close()
+		req, _ = http.NewRequest("POST", f.base+"/login", strings.NewReader(url.Values{"csrf": {tok.CSRF}, "user": {user}, "password": {"correct horse"}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Accept", "application/json")
+		if r, err = c.Do(req); err != nil {
+			return nil
+		}
+		r.Body.Close()
+		if r.StatusCode != 200 {
+			return nil
+		}
+		return c
+	}
+	f.status = func(c *http.Client, path string) int {
+		r, err := c.Get(f.base + path)
+		if err != nil {
+			return 0
+		}
+		r.Body.Close()
+		return r.StatusCode
+	}
+	return f
+}
+
+// The users file rewritten in place, a line at a time (as `cat > FILE`
+// over a slow link, or a script writing it), while SIGHUPs arrive: the
+// service reads it at any point of the write, and lou, written as a block
+// scoped to paris-01, is never given another site.
+func TestRunNeverWidensWhileTheUsersFileIsRewritten(t *testing.T) {
+	h, _ := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
+	full := fmt.Sprintf(`users:
+  - name: lou
+    role: analyst
+    password_hash: %[1]q
+    sites: [paris-01]
+  - name: ana
+    role: analyst
+    password_hash: %[1]q
+    sites: all
+  - {name: vic, role: viewer, password_hash: %[1]q}
+  - {name: root, role: admin, password_hash: %[1]q}
+`, h)
+	f := startFleetRun(t, full)
+	var lou *http.Client
+	fleettest.WaitFor(t, 10*time.Second, "the service signs lou in", func() bool { lou = f.signIn("lou"); return lou != nil })
+
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // the writer
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			fd, err := os.OpenFile(f.users, os.O_WRONLY|os.O_TRUNC, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for _, l := range strings.SplitAfter(full, "\n") {
+				fd.WriteString(l)
+				time.Sleep(time.Millisecond)
+			}
+			fd.Close()
+		}
+	}()
+	go func() { // systemctl reload, again and again
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(3 * time.Millisecond):
+				f.cmd.Process.Signal(syscall.SIGHUP)
+			}
+		}
+	}()
+	scoped, other := 0, 0
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+		r, err := lou.Get(f.base + "/api/v1/session")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sess struct{ Sites []string }
+		json.NewDecoder(r.Body).Decode(&sess)
+		r.Body.Close()
+		switch {
+		case r.StatusCode != 200:
+			other++
+			if c := f.signIn("lou"); c != nil {
+				lou = c
+			}
+		case len(sess.Sites) == 1 && sess.Sites[0] == "paris-01":
+			scoped++
+		default:
+			t.Errorf("lou's session during the rewrite: sites %q, want [paris-01]", sess.Sites)
+		}
+	}
+	close(done)
+	wg.Wait()
+	f.write(full)
+	f.cmd.Process.Signal(syscall.SIGHUP)
+	refused := strings.Count(f.logs(), "users file not reloaded")
+	t.Logf("lou's session: %d scoped to paris-01, %d not 200; reloads refused: %d, reloaded: %d",
+		scoped, other, refused, strings.Count(f.logs(), "users file reloaded"))
+	if scoped < 20 || refused == 0 {
+		t.Errorf("the test did not race: %d sessions seen, %d reloads refused", scoped, refused)
 	}
 }

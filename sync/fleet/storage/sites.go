@@ -27,14 +27,14 @@ type Sites struct {
 // silently hide sites.
 func ParseSites(patterns []string) (*Sites, error) {
 	if len(patterns) == 0 {
-		return nil, errors.New("sites: an empty list: list at least one site, or leave sites out for every site")
+		return nil, errors.New("sites: an empty list: list at least one site, or write sites: all for every site")
 	}
 	s := &Sites{exact: map[string]bool{}}
 	for _, p := range patterns {
 		name, prefix := strings.CutSuffix(p, "*")
 		switch {
 		case p == "*":
-			return nil, errors.New(`sites: "*" alone: leave sites out for every site`)
+			return nil, errors.New(`sites: "*" alone: write sites: all for every site`)
 		case strings.ContainsAny(name, "*?[]{}\\"):
 			return nil, fmt.Errorf("sites: %q: only a trailing '*' is understood (a prefix such as \"lisbon-*\"); '*' elsewhere, '?', '[', ']', '{', '}' and '\\' are not", p)
 		}

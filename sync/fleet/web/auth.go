@@ -97,11 +97,14 @@ type Users map[string]User
 //	  - {name: vic, role: viewer, password_hash: "$2a$12$...", sites: [lisbon-01, "porto-*"]}
 //	  - {name: root, role: admin, password_hash: "$2a$12$..."}
 //
-// role is viewer, analyst or admin. sites, optional for a viewer or an
-// analyst, scopes the user to those sites: exact names, or a prefix ending
-// in '*' ("porto-*": every site whose name starts with "porto-"); without
-// it the user sees every site. An empty list, other glob syntax, and sites
-// on an admin (the settings are fleet-wide) are errors.
+// role is viewer, analyst or admin. sites scopes a viewer or an analyst to
+// those sites: exact names, or a prefix ending in '*' ("porto-*": every
+// site whose name starts with "porto-"); "sites: all", or no sites on a
+// user written as one {...}, gives every site. A viewer or analyst written
+// as a block (a key per line) must say its sites (blockEntries: a file
+// read halfway through a write must not widen anyone). An empty list,
+// other glob syntax, a list on an admin (the settings are fleet-wide) and
+// a last line without its newline are errors.
 // Hashes come from `atm-fleet passwd` (bcrypt).
 //
 // The file must not be writable by group or others (anyone who can write
@@ -135,6 +138,12 @@ func ParseUsers(b []byte) (Users, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("users file: %w", err)
 	}
+	// A file read halfway through a write may end inside a line: a site
+	// name cut short (paris-0) is another site.
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		return nil, fmt.Errorf("users file: line %d does not end with a newline: a file cut short by a write in progress? end it with one", bytes.Count(b, []byte{'\n'})+1)
+	}
+	blocks := blockEntries(b)
 	out := Users{}
 	for i, e := range f.Users {
 		u := User{Name: e.Name, Role: e.Role, PasswordHash: e.PasswordHash}
@@ -149,10 +158,19 @@ func ParseUsers(b []byte) (Users, error) {
 		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
 			return nil, fmt.Errorf("users file: user %q: password_hash is not a bcrypt hash: %w", u.Name, err)
 		}
-		if e.Sites.Kind != 0 {
+		allSites := e.Sites.Kind == yaml.ScalarNode && e.Sites.Value == "all"
+		switch {
+		case allSites:
+			// Every site, said: as no sites, and the one way for a user
+			// written as a block.
+		case e.Sites.Kind == 0 && i < len(blocks) && blocks[i] > 0 && !u.Can(PermAdmin):
+			return nil, fmt.Errorf("users file: user %q (line %d): a user written as a block (a key per line) must say its sites: "+
+				"sites: all for every site, or a list; without sites a file cut short by a write in progress would give every site "+
+				"(or write the user as one {...}, whose closing brace shows it was read whole)", u.Name, blocks[i])
+		case e.Sites.Kind != 0:
 			var list []string
 			if e.Sites.Kind != yaml.SequenceNode || e.Sites.Decode(&list) != nil {
-				return nil, fmt.Errorf("users file: user %q: sites (line %d): want a list of site names, e.g. [lisbon-01, \"porto-*\"], or no sites for every site",
+				return nil, fmt.Errorf("users file: user %q: sites (line %d): want a list of site names, e.g. [lisbon-01, \"porto-*\"], or all for every site",
 					u.Name, e.Sites.Line)
 			}
 			if u.Can(PermAdmin) {
@@ -170,6 +188,36 @@ func ParseUsers(b []byte) (Users, error) {
 		return nil, errors.New("users file: no users")
 	}
 	return out, nil
+}
+
+// blockEntries gives, for each entry of the users list, the line it
+// starts on if it is a block mapping (a key per line), 0 if it is a flow
+// mapping ({...}). A file read halfway through a write (rewritten in
+// place) is a prefix of the file meant: a flow mapping cut short is a
+// YAML error, a block mapping is not, and one cut before its sites would
+// give its user every site; so a viewer or analyst written as a block
+// must say its sites (ParseUsers). b has been decoded already.
+func blockEntries(b []byte) []int {
+	var doc yaml.Node
+	if yaml.Unmarshal(b, &doc) != nil || len(doc.Content) == 0 {
+		return nil
+	}
+	top := doc.Content[0]
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		if top.Content[i].Value != "users" || top.Content[i+1].Kind != yaml.SequenceNode {
+			continue
+		}
+		var lines []int
+		for _, n := range top.Content[i+1].Content {
+			line := n.Line
+			if n.Style&yaml.FlowStyle != 0 {
+				line = 0
+			}
+			lines = append(lines, line)
+		}
+		return lines
+	}
+	return nil
 }
 
 // HashPassword returns the bcrypt hash to put in a users file.

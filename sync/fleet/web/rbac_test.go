@@ -488,7 +488,7 @@ func TestUsersFileRolesAndSites(t *testing.T) {
 		"sites not a list":   {"role: viewer, sites: lisbon-01", "want a list"},
 		"glob in the middle": {`role: viewer, sites: ["lis*bon"]`, "only a trailing '*'"},
 		"glob class":         {`role: viewer, sites: ["site-[12]"]`, "only a trailing '*'"},
-		"star alone":         {`role: viewer, sites: ["*"]`, "leave sites out"},
+		"star alone":         {`role: viewer, sites: ["*"]`, "write sites: all"},
 		"slash":              {`role: viewer, sites: [a/b]`, "'/'"},
 		"unknown role":       {"role: auditor", `want "viewer", "analyst" or "admin"`},
 	} {
