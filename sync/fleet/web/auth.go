@@ -104,7 +104,8 @@ type Users map[string]User
 // as a block (a key per line) must say its sites (blockEntries: a file
 // read halfway through a write must not widen anyone). An empty list,
 // other glob syntax, a list on an admin (the settings are fleet-wide) and
-// a last line without its newline are errors.
+// a last line without its newline (but for a file that is one {...},
+// JSON) are errors.
 // Hashes come from `atm-fleet passwd` (bcrypt).
 //
 // The file must not be writable by group or others (anyone who can write
@@ -139,11 +140,15 @@ func ParseUsers(b []byte) (Users, error) {
 		return nil, fmt.Errorf("users file: %w", err)
 	}
 	// A file read halfway through a write may end inside a line: a site
-	// name cut short (paris-0) is another site.
-	if len(b) > 0 && b[len(b)-1] != '\n' {
+	// name cut short (paris-0) is another site. (A document that is one
+	// {...}, JSON, cut short is a YAML error.)
+	var doc yaml.Node
+	_ = yaml.Unmarshal(b, &doc)
+	flowDoc := len(doc.Content) > 0 && doc.Content[0].Style&yaml.FlowStyle != 0
+	if !flowDoc && len(b) > 0 && b[len(b)-1] != '\n' {
 		return nil, fmt.Errorf("users file: line %d does not end with a newline: a file cut short by a write in progress? end it with one", bytes.Count(b, []byte{'\n'})+1)
 	}
-	blocks := blockEntries(b)
+	blocks := blockEntries(&doc)
 	out := Users{}
 	for i, e := range f.Users {
 		u := User{Name: e.Name, Role: e.Role, PasswordHash: e.PasswordHash}
@@ -196,10 +201,9 @@ func ParseUsers(b []byte) (Users, error) {
 // place) is a prefix of the file meant: a flow mapping cut short is a
 // YAML error, a block mapping is not, and one cut before its sites would
 // give its user every site; so a viewer or analyst written as a block
-// must say its sites (ParseUsers). b has been decoded already.
-func blockEntries(b []byte) []int {
-	var doc yaml.Node
-	if yaml.Unmarshal(b, &doc) != nil || len(doc.Content) == 0 {
+// must say its sites (ParseUsers). doc is the file, decoded.
+func blockEntries(doc *yaml.Node) []int {
+	if len(doc.Content) == 0 {
 		return nil
 	}
 	top := doc.Content[0]

@@ -134,3 +134,18 @@ func TestReloadUsersRefusesACutFile(t *testing.T) {
 		t.Errorf("lou on paris-01 after the cut file: %d, want 200", code)
 	}
 }
+
+// A file that is one {...} (JSON) needs no final newline: cut short, it is
+// a YAML error.
+func TestUsersFileJSONNeedsNoNewline(t *testing.T) {
+	h, _ := bcrypt.GenerateFromPassword([]byte("x"), bcrypt.MinCost)
+	j := fmt.Sprintf(`{"users": [{"name": "vic", "role": "viewer", "password_hash": %q, "sites": ["paris-01"]}]}`, h)
+	if _, err := ParseUsers([]byte(j)); err != nil {
+		t.Errorf("JSON without a final newline: %v", err)
+	}
+	for n := 0; n < len(j)-1; n++ {
+		if _, err := ParseUsers([]byte(j[:n])); err == nil {
+			t.Errorf("JSON cut at byte %d accepted", n)
+		}
+	}
+}
