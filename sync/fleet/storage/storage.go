@@ -11,8 +11,10 @@ import (
 	"cmp"
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -700,6 +702,14 @@ func SessionHash(id string) []byte {
 	return h[:]
 }
 
+// NewUserGeneration is a web user's new generation (Store.SyncUsers):
+// 16 random bytes, hex.
+func NewUserGeneration() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
 // DeviceKey is a device's pinned public key: the fleet acts on a reply
 // of that device only when this key's signature verifies
 // (wire.VerifyReply).
@@ -801,6 +811,15 @@ type Store interface {
 	RevokeSession(ctx context.Context, id string, expires time.Time) error
 	// SessionRevoked reports whether the session id was revoked.
 	SessionRevoked(ctx context.Context, id string) (bool, error)
+
+	// SyncUsers makes the store's web users those named (the users in
+	// force after a start or a reload of the users file), in one
+	// transaction: a name the store lacks gets a new random generation,
+	// a user the store has and names lacks is deleted (removed: if added
+	// again, they get a new generation). It returns each name's
+	// generation. A session carries its user's generation, so removing a
+	// user ends their sessions for good, across restarts and instances.
+	SyncUsers(ctx context.Context, names []string) (map[string]string, error)
 
 	// PutDeviceKey pins the Ed25519 public key that signs a device's
 	// command replies, replacing one pinned before (a device need not

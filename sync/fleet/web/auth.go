@@ -77,6 +77,10 @@ type User struct {
 	// Sites is the user's scope: the only sites whose devices and alerts
 	// they see and act on; nil for every site (always so for an admin).
 	Sites *storage.Sites
+	// gen is the user's generation in the store (Server.withGenerations):
+	// a session carries it, so one from before the user was removed and
+	// added again is refused.
+	gen string
 }
 
 // Can reports whether the user's role has permission p.
@@ -281,14 +285,17 @@ func LoadSessionKey(path string) ([]byte, error) {
 
 // session is what the signed cookie carries. Every request looks its
 // user up in the users in force (read at start, replaced by ReloadUsers:
-// their role and sites as the file now gives them), so removing a user ends their sessions; Pass ties
-// it to the user's password hash, so a new password (or the user removed
-// and added again) ends them too.
+// their role and sites as the file now gives them), so removing a user
+// ends their sessions; Gen ties it to the user's generation in the store,
+// new each time a start or reload finds the user added (again), so the
+// user removed and added again does not bring them back; Pass ties it to
+// the user's password hash, so a new password ends them too.
 type session struct {
 	User    string `json:"u"`
 	Expires int64  `json:"e"`
 	Nonce   string `json:"n"`
 	Pass    string `json:"p"`
+	Gen     string `json:"g"`
 }
 
 // passTag is what a session holds of its user's password hash: a keyed
@@ -320,7 +327,7 @@ func (s *Server) newSession(w http.ResponseWriter, u User) session {
 	n := make([]byte, 16)
 	_, _ = rand.Read(n)
 	sess := session{User: u.Name, Expires: s.now().Add(s.cfg.SessionTTL).Unix(), Nonce: base64.RawURLEncoding.EncodeToString(n),
-		Pass: s.passTag(u)}
+		Pass: s.passTag(u), Gen: u.gen}
 	b, _ := json.Marshal(sess)
 	p := base64.RawURLEncoding.EncodeToString(b)
 	sig := base64.RawURLEncoding.EncodeToString(s.mac("session", p))
@@ -406,8 +413,8 @@ func (s *Server) sessionOf(r *http.Request) (session, User, bool) {
 }
 
 // stillValid checks a session whose cookie was verified: not expired, not
-// signed out, and its user still in the users file with the password it
-// signed in with. Also used by the live stream, which outlives the request
+// signed out, and its user still in the users file, not removed since
+// (the generation), with the password it signed in with. Also used by the live stream, which outlives the request
 // that opened it.
 func (s *Server) stillValid(ctx context.Context, sess session) (User, bool) {
 	if s.now().Unix() > sess.Expires || sess.Nonce == "" || s.revoked.has(sess.Nonce) {
@@ -422,7 +429,7 @@ func (s *Server) stillValid(ctx context.Context, sess session) (User, bool) {
 		return User{}, false
 	}
 	u, ok := s.allUsers()[sess.User]
-	if !ok || !hmac.Equal([]byte(sess.Pass), []byte(s.passTag(u))) {
+	if !ok || u.gen == "" || sess.Gen != u.gen || !hmac.Equal([]byte(sess.Pass), []byte(s.passTag(u))) {
 		return User{}, false
 	}
 	return u, true

@@ -1,6 +1,8 @@
 package web
 
 import (
+	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"sync"
@@ -22,15 +24,22 @@ func (s *Server) allUsers() Users { return *s.users.Load() }
 // removed user's sessions end (401, or the sign-in page), a changed role
 // or sites apply to the user's next request, and open live streams check
 // their session and scope again (usersChanged). Requests already running
-// finish as they began. If it fails, the users in force stay and the
+// finish as they began. The store records the users (withGenerations): a
+// user removed, then added again, gets a new generation, which ends their
+// sessions for good. If it fails, the users in force stay and the
 // error says why (the file, and the line where there is one); /healthz
 // counts it (reloadStats).
 func (s *Server) ReloadUsers() error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	path := s.cfg.UsersFile
 	err := secretfile.CheckSource(path, "users file", 0o022)
 	var users Users
 	if err == nil {
 		users, err = LoadUsers(path)
+	}
+	if err == nil {
+		users, err = s.withGenerations(users)
 	}
 	s.reload.record(s.now(), err)
 	if err != nil {
@@ -45,6 +54,30 @@ func (s *Server) ReloadUsers() error {
 	s.log.Info("fleet web: users file reloaded", "file", secretfile.Named(path), "users", len(users),
 		"added", added, "removed", removed, "changed", modified)
 	return nil
+}
+
+// storeTimeout bounds the store's recording of the users at a start or
+// a reload (SyncUsers).
+const storeTimeout = 30 * time.Second
+
+// withGenerations records users in the store (SyncUsers: a user it did
+// not have, or had removed, gets a new generation; a user gone from users
+// is forgotten) and returns them with their generations.
+func (s *Server) withGenerations(users Users) (Users, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	gens, err := s.store.SyncUsers(ctx, slices.Collect(maps.Keys(users)))
+	if err != nil {
+		return nil, fmt.Errorf("users file: record the users in the store: %w", err)
+	}
+	out := make(Users, len(users))
+	for name, u := range users {
+		if u.gen = gens[name]; u.gen == "" {
+			return nil, fmt.Errorf("users file: record the users in the store: no generation for %q", name)
+		}
+		out[name] = u
+	}
+	return out, nil
 }
 
 // usersDiff names the users added, removed and changed (role, sites or

@@ -161,6 +161,10 @@ type Server struct {
 	throttle throttle // failed sign-ins
 	// userCommands: each user's commands waiting for an answer.
 	userCommands userCommands
+
+	// reloadMu: one reload at a time, so the users in force are those the
+	// store recorded last.
+	reloadMu sync.Mutex
 }
 
 // New builds a server. users and key come from LoadUsers and LoadSessionKey.
@@ -175,6 +179,10 @@ func New(cfg Config, st storage.Store, users Users, key []byte, d Deps) (*Server
 		return nil, errors.New("web: session key shorter than 32 bytes")
 	}
 	s := &Server{cfg: cfg, store: st, key: key, d: d, log: d.Logger, now: d.Now, sseStop: make(chan struct{}), ssePing: 15 * time.Second}
+	users, err := s.withGenerations(users)
+	if err != nil {
+		return nil, err
+	}
 	s.users.Store(&users)
 	changed := make(chan struct{})
 	s.usersChanged.Store(&changed)

@@ -35,11 +35,12 @@ var (
 	bRevoked  = []byte("revoked_sessions") // storage.SessionHash(id) -> session expiry, unix seconds (8 bytes)
 	bMeta     = []byte("meta")
 	bKeys     = []byte("device_keys") // site\0device -> storage.DeviceKey JSON: the pinned reply-signing keys
+	bUsers    = []byte("web_users")   // user name -> generation (storage.Store.SyncUsers)
 	// The alert indexes, kept in the transactions that write alerts.
 	bActive   = []byte("alerts_active")   // site\0device\0alert_id -> "": every alert not resolved
 	bRaised   = []byte("alerts_raised")   // raised (8 bytes, newest first) site\0device\0alert_id -> ""
 	bReceived = []byte("alerts_received") // received (8 bytes, oldest first) site\0device\0alert_id -> ""
-	buckets   = [][]byte{bDevices, bMessages, bAlerts, bSummary, bIdent, bAudit, bRejects, bRevoked, bMeta, bActive, bRaised, bReceived, bKeys}
+	buckets   = [][]byte{bDevices, bMessages, bAlerts, bSummary, bIdent, bAudit, bRejects, bRevoked, bMeta, bActive, bRaised, bReceived, bKeys, bUsers}
 )
 
 // schemaVersion is written to the meta bucket. Version 2 added the alert
@@ -1195,6 +1196,44 @@ func (s *Store) SessionRevoked(ctx context.Context, id string) (bool, error) {
 		return nil
 	})
 	return found, err
+}
+
+// SyncUsers implements storage.Store.
+func (s *Store) SyncUsers(ctx context.Context, names []string) (map[string]string, error) {
+	gens := make(map[string]string, len(names))
+	err := s.update(ctx, "record the web users", func(tx *bolt.Tx) error {
+		b := tx.Bucket(bUsers)
+		want := make(map[string]bool, len(names))
+		for _, n := range names {
+			want[n] = true
+		}
+		var gone [][]byte
+		if err := b.ForEach(func(k, _ []byte) error {
+			if !want[string(k)] {
+				gone = append(gone, k)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range gone {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		for _, n := range names {
+			g := string(b.Get([]byte(n)))
+			if g == "" {
+				g = storage.NewUserGeneration()
+				if err := b.Put([]byte(n), []byte(g)); err != nil {
+					return err
+				}
+			}
+			gens[n] = g
+		}
+		return nil
+	})
+	return gens, err
 }
 
 // Backup writes a consistent copy of the store file to w while the service

@@ -88,6 +88,9 @@ var schema = []string{
 	// the session's own expiry.
 	`CREATE TABLE IF NOT EXISTS atm_fleet_revoked_sessions (
 		id_hash bytea PRIMARY KEY, expires timestamptz NOT NULL)`,
+	// The web users in force and their generations (SyncUsers).
+	`CREATE TABLE IF NOT EXISTS atm_fleet_web_users (
+		name text PRIMARY KEY, generation text NOT NULL)`,
 	// The pinned keys that sign each device's command replies.
 	`CREATE TABLE IF NOT EXISTS atm_fleet_device_keys (
 		site text NOT NULL, device text NOT NULL, public_key bytea NOT NULL, pinned timestamptz NOT NULL, pinned_by text NOT NULL,
@@ -1000,6 +1003,38 @@ func (s *Store) SessionRevoked(ctx context.Context, id string) (bool, error) {
 		return false, fmt.Errorf("check session: %w", err)
 	}
 	return found, nil
+}
+
+// SyncUsers implements storage.Store.
+func (s *Store) SyncUsers(ctx context.Context, names []string) (map[string]string, error) {
+	gens := make(map[string]string, len(names))
+	names = append([]string{}, names...) // not nil: ANY(NULL) would delete no one
+	err := s.tx(ctx, "record the web users", func(tx pgx.Tx) error {
+		clear(gens) // a retried transaction starts again
+		if _, err := tx.Exec(ctx, `DELETE FROM atm_fleet_web_users WHERE NOT (name = ANY($1))`, names); err != nil {
+			return err
+		}
+		for _, n := range names {
+			if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_web_users (name, generation) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING`,
+				n, storage.NewUserGeneration()); err != nil {
+				return err
+			}
+		}
+		rows, err := tx.Query(ctx, `SELECT name, generation FROM atm_fleet_web_users WHERE name = ANY($1)`, names)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var n, g string
+			if err := rows.Scan(&n, &g); err != nil {
+				return err
+			}
+			gens[n] = g
+		}
+		return rows.Err()
+	})
+	return gens, err
 }
 
 // PutDeviceKey implements storage.Store.

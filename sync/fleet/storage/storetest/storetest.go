@@ -10,6 +10,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -82,6 +83,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("TSAhead", func(t *testing.T) { tsAhead(t, open(t)) })
 	t.Run("BatchWrites", func(t *testing.T) { batchWrites(t, open(t)) })
 	t.Run("SessionRevocations", func(t *testing.T) { sessionRevocations(t, open(t)) })
+	t.Run("UserGenerations", func(t *testing.T) { userGenerations(t, open(t)) })
 	t.Run("AlertListings", func(t *testing.T) { alertListings(t, open(t)) })
 	t.Run("ScopedPaging", func(t *testing.T) { scopedPaging(t, open(t)) })
 	t.Run("NotFound", func(t *testing.T) { notFound(t, open(t)) })
@@ -727,6 +729,44 @@ func sessionRevocations(t *testing.T, s storage.Store) {
 	}
 	if got, _ := s.SessionRevoked(c, "nonce-a"); !got {
 		t.Error("nonce-a revoked until T0+12h is no longer revoked at T0+2h")
+	}
+}
+
+// A web user keeps their generation from sync to sync while named; one
+// no longer named is forgotten, and named again gets a new generation.
+func userGenerations(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	sync := func(names ...string) map[string]string {
+		t.Helper()
+		g, err := s.SyncUsers(c, names)
+		if err != nil {
+			t.Fatalf("sync %v: %v", names, err)
+		}
+		if len(g) != len(names) {
+			t.Fatalf("sync %v = %v, want a generation for each", names, g)
+		}
+		for _, n := range names {
+			if len(g[n]) < 16 {
+				t.Fatalf("sync %v: %q's generation %q", names, n, g[n])
+			}
+		}
+		return g
+	}
+	first := sync("ana", "vic", "lou")
+	if first["ana"] == first["vic"] || first["vic"] == first["lou"] {
+		t.Errorf("two users share a generation: %v", first)
+	}
+	if again := sync("lou", "vic", "ana"); !maps.Equal(again, first) {
+		t.Errorf("the same users again: %v, want %v", again, first)
+	}
+	sync("ana", "lou") // vic removed
+	back := sync("ana", "vic", "lou", "moe")
+	if back["vic"] == first["vic"] || back["ana"] != first["ana"] || back["lou"] != first["lou"] {
+		t.Errorf("vic removed then added again: %v, first %v: want a new generation for vic only", back, first)
+	}
+	sync() // everyone removed
+	if g := sync("ana"); g["ana"] == first["ana"] {
+		t.Error("ana removed with everyone then added again keeps her generation")
 	}
 }
 
