@@ -14,7 +14,8 @@ import (
 
 // The device page and API say whether the device's command replies are
 // authenticated: without a pinned key, "unauthenticated" and reply_key
-// null; with one, its fingerprint, when and by whom it was pinned.
+// null; with one, its fingerprint, when it was pinned and, to an admin
+// only, by whom.
 func TestDeviceReplyKeyShown(t *testing.T) {
 	st := openBolt(t)
 	seed(t, st)
@@ -42,12 +43,21 @@ func TestDeviceReplyKeyShown(t *testing.T) {
 		t.Fatal(err)
 	}
 	var k apiReplyKey
-	if err := json.Unmarshal(api()["reply_key"], &k); err != nil || k.Fingerprint != wire.Fingerprint(pub) || k.By != "ops" ||
+	if err := json.Unmarshal(api()["reply_key"], &k); err != nil || k.Fingerprint != wire.Fingerprint(pub) ||
 		k.PublicKey != wire.EncodePublicKey(pub) {
 		t.Errorf("pinned: reply_key %+v, %v", k, err)
 	}
 	_, page := ana.get("/devices/lyon-07/atm-1")
 	if strings.Contains(page, "unauthenticated") || !strings.Contains(page, wire.Fingerprint(pub)) {
 		t.Error("pinned: the device page does not show the key's fingerprint")
+	}
+	// Who pinned it (an admin's login): to an admin only.
+	if strings.Contains(page, "by ops") || strings.Contains(string(api()["reply_key"]), `"by"`) {
+		t.Errorf("an analyst is told who pinned the key: %s", api()["reply_key"])
+	}
+	ana.login("root", "correct horse")
+	_, page = ana.get("/devices/lyon-07/atm-1")
+	if json.Unmarshal(api()["reply_key"], &k) != nil || k.By != "ops" || !strings.Contains(page, "by ops") {
+		t.Errorf("the admin is not told who pinned the key: %+v", k)
 	}
 }

@@ -1447,11 +1447,13 @@ type apiReplyKey struct {
 	Fingerprint string    `json:"fingerprint"`
 	PublicKey   string    `json:"public_key"`
 	Pinned      time.Time `json:"pinned"`
-	By          string    `json:"by"`
+	// By, an administrator's login, is for an admin only (as the audit
+	// log): absent for anyone else.
+	By string `json:"by,omitempty"`
 }
 
 // replyKey is the device's pinned reply key for its page and the API:
-// nil when none is pinned.
+// nil when none is pinned; who pinned it to an admin only.
 func (s *Server) replyKey(r *http.Request, site, device string) (*apiReplyKey, error) {
 	k, err := s.store.DeviceKey(r.Context(), site, device)
 	if errors.Is(err, storage.ErrNotFound) {
@@ -1460,7 +1462,11 @@ func (s *Server) replyKey(r *http.Request, site, device string) (*apiReplyKey, e
 	if err != nil {
 		return nil, err
 	}
-	return &apiReplyKey{Fingerprint: wire.Fingerprint(k.PublicKey), PublicKey: wire.EncodePublicKey(k.PublicKey), Pinned: k.Pinned, By: k.By}, nil
+	key := &apiReplyKey{Fingerprint: wire.Fingerprint(k.PublicKey), PublicKey: wire.EncodePublicKey(k.PublicKey), Pinned: k.Pinned}
+	if who(r).User.Can(PermAdmin) {
+		key.By = k.By
+	}
+	return key, nil
 }
 
 func toAPI(d storage.Device) apiDevice {
