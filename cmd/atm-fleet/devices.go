@@ -131,13 +131,20 @@ func readSmall(path string) ([]byte, error) {
 	return b, err
 }
 
-// whoami names who pinned a key: the login (SUDO_USER under sudo).
+// whoami names who pinned a key: the login (SUDO_USER under sudo), a
+// control character in it (a tab would split a line of `devices key
+// list`) replaced by '?'.
 func whoami() string {
+	name := fmt.Sprintf("uid %d", os.Getuid())
 	if s := os.Getenv("SUDO_USER"); s != "" {
-		return s
+		name = s
+	} else if u, err := user.Current(); err == nil {
+		name = u.Username
 	}
-	if u, err := user.Current(); err == nil {
-		return u.Username
-	}
-	return fmt.Sprintf("uid %d", os.Getuid())
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r >= 0x7f && r < 0xa0 {
+			return '?'
+		}
+		return r
+	}, name)
 }
