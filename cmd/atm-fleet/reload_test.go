@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -157,6 +158,9 @@ type fleetRun struct {
 	// signIn signs a user in (password "correct horse"): nil if refused.
 	signIn func(user string) *http.Client
 	status func(c *http.Client, path string) int
+	// restart stops the process (SIGTERM) and starts it again on the same
+	// config, store and session key.
+	restart func()
 }
 
 func startFleetRun(t *testing.T, usersBody string) *fleetRun {
@@ -173,28 +177,41 @@ func startFleetRun(t *testing.T, usersBody string) *fleetRun {
 	}
 	f.write(usersBody)
 	port := fleettest.FreePort(t)
-	cfgPath := filepath.Join(dir, "config.yaml")
+	cfgPath, keyPath := filepath.Join(dir, "config.yaml"), filepath.Join(dir, "session.key")
+	os.WriteFile(keyPath, bytes.Repeat([]byte("k"), 48), 0o600)
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`store: {driver: bolt, path: %s}
 mqtt: {brokers: [%q], prefix: atm/e2e, client_id: fleet-e2e-reload}
-web: {listen: "127.0.0.1:%d", users_file: %s}
-`, filepath.Join(dir, "fleet.db"), m.URL(), port, f.users)), 0o644)
+web: {listen: "127.0.0.1:%d", users_file: %s, session_key_file: %s}
+`, filepath.Join(dir, "fleet.db"), m.URL(), port, f.users, keyPath)), 0o644)
 
-	f.cmd = exec.Command(bin, "run", "--config", cfgPath)
 	logFile, err := os.Create(filepath.Join(dir, "stderr"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { logFile.Close() })
-	f.cmd.Stderr = logFile
 	f.logs = func() string { b, _ := os.ReadFile(logFile.Name()); return string(b) }
-	if err := f.cmd.Start(); err != nil {
-		t.Fatal(err)
+	start := func() {
+		f.cmd = exec.Command(bin, "run", "--config", cfgPath)
+		f.cmd.Stderr = logFile
+		if err := f.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { f.exited <- f.cmd.Wait() }()
 	}
-	go func() { f.exited <- f.cmd.Wait() }()
+	start()
 	t.Cleanup(func() {
 		f.cmd.Process.Kill()
 		<-f.exited
 	})
+	f.restart = func() {
+		t.Helper()
+		f.cmd.Process.Signal(syscall.SIGTERM)
+		if err := <-f.exited; err != nil {
+			t.Fatalf("stop: %v\n%s", err, f.logs())
+		}
+		start()
+		fleettest.WaitFor(t, 10*time.Second, "the service answers again", func() bool { return f.status(http.DefaultClient, "/healthz") == 200 })
+	}
 	f.base = fmt.Sprintf("http://127.0.0.1:%d", port)
 	f.signIn = func(user string) *http.Client {
 		jar, _ := cookiejar.New(nil)
@@ -317,5 +334,50 @@ func TestRunNeverWidensWhileTheUsersFileIsRewritten(t *testing.T) {
 		scoped, other, refused, strings.Count(f.logs(), "users file reloaded"))
 	if scoped < 20 || refused == 0 {
 		t.Errorf("the test did not race: %d sessions seen, %d reloads refused", scoped, refused)
+	}
+}
+
+// A removed user's old session stays refused when the file is restored
+// (the same password hash), at a reload and across restarts of the real
+// binary on the same store: the removal seen by a reload, or only by a
+// start. A user kept all along keeps their session across the restarts.
+func TestRunRemovedUserStaysSignedOut(t *testing.T) {
+	h, _ := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
+	full := fmt.Sprintf("users:\n  - {name: ana, role: admin, password_hash: %[1]q}\n  - {name: vic, role: viewer, password_hash: %[1]q}\n", h)
+	without := fmt.Sprintf("users:\n  - {name: ana, role: admin, password_hash: %q}\n", h)
+	f := startFleetRun(t, full)
+	var ana, vic *http.Client
+	fleettest.WaitFor(t, 10*time.Second, "the service signs ana in", func() bool { ana = f.signIn("ana"); return ana != nil })
+	if vic = f.signIn("vic"); vic == nil {
+		t.Fatal("vic cannot sign in")
+	}
+	reload := func(body string) {
+		t.Helper()
+		f.write(body)
+		n := strings.Count(f.logs(), "users file reloaded")
+		f.cmd.Process.Signal(syscall.SIGHUP)
+		fleettest.WaitFor(t, 5*time.Second, "the reload", func() bool { return strings.Count(f.logs(), "users file reloaded") > n })
+	}
+	reload(without)
+	reload(full)
+	if code := f.status(vic, "/api/v1/session"); code != 401 {
+		t.Errorf("vic's session after her removal and the file restored (reloads): %d, want 401", code)
+	}
+	if vic = f.signIn("vic"); vic == nil {
+		t.Fatal("vic, back, cannot sign in")
+	}
+	f.restart()
+	if code := f.status(vic, "/api/v1/session"); code != 200 {
+		t.Errorf("vic's session after a restart: %d, want 200 (kept users keep their sessions)", code)
+	}
+	f.write(without)
+	f.restart()
+	f.write(full)
+	f.restart()
+	if code := f.status(vic, "/api/v1/session"); code != 401 {
+		t.Errorf("vic's session after a start without her and one with the file restored: %d, want 401", code)
+	}
+	if code := f.status(ana, "/api/v1/session"); code != 200 {
+		t.Errorf("ana's session after the restarts: %d, want 200", code)
 	}
 }
