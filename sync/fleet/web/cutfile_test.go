@@ -2,14 +2,11 @@ package web
 
 import (
 	"fmt"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"golang.org/x/crypto/bcrypt"
-
-	"github.com/periocular/atm-agent/sync/fleet/ingest"
 )
 
 // cutFile is a users file in both styles: lou (block) scoped to paris-01,
@@ -109,18 +106,7 @@ func TestReloadUsersRefusesACutFile(t *testing.T) {
 	seedScoped(t, st) // a-1 in lyon-07, a-9 in paris-01
 	file := filepath.Join(t.TempDir(), "users.yaml")
 	writeMode(t, file, full, 0o600)
-	users, err := LoadUsers(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := DefaultConfig()
-	cfg.UsersFile = file
-	s, err := New(cfg, st, users, []byte(strings.Repeat("k", 32)), Deps{IngestStats: func() any { return ingest.Stats{} }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(s.Handler())
-	t.Cleanup(func() { s.once.Do(func() { close(s.sseStop) }); hs.Close() })
+	s, hs, _ := serveUsersFile(t, st, file)
 	lou := newClient(t, hs.URL)
 	lou.login("lou", "correct horse")
 	writeMode(t, file, full[:strings.Index(full, "    sites: [paris-01]")], 0o600)

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
 )
 
@@ -20,7 +19,6 @@ func TestRemovedUserStaysSignedOut(t *testing.T) {
 	without := reloadUsers(t, "correct horse", "ana analyst")
 	dir := t.TempDir()
 	file := filepath.Join(dir, "users.yaml")
-	key := []byte(strings.Repeat("k", 32))
 	// start is a start of the service on the store file: the users file
 	// read, the store opened; stop closes both.
 	start := func() (*Server, *httptest.Server, func()) {
@@ -29,18 +27,8 @@ func TestRemovedUserStaysSignedOut(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		users, err := LoadUsers(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := DefaultConfig()
-		cfg.UsersFile = file
-		s, err := New(cfg, st, users, key, Deps{IngestStats: func() any { return ingest.Stats{} }})
-		if err != nil {
-			t.Fatal(err)
-		}
-		hs := httptest.NewServer(s.Handler())
-		return s, hs, func() { s.once.Do(func() { close(s.sseStop) }); hs.Close(); st.Close() }
+		s, hs, stop := serveUsersFile(t, st, file)
+		return s, hs, func() { stop(); st.Close() }
 	}
 	session := func(c *client, hs *httptest.Server) int {
 		t.Helper()

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,6 +49,27 @@ func reloadUsers(t *testing.T, rootPW string, lines ...string) string {
 		b.WriteString("}\n")
 	}
 	return b.String()
+}
+
+// serveUsersFile serves st with the users of file (its reloads read it
+// again); stop (also run when the test ends) stops the server.
+func serveUsersFile(t *testing.T, st storage.Store, file string) (*Server, *httptest.Server, func()) {
+	t.Helper()
+	users, err := LoadUsers(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.UsersFile = file
+	s, err := New(cfg, st, users, []byte(strings.Repeat("k", 32)), Deps{IngestStats: func() any { return ingest.Stats{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	var once sync.Once
+	stop := func() { once.Do(func() { s.once.Do(func() { close(s.sseStop) }); hs.Close() }) }
+	t.Cleanup(stop)
+	return s, hs, stop
 }
 
 // programSignIn signs c in as a program does (JSON): the status code.
@@ -109,19 +131,8 @@ func TestReloadUsers(t *testing.T) {
 	seedScoped(t, st) // a-1 in lyon-07, a-9 in paris-01
 	file := filepath.Join(t.TempDir(), "users.yaml")
 	writeMode(t, file, reloadUsers(t, "correct horse", "ana analyst", "lou analyst lyon-07,paris-01", "vic viewer"), 0o600)
-	users, err := LoadUsers(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := DefaultConfig()
-	cfg.UsersFile = file
-	s, err := New(cfg, st, users, []byte(strings.Repeat("k", 32)), Deps{IngestStats: func() any { return ingest.Stats{} }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, hs, _ := serveUsersFile(t, st, file)
 	s.ssePing = time.Hour // a stream may learn of a reload only from the reload
-	hs := httptest.NewServer(s.Handler())
-	t.Cleanup(func() { s.once.Do(func() { close(s.sseStop) }); hs.Close() })
 
 	ana, lou, vic, root := newClient(t, hs.URL), newClient(t, hs.URL), newClient(t, hs.URL), newClient(t, hs.URL)
 	anaCSRF, louCSRF := ana.login("ana", "correct horse"), lou.login("lou", "correct horse")
