@@ -18,15 +18,7 @@ import (
 // and a device name the topics cannot carry are refused.
 func TestDevicesKeyCommands(t *testing.T) {
 	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "fleet.yaml")
-	if err := os.WriteFile(cfgPath, []byte("store: {driver: bolt, path: "+filepath.Join(dir, "fleet.db")+"}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	run := func(args ...string) (int, string, string) {
-		var out, errb bytes.Buffer
-		code := runMain(context.Background(), append([]string{"devices", "key", args[0], "--config", cfgPath}, args[1:]...), nil, &out, &errb)
-		return code, out.String(), errb.String()
-	}
+	run := devicesKeyCLI(t)
 	k1 := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, 32)).Public().(ed25519.PublicKey)
 	k2 := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, 32)).Public().(ed25519.PublicKey)
 	pemFile := filepath.Join(dir, "atm-2.pub")
@@ -80,5 +72,39 @@ func TestDevicesKeyCommands(t *testing.T) {
 		if code, _, errs := run(args...); code == 0 {
 			t.Errorf("%s: accepted (%q)", name, errs)
 		}
+	}
+}
+
+// devicesKeyCLI writes a fleet config on an embedded store in a folder of
+// its own and runs `atm-fleet devices key OP --config FILE ARGS...` on it.
+func devicesKeyCLI(t *testing.T) func(args ...string) (int, string, string) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "fleet.yaml")
+	if err := os.WriteFile(cfgPath, []byte("store: {driver: bolt, path: "+filepath.Join(dir, "fleet.db")+"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := runMain(context.Background(), append([]string{"devices", "key", args[0], "--config", cfgPath}, args[1:]...), nil, &out, &errb)
+		return code, out.String(), errb.String()
+	}
+}
+
+// A tab or another control character in SUDO_USER does not reach the pin's
+// "by": devices key list keeps six tab-separated columns.
+func TestDevicesKeyByHasNoControlCharacters(t *testing.T) {
+	run := devicesKeyCLI(t)
+	t.Setenv("SUDO_USER", "evil\tx\nlyon-07\x1b[2J\u0085")
+	k := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, 32)).Public().(ed25519.PublicKey)
+	if code, _, errs := run("set", "lyon-07", "atm-1", wire.EncodePublicKey(k)); code != 0 {
+		t.Fatalf("set: %d %q", code, errs)
+	}
+	code, out, errs := run("list")
+	if code != 0 {
+		t.Fatalf("list: %d %q", code, errs)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 1 || strings.Count(lines[0], "\t") != 5 || !strings.HasSuffix(lines[0], "\tevil?x?lyon-07?[2J?") {
+		t.Errorf("list: %q, want one line of six columns ending in evil?x?lyon-07?[2J?", out)
 	}
 }
