@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -24,6 +25,7 @@ import (
 	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/agent/identity"
 	"github.com/periocular/atm-agent/agent/rules"
+	"github.com/periocular/atm-agent/agent/vision"
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/hal/sim"
 	"github.com/periocular/atm-agent/internal/cli"
@@ -39,7 +41,7 @@ const demoBanner = "SIMULATED SCENARIO: no camera, no card reader, no real custo
 
 func init() {
 	commands["demo"] = cli.Command{Summary: "replay a simulated ATM day through the real pipeline (no hardware)", Run: func(ctx context.Context, env *cli.Env, args []string) error {
-		fs := cli.NewFlags(env, "demo", "demo [--models DIR] [--photos DIR] [--seed N] [--duration 40s] [--db FILE] | demo --fleet [--atms 3] [--listen 127.0.0.1:8080] [--once] [--dir DIR]")
+		fs := cli.NewFlags(env, "demo", "demo [--models DIR] [--photos DIR] [--seed N] [--duration 40s] [--db FILE] [--new-identity-quality Q] | demo --fleet [--atms 3] [--listen 127.0.0.1:8080] [--once] [--dir DIR]")
 		o := demoOptions{}
 		fs.StringVar(&o.Models, "models", "", "model directory (default: $ATM_MODELS_DIR, build/models in a source checkout, else /usr/lib/atm-agent/models)")
 		fs.StringVar(&o.Photos, "photos", "", "face-api demo photos (default: build/src/face-api/demo in a source checkout, else /usr/share/atm-tools/demo)")
@@ -47,6 +49,14 @@ func init() {
 		fs.DurationVar(&o.Duration, "duration", 40*time.Second, "wall time the simulated 12-hour day is compressed into")
 		fs.StringVar(&o.DB, "db", "", "keep the bbolt store in this file (default: a temporary file, removed)")
 		fs.StringVar(&o.Thresholds, "thresholds", "", "identity thresholds UU,MM,MU (default: the manifest's calibration)")
+		fs.Func("new-identity-quality", fmt.Sprintf("visit quality a face needs to start an identity, 0..1 (default: vision.new_identity_quality, %g)", vision.DefaultConfig().NewIdentityQuality), func(v string) error {
+			q, err := strconv.ParseFloat(v, 64)
+			if err != nil || !(q >= 0 && q <= 1) {
+				return fmt.Errorf("%q: want a number in 0..1", v)
+			}
+			o.NewIdentityQuality = &q
+			return nil
+		})
 		fs.BoolVar(&o.Verbose, "v", false, "show the agent's own log lines")
 		fs.BoolVar(&o.Fleet, "fleet", false, "the fleet act: several simulated ATMs publish to the embedded broker and the fleet service ingests them and serves its web UI (docs/fleet.md)")
 		fs.IntVar(&o.ATMs, "atms", 3, "simulated ATMs in the fleet act (seeds --seed, --seed+1, ...)")
@@ -73,6 +83,9 @@ type demoOptions struct {
 	Verbose            bool
 	Thresholds         string
 	thresholdsFrom     string
+	// NewIdentityQuality overrides vision.new_identity_quality (nil: the
+	// pipeline's default).
+	NewIdentityQuality *float64
 
 	// The fleet act.
 	Fleet, Once bool
@@ -92,6 +105,15 @@ func (o *demoOptions) defaults() error {
 		return fmt.Errorf("%w: --duration %v: at least 1s", cli.ErrUsage, o.Duration)
 	}
 	return nil
+}
+
+// gateLine tells the visit quality a face needs to start an identity and
+// where it comes from.
+func (o *demoOptions) gateLine() string {
+	if o.NewIdentityQuality != nil {
+		return fmt.Sprintf("new identity quality %.2f (--new-identity-quality; default %.2f)", *o.NewIdentityQuality, vision.DefaultConfig().NewIdentityQuality)
+	}
+	return fmt.Sprintf("new identity quality %.2f (vision.new_identity_quality)", vision.DefaultConfig().NewIdentityQuality)
 }
 
 // provisionalThresholds are used when the manifest has no calibration for
@@ -385,6 +407,7 @@ func runDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	} else if th != nil {
 		d.printf("identity thresholds uu %.2f mm %.2f mu %.2f (%s)\n", th.UU, th.MM, th.MU, o.thresholdsFrom)
 	}
+	d.printf("%s\n", o.gateLine())
 	storePath := o.DB
 	if storePath == "" {
 		tmp, err := os.MkdirTemp("", "atm-agent-demo-")
@@ -512,6 +535,9 @@ func demoDaemonConfig(o *demoOptions, th *identity.Thresholds, dev daemon.Device
 	cfg.Models.Dir = o.Models
 	if th != nil {
 		cfg.Identity.Thresholds = th
+	}
+	if o.NewIdentityQuality != nil {
+		cfg.Vision.NewIdentityQuality = *o.NewIdentityQuality
 	}
 	cfg.Store.Path = storePath
 	cfg.Trigger = daemon.TriggerConfig{}

@@ -211,6 +211,9 @@ func runFleetDemo(ctx context.Context, env *cli.Env, o *demoOptions) error {
 	}
 	out.printf("embedded MQTT broker %s; fleet service: store %s, ingest %s/+/+/{status,summary,alert}\n",
 		brokerURL, cfg.Store.Path, demoPrefix)
+	if o.NewIdentityQuality != nil {
+		out.printf("%s\n", o.gateLine())
+	}
 	out.printf("\nfleet view: %s\n  user %s, password %s (a throw-away admin for this run, on loopback only)\n\n", f.URL, f.User, f.Password)
 	if !o.Verbose {
 		out.printf("the visits that raise alerts (-v: every visit):\n")
