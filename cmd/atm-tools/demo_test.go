@@ -245,10 +245,43 @@ func TestDemoFleetFlags(t *testing.T) {
 		{"demo", "--fleet", "--db", "x.db"},
 		{"demo", "--once"},
 		{"demo", "--fleet", "--once", "--atms", "2", "--dir", fleetDir},
+		{"demo", "--new-identity-quality", "1.5"},
+		{"demo", "--new-identity-quality", "-0.1"},
+		{"demo", "--new-identity-quality", "NaN"},
+		{"demo", "--new-identity-quality", "high"},
 	} {
 		var errb bytes.Buffer
 		if code := runMain(context.Background(), args, io.Discard, &errb); code != 2 {
 			t.Errorf("%v: exit %d, want 2 (usage)\n%s", args, code, errb.String())
 		}
 	}
+}
+
+// TestDemoNewIdentityQuality replays seed 1's day with the new-identity gate
+// at 0 (--new-identity-quality): the gate the agent applies is the flag's,
+// not vision.new_identity_quality's 0.5, so no face visit is refused an
+// identity and nobody is left unidentified. At 0.5 the same day leaves P05
+// and P14 without identity (docs/demo.md).
+func TestDemoNewIdentityQuality(t *testing.T) {
+	if testing.Short() {
+		t.Skip("demo replays ~46 visits through the real models")
+	}
+	models := testenv.ModelsDir(t)
+	var out, errb bytes.Buffer
+	code := runMain(context.Background(), []string{"demo", "--duration", "2s", "--seed", "1", "--new-identity-quality", "0",
+		"--models", models, "--photos", filepath.Join(testenv.ModelSrc(), "face-api", "demo")}, &out, &errb)
+	s := out.String()
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, s, errb.String())
+	}
+	if !strings.Contains(s, "new identity quality 0.00 (--new-identity-quality; default 0.50)") {
+		t.Errorf("the demo does not say which gate it uses:\n%s", s)
+	}
+	if strings.Contains(s, "too low to start one") {
+		t.Errorf("a face visit was refused an identity under gate 0:\n%s", s)
+	}
+	if !strings.Contains(s, "; 0 people never identified") {
+		t.Errorf("people left without identity under gate 0:\n%s", s)
+	}
+	t.Logf("\n%s", s[strings.Index(s, "=== Summary"):])
 }
