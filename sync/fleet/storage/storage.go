@@ -532,7 +532,7 @@ func (c Correction) Validate() error {
 // the identities and the visit count, never a visit or card; it ends with
 // the command's message id (CorrectionCommand reads it back).
 func CorrectionNote(c Correction) string {
-	what := fmt.Sprintf("%d visits of %s to split off", c.Visits, c.Identity)
+	what := fmt.Sprintf("%s of %s to split off", Visits(c.Visits), c.Identity)
 	if c.Action == ActionMergeIdentity {
 		what = fmt.Sprintf("%s into %s", c.Identity, c.Other)
 	}
@@ -556,14 +556,22 @@ func CorrectionNote(c Correction) string {
 	case c.Outcome == OutcomeUnknown:
 		s = what + ": no usable answer from the device (it may have applied it)"
 	case c.Action == ActionSplitIdentity:
-		s = fmt.Sprintf("%d visits of %s split off into %s", c.Visits, c.Identity, c.Other)
+		s = fmt.Sprintf("%s of %s split off into %s", Visits(c.Visits), c.Identity, c.Other)
 	default:
-		s = fmt.Sprintf("%s merged into %s: %d visits moved", c.Identity, c.Other, c.Visits)
+		s = fmt.Sprintf("%s merged into %s: %s moved", c.Identity, c.Other, Visits(c.Visits))
 	}
 	if c.MessageID != "" {
 		s += commandNote + c.MessageID + ")"
 	}
 	return s
+}
+
+// Visits is "1 visit", "2 visits".
+func Visits(n int) string {
+	if n == 1 {
+		return "1 visit"
+	}
+	return fmt.Sprintf("%d visits", n)
 }
 
 // commandNote starts the message id at the end of a correction's note.

@@ -428,8 +428,8 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 					onDevice
 					wire.SplitResult
 				}{onDevice{in.Site, in.Device}, res}
-				done.Done, done.DoneOther = fmt.Sprintf("%d visits of %s split off into the new identity %s: the two are kept apart from now on.",
-					res.VisitsMoved, in.Identity, res.NewIdentity), res.NewIdentity
+				done.Done, done.DoneOther = fmt.Sprintf("%s of %s split off into the new identity %s: the two are kept apart from now on.",
+					storage.Visits(res.VisitsMoved), in.Identity, res.NewIdentity), res.NewIdentity
 			}
 		} else {
 			var res wire.MergeResult
@@ -440,8 +440,8 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 					onDevice
 					wire.MergeResult
 				}{onDevice{in.Site, in.Device}, res}
-				done.Done, done.DoneOther = fmt.Sprintf("%s merged into %s: %d visits moved, kept together from now on.",
-					in.Identity, in.Into, res.VisitsMoved), in.Into
+				done.Done, done.DoneOther = fmt.Sprintf("%s merged into %s: %s moved, kept together from now on.",
+					in.Identity, in.Into, storage.Visits(res.VisitsMoved)), in.Into
 			}
 		}
 	}

@@ -212,8 +212,8 @@ func TestReviewAndCorrect(t *testing.T) {
 	// Each correction twice: its request before it was sent, its
 	// outcome, with the same command id.
 	want := []string{
-		"split identity: 1 visits of p-1 split off into p-split-2",
-		"split identity: requested: 1 visits of p-1 to split off",
+		"split identity: 1 visit of p-1 split off into p-split-2",
+		"split identity: requested: 1 visit of p-1 to split off",
 		"merge identities: refused by the device, nothing changed: p-9 into p-1: the device refused the command: no identity p-9",
 		"merge identities: requested: p-9 into p-1",
 		"merge identities: p-split-1 merged into p-1: 2 visits moved",
@@ -279,7 +279,7 @@ func TestReviewWhenTheDeviceCannotAnswer(t *testing.T) {
 	}
 	r, body = ana.post("/devices/lyon-07/atm-gone/identities/p-1/split", url.Values{"csrf": {csrf}, "visits": {"v-1"}})
 	if audit, _ := svc.st.Audit(context.Background(), 1); r.StatusCode != http.StatusConflict || len(audit) != 1 ||
-		!strings.HasPrefix(audit[0].Note, "not sent, nothing changed: 1 visits of p-1 to split off: device not online") {
+		!strings.HasPrefix(audit[0].Note, "not sent, nothing changed: 1 visit of p-1 to split off: device not online") {
 		t.Errorf("a split for a stopped device: %d, audited as %+v", r.StatusCode, audit)
 	}
 	r, out := ana.json("GET", "/api/v1/devices/lyon-07/atm-gone/identities/p-1/visits", "", "")

@@ -234,6 +234,17 @@ var funcs = template.FuncMap{
 	// window shows an alert's window as the agent's config writes it
 	// ("24h", "7d"), not as it travels ("24h0m0s").
 	"window": durfmt.Window,
+	// dur shows a configured duration as the config writes it ("30d",
+	// not "720h0m0s").
+	"dur": durfmt.Format,
+	// auditKey shows an audit entry's alert, or its device alone when the
+	// entry names no alert (a correction, a removal).
+	"auditKey": func(k storage.AlertKey) string {
+		if k.AlertID == "" {
+			return k.Site + "/" + k.Device
+		}
+		return k.String()
+	},
 	// sim shows a similarity (-1..1) with two decimals, "-" when absent.
 	"sim": func(v *float64) string {
 		if v == nil {
@@ -1234,15 +1245,12 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	var stats string
+	var stats, commands []counter
 	if s.d.IngestStats != nil {
-		b, _ := json.MarshalIndent(s.d.IngestStats(), "", "  ")
-		stats = string(b)
+		stats = countersOf(s.d.IngestStats())
 	}
-	commands := "not configured (no identity review)"
 	if s.d.CommandStats != nil {
-		b, _ := json.MarshalIndent(s.d.CommandStats(), "", "  ")
-		commands = string(b)
+		commands = countersOf(s.d.CommandStats())
 	}
 	// A correction's request without an outcome: the fleet never learnt
 	// what became of it (it stopped while waiting), unless it is waiting
@@ -1271,12 +1279,51 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 		Audit     []storage.AuditEntry
 		Pending   map[uint64]string
 		Rejects   []storage.Reject
-		Stats     string
+		Stats     []counter
 		Users     []User
 		Retention storage.Retention
 		Pruned    string
-		Commands  string
+		Commands  []counter
 	}{s.base(r, "Settings", "admin"), audit, pending, rejects, stats, users, s.d.Retention, r.URL.Query().Get("pruned"), commands})
+}
+
+// counter is one line of a counters table on the Settings page.
+type counter struct{ Name, Value string }
+
+// countersOf lists the fields of v's JSON object in their order, their
+// names in words ("timed_out" -> "timed out"); nil when v is not an
+// object. A nested value is shown as its JSON.
+func countersOf(v any) []counter {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.UseNumber()
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	var out []counter
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return out
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return out
+		}
+		val := string(raw)
+		var str string
+		if json.Unmarshal(raw, &str) == nil {
+			val = str
+			if val == "" {
+				val = "-"
+			}
+		}
+		out = append(out, counter{strings.ReplaceAll(fmt.Sprint(k), "_", " "), val})
+	}
+	return out
 }
 
 func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
