@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/wire"
 )
 
 // contains fails the test for each of want that page lacks and each of
@@ -44,4 +45,51 @@ func TestSettingsPageReadable(t *testing.T) {
 		[]string{"systemctl reload atm-fleet", "30d", "90d", `<th scope="row">applied</th><td>1</td>`, `<th scope="row">store errs</th><td>0</td>`,
 			"<td>lyon-07/atm-1</td>", "p-2 merged into p-1: 1 visit moved", "not configured (no identity review)"},
 		[]string{"restart to change", "720h0m0s", "2160h0m0s", "<pre", "lyon-07/atm-1/<", "1 visits"})
+}
+
+// row is the fleet page's row of site/device.
+func row(t *testing.T, page, device string) string {
+	t.Helper()
+	i := strings.Index(page, `data-device="`+device+`"`)
+	if i < 0 {
+		t.Fatalf("the fleet page has no row of %s", device)
+	}
+	j := strings.Index(page[i:], "</tr>")
+	return page[i : i+j]
+}
+
+// A device heard from only by its status: the device page's Delivery says
+// when it was last heard as its heading does (a status counts), and that
+// no summary or alert came, without a "seq 0–0". The fleet page says "no
+// gaps" in words and "none reported" for a status without cameras, as the
+// device page does.
+func TestDeliveryAndCamerasAgree(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	now := time.Now().UTC()
+	status := func(dev string, received time.Time, seq uint64, cams ...wire.CameraHealth) {
+		t.Helper()
+		s := wire.Status{Envelope: wire.NewEnvelope("lyon-07", dev, received), State: wire.StateOnline, Cameras: cams}
+		s.Seq = seq
+		if err := st.PutStatus(context.Background(), storage.Status{Site: "lyon-07", Device: dev, Received: received, Status: s}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status("atm-0042", now.Add(-6*time.Minute), 1)
+	status("atm-1", now, 4, wire.CameraHealth{Name: "front", OK: true})
+	_, hs := newTestServer(t, st)
+	ana := newClient(t, hs.URL)
+	ana.login("ana", "correct horse")
+	_, page := ana.get("/devices/lyon-07/atm-0042")
+	contains(t, "the stale device's page", page,
+		[]string{"last heard from 6m ago", "last heard 6m ago: status 6m ago, summary or alert never",
+			"no summary or alert received yet: its last status says the broker took 1 (seq up to 1)", "none reported"},
+		[]string{"seq 0–0", "last message never"})
+	_, page = ana.get("/")
+	contains(t, "the fleet page's row of a device without cameras", row(t, page, "lyon-07/atm-0042"), []string{"<td>none reported</td>", "<td>-</td>"},
+		[]string{">ok<", "fault"})
+	contains(t, "the fleet page's row of a device with gaps", row(t, page, "lyon-07/atm-1"),
+		[]string{`<span class="ok">ok</span>`, `4 / <span class="bad">1 missing</span>`}, []string{"no gaps"})
+	contains(t, "the fleet page's row of a device without gaps or status", row(t, page, "paris-01/atm-2"), []string{"<td>1 / no gaps</td>", "<td>-</td>"},
+		[]string{">ok<", "none reported"})
 }

@@ -672,6 +672,7 @@ type deviceRow struct {
 	HasStatus      bool
 	StatusReceived time.Time
 	CameraOK       bool
+	Cameras        int // in the last status
 	Backlog        int
 	HasSummary     bool
 	Visits24h      int
@@ -689,6 +690,9 @@ func (s *Server) rows(devs []storage.Device) []deviceRow {
 			StatusReceived: d.StatusReceived, CameraOK: d.CameraOK(), Backlog: d.Backlog(), HasSummary: d.Summary != nil,
 			OpenAlerts: d.OpenAlerts, MaxSeq: d.MaxSeq, Gaps: d.Gaps(), Behind: d.Behind(),
 			Path: "/devices/" + pathSeg(d.Site) + "/" + pathSeg(d.Device)}
+		if d.Status != nil {
+			out[i].Cameras = len(d.Status.Cameras)
+		}
 		if d.Summary != nil {
 			out[i].Visits24h, out[i].LastSum = d.Summary.Totals.Visits.H24, d.Summary.TS
 		}
