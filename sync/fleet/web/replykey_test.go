@@ -4,24 +4,30 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/sync/fleet/command"
+	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
-// The device page and API say whether the device's command replies are
-// authenticated: without a pinned key, "unauthenticated" and reply_key
-// null; with one, its fingerprint, when it was pinned and, to an admin
-// only, by whom.
+// The device page says whether the device's review answers are signed
+// only where there is a review (commands configured), calmly, with the
+// operator's commands for administrators alone; the API gives reply_key
+// (null without a pin) either way.
+// Who pinned it (an admin's login) is told to an admin only.
 func TestDeviceReplyKeyShown(t *testing.T) {
 	st := openBolt(t)
 	seed(t, st)
-	_, hs := newTestServer(t, st)
+	srv, hs := newTestServer(t, st)
 	ana := newClient(t, hs.URL)
 	ana.login("ana", "correct horse")
+	root := newClient(t, hs.URL)
+	root.login("root", "correct horse")
 	api := func() map[string]json.RawMessage {
 		t.Helper()
 		_, body := ana.get("/api/v1/devices/lyon-07/atm-1")
@@ -34,9 +40,15 @@ func TestDeviceReplyKeyShown(t *testing.T) {
 	if m := api(); string(m["reply_key"]) != "null" {
 		t.Errorf("no pin: reply_key %s", m["reply_key"])
 	}
-	if _, page := ana.get("/devices/lyon-07/atm-1"); !strings.Contains(page, "command replies unauthenticated") {
-		t.Error("no pin: the device page does not say its replies are unauthenticated")
+	if _, page := root.get("/devices/lyon-07/atm-1"); strings.Contains(page, "reply-key") || strings.Contains(page, "unauthenticated") {
+		t.Error("commands off: the device page speaks of command replies")
 	}
+	srv.d.Commands = loopbackCommands(t, nil)
+	_, page := ana.get("/devices/lyon-07/atm-1")
+	contains(t, "the analyst's device page, no pin", page, []string{`<p class="reply-key">review answers unsigned: no device key pinned`},
+		[]string{"atm-fleet devices key set", `class="bad">command replies`})
+	_, page = root.get("/devices/lyon-07/atm-1")
+	contains(t, "the admin's device page, no pin", page, []string{"review answers unsigned", "<code>atm-fleet devices key set</code>"}, nil)
 	pub := ed25519.NewKeyFromSeed(make([]byte, 32)).Public().(ed25519.PublicKey)
 	if err := st.PutDeviceKey(context.Background(), storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: pub,
 		Pinned: time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC), By: "ops"}); err != nil {
@@ -47,8 +59,8 @@ func TestDeviceReplyKeyShown(t *testing.T) {
 		k.PublicKey != wire.EncodePublicKey(pub) {
 		t.Errorf("pinned: reply_key %+v, %v", k, err)
 	}
-	_, page := ana.get("/devices/lyon-07/atm-1")
-	if strings.Contains(page, "unauthenticated") || !strings.Contains(page, wire.Fingerprint(pub)) {
+	_, page = ana.get("/devices/lyon-07/atm-1")
+	if strings.Contains(page, "unsigned") || !strings.Contains(page, "review answers signed by device key <code>"+wire.Fingerprint(pub)) {
 		t.Error("pinned: the device page does not show the key's fingerprint")
 	}
 	// Who pinned it (an admin's login): to an admin only.
@@ -60,4 +72,52 @@ func TestDeviceReplyKeyShown(t *testing.T) {
 	if json.Unmarshal(api()["reply_key"], &k) != nil || k.By != "ops" || !strings.Contains(page, "by ops") {
 		t.Errorf("the admin is not told who pinned the key: %+v", k)
 	}
+}
+
+// The review page, where a forged answer would be shown, says whether
+// the answer it shows was authenticated: not, while no key is pinned
+// (the API's "authenticated": false); once the device's key is pinned and
+// its replies verify, authenticated by that key's fingerprint (true), and
+// so does a correction's result page.
+func TestReviewSaysWhetherAuthenticated(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	online := wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-1", time.Now()), State: wire.StateOnline}
+	if err := st.PutStatus(context.Background(), storage.Status{Site: "lyon-07", Device: "atm-1", Received: time.Now(), Status: online}); err != nil {
+		t.Fatal(err)
+	}
+	srv, hs := newTestServer(t, st)
+	devPub, devKey, _ := ed25519.GenerateKey(nil)
+	rv := fleettest.NewReviewer(reviewVisitsOf(time.Now().UTC()))
+	cmds := loopbackSigned(t, map[string]*fleettest.Reviewer{"atm-1": rv}, devKey, func(c *command.Config) { c.ReviewCache = 0 })
+	cmds.UseKeys(st)
+	srv.d.Commands = cmds
+	ana := newClient(t, hs.URL)
+	csrf := ana.login("ana", "correct horse")
+	const review, visits = "/devices/lyon-07/atm-1/identities/p-1/review", "/api/v1/devices/lyon-07/atm-1/identities/p-1/visits"
+
+	r, page := ana.get(review)
+	contains(t, "the review page, no pin", page, []string{"T-1001", `id="reply-auth">The device's answer is <b>not authenticated</b>`,
+		"could have answered in its place with visits of its own making"}, []string{"atm-fleet devices key set"})
+	if r.StatusCode != 200 {
+		t.Fatalf("review: %d", r.StatusCode)
+	}
+	if _, out := ana.json("GET", visits, "", ""); out["authenticated"] != false {
+		t.Errorf("API, no pin: authenticated %v, want false", out["authenticated"])
+	}
+	if err := st.PutDeviceKey(context.Background(), storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: devPub,
+		Pinned: time.Now().UTC(), By: "ops"}); err != nil {
+		t.Fatal(err)
+	}
+	_, page = ana.get(review)
+	contains(t, "the review page, pinned", page, []string{"T-1001", "The device's answer is authenticated: signed by the device key pinned for lyon-07 / atm-1 (<code>" +
+		wire.Fingerprint(devPub) + "</code>"}, []string{"not authenticated", " by ops", " by )"})
+	if _, out := ana.json("GET", visits, "", ""); out["authenticated"] != true {
+		t.Errorf("API, pinned: authenticated %v, want true", out["authenticated"])
+	}
+	r, page = ana.post("/devices/lyon-07/atm-1/identities/p-2/merge", url.Values{"csrf": {csrf}, "into": {"p-1"}})
+	if r.StatusCode != 200 {
+		t.Fatalf("merge: %d %s", r.StatusCode, page)
+	}
+	contains(t, "the correction's page, pinned", page, []string{"p-2 merged into p-1: 2 visits moved", "The device's answer is authenticated"}, nil)
 }

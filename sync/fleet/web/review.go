@@ -186,47 +186,72 @@ func (s *Server) commandDevice(r *http.Request, site, dev string) (storage.Devic
 // identity's visits (identity_visits), for the review page and the API. A
 // bad identity id or an unknown device is answered here (false); any other
 // error is the caller's to explain (problemOf).
-func (s *Server) reviewVisits(w http.ResponseWriter, r *http.Request) (storage.Device, wire.IdentityVisitsResult, bool, error) {
+func (s *Server) reviewVisits(w http.ResponseWriter, r *http.Request) (storage.Device, wire.IdentityVisitsResult, command.Sent, bool, error) {
 	site, dev, id := r.PathValue("site"), r.PathValue("device"), r.PathValue("id")
 	if err := wire.ValidateID(id, 64); err != nil {
 		httpError(w, r, "identity id: "+err.Error(), http.StatusBadRequest)
-		return storage.Device{}, wire.IdentityVisitsResult{}, false, nil
+		return storage.Device{}, wire.IdentityVisitsResult{}, command.Sent{}, false, nil
 	}
 	d, err := s.commandDevice(r, site, dev)
 	if errors.Is(err, storage.ErrNotFound) {
 		s.fail(w, r, err)
-		return d, wire.IdentityVisitsResult{}, false, nil
+		return d, wire.IdentityVisitsResult{}, command.Sent{}, false, nil
 	}
 	if err != nil {
-		return d, wire.IdentityVisitsResult{}, true, err
+		return d, wire.IdentityVisitsResult{}, command.Sent{}, true, err
 	}
 	release, ok := s.userCommands.take(who(r).User.Name)
 	if !ok {
-		return d, wire.IdentityVisitsResult{}, true, errUserBusy
+		return d, wire.IdentityVisitsResult{}, command.Sent{}, true, errUserBusy
 	}
 	defer release()
-	res, _, err := s.d.Commands.IdentityVisits(r.Context(), site, dev, id)
-	return d, res, true, err
+	res, sent, err := s.d.Commands.IdentityVisits(r.Context(), site, dev, id)
+	return d, res, sent, true, err
 }
 
 // reviewPage shows an identity's visits as its agent lists them, with the
 // split and merge forms. It is not live (no id="live"): each load asks the
 // device again.
 func (s *Server) reviewPage(w http.ResponseWriter, r *http.Request) {
-	d, res, ok, err := s.reviewVisits(w, r)
+	d, res, sent, ok, err := s.reviewVisits(w, r)
 	if !ok {
 		return
 	}
 	var p commandProblem
 	var result *wire.IdentityVisitsResult
+	var auth *replyAuth
 	if err != nil {
 		p = s.problemOf(d, err)
 		retryAfter(w, p)
 	} else {
 		result = &res
+		if auth, err = s.replyAuthOf(r, d, sent); err != nil {
+			s.fail(w, r, err)
+			return
+		}
 	}
 	id := r.PathValue("id")
-	s.renderReview(w, r, p.Code, reviewData{Site: d.Site, Device: d.Device, ID: id, Error: p.Msg, Result: result, Others: otherIdentities(d, id, res.Apart)})
+	s.renderReview(w, r, p.Code, reviewData{Site: d.Site, Device: d.Device, ID: id, Error: p.Msg, Result: result, Auth: auth,
+		Others: otherIdentities(d, id, res.Apart)})
+}
+
+// replyAuth says whether the reply a page shows was authenticated: signed
+// by the device key pinned for the device (Key), or taken unsigned (no
+// key pinned).
+type replyAuth struct {
+	Authenticated bool
+	Key           *apiReplyKey
+}
+
+// replyAuthOf is the authentication of the reply sent was answered by.
+func (s *Server) replyAuthOf(r *http.Request, d storage.Device, sent command.Sent) (*replyAuth, error) {
+	a := &replyAuth{Authenticated: sent.Authenticated}
+	if !a.Authenticated {
+		return a, nil
+	}
+	k, err := s.replyKey(r, d.Site, d.Device)
+	a.Key = k
+	return a, err
 }
 
 // reviewData is the review page's (and the correction result's) data.
@@ -236,6 +261,8 @@ type reviewData struct {
 	// Error: why there is nothing to review (offline, timeout...).
 	Error  string
 	Result *wire.IdentityVisitsResult
+	// Auth: whether the reply shown (Result, Done) was authenticated.
+	Auth *replyAuth
 	// Others: identities of the device's last summary to merge into.
 	Others []string
 	// Done: what a correction did (the result page).
@@ -335,7 +362,7 @@ func correctionInput(r *http.Request, split bool) (correction, error) {
 func (s *Server) split(w http.ResponseWriter, r *http.Request) { s.correct(w, r, true) }
 func (s *Server) merge(w http.ResponseWriter, r *http.Request) { s.correct(w, r, false) }
 func (s *Server) apiVisits(w http.ResponseWriter, r *http.Request) {
-	d, res, ok, err := s.reviewVisits(w, r)
+	d, res, sent, ok, err := s.reviewVisits(w, r)
 	if !ok {
 		return
 	}
@@ -349,7 +376,8 @@ func (s *Server) apiVisits(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, struct {
 		onDevice
 		wire.IdentityVisitsResult
-	}{onDevice{d.Site, d.Device}, res})
+		Authenticated bool `json:"authenticated"`
+	}{onDevice{d.Site, d.Device}, res, sent.Authenticated})
 }
 
 // onDevice names the device of an API answer (its "site" and "device").
@@ -496,6 +524,10 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 	}
 	if api {
 		writeJSON(w, out)
+		return
+	}
+	if done.Auth, err = s.replyAuthOf(r, d, sent); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	s.renderReview(w, r, 0, done)

@@ -426,8 +426,10 @@ type loopback struct {
 	pub    ed25519.PublicKey
 	c      *command.Client
 	agents map[string]*fleettest.Reviewer // by device
-	mu     sync.Mutex
-	seen   map[string]bool
+	// sign: the device key the replies are signed with (nil: unsigned).
+	sign ed25519.PrivateKey
+	mu   sync.Mutex
+	seen map[string]bool
 }
 
 func (l *loopback) Publish(_ context.Context, topic string, msg []byte) error {
@@ -459,7 +461,7 @@ func (l *loopback) Publish(_ context.Context, topic string, msg []byte) error {
 		if err := r.Seal(cmd.Args.ReplyKey); err != nil { // as the agent answers
 			r.Refuse(err)
 		}
-		b, _ := json.Marshal(r)
+		b, _ := wire.SignReply(l.sign, r)
 		l.c.Handle(browserPrefix+"/"+cmd.Site+"/"+cmd.Device+"/reply", b)
 	}()
 	return nil
@@ -475,8 +477,15 @@ func loopbackCommands(t *testing.T, agents map[string]*fleettest.Reviewer) *comm
 // loopbackCommandsWith is loopbackCommands with its config changed by mut.
 func loopbackCommandsWith(t *testing.T, agents map[string]*fleettest.Reviewer, mut func(*command.Config)) *command.Client {
 	t.Helper()
+	return loopbackSigned(t, agents, nil, mut)
+}
+
+// loopbackSigned is loopbackCommandsWith whose devices sign their replies
+// with devKey (nil: unsigned).
+func loopbackSigned(t *testing.T, agents map[string]*fleettest.Reviewer, devKey ed25519.PrivateKey, mut func(*command.Config)) *command.Client {
+	t.Helper()
 	pub, priv, _ := wire.GenerateCommandKey()
-	l := &loopback{pub: pub, agents: agents, seen: map[string]bool{}}
+	l := &loopback{pub: pub, agents: agents, seen: map[string]bool{}, sign: devKey}
 	cfg := command.DefaultConfig()
 	cfg.Enabled, cfg.PrivateKeyFile, cfg.ReplyTimeout, cfg.ResendInterval, cfg.MaxInFlight = true, "unused", time.Second, 300*time.Millisecond, 1
 	if mut != nil {

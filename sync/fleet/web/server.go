@@ -276,7 +276,7 @@ func queryURL(kv ...string) template.URL {
 }
 
 func parsePages() (map[string]*template.Template, error) {
-	base, err := template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/alertrows.html")
+	base, err := template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/alertrows.html", "templates/replyauth.html")
 	if err != nil {
 		return nil, fmt.Errorf("web: templates: %w", err)
 	}
@@ -287,7 +287,7 @@ func parsePages() (map[string]*template.Template, error) {
 	out := map[string]*template.Template{}
 	for _, n := range names {
 		name := strings.TrimSuffix(strings.TrimPrefix(n, "templates/"), ".html")
-		if name == "layout" || name == "alertrows" {
+		if name == "layout" || name == "alertrows" || name == "replyauth" {
 			continue
 		}
 		t, err := template.Must(base.Clone()).ParseFS(assets, n)
@@ -1116,6 +1116,7 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, "device", struct {
 		base
 		ReplyKey  *apiReplyKey
+		Commands  bool // configured: the review asks the device
 		D         storage.Device
 		State     string // shownState
 		LastHeard time.Time
@@ -1125,7 +1126,7 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 		MaskShare string
 		Alerts    []storage.Alert
 		Next      string
-	}{s.base(r, dev+" · "+site, "fleet"), key, d, s.shownState(d), lastHeard(d), VisitsPerHourSVG(HourlyVisits(pts, now, 48)), HourlyVisits(pts, now, 48), ids, maskShare,
+	}{s.base(r, dev+" · "+site, "fleet"), key, s.d.Commands != nil, d, s.shownState(d), lastHeard(d), VisitsPerHourSVG(HourlyVisits(pts, now, 48)), HourlyVisits(pts, now, 48), ids, maskShare,
 		alerts, r.URL.RequestURI()})
 }
 
