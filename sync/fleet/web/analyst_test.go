@@ -93,3 +93,21 @@ func TestDeliveryAndCamerasAgree(t *testing.T) {
 	contains(t, "the fleet page's row of a device without gaps or status", row(t, page, "paris-01/atm-2"), []string{"<td>1 / no gaps</td>", "<td>-</td>"},
 		[]string{">ok<", "none reported"})
 }
+
+// The review page says what a similarity means (the scale, the default
+// model's match from about 0.5) and, when a visit stands for folded card
+// inserts, that their customers were not photographed and that a split
+// moves the visit with all its transactions; without one, no such words.
+func TestReviewExplainsSimilarityAndFoldedInserts(t *testing.T) {
+	_, hs := reviewServer(t, nil)
+	ana := newClient(t, hs.URL)
+	ana.login("ana", "correct horse")
+	_, page := ana.get("/devices/lyon-07/atm-1/identities/p-1/review")
+	contains(t, "the review of p-1", page, []string{"0.28", "1 is the same face template", "matches two visits from about 0.5",
+		"0.48 both unmasked, 0.50 one masked, 0.60 both masked", "matched from about 0.5)",
+		`id="coalesced-how"`, "also T-1003b (folded in, not photographed)", "card 1, card 2",
+		"The folded insert's customer was <b>not photographed</b>", "A split moves the visit with all its transactions."},
+		[]string{"(-1..1)."})
+	_, page = ana.get("/devices/lyon-07/atm-1/identities/p-2/review")
+	contains(t, "the review of p-2", page, []string{"T-2001", "matches two visits from about 0.5"}, []string{`id="coalesced-how"`, "not photographed"})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -80,18 +81,8 @@ func TestDeviceReplyKeyShown(t *testing.T) {
 // its replies verify, authenticated by that key's fingerprint (true), and
 // so does a correction's result page.
 func TestReviewSaysWhetherAuthenticated(t *testing.T) {
-	st := openBolt(t)
-	seed(t, st)
-	online := wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-1", time.Now()), State: wire.StateOnline}
-	if err := st.PutStatus(context.Background(), storage.Status{Site: "lyon-07", Device: "atm-1", Received: time.Now(), Status: online}); err != nil {
-		t.Fatal(err)
-	}
-	srv, hs := newTestServer(t, st)
 	devPub, devKey, _ := ed25519.GenerateKey(nil)
-	rv := fleettest.NewReviewer(reviewVisitsOf(time.Now().UTC()))
-	cmds := loopbackSigned(t, map[string]*fleettest.Reviewer{"atm-1": rv}, devKey, func(c *command.Config) { c.ReviewCache = 0 })
-	cmds.UseKeys(st)
-	srv.d.Commands = cmds
+	st, hs := reviewServer(t, devKey)
 	ana := newClient(t, hs.URL)
 	csrf := ana.login("ana", "correct horse")
 	const review, visits = "/devices/lyon-07/atm-1/identities/p-1/review", "/api/v1/devices/lyon-07/atm-1/identities/p-1/visits"
@@ -120,4 +111,24 @@ func TestReviewSaysWhetherAuthenticated(t *testing.T) {
 		t.Fatalf("merge: %d %s", r.StatusCode, page)
 	}
 	contains(t, "the correction's page, pinned", page, []string{"p-2 merged into p-1: 2 visits moved", "The device's answer is authenticated"}, nil)
+}
+
+// reviewServer is a web server over the seeded store whose lyon-07/atm-1
+// is online and answers the review as reviewVisitsOf's agent through a
+// loopback command client (no review cache), its replies signed with
+// devKey (nil: unsigned) and checked against the keys pinned in the store.
+func reviewServer(t *testing.T, devKey ed25519.PrivateKey) (storage.Store, *httptest.Server) {
+	t.Helper()
+	st := openBolt(t)
+	seed(t, st)
+	online := wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-1", time.Now()), State: wire.StateOnline}
+	if err := st.PutStatus(context.Background(), storage.Status{Site: "lyon-07", Device: "atm-1", Received: time.Now(), Status: online}); err != nil {
+		t.Fatal(err)
+	}
+	srv, hs := newTestServer(t, st)
+	rv := fleettest.NewReviewer(reviewVisitsOf(time.Now().UTC()))
+	cmds := loopbackSigned(t, map[string]*fleettest.Reviewer{"atm-1": rv}, devKey, func(c *command.Config) { c.ReviewCache = 0 })
+	cmds.UseKeys(st)
+	srv.d.Commands = cmds
+	return st, hs
 }

@@ -269,6 +269,15 @@ type reviewData struct {
 	Done, DoneOther string
 }
 
+// Coalesced reports whether a visit of the review stands for more than
+// one card insert (the page then explains them).
+func (d reviewData) Coalesced() bool {
+	if d.Result == nil {
+		return false
+	}
+	return slices.ContainsFunc(d.Result.Visits, func(v wire.ReviewVisit) bool { return len(v.CoalescedTxnIDs) > 0 })
+}
+
 func (s *Server) renderReview(w http.ResponseWriter, r *http.Request, code int, data reviewData) {
 	page := "review"
 	title := "Review " + data.ID
