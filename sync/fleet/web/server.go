@@ -276,7 +276,7 @@ func queryURL(kv ...string) template.URL {
 }
 
 func parsePages() (map[string]*template.Template, error) {
-	base, err := template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/alertrows.html", "templates/replyauth.html")
+	base, err := template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/alertrows.html", "templates/partials.html")
 	if err != nil {
 		return nil, fmt.Errorf("web: templates: %w", err)
 	}
@@ -287,7 +287,7 @@ func parsePages() (map[string]*template.Template, error) {
 	out := map[string]*template.Template{}
 	for _, n := range names {
 		name := strings.TrimSuffix(strings.TrimPrefix(n, "templates/"), ".html")
-		if name == "layout" || name == "alertrows" || name == "replyauth" {
+		if name == "layout" || name == "alertrows" || name == "partials" {
 			continue
 		}
 		t, err := template.Must(base.Clone()).ParseFS(assets, n)
@@ -1377,6 +1377,10 @@ func (s *Server) purgeIdentity(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("%w: identity: %w", errBadRequest, err))
 		return
 	}
+	if !strings.HasPrefix(r.URL.Path, "/api/") && strings.TrimSpace(r.PostFormValue("confirm")) != in["identity"] {
+		s.confirmPurge(w, r, in)
+		return
+	}
 	p := who(r)
 	ip := storage.IdentityPurge{Site: in["site"], Device: in["device"], Identity: in["identity"], User: p.User.Name, Role: p.User.Role,
 		Remote: r.RemoteAddr, At: s.now().UTC()}
@@ -1405,6 +1409,28 @@ func (s *Server) purgeIdentity(w http.ResponseWriter, r *http.Request) {
 		Site, Device, ID, Warning string
 		Alerts                    int
 	}{s.base(r, "Erased "+ip.Identity, "fleet"), ip.Site, ip.Device, ip.Identity, warning, n})
+}
+
+// confirmPurge answers an erasure form whose confirm field does not name
+// the identity: nothing is erased; the page says what would be and asks
+// for the identity typed again (400 when something else was typed).
+func (s *Server) confirmPurge(w http.ResponseWriter, r *http.Request, in map[string]string) {
+	alerts, err := s.alerts(r, storage.AlertFilter{Site: in["site"], Device: in["device"], IdentityID: in["identity"], Limit: storage.DefaultAlertLimit})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	typed := strings.TrimSpace(r.PostFormValue("confirm"))
+	code := http.StatusOK
+	if typed != "" {
+		code = http.StatusBadRequest
+	}
+	s.renderCode(w, r, code, "erase", struct {
+		base
+		Site, Device, ID, Typed string
+		Alerts                  int
+		More                    bool
+	}{s.base(r, "Erase "+in["identity"], "fleet"), in["site"], in["device"], in["identity"], typed, len(alerts), len(alerts) >= storage.DefaultAlertLimit})
 }
 
 // input reads a form (pages) or a JSON object of strings (/api/: unknown

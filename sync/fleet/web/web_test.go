@@ -992,12 +992,35 @@ func TestPurgeIdentity(t *testing.T) {
 	if _, body := root.get("/devices/lyon-07/atm-1/identities/p-1"); !strings.Contains(body, "Not in any stored summary") {
 		t.Error("the erased identity's page still shows counts")
 	}
-	if _, body := root.get("/devices/lyon-07/atm-1/identities/p-2"); !strings.Contains(body, `action="/admin/identities/purge"`) {
-		t.Error("the administrator is not offered the erasure")
+	if _, body := root.get("/devices/lyon-07/atm-1/identities/p-2"); !strings.Contains(body, `action="/admin/identities/purge"`) ||
+		!strings.Contains(body, `<input name="confirm" required`) {
+		t.Error("the administrator is not offered the erasure, or it asks for no confirmation")
+	}
+	// The form erases only once the identity is typed again: without it,
+	// a page says what would be erased (its alert counted) and asks; a
+	// wrong one is 400. Nothing is erased meanwhile (before 2026-12-08 one
+	// click erased it).
+	if _, err := st.Apply(context.Background(), []storage.Message{storetest.Alert("lyon-07", "atm-1", 5, time.Now().UTC(), "a-2", "p-2", 9)}); err != nil {
+		t.Fatal(err)
+	}
+	form := url.Values{"csrf": {rootCSRF}, "site": {"lyon-07"}, "device": {"atm-1"}, "identity": {"p-2"}}
+	if r, body := root.post("/admin/identities/purge", form); r.StatusCode != http.StatusOK || !strings.Contains(body, `id="erase-unconfirmed"`) ||
+		!strings.Contains(body, "1 alert naming it in every state") || !strings.Contains(body, `<input name="confirm" required`) ||
+		strings.Contains(body, `id="erasure-done"`) {
+		t.Errorf("an unconfirmed erasure: %d\n%s", r.StatusCode, body)
+	}
+	form.Set("confirm", "p-1")
+	if r, body := root.post("/admin/identities/purge", form); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, `the confirmation reads "p-1", not p-2`) {
+		t.Errorf("an erasure confirmed with another id: %d\n%s", r.StatusCode, body)
+	}
+	root.refusesUnguarded("/admin/identities/purge", url.Values{"site": {"lyon-07"}, "device": {"atm-1"}, "identity": {"p-2"}, "confirm": {"p-2"}}, rootCSRF)
+	if _, body := root.get("/devices/lyon-07/atm-1/identities/p-2"); strings.Contains(body, "Not in any stored summary") {
+		t.Fatal("an unconfirmed erasure erased the identity")
 	}
 	// The form's answer says what was erased (before: a redirect to the
 	// device page that said nothing, and no scrub warning).
-	if r, body := root.post("/admin/identities/purge", url.Values{"csrf": {rootCSRF}, "site": {"lyon-07"}, "device": {"atm-1"}, "identity": {"p-2"}}); r.StatusCode != http.StatusOK ||
+	form.Set("confirm", " p-2 ")
+	if r, body := root.post("/admin/identities/purge", form); r.StatusCode != http.StatusOK ||
 		!strings.Contains(body, `id="erasure-done"`) || !strings.Contains(body, "p-2 is erased from the fleet") || strings.Contains(body, `id="erasure-warning"`) {
 		t.Errorf("erasure form: %d\n%s", r.StatusCode, body)
 	}
