@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -110,4 +111,35 @@ func TestReviewExplainsSimilarityAndFoldedInserts(t *testing.T) {
 		[]string{"(-1..1)."})
 	_, page = ana.get("/devices/lyon-07/atm-1/identities/p-2/review")
 	contains(t, "the review of p-2", page, []string{"T-2001", "matches two visits from about 0.5"}, []string{`id="coalesced-how"`, "not photographed"})
+}
+
+// An alert's count reads as what it is: the agent's when it raised the
+// alert, "at least" for one identity's count (a lower bound), exact for a
+// device-wide faceless count; its rule in words from the alert's kind,
+// threshold and window, and what to do next.
+func TestAlertCountsAndRulesInWords(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	now := time.Now().UTC()
+	faceless := storetest.Alert("lyon-07", "atm-1", 5, now.Add(-10*time.Minute), "a-f", "", 3)
+	faceless.Alert.Rule, faceless.Alert.Kind, faceless.Alert.Window, faceless.Alert.Threshold = "faceless-burst", "faceless", "1h0m0s", 3
+	if _, err := st.Apply(context.Background(), []storage.Message{faceless}); err != nil {
+		t.Fatal(err)
+	}
+	_, hs := newTestServer(t, st)
+	ana := newClient(t, hs.URL)
+	ana.login("ana", "correct horse")
+	for _, path := range []string{"/alerts", "/devices/lyon-07/atm-1"} {
+		_, page := ana.get(path)
+		contains(t, path, page, []string{"Count when raised", "stays as it was", "is a lower bound",
+			`<td class="count">at least 7<br><small>threshold 5</small></td>`, "raised at 5 visits in 24h by one identity",
+			"next: review the identity&#39;s visits", `<td class="count">3<br><small>threshold 3</small></td>`,
+			"raised at 3 visits without a usable face in 1h at this ATM", "next: look at the ATM&#39;s CCTV"},
+			[]string{"7 / 5", "3 / 3", "at least 3"})
+	}
+	_, page := ana.get("/devices/lyon-07/atm-1/identities/p-1")
+	contains(t, "the identity page", page, []string{"at least 7", "raised at 5 visits in 24h by one identity"}, []string{"without a usable face"})
+	if _, page := ana.get("/alerts?rule=none"); strings.Contains(page, "stays as it was") {
+		t.Error("the alerts page explains counts with no alert listed")
+	}
 }

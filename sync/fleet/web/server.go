@@ -234,6 +234,11 @@ var funcs = template.FuncMap{
 	// window shows an alert's window as the agent's config writes it
 	// ("24h", "7d"), not as it travels ("24h0m0s").
 	"window": durfmt.Window,
+	// rule says an alert's rule in words; lowerBound whether its count
+	// is one identity's (a lower bound); nextStep what to do with it.
+	"rule":       ruleWords,
+	"lowerBound": func(kind string) bool { return kind == "visits" || kind == "distinct_cards" },
+	"nextStep":   nextStep,
 	// dur shows a configured duration as the config writes it ("30d",
 	// not "720h0m0s").
 	"dur": durfmt.Format,
@@ -252,6 +257,35 @@ var funcs = template.FuncMap{
 		}
 		return fmt.Sprintf("%.2f", *v)
 	},
+}
+
+// ruleWords says what an alert's rule counts, from what the alert
+// carries (its kind, threshold and window): "5 visits in 1h by one
+// identity". The agents' rule kinds are those of agent/rules; another
+// kind is named as it is.
+func ruleWords(kind string, threshold int, window string) string {
+	w := durfmt.Window(window)
+	switch kind {
+	case "visits":
+		return fmt.Sprintf("%d visits in %s by one identity", threshold, w)
+	case "distinct_cards":
+		return fmt.Sprintf("%d different cards in %s by one identity", threshold, w)
+	case "faceless":
+		return fmt.Sprintf("%d visits without a usable face in %s at this ATM", threshold, w)
+	}
+	return fmt.Sprintf("%s reaching %d in %s", kind, threshold, w)
+}
+
+// nextStep is what an analyst does with an alert of kind (empty for a
+// kind the fleet does not know).
+func nextStep(kind string) string {
+	switch kind {
+	case "visits", "distinct_cards":
+		return "review the identity's visits: their transaction ids find them in the bank's records and CCTV"
+	case "faceless":
+		return "look at the ATM's CCTV for the window: a covered camera, helmets or hoods"
+	}
+	return ""
 }
 
 // queryURL is "?k=v&..." of the pairs with a value.
