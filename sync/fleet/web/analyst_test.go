@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"html"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 // refuse that it holds.
 func contains(t *testing.T, what, page string, want, refuse []string) {
 	t.Helper()
+	page = html.UnescapeString(page) // html/template writes "+" as "&#43;", "'" as "&#39;"
 	for _, w := range want {
 		if !strings.Contains(page, w) {
 			t.Errorf("%s lacks %q", what, w)
@@ -133,8 +135,8 @@ func TestAlertCountsAndRulesInWords(t *testing.T) {
 		_, page := ana.get(path)
 		contains(t, path, page, []string{"Count when raised", "stays as it was", "is a lower bound",
 			`<td class="count">at least 7<br><small>threshold 5</small></td>`, "raised at 5 visits in 24h by one identity",
-			"next: review the identity&#39;s visits", `<td class="count">3<br><small>threshold 3</small></td>`,
-			"raised at 3 visits without a usable face in 1h at this ATM", "next: look at the ATM&#39;s CCTV"},
+			"next: review the identity's visits", `<td class="count">3<br><small>threshold 3</small></td>`,
+			"raised at 3 visits without a usable face in 1h at this ATM", "next: look at the ATM's CCTV"},
 			[]string{"7 / 5", "3 / 3", "at least 3"})
 	}
 	_, page := ana.get("/devices/lyon-07/atm-1/identities/p-1")
