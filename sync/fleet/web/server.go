@@ -281,9 +281,9 @@ func ruleWords(kind string, threshold int, window string) string {
 func nextStep(kind string) string {
 	switch kind {
 	case "visits", "distinct_cards":
-		return "review the identity's visits: their transaction ids find them in the bank's records and CCTV"
+		return "review the identity's visits, then their transactions in the bank's records and CCTV"
 	case "faceless":
-		return "look at the ATM's CCTV for the window: a covered camera, helmets or hoods"
+		return "look at the ATM's CCTV for the window (a covered camera, helmets, hoods)"
 	}
 	return ""
 }
