@@ -199,6 +199,16 @@ test-fleet-systemd: deb-fleet
 # Both packages under the real systemd (~6 min with the clean root cached).
 test-systemd: test-ops-systemd test-fleet-systemd
 
+# The arm64 agent package under a real arm64 kernel and Debian's systemd:
+# qemu-system-aarch64 (TCG) boots an arm64 Debian 12 disk image (built once
+# under build/_vm-arm64), the package is installed and started there, and
+# its seccomp filter, capabilities and a visit are checked
+# (scripts/packaging/test-systemd-arm64.sh). Needs root; installs
+# qemu-system-arm if missing. Not part of `make test`.
+.PHONY: test-systemd-arm64
+test-systemd-arm64: deb-arm64
+	DEB="$$(ls -t build/atm-agent_*_arm64.deb | head -1)" bash scripts/packaging/test-systemd-arm64.sh
+
 apt-repo-ops: deb
 	APT_REPO=build/apt-repo-ops DEBS="$$(ls -t build/atm-agent_*_amd64.deb | head -1)" bash scripts/packaging/apt-repo.sh >/dev/null
 
