@@ -127,6 +127,18 @@ journal_has() { # journal_has REGEX
 	grep -q "$1" <<<"$j" || { tail -n 12 <<<"$j"; return 1; }
 }
 exposure() { in_sys systemd-analyze security --no-pager "$UNIT" 2>/dev/null | sed -nE 's/^→ Overall exposure level for .*: ([0-9.]+) .*/\1/p'; }
+# sandbox_checks: the agent's sandbox as the kernel applies it to its main
+# process (a seccomp filter, no new privileges, no capabilities) and its
+# memory limit (test-ops.sh under systemd, test-systemd-arm64.sh).
+sandbox_checks() {
+	local caps=0000000000000000
+	check "the agent's seccomp filter is on (Seccomp: 2)" status_has '^Seccomp:[[:space:]]*2$'
+	check "no new privileges" status_has '^NoNewPrivs:[[:space:]]*1$'
+	check "no capabilities: effective" status_has "^CapEff:[[:space:]]*$caps$"
+	check "no capabilities: permitted" status_has "^CapPrm:[[:space:]]*$caps$"
+	check "no capabilities: bounding set" status_has "^CapBnd:[[:space:]]*$caps$"
+	check "memory limit 400M" test "$(prop MemoryMax)" = $((400 * 1024 * 1024))
+}
 
 fails=0
 checks=0

@@ -173,13 +173,8 @@ running_again() { # running_again OLD_PID RESTARTS: a new main process, active
 	[ "$p" != "$1" ] && [ "$(prop NRestarts)" = "$2" ] && [ "$(prop SubState)" = running ] && healthz >/dev/null
 }
 systemd_checks() {
-	local caps=0000000000000000 n p exposure
-	check "the agent's seccomp filter is on (Seccomp: 2)" status_has '^Seccomp:[[:space:]]*2$'
-	check "no new privileges" status_has '^NoNewPrivs:[[:space:]]*1$'
-	check "no capabilities: effective" status_has "^CapEff:[[:space:]]*$caps$"
-	check "no capabilities: permitted" status_has "^CapPrm:[[:space:]]*$caps$"
-	check "no capabilities: bounding set" status_has "^CapBnd:[[:space:]]*$caps$"
-	check "memory limit 400M" test "$(prop MemoryMax)" = $((400 * 1024 * 1024))
+	local n p exposure
+	sandbox_checks
 	exposure=$(exposure)
 	echo "info systemd-analyze security $UNIT: exposure $exposure"
 	check "exposure level $exposure below 3.0" awk -v e="${exposure:-99}" 'BEGIN { exit !(e < 3.0) }'

@@ -223,13 +223,7 @@ check "the visit found a face ($(visit | grep -o 'outcome=[a-z]*' | head -1))" f
 echo "info $(visit | head -1)"
 
 # The sandbox as the arm64 kernel applies it.
-caps=0000000000000000
-check "the agent's seccomp filter is on (Seccomp: 2)" status_has '^Seccomp:[[:space:]]*2$'
-check "no new privileges" status_has '^NoNewPrivs:[[:space:]]*1$'
-check "no capabilities: effective" status_has "^CapEff:[[:space:]]*$caps$"
-check "no capabilities: permitted" status_has "^CapPrm:[[:space:]]*$caps$"
-check "no capabilities: bounding set" status_has "^CapBnd:[[:space:]]*$caps$"
-check "memory limit 400M" test "$(prop MemoryMax)" = $((400 * 1024 * 1024))
+sandbox_checks
 check "still active after the visit, never restarted" test "$(prop ActiveState)/$(prop NRestarts)" = active/0
 check "/healthz after the visit" healthz
 exposure=$(exposure)
