@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/periocular/atm-agent/sync/wire"
 )
 
 func writeFile(t *testing.T, path, body string, mode os.FileMode) string {
@@ -254,5 +258,79 @@ func TestConfigCheckRefusesWhatRunRefuses(t *testing.T) {
 	if code := runMain(context.Background(), []string{"config", "check", cfg}, nil, &out, io.Discard); code != 0 ||
 		!strings.Contains(out.String(), cfg+": note: web.users_file: systemd's copies") {
 		t.Errorf("credential copy outside the unit: exit %d, %q", code, out.String())
+	}
+}
+
+// The command key as the packaged unit takes it (LoadCredential=,
+// commands.private_key_file under /run/credentials/atm-fleet.service/):
+// outside the unit (postinst, root's check) the copy, the dynamic user's,
+// present only while the service runs, is not read, as for the users file
+// and session key, and the check passes and says so; --credentials-from
+// (the unit's root check) reads the source and refuses it readable by
+// others, naming it.
+func TestConfigCheckCommandKeyCopy(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	src := t.TempDir()
+	writeUsers(t, src)
+	writeFile(t, filepath.Join(src, "session.key"), strings.Repeat("k", 48), 0o600)
+	cfg := writeFile(t, filepath.Join(t.TempDir(), "c.yaml"), "web: {users_file: /run/credentials/atm-fleet.service/users.yaml, session_key_file: /run/credentials/atm-fleet.service/session.key}\n"+
+		"commands: {enabled: true, private_key_file: /run/credentials/atm-fleet.service/command.key}\n", 0o644)
+	check := func(args ...string) (int, string) {
+		var out bytes.Buffer
+		code := runMain(context.Background(), append([]string{"config", "check"}, append(args, cfg)...), nil, &out, &out)
+		return code, out.String()
+	}
+	if code, out := check(); code != 0 || !strings.Contains(out, "commands.private_key_file") {
+		t.Errorf("outside the unit: exit %d, %q; want 0 and a note naming commands.private_key_file", code, out)
+	}
+	if code, out := check("--credentials-from", src); code != exitSetup || !strings.Contains(out, filepath.Join(src, "command.key")) {
+		t.Errorf("--credentials-from without the source command.key: exit %d, %q", code, out)
+	}
+	_, priv, _ := wire.GenerateCommandKey()
+	pemb, _ := wire.MarshalPrivateKeyPEM(priv)
+	key := writeFile(t, filepath.Join(src, "command.key"), string(pemb), 0o600)
+	if code, out := check("--credentials-from", src); code != 0 {
+		t.Errorf("--credentials-from with the source: exit %d, %q", code, out)
+	}
+	os.Chmod(key, 0o644)
+	if code, out := check("--credentials-from", src); code != exitSetup || !strings.Contains(out, key+": permissions 0644 are too open") {
+		t.Errorf("--credentials-from, source 0644: exit %d, %q", code, out)
+	}
+}
+
+// A command key the config names directly (/etc/atm-fleet/command.key,
+// the natural first try): root's check warns that only root can read it
+// and names LoadCredential=; the service's user, refused it, is told the
+// same.
+func TestCommandKeyRootOnlyNamesLoadCredential(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a root-owned 0600 key and a user who cannot read it")
+	}
+	dir, err := os.MkdirTemp("", "atm-fleet-key-") // t.TempDir's parent is 0700: the other user must reach it
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	users := writeUsers(t, dir)
+	os.Chmod(users, 0o644)
+	_, priv, _ := wire.GenerateCommandKey()
+	pemb, _ := wire.MarshalPrivateKeyPEM(priv)
+	key := writeFile(t, filepath.Join(dir, "command.key"), string(pemb), 0o600)
+	cfg := writeFile(t, filepath.Join(dir, "c.yaml"), "web: {users_file: "+users+"}\ncommands: {enabled: true, private_key_file: "+key+"}\n", 0o644)
+	var out bytes.Buffer
+	if code := runMain(context.Background(), []string{"config", "check", cfg}, nil, &out, &out); code != 0 ||
+		!strings.Contains(out.String(), "warning: commands.private_key_file "+key+": only root can read it") || !strings.Contains(out.String(), "LoadCredential=command.key:") {
+		t.Errorf("root's check: exit %d, %q; want 0 and a warning naming LoadCredential=", code, out.String())
+	}
+	bin := filepath.Join(dir, "atm-fleet")
+	if b, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, b)
+	}
+	cmd := exec.Command(bin, "config", "check", cfg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	b, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "permission denied") || !strings.Contains(string(b), "LoadCredential=command.key:") {
+		t.Errorf("as nobody: %v, %q; want a refusal naming LoadCredential=", err, b)
 	}
 }

@@ -37,11 +37,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode"
 
@@ -139,6 +142,9 @@ func (c Config) Validate() error {
 // (whoever reads it can command every ATM).
 func LoadKey(path string) (ed25519.PrivateKey, error) {
 	b, err := secretfile.Read(path, "command key", 0o077)
+	if errors.Is(err, fs.ErrPermission) && secretfile.CredentialID(path) == "" {
+		return nil, fmt.Errorf("%w: %s", err, loadCredentialHint)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -147,6 +153,26 @@ func LoadKey(path string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("command key %s: %w", path, err)
 	}
 	return k, nil
+}
+
+// loadCredentialHint says how the packaged unit's service reads the key.
+const loadCredentialHint = "the packaged unit's service runs as a dynamic user, which cannot read root's 0600 key: " +
+	"hand it over with LoadCredential=command.key:/etc/atm-fleet/command.key in a drop-in (systemctl edit atm-fleet) " +
+	"and set commands.private_key_file: /run/credentials/atm-fleet.service/command.key (docs/fleet.md, \"Setting it up\" under commands)"
+
+// WarnRootOnly is a warning when root checks a command key that only root
+// may read and that is not a credential copy (LoadCredential=): the
+// packaged unit's service, a dynamic user, will be refused it at start.
+// Else "".
+func WarnRootOnly(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil || os.Geteuid() != 0 || secretfile.CredentialID(path) != "" {
+		return ""
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Uid != 0 || fi.Mode().Perm()&0o077 != 0 {
+		return ""
+	}
+	return fmt.Sprintf("commands.private_key_file %s: only root can read it; %s", path, loadCredentialHint)
 }
 
 // Errors of Client.Do, for errors.Is.

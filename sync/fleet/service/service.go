@@ -160,6 +160,9 @@ func (c Config) CheckFiles() (warnings []string, err error) {
 		if _, err := command.LoadKey(c.Commands.PrivateKeyFile); err != nil {
 			return nil, fmt.Errorf("config: commands: %w", err)
 		}
+		if w := command.WarnRootOnly(c.Commands.PrivateKeyFile); w != "" {
+			warnings = append(warnings, w)
+		}
 	}
 	if err := c.MQTT.CheckFiles(); err != nil {
 		return nil, fmt.Errorf("config: mqtt: %w", err)
@@ -205,9 +208,10 @@ type startup struct {
 // before it opens the store: the files CheckFiles reads, the users file
 // (owner, mode, format, bcrypt hashes, at least one user), the session key
 // (owner, mode, length) and the command key. Each refusal is a
-// *SetupError. With skipCopies (a check outside the unit) a users file or
-// session key under /run/credentials/UNIT/ is not read: systemd makes that
-// copy only while the service runs. Its warnings are returned with an error too.
+// *SetupError. With skipCopies (a check outside the unit) a users file,
+// session key or command key under /run/credentials/UNIT/ is not read:
+// systemd makes that copy only while the service runs, owned by the
+// service's (dynamic) user, and the unit's root check reads its source. Its warnings are returned with an error too.
 func (c Config) prepare(skipCopies bool) (st startup, err error) {
 	if err := c.Validate(); err != nil {
 		return st, &SetupError{err}
@@ -228,7 +232,7 @@ func (c Config) prepare(skipCopies bool) (st startup, err error) {
 			return st, &SetupError{err}
 		}
 	}
-	if c.Commands.Enabled {
+	if c.Commands.Enabled && !copied(c.Commands.PrivateKeyFile) {
 		if st.cmdKey, err = command.LoadKey(c.Commands.PrivateKeyFile); err != nil {
 			return st, &SetupError{err}
 		}
