@@ -25,8 +25,9 @@ var ErrNoDeviceKey = errors.New("no device key")
 
 // LoadDeviceKey reads the device key: refused when missing, when its mode
 // lets the group or others read or change it, when it is owned by another
-// user than this process's or root, or when it is not an Ed25519 PKCS#8
-// PEM key.
+// user than this process's or root (for root, also the owner of the key's
+// folder, the agent's user: root's config check and device-key show read
+// the agent's key), or when it is not an Ed25519 PKCS#8 PEM key.
 func LoadDeviceKey(path string) (ed25519.PrivateKey, error) {
 	f, err := regfile.Open(path) // a named pipe would block the read for good
 	if errors.Is(err, fs.ErrNotExist) {
@@ -44,7 +45,17 @@ func LoadDeviceKey(path string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("device key %s: mode %#o lets group or others read or change it (whoever reads it can answer in the device's place): chmod 600 %s", path, m, path)
 	}
 	if uid, _, ok := fileops.Owner(fi); ok && uid != os.Geteuid() && uid != 0 {
-		return nil, fmt.Errorf("device key %s: owned by uid %d, not by this process's user (uid %d) or root: its owner could read or replace it; chown it or make a new one", path, uid, os.Geteuid())
+		if os.Geteuid() != 0 {
+			return nil, fmt.Errorf("device key %s: owned by uid %d, not by this process's user (uid %d) or root: its owner could read or replace it; chown it or make a new one", path, uid, os.Geteuid())
+		}
+		// Root (config check, device-key show) reads the agent's key: the
+		// one its folder's owner, the agent's user, owns, as device-key
+		// init gives it.
+		if dir, err := os.Stat(filepath.Dir(path)); err != nil {
+			return nil, fmt.Errorf("device key: %w", err)
+		} else if downer, _, ok := fileops.Owner(dir); ok && downer != uid {
+			return nil, fmt.Errorf("device key %s: owned by uid %d, neither root nor the owner of its folder (uid %d, the agent's user): its owner could read or replace it; chown it to the agent's user or make a new one", path, uid, downer)
+		}
 	}
 	b, err := io.ReadAll(io.LimitReader(f, 16<<10))
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -124,5 +125,59 @@ func TestInitDeviceKeyAsRootForTheFolderOwner(t *testing.T) {
 	}
 	if fi, _ := os.Stat(victim); fi.Sys().(*syscall.Stat_t).Uid != 0 {
 		t.Error("the link's target changed owner")
+	}
+}
+
+// Root (config check, device-key show) loads the key the agent's user
+// owns in the agent's folder, as device-key init makes it; a key owned by
+// another user than the folder's is refused, naming both. The agent's
+// user itself loads its key (a child process run as nobody).
+func TestLoadDeviceKeyAsRootOfTheAgentsUser(t *testing.T) {
+	if dir := os.Getenv("ATM_DEVKEY_CHILD"); dir != "" {
+		if _, err := LoadDeviceKey(filepath.Join(dir, "device.key")); err != nil {
+			t.Fatalf("as uid %d: %v", os.Geteuid(), err)
+		}
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	const nobody, other = 65534, 65533
+	dir, err := os.MkdirTemp("", "atm-devkey-") // t.TempDir's parent is 0700: nobody must reach it
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	state := filepath.Join(dir, "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(state, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(state, "device.key")
+	want, err := InitDeviceKey(p, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := LoadDeviceKey(p); err != nil || !got.Equal(want) {
+		t.Fatalf("root, the folder owner's key: %v", err)
+	}
+	bin := filepath.Join(dir, "mqttsync.test") // the go tool's folder is root's alone
+	if b, err := os.ReadFile(os.Args[0]); err != nil || os.WriteFile(bin, b, 0o755) != nil {
+		t.Fatal("copying the test binary", err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestLoadDeviceKeyAsRootOfTheAgentsUser$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "ATM_DEVKEY_CHILD="+state)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody, Groups: []uint32{}}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("as the agent's user (nobody): %v\n%s", err, out)
+	}
+	if err := os.Chown(p, other, other); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadDeviceKey(p); err == nil || !strings.Contains(err.Error(), "owned by uid 65533, neither root nor the owner of its folder (uid 65534") {
+		t.Errorf("root, a key another user owns: %v, want refused", err)
 	}
 }
