@@ -239,6 +239,29 @@ const DeviceKeyName = "device.key"
 // (RuntimeDirectory=atm-agent) while it runs: the trigger socket's.
 const unitRuntimeDir = "/run/atm-agent"
 
+// PackagedCredentials are the packaged unit's LoadCredential= lines
+// (systemd/atm-agent.service): each credential's id and its source file.
+var PackagedCredentials = map[string]string{"store-key": "/etc/atm-agent/store.key"}
+
+// WithCredentialSources is c with each setting that names a systemd
+// credential ("credential:ID", store.key_file and metrics.token_file)
+// whose id sources has replaced by that source file, so that CheckFiles
+// reads the file the operator keeps (its mode, its contents) rather than
+// the private copy only the unit's processes see. read lists what was
+// replaced ("store.key_file: /etc/atm-agent/store.key").
+func (c Config) WithCredentialSources(sources map[string]string) (_ Config, read []string) {
+	for _, f := range []struct {
+		key  string
+		path *string
+	}{{"store.key_file", &c.Store.KeyFile}, {"metrics.token_file", &c.Metrics.TokenFile}} {
+		if id, ok := strings.CutPrefix(*f.path, "credential:"); ok && sources[id] != "" {
+			*f.path = sources[id]
+			read = append(read, f.key+": "+sources[id])
+		}
+	}
+	return c, read
+}
+
 // Warnings lists settings that are valid but weaken security or the alert
 // rules, or name a relative path; `config check` prints them and the
 // daemon logs them at start.

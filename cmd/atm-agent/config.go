@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/periocular/atm-agent/agent/daemon"
 	"github.com/periocular/atm-agent/internal/cli"
@@ -17,7 +19,17 @@ func configCommand() cli.Command {
 }
 
 func configCheck(_ context.Context, env *cli.Env, args []string) error {
-	fs := cli.NewFlags(env, "config check", "config check [FILE]   (default "+paths.ConfigFile+", as run and db)")
+	fs := cli.NewFlags(env, "config check", "config check [--credential ID=FILE]... [FILE]   (default "+paths.ConfigFile+", as run and db)")
+	sources := map[string]string{}
+	fs.Func("credential", "read the systemd credential ID (a setting's credential:ID) at its source FILE, as the unit's LoadCredential=ID:FILE loads it (repeatable; "+
+		"as root outside the unit, the packaged unit's store-key=/etc/atm-agent/store.key is read when no --credential is given)", func(v string) error {
+		id, file, ok := strings.Cut(v, "=")
+		if !ok || id == "" || file == "" {
+			return fmt.Errorf("want ID=FILE, got %q", v)
+		}
+		sources[id] = file
+		return nil
+	})
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -31,6 +43,21 @@ func configCheck(_ context.Context, env *cli.Env, args []string) error {
 	cfg, err := daemon.LoadConfig(file)
 	if err != nil {
 		return err
+	}
+	// Root outside the unit, where the credentials the config names do not
+	// exist: their sources, those of the packaged unit's LoadCredential=
+	// that are there (a world-readable store.key is refused here as the
+	// unit's root check refuses it).
+	if len(sources) == 0 && os.Getenv("CREDENTIALS_DIRECTORY") == "" && os.Geteuid() == 0 {
+		for id, src := range daemon.PackagedCredentials {
+			if _, err := os.Lstat(src); err == nil {
+				sources[id] = src
+			}
+		}
+	}
+	cfg, read := cfg.WithCredentialSources(sources)
+	for _, r := range read {
+		fmt.Fprintf(env.Stdout, "%s: note: %s read at its source (the unit's LoadCredential=)\n", file, r)
 	}
 	if err := cfg.CheckFiles(); err != nil {
 		return fmt.Errorf("%s: %w", file, err)

@@ -149,3 +149,42 @@ func TestConfigCheckDefaultsToInstalled(t *testing.T) {
 		t.Errorf("two files: exit %d, want 2", code)
 	}
 }
+
+// store.key_file: credential:store-key (the packaged config): outside the
+// unit the copy does not exist; config check reads the credential at its
+// source, the file the unit's LoadCredential= loads (--credential, the
+// unit's root ExecStartPre=; as root without it, the packaged unit's
+// source), and refuses it when others may read it, naming the chmod.
+// Before, a world-readable store.key passed and the unit started silently.
+func TestConfigCheckCredentialSource(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.yaml")
+	os.WriteFile(p, []byte(strings.Replace(string(daemon.DefaultYAML()), `  key_file: ""          # encrypt`, `  key_file: credential:store-key # encrypt`, 1)), 0o600)
+	src := filepath.Join(dir, "store.key")
+	os.WriteFile(src, bytes.Repeat([]byte{7}, 32), 0o600)
+	check := func(args ...string) (int, string) {
+		code, out, errs := runCLI(t, append(append([]string{"config", "check"}, args...), p)...)
+		return code, out + errs
+	}
+	if code, out := check("--credential", "store-key="+src); code != 0 || !strings.Contains(out, "store.key_file: "+src+" read at its source") {
+		t.Fatalf("a 0600 source: exit %d, %q", code, out)
+	}
+	os.Chmod(src, 0o644)
+	if code, out := check("--credential", "store-key="+src); code == 0 || !strings.Contains(out, "chmod o-rwx "+src) {
+		t.Errorf("a 0644 source: exit %d, %q; want refused with the chmod", code, out)
+	}
+	if os.Geteuid() != 0 {
+		return
+	}
+	saved := daemon.PackagedCredentials
+	daemon.PackagedCredentials = map[string]string{"store-key": src}
+	defer func() { daemon.PackagedCredentials = saved }()
+	if code, out := check(); code == 0 || !strings.Contains(out, "chmod o-rwx "+src) {
+		t.Errorf("root, no --credential, a 0644 packaged source: exit %d, %q; want refused", code, out)
+	}
+	os.Remove(src)
+	if code, out := check(); code != 0 {
+		t.Errorf("root, the packaged source missing: exit %d, %q; want 0 (not read)", code, out)
+	}
+}
