@@ -10,7 +10,9 @@
 # rereads the users file in the same process (a removed user's session
 # refused, a broken or group-writable file refused and logged); a users file
 # others may write is refused by the unit's root check and the retries end
-# at the start limit; purge takes the unit, the secrets and the store. What
+# at the start limit; with commands on, the key through LoadCredential=,
+# an upgrade restarts it on the new binary; purge takes the unit, the
+# secrets and the store. What
 # test-deb-fleet.sh does with its systemctl stand-in on the build machine,
 # done by systemd itself. Needs root and systemd-container.
 #   scripts/packaging/test-fleet-systemd.sh [DEB]   (default: the newest
@@ -146,9 +148,46 @@ in_sys systemctl reset-failed $UNIT
 check "fixed: systemctl restart starts it" in_sys systemctl restart $UNIT
 check "  ... answering" wait_for 20 healthy
 
+echo "== commands on, the key through LoadCredential=, then an upgrade"
+# As docs/fleet.md "Setting it up" has it: root's 0600 key in
+# /etc/atm-fleet, a drop-in's LoadCredential=, the config naming the copy.
+# Root's plain config check and postinst's skip the copy (the dynamic
+# user's, present only while the service runs) and the unit's root check
+# reads its source; the upgrade then restarts the service on the new
+# binary (before, postinst's check refused the copy and the old process
+# ran on: /proc/PID/exe "(deleted)").
+(umask 077; openssl genpkey -algorithm ed25519 -out "$R/etc/atm-fleet/command.key")
+mkdir -p "$R/etc/systemd/system/$UNIT.d"
+printf '[Service]\nLoadCredential=command.key:/etc/atm-fleet/command.key\n' >"$R/etc/systemd/system/$UNIT.d/command-key.conf"
+sed -i -e '/^commands:/,/^[a-z]/ s|^\(  *enabled:\) false|\1 true|' \
+	-e "s|^\(  *private_key_file:\) .*|\1 /run/credentials/$UNIT/command.key|" "$R/etc/atm-fleet/config.yaml"
+check "the config has commands on, naming the copy" grep -q "private_key_file: /run/credentials/$UNIT/command.key" "$R/etc/atm-fleet/config.yaml"
+in_sys systemctl daemon-reload
+check "systemctl restart with commands on" in_sys systemctl restart $UNIT
+check "  ... answering" wait_for 20 healthy
+uid=$(prop UID)
+check "  ... credential command.key: 0400, the service's" test "$(in_sys stat -c '%a %u' /run/credentials/$UNIT/command.key)" = "400 $uid"
+check "root's config check passes while it runs (the copy is not read)" in_sys atm-fleet config check /etc/atm-fleet/config.yaml
+check "  ... and with --credentials-from (the source)" in_sys atm-fleet config check --credentials-from /etc/atm-fleet /etc/atm-fleet/config.yaml
+repack_deb "$DEB" "$R/root/atm-fleet-new.deb" etc/atm-fleet/config.yaml "$(dpkg-deb -f "$DEB" Version)+up1" "$W"
+p=$(main_pid)
+upgrade() {
+	in_sys dpkg -i --force-confdef --force-confold /root/atm-fleet-new.deb >"$W/upgrade" 2>&1 || { cat "$W/upgrade"; return 1; }
+}
+check "upgrade (dpkg -i, kept config)" upgrade
+check "  ... postinst warns of nothing" sh -c "! grep -E 'WARNING|fails' '$W/upgrade' || { cat '$W/upgrade'; exit 1; }"
+new_main() { local q; q=$(main_pid) && [ "$q" != "$p" ] && state_is active/running && healthy; }
+check "  ... restarted (pid $p replaced), answering" wait_for 20 new_main
+exe_new() { local x; x=$(in_sys readlink "/proc/$(main_pid)/exe"); [ "$x" = /usr/bin/atm-fleet ] || { echo "exe: $x"; return 1; }; }
+check "  ... running the new binary (/proc/MAINPID/exe not deleted)" exe_new
+
 echo "== purge"
-check "dpkg --purge atm-fleet" in_sys dpkg --purge atm-fleet
+purge() { in_sys dpkg --purge atm-fleet >"$W/purge" 2>&1 || { cat "$W/purge"; return 1; }; }
+check "dpkg --purge atm-fleet" purge
 check "stopped" stopped
+check "  ... says it keeps the operator's command.key" grep -q 'command.key' "$W/purge"
+check "  ... which alone is left in /etc/atm-fleet" test "$(ls -A "$R/etc/atm-fleet")" = command.key
+rm -r "$R/etc/atm-fleet" "$R/etc/systemd/system/$UNIT.d"
 check "unit, config, secrets and store gone" sh -c "for f in /lib/systemd/system/$UNIT /etc/atm-fleet /var/lib/private/atm-fleet /var/lib/atm-fleet; do test ! -e '$R'\$f -a ! -L '$R'\$f || exit 1; done"
 check "not enabled any more" test ! -L "$R/etc/systemd/system/multi-user.target.wants/$UNIT"
 aptroot_done
