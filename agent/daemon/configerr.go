@@ -178,7 +178,9 @@ func shortDurations(err error) error {
 
 // ruleLines puts "line N: " before each alert rule's problem in err (a
 // rules.FieldError), N being the line of the rule's key in the file (of
-// the rule's item when the key is missing), as decode errors have it.
+// the rule's item when the key is missing), as decode errors have it, and
+// before each other problem that starts with a key the file sets
+// (keyLine).
 // Without alerts.rules in the file (the defaults) err is left as it is.
 func ruleLines(err error, doc *yaml.Node) error {
 	if err == nil {
@@ -200,7 +202,14 @@ func ruleLines(err error, doc *yaml.Node) error {
 	changed := false
 	for i, e := range leaves {
 		var fe *rules.FieldError
-		if !errors.As(e, &fe) || seq == nil || seq.Kind != yaml.SequenceNode || fe.Rule >= len(seq.Content) {
+		if !errors.As(e, &fe) {
+			if line := keyLine(e.Error(), doc); line > 0 {
+				leaves[i] = fmt.Errorf("line %d: %w", line, e)
+				changed = true
+			}
+			continue
+		}
+		if seq == nil || seq.Kind != yaml.SequenceNode || fe.Rule >= len(seq.Content) {
 			continue
 		}
 		item := seq.Content[fe.Rule]
@@ -215,6 +224,27 @@ func ruleLines(err error, doc *yaml.Node) error {
 		return err
 	}
 	return errors.Join(leaves...)
+}
+
+var leadingKeyRE = regexp.MustCompile(`^([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+)[ :]`)
+
+// keyLine is the line of the key a Validate message starts with
+// ("camera.burst_frames 500: want 1..100"), 0 when the message names no
+// key or the file does not set it (a default).
+func keyLine(msg string, doc *yaml.Node) int {
+	m := leadingKeyRE.FindStringSubmatch(msg)
+	if m == nil {
+		return 0
+	}
+	n, line := rootMapping(doc), 0
+	for _, part := range strings.Split(m[1], ".") {
+		k, v := mappingPair(n, part)
+		if k == nil {
+			return 0
+		}
+		n, line = v, k.Line
+	}
+	return line
 }
 
 func rootMapping(doc *yaml.Node) *yaml.Node {
