@@ -55,7 +55,14 @@ func TestFleetUnitVerifies(t *testing.T) {
 // commented ones ("#   key=...") too when commented is set.
 func fleetUnitValues(t *testing.T, key string, commented bool) []string {
 	t.Helper()
-	b, err := os.ReadFile("atm-fleet.service")
+	return unitValues(t, "atm-fleet.service", key, commented)
+}
+
+// unitValues are the values of key in the unit file (with commented, also
+// in its comments).
+func unitValues(t *testing.T, unit, key string, commented bool) []string {
+	t.Helper()
+	b, err := os.ReadFile(unit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,9 +82,11 @@ func fleetUnitValues(t *testing.T, key string, commented bool) []string {
 // StartLimitBurst= starts fit in StartLimitIntervalSec=, so the limit is
 // reached (systemd's default, 5 in 10 s, never is at RestartSec=5s). It
 // covers the ExecStartPre= checks, which RestartPreventExitStatus= does not.
-func TestFleetUnitStartLimitReached(t *testing.T) {
+func TestFleetUnitStartLimitReached(t *testing.T) { checkStartLimit(t, "atm-fleet.service") }
+
+func checkStartLimit(t *testing.T, unit string) {
 	dur := func(key string) time.Duration {
-		v := fleetUnitValues(t, key, false)
+		v := unitValues(t, unit, key, false)
 		if len(v) != 1 {
 			t.Fatalf("%s: %q, want one value", key, v)
 		}
@@ -88,7 +97,7 @@ func TestFleetUnitStartLimitReached(t *testing.T) {
 		return d
 	}
 	restart, interval := dur("RestartSec"), dur("StartLimitIntervalSec")
-	burst, err := strconv.Atoi(strings.Join(fleetUnitValues(t, "StartLimitBurst", false), ""))
+	burst, err := strconv.Atoi(strings.Join(unitValues(t, unit, "StartLimitBurst", false), ""))
 	if err != nil {
 		t.Fatalf("StartLimitBurst: %v", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -52,5 +53,23 @@ func TestUnitVerifies(t *testing.T) {
 	bad := []byte(strings.Replace(string(body), "PrivateTmp=yes", "PrivateTmpp=yes", 1))
 	if out := check("atm-agent.service", bad); !strings.Contains(out, "PrivateTmpp") {
 		t.Fatalf("a misspelt key went unnoticed (output %q)", out)
+	}
+}
+
+// A refused config stops the retries: run exits 78 on it, which
+// RestartPreventExitStatus= lists (with 65, a damaged store), and the
+// ExecStartPre= checks, which that setting does not cover, reach the start
+// limit. A watchdog restart (a hung camera) takes WatchdogSec= plus
+// RestartSec= at least, too slow to reach it.
+func TestAgentUnitStopsRetryingARefusedConfig(t *testing.T) {
+	checkStartLimit(t, "atm-agent.service")
+	prevent := strings.Fields(strings.Join(unitValues(t, "atm-agent.service", "RestartPreventExitStatus", false), " "))
+	for _, want := range []string{"65", "78"} {
+		if !slices.Contains(prevent, want) {
+			t.Errorf("RestartPreventExitStatus= %q lacks %s", prevent, want)
+		}
+	}
+	if v := unitValues(t, "atm-agent.service", "ConfigurationDirectoryMode", false); len(v) != 1 || v[0] != "0750" {
+		t.Errorf("ConfigurationDirectoryMode= %q, want 0750 (postinst's mode of /etc/atm-agent; else systemd warns at every start)", v)
 	}
 }

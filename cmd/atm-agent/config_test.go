@@ -64,6 +64,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad duration", set(`(?m)^(  retention: )\S+`, "30 days"), []string{lineOf("  retention:"), "30 days", "store.retention"}},
 		{"no trigger", set(`(?m)^(  http:.*\n    enabled: )true`, "false"), []string{"no trigger enabled"}},
 		{"metrics not loopback", strings.Replace(base, "listen: 127.0.0.1:9464", "listen: 0.0.0.0:9464", 1), []string{"loopback"}},
+		{"value out of range with line", set(`(?m)^(  burst_frames: )\S+`, "500"), []string{lineOf("  burst_frames:") + " camera.burst_frames 500"}},
+		{"identity value with line", set(`(?m)^(  confirm_visits: )\S+`, "0"), []string{lineOf("  confirm_visits:") + " identity.confirm_visits 0"}},
 		{"bad rule", strings.Replace(base, "threshold: 5", "threshold: 1", 1), []string{"same-face-repeat", "threshold"}},
 		{"mqtt enabled without broker", set(`(?m)^(mqtt:\n  enabled: )false`, "true"), []string{"broker"}},
 		{"empty", "", []string{"empty"}},
@@ -186,5 +188,16 @@ func TestConfigCheckCredentialSource(t *testing.T) {
 	os.Remove(src)
 	if code, out := check(); code != 0 {
 		t.Errorf("root, the packaged source missing: exit %d, %q; want 0 (not read)", code, out)
+	}
+}
+
+// run exits 78 on a config it refuses (a bad value, with its line), which
+// the unit's RestartPreventExitStatus= lists: not retried every 5 s.
+func TestRunRefusedConfigExits78(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte(strings.Replace(string(daemon.DefaultYAML()), "  burst_frames: 5", "  burst_frames: 500", 1)), 0o600)
+	code, _, errs := runCLI(t, "run", "--config", p)
+	if code != 78 || !strings.Contains(errs, "camera.burst_frames 500") || !strings.Contains(errs, "line ") {
+		t.Errorf("run: exit %d, %q; want 78 and the value's line", code, errs)
 	}
 }

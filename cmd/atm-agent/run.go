@@ -17,7 +17,7 @@ func runCommand() cli.Command {
 		}
 		cfg, err := daemon.LoadConfig(*path)
 		if err != nil {
-			return err
+			return cli.ConfigRefused(err)
 		}
 		d, err := daemon.NewContext(ctx, cfg, daemon.Options{Version: cli.Version, Logger: daemon.NewLogger(cfg.Log, env.Stderr)})
 		if err != nil {

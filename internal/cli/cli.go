@@ -3,7 +3,7 @@
 // codes, and the man page and shell completions generated from the same
 // tree (gen.go). Each binary's main passes its explicit list of commands.
 //
-// Exit codes (ExitOK, ExitFailure, ExitUsage, ExitStoreDamaged) are the
+// Exit codes (ExitOK, ExitFailure, ExitUsage, ExitStoreDamaged, ExitConfig) are the
 // same for every command of every binary; docs/operations.md lists them.
 package cli
 
@@ -68,7 +68,20 @@ const (
 	// damaged store: systemd's unit lists it in RestartPreventExitStatus=,
 	// so a damaged file is not reopened in a restart loop (EX_DATAERR).
 	ExitStoreDamaged = 65
+	// ExitConfig is the exit code of `run` on a config it refuses (a
+	// ConfigRefused error): the unit lists it in RestartPreventExitStatus=,
+	// so a config only the operator can fix is not retried every few
+	// seconds (EX_CONFIG, as atm-fleet's).
+	ExitConfig = 78
 )
+
+// ConfigRefused marks err as a refused config: the command exits
+// ExitConfig. The message is err's.
+func ConfigRefused(err error) error { return configRefused{err} }
+
+type configRefused struct{ error }
+
+func (e configRefused) Unwrap() error { return e.error }
 
 // ErrUsage marks a command-line mistake (exit code 2).
 var ErrUsage = errors.New("usage")
@@ -159,6 +172,9 @@ func Run(ctx context.Context, app App, args []string, stdout, stderr io.Writer) 
 	if errors.Is(err, store.ErrDamaged) {
 		return ExitStoreDamaged
 	}
+	if errors.As(err, new(configRefused)) {
+		return ExitConfig
+	}
 	return ExitFailure
 }
 
@@ -244,8 +260,8 @@ func listUsage(w io.Writer, app App, path []string, cmds map[string]Command) {
 	fmt.Fprintf(w, "\n'%s help <command>' or '%s <command> --help' for a command's flags.\n", name, name)
 	if len(path) == 0 {
 		fmt.Fprintf(w, "%s --version prints the version.\n", app.Name)
-		fmt.Fprintf(w, "\nexit status: %d ok, %d failure, %d usage error, %d damaged database.\n",
-			ExitOK, ExitFailure, ExitUsage, ExitStoreDamaged)
+		fmt.Fprintf(w, "\nexit status: %d ok, %d failure, %d usage error, %d damaged database, %d config refused (run).\n",
+			ExitOK, ExitFailure, ExitUsage, ExitStoreDamaged, ExitConfig)
 	}
 }
 

@@ -97,6 +97,7 @@ func writeMan(w io.Writer, app App) error {
 		{fmt.Sprint(ExitFailure), "the command failed; the reason is on standard error"},
 		{fmt.Sprint(ExitUsage), "a usage error: unknown command or flag, missing or extra arguments"},
 		{fmt.Sprint(ExitStoreDamaged), "the database is damaged (run, db check); see db salvage"},
+		{fmt.Sprint(ExitConfig), "run: the config is refused (what config check says); the unit does not restart it (RestartPreventExitStatus=)"},
 	} {
 		fmt.Fprintf(&b, ".TP\n.B %s\n%s\n", e[0], manroff.Escape(e[1]))
 	}
