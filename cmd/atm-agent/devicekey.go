@@ -79,6 +79,12 @@ func deviceKeyShow(_ context.Context, env *cli.Env, args []string) error {
 // printDeviceKey prints the public key as the fleet takes it, its
 // fingerprint, and the fleet's command that pins it.
 func printDeviceKey(env *cli.Env, pub ed25519.PublicKey, site, device string) error {
+	// The config's default names (site-1, atm-0001): not yet edited; a
+	// pin under them would be the wrong device's.
+	if def := daemon.DefaultConfig().Device; site == def.Site && device == def.ID {
+		fmt.Fprintf(env.Stderr, "note: the config still names the default device %s %s: set device.site and device.id (docs/operations.md step 2), then run device-key show again for the pin line; it names SITE DEVICE until then\n", site, device)
+		site, device = "", ""
+	}
 	if site == "" {
 		site = "SITE"
 	}

@@ -54,3 +54,22 @@ func TestDeviceKeyInitShow(t *testing.T) {
 		t.Errorf("show of a 0644 key: %d %q", code, errs)
 	}
 }
+
+// Run before the config is edited (the package's default site-1
+// atm-0001), show says so and its pin line names SITE DEVICE, not a
+// device that is not this one.
+func TestDeviceKeyShowDefaultNames(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte("store: {path: "+filepath.Join(dir, "agent.db")+"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := runMain(context.Background(), []string{"device-key", "init", "--config", cfg}, &out, &errb); code != 0 {
+		t.Fatalf("init: %d %q", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "pin: atm-fleet devices key set SITE DEVICE ") || strings.Contains(out.String(), "site-1") ||
+		!strings.Contains(errb.String(), "still names the default device site-1 atm-0001") {
+		t.Errorf("init with the default names: stdout %q, stderr %q", out.String(), errb.String())
+	}
+}
