@@ -172,12 +172,15 @@ running_again() { # running_again OLD_PID RESTARTS: a new main process, active
 	local p; p=$(main_pid) || return 1
 	[ "$p" != "$1" ] && [ "$(prop NRestarts)" = "$2" ] && [ "$(prop SubState)" = running ] && healthz >/dev/null
 }
+journal_lacks() { ! in_sys journalctl --no-pager -u "$UNIT" | grep -E "$1"; } # journal_lacks REGEX (else the lines are shown)
 systemd_checks() {
 	local n p exposure
 	sandbox_checks
 	exposure=$(exposure)
 	echo "info systemd-analyze security $UNIT: exposure $exposure"
 	check "exposure level $exposure below 3.0" awk -v e="${exposure:-99}" 'BEGIN { exit !(e < 3.0) }'
+	check "no mode warning for /etc/atm-agent (ConfigurationDirectoryMode=)" journal_lacks 'ConfigurationDirectory.*mode is different'
+	check "no libgcrypt warning (using insecure memory)" journal_lacks 'using insecure memory'
 
 	n=$(prop NRestarts)
 	p=$(main_pid)
@@ -242,6 +245,7 @@ for f in "${files[@]}"; do
 		;;
 	*-configure.sh)
 		check "config holds the edit" grep -q '^  id: atm-ops-test ' "$R/etc/atm-agent/config.yaml"
+		check "root's device-key show prints the edited device's pin line" grep -q '^pin: atm-fleet devices key set ops-test-site atm-ops-test ' "$W/step.log"
 		;;
 	*-start.sh)
 		uid=$(in_root id -u atm-agent)
@@ -293,6 +297,7 @@ for f in "${files[@]}"; do
 		check "package purged (status \"$st\")" test -z "$st" -o "$st" = not-installed
 		check "user atm-agent kept" in_root getent passwd atm-agent
 		check "nothing of the agent runs" agent_gone
+		check "purge says the device key goes" grep -q 'with the device key' "$W/step.log"
 		;;
 	esac
 done
