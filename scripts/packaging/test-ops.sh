@@ -136,8 +136,14 @@ while True:
 else
 	# Debian's systemd as the root's PID 1, installed before the procedure
 	# starts (a controller runs it). The container shares the host's
-	# network: the broker and the health port are on 127.0.0.1.
-	aptroot_boot
+	# network: the broker and the health port are on 127.0.0.1. Its root
+	# keeps CAP_IPC_LOCK, as a machine's systemd has it: without it
+	# nspawn's own system-call filter refuses mlock to everything in the
+	# container, and libgcrypt (loaded by OpenCV's ffmpeg through libssh)
+	# logs "Warning: using insecure memory!" at every start, which no
+	# controller shows (docs/operations.md "The same procedure under the real
+	# systemd").
+	aptroot_boot --capability=CAP_IPC_LOCK
 	svc_log() { in_sys journalctl -u "$UNIT" -o cat --no-pager 2>/dev/null; }
 fi
 
