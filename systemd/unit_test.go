@@ -73,3 +73,20 @@ func TestAgentUnitStopsRetryingARefusedConfig(t *testing.T) {
 		t.Errorf("ConfigurationDirectoryMode= %q, want 0750 (postinst's mode of /etc/atm-agent; else systemd warns at every start)", v)
 	}
 }
+
+// The agent sees the store key only as systemd's 0400 copy: the first
+// ExecStartPre=, as root, checks the source each LoadCredential= line
+// loads (a store.key others may read stops the start).
+func TestAgentUnitChecksCredentialSources(t *testing.T) {
+	pre := unitValues(t, "atm-agent.service", "ExecStartPre", false)
+	creds := unitValues(t, "atm-agent.service", "LoadCredential", false)
+	want := "+/usr/bin/atm-agent config check"
+	for _, c := range creds {
+		id, src, _ := strings.Cut(c, ":")
+		want += " --credential " + id + "=" + src
+	}
+	want += " /etc/atm-agent/config.yaml"
+	if len(creds) == 0 || len(pre) != 2 || pre[0] != want || strings.HasPrefix(pre[1], "+") {
+		t.Errorf("ExecStartPre= %q: want %q first, then the check as the agent's user", pre, want)
+	}
+}

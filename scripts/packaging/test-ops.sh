@@ -211,6 +211,16 @@ systemd_checks() {
 	in_sys systemctl daemon-reload
 	in_sys systemctl restart "$UNIT"
 	check "the unit's own watchdog again (30 s)" test "$(prop WatchdogUSec)" = 30s
+
+	# The store key's source readable by others: the unit's root check
+	# (ExecStartPre=+) refuses it; the agent itself sees only the 0400 copy.
+	chmod 0644 "$R/etc/atm-agent/store.key"
+	check "a store.key others may read: systemctl restart fails" sh -c "! nsenter -t $ct -a systemctl restart $UNIT"
+	check "  ... the journal names the source and the chmod" wait_for 10 journal_has 'chmod o-rwx /etc/atm-agent/store.key'
+	chmod 0600 "$R/etc/atm-agent/store.key"
+	in_sys systemctl reset-failed "$UNIT"
+	check "fixed: systemctl restart starts it" in_sys systemctl restart "$UNIT"
+	check "  ... answering" wait_for 30 healthz
 }
 
 run_step() { # run_step FILE
