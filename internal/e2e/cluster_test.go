@@ -37,16 +37,7 @@ func runCluster(t *testing.T, in, out string, args ...string) (string, int64) {
 func TestClusterHostileImages(t *testing.T) {
 	skipShort(t)
 	const maxPixels = 16_000_000
-	good := t.TempDir()
-	for _, n := range []string{"sample1.jpg", "sample2.jpg"} {
-		b, err := os.ReadFile(testenv.Path("build", "src", "face-api", "demo", n))
-		if err != nil {
-			t.Fatalf("demo photo (make models): %v", err)
-		}
-		if err := os.WriteFile(filepath.Join(good, n), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	good := twoDemoPhotos(t)
 	_, base := runCluster(t, good, filepath.Join(t.TempDir(), "out"), "--max-pixels", "16000000")
 
 	in := t.TempDir()
@@ -101,16 +92,7 @@ func mib(b int64) float64 { return float64(b) / (1 << 20) }
 // with the same arguments and exit status (the daemon links none of it).
 func TestAgentClusterRunsTools(t *testing.T) {
 	skipShort(t)
-	in := t.TempDir()
-	for _, n := range []string{"sample1.jpg", "sample2.jpg"} {
-		b, err := os.ReadFile(testenv.Path("build", "src", "face-api", "demo", n))
-		if err != nil {
-			t.Fatalf("demo photo (make models): %v", err)
-		}
-		if err := os.WriteFile(filepath.Join(in, n), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	in := twoDemoPhotos(t)
 	out := filepath.Join(t.TempDir(), "out")
 	cmd := exec.Command(agentBin, "cluster", in, "-o", out, "--models-dir", modelsDir(t), "--workers", "2", "--thumb", "-1", "--no-cache")
 	cmd.Env = append(os.Environ(), "PATH=/nonexistent") // found beside atm-agent, not on PATH
@@ -131,4 +113,21 @@ func TestAgentClusterRunsTools(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(b), "atm-tools cluster") {
 		t.Fatalf("atm-agent cluster without -o: %v\n%s", err, b)
 	}
+}
+
+// twoDemoPhotos is a new folder holding face-api's sample1.jpg and
+// sample2.jpg (make models fetches them).
+func twoDemoPhotos(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, n := range []string{"sample1.jpg", "sample2.jpg"} {
+		b, err := os.ReadFile(testenv.Path("build", "src", "face-api", "demo", n))
+		if err != nil {
+			t.Fatalf("demo photo (make models): %v", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, n), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
