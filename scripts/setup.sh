@@ -22,18 +22,12 @@ cd "$(dirname "$0")/.."
 # signed repository (docs/packaging.md "Under the real systemd").
 APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto mosquitto-clients systemd postgresql chromium prometheus libopenblas0-pthread curl
   systemd-container mmdebstrap reprepro gnupg)
-missing=()
-for p in "${APT_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing apt packages: ${missing[*]}"
+new_prometheus=false
+dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed" || new_prometheus=true
+bash scripts/apt-install.sh "${APT_PKGS[@]}"
+if $new_prometheus && systemctl is-active -q prometheus 2>/dev/null; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  if [[ " ${missing[*]} " == *" prometheus "* ]] && systemctl is-active -q prometheus 2>/dev/null; then
-    $SUDO systemctl disable -q --now prometheus || true
-  fi
+  $SUDO systemctl disable -q --now prometheus || true
 fi
 
 export PATH="$PATH:/usr/local/go/bin"

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Cross-build build/atm-agent-arm64 against Debian 12's arm64 OpenCV in a
 # sysroot (libopencv-dev:arm64 cannot be co-installed with the amd64 one).
-# Needs: mmdebstrap gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
+# Needs: mmdebstrap gcc-aarch64-linux-gnu g++-aarch64-linux-gnu (installed when missing, scripts/apt-install.sh)
 # (qemu-user-static to run the result). Run from the repository root.
 #   SYSROOT  default build/sysroot-arm64 (~1.1 GB, created once, reused)
 set -euo pipefail
@@ -10,12 +10,8 @@ VERSION=${VERSION:-$(sh scripts/version.sh)}
 OUT=${OUT:-build/atm-agent-arm64}
 ML=usr/lib/aarch64-linux-gnu
 
-for t in mmdebstrap aarch64-linux-gnu-gcc aarch64-linux-gnu-g++; do
-	command -v "$t" >/dev/null || {
-		echo "build-arm64: $t missing: apt-get install mmdebstrap gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static" >&2
-		exit 1
-	}
-done
+# The cross compilers and the sysroot's tools, from Debian's archive.
+bash "$(dirname "$0")/../apt-install.sh" mmdebstrap gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static
 
 if [ ! -f "$SYSROOT/.complete" ]; then
 	rm -rf "$SYSROOT"

@@ -38,16 +38,7 @@ t0=$SECONDS
 [ -f "$PHOTOS/sample1.jpg" ] || { log "$PHOTOS: no photos (make models)"; exit 1; }
 
 # The host's tools, from Debian's archive, installed once (as scripts/setup.sh).
-HOST_PKGS=(qemu-system-arm qemu-user-static binfmt-support mmdebstrap e2fsprogs openssh-client)
-missing=()
-for p in "${HOST_PKGS[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-	log "installing ${missing[*]}"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash "$(dirname "$0")/../apt-install.sh" qemu-system-arm qemu-user-static binfmt-support mmdebstrap e2fsprogs openssh-client
 [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
 [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
 
