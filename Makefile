@@ -204,7 +204,7 @@ test-systemd: test-ops-systemd test-fleet-systemd
 # under build/_vm-arm64), the package is installed and started there, and
 # its seccomp filter, capabilities and a visit are checked
 # (scripts/packaging/test-systemd-arm64.sh). Needs root; installs
-# qemu-system-arm if missing. Not part of `make test`.
+# qemu-system-arm if missing. Not part of `make test`; CI runs it (.ci/run).
 .PHONY: test-systemd-arm64
 test-systemd-arm64: deb-arm64
 	DEB="$$(ls -t build/atm-agent_*_arm64.deb | head -1)" bash scripts/packaging/test-systemd-arm64.sh
