@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"slices"
+	"unicode/utf8"
 )
 
 // ReplyCode says in a machine-readable way why a command was refused: a
@@ -67,11 +68,16 @@ func (c ReplyCode) MayHaveRun() bool {
 const MaxReplyError = 512
 
 // Refuse makes r the refusal of err: ok false, err's code (CodeOf) and
-// text (cut to MaxReplyError bytes), no result.
+// text (cut to at most MaxReplyError bytes, never inside a character), no
+// result.
 func (r *Reply) Refuse(err error) {
 	r.OK, r.Code, r.Error = false, CodeOf(err), err.Error()
 	if len(r.Error) > MaxReplyError {
-		r.Error = r.Error[:MaxReplyError]
+		n := MaxReplyError
+		for n > 0 && !utf8.RuneStart(r.Error[n]) {
+			n--
+		}
+		r.Error = r.Error[:n]
 	}
 	r.Result, r.Sealed = nil, ""
 }

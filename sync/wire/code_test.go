@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // DecodeCommand's refusals carry their code: what an older agent cannot
@@ -76,6 +77,10 @@ func TestReplyRefuse(t *testing.T) {
 	r.Refuse(WithCode(CodeConflict, errors.New(strings.Repeat("e", 600))))
 	if r.OK || r.Code != CodeConflict || len(r.Error) != MaxReplyError || r.Result != nil {
 		t.Errorf("refused: %+v", r)
+	}
+	r.Refuse(errors.New("e" + strings.Repeat("é", 300))) // 601 bytes: byte 512 is inside an é
+	if len(r.Error) != MaxReplyError-1 || !utf8.ValidString(r.Error) {
+		t.Errorf("cut inside a character: %d bytes, valid UTF-8 %v", len(r.Error), utf8.ValidString(r.Error))
 	}
 	r.Refuse(errors.New("store"))
 	if r.Code != CodeInternal || r.Error != "store" {
