@@ -128,6 +128,22 @@ func (d Device) State() string {
 	return string(d.Status.State)
 }
 
+// LastHeard is when the fleet last received anything from d: a status, a
+// summary or an alert.
+func (d Device) LastHeard() time.Time {
+	if d.LastReceived.After(d.StatusReceived) {
+		return d.LastReceived
+	}
+	return d.StatusReceived
+}
+
+// Stale reports whether d's last status says online but nothing has come
+// from it for longer than after, counted to now (web.stale_after: the
+// pages show it stale). after 0: never.
+func (d Device) Stale(now time.Time, after time.Duration) bool {
+	return after > 0 && d.State() == "online" && now.Sub(d.LastHeard()) > after
+}
+
 // MaxAhead is how far past its receive time a message's ts may lie and
 // still speak for the device's clock.
 const MaxAhead = time.Hour
@@ -617,17 +633,32 @@ type Removal struct {
 	Site, Device       string
 	User, Role, Remote string
 	At                 time.Time
+	// StaleAfter: a device whose last status says online but that has
+	// not been heard from for longer (counted to At) is removed as an
+	// offline one is (web.stale_after); 0: an online device never is.
+	StaleAfter time.Duration
 }
 
-// CheckRemovable says why a device may not be removed, or nil.
-func CheckRemovable(d Device) error {
-	if d.State() == "online" {
-		return fmt.Errorf("device %s/%s is online: stop its agent (or let the rename take effect) before removing it: %w", d.Site, d.Device, ErrState)
+// CheckRemovable says why a device may not be removed by r, or nil.
+func CheckRemovable(d Device, r Removal) error {
+	if d.State() == "online" && !d.Stale(r.At, r.StaleAfter) {
+		return fmt.Errorf("device %s/%s is online (last heard from %s ago): stop its agent (or let the rename take effect) before removing it: %w",
+			d.Site, d.Device, r.At.Sub(d.LastHeard()).Round(time.Second), ErrState)
 	}
 	if d.OpenAlerts > 0 {
 		return fmt.Errorf("device %s/%s has %d active alerts: resolve them before removing it: %w", d.Site, d.Device, d.OpenAlerts, ErrState)
 	}
 	return nil
+}
+
+// RemovalNote is the audit log's note of d's removal by r: for a stale
+// device, that its last status said online and when it was last heard
+// from; "" otherwise.
+func RemovalNote(d Device, r Removal) string {
+	if !d.Stale(r.At, r.StaleAfter) {
+		return ""
+	}
+	return "stale: its last status said online, last heard from " + d.LastHeard().UTC().Format(time.RFC3339)
 }
 
 // Repeated reports whether the alert is already where this action by this

@@ -32,6 +32,12 @@ type Commander interface {
 // errOffline: the device is not online; nothing was sent.
 var errOffline = errors.New("device not online")
 
+// errStale: the device's last status says online, but it has not been
+// heard from for web.stale_after: it would most likely not answer, and
+// the command would hold a slot for commands.reply_timeout to say so.
+// Nothing was sent.
+var errStale = errors.New("device stale")
+
 // MaxUserCommands bounds the commands one user waits for at once, of
 // commands.max_in_flight for everyone: one user (a scoped analyst too)
 // reviewing ATMs that do not answer would otherwise hold every slot until
@@ -123,6 +129,11 @@ func (s *Server) problemText(d storage.Device, err error) commandProblem {
 		}
 		return commandProblem{Code: http.StatusConflict, Msg: fmt.Sprintf("%s is not online (%s). Its identities are reviewed and corrected on the ATM itself, "+
 			"which must be connected: try again when the fleet page shows it online. Nothing was sent.", dev, since)}
+	case errors.Is(err, errStale):
+		return commandProblem{Code: http.StatusConflict, Msg: fmt.Sprintf("%s is stale: its last status said online, but nothing has come from it for %s "+
+			"(web.stale_after %v), so it has most likely lost its connection without the broker noticing, and would not answer. "+
+			"Try again when the fleet page shows it online (any message from it ends the stale state). Nothing was sent.",
+			dev, s.now().Sub(d.LastHeard()).Round(time.Second), s.cfg.StaleAfter)}
 	case errors.Is(err, command.ErrNotConfigured):
 		return commandProblem{Code: http.StatusNotImplemented, Msg: "Commands are not configured on this fleet service, and the review asks the ATM itself: " +
 			"an administrator sets the commands section of its config (docs/fleet.md, \"Reviewing and correcting identities\")."}
@@ -167,7 +178,7 @@ func (s *Server) problemText(d storage.Device, err error) commandProblem {
 }
 
 // commandDevice is the device a command goes to: it must exist in the
-// user's sites, be online and commands be configured.
+// user's sites, be online and not stale, and commands be configured.
 func (s *Server) commandDevice(r *http.Request, site, dev string) (storage.Device, error) {
 	d, err := s.device(r, site, dev)
 	if err != nil {
@@ -178,6 +189,9 @@ func (s *Server) commandDevice(r *http.Request, site, dev string) (storage.Devic
 	}
 	if d.State() != string(wire.StateOnline) {
 		return d, errOffline
+	}
+	if s.stale(d) {
+		return d, errStale
 	}
 	return d, nil
 }

@@ -821,7 +821,7 @@ func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) {
 	var sites []string
 	all := s.rows(devs)
 	var shown []deviceRow
-	online, offline, open := 0, 0, 0
+	online, offline, stale, open := 0, 0, 0, 0
 	for _, d := range all {
 		if !slices.Contains(sites, d.Site) {
 			sites = append(sites, d.Site)
@@ -831,9 +831,13 @@ func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) {
 		}
 		// The counts are those of the site (or fleet), whatever the
 		// state and text filters show.
-		if d.State == string(wire.StateOnline) {
+		switch d.State {
+		case string(wire.StateOnline):
 			online++
-		} else {
+		case StaleState:
+			stale++
+			offline++
+		default:
 			offline++
 		}
 		open += d.OpenAlerts
@@ -868,10 +872,11 @@ func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request) {
 		Sites                   []string
 		Site, Sort, State, Q    string
 		Online, Offline, Alerts int
+		Stale                   int // of Offline
 		Matched, From, To       int
 		Page, Pages, Per        int
 		Prev, Next              template.URL
-	}{s.base(r, "Fleet", "fleet"), shown[from:to], sites, f.Site, f.Sort, f.State, f.Q, online, offline, open,
+	}{s.base(r, "Fleet", "fleet"), shown[from:to], sites, f.Site, f.Sort, f.State, f.Q, online, offline, open, stale,
 		len(shown), from + 1, to, f.Page, pages, f.Per, prev, next})
 }
 
@@ -1160,7 +1165,7 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 		MaskShare string
 		Alerts    []storage.Alert
 		Next      string
-	}{s.base(r, dev+" · "+site, "fleet"), key, s.d.Commands != nil, d, s.shownState(d), lastHeard(d), VisitsPerHourSVG(HourlyVisits(pts, now, 48)), HourlyVisits(pts, now, 48), ids, maskShare,
+	}{s.base(r, dev+" · "+site, "fleet"), key, s.d.Commands != nil, d, s.shownState(d), d.LastHeard(), VisitsPerHourSVG(HourlyVisits(pts, now, 48)), HourlyVisits(pts, now, 48), ids, maskShare,
 		alerts, r.URL.RequestURI()})
 }
 
@@ -1387,7 +1392,8 @@ func (s *Server) removeDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := who(r)
-	rm := storage.Removal{Site: in["site"], Device: in["device"], User: p.User.Name, Role: p.User.Role, Remote: r.RemoteAddr, At: s.now().UTC()}
+	rm := storage.Removal{Site: in["site"], Device: in["device"], User: p.User.Name, Role: p.User.Role, Remote: r.RemoteAddr, At: s.now().UTC(),
+		StaleAfter: s.cfg.StaleAfter}
 	if err := s.store.RemoveDevice(r.Context(), rm); err != nil {
 		s.fail(w, r, err)
 		return

@@ -4,7 +4,6 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/sync/fleet/storage"
-	"github.com/periocular/atm-agent/sync/wire"
 )
 
 // DefaultStaleAfter is web.stale_after's default: an agent publishes its
@@ -18,19 +17,11 @@ const DefaultStaleAfter = 5 * time.Minute
 // StaleState is the state the pages show for a stale device.
 const StaleState = "stale"
 
-// lastHeard is when the fleet last received anything from d: a status, a
-// summary or an alert.
-func lastHeard(d storage.Device) time.Time {
-	if d.LastReceived.After(d.StatusReceived) {
-		return d.LastReceived
-	}
-	return d.StatusReceived
-}
-
 // stale: d's last status says online, but nothing has come from it for
-// longer than web.stale_after.
+// longer than web.stale_after. A stale device is shown stale, is sent no
+// command (errStale) and may be removed.
 func (s *Server) stale(d storage.Device) bool {
-	return d.State() == string(wire.StateOnline) && s.now().Sub(lastHeard(d)) > s.cfg.StaleAfter
+	return d.Stale(s.now(), s.cfg.StaleAfter)
 }
 
 // shownState is d's state as the pages show it: its last status's, or
@@ -46,6 +37,6 @@ func (s *Server) shownState(d storage.Device) string {
 // (state stays the last status's, as before stale existed).
 func (s *Server) apiDeviceOf(d storage.Device) apiDevice {
 	a := toAPI(d)
-	a.Stale, a.LastHeard = s.stale(d), lastHeard(d)
+	a.Stale, a.LastHeard = s.stale(d), d.LastHeard()
 	return a
 }

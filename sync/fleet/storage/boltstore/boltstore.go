@@ -834,7 +834,7 @@ func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
 			return storage.DeviceNotFound(r.Site, r.Device)
 		}
 		d.OpenAlerts = openAlertCount(tx, r.Site, r.Device)
-		if err := storage.CheckRemovable(d); err != nil {
+		if err := storage.CheckRemovable(d, r); err != nil {
 			return err
 		}
 		maxSeq = d.MaxSeq
@@ -844,7 +844,7 @@ func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
 		b := tx.Bucket(bAudit)
 		id, _ := b.NextSequence()
 		return putJSON(b, u64(id), storage.AuditEntry{ID: id, At: r.At.UTC(), User: r.User, Role: r.Role,
-			Action: storage.ActionRemoveDevice, Key: storage.AlertKey{Site: r.Site, Device: r.Device}, Remote: r.Remote})
+			Action: storage.ActionRemoveDevice, Key: storage.AlertKey{Site: r.Site, Device: r.Device}, Note: storage.RemovalNote(d, r), Remote: r.Remote})
 	})
 	if err != nil {
 		return err

@@ -741,7 +741,7 @@ func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
 		if err != nil {
 			return err
 		}
-		if err := storage.CheckRemovable(d); err != nil {
+		if err := storage.CheckRemovable(d, r); err != nil {
 			return err
 		}
 		for _, t := range []string{"atm_fleet_devices", "atm_fleet_messages", "atm_fleet_summaries", "atm_fleet_identity_points"} {
@@ -750,7 +750,8 @@ func (s *Store) RemoveDevice(ctx context.Context, r storage.Removal) error {
 			}
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_audit (at, user_name, role, action, site, device, alert_id, note, remote)
-			VALUES ($1,$2,$3,$4,$5,$6,'','',$7)`, r.At.UTC(), r.User, r.Role, storage.ActionRemoveDevice, r.Site, r.Device, r.Remote); err != nil {
+			VALUES ($1,$2,$3,$4,$5,$6,'',$7,$8)`, r.At.UTC(), r.User, r.Role, storage.ActionRemoveDevice, r.Site, r.Device,
+			storage.RemovalNote(d, r), r.Remote); err != nil {
 			return err
 		}
 		return notify(ctx, tx, storage.Change{Kind: "device", Site: r.Site, Device: r.Device})

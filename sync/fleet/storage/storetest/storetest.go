@@ -393,6 +393,25 @@ func removeDevice(t *testing.T, s storage.Store) {
 	if fresh, err := s.Apply(c, []storage.Message{Summary("lyon-07", "atm-1", 2, T0.Add(time.Minute), 3, "p-1")}); err != nil || !fresh[0] {
 		t.Errorf("a message of the removed device: fresh %v, %v", fresh, err)
 	}
+	// An online device not heard from for longer than StaleAfter (the
+	// pages' stale) is removed as an offline one is; one heard from
+	// within it is not. The audit log says it was removed stale.
+	rmStale := func(after time.Duration) error {
+		return s.RemoveDevice(c, storage.Removal{Site: "lyon-07", Device: "atm-10", User: "root", Role: "admin", At: T0.Add(time.Hour), StaleAfter: after})
+	}
+	if err := rmStale(2 * time.Hour); !errors.Is(err, storage.ErrState) || !strings.Contains(err.Error(), "last heard from 59m59s ago") {
+		t.Errorf("remove an online device heard from 59m59s ago, stale after 2h: %v, want ErrState saying when it was heard from", err)
+	}
+	if err := rmStale(30 * time.Minute); err != nil {
+		t.Fatalf("remove an online device heard from 59m59s ago, stale after 30m: %v", err)
+	}
+	if _, err := s.Device(c, "lyon-07", "atm-10"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("the stale device removed is still there: %v", err)
+	}
+	if audit, err := s.Audit(c, 1); err != nil || len(audit) != 1 || audit[0].Key.Device != "atm-10" ||
+		audit[0].Note != "stale: its last status said online, last heard from "+T0.Add(time.Second).Format(time.RFC3339) {
+		t.Errorf("audit of the stale removal: %+v, %v", audit, err)
+	}
 }
 
 // alertListings checks every kind of alert listing, and the open counts,
