@@ -78,9 +78,10 @@ func TestDeviceReplyKeyShown(t *testing.T) {
 
 // The review page, where a forged answer would be shown, says whether
 // the answer it shows was authenticated: not, while no key is pinned
-// (the API's "authenticated": false); once the device's key is pinned and
-// its replies verify, authenticated by that key's fingerprint (true), and
-// so does a correction's result page.
+// (the API's "authenticated": false, in the review's, a split's and a
+// merge's answers); once the device's key is pinned and its replies
+// verify, authenticated by that key's fingerprint (true), and so does a
+// correction's result page.
 func TestReviewSaysWhetherAuthenticated(t *testing.T) {
 	// This key's fingerprint holds a "+", which the page writes "&#43;".
 	devKey := ed25519.NewKeyFromSeed(make([]byte, 32))
@@ -99,6 +100,10 @@ func TestReviewSaysWhetherAuthenticated(t *testing.T) {
 	if _, out := ana.json("GET", visits, "", ""); out["authenticated"] != false {
 		t.Errorf("API, no pin: authenticated %v, want false", out["authenticated"])
 	}
+	if _, out := ana.json("POST", "/api/v1/identities/split", "application/json", `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-4"]}`,
+		"X-CSRF-Token", csrf); out["new_identity"] == nil || out["authenticated"] != false {
+		t.Errorf("API split, no pin: %v, want authenticated false", out)
+	}
 	if err := st.PutDeviceKey(context.Background(), storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: devPub,
 		Pinned: time.Now().UTC(), By: "ops"}); err != nil {
 		t.Fatal(err)
@@ -108,6 +113,14 @@ func TestReviewSaysWhetherAuthenticated(t *testing.T) {
 		wire.Fingerprint(devPub) + "</code>"}, []string{"not authenticated", " by ops", " by )"})
 	if _, out := ana.json("GET", visits, "", ""); out["authenticated"] != true {
 		t.Errorf("API, pinned: authenticated %v, want true", out["authenticated"])
+	}
+	if _, out := ana.json("POST", "/api/v1/identities/split", "application/json", `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-3"]}`,
+		"X-CSRF-Token", csrf); out["new_identity"] == nil || out["authenticated"] != true {
+		t.Errorf("API split, pinned: %v, want authenticated true", out)
+	}
+	if _, out := ana.json("POST", "/api/v1/identities/merge", "application/json", `{"site":"lyon-07","device":"atm-1","identity":"p-split-2","into":"p-1"}`,
+		"X-CSRF-Token", csrf); out["merged"] != "p-split-2" || out["authenticated"] != true {
+		t.Errorf("API merge, pinned: %v, want authenticated true", out)
 	}
 	r, page = ana.post("/devices/lyon-07/atm-1/identities/p-2/merge", url.Values{"csrf": {csrf}, "into": {"p-1"}})
 	if r.StatusCode != 200 {

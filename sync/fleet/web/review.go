@@ -478,7 +478,8 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 				out = struct {
 					onDevice
 					wire.SplitResult
-				}{onDevice{in.Site, in.Device}, res}
+					Authenticated bool `json:"authenticated"`
+				}{onDevice{in.Site, in.Device}, res, sent.Authenticated}
 				done.Done, done.DoneOther = fmt.Sprintf("%s of %s split off into the new identity %s: the two are kept apart from now on.",
 					storage.Visits(res.VisitsMoved), in.Identity, res.NewIdentity), res.NewIdentity
 			}
@@ -490,7 +491,8 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 				out = struct {
 					onDevice
 					wire.MergeResult
-				}{onDevice{in.Site, in.Device}, res}
+					Authenticated bool `json:"authenticated"`
+				}{onDevice{in.Site, in.Device}, res, sent.Authenticated}
 				done.Done, done.DoneOther = fmt.Sprintf("%s merged into %s: %s moved, kept together from now on.",
 					in.Identity, in.Into, storage.Visits(res.VisitsMoved)), in.Into
 			}
