@@ -23,6 +23,7 @@ import (
 	"golang.org/x/term"
 	"gopkg.in/yaml.v3"
 
+	"github.com/periocular/atm-agent/internal/yamlkeys"
 	"github.com/periocular/atm-agent/sync/fleet/service"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
 	"github.com/periocular/atm-agent/sync/fleet/web"
@@ -208,7 +209,7 @@ func cmdConfig(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "%s: ok\n", file)
 		return nil
 	case len(args) == 1 && args[0] == "default":
-		b, err := yaml.Marshal(service.DefaultConfig())
+		b, err := yamlkeys.Marshal(service.DefaultConfig())
 		if err != nil {
 			return err
 		}
@@ -232,7 +233,7 @@ func cmdConfig(args []string, stdout, stderr io.Writer) error {
 // configValue is the value of a scalar key of cfg, dotted (web.listen),
 // as the YAML of `config default` names it.
 func configValue(cfg service.Config, key string) (string, error) {
-	b, err := yaml.Marshal(cfg)
+	b, err := yamlkeys.Marshal(cfg)
 	if err != nil {
 		return "", err
 	}

@@ -29,8 +29,32 @@ func TestConfig(t *testing.T) {
 	if code := runMain(context.Background(), []string{"config", "default"}, nil, &out, io.Discard); code != 0 {
 		t.Fatalf("config default: exit %d", code)
 	}
-	if _, err := service.ParseConfig(out.Bytes()); err != nil {
+	if c, err := service.ParseConfig(out.Bytes()); err != nil {
 		t.Fatalf("the default config does not parse: %v\n%s", err, out.String())
+	} else if got, want := fmt.Sprintf("%+v", c), fmt.Sprintf("%+v", service.DefaultConfig()); got != want {
+		// Printed: an empty list reads back as nil.
+		t.Errorf("the default config reads back as\n%s, not\n%s", got, want)
+	}
+	// Durations as a config file writes them (before 2026-12-08 yaml's
+	// "720h0m0s"), and config check takes them.
+	for _, want := range []string{"\n    history: 720h\n", "\n    alerts: 8760h\n", "\n    prune_interval: 1h\n", "\n    batch_wait: 20ms\n",
+		"\n    session_ttl: 12h\n", "\n    stale_after: 5m\n", "\n    reply_timeout: 15s\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("config default lacks %q", want)
+		}
+	}
+	if strings.Contains(out.String(), "m0s\n") || strings.Contains(out.String(), "h0m\n") {
+		t.Errorf("config default writes a duration with zero units:\n%s", out.String())
+	}
+	dir := t.TempDir()
+	cfgPath := writeFile(t, filepath.Join(dir, "config.yaml"),
+		strings.Replace(out.String(), "users_file: /etc/atm-fleet/users.yaml", "users_file: "+writeUsers(t, dir), 1), 0o644)
+	var check, got strings.Builder
+	if code := runMain(context.Background(), []string{"config", "check", cfgPath}, nil, &check, os.Stderr); code != 0 || !strings.HasSuffix(check.String(), ": ok\n") {
+		t.Errorf("config check of the default config: exit %d, %q", code, check.String())
+	}
+	if code := runMain(context.Background(), []string{"config", "get", cfgPath, "retention.history"}, nil, &got, os.Stderr); code != 0 || got.String() != "720h\n" {
+		t.Errorf("config get retention.history: exit %d, %q, want 720h", code, got.String())
 	}
 	for name, y := range map[string]string{
 		"unknown key":     "store: {driver: bolt, path: /x, size: 3}\n",

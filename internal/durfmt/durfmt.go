@@ -14,12 +14,16 @@ import (
 // Format prints d the short way: "1h" not "1h0m0s", "30d" for a whole
 // number of days, "1m30s", "500ms".
 func Format(d time.Duration) string {
-	if d == 0 {
-		return "0s"
-	}
 	if d >= 24*time.Hour && d%(24*time.Hour) == 0 {
 		return fmt.Sprintf("%dd", d/(24*time.Hour))
 	}
+	return Config(d)
+}
+
+// Config prints d as a config file writes it, in a form time.ParseDuration
+// (and so a config's decoding) reads back: Format without days ("720h"
+// not "720h0m0s" nor "30d", "1h30m", "500ms").
+func Config(d time.Duration) string {
 	s := d.String()
 	if strings.HasSuffix(s, "m0s") {
 		s = strings.TrimSuffix(s, "0s")

@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/periocular/atm-agent/internal/durfmt"
 	"github.com/periocular/atm-agent/internal/suggest"
 )
 
@@ -109,6 +110,25 @@ func walk(n *yaml.Node, t reflect.Type, path string, fn func(key, val *yaml.Node
 			walk(c, et, p, fn)
 		}
 	}
+}
+
+// Marshal is yaml.Marshal of v with its time.Duration values written as
+// a config file writes them (durfmt.Config: "720h", not yaml's
+// "720h0m0s"), still read back by the config's decoding.
+func Marshal(v any) ([]byte, error) {
+	var doc yaml.Node
+	if err := doc.Encode(v); err != nil {
+		return nil, err
+	}
+	Walk(&doc, reflect.TypeOf(v), func(_, val *yaml.Node, kp KeyPath) {
+		if kp.Type != durationType || val.Kind != yaml.ScalarNode {
+			return
+		}
+		if d, err := time.ParseDuration(val.Value); err == nil {
+			val.Value = durfmt.Config(d)
+		}
+	})
+	return yaml.Marshal(&doc)
 }
 
 var (

@@ -59,6 +59,9 @@ for want in "    path: /var/lib/atm-fleet/fleet.db" "    client_id: atm-fleet " 
 	grep -qF -- "$want" build/deb/atm-fleet/config.yaml ||
 		{ echo "build-deb-fleet: the packaged config lacks '$want'" >&2; exit 1; }
 done
+# Durations as people write them: 720h, not yaml's 720h0m0s.
+grep -qx "    history: 720h" build/deb/atm-fleet/config.yaml ||
+	{ echo "build-deb-fleet: the packaged config writes retention.history otherwise than 720h" >&2; exit 1; }
 "$FLEET" config check build/deb/atm-fleet/config.yaml >/dev/null
 
 # Pure Go (CGO_ENABLED=0): a PIE with the program interpreter and no NEEDED
