@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/user"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/periocular/atm-agent/internal/regfile"
 	"github.com/periocular/atm-agent/sync/fleet/service"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -56,10 +58,10 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	st, err := service.OpenStore(ctx, cfg.Store, nil)
+	if errors.Is(err, boltstore.ErrLocked) {
+		return fmt.Errorf("%w\n%s", err, lockedHint(op, fs.Args(), pub))
+	}
 	if err != nil {
-		if cfg.Store.Driver == "bolt" {
-			err = fmt.Errorf("%w (the embedded store is held by the running service: stop it first, or use PostgreSQL)", err)
-		}
 		return err
 	}
 	defer st.Close()
@@ -73,7 +75,7 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		// Pinning before a device's first message is allowed (a new ATM),
 		// but a misspelt name would leave the real one unauthenticated.
 		if _, err := st.Device(ctx, k.Site, k.Device); errors.Is(err, storage.ErrNotFound) {
-			fmt.Fprintf(stderr, "warning: the fleet has not heard from %s/%s yet: check the site and device names (compared byte for byte, case included) against the device list; the pin applies once that device publishes under exactly these names\n", k.Site, k.Device)
+			fmt.Fprintf(stderr, "warning: %s\n", storage.UnheardPinWarning(k.Site, k.Device))
 		} else if err != nil {
 			return err
 		}
@@ -93,6 +95,24 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	return nil
+}
+
+// lockedHint says what to do when the running service holds the embedded
+// store: the same through its JSON API, as an administrator (the command
+// has no credentials to call it itself), or stop the service. The names
+// are path-escaped and single-quoted for the shell.
+func lockedHint(op string, args []string, pub ed25519.PublicKey) string {
+	const intro = "Another process holds the embedded store: the running service, most likely. Do it through its JSON API, signed in as an administrator " +
+		"(docs/fleet.md, \"Device keys\"; $B is the service's address, $CS the session's csrf_token), or stop the service first (systemctl stop atm-fleet):\n"
+	seg := func(s string) string { return strings.ReplaceAll(url.PathEscape(s), "'", "%27") }
+	switch op {
+	case "set":
+		return intro + fmt.Sprintf(`  curl -s -b jar -X PUT -H "X-CSRF-Token: $CS" -d '{"public_key":"%s"}' "$B"'/api/v1/devices/%s/%s/key'`,
+			wire.EncodePublicKey(pub), seg(args[0]), seg(args[1]))
+	case "remove":
+		return intro + fmt.Sprintf(`  curl -s -b jar -X DELETE -H "X-CSRF-Token: $CS" "$B"'/api/v1/devices/%s/%s/key'`, seg(args[0]), seg(args[1]))
+	}
+	return intro + `  curl -s -b jar "$B/api/v1/devices/SITE/DEVICE"    # its reply_key: the key pinned for that device`
 }
 
 // readDeviceKey takes the key as `atm-agent device-key show` prints it

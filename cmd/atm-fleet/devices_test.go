@@ -4,11 +4,21 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -106,5 +116,64 @@ func TestDevicesKeyByHasNoControlCharacters(t *testing.T) {
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	if len(lines) != 1 || strings.Count(lines[0], "\t") != 5 || !strings.HasSuffix(lines[0], "\tevil?x?lyon-07?[2J?") {
 		t.Errorf("list: %q, want one line of six columns ending in evil?x?lyon-07?[2J?", out)
+	}
+}
+
+// While the service runs on the embedded store, `devices key set` cannot
+// open it (bbolt's lock): it says so and prints the API call that does the
+// same. That call, run by a shell with curl as printed, with an
+// administrator's session, pins the key in the running service; stopped,
+// the service's store lists it as pinned by that administrator.
+func TestDevicesKeyWhileTheServiceRuns(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("needs curl")
+	}
+	h, _ := bcrypt.GenerateFromPassword([]byte("correct horse"), bcrypt.MinCost)
+	f := startFleetRun(t, fmt.Sprintf("users:\n  - {name: ops, role: admin, password_hash: %q}\n", h))
+	var c *http.Client
+	fleettest.WaitFor(t, 10*time.Second, "the service signs ops in", func() bool { c = f.signIn("ops"); return c != nil })
+	k := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, 32)).Public().(ed25519.PublicKey)
+
+	var out, errb bytes.Buffer
+	code := runMain(context.Background(), []string{"devices", "key", "set", "--config", f.config, "lyon-07", "atm-0042", wire.EncodePublicKey(k)}, nil, &out, &errb)
+	hint := `  curl -s -b jar -X PUT -H "X-CSRF-Token: $CS" -d '{"public_key":"` + wire.EncodePublicKey(k) + `"}' "$B"'/api/v1/devices/lyon-07/atm-0042/key'`
+	if code == 0 || !strings.Contains(errb.String(), "the store is in use by another process") || !strings.Contains(errb.String(), "\n"+hint+"\n") {
+		t.Fatalf("set while the service runs: exit %d, %q", code, errb.String())
+	}
+
+	// The printed command, with the session's cookie in curl's jar.
+	dir := t.TempDir()
+	u, _ := url.Parse(f.base)
+	var jar strings.Builder
+	for _, ck := range c.Jar.Cookies(u) {
+		fmt.Fprintf(&jar, "%s\tFALSE\t/\tFALSE\t0\t%s\t%s\n", u.Hostname(), ck.Name, ck.Value)
+	}
+	writeFile(t, filepath.Join(dir, "jar"), jar.String(), 0o600)
+	r, err := c.Get(f.base + "/api/v1/session")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sess struct {
+		CSRF string `json:"csrf_token"`
+	}
+	json.NewDecoder(r.Body).Decode(&sess)
+	r.Body.Close()
+	sh := exec.Command("bash", "-c", hint)
+	sh.Dir, sh.Env = dir, append(os.Environ(), "B="+f.base, "CS="+sess.CSRF)
+	b, err := sh.Output()
+	var pinned map[string]any
+	if err != nil || json.Unmarshal(b, &pinned) != nil || pinned["fingerprint"] != wire.Fingerprint(k) || pinned["by"] != "ops" {
+		t.Fatalf("the printed command: %v: %s", err, b)
+	}
+
+	f.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-f.exited; err != nil {
+		t.Fatalf("stop: %v\n%s", err, f.logs())
+	}
+	f.exited <- nil // for the cleanup's wait
+	out.Reset()
+	if code := runMain(context.Background(), []string{"devices", "key", "list", "--config", f.config}, nil, &out, os.Stderr); code != 0 ||
+		!strings.HasPrefix(out.String(), "lyon-07\tatm-0042\t"+wire.Fingerprint(k)+"\t") || !strings.HasSuffix(out.String(), "\tops\n") {
+		t.Errorf("list after the service stopped: exit %d, %q", code, out.String())
 	}
 }

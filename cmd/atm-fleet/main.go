@@ -46,7 +46,7 @@ var commands = []struct{ name, synopsis, summary string }{
 	{"config default", "config default", "print the default config"},
 	{"config get", "config get FILE KEY", "print one value of a config, dotted (web.listen), defaults included"},
 	{"users check", "users check [--reload PID] FILE", "check a users file as run does and list each user's role and sites: exit 0 if it lists a user, 78 if none or if it is refused; --reload: then send the service PID SIGHUP, whatever the check found, if PID is atm-fleet run (the unit's ExecReload=; any other process: exit 1, not signalled)"},
-	{"devices key set", "devices key set [--config FILE] SITE DEVICE FILE|KEY", "pin the public key that signs a device's command replies (atm-agent device-key show prints it; a file: PEM or base64); replaces the one pinned before"},
+	{"devices key set", "devices key set [--config FILE] SITE DEVICE FILE|KEY", "pin the public key that signs a device's command replies (atm-agent device-key show prints it; a file: PEM or base64); replaces the one pinned before; with the embedded store while the service runs, it prints the same done through the service's API (PUT /api/v1/devices/SITE/DEVICE/key, as an admin)"},
 	{"devices key list", "devices key list [--config FILE]", "list the pinned device keys (site, device, fingerprint, when and by whom)"},
 	{"devices key remove", "devices key remove [--config FILE] SITE DEVICE", "unpin a device's key: its replies are taken unauthenticated again (refused with commands.require_signed_replies)"},
 	{"compact", "compact [--config FILE]", "shrink the embedded store's file to its records (service stopped)"},

@@ -151,6 +151,7 @@ func TestUsersCheckReloadSignalsOnlyTheService(t *testing.T) {
 type fleetRun struct {
 	cmd    *exec.Cmd
 	users  string
+	config string
 	base   string
 	exited chan error
 	write  func(body string)
@@ -178,6 +179,7 @@ func startFleetRun(t *testing.T, usersBody string) *fleetRun {
 	f.write(usersBody)
 	port := fleettest.FreePort(t)
 	cfgPath, keyPath := filepath.Join(dir, "config.yaml"), filepath.Join(dir, "session.key")
+	f.config = cfgPath
 	os.WriteFile(keyPath, bytes.Repeat([]byte("k"), 48), 0o600)
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`store: {driver: bolt, path: %s}
 mqtt: {brokers: [%q], prefix: atm/e2e, client_id: fleet-e2e-reload}

@@ -776,6 +776,14 @@ func (k DeviceKey) Validate() error {
 	return nil
 }
 
+// UnheardPinWarning is the warning given with a key pinned for a device
+// the fleet has not heard from: allowed (a new ATM), but a misspelt name
+// would leave the real device unauthenticated.
+func UnheardPinWarning(site, device string) string {
+	return fmt.Sprintf("the fleet has not heard from %s/%s yet: check the site and device names (compared byte for byte, case included) "+
+		"against the device list; the pin applies once that device publishes under exactly these names", site, device)
+}
+
 // DeviceKeyNotFound: no key pinned for site/device.
 func DeviceKeyNotFound(site, device string) error {
 	return &NotFoundError{What: "device key of " + site + "/" + device}

@@ -233,6 +233,22 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	admin(root, rootCSRF, "purge unknown device", purge, `{"site":"lyon-07","device":"atm-404","identity":"p-2"}`)
 	admin(root, rootCSRF, "purge", purge, `{"site":"lyon-07","device":"atm-1","identity":"p-2"}`)
 
+	// Device keys through the service.
+	const keyRoute, pinned = "/api/v1/devices/{site}/{device}/key", `{"public_key":"su/y5w+nhsEt9DQgn+6JkK9ethrTFRyvLPjUD7im19U="}`
+	key := func(c *client, token, name, method, site, dev, body string) {
+		call(c.Client, name, method, "/api/v1/devices/"+site+"/"+dev+"/key", keyRoute, body, "Content-Type", J, "X-CSRF-Token", token)
+	}
+	key(anon, "", "pin signed out", "PUT", "lyon-07", "atm-1", pinned)
+	key(ana, csrf, "pin as analyst", "PUT", "lyon-07", "atm-1", pinned)
+	key(root, rootCSRF, "pin a bad key", "PUT", "lyon-07", "atm-1", `{"public_key":"AAAA"}`)
+	key(root, rootCSRF, "pin", "PUT", "lyon-07", "atm-1", pinned)
+	key(root, rootCSRF, "pin an unknown device", "PUT", "lyon-07", "atm-404", pinned)
+	key(anon, "", "unpin signed out", "DELETE", "lyon-07", "atm-1", "")
+	key(ana, csrf, "unpin as analyst", "DELETE", "lyon-07", "atm-1", "")
+	key(root, rootCSRF, "unpin a bad name", "DELETE", "lyon-07", "atm%2B1", "")
+	key(root, rootCSRF, "unpin", "DELETE", "lyon-07", "atm-1", "")
+	key(root, rootCSRF, "unpin again", "DELETE", "lyon-07", "atm-1", "")
+
 	// A service whose ingest has not written a batch for two minutes.
 	stuckSrv, stuckHS := newTestServer(t, st)
 	stuckSrv.d.IngestStats = func() any { return ingest.Stats{Connected: true, StuckSince: time.Now().Add(-2 * time.Minute)} }
@@ -273,7 +289,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	}
 	// Every API route the server has is documented.
 	for _, route := range []string{"/api/v1/session", "/api/v1/devices", "/api/v1/devices/{site}/{device}", "/api/v1/devices/remove",
-		"/api/v1/identities/purge", "/api/v1/alerts", "/api/v1/alerts/act", "/healthz", "/login",
+		"/api/v1/identities/purge", "/api/v1/alerts", "/api/v1/alerts/act", "/healthz", "/login", "/api/v1/devices/{site}/{device}/key",
 		"/api/v1/devices/{site}/{device}/identities/{id}/visits", "/api/v1/identities/split", "/api/v1/identities/merge"} {
 		if _, ok := d.At("paths", route); !ok {
 			t.Errorf("%s is served but not documented", route)

@@ -65,6 +65,7 @@ const (
 	splitOut = `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-1"]}`
 	mergeIn  = `{"site":"paris-01","device":"atm-2","identity":"p-9","into":"p-8"}`
 	mergeOut = `{"site":"lyon-07","device":"atm-1","identity":"p-1","into":"p-2"}`
+	keyIn    = `{"public_key":"su/y5w+nhsEt9DQgn+6JkK9ethrTFRyvLPjUD7im19U="}`
 )
 
 // routeCases holds every route of Server.routes (TestEveryRouteByRole
@@ -105,8 +106,13 @@ var routeCases = map[string]routeCase{
 	"GET /api/v1/session":                 {need: PermRead, path: "/api/v1/session", ok: 200},
 	"GET /api/v1/devices":                 {need: PermRead, path: "/api/v1/devices", ok: 200, lists: true},
 	"GET /api/v1/devices/{site}/{device}": {need: PermRead, path: "/api/v1/devices/paris-01/atm-2", ok: 200, outPath: "/api/v1/devices/lyon-07/atm-1"},
-	"GET /api/v1/alerts":                  {need: PermRead, path: "/api/v1/alerts?state=all", ok: 200, lists: true},
-	"POST /api/v1/alerts/act":             {need: PermAct, path: "/api/v1/alerts/act", body: actIn, ok: 200, outPath: "/api/v1/alerts/act", outBody: actOut},
+	// PUT before DELETE (the routes' order): each removes the key its PUT pinned.
+	"PUT /api/v1/devices/{site}/{device}/key": {need: PermAdmin, path: "/api/v1/devices/paris-01/atm-2/key", body: keyIn, ok: 200,
+		outPath: "/api/v1/devices/lyon-07/atm-1/key", outBody: keyIn},
+	"DELETE /api/v1/devices/{site}/{device}/key": {need: PermAdmin, path: "/api/v1/devices/paris-01/atm-2/key", ok: 200,
+		outPath: "/api/v1/devices/lyon-07/atm-1/key"},
+	"GET /api/v1/alerts":      {need: PermRead, path: "/api/v1/alerts?state=all", ok: 200, lists: true},
+	"POST /api/v1/alerts/act": {need: PermAct, path: "/api/v1/alerts/act", body: actIn, ok: 200, outPath: "/api/v1/alerts/act", outBody: actOut},
 }
 
 // seedScoped is seed with an alert on paris-01 (a-9, identity p-9).
@@ -124,7 +130,7 @@ func seedScoped(t testing.TB, st storage.Store) {
 func (c *client) send(method, path, body, csrf string) (int, string) {
 	c.t.Helper()
 	req, _ := http.NewRequest(method, c.base+path, strings.NewReader(body))
-	if method == http.MethodPost {
+	if method != http.MethodGet {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		if strings.HasPrefix(path, "/api/") {
 			req.Header.Set("Content-Type", "application/json")

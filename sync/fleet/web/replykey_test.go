@@ -1,10 +1,14 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"html"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
@@ -147,4 +151,84 @@ func reviewServer(t *testing.T, devKey ed25519.PrivateKey) (storage.Store, *http
 	cmds.UseKeys(st)
 	srv.d.Commands = cmds
 	return st, hs
+}
+
+// An administrator pins and unpins a device's key through the running
+// service (PUT and DELETE /api/v1/devices/<site>/<device>/key), over the
+// store the service holds: the next review's answer is authenticated by
+// it, then not once unpinned; the pin records the administrator and the
+// time. Refused: an analyst, no CSRF token, another origin, a key that is
+// not an Ed25519 point or a small-order one, a name the topics cannot
+// carry; a device not heard from is pinned with a warning.
+func TestDeviceKeyAPI(t *testing.T) {
+	devKey := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))
+	devPub := devKey.Public().(ed25519.PublicKey)
+	st, hs := reviewServer(t, devKey)
+	ana, root := newClient(t, hs.URL), newClient(t, hs.URL)
+	csrf, rootCSRF := ana.login("ana", "correct horse"), root.login("root", "correct horse")
+	const path, visits = "/api/v1/devices/lyon-07/atm-1/key", "/api/v1/devices/lyon-07/atm-1/identities/p-1/visits"
+	body := fmt.Sprintf(`{"public_key":%q}`, wire.EncodePublicKey(devPub))
+	authenticated := func() any {
+		t.Helper()
+		_, out := ana.json("GET", visits, "", "")
+		return out["authenticated"]
+	}
+	if got := authenticated(); got != false {
+		t.Fatalf("before the pin: authenticated %v", got)
+	}
+	for name, c := range map[string]struct {
+		cl   *client
+		body string
+		hdr  []string
+		want int
+	}{
+		"an analyst":          {ana, body, []string{"X-CSRF-Token", csrf}, http.StatusForbidden},
+		"no CSRF token":       {root, body, nil, http.StatusForbidden},
+		"another origin":      {root, body, []string{"X-CSRF-Token", rootCSRF, "Origin", "https://evil.example"}, http.StatusForbidden},
+		"not a key":           {root, `{"public_key":"AAAA"}`, []string{"X-CSRF-Token", rootCSRF}, http.StatusBadRequest},
+		"a small-order point": {root, `{"public_key":"AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}`, []string{"X-CSRF-Token", rootCSRF}, http.StatusBadRequest},
+		"an unknown field":    {root, `{"public_key":"AAAA","by":"eve"}`, []string{"X-CSRF-Token", rootCSRF}, http.StatusBadRequest},
+	} {
+		if r, out := c.cl.json("PUT", path, "application/json", c.body, c.hdr...); r.StatusCode != c.want || out["error"] == nil {
+			t.Errorf("%s: %d %v, want %d with an error", name, r.StatusCode, out, c.want)
+		}
+	}
+	if k, err := st.DeviceKey(context.Background(), "lyon-07", "atm-1"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("a refused request pinned %+v (%v)", k, err)
+	}
+	before := time.Now().UTC()
+	r, out := root.json("PUT", path, "application/json", body, "X-CSRF-Token", rootCSRF)
+	if r.StatusCode != 200 || out["fingerprint"] != wire.Fingerprint(devPub) || out["by"] != "root" || out["site"] != "lyon-07" || out["warning"] != nil {
+		t.Fatalf("pin: %d %v", r.StatusCode, out)
+	}
+	k, err := st.DeviceKey(context.Background(), "lyon-07", "atm-1")
+	if err != nil || !k.PublicKey.Equal(devPub) || k.By != "root" || k.Pinned.Before(before.Truncate(time.Second)) {
+		t.Fatalf("stored pin %+v, %v", k, err)
+	}
+	if got := authenticated(); got != true {
+		t.Errorf("after the pin through the API: authenticated %v", got)
+	}
+	if r, out := root.json("PUT", "/api/v1/devices/lyon-07/atm-99/key", "application/json", body, "X-CSRF-Token", rootCSRF); r.StatusCode != 200 ||
+		!strings.HasPrefix(fmt.Sprint(out["warning"]), "the fleet has not heard from lyon-07/atm-99 yet") {
+		t.Errorf("pin of a device not heard from: %d %v, want 200 with a warning", r.StatusCode, out)
+	}
+	if r, _ := root.json("PUT", "/api/v1/devices/lyon-07/atm%2B1/key", "application/json", body, "X-CSRF-Token", rootCSRF); r.StatusCode != http.StatusBadRequest {
+		t.Errorf("pin for a wildcard device name: %d, want 400", r.StatusCode)
+	}
+
+	if r, _ := ana.json("DELETE", path, "", "", "X-CSRF-Token", csrf); r.StatusCode != http.StatusForbidden {
+		t.Errorf("unpin as an analyst: %d, want 403", r.StatusCode)
+	}
+	if r, _ := root.json("DELETE", path, "", ""); r.StatusCode != http.StatusForbidden {
+		t.Errorf("unpin without the CSRF token: %d, want 403", r.StatusCode)
+	}
+	if r, out := root.json("DELETE", path, "", "", "X-CSRF-Token", rootCSRF); r.StatusCode != 200 || out["unpinned"] != "lyon-07/atm-1" {
+		t.Fatalf("unpin: %d %v", r.StatusCode, out)
+	}
+	if got := authenticated(); got != false {
+		t.Errorf("after the unpin: authenticated %v", got)
+	}
+	if r, _ := root.json("DELETE", path, "", "", "X-CSRF-Token", rootCSRF); r.StatusCode != http.StatusNotFound {
+		t.Errorf("unpin again: %d, want 404", r.StatusCode)
+	}
 }

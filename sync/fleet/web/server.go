@@ -374,6 +374,8 @@ func (s *Server) routes() []route {
 		{"GET /api/v1/session", PermRead, s.apiSession},
 		{"GET /api/v1/devices", PermRead, s.apiDevices},
 		{"GET /api/v1/devices/{site}/{device}", PermRead, s.apiDevice},
+		{"PUT /api/v1/devices/{site}/{device}/key", PermAdmin, s.putDeviceKey},
+		{"DELETE /api/v1/devices/{site}/{device}/key", PermAdmin, s.deleteDeviceKey},
 		{"GET /api/v1/alerts", PermRead, s.apiAlerts},
 		{"POST /api/v1/alerts/act", PermAct, s.act},
 	}
@@ -437,8 +439,8 @@ type principal struct {
 }
 
 // auth requires a session whose user's role has the permission (User.Can)
-// and, for POSTs, the session's CSRF token and a same-origin Origin
-// header. A signed-in user without it gets 403. What the user may see
+// and, for a POST, PUT or DELETE, the session's CSRF token and a
+// same-origin Origin header. A signed-in user without it gets 403. What the user may see
 // within that (their sites) each handler applies through the helpers of
 // scope.go.
 func (s *Server) auth(need Permission, h http.HandlerFunc) http.HandlerFunc {
@@ -457,10 +459,10 @@ func (s *Server) auth(need Permission, h http.HandlerFunc) http.HandlerFunc {
 			httpError(w, r, "forbidden: "+cmp.Or(refusal[need], "not allowed to the "+u.Role+" role"), http.StatusForbidden)
 			return
 		}
-		if r.Method == http.MethodPost {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 			if !sameOrigin(r) || !s.checkCSRF(r, sess) {
-				s.log.Warn("fleet web: POST refused: missing or wrong CSRF token", "user", u.Name, "path", r.URL.Path, "remote", r.RemoteAddr)
+				s.log.Warn("fleet web: "+r.Method+" refused: missing or wrong CSRF token", "user", u.Name, "path", r.URL.Path, "remote", r.RemoteAddr)
 				httpError(w, r, "forbidden: missing or invalid CSRF token", http.StatusForbidden)
 				return
 			}

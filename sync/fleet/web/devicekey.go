@@ -1,0 +1,86 @@
+package web
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// deviceKeyPath is the device of a device-key request's path: a name the
+// topics cannot carry (nor a store hold) is 400. (Only admins, never
+// scoped to sites, pin keys.)
+func (s *Server) deviceKeyPath(w http.ResponseWriter, r *http.Request) (site, device string, ok bool) {
+	site, device = r.PathValue("site"), r.PathValue("device")
+	for _, n := range [][2]string{{"site", site}, {"device", device}} {
+		if err := wire.ValidateLevel(n[0], n[1]); err != nil {
+			s.fail(w, r, fmt.Errorf("%w: %w", errBadRequest, err))
+			return "", "", false
+		}
+	}
+	return site, device, true
+}
+
+// putDeviceKey pins the Ed25519 public key that signs a device's command
+// replies (admin): `atm-fleet devices key set` through the running
+// service, whose embedded store the command cannot open meanwhile. The
+// pin records the administrator's login and the time, as the command
+// records its user's; it applies from the device's next reply.
+func (s *Server) putDeviceKey(w http.ResponseWriter, r *http.Request) {
+	site, device, ok := s.deviceKeyPath(w, r)
+	if !ok {
+		return
+	}
+	var in struct {
+		PublicKey string `json:"public_key"`
+	}
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		s.fail(w, r, fmt.Errorf("%w: bad JSON: %w", errBadRequest, err))
+		return
+	}
+	pub, err := wire.ParsePublicKey([]byte(in.PublicKey))
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("%w: public_key: %w (want the key as atm-agent device-key show prints it, or its PEM)", errBadRequest, err))
+		return
+	}
+	p := who(r)
+	k := storage.DeviceKey{Site: site, Device: device, PublicKey: pub, Pinned: s.now().UTC(), By: p.User.Name}
+	if err := s.store.PutDeviceKey(r.Context(), k); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("fleet web: device key pinned", "site", site, "device", device, "fingerprint", wire.Fingerprint(pub), "user", k.By, "remote", r.RemoteAddr)
+	out := struct {
+		onDevice
+		apiReplyKey
+		Warning string `json:"warning,omitempty"`
+	}{onDevice{site, device}, apiReplyKey{Fingerprint: wire.Fingerprint(pub), PublicKey: wire.EncodePublicKey(pub), Pinned: k.Pinned, By: k.By}, ""}
+	if _, err := s.device(r, site, device); errors.Is(err, storage.ErrNotFound) {
+		out.Warning = storage.UnheardPinWarning(site, device)
+	} else if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, out)
+}
+
+// deleteDeviceKey unpins a device's key (admin): `atm-fleet devices key
+// remove` through the running service. Its replies are taken
+// unauthenticated again (refused with commands.require_signed_replies).
+func (s *Server) deleteDeviceKey(w http.ResponseWriter, r *http.Request) {
+	site, device, ok := s.deviceKeyPath(w, r)
+	if !ok {
+		return
+	}
+	if err := s.store.RemoveDeviceKey(r.Context(), site, device); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("fleet web: device key unpinned", "site", site, "device", device, "user", who(r).User.Name, "remote", r.RemoteAddr)
+	writeJSON(w, map[string]string{"unpinned": site + "/" + device})
+}
