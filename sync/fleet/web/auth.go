@@ -127,17 +127,45 @@ func LoadUsers(path string) (Users, error) {
 	return u, nil
 }
 
+// usersFile is a users file as ParseUsers decodes it: strictly (an
+// unknown key is an error with its line), with the file's root node kept
+// for what the values do not say (how each user is written).
+type usersFile struct {
+	Users []struct {
+		Name         string `yaml:"name"`
+		Role         string `yaml:"role"`
+		PasswordHash string `yaml:"password_hash"`
+		// A node: "sites:" with no value is an error, not every site.
+		Sites yaml.Node `yaml:"sites"`
+	} `yaml:"users"`
+	root *yaml.Node
+}
+
+// UnmarshalYAML keeps the root node, then decodes the file with the
+// decoder that called it: yaml.v3 hands this (yaml.v2's) form of the
+// interface its own decoder, KnownFields and all, where a yaml.Node's
+// Decode would not be strict. The file is parsed once.
+func (f *usersFile) UnmarshalYAML(unmarshal func(any) error) error {
+	var root nodeOf
+	if err := unmarshal(&root); err != nil {
+		return err
+	}
+	f.root = root.n
+	type plain usersFile
+	return unmarshal((*plain)(f))
+}
+
+// nodeOf keeps the node it is decoded from.
+type nodeOf struct{ n *yaml.Node }
+
+func (c *nodeOf) UnmarshalYAML(n *yaml.Node) error {
+	c.n = n
+	return nil
+}
+
 // ParseUsers decodes and checks a users file.
 func ParseUsers(b []byte) (Users, error) {
-	var f struct {
-		Users []struct {
-			Name         string `yaml:"name"`
-			Role         string `yaml:"role"`
-			PasswordHash string `yaml:"password_hash"`
-			// A node: "sites:" with no value is an error, not every site.
-			Sites yaml.Node `yaml:"sites"`
-		} `yaml:"users"`
-	}
+	var f usersFile
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
@@ -146,13 +174,11 @@ func ParseUsers(b []byte) (Users, error) {
 	// A file read halfway through a write may end inside a line: a site
 	// name cut short (paris-0) is another site. (A document that is one
 	// {...}, JSON, cut short is a YAML error.)
-	var doc yaml.Node
-	_ = yaml.Unmarshal(b, &doc)
-	flowDoc := len(doc.Content) > 0 && doc.Content[0].Style&yaml.FlowStyle != 0
+	flowDoc := f.root != nil && f.root.Style&yaml.FlowStyle != 0
 	if !flowDoc && len(b) > 0 && b[len(b)-1] != '\n' {
 		return nil, fmt.Errorf("users file: line %d does not end with a newline: a file cut short by a write in progress? end it with one", bytes.Count(b, []byte{'\n'})+1)
 	}
-	blocks := blockEntries(&doc)
+	blocks := blockEntries(f.root)
 	out := Users{}
 	for i, e := range f.Users {
 		u := User{Name: e.Name, Role: e.Role, PasswordHash: e.PasswordHash}
@@ -205,12 +231,12 @@ func ParseUsers(b []byte) (Users, error) {
 // place) is a prefix of the file meant: a flow mapping cut short is a
 // YAML error, a block mapping is not, and one cut before its sites would
 // give its user every site; so a viewer or analyst written as a block
-// must say its sites (ParseUsers). doc is the file, decoded.
-func blockEntries(doc *yaml.Node) []int {
-	if len(doc.Content) == 0 {
+// must say its sites (ParseUsers). top is the file's root node (nil for
+// an empty one).
+func blockEntries(top *yaml.Node) []int {
+	if top == nil {
 		return nil
 	}
-	top := doc.Content[0]
 	for i := 0; i+1 < len(top.Content); i += 2 {
 		if top.Content[i].Value != "users" || top.Content[i+1].Kind != yaml.SequenceNode {
 			continue

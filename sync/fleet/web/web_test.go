@@ -466,19 +466,33 @@ func (c *client) awaitEvent(publish func(), want, refuse string) []string {
 	return seen
 }
 
+// A users file is refused with what is wrong and, for what the YAML
+// decoder finds, its line (the file is parsed once: ParseUsers).
 func TestUsersFile(t *testing.T) {
 	h, _ := bcrypt.GenerateFromPassword([]byte("x"), bcrypt.MinCost)
-	for name, y := range map[string]string{
-		"unknown key": fmt.Sprintf("users:\n  - {name: a, role: analyst, password_hash: %q, pw: x}\n", h),
-		"bad role":    fmt.Sprintf("users:\n  - {name: a, role: root, password_hash: %q}\n", h),
-		"plain text":  "users:\n  - {name: a, role: analyst, password_hash: hunter2}\n",
-		"duplicate":   fmt.Sprintf("users:\n  - {name: a, role: analyst, password_hash: %q}\n  - {name: a, role: admin, password_hash: %q}\n", h, h),
-		"empty":       "users: []\n",
+	block := fmt.Sprintf("users:\n  - name: a\n    role: analyst\n    sites: all\n    password_hash: %q\n", h)
+	for name, c := range map[string]struct{ y, want string }{
+		"unknown key":           {fmt.Sprintf("users:\n  - {name: a, role: analyst, password_hash: %q, pw: x}\n", h), "line 2: field pw not found"},
+		"unknown key, a block":  {strings.Replace(block, "    sites:", "    site: [x]\n    sites:", 1), "line 4: field site not found"},
+		"unknown top key":       {"user:\n" + strings.TrimPrefix(block, "users:\n"), "line 1: field user not found"},
+		"a list for a name":     {strings.Replace(block, "name: a", "name: [a]", 1), "line 2: cannot unmarshal !!seq into string"},
+		"not YAML":              {block + "  - {name: b\n", "yaml: line 5: did not find expected ','"},
+		"bad role":              {fmt.Sprintf("users:\n  - {name: a, role: root, password_hash: %q}\n", h), `role "root"`},
+		"plain text":            {"users:\n  - {name: a, role: analyst, password_hash: hunter2}\n", "not a bcrypt hash"},
+		"duplicate":             {fmt.Sprintf("users:\n  - {name: a, role: analyst, password_hash: %q}\n  - {name: a, role: admin, password_hash: %q}\n", h, h), "listed twice"},
+		"empty":                 {"users: []\n", "no users"},
+		"a block, cut short":    {strings.TrimSuffix(block, "\n"), "line 5 does not end with a newline"},
+		"a block without sites": {strings.Replace(block, "    sites: all\n", "", 1), `user "a" (line 2): a user written as a block`},
 	} {
-		if _, err := ParseUsers([]byte(y)); err == nil {
-			t.Errorf("%s: accepted", name)
-		} else {
-			t.Logf("%s: %v", name, err)
+		if _, err := ParseUsers([]byte(c.y)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, c.want)
+		}
+	}
+	// One {...} without a final newline is whole (cut short, it would not
+	// parse); so is a block that ends with one.
+	for _, y := range []string{block, fmt.Sprintf(`{"users": [{"name": "a", "role": "analyst", "password_hash": %q}]}`, h)} {
+		if u, err := ParseUsers([]byte(y)); err != nil || u["a"].Role != RoleAnalyst {
+			t.Errorf("%q: %v %v", y, u, err)
 		}
 	}
 	if _, err := HashPassword("short"); err == nil {
