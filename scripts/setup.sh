@@ -14,13 +14,16 @@ cd "$(dirname "$0")/.."
 # under the unit's filter with it and with the reference BLAS
 # (internal/e2e/seccomp_test.go, blasProviders). Installing it makes it the
 # machine's default libblas.so.3 (Debian's alternatives), as on such a kiosk.
+# libblas3, liblapack3: the reference BLAS is named, not left to OpenCV's
+# dependencies: installed in one apt run with libopenblas0-pthread, apt lets
+# OpenBLAS alone provide libblas.so.3 and the seccomp test lacks the other.
 # mosquitto-clients: mosquitto_pub floods the command topic from a process of
 # its own (sync/mqttsync, TestMosquittoForgedCommandFlood). curl: the fleet
 # package's install test signs in over HTTP (scripts/packaging/test-deb-fleet.sh).
 # systemd-container, mmdebstrap, reprepro, gnupg: `make test-systemd` boots
 # Debian's systemd in a clean root and installs the packages there from a
 # signed repository (docs/packaging.md "Under the real systemd").
-APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto mosquitto-clients systemd postgresql chromium prometheus libopenblas0-pthread curl
+APT_PKGS=(pkg-config libopencv-dev opencv-data mosquitto mosquitto-clients systemd postgresql chromium prometheus libopenblas0-pthread libblas3 liblapack3 curl
   systemd-container mmdebstrap reprepro gnupg)
 new_prometheus=false
 dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed" || new_prometheus=true
