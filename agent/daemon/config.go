@@ -222,9 +222,11 @@ func (c *Config) fill() {
 	if c.MQTT.Commands.SeenFile == "" && c.Store.Path != "" {
 		c.MQTT.Commands.SeenFile = filepath.Join(filepath.Dir(c.Store.Path), "commands-seen.json")
 	}
-	// The device key that signs replies: by default device.key beside
-	// the store, made at the first start with commands on when missing
-	// (a configured path must exist).
+	// The device key that signs replies, status, state, summaries and
+	// alerts: by default device.key beside the store, made at the first
+	// start with MQTT on when missing (a configured path must exist;
+	// with commands off, a key that cannot be had is a warning and the
+	// messages go unsigned: mqttsync.loadDeviceKey).
 	if c.MQTT.Commands.DeviceKeyFile == "" && c.Store.Path != "" {
 		c.MQTT.Commands.DeviceKeyFile = filepath.Join(filepath.Dir(c.Store.Path), DeviceKeyName)
 		c.MQTT.Commands.CreateDeviceKey = true

@@ -45,7 +45,9 @@ func TestMosquittoOverlongInputsFitSchemas(t *testing.T) {
 	}
 	ob.Add(wire.KindAlert, now, b)
 	ob.Add(wire.KindSummary, now, payload(t, wire.KindSummary, 1, now))
-	runPublisher(t, testConfig(m.url("tcp")), Deps{Outbox: ob, Status: func() wire.Status {
+	cfg := testConfig(m.url("tcp"))
+	pub := withDeviceKey(t, &cfg)
+	runPublisher(t, cfg, Deps{Outbox: ob, Status: func() wire.Status {
 		return wire.Status{AgentVersion: strings.Repeat("v1.2.3-dirty-", 20), Models: []string{strings.Repeat("m", 500), "", "yunet"},
 			Cameras: cams, Health: wire.HealthDegraded, Reasons: reasons, Outbox: &wire.OutboxStats{}}
 	}})
@@ -58,6 +60,7 @@ func TestMosquittoOverlongInputsFitSchemas(t *testing.T) {
 			validateAgainst(t, s, r.Payload)
 		}
 	}
+	verifyAll(t, col, pub, "s1", "atm-1") // signed, and fit with their sig
 	var st wire.Status
 	if err := json.Unmarshal(col.byKind("status")[0].Payload, &st); err != nil {
 		t.Fatal(err)

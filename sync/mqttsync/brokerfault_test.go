@@ -259,6 +259,7 @@ func TestMosquittoMessageSizeLimit(t *testing.T) {
 	cfg := testConfig(m.url("tcp"))
 	cfg.StateWill = false
 	cfg.MaxMessageSize = limit
+	pub := withDeviceKey(t, &cfg) // the summary must fit with its signature
 	p, _, _ := runPublisher(t, cfg, Deps{Outbox: ob, Logger: testLogger(t)})
 	waitFor(t, 10*time.Second, "outbox drained", func() bool { return ob.Len() == 0 })
 	waitFor(t, 5*time.Second, "alert", func() bool { return len(col.byKind("alert")) == 1 })
@@ -278,6 +279,7 @@ func TestMosquittoMessageSizeLimit(t *testing.T) {
 		t.Errorf("trimmed summary wrong: %d bytes, %d listed, %d omitted", len(sums[0].Payload), len(s.Identities), s.IdentitiesOmitted)
 	}
 	validateAgainst(t, compileSchema(t, "summary"), sums[0].Payload)
+	verifyAll(t, col, pub, "s1", "atm-1")
 	if st := p.Stats(); st.Trimmed != 1 || st.Oversize != 0 || st.Published != 2 {
 		t.Errorf("stats %+v", st)
 	}

@@ -42,8 +42,6 @@ type commandGuard struct {
 	seen  *seenSet
 	// budget bounds the signature checks that fail.
 	budget *verifyBudget
-	// deviceKey signs every reply.
-	deviceKey ed25519.PrivateKey
 }
 
 func newCommandGuard(cfg CommandsConfig, now time.Time, warn func(string, ...any)) (*commandGuard, error) {
@@ -57,15 +55,6 @@ func newCommandGuard(cfg CommandsConfig, now time.Time, warn func(string, ...any
 	}
 	if g.seen, err = openSeen(cfg.SeenFile, cfg.MaxClockSkew, cfg.MaxSeen, now, warn); err != nil {
 		return nil, err
-	}
-	var made bool
-	if g.deviceKey, made, err = cfg.deviceKey(); err != nil {
-		return nil, fmt.Errorf("mqtt commands: %w", err)
-	}
-	if made {
-		pub := g.deviceKey.Public().(ed25519.PublicKey)
-		warn("mqtt: made a new device key: pin its public key at the fleet (atm-agent device-key show; atm-fleet devices key set)",
-			"file", cfg.DeviceKeyFile, "public_key", wire.EncodePublicKey(pub), "fingerprint", wire.Fingerprint(pub))
 	}
 	return g, nil
 }
@@ -281,11 +270,7 @@ func (p *Publisher) encodeReply(r wire.Reply, replyKey string) ([]byte, error) {
 // fields cannot run into each other) is dropped first.
 func (p *Publisher) signReply(r wire.Reply) ([]byte, error) {
 	r.Error = strings.ReplaceAll(r.Error, "\x00", "")
-	var key ed25519.PrivateKey
-	if p.guard != nil {
-		key = p.guard.deviceKey
-	}
-	return wire.SignReply(key, r)
+	return wire.SignReply(p.deviceKey, r)
 }
 
 // resultJSON is a command's result as a reply carries it: an object, or

@@ -114,12 +114,13 @@ type CommandsConfig struct {
 	// held, new commands are refused.
 	MaxSeen int `yaml:"max_seen"`
 	// DeviceKeyFile is the device's Ed25519 private key (PKCS#8 PEM, mode
-	// 0600) that signs every reply (wire.SignReply). The agent's config
-	// defaults it to device.key next to the store.
+	// 0600) that signs every reply (wire.SignReply) and, commands on or
+	// off, every status, state, summary and alert (wire.SignMessage). The
+	// agent's config defaults it to device.key next to the store.
 	DeviceKeyFile string `yaml:"device_key_file"`
-	// CreateDeviceKey: a missing DeviceKeyFile is made at start (set by
-	// the agent's config for the default path only; a configured path
-	// must exist).
+	// CreateDeviceKey: a missing DeviceKeyFile is made at start, commands
+	// on or off (set by the agent's config for the default path only; a
+	// configured path must exist).
 	CreateDeviceKey bool `yaml:"-"`
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -15,8 +16,9 @@ import (
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
-// The device key signs every reply (wire.SignReply): whoever may publish
-// on the device's reply topic cannot answer in its place. It is an
+// The device key signs every reply (wire.SignReply) and every status,
+// state, summary and alert (wire.SignMessage): whoever may publish on the
+// device's topics cannot answer or report in its place. It is an
 // Ed25519 private key in PKCS#8 PEM, mode 0600, owned by the agent's user
 // (or root), kept in the state folder next to the store by default.
 
@@ -134,6 +136,32 @@ func (c CommandsConfig) deviceKey() (k ed25519.PrivateKey, made bool, err error)
 		return k, err == nil, err
 	}
 	return k, false, err
+}
+
+// loadDeviceKey is the publisher's device key. With commands on, it must
+// load (made first with CreateDeviceKey): replies are always signed. With
+// commands off, the agent signs what it publishes when it can: a key that
+// is missing (and not made) or unusable is a warning, and its messages go
+// unsigned (a fleet that pinned the key refuses them, which shows it),
+// rather than an upgraded agent that needs no key refusing to start. No
+// DeviceKeyFile (a config without a store): unsigned.
+func loadDeviceKey(c CommandsConfig, log *slog.Logger) (ed25519.PrivateKey, error) {
+	if c.DeviceKeyFile == "" {
+		return nil, nil
+	}
+	k, made, err := c.deviceKey()
+	switch {
+	case err != nil && c.Enabled:
+		return nil, fmt.Errorf("mqtt commands: %w", err)
+	case err != nil:
+		log.Warn("mqtt: no usable device key: status, summaries and alerts are published unsigned (a fleet that pinned the device's key refuses them)", "err", err)
+		return nil, nil
+	case made:
+		pub := k.Public().(ed25519.PublicKey)
+		log.Warn("mqtt: made a new device key: pin its public key at the fleet (atm-agent device-key show; atm-fleet devices key set)",
+			"file", c.DeviceKeyFile, "public_key", wire.EncodePublicKey(pub), "fingerprint", wire.Fingerprint(pub))
+	}
+	return k, nil
 }
 
 // CheckDeviceKey is what `config check` asks of the device key: it loads

@@ -2,6 +2,7 @@ package mqttsync
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -175,6 +176,10 @@ type Publisher struct {
 	statusWait     mqtt.Token
 	statusWaitConn uint64
 
+	// deviceKey signs replies, status, state, summaries and alerts (nil:
+	// published unsigned; see loadDeviceKey).
+	deviceKey ed25519.PrivateKey
+
 	guard        *commandGuard // nil unless commands are enabled
 	cmdAccepted  atomic.Uint64
 	cmdRejected  map[string]uint64 // by reason; under mu
@@ -200,6 +205,10 @@ func New(cfg Config, d Deps) (*Publisher, error) {
 	}
 	if p.now == nil {
 		p.now = time.Now
+	}
+	var err error
+	if p.deviceKey, err = loadDeviceKey(cfg.Commands, p.log); err != nil {
+		return nil, err
 	}
 	if cfg.Commands.Enabled {
 		g, err := newCommandGuard(cfg.Commands, p.now(), p.log.Warn)
@@ -311,7 +320,7 @@ func (p *Publisher) stateWillOptions() (*mqtt.ClientOptions, error) {
 // setStatusWill sets o's Last Will: a retained offline status built now
 // (a message_id of its own, ts now, seq the last acknowledged).
 func (p *Publisher) setStatusWill(o *mqtt.ClientOptions) error {
-	will, err := json.Marshal(p.status(wire.StateOffline))
+	will, err := p.marshalSigned(wire.KindStatus, p.status(wire.StateOffline))
 	if err != nil {
 		return fmt.Errorf("mqttsync: build last will: %w", err)
 	}
@@ -323,7 +332,7 @@ func (p *Publisher) setStatusWill(o *mqtt.ClientOptions) error {
 func (p *Publisher) setStateWill(o *mqtt.ClientOptions) error {
 	ds := wire.DeviceState{Status: p.status(wire.StateOffline)}
 	ds.SchemaVersion, ds.MessageID = wire.StateSchemaVersion, randomID("sd")
-	will, err := json.Marshal(ds)
+	will, err := p.marshalSigned(wire.KindState, ds)
 	if err != nil {
 		return fmt.Errorf("mqttsync: build state last will: %w", err)
 	}
@@ -601,7 +610,7 @@ func (p *Publisher) publishStatus(ctx context.Context, c mqtt.Client, state wire
 	var err error
 	if changed {
 		var sb []byte
-		if sb, err = json.Marshal(st); err == nil {
+		if sb, err = p.marshalSigned(wire.KindStatus, st); err == nil {
 			err = publish(p.topics.Status(), sb)
 		}
 	}
@@ -609,7 +618,7 @@ func (p *Publisher) publishStatus(ctx context.Context, c mqtt.Client, state wire
 		ds := wire.DeviceState{Status: st, Summary: p.lastSummary, LastAlert: p.lastAlert}
 		ds.SchemaVersion, ds.MessageID = wire.StateSchemaVersion, randomID("sd")
 		var b []byte
-		if b, err = json.Marshal(ds); err == nil {
+		if b, err = p.marshalSigned(wire.KindState, ds); err == nil {
 			err = publish(p.topics.State(), b)
 		}
 	}
@@ -624,6 +633,25 @@ func (p *Publisher) publishStatus(ctx context.Context, c mqtt.Client, state wire
 		p.statusPublish.Add(1)
 	}
 	p.stateDirty = false
+}
+
+// sign signs a message of kind as published on this device's topic,
+// over the exact bytes sent (wire.SignMessage); without a device key it
+// is sent unsigned.
+func (p *Publisher) sign(kind string, b []byte) ([]byte, error) {
+	if p.deviceKey == nil {
+		return b, nil
+	}
+	return wire.SignMessage(p.deviceKey, kind, p.topics.Site, p.topics.Device, b)
+}
+
+// marshalSigned is v's JSON, signed.
+func (p *Publisher) marshalSigned(kind string, v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return p.sign(kind, b)
 }
 
 // statusHeld says whether a status of the given state waits for
@@ -881,12 +909,18 @@ func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage
 			complete = false
 			break
 		}
-		if len(payload) > p.cfg.MaxMessageSize {
+		// The signature comes last, over the bytes sent: the payload
+		// must fit with it.
+		limit := p.cfg.MaxMessageSize
+		if p.deviceKey != nil {
+			limit -= wire.MsgSigOverhead
+		}
+		if len(payload) > limit {
 			// The broker would not forward it (mosquitto acknowledges
 			// and drops it, others close the connection every try).
 			var n int
 			if m.Topic == wire.KindSummary {
-				if fit, dropped, ferr := wire.FitSummary(payload, p.cfg.MaxMessageSize); ferr == nil {
+				if fit, dropped, ferr := wire.FitSummary(payload, limit); ferr == nil {
 					p.trimmed.Add(1)
 					p.log.Warn("mqtt: summary larger than max_message_size: least active identities omitted",
 						"seq", m.Seq, "bytes", len(payload), "max_message_size", p.cfg.MaxMessageSize, "omitted", dropped)
@@ -895,11 +929,20 @@ func (p *Publisher) publishBatch(ctx context.Context, msgs []visit.OutboxMessage
 			}
 			if n == 0 {
 				p.oversize.Add(1)
-				p.setErr(fmt.Errorf("outbox seq %d (%s, %d bytes) is larger than max_message_size %d: dropped",
-					m.Seq, m.Kind, len(payload), p.cfg.MaxMessageSize))
+				room := ""
+				if limit < p.cfg.MaxMessageSize {
+					room = fmt.Sprintf(" less the %d bytes of its signature", wire.MsgSigOverhead)
+				}
+				p.setErr(fmt.Errorf("outbox seq %d (%s, %d bytes) is larger than max_message_size %d%s: dropped",
+					m.Seq, m.Kind, len(payload), p.cfg.MaxMessageSize, room))
 				acked = append(acked, m.Key)
 				continue
 			}
+		}
+		if payload, err = p.sign(m.Topic, payload); err != nil {
+			p.setErr(fmt.Errorf("outbox key %d: %w", m.Key, err))
+			complete = false
+			break
 		}
 		// The last summary is retained: a dashboard that (re)subscribes
 		// gets the present at once. Key order makes the newest one last.
