@@ -7,6 +7,7 @@ package fleettest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -308,6 +309,8 @@ type Agent struct {
 	// reviewer serves the review commands when set (Commands).
 	reviewer *Reviewer
 	cmdKey   ed25519.PublicKey
+	// devKey signs what the agent publishes (Signed).
+	devKey ed25519.PrivateKey
 }
 
 // StartAgent connects a simulated agent to broker under prefix. It publishes
@@ -328,6 +331,16 @@ func StartAgent(t testing.TB, broker, prefix, site, device string, opts ...Agent
 		o(a)
 	}
 	deps := mqttsync.Deps{Outbox: a.out, Status: a.status}
+	if a.devKey != nil {
+		cfg.Commands.DeviceKeyFile = filepath.Join(t.TempDir(), "device.key")
+		pem, err := wire.MarshalPrivateKeyPEM(a.devKey)
+		if err == nil {
+			err = os.WriteFile(cfg.Commands.DeviceKeyFile, pem, 0o600)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	if a.reviewer != nil {
 		// The agent's own command path: size, signed envelope, the
 		// signature against the configured key, the payload decoded
@@ -337,8 +350,9 @@ func StartAgent(t testing.TB, broker, prefix, site, device string, opts ...Agent
 		cfg.Commands = mqttsync.CommandsConfig{Enabled: true, Timeout: 10 * time.Second, MaxClockSkew: 5 * time.Minute, MaxSeen: 1024,
 			SeenFile:   filepath.Join(t.TempDir(), "commands-seen.json"),
 			PublicKeys: []mqttsync.CommandKey{{Name: "fleet", Key: base64.StdEncoding.EncodeToString(a.cmdKey)}},
-			// Its replies signed with a device key made at start.
-			DeviceKeyFile: filepath.Join(t.TempDir(), "device.key"), CreateDeviceKey: true}
+			// Its replies signed with its device key (Signed), or one
+			// made at start.
+			DeviceKeyFile: cmp.Or(cfg.Commands.DeviceKeyFile, filepath.Join(t.TempDir(), "device.key")), CreateDeviceKey: true}
 		deps.Commands = a.reviewer
 	}
 	pub, err := mqttsync.New(cfg, deps)
@@ -376,6 +390,13 @@ type AgentOption func(*Agent)
 // with r.
 func Commands(key ed25519.PublicKey, r *Reviewer) AgentOption {
 	return func(a *Agent) { a.cmdKey, a.reviewer = key, r }
+}
+
+// Signed has the agent sign its status, summaries and alerts with key,
+// its device key (without it, the agent publishes them unsigned, as one
+// of a release before signed messages).
+func Signed(key ed25519.PrivateKey) AgentOption {
+	return func(a *Agent) { a.devKey = key }
 }
 
 // CommandStats are the agent's counts of commands accepted and refused

@@ -65,6 +65,12 @@ type Config struct {
 	BatchWait time.Duration `yaml:"batch_wait"`
 	// MaxPayload: larger payloads are rejected unread (bytes).
 	MaxPayload int `yaml:"max_payload"`
+	// RequireSigned refuses every status, summary and alert that does
+	// not verify with the key pinned for its device, so everything from
+	// a device without one. Off: a device without a pinned key is taken
+	// unauthenticated, as agents before signed messages send (a device
+	// with a pinned key is held to it either way).
+	RequireSigned bool `yaml:"require_signed"`
 }
 
 // TLSConfig is the broker TLS material (as the agent's mqtt.tls).
@@ -173,11 +179,15 @@ type Stats struct {
 	Duplicates uint64 `json:"duplicates"` // summaries and alerts already stored (same message id)
 	// Retained: retained summaries already stored, given again by the
 	// broker at each subscribe (not duplicates of the device's).
-	Retained  uint64 `json:"retained"`
-	Statuses  uint64 `json:"statuses"`
-	Rejected  uint64 `json:"rejected"`   // failed validation (kept in the store's rejects)
-	StoreErrs uint64 `json:"store_errs"` // failed commits (retried; not acknowledged meanwhile)
-	LastError string `json:"last_error"`
+	Retained uint64 `json:"retained"`
+	Statuses uint64 `json:"statuses"`
+	Rejected uint64 `json:"rejected"` // failed validation (kept in the store's rejects)
+	// Unauthenticated, of Rejected: statuses, summaries and alerts
+	// refused for their signature (none or a bad one where a device key
+	// is pinned; any without one under require_signed).
+	Unauthenticated uint64 `json:"unauthenticated"`
+	StoreErrs       uint64 `json:"store_errs"` // failed commits (retried; not acknowledged meanwhile)
+	LastError       string `json:"last_error"`
 	// LastErrorAt: when LastError last happened (absent before any). The
 	// error stays after a recovery: StuckSince and Connected say whether
 	// it still holds, this says how long ago it did.
@@ -218,20 +228,27 @@ type Ingester struct {
 	in      chan mqtt.Message
 	stop    chan struct{}
 
-	connected                                                             atomic.Bool
-	connects, received, applied, dups, retained, statuses, rejected, serr atomic.Uint64
-	mu                                                                    sync.Mutex
-	lastErr                                                               string
-	lastErrAt                                                             time.Time
-	stuckSince                                                            time.Time
+	connected                                                                     atomic.Bool
+	connects, received, applied, dups, retained, statuses, rejected, unauth, serr atomic.Uint64
+	mu                                                                            sync.Mutex
+	lastErr                                                                       string
+	lastErrAt                                                                     time.Time
+	stuckSince                                                                    time.Time
 	// extra are subscriptions of other users of the connection (Route);
 	// client is the connection while Run runs.
 	extra  map[string]func(topic string, payload []byte)
 	client atomic.Pointer[mqtt.Client]
-	// rejectLogAt, rejectQuiet: when a rejected payload was last logged
-	// and how many were rejected since without a line (logReject).
-	rejectLogAt time.Time
-	rejectQuiet uint64
+	// rejectLog, unauthLog: when a rejected payload, and one refused for
+	// its signature, was last logged, and how many since without a line
+	// (logReject).
+	rejectLog, unauthLog rateLog
+}
+
+// rateLog is when a kind of line was last logged and how many were left
+// unsaid since.
+type rateLog struct {
+	at    time.Time
+	quiet uint64
 }
 
 // rejectLogEvery bounds the log lines of rejected payloads: a publisher
@@ -240,18 +257,25 @@ type Ingester struct {
 // counted in the stats.
 const rejectLogEvery = 10 * time.Second
 
-func (in *Ingester) logReject(r storage.Reject) {
+// logReject logs a rejected payload, at most one line per rejectLogEvery
+// for rejects and one for those refused for their signature (a forger
+// sending in a loop must not hide the other rejects, nor they it).
+func (in *Ingester) logReject(r storage.Reject, unauthenticated bool) {
+	l, msg := &in.rejectLog, "fleet ingest: payload rejected"
+	if unauthenticated {
+		l, msg = &in.unauthLog, "fleet ingest: message refused: not signed by its device's pinned key"
+	}
 	in.mu.Lock()
 	now := in.now()
-	if !in.rejectLogAt.IsZero() && now.Sub(in.rejectLogAt) < rejectLogEvery {
-		in.rejectQuiet++
+	if !l.at.IsZero() && now.Sub(l.at) < rejectLogEvery {
+		l.quiet++
 		in.mu.Unlock()
 		return
 	}
-	quiet := in.rejectQuiet
-	in.rejectLogAt, in.rejectQuiet = now, 0
+	quiet := l.quiet
+	l.at, l.quiet = now, 0
 	in.mu.Unlock()
-	in.log.Warn("fleet ingest: payload rejected", "topic", r.Topic, "err", r.Error, "rejected_without_a_line_since_the_last", quiet)
+	in.log.Warn(msg, "topic", r.Topic, "err", r.Error, "rejected_without_a_line_since_the_last", quiet)
 }
 
 // New validates cfg, loads TLS material and compiles the schemas.
@@ -463,7 +487,7 @@ func (in *Ingester) Stats() Stats {
 	defer in.mu.Unlock()
 	return Stats{Connected: in.connected.Load(), Connects: in.connects.Load(), Received: in.received.Load(),
 		Applied: in.applied.Load(), Duplicates: in.dups.Load(), Retained: in.retained.Load(), Statuses: in.statuses.Load(), Rejected: in.rejected.Load(),
-		StoreErrs: in.serr.Load(), LastError: in.lastErr, LastErrorAt: in.lastErrAt, StuckSince: in.stuckSince}
+		Unauthenticated: in.unauth.Load(), StoreErrs: in.serr.Load(), LastError: in.lastErr, LastErrorAt: in.lastErrAt, StuckSince: in.stuckSince}
 }
 
 // Route has the messages on filter (QoS 1, subscribed at every connect
@@ -561,6 +585,9 @@ type item struct {
 	msg     *storage.Message
 	reject  *storage.Reject
 	done    bool // committed (or stored as a reject): not written again
+	// checked: its signature was checked (authenticate); unauth: it is
+	// a reject for its signature.
+	checked, unauth bool
 }
 
 // commit writes one batch, retrying store failures with a capped backoff
@@ -590,8 +617,10 @@ func (in *Ingester) commit(ctx context.Context, batch []mqtt.Message) bool {
 	}
 	backoff := 100 * time.Millisecond
 	for {
-		err := in.write(ctx, items)
-		if err == nil || in.isolate(ctx, items, err) {
+		err := in.authenticate(ctx, items)
+		if err != nil {
+			in.storeFailed(err)
+		} else if err = in.write(ctx, items); err == nil || in.isolate(ctx, items, err) {
 			in.setStuck(time.Time{})
 			return true
 		}
@@ -602,6 +631,68 @@ func (in *Ingester) commit(ctx context.Context, batch []mqtt.Message) bool {
 		}
 		backoff = min(2*backoff, 10*time.Second)
 	}
+}
+
+// authenticate checks each status, summary and alert not yet checked
+// against the key pinned for its device (read once per device and
+// round: a key pinned or removed applies from the next batch on). One
+// that verifies is marked Authenticated; without a pinned key it is taken
+// unauthenticated, or refused with RequireSigned; with one, anything that
+// does not verify (unsigned, another key's, another topic's) is made a
+// reject: it neither counts in the sequence nor replaces the device's
+// status or summary. A store error ends the round (retried, nothing
+// refused).
+func (in *Ingester) authenticate(ctx context.Context, items []item) error {
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	type dev struct{ site, device string }
+	pins := map[dev]*storage.DeviceKey{}
+	for i := range items {
+		it := &items[i]
+		if it.checked || it.done || (it.status == nil && it.msg == nil) {
+			continue
+		}
+		var d dev
+		kind := wire.KindStatus
+		if it.status != nil {
+			d = dev{it.status.Site, it.status.Device}
+		} else {
+			d, kind = dev{it.msg.Site, it.msg.Device}, it.msg.Kind
+		}
+		pin, ok := pins[d]
+		if !ok {
+			k, err := in.store.DeviceKey(rctx, d.site, d.device)
+			switch {
+			case errors.Is(err, storage.ErrNotFound):
+			case err != nil:
+				return fmt.Errorf("read the device key of %s/%s: %w", d.site, d.device, err)
+			default:
+				pin = &k
+			}
+			pins[d] = pin
+		}
+		var why string
+		switch {
+		case pin == nil && in.cfg.RequireSigned:
+			why = "no device key is pinned for " + d.site + "/" + d.device + " and mqtt.require_signed is on (atm-fleet devices key set)"
+		case pin == nil:
+		default:
+			if err := wire.VerifyMessage(pin.PublicKey, kind, d.site, d.device, it.payload); err != nil {
+				why = fmt.Sprintf("%v (device key %s is pinned for %s/%s)", err, wire.Fingerprint(pin.PublicKey), d.site, d.device)
+			} else if it.status != nil {
+				it.status.Authenticated = true
+			} else {
+				it.msg.Authenticated = true
+			}
+		}
+		if why != "" {
+			it.status, it.msg, it.unauth = nil, nil, true
+			it.reject = &storage.Reject{Received: in.now().UTC(), Topic: it.topic, Site: d.site, Device: d.device,
+				Error: kind + " not authenticated: " + why, Payload: keptPayload(it.payload, false)}
+		}
+		it.checked = true
+	}
+	return nil
 }
 
 // storeFailed records a failed store write; the first since the last
@@ -748,13 +839,20 @@ func (in *Ingester) write(ctx context.Context, items []item) error {
 		}
 		markDone(mi)
 	}
+	rejected := func(j int) {
+		in.rejected.Add(1)
+		unauth := items[ri[j]].unauth
+		if unauth {
+			in.unauth.Add(1)
+		}
+		in.logReject(rejects[j], unauth)
+	}
 	if batched && len(rejects) > 0 {
 		if err := bw.PutRejects(wctx, rejects); err != nil {
 			return err
 		}
-		in.rejected.Add(uint64(len(rejects)))
-		for _, r := range rejects {
-			in.logReject(r)
+		for j := range rejects {
+			rejected(j)
 		}
 		markDone(ri)
 		rejects = nil
@@ -763,8 +861,7 @@ func (in *Ingester) write(ctx context.Context, items []item) error {
 		if err := in.store.PutReject(wctx, r); err != nil {
 			return err
 		}
-		in.rejected.Add(1)
-		in.logReject(r)
+		rejected(j)
 		markDone(ri[j : j+1])
 	}
 	return nil

@@ -20,14 +20,14 @@ func TestRejectedPayloadsLoggedSparingly(t *testing.T) {
 	in := &Ingester{log: slog.New(slog.NewTextHandler(&buf, nil)), now: func() time.Time { return now }}
 	r := storage.Reject{Topic: "atm/s/d/summary", Error: "not JSON"}
 	for range 20000 {
-		in.logReject(r)
+		in.logReject(r, false)
 		now = now.Add(100 * time.Microsecond) // 2 s in all
 	}
 	if n := strings.Count(buf.String(), "payload rejected"); n != 1 {
 		t.Fatalf("%d lines for 20,000 rejects in 2 s, want 1", n)
 	}
 	now = now.Add(rejectLogEvery)
-	in.logReject(r)
+	in.logReject(r, false)
 	if !strings.Contains(buf.String(), "rejected_without_a_line_since_the_last=19999") {
 		t.Fatalf("the next line does not count the quiet ones:\n%s", buf.String())
 	}

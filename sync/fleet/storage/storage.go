@@ -71,6 +71,10 @@ type Message struct {
 	// Retained: the broker's retained copy, given again at each
 	// subscribe. Already stored, it is not a duplicate of the device's.
 	Retained bool
+	// Authenticated: signed by the key pinned for the device
+	// (wire.VerifyMessage). False: no key is pinned, the message was
+	// taken as agents before signed messages send it.
+	Authenticated bool
 }
 
 // Status is one device status as received (retained or live).
@@ -78,6 +82,8 @@ type Status struct {
 	Site, Device string
 	Received     time.Time
 	Status       wire.Status
+	// Authenticated: signed by the key pinned for the device.
+	Authenticated bool
 }
 
 // Reject is a payload that failed validation. It is kept (bounded, with
@@ -100,9 +106,14 @@ type Device struct {
 	// carries an older ts than the online status it replaces).
 	Status         *wire.Status
 	StatusReceived time.Time
+	// StatusAuthenticated: Status was signed by the key pinned for the
+	// device (false: no key was pinned when it came).
+	StatusAuthenticated bool `json:",omitempty"`
 	// Summary is the summary with the highest seq received in the current
 	// sequence (see Restarted).
 	Summary *wire.Summary
+	// SummaryAuthenticated: Summary was signed by the pinned key.
+	SummaryAuthenticated bool `json:",omitempty"`
 	// Sequence accounting over summaries and alerts: FirstSeq..MaxSeq is
 	// the range seen, Unique the distinct message ids in it.
 	FirstSeq, MaxSeq uint64
@@ -251,6 +262,9 @@ type Alert struct {
 	Historical                  bool
 	Received                    time.Time
 	Raises                      int // distinct messages carrying this alert id
+	// Authenticated: the message that raised it was signed by the key
+	// pinned for the device (Message.Authenticated).
+	Authenticated bool `json:",omitempty"`
 
 	State                    AlertState
 	AckBy, AckNote           string

@@ -307,7 +307,7 @@ func (s *Store) Apply(ctx context.Context, msgs []storage.Message) ([]bool, erro
 			switch {
 			case m.Summary != nil:
 				if newer {
-					d.Summary = m.Summary
+					d.Summary, d.SummaryAuthenticated = m.Summary, m.Authenticated
 				}
 				p, ids := storage.PointsFromSummary(m.Summary)
 				if err := putJSON(tx.Bucket(bSummary), cat(dkey(m.Site, m.Device), u64(m.Seq)), p); err != nil {
@@ -349,7 +349,7 @@ func MergeAlert(old *storage.Alert, m storage.Message) storage.Alert {
 			Window: a.Window, WindowStart: a.WindowStart.UTC(),
 			Count: a.Count, Threshold: a.Threshold, FirstSeen: a.FirstSeen.UTC(), LastSeen: a.LastSeen.UTC(),
 			Raised: a.Raised.UTC(), MessageID: m.MessageID, Seq: m.Seq, Historical: m.Historical,
-			Received: m.Received.UTC(), Raises: 1, State: storage.AlertOpen}
+			Received: m.Received.UTC(), Raises: 1, State: storage.AlertOpen, Authenticated: m.Authenticated}
 	}
 	n := *old
 	n.Raises++
@@ -490,7 +490,7 @@ func (s *Store) PutStatuses(ctx context.Context, sts []storage.Status) error {
 				order = append(order, k)
 			}
 			status := st.Status
-			d.Status, d.StatusReceived = &status, st.Received.UTC()
+			d.Status, d.StatusReceived, d.StatusAuthenticated = &status, st.Received.UTC(), st.Authenticated
 		}
 		for _, k := range order {
 			if err := putJSON(tx.Bucket(bDevices), []byte(k), devs[k]); err != nil {

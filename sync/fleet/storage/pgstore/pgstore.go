@@ -91,6 +91,11 @@ var schema = []string{
 	// The web users in force and their generations (SyncUsers).
 	`CREATE TABLE IF NOT EXISTS atm_fleet_web_users (
 		name text PRIMARY KEY, generation text NOT NULL)`,
+	// Whether the device's last status and summary, and the message that
+	// raised an alert, were signed by the device's pinned key.
+	`ALTER TABLE atm_fleet_devices ADD COLUMN IF NOT EXISTS status_authenticated boolean NOT NULL DEFAULT false`,
+	`ALTER TABLE atm_fleet_devices ADD COLUMN IF NOT EXISTS summary_authenticated boolean NOT NULL DEFAULT false`,
+	`ALTER TABLE atm_fleet_alerts ADD COLUMN IF NOT EXISTS authenticated boolean NOT NULL DEFAULT false`,
 	// The pinned keys that sign each device's command replies.
 	`CREATE TABLE IF NOT EXISTS atm_fleet_device_keys (
 		site text NOT NULL, device text NOT NULL, public_key bytea NOT NULL, pinned timestamptz NOT NULL, pinned_by text NOT NULL,
@@ -414,8 +419,8 @@ func applyOne(ctx context.Context, tx pgx.Tx, m storage.Message) (bool, error) {
 		ts = &t
 	}
 	const newer = `EXCLUDED.summary IS NOT NULL AND NOT ` + earlier + ` AND (EXCLUDED.summary_seq > d.summary_seq OR d.summary_seq > d.max_seq OR d.summary IS NULL OR ` + restart + `)`
-	_, err = tx.Exec(ctx, `INSERT INTO atm_fleet_devices AS d (site, device, first_seq, max_seq, uniq, last_received, summary, summary_seq, last_ts)
-		VALUES ($1, $2, $3, $3, 1, $4, $5, $6, $7)
+	_, err = tx.Exec(ctx, `INSERT INTO atm_fleet_devices AS d (site, device, first_seq, max_seq, uniq, last_received, summary, summary_seq, last_ts, summary_authenticated)
+		VALUES ($1, $2, $3, $3, 1, $4, $5, $6, $7, $8)
 		ON CONFLICT (site, device) DO UPDATE SET
 			first_seq = CASE WHEN `+earlier+` THEN d.first_seq WHEN d.uniq = 0 OR `+restart+` THEN EXCLUDED.first_seq ELSE LEAST(d.first_seq, EXCLUDED.first_seq) END,
 			max_seq = CASE WHEN `+earlier+` THEN d.max_seq WHEN `+restart+` THEN EXCLUDED.max_seq ELSE GREATEST(d.max_seq, EXCLUDED.max_seq) END,
@@ -424,8 +429,9 @@ func applyOne(ctx context.Context, tx pgx.Tx, m storage.Message) (bool, error) {
 			last_received = GREATEST(d.last_received, EXCLUDED.last_received),
 			last_ts = GREATEST(d.last_ts, EXCLUDED.last_ts),
 			summary = CASE WHEN `+newer+` THEN EXCLUDED.summary ELSE d.summary END,
-			summary_seq = CASE WHEN `+newer+` THEN EXCLUDED.summary_seq ELSE d.summary_seq END`,
-		m.Site, m.Device, seq, m.Received.UTC(), summary, summarySeq, ts)
+			summary_seq = CASE WHEN `+newer+` THEN EXCLUDED.summary_seq ELSE d.summary_seq END,
+			summary_authenticated = CASE WHEN `+newer+` THEN EXCLUDED.summary_authenticated ELSE d.summary_authenticated END`,
+		m.Site, m.Device, seq, m.Received.UTC(), summary, summarySeq, ts, m.Summary != nil && m.Authenticated)
 	if err != nil {
 		return false, err
 	}
@@ -447,13 +453,13 @@ func applyOne(ctx context.Context, tx pgx.Tx, m storage.Message) (bool, error) {
 	case m.Alert != nil:
 		a := m.Alert
 		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_alerts AS a (site, device, alert_id, rule, kind, identity_id, win,
-			window_start, count, threshold, first_seen, last_seen, raised, message_id, seq, historical, received, raises, state, visit_id, txn_id)
-			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,1,'open',$18,$19)
+			window_start, count, threshold, first_seen, last_seen, raised, message_id, seq, historical, received, raises, state, visit_id, txn_id, authenticated)
+			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,1,'open',$18,$19,$20)
 			ON CONFLICT (site, device, alert_id) DO UPDATE SET
 				raises = a.raises + 1, count = GREATEST(a.count, EXCLUDED.count), last_seen = GREATEST(a.last_seen, EXCLUDED.last_seen)`,
 			m.Site, m.Device, a.AlertID, a.Rule, a.Kind, a.IdentityID, a.Window, a.WindowStart.UTC(), a.Count, a.Threshold,
 			a.FirstSeen.UTC(), a.LastSeen.UTC(), a.Raised.UTC(), m.MessageID, seq, m.Historical, m.Received.UTC(),
-			a.VisitID, a.TxnID); err != nil {
+			a.VisitID, a.TxnID, m.Authenticated); err != nil {
 			return false, err
 		}
 	}
@@ -482,9 +488,10 @@ func (s *Store) PutStatuses(ctx context.Context, sts []storage.Status) error {
 	return s.tx(ctx, "put status", func(tx pgx.Tx) error {
 		seen := map[storage.Change]bool{}
 		for i, st := range sts {
-			if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_devices (site, device, status, status_received) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (site, device) DO UPDATE SET status = EXCLUDED.status, status_received = EXCLUDED.status_received`,
-				st.Site, st.Device, raw[i], st.Received.UTC()); err != nil {
+			if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_devices (site, device, status, status_received, status_authenticated) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (site, device) DO UPDATE SET status = EXCLUDED.status, status_received = EXCLUDED.status_received,
+				status_authenticated = EXCLUDED.status_authenticated`,
+				st.Site, st.Device, raw[i], st.Received.UTC(), st.Authenticated); err != nil {
 				return err
 			}
 			c := storage.Change{Kind: "status", Site: st.Site, Device: st.Device}
@@ -538,14 +545,15 @@ func (s *Store) PutRejects(ctx context.Context, rs []storage.Reject) error {
 }
 
 const deviceCols = `d.site, d.device, d.status, d.status_received, d.summary, d.first_seq, d.max_seq, d.uniq, d.dups, d.rejected,
-	d.last_received, d.last_ts, d.seq_restart, (SELECT count(*) FROM atm_fleet_alerts a WHERE a.site = d.site AND a.device = d.device AND a.state <> 'resolved')`
+	d.last_received, d.last_ts, d.seq_restart, d.status_authenticated, d.summary_authenticated, (SELECT count(*) FROM atm_fleet_alerts a WHERE a.site = d.site AND a.device = d.device AND a.state <> 'resolved')`
 
 func scanDevice(row pgx.Row) (storage.Device, error) {
 	var d storage.Device
 	var status, summary []byte
 	var statusRecv, lastRecv, lastTS, seqRestart *time.Time
 	var first, maxSeq, uniq, dups, rej int64
-	if err := row.Scan(&d.Site, &d.Device, &status, &statusRecv, &summary, &first, &maxSeq, &uniq, &dups, &rej, &lastRecv, &lastTS, &seqRestart, &d.OpenAlerts); err != nil {
+	if err := row.Scan(&d.Site, &d.Device, &status, &statusRecv, &summary, &first, &maxSeq, &uniq, &dups, &rej, &lastRecv, &lastTS, &seqRestart,
+		&d.StatusAuthenticated, &d.SummaryAuthenticated, &d.OpenAlerts); err != nil {
 		return d, err
 	}
 	d.FirstSeq, d.MaxSeq, d.Unique, d.Duplicates, d.Rejected = uint64(first), uint64(maxSeq), uint64(uniq), uint64(dups), uint64(rej)
@@ -611,7 +619,7 @@ func (s *Store) Device(ctx context.Context, site, device string) (storage.Device
 
 const alertCols = `site, device, alert_id, rule, kind, identity_id, win, window_start, count, threshold, first_seen, last_seen,
 	raised, message_id, seq, historical, received, raises, state, ack_by, ack_note, ack_at, resolved_by, resolved_note, resolved_at,
-	visit_id, txn_id`
+	visit_id, txn_id, authenticated`
 
 func scanAlert(row pgx.Row) (storage.Alert, error) {
 	var a storage.Alert
@@ -620,7 +628,7 @@ func scanAlert(row pgx.Row) (storage.Alert, error) {
 	var ackAt, resAt *time.Time
 	err := row.Scan(&a.Site, &a.Device, &a.AlertID, &a.Rule, &a.Kind, &a.IdentityID, &a.Window, &a.WindowStart, &a.Count,
 		&a.Threshold, &a.FirstSeen, &a.LastSeen, &a.Raised, &a.MessageID, &seq, &a.Historical, &a.Received, &a.Raises,
-		&state, &a.AckBy, &a.AckNote, &ackAt, &a.ResolvedBy, &a.ResolvedNote, &resAt, &a.VisitID, &a.TxnID)
+		&state, &a.AckBy, &a.AckNote, &ackAt, &a.ResolvedBy, &a.ResolvedNote, &resAt, &a.VisitID, &a.TxnID, &a.Authenticated)
 	if err != nil {
 		return a, err
 	}

@@ -92,11 +92,76 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("Corrections", func(t *testing.T) { corrections(t, open(t)) })
 	t.Run("BadRecord", func(t *testing.T) { badRecord(t, open(t)) })
 	t.Run("DeviceKeys", func(t *testing.T) { deviceKeys(t, open(t)) })
+	t.Run("Authenticated", func(t *testing.T) { authenticated(t, open(t)) })
 }
 
 // Pinned device keys: set before the device is known, read back, replaced,
 // listed by site and device, removed; an unknown one is ErrNotFound, a
 // malformed one ErrBadRecord.
+// authenticated: whether the last status and the latest summary were
+// signed follows each of them (an older summary does not change it), and
+// an alert keeps whether the message that raised it was.
+func authenticated(t *testing.T, s storage.Store) {
+	c := context.Background()
+	dev := func() storage.Device {
+		t.Helper()
+		d, err := s.Device(c, "lyon-07", "atm-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	signed := func(m storage.Message) storage.Message { m.Authenticated = true; return m }
+	if _, err := s.Apply(c, []storage.Message{signed(Summary("lyon-07", "atm-1", 2, T0, 3)), Alert("lyon-07", "atm-1", 3, T0, "a-1", "p-1", 7),
+		signed(Alert("lyon-07", "atm-1", 4, T0, "a-2", "p-2", 7))}); err != nil {
+		t.Fatal(err)
+	}
+	if d := dev(); !d.SummaryAuthenticated || d.StatusAuthenticated {
+		t.Errorf("signed summary, no status: summary %v, status %v", d.SummaryAuthenticated, d.StatusAuthenticated)
+	}
+	// An older summary, unsigned, is not the latest: the flag stays.
+	if _, err := s.Apply(c, []storage.Message{Summary("lyon-07", "atm-1", 1, T0, 3)}); err != nil {
+		t.Fatal(err)
+	}
+	if d := dev(); !d.SummaryAuthenticated {
+		t.Error("an older unsigned summary cleared the latest one's flag")
+	}
+	if _, err := s.Apply(c, []storage.Message{Summary("lyon-07", "atm-1", 5, T0.Add(time.Minute), 3)}); err != nil {
+		t.Fatal(err)
+	}
+	if d := dev(); d.SummaryAuthenticated {
+		t.Error("the latest summary is unsigned, the device says authenticated")
+	}
+	for i, auth := range []bool{true, false, true} {
+		st := storage.Status{Site: "lyon-07", Device: "atm-1", Received: T0.Add(time.Duration(i) * time.Second), Authenticated: auth,
+			Status: wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-1", T0), State: wire.StateOnline}}
+		if err := s.PutStatus(c, st); err != nil {
+			t.Fatal(err)
+		}
+		if d := dev(); d.StatusAuthenticated != auth {
+			t.Errorf("status %d: authenticated %v, want %v", i, d.StatusAuthenticated, auth)
+		}
+	}
+	for id, want := range map[string]bool{"a-1": false, "a-2": true} {
+		a, err := s.Alert(c, storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Authenticated != want {
+			t.Errorf("alert %s: authenticated %v, want %v", id, a.Authenticated, want)
+		}
+		all, err := s.Alerts(c, storage.AlertFilter{Device: "atm-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range all {
+			if l.AlertID == id && l.Authenticated != want {
+				t.Errorf("alert %s listed: authenticated %v, want %v", id, l.Authenticated, want)
+			}
+		}
+	}
+}
+
 func deviceKeys(t *testing.T, s storage.Store) {
 	c := ctx(t)
 	key := func(b byte) ed25519.PublicKey {
