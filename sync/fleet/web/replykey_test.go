@@ -18,6 +18,7 @@ import (
 	"github.com/periocular/atm-agent/sync/fleet/command"
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/fleet/storage/storetest"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -230,5 +231,62 @@ func TestDeviceKeyAPI(t *testing.T) {
 	}
 	if r, _ := root.json("DELETE", path, "", "", "X-CSRF-Token", rootCSRF); r.StatusCode != http.StatusNotFound {
 		t.Errorf("unpin again: %d, want 404", r.StatusCode)
+	}
+}
+
+// The device page and the API say whether the device's last status and
+// summary, and the message that raised an alert, were signed by its
+// pinned device key (storage's Authenticated, set by the ingest).
+func TestDeviceAndAlertSayAuthenticated(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st) // atm-1: unsigned summaries and alert a-1, no status
+	now := time.Now().UTC()
+	ctx := context.Background()
+	if err := st.PutStatus(ctx, storage.Status{Site: "lyon-07", Device: "atm-1", Received: now,
+		Status: wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-1", now), State: wire.StateOnline}}); err != nil {
+		t.Fatal(err)
+	}
+	_, hs := newTestServer(t, st)
+	ana := newClient(t, hs.URL)
+	ana.login("ana", "correct horse")
+	check := func(when string, want bool) {
+		t.Helper()
+		_, body := ana.get("/api/v1/devices/lyon-07/atm-1")
+		var d apiDevice
+		if err := json.Unmarshal([]byte(body), &d); err != nil {
+			t.Fatalf("%v: %s", err, body)
+		}
+		if d.StatusAuthenticated != want || d.SummaryAuthenticated != want {
+			t.Errorf("%s: API status_authenticated %v, summary_authenticated %v, want %v", when, d.StatusAuthenticated, d.SummaryAuthenticated, want)
+		}
+		_, page := ana.get("/devices/lyon-07/atm-1")
+		if n := strings.Count(page, "signed by its device key"); want && n != 2 || !want && (n != 0 || strings.Count(page, `class="bad">not authenticated`) != 2) {
+			t.Errorf("%s: the device page does not say the status and summary are %v", when, map[bool]string{true: "signed", false: "not authenticated"}[want])
+		}
+	}
+	check("unsigned", false)
+	signed := storetest.Summary("lyon-07", "atm-1", 5, now, 6, "p-1")
+	signed.Authenticated = true
+	alert := storetest.Alert("lyon-07", "atm-1", 6, now, "a-9", "p-1", 9)
+	alert.Authenticated = true
+	if _, err := st.Apply(ctx, []storage.Message{signed, alert}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutStatus(ctx, storage.Status{Site: "lyon-07", Device: "atm-1", Received: now, Authenticated: true,
+		Status: wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-1", now), State: wire.StateOnline}}); err != nil {
+		t.Fatal(err)
+	}
+	check("signed", true)
+	_, body := ana.get("/api/v1/alerts?device=atm-1")
+	var alerts []APIAlert
+	if err := json.Unmarshal([]byte(body), &alerts); err != nil {
+		t.Fatalf("%v: %s", err, body)
+	}
+	got := map[string]bool{}
+	for _, a := range alerts {
+		got[a.AlertID] = a.Authenticated
+	}
+	if len(got) != 2 || got["a-1"] || !got["a-9"] {
+		t.Errorf("alerts API authenticated: %v, want a-1 false, a-9 true", got)
 	}
 }

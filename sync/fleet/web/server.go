@@ -1558,6 +1558,10 @@ type apiDevice struct {
 	LastHeard    time.Time     `json:"last_heard,omitzero"` // set by apiDeviceOf
 	Status       *wire.Status  `json:"status"`
 	Summary      *wire.Summary `json:"summary"`
+	// StatusAuthenticated, SummaryAuthenticated: Status and Summary were
+	// signed by the device key pinned for the device.
+	StatusAuthenticated  bool `json:"status_authenticated"`
+	SummaryAuthenticated bool `json:"summary_authenticated"`
 }
 
 // apiReplyKey is the key pinned for a device's command replies
@@ -1592,7 +1596,8 @@ func (s *Server) replyKey(r *http.Request, site, device string) (*apiReplyKey, e
 func toAPI(d storage.Device) apiDevice {
 	return apiDevice{Site: d.Site, Device: d.Device, State: d.State(), CameraOK: d.CameraOK(), Backlog: d.Backlog(),
 		OpenAlerts: d.OpenAlerts, FirstSeq: d.FirstSeq, MaxSeq: d.MaxSeq, Unique: d.Unique, Gaps: d.Gaps(), Duplicates: d.Duplicates, Rejected: d.Rejected,
-		Behind: d.Behind(), LastReceived: d.LastReceived, Status: d.Status, Summary: d.Summary}
+		Behind: d.Behind(), LastReceived: d.LastReceived, Status: d.Status, Summary: d.Summary,
+		StatusAuthenticated: d.StatusAuthenticated, SummaryAuthenticated: d.SummaryAuthenticated}
 }
 
 // APIAlert is an alert as the JSON API answers it: the agent's alert fields
@@ -1617,6 +1622,9 @@ type APIAlert struct {
 	MessageID   string    `json:"message_id"`
 	Seq         uint64    `json:"seq"`
 	Historical  bool      `json:"historical"`
+	// Authenticated: the message that raised it was signed by the device
+	// key pinned for the device.
+	Authenticated bool `json:"authenticated"`
 
 	Received     time.Time          `json:"received"`
 	Raises       int                `json:"raises"`
@@ -1633,7 +1641,7 @@ func alertAPI(a storage.Alert) APIAlert {
 	return APIAlert{Site: a.Site, Device: a.Device, AlertID: a.AlertID, Rule: a.Rule, Kind: a.Kind, IdentityID: a.IdentityID,
 		VisitID: a.VisitID, TxnID: a.TxnID, Window: a.Window, WindowStart: a.WindowStart, Count: a.Count, Threshold: a.Threshold,
 		FirstSeen: a.FirstSeen, LastSeen: a.LastSeen, Raised: a.Raised, MessageID: a.MessageID, Seq: a.Seq, Historical: a.Historical,
-		Received: a.Received, Raises: a.Raises, State: a.State, AckBy: a.AckBy, AckNote: a.AckNote, AckAt: a.AckAt,
+		Authenticated: a.Authenticated, Received: a.Received, Raises: a.Raises, State: a.State, AckBy: a.AckBy, AckNote: a.AckNote, AckAt: a.AckAt,
 		ResolvedBy: a.ResolvedBy, ResolvedNote: a.ResolvedNote, ResolvedAt: a.ResolvedAt}
 }
 
