@@ -94,13 +94,22 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 	t = time.Now()
 	assigned := false
 	if v.Outcome == visit.FaceFound && len(v.Embedding) > 0 {
-		as, err := a.d.Identities.Assign(identity.Observation{VisitID: v.ID, Time: v.Time, Embedding: v.Embedding, Mask: v.Mask})
+		o := identity.Observation{VisitID: v.ID, Time: v.Time, Embedding: v.Embedding, Mask: v.Mask}
+		var as identity.Assignment
+		var err error
+		ok := true
+		if float64(v.Quality) < a.d.NewIdentityQuality {
+			// Too poor to found an identity: it may join one, else it is
+			// stored unassigned and offered again at each consolidation
+			// (attachRefused).
+			as, ok, err = a.d.Identities.Join(o)
+		} else {
+			as, err = a.d.Identities.Assign(o)
+		}
 		switch {
 		case err != nil:
 			a.log.Error("visit: identity assignment failed", "visit", v.ID, "err", err)
-		case as.New && float64(v.Quality) < a.d.NewIdentityQuality:
-			// Too poor to found an identity: keep the visit unassigned.
-			a.d.Identities.Remove(as.IdentityID)
+		case !ok:
 		default:
 			assigned = true
 			v.IdentityID, v.Distance = as.IdentityID, as.Distance
@@ -282,7 +291,7 @@ func buildSnapshot(ids []record.Identity, ms []visit.Member, model string, dim i
 		if m.IdentityID == "" {
 			continue // low-quality face visit that matched nobody
 		}
-		if _, ok := known[m.IdentityID]; !ok || (model != "" && m.Model != "" && m.Model != model) || len(m.Embedding) != dim {
+		if _, ok := known[m.IdentityID]; !ok || !usableTemplate(m, model, dim) {
 			skipped++
 			continue
 		}
@@ -306,4 +315,10 @@ func buildSnapshot(ids []record.Identity, ms []visit.Member, model string, dim i
 	snap.Dim = dim
 	snap.Seq = uint64(len(metas))
 	return snap, skipped
+}
+
+// usableTemplate says whether a stored template fits the engine: the current
+// model's (or untagged), of its dimension.
+func usableTemplate(m visit.Member, model string, dim int) bool {
+	return (model == "" || m.Model == "" || m.Model == model) && len(m.Embedding) == dim
 }

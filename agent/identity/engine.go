@@ -161,19 +161,36 @@ func (e *Engine) Len() int {
 	return len(e.vid)
 }
 
-// Assign decides the identity of one visit and stores it.
+// Assign decides the identity of one visit and stores it: the nearest
+// identity within the cut of the pair type, else a new pending identity.
 func (e *Engine) Assign(o Observation) (Assignment, error) {
+	as, _, err := e.assign(o, true)
+	return as, err
+}
+
+// Join is Assign for a visit that may join an identity but must not found
+// one (too poor a face, vision.new_identity_quality): the same nearest
+// identity within the same cut, or, when none is, nothing stored and ok
+// false. The agent offers such a visit again at each consolidation, when
+// identities founded or grown since may hold its person.
+func (e *Engine) Join(o Observation) (as Assignment, ok bool, err error) {
+	return e.assign(o, false)
+}
+
+// assign is Assign, founding an identity only when found is true; ok says
+// whether the visit was stored.
+func (e *Engine) assign(o Observation, found bool) (Assignment, bool, error) {
 	if len(o.Embedding) != e.dim {
-		return Assignment{}, fmt.Errorf("assign visit %q: embedding has %d dimensions, want %d", o.VisitID, len(o.Embedding), e.dim)
+		return Assignment{}, false, fmt.Errorf("assign visit %q: embedding has %d dimensions, want %d", o.VisitID, len(o.Embedding), e.dim)
 	}
 	x, err := normalized(o.Embedding)
 	if err != nil {
-		return Assignment{}, fmt.Errorf("assign visit %q: %w", o.VisitID, err)
+		return Assignment{}, false, fmt.Errorf("assign visit %q: %w", o.VisitID, err)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if _, dup := e.findVisit(o.VisitID); dup && o.VisitID != "" {
-		return Assignment{}, fmt.Errorf("assign visit %q: already stored", o.VisitID)
+		return Assignment{}, false, fmt.Errorf("assign visit %q: already stored", o.VisitID)
 	}
 	sp := e.sp
 	cx := maskClass(o.Mask)
@@ -220,6 +237,9 @@ func (e *Engine) Assign(o Observation) (Assignment, error) {
 		}
 	}
 
+	if best < 0 && !found {
+		return Assignment{}, false, nil
+	}
 	i := int32(n)
 	sp.vec = append(sp.vec, x...)
 	sp.cls = append(sp.cls, cx)
@@ -239,7 +259,7 @@ func (e *Engine) Assign(o Observation) (Assignment, error) {
 		e.addMemberCentroid(w, i, x, &sk)
 		id := e.ids[w]
 		e.updateStatus(id)
-		return Assignment{IdentityID: id.id, New: true, Status: id.status, NowConfirmed: id.status == Confirmed}, nil
+		return Assignment{IdentityID: id.id, New: true, Status: id.status, NowConfirmed: id.status == Confirmed}, true, nil
 	}
 	id := e.ids[best]
 	e.who = append(e.who, best)
@@ -269,7 +289,7 @@ func (e *Engine) Assign(o Observation) (Assignment, error) {
 	// A cosine distance is at least 0; the float32 dot product of a
 	// template with itself can exceed 1 by a rounding step (-1.19e-7).
 	return Assignment{IdentityID: id.id, Distance: float32(max(bestDist, 0)), Status: id.status,
-		NowConfirmed: was != Confirmed && id.status == Confirmed}, nil
+		NowConfirmed: was != Confirmed && id.status == Confirmed}, true, nil
 }
 
 func (e *Engine) findVisit(vid string) (int, bool) {

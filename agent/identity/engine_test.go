@@ -431,3 +431,64 @@ func TestAssignTinyNormTemplate(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinNeverFounds: Join stores a visit only where Assign would have put
+// it in an existing identity (the same cut), else nothing: no identity, no
+// id drawn. Offered again once an identity near it exists, it joins; the
+// join survives a snapshot and restore, and a plan made before it stays
+// valid, the joined visit following its identity.
+func TestJoinNeverFounds(t *testing.T) {
+	const dim = 8
+	e := newTestEngine(t, testConfig(), dim) // UU cut 0.4: within about 53 degrees
+	poor := Observation{VisitID: "poor", Time: t0, Embedding: onCircle(dim, 0, 10), Mask: visit.Unmasked}
+	if as, ok, err := e.Join(poor); err != nil || ok || as.IdentityID != "" {
+		t.Fatalf("join with no identity: %+v, %v, %v", as, ok, err)
+	}
+	if e.Len() != 0 || e.IdentityCount() != 0 {
+		t.Fatalf("a refused join stored %d visits, %d identities", e.Len(), e.IdentityCount())
+	}
+	a := mustAssign(t, e, "a1", t0.Add(time.Hour), onCircle(dim, 0, 0), visit.Unmasked)
+	if a.IdentityID != "p-0001" {
+		t.Fatalf("first identity %s: the refused join drew an id", a.IdentityID)
+	}
+	b := mustAssign(t, e, "b1", t0.Add(2*time.Hour), onCircle(dim, 0, 120), visit.Unmasked)
+	if !b.New {
+		t.Fatalf("b1 joined %s", b.IdentityID)
+	}
+	p, err := e.ConsolidatePlan(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	far := Observation{VisitID: "far", Time: t0, Embedding: onCircle(dim, 0, 60), Mask: visit.Unmasked}
+	if as, ok, err := e.Join(far); err != nil || ok {
+		t.Fatalf("join 60 degrees from both identities: %+v, %v, %v", as, ok, err)
+	}
+	as, ok, err := e.Join(poor)
+	if err != nil || !ok || as.IdentityID != a.IdentityID || as.New {
+		t.Fatalf("join near a1: %+v, %v, %v; want %s", as, ok, err, a.IdentityID)
+	}
+	if want := float32(1 - math.Cos(10*math.Pi/180)); math.Abs(float64(as.Distance-want)) > 1e-5 {
+		t.Errorf("distance %v, want %v", as.Distance, want)
+	}
+	if _, _, err := e.Join(poor); err == nil {
+		t.Error("a visit joined twice")
+	}
+	if id, _ := e.Identity(a.IdentityID); id.Visits != 2 || !id.FirstSeen.Equal(t0) || id.Status != Confirmed {
+		t.Errorf("identity after the join: %+v", id)
+	}
+	if _, err := e.ApplyPlan(p); err != nil {
+		t.Fatalf("plan made before the join: %v", err)
+	}
+	if got, _ := e.IdentityOf("poor"); got != a.IdentityID {
+		t.Errorf("after the plan the joined visit is in %q, want %s", got, a.IdentityID)
+	}
+
+	r := newTestEngine(t, testConfig(), dim)
+	if err := r.Restore(e.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := r.IdentityOf("poor"); got != a.IdentityID || r.Len() != 3 || r.IdentityCount() != 2 {
+		t.Errorf("restored: poor in %q, %d visits, %d identities", got, r.Len(), r.IdentityCount())
+	}
+}
