@@ -114,12 +114,33 @@ func (s *Store) Visit(ctx context.Context, id string) (visit.Visit, error) {
 // Members returns the face visits (with an embedding) inside the retention
 // window, oldest first, for rebuilding the identity engine.
 func (s *Store) Members(ctx context.Context) ([]visit.Member, error) {
+	return s.members(ctx, "members", false)
+}
+
+// Unassigned returns the face visits (with an embedding) inside the
+// retention window that have no identity, oldest first: visits too poor to
+// found an identity, which the agent offers the engine again later. Only
+// their templates are decoded.
+func (s *Store) Unassigned(ctx context.Context) ([]visit.Member, error) {
+	return s.members(ctx, "unassigned visits", true)
+}
+
+func (s *Store) members(ctx context.Context, op string, unassigned bool) ([]visit.Member, error) {
 	since := s.opts.Now().Add(-s.opts.Retention)
 	var out []visit.Member
-	err := s.scan(ctx, "members", func(tx *bolt.Tx) error {
+	err := s.scan(ctx, op, func(tx *bolt.Tx) error {
 		out = nil
 		c := tx.Bucket(bVisits).Cursor()
 		for k, v := c.Seek(timeKey(since)); k != nil; k, v = c.Next() {
+			if unassigned {
+				h, err := s.decodeVisit(tx, k, v, false)
+				if err != nil {
+					return err
+				}
+				if h.Outcome != visit.FaceFound || h.IdentityID != "" {
+					continue
+				}
+			}
 			vis, err := s.decodeVisit(tx, k, v, true)
 			if err != nil {
 				return err

@@ -650,6 +650,54 @@ func TestRetentionPurge(t *testing.T) {
 	}
 }
 
+// TestUnassigned: the face visits without identity inside retention, oldest
+// first, with their templates; assigned, faceless and expired visits are
+// not listed, and an assigned visit's template is not read.
+func TestUnassigned(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: t0}
+	s, _ := openTest(t, Options{Retention: 24 * time.Hour, Now: clk.Now, Key: key32(3)})
+	put := func(v *visit.Visit) {
+		t.Helper()
+		if _, err := s.CommitVisit(ctx, record.Commit{Visit: v}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(faceVisit("expired", t0, ""))
+	commitFace(t, s, "assigned", t0.Add(3*time.Hour), "A")
+	late := faceVisit("late", t0.Add(5*time.Hour), "")
+	late.Quality = 0.3
+	put(late)
+	put(faceVisit("early", t0.Add(4*time.Hour), ""))
+	put(&visit.Visit{ID: "noface", Time: t0.Add(6 * time.Hour), Descriptor: visit.Descriptor{Outcome: visit.NoFace}})
+
+	clk.t = t0.Add(26 * time.Hour) // cut-off at t0+2h
+	// Without the assigned visit's template, listing the others still works.
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		k := tx.Bucket(bVisitIDs).Get([]byte("assigned"))
+		return tx.Bucket(bTemplates).Delete(k)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := s.Unassigned(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range ms {
+		got = append(got, m.VisitID)
+		if m.IdentityID != "" || len(m.Embedding) != 8 || m.Model != "m1" {
+			t.Errorf("unassigned member %+v", m)
+		}
+	}
+	if !slices.Equal(got, []string{"early", "late"}) || ms[1].Quality != 0.3 {
+		t.Errorf("unassigned %v (%+v), want early, late", got, ms)
+	}
+	if _, err := s.Members(ctx); err == nil {
+		t.Error("Members read the assigned visit without its template")
+	}
+}
+
 func TestPurgeManyInBatches(t *testing.T) {
 	ctx := context.Background()
 	s, _ := openTest(t, Options{})
