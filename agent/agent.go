@@ -75,6 +75,8 @@ type Store interface {
 	VisitsSince(ctx context.Context, identityID string, since time.Time) ([]visit.Visit, error)
 	LastAlert(ctx context.Context, rule, identityID string) (time.Time, bool, error)
 	Members(ctx context.Context) ([]visit.Member, error)
+	// Unassigned are the members without identity.
+	Unassigned(ctx context.Context) ([]visit.Member, error)
 	Identities(ctx context.Context) ([]record.Identity, error)
 	PurgeExpired(ctx context.Context) (int, error)
 	PurgeIdentity(ctx context.Context, id string) (int, error)
@@ -226,12 +228,15 @@ type Stats struct {
 	Summaries     uint64
 	Consolidated  uint64 // consolidation runs
 	Relabelled    uint64 // visits moved by consolidation
-	Corrections   uint64 // analysts' splits and merges applied
-	Purged        uint64 // visits removed by retention
-	LastVisit     time.Time
-	LastBeat      time.Time
-	Busy          bool // a visit is being processed
-	Queued        bool // a trigger waits for the running visit
+	// Attached counts face visits stored without identity that a later
+	// consolidation gave one (attachRefused).
+	Attached    uint64
+	Corrections uint64 // analysts' splits and merges applied
+	Purged      uint64 // visits removed by retention
+	LastVisit   time.Time
+	LastBeat    time.Time
+	Busy        bool // a visit is being processed
+	Queued      bool // a trigger waits for the running visit
 	// RuleErrors counts visits whose alert rules could not be evaluated.
 	RuleErrors uint64
 	// FailingCommits counts store commits (visits, summaries,

@@ -331,6 +331,73 @@ func TestLowQualityMayMatchButNotStart(t *testing.T) {
 	}
 }
 
+// TestRefusedVisitsAttachedLater: two poor visits come before their
+// person's first good one and stay without identity; the consolidation
+// attaches them to the identity the good one founded (the cut an online
+// visit faces), with their distances, and evaluates the rules again: the
+// three visits in the hour raise the repeat alert. A poor visit far from
+// every identity stays out. A second consolidation and a restart change
+// nothing.
+func TestRefusedVisitsAttachedLater(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.db")
+	clk := &fixedClock{t: time.Date(2025, 3, 1, 9, 0, 0, 0, time.UTC)}
+	h := newHarness(t, path, clk, Config{})
+	ctx := context.Background()
+	h.visit(scene{angle: 0, quality: 0.2}, time.Minute, visit.Context{})
+	h.visit(scene{angle: 60, quality: 0.2}, time.Minute, visit.Context{}) // 1-cos60 = 0.5 > 0.3 from X
+	h.visit(scene{angle: 2, quality: 0.2}, time.Minute, visit.Context{})
+	h.visit(scene{angle: 1, quality: 0.9}, time.Minute, visit.Context{}) // founds X
+	vs := h.visits()
+	x := vs[3].IdentityID
+	if x == "" || vs[0].IdentityID != "" || vs[1].IdentityID != "" || vs[2].IdentityID != "" {
+		t.Fatalf("setup: identities %q %q %q %q, want only the good visit's", vs[0].IdentityID, vs[1].IdentityID, vs[2].IdentityID, x)
+	}
+	if n := len(h.outbox()); n != 0 {
+		t.Fatalf("setup: %d messages before the consolidation", n)
+	}
+
+	attached := func(h *harness, want uint64) {
+		t.Helper()
+		if err := h.ag.Consolidate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if s := h.ag.Stats(); s.Attached != want {
+			t.Fatalf("attached %d, want %d", s.Attached, want)
+		}
+		vs := h.visits()
+		if vs[0].IdentityID != x || vs[2].IdentityID != x || vs[1].IdentityID != "" {
+			t.Fatalf("after consolidation: %q %q %q, want %s, none, %s", vs[0].IdentityID, vs[1].IdentityID, vs[2].IdentityID, x, x)
+		}
+		if d0, d2 := vs[0].Distance, vs[2].Distance; !(d0 > 0 && d0 < 0.01 && d2 > 0 && d2 < 0.01) {
+			t.Errorf("distances of the attached visits %v, %v", d0, d2)
+		}
+		if id, _ := h.st.Identity(ctx, x); id.Count != 3 || !id.FirstSeen.Equal(vs[0].Time) || id.Status != "confirmed" {
+			t.Fatalf("identity X %+v, want 3 visits from the first", id)
+		}
+		ob := h.outbox()
+		if len(ob) != 1 {
+			t.Fatalf("outbox %d messages, want the repeat alert", len(ob))
+		}
+		var a wire.Alert
+		json.Unmarshal(ob[0].Payload, &a)
+		if a.Rule != "repeat" || a.IdentityID != x || a.Count != 3 {
+			t.Fatalf("alert %+v: want repeat for %s with count 3", a, x)
+		}
+	}
+	attached(h, 2)
+	attached(h, 2)
+	if got, _ := h.eng.IdentityOf(vs[0].ID); got != x || h.eng.Len() != 3 {
+		t.Fatalf("engine: first visit in %q, %d visits", got, h.eng.Len())
+	}
+	h.close()
+
+	h2 := newHarness(t, path, clk, Config{})
+	attached(h2, 0)
+	if got, _ := h2.eng.IdentityOf(vs[2].ID); got != x || h2.eng.Len() != 3 || h2.eng.IdentityCount() != 1 {
+		t.Fatalf("restored engine: third visit in %q, %d visits, %d identities", got, h2.eng.Len(), h2.eng.IdentityCount())
+	}
+}
+
 func TestTriggersDuringVisitAreQueuedThenCoalesced(t *testing.T) {
 	h := newHarness(t, "", nil, Config{})
 	h.cam.gate = make(chan struct{})

@@ -375,7 +375,7 @@ func (a *Agent) commitCorrection(ctx context.Context, kind string, ch identity.C
 	a.log.Info("identity corrected by an analyst", "kind", kind, "from", ch.From, "to", ch.To, "visits", len(ch.VisitIDs),
 		"constraints_stored", len(put), "constraints_replaced", len(del))
 	if kind != CorrectionSplit {
-		a.alertAfterConsolidation(ctx, []identity.Change{ch})
+		a.alertAfterConsolidation(ctx, changeTargets([]identity.Change{ch}))
 	}
 	// The dashboards see the corrected counts now, not at the next
 	// periodic summary (an unsent older summary is superseded).

@@ -26,19 +26,36 @@ func sortMetas(ms []identity.IdentityMeta) {
 	})
 }
 
-// consolidate re-clusters the engine and commits the relabels, the updated
-// identities and the deletion of identities left empty in one transaction.
-// If the commit fails the engine is rebuilt from the store.
+// consolidate re-clusters the engine (regroup), then offers it the face
+// visits still without identity (attachRefused), and evaluates the identity
+// rules again for every identity that received visits.
 func (a *Agent) consolidate(ctx context.Context) error {
+	targets, err := a.regroup(ctx)
+	if err != nil {
+		return err
+	}
+	attached, err := a.attachRefused(ctx)
+	for _, id := range attached {
+		targets[id] = true
+	}
+	a.alertAfterConsolidation(ctx, targets)
+	return err
+}
+
+// regroup re-clusters the engine and commits the relabels, the updated
+// identities and the deletion of identities left empty in one transaction.
+// If the commit fails the engine is rebuilt from the store. It returns the
+// identities that received visits.
+func (a *Agent) regroup(ctx context.Context) (map[string]bool, error) {
 	t := time.Now()
 	changes, err := a.d.Identities.Consolidate(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	a.count(func(s *Stats) { s.Consolidated++ })
 	if len(changes) == 0 {
 		a.obs.Consolidated(0, time.Since(t))
-		return nil
+		return map[string]bool{}, nil
 	}
 	c := consolidationCommit(changes, a.d.Identities, a.d.Model)
 	res, err := a.d.Store.CommitVisit(ctx, c)
@@ -53,7 +70,7 @@ func (a *Agent) consolidate(ctx context.Context) error {
 	if err != nil {
 		a.commitResult("consolidate", err)
 		a.resync(ctx)
-		return fmt.Errorf("commit consolidation: %w", err)
+		return nil, fmt.Errorf("commit consolidation: %w", err)
 	}
 	a.commitResult("consolidate", nil)
 	moved := len(c.Relabels) - len(res.MissingRelabels)
@@ -65,8 +82,70 @@ func (a *Agent) consolidate(ctx context.Context) error {
 	}
 	a.log.Info("identities consolidated", "moved_visits", moved, "merges", kinds[identity.Merge],
 		"splits", kinds[identity.Split], "relabels", kinds[identity.Relabel], "ms", time.Since(t).Milliseconds())
-	a.alertAfterConsolidation(ctx, changes)
-	return nil
+	return changeTargets(changes), nil
+}
+
+// changeTargets are the identities that received visits in changes.
+func changeTargets(changes []identity.Change) map[string]bool {
+	targets := map[string]bool{}
+	for _, ch := range changes {
+		if ch.To != "" && len(ch.VisitIDs) > 0 {
+			targets[ch.To] = true
+		}
+	}
+	return targets
+}
+
+// attachRefused offers the engine again the stored face visits that have no
+// identity (too poor to found one when they came, vision.new_identity_quality),
+// oldest first: each joins the identity an online visit would join now, the
+// nearest within the cut of its pair type (Engine.Join), or stays without
+// one; it never founds an identity. The visits attached are relabelled, with
+// their distance, and their identities updated, in one transaction; if it
+// fails the engine is rebuilt from the store and the next consolidation
+// tries again. It returns the identities that received visits.
+func (a *Agent) attachRefused(ctx context.Context) ([]string, error) {
+	ms, err := a.d.Store.Unassigned(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("attach visits without identity: %w", err)
+	}
+	var c record.Commit
+	to := map[string]bool{}
+	for _, m := range ms {
+		if !usableTemplate(m, a.d.Model, a.dim) {
+			continue
+		}
+		as, ok, err := a.d.Identities.Join(identity.Observation{VisitID: m.VisitID, Time: m.Time, Embedding: m.Embedding, Mask: m.Mask})
+		if err != nil {
+			a.log.Warn("attach visit without identity", "visit", m.VisitID, "err", err)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		d := as.Distance
+		c.Relabels = append(c.Relabels, record.Relabel{VisitID: m.VisitID, IdentityID: as.IdentityID, Distance: &d})
+		to[as.IdentityID] = true
+	}
+	if len(c.Relabels) == 0 {
+		return nil, nil
+	}
+	ids := sortedKeys(to)
+	for _, id := range ids {
+		if v, ok := a.d.Identities.Identity(id); ok {
+			c.Identities = append(c.Identities, storeIdentity(v, a.d.Model))
+		}
+	}
+	res, err := a.d.Store.CommitVisit(ctx, c)
+	a.commitResult("consolidate", err)
+	if err != nil {
+		a.resync(ctx)
+		return nil, fmt.Errorf("commit visits attached to identities: %w", err)
+	}
+	n := len(c.Relabels) - len(res.MissingRelabels)
+	a.count(func(s *Stats) { s.Attached += uint64(n) })
+	a.log.Info("visits without identity attached", "visits", n, "identities", len(ids), "left", len(ms)-len(c.Relabels))
+	return ids, nil
 }
 
 // alertAfterConsolidation evaluates the identity rules again for the
@@ -80,7 +159,7 @@ func (a *Agent) consolidate(ctx context.Context) error {
 // stamped raised at the consolidation (the clock's now), when it was
 // actually raised; its visit_id and window name the visit and the window in
 // which the threshold was crossed.
-func (a *Agent) alertAfterConsolidation(ctx context.Context, changes []identity.Change) {
+func (a *Agent) alertAfterConsolidation(ctx context.Context, targets map[string]bool) {
 	var longest time.Duration
 	for _, r := range a.d.Rules.Rules() {
 		if r.Kind == rules.KindVisits || r.Kind == rules.KindDistinctCards {
@@ -89,12 +168,6 @@ func (a *Agent) alertAfterConsolidation(ctx context.Context, changes []identity.
 	}
 	if longest == 0 {
 		return
-	}
-	targets := map[string]bool{}
-	for _, ch := range changes {
-		if ch.To != "" && len(ch.VisitIDs) > 0 {
-			targets[ch.To] = true
-		}
 	}
 	now := a.clk.Now()
 	env := wire.NewEnvelope(a.d.Site, a.d.Device, now)

@@ -417,26 +417,43 @@ type gatedOutcome struct {
 }
 
 // streamGated offers the visits to an identity engine in order as the agent
-// does (agent/visit.go): a visit that would start an identity below gate
-// is taken back and stays without one; a consolidation at the end, as the
-// agent's timer runs it. person maps a visit's name to its person.
+// does (agent/visit.go): a visit below gate may join an identity but not
+// start one (Join) and otherwise stays without one; at the end a
+// consolidation, as the agent's timer runs it, after which the visits
+// still without identity are offered again (agent/periodic.go,
+// attachRefused). person maps a visit's name to its person.
 func streamGated(t *testing.T, cfg identity.Config, ss []identity.Sample, ww []string, qq []float64, gate float64, person func(string) string) gatedOutcome {
 	t.Helper()
 	eng, err := identity.New(cfg, len(ss[0].Embedding), identity.WithIDGenerator(identity.SequentialIDs("s-")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, s := range ss {
-		as, err := eng.Assign(identity.Observation{VisitID: strconv.Itoa(i), Time: time.Unix(int64(i), 0), Embedding: s.Embedding, Mask: s.Mask})
+	obs := func(i int) identity.Observation {
+		return identity.Observation{VisitID: strconv.Itoa(i), Time: time.Unix(int64(i), 0), Embedding: ss[i].Embedding, Mask: ss[i].Mask}
+	}
+	var refused []int
+	for i := range ss {
+		if qq[i] >= gate {
+			if _, err := eng.Assign(obs(i)); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		_, ok, err := eng.Join(obs(i))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if as.New && qq[i] < gate {
-			eng.Remove(as.IdentityID)
+		if !ok {
+			refused = append(refused, i)
 		}
 	}
 	if _, err := eng.Consolidate(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	for _, i := range refused {
+		if _, _, err := eng.Join(obs(i)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var o gatedOutcome
 	peopleOf, idsOf := map[string]map[string]bool{}, map[string]map[string]bool{}

@@ -703,7 +703,7 @@ func (d *demoRun) report(ctx context.Context, st *store.Store, ag *agent.Agent, 
 		len(vs), len(d.sc.Visits), s.Visits[visit.FaceFound], s.Visits[visit.NoFace], s.Visits[visit.LowQuality], s.Visits[visit.CameraError], s.Duplicates, s.CommitErrors)
 	d.printf("identities %d for %d simulated customers: %d shared by two or more people (false merges), %d people split over several ids; %d people never identified (%s)\n",
 		len(personsOf), len(d.sc.People), merged, split, len(never), neverSaid)
-	d.printf("visits of people left without identity %d (too poor a face to start one, or no face found)\n", faceNoID)
+	d.printf("visits of people left without identity %d (too poor a face to start one, or no face found); %d attached to an identity at the consolidation\n", faceNoID, s.Attached)
 	d.printf("mask state: of %d stored masked visits (%d in the day), %d stored as masked, %d unknown, %d unmasked; unmasked visits stored as masked %d\n",
 		tot.storedMasked, tot.masked, tot.seenMasked, tot.seenUnknown, tot.storedMasked-tot.seenMasked-tot.seenUnknown, tot.falseMasked)
 	d.printf("alerts stored %d, missing at the subscriber %d\n", len(alerts), missingAlerts)
