@@ -231,36 +231,3 @@ func BenchmarkConsolidate(b *testing.B) {
 		}
 	}
 }
-
-// BenchmarkRemoveNew measures Remove of the identity a visit has just
-// founded (what the agent does with a too-poor visit's new identity).
-func BenchmarkRemoveNew(b *testing.B) {
-	for _, n := range benchSizes() {
-		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
-			skipSlow(b, "far", n)
-			st := makeBenchState(n, "far", 23)
-			e, err := New(benchConfig(), benchDim, WithIDGenerator(SequentialIDs("r-")))
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := e.Restore(st.snap); err != nil {
-				b.Fatal(err)
-			}
-			st.snap = Snapshot{}
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				a, err := e.Assign(Observation{Time: t0, Embedding: st.s.visitOf(st.s.person()), Mask: visit.Unmasked})
-				if err != nil || !a.New {
-					b.Fatalf("assign: %+v %v", a, err)
-				}
-				b.StartTimer()
-				if !e.Remove(a.IdentityID) {
-					b.Fatal("new identity not removed")
-				}
-			}
-			b.StopTimer()
-			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/remove")
-		})
-	}
-}
