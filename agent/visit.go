@@ -110,6 +110,7 @@ func (a *Agent) processVisit(parent context.Context, ev visit.Trigger) {
 		case err != nil:
 			a.log.Error("visit: identity assignment failed", "visit", v.ID, "err", err)
 		case !ok:
+			// Matched nobody: stored without identity.
 		default:
 			assigned = true
 			v.IdentityID, v.Distance = as.IdentityID, as.Distance
