@@ -253,6 +253,20 @@ func (h *harness) outbox() []visit.OutboxMessage {
 	return ms
 }
 
+// oneAlert is the outbox's only message, an alert (want says which).
+func (h *harness) oneAlert(want string) wire.Alert {
+	h.t.Helper()
+	ob := h.outbox()
+	if len(ob) != 1 || ob[0].Kind != KindAlert {
+		h.t.Fatalf("outbox %d messages, want %s", len(ob), want)
+	}
+	var a wire.Alert
+	if err := json.Unmarshal(ob[0].Payload, &a); err != nil {
+		h.t.Fatal(err)
+	}
+	return a
+}
+
 func (h *harness) visits() []visit.Visit {
 	h.t.Helper()
 	vs, err := h.st.VisitsBetween(context.Background(), time.Unix(1, 0), time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC))
@@ -374,13 +388,7 @@ func TestRefusedVisitsAttachedLater(t *testing.T) {
 		if id, _ := h.st.Identity(ctx, x); id.Count != 3 || !id.FirstSeen.Equal(vs[0].Time) || id.Status != "confirmed" {
 			t.Fatalf("identity X %+v, want 3 visits from the first", id)
 		}
-		ob := h.outbox()
-		if len(ob) != 1 {
-			t.Fatalf("outbox %d messages, want the repeat alert", len(ob))
-		}
-		var a wire.Alert
-		json.Unmarshal(ob[0].Payload, &a)
-		if a.Rule != "repeat" || a.IdentityID != x || a.Count != 3 {
+		if a := h.oneAlert("the repeat alert"); a.Rule != "repeat" || a.IdentityID != x || a.Count != 3 {
 			t.Fatalf("alert %+v: want repeat for %s with count 3", a, x)
 		}
 	}
@@ -465,13 +473,7 @@ func TestCoalescedCardsCount(t *testing.T) {
 	if len(vs) != 2 || vs[1].Context.CardHash != "c2" || !slices.Equal(vs[1].Context.CoalescedCards, []string{"c3"}) {
 		t.Fatalf("stored visits %+v: want the queued one with card c2 and coalesced card c3", vs)
 	}
-	ob := h.outbox()
-	if len(ob) != 1 {
-		t.Fatalf("outbox %d messages, want 1 alert for 3 distinct cards", len(ob))
-	}
-	var a wire.Alert
-	json.Unmarshal(ob[0].Payload, &a)
-	if a.Rule != "cards" || a.Count != 3 {
+	if a := h.oneAlert("1 alert for 3 distinct cards"); a.Rule != "cards" || a.Count != 3 {
 		t.Fatalf("alert %+v", a)
 	}
 	s := BuildSummary(wire.NewEnvelope("s", "d", t0), t0.Add(time.Minute), vs, 10)
