@@ -16,7 +16,7 @@ import (
 // deviceKeyCommand makes and shows the device key that signs the agent's
 // command replies (docs/mqtt.md, "Signed replies").
 func deviceKeyCommand() cli.Command {
-	return cli.Group("make or show the device key that signs command replies", map[string]cli.Command{
+	return cli.Group("make or show the device key that signs command replies, status, summaries and alerts", map[string]cli.Command{
 		"init": {Summary: "make the device key (mqtt.commands.device_key_file; never replaces one)", Run: deviceKeyInit},
 		"show": {Summary: "print the device key's public key and fingerprint, to pin at the fleet", Run: deviceKeyShow},
 	})
