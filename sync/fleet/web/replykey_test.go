@@ -289,4 +289,16 @@ func TestDeviceAndAlertSayAuthenticated(t *testing.T) {
 	if len(got) != 2 || got["a-1"] || !got["a-9"] {
 		t.Errorf("alerts API authenticated: %v, want a-1 false, a-9 true", got)
 	}
+	// The alerts page says it on each alert's row.
+	_, page := ana.get("/alerts?device=atm-1")
+	for id, want := range map[string]string{"a-1": `not authenticated</small>`, "a-9": `>signed</small>`} {
+		i := strings.Index(page, `data-alert="`+id+`"`)
+		if i < 0 {
+			t.Fatalf("alert %s not on the alerts page", id)
+		}
+		row, _, _ := strings.Cut(page[i:], "</tr>")
+		if !strings.Contains(row, want) {
+			t.Errorf("alerts page, row of %s: no %q", id, want)
+		}
+	}
 }
