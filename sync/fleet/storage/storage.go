@@ -38,7 +38,31 @@ var (
 	// ErrState: the alert is not in a state that allows the action (e.g.
 	// resolving an alert someone else resolved a moment ago).
 	ErrState = errors.New("alert state does not allow this action")
+	// The reasons of ErrState a program tells apart (errors.Is matches
+	// ErrState too; the text is ErrState's): an alert acknowledged or
+	// resolved by another user (StateErr), a device to remove online or
+	// with active alerts (CheckRemovable). The fleet's API answers each
+	// with its own code.
+	ErrAcknowledged = &stateReason{"acknowledged"}
+	ErrResolved     = &stateReason{"resolved"}
+	ErrDeviceOnline = &stateReason{"device online"}
+	ErrActiveAlerts = &stateReason{"active alerts"}
 )
+
+// stateReason is one reason of ErrState.
+type stateReason struct{ name string }
+
+func (e *stateReason) Error() string        { return ErrState.Error() }
+func (e *stateReason) Is(target error) bool { return target == ErrState }
+
+// StateErr is the ErrState reason an action on a is refused for (it is
+// not Allowed): the alert is resolved, or acknowledged.
+func StateErr(a Alert) error {
+	if a.State == AlertResolved {
+		return ErrResolved
+	}
+	return ErrAcknowledged
+}
 
 // NotFoundError is a store's answer for a device or alert it does not hold
 // (errors.Is ErrNotFound). Its message names only what was asked for,
@@ -657,10 +681,10 @@ type Removal struct {
 func CheckRemovable(d Device, r Removal) error {
 	if d.State() == "online" && !d.Stale(r.At, r.StaleAfter) {
 		return fmt.Errorf("device %s/%s is online (last heard from %s ago): stop its agent (or let the rename take effect) before removing it: %w",
-			d.Site, d.Device, r.At.Sub(d.LastHeard()).Round(time.Second), ErrState)
+			d.Site, d.Device, r.At.Sub(d.LastHeard()).Round(time.Second), ErrDeviceOnline)
 	}
 	if d.OpenAlerts > 0 {
-		return fmt.Errorf("device %s/%s has %d active alerts: resolve them before removing it: %w", d.Site, d.Device, d.OpenAlerts, ErrState)
+		return fmt.Errorf("device %s/%s has %d active alerts: resolve them before removing it: %w", d.Site, d.Device, d.OpenAlerts, ErrActiveAlerts)
 	}
 	return nil
 }

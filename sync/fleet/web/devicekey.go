@@ -1,9 +1,7 @@
 package web
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 
 	"github.com/periocular/atm-agent/sync/fleet/storage"
@@ -17,7 +15,7 @@ func (s *Server) deviceKeyPath(w http.ResponseWriter, r *http.Request) (site, de
 	site, device = r.PathValue("site"), r.PathValue("device")
 	for _, n := range [][2]string{{"site", site}, {"device", device}} {
 		if err := wire.ValidateLevel(n[0], n[1]); err != nil {
-			s.fail(w, r, fmt.Errorf("%w: %w", errBadRequest, err))
+			s.fail(w, r, coded(CodeBadRequest, "%w", err))
 			return "", "", false
 		}
 	}
@@ -37,15 +35,13 @@ func (s *Server) putDeviceKey(w http.ResponseWriter, r *http.Request) {
 	var in struct {
 		PublicKey string `json:"public_key"`
 	}
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&in); err != nil {
-		s.fail(w, r, fmt.Errorf("%w: bad JSON: %w", errBadRequest, err))
+	if err := decodeBody(r, &in); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	pub, err := wire.ParsePublicKey([]byte(in.PublicKey))
 	if err != nil {
-		s.fail(w, r, fmt.Errorf("%w: public_key: %w (want the key as atm-agent device-key show prints it, or its PEM)", errBadRequest, err))
+		s.fail(w, r, coded(CodeBadRequest, "public_key: %w (want the key as atm-agent device-key show prints it, or its PEM)", err))
 		return
 	}
 	p := who(r)

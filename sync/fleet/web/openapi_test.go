@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -23,7 +25,9 @@ import (
 
 // Every answer of the real server to the JSON API is a documented
 // response of docs/openapi/fleet.yaml (status code, body schema, headers),
-// and every documented response is produced.
+// and every documented response is produced. Every error carries a code of
+// the Error schema's enum, and each code of the enum is produced
+// (checkCodes).
 func TestOpenAPIMatchesServer(t *testing.T) {
 	d := openapi.Load(t, filepath.Join("..", "..", "..", "docs", "openapi", "fleet.yaml"))
 	st := openBolt(t)
@@ -31,6 +35,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	now := time.Now().UTC()
 	if _, err := st.Apply(context.Background(), []storage.Message{
 		storetest.Alert("lyon-07", "atm-1", 5, now.Add(-20*time.Minute), "a-2", "p-2", 8),
+		storetest.Alert("paris-01", "atm-2", 2, now.Add(-10*time.Minute), "a-9", "p-9", 5),
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -128,11 +133,16 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 		call(c.Client, name, "POST", "/api/v1/alerts/act", "", body, "Content-Type", J, "X-CSRF-Token", token)
 	}
 	act(ana, "", "act without token", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1"}`)
+	act(ana, csrf, "act not JSON", `{"action":`)
+	act(ana, csrf, "act a string field as a number", `{"action":"acknowledge","site":7}`)
+	act(ana, csrf, "act without action", `{"site":"lyon-07","device":"atm-1","alert":"a-1"}`)
 	act(ana, csrf, "act unknown field", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1","by":"x"}`)
 	act(ana, csrf, "act unknown alert", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-404"}`)
 	act(ana, csrf, "ack", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1","note":"calling"}`)
 	act(ana, csrf, "ack again", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert_id":"a-1","note":"calling"}`)
 	act(root, rootCSRF, "ack by another", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1"}`)
+	act(root, rootCSRF, "resolve", `{"action":"resolve","site":"lyon-07","device":"atm-1","alert":"a-1"}`)
+	act(ana, csrf, "ack a resolved alert", `{"action":"acknowledge","site":"lyon-07","device":"atm-1","alert":"a-1"}`)
 
 	// The identity review: its commands go to the agents through a
 	// command client on a loopback (review_test.go); lyon-07/atm-1
@@ -162,6 +172,13 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	visits(ana, "visits bad identity", "lyon-07", "atm-1", "p%201")
 	visits(ana, "visits unknown device", "lyon-07", "atm-404", "p-1")
 	visits(ana, "visits of a stopped device", "paris-01", "atm-2", "p-9")
+	// Online by its last status, silent for 10 minutes (web.stale_after
+	// is 5).
+	quiet := wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-5", now.Add(-10*time.Minute)), State: wire.StateOnline}
+	if err := st.PutStatus(context.Background(), storage.Status{Site: "lyon-07", Device: "atm-5", Received: now.Add(-10 * time.Minute), Status: quiet}); err != nil {
+		t.Fatal(err)
+	}
+	visits(ana, "visits of a stale device", "lyon-07", "atm-5", "p-1")
 	correct(ana, "", "split without token", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-2"]}`)
 	correct(ana, "", "merge without token", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-2","into":"p-1"}`)
 	correct(ana, csrf, "split of no visit", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":[]}`)
@@ -213,6 +230,9 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	correct(ana, csrf, "merge within the budget", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-x1","into":"p-1"}`)
 	correct(ana, csrf, "split past the budget", split, `{"site":"lyon-07","device":"atm-1","identity":"p-1","visits":["v-1"]}`)
 	correct(ana, csrf, "merge past the budget", merge, `{"site":"lyon-07","device":"atm-1","identity":"p-1","into":"p-2"}`)
+	// Signed replies required, and no key pinned for atm-3.
+	srv.d.Commands = loopbackCommandsWith(t, nil, func(c *command.Config) { c.RequireSignedReplies = true })
+	visits(ana, "visits of a device without a pinned key", "lyon-07", "atm-3", "p-1")
 	// A service without commands.
 	srv.d.Commands = nil
 	visits(ana, "visits without commands", "lyon-07", "atm-1", "p-1")
@@ -227,6 +247,10 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	admin(root, rootCSRF, "remove without device", rm, `{"site":"paris-01"}`)
 	admin(root, rootCSRF, "remove unknown", rm, `{"site":"paris-01","device":"atm-404"}`)
 	admin(root, rootCSRF, "remove online", rm, `{"site":"lyon-07","device":"atm-1"}`)
+	admin(root, rootCSRF, "remove not JSON", rm, `["paris-01"]`)
+	admin(root, rootCSRF, "remove with another field", rm, `{"site":"paris-01","device":"atm-2","force":"yes"}`)
+	admin(root, rootCSRF, "remove with active alerts", rm, `{"site":"paris-01","device":"atm-2"}`)
+	act(root, rootCSRF, "resolve the last active alert", `{"action":"resolve","site":"paris-01","device":"atm-2","alert":"a-9"}`)
 	admin(root, rootCSRF, "remove", rm, `{"site":"paris-01","device":"atm-2"}`)
 	admin(ana, csrf, "purge as analyst", purge, `{"site":"lyon-07","device":"atm-1","identity":"p-2"}`)
 	admin(root, rootCSRF, "purge bad identity", purge, `{"site":"lyon-07","device":"atm-1","identity":"p 2"}`)
@@ -273,6 +297,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	if h := string(xs[len(xs)-1].Resp); !strings.Contains(h, `"last_reload_ok":false`) || !strings.Contains(h, "no such file") {
 		t.Errorf("/healthz to an admin after a refused reload: %s", h)
 	}
+	xs = append(xs, brokerDown(t))
 	// The agent's refusal codes, and an older agent's text, decide these.
 	want := map[string]int{"split of a visit moved to another identity": http.StatusConflict,
 		"split the agent did not take in time": http.StatusServiceUnavailable, "visits the agent did not take in time": http.StatusServiceUnavailable,
@@ -284,6 +309,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 		}
 		d.Check(x)
 	}
+	checkCodes(t, d, append(xs, undocumentedErrors(t, hs.URL)...))
 	if missing := d.Missing(); len(missing) > 0 {
 		t.Errorf("documented but never produced: %v", missing)
 	}
@@ -309,4 +335,107 @@ func jsonField(t *testing.T, b []byte, k string) string {
 		t.Fatalf("no %s in %s", k, b)
 	}
 	return v
+}
+
+// undocumentedErrors are answers any request may get, which no operation
+// of docs/openapi/fleet.yaml lists (its Error schema says so): a Host the
+// service does not answer to (421), and the service's own failure (500:
+// here its store closed under it; the user is named by a trusted proxy,
+// as a session would need the store).
+func undocumentedErrors(t *testing.T, base string) []openapi.Exchange {
+	t.Helper()
+	var xs []openapi.Exchange
+	do := func(name, url, host string, hdr ...string) {
+		req, _ := http.NewRequest("GET", url+"/api/v1/devices", nil)
+		req.Host = host
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		xs = append(xs, openapi.Exchange{Name: name, Method: "GET", Path: "/api/v1/devices", Code: resp.StatusCode, Header: resp.Header, Resp: b})
+	}
+	do("a foreign host", base, "fleet.example.com")
+	st := openBolt(t)
+	cfg := DefaultConfig()
+	cfg.UsersFile, cfg.ProxyAuth = "unused", ProxyAuthConfig{Header: "X-Remote-User", TrustedProxies: []string{"127.0.0.1/32"}}
+	srv, err := New(cfg, st, testUsers(t), []byte(strings.Repeat("k", 32)), Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	do("the store closed", hs.URL, "", "X-Remote-User", "ana")
+	return xs
+}
+
+// checkCodes: every error answer of xs carries a code of the Error
+// schema's enum with that code's status (codeStatus), each code the
+// server has is in the enum, and each one of the enum is produced.
+func checkCodes(t *testing.T, d *openapi.Doc, xs []openapi.Exchange) {
+	t.Helper()
+	enum, _ := d.At("components", "schemas", "Error", "properties", "code", "enum")
+	documented := map[Code]bool{}
+	for _, c := range enum.([]any) {
+		documented[Code(c.(string))] = true
+	}
+	for c := range codeStatus {
+		if !documented[c] {
+			t.Errorf("code %s is not in the Error schema's enum", c)
+		}
+	}
+	errSchema := d.Schema("components", "schemas", "Error")
+	produced := map[Code]int{}
+	for _, x := range xs {
+		if x.Code < 400 || x.Path == "/healthz" {
+			continue
+		}
+		var e apiError
+		if err := openapi.ValidateJSON(errSchema, x.Resp); err != nil || json.Unmarshal(x.Resp, &e) != nil {
+			t.Errorf("%s: %d %s: not an Error: %v", x.Name, x.Code, x.Resp, err)
+			continue
+		}
+		if st, ok := codeStatus[e.Code]; !ok || st != x.Code {
+			t.Errorf("%s: %d with code %q (whose status is %d)", x.Name, x.Code, e.Code, st)
+		}
+		produced[e.Code]++
+	}
+	for c := range documented {
+		if produced[c] == 0 {
+			t.Errorf("code %s is documented but no request produced it", c)
+		}
+	}
+	t.Logf("%d codes, each produced (%v)", len(produced), produced)
+}
+
+// brokerDown is a review asked of the real service (ingest and commands
+// on a real mosquitto) once the broker has stopped: nothing can be sent
+// (503 unavailable).
+func brokerDown(t *testing.T) openapi.Exchange {
+	t.Helper()
+	m := fleettest.StartMosquitto(t, "")
+	_, priv, _ := wire.GenerateCommandKey()
+	addr := fmt.Sprintf("127.0.0.1:%d", fleettest.FreePort(t))
+	svc := startServiceCommands(t, filepath.Join(t.TempDir(), "fleet.db"), m.URL(), addr, priv)
+	defer svc.stop(t)
+	now := time.Now().UTC()
+	online := wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-1", now), State: wire.StateOnline}
+	if err := svc.st.PutStatus(context.Background(), storage.Status{Site: "lyon-07", Device: "atm-1", Received: now, Status: online}); err != nil {
+		t.Fatal(err)
+	}
+	ana := newClient(t, "http://"+addr)
+	ana.login("ana", "correct horse")
+	m.Stop()
+	fleettest.WaitFor(t, 10*time.Second, "ingest disconnected", func() bool { return !svc.in.Stats().Connected })
+	const path = "/api/v1/devices/lyon-07/atm-1/identities/p-1/visits"
+	resp, body := ana.get(path)
+	return openapi.Exchange{Name: "visits with the broker down", Method: "GET", Path: path, Route: "/api/v1/devices/{site}/{device}/identities/{id}/visits",
+		Code: resp.StatusCode, Header: resp.Header, Resp: []byte(body)}
 }

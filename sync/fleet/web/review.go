@@ -3,7 +3,6 @@ package web
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -76,13 +75,13 @@ func (u *userCommands) take(user string) (release func(), ok bool) {
 	}, true
 }
 
-// commandProblem is a command that did not give an answer: the status
-// code and what the analyst is told (RetryAfter: when to try again; for a
+// commandProblem is a command that did not give an answer: its code (and
+// with it the status) and what the analyst is told (RetryAfter: when to try again; for a
 // 429 when the device's budget has room, for a 503 busy the reply
 // timeout: by then every command that held a slot has its answer or has
 // given up, and an agent's busy worker has had as long again).
 type commandProblem struct {
-	Code       int
+	Code       Code
 	Msg        string
 	RetryAfter time.Duration
 	// AgentCode is the agent's refusal code, when it refused (the API
@@ -102,16 +101,18 @@ func (s *Server) problemOf(d storage.Device, err error) commandProblem {
 func (p commandProblem) write(w http.ResponseWriter, r *http.Request) {
 	retryAfter(w, p)
 	if strings.HasPrefix(r.URL.Path, "/api/") || wantsJSON(r) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		w.WriteHeader(p.Code)
-		_ = json.NewEncoder(w).Encode(struct {
-			Error     string         `json:"error"`
-			AgentCode wire.ReplyCode `json:"agent_code,omitempty"`
-		}{p.Msg, p.AgentCode})
+		writeAPIError(w, apiError{Error: p.Msg, Code: p.Code, AgentCode: p.AgentCode})
 		return
 	}
-	http.Error(w, p.Msg, p.Code)
+	http.Error(w, p.Msg, p.Code.Status())
+}
+
+// status is p's HTTP status; 0 for no problem.
+func (p commandProblem) status() int {
+	if p.Code == "" {
+		return 0
+	}
+	return p.Code.Status()
 }
 
 // problemText is problemOf without the agent's code.
@@ -127,54 +128,54 @@ func (s *Server) problemText(d storage.Device, err error) commandProblem {
 		if d.Status != nil {
 			since = fmt.Sprintf("its last status, %s, arrived %s", d.State(), ago(s.now(), d.StatusReceived))
 		}
-		return commandProblem{Code: http.StatusConflict, Msg: fmt.Sprintf("%s is not online (%s). Its identities are reviewed and corrected on the ATM itself, "+
+		return commandProblem{Code: CodeDeviceOffline, Msg: fmt.Sprintf("%s is not online (%s). Its identities are reviewed and corrected on the ATM itself, "+
 			"which must be connected: try again when the fleet page shows it online. Nothing was sent.", dev, since)}
 	case errors.Is(err, errStale):
-		return commandProblem{Code: http.StatusConflict, Msg: fmt.Sprintf("%s is stale: its last status said online, but nothing has come from it for %s "+
+		return commandProblem{Code: CodeDeviceStale, Msg: fmt.Sprintf("%s is stale: its last status said online, but nothing has come from it for %s "+
 			"(web.stale_after %v), so it has most likely lost its connection without the broker noticing, and would not answer. "+
 			"Try again when the fleet page shows it online (any message from it ends the stale state). Nothing was sent.",
 			dev, s.now().Sub(d.LastHeard()).Round(time.Second), s.cfg.StaleAfter)}
 	case errors.Is(err, command.ErrNotConfigured):
-		return commandProblem{Code: http.StatusNotImplemented, Msg: "Commands are not configured on this fleet service, and the review asks the ATM itself: " +
+		return commandProblem{Code: CodeNotImplemented, Msg: "Commands are not configured on this fleet service, and the review asks the ATM itself: " +
 			"an administrator sets the commands section of its config (docs/fleet.md, \"Reviewing and correcting identities\")."}
 	case errors.Is(err, command.ErrUnpinned):
-		return commandProblem{Code: http.StatusConflict, Msg: fmt.Sprintf("%s has no device key pinned, and this fleet acts only on signed replies "+
+		return commandProblem{Code: CodeNotPinned, Msg: fmt.Sprintf("%s has no device key pinned, and this fleet acts only on signed replies "+
 			"(commands.require_signed_replies): an administrator pins it (atm-fleet devices key set; docs/fleet.md, \"Device keys\"). Nothing was sent.", dev)}
 	case errors.Is(err, command.ErrTimeout):
-		return commandProblem{Code: http.StatusGatewayTimeout, Msg: fmt.Sprintf("No answer from %s within %v. It may have gone offline a moment ago, "+
+		return commandProblem{Code: CodeReplyTimeout, Msg: fmt.Sprintf("No answer from %s within %v. It may have gone offline a moment ago, "+
 			"or its agent has commands off or does not trust this fleet's signing key (mqtt.commands on the agent, docs/mqtt.md), "+
 			"or its replies do not carry the signature of the device key pinned for it (docs/fleet.md, \"Device keys\").", dev, timeout)}
 	case command.RefusalCode(err) == wire.CodeNotFound:
-		return commandProblem{Code: http.StatusNotFound, Msg: fmt.Sprintf("%s has no such identity or visit (it may have been merged, split or erased since): %v", dev, err)}
+		return commandProblem{Code: CodeNotFound, Msg: fmt.Sprintf("%s has no such identity or visit (it may have been merged, split or erased since): %v", dev, err)}
 	case command.RefusalCode(err) == wire.CodeConflict:
-		return commandProblem{Code: http.StatusConflict, Msg: fmt.Sprintf("%s: %v. Nothing changed: its identities changed since the review, or do not allow it as asked; review the identity again.", dev, err)}
+		return commandProblem{Code: CodeIdentityConflict, Msg: fmt.Sprintf("%s: %v. Nothing changed: its identities changed since the review, or do not allow it as asked; review the identity again.", dev, err)}
 	case command.RefusalCode(err) == wire.CodeBusy:
-		return commandProblem{Code: http.StatusServiceUnavailable, RetryAfter: timeout,
+		return commandProblem{Code: CodeDeviceBusy, RetryAfter: timeout,
 			Msg: fmt.Sprintf("%s was busy and did not run the command: %v. Try again in a moment.", dev, err)}
 	case errors.Is(err, command.ErrUnsupported):
 		answer := strings.TrimPrefix(err.Error(), command.ErrUnsupported.Error()+" ")
-		return commandProblem{Code: http.StatusBadGateway, Msg: fmt.Sprintf("The agent on %s is older than the identity review and refuses it: upgrade it %s.", dev, answer)}
+		return commandProblem{Code: CodeAgentUnsupported, Msg: fmt.Sprintf("The agent on %s is older than the identity review and refuses it: upgrade it %s.", dev, answer)}
 	case errors.Is(err, command.ErrRefused), errors.Is(err, command.ErrBadResult):
-		return commandProblem{Code: http.StatusBadGateway, Msg: fmt.Sprintf("%s: %v", dev, err)}
+		return commandProblem{Code: CodeDeviceError, Msg: fmt.Sprintf("%s: %v", dev, err)}
 	case errors.Is(err, command.ErrBudget):
 		var be *command.BudgetError
 		wait := time.Minute
 		if errors.As(err, &be) {
 			wait = be.RetryAfter
 		}
-		return commandProblem{Code: http.StatusTooManyRequests, RetryAfter: wait, Msg: fmt.Sprintf("Not sent: %v. Each command uses up one of the "+
+		return commandProblem{Code: CodeDeviceBudget, RetryAfter: wait, Msg: fmt.Sprintf("Not sent: %v. Each command uses up one of the "+
 			"ids its agent holds against replays (docs/fleet.md, \"Reviewing and correcting identities\").", err)}
 	case errors.Is(err, command.ErrBusy), errors.Is(err, errUserBusy):
-		return commandProblem{Code: http.StatusServiceUnavailable, RetryAfter: timeout, Msg: err.Error() + " Nothing was sent."}
+		return commandProblem{Code: CodeBusy, RetryAfter: timeout, Msg: err.Error() + " Nothing was sent."}
 	case errors.Is(err, command.ErrBroker):
-		return commandProblem{Code: http.StatusServiceUnavailable, Msg: fmt.Sprintf("Could not send the command to %s: %v. Nothing was sent.", dev, err)}
+		return commandProblem{Code: CodeUnavailable, Msg: fmt.Sprintf("Could not send the command to %s: %v. Nothing was sent.", dev, err)}
 	case errors.Is(err, wire.ErrCommand):
-		return commandProblem{Code: http.StatusBadRequest, Msg: err.Error()}
+		return commandProblem{Code: CodeBadRequest, Msg: err.Error()}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return commandProblem{Code: http.StatusServiceUnavailable, Msg: "the request ended before the device answered"}
+		return commandProblem{Code: CodeUnavailable, Msg: "the request ended before the device answered"}
 	}
 	s.log.Error("fleet web: command", "device", dev, "err", err)
-	return commandProblem{Code: http.StatusInternalServerError, Msg: "internal error (logged)"}
+	return commandProblem{Code: CodeInternal, Msg: "internal error (logged)"}
 }
 
 // commandDevice is the device a command goes to: it must exist in the
@@ -203,7 +204,7 @@ func (s *Server) commandDevice(r *http.Request, site, dev string) (storage.Devic
 func (s *Server) reviewVisits(w http.ResponseWriter, r *http.Request) (storage.Device, wire.IdentityVisitsResult, command.Sent, bool, error) {
 	site, dev, id := r.PathValue("site"), r.PathValue("device"), r.PathValue("id")
 	if err := wire.ValidateID(id, 64); err != nil {
-		httpError(w, r, "identity id: "+err.Error(), http.StatusBadRequest)
+		httpError(w, r, CodeBadRequest, "identity id: "+err.Error())
 		return storage.Device{}, wire.IdentityVisitsResult{}, command.Sent{}, false, nil
 	}
 	d, err := s.commandDevice(r, site, dev)
@@ -245,7 +246,7 @@ func (s *Server) reviewPage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	id := r.PathValue("id")
-	s.renderReview(w, r, p.Code, reviewData{Site: d.Site, Device: d.Device, ID: id, Error: p.Msg, Result: result, Auth: auth,
+	s.renderReview(w, r, p.status(), reviewData{Site: d.Site, Device: d.Device, ID: id, Error: p.Msg, Result: result, Auth: auth,
 		Others: otherIdentities(d, id, res.Apart)})
 }
 
@@ -327,7 +328,7 @@ func otherIdentities(d storage.Device, id string, apart []string) []string {
 // retryAfter sets Retry-After (whole seconds, rounded up) for a 429 or a
 // 503 that says when to try again.
 func retryAfter(w http.ResponseWriter, p commandProblem) {
-	if (p.Code == http.StatusTooManyRequests || p.Code == http.StatusServiceUnavailable) && p.RetryAfter > 0 {
+	if st := p.status(); (st == http.StatusTooManyRequests || st == http.StatusServiceUnavailable) && p.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((p.RetryAfter+time.Second-1)/time.Second)))
 	}
 }
@@ -347,10 +348,8 @@ type correction struct {
 func correctionInput(r *http.Request, split bool) (correction, error) {
 	var in correction
 	if strings.HasPrefix(r.URL.Path, "/api/") {
-		dec := json.NewDecoder(r.Body)
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&in); err != nil {
-			return in, fmt.Errorf("%w: bad JSON: %w", errBadRequest, err)
+		if err := decodeBody(r, &in); err != nil {
+			return in, err
 		}
 	} else {
 		in = correction{Site: r.PathValue("site"), Device: r.PathValue("device"), Identity: r.PathValue("id"), Into: strings.TrimSpace(r.PostFormValue("into"))}
@@ -359,25 +358,25 @@ func correctionInput(r *http.Request, split bool) (correction, error) {
 	}
 	switch {
 	case in.Site == "" || in.Device == "":
-		return in, fmt.Errorf("%w: site and device are required", errBadRequest)
+		return in, coded(CodeBadRequest, "site and device are required")
 	case wire.ValidateID(in.Identity, 64) != nil:
-		return in, fmt.Errorf("%w: identity %q: want 1-64 of A-Z a-z 0-9 . _ : -", errBadRequest, in.Identity)
+		return in, coded(CodeBadRequest, "identity %q: want 1-64 of A-Z a-z 0-9 . _ : -", in.Identity)
 	case split && in.Into != "", !split && len(in.Visits) > 0:
-		return in, fmt.Errorf("%w: a split takes visits, a merge into", errBadRequest)
+		return in, coded(CodeBadRequest, "a split takes visits, a merge into")
 	case split && (len(in.Visits) == 0 || len(in.Visits) > wire.MaxSplitVisits):
-		return in, fmt.Errorf("%w: select 1 to %d visits to split off (%d selected)", errBadRequest, wire.MaxSplitVisits, len(in.Visits))
+		return in, coded(CodeBadRequest, "select 1 to %d visits to split off (%d selected)", wire.MaxSplitVisits, len(in.Visits))
 	case !split && wire.ValidateID(in.Into, 64) != nil:
-		return in, fmt.Errorf("%w: into %q: want the identity (1-64 of A-Z a-z 0-9 . _ : -) that keeps the visits", errBadRequest, in.Into)
+		return in, coded(CodeBadRequest, "into %q: want the identity (1-64 of A-Z a-z 0-9 . _ : -) that keeps the visits", in.Into)
 	case !split && in.Into == in.Identity:
-		return in, fmt.Errorf("%w: an identity cannot be merged into itself", errBadRequest)
+		return in, coded(CodeBadRequest, "an identity cannot be merged into itself")
 	}
 	for _, v := range in.Visits {
 		if wire.ValidateID(v, 64) != nil {
-			return in, fmt.Errorf("%w: visit id %q", errBadRequest, v)
+			return in, coded(CodeBadRequest, "visit id %q", v)
 		}
 	}
 	if split && len(slices.Compact(slices.Sorted(slices.Values(in.Visits)))) != len(in.Visits) {
-		return in, fmt.Errorf("%w: a visit is selected twice", errBadRequest)
+		return in, coded(CodeBadRequest, "a visit is selected twice")
 	}
 	return in, nil
 }
@@ -533,7 +532,7 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 	if err != nil {
 		pr := s.problemOf(d, err)
 		if errors.Is(err, errNoAudit) {
-			pr = commandProblem{Code: http.StatusServiceUnavailable, Msg: "The audit log could not record the correction, so it was not sent: nothing changed. Try again in a moment."}
+			pr = commandProblem{Code: CodeUnavailable, Msg: "The audit log could not record the correction, so it was not sent: nothing changed. Try again in a moment."}
 		}
 		if c.Outcome == storage.OutcomeUnknown {
 			pr.Msg += " The correction may or may not have been applied (the audit log has it as without a usable answer): review the identity again before repeating it."
@@ -544,7 +543,7 @@ func (s *Server) correct(w http.ResponseWriter, r *http.Request, split bool) {
 		}
 		retryAfter(w, pr)
 		done.Error = pr.Msg
-		s.renderReview(w, r, pr.Code, done)
+		s.renderReview(w, r, pr.status(), done)
 		return
 	}
 	if api {

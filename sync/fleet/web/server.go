@@ -413,7 +413,7 @@ func (s *Server) knownHost(h http.Handler) http.Handler {
 		host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
 		if _, err := netip.ParseAddr(host); err != nil && !ok[host] {
 			s.log.Warn("fleet web: request for an unknown host refused", "host", r.Host, "remote", r.RemoteAddr, "path", r.URL.Path)
-			httpError(w, r, fmt.Sprintf("this service does not answer to %q: add the name to web.hosts", r.Host), http.StatusMisdirectedRequest)
+			httpError(w, r, CodeWrongHost, fmt.Sprintf("this service does not answer to %q: add the name to web.hosts", r.Host))
 			return
 		}
 		h.ServeHTTP(w, r)
@@ -451,19 +451,19 @@ func (s *Server) auth(need Permission, h http.HandlerFunc) http.HandlerFunc {
 				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 				return
 			}
-			httpError(w, r, "authentication required", http.StatusUnauthorized)
+			httpError(w, r, CodeUnauthorized, "authentication required")
 			return
 		}
 		if !u.Can(need) {
 			s.log.Warn("fleet web: refused to the role", "user", u.Name, "role", u.Role, "needs", need, "method", r.Method, "path", r.URL.Path)
-			httpError(w, r, "forbidden: "+cmp.Or(refusal[need], "not allowed to the "+u.Role+" role"), http.StatusForbidden)
+			httpError(w, r, CodeForbidden, "forbidden: "+cmp.Or(refusal[need], "not allowed to the "+u.Role+" role"))
 			return
 		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 			if !sameOrigin(r) || !s.checkCSRF(r, sess) {
 				s.log.Warn("fleet web: "+r.Method+" refused: missing or wrong CSRF token", "user", u.Name, "path", r.URL.Path, "remote", r.RemoteAddr)
-				httpError(w, r, "forbidden: missing or invalid CSRF token", http.StatusForbidden)
+				httpError(w, r, CodeCSRF, "forbidden: missing or invalid CSRF token")
 				return
 			}
 		}
@@ -510,52 +510,27 @@ func (s *Server) renderCode(w http.ResponseWriter, r *http.Request, code int, pa
 	_, _ = w.Write([]byte(b.String()))
 }
 
-// errBadRequest marks an error as the client's (400).
-var errBadRequest = errors.New("bad request")
-
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
-	code, msg := http.StatusInternalServerError, "internal error (logged)"
-	var tooLarge *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooLarge):
-		code, msg = http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", tooLarge.Limit)
-	case errors.Is(err, errBadRequest):
-		code, msg = http.StatusBadRequest, strings.TrimPrefix(err.Error(), errBadRequest.Error()+": ")
-	case errors.Is(err, storage.ErrNotFound):
-		code, msg = http.StatusNotFound, err.Error()
-		if nf := (*storage.NotFoundError)(nil); errors.As(err, &nf) {
-			// What was asked for, not the store's wrapping of it: the
-			// same for a device or alert outside the user's sites.
-			msg = nf.Error()
-		}
-	case errors.Is(err, storage.ErrState):
-		code, msg = http.StatusConflict, err.Error()
-	default:
+	code, msg, ok := codeOf(err)
+	if !ok {
 		s.log.Error("fleet web", "path", r.URL.Path, "err", err)
 	}
-	httpError(w, r, msg, code)
+	httpError(w, r, code, msg)
 }
 
-// httpError answers an error: as JSON ({"error": ...}) under /api/ and to
-// a client that asks for JSON, as plain text elsewhere.
-func httpError(w http.ResponseWriter, r *http.Request, msg string, code int) {
-	if strings.HasPrefix(r.URL.Path, "/api/") || wantsJSON(r) {
-		writeAPIError(w, code, msg, nil)
-		return
+// decodeBody decodes a request's JSON body into v, refusing members v does
+// not have: the error is answered bad_json, unknown_field or too_large.
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		// encoding/json tells an unknown member only by its text.
+		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return coded(CodeUnknownField, "unknown field %s", f)
+		}
+		return coded(CodeBadJSON, "bad JSON: %w", err)
 	}
-	http.Error(w, msg, code)
-}
-
-// writeAPIError answers an API request's error as JSON: {"error": ...},
-// with the alert as it stands for a conflict.
-func writeAPIError(w http.ResponseWriter, code int, msg string, alert *APIAlert) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(struct {
-		Error string    `json:"error"`
-		Alert *APIAlert `json:"alert,omitempty"`
-	}{msg, alert})
+	return nil
 }
 
 // StuckAfter is how long ingest may fail to write a batch before /healthz
@@ -648,7 +623,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
 	c, err := r.Cookie(loginCookie)
 	if err != nil || !sameOrigin(r) || c.Value == "" || r.PostFormValue("csrf") != c.Value {
-		httpError(w, r, "forbidden: missing or invalid CSRF token (reload the sign-in page)", http.StatusForbidden)
+		httpError(w, r, CodeCSRF, "forbidden: missing or invalid CSRF token (reload the sign-in page)")
 		return
 	}
 	next := safeNext(r.PostFormValue("next"))
@@ -660,7 +635,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		s.log.Warn("fleet web: sign-in failed", append(s.typedName(name), "remote", r.RemoteAddr)...)
 		if wantsJSON(r) {
-			writeAPIError(w, http.StatusUnauthorized, "wrong user name or password", nil)
+			writeAPIError(w, apiError{Error: "wrong user name or password", Code: CodeUnauthorized})
 			return
 		}
 		http.Redirect(w, r, "/login?error=1&next="+url.QueryEscape(next), http.StatusSeeOther)
@@ -1012,7 +987,7 @@ func (s *Server) alertsPage(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) alertsCSV(w http.ResponseWriter, r *http.Request) {
 	if _, err := hoursOf(r.URL.Query().Get("hours")); err != nil {
-		httpError(w, r, err.Error(), http.StatusBadRequest)
+		httpError(w, r, CodeBadRequest, err.Error())
 		return
 	}
 	f, _ := filterOf(r.URL.Query(), s.now())
@@ -1077,14 +1052,12 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 	}
 	api := strings.HasPrefix(r.URL.Path, "/api/")
 	if api {
-		dec := json.NewDecoder(r.Body)
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&in); err != nil {
-			s.fail(w, r, fmt.Errorf("%w: bad JSON: %w", errBadRequest, err))
+		if err := decodeBody(r, &in); err != nil {
+			s.fail(w, r, err)
 			return
 		}
 		if in.Alert != "" && in.AlertID != "" && in.Alert != in.AlertID {
-			s.fail(w, r, fmt.Errorf("%w: alert %q and alert_id %q differ: give one", errBadRequest, in.Alert, in.AlertID))
+			s.fail(w, r, coded(CodeBadRequest, "alert %q and alert_id %q differ: give one", in.Alert, in.AlertID))
 			return
 		}
 		in.Alert = cmp.Or(in.Alert, in.AlertID)
@@ -1095,7 +1068,7 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 	act := storage.Action{Key: storage.AlertKey{Site: in.Site, Device: in.Device, AlertID: in.Alert}, Action: in.Action,
 		User: p.User.Name, Role: p.User.Role, Note: in.Note, Remote: r.RemoteAddr, At: s.now().UTC()}
 	if err := act.Validate(); err != nil {
-		s.fail(w, r, fmt.Errorf("%w: %w", errBadRequest, err))
+		s.fail(w, r, coded(CodeBadRequest, "%w", err))
 		return
 	}
 	a, err := s.actOn(r, act)
@@ -1104,8 +1077,9 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 		// not parse the message to tell its own retry (answered 200) from
 		// another analyst's action.
 		if cur, gerr := s.alert(r, act.Key); gerr == nil {
+			code, msg, _ := codeOf(err)
 			ca := alertAPI(cur)
-			writeAPIError(w, http.StatusConflict, err.Error(), &ca)
+			writeAPIError(w, apiError{Error: msg, Code: code, Alert: &ca})
 			return
 		}
 	}
@@ -1174,7 +1148,7 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) identityPage(w http.ResponseWriter, r *http.Request) {
 	site, dev, id := r.PathValue("site"), r.PathValue("device"), r.PathValue("id")
 	if err := wire.ValidateID(id, 128); err != nil {
-		httpError(w, r, "identity id: "+err.Error(), http.StatusBadRequest)
+		httpError(w, r, CodeBadRequest, "identity id: "+err.Error())
 		return
 	}
 	if _, err := s.device(r, site, dev); err != nil {
@@ -1221,7 +1195,7 @@ func (s *Server) identityPage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
-		httpError(w, r, "streaming unsupported", http.StatusInternalServerError)
+		httpError(w, r, CodeInternal, "streaming unsupported")
 		return
 	}
 	// The users in force from here on: a reload after this line closes
@@ -1230,7 +1204,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	sess := who(r).Sess
 	u, ok := s.stillValid(r.Context(), sess)
 	if !ok {
-		httpError(w, r, "authentication required", http.StatusUnauthorized)
+		httpError(w, r, CodeUnauthorized, "authentication required")
 		return
 	}
 	scope := u.Sites
@@ -1374,7 +1348,7 @@ func countersOf(v any) []counter {
 
 func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
 	if s.d.Retention.History <= 0 || s.d.Retention.Alerts <= 0 {
-		httpError(w, r, "retention not configured", http.StatusBadRequest)
+		httpError(w, r, CodeBadRequest, "retention not configured")
 		return
 	}
 	st, err := s.store.Prune(r.Context(), s.now(), s.d.Retention)
@@ -1416,7 +1390,7 @@ func (s *Server) purgeIdentity(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := wire.ValidateID(in["identity"], 128); err != nil {
-		s.fail(w, r, fmt.Errorf("%w: identity: %w", errBadRequest, err))
+		s.fail(w, r, coded(CodeBadRequest, "identity: %w", err))
 		return
 	}
 	if !strings.HasPrefix(r.URL.Path, "/api/") && strings.TrimSpace(r.PostFormValue("confirm")) != in["identity"] {
@@ -1483,13 +1457,17 @@ func (s *Server) input(w http.ResponseWriter, r *http.Request, fields ...string)
 	if strings.HasPrefix(r.URL.Path, "/api/") {
 		var raw map[string]any
 		if err := json.NewDecoder(r.Body).Decode(&raw); err != nil {
-			s.fail(w, r, fmt.Errorf("%w: bad JSON: %w", errBadRequest, err))
+			s.fail(w, r, coded(CodeBadJSON, "bad JSON: %w", err))
 			return nil, false
 		}
 		for k, v := range raw {
 			str, isStr := v.(string)
 			if !slices.Contains(fields, k) || !isStr {
-				s.fail(w, r, fmt.Errorf("%w: field %q: want only %s, each a string", errBadRequest, k, strings.Join(fields, ", ")))
+				code := CodeUnknownField
+				if slices.Contains(fields, k) {
+					code = CodeBadJSON
+				}
+				s.fail(w, r, coded(code, "field %q: want only %s, each a string", k, strings.Join(fields, ", ")))
 				return nil, false
 			}
 			in[k] = str
@@ -1501,7 +1479,7 @@ func (s *Server) input(w http.ResponseWriter, r *http.Request, fields ...string)
 	}
 	for _, f := range fields {
 		if in[f] == "" {
-			s.fail(w, r, fmt.Errorf("%w: %s is required", errBadRequest, strings.Join(fields, ", ")))
+			s.fail(w, r, coded(CodeBadRequest, "%s is required", strings.Join(fields, ", ")))
 			return nil, false
 		}
 	}
@@ -1517,7 +1495,7 @@ type backuper interface {
 func (s *Server) backup(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.store.(backuper)
 	if !ok {
-		httpError(w, r, "this store is backed up with its own tools (PostgreSQL: pg_dump)", http.StatusNotImplemented)
+		httpError(w, r, CodeNotImplemented, "this store is backed up with its own tools (PostgreSQL: pg_dump)")
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -1680,7 +1658,7 @@ func (s *Server) apiDevices(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > DevicesPageMax {
-			httpError(w, r, fmt.Sprintf("limit %q: want 1..%d", v, DevicesPageMax), http.StatusBadRequest)
+			httpError(w, r, CodeBadRequest, fmt.Sprintf("limit %q: want 1..%d", v, DevicesPageMax))
 			return
 		}
 		limit = n
@@ -1688,7 +1666,7 @@ func (s *Server) apiDevices(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("offset"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
-			httpError(w, r, fmt.Sprintf("offset %q: want 0 or more", v), http.StatusBadRequest)
+			httpError(w, r, CodeBadRequest, fmt.Sprintf("offset %q: want 0 or more", v))
 			return
 		}
 		offset = n
@@ -1744,11 +1722,11 @@ func (s *Server) apiDevice(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 	if !knownState(r.URL.Query().Get("state")) {
-		httpError(w, r, "bad state: want active, all, open, acknowledged or resolved", http.StatusBadRequest)
+		httpError(w, r, CodeBadRequest, "bad state: want active, all, open, acknowledged or resolved")
 		return
 	}
 	if _, err := hoursOf(r.URL.Query().Get("hours")); err != nil {
-		httpError(w, r, err.Error(), http.StatusBadRequest)
+		httpError(w, r, CodeBadRequest, err.Error())
 		return
 	}
 	q := r.URL.Query()
@@ -1759,19 +1737,19 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 	case "received":
 		f.Order = storage.ByReceived
 	default:
-		httpError(w, r, "order: want raised (newest raised first, the default) or received (oldest received first)", http.StatusBadRequest)
+		httpError(w, r, CodeBadRequest, "order: want raised (newest raised first, the default) or received (oldest received first)")
 		return
 	}
 	if v := q.Get("received_since"); v != "" {
 		t, err := time.Parse(time.RFC3339Nano, v)
 		if err != nil {
-			httpError(w, r, fmt.Sprintf("received_since %q: want an RFC 3339 time, e.g. 2026-12-07T16:00:00Z", v), http.StatusBadRequest)
+			httpError(w, r, CodeBadRequest, fmt.Sprintf("received_since %q: want an RFC 3339 time, e.g. 2026-12-07T16:00:00Z", v))
 			return
 		}
 		f.ReceivedSince = t
 	}
 	if f.Offset > MaxAlertOffset {
-		httpError(w, r, fmt.Sprintf("offset %d: at most %d; page with after= (the Link header)", f.Offset, MaxAlertOffset), http.StatusBadRequest)
+		httpError(w, r, CodeBadRequest, fmt.Sprintf("offset %d: at most %d; page with after= (the Link header)", f.Offset, MaxAlertOffset))
 		return
 	}
 	if v := q.Get("after"); v != "" {
@@ -1780,7 +1758,7 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 			err = errors.New("the cursor is of another order= than this request's")
 		}
 		if err != nil {
-			httpError(w, r, "after: "+err.Error(), http.StatusBadRequest)
+			httpError(w, r, CodeBadRequest, "after: "+err.Error())
 			return
 		}
 		f.After = &cur

@@ -275,7 +275,7 @@ func (s *Server) checkPassword(w http.ResponseWriter, r *http.Request, name, pw 
 		secs := int((wait + time.Second - 1) / time.Second)
 		s.log.Warn("fleet web: sign-in throttled", append(s.typedName(name), "remote", r.RemoteAddr, "client", addr, "wait", wait)...)
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		httpError(w, r, fmt.Sprintf("too many failed sign-ins: try again in %d s", secs), http.StatusTooManyRequests)
+		httpError(w, r, CodeThrottled, fmt.Sprintf("too many failed sign-ins: try again in %d s", secs))
 	}
 	switch v {
 	case tryRefuse:
@@ -289,7 +289,7 @@ func (s *Server) checkPassword(w http.ResponseWriter, r *http.Request, name, pw 
 	if !s.throttle.acquire(r.Context()) {
 		s.log.Warn("fleet web: sign-in refused: every password check slot busy", "remote", r.RemoteAddr, "slots", checkSlots)
 		w.Header().Set("Retry-After", "1")
-		httpError(w, r, "busy checking other sign-ins: try again in a second", http.StatusServiceUnavailable)
+		httpError(w, r, CodeBusy, "busy checking other sign-ins: try again in a second")
 		return User{}, false, true
 	}
 	t0 := time.Now()

@@ -766,7 +766,7 @@ func ApplyAction(a storage.Alert, act storage.Action) (storage.Alert, error) {
 		if a.State == storage.AlertResolved {
 			who = a.ResolvedBy
 		}
-		return a, fmt.Errorf("%s alert %s: it is %s (by %s): %w", act.Action, a.AlertKey, a.State, who, storage.ErrState)
+		return a, fmt.Errorf("%s alert %s: it is %s (by %s): %w", act.Action, a.AlertKey, a.State, who, storage.StateErr(a))
 	}
 	switch act.Action {
 	case storage.ActionAck:

@@ -836,7 +836,7 @@ func (s *Store) Act(ctx context.Context, act storage.Action) (storage.Alert, err
 			if a.State == storage.AlertResolved {
 				who = a.ResolvedBy
 			}
-			return fmt.Errorf("alert %s is %s (by %s): %w", a.AlertKey, a.State, who, storage.ErrState)
+			return fmt.Errorf("alert %s is %s (by %s): %w", a.AlertKey, a.State, who, storage.StateErr(a))
 		}
 		at := act.At.UTC()
 		switch act.Action {

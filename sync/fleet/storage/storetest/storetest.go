@@ -410,11 +410,11 @@ func removeDevice(t *testing.T, s storage.Store) {
 	if err := rm("atm-404"); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("remove an unknown device: %v, want ErrNotFound", err)
 	}
-	if err := rm("atm-10"); !errors.Is(err, storage.ErrState) {
-		t.Errorf("remove an online device: %v, want ErrState", err)
+	if err := rm("atm-10"); !errors.Is(err, storage.ErrDeviceOnline) || !errors.Is(err, storage.ErrState) {
+		t.Errorf("remove an online device: %v, want ErrDeviceOnline (ErrState)", err)
 	}
-	if err := rm("atm-1"); !errors.Is(err, storage.ErrState) {
-		t.Errorf("remove a device with an active alert: %v, want ErrState", err)
+	if err := rm("atm-1"); !errors.Is(err, storage.ErrActiveAlerts) || !errors.Is(err, storage.ErrState) {
+		t.Errorf("remove a device with an active alert: %v, want ErrActiveAlerts (ErrState)", err)
 	}
 	k := storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-1"}
 	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "ana", At: T0.Add(30 * time.Minute)}); err != nil {
@@ -464,7 +464,7 @@ func removeDevice(t *testing.T, s storage.Store) {
 	rmStale := func(after time.Duration) error {
 		return s.RemoveDevice(c, storage.Removal{Site: "lyon-07", Device: "atm-10", User: "root", Role: "admin", At: T0.Add(time.Hour), StaleAfter: after})
 	}
-	if err := rmStale(2 * time.Hour); !errors.Is(err, storage.ErrState) || !strings.Contains(err.Error(), "last heard from 59m59s ago") {
+	if err := rmStale(2 * time.Hour); !errors.Is(err, storage.ErrDeviceOnline) || !strings.Contains(err.Error(), "last heard from 59m59s ago") {
 		t.Errorf("remove an online device heard from 59m59s ago, stale after 2h: %v, want ErrState saying when it was heard from", err)
 	}
 	if err := rmStale(30 * time.Minute); err != nil {
@@ -1150,8 +1150,8 @@ func alertWorkflow(t *testing.T, s storage.Store) {
 	if a.State != storage.AlertAcknowledged || a.AckBy != "ana" || a.AckNote != "calling branch" || !a.AckAt.Equal(at) {
 		t.Errorf("after ack: %+v", a)
 	}
-	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionAck, User: "bob", At: at}); !errors.Is(err, storage.ErrState) {
-		t.Errorf("second ack: err = %v, want ErrState", err)
+	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionAck, User: "bob", At: at}); !errors.Is(err, storage.ErrAcknowledged) || !errors.Is(err, storage.ErrState) {
+		t.Errorf("second ack: err = %v, want ErrAcknowledged (ErrState)", err)
 	}
 	// ana's client retries her acknowledgement (its answer was lost): the
 	// alert as it is, nothing recorded (the audit below holds 2 entries).
@@ -1162,8 +1162,11 @@ func alertWorkflow(t *testing.T, s storage.Store) {
 	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "bob", Note: "known customer", At: at.Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "cyd", At: at}); !errors.Is(err, storage.ErrState) {
-		t.Errorf("second resolve: err = %v, want ErrState", err)
+	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "cyd", At: at}); !errors.Is(err, storage.ErrResolved) || !errors.Is(err, storage.ErrState) {
+		t.Errorf("second resolve: err = %v, want ErrResolved (ErrState)", err)
+	}
+	if _, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionAck, User: "cyd", At: at}); !errors.Is(err, storage.ErrResolved) {
+		t.Errorf("ack of a resolved alert: err = %v, want ErrResolved", err)
 	}
 	if r, err := s.Act(c, storage.Action{Key: k, Action: storage.ActionResolve, User: "bob", At: at.Add(time.Hour)}); err != nil || r.ResolvedBy != "bob" ||
 		!r.ResolvedAt.Equal(at.Add(time.Minute)) {
