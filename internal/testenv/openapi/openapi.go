@@ -28,7 +28,8 @@ type Doc struct {
 	c    *jsonschema.Compiler
 	url  string
 	// Fallback names the response documenting a status code for paths
-	// the document does not have (e.g. 404: components/responses/NotFound).
+	// the document does not have (e.g. 404: components/responses/NotFound),
+	// and a 405 for a path whose operations do not document one.
 	Fallback map[int][]string
 	seen     map[string]bool
 }
@@ -143,8 +144,8 @@ type Exchange struct {
 }
 
 // Check requires x's answer to be documented: its status code under the
-// route's operation (a 405 under the path's one operation; a path the
-// document does not have under Fallback), a JSON content type, a body of
+// route's operation (a 405 under the path's one operation, or else under
+// Fallback; a path the document does not have under Fallback), a JSON content type, a body of
 // the response's schema and its documented headers. It returns the
 // response's path in the document (nil when undocumented).
 func (d *Doc) Check(x Exchange) []string {
@@ -167,7 +168,7 @@ func (d *Doc) Check(x Exchange) []string {
 	}
 	code := strconv.Itoa(x.Code)
 	rp, ok := d.Response(route, method, code)
-	if _, known := d.At("paths", route); !known {
+	if _, known := d.At("paths", route); !known || !ok && x.Code == http.StatusMethodNotAllowed {
 		rp, ok = d.Fallback[x.Code]
 		if ok {
 			d.seen["fallback "+code] = true

@@ -20,17 +20,19 @@ import (
 // whether a retry can succeed; docs/openapi/fleet.yaml lists them
 // (TestOpenAPIMatchesServer produces each one). Where a meaning is the
 // agent's trigger API's, so is the name (bad_json, unknown_field,
-// unauthorized, not_found, too_large, wrong_host, busy).
+// unauthorized, not_found, method_not_allowed, too_large, wrong_host,
+// busy).
 type Code string
 
 const (
-	CodeBadJSON      Code = "bad_json"      // 400: the body is not a JSON object of the fields asked for
-	CodeUnknownField Code = "unknown_field" // 400: a member the request does not take
-	CodeBadRequest   Code = "bad_request"   // 400: a parameter or field value the API does not take
-	CodeUnauthorized Code = "unauthorized"  // 401: not signed in, or a wrong user name or password
-	CodeForbidden    Code = "forbidden"     // 403: the role does not allow it
-	CodeCSRF         Code = "csrf"          // 403: missing or wrong CSRF token, or a cross-origin request
-	CodeNotFound     Code = "not_found"     // 404: no such device, alert, key, identity (on the device) or endpoint
+	CodeBadJSON          Code = "bad_json"           // 400: the body is not a JSON object of the fields asked for
+	CodeUnknownField     Code = "unknown_field"      // 400: a member the request does not take
+	CodeBadRequest       Code = "bad_request"        // 400: a parameter or field value the API does not take
+	CodeUnauthorized     Code = "unauthorized"       // 401: not signed in, or a wrong user name or password
+	CodeForbidden        Code = "forbidden"          // 403: the role does not allow it
+	CodeCSRF             Code = "csrf"               // 403: missing or wrong CSRF token, or a cross-origin request
+	CodeNotFound         Code = "not_found"          // 404: no such device, alert, key, identity (on the device) or endpoint
+	CodeMethodNotAllowed Code = "method_not_allowed" // 405: the endpoint does not take the method (Allow names those it takes)
 
 	// 409: what the state does not allow.
 	CodeAlreadyAcknowledged Code = "already_acknowledged" // another user acknowledged the alert
@@ -61,6 +63,7 @@ var codeStatus = map[Code]int{
 	CodeUnauthorized: 401,
 	CodeForbidden:    403, CodeCSRF: 403,
 	CodeNotFound:            404,
+	CodeMethodNotAllowed:    405,
 	CodeAlreadyAcknowledged: 409, CodeAlreadyResolved: 409, CodeDeviceOnline: 409, CodeDeviceActiveAlerts: 409,
 	CodeDeviceOffline: 409, CodeDeviceStale: 409, CodeNotPinned: 409, CodeIdentityConflict: 409,
 	CodeTooLarge:  413,

@@ -30,6 +30,8 @@ import (
 // (checkCodes).
 func TestOpenAPIMatchesServer(t *testing.T) {
 	d := openapi.Load(t, filepath.Join("..", "..", "..", "docs", "openapi", "fleet.yaml"))
+	d.Fallback = map[int][]string{http.StatusNotFound: {"components", "responses", "NotFound"},
+		http.StatusMethodNotAllowed: {"components", "responses", "MethodNotAllowed"}}
 	st := openBolt(t)
 	seed(t, st)
 	now := time.Now().UTC()
@@ -118,6 +120,21 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 		"Content-Type", J, "X-CSRF-Token", vicCSRF)
 	call(ana.Client, "devices", "GET", "/api/v1/devices?limit=1", "", "")
 	call(ana.Client, "devices bad limit", "GET", "/api/v1/devices?limit=0", "", "")
+	// Paths and methods the API does not have: JSON, as every error.
+	for _, p := range []string{"/api/v1/nothing", "/api/v1/devices/", "/api/v1/alerts/", "/api/v2/alerts"} {
+		call(ana.Client, "unknown path "+p, "GET", p, "", "")
+	}
+	call(anon.Client, "unknown path signed out", "GET", "/api/v1/nothing", "", "")
+	call(ana.Client, "DELETE devices", "DELETE", "/api/v1/devices", "", "", "X-CSRF-Token", csrf)
+	call(ana.Client, "GET act", "GET", "/api/v1/alerts/act", "", "")
+	call(ana.Client, "POST a device key", "POST", "/api/v1/devices/lyon-07/atm-1/key", "/api/v1/devices/{site}/{device}/key", "{}", "X-CSRF-Token", csrf)
+	for _, want := range []struct{ name, allow string }{{"DELETE devices", "GET, HEAD"}, {"GET act", "POST"}, {"POST a device key", "DELETE, PUT"}} {
+		for _, x := range xs {
+			if x.Name == want.name && (x.Code != http.StatusMethodNotAllowed || x.Header.Get("Allow") != want.allow) {
+				t.Errorf("%s: %d, Allow %q; want 405, Allow %q", x.Name, x.Code, x.Header.Get("Allow"), want.allow)
+			}
+		}
+	}
 	call(ana.Client, "device", "GET", "/api/v1/devices/lyon-07/atm-1", "/api/v1/devices/{site}/{device}", "")
 	if err := st.PutDeviceKey(context.Background(), storage.DeviceKey{Site: "lyon-07", Device: "atm-1",
 		PublicKey: make([]byte, 32), Pinned: now, By: "root"}); err != nil {

@@ -391,7 +391,50 @@ func (s *Server) Handler() http.Handler {
 		}
 		mux.HandleFunc(rt.Pattern, h)
 	}
-	return securityHeaders(s.knownHost(mux))
+	return securityHeaders(s.knownHost(apiMisses(mux)))
+}
+
+// apiMisses answers the mux's own 404 and 405 (no route for the path, or
+// none for the method: Allow names those there are) under /api/ as JSON
+// errors with their codes, as every other error there; the pages keep
+// the mux's plain text.
+func apiMisses(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern == "" && strings.HasPrefix(r.URL.Path, "/api/") {
+			w = &missWriter{ResponseWriter: w, r: r}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// missWriter turns the mux's 404 or 405 into a JSON error and drops the
+// mux's text.
+type missWriter struct {
+	http.ResponseWriter
+	r     *http.Request
+	wrote bool
+}
+
+func (m *missWriter) WriteHeader(status int) {
+	e := apiError{Code: CodeNotFound, Error: fmt.Sprintf("%s: no such endpoint (docs/openapi/fleet.yaml lists them)", m.r.URL.Path)}
+	switch status {
+	case http.StatusNotFound:
+	case http.StatusMethodNotAllowed:
+		e = apiError{Code: CodeMethodNotAllowed, Error: fmt.Sprintf("%s %s: method not allowed (Allow: %s)", m.r.Method, m.r.URL.Path, m.Header().Get("Allow"))}
+	default:
+		m.ResponseWriter.WriteHeader(status)
+		return
+	}
+	m.Header().Del("Content-Length")
+	writeAPIError(m.ResponseWriter, e)
+	m.wrote = true
+}
+
+func (m *missWriter) Write(b []byte) (int, error) {
+	if m.wrote {
+		return len(b), nil
+	}
+	return m.ResponseWriter.Write(b)
 }
 
 // knownHost refuses a plain-HTTP request whose Host is a name the service
