@@ -145,6 +145,8 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	call(ana.Client, "alerts", "GET", "/api/v1/alerts?state=all&limit=1", "", "")
 	call(ana.Client, "alerts by receipt", "GET", "/api/v1/alerts?state=all&order=received&received_since="+url.QueryEscape(now.Add(-time.Hour).Format(time.RFC3339)), "", "")
 	call(ana.Client, "alerts bad order", "GET", "/api/v1/alerts?order=newest", "", "")
+	call(ana.Client, "alerts bad limit", "GET", "/api/v1/alerts?limit=0", "", "")
+	call(ana.Client, "alerts bad offset", "GET", "/api/v1/alerts?offset=-1", "", "")
 
 	act := func(c *client, token, name, body string) {
 		call(c.Client, name, "POST", "/api/v1/alerts/act", "", body, "Content-Type", J, "X-CSRF-Token", token)

@@ -916,13 +916,40 @@ func filterOf(q url.Values, now time.Time) (storage.AlertFilter, string) {
 	if h, err := hoursOf(q.Get("hours")); err == nil && h > 0 {
 		f.Since = now.Add(-time.Duration(h) * time.Hour)
 	}
-	if n, err := strconv.Atoi(q.Get("limit")); err == nil && n > 0 {
-		f.Limit = min(n, 10000)
-	}
-	if n, err := strconv.Atoi(q.Get("offset")); err == nil && n > 0 {
-		f.Offset = n
-	}
 	return f, state
+}
+
+// pageOf reads a listing's limit (def when absent or empty, else 1..max)
+// and offset (0 when absent, else 0 or more). Anything else is an error
+// naming the parameter, answered 400: a value ignored or clamped would
+// list another page than the one asked for.
+func pageOf(q url.Values, def, max int) (limit, offset int, err error) {
+	limit = def
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > max {
+			return 0, 0, fmt.Errorf("limit %q: want 1..%d", v, max)
+		}
+		limit = n
+	}
+	if v := q.Get("offset"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return 0, 0, fmt.Errorf("offset %q: want 0 or more", v)
+		}
+		offset = n
+	}
+	return limit, offset, nil
+}
+
+// alertsPage reads the limit and offset of an alerts listing (the JSON
+// API's, the CSV export's): pageOf, the offset at most MaxAlertOffset.
+func alertsPage(q url.Values, def, max int) (limit, offset int, err error) {
+	limit, offset, err = pageOf(q, def, max)
+	if err == nil && offset > MaxAlertOffset {
+		err = fmt.Errorf("offset %d: at most %d; page with after= (the Link header)", offset, MaxAlertOffset)
+	}
+	return limit, offset, err
 }
 
 // hoursOf parses the "last hours" filter: empty (no bound, 0) or a whole
@@ -944,6 +971,10 @@ func hoursOf(v string) (int, error) {
 // alerts in memory (three requests at offset 10^6 took the service from
 // 128 MB to 797 MB). Beyond it, page by cursor.
 const MaxAlertOffset = 100_000
+
+// MaxAlertLimit bounds the JSON API's page of alerts (its default is
+// storage.DefaultAlertLimit).
+const MaxAlertLimit = 10_000
 
 // AlertPageSize is the alerts page's default number of rows per page
 // (?per= sets 10..MaxAlertPageSize).
@@ -1037,9 +1068,13 @@ func (s *Server) alertsCSV(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("state") == "" {
 		f.Active = false // the export defaults to every state
 	}
-	if r.URL.Query().Get("limit") == "" {
-		f.Limit = MaxExportAlerts // every matching alert, not one listing's worth
+	// Every matching alert by default, not one listing's worth.
+	limit, offset, err := alertsPage(r.URL.Query(), MaxExportAlerts, MaxExportAlerts)
+	if err != nil {
+		httpError(w, r, CodeBadRequest, err.Error())
+		return
 	}
+	f.Limit, f.Offset = limit, offset
 	alerts, err := s.alerts(r, f)
 	if err != nil {
 		s.fail(w, r, err)
@@ -1697,22 +1732,10 @@ func (s *Server) apiDevices(w http.ResponseWriter, r *http.Request) {
 	// was 209 MB for 1,000 ATMs at the 200-identity cap (and gigabytes of
 	// memory for a few concurrent calls).
 	q := r.URL.Query()
-	limit, offset := DevicesPageDefault, 0
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > DevicesPageMax {
-			httpError(w, r, CodeBadRequest, fmt.Sprintf("limit %q: want 1..%d", v, DevicesPageMax))
-			return
-		}
-		limit = n
-	}
-	if v := q.Get("offset"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			httpError(w, r, CodeBadRequest, fmt.Sprintf("offset %q: want 0 or more", v))
-			return
-		}
-		offset = n
+	limit, offset, err := pageOf(q, DevicesPageDefault, DevicesPageMax)
+	if err != nil {
+		httpError(w, r, CodeBadRequest, err.Error())
+		return
 	}
 	out := []apiDevice{}
 	seen := 0
@@ -1791,10 +1814,12 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 		}
 		f.ReceivedSince = t
 	}
-	if f.Offset > MaxAlertOffset {
-		httpError(w, r, CodeBadRequest, fmt.Sprintf("offset %d: at most %d; page with after= (the Link header)", f.Offset, MaxAlertOffset))
+	limit, offset, err := alertsPage(q, storage.DefaultAlertLimit, MaxAlertLimit)
+	if err != nil {
+		httpError(w, r, CodeBadRequest, err.Error())
 		return
 	}
+	f.Offset = offset
 	if v := q.Get("after"); v != "" {
 		cur, err := storage.ParseCursor(v)
 		if err == nil && cur.Order != f.Order {
@@ -1806,7 +1831,6 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 		}
 		f.After = &cur
 	}
-	limit := cmp.Or(f.Limit, storage.DefaultAlertLimit)
 	f.Limit = limit + 1 // one more tells whether a next page exists
 	alerts, err := s.alerts(r, f)
 	if err != nil {

@@ -834,6 +834,58 @@ func TestAlertsPagination(t *testing.T) {
 // TestFleetSortHugeGaps: a device whose seqs span more than 2^63 (a hostile
 // or broken publisher) sorts first by gaps, not last through an int
 // overflow.
+// Paging values the alerts API does not take are answered 400
+// bad_request naming the parameter, as the devices API answers the same
+// values; before, the alerts API listed the default page for limit=0,
+// limit=abc and offset=-1, and 10,000 alerts for limit=10001. An empty
+// or absent value is the default. The CSV export refuses them too (text);
+// the alerts page, for people, takes only page and per and forgives
+// what it cannot read.
+func TestAlertsPagingParameters(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	_, hs := newTestServer(t, st)
+	c := newClient(t, hs.URL)
+	c.login("ana", "correct horse")
+	for _, q := range []string{"limit=0", "limit=abc", "limit=-1", "limit=1.5", "limit=10001", "offset=-1", "offset=abc", "offset=100001&limit=1"} {
+		for _, path := range []string{"/api/v1/alerts", "/api/v1/devices"} {
+			if path == "/api/v1/devices" && strings.HasPrefix(q, "offset=100001") {
+				continue // devices have no offset bound
+			}
+			param, _, _ := strings.Cut(q, "=")
+			r, out := c.json("GET", path+"?"+q, "", "")
+			if r.StatusCode != http.StatusBadRequest || out["code"] != string(CodeBadRequest) || !strings.HasPrefix(fmt.Sprint(out["error"]), param+" ") {
+				t.Errorf("%s?%s: %d %v, want 400 bad_request naming %s", path, q, r.StatusCode, out, param)
+			}
+		}
+		if q == "limit=10001" {
+			continue // the export's limit goes to 1,000,000
+		}
+		param, _, _ := strings.Cut(q, "=")
+		if r, body := c.get("/alerts.csv?" + q); r.StatusCode != http.StatusBadRequest || !strings.HasPrefix(body, param+" ") {
+			t.Errorf("/alerts.csv?%s: %d %q, want 400 naming %s", q, r.StatusCode, body, param)
+		}
+	}
+	for _, q := range []string{"", "limit=&offset=", "limit=10000", "limit=1&offset=0", "offset=100000"} {
+		r, body := c.get("/api/v1/alerts?state=all&" + q)
+		var got []APIAlert
+		if err := json.Unmarshal([]byte(body), &got); r.StatusCode != http.StatusOK || err != nil {
+			t.Errorf("/api/v1/alerts?%s: %d %s", q, r.StatusCode, body)
+		}
+	}
+	if r, body := c.get("/alerts.csv?limit=10001"); r.StatusCode != http.StatusOK {
+		t.Errorf("/alerts.csv?limit=10001: %d %q", r.StatusCode, body)
+	}
+	if r, body := c.get("/alerts.csv?limit=1"); r.StatusCode != http.StatusOK || strings.Count(body, "\n") != 2 {
+		t.Errorf("/alerts.csv?limit=1: %d %q, want the header and one alert", r.StatusCode, body)
+	}
+	// The page: what it cannot read is its default; limit and offset are
+	// not its parameters.
+	if r, body := c.get("/alerts?limit=abc&offset=-1&per=abc&page=-3"); r.StatusCode != http.StatusOK || !strings.Contains(body, "a-1") {
+		t.Errorf("/alerts with unreadable paging: %d, want the first page listing a-1", r.StatusCode)
+	}
+}
+
 func TestFleetSortHugeGaps(t *testing.T) {
 	st := openBolt(t)
 	now := time.Now().UTC()
