@@ -29,6 +29,7 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/santhosh-tekuri/jsonschema/v6"
@@ -903,6 +904,11 @@ func (in *Ingester) Decode(topic string, payload []byte, now time.Time) (decoded
 	if len(payload) > in.cfg.MaxPayload {
 		return reject(tp.Site, tp.Device, "payload of %d bytes exceeds max_payload %d", len(payload), in.cfg.MaxPayload)
 	}
+	if !utf8.Valid(payload) {
+		// JSON is UTF-8 (RFC 8259). Go's decoder would read each bad byte
+		// as U+FFFD, and two ids that differ only there as one.
+		return reject(tp.Site, tp.Device, "not UTF-8 (an invalid byte at %d): JSON is UTF-8 text (RFC 8259)", invalidUTF8At(payload))
+	}
 	var head struct {
 		SchemaVersion json.RawMessage `json:"schema_version"`
 	}
@@ -1055,6 +1061,18 @@ func keptPayload(payload []byte, withheld bool) string {
 		p = p[:storage.MaxRejectPayload]
 	}
 	return string(p)
+}
+
+// invalidUTF8At is the offset of b's first byte that is not UTF-8.
+func invalidUTF8At(b []byte) int {
+	for i := 0; i < len(b); {
+		r, size := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && size == 1 {
+			return i
+		}
+		i += size
+	}
+	return len(b)
 }
 
 func orNone(b json.RawMessage) string {
