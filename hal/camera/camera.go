@@ -14,6 +14,14 @@
 // MaxReadFailures in a row. Run returns after its sessions have exited, or
 // after CloseTimeout if one is stuck in OpenCV (Health.Abandoned counts them).
 //
+// Between bursts, Run probes the open device: when no read has succeeded
+// for ProbeInterval it reads one frame and drops it, under the same
+// watchdog and with the same accounting as a burst's read, so a camera that
+// fails at night is down (and being reopened) before the first customer's
+// card. The device stays open between reads, as it does between bursts. A
+// burst waits for at most the one probe read in progress: Run serves a
+// waiting burst before it starts the next probe read.
+//
 // At most one open is outstanding: an open that outlived OpenTimeout is
 // abandoned too, but no other open starts until it has returned
 // (Health.OpenBlocked says so meanwhile). OpenCV's FFmpeg backend opens
@@ -121,7 +129,7 @@ type Health struct {
 	Reopens             uint64    `json:"reopens"`              // open attempts after the first
 	Stalls              uint64    `json:"stalls"`               // reads or opens that outlived their timeout
 	Abandoned           int       `json:"abandoned"`            // device goroutines still stuck in OpenCV
-	Frames              uint64    `json:"frames"`               // frames delivered
+	Frames              uint64    `json:"frames"`               // frames read (bursts, the read after an open, idle probes)
 	Skipped             uint64    `json:"skipped,omitempty"`    // inputs a device passed over (Skipper), each counted once
 	LastFrame           time.Time `json:"last_frame,omitzero"`
 	LastError           string    `json:"last_error,omitempty"`
@@ -161,6 +169,7 @@ type Camera struct {
 	backoff     time.Duration
 	nextOpen    time.Time
 	lastAttempt time.Time
+	nextProbe   time.Time // when the idle device is read next (probing)
 	attempts    uint64
 	eos         bool
 	seed        maphash.Seed
@@ -272,15 +281,19 @@ func (c *Camera) Run(ctx context.Context) error {
 	defer timer.Stop()
 	for {
 		c.prune()
-		var retry <-chan time.Time
+		var retry, probe <-chan time.Time
 		var lateOpen <-chan struct{}
-		if c.sess == nil && !c.eos {
+		switch {
+		case c.sess == nil && !c.eos:
 			if s := c.blockedOpen(); s != nil {
 				lateOpen = s.openDone // no new open until it returns
 			} else {
 				timer.Reset(time.Until(c.nextOpen))
 				retry = timer.C
 			}
+		case c.sess != nil && c.probing():
+			timer.Reset(time.Until(c.nextProbe))
+			probe = timer.C
 		}
 		select {
 		case <-ctx.Done():
@@ -289,10 +302,45 @@ func (c *Camera) Run(ctx context.Context) error {
 			// The abandoned open returned: the next pass arms the retry.
 		case <-retry:
 			c.tryOpen(ctx)
+		case <-probe:
+			select {
+			case req := <-c.reqs: // a waiting burst goes first: it reads the device too
+				c.serve(ctx, req)
+			default:
+				c.probe(ctx)
+			}
 		case req := <-c.reqs:
-			frames, err := c.burst(ctx, req)
-			req.reply <- burstResp{frames, err}
+			c.serve(ctx, req)
 		}
+	}
+}
+
+// serve answers one Burst request.
+func (c *Camera) serve(ctx context.Context, req burstReq) {
+	frames, err := c.burst(ctx, req)
+	req.reply <- burstResp{frames, err}
+}
+
+// probing reports whether the idle device is probed: ProbeInterval is set
+// and the source is live (a device or a stream) or a replay that loops. A
+// replay that ends would lose to the probes frames its bursts should get.
+func (c *Camera) probing() bool {
+	if c.cfg.ProbeInterval <= 0 {
+		return false
+	}
+	k := ResolveKind(c.cfg)
+	return c.cfg.Loop || k == KindDevice || k == KindStream
+}
+
+// probe reads one frame from the idle device and drops it at once (no
+// frame is kept, logged or stored). read accounts for the result as it
+// does for a burst's read: a success makes the camera ok and sets the next
+// probe ProbeInterval later; a failure leaves the next probe due, so the
+// reads repeat (a waiting burst first) until MaxReadFailures in a row, or
+// one stall, close the device and the reopen backoff starts (StateDown).
+func (c *Camera) probe(ctx context.Context) {
+	if _, err := c.read(ctx); err != nil && ctx.Err() == nil {
+		c.log.Debug("camera probe failed", "source", c.name(), "err", redact.Error(err, c.cfg.Source))
 	}
 }
 
@@ -466,6 +514,7 @@ func (c *Camera) read(ctx context.Context) (Frame, error) {
 	if err == nil {
 		c.sessFails = 0
 		c.backoff = c.cfg.ReopenMin
+		c.nextProbe = time.Now().Add(c.cfg.ProbeInterval)
 		c.update(func(h *Health) {
 			h.State = StateOK
 			h.ConsecutiveFailures = 0

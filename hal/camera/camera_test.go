@@ -229,6 +229,10 @@ func TestConfigValidate(t *testing.T) {
 		{"bad kind", Config{Source: "x", Kind: "webcam"}, `camera.kind "webcam"`},
 		{"backoff order", Config{Source: "x", ReopenMin: time.Minute, ReopenMax: time.Second}, "reopen_min"},
 		{"burst", Config{Source: "x", BurstFrames: 1000}, "burst_frames"},
+		{"probe off", Config{Source: "x", ProbeInterval: 0}, ""},
+		{"probe too often", Config{Source: "x", ProbeInterval: 50 * time.Millisecond}, "camera.probe_interval 50ms: want 0 (off) or 100ms to 24h"},
+		{"probe negative", Config{Source: "x", ProbeInterval: -time.Second}, "camera.probe_interval -1s"},
+		{"probe too rare", Config{Source: "x", ProbeInterval: 25 * time.Hour}, "camera.probe_interval 25h0m0s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

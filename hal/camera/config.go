@@ -11,6 +11,11 @@ import (
 	"unicode/utf8"
 )
 
+// MinProbeInterval is the shortest camera.probe_interval (other than 0,
+// off): probes closer together would read the device nearly as often as
+// a burst does.
+const MinProbeInterval = 100 * time.Millisecond
+
 // MaxNameLen is the longest camera name the status carries (the schema's
 // maxLength of cameras[].name, in characters).
 const MaxNameLen = 64
@@ -62,6 +67,13 @@ type Config struct {
 	// CloseTimeout is how long Run waits, at shutdown, for device goroutines
 	// stuck inside OpenCV.
 	CloseTimeout time.Duration `yaml:"close_timeout"`
+	// ProbeInterval: when no burst has read the open device for this long,
+	// Run reads one frame and discards it, so a camera that fails between
+	// visits is reported (and reopened) before a customer's visit finds it
+	// down. 0 turns the probe off; withDefaults leaves it so (DefaultConfig
+	// sets 30s). Replays that do not loop are never probed: each of their
+	// frames belongs to a burst.
+	ProbeInterval time.Duration `yaml:"probe_interval"`
 }
 
 // DefaultConfig returns the defaults; Source is left empty.
@@ -77,6 +89,7 @@ func DefaultConfig() Config {
 		ReopenMin:       500 * time.Millisecond,
 		ReopenMax:       30 * time.Second,
 		CloseTimeout:    2 * time.Second,
+		ProbeInterval:   30 * time.Second,
 	}
 }
 
@@ -154,6 +167,9 @@ func (c Config) Validate() error {
 		if f.d < 0 || f.d > f.max {
 			errs = append(errs, fmt.Errorf("camera.%s %s: want 0 (default) to %s", f.name, f.d, f.max))
 		}
+	}
+	if p := c.ProbeInterval; p != 0 && (p < MinProbeInterval || p > 24*time.Hour) {
+		errs = append(errs, fmt.Errorf("camera.probe_interval %s: want 0 (off) or %s to 24h", p, MinProbeInterval))
 	}
 	if c.MaxReadFailures < 0 || c.MaxReadFailures > 1000 {
 		errs = append(errs, fmt.Errorf("camera.max_read_failures %d: want 0 (default) to 1000", c.MaxReadFailures))

@@ -224,6 +224,45 @@ func TestVanishedDirectoryRecovers(t *testing.T) {
 	}
 }
 
+// TestIdleProbeFindsVanishedDirectory: an image folder moved away while
+// no burst runs is found by the idle probe (camera.probe_interval): the
+// camera is down within the interval, without a burst, and ok again once
+// the folder is back. Before, it said ok until the next visit's burst
+// failed (a camera_error visit).
+func TestIdleProbeFindsVanishedDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "frames")
+	writeImages(t, dir, 2, 16, 16)
+	const every = 300 * time.Millisecond
+	c, err := newCam(Config{Source: dir, Kind: KindImages, Loop: true, ProbeInterval: every,
+		ReopenMin: 20 * time.Millisecond, ReopenMax: 80 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startCamera(t, c)
+	waitFor(t, "open", 2*time.Second, func() bool { return c.Health().State == StateOK })
+	away := dir + ".away"
+	if err := os.Rename(dir, away); err != nil {
+		t.Fatal(err)
+	}
+	moved := time.Now()
+	waitFor(t, "down", every+2*time.Second, func() bool { return c.Health().State == StateDown })
+	t.Logf("down %s after the move (probe interval %s)", time.Since(moved).Round(time.Millisecond), every)
+	if d := time.Since(moved); d > every+500*time.Millisecond {
+		t.Errorf("down after %s, want within the %s interval", d, every)
+	}
+	if h := c.Health(); !strings.Contains(h.LastError, dir) {
+		t.Errorf("last error %q, want naming the folder", h.LastError)
+	}
+	if err := os.Rename(away, dir); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "ok again", 2*time.Second, func() bool { return c.Health().State == StateOK })
+	frames, err := c.Burst(context.Background(), 2, 0)
+	if err != nil || len(frames) != 2 {
+		t.Fatalf("after the folder is back: %d frames, %v", len(frames), err)
+	}
+}
+
 func TestMissingDeviceIsDown(t *testing.T) {
 	c, err := newCam(Config{Source: "/dev/video-does-not-exist", ReopenMin: 10 * time.Millisecond, ReopenMax: 20 * time.Millisecond})
 	if err != nil {
