@@ -635,23 +635,22 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 		if r.Method != http.MethodPost {
 			abandonBody(w, r)
 			w.Header().Set("Allow", http.MethodPost)
-			writeError(w, http.StatusMethodNotAllowed, "use POST")
+			writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, "use POST")
 			return
 		}
 		ctx, err := DecodeVisitRequest(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
 		if err != nil {
-			status := http.StatusBadRequest
-			var mbe *http.MaxBytesError
 			var ne net.Error
-			switch {
-			case errors.As(err, &mbe):
-				status = http.StatusRequestEntityTooLarge
-			case errors.As(err, &ne) && ne.Timeout():
+			if errors.As(err, &ne) && ne.Timeout() {
 				abandonBody(w, r)
-				writeError(w, http.StatusRequestTimeout, fmt.Sprintf("read body: not received within %v", BodyTimeout))
+				writeError(w, http.StatusRequestTimeout, CodeBodyTimeout, fmt.Sprintf("read body: not received within %v", BodyTimeout))
 				return
 			}
-			writeError(w, status, err.Error())
+			status, code := http.StatusBadRequest, requestCode(err)
+			if code == CodeTooLarge {
+				status = http.StatusRequestEntityTooLarge
+			}
+			writeError(w, status, code, err.Error())
 			return
 		}
 		now := h.clock.Now()
@@ -681,7 +680,7 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 			h.dropped.Add(1)
 			h.log.Warn("socket trigger dropped: consumer busy", "dropped", h.dropped.Load())
 			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusServiceUnavailable, "busy: visit not started")
+			writeError(w, http.StatusServiceUnavailable, CodeBusy, "busy: visit not started")
 			return
 		}
 		if ctx.TxnID != "" {
@@ -700,7 +699,7 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 		if r.Method != http.MethodGet {
 			abandonBody(w, r)
 			w.Header().Set("Allow", http.MethodGet)
-			writeError(w, http.StatusMethodNotAllowed, "use GET")
+			writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, "use GET")
 			return
 		}
 		s := h.stats()
@@ -735,7 +734,7 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 			healthH(w, r)
 		default:
 			abandonBody(w, r)
-			writeError(w, http.StatusNotFound, "no such endpoint: the endpoints are POST /v1/visit and GET /v1/health")
+			writeError(w, http.StatusNotFound, CodeNotFound, "no such endpoint: the endpoints are POST /v1/visit and GET /v1/health")
 		}
 	})
 	return h.knownHost(limitBodyTime(h.authenticate(mux)))
@@ -785,7 +784,7 @@ func (h *HTTP) knownHost(next http.Handler) http.Handler {
 		if !hosts.Allowed(r) {
 			abandonBody(w, r)
 			h.log.Warn("trigger: request for an unknown host refused", "host", r.Host, "remote", r.RemoteAddr, "path", r.URL.Path)
-			writeError(w, http.StatusMisdirectedRequest, fmt.Sprintf("this endpoint does not answer to %q: use 127.0.0.1 or localhost", r.Host))
+			writeError(w, http.StatusMisdirectedRequest, CodeWrongHost, fmt.Sprintf("this endpoint does not answer to %q: use 127.0.0.1 or localhost", r.Host))
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -802,7 +801,7 @@ func (h *HTTP) authenticate(next http.Handler) http.Handler {
 		if !netguard.BearerMatches(r.Header.Get("Authorization"), h.token) {
 			abandonBody(w, r)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="atm-agent"`)
-			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+			writeError(w, http.StatusUnauthorized, CodeUnauthorized, "missing or wrong bearer token")
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -861,10 +860,10 @@ func decodeVisitObject(body []byte) (visit.Context, error) {
 		case "txn_id":
 			dst, i = &c.TxnID, 1
 		default:
-			return c, fmt.Errorf("unknown field %s: the fields are card_hash and txn_id (names are case-sensitive)", fieldName(name))
+			return c, fmt.Errorf("%w %s: the fields are card_hash and txn_id (names are case-sensitive)", errUnknownField, fieldName(name))
 		}
 		if seen[i] {
-			return c, fmt.Errorf("duplicate field %q", name)
+			return c, fmt.Errorf("%w %q", errDuplicateField, name)
 		}
 		seen[i] = true
 		if tok, err = dec.Token(); err != nil {
@@ -908,6 +907,68 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
+// ErrorReply is the body of every error reply: Code for programs (one of
+// the Code constants; docs/trigger-api.md, "Error codes"), Error for
+// people (its words may change from release to release; it never quotes
+// the value sent).
+type ErrorReply struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// Error codes of the trigger API. A client decides by the code (and the
+// HTTP status for a code it does not know), never by the error's words.
+const (
+	CodeBadJSON          = "bad_json"           // 400: not one JSON object with string values
+	CodeUnknownField     = "unknown_field"      // 400: a member other than card_hash and txn_id
+	CodeDuplicateField   = "duplicate_field"    // 400: a member given twice
+	CodeLooksLikePAN     = "looks_like_pan"     // 400: a field holds a card number
+	CodeTrackData        = "track_data"         // 400: a field holds magnetic-stripe track data
+	CodeBadCardHash      = "bad_card_hash"      // 400: card_hash is not 32..128 hex or base64 characters
+	CodeBadEncoding      = "bad_encoding"       // 400: card_hash does not decode (odd hex, mixed base64 alphabets)
+	CodeBadTxnID         = "bad_txn_id"         // 400: txn_id is not 1..64 printable ASCII characters
+	CodeUnauthorized     = "unauthorized"       // 401: missing or wrong bearer token
+	CodeNotFound         = "not_found"          // 404: no such endpoint
+	CodeMethodNotAllowed = "method_not_allowed" // 405
+	CodeBodyTimeout      = "body_timeout"       // 408: the body did not arrive within BodyTimeout
+	CodeTooLarge         = "too_large"          // 413: the body is over max_body_bytes
+	CodeWrongHost        = "wrong_host"         // 421: over TCP, a Host that is not this machine
+	CodeBusy             = "busy"               // 503: the consumer did not take the trigger
+)
+
+var (
+	errUnknownField   = errors.New("unknown field")
+	errDuplicateField = errors.New("duplicate field")
+)
+
+// requestCode is the code of a POST /v1/visit body that DecodeVisitRequest
+// refused. Card data comes first: a body with a card number in one field
+// and a malformed other is reported as the card number (the error names
+// both).
+func requestCode(err error) string {
+	var mbe *http.MaxBytesError
+	for _, c := range []struct {
+		err  error
+		code string
+	}{
+		{ErrLooksLikePAN, CodeLooksLikePAN},
+		{ErrTrackData, CodeTrackData},
+		{ErrBadCardHash, CodeBadCardHash},
+		{visit.ErrCardHashEncoding, CodeBadEncoding},
+		{ErrBadTxnID, CodeBadTxnID},
+		{errUnknownField, CodeUnknownField},
+		{errDuplicateField, CodeDuplicateField},
+	} {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	if errors.As(err, &mbe) {
+		return CodeTooLarge
+	}
+	return CodeBadJSON
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, ErrorReply{Error: msg, Code: code})
 }

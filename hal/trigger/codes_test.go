@@ -1,0 +1,105 @@
+package trigger
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/internal/testenv/openapi"
+)
+
+// TestErrorCodes: every error reply carries the code a program decides
+// by, each code of docs/openapi/trigger.yaml's Error enum is produced by a
+// real request to the real endpoint (socket and TCP), with the status the
+// file gives it, and every reply is a documented response. Before, an
+// error was {"error": text} only: a client told a card number from a
+// malformed body by the words.
+func TestErrorCodes(t *testing.T) {
+	d := openapi.Load(t, filepath.Join("..", "..", "docs", "openapi", "trigger.yaml"))
+	d.Fallback = map[int][]string{http.StatusNotFound: {"components", "responses", "NotFound"}}
+	enum, _ := d.At("components", "schemas", "Error", "properties", "code", "enum")
+
+	e := startSocket(t, HTTPConfig{}, 1)
+	const base = "http://localhost"
+	tok := filepath.Join(t.TempDir(), "token")
+	token := "0123456789abcdef-token"
+	if err := os.WriteFile(tok, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ht, err := NewHTTP(HTTPConfig{Listen: "127.0.0.1:0", TokenFile: tok}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startHTTP(t, ht, make(chan visit.Trigger, 4))
+	tc, tbase := &http.Client{Timeout: 2 * time.Second}, "http://"+ht.TCPAddr().String()
+
+	b64 := "n4bQgYhMfWWaL+qgxVrQFaO_TxsrC4Is0V1sFbDwCgg="
+	tests := []struct {
+		x    exchange
+		code string
+	}{
+		{do(t, e.c, base, "not JSON", "POST", "/v1/visit", "", `card`), CodeBadJSON},
+		{do(t, e.c, base, "array", "POST", "/v1/visit", "", `[]`), CodeBadJSON},
+		{do(t, e.c, base, "number value", "POST", "/v1/visit", "", `{"txn_id":12}`), CodeBadJSON},
+		{do(t, e.c, base, "two objects", "POST", "/v1/visit", "", `{}{}`), CodeBadJSON},
+		{do(t, e.c, base, "unknown field", "POST", "/v1/visit", "", `{"pan":"x"}`), CodeUnknownField},
+		{do(t, e.c, base, "upper-case field", "POST", "/v1/visit", "", `{"TXN_ID":"T5"}`), CodeUnknownField},
+		{do(t, e.c, base, "duplicate field", "POST", "/v1/visit", "", `{"txn_id":"T3","txn_id":"T4"}`), CodeDuplicateField},
+		{do(t, e.c, base, "card number", "POST", "/v1/visit", "", `{"card_hash":"4111 1111 1111 1111"}`), CodeLooksLikePAN},
+		{do(t, e.c, base, "card number in txn_id", "POST", "/v1/visit", "", `{"txn_id":"PAN 4111111111111111 EXP 1225"}`), CodeLooksLikePAN},
+		// Card data first: the malformed card_hash is named in the error too.
+		{do(t, e.c, base, "card number and bad hash", "POST", "/v1/visit", "", `{"card_hash":"abc","txn_id":"4111111111111111"}`), CodeLooksLikePAN},
+		{do(t, e.c, base, "track data", "POST", "/v1/visit", "", `{"txn_id":";4111111111111111=2512"}`), CodeTrackData},
+		{do(t, e.c, base, "short hash", "POST", "/v1/visit", "", `{"card_hash":"abcdef"}`), CodeBadCardHash},
+		{do(t, e.c, base, "odd-length hex", "POST", "/v1/visit", "", `{"card_hash":"`+goodHash[:63]+`"}`), CodeBadEncoding},
+		{do(t, e.c, base, "mixed base64 alphabets", "POST", "/v1/visit", "", `{"card_hash":"`+b64+`"}`), CodeBadEncoding},
+		{do(t, e.c, base, "long txn_id", "POST", "/v1/visit", "", `{"txn_id":"`+strings.Repeat("x", 65)+`"}`), CodeBadTxnID},
+		{do(t, e.c, base, "non-ASCII txn_id", "POST", "/v1/visit", "", `{"txn_id":"caf\u00e9"}`), CodeBadTxnID},
+		{do(t, e.c, base, "too big", "POST", "/v1/visit", "", `{"txn_id":"`+strings.Repeat("a", 5000)+`"}`), CodeTooLarge},
+		{slowBody(t, e.sock), CodeBodyTimeout},
+		{do(t, e.c, base, "GET visit", "GET", "/v1/visit", "", ""), CodeMethodNotAllowed},
+		{do(t, e.c, base, "POST health", "POST", "/v1/health", "", ""), CodeMethodNotAllowed},
+		{do(t, e.c, base, "unknown path", "GET", "/v1/visits", "", ""), CodeNotFound},
+		{do(t, e.c, base, "accepted (fills the queue of one)", "POST", "/v1/visit", "", `{"txn_id":"T-1"}`), ""},
+		{do(t, e.c, base, "busy", "POST", "/v1/visit", "", `{"txn_id":"T-2"}`), CodeBusy},
+		{do(t, tc, tbase, "tcp no token", "POST", "/v1/visit", "", `{}`), CodeUnauthorized},
+		{do(t, tc, tbase, "tcp wrong token", "GET", "/v1/health", "not-the-token-at-all", ""), CodeUnauthorized},
+		{doHost(t, tc, tbase, "tcp foreign host", "POST", "/v1/visit", "evil.example:8787", token, `{}`), CodeWrongHost},
+	}
+	produced := map[string]bool{}
+	for _, tt := range tests {
+		x := tt.x
+		d.Check(x) // fails the test unless documented, body and headers included
+		if tt.code == "" {
+			if x.Code != http.StatusAccepted {
+				t.Fatalf("%s: %d %s", x.Name, x.Code, x.Resp)
+			}
+			continue
+		}
+		var r ErrorReply
+		if err := json.Unmarshal(x.Resp, &r); err != nil || r.Code != tt.code || r.Error == "" {
+			t.Errorf("%s: %d %s, want code %q", x.Name, x.Code, x.Resp, tt.code)
+		}
+		produced[r.Code] = true
+	}
+	for _, c := range enum.([]any) {
+		if !produced[c.(string)] {
+			t.Errorf("code %q is documented but no request produced it", c)
+		}
+	}
+	var documented []string
+	for _, c := range enum.([]any) {
+		documented = append(documented, c.(string))
+	}
+	for c := range produced {
+		if !slices.Contains(documented, c) {
+			t.Errorf("code %q produced but not in the OpenAPI enum", c)
+		}
+	}
+}
