@@ -292,8 +292,8 @@ func New(cfg Config, d Deps) (*Agent, error) {
 // event will get a visit of its own, false when it was coalesced into the
 // queued one (see the package documentation).
 func (a *Agent) Trigger(ev visit.Trigger) bool {
-	ok, _, _ := a.trigger(ev)
-	return ok
+	adm, _ := a.trigger(ev, false)
+	return !adm.Coalesced
 }
 
 // admit is Admit: a trigger without an id gets one here, so the caller
@@ -302,14 +302,18 @@ func (a *Agent) admit(ev visit.Trigger) visit.Admission {
 	if ev.ID == "" {
 		ev.ID = newVisitID()
 	}
-	ok, id, _ := a.trigger(ev)
-	return visit.Admission{ID: id, Coalesced: !ok}
+	adm, _ := a.trigger(ev, true)
+	return adm
 }
 
 // trigger is Trigger that also returns the id of the queued trigger (ev's
 // own, or the one ev was coalesced into) and the channel closed once no
-// trigger is queued (Emit).
-func (a *Agent) trigger(ev visit.Trigger) (bool, string, <-chan struct{}) {
+// trigger is queued (Emit). With refuseFull (the HTTP endpoint, whose reply
+// must be true), a trigger that would join the queued visit with a txn_id
+// or card hash that visit has no room left for (visit.MaxCoalesced) is
+// refused and changes nothing; without it (GPIO, replays: no reply), it
+// joins and that context is not stored.
+func (a *Agent) trigger(ev visit.Trigger, refuseFull bool) (visit.Admission, <-chan struct{}) {
 	if ev.Time.IsZero() {
 		ev.Time = a.clk.Now()
 	}
@@ -317,25 +321,32 @@ func (a *Agent) trigger(ev visit.Trigger) (bool, string, <-chan struct{}) {
 	a.stats.Triggers++
 	if a.pending != nil {
 		p := a.pending
-		id := p.ID
-		switch h := ev.Context.CardHash; {
+		h, t := ev.Context.CardHash, ev.Context.TxnID
+		// Another card (kept for the distinct-cards rules), another txn_id.
+		newCard := h != "" && p.Context.CardHash != "" && h != p.Context.CardHash && !slices.Contains(p.Context.CoalescedCards, h)
+		newTxn := t != "" && p.Context.TxnID != "" && t != p.Context.TxnID && !slices.Contains(p.Context.Coalesced, t)
+		cardRoom, txnRoom := len(p.Context.CoalescedCards) < visit.MaxCoalesced, len(p.Context.Coalesced) < visit.MaxCoalesced
+		if refuseFull && (newCard && !cardRoom || newTxn && !txnRoom) {
+			a.mu.Unlock()
+			return visit.Admission{Refused: true, Full: true}, nil
+		}
+		switch {
 		case p.Context.CardHash == "":
 			p.Context.CardHash = h
-		case h != "" && h != p.Context.CardHash && !slices.Contains(p.Context.CoalescedCards, h) && len(p.Context.CoalescedCards) < visit.MaxCoalesced:
-			// Another card: kept for the distinct-cards rules.
+		case newCard && cardRoom:
 			p.Context.CoalescedCards = append(p.Context.CoalescedCards, h)
 		}
-		switch t := ev.Context.TxnID; {
+		switch {
 		case p.Context.TxnID == "":
 			p.Context.TxnID = t
-		case t != "" && t != p.Context.TxnID && !slices.Contains(p.Context.Coalesced, t) && len(p.Context.Coalesced) < visit.MaxCoalesced:
+		case newTxn && txnRoom:
 			p.Context.Coalesced = append(p.Context.Coalesced, t)
 		}
 		a.stats.Coalesced++
-		free := a.free
+		id, free := p.ID, a.free
 		a.mu.Unlock()
 		a.obs.Coalesced()
-		return false, id, free
+		return visit.Admission{ID: id, Coalesced: true}, free
 	}
 	a.pending = &ev
 	a.free = make(chan struct{})
@@ -345,7 +356,7 @@ func (a *Agent) trigger(ev visit.Trigger) (bool, string, <-chan struct{}) {
 	case a.wake <- struct{}{}:
 	default:
 	}
-	return true, ev.ID, free
+	return visit.Admission{ID: ev.ID}, free
 }
 
 // take removes the queued trigger, if any; a.mu must be held.
@@ -421,7 +432,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if as, ok := s.(AdmitSource); ok {
 				err = as.RunAdmit(srcCtx, a.admit)
 			} else {
-				err = s.Run(srcCtx, func(ev visit.Trigger) <-chan struct{} { _, _, free := a.trigger(ev); return free })
+				err = s.Run(srcCtx, func(ev visit.Trigger) <-chan struct{} { _, free := a.trigger(ev, false); return free })
 			}
 			if err != nil && srcCtx.Err() == nil {
 				errs <- err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/hal/trigger"
 	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -206,5 +208,65 @@ func TestHTTPTriggerCardHashEncodingsAreOneCard(t *testing.T) {
 	h.waitProcessed(5)
 	if a := cardAlerts(); len(a) != 1 || a[0].Count != 2 {
 		t.Fatalf("a second card: distinct-cards alerts %+v, want one with count 2", a)
+	}
+}
+
+// The real endpoint in front of the real agent and bbolt store: past
+// visit.MaxCoalesced txn_ids (or card hashes) joined to the queued visit,
+// a trigger that brings one more is refused 503 (its txn_id not
+// remembered: a retry starts a visit), not answered "coalesced" and lost.
+// A trigger whose context the queued visit holds already, or that has
+// none, still joins it. Every txn_id answered 202 is stored with the visit
+// its reply named, and every card hash counts.
+func TestHTTPTriggerCoalesceLimitRefused(t *testing.T) {
+	src, post, want := listenHTTP(t)
+	gate, calls := make(chan struct{}), make(chan struct{}, 10)
+	h := newHarnessWith(t, "", nil, Config{}, func(d *Deps) {
+		d.Sources = []Source{httpSource{src}}
+		cam := d.Camera.(*fakeCamera)
+		cam.gate, cam.calls = gate, calls
+	})
+	card := func(i int) string {
+		return fmt.Sprintf("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a%02x", i)
+	}
+
+	code, a := post(`{"txn_id":"T-0"}`)
+	want("T-0", code, a, 202, trigger.StatusAccepted, "")
+	<-calls // visit A is in its burst
+	code, b := post(`{"txn_id":"T-1","card_hash":"` + card(0) + `"}`)
+	want("T-1", code, b, 202, trigger.StatusAccepted, "")
+	for i := 2; i < 2+visit.MaxCoalesced; i++ {
+		code, r := post(fmt.Sprintf(`{"txn_id":"T-%d","card_hash":"%s"}`, i, card(i-1)))
+		want(fmt.Sprintf("T-%d", i), code, r, 202, trigger.StatusCoalesced, b.ID)
+	}
+	over := fmt.Sprintf("T-%d", 2+visit.MaxCoalesced)
+	code, r := post(`{"txn_id":"` + over + `"}`)
+	want(over+" past the limit", code, r, 503, "", "")
+	code, r = post(`{"card_hash":"` + card(2+visit.MaxCoalesced) + `"}`)
+	want("a card past the limit", code, r, 503, "", "")
+	code, r = post(`{}`)
+	want("no context", code, r, 202, trigger.StatusCoalesced, b.ID)
+	code, r = post(`{"txn_id":"T-1","card_hash":"` + card(0) + `"}`)
+	want("T-1 retried", code, r, 200, trigger.StatusDuplicate, b.ID)
+	code, r = post(`{"txn_id":"T-5"}`)
+	want("T-5 retried", code, r, 200, trigger.StatusDuplicate, b.ID)
+
+	gate <- struct{}{}
+	<-calls
+	code, c := post(`{"txn_id":"` + over + `"}`)
+	want(over+" retried once B runs", code, c, 202, trigger.StatusAccepted, "")
+	gate <- struct{}{}
+	<-calls
+	gate <- struct{}{}
+	h.waitProcessed(3)
+	vs := h.visits()
+	if len(vs) != 3 || vs[1].ID != b.ID || vs[2].ID != c.ID || vs[2].Context.TxnID != over {
+		t.Fatalf("stored %+v, want A, B and %s as its own visit", vs, over)
+	}
+	if n := len(vs[1].Context.Coalesced); n != visit.MaxCoalesced {
+		t.Errorf("B holds %d coalesced txn_ids, want %d", n, visit.MaxCoalesced)
+	}
+	if n := len(vs[1].Context.Cards()); n != 1+visit.MaxCoalesced { // its own and the coalesced ones
+		t.Errorf("B holds %d cards, want %d", n, 1+visit.MaxCoalesced)
 	}
 }

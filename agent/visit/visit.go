@@ -178,6 +178,10 @@ type Admission struct {
 	Coalesced bool
 	// Refused: the consumer was busy and no visit was started.
 	Refused bool
+	// Full, with Refused: the trigger would have joined the queued visit,
+	// but that visit holds MaxCoalesced txn_ids (or card hashes) already,
+	// and this trigger's would not have been stored.
+	Full bool
 }
 
 // Visit is one card-insert event after perception.

@@ -3,6 +3,7 @@ package trigger
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -72,6 +73,18 @@ func TestErrorCodes(t *testing.T) {
 		{do(t, tc, tbase, "tcp wrong token", "GET", "/v1/health", "not-the-token-at-all", ""), CodeUnauthorized},
 		{doHost(t, tc, tbase, "tcp foreign host", "POST", "/v1/visit", "evil.example:8787", token, `{}`), CodeWrongHost},
 	}
+	// A consumer whose queued visit is full (the agent past
+	// visit.MaxCoalesced txn_ids: TestCoalesceLimitAcrossRestart,
+	// ./agent/daemon/, has the real one).
+	full := httptest.NewServer(e.h.AdmitHandler(func(visit.Trigger) visit.Admission {
+		return visit.Admission{Refused: true, Full: true}
+	}))
+	defer full.Close()
+	tests = append(tests, struct {
+		x    exchange
+		code string
+	}{do(t, full.Client(), full.URL, "coalesce limit", "POST", "/v1/visit", "", `{"txn_id":"T-17"}`), CodeCoalesceLimit})
+
 	produced := map[string]bool{}
 	for _, tt := range tests {
 		x := tt.x

@@ -678,8 +678,14 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 		if adm.Refused {
 			h.txns.mu.Unlock()
 			h.dropped.Add(1)
-			h.log.Warn("socket trigger dropped: consumer busy", "dropped", h.dropped.Load())
 			w.Header().Set("Retry-After", "1")
+			if adm.Full {
+				h.log.Warn("socket trigger refused: the queued visit holds as many txn_ids or card hashes as it stores", "max", visit.MaxCoalesced, "dropped", h.dropped.Load())
+				writeError(w, http.StatusServiceUnavailable, CodeCoalesceLimit,
+					fmt.Sprintf("busy: the queued visit holds %d transaction ids or card hashes already; visit not started, retry", visit.MaxCoalesced))
+				return
+			}
+			h.log.Warn("socket trigger dropped: consumer busy", "dropped", h.dropped.Load())
 			writeError(w, http.StatusServiceUnavailable, CodeBusy, "busy: visit not started")
 			return
 		}
@@ -934,6 +940,7 @@ const (
 	CodeTooLarge         = "too_large"          // 413: the body is over max_body_bytes
 	CodeWrongHost        = "wrong_host"         // 421: over TCP, a Host that is not this machine
 	CodeBusy             = "busy"               // 503: the consumer did not take the trigger
+	CodeCoalesceLimit    = "coalesce_limit"     // 503: the queued visit has no room for this trigger's txn_id or card hash
 )
 
 var (
