@@ -170,6 +170,14 @@ func deleteAlerts(tx *bolt.Tx, match func(visit.Alert) bool) error {
 			return err
 		}
 	}
+	// So does the last alert's record (LastStoredAlert) naming one: the
+	// id is a hash of the identity's.
+	meta := tx.Bucket(bMeta)
+	if v := meta.Get(kLastAlert); len(v) > 8 && ab.Get(v[8:]) == nil {
+		if err := meta.Delete(kLastAlert); err != nil {
+			return err
+		}
+	}
 	// alert_last entries pointing at deleted alerts go too.
 	lb := tx.Bucket(bAlertLast)
 	var lk [][]byte

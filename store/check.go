@@ -379,6 +379,10 @@ func (r *records) decode(bucket string, k, v []byte) string {
 			if err := checkStateSummary(v); err != nil {
 				return err.Error()
 			}
+		case string(kLastAlert):
+			if len(v) <= 8 || !isPrint(v[8:]) {
+				return "not a seq and an alert id"
+			}
 		case string(kCompactPending):
 			if _, err := decodePending(v); err != nil {
 				return "pending compaction: " + err.Error()

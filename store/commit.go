@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -128,6 +129,7 @@ func (s *Store) CommitVisit(ctx context.Context, c record.Commit) (record.Commit
 		}
 
 		var msgs []visit.OutboxMessage
+		alertOf := map[int]string{} // index in msgs: the alert's id
 		for _, a := range c.Alerts {
 			isNew, err := s.putAlert(tx, a.Alert, now)
 			if err != nil {
@@ -143,6 +145,7 @@ func (s *Store) CommitVisit(ctx context.Context, c record.Commit) (record.Commit
 				if m.Kind == "" {
 					m.Kind = "alert"
 				}
+				alertOf[len(msgs)] = a.Alert.ID
 				msgs = append(msgs, m)
 			}
 		}
@@ -151,13 +154,18 @@ func (s *Store) CommitVisit(ctx context.Context, c record.Commit) (record.Commit
 		}
 
 		msgs = append(msgs, c.Outbox...)
-		for _, m := range msgs {
+		for i, m := range msgs {
 			if m.Created.IsZero() {
 				m.Created = now
 			}
 			key, seq, err := s.enqueue(tx, &m)
 			if err != nil {
 				return err
+			}
+			if id, ok := alertOf[i]; ok {
+				if err := tx.Bucket(bMeta).Put(kLastAlert, append(binary.BigEndian.AppendUint64(nil, seq), id...)); err != nil {
+					return err
+				}
 			}
 			m.Key, m.Seq, m.Payload = key, seq, nil
 			res.Enqueued = append(res.Enqueued, m)

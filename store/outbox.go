@@ -283,6 +283,30 @@ func (s *Store) StateSummary(ctx context.Context) ([]byte, error) {
 	return b, err
 }
 
+// LastStoredAlert returns the last alert stored with an outbox message
+// (the last alert raised, whether or not the broker has it yet) and that
+// message's seq; ok false when there is none, or when it has been deleted
+// since (an erasure, retention). The daemon puts it in the retained state
+// at start, so a restart does not blank the state's last_alert.
+func (s *Store) LastStoredAlert(ctx context.Context) (a visit.Alert, seq uint64, ok bool, err error) {
+	err = s.view(ctx, "last stored alert", func(tx *bolt.Tx) error {
+		v := tx.Bucket(bMeta).Get(kLastAlert)
+		if len(v) <= 8 {
+			return nil
+		}
+		b := tx.Bucket(bAlerts).Get(v[8:])
+		if b == nil {
+			return nil
+		}
+		if err := json.Unmarshal(b, &a); err != nil {
+			return fmt.Errorf("decode alert %q: %w", v[8:], err)
+		}
+		seq, ok = binary.BigEndian.Uint64(v[:8]), true
+		return nil
+	})
+	return a, seq, ok, err
+}
+
 // OutboxStats returns the outbox depth, its payload bytes and the number of
 // messages dropped by the bound policy since the database was created, by
 // kind. It returns zeros when the store is closed.

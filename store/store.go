@@ -93,7 +93,12 @@ var (
 	// the broker acknowledged (totals only, no identity), kept for the
 	// next start (StateSummary).
 	kStateSummary = []byte("state_summary")
-	droppedPfx    = "dropped/"
+	// kLastAlert: the outbox seq (8 bytes) and the id of the last alert
+	// stored with a message, so a restarted agent's state names it
+	// (LastStoredAlert). The alert itself stays in bAlerts, where an
+	// erasure deletes it.
+	kLastAlert = []byte("last_alert")
+	droppedPfx = "dropped/"
 )
 
 // migrations[i] upgrades a database from schema version i to i+1. Version 0 is

@@ -143,6 +143,7 @@ func NewContext(ctx context.Context, cfg Config, opts Options) (_ *Daemon, err e
 		if err != nil {
 			return nil, err
 		}
+		d.restoreLastAlert(ctx)
 	}
 	d.registerMetrics()
 	return d, nil

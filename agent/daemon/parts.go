@@ -16,6 +16,7 @@ import (
 	"github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/hal/trigger"
 	"github.com/periocular/atm-agent/models"
+	"github.com/periocular/atm-agent/sync/wire"
 )
 
 // loadModels loads the manifest, the vision pipeline and the identity
@@ -180,5 +181,20 @@ func (s replaySource) Run(ctx context.Context, emit agent.Emit) error {
 		case err := <-done:
 			return err
 		}
+	}
+}
+
+// restoreLastAlert gives the publisher the last alert the store holds, so
+// the first retained state after a start names it (last_alert), as it
+// names the last summary. A store that cannot say is logged: the state
+// then has no last_alert until the next alert is sent.
+func (d *Daemon) restoreLastAlert(ctx context.Context) {
+	a, seq, ok, err := d.st.LastStoredAlert(ctx)
+	switch {
+	case err != nil:
+		d.log.Warn("the last alert stored could not be read; the state names none until the next", "err", err)
+	case ok:
+		w := wire.NewAlert(wire.Envelope{Seq: seq}, a)
+		d.pub.RestoreLastAlert(w)
 	}
 }

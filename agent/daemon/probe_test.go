@@ -17,6 +17,26 @@ import (
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
+// faceFolder is a new image folder (an image-folder camera's source) with
+// the named face-api sample photos.
+func faceFolder(t *testing.T, names ...string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "frames")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range names {
+		b, err := os.ReadFile(filepath.Join(testenv.ModelSrc(), "face-api", "demo", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
 // TestIdleCameraFailureReported: the daemon (real models, store, camera
 // supervisor and gocv image-folder driver, trigger endpoint on its socket,
 // MQTT to a real mosquitto) with camera.probe_interval 500ms. The folder
@@ -29,19 +49,7 @@ func TestIdleCameraFailureReported(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts mosquitto and loads the models")
 	}
-	frames := filepath.Join(t.TempDir(), "frames")
-	if err := os.Mkdir(frames, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"sample1.jpg", "sample2.jpg"} {
-		b, err := os.ReadFile(filepath.Join(testenv.ModelSrc(), "face-api", "demo", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(frames, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	frames := faceFolder(t, "sample1.jpg", "sample2.jpg")
 	m := fleettest.StartMosquitto(t, "")
 	cfg := mqttTestConfig(t, m.URL(), DeviceConfig{ID: "atm-p", Site: "test"})
 	sock := filepath.Join(t.TempDir(), "trigger.sock")
