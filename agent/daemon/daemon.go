@@ -231,7 +231,7 @@ func (d *Daemon) newAgent() error {
 		return err
 	}
 	sources, gp, err := newSources(d.cfg.Trigger, d.log, d.seedTxnIDs,
-		trigger.WithVersion(d.opts.Version), trigger.WithReadiness(d.triggerReadiness))
+		trigger.WithVersion(d.opts.Version), trigger.WithReadiness(d.triggerReadiness), trigger.WithVisitLookup(d.storedVisit))
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/periocular/atm-agent/hal/camera"
 	"github.com/periocular/atm-agent/hal/trigger"
 	"github.com/periocular/atm-agent/models"
+	"github.com/periocular/atm-agent/store"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -197,4 +199,19 @@ func (d *Daemon) restoreLastAlert(ctx context.Context) {
 		w := wire.NewAlert(wire.Envelope{Seq: seq}, a)
 		d.pub.RestoreLastAlert(w)
 	}
+}
+
+// storedVisit answers the trigger endpoint's GET /v1/visits/{txn_id}
+// from the store: the visit's time, outcome, mask state and whether an
+// identity was assigned; never the identity's id, the template or a card.
+func (d *Daemon) storedVisit(ctx context.Context, visitID, txnID string) (trigger.StoredVisit, error) {
+	v, err := d.st.Visit(ctx, visitID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return trigger.StoredVisit{}, trigger.ErrVisitNotStored
+	case err != nil:
+		return trigger.StoredVisit{}, err
+	}
+	return trigger.StoredVisit{Time: v.Time, Outcome: v.Outcome.String(), Mask: v.Mask.String(),
+		Identified: v.IdentityID != "", Coalesced: v.Context.TxnID != txnID}, nil
 }

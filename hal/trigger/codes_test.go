@@ -85,6 +85,34 @@ func TestErrorCodes(t *testing.T) {
 		code string
 	}{do(t, full.Client(), full.URL, "coalesce limit", "POST", "/v1/visit", "", `{"txn_id":"T-17"}`), CodeCoalesceLimit})
 
+	// GET /v1/visits/{txn_id} in front of a stand-in store.
+	ev := startSocket(t, HTTPConfig{}, 4, WithVisitLookup(standInLookup))
+	for _, txn := range []string{"RRN 1", "T-pending", "T-broken"} {
+		if x := do(t, ev.c, base, "take "+txn, "POST", "/v1/visit", "", `{"txn_id":"`+txn+`"}`); x.Code != http.StatusAccepted {
+			t.Fatalf("POST %s: %d %s", txn, x.Code, x.Resp)
+		}
+	}
+	for _, c := range []struct{ name, path, code string }{
+		{"visit pending", "/v1/visits/T-pending", CodeVisitPending},
+		{"visit unknown", "/v1/visits/T-never", CodeVisitUnknown},
+		{"visit store error", "/v1/visits/T-broken", CodeStoreError},
+		{"visit non-ASCII txn_id", "/v1/visits/caf%C3%A9", CodeBadTxnID},
+		{"visit card number", "/v1/visits/4111%201111%201111%201111", CodeLooksLikePAN},
+		{"visit track data", "/v1/visits/%3B4111111111111111%3D2512", CodeTrackData},
+		{"visit POST", "/v1/visits/RRN%201", CodeMethodNotAllowed},
+	} {
+		method := "GET"
+		if c.name == "visit POST" {
+			method = "POST"
+		}
+		x := do(t, ev.c, base, c.name, method, c.path, "", "")
+		x.Route = "/v1/visits/{txn_id}"
+		tests = append(tests, struct {
+			x    exchange
+			code string
+		}{x, c.code})
+	}
+
 	produced := map[string]bool{}
 	for _, tt := range tests {
 		x := tt.x

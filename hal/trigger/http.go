@@ -156,6 +156,7 @@ const (
 //	                 -> 200 {"id", "time", "status": "duplicate"} (txn_id seen within the window)
 //	GET  /v1/health  -> 200 {"status": "ok", "accepted", "dropped", "duplicates", "coalesced",
 //	                         "version", "ready", "camera", "reasons"} (the last four when set: WithVersion, WithReadiness)
+//	GET  /v1/visits/{txn_id} -> 200 VisitStatus (WithVisitLookup; visitquery.go)
 //
 // A busy consumer answers 503 (the visit was not started).
 type HTTP struct {
@@ -173,6 +174,7 @@ type HTTP struct {
 	// version and readiness, when set, are reported by GET /v1/health.
 	version   string
 	readiness func() Readiness
+	lookup    VisitLookup // GET /v1/visits/{txn_id}, when set
 
 	mu   sync.Mutex
 	lns  []net.Listener
@@ -733,6 +735,10 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 	// Go's client re-posts). The path is cleaned as ServeMux cleans it and
 	// served at once; any other path is a JSON 404.
 	mux := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rest, ok := h.visitRest(r); ok {
+			h.serveVisit(w, r, rest)
+			return
+		}
 		switch cleanPath(r.URL.Path) {
 		case "/v1/visit":
 			visitH(w, r)
@@ -740,7 +746,7 @@ func (h *HTTP) AdmitHandler(admit func(visit.Trigger) visit.Admission) http.Hand
 			healthH(w, r)
 		default:
 			abandonBody(w, r)
-			writeError(w, http.StatusNotFound, CodeNotFound, "no such endpoint: the endpoints are POST /v1/visit and GET /v1/health")
+			writeError(w, http.StatusNotFound, CodeNotFound, "no such endpoint: the endpoints are POST /v1/visit, GET /v1/health and GET /v1/visits/{txn_id}")
 		}
 	})
 	return h.knownHost(limitBodyTime(h.authenticate(mux)))

@@ -1,7 +1,9 @@
 package trigger
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -154,6 +156,34 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 		do(t, srv.Client(), srv.URL, "queued", "POST", "/v1/visit", "", `{"txn_id":"A"}`),
 		do(t, srv.Client(), srv.URL, "coalesced", "POST", "/v1/visit", "", `{"txn_id":"B"}`))
 
+	// GET /v1/visits/{txn_id}, over the socket and TCP, in front of a
+	// stand-in store.
+	ev := startSocket(t, HTTPConfig{}, 4, WithVisitLookup(standInLookup))
+	ht2, err := NewHTTP(HTTPConfig{Listen: "127.0.0.1:0", TokenFile: tok}, nil, WithVisitLookup(standInLookup))
+	if err != nil {
+		t.Fatal(err)
+	}
+	startHTTP(t, ht2, make(chan visit.Trigger, 4))
+	t2base := "http://" + ht2.TCPAddr().String()
+	for _, txn := range []string{"RRN 1", "T-pending", "T-broken"} {
+		do(t, ev.c, base, "take "+txn, "POST", "/v1/visit", "", `{"txn_id":"`+txn+`"}`)
+	}
+	do(t, tc, t2base, "take over TCP", "POST", "/v1/visit", token, `{"txn_id":"RRN 1"}`)
+	for _, x := range []exchange{
+		do(t, ev.c, base, "visit stored", "GET", "/v1/visits/RRN%201", "", ""),
+		do(t, ev.c, base, "visit pending", "GET", "/v1/visits/T-pending", "", ""),
+		do(t, ev.c, base, "visit unknown", "GET", "/v1/visits/T-never", "", ""),
+		do(t, ev.c, base, "visit store error", "GET", "/v1/visits/T-broken", "", ""),
+		do(t, ev.c, base, "visit bad txn_id", "GET", "/v1/visits/caf%C3%A9", "", ""),
+		do(t, ev.c, base, "visit POST", "POST", "/v1/visits/RRN%201", "", ""),
+		do(t, tc, t2base, "tcp visit", "GET", "/v1/visits/RRN%201", token, ""),
+		do(t, tc, t2base, "tcp visit no token", "GET", "/v1/visits/RRN%201", "", ""),
+		doHost(t, tc, t2base, "tcp visit foreign host", "GET", "/v1/visits/RRN%201", "evil.example", token, ""),
+	} {
+		x.Route = "/v1/visits/{txn_id}"
+		xs = append(xs, x)
+	}
+
 	reqSchema := d.Schema("paths", "/v1/visit", "post", "requestBody", "content", "application/json", "schema")
 	statuses := map[string]string{}
 	for _, x := range xs {
@@ -185,6 +215,19 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 		t.Errorf("documented but never produced: %v", missing)
 	}
 	t.Logf("%d exchanges validated against docs/openapi/trigger.yaml", len(xs))
+}
+
+// standInLookup is a store for GET /v1/visits/{txn_id}: "RRN 1" is a
+// stored face visit, "T-pending" not stored yet, "T-broken" a store that
+// fails.
+func standInLookup(_ context.Context, visitID, txn string) (StoredVisit, error) {
+	switch txn {
+	case "RRN 1":
+		return StoredVisit{Time: time.Date(2026, 12, 8, 9, 0, 0, 0, time.UTC), Outcome: "face", Mask: "unmasked", Identified: true}, nil
+	case "T-broken":
+		return StoredVisit{}, errors.New("store broken")
+	}
+	return StoredVisit{}, ErrVisitNotStored
 }
 
 // slowBody sends a POST over the socket whose body stops arriving: the
