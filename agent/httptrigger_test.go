@@ -69,18 +69,26 @@ func listenHTTP(t *testing.T) (*trigger.HTTP, func(body string) (int, trigger.Vi
 	return src, post, want
 }
 
-// The real endpoint in front of the real agent and bbolt store: a retried
-// txn_id is answered with the first visit's id and stored once, and a
-// trigger coalesced into the queued visit is answered with that visit's id,
-// which is the id stored.
-func TestHTTPTriggerRetryAndCoalesceStoredOnce(t *testing.T) {
-	src, post, want := listenHTTP(t)
+// gatedHarness is the real agent and store behind the endpoint src, with
+// a camera whose bursts start on calls and end on gate.
+func gatedHarness(t *testing.T, src *trigger.HTTP) (*harness, chan struct{}, chan struct{}) {
+	t.Helper()
 	gate, calls := make(chan struct{}), make(chan struct{}, 10)
 	h := newHarnessWith(t, "", nil, Config{}, func(d *Deps) {
 		d.Sources = []Source{httpSource{src}}
 		cam := d.Camera.(*fakeCamera)
 		cam.gate, cam.calls = gate, calls
 	})
+	return h, gate, calls
+}
+
+// The real endpoint in front of the real agent and bbolt store: a retried
+// txn_id is answered with the first visit's id and stored once, and a
+// trigger coalesced into the queued visit is answered with that visit's id,
+// which is the id stored.
+func TestHTTPTriggerRetryAndCoalesceStoredOnce(t *testing.T) {
+	src, post, want := listenHTTP(t)
+	h, gate, calls := gatedHarness(t, src)
 
 	code, a := post(`{"txn_id":"T-1"}`)
 	want("T-1", code, a, 202, trigger.StatusAccepted, "")
@@ -220,12 +228,7 @@ func TestHTTPTriggerCardHashEncodingsAreOneCard(t *testing.T) {
 // its reply named, and every card hash counts.
 func TestHTTPTriggerCoalesceLimitRefused(t *testing.T) {
 	src, post, want := listenHTTP(t)
-	gate, calls := make(chan struct{}), make(chan struct{}, 10)
-	h := newHarnessWith(t, "", nil, Config{}, func(d *Deps) {
-		d.Sources = []Source{httpSource{src}}
-		cam := d.Camera.(*fakeCamera)
-		cam.gate, cam.calls = gate, calls
-	})
+	h, gate, calls := gatedHarness(t, src)
 	card := func(i int) string {
 		return fmt.Sprintf("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a%02x", i)
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -44,13 +43,7 @@ func TestCoalesceLimitAcrossRestart(t *testing.T) {
 		}
 		return d, runDaemon(t, d)
 	}
-	// At most 16 connections (the socket's cap, trigger.MaxSocketConns,
-	// is 32): the 40 requests queue for them, all at once.
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 16,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var dl net.Dialer
-			return dl.DialContext(ctx, "unix", sock)
-		}}}
+	hc := socketClient(sock) // the 40 requests queue for its 16 connections, all at once
 	type reply struct {
 		code       int
 		retryAfter string
@@ -72,22 +65,9 @@ func TestCoalesceLimitAcrossRestart(t *testing.T) {
 		_ = json.Unmarshal(raw, &r.ErrorReply)
 		return r, nil
 	}
-	waitUp := func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if resp, err := hc.Get("http://agent/v1/health"); err == nil {
-				resp.Body.Close()
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the trigger endpoint did not serve")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
 
 	d, stop := start()
-	waitUp()
+	waitServing(t, hc)
 	const n = 40
 	replies := make([]reply, n)
 	var wg sync.WaitGroup
@@ -139,7 +119,7 @@ func TestCoalesceLimitAcrossRestart(t *testing.T) {
 
 	_, stop = start()
 	defer stop()
-	waitUp()
+	waitServing(t, hc)
 	for i := range n {
 		txn := fmt.Sprintf("CC-%d", i)
 		r, err := post(txn)

@@ -37,6 +37,35 @@ func faceFolder(t *testing.T, names ...string) string {
 	return dir
 }
 
+// socketClient is an HTTP client of the trigger endpoint on socket sock.
+func socketClient(sock string) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		// At most 16 connections: the socket's cap (trigger.MaxSocketConns)
+		// is 32, and requests beyond the cap queue here.
+		MaxConnsPerHost: 16,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var dl net.Dialer
+			return dl.DialContext(ctx, "unix", sock)
+		}}}
+}
+
+// waitServing waits until the trigger endpoint answers (it serves once
+// the agent runs).
+func waitServing(t *testing.T, hc *http.Client) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if resp, err := hc.Get("http://agent/v1/health"); err == nil {
+			resp.Body.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the trigger endpoint did not serve")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestIdleCameraFailureReported: the daemon (real models, store, camera
 // supervisor and gocv image-folder driver, trigger endpoint on its socket,
 // MQTT to a real mosquitto) with camera.probe_interval 500ms. The folder
@@ -66,11 +95,7 @@ func TestIdleCameraFailureReported(t *testing.T) {
 	}
 	defer runDaemon(t, d)()
 
-	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var dl net.Dialer
-			return dl.DialContext(ctx, "unix", sock)
-		}}}
+	hc := socketClient(sock)
 	// state reads the three views: /v1/health (ready, camera), /healthz
 	// (ok) and the retained status (health).
 	type views struct {

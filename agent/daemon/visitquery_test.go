@@ -2,9 +2,7 @@ package daemon
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -33,11 +31,7 @@ func TestVisitOutcomeWhileRunning(t *testing.T) {
 	cfg.Trigger.HTTP.Enabled, cfg.Trigger.HTTP.Socket = true, sock
 	cfg.Camera.Source, cfg.Camera.Kind, cfg.Camera.Loop = faceFolder(t, "sample1.jpg"), camera.KindImages, true
 	cfg.fill()
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var dl net.Dialer
-			return dl.DialContext(ctx, "unix", sock)
-		}}}
+	hc := socketClient(sock)
 	call := func(method, path, body string) (int, http.Header, map[string]any) {
 		t.Helper()
 		req, _ := http.NewRequest(method, "http://agent"+path, bytes.NewBufferString(body))
@@ -58,17 +52,8 @@ func TestVisitOutcomeWhileRunning(t *testing.T) {
 			t.Fatal(err)
 		}
 		stop := runDaemon(t, d)
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if resp, err := hc.Get("http://agent/v1/health"); err == nil {
-				resp.Body.Close()
-				return stop
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the trigger endpoint did not serve")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitServing(t, hc)
+		return stop
 	}
 	// outcome polls GET /v1/visits/{txn} until the visit is stored; the
 	// first answer must be pending or stored.

@@ -4,12 +4,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/internal/testenv/openapi"
@@ -28,17 +26,8 @@ func TestErrorCodes(t *testing.T) {
 
 	e := startSocket(t, HTTPConfig{}, 1)
 	const base = "http://localhost"
-	tok := filepath.Join(t.TempDir(), "token")
-	token := "0123456789abcdef-token"
-	if err := os.WriteFile(tok, []byte(token), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ht, err := NewHTTP(HTTPConfig{Listen: "127.0.0.1:0", TokenFile: tok}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	startHTTP(t, ht, make(chan visit.Trigger, 4))
-	tc, tbase := &http.Client{Timeout: 2 * time.Second}, "http://"+ht.TCPAddr().String()
+	tc, tbase := startTCP(t, tcpToken)
+	token := tcpToken
 
 	b64 := "n4bQgYhMfWWaL+qgxVrQFaO_TxsrC4Is0V1sFbDwCgg="
 	tests := []struct {

@@ -106,18 +106,8 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 	xs = append(xs, do(t, er.c, base, "health not ready", "GET", "/v1/health", "", ""))
 
 	// Loopback TCP with a token.
-	tok := filepath.Join(t.TempDir(), "token")
-	token := "0123456789abcdef-token"
-	if err := os.WriteFile(tok, []byte(token), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ht, err := NewHTTP(HTTPConfig{Listen: "127.0.0.1:0", TokenFile: tok}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	outT := make(chan visit.Trigger, 4)
-	startHTTP(t, ht, outT)
-	tc, tbase := &http.Client{Timeout: 2 * time.Second}, "http://"+ht.TCPAddr().String()
+	tc, tbase := startTCP(t, tcpToken)
+	token := tcpToken
 	xs = append(xs,
 		do(t, tc, tbase, "tcp no token", "POST", "/v1/visit", "", `{}`),
 		do(t, tc, tbase, "tcp health no token", "GET", "/v1/health", "", ""),
@@ -159,12 +149,7 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 	// GET /v1/visits/{txn_id}, over the socket and TCP, in front of a
 	// stand-in store.
 	ev := startSocket(t, HTTPConfig{}, 4, WithVisitLookup(standInLookup))
-	ht2, err := NewHTTP(HTTPConfig{Listen: "127.0.0.1:0", TokenFile: tok}, nil, WithVisitLookup(standInLookup))
-	if err != nil {
-		t.Fatal(err)
-	}
-	startHTTP(t, ht2, make(chan visit.Trigger, 4))
-	t2base := "http://" + ht2.TCPAddr().String()
+	_, t2base := startTCP(t, tcpToken, WithVisitLookup(standInLookup))
 	for _, txn := range []string{"RRN 1", "T-pending", "T-broken"} {
 		do(t, ev.c, base, "take "+txn, "POST", "/v1/visit", "", `{"txn_id":"`+txn+`"}`)
 	}
@@ -215,6 +200,25 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 		t.Errorf("documented but never produced: %v", missing)
 	}
 	t.Logf("%d exchanges validated against docs/openapi/trigger.yaml", len(xs))
+}
+
+// tcpToken is the bearer token of startTCP's endpoints.
+const tcpToken = "0123456789abcdef-token"
+
+// startTCP runs an endpoint on loopback TCP that requires token, and
+// returns a client and the base URL.
+func startTCP(t *testing.T, token string, opts ...HTTPOption) (*http.Client, string) {
+	t.Helper()
+	tok := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tok, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHTTP(HTTPConfig{Listen: "127.0.0.1:0", TokenFile: tok}, nil, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startHTTP(t, h, make(chan visit.Trigger, 4))
+	return &http.Client{Timeout: 2 * time.Second}, "http://" + h.TCPAddr().String()
 }
 
 // standInLookup is a store for GET /v1/visits/{txn_id}: "RRN 1" is a
