@@ -191,6 +191,11 @@ type Deps struct {
 	NewIdentityQuality float64
 	// Site and Device fill the payload envelopes.
 	Site, Device string
+	// Deleted, when not nil, is called on the worker after an erasure
+	// (PurgeIdentity) or a retention purge has deleted from the store: the
+	// daemon has the MQTT publisher take out of its retained state an
+	// alert the store no longer holds. It must not block for long.
+	Deleted func()
 }
 
 // Agent runs the visit pipeline. Create with New, drive with Run.
@@ -605,6 +610,7 @@ func (a *Agent) PurgeIdentity(ctx context.Context, id string) (int, error) {
 		if lerr := a.loadConstraints(ctx); lerr != nil {
 			a.log.Error("purge identity", "err", lerr)
 		}
+		a.afterDelete(ctx, "purge identity", n)
 		return err
 	})
 	return n, err

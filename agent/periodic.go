@@ -285,8 +285,26 @@ func (a *Agent) purge(ctx context.Context) {
 	}
 	a.count(func(s *Stats) { s.Purged += uint64(n) })
 	a.obs.Purged(n)
+	// Alerts older than the window go even when no visit does.
+	a.afterDelete(ctx, "retention purge", n)
 	if n > 0 || len(gone) > 0 {
 		a.log.Info("retention purge", "visits", n, "identities_forgotten", len(gone))
+	}
+}
+
+// afterDelete follows a deletion from the store (an erasure, retention):
+// Deps.Deleted is told, and when visits went a summary without them is
+// queued at once, so the summary the broker retains stops listing an
+// erased identity (its id and counts) now, not at the next periodic one.
+func (a *Agent) afterDelete(ctx context.Context, op string, visits int) {
+	if a.d.Deleted != nil {
+		a.d.Deleted()
+	}
+	if visits == 0 {
+		return
+	}
+	if err := a.publishSummary(ctx); err != nil {
+		a.log.Error(op+": summary", "err", err)
 	}
 }
 

@@ -255,7 +255,7 @@ func (d *Daemon) newAgent() error {
 		Camera: cam, Perceiver: d.pipe, Store: d.st, Identities: d.eng, Rules: re,
 		Sources: append(sources, d.opts.Sources...), Logger: d.log.With("component", "agent"), Observer: obs,
 		Model: d.pipe.TemplateModel, NewIdentityQuality: d.pipe.Config().NewIdentityQuality,
-		Site: d.cfg.Device.Site, Device: d.cfg.Device.ID, Heartbeat: d.beat.beat,
+		Site: d.cfg.Device.Site, Device: d.cfg.Device.ID, Heartbeat: d.beat.beat, Deleted: d.alertsDeleted,
 	})
 	return err
 }

@@ -201,6 +201,16 @@ func (d *Daemon) restoreLastAlert(ctx context.Context) {
 	}
 }
 
+// alertsDeleted follows an erasure or a retention purge: the publisher
+// (New makes it after the agent, which calls this only once Run has
+// started) drops from the retained state an alert the store no longer
+// holds.
+func (d *Daemon) alertsDeleted() {
+	if d.pub != nil {
+		d.pub.AlertsDeleted()
+	}
+}
+
 // storedVisit answers the trigger endpoint's GET /v1/visits/{txn_id}
 // from the store: the visit's time, outcome, mask state and whether an
 // identity was assigned; never the identity's id, the template or a card.

@@ -699,11 +699,7 @@ func (p *Publisher) sent(m visit.OutboxMessage, payload []byte) {
 		if json.Unmarshal(payload, &a) != nil {
 			return
 		}
-		p.statusMu.Lock()
-		p.lastAlert = &wire.StateAlert{AlertID: a.AlertID, Rule: a.Rule, Kind: a.Kind, IdentityID: a.IdentityID, VisitID: a.VisitID,
-			TxnID: a.TxnID, Window: a.Window, Count: a.Count, Threshold: a.Threshold, Raised: a.Raised, Seq: a.Seq}
-		p.stateDirty = true
-		p.statusMu.Unlock()
+		p.setLastAlert(a)
 	}
 }
 
