@@ -126,10 +126,16 @@ const MaxRejectPayload = 4096
 // Device is one ATM as the fleet sees it.
 type Device struct {
 	Site, Device string
-	// Status is the last status received (arrival order: the Last Will
-	// carries an older ts than the online status it replaces).
+	// Status is the device's present status: the last one received that
+	// NextStatus let replace the one held (a Last Will carries an older ts
+	// than the online status it replaces, and still replaces it).
 	Status         *wire.Status
 	StatusReceived time.Time
+	// StatusMaxTS is the newest ts among the statuses of Status's run
+	// (its started_at) applied so far, StatusWillTS the ts of the last
+	// will (offline) of that run applied: NextStatus orders by them.
+	StatusMaxTS  time.Time `json:",omitzero"`
+	StatusWillTS time.Time `json:",omitzero"`
 	// StatusAuthenticated: Status was signed by the key pinned for the
 	// device (false: no key was pinned when it came).
 	StatusAuthenticated bool `json:",omitempty"`
@@ -163,13 +169,71 @@ func (d Device) State() string {
 	return string(d.Status.State)
 }
 
-// LastHeard is when the fleet last received anything from d: a status, a
-// summary or an alert.
+// LastHeard is when the fleet last heard from d: the later of its
+// status's StatusHeard and the arrival of its last summary or alert.
 func (d Device) LastHeard() time.Time {
-	if d.LastReceived.After(d.StatusReceived) {
-		return d.LastReceived
+	if heard := d.StatusHeard(); d.LastReceived.Before(heard) {
+		return heard
+	}
+	return d.LastReceived
+}
+
+// StatusHeard is when d's status speaks for: its arrival, or its own ts
+// when that is earlier (a status replayed or delivered late speaks for
+// when the agent built it; a ts ahead of the fleet's clock counts as the
+// arrival).
+func (d Device) StatusHeard() time.Time {
+	if d.Status != nil && !d.Status.TS.IsZero() && d.Status.TS.Before(d.StatusReceived) {
+		return d.Status.TS
 	}
 	return d.StatusReceived
+}
+
+// NextStatus applies s to d when it is the device's present status, and
+// reports whether it did. Statuses are ordered by the agent's run (their
+// started_at), then by ts within a run:
+//   - a status of an earlier run than the one held never replaces it (a
+//     replayed status, or will, of a run before the agent's restart);
+//   - an online or stopped status replaces one of its own run only when
+//     its ts is after every ts of the run applied so far (a replayed
+//     status of the run, also after the run's will made it offline);
+//   - a will (offline) replaces one of its own run when its ts is after
+//     that of the run's last will applied, and the run has not stopped: a
+//     will's ts is when its connection was made, before the online status
+//     published on it, so it is not ordered against those; a will of an
+//     earlier connection of the run, replayed, is not after the last one.
+//
+// A status without started_at, or held while its started_at lay more
+// than MaxAhead past its arrival (an agent clock gone wrong at start),
+// is taken in arrival order, as before started_at was read.
+func NextStatus(d *Device, s Status) bool {
+	st := s.Status
+	if h := d.Status; h != nil && !st.StartedAt.IsZero() && !h.StartedAt.IsZero() && !h.StartedAt.After(d.StatusReceived.Add(MaxAhead)) {
+		switch {
+		case st.StartedAt.Before(h.StartedAt):
+			return false
+		case st.StartedAt.Equal(h.StartedAt) && st.State == wire.StateOffline:
+			if h.State == wire.StateStopped || !st.TS.After(d.StatusWillTS) {
+				return false
+			}
+		case st.StartedAt.Equal(h.StartedAt):
+			if !st.TS.After(d.StatusMaxTS) {
+				return false
+			}
+		default: // a new run
+			d.StatusMaxTS, d.StatusWillTS = time.Time{}, time.Time{}
+		}
+	} else {
+		d.StatusMaxTS, d.StatusWillTS = time.Time{}, time.Time{}
+	}
+	d.Status, d.StatusReceived, d.StatusAuthenticated = &st, s.Received.UTC(), s.Authenticated
+	if st.TS.After(d.StatusMaxTS) && !st.TS.After(s.Received.Add(MaxAhead)) {
+		d.StatusMaxTS = st.TS.UTC()
+	}
+	if st.State == wire.StateOffline {
+		d.StatusWillTS = st.TS.UTC()
+	}
+	return true
 }
 
 // Stale reports whether d's last status says online but nothing has come

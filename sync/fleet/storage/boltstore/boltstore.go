@@ -474,9 +474,11 @@ func (s *Store) PutStatuses(ctx context.Context, sts []storage.Status) error {
 	if len(sts) == 0 {
 		return nil
 	}
+	var applied []storage.Status
 	err := s.update(ctx, "put status", func(tx *bolt.Tx) error {
 		devs := map[string]*storage.Device{}
 		var order []string
+		applied = applied[:0]
 		for _, st := range sts {
 			k := string(dkey(st.Site, st.Device))
 			d := devs[k]
@@ -489,8 +491,9 @@ func (s *Store) PutStatuses(ctx context.Context, sts []storage.Status) error {
 				devs[k] = d
 				order = append(order, k)
 			}
-			status := st.Status
-			d.Status, d.StatusReceived, d.StatusAuthenticated = &status, st.Received.UTC(), st.Authenticated
+			if storage.NextStatus(d, st) {
+				applied = append(applied, st)
+			}
 		}
 		for _, k := range order {
 			if err := putJSON(tx.Bucket(bDevices), []byte(k), devs[k]); err != nil {
@@ -501,7 +504,7 @@ func (s *Store) PutStatuses(ctx context.Context, sts []storage.Status) error {
 	})
 	if err == nil {
 		seen := map[storage.Change]bool{}
-		for _, st := range sts {
+		for _, st := range applied {
 			c := storage.Change{Kind: "status", Site: st.Site, Device: st.Device}
 			if !seen[c] {
 				seen[c] = true

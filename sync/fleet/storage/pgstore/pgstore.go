@@ -96,6 +96,9 @@ var schema = []string{
 	`ALTER TABLE atm_fleet_devices ADD COLUMN IF NOT EXISTS status_authenticated boolean NOT NULL DEFAULT false`,
 	`ALTER TABLE atm_fleet_devices ADD COLUMN IF NOT EXISTS summary_authenticated boolean NOT NULL DEFAULT false`,
 	`ALTER TABLE atm_fleet_alerts ADD COLUMN IF NOT EXISTS authenticated boolean NOT NULL DEFAULT false`,
+	// The order of a device's statuses (storage.NextStatus).
+	`ALTER TABLE atm_fleet_devices ADD COLUMN IF NOT EXISTS status_max_ts timestamptz`,
+	`ALTER TABLE atm_fleet_devices ADD COLUMN IF NOT EXISTS status_will_ts timestamptz`,
 	// The pinned keys that sign each device's command replies.
 	`CREATE TABLE IF NOT EXISTS atm_fleet_device_keys (
 		site text NOT NULL, device text NOT NULL, public_key bytea NOT NULL, pinned timestamptz NOT NULL, pinned_by text NOT NULL,
@@ -466,32 +469,42 @@ func applyOne(ctx context.Context, tx pgx.Tx, m storage.Message) (bool, error) {
 	return true, nil
 }
 
-// PutStatus implements storage.Store (arrival order wins).
+// PutStatus implements storage.Store.
 func (s *Store) PutStatus(ctx context.Context, st storage.Status) error {
 	return s.PutStatuses(ctx, []storage.Status{st})
 }
 
 // PutStatuses implements storage.BatchWriter: one transaction for all, in
-// arrival order (the last status of a device wins).
+// arrival order, each applied when storage.NextStatus takes it.
 func (s *Store) PutStatuses(ctx context.Context, sts []storage.Status) error {
 	if len(sts) == 0 {
 		return nil
 	}
-	raw := make([][]byte, len(sts))
-	for i, st := range sts {
-		b, err := json.Marshal(st.Status)
-		if err != nil {
-			return fmt.Errorf("put status: %w", err)
-		}
-		raw[i] = b
-	}
 	return s.tx(ctx, "put status", func(tx pgx.Tx) error {
+		devs := map[[2]string]*storage.Device{}
 		seen := map[storage.Change]bool{}
-		for i, st := range sts {
-			if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_devices (site, device, status, status_received, status_authenticated) VALUES ($1, $2, $3, $4, $5)
+		for _, st := range sts {
+			k := [2]string{st.Site, st.Device}
+			d := devs[k]
+			if d == nil {
+				var err error
+				if d, err = lockStatus(ctx, tx, st.Site, st.Device); err != nil {
+					return err
+				}
+				devs[k] = d
+			}
+			if !storage.NextStatus(d, st) {
+				continue
+			}
+			raw, err := json.Marshal(d.Status)
+			if err != nil {
+				return fmt.Errorf("put status: %w", err)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_devices (site, device, status, status_received, status_authenticated, status_max_ts, status_will_ts)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)
 			ON CONFLICT (site, device) DO UPDATE SET status = EXCLUDED.status, status_received = EXCLUDED.status_received,
-				status_authenticated = EXCLUDED.status_authenticated`,
-				st.Site, st.Device, raw[i], st.Received.UTC(), st.Authenticated); err != nil {
+				status_authenticated = EXCLUDED.status_authenticated, status_max_ts = EXCLUDED.status_max_ts, status_will_ts = EXCLUDED.status_will_ts`,
+				st.Site, st.Device, raw, d.StatusReceived, d.StatusAuthenticated, nullTime(d.StatusMaxTS), nullTime(d.StatusWillTS)); err != nil {
 				return err
 			}
 			c := storage.Change{Kind: "status", Site: st.Site, Device: st.Device}
@@ -505,6 +518,49 @@ func (s *Store) PutStatuses(ctx context.Context, sts []storage.Status) error {
 		}
 		return nil
 	})
+}
+
+// nullTime is t, or NULL when t is zero.
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}
+
+// lockStatus reads what storage.NextStatus orders a device's statuses by,
+// locking its row until the transaction ends (an empty device when none).
+func lockStatus(ctx context.Context, tx pgx.Tx, site, device string) (*storage.Device, error) {
+	d := &storage.Device{Site: site, Device: device}
+	var status []byte
+	var recv, maxTS, willTS *time.Time
+	err := tx.QueryRow(ctx, `SELECT status, status_received, status_max_ts, status_will_ts FROM atm_fleet_devices WHERE site = $1 AND device = $2 FOR UPDATE`,
+		site, device).Scan(&status, &recv, &maxTS, &willTS)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return d, nil
+	case err != nil:
+		return nil, err
+	}
+	if status != nil {
+		d.Status = new(wire.Status)
+		if err := json.Unmarshal(status, d.Status); err != nil {
+			return nil, fmt.Errorf("decode status of %s/%s: %w", site, device, err)
+		}
+	}
+	setTimes(recv, &d.StatusReceived, maxTS, &d.StatusMaxTS, willTS, &d.StatusWillTS)
+	return d, nil
+}
+
+// setTimes sets each destination to its source (a nullable column read) in
+// UTC, leaving it zero for NULL: the arguments go in pairs, source first.
+func setTimes(pairs ...*time.Time) {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if pairs[i] != nil {
+			*pairs[i+1] = pairs[i].UTC()
+		}
+	}
 }
 
 // PutReject implements storage.Store.
@@ -545,30 +601,19 @@ func (s *Store) PutRejects(ctx context.Context, rs []storage.Reject) error {
 }
 
 const deviceCols = `d.site, d.device, d.status, d.status_received, d.summary, d.first_seq, d.max_seq, d.uniq, d.dups, d.rejected,
-	d.last_received, d.last_ts, d.seq_restart, d.status_authenticated, d.summary_authenticated, (SELECT count(*) FROM atm_fleet_alerts a WHERE a.site = d.site AND a.device = d.device AND a.state <> 'resolved')`
+	d.last_received, d.last_ts, d.seq_restart, d.status_authenticated, d.summary_authenticated, d.status_max_ts, d.status_will_ts, (SELECT count(*) FROM atm_fleet_alerts a WHERE a.site = d.site AND a.device = d.device AND a.state <> 'resolved')`
 
 func scanDevice(row pgx.Row) (storage.Device, error) {
 	var d storage.Device
 	var status, summary []byte
-	var statusRecv, lastRecv, lastTS, seqRestart *time.Time
+	var statusRecv, lastRecv, lastTS, seqRestart, maxTS, willTS *time.Time
 	var first, maxSeq, uniq, dups, rej int64
 	if err := row.Scan(&d.Site, &d.Device, &status, &statusRecv, &summary, &first, &maxSeq, &uniq, &dups, &rej, &lastRecv, &lastTS, &seqRestart,
-		&d.StatusAuthenticated, &d.SummaryAuthenticated, &d.OpenAlerts); err != nil {
+		&d.StatusAuthenticated, &d.SummaryAuthenticated, &maxTS, &willTS, &d.OpenAlerts); err != nil {
 		return d, err
 	}
 	d.FirstSeq, d.MaxSeq, d.Unique, d.Duplicates, d.Rejected = uint64(first), uint64(maxSeq), uint64(uniq), uint64(dups), uint64(rej)
-	if statusRecv != nil {
-		d.StatusReceived = statusRecv.UTC()
-	}
-	if lastRecv != nil {
-		d.LastReceived = lastRecv.UTC()
-	}
-	if lastTS != nil {
-		d.LastTS = lastTS.UTC()
-	}
-	if seqRestart != nil {
-		d.SeqRestart = seqRestart.UTC()
-	}
+	setTimes(statusRecv, &d.StatusReceived, lastRecv, &d.LastReceived, lastTS, &d.LastTS, seqRestart, &d.SeqRestart, maxTS, &d.StatusMaxTS, willTS, &d.StatusWillTS)
 	if status != nil {
 		d.Status = new(wire.Status)
 		if err := json.Unmarshal(status, d.Status); err != nil {

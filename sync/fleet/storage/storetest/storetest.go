@@ -93,6 +93,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Store) {
 	t.Run("BadRecord", func(t *testing.T) { badRecord(t, open(t)) })
 	t.Run("DeviceKeys", func(t *testing.T) { deviceKeys(t, open(t)) })
 	t.Run("Authenticated", func(t *testing.T) { authenticated(t, open(t)) })
+	t.Run("StatusOrder", func(t *testing.T) { statusOrder(t, open(t)) })
 }
 
 // Pinned device keys: set before the device is known, read back, replaced,
@@ -1387,5 +1388,89 @@ func CheckRealDevicesKept(t *testing.T, s storage.Store) {
 	}
 	if _, err := s.Device(ctx, "rej", "r00001"); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("phantom device after open: %v, want not found", err)
+	}
+}
+
+// statusOrder: statuses are ordered by the agent's run (started_at), then
+// by ts (storage.NextStatus): a replayed status of the run, or of an
+// earlier run, and a replayed will, never replace the present one; a
+// genuine will still makes the device offline; liveness is dated by the
+// status's ts when it is earlier than its arrival.
+func statusOrder(t *testing.T, s storage.Store) {
+	c := ctx(t)
+	status := func(run, ts time.Duration, state wire.State) wire.Status {
+		st := wire.Status{Envelope: wire.NewEnvelope("s", "d", T0.Add(ts)), State: state, StartedAt: T0.Add(run)}
+		st.MessageID = fmt.Sprintf("m-%v-%v-%s", run, ts, state)
+		return st
+	}
+	steps := []struct {
+		what string
+		st   wire.Status
+		recv time.Duration
+		want wire.State
+		ts   time.Duration // the ts of the status held after the step
+	}{
+		{"run 1: online", status(0, 10*time.Second, wire.StateOnline), 10 * time.Second, wire.StateOnline, 10 * time.Second},
+		{"run 1: online again", status(0, 20*time.Second, wire.StateOnline), 20 * time.Second, wire.StateOnline, 20 * time.Second},
+		{"run 1: its will (connection made at 5 s)", status(0, 5*time.Second, wire.StateOffline), 30 * time.Second, wire.StateOffline, 5 * time.Second},
+		{"run 1: online of 20 s replayed", status(0, 20*time.Second, wire.StateOnline), time.Minute, wire.StateOffline, 5 * time.Second},
+		{"run 1: online of 10 s replayed", status(0, 10*time.Second, wire.StateOnline), 2 * time.Minute, wire.StateOffline, 5 * time.Second},
+		{"run 1: reconnected (its will made at 40 s)", status(0, 41*time.Second, wire.StateOnline), 41 * time.Second, wire.StateOnline, 41 * time.Second},
+		{"run 1: first will replayed", status(0, 5*time.Second, wire.StateOffline), 3 * time.Minute, wire.StateOnline, 41 * time.Second},
+		{"run 1: second will", status(0, 40*time.Second, wire.StateOffline), 4 * time.Minute, wire.StateOffline, 40 * time.Second},
+		{"run 2: online", status(5*time.Minute, 5*time.Minute+time.Second, wire.StateOnline), 5*time.Minute + time.Second, wire.StateOnline, 5*time.Minute + time.Second},
+		{"run 1: second will replayed", status(0, 40*time.Second, wire.StateOffline), 6 * time.Minute, wire.StateOnline, 5*time.Minute + time.Second},
+		{"run 1: online replayed", status(0, 41*time.Second, wire.StateOnline), 6 * time.Minute, wire.StateOnline, 5*time.Minute + time.Second},
+		{"run 2: stopped", status(5*time.Minute, 7*time.Minute, wire.StateStopped), 7 * time.Minute, wire.StateStopped, 7 * time.Minute},
+		{"run 2: a will after its stop", status(5*time.Minute, 5*time.Minute, wire.StateOffline), 8 * time.Minute, wire.StateStopped, 7 * time.Minute},
+		{"run 2: online replayed after its stop", status(5*time.Minute, 5*time.Minute+time.Second, wire.StateOnline), 8 * time.Minute, wire.StateStopped, 7 * time.Minute},
+	}
+	for _, step := range steps {
+		if err := s.PutStatus(c, storage.Status{Site: "s", Device: "d", Received: T0.Add(step.recv), Status: step.st, Authenticated: true}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := s.Device(c, "s", "d")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.State() != string(step.want) || !d.Status.TS.Equal(T0.Add(step.ts)) {
+			t.Errorf("%s: %s of %v, want %s of %v", step.what, d.State(), d.Status.TS.Sub(T0), step.want, step.ts)
+		}
+	}
+
+	// Liveness: a status received a minute after its ts (replayed, or
+	// delivered late) is heard from at its ts; one dated ahead of its
+	// arrival at its arrival.
+	for i, tc := range []struct{ ts, recv, heard time.Duration }{
+		{10 * time.Minute, 11 * time.Minute, 10 * time.Minute},
+		{12*time.Minute + time.Hour, 12 * time.Minute, 12 * time.Minute},
+	} {
+		st := status(9*time.Minute, tc.ts, wire.StateOnline)
+		if err := s.PutStatus(c, storage.Status{Site: "s", Device: fmt.Sprint("h", i), Received: T0.Add(tc.recv), Status: st}); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := s.Device(c, "s", fmt.Sprint("h", i))
+		if !d.LastHeard().Equal(T0.Add(tc.heard)) {
+			t.Errorf("status of %v received at %v: last heard %v, want %v", tc.ts, tc.recv, d.LastHeard().Sub(T0), tc.heard)
+		}
+		if stale := d.Stale(T0.Add(tc.recv+30*time.Second), time.Minute); stale != (tc.heard < tc.recv) {
+			t.Errorf("status of %v received at %v: stale 30 s later (after 1m) = %v", tc.ts, tc.recv, stale)
+		}
+	}
+
+	// In one batch (every agent reconnecting): the order holds within it.
+	bw, ok := s.(storage.BatchWriter)
+	if !ok {
+		return
+	}
+	if err := bw.PutStatuses(c, []storage.Status{
+		{Site: "s", Device: "b", Received: T0, Status: status(0, 10*time.Second, wire.StateOnline)},
+		{Site: "s", Device: "b", Received: T0, Status: status(0, 5*time.Second, wire.StateOffline)},
+		{Site: "s", Device: "b", Received: T0, Status: status(0, 10*time.Second, wire.StateOnline)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := s.Device(c, "s", "b"); d.State() != "offline" {
+		t.Errorf("batch: online, will, online replayed: %s, want offline", d.State())
 	}
 }
