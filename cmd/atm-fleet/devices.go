@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/periocular/atm-agent/internal/regfile"
+	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/service"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
@@ -72,6 +73,12 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		fmt.Fprintf(stdout, "%s/%s: pinned %s\n", k.Site, k.Device, wire.Fingerprint(pub))
+		rec, err := ingest.Recover(ctx, cfg.MQTT, st, k.Site, k.Device, pub, time.Now())
+		if err != nil {
+			return fmt.Errorf("the key is pinned, but its refused messages were not recovered (set it again to retry): %w", err)
+		}
+		fmt.Fprintf(stdout, "%s/%s: %d refused messages now verify and were applied (%d summaries or alerts new), %d others still do not verify\n",
+			k.Site, k.Device, rec.Applied, rec.New, rec.Unverified)
 		// Pinning before a device's first message is allowed (a new ATM),
 		// but a misspelt name would leave the real one unauthenticated.
 		if _, err := st.Device(ctx, k.Site, k.Device); errors.Is(err, storage.ErrNotFound) {

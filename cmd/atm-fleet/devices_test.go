@@ -18,7 +18,10 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
 	"github.com/periocular/atm-agent/sync/wire"
 )
 
@@ -88,7 +91,11 @@ func TestDevicesKeyCommands(t *testing.T) {
 // devicesKeyCLI writes a fleet config on an embedded store in a folder of
 // its own and runs `atm-fleet devices key OP --config FILE ARGS...` on it.
 func devicesKeyCLI(t *testing.T) func(args ...string) (int, string, string) {
-	dir := t.TempDir()
+	return devicesKeyCLIIn(t, t.TempDir())
+}
+
+// devicesKeyCLIIn is devicesKeyCLI with the store in dir (fleet.db).
+func devicesKeyCLIIn(t *testing.T, dir string) func(args ...string) (int, string, string) {
 	cfgPath := filepath.Join(dir, "fleet.yaml")
 	if err := os.WriteFile(cfgPath, []byte("store: {driver: bolt, path: "+filepath.Join(dir, "fleet.db")+"}\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -175,5 +182,54 @@ func TestDevicesKeyWhileTheServiceRuns(t *testing.T) {
 	if code := runMain(context.Background(), []string{"devices", "key", "list", "--config", f.config}, nil, &out, os.Stderr); code != 0 ||
 		!strings.HasPrefix(out.String(), "lyon-07\tatm-0042\t"+wire.Fingerprint(k)+"\t") || !strings.HasSuffix(out.String(), "\tops\n") {
 		t.Errorf("list after the service stopped: exit %d, %q", code, out.String())
+	}
+}
+
+// A device whose alert was refused as signed by another key than the one
+// pinned (reinstalled): `devices key set` with its new key applies it and
+// says so; a second set applies it again, nothing new.
+func TestDevicesKeySetRecovers(t *testing.T) {
+	dir := t.TempDir()
+	old := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, 32))
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, 32))
+	now := time.Now().UTC()
+	al := wire.NewAlert(wire.NewEnvelope("lyon-07", "atm-1", now), visit.Alert{ID: "a-1", Rule: "many-visits-24h", Kind: "visits",
+		IdentityID: "p-7", Window: "24h0m0s", WindowStart: now.Add(-24 * time.Hour), Count: 6, Threshold: 5,
+		FirstSeen: now.Add(-time.Hour), LastSeen: now, Raised: now})
+	al.Seq, al.MessageID = 1, "1-a"
+	unsigned, _ := json.Marshal(al)
+	signed, err := wire.SignMessage(key, wire.KindAlert, "lyon-07", "atm-1", unsigned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := boltstore.Open(filepath.Join(dir, "fleet.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	err = st.PutDeviceKey(ctx, storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: old.Public().(ed25519.PublicKey), Pinned: now, By: "root"})
+	if err == nil {
+		err = st.PutReject(ctx, storage.Reject{Received: now, Topic: "atm/lyon-07/atm-1/alert", Site: "lyon-07", Device: "atm-1",
+			Error: "alert not authenticated: " + wire.ErrMsgSignature.Error(), Payload: string(signed)})
+	}
+	st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := devicesKeyCLIIn(t, dir)
+	pub := wire.EncodePublicKey(key.Public().(ed25519.PublicKey))
+	for i, want := range []string{"1 refused messages now verify and were applied (1 summaries or alerts new), 0 others still do not verify",
+		"1 refused messages now verify and were applied (0 summaries or alerts new)"} {
+		if code, out, errs := run("set", "lyon-07", "atm-1", pub); code != 0 || !strings.Contains(out, want) {
+			t.Errorf("set %d: %d %q %q, want %q", i+1, code, out, errs, want)
+		}
+	}
+	st, err = boltstore.Open(filepath.Join(dir, "fleet.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if a, err := st.Alert(ctx, storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-1"}); err != nil || !a.Authenticated {
+		t.Errorf("the recovered alert: %+v, %v", a, err)
 	}
 }

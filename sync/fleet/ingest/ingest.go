@@ -689,7 +689,7 @@ func (in *Ingester) authenticate(ctx context.Context, items []item) error {
 		if why != "" {
 			it.status, it.msg, it.unauth = nil, nil, true
 			it.reject = &storage.Reject{Received: in.now().UTC(), Topic: it.topic, Site: d.site, Device: d.device,
-				Error: kind + " not authenticated: " + why, Payload: keptPayload(it.payload, false)}
+				Error: kind + unauthenticatedMark + why, Payload: keptPayload(it.payload, false)}
 		}
 		it.checked = true
 	}

@@ -357,7 +357,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Service, err err
 	if s.in, err = ingest.New(cfg.MQTT, s.store, log); err != nil {
 		return nil, err
 	}
-	deps := web.Deps{Logger: log, Retention: s.ret, IngestStats: func() any { return s.in.Stats() }}
+	deps := web.Deps{Logger: log, Retention: s.ret, IngestStats: func() any { return s.in.Stats() },
+		Recover: func(ctx context.Context, site, device string, pub ed25519.PublicKey) (ingest.Recovered, error) {
+			return ingest.Recover(ctx, cfg.MQTT, s.store, site, device, pub, time.Now())
+		}}
 	if cfg.Commands.Enabled {
 		cmd, err := command.New(cfg.Commands, cfg.MQTT.Prefix, cmdKey, s.in, log)
 		if err != nil {

@@ -123,6 +123,9 @@ type Reject struct {
 // MaxRejectPayload bounds the bytes of a rejected payload that are kept.
 const MaxRejectPayload = 4096
 
+// MaxHeldRejects bounds the rejects a store keeps (oldest dropped first).
+const MaxHeldRejects = 1000
+
 // Device is one ATM as the fleet sees it.
 type Device struct {
 	Site, Device string
@@ -554,6 +557,19 @@ var ErrNotScrubbed = errors.New("erased, but not yet scrubbed from the store fil
 func PurgeNote(p IdentityPurge, alerts int) string {
 	h := sha256.Sum256([]byte(p.Site + "\x00" + p.Device + "\x00" + p.Identity))
 	return fmt.Sprintf("identity sha256:%x, %d alerts", h[:8], alerts)
+}
+
+// RejectNames reports whether the held reject r names the identity an
+// erasure p removes: r is of p's device (or of no device: its topic was
+// bad) and its payload or error holds the identity's id as a JSON string.
+// A message refused for its signature (a reinstalled ATM's, before its new
+// key was pinned) is one, and would otherwise outlive the erasure.
+func RejectNames(r Reject, p IdentityPurge) bool {
+	if (r.Site != p.Site || r.Device != p.Device) && r.Site != "" {
+		return false
+	}
+	q := `"` + p.Identity + `"`
+	return strings.Contains(r.Payload, q) || strings.Contains(r.Error, p.Identity)
 }
 
 // DropIdentity removes an identity's line from a summary (the device's

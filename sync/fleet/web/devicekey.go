@@ -2,8 +2,10 @@ package web
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
+	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -55,7 +57,19 @@ func (s *Server) putDeviceKey(w http.ResponseWriter, r *http.Request) {
 		onDevice
 		apiReplyKey
 		Warning string `json:"warning,omitempty"`
-	}{onDevice{site, device}, apiReplyKey{Fingerprint: wire.Fingerprint(pub), PublicKey: wire.EncodePublicKey(pub), Pinned: k.Pinned, By: k.By}, ""}
+		// Recovered: the device's held rejects applied now that they
+		// verify (ingest.Recover); absent when the server recovers none.
+		Recovered *ingest.Recovered `json:"recovered,omitempty"`
+	}{onDevice{site, device}, apiReplyKey{Fingerprint: wire.Fingerprint(pub), PublicKey: wire.EncodePublicKey(pub), Pinned: k.Pinned, By: k.By}, "", nil}
+	if s.d.Recover != nil {
+		rec, err := s.d.Recover(r.Context(), site, device, pub)
+		if err != nil {
+			s.fail(w, r, fmt.Errorf("the key is pinned, but its refused messages were not recovered (pin it again to retry): %w", err))
+			return
+		}
+		out.Recovered = &rec
+		s.log.Info("fleet web: refused messages recovered", "site", site, "device", device, "applied", rec.Applied, "new", rec.New, "unverified", rec.Unverified)
+	}
 	if _, err := s.device(r, site, device); errors.Is(err, storage.ErrNotFound) {
 		out.Warning = storage.UnheardPinWarning(site, device)
 	} else if err != nil {
@@ -79,4 +93,18 @@ func (s *Server) deleteDeviceKey(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("fleet web: device key unpinned", "site", site, "device", device, "user", who(r).User.Name, "remote", r.RemoteAddr)
 	writeJSON(w, map[string]string{"unpinned": site + "/" + device})
+}
+
+// refusal is why d's messages are refused for their signature (nil when
+// none are since the last one taken): read from the held rejects only when
+// d has any.
+func (s *Server) refusal(r *http.Request, d storage.Device) (*ingest.Refusal, error) {
+	if d.Rejected == 0 {
+		return nil, nil
+	}
+	held, err := s.store.Rejects(r.Context(), storage.MaxHeldRejects)
+	if err != nil {
+		return nil, err
+	}
+	return ingest.Refusals(d, held), nil
 }

@@ -7,6 +7,7 @@ package web
 import (
 	"cmp"
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"embed"
 	"encoding/csv"
@@ -33,6 +34,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/periocular/atm-agent/internal/durfmt"
+	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
 )
@@ -132,6 +134,9 @@ type Deps struct {
 	Commands Commander
 	// CommandStats, when set, is shown on the admin page.
 	CommandStats func() any
+	// Recover applies a device's held rejects that verify with the key
+	// just pinned (ingest.Recover); nil: pinning recovers nothing.
+	Recover func(ctx context.Context, site, device string, pub ed25519.PublicKey) (ingest.Recovered, error)
 }
 
 // Server is the HTTP front end.
@@ -1206,8 +1211,14 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	refused, err := s.refusal(r, d)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	s.render(w, r, "device", struct {
 		base
+		Refused   *ingest.Refusal
 		ReplyKey  *apiReplyKey
 		Commands  bool // configured: the review asks the device
 		D         storage.Device
@@ -1219,7 +1230,7 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 		MaskShare string
 		Alerts    []storage.Alert
 		Next      string
-	}{s.base(r, dev+" · "+site, "fleet"), key, s.d.Commands != nil, d, s.shownState(d), d.LastHeard(), VisitsPerHourSVG(HourlyVisits(pts, now, 48)), HourlyVisits(pts, now, 48), ids, maskShare,
+	}{s.base(r, dev+" · "+site, "fleet"), refused, key, s.d.Commands != nil, d, s.shownState(d), d.LastHeard(), VisitsPerHourSVG(HourlyVisits(pts, now, 48)), HourlyVisits(pts, now, 48), ids, maskShare,
 		alerts, r.URL.RequestURI()})
 }
 
@@ -1779,11 +1790,19 @@ func (s *Server) apiDevice(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	refused, err := s.refusal(r, d)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	writeJSON(w, struct {
 		apiDevice
 		Hourly   []HourBar    `json:"visits_per_hour"`
 		ReplyKey *apiReplyKey `json:"reply_key"`
-	}{s.apiDeviceOf(d), HourlyVisits(pts, now, 48), key})
+		// Refused: why its messages are refused for their signature,
+		// since the last one taken (null: none are).
+		Refused *ingest.Refusal `json:"refused"`
+	}{s.apiDeviceOf(d), HourlyVisits(pts, now, 48), key, refused})
 }
 
 func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {

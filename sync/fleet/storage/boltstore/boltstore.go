@@ -50,7 +50,7 @@ var (
 const schemaVersion = "3"
 
 // maxRejects bounds the kept rejected payloads (oldest dropped first).
-const maxRejects = 1000
+const maxRejects = storage.MaxHeldRejects
 
 // Store is the bbolt implementation of storage.Store.
 type Store struct {
@@ -946,7 +946,30 @@ func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int
 			}
 		}
 		n = len(drop)
-		if !found && n == 0 && points == 0 {
+		var rejects [][]byte
+		ofDevice := 0 // rejects of the device (not of no device) erased
+		rb := tx.Bucket(bRejects)
+		if err := rb.ForEach(func(k, v []byte) error {
+			var r storage.Reject
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("decode reject %x: %w", k, err)
+			}
+			if storage.RejectNames(r, p) {
+				rejects = append(rejects, k)
+				if r.Site != "" {
+					ofDevice++
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range rejects {
+			if err := rb.Delete(k); err != nil {
+				return err
+			}
+		}
+		if !found && n == 0 && points == 0 && ofDevice == 0 {
 			return storage.DeviceNotFound(p.Site, p.Device)
 		}
 		if err := tx.Bucket(bMeta).Put(metaScrubPending, []byte(p.At.UTC().Format(time.RFC3339))); err != nil {

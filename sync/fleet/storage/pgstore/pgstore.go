@@ -106,7 +106,7 @@ var schema = []string{
 }
 
 // maxRejects bounds the kept rejected payloads (oldest dropped first).
-const maxRejects = 1000
+const maxRejects = storage.MaxHeldRejects
 
 // Store is the PostgreSQL implementation of storage.Store.
 type Store struct {
@@ -843,7 +843,14 @@ func (s *Store) PurgeIdentity(ctx context.Context, p storage.IdentityPurge) (int
 			return err
 		}
 		n = int(tag.RowsAffected())
-		if !found && n == 0 && pts.RowsAffected() == 0 {
+		// The held rejects naming it (storage.RejectNames).
+		var ofDevice int64 // rejects of the device (not of no device) erased
+		if err := tx.QueryRow(ctx, `WITH gone AS (DELETE FROM atm_fleet_rejects WHERE ((site = $1 AND device = $2) OR site = '')
+			AND (strpos(payload, '"' || $3 || '"') > 0 OR strpos(error, $3) > 0) RETURNING site)
+			SELECT count(*) FILTER (WHERE site <> '') FROM gone`, p.Site, p.Device, p.Identity).Scan(&ofDevice); err != nil {
+			return err
+		}
+		if !found && n == 0 && pts.RowsAffected() == 0 && ofDevice == 0 {
 			return storage.DeviceNotFound(p.Site, p.Device)
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_audit (at, user_name, role, action, site, device, alert_id, note, remote)

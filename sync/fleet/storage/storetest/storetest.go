@@ -256,6 +256,23 @@ func purgeIdentity(t *testing.T, s storage.Store) {
 		Action: storage.ActionResolve, User: "ana", At: T0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
+	// Held rejects: p-1's alert refused for its signature (kept whole),
+	// one of p-10 (an id that holds p-1's), one of p-1 on another device,
+	// and one of no device (its topic bad) naming p-1.
+	rejects := []storage.Reject{
+		{Received: T0, Topic: "atm/lyon-07/atm-1/alert", Site: "lyon-07", Device: "atm-1", Error: "alert not authenticated: ...",
+			Payload: `{"identity_id":"p-1","txn_id":"RRN-1"}`},
+		{Received: T0, Topic: "atm/lyon-07/atm-1/alert", Site: "lyon-07", Device: "atm-1", Error: "alert not authenticated: ...",
+			Payload: `{"identity_id":"p-10"}`},
+		{Received: T0, Topic: "atm/lyon-07/atm-10/alert", Site: "lyon-07", Device: "atm-10", Error: "alert not authenticated: ...",
+			Payload: `{"identity_id":"p-1"}`},
+		{Received: T0, Topic: "atm/lyon-07", Error: "topic: ...", Payload: `{"identities":[{"id":"p-1"}]}`},
+	}
+	for _, r := range rejects {
+		if err := s.PutReject(c, r); err != nil {
+			t.Fatal(err)
+		}
+	}
 	purge := func(dev, id string) (int, error) {
 		return s.PurgeIdentity(c, storage.IdentityPurge{Site: "lyon-07", Device: dev, Identity: id, User: "root", Role: "admin", At: T0.Add(2 * time.Hour)})
 	}
@@ -293,6 +310,17 @@ func purgeIdentity(t *testing.T, s storage.Store) {
 	}
 	if len(all) != 1 {
 		t.Errorf("alerts after purge: %d, want a-3 alone", len(all))
+	}
+	held, err := s.Rejects(c, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, r := range held {
+		left = append(left, r.Device+" "+r.Payload)
+	}
+	if want := []string{`atm-10 {"identity_id":"p-1"}`, `atm-1 {"identity_id":"p-10"}`}; !slices.Equal(left, want) {
+		t.Errorf("rejects after the purge of p-1 on atm-1: %q, want %q", left, want)
 	}
 	wantNote := storage.PurgeNote(storage.IdentityPurge{Site: "lyon-07", Device: "atm-1", Identity: "p-1"}, 2)
 	if audit, _ := s.Audit(c, 1); len(audit) != 1 || audit[0].Action != storage.ActionPurgeIdentity || audit[0].Note != wantNote ||

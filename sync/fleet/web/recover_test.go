@@ -1,0 +1,77 @@
+package web
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"fmt"
+	"html"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/sync/fleet/ingest"
+	"github.com/periocular/atm-agent/sync/fleet/storage"
+	"github.com/periocular/atm-agent/sync/wire"
+)
+
+// A device whose alert was refused as signed by another key than the one
+// pinned (a reinstalled ATM): the device API and page say so and since
+// when; pinning its new key through the API applies the alert and says
+// how many; the device is no longer said to be refused.
+func TestPinRecoversRefusedMessages(t *testing.T) {
+	st := openBolt(t)
+	seed(t, st)
+	srv, hs := newTestServer(t, st)
+	cfg := ingest.DefaultConfig()
+	cfg.Brokers, cfg.Prefix = []string{"tcp://127.0.0.1:1"}, "atm"
+	srv.d.Recover = func(ctx context.Context, site, device string, pub ed25519.PublicKey) (ingest.Recovered, error) {
+		return ingest.Recover(ctx, cfg, st, site, device, pub, time.Now())
+	}
+	_, oldKey, _ := ed25519.GenerateKey(nil)
+	_, newKey, _ := ed25519.GenerateKey(nil)
+	ctx := context.Background()
+	if err := st.PutDeviceKey(ctx, storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: oldKey.Public().(ed25519.PublicKey), Pinned: time.Now(), By: "root"}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	al := wire.NewAlert(wire.NewEnvelope("lyon-07", "atm-1", now), visit.Alert{ID: "a-new-key", Rule: "many-visits-24h", Kind: "visits",
+		IdentityID: "p-7", Window: "24h0m0s", WindowStart: now.Add(-24 * time.Hour), Count: 6, Threshold: 5,
+		FirstSeen: now.Add(-time.Hour), LastSeen: now, Raised: now})
+	al.Seq, al.MessageID = 9, "9-newkey"
+	unsigned, _ := json.Marshal(al)
+	signed, err := wire.SignMessage(newKey, wire.KindAlert, "lyon-07", "atm-1", unsigned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv := time.Now().UTC().Truncate(time.Second)
+	if err := st.PutReject(ctx, storage.Reject{Received: recv, Topic: "atm/lyon-07/atm-1/alert", Site: "lyon-07", Device: "atm-1",
+		Error: "alert not authenticated: " + wire.ErrMsgSignature.Error() + " (device key ... is pinned for lyon-07/atm-1)", Payload: string(signed)}); err != nil {
+		t.Fatal(err)
+	}
+
+	root := newClient(t, hs.URL)
+	csrf := root.login("root", "correct horse")
+	want := "messages signed by another key than the pinned one since " + recv.Format(time.RFC3339) + " (1 refused): a new device key?"
+	_, dev := root.json("GET", "/api/v1/devices/lyon-07/atm-1", "", "")
+	if ref, _ := dev["refused"].(map[string]any); ref == nil || ref["reason"] != "other_key" || !strings.HasPrefix(fmt.Sprint(ref["text"]), want) {
+		t.Fatalf("device API refused: %v, want other_key and %q", dev["refused"], want)
+	}
+	if _, page := root.get("/devices/lyon-07/atm-1"); !strings.Contains(html.UnescapeString(page), want) {
+		t.Errorf("the device page does not say %q", want)
+	}
+
+	body := fmt.Sprintf(`{"public_key":%q}`, wire.EncodePublicKey(newKey.Public().(ed25519.PublicKey)))
+	r, out := root.json("PUT", "/api/v1/devices/lyon-07/atm-1/key", "application/json", body, "X-CSRF-Token", csrf)
+	if rec, _ := out["recovered"].(map[string]any); r.StatusCode != 200 || rec == nil || rec["applied"] != 1.0 || rec["new"] != 1.0 || rec["unverified"] != 0.0 {
+		t.Fatalf("pin the new key: %d %v, want 1 applied, 1 new", r.StatusCode, out)
+	}
+	a, err := st.Alert(ctx, storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-new-key"})
+	if err != nil || !a.Authenticated {
+		t.Fatalf("the recovered alert: %+v, %v", a, err)
+	}
+	if _, dev = root.json("GET", "/api/v1/devices/lyon-07/atm-1", "", ""); dev["refused"] != nil {
+		t.Errorf("refused after the recovery: %v", dev["refused"])
+	}
+}
