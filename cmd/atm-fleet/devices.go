@@ -69,7 +69,7 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	switch op {
 	case "set":
 		k := storage.DeviceKey{Site: fs.Arg(0), Device: fs.Arg(1), PublicKey: pub, Pinned: time.Now().UTC(), By: whoami()}
-		if err := st.PutDeviceKey(ctx, k); err != nil {
+		if err := st.PutDeviceKey(ctx, k, cliChange(k.Pinned)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%s/%s: pinned %s\n", k.Site, k.Device, wire.Fingerprint(pub))
@@ -87,7 +87,7 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 	case "remove":
-		if err := st.RemoveDeviceKey(ctx, fs.Arg(0), fs.Arg(1)); err != nil {
+		if err := st.RemoveDeviceKey(ctx, fs.Arg(0), fs.Arg(1), cliChange(time.Now().UTC())); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%s/%s: unpinned; its replies are taken unauthenticated (refused with commands.require_signed_replies)\n", fs.Arg(0), fs.Arg(1))
@@ -102,6 +102,13 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	return nil
+}
+
+// cliChange is the audit log's record of a pin or unpin by the command's
+// user (whoami), role "cli", from this host.
+func cliChange(at time.Time) storage.KeyChange {
+	host, _ := os.Hostname()
+	return storage.KeyChange{User: whoami(), Role: "cli", Remote: host, At: at}
 }
 
 // lockedHint says what to do when the running service holds the embedded

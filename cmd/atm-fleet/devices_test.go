@@ -207,7 +207,7 @@ func TestDevicesKeySetRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	err = st.PutDeviceKey(ctx, storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: old.Public().(ed25519.PublicKey), Pinned: now, By: "root"})
+	err = st.PutDeviceKey(ctx, storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: old.Public().(ed25519.PublicKey), Pinned: now, By: "root"}, storage.KeyChange{User: "test", Role: "cli"})
 	if err == nil {
 		err = st.PutReject(ctx, storage.Reject{Received: now, Topic: "atm/lyon-07/atm-1/alert", Site: "lyon-07", Device: "atm-1",
 			Error: "alert not authenticated: " + wire.ErrMsgSignature.Error(), Payload: string(signed)})
@@ -231,5 +231,14 @@ func TestDevicesKeySetRecovers(t *testing.T) {
 	defer st.Close()
 	if a, err := st.Alert(ctx, storage.AlertKey{Site: "lyon-07", Device: "atm-1", AlertID: "a-1"}); err != nil || !a.Authenticated {
 		t.Errorf("the recovered alert: %+v, %v", a, err)
+	}
+	// Both sets are audited as the command's user's, role cli.
+	audit, err := st.Audit(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(audit) != 3 || audit[0].Action != storage.ActionPinKey || audit[0].Role != "cli" || audit[0].User != whoami() ||
+		!strings.HasPrefix(audit[0].Note, "pinned "+wire.Fingerprint(key.Public().(ed25519.PublicKey))+"; was ") {
+		t.Errorf("audit: %+v, want the two sets by %s (cli) after the test's own pin", audit, whoami())
 	}
 }

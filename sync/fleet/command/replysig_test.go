@@ -42,7 +42,7 @@ func TestSignedReplies(t *testing.T) {
 	_, otherKey, _ := ed25519.GenerateKey(nil)
 	ctx := context.Background()
 	if err := st.PutDeviceKey(ctx, storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: devKey.Public().(ed25519.PublicKey),
-		Pinned: time.Now(), By: "test"}); err != nil {
+		Pinned: time.Now(), By: "test"}, storage.KeyChange{User: "test", Role: "cli"}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -105,7 +105,7 @@ func TestSignedReplies(t *testing.T) {
 	cfg.RequireSignedReplies = true
 	strict, _, sst := fleetWithStore(t, m.URL(), cfg)
 	if err := sst.PutDeviceKey(ctx, storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: devKey.Public().(ed25519.PublicKey),
-		Pinned: time.Now(), By: "test"}); err != nil {
+		Pinned: time.Now(), By: "test"}, storage.KeyChange{User: "test", Role: "cli"}); err != nil {
 		t.Fatal(err)
 	}
 	before := len(dev2.copies())

@@ -21,7 +21,7 @@ import (
 // pin pins pub for site/device in st.
 func pin(t testing.TB, st storage.Store, site, device string, pub ed25519.PublicKey) {
 	t.Helper()
-	if err := st.PutDeviceKey(context.Background(), storage.DeviceKey{Site: site, Device: device, PublicKey: pub, Pinned: time.Now(), By: "test"}); err != nil {
+	if err := st.PutDeviceKey(context.Background(), storage.DeviceKey{Site: site, Device: device, PublicKey: pub, Pinned: time.Now(), By: "test"}, storage.KeyChange{User: "test", Role: "cli"}); err != nil {
 		t.Fatal(err)
 	}
 }

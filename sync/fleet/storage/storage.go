@@ -539,6 +539,35 @@ const ActionRemoveDevice = "remove device"
 // its note names the identity.
 const ActionPurgeIdentity = "purge identity"
 
+// ActionPinKey and ActionUnpinKey are the audit log's names of a device
+// key's pin (or replacement) and unpin: a pin decides which key may speak
+// for a device, an unpin turns the check off.
+const (
+	ActionPinKey   = "pin device key"
+	ActionUnpinKey = "unpin device key"
+)
+
+// KeyChange is who pins or unpins a device key, and when: an
+// administrator through the web API, or the CLI's user (role "cli").
+type KeyChange struct {
+	User, Role, Remote string
+	At                 time.Time
+}
+
+// KeyNote is the audit log's note of a pin or unpin: the fingerprints of
+// the key pinned before (nil: none) and after (nil: unpinned), and who
+// had pinned the one replaced or removed.
+func KeyNote(before, after *DeviceKey) string {
+	was := "none pinned before"
+	if before != nil {
+		was = fmt.Sprintf("was %s (pinned %s by %s)", wire.Fingerprint(before.PublicKey), before.Pinned.UTC().Format(time.RFC3339), before.By)
+	}
+	if after == nil {
+		return "unpinned; " + was
+	}
+	return "pinned " + wire.Fingerprint(after.PublicKey) + "; " + was
+}
+
 // IdentityPurge is an administrator's erasure of one identity.
 type IdentityPurge struct {
 	Site, Device, Identity string
@@ -988,14 +1017,16 @@ type Store interface {
 
 	// PutDeviceKey pins the Ed25519 public key that signs a device's
 	// command replies, replacing one pinned before (a device need not
-	// be known yet: pin it when the ATM is set up).
-	PutDeviceKey(ctx context.Context, k DeviceKey) error
+	// be known yet: pin it when the ATM is set up), with an audit entry
+	// by c (KeyNote) in the same transaction.
+	PutDeviceKey(ctx context.Context, k DeviceKey, c KeyChange) error
 	// DeviceKey is the key pinned for a device: ErrNotFound when none.
 	DeviceKey(ctx context.Context, site, device string) (DeviceKey, error)
 	// DeviceKeys lists every pinned key, by site and device.
 	DeviceKeys(ctx context.Context) ([]DeviceKey, error)
-	// RemoveDeviceKey unpins a device's key: ErrNotFound when none.
-	RemoveDeviceKey(ctx context.Context, site, device string) error
+	// RemoveDeviceKey unpins a device's key, with an audit entry by c
+	// (KeyNote): ErrNotFound when none.
+	RemoveDeviceKey(ctx context.Context, site, device string, c KeyChange) error
 
 	// Subscribe delivers changes committed by any instance sharing the
 	// store (best effort: a slow subscriber misses changes, never blocks

@@ -48,7 +48,7 @@ func (s *Server) putDeviceKey(w http.ResponseWriter, r *http.Request) {
 	}
 	p := who(r)
 	k := storage.DeviceKey{Site: site, Device: device, PublicKey: pub, Pinned: s.now().UTC(), By: p.User.Name}
-	if err := s.store.PutDeviceKey(r.Context(), k); err != nil {
+	if err := s.store.PutDeviceKey(r.Context(), k, storage.KeyChange{User: p.User.Name, Role: p.User.Role, Remote: r.RemoteAddr, At: k.Pinned}); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -87,11 +87,12 @@ func (s *Server) deleteDeviceKey(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if err := s.store.RemoveDeviceKey(r.Context(), site, device); err != nil {
+	p := who(r)
+	if err := s.store.RemoveDeviceKey(r.Context(), site, device, storage.KeyChange{User: p.User.Name, Role: p.User.Role, Remote: r.RemoteAddr, At: s.now().UTC()}); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	s.log.Info("fleet web: device key unpinned", "site", site, "device", device, "user", who(r).User.Name, "remote", r.RemoteAddr)
+	s.log.Info("fleet web: device key unpinned", "site", site, "device", device, "user", p.User.Name, "remote", r.RemoteAddr)
 	writeJSON(w, map[string]string{"unpinned": site + "/" + device})
 }
 

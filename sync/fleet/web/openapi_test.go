@@ -137,7 +137,7 @@ func TestOpenAPIMatchesServer(t *testing.T) {
 	}
 	call(ana.Client, "device", "GET", "/api/v1/devices/lyon-07/atm-1", "/api/v1/devices/{site}/{device}", "")
 	if err := st.PutDeviceKey(context.Background(), storage.DeviceKey{Site: "lyon-07", Device: "atm-1",
-		PublicKey: make([]byte, 32), Pinned: now, By: "root"}); err != nil {
+		PublicKey: make([]byte, 32), Pinned: now, By: "root"}, storage.KeyChange{User: "test", Role: "cli"}); err != nil {
 		t.Fatal(err)
 	}
 	call(ana.Client, "device with a pinned reply key", "GET", "/api/v1/devices/lyon-07/atm-1", "/api/v1/devices/{site}/{device}", "")

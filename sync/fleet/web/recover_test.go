@@ -32,7 +32,7 @@ func TestPinRecoversRefusedMessages(t *testing.T) {
 	_, oldKey, _ := ed25519.GenerateKey(nil)
 	_, newKey, _ := ed25519.GenerateKey(nil)
 	ctx := context.Background()
-	if err := st.PutDeviceKey(ctx, storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: oldKey.Public().(ed25519.PublicKey), Pinned: time.Now(), By: "root"}); err != nil {
+	if err := st.PutDeviceKey(ctx, storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: oldKey.Public().(ed25519.PublicKey), Pinned: time.Now(), By: "root"}, storage.KeyChange{User: "test", Role: "cli"}); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now().UTC()

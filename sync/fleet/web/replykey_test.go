@@ -58,7 +58,7 @@ func TestDeviceReplyKeyShown(t *testing.T) {
 	contains(t, "the admin's device page, no pin", page, []string{"review answers unsigned", "<code>atm-fleet devices key set</code>"}, nil)
 	pub := ed25519.NewKeyFromSeed(make([]byte, 32)).Public().(ed25519.PublicKey)
 	if err := st.PutDeviceKey(context.Background(), storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: pub,
-		Pinned: time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC), By: "ops"}); err != nil {
+		Pinned: time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC), By: "ops"}, storage.KeyChange{User: "test", Role: "cli"}); err != nil {
 		t.Fatal(err)
 	}
 	var k apiReplyKey
@@ -110,7 +110,7 @@ func TestReviewSaysWhetherAuthenticated(t *testing.T) {
 		t.Errorf("API split, no pin: %v, want authenticated false", out)
 	}
 	if err := st.PutDeviceKey(context.Background(), storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: devPub,
-		Pinned: time.Now().UTC(), By: "ops"}); err != nil {
+		Pinned: time.Now().UTC(), By: "ops"}, storage.KeyChange{User: "test", Role: "cli"}); err != nil {
 		t.Fatal(err)
 	}
 	_, page = ana.get(review)
@@ -231,6 +231,22 @@ func TestDeviceKeyAPI(t *testing.T) {
 	}
 	if r, _ := root.json("DELETE", path, "", "", "X-CSRF-Token", rootCSRF); r.StatusCode != http.StatusNotFound {
 		t.Errorf("unpin again: %d, want 404", r.StatusCode)
+	}
+	// The admin page's audit log: the two pins and the unpin, by root,
+	// with the fingerprints; nothing for the refused requests.
+	_, page := root.get("/admin")
+	page = html.UnescapeString(page)
+	for _, want := range []string{
+		"unpin device key</td><td>lyon-07/atm-1</td><td>unpinned; was " + wire.Fingerprint(devPub) + " (pinned ",
+		"pin device key</td><td>lyon-07/atm-1</td><td>pinned " + wire.Fingerprint(devPub) + "; none pinned before",
+		"pin device key</td><td>lyon-07/atm-99</td><td>pinned " + wire.Fingerprint(devPub) + "; none pinned before",
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the admin page's audit log lacks %q", want)
+		}
+	}
+	if n := strings.Count(page, "pin device key</td>"); n != 3 {
+		t.Errorf("the audit log has %d pins and unpins, want 3", n)
 	}
 }
 

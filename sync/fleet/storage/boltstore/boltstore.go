@@ -1293,14 +1293,34 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) (int64, error) {
 }
 
 // PutDeviceKey implements storage.Store.
-func (s *Store) PutDeviceKey(ctx context.Context, k storage.DeviceKey) error {
+func (s *Store) PutDeviceKey(ctx context.Context, k storage.DeviceKey, c storage.KeyChange) error {
 	if err := k.Validate(); err != nil {
 		return err
 	}
 	k.Pinned = k.Pinned.UTC()
 	return s.update(ctx, "pin device key", func(tx *bolt.Tx) error {
-		return putJSON(tx.Bucket(bKeys), dkey(k.Site, k.Device), k)
+		var before storage.DeviceKey
+		found, err := getJSON(tx.Bucket(bKeys), dkey(k.Site, k.Device), &before)
+		if err != nil {
+			return err
+		}
+		if err := putJSON(tx.Bucket(bKeys), dkey(k.Site, k.Device), k); err != nil {
+			return err
+		}
+		note := storage.KeyNote(nil, &k)
+		if found {
+			note = storage.KeyNote(&before, &k)
+		}
+		return auditKey(tx, storage.ActionPinKey, k.Site, k.Device, note, c)
 	})
+}
+
+// auditKey appends a pin's or unpin's audit entry.
+func auditKey(tx *bolt.Tx, action, site, device, note string, c storage.KeyChange) error {
+	b := tx.Bucket(bAudit)
+	id, _ := b.NextSequence()
+	return putJSON(b, u64(id), storage.AuditEntry{ID: id, At: c.At.UTC(), User: c.User, Role: c.Role, Action: action,
+		Key: storage.AlertKey{Site: site, Device: device}, Note: note, Remote: c.Remote})
 }
 
 // DeviceKey implements storage.Store.
@@ -1333,12 +1353,20 @@ func (s *Store) DeviceKeys(ctx context.Context) ([]storage.DeviceKey, error) {
 }
 
 // RemoveDeviceKey implements storage.Store.
-func (s *Store) RemoveDeviceKey(ctx context.Context, site, device string) error {
+func (s *Store) RemoveDeviceKey(ctx context.Context, site, device string, c storage.KeyChange) error {
 	return s.update(ctx, "unpin device key", func(tx *bolt.Tx) error {
 		b, k := tx.Bucket(bKeys), dkey(site, device)
-		if b.Get(k) == nil {
+		var before storage.DeviceKey
+		found, err := getJSON(b, k, &before)
+		if err != nil {
+			return err
+		}
+		if !found {
 			return storage.DeviceKeyNotFound(site, device)
 		}
-		return b.Delete(k)
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+		return auditKey(tx, storage.ActionUnpinKey, site, device, storage.KeyNote(&before, nil), c)
 	})
 }

@@ -1099,16 +1099,42 @@ func (s *Store) SyncUsers(ctx context.Context, names []string) (map[string]strin
 }
 
 // PutDeviceKey implements storage.Store.
-func (s *Store) PutDeviceKey(ctx context.Context, k storage.DeviceKey) error {
+func (s *Store) PutDeviceKey(ctx context.Context, k storage.DeviceKey, c storage.KeyChange) error {
 	if err := k.Validate(); err != nil {
 		return err
 	}
 	return s.tx(ctx, "pin device key", func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO atm_fleet_device_keys (site, device, public_key, pinned, pinned_by) VALUES ($1, $2, $3, $4, $5)
+		before, err := lockDeviceKey(ctx, tx, k.Site, k.Device)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO atm_fleet_device_keys (site, device, public_key, pinned, pinned_by) VALUES ($1, $2, $3, $4, $5)
 			ON CONFLICT (site, device) DO UPDATE SET public_key = EXCLUDED.public_key, pinned = EXCLUDED.pinned, pinned_by = EXCLUDED.pinned_by`,
-			k.Site, k.Device, []byte(k.PublicKey), k.Pinned.UTC(), k.By)
-		return err
+			k.Site, k.Device, []byte(k.PublicKey), k.Pinned.UTC(), k.By); err != nil {
+			return err
+		}
+		return auditKey(ctx, tx, storage.ActionPinKey, k.Site, k.Device, storage.KeyNote(before, &k), c)
 	})
+}
+
+// lockDeviceKey is the key pinned for a device (nil: none), its row locked
+// until the transaction ends.
+func lockDeviceKey(ctx context.Context, tx pgx.Tx, site, device string) (*storage.DeviceKey, error) {
+	k, err := scanDeviceKey(tx.QueryRow(ctx, `SELECT `+deviceKeyCols+` FROM atm_fleet_device_keys WHERE site = $1 AND device = $2 FOR UPDATE`, site, device))
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	return &k, nil
+}
+
+// auditKey appends a pin's or unpin's audit entry.
+func auditKey(ctx context.Context, tx pgx.Tx, action, site, device, note string, c storage.KeyChange) error {
+	_, err := tx.Exec(ctx, `INSERT INTO atm_fleet_audit (at, user_name, role, action, site, device, alert_id, note, remote)
+		VALUES ($1,$2,$3,$4,$5,$6,'',$7,$8)`, c.At.UTC(), c.User, c.Role, action, site, device, note, c.Remote)
+	return err
 }
 
 const deviceKeyCols = `site, device, public_key, pinned, pinned_by`
@@ -1157,12 +1183,18 @@ func (s *Store) DeviceKeys(ctx context.Context) ([]storage.DeviceKey, error) {
 }
 
 // RemoveDeviceKey implements storage.Store.
-func (s *Store) RemoveDeviceKey(ctx context.Context, site, device string) error {
+func (s *Store) RemoveDeviceKey(ctx context.Context, site, device string, c storage.KeyChange) error {
 	return s.tx(ctx, "unpin device key", func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `DELETE FROM atm_fleet_device_keys WHERE site = $1 AND device = $2`, site, device)
-		if err == nil && tag.RowsAffected() == 0 {
-			err = storage.DeviceKeyNotFound(site, device)
+		before, err := lockDeviceKey(ctx, tx, site, device)
+		if err != nil {
+			return err
 		}
-		return err
+		if before == nil {
+			return storage.DeviceKeyNotFound(site, device)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM atm_fleet_device_keys WHERE site = $1 AND device = $2`, site, device); err != nil {
+			return err
+		}
+		return auditKey(ctx, tx, storage.ActionUnpinKey, site, device, storage.KeyNote(before, nil), c)
 	})
 }

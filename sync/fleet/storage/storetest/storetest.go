@@ -177,7 +177,7 @@ func deviceKeys(t *testing.T, s storage.Store) {
 		{Site: "brest-01", Device: "atm-1", PublicKey: key(3), Pinned: T0, By: "ops"},
 		{Site: "lyon-07", Device: "atm-1", PublicKey: key(4), Pinned: T0.Add(time.Hour), By: "ops"}, // a new key replaces the old
 	} {
-		if err := s.PutDeviceKey(c, k); err != nil {
+		if err := s.PutDeviceKey(c, k, storage.KeyChange{User: k.By, Role: "admin", Remote: "192.0.2.1:5000", At: k.Pinned}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -200,14 +200,39 @@ func deviceKeys(t *testing.T, s storage.Store) {
 	if strings.Join(names, " ") != "brest-01/atm-1 lyon-07/atm-1 lyon-07/atm-2" {
 		t.Errorf("listed %v", names)
 	}
-	if err := s.RemoveDeviceKey(c, "lyon-07", "atm-1"); err != nil {
+	unpin := storage.KeyChange{User: "eve", Role: "cli", Remote: "atm-ops-1", At: T0.Add(2 * time.Hour)}
+	if err := s.RemoveDeviceKey(c, "lyon-07", "atm-1", unpin); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.DeviceKey(c, "lyon-07", "atm-1"); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("removed: %v", err)
 	}
-	if err := s.RemoveDeviceKey(c, "lyon-07", "atm-1"); !errors.Is(err, storage.ErrNotFound) {
+	if err := s.RemoveDeviceKey(c, "lyon-07", "atm-1", unpin); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("removed twice: %v", err)
+	}
+	// Every pin and the unpin are audited (newest first), with the
+	// fingerprints before and after; the refused unpin is not.
+	audit, err := s.Audit(c, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := func(b byte) string { return wire.Fingerprint(key(b)) }
+	want := []string{
+		"eve cli atm-ops-1 unpin device key lyon-07/atm-1 unpinned; was " + fp(4) + " (pinned 2026-03-14T10:00:00Z by ops)",
+		"ops admin 192.0.2.1:5000 pin device key lyon-07/atm-1 pinned " + fp(4) + "; was " + fp(1) + " (pinned 2026-03-14T09:00:00Z by root)",
+		"ops admin 192.0.2.1:5000 pin device key brest-01/atm-1 pinned " + fp(3) + "; none pinned before",
+		"root admin 192.0.2.1:5000 pin device key lyon-07/atm-1 pinned " + fp(1) + "; none pinned before",
+		"root admin 192.0.2.1:5000 pin device key lyon-07/atm-2 pinned " + fp(2) + "; none pinned before",
+	}
+	var lines []string
+	for _, e := range audit {
+		lines = append(lines, strings.Join([]string{e.User, e.Role, e.Remote, e.Action, e.Key.Site + "/" + e.Key.Device, e.Note}, " "))
+	}
+	if !slices.Equal(lines, want) {
+		t.Errorf("audit:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+	if !audit[0].At.Equal(unpin.At) || !audit[1].At.Equal(T0.Add(time.Hour)) {
+		t.Errorf("audited at %s and %s, want the unpin's and the pin's times", audit[0].At, audit[1].At)
 	}
 	if got, err := s.DeviceKey(c, "lyon-07", "atm-2"); err != nil || !got.PublicKey.Equal(key(2)) {
 		t.Errorf("the other device's key: %+v, %v", got, err)
@@ -217,7 +242,7 @@ func deviceKeys(t *testing.T, s storage.Store) {
 		"no site":   {Device: "d", PublicKey: key(1)},
 		"wildcard":  {Site: "s", Device: "+", PublicKey: key(1)},
 	} {
-		if err := s.PutDeviceKey(c, k); !errors.Is(err, storage.ErrBadRecord) {
+		if err := s.PutDeviceKey(c, k, storage.KeyChange{User: "root", Role: "admin", At: T0}); !errors.Is(err, storage.ErrBadRecord) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
