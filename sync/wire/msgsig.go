@@ -31,7 +31,9 @@ import (
 // The kind, site and device bind the message to its topic: a device's
 // signed alert republished on another device's topic, or its state as its
 // status, does not verify. A message with a sig anywhere else (before other
-// members, or twice) is refused.
+// members, or twice) is refused. JSON white space after the closing "}"
+// (space, tab, CR, LF: a copy saved by a shell tool ends with a newline)
+// is not part of the message: the verifier cuts it off first.
 
 // MsgSigLabel starts the signed bytes of every status, state, summary and
 // alert.
@@ -100,9 +102,10 @@ func SignMessage(key ed25519.PrivateKey, kind, site, device string, msg []byte) 
 // of site/device, with the device's public key: ErrMsgUnsigned when it has
 // no sig member, ErrMsgSignature when its sig is not the last member as
 // SignMessage writes it, is not the only one, or does not verify. msg must
-// be the bytes as received.
+// be the bytes as received; JSON white space after its end is cut off
+// first (JSON allows it, and the signature does not cover it).
 func VerifyMessage(pub ed25519.PublicKey, kind, site, device string, msg []byte) error {
-	unsigned, sig, err := splitSigned(msg)
+	unsigned, sig, err := splitSigned(bytes.TrimRight(msg, " \t\r\n"))
 	if err != nil {
 		return err
 	}

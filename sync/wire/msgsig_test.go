@@ -66,10 +66,11 @@ func TestMsgSigEveryByteBinds(t *testing.T) {
 				}
 			}
 		}
-		// Nothing may be added or removed either.
+		// Nothing may be added or removed either (but JSON white space
+		// after the end: TestMsgSigTrailingWhiteSpace).
 		for name, m := range map[string][]byte{
 			"space before }":   append(bytes.Clone(msg[:len(msg)-1]), ' ', '}'),
-			"newline after":    append(bytes.Clone(msg), '\n'),
+			"x after":          append(bytes.Clone(msg), 'x'),
 			"first byte cut":   msg[1:],
 			"space after {":    append([]byte("{ "), msg[1:]...),
 			"sig member moved": moveSigFirst(t, msg),
@@ -242,4 +243,28 @@ func FuzzHasSig(f *testing.F) {
 			t.Fatalf("hasSig(%s) = %v, %v; encoding/json: %v", b, got, err, want)
 		}
 	})
+}
+
+// JSON white space after a signed message's end (a copy saved with a
+// trailing newline) is cut off before verifying; white space inside it,
+// or before its end, or a character that is not JSON white space, is not.
+func TestMsgSigTrailingWhiteSpace(t *testing.T) {
+	key := exampleDeviceKey()
+	pub := key.Public().(ed25519.PublicKey)
+	msg := signedSamples(t, key)[KindAlert]
+	for _, tail := range []string{"\n", "\r\n", " ", "\t \n\n"} {
+		if err := VerifyMessage(pub, KindAlert, "lyon-07", "atm-0042", append(bytes.Clone(msg), tail...)); err != nil {
+			t.Errorf("followed by %q: %v", tail, err)
+		}
+	}
+	for name, bad := range map[string][]byte{
+		"a form feed after it":     append(bytes.Clone(msg), '\f'),
+		"a NUL after it":           append(bytes.Clone(msg), 0),
+		"a space before its end":   append(bytes.Clone(msg[:len(msg)-1]), ' ', '}'),
+		"a newline inside its sig": append(append(bytes.Clone(msg[:len(msg)-10]), '\n'), msg[len(msg)-10:]...),
+	} {
+		if err := VerifyMessage(pub, KindAlert, "lyon-07", "atm-0042", bad); !errors.Is(err, ErrMsgSignature) {
+			t.Errorf("%s: %v, want ErrMsgSignature", name, err)
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -72,7 +73,8 @@ func (c *cutter) Cut() {
 // on its topics can. The agent's connection dies (its will makes it
 // offline); its captured online status, republished retained, leaves it
 // offline. A new run of the agent comes online; its earlier run's will,
-// and online status, republished, leave it online with its own status.
+// and online status (saved with a trailing newline), republished, leave it
+// online with its own status, and neither is a reject.
 func TestIngestStatusReplay(t *testing.T) {
 	m := fleettest.StartMosquitto(t, "")
 	st := openBolt(t, filepath.Join(t.TempDir(), "fleet.db"))
@@ -137,10 +139,13 @@ func TestIngestStatusReplay(t *testing.T) {
 	fleettest.WaitFor(t, 10*time.Second, "run 2 online", func() bool { return device(t, st, "lyon-07", "atm-1").State() == "online" })
 	run2 := device(t, st, "lyon-07", "atm-1").Status
 	replay(oldWill)
-	replay(oldOnline)
+	replay(append(slices.Clone(oldOnline), '\n')) // as saved by mosquitto_sub > file: verifies, still old
 	d := device(t, st, "lyon-07", "atm-1")
 	if d.State() != "online" || !d.Status.StartedAt.Equal(run2.StartedAt) {
 		t.Errorf("run 1's will and online status replayed on run 2: %s of the run started %s, want online of run 2 (started %s)",
 			d.State(), d.Status.StartedAt, run2.StartedAt)
+	}
+	if s := in.Stats(); s.Rejected != 0 {
+		t.Errorf("a genuine replayed status (one with a trailing newline) is refused: %+v", s)
 	}
 }
