@@ -18,7 +18,6 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/fleet/storage/boltstore"
@@ -193,15 +192,7 @@ func TestDevicesKeySetRecovers(t *testing.T) {
 	old := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, 32))
 	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, 32))
 	now := time.Now().UTC()
-	al := wire.NewAlert(wire.NewEnvelope("lyon-07", "atm-1", now), visit.Alert{ID: "a-1", Rule: "many-visits-24h", Kind: "visits",
-		IdentityID: "p-7", Window: "24h0m0s", WindowStart: now.Add(-24 * time.Hour), Count: 6, Threshold: 5,
-		FirstSeen: now.Add(-time.Hour), LastSeen: now, Raised: now})
-	al.Seq, al.MessageID = 1, "1-a"
-	unsigned, _ := json.Marshal(al)
-	signed, err := wire.SignMessage(key, wire.KindAlert, "lyon-07", "atm-1", unsigned)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, signed := fleettest.AlertPayload(t, key, "lyon-07", "atm-1", "a-1", "p-7", 6, 1)
 	st, err := boltstore.Open(filepath.Join(dir, "fleet.db"), time.Second)
 	if err != nil {
 		t.Fatal(err)

@@ -451,13 +451,33 @@ func (a *Agent) Summary(t testing.TB, visits1h int, ids ...string) uint64 {
 // Alert enqueues an alert for identity and returns its alert id.
 func (a *Agent) Alert(t testing.TB, rule, identity string, count int) string {
 	now := time.Now().UTC()
-	id := fmt.Sprintf("a-%s-%s-%d", rule, identity, now.UnixNano())
+	id := fmt.Sprintf("a-%s-%s-%x", rule, identity, now.UnixNano()) // hex: a long run of digits may look like a card number, and be withheld
 	al := wire.NewAlert(wire.NewEnvelope(a.Site, a.Device, now), visit.Alert{ID: id, Rule: rule, Kind: "visits",
 		IdentityID: identity, Window: "24h0m0s", WindowStart: now.Add(-24 * time.Hour), Count: count, Threshold: 5,
 		FirstSeen: now.Add(-time.Hour), LastSeen: now, Raised: now,
 		VisitID: fmt.Sprintf("%x", now.UnixNano()), TxnID: fmt.Sprintf("T-%d", now.UnixNano()%1000000)})
 	a.Enqueue(t, wire.KindAlert, al)
 	return id
+}
+
+// AlertPayload is an alert for identity of site/device raised now (count
+// visits in 24h, threshold 5), with seq and message id "<seq>-<alertID>",
+// as the agent publishes it: unsigned, and signed by key.
+func AlertPayload(t testing.TB, key ed25519.PrivateKey, site, device, alertID, identity string, count int, seq uint64) (unsigned, signed []byte) {
+	t.Helper()
+	now := time.Now().UTC()
+	al := wire.NewAlert(wire.NewEnvelope(site, device, now), visit.Alert{ID: alertID, Rule: "many-visits-24h", Kind: "visits",
+		IdentityID: identity, Window: "24h0m0s", WindowStart: now.Add(-24 * time.Hour), Count: count, Threshold: 5,
+		FirstSeen: now.Add(-time.Hour), LastSeen: now, Raised: now})
+	al.Seq, al.MessageID = seq, fmt.Sprintf("%d-%s", seq, alertID)
+	unsigned, err := json.Marshal(al)
+	if err == nil {
+		signed, err = wire.SignMessage(key, wire.KindAlert, site, device, unsigned)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return unsigned, signed
 }
 
 // Pending is the number of outbox messages not yet acknowledged by the broker.

@@ -3,15 +3,12 @@ package ingest
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
-	"github.com/periocular/atm-agent/sync/wire"
 )
 
 // TestRecoverAfterNewDeviceKey: an ATM reinstalled with a new device key,
@@ -40,16 +37,7 @@ func TestRecoverAfterNewDeviceKey(t *testing.T) {
 	after := fleettest.StartAgent(t, m.URL(), prefix, "lyon-07", "atm-1", fleettest.Signed(newKey))
 	after.Summary(t, 4, "p-1", "p-2")
 	alertID := after.Alert(t, "many-visits-24h", "p-2", 6)
-	now := time.Now().UTC()
-	forged := wire.NewAlert(wire.NewEnvelope("lyon-07", "atm-1", now), visit.Alert{ID: "forged-1", Rule: "many-visits-24h", Kind: "visits",
-		IdentityID: "p-mule", Window: "24h0m0s", WindowStart: now.Add(-24 * time.Hour), Count: 50, Threshold: 5,
-		FirstSeen: now.Add(-time.Hour), LastSeen: now, Raised: now})
-	forged.Seq, forged.MessageID = 1000, "1000-forged"
-	unsigned, _ := json.Marshal(forged)
-	byForger, err := wire.SignMessage(forger, wire.KindAlert, "lyon-07", "atm-1", unsigned)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, byForger := fleettest.AlertPayload(t, forger, "lyon-07", "atm-1", "forged-1", "p-mule", 50, 1000)
 	fleettest.Publish(t, m.URL(), prefix+"/lyon-07/atm-1/alert", byForger, false)
 	fleettest.WaitFor(t, 10*time.Second, "status, summary, alert and the forgery refused, the outbox acknowledged", func() bool {
 		return in.Stats().Unauthenticated >= 4 && after.Pending() == 0

@@ -12,7 +12,6 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/periocular/atm-agent/agent/visit"
 	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -95,16 +94,7 @@ func TestIngestSignedMessages(t *testing.T) {
 	}
 
 	// Forgeries on atm-1's topics.
-	now := time.Now().UTC()
-	forged := wire.NewAlert(wire.NewEnvelope("lyon-07", "atm-1", now), visit.Alert{ID: "forged-1", Rule: "many-visits-24h", Kind: "visits",
-		IdentityID: "p-mule", Window: "24h0m0s", WindowStart: now.Add(-24 * time.Hour), Count: 50, Threshold: 5,
-		FirstSeen: now.Add(-time.Hour), LastSeen: now, Raised: now})
-	forged.Seq, forged.MessageID = 1000, "1000-forged"
-	unsigned, _ := json.Marshal(forged)
-	byOther, err := wire.SignMessage(forger, wire.KindAlert, "lyon-07", "atm-1", unsigned)
-	if err != nil {
-		t.Fatal(err)
-	}
+	unsigned, byOther := fleettest.AlertPayload(t, forger, "lyon-07", "atm-1", "forged-1", "p-mule", 50, 1000)
 	st1 := wire.Status{Envelope: wire.NewEnvelope("lyon-07", "atm-1", time.Now()), State: wire.StateOffline}
 	st1.SchemaVersion, st1.MessageID = wire.StatusSchemaVersion, "st-forged"
 	forgedStatus, _ := json.Marshal(st1)

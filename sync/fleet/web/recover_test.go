@@ -3,14 +3,13 @@ package web
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"fmt"
 	"html"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/periocular/atm-agent/agent/visit"
+	"github.com/periocular/atm-agent/sync/fleet/fleettest"
 	"github.com/periocular/atm-agent/sync/fleet/ingest"
 	"github.com/periocular/atm-agent/sync/fleet/storage"
 	"github.com/periocular/atm-agent/sync/wire"
@@ -35,16 +34,7 @@ func TestPinRecoversRefusedMessages(t *testing.T) {
 	if err := st.PutDeviceKey(ctx, storage.DeviceKey{Site: "lyon-07", Device: "atm-1", PublicKey: oldKey.Public().(ed25519.PublicKey), Pinned: time.Now(), By: "root"}, storage.KeyChange{User: "test", Role: "cli"}); err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now().UTC()
-	al := wire.NewAlert(wire.NewEnvelope("lyon-07", "atm-1", now), visit.Alert{ID: "a-new-key", Rule: "many-visits-24h", Kind: "visits",
-		IdentityID: "p-7", Window: "24h0m0s", WindowStart: now.Add(-24 * time.Hour), Count: 6, Threshold: 5,
-		FirstSeen: now.Add(-time.Hour), LastSeen: now, Raised: now})
-	al.Seq, al.MessageID = 9, "9-newkey"
-	unsigned, _ := json.Marshal(al)
-	signed, err := wire.SignMessage(newKey, wire.KindAlert, "lyon-07", "atm-1", unsigned)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, signed := fleettest.AlertPayload(t, newKey, "lyon-07", "atm-1", "a-new-key", "p-7", 6, 9)
 	recv := time.Now().UTC().Truncate(time.Second)
 	if err := st.PutReject(ctx, storage.Reject{Received: recv, Topic: "atm/lyon-07/atm-1/alert", Site: "lyon-07", Device: "atm-1",
 		Error: "alert not authenticated: " + wire.ErrMsgSignature.Error() + " (device key ... is pinned for lyon-07/atm-1)", Payload: string(signed)}); err != nil {
