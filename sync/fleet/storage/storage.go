@@ -195,8 +195,12 @@ func (d Device) StatusHeard() time.Time {
 // NextStatus applies s to d when it is the device's present status, and
 // reports whether it did. Statuses are ordered by the agent's run (their
 // started_at), then by ts within a run:
-//   - a status of an earlier run than the one held never replaces it (a
-//     replayed status, or will, of a run before the agent's restart);
+//   - a status of another run than the one held replaces it only when its
+//     ts is after every ts of the held run taken so far: a new run's
+//     statuses come after the last run's end, while a replayed status, or
+//     will, of an earlier run is older than the run that followed it
+//     (started_at alone is not compared: an ATM that booted with its
+//     clock behind keeps a wrong started_at for the whole run);
 //   - an online or stopped status replaces one of its own run only when
 //     its ts is after every ts of the run applied so far (a replayed
 //     status of the run, also after the run's will made it offline);
@@ -213,18 +217,17 @@ func NextStatus(d *Device, s Status) bool {
 	st := s.Status
 	if h := d.Status; h != nil && !st.StartedAt.IsZero() && !h.StartedAt.IsZero() && !h.StartedAt.After(d.StatusReceived.Add(MaxAhead)) {
 		switch {
-		case st.StartedAt.Before(h.StartedAt):
-			return false
-		case st.StartedAt.Equal(h.StartedAt) && st.State == wire.StateOffline:
-			if h.State == wire.StateStopped || !st.TS.After(d.StatusWillTS) {
-				return false
-			}
-		case st.StartedAt.Equal(h.StartedAt):
+		case !st.StartedAt.Equal(h.StartedAt):
 			if !st.TS.After(d.StatusMaxTS) {
 				return false
 			}
-		default: // a new run
-			d.StatusMaxTS, d.StatusWillTS = time.Time{}, time.Time{}
+			d.StatusMaxTS, d.StatusWillTS = time.Time{}, time.Time{} // a new run
+		case st.State == wire.StateOffline:
+			if h.State == wire.StateStopped || !st.TS.After(d.StatusWillTS) {
+				return false
+			}
+		case !st.TS.After(d.StatusMaxTS):
+			return false
 		}
 	} else {
 		d.StatusMaxTS, d.StatusWillTS = time.Time{}, time.Time{}

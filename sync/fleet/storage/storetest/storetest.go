@@ -1477,6 +1477,9 @@ func statusOrder(t *testing.T, s storage.Store) {
 		{"run 2: stopped", status(5*time.Minute, 7*time.Minute, wire.StateStopped), 7 * time.Minute, wire.StateStopped, 7 * time.Minute},
 		{"run 2: a will after its stop", status(5*time.Minute, 5*time.Minute, wire.StateOffline), 8 * time.Minute, wire.StateStopped, 7 * time.Minute},
 		{"run 2: online replayed after its stop", status(5*time.Minute, 5*time.Minute+time.Second, wire.StateOnline), 8 * time.Minute, wire.StateStopped, 7 * time.Minute},
+		{"run 3, started with its clock behind (before run 2), online since put right", status(time.Minute, 9*time.Minute, wire.StateOnline), 9 * time.Minute, wire.StateOnline, 9 * time.Minute},
+		{"run 3: online again", status(time.Minute, 10*time.Minute, wire.StateOnline), 10 * time.Minute, wire.StateOnline, 10 * time.Minute},
+		{"run 2: stopped replayed", status(5*time.Minute, 7*time.Minute, wire.StateStopped), 11 * time.Minute, wire.StateOnline, 10 * time.Minute},
 	}
 	for _, step := range steps {
 		if err := s.PutStatus(c, storage.Status{Site: "s", Device: "d", Received: T0.Add(step.recv), Status: step.st, Authenticated: true}); err != nil {
