@@ -609,6 +609,7 @@ func (in *Ingester) commit(ctx context.Context, batch []mqtt.Message) bool {
 				it.reject = &r.Reject
 			}
 		case d.status != nil:
+			d.status.Retained = m.Retained()
 			it.status = d.status
 		case d.msg != nil:
 			d.msg.Retained = m.Retained()

@@ -106,6 +106,9 @@ type Status struct {
 	Site, Device string
 	Received     time.Time
 	Status       wire.Status
+	// Retained: the broker's retained copy, given at a (re)subscribe; it
+	// may have been built long before it arrived.
+	Retained bool
 	// Authenticated: signed by the key pinned for the device.
 	Authenticated bool
 }
@@ -173,23 +176,12 @@ func (d Device) State() string {
 }
 
 // LastHeard is when the fleet last heard from d: the later of its
-// status's StatusHeard and the arrival of its last summary or alert.
+// status's StatusReceived and the arrival of its last summary or alert.
 func (d Device) LastHeard() time.Time {
-	if heard := d.StatusHeard(); d.LastReceived.Before(heard) {
-		return heard
+	if d.LastReceived.Before(d.StatusReceived) {
+		return d.StatusReceived
 	}
 	return d.LastReceived
-}
-
-// StatusHeard is when d's status speaks for: its arrival, or its own ts
-// when that is earlier (a status replayed or delivered late speaks for
-// when the agent built it; a ts ahead of the fleet's clock counts as the
-// arrival).
-func (d Device) StatusHeard() time.Time {
-	if d.Status != nil && !d.Status.TS.IsZero() && d.Status.TS.Before(d.StatusReceived) {
-		return d.Status.TS
-	}
-	return d.StatusReceived
 }
 
 // NextStatus applies s to d when it is the device's present status, and
@@ -232,7 +224,18 @@ func NextStatus(d *Device, s Status) bool {
 	} else {
 		d.StatusMaxTS, d.StatusWillTS = time.Time{}, time.Time{}
 	}
-	d.Status, d.StatusReceived, d.StatusAuthenticated = &st, s.Received.UTC(), s.Authenticated
+	// A status is heard from at its arrival, but the broker's retained
+	// copy at its own ts when that is earlier: it speaks for when the
+	// agent built it (a fleet restarted after an ATM went silent without
+	// a will does not see it alive again). A live status is dated by its
+	// arrival, so an ATM whose clock runs behind is not stale; a live
+	// replay of one taken already is refused above (its ts is not after
+	// the run's newest).
+	heard := s.Received.UTC()
+	if s.Retained && !st.TS.IsZero() && st.TS.Before(heard) {
+		heard = st.TS.UTC()
+	}
+	d.Status, d.StatusReceived, d.StatusAuthenticated = &st, heard, s.Authenticated
 	if st.TS.After(d.StatusMaxTS) && !st.TS.After(s.Received.Add(MaxAhead)) {
 		d.StatusMaxTS = st.TS.UTC()
 	}
