@@ -12,7 +12,9 @@
 # chroot of test-apt and test-ops) translates system calls to the host's,
 # so no arm64 seccomp filter is ever applied there. Needs root (mmdebstrap
 # of an arm64 root under qemu-user, mke2fs -d of it); missing Debian
-# packages are installed (apt-get). docs/packaging.md "Under a real arm64
+# packages are installed (apt-get; arch-test by name: mmdebstrap checks
+# the foreign architecture runs with it, and it is only a Recommends of
+# mmdebstrap, which the installer leaves out). docs/packaging.md "Under a real arm64
 # kernel".
 #   DEB        the arm64 package (default: the newest build/atm-agent_*_arm64.deb)
 #   VM_CACHE   where the disk image, kernel and initramfs are kept, under a
@@ -38,7 +40,7 @@ t0=$SECONDS
 [ -f "$PHOTOS/sample1.jpg" ] || { log "$PHOTOS: no photos (make models)"; exit 1; }
 
 # The host's tools, from Debian's archive, installed once (as scripts/setup.sh).
-bash "$(dirname "$0")/../apt-install.sh" qemu-system-arm qemu-user-static binfmt-support mmdebstrap e2fsprogs openssh-client
+bash "$(dirname "$0")/../apt-install.sh" qemu-system-arm qemu-user-static binfmt-support mmdebstrap arch-test e2fsprogs openssh-client
 [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
 [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
 
