@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,8 +40,14 @@ func TestRecoverAfterNewDeviceKey(t *testing.T) {
 	alertID := after.Alert(t, "many-visits-24h", "p-2", 6)
 	_, byForger := fleettest.AlertPayload(t, forger, "lyon-07", "atm-1", "forged-1", "p-mule", 50, 1000)
 	fleettest.Publish(t, m.URL(), prefix+"/lyon-07/atm-1/alert", byForger, false)
+	// The agent may send a status more (a change) at any time: wait for the
+	// forgery's own refusal, not for a count.
 	fleettest.WaitFor(t, 10*time.Second, "status, summary, alert and the forgery refused, the outbox acknowledged", func() bool {
-		return in.Stats().Unauthenticated >= 4 && after.Pending() == 0
+		forged := false
+		for _, r := range rejectsOf(t, st, "not authenticated") {
+			forged = forged || strings.Contains(r.Payload, `"forged-1"`)
+		}
+		return forged && in.Stats().Unauthenticated >= 4 && after.Pending() == 0
 	})
 	ctx := context.Background()
 	held, err := st.Rejects(ctx, storage.MaxHeldRejects)
